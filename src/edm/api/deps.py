@@ -1,0 +1,133 @@
+"""Request dependencies: the unit of work, the caller, role and scope checks, pagination."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.errors import BadInput, Forbidden, Unauthenticated
+from edm.users.models import Role, TokenScope, User
+from edm.users.service import authenticate_token
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request, committed before the response is sent (scope="function")."""
+    async with request.app.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+Session = Annotated[AsyncSession, Depends(_session, scope="function")]
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: User
+    scope: str
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == Role.ADMIN
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope == TokenScope.WRITE and self.user.role != Role.READ_ONLY
+
+    def owner_filter(self, requested_user_id: int | None) -> int:
+        """Own data by default; admins may look at another user's data with `user_id`."""
+        if requested_user_id is not None and requested_user_id != self.id:
+            if not self.is_admin:
+                raise Forbidden("only admins may read other users' data")
+            return requested_user_id
+        return self.id
+
+
+async def _caller(request: Request, session: Session) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
+    user, scope = await authenticate_token(session, token.strip())
+    request.state.user_id = user.id
+    return Caller(user, scope)
+
+
+CurrentCaller = Annotated[Caller, Depends(_caller)]
+
+
+async def _writer(caller: CurrentCaller) -> Caller:
+    if not caller.can_write:
+        raise Forbidden("this token or account is read-only")
+    return caller
+
+
+async def _admin(caller: CurrentCaller) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden("admin role required")
+    return caller
+
+
+async def _admin_writer(caller: CurrentCaller) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden("admin role required")
+    if not caller.can_write:
+        raise Forbidden("this token is read-only")
+    return caller
+
+
+Writer = Annotated[Caller, Depends(_writer)]
+Admin = Annotated[Caller, Depends(_admin)]
+AdminWriter = Annotated[Caller, Depends(_admin_writer)]
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    after_id: int | None
+
+
+def _page(limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> Page:
+    return Page(limit, decode_cursor(cursor))
+
+
+Paging = Annotated[Page, Depends(_page)]
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
+        if not isinstance(value, int):
+            raise ValueError
+        return value
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise BadInput.field("cursor", "is not a valid cursor") from None
+
+
+def page_of(items: list[Any], page: Page, *, key: str = "id") -> dict[str, Any]:
+    """Items fetched with limit + 1 → one page and the cursor of the next."""
+    more = len(items) > page.limit
+    items = items[: page.limit]
+    last = items[-1] if items else None
+    last_id = (last[key] if isinstance(last, dict) else getattr(last, key)) if last is not None else None
+    return {"items": items, "next_cursor": encode_cursor(last_id) if more and last_id is not None else None}

@@ -1,0 +1,124 @@
+"""create_app(settings): the FastAPI application. The lifespan builds the engine and sessionmaker; routers
+are mounted here and nowhere else. One handler maps EdmError to the §16.1 error shape."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edm.db.engine import create_engine, make_sessionmaker
+from edm.db.migrate import schema_is_current
+from edm.errors import EdmError
+from edm.settings import Settings
+
+log = logging.getLogger("edm.http")
+
+
+def error_body(request: Request, code: str, message: str, details: list[Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or [], **extra,
+                      "request_id": getattr(request.state, "request_id", None)}}
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        message = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field"
+        details.append({"field": ".".join(loc) or "body", "message": message})
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(EdmError)
+    async def _edm(request: Request, exc: EdmError) -> JSONResponse:
+        body = exc.to_dict()
+        return JSONResponse(error_body(request, body.pop("code"), body.pop("message"), body.pop("details"), **body),
+                            status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc)
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return JSONResponse(error_body(request, "invalid_json", "request body is not valid JSON"), 400)
+        first = details[0] if details else {"field": "body", "message": "invalid"}
+        return JSONResponse(error_body(request, "validation_error", f"{first['field']}: {first['message']}",
+                                       details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type", 413: "too_large"}
+        return JSONResponse(error_body(request, codes.get(exc.status_code, "http_error"), str(exc.detail)),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("http.database_unavailable", extra={"request_id": request.state.request_id})
+        return JSONResponse(error_body(request, "unavailable", "database unavailable, retry later"),
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return JSONResponse(error_body(request, "unavailable", "database unavailable"), 503)
+        log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
+
+
+def create_app(settings: Settings, *, engine: Any = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_engine = engine is None
+        app.state.engine = engine or create_engine(settings)
+        app.state.sessionmaker = make_sessionmaker(app.state.engine)
+        yield
+        if own_engine:
+            await app.state.engine.dispose()
+
+    app = FastAPI(title="EDM", version="0.1.0", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
+                  docs_url="/api/docs", redoc_url=None)
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next: Any) -> Any:
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    install_error_handlers(app)
+    _mount_routers(app, settings)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            current = await schema_is_current(request.app.state.engine)
+        except Exception:
+            return JSONResponse({"ready": False, "reason": "database unreachable"}, status_code=503)
+        if not current:
+            return JSONResponse({"ready": False, "reason": "schema outdated: run `edm db upgrade`"}, 503)
+        return JSONResponse({"ready": True})
+
+    return app
+
+
+def _mount_routers(app: FastAPI, settings: Settings) -> None:
+    from edm.api import routers
+
+    for router in routers.all_routers(settings):
+        app.include_router(router)

@@ -1,0 +1,658 @@
+"""The one rendering function set (SPEC §14), shared by preview, test send and real send. Pure: no I/O.
+
+Pipeline of `CompiledTemplate.render` (§14.3):
+
+    render subject, preheader, HTML, text  ->  insert the preheader as hidden text at the top of the body
+    ->  append the compliance footer when the template does not use `unsubscribe_url` (§10.6)
+    ->  [CSS inlining: not built yet]  ->  `postprocess` hook: link rewriting + open pixel (§10.1, later)
+    ->  text part: the template's text, or else `html_to_text(final html)`
+
+Limits (§14.1), and how they are enforced cheaply, without threads or processes:
+- output: every part is streamed with `Template.generate()` and abandoned once it passes 2 MB;
+- time: one deadline per `render()` call, checked on every output chunk, on every sandboxed call (macros,
+  methods, `loop()`), and on every iteration of every `{% for %}` (the parsed template is rewritten so each
+  loop iterates through `_guard_iter`). Jinja has no `while`, so an infinite or huge computation has to go
+  through one of those points;
+- allocation bombs that would exhaust memory inside one expression, before any output exists (`'x' * 10**9`,
+  `2 ** 10**6`, `'%999999999s' % x`, `'x'|center(10**9)`, `namespace` growth) are refused before they run.
+Any violation, any runtime error and any sandbox violation is a `RenderError` (code `render_error`).
+Exceptions from the `postprocess` hook are not wrapped: that code is ours, not the template author's.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import re
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from html import escape
+from html.parser import HTMLParser
+from types import BuiltinMethodType
+from typing import Any, cast
+
+import jinja2
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.meta import find_undeclared_variables
+from jinja2.runtime import ChainableUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
+
+from edm.errors import TemplateSyntaxError
+
+MAX_OUTPUT_BYTES = 2 * 1024 * 1024  # per rendered part (§14.1)
+RENDER_TIME_LIMIT = 2.0  # seconds for one whole render() call (§14.1)
+
+# Called as postprocess(part, value) with part "html" or "text"; returns the new value. The seam for
+# link rewriting and the open pixel (§10.1), which belong to the tracking module.
+Postprocess = Callable[[str, str], str]
+
+CONTACT_FIELDS: tuple[str, ...] = (
+    "email", "name", "first_name", "last_name", "username", "phone", "company", "position",
+    "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at",
+)  # fmt: skip
+
+
+class RenderError(Exception):
+    """The template could not be rendered for this recipient: the SubTask fails `permanent`."""
+
+    code = "render_error"
+
+    def __init__(self, message: str, *, part: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.part = part
+
+
+class _RenderTimeout(Exception):
+    """Raised inside the template machinery; turned into a RenderError naming the part."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# The sandbox
+# --------------------------------------------------------------------------------------------------------
+
+_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("edm_render_deadline", default=float("inf"))
+_GUARD_NAME = "__edm_guard_iter"  # injected around every loop iterable; templates may not use the name
+_SIZED = (str, bytes, list, tuple, dict)
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)")  # the format spec of a replacement field
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_deadline() -> None:
+    if time.monotonic() > _DEADLINE.get():
+        raise _RenderTimeout()
+
+
+def _guard_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+    deadline = _DEADLINE.get()
+    for item in iterable:
+        if time.monotonic() > deadline:
+            raise _RenderTimeout()
+        yield item
+
+
+def _refuse_big(what: str, size: int) -> None:
+    if size > MAX_OUTPUT_BYTES:
+        raise SecurityError(f"{what} would produce more than {MAX_OUTPUT_BYTES} bytes")
+
+
+def _check_percent_format(fmt: str, args: Any) -> None:
+    """`'%999999999s' % x`: a width or precision is the only way a short format makes a huge result."""
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for number in match.groups():
+            if number == "*":  # '%*s' % (width, value): the width is an argument
+                _check_int_args("format width", args if isinstance(args, tuple | list) else (args,))
+            elif number:
+                _refuse_big("format width", int(number))
+
+
+def _check_brace_format(fmt: str, args: Iterable[Any]) -> None:
+    """The same for str.format: '{:>999999999}', or a nested width '{:{}}' taken from the arguments."""
+    for match in _BRACE_SPEC.finditer(fmt):
+        for number in _DIGITS.findall(match.group(1)):
+            _refuse_big("format width", int(number))
+        if match.end() < len(fmt) and fmt[match.end()] == "{":
+            _check_int_args("format width", args)
+
+
+def _check_int_args(what: str, args: Iterable[Any]) -> None:
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            _refuse_big(what, abs(arg))
+
+
+def _guard_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "*":
+        if isinstance(left, int) and isinstance(right, _SIZED):
+            left, right = right, left
+        if isinstance(left, _SIZED) and isinstance(right, int):
+            _refuse_big("repetition", len(left) * right)
+    elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
+        _refuse_big("concatenation", len(left) + len(right))
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+        if left.bit_length() * right > 65536:  # bounds both CPU time and the size of the number
+            raise SecurityError("power too large")
+    elif operator == "%" and isinstance(left, str):
+        _check_percent_format(left, right)
+
+
+def _guard_str_method(method: Any, args: tuple[Any, ...]) -> None:
+    target = getattr(method, "__self__", None)
+    if not isinstance(method, BuiltinMethodType) or not isinstance(target, str):
+        return
+    name = method.__name__
+    if name in {"ljust", "rjust", "center", "zfill"}:
+        _check_int_args(f"str.{name}", args)
+    elif name == "expandtabs" and args and isinstance(args[0], int):
+        _refuse_big("str.expandtabs", len(target) + target.count("\t") * args[0])
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        _refuse_replace(target, args[0], args[1])
+
+
+def _refuse_replace(target: str, old: str, new: str) -> None:
+    hits = target.count(old) if old else len(target) + 1
+    _refuse_big("replace", len(target) + hits * max(0, len(new) - len(old)))
+
+
+class _BoundedNamespace(Namespace):
+    """`namespace()` is the only mutable store in a template: refuse growth past the output limit."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if isinstance(value, _SIZED):
+            _refuse_big("namespace value", len(value))
+        super().__setitem__(name, value)
+
+
+class _EmptyUndefined(ChainableUndefined):
+    """Undefined names and missing attributes render as "", however deep the chain."""
+
+    __slots__ = ()
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value  # a contact without a name must not say "None"
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Data keys win over dict methods: `contact.attributes.items` is the attribute called "items".
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        # The stock sandbox returns an Undefined that raises only when used; ours would render "" and hide
+        # the attempt. Raise at once so `''.__class__.__mro__` is a render error, never silent.
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_brace_format(fmt, (*args, *kwargs.values()))
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _guard_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        _check_deadline()
+        _guard_str_method(obj, args)
+        return super().call(context, obj, *args, **kwargs)
+
+
+def _guard_filter(func: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """Wrap a size-sensitive filter so its widths and counts cannot ask for more than the output limit."""
+    first = 1 if hasattr(func, "jinja_pass_arg") else 0  # index of the filtered value in *args
+
+    @functools.wraps(func)  # keeps jinja's pass_context / pass_eval_context marker
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        value, rest = args[first] if len(args) > first else None, (*args[first + 1 :], *kwargs.values())
+        if name == "format":
+            _check_percent_format(str(value), tuple(rest))
+        elif name == "replace":
+            if len(rest) >= 2:
+                _refuse_replace(str(value), str(rest[0]), str(rest[1]))
+        else:
+            _check_int_args(f"filter {name}", rest)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _make_env(*, autoescape: bool) -> _Sandbox:
+    env = _Sandbox(autoescape=autoescape, undefined=_EmptyUndefined, finalize=_finalize)
+    for name in ("center", "indent", "wordwrap", "slice", "batch", "format", "replace"):
+        env.filters[name] = _guard_filter(env.filters[name], name)
+    env.globals["namespace"] = _BoundedNamespace
+    env.globals[_GUARD_NAME] = _guard_iter
+    return env
+
+
+_HTML_ENV = _make_env(autoescape=True)
+_TEXT_ENV = _make_env(autoescape=False)  # subject, preheader, text
+
+
+# --------------------------------------------------------------------------------------------------------
+# Compilation
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedContent:
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    name: str
+    template: jinja2.Template
+    variables: frozenset[str]  # top-level names the source reads from the context
+
+
+def _syntax_error(part: str, message: str, line: int | None) -> TemplateSyntaxError:
+    where = f" line {line}" if line else ""
+    detail = {"field": part, "message": message, "line": line, "column": None}  # jinja reports no column
+    return TemplateSyntaxError(f"{part}:{where}: {message}", details=[detail])
+
+
+def _compile_part(env: _Sandbox, part: str, source: str) -> _Part:
+    try:
+        ast = env.parse(source)
+        if any(node.name == _GUARD_NAME for node in ast.find_all(nodes.Name)):
+            raise _syntax_error(part, f"the name {_GUARD_NAME} is reserved", None)
+        variables = frozenset(find_undeclared_variables(ast))
+        for loop in ast.find_all(nodes.For):
+            guard = nodes.Name(_GUARD_NAME, "load", lineno=loop.lineno)
+            loop.iter = nodes.Call(guard, [loop.iter], [], None, None, lineno=loop.lineno)
+        template = env.from_string(ast)  # compiles the rewritten tree; unknown filters fail here
+    except jinja2.TemplateSyntaxError as exc:
+        raise _syntax_error(part, exc.message or "syntax error", exc.lineno) from None
+    return _Part(part, template, variables)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTemplate:
+    """A template compiled once and rendered for many recipients (thread-safe, immutable)."""
+
+    subject: _Part
+    html: _Part
+    text: _Part | None
+    preheader: _Part | None
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """Every top-level variable the template reads (preview reports the unknown ones)."""
+        parts = (self.subject, self.html, self.text, self.preheader)
+        return frozenset().union(*(p.variables for p in parts if p is not None))
+
+    @property
+    def uses_unsubscribe_url(self) -> bool:
+        """Whether the HTML shows the unsubscribe link itself; if not, the compliance footer is added."""
+        return "unsubscribe_url" in self.html.variables
+
+    def render(
+        self,
+        context: Mapping[str, Any],
+        *,
+        compliance_footer: bool = True,
+        postprocess: Postprocess | None = None,
+    ) -> RenderedContent:
+        """Run the §14.3 pipeline for one recipient. Raises RenderError."""
+        deadline = time.monotonic() + RENDER_TIME_LIMIT
+        reset = _DEADLINE.set(deadline)
+        try:
+            return self._render(dict(context), deadline, compliance_footer, postprocess)
+        finally:
+            _DEADLINE.reset(reset)
+
+    def _render(
+        self, ctx: dict[str, Any], deadline: float, compliance_footer: bool, postprocess: Postprocess | None
+    ) -> RenderedContent:
+        subject = clean_subject(_render_part(self.subject, ctx, deadline))
+        if not subject:
+            raise RenderError("subject: renders empty", part="subject")
+        preheader = " ".join(_render_part(self.preheader, ctx, deadline).split()) if self.preheader else ""
+        html = _render_part(self.html, ctx, deadline)
+        text = _render_part(self.text, ctx, deadline) if self.text else ""
+
+        html = insert_preheader(html, preheader)
+        if compliance_footer:
+            html, text = self._add_footer(ctx, html, text)
+        if postprocess is not None:
+            html = postprocess("html", html)
+            text = postprocess("text", text) if text.strip() else text
+        if not text.strip():
+            text = html_to_text(html)
+            _check_time(deadline, "text")
+        return RenderedContent(subject=subject, preheader=preheader, html=html, text=text)
+
+    def _add_footer(self, ctx: dict[str, Any], html: str, text: str) -> tuple[str, str]:
+        url = str(ctx.get("unsubscribe_url") or "")
+        org = ctx.get("org")
+        postal = str((org.get("postal_address") if isinstance(org, Mapping) else None) or "")
+        if not self.uses_unsubscribe_url:
+            html = append_compliance_footer(html, unsubscribe_url=url, postal_address=postal)
+        # A hand-written text part gets its own footer; a generated one inherits the HTML footer.
+        if text.strip() and self.text is not None and "unsubscribe_url" not in self.text.variables:
+            text = append_compliance_footer_text(text, unsubscribe_url=url, postal_address=postal)
+        return html, text
+
+
+def compile_template(
+    *, subject: str, html: str, text: str | None = None, preheader: str | None = None
+) -> CompiledTemplate:
+    """Compile every part once. Raises edm.errors.TemplateSyntaxError naming the part and line."""
+    return _compile_cached(subject, html, text or None, preheader or None)
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_cached(subject: str, html: str, text: str | None, preheader: str | None) -> CompiledTemplate:
+    # Keyed by the sources: a worker rendering one task template for thousands of recipients compiles once.
+    return CompiledTemplate(
+        subject=_compile_part(_TEXT_ENV, "subject", subject),
+        html=_compile_part(_HTML_ENV, "html", html),
+        text=_compile_part(_TEXT_ENV, "text", text) if text else None,
+        preheader=_compile_part(_TEXT_ENV, "preheader", preheader) if preheader else None,
+    )
+
+
+def _check_time(deadline: float, part: str) -> None:
+    if time.monotonic() > deadline:
+        raise RenderError(f"{part}: rendering took longer than {RENDER_TIME_LIMIT:g} s", part=part)
+
+
+def _render_part(part: _Part, ctx: dict[str, Any], deadline: float) -> str:
+    chunks: list[str] = []
+    size = 0
+    stream = cast(Generator[str, None, None], part.template.generate(ctx))  # a generator: close() it
+    try:
+        for chunk in stream:
+            size += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass"))
+            if size > MAX_OUTPUT_BYTES:
+                raise RenderError(f"{part.name}: output exceeds {MAX_OUTPUT_BYTES} bytes", part=part.name)
+            _check_time(deadline, part.name)
+            chunks.append(chunk)
+    except RenderError:
+        raise
+    except _RenderTimeout:
+        message = f"{part.name}: rendering took longer than {RENDER_TIME_LIMIT:g} s"
+        raise RenderError(message, part=part.name) from None
+    except Exception as exc:  # any runtime error in a user's template, sandbox violations included
+        raise RenderError(f"{part.name}: {type(exc).__name__}: {exc}", part=part.name) from exc
+    finally:
+        stream.close()
+    return "".join(chunks)
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
+
+
+def clean_subject(value: str) -> str:
+    """One header-safe line: CR, LF (and NUL) become spaces, ends stripped."""
+    return _LINE_BREAKS.sub(" ", value).strip()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Context
+# --------------------------------------------------------------------------------------------------------
+
+
+def build_context(
+    *,
+    contact: Mapping[str, Any],
+    sender: Mapping[str, Any],
+    task: Mapping[str, Any],
+    org: Mapping[str, Any],
+    unsubscribe_url: str,
+    now: dt.datetime,
+    view_in_browser_url: str | None = None,
+) -> dict[str, Any]:
+    """The §14.2 variables. `now` must already be in the task's time zone.
+
+    Only the documented contact fields are exposed, so internal columns never leak into a mail.
+    """
+    person: dict[str, Any] = {name: contact.get(name) for name in CONTACT_FIELDS}
+    person["attributes"] = dict(contact.get("attributes") or {})
+    person["tags"] = list(contact.get("tags") or [])
+    ctx: dict[str, Any] = {
+        "contact": person,
+        "name": person["name"],
+        "email": person["email"],
+        "sender": {"display_name": sender.get("display_name"), "email": sender.get("email")},
+        "task": {"name": task.get("name"), "scheduled_at": task.get("scheduled_at")},
+        "org": {"name": org.get("name"), "postal_address": org.get("postal_address")},
+        "unsubscribe_url": unsubscribe_url,
+        "now": now,
+    }
+    if view_in_browser_url is not None:
+        ctx["view_in_browser_url"] = view_in_browser_url
+    return ctx
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTML steps
+# --------------------------------------------------------------------------------------------------------
+
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+_PREHEADER_STYLE = (
+    "display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;overflow:hidden;"
+    "mso-hide:all;color:transparent"
+)
+# Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
+_PREHEADER_FILLER = "&#847;&zwnj;&nbsp;" * 30
+
+
+def insert_preheader(html: str, preheader: str) -> str:
+    """Insert the preheader as hidden text right after <body ...>, or at the very start."""
+    preheader = " ".join(preheader.split())
+    if not preheader:
+        return html
+    block = f'<div style="{_PREHEADER_STYLE}">{escape(preheader)}{_PREHEADER_FILLER}</div>'
+    match = _BODY_OPEN.search(html)
+    at = match.end() if match else 0
+    return html[:at] + block + html[at:]
+
+
+def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address: str) -> str:
+    """Add the visible unsubscribe link and postal address (§10.6) before </body>, or at the end."""
+    lines = []
+    if unsubscribe_url:
+        # data-edm-notrack: our own unsubscribe link is never wrapped by click tracking (§10.1).
+        lines.append(f'<a href="{escape(unsubscribe_url)}" data-edm-notrack>Unsubscribe</a>')
+    if postal_address.strip():
+        lines.append("<br>".join(escape(line.strip()) for line in postal_address.strip().splitlines()))
+    if not lines:
+        return html
+    footer = (
+        '<div class="edm-footer" style="font-size:12px;line-height:18px;color:#666666;text-align:center;'
+        'padding:16px 0">' + "<br>".join(lines) + "</div>"
+    )
+    closes = list(_BODY_CLOSE.finditer(html))
+    if not closes:
+        return html + footer
+    at = closes[-1].start()
+    return html[:at] + footer + html[at:]
+
+
+def append_compliance_footer_text(text: str, *, unsubscribe_url: str, postal_address: str) -> str:
+    """The text-part twin of append_compliance_footer, for templates with their own text part."""
+    lines = [f"Unsubscribe: {unsubscribe_url}"] if unsubscribe_url else []
+    lines += [line.strip() for line in postal_address.strip().splitlines()]
+    if not lines:
+        return text
+    return text.rstrip() + "\n\n--\n" + "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTML to text
+# --------------------------------------------------------------------------------------------------------
+
+_DROPPED = frozenset({"script", "style", "head", "title", "template", "noscript"})
+_VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "source", "wbr"})
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_PARAGRAPHS = frozenset({"p", "blockquote", "table", "pre", "dl"}) | _HEADINGS  # blank line around
+_BLOCKS = frozenset({"div", "section", "article", "header", "footer", "main", "nav", "aside", "tr",
+                     "li", "dt", "dd", "center", "address", "figure", "figcaption", "form", "tbody",
+                     "thead", "tfoot", "ul", "ol"})  # fmt: skip
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+class _TextWriter(HTMLParser):
+    """Readable text from mail HTML: blocks become lines, links keep their URL, hidden parts vanish."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)  # entities arrive decoded
+        self.out: list[str] = []
+        self._newlines = 0  # line breaks owed before the next text
+        self._line_start = True
+        self._prefix = ""  # list bullet owed before the next text
+        self._skip_tag: str | None = None
+        self._skip_depth = 0
+        self._pre = 0
+        self._lists: list[list[Any]] = []  # [kind, counter] per open list
+        self._links: list[tuple[str, int]] = []  # (href, index in out where its text starts)
+
+    # -- output primitives
+
+    def _block(self, newlines: int) -> None:
+        if self.out:
+            self._newlines = max(self._newlines, newlines)
+
+    def _emit(self, text: str) -> None:
+        if self._newlines or self._line_start:
+            if not self._pre:
+                text = text.lstrip()
+            if not text:
+                return
+            if self._newlines:
+                self.out.append("\n" * self._newlines)
+                self._newlines = 0
+            if self._prefix:
+                self.out.append(self._prefix)
+                self._prefix = ""
+        elif not self._pre and text.startswith(" ") and self.out and self.out[-1].endswith(" "):
+            text = text[1:]
+        if text:
+            self.out.append(text)
+            self._line_start = text.endswith("\n")
+
+    # -- parser callbacks
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skip_tag is not None:
+            if tag == "body" and self._skip_tag == "head":  # an unclosed <head> ends here
+                self._skip_tag = None
+            elif tag == self._skip_tag:
+                self._skip_depth += 1
+                return
+            else:
+                return
+        attr = dict(attrs)
+        if tag in _DROPPED or "hidden" in attr or _HIDDEN_STYLE.search(attr.get("style") or ""):
+            if tag not in _VOID:
+                self._skip_tag, self._skip_depth = tag, 1
+            return
+        self._open(tag, attr)
+
+    def _open(self, tag: str, attr: dict[str, str | None]) -> None:
+        if tag == "br":
+            self.out.append("\n")
+            self._line_start = True
+        elif tag == "hr":
+            self._block(1)
+            self._emit("-" * 40)
+            self._block(1)
+        elif tag in ("ul", "ol"):
+            self._block(1 if self._lists else 2)
+            self._lists.append([tag, 0])
+        elif tag == "li":
+            self._list_item()
+        elif tag == "a":
+            self._links.append(((attr.get("href") or "").strip(), len(self.out)))
+        elif tag == "img":
+            self._emit(_SPACES.sub(" ", attr.get("alt") or ""))
+        elif tag in ("td", "th"):
+            self._emit(" ")
+        elif tag in _PARAGRAPHS:
+            self._block(2)
+            if tag == "pre":
+                self._pre += 1
+        elif tag in _BLOCKS:
+            self._block(1)
+
+    def _list_item(self) -> None:
+        self._block(1)
+        depth = max(len(self._lists) - 1, 0)
+        bullet = "- "
+        if self._lists and self._lists[-1][0] == "ol":
+            self._lists[-1][1] += 1
+            bullet = f"{self._lists[-1][1]}. "
+        self._prefix = "  " * depth + bullet
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip_tag is not None:
+            if tag == self._skip_tag:
+                self._skip_depth -= 1
+                if self._skip_depth == 0:
+                    self._skip_tag = None
+            return
+        if tag == "a" and self._links:
+            self._close_link(*self._links.pop())
+        elif tag in ("ul", "ol"):
+            if self._lists:
+                self._lists.pop()
+            self._block(1 if self._lists else 2)
+        elif tag in _PARAGRAPHS:
+            self._block(2)
+            if tag == "pre" and self._pre:
+                self._pre -= 1
+        elif tag in _BLOCKS:
+            self._block(1)
+
+    def _close_link(self, href: str, start: int) -> None:
+        if not href or href.startswith("#") or href.lower().startswith("javascript:"):
+            return
+        label = " ".join("".join(self.out[start:]).split())
+        shown = href[7:] if href.lower().startswith("mailto:") else href
+        if not label:
+            self._emit(shown)
+        elif label not in (href, shown) and label.rstrip("/") != href.split("://", 1)[-1].rstrip("/"):
+            self._emit(f" ({shown})")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip_tag is None:
+            self._emit(data if self._pre else _SPACES.sub(" ", data))
+
+
+def html_to_text(html: str) -> str:
+    """Convert rendered HTML into the text part: a real conversion, not a tag strip (§14.3)."""
+    writer = _TextWriter()
+    writer.feed(html)
+    writer.close()
+    lines = [line.rstrip() for line in "".join(writer.out).split("\n")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return text + "\n" if text else ""

@@ -1,0 +1,234 @@
+"""From a claim to ready-to-send messages: load what rendering needs in one short read, then render with
+the task's frozen template snapshot and the contact's current data (SPEC §8.1, §14).
+
+Caches: compiled snapshots forever (immutable after generation), tasks, senders and service configs for
+at most 30 s (SPEC §7.1 allows configuration caches of that age).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from edm import clock
+from edm.contacts.models import Contact, ContactTag, Tag
+from edm.content.models import Sender
+from edm.content.render import CompiledTemplate, RenderError, build_context, compile_template
+from edm.dispatch.message import build_message
+from edm.email_services.models import EmailService
+from edm.errors import TemplateSyntaxError
+from edm.ops import runtime_settings
+from edm.providers.base import Outcome, OutboundMessage, SendResult, ServiceConfig
+from edm.providers.registry import capabilities_for
+from edm.security.crypto import Vault
+from edm.security.tokens import sign_token
+from edm.settings import Settings
+from edm.tasks.models import Task, TaskTemplate
+
+CONFIG_TTL = 30.0
+CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "username", "phone", "company", "position",
+                  "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderFailure:
+    code: str
+    message: str
+
+    def result(self, key: str) -> SendResult:
+        return SendResult(key, Outcome.PERMANENT, provider_code=self.code, message=self.message[:500])
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    id: int
+    user_id: int
+    name: str
+    timezone: str
+    schedule_at: dt.datetime | None
+    sender_local: str
+    sender_name: str
+    reply_to: str | None
+
+
+class _Ttl:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        hit = self.items.get(key)
+        return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else None
+
+    def put(self, key: Any, value: Any) -> Any:
+        self.items[key] = (time.monotonic(), value)
+        return value
+
+
+class Composer:
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self._services = _Ttl(CONFIG_TTL)
+        self._tasks = _Ttl(CONFIG_TTL)
+        self._org = _Ttl(CONFIG_TTL)
+        self._templates: dict[int, CompiledTemplate | RenderFailure] = {}
+
+    # ---- services ----------------------------------------------------------------------------------
+
+    async def service_config(self, service_id: int, vault: Vault) -> tuple[ServiceConfig, EmailService]:
+        cached = self._services.get(service_id)
+        if cached is None:
+            async with self.sessionmaker() as session:
+                service = await session.get(EmailService, service_id)
+            assert service is not None, f"service {service_id} vanished"
+            cached = self._services.put(service_id, (config_of(service, vault), service))
+        return cached  # type: ignore[no-any-return]
+
+    async def idempotency_lookup(self, vault: Vault) -> Any:
+        async with self.sessionmaker() as session:
+            services = list(await session.scalars(select(EmailService)))
+        caps = {s.id: capabilities_for(config_of(s, vault)) for s in services}
+
+        def lookup(service_id: int) -> tuple[bool, int]:
+            cap = caps.get(service_id)
+            return (cap.honours_idempotency, cap.idempotency_window_seconds) if cap else (False, 0)
+
+        return lookup
+
+    # ---- messages ----------------------------------------------------------------------------------
+
+    async def compose(self, claim: Any, *, with_mime: bool | None = None) -> dict[int, OutboundMessage | RenderFailure]:
+        config, service = await self.service_config(claim.service_id, Vault.from_settings(self.settings))
+        if with_mime is None:
+            with_mime = capabilities_for(config).needs_mime
+        async with self.sessionmaker() as session:
+            contacts = await _contacts(session, [i.contact_id for i in claim.items if i.contact_id])
+            tasks = {tid: await self._task(session, tid) for tid in {i.task_id for i in claim.items}}
+            templates = {tt: await self._template(session, tt) for tt in {i.task_template_id for i in claim.items}}
+            org = await self._org_settings(session)
+        now = clock.utc_now()
+        return {
+            item.subtask_id: self._one(item, service, tasks[item.task_id], templates[item.task_template_id],
+                                       contacts.get(item.contact_id), org, now, with_mime)
+            for item in claim.items
+        }
+
+    def _one(self, item: Any, service: EmailService, task: TaskInfo | None, template: Any,
+             contact: dict[str, Any] | None, org: dict[str, str], now: dt.datetime, with_mime: bool,
+             ) -> OutboundMessage | RenderFailure:
+        if task is None:
+            return RenderFailure("render_error", "task or sender missing")
+        if isinstance(template, RenderFailure):
+            return template
+        key = str(item.public_id)
+        unsubscribe_url = self.unsubscribe_url(item.public_id)
+        contact = contact or {"email": item.recipient_email}
+        from_email = f"{task.sender_local}@{service.domain}"
+        context = build_context(
+            contact=contact, sender={"display_name": task.sender_name, "email": from_email},
+            task={"name": task.name, "scheduled_at": task.schedule_at}, org=org,
+            unsubscribe_url=unsubscribe_url, now=now.astimezone(ZoneInfo(task.timezone)),
+        )
+        try:
+            content = template.render(context)
+            return build_message(
+                key=key, task_id=task.id, user_id=task.user_id, domain=service.domain,
+                from_local=task.sender_local, from_name=task.sender_name, to_address=item.recipient_email,
+                to_name=str(contact.get("name") or ""), reply_to=task.reply_to, content=content,
+                unsubscribe_url=unsubscribe_url, with_mime=with_mime,
+            )
+        except RenderError as exc:
+            return RenderFailure("render_error", str(exc))
+        except ValueError as exc:  # an address or header value that cannot be put in a mail
+            return RenderFailure("invalid_message", str(exc))
+
+    def unsubscribe_url(self, public_id: Any) -> str:
+        token = sign_token("unsubscribe", public_id, key=self.settings.signing_key)
+        return f"{self.settings.effective_tracking_url}/u/{token}"
+
+    async def _task(self, session: AsyncSession, task_id: int) -> TaskInfo | None:
+        cached = self._tasks.get(task_id)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        row = (await session.execute(
+            select(Task, Sender).join(Sender, Sender.id == Task.sender_id).where(Task.id == task_id))).first()
+        if row is None:
+            return None
+        task, sender = row
+        info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
+                        sender.local_part, sender.display_name or "", sender.reply_to)
+        return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
+
+    async def _template(self, session: AsyncSession, task_template_id: int | None) -> CompiledTemplate | RenderFailure:
+        if task_template_id is None:
+            return RenderFailure("render_error", "no template assigned")
+        if task_template_id not in self._templates:
+            snapshot = await session.get(TaskTemplate, task_template_id)
+            self._templates[task_template_id] = _compile(snapshot)
+        return self._templates[task_template_id]
+
+    async def _org_settings(self, session: AsyncSession) -> dict[str, str]:
+        cached = self._org.get("org")
+        if cached is None:
+            runtime = await runtime_settings.load(session)
+            cached = self._org.put("org", {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address})
+        return cached  # type: ignore[no-any-return]
+
+
+def _compile(snapshot: TaskTemplate | None) -> CompiledTemplate | RenderFailure:
+    if snapshot is None or snapshot.subject is None or snapshot.html is None:
+        return RenderFailure("render_error", "template snapshot missing")
+    try:
+        return compile_template(subject=snapshot.subject, html=snapshot.html, text=snapshot.text,
+                                preheader=snapshot.preheader)
+    except TemplateSyntaxError as exc:
+        return RenderFailure("render_error", exc.message)
+
+
+async def _contacts(session: AsyncSession, ids: list[int]) -> dict[int, dict[str, Any]]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(Contact).where(Contact.id.in_(ids)))
+    out: dict[int, dict[str, Any]] = {}
+    for (contact,) in rows.all():
+        data = {f: getattr(contact, f) for f in CONTACT_FIELDS}
+        data["attributes"] = contact.custom_attributes or {}
+        data["tags"] = []
+        out[contact.id] = data
+    for contact_id, names in (await _tag_names(session, ids)).items():
+        out[contact_id]["tags"] = names
+    return out
+
+
+async def _tag_names(session: AsyncSession, contact_ids: list[int]) -> dict[int, list[str]]:
+    """Explicit tags plus their implied parents (SPEC §14.2)."""
+    parent = Tag.__table__.alias("parent")
+    rows = await session.execute(
+        select(ContactTag.contact_id, Tag.name, parent.c.name)
+        .join(Tag, Tag.id == ContactTag.tag_id)
+        .outerjoin(parent, parent.c.id == Tag.parent_id)
+        .where(ContactTag.contact_id.in_(contact_ids))
+    )
+    names: dict[int, list[str]] = defaultdict(list)
+    for contact_id, name, parent_name in rows.all():
+        for value in (parent_name, name):
+            if value and value not in names[contact_id]:
+                names[contact_id].append(value)
+    return names
+
+
+def config_of(service: EmailService, vault: Vault) -> ServiceConfig:
+    return ServiceConfig(
+        service_id=service.id, provider=service.provider, domain=service.domain,
+        credentials=vault.decrypt_json(service.credentials_encrypted), options=dict(service.options or {}),
+        max_concurrency=service.max_concurrency, batch_size=service.batch_size,
+        request_timeout_seconds=float(service.request_timeout_seconds),
+    )

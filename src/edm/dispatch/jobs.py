@@ -1,0 +1,101 @@
+"""Maintenance jobs (SPEC §7.11). Each runs in every worker, is idempotent, and takes its rows with
+compare-and-set or SKIP LOCKED, so concurrent runs in several workers never repeat work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from edm import clock
+from edm.db.session import unit_of_work
+from edm.dispatch import queue
+from edm.tasks import generation, lifecycle
+
+if TYPE_CHECKING:
+    from edm.dispatch.worker import Worker
+
+log = logging.getLogger("edm.jobs")
+
+
+class Maintenance:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def start(self) -> list[asyncio.Task[None]]:
+        jobs: list[tuple[str, float, Callable[[], Awaitable[object]]]] = [
+            ("generate", 5.0, self.generate),
+            ("reclaim", 15.0, self.reclaim),
+            ("finalize", 5.0, self.finalize),
+            ("thresholds", 60.0, self.thresholds),
+            ("waiting", 30.0, self.waiting),
+            ("uncertain", 300.0, self.uncertain),
+            ("heartbeat", 20.0, self.worker.heartbeat),
+        ]
+        return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
+
+    async def _every(self, name: str, period: float, job: Callable[[], Awaitable[object]]) -> None:
+        while not self.worker.stopping.is_set():
+            try:
+                await job()
+            except Exception:
+                log.exception("job.failed", extra={"job": name})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.worker.stopping.wait(), timeout=self.worker.scaled(period))
+
+    async def generate(self) -> int:
+        """Generate every due scheduled task, one transaction each; wake the dispatch loops after."""
+        done = 0
+        async with self.worker.sessionmaker() as session:
+            due = await generation.due_task_ids(session, now=clock.utc_now())
+        for task_id in due:
+            async with unit_of_work(self.worker.sessionmaker) as session:
+                result = await generation.generate(session, task_id, now=clock.utc_now())
+            if result is not None:
+                done += 1
+                log.info("task.generated", extra={"task_id": task_id, "status": str(result.status),
+                                                  "sendable": result.sendable})
+        if done:
+            self.worker.wakeup.set()
+        return done
+
+    async def reclaim(self) -> object:
+        caps = await self.worker.composer.idempotency_lookup(self.worker.vault)
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            counts = await queue.reclaim_expired(session, now=clock.utc_now(), idempotency=caps)
+        if sum(counts.values()):
+            log.warning("dispatch.reclaimed", extra=dict(counts))
+            self.worker.wakeup.set()
+        return counts
+
+    async def finalize(self) -> object:
+        now = clock.utc_now()
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            completed = await lifecycle.finalize(session, now=now)
+            settled = await lifecycle.settle_stopped(session, now=now)
+            resumed = await lifecycle.auto_resume(session, now=now)
+        if resumed:
+            self.worker.wakeup.set()
+        return completed, settled, resumed
+
+    async def thresholds(self) -> object:
+        runtime = await self.worker.refresh_runtime()
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            return await lifecycle.check_thresholds(session, now=clock.utc_now(), runtime=runtime)
+
+    async def waiting(self) -> object:
+        runtime = await self.worker.refresh_runtime()
+        self.worker.invalidate_snapshot()
+        snapshots = await self.worker.snapshots()
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            now = clock.utc_now()
+            changed = await lifecycle.update_waiting(session, now=now, runtime=runtime, snapshots=snapshots)
+            resumed = await lifecycle.resume_unavailable(session, now=now, snapshots=snapshots)
+        return changed, resumed
+
+    async def uncertain(self) -> int:
+        runtime = await self.worker.refresh_runtime()
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            return await lifecycle.abandon_stale_uncertain(session, now=clock.utc_now(), runtime=runtime)

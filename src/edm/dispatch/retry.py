@@ -1,0 +1,35 @@
+"""Back-off policies (SPEC §7.7, §5.8). Pure; `jitter` is injected so tests are deterministic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable
+
+Jitter = Callable[[], float]  # returns a factor in [0.8, 1.2]
+
+
+def default_jitter() -> float:
+    return random.uniform(0.8, 1.2)
+
+
+def retry_delay(
+    retryable_failures: int, *, base: float = 60.0, cap: float = 3600.0, jitter: Jitter = default_jitter
+) -> dt.timedelta:
+    """min(base × 2^(n−1), cap) ± 20 %, n = retryable failures so far (≥ 1)."""
+    n = max(1, retryable_failures)
+    return dt.timedelta(seconds=min(base * 2 ** (n - 1), cap) * jitter())
+
+
+def throttle_backoff(
+    level: int, *, retry_after: float | None, base: float = 30.0, cap: float = 900.0
+) -> dt.timedelta:
+    """max(Retry-After ≤ 1 h, base × 2^(level−1) ≤ cap)."""
+    exponential = min(base * 2 ** (max(1, level) - 1), cap)
+    honoured = min(retry_after, 3600.0) if retry_after else 0.0
+    return dt.timedelta(seconds=max(honoured, exponential))
+
+
+def freeze_cooldown(level: int, *, base: float = 600.0, cap: float = 86400.0) -> dt.timedelta:
+    """min(base × 2^(level−1), cap)."""
+    return dt.timedelta(seconds=min(base * 2 ** (max(1, level) - 1), cap))

@@ -1,0 +1,82 @@
+"""One typed configuration object, read once from `EDM_*` environment variables and passed in."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"change-me", "changeme", "secret", "dev", "development", "please-change-me"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDM_", extra="ignore")
+
+    env: Literal["production", "development", "demo", "test"] = "production"
+    database_url: str = "sqlite:///./var/edm.db"
+    secret_key: str = ""
+    secret_key_previous: str = ""
+    encryption_keys: str = ""
+    public_url: str = "http://localhost:8000"
+    tracking_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_timezone: str = "UTC"
+    worker_concurrency: int = Field(8, ge=1, le=256)
+    db_pool_size: int = Field(10, ge=1, le=200)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    allow_unsigned_webhooks: bool = False
+    demo_admin_password: str = ""
+    # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often).
+    time_scale: float = Field(1.0, gt=0, le=1.0)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        if len(self.secret_key.encode()) < 32 or self.secret_key.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("EDM_SECRET_KEY must be set to at least 32 random bytes in production")
+        if not self.encryption_keys:
+            raise ValueError("EDM_ENCRYPTION_KEYS must be set in production")
+        if self.allow_unsigned_webhooks:
+            raise ValueError("EDM_ALLOW_UNSIGNED_WEBHOOKS is refused in production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def fake_provider_allowed(self) -> bool:
+        return not self.is_production
+
+    @cached_property
+    def async_database_url(self) -> str:
+        return to_async_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_tracking_url(self) -> str:
+        return (self.tracking_url or self.public_url).rstrip("/")
+
+    @property
+    def signing_key(self) -> bytes:
+        # Outside production a missing key is derived from the database URL so demos work out of the box;
+        # production refuses to start without one (see the validator above).
+        return (self.secret_key or f"edm-dev-key:{self.database_url}").encode()
+
+
+def to_async_url(url: str) -> str:
+    """Map a plain database URL to its asyncio driver (aiosqlite / asyncpg)."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url

@@ -1,0 +1,169 @@
+"""The one recipient selection function (SPEC §6.2), shared by the estimate and generation.
+
+It yields a SQL SELECT of every candidate contact of a rule with the first exclusion reason (or NULL for
+sendable), so the estimate (a GROUP BY over it) and generation (an INSERT … SELECT from it) can never
+disagree on the same data. No pagination, sampling or cap anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, and_, case, exists, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.contacts.models import Contact, ContactTag, Tag
+from edm.errors import BadInput
+from edm.suppressions.models import Suppression
+
+EXCLUSION_ORDER = (
+    "invalid_address",
+    "contact_inactive",
+    "unsubscribed",
+    "hard_bounced",
+    "complained",
+    "suppression_list",
+)
+RULE_TYPES = ("specific", "tag_based", "all_contacts")
+MAX_SPECIFIC = 50_000
+
+
+@dataclass(frozen=True)
+class Rule:
+    type: str
+    contact_ids: tuple[int, ...] = ()
+    include_tag_ids: tuple[int, ...] = ()
+    exclude_tag_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> Rule:
+        if not isinstance(raw, dict) or raw.get("type") not in RULE_TYPES:
+            raise BadInput.field("recipient_rule.type", f"must be one of {', '.join(RULE_TYPES)}")
+        allowed = {"type", "contact_ids", "include_tag_ids", "exclude_tag_ids"}
+        unknown = set(raw) - allowed
+        if unknown:
+            raise BadInput.field(f"recipient_rule.{sorted(unknown)[0]}", "unknown field")
+        rule = cls(
+            type=raw["type"],
+            contact_ids=_ids(raw, "contact_ids"),
+            include_tag_ids=_ids(raw, "include_tag_ids"),
+            exclude_tag_ids=_ids(raw, "exclude_tag_ids"),
+        )
+        rule._check_shape()
+        return rule
+
+    def _check_shape(self) -> None:
+        if self.type == "specific" and not 1 <= len(self.contact_ids) <= MAX_SPECIFIC:
+            raise BadInput.field("recipient_rule.contact_ids", f"must list 1 to {MAX_SPECIFIC} contacts")
+        if self.type == "tag_based" and not self.include_tag_ids:
+            raise BadInput.field("recipient_rule.include_tag_ids", "must list at least one tag")
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type}
+        if self.type == "specific":
+            body["contact_ids"] = list(self.contact_ids)
+        if self.type == "tag_based":
+            body["include_tag_ids"] = list(self.include_tag_ids)
+        if self.type in ("tag_based", "all_contacts"):
+            body["exclude_tag_ids"] = list(self.exclude_tag_ids)
+        return body
+
+
+def _ids(raw: dict[str, Any], key: str) -> tuple[int, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise BadInput.field(f"recipient_rule.{key}", "must be a list of integer ids")
+    return tuple(dict.fromkeys(value))
+
+
+async def validate_rule(session: AsyncSession, *, user_id: int, rule: Rule) -> None:
+    """Ids that are not the owner's are rejected, listing up to 10 of them (never silently dropped)."""
+    if rule.contact_ids:
+        await _reject_foreign(session, Contact, user_id, rule.contact_ids, "recipient_rule.contact_ids")
+    tag_ids = rule.include_tag_ids + rule.exclude_tag_ids
+    if tag_ids:
+        await _reject_foreign(session, Tag, user_id, tag_ids, "recipient_rule.tag_ids")
+
+
+async def _reject_foreign(session: AsyncSession, model: Any, user_id: int, ids: tuple[int, ...], field: str) -> None:
+    found: set[int] = set()
+    for chunk in _chunks(list(ids), 5000):
+        rows = await session.scalars(select(model.id).where(model.user_id == user_id, model.id.in_(chunk)))
+        found.update(rows)
+    missing = [i for i in ids if i not in found][:10]
+    if missing:
+        raise BadInput.field(field, f"not found: {', '.join(map(str, missing))}")
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def expand_tags(session: AsyncSession, *, user_id: int, tag_ids: tuple[int, ...]) -> list[int]:
+    """A parent tag stands for itself and all its children (membership in a child implies the parent)."""
+    if not tag_ids:
+        return []
+    children = await session.scalars(select(Tag.id).where(Tag.user_id == user_id, Tag.parent_id.in_(tag_ids)))
+    return sorted(set(tag_ids) | set(children))
+
+
+def _has_any_tag(tag_ids: list[int]) -> Any:
+    return exists().where(ContactTag.contact_id == Contact.id, ContactTag.tag_id.in_(tag_ids))
+
+
+def exclusion_reason(*, user_id: int, now: dt.datetime) -> Any:
+    """The first matching exclusion reason in SPEC order, or NULL when the contact is sendable."""
+    suppressed = exists().where(
+        or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
+        or_(
+            and_(Suppression.kind == "address", Suppression.value == Contact.email_normalized),
+            and_(Suppression.kind == "domain", Suppression.value == Contact.email_domain),
+        ),
+        or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
+    )
+    return case(
+        (~Contact.email_normalized.like("%_@_%"), literal("invalid_address")),
+        (Contact.status.in_(("inactive", "archived")), literal("contact_inactive")),
+        (Contact.unsubscribed_at.is_not(None), literal("unsubscribed")),
+        (Contact.hard_bounced_at.is_not(None), literal("hard_bounced")),
+        (Contact.complained_at.is_not(None), literal("complained")),
+        (suppressed, literal("suppression_list")),
+        else_=literal(None),
+    )
+
+
+async def candidates_query(
+    session: AsyncSession, *, user_id: int, rule: Rule, now: dt.datetime
+) -> Select[Any]:
+    """SELECT contact id, normalized email, exclusion reason — every candidate of the rule, once."""
+    conditions = [Contact.user_id == user_id]
+    if rule.type == "specific":
+        conditions.append(Contact.id.in_(rule.contact_ids))
+    if rule.type == "tag_based":
+        conditions.append(_has_any_tag(await expand_tags(session, user_id=user_id, tag_ids=rule.include_tag_ids)))
+    excluded_tags = await expand_tags(session, user_id=user_id, tag_ids=rule.exclude_tag_ids)
+    if excluded_tags:
+        conditions.append(~_has_any_tag(excluded_tags))
+    reason = exclusion_reason(user_id=user_id, now=now).label("reason")
+    # Contacts are unique per (user, normalized address), so the candidates are already deduplicated.
+    return select(Contact.id.label("contact_id"), Contact.email_normalized.label("email"), reason).where(*conditions)
+
+
+async def estimate(session: AsyncSession, *, user_id: int, rule: Rule, now: dt.datetime) -> dict[str, Any]:
+    inner = (await candidates_query(session, user_id=user_id, rule=rule, now=now)).subquery()
+    rows = (await session.execute(select(inner.c.reason, func.count()).group_by(inner.c.reason))).all()
+    excluded = dict.fromkeys(EXCLUSION_ORDER, 0)
+    sendable = 0
+    for reason, count in rows:
+        if reason is None:
+            sendable = count
+        else:
+            excluded[reason] = count
+    return {
+        "candidates": sendable + sum(excluded.values()),
+        "sendable": sendable,
+        "excluded": excluded,
+        "credit_needed": sendable,
+    }

@@ -1,0 +1,138 @@
+"""Task statistics as a function of SubTask rows (SPEC §11.1, §11.2). Nothing else is authoritative.
+
+Counts come from one grouped aggregate over the task's rows (index on (task_id, send_state)); rates are
+derived. `recount()` is the independent check used by `edm stats verify`: row by row in Python.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.tasks.models import SubTask
+from edm.tasks.status import SendState
+
+DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return None if denominator == 0 else round(numerator / denominator, 4)
+
+
+async def task_stats(session: AsyncSession, task_id: int) -> dict[str, Any]:
+    s = SubTask
+    opened = (s.open_count > 0) | (s.click_count > 0)
+    opened_any = opened | (s.machine_open_count > 0) | (s.machine_click_count > 0)
+    rows = (await session.execute(
+        select(
+            s.send_state,
+            case((s.attempts > 0, True), else_=False).label("tried"),
+            s.charged,
+            s.suppressed_reason,
+            s.last_error_class,
+            s.delivery_state,
+            func.count().label("n"),
+            func.sum(case((opened, 1), else_=0)),
+            func.sum(case((opened_any, 1), else_=0)),
+            func.sum(case((s.click_count > 0, 1), else_=0)),
+            func.sum(case(((s.click_count > 0) | (s.machine_click_count > 0), 1), else_=0)),
+            func.sum(s.open_count), func.sum(s.machine_open_count),
+            func.sum(s.click_count), func.sum(s.machine_click_count),
+            func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
+            func.sum(case((s.replied_at.is_not(None), 1), else_=0)),
+        )
+        .where(s.task_id == task_id)
+        .group_by(s.send_state, "tried", s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state)
+    )).all()
+    return _assemble([_Group(*r) for r in rows])
+
+
+class _Group:
+    def __init__(self, state: str, tried: Any, charged: Any, reason: str | None, error_class: str | None,
+                 delivery: str, n: int, *sums: Any) -> None:
+        self.state, self.tried, self.charged, self.reason = state, bool(tried), bool(charged), reason
+        self.error_class, self.delivery, self.n = error_class, delivery, n
+        (self.opened_human, self.opened_total, self.clicked_human, self.clicked_total, self.opens,
+         self.machine_opens, self.clicks, self.machine_clicks, self.unsubscribed, self.replied) = (
+            int(v or 0) for v in sums)
+
+
+def _assemble(groups: list[_Group]) -> dict[str, Any]:
+    c: Counter[str] = Counter()
+    excluded: Counter[str] = Counter()
+    failed_by_class: Counter[str] = Counter()
+    delivery: Counter[str] = Counter()
+    for g in groups:
+        c["recipients"] += g.n
+        if g.state == SendState.SUPPRESSED:
+            if g.charged:
+                c["suppressed_later"] += g.n
+            else:
+                excluded[g.reason or "unknown"] += g.n
+        elif g.state == SendState.PENDING:
+            c["retrying" if g.tried else "queued"] += g.n
+        elif g.state == SendState.ALLOCATED:
+            c["in_flight"] += g.n
+        else:
+            c[g.state] += g.n
+        if g.state == SendState.FAILED:
+            failed_by_class[g.error_class or "unknown"] += g.n
+        delivery[g.delivery] += g.n
+        for key in ("opened_human", "opened_total", "clicked_human", "clicked_total", "opens", "machine_opens",
+                    "clicks", "machine_clicks", "unsubscribed", "replied"):
+            c[key] += getattr(g, key)
+    sent, failed = c["sent"], c["failed"]
+    bounced = delivery["soft_bounced"] + delivery["hard_bounced"] + delivery["rejected"]
+    reached = sent - bounced
+    delivered = delivery["delivered"] + delivery["complained"]
+    final = sent + failed + c["cancelled"] + c["suppressed_later"] + sum(excluded.values())
+    counts = {
+        "recipients": c["recipients"], "excluded": sum(excluded.values()), "excluded_by_reason": dict(excluded),
+        "suppressed_later": c["suppressed_later"], "queued": c["queued"], "retrying": c["retrying"],
+        "in_flight": c["in_flight"], "uncertain": c["uncertain"], "sent": sent, "failed": failed,
+        "failed_by_class": dict(failed_by_class), "cancelled": c["cancelled"], "delivered": delivered,
+        **{state: delivery[state] for state in DELIVERY_STATES}, "reached": reached,
+        "opened_human": c["opened_human"], "opened_total": c["opened_total"], "clicked_human": c["clicked_human"],
+        "clicked_total": c["clicked_total"], "opens": c["opens"], "machine_opens": c["machine_opens"],
+        "clicks": c["clicks"], "machine_clicks": c["machine_clicks"], "unsubscribed": c["unsubscribed"],
+        "replied": c["replied"],
+    }
+    counts["rates"] = {
+        "delivery": _rate(delivered, sent), "bounce": _rate(bounced, sent), "failure": _rate(failed, sent + failed),
+        "open_human": _rate(c["opened_human"], reached), "open_total": _rate(c["opened_total"], reached),
+        "click": _rate(c["clicked_human"], reached), "click_to_open": _rate(c["clicked_human"], c["opened_human"]),
+        "complaint": _rate(delivery["complained"], reached), "unsubscribe": _rate(c["unsubscribed"], reached),
+        "reply": _rate(c["replied"], reached),
+    }
+    counts["progress"] = _rate(final, c["recipients"])
+    return counts
+
+
+async def recount(session: AsyncSession, task_id: int) -> dict[str, Any]:
+    """Independent recount: stream every row and classify it in Python, then assemble the same shape."""
+    groups: dict[tuple[Any, ...], _Group] = {}
+    rows = await session.stream(select(
+        SubTask.send_state, SubTask.attempts, SubTask.charged, SubTask.suppressed_reason, SubTask.last_error_class,
+        SubTask.delivery_state, SubTask.open_count, SubTask.machine_open_count, SubTask.click_count,
+        SubTask.machine_click_count, SubTask.unsubscribed_at, SubTask.replied_at,
+    ).where(SubTask.task_id == task_id))
+    async for r in rows:
+        key = (r.send_state, r.attempts > 0, bool(r.charged), r.suppressed_reason, r.last_error_class,
+               r.delivery_state)
+        g = groups.setdefault(key, _Group(*key, 0, *([0] * 10)))
+        g.n += 1
+        human = r.open_count > 0 or r.click_count > 0
+        g.opened_human += human
+        g.opened_total += human or r.machine_open_count > 0 or r.machine_click_count > 0
+        g.clicked_human += r.click_count > 0
+        g.clicked_total += r.click_count > 0 or r.machine_click_count > 0
+        g.opens += r.open_count
+        g.machine_opens += r.machine_open_count
+        g.clicks += r.click_count
+        g.machine_clicks += r.machine_click_count
+        g.unsubscribed += r.unsubscribed_at is not None
+        g.replied += r.replied_at is not None
+    return _assemble(list(groups.values()))
