@@ -82,6 +82,10 @@ class InUse(Conflict):
     code = "in_use"
 
 
+class LastAdmin(Conflict):
+    code = "last_admin"
+
+
 class ComplianceIncomplete(Conflict):
     code = "compliance_incomplete"
 

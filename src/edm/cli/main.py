@@ -1,6 +1,38 @@
+"""`edm`: one command for operators. Exit codes: 0 success, 1 runtime failure, 2 bad input (one line)."""
+
+from __future__ import annotations
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from edm.cli import demo, ops, services, tasks, users
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="EDM: self-hosted email direct marketing.")
+app.add_typer(ops.db_app, name="db")
+app.add_typer(ops.stats_app, name="stats")
+app.add_typer(users.user_app, name="user")
+app.add_typer(users.token_app, name="token")
+app.add_typer(users.credit_app, name="credit")
+app.add_typer(services.service_app, name="service")
+app.add_typer(tasks.task_app, name="task")
+app.add_typer(tasks.sender_app, name="sender")
+app.add_typer(tasks.template_app, name="template")
+app.command("serve")(ops.serve)
+app.command("worker")(ops.worker)
+app.command("demo")(demo.demo)
+
+
+@app.command("mailbox")
+def mailbox(directory: str = typer.Option("var/demo-mailbox", help="sink store directory")) -> None:
+    """List the messages the demo SMTP sink captured."""
+    from pathlib import Path
+
+    from edm.devtools.smtp_sink import list_stored
+
+    messages = list_stored(Path(directory))
+    for m in messages:
+        typer.echo(f"{m['received_at']}  {m['to']:<40} {m['subject']}")
+    typer.echo(f"{len(messages)} messages")
 
 
 def run() -> None:

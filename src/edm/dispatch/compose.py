@@ -25,7 +25,7 @@ from edm.dispatch.message import build_message
 from edm.email_services.models import EmailService
 from edm.errors import TemplateSyntaxError
 from edm.ops import runtime_settings
-from edm.providers.base import Outcome, OutboundMessage, SendResult, ServiceConfig
+from edm.providers.base import OutboundMessage, Outcome, SendResult, ServiceConfig
 from edm.providers.registry import capabilities_for
 from edm.security.crypto import Vault
 from edm.security.tokens import sign_token

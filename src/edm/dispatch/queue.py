@@ -155,7 +155,7 @@ class Claim:
 
 async def claim(
     session: AsyncSession, *, service_id: int, worker_id: str, now: dt.datetime, max_items: int = slots.MAX_CLAIM,
-    sending_paused: bool = False,
+    sending_paused: bool = False, lease_grace: dt.timedelta = LEASE_GRACE,
 ) -> Claim | None:
     """Bind up to k claimable SubTasks to this service and lease them to `worker_id` (one transaction)."""
     if sending_paused:
@@ -190,7 +190,7 @@ async def claim(
                                                count=math.ceil(len(rows) / limits.batch_size))
     items = _items(rows, slot_times, limits.batch_size)
     await _allocate(session, service=service, worker_id=worker_id, now=now, items=items,
-                    lease_for=_lease_length(service, len(items)))
+                    lease_for=_lease_length(service, len(items), lease_grace))
     await _advance_service(session, state_row, now=now, next_slot=next_slot, cursor=cursor,
                            probe=availability.probe)
     await _start_tasks(session, {i.task_id for i in items}, now)
@@ -216,9 +216,10 @@ def _claim_size(
     return max(0, min(limits.batch_size * free_requests, due, limits.daily_quota - used, slots.MAX_CLAIM, cap))
 
 
-def _lease_length(service: EmailService, count: int) -> dt.timedelta:
+def _lease_length(service: EmailService, count: int, grace: dt.timedelta) -> dt.timedelta:
+    """request timeout + k × interval + grace (SPEC §7.2): past this the worker is presumed dead."""
     interval = float(service.sending_interval_seconds)
-    return dt.timedelta(seconds=service.request_timeout_seconds + count * interval) + LEASE_GRACE
+    return dt.timedelta(seconds=service.request_timeout_seconds + count * interval) + grace
 
 
 def _items(rows: list[Any], slot_times: list[dt.datetime], batch_size: int) -> list[ClaimedItem]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from edm.dispatch.compose import Composer, RenderFailure
 from edm.dispatch.jobs import Maintenance
 from edm.ops import runtime_settings
 from edm.ops.models import Worker as WorkerRow
-from edm.providers.base import Adapter, Outcome, OutboundMessage, SendResult
+from edm.providers.base import Adapter, OutboundMessage, Outcome, SendResult
 from edm.providers.registry import AdapterCache
 from edm.security.crypto import Vault
 from edm.settings import Settings
@@ -178,7 +179,8 @@ class Worker:
         for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
             async with unit_of_work(self.sessionmaker) as session:
                 claim = await queue.claim(session, service_id=service_id, worker_id=self.id, now=clock.utc_now(),
-                                          sending_paused=runtime.sending_paused)
+                                          sending_paused=runtime.sending_paused,
+                                          lease_grace=dt.timedelta(seconds=self.scaled(60.0)))
             if claim is not None:
                 self.invalidate_snapshot()
                 return claim

@@ -1,5 +1,207 @@
-"""HTTP routes (filled in by the domain's work)."""
+"""Admin routes for sending services and mappings, and /me/services (SPEC §15.3, §16.3)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter(prefix="/api/v1")
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, Session
+from edm.clock import utc_now
+from edm.dispatch import queue
+from edm.email_services import service as services
+from edm.email_services.models import EmailServiceStatusLog, UserServiceMapping
+from edm.security.crypto import Vault
+
+router = APIRouter(prefix="/api/v1", tags=["services"])
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceFields(Strict):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    label: str | None = Field(None, min_length=1, max_length=100)
+    provider: str | None = None
+    options: dict[str, Any] | None = None
+    domain: str | None = Field(None, max_length=253)
+    sending_interval_seconds: Decimal | None = Field(None, ge=0, le=86400)
+    max_concurrency: int | None = Field(None, ge=1, le=100)
+    batch_size: int | None = Field(None, ge=1, le=1000)
+    daily_quota: int | None = Field(None, ge=1)
+    timezone: str | None = None
+    quota_reset_time: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    weight: int | None = Field(None, ge=1, le=1000)
+    priority: int | None = Field(None, ge=0, le=99)
+    backup_only: bool | None = None
+    is_enabled: bool | None = None
+    request_timeout_seconds: int | None = Field(None, ge=5, le=300)
+    credentials: dict[str, Any] | None = None
+
+
+class ServiceCreate(ServiceFields):
+    name: str = Field(..., min_length=1, max_length=100)
+    provider: str
+    domain: str = Field(..., max_length=253)
+
+
+class FreezeBody(Strict):
+    reason: str = Field(..., min_length=1, max_length=500)
+
+
+class UsageBody(Strict):
+    used_today: int = Field(..., ge=0)
+
+
+class MappingBody(Strict):
+    user_ids: list[int] = Field(..., min_length=1, max_length=500)
+    service_ids: list[int] = Field(..., min_length=1, max_length=500)
+    is_active: bool = True
+
+
+class ExactServices(Strict):
+    service_ids: list[int] = Field(..., max_length=500)
+
+
+def _vault(request: Request) -> Vault:
+    return Vault.from_settings(request.app.state.settings)
+
+
+def _split(body: ServiceFields) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    values = body.model_dump(exclude_unset=True)
+    credentials = values.pop("credentials", None)
+    return values, credentials
+
+
+@router.get("/admin/services")
+async def list_services(request: Request, session: Session, caller: Admin) -> list[dict[str, Any]]:
+    snaps = await queue.snapshot_services(session, now=utc_now())
+    return [{**services.public_view(s.service, _vault(request)), **_health(s)} for s in snaps]
+
+
+def _health(s: queue.ServiceSnapshot) -> dict[str, Any]:
+    return {"available": s.availability.eligible, "state": s.availability.reason or "available",
+            "state_until": s.availability.until, "used_today": s.used_today, "in_flight": s.in_flight,
+            "next_reset": s.next_reset, "frozen_reason": s.state.frozen_reason, "last_error": s.state.last_error,
+            "last_success_at": s.state.last_success_at, "recent_success_rate": s.state.recent_success_rate,
+            "latency_ms_ewma": s.state.latency_ms_ewma}
+
+
+@router.post("/admin/services", status_code=201)
+async def create_service(body: ServiceCreate, request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    values, credentials = _split(body)
+    settings = request.app.state.settings
+    svc = await services.create_service(session, _vault(request), values=values, credentials=credentials,
+                                        fake_allowed=settings.fake_provider_allowed, actor_user_id=caller.id,
+                                        default_timezone=settings.default_timezone)
+    return services.public_view(svc, _vault(request))
+
+
+@router.get("/admin/services/{service_id}")
+async def get_service(service_id: int, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
+    svc = await services.get_service(session, service_id)
+    snap = next(s for s in await queue.snapshot_services(session, now=utc_now()) if s.service.id == svc.id)
+    return {**services.public_view(svc, _vault(request)), **_health(snap)}
+
+
+@router.patch("/admin/services/{service_id}")
+async def patch_service(service_id: int, body: ServiceFields, request: Request, session: Session,
+                        caller: AdminWriter) -> dict[str, Any]:
+    values, credentials = _split(body)
+    svc = await services.update_service(session, _vault(request), service_id, values=values, credentials=credentials,
+                                        fake_allowed=request.app.state.settings.fake_provider_allowed,
+                                        actor_user_id=caller.id)
+    return services.public_view(svc, _vault(request))
+
+
+@router.delete("/admin/services/{service_id}", status_code=204)
+async def delete_service(service_id: int, session: Session, caller: AdminWriter) -> Response:
+    await services.archive_service(session, service_id, actor_user_id=caller.id)
+    return Response(status_code=204)
+
+
+@router.post("/admin/services/{service_id}/{action}")
+async def service_action(service_id: int, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
+                         request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    if action in ("enable", "disable"):
+        await services.update_service(session, _vault(request), service_id, values={"is_enabled": action == "enable"},
+                                      credentials=None, fake_allowed=True, actor_user_id=caller.id)
+    elif action == "unfreeze":
+        await services.unfreeze(session, service_id, actor_user_id=caller.id)
+    else:
+        await services.clear_backoff(session, service_id, actor_user_id=caller.id)
+    return {"service_id": service_id, "done": action}
+
+
+@router.post("/admin/services/{service_id}/freeze")
+async def freeze_service(service_id: int, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
+    return {"service_id": service_id, "done": "freeze"}
+
+
+@router.post("/admin/services/{service_id}/usage")
+async def set_usage(service_id: int, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
+    return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
+
+
+@router.get("/admin/status-log")
+async def status_log(session: Session, caller: Admin, service_id: int | None = None,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 100) -> list[dict[str, Any]]:
+    query = select(EmailServiceStatusLog).order_by(EmailServiceStatusLog.id.desc()).limit(limit)
+    if service_id:
+        query = query.where(EmailServiceStatusLog.service_id == service_id)
+    return [{"id": r.id, "service_id": r.service_id, "change": r.change, "old_value": r.old_value,
+             "new_value": r.new_value, "reason": r.reason, "actor_user_id": r.actor_user_id, "at": r.at}
+            for r in await session.scalars(query)]
+
+
+@router.get("/admin/mappings")
+async def list_mappings(session: Session, caller: Admin, user_id: int | None = None,
+                        service_id: int | None = None) -> list[dict[str, Any]]:
+    query = select(UserServiceMapping).order_by(UserServiceMapping.id)
+    if user_id:
+        query = query.where(UserServiceMapping.user_id == user_id)
+    if service_id:
+        query = query.where(UserServiceMapping.service_id == service_id)
+    return [{"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active}
+            for m in await session.scalars(query)]
+
+
+@router.post("/admin/mappings", status_code=201)
+async def create_mappings(body: MappingBody, session: Session, caller: AdminWriter) -> list[dict[str, Any]]:
+    """Assign many services to many users in one call."""
+    created = []
+    for user_id in body.user_ids:
+        for service_id in body.service_ids:
+            m = await services.map_user(session, user_id=user_id, service_id=service_id, actor_user_id=caller.id,
+                                        is_active=body.is_active)
+            created.append({"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active})
+    return created
+
+
+@router.delete("/admin/mappings/{mapping_id}", status_code=204)
+async def delete_mapping(mapping_id: int, session: Session, caller: AdminWriter) -> Response:
+    await services.delete_mapping(session, mapping_id)
+    return Response(status_code=204)
+
+
+@router.put("/admin/users/{user_id}/services")
+async def exact_services(user_id: int, body: ExactServices, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    ids = await services.set_user_services(session, user_id=user_id, service_ids=body.service_ids,
+                                           actor_user_id=caller.id)
+    return {"user_id": user_id, "service_ids": ids}
+
+
+@router.get("/me/services")
+async def my_services(session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
+    """The caller's usable services as labels only: never credentials, limits or other users' usage."""
+    mapped = set(await session.scalars(select(UserServiceMapping.service_id).where(
+        UserServiceMapping.user_id == caller.id, UserServiceMapping.is_active.is_(True))))
+    return [{"id": s.service.id, "label": s.service.label, "domain": s.service.domain,
+             "sending_now": s.availability.eligible or s.availability.slot_waiting}
+            for s in await queue.snapshot_services(session, now=utc_now()) if s.service.id in mapped]

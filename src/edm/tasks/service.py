@@ -14,7 +14,15 @@ from edm.clock import utc_now
 from edm.contacts.models import Contact
 from edm.content.models import Sender, Template
 from edm.content.render import RenderError, build_context, compile_template
-from edm.errors import BadInput, ComplianceIncomplete, InsufficientCredit, InvalidSchedule, NoRecipients, NotFound, TaskLocked
+from edm.errors import (
+    BadInput,
+    ComplianceIncomplete,
+    InsufficientCredit,
+    InvalidSchedule,
+    NoRecipients,
+    NotFound,
+    TaskLocked,
+)
 from edm.ops import runtime_settings
 from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-import edm.db.types
 from sqlalchemy import Text
 from sqlalchemy.dialects import postgresql
+
+import edm.db.types
 
 revision: str = '0001'
 down_revision: str | None = None

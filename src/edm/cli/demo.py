@@ -1,0 +1,191 @@
+"""`edm demo` (SPEC §19.7): a fresh SQLite database, a local SMTP sink, demo data, a scheduled task, then
+the web server and a worker in one process. Mail visibly flows into the demo mailbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import insert
+
+from edm import clock
+from edm.cli.common import run
+from edm.contacts.models import Contact, ContactTag, Tag
+from edm.content.models import Sender, Template
+from edm.db.engine import create_engine, make_sessionmaker
+from edm.db.migrate import upgrade_async
+from edm.db.session import unit_of_work
+from edm.devtools.smtp_sink import SmtpSink
+from edm.email_services import service as services
+from edm.security.crypto import Vault
+from edm.settings import Settings
+from edm.tasks import service as tasks
+from edm.users.models import Role
+from edm.users.service import create_token, create_user
+
+DEMO_DB = Path("var/edm-demo.db")
+MAILBOX = Path("var/demo-mailbox")
+FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Guido", "Radia"]
+
+WELCOME_HTML = """<html><body style="font-family:sans-serif">
+<h1>Hello {{ contact.first_name | default('there', true) }}!</h1>
+<p>This is the EDM demo. You are receiving it because you are contact #{{ contact.attributes.n }}.</p>
+<p><a href="https://example.com/winter-sale">See the winter sale</a></p>
+<p style="font-size:12px"><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+</body></html>"""
+NEWS_HTML = """<html><body><h2>News for {{ name | default('you', true) }}</h2>
+<ul><li>Per-recipient ledger</li><li>Send-time service choice</li><li>Durable rate limits</li></ul>
+</body></html>"""
+
+
+def _settings(port: int) -> Settings:
+    os.environ.setdefault("EDM_ENV", "demo")
+    os.environ.setdefault("EDM_DATABASE_URL", f"sqlite:///./{DEMO_DB}")
+    os.environ.setdefault("EDM_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    os.environ.setdefault("EDM_LOG_LEVEL", "WARNING")
+    return Settings()
+
+
+async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipients: int = 200) -> dict[str, Any]:
+    admin_password = settings.demo_admin_password or secrets.token_urlsafe(12)
+    vault = Vault.from_settings(settings)
+    async with unit_of_work(sessionmaker) as session:
+        admin = await create_user(session, username="admin", email="admin@demo.example", password=admin_password,
+                                  role=Role.ADMIN)
+        admin_token, _ = await create_token(session, user_id=admin.id, name="demo")
+        user = await create_user(session, username="demo", email="demo@demo.example",
+                                 password=secrets.token_urlsafe(12), credit=10_000, credit_reason="demo credit")
+        user_token, _ = await create_token(session, user_id=user.id, name="demo")
+        smtp = {"host": "127.0.0.1", "port": smtp_port, "security": "none"}
+        specs = [
+            {"name": "smtp-a", "provider": "smtp", "domain": "mail-a.demo.example", "options": smtp,
+             "sending_interval_seconds": 0.1, "max_concurrency": 2, "daily_quota": 120},
+            {"name": "smtp-b", "provider": "smtp", "domain": "mail-b.demo.example", "options": smtp,
+             "sending_interval_seconds": 0.25, "max_concurrency": 2, "daily_quota": 1000},
+            {"name": "fake-esp", "provider": "fake", "domain": "esp.demo.example",
+             "options": {"transient_pct": 5, "throttle_pct": 2, "latency_ms": 30, "retry_after": 2, "seed": 7},
+             "sending_interval_seconds": 0.5, "max_concurrency": 2, "daily_quota": 1000},
+        ]
+        for spec in specs:
+            svc = await services.create_service(session, vault, values=spec, credentials={}, fake_allowed=True)
+            await services.map_user(session, user_id=user.id, service_id=svc.id, actor_user_id=admin.id)
+        customers = Tag(user_id=user.id, name="customers")
+        session.add(customers)
+        await session.flush()
+        vip = Tag(user_id=user.id, name="vip", parent_id=customers.id)
+        session.add(vip)
+        await session.flush()
+        contact_ids = await _contacts(session, user.id, recipients)
+        await session.execute(insert(ContactTag), [
+            {"contact_id": cid, "tag_id": vip.id if i % 10 == 0 else customers.id, "created_at": clock.utc_now()}
+            for i, cid in enumerate(contact_ids)])
+        sender = Sender(user_id=user.id, local_part="news", local_part_lower="news", display_name="EDM Demo")
+        welcome = Template(user_id=user.id, name="welcome", subject="Welcome, {{ contact.first_name }}",
+                           html=WELCOME_HTML, preheader="A demo of EDM")
+        news = Template(user_id=user.id, name="news", subject="EDM news", html=NEWS_HTML)
+        session.add_all([sender, welcome, news])
+        await session.flush()
+        task = await tasks.create_task(session, user_id=user.id, actor="demo", values={
+            "name": "Demo campaign", "sender_id": sender.id,
+            "recipient_rule": {"type": "tag_based", "include_tag_ids": [customers.id], "exclude_tag_ids": []},
+            "templates": [{"template_id": welcome.id, "weight": 3}, {"template_id": news.id, "weight": 1}]})
+        await tasks.schedule(session, task, at=None, actor="demo")
+    return {"admin_password": admin_password, "admin_token": admin_token, "user_token": user_token,
+            "task_id": task.id}
+
+
+async def _contacts(session: Any, user_id: int, count: int) -> list[int]:
+    now = clock.utc_now()
+    rows = [{"user_id": user_id, "email": f"person{i}@recipients.demo.example",
+             "email_normalized": f"person{i}@recipients.demo.example", "email_domain": "recipients.demo.example",
+             "first_name": FIRST_NAMES[i % len(FIRST_NAMES)], "name": f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {i}",
+             "status": "active", "custom_attributes": {"n": i}, "soft_bounce_streak": 0, "source": "demo",
+             "created_at": now, "updated_at": now} for i in range(count)]
+    result = await session.execute(insert(Contact).returning(Contact.id), rows)
+    return list(result.scalars())
+
+
+async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients: int) -> None:
+    import uvicorn
+
+    from edm.app import create_app
+    from edm.cli.tasks import status_line
+    from edm.dispatch.worker import Worker
+
+    for path in (DEMO_DB, Path(f"{DEMO_DB}-wal"), Path(f"{DEMO_DB}-shm")):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(MAILBOX, ignore_errors=True)
+    settings = _settings(port)
+    await upgrade_async(settings.database_url)
+    sink = SmtpSink(port=smtp_port, store_dir=MAILBOX).start()
+    engine = create_engine(settings)
+    sessionmaker = make_sessionmaker(engine)
+    info = await seed(settings, sessionmaker, smtp_port=sink.port, recipients=recipients)
+    app = create_app(settings, engine=engine)
+    app.state.mailbox_dir = MAILBOX
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    worker = Worker(settings, sessionmaker, concurrency=4)
+    _banner(settings, info, sink.port)
+    tasks_ = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run(install_signals=False))]
+    try:
+        await _follow(sessionmaker, info["task_id"], status_line, exit_when_done)
+    finally:
+        worker.request_stop()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks_, return_exceptions=True)
+        sink.stop()
+        await engine.dispose()
+    typer.echo(f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/")
+
+
+def _banner(settings: Settings, info: dict[str, Any], smtp_port: int) -> None:
+    base = settings.public_url
+    typer.echo(f"""
+EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
+  admin password (shown once): {info['admin_password']}
+  admin API token:             {info['admin_token']}
+  demo user API token:         {info['user_token']}
+  demo mailbox:                {base}/demo/mailbox
+  task statistics:             curl -H 'Authorization: Bearer {info['user_token']}' {base}/api/v1/tasks/{info['task_id']}/stats
+  API docs:                    {base}/api/docs
+Press Ctrl-C to stop.
+""")
+
+
+async def _follow(sessionmaker: Any, task_id: int, status_line: Any, exit_when_done: bool) -> None:
+    last = ""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        async with sessionmaker() as session:
+            data, line = await status_line(session, task_id)
+        if line != last:
+            typer.echo(line)
+            last = line
+        if data["status"] == "completed" and exit_when_done:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=2)
+
+
+@run
+async def demo(
+    port: Annotated[int, typer.Option(help="web port")] = 8000,
+    smtp_port: Annotated[int, typer.Option(help="SMTP sink port")] = 1025,
+    recipients: Annotated[int, typer.Option(help="demo contacts")] = 200,
+    exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="stop when the task completes")] = False,
+) -> None:
+    """Run the demo: SQLite, an SMTP sink, demo data, API server and worker in one process."""
+    await demo_main(port, smtp_port, exit_when_done, recipients)

@@ -1,0 +1,113 @@
+"""Operations commands: db, serve, worker, stats verify."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from edm.cli.common import emit, fail, run, session_scope, settings
+from edm.db.engine import create_engine, make_sessionmaker
+from edm.db.migrate import current_revision, head_revision, schema_is_current, upgrade
+from edm.tasks.models import Task
+from edm.tasks.stats import recount, task_stats
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+stats_app = typer.Typer(help="Statistics checks.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations (idempotent)."""
+    cfg = settings()
+    upgrade(cfg.database_url)
+    typer.echo(f"schema at revision {head_revision()}")
+
+
+@db_app.command("current")
+@run
+async def db_current() -> None:
+    """Show the schema revision."""
+    engine = create_engine(settings())
+    try:
+        typer.echo(f"current: {await current_revision(engine)}  head: {head_revision()}")
+    finally:
+        await engine.dispose()
+
+
+async def require_current_schema() -> None:
+    engine = create_engine(settings())
+    try:
+        current = await schema_is_current(engine)
+    finally:
+        await engine.dispose()
+    if not current:
+        fail("the database schema is not current: run `edm db upgrade`", code=1)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+) -> None:
+    """Run the web app: API, console, tracking and webhooks."""
+    import uvicorn
+
+    cfg = settings()
+    asyncio.run(require_current_schema())
+    configure_logging(cfg.log_level)
+    uvicorn.run("edm.cli.ops:app_factory", factory=True, host=host or cfg.host, port=port or cfg.port,
+                workers=workers, log_level=cfg.log_level.lower())
+
+
+def app_factory():  # type: ignore[no-untyped-def]
+    from edm.app import create_app
+
+    return create_app(settings())
+
+
+def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops")] = None) -> None:
+    """Run dispatch loops and maintenance jobs until SIGTERM/SIGINT (graceful)."""
+    from edm.dispatch.worker import Worker
+
+    cfg = settings()
+    configure_logging(cfg.log_level)
+
+    async def main() -> None:
+        await require_current_schema()
+        engine = create_engine(cfg)
+        try:
+            await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency).run()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+@stats_app.command("verify")
+@run
+async def stats_verify(
+    task_id: Annotated[int | None, typer.Argument(help="task id; all tasks when omitted")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recount SubTasks row by row and compare with the statistics (SPEC §11.1)."""
+    from sqlalchemy import select
+
+    async with session_scope() as session:
+        ids = [task_id] if task_id else list(await session.scalars(select(Task.id).order_by(Task.id)))
+        report = []
+        for tid in ids:
+            served, counted = await task_stats(session, tid), await recount(session, tid)
+            diffs = {k: (served[k], counted[k]) for k in served if served[k] != counted[k]}
+            report.append({"task_id": tid, "ok": not diffs, "differences": diffs})
+    emit(report, as_json=as_json,
+         text="\n".join(f"task {r['task_id']}: {'ok' if r['ok'] else 'MISMATCH ' + str(r['differences'])}"
+                        for r in report) or "no tasks")
+    if any(not r["ok"] for r in report):
+        raise typer.Exit(1)

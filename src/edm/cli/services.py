@@ -1,0 +1,121 @@
+"""Sending-service commands (admin operations)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from edm import clock
+from edm.cli.common import emit, run, session_scope, settings
+from edm.dispatch import queue
+from edm.email_services import service as services
+from edm.errors import BadInput
+from edm.security.crypto import Vault
+from edm.users.service import find_user
+
+service_app = typer.Typer(help="Sending services.", no_args_is_help=True)
+
+
+def _json_option(value: str | None, name: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise BadInput.field(name, "must be a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise BadInput.field(name, "must be a JSON object")
+    return parsed
+
+
+@service_app.command("create")
+@run
+async def service_create(
+    name: Annotated[str, typer.Option()],
+    provider: Annotated[str, typer.Option(help="smtp or fake (more with the ESP adapters)")],
+    domain: Annotated[str, typer.Option(help="sending domain: From = local@domain")],
+    host: Annotated[str | None, typer.Option(help="SMTP host")] = None,
+    port: Annotated[int | None, typer.Option(help="SMTP port")] = None,
+    security: Annotated[str, typer.Option(help="starttls, tls or none")] = "starttls",
+    username: Annotated[str | None, typer.Option(help="SMTP username")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the SMTP password")] = False,
+    interval: Annotated[float, typer.Option(help="sending_interval_seconds")] = 1.0,
+    max_concurrency: Annotated[int, typer.Option()] = 2,
+    batch_size: Annotated[int, typer.Option()] = 1,
+    daily_quota: Annotated[int, typer.Option()] = 1000,
+    reset_time: Annotated[str, typer.Option(help="local HH:MM of the quota reset")] = "00:00",
+    timezone: Annotated[str | None, typer.Option(help="IANA zone of the reset")] = None,
+    options: Annotated[str | None, typer.Option(help="extra provider options, JSON object")] = None,
+    map_user: Annotated[list[str] | None, typer.Option("--map", help="map to this user (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a sending service (credentials are encrypted at rest and never shown again)."""
+    import sys
+
+    cfg = settings()
+    opts = _json_option(options, "options")
+    if provider == "smtp":
+        opts.update({k: v for k, v in {"host": host, "port": port, "security": security}.items() if v})
+    credentials = {"username": username, "password": sys.stdin.readline().rstrip("\n")} if password_stdin else {}
+    if username and not password_stdin:
+        credentials = {"username": username}
+    values = {"name": name, "provider": provider, "domain": domain, "options": opts,
+              "sending_interval_seconds": interval, "max_concurrency": max_concurrency, "batch_size": batch_size,
+              "daily_quota": daily_quota, "quota_reset_time": reset_time}
+    if timezone:
+        values["timezone"] = timezone
+    async with session_scope(cfg) as session:
+        svc = await services.create_service(session, Vault.from_settings(cfg), values=values,
+                                             credentials=credentials, fake_allowed=cfg.fake_provider_allowed,
+                                             default_timezone=cfg.default_timezone)
+        for user in map_user or []:
+            await services.map_user(session, user_id=(await find_user(session, user)).id, service_id=svc.id)
+        data = {"id": svc.id, "name": svc.name, "provider": svc.provider}
+    emit(data, as_json=as_json, text=f"created service {data['name']} (id {data['id']})")
+
+
+@service_app.command("list")
+@run
+async def service_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every service with its state right now: usable, used today / quota, next reset."""
+    async with session_scope() as session:
+        snaps = await queue.snapshot_services(session, now=clock.utc_now())
+    rows = [{"id": s.service.id, "name": s.service.name, "provider": s.service.provider,
+             "state": "available" if s.availability.eligible else (s.availability.reason or "unavailable"),
+             "until": s.availability.until, "used_today": s.used_today, "daily_quota": s.service.daily_quota,
+             "in_flight": s.in_flight, "next_reset": s.next_reset, "last_error": s.state.last_error} for s in snaps]
+    emit(rows, as_json=as_json, text="\n".join(
+        f"{r['id']:>4} {r['name']:<18} {r['provider']:<6} {r['state']:<11} used {r['used_today']}/{r['daily_quota']}"
+        f" next reset {r['next_reset']:%Y-%m-%d %H:%M}Z" + (f"  last error: {r['last_error']}" if r['last_error'] else "")
+        for r in rows) or "no services")
+
+
+@service_app.command("unfreeze")
+@run
+async def service_unfreeze(service: Annotated[str, typer.Argument(help="name or id")]) -> None:
+    async with session_scope() as session:
+        svc = await services.find_service(session, service)
+        await services.unfreeze(session, svc.id, actor_user_id=None)
+    typer.echo(f"{svc.name} unfrozen")
+
+
+@service_app.command("freeze")
+@run
+async def service_freeze(service: Annotated[str, typer.Argument()], reason: Annotated[str, typer.Option()]) -> None:
+    async with session_scope() as session:
+        svc = await services.find_service(session, service)
+        await services.freeze(session, svc.id, reason=reason, actor_user_id=None)
+    typer.echo(f"{svc.name} frozen")
+
+
+@service_app.command("map")
+@run
+async def service_map(service: Annotated[str, typer.Argument()], user: Annotated[str, typer.Argument()]) -> None:
+    """Allow a user's tasks to be sent through a service."""
+    async with session_scope() as session:
+        svc = await services.find_service(session, service)
+        row = await find_user(session, user)
+        await services.map_user(session, user_id=row.id, service_id=svc.id)
+    typer.echo(f"{row.username} may send through {svc.name}")

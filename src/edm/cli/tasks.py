@@ -1,0 +1,215 @@
+"""Task commands: create, transitions, live status; and senders and templates they need."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from edm.cli.common import emit, run, session_scope
+from edm.contacts.emails import normalize_email
+from edm.contacts.models import Contact, Tag
+from edm.content.models import Sender, Template
+from edm.content.render import compile_template
+from edm.errors import BadInput, NotFound
+from edm.tasks import service as tasks
+from edm.tasks.models import Task
+from edm.tasks.stats import task_stats
+from edm.users.service import find_user
+
+task_app = typer.Typer(help="Tasks (bulk sends).", no_args_is_help=True)
+sender_app = typer.Typer(help="Senders (From identities).", no_args_is_help=True)
+template_app = typer.Typer(help="Templates.", no_args_is_help=True)
+
+
+def parse_time(value: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput.field("at", f"{value!r} is not an ISO 8601 time such as 2026-12-01T09:00:00+08:00") from None
+    if when.tzinfo is None:
+        raise BadInput.field("at", "must include a UTC offset, e.g. +00:00")
+    return when
+
+
+async def _by_name(session: Any, model: Any, user_id: int, value: str, column: Any) -> int:
+    query = select(model.id).where(model.user_id == user_id)
+    query = query.where(model.id == int(value)) if value.isdigit() else query.where(column == value)
+    found = await session.scalar(query)
+    if found is None:
+        raise NotFound(f"{model.__tablename__[:-1]} {value!r} not found")
+    return int(found)
+
+
+async def _contacts_from_file(session: Any, user_id: int, path: Path) -> list[int]:
+    if not path.exists():
+        raise BadInput.field("contacts", f"file {path} not found")
+    emails = [normalize_email(line.split(",")[0], field="contacts").normalized
+              for line in path.read_text().splitlines() if line.strip() and "@" in line]
+    ids = list(await session.scalars(select(Contact.id).where(Contact.user_id == user_id,
+                                                              Contact.email_normalized.in_(emails))))
+    if len(ids) != len(set(emails)):
+        raise BadInput.field("contacts", f"{len(set(emails)) - len(ids)} addresses are not contacts of the user")
+    return ids
+
+
+@task_app.command("create")
+@run
+async def task_create(
+    user: Annotated[str, typer.Option(help="owner: username, email or id")],
+    name: Annotated[str, typer.Option()],
+    sender: Annotated[str, typer.Option(help="sender local part or id")],
+    template: Annotated[list[str], typer.Option(help="template name or id (repeatable; name:weight)")],
+    tag: Annotated[list[str] | None, typer.Option(help="include contacts with this tag")] = None,
+    exclude_tag: Annotated[list[str] | None, typer.Option(help="exclude contacts with this tag")] = None,
+    all_contacts: Annotated[bool, typer.Option("--all", help="all the user's contacts")] = False,
+    contacts: Annotated[Path | None, typer.Option(help="file of addresses, one per line")] = None,
+    at: Annotated[str | None, typer.Option(help="schedule at (ISO 8601 with offset)")] = None,
+    now: Annotated[bool, typer.Option("--now", help="schedule now")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a task: a draft, or scheduled with --at / --now."""
+    if sum(bool(x) for x in (tag, all_contacts, contacts)) != 1:
+        raise BadInput.field("recipients", "give exactly one of --tag, --all or --contacts")
+    async with session_scope() as session:
+        owner = await find_user(session, user)
+        sender_id = await _by_name(session, Sender, owner.id, sender, Sender.local_part_lower)
+        chosen = []
+        for entry in template:
+            ref, _, weight = entry.partition(":")
+            chosen.append({"template_id": await _by_name(session, Template, owner.id, ref, Template.name),
+                           "weight": int(weight) if weight.isdigit() else 1})
+        excluded = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in exclude_tag or []]
+        if tag:
+            rule: dict[str, Any] = {"type": "tag_based", "exclude_tag_ids": excluded,
+                                    "include_tag_ids": [await _by_name(session, Tag, owner.id, t, Tag.name) for t in tag]}
+        elif all_contacts:
+            rule = {"type": "all_contacts", "exclude_tag_ids": excluded}
+        else:
+            rule = {"type": "specific", "contact_ids": await _contacts_from_file(session, owner.id, contacts)}  # type: ignore[arg-type]
+        task = await tasks.create_task(session, user_id=owner.id, actor="cli", values={
+            "name": name, "sender_id": sender_id, "recipient_rule": rule, "templates": chosen})
+        if at or now:
+            await tasks.schedule(session, task, at=parse_time(at) if at else None, actor="cli")
+        data = {"id": task.id, "status": task.status, "schedule_at": task.schedule_at,
+                "estimate": task.schedule_estimate}
+    emit(data, as_json=as_json, text=f"task {data['id']} {data['status']}"
+         + (f", {data['estimate']['sendable']} sendable recipients" if data["estimate"] else ""))
+
+
+ACTIONS = {"pause": tasks.pause, "resume": tasks.resume, "cancel": tasks.cancel, "close": tasks.close,
+           "unschedule": tasks.unschedule}
+
+
+def _transition_command(action: str) -> None:
+    @task_app.command(action)
+    @run
+    async def command(task_id: Annotated[int, typer.Argument()]) -> None:
+        async with session_scope() as session:
+            task = await tasks.get_task(session, task_id, user_id=None)
+            await ACTIONS[action](session, task, actor="cli")
+            status = task.status
+        typer.echo(f"task {task_id} {status}")
+
+    command.__doc__ = f"{action.capitalize()} a task."
+
+
+for _action in ACTIONS:
+    _transition_command(_action)
+
+
+@task_app.command("start")
+@run
+async def task_start(task_id: Annotated[int, typer.Argument()]) -> None:
+    """Schedule a draft task now."""
+    async with session_scope() as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        await tasks.schedule(session, task, at=None, actor="cli")
+    typer.echo(f"task {task_id} scheduled")
+
+
+@task_app.command("list")
+@run
+async def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    async with session_scope() as session:
+        rows = [{"id": t.id, "user_id": t.user_id, "name": t.name, "status": t.status,
+                 "waiting_reason": t.waiting_reason, "pause_reason": t.pause_reason}
+                for t in await session.scalars(select(Task).order_by(Task.id))]
+    emit(rows, as_json=as_json, text="\n".join(
+        f"{r['id']:>5} {r['status']:<10} {r['name']}" + (f"  ({r['pause_reason'] or r['waiting_reason']})"
+                                                          if r['pause_reason'] or r['waiting_reason'] else "")
+        for r in rows) or "no tasks")
+
+
+async def status_line(session: Any, task_id: int) -> tuple[dict[str, Any], str]:
+    task = await tasks.get_task(session, task_id, user_id=None)
+    stats = await task_stats(session, task_id)
+    why = task.pause_reason or task.waiting_reason
+    line = (f"task {task.id} {task.status}{f' ({why})' if why else ''}: {stats['sent']} sent, "
+            f"{stats['failed']} failed, {stats['queued'] + stats['retrying']} pending, {stats['in_flight']} in flight,"
+            f" {stats['uncertain']} uncertain, {stats['excluded'] + stats['suppressed_later']} suppressed"
+            f" of {stats['recipients']}")
+    return {"id": task.id, "status": task.status, "pause_reason": task.pause_reason,
+            "waiting_reason": task.waiting_reason, "waiting_until": task.waiting_until, "stats": stats}, line
+
+
+@task_app.command("status")
+@run
+async def task_status(
+    task_id: Annotated[int, typer.Argument()],
+    watch: Annotated[bool, typer.Option("--watch", help="refresh every 2 s until the task is final")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Live statistics of a task (computed from its SubTask rows)."""
+    while True:
+        async with session_scope() as session:
+            data, line = await status_line(session, task_id)
+        emit(data, as_json=as_json, text=line)
+        if not watch or data["status"] in ("completed", "cancelled", "closed", "paused"):
+            return
+        await asyncio.sleep(2)
+
+
+@sender_app.command("create")
+@run
+async def sender_create(
+    user: Annotated[str, typer.Option()],
+    local_part: Annotated[str, typer.Option(help="the part before @; the domain comes from the service")],
+    display_name: Annotated[str, typer.Option()] = "",
+    reply_to: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    from edm.content import service as content
+
+    async with session_scope() as session:
+        owner = await find_user(session, user)
+        sender = await content.create_sender(session, user_id=owner.id, values={
+            "local_part": local_part, "display_name": display_name, "reply_to": reply_to})
+    typer.echo(f"created sender {sender.local_part} (id {sender.id})")
+
+
+@template_app.command("create")
+@run
+async def template_create(
+    user: Annotated[str, typer.Option()],
+    name: Annotated[str, typer.Option()],
+    subject: Annotated[str, typer.Option()],
+    html_file: Annotated[Path, typer.Option(help="file with the HTML (Jinja2)")],
+    text_file: Annotated[Path | None, typer.Option(help="optional text part")] = None,
+) -> None:
+    from edm.content import service as content
+
+    for path in (html_file, text_file):
+        if path is not None and not path.exists():
+            raise BadInput.field("file", f"{path} not found")
+    html = html_file.read_text()
+    text = text_file.read_text() if text_file else None
+    compile_template(subject=subject, html=html, text=text)  # syntax errors as one line, with the line number
+    async with session_scope() as session:
+        owner = await find_user(session, user)
+        row = await content.create_template(session, user_id=owner.id, values={
+            "name": name, "subject": subject, "html": html, "text": text})
+    typer.echo(f"created template {row.name} (id {row.id})")

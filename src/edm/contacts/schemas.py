@@ -1,0 +1,205 @@
+"""Request and response bodies of the contacts, tags, import and estimate routes (SPEC §13, §6.2).
+
+Request models reject unknown fields (422 naming the field). Limits repeat the service rules so the
+OpenAPI document shows them; the services check again for callers that are not HTTP (CLI, importer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from edm.contacts.models import ContactStatus
+
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
+Str7 = Annotated[str, Field(max_length=7), NoNul]
+Str64 = Annotated[str, Field(max_length=64), NoNul]
+Name64 = Annotated[str, Field(min_length=1, max_length=64), NoNul]
+Str100 = Annotated[str, Field(max_length=100), NoNul]
+Str200 = Annotated[str, Field(max_length=200), NoNul]
+Email = Annotated[str, Field(min_length=1, max_length=320), NoNul]
+Str500 = Annotated[str, Field(max_length=500), NoNul]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Contacts
+# --------------------------------------------------------------------------------------------------------
+
+
+class ContactFields(Body):
+    name: Str200 | None = None
+    first_name: Str200 | None = None
+    last_name: Str200 | None = None
+    username: Str200 | None = None
+    phone: Str200 | None = None
+    company: Str200 | None = None
+    position: Str200 | None = None
+    tiktok_unique_id: Str200 | None = None
+    instagram_id: Str200 | None = None
+    youtube_id: Str200 | None = None
+    timezone: Str64 | None = None
+    custom_attributes: dict[str, Any] | None = None
+
+
+class ContactCreate(ContactFields):
+    email: Email
+    source: Str100 | None = "api"
+    status: ContactStatus = ContactStatus.ACTIVE
+    tag_ids: list[Id] = Field(default_factory=list, max_length=1000)
+
+
+class ContactUpdate(ContactFields):
+    """Only the fields sent are changed; `custom_attributes` replaces the whole object."""
+
+    email: Email | None = None
+    source: Str100 | None = None
+    status: ContactStatus | None = None
+
+
+class TagRef(BaseModel):
+    id: int
+    name: str
+    parent_id: int | None
+    implied: bool  # true for a parent implied by a child membership (never stored)
+
+
+class ContactOut(BaseModel):
+    id: int
+    email: str
+    email_normalized: str
+    name: str | None
+    first_name: str | None
+    last_name: str | None
+    username: str | None
+    phone: str | None
+    company: str | None
+    position: str | None
+    tiktok_unique_id: str | None
+    instagram_id: str | None
+    youtube_id: str | None
+    source: str | None
+    status: str
+    custom_attributes: dict[str, Any]
+    timezone: str | None
+    unsubscribed_at: dt.datetime | None
+    hard_bounced_at: dt.datetime | None
+    complained_at: dt.datetime | None
+    soft_bounce_streak: int
+    imported_at: dt.datetime | None
+    last_sent_at: dt.datetime | None
+    last_opened_at: dt.datetime | None
+    last_clicked_at: dt.datetime | None
+    last_replied_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    tags: list[TagRef] = []
+
+
+class ContactPage(BaseModel):
+    items: list[ContactOut]
+    next_cursor: str | None
+    total: int | None = None
+
+
+class TagIds(Body):
+    tag_ids: list[Id] = Field(min_length=1, max_length=1000)
+
+
+class TaggedOut(BaseModel):
+    added: int
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tags
+# --------------------------------------------------------------------------------------------------------
+
+
+class TagCreate(Body):
+    name: Name64
+    color: Str7 | None = None
+    description: Str500 | None = None
+    parent_id: Id | None = None
+
+
+class TagUpdate(Body):
+    name: Name64 | None = None
+    color: Str7 | None = None
+    description: Str500 | None = None
+
+
+class TagOut(BaseModel):
+    id: int
+    name: str
+    description: str | None
+    color: str
+    parent_id: int | None
+    is_split_group: bool
+    member_count: int  # explicit members
+    total_member_count: int  # for a root: distinct members of itself and its children
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class TagNode(TagOut):
+    children: list[TagOut] = []
+
+
+class TagPage(BaseModel):
+    items: list[TagOut]
+    next_cursor: str | None
+    total: int | None = None
+
+
+class ContactIds(Body):
+    contact_ids: list[Id] = Field(min_length=1, max_length=10_000)
+
+
+class MembersChanged(BaseModel):
+    added: int | None = None
+    removed: int | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Import and estimate
+# --------------------------------------------------------------------------------------------------------
+
+
+class RowErrorOut(BaseModel):
+    row: int
+    column: str
+    message: str
+
+
+class ImportReportOut(BaseModel):
+    total: int
+    created: int
+    updated: int
+    skipped: int
+    error_count: int
+    errors: list[RowErrorOut]
+    columns: dict[str, str]
+
+
+class EstimateOut(BaseModel):
+    candidates: int
+    sendable: int
+    excluded: dict[str, int]
+    credit_needed: int
+    credit_balance: int
+    computed_at: dt.datetime
