@@ -152,3 +152,35 @@ async def _completed(sessionmaker, task_id: int) -> bool:  # type: ignore[no-unt
 async def _ids(sessionmaker, *where) -> list[int]:  # type: ignore[no-untyped-def]
     async with sessionmaker() as session:
         return list(await session.scalars(select(SubTask.id).where(*where)))
+
+
+@pytest.mark.slow
+async def test_sigterm_finishes_started_sends_and_releases_the_rest(db_url, sessionmaker, tmp_path):  # type: ignore[no-untyped-def]
+    """Graceful shutdown (SPEC §7.8): stop claiming, finish started requests, record them, release the
+    claimed items that had not started (outcome `released`, attempt not counted)."""
+    _need_pg(db_url)
+    settings = settings_for(db_url)
+    with SmtpSink() as sink:
+        sink.data_delay = 1.0
+        task_id, _ = await _setup(sessionmaker, settings, {
+            # Slots at 0 s and 0.9 s: the claim takes two, the stop arrives before the second starts.
+            "name": "slow", "provider": "smtp", "max_concurrency": 4, "sending_interval_seconds": 0.9,
+            "options": {"host": "127.0.0.1", "port": sink.port, "security": "none"}})
+        proc = start_worker(db_url, log=tmp_path / "graceful.log")
+        await _until(lambda: _has(sink, 1))
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 40)
+        assert code == 0
+    async with sessionmaker() as session:
+        allocated = await session.scalar(select(func.count()).where(SubTask.send_state == "allocated"))
+        assert allocated == 0, "nothing left leased to a stopped worker"
+        uncertain = await session.scalar(select(func.count()).where(SubTask.send_state == "uncertain"))
+        assert uncertain == 0, "started sends were finished and recorded, not abandoned"
+        sent = await session.scalar(select(func.count()).where(SubTask.send_state == "sent"))
+        assert sent == len(sink.messages) >= 1
+        released = list(await session.scalars(select(SendAttempt.subtask_id).where(SendAttempt.outcome == "released")))
+        assert released, "the claimed but unstarted item was released"
+        rows = (await session.execute(select(SubTask.send_state, SubTask.attempts).where(
+            SubTask.id.in_(released)))).all()
+        assert all(state == "pending" and attempts == 0 for state, attempts in rows), "attempt not counted"
+        assert await session.scalar(select(Task.status).where(Task.id == task_id)) == "sending"

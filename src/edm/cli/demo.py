@@ -23,6 +23,7 @@ from edm.db.migrate import upgrade_async
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.email_services import service as services
+from edm.observability import configure_logging
 from edm.security.crypto import Vault
 from edm.settings import Settings
 from edm.tasks import service as tasks
@@ -122,6 +123,7 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
         path.unlink(missing_ok=True)
     shutil.rmtree(MAILBOX, ignore_errors=True)
     settings = _settings(port)
+    configure_logging(level=settings.log_level, fmt="text")
     await upgrade_async(settings.database_url)
     sink = SmtpSink(port=smtp_port, store_dir=MAILBOX).start()
     engine = create_engine(settings)

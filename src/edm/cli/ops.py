@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated
 
 import typer
@@ -11,6 +10,7 @@ import typer
 from edm.cli.common import emit, fail, run, session_scope, settings
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.migrate import current_revision, head_revision, schema_is_current, upgrade
+from edm.observability import configure_logging
 from edm.tasks.models import Task
 from edm.tasks.stats import recount, task_stats
 
@@ -47,10 +47,6 @@ async def require_current_schema() -> None:
         fail("the database schema is not current: run `edm db upgrade`", code=1)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
@@ -61,7 +57,7 @@ def serve(
 
     cfg = settings()
     asyncio.run(require_current_schema())
-    configure_logging(cfg.log_level)
+    configure_logging(level=cfg.log_level, fmt=cfg.log_format)
     uvicorn.run("edm.cli.ops:app_factory", factory=True, host=host or cfg.host, port=port or cfg.port,
                 workers=workers, log_level=cfg.log_level.lower())
 
@@ -77,7 +73,7 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops"
     from edm.dispatch.worker import Worker
 
     cfg = settings()
-    configure_logging(cfg.log_level)
+    configure_logging(level=cfg.log_level, fmt=cfg.log_format)
 
     async def main() -> None:
         await require_current_schema()

@@ -32,6 +32,7 @@ from edm.providers.base import Adapter, OutboundMessage, Outcome, SendResult
 from edm.providers.registry import AdapterCache
 from edm.security.crypto import Vault
 from edm.settings import Settings
+from edm.tasks import lifecycle
 
 log = logging.getLogger("edm.worker")
 
@@ -73,6 +74,7 @@ class Worker:
         self._run_jobs = run_jobs
         self.maintenance = Maintenance(self)
         self.sent_batches = 0
+        self._threshold_checked: dict[int, tuple[float, int]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -236,6 +238,26 @@ class Worker:
         # We cannot know whether the request left: treat as maybe-sent so nothing is resent blindly.
         return [SendResult(m.key, Outcome.MAYBE_SENT, message=error) for m in messages]
 
+    async def _check_thresholds_after(self, claim: queue.Claim, outcomes: list[queue.ItemOutcome]) -> None:
+        """SPEC §7.9: thresholds are evaluated after each outcome batch too, so a task failing fast is
+        paused before it burns through its list. Only batches with failures can cross a threshold."""
+        now = time.monotonic()
+        due = [t for t in _failed_tasks(outcomes) if self._threshold_due(t, now)]
+        if not due:
+            return
+        samples: dict[int, int] = {}
+        async with unit_of_work(self.sessionmaker) as session:
+            await lifecycle.check_thresholds(session, now=clock.utc_now(), runtime=self.runtime, task_ids=due,
+                                             samples=samples)
+        for task_id in due:
+            self._threshold_checked[task_id] = (now, samples.get(task_id, 0))
+
+    def _threshold_due(self, task_id: int, now: float) -> bool:
+        """Below the minimum sample the count is cheap and every batch may matter; above it, once a second."""
+        last_at, last_sample = self._threshold_checked.get(task_id, (0.0, 0))
+        small = last_sample < self.runtime.autopause_min_sample
+        return small or now - last_at >= THRESHOLD_CHECK_EVERY
+
     async def _record(
         self, claim: queue.Claim, outcomes: list[queue.ItemOutcome], unstarted: list[queue.ClaimedItem],
         adapter: Adapter,
@@ -250,6 +272,7 @@ class Worker:
                                                  honours_idempotency=adapter.capabilities.honours_idempotency)
                     await queue.release(session, claim=claim, items=unstarted, now=now)
                 self.sent_batches += 1
+                await self._check_thresholds_after(claim, outcomes)
                 if summary.status_log:
                     self.invalidate_snapshot()
                     log.warning("service.state_changed",
@@ -260,6 +283,13 @@ class Worker:
                 # lease expires and the reclaimer settles the rows (uncertain unless idempotent).
                 log.exception("dispatch.record_failed", extra={"attempt": attempt + 1})
                 await asyncio.sleep(min(2.0 ** attempt, 10.0))
+
+
+THRESHOLD_CHECK_EVERY = 1.0  # seconds between post-batch threshold checks of one task (each is a count)
+
+
+def _failed_tasks(outcomes: list[queue.ItemOutcome]) -> set[int]:
+    return {o.item.task_id for o in outcomes if o.result.outcome is not Outcome.ACCEPTED}
 
 
 def _view(s: queue.ServiceSnapshot) -> allocation.ServiceView:

@@ -124,6 +124,18 @@ async def delete_service(service_id: int, session: Session, caller: AdminWriter)
     return Response(status_code=204)
 
 
+@router.post("/admin/services/{service_id}/freeze")
+async def freeze_service(service_id: int, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
+    return {"service_id": service_id, "done": "freeze"}
+
+
+@router.post("/admin/services/{service_id}/usage")
+async def set_usage(service_id: int, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
+    return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
+
+
 @router.post("/admin/services/{service_id}/{action}")
 async def service_action(service_id: int, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
                          request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
@@ -135,18 +147,6 @@ async def service_action(service_id: int, action: Literal["enable", "disable", "
     else:
         await services.clear_backoff(session, service_id, actor_user_id=caller.id)
     return {"service_id": service_id, "done": action}
-
-
-@router.post("/admin/services/{service_id}/freeze")
-async def freeze_service(service_id: int, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
-    await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
-    return {"service_id": service_id, "done": "freeze"}
-
-
-@router.post("/admin/services/{service_id}/usage")
-async def set_usage(service_id: int, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
-    delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
-    return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
 
 
 @router.get("/admin/status-log")

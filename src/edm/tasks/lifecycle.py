@@ -126,7 +126,8 @@ async def resume(session: AsyncSession, task_id: int, *, actor: str, now: dt.dat
 
 
 async def check_thresholds(session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings,
-                           task_ids: Sequence[int] | None = None) -> list[int]:
+                           task_ids: Sequence[int] | None = None, samples: dict[int, int] | None = None) -> list[int]:
+    """Pause sending tasks whose window crossed a threshold. `samples` receives each task's sent + failed."""
     query = select(Task.id, Task.error_thresholds, Task.threshold_window_started_at).where(
         Task.status == TaskStatus.SENDING)
     if task_ids is not None:
@@ -134,6 +135,8 @@ async def check_thresholds(session: AsyncSession, *, now: dt.datetime, runtime: 
     paused = []
     for task in (await session.execute(query)).all():
         rates = await _window_rates(session, task.id, task.threshold_window_started_at)
+        if samples is not None:
+            samples[task.id] = rates["sent"] + rates["failed"]
         reason = _threshold_crossed(rates, {**_defaults(runtime), **(task.error_thresholds or {})})
         if reason:
             await transition(session, task.id, TaskAction.AUTO_PAUSE, reason=PauseReason.ERROR_THRESHOLD,

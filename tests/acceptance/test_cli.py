@@ -1,0 +1,61 @@
+"""The `edm` command: a whole setup through the CLI, and bad input as exit code 2 with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.workers import ROOT, worker_env
+
+
+def edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cli_db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert edm(url, "db", "upgrade").returncode == 0
+    return url
+
+
+def test_setup_through_the_cli(cli_db: str, tmp_path: Path) -> None:
+    ok = edm(cli_db, "user", "create", "--admin", "--username", "root", "--email", "root@example.com",
+             "--password-stdin", stdin="a long password\n")
+    assert ok.returncode == 0, ok.stderr
+    assert edm(cli_db, "user", "create", "--username", "ann", "--email", "ann@example.com", "--credit", "50",
+               "--password-stdin", stdin="another password\n").returncode == 0
+    token = edm(cli_db, "token", "create", "ann", "--name", "laptop")
+    assert token.returncode == 0 and token.stdout.startswith("edm_") and len(token.stdout.strip()) == 44
+    service = edm(cli_db, "service", "create", "--name", "relay", "--provider", "smtp", "--domain",
+                  "mail.example.com", "--host", "127.0.0.1", "--port", "2525", "--security", "none",
+                  "--interval", "0.5", "--daily-quota", "300", "--reset-time", "06:00", "--timezone",
+                  "Asia/Shanghai", "--map", "ann")
+    assert service.returncode == 0, service.stderr
+    listed = edm(cli_db, "service", "list", "--json")
+    assert '"name": "relay"' in listed.stdout and '"daily_quota": 300' in listed.stdout
+    html = tmp_path / "t.html"
+    html.write_text("<p>Hi {{ name }}</p>")
+    assert edm(cli_db, "sender", "create", "--user", "ann", "--local-part", "news").returncode == 0
+    assert edm(cli_db, "template", "create", "--user", "ann", "--name", "t", "--subject", "Hi",
+               "--html-file", str(html)).returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["user", "create", "--username", "x", "--email", "x@example.com", "--password-stdin"], "username"),
+    (["user", "create", "--username", "bobby", "--email", "nope", "--password-stdin"], "email"),
+    (["service", "create", "--name", "s", "--provider", "smtp", "--domain", "example.com", "--interval", "-1"],
+     "sending_interval_seconds"),
+    (["task", "pause", "12345"], "task not found"),
+    (["service", "unfreeze", "ghost"], "not found"),
+    (["credit", "adjust", "nobody", "add", "5", "--reason", "x"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(cli_db: str, args: list[str], message: str) -> None:
+    result = edm(cli_db, *args, stdin="a long password\n")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

@@ -1,0 +1,78 @@
+"""Admin service API: write-only credentials, actions with status-log rows, usage correction, mappings."""
+
+from __future__ import annotations
+
+from edm.users.models import Role
+from tests.helpers import api_client, make_account
+
+SERVICE = {"name": "relay-1", "provider": "smtp", "domain": "mail.example.com",
+           "options": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+           "credentials": {"username": "mailer", "password": "s3cret-password-value"},
+           "sending_interval_seconds": 0.02, "max_concurrency": 4, "daily_quota": 500,
+           "timezone": "Asia/Shanghai", "quota_reset_time": "02:00"}
+
+
+async def test_service_admin_flow(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
+    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
+    user = await make_account(sessionmaker, "alice")
+    async with api_client(db_url, engine) as client:
+        created = await client.post("/api/v1/admin/services", json=SERVICE, headers=admin.headers)
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert "s3cret" not in created.text and "credentials" not in body
+        assert body["credentials_set"] is True and body["credentials_hint"]["password"] == "…alue"
+        assert body["sending_interval_seconds"] == 0.02 and body["label"] == "Channel 1"
+        sid = body["id"]
+        listed = await client.get("/api/v1/admin/services", headers=admin.headers)
+        assert "s3cret" not in listed.text and listed.json()[0]["state"] == "available"
+
+        kept = await client.patch(f"/api/v1/admin/services/{sid}", headers=admin.headers,
+                                  json={"credentials": {"password": ""}, "daily_quota": 600})
+        assert kept.status_code == 200 and kept.json()["credentials_set"] and kept.json()["daily_quota"] == 600
+
+        frozen = await client.post(f"/api/v1/admin/services/{sid}/freeze", json={"reason": "maintenance"},
+                                   headers=admin.headers)
+        assert frozen.status_code == 200
+        state = (await client.get(f"/api/v1/admin/services/{sid}", headers=admin.headers)).json()
+        assert state["state"] == "frozen" and state["frozen_reason"] == "manual"
+        await client.post(f"/api/v1/admin/services/{sid}/unfreeze", headers=admin.headers)
+        usage = await client.post(f"/api/v1/admin/services/{sid}/usage", json={"used_today": 42},
+                                  headers=admin.headers)
+        assert usage.json()["adjustment_delta"] == 42
+        state = (await client.get(f"/api/v1/admin/services/{sid}", headers=admin.headers)).json()
+        assert state["state"] == "available" and state["used_today"] == 42
+        log = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()
+        assert [entry["change"] for entry in log][:3] == ["usage_adjusted", "unfrozen", "frozen"]
+
+        mapped = await client.post("/api/v1/admin/mappings", json={"user_ids": [user.id], "service_ids": [sid]},
+                                   headers=admin.headers)
+        assert mapped.status_code == 201
+        mine = (await client.get("/api/v1/me/services", headers=user.headers)).json()
+        assert mine == [{"id": sid, "label": "Channel 1", "domain": "mail.example.com", "sending_now": True}]
+        assert (await client.get("/api/v1/admin/services", headers=user.headers)).status_code == 403
+        in_use = await client.delete(f"/api/v1/admin/services/{sid}", headers=admin.headers)
+        assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "in_use"
+
+
+async def test_service_bad_input(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
+    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
+    async with api_client(db_url, engine) as client:
+        for field, value in [("sending_interval_seconds", -1), ("max_concurrency", 0), ("quota_reset_time", "25:00"),
+                             ("domain", "not a host"), ("provider", "carrier-pigeon"), ("timezone", "Mars/Base")]:
+            answer = await client.post("/api/v1/admin/services", json={**SERVICE, field: value},
+                                       headers=admin.headers)
+            assert answer.status_code == 422, (field, answer.text)
+            assert field in answer.json()["error"]["message"], answer.text
+        await client.post("/api/v1/admin/services", json=SERVICE, headers=admin.headers)
+        duplicate = await client.post("/api/v1/admin/services", json=SERVICE, headers=admin.headers)
+        assert duplicate.status_code == 409
+        missing = await client.post("/api/v1/admin/services/99999/freeze", json={"reason": "x"}, headers=admin.headers)
+        assert missing.status_code == 404
+
+
+async def test_fake_provider_refused_in_production(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
+    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
+    async with api_client(db_url, engine, env="production", encryption_keys="k" * 44) as client:
+        answer = await client.post("/api/v1/admin/services", headers=admin.headers,
+                                   json={"name": "f", "provider": "fake", "domain": "f.example.com"})
+        assert answer.status_code == 422 and "provider" in answer.json()["error"]["message"]
