@@ -1,0 +1,41 @@
+"""`edm demo` (what `make run` runs): mail flows into the sink, the task completes, statistics verify."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edm.devtools.smtp_sink import list_stored
+from tests.acceptance.workers import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_demo_runs_to_completion(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDM_")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    demo = subprocess.run(
+        [sys.executable, "-m", "edm", "demo", "--exit-when-done", "--recipients", "40",
+         "--port", str(free_port()), "--smtp-port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "admin password (shown once)" in demo.stdout
+    assert "task 1 completed: 40 sent" in demo.stdout
+    captured = list_stored(tmp_path / "var" / "demo-mailbox")
+    assert captured, "mail visibly flowed into the demo mailbox"
+    assert len({m["subtask_id"] for m in captured}) == len(captured), "no recipient got two mails"
+    verify = subprocess.run(
+        [sys.executable, "-m", "edm", "stats", "verify"], cwd=tmp_path, capture_output=True, text=True,
+        env={**env, "EDM_ENV": "demo", "EDM_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'edm-demo.db'}"},
+        timeout=60)
+    assert verify.returncode == 0 and verify.stdout.strip() == "task 1: ok", verify.stdout + verify.stderr
