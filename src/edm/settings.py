@@ -24,14 +24,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_timezone: str = "UTC"
-    worker_concurrency: int = Field(8, ge=1, le=256)
-    db_pool_size: int = Field(10, ge=1, le=200)
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     allow_unsigned_webhooks: bool = False
     demo_admin_password: str = ""
     # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often).
-    time_scale: float = Field(1.0, gt=0, le=1.0)
+    time_scale: float = Field(default=1.0, gt=0, le=1.0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.acceptance.workers import ROOT, worker_env
 
 

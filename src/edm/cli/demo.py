@@ -155,7 +155,8 @@ EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
   admin API token:             {info['admin_token']}
   demo user API token:         {info['user_token']}
   demo mailbox:                {base}/demo/mailbox
-  task statistics:             curl -H 'Authorization: Bearer {info['user_token']}' {base}/api/v1/tasks/{info['task_id']}/stats
+  task statistics:             curl -H 'Authorization: Bearer {info['user_token']}' \\
+                                  {base}/api/v1/tasks/{info['task_id']}/stats
   API docs:                    {base}/api/docs
 Press Ctrl-C to stop.
 """)

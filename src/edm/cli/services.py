@@ -88,7 +88,8 @@ async def service_list(as_json: Annotated[bool, typer.Option("--json")] = False)
              "in_flight": s.in_flight, "next_reset": s.next_reset, "last_error": s.state.last_error} for s in snaps]
     emit(rows, as_json=as_json, text="\n".join(
         f"{r['id']:>4} {r['name']:<18} {r['provider']:<6} {r['state']:<11} used {r['used_today']}/{r['daily_quota']}"
-        f" next reset {r['next_reset']:%Y-%m-%d %H:%M}Z" + (f"  last error: {r['last_error']}" if r['last_error'] else "")
+        f" next reset {r['next_reset']:%Y-%m-%d %H:%M}Z"
+        + (f"  last error: {r['last_error']}" if r["last_error"] else "")
         for r in rows) or "no services")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,8 +86,8 @@ async def task_create(
                            "weight": int(weight) if weight.isdigit() else 1})
         excluded = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in exclude_tag or []]
         if tag:
-            rule: dict[str, Any] = {"type": "tag_based", "exclude_tag_ids": excluded,
-                                    "include_tag_ids": [await _by_name(session, Tag, owner.id, t, Tag.name) for t in tag]}
+            included = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in tag]
+            rule: dict[str, Any] = {"type": "tag_based", "exclude_tag_ids": excluded, "include_tag_ids": included}
         elif all_contacts:
             rule = {"type": "all_contacts", "exclude_tag_ids": excluded}
         else:
@@ -95,14 +96,16 @@ async def task_create(
             "name": name, "sender_id": sender_id, "recipient_rule": rule, "templates": chosen})
         if at or now:
             await tasks.schedule(session, task, at=parse_time(at) if at else None, actor="cli")
-        data = {"id": task.id, "status": task.status, "schedule_at": task.schedule_at,
+        data: dict[str, Any] = {"id": task.id, "status": task.status, "schedule_at": task.schedule_at,
                 "estimate": task.schedule_estimate}
     emit(data, as_json=as_json, text=f"task {data['id']} {data['status']}"
          + (f", {data['estimate']['sendable']} sendable recipients" if data["estimate"] else ""))
 
 
-ACTIONS = {"pause": tasks.pause, "resume": tasks.resume, "cancel": tasks.cancel, "close": tasks.close,
-           "unschedule": tasks.unschedule}
+ACTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "pause": tasks.pause, "resume": tasks.resume, "cancel": tasks.cancel, "close": tasks.close,
+    "unschedule": tasks.unschedule,
+}
 
 
 def _transition_command(action: str) -> None:

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
@@ -73,7 +74,8 @@ class ImportReport:
     skipped: int = 0
     errors: list[RowError] = field(default_factory=list)  # the first MAX_STORED_ERRORS
     error_count: int = 0
-    columns: dict[str, str] = field(default_factory=dict)  # header -> field, "attributes.<key>" or "tags"
+    # (header, target) per column in file order; target is a field, "attributes.<key>" or "tags"
+    columns: list[tuple[str, str]] = field(default_factory=list)
 
     def add_error(self, row: int, column: str, message: str) -> None:
         self.error_count += 1
@@ -83,7 +85,7 @@ class ImportReport:
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "created": self.created, "updated": self.updated, "skipped": self.skipped,
                 "error_count": self.error_count, "errors": [e._asdict() for e in self.errors],
-                "columns": dict(self.columns)}
+                "columns": [{"header": h, "target": t} for h, t in self.columns]}
 
 
 OnBatch = Callable[[ImportReport], Awaitable[None]]
@@ -129,7 +131,8 @@ def plan_columns(headers: Sequence[str]) -> list[Column]:
 
 def _attribute_key(header: str, index: int, taken: set[str]) -> str:
     """A valid, unique custom attribute key for a header (`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)."""
-    key = re.sub(r"[^A-Za-z0-9_]", "_", header.strip()).strip("_") or f"column_{index + 1}"
+    ascii_header = unicodedata.normalize("NFKD", header.strip()).encode("ascii", "ignore").decode()  # été -> ete
+    key = re.sub(r"[^A-Za-z0-9_]", "_", ascii_header).strip("_") or f"column_{index + 1}"
     if not re.match(r"[A-Za-z_]", key):
         key = "_" + key
     key, base, n = key[:64], key[:60], 2
@@ -374,7 +377,7 @@ async def _run(session: AsyncSession, text: io.TextIOWrapper, codec: str, *, del
     header_row, header_line = _header(text, codec)
     reader = csv.reader(_chain(header_line, text), delimiter=delimiter or sniff_delimiter(header_line))
     columns = plan_columns(next(reader))
-    job.report.columns = {c.header: _shown_target(c) for c in columns}
+    job.report.columns = [(c.header, _shown_target(c)) for c in columns]
     batch: list[_Row] = []
     for number, cells in _records(reader, header_row + 1, codec):
         if isinstance(cells, list) and not any(c.strip() for c in cells):

@@ -186,6 +186,11 @@ class RowErrorOut(BaseModel):
     message: str
 
 
+class ImportColumn(BaseModel):
+    header: str
+    target: str  # a contact field, "attributes.<key>" or "tags"
+
+
 class ImportReportOut(BaseModel):
     total: int
     created: int
@@ -193,7 +198,7 @@ class ImportReportOut(BaseModel):
     skipped: int
     error_count: int
     errors: list[RowErrorOut]
-    columns: dict[str, str]
+    columns: list[ImportColumn]
 
 
 class EstimateOut(BaseModel):

@@ -179,7 +179,8 @@ class Composer:
         cached = self._org.get("org")
         if cached is None:
             runtime = await runtime_settings.load(session)
-            cached = self._org.put("org", {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address})
+            org = {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address}
+            cached = self._org.put("org", org)
         return cached  # type: ignore[no-any-return]
 
 

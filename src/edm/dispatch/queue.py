@@ -14,9 +14,9 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,7 +40,7 @@ from edm.tasks.status import SendState, TaskAction, TaskStatus
 from edm.tasks.transitions import transition
 from edm.users.models import User
 
-SUBTASKS = SubTask.__table__
+SUBTASKS = cast(Table, SubTask.__table__)
 RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
 STOPPED = (TaskStatus.CANCELLED, TaskStatus.CLOSED)
 LEASE_GRACE = dt.timedelta(seconds=60)
@@ -92,7 +92,7 @@ async def in_flight_counts(session: AsyncSession) -> dict[int, int]:
         .where(SubTask.send_state == SendState.ALLOCATED)
         .group_by(SubTask.service_id)
     )
-    return {service_id: count for service_id, count in rows.all()}
+    return {service_id: count for service_id, count in rows.all() if service_id is not None}
 
 
 async def used_today(session: AsyncSession, service: EmailService, day: dt.date) -> int:
@@ -580,7 +580,7 @@ async def _add_usage(session: AsyncSession, claim: Claim, usage: Counter[str]) -
 
 async def upsert_usage(session: AsyncSession, *, service_id: int, day: dt.date, deltas: dict[str, int]) -> None:
     """Add to the (service, service day) usage row, creating it when missing, in one statement."""
-    table = ServiceDayUsage.__table__
+    table = cast(Table, ServiceDayUsage.__table__)
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
     stmt_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     values = {"accepted": 0, "uncertain": 0, "failed": 0, "adjustment": 0, **deltas}
@@ -672,7 +672,8 @@ async def reclaim_expired(
         .with_for_update(skip_locked=True)
     )).all()
     counts: Counter[str] = Counter()
-    resend, uncertain = [], []
+    resend: list[Any] = []
+    uncertain: list[Any] = []
     for r in rows:
         honours, window = idempotency(r.service_id)
         first_attempt_age = (now - r.allocated_at).total_seconds() if r.allocated_at else math.inf

@@ -26,6 +26,7 @@ from edm.db.session import unit_of_work
 from edm.dispatch import allocation, queue
 from edm.dispatch.compose import Composer, RenderFailure
 from edm.dispatch.jobs import Maintenance
+from edm.email_services.models import EmailService
 from edm.ops import runtime_settings
 from edm.ops.models import Worker as WorkerRow
 from edm.providers.base import Adapter, OutboundMessage, Outcome, SendResult
@@ -191,14 +192,14 @@ class Worker:
     async def _process(self, claim: queue.Claim) -> None:
         service, adapter = await self._adapter_for(claim.service_id)
         composed = await self.composer.compose(claim)
-        batches = _batches(claim.items, service.batch_size if service else 1)
+        batches = _batches(claim.items, service.batch_size)
         runs = [self._send_batch(adapter, batch, composed) for batch in batches]
         results = await asyncio.gather(*runs)
         outcomes = [o for batch_outcomes, _ in results for o in batch_outcomes]
         unstarted = [i for _, batch_unstarted in results for i in batch_unstarted]
         await self._record(claim, outcomes, unstarted, adapter)
 
-    async def _adapter_for(self, service_id: int) -> tuple[object, Adapter]:
+    async def _adapter_for(self, service_id: int) -> tuple[EmailService, Adapter]:
         config, service = await self.composer.service_config(service_id, self.vault)
         return service, self.adapters.get(config)
 

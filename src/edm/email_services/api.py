@@ -92,7 +92,8 @@ def _health(s: queue.ServiceSnapshot) -> dict[str, Any]:
 
 
 @router.post("/admin/services", status_code=201)
-async def create_service(body: ServiceCreate, request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def create_service(body: ServiceCreate, request: Request, session: Session,
+                         caller: AdminWriter) -> dict[str, Any]:
     values, credentials = _split(body)
     settings = request.app.state.settings
     svc = await services.create_service(session, _vault(request), values=values, credentials=credentials,

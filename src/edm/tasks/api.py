@@ -59,7 +59,7 @@ class ScheduleBody(Strict):
 
 
 class PauseBody(Strict):
-    detail: str | None = Field(None, max_length=1000)
+    detail: str | None = Field(default=None, max_length=1000)
     resume_at: AwareDatetime | None = None
 
 
@@ -252,7 +252,8 @@ async def get_subtask(task_id: int, subtask_id: int, session: Session, caller: C
 async def retry_uncertain(task_id: int, session: Session, caller: Writer,
                           body: SubtaskSelection | None = None) -> dict[str, int]:
     task = await _own(session, caller, task_id)
-    count = await service.decide_uncertain(session, task, action="retry", subtask_ids=body.subtask_ids if body else None)
+    count = await service.decide_uncertain(session, task, action="retry",
+                                           subtask_ids=body.subtask_ids if body else None)
     return {"retried": count}
 
 

@@ -59,7 +59,8 @@ async def transition(
 
 
 async def _current_status(session: AsyncSession, task_id: int) -> TaskStatus:
-    status = await session.scalar(select(Task.status).where(Task.id == task_id).execution_options(populate_existing=True))
+    query = select(Task.status).where(Task.id == task_id).execution_options(populate_existing=True)
+    status = await session.scalar(query)
     if status is None:
         raise NotFound("task not found")
     return TaskStatus(status)
