@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.acceptance.workers import ROOT, worker_env
 
 
@@ -58,3 +59,35 @@ def test_bad_input_is_one_line_and_exit_2(cli_db: str, args: list[str], message:
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_contacts_import_and_a_task_through_the_cli(cli_db: str, tmp_path: Path) -> None:
+    edm(cli_db, "user", "create", "--username", "ann", "--email", "ann@example.com", "--credit", "50",
+        "--password-stdin", stdin="another password\n")
+    csv = tmp_path / "people.csv"
+    csv.write_text("email,first name,tags\nA@Example.com,Ann,vip\nnot-an-address,Bad,\nb@example.com,Bob,vip\n")
+    imported = edm(cli_db, "import", str(csv), "--user", "ann", "--tag", "newsletter")
+    assert imported.returncode == 0, imported.stderr
+    assert "2 created" in imported.stdout and "row 3, email" in imported.stdout
+    added = edm(cli_db, "contact", "add", "--user", "ann", "c@example.com", "--tag", "newsletter")
+    assert added.returncode == 0 and "added 1" in added.stdout
+    duplicate = edm(cli_db, "contact", "add", "--user", "ann", "a@example.com")
+    assert duplicate.returncode == 2 and "exists" in duplicate.stderr
+    html = tmp_path / "t.html"
+    html.write_text("<p>Hi {{ contact.first_name }}</p>")
+    assert edm(cli_db, "sender", "create", "--user", "ann", "--local-part", "news").returncode == 0
+    assert edm(cli_db, "template", "create", "--user", "ann", "--name", "t", "--subject", "Hi",
+               "--html-file", str(html)).returncode == 0
+    created = edm(cli_db, "task", "create", "--user", "ann", "--name", "launch", "--sender", "news",
+                  "--template", "t", "--tag", "newsletter", "--now")
+    assert created.returncode == 0, created.stderr
+    assert "scheduled, 3 sendable recipients" in created.stdout
+    status = edm(cli_db, "task", "status", "1")
+    assert status.returncode == 0 and status.stdout.startswith("task 1 scheduled")
+    paused = edm(cli_db, "task", "pause", "1")
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    broken = tmp_path / "broken.html"
+    broken.write_text("<p>{% if %}</p>")
+    bad_template = edm(cli_db, "template", "create", "--user", "ann", "--name", "b", "--subject", "x",
+                       "--html-file", str(broken))
+    assert bad_template.returncode == 2 and "line 1" in bad_template.stderr

@@ -12,14 +12,14 @@ import signal
 
 import pytest
 from sqlalchemy import func, select
-from tests import factories
-from tests.acceptance.workers import start_worker, workers
-from tests.helpers import settings_for
 
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.tasks.models import SendAttempt, SubTask, Task
 from edm.tasks.stats import recount, task_stats
+from tests import factories
+from tests.acceptance.workers import start_worker, workers
+from tests.helpers import settings_for
 
 RECIPIENTS = 40
 
@@ -121,9 +121,8 @@ async def test_kill_9_idempotent_fake_is_resent_with_same_key(db_url, sessionmak
     killed = await _ids(sessionmaker, SubTask.send_state == "allocated")
     assert killed
     async with unit_of_work(sessionmaker) as session:
-        from tests.factories import vault_for
-
         from edm.email_services.service import update_service
+        from tests.factories import vault_for
 
         await update_service(session, vault_for(settings), service_id, values={"options": {"idempotent": True}},
                              credentials=None, fake_allowed=True)

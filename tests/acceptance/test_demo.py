@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.acceptance.workers import ROOT
 
 from edm.devtools.smtp_sink import list_stored
+from tests.acceptance.workers import ROOT
 
 
 def free_port() -> int:

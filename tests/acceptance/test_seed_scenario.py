@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import func, select
-from tests import factories
-from tests.helpers import settings_for
 
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
@@ -19,6 +17,8 @@ from edm.dispatch.worker import Worker
 from edm.email_services.models import EmailServiceState, EmailServiceStatusLog
 from edm.tasks.models import SendAttempt, SubTask, Task
 from edm.tasks.stats import recount, task_stats
+from tests import factories
+from tests.helpers import settings_for
 
 RECIPIENTS = 60
 

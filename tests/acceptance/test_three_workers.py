@@ -12,14 +12,14 @@ from bisect import bisect_left
 
 import pytest
 from sqlalchemy import func, select
-from tests import factories
-from tests.acceptance.workers import workers
-from tests.helpers import settings_for
 
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.tasks.models import SubTask, Task
 from edm.tasks.stats import recount, task_stats
+from tests import factories
+from tests.acceptance.workers import workers
+from tests.helpers import settings_for
 
 RECIPIENTS = 5000
 INTERVALS = {"svc-a": 0.008, "svc-b": 0.012}

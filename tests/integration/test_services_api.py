@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers import api_client, make_account
-
 from edm.users.models import Role
+from tests.helpers import api_client, make_account
 
 SERVICE = {"name": "relay-1", "provider": "smtp", "domain": "mail.example.com",
            "options": {"host": "127.0.0.1", "port": 2525, "security": "none"},

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tests import factories
-from tests.helpers import api_client, make_account
-
 from edm.clock import utc_now
 from edm.db.session import unit_of_work
 from edm.users.models import Role
+from tests import factories
+from tests.helpers import api_client, make_account
 
 
 async def _content(sessionmaker, user_id: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]

@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.errors import BadInput, Forbidden, Unauthenticated
 from edm.users.models import Role, TokenScope, User
 from edm.users.service import authenticate_token
+
+# Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
+MAX_ID = 2**63 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -117,7 +123,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
-        if not isinstance(value, int):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
             raise ValueError
         return value
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):

@@ -37,6 +37,9 @@ from edm.contacts.schemas import (
     TagPage,
     TagUpdate,
 )
+from edm.contacts.schemas import (
+    Id as BodyId,
+)
 from edm.errors import BadInput
 from edm.tasks.recipients import Rule, estimate, validate_rule
 
@@ -75,7 +78,7 @@ async def list_contacts(
     session: Session, caller: CurrentCaller, page: Paging,
     q: Annotated[str | None, Query(max_length=200, description="substring of email, names, company, ids")] = None,
     status: Annotated[list[ContactStatus] | None, Query()] = None,
-    tag_id: Annotated[list[Annotated[int, PathParam(ge=1, le=MAX_ID)]] | None, Query()] = None,
+    tag_id: Annotated[list[BodyId] | None, Query(description="any of these tags (repeat the parameter)")] = None,
     untagged: bool = False,
     source: Annotated[str | None, Query(max_length=100)] = None,
     include_total: bool = False,

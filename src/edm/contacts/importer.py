@@ -245,7 +245,7 @@ def parse_row(cells: list[str], columns: list[Column], number: int) -> _Row:
         if not cell and column.target != "email":
             continue
         if column.kind == "field":
-            raw[column.target] = cell
+            raw[column.target] = cell.lower() if column.target == "status" else cell
         elif column.kind == "attribute":
             attributes[column.target] = cell
         else:

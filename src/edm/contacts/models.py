@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edm.clock import utc_now
@@ -65,6 +65,9 @@ class Tag(IdMixin, TimestampMixin, Base):
     __tablename__ = "tags"
     __table_args__ = (
         UniqueConstraint("user_id", "parent_id", "name"),
+        # NULL parents never collide in a unique constraint: root names need their own partial index.
+        Index("uq_tags_root_name", "user_id", "name", unique=True,
+              postgresql_where=text("parent_id IS NULL"), sqlite_where=text("parent_id IS NULL")),
         Index("ix_tags_user_id_parent_id", "user_id", "parent_id"),
     )
 

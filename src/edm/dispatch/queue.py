@@ -260,7 +260,7 @@ async def _select_claimable(
     session: AsyncSession, *, service: EmailService, state_row: EmailServiceState, now: dt.datetime, size: int,
 ) -> tuple[list[Any], int, int | None]:
     """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found."""
-    tasks = await candidate_tasks(session, service_id=service.id, now=now)
+    tasks = await _lock_running(session, await candidate_tasks(session, service_id=service.id, now=now))
     chosen: list[Any] = []
     suppressed = 0
     exhausted: set[int] = set()
@@ -285,6 +285,19 @@ async def _select_claimable(
             .execution_options(synchronize_session=False)
         )
     return chosen, suppressed, cursor
+
+
+async def _lock_running(session: AsyncSession, tasks: list[CandidateTask]) -> list[CandidateTask]:
+    """Lock the candidate tasks (in id order) and keep those still running. A pause or cancel either
+    committed before this lock — then the task is no longer running and gets nothing — or waits for this
+    claim to commit, so no SubTask is ever allocated after a pause commits (SPEC §5.2)."""
+    if not tasks:
+        return tasks
+    running = set(await session.scalars(
+        select(Task.id).where(Task.id.in_([t.task_id for t in tasks]), Task.status.in_(RUNNING))
+        .order_by(Task.id).with_for_update()
+    ))
+    return [t for t in tasks if t.task_id in running]
 
 
 async def _lock_rows(session: AsyncSession, task_id: int, wanted: int, now: dt.datetime) -> list[Any]:
@@ -478,6 +491,11 @@ async def record(
 
 
 async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]:
+    """Our rows and their task's status, with the task rows locked first (id order, like the claim), so
+    a cancel either committed before — deferred outcomes become `cancelled` — or waits for us and then
+    cancels what we left pending (SPEC §5.5)."""
+    task_ids = select(SubTask.task_id).where(SubTask.id.in_(ids)).distinct().scalar_subquery()
+    await session.execute(select(Task.id).where(Task.id.in_(task_ids)).order_by(Task.id).with_for_update())
     rows = await session.execute(
         select(SubTask.id, SubTask.send_state, SubTask.lease_owner, SubTask.retryable_failures,
                Task.status.label("task_status"))
@@ -600,9 +618,15 @@ async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[It
     if contact_ids:
         await session.execute(update(Contact).where(Contact.id.in_(contact_ids)).values(last_sent_at=now)
                               .execution_options(synchronize_session=False))
+    task_ids = {i.task_id for i in accepted}
     await session.execute(
-        update(Task).where(Task.id.in_({i.task_id for i in accepted}), Task.first_sent_at.is_(None))
+        update(Task).where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
         .values(first_sent_at=now).execution_options(synchronize_session=False)
+    )
+    # A send means the task is no longer waiting (SPEC §5.4: the fields are cleared at the next send).
+    await session.execute(
+        update(Task).where(Task.id.in_(task_ids), Task.waiting_reason.is_not(None))
+        .values(waiting_reason=None, waiting_until=None).execution_options(synchronize_session=False)
     )
 
 

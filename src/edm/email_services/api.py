@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, Session
 from edm.clock import utc_now
 from edm.dispatch import queue
 from edm.email_services import service as services
@@ -58,13 +58,13 @@ class UsageBody(Strict):
 
 
 class MappingBody(Strict):
-    user_ids: list[int] = Field(..., min_length=1, max_length=500)
-    service_ids: list[int] = Field(..., min_length=1, max_length=500)
+    user_ids: list[Id] = Field(..., min_length=1, max_length=500)
+    service_ids: list[Id] = Field(..., min_length=1, max_length=500)
     is_active: bool = True
 
 
 class ExactServices(Strict):
-    service_ids: list[int] = Field(..., max_length=500)
+    service_ids: list[Id] = Field(..., max_length=500)
 
 
 def _vault(request: Request) -> Vault:
@@ -103,14 +103,14 @@ async def create_service(body: ServiceCreate, request: Request, session: Session
 
 
 @router.get("/admin/services/{service_id}")
-async def get_service(service_id: int, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
+async def get_service(service_id: IdPath, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
     svc = await services.get_service(session, service_id)
     snap = next(s for s in await queue.snapshot_services(session, now=utc_now()) if s.service.id == svc.id)
     return {**services.public_view(svc, _vault(request)), **_health(snap)}
 
 
 @router.patch("/admin/services/{service_id}")
-async def patch_service(service_id: int, body: ServiceFields, request: Request, session: Session,
+async def patch_service(service_id: IdPath, body: ServiceFields, request: Request, session: Session,
                         caller: AdminWriter) -> dict[str, Any]:
     values, credentials = _split(body)
     svc = await services.update_service(session, _vault(request), service_id, values=values, credentials=credentials,
@@ -120,25 +120,25 @@ async def patch_service(service_id: int, body: ServiceFields, request: Request, 
 
 
 @router.delete("/admin/services/{service_id}", status_code=204)
-async def delete_service(service_id: int, session: Session, caller: AdminWriter) -> Response:
+async def delete_service(service_id: IdPath, session: Session, caller: AdminWriter) -> Response:
     await services.archive_service(session, service_id, actor_user_id=caller.id)
     return Response(status_code=204)
 
 
 @router.post("/admin/services/{service_id}/freeze")
-async def freeze_service(service_id: int, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def freeze_service(service_id: IdPath, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
     await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
     return {"service_id": service_id, "done": "freeze"}
 
 
 @router.post("/admin/services/{service_id}/usage")
-async def set_usage(service_id: int, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def set_usage(service_id: IdPath, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
     delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
     return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
 
 
 @router.post("/admin/services/{service_id}/{action}")
-async def service_action(service_id: int, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
+async def service_action(service_id: IdPath, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
                          request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
     if action in ("enable", "disable"):
         await services.update_service(session, _vault(request), service_id, values={"is_enabled": action == "enable"},
@@ -186,13 +186,13 @@ async def create_mappings(body: MappingBody, session: Session, caller: AdminWrit
 
 
 @router.delete("/admin/mappings/{mapping_id}", status_code=204)
-async def delete_mapping(mapping_id: int, session: Session, caller: AdminWriter) -> Response:
+async def delete_mapping(mapping_id: IdPath, session: Session, caller: AdminWriter) -> Response:
     await services.delete_mapping(session, mapping_id)
     return Response(status_code=204)
 
 
 @router.put("/admin/users/{user_id}/services")
-async def exact_services(user_id: int, body: ExactServices, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def exact_services(user_id: IdPath, body: ExactServices, session: Session, caller: AdminWriter) -> dict[str, Any]:
     ids = await services.set_user_services(session, user_id=user_id, service_ids=body.service_ids,
                                            actor_user_id=caller.id)
     return {"user_id": user_id, "service_ids": ids}

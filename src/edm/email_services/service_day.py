@@ -1,9 +1,10 @@
-"""The service day (SPEC §7.4): named by the local date of (t in the service's zone − reset time).
+"""The service day (SPEC §7.4): the period between two daily-quota resets of a service, named by its local
+date. A new day begins at the reset time by itself, so no reset job exists.
 
-A new day begins at the reset time by itself, so no reset job exists. Local wall-clock arithmetic with
-zoneinfo makes DST behave: a reset time that does not exist on a spring-forward day begins the day at the
-first later instant, and a repeated local time (fall back) starts the day only once, because the day is a
-function of the instant and the instant's local reading only ever moves forward past the reset once.
+The day is a function of the *instant*: service day D starts at `day_start(D)`, the first instant whose
+local reading reaches D's reset time. On a spring-forward day whose reset time does not exist, that is the
+end of the gap; on a fall-back day whose reset time occurs twice, it is the first occurrence, so the day
+starts only once. `service_day(t)` is the last day whose start is ≤ t, which keeps it monotonic.
 """
 
 from __future__ import annotations
@@ -11,39 +12,41 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+GAP_SCAN_LIMIT = 4 * 60  # minutes: no DST gap is longer than a few hours
+
 
 def parse_reset_time(value: str) -> dt.time:
     hours, minutes = value.split(":")
     return dt.time(int(hours), int(minutes))
 
 
-def service_day(at: dt.datetime, *, timezone: str, reset_time: str) -> dt.date:
-    local = at.astimezone(ZoneInfo(timezone))
-    reset = parse_reset_time(reset_time)
-    # Compare wall-clock readings, not UTC offsets: "before today's reset" means yesterday's service day.
-    if (local.hour, local.minute, local.second, local.microsecond) < (reset.hour, reset.minute, 0, 0):
-        return local.date() - dt.timedelta(days=1)
-    return local.date()
-
-
 def day_start(day: dt.date, *, timezone: str, reset_time: str) -> dt.datetime:
     """The first instant (UTC) of service day `day`."""
     zone = ZoneInfo(timezone)
-    reset = parse_reset_time(reset_time)
-    naive = dt.datetime.combine(day, reset)
-    candidate = naive.replace(tzinfo=zone, fold=0)
-    utc = candidate.astimezone(dt.UTC)
-    # A local time inside a spring-forward gap maps to an instant whose local reading differs: the day
-    # then starts at the first instant whose service day is `day`, i.e. the end of the gap.
-    if utc.astimezone(zone).replace(tzinfo=None) != naive:
-        utc = _end_of_gap(naive, zone)
-    return utc
+    naive = dt.datetime.combine(day, parse_reset_time(reset_time))
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == naive:
+        return first  # the reset time exists (fold=0 is its first occurrence when it repeats)
+    return _end_of_gap(naive, zone)
 
 
 def _end_of_gap(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    before = naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)
-    after = naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
-    return max(before, after) if before != after else before
+    """The first instant whose local reading is at or after `naive`, which lies in a skipped interval."""
+    start = min(naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC),
+                naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC))
+    start = start.replace(second=0, microsecond=0)
+    for minute in range(GAP_SCAN_LIMIT):
+        instant = start + dt.timedelta(minutes=minute)
+        if instant.astimezone(zone).replace(tzinfo=None) >= naive:
+            return instant
+    raise ValueError(f"no instant reaches {naive} in {zone}")  # pragma: no cover - no such zone exists
+
+
+def service_day(at: dt.datetime, *, timezone: str, reset_time: str) -> dt.date:
+    local_date = at.astimezone(ZoneInfo(timezone)).date()
+    if at >= day_start(local_date, timezone=timezone, reset_time=reset_time):
+        return local_date
+    return local_date - dt.timedelta(days=1)
 
 
 def next_reset(at: dt.datetime, *, timezone: str, reset_time: str) -> dt.datetime:

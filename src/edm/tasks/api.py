@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Caller, CurrentCaller, Paging, Session, Writer, page_of
+from edm.api.deps import Caller, CurrentCaller, Id, IdPath, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import NotFound
 from edm.tasks import service
@@ -24,7 +24,7 @@ class Strict(BaseModel):
 
 
 class TemplateChoice(Strict):
-    template_id: int
+    template_id: Id
     weight: int = Field(1, ge=1, le=100)
 
 
@@ -37,7 +37,7 @@ class Thresholds(Strict):
 class TaskFields(Strict):
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=2000)
-    sender_id: int | None = None
+    sender_id: Id | None = None
     templates: list[TemplateChoice] | None = Field(None, min_length=1, max_length=20)
     recipient_rule: dict[str, Any] | None = None
     timezone: str | None = None
@@ -45,7 +45,7 @@ class TaskFields(Strict):
     track_opens: bool | None = None
     track_clicks: bool | None = None
     on_capacity_exhausted: Literal["wait", "pause"] | None = None
-    allowed_service_ids: list[int] | None = None
+    allowed_service_ids: list[Id] | None = None
     error_thresholds: Thresholds | None = None
 
 
@@ -68,7 +68,7 @@ class ResumeBody(Strict):
 
 
 class SubtaskSelection(Strict):
-    subtask_ids: list[int] | None = Field(None, max_length=10000)
+    subtask_ids: list[Id] | None = Field(default=None, max_length=10000)
 
 
 def _values(body: TaskFields) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def task_view(task: Task) -> dict[str, Any]:
     }
 
 
-async def _own(session: Session, caller: Caller, task_id: int, *, admin_may: bool = False) -> Task:
+async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: bool = False) -> Task:
     """The caller's task; admins reach any task only where SPEC allows it (read, pause, cancel)."""
     return await service.get_task(session, task_id, user_id=None if (caller.is_admin and admin_may) else caller.id)
 
@@ -125,7 +125,7 @@ async def create_task(body: TaskCreate, session: Session, caller: Writer) -> dic
 
 
 @router.get("/tasks/{task_id}")
-async def get_task(task_id: int, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+async def get_task(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     view = task_view(task)
     view["templates"] = [{"id": t.id, "template_id": t.template_id, "weight": t.weight, "name": t.name}
@@ -135,19 +135,19 @@ async def get_task(task_id: int, session: Session, caller: CurrentCaller) -> dic
 
 
 @router.patch("/tasks/{task_id}")
-async def update_task(task_id: int, body: TaskFields, session: Session, caller: Writer) -> dict[str, Any]:
+async def update_task(task_id: IdPath, body: TaskFields, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id)
     return task_view(await service.update_task(session, task, _values(body)))
 
 
 @router.delete("/tasks/{task_id}", status_code=204)
-async def delete_task(task_id: int, session: Session, caller: Writer) -> Response:
+async def delete_task(task_id: IdPath, session: Session, caller: Writer) -> Response:
     await service.delete_task(session, await _own(session, caller, task_id, admin_may=True))
     return Response(status_code=204)
 
 
 @router.post("/tasks/{task_id}/schedule")
-async def schedule(task_id: int, body: ScheduleBody, request: Request, session: Session,
+async def schedule(task_id: IdPath, body: ScheduleBody, request: Request, session: Session,
                    caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id)
     production = request.app.state.settings.is_production
@@ -156,12 +156,12 @@ async def schedule(task_id: int, body: ScheduleBody, request: Request, session: 
 
 
 @router.post("/tasks/{task_id}/unschedule")
-async def unschedule(task_id: int, session: Session, caller: Writer) -> dict[str, Any]:
+async def unschedule(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
     return task_view(await service.unschedule(session, await _own(session, caller, task_id), actor=str(caller.id)))
 
 
 @router.post("/tasks/{task_id}/pause")
-async def pause(task_id: int, session: Session, caller: Writer, body: PauseBody | None = None) -> dict[str, Any]:
+async def pause(task_id: IdPath, session: Session, caller: Writer, body: PauseBody | None = None) -> dict[str, Any]:
     body = body or PauseBody()
     task = await _own(session, caller, task_id, admin_may=True)
     return task_view(await service.pause(session, task, actor=str(caller.id), detail=body.detail,
@@ -169,26 +169,26 @@ async def pause(task_id: int, session: Session, caller: Writer, body: PauseBody 
 
 
 @router.post("/tasks/{task_id}/resume")
-async def resume(task_id: int, session: Session, caller: Writer, body: ResumeBody | None = None) -> dict[str, Any]:
+async def resume(task_id: IdPath, session: Session, caller: Writer, body: ResumeBody | None = None) -> dict[str, Any]:
     task = await _own(session, caller, task_id)
     return task_view(await service.resume(session, task, actor=str(caller.id),
                                           schedule_at=body.schedule_at if body else None))
 
 
 @router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: int, session: Session, caller: Writer) -> dict[str, Any]:
+async def cancel(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     return task_view(await service.cancel(session, task, actor=str(caller.id)))
 
 
 @router.post("/tasks/{task_id}/close")
-async def close(task_id: int, session: Session, caller: Writer) -> dict[str, Any]:
+async def close(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     return task_view(await service.close(session, task, actor=str(caller.id)))
 
 
 @router.get("/tasks/{task_id}/stats")
-async def stats(task_id: int, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+async def stats(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     return {"task_id": task.id, "status": task.status, "waiting_reason": task.waiting_reason,
             "waiting_until": task.waiting_until, "pause_reason": task.pause_reason,
@@ -196,7 +196,7 @@ async def stats(task_id: int, session: Session, caller: CurrentCaller) -> dict[s
 
 
 @router.get("/tasks/{task_id}/status-history")
-async def status_history(task_id: int, session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
+async def status_history(task_id: IdPath, session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
     task = await _own(session, caller, task_id, admin_may=True)
     rows = await session.scalars(select(TaskStatusChange).where(TaskStatusChange.task_id == task.id)
                                  .order_by(TaskStatusChange.id))
@@ -218,7 +218,7 @@ def subtask_view(s: SubTask) -> dict[str, Any]:
 
 @router.get("/tasks/{task_id}/subtasks")
 async def list_subtasks(
-    task_id: int, session: Session, caller: CurrentCaller, page: Paging,
+    task_id: IdPath, session: Session, caller: CurrentCaller, page: Paging,
     send_state: Annotated[str | None, Query(max_length=16)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
 ) -> dict[str, Any]:
@@ -234,7 +234,7 @@ async def list_subtasks(
 
 
 @router.get("/tasks/{task_id}/subtasks/{subtask_id}")
-async def get_subtask(task_id: int, subtask_id: int, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+async def get_subtask(task_id: IdPath, subtask_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     sub = await session.scalar(select(SubTask).where(SubTask.id == subtask_id, SubTask.task_id == task.id))
     if sub is None:
@@ -249,7 +249,7 @@ async def get_subtask(task_id: int, subtask_id: int, session: Session, caller: C
 
 
 @router.post("/tasks/{task_id}/uncertain/retry")
-async def retry_uncertain(task_id: int, session: Session, caller: Writer,
+async def retry_uncertain(task_id: IdPath, session: Session, caller: Writer,
                           body: SubtaskSelection | None = None) -> dict[str, int]:
     task = await _own(session, caller, task_id)
     count = await service.decide_uncertain(session, task, action="retry",
@@ -258,7 +258,7 @@ async def retry_uncertain(task_id: int, session: Session, caller: Writer,
 
 
 @router.post("/tasks/{task_id}/uncertain/abandon")
-async def abandon_uncertain(task_id: int, session: Session, caller: Writer,
+async def abandon_uncertain(task_id: IdPath, session: Session, caller: Writer,
                             body: SubtaskSelection | None = None) -> dict[str, int]:
     task = await _own(session, caller, task_id)
     count = await service.decide_uncertain(session, task, action="abandon",

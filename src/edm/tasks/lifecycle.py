@@ -91,6 +91,10 @@ async def settle_stopped(session: AsyncSession, *, now: dt.datetime, limit: int 
         .limit(limit).with_for_update(skip_locked=True)
     )).all()
     for task in rows:
+        # Anything still pending in a stopped task (a deferred outcome recorded as the stop committed)
+        # is cancelled here, so the refund below covers it and the task never holds claimable work.
+        await session.execute(update(SubTask).where(SubTask.task_id == task.id, SubTask.send_state == SendState.PENDING)
+                              .values(send_state=SendState.CANCELLED).execution_options(synchronize_session=False))
         await refund(session, task, occasion=str(task.status))
         await session.execute(update(Task).where(Task.id == task.id).values(settled_at=now))
     return [t.id for t in rows]

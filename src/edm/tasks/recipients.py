@@ -28,6 +28,7 @@ EXCLUSION_ORDER = (
 )
 RULE_TYPES = ("specific", "tag_based", "all_contacts")
 MAX_SPECIFIC = 50_000
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def _ids(raw: dict[str, Any], key: str) -> tuple[int, ...]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise BadInput.field(f"recipient_rule.{key}", "must be a list of integer ids")
+    if any(not 1 <= v <= MAX_ID for v in value):
+        raise BadInput.field(f"recipient_rule.{key}", "ids are positive 64-bit integers")
     return tuple(dict.fromkeys(value))
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, Paging, Session, page_of
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, Paging, Session, page_of
 from edm.clock import utc_now
 from edm.errors import LastAdmin, NotFound
 from edm.users.credit import admin_adjust
@@ -96,7 +96,7 @@ async def new_token(body: TokenCreate, session: Session, caller: CurrentCaller) 
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: int, session: Session, caller: CurrentCaller) -> Response:
+async def revoke_token(token_id: IdPath, session: Session, caller: CurrentCaller) -> Response:
     row = await session.get(ApiToken, token_id)
     if row is None or row.user_id != caller.id:
         raise NotFound("token not found")
@@ -120,7 +120,7 @@ async def admin_create_user(body: UserCreate, session: Session, caller: AdminWri
     return user_view(user)
 
 
-async def _user(session: Session, user_id: int) -> User:
+async def _user(session: Session, user_id: IdPath) -> User:
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound("user not found")
@@ -128,12 +128,12 @@ async def _user(session: Session, user_id: int) -> User:
 
 
 @router.get("/admin/users/{user_id}")
-async def admin_get_user(user_id: int, session: Session, caller: Admin) -> dict[str, Any]:
+async def admin_get_user(user_id: IdPath, session: Session, caller: Admin) -> dict[str, Any]:
     return user_view(await _user(session, user_id))
 
 
 @router.patch("/admin/users/{user_id}")
-async def admin_patch_user(user_id: int, body: UserPatch, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def admin_patch_user(user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter) -> dict[str, Any]:
     user = await _user(session, user_id)
     changes = body.model_dump(exclude_unset=True)
     demoting = user.role == Role.ADMIN and (changes.get("role", Role.ADMIN) != Role.ADMIN
@@ -155,13 +155,13 @@ async def _active_admins(session: Session) -> int:
 
 
 @router.get("/admin/users/{user_id}/credit")
-async def admin_user_credit(user_id: int, session: Session, caller: Admin, page: Paging) -> dict[str, Any]:
+async def admin_user_credit(user_id: IdPath, session: Session, caller: Admin, page: Paging) -> dict[str, Any]:
     user = await _user(session, user_id)
     return {"balance": user.credit_balance, "ledger": await _ledger(session, user.id, page)}
 
 
 @router.post("/admin/users/{user_id}/credit")
-async def admin_adjust_credit(user_id: int, body: CreditOperation, session: Session,
+async def admin_adjust_credit(user_id: IdPath, body: CreditOperation, session: Session,
                               caller: AdminWriter) -> dict[str, Any]:
     user = await _user(session, user_id)
     entry = await admin_adjust(session, user_id=user.id, operation=body.operation, amount=body.amount,

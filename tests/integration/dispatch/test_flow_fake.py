@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import func, select
-from tests import factories
-from tests.helpers import settings_for
 
 from edm.db.session import unit_of_work
 from edm.dispatch.worker import Worker
@@ -14,6 +12,8 @@ from edm.providers.fake import FakeAdapter
 from edm.tasks.models import SubTask, Task
 from edm.tasks.stats import recount, task_stats
 from edm.users.models import QuotaLedgerEntry, User
+from tests import factories
+from tests.helpers import settings_for
 
 
 async def run_until(worker: Worker, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import func, select
-from tests import factories
-from tests.helpers import settings_for
 
 from edm.db.session import unit_of_work
 from edm.dispatch.worker import Worker
@@ -17,6 +15,8 @@ from edm.email_services.models import EmailServiceState, EmailServiceStatusLog
 from edm.ops import runtime_settings
 from edm.tasks.models import SendAttempt, SubTask, Task
 from edm.tasks.stats import recount, task_stats
+from tests import factories
+from tests.helpers import settings_for
 
 
 async def _settings(sessionmaker, **values: object) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 15:03:53.890213
+Create Date: 2026-11-28 15:36:53.039761
 """
 from collections.abc import Sequence
 
@@ -281,6 +281,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('tags', schema=None) as batch_op:
         batch_op.create_index('ix_tags_user_id_parent_id', ['user_id', 'parent_id'], unique=False)
+        batch_op.create_index('uq_tags_root_name', ['user_id', 'name'], unique=True, postgresql_where=sa.text('parent_id IS NULL'), sqlite_where=sa.text('parent_id IS NULL'))
 
     op.create_table('templates',
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -554,6 +555,7 @@ def downgrade() -> None:
     op.drop_table('user_service_mappings')
     op.drop_table('templates')
     with op.batch_alter_table('tags', schema=None) as batch_op:
+        batch_op.drop_index('uq_tags_root_name', postgresql_where=sa.text('parent_id IS NULL'), sqlite_where=sa.text('parent_id IS NULL'))
         batch_op.drop_index('ix_tags_user_id_parent_id')
 
     op.drop_table('tags')

@@ -1,0 +1,157 @@
+"""Request and response bodies of the template, preview, variable and sender routes (SPEC §4.4, §14).
+
+Request models reject unknown fields (422 naming the field). Template sources are limited in the service
+by bytes (2 MB html, 1 MB text); here only by characters, which is never stricter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edm.contacts.schemas import MAX_ID, NoNul, Str200
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Name200 = Annotated[str, Field(min_length=1, max_length=200), NoNul]
+Str1000 = Annotated[str, Field(max_length=1000), NoNul]
+Subject = Annotated[str, Field(min_length=1, max_length=998), NoNul]
+Str255 = Annotated[str, Field(max_length=255), NoNul]
+Html = Annotated[str, Field(min_length=1, max_length=2 * 1024 * 1024), NoNul]
+Text = Annotated[str, Field(max_length=1024 * 1024), NoNul]
+LocalPart = Annotated[str, Field(min_length=1, max_length=64), NoNul]
+Address = Annotated[str, Field(max_length=320), NoNul]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Templates
+# --------------------------------------------------------------------------------------------------------
+
+
+class TemplateCreate(Body):
+    name: Name200
+    description: Str1000 | None = None
+    subject: Subject
+    preheader: Str255 | None = None
+    html: Html
+    text: Text | None = None
+    inline_css: bool = True
+
+
+class TemplateUpdate(Body):
+    """Only the fields sent change; the merged result is compiled again before it is saved."""
+
+    name: Name200 | None = None
+    description: Str1000 | None = None
+    subject: Subject | None = None
+    preheader: Str255 | None = None
+    html: Html | None = None
+    text: Text | None = None
+    inline_css: bool | None = None
+
+
+class TemplateSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    description: str | None
+    subject: str
+    preheader: str | None
+    inline_css: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class TemplateOut(TemplateSummary):
+    html: str
+    text: str | None
+
+
+class TemplatePage(BaseModel):
+    items: list[TemplateSummary]
+    next_cursor: str | None
+    total: int | None = None
+
+
+class DuplicateRequest(Body):
+    name: Name200 | None = None
+
+
+class PreviewOptions(Body):
+    contact_id: Id | None = None  # one of the caller's contacts; sample data when absent
+    sender_id: Id | None = None  # one of the caller's senders; the first one when absent
+
+
+class PreviewRequest(PreviewOptions):
+    subject: Subject
+    html: Html
+    text: Text | None = None
+    preheader: Str255 | None = None
+
+
+class PreviewOut(BaseModel):
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    links: list[str]
+    variables: list[str]
+    unknown_variables: list[str]
+    sample_data: bool
+    warnings: list[str]
+
+
+class VariableOut(BaseModel):
+    name: str
+    description: str
+
+
+class AttributeOut(BaseModel):
+    name: str
+    key: str
+
+
+class VariablesOut(BaseModel):
+    variables: list[VariableOut]
+    custom_attributes: list[AttributeOut]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Senders
+# --------------------------------------------------------------------------------------------------------
+
+
+class SenderCreate(Body):
+    local_part: LocalPart
+    display_name: Str200 | None = None
+    reply_to: Address | None = None
+
+
+class SenderUpdate(Body):
+    local_part: LocalPart | None = None
+    display_name: Str200 | None = None
+    reply_to: Address | None = None
+
+
+class SenderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    local_part: str
+    display_name: str | None
+    reply_to: str | None
+    archived_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class SenderPage(BaseModel):
+    items: list[SenderOut]
+    next_cursor: str | None
+    total: int | None = None

@@ -1,0 +1,516 @@
+"""Templates, preview, the variable catalogue and senders (SPEC §4.4, §14). Services flush, never commit.
+
+Templates are compiled on every save, so a syntax error is a 422 with its line at save time and never a
+surprise at send time. Preview runs the same `CompiledTemplate.render` the workers run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.meta import find_undeclared_variables
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.api.deps import Page
+from edm.clock import utc_now
+from edm.contacts.emails import normalize_email
+from edm.contacts.models import Contact
+from edm.contacts.service import MAX_ID, check_text, contact_tags, dialect_name, escape_like, saved
+from edm.content.models import Sender, Template
+from edm.content.render import CONTACT_FIELDS, CompiledTemplate, RenderError, build_context, compile_template
+from edm.email_services.models import EmailService, UserServiceMapping
+from edm.errors import BadInput, Conflict, InUse, NotFound
+from edm.ops import runtime_settings
+from edm.tasks.models import Task, TaskTemplate
+from edm.tasks.status import TaskStatus
+
+MAX_HTML_BYTES = 2 * 1024 * 1024
+MAX_TEXT_BYTES = 1024 * 1024
+TEMPLATE_FIELDS = frozenset({"name", "description", "subject", "preheader", "html", "text", "inline_css"})
+# A template used by a task in these statuses is still read from the template itself (not a snapshot).
+TEMPLATE_LOCKING_STATUSES = (TaskStatus.DRAFT, TaskStatus.SCHEDULED)
+TERMINAL_TASK_STATUSES = (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.CLOSED)
+LOCAL_PART = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PREVIEW_UNSUBSCRIBE_URL = "https://unsubscribe.invalid/preview"
+MAX_ATTRIBUTE_KEYS = 1000
+
+
+# --------------------------------------------------------------------------------------------------------
+# Templates
+# --------------------------------------------------------------------------------------------------------
+
+
+def _check_size(field: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise BadInput.field(field, f"must be at most {limit} bytes")
+
+
+def clean_template_values(values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Validate the §4.4 limits of the given fields (all required ones unless `partial`)."""
+    unknown = sorted(set(values) - TEMPLATE_FIELDS)
+    if unknown:
+        raise BadInput.field(unknown[0], "unknown field")
+    out: dict[str, Any] = {}
+    for field, limit, required in (("name", 200, True), ("description", 1000, False), ("subject", 998, True),
+                                   ("preheader", 255, False)):
+        if field in values or (required and not partial):
+            out[field] = check_text(field, values.get(field), limit, required=required)
+    for field, limit, required in (("html", MAX_HTML_BYTES, True), ("text", MAX_TEXT_BYTES, False)):
+        if field in values or (required and not partial):
+            out[field] = _source(field, values.get(field), limit, required=required)
+    if "inline_css" in values:
+        if not isinstance(values["inline_css"], bool):
+            raise BadInput.field("inline_css", "must be true or false")
+        out["inline_css"] = values["inline_css"]
+    return out
+
+
+def _source(field: str, value: Any, limit: int, *, required: bool) -> str | None:
+    """Template source is kept as written (no trimming), but must not be blank when required."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise BadInput.field(field, "must be a string")
+    if "\x00" in value:
+        raise BadInput.field(field, "must not contain NUL characters")
+    _check_size(field, value, limit)
+    if not value.strip():
+        if required:
+            raise BadInput.field(field, "must not be empty")
+        return None
+    return value
+
+
+def compile_values(values: Mapping[str, Any]) -> CompiledTemplate:
+    """Compile subject, html, text and preheader; raises TemplateSyntaxError (422, line in details)."""
+    return compile_template(subject=values["subject"], html=values["html"], text=values.get("text"),
+                            preheader=values.get("preheader"))
+
+
+async def get_template(session: AsyncSession, *, user_id: int, template_id: int) -> Template:
+    template = None
+    if 0 < template_id <= MAX_ID:
+        template = await session.scalar(select(Template).where(Template.id == template_id,
+                                                               Template.user_id == user_id))
+    if template is None:
+        raise NotFound(f"template {template_id} not found")
+    return template
+
+
+async def create_template(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Template:
+    """`values`: name, subject, html (required), description, preheader, text, inline_css."""
+    data = clean_template_values(values)
+    compile_values(data)
+    await _refuse_template_name(session, user_id=user_id, name=data["name"])
+    template = Template(user_id=user_id, inline_css=data.pop("inline_css", True), **data)
+    if not await saved(session, lambda: session.add(template)):
+        raise _name_taken()
+    return template
+
+
+async def update_template(
+    session: AsyncSession, *, user_id: int, template_id: int, changes: Mapping[str, Any]
+) -> Template:
+    template = await get_template(session, user_id=user_id, template_id=template_id)
+    data = clean_template_values(changes, partial=True)
+    merged = {f: getattr(template, f) for f in ("subject", "html", "text", "preheader")} | data
+    compile_values(merged)
+    if "name" in data and data["name"] != template.name:
+        await _refuse_template_name(session, user_id=user_id, name=data["name"])
+    if not await saved(session, lambda: _assign(template, data)):
+        raise _name_taken()
+    return template
+
+
+def _assign(obj: Any, data: Mapping[str, Any]) -> None:
+    for key, value in data.items():
+        setattr(obj, key, value)
+
+
+def _name_taken(existing_id: int | None = None) -> Conflict:
+    extra = {"existing_id": existing_id} if existing_id is not None else {}
+    return Conflict("a template with this name already exists",
+                    details=[{"field": "name", "message": "already exists"}], **extra)
+
+
+async def _refuse_template_name(session: AsyncSession, *, user_id: int, name: str) -> None:
+    existing = await session.scalar(select(Template.id).where(Template.user_id == user_id, Template.name == name))
+    if existing is not None:
+        raise _name_taken(existing)
+
+
+async def duplicate_template(
+    session: AsyncSession, *, user_id: int, template_id: int, name: str | None = None
+) -> Template:
+    """A copy named `name`, or "<name> (copy)", "<name> (copy 2)", … when none is given."""
+    source = await get_template(session, user_id=user_id, template_id=template_id)
+    values = {f: getattr(source, f) for f in TEMPLATE_FIELDS - {"name"}}
+    values["name"] = name if name is not None else await _copy_name(session, user_id=user_id, name=source.name)
+    return await create_template(session, user_id=user_id, values=values)
+
+
+async def _copy_name(session: AsyncSession, *, user_id: int, name: str) -> str:
+    pattern = f"{escape_like(name[:180])} (copy%"
+    taken = set(await session.scalars(select(Template.name).where(
+        Template.user_id == user_id, Template.name.like(pattern, escape="\\"))))
+    candidate, n = f"{name[:180]} (copy)", 2
+    while candidate in taken:
+        candidate, n = f"{name[:180]} (copy {n})", n + 1
+    return candidate
+
+
+async def delete_template(session: AsyncSession, *, user_id: int, template_id: int) -> None:
+    """409 in_use (listing the tasks) while a draft or scheduled task uses it; snapshots keep later tasks whole."""
+    template = await get_template(session, user_id=user_id, template_id=template_id)
+    rows = (await session.execute(
+        select(Task.id, Task.name, Task.status).join(TaskTemplate, TaskTemplate.task_id == Task.id)
+        .where(TaskTemplate.template_id == template.id, Task.user_id == user_id,
+               Task.status.in_(TEMPLATE_LOCKING_STATUSES)).distinct().order_by(Task.id))).all()
+    if rows:
+        raise InUse("the template is used by draft or scheduled tasks",
+                    details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
+                    tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows])
+    await session.execute(delete(Template).where(Template.id == template.id, Template.user_id == user_id))
+
+
+async def list_templates(
+    session: AsyncSession, *, user_id: int, page: Page, q: str | None = None
+) -> list[Template]:
+    """One page by id (limit + 1 rows, for page_of); `q` is a case-insensitive substring of the name."""
+    query = select(Template).where(*_template_conditions(user_id, q), Template.id > min(page.after_id or 0, MAX_ID))
+    return list(await session.scalars(query.order_by(Template.id).limit(page.limit + 1)))
+
+
+async def count_templates(session: AsyncSession, *, user_id: int, q: str | None = None) -> int:
+    query = select(func.count()).select_from(Template).where(*_template_conditions(user_id, q))
+    return int(await session.scalar(query) or 0)
+
+
+def _template_conditions(user_id: int, q: str | None) -> list[Any]:
+    conditions: list[Any] = [Template.user_id == user_id]
+    if q and q.strip():
+        conditions.append(Template.name.ilike(f"%{escape_like(q.strip())}%", escape="\\"))
+    return conditions
+
+
+# --------------------------------------------------------------------------------------------------------
+# Variables and preview
+# --------------------------------------------------------------------------------------------------------
+
+VARIABLES: tuple[tuple[str, str], ...] = (
+    *((f"contact.{f}", f"the contact's {f.replace('_', ' ')}") for f in CONTACT_FIELDS),
+    ("contact.attributes.<key>", "a custom attribute of the contact"),
+    ("contact.tags", "tag names of the contact (explicit and implied parents)"),
+    ("name", "alias of contact.name"),
+    ("email", "alias of contact.email"),
+    ("sender.display_name", "From display name at send time"),
+    ("sender.email", "From address at send time"),
+    ("task.name", "the task's name"),
+    ("task.scheduled_at", "when the task is scheduled"),
+    ("org.name", "organization name (settings)"),
+    ("org.postal_address", "organization postal address (settings)"),
+    ("unsubscribe_url", "the recipient's unsubscribe link"),
+    ("view_in_browser_url", "web view of the message (only with the optional view page)"),
+    ("now", "send time in the task's time zone"),
+)
+_KNOWN_MEMBERS: dict[str, frozenset[str]] = {
+    "contact": frozenset({*CONTACT_FIELDS, "attributes", "tags"}),
+    "sender": frozenset({"display_name", "email"}),
+    "task": frozenset({"name", "scheduled_at"}),
+    "org": frozenset({"name", "postal_address"}),
+}
+_KNOWN_ROOTS = frozenset({*_KNOWN_MEMBERS, "name", "email", "unsubscribe_url", "view_in_browser_url", "now"})
+_PARSER = jinja2.Environment()  # parsing only (the sources were already compiled by the sandbox)
+_BUILTINS = frozenset(_PARSER.globals) | {"namespace"}
+
+SAMPLE_CONTACT: dict[str, Any] = {
+    "email": "jane.doe@example.com", "name": "Jane Doe", "first_name": "Jane", "last_name": "Doe",
+    "username": "janedoe", "phone": "+1 555 0100", "company": "Example Inc.", "position": "Marketing lead",
+    "tiktok_unique_id": "janedoe", "instagram_id": "janedoe", "youtube_id": "janedoe", "source": "sample",
+    "status": "active", "attributes": {}, "tags": ["Sample tag"],
+}  # fmt: skip
+
+
+async def attribute_keys(session: AsyncSession, *, user_id: int) -> list[str]:
+    """Distinct custom attribute keys present in the user's contacts (dialect-specific JSON functions)."""
+    if dialect_name(session) == "postgresql":
+        sql = ("SELECT DISTINCT k FROM contacts, jsonb_object_keys(CASE WHEN jsonb_typeof(custom_attributes) "
+               "= 'object' THEN custom_attributes ELSE '{}'::jsonb END) AS k WHERE user_id = :u ORDER BY k LIMIT :n")
+    else:
+        sql = ("SELECT DISTINCT j.key FROM contacts, json_each(contacts.custom_attributes) AS j "
+               "WHERE contacts.user_id = :u AND json_type(contacts.custom_attributes) = 'object' "
+               "ORDER BY j.key LIMIT :n")
+    return list(await session.scalars(text(sql), {"u": user_id, "n": MAX_ATTRIBUTE_KEYS}))
+
+
+async def template_variables(session: AsyncSession, *, user_id: int) -> dict[str, Any]:
+    """The §14.2 catalogue plus the custom attribute keys present in the user's contacts."""
+    keys = await attribute_keys(session, user_id=user_id)
+    return {"variables": [{"name": n, "description": d} for n, d in VARIABLES],
+            "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys]}
+
+
+def used_variables(*sources: str | None) -> list[str]:
+    """Dotted variable paths the sources read (`contact.first_name`, `unsubscribe_url`), sorted."""
+    paths: set[str] = set()
+    for source in sources:
+        if source:
+            paths |= _paths(_PARSER.parse(source))
+    return sorted(p for p in paths if not any(other.startswith(p + ".") for other in paths))
+
+
+def _paths(ast: nodes.Template) -> set[str]:
+    free = find_undeclared_variables(ast) - _BUILTINS
+    paths = {name for name in free}
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        chain = _chain(node)
+        if chain and chain[0] in free:
+            paths.add(".".join(chain))
+    return paths
+
+
+def _chain(node: nodes.Node) -> list[str] | None:
+    """`contact.attributes["city"]` -> ["contact", "attributes", "city"]; None for computed lookups."""
+    if isinstance(node, nodes.Name):
+        return [node.name]
+    if isinstance(node, nodes.Getattr):
+        base = _chain(node.node)
+        return base + [node.attr] if base else None
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        base = _chain(node.node)
+        return base + [node.arg.value] if base else None
+    return None
+
+
+def unknown_variables(paths: list[str], attribute_names: set[str]) -> list[str]:
+    """Paths that no context provides: they render as empty text."""
+    return [p for p in paths if not _known(p.split("."), attribute_names)]
+
+
+def _known(parts: list[str], attribute_names: set[str]) -> bool:
+    root = parts[0]
+    if root not in _KNOWN_ROOTS:
+        return False
+    if len(parts) == 1 or root not in _KNOWN_MEMBERS:
+        return True
+    if parts[1] not in _KNOWN_MEMBERS[root]:
+        return False
+    if root == "contact" and parts[1] == "attributes" and len(parts) > 2:
+        return parts[2] in attribute_names
+    return True
+
+
+@dataclass(frozen=True)
+class PreviewSource:
+    subject: str
+    html: str
+    text: str | None = None
+    preheader: str | None = None
+
+
+async def preview(
+    session: AsyncSession, *, user_id: int, source: PreviewSource, contact_id: int | None = None,
+    sender_id: int | None = None, unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+) -> dict[str, Any]:
+    """Render unsaved or saved content for one of the user's contacts, or sample data (§14.4)."""
+    values = clean_template_values({"name": "preview", "subject": source.subject, "html": source.html,
+                                    "text": source.text, "preheader": source.preheader})
+    compiled = compile_values(values)
+    contact = await _preview_contact(session, user_id=user_id, contact_id=contact_id)
+    org = await runtime_settings.load(session)
+    now = utc_now()
+    context = build_context(
+        contact=contact, sender=await _preview_sender(session, user_id=user_id, sender_id=sender_id),
+        task={"name": "Preview", "scheduled_at": now},
+        org={"name": org.org_name, "postal_address": org.compliance_postal_address},
+        unsubscribe_url=unsubscribe_url, now=now)
+    try:
+        content = compiled.render(context)
+    except RenderError as exc:
+        raise BadInput.field(exc.part or "html", f"render error: {exc.message}") from None
+    paths = used_variables(values["subject"], values["html"], values.get("text"), values.get("preheader"))
+    unknown = unknown_variables(paths, set(await attribute_keys(session, user_id=user_id)))
+    return {"subject": content.subject, "preheader": content.preheader, "html": content.html,
+            "text": content.text, "links": _links(content.html), "variables": paths,
+            "unknown_variables": unknown, "sample_data": contact_id is None,
+            "warnings": _warnings(compiled, values, unknown, org.compliance_postal_address)}
+
+
+async def _preview_contact(session: AsyncSession, *, user_id: int, contact_id: int | None) -> dict[str, Any]:
+    if contact_id is None:
+        return dict(SAMPLE_CONTACT)
+    contact = None
+    if 0 < contact_id <= MAX_ID:
+        contact = await session.scalar(select(Contact).where(Contact.id == contact_id, Contact.user_id == user_id))
+    if contact is None:
+        raise BadInput.field("contact_id", f"not found: {contact_id}")
+    data = {f: getattr(contact, f) for f in CONTACT_FIELDS}
+    data["attributes"] = dict(contact.custom_attributes or {})
+    data["tags"] = [t["name"] for t in (await contact_tags(session, [contact.id])).get(contact.id, [])]
+    return data
+
+
+async def _preview_sender(session: AsyncSession, *, user_id: int, sender_id: int | None) -> dict[str, Any]:
+    """The chosen sender (else the user's first), at the domain of the user's first mapped service."""
+    query = select(Sender).where(Sender.user_id == user_id, Sender.archived_at.is_(None)).order_by(Sender.id)
+    if sender_id is not None:
+        query = select(Sender).where(Sender.user_id == user_id, Sender.id == min(max(sender_id, 0), MAX_ID))
+    sender = await session.scalar(query.limit(1))
+    if sender is None and sender_id is not None:
+        raise BadInput.field("sender_id", f"not found: {sender_id}")
+    domain = await session.scalar(
+        select(EmailService.domain).join(UserServiceMapping, UserServiceMapping.service_id == EmailService.id)
+        .where(UserServiceMapping.user_id == user_id, UserServiceMapping.is_active.is_(True),
+               EmailService.archived_at.is_(None)).order_by(UserServiceMapping.id).limit(1)) or "example.com"
+    if sender is None:
+        return {"display_name": "Sample Sender", "email": f"news@{domain}"}
+    return {"display_name": sender.display_name or "", "email": f"{sender.local_part}@{domain}"}
+
+
+_HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+
+
+def _links(html: str) -> list[str]:
+    found = (m.group(1) or m.group(2) or m.group(3) or "" for m in _HREF.finditer(html))
+    return list(dict.fromkeys(link.strip() for link in found if link.strip()))
+
+
+def _warnings(compiled: CompiledTemplate, values: Mapping[str, Any], unknown: list[str], postal: str) -> list[str]:
+    warnings = []
+    if not compiled.uses_unsubscribe_url:
+        warnings.append("no unsubscribe link: a footer will be appended")
+    if not postal.strip():
+        warnings.append("no postal address is configured (org.postal_address): the footer will lack it")
+    if not values.get("text"):
+        warnings.append("no text part: it will be generated from the HTML")
+    if unknown:
+        warnings.append(f"unknown variables render as empty text: {', '.join(unknown)}")
+    return warnings
+
+
+# --------------------------------------------------------------------------------------------------------
+# Senders
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_local_part(value: Any) -> str:
+    """1–64 of [A-Za-z0-9._-], no leading, trailing or double dot (§4.4)."""
+    local = check_text("local_part", value, 64, required=True)
+    assert local is not None
+    if not LOCAL_PART.fullmatch(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise BadInput.field("local_part", "must be 1–64 of A-Z a-z 0-9 . _ - without leading, trailing or "
+                                           "double dots")
+    return local
+
+
+def clean_sender_values(values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    unknown = sorted(set(values) - {"local_part", "display_name", "reply_to"})
+    if unknown:
+        raise BadInput.field(unknown[0], "unknown field")
+    out: dict[str, Any] = {}
+    if "local_part" in values or not partial:
+        out["local_part"] = check_local_part(values.get("local_part"))
+        out["local_part_lower"] = out["local_part"].lower()
+    if "display_name" in values:
+        out["display_name"] = check_text("display_name", values["display_name"], 200)
+    if "reply_to" in values:
+        reply_to = check_text("reply_to", values["reply_to"], 320)
+        out["reply_to"] = normalize_email(reply_to, field="reply_to").original if reply_to else None
+    return out
+
+
+async def get_sender(session: AsyncSession, *, user_id: int, sender_id: int) -> Sender:
+    """Archived senders are still found here (tasks show them); lists hide them."""
+    sender = None
+    if 0 < sender_id <= MAX_ID:
+        sender = await session.scalar(select(Sender).where(Sender.id == sender_id, Sender.user_id == user_id))
+    if sender is None:
+        raise NotFound(f"sender {sender_id} not found")
+    return sender
+
+
+async def create_sender(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Sender:
+    """`values`: local_part (required), display_name, reply_to. The local part is unique deployment-wide,
+    case-insensitively; re-creating one of the user's own archived senders brings it back."""
+    data = clean_sender_values(values)
+    existing = await session.scalar(select(Sender).where(Sender.local_part_lower == data["local_part_lower"]))
+    if existing is not None and existing.user_id == user_id and existing.archived_at is not None:
+        _assign(existing, {"display_name": None, "reply_to": None, **data, "archived_at": None})
+        await session.flush()
+        return existing
+    if existing is not None:
+        raise _local_part_taken()
+    sender = Sender(user_id=user_id, **data)
+    if not await saved(session, lambda: session.add(sender)):
+        raise _local_part_taken()
+    return sender
+
+
+def _local_part_taken() -> Conflict:
+    return Conflict("this sender local part is already in use",
+                    details=[{"field": "local_part", "message": "already in use"}])
+
+
+async def update_sender(session: AsyncSession, *, user_id: int, sender_id: int, changes: Mapping[str, Any]) -> Sender:
+    """Change display name or reply-to; a new local part also needs no unfinished task to be using it."""
+    sender = await get_sender(session, user_id=user_id, sender_id=sender_id)
+    if sender.archived_at is not None:
+        raise Conflict("the sender is archived", details=[{"field": "id", "message": "archived"}])
+    data = clean_sender_values(changes, partial=True)
+    if "local_part" in data and data["local_part"] != sender.local_part:
+        await _refuse_if_used(session, sender, "the local part of a sender used by unfinished tasks cannot change")
+        taken = await session.scalar(select(Sender.id).where(Sender.local_part_lower == data["local_part_lower"],
+                                                             Sender.id != sender.id))
+        if taken is not None:
+            raise _local_part_taken()
+    if not await saved(session, lambda: _assign(sender, data)):
+        raise _local_part_taken()
+    return sender
+
+
+async def delete_sender(session: AsyncSession, *, user_id: int, sender_id: int) -> None:
+    """409 in_use while a non-terminal task uses it; otherwise it is archived (kept for history)."""
+    sender = await get_sender(session, user_id=user_id, sender_id=sender_id)
+    if sender.archived_at is not None:
+        return
+    await _refuse_if_used(session, sender, "the sender is used by unfinished tasks")
+    sender.archived_at = utc_now()
+    await session.flush()
+
+
+async def _refuse_if_used(session: AsyncSession, sender: Sender, message: str) -> None:
+    rows = (await session.execute(
+        select(Task.id, Task.name, Task.status).where(Task.sender_id == sender.id, Task.user_id == sender.user_id,
+                                                      Task.status.not_in(TERMINAL_TASK_STATUSES)).order_by(Task.id)
+    )).all()
+    if rows:
+        raise InUse(message, details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
+                    tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows])
+
+
+async def list_senders(
+    session: AsyncSession, *, user_id: int, page: Page, include_archived: bool = False
+) -> list[Sender]:
+    """One page by id (limit + 1 rows, for page_of). Archived senders only when asked."""
+    query = select(Sender).where(*_sender_conditions(user_id, include_archived),
+                                 Sender.id > min(page.after_id or 0, MAX_ID))
+    return list(await session.scalars(query.order_by(Sender.id).limit(page.limit + 1)))
+
+
+async def count_senders(session: AsyncSession, *, user_id: int, include_archived: bool = False) -> int:
+    query = select(func.count()).select_from(Sender).where(*_sender_conditions(user_id, include_archived))
+    return int(await session.scalar(query) or 0)
+
+
+def _sender_conditions(user_id: int, include_archived: bool) -> list[Any]:
+    conditions: list[Any] = [Sender.user_id == user_id]
+    if not include_archived:
+        conditions.append(Sender.archived_at.is_(None))
+    return conditions
+
