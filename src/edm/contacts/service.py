@@ -25,7 +25,8 @@ from edm.api.deps import Page
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
 from edm.contacts.models import Contact, ContactStatus, ContactTag, Tag
-from edm.errors import BadInput, Conflict, InUse, NotFound
+from edm.db.owned import get_own
+from edm.errors import BadInput, Conflict, InUse
 from edm.tasks.models import Task
 from edm.tasks.recipients import expand_tags
 from edm.tasks.status import TaskStatus
@@ -224,12 +225,7 @@ class ContactFilter:
 
 
 async def get_contact(session: AsyncSession, *, user_id: int, contact_id: int) -> Contact:
-    contact = None
-    if 0 < contact_id <= MAX_ID:
-        contact = await session.scalar(select(Contact).where(Contact.id == contact_id, Contact.user_id == user_id))
-    if contact is None:
-        raise NotFound(f"contact {contact_id} not found")
-    return contact
+    return await get_own(session, Contact, user_id=user_id, object_id=contact_id, what="contact")
 
 
 async def create_contact(
@@ -503,12 +499,7 @@ def check_color(value: Any) -> str:
 
 
 async def get_tag(session: AsyncSession, *, user_id: int, tag_id: int) -> Tag:
-    tag = None
-    if 0 < tag_id <= MAX_ID:
-        tag = await session.scalar(select(Tag).where(Tag.id == tag_id, Tag.user_id == user_id))
-    if tag is None:
-        raise NotFound(f"tag {tag_id} not found")
-    return tag
+    return await get_own(session, Tag, user_id=user_id, object_id=tag_id, what="tag")
 
 
 async def create_tag(

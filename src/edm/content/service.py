@@ -24,8 +24,9 @@ from edm.contacts.models import Contact
 from edm.contacts.service import MAX_ID, check_text, contact_tags, dialect_name, escape_like, saved
 from edm.content.models import Sender, Template
 from edm.content.render import CONTACT_FIELDS, CompiledTemplate, RenderError, build_context, compile_template
+from edm.db.owned import get_own
 from edm.email_services.models import EmailService, UserServiceMapping
-from edm.errors import BadInput, Conflict, InUse, NotFound
+from edm.errors import BadInput, Conflict, InUse
 from edm.ops import runtime_settings
 from edm.tasks.models import Task, TaskTemplate
 from edm.tasks.status import TaskStatus
@@ -94,13 +95,7 @@ def compile_values(values: Mapping[str, Any]) -> CompiledTemplate:
 
 
 async def get_template(session: AsyncSession, *, user_id: int, template_id: int) -> Template:
-    template = None
-    if 0 < template_id <= MAX_ID:
-        template = await session.scalar(select(Template).where(Template.id == template_id,
-                                                               Template.user_id == user_id))
-    if template is None:
-        raise NotFound(f"template {template_id} not found")
-    return template
+    return await get_own(session, Template, user_id=user_id, object_id=template_id, what="template")
 
 
 async def create_template(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Template:
@@ -427,12 +422,7 @@ def clean_sender_values(values: Mapping[str, Any], *, partial: bool = False) -> 
 
 async def get_sender(session: AsyncSession, *, user_id: int, sender_id: int) -> Sender:
     """Archived senders are still found here (tasks show them); lists hide them."""
-    sender = None
-    if 0 < sender_id <= MAX_ID:
-        sender = await session.scalar(select(Sender).where(Sender.id == sender_id, Sender.user_id == user_id))
-    if sender is None:
-        raise NotFound(f"sender {sender_id} not found")
-    return sender
+    return await get_own(session, Sender, user_id=user_id, object_id=sender_id, what="sender")
 
 
 async def create_sender(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Sender:

@@ -248,22 +248,14 @@ async def get_subtask(task_id: IdPath, subtask_id: IdPath, session: Session, cal
         for a in attempts]}
 
 
-@router.post("/tasks/{task_id}/uncertain/retry")
-async def retry_uncertain(task_id: IdPath, session: Session, caller: Writer,
-                          body: SubtaskSelection | None = None) -> dict[str, int]:
+@router.post("/tasks/{task_id}/uncertain/{action}")
+async def decide_uncertain(task_id: IdPath, action: Literal["retry", "abandon"], session: Session, caller: Writer,
+                           body: SubtaskSelection | None = None) -> dict[str, int]:
+    """`retry` puts uncertain recipients back in the queue (may duplicate); `abandon` fails them (SPEC §7.8)."""
     task = await _own(session, caller, task_id)
-    count = await service.decide_uncertain(session, task, action="retry",
+    count = await service.decide_uncertain(session, task, action=action,
                                            subtask_ids=body.subtask_ids if body else None)
-    return {"retried": count}
-
-
-@router.post("/tasks/{task_id}/uncertain/abandon")
-async def abandon_uncertain(task_id: IdPath, session: Session, caller: Writer,
-                            body: SubtaskSelection | None = None) -> dict[str, int]:
-    task = await _own(session, caller, task_id)
-    count = await service.decide_uncertain(session, task, action="abandon",
-                                           subtask_ids=body.subtask_ids if body else None)
-    return {"abandoned": count}
+    return {"retried" if action == "retry" else "abandoned": count}
 
 
 @router.get("/subtasks")
