@@ -354,7 +354,7 @@ async def _blocked_reasons(session: AsyncSession, ids: list[int], now: dt.dateti
         or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
     )
     reason = case(
-        (SubTask.contact_id.is_(None), literal("contact_deleted")),
+        (Contact.id.is_(None), literal("contact_deleted")),  # no contact row (deleted, or never had one)
         (Contact.status.in_(("inactive", "archived")), literal("contact_inactive")),
         (Contact.unsubscribed_at.is_not(None), literal("unsubscribed")),
         (Contact.hard_bounced_at.is_not(None), literal("hard_bounced")),

@@ -182,7 +182,7 @@ class Worker:
         for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
             async with unit_of_work(self.sessionmaker) as session:
                 claim = await queue.claim(session, service_id=service_id, worker_id=self.id, now=clock.utc_now(),
-                                          sending_paused=runtime.sending_paused,
+                                          sending_paused=runtime.sending_paused, max_items=self.settings.claim_max,
                                           lease_grace=dt.timedelta(seconds=self.scaled(60.0)))
             if claim is not None:
                 self.invalidate_snapshot()
@@ -273,6 +273,7 @@ class Worker:
                                                  honours_idempotency=adapter.capabilities.honours_idempotency)
                     await queue.release(session, claim=claim, items=unstarted, now=now)
                 self.sent_batches += 1
+                self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
                 await self._check_thresholds_after(claim, outcomes)
                 if summary.status_log:
                     self.invalidate_snapshot()

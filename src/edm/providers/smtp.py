@@ -137,10 +137,18 @@ def _classify_permanent(phase: Phase, code: int, enhanced: str, text: str) -> Cl
 
 def smtp_payload(mime: bytes) -> bytes:
     """The DATA payload: CRLF line endings, dot-stuffed, terminated by the end-of-data line."""
-    data = _LINE_ENDINGS_RE.sub(b"\r\n", mime)
+    data = mime if _is_clean_crlf(mime) else _LINE_ENDINGS_RE.sub(b"\r\n", mime)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _LEADING_DOT_RE.sub(b"..", data) + b".\r\n"
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT_RE.sub(b"..", data)
+    return data + b".\r\n"
+
+
+def _is_clean_crlf(data: bytes) -> bool:
+    """Our own MIME builder already writes CRLF everywhere: two byte counts (C speed) skip the regex, which
+    was ~11 % of a worker's CPU at 1,000 msg/s."""
+    return data.count(b"\n") == data.count(b"\r\n") and data.count(b"\r") == data.count(b"\r\n")
 
 
 class _Deadline:

@@ -262,7 +262,9 @@ async def decide_uncertain(task_id: IdPath, action: Literal["retry", "abandon"],
 async def subtasks_by_email(email: Annotated[str, Query(min_length=3, max_length=320)], session: Session,
                             caller: CurrentCaller, page: Paging) -> dict[str, Any]:
     """What happened to this address across the caller's own tasks."""
-    query = (select(SubTask).where(SubTask.user_id == caller.id, SubTask.recipient_email == email.strip().lower())
+    own_tasks = select(Task.id).where(Task.user_id == caller.id)  # reaches the (task_id, recipient_email) index
+    query = (select(SubTask).where(SubTask.task_id.in_(own_tasks), SubTask.user_id == caller.id,
+                                   SubTask.recipient_email == email.strip().lower())
              .order_by(SubTask.id).limit(page.limit + 1))
     if page.after_id:
         query = query.where(SubTask.id > page.after_id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 15:36:53.039761
+Create Date: 2026-11-28 16:38:47.779407
 """
 from collections.abc import Sequence
 
@@ -390,43 +390,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_quota_ledger_task_id'), ['task_id'], unique=False)
         batch_op.create_index('ix_quota_ledger_user_id_id', ['user_id', 'id'], unique=False)
 
-    op.create_table('task_status_changes',
-    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('from_status', sa.String(length=16), nullable=True),
-    sa.Column('to_status', sa.String(length=16), nullable=False),
-    sa.Column('reason', sa.String(length=64), nullable=True),
-    sa.Column('detail', sa.String(length=1000), nullable=True),
-    sa.Column('actor', sa.String(length=32), nullable=False),
-    sa.Column('at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_status_changes_task_id_tasks'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_task_status_changes'))
-    )
-    with op.batch_alter_table('task_status_changes', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_task_status_changes_task_id'), ['task_id'], unique=False)
-
-    op.create_table('task_templates',
-    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('template_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('weight', sa.Integer(), nullable=False),
-    sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('snapshot_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('name', sa.String(length=200), nullable=True),
-    sa.Column('subject', sa.String(length=998), nullable=True),
-    sa.Column('preheader', sa.String(length=255), nullable=True),
-    sa.Column('html', sa.Text(), nullable=True),
-    sa.Column('text', sa.Text(), nullable=True),
-    sa.Column('inline_css', sa.Boolean(), nullable=False),
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_templates_task_id_tasks'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['template_id'], ['templates.id'], name=op.f('fk_task_templates_template_id_templates'), ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_task_templates'))
-    )
-    with op.batch_alter_table('task_templates', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_task_templates_task_id'), ['task_id'], unique=False)
-
     op.create_table('subtasks',
     sa.Column('public_id', sa.Uuid(), nullable=False),
     sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -471,11 +434,7 @@ def upgrade() -> None:
     sa.Column('replied_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.CheckConstraint("(send_state <> 'pending' OR service_id IS NULL) AND (send_state <> 'allocated' OR service_id IS NOT NULL)", name=op.f('ck_subtasks_service_binding')),
-    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_subtasks_contact_id_contacts'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['service_id'], ['email_services.id'], name=op.f('fk_subtasks_service_id_email_services'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_subtasks_task_id_tasks'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['task_template_id'], ['task_templates.id'], name=op.f('fk_subtasks_task_template_id_task_templates'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_subtasks_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_subtasks')),
     sa.UniqueConstraint('public_id', name=op.f('uq_subtasks_public_id')),
     sa.UniqueConstraint('task_id', 'contact_id', name=op.f('uq_subtasks_task_id_contact_id')),
@@ -485,9 +444,45 @@ def upgrade() -> None:
         batch_op.create_index('ix_subtasks_allocated', ['service_id', 'lease_expires_at'], unique=False, postgresql_where=sa.text("send_state = 'allocated'"), sqlite_where=sa.text("send_state = 'allocated'"))
         batch_op.create_index('ix_subtasks_fresh', ['task_id', 'seq'], unique=False, postgresql_where=sa.text("send_state = 'pending' AND attempts = 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts = 0"))
         batch_op.create_index('ix_subtasks_retry', ['task_id', 'next_attempt_at'], unique=False, postgresql_where=sa.text("send_state = 'pending' AND attempts > 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts > 0"))
-        batch_op.create_index('ix_subtasks_service_id_provider_message_id', ['service_id', 'provider_message_id'], unique=False)
+        batch_op.create_index('ix_subtasks_service_id_provider_message_id', ['service_id', 'provider_message_id'], unique=False, postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
         batch_op.create_index('ix_subtasks_task_id_send_state', ['task_id', 'send_state'], unique=False)
-        batch_op.create_index(batch_op.f('ix_subtasks_user_id'), ['user_id'], unique=False)
+
+    op.create_table('task_status_changes',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('from_status', sa.String(length=16), nullable=True),
+    sa.Column('to_status', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.String(length=64), nullable=True),
+    sa.Column('detail', sa.String(length=1000), nullable=True),
+    sa.Column('actor', sa.String(length=32), nullable=False),
+    sa.Column('at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_status_changes_task_id_tasks'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_task_status_changes'))
+    )
+    with op.batch_alter_table('task_status_changes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_task_status_changes_task_id'), ['task_id'], unique=False)
+
+    op.create_table('task_templates',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('template_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('weight', sa.Integer(), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('snapshot_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('name', sa.String(length=200), nullable=True),
+    sa.Column('subject', sa.String(length=998), nullable=True),
+    sa.Column('preheader', sa.String(length=255), nullable=True),
+    sa.Column('html', sa.Text(), nullable=True),
+    sa.Column('text', sa.Text(), nullable=True),
+    sa.Column('inline_css', sa.Boolean(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_templates_task_id_tasks'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['template_id'], ['templates.id'], name=op.f('fk_task_templates_template_id_templates'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_task_templates'))
+    )
+    with op.batch_alter_table('task_templates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_task_templates_task_id'), ['task_id'], unique=False)
 
     op.create_table('send_attempts',
     sa.Column('subtask_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -518,15 +513,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_send_attempts_subtask_id'))
 
     op.drop_table('send_attempts')
-    with op.batch_alter_table('subtasks', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_subtasks_user_id'))
-        batch_op.drop_index('ix_subtasks_task_id_send_state')
-        batch_op.drop_index('ix_subtasks_service_id_provider_message_id')
-        batch_op.drop_index('ix_subtasks_retry', postgresql_where=sa.text("send_state = 'pending' AND attempts > 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts > 0"))
-        batch_op.drop_index('ix_subtasks_fresh', postgresql_where=sa.text("send_state = 'pending' AND attempts = 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts = 0"))
-        batch_op.drop_index('ix_subtasks_allocated', postgresql_where=sa.text("send_state = 'allocated'"), sqlite_where=sa.text("send_state = 'allocated'"))
-
-    op.drop_table('subtasks')
     with op.batch_alter_table('task_templates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_task_templates_task_id'))
 
@@ -535,6 +521,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_task_status_changes_task_id'))
 
     op.drop_table('task_status_changes')
+    with op.batch_alter_table('subtasks', schema=None) as batch_op:
+        batch_op.drop_index('ix_subtasks_task_id_send_state')
+        batch_op.drop_index('ix_subtasks_service_id_provider_message_id', postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
+        batch_op.drop_index('ix_subtasks_retry', postgresql_where=sa.text("send_state = 'pending' AND attempts > 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts > 0"))
+        batch_op.drop_index('ix_subtasks_fresh', postgresql_where=sa.text("send_state = 'pending' AND attempts = 0"), sqlite_where=sa.text("send_state = 'pending' AND attempts = 0"))
+        batch_op.drop_index('ix_subtasks_allocated', postgresql_where=sa.text("send_state = 'allocated'"), sqlite_where=sa.text("send_state = 'allocated'"))
+
+    op.drop_table('subtasks')
     with op.batch_alter_table('quota_ledger', schema=None) as batch_op:
         batch_op.drop_index('ix_quota_ledger_user_id_id')
         batch_op.drop_index(batch_op.f('ix_quota_ledger_task_id'))
