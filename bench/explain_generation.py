@@ -67,16 +67,9 @@ async def timed_insert(engine: Any, statement: str, params: Any, setup: list[str
 
 async def main_async(args: argparse.Namespace) -> str:
     from edm.clock import utc_now
-    from edm.db.engine import make_engine, make_sessionmaker
-    from edm.settings import Settings
     from edm.tasks import generation
 
-    infra.recreate_database()
-    infra.edm("db", "upgrade")
-    os.environ.update({k: v for k, v in infra.edm_env().items() if k.startswith("EDM_")})
-    settings = Settings()
-    engine = make_engine(settings.database_url, pool_size=2)
-    sm = make_sessionmaker(engine)
+    settings, engine, sm = infra.fresh_database()
     out: list[str] = []
     try:
         world = await seed.seed(sm, settings, contacts=args.contacts, sink_port=25, tags={})

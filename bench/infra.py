@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -398,3 +399,17 @@ class PySpy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.output
+
+
+def fresh_database(pool_size: int = 2) -> tuple[Any, Any, Any]:
+    """Drop and recreate the bench database, migrate it, point this process at it; returns
+    (settings, engine, sessionmaker) for set-up code that runs in the bench process itself."""
+    from edm.db.engine import make_engine, make_sessionmaker
+    from edm.settings import Settings
+
+    recreate_database()
+    edm("db", "upgrade")
+    os.environ.update({k: v for k, v in edm_env().items() if k.startswith("EDM_")})
+    settings = Settings()
+    engine = make_engine(settings.database_url, pool_size=pool_size)
+    return settings, engine, make_sessionmaker(engine)

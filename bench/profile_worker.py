@@ -90,15 +90,9 @@ class Statements:
 async def run(args: argparse.Namespace) -> str:
     from edm.db.engine import make_engine, make_sessionmaker
     from edm.dispatch.worker import Worker
-    from edm.settings import Settings
 
     sink_bin, _ = infra.ensure_postfix_tools()
-    infra.recreate_database()
-    infra.edm("db", "upgrade")
-    os.environ.update({k: v for k, v in infra.edm_env().items() if k.startswith("EDM_")})
-    settings = Settings()
-    setup_engine = make_engine(settings.database_url, pool_size=2)
-    setup = make_sessionmaker(setup_engine)
+    settings, setup_engine, setup = infra.fresh_database()
     sink = infra.Sink(sink_bin).start()
     try:
         world = await seed.seed(setup, settings, contacts=args.recipients, sink_port=sink.port,

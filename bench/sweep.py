@@ -26,16 +26,8 @@ def ints(value: str) -> list[int]:
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    from edm.db.engine import make_engine, make_sessionmaker
-    from edm.settings import Settings
-
     sink_bin, source_bin = infra.ensure_postfix_tools()
-    infra.recreate_database()
-    infra.edm("db", "upgrade")
-    os.environ.update({k: v for k, v in infra.edm_env().items() if k.startswith("EDM_")})
-    settings = Settings()
-    engine = make_engine(settings.database_url, pool_size=2)
-    sm = make_sessionmaker(engine)
+    settings, engine, sm = infra.fresh_database()
     sink = infra.Sink(sink_bin).start()
     rows = ["| workers | --concurrency | max_concurrency | msg/s (DB) | smtp-source -s 1 | ratio | worker CPU ms/msg "
             "| PostgreSQL CPU ms/msg | other CPU ms/msg |", "|---|---|---|---|---|---|---|---|---|"]
