@@ -6,7 +6,14 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
-from edm.dispatch.allocation import CandidateTask, plan_claim
+from edm.dispatch.allocation import (
+    CandidateTask,
+    ServiceView,
+    SmoothWeighted,
+    Strategy,
+    order_services,
+    plan_claim,
+)
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -93,3 +100,37 @@ def test_task_order_within_a_user_least_recently_claimed_then_priority_schedule_
     tasks = [task(5, 1), task(4, 1)]
     plan, _ = plan_claim(tasks, size=1, user_cursor=None)
     assert plan == [(4, 1)]
+
+
+# ---- which service takes work next (SPEC §7.3) --------------------------------------------------------
+
+
+def _service(sid: int, *, eligible: bool = True, slot_waiting: bool = False, backup: bool = False,
+             priority: int = 50, weight: int = 100, quota_left: float = 1.0) -> ServiceView:
+    return ServiceView(service_id=sid, eligible=eligible, slot_waiting=slot_waiting, backup_only=backup,
+                       priority=priority, weight=weight, quota_left_ratio=quota_left, health=1.0,
+                       last_claim_at=None)
+
+
+def test_weighted_shares_follow_weight_times_quota_left() -> None:
+    views = [_service(1, weight=300), _service(2, weight=100), _service(3, weight=200, quota_left=0.5)]
+    swrr = SmoothWeighted()
+    firsts = Counter(order_services(views, Strategy.WEIGHTED, swrr)[0] for _ in range(500))
+    # scores 300 : 100 : 100 -> 3/5, 1/5, 1/5 of first picks, exactly, over whole periods
+    assert firsts == {1: 300, 2: 100, 3: 100}
+
+
+def test_backup_only_waits_while_a_primary_is_eligible_or_waiting_for_its_slot() -> None:
+    primary_waiting = [_service(1, eligible=False, slot_waiting=True), _service(2, backup=True)]
+    assert order_services(primary_waiting, Strategy.ROUND_ROBIN) == []
+    primary_down = [_service(1, eligible=False), _service(2, backup=True)]
+    assert order_services(primary_down, Strategy.ROUND_ROBIN) == [2]
+
+
+def test_priority_uses_only_the_best_available_tier() -> None:
+    views = [_service(1, priority=10, eligible=False, slot_waiting=True), _service(2, priority=20),
+             _service(3, priority=10)]
+    assert order_services(views, Strategy.PRIORITY) == [3]
+    views[0] = _service(1, priority=10, eligible=False)  # frozen/throttled/at quota: not available
+    views[2] = _service(3, priority=10, eligible=False)
+    assert order_services(views, Strategy.PRIORITY) == [2]
