@@ -3,7 +3,6 @@ filters, cursor pages, isolation between users and read-only refusals."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,15 +11,10 @@ from sqlalchemy import func, select
 
 from edm.contacts.models import Contact, ContactTag
 from edm.users.models import Role
-from tests.helpers import Account, api_client, make_account
+from tests.helpers import Account, make_account
 
 API = "/api/v1"
 
-
-@pytest.fixture
-async def client(db_url: str, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(db_url, engine) as c:
-        yield c
 
 
 async def _contact(client: httpx.AsyncClient, who: Account, email: str, **fields: Any) -> dict[str, Any]:

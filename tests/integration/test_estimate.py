@@ -4,7 +4,6 @@ both sides, exclusion reasons in order, ids of other users refused, and the cred
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,17 +14,12 @@ from edm.clock import utc_now
 from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
 from edm.suppressions.models import Suppression
-from tests.helpers import Account, api_client, make_account
+from tests.helpers import Account, make_account
 
 API = "/api/v1"
 NO_EXCLUSIONS = {"invalid_address": 0, "contact_inactive": 0, "unsubscribed": 0, "hard_bounced": 0,
                  "complained": 0, "suppression_list": 0}
 
-
-@pytest.fixture
-async def client(db_url: str, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(db_url, engine) as c:
-        yield c
 
 
 async def _post(client: httpx.AsyncClient, who: Account, path: str, body: dict[str, Any]) -> dict[str, Any]:

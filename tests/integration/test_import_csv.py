@@ -4,25 +4,18 @@ rows reported with spreadsheet row numbers, encodings, delimiters, tags, modes a
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from edm.contacts.importer import ImportReport, import_csv
 from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from tests.helpers import Account, api_client, make_account
+from tests.helpers import Account, make_account
 
 API = "/api/v1"
 
-
-@pytest.fixture
-async def client(db_url: str, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(db_url, engine) as c:
-        yield c
 
 
 async def _import(client: httpx.AsyncClient, who: Account, data: bytes, **options: Any) -> httpx.Response:

@@ -3,7 +3,6 @@ counts with implied parents, references that block deletion, bulk membership, is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,15 +12,10 @@ from sqlalchemy import func, select
 from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
 from edm.tasks.models import Task
-from tests.helpers import Account, api_client, make_account
+from tests.helpers import Account, make_account
 
 API = "/api/v1"
 
-
-@pytest.fixture
-async def client(db_url: str, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(db_url, engine) as c:
-        yield c
 
 
 async def _tag(client: httpx.AsyncClient, who: Account, name: str, **fields: Any) -> dict[str, Any]:

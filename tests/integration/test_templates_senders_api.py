@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,16 +11,11 @@ from sqlalchemy import select
 from edm.db.session import unit_of_work
 from edm.tasks.models import Task, TaskTemplate
 from edm.users.models import Role
-from tests.helpers import Account, api_client, make_account
+from tests.helpers import Account, make_account
 
 API = "/api/v1"
 HTML = "<html><body><p>Hello {{ contact.first_name | default('there', true) }}</p></body></html>"
 
-
-@pytest.fixture
-async def client(db_url: str, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(db_url, engine) as c:
-        yield c
 
 
 def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -73,8 +73,9 @@ class _Ttl:
 
 
 class Composer:
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], vault: Vault) -> None:
         self.settings = settings
+        self.vault = vault
         self.sessionmaker = sessionmaker
         self._services = _Ttl(CONFIG_TTL)
         self._tasks = _Ttl(CONFIG_TTL)
@@ -106,7 +107,7 @@ class Composer:
     # ---- messages ----------------------------------------------------------------------------------
 
     async def compose(self, claim: Any, *, with_mime: bool | None = None) -> dict[int, OutboundMessage | RenderFailure]:
-        config, service = await self.service_config(claim.service_id, Vault.from_settings(self.settings))
+        config, service = await self.service_config(claim.service_id, self.vault)
         if with_mime is None:
             with_mime = capabilities_for(config).needs_mime
         async with self.sessionmaker() as session:

@@ -112,10 +112,11 @@ async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[
         .execution_options(populate_existing=True)
     )).all()
     flights = await in_flight_counts(session)
+    usage = await _usage_on(session, {service.id: day_of(service, now) for service, _ in rows})
     snapshots = []
     for service, state_row in rows:
         in_flight = flights.get(service.id, 0)
-        used = await used_today(session, service, day_of(service, now)) + in_flight
+        used = usage.get(service.id, 0) + in_flight
         state = runtime_of(state_row)
         reset = reset_after(service, now)
         availability = av.availability(state, limits_of(service), now=now, used_today=used,
@@ -123,6 +124,18 @@ async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[
         snapshots.append(ServiceSnapshot(service, state, availability, used, in_flight, state_row.last_claim_at,
                                          reset))
     return snapshots
+
+
+async def _usage_on(session: AsyncSession, days: dict[int, dt.date]) -> dict[int, int]:
+    """Settled usage of each service on its own current service day, in one query."""
+    if not days:
+        return {}
+    used = ServiceDayUsage.accepted + ServiceDayUsage.uncertain + ServiceDayUsage.adjustment
+    rows = await session.execute(
+        select(ServiceDayUsage.service_id, ServiceDayUsage.service_day, used)
+        .where(ServiceDayUsage.service_id.in_(days), ServiceDayUsage.service_day.in_(set(days.values())))
+    )
+    return {sid: int(total) for sid, day, total in rows.all() if days.get(sid) == day}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.vault = Vault.from_settings(settings)
         self.adapters = AdapterCache(fake_allowed=settings.fake_provider_allowed)
-        self.composer = Composer(settings, sessionmaker)
+        self.composer = Composer(settings, sessionmaker, self.vault)
         self.stopping = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.runtime = runtime_settings.RuntimeSettings()
