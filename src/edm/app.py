@@ -76,19 +76,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
 
 
-def create_app(settings: Settings, *, engine: Any = None) -> FastAPI:
+def create_app(settings: Settings, *, engine: Any = None, outbound_transport: Any = None) -> FastAPI:
+    """`outbound_transport` (an httpx transport) carries EDM's own outbound HTTP calls made while serving
+    requests (SNS certificates and subscription confirmations); tests pass an httpx.MockTransport."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_engine = engine is None
         app.state.engine = engine or create_engine(settings)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
         yield
+        client = getattr(app.state, "webhook_http", None)
+        if client is not None:
+            await client.aclose()
         if own_engine:
             await app.state.engine.dispose()
 
     app = FastAPI(title="EDM", version="0.1.0", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
                   docs_url="/api/docs", redoc_url=None)
     app.state.settings = settings
+    app.state.outbound_transport = outbound_transport
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next: Any) -> Any:

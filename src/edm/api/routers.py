@@ -25,4 +25,5 @@ MODULES = [
     "edm.contacts.api",
     "edm.content.api",
     "edm.tasks.api",
+    "edm.events.webhooks",
 ]

@@ -11,9 +11,15 @@ from sqlalchemy import select
 
 from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, Session
 from edm.clock import utc_now
+from edm.contacts.emails import normalize_email
 from edm.dispatch import queue
+from edm.dispatch.compose import config_of
 from edm.email_services import service as services
-from edm.email_services.models import EmailServiceStatusLog, UserServiceMapping
+from edm.email_services import testing
+from edm.email_services.models import EmailServiceStatusLog, StatusChange, UserServiceMapping
+from edm.email_services.service_day import service_day
+from edm.observability import mask_email
+from edm.providers.base import ServiceConfig
 from edm.security.crypto import Vault
 
 router = APIRouter(prefix="/api/v1", tags=["services"])
@@ -61,6 +67,17 @@ class MappingBody(Strict):
     user_ids: list[Id] = Field(..., min_length=1, max_length=500)
     service_ids: list[Id] = Field(..., min_length=1, max_length=500)
     is_active: bool = True
+
+
+class TestSendBody(Strict):
+    to: str = Field(..., min_length=3, max_length=320, description="the address to send the test to")
+    from_local_part: str = Field("test", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")
+    subject: str | None = Field(None, max_length=200)
+    html: str | None = Field(None, max_length=100_000)
+
+
+class UnsavedServiceTest(ServiceCreate, TestSendBody):
+    """A configuration not saved yet, plus the test message."""
 
 
 class ExactServices(Strict):
@@ -148,6 +165,48 @@ async def service_action(service_id: IdPath, action: Literal["enable", "disable"
     else:
         await services.clear_backoff(session, service_id, actor_user_id=caller.id)
     return {"service_id": service_id, "done": action}
+
+
+@router.post("/admin/services/{service_id}/test-send")
+async def test_send(service_id: IdPath, body: TestSendBody, request: Request, session: Session,
+                    caller: AdminWriter) -> dict[str, Any]:
+    """Send one test message now (ignoring the rate slot), report its classification, count it as usage."""
+    settings = request.app.state.settings
+    svc = await services.get_service(session, service_id)
+    config = config_of(svc, _vault(request))
+    name, timezone, reset_time = svc.name, svc.timezone, svc.quota_reset_time
+    await session.commit()  # no network call inside a transaction
+    result = await testing.send_test(config, service_name=name, to=_address(body.to),
+                                     from_local=body.from_local_part, subject=body.subject, html=body.html,
+                                     fake_allowed=settings.fake_provider_allowed,
+                                     unsubscribe_base=settings.effective_tracking_url)
+    day = service_day(utc_now(), timezone=timezone, reset_time=reset_time)
+    await queue.upsert_usage(session, service_id=service_id, day=day, deltas=testing.usage_delta(result.classification))
+    services.log_change(session, service_id, StatusChange.TEST_SEND, new=result.classification,
+                        reason=f"test send to {mask_email(body.to)}: {result.message}"[:500], actor_user_id=caller.id)
+    return result.as_dict()
+
+
+@router.post("/admin/services/test")
+async def test_unsaved(body: UnsavedServiceTest, request: Request, caller: AdminWriter) -> dict[str, Any]:
+    """The same check for a configuration that is not saved; nothing is stored."""
+    settings = request.app.state.settings
+    values = services.validate_config(body.model_dump(exclude_unset=True, exclude={"to", "from_local_part", "subject",
+                                                                                "html", "credentials"}),
+                                      fake_allowed=settings.fake_provider_allowed)
+    config = ServiceConfig(service_id=0, provider=values["provider"], domain=values["domain"],
+                           credentials=dict(body.credentials or {}), options=dict(values.get("options") or {}),
+                           max_concurrency=1, batch_size=1,
+                           request_timeout_seconds=float(values.get("request_timeout_seconds") or 30))
+    result = await testing.send_test(config, service_name=values["name"], to=_address(body.to),
+                                     from_local=body.from_local_part, subject=body.subject, html=body.html,
+                                     fake_allowed=settings.fake_provider_allowed,
+                                     unsubscribe_base=settings.effective_tracking_url)
+    return result.as_dict()
+
+
+def _address(value: str) -> str:
+    return normalize_email(value, field="to").original
 
 
 @router.get("/admin/status-log")

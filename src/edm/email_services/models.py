@@ -46,6 +46,7 @@ class StatusChange(enum.StrEnum):
     CONFIG_UPDATED = "config_updated"
     CREDENTIALS_UPDATED = "credentials_updated"
     BACKOFF_CLEARED = "backoff_cleared"
+    TEST_SEND = "test_send"
 
 
 class EmailService(IdMixin, TimestampMixin, Base):

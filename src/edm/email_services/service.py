@@ -36,7 +36,8 @@ CONFIG_FIELDS = ("name", "label", "provider", "options", "domain", "sending_inte
                  "is_enabled", "request_timeout_seconds")
 
 
-def _validate(values: dict[str, Any], *, fake_allowed: bool) -> dict[str, Any]:
+def validate_config(values: dict[str, Any], *, fake_allowed: bool) -> dict[str, Any]:
+    """Checked and normalized configuration values (BadInput names the field that is wrong)."""
     out = dict(values)
     if "provider" in out and (out["provider"] not in PROVIDERS or (out["provider"] == "fake" and not fake_allowed)):
         raise BadInput.field("provider", f"unknown or unavailable provider {out['provider']!r}")
@@ -99,7 +100,7 @@ async def create_service(
     session: AsyncSession, vault: Vault, *, values: dict[str, Any], credentials: dict[str, Any] | None,
     fake_allowed: bool, actor_user_id: int | None = None, default_timezone: str = "UTC",
 ) -> EmailService:
-    values = _validate({"timezone": default_timezone, **values}, fake_allowed=fake_allowed)
+    values = validate_config({"timezone": default_timezone, **values}, fake_allowed=fake_allowed)
     for required in ("name", "provider", "domain"):
         if not values.get(required):
             raise BadInput.field(required, "is required")
@@ -138,7 +139,7 @@ async def update_service(
     credentials: dict[str, Any] | None, fake_allowed: bool, actor_user_id: int | None = None,
 ) -> EmailService:
     service = await get_service(session, service_id)
-    values = _validate(values, fake_allowed=fake_allowed)
+    values = validate_config(values, fake_allowed=fake_allowed)
     for key, value in values.items():
         old = getattr(service, key)
         if old != value:

@@ -10,6 +10,8 @@ Options (`ServiceConfig.options`, all optional):
     fail_after       int: once this service accepted that many messages, every further message is
                      `auth_config` (a key revoked mid-task)
     retry_after      seconds carried by `throttled` results (default 1.0)
+    events           dict: post signed webhook events (accepted, delivered, bounces, opens…) back to EDM
+                     for the messages it took; see `edm.providers.fake_events` for its keys (url, mix, seed)
 
 Addresses under the reserved `.invalid` TLD (RFC 2606) are rejected as permanent recipient failures, so a
 demo can show hard bounces without configuring anything.
@@ -32,10 +34,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
+import httpx
+
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult, ServiceConfig
+from edm.providers.fake_events import EventEmitter
 
 MAX_BATCH = 1000
 IDEMPOTENCY_WINDOW_SECONDS = 3600
+_DUPLICATE_NOTE = "duplicate request: original message id returned"
 
 # (option, outcome, status, provider code, message), in the order the dice are read.
 _ERROR_MIX: tuple[tuple[str, Outcome, int | None, str, str], ...] = (
@@ -67,7 +73,7 @@ class FakeAdapter:
     _ledgers: ClassVar[dict[int, _Ledger]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, *, events_transport: httpx.AsyncBaseTransport | None = None) -> None:
         options = config.options
         self.config = config
         self.idempotent = bool(options.get("idempotent", False))
@@ -86,6 +92,8 @@ class FakeAdapter:
         seed = options.get("seed")
         self._random = random.Random(int(seed)) if seed is not None else random.Random()
         self.calls = 0  # provider calls made by this instance (one per send(), whatever its size)
+        # Webhook events posted back to EDM (options["events"]); None when not configured.
+        self.events = EventEmitter.from_config(config, transport=events_transport)
 
     # -- the adapter contract ------------------------------------------------------------------------
 
@@ -97,11 +105,15 @@ class FakeAdapter:
         ledger = self._ledger(self.config.service_id)
         with self._registry_lock:
             results = [self._one(ledger, message) for message in messages]
+            taken = self._taken(ledger, messages, results) if self.events is not None else []
+        if self.events is not None and taken:
+            self.events.emit(taken)
         latency_ms = int((time.monotonic() - started) * 1000)
         return [_with_latency(result, latency_ms) for result in results]
 
     async def aclose(self) -> None:
-        return None  # nothing pooled
+        if self.events is not None:  # otherwise nothing pooled
+            await self.events.aclose()
 
     # -- inspection for tests and demos --------------------------------------------------------------
 
@@ -141,7 +153,7 @@ class FakeAdapter:
         known = self._known_id(ledger, message.key)
         if known is not None:  # the provider deduplicates on the key: same id, no second mail
             return SendResult(message.key, Outcome.ACCEPTED, status=200, provider_message_id=known,
-                              message="duplicate request: original message id returned")
+                              message=_DUPLICATE_NOTE)
         if message.to_address.rstrip(".").lower().endswith(".invalid"):
             return SendResult(message.key, Outcome.PERMANENT, status=422, provider_code="fake_bad_recipient",
                               message="simulated recipient rejected", recipient_rejected=True)
@@ -163,6 +175,18 @@ class FakeAdapter:
         retry_after = self.retry_after if outcome is Outcome.THROTTLED else None
         return SendResult(message.key, outcome, status=status, provider_code=code, message=text,
                           retry_after=retry_after)
+
+    @staticmethod
+    def _taken(ledger: _Ledger, messages: Sequence[OutboundMessage],
+               results: Sequence[SendResult]) -> list[tuple[OutboundMessage, str]]:
+        """Messages the simulated provider took this call, with their ids: the ones its events are about.
+        A duplicate request sent nothing new; a `maybe_sent` message did arrive (only the answer was lost)."""
+        taken = []
+        for message, result in zip(messages, results, strict=True):
+            new_mail = result.outcome is Outcome.ACCEPTED and result.message != _DUPLICATE_NOTE
+            if new_mail or result.outcome is Outcome.MAYBE_SENT:
+                taken.append((message, ledger.ids_by_key[message.key][0]))
+        return taken
 
     def _known_id(self, ledger: _Ledger, key: str) -> str | None:
         if not self.idempotent:

@@ -1,23 +1,36 @@
 """Provider name → adapter class, and a per-process cache of built adapters (one per service).
 
-Adding a provider: import its class here and add it to `ADAPTERS`.
+Adding a provider: import its adapter class here and add it to `ADAPTERS`; name its webhook handler in
+`_WEBHOOK_HANDLERS` (imported on first use, so the send path never loads webhook code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 from edm.providers.base import Adapter, Capabilities, ServiceConfig
+from edm.providers.brevo import BrevoAdapter
+from edm.providers.engagelab import EngageLabAdapter
 from edm.providers.fake import FakeAdapter
+from edm.providers.mailgun import MailgunAdapter
+from edm.providers.postmark import PostmarkAdapter
+from edm.providers.resend import ResendAdapter
+from edm.providers.sendgrid import SendGridAdapter
+from edm.providers.ses import SesAdapter
 from edm.providers.smtp import SmtpAdapter
+from edm.providers.sparkpost import SparkPostAdapter
+from edm.providers.webhook import WebhookHandler
 
 AdapterFactory = Callable[[ServiceConfig], Adapter]
 
-ADAPTERS: dict[str, AdapterFactory] = {
-    SmtpAdapter.provider: SmtpAdapter,
-    FakeAdapter.provider: FakeAdapter,
-}
+_ADAPTER_CLASSES: tuple[Any, ...] = (
+    SmtpAdapter, EngageLabAdapter, SendGridAdapter, MailgunAdapter, SesAdapter, PostmarkAdapter, BrevoAdapter,
+    SparkPostAdapter, ResendAdapter, FakeAdapter,
+)
+ADAPTERS: dict[str, AdapterFactory] = {adapter.provider: adapter for adapter in _ADAPTER_CLASSES}
 
 # Providers that only simulate sending: refused unless the settings allow them (never in production).
 SIMULATED_PROVIDERS = frozenset({FakeAdapter.provider})
@@ -98,3 +111,29 @@ def capabilities_for(config: ServiceConfig) -> Capabilities:
     if isinstance(capabilities, Capabilities):
         return capabilities
     return factory(config).capabilities  # capabilities that depend on options (the fake)
+
+
+# Provider name -> (module, class) of its webhook handler. Imported on first use.
+_WEBHOOK_HANDLERS: dict[str, tuple[str, str]] = {
+    "engagelab": ("edm.providers.engagelab", "EngageLabWebhook"),
+    "sendgrid": ("edm.providers.sendgrid", "SendGridWebhook"),
+    "mailgun": ("edm.providers.mailgun", "MailgunWebhook"),
+    "ses": ("edm.providers.ses", "SesWebhook"),
+    "postmark": ("edm.providers.postmark", "PostmarkWebhook"),
+    "brevo": ("edm.providers.brevo", "BrevoWebhook"),
+    "sparkpost": ("edm.providers.sparkpost", "SparkPostWebhook"),
+    "resend": ("edm.providers.resend", "ResendWebhook"),
+    "fake": ("edm.providers.fake_events", "FakeWebhook"),
+    "smtp": ("edm.providers.dsn", "DsnWebhook"),  # the DSN endpoint
+}
+_webhook_instances: dict[str, WebhookHandler] = {}
+
+
+def webhook_handler(provider: str) -> WebhookHandler | None:
+    """The webhook handler of `provider`, or None when the provider takes no webhooks."""
+    handler = _webhook_instances.get(provider)
+    if handler is None and provider in _WEBHOOK_HANDLERS:
+        module_name, class_name = _WEBHOOK_HANDLERS[provider]
+        handler = getattr(importlib.import_module(module_name), class_name)()
+        _webhook_instances[provider] = handler
+    return handler

@@ -2,7 +2,11 @@
 
 Wire behaviour
 --------------
-* One transaction per message: MAIL FROM (envelope_from, VERP built upstream), RCPT TO, DATA.
+* One transaction per message: MAIL FROM, RCPT TO, DATA. The envelope sender is `message.envelope_from`, or,
+  when `options["bounce_domain"]` is set, the VERP address `b+<message.key>@<bounce_domain>` so that every
+  bounce names its SubTask (edm.providers.dsn, SPEC §9.7).
+* `options["request_dsn"]` (default false): when the server advertises DSN (RFC 3461), MAIL FROM carries
+  `RET=HDRS ENVID=<message.key>` and RCPT TO `NOTIFY=FAILURE,DELAY ORCPT=rfc822;<recipient>`.
 * `security`: "tls" connects with implicit TLS (465), "starttls" upgrades opportunistically whenever the
   server offers STARTTLS (SPEC §8.3), "none" never encrypts. AUTH only when a username is configured.
 * Connections are reused: at most `max_concurrency` per adapter instance, idle ones are kept LIFO so the
@@ -38,6 +42,7 @@ from typing import Any, ClassVar
 import aiosmtplib
 
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult, ServiceConfig, truncate
+from edm.providers.dsn import bounce_domain_or_error, verp_address
 
 _DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
 _SECURITY_MODES = frozenset(_DEFAULT_PORTS)
@@ -192,6 +197,7 @@ class _Settings:
     password: str
     idle_seconds: float
     request_dsn: bool
+    bounce_domain: str | None  # VERP envelope senders under this domain when set
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> _Settings:
@@ -200,6 +206,7 @@ class _Settings:
         if security not in _SECURITY_MODES:
             raise ValueError(f"smtp security must be one of {sorted(_SECURITY_MODES)}, not {security!r}")
         username = creds.get("username") or None
+        bounce_domain = str(options.get("bounce_domain") or "").strip()
         return cls(
             host=str(options.get("host", "localhost")),
             port=int(options.get("port") or _DEFAULT_PORTS[security]),
@@ -210,6 +217,7 @@ class _Settings:
             password=str(creds.get("password") or ""),
             idle_seconds=float(options.get("idle_timeout", _DEFAULT_IDLE_SECONDS)),
             request_dsn=bool(options.get("request_dsn", False)),
+            bounce_domain=bounce_domain_or_error(bounce_domain) if bounce_domain else None,
         )
 
 
@@ -296,9 +304,9 @@ class SmtpAdapter:
             if conn.needs_rset:
                 await smtp.rset(timeout=min(deadline.left(), _RSET_BUDGET_SECONDS))
                 conn.needs_rset = False
-            mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, payload)
-            await smtp.mail(message.envelope_from, options=mail_options, encoding=encoding,
-                            timeout=deadline.left())
+            sender = self._envelope_sender(message)
+            mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, sender, payload)
+            await smtp.mail(sender, options=mail_options, encoding=encoding, timeout=deadline.left())
             phase = Phase.RCPT
             await smtp.rcpt(message.to_address, options=rcpt_options, encoding=encoding,
                             timeout=deadline.left())
@@ -321,22 +329,28 @@ class SmtpAdapter:
             raise _Failed(Phase.BODY, aiosmtplib.SMTPDataError(reply.code, reply.message))
         return reply
 
+    def _envelope_sender(self, message: OutboundMessage) -> str:
+        """MAIL FROM: our VERP address when a bounce domain is configured (raises ValueError for a key that
+        cannot be a local part: a permanent failure of this message)."""
+        bounce_domain = self._settings.bounce_domain
+        return verp_address(message.key, bounce_domain) if bounce_domain else message.envelope_from
+
     def _envelope_options(
-        self, smtp: aiosmtplib.SMTP, message: OutboundMessage, payload: bytes
+        self, smtp: aiosmtplib.SMTP, message: OutboundMessage, sender: str, payload: bytes
     ) -> tuple[list[str], list[str], str]:
         mail_options: list[str] = []
         rcpt_options: list[str] = []
         encoding = "ascii"
         if not payload.isascii() and smtp.supports_extension("8bitmime"):
             mail_options.append("BODY=8BITMIME")
-        if not (message.envelope_from.isascii() and message.to_address.isascii()):
+        if not (sender.isascii() and message.to_address.isascii()):
             if not smtp.supports_extension("smtputf8"):
                 raise ValueError("non-ASCII address and the server does not offer SMTPUTF8")
             mail_options.append("SMTPUTF8")
             encoding = "utf-8"
         if self._settings.request_dsn and smtp.supports_extension("dsn"):
-            envid = message.custom_args.get("subtask_id") or message.key
-            mail_options += ["RET=HDRS", f"ENVID={_xtext(envid)}"]
+            # The key, like the VERP address and our Message-ID: a DSN names the SubTask by all three.
+            mail_options += ["RET=HDRS", f"ENVID={_xtext(message.key)}"]
             rcpt_options += ["NOTIFY=FAILURE,DELAY", f"ORCPT=rfc822;{_xtext(message.to_address)}"]
         return mail_options, rcpt_options, encoding
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 16:38:47.779407
+Create Date: 2026-11-28 17:42:17.322275
 """
 from collections.abc import Sequence
 
@@ -65,6 +65,37 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_email_services')),
     sa.UniqueConstraint('name', name=op.f('uq_email_services_name'))
     )
+    op.create_table('events',
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('service_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('dedupe_key', sa.String(length=200), nullable=False),
+    sa.Column('event_type', sa.String(length=16), nullable=False),
+    sa.Column('provider_event', sa.String(length=64), nullable=True),
+    sa.Column('occurred_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('subtask_ref', sa.String(length=64), nullable=True),
+    sa.Column('subtask_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('match_status', sa.String(length=16), nullable=False),
+    sa.Column('match_reason', sa.String(length=32), nullable=True),
+    sa.Column('provider_message_id', sa.String(length=255), nullable=True),
+    sa.Column('recipient', sa.String(length=320), nullable=True),
+    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('raw', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('raw_truncated', sa.Boolean(), nullable=False),
+    sa.Column('processed_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('processing_error', sa.String(length=500), nullable=True),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_events')),
+    sa.UniqueConstraint('source', 'dedupe_key', name=op.f('uq_events_source_dedupe_key'))
+    )
+    with op.batch_alter_table('events', schema=None) as batch_op:
+        batch_op.create_index('ix_events_match_status_id', ['match_status', 'id'], unique=False)
+        batch_op.create_index('ix_events_pending', ['id'], unique=False, postgresql_where=sa.text('processed_at IS NULL'), sqlite_where=sa.text('processed_at IS NULL'))
+        batch_op.create_index('ix_events_subtask_id', ['subtask_id'], unique=False, postgresql_where=sa.text('subtask_id IS NOT NULL'), sqlite_where=sa.text('subtask_id IS NOT NULL'))
+        batch_op.create_index(batch_op.f('ix_events_user_id'), ['user_id'], unique=False)
+
     op.create_table('settings',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
@@ -92,6 +123,15 @@ def upgrade() -> None:
     sa.UniqueConstraint('email', name=op.f('uq_users_email')),
     sa.UniqueConstraint('username', name=op.f('uq_users_username'))
     )
+    op.create_table('webhook_nonces',
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('nonce', sa.String(length=200), nullable=False),
+    sa.Column('seen_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('source', 'nonce', name=op.f('pk_webhook_nonces'))
+    )
+    with op.batch_alter_table('webhook_nonces', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webhook_nonces_seen_at'), ['seen_at'], unique=False)
+
     op.create_table('workers',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('hostname', sa.String(length=255), nullable=False),
@@ -582,8 +622,19 @@ def downgrade() -> None:
 
     op.drop_table('api_tokens')
     op.drop_table('workers')
+    with op.batch_alter_table('webhook_nonces', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webhook_nonces_seen_at'))
+
+    op.drop_table('webhook_nonces')
     op.drop_table('users')
     op.drop_table('settings')
+    with op.batch_alter_table('events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_events_user_id'))
+        batch_op.drop_index('ix_events_subtask_id', postgresql_where=sa.text('subtask_id IS NOT NULL'), sqlite_where=sa.text('subtask_id IS NOT NULL'))
+        batch_op.drop_index('ix_events_pending', postgresql_where=sa.text('processed_at IS NULL'), sqlite_where=sa.text('processed_at IS NULL'))
+        batch_op.drop_index('ix_events_match_status_id')
+
+    op.drop_table('events')
     op.drop_table('email_services')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_log_at'))

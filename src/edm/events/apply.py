@@ -1,0 +1,329 @@
+"""Applying stored events to SubTasks and contacts (SPEC §9.5, §9.6). Run by the `events` job.
+
+Rules that hold for every event:
+- the SubTask is found only by our id (custom args, metadata, tags, our headers, VERP), else by the provider
+  message id the service gave us at send time; never guessed from the recipient address;
+- a match counts only if the SubTask was attempted on a service of the event's provider (and on the event's
+  service when the webhook URL named one); outside production a SubTask sent through `fake` matches events
+  of any provider, so the fake stands in for every provider in demos, tests and benchmarks;
+- applying is monotonic: delivery_state only climbs (§5.6), first_* keep the earliest time, last_* the
+  latest, counts only grow and each stored event adds at most one;
+- an event never changes a task's status; it may turn `uncertain` into `sent` (it proves acceptance).
+
+Rows are taken with SKIP LOCKED (PostgreSQL), so any number of workers share the queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.contacts.models import Contact
+from edm.dispatch.queue import upsert_usage
+from edm.email_services.models import EmailService
+from edm.email_services.service_day import service_day
+from edm.events.models import Event, MatchReason, MatchStatus
+from edm.events.vocabulary import BounceClass, EventType
+from edm.tasks.models import SendAttempt, SubTask
+from edm.tasks.status import DELIVERY_RANK, DeliveryState, SendState
+
+log = logging.getLogger("edm.events")
+
+TRACKING_SOURCES = frozenset({"tracking"})  # EDM's own pixel/click/unsubscribe: the only counted engagement
+REPORT_SOURCES = frozenset({"dsn", "arf"})  # SMTP bounce/complaint reports: match SMTP services
+SIMULATED_PROVIDER = "fake"
+
+# Events that prove the provider took the message: they settle an `uncertain` send (§7.8).
+_PROVES_ACCEPTANCE = frozenset(EventType) - {EventType.UNKNOWN}
+# Rejections that say the address itself is bad: they count against the contact (bounce policy).
+_ADDRESS_REJECTIONS = frozenset({BounceClass.INVALID, BounceClass.SUPPRESSED, BounceClass.HARD})
+
+
+@dataclass(slots=True)
+class ApplyCounts:
+    processed: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    ignored: int = 0
+    reconciled: int = 0  # uncertain -> sent
+
+
+async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_matches_any: bool,
+                        limit: int = 500) -> ApplyCounts:
+    """Apply up to `limit` stored, unprocessed events. The caller commits."""
+    events = await _take_pending(session, limit)
+    counts = ApplyCounts(processed=len(events))
+    if not events:
+        return counts
+    providers = await _service_providers(session)
+    ambiguous: set[int] = set()
+    subtasks = await _find_subtasks(session, events, ambiguous)
+    attempted_services = await _attempted_services(session, [s.id for s in subtasks.values()
+                                                              if s.attempts > 0])
+    contacts = await _contacts(session, [s.contact_id for s in subtasks.values() if s.contact_id is not None])
+    for event in events:
+        subtask = subtasks.get(event.id)
+        status, reason = _match(event, subtask, providers, attempted_services, simulated_matches_any)
+        if event.id in ambiguous:
+            status, reason = MatchStatus.UNMATCHED, MatchReason.AMBIGUOUS_PROVIDER_ID
+        event.processed_at = now
+        if status is MatchStatus.UNMATCHED or subtask is None:
+            event.match_status, event.match_reason = MatchStatus.UNMATCHED, reason
+            counts.unmatched += 1
+            continue
+        event.subtask_id, event.task_id, event.user_id = subtask.id, subtask.task_id, subtask.user_id
+        if _settle_uncertain(subtask, event, now):
+            await _move_usage_to_accepted(session, subtask, providers)
+            counts.reconciled += 1
+        if status is MatchStatus.IGNORED:
+            event.match_status, event.match_reason = MatchStatus.IGNORED, reason
+            counts.ignored += 1
+            continue
+        _apply(subtask, contacts.get(subtask.contact_id or 0), event)
+        event.match_status = MatchStatus.MATCHED
+        counts.matched += 1
+    await session.flush()
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------------
+# Finding the SubTask
+# --------------------------------------------------------------------------------------------------------
+
+
+async def _take_pending(session: AsyncSession, limit: int) -> list[Event]:
+    query = select(Event).where(Event.processed_at.is_(None)).order_by(Event.id).limit(limit)
+    if _dialect(session) == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.scalars(query)).all())
+
+
+async def _service_providers(session: AsyncSession) -> dict[int, EmailService]:
+    return {s.id: s for s in (await session.scalars(select(EmailService))).all()}
+
+
+async def _find_subtasks(session: AsyncSession, events: Sequence[Event], ambiguous: set[int]) -> dict[int, SubTask]:
+    """Event id -> its SubTask, by our public id first, else by (service, provider message id). Events whose
+    provider id names several SubTasks are added to `ambiguous`."""
+    by_ref: dict[uuid.UUID, list[Event]] = defaultdict(list)
+    by_provider_id: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        ref = _as_uuid(event.subtask_ref)
+        if ref is not None:
+            by_ref[ref].append(event)
+        elif event.provider_message_id:
+            by_provider_id[event.provider_message_id].append(event)
+    found: dict[int, SubTask] = {}
+    lock = _dialect(session) == "postgresql"
+    if by_ref:
+        query = select(SubTask).where(SubTask.public_id.in_(list(by_ref))).order_by(SubTask.id)
+        for subtask in (await session.scalars(query.with_for_update() if lock else query)).all():
+            for event in by_ref[subtask.public_id]:
+                found[event.id] = subtask
+    if by_provider_id:
+        query = select(SubTask).where(SubTask.provider_message_id.in_(list(by_provider_id)),
+                                      SubTask.service_id.is_not(None)).order_by(SubTask.id)
+        candidates: dict[int, list[SubTask]] = defaultdict(list)
+        for subtask in (await session.scalars(query.with_for_update() if lock else query)).all():
+            for event in by_provider_id[subtask.provider_message_id or ""]:
+                # The provider id is unique only per service: the event's service (when the URL named one or
+                # its secret identified it) must be the SubTask's.
+                if event.service_id is None or event.service_id == subtask.service_id:
+                    candidates[event.id].append(subtask)
+        for event_id, subtasks in candidates.items():
+            # A batch request gives all its recipients one id (SendGrid's X-Message-Id): then the id names
+            # several SubTasks and choosing one would be a guess (§9.5), so the event stays unmatched.
+            if len(subtasks) == 1:
+                found[event_id] = subtasks[0]
+            else:
+                ambiguous.add(event_id)
+    return found
+
+
+async def _attempted_services(session: AsyncSession, subtask_ids: list[int]) -> dict[int, set[int]]:
+    """SubTask id -> every service it was attempted on (a deferred row loses its service_id)."""
+    result: dict[int, set[int]] = defaultdict(set)
+    for start in range(0, len(subtask_ids), 1000):
+        chunk = subtask_ids[start:start + 1000]
+        rows = await session.execute(select(SendAttempt.subtask_id, SendAttempt.service_id)
+                                     .where(SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)))
+        for subtask_id, service_id in rows:
+            if service_id is not None:
+                result[subtask_id].add(service_id)
+    return result
+
+
+def _match(event: Event, subtask: SubTask | None, services: dict[int, EmailService],
+           attempted: dict[int, set[int]], simulated_matches_any: bool) -> tuple[MatchStatus, str | None]:
+    if event.event_type == EventType.REPLIED and subtask is None:
+        return MatchStatus.UNMATCHED, MatchReason.INBOUND
+    if subtask is None:
+        has_id = event.subtask_ref or event.provider_message_id
+        return MatchStatus.UNMATCHED, MatchReason.UNKNOWN_SUBTASK if has_id else MatchReason.NO_ID
+    if event.source not in TRACKING_SOURCES:
+        tried = set(attempted.get(subtask.id, set()))
+        if subtask.service_id is not None:
+            tried.add(subtask.service_id)
+        if not tried:
+            return MatchStatus.UNMATCHED, MatchReason.NEVER_SENT
+        if not any(_same_provider(event, services.get(s), simulated_matches_any) for s in tried):
+            return MatchStatus.UNMATCHED, MatchReason.PROVIDER_MISMATCH
+        if event.event_type in (EventType.OPENED, EventType.CLICKED):
+            return MatchStatus.IGNORED, MatchReason.PROVIDER_TRACKING
+    return MatchStatus.MATCHED, None
+
+
+def _same_provider(event: Event, service: EmailService | None, simulated_matches_any: bool) -> bool:
+    if service is None:
+        return False
+    if event.service_id is not None and event.service_id != service.id:
+        return simulated_matches_any and service.provider == SIMULATED_PROVIDER
+    if service.provider == SIMULATED_PROVIDER and simulated_matches_any:
+        return True
+    if event.source in REPORT_SOURCES:
+        return service.provider == "smtp"
+    return service.provider == event.source
+
+
+# --------------------------------------------------------------------------------------------------------
+# Applying
+# --------------------------------------------------------------------------------------------------------
+
+
+def _settle_uncertain(subtask: SubTask, event: Event, now: dt.datetime) -> bool:
+    if subtask.send_state != SendState.UNCERTAIN or event.event_type not in _PROVES_ACCEPTANCE:
+        return False
+    subtask.send_state = SendState.SENT
+    subtask.sent_at = min(event.occurred_at, now)
+    subtask.last_error_class = None
+    return True
+
+
+async def _move_usage_to_accepted(session: AsyncSession, subtask: SubTask,
+                                  services: dict[int, EmailService]) -> None:
+    """An uncertain send was counted as `uncertain` usage on its claim day; it is now `accepted`."""
+    service = services.get(subtask.service_id or 0)
+    if service is None or subtask.allocated_at is None:
+        return
+    day = service_day(subtask.allocated_at, timezone=service.timezone, reset_time=service.quota_reset_time)
+    await upsert_usage(session, service_id=service.id, day=day, deltas={"uncertain": -1, "accepted": 1})
+
+
+def _apply(subtask: SubTask, contact: Contact | None, event: Event) -> None:
+    kind, at = event.event_type, event.occurred_at
+    if kind == EventType.DELIVERED:
+        _raise_delivery(subtask, DeliveryState.DELIVERED, event)
+        subtask.delivered_at = _earliest(subtask.delivered_at, at)
+        if contact is not None:
+            contact.soft_bounce_streak = 0
+    elif kind == EventType.DEFERRED:
+        _raise_delivery(subtask, DeliveryState.DEFERRED, event)
+    elif kind == EventType.SOFT_BOUNCED:
+        if _raise_delivery(subtask, DeliveryState.SOFT_BOUNCED, event) and contact is not None:
+            contact.soft_bounce_streak = (contact.soft_bounce_streak or 0) + 1  # once per SubTask
+    elif kind == EventType.HARD_BOUNCED:
+        _raise_delivery(subtask, DeliveryState.HARD_BOUNCED, event)
+        subtask.bounced_at = _earliest(subtask.bounced_at, at)
+        if contact is not None:
+            contact.hard_bounced_at = _earliest(contact.hard_bounced_at, at)
+    elif kind == EventType.REJECTED:
+        _raise_delivery(subtask, DeliveryState.REJECTED, event)
+        # Policy and content blocks say nothing about the address: only a bad or provider-suppressed
+        # address counts against the contact (§9.6).
+        if contact is not None and (event.details or {}).get("bounce_class") in _ADDRESS_REJECTIONS:
+            contact.hard_bounced_at = _earliest(contact.hard_bounced_at, at)
+    elif kind == EventType.COMPLAINED:
+        _raise_delivery(subtask, DeliveryState.COMPLAINED, event)
+        subtask.complained_at = _earliest(subtask.complained_at, at)
+        subtask.delivered_at = _earliest(subtask.delivered_at, at)  # a complaint implies delivery
+        if contact is not None:
+            contact.complained_at = _earliest(contact.complained_at, at)
+    elif kind == EventType.UNSUBSCRIBED:
+        subtask.unsubscribed_at = _earliest(subtask.unsubscribed_at, at)
+        if contact is not None:
+            contact.unsubscribed_at = _earliest(contact.unsubscribed_at, at)
+    elif kind == EventType.REPLIED:
+        subtask.replied_at = _earliest(subtask.replied_at, at)
+        if contact is not None:
+            contact.last_replied_at = _latest(contact.last_replied_at, at)
+    elif kind in (EventType.OPENED, EventType.CLICKED):
+        _apply_engagement(subtask, contact, event)
+
+
+def _apply_engagement(subtask: SubTask, contact: Contact | None, event: Event) -> None:
+    """EDM's own tracking hits (§10.4): machine hits are counted apart; any hit implies delivery."""
+    at = event.occurred_at
+    machine = bool((event.details or {}).get("machine"))
+    _raise_delivery(subtask, DeliveryState.DELIVERED, event)
+    subtask.delivered_at = _earliest(subtask.delivered_at, at)
+    if event.event_type == EventType.OPENED:
+        if machine:
+            subtask.machine_open_count = (subtask.machine_open_count or 0) + 1
+            return
+        subtask.open_count = (subtask.open_count or 0) + 1
+        subtask.first_opened_at = _earliest(subtask.first_opened_at, at)
+        subtask.last_opened_at = _latest(subtask.last_opened_at, at)
+        if contact is not None:
+            contact.last_opened_at = _latest(contact.last_opened_at, at)
+        return
+    if machine:
+        subtask.machine_click_count = (subtask.machine_click_count or 0) + 1
+        return
+    subtask.click_count = (subtask.click_count or 0) + 1
+    subtask.first_clicked_at = _earliest(subtask.first_clicked_at, at)
+    subtask.last_clicked_at = _latest(subtask.last_clicked_at, at)
+    if contact is not None:
+        contact.last_clicked_at = _latest(contact.last_clicked_at, at)
+
+
+def _raise_delivery(subtask: SubTask, state: DeliveryState, event: Event) -> bool:
+    """Move delivery_state up to `state` if that is a higher rank; True when it moved."""
+    current = DeliveryState(subtask.delivery_state or DeliveryState.NONE)
+    if DELIVERY_RANK[state] <= DELIVERY_RANK[current]:
+        return False
+    subtask.delivery_state = state
+    reason = (event.details or {}).get("reason")
+    if reason and state != DeliveryState.DELIVERED:
+        subtask.delivery_detail = str(reason)[:500]
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+async def _contacts(session: AsyncSession, ids: Iterable[int]) -> dict[int, Contact]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = select(Contact).where(Contact.id.in_(wanted)).order_by(Contact.id)  # one lock order: no deadlocks
+    if _dialect(session) == "postgresql":
+        query = query.with_for_update()
+    return {c.id: c for c in (await session.scalars(query)).all()}
+
+
+def _earliest(current: dt.datetime | None, new: dt.datetime) -> dt.datetime:
+    return new if current is None or new < current else current
+
+
+def _latest(current: dt.datetime | None, new: dt.datetime) -> dt.datetime:
+    return new if current is None or new > current else current
+
+
+def _as_uuid(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        return None
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
