@@ -1,7 +1,7 @@
 """EDM's benchmark on PostgreSQL (`make bench`): dispatch, generation and worker memory, each printed beside
 a reference measured in the same run. Not a timed test: it prints figures and writes bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run_all [--quick] [--only dispatch|generation|rss] [--concurrency 8]
+    .venv/bin/python -m bench.run_all [--quick] [--only dispatch|generation|rss|webhooks] [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
     and then 2 `edm worker` processes; messages/s beside `smtp-source -d -s 1 -m N -l 5000` (one session)
@@ -9,9 +9,12 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 (b) generation of a 1,000,000-recipient task (the worker's own `generation.generate`, one transaction).
 (c) worker peak RSS for a 10,000-recipient task (to completion) and a 1,000,000-recipient task (the worker
     generates it, then sends for a fixed window), sampled every 0.2 s, with the kernel's VmHWM.
+(d) webhook ingest (bench/bench_webhooks.py): signed SendGrid batches of 100 posted to one `edm serve`, beside
+    `GET /healthz` on the same server and client in the same run; then the `events` job's apply rate. Written
+    into its own block of RESULTS.md, so `--only webhooks` leaves the other sections' block alone.
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
-generation ≤ 20 s; worker RSS ≤ 150 MB and flat.
+generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bench import infra, seed
+from bench import bench_webhooks, infra, seed
 from bench.infra import log
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -423,6 +426,32 @@ def write_results(markdown: str, res: dict[str, Any]) -> None:
     (RUN_DIR / f"results-{'quick' if res['quick'] else 'full'}.json").write_text(json.dumps(res, indent=2, default=str))
 
 
+WEBHOOKS_BEGIN = "<!-- bench:webhooks:begin -->"
+WEBHOOKS_END = "<!-- bench:webhooks:end -->"
+
+
+def report_webhooks(res: dict[str, Any]) -> str:
+    """(d) as Markdown, under the same run header as report()."""
+    header = report({**res, "dispatch": None, "generation": None, "rss": None}).rstrip()
+    return "\n".join([header, "", *bench_webhooks.report_lines(res["webhooks"], res["machine"]["nproc"])])
+
+
+def write_webhooks_results(markdown: str, res: dict[str, Any]) -> None:
+    """Replace the webhook block of RESULTS.md (the hand-written analysis around it is kept), or append one."""
+    block = f"{WEBHOOKS_BEGIN}\n## Webhook ingest: latest run\n\n{markdown}\n{WEBHOOKS_END}"
+    current = RESULTS.read_text() if RESULTS.exists() else "# EDM benchmark results\n"
+    if WEBHOOKS_BEGIN in current and WEBHOOKS_END in current:
+        head, rest = current.split(WEBHOOKS_BEGIN, 1)
+        _, tail = rest.split(WEBHOOKS_END, 1)
+        current = head + block + tail
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(current)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / f"results-webhooks-{'quick' if res['quick'] else 'full'}.json").write_text(
+        json.dumps(res, indent=2, default=str))
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 
 
@@ -433,12 +462,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(QUICK if args.quick else FULL)
     if args.dispatch_recipients:
         sizes["dispatch"] = args.dispatch_recipients
-    only = set(args.only or ["dispatch", "generation", "rss"])
+    only = set(args.only or ["dispatch", "generation", "rss", "webhooks"])
     started = time.monotonic()
     res: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                            "quick": args.quick, "machine": machine(), "max_concurrency": args.max_concurrency,
                            "code": code_version(), "env": infra.passthrough()}
-    sink_bin, source_bin = infra.ensure_postfix_tools()
+    smtp = bool(only - {"webhooks"})  # the webhook section needs neither the sink nor the seeded contacts
+    sink_bin, source_bin = infra.ensure_postfix_tools() if smtp else ("", "")
     log(f"fresh database {infra.DB_NAME}; edm db upgrade")
     infra.recreate_database()
     infra.edm("db", "upgrade")
@@ -448,18 +478,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings()
     engine = make_engine(settings.database_url, pool_size=4)
     sm = make_sessionmaker(engine)
-    sink = infra.Sink(sink_bin).start()
-    log(f"smtp-sink pid {sink.pid} on 127.0.0.1:{sink.port}")
+    sink = infra.Sink(sink_bin)
+    if smtp:
+        sink.start()
+        log(f"smtp-sink pid {sink.pid} on 127.0.0.1:{sink.port}")
     try:
         need = max([sizes["dispatch"]] * ("dispatch" in only)
                    + [sizes["generation"]] * ("generation" in only)
-                   + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only))
+                   + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only), default=0)
         t0 = time.perf_counter()
-        world = await seed.seed(sm, settings, contacts=need, sink_port=sink.port,
+        world = None if not need else await seed.seed(sm, settings, contacts=need, sink_port=sink.port,
                                 max_concurrency=args.max_concurrency,
                                 tags={"dispatch": min(need, sizes["dispatch"]), "rss-small": sizes["rss_small"]})
         res["seed"] = {"contacts": need, "seconds": time.perf_counter() - t0}
-        log(f"seeded {need:,} contacts, tags and 2 SMTP services in {res['seed']['seconds']:.1f} s")
+        if need:
+            log(f"seeded {need:,} contacts, tags and 2 SMTP services in {res['seed']['seconds']:.1f} s")
         if "dispatch" in only:
             res["dispatch"] = []
             for workers in args.workers:
@@ -479,6 +512,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             ]
         if "generation" in only:
             res["generation"] = await run_generation(sm, world)
+        if "webhooks" in only:
+            wh = dict(bench_webhooks.QUICK if args.quick else bench_webhooks.FULL)
+            res["webhooks"] = asdict(await bench_webhooks.run(
+                sm, settings, subtasks=wh["subtasks"], events=wh["events"], ref_requests=wh["ref_requests"],
+                connections=args.webhook_connections, profile=args.profile))
     finally:
         sink.stop()
         await engine.dispose()
@@ -489,7 +527,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (5,000 recipients, 100,000 generated)")
-    parser.add_argument("--only", action="append", choices=["dispatch", "generation", "rss"],
+    parser.add_argument("--only", action="append", choices=["dispatch", "generation", "rss", "webhooks"],
                         help="run only this part (repeatable)")
     parser.add_argument("--concurrency", type=int, default=8, help="`edm worker --concurrency` (dispatch loops)")
     parser.add_argument("--max-concurrency", type=int, default=100,
@@ -499,14 +537,25 @@ def main() -> None:
     parser.add_argument("--dispatch-recipients", type=int, help="override the dispatch task size")
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds before a run is cut short")
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker of each dispatch run")
+    parser.add_argument("--webhook-connections", type=int, default=bench_webhooks.CONNECTIONS,
+                        help="keep-alive connections of the webhook load client")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
+    others = any(res.get(k) for k in ("dispatch", "generation", "rss"))
     markdown = report(res)
-    print()
-    print(markdown)
+    if others:
+        print()
+        print(markdown)
+    hooks = report_webhooks(res) if res.get("webhooks") else None
+    if hooks:
+        print()
+        print(hooks)
     if not args.no_write:
-        write_results(markdown, res)
+        if others:
+            write_results(markdown, res)
+        if hooks:
+            write_webhooks_results(hooks, res)
         log(f"wrote {RESULTS.relative_to(infra.ROOT)}")
 
 

@@ -91,3 +91,23 @@ def test_contacts_import_and_a_task_through_the_cli(cli_db: str, tmp_path: Path)
     bad_template = edm(cli_db, "template", "create", "--user", "ann", "--name", "b", "--subject", "x",
                        "--html-file", str(broken))
     assert bad_template.returncode == 2 and "line 1" in bad_template.stderr
+
+
+def test_esp_service_test_send_and_events_through_the_cli(cli_db: str) -> None:
+    """An ESP service created with JSON credentials on stdin, a test send through it, credential rotation,
+    and the event commands (nothing stored yet: `apply` reports zero, `list` says so)."""
+    created = edm(cli_db, "service", "create", "--name", "esp", "--provider", "fake", "--domain", "esp.example.com",
+                  "--credentials-stdin", stdin='{"webhook_secrets": ["first"]}')
+    assert created.returncode == 0, created.stderr
+    sent = edm(cli_db, "service", "test-send", "esp", "--to", "ops@example.org", "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert '"classification": "accepted"' in sent.stdout and '"latency_ms"' in sent.stdout
+    listed = edm(cli_db, "service", "list", "--json")
+    assert '"used_today": 1' in listed.stdout, "a test send counts toward today's usage"
+    rotated = edm(cli_db, "service", "credentials", "esp", stdin='{"webhook_secrets": ["second", "first"]}')
+    assert rotated.returncode == 0 and "webhook_secrets" in rotated.stdout
+    bad = edm(cli_db, "service", "test-send", "esp", "--to", "not-an-address")
+    assert bad.returncode == 2 and "to:" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    applied = edm(cli_db, "events", "apply")
+    assert applied.returncode == 0 and applied.stdout.startswith("applied 0 events")
+    assert edm(cli_db, "events", "list", "--unmatched").stdout.strip() == "no events"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,10 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "admin password (shown once)" in demo.stdout
     assert "task 1 completed: 40 sent" in demo.stdout
+    # The simulated ESP posted signed delivery and bounce events back to the demo's webhook endpoint.
+    final = [line for line in demo.stdout.splitlines() if line.startswith("task 1 completed")][-1]
+    delivered = int(re.search(r"delivered (\d+)", final).group(1))  # type: ignore[union-attr]
+    assert delivered > 0, final
     captured = list_stored(tmp_path / "var" / "demo-mailbox")
     assert captured, "mail visibly flowed into the demo mailbox"
     assert len({m["subtask_id"] for m in captured}) == len(captured), "no recipient got two mails"

@@ -76,3 +76,25 @@ async def test_fake_provider_refused_in_production(db_url, engine, sessionmaker)
         answer = await client.post("/api/v1/admin/services", headers=admin.headers,
                                    json={"name": "f", "provider": "fake", "domain": "f.example.com"})
         assert answer.status_code == 422 and "provider" in answer.json()["error"]["message"]
+
+
+async def test_provider_options_and_batch_size_are_checked_when_saved(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
+    """An option the provider refuses (unknown region) or a batch larger than the provider takes fails with a
+    422 naming the field, at save time rather than at the first send; a valid ESP service saves."""
+    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
+    base = {"provider": "sendgrid", "domain": "mail.example.com", "credentials": {"api_key": "SG.secret"}}
+    async with api_client(db_url, engine) as client:
+        bad_region = await client.post("/api/v1/admin/services", headers=admin.headers,
+                                       json={**base, "name": "sg-1", "options": {"region": "mars"}})
+        assert bad_region.status_code == 422 and "region" in bad_region.json()["error"]["message"]
+        too_big = await client.post("/api/v1/admin/services", headers=admin.headers,
+                                    json={**base, "name": "ses-1", "provider": "ses", "batch_size": 50,
+                                          "options": {"region": "eu-west-1"}})
+        assert too_big.status_code == 422
+        assert too_big.json()["error"]["details"][0]["field"] == "batch_size"
+        fine = await client.post("/api/v1/admin/services", headers=admin.headers,
+                                 json={**base, "name": "sg-2", "batch_size": 500, "options": {"region": "eu"}})
+        assert fine.status_code == 201, fine.text
+        later = await client.patch(f"/api/v1/admin/services/{fine.json()['id']}", headers=admin.headers,
+                                   json={"options": {"region": "moon"}})
+        assert later.status_code == 422

@@ -26,4 +26,5 @@ MODULES = [
     "edm.content.api",
     "edm.tasks.api",
     "edm.events.webhooks",
+    "edm.events.api",
 ]

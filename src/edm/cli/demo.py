@@ -69,12 +69,19 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
              "sending_interval_seconds": 0.1, "max_concurrency": 2, "daily_quota": 120},
             {"name": "smtp-b", "provider": "smtp", "domain": "mail-b.demo.example", "options": smtp,
              "sending_interval_seconds": 0.25, "max_concurrency": 2, "daily_quota": 1000},
+            # The simulated ESP posts signed delivery, bounce and complaint events back to this demo's own
+            # webhook endpoint, so the task statistics show deliveries and bounces arriving.
             {"name": "fake-esp", "provider": "fake", "domain": "esp.demo.example",
-             "options": {"transient_pct": 5, "throttle_pct": 2, "latency_ms": 30, "retry_after": 2, "seed": 7},
+             "options": {"transient_pct": 5, "throttle_pct": 2, "latency_ms": 30, "retry_after": 2, "seed": 7,
+                         "events": {"url": settings.public_url, "delay_ms": 500, "delivered_pct": 88,
+                                    "soft_bounce_pct": 4, "hard_bounce_pct": 4, "complaint_pct": 1, "seed": 7}},
              "sending_interval_seconds": 0.5, "max_concurrency": 2, "daily_quota": 1000},
         ]
+        webhook_secret = secrets.token_urlsafe(24)
         for spec in specs:
-            svc = await services.create_service(session, vault, values=spec, credentials={}, fake_allowed=True)
+            credentials = {"webhook_secrets": [webhook_secret]} if spec["provider"] == "fake" else {}
+            svc = await services.create_service(session, vault, values=spec, credentials=credentials,
+                                                fake_allowed=True)
             await services.map_user(session, user_id=user.id, service_id=svc.id, actor_user_id=admin.id)
         customers = Tag(user_id=user.id, name="customers")
         session.add(customers)
@@ -138,13 +145,32 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
     try:
         await _follow(sessionmaker, info["task_id"], status_line, exit_when_done)
     finally:
+        # The worker first: its simulated ESP posts its last events to the server while it closes.
         worker.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(tasks_[1], return_exceptions=True)
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks_, return_exceptions=True)
         sink.stop()
         await engine.dispose()
     typer.echo(f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/")
+
+
+EVENTS_GRACE_SECONDS = 20.0
+
+
+async def _awaiting_events(session: Any, task_id: int) -> int:
+    """SubTasks sent through the simulated ESP whose delivery report has not been applied yet."""
+    from sqlalchemy import func, select
+
+    from edm.email_services.models import EmailService
+    from edm.tasks.models import SubTask
+
+    fake_ids = select(EmailService.id).where(EmailService.provider == "fake")
+    return int(await session.scalar(select(func.count()).select_from(SubTask).where(
+        SubTask.task_id == task_id, SubTask.send_state == "sent", SubTask.delivery_state == "none",
+        SubTask.service_id.in_(fake_ids))) or 0)
 
 
 def _banner(settings: Settings, info: dict[str, Any], smtp_port: int) -> None:
@@ -171,14 +197,19 @@ async def _follow(sessionmaker: Any, task_id: int, status_line: Any, exit_when_d
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    completed_at: float | None = None
     while not stop.is_set():
         async with sessionmaker() as session:
             data, line = await status_line(session, task_id)
+            awaiting_events = await _awaiting_events(session, task_id)
         if line != last:
             typer.echo(line)
             last = line
         if data["status"] == "completed" and exit_when_done:
-            return
+            completed_at = completed_at or loop.time()
+            # The simulated ESP reports deliveries and bounces a moment after accepting: wait for them.
+            if not awaiting_events or loop.time() - completed_at > EVENTS_GRACE_SECONDS:
+                return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=2)
 

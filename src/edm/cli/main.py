@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, demo, ops, services, tasks, users
+from edm.cli import contacts, demo, events, ops, services, tasks, users
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="EDM: self-hosted email direct marketing.")
@@ -18,6 +18,7 @@ app.add_typer(tasks.task_app, name="task")
 app.add_typer(tasks.sender_app, name="sender")
 app.add_typer(tasks.template_app, name="template")
 app.add_typer(contacts.contact_app, name="contact")
+app.add_typer(events.events_app, name="events")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("worker")(ops.worker)

@@ -48,6 +48,9 @@ async def service_create(
     reset_time: Annotated[str, typer.Option(help="local HH:MM of the quota reset")] = "00:00",
     timezone: Annotated[str | None, typer.Option(help="IANA zone of the reset")] = None,
     options: Annotated[str | None, typer.Option(help="extra provider options, JSON object")] = None,
+    credentials_stdin: Annotated[bool, typer.Option(
+        "--credentials-stdin", help="read the credentials as a JSON object from stdin (ESP API keys, "
+        'webhook secrets: {"api_key": "...", "webhook_secrets": ["..."]})')] = False,
     map_user: Annotated[list[str] | None, typer.Option("--map", help="map to this user (repeatable)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -61,6 +64,8 @@ async def service_create(
     credentials = {"username": username, "password": sys.stdin.readline().rstrip("\n")} if password_stdin else {}
     if username and not password_stdin:
         credentials = {"username": username}
+    if credentials_stdin:
+        credentials.update(_json_option(sys.stdin.read(), "credentials"))
     values = {"name": name, "provider": provider, "domain": domain, "options": opts,
               "sending_interval_seconds": interval, "max_concurrency": max_concurrency, "batch_size": batch_size,
               "daily_quota": daily_quota, "quota_reset_time": reset_time}
@@ -120,3 +125,50 @@ async def service_map(service: Annotated[str, typer.Argument()], user: Annotated
         row = await find_user(session, user)
         await services.map_user(session, user_id=row.id, service_id=svc.id)
     typer.echo(f"{row.username} may send through {svc.name}")
+
+
+@service_app.command("credentials")
+@run
+async def service_credentials(service: Annotated[str, typer.Argument(help="name or id")]) -> None:
+    """Replace some credentials (a JSON object read from stdin; keys not given are kept). Use it to rotate
+    API keys and webhook secrets: {"webhook_secrets": ["new", {"value": "old", "expires_at": "2026-12-01T00:00Z"}]}."""
+    import sys
+
+    cfg = settings()
+    credentials = _json_option(sys.stdin.read(), "credentials")
+    if not credentials:
+        raise BadInput.field("credentials", "give a JSON object on stdin")
+    async with session_scope(cfg) as session:
+        svc = await services.find_service(session, service)
+        await services.update_service(session, Vault.from_settings(cfg), svc.id, values={}, credentials=credentials,
+                                      fake_allowed=cfg.fake_provider_allowed)
+    typer.echo(f"{svc.name}: credentials updated ({', '.join(sorted(credentials))})")
+
+
+@service_app.command("test-send")
+@run
+async def service_test_send(
+    service: Annotated[str, typer.Argument(help="name or id")],
+    to: Annotated[str, typer.Option(help="the address to send the test to")],
+    subject: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send one [TEST] message through a service now and show how the provider answered (SPEC §8.4)."""
+    from edm.db.engine import create_engine, make_sessionmaker
+    from edm.email_services import testing
+
+    cfg = settings()
+    async with session_scope(cfg) as session:
+        service_id = (await services.find_service(session, service)).id
+    engine = create_engine(cfg)
+    try:
+        result = await testing.test_saved_service(
+            make_sessionmaker(engine), Vault.from_settings(cfg), service_id, to=to, subject=subject,
+            fake_allowed=cfg.fake_provider_allowed, unsubscribe_base=cfg.effective_tracking_url, actor_user_id=None)
+    finally:
+        await engine.dispose()
+    data = result.as_dict()
+    emit(data, as_json=as_json, text=(
+        f"{result.classification}: status {result.status}, code {result.provider_code or '-'}, "
+        f"{result.latency_ms} ms, provider id {result.provider_message_id or '-'}"
+        + (f" — {result.message}" if result.message else "")))

@@ -155,7 +155,8 @@ async def status_line(session: Any, task_id: int) -> tuple[dict[str, Any], str]:
     line = (f"task {task.id} {task.status}{f' ({why})' if why else ''}: {stats['sent']} sent, "
             f"{stats['failed']} failed, {stats['queued'] + stats['retrying']} pending, {stats['in_flight']} in flight,"
             f" {stats['uncertain']} uncertain, {stats['excluded'] + stats['suppressed_later']} suppressed"
-            f" of {stats['recipients']}")
+            f" of {stats['recipients']}; delivered {stats['delivered']}, bounced"
+            f" {stats['hard_bounced'] + stats['soft_bounced'] + stats['rejected']}, complaints {stats['complained']}")
     return {"id": task.id, "status": task.status, "pause_reason": task.pause_reason,
             "waiting_reason": task.waiting_reason, "waiting_until": task.waiting_until, "stats": stats}, line
 

@@ -24,7 +24,7 @@ log = logging.getLogger("edm.jobs")
 # The `events` job is continuous (§7.11): it drains stored events in batches, then polls this often, which
 # keeps an event's reflection on its SubTask well inside the 5 s p99 of §9.5.
 EVENTS_PERIOD = 0.5
-EVENTS_BATCH = 500
+EVENTS_BATCH = 1000
 
 
 class Maintenance:
@@ -111,18 +111,12 @@ class Maintenance:
 
     async def events(self) -> int:
         """Apply stored webhook/report events until none is left (each batch its own transaction)."""
-        applied = 0
-        simulated = self.worker.settings.fake_provider_allowed
-        while not self.worker.stopping.is_set():
-            async with unit_of_work(self.worker.sessionmaker) as session:
-                counts = await event_apply.apply_pending(session, now=clock.utc_now(),
-                                                         simulated_matches_any=simulated, limit=EVENTS_BATCH)
-            applied += counts.processed
-            if counts.reconciled:
-                log.info("events.reconciled_uncertain", extra={"count": counts.reconciled})
-            if counts.processed < EVENTS_BATCH:
-                break
-        return applied
+        counts = await event_apply.drain(self.worker.sessionmaker, batch=EVENTS_BATCH,
+                                         simulated_matches_any=self.worker.settings.fake_provider_allowed,
+                                         should_stop=self.worker.stopping.is_set)
+        if counts.reconciled:
+            log.info("events.reconciled_uncertain", extra={"count": counts.reconciled})
+        return counts.processed
 
     async def mailboxes(self) -> int:
         """Bounce reports from the SMTP services' mailboxes (§9.1: optional IMAP/POP poller)."""

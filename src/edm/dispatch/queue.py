@@ -29,10 +29,13 @@ from edm.email_services.models import (
     EmailService,
     EmailServiceState,
     EmailServiceStatusLog,
+    FreezeReason,
     ServiceDayUsage,
+    StatusChange,
     UserServiceMapping,
 )
 from edm.email_services.service_day import next_reset, service_day
+from edm.ops import alerts
 from edm.providers.base import Outcome, SendResult
 from edm.suppressions.models import Suppression
 from edm.tasks.models import SendAttempt, SubTask, Task
@@ -447,7 +450,7 @@ DEFER_NOW = {Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG}
 
 
 def decide(
-    result: SendResult, *, retryable_failures: int, task_status: str, max_attempts: int, honours_idempotency: bool
+    result: SendResult, *, retryable_failures: int, task_status: str, max_attempts: int
 ) -> Decision:
     """The next send state for one attempt's result (SPEC §5.5, §7.7). Pure."""
     outcome = result.outcome
@@ -455,7 +458,9 @@ def decide(
         return Decision(SendState.SENT, False, False)
     if outcome is Outcome.PERMANENT:
         return Decision(SendState.FAILED, False, False, result.provider_code)
-    if outcome is Outcome.MAYBE_SENT and not honours_idempotency:
+    if outcome is Outcome.MAYBE_SENT:
+        # Even with an idempotent provider: the worker already resent it to the same service with the same
+        # key; a pending row could be claimed by another service, where the key means nothing (§7.8).
         return Decision(SendState.UNCERTAIN, True, False)
     if task_status in STOPPED:
         return Decision(SendState.CANCELLED, outcome not in DEFER_NOW, False)
@@ -468,7 +473,7 @@ def decide(
 
 async def record(
     session: AsyncSession, *, claim: Claim, outcomes: Sequence[ItemOutcome], now: dt.datetime, policy: av.Policy,
-    honours_idempotency: bool = False, jitter: retry.Jitter = retry.default_jitter,
+    jitter: retry.Jitter = retry.default_jitter,
 ) -> RecordSummary:
     """One outcome transaction for a claimed batch: SubTask states (compare-and-set on our lease), one
     SendAttempt per item, the day's usage, the service state and the status log."""
@@ -491,7 +496,7 @@ async def record(
                 updates["late_sent"].append(_sent_values(o, now))
             continue
         decision = decide(o.result, retryable_failures=row.retryable_failures, task_status=row.task_status,
-                          max_attempts=policy.max_attempts, honours_idempotency=honours_idempotency)
+                          max_attempts=policy.max_attempts)
         summary.by_state[decision.state] += 1
         usage[_usage_column(decision, o.result)] += 1
         updates[decision.state].append(_values_for(decision, o, row, now, policy, jitter))
@@ -661,8 +666,22 @@ async def _update_service_state(
     for kind, old, new, reason in change.log:
         session.add(EmailServiceStatusLog(service_id=claim.service_id, change=kind, old_value=old, new_value=new,
                                           reason=reason, at=now))
+        await _alert_if_needed(session, service, kind, new, reason)
     await session.flush()
     return [entry[0] for entry in change.log]
+
+
+async def _alert_if_needed(session: AsyncSession, service: EmailService, kind: str, new: str | None,
+                           reason: str | None) -> None:
+    """A person must act when credentials/configuration are refused or the provider quota is gone (§7.7)."""
+    if kind == StatusChange.FROZEN and new == FreezeReason.AUTH_CONFIG:
+        title = f"Service {service.name} frozen: the provider refused its credentials or configuration"
+    elif kind == StatusChange.EXHAUSTED:
+        title = f"Service {service.name} is out of provider quota until {new}"
+    else:
+        return
+    await alerts.alert_admins(session, kind=f"service_{kind}", title=title, body=reason,
+                              link=f"/api/v1/admin/services/{service.id}")
 
 
 # --------------------------------------------------------------------------------------------------------

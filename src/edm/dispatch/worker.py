@@ -192,7 +192,8 @@ class Worker:
     async def _process(self, claim: queue.Claim) -> None:
         service, adapter = await self._adapter_for(claim.service_id)
         composed = await self.composer.compose(claim)
-        batches = _batches(claim.items, service.batch_size)
+        # A service saved before its provider's limit was checked must still never exceed it.
+        batches = _batches(claim.items, min(service.batch_size, adapter.capabilities.max_batch))
         runs = [self._send_batch(adapter, batch, composed) for batch in batches]
         results = await asyncio.gather(*runs)
         outcomes = [o for batch_outcomes, _ in results for o in batch_outcomes]
@@ -221,11 +222,31 @@ class Worker:
                 failure = message if isinstance(message, RenderFailure) else RenderFailure("missing", "not composed")
                 outcomes.append(queue.ItemOutcome(item, failure.result(str(item.public_id)), started))
         if sendable:
-            results = await self._call_adapter(adapter, [m for _, m in sendable])
+            results = await self._send_settling_doubt(adapter, [m for _, m in sendable])
             for (item, message), result in zip(sendable, results, strict=True):
                 outcomes.append(queue.ItemOutcome(item, result, started, message.from_address,
                                                   message.headers.get("Message-ID"), message.subject))
         return outcomes, []
+
+    async def _send_settling_doubt(self, adapter: Adapter, messages: list[OutboundMessage]) -> list[SendResult]:
+        """Send; when the provider honours our idempotency key, resend the `maybe_sent` ones at once to the
+        same service with the same key, which answers with the first result instead of sending twice.
+
+        Why here and not later: a later retry may be claimed by another service (another account, where the
+        key means nothing) and duplicate the mail, so what stays in doubt after these retries is recorded
+        `uncertain` (§7.8) and settled by the provider's events."""
+        results = await self._call_adapter(adapter, messages)
+        if not adapter.capabilities.honours_idempotency:
+            return results
+        for delay in IDEMPOTENT_RETRY_DELAYS:
+            doubtful = [i for i, r in enumerate(results) if r.outcome is Outcome.MAYBE_SENT]
+            if not doubtful or self.stopping.is_set():
+                break
+            await self._sleep(self.scaled(delay))
+            retried = await self._call_adapter(adapter, [messages[i] for i in doubtful])
+            for i, result in zip(doubtful, retried, strict=True):
+                results[i] = result
+        return results
 
     async def _call_adapter(self, adapter: Adapter, messages: list[OutboundMessage]) -> list[SendResult]:
         try:
@@ -269,8 +290,7 @@ class Worker:
                 async with unit_of_work(self.sessionmaker) as session:
                     now = clock.utc_now()
                     summary = await queue.record(session, claim=claim, outcomes=outcomes, now=now,
-                                                 policy=runtime.policy,
-                                                 honours_idempotency=adapter.capabilities.honours_idempotency)
+                                                 policy=runtime.policy)
                     await queue.release(session, claim=claim, items=unstarted, now=now)
                 self.sent_batches += 1
                 self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
@@ -287,6 +307,7 @@ class Worker:
                 await asyncio.sleep(min(2.0 ** attempt, 10.0))
 
 
+IDEMPOTENT_RETRY_DELAYS = (0.5, 2.0)  # seconds before each same-service resend of a maybe-sent message
 THRESHOLD_CHECK_EVERY = 1.0  # seconds between post-batch threshold checks of one task (each is a count)
 
 

@@ -13,12 +13,9 @@ from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, Session
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
 from edm.dispatch import queue
-from edm.dispatch.compose import config_of
 from edm.email_services import service as services
 from edm.email_services import testing
-from edm.email_services.models import EmailServiceStatusLog, StatusChange, UserServiceMapping
-from edm.email_services.service_day import service_day
-from edm.observability import mask_email
+from edm.email_services.models import EmailServiceStatusLog, UserServiceMapping
 from edm.providers.base import ServiceConfig
 from edm.security.crypto import Vault
 
@@ -154,42 +151,24 @@ async def set_usage(service_id: IdPath, body: UsageBody, session: Session, calle
     return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
 
 
-@router.post("/admin/services/{service_id}/{action}")
-async def service_action(service_id: IdPath, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
-                         request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
-    if action in ("enable", "disable"):
-        await services.update_service(session, _vault(request), service_id, values={"is_enabled": action == "enable"},
-                                      credentials=None, fake_allowed=True, actor_user_id=caller.id)
-    elif action == "unfreeze":
-        await services.unfreeze(session, service_id, actor_user_id=caller.id)
-    else:
-        await services.clear_backoff(session, service_id, actor_user_id=caller.id)
-    return {"service_id": service_id, "done": action}
-
-
 @router.post("/admin/services/{service_id}/test-send")
 async def test_send(service_id: IdPath, body: TestSendBody, request: Request, session: Session,
                     caller: AdminWriter) -> dict[str, Any]:
     """Send one test message now (ignoring the rate slot), report its classification, count it as usage."""
+    await session.commit()  # end the authentication transaction: the send is a network call
     settings = request.app.state.settings
-    svc = await services.get_service(session, service_id)
-    config = config_of(svc, _vault(request))
-    name, timezone, reset_time = svc.name, svc.timezone, svc.quota_reset_time
-    await session.commit()  # no network call inside a transaction
-    result = await testing.send_test(config, service_name=name, to=_address(body.to),
-                                     from_local=body.from_local_part, subject=body.subject, html=body.html,
-                                     fake_allowed=settings.fake_provider_allowed,
-                                     unsubscribe_base=settings.effective_tracking_url)
-    day = service_day(utc_now(), timezone=timezone, reset_time=reset_time)
-    await queue.upsert_usage(session, service_id=service_id, day=day, deltas=testing.usage_delta(result.classification))
-    services.log_change(session, service_id, StatusChange.TEST_SEND, new=result.classification,
-                        reason=f"test send to {mask_email(body.to)}: {result.message}"[:500], actor_user_id=caller.id)
+    result = await testing.test_saved_service(
+        request.app.state.sessionmaker, _vault(request), service_id, to=body.to, from_local=body.from_local_part,
+        subject=body.subject, html=body.html, fake_allowed=settings.fake_provider_allowed,
+        unsubscribe_base=settings.effective_tracking_url, actor_user_id=caller.id)
     return result.as_dict()
 
 
 @router.post("/admin/services/test")
-async def test_unsaved(body: UnsavedServiceTest, request: Request, caller: AdminWriter) -> dict[str, Any]:
+async def test_unsaved(body: UnsavedServiceTest, request: Request, session: Session,
+                       caller: AdminWriter) -> dict[str, Any]:
     """The same check for a configuration that is not saved; nothing is stored."""
+    await session.commit()  # end the authentication transaction: the send is a network call
     settings = request.app.state.settings
     values = services.validate_config(body.model_dump(exclude_unset=True, exclude={"to", "from_local_part", "subject",
                                                                                 "html", "credentials"}),
@@ -207,6 +186,20 @@ async def test_unsaved(body: UnsavedServiceTest, request: Request, caller: Admin
 
 def _address(value: str) -> str:
     return normalize_email(value, field="to").original
+
+
+# After the fixed sub-paths above: `{action}` would otherwise match `test-send`.
+@router.post("/admin/services/{service_id}/{action}")
+async def service_action(service_id: IdPath, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
+                         request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    if action in ("enable", "disable"):
+        await services.update_service(session, _vault(request), service_id, values={"is_enabled": action == "enable"},
+                                      credentials=None, fake_allowed=True, actor_user_id=caller.id)
+    elif action == "unfreeze":
+        await services.unfreeze(session, service_id, actor_user_id=caller.id)
+    else:
+        await services.clear_backoff(session, service_id, actor_user_id=caller.id)
+    return {"service_id": service_id, "done": action}
 
 
 @router.get("/admin/status-log")

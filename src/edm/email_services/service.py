@@ -23,7 +23,8 @@ from edm.email_services.models import (
     UserServiceMapping,
 )
 from edm.errors import BadInput, Conflict, InUse, NotFound
-from edm.providers.registry import PROVIDERS
+from edm.providers.base import ServiceConfig
+from edm.providers.registry import PROVIDERS, build_adapter
 from edm.security.crypto import Vault
 from edm.tasks.models import SubTask
 from edm.tasks.status import SendState
@@ -106,6 +107,7 @@ async def create_service(
             raise BadInput.field(required, "is required")
     if await session.scalar(select(EmailService.id).where(EmailService.name == values["name"])):
         raise Conflict("a service with this name exists", details=[{"field": "name", "message": "already exists"}])
+    await check_adapter_config(values, credentials or {}, fake_allowed=fake_allowed)
     count = await session.scalar(select(func.count()).select_from(EmailService))
     values.setdefault("label", f"Channel {int(count or 0) + 1}")
     service = EmailService(**values, credentials_encrypted=vault.encrypt_json(credentials or {}))
@@ -115,6 +117,25 @@ async def create_service(
     log_change(session, service.id, StatusChange.CONFIG_UPDATED, new="created", actor_user_id=actor_user_id)
     await session.flush()
     return service
+
+
+async def check_adapter_config(values: dict[str, Any], credentials: dict[str, Any], *, fake_allowed: bool) -> None:
+    """Build (and close) the provider's adapter once, so options it refuses (an unknown region, a bad bounce
+    domain, fake events without a URL) and a batch size above what the provider takes fail when saved, not
+    at the first send."""
+    config = ServiceConfig(service_id=0, provider=values["provider"], domain=values["domain"],
+                           credentials=credentials, options=dict(values.get("options") or {}),
+                           batch_size=int(values.get("batch_size") or 1))
+    try:
+        adapter = build_adapter(config, fake_allowed=fake_allowed)
+    except ValueError as exc:
+        raise BadInput.field("options", str(exc)) from None
+    try:
+        most = adapter.capabilities.max_batch
+        if config.batch_size > most:
+            raise BadInput.field("batch_size", f"{config.provider} takes at most {most} recipient(s) per call")
+    finally:
+        await adapter.aclose()
 
 
 async def get_service(session: AsyncSession, service_id: int) -> EmailService:
@@ -140,6 +161,10 @@ async def update_service(
 ) -> EmailService:
     service = await get_service(session, service_id)
     values = validate_config(values, fake_allowed=fake_allowed)
+    if {"provider", "options", "batch_size", "domain"} & values.keys():
+        merged_values = {**{k: getattr(service, k) for k in ("provider", "domain", "options", "batch_size")},
+                         **values}
+        await check_adapter_config(merged_values, {}, fake_allowed=fake_allowed)
     for key, value in values.items():
         old = getattr(service, key)
         if old != value:

@@ -1,7 +1,9 @@
 """Admin test of a service (SPEC §8.4): one real send to an address the admin typed, classified.
 
-No database here: the API route reads the service, ends its transaction, calls `send_test`, then counts the
-send toward today's usage. The rate slot is ignored (an admin is waiting), quota is not.
+`send_test` touches no database. `test_saved_service` is the whole use case for a saved service, shared by
+the API and the CLI: it reads the service in one transaction, sends with none open (no network call inside a
+transaction), then counts the send toward today's usage and logs it in a second one. The rate slot is
+ignored (an admin is waiting); the quota is not.
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from edm.clock import utc_now
+from edm.contacts.emails import normalize_email
 from edm.content.render import RenderedContent, html_to_text
+from edm.db.session import unit_of_work
+from edm.dispatch import queue
+from edm.dispatch.compose import config_of
 from edm.dispatch.message import build_message
+from edm.email_services import service as services
+from edm.email_services.models import StatusChange
+from edm.email_services.service_day import service_day
 from edm.errors import BadInput
+from edm.observability import mask_email
 from edm.providers.base import Outcome, SendResult, ServiceConfig
 from edm.providers.registry import build_adapter
+from edm.security.crypto import Vault
 
 DEFAULT_SUBJECT = "EDM test of service {name}"
 DEFAULT_HTML = "<p>This is a test message sent by EDM to check the sending service <b>{name}</b>.</p>"
@@ -64,6 +78,26 @@ async def send_test(config: ServiceConfig, *, service_name: str, to: str, from_l
     return TestSendResult(classification=result.outcome.value, status=result.status,
                           provider_code=result.provider_code, message=result.message,
                           provider_message_id=result.provider_message_id, latency_ms=latency, message_key=key)
+
+
+async def test_saved_service(sessionmaker: async_sessionmaker[AsyncSession], vault: Vault, service_id: int, *,
+                             to: str, from_local: str = "test", subject: str | None = None,
+                             html: str | None = None, fake_allowed: bool, unsubscribe_base: str,
+                             actor_user_id: int | None) -> TestSendResult:
+    async with sessionmaker() as session:
+        service = await services.get_service(session, service_id)
+        config = config_of(service, vault)
+        name, timezone, reset_time = service.name, service.timezone, service.quota_reset_time
+    address = normalize_email(to, field="to").original
+    result = await send_test(config, service_name=name, to=address, from_local=from_local, subject=subject,
+                             html=html, fake_allowed=fake_allowed, unsubscribe_base=unsubscribe_base)
+    async with unit_of_work(sessionmaker) as session:
+        day = service_day(utc_now(), timezone=timezone, reset_time=reset_time)
+        await queue.upsert_usage(session, service_id=service_id, day=day, deltas=usage_delta(result.classification))
+        services.log_change(session, service_id, StatusChange.TEST_SEND, new=result.classification,
+                            reason=f"test send to {mask_email(address)}: {result.message}"[:500],
+                            actor_user_id=actor_user_id)
+    return result
 
 
 def usage_delta(classification: str) -> dict[str, int]:

@@ -8,12 +8,14 @@ and the `events` job applies what was stored (`edm.events.apply`). A duplicate d
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,22 +87,35 @@ def bad_element_row(source: str, service_id: int | None, element: BadElement, *,
 
 
 async def store(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> StoreCounts:
-    """Insert rows, skipping those whose (source, dedupe_key) is already stored. One statement."""
+    """Insert rows, skipping those whose (source, dedupe_key) is already stored. One round trip.
+
+    Two choices measured in bench/RESULTS.md (webhooks): the rows go as executemany parameters of one
+    cached statement (SQLAlchemy batches them into a multi-row INSERT … RETURNING) rather than a
+    `.values(list)` statement, which is compiled anew for every request (~70 % of the request's CPU); and
+    they are inserted in key order, so two requests carrying the same redelivered events lock the unique
+    index entries in the same order instead of deadlocking.
+    """
     counts = StoreCounts(received=len(rows))
     if not rows:
         return counts
-    unique = list({(r["source"], r["dedupe_key"]): r for r in rows}.values())  # duplicates within one batch
-    columns = set().union(*(r.keys() for r in unique))
-    unique = [{c: r.get(c) for c in columns} for r in unique]  # one shape for executemany/multi-values
+    by_key = {(r["source"], r["dedupe_key"]): r for r in rows}  # duplicates within one batch
+    columns = set().union(*(r.keys() for r in by_key.values()))
+    unique = [{c: by_key[key].get(c) for c in columns} for key in sorted(by_key)]  # one shape, key order
     for row in unique:
-        row.setdefault("match_status", MatchStatus.PENDING)
-    statement = _insert(session, Event).values(unique)
-    statement = statement.on_conflict_do_nothing(index_elements=["source", "dedupe_key"]).returning(Event.id)
-    inserted = len((await session.execute(statement)).all())
+        row["match_status"] = row["match_status"] or MatchStatus.PENDING
+    connection = await session.connection()
+    inserted = len((await connection.execute(_store_statement(connection.dialect.name), unique)).all())
     counts.stored = inserted
     counts.duplicates = len(rows) - inserted
     counts.bad = sum(1 for r in unique if r.get("match_reason") == MatchReason.BAD_ELEMENT)
     return counts
+
+
+@functools.cache
+def _store_statement(dialect: str) -> Any:
+    table = cast(Table, Event.__table__)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=["source", "dedupe_key"]).returning(table.c.id)
 
 
 async def claim_nonce(session: AsyncSession, source: str, nonce: str, *, now: dt.datetime) -> bool:

@@ -8,6 +8,7 @@ Reports are stored like provider events, under source `dsn` (RFC 3464 and free-t
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from typing import Any
 
@@ -49,6 +50,8 @@ def report_rows(service_id: int | None, parsed: ParsedPayload, raw_mime: bytes, 
             if not item.subtask_id:  # no report and none of our ids: nothing to apply it to
                 row.update(match_status=MatchStatus.UNMATCHED, match_reason=MatchReason.NOT_A_REPORT,
                            processed_at=now)
+            if not item.provider_event_id:  # the mail itself is its identity (two mails may share a Date)
+                row["dedupe_key"] = "mime:" + hashlib.sha256(raw_mime).hexdigest()[:40]
         rows.append(row)
     return rows
 

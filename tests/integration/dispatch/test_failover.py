@@ -14,6 +14,7 @@ from edm import clock
 from edm.db.session import unit_of_work
 from edm.email_services.models import EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
 from edm.email_services.service_day import next_reset
+from edm.ops.models import Notification
 from edm.providers.fake import FakeAdapter
 from edm.tasks.models import SendAttempt, SubTask
 from tests import factories
@@ -209,11 +210,16 @@ async def test_auth_error_freezes_the_service_and_the_other_finishes(dkit):  # t
                    {"name": "b", "max_concurrency": 1, "priority": 2}],
         settings={"allocation__strategy": "priority"})
     a, b = w.service_ids
+    async with unit_of_work(dkit.sessionmaker) as session:
+        admin_id = await factories.user(session, "root", role="admin")
     await _run_to_completion(dkit, task_id, timeout=15)
 
     attempts = await _attempts(dkit, task_id)
     on_a = sorted((x for h in attempts.values() for x in h if x.service_id == a), key=lambda x: x.id)
     assert [x.outcome for x in on_a] == ["accepted"] * 5 + ["auth_config"]
+    alerts = await dkit.rows(select(Notification.user_id, Notification.kind, Notification.title))
+    assert [(r.user_id, r.kind) for r in alerts] == [(admin_id, "service_frozen")], "admins are alerted once"
+    assert "frozen" in alerts[0].title
     state = await _state(dkit, a)
     assert (state.frozen, state.frozen_reason, state.frozen_until) == (True, "auth_config", None)
     frozen_log = [e for e in await _status_log(dkit, a) if e.change == "frozen"]
@@ -305,3 +311,40 @@ async def test_max_attempts_ends_failed(dkit):  # type: ignore[no-untyped-def]
 
 async def _completed(dkit, task_id: int) -> bool:  # type: ignore[no-untyped-def]
     return await dkit.status(task_id) == "completed"
+
+
+async def test_maybe_sent_on_an_idempotent_provider_is_settled_by_a_same_service_resend(dkit):  # type: ignore[no-untyped-def]
+    """Every first answer is lost (`maybe_sent`); the provider honours our key, so the worker resends to the
+    same service at once, gets the first result back, and each recipient has exactly one mail. A second
+    service (another account, where the key means nothing) never sees these SubTasks."""
+    w, task_id = await _scenario(
+        dkit, recipients=12,
+        services_=[{"name": "a", "options": {"idempotent": True, "maybe_sent_pct": 100}, "priority": 1},
+                   {"name": "b", "priority": 2}],
+        settings={"allocation__strategy": "priority"})
+    a, b = w.service_ids
+    await _run_to_completion(dkit, task_id)
+    subtasks = await dkit.subtasks(task_id)
+    assert all(s.send_state == "sent" and s.service_id == a for s in subtasks)
+    assert sorted(FakeAdapter.delivered_keys(a)) == sorted(str(s.public_id) for s in subtasks)
+    assert FakeAdapter.delivered_keys(b) == []
+    attempts = await _attempts(dkit, task_id)
+    assert all([x.outcome for x in history] == ["accepted"] for history in attempts.values())
+
+
+async def test_maybe_sent_without_idempotency_is_uncertain_and_never_resent(dkit):  # type: ignore[no-untyped-def]
+    w, task_id = await _scenario(dkit, recipients=10, services_=[{"name": "a", "options": {"maybe_sent_pct": 100}},
+                                                                 {"name": "b"}])
+    a, b = w.service_ids
+
+    async def all_final() -> bool:
+        return await dkit.count(task_id, "uncertain", "sent") == 10
+
+    async with dkit.worker():
+        await dkit.wait_for(all_final, what="every SubTask sent or uncertain")
+        await dkit.hold(0.5)
+    subtasks = await dkit.subtasks(task_id)
+    assert {s.service_id for s in subtasks if s.send_state == "uncertain"} == {a}
+    assert {s.service_id for s in subtasks if s.send_state == "sent"} <= {b}
+    delivered = FakeAdapter.delivered_keys(a) + FakeAdapter.delivered_keys(b)
+    assert len(delivered) == len(set(delivered)) == 10, "each mail went out once; none was resent"

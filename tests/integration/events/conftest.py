@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from edm import clock
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
@@ -121,15 +120,8 @@ class EventKit:
         return task_id, await self.dkit.subtasks(task_id)
 
     async def apply(self, *, simulated_matches_any: bool = True) -> event_apply.ApplyCounts:
-        total = event_apply.ApplyCounts()
-        while True:
-            async with unit_of_work(self.sessionmaker) as session:
-                counts = await event_apply.apply_pending(session, now=clock.utc_now(),
-                                                         simulated_matches_any=simulated_matches_any, limit=50)
-            for name in ("processed", "matched", "unmatched", "ignored", "reconciled"):
-                setattr(total, name, getattr(total, name) + getattr(counts, name))
-            if counts.processed == 0:
-                return total
+        """What the worker's `events` job does, run now (small batches, so batching is exercised)."""
+        return await event_apply.drain(self.sessionmaker, simulated_matches_any=simulated_matches_any, batch=50)
 
     async def events(self) -> list[Event]:
         async with self.sessionmaker() as session:

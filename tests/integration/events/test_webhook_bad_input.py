@@ -44,8 +44,9 @@ async def stored(ekit: EventKit) -> int:
 
 async def test_engagelab_event_without_any_id_is_refused_with_the_original_message(ekit: EventKit) -> None:
     await ekit.send_task(1)
-    response = await post_engagelab(ekit, orjson.dumps(engagelab_event()))
+    response = await post_engagelab(ekit, orjson.dumps(engagelab_event()), **{"X-Request-Id": "req-42"})
     assert response.status_code == 400
+    assert response.headers["x-request-id"] == "req-42" and response.json()["error"]["request_id"] == "req-42"
     assert response.json()["error"]["code"] == "missing_subtask_id"
     assert response.json()["error"]["message"] == "missing custom_args.subtask_id"
     assert await stored(ekit) == 0

@@ -185,3 +185,39 @@ async def test_mailgun_token_replay_is_refused(ekit: EventKit) -> None:
     assert fresh.status_code == 200 and fresh.json()["duplicates"] == 1  # same event id: stored once
     await ekit.apply()
     assert (await ekit.dkit.subtasks(task_id))[0].delivery_state == "delivered"
+
+
+async def test_events_update_the_contact_as_spec_9_6_says(ekit: EventKit) -> None:
+    """Hard bounce → contact hard_bounced_at (unsendable), but a policy block does not blame the address;
+    complaint → complained_at; unsubscribe → unsubscribed_at; soft bounces count once per SubTask and a
+    delivery resets the streak."""
+    from edm.contacts.models import Contact
+
+    task_id, subtasks = await ekit.send_task(5)
+    hard, blocked, complained, unsubscribed, soft = subtasks
+    events = [
+        sg_event(hard, "bounce", 1, type="bounce", reason="550 5.1.1 user unknown"),
+        sg_event(blocked, "bounce", 1, type="blocked", reason="554 5.7.1 blocked by policy"),
+        sg_event(complained, "spamreport", 1),
+        sg_event(unsubscribed, "unsubscribe", 1),
+        sg_event(soft, "bounce", 1, type="expired"), sg_event(soft, "bounce", 2, type="expired"),
+    ]
+    assert (await post_sendgrid(ekit, events)).status_code == 200
+    await ekit.apply()
+
+    async def contact(st: SubTask) -> Contact:
+        async with ekit.sessionmaker() as session:
+            row = await session.get(Contact, st.contact_id)
+            assert row is not None
+            return row
+
+    assert (await contact(hard)).hard_bounced_at is not None
+    assert (await contact(blocked)).hard_bounced_at is None
+    assert (await contact(complained)).complained_at is not None
+    assert (await contact(unsubscribed)).unsubscribed_at is not None
+    assert (await contact(soft)).soft_bounce_streak == 1, "two soft bounces of one SubTask count once"
+    assert (await post_sendgrid(ekit, [sg_event(soft, "delivered", 9)])).status_code == 200
+    await ekit.apply()
+    assert (await contact(soft)).soft_bounce_streak == 0
+    states = {st.id: st.delivery_state for st in await ekit.dkit.subtasks(task_id)}
+    assert states[blocked.id] == "rejected" and states[hard.id] == "hard_bounced"
