@@ -91,16 +91,6 @@ class BrevoAdapter(HttpAdapter):
     def default_headers(self) -> dict[str, str]:
         return {"api-key": str(self.config.credentials.get("api_key", "")), "accept": "application/json"}
 
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        # One message per call. A caller that hands us more (its batch size is larger than max_batch) still
-        # gets every message sent, one after the other so the service's rate limit is respected.
-        if len(messages) <= 1:
-            return await super().send(messages)
-        results: list[SendResult] = []
-        for message in messages:
-            results.extend(await super().send([message]))
-        return results
-
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = messages
         return client.build_request("POST", "/v3/smtp/email", json=request_body(message))

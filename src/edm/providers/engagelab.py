@@ -84,6 +84,7 @@ _ADDRESS_SPECIALS = re.compile(r'[()<>@,;:\\".\[\]]')
 
 class EngageLabAdapter(HttpAdapter):
     provider: ClassVar[str] = "engagelab"
+    required_credentials: ClassVar[tuple[str, ...]] = ("api_user", "api_key")
     capabilities: ClassVar[Capabilities] = Capabilities(
         needs_mime=False, max_batch=1, honours_idempotency=True,
         idempotency_window_seconds=IDEMPOTENCY_WINDOW_SECONDS,
@@ -107,12 +108,6 @@ class EngageLabAdapter(HttpAdapter):
             pair = f"{self.config.credentials['api_user']}:{self.config.credentials['api_key']}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         return headers
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        if not self._has_credentials():  # a service saved without its key: configuration, not the message
-            return [failure(m, Outcome.AUTH_CONFIG, "missing_credentials",
-                            "engagelab credentials need api_user and api_key") for m in messages]
-        return await super().send(messages)
 
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         if len(messages) != 1:

@@ -16,6 +16,7 @@ processed (`maybe_sent`), and only the provider's idempotency key (if any) makes
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import itertools
 import math
@@ -31,6 +32,9 @@ from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResul
 CONNECTIONS_PER_CLIENT = 8
 MAX_CONNECT_TIMEOUT = 10.0
 
+# Answers about the service, not the message: the rest of a multi-call send is not attempted (§7.7).
+SERVICE_LEVEL = (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG)
+
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
              httpx.ProxyError, httpx.InvalidURL)
 
@@ -41,6 +45,8 @@ class HttpAdapter:
     default_base_url: ClassVar[str] = ""
     # region (or data-centre) option value -> base URL; `options["base_url"]` overrides both
     regional_base_urls: ClassVar[Mapping[str, str]] = {}
+    # credentials without which no call can succeed: their absence is `auth_config` without a request
+    required_credentials: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ServiceConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
@@ -89,6 +95,43 @@ class HttpAdapter:
         return cls.default_base_url
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        missing = [name for name in self.required_credentials if not self.config.credentials.get(name)]
+        if missing:  # a service saved without its key needs an admin, not a retry
+            note = f"{self.provider}: credentials {', '.join(missing)} are required"
+            return [failure(m, Outcome.AUTH_CONFIG, "missing_credentials", note) for m in messages]
+        groups = self.plan_requests(messages)
+        if len(groups) == 1 and type(self).send_group is HttpAdapter.send_group:
+            return await self.send_request(messages)
+        return await self.send_groups(messages, groups)
+
+    def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """Which messages share a provider call (indexes). Default: chunks of `max_batch` (a caller that hands
+        more than that still gets every message sent)."""
+        most = self.capabilities.max_batch
+        return [list(range(i, min(i + most, len(messages)))) for i in range(0, len(messages), most)] or [[]]
+
+    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
+                         results: list[SendResult | None]) -> None:
+        """Send one planned group and put its results at their indexes (providers that split or resend a
+        refused group override this)."""
+        for index, result in zip(group, await self.send_request([messages[i] for i in group]), strict=True):
+            results[index] = result
+
+    async def send_groups(self, messages: Sequence[OutboundMessage], groups: Sequence[list[int]]) -> list[SendResult]:
+        """One provider call per group, one after the other (each call counts against the service's rate);
+        results in input order. After a throttled, quota or auth/config answer the remaining groups are not
+        sent: they get the same class, so the service's state sees it once."""
+        results: list[SendResult | None] = [None] * len(messages)
+        for group in groups:
+            if group and not _blocked_by_earlier(results, group, messages):
+                await self.send_group(messages, group, results)
+        missing = [index for index, result in enumerate(results) if result is None]
+        if missing:  # a bug in the planning: never hand back a shorter, misaligned list
+            raise RuntimeError(f"no result for messages {missing}")
+        return [result for result in results if result is not None]
+
+    async def send_request(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        """One provider call for `messages`, classified."""
         client = next(self._next_client)
         try:
             request = self.build_request(client, messages)
@@ -172,6 +215,18 @@ def accepted(message: OutboundMessage, provider_message_id: str | None, *, statu
              latency_ms: int) -> SendResult:
     return SendResult(key=message.key, outcome=Outcome.ACCEPTED, status=status,
                       provider_message_id=provider_message_id, latency_ms=latency_ms)
+
+
+def _blocked_by_earlier(results: list[SendResult | None], group: list[int],
+                        messages: Sequence[OutboundMessage]) -> bool:
+    earlier = next((r for r in results if r is not None and r.outcome in SERVICE_LEVEL), None)
+    if earlier is None:
+        return False
+    for index in group:
+        results[index] = dataclasses.replace(
+            earlier, key=messages[index].key, provider_message_id=None, latency_ms=0,
+            message=f"not sent: an earlier request of this call got {earlier.outcome.value}: {earlier.message}"[:500])
+    return True
 
 
 def elapsed_ms(started: float) -> int:

@@ -81,7 +81,6 @@ SIGNATURE_WINDOW_SECONDS = 600.0
 RECIPIENT_MARKER = "%recipient."
 TRACKING_OFF = {"o:tracking": "no", "o:tracking-clicks": "no", "o:tracking-opens": "no"}
 # Outcomes that concern the whole service: the rest of the call would get the same answer.
-_SERVICE_LEVEL = (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG)
 _SPLIT_CODE = "batch_rejected"  # a batch refused because of some recipient: split it and send again
 # Mailgun's 400 texts about an address: "'to' parameter is not a valid address. please check documentation".
 # Narrow on purpose: a 400 that is our request's fault must not reject (and so suppress) recipients.
@@ -108,21 +107,16 @@ class MailgunAdapter(HttpAdapter):
     def sending_domain(self) -> str:
         return str(self.config.options.get("domain") or self.config.domain)
 
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        results: list[SendResult | None] = [None] * len(messages)
-        for group in plan_requests(messages):
-            if _blocked_by_earlier(results, group, messages):
-                continue
-            await self._send_group(messages, group, results)
-        return _filled(results)
+    def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        return plan_requests(messages)
 
-    async def _send_group(self, messages: Sequence[OutboundMessage], group: list[int],
-                          results: list[SendResult | None]) -> None:
-        answers = await super().send([messages[i] for i in group])
+    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
+                         results: list[SendResult | None]) -> None:
+        answers = await self.send_request([messages[i] for i in group])
         if len(group) > 1 and any(answer.provider_code == _SPLIT_CODE for answer in answers):
             middle = len(group) // 2  # nothing was sent: halve until the refused address is alone
-            await self._send_group(messages, group[:middle], results)
-            await self._send_group(messages, group[middle:], results)
+            await self.send_group(messages, group[:middle], results)
+            await self.send_group(messages, group[middle:], results)
             return
         for index, answer in zip(group, answers, strict=True):
             results[index] = answer
@@ -300,26 +294,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     if when is None:
         return None
     return max(0.0, (when - clock.utc_now()).total_seconds())
-
-
-def _filled(results: list[SendResult | None]) -> list[SendResult]:
-    missing = [index for index, result in enumerate(results) if result is None]
-    if missing:  # a bug in the planning: never hand back a shorter, misaligned list
-        raise RuntimeError(f"no result for messages {missing}")
-    return [result for result in results if result is not None]
-
-
-def _blocked_by_earlier(results: list[SendResult | None], group: list[int],
-                        messages: Sequence[OutboundMessage]) -> bool:
-    """After a throttled / quota / auth answer, the rest of the call gets the same class without a request."""
-    earlier = next((r for r in results if r is not None and r.outcome in _SERVICE_LEVEL), None)
-    if earlier is None:
-        return False
-    for index in group:
-        results[index] = dataclasses.replace(
-            earlier, key=messages[index].key, provider_message_id=None, latency_ms=0,
-            message=f"not sent: an earlier request of this call got {earlier.outcome.value}: {earlier.message}"[:500])
-    return True
 
 
 # --------------------------------------------------------------------------------------------------------

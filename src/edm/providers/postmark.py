@@ -93,6 +93,7 @@ INACTIVE_RECIPIENT = 406
 
 class PostmarkAdapter(HttpAdapter):
     provider: ClassVar[str] = "postmark"
+    required_credentials: ClassVar[tuple[str, ...]] = ("server_token",)
     capabilities: ClassVar[Capabilities] = Capabilities(needs_mime=False, max_batch=MAX_BATCH)
     default_base_url: ClassVar[str] = "https://api.postmarkapp.com"
 
@@ -102,12 +103,6 @@ class PostmarkAdapter(HttpAdapter):
         if token:
             headers["X-Postmark-Server-Token"] = str(token)
         return headers
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        if not self.config.credentials.get("server_token"):
-            return [failure(m, Outcome.AUTH_CONFIG, "missing_credentials", "postmark: server_token is required")
-                    for m in messages]
-        return await super().send(messages)
 
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         if not messages or len(messages) > MAX_BATCH:

@@ -93,15 +93,6 @@ class ResendAdapter(HttpAdapter):
     def default_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.config.credentials.get('api_key', '')}"}
 
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        # One message per call; a larger batch from the caller is sent one after the other.
-        if len(messages) <= 1:
-            return await super().send(messages)
-        results: list[SendResult] = []
-        for message in messages:
-            results.extend(await super().send([message]))
-        return results
-
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = messages
         return client.build_request("POST", "/emails", json=request_body(message),

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -85,7 +84,6 @@ SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 SIGNATURE_WINDOW_SECONDS = 600.0
 # Outcomes that concern the whole service: the rest of the call would get the same answer.
-_SERVICE_LEVEL = (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG)
 _SIBLING_CODE = "not_sent_batch_rejected"  # a 400 blamed other messages of the request: send this one again
 _RESEND_ROUNDS = 2
 _PERSONALIZATION_FIELD_RE = re.compile(r"^personalizations\[?\.?(\d+)\]?\.?(\w+)?")
@@ -106,18 +104,13 @@ class SendGridAdapter(HttpAdapter):
         api_key = str(self.config.credentials.get("api_key", ""))
         return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        results: list[SendResult | None] = [None] * len(messages)
-        for group in plan_requests(messages):
-            if _blocked_by_earlier(results, group, messages):
-                continue
-            await self._send_group(messages, group, results)
-        return _filled(results)
+    def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        return plan_requests(messages)
 
-    async def _send_group(self, messages: Sequence[OutboundMessage], group: list[int],
-                          results: list[SendResult | None]) -> None:
+    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
+                         results: list[SendResult | None]) -> None:
         for _ in range(_RESEND_ROUNDS + 1):
-            answers = await super().send([messages[i] for i in group])
+            answers = await self.send_request([messages[i] for i in group])
             retry = [i for i, answer in zip(group, answers, strict=True) if answer.provider_code == _SIBLING_CODE]
             for index, answer in zip(group, answers, strict=True):
                 results[index] = answer
@@ -316,26 +309,6 @@ def _blame_personalizations(messages: Sequence[OutboundMessage], errors: list[di
                                    "not sent: another message of the request was refused", status=status,
                                    latency_ms=latency_ms, recipient_level=True))
     return results
-
-
-def _filled(results: list[SendResult | None]) -> list[SendResult]:
-    missing = [index for index, result in enumerate(results) if result is None]
-    if missing:  # a bug in the planning: never hand back a shorter, misaligned list
-        raise RuntimeError(f"no result for messages {missing}")
-    return [result for result in results if result is not None]
-
-
-def _blocked_by_earlier(results: list[SendResult | None], group: list[int],
-                        messages: Sequence[OutboundMessage]) -> bool:
-    """After a throttled / quota / auth answer, the rest of the call gets the same class without a request."""
-    earlier = next((r for r in results if r is not None and r.outcome in _SERVICE_LEVEL), None)
-    if earlier is None:
-        return False
-    for index in group:
-        results[index] = dataclasses.replace(
-            earlier, key=messages[index].key, provider_message_id=None, latency_ms=0,
-            message=f"not sent: an earlier request of this call got {earlier.outcome.value}: {earlier.message}"[:500])
-    return True
 
 
 # --------------------------------------------------------------------------------------------------------

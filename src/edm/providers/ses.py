@@ -133,6 +133,7 @@ _ERROR_CLASSES: Mapping[str, Outcome] = {
 class SesAdapter(HttpAdapter):
     provider: ClassVar[str] = "ses"
     capabilities: ClassVar[Capabilities] = Capabilities(needs_mime=False, max_batch=1)
+    required_credentials: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key")
 
     def __init__(self, config: ServiceConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.region = region_of(config.options)
@@ -148,12 +149,6 @@ class SesAdapter(HttpAdapter):
 
     def default_headers(self) -> dict[str, str]:
         return {"Accept": "application/json"}
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        if self._signer is None:  # nothing to sign with: the service needs an admin, not a retry
-            return [failure(m, Outcome.AUTH_CONFIG, "missing_credentials",
-                            "ses: access_key_id and secret_access_key are required") for m in messages]
-        return await super().send(messages)
 
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         if len(messages) != 1:

@@ -103,15 +103,8 @@ class SparkPostAdapter(HttpAdapter):
     def default_headers(self) -> dict[str, str]:
         return {"authorization": str(self.config.credentials.get("api_key", "")), "accept": "application/json"}
 
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        groups = transmission_groups(messages, MAX_BATCH)
-        if len(groups) == 1:
-            return await super().send(messages)
-        results: dict[int, SendResult] = {}
-        for group in groups:  # one after the other: each is one call against the service's rate
-            for index, result in zip(group, await super().send([messages[i] for i in group]), strict=True):
-                results[index] = result
-        return [results[i] for i in range(len(messages))]
+    def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        return transmission_groups(messages, MAX_BATCH)
 
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         body = transmission(messages, ip_pool=self.config.options.get("ip_pool"))

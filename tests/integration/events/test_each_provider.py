@@ -191,3 +191,36 @@ async def _set_fake_secret(ekit: EventKit) -> None:
                                       values={}, credentials={"webhook_secrets": [FAKE_SECRET]}, fake_allowed=True)
 
 
+
+
+def _sns_signed(envelope: dict[str, str]) -> bytes:
+    fields = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+    signed = "".join(f"{name}\n{envelope[name]}\n" for name in fields)
+    signature = SNS_KEY.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return orjson.dumps({**envelope, "Signature": base64.b64encode(signature).decode()})
+
+
+async def test_an_sns_subscription_is_verified_then_confirmed_by_fetching_its_url(ekit: EventKit) -> None:
+    """SNS asks to confirm a subscription: EDM verifies the signed request, then GETs the SubscribeURL (only
+    on an SNS host); a request whose SubscribeURL points elsewhere is refused and nothing is fetched."""
+    await ekit.send_task(1)
+    ses_provider.clear_certificate_cache()
+    await _configure_remaining_providers(ekit)
+    confirm = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=x&Token=t"
+    ekit.outbound_pages[confirm] = b"<ConfirmSubscriptionResponse/>"
+    envelope = {"Type": "SubscriptionConfirmation", "MessageId": str(uuid.uuid4()), "Token": "t",
+                "TopicArn": SNS_TOPIC, "Message": "You have chosen to subscribe", "SubscribeURL": confirm,
+                "Timestamp": _now_iso(), "SignatureVersion": "2", "SigningCertURL": SNS_CERT_URL}
+    headers = {"Content-Type": "text/plain; charset=UTF-8"}
+    response = await ekit.client.post("/webhooks/ses", content=_sns_signed(envelope), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"control": "subscription_confirmation"}
+    assert confirm in ekit.outbound_requests and await ekit.events() == []
+
+    evil = {**envelope, "SubscribeURL": "https://evil.example.com/?Action=ConfirmSubscription"}
+    refused = await ekit.client.post("/webhooks/ses", content=_sns_signed(evil), headers=headers)
+    assert refused.status_code in (400, 401)
+    assert not any("evil" in url for url in ekit.outbound_requests)
+    wrong_topic = {**envelope, "TopicArn": "arn:aws:sns:us-east-1:999999999999:other"}
+    assert (await ekit.client.post("/webhooks/ses", content=_sns_signed(wrong_topic),
+                                   headers=headers)).status_code == 401
