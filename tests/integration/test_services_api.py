@@ -98,3 +98,7 @@ async def test_provider_options_and_batch_size_are_checked_when_saved(db_url, en
         later = await client.patch(f"/api/v1/admin/services/{fine.json()['id']}", headers=admin.headers,
                                    json={"options": {"region": "moon"}})
         assert later.status_code == 422
+        no_url = await client.post("/api/v1/admin/services", headers=admin.headers,
+                                   json={"name": "fake-events", "provider": "fake", "domain": "f.example.com",
+                                         "options": {"events": {"delivered_pct": 90}}})
+        assert no_url.status_code == 422 and no_url.json()["error"]["details"][0]["field"] == "options"

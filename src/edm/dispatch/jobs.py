@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
-from edm.events import reports
+from edm.events import ingest, reports
 from edm.tasks import generation, lifecycle
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ log = logging.getLogger("edm.jobs")
 # keeps an event's reflection on its SubTask well inside the 5 s p99 of §9.5.
 EVENTS_PERIOD = 0.5
 EVENTS_BATCH = 1000
+# Webhook single-use tokens are kept well past the longest signed-timestamp window (10 min), then dropped.
+NONCE_RETENTION = dt.timedelta(days=1)
 
 
 class Maintenance:
@@ -42,6 +45,7 @@ class Maintenance:
             ("heartbeat", 20.0, self.worker.heartbeat),
             ("events", EVENTS_PERIOD, self.events),
             ("mailboxes", 60.0, self.mailboxes),
+            ("nonces", 3600.0, self.nonces),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
 
@@ -121,3 +125,7 @@ class Maintenance:
     async def mailboxes(self) -> int:
         """Bounce reports from the SMTP services' mailboxes (§9.1: optional IMAP/POP poller)."""
         return await reports.poll_mailboxes(self.worker.sessionmaker, self.worker.vault)
+
+    async def nonces(self) -> int:
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            return await ingest.forget_nonces(session, before=clock.utc_now() - NONCE_RETENTION)

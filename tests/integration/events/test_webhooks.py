@@ -3,6 +3,7 @@ back as SendGrid and Mailgun post them, stored once, applied by the `events` job
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import uuid
 from typing import Any
@@ -185,6 +186,15 @@ async def test_mailgun_token_replay_is_refused(ekit: EventKit) -> None:
     assert fresh.status_code == 200 and fresh.json()["duplicates"] == 1  # same event id: stored once
     await ekit.apply()
     assert (await ekit.dkit.subtasks(task_id))[0].delivery_state == "delivered"
+
+    # Tokens are forgotten once no signed timestamp could still carry them (the `nonces` job).
+    from edm import clock
+    from edm.db.session import unit_of_work
+    from edm.events import ingest
+
+    async with unit_of_work(ekit.sessionmaker) as session:
+        assert await ingest.forget_nonces(session, before=clock.utc_now() - dt.timedelta(days=1)) == 0
+        assert await ingest.forget_nonces(session, before=clock.utc_now() + dt.timedelta(seconds=1)) == 2
 
 
 async def test_events_update_the_contact_as_spec_9_6_says(ekit: EventKit) -> None:
