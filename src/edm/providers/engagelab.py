@@ -349,8 +349,8 @@ def _status_events(envelope: Mapping[str, Any], status: Mapping[str, Any]) -> li
 def _target_events(envelope: Mapping[str, Any], data: Mapping[str, Any],
                    common: dict[str, Any]) -> list[NormalizedEvent]:
     """`target` lists every recipient of the request: one accepted event per email id (or address)."""
-    email_ids = [_id_text(item) for item in data.get("email_ids") or [] if _id_text(item)]
-    tos = [str(item) for item in data.get("tos") or [] if item]
+    email_ids = [_id_text(item) for item in _listed(data.get("email_ids")) if _id_text(item)]
+    tos = [str(item) for item in _listed(data.get("tos")) if item]
     pairs: list[tuple[str | None, str | None]]
     if email_ids:
         pairs = [(email_id, tos[i] if len(tos) == len(email_ids) else None) for i, email_id in enumerate(email_ids)]
@@ -361,6 +361,13 @@ def _target_events(envelope: Mapping[str, Any], data: Mapping[str, Any],
         event_type=EventType.ACCEPTED, provider_event="target", provider_message_id=email_id,
         recipient=_recipient(to or envelope.get("to"), email_id), reason=reason, **common,
     ) for email_id, to in pairs]
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list field as a list: a lone value is one item, anything else (a number, an object) none."""
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, str) and value else []
 
 
 def _bounce(event_type: EventType, data: Mapping[str, Any],

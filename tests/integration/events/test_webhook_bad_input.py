@@ -167,3 +167,39 @@ async def test_database_down_answers_503_so_the_provider_retries(db_url: str) ->
             response = await client.post("/webhooks/sendgrid", content=body, headers=sendgrid_headers(body))
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "unavailable"
+
+
+class _BrokenParser:
+    """A handler whose parser has a bug (stands in for an unforeseen payload shape)."""
+
+    provider = "sendgrid"
+    needs_secret = True
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    async def verify(self, request: Any, target: Any, ctx: Any) -> bool:
+        return bool(await self.real.verify(request, target, ctx))
+
+    def replay_nonce(self, request: Any) -> None:
+        return None
+
+    def parse(self, request: Any) -> Any:
+        raise TypeError("'int' object is not iterable")
+
+
+async def test_a_parser_bug_keeps_the_payload_as_a_bad_element_instead_of_a_500(ekit: EventKit) -> None:
+    from edm.providers import registry
+
+    await ekit.send_task(1)
+    real = registry.webhook_handler("sendgrid")
+    registry._webhook_instances["sendgrid"] = _BrokenParser(real)  # type: ignore[assignment]
+    try:
+        body = orjson.dumps([{"event": "delivered", "sg_event_id": "odd"}])
+        response = await ekit.client.post("/webhooks/sendgrid", content=body, headers=sendgrid_headers(body))
+    finally:
+        registry._webhook_instances["sendgrid"] = real  # type: ignore[assignment]
+    assert response.status_code == 200 and response.json()["bad"] == 1
+    kept = await ekit.events()
+    assert len(kept) == 1 and kept[0].raw == [{"event": "delivered", "sg_event_id": "odd"}]
+    assert kept[0].processing_error.startswith("parser error: TypeError")
