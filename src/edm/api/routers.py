@@ -27,4 +27,5 @@ MODULES = [
     "edm.tasks.api",
     "edm.events.webhooks",
     "edm.events.api",
+    "edm.tracking.api",
 ]

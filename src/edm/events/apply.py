@@ -78,12 +78,12 @@ async def drain(sessionmaker: async_sessionmaker[AsyncSession], *, simulated_mat
 
 
 async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_matches_any: bool,
-                        limit: int = 500) -> ApplyCounts:
+                        limit: int = 500, only_ids: Sequence[int] | None = None) -> ApplyCounts:
     """Apply up to `limit` stored, unprocessed events. The caller commits.
 
     Rows are read as plain records and written back with one executemany UPDATE per table (events, SubTasks,
     contacts): no ORM identity map on this path, which profiling showed to cost more than the SQL itself."""
-    events = await _take_pending(session, limit)
+    events = await _take_pending(session, limit, only_ids)
     counts = ApplyCounts(processed=len(events))
     if not events:
         return counts
@@ -163,9 +163,11 @@ def _columns(model: Any, names: tuple[str, ...]) -> list[Any]:
     return [model.__table__.c[name] for name in names]
 
 
-async def _take_pending(session: AsyncSession, limit: int) -> list[Any]:
+async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None) -> list[Any]:
     query = (select(*_columns(Event, _EVENT_READ + _EVENT_WRITE)).where(Event.processed_at.is_(None))
              .order_by(Event.id).limit(limit))
+    if only_ids is not None:  # applied synchronously by the request that stored them (one-click unsubscribe)
+        query = query.where(Event.id.in_(list(only_ids)))
     if _dialect(session) == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [_Record(row._mapping, _EVENT_WRITE) for row in await session.execute(query)]

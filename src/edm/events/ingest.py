@@ -86,6 +86,13 @@ def bad_element_row(source: str, service_id: int | None, element: BadElement, *,
     }
 
 
+async def store_returning_ids(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """`store`, answering the ids of the rows actually inserted (duplicates answer nothing)."""
+    connection = await session.connection()
+    result = await connection.execute(_store_statement(connection.dialect.name), list(rows))
+    return [row[0] for row in result.all()]
+
+
 async def store(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> StoreCounts:
     """Insert rows, skipping those whose (source, dedupe_key) is already stored. One round trip.
 
