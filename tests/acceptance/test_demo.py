@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import re
 import socket
@@ -39,6 +41,9 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     captured = list_stored(tmp_path / "var" / "demo-mailbox")
     assert captured, "mail visibly flowed into the demo mailbox"
     assert len({m["subtask_id"] for m in captured}) == len(captured), "no recipient got two mails"
+    mail = email.message_from_bytes(captured[0]["path"].read_bytes(), policy=email.policy.default)
+    html_part = mail.get_body(preferencelist=("html",))
+    assert html_part is not None and "/t/o/" in html_part.get_content(), "tracked mail carries the open pixel"
     verify = subprocess.run(
         [sys.executable, "-m", "edm", "stats", "verify"], cwd=tmp_path, capture_output=True, text=True,
         env={**env, "EDM_ENV": "demo", "EDM_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'edm-demo.db'}"},

@@ -7,7 +7,9 @@ at most 30 s (SPEC §7.1 allows configuration caches of that age).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ class TaskInfo:
     sender_local: str
     sender_name: str
     reply_to: str | None
+    track_opens: bool = False
 
 
 class _Ttl:
@@ -140,6 +143,9 @@ class Composer:
         )
         try:
             content = template.render(context)
+            if task.track_opens:
+                pixel = self.pixel_url(item.public_id)
+                content = dataclasses.replace(content, html=with_open_pixel(content.html, pixel))
             return build_message(
                 key=key, task_id=task.id, user_id=task.user_id, domain=service.domain,
                 from_local=task.sender_local, from_name=task.sender_name, to_address=item.recipient_email,
@@ -150,6 +156,10 @@ class Composer:
             return RenderFailure("render_error", str(exc))
         except ValueError as exc:  # an address or header value that cannot be put in a mail
             return RenderFailure("invalid_message", str(exc))
+
+    def pixel_url(self, public_id: Any) -> str:
+        token = sign_token("open", public_id, key=self.settings.signing_key)
+        return f"{self.settings.effective_tracking_url}/t/o/{token}.gif"
 
     def unsubscribe_url(self, public_id: Any) -> str:
         token = sign_token("unsubscribe", public_id, key=self.settings.signing_key)
@@ -165,7 +175,7 @@ class Composer:
             return None
         task, sender = row
         info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
-                        sender.local_part, sender.display_name or "", sender.reply_to)
+                        sender.local_part, sender.display_name or "", sender.reply_to, bool(task.track_opens))
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
     async def _template(self, session: AsyncSession, task_template_id: int | None) -> CompiledTemplate | RenderFailure:
@@ -225,6 +235,19 @@ async def _tag_names(session: AsyncSession, contact_ids: list[int]) -> dict[int,
             if value and value not in names[contact_id]:
                 names[contact_id].append(value)
     return names
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def with_open_pixel(html: str, url: str) -> str:
+    """The open pixel (§10.1): a 1×1 image before `</body>`, or at the end when there is none."""
+    pixel = f'<img src="{url}" width="1" height="1" alt="" style="display:block;border:0;width:1px;height:1px">'
+    matches = list(_BODY_END.finditer(html))
+    if not matches:
+        return html + pixel
+    at = matches[-1].start()
+    return html[:at] + pixel + html[at:]
 
 
 def config_of(service: EmailService, vault: Vault) -> ServiceConfig:

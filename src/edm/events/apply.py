@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -147,7 +148,7 @@ _EVENT_READ = ("id", "source", "service_id", "event_type", "occurred_at", "subta
                "details")
 _EVENT_WRITE = ("processed_at", "match_status", "match_reason", "subtask_id", "task_id", "user_id")
 _SUBTASK_READ = ("id", "public_id", "task_id", "user_id", "contact_id", "service_id", "attempts", "allocated_at",
-                 "provider_message_id")
+                 "provider_message_id", "sent_at")
 _SUBTASK_WRITE = ("send_state", "sent_at", "last_error_class", "delivery_state", "delivered_at", "bounced_at",
                   "delivery_detail", "complained_at", "unsubscribed_at", "replied_at", "open_count",
                   "machine_open_count", "first_opened_at", "last_opened_at", "click_count", "machine_click_count",
@@ -363,7 +364,7 @@ def _apply(subtask: Any, contact: Any, event: Any) -> None:
 def _apply_engagement(subtask: Any, contact: Any, event: Any) -> None:
     """EDM's own tracking hits (§10.4): machine hits are counted apart; any hit implies delivery."""
     at = event.occurred_at
-    machine = bool((event.details or {}).get("machine"))
+    machine = bool((event.details or {}).get("machine")) or machine_reason(event, subtask) is not None
     _raise_delivery(subtask, DeliveryState.DELIVERED, event)
     subtask.delivered_at = _earliest(subtask.delivered_at, at)
     if event.event_type == EventType.OPENED:
@@ -384,6 +385,30 @@ def _apply_engagement(subtask: Any, contact: Any, event: Any) -> None:
     subtask.last_clicked_at = _latest(subtask.last_clicked_at, at)
     if contact is not None:
         contact.last_clicked_at = _latest(contact.last_clicked_at, at)
+
+
+# Clients that fetch images without a person: link scanners, preview fetchers, HTTP libraries. Webmail image
+# proxies (GoogleImageProxy, YahooMailProxy) fetch on a real open and stay human (§10.4).
+_MACHINE_AGENTS = re.compile(
+    r"bot\b|crawler|spider|scanner|preview|headless|python-|curl/|wget/|go-http-client|java/|okhttp|"
+    r"barracuda|proofpoint|mimecast|symantec|forcepoint|safelinks|urldefense|msnbot|bingpreview",
+    re.IGNORECASE)
+MACHINE_OPEN_WINDOW = dt.timedelta(seconds=60)
+MACHINE_CLICK_WINDOW = dt.timedelta(seconds=10)
+
+
+def machine_reason(event: Any, subtask: Any) -> str | None:
+    """Why a tracking hit is a machine's, or None for a person (§10.4's rules that need no settings)."""
+    agent = ((event.details or {}).get("user_agent") or "").strip()
+    if not agent:
+        return "empty_user_agent"
+    if _MACHINE_AGENTS.search(agent):
+        return "bot_user_agent"
+    window = MACHINE_OPEN_WINDOW if event.event_type == EventType.OPENED else MACHINE_CLICK_WINDOW
+    sent_at = getattr(subtask, "sent_at", None)
+    if sent_at is not None and event.occurred_at - sent_at < window:
+        return "too_soon_after_send"
+    return None
 
 
 def _raise_delivery(subtask: Any, state: DeliveryState, event: Any) -> bool:

@@ -1,4 +1,5 @@
-"""One-click unsubscribe (SPEC §10.3, RFC 8058): the URL in every mail's `List-Unsubscribe` header.
+"""EDM's public tracking endpoints (SPEC §10.3): the open pixel and one-click unsubscribe (RFC 8058), the URL
+in every mail's `List-Unsubscribe` header.
 
 `GET /u/{token}` shows a page with the masked address and a button and never unsubscribes (link scanners
 prefetch GETs); `POST /u/{token}` — the mailbox provider's one-click request (`List-Unsubscribe=One-Click`,
@@ -12,25 +13,67 @@ that says why.
 
 from __future__ import annotations
 
+import base64
 import html
+import ipaddress
+import logging
+import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
 from edm.events import apply as event_apply
 from edm.events import ingest
 from edm.events.vocabulary import EventType, NormalizedEvent
 from edm.observability import mask_email
-from edm.security.tokens import verify_token
+from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
 from edm.tasks.models import SubTask
 
+log = logging.getLogger("edm.tracking")
+
 router = APIRouter(include_in_schema=False)
+
+# A 1×1 transparent GIF (43 bytes), the answer to every pixel request, valid token or not.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
 TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded
 MAX_BODY = 64 * 1024
+
+
+@router.get("/t/o/{token}.gif")
+async def open_pixel(token: str, request: Request) -> Response:
+    """Always the GIF with `no-store` (§10.3), even for a bad token or a database hiccup; a valid token records
+    an `opened` hit (each hit its own event), classified human or machine when the `events` job applies it."""
+    data = _verified(request, token, "open")
+    if data is not None:
+        now = clock.utc_now()
+        details = {"ip": truncated_ip(request.client.host if request.client else None)}
+        event = NormalizedEvent(event_type=EventType.OPENED, provider_event="pixel", raw={"via": "t/o"},
+                                occurred_at=now, subtask_id=str(data.subtask_id),
+                                provider_event_id=f"open:{uuid.uuid4().hex}",
+                                user_agent=(request.headers.get("user-agent") or "")[:300], details=details)
+        try:
+            async with request.app.state.sessionmaker() as session, session.begin():
+                await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
+        except (OperationalError, DBAPIError, OSError):
+            log.warning("tracking.open_not_recorded")
+    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+
+
+def truncated_ip(address: str | None) -> str | None:
+    """IPv4 to its /24, IPv6 to its /48 (§10.4): enough to recognise a scanner's network, not a person."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
 @router.get("/u/{token}")
@@ -67,10 +110,14 @@ async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
                  "emails.")
 
 
-async def _subtask_of(request: Request, token: str) -> tuple[str, str] | None:
+def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
     settings: Settings = request.app.state.settings
     keys = [settings.signing_key] + ([settings.secret_key_previous.encode()] if settings.secret_key_previous else [])
-    data = verify_token(token, "unsubscribe", keys=keys) if len(token) <= 200 else None
+    return verify_token(token, purpose, keys=keys) if len(token) <= 200 else None
+
+
+async def _subtask_of(request: Request, token: str) -> tuple[str, str] | None:
+    data = _verified(request, token, "unsubscribe")
     if data is None:
         return None
     async with request.app.state.sessionmaker() as session:
