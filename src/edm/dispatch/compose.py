@@ -17,12 +17,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import clock
 from edm.contacts.models import Contact, ContactTag, Tag
 from edm.content.models import Sender
 from edm.content.render import CompiledTemplate, RenderError, build_context, compile_template
+from edm.db.session import unit_of_work
 from edm.dispatch.message import build_message
 from edm.email_services.models import EmailService
 from edm.errors import TemplateSyntaxError
@@ -33,6 +36,8 @@ from edm.security.crypto import Vault
 from edm.security.tokens import sign_token
 from edm.settings import Settings
 from edm.tasks.models import Task, TaskTemplate
+from edm.tracking.links import LinkRewriter
+from edm.tracking.models import TrackedLink
 
 CONFIG_TTL = 30.0
 CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "username", "phone", "company", "position",
@@ -59,6 +64,7 @@ class TaskInfo:
     sender_name: str
     reply_to: str | None
     track_opens: bool = False
+    track_clicks: bool = False
 
 
 class _Ttl:
@@ -84,6 +90,7 @@ class Composer:
         self._tasks = _Ttl(CONFIG_TTL)
         self._org = _Ttl(CONFIG_TTL)
         self._templates: dict[int, CompiledTemplate | RenderFailure] = {}
+        self._known_links: dict[int, tuple[int, str]] = {}
 
     # ---- services ----------------------------------------------------------------------------------
 
@@ -119,15 +126,33 @@ class Composer:
             templates = {tt: await self._template(session, tt) for tt in {i.task_template_id for i in claim.items}}
             org = await self._org_settings(session)
         now = clock.utc_now()
-        return {
+        links: dict[int, tuple[int, str]] = {}
+        composed = {
             item.subtask_id: self._one(item, service, tasks[item.task_id], templates[item.task_template_id],
-                                       contacts.get(item.contact_id), org, now, with_mime)
+                                       contacts.get(item.contact_id), org, now, with_mime, links)
             for item in claim.items
         }
+        await self._store_links(links)
+        return composed
+
+    async def _store_links(self, links: dict[int, tuple[int, str]]) -> None:
+        """The tracked links the rendered mails point at, written before any of them is sent (one upsert)."""
+        fresh = {i: v for i, v in links.items() if i not in self._known_links}
+        if not fresh:
+            return
+        async with unit_of_work(self.sessionmaker) as session:
+            postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+            insert = pg_insert if postgres else sqlite_insert
+            await session.execute(insert(TrackedLink).on_conflict_do_nothing(index_elements=["id"]),
+                                  [{"id": i, "task_id": t, "url": u, "created_at": clock.utc_now()}
+                                   for i, (t, u) in fresh.items()])
+        self._known_links.update(fresh)
+        if len(self._known_links) > KNOWN_LINKS_LIMIT:
+            self._known_links.clear()
 
     def _one(self, item: Any, service: EmailService, task: TaskInfo | None, template: Any,
              contact: dict[str, Any] | None, org: dict[str, str], now: dt.datetime, with_mime: bool,
-             ) -> OutboundMessage | RenderFailure:
+             links: dict[int, tuple[int, str]]) -> OutboundMessage | RenderFailure:
         if task is None:
             return RenderFailure("render_error", "task or sender missing")
         if isinstance(template, RenderFailure):
@@ -141,8 +166,15 @@ class Composer:
             task={"name": task.name, "scheduled_at": task.schedule_at}, org=org,
             unsubscribe_url=unsubscribe_url, now=now.astimezone(ZoneInfo(task.timezone)),
         )
+        rewriter = None
+        if task.track_clicks:
+            base = self.settings.effective_tracking_url
+            rewriter = LinkRewriter(task_id=task.id, subtask_id=item.public_id, key=self.settings.signing_key,
+                                    base_url=base, keep=lambda url: url.startswith((f"{base}/u/", f"{base}/v/")))
         try:
-            content = template.render(context)
+            content = template.render(context, postprocess=rewriter)
+            if rewriter is not None:
+                links.update((i, (task.id, url)) for i, url in rewriter.links.items())
             if task.track_opens:
                 pixel = self.pixel_url(item.public_id)
                 content = dataclasses.replace(content, html=with_open_pixel(content.html, pixel))
@@ -175,7 +207,8 @@ class Composer:
             return None
         task, sender = row
         info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
-                        sender.local_part, sender.display_name or "", sender.reply_to, bool(task.track_opens))
+                        sender.local_part, sender.display_name or "", sender.reply_to, bool(task.track_opens),
+                        bool(task.track_clicks))
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
     async def _template(self, session: AsyncSession, task_template_id: int | None) -> CompiledTemplate | RenderFailure:
@@ -237,6 +270,7 @@ async def _tag_names(session: AsyncSession, contact_ids: list[int]) -> dict[int,
     return names
 
 
+KNOWN_LINKS_LIMIT = 100_000  # link ids already stored, remembered to skip the upsert on the next claims
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 

@@ -32,6 +32,7 @@ from edm.observability import mask_email
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
 from edm.tasks.models import SubTask
+from edm.tracking.models import TrackedLink
 
 log = logging.getLogger("edm.tracking")
 
@@ -74,6 +75,53 @@ def truncated_ip(address: str | None) -> str | None:
         return None
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+@router.get("/t/c/{token}")
+async def click(token: str, request: Request) -> Response:
+    """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
+    anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to)."""
+    data, url = await _clicked_link(request, token)
+    if data is None or url is None:
+        return _link_not_valid()
+    now = clock.utc_now()
+    event = NormalizedEvent(event_type=EventType.CLICKED, provider_event="click", raw={"via": "t/c"},
+                            occurred_at=now, subtask_id=str(data.subtask_id), url=url,
+                            provider_event_id=f"click:{uuid.uuid4().hex}",
+                            user_agent=(request.headers.get("user-agent") or "")[:300],
+                            details={"link_id": data.link_id,
+                                     "ip": truncated_ip(request.client.host if request.client else None)})
+    try:
+        async with request.app.state.sessionmaker() as session, session.begin():
+            await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
+    except (OperationalError, DBAPIError, OSError):
+        log.warning("tracking.click_not_recorded")  # the person still gets where they clicked
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+@router.head("/t/c/{token}")
+async def click_head(token: str, request: Request) -> Response:
+    """The same answer as GET, recording nothing (link checkers and previews send HEAD)."""
+    _, url = await _clicked_link(request, token)
+    if url is None:
+        return Response(status_code=404)
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None, str | None]:
+    """The token's data and its link's URL, when the link belongs to the task of the token's SubTask."""
+    data = _verified(request, token, "click")
+    if data is None or data.link_id is None:
+        return None, None
+    async with request.app.state.sessionmaker() as session:
+        url = await session.scalar(
+            select(TrackedLink.url).join(SubTask, SubTask.task_id == TrackedLink.task_id)
+            .where(TrackedLink.id == data.link_id, SubTask.public_id == data.subtask_id))
+    return data, url
+
+
+def _link_not_valid() -> HTMLResponse:
+    return _page("Link not valid", "This link is not valid.", status=404)
 
 
 @router.get("/u/{token}")

@@ -87,14 +87,14 @@ class EventKit:
         return self.dkit.sessionmaker
 
     async def send_task(self, recipients: int, *, fake_options: dict[str, Any] | None = None,
-                        until_uncertain: bool = False) -> tuple[int, list[SubTask]]:
+                        until_uncertain: bool = False, html: str | None = None) -> tuple[int, list[SubTask]]:
         """A task of `recipients` contacts sent through the fake provider until it completes (or, with
         `until_uncertain`, until every SubTask is uncertain)."""
         settings = self.dkit.settings
         async with unit_of_work(self.sessionmaker) as session:
             self.user_id = await factories.user(session, "alice", credit=100000)
             sender = await factories.sender(session, self.user_id)
-            template = await factories.template(session, self.user_id)
+            template = await factories.template(session, self.user_id, **({"html": html} if html else {}))
             await factories.contacts(session, self.user_id, recipients, prefix="rcpt")
             self.service_ids["fake"] = await factories.service(session, settings, "fake-esp", provider="fake",
                                                                options=fake_options or {}, map_to=[self.user_id])

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 17:42:17.322275
+Create Date: 2026-11-28 19:29:04.465067
 """
 from collections.abc import Sequence
 
@@ -524,6 +524,17 @@ def upgrade() -> None:
     with op.batch_alter_table('task_templates', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_task_templates_task_id'), ['task_id'], unique=False)
 
+    op.create_table('tracked_links',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('url', sa.Text(), nullable=False),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_tracked_links_task_id_tasks'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_tracked_links'))
+    )
+    with op.batch_alter_table('tracked_links', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tracked_links_task_id'), ['task_id'], unique=False)
+
     op.create_table('send_attempts',
     sa.Column('subtask_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('attempt_no', sa.Integer(), nullable=False),
@@ -553,6 +564,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_send_attempts_subtask_id'))
 
     op.drop_table('send_attempts')
+    with op.batch_alter_table('tracked_links', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_tracked_links_task_id'))
+
+    op.drop_table('tracked_links')
     with op.batch_alter_table('task_templates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_task_templates_task_id'))
 
