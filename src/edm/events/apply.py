@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
@@ -35,6 +36,7 @@ from edm.email_services.models import EmailService
 from edm.email_services.service_day import service_day
 from edm.events.models import Event, MatchReason, MatchStatus
 from edm.events.vocabulary import BounceClass, EventType
+from edm.suppressions.models import Suppression
 from edm.tasks.models import SendAttempt, SubTask
 from edm.tasks.status import DELIVERY_RANK, DeliveryState, SendState
 
@@ -94,6 +96,7 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
     attempted_services = await _attempted_services(session, _needing_attempts(events, subtasks, providers))
     contacts = await _contacts(session, {subtasks[e.id].contact_id for e in events
                                          if e.id in subtasks and e.event_type in _CONTACT_EVENTS})
+    suppressions: list[dict[str, Any]] = []
     for event in events:
         subtask = subtasks.get(event.id)
         status, reason = _match(event, subtask, providers, attempted_services, simulated_matches_any)
@@ -112,13 +115,18 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
             event.match_status, event.match_reason = MatchStatus.IGNORED, reason
             counts.ignored += 1
             continue
-        _apply(subtask, contacts.get(subtask.contact_id or 0), event)
+        contact = contacts.get(subtask.contact_id or 0)
+        _apply(subtask, contact, event)
+        suppression = suppression_for(event, subtask, contact)
+        if suppression is not None:
+            suppressions.append(suppression)
         event.match_status = MatchStatus.MATCHED
         counts.matched += 1
     await _update_many(session, Event, _EVENT_WRITE, events)
     await _update_many(session, SubTask, _SUBTASK_WRITE, [s for s in {r.id: r for r in subtasks.values()}.values()
                                                           if s.changed()])
     await _update_many(session, Contact, _CONTACT_WRITE, [c for c in contacts.values() if c.changed()])
+    await _add_suppressions(session, suppressions, now)
     return counts
 
 
@@ -148,7 +156,7 @@ _EVENT_READ = ("id", "source", "service_id", "event_type", "occurred_at", "subta
                "details")
 _EVENT_WRITE = ("processed_at", "match_status", "match_reason", "subtask_id", "task_id", "user_id")
 _SUBTASK_READ = ("id", "public_id", "task_id", "user_id", "contact_id", "service_id", "attempts", "allocated_at",
-                 "provider_message_id", "sent_at")
+                 "provider_message_id", "sent_at", "recipient_email")
 _SUBTASK_WRITE = ("send_state", "sent_at", "last_error_class", "delivery_state", "delivered_at", "bounced_at",
                   "delivery_detail", "complained_at", "unsubscribed_at", "replied_at", "open_count",
                   "machine_open_count", "first_opened_at", "last_opened_at", "click_count", "machine_click_count",
@@ -385,6 +393,46 @@ def _apply_engagement(subtask: Any, contact: Any, event: Any) -> None:
     subtask.last_clicked_at = _latest(subtask.last_clicked_at, at)
     if contact is not None:
         contact.last_clicked_at = _latest(contact.last_clicked_at, at)
+
+
+# The automatic suppressions of SPEC §10.5 (defaults; making them admin settings is part of issue 4).
+SOFT_BOUNCE_LIMIT = 3
+
+
+def suppression_for(event: Any, subtask: Any, contact: Any) -> dict[str, Any] | None:
+    """The suppression entry an applied event adds, or None: unsubscribe → the sending user's list; hard bounce,
+    a bad or provider-suppressed address, a complaint, or the soft-bounce limit → the global list."""
+    bounce_class = (event.details or {}).get("bounce_class")
+    kind = event.event_type
+    if kind == EventType.UNSUBSCRIBED:
+        return _suppression("user", subtask, "unsubscribed")
+    if kind == EventType.COMPLAINED:
+        return _suppression("global", subtask, "complaint")
+    if kind == EventType.HARD_BOUNCED and bounce_class != BounceClass.BLOCK:
+        return _suppression("global", subtask, "hard_bounce")
+    if kind == EventType.REJECTED and bounce_class in _ADDRESS_REJECTIONS:
+        reason = "provider_suppressed" if bounce_class == BounceClass.SUPPRESSED else "hard_bounce"
+        return _suppression("global", subtask, reason)
+    streak = (contact.soft_bounce_streak or 0) if contact is not None else 0
+    if kind == EventType.SOFT_BOUNCED and streak >= SOFT_BOUNCE_LIMIT:
+        return _suppression("global", subtask, "soft_bounce_limit")
+    return None
+
+
+def _suppression(scope: str, subtask: Any, reason: str) -> dict[str, Any]:
+    owner = subtask.user_id if scope == "user" else None
+    return {"scope": scope, "user_id": owner, "owner_key": owner or 0, "kind": "address",
+            "value": subtask.recipient_email, "reason": reason, "source_task_id": subtask.task_id}
+
+
+async def _add_suppressions(session: AsyncSession, rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """One insert; an address already on that list keeps its first entry."""
+    unique = list({(r["scope"], r["owner_key"], r["value"]): r for r in rows}.values())
+    if not unique:
+        return
+    insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
+    statement = insert(Suppression).on_conflict_do_nothing(index_elements=["scope", "owner_key", "kind", "value"])
+    await session.execute(statement, [{**r, "created_at": now, "updated_at": now} for r in unique])
 
 
 # Clients that fetch images without a person: link scanners, preview fetchers, HTTP libraries. Webmail image
