@@ -472,13 +472,7 @@ class Server:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        infra.stop_process(self.proc, timeout=15)
         self.proc = None
 
     def errors(self) -> list[str]:
@@ -490,23 +484,14 @@ class Server:
 
 
 async def apply_all(sm: Any, settings: Any) -> tuple[float, dict[str, int]]:
-    """The `events` job's loop (edm.dispatch.jobs.Jobs.events) until nothing is pending: seconds and counts."""
-    from edm import clock
-    from edm.db.session import unit_of_work
+    """The `events` job's loop (edm.events.apply.drain, as the worker runs it): seconds and counts."""
     from edm.dispatch.jobs import EVENTS_BATCH
     from edm.events import apply as event_apply
 
-    total = dict.fromkeys(("processed", "matched", "unmatched", "ignored", "reconciled"), 0)
     started = time.perf_counter()
-    while True:
-        async with unit_of_work(sm) as session:
-            counts = await event_apply.apply_pending(session, now=clock.utc_now(),
-                                                     simulated_matches_any=settings.fake_provider_allowed,
-                                                     limit=EVENTS_BATCH)
-        for name in total:
-            total[name] += getattr(counts, name)
-        if counts.processed == 0:
-            return time.perf_counter() - started, total
+    counts = await event_apply.drain(sm, simulated_matches_any=settings.fake_provider_allowed, batch=EVENTS_BATCH)
+    names = ("processed", "matched", "unmatched", "ignored", "reconciled")
+    return time.perf_counter() - started, {name: getattr(counts, name) for name in names}
 
 
 # ---- the run ------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import html
 import ipaddress
 import logging
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -57,12 +58,17 @@ async def open_pixel(token: str, request: Request) -> Response:
                                 occurred_at=now, subtask_id=str(data.subtask_id),
                                 provider_event_id=f"open:{uuid.uuid4().hex}",
                                 user_agent=(request.headers.get("user-agent") or "")[:300], details=details)
-        try:
-            async with request.app.state.sessionmaker() as session, session.begin():
-                await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
-        except (OperationalError, DBAPIError, OSError):
-            log.warning("tracking.open_not_recorded")
+        await _record_hit(request, event, now)
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+
+
+async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> None:
+    """Store one tracking hit; a database hiccup loses the hit, never the visitor's answer."""
+    try:
+        async with request.app.state.sessionmaker() as session, session.begin():
+            await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
+    except (OperationalError, DBAPIError, OSError):
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
 
 
 def truncated_ip(address: str | None) -> str | None:
@@ -91,11 +97,7 @@ async def click(token: str, request: Request) -> Response:
                             user_agent=(request.headers.get("user-agent") or "")[:300],
                             details={"link_id": data.link_id,
                                      "ip": truncated_ip(request.client.host if request.client else None)})
-    try:
-        async with request.app.state.sessionmaker() as session, session.begin():
-            await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
-    except (OperationalError, DBAPIError, OSError):
-        log.warning("tracking.click_not_recorded")  # the person still gets where they clicked
+    await _record_hit(request, event, now)  # the person still gets where they clicked
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
