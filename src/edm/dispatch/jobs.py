@@ -15,7 +15,7 @@ from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
 from edm.events import ingest, reports
-from edm.tasks import generation, lifecycle
+from edm.tasks import generation, lifecycle, stats
 
 if TYPE_CHECKING:
     from edm.dispatch.worker import Worker
@@ -46,6 +46,7 @@ class Maintenance:
             ("events", EVENTS_PERIOD, self.events),
             ("mailboxes", 60.0, self.mailboxes),
             ("nonces", 3600.0, self.nonces),
+            ("stats", 60.0, self.stats),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
 
@@ -129,3 +130,8 @@ class Maintenance:
     async def nonces(self) -> int:
         async with unit_of_work(self.worker.sessionmaker) as session:
             return await ingest.forget_nonces(session, before=clock.utc_now() - NONCE_RETENTION)
+
+    async def stats(self) -> int:
+        """Fold the per-backend stripes of the statistics counters (PostgreSQL), so reads stay a few rows."""
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            return await stats.fold_counter_stripes(session)

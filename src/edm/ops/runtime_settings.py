@@ -5,6 +5,7 @@ Workers re-read them at most every 30 s, so a change takes effect without a rest
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,6 +38,21 @@ class RuntimeSettings:
     sending_paused: bool = False
     org_name: str = ""
     compliance_postal_address: str = ""
+    compliance_footer_html: str = ""
+    # Bounce and suppression policy (§10.5): where each automatic suppression goes (user, global or off).
+    bounce_soft_limit: int = 3
+    suppression_unsubscribe_scope: str = "user"
+    suppression_hard_bounce_scope: str = "global"
+    suppression_soft_bounce_scope: str = "global"
+    suppression_complaint_scope: str = "global"
+    # Human and machine engagement (§10.4). The lists extend the built-in ones.
+    tracking_machine_open_window: float = 60.0
+    tracking_machine_click_window: float = 10.0
+    tracking_click_burst_window: float = 2.0
+    tracking_bot_user_agents: tuple[str, ...] = ()
+    tracking_proxy_cidrs: tuple[str, ...] = ()
+    credit_low_threshold: int = 100
+    testsend_daily_limit: int = 50
 
     @property
     def strategy(self) -> Strategy:
@@ -55,40 +71,73 @@ class RuntimeSettings:
 def key_of(field_name: str) -> str:
     """`retry_max_attempts` is stored under `retry.max_attempts` (the dotted names of SPEC §19.2)."""
     head, _, rest = field_name.partition("_")
-    if head == "allocation" or head == "compliance" or head == "org":
-        return f"{head}.{rest}"
-    if head in ("retry", "freeze", "throttle", "autopause", "uncertain", "capacity", "sending"):
-        return f"{head}.{rest}"
-    return field_name
+    return f"{head}.{rest}"
 
 
 KEYS = {key_of(f.name): f for f in fields(RuntimeSettings)}
+SCOPES = ("user", "global", "off")
+_NON_NEGATIVE = ("int", "float")
 
 
 async def load(session: AsyncSession) -> RuntimeSettings:
     rows = (await session.execute(select(Setting.key, Setting.value))).all()
-    values = {KEYS[k].name: v for k, v in rows if k in KEYS}
+    values = {KEYS[k].name: _loaded(KEYS[k].type, v) for k, v in rows if k in KEYS}
     return RuntimeSettings(**values)
 
 
+def _loaded(kind: Any, value: Any) -> Any:
+    return tuple(value or ()) if str(kind).startswith("tuple") else value
+
+
+def current_values(runtime: RuntimeSettings) -> dict[str, Any]:
+    """Every setting under its dotted key, lists as lists: what the settings API shows."""
+    return {key: (list(v) if isinstance(v := getattr(runtime, f.name), tuple) else v) for key, f in KEYS.items()}
+
+
 def coerce(key: str, value: Any) -> Any:
+    """The stored form of `value` for `key`, or BadInput naming the key and what is wrong."""
     if key not in KEYS:
         raise BadInput.field(key, "unknown setting")
-    kind = KEYS[key].type
+    kind = str(KEYS[key].type)
     try:
-        if kind in ("bool", bool):
+        if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if kind in ("int", int):
-            return int(value)
-        if kind in ("float", float):
-            return float(value)
+        if kind in _NON_NEGATIVE:
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value) if kind == "int" else float(value)
+            if number < 0:
+                raise BadInput.field(key, "must not be negative")
+            return number
+        if kind.startswith("tuple"):
+            return _coerce_list(key, value)
         if key == "allocation.strategy":
             return Strategy(value).value
-        return str(value)
+        if key.endswith("_scope") and value not in SCOPES:
+            raise BadInput.field(key, f"must be one of {', '.join(SCOPES)}")
+        if not isinstance(value, str):
+            raise ValueError
+        return value
     except (ValueError, TypeError) as exc:
         raise BadInput.field(key, f"invalid value {value!r}") from exc
+
+
+def _coerce_list(key: str, value: Any) -> list[str]:
+    """A list of strings, or one string of comma- or newline-separated items."""
+    items = value.replace("\n", ",").split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise BadInput.field(key, "must be a list of strings")
+    cleaned = [item.strip() for item in items if item.strip()]
+    if key == "tracking.proxy_cidrs":
+        for item in cleaned:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise BadInput.field(key, f"{item!r} is not an IP network (e.g. 66.102.0.0/20)") from None
+        return [str(ipaddress.ip_network(item, strict=False)) for item in cleaned]
+    return cleaned
 
 
 async def put(session: AsyncSession, key: str, value: Any, *, actor_user_id: int | None = None) -> None:

@@ -28,5 +28,6 @@ class Suppression(IdMixin, TimestampMixin, Base):
     reason: Mapped[str] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(String(500))
     source_task_id: Mapped[int | None] = mapped_column(BigId)
+    source_event_id: Mapped[int | None] = mapped_column(BigId)
     created_by: Mapped[int | None] = mapped_column(BigId)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

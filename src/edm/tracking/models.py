@@ -1,10 +1,12 @@
-"""Tracked links (SPEC §10.1): each distinct rendered URL of a task, the only places a click may redirect to."""
+"""Tracked links (SPEC §10.1), each distinct rendered URL of a task, the only places a click may redirect to;
+and unsubscribe tombstones (§5.2), which keep the links of deleted tasks working."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
-from sqlalchemy import ForeignKey, Text
+from sqlalchemy import ForeignKey, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edm.clock import utc_now
@@ -22,3 +24,17 @@ class TrackedLink(Base):
     task_id: Mapped[int] = mapped_column(BigId, ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class UnsubscribeTombstone(Base):
+    """Written for every sent SubTask when its task is deleted: the unsubscribe token names a SubTask id, and
+    mail already delivered must keep unsubscribing (RFC 8058, §10.3) for `expires_at` (365 days)."""
+
+    __tablename__ = "unsubscribe_tombstones"
+
+    subtask_public_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))
+    contact_id: Mapped[int | None] = mapped_column(BigId)
+    recipient_email: Mapped[str] = mapped_column(String(320))
+    task_name: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 19:29:04.465067
+Create Date: 2026-11-28 21:07:45.222799
 """
 from collections.abc import Sequence
 
@@ -94,6 +94,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_events_match_status_id', ['match_status', 'id'], unique=False)
         batch_op.create_index('ix_events_pending', ['id'], unique=False, postgresql_where=sa.text('processed_at IS NULL'), sqlite_where=sa.text('processed_at IS NULL'))
         batch_op.create_index('ix_events_subtask_id', ['subtask_id'], unique=False, postgresql_where=sa.text('subtask_id IS NOT NULL'), sqlite_where=sa.text('subtask_id IS NOT NULL'))
+        batch_op.create_index('ix_events_task_id_type_time', ['task_id', 'event_type', 'occurred_at'], unique=False, postgresql_where=sa.text('task_id IS NOT NULL'), sqlite_where=sa.text('task_id IS NOT NULL'))
         batch_op.create_index(batch_op.f('ix_events_user_id'), ['user_id'], unique=False)
 
     op.create_table('settings',
@@ -292,6 +293,7 @@ def upgrade() -> None:
     sa.Column('reason', sa.String(length=32), nullable=False),
     sa.Column('note', sa.String(length=500), nullable=True),
     sa.Column('source_task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('source_event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('created_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('expires_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -339,6 +341,19 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_templates')),
     sa.UniqueConstraint('user_id', 'name', name=op.f('uq_templates_user_id_name'))
     )
+    op.create_table('unsubscribe_tombstones',
+    sa.Column('subtask_public_id', sa.Uuid(), nullable=False),
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('contact_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('recipient_email', sa.String(length=320), nullable=False),
+    sa.Column('task_name', sa.String(length=200), nullable=True),
+    sa.Column('expires_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_unsubscribe_tombstones_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('subtask_public_id', name=op.f('pk_unsubscribe_tombstones'))
+    )
+    with op.batch_alter_table('unsubscribe_tombstones', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_unsubscribe_tombstones_expires_at'), ['expires_at'], unique=False)
+
     op.create_table('user_service_mappings',
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('service_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -487,6 +502,29 @@ def upgrade() -> None:
         batch_op.create_index('ix_subtasks_service_id_provider_message_id', ['service_id', 'provider_message_id'], unique=False, postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
         batch_op.create_index('ix_subtasks_task_id_send_state', ['task_id', 'send_state'], unique=False)
 
+    op.create_table('task_stat_counters',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('stripe', sa.Integer(), nullable=False),
+    sa.Column('send_state', sa.String(length=16), nullable=False),
+    sa.Column('tried', sa.Boolean(), nullable=False),
+    sa.Column('charged', sa.Boolean(), nullable=False),
+    sa.Column('suppressed_reason', sa.String(length=32), nullable=False),
+    sa.Column('last_error_class', sa.String(length=32), nullable=False),
+    sa.Column('delivery_state', sa.String(length=16), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.Column('opened_human', sa.BigInteger(), nullable=False),
+    sa.Column('opened_total', sa.BigInteger(), nullable=False),
+    sa.Column('clicked_human', sa.BigInteger(), nullable=False),
+    sa.Column('clicked_total', sa.BigInteger(), nullable=False),
+    sa.Column('opens', sa.BigInteger(), nullable=False),
+    sa.Column('machine_opens', sa.BigInteger(), nullable=False),
+    sa.Column('clicks', sa.BigInteger(), nullable=False),
+    sa.Column('machine_clicks', sa.BigInteger(), nullable=False),
+    sa.Column('unsubscribed', sa.BigInteger(), nullable=False),
+    sa.Column('replied', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_stat_counters_task_id_tasks'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('task_id', 'stripe', 'send_state', 'tried', 'charged', 'suppressed_reason', 'last_error_class', 'delivery_state', name=op.f('pk_task_stat_counters'))
+    )
     op.create_table('task_status_changes',
     sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('from_status', sa.String(length=16), nullable=True),
@@ -576,6 +614,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_task_status_changes_task_id'))
 
     op.drop_table('task_status_changes')
+    op.drop_table('task_stat_counters')
     with op.batch_alter_table('subtasks', schema=None) as batch_op:
         batch_op.drop_index('ix_subtasks_task_id_send_state')
         batch_op.drop_index('ix_subtasks_service_id_provider_message_id', postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
@@ -602,6 +641,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_user_service_mappings_service_id'))
 
     op.drop_table('user_service_mappings')
+    with op.batch_alter_table('unsubscribe_tombstones', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_unsubscribe_tombstones_expires_at'))
+
+    op.drop_table('unsubscribe_tombstones')
     op.drop_table('templates')
     with op.batch_alter_table('tags', schema=None) as batch_op:
         batch_op.drop_index('uq_tags_root_name', postgresql_where=sa.text('parent_id IS NULL'), sqlite_where=sa.text('parent_id IS NULL'))
@@ -645,6 +688,7 @@ def downgrade() -> None:
     op.drop_table('settings')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_user_id'))
+        batch_op.drop_index('ix_events_task_id_type_time', postgresql_where=sa.text('task_id IS NOT NULL'), sqlite_where=sa.text('task_id IS NOT NULL'))
         batch_op.drop_index('ix_events_subtask_id', postgresql_where=sa.text('subtask_id IS NOT NULL'), sqlite_where=sa.text('subtask_id IS NOT NULL'))
         batch_op.drop_index('ix_events_pending', postgresql_where=sa.text('processed_at IS NULL'), sqlite_where=sa.text('processed_at IS NULL'))
         batch_op.drop_index('ix_events_match_status_id')
