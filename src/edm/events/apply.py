@@ -36,6 +36,8 @@ from edm.email_services.models import EmailService
 from edm.email_services.service_day import service_day
 from edm.events.models import Event, MatchReason, MatchStatus
 from edm.events.vocabulary import BounceClass, EventType
+from edm.ops import runtime_settings
+from edm.ops.runtime_settings import RuntimeSettings
 from edm.suppressions.models import Suppression
 from edm.tasks.models import SendAttempt, SubTask
 from edm.tasks.status import DELIVERY_RANK, DeliveryState, SendState
@@ -91,6 +93,7 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
     if not events:
         return counts
     providers = await _service_providers(session)
+    runtime = await runtime_settings.load(session)
     ambiguous: set[int] = set()
     subtasks = await _find_subtasks(session, events, ambiguous)
     attempted_services = await _attempted_services(session, _needing_attempts(events, subtasks, providers))
@@ -116,8 +119,8 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
             counts.ignored += 1
             continue
         contact = contacts.get(subtask.contact_id or 0)
-        _apply(subtask, contact, event)
-        suppression = suppression_for(event, subtask, contact)
+        _apply(subtask, contact, event, runtime)
+        suppression = suppression_for(event, subtask, contact, runtime)
         if suppression is not None:
             suppressions.append(suppression)
         event.match_status = MatchStatus.MATCHED
@@ -327,7 +330,7 @@ async def _move_usage_to_accepted(session: AsyncSession, subtask: Any,
     await upsert_usage(session, service_id=service.id, day=day, deltas={"uncertain": -1, "accepted": 1})
 
 
-def _apply(subtask: Any, contact: Any, event: Any) -> None:
+def _apply(subtask: Any, contact: Any, event: Any, runtime: RuntimeSettings) -> None:
     kind, at = event.event_type, event.occurred_at
     if kind == EventType.DELIVERED:
         _raise_delivery(subtask, DeliveryState.DELIVERED, event)
@@ -366,13 +369,13 @@ def _apply(subtask: Any, contact: Any, event: Any) -> None:
         if contact is not None:
             contact.last_replied_at = _latest(contact.last_replied_at, at)
     elif kind in (EventType.OPENED, EventType.CLICKED):
-        _apply_engagement(subtask, contact, event)
+        _apply_engagement(subtask, contact, event, runtime)
 
 
-def _apply_engagement(subtask: Any, contact: Any, event: Any) -> None:
+def _apply_engagement(subtask: Any, contact: Any, event: Any, runtime: RuntimeSettings) -> None:
     """EDM's own tracking hits (§10.4): machine hits are counted apart; any hit implies delivery."""
     at = event.occurred_at
-    machine = bool((event.details or {}).get("machine")) or machine_reason(event, subtask) is not None
+    machine = bool((event.details or {}).get("machine")) or machine_reason(event, subtask, runtime) is not None
     _raise_delivery(subtask, DeliveryState.DELIVERED, event)
     subtask.delivered_at = _earliest(subtask.delivered_at, at)
     if event.event_type == EventType.OPENED:
@@ -399,7 +402,7 @@ def _apply_engagement(subtask: Any, contact: Any, event: Any) -> None:
 SOFT_BOUNCE_LIMIT = 3
 
 
-def suppression_for(event: Any, subtask: Any, contact: Any) -> dict[str, Any] | None:
+def suppression_for(event: Any, subtask: Any, contact: Any, runtime: RuntimeSettings) -> dict[str, Any] | None:
     """The suppression entry an applied event adds, or None: unsubscribe → the sending user's list; hard bounce,
     a bad or provider-suppressed address, a complaint, or the soft-bounce limit → the global list."""
     bounce_class = (event.details or {}).get("bounce_class")
@@ -445,7 +448,7 @@ MACHINE_OPEN_WINDOW = dt.timedelta(seconds=60)
 MACHINE_CLICK_WINDOW = dt.timedelta(seconds=10)
 
 
-def machine_reason(event: Any, subtask: Any) -> str | None:
+def machine_reason(event: Any, subtask: Any, runtime: RuntimeSettings) -> str | None:
     """Why a tracking hit is a machine's, or None for a person (§10.4's rules that need no settings)."""
     agent = ((event.details or {}).get("user_agent") or "").strip()
     if not agent:
