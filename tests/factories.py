@@ -74,8 +74,8 @@ async def sender(session: AsyncSession, user_id: int, local: str = "news") -> in
 
 
 async def template(session: AsyncSession, user_id: int, name: str = "t1", *, subject: str = "Hi {{ name }}",
-                   html: str = HTML) -> int:
-    row = Template(user_id=user_id, name=name, subject=subject, html=html)
+                   html: str = HTML, **values: Any) -> int:
+    row = Template(user_id=user_id, name=name, subject=subject, html=html, **values)
     session.add(row)
     await session.flush()
     return row.id

@@ -101,7 +101,8 @@ async def duplicate_template(
 @router.post("/templates/preview", response_model=PreviewOut)
 async def preview_unsaved(session: Session, caller: CurrentCaller, body: PreviewRequest) -> dict[str, Any]:
     """Render content that is not saved (the editor's live preview)."""
-    source = service.PreviewSource(subject=body.subject, html=body.html, text=body.text, preheader=body.preheader)
+    source = service.PreviewSource(subject=body.subject, html=body.html, text=body.text, preheader=body.preheader,
+                                   inline_css=body.inline_css)
     return await service.preview(session, user_id=caller.id, source=source, contact_id=body.contact_id,
                                  sender_id=body.sender_id)
 
@@ -114,7 +115,7 @@ async def preview_template(
     options = body or PreviewOptions()
     template = await service.get_template(session, user_id=caller.id, template_id=template_id)
     source = service.PreviewSource(subject=template.subject, html=template.html, text=template.text,
-                                   preheader=template.preheader)
+                                   preheader=template.preheader, inline_css=template.inline_css)
     return await service.preview(session, user_id=caller.id, source=source, contact_id=options.contact_id,
                                  sender_id=options.sender_id)
 

@@ -4,7 +4,8 @@ Pipeline of `CompiledTemplate.render` (§14.3):
 
     render subject, preheader, HTML, text  ->  insert the preheader as hidden text at the top of the body
     ->  append the compliance footer when the template does not use `unsubscribe_url` (§10.6)
-    ->  [CSS inlining: not built yet]  ->  `postprocess` hook: link rewriting + open pixel (§10.1, later)
+    ->  inline CSS when the template asks (`<style>` rules become `style` attributes; @media rules stay)
+    ->  `postprocess` hook: link rewriting (§10.1); the caller adds the open pixel
     ->  text part: the template's text, or else `html_to_text(final html)`
 
 Limits (§14.1), and how they are enforced cheaply, without threads or processes:
@@ -34,6 +35,7 @@ from html.parser import HTMLParser
 from types import BuiltinMethodType
 from typing import Any, cast
 
+import css_inline
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
@@ -299,6 +301,7 @@ class CompiledTemplate:
     # The text part derived once from the HTML *source* (see _derive_text): rendering it per recipient costs
     # a Jinja render instead of parsing the rendered HTML again, which was ~40 % of a worker's CPU.
     derived_text: _Part | None = None
+    inline_css: bool = False
 
     @property
     def variables(self) -> frozenset[str]:
@@ -317,17 +320,22 @@ class CompiledTemplate:
         *,
         compliance_footer: bool = True,
         postprocess: Postprocess | None = None,
+        footer_html: str = "",
     ) -> RenderedContent:
-        """Run the §14.3 pipeline for one recipient. Raises RenderError."""
+        """Run the §14.3 pipeline for one recipient. Raises RenderError.
+
+        `footer_html` is the deployment's own compliance footer (setting `compliance.footer_html`), used
+        instead of the built-in one when set."""
         deadline = time.monotonic() + RENDER_TIME_LIMIT
         reset = _DEADLINE.set(deadline)
         try:
-            return self._render(dict(context), deadline, compliance_footer, postprocess)
+            return self._render(dict(context), deadline, compliance_footer, postprocess, footer_html)
         finally:
             _DEADLINE.reset(reset)
 
     def _render(
-        self, ctx: dict[str, Any], deadline: float, compliance_footer: bool, postprocess: Postprocess | None
+        self, ctx: dict[str, Any], deadline: float, compliance_footer: bool, postprocess: Postprocess | None,
+        footer_html: str,
     ) -> RenderedContent:
         subject = clean_subject(_render_part(self.subject, ctx, deadline))
         if not subject:
@@ -342,7 +350,10 @@ class CompiledTemplate:
 
         html = insert_preheader(html, preheader)
         if compliance_footer:
-            html, text = self._add_footer(ctx, html, text, derived=derived)
+            html, text = self._add_footer(ctx, html, text, derived=derived, custom=footer_html)
+        if self.inline_css:
+            html = inline_styles(html)
+            _check_time(deadline, "html")
         if postprocess is not None:
             html = postprocess("html", html)
             text = postprocess("text", text) if text.strip() else text
@@ -351,39 +362,46 @@ class CompiledTemplate:
             _check_time(deadline, "text")
         return RenderedContent(subject=subject, preheader=preheader, html=html, text=text)
 
-    def _add_footer(self, ctx: dict[str, Any], html: str, text: str, *, derived: bool = False) -> tuple[str, str]:
+    def _add_footer(self, ctx: dict[str, Any], html: str, text: str, *, derived: bool = False,
+                    custom: str = "") -> tuple[str, str]:
         url = str(ctx.get("unsubscribe_url") or "")
         org = ctx.get("org")
         postal = str((org.get("postal_address") if isinstance(org, Mapping) else None) or "")
         if not self.uses_unsubscribe_url:
-            html = append_compliance_footer(html, unsubscribe_url=url, postal_address=postal)
+            html = append_compliance_footer(html, unsubscribe_url=url, postal_address=postal, custom_html=custom)
         # A hand-written or derived text part gets its own footer; one converted from the final HTML inherits
         # the HTML footer.
         if text.strip() and derived and not self.uses_unsubscribe_url:
             # The same words the converter would have produced from the HTML footer.
-            footer_html = append_compliance_footer("", unsubscribe_url=url, postal_address=postal)
+            footer_html = append_compliance_footer("", unsubscribe_url=url, postal_address=postal, custom_html=custom)
             return html, text.rstrip("\n") + "\n\n" + html_to_text(footer_html)
         own_text_lacks_link = self.text is not None and "unsubscribe_url" not in self.text.variables
         if text.strip() and own_text_lacks_link:
+            if custom:
+                footer = html_to_text(append_compliance_footer("", unsubscribe_url=url, postal_address=postal,
+                                                               custom_html=custom))
+                return html, text.rstrip() + "\n\n--\n" + footer
             text = append_compliance_footer_text(text, unsubscribe_url=url, postal_address=postal)
         return html, text
 
 
 def compile_template(
-    *, subject: str, html: str, text: str | None = None, preheader: str | None = None
+    *, subject: str, html: str, text: str | None = None, preheader: str | None = None, inline_css: bool = False
 ) -> CompiledTemplate:
     """Compile every part once. Raises edm.errors.TemplateSyntaxError naming the part and line."""
-    return _compile_cached(subject, html, text or None, preheader or None)
+    return _compile_cached(subject, html, text or None, preheader or None, inline_css)
 
 
 @functools.lru_cache(maxsize=64)
-def _compile_cached(subject: str, html: str, text: str | None, preheader: str | None) -> CompiledTemplate:
+def _compile_cached(subject: str, html: str, text: str | None, preheader: str | None,
+                    inline_css: bool) -> CompiledTemplate:
     # Keyed by the sources: a worker rendering one task template for thousands of recipients compiles once.
     compiled = CompiledTemplate(
         subject=_compile_part(_TEXT_ENV, "subject", subject),
         html=_compile_part(_HTML_ENV, "html", html),
         text=_compile_part(_TEXT_ENV, "text", text) if text else None,
         preheader=_compile_part(_TEXT_ENV, "preheader", preheader) if preheader else None,
+        inline_css=inline_css and _STYLE_TAG.search(html) is not None,
     )
     return compiled if text else dataclasses.replace(compiled, derived_text=_derive_text(compiled, html))
 
@@ -522,8 +540,37 @@ def insert_preheader(html: str, preheader: str) -> str:
     return html[:at] + block + html[at:]
 
 
-def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address: str) -> str:
-    """Add the visible unsubscribe link and postal address (§10.6) before </body>, or at the end."""
+# One inliner for the process (it holds no per-document state). Remote stylesheets are never fetched: a
+# template must not make the worker reach out to the network.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False, keep_link_tags=True)
+_STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
+
+
+def inline_styles(html: str) -> str:
+    """`<style>` rules become `style` attributes; @media and other at-rules stay in a `<style>` element,
+    where clients that understand them apply them (§14.3). HTML without a `<style>` element is unchanged."""
+    if not _STYLE_TAG.search(html):
+        return html
+    try:
+        return str(_INLINER.inline(html))
+    except ValueError as exc:  # unparsable CSS: the template author's error, reported like any render error
+        raise RenderError(f"html: CSS could not be inlined: {exc}", part="html") from None
+
+
+FOOTER_PLACEHOLDER = "{{ unsubscribe_url }}"
+POSTAL_PLACEHOLDER = "{{ postal_address }}"
+
+
+def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address: str, custom_html: str = "") -> str:
+    """Add the visible unsubscribe link and postal address (§10.6) before </body>, or at the end.
+
+    `custom_html` (the `compliance.footer_html` setting) replaces the built-in footer; its
+    `{{ unsubscribe_url }}` and `{{ postal_address }}` placeholders are filled in (escaped)."""
+    if custom_html.strip():
+        postal_html = "<br>".join(escape(line.strip()) for line in postal_address.strip().splitlines())
+        footer = custom_html.replace(FOOTER_PLACEHOLDER, escape(unsubscribe_url)).replace(
+            POSTAL_PLACEHOLDER, postal_html)
+        return _before_body_close(html, footer)
     lines = []
     if unsubscribe_url:
         # data-edm-notrack: our own unsubscribe link is never wrapped by click tracking (§10.1).
@@ -536,6 +583,10 @@ def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address:
         '<div class="edm-footer" style="font-size:12px;line-height:18px;color:#666666;text-align:center;'
         'padding:16px 0">' + "<br>".join(lines) + "</div>"
     )
+    return _before_body_close(html, footer)
+
+
+def _before_body_close(html: str, footer: str) -> str:
     closes = list(_BODY_CLOSE.finditer(html))
     if not closes:
         return html + footer

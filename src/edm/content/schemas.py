@@ -93,6 +93,7 @@ class PreviewRequest(PreviewOptions):
     html: Html
     text: Text | None = None
     preheader: Str255 | None = None
+    inline_css: bool = True
 
 
 class PreviewOut(BaseModel):

@@ -88,10 +88,10 @@ def _source(field: str, value: Any, limit: int, *, required: bool) -> str | None
     return value
 
 
-def compile_values(values: Mapping[str, Any]) -> CompiledTemplate:
+def compile_values(values: Mapping[str, Any], *, inline_css: bool = False) -> CompiledTemplate:
     """Compile subject, html, text and preheader; raises TemplateSyntaxError (422, line in details)."""
     return compile_template(subject=values["subject"], html=values["html"], text=values.get("text"),
-                            preheader=values.get("preheader"))
+                            preheader=values.get("preheader"), inline_css=inline_css)
 
 
 async def get_template(session: AsyncSession, *, user_id: int, template_id: int) -> Template:
@@ -307,6 +307,7 @@ class PreviewSource:
     html: str
     text: str | None = None
     preheader: str | None = None
+    inline_css: bool = True
 
 
 async def preview(
@@ -316,7 +317,7 @@ async def preview(
     """Render unsaved or saved content for one of the user's contacts, or sample data (§14.4)."""
     values = clean_template_values({"name": "preview", "subject": source.subject, "html": source.html,
                                     "text": source.text, "preheader": source.preheader})
-    compiled = compile_values(values)
+    compiled = compile_values(values, inline_css=source.inline_css)
     contact = await _preview_contact(session, user_id=user_id, contact_id=contact_id)
     org = await runtime_settings.load(session)
     now = utc_now()
@@ -326,7 +327,7 @@ async def preview(
         org={"name": org.org_name, "postal_address": org.compliance_postal_address},
         unsubscribe_url=unsubscribe_url, now=now)
     try:
-        content = compiled.render(context)
+        content = compiled.render(context, footer_html=org.compliance_footer_html)
     except RenderError as exc:
         raise BadInput.field(exc.part or "html", f"render error: {exc.message}") from None
     paths = used_variables(values["subject"], values["html"], values.get("text"), values.get("preheader"))

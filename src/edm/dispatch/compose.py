@@ -172,7 +172,7 @@ class Composer:
             rewriter = LinkRewriter(task_id=task.id, subtask_id=item.public_id, key=self.settings.signing_key,
                                     base_url=base, keep=lambda url: url.startswith((f"{base}/u/", f"{base}/v/")))
         try:
-            content = template.render(context, postprocess=rewriter)
+            content = template.render(context, postprocess=rewriter, footer_html=org.get("footer_html", ""))
             if rewriter is not None:
                 links.update((i, (task.id, url)) for i, url in rewriter.links.items())
             if task.track_opens:
@@ -223,7 +223,8 @@ class Composer:
         cached = self._org.get("org")
         if cached is None:
             runtime = await runtime_settings.load(session)
-            org = {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address}
+            org = {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address,
+                   "footer_html": runtime.compliance_footer_html}
             cached = self._org.put("org", org)
         return cached  # type: ignore[no-any-return]
 
@@ -233,7 +234,7 @@ def _compile(snapshot: TaskTemplate | None) -> CompiledTemplate | RenderFailure:
         return RenderFailure("render_error", "template snapshot missing")
     try:
         return compile_template(subject=snapshot.subject, html=snapshot.html, text=snapshot.text,
-                                preheader=snapshot.preheader)
+                                preheader=snapshot.preheader, inline_css=bool(snapshot.inline_css))
     except TemplateSyntaxError as exc:
         return RenderFailure("render_error", exc.message)
 

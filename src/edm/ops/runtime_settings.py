@@ -119,6 +119,8 @@ def coerce(key: str, value: Any) -> Any:
             raise BadInput.field(key, f"must be one of {', '.join(SCOPES)}")
         if not isinstance(value, str):
             raise ValueError
+        if key == "compliance.footer_html" and value.strip() and "{{ unsubscribe_url }}" not in value:
+            raise BadInput.field(key, "must contain {{ unsubscribe_url }} (every task mail shows the link)")
         return value
     except (ValueError, TypeError) as exc:
         raise BadInput.field(key, f"invalid value {value!r}") from exc

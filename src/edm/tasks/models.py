@@ -208,7 +208,10 @@ class TaskStatCounter(Base):
 
     __tablename__ = "task_stat_counters"
 
-    task_id: Mapped[int] = mapped_column(BigId, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    # No foreign key: its check would take a KEY SHARE lock on the task row in every transaction that
+    # changes a SubTask, which waits behind (and can deadlock with) the jobs that lock tasks FOR UPDATE.
+    # A deleted task's SubTasks subtract themselves to zero, and the fold drops empty groups.
+    task_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     stripe: Mapped[int] = mapped_column(Integer, primary_key=True)
     send_state: Mapped[str] = mapped_column(String(16), primary_key=True)
     tried: Mapped[bool] = mapped_column(Boolean, primary_key=True)

@@ -193,7 +193,7 @@ async def _test_render(session: AsyncSession, task: Task, templates: list[TaskTe
             raise BadInput.field("templates", f"template {task_template.template_id} no longer exists")
         try:
             compile_template(subject=template.subject, html=template.html, text=template.text,
-                             preheader=template.preheader).render(context)
+                             preheader=template.preheader, inline_css=template.inline_css).render(context)
         except RenderError as exc:
             raise BadInput(f"template {template.name!r} does not render: {exc}",
                            details=[{"field": "templates", "message": str(exc), "template_id": template.id}]) from None

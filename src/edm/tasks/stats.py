@@ -25,7 +25,7 @@ def _rate(numerator: int, denominator: int) -> float | None:
 
 
 async def task_stats(session: AsyncSession, task_id: int) -> dict[str, Any]:
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         return await _from_counters(session, task_id)
     return await _from_rows(session, task_id)
 
@@ -47,17 +47,27 @@ async def _from_counters(session: AsyncSession, task_id: int) -> dict[str, Any]:
                       for state, tried, charged, reason, error, delivery, n, *sums in rows])
 
 
+_FOLD_LOCK = 0x4544_4D53_5441_5453  # "EDMSTATS": one fold at a time across workers
+
+
 async def fold_counter_stripes(session: AsyncSession) -> int:
     """Fold every backend's stripe into stripe 0 and drop emptied groups; the number of rows folded.
 
-    Safe beside the trigger: a stripe row deleted here while its backend adds to it is re-inserted by that
-    backend's upsert once this transaction commits."""
-    if session.bind.dialect.name != "postgresql":
+    It never waits for a lock, so it can never be part of a deadlock: one fold at a time (a transaction
+    advisory lock, skipped when taken), and stripe rows a running transaction holds are skipped (SKIP
+    LOCKED) until the next fold. A stripe row deleted here while its backend adds to it is re-inserted by
+    that backend's upsert once this transaction commits."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _FOLD_LOCK}):
         return 0
     keys = "task_id, stripe, " + ", ".join(_GROUP)
     sums = ("n",) + _SUMS
     result = await session.execute(text(f"""
-        WITH moved AS (DELETE FROM task_stat_counters WHERE stripe <> 0 RETURNING *),
+        WITH moved AS (
+            DELETE FROM task_stat_counters WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM task_stat_counters WHERE stripe <> 0 FOR UPDATE SKIP LOCKED))
+            RETURNING *),
         folded AS (
             INSERT INTO task_stat_counters AS c ({keys}, {", ".join(sums)})
             SELECT task_id, 0, {", ".join(_GROUP)}, {", ".join(f"sum({s})" for s in sums)}

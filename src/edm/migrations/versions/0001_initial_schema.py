@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 21:07:45.222799
+Create Date: 2026-11-28 21:34:16.207599
 """
 from collections.abc import Sequence
 
@@ -103,6 +103,28 @@ def upgrade() -> None:
     sa.Column('updated_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('updated_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_settings'))
+    )
+    op.create_table('task_stat_counters',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('stripe', sa.Integer(), nullable=False),
+    sa.Column('send_state', sa.String(length=16), nullable=False),
+    sa.Column('tried', sa.Boolean(), nullable=False),
+    sa.Column('charged', sa.Boolean(), nullable=False),
+    sa.Column('suppressed_reason', sa.String(length=32), nullable=False),
+    sa.Column('last_error_class', sa.String(length=32), nullable=False),
+    sa.Column('delivery_state', sa.String(length=16), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.Column('opened_human', sa.BigInteger(), nullable=False),
+    sa.Column('opened_total', sa.BigInteger(), nullable=False),
+    sa.Column('clicked_human', sa.BigInteger(), nullable=False),
+    sa.Column('clicked_total', sa.BigInteger(), nullable=False),
+    sa.Column('opens', sa.BigInteger(), nullable=False),
+    sa.Column('machine_opens', sa.BigInteger(), nullable=False),
+    sa.Column('clicks', sa.BigInteger(), nullable=False),
+    sa.Column('machine_clicks', sa.BigInteger(), nullable=False),
+    sa.Column('unsubscribed', sa.BigInteger(), nullable=False),
+    sa.Column('replied', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('task_id', 'stripe', 'send_state', 'tried', 'charged', 'suppressed_reason', 'last_error_class', 'delivery_state', name=op.f('pk_task_stat_counters'))
     )
     op.create_table('users',
     sa.Column('username', sa.String(length=64), nullable=False),
@@ -502,29 +524,6 @@ def upgrade() -> None:
         batch_op.create_index('ix_subtasks_service_id_provider_message_id', ['service_id', 'provider_message_id'], unique=False, postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
         batch_op.create_index('ix_subtasks_task_id_send_state', ['task_id', 'send_state'], unique=False)
 
-    op.create_table('task_stat_counters',
-    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('stripe', sa.Integer(), nullable=False),
-    sa.Column('send_state', sa.String(length=16), nullable=False),
-    sa.Column('tried', sa.Boolean(), nullable=False),
-    sa.Column('charged', sa.Boolean(), nullable=False),
-    sa.Column('suppressed_reason', sa.String(length=32), nullable=False),
-    sa.Column('last_error_class', sa.String(length=32), nullable=False),
-    sa.Column('delivery_state', sa.String(length=16), nullable=False),
-    sa.Column('n', sa.BigInteger(), nullable=False),
-    sa.Column('opened_human', sa.BigInteger(), nullable=False),
-    sa.Column('opened_total', sa.BigInteger(), nullable=False),
-    sa.Column('clicked_human', sa.BigInteger(), nullable=False),
-    sa.Column('clicked_total', sa.BigInteger(), nullable=False),
-    sa.Column('opens', sa.BigInteger(), nullable=False),
-    sa.Column('machine_opens', sa.BigInteger(), nullable=False),
-    sa.Column('clicks', sa.BigInteger(), nullable=False),
-    sa.Column('machine_clicks', sa.BigInteger(), nullable=False),
-    sa.Column('unsubscribed', sa.BigInteger(), nullable=False),
-    sa.Column('replied', sa.BigInteger(), nullable=False),
-    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_stat_counters_task_id_tasks'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('task_id', 'stripe', 'send_state', 'tried', 'charged', 'suppressed_reason', 'last_error_class', 'delivery_state', name=op.f('pk_task_stat_counters'))
-    )
     op.create_table('task_status_changes',
     sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('from_status', sa.String(length=16), nullable=True),
@@ -614,7 +613,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_task_status_changes_task_id'))
 
     op.drop_table('task_status_changes')
-    op.drop_table('task_stat_counters')
     with op.batch_alter_table('subtasks', schema=None) as batch_op:
         batch_op.drop_index('ix_subtasks_task_id_send_state')
         batch_op.drop_index('ix_subtasks_service_id_provider_message_id', postgresql_where=sa.text('provider_message_id IS NOT NULL'), sqlite_where=sa.text('provider_message_id IS NOT NULL'))
@@ -685,6 +683,7 @@ def downgrade() -> None:
 
     op.drop_table('webhook_nonces')
     op.drop_table('users')
+    op.drop_table('task_stat_counters')
     op.drop_table('settings')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_user_id'))
