@@ -380,3 +380,51 @@ def test_html_to_text_pre_keeps_whitespace() -> None:
 def test_html_to_text_empty() -> None:
     assert html_to_text("") == ""
     assert html_to_text("<style>x</style>") == ""
+
+
+# ---------------------------------------------------------------- CSS inlining and the custom footer (§14.3, §10.6)
+
+STYLED = ("<html><head><style>p.lead { color: #123456 } a { color: red }"
+          " @media (max-width: 600px) { p.lead { font-size: 20px } }</style></head>"
+          '<body><p class="lead">Hi {{ contact.first_name }}</p><a href="https://x.example.com/">x</a></body></html>')
+
+
+def test_css_is_inlined_only_when_the_template_asks() -> None:
+    inlined = compile_template(subject="s", html=STYLED, inline_css=True).render(_ctx(), compliance_footer=False)
+    assert '<p class="lead" style="color: #123456;">Hi Ann</p>' in inlined.html
+    assert '<a href="https://x.example.com/" style="color: red;">' in inlined.html
+    assert "@media (max-width: 600px)" in inlined.html and "p.lead { color" not in inlined.html
+    kept = compile_template(subject="s", html=STYLED, inline_css=False).render(_ctx(), compliance_footer=False)
+    assert "p.lead { color: #123456 }" in kept.html and 'style="color' not in kept.html
+
+
+def test_html_without_a_style_element_is_left_exactly_as_rendered() -> None:
+    source = '<p class="lead">Hi {{ contact.first_name }} &amp; co</p>'
+    compiled = compile_template(subject="s", html=source, inline_css=True)
+    assert not compiled.inline_css, "nothing to inline: the inliner is not run at all"
+    assert compiled.render(_ctx(), compliance_footer=False).html == '<p class="lead">Hi Ann &amp; co</p>'
+    assert render.inline_styles("<p>x</p>") == "<p>x</p>"
+
+
+def test_inlining_runs_after_the_footer_and_before_link_rewriting() -> None:
+    seen: list[str] = []
+
+    def rewrite(part: str, value: str) -> str:
+        seen.append(value)
+        return value
+
+    out = compile_template(subject="s", html=STYLED.replace("<a ", '<a class="x" '), inline_css=True).render(
+        _ctx(), postprocess=rewrite)
+    assert 'style="color: red;"' in seen[0], "the rewriter sees inlined HTML"
+    assert "Springfield" in out.html and 'class="edm-footer"' in out.html
+
+
+def test_custom_footer_fills_its_placeholders_escaped() -> None:
+    custom = '<p class="legal"><a href="{{ unsubscribe_url }}">Leave</a> {{ postal_address }}</p>'
+    out = compile_template(subject="s", html="<html><body><p>Hi</p></body></html>").render(
+        build_context(contact={"email": "a@b.example"}, sender={}, task={}, unsubscribe_url=UNSUB + "&x=<1>",
+                      org={"postal_address": "1 <Main> St\nTown"}, now=NOW), footer_html=custom)
+    assert '<p class="legal"><a href="https://edm.example.com/u/TOKEN123&amp;x=&lt;1&gt;">Leave</a> ' \
+           "1 &lt;Main&gt; St<br>Town</p></body>" in out.html
+    assert "edm-footer" not in out.html
+    assert "Leave (https://edm.example.com/u/TOKEN123&x=<1>)" in out.text
