@@ -1,7 +1,8 @@
 """EDM's benchmark on PostgreSQL (`make bench`): dispatch, generation and worker memory, each printed beside
 a reference measured in the same run. Not a timed test: it prints figures and writes bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run_all [--quick] [--only dispatch|generation|rss|webhooks] [--concurrency 8]
+    .venv/bin/python -m bench.run_all [--quick] [--only dispatch|generation|rss|webhooks|tracking|stats]
+                                      [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
     and then 2 `edm worker` processes; messages/s beside `smtp-source -d -s 1 -m N -l 5000` (one session)
@@ -12,9 +13,15 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 (d) webhook ingest (bench/bench_webhooks.py): signed SendGrid batches of 100 posted to one `edm serve`, beside
     `GET /healthz` on the same server and client in the same run; then the `events` job's apply rate. Written
     into its own block of RESULTS.md, so `--only webhooks` leaves the other sections' block alone.
+(e) tracking endpoints (bench/bench_tracking.py): the open pixel and the click redirect of one `edm serve` under
+    wrk, beside `GET /healthz` of the same server in the same run; then the `events` job applies the hits.
+(f) task statistics (bench/bench_stats.py): `task_stats` of a 1,000,000-SubTask task read from the trigger-kept
+    counters, beside `SELECT 1` and the aggregate over the rows in the same run; counters checked against the
+    recount. (e) and (f) each write their own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
-generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process).
+generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
+tracking ≥ 3,000 req/s per endpoint (one process); statistics of 1,000,000 SubTasks ≤ 100 ms.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bench import bench_webhooks, infra, seed
+from bench import bench_stats, bench_tracking, bench_webhooks, infra, seed
 from bench.infra import log
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -436,6 +443,30 @@ def report_webhooks(res: dict[str, Any]) -> str:
     return "\n".join([header, "", *bench_webhooks.report_lines(res["webhooks"], res["machine"]["nproc"])])
 
 
+def report_section(res: dict[str, Any], lines: list[str]) -> str:
+    """A section's Markdown lines under the same run header as report()."""
+    header = report({**res, "dispatch": None, "generation": None, "rss": None}).rstrip()
+    return "\n".join([header, "", *lines])
+
+
+def write_section_results(name: str, title: str, markdown: str, res: dict[str, Any]) -> None:
+    """Replace the block `<!-- bench:NAME:begin/end -->` of RESULTS.md (the text around it is kept), or append
+    one; the run's figures also go to var/bench/results-NAME-….json."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n## {title}: latest run\n\n{markdown}\n{end}"
+    current = RESULTS.read_text() if RESULTS.exists() else "# EDM benchmark results\n"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        current = head + block + tail
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(current)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / f"results-{name}-{'quick' if res['quick'] else 'full'}.json").write_text(
+        json.dumps(res, indent=2, default=str))
+
+
 def write_webhooks_results(markdown: str, res: dict[str, Any]) -> None:
     """Replace the webhook block of RESULTS.md (the hand-written analysis around it is kept), or append one."""
     block = f"{WEBHOOKS_BEGIN}\n## Webhook ingest: latest run\n\n{markdown}\n{WEBHOOKS_END}"
@@ -462,12 +493,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(QUICK if args.quick else FULL)
     if args.dispatch_recipients:
         sizes["dispatch"] = args.dispatch_recipients
-    only = set(args.only or ["dispatch", "generation", "rss", "webhooks"])
+    only = set(args.only or ["dispatch", "generation", "rss", "webhooks", "tracking", "stats"])
+    stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
     started = time.monotonic()
     res: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                            "quick": args.quick, "machine": machine(), "max_concurrency": args.max_concurrency,
                            "code": code_version(), "env": infra.passthrough()}
-    smtp = bool(only - {"webhooks"})  # the webhook section needs neither the sink nor the seeded contacts
+    smtp = bool(only - {"webhooks", "tracking", "stats"})  # these sections send nothing: no sink needed
     sink_bin, source_bin = infra.ensure_postfix_tools() if smtp else ("", "")
     log(f"fresh database {infra.DB_NAME}; edm db upgrade")
     infra.recreate_database()
@@ -485,7 +517,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         need = max([sizes["dispatch"]] * ("dispatch" in only)
                    + [sizes["generation"]] * ("generation" in only)
-                   + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only), default=0)
+                   + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only)
+                   + [stats_sizes["subtasks"]] * ("stats" in only), default=0)
         t0 = time.perf_counter()
         world = None if not need else await seed.seed(sm, settings, contacts=need, sink_port=sink.port,
                                 max_concurrency=args.max_concurrency,
@@ -517,6 +550,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             res["webhooks"] = asdict(await bench_webhooks.run(
                 sm, settings, subtasks=wh["subtasks"], events=wh["events"], ref_requests=wh["ref_requests"],
                 connections=args.webhook_connections, profile=args.profile))
+        if "tracking" in only:
+            tr = dict(bench_tracking.QUICK if args.quick else bench_tracking.FULL)
+            res["tracking"] = asdict(await bench_tracking.run(
+                sm, settings, subtasks=tr["subtasks"], seconds=tr["seconds"],
+                connections=args.tracking_connections, profile=args.profile))
+        if "stats" in only:
+            res["stats"] = asdict(await bench_stats.run(
+                sm, world, subtasks=stats_sizes["subtasks"], reads=stats_sizes["reads"],
+                reference_reads=stats_sizes["reference_reads"]))
     finally:
         sink.stop()
         await engine.dispose()
@@ -527,7 +569,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (5,000 recipients, 100,000 generated)")
-    parser.add_argument("--only", action="append", choices=["dispatch", "generation", "rss", "webhooks"],
+    parser.add_argument("--only", action="append",
+                        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats"],
                         help="run only this part (repeatable)")
     parser.add_argument("--concurrency", type=int, default=8, help="`edm worker --concurrency` (dispatch loops)")
     parser.add_argument("--max-concurrency", type=int, default=100,
@@ -539,6 +582,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker of each dispatch run")
     parser.add_argument("--webhook-connections", type=int, default=bench_webhooks.CONNECTIONS,
                         help="keep-alive connections of the webhook load client")
+    parser.add_argument("--tracking-connections", type=int, default=bench_tracking.CONNECTIONS,
+                        help="keep-alive connections of wrk in the tracking section")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
@@ -551,11 +596,22 @@ def main() -> None:
     if hooks:
         print()
         print(hooks)
+    written: dict[str, tuple[str, str]] = {}  # RESULTS.md block name -> (title, Markdown)
+    if res.get("tracking"):
+        lines = bench_tracking.report_lines(res["tracking"], res["machine"]["nproc"])
+        written["tracking"] = ("Tracking endpoints", report_section(res, lines))
+    if res.get("stats"):
+        written["stats"] = ("Task statistics", report_section(res, bench_stats.report_lines(res["stats"])))
+    for _, section in written.values():
+        print()
+        print(section)
     if not args.no_write:
         if others:
             write_results(markdown, res)
         if hooks:
             write_webhooks_results(hooks, res)
+        for name, (title, section) in written.items():
+            write_section_results(name, title, section, res)
         log(f"wrote {RESULTS.relative_to(infra.ROOT)}")
 
 

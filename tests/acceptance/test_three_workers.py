@@ -21,7 +21,10 @@ from tests import factories
 from tests.acceptance.workers import workers
 from tests.helpers import settings_for
 
-RECIPIENTS = 5000
+# The services' intervals allow ~200 msg/s together, but three workers polling rate-limited services on a
+# busy 2-core CI machine were measured at 21-25 msg/s (the commit before and after the statistics trigger
+# alike): 3,000 recipients and a generous deadline keep the test about limits, not about machine speed.
+RECIPIENTS = 3000
 INTERVALS = {"svc-a": 0.008, "svc-b": 0.012}
 MAX_CONCURRENCY = 3
 # Starts are observed at the sink, after the client's event loop and loopback: a send that starts a few
@@ -50,7 +53,7 @@ async def test_three_workers_share_limits(db_url, sessionmaker, tmp_path):  # ty
             task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
                                            rule={"type": "all_contacts"})
         with workers(db_url, 3, log_dir=tmp_path):
-            await _wait_completed(sessionmaker, task_id, timeout=180)
+            await _wait_completed(sessionmaker, task_id, timeout=420)
 
     received = sink_a.count_by_subtask() + sink_b.count_by_subtask()
     assert len(received) == RECIPIENTS and set(received.values()) == {1}, "each recipient exactly once"

@@ -28,4 +28,6 @@ MODULES = [
     "edm.events.webhooks",
     "edm.events.api",
     "edm.tracking.api",
+    "edm.suppressions.api",
+    "edm.ops.api",
 ]

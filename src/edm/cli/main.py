@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, demo, events, ops, services, tasks, users
+from edm.cli import contacts, demo, events, ops, services, suppressions, tasks, users
+from edm.cli import settings as settings_cli
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="EDM: self-hosted email direct marketing.")
@@ -19,6 +20,8 @@ app.add_typer(tasks.sender_app, name="sender")
 app.add_typer(tasks.template_app, name="template")
 app.add_typer(contacts.contact_app, name="contact")
 app.add_typer(events.events_app, name="events")
+app.add_typer(suppressions.suppression_app, name="suppression")
+app.add_typer(settings_cli.settings_app, name="settings")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("worker")(ops.worker)

@@ -1,25 +1,35 @@
-"""Task commands: create, transitions, live status; and senders and templates they need."""
+"""Task commands: create, transitions, live status, reports and the per-recipient CSV export; and senders and
+templates they need."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import enum
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import select
 
-from edm.cli.common import emit, run, session_scope
+from edm.cli.common import emit, run, session_scope, settings
 from edm.contacts.emails import normalize_email
 from edm.contacts.models import Contact, Tag
 from edm.content.models import Sender, Template
 from edm.content.render import compile_template
+from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import BadInput, NotFound
+from edm.tasks import reports
 from edm.tasks import service as tasks
 from edm.tasks.models import Task
+from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
+from edm.tasks.status import DeliveryState, SendState
 from edm.users.service import find_user
 
 task_app = typer.Typer(help="Tasks (bulk sends).", no_args_is_help=True)
@@ -176,6 +186,145 @@ async def task_status(
         if not watch or data["status"] in ("completed", "cancelled", "closed", "paused"):
             return
         await asyncio.sleep(2)
+
+
+REPORT_SECTIONS = ("services", "templates", "links", "domains", "timeline", "heatmap")
+CLI_LINKS = 100  # links listed by `task report`; the API pages through all of them
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(kind: type[E], value: str | None, field: str) -> E | None:
+    """An option value of a closed vocabulary, or exit 2 naming the accepted values."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadInput.field(field, f"{value!r} is not one of {', '.join(str(k.value) for k in kind)}") from None
+
+
+async def _section(session: Any, task: Task, name: str, bucket: Bucket) -> Any:
+    if name == "services":
+        return await reports.by_service(session, task.id, admin=True)
+    if name == "templates":
+        return await reports.by_template(session, task.id)
+    if name == "links":
+        return await reports.by_link(session, task.id, after_id=None, limit=CLI_LINKS + 1)
+    if name == "domains":
+        return await reports.by_domain(session, task.id)
+    if name == "timeline":
+        return await reports.timeline(session, task, bucket)
+    return await reports.heatmap(session, task)
+
+
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:.1%}"
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    return table
+
+
+def _report_table(name: str, data: Any) -> Table:
+    """One section of `task report` as a Rich table."""
+    if name == "services":
+        return _table("Services (of the last attempt)", ["label", "name", "attempts", "sent", "failed", "bounced",
+                                                          "delivered", "avg ms"], [
+            [r["label"], r.get("name"), ", ".join(f"{k} {v}" for k, v in sorted(r["attempts"].items())),
+             r["sent"], r["failed"], r["bounced"], r["delivered"], r["avg_latency_ms"]] for r in data])
+    if name == "templates":
+        return _table("Templates (A/B)", ["template", "weight", "recipients", "sent", "reached", "delivery", "open",
+                                          "click", "bounce", "unsubscribe", "complaint"], [
+            [r["name"], r["weight"], r["recipients"], r["sent"], r["reached"], *(
+                _pct(r["rates"][k]) for k in ("delivery", "open_human", "click", "bounce", "unsubscribe",
+                                              "complaint"))] for r in data])
+    if name == "links":
+        more = [["… more links: see GET /api/v1/tasks/{id}/report/links", "", "", ""]] if len(data) > CLI_LINKS else []
+        return _table("Links", ["url", "human clicks", "machine clicks", "unique human clickers"], [
+            [r["url"], r["clicks_human"], r["clicks_machine"], r["unique_human_clickers"]]
+            for r in data[:CLI_LINKS]] + more)
+    if name == "domains":
+        other = data["other"]
+        return _table("Recipient domains (top 20 by sent)", ["domain", "recipients", "sent", "bounced", "opened"], [
+            [r["domain"], r["recipients"], r["sent"], r["bounced"], r["opened"]] for r in data["items"]] + (
+            [[f"other ({other['domains']} domains)", other["recipients"], other["sent"], other["bounced"],
+              other["opened"]]] if other else []))
+    if name == "timeline":
+        return _table(f"Timeline by {data['bucket']} ({data['timezone']})", ["start", *reports.TIMELINE_METRICS], [
+            [r["start"], *(r[m] for m in reports.TIMELINE_METRICS)] for r in data["items"]]
+            + [["total", *(data["totals"][m] for m in reports.TIMELINE_METRICS)]])
+    return _table(f"Human opens, weekday × hour ({data['timezone']})", ["", *map(str, range(24))], [
+        [day[:3], *cells] for day, cells in zip(data["weekdays"], data["cells"], strict=True)])
+
+
+@task_app.command("report")
+@run
+async def task_report(
+    task_id: Annotated[int, typer.Argument()],
+    section: Annotated[str | None, typer.Option(help="|".join(REPORT_SECTIONS) + " (default: all)")] = None,
+    bucket: Annotated[str, typer.Option(help="timeline buckets: hour|day")] = "day",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Task reports (SPEC §11.3): services, templates, links, domains, timeline and the opens heat map."""
+    if section is not None and section not in REPORT_SECTIONS:
+        raise BadInput.field("section", f"{section!r} is not one of {', '.join(REPORT_SECTIONS)}")
+    sections = [section] if section else list(REPORT_SECTIONS)
+    buckets = _choice(Bucket, bucket, "bucket") or Bucket.DAY
+    async with session_scope() as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        data = {name: await _section(session, task, name, buckets) for name in sections}
+    if as_json:
+        emit(data, as_json=True)
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    for name in sections:
+        console.print(_report_table(name, data[name]))
+
+
+@task_app.command("export")
+@run
+async def task_export(
+    task_id: Annotated[int, typer.Argument()],
+    out: Annotated[Path, typer.Option(help="CSV file to write; - for standard output")],
+    send_state: Annotated[str | None, typer.Option()] = None,
+    delivery_state: Annotated[str | None, typer.Option()] = None,
+    display_status: Annotated[str | None, typer.Option()] = None,
+    engagement: Annotated[str | None, typer.Option(help="opened|clicked|unsubscribed|none")] = None,
+    email: Annotated[str | None, typer.Option(help="part of the address")] = None,
+    service_id: Annotated[int | None, typer.Option(help="service of the last attempt")] = None,
+    bom: Annotated[bool, typer.Option("--bom", help="start with a UTF-8 BOM (for spreadsheets)")] = False,
+) -> None:
+    """Write the task's per-recipient results as CSV (the same file as GET /tasks/{id}/subtasks.csv)."""
+    filters = SubtaskFilters(
+        send_state=_choice(SendState, send_state, "send_state"),
+        delivery_state=_choice(DeliveryState, delivery_state, "delivery_state"),
+        display_status=_choice(DisplayStatus, display_status, "display_status"),
+        engagement=_choice(Engagement, engagement, "engagement"), email=email, service_id=service_id)
+    engine = create_engine(settings())
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        async with sessionmaker() as session:
+            await tasks.get_task(session, task_id, user_id=None)
+        to_stdout = str(out) == "-"
+        opened: contextlib.AbstractContextManager[IO[str]] = (
+            contextlib.nullcontext(sys.stdout) if to_stdout else out.open("w", encoding="utf-8", newline=""))
+        with opened as target:
+            target.write(("\ufeff" if bom else "") + reports.csv_header())
+            written = 0
+            async for rows in reports.export_rows(sessionmaker, task_id, filters):
+                target.write(reports.to_csv(rows))
+                written += len(rows)
+    finally:
+        await engine.dispose()
+    if not to_stdout:
+        typer.echo(f"wrote {written} recipients to {out}")
 
 
 @sender_app.command("create")

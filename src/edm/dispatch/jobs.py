@@ -16,6 +16,7 @@ from edm.dispatch import queue
 from edm.events import apply as event_apply
 from edm.events import ingest, reports
 from edm.tasks import generation, lifecycle, stats
+from edm.tracking.tombstones import forget_expired as forget_expired_tombstones
 
 if TYPE_CHECKING:
     from edm.dispatch.worker import Worker
@@ -47,6 +48,7 @@ class Maintenance:
             ("mailboxes", 60.0, self.mailboxes),
             ("nonces", 3600.0, self.nonces),
             ("stats", 60.0, self.stats),
+            ("tombstones", 86400.0, self.tombstones),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
 
@@ -130,6 +132,11 @@ class Maintenance:
     async def nonces(self) -> int:
         async with unit_of_work(self.worker.sessionmaker) as session:
             return await ingest.forget_nonces(session, before=clock.utc_now() - NONCE_RETENTION)
+
+    async def tombstones(self) -> int:
+        """Retention (§19.6), daily: forget unsubscribe tombstones of deleted tasks past their 365 days."""
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            return await forget_expired_tombstones(session, now=clock.utc_now())
 
     async def stats(self) -> int:
         """Fold the per-backend stripes of the statistics counters (PostgreSQL), so reads stay a few rows."""

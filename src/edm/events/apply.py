@@ -16,6 +16,8 @@ Rows are taken with SKIP LOCKED (PostgreSQL), so any number of workers share the
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
 import logging
 import re
 import uuid
@@ -96,6 +98,7 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
     runtime = await runtime_settings.load(session)
     ambiguous: set[int] = set()
     subtasks = await _find_subtasks(session, events, ambiguous)
+    await _load_recent_clicks(session, events, subtasks, runtime.tracking_click_burst_window)
     attempted_services = await _attempted_services(session, _needing_attempts(events, subtasks, providers))
     contacts = await _contacts(session, {subtasks[e.id].contact_id for e in events
                                          if e.id in subtasks and e.event_type in _CONTACT_EVENTS})
@@ -155,9 +158,9 @@ class _Record:
         return {"b_id": self.id, **{"b_" + name: getattr(self, name) for name in self._writable}}
 
 
-_EVENT_READ = ("id", "source", "service_id", "event_type", "occurred_at", "subtask_ref", "provider_message_id",
-               "details")
-_EVENT_WRITE = ("processed_at", "match_status", "match_reason", "subtask_id", "task_id", "user_id")
+_EVENT_READ = ("id", "source", "service_id", "event_type", "occurred_at", "subtask_ref", "provider_message_id")
+# `details` is written back: applying a tracking hit records its classification (machine, machine_reason).
+_EVENT_WRITE = ("processed_at", "match_status", "match_reason", "subtask_id", "task_id", "user_id", "details")
 _SUBTASK_READ = ("id", "public_id", "task_id", "user_id", "contact_id", "service_id", "attempts", "allocated_at",
                  "provider_message_id", "sent_at", "recipient_email")
 _SUBTASK_WRITE = ("send_state", "sent_at", "last_error_class", "delivery_state", "delivered_at", "bounced_at",
@@ -373,9 +376,16 @@ def _apply(subtask: Any, contact: Any, event: Any, runtime: RuntimeSettings) -> 
 
 
 def _apply_engagement(subtask: Any, contact: Any, event: Any, runtime: RuntimeSettings) -> None:
-    """EDM's own tracking hits (§10.4): machine hits are counted apart; any hit implies delivery."""
+    """EDM's own tracking hits (§10.4): machine hits are counted apart; any hit implies delivery. The
+    classification is written into the event (`details.machine`, `details.machine_reason`) so reports and the
+    per-recipient view show why a hit did not count as a person's."""
     at = event.occurred_at
-    machine = bool((event.details or {}).get("machine")) or machine_reason(event, subtask, runtime) is not None
+    details = dict(event.details or {})
+    reason = machine_reason(event, subtask, runtime)
+    if reason is None and details.get("machine"):  # flagged before applying: keep the flag and its reason
+        reason = str(details.get("machine_reason") or "flagged")
+    machine = reason is not None
+    event.details = {**details, "machine": machine, "machine_reason": reason}
     _raise_delivery(subtask, DeliveryState.DELIVERED, event)
     subtask.delivered_at = _earliest(subtask.delivered_at, at)
     if event.event_type == EventType.OPENED:
@@ -398,68 +408,192 @@ def _apply_engagement(subtask: Any, contact: Any, event: Any, runtime: RuntimeSe
         contact.last_clicked_at = _latest(contact.last_clicked_at, at)
 
 
-# The automatic suppressions of SPEC §10.5 (defaults; making them admin settings is part of issue 4).
+# The automatic suppressions of SPEC §10.5. Where each goes is an admin setting (`suppression.*_scope`: user,
+# global or off); the soft-bounce limit is `bounce.soft_limit`. This is its default, kept for readers.
 SOFT_BOUNCE_LIMIT = 3
 
 
 def suppression_for(event: Any, subtask: Any, contact: Any, runtime: RuntimeSettings) -> dict[str, Any] | None:
-    """The suppression entry an applied event adds, or None: unsubscribe → the sending user's list; hard bounce,
-    a bad or provider-suppressed address, a complaint, or the soft-bounce limit → the global list."""
+    """The suppression entry an applied event adds, or None. By default an unsubscribe goes to the sending
+    user's list; a hard bounce, a bad or provider-suppressed address, a complaint and the soft-bounce limit go
+    to the global list. A provider-suppressed address follows the hard-bounce scope."""
+    trigger = _suppression_trigger(event, contact, runtime)
+    if trigger is None:
+        return None
+    scope, reason = trigger
+    return _suppression(scope, subtask, reason, event.id) if scope in ("user", "global") else None  # or "off"
+
+
+def _suppression_trigger(event: Any, contact: Any, runtime: RuntimeSettings) -> tuple[str, str] | None:
+    """(scope setting, reason) of the policy row an event triggers, or None."""
     bounce_class = (event.details or {}).get("bounce_class")
     kind = event.event_type
     if kind == EventType.UNSUBSCRIBED:
-        return _suppression("user", subtask, "unsubscribed")
+        return runtime.suppression_unsubscribe_scope, "unsubscribed"
     if kind == EventType.COMPLAINED:
-        return _suppression("global", subtask, "complaint")
+        return runtime.suppression_complaint_scope, "complaint"
     if kind == EventType.HARD_BOUNCED and bounce_class != BounceClass.BLOCK:
-        return _suppression("global", subtask, "hard_bounce")
+        return runtime.suppression_hard_bounce_scope, "hard_bounce"
     if kind == EventType.REJECTED and bounce_class in _ADDRESS_REJECTIONS:
         reason = "provider_suppressed" if bounce_class == BounceClass.SUPPRESSED else "hard_bounce"
-        return _suppression("global", subtask, reason)
+        return runtime.suppression_hard_bounce_scope, reason
     streak = (contact.soft_bounce_streak or 0) if contact is not None else 0
-    if kind == EventType.SOFT_BOUNCED and streak >= SOFT_BOUNCE_LIMIT:
-        return _suppression("global", subtask, "soft_bounce_limit")
+    # A limit of 0 would suppress on a streak of nothing: the first soft bounce is the least that counts.
+    if kind == EventType.SOFT_BOUNCED and streak >= max(runtime.bounce_soft_limit, 1):
+        return runtime.suppression_soft_bounce_scope, "soft_bounce_limit"
     return None
 
 
-def _suppression(scope: str, subtask: Any, reason: str) -> dict[str, Any]:
+def _suppression(scope: str, subtask: Any, reason: str, event_id: int) -> dict[str, Any]:
     owner = subtask.user_id if scope == "user" else None
     return {"scope": scope, "user_id": owner, "owner_key": owner or 0, "kind": "address",
-            "value": subtask.recipient_email, "reason": reason, "source_task_id": subtask.task_id}
+            "value": subtask.recipient_email, "reason": reason, "source_task_id": subtask.task_id,
+            "source_event_id": event_id}
 
 
 async def _add_suppressions(session: AsyncSession, rows: list[dict[str, Any]], now: dt.datetime) -> None:
-    """One insert; an address already on that list keeps its first entry."""
-    unique = list({(r["scope"], r["owner_key"], r["value"]): r for r in rows}.values())
+    """One insert; an address already on that list keeps its first entry (and within a batch, the entry of
+    the earliest event)."""
+    unique: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault((row["scope"], row["owner_key"], row["value"]), row)
     if not unique:
         return
     insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
     statement = insert(Suppression).on_conflict_do_nothing(index_elements=["scope", "owner_key", "kind", "value"])
-    await session.execute(statement, [{**r, "created_at": now, "updated_at": now} for r in unique])
+    await session.execute(statement, [{**r, "created_at": now, "updated_at": now} for r in unique.values()])
 
 
 # Clients that fetch images without a person: link scanners, preview fetchers, HTTP libraries. Webmail image
-# proxies (GoogleImageProxy, YahooMailProxy) fetch on a real open and stay human (§10.4).
+# proxies (GoogleImageProxy, YahooMailProxy) fetch on a real open and stay human (§10.4). Admins add their own
+# substrings with `tracking.bot_user_agents`.
 _MACHINE_AGENTS = re.compile(
     r"bot\b|crawler|spider|scanner|preview|headless|python-|curl/|wget/|go-http-client|java/|okhttp|"
     r"barracuda|proofpoint|mimecast|symantec|forcepoint|safelinks|urldefense|msnbot|bingpreview",
     re.IGNORECASE)
+# The windows are admin settings (`tracking.machine_open_window`, `tracking.machine_click_window`,
+# `tracking.click_burst_window`, in seconds); these are their defaults, kept for readers. 0 turns a rule off.
 MACHINE_OPEN_WINDOW = dt.timedelta(seconds=60)
 MACHINE_CLICK_WINDOW = dt.timedelta(seconds=10)
+CLICK_BURST_WINDOW = dt.timedelta(seconds=2)
+# A tracking hit keeps only its network (tracking.api.truncated_ip): the prefix the stored address stands for.
+_STORED_PREFIX = {4: 24, 6: 48}
 
 
 def machine_reason(event: Any, subtask: Any, runtime: RuntimeSettings) -> str | None:
-    """Why a tracking hit is a machine's, or None for a person (§10.4's rules that need no settings)."""
-    agent = ((event.details or {}).get("user_agent") or "").strip()
+    """Why a tracking hit is a machine's, or None for a person (§10.4). The rules are tried in this order and
+    the first that holds names the reason:
+
+    - `empty_user_agent`: no user agent at all;
+    - `bot_user_agent`: a built-in scanner/bot/HTTP-library agent, or one containing an admin substring
+      (`tracking.bot_user_agents`, case-insensitive);
+    - `privacy_proxy`: the stored network of the hit (/24, /48) lies in or overlaps an admin CIDR
+      (`tracking.proxy_cidrs`);
+    - `too_soon_after_send`: an open within `tracking.machine_open_window`, a click within
+      `tracking.machine_click_window` seconds of `sent_at`;
+    - `link_burst`: a click when an earlier-recorded click (lower event id) of the same SubTask on a different
+      link lies within `tracking.click_burst_window` seconds of it. The comparison clicks are attached to the
+      SubTask record by `_load_recent_clicks` (`recent_clicks`).
+    """
+    details = event.details or {}
+    agent = (details.get("user_agent") or "").strip()
     if not agent:
         return "empty_user_agent"
-    if _MACHINE_AGENTS.search(agent):
+    if _MACHINE_AGENTS.search(agent) or _has_custom_agent(agent, runtime.tracking_bot_user_agents):
         return "bot_user_agent"
-    window = MACHINE_OPEN_WINDOW if event.event_type == EventType.OPENED else MACHINE_CLICK_WINDOW
-    sent_at = getattr(subtask, "sent_at", None)
-    if sent_at is not None and event.occurred_at - sent_at < window:
+    if _in_proxy_networks(details.get("ip"), runtime.tracking_proxy_cidrs):
+        return "privacy_proxy"
+    if _too_soon_after_send(event, subtask, runtime):
         return "too_soon_after_send"
+    if event.event_type == EventType.CLICKED and _in_link_burst(event, subtask, runtime.tracking_click_burst_window):
+        return "link_burst"
     return None
+
+
+def _has_custom_agent(agent: str, substrings: tuple[str, ...]) -> bool:
+    lowered = agent.lower()
+    return any(item and item.lower() in lowered for item in substrings)
+
+
+def _in_proxy_networks(stored_ip: Any, cidrs: tuple[str, ...]) -> bool:
+    """Whether the hit's stored network overlaps a listed one. The hit keeps only its /24 (/48), so an entry
+    narrower than that matches the whole /24 (/48) it lies in: that is all that can be known of the hit."""
+    if not stored_ip or not cidrs:
+        return False
+    try:
+        address = ipaddress.ip_address(str(stored_ip))
+        hit = ipaddress.ip_network(f"{address}/{_STORED_PREFIX[address.version]}", strict=False)
+    except ValueError:
+        return False
+    return any(hit.version == network.version and hit.overlaps(network)  # type: ignore[arg-type]
+               for network in _networks(cidrs))
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The parsed list, once per distinct setting value (every batch hands in the same tuple)."""
+    parsed = []
+    for cidr in cidrs:
+        try:
+            parsed.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:  # `coerce` refuses these; a hand-edited row must not stop the events job
+            log.warning("tracking.bad_proxy_cidr", extra={"cidr": cidr})
+    return tuple(parsed)
+
+
+def _too_soon_after_send(event: Any, subtask: Any, runtime: RuntimeSettings) -> bool:
+    opened = event.event_type == EventType.OPENED
+    seconds = runtime.tracking_machine_open_window if opened else runtime.tracking_machine_click_window
+    sent_at = getattr(subtask, "sent_at", None)
+    return seconds > 0 and sent_at is not None and event.occurred_at - sent_at < dt.timedelta(seconds=seconds)
+
+
+def _in_link_burst(event: Any, subtask: Any, window_seconds: float) -> bool:
+    """A different link of the same SubTask clicked within the window, by a click recorded before this one.
+
+    The first click of a burst stays human: it was counted before the second link was clicked, and counts
+    never move. Every later click inside the window, on any link (a repeat of the first one too), is machine."""
+    if window_seconds <= 0:
+        return False
+    window = dt.timedelta(seconds=window_seconds)
+    link = _link_of(event.details)
+    return any(other_id < event.id and other_link != link and abs(other_at - event.occurred_at) <= window
+               for other_id, other_at, other_link in getattr(subtask, "recent_clicks", ()))
+
+
+def _link_of(details: Any) -> str | None:
+    link = (details or {}).get("link_id")
+    return None if link is None else str(link)
+
+
+async def _load_recent_clicks(session: AsyncSession, events: Sequence[Any], subtasks: dict[int, Any],
+                              window_seconds: float) -> None:
+    """Attach to every SubTask clicked in this batch (`recent_clicks`: event id, time, link) the tracking clicks
+    the burst rule compares with: this batch's own, those already applied (by SubTask id), and those another
+    worker holds right now (still pending, with a lower id than this batch's last: found by SubTask ref)."""
+    clicks = [e for e in events if e.id in subtasks and e.event_type == EventType.CLICKED
+              and e.source in TRACKING_SOURCES]
+    clicked = {subtasks[e.id].id: subtasks[e.id] for e in clicks}
+    for record in clicked.values():
+        record.recent_clicks = []
+    if not clicks or window_seconds <= 0:
+        return
+    window = dt.timedelta(seconds=window_seconds)
+    batch_ids = {e.id for e in events}
+    by_ref = {str(record.public_id): record for record in clicked.values()}
+    nearby = select(Event.id, Event.occurred_at, Event.details, Event.subtask_id, Event.subtask_ref).where(
+        Event.source.in_(TRACKING_SOURCES), Event.event_type == EventType.CLICKED,
+        Event.occurred_at >= min(e.occurred_at for e in clicks) - window,
+        Event.occurred_at <= max(e.occurred_at for e in clicks) + window)
+    applied = nearby.where(Event.subtask_id.in_(list(clicked)))
+    held = nearby.where(Event.processed_at.is_(None), Event.id < max(batch_ids), Event.subtask_ref.in_(list(by_ref)))
+    for query in (applied, held):
+        for row in await session.execute(query):
+            record = clicked.get(row.subtask_id) if row.subtask_id is not None else by_ref.get(row.subtask_ref)
+            if record is not None and row.id not in batch_ids:
+                record.recent_clicks.append((row.id, row.occurred_at, _link_of(row.details)))
+    for event in clicks:
+        subtasks[event.id].recent_clicks.append((event.id, event.occurred_at, _link_of(event.details)))
 
 
 def _raise_delivery(subtask: Any, state: DeliveryState, event: Any) -> bool:

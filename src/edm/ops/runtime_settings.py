@@ -6,6 +6,7 @@ Workers re-read them at most every 30 s, so a change takes effect without a rest
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -105,12 +106,7 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError
             return value
         if kind in _NON_NEGATIVE:
-            if isinstance(value, bool):
-                raise ValueError
-            number = int(value) if kind == "int" else float(value)
-            if number < 0:
-                raise BadInput.field(key, "must not be negative")
-            return number
+            return _coerce_number(key, value, integer=kind == "int")
         if kind.startswith("tuple"):
             return _coerce_list(key, value)
         if key == "allocation.strategy":
@@ -122,8 +118,24 @@ def coerce(key: str, value: Any) -> Any:
         if key == "compliance.footer_html" and value.strip() and "{{ unsubscribe_url }}" not in value:
             raise BadInput.field(key, "must contain {{ unsubscribe_url }} (every task mail shows the link)")
         return value
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise BadInput.field(key, f"invalid value {value!r}") from exc
+
+
+def _coerce_number(key: str, value: Any, *, integer: bool) -> int | float:
+    """A finite, non-negative number; for integer keys a whole one (2.7 is refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError
+    number = float(value)
+    if not math.isfinite(number):
+        raise BadInput.field(key, "must be a finite number")
+    if number < 0:
+        raise BadInput.field(key, "must not be negative")
+    if integer:
+        if not number.is_integer():
+            raise BadInput.field(key, "must be a whole number")
+        return int(number)
+    return number
 
 
 def _coerce_list(key: str, value: Any) -> list[str]:

@@ -1,20 +1,24 @@
-"""Task routes (SPEC §16.3): CRUD, transitions, statistics, per-recipient state, uncertain decisions."""
+"""Task routes (SPEC §16.3): CRUD, transitions, statistics, reports (§11.3), per-recipient state and its CSV
+export, uncertain decisions."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Caller, CurrentCaller, Id, IdPath, Paging, Session, Writer, page_of
+from edm.api.deps import MAX_ID, Caller, CurrentCaller, Id, IdPath, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import NotFound
-from edm.tasks import service
-from edm.tasks.models import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.tasks import reports, service
+from edm.tasks.models import SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
-from edm.tasks.status import TaskStatus, allowed_actions
+from edm.tasks.status import DeliveryState, SendState, TaskStatus, allowed_actions
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
@@ -204,8 +208,9 @@ async def status_history(task_id: IdPath, session: Session, caller: CurrentCalle
              "at": r.at} for r in rows]
 
 
-def subtask_view(s: SubTask) -> dict[str, Any]:
-    return {
+def subtask_view(s: SubTask, *, display_status: str | None = None, service_label: str | None = None
+                 ) -> dict[str, Any]:
+    view = {
         "id": s.id, "public_id": str(s.public_id), "recipient_email": s.recipient_email,
         "contact_id": s.contact_id, "send_state": s.send_state, "suppressed_reason": s.suppressed_reason,
         "delivery_state": s.delivery_state, "attempts": s.attempts, "retryable_failures": s.retryable_failures,
@@ -214,38 +219,123 @@ def subtask_view(s: SubTask) -> dict[str, Any]:
         "last_error": s.last_error, "message_id": s.message_id, "subject_sent": s.subject_sent,
         "provider_message_id": s.provider_message_id, "task_template_id": s.task_template_id,
     }
+    if display_status is not None:
+        view.update(
+            display_status=display_status, service_label=service_label, delivered_at=s.delivered_at,
+            bounced_at=s.bounced_at, delivery_detail=s.delivery_detail, open_count=s.open_count,
+            machine_open_count=s.machine_open_count, first_opened_at=s.first_opened_at,
+            last_opened_at=s.last_opened_at, click_count=s.click_count, machine_click_count=s.machine_click_count,
+            first_clicked_at=s.first_clicked_at, last_clicked_at=s.last_clicked_at,
+            unsubscribed_at=s.unsubscribed_at, complained_at=s.complained_at, replied_at=s.replied_at)
+    return view
+
+
+def _reported(row: Any) -> dict[str, Any]:
+    """A row of `reports.subtask_page`: the SubTask with its display status and service label."""
+    return subtask_view(row.SubTask, display_status=row.display_status, service_label=row.service_label)
+
+
+def _subtask_filters(
+    send_state: SendState | None = None,
+    delivery_state: DeliveryState | None = None,
+    display_status: Annotated[DisplayStatus | None, Query(description="SPEC §5.7")] = None,
+    engagement: Annotated[Engagement | None, Query(description="opened (incl. by a click), clicked, "
+                                                               "unsubscribed, or none of these")] = None,
+    email: Annotated[str | None, Query(max_length=320, description="part of the address")] = None,
+    service_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="service of the last attempt")] = None,
+) -> SubtaskFilters:
+    return SubtaskFilters(send_state=send_state, delivery_state=delivery_state, display_status=display_status,
+                          engagement=engagement, email=email, service_id=service_id)
+
+
+Filters = Annotated[SubtaskFilters, Depends(_subtask_filters)]
 
 
 @router.get("/tasks/{task_id}/subtasks")
-async def list_subtasks(
-    task_id: IdPath, session: Session, caller: CurrentCaller, page: Paging,
-    send_state: Annotated[str | None, Query(max_length=16)] = None,
-    email: Annotated[str | None, Query(max_length=320)] = None,
-) -> dict[str, Any]:
+async def list_subtasks(task_id: IdPath, session: Session, caller: CurrentCaller, page: Paging, filters: Filters,
+                        include_total: bool = False) -> dict[str, Any]:
+    """The task's recipients in id order, filtered (SPEC §11.3), each with its display status."""
     task = await _own(session, caller, task_id, admin_may=True)
-    query = select(SubTask).where(SubTask.task_id == task.id).order_by(SubTask.id).limit(page.limit + 1)
-    if page.after_id:
-        query = query.where(SubTask.id > page.after_id)
-    if send_state:
-        query = query.where(SubTask.send_state == send_state)
-    if email:
-        query = query.where(SubTask.recipient_email == email.strip().lower())
-    return page_of([subtask_view(s) for s in await session.scalars(query)], page)
+    rows = await reports.subtask_page(session, task.id, filters, after_id=page.after_id, limit=page.limit + 1)
+    answer = page_of([_reported(r) for r in rows], page)
+    if include_total:
+        answer["total"] = await reports.count_subtasks(session, task.id, filters)
+    return answer
+
+
+@router.get("/tasks/{task_id}/subtasks.csv")
+@router.get("/tasks/{task_id}/export", include_in_schema=False)  # the SPEC §16.3 path
+async def export_subtasks(task_id: IdPath, request: Request, session: Session, caller: CurrentCaller,
+                          filters: Filters, bom: bool = False) -> StreamingResponse:
+    """The filtered recipients as CSV (RFC 4180, formula cells guarded), streamed in chunks of rows; `bom=true`
+    starts the file with a UTF-8 BOM for spreadsheets."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    sessionmaker = request.app.state.sessionmaker
+
+    async def body() -> AsyncIterator[str]:
+        yield ("\ufeff" if bom else "") + reports.csv_header()
+        async for rows in reports.export_rows(sessionmaker, task.id, filters):
+            yield reports.to_csv(rows)
+
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="task-{task.id}-recipients.csv"'})
 
 
 @router.get("/tasks/{task_id}/subtasks/{subtask_id}")
 async def get_subtask(task_id: IdPath, subtask_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """Who got it and what happened: the SubTask, every attempt and every event, in time order."""
     task = await _own(session, caller, task_id, admin_may=True)
-    sub = await session.scalar(select(SubTask).where(SubTask.id == subtask_id, SubTask.task_id == task.id))
-    if sub is None:
+    row = await reports.subtask_row(session, task.id, subtask_id)
+    if row is None:
         raise NotFound("subtask not found")
-    attempts = await session.scalars(select(SendAttempt).where(SendAttempt.subtask_id == sub.id)
-                                     .order_by(SendAttempt.id))
-    return {**subtask_view(sub), "attempts": [
-        {"attempt_no": a.attempt_no, "service_id": a.service_id, "started_at": a.started_at,
-         "finished_at": a.finished_at, "duration_ms": a.duration_ms, "outcome": a.outcome, "status": a.status,
-         "provider_code": a.provider_code, "message": a.message, "provider_message_id": a.provider_message_id}
-        for a in attempts]}
+    return {**_reported(row), **await reports.subtask_history(session, row.SubTask.id)}
+
+
+@router.get("/tasks/{task_id}/report/services")
+async def report_services(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """Per service of the last attempt: attempts by outcome, results, mean latency (labels only for users)."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    return {"task_id": task.id, "items": await reports.by_service(session, task.id, admin=caller.is_admin)}
+
+
+@router.get("/tasks/{task_id}/report/templates")
+async def report_templates(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """Per task template (A/B): every count and rate of the task statistics."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    return {"task_id": task.id, "items": await reports.by_template(session, task.id)}
+
+
+@router.get("/tasks/{task_id}/report/links")
+@router.get("/tasks/{task_id}/links", include_in_schema=False)  # the SPEC §16.3 path
+async def report_links(task_id: IdPath, session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
+    """Tracked links in id order with human and machine clicks and unique human clickers."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    items = await reports.by_link(session, task.id, after_id=page.after_id, limit=page.limit + 1)
+    return {"task_id": task.id, **page_of(items, page)}
+
+
+@router.get("/tasks/{task_id}/report/domains")
+@router.get("/tasks/{task_id}/domains", include_in_schema=False)  # the SPEC §16.3 path
+async def report_domains(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """The top 20 recipient domains by sent, and the rest as `other`."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    return {"task_id": task.id, **await reports.by_domain(session, task.id)}
+
+
+@router.get("/tasks/{task_id}/report/timeline")
+@router.get("/tasks/{task_id}/timeline", include_in_schema=False)  # the SPEC §16.3 path
+async def report_timeline(task_id: IdPath, session: Session, caller: CurrentCaller,
+                          bucket: Bucket = Bucket.HOUR) -> dict[str, Any]:
+    """Hourly or daily buckets in the task's time zone (non-empty buckets only)."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    return await reports.timeline(session, task, bucket)
+
+
+@router.get("/tasks/{task_id}/report/heatmap")
+async def report_heatmap(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """Human opens by weekday × hour in the task's time zone."""
+    task = await _own(session, caller, task_id, admin_may=True)
+    return await reports.heatmap(session, task)
 
 
 @router.post("/tasks/{task_id}/uncertain/{action}")

@@ -261,6 +261,10 @@ async def delete_task(session: AsyncSession, task: Task) -> None:
 
         raise InvalidTransition(f"cannot delete a task that is {task.status}", current_status=task.status,
                                 allowed_actions=allowed_actions(TaskStatus(task.status)))
+    from edm.tracking import tombstones
+
+    # Mail already delivered keeps its unsubscribe link working for 365 days (§5.2): written before the rows go.
+    await tombstones.write_for_task(session, task, now=utc_now())
     await session.execute(delete(SendAttempt).where(SendAttempt.subtask_id.in_(
         select(SubTask.id).where(SubTask.task_id == task.id))))
     await session.execute(delete(SubTask).where(SubTask.task_id == task.id))

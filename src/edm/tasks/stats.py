@@ -18,6 +18,7 @@ from edm.tasks.models import SubTask, TaskStatCounter
 from edm.tasks.status import SendState
 
 DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
+_BOUNCED = ("soft_bounced", "hard_bounced", "rejected")
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -139,11 +140,15 @@ def _assemble(groups: list[_Group]) -> dict[str, Any]:
         if g.state == SendState.FAILED:
             failed_by_class[g.error_class or "unknown"] += g.n
         delivery[g.delivery] += g.n
+        if g.state == SendState.SENT and g.delivery in _BOUNCED:
+            c["bounced_after_send"] += g.n
         for key in ("opened_human", "opened_total", "clicked_human", "clicked_total", "opens", "machine_opens",
                     "clicks", "machine_clicks", "unsubscribed", "replied"):
             c[key] += getattr(g, key)
     sent, failed = c["sent"], c["failed"]
-    bounced = delivery["soft_bounced"] + delivery["hard_bounced"] + delivery["rejected"]
+    # Only sent mail can bounce: a recipient the provider refused at send time is `failed` with delivery state
+    # `rejected`, and is in neither `sent` nor `reached` (§11.2 defines reached as sent minus bounces).
+    bounced = c["bounced_after_send"]
     reached = sent - bounced
     delivered = delivery["delivered"] + delivery["complained"]
     final = sent + failed + c["cancelled"] + c["suppressed_later"] + sum(excluded.values())

@@ -1,5 +1,5 @@
-"""EDM's public tracking endpoints (SPEC §10.3): the open pixel and one-click unsubscribe (RFC 8058), the URL
-in every mail's `List-Unsubscribe` header.
+"""EDM's public tracking endpoints (SPEC §10.3): the open pixel, the click redirect, and one-click unsubscribe
+(RFC 8058), the URL in every mail's `List-Unsubscribe` header.
 
 `GET /u/{token}` shows a page with the masked address and a button and never unsubscribes (link scanners
 prefetch GETs); `POST /u/{token}` — the mailbox provider's one-click request (`List-Unsubscribe=One-Click`,
@@ -7,8 +7,13 @@ form-encoded or multipart) or the page's button — records an `unsubscribed` ev
 applies it in the same transaction, so the next claim already skips the address. No cookie, no CSRF token:
 the signed token is the authority, and repeating the POST changes nothing.
 
+When the SubTask is gone because its task was deleted, the unsubscribe link falls back to the SubTask's
+tombstone (§5.2, `tracking.tombstones`) for 365 days: the page still shows the masked address and the POST
+still suppresses the address and marks the contact.
+
 Public and lean: plain HTML, no pydantic. Bad or unknown tokens get a neutral 404 page, never an error body
-that says why.
+that says why. The pixel and the click are plain Starlette routes whose database work goes through
+`tracking.hits` (hits arriving together share one round trip).
 """
 
 from __future__ import annotations
@@ -18,22 +23,26 @@ import html
 import ipaddress
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from edm import clock
 from edm.events import apply as event_apply
 from edm.events import ingest
 from edm.events.vocabulary import EventType, NormalizedEvent
 from edm.observability import mask_email
+from edm.ops import runtime_settings
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
 from edm.tasks.models import SubTask
-from edm.tracking.models import TrackedLink
+from edm.tracking import tombstones
+from edm.tracking.hits import tracking_store
+from edm.tracking.models import UnsubscribeTombstone
 
 log = logging.getLogger("edm.tracking")
 
@@ -46,12 +55,12 @@ TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page,
 MAX_BODY = 64 * 1024
 
 
-@router.get("/t/o/{token}.gif")
-async def open_pixel(token: str, request: Request) -> Response:
+async def open_pixel(request: Request) -> Response:
     """Always the GIF with `no-store` (§10.3), even for a bad token or a database hiccup; a valid token records
-    an `opened` hit (each hit its own event), classified human or machine when the `events` job applies it."""
-    data = _verified(request, token, "open")
-    if data is not None:
+    an `opened` hit (each hit its own event), classified human or machine when the `events` job applies it.
+    HEAD answers alike and records nothing."""
+    data = _verified(request, request.path_params["token"], "open")
+    if data is not None and request.method == "GET":
         now = clock.utc_now()
         details = {"ip": truncated_ip(request.client.host if request.client else None)}
         event = NormalizedEvent(event_type=EventType.OPENED, provider_event="pixel", raw={"via": "t/o"},
@@ -65,9 +74,8 @@ async def open_pixel(token: str, request: Request) -> Response:
 async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> None:
     """Store one tracking hit; a database hiccup loses the hit, never the visitor's answer."""
     try:
-        async with request.app.state.sessionmaker() as session, session.begin():
-            await ingest.store(session, [ingest.event_row("tracking", None, event, now=now)])
-    except (OperationalError, DBAPIError, OSError):
+        await tracking_store(request.app.state).record(ingest.event_row("tracking", None, event, now=now))
+    except (SQLAlchemyError, OSError):  # the database down, the pool exhausted, the connection lost
         log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
 
 
@@ -79,17 +87,20 @@ def truncated_ip(address: str | None) -> str | None:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return None
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+    if ip.version == 4:  # integer masking: a third of the cost of building the network
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFF00))
+    return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
 
 
-@router.get("/t/c/{token}")
-async def click(token: str, request: Request) -> Response:
+async def click(request: Request) -> Response:
     """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
-    anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to)."""
-    data, url = await _clicked_link(request, token)
+    anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to).
+    HEAD (link checkers, previews) answers the same redirect and records nothing."""
+    data, url = await _clicked_link(request, request.path_params["token"])
     if data is None or url is None:
-        return _link_not_valid()
+        return _link_not_valid() if request.method == "GET" else Response(status_code=404)
+    if request.method != "GET":
+        return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
     now = clock.utc_now()
     event = NormalizedEvent(event_type=EventType.CLICKED, provider_event="click", raw={"via": "t/c"},
                             occurred_at=now, subtask_id=str(data.subtask_id), url=url,
@@ -101,13 +112,11 @@ async def click(token: str, request: Request) -> Response:
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
-@router.head("/t/c/{token}")
-async def click_head(token: str, request: Request) -> Response:
-    """The same answer as GET, recording nothing (link checkers and previews send HEAD)."""
-    _, url = await _clicked_link(request, token)
-    if url is None:
-        return Response(status_code=404)
-    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+# The two hit endpoints are plain Starlette routes: no dependency solving or parameter validation, which cost
+# more than the rest of the request (PERFORMANCE.md lesson 9; bench/RESULTS.md, tracking). A GET route
+# answers HEAD as well; the endpoints tell the two apart.
+router.add_route("/t/o/{token}.gif", open_pixel, methods=["GET"], include_in_schema=False)
+router.add_route("/t/c/{token}", click, methods=["GET"], include_in_schema=False)
 
 
 async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None, str | None]:
@@ -115,11 +124,7 @@ async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None,
     data = _verified(request, token, "click")
     if data is None or data.link_id is None:
         return None, None
-    async with request.app.state.sessionmaker() as session:
-        url = await session.scalar(
-            select(TrackedLink.url).join(SubTask, SubTask.task_id == TrackedLink.task_id)
-            .where(TrackedLink.id == data.link_id, SubTask.public_id == data.subtask_id))
-    return data, url
+    return data, await tracking_store(request.app.state).link_url(data.subtask_id, data.link_id)
 
 
 def _link_not_valid() -> HTMLResponse:
@@ -130,10 +135,10 @@ def _link_not_valid() -> HTMLResponse:
 async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     if token == TEST_TOKEN:
         return _page("Test message", "This link came in a test message. Nothing was recorded.")
-    found = await _subtask_of(request, token)
+    found = await _recipient_of(request, token)
     if found is None:
         return _not_valid()
-    return _page("Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found[1]))}</b>?",
+    return _page("Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?",
                  button=True)
 
 
@@ -142,10 +147,19 @@ async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
     await _drain(request)  # `List-Unsubscribe=One-Click` or the page's button: the token alone decides
     if token == TEST_TOKEN:
         return _page("Test message", "This link came in a test message. Nothing was recorded.")
-    found = await _subtask_of(request, token)
+    found = await _recipient_of(request, token)
     if found is None:
         return _not_valid()
-    public_id, recipient = found
+    if found.tombstone is not None:
+        await _unsubscribe_from_tombstone(request, found.tombstone)
+    else:
+        await _unsubscribe_subtask(request, found.public_id, found.email)
+    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these "
+                 "emails.")
+
+
+async def _unsubscribe_subtask(request: Request, public_id: str, recipient: str) -> None:
+    """Record the `unsubscribed` event and apply it in the same transaction (the next claim skips it)."""
     settings: Settings = request.app.state.settings
     now = clock.utc_now()
     event = NormalizedEvent(event_type=EventType.UNSUBSCRIBED, provider_event="one_click", raw={"via": "u"},
@@ -156,8 +170,15 @@ async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
         if inserted:
             await event_apply.apply_pending(session, now=now, only_ids=inserted, limit=len(inserted),
                                             simulated_matches_any=settings.fake_provider_allowed)
-    return _page("Unsubscribed", f"<b>{html.escape(mask_email(recipient))}</b> will receive no more of these "
-                 "emails.")
+
+
+async def _unsubscribe_from_tombstone(request: Request, tombstone: UnsubscribeTombstone) -> None:
+    """The task was deleted: no SubTask to record an event on; the suppression policy and the contact flag
+    are applied directly (idempotent, like the event path)."""
+    now = clock.utc_now()
+    async with request.app.state.sessionmaker() as session, session.begin():
+        runtime = await runtime_settings.load(session)
+        await tombstones.unsubscribe(session, tombstone, now=now, scope=runtime.suppression_unsubscribe_scope)
 
 
 def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
@@ -166,13 +187,27 @@ def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
     return verify_token(token, purpose, keys=keys) if len(token) <= 200 else None
 
 
-async def _subtask_of(request: Request, token: str) -> tuple[str, str] | None:
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    """Whom an unsubscribe token names: its SubTask, or the tombstone the SubTask left when its task was
+    deleted (§5.2)."""
+
+    public_id: str
+    email: str
+    tombstone: UnsubscribeTombstone | None = None
+
+
+async def _recipient_of(request: Request, token: str) -> _Recipient | None:
+    """The token's SubTask, else its unexpired tombstone, else None (the neutral 404 page)."""
     data = _verified(request, token, "unsubscribe")
     if data is None:
         return None
     async with request.app.state.sessionmaker() as session:
         recipient = await session.scalar(select(SubTask.recipient_email).where(SubTask.public_id == data.subtask_id))
-    return None if recipient is None else (str(data.subtask_id), recipient)
+        if recipient is not None:
+            return _Recipient(str(data.subtask_id), recipient)
+        tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
+    return None if tombstone is None else _Recipient(str(data.subtask_id), tombstone.recipient_email, tombstone)
 
 
 async def _drain(request: Request) -> None:
