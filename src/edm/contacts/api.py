@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 
+from edm.api import uploads
 from edm.api.deps import CurrentCaller, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.contacts import service
-from edm.contacts.importer import DELIMITERS, import_csv
+from edm.contacts.importer import import_csv
 from edm.contacts.models import Contact, ContactStatus
 from edm.contacts.schemas import (
     MAX_ID,
@@ -40,6 +41,7 @@ from edm.contacts.schemas import (
 from edm.contacts.schemas import (
     Id as BodyId,
 )
+from edm.csvfmt import DELIMITERS
 from edm.errors import BadInput
 from edm.tasks.recipients import Rule, estimate, validate_rule
 
@@ -48,7 +50,6 @@ router = APIRouter(prefix="/api/v1", tags=["contacts"])
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only: another user's data")]
 IMPORT_MAX_BYTES = 256 * 1024 * 1024  # EDM_IMPORT_MAX_BYTES default (§13.4)
-_MULTIPART_SLACK = 1024 * 1024  # boundaries and option fields around the file
 _IMPORT_FIELDS = {"file", "mode", "encoding", "delimiter", "tag_ids"}
 
 
@@ -167,7 +168,7 @@ async def import_contacts(request: Request, session: Session, caller: Writer) ->
     Import model and worker exist; the report shape stays the same.
     """
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
-    _refuse_early(request, limit)
+    uploads.refuse_early(request, limit)
     form = await request.form(max_files=1, max_fields=len(_IMPORT_FIELDS) + 100)
     unknown = sorted(set(form.keys()) - _IMPORT_FIELDS)
     if unknown:
@@ -175,31 +176,13 @@ async def import_contacts(request: Request, session: Session, caller: Writer) ->
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise BadInput.field("file", "a CSV file is required")
-    _check_upload(upload, limit)
+    uploads.check_upload(upload, limit)
     report = await import_csv(
         session, user_id=caller.id, stream=upload.file, mode=_form_text(form, "mode") or "skip_existing",
         encoding=_form_text(form, "encoding"), delimiter=_delimiter(_form_text(form, "delimiter")),
         tag_ids=_form_ids(form.getlist("tag_ids")),
     )
     return report.to_dict()
-
-
-def _refuse_early(request: Request, limit: int) -> None:
-    """Refuse by headers before the body is read: wrong type (415) or a declared size over the limit (413)."""
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the file as multipart/form-data")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
-        raise HTTPException(413, f"the file is larger than {limit} bytes")
-
-
-def _check_upload(upload: UploadFile, limit: int) -> None:
-    if upload.size is not None and upload.size > limit:
-        raise HTTPException(413, f"the file is larger than {limit} bytes")
-    head = upload.file.read(4)
-    upload.file.seek(0)
-    if head.startswith(b"PK\x03\x04"):  # a zip container: XLSX (not built yet) or another archive
-        raise HTTPException(415, "only CSV files can be imported for now: save the sheet as CSV")
 
 
 def _form_text(form: Any, name: str) -> str | None:

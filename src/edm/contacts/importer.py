@@ -9,7 +9,6 @@ transactions short). Row numbers are spreadsheet row numbers: the header is row 
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
@@ -21,6 +20,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm import csvfmt
 from edm.contacts.models import Tag
 from edm.contacts.service import (
     ATTR_KEY,
@@ -37,7 +37,6 @@ from edm.errors import BadInput
 
 MAX_STORED_ERRORS = 10_000
 MAX_BATCH_SIZE = 10_000
-DELIMITERS = (",", ";", "\t")
 TAG_SEPARATORS = re.compile(r"[,;|]")
 
 # Header names are compared lower-cased with everything but letters and digits removed, so "E-Mail",
@@ -104,17 +103,13 @@ class Column:
     target: str  # field name, attribute key, or "tags"
 
 
-def _canonical(header: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", header.lower())
-
-
 def plan_columns(headers: Sequence[str]) -> list[Column]:
     """Known headers map to fields (first one wins); every other column becomes a custom attribute."""
     columns: list[Column] = []
     taken: set[str] = set()
     for index, raw in enumerate(headers):
         header = raw.strip()
-        target = FIELD_ALIASES.get(_canonical(header))
+        target = FIELD_ALIASES.get(csvfmt.canonical(header))
         if target is not None and target not in taken:
             taken.add(target)
             columns.append(Column(index, header, "tags" if target == "tags" else "field", target))
@@ -144,58 +139,6 @@ def _attribute_key(header: str, index: int, taken: set[str]) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------
-
-
-def _codec(encoding: str | None) -> str:
-    if encoding is None or _canonical(encoding) == "utf8":
-        return "utf-8-sig"  # reads files with or without a BOM
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise BadInput.field("encoding", f"unknown encoding {encoding!r}") from None
-
-
-def sniff_delimiter(header_line: str) -> str:
-    """The candidate that splits the header most often (a header is plain names, so this is reliable)."""
-    counts = {d: header_line.count(d) for d in DELIMITERS}
-    best = max(DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def _decode_error(codec: str, row: int) -> BadInput:
-    shown = "UTF-8" if codec == "utf-8-sig" else codec
-    return BadInput(f"the file is not valid {shown} text (near row {row}): give its `encoding`, e.g. gb18030",
-                    details=[{"field": "encoding", "message": f"cannot decode as {shown} near row {row}"}])
-
-
-def _header(text: io.TextIOWrapper, codec: str) -> tuple[int, str]:
-    """The first non-blank line and its row number. An empty file is refused."""
-    number = 0
-    try:
-        for line in iter(text.readline, ""):
-            number += 1
-            if line.strip():
-                return number, line
-    except UnicodeDecodeError:
-        raise _decode_error(codec, number + 1) from None
-    raise BadInput("the file is empty", details=[{"field": "file", "message": "empty file"}])
-
-
-def _records(reader: Any, first: int, codec: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
-    """(row number, cells) per record; a malformed record yields its csv.Error so only that row is lost."""
-    number = first
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except UnicodeDecodeError:
-            raise _decode_error(codec, number) from None
-        except csv.Error as exc:
-            yield number, exc
-        else:
-            yield number, cells
-        number += 1
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -353,7 +296,7 @@ async def import_csv(
     """
     _check_options(mode, batch_size, delimiter)
     extra = await require_own(session, Tag, user_id=user_id, ids=tag_ids, field="tag_ids")
-    codec = _codec(encoding)
+    codec = csvfmt.codec(encoding)
     text = io.TextIOWrapper(stream, encoding=codec, newline="")
     try:
         return await _run(session, text, codec, delimiter=delimiter, job=_Import(
@@ -368,18 +311,18 @@ def _check_options(mode: str, batch_size: int, delimiter: str | None) -> None:
         raise BadInput.field("mode", f"must be one of {', '.join(IMPORT_MODES)}")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise BadInput.field("batch_size", f"must be 1 to {MAX_BATCH_SIZE}")
-    if delimiter is not None and delimiter not in DELIMITERS:
+    if delimiter is not None and delimiter not in csvfmt.DELIMITERS:
         raise BadInput.field("delimiter", "must be ',', ';' or a tab")
 
 
 async def _run(session: AsyncSession, text: io.TextIOWrapper, codec: str, *, delimiter: str | None, job: _Import,
                batch_size: int) -> ImportReport:
-    header_row, header_line = _header(text, codec)
-    reader = csv.reader(_chain(header_line, text), delimiter=delimiter or sniff_delimiter(header_line))
+    header_row, header_line = csvfmt.header_line(text, codec)
+    reader = csv.reader(_chain(header_line, text), delimiter=delimiter or csvfmt.sniff_delimiter(header_line))
     columns = plan_columns(next(reader))
     job.report.columns = [(c.header, _shown_target(c)) for c in columns]
     batch: list[_Row] = []
-    for number, cells in _records(reader, header_row + 1, codec):
+    for number, cells in csvfmt.numbered_records(reader, header_row + 1, codec):
         if isinstance(cells, list) and not any(c.strip() for c in cells):
             continue  # blank line: not a row
         job.report.total += 1

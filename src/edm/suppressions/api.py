@@ -12,10 +12,11 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
+from edm.api import uploads
 from edm.api.deps import MAX_ID, Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import BadInput
@@ -35,7 +36,6 @@ OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only:
 RemovalReason = Annotated[str | None, Query(max_length=500, description="required for unsubscribed and "
                                                                         "complaint entries; audited")]
 IMPORT_MAX_BYTES = 256 * 1024 * 1024  # EDM_IMPORT_MAX_BYTES default
-_MULTIPART_SLACK = 1024 * 1024
 _IMPORT_FIELDS = {"file", "encoding"}
 _IMPORT_FORM = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -106,7 +106,7 @@ async def _remove(session: Session, lst: SuppressionList, entry_id: int, reason:
 
 async def _import(request: Request, session: Session, lst: SuppressionList, caller: Caller) -> dict[str, Any]:
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
-    _refuse_early(request, limit)
+    uploads.refuse_early(request, limit)
     form = await request.form(max_files=1, max_fields=len(_IMPORT_FIELDS) + 100)
     unknown = sorted(set(form.keys()) - _IMPORT_FIELDS)
     if unknown:
@@ -114,31 +114,13 @@ async def _import(request: Request, session: Session, lst: SuppressionList, call
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise BadInput.field("file", "a CSV file is required")
-    _check_upload(upload, limit)
+    uploads.check_upload(upload, limit)
     encoding = form.get("encoding")
     if encoding is not None and not isinstance(encoding, str):
         raise BadInput.field("encoding", "must be a text field")
     report = await csvio.import_csv(session, lst, upload.file, encoding=(encoding or "").strip() or None,
                                     actor=_actor(caller, request), now=utc_now())
     return report.to_dict()
-
-
-def _refuse_early(request: Request, limit: int) -> None:
-    """Refuse by headers before the body is read: wrong type (415) or a declared size over the limit (413)."""
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the file as multipart/form-data")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
-        raise HTTPException(413, f"the file is larger than {limit} bytes")
-
-
-def _check_upload(upload: UploadFile, limit: int) -> None:
-    if upload.size is not None and upload.size > limit:
-        raise HTTPException(413, f"the file is larger than {limit} bytes")
-    head = upload.file.read(4)
-    upload.file.seek(0)
-    if head.startswith(b"PK\x03\x04"):  # a zip container (XLSX): not read
-        raise HTTPException(415, "only CSV files can be imported: save the sheet as CSV")
 
 
 def _export(request: Request, lst: SuppressionList, filters: EntryFilter, bom: bool, name: str) -> StreamingResponse:

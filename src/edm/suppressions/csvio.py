@@ -9,12 +9,10 @@ a formula are prefixed with `'`, and the import takes that `'` off again.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import datetime as dt
 import hashlib
 import io
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
@@ -23,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import csvfmt
-from edm.contacts.importer import sniff_delimiter
 from edm.errors import BadInput
 from edm.ops.service import Actor, audit
 from edm.suppressions.models import Suppression
@@ -90,13 +87,13 @@ async def import_csv(session: AsyncSession, lst: SuppressionList, stream: Binary
     """Read the file record by record and insert good rows in batches (reason `import`). The caller commits,
     possibly after each batch through `on_batch`. An import into the global list is audited (counts only)."""
     created_by = actor.user_id
-    codec = _codec(encoding)
+    codec = csvfmt.codec(encoding)
     text = io.TextIOWrapper(stream, encoding=codec, newline="")
-    header_row, header = _header(text, codec)
-    reader = csv.reader(text, delimiter=sniff_delimiter(header))
-    columns = _plan(next(csv.reader([header], delimiter=sniff_delimiter(header))))
+    header_row, header = csvfmt.header_line(text, codec)
+    reader = csv.reader(text, delimiter=csvfmt.sniff_delimiter(header))
+    columns = _plan(next(csv.reader([header], delimiter=csvfmt.sniff_delimiter(header))))
     report, batch = ImportReport(), _Batch()
-    for number, cells in _records(reader, header_row + 1, codec):
+    for number, cells in csvfmt.numbered_records(reader, header_row + 1, codec):
         if isinstance(cells, list) and not any(c.strip() for c in cells):
             continue  # blank lines are not rows
         report.total += 1
@@ -165,16 +162,12 @@ def parse_time(text: str, *, field: str) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def _canonical(header: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", header.lower())
-
-
 def _plan(headers: list[str]) -> dict[str, int]:
     """Target -> column index (the first header naming a target wins); a file without email or domain is
     refused, listing the headers it has."""
     columns: dict[str, int] = {}
     for index, header in enumerate(headers):
-        target = _COLUMNS.get(_canonical(header))
+        target = _COLUMNS.get(csvfmt.canonical(header))
         if target is not None:
             columns.setdefault(target, index)
     if "email" not in columns and "domain" not in columns:
@@ -182,51 +175,6 @@ def _plan(headers: list[str]) -> dict[str, int]:
         raise BadInput(f"the file has no email or domain column; headers found: {', '.join(found) or '(none)'}",
                        details=[{"field": "file", "message": "no email or domain column"}], headers=found)
     return columns
-
-
-def _codec(encoding: str | None) -> str:
-    if encoding is None or _canonical(encoding) == "utf8":
-        return "utf-8-sig"  # reads files with or without a BOM
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise BadInput.field("encoding", f"unknown encoding {encoding[:40]!r}") from None
-
-
-def _decode_error(codec: str, row: int) -> BadInput:
-    shown = "UTF-8" if codec == "utf-8-sig" else codec
-    return BadInput(f"the file is not valid {shown} text (near row {row}): give its `encoding`",
-                    details=[{"field": "encoding", "message": f"cannot decode as {shown} near row {row}"}])
-
-
-def _header(text: io.TextIOWrapper, codec: str) -> tuple[int, str]:
-    """The first non-blank line and its row number. An empty file is refused."""
-    number = 0
-    try:
-        for line in iter(text.readline, ""):
-            number += 1
-            if line.strip():
-                return number, line
-    except UnicodeDecodeError:
-        raise _decode_error(codec, number + 1) from None
-    raise BadInput("the file is empty", details=[{"field": "file", "message": "empty file"}])
-
-
-def _records(reader: Any, first: int, codec: str) -> Any:
-    """(row number, cells) per record; a malformed record yields its csv.Error so only that row is lost."""
-    number = first
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except UnicodeDecodeError:
-            raise _decode_error(codec, number) from None
-        except csv.Error as exc:
-            yield number, exc
-        else:
-            yield number, cells
-        number += 1
 
 
 # --------------------------------------------------------------------------------------------------------

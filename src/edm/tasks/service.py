@@ -23,6 +23,7 @@ from edm.errors import (
     NotFound,
     TaskLocked,
 )
+from edm.events.models import Event
 from edm.ops import runtime_settings
 from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled
@@ -265,6 +266,8 @@ async def delete_task(session: AsyncSession, task: Task) -> None:
 
     # Mail already delivered keeps its unsubscribe link working for 365 days (§5.2): written before the rows go.
     await tombstones.write_for_task(session, task, now=utc_now())
+    # §5.2: the task's events go with it (matched events carry task_id; the index on it serves this delete).
+    await session.execute(delete(Event).where(Event.task_id == task.id))
     await session.execute(delete(SendAttempt).where(SendAttempt.subtask_id.in_(
         select(SubTask.id).where(SubTask.task_id == task.id))))
     await session.execute(delete(SubTask).where(SubTask.task_id == task.id))

@@ -67,7 +67,12 @@ async def test_links_of_a_deleted_task_keep_unsubscribing_once(ekit: EventKit) -
     await set_send_state(ekit, uncertain.id, "uncertain")
     await set_send_state(ekit, failed.id, "failed")
     before = clock.utc_now()
+    pixel = sign_token("open", sent.public_id, key=ekit.dkit.settings.signing_key)
+    assert (await ekit.client.get(f"/t/o/{pixel}.gif")).status_code == 200
+    await ekit.apply()
+    assert [e.task_id for e in await ekit.events()] == [task_id]
     await delete_through_the_api(ekit, task_id)
+    assert await ekit.events() == [], "the task's events are deleted with it (§5.2)"
 
     kept = await tombstones(ekit)
     assert set(kept) == {sent.public_id, uncertain.public_id, contact_gone.public_id}, "mailed SubTasks only"
