@@ -13,12 +13,20 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from edm.errors import BadInput
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 DELIMITERS = (",", ";", "\t")
+
+
+class RowError(NamedTuple):
+    """One refused row of an import: its number in the file, the column at fault, and why."""
+
+    row: int
+    column: str
+    message: str
 
 
 def guard(cell: str) -> str:

@@ -7,7 +7,9 @@ size and the first bytes: a zip container (an XLSX sheet) is refused with a mess
 from __future__ import annotations
 
 from fastapi import HTTPException, Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+
+from edm.errors import BadInput
 
 MULTIPART_SLACK = 1024 * 1024  # boundaries and option fields around the file
 
@@ -28,3 +30,17 @@ def check_upload(upload: UploadFile, limit: int) -> None:
     upload.file.seek(0)
     if head.startswith(b"PK\x03\x04"):  # a zip container: XLSX (not read yet) or another archive
         raise HTTPException(415, "only CSV files can be imported for now: save the sheet as CSV")
+
+
+async def csv_form(request: Request, fields: frozenset[str] | set[str], limit: int) -> tuple[FormData, UploadFile]:
+    """The multipart form of an import and its `file`, after every check above; unknown fields are 422."""
+    refuse_early(request, limit)
+    form = await request.form(max_files=1, max_fields=len(fields) + 100)
+    unknown = sorted(set(form.keys()) - set(fields))
+    if unknown:
+        raise BadInput.field(unknown[0], "unknown field")
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadInput.field("file", "a CSV file is required")
+    check_upload(upload, limit)
+    return form, upload

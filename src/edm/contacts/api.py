@@ -12,7 +12,6 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import UploadFile
 
 from edm.api import uploads
 from edm.api.deps import CurrentCaller, Paging, Session, Writer, page_of
@@ -168,15 +167,7 @@ async def import_contacts(request: Request, session: Session, caller: Writer) ->
     Import model and worker exist; the report shape stays the same.
     """
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
-    uploads.refuse_early(request, limit)
-    form = await request.form(max_files=1, max_fields=len(_IMPORT_FIELDS) + 100)
-    unknown = sorted(set(form.keys()) - _IMPORT_FIELDS)
-    if unknown:
-        raise BadInput.field(unknown[0], "unknown field")
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise BadInput.field("file", "a CSV file is required")
-    uploads.check_upload(upload, limit)
+    form, upload = await uploads.csv_form(request, _IMPORT_FIELDS, limit)
     report = await import_csv(
         session, user_id=caller.id, stream=upload.file, mode=_form_text(form, "mode") or "skip_existing",
         encoding=_form_text(form, "encoding"), delimiter=_delimiter(_form_text(form, "delimiter")),

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,7 @@ from edm.contacts.service import (
     tag_ids_by_name,
 )
 from edm.contacts.service import bulk_insert_contacts as write_rows
+from edm.csvfmt import RowError
 from edm.errors import BadInput
 
 MAX_STORED_ERRORS = 10_000
@@ -55,12 +56,6 @@ FIELD_ALIASES: dict[str, str] = {
     "source": "source", "status": "status", "timezone": "timezone",
     "tags": "tags",
 }  # fmt: skip
-
-
-class RowError(NamedTuple):
-    row: int
-    column: str
-    message: str
 
 
 @dataclass

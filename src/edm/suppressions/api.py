@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.datastructures import UploadFile
 
 from edm.api import uploads
 from edm.api.deps import MAX_ID, Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, Writer, page_of
@@ -106,15 +105,7 @@ async def _remove(session: Session, lst: SuppressionList, entry_id: int, reason:
 
 async def _import(request: Request, session: Session, lst: SuppressionList, caller: Caller) -> dict[str, Any]:
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
-    uploads.refuse_early(request, limit)
-    form = await request.form(max_files=1, max_fields=len(_IMPORT_FIELDS) + 100)
-    unknown = sorted(set(form.keys()) - _IMPORT_FIELDS)
-    if unknown:
-        raise BadInput.field(unknown[0], "unknown field")
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise BadInput.field("file", "a CSV file is required")
-    uploads.check_upload(upload, limit)
+    form, upload = await uploads.csv_form(request, _IMPORT_FIELDS, limit)
     encoding = form.get("encoding")
     if encoding is not None and not isinstance(encoding, str):
         raise BadInput.field("encoding", "must be a text field")

@@ -15,12 +15,13 @@ import hashlib
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import csvfmt
+from edm.csvfmt import RowError
 from edm.errors import BadInput
 from edm.ops.service import Actor, audit
 from edm.suppressions.models import Suppression
@@ -40,12 +41,6 @@ EXPORT_HEADER = ("email", "domain", "reason", "note", "expires_at", "created_at"
 _COLUMNS = {"email": "email", "mail": "email", "emailaddress": "email", "address": "email", "domain": "domain",
             "note": "note", "notes": "note", "comment": "note", "expiresat": "expires_at", "expires": "expires_at",
             "expiry": "expires_at"}
-
-
-class RowError(NamedTuple):
-    row: int
-    column: str
-    message: str
 
 
 @dataclass
