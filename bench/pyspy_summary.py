@@ -69,7 +69,7 @@ def summarise(path: Path, top: int = 25) -> str:
         seen = set()
         for frame in frames:
             n = name(frame)
-            if n.split(" (")[1].startswith("edm/") and n not in seen:
+            if " (edm/" in n and n not in seen:
                 inclusive[n] += count
                 seen.add(n)
         hit = set()

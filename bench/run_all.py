@@ -75,6 +75,7 @@ class DispatchResult:
     cpu: dict[str, float]
     cpu_wall: float
     timed_out: bool = False
+    tracking: bool = True  # open pixel and click rewriting (21 links in the bench template) on
     worker_errors: list[str] = field(default_factory=list)
     services_after: list[str] = field(default_factory=list)
 
@@ -134,8 +135,8 @@ async def analyze(sm: async_sessionmaker[AsyncSession]) -> None:
 
 async def run_dispatch(sm: async_sessionmaker[AsyncSession], world: seed.World, *, workers: int, concurrency: int,
                        sink: infra.Sink, source_bin: str, ref_messages: int, timeout: float,
-                       profile: bool = False) -> DispatchResult:
-    task_id, _ = await seed.create_task(sm, world, name=f"dispatch {workers}w", tag="dispatch")
+                       profile: bool = False, tracking: bool = True) -> DispatchResult:
+    task_id, _ = await seed.create_task(sm, world, name=f"dispatch {workers}w", tag="dispatch", tracking=tracking)
     gen_s, sendable = await seed.generate(sm, task_id)
     await analyze(sm)
     log(f"dispatch {workers}w: task {task_id} generated ({sendable:,} recipients, {gen_s:.1f} s); "
@@ -209,7 +210,8 @@ async def run_dispatch(sm: async_sessionmaker[AsyncSession], world: seed.World, 
         rate_task=sent / task_span if task_span else None, rate_wall=sent / (done - spawned),
         seconds_db=seconds_db, seconds_wall=done - spawned, ref_rate=ref.rate, ref_rates=ref.rates,
         peak_rss_mb=peaks, cpu=dict(meter.used) if meter else {}, cpu_wall=meter.wall if meter else 0.0,
-        timed_out=timed_out, worker_errors=pool.errors()[:10], services_after=await service_states(sm))
+        timed_out=timed_out, tracking=tracking, worker_errors=pool.errors()[:10],
+        services_after=await service_states(sm))
     if timed_out:
         await seed.pause(sm, task_id)
     log(f"  {workers}w: {result.rate_db:,.0f} msg/s (DB), {result.rate_wall:,.0f} msg/s (wall), "
@@ -330,23 +332,23 @@ def report(res: dict[str, Any]) -> str:
         lines.append("### (a) Dispatch → smtp-sink (2 SMTP services, interval 0, max_concurrency "
                      f"{res['max_concurrency']}, `edm worker --concurrency {res['dispatch'][0]['concurrency']}`)")
         lines.append("")
-        lines.append("| workers | recipients | sent | msg/s (DB: first send → last sent) "
+        lines.append("| workers | tracking | recipients | sent | msg/s (DB: first send → last sent) "
                      "| msg/s (wall, incl. start-up) | msg/s (task first_sent_at → completed_at) "
                      "| smtp-source -s 1 (same run) | ratio | peak RSS / worker |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for d in res["dispatch"]:
             rate_task = f"{d['rate_task']:,.0f}" if d["rate_task"] else "–"
             cut = " (timed out)" if d["timed_out"] else ""
-            lines.append(f"| {d['workers']} | {d['recipients']:,} | {d['sent']:,}{cut} "
+            lines.append(f"| {d['workers']} | {_tracking(d)} | {d['recipients']:,} | {d['sent']:,}{cut} "
                          f"| **{d['rate_db']:,.0f}** | {d['rate_wall']:,.0f} | {rate_task} | {d['ref_rate']:,.0f} "
                          f"| **{d['rate_db'] / d['ref_rate']:.2f}** | "
                          f"{', '.join(f'{p:.0f} MB' for p in d['peak_rss_mb'])} |")
         lines.append("")
         lines.append("CPU seconds per 1,000 messages while sending (first sent row → last), by process group:")
         lines.append("")
-        lines.append("| workers | edm workers | PostgreSQL (bench DB + aux) | smtp-sink | bench poller "
+        lines.append("| workers | tracking | edm workers | PostgreSQL (bench DB + aux) | smtp-sink | bench poller "
                      "| other (not ours) | machine busy / available |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for d in res["dispatch"]:
             k = 1000 / max(1, d["sent"])
             c = d["cpu"]
@@ -355,9 +357,9 @@ def report(res: dict[str, Any]) -> str:
                 busy = sum(c.values())
                 cells = " | ".join(f"{c.get(g, 0) * k:.2f}" for g in ("workers", "postgres", "sink", "bench", "other"))
                 share = f"{busy:.0f} / {avail:.0f} CPU-s ({100 * busy / avail:.0f} %)"
-                lines.append(f"| {d['workers']} | {cells} | {share} |")
+                lines.append(f"| {d['workers']} | {_tracking(d)} | {cells} | {share} |")
         lines.append("")
-        two = [d for d in res["dispatch"] if d["workers"] == 2]
+        two = [d for d in res["dispatch"] if d["workers"] == 2 and d.get("tracking", True)]
         if two:
             d = two[0]
             ratio = d["rate_db"] / d["ref_rate"]
@@ -483,6 +485,10 @@ def write_webhooks_results(markdown: str, res: dict[str, Any]) -> None:
         json.dumps(res, indent=2, default=str))
 
 
+def _tracking(d: dict[str, Any]) -> str:
+    return "on" if d.get("tracking", True) else "off"
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 
 
@@ -533,6 +539,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     sm, world, workers=workers, concurrency=args.concurrency, sink=sink, source_bin=source_bin,
                     ref_messages=sizes["ref_messages"], timeout=args.timeout, profile=args.profile)
                 res["dispatch"].append(asdict(result))
+            if args.untracked_reference:
+                # The same run without tracking: what rewriting links and adding the pixel cost, same machine.
+                result = await run_dispatch(
+                    sm, world, workers=max(args.workers), concurrency=args.concurrency, sink=sink,
+                    source_bin=source_bin, ref_messages=sizes["ref_messages"], timeout=args.timeout,
+                    tracking=False)
+                res["dispatch"].append(asdict(result))
         if "rss" in only:
             res["rss"] = [
                 asdict(await run_rss(sm, world, label=f"{sizes['rss_small']:,} recipients (to completion)",
@@ -578,6 +591,8 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
                         help="worker counts for the dispatch runs, e.g. 1,2")
     parser.add_argument("--dispatch-recipients", type=int, help="override the dispatch task size")
+    parser.add_argument("--untracked-reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the most workers with open/click tracking off (what tracking costs)")
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds before a run is cut short")
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker of each dispatch run")
     parser.add_argument("--webhook-connections", type=int, default=bench_webhooks.CONNECTIONS,

@@ -105,15 +105,17 @@ async def tag_first(session: AsyncSession, *, user_id: int, name: str, first_n: 
 
 
 async def create_task(sessionmaker: async_sessionmaker[AsyncSession], world: World, *, name: str,
-                      tag: str | None = None) -> tuple[int, float]:
+                      tag: str | None = None, tracking: bool = True) -> tuple[int, float]:
     """Create and schedule (now) a task to a tag's contacts, or to all contacts. Returns (id, seconds spent
-    scheduling: the estimate and test render run there)."""
+    scheduling: the estimate and test render run there). `tracking` is open and click tracking (the default
+    of a task, on)."""
     rule: dict[str, Any] = ({"type": "tag_based", "include_tag_ids": [world.tag_ids[tag]], "exclude_tag_ids": []}
                             if tag else {"type": "all_contacts", "exclude_tag_ids": []})
     async with unit_of_work(sessionmaker) as session:
         task = await tasks.create_task(session, user_id=world.user_id, actor="bench", values={
             "name": name, "sender_id": world.sender_id, "recipient_rule": rule,
-            "templates": [{"template_id": world.template_id, "weight": 1}]})
+            "templates": [{"template_id": world.template_id, "weight": 1}],
+            "track_opens": tracking, "track_clicks": tracking})
         started = time.perf_counter()
         await tasks.schedule(session, task, at=None, actor="bench")
         return task.id, time.perf_counter() - started

@@ -127,3 +127,28 @@ async def test_a_custom_footer_setting_replaces_the_built_in_one(
     assert '<p class="legal">Leave: <a href="https://unsubscribe.invalid/preview">here</a> · 1 &lt;Main&gt; St</p>' \
         in html
     assert "edm-footer" not in html
+
+
+async def test_with_click_tracking_both_parts_carry_the_same_tracked_links(
+        db_url: str, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink) -> None:
+    dkit = DispatchKit(db_url, sessionmaker)
+    owner = await make_account(sessionmaker, "ann", credit=100)
+    html = HTML.replace("</body>", '<p><a data-edm-notrack href="https://shop.example.com/terms">Terms</a></p></body>')
+    async with unit_of_work(sessionmaker) as session:
+        sender = await factories.sender(session, owner.id)
+        template = await factories.template(session, owner.id, html=html)
+        await factories.contacts(session, owner.id, 1, prefix="zoe")
+        await factories.service(session, dkit.settings, "relay", provider="smtp", map_to=[owner.id],
+                                options={"host": sink.host, "port": sink.port, "security": "none"})
+        task_id = await factories.task(session, owner.id, sender_id=sender, template_ids=[template],
+                                       rule={"type": "all_contacts"}, track_opens=True, track_clicks=True)
+    async with dkit.worker():
+        await dkit.wait_for(lambda: _completed(dkit, task_id), timeout=30, what="task completed")
+    assert await sink.wait_for_messages(1)
+    sent_html, sent_text = _parts(sink.messages[0].data)
+    click_base = dkit.settings.effective_tracking_url + "/t/c/"
+    tracked_in_html = {part.split('"', 1)[0] for part in sent_html.split(click_base)[1:]}
+    tracked_in_text = {part.split(")", 1)[0] for part in sent_text.split(click_base)[1:]}
+    assert len(tracked_in_html) == 1 and tracked_in_html == tracked_in_text, (sent_html, sent_text)
+    assert "new?ref=mail" not in sent_text, "the text part's link is the tracked one"
+    assert "Terms (https://shop.example.com/terms)" in sent_text, "a notrack link stays untracked in the text too"

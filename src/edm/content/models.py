@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edm.db.base import Base, BigId, IdMixin, TimestampMixin
@@ -36,3 +36,19 @@ class Sender(IdMixin, TimestampMixin, Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     reply_to: Mapped[str | None] = mapped_column(String(320))
     archived_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Media(IdMixin, TimestampMixin, Base):
+    """An uploaded image (SPEC §4.4, §14.6), stored as uploaded and served at /media/{public_id}/{filename}.
+    The bytes live in the database so every API process can serve them without a shared disk."""
+
+    __tablename__ = "media"
+    __table_args__ = (Index("ix_media_user_id_id", "user_id", "id"),)
+
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)  # random: URLs are not guessable
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -7,6 +7,7 @@ mail is sent, so a click can never find its link missing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import re
@@ -18,9 +19,12 @@ from edm.security.tokens import sign_token
 _A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
 _HREF = re.compile(r"""(\bhref\s*=\s*)("([^"]*)"|'([^']*)')""", re.IGNORECASE)
 _TEXT_URL = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
+# Sentence punctuation after a URL in running text is not part of it (what every linkifier assumes).
+_TRAILING_PUNCTUATION = ".,;:!?"
 _NO_TRACK = re.compile(r"\bdata-edm-notrack\b", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)  # the same links recur for every recipient of a task
 def link_id(task_id: int, url: str) -> int:
     """A 63-bit id from (task, URL): the same link always gets the same id, different tasks never share one."""
     digest = hashlib.sha256(f"{task_id}\x1f{url}".encode()).digest()
@@ -35,14 +39,26 @@ class LinkRewriter:
         self.task_id, self.subtask_id, self.key, self.base_url = task_id, subtask_id, key, base_url
         self.keep = keep  # URLs never rewritten (EDM's own unsubscribe/view links)
         self.links: dict[int, str] = {}
+        # URLs of links the author marked `data-edm-notrack` in the HTML: the text part (rewritten after the
+        # HTML) leaves them alone too.
+        self.untracked: set[str] = set()
+        self._rewritten: dict[str, str] = {}  # URL -> its tracked URL: the text part reuses the HTML's tokens
 
     def __call__(self, part: str, value: str) -> str:
-        return self._html(value) if part == "html" else _TEXT_URL.sub(lambda m: self._tracked(m.group(0)), value)
+        return self._html(value) if part == "html" else _TEXT_URL.sub(self._text_url, value)
+
+    def _text_url(self, match: re.Match[str]) -> str:
+        found = match.group(0)
+        url = found.rstrip(_TRAILING_PUNCTUATION)
+        if url in self.untracked:
+            return found
+        return self._tracked(url) + found[len(url):]
 
     def _html(self, document: str) -> str:
         def tag(match: re.Match[str]) -> str:
             text = match.group(0)
             if _NO_TRACK.search(text):
+                self._remember_untracked(text)
                 return text
             return _HREF.sub(href, text, count=1)
 
@@ -56,10 +72,21 @@ class LinkRewriter:
 
         return _A_TAG.sub(tag, document)
 
+    def _remember_untracked(self, tag: str) -> None:
+        found = _HREF.search(tag)
+        if found is not None:
+            raw = found.group(3) if found.group(3) is not None else found.group(4)
+            self.untracked.add(html.unescape(raw).strip())
+
     def _tracked(self, url: str) -> str:
+        known = self._rewritten.get(url)
+        if known is not None:
+            return known
         if not url.lower().startswith(("http://", "https://")) or self.keep(url):
-            return url
-        identifier = link_id(self.task_id, url)
-        self.links[identifier] = url
-        token = sign_token("click", self.subtask_id, key=self.key, link_id=identifier)
-        return f"{self.base_url}/t/c/{token}"
+            tracked = url
+        else:
+            identifier = link_id(self.task_id, url)
+            self.links[identifier] = url
+            tracked = f"{self.base_url}/t/c/{sign_token('click', self.subtask_id, key=self.key, link_id=identifier)}"
+        self._rewritten[url] = tracked
+        return tracked

@@ -79,3 +79,34 @@ class QuotaLedgerEntry(IdMixin, TimestampMixin, Base):
     task_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("tasks.id", ondelete="SET NULL"), index=True)
     actor_user_id: Mapped[int | None] = mapped_column(BigId)
     reason: Mapped[str] = mapped_column(String(500))
+
+
+class ConsoleSession(IdMixin, Base):
+    """A console login (SPEC §3.2). Only the SHA-256 of the cookie value is stored; `csrf_secret` is the
+    token state-changing requests must echo (form field or `X-CSRF-Token`)."""
+
+    __tablename__ = "sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # absolute lifetime
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+class LoginAttempt(IdMixin, Base):
+    """Failed (and successful) logins, for throttling by username and by IP across API processes."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_username_at", "username", "at"),
+        Index("ix_login_attempts_ip_at", "ip", "at"),
+    )
+
+    username: Mapped[str] = mapped_column(String(320))  # as typed, lower-cased
+    ip: Mapped[str | None] = mapped_column(String(64))
+    succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -85,3 +85,15 @@ def test_rewriting_keeps_what_must_not_be_tracked_and_rewrites_the_text_part_too
     text = rewriter("text", "See https://a.example.com/?q=1&r=2 now")
     assert "https://t.example.com/t/c/" in text and "a.example.com" not in text
     assert set(rewriter.links.values()) == {"https://a.example.com/?q=1&r=2"}
+
+
+def test_the_text_part_leaves_notrack_links_and_trailing_punctuation_alone() -> None:
+    rewriter = LinkRewriter(task_id=7, subtask_id=uuid.uuid4(), key=b"k" * 32, base_url="https://t.example.com",
+                            keep=lambda url: False)
+    rewriter("html", '<a data-edm-notrack href="https://keep.example.com/terms">Terms</a>'
+                     '<a href="https://shop.example.com/a">Shop</a>')
+    text = rewriter("text", "Terms (https://keep.example.com/terms). Shop: https://shop.example.com/a.")
+    assert "(https://keep.example.com/terms)." in text, "a notrack link of the HTML stays as written"
+    assert text.endswith(".") and not text.endswith("/a.")
+    assert set(rewriter.links.values()) == {"https://shop.example.com/a"}, "the sentence's full stop is no part"
+

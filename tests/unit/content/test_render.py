@@ -317,7 +317,7 @@ def test_text_generated_from_final_html_when_empty() -> None:
     assert out.text == "Title\n\nPara\n"
 
 
-def test_postprocess_hook_runs_before_text_generation() -> None:
+def test_postprocess_hook_rewrites_the_derived_text_after_the_html() -> None:
     calls: list[str] = []
 
     def rewrite(part: str, value: str) -> str:
@@ -325,9 +325,26 @@ def test_postprocess_hook_runs_before_text_generation() -> None:
         return value.replace("https://shop.example.com", "https://t.example.com/c/TOK")
 
     tpl = compile_template(subject="s", html='<p><a href="https://shop.example.com">Shop</a></p>')
+    assert tpl.derived_text is not None
     out = tpl.render(_ctx(), compliance_footer=False, postprocess=rewrite)
-    assert calls == ["html"]
+    assert calls == ["html", "text"]
     assert 'href="https://t.example.com/c/TOK"' in out.html
+    assert out.text == "Shop (https://t.example.com/c/TOK)\n"
+
+
+def test_postprocess_hook_runs_before_text_conversion_when_text_cannot_be_derived() -> None:
+    calls: list[str] = []
+
+    def rewrite(part: str, value: str) -> str:
+        calls.append(part)
+        return value.replace("https://shop.example.com", "https://t.example.com/c/TOK")
+
+    # `| safe` markup is only visible after rendering: the text is converted from the final HTML.
+    tpl = compile_template(subject="s", html="<p>{{ contact.attributes.block | safe }}</p>")
+    assert tpl.derived_text is None
+    block = {"block": '<a href="https://shop.example.com">Shop</a>'}
+    out = tpl.render(_ctx(attributes=block), compliance_footer=False, postprocess=rewrite)
+    assert calls == ["html"]
     assert out.text == "Shop (https://t.example.com/c/TOK)\n"
 
 

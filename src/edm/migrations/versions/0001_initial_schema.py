@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 21:34:16.207599
+Create Date: 2026-11-29 01:08:15.093934
 """
 from collections.abc import Sequence
 
@@ -96,6 +96,18 @@ def upgrade() -> None:
         batch_op.create_index('ix_events_subtask_id', ['subtask_id'], unique=False, postgresql_where=sa.text('subtask_id IS NOT NULL'), sqlite_where=sa.text('subtask_id IS NOT NULL'))
         batch_op.create_index('ix_events_task_id_type_time', ['task_id', 'event_type', 'occurred_at'], unique=False, postgresql_where=sa.text('task_id IS NOT NULL'), sqlite_where=sa.text('task_id IS NOT NULL'))
         batch_op.create_index(batch_op.f('ix_events_user_id'), ['user_id'], unique=False)
+
+    op.create_table('login_attempts',
+    sa.Column('username', sa.String(length=320), nullable=False),
+    sa.Column('ip', sa.String(length=64), nullable=True),
+    sa.Column('succeeded', sa.Boolean(), nullable=False),
+    sa.Column('at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_login_attempts'))
+    )
+    with op.batch_alter_table('login_attempts', schema=None) as batch_op:
+        batch_op.create_index('ix_login_attempts_ip_at', ['ip', 'at'], unique=False)
+        batch_op.create_index('ix_login_attempts_username_at', ['username', 'at'], unique=False)
 
     op.create_table('settings',
     sa.Column('key', sa.String(length=64), nullable=False),
@@ -261,6 +273,71 @@ def upgrade() -> None:
     with op.batch_alter_table('email_service_status_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_email_service_status_log_service_id'), ['service_id'], unique=False)
 
+    op.create_table('idempotency_keys',
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('method', sa.String(length=8), nullable=False),
+    sa.Column('path', sa.String(length=500), nullable=False),
+    sa.Column('request_hash', sa.String(length=64), nullable=False),
+    sa.Column('status_code', sa.Integer(), nullable=True),
+    sa.Column('content_type', sa.String(length=100), nullable=True),
+    sa.Column('response_body', sa.Text(), nullable=True),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_idempotency_keys_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_idempotency_keys')),
+    sa.UniqueConstraint('user_id', 'key', name=op.f('uq_idempotency_keys_user_id_key'))
+    )
+    with op.batch_alter_table('idempotency_keys', schema=None) as batch_op:
+        batch_op.create_index('ix_idempotency_keys_created_at', ['created_at'], unique=False)
+
+    op.create_table('imports',
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('filename', sa.String(length=255), nullable=False),
+    sa.Column('format', sa.String(length=8), nullable=False),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
+    sa.Column('options', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('total_rows', sa.Integer(), nullable=True),
+    sa.Column('processed', sa.Integer(), nullable=False),
+    sa.Column('created', sa.Integer(), nullable=False),
+    sa.Column('updated', sa.Integer(), nullable=False),
+    sa.Column('skipped', sa.Integer(), nullable=False),
+    sa.Column('errors', sa.Integer(), nullable=False),
+    sa.Column('message', sa.String(length=1000), nullable=True),
+    sa.Column('worker_id', sa.String(length=64), nullable=True),
+    sa.Column('heartbeat_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', edm.db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_imports_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_imports'))
+    )
+    with op.batch_alter_table('imports', schema=None) as batch_op:
+        batch_op.create_index('ix_imports_status', ['status'], unique=False)
+        batch_op.create_index('ix_imports_user_id_id', ['user_id', 'id'], unique=False)
+
+    op.create_table('media',
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('public_id', sa.String(length=32), nullable=False),
+    sa.Column('filename', sa.String(length=255), nullable=False),
+    sa.Column('content_type', sa.String(length=32), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('data', sa.LargeBinary(), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_media_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_media')),
+    sa.UniqueConstraint('public_id', name=op.f('uq_media_public_id'))
+    )
+    with op.batch_alter_table('media', schema=None) as batch_op:
+        batch_op.create_index('ix_media_user_id_id', ['user_id', 'id'], unique=False)
+
     op.create_table('notifications',
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('kind', sa.String(length=64), nullable=False),
@@ -306,6 +383,23 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_service_day_usage')),
     sa.UniqueConstraint('service_id', 'service_day', name=op.f('uq_service_day_usage_service_id_service_day'))
     )
+    op.create_table('sessions',
+    sa.Column('id_hash', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('csrf_secret', sa.String(length=64), nullable=False),
+    sa.Column('created_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', edm.db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ip', sa.String(length=64), nullable=True),
+    sa.Column('user_agent', sa.String(length=300), nullable=True),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_sessions_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_sessions')),
+    sa.UniqueConstraint('id_hash', name=op.f('uq_sessions_id_hash'))
+    )
+    with op.batch_alter_table('sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sessions_user_id'), ['user_id'], unique=False)
+
     op.create_table('suppressions',
     sa.Column('scope', sa.String(length=8), nullable=False),
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -402,6 +496,26 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('contact_tags', schema=None) as batch_op:
         batch_op.create_index('ix_contact_tags_tag_id_contact_id', ['tag_id', 'contact_id'], unique=False)
+
+    op.create_table('import_chunks',
+    sa.Column('import_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('data', sa.LargeBinary(), nullable=False),
+    sa.ForeignKeyConstraint(['import_id'], ['imports.id'], name=op.f('fk_import_chunks_import_id_imports'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('import_id', 'seq', name=op.f('pk_import_chunks'))
+    )
+    op.create_table('import_errors',
+    sa.Column('import_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('row_number', sa.Integer(), nullable=False),
+    sa.Column('column', sa.String(length=100), nullable=True),
+    sa.Column('value', sa.String(length=200), nullable=True),
+    sa.Column('message', sa.String(length=500), nullable=False),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.ForeignKeyConstraint(['import_id'], ['imports.id'], name=op.f('fk_import_errors_import_id_imports'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_import_errors'))
+    )
+    with op.batch_alter_table('import_errors', schema=None) as batch_op:
+        batch_op.create_index('ix_import_errors_import_id_row_number', ['import_id', 'row_number'], unique=False)
 
     op.create_table('tasks',
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -631,6 +745,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_tasks_status_schedule_at')
 
     op.drop_table('tasks')
+    with op.batch_alter_table('import_errors', schema=None) as batch_op:
+        batch_op.drop_index('ix_import_errors_import_id_row_number')
+
+    op.drop_table('import_errors')
+    op.drop_table('import_chunks')
     with op.batch_alter_table('contact_tags', schema=None) as batch_op:
         batch_op.drop_index('ix_contact_tags_tag_id_contact_id')
 
@@ -654,6 +773,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_suppressions_value')
 
     op.drop_table('suppressions')
+    with op.batch_alter_table('sessions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sessions_user_id'))
+
+    op.drop_table('sessions')
     op.drop_table('service_day_usage')
     with op.batch_alter_table('senders', schema=None) as batch_op:
         batch_op.drop_index('uq_senders_local_part_lower')
@@ -664,6 +787,19 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_notifications_user_id'))
 
     op.drop_table('notifications')
+    with op.batch_alter_table('media', schema=None) as batch_op:
+        batch_op.drop_index('ix_media_user_id_id')
+
+    op.drop_table('media')
+    with op.batch_alter_table('imports', schema=None) as batch_op:
+        batch_op.drop_index('ix_imports_user_id_id')
+        batch_op.drop_index('ix_imports_status')
+
+    op.drop_table('imports')
+    with op.batch_alter_table('idempotency_keys', schema=None) as batch_op:
+        batch_op.drop_index('ix_idempotency_keys_created_at')
+
+    op.drop_table('idempotency_keys')
     with op.batch_alter_table('email_service_status_log', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_email_service_status_log_service_id'))
 
@@ -685,6 +821,11 @@ def downgrade() -> None:
     op.drop_table('users')
     op.drop_table('task_stat_counters')
     op.drop_table('settings')
+    with op.batch_alter_table('login_attempts', schema=None) as batch_op:
+        batch_op.drop_index('ix_login_attempts_username_at')
+        batch_op.drop_index('ix_login_attempts_ip_at')
+
+    op.drop_table('login_attempts')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_user_id'))
         batch_op.drop_index('ix_events_task_id_type_time', postgresql_where=sa.text('task_id IS NOT NULL'), sqlite_where=sa.text('task_id IS NOT NULL'))
