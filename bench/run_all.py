@@ -1,7 +1,8 @@
 """EDM's benchmark on PostgreSQL (`make bench`): dispatch, generation and worker memory, each printed beside
 a reference measured in the same run. Not a timed test: it prints figures and writes bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run_all [--quick] [--only dispatch|generation|rss|webhooks|tracking|stats]
+    .venv/bin/python -m bench.run_all [--quick]
+                                      [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts]
                                       [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
@@ -18,6 +19,12 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 (f) task statistics (bench/bench_stats.py): `task_stats` of a 1,000,000-SubTask task read from the trigger-kept
     counters, beside `SELECT 1` and the aggregate over the rows in the same run; counters checked against the
     recount. (e) and (f) each write their own block of RESULTS.md, like (d).
+(g) contact import (bench/bench_import.py): a 1,000,000-row CSV (1 % bad rows) imported by the `imports` job code
+    in a separate process: wall time and peak RSS, beside PostgreSQL COPY and a csv.reader pass of the same file
+    in the same run. Its own block of RESULTS.md, like (d).
+(h) contacts (bench/bench_contacts.py): list/search page p95, a tag rule's recipient estimate and a streamed
+    `edm contact export` of 1,000,000 contacts (peak RSS), beside `SELECT 1`, `count(*)` and `COPY … TO` in the
+    same run. Its own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
 generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
@@ -41,7 +48,7 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bench import bench_stats, bench_tracking, bench_webhooks, infra, seed
+from bench import bench_contacts, bench_import, bench_stats, bench_tracking, bench_webhooks, infra, seed
 from bench.infra import log
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -499,13 +506,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(QUICK if args.quick else FULL)
     if args.dispatch_recipients:
         sizes["dispatch"] = args.dispatch_recipients
-    only = set(args.only or ["dispatch", "generation", "rss", "webhooks", "tracking", "stats"])
+    only = set(args.only or ["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import", "contacts"])
+    contacts_sizes = dict(bench_contacts.QUICK if args.quick else bench_contacts.FULL)
     stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
     started = time.monotonic()
     res: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                            "quick": args.quick, "machine": machine(), "max_concurrency": args.max_concurrency,
                            "code": code_version(), "env": infra.passthrough()}
-    smtp = bool(only - {"webhooks", "tracking", "stats"})  # these sections send nothing: no sink needed
+    smtp = bool(only - {"webhooks", "tracking", "stats", "import", "contacts"})  # these send nothing: no sink needed
     sink_bin, source_bin = infra.ensure_postfix_tools() if smtp else ("", "")
     log(f"fresh database {infra.DB_NAME}; edm db upgrade")
     infra.recreate_database()
@@ -524,7 +532,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         need = max([sizes["dispatch"]] * ("dispatch" in only)
                    + [sizes["generation"]] * ("generation" in only)
                    + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only)
-                   + [stats_sizes["subtasks"]] * ("stats" in only), default=0)
+                   + [stats_sizes["subtasks"]] * ("stats" in only)
+                   + [contacts_sizes["contacts"]] * ("contacts" in only), default=0)
         t0 = time.perf_counter()
         world = None if not need else await seed.seed(sm, settings, contacts=need, sink_port=sink.port,
                                 max_concurrency=args.max_concurrency,
@@ -572,6 +581,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             res["stats"] = asdict(await bench_stats.run(
                 sm, world, subtasks=stats_sizes["subtasks"], reads=stats_sizes["reads"],
                 reference_reads=stats_sizes["reference_reads"]))
+        if "import" in only:
+            rows = (bench_import.QUICK if args.quick else bench_import.FULL)["rows"]
+            res["import"] = asdict(await bench_import.run(sm, settings, rows=rows))
+        if "contacts" in only:
+            res["contacts"] = asdict(await bench_contacts.run(sm, world, contacts=need,
+                                                              reads=contacts_sizes["reads"]))
     finally:
         sink.stop()
         await engine.dispose()
@@ -583,7 +598,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (5,000 recipients, 100,000 generated)")
     parser.add_argument("--only", action="append",
-                        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats"],
+                        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import",
+                                 "contacts"],
                         help="run only this part (repeatable)")
     parser.add_argument("--concurrency", type=int, default=8, help="`edm worker --concurrency` (dispatch loops)")
     parser.add_argument("--max-concurrency", type=int, default=100,
@@ -617,6 +633,10 @@ def main() -> None:
         written["tracking"] = ("Tracking endpoints", report_section(res, lines))
     if res.get("stats"):
         written["stats"] = ("Task statistics", report_section(res, bench_stats.report_lines(res["stats"])))
+    if res.get("import"):
+        written["import"] = ("Contact import", report_section(res, bench_import.report_lines(res["import"])))
+    if res.get("contacts"):
+        written["contacts"] = ("Contacts", report_section(res, bench_contacts.report_lines(res["contacts"])))
     for _, section in written.values():
         print()
         print(section)

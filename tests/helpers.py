@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -55,3 +56,11 @@ async def api_client(db_url: str, engine: AsyncEngine, **overrides: object) -> A
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://edm.test") as client:
             yield client
+
+
+def expect_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The §16.1 error body of `r`, after checking its status and machine code."""
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()["error"]
+    assert body["code"] == code, body
+    return body

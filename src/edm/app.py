@@ -12,11 +12,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edm.api.idempotency import IdempotencyMiddleware
+from edm.api.ratelimit import RateLimitMiddleware
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.migrate import schema_is_current
 from edm.errors import EdmError
@@ -41,6 +43,9 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
             message = "unknown field"
         details.append({"field": ".".join(loc) or "body", "message": message})
     return details
+
+
+_DATA_ERROR = "a value is out of range or contains characters that cannot be stored (e.g. NUL)"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -70,6 +75,27 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("http.database_unavailable", extra={"request_id": request.state.request_id})
         return JSONResponse(error_body(request, "unavailable", "database unavailable, retry later"),
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Safety net for input the endpoint did not check: PostgreSQL's data exceptions (SQLSTATE class 22:
+        # NUL in text, number out of range, value too long) are the caller's input, not our failure.
+        if exc.connection_invalidated:
+            return JSONResponse(error_body(request, "unavailable", "database unavailable"), 503)
+        state = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
+        if state.startswith("22") or isinstance(exc, DataError):
+            log.warning("http.database_refused_input", extra={"request_id": request.state.request_id,
+                                                              "sqlstate": state})
+            return JSONResponse(error_body(request, "validation_error", _DATA_ERROR), status_code=422)
+        log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        if "SQLite INTEGER" in str(exc):  # SQLite's form of "number out of range" (sqlite3 refuses > 2**63-1)
+            return JSONResponse(error_body(request, "validation_error", _DATA_ERROR), status_code=422)
+        log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -156,6 +182,8 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     app.state.settings = settings
     app.state.outbound_transport = outbound_transport
 
+    app.add_middleware(IdempotencyMiddleware)  # innermost of ours: sees the caller's final answer
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(TrackingFastPath)  # added last: outermost, in front of the request-id middleware
 
@@ -183,6 +211,8 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
 
 def _mount_routers(app: FastAPI, settings: Settings) -> None:
     from edm.api import routers
+    from edm.content import media_api
 
     for router in routers.all_routers(settings):
         app.include_router(router)
+    app.include_router(media_api.public_router)  # public, no auth: GET /media/{public_id}/{filename}

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from edm.contacts.models import Contact, ContactTag
 from edm.users.models import Role
 from tests.helpers import Account, make_account
+from tests.helpers import expect_error as _error
 
 API = "/api/v1"
 
@@ -28,12 +29,6 @@ async def _tag(client: httpx.AsyncClient, who: Account, name: str, parent_id: in
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
-
-def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["code"] == code, body
-    return body
 
 
 async def test_create_get_update_delete(client: httpx.AsyncClient, sessionmaker: Any) -> None:
@@ -262,3 +257,97 @@ async def test_odd_input_is_a_4xx(client: httpx.AsyncClient, sessionmaker: Any, 
     r = await client.request(method, f"{API}{path}", content=body, headers=headers)
     assert 400 <= r.status_code < 500, r.text
     assert r.json()["error"]["code"]
+
+
+async def test_more_filters(client: httpx.AsyncClient, sessionmaker: Any) -> None:
+    """§13.1: import, created range, suppressed, attr.<key>=<value>, engaged since, children or not."""
+    import datetime as dt
+
+    from edm.db.session import unit_of_work
+    alice = await make_account(sessionmaker, "alice")
+    parent = await _tag(client, alice, "Customers")
+    child = await _tag(client, alice, "EU", parent_id=parent)
+    ann = await _contact(client, alice, "ann@example.org", custom_attributes={"city": "Oslo", "vip": True, "n": 4.5},
+                         tag_ids=[child])
+    ben = await _contact(client, alice, "ben@example.org", custom_attributes={"city": "Rome", "vip": False, "n": 4},
+                         tag_ids=[parent])
+    cat = await _contact(client, alice, "cat@blocked.example")
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    async with unit_of_work(sessionmaker) as session:
+        for cid, created, opened, import_id in [(ann["id"], t0, t0 + dt.timedelta(days=40), 7),
+                                                (ben["id"], t0 + dt.timedelta(days=10), None, None),
+                                                (cat["id"], t0 + dt.timedelta(days=20), None, None)]:
+            row = await session.get(Contact, cid)
+            assert row is not None
+            row.created_at, row.last_clicked_at, row.import_id = created, opened, import_id
+    r = await client.post(f"{API}/suppressions", json={"domain": "blocked.example"}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+
+    async def ids(**params: Any) -> list[int]:
+        r = await client.get(f"{API}/contacts", params=params, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return [c["id"] for c in r.json()["items"]]
+
+    assert await ids(import_id=7) == [ann["id"]]
+    assert await ids(created_from="2026-01-05T00:00:00Z") == [ben["id"], cat["id"]]
+    assert await ids(created_from="2026-01-05T00:00:00Z", created_to="2026-01-15T00:00:00Z") == [ben["id"]]
+    assert await ids(suppressed="true") == [cat["id"]]
+    assert await ids(suppressed="false") == [ann["id"], ben["id"]]
+    assert await ids(**{"attr.city": "Oslo"}) == [ann["id"]]
+    assert await ids(**{"attr.vip": "false"}) == [ben["id"]]
+    assert await ids(**{"attr.n": "4.5"}) == [ann["id"]]
+    assert await ids(**{"attr.n": "4", "attr.city": "Rome"}) == [ben["id"]]
+    assert await ids(engaged_since="2026-02-01T00:00:00Z") == [ann["id"]]
+    assert await ids(tag_id=parent, explicit_only="true") == [ben["id"]]
+    for bad in ({"attr.bad-key": "x"}, {"created_from": "2026-01-01T00:00:00"}, {"sort": "colour"},
+                {"engaged_since": "yesterday"}):
+        _error(await client.get(f"{API}/contacts", params=bad, headers=alice.headers), 422, "validation_error")
+
+
+@pytest.mark.parametrize("sort", ["created", "-created", "updated", "-updated", "email", "-email", "name", "-name",
+                                  "last_activity", "-last_activity", "-id"])
+async def test_every_sort_pages_through_every_contact_once(client: httpx.AsyncClient, sessionmaker: Any,
+                                                           sort: str) -> None:
+    import datetime as dt
+
+    from edm.db.session import unit_of_work
+    alice = await make_account(sessionmaker, "alice")
+    names = ["Zed", None, "amy", "Bob", None, "Zed", "carl"]
+    ids = [(await _contact(client, alice, f"u{i}@example.org", name=n))["id"] for i, n in enumerate(names)]
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    async with unit_of_work(sessionmaker) as session:
+        for i, cid in enumerate(ids):
+            row = await session.get(Contact, cid)
+            assert row is not None
+            row.created_at = t0 + dt.timedelta(days=i % 3)  # ties: the id breaks them
+            row.last_opened_at = t0 + dt.timedelta(days=5 - i % 2) if i % 3 else None
+    full = [c["id"] for c in (await client.get(f"{API}/contacts", params={"sort": sort, "limit": 200},
+                                               headers=alice.headers)).json()["items"]]
+    assert sorted(full) == sorted(ids)
+    seen: list[int] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, Any] = {"sort": sort, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = await client.get(f"{API}/contacts", params=params, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        seen += [c["id"] for c in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == full
+    if sort == "created":
+        assert full == sorted(ids, key=lambda i: (ids.index(i) % 3, i))
+    if sort == "-id":
+        assert full == sorted(ids, reverse=True)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-0", "1e400", "\"x\"", "{}", "null", "ünïcode", "a%_\\"])
+async def test_odd_attribute_and_search_values_are_plain_text(client: httpx.AsyncClient, sessionmaker: Any,
+                                                              value: str) -> None:
+    alice = await make_account(sessionmaker, "alice")
+    match = await _contact(client, alice, "m@example.org", name=f"x{value}y", custom_attributes={"k": value})
+    await _contact(client, alice, "other@example.org", custom_attributes={"k": "plain"})
+    for params in ({"attr.k": value}, {"q": value}):
+        r = await client.get(f"{API}/contacts", params=params, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        assert [c["id"] for c in r.json()["items"]] == [match["id"]], params

@@ -32,17 +32,12 @@ from edm.users.service import create_token
 from tests import factories
 from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account, settings_for
+from tests.helpers import expect_error as _error
 
 API = "/api/v1"
 OWN = f"{API}/suppressions"
 GLOBAL = f"{API}/admin/suppressions"
 
-
-def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["code"] == code, body
-    return body
 
 
 async def _add(client: httpx.AsyncClient, who: Account, url: str = OWN, **body: Any) -> dict[str, Any]:

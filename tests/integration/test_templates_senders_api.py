@@ -12,17 +12,12 @@ from edm.db.session import unit_of_work
 from edm.tasks.models import Task, TaskTemplate
 from edm.users.models import Role
 from tests.helpers import Account, make_account
+from tests.helpers import expect_error as _error
 
 API = "/api/v1"
 HTML = "<html><body><p>Hello {{ contact.first_name | default('there', true) }}</p></body></html>"
 
 
-
-def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["code"] == code, body
-    return body
 
 
 async def _template(client: httpx.AsyncClient, who: Account, name: str = "Welcome", **fields: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.errors import BadInput, Forbidden, Unauthenticated
 from edm.users.models import Role, TokenScope, User
 from edm.users.service import authenticate_token
+from edm.users.sessions import COOKIE, CSRF_HEADER, authenticate_session
 
 # Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
 MAX_ID = 2**63 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# An optional id filter in a query string (a larger number would reach the database and fail there).
+IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -36,10 +40,26 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
+class CsrfFailed(Forbidden):
+    code = "csrf_failed"
+
+
+class PasswordChangeRequired(Forbidden):
+    code = "password_change_required"
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a console session flagged "must change password" may still do (§3.2): see itself, change it, leave.
+_MUST_CHANGE_ALLOWED = frozenset({("GET", "/api/v1/me"), ("PUT", "/api/v1/me/password"),
+                                  ("POST", "/api/v1/auth/logout")})
+
+
 @dataclass(frozen=True)
 class Caller:
     user: User
     scope: str
+    kind: str = "token"  # token | session: how the caller authenticated
+    session_id: int | None = None  # the console session, when kind == "session"
 
     @property
     def id(self) -> int:
@@ -63,13 +83,29 @@ class Caller:
 
 
 async def _caller(request: Request, session: Session) -> Caller:
+    """A bearer token (no CSRF needed) or, without an Authorization header, the console session cookie; with
+    the cookie every POST/PUT/PATCH/DELETE must echo the session's CSRF secret in `X-CSRF-Token` (§3.2)."""
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
-    user, scope = await authenticate_token(session, token.strip())
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
+        user, scope = await authenticate_token(session, token.strip())
+        request.state.user_id = user.id
+        return Caller(user, scope)
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>' or log in")
+    user, row = await authenticate_session(session, cookie)
+    if request.method in UNSAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), row.csrf_secret.encode()):
+            raise CsrfFailed(f"missing or wrong {CSRF_HEADER} header")
+    if user.must_change_password and (request.method, request.url.path) not in _MUST_CHANGE_ALLOWED:
+        raise PasswordChangeRequired("change your password first: PUT /api/v1/me/password")
     request.state.user_id = user.id
-    return Caller(user, scope)
+    scope = TokenScope.READ if user.role == Role.READ_ONLY else TokenScope.WRITE
+    return Caller(user, scope, kind="session", session_id=row.id)
 
 
 CurrentCaller = Annotated[Caller, Depends(_caller)]

@@ -21,9 +21,12 @@ def all_routers(settings: Settings) -> list[APIRouter]:
 
 MODULES = [
     "edm.users.api",
+    "edm.users.credit_api",
     "edm.email_services.api",
+    "edm.contacts.imports_api",  # before contacts.api: /contacts/imports must not reach /contacts/{id}
     "edm.contacts.api",
     "edm.content.api",
+    "edm.content.media_api",
     "edm.tasks.api",
     "edm.events.webhooks",
     "edm.events.api",

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, demo, events, ops, services, suppressions, tasks, users
+from edm.cli import contacts, credit, demo, events, ops, services, suppressions, tasks, users
 from edm.cli import settings as settings_cli
+from edm.cli.media import media_app
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="EDM: self-hosted email direct marketing.")
 app.add_typer(ops.db_app, name="db")
 app.add_typer(ops.stats_app, name="stats")
+app.add_typer(ops.queue_app, name="queue")
 app.add_typer(users.user_app, name="user")
 app.add_typer(users.token_app, name="token")
-app.add_typer(users.credit_app, name="credit")
+app.add_typer(credit.credit_app, name="credit")
 app.add_typer(services.service_app, name="service")
 app.add_typer(tasks.task_app, name="task")
 app.add_typer(tasks.sender_app, name="sender")
 app.add_typer(tasks.template_app, name="template")
+app.add_typer(media_app, name="media")
 app.add_typer(contacts.contact_app, name="contact")
 app.add_typer(events.events_app, name="events")
 app.add_typer(suppressions.suppression_app, name="suppression")

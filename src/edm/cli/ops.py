@@ -1,9 +1,9 @@
-"""Operations commands: db, serve, worker, stats verify."""
+"""Operations commands: db, serve, worker, stats verify, queue (view, pause-all, resume-all)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +16,7 @@ from edm.tasks.stats import recount, task_stats
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 stats_app = typer.Typer(help="Statistics checks.", no_args_is_help=True)
+queue_app = typer.Typer(help="The sending queue: view, pause all sending, resume.", invoke_without_command=True)
 
 
 @db_app.command("upgrade")
@@ -120,3 +121,74 @@ async def stats_verify(
                         for r in report) or "no tasks")
     if any(not r["ok"] for r in report):
         raise typer.Exit(1)
+
+
+def _when(at: object) -> str:
+    return "-" if at is None else f"{at:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def queue_table(view: dict[str, Any]) -> str:
+    """The queue view as plain-text tables (what `edm queue` prints)."""
+    lines = [f"sending: {'PAUSED (edm queue resume-all)' if view['sending_paused'] else 'running'}",
+             f"pending {view['pending']} (retrying {view['retrying']}), in flight {view['in_flight']}, "
+             f"oldest pending {_age(view['oldest_pending_age_seconds'])}", "",
+             f"{'user':<24} {'pending':>10} {'retrying':>9} {'paused':>9} {'tasks':>6}  oldest"]
+    lines += [f"{(u['username'] or u['user_id'])!s:<24} {u['pending']:>10} {u['retrying']:>9} "
+              f"{u['in_paused_tasks']:>9} {u['tasks']:>6}  {_age(u['oldest_pending_age_seconds'])}"
+              for u in view["users"]] or ["(no pending SubTasks)"]
+    if view["users_total"] > len(view["users"]):
+        lines.append(f"... {view['users_total'] - len(view['users'])} more users")
+    lines += ["", f"{'service':<24} {'provider':<10} {'enabled':<8} {'in flight':>9} {'expired':>8}  oldest"]
+    lines += [f"{s['name'][:24]:<24} {s['provider']:<10} {'yes' if s['enabled'] else 'no':<8} {s['in_flight']:>9} "
+              f"{s['expired_leases']:>8}  {_when(s['oldest_allocated_at'])}" for s in view["services"]] or [
+        "(no services)"]
+    lines += ["", f"{'worker':<40} {'host':<20} {'pid':>7}  last heartbeat"]
+    lines += [f"{w['id'][:40]:<40} {w['hostname'][:20]:<20} {w['pid']:>7}  {_when(w['last_heartbeat_at'])} "
+              f"({_age(w['heartbeat_age_seconds'])} ago{'' if w['alive'] else ', NOT ALIVE'})"
+              for w in view["workers"]] or ["(no workers)"]
+    return "\n".join(lines)
+
+
+@queue_app.callback()
+@run
+async def queue_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Pending per user, in flight per service, workers, and whether sending is paused."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edm.clock import utc_now
+    from edm.ops.queue_view import queue_view
+
+    async with session_scope() as session:
+        view = await queue_view(session, now=utc_now())
+    emit(view, as_json=as_json, text=queue_table(view))
+
+
+async def _pause(paused: bool) -> None:
+    from edm.ops.queue_view import set_paused
+    from edm.ops.service import CLI
+
+    async with session_scope() as session:
+        result = await set_paused(session, paused, actor=CLI)
+    state = "paused" if paused else "running"
+    typer.echo(f"sending {state}" + ("" if result["changed"] else " (unchanged)"))
+
+
+@queue_app.command("pause-all")
+@run
+async def queue_pause_all() -> None:
+    """Pause all sending (no claim binds a SubTask; tasks show global_pause). Audited."""
+    await _pause(True)
+
+
+@queue_app.command("resume-all")
+@run
+async def queue_resume_all() -> None:
+    """Resume sending after pause-all. Audited."""
+    await _pause(False)

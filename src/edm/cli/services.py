@@ -172,3 +172,95 @@ async def service_test_send(
         f"{result.classification}: status {result.status}, code {result.provider_code or '-'}, "
         f"{result.latency_ms} ms, provider id {result.provider_message_id or '-'}"
         + (f" — {result.message}" if result.message else "")))
+
+
+@service_app.command("health")
+@run
+async def service_health(
+    service: Annotated[str, typer.Argument(help="name or id")],
+    timezone: Annotated[str | None, typer.Option(help="your IANA zone for the next reset (default: EDM's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """State, usage, next reset, in-flight, the last hour's error rate and latency, webhook URLs, status log."""
+    from edm.email_services import health
+
+    cfg = settings()
+    zone = timezone or cfg.default_timezone
+    services.validate_config({"timezone": zone}, fake_allowed=True)
+    async with session_scope(cfg) as session:
+        svc = await services.find_service(session, service)
+        data = await health.service_health(session, Vault.from_settings(cfg), svc.id, now=clock.utc_now(),
+                                           admin_timezone=zone, base_url=cfg.public_url)
+    emit(data, as_json=as_json, text=_health_text(data))
+
+
+def _health_text(d: dict[str, Any]) -> str:
+    recent, reset = d["recent"], d["next_reset"]
+    rate = "-" if recent["error_rate"] is None else f"{recent['error_rate'] * 100:.1f}%"
+    lines = [
+        f"{d['name']} ({d['provider']}, id {d['id']}): {d['state']}"
+        + (f" until {d['state_until']:%Y-%m-%d %H:%M}Z" if d["state_until"] else "")
+        + (f" [{d['frozen_reason']}]" if d["frozen_reason"] else ""),
+        f"used today {d['used_today']}/{d['effective_quota']}, in flight {d['in_flight']}, "
+        f"interval {d['sending_interval_seconds']}s, concurrency {d['max_concurrency']}",
+        f"next reset {reset['utc']:%Y-%m-%d %H:%M}Z = {reset['admin_local']:%Y-%m-%d %H:%M} {reset['admin_timezone']}",
+        f"last hour: {recent['attempts']} attempts, error rate {rate}, latency p50 {recent['latency_ms_p50']} ms "
+        f"p95 {recent['latency_ms_p95']} ms" + ("" if recent["window_complete"] else " (partial window)"),
+        f"last success {d['last_success_at'] or '-'}, last failure {d['last_failure_at'] or '-'}"
+        + (f": {d['last_error']}" if d["last_error"] else ""),
+        "webhook URLs: " + ", ".join(u["url"] for u in d["webhook_urls"]) + f" ({d['webhook_secrets']} secret(s))",
+    ]
+    lines += [f"  {r['at']:%Y-%m-%d %H:%M:%S}Z {r['change']} {r['new_value'] or ''} {r['reason'] or ''}".rstrip()
+              for r in d["status_log"]]
+    return "\n".join(lines)
+
+
+@service_app.command("secrets")
+@run
+async def service_secrets(
+    service: Annotated[str, typer.Argument(help="name or id")],
+    action: Annotated[str, typer.Argument(help="list (default), add or remove")] = "list",
+    secret_id: Annotated[str | None, typer.Option("--id", help="remove: the secret's id (see the list)")] = None,
+    value_stdin: Annotated[bool, typer.Option("--value-stdin", help="add: read the secret from stdin "
+                                              "(otherwise one is generated and shown once)")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Webhook secrets of a service, masked. `add` stores one more (every stored secret verifies, so rotate by
+    adding the new one, switching the provider to it, then removing the old one); `remove --id` forgets one."""
+    import sys
+
+    from edm.ops.service import CLI, audit
+
+    if action not in ("list", "add", "remove"):
+        raise BadInput.field("action", "must be list, add or remove")
+    if action == "remove" and not secret_id:
+        raise BadInput.field("id", "remove needs --id (see `edm service secrets NAME`)")
+    cfg = settings()
+    vault = Vault.from_settings(cfg)
+    value = sys.stdin.readline().strip() if value_stdin and action == "add" else None
+    if value_stdin and action == "add" and not value:
+        raise BadInput.field("value", "no secret on stdin")
+    async with session_scope(cfg) as session:
+        svc = await services.find_service(session, service)
+        if action == "list":
+            rows = await services.list_webhook_secrets(session, vault, svc.id)
+            emit(rows, as_json=as_json, text="\n".join(
+                f"{r['id']:<14} {r['hint']:<8} added {r['added_at'] or '-'}"
+                + (f" expires {r['expires_at']}" if r["expires_at"] else "") + (" (expired)" if r["expired"] else "")
+                for r in rows) or "no webhook secrets")
+            return
+        if action == "add":
+            view, secret = await services.add_webhook_secret(session, vault, svc.id, value=value, actor_user_id=None)
+            await audit(session, CLI, "service.webhook_secret_added", target_type="email_service", target_id=svc.id,
+                        details={"secret_id": view["id"], "generated": value is None})
+            data: dict[str, Any] = {**view, "value": secret if value is None else None}
+            text = f"{svc.name}: webhook secret {view['id']} added ({view['hint']})"
+            if value is None:
+                text += f"\nsecret (shown once, paste it into the provider): {secret}"
+        else:
+            assert secret_id is not None
+            data = await services.remove_webhook_secret(session, vault, svc.id, secret_id, actor_user_id=None)
+            await audit(session, CLI, "service.webhook_secret_removed", target_type="email_service",
+                        target_id=svc.id, details={"secret_id": secret_id})
+            text = f"{svc.name}: webhook secret {secret_id} removed, {data['remaining']} left"
+    emit(data, as_json=as_json, text=text)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
 
 from edm.cli.common import emit, read_password, run, session_scope
 from edm.errors import BadInput
+from edm.ops.service import CLI, audit
 from edm.users.credit import admin_adjust
 from edm.users.models import Role, User
-from edm.users.service import create_token, create_user, find_user
+from edm.users.service import create_token, create_user, delete_user, find_user, reset_password
+from edm.users.sessions import expiry_of, list_sessions, revoke_sessions
 
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
@@ -50,20 +52,75 @@ async def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
         f"{u['id']:>5}  {u['username']:<20} {u['role']:<9} credit {u['credit']}" for u in users))
 
 
-@user_app.command("set-password")
+@user_app.command("password")
+@run
+async def user_password(
+    user: Annotated[str, typer.Argument(help="username, email or id")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    must_change: Annotated[bool, typer.Option("--must-change", help="must change it at next login")] = False,
+) -> None:
+    """Set a user's password (prompted twice, or read from stdin); all its console sessions end."""
+    password = read_password(password_stdin)
+    async with session_scope() as session:
+        row = await find_user(session, user)
+        revoked = await reset_password(session, row, password, must_change=must_change, actor=CLI)
+    typer.echo(f"password changed for {row.username}; {revoked} session(s) revoked")
+
+
+@user_app.command("set-password", hidden=True)
 @run
 async def user_set_password(
     user: Annotated[str, typer.Argument(help="username, email or id")],
     password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
 ) -> None:
-    from edm.security.passwords import check_password_rules, hash_password
-
+    """Old name of `edm user password`."""
     password = read_password(password_stdin)
     async with session_scope() as session:
         row = await find_user(session, user)
-        check_password_rules(password, username=row.username)
-        row.password_hash = hash_password(password)
+        await reset_password(session, row, password, must_change=False, actor=CLI)
     typer.echo("password changed")
+
+
+@user_app.command("delete")
+@run
+async def user_delete(
+    user: Annotated[str, typer.Argument(help="username, email or id")],
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: deletes the user and all its data")] = False,
+) -> None:
+    """Delete a user and all its data (refused while it owns a queued, sending or paused task)."""
+    if not yes:
+        raise BadInput.field("yes", "deleting a user removes all its data; confirm with --yes")
+    async with session_scope() as session:
+        row = await find_user(session, user)
+        name, user_id = row.username, row.id
+        await delete_user(session, row, actor=CLI)
+    typer.echo(f"deleted user {name} (id {user_id})")
+
+
+@user_app.command("sessions")
+@run
+async def user_sessions(
+    user: Annotated[str, typer.Argument(help="username, email or id")],
+    revoke_all: Annotated[bool, typer.Option("--revoke-all", help="end all the user's console sessions")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List a user's live console sessions, or end them all with --revoke-all."""
+    async with session_scope() as session:
+        row = await find_user(session, user)
+        if revoke_all:
+            revoked = await revoke_sessions(session, row.id)
+            await audit(session, CLI, "user.sessions_revoked", target_type="user", target_id=row.id,
+                        details={"sessions_revoked": revoked})
+        else:
+            rows = await list_sessions(session, row.id, after_id=None, limit=1000)
+            items: list[dict[str, Any]] = [{"id": r.id, "created_at": r.created_at, "last_seen_at": r.last_seen_at,
+                      "expires_at": expiry_of(r), "ip": r.ip, "user_agent": r.user_agent} for r in rows]
+    if revoke_all:
+        typer.echo(f"{revoked} session(s) revoked")
+        return
+    emit(items, as_json=as_json, text="\n".join(
+        f"{i['id']:>6}  last seen {i['last_seen_at']:%Y-%m-%d %H:%M} UTC  from {i['ip'] or '-'}  "
+        f"{(i['user_agent'] or '')[:60]}" for i in items) or "no sessions")
 
 
 @token_app.command("create")

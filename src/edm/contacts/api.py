@@ -1,4 +1,4 @@
-"""HTTP routes for contacts, tags, CSV import and the recipient estimate (SPEC §13, §6.2, §16.3).
+"""HTTP routes for contacts, tags and the recipient estimate (imports: imports_api.py) (SPEC §13, §6.2, §16.3).
 
 Thin: parse, call a service, shape the answer. Reads are open to every role; writes need `Writer`
 (a write-scoped token of a non-read-only account). Admins may add `user_id` to list endpoints.
@@ -6,50 +6,62 @@ Thin: parse, call a service, shape the answer. Reads are open to every role; wri
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.api import uploads
 from edm.api.deps import CurrentCaller, Paging, Session, Writer, page_of
 from edm.clock import utc_now
-from edm.contacts import service
-from edm.contacts.importer import import_csv
+from edm.contacts import activity, service
+from edm.contacts.bulk import BulkAction, run_bulk
+from edm.contacts.export import export_csv
+from edm.contacts.filters import Sort, decode_sort_cursor, encode_sort_cursor, parse_attributes
 from edm.contacts.models import Contact, ContactStatus
 from edm.contacts.schemas import (
     MAX_ID,
+    ActivityPage,
+    BulkOut,
+    BulkRequest,
     ContactCreate,
+    ContactDetailOut,
     ContactIds,
     ContactOut,
     ContactPage,
+    ContactQuery,
     ContactUpdate,
     EstimateOut,
-    ImportReportOut,
     MembersChanged,
+    ResubscribeIn,
+    SplitOut,
     TagCreate,
     TaggedOut,
     TagIds,
+    TagMove,
     TagNode,
     TagOut,
     TagPage,
+    TagSplit,
     TagUpdate,
 )
 from edm.contacts.schemas import (
     Id as BodyId,
 )
-from edm.csvfmt import DELIMITERS
+from edm.contacts.split import SplitRequest, split_tag
 from edm.errors import BadInput
+from edm.ops.service import Actor
 from edm.tasks.recipients import Rule, estimate, validate_rule
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only: another user's data")]
-IMPORT_MAX_BYTES = 256 * 1024 * 1024  # EDM_IMPORT_MAX_BYTES default (§13.4)
-_IMPORT_FIELDS = {"file", "mode", "encoding", "delimiter", "tag_ids"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -73,22 +85,54 @@ async def _one_contact(session: AsyncSession, contact: Contact) -> dict[str, Any
     return (await _contacts_out(session, [contact]))[0]
 
 
-@router.get("/contacts", response_model=ContactPage)
-async def list_contacts(
-    session: Session, caller: CurrentCaller, page: Paging,
+def list_filters(
+    request: Request,
     q: Annotated[str | None, Query(max_length=200, description="substring of email, names, company, ids")] = None,
     status: Annotated[list[ContactStatus] | None, Query()] = None,
     tag_id: Annotated[list[BodyId] | None, Query(description="any of these tags (repeat the parameter)")] = None,
+    explicit_only: Annotated[bool, Query(description="a parent tag matches only its own members")] = False,
     untagged: bool = False,
     source: Annotated[str | None, Query(max_length=100)] = None,
+    import_id: Annotated[BodyId | None, Query()] = None,
+    created_from: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
+    created_to: Annotated[dt.datetime | None, Query(description="created before (ISO 8601)")] = None,
+    suppressed: Annotated[bool | None, Query(description="flagged or on a suppression list (or not)")] = None,
+    engaged_since: Annotated[dt.datetime | None, Query(description="opened or clicked at or after")] = None,
+) -> service.ContactFilter:
+    """The §13.1 filters from the query string (shared by the list and the export)."""
+    attributes = [(k.removeprefix("attr."), v) for k, v in request.query_params.multi_items() if k.startswith("attr.")]
+    return service.ContactFilter(
+        q=_query_text("q", q), statuses=tuple(status or ()), tag_ids=tuple(tag_id or ()), untagged=untagged,
+        source=_query_text("source", source), explicit_only=explicit_only, import_id=import_id,
+        created_from=_aware("created_from", created_from), created_to=_aware("created_to", created_to),
+        suppressed=suppressed, engaged_since=_aware("engaged_since", engaged_since),
+        attributes=parse_attributes(attributes))
+
+
+def _aware(name: str, value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise BadInput.field(name, "must carry a time zone (e.g. 2026-01-31T00:00:00Z)")
+    return value
+
+
+@router.get("/contacts", response_model=ContactPage)
+async def list_contacts(
+    request: Request, session: Session, caller: CurrentCaller, page: Paging,
+    filters: Annotated[service.ContactFilter, Depends(list_filters)],
+    sort: Annotated[str | None, Query(description="id, created, updated, email, name, last_activity; '-' = desc")]
+    = None,
     include_total: bool = False,
     user_id: OwnerId = None,
 ) -> dict[str, Any]:
-    """Contacts by id ascending. Tags are "any of" and a parent tag includes its children's members."""
+    """Contacts in `sort` order (default: id ascending). Tags are "any of" and a parent tag includes its
+    children's members. `attr.<key>=<value>` filters on a custom attribute (repeat for several keys)."""
     owner = caller.owner_filter(user_id)
-    filters = service.ContactFilter(q=_query_text("q", q), statuses=tuple(status or ()), tag_ids=tuple(tag_id or ()),
-                                    untagged=untagged, source=_query_text("source", source))
-    result = page_of(await service.list_contacts(session, user_id=owner, page=page, filters=filters), page)
+    order = Sort.parse(sort)
+    cursor = decode_sort_cursor(request.query_params.get("cursor"), order)
+    rows = await service.list_contacts(session, user_id=owner, page=page, filters=filters, sort=order, cursor=cursor)
+    result = page_of(rows, page)
+    if result["next_cursor"] is not None:
+        result["next_cursor"] = encode_sort_cursor(result["items"][-1], order)
     result["items"] = await _contacts_out(session, result["items"])
     if include_total:
         result["total"] = await service.count_contacts(session, user_id=owner, filters=filters)
@@ -108,10 +152,84 @@ async def create_contact(session: Session, caller: Writer, body: ContactCreate) 
     return await _one_contact(session, contact)
 
 
-@router.get("/contacts/{contact_id}", response_model=ContactOut)
+@router.post("/contacts/bulk", response_model=BulkOut)
+async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> dict[str, Any]:
+    """tag | untag | set_status | delete on `ids` (≤ 10,000) or on every contact matching `filter`.
+    Delete by filter needs `expected_count` equal to the current match count (else 409 with `current_count`)."""
+    if (body.ids is None) == (body.filter is None):
+        raise BadInput.field("ids", "give either ids or a filter (an empty filter {} means every contact)")
+    action = BulkAction(action=body.action, ids=tuple(body.ids) if body.ids is not None else None,
+                        filters=query_filter(body.filter) if body.filter is not None else service.ContactFilter(),
+                        tag_ids=tuple(body.tag_ids), status=body.status, expected_count=body.expected_count)
+    return await run_bulk(session, user_id=caller.id, request=action)
+
+
+def query_filter(query: ContactQuery) -> service.ContactFilter:
+    return service.ContactFilter(
+        q=query.q, statuses=tuple(query.status), tag_ids=tuple(query.tag_ids), explicit_only=query.explicit_only,
+        untagged=query.untagged, source=query.source, import_id=query.import_id,
+        created_from=_aware("filter.created_from", query.created_from),
+        created_to=_aware("filter.created_to", query.created_to), suppressed=query.suppressed,
+        attributes=parse_attributes(list(query.attributes.items())),
+        engaged_since=_aware("filter.engaged_since", query.engaged_since))
+
+
+@router.get("/contacts/export", response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}})
+async def export_contacts(
+    request: Request, session: Session, caller: CurrentCaller,
+    filters: Annotated[service.ContactFilter, Depends(list_filters)],
+    id: Annotated[list[BodyId] | None, Query(max_length=10_000, description="a selection (repeat)")] = None,
+    bom: Annotated[bool, Query(description="start with a UTF-8 BOM (for spreadsheets)")] = False,
+    user_id: OwnerId = None,
+) -> StreamingResponse:
+    """The list's filters (or a selection of ids) as CSV: standard fields, tags as `Parent/Child` names,
+    suppression flags, `attr.<key>` columns. RFC 4180 with the formula guard; header only when empty."""
+    owner = caller.owner_filter(user_id)
+    if id:
+        ids = await service.require_own(session, Contact, user_id=owner, ids=id, field="id")
+        filters = dataclasses.replace(filters, ids=tuple(ids))
+    sessionmaker = request.app.state.sessionmaker
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in export_csv(sessionmaker, user_id=owner, filters=filters, bom=bom):
+            yield piece.encode()
+
+    name = f"contacts-{utc_now():%Y%m%d-%H%M%S}.csv"
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/contacts/{contact_id}", response_model=ContactDetailOut)
 async def get_contact(session: Session, caller: CurrentCaller, contact_id: Id) -> dict[str, Any]:
+    """The contact with explicit and implied tags and its suppression state (blocking entries first)."""
     contact = await service.get_contact(session, user_id=caller.id, contact_id=contact_id)
-    return (await _contacts_out(session, [contact]))[0]
+    body = (await _contacts_out(session, [contact]))[0]
+    body["suppression"] = await activity.suppression_state(session, contact)
+    return body
+
+
+@router.get("/contacts/{contact_id}/activity", response_model=ActivityPage)
+async def contact_activity(
+    session: Session, caller: CurrentCaller, contact_id: Id,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None,
+) -> dict[str, Any]:
+    """The contact's SubTasks (task, send and delivery state, times) and their events, newest first."""
+    items, next_cursor = await activity.activity(session, user_id=caller.id, contact_id=contact_id, limit=limit,
+                                                 cursor=cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.post("/contacts/{contact_id}/resubscribe", response_model=ContactDetailOut)
+async def resubscribe_contact(request: Request, session: Session, caller: Writer, contact_id: Id,
+                              body: ResubscribeIn) -> dict[str, Any]:
+    """Clear the unsubscribe (flag and the own list's `unsubscribed` entry); the reason is audited."""
+    actor = Actor(caller.id, "token", request.client.host if request.client else None)
+    contact = await activity.resubscribe(session, user_id=caller.id, contact_id=contact_id, reason=body.reason,
+                                         actor=actor)
+    out = await _one_contact(session, contact)
+    out["suppression"] = await activity.suppression_state(session, contact)
+    return out
 
 
 @router.patch("/contacts/{contact_id}", response_model=ContactOut)
@@ -138,71 +256,6 @@ async def tag_contact(session: Session, caller: Writer, contact_id: Id, body: Ta
 async def untag_contact(session: Session, caller: Writer, contact_id: Id, tag_id: Id) -> Response:
     await service.untag_contact(session, user_id=caller.id, contact_id=contact_id, tag_id=tag_id)
     return Response(status_code=204)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Import
-# --------------------------------------------------------------------------------------------------------
-
-_IMPORT_FORM = {
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {
-            "file": {"type": "string", "format": "binary"},
-            "mode": {"type": "string", "enum": ["skip_existing", "update_existing"], "default": "skip_existing"},
-            "encoding": {"type": "string", "description": "e.g. gb18030; default UTF-8 with or without BOM"},
-            "delimiter": {"type": "string", "description": "',', ';' or 'tab'; default: detected"},
-            "tag_ids": {"type": "array", "items": {"type": "integer"}, "description": "added to every row"},
-        }}}}},
-}  # fmt: skip
-
-
-@router.post("/contacts/imports", status_code=201, response_model=ImportReportOut, openapi_extra=_IMPORT_FORM)
-async def import_contacts(request: Request, session: Session, caller: Writer) -> dict[str, Any]:
-    """Import a CSV file (multipart: `file` plus options).
-
-    For now the file is processed synchronously inside this request and the answer is 201 with the full
-    report (created, updated, skipped and the rejected rows with row number, column and reason). The spec's
-    final form (§13.4: 202 with an import id, a background worker, progress, cancel) replaces this once the
-    Import model and worker exist; the report shape stays the same.
-    """
-    limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
-    form, upload = await uploads.csv_form(request, _IMPORT_FIELDS, limit)
-    report = await import_csv(
-        session, user_id=caller.id, stream=upload.file, mode=_form_text(form, "mode") or "skip_existing",
-        encoding=_form_text(form, "encoding"), delimiter=_delimiter(_form_text(form, "delimiter")),
-        tag_ids=_form_ids(form.getlist("tag_ids")),
-    )
-    return report.to_dict()
-
-
-def _form_text(form: Any, name: str) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadInput.field(name, "must be a text field")
-    return value.strip() or None
-
-
-def _delimiter(value: str | None) -> str | None:
-    if value is not None and value.lower() in ("tab", "\\t"):
-        return "\t"
-    if value is not None and value not in DELIMITERS:
-        raise BadInput.field("delimiter", "must be ',', ';' or 'tab'")
-    return value
-
-
-def _form_ids(values: list[Any]) -> list[int]:
-    """`tag_ids` repeated or comma-separated."""
-    ids: list[int] = []
-    for value in values:
-        for part in str(value).split(","):
-            if part.strip():
-                if not part.strip().isdigit() or not 0 < int(part) <= MAX_ID:
-                    raise BadInput.field("tag_ids", f"not found: {part.strip()[:20]}")
-                ids.append(int(part))
-    return ids
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -252,6 +305,23 @@ async def delete_tag(session: Session, caller: Writer, tag_id: Id) -> Response:
     """409 in_use while the tag has children or a draft/scheduled task's rule names it."""
     await service.delete_tag(session, user_id=caller.id, tag_id=tag_id)
     return Response(status_code=204)
+
+
+@router.post("/tags/{tag_id}/move", response_model=TagOut)
+async def move_tag(session: Session, caller: Writer, tag_id: Id, body: TagMove) -> dict[str, Any]:
+    """Re-parent under a root tag (`parent_id`) or make it a root (`null`). A tag with children stays a root."""
+    tag = await service.move_tag(session, user_id=caller.id, tag_id=tag_id, parent_id=body.parent_id)
+    await session.refresh(tag)
+    return await service.tag_detail(session, user_id=caller.id, tag_id=tag.id)
+
+
+@router.post("/tags/{tag_id}/split", status_code=201, response_model=SplitOut)
+async def split(session: Session, caller: Writer, tag_id: Id, body: TagSplit) -> dict[str, Any]:
+    """A/B split (§13.3): the root tag's explicit members shuffled into `group_count` new child groups."""
+    request = SplitRequest(group_count=body.group_count, ratios=tuple(body.ratios) if body.ratios else None,
+                           group_names=tuple(body.group_names) if body.group_names else None, seed=body.seed,
+                           regroup=body.regroup)
+    return await split_tag(session, user_id=caller.id, tag_id=tag_id, request=request)
 
 
 @router.get("/tags/{tag_id}/contacts", response_model=ContactPage)

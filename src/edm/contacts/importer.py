@@ -1,7 +1,7 @@
-"""CSV import of contacts (SPEC §13.4): streamed, batched, and every rejected row accounted for.
+"""Import of contacts from CSV or XLSX (SPEC §13.4): streamed, batched, and every rejected row accounted for.
 
-The file is read from a binary stream through an incremental decoder, one CSV record at a time, so memory
-holds one batch plus a small digest per distinct address (for in-file duplicate detection), never the file.
+The file is read from a binary stream one record at a time (`sheets.open_table`), so memory holds one batch
+plus a small digest per distinct address (for in-file duplicate detection), never the file.
 Each batch is one set-based upsert (`service.bulk_insert_contacts`) followed by a flush; the caller owns the
 transaction and may commit after every batch through `on_batch` (the CLI does, to show progress and keep
 transactions short). Row numbers are spreadsheet row numbers: the header is row 1.
@@ -9,14 +9,14 @@ transactions short). Row numbers are spreadsheet row numbers: the header is row 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
-import io
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,11 +33,12 @@ from edm.contacts.service import (
     tag_ids_by_name,
 )
 from edm.contacts.service import bulk_insert_contacts as write_rows
-from edm.csvfmt import RowError
+from edm.contacts.sheets import Table, open_table
 from edm.errors import BadInput
 
 MAX_STORED_ERRORS = 10_000
 MAX_BATCH_SIZE = 10_000
+YIELD_EVERY = 500
 TAG_SEPARATORS = re.compile(r"[,;|]")
 
 # Header names are compared lower-cased with everything but letters and digits removed, so "E-Mail",
@@ -56,6 +57,17 @@ FIELD_ALIASES: dict[str, str] = {
     "source": "source", "status": "status", "timezone": "timezone",
     "tags": "tags",
 }  # fmt: skip
+FIELDS = frozenset(FIELD_ALIASES.values())
+IGNORE = "ignore"  # a mapping target that drops the column
+
+
+class RowError(NamedTuple):
+    """One refused row: its number in the file, the column at fault (its header), why, and the cell's text."""
+
+    row: int
+    column: str
+    message: str
+    value: str = ""
 
 
 @dataclass
@@ -71,10 +83,10 @@ class ImportReport:
     # (header, target) per column in file order; target is a field, "attributes.<key>" or "tags"
     columns: list[tuple[str, str]] = field(default_factory=list)
 
-    def add_error(self, row: int, column: str, message: str) -> None:
+    def add_error(self, row: int, column: str, message: str, value: str = "") -> None:
         self.error_count += 1
         if len(self.errors) < MAX_STORED_ERRORS:
-            self.errors.append(RowError(row, column, message))
+            self.errors.append(RowError(row, column, message, value[:200]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "created": self.created, "updated": self.updated, "skipped": self.skipped,
@@ -94,29 +106,65 @@ OnBatch = Callable[[ImportReport], Awaitable[None]]
 class Column:
     index: int
     header: str
-    kind: str  # "field" | "attribute" | "tags"
-    target: str  # field name, attribute key, or "tags"
+    kind: str  # "field" | "attribute" | "tags" | "ignore"
+    target: str  # field name, attribute key, "tags" or "ignore"
 
 
-def plan_columns(headers: Sequence[str]) -> list[Column]:
-    """Known headers map to fields (first one wins); every other column becomes a custom attribute."""
+def plan_columns(headers: Sequence[str], *, mapping: Mapping[str, str | None] | None = None,
+                 ignore_unknown: bool = False) -> list[Column]:
+    """Known headers map to fields (first one wins); every other column becomes a custom attribute, or is
+    ignored with `ignore_unknown`. An explicit `mapping` {header: field | "tags" | "attributes.<key>" |
+    "ignore"} wins over the aliases. BadInput naming the headers found when no column holds the email."""
+    given = check_mapping(headers, mapping or {})
     columns: list[Column] = []
-    taken: set[str] = set()
+    taken: set[str] = {t for t in given.values() if t != IGNORE}
     for index, raw in enumerate(headers):
         header = raw.strip()
-        target = FIELD_ALIASES.get(csvfmt.canonical(header))
-        if target is not None and target not in taken:
-            taken.add(target)
-            columns.append(Column(index, header, "tags" if target == "tags" else "field", target))
-        else:
-            key = _attribute_key(header, index, taken)
-            taken.add(key)
-            columns.append(Column(index, header, "attribute", key))
+        column = _mapped(index, header, given[header]) if header in given else None
+        if column is None:
+            column = _automatic(index, header, taken, ignore_unknown)
+        taken.add(column.target)
+        columns.append(column)
     if "email" not in taken:
         found = [h.strip() for h in headers]
         raise BadInput(f"the file has no email column; headers found: {', '.join(found) or '(none)'}",
                        details=[{"field": "file", "message": "no email column"}], headers=found)
     return columns
+
+
+def check_mapping(headers: Sequence[str], mapping: Mapping[str, str | None]) -> dict[str, str]:
+    """{header: target} with every header present in the file and every target known (field names as in
+    the API; `attributes.<key>` for a custom attribute; None or "ignore" to drop the column)."""
+    found = {h.strip() for h in headers}
+    given: dict[str, str] = {}
+    for header, target in mapping.items():
+        if header.strip() not in found:
+            raise BadInput.field(f"mapping.{header[:50]}", f"no such column; headers found: {', '.join(found)[:300]}")
+        target = (target or IGNORE).strip()
+        key = target.removeprefix("attributes.")
+        if target not in FIELDS and target != IGNORE and (key == target or not ATTR_KEY.fullmatch(key)):
+            raise BadInput.field(f"mapping.{header[:50]}", "must be a contact field, tags, attributes.<key> or ignore")
+        if target != IGNORE and target in given.values():
+            raise BadInput.field(f"mapping.{header[:50]}", f"{target} is mapped twice")
+        given[header.strip()] = target
+    return given
+
+
+def _mapped(index: int, header: str, target: str) -> Column:
+    if target == IGNORE:
+        return Column(index, header, "ignore", IGNORE)
+    if target.startswith("attributes."):
+        return Column(index, header, "attribute", target.removeprefix("attributes."))
+    return Column(index, header, "tags" if target == "tags" else "field", target)
+
+
+def _automatic(index: int, header: str, taken: set[str], ignore_unknown: bool) -> Column:
+    target = FIELD_ALIASES.get(csvfmt.canonical(header))
+    if target is not None and target not in taken:
+        return Column(index, header, "tags" if target == "tags" else "field", target)
+    if ignore_unknown:
+        return Column(index, header, "ignore", IGNORE)
+    return Column(index, header, "attribute", _attribute_key(header, index, taken))
 
 
 def _attribute_key(header: str, index: int, taken: set[str]) -> str:
@@ -180,7 +228,7 @@ def parse_row(cells: list[str], columns: list[Column], number: int) -> _Row:
     tags: list[tuple[str | None, str]] = []
     for column in columns:
         cell = cells[column.index].strip() if column.index < len(cells) else ""
-        if not cell and column.target != "email":
+        if (not cell and column.target != "email") or column.kind == "ignore":
             continue
         if column.kind == "field":
             raw[column.target] = cell.lower() if column.target == "status" else cell
@@ -278,49 +326,92 @@ class _Import:
             await self.on_batch(self.report)
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """What a user may choose for one import; stored with it (`Import.options`) as `to_dict()`."""
+
+    mode: str = "skip_existing"
+    encoding: str | None = None
+    delimiter: str | None = None
+    sheet: str | None = None
+    mapping: dict[str, str | None] = field(default_factory=dict)
+    tag_ids: tuple[int, ...] = ()
+    ignore_unknown_columns: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "encoding": self.encoding, "delimiter": self.delimiter, "sheet": self.sheet,
+                "mapping": dict(self.mapping), "tag_ids": list(self.tag_ids),
+                "ignore_unknown_columns": self.ignore_unknown_columns}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImportOptions:
+        return cls(mode=data.get("mode") or "skip_existing", encoding=data.get("encoding"),
+                   delimiter=data.get("delimiter"), sheet=data.get("sheet"), mapping=dict(data.get("mapping") or {}),
+                   tag_ids=tuple(data.get("tag_ids") or ()),
+                   ignore_unknown_columns=bool(data.get("ignore_unknown_columns")))
+
+    def check(self, batch_size: int = 1000) -> None:
+        if self.mode not in IMPORT_MODES:
+            raise BadInput.field("mode", f"must be one of {', '.join(IMPORT_MODES)}")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise BadInput.field("batch_size", f"must be 1 to {MAX_BATCH_SIZE}")
+        if self.delimiter is not None and self.delimiter not in csvfmt.DELIMITERS:
+            raise BadInput.field("delimiter", "must be ',', ';' or a tab")
+        csvfmt.codec(self.encoding)
+
+
+def read_columns(stream: BinaryIO, *, format: str, options: ImportOptions) -> list[Column]:
+    """The column plan of a file from its header row alone: BadInput at once for an unreadable file or one
+    without an email column (naming the headers found). Reads the stream from its current position."""
+    options.check()
+    with open_table(stream, format=format, encoding=options.encoding, delimiter=options.delimiter,
+                    sheet=options.sheet) as table:
+        return plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
+
+
+async def import_file(
+    session: AsyncSession, *, user_id: int, stream: BinaryIO, format: str = "csv",
+    options: ImportOptions = ImportOptions(), batch_size: int = 1000, on_batch: OnBatch | None = None,
+    on_start: Callable[[int | None], Awaitable[None]] | None = None,
+) -> ImportReport:
+    """Import contacts from a CSV or XLSX byte stream. Bad rows are reported and skipped; good rows are kept.
+
+    Raises BadInput (422) at once for a bad option, an empty file, a file without an email column (listing
+    the headers found) or text that cannot be decoded. Awaits `on_start(total rows when the format tells)`
+    once the header is read, then flushes after every batch and awaits `on_batch(report)`; it never commits.
+    """
+    options.check(batch_size)
+    extra = await require_own(session, Tag, user_id=user_id, ids=options.tag_ids, field="tag_ids")
+    known = await tag_ids_by_name(session, user_id=user_id)
+    job = _Import(session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch)
+    with open_table(stream, format=format, encoding=options.encoding, delimiter=options.delimiter,
+                    sheet=options.sheet) as table:
+        columns = plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
+        if on_start is not None:
+            await on_start(table.total_hint)
+        return await _run(table, columns, job=job, batch_size=batch_size)
+
+
 async def import_csv(
     session: AsyncSession, *, user_id: int, stream: BinaryIO, mode: str = "skip_existing",
     encoding: str | None = None, tag_ids: Sequence[int] = (), batch_size: int = 1000,
     delimiter: str | None = None, on_batch: OnBatch | None = None,
 ) -> ImportReport:
-    """Import contacts from a CSV byte stream. Bad rows are reported and skipped; good rows are kept.
-
-    Raises BadInput (422) at once for a bad option, an empty file, a file without an email column (listing
-    the headers found) or text that cannot be decoded. Flushes after every batch and then awaits
-    `on_batch(report)`; it never commits.
-    """
-    _check_options(mode, batch_size, delimiter)
-    extra = await require_own(session, Tag, user_id=user_id, ids=tag_ids, field="tag_ids")
-    codec = csvfmt.codec(encoding)
-    text = io.TextIOWrapper(stream, encoding=codec, newline="")
-    try:
-        return await _run(session, text, codec, delimiter=delimiter, job=_Import(
-            session, user_id, mode, extra, _Tags(session, user_id, await tag_ids_by_name(session, user_id=user_id)),
-            ImportReport(), on_batch), batch_size=batch_size)
-    finally:
-        text.detach()  # the caller owns the binary stream: do not close it with the wrapper
+    """`import_file` for a CSV stream with the common options."""
+    options = ImportOptions(mode=mode, encoding=encoding, delimiter=delimiter, tag_ids=tuple(tag_ids))
+    return await import_file(session, user_id=user_id, stream=stream, options=options, batch_size=batch_size,
+                             on_batch=on_batch)
 
 
-def _check_options(mode: str, batch_size: int, delimiter: str | None) -> None:
-    if mode not in IMPORT_MODES:
-        raise BadInput.field("mode", f"must be one of {', '.join(IMPORT_MODES)}")
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise BadInput.field("batch_size", f"must be 1 to {MAX_BATCH_SIZE}")
-    if delimiter is not None and delimiter not in csvfmt.DELIMITERS:
-        raise BadInput.field("delimiter", "must be ',', ';' or a tab")
-
-
-async def _run(session: AsyncSession, text: io.TextIOWrapper, codec: str, *, delimiter: str | None, job: _Import,
-               batch_size: int) -> ImportReport:
-    header_row, header_line = csvfmt.header_line(text, codec)
-    reader = csv.reader(_chain(header_line, text), delimiter=delimiter or csvfmt.sniff_delimiter(header_line))
-    columns = plan_columns(next(reader))
+async def _run(table: Table, columns: list[Column], *, job: _Import, batch_size: int) -> ImportReport:
     job.report.columns = [(c.header, _shown_target(c)) for c in columns]
     batch: list[_Row] = []
-    for number, cells in csvfmt.numbered_records(reader, header_row + 1, codec):
+    for number, cells in table.records:
         if isinstance(cells, list) and not any(c.strip() for c in cells):
             continue  # blank line: not a row
         job.report.total += 1
+        if job.report.total % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # parsing is CPU work: let the worker's other loops run between rows
         row = _accept(job, number, cells, columns)
         if row is not None:
             batch.append(row)
@@ -330,11 +421,6 @@ async def _run(session: AsyncSession, text: io.TextIOWrapper, codec: str, *, del
     if batch or job.report.total % batch_size:
         await job.write(batch)
     return job.report
-
-
-def _chain(first: str, rest: io.TextIOWrapper) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def _shown_target(column: Column) -> str:
@@ -353,5 +439,12 @@ def _accept(job: _Import, number: int, cells: list[str] | csv.Error, columns: li
         return row
     except _Skip as skip:
         job.report.skipped += 1
-        job.report.add_error(number, skip.column, skip.message)
+        job.report.add_error(number, skip.column, skip.message, _cell_of(cells, columns, skip.column))
         return None
+
+
+def _cell_of(cells: list[str] | csv.Error, columns: list[Column], header: str) -> str:
+    if isinstance(cells, csv.Error) or not header:
+        return ""
+    index = next((c.index for c in columns if c.header == header), len(cells))
+    return cells[index].strip() if index < len(cells) else ""

@@ -208,3 +208,117 @@ class EstimateOut(BaseModel):
     credit_needed: int
     credit_balance: int
     computed_at: dt.datetime
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bulk actions, activity, resubscribe, tag move and split
+# --------------------------------------------------------------------------------------------------------
+
+
+class ContactQuery(Body):
+    """The list filters as a JSON object (`attributes` = the `attr.<key>=<value>` pairs)."""
+
+    q: Annotated[str, Field(max_length=200), NoNul] | None = None
+    status: list[ContactStatus] = Field(default_factory=list, max_length=4)
+    tag_ids: list[Id] = Field(default_factory=list, max_length=1000)
+    explicit_only: bool = False
+    untagged: bool = False
+    source: Str100 | None = None
+    import_id: Id | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    suppressed: bool | None = None
+    attributes: dict[str, Annotated[str, Field(max_length=2000)]] = Field(default_factory=dict, max_length=20)
+    engaged_since: dt.datetime | None = None
+
+
+class BulkRequest(Body):
+    action: Annotated[str, Field(pattern="^(tag|untag|set_status|delete)$")]
+    ids: list[Id] | None = Field(default=None, min_length=1, max_length=10_000)
+    filter: ContactQuery | None = None
+    tag_ids: list[Id] = Field(default_factory=list, max_length=100)
+    status: ContactStatus | None = None
+    expected_count: Annotated[int, Field(ge=0)] | None = None
+
+
+class BulkOut(BaseModel):
+    action: str
+    matched: int  # contacts the ids or the filter named
+    changed: int  # memberships added/removed, contacts updated or deleted
+
+
+class ResubscribeIn(Body):
+    reason: Annotated[str, Field(min_length=1, max_length=500), NoNul]
+
+
+class SuppressionEntryOut(BaseModel):
+    id: int
+    scope: str
+    kind: str
+    value: str
+    reason: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+
+
+class SuppressionStateOut(BaseModel):
+    blocked: bool
+    contact_reasons: list[str]  # contact_inactive, unsubscribed, hard_bounced, complained
+    entries: list[SuppressionEntryOut]  # list entries in force that block the address (own list first)
+
+
+class ContactDetailOut(ContactOut):
+    suppression: SuppressionStateOut
+
+
+class ActivityItem(BaseModel):
+    kind: str  # send | event
+    id: int  # the SubTask's or the event's id
+    at: dt.datetime
+    task_id: int | None
+    task_name: str | None
+    subtask_id: int | None
+    send_state: str | None = None
+    delivery_state: str | None = None
+    suppressed_reason: str | None = None
+    subject: str | None = None
+    sent_at: dt.datetime | None = None
+    delivered_at: dt.datetime | None = None
+    failed_at: dt.datetime | None = None
+    last_error: str | None = None
+    open_count: int | None = None
+    click_count: int | None = None
+    event_type: str | None = None
+    source: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class ActivityPage(BaseModel):
+    items: list[ActivityItem]
+    next_cursor: str | None
+
+
+class TagMove(Body):
+    parent_id: Id | None
+
+
+class TagSplit(Body):
+    group_count: Annotated[int, Field(ge=2, le=10)]
+    ratios: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    group_names: list[Name64] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_ID)] | None = None
+    regroup: bool = False
+
+
+class SplitGroupOut(BaseModel):
+    id: int
+    name: str
+    ratio: float
+    size: int
+
+
+class SplitOut(BaseModel):
+    tag_id: int
+    seed: int
+    source_count: int
+    groups: list[SplitGroupOut]

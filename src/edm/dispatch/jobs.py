@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from edm import clock
+from edm.api import idempotency
+from edm.contacts.imports import run_imports
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
@@ -49,6 +51,8 @@ class Maintenance:
             ("nonces", 3600.0, self.nonces),
             ("stats", 60.0, self.stats),
             ("tombstones", 86400.0, self.tombstones),
+            ("imports", 1.0, lambda: run_imports(self.worker.sessionmaker, worker_id=self.worker.id)),
+            ("idempotency", 3600.0, lambda: idempotency.purge_expired(self.worker.sessionmaker)),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, IdQuery, Session
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
 from edm.dispatch import queue
+from edm.email_services import health, testing
 from edm.email_services import service as services
-from edm.email_services import testing
 from edm.email_services.models import EmailServiceStatusLog, UserServiceMapping
+from edm.ops.service import Actor, audit
 from edm.providers.base import ServiceConfig
 from edm.security.crypto import Vault
 
@@ -188,6 +191,66 @@ def _address(value: str) -> str:
     return normalize_email(value, field="to").original
 
 
+class WebhookSecretBody(Strict):
+    value: str | None = Field(None, min_length=8, max_length=4096,
+                              description="the secret the provider gives you; omit it to have one generated")
+    expires_at: dt.datetime | None = Field(None, description="optional: stop accepting it after this time")
+
+
+def _audit_actor(request: Request, caller: Any) -> Actor:
+    return Actor(caller.id, "token", request.client.host if request.client else None)
+
+
+def _forget_cached_targets(request: Request, provider: str) -> None:
+    """This process's webhook pipeline caches each provider's secrets for 5 s: drop the entry so the change
+    applies to the next request here at once (other processes follow within those 5 s)."""
+    cache = getattr(request.app.state, "webhook_targets", None)
+    if isinstance(cache, dict):
+        cache.pop(provider, None)
+
+
+@router.get("/admin/services/{service_id}/health")
+async def service_health(service_id: IdPath, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
+    """State and reason, usage and quota, next reset (UTC, the service's and the admin's zone), limits,
+    in-flight, error rate and latency over the last hour, last success and error, webhook URLs, status log."""
+    return await health.service_health(session, _vault(request), service_id, now=utc_now(),
+                                       admin_timezone=caller.user.timezone,
+                                       base_url=request.app.state.settings.public_url)
+
+
+@router.get("/admin/services/{service_id}/webhook-secrets")
+async def list_webhook_secrets(service_id: IdPath, request: Request, session: Session,
+                               caller: Admin) -> list[dict[str, Any]]:
+    """Masked: id, the last 4 characters, added_at, expires_at. The values are never returned."""
+    return await services.list_webhook_secrets(session, _vault(request), service_id)
+
+
+@router.post("/admin/services/{service_id}/webhook-secrets", status_code=201)
+async def add_webhook_secret(service_id: IdPath, body: WebhookSecretBody, request: Request, session: Session,
+                             caller: AdminWriter) -> dict[str, Any]:
+    """Add a secret; every stored secret keeps verifying (rotation). The value is in this answer only."""
+    view, value = await services.add_webhook_secret(session, _vault(request), service_id, value=body.value,
+                                                    expires_at=body.expires_at, actor_user_id=caller.id)
+    await audit(session, _audit_actor(request, caller), "service.webhook_secret_added", target_type="email_service",
+                target_id=service_id, details={"secret_id": view["id"], "generated": body.value is None})
+    svc = await services.get_service(session, service_id)
+    _forget_cached_targets(request, svc.provider)
+    return {**view, "value": value}
+
+
+@router.delete("/admin/services/{service_id}/webhook-secrets/{secret_id}")
+async def remove_webhook_secret(service_id: IdPath, secret_id: Annotated[str, PathParam(max_length=64)],
+                                request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+    """Webhooks signed with it stop verifying (at once in this process, within 5 s in the others)."""
+    removed = await services.remove_webhook_secret(session, _vault(request), service_id, secret_id,
+                                                   actor_user_id=caller.id)
+    await audit(session, _audit_actor(request, caller), "service.webhook_secret_removed",
+                target_type="email_service", target_id=service_id, details={"secret_id": secret_id})
+    svc = await services.get_service(session, service_id)
+    _forget_cached_targets(request, svc.provider)
+    return removed
+
+
 # After the fixed sub-paths above: `{action}` would otherwise match `test-send`.
 @router.post("/admin/services/{service_id}/{action}")
 async def service_action(service_id: IdPath, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
@@ -203,7 +266,7 @@ async def service_action(service_id: IdPath, action: Literal["enable", "disable"
 
 
 @router.get("/admin/status-log")
-async def status_log(session: Session, caller: Admin, service_id: int | None = None,
+async def status_log(session: Session, caller: Admin, service_id: IdQuery = None,
                      limit: Annotated[int, Query(ge=1, le=200)] = 100) -> list[dict[str, Any]]:
     query = select(EmailServiceStatusLog).order_by(EmailServiceStatusLog.id.desc()).limit(limit)
     if service_id:
@@ -214,8 +277,8 @@ async def status_log(session: Session, caller: Admin, service_id: int | None = N
 
 
 @router.get("/admin/mappings")
-async def list_mappings(session: Session, caller: Admin, user_id: int | None = None,
-                        service_id: int | None = None) -> list[dict[str, Any]]:
+async def list_mappings(session: Session, caller: Admin, user_id: IdQuery = None,
+                        service_id: IdQuery = None) -> list[dict[str, Any]]:
     query = select(UserServiceMapping).order_by(UserServiceMapping.id)
     if user_id:
         query = query.where(UserServiceMapping.user_id == user_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -296,8 +297,131 @@ def public_view(service: EmailService, vault: Vault) -> dict[str, Any]:
     """What an admin sees: configuration, `credentials_set` and a masked hint, never the secret."""
     creds = vault.decrypt_json(service.credentials_encrypted) if service.credentials_encrypted else {}
     hint = {k: ("…" + str(v)[-4:] if len(str(v)) > 4 else "…") for k, v in creds.items() if v}
+    if creds.get("webhook_secrets"):  # a list: its text's tail could hold part of a secret; count them instead
+        hint["webhook_secrets"] = f"{len(_secret_entries(creds))} stored"
     body = {field: getattr(service, field) for field in CONFIG_FIELDS}
     body["sending_interval_seconds"] = float(service.sending_interval_seconds)
     body.update(id=service.id, credentials_set=bool(creds), credentials_hint=hint,
                 created_at=service.created_at, updated_at=service.updated_at)
     return body
+
+
+# ---- webhook secrets (SPEC §9.2, §15.3) -----------------------------------------------------------------
+#
+# They live in the service's encrypted credentials under `webhook_secrets`, newest first (the fake provider's
+# emitter signs with the first), as strings or {"value", "expires_at"} objects; verification accepts every
+# one that has not expired, so a rotation is: add the new secret, switch the provider, remove the old one.
+# Entries written here also carry an `id` and `added_at`. A bare string (set through `edm service
+# credentials`) is listed as `legacy-<position>` until the next add or remove gives every entry an id.
+
+SECRET_ADDED = "webhook_secret_added"
+SECRET_REMOVED = "webhook_secret_removed"
+MAX_WEBHOOK_SECRETS = 10
+
+
+def _secret_entries(credentials: dict[str, Any]) -> list[Any]:
+    entries = credentials.get("webhook_secrets") or []
+    return [entries] if isinstance(entries, str) else list(entries)
+
+
+def _entry_value(entry: Any) -> str:
+    return str(entry if isinstance(entry, str) else (entry.get("value") or ""))
+
+
+def _entry_id(entry: Any, position: int) -> str:
+    if isinstance(entry, dict) and entry.get("id"):
+        return str(entry["id"])
+    return f"legacy-{position}"
+
+
+def _with_ids(entries: list[Any]) -> list[dict[str, Any]]:
+    """Every entry as an object with an id (bare strings and id-less objects get a random one)."""
+    out = []
+    for entry in entries:
+        item = {"value": entry} if isinstance(entry, str) else dict(entry)
+        item.setdefault("id", secrets.token_hex(6))
+        out.append(item)
+    return out
+
+
+def mask_secret(value: str) -> str:
+    return "…" + value[-4:] if len(value) > 8 else "…"
+
+
+def secret_views(credentials: dict[str, Any], now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The stored secrets, masked: id, the last 4 characters, added_at, expires_at, expired."""
+    now = now or utc_now()
+    views = []
+    for position, entry in enumerate(_secret_entries(credentials)):
+        expires = None if isinstance(entry, str) else entry.get("expires_at")
+        views.append({"id": _entry_id(entry, position), "hint": mask_secret(_entry_value(entry)),
+                      "added_at": None if isinstance(entry, str) else entry.get("added_at"),
+                      "expires_at": expires, "expired": _expired(expires, now)})
+    return views
+
+
+def _expired(expires: Any, now: dt.datetime) -> bool:
+    if not expires:
+        return False
+    try:
+        until = dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+    except ValueError:
+        return True  # the webhook pipeline ignores an unreadable expiry's secret too
+    return (until if until.tzinfo else until.replace(tzinfo=dt.UTC)) <= now
+
+
+async def list_webhook_secrets(session: AsyncSession, vault: Vault, service_id: int) -> list[dict[str, Any]]:
+    service = await get_service(session, service_id)
+    return secret_views(vault.decrypt_json(service.credentials_encrypted))
+
+
+async def add_webhook_secret(
+    session: AsyncSession, vault: Vault, service_id: int, *, value: str | None,
+    expires_at: dt.datetime | None = None, actor_user_id: int | None,
+) -> tuple[dict[str, Any], str]:
+    """Store one more secret (first in the list). Returns its masked view and the value (generated when not
+    given), which the caller shows once: nothing returns it again."""
+    service = await get_service(session, service_id)
+    await state_of(session, service_id)  # serialize credential read-modify-writes on this service
+    now = utc_now()
+    value = (value or "").strip() or secrets.token_urlsafe(32)
+    if len(value) < 8 or len(value) > 4096 or any(ord(c) < 32 for c in value):
+        raise BadInput.field("value", "must be 8–4096 printable characters")
+    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
+        raise BadInput.field("expires_at", "must be a future time with a time zone")
+    credentials = vault.decrypt_json(service.credentials_encrypted)
+    entries = _with_ids(_secret_entries(credentials))
+    if any(e.get("value") == value for e in entries):
+        raise Conflict("this webhook secret is already stored", details=[{"field": "value", "message": "duplicate"}])
+    if len(entries) >= MAX_WEBHOOK_SECRETS:
+        raise Conflict(f"a service holds at most {MAX_WEBHOOK_SECRETS} webhook secrets: remove an old one first")
+    entry: dict[str, Any] = {"id": secrets.token_hex(6), "value": value, "added_at": now.isoformat()}
+    if expires_at is not None:
+        entry["expires_at"] = expires_at.astimezone(dt.UTC).isoformat()
+    credentials["webhook_secrets"] = [entry, *entries]
+    service.credentials_encrypted = vault.encrypt_json(credentials)
+    log_change(session, service_id, SECRET_ADDED, new=f"{entry['id']} {mask_secret(value)}",
+               actor_user_id=actor_user_id)
+    await session.flush()
+    return secret_views({"webhook_secrets": [entry]}, now)[0], value
+
+
+async def remove_webhook_secret(session: AsyncSession, vault: Vault, service_id: int, secret_id: str, *,
+                                actor_user_id: int | None) -> dict[str, Any]:
+    """Forget one secret: webhooks signed with it stop verifying (within the pipeline's 5 s cache)."""
+    service = await get_service(session, service_id)
+    await state_of(session, service_id)
+    credentials = vault.decrypt_json(service.credentials_encrypted)
+    current = _secret_entries(credentials)
+    ids = [_entry_id(e, i) for i, e in enumerate(current)]
+    if secret_id not in ids:
+        raise NotFound(f"webhook secret {secret_id!r} not found")
+    position = ids.index(secret_id)
+    removed = current[position]
+    rest = _with_ids([e for i, e in enumerate(current) if i != position])
+    credentials["webhook_secrets"] = rest
+    service.credentials_encrypted = vault.encrypt_json(credentials)
+    log_change(session, service_id, SECRET_REMOVED, old=f"{secret_id} {mask_secret(_entry_value(removed))}",
+               actor_user_id=actor_user_id)
+    await session.flush()
+    return {"id": secret_id, "hint": mask_secret(_entry_value(removed)), "remaining": len(rest)}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from edm.api.deps import Admin, CurrentCaller, IdPath, Paging, Session, page_of
+from edm.api.deps import Admin, CurrentCaller, IdPath, IdQuery, Paging, Session, page_of
 from edm.errors import NotFound
 from edm.events.models import Event, MatchReason, MatchStatus
 from edm.events.vocabulary import EventType
@@ -34,9 +34,9 @@ def event_view(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
 
 
 @router.get("/events")
-async def list_events(session: Session, caller: CurrentCaller, page: Paging, task_id: int | None = None,
-                      subtask_id: int | None = None, event_type: EventTypeQuery = None, source: Source = None,
-                      user_id: int | None = None) -> dict[str, Any]:
+async def list_events(session: Session, caller: CurrentCaller, page: Paging, task_id: IdQuery = None,
+                      subtask_id: IdQuery = None, event_type: EventTypeQuery = None, source: Source = None,
+                      user_id: IdQuery = None) -> dict[str, Any]:
     """Events attributed to the caller's SubTasks, oldest first (admins may pass `user_id`)."""
     query = _filtered(select(Event).where(Event.user_id == caller.owner_filter(user_id)), task_id=task_id,
                       subtask_id=subtask_id, event_type=event_type, source=source)
@@ -45,8 +45,8 @@ async def list_events(session: Session, caller: CurrentCaller, page: Paging, tas
 
 @router.get("/admin/events")
 async def admin_events(session: Session, caller: Admin, page: Paging, match_status: MatchStatus | None = None,
-                       match_reason: MatchReason | None = None, service_id: int | None = None,
-                       task_id: int | None = None, event_type: EventTypeQuery = None,
+                       match_reason: MatchReason | None = None, service_id: IdQuery = None,
+                       task_id: IdQuery = None, event_type: EventTypeQuery = None,
                        source: Source = None) -> dict[str, Any]:
     """Every event; `?match_status=unmatched` lists what could not be attributed, with the reason."""
     query = _filtered(select(Event), task_id=task_id, event_type=event_type, source=source,

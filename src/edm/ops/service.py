@@ -6,18 +6,19 @@ Services take the caller's session and flush; the entry point commits.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.errors import BadInput
+from edm.errors import BadInput, NotFound
 from edm.ops import runtime_settings
-from edm.ops.models import AuditLog, Setting
+from edm.ops.models import AuditLog, Notification, Setting
 from edm.ops.runtime_settings import KEYS, RuntimeSettings
 
 MAX_INT = 2**63 - 1  # a setting larger than BIGINT is a typo, and some readers would overflow on it
@@ -98,3 +99,67 @@ def _finite(key: str, value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
         raise BadInput.field(key, "is too large")
     return value
+
+
+# --------------------------------------------------------------------------------------------------------
+# Audit log and notifications (reads, and marking a notification read)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor_user_id: int | None = None
+    action: str | None = None  # a prefix: "credit." or "credit.adjust"
+    target_type: str | None = None
+    target_id: str | None = None
+    since: dt.datetime | None = None  # at ≥ since
+    until: dt.datetime | None = None  # at < until
+
+
+async def list_audit(session: AsyncSession, filters: AuditFilter, *, limit: int,
+                     before_id: int | None = None) -> list[AuditLog]:
+    """Newest first (by id; rows are appended in time order)."""
+    q = select(AuditLog)
+    if filters.actor_user_id is not None:
+        q = q.where(AuditLog.actor_user_id == filters.actor_user_id)
+    if filters.action:
+        q = q.where(AuditLog.action.startswith(filters.action, autoescape=True))
+    if filters.target_type is not None:
+        q = q.where(AuditLog.target_type == filters.target_type)
+    if filters.target_id is not None:
+        q = q.where(AuditLog.target_id == filters.target_id)
+    if filters.since is not None:
+        q = q.where(AuditLog.at >= filters.since)
+    if filters.until is not None:
+        q = q.where(AuditLog.at < filters.until)
+    if before_id is not None:
+        q = q.where(AuditLog.id < before_id)
+    return list(await session.scalars(q.order_by(AuditLog.id.desc()).limit(limit)))
+
+
+async def list_notifications(session: AsyncSession, user_id: int, *, unread: bool | None, limit: int,
+                             before_id: int | None = None) -> list[Notification]:
+    q = select(Notification).where(Notification.user_id == user_id)
+    if unread is True:
+        q = q.where(Notification.read_at.is_(None))
+    elif unread is False:
+        q = q.where(Notification.read_at.is_not(None))
+    if before_id is not None:
+        q = q.where(Notification.id < before_id)
+    return list(await session.scalars(q.order_by(Notification.id.desc()).limit(limit)))
+
+
+async def unread_count(session: AsyncSession, user_id: int) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Notification)
+                                     .where(Notification.user_id == user_id, Notification.read_at.is_(None))) or 0)
+
+
+async def mark_read(session: AsyncSession, user_id: int, notification_id: int) -> Notification:
+    """Own notifications only: another user's id is 404, like a missing one. Marking twice keeps the first time."""
+    row = await session.get(Notification, notification_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound("notification not found")
+    if row.read_at is None:
+        row.read_at = utc_now()
+        await session.flush()
+    return row

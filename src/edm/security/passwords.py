@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -28,3 +30,14 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def waste_time(password: str) -> None:
+    """Verify `password` against a dummy hash: the same cost as a real check, always False."""
+    verify_password(_dummy_hash(), password)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash to check against when the user does not exist, so a login takes as long either way."""
+    return _hasher.hash("edm: no such user")

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import MAX_ID, Caller, CurrentCaller, Id, IdPath, Paging, Session, Writer, page_of
+from edm.api.deps import MAX_ID, Caller, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import NotFound
 from edm.tasks import reports, service
@@ -108,7 +108,7 @@ async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: 
 
 @router.get("/tasks")
 async def list_tasks(session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None,
-                     user_id: int | None = None) -> dict[str, Any]:
+                     user_id: IdQuery = None) -> dict[str, Any]:
     query = select(Task).where(Task.user_id == caller.owner_filter(user_id)).order_by(Task.id).limit(page.limit + 1)
     if page.after_id:
         query = query.where(Task.id > page.after_id)

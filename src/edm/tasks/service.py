@@ -37,6 +37,8 @@ EDITABLE_AFTER_GENERATION = {"name", "description", "priority", "allowed_service
                              "on_capacity_exhausted"}
 SIMPLE_FIELDS = ("name", "description", "priority", "track_opens", "track_clicks", "on_capacity_exhausted",
                  "allowed_service_ids", "error_thresholds", "timezone")
+NOT_NULL_FIELDS = ("name", "priority", "track_opens", "track_clicks", "on_capacity_exhausted", "timezone",
+                   "templates")
 MAX_AHEAD = dt.timedelta(days=365)
 PAST_TOLERANCE = dt.timedelta(seconds=60)
 
@@ -77,6 +79,12 @@ async def update_task(session: AsyncSession, task: Task, values: dict[str, Any])
 
 
 async def _apply_fields(session: AsyncSession, task: Task, values: dict[str, Any]) -> None:
+    for key in NOT_NULL_FIELDS:
+        if key in values and values[key] is None:
+            raise BadInput.field(key, "must not be null")
+    for key in ("name", "description"):
+        if isinstance(values.get(key), str) and "\x00" in values[key]:
+            raise BadInput.field(key, "must not contain NUL characters")
     for key in SIMPLE_FIELDS:
         if key in values:
             setattr(task, key, values[key])

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, Paging, Session, page_of
+from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, page_of
 from edm.clock import utc_now
-from edm.errors import LastAdmin, NotFound
-from edm.users.credit import admin_adjust
-from edm.users.models import ApiToken, QuotaLedgerEntry, Role, TokenScope, User
-from edm.users.service import create_token, create_user
+from edm.errors import Forbidden, NotFound, Unauthenticated
+from edm.ops.service import Actor, audit
+from edm.users import sessions
+from edm.users.models import ApiToken, Role, TokenScope, User
+from edm.users.service import create_token, create_user, delete_user, reset_password, update_user
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -39,44 +41,125 @@ class UserCreate(Strict):
 
 
 class UserPatch(Strict):
+    email: str | None = Field(None, max_length=320)
     role: Literal["admin", "user", "read_only"] | None = None
     is_active: bool | None = None
     timezone: str | None = None
     low_credit_threshold: int | None = Field(None, ge=0)
 
 
-class CreditOperation(Strict):
-    operation: Literal["add", "subtract", "set"]
-    amount: int = Field(..., ge=0)
-    reason: str = Field(..., min_length=1, max_length=500)
+class LoginBody(Strict):
+    username: str = Field(..., min_length=1, max_length=320, description="username or email, any case")
+    password: str = Field(..., min_length=1, max_length=1024)
+
+
+class PasswordChange(Strict):
+    current_password: str = Field(..., min_length=1, max_length=1024)
+    new_password: str = Field(..., min_length=10, max_length=128)
+
+
+class PasswordReset(Strict):
+    password: str = Field(..., min_length=10, max_length=128)
+    must_change_password: bool = False
+
+
+def _actor(caller: Caller, request: Request) -> Actor:
+    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
+
+
+def _self_service(caller: Caller) -> None:
+    """Password and session changes: any role with its session, or a write-scope token."""
+    if caller.kind != "session" and caller.scope != TokenScope.WRITE:
+        raise Forbidden("a read-scope token cannot change the password or sessions")
+
+
+def _secure_cookie(request: Request) -> bool:
+    return str(request.app.state.settings.public_url).lower().startswith("https://")
+
+
+def session_view(row: Any, current: int | None) -> dict[str, Any]:
+    return {"id": row.id, "created_at": row.created_at, "last_seen_at": row.last_seen_at,
+            "expires_at": sessions.expiry_of(row), "ip": row.ip, "user_agent": row.user_agent,
+            "current": row.id == current}
 
 
 def user_view(user: User) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
             "is_active": user.is_active, "timezone": user.timezone, "credit_balance": user.credit_balance,
-            "low_credit_threshold": user.low_credit_threshold, "created_at": user.created_at}
+            "low_credit_threshold": user.low_credit_threshold, "must_change_password": user.must_change_password,
+            "last_login_at": user.last_login_at, "created_at": user.created_at}
 
 
-def ledger_view(e: QuotaLedgerEntry) -> dict[str, Any]:
-    return {"id": e.id, "user_id": e.user_id, "kind": e.kind, "amount": e.amount, "balance_after": e.balance_after,
-            "task_id": e.task_id, "actor_user_id": e.actor_user_id, "reason": e.reason, "created_at": e.created_at}
+@router.post("/auth/login")
+async def auth_login(body: LoginBody, request: Request, response: Response, session: Session) -> Any:
+    """Console login with username or email and password. Sets the `edm_session` cookie and returns the CSRF
+    token that writes made with the cookie must send in `X-CSRF-Token`. Every failure answers the same 401;
+    too many failures answer 429 with `Retry-After`."""
+    from edm.app import error_body
+
+    ip = request.client.host if request.client else None
+    try:
+        result = await sessions.login(session, login=body.username, password=body.password, ip=ip,
+                                      user_agent=request.headers.get("user-agent"))
+    except sessions.RateLimited as exc:
+        await session.commit()
+        return JSONResponse(error_body(request, exc.code, exc.message, retry_after=exc.retry_after),
+                            status_code=429, headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(result, sessions.LoginFailed):
+        await session.commit()  # keep the attempt and the audit entry: the 401 below rolls back the rest
+        raise Unauthenticated(sessions.LOGIN_FAILED)
+    response.set_cookie(sessions.COOKIE, result.cookie, max_age=int(sessions.LIFETIME.total_seconds()), path="/",
+                        secure=_secure_cookie(request), httponly=True, samesite="lax")
+    return {"user": user_view(result.user), "csrf_token": result.row.csrf_secret,
+            "must_change_password": result.user.must_change_password}
+
+
+@router.post("/auth/logout", status_code=204)
+async def auth_logout(request: Request, session: Session, caller: CurrentCaller) -> Response:
+    """End the console session (its row is deleted) and clear the cookie. With a bearer token: nothing to end."""
+    if caller.session_id is not None:
+        await sessions.logout(session, caller.session_id)
+    response = Response(status_code=204)
+    response.delete_cookie(sessions.COOKIE, path="/", secure=_secure_cookie(request), httponly=True, samesite="lax")
+    return response
+
+
+@router.put("/me/password")
+async def change_password(body: PasswordChange, request: Request, session: Session,
+                          caller: CurrentCaller) -> dict[str, Any]:
+    """Change the own password with the current one; the caller's other sessions are revoked."""
+    _self_service(caller)
+    revoked = await sessions.change_own_password(session, caller.user, current=body.current_password,
+                                                 new=body.new_password, keep_session=caller.session_id,
+                                                 actor=_actor(caller, request))
+    return {"changed": True, "sessions_revoked": revoked}
+
+
+@router.get("/me/sessions")
+async def my_sessions(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
+    """The caller's live console sessions, newest first; `current` marks the one making this request."""
+    rows = await sessions.list_sessions(session, caller.id, after_id=page.after_id, limit=page.limit + 1)
+    return page_of([session_view(r, caller.session_id) for r in rows], page)
+
+
+@router.delete("/me/sessions/{session_id}", status_code=204)
+async def revoke_my_session(session_id: IdPath, request: Request, session: Session,
+                            caller: CurrentCaller) -> Response:
+    _self_service(caller)
+    row = await session.get(sessions.ConsoleSession, session_id)
+    if row is None or row.user_id != caller.id:
+        raise NotFound("session not found")
+    await sessions.logout(session, row.id)
+    response = Response(status_code=204)
+    if row.id == caller.session_id:
+        response.delete_cookie(sessions.COOKIE, path="/", secure=_secure_cookie(request), httponly=True,
+                               samesite="lax")
+    return response
 
 
 @router.get("/me")
 async def me(caller: CurrentCaller) -> dict[str, Any]:
     return {**user_view(caller.user), "token_scope": caller.scope}
-
-
-@router.get("/me/credit")
-async def my_credit(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
-    return {"balance": caller.user.credit_balance, "ledger": await _ledger(session, caller.id, page)}
-
-
-async def _ledger(session: Session, user_id: int, page: Any) -> dict[str, Any]:
-    query = select(QuotaLedgerEntry).where(QuotaLedgerEntry.user_id == user_id).order_by(QuotaLedgerEntry.id.desc())
-    if page.after_id:
-        query = query.where(QuotaLedgerEntry.id < page.after_id)
-    return page_of([ledger_view(e) for e in await session.scalars(query.limit(page.limit + 1))], page)
 
 
 @router.get("/me/tokens")
@@ -113,10 +196,13 @@ async def list_users(session: Session, caller: Admin, page: Paging) -> dict[str,
 
 
 @router.post("/admin/users", status_code=201)
-async def admin_create_user(body: UserCreate, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def admin_create_user(body: UserCreate, session: Session, caller: AdminWriter,
+                            request: Request) -> dict[str, Any]:
     user = await create_user(session, username=body.username, email=body.email, password=body.password,
                              role=body.role, credit=body.credit, credit_reason=body.credit_reason,
                              timezone=body.timezone, actor_user_id=caller.id)
+    await audit(session, _actor(caller, request), "user.create", target_type="user", target_id=user.id,
+                details={"username": user.username, "role": user.role, "credit": body.credit})
     return user_view(user)
 
 
@@ -133,37 +219,33 @@ async def admin_get_user(user_id: IdPath, session: Session, caller: Admin) -> di
 
 
 @router.patch("/admin/users/{user_id}")
-async def admin_patch_user(user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def admin_patch_user(user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter,
+                           request: Request) -> dict[str, Any]:
+    """Edit email, role, active flag, time zone, low-credit threshold. A role change revokes the user's
+    sessions; deactivation revokes its sessions and tokens. The last active admin stays (409 last_admin)."""
     user = await _user(session, user_id)
-    changes = body.model_dump(exclude_unset=True)
-    demoting = user.role == Role.ADMIN and (changes.get("role", Role.ADMIN) != Role.ADMIN
-                                           or changes.get("is_active") is False)
-    if demoting and await _active_admins(session) <= 1:
-        raise LastAdmin("the last active admin cannot be demoted or deactivated")
-    for key, value in changes.items():
-        setattr(user, key, value)
-    if changes.get("is_active") is False:
-        await session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                              .values(revoked_at=utc_now()))
-    await session.flush()
+    await update_user(session, user, body.model_dump(exclude_unset=True), actor=_actor(caller, request))
     return user_view(user)
 
 
-async def _active_admins(session: Session) -> int:
-    return int(await session.scalar(select(func.count()).where(User.role == Role.ADMIN, User.is_active.is_(True)))
-               or 0)
-
-
-@router.get("/admin/users/{user_id}/credit")
-async def admin_user_credit(user_id: IdPath, session: Session, caller: Admin, page: Paging) -> dict[str, Any]:
+@router.post("/admin/users/{user_id}/password")
+async def admin_reset_password(user_id: IdPath, body: PasswordReset, session: Session, caller: AdminWriter,
+                               request: Request) -> dict[str, Any]:
+    """Set a user's password (optionally "must change at next login"); revokes all its sessions."""
     user = await _user(session, user_id)
-    return {"balance": user.credit_balance, "ledger": await _ledger(session, user.id, page)}
+    keep = caller.session_id if user.id == caller.id else None
+    revoked = await reset_password(session, user, body.password, must_change=body.must_change_password,
+                                   actor=_actor(caller, request), keep_session=keep)
+    return {**user_view(user), "sessions_revoked": revoked}
 
 
-@router.post("/admin/users/{user_id}/credit")
-async def admin_adjust_credit(user_id: IdPath, body: CreditOperation, session: Session,
-                              caller: AdminWriter) -> dict[str, Any]:
+@router.delete("/admin/users/{user_id}", status_code=204)
+async def admin_delete_user(user_id: IdPath, session: Session, caller: AdminWriter, request: Request) -> Response:
+    """Delete a user and all its data. 409 in_use while it owns a queued/sending/paused task; 409 last_admin
+    for the last active admin."""
     user = await _user(session, user_id)
-    entry = await admin_adjust(session, user_id=user.id, operation=body.operation, amount=body.amount,
-                               reason=body.reason, actor_user_id=caller.id)
-    return {"balance": user.credit_balance, "entry": ledger_view(entry) if entry else None}
+    await delete_user(session, user, actor=_actor(caller, request))
+    return Response(status_code=204)
+
+
+# Credit routes (/me/credit, /admin/users/{id}/credit, /admin/credit/*) live in edm.users.credit_api.

@@ -7,19 +7,32 @@ import hashlib
 import re
 import secrets
 import string
+from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
-from edm.errors import BadInput, Conflict, InvalidToken, NotFound
+from edm.errors import BadInput, Conflict, InUse, InvalidToken, LastAdmin, NotFound
+from edm.ops.service import Actor, audit
 from edm.security.passwords import check_password_rules, hash_password
 from edm.users.credit import apply_credit
 from edm.users.models import ApiToken, LedgerKind, Role, TokenScope, User
+from edm.users.sessions import revoke_sessions
 
 USERNAME = re.compile(r"^[a-z0-9._-]{3,64}$")
 TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+
+def check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise BadInput.field("timezone", f"{name!r} is not an IANA time zone name") from None
+    return name
 
 
 def normalize_username(username: str) -> str:
@@ -38,6 +51,7 @@ async def create_user(
     if role not in set(Role):
         raise BadInput.field("role", "must be admin, user or read_only")
     check_password_rules(password, username=name)
+    timezone = check_timezone(timezone)
     if await session.scalar(select(User.id).where(func.lower(User.username) == name)):
         raise Conflict("username already exists", details=[{"field": "username", "message": "already exists"}])
     if await session.scalar(select(User.id).where(User.email == address)):
@@ -99,3 +113,100 @@ async def authenticate_token(session: AsyncSession, token: str) -> tuple[User, s
         row.last_used_at = now
     scope = TokenScope.READ if user.role == Role.READ_ONLY else row.scope
     return user, scope
+
+
+# --------------------------------------------------------------------------------------------------------
+# Admin lifecycle: edit, password reset, delete (SPEC §3.2, §4.2, §15.1)
+# --------------------------------------------------------------------------------------------------------
+
+ACTIVE_TASK_STATUSES = ("queued", "sending", "paused")
+EDITABLE = ("email", "role", "is_active", "timezone", "low_credit_threshold")
+
+
+async def _guard_last_admin(session: AsyncSession, user: User) -> None:
+    """Refuse (409 last_admin) when `user` is the only active admin. The active admins' rows are locked on
+    PostgreSQL, so two admins demoting each other at once cannot both succeed."""
+    if user.role != Role.ADMIN or not user.is_active:
+        return
+    admins = (await session.scalars(select(User.id).where(User.role == Role.ADMIN, User.is_active.is_(True))
+                                    .with_for_update())).all()
+    if len([i for i in admins if i != user.id]) == 0:
+        raise LastAdmin("the last active admin cannot be demoted, deactivated or deleted")
+
+
+async def update_user(session: AsyncSession, user: User, changes: Mapping[str, Any], *, actor: Actor) -> User:
+    """Apply an admin edit. A role change revokes all the user's sessions (tokens follow the new role at once);
+    deactivation revokes its sessions and tokens. Audited with the changed fields."""
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise BadInput.field(sorted(unknown)[0], "unknown field")
+    values = dict(changes)
+    for key in ("email", "role", "is_active", "timezone"):
+        if key in values and values[key] is None:
+            raise BadInput.field(key, "must not be null")
+    if "email" in values:
+        values["email"] = normalize_email(values["email"], field="email").normalized
+        if values["email"] != user.email and await session.scalar(
+                select(User.id).where(User.email == values["email"], User.id != user.id)):
+            raise Conflict("email already exists", details=[{"field": "email", "message": "already exists"}])
+    if "role" in values and values["role"] not in set(Role):
+        raise BadInput.field("role", "must be admin, user or read_only")
+    if "timezone" in values:
+        values["timezone"] = check_timezone(values["timezone"])
+    if values.get("low_credit_threshold") is not None and values["low_credit_threshold"] < 0:
+        raise BadInput.field("low_credit_threshold", "must be ≥ 0")
+    new_role = values.get("role", user.role)
+    role_changed = new_role != user.role
+    deactivating = values.get("is_active") is False and user.is_active
+    if (role_changed and new_role != Role.ADMIN) or deactivating:
+        await _guard_last_admin(session, user)
+    changed = {k: v for k, v in values.items() if getattr(user, k) != v}
+    for key, value in changed.items():
+        setattr(user, key, value)
+    revoked = 0
+    if role_changed or deactivating:
+        revoked = await revoke_sessions(session, user.id)
+    if deactivating:
+        await session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                              .values(revoked_at=utc_now()))
+    if changed:
+        await audit(session, actor, "user.update", target_type="user", target_id=user.id,
+                    details={"changed": sorted(changed), "role": user.role, "is_active": user.is_active,
+                             "sessions_revoked": revoked})
+    await session.flush()
+    return user
+
+
+async def reset_password(session: AsyncSession, user: User, password: str, *, must_change: bool, actor: Actor,
+                         keep_session: int | None = None) -> int:
+    """An admin (or the CLI) sets a user's password: §3.2 rules, optional "must change at next login"; all the
+    user's sessions are revoked (except `keep_session`, the admin's own when it resets itself)."""
+    check_password_rules(password, username=user.username)
+    user.password_hash = hash_password(password)
+    user.must_change_password = must_change
+    revoked = await revoke_sessions(session, user.id, keep=keep_session)
+    await audit(session, actor, "user.password_reset", target_type="user", target_id=user.id,
+                details={"must_change_password": must_change, "sessions_revoked": revoked})
+    return revoked
+
+
+async def delete_user(session: AsyncSession, user: User, *, actor: Actor) -> None:
+    """Delete the user and all its data (foreign keys cascade; events carry user_id without one and are
+    deleted here). Refused (409 in_use) while it owns a queued, sending or paused task, and for the last
+    active admin (409 last_admin). The audit entry keeps the username and id."""
+    from edm.events.models import Event
+    from edm.tasks.models import Task
+
+    active = (await session.scalars(select(Task.id).where(Task.user_id == user.id,
+                                                          Task.status.in_(ACTIVE_TASK_STATUSES))
+                                    .order_by(Task.id).limit(20))).all()
+    if active:
+        raise InUse("the user owns tasks that are queued, sending or paused; cancel them first",
+                    task_ids=list(active))
+    await _guard_last_admin(session, user)
+    user_id, username = user.id, user.username
+    await session.execute(delete(Event).where(Event.user_id == user_id))
+    await session.execute(delete(User).where(User.id == user_id).execution_options(synchronize_session=False))
+    session.expunge(user)
+    await audit(session, actor, "user.deleted", target_type="user", target_id=user_id,
+                details={"username": username, "id": user_id})
