@@ -118,14 +118,17 @@ def _has_any_tag(tag_ids: list[int]) -> Any:
 
 def exclusion_reason(*, user_id: int, now: dt.datetime) -> Any:
     """The first matching exclusion reason in SPEC order, or NULL when the contact is sendable."""
-    suppressed = exists().where(
-        or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
-        or_(
-            and_(Suppression.kind == "address", Suppression.value == Contact.email_normalized),
-            and_(Suppression.kind == "domain", Suppression.value == Contact.email_domain),
-        ),
-        or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
-    )
+    # Uncorrelated IN subqueries, not a correlated EXISTS: PostgreSQL runs each once as a hashed SubPlan and
+    # probes it per candidate, where the EXISTS (inside this CASE it cannot become an anti-join) ran an index
+    # probe per candidate — 15.7 s for 500,000 candidates against 10,000 entries (bench/RESULTS.md).
+    def entries(kind: str) -> Any:
+        return select(Suppression.value).where(
+            or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
+            Suppression.kind == kind,
+            or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
+        )
+
+    suppressed = or_(Contact.email_normalized.in_(entries("address")), Contact.email_domain.in_(entries("domain")))
     return case(
         (~Contact.email_normalized.like("%_@_%"), literal("invalid_address")),
         (Contact.status.in_(("inactive", "archived")), literal("contact_inactive")),
