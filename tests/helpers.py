@@ -64,3 +64,18 @@ def expect_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     body: dict[str, Any] = r.json()["error"]
     assert body["code"] == code, body
     return body
+
+
+async def create_contact(client: httpx.AsyncClient, who: Account, email: str, **fields: Any) -> dict[str, Any]:
+    """A contact created through the API (201 checked)."""
+    r = await client.post("/api/v1/contacts", json={"email": email, **fields}, headers=who.headers)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def create_tag(client: httpx.AsyncClient, who: Account, name: str, parent_id: int | None = None) -> int:
+    """A tag created through the API (201 checked); its id."""
+    r = await client.post("/api/v1/tags", json={"name": name, "parent_id": parent_id}, headers=who.headers)
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])

@@ -26,21 +26,11 @@ from edm.users.models import Role
 from tests import factories
 from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account
+from tests.helpers import create_contact as _contact
+from tests.helpers import create_tag as _tag
 from tests.helpers import expect_error as _error
 
 API = "/api/v1"
-
-
-async def _contact(client: httpx.AsyncClient, who: Account, email: str, **fields: Any) -> dict[str, Any]:
-    r = await client.post(f"{API}/contacts", json={"email": email, **fields}, headers=who.headers)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def _tag(client: httpx.AsyncClient, who: Account, name: str, parent_id: int | None = None) -> int:
-    r = await client.post(f"{API}/tags", json={"name": name, "parent_id": parent_id}, headers=who.headers)
-    assert r.status_code == 201, r.text
-    return int(r.json()["id"])
 
 
 

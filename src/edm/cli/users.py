@@ -1,4 +1,4 @@
-"""Account commands: users, tokens, credit."""
+"""Account commands: users and tokens (credit: edm.cli.credit)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from sqlalchemy import select
 from edm.cli.common import emit, read_password, run, session_scope
 from edm.errors import BadInput
 from edm.ops.service import CLI, audit
-from edm.users.credit import admin_adjust
 from edm.users.models import Role, User
 from edm.users.service import create_token, create_user, delete_user, find_user, reset_password
 from edm.users.sessions import expiry_of, list_sessions, revoke_sessions
 
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
-credit_app = typer.Typer(help="Credit operations (admin).", no_args_is_help=True)
 
 
 @user_app.command("create")
@@ -136,18 +134,3 @@ async def token_create(
         token, _ = await create_token(session, user_id=row.id, name=name, scope=scope)
     typer.echo(token)
 
-
-@credit_app.command("adjust")
-@run
-async def credit_adjust(
-    user: Annotated[str, typer.Argument(help="username, email or id")],
-    operation: Annotated[str, typer.Argument(help="add, subtract or set")],
-    amount: Annotated[int, typer.Argument()],
-    reason: Annotated[str, typer.Option()],
-) -> None:
-    async with session_scope() as session:
-        row = await find_user(session, user)
-        await admin_adjust(session, user_id=row.id, operation=operation, amount=amount, reason=reason,
-                           actor_user_id=None)
-        balance = row.credit_balance
-    typer.echo(f"{row.username}: balance {balance}")

@@ -180,27 +180,6 @@ class MembersChanged(BaseModel):
 # --------------------------------------------------------------------------------------------------------
 
 
-class RowErrorOut(BaseModel):
-    row: int
-    column: str
-    message: str
-
-
-class ImportColumn(BaseModel):
-    header: str
-    target: str  # a contact field, "attributes.<key>" or "tags"
-
-
-class ImportReportOut(BaseModel):
-    total: int
-    created: int
-    updated: int
-    skipped: int
-    error_count: int
-    errors: list[RowErrorOut]
-    columns: list[ImportColumn]
-
-
 class EstimateOut(BaseModel):
     candidates: int
     sendable: int
