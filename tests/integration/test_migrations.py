@@ -5,13 +5,13 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from edm.db.migrate import current_revision, head_revision
+from edm.db.migrate import current_revision, head_revision, include_object
 from edm.db.models import metadata
 
 
 async def test_migrations_match_models(engine):  # type: ignore[no-untyped-def]
     def diff(connection):  # type: ignore[no-untyped-def]
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
         return compare_metadata(context, metadata)
 
     async with engine.connect() as conn:

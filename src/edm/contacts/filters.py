@@ -197,7 +197,8 @@ def sort_expression(session: AsyncSession, sort: Sort) -> Any:
     if sort.key == "email":
         return Contact.email_normalized
     if sort.key == "name":
-        return func.coalesce(Contact.name, "")
+        # A literal '' (not a bound parameter), as in PostgreSQL's index ix_contacts_user_id_name_id.
+        return func.coalesce(Contact.name, literal_column("''", String))
     epoch = literal(EPOCH, UTCDateTime())
     times = [func.coalesce(c, epoch) for c in (Contact.last_sent_at, Contact.last_opened_at, Contact.last_clicked_at,
                                                 Contact.last_replied_at)]

@@ -28,6 +28,10 @@ class Contact(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         UniqueConstraint("user_id", "email_normalized"),
         Index("ix_contacts_user_id_id", "user_id", "id"),
+        # The keyset orders of the `created` and `updated` sorts; PostgreSQL has more list indexes
+        # (migration 0003, edm.db.migrate.POSTGRESQL_ONLY_INDEXES).
+        Index("ix_contacts_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_contacts_user_id_updated_at_id", "user_id", "updated_at", "id"),
     )
 
     user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))

@@ -38,6 +38,7 @@ from edm.tasks import lifecycle
 log = logging.getLogger("edm.worker")
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+JOB_STOP_GRACE_SECONDS = 10.0
 SNAPSHOT_TTL = 0.1  # seconds a service snapshot is shared between dispatch loops
 IDLE_POLL = 0.5  # seconds between claim attempts when nothing is claimable
 
@@ -92,7 +93,11 @@ class Worker:
         await self.stopping.wait()
         # Loops stop claiming at once; started sends get the grace period to finish and be recorded.
         done, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_SECONDS + 5)
-        for task in [*pending, *jobs]:
+        # Jobs end after the iteration they are in rather than being cancelled wherever they happen to be
+        # (inside a transaction, between two statements); one still busy after the grace (a long import,
+        # which another worker takes over once its heartbeat is stale) is cancelled.
+        late_jobs = (await asyncio.wait(jobs, timeout=JOB_STOP_GRACE_SECONDS))[1] if jobs else set()
+        for task in [*pending, *late_jobs]:
             task.cancel()
         await asyncio.gather(*pending, *jobs, return_exceptions=True)
         for task in done:

@@ -38,6 +38,9 @@ class Task(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(2000))
     status: Mapped[str] = mapped_column(String(16), default=TaskStatus.DRAFT)
+    # "bulk" (a campaign) or "test" (a template test send, §14.5: claimed before bulk work, hidden from
+    # task lists and dashboards, sent with `[TEST] ` and no tracking).
+    kind: Mapped[str] = mapped_column(String(8), default="bulk", server_default="bulk")
     pause_reason: Mapped[str | None] = mapped_column(String(32))
     pause_detail: Mapped[str | None] = mapped_column(String(1000))
     resume_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
