@@ -35,7 +35,7 @@ from edm.email_services.models import UserServiceMapping
 from edm.events.models import Event
 from edm.ops.models import Notification
 from edm.suppressions.models import Suppression
-from edm.tasks import generation
+from edm.tasks import generation, test_sends
 from edm.tasks.models import SubTask
 from edm.users.models import ConsoleSession, Role
 from edm.users.service import create_token
@@ -58,6 +58,7 @@ PARAM_KINDS = {
     "task_id": "task", "subtask_id": "subtask", "token_id": "token", "entry_id": "suppression",
     "event_id": "event", "service_id": "service", "mapping_id": "mapping", "user_id": "user",
     "import_id": "import", "media_id": "media", "notification_id": "notification", "session_id": "session",
+    "test_send_id": "test_send",
 }
 # Path parameters that are not ids: a valid value, so the route is found.
 NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the schema's enum
@@ -66,7 +67,6 @@ NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the s
 # and for 403 on admin paths, but not for the 404 of (b). Each needs a factory in `_objects_of` to leave.
 KNOWN_GAPS: dict[str, str] = {
     "secret_id": "webhook secrets live inside a service's encrypted credentials; ids are per service",
-    "test_send_id": "test sends: need a mapped service and a send",
     "conversation_id": "conversations (§12) are not built",
     "endpoint_id": "outgoing webhooks (optional §22.2) are not built",
     "sid": "webhook secret ids (see secret_id)",
@@ -85,6 +85,7 @@ READ_ONLY_MAY = {
 # Bodies the schema cannot produce on its own (valid for the route, so the ownership check is reached).
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", f"{API}/tasks/{{task_id}}/schedule"): {},
+    ("POST", f"{API}/tasks/{{task_id}}/subtasks/cancel"): {"subtask_ids": [1]},
 }
 
 
@@ -242,6 +243,8 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
                                     rule={"type": "all_contacts"}, name=f"task-{name}")
         await generation.generate(session, task)
         subtask = (await session.execute(select(SubTask.id).where(SubTask.task_id == task))).scalar_one()
+        test_send = await test_sends.create(session, user_id=uid, actor=str(uid), request=test_sends.TestSendRequest(
+            template_id=template, emails=[f"{name}-inbox@example.com"]))
         _, token = await create_token(session, user_id=uid, name=f"extra-{name}", scope="read")
         entry = Suppression(scope="user", user_id=uid, owner_key=uid, kind="address",
                             value=f"gone-{name}@example.com", reason="manual")
@@ -258,7 +261,7 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
         await session.flush()
         return {"contact": contact, "tag": tag, "sender": sender, "template": template, "service": service,
                 "mapping": mapping, "task": task, "subtask": subtask, "token": token.id, "suppression": entry.id,
-                "event": event.id, "user": uid,
+                "event": event.id, "user": uid, "test_send": test_send.id,
                 "import": upload.id, "media": media.id, "notification": notice.id, "session": login.id}
 
 

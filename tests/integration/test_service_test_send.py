@@ -75,7 +75,7 @@ async def test_a_test_send_on_a_fake_service_is_accepted_counted_as_usage_and_lo
         [entry] = await logged_test_sends(sessionmaker, sid)
         assert entry.new_value == "accepted" and entry.actor_user_id == admin.id
         assert "someone@example.org" not in (entry.reason or ""), "the status log must mask the address"
-        logged = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()
+        logged = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()["items"]
         assert logged[0]["change"] == "test_send"
 
 

@@ -41,7 +41,7 @@ async def test_service_admin_flow(db_url, engine, sessionmaker):  # type: ignore
         assert usage.json()["adjustment_delta"] == 42
         state = (await client.get(f"/api/v1/admin/services/{sid}", headers=admin.headers)).json()
         assert state["state"] == "available" and state["used_today"] == 42
-        log = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()
+        log = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()["items"]
         assert [entry["change"] for entry in log][:3] == ["usage_adjusted", "unfrozen", "frozen"]
 
         mapped = await client.post("/api/v1/admin/mappings", json={"user_ids": [user.id], "service_ids": [sid]},

@@ -28,6 +28,7 @@ MODULES = [
     "edm.content.api",
     "edm.content.media_api",
     "edm.tasks.api",
+    "edm.tasks.test_sends_api",
     "edm.events.webhooks",
     "edm.events.api",
     "edm.tracking.api",

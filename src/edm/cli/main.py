@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, credit, demo, events, ops, services, suppressions, tasks, users
+from edm.cli import contacts, credit, demo, events, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
 from edm.cli.media import media_app
 
@@ -19,6 +19,7 @@ app.add_typer(credit.credit_app, name="credit")
 app.add_typer(services.service_app, name="service")
 app.add_typer(tasks.task_app, name="task")
 app.add_typer(tasks.sender_app, name="sender")
+tasks.template_app.command("test-send")(test_sends.test_send)
 app.add_typer(tasks.template_app, name="template")
 app.add_typer(media_app, name="media")
 app.add_typer(contacts.contact_app, name="contact")

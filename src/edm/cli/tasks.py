@@ -24,7 +24,7 @@ from edm.content.models import Sender, Template
 from edm.content.render import compile_template
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import BadInput, NotFound
-from edm.tasks import reports
+from edm.tasks import actions, reports
 from edm.tasks import service as tasks
 from edm.tasks.models import Task
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
@@ -135,6 +135,57 @@ for _action in ACTIONS:
     _transition_command(_action)
 
 
+@task_app.command("copy")
+@run
+async def task_copy(task_id: Annotated[int, typer.Argument()],
+                    as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Copy a task (any status) into a new draft of the same owner: content and options, no schedule."""
+    async with session_scope() as session:
+        source = await tasks.get_task(session, task_id, user_id=None)
+        task, omitted = await actions.copy_task(session, source, user_id=source.user_id, actor="cli")
+        data = {"id": task.id, "name": task.name, "status": task.status, "omitted": omitted}
+    emit(data, as_json=as_json, text=f"task {data['id']} {data['status']}: {data['name']}" + "".join(
+        f"\n  not copied: {o['field']}: {o['message']}" for o in omitted))
+
+
+@task_app.command("batch")
+@run
+async def task_batch(
+    action: Annotated[str, typer.Argument(help="pause|resume")],
+    task_ids: Annotated[list[int], typer.Argument(help=f"up to {actions.BATCH_MAX} task ids")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Pause or resume several tasks, each on its own; exits 1 when any of them was refused."""
+    if action not in ("pause", "resume"):
+        raise BadInput.field("action", f"{action!r} is not one of pause, resume")
+    async with session_scope() as session:
+        results = await actions.batch_transition(session, action=action,  # type: ignore[arg-type]
+                                                 task_ids=task_ids, user_id=None, is_admin=True, actor="cli")
+    emit(results, as_json=as_json, text="\n".join(
+        f"task {r['task_id']} {r['status']}" if r["ok"] else f"task {r['task_id']} refused: {r['error']['message']}"
+        for r in results))
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@task_app.command("cancel-recipients")
+@run
+async def task_cancel_recipients(
+    task_id: Annotated[int, typer.Argument()],
+    email: Annotated[list[str] | None, typer.Option(help="recipient address (repeatable)")] = None,
+    subtask: Annotated[list[int] | None, typer.Option(help="SubTask id (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cancel selected recipients that are still pending (charged ones are refunded)."""
+    if bool(email) == bool(subtask):
+        raise BadInput.field("recipients", "give --email or --subtask (not both)")
+    async with session_scope() as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        counts = await actions.cancel_subtasks(session, task, subtask_ids=subtask or None, emails=email or None)
+    emit(counts, as_json=as_json, text=f"task {task_id}: {counts['cancelled']} cancelled, "
+         f"{counts['not_pending']} no longer pending, {counts['not_found']} not found")
+
+
 @task_app.command("start")
 @run
 async def task_start(task_id: Annotated[int, typer.Argument()]) -> None:
@@ -151,7 +202,7 @@ async def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
     async with session_scope() as session:
         rows = [{"id": t.id, "user_id": t.user_id, "name": t.name, "status": t.status,
                  "waiting_reason": t.waiting_reason, "pause_reason": t.pause_reason}
-                for t in await session.scalars(select(Task).order_by(Task.id))]
+                for t in await session.scalars(select(Task).where(Task.kind == "bulk").order_by(Task.id))]
     emit(rows, as_json=as_json, text="\n".join(
         f"{r['id']:>5} {r['status']:<10} {r['name']}" + (f"  ({r['pause_reason'] or r['waiting_reason']})"
                                                           if r['pause_reason'] or r['waiting_reason'] else "")

@@ -58,6 +58,15 @@ CONTACT_FIELDS: tuple[str, ...] = (
     "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at",
 )  # fmt: skip
 
+# The data of preview and test sends without a chosen contact (§14.4, §14.5): one definition, so a test send
+# without a contact shows exactly what the preview showed.
+SAMPLE_CONTACT: dict[str, Any] = {
+    "email": "jane.doe@example.com", "name": "Jane Doe", "first_name": "Jane", "last_name": "Doe",
+    "username": "janedoe", "phone": "+1 555 0100", "company": "Example Inc.", "position": "Marketing lead",
+    "tiktok_unique_id": "janedoe", "instagram_id": "janedoe", "youtube_id": "janedoe", "source": "sample",
+    "status": "active", "attributes": {}, "tags": ["Sample tag"],
+}  # fmt: skip
+
 
 class RenderError(Exception):
     """The template could not be rendered for this recipient: the SubTask fails `permanent`."""

@@ -23,7 +23,14 @@ from edm.contacts.emails import normalize_email
 from edm.contacts.models import Contact
 from edm.contacts.service import MAX_ID, check_text, contact_tags, dialect_name, escape_like, saved
 from edm.content.models import Sender, Template
-from edm.content.render import CONTACT_FIELDS, CompiledTemplate, RenderError, build_context, compile_template
+from edm.content.render import (
+    CONTACT_FIELDS,
+    SAMPLE_CONTACT,
+    CompiledTemplate,
+    RenderError,
+    build_context,
+    compile_template,
+)
 from edm.db.owned import get_own
 from edm.email_services.models import EmailService, UserServiceMapping
 from edm.errors import BadInput, Conflict, InUse
@@ -224,12 +231,6 @@ _KNOWN_ROOTS = frozenset({*_KNOWN_MEMBERS, "name", "email", "unsubscribe_url", "
 _PARSER = jinja2.Environment()  # parsing only (the sources were already compiled by the sandbox)
 _BUILTINS = frozenset(_PARSER.globals) | {"namespace"}
 
-SAMPLE_CONTACT: dict[str, Any] = {
-    "email": "jane.doe@example.com", "name": "Jane Doe", "first_name": "Jane", "last_name": "Doe",
-    "username": "janedoe", "phone": "+1 555 0100", "company": "Example Inc.", "position": "Marketing lead",
-    "tiktok_unique_id": "janedoe", "instagram_id": "janedoe", "youtube_id": "janedoe", "source": "sample",
-    "status": "active", "attributes": {}, "tags": ["Sample tag"],
-}  # fmt: skip
 
 
 async def attribute_keys(session: AsyncSession, *, user_id: int) -> list[str]:

@@ -93,6 +93,7 @@ class CandidateTask:
     priority: int
     schedule_at: dt.datetime | None
     last_claimed_at: dt.datetime | None
+    is_test: bool = False  # a template test send: claimed before bulk work (§7.2)
 
 
 def plan_claim(

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm import clock
 from edm.contacts.models import Contact, ContactTag, Tag
 from edm.content.models import Sender
-from edm.content.render import CompiledTemplate, RenderError, build_context, compile_template
+from edm.content.render import SAMPLE_CONTACT, CompiledTemplate, RenderError, build_context, compile_template
 from edm.db.session import unit_of_work
 from edm.dispatch.message import build_message
 from edm.email_services.models import EmailService
@@ -40,6 +40,7 @@ from edm.tracking.links import LinkRewriter
 from edm.tracking.models import TrackedLink
 
 CONFIG_TTL = 30.0
+TEST_SUBJECT_PREFIX = "[TEST] "  # SPEC §8.2
 CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "username", "phone", "company", "position",
                   "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at")
 
@@ -65,6 +66,9 @@ class TaskInfo:
     reply_to: str | None
     track_opens: bool = False
     track_clicks: bool = False
+    # A template test send (§8.2): `[TEST] ` subject, no tracking, data from `data_contact_id` or sample data.
+    is_test: bool = False
+    data_contact_id: int | None = None
 
 
 class _Ttl:
@@ -121,15 +125,16 @@ class Composer:
         if with_mime is None:
             with_mime = capabilities_for(config).needs_mime
         async with self.sessionmaker() as session:
-            contacts = await _contacts(session, [i.contact_id for i in claim.items if i.contact_id])
             tasks = {tid: await self._task(session, tid) for tid in {i.task_id for i in claim.items}}
+            data_ids = [t.data_contact_id for t in tasks.values() if t is not None and t.data_contact_id]
+            contacts = await _contacts(session, [i.contact_id for i in claim.items if i.contact_id] + data_ids)
             templates = {tt: await self._template(session, tt) for tt in {i.task_template_id for i in claim.items}}
             org = await self._org_settings(session)
         now = clock.utc_now()
         links: dict[int, tuple[int, str]] = {}
         composed = {
             item.subtask_id: self._one(item, service, tasks[item.task_id], templates[item.task_template_id],
-                                       contacts.get(item.contact_id), org, now, with_mime, links)
+                                       _data_of(item, tasks[item.task_id], contacts), org, now, with_mime, links)
             for item in claim.items
         }
         await self._store_links(links)
@@ -178,10 +183,14 @@ class Composer:
             if task.track_opens:
                 pixel = self.pixel_url(item.public_id)
                 content = dataclasses.replace(content, html=with_open_pixel(content.html, pixel))
+            if task.is_test:
+                content = dataclasses.replace(content, subject=TEST_SUBJECT_PREFIX + content.subject)
+            # A test goes to the marketer's own address: the data contact's name is not theirs.
+            to_name = "" if task.is_test else str(contact.get("name") or "")
             return build_message(
                 key=key, task_id=task.id, user_id=task.user_id, domain=service.domain,
                 from_local=task.sender_local, from_name=task.sender_name, to_address=item.recipient_email,
-                to_name=str(contact.get("name") or ""), reply_to=task.reply_to, content=content,
+                to_name=to_name, reply_to=task.reply_to, content=content,
                 unsubscribe_url=unsubscribe_url, with_mime=with_mime,
             )
         except RenderError as exc:
@@ -206,9 +215,12 @@ class Composer:
         if row is None:
             return None
         task, sender = row
+        is_test = task.kind == "test"  # tracking stays off for test sends, whatever the task row says
+        data_contact = (task.recipient_rule or {}).get("contact_id") if is_test else None
         info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
-                        sender.local_part, sender.display_name or "", sender.reply_to, bool(task.track_opens),
-                        bool(task.track_clicks))
+                        sender.local_part, sender.display_name or "", sender.reply_to,
+                        bool(task.track_opens) and not is_test, bool(task.track_clicks) and not is_test,
+                        is_test=is_test, data_contact_id=data_contact if isinstance(data_contact, int) else None)
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
     async def _template(self, session: AsyncSession, task_template_id: int | None) -> CompiledTemplate | RenderFailure:
@@ -227,6 +239,14 @@ class Composer:
                    "footer_html": runtime.compliance_footer_html}
             cached = self._org.put("org", org)
         return cached  # type: ignore[no-any-return]
+
+
+def _data_of(item: Any, task: TaskInfo | None, contacts: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The data that fills the variables: the SubTask's contact; for a test send, the chosen contact (or the
+    preview's sample data when none was chosen or it was deleted since)."""
+    if task is not None and task.is_test:
+        return contacts.get(task.data_contact_id or 0) or dict(SAMPLE_CONTACT)
+    return contacts.get(item.contact_id)
 
 
 def _compile(snapshot: TaskTemplate | None) -> CompiledTemplate | RenderFailure:

@@ -258,7 +258,7 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
     )
     rows = (await session.execute(
         select(Task.id, Task.user_id, Task.priority, Task.schedule_at, Task.last_claimed_at,
-               Task.allowed_service_ids)
+               Task.allowed_service_ids, Task.kind)
         .join(User, User.id == Task.user_id)
         .join(UserServiceMapping, and_(UserServiceMapping.user_id == Task.user_id,
                                        UserServiceMapping.service_id == service_id,
@@ -266,7 +266,7 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
         .where(Task.status.in_(RUNNING), User.is_active.is_(True), claimable)
     )).all()
     return [
-        CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at)
+        CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, is_test=r.kind == "test")
         for r in rows
         if not r.allowed_service_ids or service_id in r.allowed_service_ids
     ]
@@ -275,12 +275,35 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
 async def _select_claimable(
     session: AsyncSession, *, service: EmailService, state_row: EmailServiceState, now: dt.datetime, size: int,
 ) -> tuple[list[Any], int, int | None]:
-    """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found."""
+    """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found.
+
+    Test sends go first (§7.2: claimed before bulk SubTasks of the same service), shared fairly among
+    their users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks share
+    what is left of the claim."""
     tasks = await _lock_running(session, await candidate_tasks(session, service_id=service.id, now=now))
+    chosen, _, _ = await _fill(session, [t for t in tasks if t.is_test], size=size, cursor=None, now=now,
+                               check=False)
+    bulk, suppressed, cursor = await _fill(session, [t for t in tasks if not t.is_test], size=size - len(chosen),
+                                           cursor=state_row.rr_user_cursor, now=now, check=True)
+    chosen.extend(bulk)
+    if chosen:
+        await session.execute(
+            update(Task).where(Task.id.in_({r.task_id for r in chosen})).values(last_claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return chosen, suppressed, cursor
+
+
+async def _fill(
+    session: AsyncSession, tasks: list[CandidateTask], *, size: int, cursor: int | None, now: dt.datetime,
+    check: bool,
+) -> tuple[list[Any], int, int | None]:
+    """Lock up to `size` rows of `tasks` in fairness order (§7.5): (rows, suppressed count, new cursor).
+    With `check`, rows the claim-time suppression check blocks become `suppressed` instead. Test sends skip
+    the check: their addresses are the marketer's own inboxes and they have no contact to check."""
     chosen: list[Any] = []
     suppressed = 0
     exhausted: set[int] = set()
-    cursor = state_row.rr_user_cursor
     while len(chosen) < size and len(exhausted) < len(tasks):
         plan, cursor = plan_claim(tasks, size=size - len(chosen), user_cursor=cursor,
                                   exhausted=frozenset(exhausted))
@@ -288,18 +311,12 @@ async def _select_claimable(
             break
         for task_id, wanted in plan:
             rows = await _lock_rows(session, task_id, wanted, now)
-            sendable, blocked = await _suppression_check(session, rows, now)
+            sendable, blocked = await _suppression_check(session, rows, now) if check else (rows, 0)
             suppressed += blocked
             chosen.extend(sendable)
             if len(rows) < wanted:
                 exhausted.add(task_id)
-            elif len(sendable) < wanted:
-                pass  # rows were suppressed; the next round asks this task again
-    if chosen:
-        await session.execute(
-            update(Task).where(Task.id.in_({r.task_id for r in chosen})).values(last_claimed_at=now)
-            .execution_options(synchronize_session=False)
-        )
+            # else: when rows were suppressed, the next round asks this task again
     return chosen, suppressed, cursor
 
 

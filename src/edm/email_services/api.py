@@ -6,12 +6,12 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, IdQuery, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, page_of
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
 from edm.dispatch import queue
@@ -266,26 +266,30 @@ async def service_action(service_id: IdPath, action: Literal["enable", "disable"
 
 
 @router.get("/admin/status-log")
-async def status_log(session: Session, caller: Admin, service_id: IdQuery = None,
-                     limit: Annotated[int, Query(ge=1, le=200)] = 100) -> list[dict[str, Any]]:
-    query = select(EmailServiceStatusLog).order_by(EmailServiceStatusLog.id.desc()).limit(limit)
+async def status_log(session: Session, caller: Admin, page: Paging, service_id: IdQuery = None) -> dict[str, Any]:
+    """Services' state changes, newest first (the cursor continues to older rows)."""
+    query = select(EmailServiceStatusLog).order_by(EmailServiceStatusLog.id.desc()).limit(page.limit + 1)
     if service_id:
         query = query.where(EmailServiceStatusLog.service_id == service_id)
-    return [{"id": r.id, "service_id": r.service_id, "change": r.change, "old_value": r.old_value,
-             "new_value": r.new_value, "reason": r.reason, "actor_user_id": r.actor_user_id, "at": r.at}
-            for r in await session.scalars(query)]
+    if page.after_id is not None:
+        query = query.where(EmailServiceStatusLog.id < page.after_id)
+    return page_of([{"id": r.id, "service_id": r.service_id, "change": r.change, "old_value": r.old_value,
+                     "new_value": r.new_value, "reason": r.reason, "actor_user_id": r.actor_user_id, "at": r.at}
+                    for r in await session.scalars(query)], page)
 
 
 @router.get("/admin/mappings")
-async def list_mappings(session: Session, caller: Admin, user_id: IdQuery = None,
-                        service_id: IdQuery = None) -> list[dict[str, Any]]:
-    query = select(UserServiceMapping).order_by(UserServiceMapping.id)
+async def list_mappings(session: Session, caller: Admin, page: Paging, user_id: IdQuery = None,
+                        service_id: IdQuery = None) -> dict[str, Any]:
+    query = select(UserServiceMapping).order_by(UserServiceMapping.id).limit(page.limit + 1)
     if user_id:
         query = query.where(UserServiceMapping.user_id == user_id)
     if service_id:
         query = query.where(UserServiceMapping.service_id == service_id)
-    return [{"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active}
-            for m in await session.scalars(query)]
+    if page.after_id is not None:
+        query = query.where(UserServiceMapping.id > page.after_id)
+    return page_of([{"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active}
+                    for m in await session.scalars(query)], page)
 
 
 @router.post("/admin/mappings", status_code=201)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from edm.api.deps import MAX_ID, Caller, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import NotFound
-from edm.tasks import reports, service
+from edm.tasks import actions, reports, service
 from edm.tasks.models import SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
@@ -75,6 +75,19 @@ class SubtaskSelection(Strict):
     subtask_ids: list[Id] | None = Field(default=None, max_length=10000)
 
 
+class BatchBody(Strict):
+    action: Literal["pause", "resume"]
+    task_ids: list[Id] = Field(..., min_length=1, max_length=actions.BATCH_MAX)
+
+
+class RecipientSelection(Strict):
+    """Exactly one of the two: SubTask ids (the `id` of `GET /tasks/{id}/subtasks`) or recipient addresses."""
+
+    subtask_ids: list[Id] | None = Field(default=None, min_length=1, max_length=actions.SELECTION_MAX)
+    emails: list[Annotated[str, Field(min_length=1, max_length=320)]] | None = Field(
+        default=None, min_length=1, max_length=actions.SELECTION_MAX)
+
+
 def _values(body: TaskFields) -> dict[str, Any]:
     values = body.model_dump(exclude_unset=True)
     if body.templates is not None:
@@ -109,7 +122,8 @@ async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: 
 @router.get("/tasks")
 async def list_tasks(session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None,
                      user_id: IdQuery = None) -> dict[str, Any]:
-    query = select(Task).where(Task.user_id == caller.owner_filter(user_id)).order_by(Task.id).limit(page.limit + 1)
+    query = (select(Task).where(Task.user_id == caller.owner_filter(user_id), Task.kind == "bulk")  # not test sends
+             .order_by(Task.id).limit(page.limit + 1))
     if page.after_id:
         query = query.where(Task.id > page.after_id)
     if status:
@@ -130,7 +144,10 @@ async def create_task(body: TaskCreate, session: Session, caller: Writer) -> dic
 
 @router.get("/tasks/{task_id}")
 async def get_task(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
-    task = await _own(session, caller, task_id, admin_may=True)
+    return await _view_with_templates(session, await _own(session, caller, task_id, admin_may=True))
+
+
+async def _view_with_templates(session: Session, task: Task) -> dict[str, Any]:
     view = task_view(task)
     view["templates"] = [{"id": t.id, "template_id": t.template_id, "weight": t.weight, "name": t.name}
                          for t in await session.scalars(select(TaskTemplate).where(TaskTemplate.task_id == task.id)
@@ -189,6 +206,26 @@ async def cancel(task_id: IdPath, session: Session, caller: Writer) -> dict[str,
 async def close(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
     return task_view(await service.close(session, task, actor=str(caller.id)))
+
+
+@router.post("/tasks/{task_id}/copy", status_code=201)
+async def copy(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
+    """A new draft of the caller with the task's content and options, from any status (not its schedule,
+    status, statistics or SubTasks). `omitted` lists what could not be copied (an archived sender, a deleted
+    template, a rule naming deleted contacts or tags): fill it in before scheduling."""
+    task, omitted = await actions.copy_task(session, await _own(session, caller, task_id), user_id=caller.id,
+                                            actor=str(caller.id))
+    return {**await _view_with_templates(session, task), "omitted": omitted}
+
+
+@router.post("/tasks/batch")
+async def batch(body: BatchBody, session: Session, caller: Writer) -> dict[str, Any]:
+    """Pause or resume up to 50 tasks, each on its own; the result per task in request order (`ok` and the new
+    `status`, or `error` with the code and message the single endpoint would give)."""
+    results = await actions.batch_transition(session, action=body.action, task_ids=body.task_ids, user_id=caller.id,
+                                             is_admin=caller.is_admin, actor=str(caller.id))
+    applied = sum(1 for r in results if r["ok"])
+    return {"applied": applied, "failed": len(results) - applied, "results": results}
 
 
 @router.get("/tasks/{task_id}/stats")
@@ -348,11 +385,21 @@ async def decide_uncertain(task_id: IdPath, action: Literal["retry", "abandon"],
     return {"retried" if action == "retry" else "abandoned": count}
 
 
+@router.post("/tasks/{task_id}/subtasks/cancel")
+async def cancel_subtasks(task_id: IdPath, body: RecipientSelection, session: Session,
+                          caller: Writer) -> dict[str, int]:
+    """Cancel the selected recipients that are still pending (never one a worker has claimed); charged ones
+    are refunded at once. Counts: `cancelled`, `not_pending` (already claimed or final), `not_found`."""
+    task = await _own(session, caller, task_id)
+    return await actions.cancel_subtasks(session, task, subtask_ids=body.subtask_ids, emails=body.emails)
+
+
 @router.get("/subtasks")
 async def subtasks_by_email(email: Annotated[str, Query(min_length=3, max_length=320)], session: Session,
                             caller: CurrentCaller, page: Paging) -> dict[str, Any]:
     """What happened to this address across the caller's own tasks."""
-    own_tasks = select(Task.id).where(Task.user_id == caller.id)  # reaches the (task_id, recipient_email) index
+    # Campaigns only (not test sends); reaches the (task_id, recipient_email) index.
+    own_tasks = select(Task.id).where(Task.user_id == caller.id, Task.kind == "bulk")
     query = (select(SubTask).where(SubTask.task_id.in_(own_tasks), SubTask.user_id == caller.id,
                                    SubTask.recipient_email == email.strip().lower())
              .order_by(SubTask.id).limit(page.limit + 1))

@@ -44,9 +44,10 @@ PAST_TOLERANCE = dt.timedelta(seconds=60)
 
 
 async def get_task(session: AsyncSession, task_id: int, *, user_id: int | None) -> Task:
-    """A task of `user_id` (None = any, for admins and the system). Other users' tasks are 404."""
+    """A task of `user_id` (None = any, for admins and the system). Other users' tasks are 404, and so are
+    template test sends (kind `test`): they live under /test-sends (`tasks.test_sends`)."""
     task = await session.get(Task, task_id, populate_existing=True)
-    if task is None or (user_id is not None and task.user_id != user_id):
+    if task is None or (user_id is not None and task.user_id != user_id) or task.kind != "bulk":
         raise NotFound("task not found")
     return task
 
@@ -304,6 +305,6 @@ async def decide_uncertain(session: AsyncSession, task: Task, *, action: str, su
 
 
 async def count_by_status(session: AsyncSession, *, user_id: int) -> dict[str, int]:
-    rows = await session.execute(select(Task.status, func.count()).where(Task.user_id == user_id)
-                                 .group_by(Task.status))
+    rows = await session.execute(select(Task.status, func.count())
+                                 .where(Task.user_id == user_id, Task.kind == "bulk").group_by(Task.status))
     return {status: count for status, count in rows.all()}

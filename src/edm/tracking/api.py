@@ -39,7 +39,7 @@ from edm.observability import mask_email
 from edm.ops import runtime_settings
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
-from edm.tasks.models import SubTask
+from edm.tasks.models import SubTask, Task
 from edm.tracking import tombstones
 from edm.tracking.hits import tracking_store
 from edm.tracking.models import UnsubscribeTombstone
@@ -51,7 +51,8 @@ router = APIRouter(include_in_schema=False)
 # A 1×1 transparent GIF (43 bytes), the answer to every pixel request, valid token or not.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
-TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded
+TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded; template test
+# sends carry a real token, and the page sees from the SubTask's task that it was a test
 MAX_BODY = 64 * 1024
 
 
@@ -134,10 +135,12 @@ def _link_not_valid() -> HTMLResponse:
 @router.get("/u/{token}")
 async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     if token == TEST_TOKEN:
-        return _page("Test message", "This link came in a test message. Nothing was recorded.")
+        return _test_page()
     found = await _recipient_of(request, token)
     if found is None:
         return _not_valid()
+    if found.is_test:
+        return _test_page()
     return _page("Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?",
                  button=True)
 
@@ -146,10 +149,12 @@ async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
 async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
     await _drain(request)  # `List-Unsubscribe=One-Click` or the page's button: the token alone decides
     if token == TEST_TOKEN:
-        return _page("Test message", "This link came in a test message. Nothing was recorded.")
+        return _test_page()
     found = await _recipient_of(request, token)
     if found is None:
         return _not_valid()
+    if found.is_test:
+        return _test_page()
     if found.tombstone is not None:
         await _unsubscribe_from_tombstone(request, found.tombstone)
     else:
@@ -195,6 +200,7 @@ class _Recipient:
     public_id: str
     email: str
     tombstone: UnsubscribeTombstone | None = None
+    is_test: bool = False  # a SubTask of a template test send (§8.2): the page says so, nothing is recorded
 
 
 async def _recipient_of(request: Request, token: str) -> _Recipient | None:
@@ -203,9 +209,11 @@ async def _recipient_of(request: Request, token: str) -> _Recipient | None:
     if data is None:
         return None
     async with request.app.state.sessionmaker() as session:
-        recipient = await session.scalar(select(SubTask.recipient_email).where(SubTask.public_id == data.subtask_id))
-        if recipient is not None:
-            return _Recipient(str(data.subtask_id), recipient)
+        row = (await session.execute(
+            select(SubTask.recipient_email, Task.kind).join(Task, Task.id == SubTask.task_id)
+            .where(SubTask.public_id == data.subtask_id))).first()
+        if row is not None:
+            return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == "test")
         tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
     return None if tombstone is None else _Recipient(str(data.subtask_id), tombstone.recipient_email, tombstone)
 
@@ -216,6 +224,11 @@ async def _drain(request: Request) -> None:
         size += len(chunk)
         if size > MAX_BODY:
             break
+
+
+def _test_page() -> HTMLResponse:
+    """Admin service tests and template test sends (§8.2): a page, and nothing recorded."""
+    return _page("Test message", "This link came in a test message. Nothing was recorded.")
 
 
 def _not_valid() -> HTMLResponse:

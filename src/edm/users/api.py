@@ -163,10 +163,14 @@ async def me(caller: CurrentCaller) -> dict[str, Any]:
 
 
 @router.get("/me/tokens")
-async def my_tokens(session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
-    rows = await session.scalars(select(ApiToken).where(ApiToken.user_id == caller.id, ApiToken.revoked_at.is_(None)))
-    return [{"id": t.id, "name": t.name, "scope": t.scope, "prefix": t.token_prefix, "expires_at": t.expires_at,
-             "last_used_at": t.last_used_at, "created_at": t.created_at} for t in rows]
+async def my_tokens(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
+    query = (select(ApiToken).where(ApiToken.user_id == caller.id, ApiToken.revoked_at.is_(None))
+             .order_by(ApiToken.id).limit(page.limit + 1))
+    if page.after_id is not None:
+        query = query.where(ApiToken.id > page.after_id)
+    return page_of([{"id": t.id, "name": t.name, "scope": t.scope, "prefix": t.token_prefix,
+                     "expires_at": t.expires_at, "last_used_at": t.last_used_at, "created_at": t.created_at}
+                    for t in await session.scalars(query)], page)
 
 
 @router.post("/me/tokens", status_code=201)
