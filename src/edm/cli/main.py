@@ -28,6 +28,7 @@ app.add_typer(suppressions.suppression_app, name="suppression")
 app.add_typer(settings_cli.settings_app, name="settings")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
+app.command("dashboard")(ops.dashboard)
 app.command("worker")(ops.worker)
 app.command("demo")(demo.demo)
 

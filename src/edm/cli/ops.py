@@ -1,4 +1,4 @@
-"""Operations commands: db, serve, worker, stats verify, queue (view, pause-all, resume-all)."""
+"""Operations commands: db, serve, worker, stats verify, queue (view, pause-all, resume-all), dashboard."""
 
 from __future__ import annotations
 
@@ -192,3 +192,50 @@ async def queue_pause_all() -> None:
 async def queue_resume_all() -> None:
     """Resume sending after pause-all. Audited."""
     await _pause(False)
+
+
+def dashboard_text(board: dict[str, Any]) -> str:
+    """The dashboard as plain text (what `edm dashboard` prints)."""
+    c = board["credit"]
+    lines = [f"credit {c['balance']}" + (f" (LOW: under {c['low_credit_threshold']})" if c["low"] else ""),
+             "campaigns: " + (", ".join(f"{status} {n}" for status, n in sorted(board["tasks_by_status"].items()))
+                              or "none"), "",
+             f"{'window':<7} {'sent':>10} {'opened':>10} {'clicked':>10} {'replied':>10}"]
+    lines += [f"{window:<7} {a['sent']:>10} {a['opened']:>10} {a['clicked']:>10} {a['replied']:>10}"
+              for window, a in board["activity"].items()]
+    if board["attention"]:
+        lines += ["", "needs attention:"]
+        lines += [f"  task {t['task_id']} {t['name']!r}: {t['status']}, {t['pause_reason'] or t['waiting_reason']}"
+                  + (f" ({t['pause_detail']})" if t["pause_detail"] else "") for t in board["attention"]]
+    if "alerts" in board:
+        lines += ["", "alerts:"] + ([f"  [{a['severity']}] {a['message']}" for a in board["alerts"]] or ["  none"])
+        lines += ["", f"{'service':<24} {'state':<12} {'used today':>11} {'quota':>9}  next reset"]
+        lines += [f"{s['name'][:24]:<24} {s['state']:<12} {s['used_today']:>11} {s['daily_quota']:>9}  "
+                  f"{_when(s['next_reset'])}" for s in board["services"]] or ["(no services)"]
+    return "\n".join(lines)
+
+
+@run
+async def dashboard(
+    user: Annotated[str | None, typer.Option(help="whose dashboard (username or id); default: the first admin")]
+    = None,
+    admin: Annotated[bool, typer.Option("--admin", help="the admin dashboard (services, queue, alerts)")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A user's dashboard (credit, campaigns, activity), or with --admin the operator's view on top of it."""
+    from sqlalchemy import select
+
+    from edm.clock import utc_now
+    from edm.ops import dashboard as boards
+    from edm.users.models import Role, User
+    from edm.users.service import find_user
+
+    async with session_scope() as session:
+        who = (await find_user(session, user) if user is not None else
+               await session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1)))
+        if who is None:
+            fail("no admin user exists: give --user", code=2)
+            return
+        build = boards.admin_dashboard if admin else boards.user_dashboard
+        board = await build(session, who, now=utc_now())
+    emit(board, as_json=as_json, text=dashboard_text(board))

@@ -97,15 +97,7 @@ def _split(body: ServiceFields) -> tuple[dict[str, Any], dict[str, Any] | None]:
 @router.get("/admin/services")
 async def list_services(request: Request, session: Session, caller: Admin) -> list[dict[str, Any]]:
     snaps = await queue.snapshot_services(session, now=utc_now())
-    return [{**services.public_view(s.service, _vault(request)), **_health(s)} for s in snaps]
-
-
-def _health(s: queue.ServiceSnapshot) -> dict[str, Any]:
-    return {"available": s.availability.eligible, "state": s.availability.reason or "available",
-            "state_until": s.availability.until, "used_today": s.used_today, "in_flight": s.in_flight,
-            "next_reset": s.next_reset, "frozen_reason": s.state.frozen_reason, "last_error": s.state.last_error,
-            "last_success_at": s.state.last_success_at, "recent_success_rate": s.state.recent_success_rate,
-            "latency_ms_ewma": s.state.latency_ms_ewma}
+    return [{**services.public_view(s.service, _vault(request)), **health.runtime_view(s)} for s in snaps]
 
 
 @router.post("/admin/services", status_code=201)
@@ -123,7 +115,7 @@ async def create_service(body: ServiceCreate, request: Request, session: Session
 async def get_service(service_id: IdPath, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
     svc = await services.get_service(session, service_id)
     snap = next(s for s in await queue.snapshot_services(session, now=utc_now()) if s.service.id == svc.id)
-    return {**services.public_view(svc, _vault(request)), **_health(snap)}
+    return {**services.public_view(svc, _vault(request)), **health.runtime_view(snap)}
 
 
 @router.patch("/admin/services/{service_id}")

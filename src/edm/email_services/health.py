@@ -53,6 +53,23 @@ def _zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+def runtime_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
+    """A service's state right now, from its snapshot: why it cannot take work (if so), usage and health."""
+    return {"available": s.availability.eligible, "state": s.availability.reason or "available",
+            "state_until": s.availability.until, "used_today": s.used_today, "in_flight": s.in_flight,
+            "next_reset": s.next_reset, "frozen_reason": s.state.frozen_reason, "last_error": s.state.last_error,
+            "last_success_at": s.state.last_success_at, "recent_success_rate": s.state.recent_success_rate,
+            "latency_ms_ewma": s.state.latency_ms_ewma}
+
+
+def snapshot_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
+    """The dashboard's line for a service: identity, limits and `runtime_view` (no credentials)."""
+    svc = s.service
+    return {"id": svc.id, "name": svc.name, "label": svc.label, "provider": svc.provider,
+            "enabled": svc.is_enabled, "daily_quota": svc.daily_quota,
+            "quota_left_today": max(svc.daily_quota - s.used_today, 0), **runtime_view(s)}
+
+
 def webhook_urls(base_url: str, provider: str, service_id: int) -> list[dict[str, str]]:
     """The URLs to paste into the provider's console."""
     base = base_url.rstrip("/")

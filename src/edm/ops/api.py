@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel
 from edm.api.deps import MAX_ID, Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, page_of
 from edm.clock import utc_now
 from edm.errors import BadInput
-from edm.ops import queue_view
+from edm.ops import dashboard, queue_view
 from edm.ops.models import AuditLog, Notification
 from edm.ops.service import (
     Actor,
@@ -125,6 +125,26 @@ async def pause_all(session: Session, caller: AdminWriter, request: Request) -> 
 async def resume_all(session: Session, caller: AdminWriter, request: Request) -> dict[str, Any]:
     """Undo pause-all. Audited."""
     return await queue_view.set_paused(session, False, actor=_actor(caller, request))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dashboards
+# --------------------------------------------------------------------------------------------------------
+
+
+@router.get("/dashboard", tags=["dashboard"])
+async def get_dashboard(session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """The caller's dashboard (SPEC §11.4): credit with the low-credit warning, campaigns by status, campaigns
+    paused or waiting with their reason, sends / opens / clicks / replies in the last 24 h, 7 and 30 days,
+    unread notifications and the latest imports."""
+    return await dashboard.user_dashboard(session, caller.user, now=utc_now())
+
+
+@router.get("/admin/dashboard", tags=["dashboard"])
+async def get_admin_dashboard(session: Session, caller: Admin) -> dict[str, Any]:
+    """The admin's own dashboard plus every service's state and usage, the queue and workers, credit per day
+    for 7 days, campaigns needing attention across users, and alerts."""
+    return await dashboard.admin_dashboard(session, caller.user, now=utc_now())
 
 
 # --------------------------------------------------------------------------------------------------------
