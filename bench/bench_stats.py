@@ -95,6 +95,7 @@ class StatsResult:
     recount_s: float
     checks: dict[str, bool]
     figures: dict[str, Any]  # a few of the statistics, for the reader
+    dashboard: Timings | None = None  # GET /dashboard's activity counts of the task's owner (§11.4)
 
 
 def _timings(samples: list[float]) -> Timings:
@@ -196,12 +197,32 @@ async def run(sm: Any, world: Any, *, subtasks: int, reads: int, reference_reads
               "every SubTask counted": figures["recipients"] == rows}
     for name, passed in checks.items():
         log(f"  check {name}: {'ok' if passed else 'FAILED'}")
+    dashboard = await dashboard_activity(sm, world.user_id, task_id, max(5, reference_reads))
+    log(f"  dashboard activity: p50 {dashboard.p50_ms:,.0f} ms, p99 {dashboard.p99_ms:,.0f} ms")
     shown = ("recipients", "sent", "failed", "delivered", "opened_human", "clicked_human", "machine_opens",
              "unsubscribed")
     return StatsResult(subtasks=sendable, generate_s=generate_s, spread_s=spread_s, counter_rows_written=written,
                        counter_rows_folded=folded_rows, stripes=striped, folded=folded, select_1=floor,
                        from_rows=reference, recount_s=recount_s, checks=checks,
-                       figures={k: figures[k] for k in shown})
+                       figures={k: figures[k] for k in shown}, dashboard=dashboard)
+
+
+async def dashboard_activity(sm: Any, user_id: int, task_id: int, reads: int) -> Timings:
+    """The user dashboard's activity windows (24 h / 7 d / 30 d) for the owner of this task, marked as having
+    sent (the rows carry `sent_at` = now): every row of the task is in every window."""
+    from sqlalchemy import text
+
+    from edm.clock import utc_now
+    from edm.db.session import unit_of_work
+    from edm.ops.dashboard import activity
+
+    async with unit_of_work(sm) as session:
+        await session.execute(text("UPDATE tasks SET first_sent_at = now() WHERE id = :t"), {"t": task_id})
+
+    async def read(session: Any) -> Any:
+        return await activity(session, user_id=user_id, now=utc_now())
+    timings, _ = await timed(sm, read, reads)
+    return timings
 
 
 # ---- reporting ----------------------------------------------------------------------------------------
@@ -219,7 +240,10 @@ def report_lines(s: dict[str, Any]) -> list[str]:
                  s["stripes"]),
              row(f"`task_stats` (counters after the `stats` job's fold, {s['counter_rows_folded']} rows)", s["folded"]),
              row("`SELECT 1` (floor: check-out + one round trip)", s["select_1"]),
-             row("`_from_rows` (reference: one aggregate over the task's rows)", s["from_rows"]), ""]
+             row("`_from_rows` (reference: one aggregate over the task's rows)", s["from_rows"])]
+    if s.get("dashboard"):
+        lines.append(row("`GET /dashboard` activity (24 h / 7 d / 30 d) of the task's owner", s["dashboard"]))
+    lines.append("")
     checks = "; ".join(f"{name} {'✅' if passed else '❌'}" for name, passed in s["checks"].items())
     figures = ", ".join(f"{k} {v:,}" for k, v in s["figures"].items())
     lines.append(f"Set-up: generation {s['generate_s']:.1f} s; outcomes spread by "

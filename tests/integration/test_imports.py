@@ -25,7 +25,7 @@ from edm.db.session import unit_of_work
 from edm.ops.models import Notification
 from edm.users.models import Role
 from tests.acceptance.workers import ROOT, worker_env
-from tests.helpers import Account, make_account
+from tests.helpers import Account, create_contact, make_account
 
 URL = "/api/v1/contacts/imports"
 
@@ -124,6 +124,24 @@ async def test_mapping_and_ignored_columns(client: httpx.AsyncClient, sessionmak
         ann = await session.scalar(select(Contact).where(Contact.user_id == alice.id))
     assert ann is not None and (ann.email, ann.phone, ann.custom_attributes) == ("ann@example.org", "+47 1",
                                                                                  {"color": "red"})
+
+
+async def test_the_contacts_an_import_wrote_are_listed_by_its_id(client: httpx.AsyncClient, sessionmaker: Any) -> None:
+    """`GET /contacts?import_id=` lists what an import created or (update_existing) updated, not the rest."""
+    alice = await make_account(sessionmaker, "alice")
+    await create_contact(client, alice, "kept@example.org")
+    first = await _queued(client, alice, b"email\nann@example.org\nbob@example.org\n")
+    await imports.run_imports(sessionmaker, worker_id="w1")
+    second = await _queued(client, alice, b"email,company\nbob@example.org,Acme\ncid@example.org,\n",
+                           mode="update_existing")
+    await imports.run_imports(sessionmaker, worker_id="w1")
+
+    async def listed(import_id: int) -> list[str]:
+        r = await client.get("/api/v1/contacts", params={"import_id": import_id}, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return sorted(c["email"] for c in r.json()["items"])
+    assert await listed(first) == ["ann@example.org"], "bob was updated by the second import since"
+    assert await listed(second) == ["bob@example.org", "cid@example.org"]
 
 
 async def test_xlsx_numbers_stay_text(client: httpx.AsyncClient, sessionmaker: Any) -> None:

@@ -304,6 +304,7 @@ class _Import:
     tags: _Tags
     report: ImportReport
     on_batch: OnBatch | None
+    import_id: int | None = None  # the background import being run: marks the contacts it writes
     seen: dict[int, int] = field(default_factory=dict)  # 64-bit digest of address -> first row number
 
     def first_row_of(self, email_normalized: str, number: int) -> int | None:
@@ -317,7 +318,7 @@ class _Import:
     async def write(self, batch: list[_Row]) -> None:
         row_tags = [await self.tags.ids(row.tags) for row in batch]
         counts = await write_rows(self.session, user_id=self.user_id, rows=[r.values for r in batch], mode=self.mode,
-                                  tag_ids=self.extra_tags, row_tag_ids=row_tags)
+                                  tag_ids=self.extra_tags, row_tag_ids=row_tags, import_id=self.import_id)
         self.report.created += counts.created
         self.report.updated += counts.updated
         self.report.skipped += counts.skipped
@@ -372,7 +373,7 @@ def read_columns(stream: BinaryIO, *, format: str, options: ImportOptions) -> li
 async def import_file(
     session: AsyncSession, *, user_id: int, stream: BinaryIO, format: str = "csv",
     options: ImportOptions = ImportOptions(), batch_size: int = 1000, on_batch: OnBatch | None = None,
-    on_start: Callable[[int | None], Awaitable[None]] | None = None,
+    on_start: Callable[[int | None], Awaitable[None]] | None = None, import_id: int | None = None,
 ) -> ImportReport:
     """Import contacts from a CSV or XLSX byte stream. Bad rows are reported and skipped; good rows are kept.
 
@@ -383,7 +384,8 @@ async def import_file(
     options.check(batch_size)
     extra = await require_own(session, Tag, user_id=user_id, ids=options.tag_ids, field="tag_ids")
     known = await tag_ids_by_name(session, user_id=user_id)
-    job = _Import(session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch)
+    job = _Import(session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch,
+                  import_id)
     with open_table(stream, format=format, encoding=options.encoding, delimiter=options.delimiter,
                     sheet=options.sheet) as table:
         columns = plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)

@@ -255,7 +255,7 @@ async def run_import(sessionmaker: async_sessionmaker[AsyncSession], import_id: 
             try:
                 report = await import_file(
                     session, user_id=row.user_id, stream=spool, format=row.format, options=options,
-                    batch_size=batch_size, on_batch=run.batch,
+                    batch_size=batch_size, on_batch=run.batch, import_id=import_id,
                     on_start=lambda hint: run.started(lines if row.format == "csv" else hint))
                 await _complete(run, report)
             except _Stopped:

@@ -357,13 +357,14 @@ _UPDATABLE = (*TEXT_FIELDS, "timezone")
 
 async def bulk_insert_contacts(
     session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str = "skip_existing",
-    tag_ids: Sequence[int] = (), row_tag_ids: Sequence[Sequence[int]] | None = None,
+    tag_ids: Sequence[int] = (), row_tag_ids: Sequence[Sequence[int]] | None = None, import_id: int | None = None,
 ) -> BulkCounts:
     """Set-based insert of validated rows (the output of `clean_contact_values`), one statement per batch.
 
     skip_existing: ON CONFLICT DO NOTHING. update_existing: ON CONFLICT DO UPDATE where non-empty values
     overwrite, custom attributes are merged and tags are added. `tag_ids` go to every created or updated
     contact, `row_tag_ids[i]` to the contact of `rows[i]`. Tag ids must already be checked as the user's.
+    `import_id` marks the contacts it creates or updates (the list filter `import_id`).
     """
     if mode not in IMPORT_MODES:
         raise BadInput.field("mode", f"must be one of {', '.join(IMPORT_MODES)}")
@@ -374,7 +375,7 @@ async def bulk_insert_contacts(
     counts.skipped = len(rows) - len(firsts)
     order = list(firsts.values())
     existing = await _existing_emails(session, user_id=user_id, emails=list(firsts))
-    ids = await _upsert(session, user_id=user_id, rows=[rows[i] for i in order], mode=mode)
+    ids = await _upsert(session, user_id=user_id, rows=[rows[i] for i in order], mode=mode, import_id=import_id)
     counts.created = sum(1 for email in ids if email not in existing)
     counts.updated = len(ids) - counts.created
     counts.skipped += len(order) - len(ids)
@@ -392,13 +393,14 @@ async def _existing_emails(session: AsyncSession, *, user_id: int, emails: list[
     return found
 
 
-async def _upsert(session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str) -> dict[str, int]:
+async def _upsert(session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str,
+                  import_id: int | None) -> dict[str, int]:
     """Returns {normalized email: id} of the rows written (inserted, or updated in update_existing)."""
     now = utc_now()
     # Status is NOT NULL: rows that set it and rows that do not need different DO UPDATE clauses.
     groups: dict[bool, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[row.get("status") is not None].append(_full_row(row, user_id=user_id, now=now))
+        groups[row.get("status") is not None].append(_full_row(row, user_id=user_id, now=now, import_id=import_id))
     written: dict[str, int] = {}
     for sets_status, group in groups.items():
         # Parameter sets, not .values(rows): SQLAlchemy pages them into multi-row INSERTs under the driver's
@@ -408,13 +410,13 @@ async def _upsert(session: AsyncSession, *, user_id: int, rows: list[dict[str, A
     return written
 
 
-def _full_row(row: Mapping[str, Any], *, user_id: int, now: Any) -> dict[str, Any]:
+def _full_row(row: Mapping[str, Any], *, user_id: int, now: Any, import_id: int | None) -> dict[str, Any]:
     """Every parameter set of one multi-row INSERT needs the same keys."""
     full = {field: row.get(field) for field in (*TEXT_FIELDS, "timezone", "email", "email_normalized",
                                                    "email_domain")}
     full.update(user_id=user_id, source=row.get("source") or "import", status=row.get("status") or "active",
                 custom_attributes=row.get("custom_attributes") or {}, soft_bounce_streak=0,
-                imported_at=now, created_at=now, updated_at=now)
+                import_id=import_id, imported_at=now, created_at=now, updated_at=now)
     return full
 
 
@@ -429,6 +431,7 @@ def _upsert_statement(session: AsyncSession, *, mode: str, sets_status: bool) ->
         changes: dict[str, Any] = {c: func.coalesce(excluded[c], table.c[c]) for c in _UPDATABLE}
         changes.update(custom_attributes=_merge_json(session, table.c.custom_attributes,
                                                      excluded.custom_attributes),
+                       import_id=func.coalesce(excluded.import_id, table.c.import_id),
                        imported_at=excluded.imported_at, updated_at=excluded.updated_at)
         if sets_status:
             changes["status"] = excluded.status
