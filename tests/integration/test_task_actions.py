@@ -146,11 +146,15 @@ async def test_copy_names_and_what_no_longer_exists(db_url, engine, sessionmaker
         assert expect_error(refused, 422, "validation_error")["details"][0]["field"] == "sender_id"
 
 
+async def _cast(sessionmaker: Any) -> tuple[Account, Account, Account, Account]:
+    """alice (the owner), bob (another user), an admin and a read-only user."""
+    return (await make_account(sessionmaker, "alice", credit=100), await make_account(sessionmaker, "bob", credit=100),
+            await make_account(sessionmaker, "root", role=Role.ADMIN),
+            await make_account(sessionmaker, "reader", role=Role.READ_ONLY))
+
+
 async def test_copy_isolation_and_roles(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
-    alice = await make_account(sessionmaker, "alice", credit=100)
-    bob = await make_account(sessionmaker, "bob", credit=100)
-    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    reader = await make_account(sessionmaker, "reader", role=Role.READ_ONLY)
+    alice, bob, admin, reader = await _cast(sessionmaker)
     sender, first, second = await _content(sessionmaker, alice.id)
     async with api_client(db_url, engine) as client:
         task = await _create(client, alice, _body(sender, first, second))
@@ -303,10 +307,7 @@ async def test_cancel_recipients_never_touches_claimed_rows(db_url, engine, sess
 
 
 async def test_cancel_recipients_isolation_roles_and_bad_bodies(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
-    alice = await make_account(sessionmaker, "alice", credit=100)
-    bob = await make_account(sessionmaker, "bob", credit=100)
-    admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    reader = await make_account(sessionmaker, "reader", role=Role.READ_ONLY)
+    alice, bob, admin, reader = await _cast(sessionmaker)
     sender, first, second = await _content(sessionmaker, alice.id)
     async with api_client(db_url, engine) as client:
         task = await _generated(client, sessionmaker, alice, _body(sender, first, second))

@@ -29,7 +29,7 @@ from edm.tasks import service as tasks
 from edm.tasks.models import Task
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
-from edm.tasks.status import DeliveryState, SendState
+from edm.tasks.status import DeliveryState, SendState, TaskKind
 from edm.users.service import find_user
 
 task_app = typer.Typer(help="Tasks (bulk sends).", no_args_is_help=True)
@@ -202,7 +202,7 @@ async def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
     async with session_scope() as session:
         rows = [{"id": t.id, "user_id": t.user_id, "name": t.name, "status": t.status,
                  "waiting_reason": t.waiting_reason, "pause_reason": t.pause_reason}
-                for t in await session.scalars(select(Task).where(Task.kind == "bulk").order_by(Task.id))]
+                for t in await session.scalars(select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id))]
     emit(rows, as_json=as_json, text="\n".join(
         f"{r['id']:>5} {r['status']:<10} {r['name']}" + (f"  ({r['pause_reason'] or r['waiting_reason']})"
                                                           if r['pause_reason'] or r['waiting_reason'] else "")

@@ -36,6 +36,7 @@ from edm.security.crypto import Vault
 from edm.security.tokens import sign_token
 from edm.settings import Settings
 from edm.tasks.models import Task, TaskTemplate
+from edm.tasks.status import TaskKind
 from edm.tracking.links import LinkRewriter
 from edm.tracking.models import TrackedLink
 
@@ -215,7 +216,7 @@ class Composer:
         if row is None:
             return None
         task, sender = row
-        is_test = task.kind == "test"  # tracking stays off for test sends, whatever the task row says
+        is_test = task.kind == TaskKind.TEST  # tracking stays off for test sends, whatever the task row says
         data_contact = (task.recipient_rule or {}).get("contact_id") if is_test else None
         info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
                         sender.local_part, sender.display_name or "", sender.reply_to,

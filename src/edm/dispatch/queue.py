@@ -39,7 +39,7 @@ from edm.ops import alerts
 from edm.providers.base import Outcome, SendResult
 from edm.suppressions.models import Suppression
 from edm.tasks.models import SendAttempt, SubTask, Task
-from edm.tasks.status import SendState, TaskAction, TaskStatus
+from edm.tasks.status import SendState, TaskAction, TaskKind, TaskStatus
 from edm.tasks.transitions import transition
 from edm.users.models import User
 
@@ -266,7 +266,7 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
         .where(Task.status.in_(RUNNING), User.is_active.is_(True), claimable)
     )).all()
     return [
-        CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, is_test=r.kind == "test")
+        CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, is_test=r.kind == TaskKind.TEST)
         for r in rows
         if not r.allowed_service_ids or service_id in r.allowed_service_ids
     ]

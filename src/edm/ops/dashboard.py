@@ -29,7 +29,7 @@ from edm.ops import queue_view
 from edm.ops.service import unread_count
 from edm.tasks import service as tasks
 from edm.tasks.models import SubTask, Task
-from edm.tasks.status import PauseReason, TaskStatus
+from edm.tasks.status import PauseReason, TaskKind, TaskStatus
 from edm.users import credit
 from edm.users.models import User
 
@@ -61,7 +61,7 @@ def credit_view(user: User) -> dict[str, Any]:
 
 async def attention(session: AsyncSession, *, user_ids: list[int] | None) -> list[dict[str, Any]]:
     """Campaigns paused, or running but waiting (no capacity, outside a window), newest change first."""
-    query = (select(Task).where(Task.kind == "bulk", or_(
+    query = (select(Task).where(Task.kind == TaskKind.BULK, or_(
         Task.status == TaskStatus.PAUSED,
         and_(Task.status.in_((TaskStatus.QUEUED, TaskStatus.SENDING)), Task.waiting_reason.is_not(None)),
     )).order_by(Task.updated_at.desc(), Task.id.desc()).limit(ATTENTION_LIMIT))
@@ -80,7 +80,7 @@ def _count_since(column: Any, since: dt.datetime) -> Any:
 async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> dict[str, dict[str, int]]:
     widest = now - max(WINDOWS.values())
     recent = select(Task.id).where(
-        Task.user_id == user_id, Task.kind == "bulk", Task.first_sent_at.is_not(None),
+        Task.user_id == user_id, Task.kind == TaskKind.BULK, Task.first_sent_at.is_not(None),
         or_(Task.completed_at.is_(None), Task.completed_at >= widest - ENGAGEMENT_TAIL),
         or_(Task.cancelled_at.is_(None), Task.cancelled_at >= widest - ENGAGEMENT_TAIL),
     )

@@ -18,7 +18,7 @@ from edm.tasks import actions, reports, service
 from edm.tasks.models import SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
-from edm.tasks.status import DeliveryState, SendState, TaskStatus, allowed_actions
+from edm.tasks.status import DeliveryState, SendState, TaskKind, TaskStatus, allowed_actions
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
@@ -122,8 +122,8 @@ async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: 
 @router.get("/tasks")
 async def list_tasks(session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None,
                      user_id: IdQuery = None) -> dict[str, Any]:
-    query = (select(Task).where(Task.user_id == caller.owner_filter(user_id), Task.kind == "bulk")  # not test sends
-             .order_by(Task.id).limit(page.limit + 1))
+    query = (select(Task).where(Task.user_id == caller.owner_filter(user_id), Task.kind == TaskKind.BULK)
+             .order_by(Task.id).limit(page.limit + 1))  # test sends are listed under /test-sends
     if page.after_id:
         query = query.where(Task.id > page.after_id)
     if status:
@@ -399,7 +399,7 @@ async def subtasks_by_email(email: Annotated[str, Query(min_length=3, max_length
                             caller: CurrentCaller, page: Paging) -> dict[str, Any]:
     """What happened to this address across the caller's own tasks."""
     # Campaigns only (not test sends); reaches the (task_id, recipient_email) index.
-    own_tasks = select(Task.id).where(Task.user_id == caller.id, Task.kind == "bulk")
+    own_tasks = select(Task.id).where(Task.user_id == caller.id, Task.kind == TaskKind.BULK)
     query = (select(SubTask).where(SubTask.task_id.in_(own_tasks), SubTask.user_id == caller.id,
                                    SubTask.recipient_email == email.strip().lower())
              .order_by(SubTask.id).limit(page.limit + 1))

@@ -29,7 +29,7 @@ from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled
 from edm.tasks.models import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.tasks.recipients import Rule, estimate, validate_rule
-from edm.tasks.status import DELETABLE, PauseReason, SendState, TaskAction, TaskStatus
+from edm.tasks.status import DELETABLE, PauseReason, SendState, TaskAction, TaskKind, TaskStatus
 from edm.tasks.transitions import transition
 from edm.users.models import User
 
@@ -306,5 +306,5 @@ async def decide_uncertain(session: AsyncSession, task: Task, *, action: str, su
 
 async def count_by_status(session: AsyncSession, *, user_id: int) -> dict[str, int]:
     rows = await session.execute(select(Task.status, func.count())
-                                 .where(Task.user_id == user_id, Task.kind == "bulk").group_by(Task.status))
+                                 .where(Task.user_id == user_id, Task.kind == TaskKind.BULK).group_by(Task.status))
     return {status: count for status, count in rows.all()}

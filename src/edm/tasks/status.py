@@ -16,6 +16,11 @@ class TaskStatus(enum.StrEnum):
     CLOSED = "closed"  # terminal archive state
 
 
+class TaskKind(enum.StrEnum):
+    BULK = "bulk"  # a campaign
+    TEST = "test"  # a template test send (§14.5): claimed first, `[TEST] `, no tracking, hidden from task lists
+
+
 class PauseReason(enum.StrEnum):
     USER = "user"  # a person paused it
     USER_QUOTA = "user_quota"  # credit short at generation

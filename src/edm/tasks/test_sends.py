@@ -35,11 +35,11 @@ from edm.content.models import Sender
 from edm.email_services.models import EmailService
 from edm.errors import BadInput, EdmError, NotFound
 from edm.tasks.models import SubTask, Task, TaskStatusChange, TaskTemplate
-from edm.tasks.status import OPEN_SEND_STATES, SendState, TaskStatus
+from edm.tasks.status import OPEN_SEND_STATES, SendState, TaskKind, TaskStatus
 from edm.users.credit import apply_credit, lock_user
 from edm.users.models import LedgerKind
 
-KIND = "test"
+KIND = TaskKind.TEST
 MAX_ADDRESSES = 5
 DAILY_LIMIT = 50  # test recipients per user per UTC day (§14.5)
 

@@ -40,6 +40,7 @@ from edm.ops import runtime_settings
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
 from edm.tasks.models import SubTask, Task
+from edm.tasks.status import TaskKind
 from edm.tracking import tombstones
 from edm.tracking.hits import tracking_store
 from edm.tracking.models import UnsubscribeTombstone
@@ -213,7 +214,7 @@ async def _recipient_of(request: Request, token: str) -> _Recipient | None:
             select(SubTask.recipient_email, Task.kind).join(Task, Task.id == SubTask.task_id)
             .where(SubTask.public_id == data.subtask_id))).first()
         if row is not None:
-            return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == "test")
+            return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == TaskKind.TEST)
         tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
     return None if tombstone is None else _Recipient(str(data.subtask_id), tombstone.recipient_email, tombstone)
 
