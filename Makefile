@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/edm demo
 
+# Both cores (each xdist worker gets its own PostgreSQL database) with the 20 slowest tests at the end; then,
+# alone, the few tests marked `serial` (latency bounds that another test process on the same cores would break).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial" --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none selected (e.g. PYTEST_ARGS=tests/unit)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

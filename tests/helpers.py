@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +87,94 @@ async def create_tag(client: httpx.AsyncClient, who: Account, name: str, parent_
     r = await client.post("/api/v1/tags", json={"name": name, "parent_id": parent_id}, headers=who.headers)
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
+
+
+# --- The `edm` command, run inside the test process ---------------------------------------------------------------
+# Spawning `python -m edm` spends over a second importing EDM for every call; invoking the Typer app here takes a few
+# milliseconds. An invocation swaps process-wide state (the EDM_* environment variables the command builds its
+# Settings from, sys.stdin/stdout/stderr), so one runs at a time, under a lock, and always on a thread of its own:
+# commands call asyncio.run, which refuses to start on a thread whose event loop is running (every async test's).
+
+_CLI_LOCK = threading.Lock()
+CLI_TIMEOUT = 120.0  # seconds; a command that hangs fails its test instead of the whole run
+
+
+def cli_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The EDM_* variables a CLI command or a worker process under test runs with."""
+    env = {"EDM_DATABASE_URL": db_url, "EDM_ENV": "test", "EDM_SECRET_KEY": "t" * 40, "EDM_LOG_LEVEL": "WARNING",
+           "EDM_TIME_SCALE": "0.05"}
+    env.update(extra)
+    return env
+
+
+def run_cli(db_url: str, *args: str, stdin: str = "", **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`edm ARGS` over `db_url` with `stdin` as its input: exit code, stdout and stderr as a process would give them
+    (an unexpected exception is a traceback on stderr and exit code 1). Blocks the caller, event loop included, as
+    `subprocess.run` did; use `run_cli_async` when the command needs a server running on this test's loop."""
+    return _on_own_thread(list(args), stdin, cli_env(db_url, **extra_env)).result(timeout=CLI_TIMEOUT)
+
+
+async def run_cli_async(db_url: str, *args: str, stdin: str = "", **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`run_cli` that lets this test's event loop go on serving while the command runs."""
+    future = _on_own_thread(list(args), stdin, cli_env(db_url, **extra_env))
+    return await asyncio.wait_for(asyncio.wrap_future(future), CLI_TIMEOUT)
+
+
+def _on_own_thread(args: list[str], stdin: str, env: dict[str, str]) -> Future[subprocess.CompletedProcess[str]]:
+    # A daemon thread: one that hangs past CLI_TIMEOUT must not keep the test run from exiting.
+    future: Future[subprocess.CompletedProcess[str]] = Future()
+
+    def invoke() -> None:
+        try:
+            future.set_result(_invoke_cli(args, stdin, env))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=invoke, name="edm-cli", daemon=True).start()
+    return future
+
+
+def _invoke_cli(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    from typer.testing import CliRunner
+
+    from edm.cli.main import app
+
+    # Only the given EDM_* variables: none of the test process's own (EDM_TEST_DATABASE_URL, a developer's shell).
+    overrides: dict[str, str | None] = {key: None for key in os.environ if key.startswith("EDM_")}
+    overrides.update(env)
+    if not _CLI_LOCK.acquire(timeout=CLI_TIMEOUT):
+        raise TimeoutError("an earlier edm invocation in this process never finished")
+    try:
+        with _warnings_to_stderr():
+            result = CliRunner().invoke(app, args, input=stdin, env=overrides, prog_name="edm")
+    finally:
+        _CLI_LOCK.release()
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["edm", *args], result.exit_code, result.stdout, stderr)
+
+
+class _StderrAtEmit(logging.Handler):
+    """Writes a record's message to whatever sys.stderr is when it is logged (the invocation's captured stream)."""
+
+    def __init__(self, thread_id: int) -> None:
+        super().__init__(logging.WARNING)
+        self.thread_id = thread_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread_id:
+            sys.stderr.write(self.format(record) + "\n")
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """A command process configures no logging, so Python prints its warnings to stderr; so does the invocation
+    (records from the command's own thread only), keeping "one line on stderr" checks honest."""
+    handler = _StderrAtEmit(threading.get_ident())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)

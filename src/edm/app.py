@@ -12,16 +12,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edm.api.idempotency import IdempotencyMiddleware
 from edm.api.ratelimit import RateLimitMiddleware
+from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.migrate import schema_is_current
 from edm.errors import EdmError
+from edm.security import passwords
 from edm.settings import Settings
 from edm.tracking import api as tracking_api
 
@@ -70,20 +72,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(request, codes.get(exc.status_code, "http_error"), str(exc.detail)),
                             status_code=exc.status_code)
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("http.database_unavailable", extra={"request_id": request.state.request_id})
-        return JSONResponse(error_body(request, "unavailable", "database unavailable, retry later"),
-                            status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(DBAPIError)
-    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
+    @app.exception_handler(SQLAlchemyError)
+    async def _db_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if database_unavailable(exc):
+            return unavailable_response(request, exc)
         # Safety net for input the endpoint did not check: PostgreSQL's data exceptions (SQLSTATE class 22:
         # NUL in text, number out of range, value too long) are the caller's input, not our failure.
-        if exc.connection_invalidated:
-            return JSONResponse(error_body(request, "unavailable", "database unavailable"), 503)
-        state = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
-        if state.startswith("22") or isinstance(exc, DataError):
+        orig = getattr(exc, "orig", None)
+        state = str(getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None) or "")
+        if isinstance(exc, DBAPIError) and (state.startswith("22") or isinstance(exc, DataError)):
             log.warning("http.database_refused_input", extra={"request_id": request.state.request_id,
                                                               "sqlstate": state})
             return JSONResponse(error_body(request, "validation_error", _DATA_ERROR), status_code=422)
@@ -99,10 +96,46 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return JSONResponse(error_body(request, "unavailable", "database unavailable"), 503)
+        if database_unavailable(exc):  # raised outside the guard (the tracking fast path)
+            return unavailable_response(request, exc)
         log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
         return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
+
+
+def unavailable_response(request: Request, exc: BaseException) -> JSONResponse:
+    """503 `unavailable` with `Retry-After`: the database is down; the same request succeeds once it is back."""
+    log.error("http.database_unavailable", extra={"request_id": getattr(request.state, "request_id", None),
+                                                  "error": type(exc).__name__})
+    return JSONResponse(error_body(request, "unavailable", "database unavailable, retry later"), status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class DatabaseOutageGuard:
+    """503 for a database outage that no route handler turned into an answer: a connection refused before
+    SQLAlchemy could wrap it (a bare `OSError`), or a failure inside a middleware that reads the database (the
+    Idempotency-Key claim). Any other exception passes on untouched, to become a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started or not database_unavailable(exc):
+                raise
+            request = Request(scope)
+            await unavailable_response(request, exc)(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -178,12 +211,14 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
             await app.state.engine.dispose()
 
     app = FastAPI(title="EDM", version="0.1.0", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
-                  docs_url="/api/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)  # the docs page is edm.api.docs: served without a CDN
+    passwords.configure(settings)
     app.state.settings = settings
     app.state.outbound_transport = outbound_transport
 
     app.add_middleware(IdempotencyMiddleware)  # innermost of ours: sees the caller's final answer
     app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(DatabaseOutageGuard)  # inside the request id: its 503 carries one
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(TrackingFastPath)  # added last: outermost, in front of the request-id middleware
 
@@ -201,7 +236,8 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
         try:
             current = await schema_is_current(request.app.state.engine)
         except Exception:
-            return JSONResponse({"ready": False, "reason": "database unreachable"}, status_code=503)
+            return JSONResponse({"ready": False, "reason": "database unreachable"}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if not current:
             return JSONResponse({"ready": False, "reason": "schema outdated: run `edm db upgrade`"}, 503)
         return JSONResponse({"ready": True})
@@ -210,9 +246,10 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
 
 
 def _mount_routers(app: FastAPI, settings: Settings) -> None:
-    from edm.api import routers
+    from edm.api import docs, routers
     from edm.content import media_api
 
     for router in routers.all_routers(settings):
         app.include_router(router)
     app.include_router(media_api.public_router)  # public, no auth: GET /media/{public_id}/{filename}
+    app.include_router(docs.router)  # public, no auth: GET /api/docs and its vendored Swagger UI files

@@ -30,12 +30,19 @@ class RowError(NamedTuple):
 
 
 def guard(cell: str) -> str:
-    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+    """A cell a spreadsheet would evaluate gets a leading `'`; so does one that only looks guarded (`'=x`), so
+    that `unguard` gives every cell back exactly."""
+    return "'" + cell if _needs_guard(cell) else cell
 
 
 def unguard(cell: str) -> str:
-    """`'=x` reads back as `=x`; a quote before anything else stays."""
-    return cell[1:] if cell.startswith("'") and cell[1:2] and cell[1] in FORMULA_STARTS else cell
+    """Undo `guard`: `'=x` reads back as `=x`, `''=x` as `'=x`; a quote before anything else stays."""
+    return cell[1:] if cell.startswith("'") and _needs_guard(cell[1:]) else cell
+
+
+def _needs_guard(cell: str) -> bool:
+    # A formula start behind any number of quotes: `=x`, `'=x`, `''=x`, ...
+    return cell.lstrip("'").startswith(FORMULA_STARTS)
 
 
 def records(rows: Iterable[Sequence[str]]) -> str:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = {"change-me", "changeme", "secret", "dev", "development", "please-change-me"}
+from edm.security import keys
 
 
 class Settings(BaseSettings):
@@ -44,10 +44,9 @@ class Settings(BaseSettings):
     def _refuse_unsafe_production(self) -> Settings:
         if self.env != "production":
             return self
-        if len(self.secret_key.encode()) < 32 or self.secret_key.lower() in PLACEHOLDER_SECRETS:
-            raise ValueError("EDM_SECRET_KEY must be set to at least 32 random bytes in production")
-        if not self.encryption_keys:
-            raise ValueError("EDM_ENCRYPTION_KEYS must be set in production")
+        problem = production_key_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         if self.allow_unsigned_webhooks:
             raise ValueError("EDM_ALLOW_UNSIGNED_WEBHOOKS is refused in production")
         return self
@@ -77,6 +76,30 @@ class Settings(BaseSettings):
         # Outside production a missing key is derived from the database URL so demos work out of the box;
         # production refuses to start without one (see the validator above).
         return (self.secret_key or f"edm-dev-key:{self.database_url}").encode()
+
+
+def production_key_problem(settings: Settings) -> str | None:
+    """One line naming the first weak or missing key and how to make a good one, or None. Production signs
+    sessions and tracking links with EDM_SECRET_KEY (and still accepts EDM_SECRET_KEY_PREVIOUS during a
+    rotation, so it must be as strong) and encrypts credentials with EDM_ENCRYPTION_KEYS, which must be real
+    Fernet keys: the passphrase stretching used outside production is one unsalted hash away from a guess."""
+    hint = keys.GENERATE_HINT
+    problem = keys.secret_key_problem(settings.secret_key)
+    if problem is not None:
+        return f"EDM_SECRET_KEY {problem}; {hint}"
+    if settings.secret_key_previous:
+        problem = keys.secret_key_problem(settings.secret_key_previous)
+        if problem is not None:
+            return f"EDM_SECRET_KEY_PREVIOUS {problem}; {hint} (or unset it once the rotation is over)"
+    entries = keys.split_keys(settings.encryption_keys)
+    if not entries:
+        return f"EDM_ENCRYPTION_KEYS is not set; {hint}"
+    for position, entry in enumerate(entries, start=1):
+        problem = keys.encryption_key_problem(entry)
+        if problem is not None:
+            where = "EDM_ENCRYPTION_KEYS" if len(entries) == 1 else f"EDM_ENCRYPTION_KEYS entry {position}"
+            return f"{where} {problem}; {hint}"
+    return None
 
 
 def to_async_url(url: str) -> str:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.workers import ROOT, worker_env
-
-
-def edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
+from tests.helpers import run_cli as edm
 
 
 @pytest.fixture

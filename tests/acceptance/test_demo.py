@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import re
 import socket
@@ -49,3 +50,20 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
         env={**env, "EDM_ENV": "demo", "EDM_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'edm-demo.db'}"},
         timeout=60)
     assert verify.returncode == 0 and verify.stdout.strip() == "task 1: ok", verify.stdout + verify.stderr
+
+    # The CLI in the demo's directory finds the demo's settings by itself: no EDM_* variable needed.
+    assert "CLI in this directory:" in demo.stdout and "var/edm-demo.env" in demo.stdout
+    users = edm_here(tmp_path, env, "user", "list", "--json")
+    assert users.returncode == 0, users.stderr
+    assert [(u["username"], u["role"]) for u in json.loads(users.stdout)] == [("admin", "admin"), ("demo", "user")]
+    listed = edm_here(tmp_path, env, "task", "list")
+    assert listed.returncode == 0 and listed.stdout.split() == ["1", "completed", "Demo", "campaign"], listed
+    shown = edm_here(tmp_path, env, "mailbox", "show", "1")
+    assert shown.returncode == 0 and f"Subject: {captured[0]['subject']}" in shown.stdout, shown.stderr
+
+
+def edm_here(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`edm ARGS` run in `cwd` with an environment that sets no EDM_* variable."""
+    assert not any(name.startswith("EDM_") for name in env)
+    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=60)

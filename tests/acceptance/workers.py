@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.helpers import cli_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an `edm` process under test: this one's, with only the test's EDM_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDM_")}
-    env.update({"EDM_DATABASE_URL": db_url, "EDM_ENV": "test", "EDM_SECRET_KEY": "t" * 40,
-                "EDM_LOG_LEVEL": "WARNING", "EDM_TIME_SCALE": "0.05", "PYTHONUNBUFFERED": "1"})
+    env.update(cli_env(db_url), PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 

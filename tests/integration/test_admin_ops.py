@@ -6,8 +6,6 @@ and isolation, and the `edm queue` command."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -22,9 +20,9 @@ from edm.tasks import generation, lifecycle
 from edm.tasks.models import SubTask, Task
 from edm.users.models import Role
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account, settings_for
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as _edm
 
 API = "/api/v1"
 AUDIT = f"{API}/admin/audit-log"
@@ -262,11 +260,6 @@ async def test_own_notifications(client: httpx.AsyncClient, sessionmaker: Any) -
 # --------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------
-
-
-def _edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url),
-                          capture_output=True, text=True, timeout=60)
 
 
 async def test_queue_cli(db_url: str, sessionmaker: Any) -> None:

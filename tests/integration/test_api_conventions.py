@@ -140,6 +140,29 @@ async def test_multipart_import_is_replayed(client: httpx.AsyncClient, sessionma
     assert again.json() == first.json()
 
 
+async def test_an_oversized_body_with_a_key_is_refused_before_it_is_spooled(db_url: str, engine: Any,
+                                                                             sessionmaker: Any) -> None:
+    """The middleware copies a keyed body aside to replay it: that copy must stop at the upload limit too."""
+    alice = await make_account(sessionmaker, "alice")
+    limit = 1000 + idempotency.BODY_SLACK
+    chunk = b"x" * 16384
+
+    async def endless() -> Any:  # no Content-Length: only counting the bytes can stop it
+        for _ in range(1000):  # 16 MB, far past the limit
+            yield chunk
+
+    async with api_client(db_url, engine, import_max_bytes=1000) as client:
+        declared = {**alice.headers, "Idempotency-Key": "big-1", "Content-Type": "multipart/form-data; boundary=b",
+                    "Content-Length": str(limit + 1)}
+        r = await client.post(f"{API}/contacts/imports", content=b"", headers=declared)
+        assert "exceeds" in _error(r, 413, "too_large")["message"]
+        streamed = {**alice.headers, "Idempotency-Key": "big-2", "Content-Type": "multipart/form-data; boundary=b"}
+        r = await client.post(f"{API}/contacts/imports", content=endless(), headers=streamed)
+        _error(r, 413, "too_large")
+    async with unit_of_work(sessionmaker) as session:
+        assert (await session.execute(select(func.count()).select_from(IdempotencyRecord))).scalar_one() == 0
+
+
 async def test_records_expire_after_24_hours_and_are_purged(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     headers = {**alice.headers, "Idempotency-Key": "day-old"}

@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,11 @@ from edm.suppressions.models import Suppression
 from edm.tasks.models import SubTask
 from edm.users.models import Role
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account
 from tests.helpers import create_contact as _contact
 from tests.helpers import create_tag as _tag
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as _edm
 
 API = "/api/v1"
 
@@ -311,11 +309,6 @@ async def test_detail_shows_suppression_state_and_resubscribe_clears_it(client: 
 # --------------------------------------------------------------------------------------------------------
 # The CLI (a real `edm` process on its own SQLite database)
 # --------------------------------------------------------------------------------------------------------
-
-
-def _edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_contact_export_through_the_cli(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -22,9 +20,9 @@ from edm.tasks import generation
 from edm.users import credit
 from edm.users.models import QuotaLedgerEntry, Role, User
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, api_client, make_account, settings_for
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as _edm
 
 API = "/api/v1"
 ADMIN_CREDIT = f"{API}/admin/users/{{}}/credit"
@@ -414,11 +412,6 @@ async def test_a_user_loaded_before_the_lock_is_re_read(sessionmaker: Any) -> No
 # --------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------
-
-
-def _edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url),
-                          capture_output=True, text=True, timeout=60)
 
 
 async def test_credit_cli(db_url: str, sessionmaker: Any) -> None:

@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 from edm.app import create_app
 from edm.db.engine import make_engine, make_sessionmaker
 from edm.users.models import Role
-from tests.conftest import PG_URL, _truncate_pg
+from tests.conftest import PG_URL, PgDatabase
 from tests.helpers import Account, make_account, settings_for
 from tests.integration.test_openapi_isolation import _objects_of
 
@@ -76,8 +76,9 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         shutil.copy(request.getfixturevalue("sqlite_template"), db_file)
         db_url = f"sqlite:///{db_file}"
     else:
-        db_url = request.getfixturevalue("pg_migrated")
-        _truncate_pg(db_url)
+        database: PgDatabase = request.getfixturevalue("pg_database")
+        database.reset()
+        db_url = database.url
     accounts = asyncio.run(_seed(db_url))
     # The app builds its own engine in its lifespan, inside schemathesis's event-loop thread.
     app = create_app(settings_for(db_url, api_rate_limit=1_000_000))

@@ -8,8 +8,6 @@ import asyncio
 import csv
 import datetime as dt
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,8 @@ from edm.contacts.models import Contact, Import, ImportChunk, ImportRowError
 from edm.db.session import unit_of_work
 from edm.ops.models import Notification
 from edm.users.models import Role
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, create_contact, make_account
+from tests.helpers import run_cli as _edm
 
 URL = "/api/v1/contacts/imports"
 
@@ -276,11 +274,6 @@ async def test_other_users_and_read_only(client: httpx.AsyncClient, sessionmaker
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "colour"
     r = await _post(client, alice, _csv(1), mapping="[1]")
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mapping"
-
-
-def _edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url),
-                          capture_output=True, text=True, timeout=120)
 
 
 async def test_cli_import_processes_in_process_and_reports(db_url: str, sessionmaker: Any, tmp_path: Path) -> None:

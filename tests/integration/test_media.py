@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,9 +15,9 @@ import httpx
 
 from edm.content.media import MAX_BYTES
 from edm.users.models import Role
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as edm
 
 API = "/api/v1/media"
 # A real 1×1 PNG, a 1×1 GIF and the start of a JPEG (SOI + APP0 JFIF): what their magic bytes look like.
@@ -174,11 +172,6 @@ async def test_isolation_roles_and_pagination(client: httpx.AsyncClient, session
 # --------------------------------------------------------------------------------------------------------
 # The CLI (a real `edm` process on its own SQLite database)
 # --------------------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_media_through_the_cli(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from edm.tasks.models import SubTask
 from edm.users.models import ConsoleSession, Role
 from edm.users.service import create_token
 from tests import factories
-from tests.conftest import BACKENDS, _truncate_pg
+from tests.conftest import BACKENDS, PgDatabase
 from tests.helpers import Account, make_account, settings_for
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -271,9 +271,9 @@ def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         target = Path(tmp_path_factory.mktemp("iso")) / f"edm-{uuid.uuid4().hex[:8]}.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
         return f"sqlite:///{target}"
-    db_url: str = request.getfixturevalue("pg_migrated")
-    _truncate_pg(db_url)
-    return db_url
+    database: PgDatabase = request.getfixturevalue("pg_database")
+    database.reset()
+    return database.url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

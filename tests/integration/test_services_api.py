@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edm.security.keys import generate_encryption_key, generate_secret_key
 from edm.users.models import Role
 from tests.helpers import api_client, make_account
 
@@ -72,7 +73,8 @@ async def test_service_bad_input(db_url, engine, sessionmaker):  # type: ignore[
 
 async def test_fake_provider_refused_in_production(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    async with api_client(db_url, engine, env="production", encryption_keys="k" * 44) as client:
+    async with api_client(db_url, engine, env="production", secret_key=generate_secret_key(),
+                          encryption_keys=generate_encryption_key()) as client:
         answer = await client.post("/api/v1/admin/services", headers=admin.headers,
                                    json={"name": "f", "provider": "fake", "domain": "f.example.com"})
         assert answer.status_code == 422 and "provider" in answer.json()["error"]["message"]

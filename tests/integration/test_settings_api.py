@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ from edm.ops import runtime_settings
 from edm.ops.models import AuditLog, Setting
 from edm.ops.runtime_settings import KEYS
 from edm.users.models import Role
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import make_account
+from tests.helpers import run_cli as edm
 
 URL = "/api/v1/admin/settings"
 
@@ -132,11 +130,6 @@ async def test_only_admins_read_and_only_write_tokens_change(client: httpx.Async
 # --------------------------------------------------------------------------------------------------------
 # The CLI (a real `edm` process on its own SQLite database)
 # --------------------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url),
-                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture

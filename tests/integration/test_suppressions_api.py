@@ -11,7 +11,6 @@ import io
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ from edm.tasks.models import SubTask
 from edm.users.models import Role
 from edm.users.service import create_token
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, make_account, settings_for
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as edm
 
 API = "/api/v1"
 OWN = f"{API}/suppressions"
@@ -566,11 +565,6 @@ async def test_contact_flag_check_matches_generation(client: httpx.AsyncClient, 
 # --------------------------------------------------------------------------------------------------------
 # The CLI (a real `edm` process on its own SQLite database)
 # --------------------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
 
 
 def _one_line_exit_2(result: subprocess.CompletedProcess[str], message: str) -> None:

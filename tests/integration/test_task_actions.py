@@ -4,8 +4,6 @@ result per task, and cancelling selected pending recipients with its refund (§6
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -19,8 +17,8 @@ from edm.providers.base import Outcome, SendResult
 from edm.tasks import generation, lifecycle
 from edm.users.models import LedgerKind, QuotaLedgerEntry, Role, User
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, api_client, expect_error, make_account, settings_for
+from tests.helpers import run_cli as edm
 
 API = "/api/v1"
 
@@ -333,11 +331,6 @@ async def test_cancel_recipients_isolation_roles_and_bad_bodies(db_url, engine, 
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), text=True,
-                          capture_output=True, timeout=60)
 
 
 async def test_cli_copy_batch_and_cancel_recipients(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]

@@ -25,8 +25,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +50,8 @@ from edm.tracking.links import link_id
 from edm.users.models import Role
 from edm.users.service import create_token
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import Account, api_client, make_account
+from tests.helpers import run_cli as edm
 from tests.integration.dispatch.conftest import DispatchKit
 
 UTC = dt.UTC
@@ -559,11 +557,6 @@ async def test_reports_of_a_task_without_subtasks_are_empty_not_errors(kit: Kit)
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), text=True,
-                          capture_output=True, timeout=60)
 
 
 async def test_cli_report_and_export(kit: Kit, tmp_path: Path) -> None:

@@ -4,12 +4,10 @@ bulk work, hidden from the task lists; the unsubscribe link of a test mail recor
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email
 import email.policy
 import re
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +25,7 @@ from edm.suppressions.models import Suppression
 from edm.tasks.models import SendAttempt, SubTask, Task
 from edm.users.models import Role
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
-from tests.helpers import Account, api_client, expect_error, make_account
+from tests.helpers import Account, api_client, expect_error, make_account, run_cli_async
 from tests.integration.dispatch.conftest import DispatchKit
 
 HTML = ('<html><body><p>Hello {{ contact.first_name | default("there", true) }}</p>'
@@ -300,17 +297,13 @@ async def test_test_sends_are_not_tasks_in_the_task_endpoints(db_url: str, engin
 async def test_cli_queues_a_test_send_and_waits_for_the_outcome(dkit: DispatchKit) -> None:
     owner, ids = await _setup(dkit)
     async with dkit.worker():
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edm", "template", "test-send", str(ids["template"]), "--to", "me@example.org",
-            "--to", "qa@example.org", "--contact", str(ids["contact"]), "--wait", "--timeout", "60",
-            cwd=ROOT, env=worker_env(dkit.db_url), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), timeout=90)
-    assert process.returncode == 0, (out, err)
-    lines = out.decode().strip().splitlines()
+        # On a thread of its own: the command waits for the worker, which runs on this test's event loop.
+        done = await run_cli_async(dkit.db_url, "template", "test-send", str(ids["template"]), "--to",
+                                   "me@example.org", "--to", "qa@example.org", "--contact", str(ids["contact"]),
+                                   "--wait", "--timeout", "60")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("test send ") and "queued" in lines[0]
     assert lines[1].startswith("me@example.org: sent via ") and lines[2].startswith("qa@example.org: sent via ")
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edm", "template", "test-send", str(ids["template"]), "--to", "nope",
-        cwd=ROOT, env=worker_env(dkit.db_url), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await bad.communicate()
-    assert bad.returncode == 2 and len(err.decode().strip().splitlines()) == 1 and "'nope'" in err.decode()
+    bad = await run_cli_async(dkit.db_url, "template", "test-send", str(ids["template"]), "--to", "nope")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'nope'" in bad.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -28,9 +27,9 @@ from edm.tasks.models import SubTask, Task
 from edm.users.models import ApiToken, ConsoleSession, QuotaLedgerEntry, Role, User
 from edm.users.service import create_token
 from tests import factories
-from tests.acceptance.workers import ROOT, worker_env
 from tests.helpers import PASSWORD, Account, make_account, settings_for
 from tests.helpers import expect_error as _error
+from tests.helpers import run_cli as edm
 
 API = "/api/v1"
 USERS = f"{API}/admin/users"
@@ -259,11 +258,6 @@ async def test_delete_is_refused_while_a_task_is_active_then_cascades(client: ht
 # --------------------------------------------------------------------------------------------------------
 # CLI (a real `edm` process on its own SQLite database)
 # --------------------------------------------------------------------------------------------------------
-
-
-def edm(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
 
 
 def _one_line_exit_2(result: subprocess.CompletedProcess[str], message: str) -> None:

@@ -49,6 +49,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 RETENTION = dt.timedelta(hours=24)
 MAX_KEY_LENGTH = 255
 SPOOL_BYTES = 1024 * 1024
+BODY_SLACK = 64 * 1024  # a multipart boundary, part headers and a few short fields around the largest upload
 # Answers larger than this are not kept (a creating POST answers one object; exports are GETs).
 MAX_STORED_BODY = 1024 * 1024
 PREFIX = "/api/v1/"
@@ -202,18 +203,37 @@ class _BodyHash:
         return str(self.digest.hexdigest())
 
 
-async def _read_body(receive: Receive, spool: IO[bytes], digest: _BodyHash) -> bool:
-    """Copy the request body into `spool` and `digest`; False when the client went away."""
+class _BodyTooLarge(Exception):
+    """The body passed the largest one any route accepts: refused before more of it is stored."""
+
+
+def body_limit(scope: Scope) -> int:
+    """The largest POST body any API route takes: an import upload with its form around it."""
+    return int(scope["app"].state.settings.import_max_bytes) + BODY_SLACK
+
+
+async def _read_body(receive: Receive, spool: IO[bytes], digest: _BodyHash, *, limit: int) -> bool:
+    """Copy the request body into `spool` and `digest`; False when the client went away. Raises _BodyTooLarge
+    as soon as more than `limit` bytes arrived, so a replayable request never fills the disk."""
+    received = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return False
         chunk = message.get("body", b"")
         if chunk:
+            received += len(chunk)
+            if received > limit:
+                raise _BodyTooLarge()
             spool.write(chunk)
             digest.update(chunk)
         if not message.get("more_body", False):
             return True
+
+
+def _declared_too_large(scope: Scope, limit: int) -> bool:
+    declared = Headers(scope=scope).get("content-length", "")
+    return declared.isdigit() and int(declared) > limit
 
 
 def _replaying(spool: IO[bytes], receive: Receive) -> Receive:
@@ -271,11 +291,19 @@ class IdempotencyMiddleware:
         if user_id is None:
             await self.app(scope, receive, send)  # the route answers 401/403 itself
             return
+        limit = body_limit(scope)
+        if _declared_too_large(scope, limit):
+            await _send_json(send, *_error(scope, 413, "too_large", f"the request body exceeds {limit} bytes"))
+            return
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
             query = scope.get("query_string", b"")
             raw = hashlib.sha256(b"POST " + scope["path"].encode() + b"?" + query + b"\n")
             digest = _BodyHash(raw, _multipart_boundary(Headers(scope=scope).get("content-type", "")))
-            if not await _read_body(receive, spool, digest):
+            try:
+                if not await _read_body(receive, spool, digest, limit=limit):
+                    return
+            except _BodyTooLarge:
+                await _send_json(send, *_error(scope, 413, "too_large", f"the request body exceeds {limit} bytes"))
                 return
             outcome = await claim(sessionmaker, user_id=user_id, key=key, method="POST", path=scope["path"],
                                   request_hash=digest.hexdigest(), vault=self.vault)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.errors import BadInput, Conflict, EdmError, NotFound
+from edm.security import passwords
 from edm.settings import Settings
 
 T = TypeVar("T")
@@ -24,12 +27,46 @@ T = TypeVar("T")
 USAGE_ERRORS = (BadInput, NotFound, Conflict)
 
 
+# A dotenv file of EDM_* settings the CLI reads beside the environment (whose variables always win).
+ENV_FILE_VARIABLE = "EDM_ENV_FILE"
+# What `edm demo` writes for the CLI in the directory where it ran (see settings_file()).
+DEMO_ENV_FILE = Path("var/edm-demo.env")
+# Settings that say which deployment this is. A deployment must set its keys (production refuses to start
+# without them), so where the environment sets any of these, the demo's file is never read.
+DEPLOYMENT_VARIABLES = ("EDM_ENV", "EDM_DATABASE_URL", "EDM_SECRET_KEY", "EDM_ENCRYPTION_KEYS")
+
+
+def settings_file(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> Path | None:
+    """The dotenv file the CLI reads, if any.
+
+    `EDM_ENV_FILE` names one explicitly (it must exist). Otherwise the file `edm demo` wrote in the current
+    directory is read, so `edm user list` works beside a running demo, but only while the environment sets
+    none of DEPLOYMENT_VARIABLES: a real deployment never picks up demo settings by running in that directory.
+    """
+    explicit = environ.get(ENV_FILE_VARIABLE, "")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            fail(f"{ENV_FILE_VARIABLE}={explicit}: no such file", code=2)
+        return path
+    demo_file = (cwd or Path.cwd()) / DEMO_ENV_FILE
+    if demo_file.is_file() and not any(environ.get(name) for name in DEPLOYMENT_VARIABLES):
+        return demo_file
+    return None
+
+
 def settings() -> Settings:
+    """This command's settings; every command builds them here, so this is where the process takes its
+    password-hashing cost from them."""
     try:
-        return Settings()
+        cfg = Settings(_env_file=settings_file())  # type: ignore[call-arg]  # pydantic-settings init option
     except ValidationError as exc:
-        fail(f"configuration error: {exc.errors()[0].get('msg', exc)}", code=2)
+        # pydantic prefixes a validator's own message with "Value error, ": the message alone reads better.
+        message = str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")
+        fail(f"configuration error: {message}", code=2)
         raise  # unreachable
+    passwords.configure(cfg)
+    return cfg
 
 
 def fail(message: str, *, code: int = 1) -> None:

@@ -1,5 +1,6 @@
 """`edm demo` (SPEC §19.7): a fresh SQLite database, a local SMTP sink, demo data, a scheduled task, then
-the web server and a worker in one process. Mail visibly flows into the demo mailbox."""
+the web server and a worker in one process. Mail visibly flows into the demo mailbox. The demo leaves its
+settings in `var/edm-demo.env`, where the `edm` CLI run in the same directory finds them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +18,7 @@ import typer
 from sqlalchemy import insert
 
 from edm import clock
-from edm.cli.common import run
+from edm.cli.common import DEMO_ENV_FILE, DEPLOYMENT_VARIABLES, ENV_FILE_VARIABLE, run
 from edm.contacts.models import Contact, ContactTag, Tag
 from edm.content.models import Sender, Template
 from edm.db.engine import create_engine, make_sessionmaker
@@ -35,22 +38,44 @@ MAILBOX = Path("var/demo-mailbox")
 FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Guido", "Radia"]
 
 WELCOME_HTML = """<html><body style="font-family:sans-serif">
-<h1>Hello {{ contact.first_name | default('there', true) }}!</h1>
+<h1>Hello {{ contact.first_name | default('there') }}!</h1>
 <p>This is the EDM demo. You are receiving it because you are contact #{{ contact.attributes.n }}.</p>
 <p><a href="https://example.com/winter-sale">See the winter sale</a></p>
 <p style="font-size:12px"><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
 </body></html>"""
-NEWS_HTML = """<html><body><h2>News for {{ name | default('you', true) }}</h2>
+NEWS_HTML = """<html><body><h2>News for {{ name | default('you') }}</h2>
 <ul><li>Per-recipient ledger</li><li>Send-time service choice</li><li>Durable rate limits</li></ul>
 </body></html>"""
 
 
-def _settings(port: int) -> Settings:
-    os.environ.setdefault("EDM_ENV", "demo")
-    os.environ.setdefault("EDM_DATABASE_URL", f"sqlite:///./{DEMO_DB}")
-    os.environ.setdefault("EDM_PUBLIC_URL", f"http://127.0.0.1:{port}")
+def demo_settings(port: int) -> tuple[Settings, dict[str, str]]:
+    """The demo's settings, and the values the demo chose itself (the environment's own always win)."""
+    defaults = {
+        "EDM_ENV": "demo",
+        "EDM_DATABASE_URL": f"sqlite:///{DEMO_DB.resolve()}",  # absolute: the CLI may run from elsewhere
+        # This demo's own key (signing its links, encrypting its services' credentials), new on every run.
+        "EDM_SECRET_KEY": secrets.token_urlsafe(32),
+        "EDM_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    chosen = {name: value for name, value in defaults.items() if name not in os.environ}
+    os.environ.update(chosen)
     os.environ.setdefault("EDM_LOG_LEVEL", "WARNING")
-    return Settings()
+    return Settings(), chosen
+
+
+def write_cli_settings(chosen: dict[str, str]) -> None:
+    """Write the settings the demo chose for the CLI: `edm` reads the file in this directory (see
+    `edm.cli.common.settings_file`). Only what the demo chose goes in, never a value from the environment,
+    which may hold a real deployment's secrets; owner-only, as it holds this demo's key."""
+    lines = ["# Written by `edm demo` for the `edm` CLI in this directory. Demo settings: never use them in a",
+             f"# deployment. Elsewhere: {ENV_FILE_VARIABLE}=<this file> edm ...",
+             *(f"{name}={shlex.quote(value)}" for name, value in chosen.items())]
+    DEMO_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+    temp = DEMO_ENV_FILE.with_name(f".{DEMO_ENV_FILE.name}.tmp")
+    temp.unlink(missing_ok=True)
+    with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    os.replace(temp, DEMO_ENV_FILE)
 
 
 async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipients: int = 200) -> dict[str, Any]:
@@ -129,7 +154,8 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
     for path in (DEMO_DB, Path(f"{DEMO_DB}-wal"), Path(f"{DEMO_DB}-shm")):
         path.unlink(missing_ok=True)
     shutil.rmtree(MAILBOX, ignore_errors=True)
-    settings = _settings(port)
+    settings, chosen = demo_settings(port)
+    write_cli_settings(chosen)
     configure_logging(level=settings.log_level, fmt="text")
     await upgrade_async(settings.database_url)
     sink = SmtpSink(port=smtp_port, store_dir=MAILBOX).start()
@@ -140,7 +166,7 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
     app.state.mailbox_dir = MAILBOX
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     worker = Worker(settings, sessionmaker, concurrency=4)
-    _banner(settings, info, sink.port)
+    _banner(settings, info, sink.port, chosen)
     tasks_ = [asyncio.create_task(server.serve()), asyncio.create_task(worker.run(install_signals=False))]
     try:
         await _follow(sessionmaker, info["task_id"], status_line, exit_when_done)
@@ -154,7 +180,8 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
             await asyncio.gather(*tasks_, return_exceptions=True)
         sink.stop()
         await engine.dispose()
-    typer.echo(f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/")
+    typer.echo(f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/ "
+               f"(`{_cli_command()} mailbox` lists them, `{_cli_command()} mailbox show N` opens one)")
 
 
 EVENTS_GRACE_SECONDS = 20.0
@@ -173,7 +200,7 @@ async def _awaiting_events(session: Any, task_id: int) -> int:
         SubTask.service_id.in_(fake_ids))) or 0)
 
 
-def _banner(settings: Settings, info: dict[str, Any], smtp_port: int) -> None:
+def _banner(settings: Settings, info: dict[str, Any], smtp_port: int, chosen: dict[str, str]) -> None:
     base = settings.public_url
     typer.echo(f"""
 EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
@@ -184,8 +211,29 @@ EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
   task statistics:             curl -H 'Authorization: Bearer {info['user_token']}' \\
                                   {base}/api/v1/tasks/{info['task_id']}/stats
   API docs:                    {base}/api/docs
+{_cli_hint(chosen)}
 Press Ctrl-C to stop.
 """)
+
+
+def _cli_hint(chosen: dict[str, str]) -> str:
+    """How to use the CLI on this demo's database while it runs (or after)."""
+    cli = _cli_command()
+    if any(name in os.environ and name not in chosen for name in DEPLOYMENT_VARIABLES):
+        return f"  CLI:                         {cli} task list  (with the same EDM_* environment as this demo)"
+    return (f"  CLI in this directory:       {cli} user list, {cli} task list  (settings: {DEMO_ENV_FILE})\n"
+            f"  CLI elsewhere:               {ENV_FILE_VARIABLE}={DEMO_ENV_FILE.resolve()} edm task list")
+
+
+def _cli_command() -> str:
+    """The `edm` this demo was started with, as typed from here (`.venv/bin/edm` under `make run`)."""
+    program = Path(sys.argv[0])
+    on_path = shutil.which("edm")
+    if program.name != "edm" or (on_path is not None and Path(on_path).resolve() == program.resolve()):
+        return "edm"
+    with contextlib.suppress(ValueError):
+        return str(program.resolve().relative_to(Path.cwd().resolve()))
+    return str(program)
 
 
 async def _follow(sessionmaker: Any, task_id: int, status_line: Any, exit_when_done: bool) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, credit, demo, events, ops, services, suppressions, tasks, test_sends, users
+from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
+from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -26,24 +27,13 @@ app.add_typer(contacts.contact_app, name="contact")
 app.add_typer(events.events_app, name="events")
 app.add_typer(suppressions.suppression_app, name="suppression")
 app.add_typer(settings_cli.settings_app, name="settings")
+app.add_typer(keys.keys_app, name="keys")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("dashboard")(ops.dashboard)
 app.command("worker")(ops.worker)
 app.command("demo")(demo.demo)
-
-
-@app.command("mailbox")
-def mailbox(directory: str = typer.Option("var/demo-mailbox", help="sink store directory")) -> None:
-    """List the messages the demo SMTP sink captured."""
-    from pathlib import Path
-
-    from edm.devtools.smtp_sink import list_stored
-
-    messages = list_stored(Path(directory))
-    for m in messages:
-        typer.echo(f"{m['received_at']}  {m['to']:<40} {m['subject']}")
-    typer.echo(f"{len(messages)} messages")
+app.add_typer(mailbox_app, name="mailbox")
 
 
 def run() -> None:

@@ -131,6 +131,6 @@ async def token_create(
     """Create a personal API token; it is printed once and stored only as a hash."""
     async with session_scope() as session:
         row = await find_user(session, user)
-        token, _ = await create_token(session, user_id=row.id, name=name, scope=scope)
+        token, _ = await create_token(session, user_id=row.id, name=name, scope=scope, actor=CLI)
     typer.echo(token)
 

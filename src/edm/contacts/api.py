@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +36,7 @@ from edm.contacts.schemas import (
     ContactQuery,
     ContactUpdate,
     EstimateOut,
+    EstimateRequest,
     MembersChanged,
     ResubscribeIn,
     SplitOut,
@@ -56,7 +56,7 @@ from edm.contacts.schemas import (
 from edm.contacts.split import SplitRequest, split_tag
 from edm.errors import BadInput
 from edm.ops.service import Actor
-from edm.tasks.recipients import Rule, estimate, validate_rule
+from edm.tasks.recipients import estimate, validate_rule
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
@@ -357,24 +357,12 @@ async def remove_tag_members(session: Session, caller: Writer, tag_id: Id, body:
 
 
 @router.post("/recipients/estimate", response_model=EstimateOut, tags=["tasks"])
-async def estimate_recipients(
-    session: Session, caller: CurrentCaller, body: Annotated[dict[str, Any], BodyParam()]
-) -> dict[str, Any]:
-    """How many contacts a recipient rule selects, sendable or excluded per reason (the §6.2 function)."""
-    _refuse_impossible_ids(body)
-    rule = Rule.parse(body)
+async def estimate_recipients(session: Session, caller: CurrentCaller, body: EstimateRequest) -> dict[str, Any]:
+    """How many contacts a recipient rule selects, sendable or excluded per reason: the same selection
+    generation runs. The body is `{"recipient_rule": …}` exactly as in task creation (the bare rule object is
+    accepted too)."""
+    rule = body.recipient_rule.to_rule()
     await validate_rule(session, user_id=caller.id, rule=rule)
     now = utc_now()
     result = await estimate(session, user_id=caller.id, rule=rule, now=now)
     return {**result, "credit_balance": caller.user.credit_balance, "computed_at": now}
-
-
-def _refuse_impossible_ids(body: dict[str, Any]) -> None:
-    """Ids outside BIGINT cannot exist; PostgreSQL would fail comparing them, so name them "not found" here."""
-    for key in ("contact_ids", "include_tag_ids", "exclude_tag_ids"):
-        value = body.get(key)
-        if isinstance(value, list):
-            bad = [v for v in value if isinstance(v, int) and not isinstance(v, bool) and not 0 < v <= MAX_ID]
-            if bad:
-                field = "recipient_rule.tag_ids" if key != "contact_ids" else "recipient_rule.contact_ids"
-                raise BadInput.field(field, f"not found: {', '.join(map(str, bad[:10]))}")

@@ -10,11 +10,13 @@ transactions short). Row numbers are spreadsheet row numbers: the header is row 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
+import itertools
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
 
@@ -33,7 +35,7 @@ from edm.contacts.service import (
     tag_ids_by_name,
 )
 from edm.contacts.service import bulk_insert_contacts as write_rows
-from edm.contacts.sheets import Table, open_table
+from edm.contacts.sheets import RowProblem, Table, open_table
 from edm.errors import BadInput
 
 MAX_STORED_ERRORS = 10_000
@@ -95,6 +97,7 @@ class ImportReport:
 
 
 OnBatch = Callable[[ImportReport], Awaitable[None]]
+Record = tuple[int, list[str] | csv.Error | RowProblem]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -386,8 +389,10 @@ async def import_file(
     known = await tag_ids_by_name(session, user_id=user_id)
     job = _Import(session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch,
                   import_id)
-    with open_table(stream, format=format, encoding=options.encoding, delimiter=options.delimiter,
-                    sheet=options.sheet) as table:
+    with contextlib.ExitStack() as stack:
+        # opening reads up to the header row: for a workbook that is unzipping and parsing, off the loop
+        table = await asyncio.to_thread(stack.enter_context, open_table(
+            stream, format=format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet))
         columns = plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
         if on_start is not None:
             await on_start(table.total_hint)
@@ -408,12 +413,12 @@ async def import_csv(
 async def _run(table: Table, columns: list[Column], *, job: _Import, batch_size: int) -> ImportReport:
     job.report.columns = [(c.header, _shown_target(c)) for c in columns]
     batch: list[_Row] = []
-    for number, cells in table.records:
+    async for number, cells in _read_off_loop(table.records):
         if isinstance(cells, list) and not any(c.strip() for c in cells):
             continue  # blank line: not a row
         job.report.total += 1
         if job.report.total % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # parsing is CPU work: let the worker's other loops run between rows
+            await asyncio.sleep(0)  # validating rows is CPU work: let the worker's other loops run between rows
         row = _accept(job, number, cells, columns)
         if row is not None:
             batch.append(row)
@@ -425,15 +430,26 @@ async def _run(table: Table, columns: list[Column], *, job: _Import, batch_size:
     return job.report
 
 
+async def _read_off_loop(records: Iterator[Record], chunk: int = YIELD_EVERY) -> AsyncIterator[Record]:
+    """The records, read `chunk` at a time in a worker thread: decoding a CSV or parsing a workbook's XML is
+    CPU work that would otherwise hold the event loop (and the worker's heartbeat and sends) meanwhile."""
+    while read := await asyncio.to_thread(lambda: list(itertools.islice(records, chunk))):
+        for record in read:
+            yield record
+
+
 def _shown_target(column: Column) -> str:
     return f"attributes.{column.target}" if column.kind == "attribute" else column.target
 
 
-def _accept(job: _Import, number: int, cells: list[str] | csv.Error, columns: list[Column]) -> _Row | None:
+def _accept(job: _Import, number: int, cells: list[str] | csv.Error | RowProblem,
+            columns: list[Column]) -> _Row | None:
     """The parsed row, or None after recording why it is skipped."""
     try:
         if isinstance(cells, csv.Error):
             raise _Skip("", f"malformed CSV: {cells}")
+        if isinstance(cells, RowProblem):
+            raise _Skip("", str(cells))
         row = parse_row(cells, columns, number)
         first = job.first_row_of(row.values["email_normalized"], number)
         if first is not None:
@@ -445,8 +461,8 @@ def _accept(job: _Import, number: int, cells: list[str] | csv.Error, columns: li
         return None
 
 
-def _cell_of(cells: list[str] | csv.Error, columns: list[Column], header: str) -> str:
-    if isinstance(cells, csv.Error) or not header:
+def _cell_of(cells: list[str] | csv.Error | RowProblem, columns: list[Column], header: str) -> str:
+    if not isinstance(cells, list) or not header:
         return ""
     index = next((c.index for c in columns if c.header == header), len(cells))
     return cells[index].strip() if index < len(cells) else ""

@@ -6,11 +6,15 @@ compare-and-set on its status (SKIP LOCKED on PostgreSQL), copies the chunks to 
 runs the importer with one transaction per batch: each batch commits its contacts, its row errors (at most
 MAX_STORED_ERRORS kept; the count continues) and the progress counters together, so a crash loses nothing
 that was counted. A batch only commits while the import is still `running` (a compare-and-set in the same
-transaction), which is how a cancel takes effect between batches.
+transaction), which is how a cancel takes effect between batches. The import's heartbeat is refreshed by
+every batch and, in between, every HEARTBEAT_EVERY seconds while its worker is alive; the file is read in a
+thread (see `importer`), so neither this nor the worker's other jobs wait for a long read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import tempfile
@@ -42,6 +46,9 @@ BATCH_SIZE = 5000  # rows per transaction (§13.4: 1 000 – 10 000)
 # lookup uses the (user_id, email_normalized) unique index.
 ANALYZE_FIRST = 20_000
 STALE_AFTER = dt.timedelta(minutes=2)  # a running import without a heartbeat this long is taken as crashed
+# While an import runs its heartbeat is refreshed this often (seconds), besides every batch: reading a long
+# stretch of a workbook without rows, or a slow batch, must not get a live import taken for a crashed one.
+HEARTBEAT_EVERY = 30.0
 FINISHED = (ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.CANCELLED)
 OnProgress = Callable[[Import], Awaitable[None]]
 
@@ -65,7 +72,8 @@ async def create_import(
     file_format = detect_format(filename, stream.read(8))
     stream.seek(start)
     await require_own(session, Tag, user_id=user_id, ids=options.tag_ids, field="tag_ids")
-    read_columns(stream, format=file_format, options=options)
+    # reading up to the header row unzips and parses a workbook: CPU work kept off the event loop
+    await asyncio.to_thread(read_columns, stream, format=file_format, options=options)
     stream.seek(start)
     row = Import(user_id=user_id, kind="contacts", filename=(filename or "upload")[-255:], format=file_format,
                  options=options.to_dict(), status=ImportStatus.QUEUED)
@@ -177,7 +185,7 @@ async def claim(session: AsyncSession, import_id: int, *, worker_id: str, now: d
 
 
 async def run_imports(sessionmaker: async_sessionmaker[AsyncSession], *, worker_id: str,
-                      batch_size: int = BATCH_SIZE) -> int:
+                      batch_size: int = BATCH_SIZE, heartbeat_every: float = HEARTBEAT_EVERY) -> int:
     """The `imports` job: fail stale imports, then claim and run queued ones until none is left."""
     async with unit_of_work(sessionmaker) as session:
         await fail_stale(session, now=utc_now())
@@ -187,7 +195,7 @@ async def run_imports(sessionmaker: async_sessionmaker[AsyncSession], *, worker_
             import_id = await claim_next(session, worker_id=worker_id, now=utc_now())
         if import_id is None:
             return done
-        await run_import(sessionmaker, import_id, batch_size=batch_size)
+        await run_import(sessionmaker, import_id, batch_size=batch_size, heartbeat_every=heartbeat_every)
         done += 1
 
 
@@ -242,8 +250,33 @@ class _Stopped(Exception):  # noqa: N818 - a control-flow signal
 
 
 async def run_import(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, *,
-                     batch_size: int = BATCH_SIZE, on_progress: OnProgress | None = None) -> str:
+                     batch_size: int = BATCH_SIZE, on_progress: OnProgress | None = None,
+                     heartbeat_every: float = HEARTBEAT_EVERY) -> str:
     """Process one claimed (`running`) import to its end; returns its final status."""
+    finished = asyncio.Event()
+    beating = asyncio.create_task(_keep_alive(sessionmaker, import_id, heartbeat_every, finished))
+    try:
+        return await _run_claimed(sessionmaker, import_id, batch_size=batch_size, on_progress=on_progress)
+    finally:
+        finished.set()  # the beat ends after its current statement, never half-way through a transaction
+        await beating
+
+
+async def _keep_alive(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, every: float,
+                      finished: asyncio.Event) -> None:
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), timeout=every)
+            return
+        try:
+            async with unit_of_work(sessionmaker) as session:
+                await _set_status(session, import_id, (ImportStatus.RUNNING,), heartbeat_at=utc_now())
+        except Exception:  # a database hiccup: the next beat (or batch) tries again
+            log.warning("import.heartbeat_failed", extra={"import_id": import_id}, exc_info=True)
+
+
+async def _run_claimed(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, *, batch_size: int,
+                       on_progress: OnProgress | None) -> str:
     with tempfile.TemporaryFile() as spool:
         async with sessionmaker() as session:
             row = await session.get(Import, import_id)

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
@@ -78,11 +78,13 @@ async def create_import(request: Request, session: Session, caller: Writer) -> A
     """Queue an import of a CSV or XLSX file (multipart: `file` plus options). The header row is checked at
     once (422 naming the headers found when no column holds the email); a worker processes the rows."""
     limit = int(request.app.state.settings.import_max_bytes)
-    uploads.refuse_early(request, limit)
-    form = await request.form(max_files=1, max_fields=len(FIELDS) + 100)
-    upload = _upload(form, limit)
-    return await imports.create_import(session, user_id=caller.id, filename=upload.filename or "upload",
-                                       stream=upload.file, options=_options(form), max_bytes=limit)
+    form = await uploads.read_form(request, limit=limit, fields=FIELDS)  # 413 as soon as the body is too large
+    try:
+        upload = _upload(form)
+        return await imports.create_import(session, user_id=caller.id, filename=upload.filename or "upload",
+                                           stream=upload.file, options=_options(form), max_bytes=limit)
+    finally:
+        await form.close()
 
 
 @router.get("/contacts/imports", response_model=ImportPage)
@@ -120,15 +122,13 @@ async def cancel_import(session: Session, caller: Writer, import_id: Id) -> Any:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _upload(form: FormData, limit: int) -> UploadFile:
+def _upload(form: FormData) -> UploadFile:
     unknown = sorted(set(form.keys()) - FIELDS)
     if unknown:
         raise BadInput.field(unknown[0], "unknown field")
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise BadInput.field("file", "a CSV or XLSX file is required")
-    if upload.size is not None and upload.size > limit:
-        raise HTTPException(413, f"the file is larger than {limit} bytes")
     return upload
 
 

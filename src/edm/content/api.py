@@ -103,8 +103,16 @@ async def preview_unsaved(session: Session, caller: CurrentCaller, body: Preview
     """Render content that is not saved (the editor's live preview)."""
     source = service.PreviewSource(subject=body.subject, html=body.html, text=body.text, preheader=body.preheader,
                                    inline_css=body.inline_css)
-    return await service.preview(session, user_id=caller.id, source=source, contact_id=body.contact_id,
-                                 sender_id=body.sender_id)
+    job = await service.prepare_preview(session, user_id=caller.id, source=source, contact_id=body.contact_id,
+                                        sender_id=body.sender_id)
+    return await _render(session, job)
+
+
+async def _render(session: Session, job: service.PreviewJob) -> dict[str, Any]:
+    # The reads are done: end the transaction before rendering, which may take its whole time limit and
+    # must not hold a connection (nor, on SQLite, the database's write lock) meanwhile.
+    await session.commit()
+    return await service.render_preview(job)
 
 
 @router.post("/templates/{template_id}/preview", response_model=PreviewOut)
@@ -116,8 +124,9 @@ async def preview_template(
     template = await service.get_template(session, user_id=caller.id, template_id=template_id)
     source = service.PreviewSource(subject=template.subject, html=template.html, text=template.text,
                                    preheader=template.preheader, inline_css=template.inline_css)
-    return await service.preview(session, user_id=caller.id, source=source, contact_id=options.contact_id,
-                                 sender_id=options.sender_id)
+    job = await service.prepare_preview(session, user_id=caller.id, source=source, contact_id=options.contact_id,
+                                        sender_id=options.sender_id)
+    return await _render(session, job)
 
 
 @router.get("/template-variables", response_model=VariablesOut)

@@ -8,46 +8,51 @@ Pipeline of `CompiledTemplate.render` (§14.3):
     ->  `postprocess` hook: link rewriting (§10.1); the caller adds the open pixel
     ->  text part: the template's text, or else `html_to_text(final html)`
 
-Limits (§14.1), and how they are enforced cheaply, without threads or processes:
-- output: every part is streamed with `Template.generate()` and abandoned once it passes 2 MB;
-- time: one deadline per `render()` call, checked on every output chunk, on every sandboxed call (macros,
-  methods, `loop()`), and on every iteration of every `{% for %}` (the parsed template is rewritten so each
-  loop iterates through `_guard_iter`). Jinja has no `while`, so an infinite or huge computation has to go
-  through one of those points;
-- allocation bombs that would exhaust memory inside one expression, before any output exists (`'x' * 10**9`,
-  `2 ** 10**6`, `'%999999999s' % x`, `'x'|center(10**9)`, `namespace` growth) are refused before they run.
-Any violation, any runtime error and any sandbox violation is a `RenderError` (code `render_error`).
-Exceptions from the `postprocess` hook are not wrapped: that code is ours, not the template author's.
+Limits: every part renders in the guarded environment of `edm.content.sandbox`, which bounds the time
+(2 s for one whole `render()` call), the size of every value (2 MB), the items of every operation and the
+total work of the render, checking before each costly step rather than after it. Every part is streamed
+chunk by chunk and abandoned once it passes 2 MB of output. A limit violation is a
+`RenderLimitExceeded` (a `RenderError` with `limit` = "time", "size", "work" or "depth"); any other
+runtime error and any sandbox violation is a plain `RenderError` (code `render_error`). Exceptions from
+the `postprocess` hook are not wrapped: that code is ours, not the template author's.
+
+Rendering is CPU work that may take up to the time limit: callers on an event loop run it through
+`off_loop`, on a small pool of threads, so the loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
 import functools
 import re
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from html import escape
 from html.parser import HTMLParser
-from types import BuiltinMethodType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import css_inline
 import jinja2
 from jinja2 import nodes
-from jinja2.exceptions import SecurityError
 from jinja2.meta import find_undeclared_variables
-from jinja2.runtime import ChainableUndefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import Namespace
 
+from edm.content import sandbox
+from edm.content.sandbox import LimitExceeded, Sandbox
 from edm.errors import TemplateSyntaxError
 
 MAX_OUTPUT_BYTES = 2 * 1024 * 1024  # per rendered part (§14.1)
 RENDER_TIME_LIMIT = 2.0  # seconds for one whole render() call (§14.1)
+# The probe renders of a compilation (see _derive_text) only decide an optimisation: they get less time.
+PROBE_TIME_LIMIT = 0.25
+# Renders running at once in one process. Rendering holds the GIL, so more threads would not render
+# faster; the bound keeps N parallel requests from holding N renders' memory at once (they queue).
+RENDER_THREADS = 2
 
 # Called as postprocess(part, value) with part "html" or "text"; returns the new value. The seam for
 # link rewriting and the open pixel (§10.1), which belong to the tracking module.
@@ -79,183 +84,47 @@ class RenderError(Exception):
         self.part = part
 
 
-class _RenderTimeout(Exception):
-    """Raised inside the template machinery; turned into a RenderError naming the part."""
+class RenderLimitExceeded(RenderError):
+    """A render limit stopped the template: `limit` is "time", "size", "work" or "depth".
+
+    Unlike an ordinary render error (a missing value, a type error for one contact), a limit is a property
+    of the template: a worker stops rendering that template for the rest of its recipients."""
+
+    def __init__(self, message: str, *, part: str, limit: str) -> None:
+        super().__init__(message, part=part)
+        self.limit = limit
 
 
-# --------------------------------------------------------------------------------------------------------
-# The sandbox
-# --------------------------------------------------------------------------------------------------------
-
-_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("edm_render_deadline", default=float("inf"))
-_GUARD_NAME = "__edm_guard_iter"  # injected around every loop iterable; templates may not use the name
-_SIZED = (str, bytes, list, tuple, dict)
-_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
-_BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)")  # the format spec of a replacement field
-_DIGITS = re.compile(r"\d+")
+def _limit_error(part: str, exc: LimitExceeded) -> RenderLimitExceeded:
+    if exc.limit == "time":
+        return _timeout(part)
+    return RenderLimitExceeded(f"{part}: {exc.detail}", part=part, limit=exc.limit)
 
 
-def _check_deadline() -> None:
-    if time.monotonic() > _DEADLINE.get():
-        raise _RenderTimeout()
+def _timeout(part: str) -> RenderLimitExceeded:
+    return RenderLimitExceeded(f"{part}: rendering took longer than {RENDER_TIME_LIMIT:g} s", part=part,
+                               limit="time")
 
 
-def _guard_iter(iterable: Iterable[Any]) -> Iterator[Any]:
-    deadline = _DEADLINE.get()
-    for item in iterable:
-        if time.monotonic() > deadline:
-            raise _RenderTimeout()
-        yield item
+_T = TypeVar("_T")
+_RENDER_POOL = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="edm-render")
 
 
-def _refuse_big(what: str, size: int) -> None:
-    if size > MAX_OUTPUT_BYTES:
-        raise SecurityError(f"{what} would produce more than {MAX_OUTPUT_BYTES} bytes")
+async def off_loop(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Run `func` (compiling or rendering templates) on the render threads and wait for it: the event
+    loop goes on serving other requests meanwhile. The time limit starts when the work starts."""
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_RENDER_POOL, call)
 
 
-def _check_percent_format(fmt: str, args: Any) -> None:
-    """`'%999999999s' % x`: a width or precision is the only way a short format makes a huge result."""
-    for match in _PERCENT_SPEC.finditer(fmt):
-        for number in match.groups():
-            if number == "*":  # '%*s' % (width, value): the width is an argument
-                _check_int_args("format width", args if isinstance(args, tuple | list) else (args,))
-            elif number:
-                _refuse_big("format width", int(number))
+def time_limit(seconds: float | None = None) -> AbstractContextManager[None]:
+    """A scope for several steps that share one deadline (compile + render of a preview): a `render()`
+    inside it ends at the scope's deadline if that comes first."""
+    return sandbox.allowance(RENDER_TIME_LIMIT if seconds is None else seconds)
 
 
-def _check_brace_format(fmt: str, args: Iterable[Any]) -> None:
-    """The same for str.format: '{:>999999999}', or a nested width '{:{}}' taken from the arguments."""
-    for match in _BRACE_SPEC.finditer(fmt):
-        for number in _DIGITS.findall(match.group(1)):
-            _refuse_big("format width", int(number))
-        if match.end() < len(fmt) and fmt[match.end()] == "{":
-            _check_int_args("format width", args)
-
-
-def _check_int_args(what: str, args: Iterable[Any]) -> None:
-    for arg in args:
-        if isinstance(arg, int) and not isinstance(arg, bool):
-            _refuse_big(what, abs(arg))
-
-
-def _guard_binop(operator: str, left: Any, right: Any) -> None:
-    if operator == "*":
-        if isinstance(left, int) and isinstance(right, _SIZED):
-            left, right = right, left
-        if isinstance(left, _SIZED) and isinstance(right, int):
-            _refuse_big("repetition", len(left) * right)
-    elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
-        _refuse_big("concatenation", len(left) + len(right))
-    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-        if left.bit_length() * right > 65536:  # bounds both CPU time and the size of the number
-            raise SecurityError("power too large")
-    elif operator == "%" and isinstance(left, str):
-        _check_percent_format(left, right)
-
-
-def _guard_str_method(method: Any, args: tuple[Any, ...]) -> None:
-    target = getattr(method, "__self__", None)
-    if not isinstance(method, BuiltinMethodType) or not isinstance(target, str):
-        return
-    name = method.__name__
-    if name in {"ljust", "rjust", "center", "zfill"}:
-        _check_int_args(f"str.{name}", args)
-    elif name == "expandtabs" and args and isinstance(args[0], int):
-        _refuse_big("str.expandtabs", len(target) + target.count("\t") * args[0])
-    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-        _refuse_replace(target, args[0], args[1])
-
-
-def _refuse_replace(target: str, old: str, new: str) -> None:
-    hits = target.count(old) if old else len(target) + 1
-    _refuse_big("replace", len(target) + hits * max(0, len(new) - len(old)))
-
-
-class _BoundedNamespace(Namespace):
-    """`namespace()` is the only mutable store in a template: refuse growth past the output limit."""
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        if isinstance(value, _SIZED):
-            _refuse_big("namespace value", len(value))
-        super().__setitem__(name, value)
-
-
-class _EmptyUndefined(ChainableUndefined):
-    """Undefined names and missing attributes render as "", however deep the chain."""
-
-    __slots__ = ()
-
-
-def _finalize(value: Any) -> Any:
-    return "" if value is None else value  # a contact without a name must not say "None"
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # Data keys win over dict methods: `contact.attributes.items` is the attribute called "items".
-        if type(obj) is dict and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
-        # The stock sandbox returns an Undefined that raises only when used; ours would render "" and hide
-        # the attempt. Raise at once so `''.__class__.__mro__` is a render error, never silent.
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is None:
-            return None
-        fmt: str = value.__self__
-
-        def checked(*args: Any, **kwargs: Any) -> str:
-            _check_brace_format(fmt, (*args, *kwargs.values()))
-            return wrapped(*args, **kwargs)
-
-        return checked
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _guard_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
-
-    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        _check_deadline()
-        _guard_str_method(obj, args)
-        return super().call(context, obj, *args, **kwargs)
-
-
-def _guard_filter(func: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """Wrap a size-sensitive filter so its widths and counts cannot ask for more than the output limit."""
-    first = 1 if hasattr(func, "jinja_pass_arg") else 0  # index of the filtered value in *args
-
-    @functools.wraps(func)  # keeps jinja's pass_context / pass_eval_context marker
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        value, rest = args[first] if len(args) > first else None, (*args[first + 1 :], *kwargs.values())
-        if name == "format":
-            _check_percent_format(str(value), tuple(rest))
-        elif name == "replace":
-            if len(rest) >= 2:
-                _refuse_replace(str(value), str(rest[0]), str(rest[1]))
-        else:
-            _check_int_args(f"filter {name}", rest)
-        return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _make_env(*, autoescape: bool) -> _Sandbox:
-    env = _Sandbox(autoescape=autoescape, undefined=_EmptyUndefined, finalize=_finalize)
-    for name in ("center", "indent", "wordwrap", "slice", "batch", "format", "replace"):
-        env.filters[name] = _guard_filter(env.filters[name], name)
-    env.globals["namespace"] = _BoundedNamespace
-    env.globals[_GUARD_NAME] = _guard_iter
-    return env
-
-
-_HTML_ENV = _make_env(autoescape=True)
-_TEXT_ENV = _make_env(autoescape=False)  # subject, preheader, text
+_HTML_ENV = sandbox.make_env(autoescape=True)
+_TEXT_ENV = sandbox.make_env(autoescape=False)  # subject, preheader, text
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,19 +153,48 @@ def _syntax_error(part: str, message: str, line: int | None) -> TemplateSyntaxEr
     return TemplateSyntaxError(f"{part}:{where}: {message}", details=[detail])
 
 
-def _compile_part(env: _Sandbox, part: str, source: str) -> _Part:
+# The size of one part's template code. Lexing and parsing grow with its tokens, and Python's compile() of
+# the generated module, one C call that holds the GIL (stalling every other thread of the process), grows
+# with its nodes: ~10 µs a node, so 5,000 nodes compile in about 50 ms. Static text is one token however
+# long it is; an email template with its variables, conditions and loops uses a few hundred nodes.
+MAX_TOKENS = 15_000
+MAX_NODES = 5_000
+
+
+def _compile_part(env: Sandbox, part: str, source: str) -> _Part:
     try:
+        _check_complexity(env, part, source)
         ast = env.parse(source)
-        if any(node.name == _GUARD_NAME for node in ast.find_all(nodes.Name)):
-            raise _syntax_error(part, f"the name {_GUARD_NAME} is reserved", None)
+        if sum(1 for _ in ast.find_all(nodes.Node)) > MAX_NODES:
+            raise _too_complex(part, f"more than {MAX_NODES:,} elements (variables, operators, tags)")
         variables = frozenset(find_undeclared_variables(ast))
-        for loop in ast.find_all(nodes.For):
-            guard = nodes.Name(_GUARD_NAME, "load", lineno=loop.lineno)
-            loop.iter = nodes.Call(guard, [loop.iter], [], None, None, lineno=loop.lineno)
-        template = env.from_string(ast)  # compiles the rewritten tree; unknown filters fail here
+        ast = sandbox.guard_template(ast)
+        # Jinja folds constant expressions (`'x'|center(2000000)`) while it compiles, through the same
+        # guards: a small budget of their own keeps big constants out of the cached module (a refused fold
+        # is computed at render time instead).
+        with sandbox.allowance(None, work=sandbox.FOLD_BUDGET):
+            template = env.from_string(ast)  # unknown filters fail here
+    except sandbox.ReservedName as exc:
+        raise _syntax_error(part, str(exc), None) from None
     except jinja2.TemplateSyntaxError as exc:
         raise _syntax_error(part, exc.message or "syntax error", exc.lineno) from None
+    except (RecursionError, SyntaxError, MemoryError):  # Jinja's parser or Python's compiler gave up
+        raise _too_complex(part, "expressions nested too deeply") from None
     return _Part(part, template, variables)
+
+
+def _check_complexity(env: Sandbox, part: str, source: str) -> None:
+    """Refuse a source with more than MAX_TOKENS tokens before parsing it (counting stops there)."""
+    if len(source) <= MAX_TOKENS:
+        return  # a token is at least one character
+    tokens = (kind for _line, kind, _value in env.lex(source) if kind != "whitespace")
+    for count, _kind in enumerate(tokens, 1):
+        if count > MAX_TOKENS:
+            raise _too_complex(part, f"more than {MAX_TOKENS:,} tokens")
+
+
+def _too_complex(part: str, what: str) -> TemplateSyntaxError:
+    return _syntax_error(part, f"the template is too complex: {what}; simplify it or split it", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,29 +233,24 @@ class CompiledTemplate:
 
         `footer_html` is the deployment's own compliance footer (setting `compliance.footer_html`), used
         instead of the built-in one when set."""
-        deadline = time.monotonic() + RENDER_TIME_LIMIT
-        reset = _DEADLINE.set(deadline)
-        try:
-            return self._render(dict(context), deadline, compliance_footer, postprocess, footer_html)
-        finally:
-            _DEADLINE.reset(reset)
+        with sandbox.allowance(RENDER_TIME_LIMIT):
+            return self._render(dict(context), compliance_footer, postprocess, footer_html)
 
     def _render(
-        self, ctx: dict[str, Any], deadline: float, compliance_footer: bool, postprocess: Postprocess | None,
-        footer_html: str,
+        self, ctx: dict[str, Any], compliance_footer: bool, postprocess: Postprocess | None, footer_html: str,
     ) -> RenderedContent:
-        subject = clean_subject(_render_part(self.subject, ctx, deadline))
+        subject = clean_subject(_render_part(self.subject, ctx))
         if not subject:
             raise RenderError("subject: renders empty", part="subject")
-        preheader = " ".join(_render_part(self.preheader, ctx, deadline).split()) if self.preheader else ""
-        html = _render_part(self.html, ctx, deadline)
-        text = _render_part(self.text, ctx, deadline) if self.text else ""
+        preheader = " ".join(_render_part(self.preheader, ctx).split()) if self.preheader else ""
+        html = _render_part(self.html, ctx)
+        text = _render_part(self.text, ctx) if self.text else ""
         # The derived text renders like a hand-written one; the postprocess hook (link rewriting) then treats
         # it as text, after the HTML, so both parts carry the same links. Converting the final HTML instead
         # cost ~1.3 ms a mail, most of a worker's CPU.
         derived = self.text is None and self.derived_text is not None
         if derived:
-            text = _render_part(self.derived_text, ctx, deadline)  # type: ignore[arg-type]
+            text = _render_part(self.derived_text, ctx)  # type: ignore[arg-type]
             # Jinja drops the source's final newline; the converter's output always ends with one.
             text = text.rstrip("\n") + "\n" if text.strip() else ""
 
@@ -366,13 +259,13 @@ class CompiledTemplate:
             html, text = self._add_footer(ctx, html, text, derived=derived, custom=footer_html)
         if self.inline_css:
             html = inline_styles(html)
-            _check_time(deadline, "html")
+            _check_time("html")
         if postprocess is not None:
             html = postprocess("html", html)
             text = postprocess("text", text) if text.strip() else text
         if not text.strip():
             text = html_to_text(html)
-            _check_time(deadline, "text")
+            _check_time("text")
         return RenderedContent(subject=subject, preheader=preheader, html=html, text=text)
 
     def _add_footer(self, ctx: dict[str, Any], html: str, text: str, *, derived: bool = False,
@@ -448,38 +341,49 @@ def _derive_text(compiled: CompiledTemplate, html_source: str) -> _Part | None:
                           task={"name": "probe"}, org={}, unsubscribe_url="https://example.invalid/u/probe",
                           now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     try:
-        expected = compiled.render(probe, compliance_footer=False).text
-        derived = dataclasses.replace(compiled, derived_text=part).render(probe, compliance_footer=False).text
+        with sandbox.allowance(PROBE_TIME_LIMIT):  # both probes together; the renders take the earlier end
+            expected = compiled.render(probe, compliance_footer=False).text
+            derived = dataclasses.replace(compiled, derived_text=part).render(probe, compliance_footer=False).text
     except RenderError:
         return None
     return part if " ".join(expected.split()) == " ".join(derived.split()) else None
 
 
-def _check_time(deadline: float, part: str) -> None:
-    if time.monotonic() > deadline:
-        raise RenderError(f"{part}: rendering took longer than {RENDER_TIME_LIMIT:g} s", part=part)
+def _check_time(part: str) -> None:
+    try:
+        sandbox.checkpoint()
+    except LimitExceeded:
+        raise _timeout(part) from None
 
 
-def _render_part(part: _Part, ctx: dict[str, Any], deadline: float) -> str:
+def _render_part(part: _Part, ctx: dict[str, Any]) -> str:
     chunks: list[str] = []
     size = 0
-    stream = cast(Generator[str, None, None], part.template.generate(ctx))  # a generator: close() it
+    # What Template.generate() does, without its error handling: Jinja rewrites a failed render's traceback
+    # to show template lines, copying the template's variables into fake frames that live in reference
+    # cycles until a garbage collection (long-lived servers collect rarely), up to the whole work budget
+    # per failed render. Our errors name the part and the failure, not template lines.
+    context = part.template.new_context(ctx)
+    stream = cast(Generator[str, None, None], part.template.root_render_func(context))
+    deadline = sandbox.deadline()
     try:
         for chunk in stream:
             size += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass"))
             if size > MAX_OUTPUT_BYTES:
-                raise RenderError(f"{part.name}: output exceeds {MAX_OUTPUT_BYTES} bytes", part=part.name)
-            _check_time(deadline, part.name)
+                message = f"{part.name}: output exceeds {sandbox.megabytes(MAX_OUTPUT_BYTES)}"
+                raise RenderLimitExceeded(message, part=part.name, limit="size")
+            if time.monotonic() > deadline:
+                raise _timeout(part.name)
             chunks.append(chunk)
     except RenderError:
         raise
-    except _RenderTimeout:
-        message = f"{part.name}: rendering took longer than {RENDER_TIME_LIMIT:g} s"
-        raise RenderError(message, part=part.name) from None
+    except LimitExceeded as exc:
+        raise _limit_error(part.name, exc) from None
     except Exception as exc:  # any runtime error in a user's template, sandbox violations included
         raise RenderError(f"{part.name}: {type(exc).__name__}: {exc}", part=part.name) from exc
     finally:
         stream.close()
+        context.vars.clear()  # macros refer back to the context: drop the values that cycle holds now
     return "".join(chunks)
 
 

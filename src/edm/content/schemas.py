@@ -118,9 +118,16 @@ class AttributeOut(BaseModel):
     key: str
 
 
+class FilterOut(BaseModel):
+    name: str
+    example: str
+    description: str
+
+
 class VariablesOut(BaseModel):
     variables: list[VariableOut]
     custom_attributes: list[AttributeOut]
+    filters: list[FilterOut] = []
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Templates, preview, the variable catalogue and senders (SPEC §4.4, §14). Services flush, never commit.
 
 Templates are compiled on every save, so a syntax error is a 422 with its line at save time and never a
-surprise at send time. Preview runs the same `CompiledTemplate.render` the workers run.
+surprise at send time. Preview runs the same `CompiledTemplate.render` the workers run. Compiling and
+rendering run on the render threads (`off_loop`): a template that takes its whole time limit does not hold
+up the event loop.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +29,13 @@ from edm.content.render import (
     CONTACT_FIELDS,
     SAMPLE_CONTACT,
     CompiledTemplate,
+    RenderedContent,
     RenderError,
+    RenderLimitExceeded,
     build_context,
     compile_template,
+    off_loop,
+    time_limit,
 )
 from edm.db.owned import get_own
 from edm.email_services.models import EmailService, UserServiceMapping
@@ -108,7 +114,7 @@ async def get_template(session: AsyncSession, *, user_id: int, template_id: int)
 async def create_template(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Template:
     """`values`: name, subject, html (required), description, preheader, text, inline_css."""
     data = clean_template_values(values)
-    compile_values(data)
+    await off_loop(compile_values, data)
     await _refuse_template_name(session, user_id=user_id, name=data["name"])
     template = Template(user_id=user_id, inline_css=data.pop("inline_css", True), **data)
     if not await saved(session, lambda: session.add(template)):
@@ -122,7 +128,7 @@ async def update_template(
     template = await get_template(session, user_id=user_id, template_id=template_id)
     data = clean_template_values(changes, partial=True)
     merged = {f: getattr(template, f) for f in ("subject", "html", "text", "preheader")} | data
-    compile_values(merged)
+    await off_loop(compile_values, merged)
     if "name" in data and data["name"] != template.name:
         await _refuse_template_name(session, user_id=user_id, name=data["name"])
     if not await saved(session, lambda: _assign(template, data)):
@@ -245,11 +251,20 @@ async def attribute_keys(session: AsyncSession, *, user_id: int) -> list[str]:
     return list(await session.scalars(text(sql), {"u": user_id, "n": MAX_ATTRIBUTE_KEYS}))
 
 
+# Filters the catalogue points out: how to write a fallback for a value a contact may lack.
+FILTERS: tuple[tuple[str, str, str], ...] = (
+    ("default", "{{ contact.first_name | default('there') }}",
+     "the fallback when the value is missing, null, empty or only spaces (a variable that is empty for a "
+     "contact renders as nothing); default('there', true) also replaces 0, false and empty lists"),
+)
+
+
 async def template_variables(session: AsyncSession, *, user_id: int) -> dict[str, Any]:
     """The §14.2 catalogue plus the custom attribute keys present in the user's contacts."""
     keys = await attribute_keys(session, user_id=user_id)
     return {"variables": [{"name": n, "description": d} for n, d in VARIABLES],
-            "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys]}
+            "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys],
+            "filters": [{"name": n, "example": e, "description": d} for n, e, d in FILTERS]}
 
 
 def used_variables(*sources: str | None) -> list[str]:
@@ -315,10 +330,35 @@ async def preview(
     session: AsyncSession, *, user_id: int, source: PreviewSource, contact_id: int | None = None,
     sender_id: int | None = None, unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
 ) -> dict[str, Any]:
-    """Render unsaved or saved content for one of the user's contacts, or sample data (§14.4)."""
+    """Render unsaved or saved content for one of the user's contacts, or sample data.
+
+    An entry point that can end its transaction before rendering should call `prepare_preview`, end it,
+    then `render_preview`: the render may take its whole time limit and needs no database."""
+    job = await prepare_preview(session, user_id=user_id, source=source, contact_id=contact_id,
+                                sender_id=sender_id, unsubscribe_url=unsubscribe_url)
+    return await render_preview(job)
+
+
+@dataclass(frozen=True)
+class PreviewJob:
+    """Everything a preview renders with, read from the database beforehand."""
+
+    values: dict[str, Any]
+    inline_css: bool
+    context: dict[str, Any]
+    sample_data: bool
+    footer_html: str
+    postal_address: str
+    attribute_names: frozenset[str]
+
+
+async def prepare_preview(
+    session: AsyncSession, *, user_id: int, source: PreviewSource, contact_id: int | None = None,
+    sender_id: int | None = None, unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+) -> PreviewJob:
+    """The database reads of a preview: the contact (or sample data), sender, settings, attribute keys."""
     values = clean_template_values({"name": "preview", "subject": source.subject, "html": source.html,
                                     "text": source.text, "preheader": source.preheader})
-    compiled = compile_values(values, inline_css=source.inline_css)
     contact = await _preview_contact(session, user_id=user_id, contact_id=contact_id)
     org = await runtime_settings.load(session)
     now = utc_now()
@@ -327,16 +367,85 @@ async def preview(
         task={"name": "Preview", "scheduled_at": now},
         org={"name": org.org_name, "postal_address": org.compliance_postal_address},
         unsubscribe_url=unsubscribe_url, now=now)
-    try:
-        content = compiled.render(context, footer_html=org.compliance_footer_html)
-    except RenderError as exc:
-        raise BadInput.field(exc.part or "html", f"render error: {exc.message}") from None
-    paths = used_variables(values["subject"], values["html"], values.get("text"), values.get("preheader"))
-    unknown = unknown_variables(paths, set(await attribute_keys(session, user_id=user_id)))
+    return PreviewJob(values, source.inline_css, context, contact_id is None, org.compliance_footer_html,
+                      org.compliance_postal_address, frozenset(await attribute_keys(session, user_id=user_id)))
+
+
+async def render_preview(job: PreviewJob) -> dict[str, Any]:
+    """Compile and render on a render thread (see `off_loop`); a template that does not render is a 422."""
+    rendered = await off_loop(_render_preview, job.values, job.inline_css, job.context, job.footer_html)
+    content = rendered.content
+    unknown = unknown_variables(rendered.paths, set(job.attribute_names))
+    warnings = _warnings(rendered.compiled, job.values, unknown, job.postal_address)
+    warnings += empty_variable_warnings(rendered.paths, job.context, sample=job.sample_data, unknown=unknown)
     return {"subject": content.subject, "preheader": content.preheader, "html": content.html,
-            "text": content.text, "links": _links(content.html), "variables": paths,
-            "unknown_variables": unknown, "sample_data": contact_id is None,
-            "warnings": _warnings(compiled, values, unknown, org.compliance_postal_address)}
+            "text": content.text, "links": _links(content.html), "variables": rendered.paths,
+            "unknown_variables": unknown, "sample_data": job.sample_data, "warnings": warnings}
+
+
+@dataclass(frozen=True)
+class _RenderedPreview:
+    compiled: CompiledTemplate
+    content: RenderedContent
+    paths: list[str]
+
+
+def _render_preview(values: Mapping[str, Any], inline_css: bool, context: Mapping[str, Any],
+                    footer_html: str) -> _RenderedPreview:
+    """Compile and render under one deadline (on a render thread: see `off_loop`)."""
+    with time_limit():
+        compiled = compile_values(values, inline_css=inline_css)
+        try:
+            content = compiled.render(context, footer_html=footer_html)
+        except RenderError as exc:
+            raise render_failed(exc) from None
+    paths = used_variables(values["subject"], values["html"], values.get("text"), values.get("preheader"))
+    return _RenderedPreview(compiled, content, paths)
+
+
+def render_failed(exc: RenderError) -> BadInput:
+    """The 422 of a template that does not render; a limit it hit is named in `details[].limit`."""
+    field, message = exc.part or "html", f"render error: {exc.message}"
+    detail: dict[str, Any] = {"field": field, "message": message}
+    if isinstance(exc, RenderLimitExceeded):
+        detail["limit"] = exc.limit
+    return BadInput(f"{field}: {message}", details=[detail])
+
+
+def empty_variable_warnings(paths: Sequence[str], context: Mapping[str, Any], *, sample: bool,
+                            unknown: Sequence[str] = ()) -> list[str]:
+    """One warning per contact variable the template uses that is empty (missing, null or blank) for the
+    previewed contact: it renders as nothing unless the template gives a fallback (`| default('…')`).
+    Unknown variables have their own warning."""
+    whom = "the sample contact" if sample else "this contact"
+    empty = [p for p in paths if p not in unknown and _contact_value(p.split("."))
+             and _is_empty(_lookup(context, p.split(".")))]
+    return [f"{path} is empty for {whom}" for path in empty]
+
+
+def _contact_value(parts: list[str]) -> bool:
+    """`name`, `email`, `contact.<field>` and `contact.attributes.<key>`: data that varies per contact."""
+    if parts[0] in ("name", "email"):
+        return len(parts) == 1
+    if parts[0] != "contact" or len(parts) < 2:
+        return False
+    return len(parts) >= 3 if parts[1] == "attributes" else parts[1] in CONTACT_FIELDS
+
+
+_MISSING = object()
+
+
+def _lookup(context: Mapping[str, Any], parts: list[str]) -> Any:
+    value: Any = context
+    for part in parts:
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _is_empty(value: Any) -> bool:
+    return value is _MISSING or value is None or (isinstance(value, str) and not value.strip())
 
 
 async def _preview_contact(session: AsyncSession, *, user_id: int, contact_id: int | None) -> dict[str, Any]:

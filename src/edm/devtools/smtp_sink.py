@@ -36,7 +36,8 @@ connected. A message is captured as soon as its DATA is complete — before `dat
 
 With `store_dir`, every message is also written as `<time_ns>-<counter>.eml` (atomically: written to a
 temp name, then renamed), prefixed with `Return-Path:` and `Delivered-To:` like a local delivery agent
-does, so another process (the demo's mailbox page, `edm` CLI) can list them with `list_stored(store_dir)`.
+does, so another process (the demo's mailbox page, `edm mailbox`) can list them with `list_stored(store_dir)`
+and open one with `read_stored(store_dir, number)`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
 from types import TracebackType
@@ -461,25 +464,107 @@ def _header(headers: Any, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
+def _stored_paths(store_dir: Path) -> list[Path]:
+    """The messages' files, oldest first (names start with the arrival time in nanoseconds)."""
+    directory = Path(store_dir)
+    return sorted(directory.glob("*.eml")) if directory.is_dir() else []
+
+
+def _received_at(path: Path) -> float:
+    return int(path.name.split("-", 1)[0]) / 1e9
+
+
 def list_stored(store_dir: Path) -> list[dict[str, Any]]:
     """Messages a sink wrote to `store_dir`, oldest first.
 
-    Each row: from, to, subject, subtask_id, received_at (epoch seconds), path.
+    Each row: number (1 for the oldest: what `read_stored` takes), from, to, subject, subtask_id,
+    received_at (epoch seconds), path.
     """
-    directory = Path(store_dir)
-    if not directory.is_dir():
-        return []
     rows = []
-    for path in sorted(directory.glob("*.eml")):
+    for number, path in enumerate(_stored_paths(store_dir), start=1):
         with path.open("rb") as handle:
             headers = _HEADER_PARSER.parse(handle)
         return_path = _header(headers, "Return-Path") or ""
         rows.append({
+            "number": number,
             "from": return_path.strip().removeprefix("<").removesuffix(">"),
             "to": _header(headers, "Delivered-To") or "",
             "subject": _header(headers, "Subject"),
             "subtask_id": _header(headers, SUBTASK_HEADER),
-            "received_at": int(path.name.split("-", 1)[0]) / 1e9,
+            "received_at": _received_at(path),
             "path": path,
         })
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str | None
+    content_type: str
+    size: int  # decoded bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One stored message, parsed for reading: what the demo mailbox page and `edm mailbox show` print."""
+
+    number: int
+    count: int  # messages in the store when it was read
+    received_at: float  # epoch seconds
+    headers: list[tuple[str, str]]  # decoded (RFC 2047 words undone), in order, Return-Path first
+    subject: str | None
+    text: str | None  # the text/plain body, if any
+    html: str | None  # the text/html body, if any
+    attachments: list[Attachment]
+    raw: bytes  # the file as stored: the message as received, after Return-Path and Delivered-To
+
+
+def read_stored(store_dir: Path, number: int) -> StoredMessage | None:
+    """Message `number` (1 = the oldest, as `list_stored` numbers them), or None when there is none."""
+    paths = _stored_paths(store_dir)
+    if not 1 <= number <= len(paths):
+        return None
+    path = paths[number - 1]
+    raw = path.read_bytes()
+    message = BytesParser(policy=default_policy).parsebytes(raw)
+    assert isinstance(message, EmailMessage)  # what the default policy builds
+    return StoredMessage(
+        number=number,
+        count=len(paths),
+        received_at=_received_at(path),
+        headers=[(name, _header_text(message, name, value)) for name, value in message.raw_items()],
+        subject=_header(message, "Subject"),
+        text=_body(message, "plain"),
+        html=_body(message, "html"),
+        attachments=[Attachment(part.get_filename(), part.get_content_type(), len(_payload(part)))
+                     for part in message.iter_attachments()],
+        raw=raw,
+    )
+
+
+def _header_text(message: EmailMessage, name: str, raw_value: str) -> str:
+    """A header's decoded value; the raw text when it is too malformed to decode."""
+    try:
+        return str(message.policy.header_fetch_parse(name, raw_value))
+    except Exception:  # captured mail is arbitrary input: show what arrived rather than fail
+        return raw_value
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None:
+        return None
+    try:
+        return str(part.get_content())
+    except (LookupError, ValueError):  # an unknown charset or a broken encoding: decode what is there
+        return _payload(part).decode("utf-8", "replace")
+
+
+def _payload(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def format_received(epoch: float) -> str:
+    """A stored message's arrival time for people: `2025-01-31 14:05:09 UTC`."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

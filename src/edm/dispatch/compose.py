@@ -24,7 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm import clock
 from edm.contacts.models import Contact, ContactTag, Tag
 from edm.content.models import Sender
-from edm.content.render import SAMPLE_CONTACT, CompiledTemplate, RenderError, build_context, compile_template
+from edm.content.render import (
+    SAMPLE_CONTACT,
+    CompiledTemplate,
+    RenderError,
+    RenderLimitExceeded,
+    build_context,
+    compile_template,
+    off_loop,
+)
 from edm.db.session import unit_of_work
 from edm.dispatch.message import build_message
 from edm.email_services.models import EmailService
@@ -50,6 +58,7 @@ CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "username", "phone
 class RenderFailure:
     code: str
     message: str
+    limit: str | None = None  # the render limit the template hit ("time", "size", "work"): its task stops
 
     def result(self, key: str) -> SendResult:
         return SendResult(key, Outcome.PERMANENT, provider_code=self.code, message=self.message[:500])
@@ -122,6 +131,9 @@ class Composer:
     # ---- messages ----------------------------------------------------------------------------------
 
     async def compose(self, claim: Any, *, with_mime: bool | None = None) -> dict[int, OutboundMessage | RenderFailure]:
+        """The claim's messages by SubTask id, or why one cannot be sent. Compiling and rendering run on the
+        render threads (`off_loop`), so a template that takes its whole time limit stalls neither this
+        worker's other dispatch loops nor its maintenance jobs."""
         config, service = await self.service_config(claim.service_id, self.vault)
         if with_mime is None:
             with_mime = capabilities_for(config).needs_mime
@@ -129,17 +141,20 @@ class Composer:
             tasks = {tid: await self._task(session, tid) for tid in {i.task_id for i in claim.items}}
             data_ids = [t.data_contact_id for t in tasks.values() if t is not None and t.data_contact_id]
             contacts = await _contacts(session, [i.contact_id for i in claim.items if i.contact_id] + data_ids)
-            templates = {tt: await self._template(session, tt) for tt in {i.task_template_id for i in claim.items}}
+            snapshots = {tt: await session.get(TaskTemplate, tt) for tt in {i.task_template_id for i in claim.items}
+                         if tt is not None and tt not in self._templates}
             org = await self._org_settings(session)
-        now = clock.utc_now()
         links: dict[int, tuple[int, str]] = {}
-        composed = {
-            item.subtask_id: self._one(item, service, tasks[item.task_id], templates[item.task_template_id],
-                                       _data_of(item, tasks[item.task_id], contacts), org, now, with_mime, links)
-            for item in claim.items
-        }
+        job = _Job(service, tasks, contacts, org, clock.utc_now(), with_mime, links)
+        composed = await off_loop(self._compose_all, claim.items, snapshots, job)
         await self._store_links(links)
         return composed
+
+    def _compose_all(self, items: list[Any], snapshots: dict[int, TaskTemplate | None],
+                     job: _Job) -> dict[int, OutboundMessage | RenderFailure]:
+        for task_template_id, snapshot in snapshots.items():
+            self._templates.setdefault(task_template_id, _compile(snapshot))
+        return {item.subtask_id: self._one(item, job) for item in items}
 
     async def _store_links(self, links: dict[int, tuple[int, str]]) -> None:
         """The tracked links the rendered mails point at, written before any of them is sent (one upsert)."""
@@ -156,16 +171,19 @@ class Composer:
         if len(self._known_links) > KNOWN_LINKS_LIMIT:
             self._known_links.clear()
 
-    def _one(self, item: Any, service: EmailService, task: TaskInfo | None, template: Any,
-             contact: dict[str, Any] | None, org: dict[str, str], now: dt.datetime, with_mime: bool,
-             links: dict[int, tuple[int, str]]) -> OutboundMessage | RenderFailure:
+    def _one(self, item: Any, job: _Job) -> OutboundMessage | RenderFailure:
+        service, org, now, with_mime, links = job.service, job.org, job.now, job.with_mime, job.links
+        task = job.tasks[item.task_id]
         if task is None:
             return RenderFailure("render_error", "task or sender missing")
+        if item.task_template_id is None:
+            return RenderFailure("render_error", "no template assigned")
+        template = self._templates[item.task_template_id]
         if isinstance(template, RenderFailure):
             return template
+        contact = _data_of(item, task, job.contacts) or {"email": item.recipient_email}
         key = str(item.public_id)
         unsubscribe_url = self.unsubscribe_url(item.public_id)
-        contact = contact or {"email": item.recipient_email}
         from_email = f"{task.sender_local}@{service.domain}"
         context = build_context(
             contact=contact, sender={"display_name": task.sender_name, "email": from_email},
@@ -194,6 +212,12 @@ class Composer:
                 to_name=to_name, reply_to=task.reply_to, content=content,
                 unsubscribe_url=unsubscribe_url, with_mime=with_mime,
             )
+        except RenderLimitExceeded as exc:
+            # A limit is the template's, not this contact's: its other recipients fail at once, without
+            # rendering, and the worker pauses the task.
+            failure = RenderFailure("render_error", str(exc), limit=exc.limit)
+            self._templates[item.task_template_id] = failure
+            return failure
         except RenderError as exc:
             return RenderFailure("render_error", str(exc))
         except ValueError as exc:  # an address or header value that cannot be put in a mail
@@ -224,14 +248,6 @@ class Composer:
                         is_test=is_test, data_contact_id=data_contact if isinstance(data_contact, int) else None)
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
-    async def _template(self, session: AsyncSession, task_template_id: int | None) -> CompiledTemplate | RenderFailure:
-        if task_template_id is None:
-            return RenderFailure("render_error", "no template assigned")
-        if task_template_id not in self._templates:
-            snapshot = await session.get(TaskTemplate, task_template_id)
-            self._templates[task_template_id] = _compile(snapshot)
-        return self._templates[task_template_id]
-
     async def _org_settings(self, session: AsyncSession) -> dict[str, str]:
         cached = self._org.get("org")
         if cached is None:
@@ -240,6 +256,19 @@ class Composer:
                    "footer_html": runtime.compliance_footer_html}
             cached = self._org.put("org", org)
         return cached  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What rendering a claim needs, read before it leaves the event loop."""
+
+    service: EmailService
+    tasks: dict[int, TaskInfo | None]
+    contacts: dict[int, dict[str, Any]]
+    org: dict[str, str]
+    now: dt.datetime
+    with_mime: bool
+    links: dict[int, tuple[int, str]]  # filled by the renders: tracked links to store before sending
 
 
 def _data_of(item: Any, task: TaskInfo | None, contacts: dict[int, dict[str, Any]]) -> dict[str, Any] | None:

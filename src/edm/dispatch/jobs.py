@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from edm import clock
 from edm.api import idempotency
-from edm.contacts.imports import run_imports
+from edm.contacts.imports import HEARTBEAT_EVERY, run_imports
+from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
@@ -51,7 +52,8 @@ class Maintenance:
             ("nonces", 3600.0, self.nonces),
             ("stats", 60.0, self.stats),
             ("tombstones", 86400.0, self.tombstones),
-            ("imports", 1.0, lambda: run_imports(self.worker.sessionmaker, worker_id=self.worker.id)),
+            ("imports", 1.0, lambda: run_imports(self.worker.sessionmaker, worker_id=self.worker.id,
+                                                 heartbeat_every=self.worker.scaled(HEARTBEAT_EVERY))),
             ("idempotency", 3600.0, lambda: idempotency.purge_expired(self.worker.sessionmaker)),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
@@ -60,8 +62,8 @@ class Maintenance:
         while not self.worker.stopping.is_set():
             try:
                 await job()
-            except Exception:
-                log.exception("job.failed", extra={"job": name})
+            except Exception as exc:  # logged, and the job runs again next period
+                log_failure(log, "job.failed", exc, job=name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.worker.stopping.wait(), timeout=self.worker.scaled(period))
 

@@ -705,8 +705,10 @@ async def _alert_if_needed(session: AsyncSession, service: EmailService, kind: s
 # Release and reclaim
 
 
-async def release(session: AsyncSession, *, claim: Claim, items: Sequence[ClaimedItem], now: dt.datetime) -> int:
-    """Give unstarted items back (graceful shutdown): pending, attempt not counted, outcome `released`."""
+async def release(session: AsyncSession, *, claim: Claim, items: Sequence[ClaimedItem], now: dt.datetime,
+                  message: str = "worker shut down") -> int:
+    """Give unstarted items back (graceful shutdown, or the database lost before sending): pending, attempt not
+    counted, outcome `released` with `message`."""
     if not items:
         return 0
     ids = [i.subtask_id for i in items]
@@ -720,7 +722,7 @@ async def release(session: AsyncSession, *, claim: Claim, items: Sequence[Claime
     )
     await session.execute(insert(SendAttempt), [
         {"subtask_id": i.subtask_id, "attempt_no": i.attempt_no, "service_id": claim.service_id,
-         "started_at": None, "finished_at": now, "outcome": "released", "message": "worker shut down"}
+         "started_at": None, "finished_at": now, "outcome": "released", "message": message}
         for i in items
     ])
     if claim.probe:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import __version__, clock
+from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
 from edm.dispatch import allocation, queue
 from edm.dispatch.compose import Composer, RenderFailure
@@ -149,8 +150,8 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 claim = await self._claim_next()
-            except Exception:  # a database hiccup must not kill the loop
-                log.exception("dispatch.claim_failed")
+            except Exception as exc:  # a database hiccup must not kill the loop
+                log_failure(log, "dispatch.claim_failed", exc)
                 claim = None
                 await self._sleep(self.scaled(1.0))
             if claim is None:
@@ -195,8 +196,15 @@ class Worker:
         return None
 
     async def _process(self, claim: queue.Claim) -> None:
-        service, adapter = await self._adapter_for(claim.service_id)
-        composed = await self.composer.compose(claim)
+        try:
+            service, adapter = await self._adapter_for(claim.service_id)
+            composed = await self.composer.compose(claim)
+        except Exception as exc:  # the database went away after the claim: nothing was sent yet
+            log_failure(log, "dispatch.compose_failed", exc, service_id=claim.service_id)
+            await self._give_back(claim)
+            await self._sleep(self.scaled(1.0))  # as after a failed claim: no tight loop while it lasts
+            return
+        await self._pause_render_limited(claim, composed)
         # A service saved before its provider's limit was checked must still never exceed it.
         batches = _batches(claim.items, min(service.batch_size, adapter.capabilities.max_batch))
         runs = [self._send_batch(adapter, batch, composed) for batch in batches]
@@ -204,6 +212,44 @@ class Worker:
         outcomes = [o for batch_outcomes, _ in results for o in batch_outcomes]
         unstarted = [i for _, batch_unstarted in results for i in batch_unstarted]
         await self._record(claim, outcomes, unstarted, adapter)
+
+    async def _give_back(self, claim: queue.Claim) -> None:
+        """Release a claim none of whose items was sent, so they are claimed again with no attempt counted.
+        Retried until the database answers: this loop has nothing else to do meanwhile, and a shutdown cancels
+        it after its grace (the lease then expires and the reclaimer settles the rows)."""
+        attempt = 0
+        while True:
+            try:
+                async with unit_of_work(self.sessionmaker) as session:
+                    await queue.release(session, claim=claim, items=claim.items, now=clock.utc_now(),
+                                        message="not sent: the database was unreachable before sending")
+                self.invalidate_snapshot()
+                return
+            except Exception as exc:
+                attempt += 1
+                log_failure(log, "dispatch.release_failed", exc, attempt=attempt)
+                await asyncio.sleep(self.scaled(min(2.0 ** attempt, 20.0)))
+
+    async def _pause_render_limited(self, claim: queue.Claim,
+                                    composed: dict[int, OutboundMessage | RenderFailure]) -> None:
+        """A template that hit a render limit would fail every recipient the same way: its task pauses
+        (reason `render_limit`) instead of burning through its list. The claimed SubTasks still fail
+        `render_error` when the claim is recorded."""
+        limited: dict[int, str] = {}
+        for item in claim.items:
+            failure = composed.get(item.subtask_id)
+            if isinstance(failure, RenderFailure) and failure.limit is not None:
+                limited.setdefault(item.task_id, failure.message)
+        if not limited:
+            return
+        try:
+            async with unit_of_work(self.sessionmaker) as session:
+                for task_id, message in limited.items():
+                    await lifecycle.pause_for_render_limit(session, task_id, detail=message)
+        except Exception as exc:  # the claim must still be sent and recorded; a later claim pauses the task
+            log_failure(log, "dispatch.render_limit_pause_failed", exc, task_ids=sorted(limited))
+            return
+        log.warning("dispatch.render_limit", extra={"task_ids": sorted(limited)})
 
     async def _adapter_for(self, service_id: int) -> tuple[EmailService, Adapter]:
         config, service = await self.composer.service_config(service_id, self.vault)

@@ -11,7 +11,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edm.api.deps import Admin, AdminWriter, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, page_of
+from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, page_of
 from edm.clock import utc_now
 from edm.contacts.emails import normalize_email
 from edm.dispatch import queue
@@ -94,6 +94,48 @@ def _split(body: ServiceFields) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return values, credentials
 
 
+# -- audit ------------------------------------------------------------------------------------------------
+# Every admin write here leaves an audit row (the status log keeps the service's own history as well).
+# Credentials and webhook secrets never go in: a credential change records only which fields were given.
+
+
+def _audit_actor(request: Request, caller: Caller) -> Actor:
+    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
+
+
+def _config_of(service: Any) -> dict[str, Any]:
+    """The service's configuration as JSON-ready values (no credentials)."""
+    values = {field: getattr(service, field) for field in services.CONFIG_FIELDS}
+    values["sending_interval_seconds"] = float(values["sending_interval_seconds"])
+    values["options"] = dict(values["options"] or {})
+    return values
+
+
+def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """{field: {"old", "new"}} for what moved; for `options`, only the names of the options that changed."""
+    changes: dict[str, Any] = {}
+    for field, old in before.items():
+        new = after[field]
+        if old == new:
+            continue
+        if field == "options":
+            changes[field] = {"changed": sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))}
+        else:
+            changes[field] = {"old": old, "new": new}
+    return changes
+
+
+def _credential_fields(credentials: dict[str, Any] | None) -> list[str]:
+    """The names of the credential fields an update set (an empty value keeps the stored one)."""
+    return sorted(k for k, v in (credentials or {}).items() if v not in (None, ""))
+
+
+async def _audit_service(session: Session, request: Request, caller: Caller, action: str, service_id: int,
+                         **details: Any) -> None:
+    await audit(session, _audit_actor(request, caller), action, target_type="email_service",
+                target_id=service_id, details=details)
+
+
 @router.get("/admin/services")
 async def list_services(request: Request, session: Session, caller: Admin) -> list[dict[str, Any]]:
     snaps = await queue.snapshot_services(session, now=utc_now())
@@ -108,6 +150,8 @@ async def create_service(body: ServiceCreate, request: Request, session: Session
     svc = await services.create_service(session, _vault(request), values=values, credentials=credentials,
                                         fake_allowed=settings.fake_provider_allowed, actor_user_id=caller.id,
                                         default_timezone=settings.default_timezone)
+    await _audit_service(session, request, caller, "service.create", svc.id, name=svc.name, provider=svc.provider,
+                         domain=svc.domain, credential_fields=_credential_fields(credentials))
     return services.public_view(svc, _vault(request))
 
 
@@ -122,27 +166,46 @@ async def get_service(service_id: IdPath, request: Request, session: Session, ca
 async def patch_service(service_id: IdPath, body: ServiceFields, request: Request, session: Session,
                         caller: AdminWriter) -> dict[str, Any]:
     values, credentials = _split(body)
+    before = _config_of(await services.get_service(session, service_id))
     svc = await services.update_service(session, _vault(request), service_id, values=values, credentials=credentials,
                                         fake_allowed=request.app.state.settings.fake_provider_allowed,
                                         actor_user_id=caller.id)
+    changes = _config_changes(before, _config_of(svc))
+    if changes:
+        await _audit_service(session, request, caller, "service.update", svc.id, changes=changes)
+    if _credential_fields(credentials):
+        await _audit_service(session, request, caller, "service.credentials_update", svc.id,
+                             fields=_credential_fields(credentials))
+        _forget_cached_targets(request, svc.provider)
     return services.public_view(svc, _vault(request))
 
 
 @router.delete("/admin/services/{service_id}", status_code=204)
-async def delete_service(service_id: IdPath, session: Session, caller: AdminWriter) -> Response:
+async def delete_service(service_id: IdPath, request: Request, session: Session, caller: AdminWriter) -> Response:
+    """Archive the service (disabled, credentials erased, hidden, kept for history). 409 `in_use` while
+    mappings exist or SubTasks are allocated to it."""
+    svc = await services.get_service(session, service_id)
+    name, provider = svc.name, svc.provider
     await services.archive_service(session, service_id, actor_user_id=caller.id)
+    await _audit_service(session, request, caller, "service.archive", service_id, name=name, provider=provider)
+    _forget_cached_targets(request, provider)
     return Response(status_code=204)
 
 
 @router.post("/admin/services/{service_id}/freeze")
-async def freeze_service(service_id: IdPath, body: FreezeBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def freeze_service(service_id: IdPath, body: FreezeBody, request: Request, session: Session,
+                         caller: AdminWriter) -> dict[str, Any]:
     await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
+    await _audit_service(session, request, caller, "service.freeze", service_id, reason=body.reason)
     return {"service_id": service_id, "done": "freeze"}
 
 
 @router.post("/admin/services/{service_id}/usage")
-async def set_usage(service_id: IdPath, body: UsageBody, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def set_usage(service_id: IdPath, body: UsageBody, request: Request, session: Session,
+                    caller: AdminWriter) -> dict[str, Any]:
     delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
+    await _audit_service(session, request, caller, "service.set_usage", service_id, used_today=body.used_today,
+                         adjustment_delta=delta)
     return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
 
 
@@ -187,10 +250,6 @@ class WebhookSecretBody(Strict):
     value: str | None = Field(None, min_length=8, max_length=4096,
                               description="the secret the provider gives you; omit it to have one generated")
     expires_at: dt.datetime | None = Field(None, description="optional: stop accepting it after this time")
-
-
-def _audit_actor(request: Request, caller: Any) -> Actor:
-    return Actor(caller.id, "token", request.client.host if request.client else None)
 
 
 def _forget_cached_targets(request: Request, provider: str) -> None:
@@ -254,6 +313,7 @@ async def service_action(service_id: IdPath, action: Literal["enable", "disable"
         await services.unfreeze(session, service_id, actor_user_id=caller.id)
     else:
         await services.clear_backoff(session, service_id, actor_user_id=caller.id)
+    await _audit_service(session, request, caller, f"service.{action.replace('-', '_')}", service_id)
     return {"service_id": service_id, "done": action}
 
 
@@ -285,27 +345,38 @@ async def list_mappings(session: Session, caller: Admin, page: Paging, user_id: 
 
 
 @router.post("/admin/mappings", status_code=201)
-async def create_mappings(body: MappingBody, session: Session, caller: AdminWriter) -> list[dict[str, Any]]:
-    """Assign many services to many users in one call."""
+async def create_mappings(body: MappingBody, request: Request, session: Session,
+                          caller: AdminWriter) -> list[dict[str, Any]]:
+    """Assign many services to many users in one call (one audit row for the call)."""
     created = []
     for user_id in body.user_ids:
         for service_id in body.service_ids:
             m = await services.map_user(session, user_id=user_id, service_id=service_id, actor_user_id=caller.id,
                                         is_active=body.is_active)
             created.append({"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active})
+    await audit(session, _audit_actor(request, caller), "mapping.assign", target_type="mapping", details={
+        "user_ids": body.user_ids, "service_ids": body.service_ids, "is_active": body.is_active,
+        "mappings": len(created)})
     return created
 
 
 @router.delete("/admin/mappings/{mapping_id}", status_code=204)
-async def delete_mapping(mapping_id: IdPath, session: Session, caller: AdminWriter) -> Response:
+async def delete_mapping(mapping_id: IdPath, request: Request, session: Session, caller: AdminWriter) -> Response:
+    mapping = await session.get(UserServiceMapping, mapping_id)
+    pair = None if mapping is None else {"user_id": mapping.user_id, "service_id": mapping.service_id}
     await services.delete_mapping(session, mapping_id)
+    await audit(session, _audit_actor(request, caller), "mapping.delete", target_type="mapping",
+                target_id=mapping_id, details=pair)
     return Response(status_code=204)
 
 
 @router.put("/admin/users/{user_id}/services")
-async def exact_services(user_id: IdPath, body: ExactServices, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def exact_services(user_id: IdPath, body: ExactServices, request: Request, session: Session,
+                         caller: AdminWriter) -> dict[str, Any]:
     ids = await services.set_user_services(session, user_id=user_id, service_ids=body.service_ids,
                                            actor_user_id=caller.id)
+    await audit(session, _audit_actor(request, caller), "mapping.set_user_services", target_type="user",
+                target_id=user_id, details={"service_ids": ids})
     return {"user_id": user_id, "service_ids": ids}
 
 

@@ -47,10 +47,15 @@ router = APIRouter(tags=["webhooks"])
 TARGET_CACHE_SECONDS = 5.0  # a changed secret is honoured within this time
 MISSING_ID_MESSAGE = "missing custom_args.subtask_id"
 SMTP = "smtp"  # its "webhook" is the DSN endpoint: raw reports, stored under source dsn / arf
+# The one answer to a caller that did not prove who it is, whatever the reason: a URL naming no service, a
+# service without a configured secret, or a signature that does not verify. Distinct answers would let
+# anyone probe which providers and services a deployment has configured; the log keeps the real reason.
+NOT_VERIFIED_MESSAGE = "webhook signature missing or invalid"
 
 
 class WebhookRefused(WebhookError):
-    """An answer other than 200 decided before parsing: unknown URL, secret missing, body too large."""
+    """An answer other than 200 decided before verification (unknown provider, malformed URL, body too large)
+    or after it (no id to match)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -103,7 +108,7 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
         body = await read_body(request, settings.webhook_max_bytes)
         incoming = _webhook_request(request, body)
         targets = await _targets(request, provider, service_id)
-        service = await _verify(request, handler, incoming, targets, settings)
+        service = await _verify(request, handler, incoming, targets, settings, service_id)
         parsed = _parse(handler, incoming)
         if parsed.control is not None:
             return await _control(request, provider, parsed)
@@ -193,10 +198,7 @@ async def _targets(request: Request, provider: str, service_id: int | None) -> t
         cache[provider] = entry
     if service_id is None:
         return entry.targets
-    chosen = tuple(t for t in entry.targets if t.service_id == service_id)
-    if not chosen:
-        raise WebhookRefused(404, "not_found", f"no {provider} service with id {service_id}")
-    return chosen
+    return tuple(t for t in entry.targets if t.service_id == service_id)
 
 
 async def _load_targets(request: Request, provider: str) -> tuple[WebhookTarget, ...]:
@@ -245,19 +247,27 @@ def active_secrets(credentials: Mapping[str, Any], now: dt.datetime) -> tuple[st
 
 
 async def _verify(request: Request, handler: WebhookHandler, incoming: WebhookRequest,
-                  targets: Sequence[WebhookTarget], settings: Settings) -> WebhookTarget | None:
-    """The service whose secret verifies the request. 401 when none does, or none has a secret."""
+                  targets: Sequence[WebhookTarget], settings: Settings, service_id: int | None) -> WebhookTarget | None:
+    """The service whose secret verifies the request. Otherwise the same 401 `invalid_signature` whether the
+    URL names no such service, no candidate has a secret, or none verifies; the reason goes to the log."""
+    if service_id is not None and not targets:
+        raise _not_verified(request, handler.provider, service_id, "unknown_service")
     usable = [t for t in targets if t.secrets or not handler.needs_secret]
     if not usable:
         if settings.allow_unsigned_webhooks:
             return targets[0] if len(targets) == 1 else None
-        raise WebhookRefused(401, "webhook_secret_missing",
-                             f"no webhook secret is configured for {handler.provider} services")
+        raise _not_verified(request, handler.provider, service_id, "webhook_secret_missing")
     ctx = VerifyContext(now=clock.utc_now(), fetch=_fetcher(request))
     for target in usable:
         if await handler.verify(incoming, target, ctx):
             return target
-    raise InvalidSignature("webhook signature missing or invalid")
+    raise _not_verified(request, handler.provider, service_id, "invalid_signature")
+
+
+def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
+    log.warning("webhook.rejected", extra={"provider": provider, "service_id": service_id, "reason": reason,
+                                           "request_id": getattr(request.state, "request_id", None)})
+    return InvalidSignature(NOT_VERIFIED_MESSAGE)
 
 
 def _fetcher(request: Request) -> Any:

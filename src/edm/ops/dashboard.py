@@ -10,8 +10,9 @@ totals per day (`users.credit.summary`); and alerts computed from all of that.
 
 Activity counts read the SubTasks of the user's campaigns that sent within the window or finished at most 30 days
 before it (opens and clicks arrive after the last send), through the task index: the cost grows with what the
-user sent recently, not with the size of the table. "Opened" counts recipients whose first human open falls in
-the window (machine opens are never counted, §10.4); likewise clicks; replies by `replied_at`.
+user sent recently, not with the size of the table. "Opened" counts recipients who opened (human: an open or a
+click, `tasks.stats.opened_human`, the definition of the task statistics) and whose first such open or click falls
+in the window; machine hits never count. Clicks count by the first human click, replies by `replied_at`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from edm.ops import queue_view
 from edm.ops.service import unread_count
 from edm.tasks import service as tasks
 from edm.tasks.models import SubTask, Task
+from edm.tasks.stats import first_opened_human_at
 from edm.tasks.status import PauseReason, TaskKind, TaskStatus
 from edm.users import credit
 from edm.users.models import User
@@ -84,7 +86,7 @@ async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> 
         or_(Task.completed_at.is_(None), Task.completed_at >= widest - ENGAGEMENT_TAIL),
         or_(Task.cancelled_at.is_(None), Task.cancelled_at >= widest - ENGAGEMENT_TAIL),
     )
-    measures = {"sent": SubTask.sent_at, "opened": SubTask.first_opened_at, "clicked": SubTask.first_clicked_at,
+    measures = {"sent": SubTask.sent_at, "opened": first_opened_human_at(), "clicked": SubTask.first_clicked_at,
                 "replied": SubTask.replied_at}
     columns = [_count_since(column, now - span).label(f"{name}_{window}")
                for window, span in WINDOWS.items() for name, column in measures.items()]

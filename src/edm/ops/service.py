@@ -35,13 +35,31 @@ class Actor:
 
 CLI = Actor(None, "cli")
 
+# Detail keys that name a secret. Callers pass only what is safe to keep (names of fields, ids, counts); the
+# helper still replaces these keys' values at any depth, so one careless caller cannot store a credential,
+# webhook secret, token or password in a table every admin can read.
+SECRET_DETAIL_KEYS = frozenset({
+    "password", "new_password", "current_password", "password_hash", "token", "token_hash", "secret", "secrets",
+    "webhook_secret", "webhook_secrets", "credentials", "api_key", "private_key", "signing_key",
+})
+REDACTED = "[redacted]"
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: REDACTED if str(k).lower() in SECRET_DETAIL_KEYS else _without_secrets(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_secrets(v) for v in value]
+    return value
+
 
 async def audit(session: AsyncSession, actor: Actor, action: str, *, target_type: str | None = None,
                 target_id: Any = None, details: dict[str, Any] | None = None) -> None:
-    """One audit row. `details` never holds secrets."""
+    """One audit row: who (`actor`), what (`action`, dotted: `service.update`), to which object, and details.
+    Details hold what an admin needs to see later, never a secret value (see SECRET_DETAIL_KEYS)."""
     session.add(AuditLog(actor_user_id=actor.user_id, actor_kind=actor.kind, action=action, target_type=target_type,
-                         target_id=None if target_id is None else str(target_id), details=details, ip=actor.ip,
-                         at=utc_now()))
+                         target_id=None if target_id is None else str(target_id),
+                         details=None if details is None else _without_secrets(details), ip=actor.ip, at=utc_now()))
     await session.flush()
 
 

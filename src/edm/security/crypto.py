@@ -1,41 +1,52 @@
 """Authenticated encryption of service credentials and webhook secrets at rest (SPEC §20.6).
 
-`EDM_ENCRYPTION_KEYS` is a comma-separated list of Fernet keys (or any passphrases, which are stretched
-into keys); the first encrypts, all decrypt, so keys rotate with `edm secrets rotate`.
+`EDM_ENCRYPTION_KEYS` is a comma-separated list of Fernet keys; the first encrypts, all decrypt, so keys rotate
+with `edm secrets rotate`. Outside production any passphrase is accepted too and stretched into a key (one
+SHA-256, no salt: convenient for demos and tests, too weak for real credentials), and without any key one is
+derived from the signing key. Production accepts real Fernet keys only: the settings refuse to start
+otherwise, and the vault itself refuses to stretch.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from edm.security.keys import encryption_key_problem, split_keys
 from edm.settings import Settings
 
 
-def _to_fernet_key(raw: str) -> bytes:
+def _to_fernet_key(raw: str, *, allow_passphrase: bool) -> bytes:
+    if not allow_passphrase:
+        problem = encryption_key_problem(raw)
+        if problem is not None:
+            raise ValueError(f"an encryption key {problem}")
+        return raw.encode()
     try:
         if len(base64.urlsafe_b64decode(raw.encode())) == 32:
             return raw.encode()
-    except (ValueError, base64.binascii.Error):  # type: ignore[attr-defined]
+    except (ValueError, binascii.Error):
         pass
     return base64.urlsafe_b64encode(hashlib.sha256(("edm-encryption:" + raw).encode()).digest())
 
 
 class Vault:
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], *, allow_passphrases: bool = True) -> None:
         if not keys:
             raise ValueError("at least one encryption key is required")
-        self._fernet = MultiFernet([Fernet(_to_fernet_key(k)) for k in keys])
+        self._fernet = MultiFernet([Fernet(_to_fernet_key(k, allow_passphrase=allow_passphrases)) for k in keys])
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
-        keys = [k.strip() for k in settings.encryption_keys.split(",") if k.strip()]
-        # Outside production a key is derived from the signing key so demos and tests need no setup;
-        # production refuses to start without EDM_ENCRYPTION_KEYS (settings validator).
+        keys = split_keys(settings.encryption_keys)
+        if settings.is_production:
+            return cls(keys, allow_passphrases=False)
+        # Outside production a key is derived from the signing key so demos and tests need no setup.
         return cls(keys or [settings.signing_key.decode()])
 
     def encrypt_json(self, value: dict[str, Any]) -> str:

@@ -106,11 +106,14 @@ async def _remove(session: Session, lst: SuppressionList, entry_id: int, reason:
 async def _import(request: Request, session: Session, lst: SuppressionList, caller: Caller) -> dict[str, Any]:
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
     form, upload = await uploads.csv_form(request, _IMPORT_FIELDS, limit)
-    encoding = form.get("encoding")
-    if encoding is not None and not isinstance(encoding, str):
-        raise BadInput.field("encoding", "must be a text field")
-    report = await csvio.import_csv(session, lst, upload.file, encoding=(encoding or "").strip() or None,
-                                    actor=_actor(caller, request), now=utc_now())
+    try:
+        encoding = form.get("encoding")
+        if encoding is not None and not isinstance(encoding, str):
+            raise BadInput.field("encoding", "must be a text field")
+        report = await csvio.import_csv(session, lst, upload.file, encoding=(encoding or "").strip() or None,
+                                        actor=_actor(caller, request), now=utc_now())
+    finally:
+        await form.close()
     return report.to_dict()
 
 

@@ -14,8 +14,10 @@ from sqlalchemy import select
 from edm.api.deps import MAX_ID, Caller, CurrentCaller, Id, IdPath, IdQuery, Paging, Session, Writer, page_of
 from edm.clock import utc_now
 from edm.errors import NotFound
+from edm.ops.service import Actor, audit
 from edm.tasks import actions, reports, service
 from edm.tasks.models import SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.tasks.recipients import RecipientRule
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
 from edm.tasks.status import DeliveryState, SendState, TaskKind, TaskStatus, allowed_actions
@@ -43,7 +45,7 @@ class TaskFields(Strict):
     description: str | None = Field(None, max_length=2000)
     sender_id: Id | None = None
     templates: list[TemplateChoice] | None = Field(None, min_length=1, max_length=20)
-    recipient_rule: dict[str, Any] | None = None
+    recipient_rule: RecipientRule | None = None
     timezone: str | None = None
     priority: int | None = Field(None, ge=0, le=9)
     track_opens: bool | None = None
@@ -119,6 +121,20 @@ async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: 
     return await service.get_task(session, task_id, user_id=None if (caller.is_admin and admin_may) else caller.id)
 
 
+def _audit_actor(caller: Caller, request: Request) -> Actor:
+    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
+
+
+async def _audit_if_admin_on_other(session: Session, request: Request, caller: Caller, task: Task, action: str,
+                                   status_before: str) -> None:
+    """An admin changing another user's task is audited (`task.pause`, `task.cancel`, ...); owners acting on
+    their own tasks are recorded in the task's status history only."""
+    if task.user_id == caller.id:
+        return
+    await audit(session, _audit_actor(caller, request), f"task.{action}", target_type="task", target_id=task.id,
+                details={"owner_user_id": task.user_id, "old_status": status_before, "new_status": task.status})
+
+
 @router.get("/tasks")
 async def list_tasks(session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None,
                      user_id: IdQuery = None) -> dict[str, Any]:
@@ -162,8 +178,13 @@ async def update_task(task_id: IdPath, body: TaskFields, session: Session, calle
 
 
 @router.delete("/tasks/{task_id}", status_code=204)
-async def delete_task(task_id: IdPath, session: Session, caller: Writer) -> Response:
-    await service.delete_task(session, await _own(session, caller, task_id, admin_may=True))
+async def delete_task(task_id: IdPath, request: Request, session: Session, caller: Writer) -> Response:
+    task = await _own(session, caller, task_id, admin_may=True)
+    owner, status_before = task.user_id, task.status
+    await service.delete_task(session, task)
+    if owner != caller.id:
+        await audit(session, _audit_actor(caller, request), "task.delete", target_type="task", target_id=task_id,
+                    details={"owner_user_id": owner, "old_status": status_before})
     return Response(status_code=204)
 
 
@@ -182,11 +203,14 @@ async def unschedule(task_id: IdPath, session: Session, caller: Writer) -> dict[
 
 
 @router.post("/tasks/{task_id}/pause")
-async def pause(task_id: IdPath, session: Session, caller: Writer, body: PauseBody | None = None) -> dict[str, Any]:
+async def pause(task_id: IdPath, request: Request, session: Session, caller: Writer,
+                body: PauseBody | None = None) -> dict[str, Any]:
     body = body or PauseBody()
     task = await _own(session, caller, task_id, admin_may=True)
-    return task_view(await service.pause(session, task, actor=str(caller.id), detail=body.detail,
-                                         resume_at=body.resume_at))
+    before = task.status
+    task = await service.pause(session, task, actor=str(caller.id), detail=body.detail, resume_at=body.resume_at)
+    await _audit_if_admin_on_other(session, request, caller, task, "pause", before)
+    return task_view(task)
 
 
 @router.post("/tasks/{task_id}/resume")
@@ -197,15 +221,21 @@ async def resume(task_id: IdPath, session: Session, caller: Writer, body: Resume
 
 
 @router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
+async def cancel(task_id: IdPath, request: Request, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
-    return task_view(await service.cancel(session, task, actor=str(caller.id)))
+    before = task.status
+    task = await service.cancel(session, task, actor=str(caller.id))
+    await _audit_if_admin_on_other(session, request, caller, task, "cancel", before)
+    return task_view(task)
 
 
 @router.post("/tasks/{task_id}/close")
-async def close(task_id: IdPath, session: Session, caller: Writer) -> dict[str, Any]:
+async def close(task_id: IdPath, request: Request, session: Session, caller: Writer) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
-    return task_view(await service.close(session, task, actor=str(caller.id)))
+    before = task.status
+    task = await service.close(session, task, actor=str(caller.id))
+    await _audit_if_admin_on_other(session, request, caller, task, "close", before)
+    return task_view(task)
 
 
 @router.post("/tasks/{task_id}/copy", status_code=201)
@@ -219,11 +249,19 @@ async def copy(task_id: IdPath, session: Session, caller: Writer) -> dict[str, A
 
 
 @router.post("/tasks/batch")
-async def batch(body: BatchBody, session: Session, caller: Writer) -> dict[str, Any]:
+async def batch(body: BatchBody, request: Request, session: Session, caller: Writer) -> dict[str, Any]:
     """Pause or resume up to 50 tasks, each on its own; the result per task in request order (`ok` and the new
     `status`, or `error` with the code and message the single endpoint would give)."""
     results = await actions.batch_transition(session, action=body.action, task_ids=body.task_ids, user_id=caller.id,
                                              is_admin=caller.is_admin, actor=str(caller.id))
+    if caller.is_admin:  # only admins reach other users' tasks here (pause): audit those, one row per task
+        done = {r["task_id"]: r["status"] for r in results if r["ok"]}
+        owners = (await session.execute(select(Task.id, Task.user_id).where(Task.id.in_(done)))).all() if done else []
+        for task_id, owner in owners:
+            if owner != caller.id:
+                await audit(session, _audit_actor(caller, request), f"task.{body.action}", target_type="task",
+                            target_id=task_id, details={"owner_user_id": owner, "new_status": done[task_id],
+                                                        "batch": True})
     applied = sum(1 for r in results if r["ok"])
     return {"applied": applied, "failed": len(results) - applied, "results": results}
 

@@ -14,6 +14,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.email_services.models import UserServiceMapping
+from edm.errors import InvalidTransition
 from edm.ops.runtime_settings import RuntimeSettings
 from edm.tasks.models import SubTask, Task
 from edm.tasks.status import (
@@ -178,6 +179,24 @@ def _threshold_crossed(rates: dict[str, int], limits: dict[str, float]) -> str |
     if bounce_rate >= limits["max_bounce_rate"]:
         return f"bounce rate {bounce_rate:.1%} ≥ {limits['max_bounce_rate']:.0%} over {sent} sends"
     return None
+
+
+# ---- templates that hit a render limit at send time ---------------------------------------------------
+
+
+async def pause_for_render_limit(session: AsyncSession, task_id: int, *, detail: str) -> bool:
+    """A template of a running task hit a render limit (time, size, work) while a worker rendered it: its
+    other recipients would hit it too, so the task pauses with reason `render_limit` and the limit in its
+    detail, for its owner to see. False when the task is not running any more (paused by another worker,
+    cancelled, finished)."""
+    detail = detail[:1000]
+    try:
+        await transition(session, task_id, TaskAction.AUTO_PAUSE, reason=PauseReason.RENDER_LIMIT, detail=detail,
+                         values={"pause_reason": PauseReason.RENDER_LIMIT, "pause_detail": detail,
+                                 "waiting_reason": None, "waiting_until": None})
+    except InvalidTransition:
+        return False
+    return True
 
 
 # ---- waiting reasons and the unavailable pause (SPEC §5.4, §7.10) -------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import Select, and_, case, exists, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,9 +27,30 @@ EXCLUSION_ORDER = (
     "complained",
     "suppression_list",
 )
-RULE_TYPES = ("specific", "tag_based", "all_contacts")
+RuleType = Literal["specific", "tag_based", "all_contacts"]
+RULE_TYPES: tuple[str, ...] = get_args(RuleType)
 MAX_SPECIFIC = 50_000
 MAX_ID = 2**63 - 1
+RuleId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]  # a JSON integer: "7" and true are refused
+
+
+class RecipientRule(BaseModel):
+    """A recipient rule as clients send it: the `recipient_rule` of task creation and update, and the body of
+    the estimate. `Rule.parse` takes its dump and checks what depends on the type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: RuleType = Field(description="`specific`: the listed contacts; `tag_based`: contacts with any of the "
+                                        "included tags; `all_contacts`: every contact of the owner")
+    contact_ids: list[RuleId] = Field(default_factory=list, max_length=MAX_SPECIFIC,
+                                      description="`specific` only: 1 to 50,000 contact ids")
+    include_tag_ids: list[RuleId] = Field(default_factory=list, description="`tag_based` only: at least one tag "
+                                          "id; a parent tag stands for itself and its children")
+    exclude_tag_ids: list[RuleId] = Field(default_factory=list, description="`tag_based` and `all_contacts`: "
+                                          "contacts with any of these tags (or their children) are left out")
+
+    def to_rule(self) -> Rule:
+        return Rule.parse(self.model_dump(exclude_unset=True))
 
 
 @dataclass(frozen=True)

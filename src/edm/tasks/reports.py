@@ -33,7 +33,7 @@ from edm.email_services.models import EmailService
 from edm.events.models import Event, MatchStatus
 from edm.events.vocabulary import EventType
 from edm.tasks.models import SendAttempt, SubTask, Task, TaskTemplate
-from edm.tasks.stats import _assemble, _Group
+from edm.tasks.stats import _assemble, _Group, clicked_human, clicked_total, opened_human, opened_total
 from edm.tasks.status import DeliveryState, SendState
 from edm.tracking.models import TrackedLink
 
@@ -101,10 +101,10 @@ def display_status() -> Any:
 
 def _engagement(kind: Engagement) -> Any:
     s = SubTask
-    opened = (s.open_count > 0) | (s.click_count > 0)
+    opened = opened_human()
     return {
         Engagement.OPENED: opened,
-        Engagement.CLICKED: s.click_count > 0,
+        Engagement.CLICKED: clicked_human(),
         Engagement.UNSUBSCRIBED: s.unsubscribed_at.is_not(None),
         Engagement.NONE: ~opened & s.unsubscribed_at.is_(None) & s.replied_at.is_(None),
     }[kind]
@@ -257,11 +257,9 @@ def _stat_groups() -> tuple[list[Any], list[Any]]:
     path), so that a template's figures mean exactly what the task's figures mean."""
     s = SubTask
     tried = case((s.attempts > 0, True), else_=False)
-    opened = (s.open_count > 0) | (s.click_count > 0)
-    opened_any = opened | (s.machine_open_count > 0) | (s.machine_click_count > 0)
     keys = [s.send_state, tried, s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state]
-    sums = [func.count(), _count_if(opened), _count_if(opened_any), _count_if(s.click_count > 0),
-            _count_if((s.click_count > 0) | (s.machine_click_count > 0)), func.sum(s.open_count),
+    sums = [func.count(), _count_if(opened_human()), _count_if(opened_total()), _count_if(clicked_human()),
+            _count_if(clicked_total()), func.sum(s.open_count),
             func.sum(s.machine_open_count), func.sum(s.click_count), func.sum(s.machine_click_count),
             _count_if(s.unsubscribed_at.is_not(None)), _count_if(s.replied_at.is_not(None))]
     return keys, sums
@@ -351,7 +349,7 @@ async def by_domain(session: AsyncSession, task_id: int, *, top: int = TOP_DOMAI
             for d, n, sent, bounced, opened in await session.execute(
                 select(domain, func.count(), _count_if(s.send_state == SendState.SENT),
                        _count_if(s.delivery_state.in_(BOUNCED_STATES)),
-                       _count_if((s.open_count > 0) | (s.click_count > 0)))
+                       _count_if(opened_human()))
                 .where(s.task_id == task_id).group_by(domain))]
     rows.sort(key=lambda r: (-r["sent"], -r["recipients"], r["domain"]))
     rest = rows[top:]

@@ -4,6 +4,7 @@ and decisions on uncertain SubTasks. Services: they flush, entry points commit."
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.clock import utc_now
 from edm.contacts.models import Contact
 from edm.content.models import Sender, Template
-from edm.content.render import RenderError, build_context, compile_template
+from edm.content.render import RenderError, RenderLimitExceeded, build_context, compile_template, off_loop
 from edm.errors import (
     BadInput,
     ComplianceIncomplete,
@@ -197,16 +198,37 @@ async def _test_render(session: AsyncSession, task: Task, templates: list[TaskTe
             "attributes": contact.custom_attributes or {}} if contact else {"email": "sample@example.com"}
     context = build_context(contact=data, sender={}, task={"name": task.name, "scheduled_at": task.schedule_at},
                             org={}, unsubscribe_url="https://example.invalid/u/test", now=utc_now())
+    sources = []
     for task_template in templates:
         template = await session.get(Template, task_template.template_id)
         if template is None:
             raise BadInput.field("templates", f"template {task_template.template_id} no longer exists")
+        sources.append(_TemplateSource(template.id, template.name, template.subject, template.html, template.text,
+                                       template.preheader, template.inline_css))
+    await off_loop(_render_each, sources, context)  # rendering may take its whole time limit: not on the loop
+
+
+@dataclass(frozen=True)
+class _TemplateSource:
+    id: int
+    name: str
+    subject: str
+    html: str
+    text: str | None
+    preheader: str | None
+    inline_css: bool
+
+
+def _render_each(sources: list[_TemplateSource], context: dict[str, Any]) -> None:
+    for source in sources:
         try:
-            compile_template(subject=template.subject, html=template.html, text=template.text,
-                             preheader=template.preheader, inline_css=template.inline_css).render(context)
+            compile_template(subject=source.subject, html=source.html, text=source.text,
+                             preheader=source.preheader, inline_css=source.inline_css).render(context)
         except RenderError as exc:
-            raise BadInput(f"template {template.name!r} does not render: {exc}",
-                           details=[{"field": "templates", "message": str(exc), "template_id": template.id}]) from None
+            detail: dict[str, Any] = {"field": "templates", "message": str(exc), "template_id": source.id}
+            if isinstance(exc, RenderLimitExceeded):
+                detail["limit"] = exc.limit
+            raise BadInput(f"template {source.name!r} does not render: {exc}", details=[detail]) from None
 
 
 async def unschedule(session: AsyncSession, task: Task, *, actor: str) -> Task:

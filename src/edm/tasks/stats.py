@@ -4,14 +4,21 @@ On PostgreSQL the counts are read from `task_stat_counters`, which a trigger on 
 same transaction as every row change (migration 0002): a few dozen rows to sum, whatever the task's size.
 On SQLite they come from one grouped aggregate over the task's rows. Rates are derived. `recount()` is the
 independent check used by `edm stats verify`: every row read and classified in Python.
+
+"Opened" has one definition, here, used by the statistics, the reports, the dashboards and the recipient
+filters: a recipient opened the message (human) when a person opened it or clicked in it. A click proves the
+open even when the images, and so the pixel, were blocked. Machine hits (scanners, previews, privacy proxies)
+never count as a person's; `opened_total` counts them as well. (The PostgreSQL counter trigger of migration
+0002 spells the same expressions in SQL; `recount()` checks the two agree.)
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text
+from sqlalchemy import ColumnElement, case, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.tasks.models import SubTask, TaskStatCounter
@@ -19,6 +26,32 @@ from edm.tasks.status import SendState
 
 DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
 _BOUNCED = ("soft_bounced", "hard_bounced", "rejected")
+
+
+def opened_human() -> ColumnElement[bool]:
+    """The SubTask's recipient opened the message: a human open or a human click."""
+    return (SubTask.open_count > 0) | (SubTask.click_count > 0)
+
+
+def opened_total() -> ColumnElement[bool]:
+    """Any open or click, a machine's included."""
+    return opened_human() | (SubTask.machine_open_count > 0) | (SubTask.machine_click_count > 0)
+
+
+def clicked_human() -> ColumnElement[bool]:
+    return SubTask.click_count > 0
+
+
+def clicked_total() -> ColumnElement[bool]:
+    return (SubTask.click_count > 0) | (SubTask.machine_click_count > 0)
+
+
+def first_opened_human_at() -> ColumnElement[dt.datetime]:
+    """When the recipient first opened (human): the earlier of the first human open and the first human click;
+    NULL when neither happened. (Spelled as a CASE: SQLite's min() of a NULL is NULL.)"""
+    opened, clicked = SubTask.first_opened_at, SubTask.first_clicked_at
+    return case((opened.is_(None), clicked), (clicked.is_(None), opened), (clicked < opened, clicked),
+                else_=opened)
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -83,8 +116,6 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
 
 async def _from_rows(session: AsyncSession, task_id: int) -> dict[str, Any]:
     s = SubTask
-    opened = (s.open_count > 0) | (s.click_count > 0)
-    opened_any = opened | (s.machine_open_count > 0) | (s.machine_click_count > 0)
     rows = (await session.execute(
         select(
             s.send_state,
@@ -94,10 +125,10 @@ async def _from_rows(session: AsyncSession, task_id: int) -> dict[str, Any]:
             s.last_error_class,
             s.delivery_state,
             func.count().label("n"),
-            func.sum(case((opened, 1), else_=0)),
-            func.sum(case((opened_any, 1), else_=0)),
-            func.sum(case((s.click_count > 0, 1), else_=0)),
-            func.sum(case(((s.click_count > 0) | (s.machine_click_count > 0), 1), else_=0)),
+            func.sum(case((opened_human(), 1), else_=0)),
+            func.sum(case((opened_total(), 1), else_=0)),
+            func.sum(case((clicked_human(), 1), else_=0)),
+            func.sum(case((clicked_total(), 1), else_=0)),
             func.sum(s.open_count), func.sum(s.machine_open_count),
             func.sum(s.click_count), func.sum(s.machine_click_count),
             func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
@@ -175,23 +206,25 @@ def _assemble(groups: list[_Group]) -> dict[str, Any]:
 
 
 async def recount(session: AsyncSession, task_id: int) -> dict[str, Any]:
-    """Independent recount: stream every row and classify it in Python, then assemble the same shape."""
+    """Independent recount: stream every row and classify it in Python, then assemble the same shape. Whether
+    a row counts as opened or clicked is read with the one definition above, evaluated per row."""
     groups: dict[tuple[Any, ...], _Group] = {}
     rows = await session.stream(select(
         SubTask.send_state, SubTask.attempts, SubTask.charged, SubTask.suppressed_reason, SubTask.last_error_class,
         SubTask.delivery_state, SubTask.open_count, SubTask.machine_open_count, SubTask.click_count,
         SubTask.machine_click_count, SubTask.unsubscribed_at, SubTask.replied_at,
+        opened_human().label("opened_human"), opened_total().label("opened_total"),
+        clicked_human().label("clicked_human"), clicked_total().label("clicked_total"),
     ).where(SubTask.task_id == task_id))
     async for r in rows:
         key = (r.send_state, r.attempts > 0, bool(r.charged), r.suppressed_reason, r.last_error_class,
                r.delivery_state)
         g = groups.setdefault(key, _Group(*key, 0, *([0] * 10)))
         g.n += 1
-        human = r.open_count > 0 or r.click_count > 0
-        g.opened_human += human
-        g.opened_total += human or r.machine_open_count > 0 or r.machine_click_count > 0
-        g.clicked_human += r.click_count > 0
-        g.clicked_total += r.click_count > 0 or r.machine_click_count > 0
+        g.opened_human += bool(r.opened_human)
+        g.opened_total += bool(r.opened_total)
+        g.clicked_human += bool(r.clicked_human)
+        g.clicked_total += bool(r.clicked_total)
         g.opens += r.open_count
         g.machine_opens += r.machine_open_count
         g.clicks += r.click_count

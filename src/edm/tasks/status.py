@@ -27,6 +27,7 @@ class PauseReason(enum.StrEnum):
     ERROR_THRESHOLD = "error_threshold"  # bounce/failure rate crossed
     SERVICE_UNAVAILABLE = "service_unavailable"  # no usable service for the grace period
     NO_CAPACITY_LEFT = "no_capacity_left"  # on_capacity_exhausted = pause and all quotas used
+    RENDER_LIMIT = "render_limit"  # a template hit a render limit (time, size, work) at send time
 
 
 class WaitingReason(enum.StrEnum):
@@ -85,7 +86,7 @@ class TaskAction(enum.StrEnum):
     FIRST_CLAIM = "first_claim"  # system: first SubTask allocated
     FINISH = "finish"  # system: finalizer found nothing open
     PAUSE = "pause"  # user/admin
-    AUTO_PAUSE = "auto_pause"  # system: error threshold, service unavailable, no capacity
+    AUTO_PAUSE = "auto_pause"  # system: error threshold, service unavailable, no capacity, render limit
     RESUME = "resume"
     CANCEL = "cancel"
     CLOSE = "close"

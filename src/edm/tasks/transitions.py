@@ -40,7 +40,7 @@ async def transition(
         current = await _current_status(session, task_id)
         if expected is not None and current != expected:
             break
-        target = to if (to is not None and target_of(current, action) is not None) else target_of(current, action)
+        target = next_status(current, action, to)
         if target is None:
             break
         if await _compare_and_set(session, task_id, current, target, values or {}):
@@ -56,6 +56,15 @@ async def transition(
         current_status=current,
         allowed_actions=allowed_actions(current),
     )
+
+
+def next_status(current: TaskStatus, action: TaskAction, to: TaskStatus | None = None) -> TaskStatus | None:
+    """Where `action` takes a task that is `current`: None when the table refuses it; else `to` where the caller
+    chose among several targets (resume), or the table's own target."""
+    target = target_of(current, action)
+    if target is None:
+        return None
+    return to if to is not None else target
 
 
 async def _current_status(session: AsyncSession, task_id: int) -> TaskStatus:

@@ -14,17 +14,22 @@ still suppresses the address and marks the contact.
 Public and lean: plain HTML, no pydantic. Bad or unknown tokens get a neutral 404 page, never an error body
 that says why. The pixel and the click are plain Starlette routes whose database work goes through
 `tracking.hits` (hits arriving together share one round trip).
+
+While the database is unreachable the pixel still answers its GIF (the hit is lost), and the click and the
+unsubscribe pages answer a 503 page with `Retry-After`: the link works again once the database is back.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import ipaddress
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -32,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from edm import clock
+from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.events import apply as event_apply
 from edm.events import ingest
 from edm.events.vocabulary import EventType, NormalizedEvent
@@ -55,6 +61,25 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRA
 TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded; template test
 # sends carry a real token, and the page sees from the SubTask's task that it was a test
 MAX_BODY = 64 * 1024
+
+P = ParamSpec("P")
+
+
+def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
+    """The endpoint, answering a "try again in a moment" page (503, `Retry-After`) instead of an error while the
+    database cannot be reached: a person clicked a link and should read a sentence, not an API error body."""
+    @functools.wraps(endpoint)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            return await endpoint(*args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("tracking.database_unavailable", extra={"endpoint": endpoint.__name__,
+                                                                "error": type(exc).__name__})
+            return _page("Try again in a moment", "This link cannot be followed right now. Please try again in a "
+                         "few moments.", status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return guarded
 
 
 async def open_pixel(request: Request) -> Response:
@@ -94,6 +119,7 @@ def truncated_ip(address: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
 
 
+@_page_while_database_down
 async def click(request: Request) -> Response:
     """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
     anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to).
@@ -134,6 +160,7 @@ def _link_not_valid() -> HTMLResponse:
 
 
 @router.get("/u/{token}")
+@_page_while_database_down
 async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     if token == TEST_TOKEN:
         return _test_page()
@@ -147,6 +174,7 @@ async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
 
 
 @router.post("/u/{token}")
+@_page_while_database_down
 async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
     await _drain(request)  # `List-Unsubscribe=One-Click` or the page's button: the token alone decides
     if token == TEST_TOKEN:
@@ -236,11 +264,12 @@ def _not_valid() -> HTMLResponse:
     return _page("Link not valid", "This unsubscribe link is not valid.", status=404)
 
 
-def _page(title: str, message: str, *, button: bool = False, status: int = 200) -> HTMLResponse:
+def _page(title: str, message: str, *, button: bool = False, status: int = 200,
+          headers: dict[str, str] | None = None) -> HTMLResponse:
     form = ('<form method="post"><button type="submit">Unsubscribe</button></form>' if button else "")
     body = (f'<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
             f"<title>{html.escape(title)}</title></head><body style=\"font-family:sans-serif;max-width:32em;"
             f'margin:4em auto"><h1>{html.escape(title)}</h1><p>{message}</p>{form}</body></html>')
-    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 

@@ -10,12 +10,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, page_of
-from edm.clock import utc_now
 from edm.errors import Forbidden, NotFound, Unauthenticated
 from edm.ops.service import Actor, audit
 from edm.users import sessions
 from edm.users.models import ApiToken, Role, TokenScope, User
 from edm.users.service import create_token, create_user, delete_user, reset_password, update_user
+from edm.users.service import revoke_token as revoke_own_token
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -67,10 +67,12 @@ def _actor(caller: Caller, request: Request) -> Actor:
     return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
-def _self_service(caller: Caller) -> None:
-    """Password and session changes: any role with its session, or a write-scope token."""
+def _self_service(caller: Caller, what: str = "the password or sessions") -> None:
+    """Password, session and token changes: any role with its console session, or a write-scope token. A
+    read-scope token is handed to scripts that should only look: it must not mint itself a write token or
+    revoke its owner's other tokens."""
     if caller.kind != "session" and caller.scope != TokenScope.WRITE:
-        raise Forbidden("a read-scope token cannot change the password or sessions")
+        raise Forbidden(f"a read-scope token cannot change {what}")
 
 
 def _secure_cookie(request: Request) -> bool:
@@ -174,20 +176,22 @@ async def my_tokens(session: Session, caller: CurrentCaller, page: Paging) -> di
 
 
 @router.post("/me/tokens", status_code=201)
-async def new_token(body: TokenCreate, session: Session, caller: CurrentCaller) -> dict[str, Any]:
-    """The token is returned once; only its hash is stored. Read-only users get read tokens only."""
-    scope = TokenScope.READ if caller.user.role == Role.READ_ONLY or caller.scope == TokenScope.READ else body.scope
+async def new_token(body: TokenCreate, request: Request, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+    """The token is returned once; only its hash is stored. Needs the console session or a write-scope token
+    (403 with a read-scope token); read-only users get read tokens only."""
+    _self_service(caller, "API tokens")
+    scope = TokenScope.READ if caller.user.role == Role.READ_ONLY else body.scope
     token, row = await create_token(session, user_id=caller.id, name=body.name, scope=scope,
-                                    expires_at=body.expires_at)
+                                    expires_at=body.expires_at, actor=_actor(caller, request))
     return {"id": row.id, "name": row.name, "scope": row.scope, "token": token}
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: IdPath, session: Session, caller: CurrentCaller) -> Response:
-    row = await session.get(ApiToken, token_id)
-    if row is None or row.user_id != caller.id:
-        raise NotFound("token not found")
-    row.revoked_at = utc_now()
+async def revoke_token(token_id: IdPath, request: Request, session: Session, caller: CurrentCaller) -> Response:
+    """Revoke one of the caller's tokens; it fails from the next request. Needs the console session or a
+    write-scope token (403 with a read-scope token)."""
+    _self_service(caller, "API tokens")
+    await revoke_own_token(session, user_id=caller.id, token_id=token_id, actor=_actor(caller, request))
     return Response(status_code=204)
 
 

@@ -98,15 +98,20 @@ class ConsoleSession(IdMixin, Base):
 
 
 class LoginAttempt(IdMixin, Base):
-    """Failed (and successful) logins, for throttling by username and by IP across API processes."""
+    """Failed (and successful) logins, for throttling by account, by the identifier typed and by IP across API
+    processes."""
 
     __tablename__ = "login_attempts"
     __table_args__ = (
         Index("ix_login_attempts_username_at", "username", "at"),
+        Index("ix_login_attempts_user_id_at", "user_id", "at"),
         Index("ix_login_attempts_ip_at", "ip", "at"),
     )
 
     username: Mapped[str] = mapped_column(String(320))  # as typed, lower-cased
+    # The account the identifier resolved to (username or email), so both spellings count against it. No
+    # foreign key: attempts are pruned after a day, and a deleted user's rows are harmless until then.
+    user_id: Mapped[int | None] = mapped_column(BigId)
     ip: Mapped[str | None] = mapped_column(String(64))
     succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -85,9 +85,10 @@ def _hash_token(token: str) -> str:
 
 async def create_token(
     session: AsyncSession, *, user_id: int, name: str, scope: str = TokenScope.WRITE,
-    expires_at: dt.datetime | None = None,
+    expires_at: dt.datetime | None = None, actor: Actor | None = None,
 ) -> tuple[str, ApiToken]:
-    """Returns the token text (shown once) and its row; only the SHA-256 hash is stored."""
+    """Returns the token text (shown once) and its row; only the SHA-256 hash is stored. With an `actor` the
+    creation is audited (`token.create`: name, scope, expiry, never the token or its hash)."""
     if not 1 <= len(name.strip()) <= 100:
         raise BadInput.field("name", "must be 1–100 characters")
     if scope not in set(TokenScope):
@@ -97,7 +98,24 @@ async def create_token(
                    token_hash=_hash_token(token), expires_at=expires_at)
     session.add(row)
     await session.flush()
+    if actor is not None:
+        await audit(session, actor, "token.create", target_type="api_token", target_id=row.id,
+                    details={"user_id": user_id, "name": row.name, "scope": row.scope,
+                             "expires_at": expires_at.isoformat() if expires_at else None})
     return token, row
+
+
+async def revoke_token(session: AsyncSession, *, user_id: int, token_id: int, actor: Actor) -> None:
+    """Revoke one of the user's tokens (404 for a token of anyone else); it fails from the next request.
+    Audited as `token.revoke` the first time."""
+    row = await session.get(ApiToken, token_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound("token not found")
+    if row.revoked_at is not None:
+        return
+    row.revoked_at = utc_now()
+    await audit(session, actor, "token.revoke", target_type="api_token", target_id=row.id,
+                details={"user_id": user_id, "name": row.name, "scope": row.scope})
 
 
 async def authenticate_token(session: AsyncSession, token: str) -> tuple[User, str]:

@@ -4,9 +4,12 @@ The session id is 256 random bits sent in the `edm_session` cookie; only its SHA
 has a CSRF secret that state-changing requests made with the cookie must echo in `X-CSRF-Token`.
 
 Throttling reads the `login_attempts` table, so it holds across API processes: after `USERNAME_LIMIT` failed
-attempts for one username within `WINDOW`, or `IP_LIMIT` from one IP, further attempts are refused (429 with
-`Retry-After`) until the window has passed. Refused attempts are not recorded, so hammering does not extend
-the block. Rows older than `KEEP_ATTEMPTS` and expired sessions are pruned by each login.
+attempts for one account within `WINDOW`, or `IP_LIMIT` from one IP, further attempts are refused (429 with
+`Retry-After`) until the window has passed. An account's failures are those recorded under the user id its
+identifier resolved to *or* under the identifier typed, so guesses spread over the username and the email (in
+any case) add up; an identifier that names no account is throttled by itself. Refused attempts are not
+recorded, so hammering does not extend the block. Rows older than `KEEP_ATTEMPTS` and expired sessions are
+pruned by each login.
 
 Services take the caller's session and flush; the entry point commits.
 """
@@ -85,17 +88,20 @@ async def _throttled_until(session: AsyncSession, condition: Any, limit: int, no
     return None if oldest is None else oldest + WINDOW
 
 
-async def check_throttle(session: AsyncSession, *, login: str, ip: str | None) -> None:
-    """Raise RateLimited while `login` or `ip` has too many recent failures. Failures before the username's
-    last successful login do not count against the username."""
+async def check_throttle(session: AsyncSession, *, login: str, ip: str | None, user_id: int | None = None) -> None:
+    """Raise RateLimited while the account (`user_id`, the account `login` resolved to, when it names one),
+    the identifier `login` itself, or `ip` has too many recent failures. Failures before the account's last
+    successful login do not count against it."""
     now = utc_now()
     key = _login_key(login)
+    by_account = LoginAttempt.username == key
+    if user_id is not None:
+        by_account = or_(by_account, LoginAttempt.user_id == user_id)
     last_success = await session.scalar(select(func.max(LoginAttempt.at)).where(
-        LoginAttempt.username == key, LoginAttempt.succeeded.is_(True), LoginAttempt.at > now - WINDOW))
-    by_name = LoginAttempt.username == key
+        by_account, LoginAttempt.succeeded.is_(True), LoginAttempt.at > now - WINDOW))
     if last_success is not None:
-        by_name = by_name & (LoginAttempt.at > last_success)
-    until = [await _throttled_until(session, by_name, USERNAME_LIMIT, now)]
+        by_account = by_account & (LoginAttempt.at > last_success)
+    until = [await _throttled_until(session, by_account, USERNAME_LIMIT, now)]
     if ip:
         until.append(await _throttled_until(session, LoginAttempt.ip == ip, IP_LIMIT, now))
     latest = max((u for u in until if u is not None), default=None)
@@ -127,10 +133,10 @@ async def login(session: AsyncSession, *, login: str, password: str, ip: str | N
     """Check the throttle, then the credentials. Every attempt is recorded; a failure is audited with its real
     reason (never the password) and returned, so the caller can commit the record before answering 401."""
     await prune(session)
-    await check_throttle(session, login=login, ip=ip)
-    now = utc_now()
     key = _login_key(login)
     user = await _find_login_user(session, key)
+    await check_throttle(session, login=login, ip=ip, user_id=user.id if user else None)
+    now = utc_now()
     reason = None
     if user is None:
         waste_time(password)  # same work as a real check: timing does not tell whether the user exists
@@ -139,7 +145,8 @@ async def login(session: AsyncSession, *, login: str, password: str, ip: str | N
         reason = "wrong_password" if user.password_hash else "no_password"
     elif not user.is_active:
         reason = "inactive"
-    session.add(LoginAttempt(username=key, ip=ip, succeeded=reason is None, at=now))
+    session.add(LoginAttempt(username=key, user_id=user.id if user else None, ip=ip, succeeded=reason is None,
+                             at=now))
     actor = Actor(user.id if user else None, "session", ip)
     if reason is not None or user is None:
         await audit(session, actor, "auth.login_failed", target_type="user", target_id=user.id if user else None,

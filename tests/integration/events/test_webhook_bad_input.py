@@ -68,7 +68,7 @@ async def test_per_service_url_accepts_only_its_own_provider_and_service(ekit: E
     own = await post_engagelab(ekit, event, f"/webhooks/engagelab/{ekit.service_ids['engagelab']}")
     assert own.status_code == 200
     other = await post_engagelab(ekit, event, f"/webhooks/engagelab/{ekit.service_ids['sendgrid']}")
-    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+    assert other.status_code == 401 and other.json()["error"]["code"] == "invalid_signature"
     assert (await post_engagelab(ekit, event, "/webhooks/engagelab/abc")).status_code == 404
     stored_events = await ekit.events()
     assert len(stored_events) == 1 and stored_events[0].service_id == ekit.service_ids["engagelab"]
@@ -100,7 +100,8 @@ async def test_a_provider_without_any_configured_secret_refuses_webhooks(ekit: E
     await ekit.send_task(1)
     response = await ekit.client.post("/webhooks/postmark", content=b"{}",
                                       headers={"Content-Type": "application/json"})
-    assert response.status_code == 401 and response.json()["error"]["code"] == "webhook_secret_missing"
+    # The same answer as a wrong signature: an unauthenticated caller does not learn what is configured.
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_signature"
 
 
 async def test_malformed_payloads_wrong_content_type_and_huge_bodies(ekit: EventKit) -> None:

@@ -10,6 +10,7 @@ from edm.content.render import (
     CompiledTemplate,
     RenderedContent,
     RenderError,
+    RenderLimitExceeded,
     append_compliance_footer,
     build_context,
     compile_template,
@@ -132,15 +133,21 @@ def test_sandbox_blocks_internals(source: str) -> None:
 
 
 def test_runtime_error_is_render_error() -> None:
-    with pytest.raises(RenderError, match="ZeroDivisionError"):
+    with pytest.raises(RenderError, match="ZeroDivisionError") as err:
         _render("{{ 1 / 0 }}")
-    with pytest.raises(RenderError, match="RecursionError"):
+    assert not isinstance(err.value, RenderLimitExceeded), "an ordinary error is not a limit"
+
+
+def test_endless_recursion_hits_the_depth_limit() -> None:
+    with pytest.raises(RenderLimitExceeded, match="nest deeper than 50 levels") as err:
         _render("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}")
+    assert err.value.limit == "depth" and err.value.code == "render_error"
 
 
 def test_output_size_limit() -> None:
-    with pytest.raises(RenderError, match="exceeds"):
+    with pytest.raises(RenderLimitExceeded, match="html: output exceeds 2 MB") as err:
         _render("{% for i in range(3000) %}{{ 'x' * 1000 }}{% endfor %}")
+    assert err.value.limit == "size"
     assert len(_render("{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}").html) == 1_000_000
 
 
@@ -166,8 +173,9 @@ def test_size_limit_counts_utf8_bytes() -> None:
     ],
 )
 def test_allocation_bombs_refused_before_they_run(source: str) -> None:
-    with pytest.raises(RenderError, match="SecurityError"):
+    with pytest.raises(RenderLimitExceeded, match="would exceed|too large") as err:
         _render(source)
+    assert err.value.limit == "size"
 
 
 def test_ordinary_formatting_still_works() -> None:
@@ -178,8 +186,9 @@ def test_ordinary_formatting_still_works() -> None:
 def test_time_limit_on_silent_loops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "RENDER_TIME_LIMIT", 0.05)
     # No output and no calls: only the loop guard can stop this.
-    with pytest.raises(RenderError, match="longer than"):
+    with pytest.raises(RenderLimitExceeded, match="html: rendering took longer than 0.05 s") as err:
         _render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    assert err.value.limit == "time"
 
 
 def test_time_limit_on_loop_using_loop_variable(monkeypatch: pytest.MonkeyPatch) -> None:
