@@ -54,11 +54,20 @@ def main() -> None:
     urls = [url(i) for i in range(args.n)]
 
     def context(i: int) -> dict[str, Any]:
-        return build_context(contact={"email": f"person{i}@rcpt1.bench.example", "first_name": "Ada",
-                                      "name": f"Ada Person{i}", "attributes": {"n": i}, "tags": []},
-                             sender={"display_name": "Example Shop", "email": "news@mail-a.bench.example"},
-                             task={"name": "bench", "scheduled_at": now}, org={"name": "", "postal_address": ""},
-                             unsubscribe_url=urls[i], now=now)
+        return build_context(
+            contact={
+                "email": f"person{i}@rcpt1.bench.example",
+                "first_name": "Ada",
+                "name": f"Ada Person{i}",
+                "attributes": {"n": i},
+                "tags": [],
+            },
+            sender={"display_name": "Example Shop", "email": "news@mail-a.bench.example"},
+            task={"name": "bench", "scheduled_at": now},
+            org={"name": "", "postal_address": ""},
+            unsubscribe_url=urls[i],
+            now=now,
+        )
 
     contexts = [context(i) for i in range(args.n)]
     rendered = [template.render(contexts[i]) for i in range(args.n)]
@@ -68,22 +77,40 @@ def main() -> None:
         # The same template with a text part: Jinja only, no html_to_text.
         return template_with_text.render(contexts[i])
 
-    template_with_text = compile_template(subject=TEMPLATE_SUBJECT, html=TEMPLATE_HTML,
-                                          text="Hello {{ contact.first_name }}\n\nSee what's new: "
-                                               "https://shop.example.com/new\n\nUnsubscribe: {{ unsubscribe_url }}")
+    template_with_text = compile_template(
+        subject=TEMPLATE_SUBJECT,
+        html=TEMPLATE_HTML,
+        text="Hello {{ contact.first_name }}\n\nSee what's new: "
+        "https://shop.example.com/new\n\nUnsubscribe: {{ unsubscribe_url }}",
+    )
 
     def message(i: int) -> bytes:
-        out = build_message(key=str(ids[i]), task_id=1, user_id=1, domain="mail-a.bench.example",
-                            from_local="news", from_name="Example Shop", to_address=f"person{i}@rcpt1.bench.example",
-                            to_name=f"Ada Person{i}", reply_to="help@bench.example", content=rendered[i],
-                            unsubscribe_url=urls[i], with_mime=True)
+        out = build_message(
+            key=str(ids[i]),
+            task_id=1,
+            user_id=1,
+            domain="mail-a.bench.example",
+            from_local="news",
+            from_name="Example Shop",
+            to_address=f"person{i}@rcpt1.bench.example",
+            to_name=f"Ada Person{i}",
+            reply_to="help@bench.example",
+            content=rendered[i],
+            unsubscribe_url=urls[i],
+            with_mime=True,
+        )
         assert out.mime is not None
         return out.mime
 
     def render_tracked(i: int) -> Any:
         # What a worker runs for a task with click tracking on (the default): links rewritten in both parts.
-        rewriter = LinkRewriter(task_id=1, subtask_id=ids[i], key=KEY, base_url="https://edm.bench.example",
-                                keep=lambda link: link.startswith("https://edm.bench.example/u/"))
+        rewriter = LinkRewriter(
+            task_id=1,
+            subtask_id=ids[i],
+            key=KEY,
+            base_url="https://edm.bench.example",
+            keep=lambda link: link.startswith("https://edm.bench.example/u/"),
+        )
         return template.render(contexts[i], postprocess=rewriter)
 
     mimes = [message(i) for i in range(min(args.n, 500))]
@@ -92,8 +119,9 @@ def main() -> None:
         "sign_token (unsubscribe URL)": measure(url, args.n),
         "render + click tracking (LinkRewriter, both parts)": measure(render_tracked, args.n),
         "  render without click tracking": measure(lambda i: template.render(contexts[i]), args.n),
-        "  html_to_text(rendered HTML), per recipient (before 0f4ce7e)":
-            measure(lambda i: html_to_text(html_only[i]), args.n),
+        "  html_to_text(rendered HTML), per recipient (before 0f4ce7e)": measure(
+            lambda i: html_to_text(html_only[i]), args.n
+        ),
         "  render with a text part supplied (no html_to_text)": measure(render_with_text_supplied, args.n),
         "build_message (MIME bytes)": measure(message, args.n),
         "smtp_payload (CRLF, dot-stuffing)": measure(lambda i: smtp_payload(mimes[i % len(mimes)]), args.n),

@@ -101,10 +101,13 @@ async def tags(sm: Any, user_id: int, contacts: int) -> tuple[int, int]:
         vip = Tag(user_id=user_id, name="vip", parent_id=half)
         session.add(vip)
         await session.flush()
-        await session.execute(text("""
+        await session.execute(
+            text("""
             INSERT INTO contact_tags (contact_id, tag_id, created_at)
             SELECT id, :tag, now() FROM (SELECT id FROM contacts WHERE user_id = :user_id ORDER BY id LIMIT :n) s
-            WHERE id % 10 = 0"""), {"tag": vip.id, "user_id": user_id, "n": contacts // 10})
+            WHERE id % 10 = 0"""),
+            {"tag": vip.id, "user_id": user_id, "n": contacts // 10},
+        )
     # VACUUM as autovacuum would within a minute of the bulk load: it sets the visibility map, without which
     # every index-only scan of the fresh memberships fetches the heap (620,000 fetches in the estimate).
     async with sm.kw["bind"].connect() as conn:
@@ -128,8 +131,15 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
     user_id = world.user_id
     half, vip = await tags(sm, user_id, contacts)
     async with sm() as session:
-        ids = list(await session.scalars(select(Contact.id).where(Contact.user_id == user_id).order_by(Contact.id)
-                                          .offset(contacts * 9 // 10).limit(1)))
+        ids = list(
+            await session.scalars(
+                select(Contact.id)
+                .where(Contact.user_id == user_id)
+                .order_by(Contact.id)
+                .offset(contacts * 9 // 10)
+                .limit(1)
+            )
+        )
     deep = ids[0] if ids else 0
     page = Page(50, None)
     cases: dict[str, tuple[service.ContactFilter, Page, Sort]] = {
@@ -144,12 +154,14 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
         "sort by `name`": (service.ContactFilter(), page, Sort("name", False)),
         "sort by `-last_activity` (no index)": (service.ContactFilter(), page, Sort("last_activity", True)),
     }
+
     async def searches(into: dict[str, Timing], labels: Any) -> None:
         for label in labels:
             filters, pg, sort = cases[label]
 
             async def one(session: Any, filters: Any = filters, pg: Any = pg, sort: Any = sort) -> Any:
                 return await service.list_contacts(session, user_id=user_id, page=pg, filters=filters, sort=sort)
+
             into[label] = await timed(sm, one, reads)
             log(f"  {label}: p50 {into[label].p50_ms:.1f} ms, p95 {into[label].p95_ms:.1f} ms")
 
@@ -157,6 +169,7 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
 
     async def select_one(session: Any) -> Any:
         return (await session.execute(text("SELECT 1"))).scalar()
+
     res.select_1 = await timed(sm, select_one, reads)
 
     rule = Rule.parse({"type": "tag_based", "include_tag_ids": [half]})
@@ -165,12 +178,16 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
         res.estimate_figures = await estimate(session, user_id=user_id, rule=rule, now=utc_now())
 
     async def count_members(session: Any) -> Any:
-        return (await session.execute(text("SELECT count(*) FROM contact_tags WHERE tag_id = :t"),
-                                      {"t": half})).scalar()
+        return (
+            await session.execute(text("SELECT count(*) FROM contact_tags WHERE tag_id = :t"), {"t": half})
+        ).scalar()
+
     res.estimate = await timed(sm, run_estimate, max(3, reads // 5))
     res.count_reference = await timed(sm, count_members, max(3, reads // 5))
-    log(f"  estimate: p50 {res.estimate.p50_ms:.0f} ms ({res.estimate_figures.get('candidates')} candidates); "
-        f"count(*) {res.count_reference.p50_ms:.0f} ms")
+    log(
+        f"  estimate: p50 {res.estimate.p50_ms:.0f} ms ({res.estimate_figures.get('candidates')} candidates); "
+        f"count(*) {res.count_reference.p50_ms:.0f} ms"
+    )
     export(res)
     copy_reference(res, user_id)
     return res
@@ -182,8 +199,11 @@ def export(res: ContactsResult) -> None:
     out = RUN_DIR / "contacts-export.csv"
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(infra.BIN / "edm"), "contact", "export", "--user", "bench", "--out", str(out)],
-                            env=infra.edm_env(), stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(infra.BIN / "edm"), "contact", "export", "--user", "bench", "--out", str(out)],
+        env=infra.edm_env(),
+        stderr=subprocess.PIPE,
+    )
     ps = psutil.Process(proc.pid)
     peak, hwm = 0.0, None
     while proc.poll() is None:
@@ -201,8 +221,10 @@ def export(res: ContactsResult) -> None:
     with out.open("rb") as f:
         res.export_rows = sum(1 for _ in f) - 1  # no newline inside the seeded cells
     out.unlink()
-    log(f"  export: {res.export_rows:,} rows, {res.export_bytes / 2**20:.0f} MB in {res.export_s:.1f} s, "
-        f"peak RSS {peak:.0f} MB (VmHWM {hwm})")
+    log(
+        f"  export: {res.export_rows:,} rows, {res.export_bytes / 2**20:.0f} MB in {res.export_s:.1f} s, "
+        f"peak RSS {peak:.0f} MB (VmHWM {hwm})"
+    )
 
 
 def copy_reference(res: ContactsResult, user_id: int) -> None:
@@ -210,9 +232,14 @@ def copy_reference(res: ContactsResult, user_id: int) -> None:
 
     t0 = time.perf_counter()
     size = 0
-    with psycopg.connect(infra.db_url()) as conn, conn.cursor() as cur, cur.copy(
+    with (
+        psycopg.connect(infra.db_url()) as conn,
+        conn.cursor() as cur,
+        cur.copy(
             "COPY (SELECT * FROM contacts WHERE user_id = %s ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
-            (user_id,)) as copy:
+            (user_id,),
+        ) as copy,
+    ):
         for chunk in copy:
             size += len(chunk)
     res.copy_s, res.copy_bytes = time.perf_counter() - t0, size
@@ -229,26 +256,40 @@ def report_lines(r: dict[str, Any]) -> list[str]:
 
     indexed = {label: t for label, t in r["searches"].items() if "no index" not in label}
     worst = max(t["p95_ms"] for t in indexed.values())
-    lines = [f"### Contacts: {r['contacts']:,} contacts of one user (PostgreSQL, each read in a fresh session)", "",
-             "| query (limit 50) | reads | p50 | p95 | max |", "|---|---|---|---|---|"]
+    lines = [
+        f"### Contacts: {r['contacts']:,} contacts of one user (PostgreSQL, each read in a fresh session)",
+        "",
+        "| query (limit 50) | reads | p50 | p95 | max |",
+        "|---|---|---|---|---|",
+    ]
     lines += [row(label, t) for label, t in r["searches"].items()]
-    lines += [row("`SELECT 1` (floor: check-out + one round trip)", r["select_1"]), "",
-              f"Search p95 worst {worst:.0f} ms over the indexed shapes (target ≤ {TARGETS['search_p95_ms']:.0f} ms) "
-              f"{ok(worst <= TARGETS['search_p95_ms'])}, with the indexes of migration 0003. The `last_activity` "
-              "sort (the greatest of four timestamps) has no index and sorts all of the user's contacts.", "",
-              "| estimate | reads | p50 | p95 | max |", "|---|---|---|---|---|",
-              row(f"`estimate` tag rule (parent `half`, {r['estimate_figures'].get('candidates', 0):,} candidates)",
-                  r["estimate"]),
-              row("reference `SELECT count(*)` of the tag's memberships", r["count_reference"]), "",
-              f"Estimate p95 {r['estimate']['p95_ms'] / 1000:.2f} s (target ≤ {TARGETS['estimate_s']:.0f} s) "
-              f"{ok(r['estimate']['p95_ms'] / 1000 <= TARGETS['estimate_s'])}. The estimate is "
-              "`tasks/recipients.py`: the rule's candidates minus the two hashed suppression subqueries (user and "
-              "global lists, by address and by domain).", "",
-              f"Export: `edm contact export` of {r['export_rows']:,} rows ({r['export_bytes'] / 2**20:.0f} MB) in "
-              f"{r['export_s']:.1f} s ({r['export_rows'] / max(r['export_s'], 1e-9):,.0f} rows/s), peak RSS "
-              f"**{r['export_rss_mb']:.0f} MB** (VmHWM {r['export_hwm_mb'] or 0:.0f} MB; target ≤ "
-              f"{TARGETS['export_rss_mb']:.0f} MB {ok(r['export_rss_mb'] <= TARGETS['export_rss_mb'])}); reference "
-              f"`COPY … TO STDOUT` of the same rows: {r['copy_bytes'] / 2**20:.0f} MB in {r['copy_s']:.1f} s.", ""]
+    lines += [
+        row("`SELECT 1` (floor: check-out + one round trip)", r["select_1"]),
+        "",
+        f"Search p95 worst {worst:.0f} ms over the indexed shapes (target ≤ {TARGETS['search_p95_ms']:.0f} ms) "
+        f"{ok(worst <= TARGETS['search_p95_ms'])}, with the indexes of migration 0003. The `last_activity` "
+        "sort (the greatest of four timestamps) has no index and sorts all of the user's contacts.",
+        "",
+        "| estimate | reads | p50 | p95 | max |",
+        "|---|---|---|---|---|",
+        row(
+            f"`estimate` tag rule (parent `half`, {r['estimate_figures'].get('candidates', 0):,} candidates)",
+            r["estimate"],
+        ),
+        row("reference `SELECT count(*)` of the tag's memberships", r["count_reference"]),
+        "",
+        f"Estimate p95 {r['estimate']['p95_ms'] / 1000:.2f} s (target ≤ {TARGETS['estimate_s']:.0f} s) "
+        f"{ok(r['estimate']['p95_ms'] / 1000 <= TARGETS['estimate_s'])}. The estimate is "
+        "`tasks/recipients.py`: the rule's candidates minus the two hashed suppression subqueries (user and "
+        "global lists, by address and by domain).",
+        "",
+        f"Export: `edm contact export` of {r['export_rows']:,} rows ({r['export_bytes'] / 2**20:.0f} MB) in "
+        f"{r['export_s']:.1f} s ({r['export_rows'] / max(r['export_s'], 1e-9):,.0f} rows/s), peak RSS "
+        f"**{r['export_rss_mb']:.0f} MB** (VmHWM {r['export_hwm_mb'] or 0:.0f} MB; target ≤ "
+        f"{TARGETS['export_rss_mb']:.0f} MB {ok(r['export_rss_mb'] <= TARGETS['export_rss_mb'])}); reference "
+        f"`COPY … TO STDOUT` of the same rows: {r['copy_bytes'] / 2**20:.0f} MB in {r['copy_s']:.1f} s.",
+        "",
+    ]
     return lines
 
 
@@ -281,6 +322,7 @@ async def reuse_database() -> tuple[Any, Any, Any]:
     from sqlalchemy import text
 
     from edm.db.engine import make_engine, make_sessionmaker
+
     os.environ.update({k: v for k, v in infra.edm_env().items() if k.startswith("EDM_")})
     engine = make_engine(infra.db_url(), pool_size=2)
     sm = make_sessionmaker(engine)
@@ -304,7 +346,8 @@ def main() -> None:
     print("\n".join(report_lines(res)))
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / f"results-contacts-{'quick' if args.quick else 'full'}.json").write_text(
-        json.dumps(res, indent=2, default=str))
+        json.dumps(res, indent=2, default=str)
+    )
     if not args.no_write:
         write_block(res, {**header, "duration_s": time.monotonic() - started})
 
@@ -314,14 +357,21 @@ def run_header(*, quick: bool) -> dict[str, Any]:
     import datetime as dt
 
     from bench import run_all
-    return {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "quick": quick,
-            "machine": run_all.machine(), "code": run_all.code_version(), "env": infra.passthrough(),
-            "max_concurrency": None}
+
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": run_all.machine(),
+        "code": run_all.code_version(),
+        "env": infra.passthrough(),
+        "max_concurrency": None,
+    }
 
 
 def write_block(res: dict[str, Any], header: dict[str, Any]) -> None:
     """The `contacts` block of bench/RESULTS.md, as `run_all --only contacts` writes it."""
     from bench import run_all
+
     full = {**header, "pg": infra.pg_settings(), "contacts": res}
     run_all.write_section_results("contacts", "Contacts", run_all.report_section(full, report_lines(res)), full)
 

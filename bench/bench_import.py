@@ -85,8 +85,14 @@ async def _user(sm: Any) -> int:
     from edm.users.service import create_user
 
     async with unit_of_work(sm) as session:
-        user = await create_user(session, username=f"importer{int(time.time())}", password="bench password 1",
-                                 email=f"importer{int(time.time())}@example.com", role="user", credit=0)
+        user = await create_user(
+            session,
+            username=f"importer{int(time.time())}",
+            password="bench password 1",
+            email=f"importer{int(time.time())}@example.com",
+            role="user",
+            credit=0,
+        )
         return int(user.id)
 
 
@@ -97,8 +103,14 @@ async def _create(sm: Any, settings: Any, user_id: int, path: Path) -> int:
 
     async with unit_of_work(sm) as session:
         with path.open("rb") as stream:
-            row = await create_import(session, user_id=user_id, filename=path.name, stream=stream,
-                                      options=ImportOptions(), max_bytes=settings.import_max_bytes)
+            row = await create_import(
+                session,
+                user_id=user_id,
+                filename=path.name,
+                stream=stream,
+                options=ImportOptions(),
+                max_bytes=settings.import_max_bytes,
+            )
         return int(row.id)
 
 
@@ -107,11 +119,16 @@ def _copy_reference(path: Path) -> float:
 
     with psycopg.connect(infra.db_url(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_import_copy")
-        conn.execute("CREATE UNLOGGED TABLE bench_import_copy (email text, first_name text, last_name text, "
-                     "phone text, company text, city text)")
+        conn.execute(
+            "CREATE UNLOGGED TABLE bench_import_copy (email text, first_name text, last_name text, "
+            "phone text, company text, city text)"
+        )
         started = time.perf_counter()
-        with conn.cursor() as cur, cur.copy("COPY bench_import_copy FROM STDIN (FORMAT csv, HEADER true)") as copy, \
-                path.open("rb") as f:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY bench_import_copy FROM STDIN (FORMAT csv, HEADER true)") as copy,
+            path.open("rb") as f,
+        ):
             while data := f.read(1 << 20):
                 copy.write(data)
         seconds = time.perf_counter() - started
@@ -130,8 +147,13 @@ def _csv_reference(path: Path) -> float:
 def _run_worker(import_id: int) -> tuple[float, float, float]:
     """(seconds, VmHWM MB reported by the child, peak MB sampled from outside)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_import", "--run-import", str(import_id)],
-                            cwd=infra.ROOT, env=infra.edm_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bench_import", "--run-import", str(import_id)],
+        cwd=infra.ROOT,
+        env=infra.edm_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     sampler = infra.RssSampler([proc.pid]).start()
     try:
         out, _ = proc.communicate()
@@ -163,12 +185,27 @@ async def run(sm: Any, settings: Any, *, rows: int) -> ImportResult:
         row = await session.get(Import, import_id)
     good = rows - bad
     checks = row.status == "completed" and row.created == good and row.errors == bad and row.processed == rows
-    result = ImportResult(rows=rows, bad_rows=bad, file_mb=path.stat().st_size / 2**20, upload_s=upload_s,
-                          import_s=seconds, rows_per_s=rows / seconds, peak_rss_mb=maxrss, sampled_peak_mb=sampled,
-                          copy_s=copy_s, csv_read_s=csv_s, status=str(row.status), created=row.created,
-                          skipped=row.skipped, errors=row.errors, checks_ok=checks)
-    log(f"  imported {rows:,} rows in {seconds:.1f} s ({result.rows_per_s:,.0f} rows/s), peak RSS {maxrss:.0f} MB; "
-        f"created {row.created:,}, errors {row.errors:,}; checks {'ok' if checks else 'FAILED'}")
+    result = ImportResult(
+        rows=rows,
+        bad_rows=bad,
+        file_mb=path.stat().st_size / 2**20,
+        upload_s=upload_s,
+        import_s=seconds,
+        rows_per_s=rows / seconds,
+        peak_rss_mb=maxrss,
+        sampled_peak_mb=sampled,
+        copy_s=copy_s,
+        csv_read_s=csv_s,
+        status=str(row.status),
+        created=row.created,
+        skipped=row.skipped,
+        errors=row.errors,
+        checks_ok=checks,
+    )
+    log(
+        f"  imported {rows:,} rows in {seconds:.1f} s ({result.rows_per_s:,.0f} rows/s), peak RSS {maxrss:.0f} MB; "
+        f"created {row.created:,}, errors {row.errors:,}; checks {'ok' if checks else 'FAILED'}"
+    )
     path.unlink()
     return result
 

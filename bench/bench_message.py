@@ -37,9 +37,7 @@ def _html_5kb() -> str:
 
 
 HTML = _html_5kb()
-CONTENT = RenderedContent(
-    subject="Spring sale: 20% off new arrivals", preheader="", html=HTML, text=html_to_text(HTML)
-)
+CONTENT = RenderedContent(subject="Spring sale: 20% off new arrivals", preheader="", html=HTML, text=html_to_text(HTML))
 
 
 def fast(i: int) -> bytes:

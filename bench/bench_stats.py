@@ -101,8 +101,13 @@ class StatsResult:
 def _timings(samples: list[float]) -> Timings:
     ordered = sorted(samples)
     q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) >= 2 else ordered * 99
-    return Timings(reads=len(ordered), p50_ms=1000 * q[49], p99_ms=1000 * q[98], min_ms=1000 * ordered[0],
-                   max_ms=1000 * ordered[-1])
+    return Timings(
+        reads=len(ordered),
+        p50_ms=1000 * q[49],
+        p99_ms=1000 * q[98],
+        min_ms=1000 * ordered[0],
+        max_ms=1000 * ordered[-1],
+    )
 
 
 async def timed(sm: Any, read: Any, times: int) -> tuple[Timings, Any]:
@@ -122,8 +127,10 @@ async def counter_rows(sm: Any, task_id: int) -> int:
     from sqlalchemy import text
 
     async with sm() as session:
-        return int(await session.scalar(text("SELECT count(*) FROM task_stat_counters WHERE task_id = :t"),
-                                        {"t": task_id}) or 0)
+        return int(
+            await session.scalar(text("SELECT count(*) FROM task_stat_counters WHERE task_id = :t"), {"t": task_id})
+            or 0
+        )
 
 
 async def spread_outcomes(sm: Any, task_id: int, subtasks: int) -> float:
@@ -191,20 +198,43 @@ async def run(sm: Any, world: Any, *, subtasks: int, reads: int, reference_reads
     async with sm() as session:
         # Every SubTask row, suppressed ones included (addresses suppressed by earlier sections' bounces and
         # complaints are generated as `suppressed`, so `sendable` is smaller than the row count).
-        rows = (await session.execute(text("SELECT count(*) FROM subtasks WHERE task_id = :t"),
-                                      {"t": task_id})).scalar()
-    checks = {"counters == recount": figures == recounted, "counters == aggregate": figures == aggregated,
-              "every SubTask counted": figures["recipients"] == rows}
+        rows = (
+            await session.execute(text("SELECT count(*) FROM subtasks WHERE task_id = :t"), {"t": task_id})
+        ).scalar()
+    checks = {
+        "counters == recount": figures == recounted,
+        "counters == aggregate": figures == aggregated,
+        "every SubTask counted": figures["recipients"] == rows,
+    }
     for name, passed in checks.items():
         log(f"  check {name}: {'ok' if passed else 'FAILED'}")
     dashboard = await dashboard_activity(sm, world.user_id, task_id, max(5, reference_reads))
     log(f"  dashboard activity: p50 {dashboard.p50_ms:,.0f} ms, p99 {dashboard.p99_ms:,.0f} ms")
-    shown = ("recipients", "sent", "failed", "delivered", "opened_human", "clicked_human", "machine_opens",
-             "unsubscribed")
-    return StatsResult(subtasks=sendable, generate_s=generate_s, spread_s=spread_s, counter_rows_written=written,
-                       counter_rows_folded=folded_rows, stripes=striped, folded=folded, select_1=floor,
-                       from_rows=reference, recount_s=recount_s, checks=checks,
-                       figures={k: figures[k] for k in shown}, dashboard=dashboard)
+    shown = (
+        "recipients",
+        "sent",
+        "failed",
+        "delivered",
+        "opened_human",
+        "clicked_human",
+        "machine_opens",
+        "unsubscribed",
+    )
+    return StatsResult(
+        subtasks=sendable,
+        generate_s=generate_s,
+        spread_s=spread_s,
+        counter_rows_written=written,
+        counter_rows_folded=folded_rows,
+        stripes=striped,
+        folded=folded,
+        select_1=floor,
+        from_rows=reference,
+        recount_s=recount_s,
+        checks=checks,
+        figures={k: figures[k] for k in shown},
+        dashboard=dashboard,
+    )
 
 
 async def dashboard_activity(sm: Any, user_id: int, task_id: int, reads: int) -> Timings:
@@ -221,6 +251,7 @@ async def dashboard_activity(sm: Any, user_id: int, task_id: int, reads: int) ->
 
     async def read(session: Any) -> Any:
         return await activity(session, user_id=user_id, now=utc_now())
+
     timings, _ = await timed(sm, read, reads)
     return timings
 
@@ -230,26 +261,34 @@ async def dashboard_activity(sm: Any, user_id: int, task_id: int, reads: int) ->
 
 def report_lines(s: dict[str, Any]) -> list[str]:
     """The Markdown section of one result (asdict of StatsResult)."""
-    def row(label: str, t: dict[str, Any]) -> str:
-        return (f"| {label} | {t['reads']} | **{t['p50_ms']:.2f} ms** | **{t['p99_ms']:.2f} ms** "
-                f"| {t['min_ms']:.2f} ms | {t['max_ms']:.2f} ms |")
 
-    lines = [f"### (f) Task statistics of {s['subtasks']:,} SubTasks (PostgreSQL, each read in a fresh session)", "",
-             "| read | reads | p50 | p99 | min | max |", "|---|---|---|---|---|---|",
-             row(f"`task_stats` (counters, {s['counter_rows_written']} rows as written: stripes × groups)",
-                 s["stripes"]),
-             row(f"`task_stats` (counters after the `stats` job's fold, {s['counter_rows_folded']} rows)", s["folded"]),
-             row("`SELECT 1` (floor: check-out + one round trip)", s["select_1"]),
-             row("`_from_rows` (reference: one aggregate over the task's rows)", s["from_rows"])]
+    def row(label: str, t: dict[str, Any]) -> str:
+        return (
+            f"| {label} | {t['reads']} | **{t['p50_ms']:.2f} ms** | **{t['p99_ms']:.2f} ms** "
+            f"| {t['min_ms']:.2f} ms | {t['max_ms']:.2f} ms |"
+        )
+
+    lines = [
+        f"### (f) Task statistics of {s['subtasks']:,} SubTasks (PostgreSQL, each read in a fresh session)",
+        "",
+        "| read | reads | p50 | p99 | min | max |",
+        "|---|---|---|---|---|---|",
+        row(f"`task_stats` (counters, {s['counter_rows_written']} rows as written: stripes × groups)", s["stripes"]),
+        row(f"`task_stats` (counters after the `stats` job's fold, {s['counter_rows_folded']} rows)", s["folded"]),
+        row("`SELECT 1` (floor: check-out + one round trip)", s["select_1"]),
+        row("`_from_rows` (reference: one aggregate over the task's rows)", s["from_rows"]),
+    ]
     if s.get("dashboard"):
         lines.append(row("`GET /dashboard` activity (24 h / 7 d / 30 d) of the task's owner", s["dashboard"]))
     lines.append("")
     checks = "; ".join(f"{name} {'✅' if passed else '❌'}" for name, passed in s["checks"].items())
     figures = ", ".join(f"{k} {v:,}" for k, v in s["figures"].items())
-    lines.append(f"Set-up: generation {s['generate_s']:.1f} s; outcomes spread by "
-                 f"{max(1, s['subtasks'] // CHUNK)} UPDATEs of ≤ {CHUNK:,} rows from {LANES} connections in "
-                 f"{s['spread_s']:.1f} s (the trigger's cost included). Recount (every row in Python) "
-                 f"{s['recount_s']:.1f} s. Figures: {figures}. Checks: {checks}.")
+    lines.append(
+        f"Set-up: generation {s['generate_s']:.1f} s; outcomes spread by "
+        f"{max(1, s['subtasks'] // CHUNK)} UPDATEs of ≤ {CHUNK:,} rows from {LANES} connections in "
+        f"{s['spread_s']:.1f} s (the trigger's cost included). Recount (every row in Python) "
+        f"{s['recount_s']:.1f} s. Figures: {figures}. Checks: {checks}."
+    )
     lines.append("")
     worst = max(s["stripes"]["p99_ms"], s["folded"]["p99_ms"])
     speedup = s["from_rows"]["p50_ms"] / s["folded"]["p50_ms"] if s["folded"]["p50_ms"] else 0.0
@@ -257,8 +296,10 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         verdict = "❌ missed"
     else:
         verdict = "✅ met" if s["subtasks"] >= 1_000_000 else "within it, on a task smaller than the target's"
-    lines.append(f"Target (§11.1): ≤ {TARGETS['p99_ms']:.0f} ms for 1,000,000 SubTasks → p99 {worst:.2f} ms: "
-                 f"{verdict}; {speedup:,.0f}× faster than the aggregate over the rows.")
+    lines.append(
+        f"Target (§11.1): ≤ {TARGETS['p99_ms']:.0f} ms for 1,000,000 SubTasks → p99 {worst:.2f} ms: "
+        f"{verdict}; {speedup:,.0f}× faster than the aggregate over the rows."
+    )
     lines.append("")
     return lines
 
@@ -275,8 +316,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         world = await seed.seed(sm, settings, contacts=sizes["subtasks"], tags={}, sink_port=infra.free_port())
         log(f"seeded {sizes['subtasks']:,} contacts in {time.perf_counter() - t0:.1f} s")
-        result = await run(sm, world, subtasks=sizes["subtasks"], reads=sizes["reads"],
-                           reference_reads=sizes["reference_reads"])
+        result = await run(
+            sm, world, subtasks=sizes["subtasks"], reads=sizes["reads"], reference_reads=sizes["reference_reads"]
+        )
     finally:
         await engine.dispose()
     return asdict(result)
@@ -292,7 +334,8 @@ def main() -> None:
     print("\n".join(report_lines(res)))
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / f"results-stats-{'quick' if args.quick else 'full'}.json").write_text(
-        json.dumps(res, indent=2, default=str))
+        json.dumps(res, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

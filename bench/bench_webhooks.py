@@ -67,8 +67,17 @@ SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 # SendGrid event names and how often each comes (a delivered campaign: processed + delivered for everyone,
 # engagement for some, a few bounces and complaints).
-EVENT_MIX = [("processed", 24), ("delivered", 24), ("open", 26), ("click", 10), ("deferred", 5), ("bounce", 4),
-             ("dropped", 2), ("spamreport", 1), ("unsubscribe", 4)]
+EVENT_MIX = [
+    ("processed", 24),
+    ("delivered", 24),
+    ("open", 26),
+    ("click", 10),
+    ("deferred", 5),
+    ("bounce", 4),
+    ("dropped", 2),
+    ("spamreport", 1),
+    ("unsubscribe", 4),
+]
 ENGAGEMENT = frozenset({"open", "click"})  # SendGrid's own tracking: stored, matched, then ignored (§9.5)
 USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0"
 
@@ -160,30 +169,56 @@ async def set_up(sm: Any, settings: Any, *, subtasks: int, public_key_b64: str) 
 
     vault = Vault.from_settings(settings)
     async with unit_of_work(sm) as session:
-        user = await create_user(session, username="webhooks", email="webhooks@bench.example",
-                                 password="bench password long enough", credit=1_000_000_000)
-        sender = await content.create_sender(session, user_id=user.id, values={
-            "local_part": "wh-news", "display_name": "Example Shop"})
-        template = await content.create_template(session, user_id=user.id, values={
-            "name": "webhooks", "subject": "Hello {{ contact.first_name }}", "html": "<p>Hello</p>"})
+        user = await create_user(
+            session,
+            username="webhooks",
+            email="webhooks@bench.example",
+            password="bench password long enough",
+            credit=1_000_000_000,
+        )
+        sender = await content.create_sender(
+            session, user_id=user.id, values={"local_part": "wh-news", "display_name": "Example Shop"}
+        )
+        template = await content.create_template(
+            session,
+            user_id=user.id,
+            values={"name": "webhooks", "subject": "Hello {{ contact.first_name }}", "html": "<p>Hello</p>"},
+        )
         common = {"sending_interval_seconds": 0, "max_concurrency": 4, "daily_quota": 1_000_000_000, "options": {}}
-        fake = await services.create_service(session, vault, values={
-            "name": "wh-fake", "provider": "fake", "domain": "fake.bench.example", **common},
-            credentials={}, fake_allowed=True)
+        fake = await services.create_service(
+            session,
+            vault,
+            values={"name": "wh-fake", "provider": "fake", "domain": "fake.bench.example", **common},
+            credentials={},
+            fake_allowed=True,
+        )
         await services.map_user(session, user_id=user.id, service_id=fake.id)
-        sendgrid = await services.create_service(session, vault, values={
-            "name": "wh-sendgrid", "provider": "sendgrid", "domain": "sg.bench.example", **common},
-            credentials={"api_key": "SG.bench", "webhook_secrets": [public_key_b64]}, fake_allowed=True)
-        task = await tasks.create_task(session, user_id=user.id, actor="bench", values={
-            "name": "webhooks", "sender_id": sender.id, "recipient_rule": {"type": "all_contacts"},
-            "templates": [{"template_id": template.id, "weight": 1}]})
+        sendgrid = await services.create_service(
+            session,
+            vault,
+            values={"name": "wh-sendgrid", "provider": "sendgrid", "domain": "sg.bench.example", **common},
+            credentials={"api_key": "SG.bench", "webhook_secrets": [public_key_b64]},
+            fake_allowed=True,
+        )
+        task = await tasks.create_task(
+            session,
+            user_id=user.id,
+            actor="bench",
+            values={
+                "name": "webhooks",
+                "sender_id": sender.id,
+                "recipient_rule": {"type": "all_contacts"},
+                "templates": [{"template_id": template.id, "weight": 1}],
+            },
+        )
         ids = {"user_id": user.id, "fake_id": fake.id, "sendgrid_id": sendgrid.id, "task_id": task.id}
     now = utc_now()
     async with unit_of_work(sm) as session:
         first = await session.scalar(text("SELECT coalesce(max(id), 0) FROM contacts"))
         await seed.insert_contacts(session, user_id=ids["user_id"], count=subtasks)
         # SubTasks already sent through the fake service (a batched API send: 100 share a provider id).
-        await session.execute(text("""
+        await session.execute(
+            text("""
             INSERT INTO subtasks (public_id, task_id, user_id, contact_id, recipient_email, seq, send_state,
                                   charged, attempts, retryable_failures, service_id, allocated_at, sent_at,
                                   provider_message_id, delivery_state, open_count, machine_open_count,
@@ -191,10 +226,15 @@ async def set_up(sm: Any, settings: Any, *, subtasks: int, public_key_b64: str) 
             SELECT gen_random_uuid(), :task, :user, c.id, c.email, row_number() OVER (ORDER BY c.id), 'sent',
                    true, 1, 0, :svc, :now, :now, 'bench-x-message-' || (c.id / 100), 'none', 0, 0, 0, 0
             FROM contacts c WHERE c.user_id = :user AND c.id > :first
-        """), {"task": ids["task_id"], "user": ids["user_id"], "svc": ids["fake_id"], "now": now, "first": first})
-        rows = (await session.execute(text(
-            "SELECT public_id, recipient_email FROM subtasks WHERE task_id = :t ORDER BY id"),
-            {"t": ids["task_id"]})).all()
+        """),
+            {"task": ids["task_id"], "user": ids["user_id"], "svc": ids["fake_id"], "now": now, "first": first},
+        )
+        rows = (
+            await session.execute(
+                text("SELECT public_id, recipient_email FROM subtasks WHERE task_id = :t ORDER BY id"),
+                {"t": ids["task_id"]},
+            )
+        ).all()
     async with sm() as session:
         for table in ("contacts", "subtasks"):
             await session.execute(text(f"ANALYZE {table}"))
@@ -209,8 +249,7 @@ def new_key() -> tuple[Any, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return key, base64.b64encode(public).decode()
 
 
@@ -223,25 +262,38 @@ def sg_event(rng: random.Random, subtask: tuple[str, str], task_id: int, n: int,
     name = rng.choices([e for e, _ in EVENT_MIX], weights=[w for _, w in EVENT_MIX])[0]
     x_message_id = f"{uuid.UUID(public_id).hex[:22]}"
     event: dict[str, Any] = {
-        "email": email, "timestamp": now - rng.randint(0, 3600), "event": name,
+        "email": email,
+        "timestamp": now - rng.randint(0, 3600),
+        "event": name,
         "sg_event_id": base64.urlsafe_b64encode(f"{name}-{n}-{rng.getrandbits(64):x}".encode()).decode(),
         "sg_message_id": f"{x_message_id}.filterdrecv-7bf9c8b7f-abcde-1-6656C9A3-{n % 97}.0",
-        "smtp-id": f"<{x_message_id}@ismtpd0001p1lon1.sendgrid.net>", "category": ["newsletter"],
-        "subtask_id": public_id, "task_id": str(task_id),
+        "smtp-id": f"<{x_message_id}@ismtpd0001p1lon1.sendgrid.net>",
+        "category": ["newsletter"],
+        "subtask_id": public_id,
+        "task_id": str(task_id),
     }
     if name == "delivered":
-        event.update(response="250 2.0.0 OK  1716963747 a640c23a62f3a-a5a1c9d2bb0si123456466b.42 - gsmtp",
-                     ip="149.72.123.24", tls=1)
+        event.update(
+            response="250 2.0.0 OK  1716963747 a640c23a62f3a-a5a1c9d2bb0si123456466b.42 - gsmtp",
+            ip="149.72.123.24",
+            tls=1,
+        )
     elif name in ENGAGEMENT:
         event.update(useragent=USER_AGENT, ip=f"203.0.113.{n % 250}", sg_machine_open=False)
         if name == "click":
-            event.update(url=f"https://shop.example.com/spring?utm_campaign=spring&item={n % 40}", url_offset=
-                         {"index": n % 3, "type": "html"})
+            event.update(
+                url=f"https://shop.example.com/spring?utm_campaign=spring&item={n % 40}",
+                url_offset={"index": n % 3, "type": "html"},
+            )
     elif name == "deferred":
         event.update(response="451 4.7.1 Please try again later", attempt=str(1 + n % 5))
     elif name == "bounce":
-        event.update(reason="550 5.1.1 The email account that you tried to reach does not exist.",
-                     status="5.1.1", type="bounce", bounce_classification="Invalid Address")
+        event.update(
+            reason="550 5.1.1 The email account that you tried to reach does not exist.",
+            status="5.1.1",
+            type="bounce",
+            bounce_classification="Invalid Address",
+        )
     elif name == "dropped":
         event.update(reason="Bounced Address", status="5.0.0")
     elif name == "unsubscribe":
@@ -249,8 +301,9 @@ def sg_event(rng: random.Random, subtask: tuple[str, str], task_id: int, n: int,
     return event
 
 
-def build_batches(subtasks: list[tuple[str, str]], task_id: int, *, events: int, seed: int = 3
-                  ) -> tuple[list[bytes], list[list[str]], set[str]]:
+def build_batches(
+    subtasks: list[tuple[str, str]], task_id: int, *, events: int, seed: int = 3
+) -> tuple[list[bytes], list[list[str]], set[str]]:
     """Bodies of `events / 100` batches, each with its sg_event_ids; and the engagement ids (open/click)."""
     rng = random.Random(seed)
     now = int(time.time())
@@ -269,7 +322,7 @@ def build_batches(subtasks: list[tuple[str, str]], task_id: int, *, events: int,
         pool = posted if posted else batch
         batch += [rng.choice(pool) for _ in range(DUPLICATES_PER_BATCH)]  # redeliveries of earlier events
         rng.shuffle(batch)
-        posted += batch[:BATCH - DUPLICATES_PER_BATCH]
+        posted += batch[: BATCH - DUPLICATES_PER_BATCH]
         bodies.append(_dumps(batch))
         ids.append([e["sg_event_id"] for e in batch])
     return bodies, ids, engagement
@@ -290,9 +343,11 @@ def signed_requests(bodies: list[bytes], key: Any, port: int, path: str) -> list
     out = []
     for body in bodies:
         signature = base64.b64encode(key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: SendGrid Event API\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"{SIGNATURE_HEADER}: {signature}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n\r\n")
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: SendGrid Event API\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{SIGNATURE_HEADER}: {signature}\r\n{TIMESTAMP_HEADER}: {timestamp}\r\n\r\n"
+        )
         out.append(head.encode() + body)
     return out
 
@@ -332,8 +387,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
     return status, await reader.read(), True
 
 
-async def _connection(port: int, requests: list[bytes], order: Any, out: list[tuple[int, int, float, bytes]],
-                      repeat: bool) -> None:
+async def _connection(
+    port: int, requests: list[bytes], order: Any, out: list[tuple[int, int, float, bytes]], repeat: bool
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
@@ -372,10 +428,17 @@ async def _client(port: int, requests: list[bytes], connections: int, count: int
     usage = resource.getrusage(resource.RUSAGE_SELF)
     samples = [f"{status}: {body.decode(errors='replace')}" for _, status, _, body in out if body][:5]
     q = statistics.quantiles(ok, n=100, method="inclusive") if len(ok) >= 2 else [0.0] * 99
-    return {"requests": len(out), "seconds": seconds, "statuses": statuses, "p50_ms": 1000 * q[49],
-            "p99_ms": 1000 * q[98], "max_ms": 1000 * (ok[-1] if ok else 0.0), "cpu_s": usage.ru_utime + usage.ru_stime,
-            "acked": [] if repeat else sorted(i for i, status, _, _ in out if 200 <= status < 300),
-            "error_samples": samples}
+    return {
+        "requests": len(out),
+        "seconds": seconds,
+        "statuses": statuses,
+        "p50_ms": 1000 * q[49],
+        "p99_ms": 1000 * q[98],
+        "max_ms": 1000 * (ok[-1] if ok else 0.0),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "acked": [] if repeat else sorted(i for i, status, _, _ in out if 200 <= status < 300),
+        "error_samples": samples,
+    }
 
 
 def client_main(argv: list[str]) -> None:
@@ -401,8 +464,18 @@ class Client:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.file = RUN_DIR / f"webhooks-{name}.requests"
         self.file.write_bytes(pickle.dumps(requests))
-        argv = [sys.executable, "-m", "bench.bench_webhooks", "client", "--port", str(port), "--file",
-                str(self.file), "--connections", str(connections)] + (["--count", str(count)] if count else [])
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.bench_webhooks",
+            "client",
+            "--port",
+            str(port),
+            "--file",
+            str(self.file),
+            "--connections",
+            str(connections),
+        ] + (["--count", str(count)] if count else [])
         self.proc = subprocess.Popen(argv, cwd=infra.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     @property
@@ -432,10 +505,12 @@ def _client_cpu(meter: infra.CpuMeter, run: LoadRun) -> None:
 
 def _cpu_note(meter: infra.CpuMeter, count: int, unit: str) -> str:
     server, wall = meter.used.get("server", 0.0), meter.wall or 1.0
-    return (f"{1e6 * server / max(1, count):,.0f} µs CPU per {unit}, {100 * server / wall:.0f} % of a core; "
-            f"PostgreSQL {100 * meter.used.get('postgres', 0.0) / wall:.0f} %, client "
-            f"{100 * meter.used.get('client', 0.0) / wall:.0f} %, other (not ours) "
-            f"{100 * meter.used.get('other', 0.0) / wall:.0f} %")
+    return (
+        f"{1e6 * server / max(1, count):,.0f} µs CPU per {unit}, {100 * server / wall:.0f} % of a core; "
+        f"PostgreSQL {100 * meter.used.get('postgres', 0.0) / wall:.0f} %, client "
+        f"{100 * meter.used.get('client', 0.0) / wall:.0f} %, other (not ours) "
+        f"{100 * meter.used.get('other', 0.0) / wall:.0f} %"
+    )
 
 
 # ---- the server ---------------------------------------------------------------------------------------
@@ -452,13 +527,18 @@ class Server:
     def start(self) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen([str(infra.BIN / "edm"), "serve", "--host", "127.0.0.1", "--port",
-                                          str(self.port)], env=infra.edm_env(), stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [str(infra.BIN / "edm"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=infra.edm_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"edm serve exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"edm serve exited with {self.proc.returncode}: {self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(get_request(self.port, "/healthz"))
                 if s.recv(100).startswith(b"HTTP/1.1 200"):
@@ -497,8 +577,16 @@ async def apply_all(sm: Any, settings: Any) -> tuple[float, dict[str, int]]:
 # ---- the run ------------------------------------------------------------------------------------------
 
 
-async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_requests: int,
-              connections: int = CONNECTIONS, profile: bool = False) -> WebhookResult:
+async def run(
+    sm: Any,
+    settings: Any,
+    *,
+    subtasks: int,
+    events: int,
+    ref_requests: int,
+    connections: int = CONNECTIONS,
+    profile: bool = False,
+) -> WebhookResult:
     from sqlalchemy import text
 
     key, public_b64 = new_key()
@@ -511,9 +599,11 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
         t0 = time.perf_counter()
         requests = signed_requests(bodies, key, server.port, "/webhooks/sendgrid")
         body_kb = statistics.mean(len(b) for b in bodies) / 1024
-        log(f"  {len(requests):,} batches of {BATCH} ({body_kb:.1f} KB each) signed in "
+        log(
+            f"  {len(requests):,} batches of {BATCH} ({body_kb:.1f} KB each) signed in "
             f"{time.perf_counter() - t0:.1f} s; edm serve pid {server.pid} on 127.0.0.1:{server.port}; "
-            f"{connections} connections")
+            f"{connections} connections"
+        )
         # Warm-up: the first requests load the target cache, the key and the pool; not counted.
         warm = Client(server.port, [get_request(server.port, "/healthz")], connections, 500, "warmup")
         warm.wait(timeout=60)
@@ -524,8 +614,10 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
         ref_meter.stop()
         _client_cpu(ref_meter, ref)
         ref_rate = ref.ok / ref.seconds
-        log(f"  reference GET /healthz: {ref_rate:,.0f} req/s, p50 {ref.p50_ms:.1f} ms, p99 {ref.p99_ms:.1f} ms "
-            f"({ref.ok:,} ok, {ref.errors:,} errors); server {_cpu_note(ref_meter, ref.ok, 'request')}")
+        log(
+            f"  reference GET /healthz: {ref_rate:,.0f} req/s, p50 {ref.p50_ms:.1f} ms, p99 {ref.p99_ms:.1f} ms "
+            f"({ref.ok:,} ok, {ref.errors:,} errors); server {_cpu_note(ref_meter, ref.ok, 'request')}"
+        )
 
         spy = None
         load = Client(server.port, requests, connections, None, "load")
@@ -543,14 +635,18 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
         server.stop()
     acked_events = result.ok * BATCH
     rate = acked_events / result.seconds
-    log(f"  webhooks: {rate:,.0f} events/s ({result.ok / result.seconds:,.0f} req/s), p50 {result.p50_ms:.1f} ms, "
+    log(
+        f"  webhooks: {rate:,.0f} events/s ({result.ok / result.seconds:,.0f} req/s), p50 {result.p50_ms:.1f} ms, "
         f"p99 {result.p99_ms:.1f} ms, max {result.max_ms:.0f} ms; {result.ok:,} requests ok, "
-        f"{result.errors:,} errors {result.statuses if result.errors else ''}".rstrip())
+        f"{result.errors:,} errors {result.statuses if result.errors else ''}".rstrip()
+    )
     for sample in result.error_samples + server_errors:
         log(f"  error: {sample[:300]}")
     log(f"  server {_cpu_note(meter, result.ok, 'request')}")
-    log(f"  ratio webhook req/s ÷ /healthz req/s = {(result.ok / result.seconds) / ref_rate:.3f} "
-        f"(a /healthz request carrying 100 events would be {100 * ref_rate:,.0f} events/s)")
+    log(
+        f"  ratio webhook req/s ÷ /healthz req/s = {(result.ok / result.seconds) / ref_rate:.3f} "
+        f"(a /healthz request carrying 100 events would be {100 * ref_rate:,.0f} events/s)"
+    )
 
     unique = {i for b in result.acked for i in batch_ids[b]}
     async with sm() as session:
@@ -562,8 +658,10 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
     apply_rate = applied["processed"] / apply_s if apply_s else 0.0
     expected_ignored = len(unique & engagement)
     expected_matched = len(unique) - expected_ignored
-    log(f"  applied {applied['processed']:,} in {apply_s:.1f} s = {apply_rate:,.0f} events/s "
-        f"(matched {applied['matched']:,}, ignored {applied['ignored']:,}, unmatched {applied['unmatched']:,})")
+    log(
+        f"  applied {applied['processed']:,} in {apply_s:.1f} s = {apply_rate:,.0f} events/s "
+        f"(matched {applied['matched']:,}, ignored {applied['ignored']:,}, unmatched {applied['unmatched']:,})"
+    )
     checks = {
         "rows == unique events posted": stored == len(unique),
         "every row processed": pending == 0 and applied["processed"] == stored,
@@ -575,16 +673,43 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
     for name, passed in checks.items():
         log(f"  check {name}: {'ok' if passed else 'FAILED'}")
     return WebhookResult(
-        connections=connections, batch=BATCH, subtasks=subtasks, requests=result.requests,
-        events_posted=len(bodies) * BATCH, unique_events=len(unique), acked_events=acked_events,
-        errors=result.errors, statuses=result.statuses, error_samples=(result.error_samples + server_errors)[:5],
-        seconds=result.seconds, events_per_s=rate, requests_per_s=result.ok / result.seconds,
-        p50_ms=result.p50_ms, p99_ms=result.p99_ms, max_ms=result.max_ms, body_kb=body_kb,
-        ref_requests=ref.requests, ref_errors=ref.errors, ref_seconds=ref.seconds, ref_per_s=ref_rate,
-        ref_p50_ms=ref.p50_ms, ref_p99_ms=ref.p99_ms, stored_rows=stored, apply_seconds=apply_s,
-        apply_per_s=apply_rate, applied=applied, expected_matched=expected_matched,
-        expected_ignored=expected_ignored, pending_after=pending, cpu=dict(meter.used), cpu_wall=meter.wall,
-        ref_cpu=dict(ref_meter.used), ref_cpu_wall=ref_meter.wall, server_rss_mb=rss, checks=checks)
+        connections=connections,
+        batch=BATCH,
+        subtasks=subtasks,
+        requests=result.requests,
+        events_posted=len(bodies) * BATCH,
+        unique_events=len(unique),
+        acked_events=acked_events,
+        errors=result.errors,
+        statuses=result.statuses,
+        error_samples=(result.error_samples + server_errors)[:5],
+        seconds=result.seconds,
+        events_per_s=rate,
+        requests_per_s=result.ok / result.seconds,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        max_ms=result.max_ms,
+        body_kb=body_kb,
+        ref_requests=ref.requests,
+        ref_errors=ref.errors,
+        ref_seconds=ref.seconds,
+        ref_per_s=ref_rate,
+        ref_p50_ms=ref.p50_ms,
+        ref_p99_ms=ref.p99_ms,
+        stored_rows=stored,
+        apply_seconds=apply_s,
+        apply_per_s=apply_rate,
+        applied=applied,
+        expected_matched=expected_matched,
+        expected_ignored=expected_ignored,
+        pending_after=pending,
+        cpu=dict(meter.used),
+        cpu_wall=meter.wall,
+        ref_cpu=dict(ref_meter.used),
+        ref_cpu_wall=ref_meter.wall,
+        server_rss_mb=rss,
+        checks=checks,
+    )
 
 
 # ---- reporting ----------------------------------------------------------------------------------------
@@ -593,50 +718,61 @@ async def run(sm: Any, settings: Any, *, subtasks: int, events: int, ref_request
 def report_lines(w: dict[str, Any], nproc: int) -> list[str]:
     """The Markdown section of one result (asdict of WebhookResult)."""
     ratio = w["requests_per_s"] / w["ref_per_s"] if w["ref_per_s"] else 0.0
-    lines = [f"### (d) Webhook ingest (one `edm serve`, SendGrid batches of {w['batch']}, {w['connections']} "
-             "keep-alive connections, signed before timing)", "",
-             "| events posted | unique | requests ok / errors | **events/s (2xx)** | req/s | p50 | **p99** | max "
-             "| GET /healthz (same run) | ratio (req/s ÷ healthz req/s) | apply (events job) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| {w['events_posted']:,} | {w['unique_events']:,} | {w['requests'] - w['errors']:,} / {w['errors']:,} "
-             f"| **{w['events_per_s']:,.0f}** | {w['requests_per_s']:,.0f} | {w['p50_ms']:.1f} ms "
-             f"| **{w['p99_ms']:.1f} ms** | {w['max_ms']:.0f} ms | {w['ref_per_s']:,.0f} req/s (p50 "
-             f"{w['ref_p50_ms']:.1f} ms, p99 {w['ref_p99_ms']:.1f} ms) | **{ratio:.3f}** "
-             f"| **{w['apply_per_s']:,.0f} events/s** ({w['applied']['processed']:,} in {w['apply_seconds']:.1f} s) |",
-             ""]
+    lines = [
+        f"### (d) Webhook ingest (one `edm serve`, SendGrid batches of {w['batch']}, {w['connections']} "
+        "keep-alive connections, signed before timing)",
+        "",
+        "| events posted | unique | requests ok / errors | **events/s (2xx)** | req/s | p50 | **p99** | max "
+        "| GET /healthz (same run) | ratio (req/s ÷ healthz req/s) | apply (events job) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {w['events_posted']:,} | {w['unique_events']:,} | {w['requests'] - w['errors']:,} / {w['errors']:,} "
+        f"| **{w['events_per_s']:,.0f}** | {w['requests_per_s']:,.0f} | {w['p50_ms']:.1f} ms "
+        f"| **{w['p99_ms']:.1f} ms** | {w['max_ms']:.0f} ms | {w['ref_per_s']:,.0f} req/s (p50 "
+        f"{w['ref_p50_ms']:.1f} ms, p99 {w['ref_p99_ms']:.1f} ms) | **{ratio:.3f}** "
+        f"| **{w['apply_per_s']:,.0f} events/s** ({w['applied']['processed']:,} in {w['apply_seconds']:.1f} s) |",
+        "",
+    ]
     c, wall = w["cpu"], w["cpu_wall"]
     if c and wall:
         k = 1000 / max(1, w["acked_events"])
         busy = sum(c.values())
         per = {g: c.get(g, 0) * k * 1000 for g in ("server", "postgres", "client", "other")}
-        lines.append(f"CPU ms per 1,000 events while posting: server {per['server']:.0f}, PostgreSQL "
-                     f"{per['postgres']:.0f}, load client {per['client']:.0f}, other (not ours) {per['other']:.0f}; "
-                     f"machine busy {busy:.1f} of "
-                     f"{wall * nproc:.1f} CPU-s ({100 * busy / (wall * nproc):.0f} %); server process "
-                     f"{100 * c.get('server', 0) / wall:.0f} % of a core. Server peak RSS {w['server_rss_mb']:.0f} MB;"
-                     f" batch body {w['body_kb']:.1f} KB.")
+        lines.append(
+            f"CPU ms per 1,000 events while posting: server {per['server']:.0f}, PostgreSQL "
+            f"{per['postgres']:.0f}, load client {per['client']:.0f}, other (not ours) {per['other']:.0f}; "
+            f"machine busy {busy:.1f} of "
+            f"{wall * nproc:.1f} CPU-s ({100 * busy / (wall * nproc):.0f} %); server process "
+            f"{100 * c.get('server', 0) / wall:.0f} % of a core. Server peak RSS {w['server_rss_mb']:.0f} MB;"
+            f" batch body {w['body_kb']:.1f} KB."
+        )
         lines.append("")
     rc, rwall = w["ref_cpu"], w["ref_cpu_wall"]
     if rc and rwall:
-        lines.append(f"Reference run: server {1e6 * rc.get('server', 0) / max(1, w['ref_requests']):,.0f} µs CPU per "
-                     f"/healthz request ({100 * rc.get('server', 0) / rwall:.0f} % of a core), load client "
-                     f"{100 * rc.get('client', 0) / rwall:.0f} %, other (not ours) "
-                     f"{100 * rc.get('other', 0) / rwall:.0f} % of a core; per webhook request: server "
-                     f"{1e6 * c.get('server', 0) / max(1, w['requests']):,.0f} µs CPU.")
+        lines.append(
+            f"Reference run: server {1e6 * rc.get('server', 0) / max(1, w['ref_requests']):,.0f} µs CPU per "
+            f"/healthz request ({100 * rc.get('server', 0) / rwall:.0f} % of a core), load client "
+            f"{100 * rc.get('client', 0) / rwall:.0f} %, other (not ours) "
+            f"{100 * rc.get('other', 0) / rwall:.0f} % of a core; per webhook request: server "
+            f"{1e6 * c.get('server', 0) / max(1, w['requests']):,.0f} µs CPU."
+        )
         lines.append("")
     a = w["applied"]
     checks = "; ".join(f"{name} {'✅' if ok_ else '❌'}" for name, ok_ in w["checks"].items())
-    lines.append(f"Stored rows {w['stored_rows']:,} (unique events in acknowledged batches {w['unique_events']:,}); "
-                 f"applied: matched {a['matched']:,} (expected {w['expected_matched']:,}), ignored {a['ignored']:,} "
-                 f"(SendGrid opens/clicks, expected {w['expected_ignored']:,}), unmatched {a['unmatched']:,}. "
-                 f"Checks: {checks}.")
+    lines.append(
+        f"Stored rows {w['stored_rows']:,} (unique events in acknowledged batches {w['unique_events']:,}); "
+        f"applied: matched {a['matched']:,} (expected {w['expected_matched']:,}), ignored {a['ignored']:,} "
+        f"(SendGrid opens/clicks, expected {w['expected_ignored']:,}), unmatched {a['unmatched']:,}. "
+        f"Checks: {checks}."
+    )
     lines.append("")
     met_rate, met_p99 = w["events_per_s"] >= TARGETS["events_per_s"], w["p99_ms"] <= TARGETS["p99_ms"]
-    lines.append(f"Target (issue 3): ≥ {TARGETS['events_per_s']:,.0f} events/s → {w['events_per_s']:,.0f}: "
-                 f"{'✅ met' if met_rate else '❌ missed'}; p99 ≤ {TARGETS['p99_ms']:.0f} ms → {w['p99_ms']:.0f} ms: "
-                 f"{'✅ met' if met_p99 else '❌ missed'}. Applying keeps up with ingest: "
-                 f"{'yes' if w['apply_per_s'] >= w['events_per_s'] else 'no'} ({w['apply_per_s']:,.0f} vs "
-                 f"{w['events_per_s']:,.0f} events/s).")
+    lines.append(
+        f"Target (issue 3): ≥ {TARGETS['events_per_s']:,.0f} events/s → {w['events_per_s']:,.0f}: "
+        f"{'✅ met' if met_rate else '❌ missed'}; p99 ≤ {TARGETS['p99_ms']:.0f} ms → {w['p99_ms']:.0f} ms: "
+        f"{'✅ met' if met_p99 else '❌ missed'}. Applying keeps up with ingest: "
+        f"{'yes' if w['apply_per_s'] >= w['events_per_s'] else 'no'} ({w['apply_per_s']:,.0f} vs "
+        f"{w['events_per_s']:,.0f} events/s)."
+    )
     if w["error_samples"]:
         lines.append("")
         lines.append("Errors: " + " | ".join(s[:200] for s in w["error_samples"][:3]))
@@ -651,8 +787,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     log(f"fresh database {infra.DB_NAME}; edm db upgrade")
     settings, engine, sm = infra.fresh_database(pool_size=2)
     try:
-        result = await run(sm, settings, subtasks=sizes["subtasks"], events=sizes["events"],
-                           ref_requests=sizes["ref_requests"], connections=args.connections, profile=args.profile)
+        result = await run(
+            sm,
+            settings,
+            subtasks=sizes["subtasks"],
+            events=sizes["events"],
+            ref_requests=sizes["ref_requests"],
+            connections=args.connections,
+            profile=args.profile,
+        )
     finally:
         await engine.dispose()
     return asdict(result)

@@ -65,8 +65,17 @@ def write_workbook(path: Path, rows: int) -> int:
             email, bad = f"user{i}.example.org", bad + 1
         elif i % 200 == 117:
             email, bad = f"user{i - 50}@example{(i - 50) % 97}.org", bad + 1
-        sheet.append([email, f"First{i}", f"Last{i}", 15550000000 + i, f"Company {i % 1000}", f"City {i % 50}",
-                      joined + dt.timedelta(days=i % 365)])
+        sheet.append(
+            [
+                email,
+                f"First{i}",
+                f"Last{i}",
+                15550000000 + i,
+                f"Company {i % 1000}",
+                f"City {i % 50}",
+                joined + dt.timedelta(days=i % 365),
+            ]
+        )
     book.save(path)
     return bad
 
@@ -82,21 +91,21 @@ def dimension_bomb() -> bytes:
 
     members = {
         "[Content_Types].xml": '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
-                               '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
-                               'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
-                               '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-'
-                               'officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/'
-                               'sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.'
-                               'worksheet+xml"/></Types>',
+        '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+        'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
+        '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-'
+        'officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/'
+        'sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.'
+        'worksheet+xml"/></Types>',
         "_rels/.rels": f'<Relationships xmlns="{pkg}"><Relationship Id="rId1" Type="{rel}/officeDocument" '
-                       'Target="xl/workbook.xml"/></Relationships>',
+        'Target="xl/workbook.xml"/></Relationships>',
         "xl/workbook.xml": f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets><sheet name="Sheet1" sheetId="1" '
-                           'r:id="rId1"/></sheets></workbook>',
+        'r:id="rId1"/></sheets></workbook>',
         "xl/_rels/workbook.xml.rels": f'<Relationships xmlns="{pkg}"><Relationship Id="rId1" Type="{rel}/worksheet" '
-                                      'Target="worksheets/sheet1.xml"/></Relationships>',
+        'Target="worksheets/sheet1.xml"/></Relationships>',
         "xl/worksheets/sheet1.xml": f'<worksheet xmlns="{main}"><dimension ref="A1:XFD1048576"/><sheetData>'
-                                    f'{row(1, "email")}{row(2, "ann@example.org")}{row(1048576, "zed@example.org")}'
-                                    "</sheetData></worksheet>",
+        f"{row(1, 'email')}{row(2, 'ann@example.org')}{row(1048576, 'zed@example.org')}"
+        "</sheetData></worksheet>",
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as book:
@@ -135,15 +144,21 @@ def _read_openpyxl(path: Path) -> int:
 def _child(reader: str, path: Path) -> None:
     started = time.perf_counter()
     rows = (_read_edm if reader == "edm" else _read_openpyxl)(path)
-    print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started,
-                      "vm_hwm_mb": infra.vm_hwm_mb(os.getpid())}))
+    print(
+        json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "vm_hwm_mb": infra.vm_hwm_mb(os.getpid())})
+    )
 
 
 def read_in_child(reader: str, label: str, path: Path, *, timeout: float | None = None) -> Pass:
     """`reader` ("edm" or "openpyxl") reads `path` in a child process; killed after `timeout` seconds."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_xlsx", "--read", reader, str(path)],
-                            cwd=infra.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bench_xlsx", "--read", reader, str(path)],
+        cwd=infra.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sampler = infra.RssSampler([proc.pid]).start()
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -151,16 +166,20 @@ def read_in_child(reader: str, label: str, path: Path, *, timeout: float | None 
         proc.kill()
         proc.communicate()
         sampler.stop()
-        return Pass(label, None, time.perf_counter() - started, sampler.peak(proc.pid),
-                    f"still reading after {timeout:.0f} s: killed")
+        return Pass(
+            label,
+            None,
+            time.perf_counter() - started,
+            sampler.peak(proc.pid),
+            f"still reading after {timeout:.0f} s: killed",
+        )
     sampler.stop()
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         last = (err.strip().splitlines() or ["?"])[-1]
         return Pass(label, None, seconds, sampler.peak(proc.pid), f"refused: {last[:200]}")
     reported = json.loads(out.strip().splitlines()[-1])
-    return Pass(label, int(reported["rows"]), seconds, float(reported["vm_hwm_mb"] or sampler.peak(proc.pid)),
-                "read")
+    return Pass(label, int(reported["rows"]), seconds, float(reported["vm_hwm_mb"] or sampler.peak(proc.pid)), "read")
 
 
 # ---- the import ---------------------------------------------------------------------------------------
@@ -195,8 +214,18 @@ async def import_workbook(path: Path, rows: int, bad: int) -> ImportRun:
             row = await session.get(Import, import_id)
         assert row is not None
         checks = row.status == "completed" and row.created == rows - bad and row.errors == bad
-        return ImportRun(rows, bad, upload_s, seconds, rows / seconds, vm_hwm or sampled, str(row.status),
-                         row.created, row.errors, checks)
+        return ImportRun(
+            rows,
+            bad,
+            upload_s,
+            seconds,
+            rows / seconds,
+            vm_hwm or sampled,
+            str(row.status),
+            row.created,
+            row.errors,
+            checks,
+        )
     finally:
         await engine.dispose()
 
@@ -205,16 +234,23 @@ async def import_workbook(path: Path, rows: int, bad: int) -> ImportRun:
 
 
 def report_lines(passes: list[Pass], bomb: Pass, run: ImportRun | None, rows: int) -> list[str]:
-    lines = [f"### XLSX: {rows:,}-row workbook and the dimension bomb", "",
-             "| case | rows read | wall time | peak RSS | outcome |", "|---|---|---|---|---|"]
+    lines = [
+        f"### XLSX: {rows:,}-row workbook and the dimension bomb",
+        "",
+        "| case | rows read | wall time | peak RSS | outcome |",
+        "|---|---|---|---|---|",
+    ]
     for p in [*passes, bomb]:
         shown = f"{p.rows:,}" if p.rows is not None else "–"
         lines.append(f"| {p.reader} | {shown} | {p.seconds:.1f} s | {p.peak_rss_mb:.0f} MB | {p.outcome} |")
     if run is not None:
-        lines += ["", f"Import of the workbook by the `imports` job code: {run.import_s:.1f} s "
-                      f"({run.rows_per_s:,.0f} rows/s), peak RSS {run.peak_rss_mb:.0f} MB, upload (header "
-                      f"check + chunks) {run.upload_s:.1f} s; {run.status}: {run.created:,} created, "
-                      f"{run.errors:,} errors; checks {'ok' if run.checks_ok else 'FAILED'}."]
+        lines += [
+            "",
+            f"Import of the workbook by the `imports` job code: {run.import_s:.1f} s "
+            f"({run.rows_per_s:,.0f} rows/s), peak RSS {run.peak_rss_mb:.0f} MB, upload (header "
+            f"check + chunks) {run.upload_s:.1f} s; {run.status}: {run.created:,} created, "
+            f"{run.errors:,} errors; checks {'ok' if run.checks_ok else 'FAILED'}.",
+        ]
     return lines
 
 
@@ -232,17 +268,23 @@ def main() -> None:
     log(f"xlsx: writing {args.rows:,} rows to {path.relative_to(infra.ROOT)}")
     bad = write_workbook(path, args.rows)
     log(f"  {path.stat().st_size / 2**20:.1f} MB; reading it with each reader")
-    passes = [read_in_child("edm", "edm open_table", path),
-              read_in_child("openpyxl", "openpyxl read-only (reference)", path)]
+    passes = [
+        read_in_child("edm", "edm open_table", path),
+        read_in_child("openpyxl", "openpyxl read-only (reference)", path),
+    ]
     bomb_path = RUN_DIR / "dimension-bomb.xlsx"
     bomb_path.write_bytes(dimension_bomb())
     log(f"  the dimension bomb ({bomb_path.stat().st_size:,} bytes), at most {BOMB_TIMEOUT:.0f} s")
-    bomb = read_in_child("edm", f"dimension bomb ({bomb_path.stat().st_size:,} bytes), edm open_table", bomb_path,
-                         timeout=BOMB_TIMEOUT)
+    bomb = read_in_child(
+        "edm", f"dimension bomb ({bomb_path.stat().st_size:,} bytes), edm open_table", bomb_path, timeout=BOMB_TIMEOUT
+    )
     run = None if args.no_import else asyncio.run(import_workbook(path, args.rows, bad))
     print("\n".join(report_lines(passes, bomb, run, args.rows)))
-    print(json.dumps({"passes": [asdict(p) for p in passes], "bomb": asdict(bomb),
-                      "import": asdict(run) if run else None}))
+    print(
+        json.dumps(
+            {"passes": [asdict(p) for p in passes], "bomb": asdict(bomb), "import": asdict(run) if run else None}
+        )
+    )
     path.unlink()
     bomb_path.unlink()
 

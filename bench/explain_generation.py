@@ -23,22 +23,37 @@ from bench.infra import log  # noqa: E402
 OUT = infra.ROOT / "var" / "bench" / "explain-generation.txt"
 
 
-FK_OTHERS = ("fk_subtasks_user_id_users", "fk_subtasks_task_template_id_task_templates",
-             "fk_subtasks_service_id_email_services")
-NO_FKS = (["ALTER TABLE subtasks DROP CONSTRAINT fk_subtasks_contact_id_contacts"]
-          + [f"ALTER TABLE subtasks DROP CONSTRAINT {fk}" for fk in FK_OTHERS])
-SECONDARY = ("ix_subtasks_allocated", "ix_subtasks_retry", "ix_subtasks_service_id_provider_message_id",
-             "ix_subtasks_task_id_send_state", "ix_subtasks_user_id")
+FK_OTHERS = (
+    "fk_subtasks_user_id_users",
+    "fk_subtasks_task_template_id_task_templates",
+    "fk_subtasks_service_id_email_services",
+)
+NO_FKS = ["ALTER TABLE subtasks DROP CONSTRAINT fk_subtasks_contact_id_contacts"] + [
+    f"ALTER TABLE subtasks DROP CONSTRAINT {fk}" for fk in FK_OTHERS
+]
+SECONDARY = (
+    "ix_subtasks_allocated",
+    "ix_subtasks_retry",
+    "ix_subtasks_service_id_provider_message_id",
+    "ix_subtasks_task_id_send_state",
+    "ix_subtasks_user_id",
+)
 EXPERIMENTS: list[tuple[str, list[str]]] = [
     ("as is", []),
     ("SET LOCAL work_mem = '256MB' (the 100 MB sort stays in memory)", ["SET LOCAL work_mem = '256MB'"]),
-    ("without the FK to contacts (its RI trigger takes FOR KEY SHARE on every contact row)",
-     ["ALTER TABLE subtasks DROP CONSTRAINT fk_subtasks_contact_id_contacts"]),
+    (
+        "without the FK to contacts (its RI trigger takes FOR KEY SHARE on every contact row)",
+        ["ALTER TABLE subtasks DROP CONSTRAINT fk_subtasks_contact_id_contacts"],
+    ),
     ("without the FKs to contacts, users, task_templates, email_services (task_id FK kept)", NO_FKS),
-    ("… and without ix_subtasks_user_id, ix_subtasks_service_id_provider_message_id",
-     NO_FKS + ["DROP INDEX ix_subtasks_user_id", "DROP INDEX ix_subtasks_service_id_provider_message_id"]),
-    ("floor: no FK but task_id; only pk, public_id, (task_id, contact_id), (task_id, recipient_email), fresh",
-     NO_FKS + [f"DROP INDEX {ix}" for ix in SECONDARY]),
+    (
+        "… and without ix_subtasks_user_id, ix_subtasks_service_id_provider_message_id",
+        NO_FKS + ["DROP INDEX ix_subtasks_user_id", "DROP INDEX ix_subtasks_service_id_provider_message_id"],
+    ),
+    (
+        "floor: no FK but task_id; only pk, public_id, (task_id, contact_id), (task_id, recipient_email), fresh",
+        NO_FKS + [f"DROP INDEX {ix}" for ix in SECONDARY],
+    ),
     ("as is (again: drift check)", []),
 ]
 
@@ -94,8 +109,9 @@ async def main_async(args: argparse.Namespace) -> str:
         assert result is not None
         event.remove(engine.sync_engine, "before_cursor_execute", before)
         event.remove(engine.sync_engine, "after_cursor_execute", after)
-        out.append(f"generate(): {result.sendable:,} recipients, {t1 - t0:.1f} s in statements + "
-                   f"{t2 - t1:.1f} s commit")
+        out.append(
+            f"generate(): {result.sendable:,} recipients, {t1 - t0:.1f} s in statements + {t2 - t1:.1f} s commit"
+        )
         out.append("")
         out.append("Statements (seconds, first 160 chars):")
         for statement, _, seconds in captured:

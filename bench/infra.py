@@ -93,8 +93,7 @@ class Sink:
     def start(self) -> Sink:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         argv = [self.binary, *user, "-m", str(self.MAX_SESSIONS), f"127.0.0.1:{self.port}", "1024"]
-        self.proc = subprocess.Popen(argv,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -137,14 +136,19 @@ class SourceRef:
         return statistics.median(self.rates)
 
 
-def smtp_source(binary: str, port: int, *, messages: int, sessions: int = 1, size: int = 5000,
-                rounds: int = 3) -> SourceRef:
+def smtp_source(
+    binary: str, port: int, *, messages: int, sessions: int = 1, size: int = 5000, rounds: int = 3
+) -> SourceRef:
     """`smtp-source -d -s SESSIONS -m N -l SIZE 127.0.0.1:PORT`, timed on the wall clock; median of rounds."""
     rates = []
     for _ in range(rounds):
         start = time.perf_counter()
-        subprocess.run([binary, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-                        f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [binary, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size), f"127.0.0.1:{port}"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         rates.append(messages / (time.perf_counter() - start))
     return SourceRef(sessions, messages, rates)
 
@@ -180,20 +184,25 @@ BENCH_KEYS = ("EDM_DATABASE_URL", "EDM_ENV", "EDM_SECRET_KEY", "EDM_LOG_LEVEL", 
 def passthrough() -> dict[str, str]:
     """EDM_* settings from the caller's environment that reach the workers (e.g. EDM_WORKER_CONCURRENCY,
     EDM_DB_POOL_SIZE): everything but the ones the bench sets itself."""
-    return {k: v for k, v in os.environ.items() if k.startswith("EDM_") and k not in BENCH_KEYS
-            and not k.startswith("EDM_BENCH_")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("EDM_") and k not in BENCH_KEYS and not k.startswith("EDM_BENCH_")
+    }
 
 
 def edm_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDM_")}
     env.update(passthrough())
-    env.update({
-        "EDM_DATABASE_URL": db_url(),
-        "EDM_ENV": "development",
-        "EDM_SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789abcdef",
-        "EDM_LOG_LEVEL": "WARNING",
-        "EDM_PUBLIC_URL": "https://edm.bench.example",
-    })
+    env.update(
+        {
+            "EDM_DATABASE_URL": db_url(),
+            "EDM_ENV": "development",
+            "EDM_SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789abcdef",
+            "EDM_LOG_LEVEL": "WARNING",
+            "EDM_PUBLIC_URL": "https://edm.bench.example",
+        }
+    )
     # Worker tuning knobs under test pass through (everything else EDM_* is reset above).
     env.update({k: v for k, v in os.environ.items() if k in ("EDM_CLAIM_MAX", "EDM_WORKER_CONCURRENCY")})
     env.update(extra)
@@ -225,9 +234,14 @@ class Workers:
             path = self.log_dir / f"worker-{i}.log"
             self.logs.append(path)
             with path.open("wb") as out:
-                self.procs.append(subprocess.Popen(
-                    [str(BIN / "edm"), "worker", "--concurrency", str(self.concurrency)],
-                    env=self.env, stdout=out, stderr=subprocess.STDOUT))
+                self.procs.append(
+                    subprocess.Popen(
+                        [str(BIN / "edm"), "worker", "--concurrency", str(self.concurrency)],
+                        env=self.env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         return self
 
     @property
@@ -255,8 +269,9 @@ class Workers:
     def errors(self) -> list[str]:
         lines = []
         for path in self.logs:
-            lines += [ln for ln in path.read_text(errors="replace").splitlines()
-                      if " ERROR " in ln or "Traceback" in ln]
+            lines += [
+                ln for ln in path.read_text(errors="replace").splitlines() if " ERROR " in ln or "Traceback" in ln
+            ]
         return lines
 
 
@@ -391,10 +406,22 @@ class PySpy:
 
     def start(self) -> PySpy:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [ensure_py_spy(), "record", "-p", str(self.pid), "-r", str(self.rate), "--format", "raw",
-               "--nonblocking", "-o", str(self.output)]
-        self.proc = subprocess.Popen(cmd + (["--idle"] if self.idle else []), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        cmd = [
+            ensure_py_spy(),
+            "record",
+            "-p",
+            str(self.pid),
+            "-r",
+            str(self.rate),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(self.output),
+        ]
+        self.proc = subprocess.Popen(
+            cmd + (["--idle"] if self.idle else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         return self
 
     def stop(self) -> Path:

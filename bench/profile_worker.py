@@ -37,8 +37,9 @@ class Phases:
         self.calls: Counter[str] = Counter()
         self.extra: Counter[str] = Counter()
 
-    def wrap(self, name: str, fn: Callable[..., Awaitable[Any]],
-             after: Callable[[Any], None] | None = None) -> Callable[..., Awaitable[Any]]:
+    def wrap(
+        self, name: str, fn: Callable[..., Awaitable[Any]], after: Callable[[Any], None] | None = None
+    ) -> Callable[..., Awaitable[Any]]:
         async def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
@@ -95,8 +96,14 @@ async def run(args: argparse.Namespace) -> str:
     settings, setup_engine, setup = infra.fresh_database()
     sink = infra.Sink(sink_bin).start()
     try:
-        world = await seed.seed(setup, settings, contacts=args.recipients, sink_port=sink.port,
-                                max_concurrency=args.max_concurrency, tags={"dispatch": args.recipients})
+        world = await seed.seed(
+            setup,
+            settings,
+            contacts=args.recipients,
+            sink_port=sink.port,
+            max_concurrency=args.max_concurrency,
+            tags={"dispatch": args.recipients},
+        )
         task_id, _ = await seed.create_task(setup, world, name="profile", tag="dispatch")
         await seed.generate(setup, task_id)
         async with setup() as session:
@@ -128,9 +135,15 @@ async def run(args: argparse.Namespace) -> str:
             while True:
                 await asyncio.sleep(0.25)
                 async with setup() as session:
-                    open_ = (await session.execute(text(
-                        "SELECT count(*) FROM subtasks WHERE task_id = :t AND send_state IN ('pending','allocated')"),
-                        {"t": task_id})).scalar_one()
+                    open_ = (
+                        await session.execute(
+                            text(
+                                "SELECT count(*) FROM subtasks WHERE task_id = :t"
+                                " AND send_state IN ('pending','allocated')"
+                            ),
+                            {"t": task_id},
+                        )
+                    ).scalar_one()
                 if open_ == 0:
                     worker.request_stop()
                     return time.perf_counter() - start
@@ -152,24 +165,41 @@ async def run(args: argparse.Namespace) -> str:
 
     n = args.recipients
     loops = args.concurrency
-    out = [f"In-process Worker: {n:,} recipients, {loops} dispatch loops, 2 SMTP services × max_concurrency "
-           f"{args.max_concurrency} → smtp-sink", "",
-           f"wall {elapsed:.1f} s → {n / elapsed:,.0f} msg/s; process CPU {cpu:.1f} s = {1000 * cpu / n:.2f} ms/msg "
-           f"({100 * cpu / elapsed:.0f} % of one core; the bench poller and setup engine are included)", "",
-           f"claims: {len(items)} with items, {phases.extra['claims returning nothing']} empty; items per claim: "
-           f"mean {sum(items) / max(1, len(items)):.1f}, max {max(items, default=0)}", "",
-           "Phase time summed over the dispatch loops (loop-seconds; loops × wall = "
-           f"{loops * elapsed:.0f} loop-s available):"]
-    for name in ("claim (incl. snapshot)", "  of which service snapshot", "compose", "send (per batch, overlapping)",
-                 "record", "idle sleep (nothing claimed)"):
+    out = [
+        f"In-process Worker: {n:,} recipients, {loops} dispatch loops, 2 SMTP services × max_concurrency "
+        f"{args.max_concurrency} → smtp-sink",
+        "",
+        f"wall {elapsed:.1f} s → {n / elapsed:,.0f} msg/s; process CPU {cpu:.1f} s = {1000 * cpu / n:.2f} ms/msg "
+        f"({100 * cpu / elapsed:.0f} % of one core; the bench poller and setup engine are included)",
+        "",
+        f"claims: {len(items)} with items, {phases.extra['claims returning nothing']} empty; items per claim: "
+        f"mean {sum(items) / max(1, len(items)):.1f}, max {max(items, default=0)}",
+        "",
+        "Phase time summed over the dispatch loops (loop-seconds; loops × wall = "
+        f"{loops * elapsed:.0f} loop-s available):",
+    ]
+    for name in (
+        "claim (incl. snapshot)",
+        "  of which service snapshot",
+        "compose",
+        "send (per batch, overlapping)",
+        "record",
+        "idle sleep (nothing claimed)",
+    ):
         s, c = phases.seconds[name], phases.calls[name]
-        out.append(f"  {name:<32} {s:8.1f} s in {c:6,} calls ({1000 * s / max(1, c):7.1f} ms each, "
-                   f"{1000 * s / n:6.2f} ms per message)")
+        out.append(
+            f"  {name:<32} {s:8.1f} s in {c:6,} calls ({1000 * s / max(1, c):7.1f} ms each, "
+            f"{1000 * s / n:6.2f} ms per message)"
+        )
     total_statements = sum(v for k, v in statements.count.items() if k != "COMMIT")
-    out += ["", f"SQL: {total_statements:,} statements + {statements.count['COMMIT']:,} commits = "
-                f"{(total_statements + statements.count['COMMIT']) / n:.2f} round trips per message, "
-                f"{(total_statements + statements.count['COMMIT']) / max(1, len(items)):.1f} per claim", "",
-            "Top statements by client-observed time (count, total s, ms each):"]
+    out += [
+        "",
+        f"SQL: {total_statements:,} statements + {statements.count['COMMIT']:,} commits = "
+        f"{(total_statements + statements.count['COMMIT']) / n:.2f} round trips per message, "
+        f"{(total_statements + statements.count['COMMIT']) / max(1, len(items)):.1f} per claim",
+        "",
+        "Top statements by client-observed time (count, total s, ms each):",
+    ]
     for k, s in sorted(statements.seconds.items(), key=lambda kv: -kv[1])[: args.top]:
         out.append(f"  {statements.count[k]:7,}  {s:6.2f} s  {1000 * s / statements.count[k]:6.2f} ms  {k}")
     by_count: Counter[str] = Counter()

@@ -17,11 +17,19 @@ from pathlib import Path
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 IDLE_LEAVES = ("select (selectors.py", "poll (selectors.py", "_run_once (asyncio/base_events.py")
 AREAS = [
-    ("sqlalchemy", "sqlalchemy/"), ("asyncpg", "asyncpg/"), ("aiosmtplib", "aiosmtplib/"),
-    ("jinja2", "jinja2/"), ("email (stdlib)", "email/"), ("edm.content.render", "edm/content/render"),
-    ("edm.dispatch.message", "edm/dispatch/message"), ("edm.dispatch.compose", "edm/dispatch/compose"),
-    ("edm.dispatch.queue", "edm/dispatch/queue"), ("edm.providers.smtp", "edm/providers/smtp"),
-    ("edm.security (tokens)", "edm/security/"), ("asyncio", "asyncio/"), ("logging", "logging/"),
+    ("sqlalchemy", "sqlalchemy/"),
+    ("asyncpg", "asyncpg/"),
+    ("aiosmtplib", "aiosmtplib/"),
+    ("jinja2", "jinja2/"),
+    ("email (stdlib)", "email/"),
+    ("edm.content.render", "edm/content/render"),
+    ("edm.dispatch.message", "edm/dispatch/message"),
+    ("edm.dispatch.compose", "edm/dispatch/compose"),
+    ("edm.dispatch.queue", "edm/dispatch/queue"),
+    ("edm.providers.smtp", "edm/providers/smtp"),
+    ("edm.security (tokens)", "edm/security/"),
+    ("asyncio", "asyncio/"),
+    ("logging", "logging/"),
 ]
 
 
@@ -77,8 +85,12 @@ def summarise(path: Path, top: int = 25) -> str:
             if any(marker in f for f in frames) and area not in hit:
                 areas[area] += count
                 hit.add(area)
-    out = [f"{path.name}: {total} samples, idle (event loop waiting) {100 * idle / total:.0f} %, "
-           f"busy {100 * busy / total:.0f} %", "", "Inclusive share of busy samples by area:"]
+    out = [
+        f"{path.name}: {total} samples, idle (event loop waiting) {100 * idle / total:.0f} %, "
+        f"busy {100 * busy / total:.0f} %",
+        "",
+        "Inclusive share of busy samples by area:",
+    ]
     out += [f"  {100 * c / busy:5.1f} %  {a}" for a, c in areas.most_common()]
     out += ["", f"Top {top} EDM functions, inclusive (% of busy):"]
     out += [f"  {100 * c / busy:5.1f} %  {n}" for n, c in inclusive.most_common(top)]

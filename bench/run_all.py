@@ -54,10 +54,22 @@ from bench.infra import log
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RUN_DIR = infra.ROOT / "var" / "bench"
 
-FULL: dict[str, Any] = {"dispatch": 100_000, "generation": 1_000_000, "rss_small": 10_000, "rss_large": 1_000_000,
-        "rss_window": 75.0, "ref_messages": 30_000}
-QUICK: dict[str, Any] = {"dispatch": 5_000, "generation": 100_000, "rss_small": 2_000, "rss_large": 100_000,
-         "rss_window": 15.0, "ref_messages": 10_000}
+FULL: dict[str, Any] = {
+    "dispatch": 100_000,
+    "generation": 1_000_000,
+    "rss_small": 10_000,
+    "rss_large": 1_000_000,
+    "rss_window": 75.0,
+    "ref_messages": 30_000,
+}
+QUICK: dict[str, Any] = {
+    "dispatch": 5_000,
+    "generation": 100_000,
+    "rss_small": 2_000,
+    "rss_large": 100_000,
+    "rss_window": 15.0,
+    "ref_messages": 10_000,
+}
 STALL_SECONDS = 45.0
 TARGETS = {"dispatch_2w": 1500.0, "dispatch_ratio": 0.45, "generation_s": 20.0, "rss_mb": 150.0}
 
@@ -116,18 +128,27 @@ async def scalar_row(sm: async_sessionmaker[AsyncSession], sql: str, **params: A
 
 async def progress(sm: async_sessionmaker[AsyncSession], task_id: int) -> tuple[int, int, int]:
     """(open rows: pending or allocated, sent, total) of a task."""
-    row = await scalar_row(sm, """
+    row = await scalar_row(
+        sm,
+        """
         SELECT count(*) FILTER (WHERE send_state IN ('pending', 'allocated')),
                count(*) FILTER (WHERE send_state = 'sent'), count(*)
-        FROM subtasks WHERE task_id = :t""", t=task_id)
+        FROM subtasks WHERE task_id = :t""",
+        t=task_id,
+    )
     return int(row[0]), int(row[1]), int(row[2])
 
 
 async def service_states(sm: async_sessionmaker[AsyncSession]) -> list[str]:
     async with sm() as session:
-        rows = (await session.execute(text(
-            "SELECT s.name, st.frozen, st.frozen_reason FROM email_services s "
-            "JOIN email_service_states st ON st.service_id = s.id ORDER BY s.id"))).all()
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT s.name, st.frozen, st.frozen_reason FROM email_services s "
+                    "JOIN email_service_states st ON st.service_id = s.id ORDER BY s.id"
+                )
+            )
+        ).all()
     return [f"{name}: {'FROZEN (' + str(reason) + ')' if frozen else 'ok'}" for name, frozen, reason in rows]
 
 
@@ -140,14 +161,26 @@ async def analyze(sm: async_sessionmaker[AsyncSession]) -> None:
 # ---- (a) dispatch -------------------------------------------------------------------------------------
 
 
-async def run_dispatch(sm: async_sessionmaker[AsyncSession], world: seed.World, *, workers: int, concurrency: int,
-                       sink: infra.Sink, source_bin: str, ref_messages: int, timeout: float,
-                       profile: bool = False, tracking: bool = True) -> DispatchResult:
+async def run_dispatch(
+    sm: async_sessionmaker[AsyncSession],
+    world: seed.World,
+    *,
+    workers: int,
+    concurrency: int,
+    sink: infra.Sink,
+    source_bin: str,
+    ref_messages: int,
+    timeout: float,
+    profile: bool = False,
+    tracking: bool = True,
+) -> DispatchResult:
     task_id, _ = await seed.create_task(sm, world, name=f"dispatch {workers}w", tag="dispatch", tracking=tracking)
     gen_s, sendable = await seed.generate(sm, task_id)
     await analyze(sm)
-    log(f"dispatch {workers}w: task {task_id} generated ({sendable:,} recipients, {gen_s:.1f} s); "
-        f"reference smtp-source -s 1 × 3")
+    log(
+        f"dispatch {workers}w: task {task_id} generated ({sendable:,} recipients, {gen_s:.1f} s); "
+        f"reference smtp-source -s 1 × 3"
+    )
     ref = infra.smtp_source(source_bin, sink.port, messages=ref_messages, sessions=1)
     log(f"  smtp-source -d -s 1: {ref.rate:,.0f} msg/s (rounds {', '.join(f'{r:,.0f}' for r in ref.rates)})")
 
@@ -200,29 +233,51 @@ async def run_dispatch(sm: async_sessionmaker[AsyncSession], world: seed.World, 
         sampler.stop()
         pool.stop()
     task = await seed.task_row(sm, task_id)
-    row = await scalar_row(sm, """
+    row = await scalar_row(
+        sm,
+        """
         SELECT count(*) FILTER (WHERE send_state = 'sent'), count(*) FILTER (WHERE send_state = 'failed'),
                count(*) FILTER (WHERE send_state NOT IN ('sent', 'failed')), max(sent_at),
                (SELECT min(a.started_at) FROM send_attempts a JOIN subtasks s2 ON s2.id = a.subtask_id
                 WHERE s2.task_id = :t)
-        FROM subtasks WHERE task_id = :t""", t=task_id)
+        FROM subtasks WHERE task_id = :t""",
+        t=task_id,
+    )
     sent, failed, other, last_sent, first_start = int(row[0]), int(row[1]), int(row[2]), row[3], row[4]
     seconds_db = (last_sent - first_start).total_seconds() if last_sent and first_start else 0.0
-    task_span = ((task.completed_at - task.first_sent_at).total_seconds()
-                 if task.completed_at and task.first_sent_at else None)
+    task_span = (
+        (task.completed_at - task.first_sent_at).total_seconds() if task.completed_at and task.first_sent_at else None
+    )
     peaks = [max(sampler.peak(pid), h or 0.0) for pid, h in zip(pool.pids, hwm, strict=True)]
     result = DispatchResult(
-        workers=workers, concurrency=concurrency, recipients=sendable, sent=sent, failed=failed, other=other,
-        generation_s=gen_s, rate_db=sent / seconds_db if seconds_db else 0.0,
-        rate_task=sent / task_span if task_span else None, rate_wall=sent / (done - spawned),
-        seconds_db=seconds_db, seconds_wall=done - spawned, ref_rate=ref.rate, ref_rates=ref.rates,
-        peak_rss_mb=peaks, cpu=dict(meter.used) if meter else {}, cpu_wall=meter.wall if meter else 0.0,
-        timed_out=timed_out, tracking=tracking, worker_errors=pool.errors()[:10],
-        services_after=await service_states(sm))
+        workers=workers,
+        concurrency=concurrency,
+        recipients=sendable,
+        sent=sent,
+        failed=failed,
+        other=other,
+        generation_s=gen_s,
+        rate_db=sent / seconds_db if seconds_db else 0.0,
+        rate_task=sent / task_span if task_span else None,
+        rate_wall=sent / (done - spawned),
+        seconds_db=seconds_db,
+        seconds_wall=done - spawned,
+        ref_rate=ref.rate,
+        ref_rates=ref.rates,
+        peak_rss_mb=peaks,
+        cpu=dict(meter.used) if meter else {},
+        cpu_wall=meter.wall if meter else 0.0,
+        timed_out=timed_out,
+        tracking=tracking,
+        worker_errors=pool.errors()[:10],
+        services_after=await service_states(sm),
+    )
     if timed_out:
         await seed.pause(sm, task_id)
-    log(f"  {workers}w: {result.rate_db:,.0f} msg/s (DB), {result.rate_wall:,.0f} msg/s (wall), "
-        f"ratio {result.ratio:.2f} × smtp-source; sent {sent:,}, failed {failed:,}")
+    log(
+        f"  {workers}w: {result.rate_db:,.0f} msg/s (DB), {result.rate_wall:,.0f} msg/s (wall), "
+        f"ratio {result.ratio:.2f} × smtp-source; sent {sent:,}, failed {failed:,}"
+    )
     return result
 
 
@@ -241,8 +296,16 @@ async def run_generation(sm: async_sessionmaker[AsyncSession], world: seed.World
 # ---- (c) worker RSS -----------------------------------------------------------------------------------
 
 
-async def run_rss(sm: async_sessionmaker[AsyncSession], world: seed.World, *, label: str, tag: str | None,
-                  concurrency: int, window: float | None, timeout: float) -> RssResult:
+async def run_rss(
+    sm: async_sessionmaker[AsyncSession],
+    world: seed.World,
+    *,
+    label: str,
+    tag: str | None,
+    concurrency: int,
+    window: float | None,
+    timeout: float,
+) -> RssResult:
     """One worker; it generates the task itself (the maintenance job), then sends. `window` None = until
     every recipient is final; else stop that many seconds after the first message was sent."""
     task_id, _ = await seed.create_task(sm, world, name=f"rss {label}", tag=tag)
@@ -284,16 +347,27 @@ async def run_rss(sm: async_sessionmaker[AsyncSession], world: seed.World, *, la
     series = [(round(t, 1), round(mb, 1)) for t, mb in samples[:: max(1, int(5 / sampler.period))]]
     seconds = time.monotonic() - spawned
     task = await seed.task_row(sm, task_id)
-    gen_in_worker = ((task.generated_at - task.created_at).total_seconds()
-                     if task.generated_at and task.created_at else None)
-    result = RssResult(label=label, recipients=total, sent=sent, seconds=seconds,
-                       peak_mb=max(sampler.peak(pid), hwm or 0.0), vm_hwm_mb=hwm,
-                       start_mb=sampler.at(pid, (first_sent or spawned + 2.0) - spawned),
-                       end_mb=samples[-1][1] if samples else 0.0,
-                       series=series, generation_in_worker_s=gen_in_worker, sent_after=sent_after)
-    log(f"  rss {label}: peak {result.peak_mb:.0f} MB (VmHWM {hwm or 0:.0f} MB), "
+    gen_in_worker = (
+        (task.generated_at - task.created_at).total_seconds() if task.generated_at and task.created_at else None
+    )
+    result = RssResult(
+        label=label,
+        recipients=total,
+        sent=sent,
+        seconds=seconds,
+        peak_mb=max(sampler.peak(pid), hwm or 0.0),
+        vm_hwm_mb=hwm,
+        start_mb=sampler.at(pid, (first_sent or spawned + 2.0) - spawned),
+        end_mb=samples[-1][1] if samples else 0.0,
+        series=series,
+        generation_in_worker_s=gen_in_worker,
+        sent_after=sent_after,
+    )
+    log(
+        f"  rss {label}: peak {result.peak_mb:.0f} MB (VmHWM {hwm or 0:.0f} MB), "
         f"at first send {result.start_mb:.0f} MB, "
-        f"at the end {result.end_mb:.0f} MB; {sent:,} of {total:,} sent in {seconds:.0f} s")
+        f"at the end {result.end_mb:.0f} MB; {sent:,} of {total:,} sent in {seconds:.0f} s"
+    )
     return result
 
 
@@ -315,9 +389,14 @@ def code_version() -> str:
 def machine() -> dict[str, Any]:
     with open("/proc/cpuinfo") as f:
         models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-    return {"nproc": os.cpu_count(), "cpu": models[0] if models else platform.processor(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
-            "kernel": platform.release(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": models[0] if models else platform.processor(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def ok(flag: bool) -> str:
@@ -328,33 +407,43 @@ def report(res: dict[str, Any]) -> str:
     """The result tables as Markdown (printed, and written into RESULTS.md)."""
     lines: list[str] = []
     m, pg = res["machine"], res["pg"]
-    lines.append(f"Run {res['date']} ({'quick' if res['quick'] else 'full'}), {res['duration_s']:.0f} s total. "
-                 f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
-                 f"PostgreSQL {pg.get('server_version', '?')} (shared_buffers {pg.get('shared_buffers', '?')}, "
-                 f"synchronous_commit {pg.get('synchronous_commit', '?')}); load average at start "
-                 f"{m['load_avg_at_start']}. Code: `{res.get('code', '?')}`."
-                 + (f" Settings passed to the workers: {res['env']}." if res.get("env") else ""))
+    lines.append(
+        f"Run {res['date']} ({'quick' if res['quick'] else 'full'}), {res['duration_s']:.0f} s total. "
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
+        f"PostgreSQL {pg.get('server_version', '?')} (shared_buffers {pg.get('shared_buffers', '?')}, "
+        f"synchronous_commit {pg.get('synchronous_commit', '?')}); load average at start "
+        f"{m['load_avg_at_start']}. Code: `{res.get('code', '?')}`."
+        + (f" Settings passed to the workers: {res['env']}." if res.get("env") else "")
+    )
     lines.append("")
     if res.get("dispatch"):
-        lines.append("### (a) Dispatch → smtp-sink (2 SMTP services, interval 0, max_concurrency "
-                     f"{res['max_concurrency']}, `edm worker --concurrency {res['dispatch'][0]['concurrency']}`)")
+        lines.append(
+            "### (a) Dispatch → smtp-sink (2 SMTP services, interval 0, max_concurrency "
+            f"{res['max_concurrency']}, `edm worker --concurrency {res['dispatch'][0]['concurrency']}`)"
+        )
         lines.append("")
-        lines.append("| workers | tracking | recipients | sent | msg/s (DB: first send → last sent) "
-                     "| msg/s (wall, incl. start-up) | msg/s (task first_sent_at → completed_at) "
-                     "| smtp-source -s 1 (same run) | ratio | peak RSS / worker |")
+        lines.append(
+            "| workers | tracking | recipients | sent | msg/s (DB: first send → last sent) "
+            "| msg/s (wall, incl. start-up) | msg/s (task first_sent_at → completed_at) "
+            "| smtp-source -s 1 (same run) | ratio | peak RSS / worker |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for d in res["dispatch"]:
             rate_task = f"{d['rate_task']:,.0f}" if d["rate_task"] else "–"
             cut = " (timed out)" if d["timed_out"] else ""
-            lines.append(f"| {d['workers']} | {_tracking(d)} | {d['recipients']:,} | {d['sent']:,}{cut} "
-                         f"| **{d['rate_db']:,.0f}** | {d['rate_wall']:,.0f} | {rate_task} | {d['ref_rate']:,.0f} "
-                         f"| **{d['rate_db'] / d['ref_rate']:.2f}** | "
-                         f"{', '.join(f'{p:.0f} MB' for p in d['peak_rss_mb'])} |")
+            lines.append(
+                f"| {d['workers']} | {_tracking(d)} | {d['recipients']:,} | {d['sent']:,}{cut} "
+                f"| **{d['rate_db']:,.0f}** | {d['rate_wall']:,.0f} | {rate_task} | {d['ref_rate']:,.0f} "
+                f"| **{d['rate_db'] / d['ref_rate']:.2f}** | "
+                f"{', '.join(f'{p:.0f} MB' for p in d['peak_rss_mb'])} |"
+            )
         lines.append("")
         lines.append("CPU seconds per 1,000 messages while sending (first sent row → last), by process group:")
         lines.append("")
-        lines.append("| workers | tracking | edm workers | PostgreSQL (bench DB + aux) | smtp-sink | bench poller "
-                     "| other (not ours) | machine busy / available |")
+        lines.append(
+            "| workers | tracking | edm workers | PostgreSQL (bench DB + aux) | smtp-sink | bench poller "
+            "| other (not ours) | machine busy / available |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         for d in res["dispatch"]:
             k = 1000 / max(1, d["sent"])
@@ -370,9 +459,11 @@ def report(res: dict[str, Any]) -> str:
         if two:
             d = two[0]
             ratio = d["rate_db"] / d["ref_rate"]
-            lines.append(f"Target (2 workers): ≥ {TARGETS['dispatch_2w']:,.0f} msg/s → {d['rate_db']:,.0f}: "
-                         f"{ok(d['rate_db'] >= TARGETS['dispatch_2w'])}; ≥ {TARGETS['dispatch_ratio']} × smtp-source "
-                         f"→ {ratio:.2f}: {ok(ratio >= TARGETS['dispatch_ratio'])}.")
+            lines.append(
+                f"Target (2 workers): ≥ {TARGETS['dispatch_2w']:,.0f} msg/s → {d['rate_db']:,.0f}: "
+                f"{ok(d['rate_db'] >= TARGETS['dispatch_2w'])}; ≥ {TARGETS['dispatch_ratio']} × smtp-source "
+                f"→ {ratio:.2f}: {ok(ratio >= TARGETS['dispatch_ratio'])}."
+            )
             lines.append("")
     if res.get("generation"):
         g = res["generation"]
@@ -380,36 +471,47 @@ def report(res: dict[str, Any]) -> str:
         lines.append("")
         lines.append("| recipients | seconds (generate + commit) | rows/s | schedule (estimate + test render) |")
         lines.append("|---|---|---|---|")
-        lines.append(f"| {g['recipients']:,} | **{g['seconds']:.1f}** | {g['recipients'] / g['seconds']:,.0f} "
-                     f"| {g['schedule_s']:.1f} s |")
+        lines.append(
+            f"| {g['recipients']:,} | **{g['seconds']:.1f}** | {g['recipients'] / g['seconds']:,.0f} "
+            f"| {g['schedule_s']:.1f} s |"
+        )
         for d in res.get("dispatch") or []:
-            lines.append(f"| {d['recipients']:,} (dispatch {d['workers']}w task) | {d['generation_s']:.1f} "
-                         f"| {d['recipients'] / d['generation_s']:,.0f} | |")
+            lines.append(
+                f"| {d['recipients']:,} (dispatch {d['workers']}w task) | {d['generation_s']:.1f} "
+                f"| {d['recipients'] / d['generation_s']:,.0f} | |"
+            )
         lines.append("")
-        lines.append(f"Reference (PERFORMANCE.md, same machine kind): 1M pending rows by INSERT … SELECT 2.5 s, "
-                     f"by COPY 1.7 s. Target ≤ {TARGETS['generation_s']:.0f} s for 1,000,000 → "
-                     f"{ok(g['seconds'] <= TARGETS['generation_s'])}.")
+        lines.append(
+            f"Reference (PERFORMANCE.md, same machine kind): 1M pending rows by INSERT … SELECT 2.5 s, "
+            f"by COPY 1.7 s. Target ≤ {TARGETS['generation_s']:.0f} s for 1,000,000 → "
+            f"{ok(g['seconds'] <= TARGETS['generation_s'])}."
+        )
         lines.append("")
     if res.get("rss"):
         lines.append("### (c) Worker RSS (one `edm worker`, sampled every 0.2 s; VmHWM from /proc)")
         lines.append("")
-        lines.append("| task | recipients | sent while measured | seconds | RSS at first send | peak RSS "
-                     "| VmHWM "
-                     "| RSS at end |")
+        lines.append(
+            "| task | recipients | sent while measured | seconds | RSS at first send | peak RSS | VmHWM | RSS at end |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in res["rss"]:
-            lines.append(f"| {r['label']} | {r['recipients']:,} | {r['sent']:,} | {r['seconds']:.0f} | "
-                         f"{r['start_mb']:.0f} MB | **{r['peak_mb']:.0f} MB** | {r['vm_hwm_mb'] or 0:.0f} MB | "
-                         f"{r['end_mb']:.0f} MB |")
+            lines.append(
+                f"| {r['label']} | {r['recipients']:,} | {r['sent']:,} | {r['seconds']:.0f} | "
+                f"{r['start_mb']:.0f} MB | **{r['peak_mb']:.0f} MB** | {r['vm_hwm_mb'] or 0:.0f} MB | "
+                f"{r['end_mb']:.0f} MB |"
+            )
         lines.append("")
         for r in res["rss"]:
-            lines.append(f"- {r['label']}: RSS over time (s, MB): "
-                         + ", ".join(f"{t:.0f}s {mb:.0f}" for t, mb in r["series"]))
+            lines.append(
+                f"- {r['label']}: RSS over time (s, MB): " + ", ".join(f"{t:.0f}s {mb:.0f}" for t, mb in r["series"])
+            )
         lines.append("")
         peak = max(r["peak_mb"] for r in res["rss"])
-        lines.append(f"Target ≤ {TARGETS['rss_mb']:.0f} MB and flat → peak {peak:.0f} MB: "
-                     f"{ok(peak <= TARGETS['rss_mb'])} (flatness: compare the small and large task, and the series "
-                     "above).")
+        lines.append(
+            f"Target ≤ {TARGETS['rss_mb']:.0f} MB and flat → peak {peak:.0f} MB: "
+            f"{ok(peak <= TARGETS['rss_mb'])} (flatness: compare the small and large task, and the series "
+            "above)."
+        )
         lines.append("")
     for d in res.get("dispatch") or []:
         if any("FROZEN" in s for s in d["services_after"]):
@@ -473,7 +575,8 @@ def write_section_results(name: str, title: str, markdown: str, res: dict[str, A
     RESULTS.write_text(current)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / f"results-{name}-{'quick' if res['quick'] else 'full'}.json").write_text(
-        json.dumps(res, indent=2, default=str))
+        json.dumps(res, indent=2, default=str)
+    )
 
 
 def write_webhooks_results(markdown: str, res: dict[str, Any]) -> None:
@@ -489,7 +592,8 @@ def write_webhooks_results(markdown: str, res: dict[str, Any]) -> None:
     RESULTS.write_text(current)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / f"results-webhooks-{'quick' if res['quick'] else 'full'}.json").write_text(
-        json.dumps(res, indent=2, default=str))
+        json.dumps(res, indent=2, default=str)
+    )
 
 
 def _tracking(d: dict[str, Any]) -> str:
@@ -510,9 +614,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     contacts_sizes = dict(bench_contacts.QUICK if args.quick else bench_contacts.FULL)
     stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
     started = time.monotonic()
-    res: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                           "quick": args.quick, "machine": machine(), "max_concurrency": args.max_concurrency,
-                           "code": code_version(), "env": infra.passthrough()}
+    res: dict[str, Any] = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+        "max_concurrency": args.max_concurrency,
+        "code": code_version(),
+        "env": infra.passthrough(),
+    }
     smtp = bool(only - {"webhooks", "tracking", "stats", "import", "contacts"})  # these send nothing: no sink needed
     sink_bin, source_bin = infra.ensure_postfix_tools() if smtp else ("", "")
     log(f"fresh database {infra.DB_NAME}; edm db upgrade")
@@ -529,15 +638,27 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         sink.start()
         log(f"smtp-sink pid {sink.pid} on 127.0.0.1:{sink.port}")
     try:
-        need = max([sizes["dispatch"]] * ("dispatch" in only)
-                   + [sizes["generation"]] * ("generation" in only)
-                   + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only)
-                   + [stats_sizes["subtasks"]] * ("stats" in only)
-                   + [contacts_sizes["contacts"]] * ("contacts" in only), default=0)
+        need = max(
+            [sizes["dispatch"]] * ("dispatch" in only)
+            + [sizes["generation"]] * ("generation" in only)
+            + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only)
+            + [stats_sizes["subtasks"]] * ("stats" in only)
+            + [contacts_sizes["contacts"]] * ("contacts" in only),
+            default=0,
+        )
         t0 = time.perf_counter()
-        world = None if not need else await seed.seed(sm, settings, contacts=need, sink_port=sink.port,
-                                max_concurrency=args.max_concurrency,
-                                tags={"dispatch": min(need, sizes["dispatch"]), "rss-small": sizes["rss_small"]})
+        world = (
+            None
+            if not need
+            else await seed.seed(
+                sm,
+                settings,
+                contacts=need,
+                sink_port=sink.port,
+                max_concurrency=args.max_concurrency,
+                tags={"dispatch": min(need, sizes["dispatch"]), "rss-small": sizes["rss_small"]},
+            )
+        )
         res["seed"] = {"contacts": need, "seconds": time.perf_counter() - t0}
         if need:
             log(f"seeded {need:,} contacts, tags and 2 SMTP services in {res['seed']['seconds']:.1f} s")
@@ -545,48 +666,99 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             res["dispatch"] = []
             for workers in args.workers:
                 result = await run_dispatch(
-                    sm, world, workers=workers, concurrency=args.concurrency, sink=sink, source_bin=source_bin,
-                    ref_messages=sizes["ref_messages"], timeout=args.timeout, profile=args.profile)
+                    sm,
+                    world,
+                    workers=workers,
+                    concurrency=args.concurrency,
+                    sink=sink,
+                    source_bin=source_bin,
+                    ref_messages=sizes["ref_messages"],
+                    timeout=args.timeout,
+                    profile=args.profile,
+                )
                 res["dispatch"].append(asdict(result))
             if args.untracked_reference:
                 # The same run without tracking: what rewriting links and adding the pixel cost, same machine.
                 result = await run_dispatch(
-                    sm, world, workers=max(args.workers), concurrency=args.concurrency, sink=sink,
-                    source_bin=source_bin, ref_messages=sizes["ref_messages"], timeout=args.timeout,
-                    tracking=False)
+                    sm,
+                    world,
+                    workers=max(args.workers),
+                    concurrency=args.concurrency,
+                    sink=sink,
+                    source_bin=source_bin,
+                    ref_messages=sizes["ref_messages"],
+                    timeout=args.timeout,
+                    tracking=False,
+                )
                 res["dispatch"].append(asdict(result))
         if "rss" in only:
             res["rss"] = [
-                asdict(await run_rss(sm, world, label=f"{sizes['rss_small']:,} recipients (to completion)",
-                                     tag="rss-small", concurrency=args.concurrency, window=None,
-                                     timeout=args.timeout)),
-                asdict(await run_rss(sm, world, label=f"{sizes['rss_large']:,} recipients (generated by the "
-                                                      f"worker, then {sizes['rss_window']:.0f} s of sending)",
-                                     tag=None, concurrency=args.concurrency, window=sizes["rss_window"],
-                                     timeout=args.timeout)),
+                asdict(
+                    await run_rss(
+                        sm,
+                        world,
+                        label=f"{sizes['rss_small']:,} recipients (to completion)",
+                        tag="rss-small",
+                        concurrency=args.concurrency,
+                        window=None,
+                        timeout=args.timeout,
+                    )
+                ),
+                asdict(
+                    await run_rss(
+                        sm,
+                        world,
+                        label=f"{sizes['rss_large']:,} recipients (generated by the "
+                        f"worker, then {sizes['rss_window']:.0f} s of sending)",
+                        tag=None,
+                        concurrency=args.concurrency,
+                        window=sizes["rss_window"],
+                        timeout=args.timeout,
+                    )
+                ),
             ]
         if "generation" in only:
             res["generation"] = await run_generation(sm, world)
         if "webhooks" in only:
             wh = dict(bench_webhooks.QUICK if args.quick else bench_webhooks.FULL)
-            res["webhooks"] = asdict(await bench_webhooks.run(
-                sm, settings, subtasks=wh["subtasks"], events=wh["events"], ref_requests=wh["ref_requests"],
-                connections=args.webhook_connections, profile=args.profile))
+            res["webhooks"] = asdict(
+                await bench_webhooks.run(
+                    sm,
+                    settings,
+                    subtasks=wh["subtasks"],
+                    events=wh["events"],
+                    ref_requests=wh["ref_requests"],
+                    connections=args.webhook_connections,
+                    profile=args.profile,
+                )
+            )
         if "tracking" in only:
             tr = dict(bench_tracking.QUICK if args.quick else bench_tracking.FULL)
-            res["tracking"] = asdict(await bench_tracking.run(
-                sm, settings, subtasks=tr["subtasks"], seconds=tr["seconds"],
-                connections=args.tracking_connections, profile=args.profile))
+            res["tracking"] = asdict(
+                await bench_tracking.run(
+                    sm,
+                    settings,
+                    subtasks=tr["subtasks"],
+                    seconds=tr["seconds"],
+                    connections=args.tracking_connections,
+                    profile=args.profile,
+                )
+            )
         if "stats" in only:
-            res["stats"] = asdict(await bench_stats.run(
-                sm, world, subtasks=stats_sizes["subtasks"], reads=stats_sizes["reads"],
-                reference_reads=stats_sizes["reference_reads"]))
+            res["stats"] = asdict(
+                await bench_stats.run(
+                    sm,
+                    world,
+                    subtasks=stats_sizes["subtasks"],
+                    reads=stats_sizes["reads"],
+                    reference_reads=stats_sizes["reference_reads"],
+                )
+            )
         if "import" in only:
             rows = (bench_import.QUICK if args.quick else bench_import.FULL)["rows"]
             res["import"] = asdict(await bench_import.run(sm, settings, rows=rows))
         if "contacts" in only:
-            res["contacts"] = asdict(await bench_contacts.run(sm, world, contacts=need,
-                                                              reads=contacts_sizes["reads"]))
+            res["contacts"] = asdict(await bench_contacts.run(sm, world, contacts=need, reads=contacts_sizes["reads"]))
     finally:
         sink.stop()
         await engine.dispose()
@@ -597,24 +769,46 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (5,000 recipients, 100,000 generated)")
-    parser.add_argument("--only", action="append",
-                        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import",
-                                 "contacts"],
-                        help="run only this part (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import", "contacts"],
+        help="run only this part (repeatable)",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="`edm worker --concurrency` (dispatch loops)")
-    parser.add_argument("--max-concurrency", type=int, default=100,
-                        help="services' max_concurrency (100 = the most allowed; 32 binds, see RESULTS.md)")
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
-                        help="worker counts for the dispatch runs, e.g. 1,2")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=100,
+        help="services' max_concurrency (100 = the most allowed; 32 binds, see RESULTS.md)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="worker counts for the dispatch runs, e.g. 1,2",
+    )
     parser.add_argument("--dispatch-recipients", type=int, help="override the dispatch task size")
-    parser.add_argument("--untracked-reference", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run the most workers with open/click tracking off (what tracking costs)")
+    parser.add_argument(
+        "--untracked-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the most workers with open/click tracking off (what tracking costs)",
+    )
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds before a run is cut short")
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker of each dispatch run")
-    parser.add_argument("--webhook-connections", type=int, default=bench_webhooks.CONNECTIONS,
-                        help="keep-alive connections of the webhook load client")
-    parser.add_argument("--tracking-connections", type=int, default=bench_tracking.CONNECTIONS,
-                        help="keep-alive connections of wrk in the tracking section")
+    parser.add_argument(
+        "--webhook-connections",
+        type=int,
+        default=bench_webhooks.CONNECTIONS,
+        help="keep-alive connections of the webhook load client",
+    )
+    parser.add_argument(
+        "--tracking-connections",
+        type=int,
+        default=bench_tracking.CONNECTIONS,
+        help="keep-alive connections of wrk in the tracking section",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))

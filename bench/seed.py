@@ -26,13 +26,28 @@ from edm.tasks import service as tasks
 from edm.tasks.models import Task
 from edm.users.service import create_user
 
-FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Guido", "Radia",
-               "Anne", "José", "Zoë", "Øystein", "Mia", "Noah"]
+FIRST_NAMES = [
+    "Ada",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+    "Guido",
+    "Radia",
+    "Anne",
+    "José",
+    "Zoë",
+    "Øystein",
+    "Mia",
+    "Noah",
+]
 # The 5 KB HTML of bench_message.py, personalised the way a campaign is: greeting and unsubscribe link.
-TEMPLATE_HTML = HTML_5KB.replace(
-    "Hello Ann", "Hello {{ contact.first_name | default('there', true) }}"
-).replace("</body></html>", '<p style="font-size:11px"><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
-                            "</body></html>")
+TEMPLATE_HTML = HTML_5KB.replace("Hello Ann", "Hello {{ contact.first_name | default('there', true) }}").replace(
+    "</body></html>", '<p style="font-size:11px"><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'
+)
 TEMPLATE_SUBJECT = "Spring sale: 20% off new arrivals, {{ contact.first_name | default('friend', true) }}"
 
 
@@ -46,25 +61,53 @@ class World:
     contacts: int = 0
 
 
-async def seed(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, contacts: int,
-               tags: dict[str, int], sink_port: int, services_: int = 2, max_concurrency: int = 32) -> World:
+async def seed(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    contacts: int,
+    tags: dict[str, int],
+    sink_port: int,
+    services_: int = 2,
+    max_concurrency: int = 32,
+) -> World:
     """One user with `contacts` contacts, tags over the first n of them, a sender, the 5 KB template and
     `services_` SMTP services at the sink (interval 0, high concurrency, huge quota), mapped to the user."""
     vault = Vault.from_settings(settings)
     async with unit_of_work(sessionmaker) as session:
-        user = await create_user(session, username="bench", email="bench@bench.example",
-                                 password="bench password long enough", credit=1_000_000_000)
-        sender = await content.create_sender(session, user_id=user.id, values={
-            "local_part": "news", "display_name": "Example Shop", "reply_to": "help@bench.example"})
-        template = await content.create_template(session, user_id=user.id, values={
-            "name": "spring", "subject": TEMPLATE_SUBJECT, "html": TEMPLATE_HTML})
+        user = await create_user(
+            session,
+            username="bench",
+            email="bench@bench.example",
+            password="bench password long enough",
+            credit=1_000_000_000,
+        )
+        sender = await content.create_sender(
+            session,
+            user_id=user.id,
+            values={"local_part": "news", "display_name": "Example Shop", "reply_to": "help@bench.example"},
+        )
+        template = await content.create_template(
+            session, user_id=user.id, values={"name": "spring", "subject": TEMPLATE_SUBJECT, "html": TEMPLATE_HTML}
+        )
         service_ids = []
         for i in range(services_):
-            svc = await services.create_service(session, vault, values={
-                "name": f"sink-{chr(97 + i)}", "provider": "smtp", "domain": f"mail-{chr(97 + i)}.bench.example",
-                "options": {"host": "127.0.0.1", "port": sink_port, "security": "none"},
-                "sending_interval_seconds": 0, "max_concurrency": max_concurrency, "batch_size": 1,
-                "daily_quota": 1_000_000_000}, credentials={}, fake_allowed=False)
+            svc = await services.create_service(
+                session,
+                vault,
+                values={
+                    "name": f"sink-{chr(97 + i)}",
+                    "provider": "smtp",
+                    "domain": f"mail-{chr(97 + i)}.bench.example",
+                    "options": {"host": "127.0.0.1", "port": sink_port, "security": "none"},
+                    "sending_interval_seconds": 0,
+                    "max_concurrency": max_concurrency,
+                    "batch_size": 1,
+                    "daily_quota": 1_000_000_000,
+                },
+                credentials={},
+                fake_allowed=False,
+            )
             await services.map_user(session, user_id=user.id, service_id=svc.id)
             service_ids.append(svc.id)
         world = World(user.id, sender.id, template.id, service_ids, contacts=contacts)
@@ -81,7 +124,8 @@ async def seed(sessionmaker: async_sessionmaker[AsyncSession], settings: Setting
 
 async def insert_contacts(session: AsyncSession, *, user_id: int, count: int) -> None:
     names = "ARRAY[" + ",".join(f"'{n}'" for n in FIRST_NAMES) + "]"
-    await session.execute(text(f"""
+    await session.execute(
+        text(f"""
         INSERT INTO contacts (user_id, email, email_normalized, email_domain, first_name, name, status,
                               custom_attributes, soft_bounce_streak, source, created_at, updated_at)
         SELECT :user_id, e, e, d, fn, fn || ' Person' || i, 'active', jsonb_build_object('n', i), 0, 'bench',
@@ -89,7 +133,9 @@ async def insert_contacts(session: AsyncSession, *, user_id: int, count: int) ->
         FROM (SELECT i, 'person' || i || '@' || d AS e, d, ({names})[1 + i % {len(FIRST_NAMES)}] AS fn
               FROM (SELECT i, 'rcpt' || (i % 50) || '.bench.example' AS d
                     FROM generate_series(1, :count) AS i) s) t
-    """), {"user_id": user_id, "count": count, "now": utc_now()})
+    """),
+        {"user_id": user_id, "count": count, "now": utc_now()},
+    )
 
 
 async def tag_first(session: AsyncSession, *, user_id: int, name: str, first_n: int) -> int:
@@ -97,25 +143,46 @@ async def tag_first(session: AsyncSession, *, user_id: int, name: str, first_n: 
     row = Tag(user_id=user_id, name=name)
     session.add(row)
     await session.flush()
-    await session.execute(text("""
+    await session.execute(
+        text("""
         INSERT INTO contact_tags (contact_id, tag_id, created_at)
         SELECT id, :tag, :now FROM contacts WHERE user_id = :user_id ORDER BY id LIMIT :n
-    """), {"tag": row.id, "now": utc_now(), "user_id": user_id, "n": first_n})
+    """),
+        {"tag": row.id, "now": utc_now(), "user_id": user_id, "n": first_n},
+    )
     return row.id
 
 
-async def create_task(sessionmaker: async_sessionmaker[AsyncSession], world: World, *, name: str,
-                      tag: str | None = None, tracking: bool = True) -> tuple[int, float]:
+async def create_task(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    world: World,
+    *,
+    name: str,
+    tag: str | None = None,
+    tracking: bool = True,
+) -> tuple[int, float]:
     """Create and schedule (now) a task to a tag's contacts, or to all contacts. Returns (id, seconds spent
     scheduling: the estimate and test render run there). `tracking` is open and click tracking (the default
     of a task, on)."""
-    rule: dict[str, Any] = ({"type": "tag_based", "include_tag_ids": [world.tag_ids[tag]], "exclude_tag_ids": []}
-                            if tag else {"type": "all_contacts", "exclude_tag_ids": []})
+    rule: dict[str, Any] = (
+        {"type": "tag_based", "include_tag_ids": [world.tag_ids[tag]], "exclude_tag_ids": []}
+        if tag
+        else {"type": "all_contacts", "exclude_tag_ids": []}
+    )
     async with unit_of_work(sessionmaker) as session:
-        task = await tasks.create_task(session, user_id=world.user_id, actor="bench", values={
-            "name": name, "sender_id": world.sender_id, "recipient_rule": rule,
-            "templates": [{"template_id": world.template_id, "weight": 1}],
-            "track_opens": tracking, "track_clicks": tracking})
+        task = await tasks.create_task(
+            session,
+            user_id=world.user_id,
+            actor="bench",
+            values={
+                "name": name,
+                "sender_id": world.sender_id,
+                "recipient_rule": rule,
+                "templates": [{"template_id": world.template_id, "weight": 1}],
+                "track_opens": tracking,
+                "track_clicks": tracking,
+            },
+        )
         started = time.perf_counter()
         await tasks.schedule(session, task, at=None, actor="bench")
         return task.id, time.perf_counter() - started

@@ -29,23 +29,37 @@ async def main_async(args: argparse.Namespace) -> str:
     sink_bin, source_bin = infra.ensure_postfix_tools()
     settings, engine, sm = infra.fresh_database()
     sink = infra.Sink(sink_bin).start()
-    rows = ["| workers | --concurrency | max_concurrency | msg/s (DB) | smtp-source -s 1 | ratio | worker CPU ms/msg "
-            "| PostgreSQL CPU ms/msg | other CPU ms/msg |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| workers | --concurrency | max_concurrency | msg/s (DB) | smtp-source -s 1 | ratio | worker CPU ms/msg "
+        "| PostgreSQL CPU ms/msg | other CPU ms/msg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     try:
-        world = await seed.seed(sm, settings, contacts=args.recipients, sink_port=sink.port,
-                                tags={"dispatch": args.recipients})
+        world = await seed.seed(
+            sm, settings, contacts=args.recipients, sink_port=sink.port, tags={"dispatch": args.recipients}
+        )
         for mc in args.max_concurrency:
             async with sm() as session:
                 await session.execute(text("UPDATE email_services SET max_concurrency = :m"), {"m": mc})
                 await session.commit()
             for workers in args.workers:
                 for conc in args.concurrency:
-                    r = await run_dispatch(sm, world, workers=workers, concurrency=conc, sink=sink,
-                                           source_bin=source_bin, ref_messages=10_000, timeout=args.timeout)
+                    r = await run_dispatch(
+                        sm,
+                        world,
+                        workers=workers,
+                        concurrency=conc,
+                        sink=sink,
+                        source_bin=source_bin,
+                        ref_messages=10_000,
+                        timeout=args.timeout,
+                    )
                     k = 1000 / max(1, r.sent)
-                    rows.append(f"| {workers} | {conc} | {mc} | {r.rate_db:,.0f} | {r.ref_rate:,.0f} | {r.ratio:.2f} "
-                                f"| {r.cpu.get('workers', 0) * k:.2f} | {r.cpu.get('postgres', 0) * k:.2f} "
-                                f"| {r.cpu.get('other', 0) * k:.2f} |")
+                    rows.append(
+                        f"| {workers} | {conc} | {mc} | {r.rate_db:,.0f} | {r.ref_rate:,.0f} | {r.ratio:.2f} "
+                        f"| {r.cpu.get('workers', 0) * k:.2f} | {r.cpu.get('postgres', 0) * k:.2f} "
+                        f"| {r.cpu.get('other', 0) * k:.2f} |"
+                    )
                     print(rows[-1], flush=True)
     finally:
         sink.stop()

@@ -70,7 +70,8 @@ class PgDatabase:
         if superuser and superuser[0]:
             sequences = self._conn.execute(
                 "SELECT format('%I.%I', schemaname, sequencename), start_value FROM pg_sequences"
-                " WHERE schemaname = current_schema()").fetchall()
+                " WHERE schemaname = current_schema()"
+            ).fetchall()
             self._reset_sql = _reset_statement(tables, sequences, self.BIG_TABLE_ROWS)
         else:
             self._reset_sql = _truncate_statement(tables)
@@ -88,8 +89,10 @@ def _reset_statement(tables: list[str], sequences: list[tuple[str, int]], big_ro
     any_big = " OR ".join(f"EXISTS (SELECT 1 FROM {t} OFFSET {big_rows - 1})" for t in quoted)
     deletes = " ".join(f"DELETE FROM {t};" for t in quoted)
     restarts = " ".join(f"PERFORM setval('{name}', {start}, false);" for name, start in sequences)
-    return (f"DO $reset$ BEGIN IF {any_big} THEN {_truncate_statement(tables)}; "
-            f"ELSE SET LOCAL session_replication_role = replica; {deletes} {restarts} END IF; END $reset$")
+    return (
+        f"DO $reset$ BEGIN IF {any_big} THEN {_truncate_statement(tables)}; "
+        f"ELSE SET LOCAL session_replication_role = replica; {deletes} {restarts} END IF; END $reset$"
+    )
 
 
 def _truncate_statement(tables: list[str]) -> str:

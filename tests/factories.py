@@ -37,25 +37,47 @@ def vault_for(settings: Settings) -> Vault:
 
 
 async def user(session: AsyncSession, name: str, *, credit: int = 0, role: str = Role.USER) -> int:
-    u = await create_user(session, username=name, email=f"{name}@example.com", password="long enough pw",
-                          role=role, credit=credit)
+    u = await create_user(
+        session, username=name, email=f"{name}@example.com", password="long enough pw", role=role, credit=credit
+    )
     return u.id
 
 
-async def contacts(session: AsyncSession, user_id: int, count: int, *, prefix: str = "r", tag_id: int | None = None,
-                   domain: str = "example.net") -> list[int]:
+async def contacts(
+    session: AsyncSession,
+    user_id: int,
+    count: int,
+    *,
+    prefix: str = "r",
+    tag_id: int | None = None,
+    domain: str = "example.net",
+) -> list[int]:
     now = utc_now()
-    rows = [{"user_id": user_id, "email": f"{prefix}{i}@{domain}", "email_normalized": f"{prefix}{i}@{domain}",
-             "email_domain": domain, "first_name": f"N{i}", "status": "active", "custom_attributes": {},
-             "soft_bounce_streak": 0, "created_at": now, "updated_at": now} for i in range(count)]
+    rows = [
+        {
+            "user_id": user_id,
+            "email": f"{prefix}{i}@{domain}",
+            "email_normalized": f"{prefix}{i}@{domain}",
+            "email_domain": domain,
+            "first_name": f"N{i}",
+            "status": "active",
+            "custom_attributes": {},
+            "soft_bounce_streak": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(count)
+    ]
     ids: list[int] = []
     for start in range(0, len(rows), 5000):
-        result = await session.execute(insert(Contact).returning(Contact.id), rows[start:start + 5000])
+        result = await session.execute(insert(Contact).returning(Contact.id), rows[start : start + 5000])
         ids.extend(result.scalars())
     if tag_id is not None:
         for start in range(0, len(ids), 5000):
-            await session.execute(insert(ContactTag), [{"contact_id": c, "tag_id": tag_id, "created_at": now}
-                                                        for c in ids[start:start + 5000]])
+            await session.execute(
+                insert(ContactTag),
+                [{"contact_id": c, "tag_id": tag_id, "created_at": now} for c in ids[start : start + 5000]],
+            )
     return ids
 
 
@@ -73,42 +95,92 @@ async def sender(session: AsyncSession, user_id: int, local: str = "news") -> in
     return row.id
 
 
-async def template(session: AsyncSession, user_id: int, name: str = "t1", *, subject: str = "Hi {{ name }}",
-                   html: str = HTML, **values: Any) -> int:
+async def template(
+    session: AsyncSession,
+    user_id: int,
+    name: str = "t1",
+    *,
+    subject: str = "Hi {{ name }}",
+    html: str = HTML,
+    **values: Any,
+) -> int:
     row = Template(user_id=user_id, name=name, subject=subject, html=html, **values)
     session.add(row)
     await session.flush()
     return row.id
 
 
-async def service(session: AsyncSession, settings: Settings, name: str, *, provider: str = "fake",
-                  options: dict[str, Any] | None = None, credentials: dict[str, Any] | None = None,
-                  map_to: list[int] = (), **values: Any) -> int:  # type: ignore[assignment]
+async def service(
+    session: AsyncSession,
+    settings: Settings,
+    name: str,
+    *,
+    provider: str = "fake",
+    options: dict[str, Any] | None = None,
+    credentials: dict[str, Any] | None = None,
+    map_to: list[int] = (),
+    **values: Any,
+) -> int:  # type: ignore[assignment]
     defaults = {"sending_interval_seconds": 0, "max_concurrency": 4, "daily_quota": 100000}
-    svc = await services.create_service(session, vault_for(settings),
-                                        values={"name": name, "provider": provider, "domain": f"{name}.example.com",
-                                                "options": options or {}, **defaults, **values},
-                                        credentials=credentials, fake_allowed=True)
+    svc = await services.create_service(
+        session,
+        vault_for(settings),
+        values={
+            "name": name,
+            "provider": provider,
+            "domain": f"{name}.example.com",
+            "options": options or {},
+            **defaults,
+            **values,
+        },
+        credentials=credentials,
+        fake_allowed=True,
+    )
     for user_id in map_to:
         await services.map_user(session, user_id=user_id, service_id=svc.id)
     return svc.id
 
 
-async def task(session: AsyncSession, user_id: int, *, sender_id: int, template_ids: list[int],
-               rule: dict[str, Any], name: str = "campaign", schedule: bool = True,
-               at: dt.datetime | None = None, weights: list[int] | None = None, **values: Any) -> int:
+async def task(
+    session: AsyncSession,
+    user_id: int,
+    *,
+    sender_id: int,
+    template_ids: list[int],
+    rule: dict[str, Any],
+    name: str = "campaign",
+    schedule: bool = True,
+    at: dt.datetime | None = None,
+    weights: list[int] | None = None,
+    **values: Any,
+) -> int:
     weights = weights or [1] * len(template_ids)
-    t = await tasks.create_task(session, user_id=user_id, actor=str(user_id), values={
-        "name": name, "sender_id": sender_id, "recipient_rule": rule,
-        "templates": [{"template_id": tid, "weight": w} for tid, w in zip(template_ids, weights, strict=True)],
-        **values})
+    t = await tasks.create_task(
+        session,
+        user_id=user_id,
+        actor=str(user_id),
+        values={
+            "name": name,
+            "sender_id": sender_id,
+            "recipient_rule": rule,
+            "templates": [{"template_id": tid, "weight": w} for tid, w in zip(template_ids, weights, strict=True)],
+            **values,
+        },
+    )
     if schedule:
         await tasks.schedule(session, t, at=at, actor=str(user_id))
     return t.id
 
 
-async def world(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, recipients: int = 20,
-                credit: int = 100000, services_: list[dict[str, Any]] | None = None, name: str = "alice") -> World:
+async def world(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    recipients: int = 20,
+    credit: int = 100000,
+    services_: list[dict[str, Any]] | None = None,
+    name: str = "alice",
+) -> World:
     async with unit_of_work(sessionmaker) as session:
         uid = await user(session, name, credit=credit)
         sid = await sender(session, uid, local=f"news-{name}")

@@ -28,8 +28,12 @@ PASSWORD = "correct horse battery"
 
 
 def settings_for(db_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {"env": "test", "database_url": db_url, "secret_key": "t" * 40,
-                                 "public_url": "http://edm.test"}
+    values: dict[str, object] = {
+        "env": "test",
+        "database_url": db_url,
+        "secret_key": "t" * 40,
+        "public_url": "http://edm.test",
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -46,12 +50,17 @@ class Account:
 
 
 async def make_account(
-    sessionmaker: async_sessionmaker[AsyncSession], username: str, *, role: str = Role.USER, credit: int = 0,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    username: str,
+    *,
+    role: str = Role.USER,
+    credit: int = 0,
     scope: str = "write",
 ) -> Account:
     async with unit_of_work(sessionmaker) as session:
-        user = await create_user(session, username=username, email=f"{username}@example.com", password=PASSWORD,
-                                 role=role, credit=credit)
+        user = await create_user(
+            session, username=username, email=f"{username}@example.com", password=PASSWORD, role=role, credit=credit
+        )
         token, _ = await create_token(session, user_id=user.id, name="tests", scope=scope)
         return Account(user.id, user.username, token)
 
@@ -101,8 +110,13 @@ CLI_TIMEOUT = 120.0  # seconds; a command that hangs fails its test instead of t
 
 def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     """The EDM_* variables a CLI command or a worker process under test runs with."""
-    env = {"EDM_DATABASE_URL": db_url, "EDM_ENV": "test", "EDM_SECRET_KEY": "t" * 40, "EDM_LOG_LEVEL": "WARNING",
-           "EDM_TIME_SCALE": "0.05"}
+    env = {
+        "EDM_DATABASE_URL": db_url,
+        "EDM_ENV": "test",
+        "EDM_SECRET_KEY": "t" * 40,
+        "EDM_LOG_LEVEL": "WARNING",
+        "EDM_TIME_SCALE": "0.05",
+    }
     env.update(extra)
     return env
 

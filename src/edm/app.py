@@ -30,10 +30,18 @@ from edm.tracking import api as tracking_api
 log = logging.getLogger("edm.http")
 
 
-def error_body(request: Request, code: str, message: str, details: list[Any] | None = None,
-               **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or [], **extra,
-                      "request_id": getattr(request.state, "request_id", None)}}
+def error_body(
+    request: Request, code: str, message: str, details: list[Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details or [],
+            **extra,
+            "request_id": getattr(request.state, "request_id", None),
+        }
+    }
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -54,8 +62,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EdmError)
     async def _edm(request: Request, exc: EdmError) -> JSONResponse:
         body = exc.to_dict()
-        return JSONResponse(error_body(request, body.pop("code"), body.pop("message"), body.pop("details"), **body),
-                            status_code=exc.status)
+        return JSONResponse(
+            error_body(request, body.pop("code"), body.pop("message"), body.pop("details"), **body),
+            status_code=exc.status,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -63,14 +73,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return JSONResponse(error_body(request, "invalid_json", "request body is not valid JSON"), 400)
         first = details[0] if details else {"field": "body", "message": "invalid"}
-        return JSONResponse(error_body(request, "validation_error", f"{first['field']}: {first['message']}",
-                                       details), status_code=422)
+        return JSONResponse(
+            error_body(request, "validation_error", f"{first['field']}: {first['message']}", details), status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type", 413: "too_large"}
-        return JSONResponse(error_body(request, codes.get(exc.status_code, "http_error"), str(exc.detail)),
-                            status_code=exc.status_code)
+        return JSONResponse(
+            error_body(request, codes.get(exc.status_code, "http_error"), str(exc.detail)), status_code=exc.status_code
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -81,8 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
         orig = getattr(exc, "orig", None)
         state = str(getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None) or "")
         if isinstance(exc, DBAPIError) and (state.startswith("22") or isinstance(exc, DataError)):
-            log.warning("http.database_refused_input", extra={"request_id": request.state.request_id,
-                                                              "sqlstate": state})
+            log.warning(
+                "http.database_refused_input", extra={"request_id": request.state.request_id, "sqlstate": state}
+            )
             return JSONResponse(error_body(request, "validation_error", _DATA_ERROR), status_code=422)
         log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
         return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
@@ -104,10 +117,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def unavailable_response(request: Request, exc: BaseException) -> JSONResponse:
     """503 `unavailable` with `Retry-After`: the database is down; the same request succeeds once it is back."""
-    log.error("http.database_unavailable", extra={"request_id": getattr(request.state, "request_id", None),
-                                                  "error": type(exc).__name__})
-    return JSONResponse(error_body(request, "unavailable", "database unavailable, retry later"), status_code=503,
-                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    log.error(
+        "http.database_unavailable",
+        extra={"request_id": getattr(request.state, "request_id", None), "error": type(exc).__name__},
+    )
+    return JSONResponse(
+        error_body(request, "unavailable", "database unavailable, retry later"),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 class DatabaseOutageGuard:
@@ -198,6 +216,7 @@ def _tracking_route(scope: Scope) -> tuple[Any, str]:
 def create_app(settings: Settings, *, engine: Any = None, outbound_transport: Any = None) -> FastAPI:
     """`outbound_transport` (an httpx transport) carries EDM's own outbound HTTP calls made while serving
     requests (SNS certificates and subscription confirmations); tests pass an httpx.MockTransport."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_engine = engine is None
@@ -210,8 +229,14 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
         if own_engine:
             await app.state.engine.dispose()
 
-    app = FastAPI(title="EDM", version="0.1.0", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
-                  docs_url=None, redoc_url=None)  # the docs page is edm.api.docs: served without a CDN
+    app = FastAPI(
+        title="EDM",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )  # the docs page is edm.api.docs: served without a CDN
     passwords.configure(settings)
     app.state.settings = settings
     app.state.outbound_transport = outbound_transport
@@ -236,8 +261,11 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
         try:
             current = await schema_is_current(request.app.state.engine)
         except Exception:
-            return JSONResponse({"ready": False, "reason": "database unreachable"}, status_code=503,
-                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return JSONResponse(
+                {"ready": False, "reason": "database unreachable"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         if not current:
             return JSONResponse({"ready": False, "reason": "schema outdated: run `edm db upgrade`"}, 503)
         return JSONResponse({"ready": True})

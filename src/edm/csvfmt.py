@@ -80,8 +80,10 @@ def sniff_delimiter(header_line: str) -> str:
 
 def decode_error(codec_name: str, row: int) -> BadInput:
     shown = "UTF-8" if codec_name == "utf-8-sig" else codec_name
-    return BadInput(f"the file is not valid {shown} text (near row {row}): give its `encoding`, e.g. gb18030",
-                    details=[{"field": "encoding", "message": f"cannot decode as {shown} near row {row}"}])
+    return BadInput(
+        f"the file is not valid {shown} text (near row {row}): give its `encoding`, e.g. gb18030",
+        details=[{"field": "encoding", "message": f"cannot decode as {shown} near row {row}"}],
+    )
 
 
 def header_line(text: io.TextIOWrapper, codec_name: str) -> tuple[int, str]:

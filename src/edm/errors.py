@@ -1,20 +1,20 @@
 """The EDM error tree. Services raise these; one handler in app.py maps them to HTTP answers.
 
-    EdmError (500 internal_error)
-    ├── BadInput (422 validation_error)        field errors in `details`
-    │   ├── InvalidSchedule (422 invalid_schedule)
-    │   ├── NoRecipients (422 no_recipients)
-    │   └── TemplateSyntaxError (422 template_syntax_error)  line and column in details
-    ├── NotFound (404 not_found)               also for other users' objects: existence is not leaked
-    ├── Conflict (409 conflict)
-    │   ├── InvalidTransition (409 invalid_transition)  current state + allowed actions
-    │   ├── TaskLocked (409 task_locked)
-    │   ├── InsufficientCredit (409 insufficient_credit)  needed + available
-    │   ├── InUse (409 in_use)
-    │   └── ComplianceIncomplete (409 compliance_incomplete)
-    ├── Unauthenticated (401 unauthenticated) / InvalidToken (401 invalid_token)
-    ├── Forbidden (403 forbidden)
-    └── Unavailable (503 unavailable)
+EdmError (500 internal_error)
+├── BadInput (422 validation_error)        field errors in `details`
+│   ├── InvalidSchedule (422 invalid_schedule)
+│   ├── NoRecipients (422 no_recipients)
+│   └── TemplateSyntaxError (422 template_syntax_error)  line and column in details
+├── NotFound (404 not_found)               also for other users' objects: existence is not leaked
+├── Conflict (409 conflict)
+│   ├── InvalidTransition (409 invalid_transition)  current state + allowed actions
+│   ├── TaskLocked (409 task_locked)
+│   ├── InsufficientCredit (409 insufficient_credit)  needed + available
+│   ├── InUse (409 in_use)
+│   └── ComplianceIncomplete (409 compliance_incomplete)
+├── Unauthenticated (401 unauthenticated) / InvalidToken (401 invalid_token)
+├── Forbidden (403 forbidden)
+└── Unavailable (503 unavailable)
 """
 
 from __future__ import annotations

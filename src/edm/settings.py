@@ -105,8 +105,8 @@ def production_key_problem(settings: Settings) -> str | None:
 def to_async_url(url: str) -> str:
     """Map a plain database URL to its asyncio driver (aiosqlite / asyncpg)."""
     if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix):]
+            return "postgresql+asyncpg://" + url[len(prefix) :]
     return url

@@ -18,8 +18,15 @@ from tests.helpers import run_cli, run_cli_async
 
 
 def edm_process(db_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=ROOT, env=worker_env(db_url), input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edm", *args],
+        cwd=ROOT,
+        env=worker_env(db_url),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -43,23 +50,48 @@ def test_help_from_a_real_process_lists_the_commands(cli_db: str) -> None:
 
 
 def test_bad_input_to_a_real_process_is_exit_2_and_one_line(cli_db: str) -> None:
-    result = edm_process(cli_db, "user", "create", "--username", "x", "--email", "x@example.com",
-                         "--password-stdin", stdin="a long password\n")
+    result = edm_process(
+        cli_db,
+        "user",
+        "create",
+        "--username",
+        "x",
+        "--email",
+        "x@example.com",
+        "--password-stdin",
+        stdin="a long password\n",
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "username" in lines[0] and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, stdin", [
-    (["--help"], ""),
-    (["user", "create", "--username", "ann", "--email", "nope", "--password-stdin"], "a long password\n"),
-    (["credit", "add", "ann", "5"], ""),  # a usage error: --reason is missing
-    (["task", "pause", "12345"], ""),
-    (["user", "list", "--json"], ""),
-], ids=["help", "bad-email", "usage-error", "not-found", "list"])
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (["--help"], ""),
+        (["user", "create", "--username", "ann", "--email", "nope", "--password-stdin"], "a long password\n"),
+        (["credit", "add", "ann", "5"], ""),  # a usage error: --reason is missing
+        (["task", "pause", "12345"], ""),
+        (["user", "list", "--json"], ""),
+    ],
+    ids=["help", "bad-email", "usage-error", "not-found", "list"],
+)
 def test_the_runner_answers_as_the_process_does(cli_db: str, args: list[str], stdin: str) -> None:
-    assert run_cli(cli_db, "user", "create", "--username", "bob", "--email", "bob@example.com", "--password-stdin",
-                   stdin="a long password\n").returncode == 0
+    assert (
+        run_cli(
+            cli_db,
+            "user",
+            "create",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.com",
+            "--password-stdin",
+            stdin="a long password\n",
+        ).returncode
+        == 0
+    )
     in_process = run_cli(cli_db, *args, stdin=stdin)
     process = edm_process(cli_db, *args, stdin=stdin)
     assert in_process.returncode == process.returncode
@@ -86,8 +118,17 @@ def test_the_runner_reads_only_the_given_edm_variables(cli_db: str, monkeypatch:
 
 
 async def test_the_runner_works_inside_a_running_event_loop(cli_db: str) -> None:
-    created = run_cli(cli_db, "user", "create", "--username", "ann", "--email", "ann@example.com",
-                      "--password-stdin", stdin="a long password\n")
+    created = run_cli(
+        cli_db,
+        "user",
+        "create",
+        "--username",
+        "ann",
+        "--email",
+        "ann@example.com",
+        "--password-stdin",
+        stdin="a long password\n",
+    )
     assert created.returncode == 0, created.stderr
     listed = await run_cli_async(cli_db, "user", "list")
     assert listed.returncode == 0 and "ann" in listed.stdout, listed.stderr

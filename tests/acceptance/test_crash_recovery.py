@@ -45,8 +45,9 @@ async def _status(sessionmaker, task_id: int) -> str:  # type: ignore[no-untyped
 async def _setup(sessionmaker, settings, service: dict) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     w = await factories.world(sessionmaker, settings, recipients=RECIPIENTS, services_=[service])
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     return task_id, w.service_ids[0]
 
 
@@ -61,9 +62,17 @@ async def test_kill_9_smtp_leaves_uncertain_not_resent(db_url, sessionmaker, tmp
     settings = settings_for(db_url)
     with SmtpSink() as sink:
         sink.data_delay = 3.0  # the mail is committed at the sink, the reply is slow: the kill lands here
-        task_id, _ = await _setup(sessionmaker, settings, {
-            "name": "smtp", "provider": "smtp", "max_concurrency": 4, "request_timeout_seconds": 5,
-            "options": {"host": "127.0.0.1", "port": sink.port, "security": "none"}})
+        task_id, _ = await _setup(
+            sessionmaker,
+            settings,
+            {
+                "name": "smtp",
+                "provider": "smtp",
+                "max_concurrency": 4,
+                "request_timeout_seconds": 5,
+                "options": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
+            },
+        )
         victim = start_worker(db_url, log=tmp_path / "victim.log")
         await _until(lambda: _has(sink, 4))
         await asyncio.sleep(0.3)
@@ -101,8 +110,7 @@ async def _has(sink: SmtpSink, count: int) -> bool:
 async def _final(sessionmaker, task_id: int) -> bool:  # type: ignore[no-untyped-def]
     """Completed, or only uncertain rows left (they wait for the user's decision, SPEC §7.8)."""
     status = await _status(sessionmaker, task_id)
-    open_rows = await _count(sessionmaker, SubTask.task_id == task_id,
-                             SubTask.send_state.in_(("pending", "allocated")))
+    open_rows = await _count(sessionmaker, SubTask.task_id == task_id, SubTask.send_state.in_(("pending", "allocated")))
     return status == "completed" or open_rows == 0
 
 
@@ -110,9 +118,17 @@ async def _final(sessionmaker, task_id: int) -> bool:  # type: ignore[no-untyped
 async def test_kill_9_idempotent_fake_is_resent_with_same_key(db_url, sessionmaker, tmp_path):  # type: ignore[no-untyped-def]
     _need_pg(db_url)
     settings = settings_for(db_url)
-    task_id, service_id = await _setup(sessionmaker, settings, {
-        "name": "esp", "provider": "fake", "max_concurrency": 4, "request_timeout_seconds": 5,
-        "options": {"idempotent": True, "latency_ms": 2000}})
+    task_id, service_id = await _setup(
+        sessionmaker,
+        settings,
+        {
+            "name": "esp",
+            "provider": "fake",
+            "max_concurrency": 4,
+            "request_timeout_seconds": 5,
+            "options": {"idempotent": True, "latency_ms": 2000},
+        },
+    )
     victim = start_worker(db_url, log=tmp_path / "victim.log")
     await _until(lambda: _positive(_count(sessionmaker, SubTask.send_state == "allocated")))
     await asyncio.sleep(0.5)
@@ -124,18 +140,32 @@ async def test_kill_9_idempotent_fake_is_resent_with_same_key(db_url, sessionmak
         from edm.email_services.service import update_service
         from tests.factories import vault_for
 
-        await update_service(session, vault_for(settings), service_id, values={"options": {"idempotent": True}},
-                             credentials=None, fake_allowed=True)
+        await update_service(
+            session,
+            vault_for(settings),
+            service_id,
+            values={"options": {"idempotent": True}},
+            credentials=None,
+            fake_allowed=True,
+        )
     with workers(db_url, 1, log_dir=tmp_path):
         await _until(lambda: _completed(sessionmaker, task_id), timeout=90)
     async with sessionmaker() as session:
-        rows = (await session.execute(select(SubTask.id, SubTask.public_id, SubTask.message_id, SubTask.send_state)
-                                      .where(SubTask.id.in_(killed)))).all()
+        rows = (
+            await session.execute(
+                select(SubTask.id, SubTask.public_id, SubTask.message_id, SubTask.send_state).where(
+                    SubTask.id.in_(killed)
+                )
+            )
+        ).all()
         for row in rows:
             assert row.send_state == "sent"
             assert row.message_id.startswith(f"<{row.public_id}@"), "resent with the same idempotency key"
-            outcomes = list(await session.scalars(select(SendAttempt.outcome).where(SendAttempt.subtask_id == row.id)
-                                                  .order_by(SendAttempt.id)))
+            outcomes = list(
+                await session.scalars(
+                    select(SendAttempt.outcome).where(SendAttempt.subtask_id == row.id).order_by(SendAttempt.id)
+                )
+            )
             assert outcomes == ["released", "accepted"]
         stats = await task_stats(session, task_id)
         assert stats["sent"] == RECIPIENTS and stats["uncertain"] == 0
@@ -162,10 +192,18 @@ async def test_sigterm_finishes_started_sends_and_releases_the_rest(db_url, sess
     settings = settings_for(db_url)
     with SmtpSink() as sink:
         sink.data_delay = 1.0
-        task_id, _ = await _setup(sessionmaker, settings, {
-            # Slots at 0 s and 0.9 s: the claim takes two, the stop arrives before the second starts.
-            "name": "slow", "provider": "smtp", "max_concurrency": 4, "sending_interval_seconds": 0.9,
-            "options": {"host": "127.0.0.1", "port": sink.port, "security": "none"}})
+        task_id, _ = await _setup(
+            sessionmaker,
+            settings,
+            {
+                # Slots at 0 s and 0.9 s: the claim takes two, the stop arrives before the second starts.
+                "name": "slow",
+                "provider": "smtp",
+                "max_concurrency": 4,
+                "sending_interval_seconds": 0.9,
+                "options": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
+            },
+        )
         proc = start_worker(db_url, log=tmp_path / "graceful.log")
         await _until(lambda: _has(sink, 1))
         proc.send_signal(signal.SIGTERM)
@@ -180,7 +218,8 @@ async def test_sigterm_finishes_started_sends_and_releases_the_rest(db_url, sess
         assert sent == len(sink.messages) >= 1
         released = list(await session.scalars(select(SendAttempt.subtask_id).where(SendAttempt.outcome == "released")))
         assert released, "the claimed but unstarted item was released"
-        rows = (await session.execute(select(SubTask.send_state, SubTask.attempts).where(
-            SubTask.id.in_(released)))).all()
+        rows = (
+            await session.execute(select(SubTask.send_state, SubTask.attempts).where(SubTask.id.in_(released)))
+        ).all()
         assert all(state == "pending" and attempts == 0 for state, attempts in rows), "attempt not counted"
         assert await session.scalar(select(Task.status).where(Task.id == task_id)) == "sending"

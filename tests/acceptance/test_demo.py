@@ -29,9 +29,25 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDM_")}
     env["PYTHONPATH"] = str(ROOT / "src")
     demo = subprocess.run(
-        [sys.executable, "-m", "edm", "demo", "--exit-when-done", "--recipients", "40",
-         "--port", str(free_port()), "--smtp-port", str(free_port())],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "edm",
+            "demo",
+            "--exit-when-done",
+            "--recipients",
+            "40",
+            "--port",
+            str(free_port()),
+            "--smtp-port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "admin password (shown once)" in demo.stdout
     assert "task 1 completed: 40 sent" in demo.stdout
@@ -46,9 +62,13 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     html_part = mail.get_body(preferencelist=("html",))
     assert html_part is not None and "/t/o/" in html_part.get_content(), "tracked mail carries the open pixel"
     verify = subprocess.run(
-        [sys.executable, "-m", "edm", "stats", "verify"], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-m", "edm", "stats", "verify"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         env={**env, "EDM_ENV": "demo", "EDM_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'edm-demo.db'}"},
-        timeout=60)
+        timeout=60,
+    )
     assert verify.returncode == 0 and verify.stdout.strip() == "task 1: ok", verify.stdout + verify.stderr
 
     # The CLI in the demo's directory finds the demo's settings by itself: no EDM_* variable needed.
@@ -65,5 +85,6 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
 def edm_here(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`edm ARGS` run in `cwd` with an environment that sets no EDM_* variable."""
     assert not any(name.startswith("EDM_") for name in env)
-    return subprocess.run([sys.executable, "-m", "edm", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )

@@ -46,20 +46,43 @@ async def serving_api(db_url: str, engine: AsyncEngine) -> AsyncIterator[str]:
 
 
 async def test_fake_esp_events_posted_over_http_settle_every_subtask_and_the_stats(
-        db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     dkit = DispatchKit(db_url, sessionmaker)
     async with serving_api(db_url, engine) as base_url:
         # No complaints and no provider opens: each message gets exactly `accepted` + one outcome.
-        events_options: dict[str, Any] = {"url": base_url, "delay_ms": 50, "delivered_pct": 80,
-                                          "hard_bounce_pct": 10, "soft_bounce_pct": 10, "complaint_pct": 0,
-                                          "open_pct": 0, "seed": 3}
-        world = await factories.world(sessionmaker, dkit.settings, recipients=RECIPIENTS, services_=[
-            {"name": "fake-esp", "provider": "fake", "options": {"events": events_options},
-             "credentials": {"webhook_secrets": [SECRET]}}])
+        events_options: dict[str, Any] = {
+            "url": base_url,
+            "delay_ms": 50,
+            "delivered_pct": 80,
+            "hard_bounce_pct": 10,
+            "soft_bounce_pct": 10,
+            "complaint_pct": 0,
+            "open_pct": 0,
+            "seed": 3,
+        }
+        world = await factories.world(
+            sessionmaker,
+            dkit.settings,
+            recipients=RECIPIENTS,
+            services_=[
+                {
+                    "name": "fake-esp",
+                    "provider": "fake",
+                    "options": {"events": events_options},
+                    "credentials": {"webhook_secrets": [SECRET]},
+                }
+            ],
+        )
         [service_id] = world.service_ids
         async with unit_of_work(sessionmaker) as session:
-            task_id = await factories.task(session, world.user_id, sender_id=world.sender_id,
-                                           template_ids=[world.template_id], rule={"type": "all_contacts"})
+            task_id = await factories.task(
+                session,
+                world.user_id,
+                sender_id=world.sender_id,
+                template_ids=[world.template_id],
+                rule={"type": "all_contacts"},
+            )
 
         async def settled() -> bool:
             if await dkit.status(task_id) != "completed":
@@ -80,9 +103,15 @@ async def test_fake_esp_events_posted_over_http_settle_every_subtask_and_the_sta
     assert states.count("delivered") == stats["delivered"]
 
     async with sessionmaker() as session:
-        rows = list((await session.execute(
-            select(Event.event_type, Event.match_status, func.count()).where(Event.service_id == service_id)
-            .group_by(Event.event_type, Event.match_status))).all())
+        rows = list(
+            (
+                await session.execute(
+                    select(Event.event_type, Event.match_status, func.count())
+                    .where(Event.service_id == service_id)
+                    .group_by(Event.event_type, Event.match_status)
+                )
+            ).all()
+        )
         total = await session.scalar(select(func.count()).select_from(Event))
     by_type = {(event_type, status): count for event_type, status, count in rows}
     assert total == 2 * RECIPIENTS, by_type  # accepted + one outcome per recipient, each stored once

@@ -27,17 +27,33 @@ async def test_frozen_service_never_strands_the_task(db_url, sessionmaker):  # t
     settings = settings_for(db_url, time_scale=0.05)
     with SmtpSink(require_auth=("a-user", "a-secret")) as sink_a, SmtpSink() as sink_b:
         smtp = {"security": "none", "host": "127.0.0.1"}
-        w = await factories.world(sessionmaker, settings, recipients=RECIPIENTS, services_=[
-            {"name": "svc-a", "provider": "smtp", "options": {**smtp, "port": sink_a.port},
-             "credentials": {"username": "a-user", "password": "a-secret"}, "sending_interval_seconds": 0.05,
-             "max_concurrency": 2},
-            {"name": "svc-b", "provider": "smtp", "options": {**smtp, "port": sink_b.port},
-             "sending_interval_seconds": 0.055, "max_concurrency": 2},
-        ])
+        w = await factories.world(
+            sessionmaker,
+            settings,
+            recipients=RECIPIENTS,
+            services_=[
+                {
+                    "name": "svc-a",
+                    "provider": "smtp",
+                    "options": {**smtp, "port": sink_a.port},
+                    "credentials": {"username": "a-user", "password": "a-secret"},
+                    "sending_interval_seconds": 0.05,
+                    "max_concurrency": 2,
+                },
+                {
+                    "name": "svc-b",
+                    "provider": "smtp",
+                    "options": {**smtp, "port": sink_b.port},
+                    "sending_interval_seconds": 0.055,
+                    "max_concurrency": 2,
+                },
+            ],
+        )
         service_a, service_b = w.service_ids
         async with unit_of_work(sessionmaker) as session:
-            task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                           rule={"type": "all_contacts"})
+            task_id = await factories.task(
+                session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+            )
 
         worker = Worker(settings, sessionmaker, concurrency=3)
         runner = asyncio.create_task(worker.run(install_signals=False))
@@ -55,25 +71,32 @@ async def test_frozen_service_never_strands_the_task(db_url, sessionmaker):  # t
     async with sessionmaker() as session:
         state = await session.get(EmailServiceState, service_a)
         assert state.frozen and state.frozen_reason == "auth_config" and state.frozen_until is None
-        frozen_logs = list(await session.scalars(select(EmailServiceStatusLog).where(
-            EmailServiceStatusLog.service_id == service_a, EmailServiceStatusLog.change == "frozen")))
+        frozen_logs = list(
+            await session.scalars(
+                select(EmailServiceStatusLog).where(
+                    EmailServiceStatusLog.service_id == service_a, EmailServiceStatusLog.change == "frozen"
+                )
+            )
+        )
         assert len(frozen_logs) == 1 and frozen_logs[0].new_value == "auth_config"
         # After the freeze no claim bound anything to A: every attempt on A started before the freeze.
         frozen_at = frozen_logs[0].at
-        late_on_a = await session.scalar(select(func.count()).where(
-            SendAttempt.service_id == service_a, SendAttempt.started_at > frozen_at))
+        late_on_a = await session.scalar(
+            select(func.count()).where(SendAttempt.service_id == service_a, SendAttempt.started_at > frozen_at)
+        )
         assert late_on_a == 0
-        auth_failures = await session.scalar(select(func.count()).where(
-            SendAttempt.service_id == service_a, SendAttempt.outcome == "auth_config"))
+        auth_failures = await session.scalar(
+            select(func.count()).where(SendAttempt.service_id == service_a, SendAttempt.outcome == "auth_config")
+        )
         assert auth_failures >= 1
         # auth_config attempts do not count toward max attempts and return the SubTask to the pool
-        assert await session.scalar(select(func.max(SubTask.retryable_failures)).where(
-            SubTask.task_id == task_id)) == 0
+        assert await session.scalar(select(func.max(SubTask.retryable_failures)).where(SubTask.task_id == task_id)) == 0
         stats = await task_stats(session, task_id)
         assert stats == await recount(session, task_id)
         assert stats["sent"] == RECIPIENTS and stats["failed"] == 0
-        on_b = await session.scalar(select(func.count()).where(SubTask.task_id == task_id,
-                                                               SubTask.service_id == service_b))
+        on_b = await session.scalar(
+            select(func.count()).where(SubTask.task_id == task_id, SubTask.service_id == service_b)
+        )
         assert on_b >= RECIPIENTS - revoked_at_count
 
     received = sink_a.count_by_subtask() + sink_b.count_by_subtask()

@@ -44,14 +44,25 @@ async def test_three_workers_share_limits(db_url, sessionmaker, tmp_path):  # ty
     settings = settings_for(db_url)
     with SmtpSink() as sink_a, SmtpSink() as sink_b:
         sinks = {"svc-a": sink_a, "svc-b": sink_b}
-        w = await factories.world(sessionmaker, settings, recipients=RECIPIENTS, services_=[
-            {"name": name, "provider": "smtp", "options": {"host": "127.0.0.1", "port": sinks[name].port,
-                                                            "security": "none"},
-             "sending_interval_seconds": interval, "max_concurrency": MAX_CONCURRENCY}
-            for name, interval in INTERVALS.items()])
+        w = await factories.world(
+            sessionmaker,
+            settings,
+            recipients=RECIPIENTS,
+            services_=[
+                {
+                    "name": name,
+                    "provider": "smtp",
+                    "options": {"host": "127.0.0.1", "port": sinks[name].port, "security": "none"},
+                    "sending_interval_seconds": interval,
+                    "max_concurrency": MAX_CONCURRENCY,
+                }
+                for name, interval in INTERVALS.items()
+            ],
+        )
         async with unit_of_work(sessionmaker) as session:
-            task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                           rule={"type": "all_contacts"})
+            task_id = await factories.task(
+                session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+            )
         with workers(db_url, 3, log_dir=tmp_path):
             await _wait_completed(sessionmaker, task_id, timeout=420)
 
@@ -70,8 +81,9 @@ async def test_three_workers_share_limits(db_url, sessionmaker, tmp_path):  # ty
         assert stats["sent"] == RECIPIENTS
         still_leased = await session.scalar(select(func.count()).where(SubTask.lease_owner.is_not(None)))
         assert still_leased == 0, "every lease was released when its outcome was recorded"
-        services_used = await session.scalar(select(func.count(func.distinct(SubTask.service_id))).where(
-            SubTask.task_id == task_id))
+        services_used = await session.scalar(
+            select(func.count(func.distinct(SubTask.service_id))).where(SubTask.task_id == task_id)
+        )
         assert services_used == 2
 
 

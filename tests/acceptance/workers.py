@@ -27,7 +27,10 @@ def start_worker(db_url: str, *, concurrency: int = 4, log: Path, **extra: str) 
     handle = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "edm", "worker", "--concurrency", str(concurrency)],
-        cwd=ROOT, env=worker_env(db_url, **extra), stdout=handle, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=worker_env(db_url, **extra),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
 
 

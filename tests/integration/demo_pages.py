@@ -21,10 +21,12 @@ from tests.helpers import settings_for
 HOST = "edm.test"
 HOSTILE_SUBJECT = '<script>alert("subject")</script> & "quotes"'
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
-HOSTILE_HTML = ('<html><head><link rel="stylesheet" href="https://fonts.example.net/font.css">'
-                '<style>@import url("https://cdn.example.net/x.css");</style></head><body>'
-                '<h1>Spring sale</h1><img src="https://tracker.example.net/pixel.gif">'
-                "<script>document.title='pwned'</script><p>Only in HTML</p></body></html>")
+HOSTILE_HTML = (
+    '<html><head><link rel="stylesheet" href="https://fonts.example.net/font.css">'
+    '<style>@import url("https://cdn.example.net/x.css");</style></head><body>'
+    '<h1>Spring sale</h1><img src="https://tracker.example.net/pixel.gif">'
+    "<script>document.title='pwned'</script><p>Only in HTML</p></body></html>"
+)
 PLAIN_TEXT = "Only in the text part: 5 < 6 & <b>not bold</b>"
 ATTACHMENT_NAME = "price<list>.pdf"
 ATTACHMENT = b"%PDF-1.4 demo attachment"

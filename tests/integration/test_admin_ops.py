@@ -30,7 +30,6 @@ QUEUE = f"{API}/admin/queue"
 NOTES = f"{API}/me/notifications"
 
 
-
 async def _actions(client: httpx.AsyncClient, admin: Account, **params: Any) -> list[str]:
     r = await client.get(AUDIT, params={"limit": 200, **params}, headers=admin.headers)
     assert r.status_code == 200, r.text
@@ -47,15 +46,24 @@ async def test_admin_actions_are_in_the_audit_log(client: httpx.AsyncClient, ses
     ops = await make_account(sessionmaker, "ops", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice", credit=10)
     h = admin.headers
-    assert (await client.post(f"{API}/admin/users/{alice.id}/credit", headers=h,
-                              json={"operation": "add", "amount": 5, "reason": "bonus"})).status_code == 200
-    assert (await client.post(f"{API}/admin/credit/batch", headers=ops.headers, json={
-        "operation": "add", "amount": 1, "reason": "all", "items": [{"user_id": alice.id}]})).status_code == 200
+    assert (
+        await client.post(
+            f"{API}/admin/users/{alice.id}/credit", headers=h, json={"operation": "add", "amount": 5, "reason": "bonus"}
+        )
+    ).status_code == 200
+    assert (
+        await client.post(
+            f"{API}/admin/credit/batch",
+            headers=ops.headers,
+            json={"operation": "add", "amount": 1, "reason": "all", "items": [{"user_id": alice.id}]},
+        )
+    ).status_code == 200
     assert (await client.patch(f"{API}/admin/settings", headers=h, json={"bounce.soft_limit": 4})).status_code == 200
     assert (await client.post(f"{QUEUE}/pause-all", headers=h)).status_code == 200
     assert (await client.post(f"{QUEUE}/resume-all", headers=h)).status_code == 200
-    assert (await client.post(f"{API}/admin/suppressions", headers=h,
-                              json={"email": "x@example.com"})).status_code == 201
+    assert (
+        await client.post(f"{API}/admin/suppressions", headers=h, json={"email": "x@example.com"})
+    ).status_code == 201
 
     actions = await _actions(client, admin)
     for expected in ("credit.adjust", "settings.update", "queue.pause_all", "queue.resume_all", "suppression.add"):
@@ -70,7 +78,11 @@ async def test_admin_actions_are_in_the_audit_log(client: httpx.AsyncClient, ses
     r = await client.get(AUDIT, params={"action": "settings.update"}, headers=h)
     row = r.json()["items"][0]
     assert (row["actor_user_id"], row["actor_kind"], row["target_id"], row["details"]) == (
-        admin.id, "token", "bounce.soft_limit", {"old": 3, "new": 4})
+        admin.id,
+        "token",
+        "bounce.soft_limit",
+        {"old": 3, "new": 4},
+    )
 
     clock.shift(dt.timedelta(hours=1))
     later = clock.utc_now().isoformat()
@@ -101,8 +113,14 @@ async def test_admin_actions_are_in_the_audit_log(client: httpx.AsyncClient, ses
 
 async def _generated_task(sessionmaker: Any, w: factories.World, name: str) -> int:
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"}, name=name)
+        task_id = await factories.task(
+            session,
+            w.user_id,
+            sender_id=w.sender_id,
+            template_ids=[w.template_id],
+            rule={"type": "all_contacts"},
+            name=name,
+        )
     async with unit_of_work(sessionmaker) as session:
         result = await generation.generate(session, task_id, now=clock.utc_now())
     assert result is not None and result.status == "queued"
@@ -112,8 +130,9 @@ async def _generated_task(sessionmaker: Any, w: factories.World, name: str) -> i
 async def test_queue_view(client: httpx.AsyncClient, db_url: str, sessionmaker: Any) -> None:
     settings = settings_for(db_url)
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    alice = await factories.world(sessionmaker, settings, recipients=30, name="alice",
-                                  services_=[{"name": "relay", "batch_size": 5}])
+    alice = await factories.world(
+        sessionmaker, settings, recipients=30, name="alice", services_=[{"name": "relay", "batch_size": 5}]
+    )
     bob = await factories.world(sessionmaker, settings, recipients=12, name="bob")
     t0 = clock.utc_now()
     clock.freeze(t0)  # ages below are exact
@@ -124,19 +143,39 @@ async def test_queue_view(client: httpx.AsyncClient, db_url: str, sessionmaker: 
     async with unit_of_work(sessionmaker) as session:  # bob pauses one task; one alice row waits for a retry
         await session.execute(update(Task).where(Task.id == bob_paused).values(status="paused", pause_reason="user"))
         first = await session.scalar(select(SubTask.id).where(SubTask.task_id == alice_task).order_by(SubTask.id))
-        await session.execute(update(SubTask).where(SubTask.id == first).values(
-            attempts=1, next_attempt_at=clock.utc_now() + dt.timedelta(minutes=5)))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id == first)
+            .values(attempts=1, next_attempt_at=clock.utc_now() + dt.timedelta(minutes=5))
+        )
     async with unit_of_work(sessionmaker) as session:
-        claim = await queue.claim(session, service_id=alice.service_ids[0], worker_id="w-1", now=clock.utc_now(),
-                                  max_items=8)
+        claim = await queue.claim(
+            session, service_id=alice.service_ids[0], worker_id="w-1", now=clock.utc_now(), max_items=8
+        )
     assert claim is not None and len(claim.items) == 8
     clock.freeze(t0 + dt.timedelta(minutes=30))
     now = clock.utc_now()
     async with unit_of_work(sessionmaker) as session:
-        session.add_all([Worker(id="w-1", hostname="mail1", pid=11, version="1", started_at=now,
-                                last_heartbeat_at=now - dt.timedelta(seconds=5)),
-                         Worker(id="w-2", hostname="mail2", pid=22, version="1", started_at=now,
-                                last_heartbeat_at=now - dt.timedelta(minutes=10))])
+        session.add_all(
+            [
+                Worker(
+                    id="w-1",
+                    hostname="mail1",
+                    pid=11,
+                    version="1",
+                    started_at=now,
+                    last_heartbeat_at=now - dt.timedelta(seconds=5),
+                ),
+                Worker(
+                    id="w-2",
+                    hostname="mail2",
+                    pid=22,
+                    version="1",
+                    started_at=now,
+                    last_heartbeat_at=now - dt.timedelta(minutes=10),
+                ),
+            ]
+        )
 
     r = await client.get(QUEUE, headers=admin.headers)
     assert r.status_code == 200, r.text
@@ -155,8 +194,10 @@ async def test_queue_view(client: httpx.AsyncClient, db_url: str, sessionmaker: 
     assert workers["w-2"]["heartbeat_age_seconds"] == 600.0
     assert v["users_total"] == 2
 
-    for who in (await make_account(sessionmaker, "carol"),
-                await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)):
+    for who in (
+        await make_account(sessionmaker, "carol"),
+        await make_account(sessionmaker, "viewer", role=Role.READ_ONLY),
+    ):
         _error(await client.get(QUEUE, headers=who.headers), 403, "forbidden")
         _error(await client.post(f"{QUEUE}/pause-all", headers=who.headers), 403, "forbidden")
 
@@ -164,8 +205,14 @@ async def test_queue_view(client: httpx.AsyncClient, db_url: str, sessionmaker: 
 async def test_empty_queue(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     v = (await client.get(QUEUE, headers=admin.headers)).json()
-    assert (v["pending"], v["in_flight"], v["oldest_pending_age_seconds"], v["users"], v["services"],
-            v["workers"]) == (0, 0, None, [], [], [])
+    assert (v["pending"], v["in_flight"], v["oldest_pending_age_seconds"], v["users"], v["services"], v["workers"]) == (
+        0,
+        0,
+        None,
+        [],
+        [],
+        [],
+    )
 
 
 async def test_pause_all_and_resume_all(client: httpx.AsyncClient, db_url: str, sessionmaker: Any) -> None:
@@ -199,11 +246,14 @@ async def test_pause_all_and_resume_all(client: httpx.AsyncClient, db_url: str, 
         claim = await queue.claim(session, service_id=w.service_ids[0], worker_id="w", now=clock.utc_now())
     assert claim is not None and claim.items, "claims bind SubTasks again"
     async with sessionmaker() as session:
-        rows = list(await session.scalars(select(AuditLog).where(AuditLog.action.like("queue.%"))
-                                          .order_by(AuditLog.id)))
+        rows = list(
+            await session.scalars(select(AuditLog).where(AuditLog.action.like("queue.%")).order_by(AuditLog.id))
+        )
     assert [(a.action, a.details["old"], a.details["new"], a.actor_user_id) for a in rows] == [
-        ("queue.pause_all", False, True, admin.id), ("queue.pause_all", True, True, admin.id),
-        ("queue.resume_all", True, False, admin.id)]
+        ("queue.pause_all", False, True, admin.id),
+        ("queue.pause_all", True, True, admin.id),
+        ("queue.resume_all", True, False, admin.id),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -217,8 +267,16 @@ async def test_own_notifications(client: httpx.AsyncClient, sessionmaker: Any) -
     viewer = await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)
     async with unit_of_work(sessionmaker) as session:
         for i in range(3):
-            assert await alerts.alert_admins(session, kind="service_frozen", title=f"relay frozen {i}",
-                                             body="auth failed", link="/admin/services/1") == 2
+            assert (
+                await alerts.alert_admins(
+                    session,
+                    kind="service_frozen",
+                    title=f"relay frozen {i}",
+                    body="auth failed",
+                    link="/admin/services/1",
+                )
+                == 2
+            )
         session.add(Notification(user_id=viewer.id, kind="credit_low", title="credit is low"))
 
     r = await client.get(NOTES, headers=admin.headers)
@@ -280,7 +338,10 @@ async def test_queue_cli(db_url: str, sessionmaker: Any) -> None:
     async with sessionmaker() as session:
         assert (await runtime_settings.load(session)).sending_paused is False
         rows = list(await session.scalars(select(AuditLog).where(AuditLog.action.like("queue.%"))))
-    assert [(a.action, a.actor_kind) for a in rows] == [("queue.pause_all", "cli"), ("queue.pause_all", "cli"),
-                                                        ("queue.resume_all", "cli")]
+    assert [(a.action, a.actor_kind) for a in rows] == [
+        ("queue.pause_all", "cli"),
+        ("queue.pause_all", "cli"),
+        ("queue.resume_all", "cli"),
+    ]
     bad = _edm(db_url, "queue", "stop-everything")
     assert bad.returncode == 2

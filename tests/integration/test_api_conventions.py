@@ -38,8 +38,11 @@ def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 async def _contacts(sessionmaker: Any, user_id: int) -> int:
     async with unit_of_work(sessionmaker) as session:
-        return int((await session.execute(
-            select(func.count()).select_from(Contact).where(Contact.user_id == user_id))).scalar_one())
+        return int(
+            (
+                await session.execute(select(func.count()).select_from(Contact).where(Contact.user_id == user_id))
+            ).scalar_one()
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -47,8 +50,9 @@ async def _contacts(sessionmaker: Any, user_id: int) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_repeat_with_same_key_and_body_replays_the_first_answer(client: httpx.AsyncClient,
-                                                                      sessionmaker: Any) -> None:
+async def test_repeat_with_same_key_and_body_replays_the_first_answer(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     headers = {**alice.headers, "Idempotency-Key": "create-ann-1"}
     first = await client.post(f"{API}/contacts", json={"email": "ann@example.com"}, headers=headers)
@@ -108,8 +112,9 @@ async def test_repeat_while_the_first_is_running_answers_409(client: httpx.Async
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "caf\u00e9"])
-async def test_bad_keys_are_refused_with_a_clear_message(client: httpx.AsyncClient, sessionmaker: Any,
-                                                         key: str) -> None:
+async def test_bad_keys_are_refused_with_a_clear_message(
+    client: httpx.AsyncClient, sessionmaker: Any, key: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     headers = [(b"authorization", f"Bearer {alice.token}".encode()), (b"idempotency-key", key.encode())]
     r = await client.post(f"{API}/tags", json={"name": "t"}, headers=headers)
@@ -124,8 +129,9 @@ async def test_bad_keys_are_refused_with_a_clear_message(client: httpx.AsyncClie
 async def test_unauthenticated_request_with_a_key_gets_401(client: httpx.AsyncClient) -> None:
     r = await client.post(f"{API}/tags", json={"name": "t"}, headers={"Idempotency-Key": "k"})
     _error(r, 401, "unauthenticated")
-    r = await client.post(f"{API}/tags", json={"name": "t"}, headers={"Idempotency-Key": "k",
-                                                                      "Authorization": "Bearer nope"})
+    r = await client.post(
+        f"{API}/tags", json={"name": "t"}, headers={"Idempotency-Key": "k", "Authorization": "Bearer nope"}
+    )
     assert r.status_code == 401
 
 
@@ -140,8 +146,9 @@ async def test_multipart_import_is_replayed(client: httpx.AsyncClient, sessionma
     assert again.json() == first.json()
 
 
-async def test_an_oversized_body_with_a_key_is_refused_before_it_is_spooled(db_url: str, engine: Any,
-                                                                             sessionmaker: Any) -> None:
+async def test_an_oversized_body_with_a_key_is_refused_before_it_is_spooled(
+    db_url: str, engine: Any, sessionmaker: Any
+) -> None:
     """The middleware copies a keyed body aside to replay it: that copy must stop at the upload limit too."""
     alice = await make_account(sessionmaker, "alice")
     limit = 1000 + idempotency.BODY_SLACK
@@ -152,8 +159,12 @@ async def test_an_oversized_body_with_a_key_is_refused_before_it_is_spooled(db_u
             yield chunk
 
     async with api_client(db_url, engine, import_max_bytes=1000) as client:
-        declared = {**alice.headers, "Idempotency-Key": "big-1", "Content-Type": "multipart/form-data; boundary=b",
-                    "Content-Length": str(limit + 1)}
+        declared = {
+            **alice.headers,
+            "Idempotency-Key": "big-1",
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": str(limit + 1),
+        }
         r = await client.post(f"{API}/contacts/imports", content=b"", headers=declared)
         assert "exceeds" in _error(r, 413, "too_large")["message"]
         streamed = {**alice.headers, "Idempotency-Key": "big-2", "Content-Type": "multipart/form-data; boundary=b"}
@@ -169,7 +180,8 @@ async def test_records_expire_after_24_hours_and_are_purged(client: httpx.AsyncC
     assert (await client.post(f"{API}/tags", json={"name": "t"}, headers=headers)).status_code == 201
     clock.shift(dt.timedelta(hours=23))
     assert (await client.post(f"{API}/tags", json={"name": "t"}, headers=headers)).headers[
-        "idempotent-replayed"] == "true"
+        "idempotent-replayed"
+    ] == "true"
     assert await idempotency.purge_expired(sessionmaker) == 0
     clock.shift(dt.timedelta(hours=2))
     # Past 24 h the key is forgotten: the request runs again (and meets the tag it created the first time).
@@ -227,8 +239,7 @@ async def test_claim_race_gives_one_winner(sessionmaker: Any) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_rate_limit_per_token_answers_429_with_retry_after(db_url: str, engine: Any,
-                                                                 sessionmaker: Any) -> None:
+async def test_rate_limit_per_token_answers_429_with_retry_after(db_url: str, engine: Any, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     async with api_client(db_url, engine, api_rate_limit=5) as c:
@@ -293,8 +304,9 @@ def _paged_lists() -> dict[str, dict[str, str]]:
         params = ops.get("get", {}).get("parameters", [])
         if "{" in path or not any(p.get("name") == "limit" for p in params):
             continue
-        found[path[len(API):]] = {p["name"]: "someone@example.com" for p in params
-                                  if p.get("required") and p.get("in") == "query"}
+        found[path[len(API) :]] = {
+            p["name"]: "someone@example.com" for p in params if p.get("required") and p.get("in") == "query"
+        }
     return found
 
 
@@ -302,13 +314,22 @@ PAGED = _paged_lists()
 
 
 def test_the_main_lists_are_paged() -> None:
-    assert {"/contacts", "/tags", "/templates", "/senders", "/tasks", "/suppressions", "/events", "/me/tokens",
-            "/admin/status-log", "/admin/mappings"} <= set(PAGED)
+    assert {
+        "/contacts",
+        "/tags",
+        "/templates",
+        "/senders",
+        "/tasks",
+        "/suppressions",
+        "/events",
+        "/me/tokens",
+        "/admin/status-log",
+        "/admin/mappings",
+    } <= set(PAGED)
 
 
 @pytest.mark.parametrize("path", sorted(PAGED))
-async def test_limit_and_cursor_are_checked_on_lists(client: httpx.AsyncClient, sessionmaker: Any,
-                                                     path: str) -> None:
+async def test_limit_and_cursor_are_checked_on_lists(client: httpx.AsyncClient, sessionmaker: Any, path: str) -> None:
     alice = await make_account(sessionmaker, "alice", role=Role.ADMIN)
     required = PAGED[path]
     for limit in (0, 201, "many"):
@@ -326,8 +347,13 @@ async def test_limit_and_cursor_are_checked_on_lists(client: httpx.AsyncClient, 
 async def test_ids_beyond_64_bits_are_422_not_500(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice", role=Role.ADMIN)
     huge = str(2**64)
-    for path in (f"/contacts/{huge}", f"/tasks/{huge}", f"/admin/users/{huge}", f"/tags/{2**63}",
-                 f"/tasks/1/subtasks/{huge}"):
+    for path in (
+        f"/contacts/{huge}",
+        f"/tasks/{huge}",
+        f"/admin/users/{huge}",
+        f"/tags/{2**63}",
+        f"/tasks/1/subtasks/{huge}",
+    ):
         _error(await client.get(f"{API}{path}", headers=alice.headers), 422, "validation_error")
     r = await client.post(f"{API}/contacts", json={"email": "a@example.com", "tag_ids": [2**64]}, headers=alice.headers)
     _error(r, 422, "validation_error")
@@ -344,8 +370,9 @@ def _cursor(after: int) -> str:
 
 async def test_malformed_json_is_refused_with_a_message(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    r = await client.post(f"{API}/contacts", content=b'{"email": ', headers={**alice.headers,
-                                                                            "Content-Type": "application/json"})
+    r = await client.post(
+        f"{API}/contacts", content=b'{"email": ', headers={**alice.headers, "Content-Type": "application/json"}
+    )
     body = _error(r, 400, "invalid_json")  # SPEC §21: malformed JSON → 400 invalid_json
     assert "JSON" in body["message"]
 
@@ -353,17 +380,22 @@ async def test_malformed_json_is_refused_with_a_message(client: httpx.AsyncClien
 async def test_wrong_content_type_is_415_or_422(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml"):
-        r = await client.post(f"{API}/contacts", content=b'{"email": "a@example.com"}',
-                              headers={**alice.headers, "Content-Type": content_type})
+        r = await client.post(
+            f"{API}/contacts",
+            content=b'{"email": "a@example.com"}',
+            headers={**alice.headers, "Content-Type": content_type},
+        )
         assert r.status_code in (415, 422), (content_type, r.status_code, r.text)
         assert r.json()["error"]["code"] in ("unsupported_media_type", "validation_error")
     assert await _contacts(sessionmaker, alice.id) == 0
 
 
-@pytest.mark.parametrize("field", ["priority", "track_opens", "track_clicks", "on_capacity_exhausted", "templates",
-                                   "timezone"])
-async def test_null_for_a_required_task_field_is_422_not_500(client: httpx.AsyncClient, sessionmaker: Any,
-                                                             field: str) -> None:
+@pytest.mark.parametrize(
+    "field", ["priority", "track_opens", "track_clicks", "on_capacity_exhausted", "templates", "timezone"]
+)
+async def test_null_for_a_required_task_field_is_422_not_500(
+    client: httpx.AsyncClient, sessionmaker: Any, field: str
+) -> None:
     """Found by the fuzzer: an explicit null reached a NOT NULL column (500)."""
     alice = await make_account(sessionmaker, "alice")
     r = await client.post(f"{API}/tasks", json={"name": "n", field: None}, headers=alice.headers)
@@ -393,8 +425,9 @@ def _integer_query_params() -> list[tuple[str, str, list[str]]]:
 
 
 @pytest.mark.parametrize(("method", "path", "names"), _integer_query_params())
-async def test_integer_query_parameters_beyond_64_bits_are_4xx(client: httpx.AsyncClient, sessionmaker: Any,
-                                                               method: str, path: str, names: list[str]) -> None:
+async def test_integer_query_parameters_beyond_64_bits_are_4xx(
+    client: httpx.AsyncClient, sessionmaker: Any, method: str, path: str, names: list[str]
+) -> None:
     """Found by this test: id filters without bounds reached the database (500 on SQLite and PostgreSQL)."""
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     for name in names:
@@ -403,8 +436,9 @@ async def test_integer_query_parameters_beyond_64_bits_are_4xx(client: httpx.Asy
             assert 400 <= r.status_code < 500, (method, path, name, value, r.status_code, r.text[:300])
 
 
-async def test_stored_answers_are_encrypted_so_a_new_token_is_not_kept_in_clear(client: httpx.AsyncClient,
-                                                                                 sessionmaker: Any) -> None:
+async def test_stored_answers_are_encrypted_so_a_new_token_is_not_kept_in_clear(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     headers = {**alice.headers, "Idempotency-Key": "new-token"}
     first = await client.post(f"{API}/me/tokens", json={"name": "deploy-pipeline"}, headers=headers)
@@ -417,8 +451,9 @@ async def test_stored_answers_are_encrypted_so_a_new_token_is_not_kept_in_clear(
     assert (again.json()["token"], again.headers["idempotent-replayed"]) == (token, "true")
 
 
-async def test_nul_characters_are_422_on_every_backend(client: httpx.AsyncClient, sessionmaker: Any,
-                                                      db_url: str) -> None:
+async def test_nul_characters_are_422_on_every_backend(
+    client: httpx.AsyncClient, sessionmaker: Any, db_url: str
+) -> None:
     """Found by probing PostgreSQL (text cannot hold NUL): a task name with NUL was a 500 there."""
     alice = await make_account(sessionmaker, "alice")
     r = await client.post(f"{API}/tasks", json={"name": "a\u0000b"}, headers=alice.headers)

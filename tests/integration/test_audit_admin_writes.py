@@ -39,8 +39,9 @@ class World:
     admin: Account
     alice: Account
     service_id: int
-    secrets: list[str] = field(default_factory=lambda: [API_KEY, NEW_API_KEY, WEBHOOK_SECRET, NEW_WEBHOOK_SECRET,
-                                                         NEW_PASSWORD, USER_PASSWORD])
+    secrets: list[str] = field(
+        default_factory=lambda: [API_KEY, NEW_API_KEY, WEBHOOK_SECRET, NEW_WEBHOOK_SECRET, NEW_PASSWORD, USER_PASSWORD]
+    )
 
     async def call(self, method: str, path: str, expected: int, **kwargs: Any) -> Any:
         r = await self.client.request(method, f"{API}{path}", headers=self.admin.headers, **kwargs)
@@ -48,9 +49,17 @@ class World:
         return r.json() if r.content else None
 
     async def new_service(self, name: str) -> int:
-        body = await self.call("POST", "/admin/services", 201, json={
-            "name": name, "provider": "sendgrid", "domain": f"{name}.example.com",
-            "credentials": {"api_key": API_KEY}})
+        body = await self.call(
+            "POST",
+            "/admin/services",
+            201,
+            json={
+                "name": name,
+                "provider": "sendgrid",
+                "domain": f"{name}.example.com",
+                "credentials": {"api_key": API_KEY},
+            },
+        )
         return int(body["id"])
 
     async def scheduled_task_of_alice(self) -> int:
@@ -58,8 +67,9 @@ class World:
             sender = await factories.sender(session, self.alice.id)
             template = await factories.template(session, self.alice.id)
             await factories.contacts(session, self.alice.id, 2)
-            return await factories.task(session, self.alice.id, sender_id=sender, template_ids=[template],
-                                        rule={"type": "all_contacts"})
+            return await factories.task(
+                session, self.alice.id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+            )
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,17 @@ async def world(db_url: str, engine: Any, sessionmaker: async_sessionmaker[Async
     alice = await make_account(sessionmaker, "alice", credit=10)
     async with api_client(db_url, engine) as client:
         w = World(client, sessionmaker, admin, alice, 0)
-        created = await w.call("POST", "/admin/services", 201, json={
-            "name": "sg", "provider": "sendgrid", "domain": "sg.example.com",
-            "credentials": {"api_key": API_KEY, "webhook_secrets": [WEBHOOK_SECRET]}})
+        created = await w.call(
+            "POST",
+            "/admin/services",
+            201,
+            json={
+                "name": "sg",
+                "provider": "sendgrid",
+                "domain": "sg.example.com",
+                "credentials": {"api_key": API_KEY, "webhook_secrets": [WEBHOOK_SECRET]},
+            },
+        )
         w.service_id = int(created["id"])
         yield w
 
@@ -92,18 +110,33 @@ async def world(db_url: str, engine: Any, sessionmaker: async_sessionmaker[Async
 
 
 async def service_create(w: World) -> Expected:
-    body = await w.call("POST", "/admin/services", 201, json={
-        "name": "sg2", "provider": "sendgrid", "domain": "sg2.example.com",
-        "credentials": {"api_key": API_KEY, "webhook_secrets": [WEBHOOK_SECRET]}})
-    return Expected("service.create", "email_service", str(body["id"]),
-                    {"name": "sg2", "provider": "sendgrid", "credential_fields": ["api_key", "webhook_secrets"]})
+    body = await w.call(
+        "POST",
+        "/admin/services",
+        201,
+        json={
+            "name": "sg2",
+            "provider": "sendgrid",
+            "domain": "sg2.example.com",
+            "credentials": {"api_key": API_KEY, "webhook_secrets": [WEBHOOK_SECRET]},
+        },
+    )
+    return Expected(
+        "service.create",
+        "email_service",
+        str(body["id"]),
+        {"name": "sg2", "provider": "sendgrid", "credential_fields": ["api_key", "webhook_secrets"]},
+    )
 
 
 async def service_update(w: World) -> Expected:
     await w.call("PATCH", f"/admin/services/{w.service_id}", 200, json={"daily_quota": 777, "label": "Main"})
-    return Expected("service.update", "email_service", str(w.service_id),
-                    {"changes": {"daily_quota": {"old": 1000, "new": 777},
-                                 "label": {"old": "Channel 1", "new": "Main"}}})
+    return Expected(
+        "service.update",
+        "email_service",
+        str(w.service_id),
+        {"changes": {"daily_quota": {"old": 1000, "new": 777}, "label": {"old": "Channel 1", "new": "Main"}}},
+    )
 
 
 async def service_credentials(w: World) -> Expected:
@@ -144,43 +177,53 @@ async def service_clear_backoff(w: World) -> Expected:
 
 async def service_usage(w: World) -> Expected:
     await w.call("POST", f"/admin/services/{w.service_id}/usage", 200, json={"used_today": 40})
-    return Expected("service.set_usage", "email_service", str(w.service_id),
-                    {"used_today": 40, "adjustment_delta": 40})
+    return Expected("service.set_usage", "email_service", str(w.service_id), {"used_today": 40, "adjustment_delta": 40})
 
 
 async def webhook_secret_add(w: World) -> Expected:
-    body = await w.call("POST", f"/admin/services/{w.service_id}/webhook-secrets", 201,
-                        json={"value": NEW_WEBHOOK_SECRET})
-    return Expected("service.webhook_secret_added", "email_service", str(w.service_id),
-                    {"secret_id": body["id"], "generated": False})
+    body = await w.call(
+        "POST", f"/admin/services/{w.service_id}/webhook-secrets", 201, json={"value": NEW_WEBHOOK_SECRET}
+    )
+    return Expected(
+        "service.webhook_secret_added",
+        "email_service",
+        str(w.service_id),
+        {"secret_id": body["id"], "generated": False},
+    )
 
 
 async def webhook_secret_generate(w: World) -> Expected:
     body = await w.call("POST", f"/admin/services/{w.service_id}/webhook-secrets", 201, json={})
     w.secrets.append(body["value"])  # generated by the server: it must not reach the audit log either
-    return Expected("service.webhook_secret_added", "email_service", str(w.service_id),
-                    {"secret_id": body["id"], "generated": True})
+    return Expected(
+        "service.webhook_secret_added", "email_service", str(w.service_id), {"secret_id": body["id"], "generated": True}
+    )
 
 
 async def webhook_secret_remove(w: World) -> Expected:
     [listed] = await w.call("GET", f"/admin/services/{w.service_id}/webhook-secrets", 200)
     await w.call("DELETE", f"/admin/services/{w.service_id}/webhook-secrets/{listed['id']}", 200)
-    return Expected("service.webhook_secret_removed", "email_service", str(w.service_id),
-                    {"secret_id": listed["id"]})
+    return Expected("service.webhook_secret_removed", "email_service", str(w.service_id), {"secret_id": listed["id"]})
 
 
 async def mapping_assign(w: World) -> Expected:
     await w.call("POST", "/admin/mappings", 201, json={"user_ids": [w.alice.id], "service_ids": [w.service_id]})
-    return Expected("mapping.assign", "mapping", None,
-                    {"user_ids": [w.alice.id], "service_ids": [w.service_id], "is_active": True, "mappings": 1})
+    return Expected(
+        "mapping.assign",
+        "mapping",
+        None,
+        {"user_ids": [w.alice.id], "service_ids": [w.service_id], "is_active": True, "mappings": 1},
+    )
 
 
 async def mapping_delete(w: World) -> Expected:
-    [mapping] = await w.call("POST", "/admin/mappings", 201,
-                             json={"user_ids": [w.alice.id], "service_ids": [w.service_id]})
+    [mapping] = await w.call(
+        "POST", "/admin/mappings", 201, json={"user_ids": [w.alice.id], "service_ids": [w.service_id]}
+    )
     await w.call("DELETE", f"/admin/mappings/{mapping['id']}", 204)
-    return Expected("mapping.delete", "mapping", str(mapping["id"]),
-                    {"user_id": w.alice.id, "service_id": w.service_id})
+    return Expected(
+        "mapping.delete", "mapping", str(mapping["id"]), {"user_id": w.alice.id, "service_id": w.service_id}
+    )
 
 
 async def mapping_set_exact(w: World) -> Expected:
@@ -191,8 +234,9 @@ async def mapping_set_exact(w: World) -> Expected:
 async def token_create(w: World) -> Expected:
     body = await w.call("POST", "/me/tokens", 201, json={"name": "ci", "scope": "read"})
     w.secrets.append(body["token"])
-    return Expected("token.create", "api_token", str(body["id"]),
-                    {"user_id": w.admin.id, "name": "ci", "scope": "read"})
+    return Expected(
+        "token.create", "api_token", str(body["id"]), {"user_id": w.admin.id, "name": "ci", "scope": "read"}
+    )
 
 
 async def token_revoke(w: World) -> Expected:
@@ -203,8 +247,12 @@ async def token_revoke(w: World) -> Expected:
 
 
 async def user_create(w: World) -> Expected:
-    body = await w.call("POST", "/admin/users", 201, json={"username": "bob", "email": "bob@example.com",
-                                                          "password": USER_PASSWORD, "role": "user"})
+    body = await w.call(
+        "POST",
+        "/admin/users",
+        201,
+        json={"username": "bob", "email": "bob@example.com", "password": USER_PASSWORD, "role": "user"},
+    )
     return Expected("user.create", "user", str(body["id"]), {"username": "bob", "role": "user"})
 
 
@@ -219,8 +267,12 @@ async def user_deactivate(w: World) -> Expected:
 
 
 async def user_password_reset(w: World) -> Expected:
-    await w.call("POST", f"/admin/users/{w.alice.id}/password", 200,
-                 json={"password": NEW_PASSWORD, "must_change_password": True})
+    await w.call(
+        "POST",
+        f"/admin/users/{w.alice.id}/password",
+        200,
+        json={"password": NEW_PASSWORD, "must_change_password": True},
+    )
     return Expected("user.password_reset", "user", str(w.alice.id), {"must_change_password": True})
 
 
@@ -230,14 +282,19 @@ async def user_delete(w: World) -> Expected:
 
 
 async def credit_adjust(w: World) -> Expected:
-    await w.call("POST", f"/admin/users/{w.alice.id}/credit", 200,
-                 json={"operation": "add", "amount": 5, "reason": "bonus"})
+    await w.call(
+        "POST", f"/admin/users/{w.alice.id}/credit", 200, json={"operation": "add", "amount": 5, "reason": "bonus"}
+    )
     return Expected("credit.adjust", "user", str(w.alice.id), {"operation": "add", "amount": 5, "reason": "bonus"})
 
 
 async def credit_batch(w: World) -> Expected:
-    await w.call("POST", "/admin/credit/batch", 200,
-                 json={"operation": "subtract", "amount": 3, "reason": "fix", "items": [{"user_id": w.alice.id}]})
+    await w.call(
+        "POST",
+        "/admin/credit/batch",
+        200,
+        json={"operation": "subtract", "amount": 3, "reason": "fix", "items": [{"user_id": w.alice.id}]},
+    )
     return Expected("credit.adjust", "user", str(w.alice.id), {"operation": "subtract", "amount": 3})
 
 
@@ -260,8 +317,12 @@ async def pause_all(w: World) -> Expected:
 async def task_pause_by_admin(w: World) -> Expected:
     task_id = await w.scheduled_task_of_alice()
     await w.call("POST", f"/tasks/{task_id}/pause", 200)
-    return Expected("task.pause", "task", str(task_id),
-                    {"owner_user_id": w.alice.id, "old_status": "scheduled", "new_status": "paused"})
+    return Expected(
+        "task.pause",
+        "task",
+        str(task_id),
+        {"owner_user_id": w.alice.id, "old_status": "scheduled", "new_status": "paused"},
+    )
 
 
 async def task_batch_pause_by_admin(w: World) -> Expected:
@@ -273,16 +334,24 @@ async def task_batch_pause_by_admin(w: World) -> Expected:
 async def task_cancel_by_admin(w: World) -> Expected:
     task_id = await w.scheduled_task_of_alice()
     await w.call("POST", f"/tasks/{task_id}/cancel", 200)
-    return Expected("task.cancel", "task", str(task_id),
-                    {"owner_user_id": w.alice.id, "old_status": "scheduled", "new_status": "cancelled"})
+    return Expected(
+        "task.cancel",
+        "task",
+        str(task_id),
+        {"owner_user_id": w.alice.id, "old_status": "scheduled", "new_status": "cancelled"},
+    )
 
 
 async def task_close_by_admin(w: World) -> Expected:
     task_id = await w.scheduled_task_of_alice()
     await w.call("POST", f"/tasks/{task_id}/pause", 200)
     await w.call("POST", f"/tasks/{task_id}/close", 200)
-    return Expected("task.close", "task", str(task_id),
-                    {"owner_user_id": w.alice.id, "old_status": "paused", "new_status": "closed"})
+    return Expected(
+        "task.close",
+        "task",
+        str(task_id),
+        {"owner_user_id": w.alice.id, "old_status": "paused", "new_status": "closed"},
+    )
 
 
 async def task_delete_by_admin(w: World) -> Expected:
@@ -293,12 +362,39 @@ async def task_delete_by_admin(w: World) -> Expected:
 
 
 CASES: list[Case] = [
-    service_create, service_update, service_credentials, service_archive, service_freeze, service_unfreeze,
-    service_disable, service_enable, service_clear_backoff, service_usage, webhook_secret_add,
-    webhook_secret_generate, webhook_secret_remove, mapping_assign, mapping_delete, mapping_set_exact, token_create,
-    token_revoke, user_create, user_role_change, user_deactivate, user_password_reset, user_delete, credit_adjust,
-    credit_batch, settings_change, suppression_remove, pause_all, task_pause_by_admin, task_batch_pause_by_admin,
-    task_cancel_by_admin, task_close_by_admin, task_delete_by_admin,
+    service_create,
+    service_update,
+    service_credentials,
+    service_archive,
+    service_freeze,
+    service_unfreeze,
+    service_disable,
+    service_enable,
+    service_clear_backoff,
+    service_usage,
+    webhook_secret_add,
+    webhook_secret_generate,
+    webhook_secret_remove,
+    mapping_assign,
+    mapping_delete,
+    mapping_set_exact,
+    token_create,
+    token_revoke,
+    user_create,
+    user_role_change,
+    user_deactivate,
+    user_password_reset,
+    user_delete,
+    credit_adjust,
+    credit_batch,
+    settings_change,
+    suppression_remove,
+    pause_all,
+    task_pause_by_admin,
+    task_batch_pause_by_admin,
+    task_cancel_by_admin,
+    task_close_by_admin,
+    task_delete_by_admin,
 ]
 
 
@@ -316,8 +412,9 @@ async def _password_hashes(w: World) -> list[str]:
 async def test_each_admin_write_is_audited_without_secrets(world: World, case: Case) -> None:
     expected = await case(world)
 
-    r = await world.client.get(f"{API}/admin/audit-log", params={"action": expected.action, "limit": 1},
-                               headers=world.admin.headers)
+    r = await world.client.get(
+        f"{API}/admin/audit-log", params={"action": expected.action, "limit": 1}, headers=world.admin.headers
+    )
     assert r.status_code == 200, r.text
     assert r.json()["items"], f"no audit row for {expected.action}"
     row = r.json()["items"][0]
@@ -333,13 +430,24 @@ async def test_each_admin_write_is_audited_without_secrets(world: World, case: C
 
 
 async def test_the_audit_helper_never_stores_a_secret_under_a_secret_name(
-        sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
     """The helper's safety net: a caller that passes a credential by mistake stores `[redacted]` instead."""
     async with unit_of_work(sessionmaker) as session:
-        await audit(session, Actor(None, "cli"), "test.careless", details={
-            "credentials": {"api_key": API_KEY}, "nested": [{"password": NEW_PASSWORD, "kept": 1}],
-            "token": "edm_" + "x" * 40})
+        await audit(
+            session,
+            Actor(None, "cli"),
+            "test.careless",
+            details={
+                "credentials": {"api_key": API_KEY},
+                "nested": [{"password": NEW_PASSWORD, "kept": 1}],
+                "token": "edm_" + "x" * 40,
+            },
+        )
     async with sessionmaker() as session:
         row = await session.scalar(select(AuditLog).where(AuditLog.action == "test.careless"))
     assert row is not None and row.details == {
-        "credentials": "[redacted]", "nested": [{"password": "[redacted]", "kept": 1}], "token": "[redacted]"}
+        "credentials": "[redacted]",
+        "nested": [{"password": "[redacted]", "kept": 1}],
+        "token": "[redacted]",
+    }

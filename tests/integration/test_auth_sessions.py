@@ -33,12 +33,12 @@ async def browser(db_url: str, engine: Any) -> AsyncIterator[Browser]:
     """Makes clients on one app: each has its own cookie jar (one console session) and client IP."""
     app = create_app(settings_for(db_url), engine=engine)
     async with app.router.lifespan_context(app), AsyncExitStack() as stack:
+
         async def new(ip: str = "127.0.0.1") -> httpx.AsyncClient:
             transport = httpx.ASGITransport(app=app, client=(ip, 50000))
-            return await stack.enter_async_context(httpx.AsyncClient(transport=transport,
-                                                                     base_url="http://edm.test"))
-        yield new
+            return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://edm.test"))
 
+        yield new
 
 
 async def _login(c: httpx.AsyncClient, username: str, password: str = PASSWORD) -> httpx.Response:
@@ -99,20 +99,25 @@ async def test_cookie_is_secure_when_the_public_url_is_https(db_url: str, engine
 
 
 async def test_every_failure_answers_the_same_and_the_audit_log_has_the_reason(
-        browser: Browser, sessionmaker: Any) -> None:
+    browser: Browser, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     async with unit_of_work(sessionmaker) as session:
         await session.execute(update(User).where(User.id == bob.id).values(is_active=False))
     c = await browser()
-    answers = [await _login(c, "nobody", "whatever-password"), await _login(c, "alice", "wrong password!"),
-               await _login(c, "bob")]
+    answers = [
+        await _login(c, "nobody", "whatever-password"),
+        await _login(c, "alice", "wrong password!"),
+        await _login(c, "bob"),
+    ]
     errors = [_error(r, 401, "unauthenticated") for r in answers]
     assert len({e["message"] for e in errors}) == 1 and "set-cookie" not in answers[2].headers
 
     async with unit_of_work(sessionmaker) as session:
-        audits = list(await session.scalars(select(AuditLog).where(AuditLog.action == "auth.login_failed")
-                                            .order_by(AuditLog.id)))
+        audits = list(
+            await session.scalars(select(AuditLog).where(AuditLog.action == "auth.login_failed").order_by(AuditLog.id))
+        )
         attempts = (await session.scalars(select(LoginAttempt.succeeded))).all()
     assert [(a.details or {})["reason"] for a in audits] == ["unknown_user", "wrong_password", "inactive"]
     assert [a.target_id for a in audits] == [None, str(alice.id), str(bob.id)]
@@ -122,7 +127,8 @@ async def test_every_failure_answers_the_same_and_the_audit_log_has_the_reason(
 
 
 async def test_ten_failures_for_one_username_answer_429_until_the_window_passes(
-        browser: Browser, sessionmaker: Any) -> None:
+    browser: Browser, sessionmaker: Any
+) -> None:
     await make_account(sessionmaker, "alice")
     await make_account(sessionmaker, "carol")
     for i in range(10):  # from ten different IPs: the username counts, not the address
@@ -153,7 +159,8 @@ async def test_fifty_failures_from_one_ip_answer_429_for_that_ip_only(browser: B
 
 
 async def test_a_successful_login_clears_the_username_count_and_old_attempts_are_pruned(
-        browser: Browser, sessionmaker: Any) -> None:
+    browser: Browser, sessionmaker: Any
+) -> None:
     await make_account(sessionmaker, "alice")
     c = await browser()
     for _ in range(9):
@@ -174,15 +181,15 @@ async def test_a_successful_login_clears_the_username_count_and_old_attempts_are
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_cookie_writes_need_the_csrf_header_and_bearer_writes_do_not(browser: Browser,
-                                                                          sessionmaker: Any) -> None:
+async def test_cookie_writes_need_the_csrf_header_and_bearer_writes_do_not(browser: Browser, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     c = await browser()
     csrf = await _logged_in(c, "alice")
     assert (await c.get(f"{API}/me/tokens")).status_code == 200  # reads need no token
     _error(await c.post(f"{API}/tags", json={"name": "a"}), 403, "csrf_failed")
-    _error(await c.post(f"{API}/tags", json={"name": "a"}, headers={"X-CSRF-Token": csrf[:-1] + "x"}),
-           403, "csrf_failed")
+    _error(
+        await c.post(f"{API}/tags", json={"name": "a"}, headers={"X-CSRF-Token": csrf[:-1] + "x"}), 403, "csrf_failed"
+    )
     _error(await c.patch(f"{API}/admin/users/1", json={}, headers={"X-CSRF-Token": ""}), 403, "csrf_failed")
     _error(await c.delete(f"{API}/me/tokens/1"), 403, "csrf_failed")
     _error(await c.put(f"{API}/me/password", json={}), 403, "csrf_failed")
@@ -265,22 +272,37 @@ async def test_password_change_revokes_the_other_sessions(browser: Browser, sess
     csrf = await _logged_in(a, "alice")
     await _logged_in(b, "alice")
     url, h = f"{API}/me/password", {"X-CSRF-Token": csrf}
-    _error(await a.put(url, json={"current_password": "not it at all", "new_password": "another long one"},
-                       headers=h), 422, "validation_error")
-    _error(await a.put(url, json={"current_password": PASSWORD, "new_password": "short"}, headers=h),
-           422, "validation_error")
-    _error(await a.put(url, json={"current_password": PASSWORD, "new_password": "alice"}, headers=h),
-           422, "validation_error")
-    _error(await a.put(url, json={"current_password": PASSWORD, "new_password": "x" * 129}, headers=h),
-           422, "validation_error")
-    _error(await a.put(url, json={"current_password": PASSWORD, "new_password": "another long one", "x": 1},
-                       headers=h), 422, "validation_error")
+    _error(
+        await a.put(url, json={"current_password": "not it at all", "new_password": "another long one"}, headers=h),
+        422,
+        "validation_error",
+    )
+    _error(
+        await a.put(url, json={"current_password": PASSWORD, "new_password": "short"}, headers=h),
+        422,
+        "validation_error",
+    )
+    _error(
+        await a.put(url, json={"current_password": PASSWORD, "new_password": "alice"}, headers=h),
+        422,
+        "validation_error",
+    )
+    _error(
+        await a.put(url, json={"current_password": PASSWORD, "new_password": "x" * 129}, headers=h),
+        422,
+        "validation_error",
+    )
+    _error(
+        await a.put(url, json={"current_password": PASSWORD, "new_password": "another long one", "x": 1}, headers=h),
+        422,
+        "validation_error",
+    )
     r = await a.put(url, json={"current_password": PASSWORD, "new_password": "another long one"}, headers=h)
     assert r.status_code == 200 and r.json()["sessions_revoked"] == 1, r.text
 
     assert (await a.get(f"{API}/me")).status_code == 200, "the session that changed it stays"
     _error(await b.get(f"{API}/me"), 401, "unauthenticated")
-    assert (await alice_token_works(await browser(), alice)), "tokens are not sessions: they keep working"
+    assert await alice_token_works(await browser(), alice), "tokens are not sessions: they keep working"
     _error(await _login(await browser(), "alice"), 401, "unauthenticated")
     assert (await _login(await browser(), "alice", "another long one")).status_code == 200
 

@@ -36,12 +36,16 @@ async def populated(db_url: str, engine: AsyncEngine, sessionmaker: async_sessio
         user_id = await factories.user(session, "alice")
         # Enough rows that walking the primary key and filtering (the plan of a small table) costs more than
         # the index a rare match needs.
-        await session.execute(text(
-            "INSERT INTO contacts (user_id, email, email_normalized, email_domain, name, status, custom_attributes,"
-            " soft_bounce_streak, created_at, updated_at) SELECT :user_id, 'person' || i || '@example.net',"
-            " 'person' || i || '@example.net', 'example.net', 'Name ' || i, 'active',"
-            " jsonb_build_object('n', i % 5000), 0, now() - i * interval '1 minute', now()"
-            " FROM generate_series(1, 20000) AS i"), {"user_id": user_id})
+        await session.execute(
+            text(
+                "INSERT INTO contacts (user_id, email, email_normalized, email_domain, name, status, custom_attributes,"
+                " soft_bounce_streak, created_at, updated_at) SELECT :user_id, 'person' || i || '@example.net',"
+                " 'person' || i || '@example.net', 'example.net', 'Name ' || i, 'active',"
+                " jsonb_build_object('n', i % 5000), 0, now() - i * interval '1 minute', now()"
+                " FROM generate_series(1, 20000) AS i"
+            ),
+            {"user_id": user_id},
+        )
     async with engine.connect() as conn:
         await conn.execute(text("ANALYZE contacts"))
         await conn.commit()
@@ -49,9 +53,15 @@ async def populated(db_url: str, engine: AsyncEngine, sessionmaker: async_sessio
 
 
 @pytest.mark.parametrize(("label", "filters", "sort", "index"), CASES, ids=[c[0] for c in CASES])
-async def test_the_list_query_uses_its_index(populated: int, engine: AsyncEngine,
-                                             sessionmaker: async_sessionmaker[AsyncSession], label: str,
-                                             filters: ContactFilter, sort: Sort, index: str) -> None:
+async def test_the_list_query_uses_its_index(
+    populated: int,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    label: str,
+    filters: ContactFilter,
+    sort: Sort,
+    index: str,
+) -> None:
     sent: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:

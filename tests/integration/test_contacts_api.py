@@ -19,12 +19,16 @@ from tests.helpers import make_account
 API = "/api/v1"
 
 
-
-
 async def test_create_get_update_delete(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    created = await _contact(client, alice, "  Ann.Lee@Bücher.Example ", first_name="Ann", company="Acme",
-                             custom_attributes={"city": "Oslo", "vip": True, "score": 4.5})
+    created = await _contact(
+        client,
+        alice,
+        "  Ann.Lee@Bücher.Example ",
+        first_name="Ann",
+        company="Acme",
+        custom_attributes={"city": "Oslo", "vip": True, "score": 4.5},
+    )
     assert created["email"] == "Ann.Lee@Bücher.Example"
     assert created["email_normalized"] == "ann.lee@xn--bcher-kva.example"
     assert created["status"] == "active" and created["source"] == "api"
@@ -33,8 +37,9 @@ async def test_create_get_update_delete(client: httpx.AsyncClient, sessionmaker:
     r = await client.get(f"{API}/contacts/{created['id']}", headers=alice.headers)
     assert r.status_code == 200 and r.json()["first_name"] == "Ann"
 
-    r = await client.patch(f"{API}/contacts/{created['id']}", json={"last_name": "Lee", "status": "inactive"},
-                           headers=alice.headers)
+    r = await client.patch(
+        f"{API}/contacts/{created['id']}", json={"last_name": "Lee", "status": "inactive"}, headers=alice.headers
+    )
     assert r.status_code == 200, r.text
     assert r.json()["last_name"] == "Lee" and r.json()["status"] == "inactive" and r.json()["first_name"] == "Ann"
 
@@ -71,8 +76,9 @@ async def test_duplicate_address_is_409_with_the_existing_id(client: httpx.Async
     ({"email": "a@b.co", "favourite": "x"}, "favourite"),
     ({"first_name": "no email"}, "email"),
 ])  # fmt: skip
-async def test_bad_contact_bodies_name_the_field(client: httpx.AsyncClient, sessionmaker: Any,
-                                                 body: dict[str, Any], field: str) -> None:
+async def test_bad_contact_bodies_name_the_field(
+    client: httpx.AsyncClient, sessionmaker: Any, body: dict[str, Any], field: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     r = await client.post(f"{API}/contacts", json=body, headers=alice.headers)
     error = _error(r, 422, "validation_error")
@@ -81,8 +87,9 @@ async def test_bad_contact_bodies_name_the_field(client: httpx.AsyncClient, sess
 
 async def test_malformed_json_limits_and_cursors(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    r = await client.post(f"{API}/contacts", content=b'{"email": ', headers={**alice.headers,
-                                                                         "content-type": "application/json"})
+    r = await client.post(
+        f"{API}/contacts", content=b'{"email": ', headers={**alice.headers, "content-type": "application/json"}
+    )
     _error(r, 400, "invalid_json")
     error = _error(await client.get(f"{API}/contacts?limit=201", headers=alice.headers), 422, "validation_error")
     assert error["details"][0]["field"] == "limit"
@@ -93,6 +100,7 @@ async def test_malformed_json_limits_and_cursors(client: httpx.AsyncClient, sess
     _error(await client.get(f"{API}/contacts?q=a%00b", headers=alice.headers), 422, "validation_error")
     # A cursor past any BIGINT was never issued by us: a clear 422 (SPEC §21 "bad cursor"), not a 500.
     from edm.api.deps import encode_cursor
+
     r = await client.get(f"{API}/contacts", params={"cursor": encode_cursor(2**70)}, headers=alice.headers)
     assert _error(r, 422, "validation_error")["details"][0]["field"] == "cursor"
 
@@ -145,8 +153,9 @@ async def test_tag_and_untag_one_contact(client: httpx.AsyncClient, sessionmaker
     mine = await _tag(client, alice, "VIP")
     theirs = await _tag(client, bob, "Secret")
 
-    r = await client.post(f"{API}/contacts/{contact['id']}/tags", json={"tag_ids": [mine, theirs]},
-                          headers=alice.headers)
+    r = await client.post(
+        f"{API}/contacts/{contact['id']}/tags", json={"tag_ids": [mine, theirs]}, headers=alice.headers
+    )
     error = _error(r, 422, "validation_error")
     assert error["details"][0]["field"] == "tag_ids" and str(theirs) in error["details"][0]["message"]
 
@@ -199,13 +208,20 @@ async def test_admin_may_list_another_users_contacts(client: httpx.AsyncClient, 
 @pytest.mark.parametrize("kind", ["read_token", "read_only_role"])
 async def test_read_only_callers_cannot_write(client: httpx.AsyncClient, sessionmaker: Any, kind: str) -> None:
     alice = await make_account(sessionmaker, "alice")
-    reader = (await make_account(sessionmaker, "alice2", scope="read") if kind == "read_token"
-              else await make_account(sessionmaker, "viewer", role=Role.READ_ONLY))
+    reader = (
+        await make_account(sessionmaker, "alice2", scope="read")
+        if kind == "read_token"
+        else await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)
+    )
     contact = await _contact(client, alice, "ann@example.org")
-    _error(await client.post(f"{API}/contacts", json={"email": "x@example.org"}, headers=reader.headers),
-           403, "forbidden")
-    _error(await client.patch(f"{API}/contacts/{contact['id']}", json={"name": "x"}, headers=reader.headers),
-           403, "forbidden")
+    _error(
+        await client.post(f"{API}/contacts", json={"email": "x@example.org"}, headers=reader.headers), 403, "forbidden"
+    )
+    _error(
+        await client.patch(f"{API}/contacts/{contact['id']}", json={"name": "x"}, headers=reader.headers),
+        403,
+        "forbidden",
+    )
     _error(await client.delete(f"{API}/contacts/{contact['id']}", headers=reader.headers), 403, "forbidden")
     assert (await client.get(f"{API}/contacts", headers=reader.headers)).status_code == 200
 
@@ -239,8 +255,9 @@ async def test_unauthenticated_is_401(client: httpx.AsyncClient) -> None:
     ("POST", "/tags", b'{"name": "x", "parent_id": 99999999999999999999}'),
     ("GET", "/tags/1/contacts?limit=0", None),
 ])  # fmt: skip
-async def test_odd_input_is_a_4xx(client: httpx.AsyncClient, sessionmaker: Any, method: str, path: str,
-                                  body: bytes | None) -> None:
+async def test_odd_input_is_a_4xx(
+    client: httpx.AsyncClient, sessionmaker: Any, method: str, path: str, body: bytes | None
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     await _contact(client, alice, "seed@example.org")
     headers = {**alice.headers, "content-type": "application/json"}
@@ -254,19 +271,24 @@ async def test_more_filters(client: httpx.AsyncClient, sessionmaker: Any) -> Non
     import datetime as dt
 
     from edm.db.session import unit_of_work
+
     alice = await make_account(sessionmaker, "alice")
     parent = await _tag(client, alice, "Customers")
     child = await _tag(client, alice, "EU", parent_id=parent)
-    ann = await _contact(client, alice, "ann@example.org", custom_attributes={"city": "Oslo", "vip": True, "n": 4.5},
-                         tag_ids=[child])
-    ben = await _contact(client, alice, "ben@example.org", custom_attributes={"city": "Rome", "vip": False, "n": 4},
-                         tag_ids=[parent])
+    ann = await _contact(
+        client, alice, "ann@example.org", custom_attributes={"city": "Oslo", "vip": True, "n": 4.5}, tag_ids=[child]
+    )
+    ben = await _contact(
+        client, alice, "ben@example.org", custom_attributes={"city": "Rome", "vip": False, "n": 4}, tag_ids=[parent]
+    )
     cat = await _contact(client, alice, "cat@blocked.example")
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     async with unit_of_work(sessionmaker) as session:
-        for cid, created, opened, import_id in [(ann["id"], t0, t0 + dt.timedelta(days=40), 7),
-                                                (ben["id"], t0 + dt.timedelta(days=10), None, None),
-                                                (cat["id"], t0 + dt.timedelta(days=20), None, None)]:
+        for cid, created, opened, import_id in [
+            (ann["id"], t0, t0 + dt.timedelta(days=40), 7),
+            (ben["id"], t0 + dt.timedelta(days=10), None, None),
+            (cat["id"], t0 + dt.timedelta(days=20), None, None),
+        ]:
             row = await session.get(Contact, cid)
             assert row is not None
             row.created_at, row.last_clicked_at, row.import_id = created, opened, import_id
@@ -289,18 +311,38 @@ async def test_more_filters(client: httpx.AsyncClient, sessionmaker: Any) -> Non
     assert await ids(**{"attr.n": "4", "attr.city": "Rome"}) == [ben["id"]]
     assert await ids(engaged_since="2026-02-01T00:00:00Z") == [ann["id"]]
     assert await ids(tag_id=parent, explicit_only="true") == [ben["id"]]
-    for bad in ({"attr.bad-key": "x"}, {"created_from": "2026-01-01T00:00:00"}, {"sort": "colour"},
-                {"engaged_since": "yesterday"}):
+    for bad in (
+        {"attr.bad-key": "x"},
+        {"created_from": "2026-01-01T00:00:00"},
+        {"sort": "colour"},
+        {"engaged_since": "yesterday"},
+    ):
         _error(await client.get(f"{API}/contacts", params=bad, headers=alice.headers), 422, "validation_error")
 
 
-@pytest.mark.parametrize("sort", ["created", "-created", "updated", "-updated", "email", "-email", "name", "-name",
-                                  "last_activity", "-last_activity", "-id"])
-async def test_every_sort_pages_through_every_contact_once(client: httpx.AsyncClient, sessionmaker: Any,
-                                                           sort: str) -> None:
+@pytest.mark.parametrize(
+    "sort",
+    [
+        "created",
+        "-created",
+        "updated",
+        "-updated",
+        "email",
+        "-email",
+        "name",
+        "-name",
+        "last_activity",
+        "-last_activity",
+        "-id",
+    ],
+)
+async def test_every_sort_pages_through_every_contact_once(
+    client: httpx.AsyncClient, sessionmaker: Any, sort: str
+) -> None:
     import datetime as dt
 
     from edm.db.session import unit_of_work
+
     alice = await make_account(sessionmaker, "alice")
     names = ["Zed", None, "amy", "Bob", None, "Zed", "carl"]
     ids = [(await _contact(client, alice, f"u{i}@example.org", name=n))["id"] for i, n in enumerate(names)]
@@ -311,8 +353,12 @@ async def test_every_sort_pages_through_every_contact_once(client: httpx.AsyncCl
             assert row is not None
             row.created_at = t0 + dt.timedelta(days=i % 3)  # ties: the id breaks them
             row.last_opened_at = t0 + dt.timedelta(days=5 - i % 2) if i % 3 else None
-    full = [c["id"] for c in (await client.get(f"{API}/contacts", params={"sort": sort, "limit": 200},
-                                               headers=alice.headers)).json()["items"]]
+    full = [
+        c["id"]
+        for c in (
+            await client.get(f"{API}/contacts", params={"sort": sort, "limit": 200}, headers=alice.headers)
+        ).json()["items"]
+    ]
     assert sorted(full) == sorted(ids)
     seen: list[int] = []
     cursor = None
@@ -331,9 +377,10 @@ async def test_every_sort_pages_through_every_contact_once(client: httpx.AsyncCl
         assert full == sorted(ids, reverse=True)
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-0", "1e400", "\"x\"", "{}", "null", "ünïcode", "a%_\\"])
-async def test_odd_attribute_and_search_values_are_plain_text(client: httpx.AsyncClient, sessionmaker: Any,
-                                                              value: str) -> None:
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-0", "1e400", '"x"', "{}", "null", "ünïcode", "a%_\\"])
+async def test_odd_attribute_and_search_values_are_plain_text(
+    client: httpx.AsyncClient, sessionmaker: Any, value: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     match = await _contact(client, alice, "m@example.org", name=f"x{value}y", custom_attributes={"k": value})
     await _contact(client, alice, "other@example.org", custom_attributes={"k": "plain"})

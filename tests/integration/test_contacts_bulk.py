@@ -31,7 +31,6 @@ from tests.helpers import run_cli as _edm
 API = "/api/v1"
 
 
-
 async def _bulk(client: httpx.AsyncClient, who: Account, **body: Any) -> httpx.Response:
     return await client.post(f"{API}/contacts/bulk", json=body, headers=who.headers)
 
@@ -94,8 +93,9 @@ async def test_bulk_by_filter_is_set_based_over_the_list_filters(client: httpx.A
 
     # Delete by filter: the count the user saw is required and must still be the count.
     _error(await _bulk(client, alice, action="delete", filter={"status": ["archived"]}), 422, "validation_error")
-    body = _error(await _bulk(client, alice, action="delete", filter={"status": ["archived"]}, expected_count=4),
-                  409, "conflict")
+    body = _error(
+        await _bulk(client, alice, action="delete", filter={"status": ["archived"]}, expected_count=4), 409, "conflict"
+    )
     assert body["current_count"] == 5
     r = await _bulk(client, alice, action="delete", filter={"status": ["archived"]}, expected_count=5)
     assert r.json() == {"action": "delete", "matched": 5, "changed": 5}
@@ -133,11 +133,15 @@ async def test_bulk_refuses_bad_requests_and_other_users_ids(client: httpx.Async
 
 
 @pytest.mark.parametrize("kind", ["read_token", "read_only_role"])
-async def test_read_only_callers_cannot_run_bulk_actions(client: httpx.AsyncClient, sessionmaker: Any,
-                                                         kind: str) -> None:
+async def test_read_only_callers_cannot_run_bulk_actions(
+    client: httpx.AsyncClient, sessionmaker: Any, kind: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
-    reader = (await make_account(sessionmaker, "alice2", scope="read") if kind == "read_token"
-              else await make_account(sessionmaker, "viewer", role=Role.READ_ONLY))
+    reader = (
+        await make_account(sessionmaker, "alice2", scope="read")
+        if kind == "read_token"
+        else await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)
+    )
     await _contact(client, alice, "a@example.org")
     _error(await _bulk(client, reader, action="delete", filter={}, expected_count=0), 403, "forbidden")
     r = await client.get(f"{API}/contacts/export", headers=reader.headers)
@@ -160,8 +164,15 @@ async def test_export_fields_tags_attributes_quoting_and_guard(client: httpx.Asy
     parent = await _tag(client, alice, "Customers")
     child = await _tag(client, alice, "EU", parent_id=parent)
     vip = await _tag(client, alice, "VIP")
-    ann = await _contact(client, alice, "ann@example.org", name='Ann "the, first"\nLee', company="=HYPERLINK(1)",
-                         custom_attributes={"city": "Oslo", "score": 4.5, "vip": True}, tag_ids=[child, vip])
+    ann = await _contact(
+        client,
+        alice,
+        "ann@example.org",
+        name='Ann "the, first"\nLee',
+        company="=HYPERLINK(1)",
+        custom_attributes={"city": "Oslo", "score": 4.5, "vip": True},
+        tag_ids=[child, vip],
+    )
     await _contact(client, alice, "ben@example.org", first_name="-Ben", custom_attributes={"plan": "+pro"})
     r = await client.get(f"{API}/contacts/export", headers=alice.headers)
     assert not r.content.startswith(b"\xef\xbb\xbf")
@@ -177,8 +188,7 @@ async def test_export_fields_tags_attributes_quoting_and_guard(client: httpx.Asy
     assert second["first_name"] == "'-Ben" and second["attr.plan"] == "'+pro" and second["tags"] == ""
 
 
-async def test_export_filters_selection_bom_suppression_and_empty(client: httpx.AsyncClient,
-                                                                    sessionmaker: Any) -> None:
+async def test_export_filters_selection_bom_suppression_and_empty(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     a = await _contact(client, alice, "a@example.org")
@@ -210,9 +220,11 @@ async def test_export_filters_selection_bom_suppression_and_empty(client: httpx.
     _error(r, 422, "validation_error")
 
 
-async def test_export_streams_in_batches(client: httpx.AsyncClient, sessionmaker: Any,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_export_streams_in_batches(
+    client: httpx.AsyncClient, sessionmaker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edm.contacts import export
+
     monkeypatch.setattr(export, "BATCH", 7)
     alice = await make_account(sessionmaker, "alice")
     async with unit_of_work(sessionmaker) as session:
@@ -232,15 +244,42 @@ async def _sent_to(sessionmaker: Any, user_id: int, contact_id: int, *, name: st
     async with unit_of_work(sessionmaker) as session:
         sender = await factories.sender(session, user_id, local=f"s-{name}")
         template = await factories.template(session, user_id, name=name)
-        task_id = await factories.task(session, user_id, sender_id=sender, template_ids=[template], name=name,
-                                       rule={"type": "specific", "contact_ids": [contact_id]}, schedule=False)
-        sub = SubTask(task_id=task_id, user_id=user_id, contact_id=contact_id, recipient_email="x@example.org",
-                      seq=1, send_state="sent", sent_at=sent, delivery_state="delivered", subject_sent=f"Hi {name}")
+        task_id = await factories.task(
+            session,
+            user_id,
+            sender_id=sender,
+            template_ids=[template],
+            name=name,
+            rule={"type": "specific", "contact_ids": [contact_id]},
+            schedule=False,
+        )
+        sub = SubTask(
+            task_id=task_id,
+            user_id=user_id,
+            contact_id=contact_id,
+            recipient_email="x@example.org",
+            seq=1,
+            send_state="sent",
+            sent_at=sent,
+            delivery_state="delivered",
+            subject_sent=f"Hi {name}",
+        )
         session.add(sub)
         await session.flush()
-        session.add(Event(source="tracking", dedupe_key=f"o-{sub.id}", event_type="opened",
-                          occurred_at=sent + dt.timedelta(hours=1), subtask_id=sub.id, task_id=task_id,
-                          user_id=user_id, match_status="matched", details={"machine": False}, raw={}))
+        session.add(
+            Event(
+                source="tracking",
+                dedupe_key=f"o-{sub.id}",
+                event_type="opened",
+                occurred_at=sent + dt.timedelta(hours=1),
+                subtask_id=sub.id,
+                task_id=task_id,
+                user_id=user_id,
+                match_status="matched",
+                details={"machine": False},
+                raw={},
+            )
+        )
         return sub.id
 
 
@@ -255,15 +294,18 @@ async def test_activity_is_newest_first_and_paginated(client: httpx.AsyncClient,
     seen: list[tuple[str, int | None, str | None]] = []
     cursor = None
     for _ in range(3):
-        r = await client.get(url, params={"limit": 3, **({"cursor": cursor} if cursor else {})},
-                             headers=alice.headers)
+        r = await client.get(url, params={"limit": 3, **({"cursor": cursor} if cursor else {})}, headers=alice.headers)
         assert r.status_code == 200, r.text
         seen += [(i["kind"], i["subtask_id"], i["task_name"]) for i in r.json()["items"]]
         cursor = r.json()["next_cursor"]
         if cursor is None:
             break
-    assert seen == [("event", second, "april"), ("send", second, "april"), ("event", first, "march"),
-                    ("send", first, "march")]
+    assert seen == [
+        ("event", second, "april"),
+        ("send", second, "april"),
+        ("event", first, "march"),
+        ("send", first, "march"),
+    ]
     body = (await client.get(url, headers=alice.headers)).json()["items"]
     assert body[1]["send_state"] == "sent" and body[1]["delivery_state"] == "delivered"
     assert body[1]["subject"] == "Hi april" and body[0]["event_type"] == "opened"
@@ -271,30 +313,43 @@ async def test_activity_is_newest_first_and_paginated(client: httpx.AsyncClient,
     _error(await client.get(url, params={"cursor": "junk"}, headers=alice.headers), 422, "validation_error")
 
 
-async def test_detail_shows_suppression_state_and_resubscribe_clears_it(client: httpx.AsyncClient,
-                                                                       sessionmaker: Any) -> None:
+async def test_detail_shows_suppression_state_and_resubscribe_clears_it(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     reader = await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)
     ann = await _contact(client, alice, "ann@example.org")
     url = f"{API}/contacts/{ann['id']}"
     assert (await client.get(url, headers=alice.headers)).json()["suppression"] == {
-        "blocked": False, "contact_reasons": [], "entries": []}
+        "blocked": False,
+        "contact_reasons": [],
+        "entries": [],
+    }
     _error(await client.post(f"{url}/resubscribe", json={"reason": "asked"}, headers=alice.headers), 409, "conflict")
 
     async with unit_of_work(sessionmaker) as session:
         contact = await session.get(Contact, ann["id"])
         assert contact is not None
         contact.unsubscribed_at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-        session.add(Suppression(scope="user", user_id=alice.id, owner_key=alice.id, kind="address",
-                                value="ann@example.org", reason="unsubscribed"))
+        session.add(
+            Suppression(
+                scope="user",
+                user_id=alice.id,
+                owner_key=alice.id,
+                kind="address",
+                value="ann@example.org",
+                reason="unsubscribed",
+            )
+        )
     state = (await client.get(url, headers=alice.headers)).json()["suppression"]
     assert state["blocked"] and state["contact_reasons"] == ["unsubscribed"]
     assert [(e["scope"], e["reason"]) for e in state["entries"]] == [("user", "unsubscribed")]
 
     _error(await client.post(f"{url}/resubscribe", json={}, headers=alice.headers), 422, "validation_error")
-    _error(await client.post(f"{url}/resubscribe", json={"reason": " "}, headers=alice.headers), 422,
-           "validation_error")
+    _error(
+        await client.post(f"{url}/resubscribe", json={"reason": " "}, headers=alice.headers), 422, "validation_error"
+    )
     _error(await client.post(f"{url}/resubscribe", json={"reason": "x"}, headers=bob.headers), 404, "not_found")
     _error(await client.post(f"{url}/resubscribe", json={"reason": "x"}, headers=reader.headers), 403, "forbidden")
     r = await client.post(f"{url}/resubscribe", json={"reason": "asked us by phone"}, headers=alice.headers)
@@ -314,8 +369,20 @@ async def test_detail_shows_suppression_state_and_resubscribe_clears_it(client: 
 def test_contact_export_through_the_cli(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     assert _edm(url, "db", "upgrade").returncode == 0
-    assert _edm(url, "user", "create", "--username", "ann", "--email", "ann@example.com", "--password-stdin",
-                stdin="a long password\n").returncode == 0
+    assert (
+        _edm(
+            url,
+            "user",
+            "create",
+            "--username",
+            "ann",
+            "--email",
+            "ann@example.com",
+            "--password-stdin",
+            stdin="a long password\n",
+        ).returncode
+        == 0
+    )
     added = _edm(url, "contact", "add", "--user", "ann", "--tag", "Customers/EU", "a@example.org", "b@example.org")
     assert added.returncode == 0, added.stderr
     assert _edm(url, "contact", "add", "--user", "ann", "c@example.org").returncode == 0
@@ -326,13 +393,14 @@ def test_contact_export_through_the_cli(tmp_path: Path) -> None:
     text = out.read_bytes().decode("utf-8")
     assert text.startswith("\ufeffid,email,")
     rows = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline="")))
-    assert [(r["email"], r["tags"], r["source"]) for r in rows] == [("a@example.org", "Customers/EU", "manual"),
-                                                                     ("b@example.org", "Customers/EU", "manual")]
+    assert [(r["email"], r["tags"], r["source"]) for r in rows] == [
+        ("a@example.org", "Customers/EU", "manual"),
+        ("b@example.org", "Customers/EU", "manual"),
+    ]
     everyone = _edm(url, "contact", "export", "--user", "ann")
     assert everyone.returncode == 0 and len(everyone.stdout.strip().splitlines()) == 4
 
-    for args, message in [(("--tag", "Nope"), "no tag named"), (("--status", "gone"), "status"),
-                          ((), "not found")]:
+    for args, message in [(("--tag", "Nope"), "no tag named"), (("--status", "gone"), "status"), ((), "not found")]:
         user = "nobody" if not args else "ann"
         bad = _edm(url, "contact", "export", "--user", user, *args)
         assert bad.returncode == 2, (bad.stdout, bad.stderr)

@@ -31,17 +31,23 @@ LEDGER = f"{API}/admin/credit/ledger"
 SUMMARY = f"{API}/admin/credit/summary"
 
 
-
-async def _op(client: httpx.AsyncClient, admin: Account, user_id: int, operation: str, amount: int,
-              reason: str = "test") -> httpx.Response:
-    return await client.post(ADMIN_CREDIT.format(user_id), headers=admin.headers,
-                             json={"operation": operation, "amount": amount, "reason": reason})
+async def _op(
+    client: httpx.AsyncClient, admin: Account, user_id: int, operation: str, amount: int, reason: str = "test"
+) -> httpx.Response:
+    return await client.post(
+        ADMIN_CREDIT.format(user_id),
+        headers=admin.headers,
+        json={"operation": operation, "amount": amount, "reason": reason},
+    )
 
 
 async def _entries(sessionmaker: Any, user_id: int) -> list[QuotaLedgerEntry]:
     async with sessionmaker() as session:
-        return list(await session.scalars(select(QuotaLedgerEntry).where(QuotaLedgerEntry.user_id == user_id)
-                                          .order_by(QuotaLedgerEntry.id)))
+        return list(
+            await session.scalars(
+                select(QuotaLedgerEntry).where(QuotaLedgerEntry.user_id == user_id).order_by(QuotaLedgerEntry.id)
+            )
+        )
 
 
 async def _assert_invariant(sessionmaker: Any, user_id: int) -> int:
@@ -68,8 +74,9 @@ async def _audits(sessionmaker: Any, action: str) -> list[AuditLog]:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_add_subtract_set_write_one_entry_with_actor_and_audit(client: httpx.AsyncClient,
-                                                                     sessionmaker: Any) -> None:
+async def test_add_subtract_set_write_one_entry_with_actor_and_audit(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice", credit=100)
 
@@ -78,7 +85,12 @@ async def test_add_subtract_set_write_one_entry_with_actor_and_audit(client: htt
     body = r.json()
     assert body["balance"] == 150
     assert {k: body["entry"][k] for k in ("kind", "amount", "balance_after", "actor_user_id", "reason")} == {
-        "kind": "grant", "amount": 50, "balance_after": 150, "actor_user_id": admin.id, "reason": "campaign bonus"}
+        "kind": "grant",
+        "amount": 50,
+        "balance_after": 150,
+        "actor_user_id": admin.id,
+        "reason": "campaign bonus",
+    }
     r = await _op(client, admin, alice.id, "subtract", 30)
     assert (r.json()["balance"], r.json()["entry"]["kind"], r.json()["entry"]["amount"]) == (120, "revoke", -30)
     r = await _op(client, admin, alice.id, "set", 500)
@@ -105,22 +117,29 @@ async def test_operation_input_is_checked(client: httpx.AsyncClient, sessionmake
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice", credit=10)
     url = ADMIN_CREDIT.format(alice.id)
-    for body in ({"operation": "add", "amount": 0, "reason": "x"},
-                 {"operation": "subtract", "amount": 0, "reason": "x"},
-                 {"operation": "add", "amount": -5, "reason": "x"},
-                 {"operation": "add", "amount": 5},
-                 {"operation": "add", "amount": 5, "reason": ""},
-                 {"operation": "add", "amount": 5, "reason": "   "},
-                 {"operation": "double", "amount": 5, "reason": "x"},
-                 {"operation": "add", "amount": 5, "reason": "x", "extra": 1},
-                 {"operation": "add", "amount": 2**31, "reason": "x"},
-                 {"operation": "add", "amount": "5x", "reason": "x"}):
+    for body in (
+        {"operation": "add", "amount": 0, "reason": "x"},
+        {"operation": "subtract", "amount": 0, "reason": "x"},
+        {"operation": "add", "amount": -5, "reason": "x"},
+        {"operation": "add", "amount": 5},
+        {"operation": "add", "amount": 5, "reason": ""},
+        {"operation": "add", "amount": 5, "reason": "   "},
+        {"operation": "double", "amount": 5, "reason": "x"},
+        {"operation": "add", "amount": 5, "reason": "x", "extra": 1},
+        {"operation": "add", "amount": 2**31, "reason": "x"},
+        {"operation": "add", "amount": "5x", "reason": "x"},
+    ):
         _error(await client.post(url, json=body, headers=admin.headers), 422, "validation_error")
     # the balance column is 32-bit: a grant that would overflow it is refused, not a 500
     _error(await _op(client, admin, alice.id, "add", 2**31 - 5), 422, "validation_error")
     _error(await _op(client, admin, 999_999, "add", 5), 404, "not_found")
-    _error(await client.post(f"{API}/admin/users/0/credit", json={"operation": "add", "amount": 1, "reason": "x"},
-                             headers=admin.headers), 422, "validation_error")
+    _error(
+        await client.post(
+            f"{API}/admin/users/0/credit", json={"operation": "add", "amount": 1, "reason": "x"}, headers=admin.headers
+        ),
+        422,
+        "validation_error",
+    )
     assert len(await _entries(sessionmaker, alice.id)) == 1
     assert await _assert_invariant(sessionmaker, alice.id) == 10
 
@@ -183,8 +202,9 @@ async def test_own_credit_is_paginated_and_isolated(client: httpx.AsyncClient, s
     r = await client.get(ADMIN_CREDIT.format(alice.id), params={"limit": 200}, headers=admin.headers)
     assert r.json()["balance"] == 110 and len(r.json()["ledger"]["items"]) == 5
     _error(await client.get(ADMIN_CREDIT.format(424242), headers=admin.headers), 404, "not_found")
-    _error(await client.get(f"{API}/me/credit", params={"cursor": "%%%"}, headers=alice.headers), 422,
-           "validation_error")
+    _error(
+        await client.get(f"{API}/me/credit", params={"cursor": "%%%"}, headers=alice.headers), 422, "validation_error"
+    )
 
 
 async def test_ledger_filters(client: httpx.AsyncClient, db_url: str, sessionmaker: Any) -> None:
@@ -192,8 +212,9 @@ async def test_ledger_filters(client: httpx.AsyncClient, db_url: str, sessionmak
     other_admin = await make_account(sessionmaker, "ops", role=Role.ADMIN)
     w = await factories.world(sessionmaker, settings_for(db_url), recipients=5, credit=100)
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     async with unit_of_work(sessionmaker) as session:
         result = await generation.generate(session, task_id, now=clock.utc_now())
     assert result is not None and result.status == "queued"
@@ -220,8 +241,14 @@ async def test_ledger_filters(client: httpx.AsyncClient, db_url: str, sessionmak
     r = await client.get(LEDGER, params={"limit": 2}, headers=admin.headers)
     r2 = await client.get(LEDGER, params={"limit": 2, "cursor": r.json()["next_cursor"]}, headers=admin.headers)
     assert [e["amount"] for e in r2.json()["items"]] == [10, -5]
-    for params in ({"kind": "gift"}, {"from": "yesterday"}, {"from": "2026-01-01T00:00:00"},
-                   {"from": since, "to": since}, {"user_id": 0}, {"limit": 201}):
+    for params in (
+        {"kind": "gift"},
+        {"from": "yesterday"},
+        {"from": "2026-01-01T00:00:00"},
+        {"from": since, "to": since},
+        {"user_id": 0},
+        {"limit": 201},
+    ):
         _error(await client.get(LEDGER, params=params, headers=admin.headers), 422, "validation_error")
 
 
@@ -236,13 +263,18 @@ async def test_batch_applies_each_user_on_its_own(client: httpx.AsyncClient, ses
     bob = await make_account(sessionmaker, "bob", credit=5)
     carol = await make_account(sessionmaker, "carol", credit=0)
 
-    body = {"operation": "subtract", "amount": 20, "reason": "monthly fee", "items": [
-        {"user_id": carol.id, "operation": "add", "amount": 50},
-        {"user_id": alice.id},
-        {"user_id": bob.id},
-        {"user_id": 987654},
-        {"user_id": alice.id, "operation": "set", "amount": 42, "reason": "correction"},
-    ]}
+    body = {
+        "operation": "subtract",
+        "amount": 20,
+        "reason": "monthly fee",
+        "items": [
+            {"user_id": carol.id, "operation": "add", "amount": 50},
+            {"user_id": alice.id},
+            {"user_id": bob.id},
+            {"user_id": 987654},
+            {"user_id": alice.id, "operation": "set", "amount": 42, "reason": "correction"},
+        ],
+    }
     r = await client.post(BATCH, json=body, headers=admin.headers)
     assert r.status_code == 200, r.text
     answer = r.json()
@@ -263,10 +295,12 @@ async def test_batch_applies_each_user_on_its_own(client: httpx.AsyncClient, ses
 
     too_many = {"operation": "add", "amount": 1, "reason": "x", "items": [{"user_id": alice.id}] * 501}
     _error(await client.post(BATCH, json=too_many, headers=admin.headers), 422, "validation_error")
-    for bad in ({"items": [{"user_id": alice.id}]},  # no operation, amount or reason anywhere
-                {"operation": "add", "amount": 1, "items": [{"user_id": alice.id}]},
-                {"operation": "add", "amount": 1, "reason": "x", "items": []},
-                {"operation": "add", "amount": 1, "reason": "x", "items": [{"user_id": alice.id, "x": 1}]}):
+    for bad in (
+        {"items": [{"user_id": alice.id}]},  # no operation, amount or reason anywhere
+        {"operation": "add", "amount": 1, "items": [{"user_id": alice.id}]},
+        {"operation": "add", "amount": 1, "reason": "x", "items": []},
+        {"operation": "add", "amount": 1, "reason": "x", "items": [{"user_id": alice.id, "x": 1}]},
+    ):
         _error(await client.post(BATCH, json=bad, headers=admin.headers), 422, "validation_error")
     assert await _assert_invariant(sessionmaker, alice.id) == 42
 
@@ -275,18 +309,38 @@ async def test_batch_of_500_users(client: httpx.AsyncClient, sessionmaker: Any) 
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     now = clock.utc_now()
     async with unit_of_work(sessionmaker) as session:
-        ids = list((await session.execute(insert(User).returning(User.id), [
-            {"username": f"u{i:03d}", "email": f"u{i:03d}@example.com", "role": "user", "is_active": True,
-             "timezone": "UTC", "credit_balance": 0, "must_change_password": False, "created_at": now,
-             "updated_at": now} for i in range(500)])).scalars())
+        ids = list(
+            (
+                await session.execute(
+                    insert(User).returning(User.id),
+                    [
+                        {
+                            "username": f"u{i:03d}",
+                            "email": f"u{i:03d}@example.com",
+                            "role": "user",
+                            "is_active": True,
+                            "timezone": "UTC",
+                            "credit_balance": 0,
+                            "must_change_password": False,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for i in range(500)
+                    ],
+                )
+            ).scalars()
+        )
     body = {"operation": "add", "amount": 7, "reason": "launch", "items": [{"user_id": i} for i in reversed(ids)]}
     r = await client.post(BATCH, json=body, headers=admin.headers)
     assert r.status_code == 200, r.text
     assert (r.json()["applied"], r.json()["failed"]) == (500, 0)
     async with sessionmaker() as session:
         assert await session.scalar(select(func.sum(User.credit_balance)).where(User.id.in_(ids))) == 3500
-        grants = select(func.count()).select_from(QuotaLedgerEntry).where(QuotaLedgerEntry.kind == "grant",
-                                                                          QuotaLedgerEntry.reason == "launch")
+        grants = (
+            select(func.count())
+            .select_from(QuotaLedgerEntry)
+            .where(QuotaLedgerEntry.kind == "grant", QuotaLedgerEntry.reason == "launch")
+        )
         assert await session.scalar(grants) == 500
 
 
@@ -324,8 +378,14 @@ async def test_summary_totals_buckets_and_trend(client: httpx.AsyncClient, db_ur
     assert s["trend"]["unit"] == "day" and len(s["trend"]["points"]) == 7
     points = {p["start"][:10]: p for p in s["trend"]["points"]}
     assert points["2026-03-08"]["granted"] == 100 and points["2026-03-08"]["revoked"] == 20
-    assert points["2026-03-10"] == {"start": points["2026-03-10"]["start"], "granted": 30, "revoked": 50,
-                                    "reserved": 40, "charged": 4, "refunded": 15}
+    assert points["2026-03-10"] == {
+        "start": points["2026-03-10"]["start"],
+        "granted": 30,
+        "revoked": 50,
+        "reserved": 40,
+        "charged": 4,
+        "refunded": 15,
+    }
     assert points["2026-03-04"]["granted"] == 0
 
     r = await client.get(SUMMARY, params={"period": "24h"}, headers=admin.headers)
@@ -344,27 +404,32 @@ async def test_summary_totals_buckets_and_trend(client: httpx.AsyncClient, db_ur
 # The invariant under concurrency
 # --------------------------------------------------------------------------------------------------------
 
-OPERATIONS = [("add", 100 + i) if i % 3 == 0 else ("subtract", 150 + 40 * i) if i % 3 == 1 else ("set", 200 + 5 * i)
-              for i in range(20)]
+OPERATIONS = [
+    ("add", 100 + i) if i % 3 == 0 else ("subtract", 150 + 40 * i) if i % 3 == 1 else ("set", 200 + 5 * i)
+    for i in range(20)
+]
 
 
-async def test_parallel_operations_and_generation_keep_balance_equal_to_ledger(db_url: str, engine: Any,
-                                                                               sessionmaker: Any) -> None:
+async def test_parallel_operations_and_generation_keep_balance_equal_to_ledger(
+    db_url: str, engine: Any, sessionmaker: Any
+) -> None:
     """20 admin operations through the API (each request its own connection) and a generation reserving credit
     for the same user, all at once; on SQLite they serialize on the database lock."""
     w = await factories.world(sessionmaker, settings_for(db_url), recipients=40, credit=1000)
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
 
     async def generate() -> Any:
         async with unit_of_work(sessionmaker) as session:
             return await generation.generate(session, task_id, now=clock.utc_now())
 
     async with api_client(db_url, engine) as client:
-        calls = [_op(client, admin, w.user_id, op, amount, f"parallel {i}")
-                 for i, (op, amount) in enumerate(OPERATIONS)]
+        calls = [
+            _op(client, admin, w.user_id, op, amount, f"parallel {i}") for i, (op, amount) in enumerate(OPERATIONS)
+        ]
         *responses, generated = await asyncio.gather(*calls, generate())
 
     by_op: dict[str, list[httpx.Response]] = {"add": [], "subtract": [], "set": []}
@@ -400,10 +465,10 @@ async def test_a_user_loaded_before_the_lock_is_re_read(sessionmaker: Any) -> No
         assert (await stale.get(User, uid)).credit_balance == 100  # type: ignore[union-attr]
         await stale.commit()  # objects outlive the commit (expire_on_commit=False)
         async with unit_of_work(sessionmaker) as other:
-            await credit.admin_adjust(other, user_id=uid, operation="subtract", amount=60, reason="x",
-                                      actor_user_id=None)
-        entry = await credit.admin_adjust(stale, user_id=uid, operation="add", amount=5, reason="y",
-                                          actor_user_id=None)
+            await credit.admin_adjust(
+                other, user_id=uid, operation="subtract", amount=60, reason="x", actor_user_id=None
+            )
+        entry = await credit.admin_adjust(stale, user_id=uid, operation="add", amount=5, reason="y", actor_user_id=None)
         await stale.commit()
     assert entry is not None and entry.balance_after == 45
     assert await _assert_invariant(sessionmaker, uid) == 45
@@ -422,12 +487,14 @@ async def test_credit_cli(db_url: str, sessionmaker: Any) -> None:
     assert _edm(db_url, "credit", "subtract", str(uid), "10", "--reason", "fee").returncode == 0
     ok = _edm(db_url, "credit", "set", "alice@example.com", "100", "--reason", "reset")
     assert ok.returncode == 0 and "+60" in ok.stdout and "balance 100" in ok.stdout
-    for args, message in ((["credit", "subtract", "alice", "500", "--reason", "x"], "insufficient credit"),
-                          (["credit", "add", "alice", "0", "--reason", "x"], "amount"),
-                          (["credit", "add", "alice", "5", "--reason", " "], "reason"),
-                          (["credit", "add", "nobody", "5", "--reason", "x"], "not found"),
-                          (["credit", "ledger", "alice", "--kind", "gift"], "kind"),
-                          (["credit", "add", "alice", "5"], "--reason")):
+    for args, message in (
+        (["credit", "subtract", "alice", "500", "--reason", "x"], "insufficient credit"),
+        (["credit", "add", "alice", "0", "--reason", "x"], "amount"),
+        (["credit", "add", "alice", "5", "--reason", " "], "reason"),
+        (["credit", "add", "nobody", "5", "--reason", "x"], "not found"),
+        (["credit", "ledger", "alice", "--kind", "gift"], "kind"),
+        (["credit", "add", "alice", "5"], "--reason"),
+    ):
         bad = _edm(db_url, *args)
         assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
         assert message in bad.stderr and (bad.stderr.count("\n") == 1 or "Usage" in bad.stderr), bad.stderr

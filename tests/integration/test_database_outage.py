@@ -119,9 +119,16 @@ def _postgres_only(db_url: str) -> None:
 async def _lock_waiters(engine: AsyncEngine, table: str) -> int:
     """Statements of this database waiting for a lock, that mention `table`."""
     async with engine.connect() as conn:
-        return int(await conn.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query ILIKE :pattern"), {"pattern": f"%{table}%"}) or 0)
+        return int(
+            await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE :pattern"
+                ),
+                {"pattern": f"%{table}%"},
+            )
+            or 0
+        )
 
 
 async def _until(predicate: Any, *, timeout: float, what: str) -> None:
@@ -145,8 +152,9 @@ async def table_locked(engine: AsyncEngine, table: str) -> AsyncIterator[AsyncCo
 
 def _signed_webhook(n: int) -> tuple[bytes, dict[str, str]]:
     """A fake-provider event, signed as the provider signs: HMAC-SHA256 over "<ts>." + body."""
-    body = orjson.dumps({"events": [{"event_id": f"outage-{n}", "event": "delivered", "subtask_id": "4242",
-                                     "timestamp": time.time()}]})
+    body = orjson.dumps(
+        {"events": [{"event_id": f"outage-{n}", "event": "delivered", "subtask_id": "4242", "timestamp": time.time()}]}
+    )
     ts = str(int(time.time()))
     signature = hmac.new(WEBHOOK_SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return body, {"Content-Type": "application/json", "X-Fake-Signature": f"t={ts},v1={signature}"}
@@ -171,8 +179,9 @@ class Probe:
             "contacts": await c.get(f"{API}/contacts", headers=headers),
             "tags": await c.get(f"{API}/tags", headers=headers),
             "write": await c.post(f"{API}/tags", json={"name": f"tag-{self.n}"}, headers=headers),
-            "idempotent write": await c.post(f"{API}/tags", json={"name": f"again-{self.n}"},
-                                             headers={**headers, "Idempotency-Key": f"key-{self.n}"}),
+            "idempotent write": await c.post(
+                f"{API}/tags", json={"name": f"again-{self.n}"}, headers={**headers, "Idempotency-Key": f"key-{self.n}"}
+            ),
             "readyz": await c.get("/readyz"),
             "webhook": await c.post(f"/webhooks/fake/{self.service_id}", content=body, headers=signed),
             "pixel": await c.get(self.pixel),
@@ -215,12 +224,14 @@ async def app_client(db_url: str, engine: AsyncEngine) -> AsyncIterator[httpx.As
 
 async def _webhook_service(sessionmaker: async_sessionmaker[AsyncSession], db_url: str) -> int:
     async with unit_of_work(sessionmaker) as session:
-        return await factories.service(session, settings_for(db_url), "hooks",
-                                       credentials={"webhook_secrets": [WEBHOOK_SECRET]})
+        return await factories.service(
+            session, settings_for(db_url), "hooks", credentials={"webhook_secrets": [WEBHOOK_SECRET]}
+        )
 
 
 async def test_api_answers_503_while_postgres_is_away_and_heals_by_itself(
-        db_url: str, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     _postgres_only(db_url)
     alice = await make_account(sessionmaker, "alice")
     service_id = await _webhook_service(sessionmaker, db_url)
@@ -242,7 +253,8 @@ async def test_api_answers_503_while_postgres_is_away_and_heals_by_itself(
 
 
 async def test_a_connection_cut_in_the_middle_of_a_request_answers_503(
-        db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     _postgres_only(db_url)
     alice = await make_account(sessionmaker, "alice")
     async with proxied(db_url) as (proxy, url):
@@ -264,8 +276,8 @@ async def test_a_connection_cut_in_the_middle_of_a_request_answers_503(
 
 
 async def test_the_worker_survives_a_cut_between_claim_and_send_and_sends_after_it(
-        db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession],
-        caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture
+) -> None:
     """The cut is placed deterministically: the table of tracked links, which only composing writes (claiming
     never touches it), is locked, so the worker's composition waits there with a claim in hand; then the
     proxy is closed under it."""
@@ -275,12 +287,14 @@ async def test_the_worker_survives_a_cut_between_claim_and_send_and_sends_after_
     async with unit_of_work(sessionmaker) as session:
         user_id = await factories.user(session, "alice", credit=1000)
         sender = await factories.sender(session, user_id)
-        template = await factories.template(session, user_id, html='<p>Hi <a href="https://example.com/offer">'
-                                            "our offer</a></p>{{ unsubscribe_url }}")
+        template = await factories.template(
+            session, user_id, html='<p>Hi <a href="https://example.com/offer">our offer</a></p>{{ unsubscribe_url }}'
+        )
         await factories.contacts(session, user_id, recipients)
         await factories.service(session, settings, "esp", map_to=[user_id])
-        task_id = await factories.task(session, user_id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+        )
     async with unit_of_work(sessionmaker) as session:
         assert await generation.generate(session, task_id) is not None
 
@@ -292,8 +306,11 @@ async def test_the_worker_survives_a_cut_between_claim_and_send_and_sends_after_
         try:
             async with table_locked(engine, "tracked_links") as lock:
                 async with kit.worker(concurrency=1, run_jobs=False):
-                    await _until(lambda: _lock_waiters(engine, "tracked_links"), timeout=20,
-                                 what="composition waiting with a claim")
+                    await _until(
+                        lambda: _lock_waiters(engine, "tracked_links"),
+                        timeout=20,
+                        what="composition waiting with a claim",
+                    )
                     assert await direct.count(task_id, "allocated") > 0
                     await proxy.close()
                     await _until(_logged(caplog, "dispatch.compose_failed"), timeout=10, what="the cut noticed")
@@ -301,8 +318,11 @@ async def test_the_worker_survives_a_cut_between_claim_and_send_and_sends_after_
                     await proxy.reopen()
                     await lock.rollback()  # the lock goes: composing can write its links again
                     assert _dispatch_loop_alive()
-                    await direct.wait_for(lambda: _all_sent(direct, task_id, recipients), timeout=30,
-                                          what="every recipient sent after the outage")
+                    await direct.wait_for(
+                        lambda: _all_sent(direct, task_id, recipients),
+                        timeout=30,
+                        what="every recipient sent after the outage",
+                    )
         finally:
             await worker_engine.dispose()
 
@@ -312,13 +332,17 @@ async def test_the_worker_survives_a_cut_between_claim_and_send_and_sends_after_
     # The claimed recipients were given back, not left to expire into `uncertain`: one counted attempt each.
     subtasks = await direct.subtasks(task_id)
     assert {s.send_state for s in subtasks} == {"sent"} and {s.attempts for s in subtasks} == {1}
-    released = await direct.scalar(select(func.count()).select_from(SendAttempt).where(
-        SendAttempt.outcome == "released", SendAttempt.message.like("not sent: the database was unreachable%")))
+    released = await direct.scalar(
+        select(func.count())
+        .select_from(SendAttempt)
+        .where(SendAttempt.outcome == "released", SendAttempt.message.like("not sent: the database was unreachable%"))
+    )
     assert released > 0
 
 
 async def test_the_worker_jobs_log_the_outage_in_one_line_and_carry_on(
-        db_url: str, sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture
+) -> None:
     _postgres_only(db_url)
     caplog.set_level(logging.WARNING, logger="edm.jobs")
     direct = DispatchKit(db_url, sessionmaker)
@@ -351,6 +375,7 @@ async def _heartbeat_after(kit: DispatchKit, worker_id: str, moment: dt.datetime
 def _logged(caplog: pytest.LogCaptureFixture, message: str) -> Any:
     async def check() -> bool:
         return any(r.getMessage() == message for r in caplog.records)
+
     return check
 
 
@@ -400,7 +425,8 @@ async def test_sqlite_file_out_of_reach_answers_503_and_heals(tmp_path: Path) ->
 
 
 async def test_sql_the_database_refuses_as_wrong_stays_a_500(
-        db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     """A missing table is a bug or a broken schema, not an outage: retrying would not help."""
     alice = await make_account(sessionmaker, "alice")
     async with engine.begin() as conn:

@@ -26,8 +26,9 @@ def _leftovers(url: str) -> dict[str, int]:
 def _next_ids(url: str) -> set[int]:
     """The id each sequence would give next (without taking it)."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT coalesce(last_value + 1, start_value) FROM pg_sequences"
-                            " WHERE schemaname = current_schema()").fetchall()
+        rows = conn.execute(
+            "SELECT coalesce(last_value + 1, start_value) FROM pg_sequences WHERE schemaname = current_schema()"
+        ).fetchall()
     return {int(row[0]) for row in rows}
 
 
@@ -36,13 +37,19 @@ async def test_a_campaigns_rows_are_gone_and_ids_restart(pg_database: PgDatabase
     engine = make_engine(pg_database.url)
     try:
         sessionmaker = make_sessionmaker(engine)
-        world = await factories.world(sessionmaker, settings_for(pg_database.url), recipients=5,
-                                      services_=[{"name": "svc"}])
+        world = await factories.world(
+            sessionmaker, settings_for(pg_database.url), recipients=5, services_=[{"name": "svc"}]
+        )
         async with unit_of_work(sessionmaker) as session:
             parent = await factories.tag(session, world.user_id, "parent")
             await factories.tag(session, world.user_id, "child", parent_id=parent)  # a self-reference (RESTRICT)
-            task_id = await factories.task(session, world.user_id, sender_id=world.sender_id,
-                                           template_ids=[world.template_id], rule={"type": "all_contacts"})
+            task_id = await factories.task(
+                session,
+                world.user_id,
+                sender_id=world.sender_id,
+                template_ids=[world.template_id],
+                rule={"type": "all_contacts"},
+            )
         async with unit_of_work(sessionmaker) as session:
             await generation.generate(session, task_id)  # subtasks, and their statistics kept by a trigger
     finally:
@@ -58,8 +65,11 @@ async def test_a_campaigns_rows_are_gone_and_ids_restart(pg_database: PgDatabase
 def test_a_big_table_is_emptied_too(pg_database: PgDatabase) -> None:
     pg_database.reset()
     with psycopg.connect(pg_database.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO login_attempts (username, at, succeeded) SELECT 'u' || g, now(), false"
-                     " FROM generate_series(1, %s) AS g", (PgDatabase.BIG_TABLE_ROWS,))
+        conn.execute(
+            "INSERT INTO login_attempts (username, at, succeeded) SELECT 'u' || g, now(), false"
+            " FROM generate_series(1, %s) AS g",
+            (PgDatabase.BIG_TABLE_ROWS,),
+        )
         conn.execute("INSERT INTO webhook_nonces (nonce, source, seen_at) VALUES ('n', 's', now())")
     pg_database.reset()
     assert _leftovers(pg_database.url) == {}

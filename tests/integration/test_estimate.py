@@ -17,9 +17,14 @@ from edm.suppressions.models import Suppression
 from tests.helpers import Account, make_account
 
 API = "/api/v1"
-NO_EXCLUSIONS = {"invalid_address": 0, "contact_inactive": 0, "unsubscribed": 0, "hard_bounced": 0,
-                 "complained": 0, "suppression_list": 0}
-
+NO_EXCLUSIONS = {
+    "invalid_address": 0,
+    "contact_inactive": 0,
+    "unsubscribed": 0,
+    "hard_bounced": 0,
+    "complained": 0,
+    "suppression_list": 0,
+}
 
 
 async def _post(client: httpx.AsyncClient, who: Account, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -55,23 +60,53 @@ async def world(client: httpx.AsyncClient, sessionmaker: Any) -> dict[str, Any]:
     now = utc_now()
     async with unit_of_work(sessionmaker) as session:
         await session.execute(update(Contact).where(Contact.id == ids["d"]).values(unsubscribed_at=now))
-        session.add_all([
-            Suppression(scope="user", user_id=alice.id, owner_key=alice.id, kind="address", value="e@example.org",
-                        reason="manual"),
-            Suppression(scope="global", user_id=None, owner_key=0, kind="domain", value="blocked.example",
-                        reason="manual"),
-            Suppression(scope="user", user_id=alice.id, owner_key=alice.id, kind="address", value="h@example.org",
-                        reason="manual", expires_at=now - dt.timedelta(days=1)),  # expired: no longer applies
-            Suppression(scope="user", user_id=bob.id, owner_key=bob.id, kind="address", value="a@example.org",
-                        reason="manual"),  # another user's list does not apply to alice
-        ])
+        session.add_all(
+            [
+                Suppression(
+                    scope="user",
+                    user_id=alice.id,
+                    owner_key=alice.id,
+                    kind="address",
+                    value="e@example.org",
+                    reason="manual",
+                ),
+                Suppression(
+                    scope="global", user_id=None, owner_key=0, kind="domain", value="blocked.example", reason="manual"
+                ),
+                Suppression(
+                    scope="user",
+                    user_id=alice.id,
+                    owner_key=alice.id,
+                    kind="address",
+                    value="h@example.org",
+                    reason="manual",
+                    expires_at=now - dt.timedelta(days=1),
+                ),  # expired: no longer applies
+                Suppression(
+                    scope="user",
+                    user_id=bob.id,
+                    owner_key=bob.id,
+                    kind="address",
+                    value="a@example.org",
+                    reason="manual",
+                ),  # another user's list does not apply to alice
+            ]
+        )
     bob_contact = (await _post(client, bob, "/contacts", {"email": "z@example.org"}))["id"]
-    return {"alice": alice, "bob": bob, "ids": ids, "bob_contact": bob_contact, "customers": customers, "eu": eu,
-            "blocked": blocked}
+    return {
+        "alice": alice,
+        "bob": bob,
+        "ids": ids,
+        "bob_contact": bob_contact,
+        "customers": customers,
+        "eu": eu,
+        "blocked": blocked,
+    }
 
 
-async def test_tag_based_parent_includes_children_and_excludes(client: httpx.AsyncClient,
-                                                              world: dict[str, Any]) -> None:
+async def test_tag_based_parent_includes_children_and_excludes(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     rule = {"type": "tag_based", "include_tag_ids": [world["customers"]], "exclude_tag_ids": [world["blocked"]]}
     out = await _estimate(client, world["alice"], rule)
     # a, d, h via the EU child; b, c, e directly; f excluded by tag.
@@ -120,12 +155,13 @@ async def test_bad_rules_are_422(client: httpx.AsyncClient, world: dict[str, Any
     assert r.json()["error"]["details"][0]["field"].startswith("recipient_rule")
 
 
-async def test_other_users_tags_and_roles(client: httpx.AsyncClient, world: dict[str, Any],
-                                          sessionmaker: Any) -> None:
+async def test_other_users_tags_and_roles(client: httpx.AsyncClient, world: dict[str, Any], sessionmaker: Any) -> None:
     bob = world["bob"]
-    r = await client.post(f"{API}/recipients/estimate", json={"type": "tag_based",
-                                                              "include_tag_ids": [world["customers"]]},
-                          headers=bob.headers)
+    r = await client.post(
+        f"{API}/recipients/estimate",
+        json={"type": "tag_based", "include_tag_ids": [world["customers"]]},
+        headers=bob.headers,
+    )
     assert r.status_code == 422 and str(world["customers"]) in r.json()["error"]["message"]
     assert (await _estimate(client, bob, {"type": "all_contacts"}))["candidates"] == 1
     reader = await make_account(sessionmaker, "reader", scope="read")

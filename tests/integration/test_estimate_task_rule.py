@@ -27,43 +27,65 @@ async def alice(sessionmaker: async_sessionmaker[AsyncSession]) -> Account:
     return await make_account(sessionmaker, "alice", credit=100)
 
 
-async def _task_body(client: httpx.AsyncClient, alice: Account,
-                     sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+async def _task_body(
+    client: httpx.AsyncClient, alice: Account, sessionmaker: async_sessionmaker[AsyncSession]
+) -> dict[str, Any]:
     """Customers (with an EU child) minus Blocked, over contacts in every state a rule meets; the body of a
     task that sends to them."""
     customers = await create_tag(client, alice, "Customers")
     eu = await create_tag(client, alice, "EU", parent_id=customers)
     blocked = await create_tag(client, alice, "Blocked")
     ids = {}
-    for key, tags, extra in (("a", [customers], {}), ("b", [eu], {}), ("c", [customers], {"status": "inactive"}),
-                             ("d", [eu], {}), ("e", [customers], {}), ("f", [customers, blocked], {}),
-                             ("g", [], {})):
+    for key, tags, extra in (
+        ("a", [customers], {}),
+        ("b", [eu], {}),
+        ("c", [customers], {"status": "inactive"}),
+        ("d", [eu], {}),
+        ("e", [customers], {}),
+        ("f", [customers, blocked], {}),
+        ("g", [], {}),
+    ):
         ids[key] = (await create_contact(client, alice, f"{key}@example.org", tag_ids=tags, **extra))["id"]
     async with unit_of_work(sessionmaker) as session:
         await session.execute(update(Contact).where(Contact.id == ids["d"]).values(unsubscribed_at=utc_now()))
-        session.add(Suppression(scope="user", user_id=alice.id, owner_key=alice.id, kind="address",
-                                value="e@example.org", reason="manual"))
+        session.add(
+            Suppression(
+                scope="user",
+                user_id=alice.id,
+                owner_key=alice.id,
+                kind="address",
+                value="e@example.org",
+                reason="manual",
+            )
+        )
         sender = await factories.sender(session, alice.id)
         template = await factories.template(session, alice.id)
-    return {"name": "spring", "sender_id": sender, "templates": [{"template_id": template}],
-            "recipient_rule": {"type": "tag_based", "include_tag_ids": [customers], "exclude_tag_ids": [blocked]}}
+    return {
+        "name": "spring",
+        "sender_id": sender,
+        "templates": [{"template_id": template}],
+        "recipient_rule": {"type": "tag_based", "include_tag_ids": [customers], "exclude_tag_ids": [blocked]},
+    }
 
 
 async def test_the_rule_a_task_was_created_with_estimates_what_generation_produces(
-        client: httpx.AsyncClient, alice: Account, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, alice: Account, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     body = await _task_body(client, alice, sessionmaker)
     created = await client.post(f"{API}/tasks", json=body, headers=alice.headers)
     assert created.status_code == 201, created.text
 
-    r = await client.post(f"{API}/recipients/estimate", json={"recipient_rule": body["recipient_rule"]},
-                          headers=alice.headers)
+    r = await client.post(
+        f"{API}/recipients/estimate", json={"recipient_rule": body["recipient_rule"]}, headers=alice.headers
+    )
     assert r.status_code == 200, r.text
     estimate = r.json()
     # a, b directly or through EU; c inactive, d unsubscribed, e on the suppression list; f blocked, g untagged
     assert (estimate["candidates"], estimate["sendable"]) == (5, 2)
     bare = await client.post(f"{API}/recipients/estimate", json=body["recipient_rule"], headers=alice.headers)
-    assert bare.status_code == 200 and {k: v for k, v in bare.json().items() if k != "computed_at"} == \
-        {k: v for k, v in estimate.items() if k != "computed_at"}, "the bare rule, as before, counts the same"
+    assert bare.status_code == 200 and {k: v for k, v in bare.json().items() if k != "computed_at"} == {
+        k: v for k, v in estimate.items() if k != "computed_at"
+    }, "the bare rule, as before, counts the same"
 
     task_id = created.json()["id"]
     scheduled = await client.post(f"{API}/tasks/{task_id}/schedule", json={"now": True}, headers=alice.headers)
@@ -89,18 +111,22 @@ async def test_the_rule_a_task_was_created_with_estimates_what_generation_produc
     ({"type": "tag_based", "include_tag_ids": []}, "recipient_rule.include_tag_ids", "must list at least one tag"),
 ])  # fmt: skip
 async def test_a_bad_rule_is_422_with_its_field_path_in_the_estimate_and_in_task_creation(
-        client: httpx.AsyncClient, alice: Account, rule: dict[str, Any], field: str, message: str) -> None:
-    for path, body in ((f"{API}/recipients/estimate", {"recipient_rule": rule}),
-                       (f"{API}/recipients/estimate", rule),
-                       (f"{API}/tasks", {"name": "spring", "recipient_rule": rule})):
+    client: httpx.AsyncClient, alice: Account, rule: dict[str, Any], field: str, message: str
+) -> None:
+    for path, body in (
+        (f"{API}/recipients/estimate", {"recipient_rule": rule}),
+        (f"{API}/recipients/estimate", rule),
+        (f"{API}/tasks", {"name": "spring", "recipient_rule": rule}),
+    ):
         error = expect_error(await client.post(path, json=body, headers=alice.headers), 422, "validation_error")
         assert error["details"][0] == {"field": field, "message": message}, (path, body)
 
 
 async def test_the_estimate_refuses_fields_beside_the_rule(client: httpx.AsyncClient, alice: Account) -> None:
     body = {"recipient_rule": {"type": "all_contacts"}, "name": "spring"}
-    error = expect_error(await client.post(f"{API}/recipients/estimate", json=body, headers=alice.headers), 422,
-                         "validation_error")
+    error = expect_error(
+        await client.post(f"{API}/recipients/estimate", json=body, headers=alice.headers), 422, "validation_error"
+    )
     assert error["details"] == [{"field": "name", "message": "unknown field"}]
 
 

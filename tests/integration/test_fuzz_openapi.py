@@ -42,8 +42,12 @@ ROLES = ("admin", "user")
 
 def _operations() -> list[tuple[str, str]]:
     spec = create_app(settings_for("sqlite:///:memory:")).openapi()
-    return [(m.upper(), path) for path, ops in spec["paths"].items() for m in ops
-            if m in ("get", "post", "put", "patch", "delete")]
+    return [
+        (m.upper(), path)
+        for path, ops in spec["paths"].items()
+        for m in ops
+        if m in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 OPERATIONS = _operations()
@@ -60,8 +64,10 @@ async def _seed(db_url: str) -> dict[str, Account]:
     sessionmaker = make_sessionmaker(engine)
     settings = settings_for(db_url)
     try:
-        accounts = {"admin": await make_account(sessionmaker, "root", role=Role.ADMIN, credit=1000),
-                    "user": await make_account(sessionmaker, "fuzzy", credit=1000)}
+        accounts = {
+            "admin": await make_account(sessionmaker, "root", role=Role.ADMIN, credit=1000),
+            "user": await make_account(sessionmaker, "fuzzy", credit=1000),
+        }
         for account in accounts.values():
             await _objects_of(sessionmaker, settings, account, account.username)
         return accounts
@@ -93,18 +99,26 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_no_input_gives_a_server_error(target: Target, method: str, path: str, role: str) -> None:
     operation = target.schema[path][method]
-    strategy = st.one_of(operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
-                         operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    strategy = st.one_of(
+        operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
+        operation.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+    )
     headers = target.accounts[role].headers
 
-    @hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
-                         suppress_health_check=list(HealthCheck),
-                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate, hypothesis.Phase.shrink])
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=list(HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate, hypothesis.Phase.shrink],
+    )
     @given(case=strategy)
     def run(case: Any) -> None:
         response = case.call(headers=headers)
         assert response.status_code < 500, (
             f"{method} {path} as {role} → {response.status_code}: {response.text[:500]}\n"
-            f"reproduce: {case.as_curl_command()}")
+            f"reproduce: {case.as_curl_command()}"
+        )
 
     run()

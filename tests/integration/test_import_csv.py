@@ -21,30 +21,39 @@ from tests.helpers import expect_error as _error
 API = "/api/v1"
 
 
-
 async def _import(client: httpx.AsyncClient, who: Account, data: bytes, **options: Any) -> httpx.Response:
     """Post the file; once queued (202), run the worker's job and answer 202 with the finished import's counts
     and its errors CSV as a report: {total, created, updated, skipped, error_count, errors: [{row, column, …}]}."""
-    r = await client.post(f"{API}/contacts/imports", files={"file": ("contacts.csv", data, "text/csv")},
-                          data=options, headers=who.headers)
+    r = await client.post(
+        f"{API}/contacts/imports", files={"file": ("contacts.csv", data, "text/csv")}, data=options, headers=who.headers
+    )
     if r.status_code != 202:
         return r
     await run_imports(client._transport.app.state.sessionmaker, worker_id="test")  # type: ignore[attr-defined]
     done = (await client.get(f"{API}/contacts/imports/{r.json()['id']}", headers=who.headers)).json()
     assert done["status"] == "completed", done
     text = (await client.get(f"{API}/contacts/imports/{done['id']}/errors", headers=who.headers)).text
-    errors = [{"row": int(e["row"]), "column": e["column"], "message": e["message"], "value": e["value"]}
-              for e in csv.DictReader(io.StringIO(text))]
-    return httpx.Response(202, json={"total": done["processed"], "created": done["created"],
-                                     "updated": done["updated"], "skipped": done["skipped"],
-                                     "error_count": done["errors"], "errors": errors})
+    errors = [
+        {"row": int(e["row"]), "column": e["column"], "message": e["message"], "value": e["value"]}
+        for e in csv.DictReader(io.StringIO(text))
+    ]
+    return httpx.Response(
+        202,
+        json={
+            "total": done["processed"],
+            "created": done["created"],
+            "updated": done["updated"],
+            "skipped": done["skipped"],
+            "error_count": done["errors"],
+            "errors": errors,
+        },
+    )
 
 
 async def _contacts(sessionmaker: Any, user_id: int) -> dict[str, Contact]:
     async with sessionmaker() as session:
         rows = await session.scalars(select(Contact).where(Contact.user_id == user_id))
         return {c.email_normalized: c for c in rows}
-
 
 
 async def test_good_rows_kept_bad_rows_reported(client: httpx.AsyncClient, sessionmaker: Any) -> None:
@@ -77,8 +86,12 @@ async def test_good_rows_kept_bad_rows_reported(client: httpx.AsyncClient, sessi
     contacts = await _contacts(sessionmaker, alice.id)
     assert set(contacts) == {"ann@example.org", "ben@example.org", "eve@example.org"}
     ann = contacts["ann@example.org"]
-    assert (ann.first_name, ann.company, ann.custom_attributes, ann.source) == ("Ann", "Acme", {"city": "Oslo"},
-                                                                                "import")
+    assert (ann.first_name, ann.company, ann.custom_attributes, ann.source) == (
+        "Ann",
+        "Acme",
+        {"city": "Oslo"},
+        "import",
+    )
     assert ann.imported_at is not None and ann.status == "active"
     assert contacts["ben@example.org"].status == "inactive"
     assert contacts["eve@example.org"].first_name == 'Eve, "the" first'
@@ -97,8 +110,10 @@ async def test_file_without_email_column_or_empty(client: httpx.AsyncClient, ses
 
 async def test_bom_semicolon_and_aliases(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    data = ("\ufeffE-Mail;FirstName;lastname;Mobile;Title;tikTokId;insId;youtubeId;Vorname\r\n"
-            "ann@example.org;Ann;Lee;+47 1;CEO;ann.tt;ann.ig;ann.yt;Anna\r\n").encode()
+    data = (
+        "\ufeffE-Mail;FirstName;lastname;Mobile;Title;tikTokId;insId;youtubeId;Vorname\r\n"
+        "ann@example.org;Ann;Lee;+47 1;CEO;ann.tt;ann.ig;ann.yt;Anna\r\n"
+    ).encode()
     r = await _import(client, alice, data)
     assert r.status_code == 202, r.text
     assert r.json()["created"] == 1
@@ -133,10 +148,12 @@ async def test_gb18030_needs_its_encoding(client: httpx.AsyncClient, sessionmake
 async def test_tags_column_with_parent_child(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     vip = (await client.post(f"{API}/tags", json={"name": "VIP"}, headers=alice.headers)).json()["id"]
-    data = (b'email,tags\n'
-            b'ann@example.org,"VIP; Customers/EU"\n'
-            b'ben@example.org,Customers/EU|Customers/US\n'
-            b'cat@example.org,A/B/C\n')
+    data = (
+        b"email,tags\n"
+        b'ann@example.org,"VIP; Customers/EU"\n'
+        b"ben@example.org,Customers/EU|Customers/US\n"
+        b"cat@example.org,A/B/C\n"
+    )
     r = await _import(client, alice, data)
     assert r.json()["created"] == 2
     assert [(e["row"], e["column"]) for e in r.json()["errors"]] == [(4, "tags")]
@@ -148,8 +165,13 @@ async def test_tags_column_with_parent_child(client: httpx.AsyncClient, sessionm
 
 async def test_update_existing_and_skip_existing(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    body = {"email": "ann@example.org", "first_name": "Ann", "company": "Old", "status": "pending",
-            "custom_attributes": {"a": 1}}
+    body = {
+        "email": "ann@example.org",
+        "first_name": "Ann",
+        "company": "Old",
+        "status": "pending",
+        "custom_attributes": {"a": 1},
+    }
     assert (await client.post(f"{API}/contacts", json=body, headers=alice.headers)).status_code == 201
     tag = (await client.post(f"{API}/tags", json={"name": "Imported"}, headers=alice.headers)).json()["id"]
     data = b"email,first_name,company,b,tags\nann@example.org,,NewCo,2,Fresh\nnew@example.org,New,,,\n"
@@ -177,13 +199,16 @@ async def test_bad_options_and_requests(client: httpx.AsyncClient, sessionmaker:
     error = _error(await _import(client, alice, data, tag_ids=str(theirs)), 422, "validation_error")
     assert error["details"][0]["field"] == "tag_ids" and str(theirs) in error["details"][0]["message"]
     _error(await _import(client, alice, data, mode="replace"), 422, "validation_error")
-    assert _error(await _import(client, alice, data, colour="red"), 422, "validation_error")["details"][0][
-        "field"] == "colour"
+    assert (
+        _error(await _import(client, alice, data, colour="red"), 422, "validation_error")["details"][0]["field"]
+        == "colour"
+    )
     _error(await _import(client, alice, b"PK\x03\x04rest-of-a-zip"), 422, "validation_error")  # not a workbook
     r = await client.post(f"{API}/contacts/imports", json={"file": "x"}, headers=alice.headers)
     _error(r, 415, "unsupported_media_type")
-    r = await client.post(f"{API}/contacts/imports", data={"mode": "skip_existing"},
-                          files={"other": ("x", b"1")}, headers=alice.headers)
+    r = await client.post(
+        f"{API}/contacts/imports", data={"mode": "skip_existing"}, files={"other": ("x", b"1")}, headers=alice.headers
+    )
     _error(r, 422, "validation_error")
     _error(await _import(client, reader, data), 403, "forbidden")
     assert await _contacts(sessionmaker, alice.id) == {}
@@ -209,6 +234,10 @@ async def test_service_batches_and_leaves_the_stream_open(sessionmaker: Any) -> 
 
 async def test_declared_size_over_the_limit_is_413(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    request = client.build_request("POST", f"{API}/contacts/imports", files={"file": ("c.csv", b"email\n")},
-                                   headers={**alice.headers, "Content-Length": str(300 * 1024 * 1024)})
+    request = client.build_request(
+        "POST",
+        f"{API}/contacts/imports",
+        files={"file": ("c.csv", b"email\n")},
+        headers={**alice.headers, "Content-Length": str(300 * 1024 * 1024)},
+    )
     _error(await client.send(request), 413, "too_large")

@@ -77,7 +77,8 @@ async def _emails(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) 
 
 
 async def test_the_dimension_bomb_imports_its_real_rows_only_within_seconds(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     started = time.perf_counter()
     r = await _post(client, alice, wb.dimension_bomb())
@@ -89,20 +90,34 @@ async def test_the_dimension_bomb_imports_its_real_rows_only_within_seconds(
     assert await _emails(sessionmaker, alice.id) == ["ann@example.org", "zed@example.org"]
 
 
-@pytest.mark.parametrize(("hostile", "message"), [
-    ("shared strings bomb, 200 MB", "the workbook is refused: xl/sharedStrings.xml inflates to more than 128 MB; "
-                                    "save the sheet as CSV"),
-    ("shared strings bomb, 20 MB", "(at most 200 to 1 is accepted): a decompression bomb?"),
-    ("16,384 columns", "the header row (row 1) has a value in column ALM (column 1,001); at most 1,000 columns "
-                       "are read"),
-    ("billion laughs", "the workbook is refused: it declares a document type (DTD), which a workbook never needs; "
-                       "entities are not expanded"),
-])
+@pytest.mark.parametrize(
+    ("hostile", "message"),
+    [
+        (
+            "shared strings bomb, 200 MB",
+            "the workbook is refused: xl/sharedStrings.xml inflates to more than 128 MB; save the sheet as CSV",
+        ),
+        ("shared strings bomb, 20 MB", "(at most 200 to 1 is accepted): a decompression bomb?"),
+        (
+            "16,384 columns",
+            "the header row (row 1) has a value in column ALM (column 1,001); at most 1,000 columns are read",
+        ),
+        (
+            "billion laughs",
+            "the workbook is refused: it declares a document type (DTD), which a workbook never needs; "
+            "entities are not expanded",
+        ),
+    ],
+)
 async def test_a_hostile_workbook_is_a_clear_422_within_seconds_and_nothing_is_stored(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], hostile: str, message: str) -> None:
-    data = {"shared strings bomb, 200 MB": lambda: shared_strings_bomb(200),
-            "shared strings bomb, 20 MB": lambda: shared_strings_bomb(20),
-            "16,384 columns": lambda: wb.many_columns(16384), "billion laughs": wb.billion_laughs}[hostile]()
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], hostile: str, message: str
+) -> None:
+    data = {
+        "shared strings bomb, 200 MB": lambda: shared_strings_bomb(200),
+        "shared strings bomb, 20 MB": lambda: shared_strings_bomb(20),
+        "16,384 columns": lambda: wb.many_columns(16384),
+        "billion laughs": wb.billion_laughs,
+    }[hostile]()
     alice = await make_account(sessionmaker, "alice")
     started = time.perf_counter()
     error = expect_error(await _post(client, alice, data), 422, "validation_error")
@@ -113,12 +128,15 @@ async def test_a_hostile_workbook_is_a_clear_422_within_seconds_and_nothing_is_s
 
 
 async def test_a_mixed_workbook_keeps_its_good_rows_and_reports_the_others(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     alice = await make_account(sessionmaker, "alice")
-    middle = [row(3, cell("A3", "ben@example.org"), cell("B3", "Ben"), cell("XFD3", "far away")),
-              row(4, cell("A4", "not-an-email"), cell("B4", "Nobody")),
-              *wb.empty_cells(5, 5000),
-              row(9000, cell("A9000", "cid@example.org"), '<c r="XFD9000" s="1"/>')]
+    middle = [
+        row(3, cell("A3", "ben@example.org"), cell("B3", "Ben"), cell("XFD3", "far away")),
+        row(4, cell("A4", "not-an-email"), cell("B4", "Nobody")),
+        *wb.empty_cells(5, 5000),
+        row(9000, cell("A9000", "cid@example.org"), '<c r="XFD9000" s="1"/>'),
+    ]
     r = await _post(client, alice, wb.dimension_bomb(*middle))
     assert r.status_code == 202, r.text
     await imports.run_imports(sessionmaker, worker_id="w1")
@@ -142,8 +160,10 @@ BOUNDARY = "edm-test-boundary"
 async def _streamed(sent: list[int], total: int, *, field: str = "file") -> AsyncIterator[bytes]:
     """A multipart body of a `total`-byte CSV, 64 KB at a time and without a Content-Length; `sent` counts
     the bytes the server asked for."""
-    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="big.csv"\r\n'
-            "Content-Type: text/csv\r\n\r\nemail\n").encode()
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="big.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\nemail\n"
+    ).encode()
     parts = [head, *([b"ann@example.org\n" * 4096] * (total // 65536)), f"\r\n--{BOUNDARY}--\r\n".encode()]
     for part in parts:
         sent.append(len(part))
@@ -158,20 +178,28 @@ async def small_limit(db_url: str, engine: AsyncEngine) -> AsyncIterator[httpx.A
 
 @pytest.mark.parametrize("path", [URL, "/api/v1/suppressions/import"])
 async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_nothing_is_stored(
-        small_limit: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], path: str) -> None:
+    small_limit: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], path: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     sent: list[int] = []
-    r = await small_limit.post(path, content=_streamed(sent, 8 * 1024**2), headers={
-        **alice.headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    r = await small_limit.post(
+        path,
+        content=_streamed(sent, 8 * 1024**2),
+        headers={**alice.headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     error = expect_error(r, 413, "too_large")
     assert error["message"] == f"the file is larger than {LIMIT} bytes"
     assert sum(sent) <= LIMIT + FORM_SLACK + 65536, "the body was read on after the limit was passed"
-    assert (await _count(sessionmaker, Import), await _count(sessionmaker, ImportChunk),
-            await _count(sessionmaker, Suppression)) == (0, 0, 0)
+    assert (
+        await _count(sessionmaker, Import),
+        await _count(sessionmaker, ImportChunk),
+        await _count(sessionmaker, Suppression),
+    ) == (0, 0, 0)
 
 
 async def test_the_limit_is_the_file_size_exactly_and_a_declared_length_is_checked_first(
-        small_limit: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    small_limit: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     line = b"ann@example.org\n"
     exact = b"email\n" + line * ((LIMIT - 6) // len(line))
@@ -180,8 +208,12 @@ async def test_the_limit_is_the_file_size_exactly_and_a_declared_length_is_check
     assert (await _post(small_limit, alice, exact, "exact.csv")).status_code == 202
     expect_error(await _post(small_limit, alice, exact + b"\n", "over.csv"), 413, "too_large")
 
-    request = small_limit.build_request("POST", URL, files={"file": ("c.csv", b"email\n")},
-                                        headers={**alice.headers, "Content-Length": str(LIMIT + FORM_SLACK + 1)})
+    request = small_limit.build_request(
+        "POST",
+        URL,
+        files={"file": ("c.csv", b"email\n")},
+        headers={**alice.headers, "Content-Length": str(LIMIT + FORM_SLACK + 1)},
+    )
     expect_error(await small_limit.send(request), 413, "too_large")
     assert await _count(sessionmaker, Import) == 1  # the exact one only
 
@@ -203,8 +235,8 @@ IMPORT_HEARTBEAT = imports.HEARTBEAT_EVERY * TIME_SCALE  # the running import's 
 
 @pytest.mark.serial  # heartbeat gaps under 2 s: not beside another test process on a 2-core machine
 async def test_a_worker_keeps_its_heartbeat_and_sends_while_it_reads_a_hostile_workbook(
-        db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink,
-        tmp_path: Path) -> None:
+    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink, tmp_path: Path
+) -> None:
     # Once a worker process runs steadily, Bob uploads a workbook that declares the whole sheet, has a far
     # row, and 47 MB of styled cells without values between (seconds of XML to parse). While the worker
     # reads it, Ann schedules a task that it sends through the SMTP sink.
@@ -214,8 +246,14 @@ async def test_a_worker_keeps_its_heartbeat_and_sends_while_it_reads_a_hostile_w
         sender = await factories.sender(session, ann.id)
         template = await factories.template(session, ann.id, subject="While importing")
         await factories.contacts(session, ann.id, 1, prefix="zoe")
-        await factories.service(session, settings, "relay", provider="smtp", map_to=[ann.id],
-                                options={"host": sink.host, "port": sink.port, "security": "none"})
+        await factories.service(
+            session,
+            settings,
+            "relay",
+            provider="smtp",
+            map_to=[ann.id],
+            options={"host": sink.host, "port": sink.port, "security": "none"},
+        )
     bob = await make_account(sessionmaker, "bob")
     data = slow_dimension_bomb()
 
@@ -245,9 +283,15 @@ async def test_a_worker_keeps_its_heartbeat_and_sends_while_it_reads_a_hostile_w
                 import_beats.add(found.heartbeat_at.timestamp())
                 if task_id is None:
                     async with unit_of_work(sessionmaker) as session:
-                        task_id = await factories.task(session, ann.id, sender_id=sender, template_ids=[template],
-                                                       rule={"type": "all_contacts"}, track_opens=False,
-                                                       track_clicks=False)
+                        task_id = await factories.task(
+                            session,
+                            ann.id,
+                            sender_id=sender,
+                            template_ids=[template],
+                            rule={"type": "all_contacts"},
+                            track_opens=False,
+                            track_clicks=False,
+                        )
             await observe()
         assert await sink.wait_for_messages(1, timeout=30), "the task's mail never arrived"
     finally:
@@ -263,8 +307,11 @@ async def test_a_worker_keeps_its_heartbeat_and_sends_while_it_reads_a_hostile_w
     # every heartbeat from the last one before the import to the first one after it came on time
     # (a gap of a few periods is a busy database; reading on the event loop held it for the whole read)
     beats = sorted(heartbeats)
-    around = [b for b in beats if b < start][-1:] + [b for b in beats if start <= b <= end] + \
-        [b for b in beats if b > end][:1]
+    around = (
+        [b for b in beats if b < start][-1:]
+        + [b for b in beats if start <= b <= end]
+        + [b for b in beats if b > end][:1]
+    )
     assert len([b for b in around if start <= b <= end]) >= 2, beats
     gaps = [later - earlier for earlier, later in zip(around, around[1:], strict=False)]
     assert max(gaps) < 5 * HEARTBEAT, f"heartbeat gaps while reading: {gaps}"

@@ -32,10 +32,12 @@ class Crash(BaseException):
     """Stands for the worker process dying in the middle of an import (nothing after it runs)."""
 
 
-async def _post(client: httpx.AsyncClient, who: Account, data: bytes, name: str = "contacts.csv",
-                **options: Any) -> httpx.Response:
-    return await client.post(URL, files={"file": (name, data, "application/octet-stream")}, data=options,
-                             headers=who.headers)
+async def _post(
+    client: httpx.AsyncClient, who: Account, data: bytes, name: str = "contacts.csv", **options: Any
+) -> httpx.Response:
+    return await client.post(
+        URL, files={"file": (name, data, "application/octet-stream")}, data=options, headers=who.headers
+    )
 
 
 async def _queued(client: httpx.AsyncClient, who: Account, data: bytes, **options: Any) -> int:
@@ -67,8 +69,9 @@ def _csv(n: int, *, start: int = 0) -> bytes:
     return ("email,first_name\n" + "".join(f"c{i}@example.org,C{i}\n" for i in range(start, start + n))).encode()
 
 
-async def test_one_percent_bad_rows_are_reported_and_good_rows_kept(client: httpx.AsyncClient,
-                                                                     sessionmaker: Any) -> None:
+async def test_one_percent_bad_rows_are_reported_and_good_rows_kept(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     lines = ["email,first_name"]
     for i in range(1000):
@@ -96,8 +99,12 @@ async def test_one_percent_bad_rows_are_reported_and_good_rows_kept(client: http
     assert rows[1] == {"row": "52", "column": "email", "value": "c1@example.org", "message": "duplicate of row 3"}
     assert [int(e["row"]) for e in rows] == sorted(int(e["row"]) for e in rows)
     assert await _count(sessionmaker, ImportChunk, ImportChunk.import_id == import_id) == 0  # file dropped
-    assert await _count(sessionmaker, Notification, Notification.user_id == alice.id,
-                        Notification.kind == "import_finished") == 1
+    assert (
+        await _count(
+            sessionmaker, Notification, Notification.user_id == alice.id, Notification.kind == "import_finished"
+        )
+        == 1
+    )
 
 
 async def test_file_without_email_column_fails_at_once(client: httpx.AsyncClient, sessionmaker: Any) -> None:
@@ -115,13 +122,21 @@ async def test_file_without_email_column_fails_at_once(client: httpx.AsyncClient
 async def test_mapping_and_ignored_columns(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     data = b"Who,Handy,Extra,Colour\nann@example.org,+47 1,x,red\n"
-    await _queued(client, alice, data, mapping='{"Who": "email", "Handy": "phone", "Colour": "attributes.color"}',
-                  ignore_unknown_columns="true")
+    await _queued(
+        client,
+        alice,
+        data,
+        mapping='{"Who": "email", "Handy": "phone", "Colour": "attributes.color"}',
+        ignore_unknown_columns="true",
+    )
     await imports.run_imports(sessionmaker, worker_id="w1")
     async with sessionmaker() as session:
         ann = await session.scalar(select(Contact).where(Contact.user_id == alice.id))
-    assert ann is not None and (ann.email, ann.phone, ann.custom_attributes) == ("ann@example.org", "+47 1",
-                                                                                 {"color": "red"})
+    assert ann is not None and (ann.email, ann.phone, ann.custom_attributes) == (
+        "ann@example.org",
+        "+47 1",
+        {"color": "red"},
+    )
 
 
 async def test_the_contacts_an_import_wrote_are_listed_by_its_id(client: httpx.AsyncClient, sessionmaker: Any) -> None:
@@ -130,14 +145,16 @@ async def test_the_contacts_an_import_wrote_are_listed_by_its_id(client: httpx.A
     await create_contact(client, alice, "kept@example.org")
     first = await _queued(client, alice, b"email\nann@example.org\nbob@example.org\n")
     await imports.run_imports(sessionmaker, worker_id="w1")
-    second = await _queued(client, alice, b"email,company\nbob@example.org,Acme\ncid@example.org,\n",
-                           mode="update_existing")
+    second = await _queued(
+        client, alice, b"email,company\nbob@example.org,Acme\ncid@example.org,\n", mode="update_existing"
+    )
     await imports.run_imports(sessionmaker, worker_id="w1")
 
     async def listed(import_id: int) -> list[str]:
         r = await client.get("/api/v1/contacts", params={"import_id": import_id}, headers=alice.headers)
         assert r.status_code == 200, r.text
         return sorted(c["email"] for c in r.json()["items"])
+
     assert await listed(first) == ["ann@example.org"], "bob was updated by the second import since"
     assert await listed(second) == ["bob@example.org", "cid@example.org"]
 
@@ -197,8 +214,9 @@ async def test_cancel_keeps_committed_rows(client: httpx.AsyncClient, sessionmak
     assert await imports.run_imports(sessionmaker, worker_id="w1") == 0
 
 
-async def test_stale_heartbeat_fails_and_a_rerun_completes_without_duplicates(client: httpx.AsyncClient,
-                                                                              sessionmaker: Any) -> None:
+async def test_stale_heartbeat_fails_and_a_rerun_completes_without_duplicates(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     data = _csv(30)
     import_id = await _queued(client, alice, data)
@@ -214,8 +232,9 @@ async def test_stale_heartbeat_fails_and_a_rerun_completes_without_duplicates(cl
     assert (await _get(client, alice, import_id))["status"] == "running"
 
     async with unit_of_work(sessionmaker) as session:
-        await session.execute(update(Import).where(Import.id == import_id)
-                              .values(heartbeat_at=utc_now() - dt.timedelta(minutes=3)))
+        await session.execute(
+            update(Import).where(Import.id == import_id).values(heartbeat_at=utc_now() - dt.timedelta(minutes=3))
+        )
     await imports.run_imports(sessionmaker, worker_id="w2")
     failed = await _get(client, alice, import_id)
     assert (failed["status"], failed["processed"], failed["created"]) == ("failed", 10, 10)
@@ -231,8 +250,9 @@ async def test_stale_heartbeat_fails_and_a_rerun_completes_without_duplicates(cl
 async def test_concurrent_job_runs_never_share_an_import(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     ids = [await _queued(client, alice, _csv(50, start=100 * n)) for n in range(4)]
-    done = await asyncio.gather(*(imports.run_imports(sessionmaker, worker_id=f"w{n}", batch_size=20)
-                                  for n in range(3)))
+    done = await asyncio.gather(
+        *(imports.run_imports(sessionmaker, worker_id=f"w{n}", batch_size=20) for n in range(3))
+    )
     assert sum(done) == 4
     for import_id in ids:
         row = await _get(client, alice, import_id)
@@ -259,8 +279,11 @@ async def test_other_users_and_read_only(client: httpx.AsyncClient, sessionmaker
     bob = await make_account(sessionmaker, "bob")
     reader = await make_account(sessionmaker, "reader", role=Role.READ_ONLY)
     import_id = await _queued(client, alice, _csv(3))
-    for method, path in (("GET", f"{URL}/{import_id}"), ("GET", f"{URL}/{import_id}/errors"),
-                         ("POST", f"{URL}/{import_id}/cancel")):
+    for method, path in (
+        ("GET", f"{URL}/{import_id}"),
+        ("GET", f"{URL}/{import_id}/errors"),
+        ("POST", f"{URL}/{import_id}/cancel"),
+    ):
         r = await client.request(method, path, headers=bob.headers)
         assert r.status_code == 404, (path, r.text)
     assert (await client.get(URL, headers=bob.headers)).json()["items"] == []
@@ -280,8 +303,9 @@ async def test_cli_import_processes_in_process_and_reports(db_url: str, sessionm
     alice = await make_account(sessionmaker, "alice")
     good = tmp_path / "people.csv"
     good.write_bytes(b"email,phone\nann@example.org,1\nbad,2\nann@example.org,3\nben@example.org,4\n")
-    result = await asyncio.to_thread(_edm, db_url, "contact", "import", str(good), "--user", alice.username,
-                                     "--tag", "VIP")
+    result = await asyncio.to_thread(
+        _edm, db_url, "contact", "import", str(good), "--user", alice.username, "--tag", "VIP"
+    )
     assert result.returncode == 0, result.stderr
     assert "completed: 4 rows, 2 created, 0 updated, 2 skipped, 2 errors" in result.stdout
     assert "row 3, email:" in result.stdout and "row 4, email: duplicate of row 2" in result.stdout

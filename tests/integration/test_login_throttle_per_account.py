@@ -38,8 +38,8 @@ async def client_from(db_url: str, engine: Any) -> AsyncIterator[Client]:
             nonlocal made
             transport = httpx.ASGITransport(app=apps[made % 2], client=(ip, 50000))
             made += 1
-            return await stack.enter_async_context(httpx.AsyncClient(transport=transport,
-                                                                     base_url="http://edm.test"))
+            return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://edm.test"))
+
         yield new
 
 
@@ -65,8 +65,7 @@ async def test_failures_under_the_username_and_the_email_add_up(client_from: Cli
     assert (await _login(client_from, "10.0.9.9", "rob@example.com", PASSWORD)).status_code == 200
 
 
-async def test_other_accounts_and_unknown_identifiers_are_counted_apart(client_from: Client,
-                                                                       sessionmaker: Any) -> None:
+async def test_other_accounts_and_unknown_identifiers_are_counted_apart(client_from: Client, sessionmaker: Any) -> None:
     await make_account(sessionmaker, "rob")
     await make_account(sessionmaker, "amy")
     for i in range(10):
@@ -78,8 +77,9 @@ async def test_other_accounts_and_unknown_identifiers_are_counted_apart(client_f
     assert (await _login(client_from, "10.0.4.2", "rob", PASSWORD)).status_code == 200, "9 failures do not block"
 
 
-async def test_a_success_under_either_identifier_clears_the_account_count(client_from: Client,
-                                                                         sessionmaker: Any) -> None:
+async def test_a_success_under_either_identifier_clears_the_account_count(
+    client_from: Client, sessionmaker: Any
+) -> None:
     await make_account(sessionmaker, "rob")
     for i in range(9):
         await _login(client_from, f"10.0.5.{i}", "rob", WRONG)

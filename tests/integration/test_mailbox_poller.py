@@ -94,8 +94,9 @@ class Pop3Handler(_Handler):
             elif not authed and verb != "QUIT":
                 self.send("-ERR authenticate first")
             elif verb == "LIST":
-                self.send(f"+OK {len(box.messages)} messages",
-                          *(f"{i + 1} {len(m)}" for i, m in enumerate(box.messages)), ".")
+                self.send(
+                    f"+OK {len(box.messages)} messages", *(f"{i + 1} {len(m)}" for i, m in enumerate(box.messages)), "."
+                )
             elif verb == "STAT":
                 self.send(f"+OK {len(box.messages)} {sum(map(len, box.messages))}")
             elif verb == "RETR":
@@ -183,8 +184,16 @@ class ImapHandler(_Handler):
 
 
 def pop3_config(port: int, **overrides: Any) -> MailboxConfig:
-    settings: dict[str, Any] = {"protocol": "pop3", "host": "127.0.0.1", "port": port, "security": "none",
-                                "username": USER, "password": PASSWORD, "delete_after": True, "timeout_seconds": 2.0}
+    settings: dict[str, Any] = {
+        "protocol": "pop3",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "username": USER,
+        "password": PASSWORD,
+        "delete_after": True,
+        "timeout_seconds": 2.0,
+    }
     return MailboxConfig(**{**settings, **overrides})
 
 
@@ -317,8 +326,9 @@ async def test_a_server_that_never_greets_times_out_after_timeout_seconds() -> N
 
 
 def test_config_hides_the_password_and_refuses_pop3_without_delete() -> None:
-    config = MailboxConfig.from_settings({"protocol": "imap", "host": "mail.example.com", "username": USER,
-                                          "password": PASSWORD, "unknown_key": 1})
+    config = MailboxConfig.from_settings(
+        {"protocol": "imap", "host": "mail.example.com", "username": USER, "password": PASSWORD, "unknown_key": 1}
+    )
     assert PASSWORD not in repr(config) and config.effective_port == 993 and config.folder == "INBOX"
     with pytest.raises(ValueError, match="POP3 cannot mark messages seen"):
         MailboxConfig(protocol="pop3", host="h", username="u", password="p")

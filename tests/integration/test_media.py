@@ -21,15 +21,16 @@ from tests.helpers import run_cli as edm
 
 API = "/api/v1/media"
 # A real 1×1 PNG, a 1×1 GIF and the start of a JPEG (SOI + APP0 JFIF): what their magic bytes look like.
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
-                       "AAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 64 + b"\xff\xd9"
 
 
-
-async def _upload(client: httpx.AsyncClient, who: Account, name: str, data: bytes,
-                  declared: str = "image/jpeg") -> httpx.Response:
+async def _upload(
+    client: httpx.AsyncClient, who: Account, name: str, data: bytes, declared: str = "image/jpeg"
+) -> httpx.Response:
     return await client.post(API, files={"file": (name, data, declared)}, headers=who.headers)
 
 
@@ -60,8 +61,9 @@ async def test_type_is_decided_by_the_bytes_not_the_name(client: httpx.AsyncClie
     body = _error(text, 422, "validation_error")
     assert body["details"][0]["field"] == "file" and "JPEG, PNG or GIF" in body["message"]
     _error(await _upload(client, alice, "empty.png", b""), 422, "validation_error")
-    _error(await _upload(client, alice, "page.gif", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), 422,
-           "validation_error")
+    _error(
+        await _upload(client, alice, "page.gif", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), 422, "validation_error"
+    )
     missing = await client.post(API, files={"other": ("x.png", PNG, "image/png")}, headers=alice.headers)
     _error(missing, 422, "validation_error")
     not_multipart = await client.post(API, content=PNG, headers={**alice.headers, "Content-Type": "image/png"})
@@ -82,8 +84,13 @@ async def test_size_limit_is_five_megabytes(client: httpx.AsyncClient, sessionma
 
 async def test_filenames_are_sanitised(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    cases = {"../../etc/passwd.png": "passwd.png", "C:\\Users\\ann\\My Logo.png": "My Logo.png",
-             "..hidden.png": "hidden.png", "../": "image.png", "x" * 300 + ".png": "x" * 251 + ".png"}
+    cases = {
+        "../../etc/passwd.png": "passwd.png",
+        "C:\\Users\\ann\\My Logo.png": "My Logo.png",
+        "..hidden.png": "hidden.png",
+        "../": "image.png",
+        "x" * 300 + ".png": "x" * 251 + ".png",
+    }
     for offered, stored in cases.items():
         created = await _uploaded(client, alice, offered, PNG)
         assert created["filename"] == stored, (offered, created["filename"])
@@ -91,8 +98,10 @@ async def test_filenames_are_sanitised(client: httpx.AsyncClient, sessionmaker: 
         served = await client.get(_path(created["url"]))
         assert served.status_code == 200 and served.content == PNG, created["url"]
     # Control characters straight in the part header (httpx would percent-encode them).
-    raw = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a\x01b\x7fc\x1b.png"\r\n'
-           b"Content-Type: image/png\r\n\r\n" + PNG + b"\r\n--b--\r\n")
+    raw = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a\x01b\x7fc\x1b.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + PNG + b"\r\n--b--\r\n"
+    )
     multipart = {**alice.headers, "Content-Type": "multipart/form-data; boundary=b"}
     r = await client.post(API, content=raw, headers=multipart)
     assert r.status_code == 201 and r.json()["filename"] == "abc.png", r.text
@@ -103,8 +112,9 @@ async def test_filenames_are_sanitised(client: httpx.AsyncClient, sessionmaker: 
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_public_url_serves_the_bytes_with_cache_headers_and_304(client: httpx.AsyncClient,
-                                                                     sessionmaker: Any) -> None:
+async def test_public_url_serves_the_bytes_with_cache_headers_and_304(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     created = await _uploaded(client, alice, "My Logo.jpg", PNG)
     url = created["url"]
@@ -177,8 +187,20 @@ async def test_isolation_roles_and_pagination(client: httpx.AsyncClient, session
 def test_media_through_the_cli(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     assert edm(url, "db", "upgrade").returncode == 0
-    assert edm(url, "user", "create", "--username", "ann", "--email", "ann@example.com", "--password-stdin",
-               stdin="a long password\n").returncode == 0
+    assert (
+        edm(
+            url,
+            "user",
+            "create",
+            "--username",
+            "ann",
+            "--email",
+            "ann@example.com",
+            "--password-stdin",
+            stdin="a long password\n",
+        ).returncode
+        == 0
+    )
     image = tmp_path / "logo.jpg"
     image.write_bytes(PNG)
     uploaded = edm(url, "media", "upload", str(image), "--user", "ann")

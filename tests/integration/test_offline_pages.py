@@ -48,8 +48,11 @@ class PageScan(HTMLParser):
             if value is None:
                 continue
             if name in URL_ATTRIBUTES:
-                self.urls += [part.split()[0] for part in value.split(",") if part.strip()] if name == "srcset" \
+                self.urls += (
+                    [part.split()[0] for part in value.split(",") if part.strip()]
+                    if name == "srcset"
                     else [value.strip()]
+                )
             elif name == "style":
                 self.urls += css_urls(value)
             elif name == "content" and dict(attrs).get("http-equiv", "").lower() == "refresh":
@@ -114,6 +117,7 @@ def _walk(routes: Iterable[Any]) -> Iterator[Any]:
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def demo(db_url: str, engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[DemoApp]:
     await fill_mailbox(tmp_path / "mailbox")
@@ -128,8 +132,9 @@ async def unsubscribe_token(sessionmaker: async_sessionmaker[AsyncSession], db_u
         sender = await factories.sender(session, user_id)
         template = await factories.template(session, user_id)
         await factories.contacts(session, user_id, 1, prefix="rcpt")
-        task_id = await factories.task(session, user_id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+        )
         await generation.generate(session, task_id, now=clock.utc_now())
     async with sessionmaker() as session:
         public_id = await session.scalar(select(SubTask.public_id))
@@ -137,6 +142,7 @@ async def unsubscribe_token(sessionmaker: async_sessionmaker[AsyncSession], db_u
 
 
 # ---- tests -------------------------------------------------------------------------------------------------
+
 
 async def test_no_html_page_loads_anything_from_another_host(
     demo: DemoApp, sessionmaker: async_sessionmaker[AsyncSession], db_url: str
@@ -159,8 +165,12 @@ async def test_no_html_page_loads_anything_from_another_host(
     checked = 0
     for requests in pages.values():
         for method, path in requests:
-            answer = await demo.client.request(method, path, content=b"List-Unsubscribe=One-Click" * (
-                method == "POST"), headers=form if method == "POST" else None)
+            answer = await demo.client.request(
+                method,
+                path,
+                content=b"List-Unsubscribe=One-Click" * (method == "POST"),
+                headers=form if method == "POST" else None,
+            )
             assert answer.headers["content-type"].startswith("text/html"), (path, answer.status_code)
             page_url = f"http://{HOST}{path}"
             urls = loads_of(answer.text)

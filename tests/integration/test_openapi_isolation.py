@@ -49,15 +49,26 @@ API = "/api/v1"
 
 # SPEC §16.2: no login needed. Tracking, unsubscribe and webhooks live outside /api/v1.
 PUBLIC_OPERATIONS = {("POST", f"{API}/auth/login")}
-PUBLIC_PREFIXES = ("/webhooks/", "/webhook/", "/t/", "/u/", "/media/", "/healthz", "/readyz", "/metrics",
-                   "/console")
+PUBLIC_PREFIXES = ("/webhooks/", "/webhook/", "/t/", "/u/", "/media/", "/healthz", "/readyz", "/metrics", "/console")
 
 # Path parameter → the kind of object it names (built for A and for the read-only user below).
 PARAM_KINDS = {
-    "contact_id": "contact", "tag_id": "tag", "template_id": "template", "sender_id": "sender",
-    "task_id": "task", "subtask_id": "subtask", "token_id": "token", "entry_id": "suppression",
-    "event_id": "event", "service_id": "service", "mapping_id": "mapping", "user_id": "user",
-    "import_id": "import", "media_id": "media", "notification_id": "notification", "session_id": "session",
+    "contact_id": "contact",
+    "tag_id": "tag",
+    "template_id": "template",
+    "sender_id": "sender",
+    "task_id": "task",
+    "subtask_id": "subtask",
+    "token_id": "token",
+    "entry_id": "suppression",
+    "event_id": "event",
+    "service_id": "service",
+    "mapping_id": "mapping",
+    "user_id": "user",
+    "import_id": "import",
+    "media_id": "media",
+    "notification_id": "notification",
+    "session_id": "session",
     "test_send_id": "test_send",
 }
 # Path parameters that are not ids: a valid value, so the route is found.
@@ -74,10 +85,16 @@ KNOWN_GAPS: dict[str, str] = {
 
 # Writes §16.3 allows a read_only user (R) to make.
 READ_ONLY_MAY = {
-    ("POST", f"{API}/me/tokens"), ("DELETE", f"{API}/me/tokens/{{token_id}}"), ("PUT", f"{API}/me/password"),
-    ("DELETE", f"{API}/me/sessions"), ("DELETE", f"{API}/me/sessions/{{session_id}}"),
-    ("POST", f"{API}/auth/logout"), ("POST", f"{API}/recipients/estimate"), ("POST", f"{API}/templates/preview"),
-    ("POST", f"{API}/templates/{{template_id}}/preview"), ("POST", f"{API}/me/notifications/{{notification_id}}/read"),
+    ("POST", f"{API}/me/tokens"),
+    ("DELETE", f"{API}/me/tokens/{{token_id}}"),
+    ("PUT", f"{API}/me/password"),
+    ("DELETE", f"{API}/me/sessions"),
+    ("DELETE", f"{API}/me/sessions/{{session_id}}"),
+    ("POST", f"{API}/auth/logout"),
+    ("POST", f"{API}/recipients/estimate"),
+    ("POST", f"{API}/templates/preview"),
+    ("POST", f"{API}/templates/{{template_id}}/preview"),
+    ("POST", f"{API}/me/notifications/{{notification_id}}/read"),
     ("POST", f"{API}/conversations/{{conversation_id}}/read"),
     ("POST", f"{API}/conversations/{{conversation_id}}/unread"),
 }
@@ -124,8 +141,12 @@ def _is_public(method: str, path: str) -> bool:
     return (method, path) in PUBLIC_OPERATIONS or path.startswith(PUBLIC_PREFIXES)
 
 
-OPERATIONS = [Operation(m.upper(), path, op) for path, ops in SPEC["paths"].items() for m, op in ops.items()
-              if m in ("get", "post", "put", "patch", "delete")]
+OPERATIONS = [
+    Operation(m.upper(), path, op)
+    for path, ops in SPEC["paths"].items()
+    for m, op in ops.items()
+    if m in ("get", "post", "put", "patch", "delete")
+]
 PROTECTED = [o for o in OPERATIONS if not _is_public(o.method, o.path)]
 WITH_IDS = [o for o in PROTECTED if any(p["name"] not in NOT_IDS for p in o.path_params)]
 WRITES = [o for o in PROTECTED if o.is_write and (o.method, o.path) not in READ_ONLY_MAY]
@@ -197,8 +218,11 @@ def _request_kwargs(o: Operation) -> dict[str, Any]:
 
 
 def _query(o: Operation) -> dict[str, Any]:
-    return {p["name"]: example(p.get("schema", {})) for p in o.op.get("parameters", [])
-            if p.get("in") == "query" and p.get("required")}
+    return {
+        p["name"]: example(p.get("schema", {}))
+        for p in o.op.get("parameters", [])
+        if p.get("in") == "query" and p.get("required")
+    }
 
 
 def _url(o: Operation, ids: dict[str, int]) -> str:
@@ -237,32 +261,75 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
         sender = await factories.sender(session, uid, local=f"news-{name}")
         template = await factories.template(session, uid, name=f"tpl-{name}")
         service = await factories.service(session, settings, f"esp-{name}", map_to=[uid])
-        mapping = (await session.execute(select(UserServiceMapping.id).where(
-            UserServiceMapping.user_id == uid))).scalar_one()
-        task = await factories.task(session, uid, sender_id=sender, template_ids=[template],
-                                    rule={"type": "all_contacts"}, name=f"task-{name}")
+        mapping = (
+            await session.execute(select(UserServiceMapping.id).where(UserServiceMapping.user_id == uid))
+        ).scalar_one()
+        task = await factories.task(
+            session, uid, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, name=f"task-{name}"
+        )
         await generation.generate(session, task)
         subtask = (await session.execute(select(SubTask.id).where(SubTask.task_id == task))).scalar_one()
-        test_send = await test_sends.create(session, user_id=uid, actor=str(uid), request=test_sends.TestSendRequest(
-            template_id=template, emails=[f"{name}-inbox@example.com"]))
+        test_send = await test_sends.create(
+            session,
+            user_id=uid,
+            actor=str(uid),
+            request=test_sends.TestSendRequest(template_id=template, emails=[f"{name}-inbox@example.com"]),
+        )
         _, token = await create_token(session, user_id=uid, name=f"extra-{name}", scope="read")
-        entry = Suppression(scope="user", user_id=uid, owner_key=uid, kind="address",
-                            value=f"gone-{name}@example.com", reason="manual")
-        event = Event(source="fake", dedupe_key=f"iso-{name}", event_type="delivered", user_id=uid, task_id=task,
-                      subtask_id=subtask, occurred_at=factories.utc_now(), raw={})
+        entry = Suppression(
+            scope="user", user_id=uid, owner_key=uid, kind="address", value=f"gone-{name}@example.com", reason="manual"
+        )
+        event = Event(
+            source="fake",
+            dedupe_key=f"iso-{name}",
+            event_type="delivered",
+            user_id=uid,
+            task_id=task,
+            subtask_id=subtask,
+            occurred_at=factories.utc_now(),
+            raw={},
+        )
         now = factories.utc_now()
         upload = Import(user_id=uid, filename="list.csv", format="csv")
-        media = Media(user_id=uid, public_id=uuid.uuid4().hex, filename="a.png", content_type="image/png", size=1,
-                      sha256="0" * 64, data=b"x")
+        media = Media(
+            user_id=uid,
+            public_id=uuid.uuid4().hex,
+            filename="a.png",
+            content_type="image/png",
+            size=1,
+            sha256="0" * 64,
+            data=b"x",
+        )
         notice = Notification(user_id=uid, kind="test", title="hello")
-        login = ConsoleSession(id_hash=uuid.uuid4().hex * 2, user_id=uid, csrf_secret="c" * 32, created_at=now,
-                               last_seen_at=now, expires_at=now + dt.timedelta(days=1))
+        login = ConsoleSession(
+            id_hash=uuid.uuid4().hex * 2,
+            user_id=uid,
+            csrf_secret="c" * 32,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + dt.timedelta(days=1),
+        )
         session.add_all([entry, event, upload, media, notice, login])
         await session.flush()
-        return {"contact": contact, "tag": tag, "sender": sender, "template": template, "service": service,
-                "mapping": mapping, "task": task, "subtask": subtask, "token": token.id, "suppression": entry.id,
-                "event": event.id, "user": uid, "test_send": test_send.id,
-                "import": upload.id, "media": media.id, "notification": notice.id, "session": login.id}
+        return {
+            "contact": contact,
+            "tag": tag,
+            "sender": sender,
+            "template": template,
+            "service": service,
+            "mapping": mapping,
+            "task": task,
+            "subtask": subtask,
+            "token": token.id,
+            "suppression": entry.id,
+            "event": event.id,
+            "user": uid,
+            "test_send": test_send.id,
+            "import": upload.id,
+            "media": media.id,
+            "notification": notice.id,
+            "session": login.id,
+        }
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -313,8 +380,13 @@ async def test_requires_authentication(world: World, o: Operation) -> None:
     r = await world.client.request(o.method, _url(o, world.alice_ids), params=_query(o), **_request_kwargs(o))
     assert r.status_code == 401, f"{o.id}: {r.status_code} {r.text[:300]}"
     assert r.json()["error"]["code"] in ("unauthenticated", "invalid_token")
-    bad = await world.client.request(o.method, _url(o, world.alice_ids), params=_query(o),
-                                     headers={"Authorization": "Bearer edm_not-a-real-token"}, **_request_kwargs(o))
+    bad = await world.client.request(
+        o.method,
+        _url(o, world.alice_ids),
+        params=_query(o),
+        headers={"Authorization": "Bearer edm_not-a-real-token"},
+        **_request_kwargs(o),
+    )
     assert bad.status_code == 401, f"{o.id}: {bad.status_code} {bad.text[:300]}"
 
 
@@ -324,8 +396,9 @@ async def test_other_users_ids_answer_404(world: World, o: Operation) -> None:
     names = [p["name"] for p in o.path_params if p["name"] not in NOT_IDS]
     unknown = [n for n in names if n not in PARAM_KINDS and n not in KNOWN_GAPS]
     assert not unknown, f"{o.id}: add a factory for {unknown} to PARAM_KINDS/_objects_of, or list it in KNOWN_GAPS"
-    r = await world.client.request(o.method, _url(o, world.alice_ids), params=_query(o),
-                                   headers=world.bob.headers, **_request_kwargs(o))
+    r = await world.client.request(
+        o.method, _url(o, world.alice_ids), params=_query(o), headers=world.bob.headers, **_request_kwargs(o)
+    )
     if o.is_admin:
         assert r.status_code == 403, f"{o.id}: {r.status_code} {r.text[:300]}"
         return
@@ -339,8 +412,9 @@ async def test_other_users_ids_answer_404(world: World, o: Operation) -> None:
 @module_loop
 @pytest.mark.parametrize("o", _ids(WRITES))
 async def test_read_only_user_cannot_write(world: World, o: Operation) -> None:
-    r = await world.client.request(o.method, _url(o, world.reader_ids), params=_query(o),
-                                   headers=world.reader.headers, **_request_kwargs(o))
+    r = await world.client.request(
+        o.method, _url(o, world.reader_ids), params=_query(o), headers=world.reader.headers, **_request_kwargs(o)
+    )
     assert r.status_code in (403, 404), f"{o.id}: {r.status_code} {r.text[:300]}"
 
 

@@ -33,19 +33,29 @@ async def _sent_campaign(sessionmaker: async_sessionmaker[AsyncSession], owner: 
     """A campaign of two recipients, both sent an hour ago (long enough for a click to count as a person's)."""
     async with unit_of_work(sessionmaker) as session:
         sender = await factories.sender(session, owner.id)
-        template = await factories.template(session, owner.id, html=f'<p><a href="{OFFER}">Offer</a></p>'
-                                                                    "{{ unsubscribe_url }}")
+        template = await factories.template(
+            session, owner.id, html=f'<p><a href="{OFFER}">Offer</a></p>{{{{ unsubscribe_url }}}}'
+        )
         contacts = await factories.contacts(session, owner.id, 2)
-        task_id = await factories.task(session, owner.id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "specific", "contact_ids": contacts})
+        task_id = await factories.task(
+            session,
+            owner.id,
+            sender_id=sender,
+            template_ids=[template],
+            rule={"type": "specific", "contact_ids": contacts},
+        )
     async with unit_of_work(sessionmaker) as session:
         assert await generation.generate(session, task_id) is not None
     an_hour_ago = utc_now() - dt.timedelta(hours=1)
     async with unit_of_work(sessionmaker) as session:
-        await session.execute(update(SubTask).where(SubTask.task_id == task_id).values(
-            send_state="sent", sent_at=an_hour_ago, attempts=1, charged=True))
-        await session.execute(update(Task).where(Task.id == task_id).values(status="sending",
-                                                                            first_sent_at=an_hour_ago))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.task_id == task_id)
+            .values(send_state="sent", sent_at=an_hour_ago, attempts=1, charged=True)
+        )
+        await session.execute(
+            update(Task).where(Task.id == task_id).values(status="sending", first_sent_at=an_hour_ago)
+        )
         session.add(TrackedLink(id=7001, task_id=task_id, url=OFFER, created_at=an_hour_ago))
     async with sessionmaker() as session:
         rows = list(await session.scalars(select(SubTask).where(SubTask.task_id == task_id).order_by(SubTask.id)))
@@ -53,7 +63,8 @@ async def _sent_campaign(sessionmaker: async_sessionmaker[AsyncSession], owner: 
 
 
 async def test_a_click_without_a_pixel_hit_is_an_open_everywhere(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], db_url: str) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
     ann = await make_account(sessionmaker, "ann", role=Role.ADMIN, credit=100)
     task_id, (clicker, _) = await _sent_campaign(sessionmaker, ann)
 
@@ -93,20 +104,35 @@ async def test_a_click_without_a_pixel_hit_is_an_open_everywhere(
 
 
 async def test_the_first_open_of_a_person_is_their_earlier_open_or_click(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     """The dashboard windows place a recipient by their first human open or click, whichever came first."""
     ann = await make_account(sessionmaker, "ann", credit=100)
     _, (early_click, late_click) = await _sent_campaign(sessionmaker, ann)
     now = utc_now()
     async with unit_of_work(sessionmaker) as session:
         # clicked 3 days ago, opened (pixel) 1 hour ago: opened 3 days ago, outside the last 24 h
-        await session.execute(update(SubTask).where(SubTask.id == early_click.id).values(
-            open_count=1, first_opened_at=now - dt.timedelta(hours=1),
-            click_count=1, first_clicked_at=now - dt.timedelta(days=3)))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id == early_click.id)
+            .values(
+                open_count=1,
+                first_opened_at=now - dt.timedelta(hours=1),
+                click_count=1,
+                first_clicked_at=now - dt.timedelta(days=3),
+            )
+        )
         # opened 2 days ago, clicked 1 hour ago: opened 2 days ago
-        await session.execute(update(SubTask).where(SubTask.id == late_click.id).values(
-            open_count=1, first_opened_at=now - dt.timedelta(days=2),
-            click_count=1, first_clicked_at=now - dt.timedelta(hours=1)))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id == late_click.id)
+            .values(
+                open_count=1,
+                first_opened_at=now - dt.timedelta(days=2),
+                click_count=1,
+                first_clicked_at=now - dt.timedelta(hours=1),
+            )
+        )
     activity = (await client.get(f"{API}/dashboard", headers=ann.headers)).json()["activity"]
     assert (activity["24h"]["opened"], activity["7d"]["opened"]) == (0, 2)
     assert (activity["24h"]["clicked"], activity["7d"]["clicked"]) == (1, 2)

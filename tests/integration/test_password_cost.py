@@ -18,8 +18,9 @@ from edm.users.models import User
 from tests.helpers import run_cli
 
 # argon2id, 3 passes over 64 MiB in 4 lanes: the RFC 9106 low-memory profile.
-STANDARD = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=3,
-                             memory_cost=65536, parallelism=4)
+STANDARD = argon2.Parameters(
+    type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=3, memory_cost=65536, parallelism=4
+)
 PASSWORD = "a long password"
 
 
@@ -63,10 +64,23 @@ def test_the_app_takes_the_cost_from_its_settings() -> None:
 
 @pytest.mark.parametrize("env, standard", [("development", True), ("test", False)])
 async def test_the_cli_takes_the_cost_from_its_settings(
-    db_url: str, sessionmaker: async_sessionmaker[AsyncSession], env: str, standard: bool,
+    db_url: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    env: str,
+    standard: bool,
 ) -> None:
-    created = run_cli(db_url, "user", "create", "--username", "ann", "--email", "ann@example.com",
-                      "--password-stdin", stdin=PASSWORD + "\n", EDM_ENV=env)
+    created = run_cli(
+        db_url,
+        "user",
+        "create",
+        "--username",
+        "ann",
+        "--email",
+        "ann@example.com",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+        EDM_ENV=env,
+    )
     assert created.returncode == 0, created.stderr
     async with sessionmaker() as session:
         stored = await session.scalar(select(User.password_hash).where(User.username == "ann"))

@@ -95,8 +95,12 @@ TOO_COMPLEX: dict[str, str] = {
 }
 
 # What the message says for each limit: it names the limit, so the author knows what to change.
-NAMED = {"time": "took longer than 2 s", "size": "would exceed", "work": "exceeds the 16 MB budget",
-         "depth": "nest deeper than 50 levels"}
+NAMED = {
+    "time": "took longer than 2 s",
+    "size": "would exceed",
+    "work": "exceeds the 16 MB budget",
+    "depth": "nest deeper than 50 levels",
+}
 ANSWER_WITHIN = 2.5  # seconds, end to end through the API
 HEALTHZ_WITHIN = 0.100  # seconds, for every poll while a hostile template renders
 RSS_GROWTH_BELOW = 50 * 1024 * 1024
@@ -158,7 +162,8 @@ async def test_healthz_answers_while_a_hostile_preview_renders(
     who = await reader(sessionmaker)
     async with api_client(db_url, engine) as client:
         preview = asyncio.create_task(
-            client.post("/api/v1/templates/preview", json=preview_body(html), headers=who.headers))
+            client.post("/api/v1/templates/preview", json=preview_body(html), headers=who.headers)
+        )
         latencies = []
         while not preview.done():
             started = time.monotonic()
@@ -181,9 +186,9 @@ async def test_parallel_hostile_previews_queue_for_the_render_threads(
     who = await reader(sessionmaker)
     async with api_client(db_url, engine) as client:
         started = time.monotonic()
-        answers = await asyncio.gather(*(
-            client.post("/api/v1/templates/preview", json=preview_body(html), headers=who.headers)
-            for _ in range(4)))
+        answers = await asyncio.gather(
+            *(client.post("/api/v1/templates/preview", json=preview_body(html), headers=who.headers) for _ in range(4))
+        )
         elapsed = time.monotonic() - started
     for r in answers:
         check_refusal(r, limit)
@@ -200,8 +205,9 @@ async def test_scheduling_refuses_a_template_that_hits_a_limit(sessionmaker: asy
         sender = await factories.sender(session, user)
     with pytest.raises(BadInput) as err:
         async with unit_of_work(sessionmaker) as session:
-            await factories.task(session, user, sender_id=sender, template_ids=[template],
-                                 rule={"type": "all_contacts"})
+            await factories.task(
+                session, user, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+            )
     assert "template 'hostile' does not render: html: template work exceeds the 16 MB budget" in err.value.message
     assert err.value.details[0]["limit"] == limit and err.value.details[0]["template_id"] == template
 
@@ -222,8 +228,12 @@ class Server:
         return int(psutil.Process(self.process.pid).memory_info().rss)
 
     def preview(self, html: str) -> httpx.Response:
-        return httpx.post(f"{self.base_url}/api/v1/templates/preview", json=preview_body(html),
-                          headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        return httpx.post(
+            f"{self.base_url}/api/v1/templates/preview",
+            json=preview_body(html),
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
 
 
 def _free_port() -> int:
@@ -248,8 +258,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDM_")}
     env.update(cli_env(db_url), PYTHONPATH=str(ROOT / "src"))
-    process = subprocess.Popen([sys.executable, "-m", "edm", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edm", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     running = Server(f"http://127.0.0.1:{port}", process, token)
     try:
         _wait_until_serving(running)

@@ -38,13 +38,30 @@ ADMIN = "/api/v1/admin/services"
 async def _world(db_url: str, sessionmaker: Any) -> tuple[int, int, list[int]]:
     """Two fake services mapped to one user, and ten generated SubTasks: (alpha id, beta id, subtask ids)."""
     settings = settings_for(db_url)
-    world = await factories.world(sessionmaker, settings, recipients=10, services_=[
-        {"name": "alpha", "daily_quota": 500, "timezone": "Asia/Shanghai", "quota_reset_time": "02:00",
-         "sending_interval_seconds": 0.5, "max_concurrency": 3},
-        {"name": "beta"}])
+    world = await factories.world(
+        sessionmaker,
+        settings,
+        recipients=10,
+        services_=[
+            {
+                "name": "alpha",
+                "daily_quota": 500,
+                "timezone": "Asia/Shanghai",
+                "quota_reset_time": "02:00",
+                "sending_interval_seconds": 0.5,
+                "max_concurrency": 3,
+            },
+            {"name": "beta"},
+        ],
+    )
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, world.user_id, sender_id=world.sender_id,
-                                       template_ids=[world.template_id], rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session,
+            world.user_id,
+            sender_id=world.sender_id,
+            template_ids=[world.template_id],
+            rule={"type": "all_contacts"},
+        )
     async with unit_of_work(sessionmaker) as session:
         await generation.generate(session, task_id, now=utc_now())
     async with unit_of_work(sessionmaker) as session:
@@ -53,8 +70,15 @@ async def _world(db_url: str, sessionmaker: Any) -> tuple[int, int, list[int]]:
 
 
 def _attempt(subtask_id: int, service_id: int, outcome: str, duration: int, at: dt.datetime) -> SendAttempt:
-    return SendAttempt(subtask_id=subtask_id, attempt_no=1, service_id=service_id, started_at=at, finished_at=at,
-                       duration_ms=duration, outcome=outcome)
+    return SendAttempt(
+        subtask_id=subtask_id,
+        attempt_no=1,
+        service_id=service_id,
+        started_at=at,
+        finished_at=at,
+        duration_ms=duration,
+        outcome=outcome,
+    )
 
 
 async def _admin(sessionmaker: Any, zone: str = "America/New_York") -> Account:
@@ -78,19 +102,26 @@ async def test_health_figures_match_the_rows(db_url: str, engine: Any, sessionma
         service = await session.get(EmailService, alpha)
         assert service is not None
         day = queue.day_of(service, now)
-        session.add(ServiceDayUsage(service_id=alpha, service_day=day, accepted=30, uncertain=2, failed=7,
-                                    adjustment=1))
+        session.add(
+            ServiceDayUsage(service_id=alpha, service_day=day, accepted=30, uncertain=2, failed=7, adjustment=1)
+        )
         session.add(ServiceDayUsage(service_id=alpha, service_day=day - dt.timedelta(days=1), accepted=400))
-        await session.execute(update(SubTask).where(SubTask.id.in_(subtasks[:2])).values(
-            send_state="allocated", service_id=alpha, lease_expires_at=now + dt.timedelta(minutes=5)))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id.in_(subtasks[:2]))
+            .values(send_state="allocated", service_id=alpha, lease_expires_at=now + dt.timedelta(minutes=5))
+        )
         # 20 attempts in the last hour: 10..200 ms; 16 accepted, 2 transient, 1 throttled, 1 permanent.
         outcomes = ["accepted"] * 16 + ["transient", "transient", "throttled", "permanent"]
         for i, outcome in enumerate(outcomes):
             session.add(_attempt(subtasks[i % 10], alpha, outcome, 10 * (i + 1), now - dt.timedelta(minutes=50 - i)))
         session.add(_attempt(subtasks[0], alpha, "transient", 99999, now - dt.timedelta(hours=2)))  # too old
         session.add(_attempt(subtasks[1], beta, "auth_config", 77777, now - dt.timedelta(minutes=1)))  # other service
-        await session.execute(update(EmailServiceState).where(EmailServiceState.service_id == alpha).values(
-            last_success_at=last_success, last_failure_at=now - dt.timedelta(minutes=1), last_error="HTTP 503"))
+        await session.execute(
+            update(EmailServiceState)
+            .where(EmailServiceState.service_id == alpha)
+            .values(last_success_at=last_success, last_failure_at=now - dt.timedelta(minutes=1), last_error="HTTP 503")
+        )
 
     async with api_client(db_url, engine) as client:
         frozen = await client.post(f"{ADMIN}/{alpha}/freeze", json={"reason": "checking"}, headers=admin.headers)
@@ -103,8 +134,12 @@ async def test_health_figures_match_the_rows(db_url: str, engine: Any, sessionma
         assert (await client.get(f"{ADMIN}/999999/health", headers=admin.headers)).status_code == 404
 
     assert (body["state"], body["available"], body["frozen_reason"]) == ("frozen", False, "manual")
-    assert (body["used_today"], body["effective_quota"], body["remaining_today"], body["in_flight"]) == (35, 500,
-                                                                                                         465, 2)
+    assert (body["used_today"], body["effective_quota"], body["remaining_today"], body["in_flight"]) == (
+        35,
+        500,
+        465,
+        2,
+    )
     assert (body["sending_interval_seconds"], body["max_concurrency"]) == (0.5, 3)
     recent = body["recent"]
     assert (recent["attempts"], recent["errors"], recent["error_rate"]) == (20, 3, 0.15)
@@ -122,14 +157,17 @@ async def test_health_figures_match_the_rows(db_url: str, engine: Any, sessionma
     assert reset["admin_timezone"] == "America/New_York" and mine == utc
     assert mine.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4))
 
-    assert {u["url"] for u in body["webhook_urls"]} == {f"http://edm.test/webhooks/fake/{alpha}",
-                                                        "http://edm.test/webhooks/fake"}
+    assert {u["url"] for u in body["webhook_urls"]} == {
+        f"http://edm.test/webhooks/fake/{alpha}",
+        "http://edm.test/webhooks/fake",
+    }
     log = body["status_log"]
     assert log[0]["change"] == "frozen" and log[0]["reason"] == "checking" and log[-1]["new_value"] == "created"
 
 
-async def test_recent_window_is_bounded_by_the_scan(db_url: str, sessionmaker: Any,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_recent_window_is_bounded_by_the_scan(
+    db_url: str, sessionmaker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the newest SCAN_ROWS attempts of the deployment are read; the answer says when that cut the hour."""
     alpha, beta, subtasks = await _world(db_url, sessionmaker)
     now = utc_now()
@@ -159,8 +197,9 @@ NEW = "new-webhook-secret-5678"
 
 def _signed(secret: str, n: int) -> tuple[bytes, dict[str, str]]:
     """A fake-provider event batch, signed the way the provider signs it: HMAC-SHA256("<ts>." + body)."""
-    body = orjson.dumps({"events": [{"event_id": f"e-{n}", "event": "delivered", "subtask_id": "424242",
-                                     "timestamp": time.time()}]})
+    body = orjson.dumps(
+        {"events": [{"event_id": f"e-{n}", "event": "delivered", "subtask_id": "424242", "timestamp": time.time()}]}
+    )
     ts = str(int(time.time()))
     signature = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return body, {"Content-Type": "application/json", "X-Fake-Signature": f"t={ts},v1={signature}"}
@@ -194,7 +233,7 @@ async def test_webhook_secret_rotation(db_url: str, engine: Any, sessionmaker: A
         assert [s["hint"] for s in secrets] == ["…5678", "…1234"] and secrets[0]["id"] == new_id
         old_id = secrets[1]["id"]
         assert old_id != "legacy-0"  # a write gives every entry a stable id
-        view = (await client.get(f"{ADMIN}/{sid}", headers=admin.headers))
+        view = await client.get(f"{ADMIN}/{sid}", headers=admin.headers)
         assert OLD not in view.text and NEW not in view.text
         assert view.json()["credentials_hint"]["webhook_secrets"] == "2 stored"
 
@@ -211,7 +250,9 @@ async def test_webhook_secret_rotation(db_url: str, engine: Any, sessionmaker: A
         assert generated.status_code == 201 and len(generated.json()["value"]) >= 40
         assert await _post(client, sid, generated.json()["value"], 7) == 200
         assert [s["id"] for s in (await client.get(url, headers=admin.headers)).json()] == [
-            generated.json()["id"], new_id]
+            generated.json()["id"],
+            new_id,
+        ]
 
         # Refusals.
         assert (await client.delete(f"{url}/{old_id}", headers=admin.headers)).status_code == 404
@@ -219,8 +260,9 @@ async def test_webhook_secret_rotation(db_url: str, engine: Any, sessionmaker: A
         assert (await client.post(url, json={"value": "short"}, headers=admin.headers)).status_code == 422
         assert (await client.post(url, json={"value": NEW + "x", "extra": 1}, headers=admin.headers)).status_code == 422
         past = (utc_now() - dt.timedelta(hours=1)).isoformat()
-        assert (await client.post(url, json={"value": NEW + "x", "expires_at": past},
-                                  headers=admin.headers)).status_code == 422
+        assert (
+            await client.post(url, json={"value": NEW + "x", "expires_at": past}, headers=admin.headers)
+        ).status_code == 422
         assert (await client.get(f"{ADMIN}/999999/webhook-secrets", headers=admin.headers)).status_code == 404
         user = await make_account(sessionmaker, "plain")
         assert (await client.get(url, headers=user.headers)).status_code == 403
@@ -228,14 +270,21 @@ async def test_webhook_secret_rotation(db_url: str, engine: Any, sessionmaker: A
         assert (await client.post(url, json={"value": NEW + "y"}, headers=reader.headers)).status_code == 403
 
     async with unit_of_work(sessionmaker) as session:
-        changes = list(await session.scalars(select(EmailServiceStatusLog.change).where(
-            EmailServiceStatusLog.service_id == sid).order_by(EmailServiceStatusLog.id)))
-        actions = list(await session.scalars(select(AuditLog.action).where(AuditLog.action.like("service.%"))
-                                             .order_by(AuditLog.id)))
+        changes = list(
+            await session.scalars(
+                select(EmailServiceStatusLog.change)
+                .where(EmailServiceStatusLog.service_id == sid)
+                .order_by(EmailServiceStatusLog.id)
+            )
+        )
+        actions = list(
+            await session.scalars(
+                select(AuditLog.action).where(AuditLog.action.like("service.%")).order_by(AuditLog.id)
+            )
+        )
         texts = [json.dumps(d) for d in await session.scalars(select(AuditLog.details))]
     assert changes[-3:] == ["webhook_secret_added", "webhook_secret_removed", "webhook_secret_added"]
-    assert actions == ["service.webhook_secret_added", "service.webhook_secret_removed",
-                       "service.webhook_secret_added"]
+    assert actions == ["service.webhook_secret_added", "service.webhook_secret_removed", "service.webhook_secret_added"]
     assert not any(OLD in t or NEW in t for t in texts)
 
 
@@ -261,8 +310,11 @@ def test_health_and_secrets_through_the_cli(tmp_path: Path) -> None:
     assert [r["id"] for r in rows] == [secret["id"], rows[1]["id"]] and secret["value"] not in listed.stdout
     removed = edm(url, "service", "secrets", "relay", "remove", "--id", rows[1]["id"])
     assert removed.returncode == 0 and "1 left" in removed.stdout, removed
-    for args, message in ((("remove",), "needs --id"), (("remove", "--id", "nope"), "not found"),
-                          (("rotate",), "list, add or remove")):
+    for args, message in (
+        (("remove",), "needs --id"),
+        (("remove", "--id", "nope"), "not found"),
+        (("rotate",), "list, add or remove"),
+    ):
         bad = edm(url, "service", "secrets", "relay", *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad
 

@@ -18,8 +18,14 @@ from edm.providers.fake import FakeAdapter
 from edm.users.models import Role
 from tests.helpers import Account, api_client, make_account
 
-FAKE = {"name": "fake-1", "provider": "fake", "domain": "fake.example.com", "sending_interval_seconds": 0,
-        "max_concurrency": 2, "daily_quota": 1000}
+FAKE = {
+    "name": "fake-1",
+    "provider": "fake",
+    "domain": "fake.example.com",
+    "sending_interval_seconds": 0,
+    "max_concurrency": 2,
+    "daily_quota": 1000,
+}
 
 
 @pytest.fixture
@@ -37,26 +43,36 @@ async def create(client: httpx.AsyncClient, admin: Account, **overrides: Any) ->
 async def usage(sessionmaker: async_sessionmaker[AsyncSession], service_id: int) -> dict[str, int]:
     async with sessionmaker() as session:
         rows = (await session.scalars(select(ServiceDayUsage).where(ServiceDayUsage.service_id == service_id))).all()
-    return {"accepted": sum(r.accepted for r in rows), "failed": sum(r.failed for r in rows),
-            "uncertain": sum(r.uncertain for r in rows)}
+    return {
+        "accepted": sum(r.accepted for r in rows),
+        "failed": sum(r.failed for r in rows),
+        "uncertain": sum(r.uncertain for r in rows),
+    }
 
 
-async def logged_test_sends(sessionmaker: async_sessionmaker[AsyncSession],
-                            service_id: int) -> list[EmailServiceStatusLog]:
+async def logged_test_sends(
+    sessionmaker: async_sessionmaker[AsyncSession], service_id: int
+) -> list[EmailServiceStatusLog]:
     async with sessionmaker() as session:
-        return list(await session.scalars(select(EmailServiceStatusLog).where(
-            EmailServiceStatusLog.service_id == service_id, EmailServiceStatusLog.change == "test_send")
-            .order_by(EmailServiceStatusLog.id)))
+        return list(
+            await session.scalars(
+                select(EmailServiceStatusLog)
+                .where(EmailServiceStatusLog.service_id == service_id, EmailServiceStatusLog.change == "test_send")
+                .order_by(EmailServiceStatusLog.id)
+            )
+        )
 
 
 async def test_a_test_send_on_a_fake_service_is_accepted_counted_as_usage_and_logged(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
         sid = await create(client, admin)
         before = await usage(sessionmaker, sid)
-        answer = await client.post(f"/api/v1/admin/services/{sid}/test-send", json={"to": "someone@example.org"},
-                                   headers=admin.headers)
+        answer = await client.post(
+            f"/api/v1/admin/services/{sid}/test-send", json={"to": "someone@example.org"}, headers=admin.headers
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["classification"] == "accepted"
@@ -80,12 +96,14 @@ async def test_a_test_send_on_a_fake_service_is_accepted_counted_as_usage_and_lo
 
 
 async def test_an_auth_failure_in_a_test_send_is_reported_but_never_freezes_the_service(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
         sid = await create(client, admin, options={"auth_pct": 100})
-        answer = await client.post(f"/api/v1/admin/services/{sid}/test-send", json={"to": "someone@example.org"},
-                                   headers=admin.headers)
+        answer = await client.post(
+            f"/api/v1/admin/services/{sid}/test-send", json={"to": "someone@example.org"}, headers=admin.headers
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert (body["classification"], body["status"], body["provider_code"]) == ("auth_config", 401, "fake_auth")
@@ -102,12 +120,14 @@ async def test_an_auth_failure_in_a_test_send_is_reported_but_never_freezes_the_
 
 
 async def test_a_test_send_to_an_invalid_address_is_422_naming_the_to_field(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
         sid = await create(client, admin)
-        bad = await client.post(f"/api/v1/admin/services/{sid}/test-send", json={"to": "not an address"},
-                                headers=admin.headers)
+        bad = await client.post(
+            f"/api/v1/admin/services/{sid}/test-send", json={"to": "not an address"}, headers=admin.headers
+        )
         assert bad.status_code == 422, bad.text
         error = bad.json()["error"]
         assert error["message"].startswith("to: ") and "not a valid email address" in error["message"], bad.text
@@ -118,26 +138,31 @@ async def test_a_test_send_to_an_invalid_address_is_422_naming_the_to_field(
 
 
 async def test_a_test_send_on_an_unknown_service_is_404(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
-        missing = await client.post("/api/v1/admin/services/999999/test-send", json={"to": "a@example.org"},
-                                    headers=admin.headers)
+        missing = await client.post(
+            "/api/v1/admin/services/999999/test-send", json={"to": "a@example.org"}, headers=admin.headers
+        )
         assert missing.status_code == 404, missing.text
         assert missing.json()["error"]["code"] == "not_found"
 
 
 async def test_a_test_send_by_a_non_admin_is_403_and_sends_nothing(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     user = await make_account(sessionmaker, "alice")
     async with api_client(db_url, engine) as client:
         sid = await create(client, admin)
-        forbidden = await client.post(f"/api/v1/admin/services/{sid}/test-send", json={"to": "a@example.org"},
-                                      headers=user.headers)
+        forbidden = await client.post(
+            f"/api/v1/admin/services/{sid}/test-send", json={"to": "a@example.org"}, headers=user.headers
+        )
         assert forbidden.status_code == 403, forbidden.text
-        unsaved = await client.post("/api/v1/admin/services/test", headers=user.headers,
-                                    json={**FAKE, "name": "draft", "to": "a@example.org"})
+        unsaved = await client.post(
+            "/api/v1/admin/services/test", headers=user.headers, json={**FAKE, "name": "draft", "to": "a@example.org"}
+        )
         assert unsaved.status_code == 403, unsaved.text
     assert FakeAdapter.deliveries_for(sid) == [] and FakeAdapter.deliveries_for(0) == []
     assert await usage(sessionmaker, sid) == {"accepted": 0, "failed": 0, "uncertain": 0}
@@ -145,16 +170,21 @@ async def test_a_test_send_by_a_non_admin_is_403_and_sends_nothing(
 
 
 async def test_an_unsaved_configuration_is_tested_without_storing_anything(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
-        answer = await client.post("/api/v1/admin/services/test", headers=admin.headers,
-                                   json={**FAKE, "name": "draft", "to": "someone@example.org"})
+        answer = await client.post(
+            "/api/v1/admin/services/test",
+            headers=admin.headers,
+            json={**FAKE, "name": "draft", "to": "someone@example.org"},
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["classification"] == "accepted" and answer.json()["provider_message_id"]
         assert [d.to_address for d in FakeAdapter.deliveries_for(0)] == ["someone@example.org"]
-        bad = await client.post("/api/v1/admin/services/test", headers=admin.headers,
-                                json={**FAKE, "name": "draft", "to": "nope"})
+        bad = await client.post(
+            "/api/v1/admin/services/test", headers=admin.headers, json={**FAKE, "name": "draft", "to": "nope"}
+        )
         assert bad.status_code == 422 and bad.json()["error"]["message"].startswith("to: "), bad.text
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(EmailService)) == 0
@@ -163,12 +193,21 @@ async def test_an_unsaved_configuration_is_tested_without_storing_anything(
 
 
 async def test_an_unsaved_smtp_configuration_sends_a_test_marked_message_to_the_relay(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
-        answer = await client.post("/api/v1/admin/services/test", headers=admin.headers, json={
-            "name": "relay", "provider": "smtp", "domain": "mail.example.com", "to": "someone@example.org",
-            "options": {"host": sink.host, "port": sink.port, "security": "none"}})
+        answer = await client.post(
+            "/api/v1/admin/services/test",
+            headers=admin.headers,
+            json={
+                "name": "relay",
+                "provider": "smtp",
+                "domain": "mail.example.com",
+                "to": "someone@example.org",
+                "options": {"host": sink.host, "port": sink.port, "security": "none"},
+            },
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["classification"] == "accepted"
     assert await sink.wait_for_messages(1)
@@ -180,13 +219,23 @@ async def test_an_unsaved_smtp_configuration_sends_a_test_marked_message_to_the_
 
 
 async def test_a_test_send_through_an_smtp_service_arrives_at_the_relay_marked_test(
-        db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink) -> None:
+    db_url: str, engine: Any, sessionmaker: async_sessionmaker[AsyncSession], sink: SmtpSink
+) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
-        sid = await create(client, admin, name="relay", provider="smtp", domain="mail.example.com",
-                           options={"host": sink.host, "port": sink.port, "security": "none"})
-        answer = await client.post(f"/api/v1/admin/services/{sid}/test-send", headers=admin.headers,
-                                   json={"to": "someone@example.org", "subject": "hello relay"})
+        sid = await create(
+            client,
+            admin,
+            name="relay",
+            provider="smtp",
+            domain="mail.example.com",
+            options={"host": sink.host, "port": sink.port, "security": "none"},
+        )
+        answer = await client.post(
+            f"/api/v1/admin/services/{sid}/test-send",
+            headers=admin.headers,
+            json={"to": "someone@example.org", "subject": "hello relay"},
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["classification"] == "accepted"
     assert await sink.wait_for_messages(1)

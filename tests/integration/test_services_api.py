@@ -6,11 +6,18 @@ from edm.security.keys import generate_encryption_key, generate_secret_key
 from edm.users.models import Role
 from tests.helpers import api_client, make_account
 
-SERVICE = {"name": "relay-1", "provider": "smtp", "domain": "mail.example.com",
-           "options": {"host": "127.0.0.1", "port": 2525, "security": "none"},
-           "credentials": {"username": "mailer", "password": "s3cret-password-value"},
-           "sending_interval_seconds": 0.02, "max_concurrency": 4, "daily_quota": 500,
-           "timezone": "Asia/Shanghai", "quota_reset_time": "02:00"}
+SERVICE = {
+    "name": "relay-1",
+    "provider": "smtp",
+    "domain": "mail.example.com",
+    "options": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+    "credentials": {"username": "mailer", "password": "s3cret-password-value"},
+    "sending_interval_seconds": 0.02,
+    "max_concurrency": 4,
+    "daily_quota": 500,
+    "timezone": "Asia/Shanghai",
+    "quota_reset_time": "02:00",
+}
 
 
 async def test_service_admin_flow(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
@@ -27,26 +34,30 @@ async def test_service_admin_flow(db_url, engine, sessionmaker):  # type: ignore
         listed = await client.get("/api/v1/admin/services", headers=admin.headers)
         assert "s3cret" not in listed.text and listed.json()[0]["state"] == "available"
 
-        kept = await client.patch(f"/api/v1/admin/services/{sid}", headers=admin.headers,
-                                  json={"credentials": {"password": ""}, "daily_quota": 600})
+        kept = await client.patch(
+            f"/api/v1/admin/services/{sid}",
+            headers=admin.headers,
+            json={"credentials": {"password": ""}, "daily_quota": 600},
+        )
         assert kept.status_code == 200 and kept.json()["credentials_set"] and kept.json()["daily_quota"] == 600
 
-        frozen = await client.post(f"/api/v1/admin/services/{sid}/freeze", json={"reason": "maintenance"},
-                                   headers=admin.headers)
+        frozen = await client.post(
+            f"/api/v1/admin/services/{sid}/freeze", json={"reason": "maintenance"}, headers=admin.headers
+        )
         assert frozen.status_code == 200
         state = (await client.get(f"/api/v1/admin/services/{sid}", headers=admin.headers)).json()
         assert state["state"] == "frozen" and state["frozen_reason"] == "manual"
         await client.post(f"/api/v1/admin/services/{sid}/unfreeze", headers=admin.headers)
-        usage = await client.post(f"/api/v1/admin/services/{sid}/usage", json={"used_today": 42},
-                                  headers=admin.headers)
+        usage = await client.post(f"/api/v1/admin/services/{sid}/usage", json={"used_today": 42}, headers=admin.headers)
         assert usage.json()["adjustment_delta"] == 42
         state = (await client.get(f"/api/v1/admin/services/{sid}", headers=admin.headers)).json()
         assert state["state"] == "available" and state["used_today"] == 42
         log = (await client.get(f"/api/v1/admin/status-log?service_id={sid}", headers=admin.headers)).json()["items"]
         assert [entry["change"] for entry in log][:3] == ["usage_adjusted", "unfrozen", "frozen"]
 
-        mapped = await client.post("/api/v1/admin/mappings", json={"user_ids": [user.id], "service_ids": [sid]},
-                                   headers=admin.headers)
+        mapped = await client.post(
+            "/api/v1/admin/mappings", json={"user_ids": [user.id], "service_ids": [sid]}, headers=admin.headers
+        )
         assert mapped.status_code == 201
         mine = (await client.get("/api/v1/me/services", headers=user.headers)).json()
         assert mine == [{"id": sid, "label": "Channel 1", "domain": "mail.example.com", "sending_now": True}]
@@ -58,10 +69,15 @@ async def test_service_admin_flow(db_url, engine, sessionmaker):  # type: ignore
 async def test_service_bad_input(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     async with api_client(db_url, engine) as client:
-        for field, value in [("sending_interval_seconds", -1), ("max_concurrency", 0), ("quota_reset_time", "25:00"),
-                             ("domain", "not a host"), ("provider", "carrier-pigeon"), ("timezone", "Mars/Base")]:
-            answer = await client.post("/api/v1/admin/services", json={**SERVICE, field: value},
-                                       headers=admin.headers)
+        for field, value in [
+            ("sending_interval_seconds", -1),
+            ("max_concurrency", 0),
+            ("quota_reset_time", "25:00"),
+            ("domain", "not a host"),
+            ("provider", "carrier-pigeon"),
+            ("timezone", "Mars/Base"),
+        ]:
+            answer = await client.post("/api/v1/admin/services", json={**SERVICE, field: value}, headers=admin.headers)
             assert answer.status_code == 422, (field, answer.text)
             assert field in answer.json()["error"]["message"], answer.text
         await client.post("/api/v1/admin/services", json=SERVICE, headers=admin.headers)
@@ -73,10 +89,14 @@ async def test_service_bad_input(db_url, engine, sessionmaker):  # type: ignore[
 
 async def test_fake_provider_refused_in_production(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    async with api_client(db_url, engine, env="production", secret_key=generate_secret_key(),
-                          encryption_keys=generate_encryption_key()) as client:
-        answer = await client.post("/api/v1/admin/services", headers=admin.headers,
-                                   json={"name": "f", "provider": "fake", "domain": "f.example.com"})
+    async with api_client(
+        db_url, engine, env="production", secret_key=generate_secret_key(), encryption_keys=generate_encryption_key()
+    ) as client:
+        answer = await client.post(
+            "/api/v1/admin/services",
+            headers=admin.headers,
+            json={"name": "f", "provider": "fake", "domain": "f.example.com"},
+        )
         assert answer.status_code == 422 and "provider" in answer.json()["error"]["message"]
 
 
@@ -86,21 +106,37 @@ async def test_provider_options_and_batch_size_are_checked_when_saved(db_url, en
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
     base = {"provider": "sendgrid", "domain": "mail.example.com", "credentials": {"api_key": "SG.secret"}}
     async with api_client(db_url, engine) as client:
-        bad_region = await client.post("/api/v1/admin/services", headers=admin.headers,
-                                       json={**base, "name": "sg-1", "options": {"region": "mars"}})
+        bad_region = await client.post(
+            "/api/v1/admin/services",
+            headers=admin.headers,
+            json={**base, "name": "sg-1", "options": {"region": "mars"}},
+        )
         assert bad_region.status_code == 422 and "region" in bad_region.json()["error"]["message"]
-        too_big = await client.post("/api/v1/admin/services", headers=admin.headers,
-                                    json={**base, "name": "ses-1", "provider": "ses", "batch_size": 50,
-                                          "options": {"region": "eu-west-1"}})
+        too_big = await client.post(
+            "/api/v1/admin/services",
+            headers=admin.headers,
+            json={**base, "name": "ses-1", "provider": "ses", "batch_size": 50, "options": {"region": "eu-west-1"}},
+        )
         assert too_big.status_code == 422
         assert too_big.json()["error"]["details"][0]["field"] == "batch_size"
-        fine = await client.post("/api/v1/admin/services", headers=admin.headers,
-                                 json={**base, "name": "sg-2", "batch_size": 500, "options": {"region": "eu"}})
+        fine = await client.post(
+            "/api/v1/admin/services",
+            headers=admin.headers,
+            json={**base, "name": "sg-2", "batch_size": 500, "options": {"region": "eu"}},
+        )
         assert fine.status_code == 201, fine.text
-        later = await client.patch(f"/api/v1/admin/services/{fine.json()['id']}", headers=admin.headers,
-                                   json={"options": {"region": "moon"}})
+        later = await client.patch(
+            f"/api/v1/admin/services/{fine.json()['id']}", headers=admin.headers, json={"options": {"region": "moon"}}
+        )
         assert later.status_code == 422
-        no_url = await client.post("/api/v1/admin/services", headers=admin.headers,
-                                   json={"name": "fake-events", "provider": "fake", "domain": "f.example.com",
-                                         "options": {"events": {"delivered_pct": 90}}})
+        no_url = await client.post(
+            "/api/v1/admin/services",
+            headers=admin.headers,
+            json={
+                "name": "fake-events",
+                "provider": "fake",
+                "domain": "f.example.com",
+                "options": {"events": {"delivered_pct": 90}},
+            },
+        )
         assert no_url.status_code == 422 and no_url.json()["error"]["details"][0]["field"] == "options"

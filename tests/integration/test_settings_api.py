@@ -35,20 +35,32 @@ async def test_every_key_is_listed_with_its_value_and_default(client: httpx.Asyn
     assert r.status_code == 200, r.text
     items = {i["key"]: i for i in r.json()["items"]}
     assert set(items) == set(KEYS)
-    assert items["bounce.soft_limit"] == {"key": "bounce.soft_limit", "value": 3, "default": 3, "updated_by": None,
-                                          "updated_at": None}
+    assert items["bounce.soft_limit"] == {
+        "key": "bounce.soft_limit",
+        "value": 3,
+        "default": 3,
+        "updated_by": None,
+        "updated_at": None,
+    }
     assert items["suppression.unsubscribe_scope"]["default"] == "user"
     assert items["tracking.proxy_cidrs"]["value"] == []
 
 
 async def test_a_change_is_stored_audited_and_read_back(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     admin = await make_account(sessionmaker, "root", role=Role.ADMIN)
-    body = {"bounce.soft_limit": 2, "suppression.unsubscribe_scope": "global",
-            "tracking.proxy_cidrs": "66.102.0.0/20, 10.1.2.3/8", "retry.max_attempts": 5}
+    body = {
+        "bounce.soft_limit": 2,
+        "suppression.unsubscribe_scope": "global",
+        "tracking.proxy_cidrs": "66.102.0.0/20, 10.1.2.3/8",
+        "retry.max_attempts": 5,
+    }
     r = await client.patch(URL, json=body, headers=admin.headers)
     assert r.status_code == 200, r.text
-    assert sorted(r.json()["changed"]) == ["bounce.soft_limit", "suppression.unsubscribe_scope",
-                                           "tracking.proxy_cidrs"], "retry.max_attempts already had that value"
+    assert sorted(r.json()["changed"]) == [
+        "bounce.soft_limit",
+        "suppression.unsubscribe_scope",
+        "tracking.proxy_cidrs",
+    ], "retry.max_attempts already had that value"
     items = {i["key"]: i for i in r.json()["items"]}
     assert (items["bounce.soft_limit"]["value"], items["bounce.soft_limit"]["default"]) == (2, 3)
     assert items["bounce.soft_limit"]["updated_by"] == admin.id and items["bounce.soft_limit"]["updated_at"]
@@ -65,10 +77,23 @@ async def test_a_change_is_stored_audited_and_read_back(client: httpx.AsyncClien
     audits = await _audits(sessionmaker)
     assert sorted(audits[:3], key=lambda a: str(a[4])) == [
         ("settings.update", admin.id, "token", "setting", "bounce.soft_limit", {"old": 3, "new": 2}),
-        ("settings.update", admin.id, "token", "setting", "suppression.unsubscribe_scope",
-         {"old": "user", "new": "global"}),
-        ("settings.update", admin.id, "token", "setting", "tracking.proxy_cidrs",
-         {"old": [], "new": ["66.102.0.0/20", "10.0.0.0/8"]})]
+        (
+            "settings.update",
+            admin.id,
+            "token",
+            "setting",
+            "suppression.unsubscribe_scope",
+            {"old": "user", "new": "global"},
+        ),
+        (
+            "settings.update",
+            admin.id,
+            "token",
+            "setting",
+            "tracking.proxy_cidrs",
+            {"old": [], "new": ["66.102.0.0/20", "10.0.0.0/8"]},
+        ),
+    ]
     assert audits[3] == ("settings.update", admin.id, "token", "setting", "bounce.soft_limit", {"old": 2, "new": 4})
 
 
@@ -156,10 +181,16 @@ def test_settings_through_the_cli(cli_db: tuple[str, Path]) -> None:
     assert "* bounce.soft_limit = 2  (default 3)" in text and "  retry.max_attempts = 5" in text
 
     with sqlite3.connect(path) as db:
-        audits = db.execute("SELECT action, actor_user_id, actor_kind, target_id, details FROM audit_log "
-                            "ORDER BY id").fetchall()
+        audits = db.execute(
+            "SELECT action, actor_user_id, actor_kind, target_id, details FROM audit_log ORDER BY id"
+        ).fetchall()
     assert [(a, u, k, t, json.loads(d)) for a, u, k, t, d in audits][0] == (
-        "settings.update", None, "cli", "bounce.soft_limit", {"old": 3, "new": 2})
+        "settings.update",
+        None,
+        "cli",
+        "bounce.soft_limit",
+        {"old": 3, "new": 2},
+    )
     assert len(audits) == 3
 
 

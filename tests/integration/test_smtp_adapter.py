@@ -27,12 +27,17 @@ def sink() -> Iterator[SmtpSink]:
         yield running
 
 
-def smtp_config(port: int, *, max_concurrency: int = 2, timeout: float = 2.0, creds: dict[str, Any] | None = None,
-                **options: Any) -> ServiceConfig:
+def smtp_config(
+    port: int, *, max_concurrency: int = 2, timeout: float = 2.0, creds: dict[str, Any] | None = None, **options: Any
+) -> ServiceConfig:
     return ServiceConfig(
-        service_id=1, provider="smtp", domain="example.com", credentials=creds or {},
+        service_id=1,
+        provider="smtp",
+        domain="example.com",
+        credentials=creds or {},
         options={"host": "127.0.0.1", "port": port, "security": "none", "helo_name": "edm.test", **options},
-        max_concurrency=max_concurrency, request_timeout_seconds=timeout,
+        max_concurrency=max_concurrency,
+        request_timeout_seconds=timeout,
     )
 
 
@@ -44,9 +49,17 @@ def message(i: int, to: str = "reader@example.org") -> OutboundMessage:
     mail["X-EDM-SubTask-Id"] = f"st_{i}"
     mail.set_content(f"Hello {i}\n.a line starting with a dot\nbye\n")
     return OutboundMessage(
-        key=f"st_{i}", envelope_from=f"b+st_{i}@bounce.example.com", from_address="news@example.com",
-        from_name="News", to_address=to, to_name="", subject=f"Spring campaign {i}", html="", text="",
-        custom_args={"subtask_id": f"st_{i}"}, mime=mail.as_bytes(),
+        key=f"st_{i}",
+        envelope_from=f"b+st_{i}@bounce.example.com",
+        from_address="news@example.com",
+        from_name="News",
+        to_address=to,
+        to_name="",
+        subject=f"Spring campaign {i}",
+        html="",
+        text="",
+        custom_args={"subtask_id": f"st_{i}"},
+        mime=mail.as_bytes(),
     )
 
 
@@ -306,13 +319,21 @@ def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     return context

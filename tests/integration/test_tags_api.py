@@ -19,7 +19,6 @@ from tests.helpers import expect_error as _error
 API = "/api/v1"
 
 
-
 async def _tag(client: httpx.AsyncClient, who: Account, name: str, **fields: Any) -> dict[str, Any]:
     r = await client.post(f"{API}/tags", json={"name": name, **fields}, headers=who.headers)
     assert r.status_code == 201, r.text
@@ -33,7 +32,6 @@ async def _contacts(client: httpx.AsyncClient, who: Account, n: int, prefix: str
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     return ids
-
 
 
 async def test_create_roots_and_children(client: httpx.AsyncClient, sessionmaker: Any) -> None:
@@ -132,8 +130,14 @@ async def test_delete_refused_while_referenced(client: httpx.AsyncClient, sessio
     async with unit_of_work(sessionmaker) as session:
         rule = {"type": "tag_based", "include_tag_ids": [1000], "exclude_tag_ids": [child["id"]]}
         session.add(Task(user_id=alice.id, name="Spring", status="draft", recipient_rule=rule))
-        session.add(Task(user_id=alice.id, name="Old", status="completed",
-                         recipient_rule={"type": "tag_based", "include_tag_ids": [child["id"]]}))
+        session.add(
+            Task(
+                user_id=alice.id,
+                name="Old",
+                status="completed",
+                recipient_rule={"type": "tag_based", "include_tag_ids": [child["id"]]},
+            )
+        )
     body = _error(await client.delete(f"{API}/tags/{child['id']}", headers=alice.headers), 409, "in_use")
     assert [t["name"] for t in body["tasks"]] == ["Spring"]
 
@@ -183,8 +187,9 @@ async def test_other_users_tags_are_not_found(client: httpx.AsyncClient, session
     _error(await client.patch(url, json={"name": "x"}, headers=bob.headers), 404, "not_found")
     _error(await client.delete(url, headers=bob.headers), 404, "not_found")
     _error(await client.get(f"{url}/contacts", headers=bob.headers), 404, "not_found")
-    _error(await client.post(f"{url}/contacts", json={"contact_ids": [bob_contact]}, headers=bob.headers),
-           404, "not_found")
+    _error(
+        await client.post(f"{url}/contacts", json={"contact_ids": [bob_contact]}, headers=bob.headers), 404, "not_found"
+    )
     assert (await client.get(f"{API}/tags", headers=bob.headers)).json()["items"] == []
     assert (await client.get(f"{API}/tags/tree", headers=bob.headers)).json() == []
 
@@ -194,11 +199,13 @@ async def test_read_only_token_cannot_change_tags(client: httpx.AsyncClient, ses
     reader = await make_account(sessionmaker, "reader", scope="read")
     tag = await _tag(client, alice, "VIP")
     _error(await client.post(f"{API}/tags", json={"name": "x"}, headers=reader.headers), 403, "forbidden")
-    _error(await client.patch(f"{API}/tags/{tag['id']}", json={"name": "x"}, headers=reader.headers),
-           403, "forbidden")
+    _error(await client.patch(f"{API}/tags/{tag['id']}", json={"name": "x"}, headers=reader.headers), 403, "forbidden")
     _error(await client.delete(f"{API}/tags/{tag['id']}", headers=reader.headers), 403, "forbidden")
-    _error(await client.post(f"{API}/tags/{tag['id']}/contacts", json={"contact_ids": [1]}, headers=reader.headers),
-           403, "forbidden")
+    _error(
+        await client.post(f"{API}/tags/{tag['id']}/contacts", json={"contact_ids": [1]}, headers=reader.headers),
+        403,
+        "forbidden",
+    )
     assert (await client.get(f"{API}/tags", headers=reader.headers)).status_code == 200
 
 
@@ -236,8 +243,11 @@ async def test_move_reparents_and_keeps_the_tree_two_levels(client: httpx.AsyncC
     r = await client.post(f"{API}/tags/{child['id']}/move", json={"parent_id": None}, headers=alice.headers)
     _error(r, 409, "conflict")  # a root "Kid" exists
     # Another user's tag or parent, unknown fields, read-only.
-    _error(await client.post(f"{API}/tags/{loose['id']}/move", json={"parent_id": None}, headers=bob.headers),
-           404, "not_found")
+    _error(
+        await client.post(f"{API}/tags/{loose['id']}/move", json={"parent_id": None}, headers=bob.headers),
+        404,
+        "not_found",
+    )
     bob_root = await _tag(client, bob, "Root")
     r = await client.post(f"{API}/tags/{loose['id']}/move", json={"parent_id": bob_root["id"]}, headers=alice.headers)
     _error(r, 422, "validation_error")
@@ -256,17 +266,21 @@ async def _split_members(sessionmaker: Any, user_id: int, n: int, name: str = "L
 
 async def _group_members(sessionmaker: Any, groups: list[dict[str, Any]]) -> list[list[int]]:
     async with sessionmaker() as session:
-        return [sorted(await session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id == g["id"])))
-                for g in groups]
+        return [
+            sorted(await session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id == g["id"])))
+            for g in groups
+        ]
 
 
 @pytest.mark.parametrize(("n", "sizes"), [(10, [3, 7]), (1001, [250, 751])])
-async def test_split_sizes_follow_largest_remainder(client: httpx.AsyncClient, sessionmaker: Any, n: int,
-                                                   sizes: list[int]) -> None:
+async def test_split_sizes_follow_largest_remainder(
+    client: httpx.AsyncClient, sessionmaker: Any, n: int, sizes: list[int]
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     tag_id, ids = await _split_members(sessionmaker, alice.id, n)
-    r = await client.post(f"{API}/tags/{tag_id}/split", json={"group_count": 2, "ratios": [0.25, 0.75], "seed": 7},
-                          headers=alice.headers)
+    r = await client.post(
+        f"{API}/tags/{tag_id}/split", json={"group_count": 2, "ratios": [0.25, 0.75], "seed": 7}, headers=alice.headers
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["seed"] == 7 and body["source_count"] == n
@@ -286,6 +300,7 @@ def test_split_assignment_is_fisher_yates_over_sorted_members() -> None:
     import random
 
     from edm.contacts.split import assign, group_sizes, shuffled
+
     assert group_sizes(10, [1 / 3, 1 / 3, 1 / 3]) == [4, 3, 3]
     assert group_sizes(7, [0.5, 0.5]) == [4, 3]
     assert group_sizes(0, [0.5, 0.5]) == [0, 0]
@@ -298,8 +313,9 @@ def test_split_assignment_is_fisher_yates_over_sorted_members() -> None:
     assert assign(list(range(1, 11)), [3, 7], 42) == [expected[:3], expected[3:]]
 
 
-async def test_same_seed_gives_same_groups_and_regroup_replaces_them(client: httpx.AsyncClient,
-                                                                     sessionmaker: Any) -> None:
+async def test_same_seed_gives_same_groups_and_regroup_replaces_them(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     first_tag, _ = await _split_members(sessionmaker, alice.id, 40, "First")
     url = f"{API}/tags/{first_tag}/split"
@@ -315,11 +331,12 @@ async def test_same_seed_gives_same_groups_and_regroup_replaces_them(client: htt
     assert [g["name"] for g in again.json()["groups"]] == ["A", "B", "C"]
     assert await _group_members(sessionmaker, again.json()["groups"]) == before
     # Regroup with another seed and 2 groups: old groups are gone, every member in one new group.
-    other = (await client.post(url, json={"group_count": 2, "seed": 9, "regroup": True},
-                               headers=alice.headers)).json()
+    other = (await client.post(url, json={"group_count": 2, "seed": 9, "regroup": True}, headers=alice.headers)).json()
     tree = (await client.get(f"{API}/tags/tree", headers=alice.headers)).json()
     assert [c["name"] for c in next(t for t in tree if t["id"] == first_tag)["children"]] == [
-        "First group 1", "First group 2"]
+        "First group 1",
+        "First group 2",
+    ]
     after = await _group_members(sessionmaker, other["groups"])
     assert sorted(after[0] + after[1]) == sorted(sum(before, []))
     # No seed: a random one is chosen, stored and returned.
@@ -335,17 +352,28 @@ async def test_split_refusals(client: httpx.AsyncClient, sessionmaker: Any) -> N
     tag_id, _ = await _split_members(sessionmaker, alice.id, 6)
     child = await _tag(client, alice, "Kid", parent_id=tag_id)
     url = f"{API}/tags/{tag_id}/split"
-    for body in [{"group_count": 1}, {"group_count": 11}, {"group_count": 2, "ratios": [0.5, 0.4]},
-                 {"group_count": 2, "ratios": [0.5, 0.25, 0.25]}, {"group_count": 2, "ratios": [1.5, -0.5]},
-                 {"group_count": 2, "group_names": ["x", "x"]}, {"group_count": 2, "group_names": ["a/b", "c"]},
-                 {"group_count": 2, "seed": -1}, {"group_count": 2, "extra": 1}]:
+    for body in [
+        {"group_count": 1},
+        {"group_count": 11},
+        {"group_count": 2, "ratios": [0.5, 0.4]},
+        {"group_count": 2, "ratios": [0.5, 0.25, 0.25]},
+        {"group_count": 2, "ratios": [1.5, -0.5]},
+        {"group_count": 2, "group_names": ["x", "x"]},
+        {"group_count": 2, "group_names": ["a/b", "c"]},
+        {"group_count": 2, "seed": -1},
+        {"group_count": 2, "extra": 1},
+    ]:
         _error(await client.post(url, json=body, headers=alice.headers), 422, "validation_error")
     r = await client.post(url, json={"group_count": 2, "ratios": [0.1 + 0.2, 0.7]}, headers=alice.headers)
     assert r.status_code == 201, r.text  # 1 ± 1e-9 is accepted
-    _error(await client.post(f"{API}/tags/{child['id']}/split", json={"group_count": 2}, headers=alice.headers),
-           422, "validation_error")  # only roots
-    r = await client.post(url, json={"group_count": 2, "regroup": True, "group_names": ["Kid", "Other"]},
-                          headers=alice.headers)
+    _error(
+        await client.post(f"{API}/tags/{child['id']}/split", json={"group_count": 2}, headers=alice.headers),
+        422,
+        "validation_error",
+    )  # only roots
+    r = await client.post(
+        url, json={"group_count": 2, "regroup": True, "group_names": ["Kid", "Other"]}, headers=alice.headers
+    )
     _error(r, 409, "conflict")  # a non-split child has that name
     _error(await client.post(url, json={"group_count": 2}, headers=bob.headers), 404, "not_found")
     _error(await client.post(url, json={"group_count": 2}, headers=reader.headers), 403, "forbidden")

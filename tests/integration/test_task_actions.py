@@ -34,11 +34,21 @@ async def _content(sessionmaker: Any, user_id: int, recipients: int = 5) -> tupl
 
 
 def _body(sender: int, first: int, second: int, **extra: Any) -> dict[str, Any]:
-    return {"name": "spring", "description": "the spring sale", "sender_id": sender,
-            "templates": [{"template_id": first, "weight": 3}, {"template_id": second, "weight": 1}],
-            "recipient_rule": {"type": "all_contacts"}, "timezone": "Asia/Shanghai", "priority": 2,
-            "track_opens": False, "track_clicks": True, "on_capacity_exhausted": "pause",
-            "allowed_service_ids": [7, 3], "error_thresholds": {"min_sample": 50, "max_bounce_rate": 0.2}, **extra}
+    return {
+        "name": "spring",
+        "description": "the spring sale",
+        "sender_id": sender,
+        "templates": [{"template_id": first, "weight": 3}, {"template_id": second, "weight": 1}],
+        "recipient_rule": {"type": "all_contacts"},
+        "timezone": "Asia/Shanghai",
+        "priority": 2,
+        "track_opens": False,
+        "track_clicks": True,
+        "on_capacity_exhausted": "pause",
+        "allowed_service_ids": [7, 3],
+        "error_thresholds": {"min_sample": 50, "max_bounce_rate": 0.2},
+        **extra,
+    }
 
 
 async def _create(client: httpx.AsyncClient, who: Account, body: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +71,13 @@ async def _generated(client: httpx.AsyncClient, sessionmaker: Any, who: Account,
 async def _balance_and_refunds(sessionmaker: Any, user_id: int, task_id: int) -> tuple[int, list[int]]:
     async with unit_of_work(sessionmaker) as session:
         balance = await session.scalar(select(User.credit_balance).where(User.id == user_id))
-        refunds = list(await session.scalars(select(QuotaLedgerEntry.amount).where(
-            QuotaLedgerEntry.task_id == task_id, QuotaLedgerEntry.kind == LedgerKind.REFUND)
-            .order_by(QuotaLedgerEntry.id)))
+        refunds = list(
+            await session.scalars(
+                select(QuotaLedgerEntry.amount)
+                .where(QuotaLedgerEntry.task_id == task_id, QuotaLedgerEntry.kind == LedgerKind.REFUND)
+                .order_by(QuotaLedgerEntry.id)
+            )
+        )
     return int(balance or 0), refunds
 
 
@@ -76,8 +90,18 @@ async def _subtasks(client: httpx.AsyncClient, who: Account, task_id: int) -> li
 # ---- copy ---------------------------------------------------------------------------------------------
 
 
-COPIED = ("description", "sender_id", "recipient_rule", "timezone", "priority", "track_opens", "track_clicks",
-          "on_capacity_exhausted", "allowed_service_ids", "error_thresholds")
+COPIED = (
+    "description",
+    "sender_id",
+    "recipient_rule",
+    "timezone",
+    "priority",
+    "track_opens",
+    "track_clicks",
+    "on_capacity_exhausted",
+    "allowed_service_ids",
+    "error_thresholds",
+)
 
 
 async def test_copy_is_an_independent_draft_with_the_same_content(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
@@ -101,9 +125,16 @@ async def test_copy_is_an_independent_draft_with_the_same_content(db_url, engine
         history = (await client.get(f"{API}/tasks/{copy['id']}/status-history", headers=alice.headers)).json()
         assert [h["to"] for h in history] == ["draft"]
 
-        edited = await client.patch(f"{API}/tasks/{copy['id']}", headers=alice.headers, json={
-            "name": "autumn", "priority": 9, "templates": [{"template_id": second, "weight": 5}],
-            "error_thresholds": {"min_sample": 10}})
+        edited = await client.patch(
+            f"{API}/tasks/{copy['id']}",
+            headers=alice.headers,
+            json={
+                "name": "autumn",
+                "priority": 9,
+                "templates": [{"template_id": second, "weight": 5}],
+                "error_thresholds": {"min_sample": 10},
+            },
+        )
         assert edited.status_code == 200, edited.text
         again = (await client.get(f"{API}/tasks/{source_id}", headers=alice.headers)).json()
         assert again["name"] == "spring" and again["priority"] == 2
@@ -127,8 +158,11 @@ async def test_copy_names_and_what_no_longer_exists(db_url, engine, sessionmaker
         # A cancelled task whose sender was archived and one template deleted afterwards.
         source = await _create(client, alice, _body(sender, first, second))
         for action in ("schedule", "cancel"):
-            r = await client.post(f"{API}/tasks/{source['id']}/{action}", json={"now": True} if action == "schedule"
-                                  else None, headers=alice.headers)
+            r = await client.post(
+                f"{API}/tasks/{source['id']}/{action}",
+                json={"now": True} if action == "schedule" else None,
+                headers=alice.headers,
+            )
             assert r.status_code == 200, r.text
         for draft in (long["id"], copy["id"]):  # drafts hold their templates
             assert (await client.delete(f"{API}/tasks/{draft}", headers=alice.headers)).status_code == 204
@@ -146,9 +180,12 @@ async def test_copy_names_and_what_no_longer_exists(db_url, engine, sessionmaker
 
 async def _cast(sessionmaker: Any) -> tuple[Account, Account, Account, Account]:
     """alice (the owner), bob (another user), an admin and a read-only user."""
-    return (await make_account(sessionmaker, "alice", credit=100), await make_account(sessionmaker, "bob", credit=100),
-            await make_account(sessionmaker, "root", role=Role.ADMIN),
-            await make_account(sessionmaker, "reader", role=Role.READ_ONLY))
+    return (
+        await make_account(sessionmaker, "alice", credit=100),
+        await make_account(sessionmaker, "bob", credit=100),
+        await make_account(sessionmaker, "root", role=Role.ADMIN),
+        await make_account(sessionmaker, "reader", role=Role.READ_ONLY),
+    )
 
 
 async def test_copy_isolation_and_roles(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
@@ -192,15 +229,20 @@ async def test_batch_pause_and_resume_with_partial_failures(db_url, engine, sess
         assert "cannot pause a task that is draft" in by_id[draft]["error"]["message"]
         assert by_id[999999]["error"]["code"] == "not_found" and by_id[bobs]["error"]["code"] == "not_found"
         assert (body["applied"], body["failed"]) == (2, 3)
-        statuses = {t: (await client.get(f"{API}/tasks/{t}", headers=alice.headers)).json()["status"]
-                    for t in (draft, scheduled, queued)}
+        statuses = {
+            t: (await client.get(f"{API}/tasks/{t}", headers=alice.headers)).json()["status"]
+            for t in (draft, scheduled, queued)
+        }
         assert statuses == {draft: "draft", scheduled: "paused", queued: "paused"}, "the failures rolled back nothing"
         assert (await client.get(f"{API}/tasks/{bobs}", headers=bob.headers)).json()["status"] == "draft"
         history = (await client.get(f"{API}/tasks/{queued}/status-history", headers=alice.headers)).json()
         assert history[-1]["to"] == "paused" and history[-1]["actor"] == str(alice.id)
 
-        r = await client.post(f"{API}/tasks/batch", json={"action": "resume", "task_ids": [scheduled, queued, draft]},
-                              headers=alice.headers)
+        r = await client.post(
+            f"{API}/tasks/batch",
+            json={"action": "resume", "task_ids": [scheduled, queued, draft]},
+            headers=alice.headers,
+        )
         results = r.json()["results"]
         assert [(x["ok"], x.get("status")) for x in results] == [(True, "scheduled"), (True, "queued"), (False, None)]
 
@@ -218,8 +260,11 @@ async def test_batch_roles_and_bad_bodies(db_url, engine, sessionmaker):  # type
         assert paused["results"] == [{"task_id": task, "ok": True, "status": "paused"}]
         resumed = (await client.post(url, json={"action": "resume", "task_ids": [task]}, headers=admin.headers)).json()
         assert resumed["results"][0]["error"]["code"] == "not_found"
-        expect_error(await client.post(url, json={"action": "pause", "task_ids": [task]}, headers=reader.headers),
-                     403, "forbidden")
+        expect_error(
+            await client.post(url, json={"action": "pause", "task_ids": [task]}, headers=reader.headers),
+            403,
+            "forbidden",
+        )
         for bad, field, words in (
             ({"action": "pause", "task_ids": [task, 5, task]}, "task_ids", "listed more than once: " + str(task)),
             ({"action": "pause", "task_ids": list(range(1, 52))}, "task_ids", "50"),
@@ -247,8 +292,11 @@ async def test_cancel_recipients_refunds_once(db_url, engine, sessionmaker):  # 
         assert await _balance_and_refunds(sessionmaker, alice.id, task) == (94, [])
         rows = await _subtasks(client, alice, task)
         url = f"{API}/tasks/{task}/subtasks/cancel"
-        by_email = await client.post(url, json={"emails": [f" U{alice.id}-0@example.net", f"u{alice.id}-1@example.net",
-                                                           "nobody@example.net"]}, headers=alice.headers)
+        by_email = await client.post(
+            url,
+            json={"emails": [f" U{alice.id}-0@example.net", f"u{alice.id}-1@example.net", "nobody@example.net"]},
+            headers=alice.headers,
+        )
         assert by_email.status_code == 200, by_email.text
         assert by_email.json() == {"cancelled": 2, "not_pending": 0, "not_found": 1}
         assert await _balance_and_refunds(sessionmaker, alice.id, task) == (96, [2])
@@ -294,8 +342,10 @@ async def test_cancel_recipients_never_touches_claimed_rows(db_url, engine, sess
         assert {e for e, s in states.items() if s == "cancelled"} == set(everyone) - claimed
         assert await _balance_and_refunds(sessionmaker, alice.id, task) == (98, [2])
         now = clock.utc_now()
-        accepted = [queue.ItemOutcome(i, SendResult(str(i.public_id), Outcome.ACCEPTED, provider_message_id=f"p{n}"),
-                                      now) for n, i in enumerate(claim.items)]
+        accepted = [
+            queue.ItemOutcome(i, SendResult(str(i.public_id), Outcome.ACCEPTED, provider_message_id=f"p{n}"), now)
+            for n, i in enumerate(claim.items)
+        ]
         async with unit_of_work(sessionmaker) as session:
             await queue.record(session, claim=claim, outcomes=accepted, now=now, policy=Policy())
         async with unit_of_work(sessionmaker) as session:
@@ -349,8 +399,16 @@ async def test_cli_copy_batch_and_cancel_recipients(db_url, engine, sessionmaker
     bad = edm(db_url, "task", "batch", "stop", str(task))
     assert bad.returncode == 2 and "pause, resume" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
-    cancelled = edm(db_url, "task", "cancel-recipients", str(task), "--email", f"u{alice.id}-0@example.net",
-                    "--email", "nobody@example.net")
+    cancelled = edm(
+        db_url,
+        "task",
+        "cancel-recipients",
+        str(task),
+        "--email",
+        f"u{alice.id}-0@example.net",
+        "--email",
+        "nobody@example.net",
+    )
     assert cancelled.returncode == 0, cancelled.stderr
     assert f"task {task}: 1 cancelled, 0 no longer pending, 1 not found" in cancelled.stdout
     neither = edm(db_url, "task", "cancel-recipients", str(task))

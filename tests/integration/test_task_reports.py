@@ -62,8 +62,10 @@ MON = dt.datetime(2025, 3, 10, tzinfo=UTC)
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0"
 BOT = "python-requests/2.31"
 SALE, NEW = "https://shop.example/sale", "https://shop.example/new"
-HTML = (f'<html><body><p>Hi {{{{ contact.first_name }}}}</p><a href="{SALE}">Sale</a> <a href="{NEW}">New</a>'
-        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>')
+HTML = (
+    f'<html><body><p>Hi {{{{ contact.first_name }}}}</p><a href="{SALE}">Sale</a> <a href="{NEW}">New</a>'
+    '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'
+)
 LABEL_A = 'Main, "EU"\nrelay'  # a label a spreadsheet must get back intact: comma, quotes, newline
 TEMPLATE_B = 'Spring, "B"'
 TEMPLATE_OF = {"a0": 0, "a1": 0, "b0": 0, "x0": 0, "=cmd0": 0, "a2": 1, "a3": 1, "b1": 1, "b2": 1, "u0": 1}
@@ -97,8 +99,7 @@ class Campaign:
 
 
 @pytest.fixture
-async def kit(db_url: str, sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine
-              ) -> AsyncIterator[Kit]:
+async def kit(db_url: str, sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine) -> AsyncIterator[Kit]:
     async with api_client(db_url, engine, time_scale=0.05) as client:
         yield Kit(DispatchKit(db_url, sessionmaker), client)
 
@@ -120,18 +121,29 @@ async def _task(kit: Kit, user_id: int) -> tuple[int, int, int]:
     async with unit_of_work(kit.sessionmaker) as session:
         sender = await factories.sender(session, user_id)
         templates = [await factories.template(session, user_id, name, html=HTML) for name in ("Spring A", TEMPLATE_B)]
-        for prefix, count, domain in (("a", 4, "alpha.test"), ("b", 3, "beta.test"), ("=cmd", 1, "gamma.test"),
-                                      ("x", 1, "bad.invalid")):
+        for prefix, count, domain in (
+            ("a", 4, "alpha.test"),
+            ("b", 3, "beta.test"),
+            ("=cmd", 1, "gamma.test"),
+            ("x", 1, "bad.invalid"),
+        ):
             await factories.contacts(session, user_id, count, prefix=prefix, domain=domain)
         [unsubscribed] = await factories.contacts(session, user_id, 1, prefix="u", domain="beta.test")
-        await session.execute(update(Contact).where(Contact.id == unsubscribed)
-                              .values(unsubscribed_at=T_A - dt.timedelta(days=30)))
+        await session.execute(
+            update(Contact).where(Contact.id == unsubscribed).values(unsubscribed_at=T_A - dt.timedelta(days=30))
+        )
         service_a = await factories.service(session, kit.dkit.settings, "esp-a", map_to=[user_id])
         service_b = await factories.service(session, kit.dkit.settings, "esp-b")
         await session.execute(update(EmailService).where(EmailService.id == service_a).values(label=LABEL_A))
         await session.execute(update(EmailService).where(EmailService.id == service_b).values(label="Backup"))
-        task_id = await factories.task(session, user_id, sender_id=sender, template_ids=templates,
-                                       rule={"type": "all_contacts"}, timezone="America/New_York")
+        task_id = await factories.task(
+            session,
+            user_id,
+            sender_id=sender,
+            template_ids=templates,
+            rule={"type": "all_contacts"},
+            timezone="America/New_York",
+        )
     return task_id, service_a, service_b
 
 
@@ -143,11 +155,15 @@ async def _assign_templates(kit: Kit, task_id: int) -> None:
     """Generation picks templates by a keyed hash; the table above fixes them instead."""
     subtasks = await _subtasks(kit, task_id)
     async with unit_of_work(kit.sessionmaker) as session:
-        ids = list(await session.scalars(select(TaskTemplate.id).where(TaskTemplate.task_id == task_id)
-                                         .order_by(TaskTemplate.position)))
+        ids = list(
+            await session.scalars(
+                select(TaskTemplate.id).where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position)
+            )
+        )
         for name, sub in subtasks.items():
-            await session.execute(update(SubTask).where(SubTask.id == sub.id)
-                                  .values(task_template_id=ids[TEMPLATE_OF[name]]))
+            await session.execute(
+                update(SubTask).where(SubTask.id == sub.id).values(task_template_id=ids[TEMPLATE_OF[name]])
+            )
 
 
 async def _rewrite_history(kit: Kit, c: Campaign) -> None:
@@ -161,26 +177,61 @@ async def _rewrite_history(kit: Kit, c: Campaign) -> None:
                 row.sent_at, row.service_id = at, service
             if name == "x0":
                 row.failed_at, duration = T_A, 40
-            await session.execute(update(SendAttempt).where(SendAttempt.subtask_id == row.id).values(
-                service_id=service, started_at=at - dt.timedelta(seconds=1), finished_at=at, duration_ms=duration,
-                attempt_no=2 if name == "b0" else 1))
+            await session.execute(
+                update(SendAttempt)
+                .where(SendAttempt.subtask_id == row.id)
+                .values(
+                    service_id=service,
+                    started_at=at - dt.timedelta(seconds=1),
+                    finished_at=at,
+                    duration_ms=duration,
+                    attempt_no=2 if name == "b0" else 1,
+                )
+            )
         b0 = await session.get(SubTask, c.subtasks["b0"].id)
         assert b0 is not None
         b0.attempts, b0.retryable_failures = 2, 1
-        session.add(SendAttempt(subtask_id=b0.id, attempt_no=1, service_id=c.service_a, outcome="transient",
-                                started_at=T_A - dt.timedelta(minutes=1), finished_at=T_A - dt.timedelta(seconds=59),
-                                duration_ms=220, status=503, message="simulated service unavailable"))
+        session.add(
+            SendAttempt(
+                subtask_id=b0.id,
+                attempt_no=1,
+                service_id=c.service_a,
+                outcome="transient",
+                started_at=T_A - dt.timedelta(minutes=1),
+                finished_at=T_A - dt.timedelta(seconds=59),
+                duration_ms=220,
+                status=503,
+                message="simulated service unavailable",
+            )
+        )
 
 
-def _event(c: Campaign, kind: EventType, who: str, at: dt.datetime, *, source: str = "fake", agent: str = BROWSER,
-           machine: bool | None = None, url: str | None = None) -> dict[str, Any]:
+def _event(
+    c: Campaign,
+    kind: EventType,
+    who: str,
+    at: dt.datetime,
+    *,
+    source: str = "fake",
+    agent: str = BROWSER,
+    machine: bool | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
     sub = c.subtasks[who]
     details: dict[str, Any] = {} if machine is None else {"machine": machine}
     if url is not None:
         details["link_id"] = link_id(c.task_id, url)
-    event = NormalizedEvent(event_type=kind, provider_event=str(kind), raw={"test": True}, occurred_at=at,
-                            subtask_id=str(sub.public_id), provider_event_id=f"{kind}:{who}:{at.isoformat()}",
-                            user_agent=agent if source == "tracking" else None, url=url, details=details)
+    event = NormalizedEvent(
+        event_type=kind,
+        provider_event=str(kind),
+        raw={"test": True},
+        occurred_at=at,
+        subtask_id=str(sub.public_id),
+        provider_event_id=f"{kind}:{who}:{at.isoformat()}",
+        user_agent=agent if source == "tracking" else None,
+        url=url,
+        details=details,
+    )
     service = None if source == "tracking" else (c.service_b if who in ON_B else c.service_a)
     return ingest.event_row(source, service, event, now=clock.utc_now())
 
@@ -258,17 +309,33 @@ def names(items: list[dict[str, Any]]) -> list[str]:
 
 async def test_services_report_counts_attempts_results_and_latency_per_service(kit: Kit) -> None:
     c = await campaign(kit)
-    common_a = {"attempts": {"accepted": 5, "permanent": 1, "transient": 1}, "attempts_total": 7, "sent": 5,
-                "failed": 1, "uncertain": 0, "bounced": 2, "delivered": 4,
-                "avg_latency_ms": round((5 * 100 + 40 + 220) / 7, 1)}
-    common_b = {"attempts": {"accepted": 3}, "attempts_total": 3, "sent": 3, "failed": 0, "uncertain": 0,
-                "bounced": 1, "delivered": 2, "avg_latency_ms": 50.0}
+    common_a = {
+        "attempts": {"accepted": 5, "permanent": 1, "transient": 1},
+        "attempts_total": 7,
+        "sent": 5,
+        "failed": 1,
+        "uncertain": 0,
+        "bounced": 2,
+        "delivered": 4,
+        "avg_latency_ms": round((5 * 100 + 40 + 220) / 7, 1),
+    }
+    common_b = {
+        "attempts": {"accepted": 3},
+        "attempts_total": 3,
+        "sent": 3,
+        "failed": 0,
+        "uncertain": 0,
+        "bounced": 1,
+        "delivered": 2,
+        "avg_latency_ms": 50.0,
+    }
     user_view = await get(kit, c, "/report/services")
     assert user_view["items"] == [{"label": LABEL_A, **common_a}, {"label": "Backup", **common_b}]
     admin_view = await get(kit, c, "/report/services", c.admin)
     assert admin_view["items"] == [
         {"label": LABEL_A, **common_a, "service_id": c.service_a, "name": "esp-a", "provider": "fake"},
-        {"label": "Backup", **common_b, "service_id": c.service_b, "name": "esp-b", "provider": "fake"}]
+        {"label": "Backup", **common_b, "service_id": c.service_b, "name": "esp-b", "provider": "fake"},
+    ]
 
 
 async def test_template_report_gives_every_rate_per_template_and_sums_to_the_task(kit: Kit) -> None:
@@ -277,40 +344,137 @@ async def test_template_report_gives_every_rate_per_template_and_sums_to_the_tas
     assert (a["name"], b["name"]) == ("Spring A", TEMPLATE_B)
     # x0 was refused at send time (failed, delivery state `rejected`): never sent, so it is neither a bounce of
     # sent mail nor taken out of `reached` (= sent − bounces of sent mail, §11.2).
-    assert {k: a[k] for k in ("recipients", "sent", "failed", "delivered", "rejected", "reached", "opened_human",
-                              "clicked_human", "opens", "clicks", "unsubscribed", "replied", "complained")} == {
-        "recipients": 5, "sent": 4, "failed": 1, "delivered": 4, "rejected": 1, "reached": 4, "opened_human": 3,
-        "clicked_human": 3, "opens": 4, "clicks": 4, "unsubscribed": 1, "replied": 0, "complained": 0}
-    assert a["rates"] == {"delivery": 1.0, "bounce": 0.0, "failure": 0.2, "open_human": 0.75, "open_total": 0.75,
-                          "click": 0.75, "click_to_open": 1.0, "complaint": 0.0, "unsubscribe": 0.25, "reply": 0.0}
-    assert {k: b[k] for k in ("recipients", "excluded", "sent", "delivered", "hard_bounced", "soft_bounced",
-                              "reached", "opened_human", "opened_total", "machine_opens", "machine_clicks")} == {
-        "recipients": 5, "excluded": 1, "sent": 4, "delivered": 2, "hard_bounced": 1, "soft_bounced": 1,
-        "reached": 2, "opened_human": 0, "opened_total": 1, "machine_opens": 1, "machine_clicks": 1}
-    assert b["rates"] == {"delivery": 0.5, "bounce": 0.5, "failure": 0.0, "open_human": 0.0, "open_total": 0.5,
-                          "click": 0.0, "click_to_open": None, "complaint": 0.5, "unsubscribe": 0.0, "reply": 0.5}
+    assert {
+        k: a[k]
+        for k in (
+            "recipients",
+            "sent",
+            "failed",
+            "delivered",
+            "rejected",
+            "reached",
+            "opened_human",
+            "clicked_human",
+            "opens",
+            "clicks",
+            "unsubscribed",
+            "replied",
+            "complained",
+        )
+    } == {
+        "recipients": 5,
+        "sent": 4,
+        "failed": 1,
+        "delivered": 4,
+        "rejected": 1,
+        "reached": 4,
+        "opened_human": 3,
+        "clicked_human": 3,
+        "opens": 4,
+        "clicks": 4,
+        "unsubscribed": 1,
+        "replied": 0,
+        "complained": 0,
+    }
+    assert a["rates"] == {
+        "delivery": 1.0,
+        "bounce": 0.0,
+        "failure": 0.2,
+        "open_human": 0.75,
+        "open_total": 0.75,
+        "click": 0.75,
+        "click_to_open": 1.0,
+        "complaint": 0.0,
+        "unsubscribe": 0.25,
+        "reply": 0.0,
+    }
+    assert {
+        k: b[k]
+        for k in (
+            "recipients",
+            "excluded",
+            "sent",
+            "delivered",
+            "hard_bounced",
+            "soft_bounced",
+            "reached",
+            "opened_human",
+            "opened_total",
+            "machine_opens",
+            "machine_clicks",
+        )
+    } == {
+        "recipients": 5,
+        "excluded": 1,
+        "sent": 4,
+        "delivered": 2,
+        "hard_bounced": 1,
+        "soft_bounced": 1,
+        "reached": 2,
+        "opened_human": 0,
+        "opened_total": 1,
+        "machine_opens": 1,
+        "machine_clicks": 1,
+    }
+    assert b["rates"] == {
+        "delivery": 0.5,
+        "bounce": 0.5,
+        "failure": 0.0,
+        "open_human": 0.0,
+        "open_total": 0.5,
+        "click": 0.0,
+        "click_to_open": None,
+        "complaint": 0.5,
+        "unsubscribe": 0.0,
+        "reply": 0.5,
+    }
     stats = await get(kit, c, "/stats")
-    for key in ("recipients", "excluded", "sent", "failed", "delivered", "reached", "hard_bounced", "soft_bounced",
-                "rejected", "complained", "opened_human", "opened_total", "clicked_human", "clicked_total", "opens",
-                "clicks", "machine_opens", "machine_clicks", "unsubscribed", "replied"):
+    for key in (
+        "recipients",
+        "excluded",
+        "sent",
+        "failed",
+        "delivered",
+        "reached",
+        "hard_bounced",
+        "soft_bounced",
+        "rejected",
+        "complained",
+        "opened_human",
+        "opened_total",
+        "clicked_human",
+        "clicked_total",
+        "opens",
+        "clicks",
+        "machine_opens",
+        "machine_clicks",
+        "unsubscribed",
+        "replied",
+    ):
         assert a[key] + b[key] == stats[key], key
 
 
 async def test_link_report_separates_human_and_machine_clicks(kit: Kit) -> None:
     c = await campaign(kit)
     # One more click through the real endpoint (today, a browser): recorded with its link id.
-    token = sign_token("click", c.subtasks["b1"].public_id, key=kit.dkit.settings.signing_key,
-                       link_id=link_id(c.task_id, NEW))
+    token = sign_token(
+        "click", c.subtasks["b1"].public_id, key=kit.dkit.settings.signing_key, link_id=link_id(c.task_id, NEW)
+    )
     response = await kit.client.get(f"/t/c/{token}", headers={"User-Agent": BROWSER})
     assert response.status_code == 302 and response.headers["location"] == NEW
     await apply_events(kit)
     report = await get(kit, c, "/report/links")
     assert report["next_cursor"] is None
     assert sorted(report["items"], key=lambda r: r["url"]) == [
-        {"id": link_id(c.task_id, NEW), "url": NEW, "clicks_human": 2, "clicks_machine": 0,
-         "unique_human_clickers": 2},
-        {"id": link_id(c.task_id, SALE), "url": SALE, "clicks_human": 3, "clicks_machine": 1,
-         "unique_human_clickers": 2}]
+        {"id": link_id(c.task_id, NEW), "url": NEW, "clicks_human": 2, "clicks_machine": 0, "unique_human_clickers": 2},
+        {
+            "id": link_id(c.task_id, SALE),
+            "url": SALE,
+            "clicks_human": 3,
+            "clicks_machine": 1,
+            "unique_human_clickers": 2,
+        },
+    ]
     first = await get(kit, c, "/report/links", limit=1)
     second = await get(kit, c, "/report/links", limit=1, cursor=first["next_cursor"])
     assert [first["items"][0]["id"], second["items"][0]["id"]] == sorted(r["id"] for r in report["items"])
@@ -323,12 +487,17 @@ async def test_domain_report_ranks_by_sent_and_folds_the_rest_into_other(kit: Ki
     beta = {"domain": "beta.test", "recipients": 4, "sent": 3, "bounced": 1, "opened": 1}
     gamma = {"domain": "gamma.test", "recipients": 1, "sent": 1, "bounced": 0, "opened": 0}
     invalid = {"domain": "bad.invalid", "recipients": 1, "sent": 0, "bounced": 1, "opened": 0}
-    assert await get(kit, c, "/report/domains") == {"task_id": c.task_id, "items": [alpha, beta, gamma, invalid],
-                                                    "other": None}
+    assert await get(kit, c, "/report/domains") == {
+        "task_id": c.task_id,
+        "items": [alpha, beta, gamma, invalid],
+        "other": None,
+    }
     async with kit.sessionmaker() as session:
         top_two = await reports.by_domain(session, c.task_id, top=2)
-    assert top_two == {"items": [alpha, beta],
-                       "other": {"domains": 2, "recipients": 2, "sent": 1, "bounced": 1, "opened": 0}}
+    assert top_two == {
+        "items": [alpha, beta],
+        "other": {"domains": 2, "recipients": 2, "sent": 1, "bounced": 1, "opened": 0},
+    }
 
 
 def _row(start: str, **counts: int) -> dict[str, Any]:
@@ -350,15 +519,26 @@ async def test_timeline_and_heatmap_are_in_the_task_time_zone_across_the_dst_cha
         _row("2025-03-10T10:00:00-04:00", replies=1),
     ]
     daily = await get(kit, c, "/report/timeline", bucket="day")
-    assert daily["items"] == [_row("2025-03-08", sent=8, delivered=6, bounced=3),
-                              _row("2025-03-09", opens=3, clicks=3, unsubscribes=1, complaints=1),
-                              _row("2025-03-10", opens=1, clicks=1, replies=1)]
+    assert daily["items"] == [
+        _row("2025-03-08", sent=8, delivered=6, bounced=3),
+        _row("2025-03-09", opens=3, clicks=3, unsubscribes=1, complaints=1),
+        _row("2025-03-10", opens=1, clicks=1, replies=1),
+    ]
     stats = await get(kit, c, "/stats")
-    assert daily["totals"] == hourly["totals"] == {
-        "sent": stats["sent"], "delivered": stats["delivered"],
-        "bounced": stats["hard_bounced"] + stats["soft_bounced"] + stats["rejected"], "opens": stats["opens"],
-        "clicks": stats["clicks"], "unsubscribes": stats["unsubscribed"], "complaints": stats["complained"],
-        "replies": stats["replied"]}
+    assert (
+        daily["totals"]
+        == hourly["totals"]
+        == {
+            "sent": stats["sent"],
+            "delivered": stats["delivered"],
+            "bounced": stats["hard_bounced"] + stats["soft_bounced"] + stats["rejected"],
+            "opens": stats["opens"],
+            "clicks": stats["clicks"],
+            "unsubscribes": stats["unsubscribed"],
+            "complaints": stats["complained"],
+            "replies": stats["replied"],
+        }
+    )
     assert await get(kit, c, "/timeline", bucket="day") == daily  # the SPEC §16.3 path
     heat = await get(kit, c, "/report/heatmap")
     assert heat["timezone"] == "America/New_York" and heat["weekdays"][0] == "monday"
@@ -398,12 +578,22 @@ async def test_subtask_list_filters(kit: Kit) -> None:
     for params, expected in cases:
         page = await get(kit, c, "/subtasks", limit=200, include_total="true", **params)
         assert (names(page["items"]), page["total"]) == (expected, len(expected)), params
-    statuses = {i["recipient_email"].split("@")[0]: (i["display_status"], i["service_label"])
-                for i in (await get(kit, c, "/subtasks", limit=200))["items"]}
-    assert statuses == {"a0": ("clicked", LABEL_A), "a1": ("unsubscribed", LABEL_A), "a2": ("complained", LABEL_A),
-                        "a3": ("hard_bounced", LABEL_A), "=cmd0": ("delivered", LABEL_A), "b0": ("clicked", "Backup"),
-                        "b1": ("replied", "Backup"), "b2": ("soft_bounced", "Backup"), "x0": ("rejected", LABEL_A),
-                        "u0": ("suppressed", None)}
+    statuses = {
+        i["recipient_email"].split("@")[0]: (i["display_status"], i["service_label"])
+        for i in (await get(kit, c, "/subtasks", limit=200))["items"]
+    }
+    assert statuses == {
+        "a0": ("clicked", LABEL_A),
+        "a1": ("unsubscribed", LABEL_A),
+        "a2": ("complained", LABEL_A),
+        "a3": ("hard_bounced", LABEL_A),
+        "=cmd0": ("delivered", LABEL_A),
+        "b0": ("clicked", "Backup"),
+        "b1": ("replied", "Backup"),
+        "b2": ("soft_bounced", "Backup"),
+        "x0": ("rejected", LABEL_A),
+        "u0": ("suppressed", None),
+    }
     seen, cursor = [], None
     while True:
         page = await get(kit, c, "/subtasks", limit=4, engagement="none", **({"cursor": cursor} if cursor else {}))
@@ -417,18 +607,28 @@ async def test_subtask_detail_tells_who_got_it_and_what_happened_in_time_order(k
     c = await campaign(kit)
     detail = await get(kit, c, f"/subtasks/{c.subtasks['b0'].id}")
     assert (detail["recipient_email"], detail["display_status"], detail["service_label"]) == (
-        "b0@beta.test", "clicked", "Backup")
+        "b0@beta.test",
+        "clicked",
+        "Backup",
+    )
     assert [(a["attempt_no"], a["outcome"], a["service_id"]) for a in detail["attempts"]] == [
-        (1, "transient", c.service_a), (2, "accepted", c.service_b)]
+        (1, "transient", c.service_a),
+        (2, "accepted", c.service_b),
+    ]
     assert [e["event_type"] for e in detail["events"]] == ["delivered", "opened", "clicked"]
     assert detail["events"][2]["details"]["link_id"] == link_id(c.task_id, NEW)
     assert [(h["kind"], h.get("outcome") or h.get("event_type")) for h in detail["history"]] == [
-        ("attempt", "transient"), ("attempt", "accepted"), ("event", "delivered"), ("event", "opened"),
-        ("event", "clicked")]
+        ("attempt", "transient"),
+        ("attempt", "accepted"),
+        ("event", "delivered"),
+        ("event", "opened"),
+        ("event", "clicked"),
+    ]
     times = [dt.datetime.fromisoformat(h["at"]) for h in detail["history"]]
     assert times == sorted(times)
-    other_task = await kit.client.get(f"/api/v1/tasks/{c.task_id + 1}/subtasks/{c.subtasks['b0'].id}",
-                                      headers=c.alice.headers)
+    other_task = await kit.client.get(
+        f"/api/v1/tasks/{c.task_id + 1}/subtasks/{c.subtasks['b0'].id}", headers=c.alice.headers
+    )
     assert other_task.status_code == 404
 
 
@@ -451,21 +651,41 @@ async def test_csv_export_parses_back_quotes_and_guards_formulas(kit: Kit) -> No
     guarded = rows["'=cmd0@gamma.test"]  # would run as a formula in a spreadsheet without the quote
     assert (guarded["service"], guarded["template"], guarded["display_status"]) == (LABEL_A, "Spring A", "delivered")
     a0 = rows["a0@alpha.test"]
-    assert {k: a0[k] for k in ("send_state", "delivery_state", "display_status", "attempts", "opens", "clicks",
-                               "machine_opens", "machine_clicks", "sent_at")} == {
-        "send_state": "sent", "delivery_state": "delivered", "display_status": "clicked", "attempts": "1",
-        "opens": "2", "clicks": "2", "machine_opens": "0", "machine_clicks": "0", "sent_at": T_A.isoformat()}
+    assert {
+        k: a0[k]
+        for k in (
+            "send_state",
+            "delivery_state",
+            "display_status",
+            "attempts",
+            "opens",
+            "clicks",
+            "machine_opens",
+            "machine_clicks",
+            "sent_at",
+        )
+    } == {
+        "send_state": "sent",
+        "delivery_state": "delivered",
+        "display_status": "clicked",
+        "attempts": "1",
+        "opens": "2",
+        "clicks": "2",
+        "machine_opens": "0",
+        "machine_clicks": "0",
+        "sent_at": T_A.isoformat(),
+    }
     assert rows["a2@alpha.test"]["template"] == TEMPLATE_B
     assert (rows["a2@alpha.test"]["machine_opens"], rows["a2@alpha.test"]["machine_clicks"]) == ("1", "1")
     assert rows["x0@bad.invalid"]["last_error_class"] == "permanent"
     assert rows["b0@beta.test"]["attempts"] == "2" and rows["b0@beta.test"]["service"] == "Backup"
     assert rows["a1@alpha.test"]["unsubscribed_at"] == SUN.replace(hour=8, minute=10).isoformat()
     assert rows["u0@beta.test"]["service"] == "" and rows["u0@beta.test"]["sent_at"] == ""
-    filtered = await kit.client.get(c.path("/subtasks.csv"), headers=c.alice.headers,
-                                    params={"display_status": "clicked", "bom": "true"})
+    filtered = await kit.client.get(
+        c.path("/subtasks.csv"), headers=c.alice.headers, params={"display_status": "clicked", "bom": "true"}
+    )
     assert filtered.text.startswith("\ufeffemail,")
-    assert sorted(r["email"] for r in parse(filtered.text.removeprefix("\ufeff"))) == ["a0@alpha.test",
-                                                                                       "b0@beta.test"]
+    assert sorted(r["email"] for r in parse(filtered.text.removeprefix("\ufeff"))) == ["a0@alpha.test", "b0@beta.test"]
     empty = await kit.client.get(c.path("/export"), headers=c.alice.headers, params={"email": "nobody"})
     assert empty.status_code == 200 and empty.text == ",".join(reports.CSV_COLUMNS) + "\r\n"
 
@@ -476,8 +696,7 @@ def test_csv_cells_guard_every_formula_start() -> None:
     assert reports.csv_cell("plain") == "plain" and reports.csv_cell(None) == "" and reports.csv_cell(3) == "3"
     text = reports.to_csv([["a,b", 'say "hi"', "two\nlines", "cr\rhere", "plain"]])
     assert text == '"a,b","say ""hi""","two\nlines","cr\rhere",plain\r\n'
-    assert list(csv.reader(io.StringIO(text, newline=""))) == [["a,b", 'say "hi"', "two\nlines", "cr\rhere",
-                                                                 "plain"]]
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [["a,b", 'say "hi"', "two\nlines", "cr\rhere", "plain"]]
 
 
 async def test_csv_export_reads_in_chunks_of_rows(kit: Kit) -> None:
@@ -493,8 +712,20 @@ async def test_csv_export_reads_in_chunks_of_rows(kit: Kit) -> None:
 
 # ---- access and bad input ---------------------------------------------------------------------------------
 
-READS = ["/report/services", "/report/templates", "/report/links", "/report/domains", "/report/timeline",
-         "/report/heatmap", "/subtasks", "/subtasks.csv", "/export", "/links", "/domains", "/timeline"]
+READS = [
+    "/report/services",
+    "/report/templates",
+    "/report/links",
+    "/report/domains",
+    "/report/timeline",
+    "/report/heatmap",
+    "/subtasks",
+    "/subtasks.csv",
+    "/export",
+    "/links",
+    "/domains",
+    "/timeline",
+]
 
 
 async def test_reports_are_owner_scoped_and_readable_with_a_read_token(kit: Kit) -> None:
@@ -530,8 +761,9 @@ async def test_bad_filter_values_are_422(kit: Kit) -> None:
     async with unit_of_work(kit.sessionmaker) as session:
         sender = await factories.sender(session, alice.id)
         template = await factories.template(session, alice.id)
-        task_id = await factories.task(session, alice.id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"}, schedule=False)
+        task_id = await factories.task(
+            session, alice.id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, schedule=False
+        )
     for rest, params, field in BAD_INPUT:
         response = await kit.client.get(f"/api/v1/tasks/{task_id}{rest}", headers=alice.headers, params=params)
         assert response.status_code == 422, (rest, params, response.text)
@@ -544,8 +776,9 @@ async def test_reports_of_a_task_without_subtasks_are_empty_not_errors(kit: Kit)
     async with unit_of_work(kit.sessionmaker) as session:
         sender = await factories.sender(session, alice.id)
         template = await factories.template(session, alice.id)
-        task_id = await factories.task(session, alice.id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"}, schedule=False)
+        task_id = await factories.task(
+            session, alice.id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, schedule=False
+        )
     path = f"/api/v1/tasks/{task_id}"
     answers = {rest: (await kit.client.get(path + rest, headers=alice.headers)) for rest in READS}
     assert {rest: r.status_code for rest, r in answers.items()} == dict.fromkeys(READS, 200)
@@ -572,8 +805,13 @@ async def test_cli_report_and_export(kit: Kit, tmp_path: Path) -> None:
     exported = edm(kit.dkit.db_url, "task", "export", str(c.task_id), "--out", str(out), "--engagement", "opened")
     assert exported.returncode == 0 and "wrote 3 recipients" in exported.stdout, exported.stderr
     assert sorted(r["email"] for r in parse(out.read_text(encoding="utf-8"))) == [
-        "a0@alpha.test", "a1@alpha.test", "b0@beta.test"]
-    for args, message in ((["export", str(c.task_id), "--out", str(out), "--engagement", "x"], "engagement"),
-                          (["report", str(c.task_id + 99)], "not found")):
+        "a0@alpha.test",
+        "a1@alpha.test",
+        "b0@beta.test",
+    ]
+    for args, message in (
+        (["export", str(c.task_id), "--out", str(out), "--engagement", "x"], "engagement"),
+        (["report", str(c.task_id + 99)], "not found"),
+    ):
         bad = edm(kit.dkit.db_url, "task", *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad

@@ -20,8 +20,13 @@ async def _content(sessionmaker, user_id: int) -> tuple[int, int]:  # type: igno
 
 
 def _body(sender: int, template: int, **extra: object) -> dict[str, object]:
-    return {"name": "spring", "sender_id": sender, "templates": [{"template_id": template}],
-            "recipient_rule": {"type": "all_contacts"}, **extra}
+    return {
+        "name": "spring",
+        "sender_id": sender,
+        "templates": [{"template_id": template}],
+        "recipient_rule": {"type": "all_contacts"},
+        **extra,
+    }
 
 
 async def test_task_lifecycle_through_the_api(db_url, engine, sessionmaker):  # type: ignore[no-untyped-def]
@@ -33,13 +38,11 @@ async def test_task_lifecycle_through_the_api(db_url, engine, sessionmaker):  # 
         task = created.json()
         assert task["status"] == "draft" and "schedule" in task["allowed_actions"]
         later = (utc_now() + dt.timedelta(hours=2)).isoformat()
-        scheduled = await client.post(f"/api/v1/tasks/{task['id']}/schedule", json={"at": later},
-                                      headers=alice.headers)
+        scheduled = await client.post(f"/api/v1/tasks/{task['id']}/schedule", json={"at": later}, headers=alice.headers)
         assert scheduled.status_code == 200, scheduled.text
         assert scheduled.json()["status"] == "scheduled"
         assert scheduled.json()["schedule_estimate"]["sendable"] == 5
-        paused = await client.post(f"/api/v1/tasks/{task['id']}/pause", json={"detail": "hold"},
-                                   headers=alice.headers)
+        paused = await client.post(f"/api/v1/tasks/{task['id']}/pause", json={"detail": "hold"}, headers=alice.headers)
         assert paused.json()["status"] == "paused" and paused.json()["pause_reason"] == "user"
         resumed = await client.post(f"/api/v1/tasks/{task['id']}/resume", headers=alice.headers)
         assert resumed.json()["status"] == "scheduled", "never generated: back to scheduled"
@@ -62,25 +65,30 @@ async def test_bad_schedule_and_unknown_fields(db_url, engine, sessionmaker):  #
     alice = await make_account(sessionmaker, "alice", credit=100)
     sender, template = await _content(sessionmaker, alice.id)
     async with api_client(db_url, engine) as client:
-        unknown = await client.post("/api/v1/tasks", json={**_body(sender, template), "colour": "red"},
-                                    headers=alice.headers)
+        unknown = await client.post(
+            "/api/v1/tasks", json={**_body(sender, template), "colour": "red"}, headers=alice.headers
+        )
         assert unknown.status_code == 422
         assert unknown.json()["error"]["details"][0] == {"field": "colour", "message": "unknown field"}
         task = (await client.post("/api/v1/tasks", json=_body(sender, template), headers=alice.headers)).json()
         url = f"/api/v1/tasks/{task['id']}/schedule"
         past = (utc_now() - dt.timedelta(hours=1)).isoformat()
-        assert (await client.post(url, json={"at": past}, headers=alice.headers)).json()["error"]["code"] == \
-            "invalid_schedule"
+        assert (await client.post(url, json={"at": past}, headers=alice.headers)).json()["error"][
+            "code"
+        ] == "invalid_schedule"
         too_far = (utc_now() + dt.timedelta(days=400)).isoformat()
         assert (await client.post(url, json={"at": too_far}, headers=alice.headers)).status_code == 422
         naive = await client.post(url, json={"at": "2030-01-01T10:00:00"}, headers=alice.headers)
         assert naive.status_code == 422 and naive.json()["error"]["details"][0]["field"] == "at"
-        garbage = await client.post(url, content=b"{not json", headers={**alice.headers,
-                                                                        "content-type": "application/json"})
+        garbage = await client.post(
+            url, content=b"{not json", headers={**alice.headers, "content-type": "application/json"}
+        )
         assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "invalid_json"
-        bad_rule = await client.post("/api/v1/tasks", json={**_body(sender, template),
-                                                            "recipient_rule": {"type": "everyone"}},
-                                     headers=alice.headers)
+        bad_rule = await client.post(
+            "/api/v1/tasks",
+            json={**_body(sender, template), "recipient_rule": {"type": "everyone"}},
+            headers=alice.headers,
+        )
         assert bad_rule.status_code == 422 and "recipient_rule.type" in bad_rule.json()["error"]["message"]
         limit = await client.get("/api/v1/tasks?limit=500", headers=alice.headers)
         assert limit.status_code == 422
@@ -95,8 +103,11 @@ async def test_credit_and_recipient_guards(db_url, engine, sessionmaker):  # typ
         assert short.status_code == 409
         assert short.json()["error"]["code"] == "insufficient_credit"
         assert (short.json()["error"]["needed"], short.json()["error"]["available"]) == (5, 2)
-        nobody = await client.post("/api/v1/tasks", json=_body(sender, template, recipient_rule={
-            "type": "specific", "contact_ids": [999999]}), headers=poor.headers)
+        nobody = await client.post(
+            "/api/v1/tasks",
+            json=_body(sender, template, recipient_rule={"type": "specific", "contact_ids": [999999]}),
+            headers=poor.headers,
+        )
         assert nobody.status_code == 422 and "999999" in nobody.json()["error"]["message"]
 
 
@@ -108,10 +119,13 @@ async def test_isolation_and_roles(db_url, engine, sessionmaker):  # type: ignor
     bob_sender, bob_template = await _content(sessionmaker, bob.id)
     async with api_client(db_url, engine) as client:
         task = (await client.post("/api/v1/tasks", json=_body(sender, template), headers=alice.headers)).json()
-        for method, path in [("GET", f"/api/v1/tasks/{task['id']}"), ("GET", f"/api/v1/tasks/{task['id']}/stats"),
-                             ("POST", f"/api/v1/tasks/{task['id']}/pause"),
-                             ("PATCH", f"/api/v1/tasks/{task['id']}"),
-                             ("GET", f"/api/v1/tasks/{task['id']}/subtasks")]:
+        for method, path in [
+            ("GET", f"/api/v1/tasks/{task['id']}"),
+            ("GET", f"/api/v1/tasks/{task['id']}/stats"),
+            ("POST", f"/api/v1/tasks/{task['id']}/pause"),
+            ("PATCH", f"/api/v1/tasks/{task['id']}"),
+            ("GET", f"/api/v1/tasks/{task['id']}/subtasks"),
+        ]:
             answer = await client.request(method, path, headers=bob.headers, json={} if method != "GET" else None)
             assert answer.status_code == 404, (method, path, answer.text)
         foreign = await client.post("/api/v1/tasks", json=_body(bob_sender, template), headers=bob.headers)

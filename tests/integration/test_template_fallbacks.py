@@ -14,8 +14,7 @@ API = "/api/v1"
 
 
 async def _preview(client: httpx.AsyncClient, headers: dict[str, str], html: str, **body: Any) -> dict[str, Any]:
-    r = await client.post(f"{API}/templates/preview", json={"subject": "Hello", "html": html, **body},
-                          headers=headers)
+    r = await client.post(f"{API}/templates/preview", json={"subject": "Hello", "html": html, **body}, headers=headers)
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
     return out
@@ -38,21 +37,29 @@ async def test_default_replaces_an_empty_first_name(client: httpx.AsyncClient, s
 
 async def test_preview_warns_about_empty_contact_variables(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    r = await client.post(f"{API}/contacts", headers=alice.headers, json={
-        "email": "ann@example.org", "first_name": "", "company": "ACME", "custom_attributes": {"city": " "}})
+    r = await client.post(
+        f"{API}/contacts",
+        headers=alice.headers,
+        json={"email": "ann@example.org", "first_name": "", "company": "ACME", "custom_attributes": {"city": " "}},
+    )
     contact_id = r.json()["id"]
-    html = ("<p>Hi {{ contact.first_name }} from {{ contact.company }} in {{ contact.attributes.city }}, "
-            "{{ contact.last_name | default('') }} {{ name }}</p>")
+    html = (
+        "<p>Hi {{ contact.first_name }} from {{ contact.company }} in {{ contact.attributes.city }}, "
+        "{{ contact.last_name | default('') }} {{ name }}</p>"
+    )
     out = await _preview(client, alice.headers, html, contact_id=contact_id)
     empty = sorted(w for w in out["warnings"] if " is empty for " in w)
-    assert empty == ["contact.attributes.city is empty for this contact",
-                     "contact.first_name is empty for this contact",
-                     "contact.last_name is empty for this contact",
-                     "name is empty for this contact"]
+    assert empty == [
+        "contact.attributes.city is empty for this contact",
+        "contact.first_name is empty for this contact",
+        "contact.last_name is empty for this contact",
+        "name is empty for this contact",
+    ]
 
     sample = await _preview(client, alice.headers, html)
     assert [w for w in sample["warnings"] if " is empty for " in w] == [
-        "contact.attributes.city is empty for the sample contact"]
+        "contact.attributes.city is empty for the sample contact"
+    ]
 
 
 async def test_the_catalogue_documents_the_fallback(client: httpx.AsyncClient, sessionmaker: Any) -> None:

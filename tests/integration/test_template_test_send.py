@@ -28,9 +28,11 @@ from tests import factories
 from tests.helpers import Account, api_client, expect_error, make_account, run_cli_async
 from tests.integration.dispatch.conftest import DispatchKit
 
-HTML = ('<html><body><p>Hello {{ contact.first_name | default("there", true) }}</p>'
-        '<p><a href="https://shop.example.com/new">What is new</a></p>'
-        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>')
+HTML = (
+    '<html><body><p>Hello {{ contact.first_name | default("there", true) }}</p>'
+    '<p><a href="https://shop.example.com/new">What is new</a></p>'
+    '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'
+)
 
 
 @pytest.fixture
@@ -44,21 +46,32 @@ def dkit(db_url: str, sessionmaker: async_sessionmaker[AsyncSession]) -> Dispatc
     return DispatchKit(db_url, sessionmaker)
 
 
-async def _setup(dkit: DispatchKit, *, name: str = "ann", credit: int = 100, service: dict[str, Any] | None = None,
-                 sender: bool = True, role: str = Role.USER) -> tuple[Account, dict[str, int]]:
+async def _setup(
+    dkit: DispatchKit,
+    *,
+    name: str = "ann",
+    credit: int = 100,
+    service: dict[str, Any] | None = None,
+    sender: bool = True,
+    role: str = Role.USER,
+) -> tuple[Account, dict[str, int]]:
     """A user with a sender, a template, one contact and a fake service (or the given one)."""
     owner = await make_account(dkit.sessionmaker, name, credit=credit, role=role)
     async with unit_of_work(dkit.sessionmaker) as session:
-        ids = {"template": await factories.template(session, owner.id, subject="News for {{ contact.first_name }}",
-                                                    html=HTML)}
+        ids = {
+            "template": await factories.template(
+                session, owner.id, subject="News for {{ contact.first_name }}", html=HTML
+            )
+        }
         if sender:
             ids["sender"] = await factories.sender(session, owner.id, local=f"news-{name}")
         [ids["contact"]] = await factories.contacts(session, owner.id, 1, prefix=f"{name}-")
         contact = await session.get(Contact, ids["contact"])
         assert contact is not None
         contact.first_name, contact.name = "Zoë", "Zoë Contact"
-        ids["service"] = await factories.service(session, dkit.settings, f"esp-{name}", map_to=[owner.id],
-                                                 **(service or {}))
+        ids["service"] = await factories.service(
+            session, dkit.settings, f"esp-{name}", map_to=[owner.id], **(service or {})
+        )
     return owner, ids
 
 
@@ -77,16 +90,24 @@ async def _settled(client: httpx.AsyncClient, who: Account, test_send_id: int) -
 
 
 async def test_a_test_send_is_charged_sent_by_the_worker_and_polled(
-        db_url: str, engine: Any, dkit: DispatchKit) -> None:
+    db_url: str, engine: Any, dkit: DispatchKit
+) -> None:
     owner, ids = await _setup(dkit, credit=10)
     async with api_client(db_url, engine) as client:
-        r = await _post(client, owner, ids["template"], emails=["Me@Example.org", "me@example.org", "qa@example.org"],
-                        contact_id=ids["contact"])
+        r = await _post(
+            client,
+            owner,
+            ids["template"],
+            emails=["Me@Example.org", "me@example.org", "qa@example.org"],
+            contact_id=ids["contact"],
+        )
         assert r.status_code == 202, r.text
         body = r.json()
         assert body["status"] == "queued" and body["sample_data"] is False and body["sender_id"] == ids["sender"]
-        assert [(x["email"], x["state"]) for x in body["recipients"]] == [("me@example.org", "pending"),
-                                                                           ("qa@example.org", "pending")]
+        assert [(x["email"], x["state"]) for x in body["recipients"]] == [
+            ("me@example.org", "pending"),
+            ("qa@example.org", "pending"),
+        ]
         test_id = body["id"]
         # Charged when queued: one `charge` entry of 1 credit per (distinct) address, tied to the test send.
         [charge] = await dkit.ledger(owner.id, "charge")
@@ -112,7 +133,8 @@ async def test_a_test_send_is_charged_sent_by_the_worker_and_polled(
 
 
 async def test_without_a_contact_the_preview_sample_data_fills_the_variables(
-        db_url: str, engine: Any, dkit: DispatchKit) -> None:
+    db_url: str, engine: Any, dkit: DispatchKit
+) -> None:
     owner, ids = await _setup(dkit)
     async with api_client(db_url, engine) as client:
         r = await _post(client, owner, ids["template"], emails=["me@example.org"])
@@ -124,9 +146,11 @@ async def test_without_a_contact_the_preview_sample_data_fills_the_variables(
 
 
 async def test_received_mail_has_test_subject_no_tracking_and_an_unsubscribe_link_that_records_nothing(
-        db_url: str, engine: Any, dkit: DispatchKit, sink: SmtpSink) -> None:
-    owner, ids = await _setup(dkit, service={"provider": "smtp",
-                                             "options": {"host": sink.host, "port": sink.port, "security": "none"}})
+    db_url: str, engine: Any, dkit: DispatchKit, sink: SmtpSink
+) -> None:
+    owner, ids = await _setup(
+        dkit, service={"provider": "smtp", "options": {"host": sink.host, "port": sink.port, "security": "none"}}
+    )
     async with api_client(db_url, engine) as client:
         r = await _post(client, owner, ids["template"], emails=["me@example.org"], contact_id=ids["contact"])
         assert r.status_code == 202, r.text
@@ -150,8 +174,9 @@ async def test_received_mail_has_test_subject_no_tracking_and_an_unsubscribe_lin
 
         page = await client.get(path)
         assert page.status_code == 200 and "test message" in page.text and "Nothing was recorded" in page.text
-        posted = await client.post(path, content=b"List-Unsubscribe=One-Click",
-                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        posted = await client.post(
+            path, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert posted.status_code == 200 and "Nothing was recorded" in posted.text
     [subtask] = await dkit.rows(select(SubTask.unsubscribed_at).where(SubTask.task_id == r.json()["id"]))
     assert subtask.unsubscribed_at is None
@@ -164,13 +189,24 @@ async def test_received_mail_has_test_subject_no_tracking_and_an_unsubscribe_lin
 
 
 async def test_a_test_send_is_claimed_before_the_pending_bulk_work_of_the_same_service(
-        db_url: str, engine: Any, dkit: DispatchKit) -> None:
+    db_url: str, engine: Any, dkit: DispatchKit
+) -> None:
     # A slow service: one recipient per claim, a new one every 0.25 s; the bulk task needs 15 s for 60.
-    world = await factories.world(dkit.sessionmaker, dkit.settings, recipients=60, name="ann", services_=[
-        {"name": "slow", "max_concurrency": 1, "batch_size": 1, "sending_interval_seconds": 0.25}])
+    world = await factories.world(
+        dkit.sessionmaker,
+        dkit.settings,
+        recipients=60,
+        name="ann",
+        services_=[{"name": "slow", "max_concurrency": 1, "batch_size": 1, "sending_interval_seconds": 0.25}],
+    )
     async with unit_of_work(dkit.sessionmaker) as session:
-        bulk = await factories.task(session, world.user_id, sender_id=world.sender_id,
-                                    template_ids=[world.template_id], rule={"type": "all_contacts"})
+        bulk = await factories.task(
+            session,
+            world.user_id,
+            sender_id=world.sender_id,
+            template_ids=[world.template_id],
+            rule={"type": "all_contacts"},
+        )
     assert (await dkit.generate(bulk)).sendable == 60  # type: ignore[union-attr]
     from edm.users.service import create_token
 
@@ -186,8 +222,12 @@ async def test_a_test_send_is_claimed_before_the_pending_bulk_work_of_the_same_s
         test_id = r.json()["id"]
         await dkit.wait_for(lambda: _sent_at_least(dkit, test_id, 1), timeout=20, what="test sent")
         assert await dkit.count(bulk, "pending") > 0, "the bulk task is not finished"
-    order = [row.task_id for row in await dkit.rows(
-        select(SubTask.task_id).join(SendAttempt, SendAttempt.subtask_id == SubTask.id).order_by(SendAttempt.id))]
+    order = [
+        row.task_id
+        for row in await dkit.rows(
+            select(SubTask.task_id).join(SendAttempt, SendAttempt.subtask_id == SubTask.id).order_by(SendAttempt.id)
+        )
+    ]
     position = order.index(test_id)
     # Only what was sent before the test was queued, plus the one claim that may have been in flight then
     # (max_concurrency 1, batch 1), goes before it: the next claim took the test.
@@ -212,11 +252,15 @@ async def test_addresses_must_be_one_to_five_valid_ones(db_url: str, engine: Any
         expect_error(await _post(client, owner, ids["template"], emails=[]), 422, "validation_error")
         six = [f"t{i}@example.org" for i in range(6)]
         expect_error(await _post(client, owner, ids["template"], emails=six), 422, "validation_error")
-        error = expect_error(await _post(client, owner, ids["template"], emails=["ok@example.org", "not-an-address"]),
-                             422, "validation_error")
+        error = expect_error(
+            await _post(client, owner, ids["template"], emails=["ok@example.org", "not-an-address"]),
+            422,
+            "validation_error",
+        )
         assert "not-an-address" in error["message"]
-        expect_error(await _post(client, owner, ids["template"], emails=["ok@example.org"], extra=1), 422,
-                     "validation_error")
+        expect_error(
+            await _post(client, owner, ids["template"], emails=["ok@example.org"], extra=1), 422, "validation_error"
+        )
     assert await dkit.ledger(owner.id, "charge") == [] and await dkit.credit(owner.id) == (100, 100)
 
 
@@ -226,17 +270,22 @@ async def test_other_users_objects_and_read_only_users(db_url: str, engine: Any,
     reader, reader_ids = await _setup(dkit, name="reader", role=Role.READ_ONLY)
     async with api_client(db_url, engine) as client:
         expect_error(await _post(client, bob, ann_ids["template"], emails=["me@example.org"]), 404, "not_found")
-        error = expect_error(await _post(client, bob, bob_ids["template"], emails=["me@example.org"],
-                                         contact_id=ann_ids["contact"]), 422, "validation_error")
+        error = expect_error(
+            await _post(client, bob, bob_ids["template"], emails=["me@example.org"], contact_id=ann_ids["contact"]),
+            422,
+            "validation_error",
+        )
         assert "contact_id" in error["message"]
-        expect_error(await _post(client, bob, bob_ids["template"], emails=["me@example.org"],
-                                 sender_id=ann_ids["sender"]), 422, "validation_error")
+        expect_error(
+            await _post(client, bob, bob_ids["template"], emails=["me@example.org"], sender_id=ann_ids["sender"]),
+            422,
+            "validation_error",
+        )
         expect_error(await _post(client, reader, reader_ids["template"], emails=["me@example.org"]), 403, "forbidden")
 
         mine = await _post(client, ann, ann_ids["template"], emails=["me@example.org"])
         assert mine.status_code == 202
-        expect_error(await client.get(f"/api/v1/test-sends/{mine.json()['id']}", headers=bob.headers), 404,
-                     "not_found")
+        expect_error(await client.get(f"/api/v1/test-sends/{mine.json()['id']}", headers=bob.headers), 404, "not_found")
         assert (await client.get("/api/v1/test-sends", headers=bob.headers)).json()["items"] == []
 
 
@@ -244,11 +293,15 @@ async def test_a_user_without_a_sender_or_credit_is_refused(db_url: str, engine:
     lonely, ids = await _setup(dkit, name="lonely", sender=False)
     poor, poor_ids = await _setup(dkit, name="poor", credit=1)
     async with api_client(db_url, engine) as client:
-        error = expect_error(await _post(client, lonely, ids["template"], emails=["me@example.org"]), 422,
-                             "validation_error")
+        error = expect_error(
+            await _post(client, lonely, ids["template"], emails=["me@example.org"]), 422, "validation_error"
+        )
         assert "sender" in error["message"]
-        error = expect_error(await _post(client, poor, poor_ids["template"], emails=["a@example.org", "b@example.org"]),
-                             409, "insufficient_credit")
+        error = expect_error(
+            await _post(client, poor, poor_ids["template"], emails=["a@example.org", "b@example.org"]),
+            409,
+            "insufficient_credit",
+        )
         assert error["needed"] == 2 and error["available"] == 1
     assert await dkit.scalar(select(func.count()).select_from(Task).where(Task.kind == "test")) == 0
 
@@ -275,17 +328,31 @@ async def test_test_sends_are_not_tasks_in_the_task_endpoints(db_url: str, engin
         test_id = (await _post(client, owner, ids["template"], emails=["me@example.org"])).json()["id"]
         assert (await client.get("/api/v1/tasks", headers=owner.headers)).json()["items"] == []
         assert (await client.get("/api/v1/tasks/summary", headers=owner.headers)).json() == {}
-        for method, path in (("GET", ""), ("GET", "/stats"), ("GET", "/subtasks"), ("PATCH", ""), ("DELETE", ""),
-                             ("POST", "/pause"), ("POST", "/cancel")):
-            r = await client.request(method, f"/api/v1/tasks/{test_id}{path}", headers=owner.headers,
-                                     json={} if method != "GET" else None)
+        for method, path in (
+            ("GET", ""),
+            ("GET", "/stats"),
+            ("GET", "/subtasks"),
+            ("PATCH", ""),
+            ("DELETE", ""),
+            ("POST", "/pause"),
+            ("POST", "/cancel"),
+        ):
+            r = await client.request(
+                method, f"/api/v1/tasks/{test_id}{path}", headers=owner.headers, json={} if method != "GET" else None
+            )
             expect_error(r, 404, "not_found")
         by_email = await client.get("/api/v1/subtasks", params={"email": "me@example.org"}, headers=owner.headers)
         assert by_email.json()["items"] == []
         # …and a campaign's id is not a test send.
         async with unit_of_work(dkit.sessionmaker) as session:
-            bulk = await factories.task(session, owner.id, sender_id=ids["sender"], template_ids=[ids["template"]],
-                                        rule={"type": "all_contacts"}, schedule=False)
+            bulk = await factories.task(
+                session,
+                owner.id,
+                sender_id=ids["sender"],
+                template_ids=[ids["template"]],
+                rule={"type": "all_contacts"},
+                schedule=False,
+            )
         expect_error(await client.get(f"/api/v1/test-sends/{bulk}", headers=owner.headers), 404, "not_found")
         assert [t["id"] for t in (await client.get("/api/v1/tasks", headers=owner.headers)).json()["items"]] == [bulk]
 
@@ -298,9 +365,21 @@ async def test_cli_queues_a_test_send_and_waits_for_the_outcome(dkit: DispatchKi
     owner, ids = await _setup(dkit)
     async with dkit.worker():
         # On a thread of its own: the command waits for the worker, which runs on this test's event loop.
-        done = await run_cli_async(dkit.db_url, "template", "test-send", str(ids["template"]), "--to",
-                                   "me@example.org", "--to", "qa@example.org", "--contact", str(ids["contact"]),
-                                   "--wait", "--timeout", "60")
+        done = await run_cli_async(
+            dkit.db_url,
+            "template",
+            "test-send",
+            str(ids["template"]),
+            "--to",
+            "me@example.org",
+            "--to",
+            "qa@example.org",
+            "--contact",
+            str(ids["contact"]),
+            "--wait",
+            "--timeout",
+            "60",
+        )
     assert done.returncode == 0, (done.stdout, done.stderr)
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("test send ") and "queued" in lines[0]

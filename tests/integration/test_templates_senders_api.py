@@ -18,8 +18,6 @@ API = "/api/v1"
 HTML = "<html><body><p>Hello {{ contact.first_name | default('there', true) }}</p></body></html>"
 
 
-
-
 async def _template(client: httpx.AsyncClient, who: Account, name: str = "Welcome", **fields: Any) -> dict[str, Any]:
     body = {"name": name, "subject": "Hi {{ contact.first_name }}", "html": HTML, **fields}
     r = await client.post(f"{API}/templates", json=body, headers=who.headers)
@@ -45,8 +43,11 @@ async def test_template_crud(client: httpx.AsyncClient, sessionmaker: Any) -> No
 
     listed = (await client.get(f"{API}/templates?include_total=true", headers=alice.headers)).json()
     assert listed["total"] == 1 and "html" not in listed["items"][0]
-    r = await client.patch(f"{API}/templates/{created['id']}", json={"subject": "New {{ name }}", "inline_css": False},
-                           headers=alice.headers)
+    r = await client.patch(
+        f"{API}/templates/{created['id']}",
+        json={"subject": "New {{ name }}", "inline_css": False},
+        headers=alice.headers,
+    )
     assert r.status_code == 200 and (r.json()["subject"], r.json()["inline_css"]) == ("New {{ name }}", False)
     assert r.json()["html"] == HTML
 
@@ -57,8 +58,9 @@ async def test_template_crud(client: httpx.AsyncClient, sessionmaker: Any) -> No
 async def test_syntax_errors_are_422_with_the_line(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     body = {"name": "Broken", "subject": "ok", "html": "<p>line 1</p>\n<p>{% if x %}never closed</p>\n"}
-    error = _error(await client.post(f"{API}/templates", json=body, headers=alice.headers), 422,
-                   "template_syntax_error")
+    error = _error(
+        await client.post(f"{API}/templates", json=body, headers=alice.headers), 422, "template_syntax_error"
+    )
     assert error["details"][0]["field"] == "html" and error["details"][0]["line"] is not None
 
     created = await _template(client, alice)
@@ -77,8 +79,9 @@ async def test_syntax_errors_are_422_with_the_line(client: httpx.AsyncClient, se
     ({"name": "n", "subject": "s", "html": "h", "engine": "mustache"}, "engine"),
     ({"name": "n", "subject": "s"}, "html"),
 ])  # fmt: skip
-async def test_bad_template_bodies(client: httpx.AsyncClient, sessionmaker: Any, body: dict[str, Any],
-                                   field: str) -> None:
+async def test_bad_template_bodies(
+    client: httpx.AsyncClient, sessionmaker: Any, body: dict[str, Any], field: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     r = await client.post(f"{API}/templates", json=body, headers=alice.headers)
     assert field in [d["field"] for d in _error(r, 422, "validation_error")["details"]]
@@ -88,8 +91,9 @@ async def test_names_unique_per_user_and_duplicate(client: httpx.AsyncClient, se
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     created = await _template(client, alice)
-    r = await client.post(f"{API}/templates", json={"name": "Welcome", "subject": "s", "html": "h"},
-                          headers=alice.headers)
+    r = await client.post(
+        f"{API}/templates", json={"name": "Welcome", "subject": "s", "html": "h"}, headers=alice.headers
+    )
     assert _error(r, 409, "conflict")["details"][0]["field"] == "name"
     await _template(client, bob)  # another user may use the same name
 
@@ -111,8 +115,12 @@ async def test_delete_refused_while_a_draft_task_uses_it(client: httpx.AsyncClie
         done = Task(user_id=alice.id, name="Winter", status="completed")
         session.add_all([draft, done])
         await session.flush()
-        session.add_all([TaskTemplate(task_id=draft.id, template_id=used["id"]),
-                         TaskTemplate(task_id=done.id, template_id=past["id"], subject="s", html="h")])
+        session.add_all(
+            [
+                TaskTemplate(task_id=draft.id, template_id=used["id"]),
+                TaskTemplate(task_id=done.id, template_id=past["id"], subject="s", html="h"),
+            ]
+        )
     body = _error(await client.delete(f"{API}/templates/{used['id']}", headers=alice.headers), 409, "in_use")
     assert body["tasks"] == [{"id": draft.id, "name": "Spring", "status": "draft"}]
     # A task past generation keeps its own snapshot: the template may go.
@@ -124,8 +132,11 @@ async def test_delete_refused_while_a_draft_task_uses_it(client: httpx.AsyncClie
 
 async def test_preview_unsaved_with_sample_data(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
-    body = {"subject": "Hi {{ contact.first_name }}", "preheader": "Read me",
-            "html": '<body><a href="https://shop.example/x">Shop</a> {{ foo }} {{ contact.nope }}</body>'}
+    body = {
+        "subject": "Hi {{ contact.first_name }}",
+        "preheader": "Read me",
+        "html": '<body><a href="https://shop.example/x">Shop</a> {{ foo }} {{ contact.nope }}</body>',
+    }
     r = await client.post(f"{API}/templates/preview", json=body, headers=alice.headers)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -140,8 +151,11 @@ async def test_preview_unsaved_with_sample_data(client: httpx.AsyncClient, sessi
     out = (await client.post(f"{API}/templates/preview", json=with_link, headers=alice.headers)).json()
     assert not any("unsubscribe" in w for w in out["warnings"]) and out["unknown_variables"] == []
 
-    error = _error(await client.post(f"{API}/templates/preview", json={"subject": "{% if %}", "html": "x"},
-                                     headers=alice.headers), 422, "template_syntax_error")
+    error = _error(
+        await client.post(f"{API}/templates/preview", json={"subject": "{% if %}", "html": "x"}, headers=alice.headers),
+        422,
+        "template_syntax_error",
+    )
     assert error["details"][0]["field"] == "subject"
 
 
@@ -150,8 +164,11 @@ async def test_preview_saved_with_a_contact(client: httpx.AsyncClient, sessionma
     bob = await make_account(sessionmaker, "bob")
     reader = await make_account(sessionmaker, "reader", scope="read")
     template = await _template(client, alice, html="<p>{{ contact.attributes.city }} / {{ name }}</p>")
-    r = await client.post(f"{API}/contacts", json={"email": "ann@example.org", "first_name": "Ann", "name": "Ann L",
-                                                 "custom_attributes": {"city": "Oslo"}}, headers=alice.headers)
+    r = await client.post(
+        f"{API}/contacts",
+        json={"email": "ann@example.org", "first_name": "Ann", "name": "Ann L", "custom_attributes": {"city": "Oslo"}},
+        headers=alice.headers,
+    )
     contact_id = r.json()["id"]
     bob_contact = (await client.post(f"{API}/contacts", json={"email": "b@example.org"}, headers=bob.headers)).json()
     await _sender(client, alice, "news", display_name="Shop")
@@ -162,23 +179,30 @@ async def test_preview_saved_with_a_contact(client: httpx.AsyncClient, sessionma
     assert out["unknown_variables"] == []
     sample = (await client.post(url, headers=alice.headers)).json()
     assert sample["subject"] == "Hi Jane"
-    error = _error(await client.post(url, json={"contact_id": bob_contact["id"]}, headers=alice.headers), 422,
-                   "validation_error")
+    error = _error(
+        await client.post(url, json={"contact_id": bob_contact["id"]}, headers=alice.headers), 422, "validation_error"
+    )
     assert error["details"][0]["field"] == "contact_id"
     _error(await client.post(url, headers=bob.headers), 404, "not_found")
-    assert (await client.post(f"{API}/templates/preview", json={"subject": "s", "html": "h"},
-                              headers=reader.headers)).status_code == 200
+    assert (
+        await client.post(f"{API}/templates/preview", json={"subject": "s", "html": "h"}, headers=reader.headers)
+    ).status_code == 200
 
 
 async def test_template_variables(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
-    await client.post(f"{API}/contacts", json={"email": "a@example.org", "custom_attributes": {"city": "x"}},
-                      headers=alice.headers)
-    await client.post(f"{API}/contacts", json={"email": "b@example.org", "custom_attributes": {"plan": 1, "city": "y"}},
-                      headers=alice.headers)
-    await client.post(f"{API}/contacts", json={"email": "c@example.org", "custom_attributes": {"secret": 1}},
-                      headers=bob.headers)
+    await client.post(
+        f"{API}/contacts", json={"email": "a@example.org", "custom_attributes": {"city": "x"}}, headers=alice.headers
+    )
+    await client.post(
+        f"{API}/contacts",
+        json={"email": "b@example.org", "custom_attributes": {"plan": 1, "city": "y"}},
+        headers=alice.headers,
+    )
+    await client.post(
+        f"{API}/contacts", json={"email": "c@example.org", "custom_attributes": {"secret": 1}}, headers=bob.headers
+    )
     out = (await client.get(f"{API}/template-variables", headers=alice.headers)).json()
     names = {v["name"] for v in out["variables"]}
     assert {"contact.first_name", "unsubscribe_url", "sender.email", "org.postal_address", "now"} <= names
@@ -196,8 +220,11 @@ async def test_templates_isolation_and_roles(client: httpx.AsyncClient, sessionm
     _error(await client.delete(url, headers=bob.headers), 404, "not_found")
     _error(await client.post(f"{url}/duplicate", headers=bob.headers), 404, "not_found")
     assert (await client.get(f"{API}/templates", headers=bob.headers)).json()["items"] == []
-    _error(await client.post(f"{API}/templates", json={"name": "n", "subject": "s", "html": "h"},
-                             headers=reader.headers), 403, "forbidden")
+    _error(
+        await client.post(f"{API}/templates", json={"name": "n", "subject": "s", "html": "h"}, headers=reader.headers),
+        403,
+        "forbidden",
+    )
     _error(await client.patch(url, json={"name": "x"}, headers=reader.headers), 403, "forbidden")
 
 
@@ -209,8 +236,11 @@ async def test_templates_isolation_and_roles(client: httpx.AsyncClient, sessionm
 async def test_sender_crud(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     created = await _sender(client, alice, "News.Letter", display_name="Shop", reply_to=" help@Example.org ")
-    assert (created["local_part"], created["reply_to"], created["archived_at"]) == ("News.Letter", "help@Example.org",
-                                                                                    None)
+    assert (created["local_part"], created["reply_to"], created["archived_at"]) == (
+        "News.Letter",
+        "help@Example.org",
+        None,
+    )
     r = await client.patch(f"{API}/senders/{created['id']}", json={"display_name": "Shop News"}, headers=alice.headers)
     assert r.status_code == 200 and r.json()["display_name"] == "Shop News"
     page = (await client.get(f"{API}/senders?include_total=true", headers=alice.headers)).json()
@@ -228,15 +258,15 @@ async def test_sender_crud(client: httpx.AsyncClient, sessionmaker: Any) -> None
     ({"local_part": "ok", "display_name": "d" * 201}, "display_name"),
     ({"local_part": "ok", "domain": "example.com"}, "domain"),
 ])  # fmt: skip
-async def test_bad_sender_bodies(client: httpx.AsyncClient, sessionmaker: Any, body: dict[str, Any],
-                                 field: str) -> None:
+async def test_bad_sender_bodies(
+    client: httpx.AsyncClient, sessionmaker: Any, body: dict[str, Any], field: str
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     r = await client.post(f"{API}/senders", json=body, headers=alice.headers)
     assert field in [d["field"] for d in _error(r, 422, "validation_error")["details"]]
 
 
-async def test_local_part_unique_across_users_case_insensitively(client: httpx.AsyncClient,
-                                                                sessionmaker: Any) -> None:
+async def test_local_part_unique_across_users_case_insensitively(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
     await _sender(client, alice, "News")
@@ -247,8 +277,7 @@ async def test_local_part_unique_across_users_case_insensitively(client: httpx.A
     _error(r, 409, "conflict")
 
 
-async def test_delete_archives_unless_an_unfinished_task_uses_it(client: httpx.AsyncClient,
-                                                                 sessionmaker: Any) -> None:
+async def test_delete_archives_unless_an_unfinished_task_uses_it(client: httpx.AsyncClient, sessionmaker: Any) -> None:
     alice = await make_account(sessionmaker, "alice")
     busy = await _sender(client, alice, "busy")
     old = await _sender(client, alice, "old")
@@ -265,8 +294,11 @@ async def test_delete_archives_unless_an_unfinished_task_uses_it(client: httpx.A
     assert {s["id"] for s in everything} == {busy["id"], old["id"]}
     archived = (await client.get(f"{API}/senders/{old['id']}", headers=alice.headers)).json()
     assert archived["archived_at"] is not None
-    _error(await client.patch(f"{API}/senders/{old['id']}", json={"display_name": "x"}, headers=alice.headers),
-           409, "conflict")
+    _error(
+        await client.patch(f"{API}/senders/{old['id']}", json={"display_name": "x"}, headers=alice.headers),
+        409,
+        "conflict",
+    )
     # Its owner may bring the archived local part back; nobody else may take it.
     revived = await _sender(client, alice, "OLD", display_name="Again")
     assert (revived["id"], revived["local_part"], revived["archived_at"]) == (old["id"], "OLD", None)

@@ -39,15 +39,22 @@ async def _tokens_of(sessionmaker: async_sessionmaker[AsyncSession], user_id: in
 
 
 async def test_a_read_token_cannot_create_or_revoke_tokens_but_can_list_them(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     alice = await make_account(sessionmaker, "alice")  # her first token has write scope
     read_token, _ = await _second_token(sessionmaker, alice, "read")
     reader = {"Authorization": f"Bearer {read_token}"}
 
-    _error(await client.post(f"{API}/me/tokens", json={"name": "escalate", "scope": "write"}, headers=reader),
-           403, "forbidden")
-    _error(await client.post(f"{API}/me/tokens", json={"name": "another", "scope": "read"}, headers=reader),
-           403, "forbidden")
+    _error(
+        await client.post(f"{API}/me/tokens", json={"name": "escalate", "scope": "write"}, headers=reader),
+        403,
+        "forbidden",
+    )
+    _error(
+        await client.post(f"{API}/me/tokens", json={"name": "another", "scope": "read"}, headers=reader),
+        403,
+        "forbidden",
+    )
     write_row = (await _tokens_of(sessionmaker, alice.id))[0]
     _error(await client.delete(f"{API}/me/tokens/{write_row.id}", headers=reader), 403, "forbidden")
 
@@ -58,8 +65,9 @@ async def test_a_read_token_cannot_create_or_revoke_tokens_but_can_list_them(
     assert (await client.get(f"{API}/me", headers=alice.headers)).status_code == 200, "the write token still works"
 
 
-async def test_a_write_token_creates_and_revokes_tokens(client: httpx.AsyncClient,
-                                                       sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+async def test_a_write_token_creates_and_revokes_tokens(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     created = await client.post(f"{API}/me/tokens", json={"name": "deploy", "scope": "write"}, headers=alice.headers)
     assert created.status_code == 201 and created.json()["scope"] == "write"
@@ -70,10 +78,14 @@ async def test_a_write_token_creates_and_revokes_tokens(client: httpx.AsyncClien
 
 
 async def test_a_read_only_user_manages_tokens_from_its_session_and_gets_read_tokens(
-        client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     viewer = await make_account(sessionmaker, "viewer", role=Role.READ_ONLY)
-    _error(await client.post(f"{API}/me/tokens", json={"name": "t", "scope": "read"}, headers=viewer.headers),
-           403, "forbidden")  # its tokens are read tokens: they cannot manage tokens either
+    _error(
+        await client.post(f"{API}/me/tokens", json={"name": "t", "scope": "read"}, headers=viewer.headers),
+        403,
+        "forbidden",
+    )  # its tokens are read tokens: they cannot manage tokens either
 
     login = await client.post(f"{API}/auth/login", json={"username": "viewer", "password": PASSWORD})
     assert login.status_code == 200, login.text

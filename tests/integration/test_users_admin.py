@@ -41,11 +41,13 @@ async def browser(db_url: str, engine: Any) -> AsyncIterator[Browser]:
     """Makes clients on one app, each with its own cookie jar (one console session)."""
     app = create_app(settings_for(db_url), engine=engine)
     async with app.router.lifespan_context(app), AsyncExitStack() as stack:
-        async def new() -> httpx.AsyncClient:
-            return await stack.enter_async_context(httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                                                     base_url="http://edm.test"))
-        yield new
 
+        async def new() -> httpx.AsyncClient:
+            return await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edm.test")
+            )
+
+        yield new
 
 
 async def _session_of(c: httpx.AsyncClient, username: str, password: str = PASSWORD) -> dict[str, Any]:
@@ -64,17 +66,24 @@ async def _count(sessionmaker: Any, model: Any, *where: Any) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_patch_edits_email_role_active_timezone_and_threshold(client: httpx.AsyncClient,
-                                                                   sessionmaker: Any) -> None:
+async def test_patch_edits_email_role_active_timezone_and_threshold(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice")
     await make_account(sessionmaker, "bob")
     url = f"{USERS}/{alice.id}"
-    r = await client.patch(url, json={"email": " Alice.New@Example.COM ", "timezone": "Europe/Berlin",
-                                      "low_credit_threshold": 5}, headers=root.headers)
+    r = await client.patch(
+        url,
+        json={"email": " Alice.New@Example.COM ", "timezone": "Europe/Berlin", "low_credit_threshold": 5},
+        headers=root.headers,
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["email"], r.json()["timezone"], r.json()["low_credit_threshold"]) == (
-        "alice.new@example.com", "Europe/Berlin", 5)
+        "alice.new@example.com",
+        "Europe/Berlin",
+        5,
+    )
     r = await client.patch(url, json={"low_credit_threshold": None, "role": "read_only"}, headers=root.headers)
     assert r.status_code == 200 and r.json()["low_credit_threshold"] is None and r.json()["role"] == "read_only"
 
@@ -92,11 +101,15 @@ async def test_patch_edits_email_role_active_timezone_and_threshold(client: http
         audits = list(await session.scalars(select(AuditLog).where(AuditLog.action == "user.update")))
     assert [a.target_id for a in audits] == [str(alice.id)] * 2 and audits[0].actor_user_id == root.id
     assert audits[0].details is not None and audits[0].details["changed"] == [
-        "email", "low_credit_threshold", "timezone"]
+        "email",
+        "low_credit_threshold",
+        "timezone",
+    ]
 
 
 async def test_role_change_revokes_sessions_and_tokens_follow_the_role_at_once(
-        client: httpx.AsyncClient, browser: Browser, sessionmaker: Any) -> None:
+    client: httpx.AsyncClient, browser: Browser, sessionmaker: Any
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice")
     console = await browser()
@@ -112,13 +125,17 @@ async def test_role_change_revokes_sessions_and_tokens_follow_the_role_at_once(
 
     # an edit that does not change the role keeps sessions
     await _session_of(console, "alice")
-    assert (await client.patch(f"{USERS}/{alice.id}", json={"role": "read_only", "timezone": "Asia/Tokyo"},
-                               headers=root.headers)).status_code == 200
+    assert (
+        await client.patch(
+            f"{USERS}/{alice.id}", json={"role": "read_only", "timezone": "Asia/Tokyo"}, headers=root.headers
+        )
+    ).status_code == 200
     assert (await console.get(f"{API}/me")).status_code == 200
 
 
 async def test_deactivation_revokes_sessions_and_tokens_fail_at_once(
-        client: httpx.AsyncClient, browser: Browser, sessionmaker: Any) -> None:
+    client: httpx.AsyncClient, browser: Browser, sessionmaker: Any
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice")
     console = await browser()
@@ -128,12 +145,16 @@ async def test_deactivation_revokes_sessions_and_tokens_fail_at_once(
     _error(await client.get(f"{API}/me", headers=alice.headers), 401, "invalid_token")
     _error(await console.get(f"{API}/me"), 401, "unauthenticated")
     assert await _count(sessionmaker, ConsoleSession, ConsoleSession.user_id == alice.id) == 0
-    _error(await (await browser()).post(f"{API}/auth/login", json={"username": "alice", "password": PASSWORD}),
-           401, "unauthenticated")
+    _error(
+        await (await browser()).post(f"{API}/auth/login", json={"username": "alice", "password": PASSWORD}),
+        401,
+        "unauthenticated",
+    )
 
 
-async def test_tokens_of_an_inactive_user_fail_even_when_not_revoked(client: httpx.AsyncClient,
-                                                                    sessionmaker: Any) -> None:
+async def test_tokens_of_an_inactive_user_fail_even_when_not_revoked(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     alice = await make_account(sessionmaker, "alice")
     async with unit_of_work(sessionmaker) as session:
         user = await session.get(User, alice.id)
@@ -147,8 +168,9 @@ async def test_tokens_of_an_inactive_user_fail_even_when_not_revoked(client: htt
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_the_last_active_admin_cannot_be_demoted_deactivated_or_deleted(client: httpx.AsyncClient,
-                                                                              sessionmaker: Any) -> None:
+async def test_the_last_active_admin_cannot_be_demoted_deactivated_or_deleted(
+    client: httpx.AsyncClient, sessionmaker: Any
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     url = f"{USERS}/{root.id}"
     _error(await client.patch(url, json={"role": "user"}, headers=root.headers), 409, "last_admin")
@@ -173,8 +195,9 @@ async def test_the_last_active_admin_cannot_be_demoted_deactivated_or_deleted(cl
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_admin_password_reset_with_must_change(client: httpx.AsyncClient, browser: Browser,
-                                                     sessionmaker: Any) -> None:
+async def test_admin_password_reset_with_must_change(
+    client: httpx.AsyncClient, browser: Browser, sessionmaker: Any
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     alice = await make_account(sessionmaker, "alice")
     console = await browser()
@@ -183,10 +206,14 @@ async def test_admin_password_reset_with_must_change(client: httpx.AsyncClient, 
     _error(await client.post(url, json={"password": "short"}, headers=root.headers), 422, "validation_error")
     _error(await client.post(url, json={"password": "alice"}, headers=root.headers), 422, "validation_error")
     _error(await client.post(url, json={"password": "fresh password 1"}, headers=alice.headers), 403, "forbidden")
-    _error(await client.post(f"{USERS}/999999/password", json={"password": "fresh password 1"},
-                             headers=root.headers), 404, "not_found")
-    r = await client.post(url, json={"password": "fresh password 1", "must_change_password": True},
-                          headers=root.headers)
+    _error(
+        await client.post(f"{USERS}/999999/password", json={"password": "fresh password 1"}, headers=root.headers),
+        404,
+        "not_found",
+    )
+    r = await client.post(
+        url, json={"password": "fresh password 1", "must_change_password": True}, headers=root.headers
+    )
     assert r.status_code == 200 and r.json()["must_change_password"] is True and r.json()["sessions_revoked"] == 1
     _error(await console.get(f"{API}/me"), 401, "unauthenticated")
 
@@ -196,9 +223,11 @@ async def test_admin_password_reset_with_must_change(client: httpx.AsyncClient, 
     assert (await fresh.get(f"{API}/me")).json()["must_change_password"] is True
     _error(await fresh.get(f"{API}/me/tokens"), 403, "password_change_required")
     assert (await client.get(f"{API}/me/tokens", headers=alice.headers)).status_code == 200, "tokens unaffected"
-    r = await fresh.put(f"{API}/me/password", json={"current_password": "fresh password 1",
-                                                     "new_password": "my own password"},
-                        headers={"X-CSRF-Token": login["csrf_token"]})
+    r = await fresh.put(
+        f"{API}/me/password",
+        json={"current_password": "fresh password 1", "new_password": "my own password"},
+        headers={"X-CSRF-Token": login["csrf_token"]},
+    )
     assert r.status_code == 200, r.text
     assert (await fresh.get(f"{API}/me")).json()["must_change_password"] is False
     assert (await fresh.get(f"{API}/me/tokens")).status_code == 200
@@ -212,21 +241,36 @@ async def test_admin_password_reset_with_must_change(client: httpx.AsyncClient, 
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_delete_is_refused_while_a_task_is_active_then_cascades(client: httpx.AsyncClient, browser: Browser,
-                                                                     sessionmaker: Any, db_url: str) -> None:
+async def test_delete_is_refused_while_a_task_is_active_then_cascades(
+    client: httpx.AsyncClient, browser: Browser, sessionmaker: Any, db_url: str
+) -> None:
     root = await make_account(sessionmaker, "root", role=Role.ADMIN)
     keep = await make_account(sessionmaker, "keep", credit=10)
-    w = await factories.world(sessionmaker, settings_for(db_url), recipients=3, name="alice",
-                              services_=[{"name": "esp"}])
+    w = await factories.world(
+        sessionmaker, settings_for(db_url), recipients=3, name="alice", services_=[{"name": "esp"}]
+    )
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
         await generation.generate(session, task_id, now=utc_now())
         token, _ = await create_token(session, user_id=w.user_id, name="t")
-        session.add(Event(source="fake", dedupe_key="e1", event_type="delivered", occurred_at=utc_now(),
-                          user_id=w.user_id, task_id=task_id, raw={}))
-        session.add(Event(source="fake", dedupe_key="e2", event_type="delivered", occurred_at=utc_now(),
-                          user_id=keep.id, raw={}))
+        session.add(
+            Event(
+                source="fake",
+                dedupe_key="e1",
+                event_type="delivered",
+                occurred_at=utc_now(),
+                user_id=w.user_id,
+                task_id=task_id,
+                raw={},
+            )
+        )
+        session.add(
+            Event(
+                source="fake", dedupe_key="e2", event_type="delivered", occurred_at=utc_now(), user_id=keep.id, raw={}
+            )
+        )
     alice = Account(w.user_id, "alice", token)
     await _session_of(await browser(), "alice", "long enough pw")  # the factories' password
     assert await _count(sessionmaker, Task, Task.id == task_id, Task.status == "queued") == 1
@@ -242,8 +286,10 @@ async def test_delete_is_refused_while_a_task_is_active_then_cascades(client: ht
     _error(await client.get(f"{USERS}/{alice.id}", headers=root.headers), 404, "not_found")
     _error(await client.delete(f"{USERS}/{alice.id}", headers=root.headers), 404, "not_found")
     for model in (User, Contact, Task, ApiToken, ConsoleSession, QuotaLedgerEntry, Event):
-        assert await _count(sessionmaker, model, model.user_id == alice.id if model is not User
-                            else User.id == alice.id) == 0, model
+        assert (
+            await _count(sessionmaker, model, model.user_id == alice.id if model is not User else User.id == alice.id)
+            == 0
+        ), model
     assert await _count(sessionmaker, SubTask, SubTask.task_id == task_id) == 0
     # the other user's data stays
     assert await _count(sessionmaker, Event, Event.user_id == keep.id) == 1
@@ -274,6 +320,7 @@ async def test_user_password_delete_and_sessions_commands(tmp_path: Path) -> Non
         assert edm(url, *args, *(["--admin"] if name == "root" else []), stdin=PASSWORD + "\n").returncode == 0
 
     from edm.db.engine import make_engine, make_sessionmaker
+
     engine = make_engine(url)
     try:
         app = create_app(settings_for(url), engine=engine)
@@ -283,8 +330,9 @@ async def test_user_password_delete_and_sessions_commands(tmp_path: Path) -> Non
                 listed = edm(url, "user", "sessions", "ann", "--json")
                 assert listed.returncode == 0 and '"ip": "127.0.0.1"' in listed.stdout, listed.stderr
 
-                changed = edm(url, "user", "password", "ann", "--password-stdin", "--must-change",
-                              stdin="brand new password\n")
+                changed = edm(
+                    url, "user", "password", "ann", "--password-stdin", "--must-change", stdin="brand new password\n"
+                )
                 assert changed.returncode == 0 and "1 session(s) revoked" in changed.stdout, changed.stderr
                 _error(await c.get(f"{API}/me"), 401, "unauthenticated")
                 login = await _session_of(c, "ann", "brand new password")
@@ -294,14 +342,14 @@ async def test_user_password_delete_and_sessions_commands(tmp_path: Path) -> Non
         async with unit_of_work(make_sessionmaker(engine)) as session:
             ann_id = await session.scalar(select(User.id).where(User.username == "ann"))
             cutoff = utc_now() - dt.timedelta(minutes=5)
-            assert (await session.scalars(select(AuditLog.action).where(AuditLog.at > cutoff,
-                                                                       AuditLog.actor_kind == "cli"))).all()
+            assert (
+                await session.scalars(select(AuditLog.action).where(AuditLog.at > cutoff, AuditLog.actor_kind == "cli"))
+            ).all()
     finally:
         await engine.dispose()
 
     _one_line_exit_2(edm(url, "user", "password", "ann", "--password-stdin", stdin="short\n"), "10 to 128")
-    _one_line_exit_2(edm(url, "user", "password", "nobody", "--password-stdin", stdin="long enough pw\n"),
-                     "not found")
+    _one_line_exit_2(edm(url, "user", "password", "nobody", "--password-stdin", stdin="long enough pw\n"), "not found")
     _one_line_exit_2(edm(url, "user", "delete", "ann"), "--yes")
     _one_line_exit_2(edm(url, "user", "delete", "root", "--yes"), "last active admin")
     deleted = edm(url, "user", "delete", "ann", "--yes")

@@ -12,8 +12,12 @@ import typer
 
 from edm.cli import common, demo
 
-DEMO_VALUES = {"EDM_ENV": "demo", "EDM_DATABASE_URL": "sqlite:////srv/demo/var/edm-demo.db",
-               "EDM_SECRET_KEY": "demo-key-" + "k" * 40, "EDM_PUBLIC_URL": "http://127.0.0.1:8123"}
+DEMO_VALUES = {
+    "EDM_ENV": "demo",
+    "EDM_DATABASE_URL": "sqlite:////srv/demo/var/edm-demo.db",
+    "EDM_SECRET_KEY": "demo-key-" + "k" * 40,
+    "EDM_PUBLIC_URL": "http://127.0.0.1:8123",
+}
 
 
 def write_env(path: Path, values: dict[str, str]) -> Path:
@@ -25,8 +29,13 @@ def write_env(path: Path, values: dict[str, str]) -> Path:
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No EDM_* variable in the environment; whatever a test (or the demo) sets is undone afterwards."""
-    for name in [*DEMO_VALUES, "EDM_ENCRYPTION_KEYS", "EDM_ENV_FILE", "EDM_LOG_LEVEL",
-                 *(n for n in os.environ if n.startswith("EDM_"))]:
+    for name in [
+        *DEMO_VALUES,
+        "EDM_ENCRYPTION_KEYS",
+        "EDM_ENV_FILE",
+        "EDM_LOG_LEVEL",
+        *(n for n in os.environ if n.startswith("EDM_")),
+    ]:
         monkeypatch.setenv(name, "")  # recorded, so the original value (or its absence) comes back
         monkeypatch.delenv(name)
     return monkeypatch
@@ -42,8 +51,9 @@ def test_the_demo_file_is_read_only_in_its_directory_and_only_without_deployment
     for name in common.DEPLOYMENT_VARIABLES:  # a deployment (it must set its keys) never reads demo settings
         assert common.settings_file(environ={name: "set"}, cwd=demo_dir) is None, name
     explicit = write_env(elsewhere / "edm.env", {"EDM_ENV": "development"})
-    assert common.settings_file(environ={"EDM_ENV_FILE": str(explicit), "EDM_SECRET_KEY": "x"},
-                                cwd=demo_dir) == explicit
+    assert (
+        common.settings_file(environ={"EDM_ENV_FILE": str(explicit), "EDM_SECRET_KEY": "x"}, cwd=demo_dir) == explicit
+    )
 
 
 def test_the_cli_uses_the_demo_file_and_the_environment_wins(
@@ -53,8 +63,11 @@ def test_the_cli_uses_the_demo_file_and_the_environment_wins(
     clean_environment.chdir(tmp_path)
     clean_environment.setenv("EDM_PUBLIC_URL", "http://from-the-environment.example")
     cfg = common.settings()
-    assert (cfg.env, cfg.database_url, cfg.secret_key) == ("demo", DEMO_VALUES["EDM_DATABASE_URL"],
-                                                           DEMO_VALUES["EDM_SECRET_KEY"])
+    assert (cfg.env, cfg.database_url, cfg.secret_key) == (
+        "demo",
+        DEMO_VALUES["EDM_DATABASE_URL"],
+        DEMO_VALUES["EDM_SECRET_KEY"],
+    )
     assert cfg.public_url == "http://from-the-environment.example"
 
 
@@ -92,7 +105,7 @@ def test_the_demo_writes_only_what_it_chose_owner_only(tmp_path: Path, clean_env
     clean_environment.setenv("EDM_DATABASE_URL", secret_url)  # the user's own: used, never written down
     settings, chosen = demo.demo_settings(port=8123)
     demo.write_cli_settings(chosen)
-    written = (tmp_path / common.DEMO_ENV_FILE)
+    written = tmp_path / common.DEMO_ENV_FILE
     text = written.read_text()
     assert "hunter2" not in text and "EDM_DATABASE_URL" not in text and settings.database_url == secret_url
     assert "EDM_ENV=demo\n" in text and f"EDM_SECRET_KEY={settings.secret_key}\n" in text

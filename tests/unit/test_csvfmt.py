@@ -54,23 +54,37 @@ def test_records_are_rfc_4180() -> None:
 
 
 @no_store
-@given(st.lists(st.lists(st.text(alphabet=st.characters(exclude_characters="\x00")), min_size=1, max_size=5),
-                max_size=5))
+@given(
+    st.lists(st.lists(st.text(alphabet=st.characters(exclude_characters="\x00")), min_size=1, max_size=5), max_size=5)
+)
 def test_records_read_back_as_written(rows: list[list[str]]) -> None:
     assert list(csv.reader(io.StringIO(csvfmt.records(rows), newline=""))) == rows
 
 
-@pytest.mark.parametrize(("header", "canonical"), [
-    ("E-Mail Address", "emailaddress"), ("first_name", "firstname"), (" Tags ", "tags"), ("名前", ""),
-])
+@pytest.mark.parametrize(
+    ("header", "canonical"),
+    [
+        ("E-Mail Address", "emailaddress"),
+        ("first_name", "firstname"),
+        (" Tags ", "tags"),
+        ("名前", ""),
+    ],
+)
 def test_headers_compare_by_letters_and_digits(header: str, canonical: str) -> None:
     assert csvfmt.canonical(header) == canonical
 
 
-@pytest.mark.parametrize(("given", "name"), [
-    (None, "utf-8-sig"), ("UTF-8", "utf-8-sig"), ("utf8", "utf-8-sig"), ("GB18030", "gb18030"),
-    ("latin-1", "iso8859-1"), ("Shift_JIS", "shift_jis"),
-])
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        (None, "utf-8-sig"),
+        ("UTF-8", "utf-8-sig"),
+        ("utf8", "utf-8-sig"),
+        ("GB18030", "gb18030"),
+        ("latin-1", "iso8859-1"),
+        ("Shift_JIS", "shift_jis"),
+    ],
+)
 def test_encodings_by_any_spelling(given: str | None, name: str) -> None:
     assert csvfmt.codec(given) == name
 
@@ -82,10 +96,16 @@ def test_an_unknown_encoding_is_refused_by_name() -> None:
     assert refused.value.details == [{"field": "encoding", "message": f"unknown encoding {name[:40]!r}"}]
 
 
-@pytest.mark.parametrize(("line", "delimiter"), [
-    ("email,name,tags\n", ","), ("email;name;tags\n", ";"), ("email\tname\ttags\n", "\t"),
-    ("email\n", ","), ("email;name,tags;x\n", ";"),
-])
+@pytest.mark.parametrize(
+    ("line", "delimiter"),
+    [
+        ("email,name,tags\n", ","),
+        ("email;name;tags\n", ";"),
+        ("email\tname\ttags\n", "\t"),
+        ("email\n", ","),
+        ("email;name,tags;x\n", ";"),
+    ],
+)
 def test_the_delimiter_is_the_one_that_splits_the_header_most(line: str, delimiter: str) -> None:
     assert csvfmt.sniff_delimiter(line) == delimiter
 
@@ -96,7 +116,9 @@ def _text(data: bytes, codec_name: str = "utf-8-sig") -> io.TextIOWrapper:
 
 def test_the_header_is_the_first_line_with_content() -> None:
     assert csvfmt.header_line(_text(b"\xef\xbb\xbf\n  \nemail,name\r\na@example.com,Ann\r\n"), "utf-8-sig") == (
-        3, "email,name\r\n")
+        3,
+        "email,name\r\n",
+    )
 
 
 def test_an_empty_file_is_refused() -> None:

@@ -28,8 +28,10 @@ METHODS = "GET|POST|PUT|PATCH|DELETE|HEAD"
 # A backticked path, alone or after its methods (`GET,PATCH /x`, `GET/PATCH /x`, `GET|HEAD /x`).
 SPAN = re.compile(rf"^(?:((?:{METHODS})(?:[,/|](?:{METHODS}))*)\s+)?(/\S*)$")
 # A URL on one of the hosts the docs use for EDM itself (the real server, its placeholders, the demo).
-OWN_URL = re.compile(r"https?://(?:edm\.example\.com|t\.example\.com|127\.0\.0\.1:8000|localhost:8000"
-                     r"|<EDM_[A-Z_]+(?: or EDM_[A-Z_]+)?>)(/(?:<[^<>\s]+>|[^\s`'\"<>)])*)")
+OWN_URL = re.compile(
+    r"https?://(?:edm\.example\.com|t\.example\.com|127\.0\.0\.1:8000|localhost:8000"
+    r"|<EDM_[A-Z_]+(?: or EDM_[A-Z_]+)?>)(/(?:<[^<>\s]+>|[^\s`'\"<>)])*)"
+)
 # Named in the docs on purpose though no EDM route has them; keep this short.
 NOT_OURS = {
     "/email/batch": "Postmark's batch endpoint, in the provider table",
@@ -73,8 +75,9 @@ def variants(path: str) -> list[tuple[list[str], bool]]:
     path = path if path.endswith("...") else path.rstrip(".,;:")
     optional = re.search(r"\[([^\]]+)\]", path)
     if optional:
-        return (variants(path.replace(optional.group(0), optional.group(1)))
-                + variants(path.replace(optional.group(0), "")))
+        return variants(path.replace(optional.group(0), optional.group(1))) + variants(
+            path.replace(optional.group(0), "")
+        )
     segments = path.strip("/").split("/") if path.strip("/") else []
     prefix = bool(segments) and segments[-1] in ("…", "...")
     if prefix:
@@ -96,8 +99,11 @@ def _matches(doc: list[str], route: list[str]) -> bool:
     """Segment by segment: equal, or a concrete value where the route has a placeholder (`/uncertain/abandon`
     for `/uncertain/{action}`); at least one segment equal, so that `/metrics` is not any route's `/{id}`."""
     pairs = list(zip(doc, route, strict=False))
-    return (len(doc) == len(route) and any(d == r for d, r in pairs)
-            and all(d == r or (r == "{}" and not d.startswith("{}")) for d, r in pairs))
+    return (
+        len(doc) == len(route)
+        and any(d == r for d, r in pairs)
+        and all(d == r or (r == "{}" and not d.startswith("{}")) for d, r in pairs)
+    )
 
 
 class Routes:
@@ -110,9 +116,9 @@ class Routes:
         """A path of the OpenAPI document has these segments (as a prefix, or as its last segments) and methods."""
         for route, route_methods in self.api.items():
             if prefix:
-                hit = _matches(segments, list(route[:len(segments)]))
+                hit = _matches(segments, list(route[: len(segments)]))
             elif suffix:
-                hit = len(route) >= len(segments) and _matches(segments, list(route[len(route) - len(segments):]))
+                hit = len(route) >= len(segments) and _matches(segments, list(route[len(route) - len(segments) :]))
             else:
                 hit = _matches(segments, list(route))
             if hit and set(methods) <= route_methods | {"HEAD"}:
@@ -123,8 +129,14 @@ class Routes:
         """The app's router answers this path (placeholders filled in) for each method."""
         path = "/" + "/".join("1" + s[2:] if s.startswith("{}") else s for s in segments)
         for method in methods or ("GET",):
-            scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": [],
-                     "query_string": b""}
+            scope = {
+                "type": "http",
+                "path": path,
+                "method": method,
+                "root_path": "",
+                "headers": [],
+                "query_string": b"",
+            }
             if not any(route.matches(scope)[0] == Match.FULL for route in self.app.router.routes):
                 return False
         return True
@@ -135,8 +147,9 @@ class Routes:
                 full = [*base, *segments]
                 if prefix and self.in_openapi(full, named.methods, prefix=True, suffix=False):
                     return True
-                if not prefix and (self.in_openapi(full, named.methods, prefix=False, suffix=False)
-                                   or self.served(full, named.methods)):
+                if not prefix and (
+                    self.in_openapi(full, named.methods, prefix=False, suffix=False) or self.served(full, named.methods)
+                ):
                     return True
             # A sibling named after the full path on the same line (`…/schedule`, `/unschedule`, `/pause`):
             # the last segments of an API route.
@@ -155,10 +168,15 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Routes:
 def test_every_path_the_docs_name_exists_or_is_marked_planned(routes: Routes) -> None:
     named = list(named_paths())
     assert len(named) > 100, "the extraction found the docs' paths"
-    missing = [f"{n.where}: {' '.join(n.methods)} {n.path}".replace(":  ", ": ")
-               for n in named if not n.planned and n.path not in NOT_OURS and not routes.exists(n)]
-    assert not missing, "paths the docs name that EDM does not serve (fix the doc, or say `planned` on the " \
-                        "line):\n" + "\n".join(missing)
+    missing = [
+        f"{n.where}: {' '.join(n.methods)} {n.path}".replace(":  ", ": ")
+        for n in named
+        if not n.planned and n.path not in NOT_OURS and not routes.exists(n)
+    ]
+    assert not missing, (
+        "paths the docs name that EDM does not serve (fix the doc, or say `planned` on the "
+        "line):\n" + "\n".join(missing)
+    )
 
 
 def test_the_check_tells_real_paths_from_made_up_ones(routes: Routes) -> None:
@@ -168,12 +186,29 @@ def test_the_check_tells_real_paths_from_made_up_ones(routes: Routes) -> None:
         methods = tuple(re.split(r"[,/|]", found.group(1))) if found.group(1) else ()
         return routes.exists(Named("-", methods, found.group(2), planned=False))
 
-    for real in ("/healthz", "GET /api/v1/tasks/{id}", "POST /tasks/42/pause", "/t/o/{token}.gif",
-                 "GET|HEAD /t/o/*.gif", "POST /webhooks/{provider}[/{service_id}]", "/admin/…", "/demo/mailbox",
-                 "GET /api/docs", "/u/<token>", "DELETE /{id}?reason="):
+    for real in (
+        "/healthz",
+        "GET /api/v1/tasks/{id}",
+        "POST /tasks/42/pause",
+        "/t/o/{token}.gif",
+        "GET|HEAD /t/o/*.gif",
+        "POST /webhooks/{provider}[/{service_id}]",
+        "/admin/…",
+        "/demo/mailbox",
+        "GET /api/docs",
+        "/u/<token>",
+        "DELETE /{id}?reason=",
+    ):
         assert exists(real), real
-    for made_up in ("/metrics", "/console", "GET /api/v1/nothing", "DELETE /api/v1/me", "/t/x/{token}",
-                    "/nothing/…", "POST /healthz"):
+    for made_up in (
+        "/metrics",
+        "/console",
+        "GET /api/v1/nothing",
+        "DELETE /api/v1/me",
+        "/t/x/{token}",
+        "/nothing/…",
+        "POST /healthz",
+    ):
         assert not exists(made_up), made_up
 
 
@@ -188,6 +223,9 @@ def test_the_cli_help_promises_no_console_that_is_not_there() -> None:
     helps = dict(_help_texts(typer.main.get_command(cli)))
     assert "edm serve" in helps and "edm mailbox show" in helps, "every command's help was read"
     # Console *sessions* exist (`POST /api/v1/auth/login`, `edm user sessions`); the web console does not yet.
-    promises = [f"{name}: {text}" for name, text in helps.items()
-                if re.search(r"\bconsole\b(?! sessions?)", text, re.IGNORECASE) and "planned" not in text]
+    promises = [
+        f"{name}: {text}"
+        for name, text in helps.items()
+        if re.search(r"\bconsole\b(?! sessions?)", text, re.IGNORECASE) and "planned" not in text
+    ]
     assert not promises, promises

@@ -50,8 +50,9 @@ class PasswordChangeRequired(Forbidden):
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a console session flagged "must change password" may still do (§3.2): see itself, change it, leave.
-_MUST_CHANGE_ALLOWED = frozenset({("GET", "/api/v1/me"), ("PUT", "/api/v1/me/password"),
-                                  ("POST", "/api/v1/auth/logout")})
+_MUST_CHANGE_ALLOWED = frozenset(
+    {("GET", "/api/v1/me"), ("PUT", "/api/v1/me/password"), ("POST", "/api/v1/auth/logout")}
+)
 
 
 @dataclass(frozen=True)

@@ -82,34 +82,56 @@ class Claim:
     error: tuple[int, str, str] | None = None
 
 
-async def claim(sessionmaker: async_sessionmaker[AsyncSession], *, user_id: int, key: str, method: str,
-                path: str, request_hash: str, vault: Vault | None = None) -> Claim:
+async def claim(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    user_id: int,
+    key: str,
+    method: str,
+    path: str,
+    request_hash: str,
+    vault: Vault | None = None,
+) -> Claim:
     """Take `(user_id, key)` for this request, or say what the earlier request with that key decides."""
     for _ in range(3):
         now = clock.utc_now()
         try:
             async with unit_of_work(sessionmaker) as session:
-                record = IdempotencyRecord(user_id=user_id, key=key, method=method, path=path[:500],
-                                           request_hash=request_hash, created_at=now)
+                record = IdempotencyRecord(
+                    user_id=user_id, key=key, method=method, path=path[:500], request_hash=request_hash, created_at=now
+                )
                 session.add(record)
                 await session.flush()
                 return Claim(record_id=record.id)
         except IntegrityError:
             pass
         async with unit_of_work(sessionmaker) as session:
-            found = (await session.execute(select(IdempotencyRecord).where(
-                IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key))).scalar_one_or_none()
+            found = (
+                await session.execute(
+                    select(IdempotencyRecord).where(IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key)
+                )
+            ).scalar_one_or_none()
             if found is None:
                 continue  # deleted meanwhile (a 5xx answer or the purge): try to take it again
             if found.created_at <= now - RETENTION:
                 await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == found.id))
                 continue
             if found.request_hash != request_hash:
-                return Claim(error=(422, "idempotency_key_reused",
-                                    "this Idempotency-Key was used with another request; use a new key"))
+                return Claim(
+                    error=(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used with another request; use a new key",
+                    )
+                )
             if found.status_code is None:
-                return Claim(error=(409, "idempotency_in_progress",
-                                    "a request with this Idempotency-Key is still running; retry later"))
+                return Claim(
+                    error=(
+                        409,
+                        "idempotency_in_progress",
+                        "a request with this Idempotency-Key is still running; retry later",
+                    )
+                )
             try:
                 body = _open(vault, found.response_body)
             except ValueError:  # sealed with a key no longer configured: the answer is lost, run again
@@ -129,17 +151,30 @@ def _open(vault: Vault | None, stored: str | None) -> str:
     return str(vault.decrypt_json(stored).get("body", ""))
 
 
-async def finish(sessionmaker: async_sessionmaker[AsyncSession], record_id: int, *, status: int,
-                 content_type: str | None, body: bytes | None, vault: Vault | None = None) -> None:
+async def finish(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    record_id: int,
+    *,
+    status: int,
+    content_type: str | None,
+    body: bytes | None,
+    vault: Vault | None = None,
+) -> None:
     """Store the answer (`body` None: not storable → forget the key so a retry runs again). With a vault the
     body is stored encrypted: answers may carry personal data, and `POST /me/tokens` answers a token."""
     async with unit_of_work(sessionmaker) as session:
         if body is None:
             await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
             return
-        await session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(
-            status_code=status, content_type=(content_type or "")[:100] or None,
-            response_body=_seal(vault, body.decode())))
+        await session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.id == record_id)
+            .values(
+                status_code=status,
+                content_type=(content_type or "")[:100] or None,
+                response_body=_seal(vault, body.decode()),
+            )
+        )
 
 
 async def purge(session: AsyncSession, *, before: dt.datetime) -> int:
@@ -161,8 +196,13 @@ def _error(scope: Scope, status: int, code: str, message: str, field: str | None
     return status, json.dumps(body).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
-                     content_type: bytes = b"application/json") -> None:
+async def _send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -280,8 +320,9 @@ class IdempotencyMiddleware:
             return
         problem = key_problem(key)
         if problem:
-            status, body = _error(scope, 422, "validation_error", f"Idempotency-Key header: {problem}",
-                                  field="Idempotency-Key")
+            status, body = _error(
+                scope, 422, "validation_error", f"Idempotency-Key header: {problem}", field="Idempotency-Key"
+            )
             await _send_json(send, status, body)
             return
         sessionmaker = scope["app"].state.sessionmaker
@@ -305,16 +346,28 @@ class IdempotencyMiddleware:
             except _BodyTooLarge:
                 await _send_json(send, *_error(scope, 413, "too_large", f"the request body exceeds {limit} bytes"))
                 return
-            outcome = await claim(sessionmaker, user_id=user_id, key=key, method="POST", path=scope["path"],
-                                  request_hash=digest.hexdigest(), vault=self.vault)
+            outcome = await claim(
+                sessionmaker,
+                user_id=user_id,
+                key=key,
+                method="POST",
+                path=scope["path"],
+                request_hash=digest.hexdigest(),
+                vault=self.vault,
+            )
             if outcome.error is not None:
                 status, body = _error(scope, *outcome.error)
                 await _send_json(send, status, body)
                 return
             if outcome.replay is not None:
                 stored = outcome.replay
-                await _send_json(send, stored.status, stored.body.encode(), [(REPLAYED_HEADER.encode(), b"true")],
-                                 content_type=(stored.content_type or "application/json").encode())
+                await _send_json(
+                    send,
+                    stored.status,
+                    stored.body.encode(),
+                    [(REPLAYED_HEADER.encode(), b"true")],
+                    content_type=(stored.content_type or "application/json").encode(),
+                )
                 return
             assert outcome.record_id is not None
             await self._run(scope, _replaying(spool, receive), send, sessionmaker, outcome.record_id)
@@ -329,8 +382,9 @@ class IdempotencyMiddleware:
         except EdmError:
             return None
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send,
-                   sessionmaker: async_sessionmaker[AsyncSession], record_id: int) -> None:
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, sessionmaker: async_sessionmaker[AsyncSession], record_id: int
+    ) -> None:
         start: Message | None = None
         chunks: list[bytes] = []
         finished = False
@@ -355,8 +409,14 @@ class IdempotencyMiddleware:
                     body.decode()
                 except UnicodeDecodeError:
                     storable = False
-            await finish(sessionmaker, record_id, status=status, content_type=content_type,
-                         body=body if storable else None, vault=self.vault)
+            await finish(
+                sessionmaker,
+                record_id,
+                status=status,
+                content_type=content_type,
+                body=body if storable else None,
+                vault=self.vault,
+            )
             finished = True
             await send(start)
             await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -42,8 +42,9 @@ class _Bucket:
 class TokenBuckets:
     """`take(key)` → 0 when allowed, else the seconds to wait. `now` is injectable for tests."""
 
-    def __init__(self, per_minute: int, *, now: Callable[[], float] = time.monotonic,
-                 max_buckets: int = MAX_BUCKETS) -> None:
+    def __init__(
+        self, per_minute: int, *, now: Callable[[], float] = time.monotonic, max_buckets: int = MAX_BUCKETS
+    ) -> None:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self.now = now
@@ -104,9 +105,25 @@ class RateLimitMiddleware:
         retry_after = max(1, math.ceil(wait))
         limit = int(self.buckets.capacity)
         message = f"too many requests: the limit is {limit} a minute per token or session; retry in {retry_after} s"
-        body = json.dumps({"error": {"code": "rate_limited", "message": message, "details": [],
-                                     "request_id": scope.get("state", {}).get("request_id")}}).encode()
-        await send({"type": "http.response.start", "status": 429, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after).encode())]})
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "rate_limited",
+                    "message": message,
+                    "details": [],
+                    "request_id": scope.get("state", {}).get("request_id"),
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(retry_after).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -37,13 +37,18 @@ async def tag_ids_by_name(session: Any, user_id: int, names: list[str]) -> list[
         parent_name, _, child_name = name.rpartition("/")
         parent_id = None
         if parent_name:
-            parent_id = await session.scalar(select(Tag.id).where(Tag.user_id == user_id, Tag.name == parent_name,
-                                                                  Tag.parent_id.is_(None)))
+            parent_id = await session.scalar(
+                select(Tag.id).where(Tag.user_id == user_id, Tag.name == parent_name, Tag.parent_id.is_(None))
+            )
             if parent_id is None:
                 parent_id = (await contacts.create_tag(session, user_id=user_id, name=parent_name)).id
-        found = await session.scalar(select(Tag.id).where(Tag.user_id == user_id, Tag.name == child_name,
-                                                          Tag.parent_id.is_(None) if parent_id is None
-                                                          else Tag.parent_id == parent_id))
+        found = await session.scalar(
+            select(Tag.id).where(
+                Tag.user_id == user_id,
+                Tag.name == child_name,
+                Tag.parent_id.is_(None) if parent_id is None else Tag.parent_id == parent_id,
+            )
+        )
         if found is None:
             found = (await contacts.create_tag(session, user_id=user_id, name=child_name, parent_id=parent_id)).id
         ids.append(found)
@@ -61,8 +66,14 @@ async def contact_add(
     async with session_scope() as session:
         owner = await find_user(session, user)
         tags = await tag_ids_by_name(session, owner.id, tag or [])
-        created = [(await contacts.create_contact(session, user_id=owner.id, values={"email": e, "source": "manual"},
-                                                  tag_ids=tags)).id for e in emails]
+        created = [
+            (
+                await contacts.create_contact(
+                    session, user_id=owner.id, values={"email": e, "source": "manual"}, tag_ids=tags
+                )
+            ).id
+            for e in emails
+        ]
     emit(created, as_json=as_json, text=f"added {len(created)} contacts")
 
 
@@ -73,8 +84,9 @@ async def contact_export(
     out: Annotated[Path | None, typer.Option(help="write to this file (default: standard output)")] = None,
     q: Annotated[str | None, typer.Option(help="free-text search")] = None,
     status: Annotated[list[str] | None, typer.Option(help="status (repeatable)")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="existing tag name or Parent/Child (repeatable, any of)")]
-    = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="existing tag name or Parent/Child (repeatable, any of)")
+    ] = None,
     untagged: Annotated[bool, typer.Option(help="contacts without any tag")] = False,
     source: Annotated[str | None, typer.Option(help="source, e.g. import")] = None,
     bom: Annotated[bool, typer.Option(help="start with a UTF-8 BOM (for spreadsheets)")] = False,
@@ -88,8 +100,9 @@ async def contact_export(
         async with sessionmaker() as session:
             owner = (await find_user(session, user)).id
             tag_ids = await _existing_tags(session, owner, tag or [])
-        filters = contacts.ContactFilter(q=q, statuses=tuple(status or ()), tag_ids=tuple(tag_ids),
-                                         untagged=untagged, source=source)
+        filters = contacts.ContactFilter(
+            q=q, statuses=tuple(status or ()), tag_ids=tuple(tag_ids), untagged=untagged, source=source
+        )
         stream = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
         try:
             async for piece in export_csv(sessionmaker, user_id=owner, filters=filters, bom=bom):
@@ -134,8 +147,14 @@ async def import_command(
     engine = create_engine(cfg)
     try:
         sessionmaker = make_sessionmaker(engine)
-        options = ImportOptions(mode=mode, encoding=encoding, delimiter=_delimiter(delimiter), sheet=sheet,
-                                mapping=_mapping(mapping), ignore_unknown_columns=ignore_unknown_columns)
+        options = ImportOptions(
+            mode=mode,
+            encoding=encoding,
+            delimiter=_delimiter(delimiter),
+            sheet=sheet,
+            mapping=_mapping(mapping),
+            ignore_unknown_columns=ignore_unknown_columns,
+        )
         import_id = await _queue(sessionmaker, file, user, tag or [], options, cfg.import_max_bytes)
         with _progress_bar() as bar:
             if wait:
@@ -164,28 +183,45 @@ def _mapping(value: str | None) -> dict[str, str | None]:
     return parsed
 
 
-async def _queue(sessionmaker: Any, file: Path, user: str, tags: list[str], options: ImportOptions,
-                 max_bytes: int) -> int:
+async def _queue(
+    sessionmaker: Any, file: Path, user: str, tags: list[str], options: ImportOptions, max_bytes: int
+) -> int:
     async with unit_of_work(sessionmaker) as session:
         owner = await find_user(session, user)
         tag_ids = tuple(await tag_ids_by_name(session, owner.id, tags))
         with file.open("rb") as stream:
-            row = await imports.create_import(session, user_id=owner.id, filename=file.name, stream=stream,
-                                              options=replace(options, tag_ids=tag_ids), max_bytes=max_bytes)
+            row = await imports.create_import(
+                session,
+                user_id=owner.id,
+                filename=file.name,
+                stream=stream,
+                options=replace(options, tag_ids=tag_ids),
+                max_bytes=max_bytes,
+            )
         return row.id
 
 
 def _progress_bar() -> Progress:
-    return Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    return Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def _show(bar: Progress, row: Import) -> None:
     if not bar.task_ids:
         bar.add_task("", total=None)
-    bar.update(bar.task_ids[0], completed=row.processed, total=row.total_rows,
-               description=f"{row.created} created, {row.updated} updated, {row.skipped} skipped, "
-                           f"{row.errors} errors")
+    bar.update(
+        bar.task_ids[0],
+        completed=row.processed,
+        total=row.total_rows,
+        description=f"{row.created} created, {row.updated} updated, {row.skipped} skipped, {row.errors} errors",
+    )
 
 
 async def _run_here(sessionmaker: Any, import_id: int, bar: Progress) -> None:
@@ -213,27 +249,49 @@ async def _result(sessionmaker: Any, import_id: int) -> tuple[dict[str, Any], li
     async with sessionmaker() as session:
         row = await session.get(Import, import_id)
         assert row is not None
-        result = {name: getattr(row, name) for name in ("id", "status", "filename", "format", "total_rows",
-                                                        "processed", "created", "updated", "skipped", "errors",
-                                                        "message")}
+        result = {
+            name: getattr(row, name)
+            for name in (
+                "id",
+                "status",
+                "filename",
+                "format",
+                "total_rows",
+                "processed",
+                "created",
+                "updated",
+                "skipped",
+                "errors",
+                "message",
+            )
+        }
         errors = []
         async for error in imports.error_rows(session, import_id=import_id, batch=10):
-            errors.append({"row": error.row_number, "column": error.column or "", "value": error.value or "",
-                           "message": error.message})
+            errors.append(
+                {
+                    "row": error.row_number,
+                    "column": error.column or "",
+                    "value": error.value or "",
+                    "message": error.message,
+                }
+            )
             if len(errors) == 10:
                 break
         return {**result, "status": str(row.status)}, errors
 
 
 def _summary(result: dict[str, Any], errors: list[dict[str, Any]]) -> str:
-    lines = [f"import {result['id']} {result['status']}: {result['processed']} rows, {result['created']} created, "
-             f"{result['updated']} updated, {result['skipped']} skipped, {result['errors']} errors"]
+    lines = [
+        f"import {result['id']} {result['status']}: {result['processed']} rows, {result['created']} created, "
+        f"{result['updated']} updated, {result['skipped']} skipped, {result['errors']} errors"
+    ]
     if result["message"] and result["status"] != "completed":
         lines.append(f"  {result['message']}")
     lines += [f"  row {e['row']}, {e['column'] or '-'}: {e['message']}" for e in errors]
     if result["errors"] > len(errors):
-        lines.append(f"  … and {result['errors'] - len(errors)} more "
-                     f"(GET /api/v1/contacts/imports/{result['id']}/errors)")
+        lines.append(
+            f"  … and {result['errors'] - len(errors)} more (GET /api/v1/contacts/imports/{result['id']}/errors)"
+        )
     return "\n".join(lines)
 
 

@@ -30,10 +30,15 @@ JsonOpt = Annotated[bool, typer.Option("--json")]
 async def _adjust(user: str, operation: str, amount: int, reason: str, as_json: bool) -> None:
     async with session_scope() as session:
         row = await find_user(session, user)
-        done = await credit.adjust(session, user_id=row.id, operation=operation, amount=amount, reason=reason,
-                                   actor=CLI)
-        data = {"user_id": row.id, "username": row.username, "balance": done.balance,
-                "entry": ledger_view(done.entry) if done.entry else None}
+        done = await credit.adjust(
+            session, user_id=row.id, operation=operation, amount=amount, reason=reason, actor=CLI
+        )
+        data = {
+            "user_id": row.id,
+            "username": row.username,
+            "balance": done.balance,
+            "entry": ledger_view(done.entry) if done.entry else None,
+        }
     change = f"{done.entry.amount:+d}" if done.entry else "unchanged"
     emit(data, as_json=as_json, text=f"{row.username}: {change}, balance {done.balance}")
 
@@ -76,8 +81,9 @@ async def credit_adjust(
 @run
 async def credit_ledger(
     user: UserArg,
-    kind: Annotated[list[str] | None, typer.Option(help="grant, revoke, set, reserve, charge, refund "
-                                                       "(repeatable)")] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option(help="grant, revoke, set, reserve, charge, refund (repeatable)")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     as_json: JsonOpt = False,
 ) -> None:
@@ -88,9 +94,16 @@ async def credit_ledger(
     async with session_scope() as session:
         row = await find_user(session, user)
         entries = await credit.list_ledger(session, LedgerFilter(user_id=row.id, kinds=kinds), limit=limit)
-        data = {"user_id": row.id, "username": row.username, "balance": row.credit_balance,
-                "ledger": [ledger_view(e) for e in entries]}
+        data = {
+            "user_id": row.id,
+            "username": row.username,
+            "balance": row.credit_balance,
+            "ledger": [ledger_view(e) for e in entries],
+        }
     lines = [f"{row.username}: balance {row.credit_balance}"]
-    lines += [f"{e.id:>8}  {e.created_at:%Y-%m-%d %H:%M:%S}Z  {e.kind:<7} {e.amount:>+10d} → {e.balance_after:<10d}"
-              f" {'task ' + str(e.task_id) + '  ' if e.task_id else ''}{e.reason}" for e in entries]
+    lines += [
+        f"{e.id:>8}  {e.created_at:%Y-%m-%d %H:%M:%S}Z  {e.kind:<7} {e.amount:>+10d} → {e.balance_after:<10d}"
+        f" {'task ' + str(e.task_id) + '  ' if e.task_id else ''}{e.reason}"
+        for e in entries
+    ]
     emit(data, as_json=as_json, text="\n".join(lines))

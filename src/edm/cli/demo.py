@@ -67,9 +67,11 @@ def write_cli_settings(chosen: dict[str, str]) -> None:
     """Write the settings the demo chose for the CLI: `edm` reads the file in this directory (see
     `edm.cli.common.settings_file`). Only what the demo chose goes in, never a value from the environment,
     which may hold a real deployment's secrets; owner-only, as it holds this demo's key."""
-    lines = ["# Written by `edm demo` for the `edm` CLI in this directory. Demo settings: never use them in a",
-             f"# deployment. Elsewhere: {ENV_FILE_VARIABLE}=<this file> edm ...",
-             *(f"{name}={shlex.quote(value)}" for name, value in chosen.items())]
+    lines = [
+        "# Written by `edm demo` for the `edm` CLI in this directory. Demo settings: never use them in a",
+        f"# deployment. Elsewhere: {ENV_FILE_VARIABLE}=<this file> edm ...",
+        *(f"{name}={shlex.quote(value)}" for name, value in chosen.items()),
+    ]
     DEMO_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
     temp = DEMO_ENV_FILE.with_name(f".{DEMO_ENV_FILE.name}.tmp")
     temp.unlink(missing_ok=True)
@@ -82,31 +84,70 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
     admin_password = settings.demo_admin_password or secrets.token_urlsafe(12)
     vault = Vault.from_settings(settings)
     async with unit_of_work(sessionmaker) as session:
-        admin = await create_user(session, username="admin", email="admin@demo.example", password=admin_password,
-                                  role=Role.ADMIN)
+        admin = await create_user(
+            session, username="admin", email="admin@demo.example", password=admin_password, role=Role.ADMIN
+        )
         admin_token, _ = await create_token(session, user_id=admin.id, name="demo")
-        user = await create_user(session, username="demo", email="demo@demo.example",
-                                 password=secrets.token_urlsafe(12), credit=10_000, credit_reason="demo credit")
+        user = await create_user(
+            session,
+            username="demo",
+            email="demo@demo.example",
+            password=secrets.token_urlsafe(12),
+            credit=10_000,
+            credit_reason="demo credit",
+        )
         user_token, _ = await create_token(session, user_id=user.id, name="demo")
         smtp = {"host": "127.0.0.1", "port": smtp_port, "security": "none"}
         specs = [
-            {"name": "smtp-a", "provider": "smtp", "domain": "mail-a.demo.example", "options": smtp,
-             "sending_interval_seconds": 0.1, "max_concurrency": 2, "daily_quota": 120},
-            {"name": "smtp-b", "provider": "smtp", "domain": "mail-b.demo.example", "options": smtp,
-             "sending_interval_seconds": 0.25, "max_concurrency": 2, "daily_quota": 1000},
+            {
+                "name": "smtp-a",
+                "provider": "smtp",
+                "domain": "mail-a.demo.example",
+                "options": smtp,
+                "sending_interval_seconds": 0.1,
+                "max_concurrency": 2,
+                "daily_quota": 120,
+            },
+            {
+                "name": "smtp-b",
+                "provider": "smtp",
+                "domain": "mail-b.demo.example",
+                "options": smtp,
+                "sending_interval_seconds": 0.25,
+                "max_concurrency": 2,
+                "daily_quota": 1000,
+            },
             # The simulated ESP posts signed delivery, bounce and complaint events back to this demo's own
             # webhook endpoint, so the task statistics show deliveries and bounces arriving.
-            {"name": "fake-esp", "provider": "fake", "domain": "esp.demo.example",
-             "options": {"transient_pct": 5, "throttle_pct": 2, "latency_ms": 30, "retry_after": 2, "seed": 7,
-                         "events": {"url": settings.public_url, "delay_ms": 500, "delivered_pct": 88,
-                                    "soft_bounce_pct": 4, "hard_bounce_pct": 4, "complaint_pct": 1, "seed": 7}},
-             "sending_interval_seconds": 0.5, "max_concurrency": 2, "daily_quota": 1000},
+            {
+                "name": "fake-esp",
+                "provider": "fake",
+                "domain": "esp.demo.example",
+                "options": {
+                    "transient_pct": 5,
+                    "throttle_pct": 2,
+                    "latency_ms": 30,
+                    "retry_after": 2,
+                    "seed": 7,
+                    "events": {
+                        "url": settings.public_url,
+                        "delay_ms": 500,
+                        "delivered_pct": 88,
+                        "soft_bounce_pct": 4,
+                        "hard_bounce_pct": 4,
+                        "complaint_pct": 1,
+                        "seed": 7,
+                    },
+                },
+                "sending_interval_seconds": 0.5,
+                "max_concurrency": 2,
+                "daily_quota": 1000,
+            },
         ]
         webhook_secret = secrets.token_urlsafe(24)
         for spec in specs:
             credentials = {"webhook_secrets": [webhook_secret]} if spec["provider"] == "fake" else {}
-            svc = await services.create_service(session, vault, values=spec, credentials=credentials,
-                                                fake_allowed=True)
+            svc = await services.create_service(session, vault, values=spec, credentials=credentials, fake_allowed=True)
             await services.map_user(session, user_id=user.id, service_id=svc.id, actor_user_id=admin.id)
         customers = Tag(user_id=user.id, name="customers")
         session.add(customers)
@@ -115,31 +156,58 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
         session.add(vip)
         await session.flush()
         contact_ids = await _contacts(session, user.id, recipients)
-        await session.execute(insert(ContactTag), [
-            {"contact_id": cid, "tag_id": vip.id if i % 10 == 0 else customers.id, "created_at": clock.utc_now()}
-            for i, cid in enumerate(contact_ids)])
+        await session.execute(
+            insert(ContactTag),
+            [
+                {"contact_id": cid, "tag_id": vip.id if i % 10 == 0 else customers.id, "created_at": clock.utc_now()}
+                for i, cid in enumerate(contact_ids)
+            ],
+        )
         sender = Sender(user_id=user.id, local_part="news", local_part_lower="news", display_name="EDM Demo")
-        welcome = Template(user_id=user.id, name="welcome", subject="Welcome, {{ contact.first_name }}",
-                           html=WELCOME_HTML, preheader="A demo of EDM")
+        welcome = Template(
+            user_id=user.id,
+            name="welcome",
+            subject="Welcome, {{ contact.first_name }}",
+            html=WELCOME_HTML,
+            preheader="A demo of EDM",
+        )
         news = Template(user_id=user.id, name="news", subject="EDM news", html=NEWS_HTML)
         session.add_all([sender, welcome, news])
         await session.flush()
-        task = await tasks.create_task(session, user_id=user.id, actor="demo", values={
-            "name": "Demo campaign", "sender_id": sender.id,
-            "recipient_rule": {"type": "tag_based", "include_tag_ids": [customers.id], "exclude_tag_ids": []},
-            "templates": [{"template_id": welcome.id, "weight": 3}, {"template_id": news.id, "weight": 1}]})
+        task = await tasks.create_task(
+            session,
+            user_id=user.id,
+            actor="demo",
+            values={
+                "name": "Demo campaign",
+                "sender_id": sender.id,
+                "recipient_rule": {"type": "tag_based", "include_tag_ids": [customers.id], "exclude_tag_ids": []},
+                "templates": [{"template_id": welcome.id, "weight": 3}, {"template_id": news.id, "weight": 1}],
+            },
+        )
         await tasks.schedule(session, task, at=None, actor="demo")
-    return {"admin_password": admin_password, "admin_token": admin_token, "user_token": user_token,
-            "task_id": task.id}
+    return {"admin_password": admin_password, "admin_token": admin_token, "user_token": user_token, "task_id": task.id}
 
 
 async def _contacts(session: Any, user_id: int, count: int) -> list[int]:
     now = clock.utc_now()
-    rows = [{"user_id": user_id, "email": f"person{i}@recipients.demo.example",
-             "email_normalized": f"person{i}@recipients.demo.example", "email_domain": "recipients.demo.example",
-             "first_name": FIRST_NAMES[i % len(FIRST_NAMES)], "name": f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {i}",
-             "status": "active", "custom_attributes": {"n": i}, "soft_bounce_streak": 0, "source": "demo",
-             "created_at": now, "updated_at": now} for i in range(count)]
+    rows = [
+        {
+            "user_id": user_id,
+            "email": f"person{i}@recipients.demo.example",
+            "email_normalized": f"person{i}@recipients.demo.example",
+            "email_domain": "recipients.demo.example",
+            "first_name": FIRST_NAMES[i % len(FIRST_NAMES)],
+            "name": f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {i}",
+            "status": "active",
+            "custom_attributes": {"n": i},
+            "soft_bounce_streak": 0,
+            "source": "demo",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(count)
+    ]
     result = await session.execute(insert(Contact).returning(Contact.id), rows)
     return list(result.scalars())
 
@@ -180,8 +248,10 @@ async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients:
             await asyncio.gather(*tasks_, return_exceptions=True)
         sink.stop()
         await engine.dispose()
-    typer.echo(f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/ "
-               f"(`{_cli_command()} mailbox` lists them, `{_cli_command()} mailbox show N` opens one)")
+    typer.echo(
+        f"mailbox: {len(list(MAILBOX.glob('*.eml')))} messages captured in {MAILBOX}/ "
+        f"(`{_cli_command()} mailbox` lists them, `{_cli_command()} mailbox show N` opens one)"
+    )
 
 
 EVENTS_GRACE_SECONDS = 20.0
@@ -195,21 +265,31 @@ async def _awaiting_events(session: Any, task_id: int) -> int:
     from edm.tasks.models import SubTask
 
     fake_ids = select(EmailService.id).where(EmailService.provider == "fake")
-    return int(await session.scalar(select(func.count()).select_from(SubTask).where(
-        SubTask.task_id == task_id, SubTask.send_state == "sent", SubTask.delivery_state == "none",
-        SubTask.service_id.in_(fake_ids))) or 0)
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(SubTask)
+            .where(
+                SubTask.task_id == task_id,
+                SubTask.send_state == "sent",
+                SubTask.delivery_state == "none",
+                SubTask.service_id.in_(fake_ids),
+            )
+        )
+        or 0
+    )
 
 
 def _banner(settings: Settings, info: dict[str, Any], smtp_port: int, chosen: dict[str, str]) -> None:
     base = settings.public_url
     typer.echo(f"""
 EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
-  admin password (shown once): {info['admin_password']}
-  admin API token:             {info['admin_token']}
-  demo user API token:         {info['user_token']}
+  admin password (shown once): {info["admin_password"]}
+  admin API token:             {info["admin_token"]}
+  demo user API token:         {info["user_token"]}
   demo mailbox:                {base}/demo/mailbox
-  task statistics:             curl -H 'Authorization: Bearer {info['user_token']}' \\
-                                  {base}/api/v1/tasks/{info['task_id']}/stats
+  task statistics:             curl -H 'Authorization: Bearer {info["user_token"]}' \\
+                                  {base}/api/v1/tasks/{info["task_id"]}/stats
   API docs:                    {base}/api/docs
 {_cli_hint(chosen)}
 Press Ctrl-C to stop.
@@ -221,8 +301,10 @@ def _cli_hint(chosen: dict[str, str]) -> str:
     cli = _cli_command()
     if any(name in os.environ and name not in chosen for name in DEPLOYMENT_VARIABLES):
         return f"  CLI:                         {cli} task list  (with the same EDM_* environment as this demo)"
-    return (f"  CLI in this directory:       {cli} user list, {cli} task list  (settings: {DEMO_ENV_FILE})\n"
-            f"  CLI elsewhere:               {ENV_FILE_VARIABLE}={DEMO_ENV_FILE.resolve()} edm task list")
+    return (
+        f"  CLI in this directory:       {cli} user list, {cli} task list  (settings: {DEMO_ENV_FILE})\n"
+        f"  CLI elsewhere:               {ENV_FILE_VARIABLE}={DEMO_ENV_FILE.resolve()} edm task list"
+    )
 
 
 def _cli_command() -> str:

@@ -31,9 +31,16 @@ async def events_list(
         query = query.where(Event.task_id == task)
     async with session_scope() as session:
         rows = [event_view(e) for e in await session.scalars(query)]
-    emit(rows, as_json=as_json, text="\n".join(
-        f"{r['id']:>8} {r['received_at']:%Y-%m-%d %H:%M:%S} {r['source']:<10} {r['event_type']:<13} "
-        f"{r['match_status']:<9} {r['match_reason'] or '':<22} {r['recipient'] or ''}" for r in rows) or "no events")
+    emit(
+        rows,
+        as_json=as_json,
+        text="\n".join(
+            f"{r['id']:>8} {r['received_at']:%Y-%m-%d %H:%M:%S} {r['source']:<10} {r['event_type']:<13} "
+            f"{r['match_status']:<9} {r['match_reason'] or '':<22} {r['recipient'] or ''}"
+            for r in rows
+        )
+        or "no events",
+    )
 
 
 @events_app.command("apply")
@@ -48,5 +55,7 @@ async def events_apply() -> None:
         total = await event_apply.drain(make_sessionmaker(engine), simulated_matches_any=cfg.fake_provider_allowed)
     finally:
         await engine.dispose()
-    typer.echo(f"applied {total.processed} events: {total.matched} matched, {total.unmatched} unmatched, "
-               f"{total.ignored} ignored, {total.reconciled} uncertain sends confirmed")
+    typer.echo(
+        f"applied {total.processed} events: {total.matched} matched, {total.unmatched} unmatched, "
+        f"{total.ignored} ignored, {total.reconciled} uncertain sends confirmed"
+    )

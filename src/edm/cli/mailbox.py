@@ -15,8 +15,9 @@ from edm.devtools.smtp_sink import StoredMessage, format_received, list_stored, 
 DEFAULT_DIRECTORY = "var/demo-mailbox"
 DirectoryOption = Annotated[str, typer.Option("--directory", help="the SMTP sink's store directory")]
 
-mailbox_app = typer.Typer(help="The demo SMTP sink's captured messages: list them, or `show N` to read one.",
-                          invoke_without_command=True)
+mailbox_app = typer.Typer(
+    help="The demo SMTP sink's captured messages: list them, or `show N` to read one.", invoke_without_command=True
+)
 
 # Captured mail is untrusted: terminal control sequences in a subject or a body must not reach the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -33,8 +34,11 @@ def mailbox_list(ctx: typer.Context, directory: DirectoryOption = DEFAULT_DIRECT
         return
     messages = list_stored(Path(directory))
     for m in messages:
-        typer.echo(_printable(f"{m['number']:>5}  {format_received(m['received_at'])}  {m['to']:<40} "
-                              f"{m['subject'] or '(no subject)'}"))
+        typer.echo(
+            _printable(
+                f"{m['number']:>5}  {format_received(m['received_at'])}  {m['to']:<40} {m['subject'] or '(no subject)'}"
+            )
+        )
     typer.echo(f"{len(messages)} messages in {directory}")
 
 
@@ -49,8 +53,11 @@ def mailbox_show(
     message = read_stored(Path(directory), number)
     if message is None:
         held = len(list_stored(Path(directory)))
-        fail(f"no message {number} in {directory}: it holds {held} message{'s' * (held != 1)}"
-             + (f" (1–{held})" if held else ""), code=2)
+        fail(
+            f"no message {number} in {directory}: it holds {held} message{'s' * (held != 1)}"
+            + (f" (1–{held})" if held else ""),
+            code=2,
+        )
         return
     if raw:
         sys.stdout.buffer.write(message.raw)
@@ -61,8 +68,14 @@ def mailbox_show(
 def _describe(m: StoredMessage, *, html: bool) -> str:
     lines = [f"message {m.number} of {m.count}, received {format_received(m.received_at)}", ""]
     lines += [f"{name}: {value}" for name, value in m.headers]
-    lines += ["", "attachments: " + (", ".join(f"{a.filename or '(no name)'} ({a.content_type}, {a.size} bytes)"
-                                              for a in m.attachments) or "none")]
+    lines += [
+        "",
+        "attachments: "
+        + (
+            ", ".join(f"{a.filename or '(no name)'} ({a.content_type}, {a.size} bytes)" for a in m.attachments)
+            or "none"
+        ),
+    ]
     kind, body = ("HTML", m.html) if html else ("text", m.text)
     lines += ["", f"--- {kind} part ---", body if body is not None else f"(this message has no {kind} part)"]
     return "\n".join(lines)

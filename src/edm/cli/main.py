@@ -9,8 +9,12 @@ from edm.cli import settings as settings_cli
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="EDM: self-hosted email direct marketing.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="EDM: self-hosted email direct marketing.",
+)
 app.add_typer(ops.db_app, name="db")
 app.add_typer(ops.stats_app, name="stats")
 app.add_typer(ops.queue_app, name="queue")

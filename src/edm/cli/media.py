@@ -33,8 +33,9 @@ async def media_upload(
         owner = await find_user(session, user)
         created = await media_service.upload(session, user_id=owner.id, filename=file.name, data=data)
         view = media_service.view(created, cfg.effective_tracking_url)
-    emit(view, as_json=as_json,
-         text=f"media {view['id']} ({view['content_type']}, {view['size']} bytes): {view['url']}")
+    emit(
+        view, as_json=as_json, text=f"media {view['id']} ({view['content_type']}, {view['size']} bytes): {view['url']}"
+    )
 
 
 @media_app.command("list")
@@ -51,6 +52,11 @@ async def media_list(
         owner = await find_user(session, user)
         rows = await media_service.list_media(session, user_id=owner.id, limit=limit, after_id=after)
         views = [media_service.view(m, cfg.effective_tracking_url) for m in rows[:limit]]
-    emit(views, as_json=as_json, text="\n".join(
-        f"{v['id']:>6} {v['content_type']:<10} {v['size']:>8} {v['filename']}  {v['url']}" for v in views)
-        or "no media")
+    emit(
+        views,
+        as_json=as_json,
+        text="\n".join(
+            f"{v['id']:>6} {v['content_type']:<10} {v['size']:>8} {v['filename']}  {v['url']}" for v in views
+        )
+        or "no media",
+    )

@@ -60,8 +60,14 @@ def serve(
     cfg = settings()
     asyncio.run(require_current_schema())
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)
-    uvicorn.run("edm.cli.ops:app_factory", factory=True, host=host or cfg.host, port=port or cfg.port,
-                workers=workers, log_level=cfg.log_level.lower())
+    uvicorn.run(
+        "edm.cli.ops:app_factory",
+        factory=True,
+        host=host or cfg.host,
+        port=port or cfg.port,
+        workers=workers,
+        log_level=cfg.log_level.lower(),
+    )
 
 
 def app_factory():  # type: ignore[no-untyped-def]
@@ -122,9 +128,14 @@ async def stats_verify(
             served, counted = await task_stats(session, tid), await recount(session, tid)
             diffs = {k: (served[k], counted[k]) for k in served if served[k] != counted[k]}
             report.append({"task_id": tid, "ok": not diffs, "differences": diffs})
-    emit(report, as_json=as_json,
-         text="\n".join(f"task {r['task_id']}: {'ok' if r['ok'] else 'MISMATCH ' + str(r['differences'])}"
-                        for r in report) or "no tasks")
+    emit(
+        report,
+        as_json=as_json,
+        text="\n".join(
+            f"task {r['task_id']}: {'ok' if r['ok'] else 'MISMATCH ' + str(r['differences'])}" for r in report
+        )
+        or "no tasks",
+    )
     if any(not r["ok"] for r in report):
         raise typer.Exit(1)
 
@@ -142,23 +153,32 @@ def _age(seconds: float | None) -> str:
 
 def queue_table(view: dict[str, Any]) -> str:
     """The queue view as plain-text tables (what `edm queue` prints)."""
-    lines = [f"sending: {'PAUSED (edm queue resume-all)' if view['sending_paused'] else 'running'}",
-             f"pending {view['pending']} (retrying {view['retrying']}), in flight {view['in_flight']}, "
-             f"oldest pending {_age(view['oldest_pending_age_seconds'])}", "",
-             f"{'user':<24} {'pending':>10} {'retrying':>9} {'paused':>9} {'tasks':>6}  oldest"]
-    lines += [f"{(u['username'] or u['user_id'])!s:<24} {u['pending']:>10} {u['retrying']:>9} "
-              f"{u['in_paused_tasks']:>9} {u['tasks']:>6}  {_age(u['oldest_pending_age_seconds'])}"
-              for u in view["users"]] or ["(no pending SubTasks)"]
+    lines = [
+        f"sending: {'PAUSED (edm queue resume-all)' if view['sending_paused'] else 'running'}",
+        f"pending {view['pending']} (retrying {view['retrying']}), in flight {view['in_flight']}, "
+        f"oldest pending {_age(view['oldest_pending_age_seconds'])}",
+        "",
+        f"{'user':<24} {'pending':>10} {'retrying':>9} {'paused':>9} {'tasks':>6}  oldest",
+    ]
+    lines += [
+        f"{(u['username'] or u['user_id'])!s:<24} {u['pending']:>10} {u['retrying']:>9} "
+        f"{u['in_paused_tasks']:>9} {u['tasks']:>6}  {_age(u['oldest_pending_age_seconds'])}"
+        for u in view["users"]
+    ] or ["(no pending SubTasks)"]
     if view["users_total"] > len(view["users"]):
         lines.append(f"... {view['users_total'] - len(view['users'])} more users")
     lines += ["", f"{'service':<24} {'provider':<10} {'enabled':<8} {'in flight':>9} {'expired':>8}  oldest"]
-    lines += [f"{s['name'][:24]:<24} {s['provider']:<10} {'yes' if s['enabled'] else 'no':<8} {s['in_flight']:>9} "
-              f"{s['expired_leases']:>8}  {_when(s['oldest_allocated_at'])}" for s in view["services"]] or [
-        "(no services)"]
+    lines += [
+        f"{s['name'][:24]:<24} {s['provider']:<10} {'yes' if s['enabled'] else 'no':<8} {s['in_flight']:>9} "
+        f"{s['expired_leases']:>8}  {_when(s['oldest_allocated_at'])}"
+        for s in view["services"]
+    ] or ["(no services)"]
     lines += ["", f"{'worker':<40} {'host':<20} {'pid':>7}  last heartbeat"]
-    lines += [f"{w['id'][:40]:<40} {w['hostname'][:20]:<20} {w['pid']:>7}  {_when(w['last_heartbeat_at'])} "
-              f"({_age(w['heartbeat_age_seconds'])} ago{'' if w['alive'] else ', NOT ALIVE'})"
-              for w in view["workers"]] or ["(no workers)"]
+    lines += [
+        f"{w['id'][:40]:<40} {w['hostname'][:20]:<20} {w['pid']:>7}  {_when(w['last_heartbeat_at'])} "
+        f"({_age(w['heartbeat_age_seconds'])} ago{'' if w['alive'] else ', NOT ALIVE'})"
+        for w in view["workers"]
+    ] or ["(no workers)"]
     return "\n".join(lines)
 
 
@@ -203,28 +223,38 @@ async def queue_resume_all() -> None:
 def dashboard_text(board: dict[str, Any]) -> str:
     """The dashboard as plain text (what `edm dashboard` prints)."""
     c = board["credit"]
-    lines = [f"credit {c['balance']}" + (f" (LOW: under {c['low_credit_threshold']})" if c["low"] else ""),
-             "campaigns: " + (", ".join(f"{status} {n}" for status, n in sorted(board["tasks_by_status"].items()))
-                              or "none"), "",
-             f"{'window':<7} {'sent':>10} {'opened':>10} {'clicked':>10} {'replied':>10}"]
-    lines += [f"{window:<7} {a['sent']:>10} {a['opened']:>10} {a['clicked']:>10} {a['replied']:>10}"
-              for window, a in board["activity"].items()]
+    lines = [
+        f"credit {c['balance']}" + (f" (LOW: under {c['low_credit_threshold']})" if c["low"] else ""),
+        "campaigns: "
+        + (", ".join(f"{status} {n}" for status, n in sorted(board["tasks_by_status"].items())) or "none"),
+        "",
+        f"{'window':<7} {'sent':>10} {'opened':>10} {'clicked':>10} {'replied':>10}",
+    ]
+    lines += [
+        f"{window:<7} {a['sent']:>10} {a['opened']:>10} {a['clicked']:>10} {a['replied']:>10}"
+        for window, a in board["activity"].items()
+    ]
     if board["attention"]:
         lines += ["", "needs attention:"]
-        lines += [f"  task {t['task_id']} {t['name']!r}: {t['status']}, {t['pause_reason'] or t['waiting_reason']}"
-                  + (f" ({t['pause_detail']})" if t["pause_detail"] else "") for t in board["attention"]]
+        lines += [
+            f"  task {t['task_id']} {t['name']!r}: {t['status']}, {t['pause_reason'] or t['waiting_reason']}"
+            + (f" ({t['pause_detail']})" if t["pause_detail"] else "")
+            for t in board["attention"]
+        ]
     if "alerts" in board:
         lines += ["", "alerts:"] + ([f"  [{a['severity']}] {a['message']}" for a in board["alerts"]] or ["  none"])
         lines += ["", f"{'service':<24} {'state':<12} {'used today':>11} {'quota':>9}  next reset"]
-        lines += [f"{s['name'][:24]:<24} {s['state']:<12} {s['used_today']:>11} {s['daily_quota']:>9}  "
-                  f"{_when(s['next_reset'])}" for s in board["services"]] or ["(no services)"]
+        lines += [
+            f"{s['name'][:24]:<24} {s['state']:<12} {s['used_today']:>11} {s['daily_quota']:>9}  "
+            f"{_when(s['next_reset'])}"
+            for s in board["services"]
+        ] or ["(no services)"]
     return "\n".join(lines)
 
 
 @run
 async def dashboard(
-    user: Annotated[str | None, typer.Option(help="whose dashboard (username or id); default: the first admin")]
-    = None,
+    user: Annotated[str | None, typer.Option(help="whose dashboard (username or id); default: the first admin")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="the admin dashboard (services, queue, alerts)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -237,8 +267,11 @@ async def dashboard(
     from edm.users.service import find_user
 
     async with session_scope() as session:
-        who = (await find_user(session, user) if user is not None else
-               await session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1)))
+        who = (
+            await find_user(session, user)
+            if user is not None
+            else await session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1))
+        )
         if who is None:
             fail("no admin user exists: give --user", code=2)
             return

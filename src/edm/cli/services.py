@@ -48,9 +48,14 @@ async def service_create(
     reset_time: Annotated[str, typer.Option(help="local HH:MM of the quota reset")] = "00:00",
     timezone: Annotated[str | None, typer.Option(help="IANA zone of the reset")] = None,
     options: Annotated[str | None, typer.Option(help="extra provider options, JSON object")] = None,
-    credentials_stdin: Annotated[bool, typer.Option(
-        "--credentials-stdin", help="read the credentials as a JSON object from stdin (ESP API keys, "
-        'webhook secrets: {"api_key": "...", "webhook_secrets": ["..."]})')] = False,
+    credentials_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--credentials-stdin",
+            help="read the credentials as a JSON object from stdin (ESP API keys, "
+            'webhook secrets: {"api_key": "...", "webhook_secrets": ["..."]})',
+        ),
+    ] = False,
     map_user: Annotated[list[str] | None, typer.Option("--map", help="map to this user (repeatable)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -66,15 +71,28 @@ async def service_create(
         credentials = {"username": username}
     if credentials_stdin:
         credentials.update(_json_option(sys.stdin.read(), "credentials"))
-    values = {"name": name, "provider": provider, "domain": domain, "options": opts,
-              "sending_interval_seconds": interval, "max_concurrency": max_concurrency, "batch_size": batch_size,
-              "daily_quota": daily_quota, "quota_reset_time": reset_time}
+    values = {
+        "name": name,
+        "provider": provider,
+        "domain": domain,
+        "options": opts,
+        "sending_interval_seconds": interval,
+        "max_concurrency": max_concurrency,
+        "batch_size": batch_size,
+        "daily_quota": daily_quota,
+        "quota_reset_time": reset_time,
+    }
     if timezone:
         values["timezone"] = timezone
     async with session_scope(cfg) as session:
-        svc = await services.create_service(session, Vault.from_settings(cfg), values=values,
-                                             credentials=credentials, fake_allowed=cfg.fake_provider_allowed,
-                                             default_timezone=cfg.default_timezone)
+        svc = await services.create_service(
+            session,
+            Vault.from_settings(cfg),
+            values=values,
+            credentials=credentials,
+            fake_allowed=cfg.fake_provider_allowed,
+            default_timezone=cfg.default_timezone,
+        )
         for user in map_user or []:
             await services.map_user(session, user_id=(await find_user(session, user)).id, service_id=svc.id)
         data = {"id": svc.id, "name": svc.name, "provider": svc.provider}
@@ -87,15 +105,33 @@ async def service_list(as_json: Annotated[bool, typer.Option("--json")] = False)
     """Every service with its state right now: usable, used today / quota, next reset."""
     async with session_scope() as session:
         snaps = await queue.snapshot_services(session, now=clock.utc_now())
-    rows = [{"id": s.service.id, "name": s.service.name, "provider": s.service.provider,
-             "state": "available" if s.availability.eligible else (s.availability.reason or "unavailable"),
-             "until": s.availability.until, "used_today": s.used_today, "daily_quota": s.service.daily_quota,
-             "in_flight": s.in_flight, "next_reset": s.next_reset, "last_error": s.state.last_error} for s in snaps]
-    emit(rows, as_json=as_json, text="\n".join(
-        f"{r['id']:>4} {r['name']:<18} {r['provider']:<6} {r['state']:<11} used {r['used_today']}/{r['daily_quota']}"
-        f" next reset {r['next_reset']:%Y-%m-%d %H:%M}Z"
-        + (f"  last error: {r['last_error']}" if r["last_error"] else "")
-        for r in rows) or "no services")
+    rows = [
+        {
+            "id": s.service.id,
+            "name": s.service.name,
+            "provider": s.service.provider,
+            "state": "available" if s.availability.eligible else (s.availability.reason or "unavailable"),
+            "until": s.availability.until,
+            "used_today": s.used_today,
+            "daily_quota": s.service.daily_quota,
+            "in_flight": s.in_flight,
+            "next_reset": s.next_reset,
+            "last_error": s.state.last_error,
+        }
+        for s in snaps
+    ]
+    emit(
+        rows,
+        as_json=as_json,
+        text="\n".join(
+            f"{r['id']:>4} {r['name']:<18} {r['provider']:<6} {r['state']:<11}"
+            f" used {r['used_today']}/{r['daily_quota']}"
+            f" next reset {r['next_reset']:%Y-%m-%d %H:%M}Z"
+            + (f"  last error: {r['last_error']}" if r["last_error"] else "")
+            for r in rows
+        )
+        or "no services",
+    )
 
 
 @service_app.command("unfreeze")
@@ -140,8 +176,14 @@ async def service_credentials(service: Annotated[str, typer.Argument(help="name 
         raise BadInput.field("credentials", "give a JSON object on stdin")
     async with session_scope(cfg) as session:
         svc = await services.find_service(session, service)
-        await services.update_service(session, Vault.from_settings(cfg), svc.id, values={}, credentials=credentials,
-                                      fake_allowed=cfg.fake_provider_allowed)
+        await services.update_service(
+            session,
+            Vault.from_settings(cfg),
+            svc.id,
+            values={},
+            credentials=credentials,
+            fake_allowed=cfg.fake_provider_allowed,
+        )
     typer.echo(f"{svc.name}: credentials updated ({', '.join(sorted(credentials))})")
 
 
@@ -163,15 +205,27 @@ async def service_test_send(
     engine = create_engine(cfg)
     try:
         result = await testing.test_saved_service(
-            make_sessionmaker(engine), Vault.from_settings(cfg), service_id, to=to, subject=subject,
-            fake_allowed=cfg.fake_provider_allowed, unsubscribe_base=cfg.effective_tracking_url, actor_user_id=None)
+            make_sessionmaker(engine),
+            Vault.from_settings(cfg),
+            service_id,
+            to=to,
+            subject=subject,
+            fake_allowed=cfg.fake_provider_allowed,
+            unsubscribe_base=cfg.effective_tracking_url,
+            actor_user_id=None,
+        )
     finally:
         await engine.dispose()
     data = result.as_dict()
-    emit(data, as_json=as_json, text=(
-        f"{result.classification}: status {result.status}, code {result.provider_code or '-'}, "
-        f"{result.latency_ms} ms, provider id {result.provider_message_id or '-'}"
-        + (f" — {result.message}" if result.message else "")))
+    emit(
+        data,
+        as_json=as_json,
+        text=(
+            f"{result.classification}: status {result.status}, code {result.provider_code or '-'}, "
+            f"{result.latency_ms} ms, provider id {result.provider_message_id or '-'}"
+            + (f" — {result.message}" if result.message else "")
+        ),
+    )
 
 
 @service_app.command("health")
@@ -189,8 +243,9 @@ async def service_health(
     services.validate_config({"timezone": zone}, fake_allowed=True)
     async with session_scope(cfg) as session:
         svc = await services.find_service(session, service)
-        data = await health.service_health(session, Vault.from_settings(cfg), svc.id, now=clock.utc_now(),
-                                           admin_timezone=zone, base_url=cfg.public_url)
+        data = await health.service_health(
+            session, Vault.from_settings(cfg), svc.id, now=clock.utc_now(), admin_timezone=zone, base_url=cfg.public_url
+        )
     emit(data, as_json=as_json, text=_health_text(data))
 
 
@@ -210,8 +265,10 @@ def _health_text(d: dict[str, Any]) -> str:
         + (f": {d['last_error']}" if d["last_error"] else ""),
         "webhook URLs: " + ", ".join(u["url"] for u in d["webhook_urls"]) + f" ({d['webhook_secrets']} secret(s))",
     ]
-    lines += [f"  {r['at']:%Y-%m-%d %H:%M:%S}Z {r['change']} {r['new_value'] or ''} {r['reason'] or ''}".rstrip()
-              for r in d["status_log"]]
+    lines += [
+        f"  {r['at']:%Y-%m-%d %H:%M:%S}Z {r['change']} {r['new_value'] or ''} {r['reason'] or ''}".rstrip()
+        for r in d["status_log"]
+    ]
     return "\n".join(lines)
 
 
@@ -221,8 +278,12 @@ async def service_secrets(
     service: Annotated[str, typer.Argument(help="name or id")],
     action: Annotated[str, typer.Argument(help="list (default), add or remove")] = "list",
     secret_id: Annotated[str | None, typer.Option("--id", help="remove: the secret's id (see the list)")] = None,
-    value_stdin: Annotated[bool, typer.Option("--value-stdin", help="add: read the secret from stdin "
-                                              "(otherwise one is generated and shown once)")] = False,
+    value_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--value-stdin", help="add: read the secret from stdin (otherwise one is generated and shown once)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Webhook secrets of a service, masked. `add` stores one more (every stored secret verifies, so rotate by
@@ -244,15 +305,28 @@ async def service_secrets(
         svc = await services.find_service(session, service)
         if action == "list":
             rows = await services.list_webhook_secrets(session, vault, svc.id)
-            emit(rows, as_json=as_json, text="\n".join(
-                f"{r['id']:<14} {r['hint']:<8} added {r['added_at'] or '-'}"
-                + (f" expires {r['expires_at']}" if r["expires_at"] else "") + (" (expired)" if r["expired"] else "")
-                for r in rows) or "no webhook secrets")
+            emit(
+                rows,
+                as_json=as_json,
+                text="\n".join(
+                    f"{r['id']:<14} {r['hint']:<8} added {r['added_at'] or '-'}"
+                    + (f" expires {r['expires_at']}" if r["expires_at"] else "")
+                    + (" (expired)" if r["expired"] else "")
+                    for r in rows
+                )
+                or "no webhook secrets",
+            )
             return
         if action == "add":
             view, secret = await services.add_webhook_secret(session, vault, svc.id, value=value, actor_user_id=None)
-            await audit(session, CLI, "service.webhook_secret_added", target_type="email_service", target_id=svc.id,
-                        details={"secret_id": view["id"], "generated": value is None})
+            await audit(
+                session,
+                CLI,
+                "service.webhook_secret_added",
+                target_type="email_service",
+                target_id=svc.id,
+                details={"secret_id": view["id"], "generated": value is None},
+            )
             data: dict[str, Any] = {**view, "value": secret if value is None else None}
             text = f"{svc.name}: webhook secret {view['id']} added ({view['hint']})"
             if value is None:
@@ -260,7 +334,13 @@ async def service_secrets(
         else:
             assert secret_id is not None
             data = await services.remove_webhook_secret(session, vault, svc.id, secret_id, actor_user_id=None)
-            await audit(session, CLI, "service.webhook_secret_removed", target_type="email_service",
-                        target_id=svc.id, details={"secret_id": secret_id})
+            await audit(
+                session,
+                CLI,
+                "service.webhook_secret_removed",
+                target_type="email_service",
+                target_id=svc.id,
+                details={"secret_id": secret_id},
+            )
             text = f"{svc.name}: webhook secret {secret_id} removed, {data['remaining']} left"
     emit(data, as_json=as_json, text=text)

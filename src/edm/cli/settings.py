@@ -33,7 +33,7 @@ def _line(item: dict[str, Any]) -> str:
 @run
 async def settings_set(
     key: Annotated[str, typer.Argument(help="dotted key, e.g. bounce.soft_limit")],
-    value: Annotated[str, typer.Argument(help="JSON when it parses (2, true, [\"a\"]), else taken as text")],
+    value: Annotated[str, typer.Argument(help='JSON when it parses (2, true, ["a"]), else taken as text')],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Change one setting. A bad key or value exits 2 and changes nothing."""

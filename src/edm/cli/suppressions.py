@@ -50,7 +50,8 @@ def _row(entry: Suppression) -> str:
 @suppression_app.command("list")
 @run
 async def suppression_list(
-    user: UserOpt = None, global_: GlobalOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
     kind: Annotated[str | None, typer.Option(help="address or domain")] = None,
     reason: Annotated[list[str] | None, typer.Option(help=f"one of {', '.join(REASONS)} (repeatable)")] = None,
     q: Annotated[str | None, typer.Option(help="substring of the value or note")] = None,
@@ -67,8 +68,10 @@ async def suppression_list(
     async with session_scope() as session:
         lst = await _which(session, user, global_)
         entries = await _entries(session, lst, filters, limit)
-    data = [{c: getattr(e, c) for c in ("id", "kind", "value", "reason", "note", "expires_at", "created_at")}
-            for e in entries]
+    data = [
+        {c: getattr(e, c) for c in ("id", "kind", "value", "reason", "note", "expires_at", "created_at")}
+        for e in entries
+    ]
     emit(data, as_json=as_json, text="\n".join([_row(e) for e in entries] + [f"{len(entries)} entries"]))
 
 
@@ -77,8 +80,8 @@ async def _entries(session: Any, lst: SuppressionList, filters: EntryFilter, lim
     after = None
     while len(found) < limit:
         page = Page(min(200, limit - len(found)), after)
-        rows = (await suppressions.list_entries(session, lst, page=page, filters=filters, now=utc_now()))
-        found += rows[:page.limit]
+        rows = await suppressions.list_entries(session, lst, page=page, filters=filters, now=utc_now())
+        found += rows[: page.limit]
         if len(rows) <= page.limit:
             break
         after = found[-1].id
@@ -89,7 +92,8 @@ async def _entries(session: Any, lst: SuppressionList, filters: EntryFilter, lim
 @run
 async def suppression_add(
     values: Annotated[list[str], typer.Argument(help="addresses (with @) or domains")],
-    user: UserOpt = None, global_: GlobalOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
     note: Annotated[str | None, typer.Option(help="why (kept with the entry)")] = None,
     expires_at: Annotated[str | None, typer.Option(help="ISO 8601 time; UTC when no zone is given")] = None,
     as_json: JsonOpt = False,
@@ -108,7 +112,8 @@ async def suppression_add(
 @run
 async def suppression_remove(
     entry: Annotated[str, typer.Argument(help="entry id, address or domain")],
-    user: UserOpt = None, global_: GlobalOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
     reason: Annotated[str | None, typer.Option(help="required for unsubscribed and complaint entries")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -120,23 +125,33 @@ async def suppression_remove(
         else:
             entry_id = (await suppressions.find_entry(session, lst, suppressions.guess_entry(entry, now=utc_now()))).id
         cleared = await suppressions.remove_entry(session, lst, entry_id, reason=reason, actor=CLI)
-    emit({"removed": entry_id, "contacts_cleared": cleared}, as_json=as_json,
-         text=f"removed entry {entry_id}" + (f"; cleared {cleared} contact flags" if cleared else ""))
+    emit(
+        {"removed": entry_id, "contacts_cleared": cleared},
+        as_json=as_json,
+        text=f"removed entry {entry_id}" + (f"; cleared {cleared} contact flags" if cleared else ""),
+    )
 
 
 @suppression_app.command("check")
 @run
 async def suppression_check(
     email: Annotated[str, typer.Argument(help="the address to check")],
-    user: UserOpt = None, global_: GlobalOpt = False, as_json: JsonOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Is the address blocked (for the user: their list, the global list and their contact's flags)?"""
     async with session_scope() as session:
         lst = await _which(session, user, global_)
         result = await suppressions.check(session, email, user_id=lst.user_id, now=utc_now())
-    data = {"email": result.email, "blocked": result.blocked, "contact_reasons": result.contact_reasons,
-            "entries": [{"id": e.id, "scope": e.scope, "kind": e.kind, "value": e.value, "reason": e.reason}
-                        for e in result.entries]}
+    data = {
+        "email": result.email,
+        "blocked": result.blocked,
+        "contact_reasons": result.contact_reasons,
+        "entries": [
+            {"id": e.id, "scope": e.scope, "kind": e.kind, "value": e.value, "reason": e.reason} for e in result.entries
+        ],
+    }
     lines = [f"{result.email}: {'blocked' if result.blocked else 'not blocked'}"]
     lines += [f"  {e.scope} list, {e.kind} {e.value}: {e.reason}" for e in result.entries]
     lines += [f"  contact: {reason}" for reason in result.contact_reasons]
@@ -147,7 +162,8 @@ async def suppression_check(
 @run
 async def suppression_import(
     file: Annotated[Path, typer.Argument(help="CSV with an email or domain column; optional note, expires_at")],
-    user: UserOpt = None, global_: GlobalOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
     encoding: Annotated[str | None, typer.Option(help="e.g. gb18030")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -172,8 +188,9 @@ async def _import(session: Any, file: Path, user: str | None, global_: bool, enc
     try:
         lst = await _which(session, user, global_)
         with file.open("rb") as stream:
-            report = await csvio.import_csv(session, lst, stream, encoding=encoding, actor=CLI, now=utc_now(),
-                                            on_batch=commit)
+            report = await csvio.import_csv(
+                session, lst, stream, encoding=encoding, actor=CLI, now=utc_now(), on_batch=commit
+            )
         await session.commit()
     except BaseException:
         await session.rollback()
@@ -182,8 +199,9 @@ async def _import(session: Any, file: Path, user: str | None, global_: bool, enc
 
 
 def _summary(report: ImportReport) -> str:
-    lines = [f"imported {report.total} rows: {report.added} added, {report.existing} existing, "
-             f"{report.error_count} errors"]
+    lines = [
+        f"imported {report.total} rows: {report.added} added, {report.existing} existing, {report.error_count} errors"
+    ]
     lines += [f"  row {e.row}, {e.column or 'record'}: {e.message}" for e in report.errors[:20]]
     if report.error_count > 20:
         lines.append(f"  … and {report.error_count - 20} more")
@@ -193,7 +211,8 @@ def _summary(report: ImportReport) -> str:
 @suppression_app.command("export")
 @run
 async def suppression_export(
-    user: UserOpt = None, global_: GlobalOpt = False,
+    user: UserOpt = None,
+    global_: GlobalOpt = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")] = None,
     bom: Annotated[bool, typer.Option(help="start with a UTF-8 BOM (for spreadsheets)")] = False,
 ) -> None:
@@ -204,7 +223,7 @@ async def suppression_export(
         async with sessionmaker() as session:
             lst = await _which(session, user, global_)
         lines = csvio.export_lines(sessionmaker, lst, filters=EntryFilter(), now=utc_now(), bom=bom)
-        with (output.open("w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout)) as out:
+        with output.open("w", encoding="utf-8", newline="") if output else nullcontext(sys.stdout) as out:
             async for line in lines:
                 out.write(line)
     finally:

@@ -59,10 +59,16 @@ async def _by_name(session: Any, model: Any, user_id: int, value: str, column: A
 async def _contacts_from_file(session: Any, user_id: int, path: Path) -> list[int]:
     if not path.exists():
         raise BadInput.field("contacts", f"file {path} not found")
-    emails = [normalize_email(line.split(",")[0], field="contacts").normalized
-              for line in path.read_text().splitlines() if line.strip() and "@" in line]
-    ids = list(await session.scalars(select(Contact.id).where(Contact.user_id == user_id,
-                                                              Contact.email_normalized.in_(emails))))
+    emails = [
+        normalize_email(line.split(",")[0], field="contacts").normalized
+        for line in path.read_text().splitlines()
+        if line.strip() and "@" in line
+    ]
+    ids = list(
+        await session.scalars(
+            select(Contact.id).where(Contact.user_id == user_id, Contact.email_normalized.in_(emails))
+        )
+    )
     if len(ids) != len(set(emails)):
         raise BadInput.field("contacts", f"{len(set(emails)) - len(ids)} addresses are not contacts of the user")
     return ids
@@ -92,8 +98,12 @@ async def task_create(
         chosen = []
         for entry in template:
             ref, _, weight = entry.partition(":")
-            chosen.append({"template_id": await _by_name(session, Template, owner.id, ref, Template.name),
-                           "weight": int(weight) if weight.isdigit() else 1})
+            chosen.append(
+                {
+                    "template_id": await _by_name(session, Template, owner.id, ref, Template.name),
+                    "weight": int(weight) if weight.isdigit() else 1,
+                }
+            )
         excluded = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in exclude_tag or []]
         if tag:
             included = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in tag]
@@ -102,18 +112,33 @@ async def task_create(
             rule = {"type": "all_contacts", "exclude_tag_ids": excluded}
         else:
             rule = {"type": "specific", "contact_ids": await _contacts_from_file(session, owner.id, contacts)}  # type: ignore[arg-type]
-        task = await tasks.create_task(session, user_id=owner.id, actor="cli", values={
-            "name": name, "sender_id": sender_id, "recipient_rule": rule, "templates": chosen})
+        task = await tasks.create_task(
+            session,
+            user_id=owner.id,
+            actor="cli",
+            values={"name": name, "sender_id": sender_id, "recipient_rule": rule, "templates": chosen},
+        )
         if at or now:
             await tasks.schedule(session, task, at=parse_time(at) if at else None, actor="cli")
-        data: dict[str, Any] = {"id": task.id, "status": task.status, "schedule_at": task.schedule_at,
-                "estimate": task.schedule_estimate}
-    emit(data, as_json=as_json, text=f"task {data['id']} {data['status']}"
-         + (f", {data['estimate']['sendable']} sendable recipients" if data["estimate"] else ""))
+        data: dict[str, Any] = {
+            "id": task.id,
+            "status": task.status,
+            "schedule_at": task.schedule_at,
+            "estimate": task.schedule_estimate,
+        }
+    emit(
+        data,
+        as_json=as_json,
+        text=f"task {data['id']} {data['status']}"
+        + (f", {data['estimate']['sendable']} sendable recipients" if data["estimate"] else ""),
+    )
 
 
 ACTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
-    "pause": tasks.pause, "resume": tasks.resume, "cancel": tasks.cancel, "close": tasks.close,
+    "pause": tasks.pause,
+    "resume": tasks.resume,
+    "cancel": tasks.cancel,
+    "close": tasks.close,
     "unschedule": tasks.unschedule,
 }
 
@@ -137,15 +162,20 @@ for _action in ACTIONS:
 
 @task_app.command("copy")
 @run
-async def task_copy(task_id: Annotated[int, typer.Argument()],
-                    as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+async def task_copy(
+    task_id: Annotated[int, typer.Argument()], as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Copy a task (any status) into a new draft of the same owner: content and options, no schedule."""
     async with session_scope() as session:
         source = await tasks.get_task(session, task_id, user_id=None)
         task, omitted = await actions.copy_task(session, source, user_id=source.user_id, actor="cli")
         data = {"id": task.id, "name": task.name, "status": task.status, "omitted": omitted}
-    emit(data, as_json=as_json, text=f"task {data['id']} {data['status']}: {data['name']}" + "".join(
-        f"\n  not copied: {o['field']}: {o['message']}" for o in omitted))
+    emit(
+        data,
+        as_json=as_json,
+        text=f"task {data['id']} {data['status']}: {data['name']}"
+        + "".join(f"\n  not copied: {o['field']}: {o['message']}" for o in omitted),
+    )
 
 
 @task_app.command("batch")
@@ -159,11 +189,22 @@ async def task_batch(
     if action not in ("pause", "resume"):
         raise BadInput.field("action", f"{action!r} is not one of pause, resume")
     async with session_scope() as session:
-        results = await actions.batch_transition(session, action=action,  # type: ignore[arg-type]
-                                                 task_ids=task_ids, user_id=None, is_admin=True, actor="cli")
-    emit(results, as_json=as_json, text="\n".join(
-        f"task {r['task_id']} {r['status']}" if r["ok"] else f"task {r['task_id']} refused: {r['error']['message']}"
-        for r in results))
+        results = await actions.batch_transition(
+            session,
+            action=action,  # type: ignore[arg-type]
+            task_ids=task_ids,
+            user_id=None,
+            is_admin=True,
+            actor="cli",
+        )
+    emit(
+        results,
+        as_json=as_json,
+        text="\n".join(
+            f"task {r['task_id']} {r['status']}" if r["ok"] else f"task {r['task_id']} refused: {r['error']['message']}"
+            for r in results
+        ),
+    )
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
@@ -182,8 +223,12 @@ async def task_cancel_recipients(
     async with session_scope() as session:
         task = await tasks.get_task(session, task_id, user_id=None)
         counts = await actions.cancel_subtasks(session, task, subtask_ids=subtask or None, emails=email or None)
-    emit(counts, as_json=as_json, text=f"task {task_id}: {counts['cancelled']} cancelled, "
-         f"{counts['not_pending']} no longer pending, {counts['not_found']} not found")
+    emit(
+        counts,
+        as_json=as_json,
+        text=f"task {task_id}: {counts['cancelled']} cancelled, "
+        f"{counts['not_pending']} no longer pending, {counts['not_found']} not found",
+    )
 
 
 @task_app.command("start")
@@ -200,26 +245,48 @@ async def task_start(task_id: Annotated[int, typer.Argument()]) -> None:
 @run
 async def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     async with session_scope() as session:
-        rows = [{"id": t.id, "user_id": t.user_id, "name": t.name, "status": t.status,
-                 "waiting_reason": t.waiting_reason, "pause_reason": t.pause_reason}
-                for t in await session.scalars(select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id))]
-    emit(rows, as_json=as_json, text="\n".join(
-        f"{r['id']:>5} {r['status']:<10} {r['name']}" + (f"  ({r['pause_reason'] or r['waiting_reason']})"
-                                                          if r['pause_reason'] or r['waiting_reason'] else "")
-        for r in rows) or "no tasks")
+        rows = [
+            {
+                "id": t.id,
+                "user_id": t.user_id,
+                "name": t.name,
+                "status": t.status,
+                "waiting_reason": t.waiting_reason,
+                "pause_reason": t.pause_reason,
+            }
+            for t in await session.scalars(select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id))
+        ]
+    emit(
+        rows,
+        as_json=as_json,
+        text="\n".join(
+            f"{r['id']:>5} {r['status']:<10} {r['name']}"
+            + (f"  ({r['pause_reason'] or r['waiting_reason']})" if r["pause_reason"] or r["waiting_reason"] else "")
+            for r in rows
+        )
+        or "no tasks",
+    )
 
 
 async def status_line(session: Any, task_id: int) -> tuple[dict[str, Any], str]:
     task = await tasks.get_task(session, task_id, user_id=None)
     stats = await task_stats(session, task_id)
     why = task.pause_reason or task.waiting_reason
-    line = (f"task {task.id} {task.status}{f' ({why})' if why else ''}: {stats['sent']} sent, "
-            f"{stats['failed']} failed, {stats['queued'] + stats['retrying']} pending, {stats['in_flight']} in flight,"
-            f" {stats['uncertain']} uncertain, {stats['excluded'] + stats['suppressed_later']} suppressed"
-            f" of {stats['recipients']}; delivered {stats['delivered']}, bounced"
-            f" {stats['hard_bounced'] + stats['soft_bounced'] + stats['rejected']}, complaints {stats['complained']}")
-    return {"id": task.id, "status": task.status, "pause_reason": task.pause_reason,
-            "waiting_reason": task.waiting_reason, "waiting_until": task.waiting_until, "stats": stats}, line
+    line = (
+        f"task {task.id} {task.status}{f' ({why})' if why else ''}: {stats['sent']} sent, "
+        f"{stats['failed']} failed, {stats['queued'] + stats['retrying']} pending, {stats['in_flight']} in flight,"
+        f" {stats['uncertain']} uncertain, {stats['excluded'] + stats['suppressed_later']} suppressed"
+        f" of {stats['recipients']}; delivered {stats['delivered']}, bounced"
+        f" {stats['hard_bounced'] + stats['soft_bounced'] + stats['rejected']}, complaints {stats['complained']}"
+    )
+    return {
+        "id": task.id,
+        "status": task.status,
+        "pause_reason": task.pause_reason,
+        "waiting_reason": task.waiting_reason,
+        "waiting_until": task.waiting_until,
+        "stats": stats,
+    }, line
 
 
 @task_app.command("status")
@@ -286,33 +353,94 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 def _report_table(name: str, data: Any) -> Table:
     """One section of `task report` as a Rich table."""
     if name == "services":
-        return _table("Services (of the last attempt)", ["label", "name", "attempts", "sent", "failed", "bounced",
-                                                          "delivered", "avg ms"], [
-            [r["label"], r.get("name"), ", ".join(f"{k} {v}" for k, v in sorted(r["attempts"].items())),
-             r["sent"], r["failed"], r["bounced"], r["delivered"], r["avg_latency_ms"]] for r in data])
+        return _table(
+            "Services (of the last attempt)",
+            ["label", "name", "attempts", "sent", "failed", "bounced", "delivered", "avg ms"],
+            [
+                [
+                    r["label"],
+                    r.get("name"),
+                    ", ".join(f"{k} {v}" for k, v in sorted(r["attempts"].items())),
+                    r["sent"],
+                    r["failed"],
+                    r["bounced"],
+                    r["delivered"],
+                    r["avg_latency_ms"],
+                ]
+                for r in data
+            ],
+        )
     if name == "templates":
-        return _table("Templates (A/B)", ["template", "weight", "recipients", "sent", "reached", "delivery", "open",
-                                          "click", "bounce", "unsubscribe", "complaint"], [
-            [r["name"], r["weight"], r["recipients"], r["sent"], r["reached"], *(
-                _pct(r["rates"][k]) for k in ("delivery", "open_human", "click", "bounce", "unsubscribe",
-                                              "complaint"))] for r in data])
+        return _table(
+            "Templates (A/B)",
+            [
+                "template",
+                "weight",
+                "recipients",
+                "sent",
+                "reached",
+                "delivery",
+                "open",
+                "click",
+                "bounce",
+                "unsubscribe",
+                "complaint",
+            ],
+            [
+                [
+                    r["name"],
+                    r["weight"],
+                    r["recipients"],
+                    r["sent"],
+                    r["reached"],
+                    *(
+                        _pct(r["rates"][k])
+                        for k in ("delivery", "open_human", "click", "bounce", "unsubscribe", "complaint")
+                    ),
+                ]
+                for r in data
+            ],
+        )
     if name == "links":
         more = [["… more links: see GET /api/v1/tasks/{id}/report/links", "", "", ""]] if len(data) > CLI_LINKS else []
-        return _table("Links", ["url", "human clicks", "machine clicks", "unique human clickers"], [
-            [r["url"], r["clicks_human"], r["clicks_machine"], r["unique_human_clickers"]]
-            for r in data[:CLI_LINKS]] + more)
+        return _table(
+            "Links",
+            ["url", "human clicks", "machine clicks", "unique human clickers"],
+            [[r["url"], r["clicks_human"], r["clicks_machine"], r["unique_human_clickers"]] for r in data[:CLI_LINKS]]
+            + more,
+        )
     if name == "domains":
         other = data["other"]
-        return _table("Recipient domains (top 20 by sent)", ["domain", "recipients", "sent", "bounced", "opened"], [
-            [r["domain"], r["recipients"], r["sent"], r["bounced"], r["opened"]] for r in data["items"]] + (
-            [[f"other ({other['domains']} domains)", other["recipients"], other["sent"], other["bounced"],
-              other["opened"]]] if other else []))
+        return _table(
+            "Recipient domains (top 20 by sent)",
+            ["domain", "recipients", "sent", "bounced", "opened"],
+            [[r["domain"], r["recipients"], r["sent"], r["bounced"], r["opened"]] for r in data["items"]]
+            + (
+                [
+                    [
+                        f"other ({other['domains']} domains)",
+                        other["recipients"],
+                        other["sent"],
+                        other["bounced"],
+                        other["opened"],
+                    ]
+                ]
+                if other
+                else []
+            ),
+        )
     if name == "timeline":
-        return _table(f"Timeline by {data['bucket']} ({data['timezone']})", ["start", *reports.TIMELINE_METRICS], [
-            [r["start"], *(r[m] for m in reports.TIMELINE_METRICS)] for r in data["items"]]
-            + [["total", *(data["totals"][m] for m in reports.TIMELINE_METRICS)]])
-    return _table(f"Human opens, weekday × hour ({data['timezone']})", ["", *map(str, range(24))], [
-        [day[:3], *cells] for day, cells in zip(data["weekdays"], data["cells"], strict=True)])
+        return _table(
+            f"Timeline by {data['bucket']} ({data['timezone']})",
+            ["start", *reports.TIMELINE_METRICS],
+            [[r["start"], *(r[m] for m in reports.TIMELINE_METRICS)] for r in data["items"]]
+            + [["total", *(data["totals"][m] for m in reports.TIMELINE_METRICS)]],
+        )
+    return _table(
+        f"Human opens, weekday × hour ({data['timezone']})",
+        ["", *map(str, range(24))],
+        [[day[:3], *cells] for day, cells in zip(data["weekdays"], data["cells"], strict=True)],
+    )
 
 
 @task_app.command("report")
@@ -357,7 +485,10 @@ async def task_export(
         send_state=_choice(SendState, send_state, "send_state"),
         delivery_state=_choice(DeliveryState, delivery_state, "delivery_state"),
         display_status=_choice(DisplayStatus, display_status, "display_status"),
-        engagement=_choice(Engagement, engagement, "engagement"), email=email, service_id=service_id)
+        engagement=_choice(Engagement, engagement, "engagement"),
+        email=email,
+        service_id=service_id,
+    )
     engine = create_engine(settings())
     try:
         sessionmaker = make_sessionmaker(engine)
@@ -365,7 +496,8 @@ async def task_export(
             await tasks.get_task(session, task_id, user_id=None)
         to_stdout = str(out) == "-"
         opened: contextlib.AbstractContextManager[IO[str]] = (
-            contextlib.nullcontext(sys.stdout) if to_stdout else out.open("w", encoding="utf-8", newline=""))
+            contextlib.nullcontext(sys.stdout) if to_stdout else out.open("w", encoding="utf-8", newline="")
+        )
         with opened as target:
             target.write(("\ufeff" if bom else "") + reports.csv_header())
             written = 0
@@ -390,8 +522,11 @@ async def sender_create(
 
     async with session_scope() as session:
         owner = await find_user(session, user)
-        sender = await content.create_sender(session, user_id=owner.id, values={
-            "local_part": local_part, "display_name": display_name, "reply_to": reply_to})
+        sender = await content.create_sender(
+            session,
+            user_id=owner.id,
+            values={"local_part": local_part, "display_name": display_name, "reply_to": reply_to},
+        )
     typer.echo(f"created sender {sender.local_part} (id {sender.id})")
 
 
@@ -414,6 +549,7 @@ async def template_create(
     compile_template(subject=subject, html=html, text=text)  # syntax errors as one line, with the line number
     async with session_scope() as session:
         owner = await find_user(session, user)
-        row = await content.create_template(session, user_id=owner.id, values={
-            "name": name, "subject": subject, "html": html, "text": text})
+        row = await content.create_template(
+            session, user_id=owner.id, values={"name": name, "subject": subject, "html": html, "text": text}
+        )
     typer.echo(f"created template {row.name} (id {row.id})")

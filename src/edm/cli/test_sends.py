@@ -48,11 +48,13 @@ def _outcome_line(r: dict[str, Any]) -> str:
 async def test_send(
     template_id: Annotated[int, typer.Argument(help="template id")],
     to: Annotated[list[str], typer.Option("--to", help="address to send the test to (1–5, repeatable)")],
-    contact: Annotated[int | None, typer.Option(help="contact id whose data fills the variables "
-                                                      "(default: sample data)")] = None,
+    contact: Annotated[
+        int | None, typer.Option(help="contact id whose data fills the variables (default: sample data)")
+    ] = None,
     sender: Annotated[int | None, typer.Option(help="sender id (default: the user's first sender)")] = None,
-    user: Annotated[str | None, typer.Option(help="as this user: username, email or id (default: the "
-                                                  "template's owner)")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="as this user: username, email or id (default: the template's owner)")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until every recipient is settled")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -60,14 +62,12 @@ async def test_send(
     """Send a template to 1–5 addresses as a test: `[TEST] ` subject, no tracking, 1 credit per address."""
     async with session_scope() as session:
         user_id = await _owner_of(session, template_id, user)
-        request = test_sends.TestSendRequest(template_id=template_id, emails=to, contact_id=contact,
-                                             sender_id=sender)
+        request = test_sends.TestSendRequest(template_id=template_id, emails=to, contact_id=contact, sender_id=sender)
         task = await test_sends.create(session, user_id=user_id, request=request, actor="cli")
         test_send_id = task.id
     if not wait:
         data = await _read(test_send_id, user_id)
-        emit(data, as_json=as_json, text=f"test send {test_send_id} queued for {len(data['recipients'])} "
-                                         f"recipients")
+        emit(data, as_json=as_json, text=f"test send {test_send_id} queued for {len(data['recipients'])} recipients")
         return
     if not as_json:
         typer.echo(f"test send {test_send_id} queued; waiting for the outcome…")

@@ -34,8 +34,14 @@ async def user_create(
         raise BadInput.field("credit", "must be ≥ 0")
     password = read_password(password_stdin)
     async with session_scope() as session:
-        user = await create_user(session, username=username, email=email, password=password,
-                                 role=Role.ADMIN if admin else role, credit=credit)
+        user = await create_user(
+            session,
+            username=username,
+            email=email,
+            password=password,
+            role=Role.ADMIN if admin else role,
+            credit=credit,
+        )
         data = {"id": user.id, "username": user.username, "role": user.role, "credit": user.credit_balance}
     emit(data, as_json=as_json, text=f"created {data['role']} {data['username']} (id {data['id']})")
 
@@ -44,10 +50,22 @@ async def user_create(
 @run
 async def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     async with session_scope() as session:
-        users = [{"id": u.id, "username": u.username, "email": u.email, "role": u.role, "active": u.is_active,
-                  "credit": u.credit_balance} for u in await session.scalars(select(User).order_by(User.id))]
-    emit(users, as_json=as_json, text="\n".join(
-        f"{u['id']:>5}  {u['username']:<20} {u['role']:<9} credit {u['credit']}" for u in users))
+        users = [
+            {
+                "id": u.id,
+                "username": u.username,
+                "email": u.email,
+                "role": u.role,
+                "active": u.is_active,
+                "credit": u.credit_balance,
+            }
+            for u in await session.scalars(select(User).order_by(User.id))
+        ]
+    emit(
+        users,
+        as_json=as_json,
+        text="\n".join(f"{u['id']:>5}  {u['username']:<20} {u['role']:<9} credit {u['credit']}" for u in users),
+    )
 
 
 @user_app.command("password")
@@ -107,18 +125,40 @@ async def user_sessions(
         row = await find_user(session, user)
         if revoke_all:
             revoked = await revoke_sessions(session, row.id)
-            await audit(session, CLI, "user.sessions_revoked", target_type="user", target_id=row.id,
-                        details={"sessions_revoked": revoked})
+            await audit(
+                session,
+                CLI,
+                "user.sessions_revoked",
+                target_type="user",
+                target_id=row.id,
+                details={"sessions_revoked": revoked},
+            )
         else:
             rows = await list_sessions(session, row.id, after_id=None, limit=1000)
-            items: list[dict[str, Any]] = [{"id": r.id, "created_at": r.created_at, "last_seen_at": r.last_seen_at,
-                      "expires_at": expiry_of(r), "ip": r.ip, "user_agent": r.user_agent} for r in rows]
+            items: list[dict[str, Any]] = [
+                {
+                    "id": r.id,
+                    "created_at": r.created_at,
+                    "last_seen_at": r.last_seen_at,
+                    "expires_at": expiry_of(r),
+                    "ip": r.ip,
+                    "user_agent": r.user_agent,
+                }
+                for r in rows
+            ]
     if revoke_all:
         typer.echo(f"{revoked} session(s) revoked")
         return
-    emit(items, as_json=as_json, text="\n".join(
-        f"{i['id']:>6}  last seen {i['last_seen_at']:%Y-%m-%d %H:%M} UTC  from {i['ip'] or '-'}  "
-        f"{(i['user_agent'] or '')[:60]}" for i in items) or "no sessions")
+    emit(
+        items,
+        as_json=as_json,
+        text="\n".join(
+            f"{i['id']:>6}  last seen {i['last_seen_at']:%Y-%m-%d %H:%M} UTC  from {i['ip'] or '-'}  "
+            f"{(i['user_agent'] or '')[:60]}"
+            for i in items
+        )
+        or "no sessions",
+    )
 
 
 @token_app.command("create")
@@ -133,4 +173,3 @@ async def token_create(
         row = await find_user(session, user)
         token, _ = await create_token(session, user_id=row.id, name=name, scope=scope, actor=CLI)
     typer.echo(token)
-

@@ -39,15 +39,37 @@ async def suppression_state(session: AsyncSession, contact: Contact) -> dict[str
     """Entries in force that block the address (own list first, then global) and the contact's own flags."""
     now = utc_now()
     lists = or_(and_(*GLOBAL.holds()), and_(*SuppressionList.of_user(contact.user_id).holds()))
-    entries = list(await session.scalars(select(Suppression).where(
-        lists, in_force(now),
-        or_(and_(Suppression.kind == "address", Suppression.value == contact.email_normalized),
-            and_(Suppression.kind == "domain", Suppression.value == contact.email_domain)),
-    ).order_by(Suppression.scope.desc(), Suppression.id)))
+    entries = list(
+        await session.scalars(
+            select(Suppression)
+            .where(
+                lists,
+                in_force(now),
+                or_(
+                    and_(Suppression.kind == "address", Suppression.value == contact.email_normalized),
+                    and_(Suppression.kind == "domain", Suppression.value == contact.email_domain),
+                ),
+            )
+            .order_by(Suppression.scope.desc(), Suppression.id)
+        )
+    )
     reasons = contact_reasons(contact)
-    return {"blocked": bool(entries or reasons), "contact_reasons": reasons,
-            "entries": [{"id": e.id, "scope": e.scope, "kind": e.kind, "value": e.value, "reason": e.reason,
-                         "created_at": e.created_at, "expires_at": e.expires_at} for e in entries]}
+    return {
+        "blocked": bool(entries or reasons),
+        "contact_reasons": reasons,
+        "entries": [
+            {
+                "id": e.id,
+                "scope": e.scope,
+                "kind": e.kind,
+                "value": e.value,
+                "reason": e.reason,
+                "created_at": e.created_at,
+                "expires_at": e.expires_at,
+            }
+            for e in entries
+        ],
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -63,20 +85,39 @@ async def resubscribe(session: AsyncSession, *, user_id: int, contact_id: int, r
     if not text or len(text) > 500 or "\x00" in text:
         raise BadInput.field("reason", "is required: 1 to 500 characters")
     own = SuppressionList.of_user(user_id)
-    entry_ids = list(await session.scalars(select(Suppression.id).where(
-        *own.holds(), Suppression.kind == "address", Suppression.value == contact.email_normalized,
-        Suppression.reason == "unsubscribed")))
+    entry_ids = list(
+        await session.scalars(
+            select(Suppression.id).where(
+                *own.holds(),
+                Suppression.kind == "address",
+                Suppression.value == contact.email_normalized,
+                Suppression.reason == "unsubscribed",
+            )
+        )
+    )
     if contact.unsubscribed_at is None and not entry_ids:
-        raise Conflict("the contact is not unsubscribed",
-                       details=[{"field": "unsubscribed_at", "message": "already subscribed"}])
+        raise Conflict(
+            "the contact is not unsubscribed", details=[{"field": "unsubscribed_at", "message": "already subscribed"}]
+        )
     previous = contact.unsubscribed_at
     if entry_ids:
         await session.execute(delete(Suppression).where(Suppression.id.in_(entry_ids)))
     contact.unsubscribed_at = None
     contact.updated_at = utc_now()
-    await audit(session, actor, "contact.resubscribe", target_type="contact", target_id=contact.id, details={
-        "user_id": user_id, "email": contact.email_normalized, "reason": text, "suppressions_removed": entry_ids,
-        "unsubscribed_at": previous.isoformat() if previous else None})
+    await audit(
+        session,
+        actor,
+        "contact.resubscribe",
+        target_type="contact",
+        target_id=contact.id,
+        details={
+            "user_id": user_id,
+            "email": contact.email_normalized,
+            "reason": text,
+            "suppressions_removed": entry_ids,
+            "unsubscribed_at": previous.isoformat() if previous else None,
+        },
+    )
     return contact
 
 
@@ -99,8 +140,9 @@ async def activity(
         at_value = literal(at, UTCDateTime())
         same_time = and_(timeline.c.at == at_value, or_(rank < r, and_(rank == r, timeline.c.id < item_id)))
         query = query.where(or_(timeline.c.at < at_value, same_time))
-    rows = (await session.execute(query.order_by(timeline.c.at.desc(), rank.desc(), timeline.c.id.desc())
-                                  .limit(limit + 1))).all()
+    rows = (
+        await session.execute(query.order_by(timeline.c.at.desc(), rank.desc(), timeline.c.id.desc()).limit(limit + 1))
+    ).all()
     more = len(rows) > limit
     rows = rows[:limit]
     items = await _items(session, [(kind, item_id) for kind, item_id, _ in rows])
@@ -115,23 +157,42 @@ def _timeline(contact: Contact) -> Any:
     (task_id, contact_id) index (there is no index on contact_id alone); events through ix_events_subtask_id."""
     epoch = literal(dt.datetime(1970, 1, 1, tzinfo=dt.UTC), UTCDateTime())
     sent_time = func.coalesce(SubTask.sent_at, SubTask.failed_at, Task.generated_at, Task.created_at, epoch)
-    subtasks = (select(SubTask.id).join(Task, Task.id == SubTask.task_id)
-                .where(Task.user_id == contact.user_id, SubTask.contact_id == contact.id))
-    sends = (select(literal("send", String).label("kind"), literal(KIND_RANK["send"]).label("rank"),
-                    SubTask.id.label("id"), sent_time.label("at"))
-             .join(Task, Task.id == SubTask.task_id)
-             .where(Task.user_id == contact.user_id, SubTask.contact_id == contact.id))
-    events = (select(literal("event", String).label("kind"), literal(KIND_RANK["event"]).label("rank"),
-                     Event.id.label("id"), Event.occurred_at.label("at"))
-              .where(Event.subtask_id.in_(subtasks), Event.user_id == contact.user_id))
+    subtasks = (
+        select(SubTask.id)
+        .join(Task, Task.id == SubTask.task_id)
+        .where(Task.user_id == contact.user_id, SubTask.contact_id == contact.id)
+    )
+    sends = (
+        select(
+            literal("send", String).label("kind"),
+            literal(KIND_RANK["send"]).label("rank"),
+            SubTask.id.label("id"),
+            sent_time.label("at"),
+        )
+        .join(Task, Task.id == SubTask.task_id)
+        .where(Task.user_id == contact.user_id, SubTask.contact_id == contact.id)
+    )
+    events = select(
+        literal("event", String).label("kind"),
+        literal(KIND_RANK["event"]).label("rank"),
+        Event.id.label("id"),
+        Event.occurred_at.label("at"),
+    ).where(Event.subtask_id.in_(subtasks), Event.user_id == contact.user_id)
     return union_all(sends, events)
 
 
 async def _items(session: AsyncSession, keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
     send_ids = [i for kind, i in keys if kind == "send"]
     event_ids = [i for kind, i in keys if kind == "event"]
-    rows = (await session.execute(select(SubTask, Task.name).join(Task, Task.id == SubTask.task_id)
-                                  .where(SubTask.id.in_(send_ids)))).all() if send_ids else []
+    rows = (
+        (
+            await session.execute(
+                select(SubTask, Task.name).join(Task, Task.id == SubTask.task_id).where(SubTask.id.in_(send_ids))
+            )
+        ).all()
+        if send_ids
+        else []
+    )
     sends = {sub.id: (sub, name) for sub, name in rows}
     events = {e.id: e for e in await session.scalars(select(Event).where(Event.id.in_(event_ids)))} if event_ids else {}
     names = await _task_names(session, [e.task_id for e in events.values() if e.task_id is not None])
@@ -153,19 +214,38 @@ async def _task_names(session: AsyncSession, task_ids: list[int]) -> dict[int, s
 
 
 def _send_item(sub: SubTask, task_name: str) -> dict[str, Any]:
-    return {"kind": "send", "id": sub.id, "task_id": sub.task_id,
-            "task_name": task_name, "subtask_id": sub.id, "send_state": sub.send_state,
-            "delivery_state": sub.delivery_state, "suppressed_reason": sub.suppressed_reason,
-            "subject": sub.subject_sent, "sent_at": sub.sent_at, "delivered_at": sub.delivered_at,
-            "failed_at": sub.failed_at, "last_error": sub.last_error, "open_count": sub.open_count,
-            "click_count": sub.click_count}
+    return {
+        "kind": "send",
+        "id": sub.id,
+        "task_id": sub.task_id,
+        "task_name": task_name,
+        "subtask_id": sub.id,
+        "send_state": sub.send_state,
+        "delivery_state": sub.delivery_state,
+        "suppressed_reason": sub.suppressed_reason,
+        "subject": sub.subject_sent,
+        "sent_at": sub.sent_at,
+        "delivered_at": sub.delivered_at,
+        "failed_at": sub.failed_at,
+        "last_error": sub.last_error,
+        "open_count": sub.open_count,
+        "click_count": sub.click_count,
+    }
 
 
 def _event_item(event: Event, task_name: str | None) -> dict[str, Any]:
     details = event.details if isinstance(event.details, dict) else {}
-    return {"kind": "event", "id": event.id, "at": event.occurred_at, "task_id": event.task_id,
-            "task_name": task_name, "subtask_id": event.subtask_id, "event_type": event.event_type,
-            "source": event.source, "details": {k: details[k] for k in EVENT_DETAIL_KEYS if k in details}}
+    return {
+        "kind": "event",
+        "id": event.id,
+        "at": event.occurred_at,
+        "task_id": event.task_id,
+        "task_name": task_name,
+        "subtask_id": event.subtask_id,
+        "event_type": event.event_type,
+        "source": event.source,
+        "details": {k: details[k] for k in EVENT_DETAIL_KEYS if k in details},
+    }
 
 
 def _encode(row: Any) -> str:

@@ -102,11 +102,19 @@ def list_filters(
     """The §13.1 filters from the query string (shared by the list and the export)."""
     attributes = [(k.removeprefix("attr."), v) for k, v in request.query_params.multi_items() if k.startswith("attr.")]
     return service.ContactFilter(
-        q=_query_text("q", q), statuses=tuple(status or ()), tag_ids=tuple(tag_id or ()), untagged=untagged,
-        source=_query_text("source", source), explicit_only=explicit_only, import_id=import_id,
-        created_from=_aware("created_from", created_from), created_to=_aware("created_to", created_to),
-        suppressed=suppressed, engaged_since=_aware("engaged_since", engaged_since),
-        attributes=parse_attributes(attributes))
+        q=_query_text("q", q),
+        statuses=tuple(status or ()),
+        tag_ids=tuple(tag_id or ()),
+        untagged=untagged,
+        source=_query_text("source", source),
+        explicit_only=explicit_only,
+        import_id=import_id,
+        created_from=_aware("created_from", created_from),
+        created_to=_aware("created_to", created_to),
+        suppressed=suppressed,
+        engaged_since=_aware("engaged_since", engaged_since),
+        attributes=parse_attributes(attributes),
+    )
 
 
 def _aware(name: str, value: dt.datetime | None) -> dt.datetime | None:
@@ -117,10 +125,14 @@ def _aware(name: str, value: dt.datetime | None) -> dt.datetime | None:
 
 @router.get("/contacts", response_model=ContactPage)
 async def list_contacts(
-    request: Request, session: Session, caller: CurrentCaller, page: Paging,
+    request: Request,
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
     filters: Annotated[service.ContactFilter, Depends(list_filters)],
-    sort: Annotated[str | None, Query(description="id, created, updated, email, name, last_activity; '-' = desc")]
-    = None,
+    sort: Annotated[
+        str | None, Query(description="id, created, updated, email, name, last_activity; '-' = desc")
+    ] = None,
     include_total: bool = False,
     user_id: OwnerId = None,
 ) -> dict[str, Any]:
@@ -158,26 +170,43 @@ async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> 
     Delete by filter needs `expected_count` equal to the current match count (else 409 with `current_count`)."""
     if (body.ids is None) == (body.filter is None):
         raise BadInput.field("ids", "give either ids or a filter (an empty filter {} means every contact)")
-    action = BulkAction(action=body.action, ids=tuple(body.ids) if body.ids is not None else None,
-                        filters=query_filter(body.filter) if body.filter is not None else service.ContactFilter(),
-                        tag_ids=tuple(body.tag_ids), status=body.status, expected_count=body.expected_count)
+    action = BulkAction(
+        action=body.action,
+        ids=tuple(body.ids) if body.ids is not None else None,
+        filters=query_filter(body.filter) if body.filter is not None else service.ContactFilter(),
+        tag_ids=tuple(body.tag_ids),
+        status=body.status,
+        expected_count=body.expected_count,
+    )
     return await run_bulk(session, user_id=caller.id, request=action)
 
 
 def query_filter(query: ContactQuery) -> service.ContactFilter:
     return service.ContactFilter(
-        q=query.q, statuses=tuple(query.status), tag_ids=tuple(query.tag_ids), explicit_only=query.explicit_only,
-        untagged=query.untagged, source=query.source, import_id=query.import_id,
+        q=query.q,
+        statuses=tuple(query.status),
+        tag_ids=tuple(query.tag_ids),
+        explicit_only=query.explicit_only,
+        untagged=query.untagged,
+        source=query.source,
+        import_id=query.import_id,
         created_from=_aware("filter.created_from", query.created_from),
-        created_to=_aware("filter.created_to", query.created_to), suppressed=query.suppressed,
+        created_to=_aware("filter.created_to", query.created_to),
+        suppressed=query.suppressed,
         attributes=parse_attributes(list(query.attributes.items())),
-        engaged_since=_aware("filter.engaged_since", query.engaged_since))
+        engaged_since=_aware("filter.engaged_since", query.engaged_since),
+    )
 
 
-@router.get("/contacts/export", response_class=StreamingResponse,
-            responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}})
+@router.get(
+    "/contacts/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}},
+)
 async def export_contacts(
-    request: Request, session: Session, caller: CurrentCaller,
+    request: Request,
+    session: Session,
+    caller: CurrentCaller,
     filters: Annotated[service.ContactFilter, Depends(list_filters)],
     id: Annotated[list[BodyId] | None, Query(max_length=10_000, description="a selection (repeat)")] = None,
     bom: Annotated[bool, Query(description="start with a UTF-8 BOM (for spreadsheets)")] = False,
@@ -196,8 +225,9 @@ async def export_contacts(
             yield piece.encode()
 
     name = f"contacts-{utc_now():%Y%m%d-%H%M%S}.csv"
-    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return StreamingResponse(
+        body(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @router.get("/contacts/{contact_id}", response_model=ContactDetailOut)
@@ -211,22 +241,28 @@ async def get_contact(session: Session, caller: CurrentCaller, contact_id: Id) -
 
 @router.get("/contacts/{contact_id}/activity", response_model=ActivityPage)
 async def contact_activity(
-    session: Session, caller: CurrentCaller, contact_id: Id,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None,
+    session: Session,
+    caller: CurrentCaller,
+    contact_id: Id,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """The contact's SubTasks (task, send and delivery state, times) and their events, newest first."""
-    items, next_cursor = await activity.activity(session, user_id=caller.id, contact_id=contact_id, limit=limit,
-                                                 cursor=cursor)
+    items, next_cursor = await activity.activity(
+        session, user_id=caller.id, contact_id=contact_id, limit=limit, cursor=cursor
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.post("/contacts/{contact_id}/resubscribe", response_model=ContactDetailOut)
-async def resubscribe_contact(request: Request, session: Session, caller: Writer, contact_id: Id,
-                              body: ResubscribeIn) -> dict[str, Any]:
+async def resubscribe_contact(
+    request: Request, session: Session, caller: Writer, contact_id: Id, body: ResubscribeIn
+) -> dict[str, Any]:
     """Clear the unsubscribe (flag and the own list's `unsubscribed` entry); the reason is audited."""
     actor = Actor(caller.id, "token", request.client.host if request.client else None)
-    contact = await activity.resubscribe(session, user_id=caller.id, contact_id=contact_id, reason=body.reason,
-                                         actor=actor)
+    contact = await activity.resubscribe(
+        session, user_id=caller.id, contact_id=contact_id, reason=body.reason, actor=actor
+    )
     out = await _one_contact(session, contact)
     out["suppression"] = await activity.suppression_state(session, contact)
     return out
@@ -277,8 +313,14 @@ async def list_tags(
 
 @router.post("/tags", status_code=201, response_model=TagOut)
 async def create_tag(session: Session, caller: Writer, body: TagCreate) -> dict[str, Any]:
-    tag = await service.create_tag(session, user_id=caller.id, name=body.name, color=body.color,
-                                   description=body.description, parent_id=body.parent_id)
+    tag = await service.create_tag(
+        session,
+        user_id=caller.id,
+        name=body.name,
+        color=body.color,
+        description=body.description,
+        parent_id=body.parent_id,
+    )
     return await service.tag_detail(session, user_id=caller.id, tag_id=tag.id)
 
 
@@ -318,21 +360,28 @@ async def move_tag(session: Session, caller: Writer, tag_id: Id, body: TagMove) 
 @router.post("/tags/{tag_id}/split", status_code=201, response_model=SplitOut)
 async def split(session: Session, caller: Writer, tag_id: Id, body: TagSplit) -> dict[str, Any]:
     """A/B split (§13.3): the root tag's explicit members shuffled into `group_count` new child groups."""
-    request = SplitRequest(group_count=body.group_count, ratios=tuple(body.ratios) if body.ratios else None,
-                           group_names=tuple(body.group_names) if body.group_names else None, seed=body.seed,
-                           regroup=body.regroup)
+    request = SplitRequest(
+        group_count=body.group_count,
+        ratios=tuple(body.ratios) if body.ratios else None,
+        group_names=tuple(body.group_names) if body.group_names else None,
+        seed=body.seed,
+        regroup=body.regroup,
+    )
     return await split_tag(session, user_id=caller.id, tag_id=tag_id, request=request)
 
 
 @router.get("/tags/{tag_id}/contacts", response_model=ContactPage)
 async def list_tag_members(
-    session: Session, caller: CurrentCaller, tag_id: Id, page: Paging, explicit_only: bool = False,
+    session: Session,
+    caller: CurrentCaller,
+    tag_id: Id,
+    page: Paging,
+    explicit_only: bool = False,
     user_id: OwnerId = None,
 ) -> dict[str, Any]:
     """Members of a tag (for a parent: also its children's members, unless `explicit_only`)."""
     owner = caller.owner_filter(user_id)
-    rows = await service.list_tag_members(session, user_id=owner, tag_id=tag_id, page=page,
-                                          explicit_only=explicit_only)
+    rows = await service.list_tag_members(session, user_id=owner, tag_id=tag_id, page=page, explicit_only=explicit_only)
     result = page_of(rows, page)
     result["items"] = await _contacts_out(session, result["items"])
     return result
@@ -346,8 +395,7 @@ async def add_tag_members(session: Session, caller: Writer, tag_id: Id, body: Co
 
 @router.delete("/tags/{tag_id}/contacts", response_model=MembersChanged)
 async def remove_tag_members(session: Session, caller: Writer, tag_id: Id, body: ContactIds) -> dict[str, Any]:
-    removed = await service.remove_tag_members(session, user_id=caller.id, tag_id=tag_id,
-                                               contact_ids=body.contact_ids)
+    removed = await service.remove_tag_members(session, user_id=caller.id, tag_id=tag_id, contact_ids=body.contact_ids)
     return {"removed": removed}
 
 

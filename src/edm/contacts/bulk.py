@@ -83,23 +83,29 @@ async def _tag(session: AsyncSession, conditions: Sequence[Any], tag_ids: Sequen
     added = 0
     for tag_id in tag_ids:
         rows = select(Contact.id, literal(tag_id, BigId), literal(now, UTCDateTime())).where(*conditions)
-        stmt = (dialect_insert(session, ContactTag.__table__)
-                .from_select(["contact_id", "tag_id", "created_at"], rows)
-                .on_conflict_do_nothing(index_elements=["contact_id", "tag_id"]))
+        stmt = (
+            dialect_insert(session, ContactTag.__table__)
+            .from_select(["contact_id", "tag_id", "created_at"], rows)
+            .on_conflict_do_nothing(index_elements=["contact_id", "tag_id"])
+        )
         added += _rowcount(await session.execute(stmt))
     return added
 
 
 async def _untag(session: AsyncSession, conditions: Sequence[Any], tag_ids: Sequence[int]) -> int:
-    stmt = delete(ContactTag).where(ContactTag.tag_id.in_(tag_ids),
-                                    ContactTag.contact_id.in_(select(Contact.id).where(*conditions)))
+    stmt = delete(ContactTag).where(
+        ContactTag.tag_id.in_(tag_ids), ContactTag.contact_id.in_(select(Contact.id).where(*conditions))
+    )
     return _rowcount(await session.execute(stmt.execution_options(synchronize_session=False)))
 
 
 async def _set_status(session: AsyncSession, conditions: Sequence[Any], status: str) -> int:
-    stmt = (update(Contact).where(*conditions, Contact.status != status)
-            .values(status=ContactStatus(status).value, updated_at=utc_now())
-            .execution_options(synchronize_session=False))
+    stmt = (
+        update(Contact)
+        .where(*conditions, Contact.status != status)
+        .values(status=ContactStatus(status).value, updated_at=utc_now())
+        .execution_options(synchronize_session=False)
+    )
     return _rowcount(await session.execute(stmt))
 
 
@@ -118,9 +124,11 @@ async def _delete(session: AsyncSession, conditions: Sequence[Any], *, matched: 
 
 
 def _count_changed(current: int) -> Conflict:
-    return Conflict(f"the filter now matches {current} contacts: review them and send that expected_count",
-                    details=[{"field": "expected_count", "message": f"current count is {current}"}],
-                    current_count=current)
+    return Conflict(
+        f"the filter now matches {current} contacts: review them and send that expected_count",
+        details=[{"field": "expected_count", "message": f"current count is {current}"}],
+        current_count=current,
+    )
 
 
 def _rowcount(result: Any) -> int:

@@ -24,17 +24,46 @@ from edm.csvfmt import FORMULA_STARTS, guard, records
 
 BATCH = 2000
 BOM = "\ufeff"
-FIELDS = ("id", "email", "name", "first_name", "last_name", "username", "phone", "company", "position",
-          "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "timezone")
+FIELDS = (
+    "id",
+    "email",
+    "name",
+    "first_name",
+    "last_name",
+    "username",
+    "phone",
+    "company",
+    "position",
+    "tiktok_unique_id",
+    "instagram_id",
+    "youtube_id",
+    "source",
+    "status",
+    "timezone",
+)
 FLAGS = ("unsubscribed_at", "hard_bounced_at", "complained_at")
-TIMES = ("soft_bounce_streak", "import_id", "imported_at", "last_sent_at", "last_opened_at", "last_clicked_at",
-         "last_replied_at", "created_at", "updated_at")
+TIMES = (
+    "soft_bounce_streak",
+    "import_id",
+    "imported_at",
+    "last_sent_at",
+    "last_opened_at",
+    "last_clicked_at",
+    "last_replied_at",
+    "created_at",
+    "updated_at",
+)
 COLUMNS = (*FIELDS, "tags", "suppressed", "on_suppression_list", *FLAGS, *TIMES)
 TAG_SEPARATOR = ","  # the importer splits a tags cell on , ; or |
 
 
-async def export_csv(open_session: Callable[[], AbstractAsyncContextManager[AsyncSession]], *, user_id: int,
-                     filters: ContactFilter, bom: bool = False) -> AsyncIterator[str]:
+async def export_csv(
+    open_session: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+    *,
+    user_id: int,
+    filters: ContactFilter,
+    bom: bool = False,
+) -> AsyncIterator[str]:
     """The CSV text in pieces: the header, then one piece per batch of rows.
 
     Each batch runs in its own short session: a stream may last minutes, and on SQLite every transaction
@@ -50,8 +79,11 @@ async def export_csv(open_session: Callable[[], AbstractAsyncContextManager[Asyn
     while True:
         async with open_session() as session:
             connection = await session.connection()  # Core rows: the ORM's result machinery cost ~20 %
-            rows = (await connection.execute(select(*columns).where(*conditions, Contact.id > after)
-                                             .order_by(Contact.id).limit(BATCH))).all()
+            rows = (
+                await connection.execute(
+                    select(*columns).where(*conditions, Contact.id > after).order_by(Contact.id).limit(BATCH)
+                )
+            ).all()
             tags = await tag_names(session, [r.id for r in rows]) if rows else {}
         if not rows:
             return
@@ -75,8 +107,11 @@ async def tag_names(session: AsyncSession, contact_ids: Sequence[int]) -> dict[i
     parent = Tag.__table__.alias("parent")
     connection = await session.connection()
     rows = await connection.execute(
-        select(ContactTag.contact_id, Tag.name, parent.c.name).join(Tag, Tag.id == ContactTag.tag_id)
-        .outerjoin(parent, parent.c.id == Tag.parent_id).where(ContactTag.contact_id.in_(contact_ids)))
+        select(ContactTag.contact_id, Tag.name, parent.c.name)
+        .join(Tag, Tag.id == ContactTag.tag_id)
+        .outerjoin(parent, parent.c.id == Tag.parent_id)
+        .where(ContactTag.contact_id.in_(contact_ids))
+    )
     out: dict[int, list[str]] = defaultdict(list)
     for contact_id, name, parent_name in rows.all():
         out[contact_id].append(f"{parent_name}/{name}" if parent_name else name)
@@ -89,8 +124,14 @@ def _record(row: Any, keys: Sequence[str], tags: list[str]) -> list[str]:
     flags = values[_FLAGS]
     listed = bool(values[-1])
     suppressed = listed or any(f is not None for f in flags)
-    cells = [*map(_cell, values[_FIELDS]), TAG_SEPARATOR.join(tags), "true" if suppressed else "false",
-             "true" if listed else "false", *map(_cell, flags), *map(_cell, values[_TIMES])]
+    cells = [
+        *map(_cell, values[_FIELDS]),
+        TAG_SEPARATOR.join(tags),
+        "true" if suppressed else "false",
+        "true" if listed else "false",
+        *map(_cell, flags),
+        *map(_cell, values[_TIMES]),
+    ]
     if keys:
         attributes = values[-2] if isinstance(values[-2], dict) else {}
         cells += [_cell(attributes.get(k)) for k in keys]

@@ -114,8 +114,11 @@ def search_text() -> Any:
     # Constants are SQL literals, not bound parameters: an index expression only matches a query that
     # spells the same constants.
     empty, separator = literal_column("''", String), literal_column(f"'{SEPARATOR}'", String)
-    parts: list[Any] = [Contact.email, Contact.email_normalized,
-                        *(func.coalesce(getattr(Contact, n), empty) for n in SEARCH_FIELDS)]
+    parts: list[Any] = [
+        Contact.email,
+        Contact.email_normalized,
+        *(func.coalesce(getattr(Contact, n), empty) for n in SEARCH_FIELDS),
+    ]
     joined = parts[0]
     for part in parts[1:]:
         joined = joined.op("||")(separator).op("||")(part)
@@ -126,15 +129,21 @@ def on_suppression_list(*, user_id: int, now: dt.datetime) -> Any:
     """An entry in force on the user's or the global list names the address or its domain (as §6.2)."""
     return exists().where(
         or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
-        or_(and_(Suppression.kind == "address", Suppression.value == Contact.email_normalized),
-            and_(Suppression.kind == "domain", Suppression.value == Contact.email_domain)),
+        or_(
+            and_(Suppression.kind == "address", Suppression.value == Contact.email_normalized),
+            and_(Suppression.kind == "domain", Suppression.value == Contact.email_domain),
+        ),
         or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
     )
 
 
 def suppressed_condition(*, user_id: int, now: dt.datetime) -> Any:
-    return or_(Contact.unsubscribed_at.is_not(None), Contact.hard_bounced_at.is_not(None),
-               Contact.complained_at.is_not(None), on_suppression_list(user_id=user_id, now=now))
+    return or_(
+        Contact.unsubscribed_at.is_not(None),
+        Contact.hard_bounced_at.is_not(None),
+        Contact.complained_at.is_not(None),
+        on_suppression_list(user_id=user_id, now=now),
+    )
 
 
 def attribute_equals(session: AsyncSession, key: str, value: str) -> Any:
@@ -147,8 +156,10 @@ def attribute_equals(session: AsyncSession, key: str, value: str) -> Any:
         return or_(*options)
     path = literal(f"$.{key}", String)  # keys are checked against ^[A-Za-z_][A-Za-z0-9_]{0,63}$
     kind = func.json_type(column, path)
-    return or_(and_(kind.in_(("text", "integer", "real")), cast(func.json_extract(column, path), String) == value),
-               and_(kind.in_(("true", "false")), kind == value))
+    return or_(
+        and_(kind.in_(("text", "integer", "real")), cast(func.json_extract(column, path), String) == value),
+        and_(kind.in_(("true", "false")), kind == value),
+    )
 
 
 def _json_values(text: str) -> list[Any]:
@@ -160,8 +171,12 @@ def _json_values(text: str) -> list[Any]:
         number = json.loads(text)
     except ValueError:
         return values
-    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number) \
-            and json.dumps(number) == text:
+    if (
+        isinstance(number, int | float)
+        and not isinstance(number, bool)
+        and math.isfinite(number)
+        and json.dumps(number) == text
+    ):
         values.append(number)
     return values
 
@@ -200,8 +215,10 @@ def sort_expression(session: AsyncSession, sort: Sort) -> Any:
         # A literal '' (not a bound parameter), as in PostgreSQL's index ix_contacts_user_id_name_id.
         return func.coalesce(Contact.name, literal_column("''", String))
     epoch = literal(EPOCH, UTCDateTime())
-    times = [func.coalesce(c, epoch) for c in (Contact.last_sent_at, Contact.last_opened_at, Contact.last_clicked_at,
-                                                Contact.last_replied_at)]
+    times = [
+        func.coalesce(c, epoch)
+        for c in (Contact.last_sent_at, Contact.last_opened_at, Contact.last_clicked_at, Contact.last_replied_at)
+    ]
     greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
     return greatest(*times, type_=UTCDateTime())
 
@@ -216,8 +233,11 @@ def sort_value(contact: Contact, sort: Sort) -> Any:
         return contact.email_normalized
     if sort.key == "name":
         return contact.name or ""
-    times = [t for t in (contact.last_sent_at, contact.last_opened_at, contact.last_clicked_at,
-                         contact.last_replied_at) if t is not None]
+    times = [
+        t
+        for t in (contact.last_sent_at, contact.last_opened_at, contact.last_clicked_at, contact.last_replied_at)
+        if t is not None
+    ]
     return max(times, default=EPOCH)
 
 

@@ -91,9 +91,15 @@ class ImportReport:
             self.errors.append(RowError(row, column, message, value[:200]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "created": self.created, "updated": self.updated, "skipped": self.skipped,
-                "error_count": self.error_count, "errors": [e._asdict() for e in self.errors],
-                "columns": [{"header": h, "target": t} for h, t in self.columns]}
+        return {
+            "total": self.total,
+            "created": self.created,
+            "updated": self.updated,
+            "skipped": self.skipped,
+            "error_count": self.error_count,
+            "errors": [e._asdict() for e in self.errors],
+            "columns": [{"header": h, "target": t} for h, t in self.columns],
+        }
 
 
 OnBatch = Callable[[ImportReport], Awaitable[None]]
@@ -113,8 +119,9 @@ class Column:
     target: str  # field name, attribute key, "tags" or "ignore"
 
 
-def plan_columns(headers: Sequence[str], *, mapping: Mapping[str, str | None] | None = None,
-                 ignore_unknown: bool = False) -> list[Column]:
+def plan_columns(
+    headers: Sequence[str], *, mapping: Mapping[str, str | None] | None = None, ignore_unknown: bool = False
+) -> list[Column]:
     """Known headers map to fields (first one wins); every other column becomes a custom attribute, or is
     ignored with `ignore_unknown`. An explicit `mapping` {header: field | "tags" | "attributes.<key>" |
     "ignore"} wins over the aliases. BadInput naming the headers found when no column holds the email."""
@@ -130,8 +137,11 @@ def plan_columns(headers: Sequence[str], *, mapping: Mapping[str, str | None] | 
         columns.append(column)
     if "email" not in taken:
         found = [h.strip() for h in headers]
-        raise BadInput(f"the file has no email column; headers found: {', '.join(found) or '(none)'}",
-                       details=[{"field": "file", "message": "no email column"}], headers=found)
+        raise BadInput(
+            f"the file has no email column; headers found: {', '.join(found) or '(none)'}",
+            details=[{"field": "file", "message": "no email column"}],
+            headers=found,
+        )
     return columns
 
 
@@ -223,7 +233,7 @@ def parse_tag_names(cell: str) -> list[tuple[str | None, str]]:
 
 def parse_row(cells: list[str], columns: list[Column], number: int) -> _Row:
     """Validate one record into contact values; raises _Skip(column, reason) for a bad row."""
-    extra = [c for c in cells[len(columns):] if c.strip()]
+    extra = [c for c in cells[len(columns) :] if c.strip()]
     if extra:
         raise _Skip("", f"the row has {len(cells)} cells but the header has {len(columns)}")
     raw: dict[str, Any] = {"email": ""}
@@ -320,8 +330,15 @@ class _Import:
 
     async def write(self, batch: list[_Row]) -> None:
         row_tags = [await self.tags.ids(row.tags) for row in batch]
-        counts = await write_rows(self.session, user_id=self.user_id, rows=[r.values for r in batch], mode=self.mode,
-                                  tag_ids=self.extra_tags, row_tag_ids=row_tags, import_id=self.import_id)
+        counts = await write_rows(
+            self.session,
+            user_id=self.user_id,
+            rows=[r.values for r in batch],
+            mode=self.mode,
+            tag_ids=self.extra_tags,
+            row_tag_ids=row_tags,
+            import_id=self.import_id,
+        )
         self.report.created += counts.created
         self.report.updated += counts.updated
         self.report.skipped += counts.skipped
@@ -343,16 +360,27 @@ class ImportOptions:
     ignore_unknown_columns: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "encoding": self.encoding, "delimiter": self.delimiter, "sheet": self.sheet,
-                "mapping": dict(self.mapping), "tag_ids": list(self.tag_ids),
-                "ignore_unknown_columns": self.ignore_unknown_columns}
+        return {
+            "mode": self.mode,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "sheet": self.sheet,
+            "mapping": dict(self.mapping),
+            "tag_ids": list(self.tag_ids),
+            "ignore_unknown_columns": self.ignore_unknown_columns,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImportOptions:
-        return cls(mode=data.get("mode") or "skip_existing", encoding=data.get("encoding"),
-                   delimiter=data.get("delimiter"), sheet=data.get("sheet"), mapping=dict(data.get("mapping") or {}),
-                   tag_ids=tuple(data.get("tag_ids") or ()),
-                   ignore_unknown_columns=bool(data.get("ignore_unknown_columns")))
+        return cls(
+            mode=data.get("mode") or "skip_existing",
+            encoding=data.get("encoding"),
+            delimiter=data.get("delimiter"),
+            sheet=data.get("sheet"),
+            mapping=dict(data.get("mapping") or {}),
+            tag_ids=tuple(data.get("tag_ids") or ()),
+            ignore_unknown_columns=bool(data.get("ignore_unknown_columns")),
+        )
 
     def check(self, batch_size: int = 1000) -> None:
         if self.mode not in IMPORT_MODES:
@@ -368,15 +396,23 @@ def read_columns(stream: BinaryIO, *, format: str, options: ImportOptions) -> li
     """The column plan of a file from its header row alone: BadInput at once for an unreadable file or one
     without an email column (naming the headers found). Reads the stream from its current position."""
     options.check()
-    with open_table(stream, format=format, encoding=options.encoding, delimiter=options.delimiter,
-                    sheet=options.sheet) as table:
+    with open_table(
+        stream, format=format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet
+    ) as table:
         return plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
 
 
 async def import_file(
-    session: AsyncSession, *, user_id: int, stream: BinaryIO, format: str = "csv",
-    options: ImportOptions = ImportOptions(), batch_size: int = 1000, on_batch: OnBatch | None = None,
-    on_start: Callable[[int | None], Awaitable[None]] | None = None, import_id: int | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    stream: BinaryIO,
+    format: str = "csv",
+    options: ImportOptions = ImportOptions(),
+    batch_size: int = 1000,
+    on_batch: OnBatch | None = None,
+    on_start: Callable[[int | None], Awaitable[None]] | None = None,
+    import_id: int | None = None,
 ) -> ImportReport:
     """Import contacts from a CSV or XLSX byte stream. Bad rows are reported and skipped; good rows are kept.
 
@@ -387,12 +423,17 @@ async def import_file(
     options.check(batch_size)
     extra = await require_own(session, Tag, user_id=user_id, ids=options.tag_ids, field="tag_ids")
     known = await tag_ids_by_name(session, user_id=user_id)
-    job = _Import(session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch,
-                  import_id)
+    job = _Import(
+        session, user_id, options.mode, extra, _Tags(session, user_id, known), ImportReport(), on_batch, import_id
+    )
     with contextlib.ExitStack() as stack:
         # opening reads up to the header row: for a workbook that is unzipping and parsing, off the loop
-        table = await asyncio.to_thread(stack.enter_context, open_table(
-            stream, format=format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet))
+        table = await asyncio.to_thread(
+            stack.enter_context,
+            open_table(
+                stream, format=format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet
+            ),
+        )
         columns = plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
         if on_start is not None:
             await on_start(table.total_hint)
@@ -400,14 +441,22 @@ async def import_file(
 
 
 async def import_csv(
-    session: AsyncSession, *, user_id: int, stream: BinaryIO, mode: str = "skip_existing",
-    encoding: str | None = None, tag_ids: Sequence[int] = (), batch_size: int = 1000,
-    delimiter: str | None = None, on_batch: OnBatch | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    stream: BinaryIO,
+    mode: str = "skip_existing",
+    encoding: str | None = None,
+    tag_ids: Sequence[int] = (),
+    batch_size: int = 1000,
+    delimiter: str | None = None,
+    on_batch: OnBatch | None = None,
 ) -> ImportReport:
     """`import_file` for a CSV stream with the common options."""
     options = ImportOptions(mode=mode, encoding=encoding, delimiter=delimiter, tag_ids=tuple(tag_ids))
-    return await import_file(session, user_id=user_id, stream=stream, options=options, batch_size=batch_size,
-                             on_batch=on_batch)
+    return await import_file(
+        session, user_id=user_id, stream=stream, options=options, batch_size=batch_size, on_batch=on_batch
+    )
 
 
 async def _run(table: Table, columns: list[Column], *, job: _Import, batch_size: int) -> ImportReport:
@@ -442,8 +491,7 @@ def _shown_target(column: Column) -> str:
     return f"attributes.{column.target}" if column.kind == "attribute" else column.target
 
 
-def _accept(job: _Import, number: int, cells: list[str] | csv.Error | RowProblem,
-            columns: list[Column]) -> _Row | None:
+def _accept(job: _Import, number: int, cells: list[str] | csv.Error | RowProblem, columns: list[Column]) -> _Row | None:
     """The parsed row, or None after recording why it is skipped."""
     try:
         if isinstance(cells, csv.Error):

@@ -63,7 +63,12 @@ class TooLarge(EdmError):
 
 
 async def create_import(
-    session: AsyncSession, *, user_id: int, filename: str, stream: BinaryIO, options: ImportOptions,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    filename: str,
+    stream: BinaryIO,
+    options: ImportOptions,
     max_bytes: int,
 ) -> Import:
     """Check the options and the header row (BadInput at once, nothing stored), then store the file in chunks
@@ -75,8 +80,14 @@ async def create_import(
     # reading up to the header row unzips and parses a workbook: CPU work kept off the event loop
     await asyncio.to_thread(read_columns, stream, format=file_format, options=options)
     stream.seek(start)
-    row = Import(user_id=user_id, kind="contacts", filename=(filename or "upload")[-255:], format=file_format,
-                 options=options.to_dict(), status=ImportStatus.QUEUED)
+    row = Import(
+        user_id=user_id,
+        kind="contacts",
+        filename=(filename or "upload")[-255:],
+        format=file_format,
+        options=options.to_dict(),
+        status=ImportStatus.QUEUED,
+    )
     session.add(row)
     await session.flush()
     row.size_bytes = await _store_chunks(session, row.id, stream, max_bytes)
@@ -105,8 +116,12 @@ async def get_import(session: AsyncSession, *, user_id: int, import_id: int) -> 
 
 async def list_imports(session: AsyncSession, *, user_id: int, page: Page) -> list[Import]:
     """Newest first would need a descending cursor; like every list here, ids ascend (limit + 1 fetched)."""
-    query = (select(Import).where(Import.user_id == user_id, Import.kind == "contacts",
-                                  Import.id > (page.after_id or 0)).order_by(Import.id).limit(page.limit + 1))
+    query = (
+        select(Import)
+        .where(Import.user_id == user_id, Import.kind == "contacts", Import.id > (page.after_id or 0))
+        .order_by(Import.id)
+        .limit(page.limit + 1)
+    )
     return list(await session.scalars(query))
 
 
@@ -115,12 +130,19 @@ async def cancel_import(session: AsyncSession, *, user_id: int, import_id: int) 
     worker, which sees the status change before it commits."""
     row = await get_import(session, user_id=user_id, import_id=import_id)
     now = utc_now()
-    changed = await _set_status(session, import_id, (ImportStatus.QUEUED, ImportStatus.RUNNING),
-                                status=ImportStatus.CANCELLED, finished_at=now, message="cancelled by the user")
+    changed = await _set_status(
+        session,
+        import_id,
+        (ImportStatus.QUEUED, ImportStatus.RUNNING),
+        status=ImportStatus.CANCELLED,
+        finished_at=now,
+        message="cancelled by the user",
+    )
     if not changed:
         await session.refresh(row)
-        raise InvalidTransition(f"cannot cancel an import that is {row.status}", current_status=row.status,
-                                allowed_actions=[])
+        raise InvalidTransition(
+            f"cannot cancel an import that is {row.status}", current_status=row.status, allowed_actions=[]
+        )
     await session.refresh(row)
     await _finished(session, row)
     return row
@@ -130,11 +152,18 @@ async def error_rows(session: AsyncSession, *, import_id: int, batch: int = 1000
     """The stored row errors by row number, fetched a page at a time."""
     after = (-1, 0)
     while True:
-        rows = list(await session.scalars(
-            select(ImportRowError).where(ImportRowError.import_id == import_id,
-                                         (ImportRowError.row_number > after[0])
-                                         | ((ImportRowError.row_number == after[0]) & (ImportRowError.id > after[1])))
-            .order_by(ImportRowError.row_number, ImportRowError.id).limit(batch)))
+        rows = list(
+            await session.scalars(
+                select(ImportRowError)
+                .where(
+                    ImportRowError.import_id == import_id,
+                    (ImportRowError.row_number > after[0])
+                    | ((ImportRowError.row_number == after[0]) & (ImportRowError.id > after[1])),
+                )
+                .order_by(ImportRowError.row_number, ImportRowError.id)
+                .limit(batch)
+            )
+        )
         for row in rows:
             yield row
         if len(rows) < batch:
@@ -149,13 +178,27 @@ async def error_rows(session: AsyncSession, *, import_id: int, batch: int = 1000
 
 async def fail_stale(session: AsyncSession, *, now: dt.datetime) -> list[int]:
     """Running imports whose heartbeat stopped (their worker crashed) become `failed`, keeping their counts."""
-    ids = list(await session.scalars(select(Import.id).where(
-        Import.status == ImportStatus.RUNNING, Import.kind == "contacts", Import.heartbeat_at < now - STALE_AFTER)))
+    ids = list(
+        await session.scalars(
+            select(Import.id).where(
+                Import.status == ImportStatus.RUNNING,
+                Import.kind == "contacts",
+                Import.heartbeat_at < now - STALE_AFTER,
+            )
+        )
+    )
     failed = []
     for import_id in ids:
         message = "the import stopped (its worker stopped responding); re-run the file with skip_existing"
-        if await _set_status(session, import_id, (ImportStatus.RUNNING,), status=ImportStatus.FAILED,
-                             finished_at=now, message=message, extra=(Import.heartbeat_at < now - STALE_AFTER,)):
+        if await _set_status(
+            session,
+            import_id,
+            (ImportStatus.RUNNING,),
+            status=ImportStatus.FAILED,
+            finished_at=now,
+            message=message,
+            extra=(Import.heartbeat_at < now - STALE_AFTER,),
+        ):
             row = await session.get(Import, import_id, populate_existing=True)
             assert row is not None
             await _finished(session, row)
@@ -166,26 +209,49 @@ async def fail_stale(session: AsyncSession, *, now: dt.datetime) -> list[int]:
 async def claim_next(session: AsyncSession, *, worker_id: str, now: dt.datetime) -> int | None:
     """Take the oldest queued import: SKIP LOCKED on PostgreSQL so concurrent workers look at different rows,
     and a compare-and-set on the status everywhere, so two workers never take the same one."""
-    query = (select(Import.id).where(Import.status == ImportStatus.QUEUED, Import.kind == "contacts")
-             .order_by(Import.id).limit(1))
+    query = (
+        select(Import.id)
+        .where(Import.status == ImportStatus.QUEUED, Import.kind == "contacts")
+        .order_by(Import.id)
+        .limit(1)
+    )
     if dialect_name(session) == "postgresql":
         query = query.with_for_update(skip_locked=True)
     import_id = await session.scalar(query)
     if import_id is None:
         return None
-    taken = await _set_status(session, import_id, (ImportStatus.QUEUED,), status=ImportStatus.RUNNING,
-                              worker_id=worker_id[:64], started_at=now, heartbeat_at=now)
+    taken = await _set_status(
+        session,
+        import_id,
+        (ImportStatus.QUEUED,),
+        status=ImportStatus.RUNNING,
+        worker_id=worker_id[:64],
+        started_at=now,
+        heartbeat_at=now,
+    )
     return import_id if taken else None
 
 
 async def claim(session: AsyncSession, import_id: int, *, worker_id: str, now: dt.datetime) -> bool:
     """Take one given queued import (the CLI processing the file it just queued)."""
-    return await _set_status(session, import_id, (ImportStatus.QUEUED,), status=ImportStatus.RUNNING,
-                             worker_id=worker_id[:64], started_at=now, heartbeat_at=now)
+    return await _set_status(
+        session,
+        import_id,
+        (ImportStatus.QUEUED,),
+        status=ImportStatus.RUNNING,
+        worker_id=worker_id[:64],
+        started_at=now,
+        heartbeat_at=now,
+    )
 
 
-async def run_imports(sessionmaker: async_sessionmaker[AsyncSession], *, worker_id: str,
-                      batch_size: int = BATCH_SIZE, heartbeat_every: float = HEARTBEAT_EVERY) -> int:
+async def run_imports(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    worker_id: str,
+    batch_size: int = BATCH_SIZE,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+) -> int:
     """The `imports` job: fail stale imports, then claim and run queued ones until none is left."""
     async with unit_of_work(sessionmaker) as session:
         await fail_stale(session, now=utc_now())
@@ -230,9 +296,19 @@ class _Run:
             await self.session.commit()
 
     def _add_errors(self, report: ImportReport) -> None:
-        new = report.errors[self.stored_errors:]
-        self.session.add_all([ImportRowError(import_id=self.row.id, row_number=e.row, column=e.column[:100] or None,
-                                             value=e.value[:200] or None, message=e.message[:500]) for e in new])
+        new = report.errors[self.stored_errors :]
+        self.session.add_all(
+            [
+                ImportRowError(
+                    import_id=self.row.id,
+                    row_number=e.row,
+                    column=e.column[:100] or None,
+                    value=e.value[:200] or None,
+                    message=e.message[:500],
+                )
+                for e in new
+            ]
+        )
         self.stored_errors += len(new)
 
     async def _save(self, **values: Any) -> bool:
@@ -249,9 +325,14 @@ class _Stopped(Exception):  # noqa: N818 - a control-flow signal
     pass
 
 
-async def run_import(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, *,
-                     batch_size: int = BATCH_SIZE, on_progress: OnProgress | None = None,
-                     heartbeat_every: float = HEARTBEAT_EVERY) -> str:
+async def run_import(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    import_id: int,
+    *,
+    batch_size: int = BATCH_SIZE,
+    on_progress: OnProgress | None = None,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+) -> str:
     """Process one claimed (`running`) import to its end; returns its final status."""
     finished = asyncio.Event()
     beating = asyncio.create_task(_keep_alive(sessionmaker, import_id, heartbeat_every, finished))
@@ -262,8 +343,9 @@ async def run_import(sessionmaker: async_sessionmaker[AsyncSession], import_id: 
         await beating
 
 
-async def _keep_alive(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, every: float,
-                      finished: asyncio.Event) -> None:
+async def _keep_alive(
+    sessionmaker: async_sessionmaker[AsyncSession], import_id: int, every: float, finished: asyncio.Event
+) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished.wait(), timeout=every)
@@ -275,8 +357,9 @@ async def _keep_alive(sessionmaker: async_sessionmaker[AsyncSession], import_id:
             log.warning("import.heartbeat_failed", extra={"import_id": import_id}, exc_info=True)
 
 
-async def _run_claimed(sessionmaker: async_sessionmaker[AsyncSession], import_id: int, *, batch_size: int,
-                       on_progress: OnProgress | None) -> str:
+async def _run_claimed(
+    sessionmaker: async_sessionmaker[AsyncSession], import_id: int, *, batch_size: int, on_progress: OnProgress | None
+) -> str:
     with tempfile.TemporaryFile() as spool:
         async with sessionmaker() as session:
             row = await session.get(Import, import_id)
@@ -287,9 +370,16 @@ async def _run_claimed(sessionmaker: async_sessionmaker[AsyncSession], import_id
             options = ImportOptions.from_dict(row.options)
             try:
                 report = await import_file(
-                    session, user_id=row.user_id, stream=spool, format=row.format, options=options,
-                    batch_size=batch_size, on_batch=run.batch, import_id=import_id,
-                    on_start=lambda hint: run.started(lines if row.format == "csv" else hint))
+                    session,
+                    user_id=row.user_id,
+                    stream=spool,
+                    format=row.format,
+                    options=options,
+                    batch_size=batch_size,
+                    on_batch=run.batch,
+                    import_id=import_id,
+                    on_start=lambda hint: run.started(lines if row.format == "csv" else hint),
+                )
                 await _complete(run, report)
             except _Stopped:
                 pass
@@ -308,12 +398,16 @@ async def _run_claimed(sessionmaker: async_sessionmaker[AsyncSession], import_id
 async def _spool(session: AsyncSession, import_id: int, spool: IO[bytes]) -> int:
     """Copy the stored chunks to a local file one at a time; returns the number of data lines (an estimate
     of the rows for CSV: a quoted cell over several lines counts more than once)."""
-    seqs = list(await session.scalars(select(ImportChunk.seq).where(ImportChunk.import_id == import_id)
-                                      .order_by(ImportChunk.seq)))
+    seqs = list(
+        await session.scalars(
+            select(ImportChunk.seq).where(ImportChunk.import_id == import_id).order_by(ImportChunk.seq)
+        )
+    )
     newlines, last = 0, b""
     for seq in seqs:
-        data = await session.scalar(select(ImportChunk.data).where(ImportChunk.import_id == import_id,
-                                                                   ImportChunk.seq == seq))
+        data = await session.scalar(
+            select(ImportChunk.data).where(ImportChunk.import_id == import_id, ImportChunk.seq == seq)
+        )
         data = data or b""
         spool.write(data)
         newlines += data.count(b"\n")
@@ -325,8 +419,13 @@ async def _spool(session: AsyncSession, import_id: int, spool: IO[bytes]) -> int
 
 async def _complete(run: _Run, report: ImportReport) -> None:
     run._add_errors(report)
-    values = {**_counts(report), "total_rows": report.total, "status": ImportStatus.COMPLETED,
-              "finished_at": utc_now(), "message": None}
+    values = {
+        **_counts(report),
+        "total_rows": report.total,
+        "status": ImportStatus.COMPLETED,
+        "finished_at": utc_now(),
+        "message": None,
+    }
     if not await run._save(**values):
         return
     await _finished(run.session, run.row)
@@ -334,8 +433,14 @@ async def _complete(run: _Run, report: ImportReport) -> None:
 
 
 async def _fail(session: AsyncSession, import_id: int, message: str) -> None:
-    if await _set_status(session, import_id, (ImportStatus.RUNNING,), status=ImportStatus.FAILED,
-                         finished_at=utc_now(), message=message[:1000]):
+    if await _set_status(
+        session,
+        import_id,
+        (ImportStatus.RUNNING,),
+        status=ImportStatus.FAILED,
+        finished_at=utc_now(),
+        message=message[:1000],
+    ):
         row = await session.get(Import, import_id, populate_existing=True)
         assert row is not None
         await _finished(session, row)
@@ -343,15 +448,25 @@ async def _fail(session: AsyncSession, import_id: int, message: str) -> None:
 
 
 def _counts(report: ImportReport) -> dict[str, int]:
-    return {"processed": report.total, "created": report.created, "updated": report.updated,
-            "skipped": report.skipped, "errors": report.error_count}
+    return {
+        "processed": report.total,
+        "created": report.created,
+        "updated": report.updated,
+        "skipped": report.skipped,
+        "errors": report.error_count,
+    }
 
 
-async def _set_status(session: AsyncSession, import_id: int, allowed: tuple[str, ...], *, extra: tuple[Any, ...] = (),
-                      **values: Any) -> bool:
+async def _set_status(
+    session: AsyncSession, import_id: int, allowed: tuple[str, ...], *, extra: tuple[Any, ...] = (), **values: Any
+) -> bool:
     """Compare-and-set: write `values` only while the import's status is one of `allowed`."""
-    result = await session.execute(update(Import).where(Import.id == import_id, Import.status.in_(allowed), *extra)
-                                   .values(**values, updated_at=utc_now()).execution_options(synchronize_session=False))
+    result = await session.execute(
+        update(Import)
+        .where(Import.id == import_id, Import.status.in_(allowed), *extra)
+        .values(**values, updated_at=utc_now())
+        .execution_options(synchronize_session=False)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -359,9 +474,18 @@ async def _finished(session: AsyncSession, row: Import) -> None:
     """A finished import drops its stored file (§19.6) and tells its owner."""
     await session.execute(delete(ImportChunk).where(ImportChunk.import_id == row.id))
     title = f"Import {row.status}: {row.filename}"[:200]
-    body = (f"{row.processed} rows: {row.created} created, {row.updated} updated, {row.skipped} skipped, "
-            f"{row.errors} errors" + (f". {row.message}" if row.message else ""))
-    session.add(Notification(user_id=row.user_id, kind="import_finished", title=title, body=body[:2000],
-                             link=f"/api/v1/contacts/imports/{row.id}"))
+    body = (
+        f"{row.processed} rows: {row.created} created, {row.updated} updated, {row.skipped} skipped, "
+        f"{row.errors} errors" + (f". {row.message}" if row.message else "")
+    )
+    session.add(
+        Notification(
+            user_id=row.user_id,
+            kind="import_finished",
+            title=title,
+            body=body[:2000],
+            link=f"/api/v1/contacts/imports/{row.id}",
+        )
+    )
     await session.flush()
     log.info("import.finished", extra={"import_id": row.id, "status": str(row.status), "processed": row.processed})

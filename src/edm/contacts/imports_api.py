@@ -81,8 +81,14 @@ async def create_import(request: Request, session: Session, caller: Writer) -> A
     form = await uploads.read_form(request, limit=limit, fields=FIELDS)  # 413 as soon as the body is too large
     try:
         upload = _upload(form)
-        return await imports.create_import(session, user_id=caller.id, filename=upload.filename or "upload",
-                                           stream=upload.file, options=_options(form), max_bytes=limit)
+        return await imports.create_import(
+            session,
+            user_id=caller.id,
+            filename=upload.filename or "upload",
+            stream=upload.file,
+            options=_options(form),
+            max_bytes=limit,
+        )
     finally:
         await form.close()
 
@@ -98,17 +104,27 @@ async def get_import(session: Session, caller: CurrentCaller, import_id: Id) -> 
     return await imports.get_import(session, user_id=caller.id, import_id=import_id)
 
 
-@router.get("/contacts/imports/{import_id}/errors", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get(
+    "/contacts/imports/{import_id}/errors", response_class=Response, responses={200: {"content": {"text/csv": {}}}}
+)
 async def import_errors(session: Session, caller: CurrentCaller, import_id: Id) -> Response:
     """The rejected rows as CSV (row, column, value, message); at most 10 000 are stored per import."""
     row = await imports.get_import(session, user_id=caller.id, import_id=import_id)
     lines = [["row", "column", "value", "message"]]
     async for error in imports.error_rows(session, import_id=row.id):
-        lines.append([str(error.row_number), csvfmt.guard(error.column or ""), csvfmt.guard(error.value or ""),
-                      csvfmt.guard(error.message)])
-    return Response(csvfmt.records(lines), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="import-{row.id}-errors.csv"'})
+        lines.append(
+            [
+                str(error.row_number),
+                csvfmt.guard(error.column or ""),
+                csvfmt.guard(error.value or ""),
+                csvfmt.guard(error.message),
+            ]
+        )
+    return Response(
+        csvfmt.records(lines),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="import-{row.id}-errors.csv"'},
+    )
 
 
 @router.post("/contacts/imports/{import_id}/cancel", response_model=ImportOut)
@@ -134,9 +150,12 @@ def _upload(form: FormData) -> UploadFile:
 
 def _options(form: FormData) -> ImportOptions:
     return ImportOptions(
-        mode=_text(form, "mode") or "skip_existing", encoding=_text(form, "encoding"),
-        delimiter=_delimiter(_text(form, "delimiter")), sheet=_text(form, "sheet"),
-        mapping=_mapping(_text(form, "mapping")), tag_ids=tuple(_ids(form.getlist("tag_ids"))),
+        mode=_text(form, "mode") or "skip_existing",
+        encoding=_text(form, "encoding"),
+        delimiter=_delimiter(_text(form, "delimiter")),
+        sheet=_text(form, "sheet"),
+        mapping=_mapping(_text(form, "mapping")),
+        tag_ids=tuple(_ids(form.getlist("tag_ids"))),
         ignore_unknown_columns=_flag(form, "ignore_unknown_columns"),
     )
 

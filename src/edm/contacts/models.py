@@ -20,6 +20,7 @@ class ContactStatus(enum.StrEnum):
     INACTIVE = "inactive"  # not sendable
     ARCHIVED = "archived"  # not sendable, hidden by default
 
+
 SENDABLE_CONTACT_STATUSES = (ContactStatus.ACTIVE, ContactStatus.PENDING)
 
 
@@ -70,8 +71,14 @@ class Tag(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         UniqueConstraint("user_id", "parent_id", "name"),
         # NULL parents never collide in a unique constraint: root names need their own partial index.
-        Index("uq_tags_root_name", "user_id", "name", unique=True,
-              postgresql_where=text("parent_id IS NULL"), sqlite_where=text("parent_id IS NULL")),
+        Index(
+            "uq_tags_root_name",
+            "user_id",
+            "name",
+            unique=True,
+            postgresql_where=text("parent_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL"),
+        ),
         Index("ix_tags_user_id_parent_id", "user_id", "parent_id"),
     )
 

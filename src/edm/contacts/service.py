@@ -192,8 +192,11 @@ async def require_own(session: AsyncSession, model: Any, *, user_id: int, ids: I
     missing = [i for i in wanted if i not in found]
     if missing:
         shown = ", ".join(map(str, missing[:10]))
-        raise BadInput(f"{field}: not found: {shown}", details=[{"field": field, "message": f"not found: {shown}"}],
-                       missing_ids=missing[:100])
+        raise BadInput(
+            f"{field}: not found: {shown}",
+            details=[{"field": field, "message": f"not found: {shown}"}],
+            missing_ids=missing[:100],
+        )
     return wanted
 
 
@@ -249,10 +252,14 @@ def _assign(obj: Any, data: Mapping[str, Any]) -> None:
 
 async def _refuse_duplicate(session: AsyncSession, *, user_id: int, email_normalized: str) -> None:
     existing = await session.scalar(
-        select(Contact.id).where(Contact.user_id == user_id, Contact.email_normalized == email_normalized))
+        select(Contact.id).where(Contact.user_id == user_id, Contact.email_normalized == email_normalized)
+    )
     if existing is not None:
-        raise Conflict("a contact with this email already exists",
-                       details=[{"field": "email", "message": "already exists"}], existing_id=existing)
+        raise Conflict(
+            "a contact with this email already exists",
+            details=[{"field": "email", "message": "already exists"}],
+            existing_id=existing,
+        )
 
 
 async def delete_contact(session: AsyncSession, *, user_id: int, contact_id: int) -> None:
@@ -263,8 +270,13 @@ async def delete_contact(session: AsyncSession, *, user_id: int, contact_id: int
 
 
 async def list_contacts(
-    session: AsyncSession, *, user_id: int, page: Page, filters: ContactFilter = ContactFilter(),
-    sort: Sort = Sort(), cursor: tuple[int, Any] | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    page: Page,
+    filters: ContactFilter = ContactFilter(),
+    sort: Sort = Sort(),
+    cursor: tuple[int, Any] | None = None,
 ) -> list[Contact]:
     """One page in `sort` order, fetched with limit + 1. Without `cursor`, the page's `after_id` (id order)."""
     conditions = await contact_conditions(session, user_id=user_id, filters=filters)
@@ -318,8 +330,11 @@ async def link_tags(session: AsyncSession, pairs: Sequence[tuple[int, int]]) -> 
     if not unique:
         return 0
     now = utc_now()
-    stmt = dialect_insert(session, ContactTag.__table__).on_conflict_do_nothing(
-        index_elements=["contact_id", "tag_id"]).returning(ContactTag.__table__.c.contact_id)
+    stmt = (
+        dialect_insert(session, ContactTag.__table__)
+        .on_conflict_do_nothing(index_elements=["contact_id", "tag_id"])
+        .returning(ContactTag.__table__.c.contact_id)
+    )
     # A list of parameter sets: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") from one
     # cached compiled statement; compiling a fresh 1,000-row VALUES clause per batch cost 4x the database work.
     rows = [{"contact_id": c, "tag_id": t, "created_at": now} for c, t in unique]
@@ -356,8 +371,14 @@ _UPDATABLE = (*TEXT_FIELDS, "timezone")
 
 
 async def bulk_insert_contacts(
-    session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str = "skip_existing",
-    tag_ids: Sequence[int] = (), row_tag_ids: Sequence[Sequence[int]] | None = None, import_id: int | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    rows: list[dict[str, Any]],
+    mode: str = "skip_existing",
+    tag_ids: Sequence[int] = (),
+    row_tag_ids: Sequence[Sequence[int]] | None = None,
+    import_id: int | None = None,
 ) -> BulkCounts:
     """Set-based insert of validated rows (the output of `clean_contact_values`), one statement per batch.
 
@@ -379,8 +400,12 @@ async def bulk_insert_contacts(
     counts.created = sum(1 for email in ids if email not in existing)
     counts.updated = len(ids) - counts.created
     counts.skipped += len(order) - len(ids)
-    pairs = [(ids[rows[i]["email_normalized"]], t) for i in order if rows[i]["email_normalized"] in ids
-             for t in (*tag_ids, *(row_tag_ids[i] if row_tag_ids else ()))]
+    pairs = [
+        (ids[rows[i]["email_normalized"]], t)
+        for i in order
+        if rows[i]["email_normalized"] in ids
+        for t in (*tag_ids, *(row_tag_ids[i] if row_tag_ids else ()))
+    ]
     await link_tags(session, pairs)
     return counts
 
@@ -388,13 +413,17 @@ async def bulk_insert_contacts(
 async def _existing_emails(session: AsyncSession, *, user_id: int, emails: list[str]) -> set[str]:
     found: set[str] = set()
     for chunk in chunks(emails, 5000):
-        found.update(await session.scalars(
-            select(Contact.email_normalized).where(Contact.user_id == user_id, Contact.email_normalized.in_(chunk))))
+        found.update(
+            await session.scalars(
+                select(Contact.email_normalized).where(Contact.user_id == user_id, Contact.email_normalized.in_(chunk))
+            )
+        )
     return found
 
 
-async def _upsert(session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str,
-                  import_id: int | None) -> dict[str, int]:
+async def _upsert(
+    session: AsyncSession, *, user_id: int, rows: list[dict[str, Any]], mode: str, import_id: int | None
+) -> dict[str, int]:
     """Returns {normalized email: id} of the rows written (inserted, or updated in update_existing)."""
     now = utc_now()
     # Status is NOT NULL: rows that set it and rows that do not need different DO UPDATE clauses.
@@ -412,11 +441,18 @@ async def _upsert(session: AsyncSession, *, user_id: int, rows: list[dict[str, A
 
 def _full_row(row: Mapping[str, Any], *, user_id: int, now: Any, import_id: int | None) -> dict[str, Any]:
     """Every parameter set of one multi-row INSERT needs the same keys."""
-    full = {field: row.get(field) for field in (*TEXT_FIELDS, "timezone", "email", "email_normalized",
-                                                   "email_domain")}
-    full.update(user_id=user_id, source=row.get("source") or "import", status=row.get("status") or "active",
-                custom_attributes=row.get("custom_attributes") or {}, soft_bounce_streak=0,
-                import_id=import_id, imported_at=now, created_at=now, updated_at=now)
+    full = {field: row.get(field) for field in (*TEXT_FIELDS, "timezone", "email", "email_normalized", "email_domain")}
+    full.update(
+        user_id=user_id,
+        source=row.get("source") or "import",
+        status=row.get("status") or "active",
+        custom_attributes=row.get("custom_attributes") or {},
+        soft_bounce_streak=0,
+        import_id=import_id,
+        imported_at=now,
+        created_at=now,
+        updated_at=now,
+    )
     return full
 
 
@@ -429,10 +465,12 @@ def _upsert_statement(session: AsyncSession, *, mode: str, sets_status: bool) ->
     else:
         excluded = stmt.excluded
         changes: dict[str, Any] = {c: func.coalesce(excluded[c], table.c[c]) for c in _UPDATABLE}
-        changes.update(custom_attributes=_merge_json(session, table.c.custom_attributes,
-                                                     excluded.custom_attributes),
-                       import_id=func.coalesce(excluded.import_id, table.c.import_id),
-                       imported_at=excluded.imported_at, updated_at=excluded.updated_at)
+        changes.update(
+            custom_attributes=_merge_json(session, table.c.custom_attributes, excluded.custom_attributes),
+            import_id=func.coalesce(excluded.import_id, table.c.import_id),
+            imported_at=excluded.imported_at,
+            updated_at=excluded.updated_at,
+        )
         if sets_status:
             changes["status"] = excluded.status
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_=changes)
@@ -470,20 +508,28 @@ async def get_tag(session: AsyncSession, *, user_id: int, tag_id: int) -> Tag:
 
 
 async def create_tag(
-    session: AsyncSession, *, user_id: int, name: str, color: str | None = None, description: str | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    name: str,
+    color: str | None = None,
+    description: str | None = None,
     parent_id: int | None = None,
 ) -> Tag:
     """A root tag, or a child of one of the user's root tags (depth ≤ 2). Names are unique among siblings."""
     clean = check_tag_name(name)
-    values = {"color": check_color(color) if color is not None else DEFAULT_TAG_COLOR,
-              "description": check_text("description", description, 500)}
+    values = {
+        "color": check_color(color) if color is not None else DEFAULT_TAG_COLOR,
+        "description": check_text("description", description, 500),
+    }
     if parent_id is not None:
         await _root_parent(session, user_id=user_id, parent_id=parent_id)
     await _refuse_sibling(session, user_id=user_id, parent_id=parent_id, name=clean)
     tag = Tag(user_id=user_id, name=clean, parent_id=parent_id, is_split_group=False, **values)
     if not await saved(session, lambda: session.add(tag)):
-        raise Conflict("a tag with this name already exists here", details=[{"field": "name",
-                                                                               "message": "already exists"}])
+        raise Conflict(
+            "a tag with this name already exists here", details=[{"field": "name", "message": "already exists"}]
+        )
     return tag
 
 
@@ -508,8 +554,11 @@ async def _refuse_sibling(
         query = query.where(Tag.id != except_id)
     existing = await session.scalar(query)
     if existing is not None:
-        raise Conflict("a tag with this name already exists here",
-                       details=[{"field": "name", "message": "already exists"}], existing_id=existing)
+        raise Conflict(
+            "a tag with this name already exists here",
+            details=[{"field": "name", "message": "already exists"}],
+            existing_id=existing,
+        )
 
 
 async def update_tag(session: AsyncSession, *, user_id: int, tag_id: int, changes: Mapping[str, Any]) -> Tag:
@@ -527,8 +576,9 @@ async def update_tag(session: AsyncSession, *, user_id: int, tag_id: int, change
     if "description" in changes:
         data["description"] = check_text("description", changes["description"], 500)
     if not await saved(session, lambda: _assign(tag, data)):
-        raise Conflict("a tag with this name already exists here", details=[{"field": "name",
-                                                                               "message": "already exists"}])
+        raise Conflict(
+            "a tag with this name already exists here", details=[{"field": "name", "message": "already exists"}]
+        )
     return tag
 
 
@@ -542,39 +592,55 @@ async def move_tag(session: AsyncSession, *, user_id: int, tag_id: int, parent_i
         if parent_id == tag.id:
             raise BadInput.field("parent_id", "a tag cannot be its own parent")
         await _root_parent(session, user_id=user_id, parent_id=parent_id)
-        children = await session.scalar(select(func.count()).select_from(Tag).where(Tag.user_id == user_id,
-                                                                                     Tag.parent_id == tag.id))
+        children = await session.scalar(
+            select(func.count()).select_from(Tag).where(Tag.user_id == user_id, Tag.parent_id == tag.id)
+        )
         if children:
-            raise BadInput.field("parent_id", f"the tag has {children} child tag(s): only root tags may have "
-                                              "children, so move or delete them first")
+            raise BadInput.field(
+                "parent_id",
+                f"the tag has {children} child tag(s): only root tags may have children, so move or delete them first",
+            )
     await _refuse_sibling(session, user_id=user_id, parent_id=parent_id, name=tag.name, except_id=tag.id)
     if not await saved(session, lambda: _assign(tag, {"parent_id": parent_id, "updated_at": utc_now()})):
-        raise Conflict("a tag with this name already exists here", details=[{"field": "name",
-                                                                               "message": "already exists"}])
+        raise Conflict(
+            "a tag with this name already exists here", details=[{"field": "name", "message": "already exists"}]
+        )
     return tag
 
 
 async def delete_tag(session: AsyncSession, *, user_id: int, tag_id: int) -> None:
     """409 in_use while it has children or a draft/scheduled task's rule names it; else memberships go too."""
     tag = await get_tag(session, user_id=user_id, tag_id=tag_id)
-    children = (await session.execute(
-        select(Tag.id, Tag.name).where(Tag.user_id == user_id, Tag.parent_id == tag.id).order_by(Tag.id))).all()
+    children = (
+        await session.execute(
+            select(Tag.id, Tag.name).where(Tag.user_id == user_id, Tag.parent_id == tag.id).order_by(Tag.id)
+        )
+    ).all()
     if children:
-        raise InUse("the tag has child tags: delete or move them first",
-                    details=[{"field": "children", "message": f"{len(children)} child tag(s)"}],
-                    children=[{"id": i, "name": n} for i, n in children])
+        raise InUse(
+            "the tag has child tags: delete or move them first",
+            details=[{"field": "children", "message": f"{len(children)} child tag(s)"}],
+            children=[{"id": i, "name": n} for i, n in children],
+        )
     tasks = await tasks_naming_tag(session, user_id=user_id, tag_id=tag.id)
     if tasks:
-        raise InUse("the tag is used by the recipient rule of draft or scheduled tasks",
-                    details=[{"field": "tasks", "message": f"used by {len(tasks)} task(s)"}], tasks=tasks)
+        raise InUse(
+            "the tag is used by the recipient rule of draft or scheduled tasks",
+            details=[{"field": "tasks", "message": f"used by {len(tasks)} task(s)"}],
+            tasks=tasks,
+        )
     await session.execute(delete(ContactTag).where(ContactTag.tag_id == tag.id))
     await session.execute(delete(Tag).where(Tag.id == tag.id, Tag.user_id == user_id))
 
 
 async def tasks_naming_tag(session: AsyncSession, *, user_id: int, tag_id: int) -> list[dict[str, Any]]:
-    rows = (await session.execute(
-        select(Task.id, Task.name, Task.status, Task.recipient_rule)
-        .where(Task.user_id == user_id, Task.status.in_(RULE_LOCKING_STATUSES)).order_by(Task.id))).all()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.name, Task.status, Task.recipient_rule)
+            .where(Task.user_id == user_id, Task.status.in_(RULE_LOCKING_STATUSES))
+            .order_by(Task.id)
+        )
+    ).all()
     return [{"id": i, "name": n, "status": s} for i, n, s, rule in rows if tag_id in _rule_tag_ids(rule)]
 
 
@@ -591,8 +657,11 @@ def _rule_tag_ids(rule: Any) -> set[Any]:
 
 async def list_tags(session: AsyncSession, *, user_id: int, page: Page) -> list[dict[str, Any]]:
     """One page of tags by id with member counts (limit + 1 rows, for page_of)."""
-    tags = list(await session.scalars(
-        select(Tag).where(Tag.user_id == user_id, Tag.id > _after(page)).order_by(Tag.id).limit(page.limit + 1)))
+    tags = list(
+        await session.scalars(
+            select(Tag).where(Tag.user_id == user_id, Tag.id > _after(page)).order_by(Tag.id).limit(page.limit + 1)
+        )
+    )
     return await _with_counts(session, tags)
 
 
@@ -634,8 +703,9 @@ async def _with_counts(session: AsyncSession, tags: list[Tag]) -> list[dict[str,
 async def _explicit_counts(session: AsyncSession, tag_ids: list[int]) -> dict[int, int]:
     if not tag_ids:
         return {}
-    rows = await session.execute(select(ContactTag.tag_id, func.count())
-                                 .where(ContactTag.tag_id.in_(tag_ids)).group_by(ContactTag.tag_id))
+    rows = await session.execute(
+        select(ContactTag.tag_id, func.count()).where(ContactTag.tag_id.in_(tag_ids)).group_by(ContactTag.tag_id)
+    )
     return {tag_id: count for tag_id, count in rows.all()}
 
 
@@ -645,14 +715,24 @@ async def _root_totals(session: AsyncSession, root_ids: list[int]) -> dict[int, 
     root = func.coalesce(Tag.parent_id, Tag.id)
     rows = await session.execute(
         select(root, func.count(func.distinct(ContactTag.contact_id)))
-        .join(Tag, Tag.id == ContactTag.tag_id).where(root.in_(root_ids)).group_by(root))
+        .join(Tag, Tag.id == ContactTag.tag_id)
+        .where(root.in_(root_ids))
+        .group_by(root)
+    )
     return {root_id: count for root_id, count in rows.all()}
 
 
 def tag_dict(tag: Tag) -> dict[str, Any]:
-    return {"id": tag.id, "name": tag.name, "description": tag.description, "color": tag.color,
-            "parent_id": tag.parent_id, "is_split_group": tag.is_split_group, "created_at": tag.created_at,
-            "updated_at": tag.updated_at}
+    return {
+        "id": tag.id,
+        "name": tag.name,
+        "description": tag.description,
+        "color": tag.color,
+        "parent_id": tag.parent_id,
+        "is_split_group": tag.is_split_group,
+        "created_at": tag.created_at,
+        "updated_at": tag.updated_at,
+    }
 
 
 async def add_tag_members(session: AsyncSession, *, user_id: int, tag_id: int, contact_ids: Sequence[int]) -> int:
@@ -662,16 +742,15 @@ async def add_tag_members(session: AsyncSession, *, user_id: int, tag_id: int, c
     return await link_tags(session, [(contact_id, tag.id) for contact_id in ids])
 
 
-async def remove_tag_members(
-    session: AsyncSession, *, user_id: int, tag_id: int, contact_ids: Sequence[int]
-) -> int:
+async def remove_tag_members(session: AsyncSession, *, user_id: int, tag_id: int, contact_ids: Sequence[int]) -> int:
     """Untag many contacts (explicit memberships only). Returns how many memberships were removed."""
     tag = await get_tag(session, user_id=user_id, tag_id=tag_id)
     ids = await require_own(session, Contact, user_id=user_id, ids=contact_ids, field="contact_ids")
     removed = 0
     for chunk in chunks(ids, 5000):
         result = await session.execute(
-            delete(ContactTag).where(ContactTag.tag_id == tag.id, ContactTag.contact_id.in_(chunk)))
+            delete(ContactTag).where(ContactTag.tag_id == tag.id, ContactTag.contact_id.in_(chunk))
+        )
         removed += result.rowcount or 0  # type: ignore[attr-defined]
     return removed
 
@@ -688,6 +767,9 @@ async def list_tag_members(
 async def tag_ids_by_name(session: AsyncSession, *, user_id: int) -> dict[tuple[str | None, str], int]:
     """All of a user's tags keyed by (parent name or None, name): the importer's `Parent/Child` lookup."""
     parent = Tag.__table__.alias("parent")
-    rows = await session.execute(select(Tag.id, Tag.name, parent.c.name)
-                                 .outerjoin(parent, parent.c.id == Tag.parent_id).where(Tag.user_id == user_id))
+    rows = await session.execute(
+        select(Tag.id, Tag.name, parent.c.name)
+        .outerjoin(parent, parent.c.id == Tag.parent_id)
+        .where(Tag.user_id == user_id)
+    )
     return {(parent_name, name): tag_id for tag_id, name, parent_name in rows.all()}

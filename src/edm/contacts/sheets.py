@@ -43,14 +43,22 @@ def detect_format(filename: str, head: bytes) -> str:
     if head.startswith(ZIP_MAGIC):
         return "xlsx"
     if head.startswith(OLE_MAGIC) or filename.lower().endswith((".xls", ".xlsx")):
-        raise BadInput("the file is not a readable XLSX workbook: save it as .xlsx or CSV",
-                       details=[{"field": "file", "message": "not an XLSX workbook"}])
+        raise BadInput(
+            "the file is not a readable XLSX workbook: save it as .xlsx or CSV",
+            details=[{"field": "file", "message": "not an XLSX workbook"}],
+        )
     return "csv"
 
 
 @contextmanager
-def open_table(stream: BinaryIO, *, format: str, encoding: str | None = None, delimiter: str | None = None,
-               sheet: str | None = None) -> Iterator[Table]:
+def open_table(
+    stream: BinaryIO,
+    *,
+    format: str,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    sheet: str | None = None,
+) -> Iterator[Table]:
     """The header and records of a CSV or XLSX byte stream. BadInput for an empty or unreadable file."""
     opener = _xlsx_table if format == "xlsx" else _csv_table
     with opener(stream, encoding=encoding, delimiter=delimiter, sheet=sheet) as table:

@@ -78,8 +78,11 @@ def check_request(request: SplitRequest, tag_name: str) -> tuple[list[float], li
         raise BadInput.field("ratios", "must be positive numbers")
     if abs(math.fsum(ratios) - 1) > RATIO_TOLERANCE:
         raise BadInput.field("ratios", "must sum to 1")
-    names = [check_tag_name(x) for x in request.group_names] if request.group_names is not None else \
-        [f"{tag_name[: 64 - len(f' group {i}')]} group {i}" for i in range(1, n + 1)]
+    names = (
+        [check_tag_name(x) for x in request.group_names]
+        if request.group_names is not None
+        else [f"{tag_name[: 64 - len(f' group {i}')]} group {i}" for i in range(1, n + 1)]
+    )
     if len(names) != n:
         raise BadInput.field("group_names", f"must list {n} names (one per group)")
     if len({x.lower() for x in names}) != n:
@@ -96,23 +99,36 @@ async def split_tag(session: AsyncSession, *, user_id: int, tag_id: int, request
     if tag.parent_id is not None:
         raise BadInput.field("tag_id", "only a root tag can be split")
     ratios, names, seed = check_request(request, tag.name)
-    old_groups = list(await session.scalars(select(Tag).where(Tag.user_id == user_id, Tag.parent_id == tag.id,
-                                                              Tag.is_split_group.is_(True)).order_by(Tag.id)))
+    old_groups = list(
+        await session.scalars(
+            select(Tag)
+            .where(Tag.user_id == user_id, Tag.parent_id == tag.id, Tag.is_split_group.is_(True))
+            .order_by(Tag.id)
+        )
+    )
     if old_groups and not request.regroup:
-        raise Conflict("the tag already has split groups: send regroup=true to replace them",
-                       details=[{"field": "regroup", "message": f"{len(old_groups)} split group(s) exist"}],
-                       groups=[{"id": g.id, "name": g.name} for g in old_groups])
+        raise Conflict(
+            "the tag already has split groups: send regroup=true to replace them",
+            details=[{"field": "regroup", "message": f"{len(old_groups)} split group(s) exist"}],
+            groups=[{"id": g.id, "name": g.name} for g in old_groups],
+        )
     members = set(await session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id == tag.id)))
     if old_groups:
         members |= await _dissolve(session, user_id=user_id, groups=old_groups)
     await _refuse_taken_names(session, user_id=user_id, parent_id=tag.id, names=names)
     sizes = group_sizes(len(members), ratios)
     groups = []
-    for index, (name, ratio, chosen) in enumerate(zip(names, ratios, assign(list(members), sizes, seed),
-                                                      strict=True), start=1):
-        group = Tag(user_id=user_id, name=name, parent_id=tag.id, color=tag.color, is_split_group=True,
-                    description=f"A/B split of {tag.name[:64]}: group {index} of {len(names)}, ratio {ratio:.6g}, "
-                                f"seed {seed}")
+    for index, (name, ratio, chosen) in enumerate(
+        zip(names, ratios, assign(list(members), sizes, seed), strict=True), start=1
+    ):
+        group = Tag(
+            user_id=user_id,
+            name=name,
+            parent_id=tag.id,
+            color=tag.color,
+            is_split_group=True,
+            description=f"A/B split of {tag.name[:64]}: group {index} of {len(names)}, ratio {ratio:.6g}, seed {seed}",
+        )
         session.add(group)
         await session.flush()
         await link_tags(session, [(contact_id, group.id) for contact_id in chosen])
@@ -125,8 +141,11 @@ async def _dissolve(session: AsyncSession, *, user_id: int, groups: list[Tag]) -
     for group in groups:
         tasks = await tasks_naming_tag(session, user_id=user_id, tag_id=group.id)
         if tasks:
-            raise InUse(f"split group {group.name!r} is used by the recipient rule of draft or scheduled tasks",
-                        details=[{"field": "regroup", "message": f"used by {len(tasks)} task(s)"}], tasks=tasks)
+            raise InUse(
+                f"split group {group.name!r} is used by the recipient rule of draft or scheduled tasks",
+                details=[{"field": "regroup", "message": f"used by {len(tasks)} task(s)"}],
+                tasks=tasks,
+            )
     ids = [g.id for g in groups]
     members = set(await session.scalars(select(ContactTag.contact_id).where(ContactTag.tag_id.in_(ids))))
     await session.execute(delete(ContactTag).where(ContactTag.tag_id.in_(ids)))
@@ -137,8 +156,13 @@ async def _dissolve(session: AsyncSession, *, user_id: int, groups: list[Tag]) -
 
 
 async def _refuse_taken_names(session: AsyncSession, *, user_id: int, parent_id: int, names: list[str]) -> None:
-    taken = list(await session.scalars(select(Tag.name).where(Tag.user_id == user_id, Tag.parent_id == parent_id,
-                                                              Tag.name.in_(names))))
+    taken = list(
+        await session.scalars(
+            select(Tag.name).where(Tag.user_id == user_id, Tag.parent_id == parent_id, Tag.name.in_(names))
+        )
+    )
     if taken:
-        raise Conflict(f"the tag already has children named {', '.join(sorted(taken))}",
-                       details=[{"field": "group_names", "message": f"already exists: {n}"} for n in sorted(taken)])
+        raise Conflict(
+            f"the tag already has children named {', '.join(sorted(taken))}",
+            details=[{"field": "group_names", "message": f"already exists: {n}"} for n in sorted(taken)],
+        )

@@ -65,8 +65,10 @@ class RowProblem(ValueError):
 
 
 def unreadable(reason: str) -> BadInput:
-    return BadInput(f"the file is not a readable XLSX workbook ({reason[:200]})",
-                    details=[{"field": "file", "message": "not an XLSX workbook"}])
+    return BadInput(
+        f"the file is not a readable XLSX workbook ({reason[:200]})",
+        details=[{"field": "file", "message": "not an XLSX workbook"}],
+    )
 
 
 def _refused(reason: str) -> BadInput:
@@ -102,8 +104,10 @@ class _Archive:
         if info.file_size > limit:
             raise _too_large(name, limit)
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(1, info.compress_size):
-            raise _refused(f"{name} is compressed {info.file_size // max(1, info.compress_size):,} to 1 "
-                           f"(at most {MAX_RATIO} to 1 is accepted): a decompression bomb?")
+            raise _refused(
+                f"{name} is compressed {info.file_size // max(1, info.compress_size):,} to 1 "
+                f"(at most {MAX_RATIO} to 1 is accepted): a decompression bomb?"
+            )
         try:
             return _Part(self, name, self.zip.open(info), limit)
         except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, ValueError) as exc:
@@ -159,13 +163,15 @@ def _check_directory(stream: BinaryIO) -> None:
     if entries == 0xFFFF or directory == 0xFFFFFFFF:
         entries, directory = _zip64_directory(stream, tail, at)
     if entries > MAX_MEMBERS or directory > MAX_DIRECTORY_BYTES:
-        raise _refused(f"the zip holds {entries:,} files in a {directory:,}-byte directory "
-                       f"(at most {MAX_MEMBERS:,} files are accepted)")
+        raise _refused(
+            f"the zip holds {entries:,} files in a {directory:,}-byte directory "
+            f"(at most {MAX_MEMBERS:,} files are accepted)"
+        )
 
 
 def _zip64_directory(stream: BinaryIO, tail: bytes, end_at: int) -> tuple[int, int]:
     locator = end_at - 20
-    if locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
+    if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
         raise unreadable("a zip64 directory without its locator")
     (offset,) = struct.unpack_from("<Q", tail, locator + 8)
     here = stream.tell()
@@ -187,8 +193,11 @@ def _refuse_doctype(*_: Any) -> None:
     raise _refused("it declares a document type (DTD), which a workbook never needs; entities are not expanded")
 
 
-def _parser(start: Callable[[str, dict[str, str]], None], end: Callable[[str], object],
-            text: Callable[[str], None] | None = None) -> Any:
+def _parser(
+    start: Callable[[str, dict[str, str]], None],
+    end: Callable[[str], object],
+    text: Callable[[str], None] | None = None,
+) -> Any:
     """An expat parser (namespaces resolved, names given as "uri local") that refuses any DTD."""
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -314,7 +323,7 @@ class _SharedStrings:
         if not 0 <= index < len(self.ends):
             return None
         start = self.ends[index - 1] if index else 0
-        return self.buffer[start:self.ends[index]].decode()
+        return self.buffer[start : self.ends[index]].decode()
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         local = _local(name)
@@ -339,7 +348,7 @@ class _SharedStrings:
 
     def _text(self, data: str) -> None:
         if self.collecting and self.pieces is not None and self.length <= MAX_CELL_CHARS:
-            self.pieces.append(data[:MAX_CELL_CHARS + 1 - self.length])  # one more: known to be too long
+            self.pieces.append(data[: MAX_CELL_CHARS + 1 - self.length])  # one more: known to be too long
             self.length += len(data)
 
 
@@ -367,10 +376,13 @@ class _Book:
         styles = by_kind.get("styles")
         strings = by_kind.get("sharedStrings")
         return cls(
-            sheets=sheets, epoch=CALENDAR_MAC_1904 if date1904 else CALENDAR_WINDOWS_1900,
+            sheets=sheets,
+            epoch=CALENDAR_MAC_1904 if date1904 else CALENDAR_WINDOWS_1900,
             styles=_Styles.read(archive.open(styles, STYLES_LIMIT)) if styles and archive.has(styles) else _Styles(),
-            strings=_SharedStrings(archive.open(strings, SHARED_STRINGS_LIMIT)
-                                   if strings and archive.has(strings) else None))
+            strings=_SharedStrings(
+                archive.open(strings, SHARED_STRINGS_LIMIT) if strings and archive.has(strings) else None
+            ),
+        )
 
     def worksheet(self, name: str | None) -> str:
         """The part of the sheet named `name`, or of the first worksheet."""
@@ -457,8 +469,10 @@ class SheetReader:
                 continue
             data = self.part.read()
             if self.looking_for_header and self.part.count > HEADER_WITHIN:
-                raise BadInput(f"the sheet has no header row in its first {_size(HEADER_WITHIN)}",
-                               details=[{"field": "file", "message": "no header row"}])
+                raise BadInput(
+                    f"the sheet has no header row in its first {_size(HEADER_WITHIN)}",
+                    details=[{"field": "file", "message": "no header row"}],
+                )
             _feed(self.parser, self.part, data)
             if not data:
                 yield from self.ready
@@ -468,8 +482,9 @@ class SheetReader:
         """The first row with a non-blank cell: (its number, its cells without trailing blanks)."""
         for number, cells in rows:
             if isinstance(cells, RowProblem):
-                raise BadInput(f"the header row (row {number}) has {cells}",
-                               details=[{"field": "file", "message": str(cells)}])
+                raise BadInput(
+                    f"the header row (row {number}) has {cells}", details=[{"field": "file", "message": str(cells)}]
+                )
             if any(c.strip() for c in cells):
                 self.looking_for_header = False
                 while not cells[-1].strip():
@@ -508,19 +523,29 @@ class SheetReader:
         given = attrs.get("r")
         self.row_number = _row_number(given) if given is not None else self.row_number + 1
         if self.row_number > MAX_ROWS:
-            raise BadInput(f"the sheet has a row numbered {self.row_number:,}; a sheet has at most {MAX_ROWS:,}",
-                           details=[{"field": "file", "message": "row number out of range"}])
+            raise BadInput(
+                f"the sheet has a row numbered {self.row_number:,}; a sheet has at most {MAX_ROWS:,}",
+                details=[{"field": "file", "message": "row number out of range"}],
+            )
         self.column = 0
         self.cells = []
         self.too_far = self.too_long = 0
 
     def _row_end(self) -> None:
         if self.too_far:
-            self._produce(RowProblem(f"a value in column {_letters(self.too_far)} (column {self.too_far:,}); "
-                                     f"at most {MAX_COLUMNS:,} columns are read"))
+            self._produce(
+                RowProblem(
+                    f"a value in column {_letters(self.too_far)} (column {self.too_far:,}); "
+                    f"at most {MAX_COLUMNS:,} columns are read"
+                )
+            )
         elif self.too_long:
-            self._produce(RowProblem(f"a cell in column {_letters(self.too_long)} longer than {MAX_CELL_CHARS:,} "
-                                     "characters (the most a spreadsheet cell holds)"))
+            self._produce(
+                RowProblem(
+                    f"a cell in column {_letters(self.too_long)} longer than {MAX_CELL_CHARS:,} "
+                    "characters (the most a spreadsheet cell holds)"
+                )
+            )
         elif self.cells:
             self._produce(self.cells)
         self.cells = []
@@ -528,8 +553,9 @@ class SheetReader:
     def _produce(self, cells: list[str] | RowProblem) -> None:
         self.produced += 1
         if self.produced > MAX_ROWS:
-            raise BadInput(f"the sheet has more than {MAX_ROWS:,} rows", details=[{"field": "file",
-                                                                                      "message": "too many rows"}])
+            raise BadInput(
+                f"the sheet has more than {MAX_ROWS:,} rows", details=[{"field": "file", "message": "too many rows"}]
+            )
         self.ready.append((self.row_number, cells))
 
     def _cell_start(self, attrs: dict[str, str]) -> None:
@@ -620,8 +646,15 @@ class SheetReader:
         return cell_text(number)
 
 
-_STARTS = {"c": "_cell_start", "v": "_value_start", "row": "_row_start", "is": "_inline_start",
-           "t": "_run_text_start", "rPh": "_phonetic_start", "dimension": "_dimension_start"}
+_STARTS = {
+    "c": "_cell_start",
+    "v": "_value_start",
+    "row": "_row_start",
+    "is": "_inline_start",
+    "t": "_run_text_start",
+    "rPh": "_phonetic_start",
+    "dimension": "_dimension_start",
+}
 _ENDS = {"c": "_cell_end", "v": "_value_end", "row": "_row_end", "t": "_run_text_end", "rPh": "_phonetic_end"}
 
 
@@ -634,7 +667,7 @@ def _ignore_end() -> None:
 
 
 def _column_number(ref: str) -> int:
-    """"AB12" -> 28. A reference without letters is not a cell reference."""
+    """ "AB12" -> 28. A reference without letters is not a cell reference."""
     number = 0
     for char in ref:
         code = ord(char) - 64

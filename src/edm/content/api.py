@@ -44,9 +44,12 @@ OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only:
 
 @router.get("/templates", response_model=TemplatePage)
 async def list_templates(
-    session: Session, caller: CurrentCaller, page: Paging,
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
     q: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None,
-    include_total: bool = False, user_id: OwnerId = None,
+    include_total: bool = False,
+    user_id: OwnerId = None,
 ) -> dict[str, Any]:
     """Templates by id, without their sources (GET /templates/{id} has them)."""
     owner = caller.owner_filter(user_id)
@@ -101,10 +104,12 @@ async def duplicate_template(
 @router.post("/templates/preview", response_model=PreviewOut)
 async def preview_unsaved(session: Session, caller: CurrentCaller, body: PreviewRequest) -> dict[str, Any]:
     """Render content that is not saved (the editor's live preview)."""
-    source = service.PreviewSource(subject=body.subject, html=body.html, text=body.text, preheader=body.preheader,
-                                   inline_css=body.inline_css)
-    job = await service.prepare_preview(session, user_id=caller.id, source=source, contact_id=body.contact_id,
-                                        sender_id=body.sender_id)
+    source = service.PreviewSource(
+        subject=body.subject, html=body.html, text=body.text, preheader=body.preheader, inline_css=body.inline_css
+    )
+    job = await service.prepare_preview(
+        session, user_id=caller.id, source=source, contact_id=body.contact_id, sender_id=body.sender_id
+    )
     return await _render(session, job)
 
 
@@ -122,10 +127,16 @@ async def preview_template(
     """Render a saved template for one of the caller's contacts (`contact_id`) or for sample data."""
     options = body or PreviewOptions()
     template = await service.get_template(session, user_id=caller.id, template_id=template_id)
-    source = service.PreviewSource(subject=template.subject, html=template.html, text=template.text,
-                                   preheader=template.preheader, inline_css=template.inline_css)
-    job = await service.prepare_preview(session, user_id=caller.id, source=source, contact_id=options.contact_id,
-                                        sender_id=options.sender_id)
+    source = service.PreviewSource(
+        subject=template.subject,
+        html=template.html,
+        text=template.text,
+        preheader=template.preheader,
+        inline_css=template.inline_css,
+    )
+    job = await service.prepare_preview(
+        session, user_id=caller.id, source=source, contact_id=options.contact_id, sender_id=options.sender_id
+    )
     return await _render(session, job)
 
 
@@ -142,8 +153,12 @@ async def template_variables(session: Session, caller: CurrentCaller) -> dict[st
 
 @router.get("/senders", response_model=SenderPage)
 async def list_senders(
-    session: Session, caller: CurrentCaller, page: Paging, include_archived: bool = False,
-    include_total: bool = False, user_id: OwnerId = None,
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    include_archived: bool = False,
+    include_total: bool = False,
+    user_id: OwnerId = None,
 ) -> dict[str, Any]:
     """Senders by id; archived ones only with `include_archived=true`."""
     owner = caller.owner_filter(user_id)

@@ -78,22 +78,38 @@ def public_url(base_url: str, media: Media | MediaHead) -> str:
 
 def view(media: Media, base_url: str) -> dict[str, Any]:
     """What the API returns: never the bytes."""
-    return {"id": media.id, "filename": media.filename, "content_type": media.content_type, "size": media.size,
-            "sha256": media.sha256, "url": public_url(base_url, media), "created_at": media.created_at}
+    return {
+        "id": media.id,
+        "filename": media.filename,
+        "content_type": media.content_type,
+        "size": media.size,
+        "sha256": media.sha256,
+        "url": public_url(base_url, media),
+        "created_at": media.created_at,
+    }
 
 
 async def upload(session: AsyncSession, *, user_id: int, filename: str | None, data: bytes) -> Media:
     """Store one image. 413 over 5 MB; 422 when the bytes are not a JPEG, PNG or GIF (whatever the name)."""
     if len(data) > MAX_BYTES:
-        raise TooLarge(f"file: the image is larger than {MAX_BYTES} bytes (5 MB)",
-                       details=[{"field": "file", "message": f"larger than {MAX_BYTES} bytes"}])
+        raise TooLarge(
+            f"file: the image is larger than {MAX_BYTES} bytes (5 MB)",
+            details=[{"field": "file", "message": f"larger than {MAX_BYTES} bytes"}],
+        )
     if not data:
         raise BadInput.field("file", "the file is empty")
     content_type = sniff(data)
     if content_type is None:
         raise BadInput.field("file", "is not a JPEG, PNG or GIF image (the type is checked by the file's content)")
-    media = Media(user_id=user_id, public_id=secrets.token_hex(16), filename=clean_filename(filename, content_type),
-                  content_type=content_type, size=len(data), sha256=hashlib.sha256(data).hexdigest(), data=data)
+    media = Media(
+        user_id=user_id,
+        public_id=secrets.token_hex(16),
+        filename=clean_filename(filename, content_type),
+        content_type=content_type,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        data=data,
+    )
     session.add(media)
     await session.flush()
     return media
@@ -101,8 +117,7 @@ async def upload(session: AsyncSession, *, user_id: int, filename: str | None, d
 
 async def list_media(session: AsyncSession, *, user_id: int, limit: int, after_id: int | None) -> list[Media]:
     """One page by id (limit + 1 rows, for `page_of`), without loading the bytes."""
-    query = (select(Media).where(Media.user_id == user_id).order_by(Media.id).limit(limit + 1)
-             .options(defer(Media.data)))
+    query = select(Media).where(Media.user_id == user_id).order_by(Media.id).limit(limit + 1).options(defer(Media.data))
     if after_id is not None:
         query = query.where(Media.id > after_id)
     return list(await session.scalars(query))
@@ -133,8 +148,13 @@ async def find_public(session: AsyncSession, public_id: str, filename: str) -> M
     """The image at /media/{public_id}/{filename}; the filename must match too (one canonical URL)."""
     if not 1 <= len(public_id) <= 32 or len(filename) > MAX_FILENAME:
         return None
-    row = (await session.execute(select(Media.id, Media.public_id, Media.filename, Media.content_type, Media.sha256)
-                                 .where(Media.public_id == public_id))).first()
+    row = (
+        await session.execute(
+            select(Media.id, Media.public_id, Media.filename, Media.content_type, Media.sha256).where(
+                Media.public_id == public_id
+            )
+        )
+    ).first()
     if row is None or row.filename != filename:
         return None
     return MediaHead(row.id, row.public_id, row.filename, row.content_type, row.sha256)

@@ -41,8 +41,10 @@ async def upload_media(request: Request, session: Session, caller: Writer) -> di
     if not isinstance(upload, UploadFile):
         raise BadInput.field("file", "an image file is required (multipart field `file`)")
     if upload.size is not None and upload.size > media_service.MAX_BYTES:
-        raise media_service.TooLarge(f"file: the image is larger than {media_service.MAX_BYTES} bytes (5 MB)",
-                                     details=[{"field": "file", "message": "larger than 5 MB"}])
+        raise media_service.TooLarge(
+            f"file: the image is larger than {media_service.MAX_BYTES} bytes (5 MB)",
+            details=[{"field": "file", "message": "larger than 5 MB"}],
+        )
     data = await upload.read(media_service.MAX_BYTES + 1)
     created = await media_service.upload(session, user_id=caller.id, filename=upload.filename, data=data)
     return media_service.view(created, _base_url(request))

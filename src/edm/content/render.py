@@ -102,8 +102,7 @@ def _limit_error(part: str, exc: LimitExceeded) -> RenderLimitExceeded:
 
 
 def _timeout(part: str) -> RenderLimitExceeded:
-    return RenderLimitExceeded(f"{part}: rendering took longer than {RENDER_TIME_LIMIT:g} s", part=part,
-                               limit="time")
+    return RenderLimitExceeded(f"{part}: rendering took longer than {RENDER_TIME_LIMIT:g} s", part=part, limit="time")
 
 
 _T = TypeVar("_T")
@@ -237,7 +236,11 @@ class CompiledTemplate:
             return self._render(dict(context), compliance_footer, postprocess, footer_html)
 
     def _render(
-        self, ctx: dict[str, Any], compliance_footer: bool, postprocess: Postprocess | None, footer_html: str,
+        self,
+        ctx: dict[str, Any],
+        compliance_footer: bool,
+        postprocess: Postprocess | None,
+        footer_html: str,
     ) -> RenderedContent:
         subject = clean_subject(_render_part(self.subject, ctx))
         if not subject:
@@ -268,8 +271,9 @@ class CompiledTemplate:
             _check_time("text")
         return RenderedContent(subject=subject, preheader=preheader, html=html, text=text)
 
-    def _add_footer(self, ctx: dict[str, Any], html: str, text: str, *, derived: bool = False,
-                    custom: str = "") -> tuple[str, str]:
+    def _add_footer(
+        self, ctx: dict[str, Any], html: str, text: str, *, derived: bool = False, custom: str = ""
+    ) -> tuple[str, str]:
         url = str(ctx.get("unsubscribe_url") or "")
         org = ctx.get("org")
         postal = str((org.get("postal_address") if isinstance(org, Mapping) else None) or "")
@@ -284,8 +288,9 @@ class CompiledTemplate:
         own_text_lacks_link = self.text is not None and "unsubscribe_url" not in self.text.variables
         if text.strip() and own_text_lacks_link:
             if custom:
-                footer = html_to_text(append_compliance_footer("", unsubscribe_url=url, postal_address=postal,
-                                                               custom_html=custom))
+                footer = html_to_text(
+                    append_compliance_footer("", unsubscribe_url=url, postal_address=postal, custom_html=custom)
+                )
                 return html, text.rstrip() + "\n\n--\n" + footer
             text = append_compliance_footer_text(text, unsubscribe_url=url, postal_address=postal)
         return html, text
@@ -299,8 +304,9 @@ def compile_template(
 
 
 @functools.lru_cache(maxsize=64)
-def _compile_cached(subject: str, html: str, text: str | None, preheader: str | None,
-                    inline_css: bool) -> CompiledTemplate:
+def _compile_cached(
+    subject: str, html: str, text: str | None, preheader: str | None, inline_css: bool
+) -> CompiledTemplate:
     # Keyed by the sources: a worker rendering one task template for thousands of recipients compiles once.
     compiled = CompiledTemplate(
         subject=_compile_part(_TEXT_ENV, "subject", subject),
@@ -320,8 +326,15 @@ def _emits_markup(html_source: str) -> bool:
     return any(f.name == "safe" for f in ast.find_all(nodes.Filter))
 
 
-_PROBE_CONTACT = {"email": "probe@example.com", "name": "Probe Person", "first_name": "Probe",
-                  "last_name": "Person", "company": "Probe Ltd", "attributes": {}, "tags": []}
+_PROBE_CONTACT = {
+    "email": "probe@example.com",
+    "name": "Probe Person",
+    "first_name": "Probe",
+    "last_name": "Person",
+    "company": "Probe Ltd",
+    "attributes": {},
+    "tags": [],
+}
 
 
 def _derive_text(compiled: CompiledTemplate, html_source: str) -> _Part | None:
@@ -337,9 +350,14 @@ def _derive_text(compiled: CompiledTemplate, html_source: str) -> _Part | None:
         part = _compile_part(_TEXT_ENV, "text", html_to_text(html_source))
     except TemplateSyntaxError:
         return None
-    probe = build_context(contact=_PROBE_CONTACT, sender={"display_name": "Probe", "email": "news@example.com"},
-                          task={"name": "probe"}, org={}, unsubscribe_url="https://example.invalid/u/probe",
-                          now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    probe = build_context(
+        contact=_PROBE_CONTACT,
+        sender={"display_name": "Probe", "email": "news@example.com"},
+        task={"name": "probe"},
+        org={},
+        unsubscribe_url="https://example.invalid/u/probe",
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
     try:
         with sandbox.allowance(PROBE_TIME_LIMIT):  # both probes together; the renders take the earlier end
             expected = compiled.render(probe, compliance_footer=False).text
@@ -486,7 +504,8 @@ def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address:
     if custom_html.strip():
         postal_html = "<br>".join(escape(line.strip()) for line in postal_address.strip().splitlines())
         footer = custom_html.replace(FOOTER_PLACEHOLDER, escape(unsubscribe_url)).replace(
-            POSTAL_PLACEHOLDER, postal_html)
+            POSTAL_PLACEHOLDER, postal_html
+        )
         return _before_body_close(html, footer)
     lines = []
     if unsubscribe_url:

@@ -533,8 +533,9 @@ def _pre_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False
     return s
 
 
-def _pre_wordwrap(s: Any, width: Any = 79, break_long_words: bool = True, wrapstring: Any = None,
-                  break_on_hyphens: bool = True) -> Any:
+def _pre_wordwrap(
+    s: Any, width: Any = 79, break_long_words: bool = True, wrapstring: Any = None, break_on_hyphens: bool = True
+) -> Any:
     size = check_text(s, "the input of filter wordwrap")
     words = _words(s) if isinstance(s, str) else size // 2 + 1
     if words > MAX_WORDS:  # textwrap works word by word in Python
@@ -676,8 +677,24 @@ def _wordcount(s: Any) -> int:
 _WORD = re.compile(r"\w+")
 
 # Filters that print their input and make a result about as large (at most a few times: escaping, case).
-_TEXT_INPUT = frozenset({"capitalize", "lower", "upper", "title", "trim", "escape", "e", "forceescape", "string",
-                         "safe", "urlencode", "xmlattr", "truncate", "filesizeformat"})
+_TEXT_INPUT = frozenset(
+    {
+        "capitalize",
+        "lower",
+        "upper",
+        "title",
+        "trim",
+        "escape",
+        "e",
+        "forceescape",
+        "string",
+        "safe",
+        "urlencode",
+        "xmlattr",
+        "truncate",
+        "filesizeformat",
+    }
+)
 
 _PRECHECKS: dict[str, Callable[..., Any]] = {
     "wordcount": _pre_by_words("wordcount", MAX_ITEMS),
@@ -861,8 +878,10 @@ class _GuardCompiledCode(NodeTransformer):
         node = self.generic_visit(node)  # type: ignore[assignment]
         if not isinstance(node.arg, nodes.Slice):
             return node
-        bounds = [part if part is not None else nodes.Const(None, lineno=node.lineno)
-                  for part in (node.arg.start, node.arg.stop, node.arg.step)]
+        bounds = [
+            part if part is not None else nodes.Const(None, lineno=node.lineno)
+            for part in (node.arg.start, node.arg.stop, node.arg.step)
+        ]
         return _filter(SLICE_NAME, node.node, bounds, node.lineno)
 
 

@@ -71,8 +71,12 @@ def clean_template_values(values: Mapping[str, Any], *, partial: bool = False) -
     if unknown:
         raise BadInput.field(unknown[0], "unknown field")
     out: dict[str, Any] = {}
-    for field, limit, required in (("name", 200, True), ("description", 1000, False), ("subject", 998, True),
-                                   ("preheader", 255, False)):
+    for field, limit, required in (
+        ("name", 200, True),
+        ("description", 1000, False),
+        ("subject", 998, True),
+        ("preheader", 255, False),
+    ):
         if field in values or (required and not partial):
             out[field] = check_text(field, values.get(field), limit, required=required)
     for field, limit, required in (("html", MAX_HTML_BYTES, True), ("text", MAX_TEXT_BYTES, False)):
@@ -103,8 +107,13 @@ def _source(field: str, value: Any, limit: int, *, required: bool) -> str | None
 
 def compile_values(values: Mapping[str, Any], *, inline_css: bool = False) -> CompiledTemplate:
     """Compile subject, html, text and preheader; raises TemplateSyntaxError (422, line in details)."""
-    return compile_template(subject=values["subject"], html=values["html"], text=values.get("text"),
-                            preheader=values.get("preheader"), inline_css=inline_css)
+    return compile_template(
+        subject=values["subject"],
+        html=values["html"],
+        text=values.get("text"),
+        preheader=values.get("preheader"),
+        inline_css=inline_css,
+    )
 
 
 async def get_template(session: AsyncSession, *, user_id: int, template_id: int) -> Template:
@@ -143,8 +152,9 @@ def _assign(obj: Any, data: Mapping[str, Any]) -> None:
 
 def _name_taken(existing_id: int | None = None) -> Conflict:
     extra = {"existing_id": existing_id} if existing_id is not None else {}
-    return Conflict("a template with this name already exists",
-                    details=[{"field": "name", "message": "already exists"}], **extra)
+    return Conflict(
+        "a template with this name already exists", details=[{"field": "name", "message": "already exists"}], **extra
+    )
 
 
 async def _refuse_template_name(session: AsyncSession, *, user_id: int, name: str) -> None:
@@ -165,8 +175,11 @@ async def duplicate_template(
 
 async def _copy_name(session: AsyncSession, *, user_id: int, name: str) -> str:
     pattern = f"{escape_like(name[:180])} (copy%"
-    taken = set(await session.scalars(select(Template.name).where(
-        Template.user_id == user_id, Template.name.like(pattern, escape="\\"))))
+    taken = set(
+        await session.scalars(
+            select(Template.name).where(Template.user_id == user_id, Template.name.like(pattern, escape="\\"))
+        )
+    )
     candidate, n = f"{name[:180]} (copy)", 2
     while candidate in taken:
         candidate, n = f"{name[:180]} (copy {n})", n + 1
@@ -176,20 +189,29 @@ async def _copy_name(session: AsyncSession, *, user_id: int, name: str) -> str:
 async def delete_template(session: AsyncSession, *, user_id: int, template_id: int) -> None:
     """409 in_use (listing the tasks) while a draft or scheduled task uses it; snapshots keep later tasks whole."""
     template = await get_template(session, user_id=user_id, template_id=template_id)
-    rows = (await session.execute(
-        select(Task.id, Task.name, Task.status).join(TaskTemplate, TaskTemplate.task_id == Task.id)
-        .where(TaskTemplate.template_id == template.id, Task.user_id == user_id,
-               Task.status.in_(TEMPLATE_LOCKING_STATUSES)).distinct().order_by(Task.id))).all()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.name, Task.status)
+            .join(TaskTemplate, TaskTemplate.task_id == Task.id)
+            .where(
+                TaskTemplate.template_id == template.id,
+                Task.user_id == user_id,
+                Task.status.in_(TEMPLATE_LOCKING_STATUSES),
+            )
+            .distinct()
+            .order_by(Task.id)
+        )
+    ).all()
     if rows:
-        raise InUse("the template is used by draft or scheduled tasks",
-                    details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
-                    tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows])
+        raise InUse(
+            "the template is used by draft or scheduled tasks",
+            details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
+            tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows],
+        )
     await session.execute(delete(Template).where(Template.id == template.id, Template.user_id == user_id))
 
 
-async def list_templates(
-    session: AsyncSession, *, user_id: int, page: Page, q: str | None = None
-) -> list[Template]:
+async def list_templates(session: AsyncSession, *, user_id: int, page: Page, q: str | None = None) -> list[Template]:
     """One page by id (limit + 1 rows, for page_of); `q` is a case-insensitive substring of the name."""
     query = select(Template).where(*_template_conditions(user_id, q), Template.id > min(page.after_id or 0, MAX_ID))
     return list(await session.scalars(query.order_by(Template.id).limit(page.limit + 1)))
@@ -238,33 +260,41 @@ _PARSER = jinja2.Environment()  # parsing only (the sources were already compile
 _BUILTINS = frozenset(_PARSER.globals) | {"namespace"}
 
 
-
 async def attribute_keys(session: AsyncSession, *, user_id: int) -> list[str]:
     """Distinct custom attribute keys present in the user's contacts (dialect-specific JSON functions)."""
     if dialect_name(session) == "postgresql":
-        sql = ("SELECT DISTINCT k FROM contacts, jsonb_object_keys(CASE WHEN jsonb_typeof(custom_attributes) "
-               "= 'object' THEN custom_attributes ELSE '{}'::jsonb END) AS k WHERE user_id = :u ORDER BY k LIMIT :n")
+        sql = (
+            "SELECT DISTINCT k FROM contacts, jsonb_object_keys(CASE WHEN jsonb_typeof(custom_attributes) "
+            "= 'object' THEN custom_attributes ELSE '{}'::jsonb END) AS k WHERE user_id = :u ORDER BY k LIMIT :n"
+        )
     else:
-        sql = ("SELECT DISTINCT j.key FROM contacts, json_each(contacts.custom_attributes) AS j "
-               "WHERE contacts.user_id = :u AND json_type(contacts.custom_attributes) = 'object' "
-               "ORDER BY j.key LIMIT :n")
+        sql = (
+            "SELECT DISTINCT j.key FROM contacts, json_each(contacts.custom_attributes) AS j "
+            "WHERE contacts.user_id = :u AND json_type(contacts.custom_attributes) = 'object' "
+            "ORDER BY j.key LIMIT :n"
+        )
     return list(await session.scalars(text(sql), {"u": user_id, "n": MAX_ATTRIBUTE_KEYS}))
 
 
 # Filters the catalogue points out: how to write a fallback for a value a contact may lack.
 FILTERS: tuple[tuple[str, str, str], ...] = (
-    ("default", "{{ contact.first_name | default('there') }}",
-     "the fallback when the value is missing, null, empty or only spaces (a variable that is empty for a "
-     "contact renders as nothing); default('there', true) also replaces 0, false and empty lists"),
+    (
+        "default",
+        "{{ contact.first_name | default('there') }}",
+        "the fallback when the value is missing, null, empty or only spaces (a variable that is empty for a "
+        "contact renders as nothing); default('there', true) also replaces 0, false and empty lists",
+    ),
 )
 
 
 async def template_variables(session: AsyncSession, *, user_id: int) -> dict[str, Any]:
     """The §14.2 catalogue plus the custom attribute keys present in the user's contacts."""
     keys = await attribute_keys(session, user_id=user_id)
-    return {"variables": [{"name": n, "description": d} for n, d in VARIABLES],
-            "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys],
-            "filters": [{"name": n, "example": e, "description": d} for n, e, d in FILTERS]}
+    return {
+        "variables": [{"name": n, "description": d} for n, d in VARIABLES],
+        "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys],
+        "filters": [{"name": n, "example": e, "description": d} for n, e, d in FILTERS],
+    }
 
 
 def used_variables(*sources: str | None) -> list[str]:
@@ -327,15 +357,26 @@ class PreviewSource:
 
 
 async def preview(
-    session: AsyncSession, *, user_id: int, source: PreviewSource, contact_id: int | None = None,
-    sender_id: int | None = None, unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    source: PreviewSource,
+    contact_id: int | None = None,
+    sender_id: int | None = None,
+    unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
 ) -> dict[str, Any]:
     """Render unsaved or saved content for one of the user's contacts, or sample data.
 
     An entry point that can end its transaction before rendering should call `prepare_preview`, end it,
     then `render_preview`: the render may take its whole time limit and needs no database."""
-    job = await prepare_preview(session, user_id=user_id, source=source, contact_id=contact_id,
-                                sender_id=sender_id, unsubscribe_url=unsubscribe_url)
+    job = await prepare_preview(
+        session,
+        user_id=user_id,
+        source=source,
+        contact_id=contact_id,
+        sender_id=sender_id,
+        unsubscribe_url=unsubscribe_url,
+    )
     return await render_preview(job)
 
 
@@ -353,22 +394,44 @@ class PreviewJob:
 
 
 async def prepare_preview(
-    session: AsyncSession, *, user_id: int, source: PreviewSource, contact_id: int | None = None,
-    sender_id: int | None = None, unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    source: PreviewSource,
+    contact_id: int | None = None,
+    sender_id: int | None = None,
+    unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
 ) -> PreviewJob:
     """The database reads of a preview: the contact (or sample data), sender, settings, attribute keys."""
-    values = clean_template_values({"name": "preview", "subject": source.subject, "html": source.html,
-                                    "text": source.text, "preheader": source.preheader})
+    values = clean_template_values(
+        {
+            "name": "preview",
+            "subject": source.subject,
+            "html": source.html,
+            "text": source.text,
+            "preheader": source.preheader,
+        }
+    )
     contact = await _preview_contact(session, user_id=user_id, contact_id=contact_id)
     org = await runtime_settings.load(session)
     now = utc_now()
     context = build_context(
-        contact=contact, sender=await _preview_sender(session, user_id=user_id, sender_id=sender_id),
+        contact=contact,
+        sender=await _preview_sender(session, user_id=user_id, sender_id=sender_id),
         task={"name": "Preview", "scheduled_at": now},
         org={"name": org.org_name, "postal_address": org.compliance_postal_address},
-        unsubscribe_url=unsubscribe_url, now=now)
-    return PreviewJob(values, source.inline_css, context, contact_id is None, org.compliance_footer_html,
-                      org.compliance_postal_address, frozenset(await attribute_keys(session, user_id=user_id)))
+        unsubscribe_url=unsubscribe_url,
+        now=now,
+    )
+    return PreviewJob(
+        values,
+        source.inline_css,
+        context,
+        contact_id is None,
+        org.compliance_footer_html,
+        org.compliance_postal_address,
+        frozenset(await attribute_keys(session, user_id=user_id)),
+    )
 
 
 async def render_preview(job: PreviewJob) -> dict[str, Any]:
@@ -378,9 +441,17 @@ async def render_preview(job: PreviewJob) -> dict[str, Any]:
     unknown = unknown_variables(rendered.paths, set(job.attribute_names))
     warnings = _warnings(rendered.compiled, job.values, unknown, job.postal_address)
     warnings += empty_variable_warnings(rendered.paths, job.context, sample=job.sample_data, unknown=unknown)
-    return {"subject": content.subject, "preheader": content.preheader, "html": content.html,
-            "text": content.text, "links": _links(content.html), "variables": rendered.paths,
-            "unknown_variables": unknown, "sample_data": job.sample_data, "warnings": warnings}
+    return {
+        "subject": content.subject,
+        "preheader": content.preheader,
+        "html": content.html,
+        "text": content.text,
+        "links": _links(content.html),
+        "variables": rendered.paths,
+        "unknown_variables": unknown,
+        "sample_data": job.sample_data,
+        "warnings": warnings,
+    }
 
 
 @dataclass(frozen=True)
@@ -390,8 +461,9 @@ class _RenderedPreview:
     paths: list[str]
 
 
-def _render_preview(values: Mapping[str, Any], inline_css: bool, context: Mapping[str, Any],
-                    footer_html: str) -> _RenderedPreview:
+def _render_preview(
+    values: Mapping[str, Any], inline_css: bool, context: Mapping[str, Any], footer_html: str
+) -> _RenderedPreview:
     """Compile and render under one deadline (on a render thread: see `off_loop`)."""
     with time_limit():
         compiled = compile_values(values, inline_css=inline_css)
@@ -412,14 +484,18 @@ def render_failed(exc: RenderError) -> BadInput:
     return BadInput(f"{field}: {message}", details=[detail])
 
 
-def empty_variable_warnings(paths: Sequence[str], context: Mapping[str, Any], *, sample: bool,
-                            unknown: Sequence[str] = ()) -> list[str]:
+def empty_variable_warnings(
+    paths: Sequence[str], context: Mapping[str, Any], *, sample: bool, unknown: Sequence[str] = ()
+) -> list[str]:
     """One warning per contact variable the template uses that is empty (missing, null or blank) for the
     previewed contact: it renders as nothing unless the template gives a fallback (`| default('…')`).
     Unknown variables have their own warning."""
     whom = "the sample contact" if sample else "this contact"
-    empty = [p for p in paths if p not in unknown and _contact_value(p.split("."))
-             and _is_empty(_lookup(context, p.split(".")))]
+    empty = [
+        p
+        for p in paths
+        if p not in unknown and _contact_value(p.split(".")) and _is_empty(_lookup(context, p.split(".")))
+    ]
     return [f"{path} is empty for {whom}" for path in empty]
 
 
@@ -470,10 +546,20 @@ async def _preview_sender(session: AsyncSession, *, user_id: int, sender_id: int
     sender = await session.scalar(query.limit(1))
     if sender is None and sender_id is not None:
         raise BadInput.field("sender_id", f"not found: {sender_id}")
-    domain = await session.scalar(
-        select(EmailService.domain).join(UserServiceMapping, UserServiceMapping.service_id == EmailService.id)
-        .where(UserServiceMapping.user_id == user_id, UserServiceMapping.is_active.is_(True),
-               EmailService.archived_at.is_(None)).order_by(UserServiceMapping.id).limit(1)) or "example.com"
+    domain = (
+        await session.scalar(
+            select(EmailService.domain)
+            .join(UserServiceMapping, UserServiceMapping.service_id == EmailService.id)
+            .where(
+                UserServiceMapping.user_id == user_id,
+                UserServiceMapping.is_active.is_(True),
+                EmailService.archived_at.is_(None),
+            )
+            .order_by(UserServiceMapping.id)
+            .limit(1)
+        )
+        or "example.com"
+    )
     if sender is None:
         return {"display_name": "Sample Sender", "email": f"news@{domain}"}
     return {"display_name": sender.display_name or "", "email": f"{sender.local_part}@{domain}"}
@@ -510,8 +596,7 @@ def check_local_part(value: Any) -> str:
     local = check_text("local_part", value, 64, required=True)
     assert local is not None
     if not LOCAL_PART.fullmatch(local) or local.startswith(".") or local.endswith(".") or ".." in local:
-        raise BadInput.field("local_part", "must be 1–64 of A-Z a-z 0-9 . _ - without leading, trailing or "
-                                           "double dots")
+        raise BadInput.field("local_part", "must be 1–64 of A-Z a-z 0-9 . _ - without leading, trailing or double dots")
     return local
 
 
@@ -554,8 +639,9 @@ async def create_sender(session: AsyncSession, *, user_id: int, values: Mapping[
 
 
 def _local_part_taken() -> Conflict:
-    return Conflict("this sender local part is already in use",
-                    details=[{"field": "local_part", "message": "already in use"}])
+    return Conflict(
+        "this sender local part is already in use", details=[{"field": "local_part", "message": "already in use"}]
+    )
 
 
 async def update_sender(session: AsyncSession, *, user_id: int, sender_id: int, changes: Mapping[str, Any]) -> Sender:
@@ -566,8 +652,9 @@ async def update_sender(session: AsyncSession, *, user_id: int, sender_id: int, 
     data = clean_sender_values(changes, partial=True)
     if "local_part" in data and data["local_part"] != sender.local_part:
         await _refuse_if_used(session, sender, "the local part of a sender used by unfinished tasks cannot change")
-        taken = await session.scalar(select(Sender.id).where(Sender.local_part_lower == data["local_part_lower"],
-                                                             Sender.id != sender.id))
+        taken = await session.scalar(
+            select(Sender.id).where(Sender.local_part_lower == data["local_part_lower"], Sender.id != sender.id)
+        )
         if taken is not None:
             raise _local_part_taken()
     if not await saved(session, lambda: _assign(sender, data)):
@@ -586,21 +673,30 @@ async def delete_sender(session: AsyncSession, *, user_id: int, sender_id: int) 
 
 
 async def _refuse_if_used(session: AsyncSession, sender: Sender, message: str) -> None:
-    rows = (await session.execute(
-        select(Task.id, Task.name, Task.status).where(Task.sender_id == sender.id, Task.user_id == sender.user_id,
-                                                      Task.status.not_in(TERMINAL_TASK_STATUSES)).order_by(Task.id)
-    )).all()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.name, Task.status)
+            .where(
+                Task.sender_id == sender.id, Task.user_id == sender.user_id, Task.status.not_in(TERMINAL_TASK_STATUSES)
+            )
+            .order_by(Task.id)
+        )
+    ).all()
     if rows:
-        raise InUse(message, details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
-                    tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows])
+        raise InUse(
+            message,
+            details=[{"field": "tasks", "message": f"used by {len(rows)} task(s)"}],
+            tasks=[{"id": i, "name": n, "status": s} for i, n, s in rows],
+        )
 
 
 async def list_senders(
     session: AsyncSession, *, user_id: int, page: Page, include_archived: bool = False
 ) -> list[Sender]:
     """One page by id (limit + 1 rows, for page_of). Archived senders only when asked."""
-    query = select(Sender).where(*_sender_conditions(user_id, include_archived),
-                                 Sender.id > min(page.after_id or 0, MAX_ID))
+    query = select(Sender).where(
+        *_sender_conditions(user_id, include_archived), Sender.id > min(page.after_id or 0, MAX_ID)
+    )
     return list(await session.scalars(query.order_by(Sender.id).limit(page.limit + 1)))
 
 
@@ -614,4 +710,3 @@ def _sender_conditions(user_id: int, include_archived: bool) -> list[Any]:
     if not include_archived:
         conditions.append(Sender.archived_at.is_(None))
     return conditions
-

@@ -31,14 +31,32 @@ _PG_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 # SQLite primary result codes of a file that cannot be used now (a programming error is SQLITE_ERROR, 1):
 # busy or locked past the busy timeout, read-only (also when the file was moved or deleted under an open
 # connection), I/O error, disk full, cannot open (the file or its directory is gone), locking protocol.
-_SQLITE_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY,
-                                 sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
-                                 sqlite3.SQLITE_PROTOCOL})
+_SQLITE_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
 
 # Socket errors of a server that cannot be reached (file-system errors such as ENOENT are not among them).
-_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
-                             errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETUNREACH,
-                             errno.ENETDOWN})
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -95,5 +113,6 @@ def _network_error(exc: OSError) -> bool:
 
 
 def _has_error_code(driver_error: BaseException | None) -> bool:
-    return isinstance(driver_error, sqlite3.Error) or bool(getattr(driver_error, "sqlstate", None)
-                                                            or getattr(driver_error, "pgcode", None))
+    return isinstance(driver_error, sqlite3.Error) or bool(
+        getattr(driver_error, "sqlstate", None) or getattr(driver_error, "pgcode", None)
+    )

@@ -32,6 +32,4 @@ class IdMixin:
 
 class TimestampMixin:
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now, nullable=False)
-    updated_at: Mapped[dt.datetime] = mapped_column(
-        UTCDateTime(), default=utc_now, onupdate=utc_now, nullable=False
-    )
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now, nullable=False)

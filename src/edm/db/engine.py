@@ -32,15 +32,22 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = make_url(to_async_url(database_url))
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                               json_serializer=_json_dumps, json_deserializer=_json_loads)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+    )
 
 
 def _sqlite_engine(url: Any) -> AsyncEngine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, json_serializer=_json_dumps,
-                                 json_deserializer=_json_loads)
+    engine = create_async_engine(
+        url, connect_args={"timeout": 30}, json_serializer=_json_dumps, json_deserializer=_json_loads
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

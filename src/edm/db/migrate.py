@@ -16,9 +16,13 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # Indexes migrations create on PostgreSQL only (GIN, trigram and expression indexes SQLite lacks or the
 # models cannot declare portably). Autogenerate and the schema test must not take them for strays.
-POSTGRESQL_ONLY_INDEXES = frozenset({
-    "ix_contacts_search_trgm", "ix_contacts_attributes", "ix_contacts_user_id_name_id",
-})
+POSTGRESQL_ONLY_INDEXES = frozenset(
+    {
+        "ix_contacts_search_trgm",
+        "ix_contacts_attributes",
+        "ix_contacts_user_id_name_id",
+    }
+)
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -23,5 +23,3 @@ async def get_own(session: AsyncSession, model: type[T], *, user_id: int, object
     if found is None:
         raise NotFound(f"{what} {object_id} not found")
     return found
-
-

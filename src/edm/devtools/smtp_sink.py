@@ -284,8 +284,7 @@ class SmtpSink:
         with self._lock:
             stats = self._stats
             stats.active_transactions += 1
-            stats.max_concurrent_transactions = max(stats.max_concurrent_transactions,
-                                                    stats.active_transactions)
+            stats.max_concurrent_transactions = max(stats.max_concurrent_transactions, stats.active_transactions)
             stats.transaction_starts.append((time.monotonic(), mail_from))
 
     def _end_transaction(self, server: _SinkSMTP) -> None:
@@ -315,8 +314,7 @@ class SmtpSink:
     def _store(self, message: CapturedMessage) -> None:
         assert self.store_dir is not None
         name = f"{time.time_ns()}-{next(self._counter):06d}.eml"
-        prefix = (f"Return-Path: <{message.envelope_from}>\r\n"
-                  f"Delivered-To: {', '.join(message.rcpt_tos)}\r\n").encode()
+        prefix = (f"Return-Path: <{message.envelope_from}>\r\nDelivered-To: {', '.join(message.rcpt_tos)}\r\n").encode()
         temp = self.store_dir / f".{name}.tmp"
         temp.write_bytes(prefix + message.data)
         os.replace(temp, self.store_dir / name)  # readers never see a half-written file
@@ -373,9 +371,7 @@ class _Handler:
         self.sink._connection_seen(server)
         return responses
 
-    async def handle_HELO(
-        self, server: _SinkSMTP, session: Session, envelope: Envelope, hostname: str
-    ) -> str:
+    async def handle_HELO(self, server: _SinkSMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         session.host_name = hostname
         self.sink._connection_seen(server)
         return f"250 {server.hostname}"
@@ -485,15 +481,17 @@ def list_stored(store_dir: Path) -> list[dict[str, Any]]:
         with path.open("rb") as handle:
             headers = _HEADER_PARSER.parse(handle)
         return_path = _header(headers, "Return-Path") or ""
-        rows.append({
-            "number": number,
-            "from": return_path.strip().removeprefix("<").removesuffix(">"),
-            "to": _header(headers, "Delivered-To") or "",
-            "subject": _header(headers, "Subject"),
-            "subtask_id": _header(headers, SUBTASK_HEADER),
-            "received_at": _received_at(path),
-            "path": path,
-        })
+        rows.append(
+            {
+                "number": number,
+                "from": return_path.strip().removeprefix("<").removesuffix(">"),
+                "to": _header(headers, "Delivered-To") or "",
+                "subject": _header(headers, "Subject"),
+                "subtask_id": _header(headers, SUBTASK_HEADER),
+                "received_at": _received_at(path),
+                "path": path,
+            }
+        )
     return rows
 
 
@@ -536,8 +534,10 @@ def read_stored(store_dir: Path, number: int) -> StoredMessage | None:
         subject=_header(message, "Subject"),
         text=_body(message, "plain"),
         html=_body(message, "html"),
-        attachments=[Attachment(part.get_filename(), part.get_content_type(), len(_payload(part)))
-                     for part in message.iter_attachments()],
+        attachments=[
+            Attachment(part.get_filename(), part.get_content_type(), len(_payload(part)))
+            for part in message.iter_attachments()
+        ],
         raw=raw,
     )
 

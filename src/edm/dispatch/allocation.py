@@ -68,9 +68,7 @@ class SmoothWeighted:
         return chosen
 
 
-def order_services(
-    views: Sequence[ServiceView], strategy: Strategy, swrr: SmoothWeighted | None = None
-) -> list[int]:
+def order_services(views: Sequence[ServiceView], strategy: Strategy, swrr: SmoothWeighted | None = None) -> list[int]:
     """Service ids in the order a dispatch loop should try to claim from them."""
     pool = working_set(views, strategy)
     if strategy is Strategy.WEIGHTED and swrr is not None:
@@ -128,9 +126,7 @@ def _tasks_by_user(tasks: Sequence[CandidateTask]) -> dict[int, list[CandidateTa
     for task in tasks:
         grouped[task.user_id].append(task)
     for user_tasks in grouped.values():
-        user_tasks.sort(
-            key=lambda t: (t.last_claimed_at or epoch, -t.priority, t.schedule_at or epoch, t.task_id)
-        )
+        user_tasks.sort(key=lambda t: (t.last_claimed_at or epoch, -t.priority, t.schedule_at or epoch, t.task_id))
     return grouped
 
 

@@ -50,8 +50,22 @@ from edm.tracking.models import TrackedLink
 
 CONFIG_TTL = 30.0
 TEST_SUBJECT_PREFIX = "[TEST] "  # SPEC §8.2
-CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "username", "phone", "company", "position",
-                  "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at")
+CONTACT_FIELDS = (
+    "email",
+    "name",
+    "first_name",
+    "last_name",
+    "username",
+    "phone",
+    "company",
+    "position",
+    "tiktok_unique_id",
+    "instagram_id",
+    "youtube_id",
+    "source",
+    "status",
+    "created_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +155,11 @@ class Composer:
             tasks = {tid: await self._task(session, tid) for tid in {i.task_id for i in claim.items}}
             data_ids = [t.data_contact_id for t in tasks.values() if t is not None and t.data_contact_id]
             contacts = await _contacts(session, [i.contact_id for i in claim.items if i.contact_id] + data_ids)
-            snapshots = {tt: await session.get(TaskTemplate, tt) for tt in {i.task_template_id for i in claim.items}
-                         if tt is not None and tt not in self._templates}
+            snapshots = {
+                tt: await session.get(TaskTemplate, tt)
+                for tt in {i.task_template_id for i in claim.items}
+                if tt is not None and tt not in self._templates
+            }
             org = await self._org_settings(session)
         links: dict[int, tuple[int, str]] = {}
         job = _Job(service, tasks, contacts, org, clock.utc_now(), with_mime, links)
@@ -150,8 +167,9 @@ class Composer:
         await self._store_links(links)
         return composed
 
-    def _compose_all(self, items: list[Any], snapshots: dict[int, TaskTemplate | None],
-                     job: _Job) -> dict[int, OutboundMessage | RenderFailure]:
+    def _compose_all(
+        self, items: list[Any], snapshots: dict[int, TaskTemplate | None], job: _Job
+    ) -> dict[int, OutboundMessage | RenderFailure]:
         for task_template_id, snapshot in snapshots.items():
             self._templates.setdefault(task_template_id, _compile(snapshot))
         return {item.subtask_id: self._one(item, job) for item in items}
@@ -164,9 +182,10 @@ class Composer:
         async with unit_of_work(self.sessionmaker) as session:
             postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
             insert = pg_insert if postgres else sqlite_insert
-            await session.execute(insert(TrackedLink).on_conflict_do_nothing(index_elements=["id"]),
-                                  [{"id": i, "task_id": t, "url": u, "created_at": clock.utc_now()}
-                                   for i, (t, u) in fresh.items()])
+            await session.execute(
+                insert(TrackedLink).on_conflict_do_nothing(index_elements=["id"]),
+                [{"id": i, "task_id": t, "url": u, "created_at": clock.utc_now()} for i, (t, u) in fresh.items()],
+            )
         self._known_links.update(fresh)
         if len(self._known_links) > KNOWN_LINKS_LIMIT:
             self._known_links.clear()
@@ -186,15 +205,23 @@ class Composer:
         unsubscribe_url = self.unsubscribe_url(item.public_id)
         from_email = f"{task.sender_local}@{service.domain}"
         context = build_context(
-            contact=contact, sender={"display_name": task.sender_name, "email": from_email},
-            task={"name": task.name, "scheduled_at": task.schedule_at}, org=org,
-            unsubscribe_url=unsubscribe_url, now=now.astimezone(ZoneInfo(task.timezone)),
+            contact=contact,
+            sender={"display_name": task.sender_name, "email": from_email},
+            task={"name": task.name, "scheduled_at": task.schedule_at},
+            org=org,
+            unsubscribe_url=unsubscribe_url,
+            now=now.astimezone(ZoneInfo(task.timezone)),
         )
         rewriter = None
         if task.track_clicks:
             base = self.settings.effective_tracking_url
-            rewriter = LinkRewriter(task_id=task.id, subtask_id=item.public_id, key=self.settings.signing_key,
-                                    base_url=base, keep=lambda url: url.startswith((f"{base}/u/", f"{base}/v/")))
+            rewriter = LinkRewriter(
+                task_id=task.id,
+                subtask_id=item.public_id,
+                key=self.settings.signing_key,
+                base_url=base,
+                keep=lambda url: url.startswith((f"{base}/u/", f"{base}/v/")),
+            )
         try:
             content = template.render(context, postprocess=rewriter, footer_html=org.get("footer_html", ""))
             if rewriter is not None:
@@ -207,10 +234,18 @@ class Composer:
             # A test goes to the marketer's own address: the data contact's name is not theirs.
             to_name = "" if task.is_test else str(contact.get("name") or "")
             return build_message(
-                key=key, task_id=task.id, user_id=task.user_id, domain=service.domain,
-                from_local=task.sender_local, from_name=task.sender_name, to_address=item.recipient_email,
-                to_name=to_name, reply_to=task.reply_to, content=content,
-                unsubscribe_url=unsubscribe_url, with_mime=with_mime,
+                key=key,
+                task_id=task.id,
+                user_id=task.user_id,
+                domain=service.domain,
+                from_local=task.sender_local,
+                from_name=task.sender_name,
+                to_address=item.recipient_email,
+                to_name=to_name,
+                reply_to=task.reply_to,
+                content=content,
+                unsubscribe_url=unsubscribe_url,
+                with_mime=with_mime,
             )
         except RenderLimitExceeded as exc:
             # A limit is the template's, not this contact's: its other recipients fail at once, without
@@ -235,25 +270,41 @@ class Composer:
         cached = self._tasks.get(task_id)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        row = (await session.execute(
-            select(Task, Sender).join(Sender, Sender.id == Task.sender_id).where(Task.id == task_id))).first()
+        row = (
+            await session.execute(
+                select(Task, Sender).join(Sender, Sender.id == Task.sender_id).where(Task.id == task_id)
+            )
+        ).first()
         if row is None:
             return None
         task, sender = row
         is_test = task.kind == TaskKind.TEST  # tracking stays off for test sends, whatever the task row says
         data_contact = (task.recipient_rule or {}).get("contact_id") if is_test else None
-        info = TaskInfo(task.id, task.user_id, task.name, task.timezone or "UTC", task.schedule_at,
-                        sender.local_part, sender.display_name or "", sender.reply_to,
-                        bool(task.track_opens) and not is_test, bool(task.track_clicks) and not is_test,
-                        is_test=is_test, data_contact_id=data_contact if isinstance(data_contact, int) else None)
+        info = TaskInfo(
+            task.id,
+            task.user_id,
+            task.name,
+            task.timezone or "UTC",
+            task.schedule_at,
+            sender.local_part,
+            sender.display_name or "",
+            sender.reply_to,
+            bool(task.track_opens) and not is_test,
+            bool(task.track_clicks) and not is_test,
+            is_test=is_test,
+            data_contact_id=data_contact if isinstance(data_contact, int) else None,
+        )
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
     async def _org_settings(self, session: AsyncSession) -> dict[str, str]:
         cached = self._org.get("org")
         if cached is None:
             runtime = await runtime_settings.load(session)
-            org = {"name": runtime.org_name, "postal_address": runtime.compliance_postal_address,
-                   "footer_html": runtime.compliance_footer_html}
+            org = {
+                "name": runtime.org_name,
+                "postal_address": runtime.compliance_postal_address,
+                "footer_html": runtime.compliance_footer_html,
+            }
             cached = self._org.put("org", org)
         return cached  # type: ignore[no-any-return]
 
@@ -283,8 +334,13 @@ def _compile(snapshot: TaskTemplate | None) -> CompiledTemplate | RenderFailure:
     if snapshot is None or snapshot.subject is None or snapshot.html is None:
         return RenderFailure("render_error", "template snapshot missing")
     try:
-        return compile_template(subject=snapshot.subject, html=snapshot.html, text=snapshot.text,
-                                preheader=snapshot.preheader, inline_css=bool(snapshot.inline_css))
+        return compile_template(
+            subject=snapshot.subject,
+            html=snapshot.html,
+            text=snapshot.text,
+            preheader=snapshot.preheader,
+            inline_css=bool(snapshot.inline_css),
+        )
     except TemplateSyntaxError as exc:
         return RenderFailure("render_error", exc.message)
 
@@ -337,8 +393,12 @@ def with_open_pixel(html: str, url: str) -> str:
 
 def config_of(service: EmailService, vault: Vault) -> ServiceConfig:
     return ServiceConfig(
-        service_id=service.id, provider=service.provider, domain=service.domain,
-        credentials=vault.decrypt_json(service.credentials_encrypted), options=dict(service.options or {}),
-        max_concurrency=service.max_concurrency, batch_size=service.batch_size,
+        service_id=service.id,
+        provider=service.provider,
+        domain=service.domain,
+        credentials=vault.decrypt_json(service.credentials_encrypted),
+        options=dict(service.options or {}),
+        max_concurrency=service.max_concurrency,
+        batch_size=service.batch_size,
         request_timeout_seconds=float(service.request_timeout_seconds),
     )

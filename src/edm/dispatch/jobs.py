@@ -52,8 +52,15 @@ class Maintenance:
             ("nonces", 3600.0, self.nonces),
             ("stats", 60.0, self.stats),
             ("tombstones", 86400.0, self.tombstones),
-            ("imports", 1.0, lambda: run_imports(self.worker.sessionmaker, worker_id=self.worker.id,
-                                                 heartbeat_every=self.worker.scaled(HEARTBEAT_EVERY))),
+            (
+                "imports",
+                1.0,
+                lambda: run_imports(
+                    self.worker.sessionmaker,
+                    worker_id=self.worker.id,
+                    heartbeat_every=self.worker.scaled(HEARTBEAT_EVERY),
+                ),
+            ),
             ("idempotency", 3600.0, lambda: idempotency.purge_expired(self.worker.sessionmaker)),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
@@ -77,8 +84,10 @@ class Maintenance:
                 result = await generation.generate(session, task_id, now=clock.utc_now())
             if result is not None:
                 done += 1
-                log.info("task.generated", extra={"task_id": task_id, "status": str(result.status),
-                                                  "sendable": result.sendable})
+                log.info(
+                    "task.generated",
+                    extra={"task_id": task_id, "status": str(result.status), "sendable": result.sendable},
+                )
         if done:
             self.worker.wakeup.set()
         return done
@@ -124,9 +133,12 @@ class Maintenance:
 
     async def events(self) -> int:
         """Apply stored webhook/report events until none is left (each batch its own transaction)."""
-        counts = await event_apply.drain(self.worker.sessionmaker, batch=EVENTS_BATCH,
-                                         simulated_matches_any=self.worker.settings.fake_provider_allowed,
-                                         should_stop=self.worker.stopping.is_set)
+        counts = await event_apply.drain(
+            self.worker.sessionmaker,
+            batch=EVENTS_BATCH,
+            simulated_matches_any=self.worker.settings.fake_provider_allowed,
+            should_stop=self.worker.stopping.is_set,
+        )
         if counts.reconciled:
             log.info("events.reconciled_uncertain", extra={"count": counts.reconciled})
         return counts.processed

@@ -108,12 +108,14 @@ async def used_today(session: AsyncSession, service: EmailService, day: dt.date)
 
 
 async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[ServiceSnapshot]:
-    rows = (await session.execute(
-        select(EmailService, EmailServiceState)
-        .join(EmailServiceState, EmailServiceState.service_id == EmailService.id)
-        .where(EmailService.archived_at.is_(None))
-        .execution_options(populate_existing=True)
-    )).all()
+    rows = (
+        await session.execute(
+            select(EmailService, EmailServiceState)
+            .join(EmailServiceState, EmailServiceState.service_id == EmailService.id)
+            .where(EmailService.archived_at.is_(None))
+            .execution_options(populate_existing=True)
+        )
+    ).all()
     flights = await in_flight_counts(session)
     usage = await _usage_on(session, {service.id: day_of(service, now) for service, _ in rows})
     snapshots = []
@@ -122,10 +124,10 @@ async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[
         used = usage.get(service.id, 0) + in_flight
         state = runtime_of(state_row)
         reset = reset_after(service, now)
-        availability = av.availability(state, limits_of(service), now=now, used_today=used,
-                                       in_flight=in_flight, next_reset=reset)
-        snapshots.append(ServiceSnapshot(service, state, availability, used, in_flight, state_row.last_claim_at,
-                                         reset))
+        availability = av.availability(
+            state, limits_of(service), now=now, used_today=used, in_flight=in_flight, next_reset=reset
+        )
+        snapshots.append(ServiceSnapshot(service, state, availability, used, in_flight, state_row.last_claim_at, reset))
     return snapshots
 
 
@@ -135,8 +137,9 @@ async def _usage_on(session: AsyncSession, days: dict[int, dt.date]) -> dict[int
         return {}
     used = ServiceDayUsage.accepted + ServiceDayUsage.uncertain + ServiceDayUsage.adjustment
     rows = await session.execute(
-        select(ServiceDayUsage.service_id, ServiceDayUsage.service_day, used)
-        .where(ServiceDayUsage.service_id.in_(days), ServiceDayUsage.service_day.in_(set(days.values())))
+        select(ServiceDayUsage.service_id, ServiceDayUsage.service_day, used).where(
+            ServiceDayUsage.service_id.in_(days), ServiceDayUsage.service_day.in_(set(days.values()))
+        )
     )
     return {sid: int(total) for sid, day, total in rows.all() if days.get(sid) == day}
 
@@ -170,8 +173,14 @@ class Claim:
 
 
 async def claim(
-    session: AsyncSession, *, service_id: int, worker_id: str, now: dt.datetime, max_items: int = slots.MAX_CLAIM,
-    sending_paused: bool = False, lease_grace: dt.timedelta = LEASE_GRACE,
+    session: AsyncSession,
+    *,
+    service_id: int,
+    worker_id: str,
+    now: dt.datetime,
+    max_items: int = slots.MAX_CLAIM,
+    sending_paused: bool = False,
+    lease_grace: dt.timedelta = LEASE_GRACE,
 ) -> Claim | None:
     """Bind up to k claimable SubTasks to this service and lease them to `worker_id` (one transaction)."""
     if sending_paused:
@@ -192,23 +201,33 @@ async def claim(
     used = await used_today(session, service, day) + in_flight
     state = runtime_of(state_row)
     limits = limits_of(service)
-    availability = av.availability(state, limits, now=now, used_today=used, in_flight=in_flight,
-                                   next_reset=reset_after(service, now))
+    availability = av.availability(
+        state, limits, now=now, used_today=used, in_flight=in_flight, next_reset=reset_after(service, now)
+    )
     if not availability.eligible:
         return None
-    size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items,
-                       probe=availability.probe)
-    rows, suppressed, cursor = await _select_claimable(session, service=service, state_row=state_row, now=now,
-                                                       size=size)
+    size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items, probe=availability.probe)
+    rows, suppressed, cursor = await _select_claimable(
+        session, service=service, state_row=state_row, now=now, size=size
+    )
     if not rows:
         return None if not suppressed else Claim(service_id, worker_id, day, False, now, [], suppressed)
-    slot_times, next_slot = slots.assign_slots(next_slot_at=state.next_slot_at, now=now, interval=limits.interval,
-                                               count=math.ceil(len(rows) / limits.batch_size))
+    slot_times, next_slot = slots.assign_slots(
+        next_slot_at=state.next_slot_at,
+        now=now,
+        interval=limits.interval,
+        count=math.ceil(len(rows) / limits.batch_size),
+    )
     items = _items(rows, slot_times, limits.batch_size)
-    await _allocate(session, service=service, worker_id=worker_id, now=now, items=items,
-                    lease_for=_lease_length(service, len(items), lease_grace))
-    await _advance_service(session, state_row, now=now, next_slot=next_slot, cursor=cursor,
-                           probe=availability.probe)
+    await _allocate(
+        session,
+        service=service,
+        worker_id=worker_id,
+        now=now,
+        items=items,
+        lease_for=_lease_length(service, len(items), lease_grace),
+    )
+    await _advance_service(session, state_row, now=now, next_slot=next_slot, cursor=cursor, probe=availability.probe)
     await _start_tasks(session, {i.task_id for i in items}, now)
     return Claim(service_id, worker_id, day, availability.probe, now, items, suppressed)
 
@@ -221,7 +240,13 @@ async def _allocated_count(session: AsyncSession, service_id: int) -> int:
 
 
 def _claim_size(
-    state: av.RuntimeState, limits: av.Limits, *, now: dt.datetime, used: int, in_flight: int, cap: int,
+    state: av.RuntimeState,
+    limits: av.Limits,
+    *,
+    now: dt.datetime,
+    used: int,
+    in_flight: int,
+    cap: int,
     probe: bool,
 ) -> int:
     if probe:
@@ -241,8 +266,14 @@ def _lease_length(service: EmailService, count: int, grace: dt.timedelta) -> dt.
 def _items(rows: list[Any], slot_times: list[dt.datetime], batch_size: int) -> list[ClaimedItem]:
     return [
         ClaimedItem(
-            subtask_id=r.id, public_id=r.public_id, task_id=r.task_id, user_id=r.user_id, contact_id=r.contact_id,
-            recipient_email=r.recipient_email, task_template_id=r.task_template_id, attempt_no=r.attempts + 1,
+            subtask_id=r.id,
+            public_id=r.public_id,
+            task_id=r.task_id,
+            user_id=r.user_id,
+            contact_id=r.contact_id,
+            recipient_email=r.recipient_email,
+            task_template_id=r.task_template_id,
+            attempt_no=r.attempts + 1,
             slot_at=slot_times[i // batch_size],
         )
         for i, r in enumerate(rows)
@@ -256,15 +287,29 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
         SubTask.send_state == SendState.PENDING,
         or_(SubTask.attempts == 0, SubTask.next_attempt_at <= now),
     )
-    rows = (await session.execute(
-        select(Task.id, Task.user_id, Task.priority, Task.schedule_at, Task.last_claimed_at,
-               Task.allowed_service_ids, Task.kind)
-        .join(User, User.id == Task.user_id)
-        .join(UserServiceMapping, and_(UserServiceMapping.user_id == Task.user_id,
-                                       UserServiceMapping.service_id == service_id,
-                                       UserServiceMapping.is_active.is_(True)))
-        .where(Task.status.in_(RUNNING), User.is_active.is_(True), claimable)
-    )).all()
+    rows = (
+        await session.execute(
+            select(
+                Task.id,
+                Task.user_id,
+                Task.priority,
+                Task.schedule_at,
+                Task.last_claimed_at,
+                Task.allowed_service_ids,
+                Task.kind,
+            )
+            .join(User, User.id == Task.user_id)
+            .join(
+                UserServiceMapping,
+                and_(
+                    UserServiceMapping.user_id == Task.user_id,
+                    UserServiceMapping.service_id == service_id,
+                    UserServiceMapping.is_active.is_(True),
+                ),
+            )
+            .where(Task.status.in_(RUNNING), User.is_active.is_(True), claimable)
+        )
+    ).all()
     return [
         CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, is_test=r.kind == TaskKind.TEST)
         for r in rows
@@ -273,7 +318,12 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
 
 
 async def _select_claimable(
-    session: AsyncSession, *, service: EmailService, state_row: EmailServiceState, now: dt.datetime, size: int,
+    session: AsyncSession,
+    *,
+    service: EmailService,
+    state_row: EmailServiceState,
+    now: dt.datetime,
+    size: int,
 ) -> tuple[list[Any], int, int | None]:
     """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found.
 
@@ -281,21 +331,33 @@ async def _select_claimable(
     their users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks share
     what is left of the claim."""
     tasks = await _lock_running(session, await candidate_tasks(session, service_id=service.id, now=now))
-    chosen, _, _ = await _fill(session, [t for t in tasks if t.is_test], size=size, cursor=None, now=now,
-                               check=False)
-    bulk, suppressed, cursor = await _fill(session, [t for t in tasks if not t.is_test], size=size - len(chosen),
-                                           cursor=state_row.rr_user_cursor, now=now, check=True)
+    chosen, _, _ = await _fill(session, [t for t in tasks if t.is_test], size=size, cursor=None, now=now, check=False)
+    bulk, suppressed, cursor = await _fill(
+        session,
+        [t for t in tasks if not t.is_test],
+        size=size - len(chosen),
+        cursor=state_row.rr_user_cursor,
+        now=now,
+        check=True,
+    )
     chosen.extend(bulk)
     if chosen:
         await session.execute(
-            update(Task).where(Task.id.in_({r.task_id for r in chosen})).values(last_claimed_at=now)
+            update(Task)
+            .where(Task.id.in_({r.task_id for r in chosen}))
+            .values(last_claimed_at=now)
             .execution_options(synchronize_session=False)
         )
     return chosen, suppressed, cursor
 
 
 async def _fill(
-    session: AsyncSession, tasks: list[CandidateTask], *, size: int, cursor: int | None, now: dt.datetime,
+    session: AsyncSession,
+    tasks: list[CandidateTask],
+    *,
+    size: int,
+    cursor: int | None,
+    now: dt.datetime,
     check: bool,
 ) -> tuple[list[Any], int, int | None]:
     """Lock up to `size` rows of `tasks` in fairness order (§7.5): (rows, suppressed count, new cursor).
@@ -305,8 +367,7 @@ async def _fill(
     suppressed = 0
     exhausted: set[int] = set()
     while len(chosen) < size and len(exhausted) < len(tasks):
-        plan, cursor = plan_claim(tasks, size=size - len(chosen), user_cursor=cursor,
-                                  exhausted=frozenset(exhausted))
+        plan, cursor = plan_claim(tasks, size=size - len(chosen), user_cursor=cursor, exhausted=frozenset(exhausted))
         if not plan:
             break
         for task_id, wanted in plan:
@@ -326,34 +387,54 @@ async def _lock_running(session: AsyncSession, tasks: list[CandidateTask]) -> li
     claim to commit, so no SubTask is ever allocated after a pause commits (SPEC §5.2)."""
     if not tasks:
         return tasks
-    running = set(await session.scalars(
-        select(Task.id).where(Task.id.in_([t.task_id for t in tasks]), Task.status.in_(RUNNING))
-        .order_by(Task.id).with_for_update()
-    ))
+    running = set(
+        await session.scalars(
+            select(Task.id)
+            .where(Task.id.in_([t.task_id for t in tasks]), Task.status.in_(RUNNING))
+            .order_by(Task.id)
+            .with_for_update()
+        )
+    )
     return [t for t in tasks if t.task_id in running]
 
 
 async def _lock_rows(session: AsyncSession, task_id: int, wanted: int, now: dt.datetime) -> list[Any]:
     """Due retries first (earliest next_attempt_at), then fresh rows in generation order (SPEC §7.5)."""
-    columns = (SubTask.id, SubTask.public_id, SubTask.task_id, SubTask.user_id, SubTask.contact_id,
-               SubTask.recipient_email, SubTask.task_template_id, SubTask.attempts)
-    retries = (await session.execute(
-        select(*columns)
-        .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts > 0,
-               SubTask.next_attempt_at <= now)
-        .order_by(SubTask.next_attempt_at, SubTask.id)
-        .limit(wanted)
-        .with_for_update(skip_locked=True)
-    )).all()
+    columns = (
+        SubTask.id,
+        SubTask.public_id,
+        SubTask.task_id,
+        SubTask.user_id,
+        SubTask.contact_id,
+        SubTask.recipient_email,
+        SubTask.task_template_id,
+        SubTask.attempts,
+    )
+    retries = (
+        await session.execute(
+            select(*columns)
+            .where(
+                SubTask.task_id == task_id,
+                SubTask.send_state == SendState.PENDING,
+                SubTask.attempts > 0,
+                SubTask.next_attempt_at <= now,
+            )
+            .order_by(SubTask.next_attempt_at, SubTask.id)
+            .limit(wanted)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     if len(retries) >= wanted:
         return list(retries)
-    fresh = (await session.execute(
-        select(*columns)
-        .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts == 0)
-        .order_by(SubTask.seq)
-        .limit(wanted - len(retries))
-        .with_for_update(skip_locked=True)
-    )).all()
+    fresh = (
+        await session.execute(
+            select(*columns)
+            .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts == 0)
+            .order_by(SubTask.seq)
+            .limit(wanted - len(retries))
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     return list(retries) + list(fresh)
 
 
@@ -382,8 +463,10 @@ async def _blocked_reasons(session: AsyncSession, ids: list[int], now: dt.dateti
         domain = func.split_part(SubTask.recipient_email, "@", 2)
     suppressed = exists().where(
         or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == SubTask.user_id)),
-        or_(and_(Suppression.kind == "address", Suppression.value == SubTask.recipient_email),
-            and_(Suppression.kind == "domain", Suppression.value == domain)),
+        or_(
+            and_(Suppression.kind == "address", Suppression.value == SubTask.recipient_email),
+            and_(Suppression.kind == "domain", Suppression.value == domain),
+        ),
         or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
     )
     reason = case(
@@ -402,21 +485,37 @@ async def _blocked_reasons(session: AsyncSession, ids: list[int], now: dt.dateti
 
 
 async def _allocate(
-    session: AsyncSession, *, service: EmailService, worker_id: str, now: dt.datetime, items: list[ClaimedItem],
+    session: AsyncSession,
+    *,
+    service: EmailService,
+    worker_id: str,
+    now: dt.datetime,
+    items: list[ClaimedItem],
     lease_for: dt.timedelta,
 ) -> None:
     await session.execute(
         update(SubTask)
         .where(SubTask.id.in_([i.subtask_id for i in items]), SubTask.send_state == SendState.PENDING)
-        .values(send_state=SendState.ALLOCATED, service_id=service.id, lease_owner=worker_id,
-                lease_expires_at=now + lease_for, allocated_at=now, attempts=SubTask.attempts + 1)
+        .values(
+            send_state=SendState.ALLOCATED,
+            service_id=service.id,
+            lease_owner=worker_id,
+            lease_expires_at=now + lease_for,
+            allocated_at=now,
+            attempts=SubTask.attempts + 1,
+        )
         .execution_options(synchronize_session=False)
     )
 
 
 async def _advance_service(
-    session: AsyncSession, state_row: EmailServiceState, *, now: dt.datetime, next_slot: dt.datetime,
-    cursor: int | None, probe: bool,
+    session: AsyncSession,
+    state_row: EmailServiceState,
+    *,
+    now: dt.datetime,
+    next_slot: dt.datetime,
+    cursor: int | None,
+    probe: bool,
 ) -> None:
     state_row.next_slot_at = next_slot
     state_row.rr_user_cursor = cursor
@@ -430,8 +529,9 @@ async def _start_tasks(session: AsyncSession, task_ids: set[int], now: dt.dateti
     """queued → sending on the first allocation (compare-and-set: only one claim wins)."""
     queued = await session.scalars(select(Task.id).where(Task.id.in_(task_ids), Task.status == TaskStatus.QUEUED))
     for task_id in queued:
-        await transition(session, task_id, TaskAction.FIRST_CLAIM, expected=TaskStatus.QUEUED,
-                         reason="first_allocation")
+        await transition(
+            session, task_id, TaskAction.FIRST_CLAIM, expected=TaskStatus.QUEUED, reason="first_allocation"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -466,9 +566,7 @@ class Decision:
 DEFER_NOW = {Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG}
 
 
-def decide(
-    result: SendResult, *, retryable_failures: int, task_status: str, max_attempts: int
-) -> Decision:
+def decide(result: SendResult, *, retryable_failures: int, task_status: str, max_attempts: int) -> Decision:
     """The next send state for one attempt's result (SPEC §5.5, §7.7). Pure."""
     outcome = result.outcome
     if outcome is Outcome.ACCEPTED:
@@ -489,7 +587,12 @@ def decide(
 
 
 async def record(
-    session: AsyncSession, *, claim: Claim, outcomes: Sequence[ItemOutcome], now: dt.datetime, policy: av.Policy,
+    session: AsyncSession,
+    *,
+    claim: Claim,
+    outcomes: Sequence[ItemOutcome],
+    now: dt.datetime,
+    policy: av.Policy,
     jitter: retry.Jitter = retry.default_jitter,
 ) -> RecordSummary:
     """One outcome transaction for a claimed batch: SubTask states (compare-and-set on our lease), one
@@ -512,8 +615,12 @@ async def record(
             if o.result.outcome is Outcome.ACCEPTED and row.send_state in (SendState.PENDING, SendState.UNCERTAIN):
                 updates["late_sent"].append(_sent_values(o, now))
             continue
-        decision = decide(o.result, retryable_failures=row.retryable_failures, task_status=row.task_status,
-                          max_attempts=policy.max_attempts)
+        decision = decide(
+            o.result,
+            retryable_failures=row.retryable_failures,
+            task_status=row.task_status,
+            max_attempts=policy.max_attempts,
+        )
         summary.by_state[decision.state] += 1
         usage[_usage_column(decision, o.result)] += 1
         updates[decision.state].append(_values_for(decision, o, row, now, policy, jitter))
@@ -532,8 +639,13 @@ async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]
     task_ids = select(SubTask.task_id).where(SubTask.id.in_(ids)).distinct().scalar_subquery()
     await session.execute(select(Task.id).where(Task.id.in_(task_ids)).order_by(Task.id).with_for_update())
     rows = await session.execute(
-        select(SubTask.id, SubTask.send_state, SubTask.lease_owner, SubTask.retryable_failures,
-               Task.status.label("task_status"))
+        select(
+            SubTask.id,
+            SubTask.send_state,
+            SubTask.lease_owner,
+            SubTask.retryable_failures,
+            Task.status.label("task_status"),
+        )
         .join(Task, Task.id == SubTask.task_id)
         .where(SubTask.id.in_(ids))
         .order_by(SubTask.id)
@@ -554,16 +666,29 @@ def _attempt_row(claim: Claim, o: ItemOutcome, now: dt.datetime) -> dict[str, An
     r = o.result
     outcome = "uncertain" if r.outcome is Outcome.MAYBE_SENT else r.outcome.value
     return {
-        "subtask_id": o.item.subtask_id, "attempt_no": o.item.attempt_no, "service_id": claim.service_id,
-        "started_at": o.started_at, "finished_at": now, "duration_ms": r.latency_ms, "outcome": outcome,
-        "status": r.status, "provider_code": (r.provider_code or None) and r.provider_code[:64],
-        "message": r.message[:500] or None, "provider_message_id": r.provider_message_id,
+        "subtask_id": o.item.subtask_id,
+        "attempt_no": o.item.attempt_no,
+        "service_id": claim.service_id,
+        "started_at": o.started_at,
+        "finished_at": now,
+        "duration_ms": r.latency_ms,
+        "outcome": outcome,
+        "status": r.status,
+        "provider_code": (r.provider_code or None) and r.provider_code[:64],
+        "message": r.message[:500] or None,
+        "provider_message_id": r.provider_message_id,
     }
 
 
 def _sent_values(o: ItemOutcome, now: dt.datetime) -> dict[str, Any]:
-    return {"b_id": o.item.subtask_id, "provider_message_id": o.result.provider_message_id, "sent_at": now,
-            "from_address": o.from_address, "message_id": o.message_id, "subject_sent": o.subject}
+    return {
+        "b_id": o.item.subtask_id,
+        "provider_message_id": o.result.provider_message_id,
+        "sent_at": now,
+        "from_address": o.from_address,
+        "message_id": o.message_id,
+        "subject_sent": o.subject,
+    }
 
 
 def _values_for(
@@ -574,13 +699,21 @@ def _values_for(
     if decision.state is SendState.SENT:
         return _sent_values(o, now)
     failures = row.retryable_failures + (1 if decision.counted else 0)
-    base.update(retryable_failures=failures, last_error_class=r.outcome.value,
-                last_error_code=(decision.error_code or r.provider_code or (str(r.status) if r.status else None)),
-                last_error=r.message[:500] or r.outcome.value, from_address=o.from_address,
-                message_id=o.message_id, subject_sent=o.subject)
+    base.update(
+        retryable_failures=failures,
+        last_error_class=r.outcome.value,
+        last_error_code=(decision.error_code or r.provider_code or (str(r.status) if r.status else None)),
+        last_error=r.message[:500] or r.outcome.value,
+        from_address=o.from_address,
+        message_id=o.message_id,
+        subject_sent=o.subject,
+    )
     if decision.state is SendState.PENDING:
-        delay = dt.timedelta(0) if decision.due_now else retry.retry_delay(
-            failures, base=policy.retry_base, cap=policy.retry_max, jitter=jitter)
+        delay = (
+            dt.timedelta(0)
+            if decision.due_now
+            else retry.retry_delay(failures, base=policy.retry_base, cap=policy.retry_max, jitter=jitter)
+        )
         base["next_attempt_at"] = now + delay
     if decision.state is SendState.FAILED:
         base["failed_at"] = now
@@ -591,14 +724,18 @@ def _values_for(
 
 async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str, list[dict[str, Any]]]) -> None:
     """One executemany UPDATE per target state, each a compare-and-set on (allocated, our lease)."""
-    ours = and_(SUBTASKS.c.id == bindparam("b_id"), SUBTASKS.c.send_state == SendState.ALLOCATED,
-                SUBTASKS.c.lease_owner == claim.lease_owner)
+    ours = and_(
+        SUBTASKS.c.id == bindparam("b_id"),
+        SUBTASKS.c.send_state == SendState.ALLOCATED,
+        SUBTASKS.c.lease_owner == claim.lease_owner,
+    )
     for state, rows in updates.items():
         if not rows:
             continue
         if state == "late_sent":
-            where = and_(SUBTASKS.c.id == bindparam("b_id"),
-                         SUBTASKS.c.send_state.in_((SendState.PENDING, SendState.UNCERTAIN)))
+            where = and_(
+                SUBTASKS.c.id == bindparam("b_id"), SUBTASKS.c.send_state.in_((SendState.PENDING, SendState.UNCERTAIN))
+            )
             values = _late_sent_values(claim.service_id)
         else:
             where = ours
@@ -607,10 +744,13 @@ async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str
 
 
 def _late_sent_values(service_id: int) -> dict[str, Any]:
-    return {"send_state": SendState.SENT, "service_id": service_id, "lease_owner": None,
-            "lease_expires_at": None, **{k: bindparam(k) for k in
-                                          ("provider_message_id", "sent_at", "from_address", "message_id",
-                                           "subject_sent")}}
+    return {
+        "send_state": SendState.SENT,
+        "service_id": service_id,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        **{k: bindparam(k) for k in ("provider_message_id", "sent_at", "from_address", "message_id", "subject_sent")},
+    }
 
 
 def _state_values(state: SendState, sample: dict[str, Any]) -> dict[str, Any]:
@@ -651,17 +791,25 @@ async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[It
         return
     contact_ids = [i.contact_id for i in accepted if i.contact_id is not None]
     if contact_ids:
-        await session.execute(update(Contact).where(Contact.id.in_(contact_ids)).values(last_sent_at=now)
-                              .execution_options(synchronize_session=False))
+        await session.execute(
+            update(Contact)
+            .where(Contact.id.in_(contact_ids))
+            .values(last_sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
     task_ids = {i.task_id for i in accepted}
     await session.execute(
-        update(Task).where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
-        .values(first_sent_at=now).execution_options(synchronize_session=False)
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
+        .values(first_sent_at=now)
+        .execution_options(synchronize_session=False)
     )
     # A send means the task is no longer waiting (SPEC §5.4: the fields are cleared at the next send).
     await session.execute(
-        update(Task).where(Task.id.in_(task_ids), Task.waiting_reason.is_not(None))
-        .values(waiting_reason=None, waiting_until=None).execution_options(synchronize_session=False)
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.waiting_reason.is_not(None))
+        .values(waiting_reason=None, waiting_until=None)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -669,27 +817,39 @@ async def _update_service_state(
     session: AsyncSession, claim: Claim, outcomes: Sequence[ItemOutcome], now: dt.datetime, policy: av.Policy
 ) -> list[str]:
     state_row = await session.scalar(
-        select(EmailServiceState).where(EmailServiceState.service_id == claim.service_id).with_for_update()
+        select(EmailServiceState)
+        .where(EmailServiceState.service_id == claim.service_id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     )
     service = await session.get(EmailService, claim.service_id)
     if state_row is None or service is None:
         return []
     state = runtime_of(state_row)
-    change = av.apply_results(state, [o.result for o in outcomes], now=now, probe=claim.probe, policy=policy,
-                              next_reset=reset_after(service, now))
+    change = av.apply_results(
+        state,
+        [o.result for o in outcomes],
+        now=now,
+        probe=claim.probe,
+        policy=policy,
+        next_reset=reset_after(service, now),
+    )
     for name in av.RuntimeState.__dataclass_fields__:
         setattr(state_row, name, getattr(change.state, name))
     for kind, old, new, reason in change.log:
-        session.add(EmailServiceStatusLog(service_id=claim.service_id, change=kind, old_value=old, new_value=new,
-                                          reason=reason, at=now))
+        session.add(
+            EmailServiceStatusLog(
+                service_id=claim.service_id, change=kind, old_value=old, new_value=new, reason=reason, at=now
+            )
+        )
         await _alert_if_needed(session, service, kind, new, reason)
     await session.flush()
     return [entry[0] for entry in change.log]
 
 
-async def _alert_if_needed(session: AsyncSession, service: EmailService, kind: str, new: str | None,
-                           reason: str | None) -> None:
+async def _alert_if_needed(
+    session: AsyncSession, service: EmailService, kind: str, new: str | None, reason: str | None
+) -> None:
     """A person must act when credentials/configuration are refused or the provider quota is gone (§7.7)."""
     if kind == StatusChange.FROZEN and new == FreezeReason.AUTH_CONFIG:
         title = f"Service {service.name} frozen: the provider refused its credentials or configuration"
@@ -697,16 +857,23 @@ async def _alert_if_needed(session: AsyncSession, service: EmailService, kind: s
         title = f"Service {service.name} is out of provider quota until {new}"
     else:
         return
-    await alerts.alert_admins(session, kind=f"service_{kind}", title=title, body=reason,
-                              link=f"/api/v1/admin/services/{service.id}")
+    await alerts.alert_admins(
+        session, kind=f"service_{kind}", title=title, body=reason, link=f"/api/v1/admin/services/{service.id}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Release and reclaim
 
 
-async def release(session: AsyncSession, *, claim: Claim, items: Sequence[ClaimedItem], now: dt.datetime,
-                  message: str = "worker shut down") -> int:
+async def release(
+    session: AsyncSession,
+    *,
+    claim: Claim,
+    items: Sequence[ClaimedItem],
+    now: dt.datetime,
+    message: str = "worker shut down",
+) -> int:
     """Give unstarted items back (graceful shutdown, or the database lost before sending): pending, attempt not
     counted, outcome `released` with `message`."""
     if not items:
@@ -714,20 +881,38 @@ async def release(session: AsyncSession, *, claim: Claim, items: Sequence[Claime
     ids = [i.subtask_id for i in items]
     result = await session.execute(
         update(SubTask)
-        .where(SubTask.id.in_(ids), SubTask.send_state == SendState.ALLOCATED,
-               SubTask.lease_owner == claim.lease_owner)
-        .values(send_state=SendState.PENDING, service_id=None, lease_owner=None, lease_expires_at=None,
-                attempts=SubTask.attempts - 1, next_attempt_at=now)
+        .where(SubTask.id.in_(ids), SubTask.send_state == SendState.ALLOCATED, SubTask.lease_owner == claim.lease_owner)
+        .values(
+            send_state=SendState.PENDING,
+            service_id=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=SubTask.attempts - 1,
+            next_attempt_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
-    await session.execute(insert(SendAttempt), [
-        {"subtask_id": i.subtask_id, "attempt_no": i.attempt_no, "service_id": claim.service_id,
-         "started_at": None, "finished_at": now, "outcome": "released", "message": message}
-        for i in items
-    ])
+    await session.execute(
+        insert(SendAttempt),
+        [
+            {
+                "subtask_id": i.subtask_id,
+                "attempt_no": i.attempt_no,
+                "service_id": claim.service_id,
+                "started_at": None,
+                "finished_at": now,
+                "outcome": "released",
+                "message": message,
+            }
+            for i in items
+        ],
+    )
     if claim.probe:
-        await session.execute(update(EmailServiceState).where(EmailServiceState.service_id == claim.service_id)
-                              .values(probe_in_flight=False))
+        await session.execute(
+            update(EmailServiceState)
+            .where(EmailServiceState.service_id == claim.service_id)
+            .values(probe_in_flight=False)
+        )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -739,13 +924,15 @@ async def reclaim_expired(
 ) -> Counter[str]:
     """Expired leases (a worker died mid-send): pending again when the provider honours our idempotency
     key within its window, otherwise `uncertain` — never blindly resent (SPEC §7.8)."""
-    rows = (await session.execute(
-        select(SubTask.id, SubTask.service_id, SubTask.allocated_at, SubTask.attempts, SubTask.lease_owner)
-        .where(SubTask.send_state == SendState.ALLOCATED, SubTask.lease_expires_at < now)
-        .order_by(SubTask.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )).all()
+    rows = (
+        await session.execute(
+            select(SubTask.id, SubTask.service_id, SubTask.allocated_at, SubTask.attempts, SubTask.lease_owner)
+            .where(SubTask.send_state == SendState.ALLOCATED, SubTask.lease_expires_at < now)
+            .order_by(SubTask.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     counts: Counter[str] = Counter()
     resend: list[Any] = []
     uncertain: list[Any] = []
@@ -755,19 +942,42 @@ async def reclaim_expired(
         (resend if honours and first_attempt_age < window else uncertain).append(r)
     if resend:
         await session.execute(
-            update(SubTask).where(SubTask.id.in_([r.id for r in resend]), SubTask.send_state == SendState.ALLOCATED)
-            .values(send_state=SendState.PENDING, service_id=None, lease_owner=None, lease_expires_at=None,
-                    next_attempt_at=now).execution_options(synchronize_session=False))
+            update(SubTask)
+            .where(SubTask.id.in_([r.id for r in resend]), SubTask.send_state == SendState.ALLOCATED)
+            .values(
+                send_state=SendState.PENDING,
+                service_id=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                next_attempt_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
     if uncertain:
         await session.execute(
-            update(SubTask).where(SubTask.id.in_([r.id for r in uncertain]),
-                                  SubTask.send_state == SendState.ALLOCATED)
-            .values(send_state=SendState.UNCERTAIN, lease_owner=None, lease_expires_at=None,
-                    last_error_class="uncertain", last_error="lease expired: the worker died mid-send")
-            .execution_options(synchronize_session=False))
-    attempts = [{"subtask_id": r.id, "attempt_no": r.attempts, "service_id": r.service_id,
-                 "started_at": r.allocated_at, "finished_at": now,
-                 "outcome": "released" if r in resend else "uncertain", "message": "lease expired"} for r in rows]
+            update(SubTask)
+            .where(SubTask.id.in_([r.id for r in uncertain]), SubTask.send_state == SendState.ALLOCATED)
+            .values(
+                send_state=SendState.UNCERTAIN,
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error_class="uncertain",
+                last_error="lease expired: the worker died mid-send",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    attempts = [
+        {
+            "subtask_id": r.id,
+            "attempt_no": r.attempts,
+            "service_id": r.service_id,
+            "started_at": r.allocated_at,
+            "finished_at": now,
+            "outcome": "released" if r in resend else "uncertain",
+            "message": "lease expired",
+        }
+        for r in rows
+    ]
     if attempts:
         await session.execute(insert(SendAttempt), attempts)
     await _settle_reclaimed_usage(session, uncertain, now)
@@ -790,8 +1000,9 @@ async def _settle_reclaimed_usage(session: AsyncSession, rows: list[Any], now: d
 
 async def _clear_dead_probes(session: AsyncSession, service_ids: set[int]) -> None:
     if service_ids:
-        await session.execute(update(EmailServiceState).where(EmailServiceState.service_id.in_(service_ids))
-                              .values(probe_in_flight=False))
+        await session.execute(
+            update(EmailServiceState).where(EmailServiceState.service_id.in_(service_ids)).values(probe_in_flight=False)
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -819,22 +1030,27 @@ async def pending_by_task(session: AsyncSession) -> list[PendingTask]:
     open_ids = select(Task.id).where(Task.status.in_(OPEN_TASK_STATES)).scalar_subquery()
     if session.get_bind().dialect.name == "postgresql":
         c = TaskStatCounter
-        stmt = (select(c.task_id, c.tried, func.sum(c.n))
-                .where(c.task_id.in_(open_ids), c.send_state == SendState.PENDING)
-                .group_by(c.task_id, c.tried))
+        stmt = (
+            select(c.task_id, c.tried, func.sum(c.n))
+            .where(c.task_id.in_(open_ids), c.send_state == SendState.PENDING)
+            .group_by(c.task_id, c.tried)
+        )
     else:
         tried = case((SubTask.attempts > 0, True), else_=False)
-        stmt = (select(SubTask.task_id, tried, func.count())
-                .where(SubTask.task_id.in_(open_ids), SubTask.send_state == SendState.PENDING)
-                .group_by(SubTask.task_id, tried))
+        stmt = (
+            select(SubTask.task_id, tried, func.count())
+            .where(SubTask.task_id.in_(open_ids), SubTask.send_state == SendState.PENDING)
+            .group_by(SubTask.task_id, tried)
+        )
     counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for task_id, was_tried, n in (await session.execute(stmt)).all():
         counts[task_id][1 if was_tried else 0] += int(n or 0)
     wanted = [tid for tid, (fresh, retrying) in counts.items() if fresh or retrying]
     if not wanted:
         return []
-    tasks = (await session.execute(select(Task.id, Task.user_id, Task.status, Task.generated_at)
-                                   .where(Task.id.in_(wanted)))).all()
+    tasks = (
+        await session.execute(select(Task.id, Task.user_id, Task.status, Task.generated_at).where(Task.id.in_(wanted)))
+    ).all()
     return [PendingTask(t.id, t.user_id, t.status, t.generated_at, *counts[t.id]) for t in tasks]
 
 
@@ -849,10 +1065,17 @@ class InFlight:
 async def in_flight_by_service(session: AsyncSession, *, now: dt.datetime) -> dict[int, InFlight]:
     """Allocated SubTasks per service (the ix_subtasks_allocated partial index: only in-flight rows)."""
     rows = await session.execute(
-        select(SubTask.service_id, func.count(), func.min(SubTask.allocated_at),
-               func.sum(case((SubTask.lease_expires_at < now, 1), else_=0)))
+        select(
+            SubTask.service_id,
+            func.count(),
+            func.min(SubTask.allocated_at),
+            func.sum(case((SubTask.lease_expires_at < now, 1), else_=0)),
+        )
         .where(SubTask.send_state == SendState.ALLOCATED)
         .group_by(SubTask.service_id)
     )
-    return {sid: InFlight(sid, int(n), oldest, int(expired or 0)) for sid, n, oldest, expired in rows.all()
-            if sid is not None}
+    return {
+        sid: InFlight(sid, int(n), oldest, int(expired or 0))
+        for sid, n, oldest, expired in rows.all()
+        if sid is not None
+    }

@@ -20,9 +20,7 @@ def retry_delay(
     return dt.timedelta(seconds=_doubled(base, retryable_failures, cap) * jitter())
 
 
-def throttle_backoff(
-    level: int, *, retry_after: float | None, base: float = 30.0, cap: float = 900.0
-) -> dt.timedelta:
+def throttle_backoff(level: int, *, retry_after: float | None, base: float = 30.0, cap: float = 900.0) -> dt.timedelta:
     """max(Retry-After ≤ 1 h, base × 2^(level−1) ≤ cap)."""
     exponential = _doubled(base, level, cap)
     honoured = min(retry_after, 3600.0) if retry_after else 0.0

@@ -121,8 +121,16 @@ class Worker:
     async def _register(self) -> None:
         async with unit_of_work(self.sessionmaker) as session:
             now = clock.utc_now()
-            session.add(WorkerRow(id=self.id, hostname=socket.gethostname(), pid=os.getpid(), version=__version__,
-                                  started_at=now, last_heartbeat_at=now))
+            session.add(
+                WorkerRow(
+                    id=self.id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    version=__version__,
+                    started_at=now,
+                    last_heartbeat_at=now,
+                )
+            )
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):
@@ -187,9 +195,15 @@ class Worker:
         views = [_view(s) for s in await self.snapshots()]
         for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
             async with unit_of_work(self.sessionmaker) as session:
-                claim = await queue.claim(session, service_id=service_id, worker_id=self.id, now=clock.utc_now(),
-                                          sending_paused=runtime.sending_paused, max_items=self.settings.claim_max,
-                                          lease_grace=dt.timedelta(seconds=self.scaled(60.0)))
+                claim = await queue.claim(
+                    session,
+                    service_id=service_id,
+                    worker_id=self.id,
+                    now=clock.utc_now(),
+                    sending_paused=runtime.sending_paused,
+                    max_items=self.settings.claim_max,
+                    lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
+                )
             if claim is not None:
                 self.invalidate_snapshot()
                 return claim
@@ -221,17 +235,23 @@ class Worker:
         while True:
             try:
                 async with unit_of_work(self.sessionmaker) as session:
-                    await queue.release(session, claim=claim, items=claim.items, now=clock.utc_now(),
-                                        message="not sent: the database was unreachable before sending")
+                    await queue.release(
+                        session,
+                        claim=claim,
+                        items=claim.items,
+                        now=clock.utc_now(),
+                        message="not sent: the database was unreachable before sending",
+                    )
                 self.invalidate_snapshot()
                 return
             except Exception as exc:
                 attempt += 1
                 log_failure(log, "dispatch.release_failed", exc, attempt=attempt)
-                await asyncio.sleep(self.scaled(min(2.0 ** attempt, 20.0)))
+                await asyncio.sleep(self.scaled(min(2.0**attempt, 20.0)))
 
-    async def _pause_render_limited(self, claim: queue.Claim,
-                                    composed: dict[int, OutboundMessage | RenderFailure]) -> None:
+    async def _pause_render_limited(
+        self, claim: queue.Claim, composed: dict[int, OutboundMessage | RenderFailure]
+    ) -> None:
         """A template that hit a render limit would fail every recipient the same way: its task pauses
         (reason `render_limit`) instead of burning through its list. The claimed SubTasks still fail
         `render_error` when the claim is recorded."""
@@ -275,8 +295,11 @@ class Worker:
         if sendable:
             results = await self._send_settling_doubt(adapter, [m for _, m in sendable])
             for (item, message), result in zip(sendable, results, strict=True):
-                outcomes.append(queue.ItemOutcome(item, result, started, message.from_address,
-                                                  message.headers.get("Message-ID"), message.subject))
+                outcomes.append(
+                    queue.ItemOutcome(
+                        item, result, started, message.from_address, message.headers.get("Message-ID"), message.subject
+                    )
+                )
         return outcomes, []
 
     async def _send_settling_doubt(self, adapter: Adapter, messages: list[OutboundMessage]) -> list[SendResult]:
@@ -320,8 +343,9 @@ class Worker:
             return
         samples: dict[int, int] = {}
         async with unit_of_work(self.sessionmaker) as session:
-            await lifecycle.check_thresholds(session, now=clock.utc_now(), runtime=self.runtime, task_ids=due,
-                                             samples=samples)
+            await lifecycle.check_thresholds(
+                session, now=clock.utc_now(), runtime=self.runtime, task_ids=due, samples=samples
+            )
         for task_id in due:
             self._threshold_checked[task_id] = (now, samples.get(task_id, 0))
 
@@ -332,7 +356,10 @@ class Worker:
         return small or now - last_at >= THRESHOLD_CHECK_EVERY
 
     async def _record(
-        self, claim: queue.Claim, outcomes: list[queue.ItemOutcome], unstarted: list[queue.ClaimedItem],
+        self,
+        claim: queue.Claim,
+        outcomes: list[queue.ItemOutcome],
+        unstarted: list[queue.ClaimedItem],
         adapter: Adapter,
     ) -> None:
         runtime = self.runtime
@@ -340,22 +367,24 @@ class Worker:
             try:
                 async with unit_of_work(self.sessionmaker) as session:
                     now = clock.utc_now()
-                    summary = await queue.record(session, claim=claim, outcomes=outcomes, now=now,
-                                                 policy=runtime.policy)
+                    summary = await queue.record(
+                        session, claim=claim, outcomes=outcomes, now=now, policy=runtime.policy
+                    )
                     await queue.release(session, claim=claim, items=unstarted, now=now)
                 self.sent_batches += 1
                 self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
                 await self._check_thresholds_after(claim, outcomes)
                 if summary.status_log:
                     self.invalidate_snapshot()
-                    log.warning("service.state_changed",
-                                extra={"service_id": claim.service_id, "changes": summary.status_log})
+                    log.warning(
+                        "service.state_changed", extra={"service_id": claim.service_id, "changes": summary.status_log}
+                    )
                 return
             except Exception:
                 # The outcome must be recorded (SPEC §7.6); retry briefly. If the database stays down the
                 # lease expires and the reclaimer settles the rows (uncertain unless idempotent).
                 log.exception("dispatch.record_failed", extra={"attempt": attempt + 1})
-                await asyncio.sleep(min(2.0 ** attempt, 10.0))
+                await asyncio.sleep(min(2.0**attempt, 10.0))
 
 
 IDEMPOTENT_RETRY_DELAYS = (0.5, 2.0)  # seconds before each same-service resend of a maybe-sent message
@@ -386,11 +415,13 @@ def _batches(items: Sequence[queue.ClaimedItem], size: int) -> list[list[queue.C
 
 
 async def run_worker(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *, concurrency: int | None = None,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    concurrency: int | None = None,
     on_ready: Callable[[Worker], Awaitable[None]] | None = None,
 ) -> None:
     worker = Worker(settings, sessionmaker, concurrency=concurrency)
     if on_ready is not None:
         await on_ready(worker)
     await worker.run()
-

@@ -130,10 +130,17 @@ def _credential_fields(credentials: dict[str, Any] | None) -> list[str]:
     return sorted(k for k, v in (credentials or {}).items() if v not in (None, ""))
 
 
-async def _audit_service(session: Session, request: Request, caller: Caller, action: str, service_id: int,
-                         **details: Any) -> None:
-    await audit(session, _audit_actor(request, caller), action, target_type="email_service",
-                target_id=service_id, details=details)
+async def _audit_service(
+    session: Session, request: Request, caller: Caller, action: str, service_id: int, **details: Any
+) -> None:
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        action,
+        target_type="email_service",
+        target_id=service_id,
+        details=details,
+    )
 
 
 @router.get("/admin/services")
@@ -143,15 +150,31 @@ async def list_services(request: Request, session: Session, caller: Admin) -> li
 
 
 @router.post("/admin/services", status_code=201)
-async def create_service(body: ServiceCreate, request: Request, session: Session,
-                         caller: AdminWriter) -> dict[str, Any]:
+async def create_service(
+    body: ServiceCreate, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     values, credentials = _split(body)
     settings = request.app.state.settings
-    svc = await services.create_service(session, _vault(request), values=values, credentials=credentials,
-                                        fake_allowed=settings.fake_provider_allowed, actor_user_id=caller.id,
-                                        default_timezone=settings.default_timezone)
-    await _audit_service(session, request, caller, "service.create", svc.id, name=svc.name, provider=svc.provider,
-                         domain=svc.domain, credential_fields=_credential_fields(credentials))
+    svc = await services.create_service(
+        session,
+        _vault(request),
+        values=values,
+        credentials=credentials,
+        fake_allowed=settings.fake_provider_allowed,
+        actor_user_id=caller.id,
+        default_timezone=settings.default_timezone,
+    )
+    await _audit_service(
+        session,
+        request,
+        caller,
+        "service.create",
+        svc.id,
+        name=svc.name,
+        provider=svc.provider,
+        domain=svc.domain,
+        credential_fields=_credential_fields(credentials),
+    )
     return services.public_view(svc, _vault(request))
 
 
@@ -163,19 +186,27 @@ async def get_service(service_id: IdPath, request: Request, session: Session, ca
 
 
 @router.patch("/admin/services/{service_id}")
-async def patch_service(service_id: IdPath, body: ServiceFields, request: Request, session: Session,
-                        caller: AdminWriter) -> dict[str, Any]:
+async def patch_service(
+    service_id: IdPath, body: ServiceFields, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     values, credentials = _split(body)
     before = _config_of(await services.get_service(session, service_id))
-    svc = await services.update_service(session, _vault(request), service_id, values=values, credentials=credentials,
-                                        fake_allowed=request.app.state.settings.fake_provider_allowed,
-                                        actor_user_id=caller.id)
+    svc = await services.update_service(
+        session,
+        _vault(request),
+        service_id,
+        values=values,
+        credentials=credentials,
+        fake_allowed=request.app.state.settings.fake_provider_allowed,
+        actor_user_id=caller.id,
+    )
     changes = _config_changes(before, _config_of(svc))
     if changes:
         await _audit_service(session, request, caller, "service.update", svc.id, changes=changes)
     if _credential_fields(credentials):
-        await _audit_service(session, request, caller, "service.credentials_update", svc.id,
-                             fields=_credential_fields(credentials))
+        await _audit_service(
+            session, request, caller, "service.credentials_update", svc.id, fields=_credential_fields(credentials)
+        )
         _forget_cached_targets(request, svc.provider)
     return services.public_view(svc, _vault(request))
 
@@ -193,52 +224,78 @@ async def delete_service(service_id: IdPath, request: Request, session: Session,
 
 
 @router.post("/admin/services/{service_id}/freeze")
-async def freeze_service(service_id: IdPath, body: FreezeBody, request: Request, session: Session,
-                         caller: AdminWriter) -> dict[str, Any]:
+async def freeze_service(
+    service_id: IdPath, body: FreezeBody, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     await services.freeze(session, service_id, reason=body.reason, actor_user_id=caller.id)
     await _audit_service(session, request, caller, "service.freeze", service_id, reason=body.reason)
     return {"service_id": service_id, "done": "freeze"}
 
 
 @router.post("/admin/services/{service_id}/usage")
-async def set_usage(service_id: IdPath, body: UsageBody, request: Request, session: Session,
-                    caller: AdminWriter) -> dict[str, Any]:
+async def set_usage(
+    service_id: IdPath, body: UsageBody, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     delta = await services.set_used_today(session, service_id, used=body.used_today, actor_user_id=caller.id)
-    await _audit_service(session, request, caller, "service.set_usage", service_id, used_today=body.used_today,
-                         adjustment_delta=delta)
+    await _audit_service(
+        session, request, caller, "service.set_usage", service_id, used_today=body.used_today, adjustment_delta=delta
+    )
     return {"service_id": service_id, "used_today": body.used_today, "adjustment_delta": delta}
 
 
 @router.post("/admin/services/{service_id}/test-send")
-async def test_send(service_id: IdPath, body: TestSendBody, request: Request, session: Session,
-                    caller: AdminWriter) -> dict[str, Any]:
+async def test_send(
+    service_id: IdPath, body: TestSendBody, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     """Send one test message now (ignoring the rate slot), report its classification, count it as usage."""
     await session.commit()  # end the authentication transaction: the send is a network call
     settings = request.app.state.settings
     result = await testing.test_saved_service(
-        request.app.state.sessionmaker, _vault(request), service_id, to=body.to, from_local=body.from_local_part,
-        subject=body.subject, html=body.html, fake_allowed=settings.fake_provider_allowed,
-        unsubscribe_base=settings.effective_tracking_url, actor_user_id=caller.id)
+        request.app.state.sessionmaker,
+        _vault(request),
+        service_id,
+        to=body.to,
+        from_local=body.from_local_part,
+        subject=body.subject,
+        html=body.html,
+        fake_allowed=settings.fake_provider_allowed,
+        unsubscribe_base=settings.effective_tracking_url,
+        actor_user_id=caller.id,
+    )
     return result.as_dict()
 
 
 @router.post("/admin/services/test")
-async def test_unsaved(body: UnsavedServiceTest, request: Request, session: Session,
-                       caller: AdminWriter) -> dict[str, Any]:
+async def test_unsaved(
+    body: UnsavedServiceTest, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     """The same check for a configuration that is not saved; nothing is stored."""
     await session.commit()  # end the authentication transaction: the send is a network call
     settings = request.app.state.settings
-    values = services.validate_config(body.model_dump(exclude_unset=True, exclude={"to", "from_local_part", "subject",
-                                                                                "html", "credentials"}),
-                                      fake_allowed=settings.fake_provider_allowed)
-    config = ServiceConfig(service_id=0, provider=values["provider"], domain=values["domain"],
-                           credentials=dict(body.credentials or {}), options=dict(values.get("options") or {}),
-                           max_concurrency=1, batch_size=1,
-                           request_timeout_seconds=float(values.get("request_timeout_seconds") or 30))
-    result = await testing.send_test(config, service_name=values["name"], to=_address(body.to),
-                                     from_local=body.from_local_part, subject=body.subject, html=body.html,
-                                     fake_allowed=settings.fake_provider_allowed,
-                                     unsubscribe_base=settings.effective_tracking_url)
+    values = services.validate_config(
+        body.model_dump(exclude_unset=True, exclude={"to", "from_local_part", "subject", "html", "credentials"}),
+        fake_allowed=settings.fake_provider_allowed,
+    )
+    config = ServiceConfig(
+        service_id=0,
+        provider=values["provider"],
+        domain=values["domain"],
+        credentials=dict(body.credentials or {}),
+        options=dict(values.get("options") or {}),
+        max_concurrency=1,
+        batch_size=1,
+        request_timeout_seconds=float(values.get("request_timeout_seconds") or 30),
+    )
+    result = await testing.send_test(
+        config,
+        service_name=values["name"],
+        to=_address(body.to),
+        from_local=body.from_local_part,
+        subject=body.subject,
+        html=body.html,
+        fake_allowed=settings.fake_provider_allowed,
+        unsubscribe_base=settings.effective_tracking_url,
+    )
     return result.as_dict()
 
 
@@ -247,8 +304,12 @@ def _address(value: str) -> str:
 
 
 class WebhookSecretBody(Strict):
-    value: str | None = Field(None, min_length=8, max_length=4096,
-                              description="the secret the provider gives you; omit it to have one generated")
+    value: str | None = Field(
+        None,
+        min_length=8,
+        max_length=4096,
+        description="the secret the provider gives you; omit it to have one generated",
+    )
     expires_at: dt.datetime | None = Field(None, description="optional: stop accepting it after this time")
 
 
@@ -264,39 +325,65 @@ def _forget_cached_targets(request: Request, provider: str) -> None:
 async def service_health(service_id: IdPath, request: Request, session: Session, caller: Admin) -> dict[str, Any]:
     """State and reason, usage and quota, next reset (UTC, the service's and the admin's zone), limits,
     in-flight, error rate and latency over the last hour, last success and error, webhook URLs, status log."""
-    return await health.service_health(session, _vault(request), service_id, now=utc_now(),
-                                       admin_timezone=caller.user.timezone,
-                                       base_url=request.app.state.settings.public_url)
+    return await health.service_health(
+        session,
+        _vault(request),
+        service_id,
+        now=utc_now(),
+        admin_timezone=caller.user.timezone,
+        base_url=request.app.state.settings.public_url,
+    )
 
 
 @router.get("/admin/services/{service_id}/webhook-secrets")
-async def list_webhook_secrets(service_id: IdPath, request: Request, session: Session,
-                               caller: Admin) -> list[dict[str, Any]]:
+async def list_webhook_secrets(
+    service_id: IdPath, request: Request, session: Session, caller: Admin
+) -> list[dict[str, Any]]:
     """Masked: id, the last 4 characters, added_at, expires_at. The values are never returned."""
     return await services.list_webhook_secrets(session, _vault(request), service_id)
 
 
 @router.post("/admin/services/{service_id}/webhook-secrets", status_code=201)
-async def add_webhook_secret(service_id: IdPath, body: WebhookSecretBody, request: Request, session: Session,
-                             caller: AdminWriter) -> dict[str, Any]:
+async def add_webhook_secret(
+    service_id: IdPath, body: WebhookSecretBody, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
     """Add a secret; every stored secret keeps verifying (rotation). The value is in this answer only."""
-    view, value = await services.add_webhook_secret(session, _vault(request), service_id, value=body.value,
-                                                    expires_at=body.expires_at, actor_user_id=caller.id)
-    await audit(session, _audit_actor(request, caller), "service.webhook_secret_added", target_type="email_service",
-                target_id=service_id, details={"secret_id": view["id"], "generated": body.value is None})
+    view, value = await services.add_webhook_secret(
+        session, _vault(request), service_id, value=body.value, expires_at=body.expires_at, actor_user_id=caller.id
+    )
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        "service.webhook_secret_added",
+        target_type="email_service",
+        target_id=service_id,
+        details={"secret_id": view["id"], "generated": body.value is None},
+    )
     svc = await services.get_service(session, service_id)
     _forget_cached_targets(request, svc.provider)
     return {**view, "value": value}
 
 
 @router.delete("/admin/services/{service_id}/webhook-secrets/{secret_id}")
-async def remove_webhook_secret(service_id: IdPath, secret_id: Annotated[str, PathParam(max_length=64)],
-                                request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def remove_webhook_secret(
+    service_id: IdPath,
+    secret_id: Annotated[str, PathParam(max_length=64)],
+    request: Request,
+    session: Session,
+    caller: AdminWriter,
+) -> dict[str, Any]:
     """Webhooks signed with it stop verifying (at once in this process, within 5 s in the others)."""
-    removed = await services.remove_webhook_secret(session, _vault(request), service_id, secret_id,
-                                                   actor_user_id=caller.id)
-    await audit(session, _audit_actor(request, caller), "service.webhook_secret_removed",
-                target_type="email_service", target_id=service_id, details={"secret_id": secret_id})
+    removed = await services.remove_webhook_secret(
+        session, _vault(request), service_id, secret_id, actor_user_id=caller.id
+    )
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        "service.webhook_secret_removed",
+        target_type="email_service",
+        target_id=service_id,
+        details={"secret_id": secret_id},
+    )
     svc = await services.get_service(session, service_id)
     _forget_cached_targets(request, svc.provider)
     return removed
@@ -304,11 +391,23 @@ async def remove_webhook_secret(service_id: IdPath, secret_id: Annotated[str, Pa
 
 # After the fixed sub-paths above: `{action}` would otherwise match `test-send`.
 @router.post("/admin/services/{service_id}/{action}")
-async def service_action(service_id: IdPath, action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
-                         request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+async def service_action(
+    service_id: IdPath,
+    action: Literal["enable", "disable", "unfreeze", "clear-backoff"],
+    request: Request,
+    session: Session,
+    caller: AdminWriter,
+) -> dict[str, Any]:
     if action in ("enable", "disable"):
-        await services.update_service(session, _vault(request), service_id, values={"is_enabled": action == "enable"},
-                                      credentials=None, fake_allowed=True, actor_user_id=caller.id)
+        await services.update_service(
+            session,
+            _vault(request),
+            service_id,
+            values={"is_enabled": action == "enable"},
+            credentials=None,
+            fake_allowed=True,
+            actor_user_id=caller.id,
+        )
     elif action == "unfreeze":
         await services.unfreeze(session, service_id, actor_user_id=caller.id)
     else:
@@ -325,14 +424,28 @@ async def status_log(session: Session, caller: Admin, page: Paging, service_id: 
         query = query.where(EmailServiceStatusLog.service_id == service_id)
     if page.after_id is not None:
         query = query.where(EmailServiceStatusLog.id < page.after_id)
-    return page_of([{"id": r.id, "service_id": r.service_id, "change": r.change, "old_value": r.old_value,
-                     "new_value": r.new_value, "reason": r.reason, "actor_user_id": r.actor_user_id, "at": r.at}
-                    for r in await session.scalars(query)], page)
+    return page_of(
+        [
+            {
+                "id": r.id,
+                "service_id": r.service_id,
+                "change": r.change,
+                "old_value": r.old_value,
+                "new_value": r.new_value,
+                "reason": r.reason,
+                "actor_user_id": r.actor_user_id,
+                "at": r.at,
+            }
+            for r in await session.scalars(query)
+        ],
+        page,
+    )
 
 
 @router.get("/admin/mappings")
-async def list_mappings(session: Session, caller: Admin, page: Paging, user_id: IdQuery = None,
-                        service_id: IdQuery = None) -> dict[str, Any]:
+async def list_mappings(
+    session: Session, caller: Admin, page: Paging, user_id: IdQuery = None, service_id: IdQuery = None
+) -> dict[str, Any]:
     query = select(UserServiceMapping).order_by(UserServiceMapping.id).limit(page.limit + 1)
     if user_id:
         query = query.where(UserServiceMapping.user_id == user_id)
@@ -340,23 +453,39 @@ async def list_mappings(session: Session, caller: Admin, page: Paging, user_id: 
         query = query.where(UserServiceMapping.service_id == service_id)
     if page.after_id is not None:
         query = query.where(UserServiceMapping.id > page.after_id)
-    return page_of([{"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active}
-                    for m in await session.scalars(query)], page)
+    return page_of(
+        [
+            {"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active}
+            for m in await session.scalars(query)
+        ],
+        page,
+    )
 
 
 @router.post("/admin/mappings", status_code=201)
-async def create_mappings(body: MappingBody, request: Request, session: Session,
-                          caller: AdminWriter) -> list[dict[str, Any]]:
+async def create_mappings(
+    body: MappingBody, request: Request, session: Session, caller: AdminWriter
+) -> list[dict[str, Any]]:
     """Assign many services to many users in one call (one audit row for the call)."""
     created = []
     for user_id in body.user_ids:
         for service_id in body.service_ids:
-            m = await services.map_user(session, user_id=user_id, service_id=service_id, actor_user_id=caller.id,
-                                        is_active=body.is_active)
+            m = await services.map_user(
+                session, user_id=user_id, service_id=service_id, actor_user_id=caller.id, is_active=body.is_active
+            )
             created.append({"id": m.id, "user_id": m.user_id, "service_id": m.service_id, "is_active": m.is_active})
-    await audit(session, _audit_actor(request, caller), "mapping.assign", target_type="mapping", details={
-        "user_ids": body.user_ids, "service_ids": body.service_ids, "is_active": body.is_active,
-        "mappings": len(created)})
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        "mapping.assign",
+        target_type="mapping",
+        details={
+            "user_ids": body.user_ids,
+            "service_ids": body.service_ids,
+            "is_active": body.is_active,
+            "mappings": len(created),
+        },
+    )
     return created
 
 
@@ -365,26 +494,52 @@ async def delete_mapping(mapping_id: IdPath, request: Request, session: Session,
     mapping = await session.get(UserServiceMapping, mapping_id)
     pair = None if mapping is None else {"user_id": mapping.user_id, "service_id": mapping.service_id}
     await services.delete_mapping(session, mapping_id)
-    await audit(session, _audit_actor(request, caller), "mapping.delete", target_type="mapping",
-                target_id=mapping_id, details=pair)
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        "mapping.delete",
+        target_type="mapping",
+        target_id=mapping_id,
+        details=pair,
+    )
     return Response(status_code=204)
 
 
 @router.put("/admin/users/{user_id}/services")
-async def exact_services(user_id: IdPath, body: ExactServices, request: Request, session: Session,
-                         caller: AdminWriter) -> dict[str, Any]:
-    ids = await services.set_user_services(session, user_id=user_id, service_ids=body.service_ids,
-                                           actor_user_id=caller.id)
-    await audit(session, _audit_actor(request, caller), "mapping.set_user_services", target_type="user",
-                target_id=user_id, details={"service_ids": ids})
+async def exact_services(
+    user_id: IdPath, body: ExactServices, request: Request, session: Session, caller: AdminWriter
+) -> dict[str, Any]:
+    ids = await services.set_user_services(
+        session, user_id=user_id, service_ids=body.service_ids, actor_user_id=caller.id
+    )
+    await audit(
+        session,
+        _audit_actor(request, caller),
+        "mapping.set_user_services",
+        target_type="user",
+        target_id=user_id,
+        details={"service_ids": ids},
+    )
     return {"user_id": user_id, "service_ids": ids}
 
 
 @router.get("/me/services")
 async def my_services(session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
     """The caller's usable services as labels only: never credentials, limits or other users' usage."""
-    mapped = set(await session.scalars(select(UserServiceMapping.service_id).where(
-        UserServiceMapping.user_id == caller.id, UserServiceMapping.is_active.is_(True))))
-    return [{"id": s.service.id, "label": s.service.label, "domain": s.service.domain,
-             "sending_now": s.availability.eligible or s.availability.slot_waiting}
-            for s in await queue.snapshot_services(session, now=utc_now()) if s.service.id in mapped]
+    mapped = set(
+        await session.scalars(
+            select(UserServiceMapping.service_id).where(
+                UserServiceMapping.user_id == caller.id, UserServiceMapping.is_active.is_(True)
+            )
+        )
+    )
+    return [
+        {
+            "id": s.service.id,
+            "label": s.service.label,
+            "domain": s.service.domain,
+            "sending_now": s.availability.eligible or s.availability.slot_waiting,
+        }
+        for s in await queue.snapshot_services(session, now=utc_now())
+        if s.service.id in mapped
+    ]

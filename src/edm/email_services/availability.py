@@ -54,7 +54,12 @@ class Availability:
 
 
 def availability(
-    state: RuntimeState, limits: Limits, *, now: dt.datetime, used_today: int, in_flight: int,
+    state: RuntimeState,
+    limits: Limits,
+    *,
+    now: dt.datetime,
+    used_today: int,
+    in_flight: int,
     next_reset: dt.datetime,
 ) -> Availability:
     if not limits.is_enabled:
@@ -103,7 +108,12 @@ SERVICE_LEVEL_FAILURES = {Outcome.TRANSIENT, Outcome.MAYBE_SENT}
 
 
 def apply_results(
-    state: RuntimeState, results: list[SendResult], *, now: dt.datetime, probe: bool, policy: Policy,
+    state: RuntimeState,
+    results: list[SendResult],
+    *,
+    now: dt.datetime,
+    probe: bool,
+    policy: Policy,
     next_reset: dt.datetime,
 ) -> StateUpdate:
     """Fold a batch of results into the service state, in order, returning status-log entries."""
@@ -115,7 +125,12 @@ def apply_results(
 
 
 def _apply_one(
-    update: StateUpdate, result: SendResult, *, now: dt.datetime, probe: bool, policy: Policy,
+    update: StateUpdate,
+    result: SendResult,
+    *,
+    now: dt.datetime,
+    probe: bool,
+    policy: Policy,
     next_reset: dt.datetime,
 ) -> None:
     state = update.state
@@ -154,8 +169,9 @@ def _count_failure(update: StateUpdate, now: dt.datetime, probe: bool, policy: P
     state.consecutive_failures += 1
     if state.frozen and state.frozen_reason == FreezeReason.FAILURES and probe:
         state.freeze_level += 1
-        state.frozen_until = now + retry.freeze_cooldown(state.freeze_level, base=policy.freeze_base,
-                                                         cap=policy.freeze_max)
+        state.frozen_until = now + retry.freeze_cooldown(
+            state.freeze_level, base=policy.freeze_base, cap=policy.freeze_max
+        )
         update.log.append((StatusChange.PROBE_FAILED, "half-open", "frozen", message[:200]))
     elif not state.frozen and state.consecutive_failures >= policy.freeze_threshold:
         state.freeze_level += 1
@@ -174,8 +190,9 @@ def _freeze(update: StateUpdate, reason: FreezeReason, until: dt.datetime | None
 def _throttle(update: StateUpdate, now: dt.datetime, retry_after: float | None, policy: Policy) -> None:
     state = update.state
     state.throttle_level += 1
-    until = now + retry.throttle_backoff(state.throttle_level, retry_after=retry_after, base=policy.throttle_base,
-                                         cap=policy.throttle_max)
+    until = now + retry.throttle_backoff(
+        state.throttle_level, retry_after=retry_after, base=policy.throttle_base, cap=policy.throttle_max
+    )
     if state.throttled_until is None or until > state.throttled_until:
         state.throttled_until = until
     update.log.append((StatusChange.THROTTLED, None, state.throttled_until.isoformat(), "provider throttled"))
@@ -185,8 +202,11 @@ def _track_health(state: RuntimeState, result: SendResult) -> None:
     """Exponentially weighted success rate and latency over roughly the last 100 attempts."""
     alpha = 1 / min(100, state.recent_samples + 1)
     ok = 1.0 if result.outcome is Outcome.ACCEPTED else 0.0
-    state.recent_success_rate = ok if state.recent_success_rate is None else (
-        state.recent_success_rate + alpha * (ok - state.recent_success_rate))
+    state.recent_success_rate = (
+        ok
+        if state.recent_success_rate is None
+        else (state.recent_success_rate + alpha * (ok - state.recent_success_rate))
+    )
     if result.latency_ms:
         prev = state.latency_ms_ewma
         state.latency_ms_ewma = float(result.latency_ms) if prev is None else prev + alpha * (result.latency_ms - prev)

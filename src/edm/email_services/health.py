@@ -34,8 +34,9 @@ SCAN_ROWS = 50_000
 LATENCY_SAMPLE = 2_000
 STATUS_LOG_ROWS = 20
 # Outcomes that say something about the service (not about one recipient): they make the error rate.
-SERVICE_ERRORS = frozenset({Outcome.TRANSIENT, Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG,
-                            Outcome.MAYBE_SENT})
+SERVICE_ERRORS = frozenset(
+    {Outcome.TRANSIENT, Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG, Outcome.MAYBE_SENT}
+)
 
 
 def percentile(sorted_values: list[int], fraction: float) -> int | None:
@@ -55,31 +56,59 @@ def _zone(name: str | None) -> ZoneInfo:
 
 def runtime_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
     """A service's state right now, from its snapshot: why it cannot take work (if so), usage and health."""
-    return {"available": s.availability.eligible, "state": s.availability.reason or "available",
-            "state_until": s.availability.until, "used_today": s.used_today, "in_flight": s.in_flight,
-            "next_reset": s.next_reset, "frozen_reason": s.state.frozen_reason, "last_error": s.state.last_error,
-            "last_success_at": s.state.last_success_at, "recent_success_rate": s.state.recent_success_rate,
-            "latency_ms_ewma": s.state.latency_ms_ewma}
+    return {
+        "available": s.availability.eligible,
+        "state": s.availability.reason or "available",
+        "state_until": s.availability.until,
+        "used_today": s.used_today,
+        "in_flight": s.in_flight,
+        "next_reset": s.next_reset,
+        "frozen_reason": s.state.frozen_reason,
+        "last_error": s.state.last_error,
+        "last_success_at": s.state.last_success_at,
+        "recent_success_rate": s.state.recent_success_rate,
+        "latency_ms_ewma": s.state.latency_ms_ewma,
+    }
 
 
 def snapshot_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
     """The dashboard's line for a service: identity, limits and `runtime_view` (no credentials)."""
     svc = s.service
-    return {"id": svc.id, "name": svc.name, "label": svc.label, "provider": svc.provider,
-            "enabled": svc.is_enabled, "daily_quota": svc.daily_quota,
-            "quota_left_today": max(svc.daily_quota - s.used_today, 0), **runtime_view(s)}
+    return {
+        "id": svc.id,
+        "name": svc.name,
+        "label": svc.label,
+        "provider": svc.provider,
+        "enabled": svc.is_enabled,
+        "daily_quota": svc.daily_quota,
+        "quota_left_today": max(svc.daily_quota - s.used_today, 0),
+        **runtime_view(s),
+    }
 
 
 def webhook_urls(base_url: str, provider: str, service_id: int) -> list[dict[str, str]]:
     """The URLs to paste into the provider's console."""
     base = base_url.rstrip("/")
     if provider == "smtp":
-        return [{"kind": "dsn", "url": f"{base}/webhooks/smtp/{service_id}/dsn",
-                 "note": "POST raw DSN/ARF reports (message/rfc822) here"}]
-    urls = [{"kind": "service", "url": f"{base}/webhooks/{provider}/{service_id}",
-             "note": "events of this service only (preferred)"},
-            {"kind": "provider", "url": f"{base}/webhooks/{provider}",
-             "note": "any service of this provider; the verifying secret picks the service"}]
+        return [
+            {
+                "kind": "dsn",
+                "url": f"{base}/webhooks/smtp/{service_id}/dsn",
+                "note": "POST raw DSN/ARF reports (message/rfc822) here",
+            }
+        ]
+    urls = [
+        {
+            "kind": "service",
+            "url": f"{base}/webhooks/{provider}/{service_id}",
+            "note": "events of this service only (preferred)",
+        },
+        {
+            "kind": "provider",
+            "url": f"{base}/webhooks/{provider}",
+            "note": "any service of this provider; the verifying secret picks the service",
+        },
+    ]
     if provider == "engagelab":
         urls.append({"kind": "legacy", "url": f"{base}/webhook/engagelab", "note": "the original system's path"})
     return urls
@@ -96,56 +125,109 @@ async def recent_attempts(session: AsyncSession, service_id: int, *, now: dt.dat
         where.append(SendAttempt.id > floor)
         oldest_scanned = await session.scalar(select(SendAttempt.finished_at).where(SendAttempt.id == floor))
         complete = oldest_scanned is None or oldest_scanned < since
-    counts = await session.execute(select(SendAttempt.outcome, func.count()).where(*where)
-                                   .group_by(SendAttempt.outcome))
+    counts = await session.execute(
+        select(SendAttempt.outcome, func.count()).where(*where).group_by(SendAttempt.outcome)
+    )
     by_outcome = {str(outcome): int(count) for outcome, count in counts.all()}
-    durations = sorted(int(d or 0) for d in await session.scalars(
-        select(SendAttempt.duration_ms).where(*where, SendAttempt.duration_ms.is_not(None))
-        .order_by(SendAttempt.id.desc()).limit(LATENCY_SAMPLE)))
+    durations = sorted(
+        int(d or 0)
+        for d in await session.scalars(
+            select(SendAttempt.duration_ms)
+            .where(*where, SendAttempt.duration_ms.is_not(None))
+            .order_by(SendAttempt.id.desc())
+            .limit(LATENCY_SAMPLE)
+        )
+    )
     attempts = sum(by_outcome.values())
     errors = sum(count for outcome, count in by_outcome.items() if outcome in SERVICE_ERRORS)
-    return {"window_started_at": since, "window_complete": complete, "attempts": attempts,
-            "by_outcome": dict(sorted(by_outcome.items())), "errors": errors,
-            "error_rate": round(errors / attempts, 4) if attempts else None, "latency_sample": len(durations),
-            "latency_ms_p50": percentile(durations, 0.50), "latency_ms_p95": percentile(durations, 0.95)}
+    return {
+        "window_started_at": since,
+        "window_complete": complete,
+        "attempts": attempts,
+        "by_outcome": dict(sorted(by_outcome.items())),
+        "errors": errors,
+        "error_rate": round(errors / attempts, 4) if attempts else None,
+        "latency_sample": len(durations),
+        "latency_ms_p50": percentile(durations, 0.50),
+        "latency_ms_p95": percentile(durations, 0.95),
+    }
 
 
-async def service_health(session: AsyncSession, vault: Vault, service_id: int, *, now: dt.datetime,
-                         admin_timezone: str | None, base_url: str) -> dict[str, Any]:
+async def service_health(
+    session: AsyncSession, vault: Vault, service_id: int, *, now: dt.datetime, admin_timezone: str | None, base_url: str
+) -> dict[str, Any]:
     service = await services.get_service(session, service_id)
-    row = await session.scalar(select(EmailServiceState).where(EmailServiceState.service_id == service_id)
-                               .execution_options(populate_existing=True))
+    row = await session.scalar(
+        select(EmailServiceState)
+        .where(EmailServiceState.service_id == service_id)
+        .execution_options(populate_existing=True)
+    )
     if row is None:
         raise NotFound("service not found")
     state = queue.runtime_of(row)
-    in_flight = int(await session.scalar(select(func.count()).where(
-        SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)) or 0)
+    in_flight = int(
+        await session.scalar(
+            select(func.count()).where(SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)
+        )
+        or 0
+    )
     used = await queue.used_today(session, service, queue.day_of(service, now)) + in_flight
     reset = queue.reset_after(service, now)
-    availability = av.availability(state, queue.limits_of(service), now=now, used_today=used, in_flight=in_flight,
-                                   next_reset=reset)
-    log_rows = await session.scalars(select(EmailServiceStatusLog).where(EmailServiceStatusLog.service_id == service_id)
-                                     .order_by(EmailServiceStatusLog.id.desc()).limit(STATUS_LOG_ROWS))
+    availability = av.availability(
+        state, queue.limits_of(service), now=now, used_today=used, in_flight=in_flight, next_reset=reset
+    )
+    log_rows = await session.scalars(
+        select(EmailServiceStatusLog)
+        .where(EmailServiceStatusLog.service_id == service_id)
+        .order_by(EmailServiceStatusLog.id.desc())
+        .limit(STATUS_LOG_ROWS)
+    )
     admin_zone = _zone(admin_timezone)
     quota = service.daily_quota  # the effective quota: no warm-up schedule is stored (§22.3 is optional)
     credentials = vault.decrypt_json(service.credentials_encrypted) if service.credentials_encrypted else {}
     return {
-        "id": service.id, "name": service.name, "label": service.label, "provider": service.provider,
-        "domain": service.domain, "is_enabled": service.is_enabled,
+        "id": service.id,
+        "name": service.name,
+        "label": service.label,
+        "provider": service.provider,
+        "domain": service.domain,
+        "is_enabled": service.is_enabled,
         "state": "available" if availability.eligible else (availability.reason or "unavailable"),
-        "available": availability.eligible, "probe": availability.probe, "state_until": availability.until,
-        "frozen_reason": state.frozen_reason, "consecutive_failures": state.consecutive_failures,
-        "used_today": used, "effective_quota": quota, "remaining_today": max(0, quota - used),
-        "next_reset": {"utc": reset, "service_local": reset.astimezone(_zone(service.timezone)),
-                       "service_timezone": service.timezone,
-                       "admin_local": reset.astimezone(admin_zone), "admin_timezone": admin_zone.key},
+        "available": availability.eligible,
+        "probe": availability.probe,
+        "state_until": availability.until,
+        "frozen_reason": state.frozen_reason,
+        "consecutive_failures": state.consecutive_failures,
+        "used_today": used,
+        "effective_quota": quota,
+        "remaining_today": max(0, quota - used),
+        "next_reset": {
+            "utc": reset,
+            "service_local": reset.astimezone(_zone(service.timezone)),
+            "service_timezone": service.timezone,
+            "admin_local": reset.astimezone(admin_zone),
+            "admin_timezone": admin_zone.key,
+        },
         "sending_interval_seconds": float(service.sending_interval_seconds),
-        "max_concurrency": service.max_concurrency, "batch_size": service.batch_size, "in_flight": in_flight,
+        "max_concurrency": service.max_concurrency,
+        "batch_size": service.batch_size,
+        "in_flight": in_flight,
         "recent": await recent_attempts(session, service_id, now=now),
-        "last_success_at": state.last_success_at, "last_failure_at": state.last_failure_at,
+        "last_success_at": state.last_success_at,
+        "last_failure_at": state.last_failure_at,
         "last_error": state.last_error,
         "webhook_urls": webhook_urls(base_url, service.provider, service.id),
         "webhook_secrets": len(services.secret_views(credentials, now)),
-        "status_log": [{"id": r.id, "change": r.change, "old_value": r.old_value, "new_value": r.new_value,
-                        "reason": r.reason, "actor_user_id": r.actor_user_id, "at": r.at} for r in log_rows],
+        "status_log": [
+            {
+                "id": r.id,
+                "change": r.change,
+                "old_value": r.old_value,
+                "new_value": r.new_value,
+                "reason": r.reason,
+                "actor_user_id": r.actor_user_id,
+                "at": r.at,
+            }
+            for r in log_rows
+        ],
     }

@@ -140,9 +140,7 @@ class UserServiceMapping(IdMixin, TimestampMixin, Base):
 class EmailServiceStatusLog(IdMixin, Base):
     __tablename__ = "email_service_status_log"
 
-    service_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("email_services.id", ondelete="CASCADE"), index=True
-    )
+    service_id: Mapped[int] = mapped_column(BigId, ForeignKey("email_services.id", ondelete="CASCADE"), index=True)
     change: Mapped[str] = mapped_column(String(32))
     old_value: Mapped[str | None] = mapped_column(String(200))
     new_value: Mapped[str | None] = mapped_column(String(200))

@@ -33,9 +33,24 @@ from edm.users.models import User
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 RESET = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-CONFIG_FIELDS = ("name", "label", "provider", "options", "domain", "sending_interval_seconds", "max_concurrency",
-                 "batch_size", "daily_quota", "timezone", "quota_reset_time", "weight", "priority", "backup_only",
-                 "is_enabled", "request_timeout_seconds")
+CONFIG_FIELDS = (
+    "name",
+    "label",
+    "provider",
+    "options",
+    "domain",
+    "sending_interval_seconds",
+    "max_concurrency",
+    "batch_size",
+    "daily_quota",
+    "timezone",
+    "quota_reset_time",
+    "weight",
+    "priority",
+    "backup_only",
+    "is_enabled",
+    "request_timeout_seconds",
+)
 
 
 def validate_config(values: dict[str, Any], *, fake_allowed: bool) -> dict[str, Any]:
@@ -87,11 +102,27 @@ def _check_zone(name: str) -> None:
         raise BadInput.field("timezone", f"unknown time zone {name!r}") from None
 
 
-def log_change(session: AsyncSession, service_id: int, change: str, *, old: Any = None, new: Any = None,
-               reason: str | None = None, actor_user_id: int | None = None) -> None:
-    session.add(EmailServiceStatusLog(service_id=service_id, change=change, old_value=_short(old),
-                                      new_value=_short(new), reason=reason, actor_user_id=actor_user_id,
-                                      at=utc_now()))
+def log_change(
+    session: AsyncSession,
+    service_id: int,
+    change: str,
+    *,
+    old: Any = None,
+    new: Any = None,
+    reason: str | None = None,
+    actor_user_id: int | None = None,
+) -> None:
+    session.add(
+        EmailServiceStatusLog(
+            service_id=service_id,
+            change=change,
+            old_value=_short(old),
+            new_value=_short(new),
+            reason=reason,
+            actor_user_id=actor_user_id,
+            at=utc_now(),
+        )
+    )
 
 
 def _short(value: Any) -> str | None:
@@ -99,8 +130,14 @@ def _short(value: Any) -> str | None:
 
 
 async def create_service(
-    session: AsyncSession, vault: Vault, *, values: dict[str, Any], credentials: dict[str, Any] | None,
-    fake_allowed: bool, actor_user_id: int | None = None, default_timezone: str = "UTC",
+    session: AsyncSession,
+    vault: Vault,
+    *,
+    values: dict[str, Any],
+    credentials: dict[str, Any] | None,
+    fake_allowed: bool,
+    actor_user_id: int | None = None,
+    default_timezone: str = "UTC",
 ) -> EmailService:
     values = validate_config({"timezone": default_timezone, **values}, fake_allowed=fake_allowed)
     for required in ("name", "provider", "domain"):
@@ -124,9 +161,14 @@ async def check_adapter_config(values: dict[str, Any], credentials: dict[str, An
     """Build (and close) the provider's adapter once, so options it refuses (an unknown region, a bad bounce
     domain, fake events without a URL) and a batch size above what the provider takes fail when saved, not
     at the first send."""
-    config = ServiceConfig(service_id=0, provider=values["provider"], domain=values["domain"],
-                           credentials=credentials, options=dict(values.get("options") or {}),
-                           batch_size=int(values.get("batch_size") or 1))
+    config = ServiceConfig(
+        service_id=0,
+        provider=values["provider"],
+        domain=values["domain"],
+        credentials=credentials,
+        options=dict(values.get("options") or {}),
+        batch_size=int(values.get("batch_size") or 1),
+    )
     try:
         adapter = build_adapter(config, fake_allowed=fake_allowed)
     except ValueError as exc:
@@ -149,35 +191,47 @@ async def get_service(session: AsyncSession, service_id: int) -> EmailService:
 async def find_service(session: AsyncSession, name_or_id: str) -> EmailService:
     if name_or_id.isdigit():
         return await get_service(session, int(name_or_id))
-    service = await session.scalar(select(EmailService).where(EmailService.name == name_or_id,
-                                                              EmailService.archived_at.is_(None)))
+    service = await session.scalar(
+        select(EmailService).where(EmailService.name == name_or_id, EmailService.archived_at.is_(None))
+    )
     if service is None:
         raise NotFound(f"service {name_or_id!r} not found")
     return service
 
 
 async def update_service(
-    session: AsyncSession, vault: Vault, service_id: int, *, values: dict[str, Any],
-    credentials: dict[str, Any] | None, fake_allowed: bool, actor_user_id: int | None = None,
+    session: AsyncSession,
+    vault: Vault,
+    service_id: int,
+    *,
+    values: dict[str, Any],
+    credentials: dict[str, Any] | None,
+    fake_allowed: bool,
+    actor_user_id: int | None = None,
 ) -> EmailService:
     service = await get_service(session, service_id)
     values = validate_config(values, fake_allowed=fake_allowed)
     if {"provider", "options", "batch_size", "domain"} & values.keys():
-        merged_values = {**{k: getattr(service, k) for k in ("provider", "domain", "options", "batch_size")},
-                         **values}
+        merged_values = {**{k: getattr(service, k) for k in ("provider", "domain", "options", "batch_size")}, **values}
         await check_adapter_config(merged_values, {}, fake_allowed=fake_allowed)
     for key, value in values.items():
         old = getattr(service, key)
         if old != value:
             setattr(service, key, value)
-            change = StatusChange.ENABLED if key == "is_enabled" and value else (
-                StatusChange.DISABLED if key == "is_enabled" else StatusChange.CONFIG_UPDATED)
-            log_change(session, service.id, change, old=f"{key}={old}", new=f"{key}={value}",
-                       actor_user_id=actor_user_id)
+            change = (
+                StatusChange.ENABLED
+                if key == "is_enabled" and value
+                else (StatusChange.DISABLED if key == "is_enabled" else StatusChange.CONFIG_UPDATED)
+            )
+            log_change(
+                session, service.id, change, old=f"{key}={old}", new=f"{key}={value}", actor_user_id=actor_user_id
+            )
     if credentials:
         # An empty credential field keeps the stored value (write-only credentials, SPEC §15.3).
-        merged = {**vault.decrypt_json(service.credentials_encrypted),
-                  **{k: v for k, v in credentials.items() if v not in (None, "")}}
+        merged = {
+            **vault.decrypt_json(service.credentials_encrypted),
+            **{k: v for k, v in credentials.items() if v not in (None, "")},
+        }
         service.credentials_encrypted = vault.encrypt_json(merged)
         log_change(session, service.id, StatusChange.CREDENTIALS_UPDATED, actor_user_id=actor_user_id)
     await session.flush()
@@ -185,8 +239,9 @@ async def update_service(
 
 
 async def state_of(session: AsyncSession, service_id: int) -> EmailServiceState:
-    state = await session.scalar(select(EmailServiceState).where(EmailServiceState.service_id == service_id)
-                                 .with_for_update())
+    state = await session.scalar(
+        select(EmailServiceState).where(EmailServiceState.service_id == service_id).with_for_update()
+    )
     if state is None:
         raise NotFound("service not found")
     return state
@@ -196,8 +251,9 @@ async def freeze(session: AsyncSession, service_id: int, *, reason: str, actor_u
     await get_service(session, service_id)
     state = await state_of(session, service_id)
     state.frozen, state.frozen_reason, state.frozen_until = True, FreezeReason.MANUAL, None
-    log_change(session, service_id, StatusChange.FROZEN, new=FreezeReason.MANUAL, reason=reason,
-               actor_user_id=actor_user_id)
+    log_change(
+        session, service_id, StatusChange.FROZEN, new=FreezeReason.MANUAL, reason=reason, actor_user_id=actor_user_id
+    )
     await session.flush()
 
 
@@ -219,8 +275,9 @@ async def clear_backoff(session: AsyncSession, service_id: int, *, actor_user_id
     await session.flush()
 
 
-async def set_used_today(session: AsyncSession, service_id: int, *, used: int, actor_user_id: int | None,
-                         now: dt.datetime | None = None) -> int:
+async def set_used_today(
+    session: AsyncSession, service_id: int, *, used: int, actor_user_id: int | None, now: dt.datetime | None = None
+) -> int:
     """Admin correction of today's usage: the difference goes into `adjustment` (SPEC §7.4)."""
     if used < 0:
         raise BadInput.field("used", "must be ≥ 0")
@@ -232,14 +289,17 @@ async def set_used_today(session: AsyncSession, service_id: int, *, used: int, a
     delta = used - current
     if delta:
         await queue.upsert_usage(session, service_id=service_id, day=day, deltas={"adjustment": delta})
-        log_change(session, service_id, StatusChange.USAGE_ADJUSTED, old=current, new=used,
-                   actor_user_id=actor_user_id)
+        log_change(session, service_id, StatusChange.USAGE_ADJUSTED, old=current, new=used, actor_user_id=actor_user_id)
     return delta
 
 
 async def _allocated(session: AsyncSession, service_id: int) -> int:
-    return int(await session.scalar(select(func.count()).where(
-        SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)) or 0)
+    return int(
+        await session.scalar(
+            select(func.count()).where(SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)
+        )
+        or 0
+    )
 
 
 async def archive_service(session: AsyncSession, service_id: int, *, actor_user_id: int | None) -> None:
@@ -255,16 +315,21 @@ async def archive_service(session: AsyncSession, service_id: int, *, actor_user_
 # ---- mappings -----------------------------------------------------------------------------------------
 
 
-async def map_user(session: AsyncSession, *, user_id: int, service_id: int, actor_user_id: int | None = None,
-                   is_active: bool = True) -> UserServiceMapping:
+async def map_user(
+    session: AsyncSession, *, user_id: int, service_id: int, actor_user_id: int | None = None, is_active: bool = True
+) -> UserServiceMapping:
     if await session.get(User, user_id) is None:
         raise BadInput.field("user_id", f"user {user_id} not found")
     await get_service(session, service_id)
-    mapping = await session.scalar(select(UserServiceMapping).where(UserServiceMapping.user_id == user_id,
-                                                                    UserServiceMapping.service_id == service_id))
+    mapping = await session.scalar(
+        select(UserServiceMapping).where(
+            UserServiceMapping.user_id == user_id, UserServiceMapping.service_id == service_id
+        )
+    )
     if mapping is None:
-        mapping = UserServiceMapping(user_id=user_id, service_id=service_id, is_active=is_active,
-                                     created_by=actor_user_id)
+        mapping = UserServiceMapping(
+            user_id=user_id, service_id=service_id, is_active=is_active, created_by=actor_user_id
+        )
         session.add(mapping)
     else:
         mapping.is_active = is_active
@@ -272,8 +337,9 @@ async def map_user(session: AsyncSession, *, user_id: int, service_id: int, acto
     return mapping
 
 
-async def set_user_services(session: AsyncSession, *, user_id: int, service_ids: list[int],
-                            actor_user_id: int | None) -> list[int]:
+async def set_user_services(
+    session: AsyncSession, *, user_id: int, service_ids: list[int], actor_user_id: int | None
+) -> list[int]:
     """Make the user's active mappings exactly `service_ids` (SPEC §15.3)."""
     for service_id in service_ids:
         await map_user(session, user_id=user_id, service_id=service_id, actor_user_id=actor_user_id)
@@ -301,8 +367,13 @@ def public_view(service: EmailService, vault: Vault) -> dict[str, Any]:
         hint["webhook_secrets"] = f"{len(_secret_entries(creds))} stored"
     body = {field: getattr(service, field) for field in CONFIG_FIELDS}
     body["sending_interval_seconds"] = float(service.sending_interval_seconds)
-    body.update(id=service.id, credentials_set=bool(creds), credentials_hint=hint,
-                created_at=service.created_at, updated_at=service.updated_at)
+    body.update(
+        id=service.id,
+        credentials_set=bool(creds),
+        credentials_hint=hint,
+        created_at=service.created_at,
+        updated_at=service.updated_at,
+    )
     return body
 
 
@@ -354,9 +425,15 @@ def secret_views(credentials: dict[str, Any], now: dt.datetime | None = None) ->
     views = []
     for position, entry in enumerate(_secret_entries(credentials)):
         expires = None if isinstance(entry, str) else entry.get("expires_at")
-        views.append({"id": _entry_id(entry, position), "hint": mask_secret(_entry_value(entry)),
-                      "added_at": None if isinstance(entry, str) else entry.get("added_at"),
-                      "expires_at": expires, "expired": _expired(expires, now)})
+        views.append(
+            {
+                "id": _entry_id(entry, position),
+                "hint": mask_secret(_entry_value(entry)),
+                "added_at": None if isinstance(entry, str) else entry.get("added_at"),
+                "expires_at": expires,
+                "expired": _expired(expires, now),
+            }
+        )
     return views
 
 
@@ -376,8 +453,13 @@ async def list_webhook_secrets(session: AsyncSession, vault: Vault, service_id: 
 
 
 async def add_webhook_secret(
-    session: AsyncSession, vault: Vault, service_id: int, *, value: str | None,
-    expires_at: dt.datetime | None = None, actor_user_id: int | None,
+    session: AsyncSession,
+    vault: Vault,
+    service_id: int,
+    *,
+    value: str | None,
+    expires_at: dt.datetime | None = None,
+    actor_user_id: int | None,
 ) -> tuple[dict[str, Any], str]:
     """Store one more secret (first in the list). Returns its masked view and the value (generated when not
     given), which the caller shows once: nothing returns it again."""
@@ -400,14 +482,16 @@ async def add_webhook_secret(
         entry["expires_at"] = expires_at.astimezone(dt.UTC).isoformat()
     credentials["webhook_secrets"] = [entry, *entries]
     service.credentials_encrypted = vault.encrypt_json(credentials)
-    log_change(session, service_id, SECRET_ADDED, new=f"{entry['id']} {mask_secret(value)}",
-               actor_user_id=actor_user_id)
+    log_change(
+        session, service_id, SECRET_ADDED, new=f"{entry['id']} {mask_secret(value)}", actor_user_id=actor_user_id
+    )
     await session.flush()
     return secret_views({"webhook_secrets": [entry]}, now)[0], value
 
 
-async def remove_webhook_secret(session: AsyncSession, vault: Vault, service_id: int, secret_id: str, *,
-                                actor_user_id: int | None) -> dict[str, Any]:
+async def remove_webhook_secret(
+    session: AsyncSession, vault: Vault, service_id: int, secret_id: str, *, actor_user_id: int | None
+) -> dict[str, Any]:
     """Forget one secret: webhooks signed with it stop verifying (within the pipeline's 5 s cache)."""
     service = await get_service(session, service_id)
     await state_of(session, service_id)
@@ -421,7 +505,12 @@ async def remove_webhook_secret(session: AsyncSession, vault: Vault, service_id:
     rest = _with_ids([e for i, e in enumerate(current) if i != position])
     credentials["webhook_secrets"] = rest
     service.credentials_encrypted = vault.encrypt_json(credentials)
-    log_change(session, service_id, SECRET_REMOVED, old=f"{secret_id} {mask_secret(_entry_value(removed))}",
-               actor_user_id=actor_user_id)
+    log_change(
+        session,
+        service_id,
+        SECRET_REMOVED,
+        old=f"{secret_id} {mask_secret(_entry_value(removed))}",
+        actor_user_id=actor_user_id,
+    )
     await session.flush()
     return {"id": secret_id, "hint": mask_secret(_entry_value(removed)), "remaining": len(rest)}

@@ -32,8 +32,9 @@ def day_start(day: dt.date, *, timezone: str, reset_time: str) -> dt.datetime:
 
 def _end_of_gap(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     """The first instant whose local reading is at or after `naive`, which lies in a skipped interval."""
-    start = min(naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC),
-                naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC))
+    start = min(
+        naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC), naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
+    )
     start = start.replace(second=0, microsecond=0)
     for minute in range(GAP_SCAN_LIMIT):
         instant = start + dt.timedelta(minutes=minute)

@@ -49,8 +49,17 @@ class TestSendResult:
         return asdict(self)
 
 
-async def send_test(config: ServiceConfig, *, service_name: str, to: str, from_local: str,
-                    subject: str | None, html: str | None, fake_allowed: bool, unsubscribe_base: str) -> TestSendResult:
+async def send_test(
+    config: ServiceConfig,
+    *,
+    service_name: str,
+    to: str,
+    from_local: str,
+    subject: str | None,
+    html: str | None,
+    fake_allowed: bool,
+    unsubscribe_base: str,
+) -> TestSendResult:
     """Send one `[TEST]` message through a freshly built adapter and classify the answer."""
     try:
         adapter = build_adapter(config, fake_allowed=fake_allowed)
@@ -58,13 +67,26 @@ async def send_test(config: ServiceConfig, *, service_name: str, to: str, from_l
         raise BadInput.field("provider", str(exc)) from None
     key = str(uuid.uuid4())
     body = html or DEFAULT_HTML.format(name=_escape(service_name))
-    content = RenderedContent(subject="[TEST] " + (subject or DEFAULT_SUBJECT.format(name=service_name)),
-                              preheader="", html=body, text=html_to_text(body))
+    content = RenderedContent(
+        subject="[TEST] " + (subject or DEFAULT_SUBJECT.format(name=service_name)),
+        preheader="",
+        html=body,
+        text=html_to_text(body),
+    )
     try:
         message = build_message(
-            key=key, task_id="test", user_id="admin", domain=config.domain, from_local=from_local,
-            from_name="EDM test", to_address=to, to_name="", reply_to=None, content=content,
-            unsubscribe_url=f"{unsubscribe_base}/u/test", with_mime=adapter.capabilities.needs_mime,
+            key=key,
+            task_id="test",
+            user_id="admin",
+            domain=config.domain,
+            from_local=from_local,
+            from_name="EDM test",
+            to_address=to,
+            to_name="",
+            reply_to=None,
+            content=content,
+            unsubscribe_url=f"{unsubscribe_base}/u/test",
+            with_mime=adapter.capabilities.needs_mime,
         )
     except ValueError as exc:
         await adapter.aclose()
@@ -75,28 +97,56 @@ async def send_test(config: ServiceConfig, *, service_name: str, to: str, from_l
     finally:
         await adapter.aclose()
     latency = result.latency_ms or int((time.perf_counter() - started) * 1000)
-    return TestSendResult(classification=result.outcome.value, status=result.status,
-                          provider_code=result.provider_code, message=result.message,
-                          provider_message_id=result.provider_message_id, latency_ms=latency, message_key=key)
+    return TestSendResult(
+        classification=result.outcome.value,
+        status=result.status,
+        provider_code=result.provider_code,
+        message=result.message,
+        provider_message_id=result.provider_message_id,
+        latency_ms=latency,
+        message_key=key,
+    )
 
 
-async def test_saved_service(sessionmaker: async_sessionmaker[AsyncSession], vault: Vault, service_id: int, *,
-                             to: str, from_local: str = "test", subject: str | None = None,
-                             html: str | None = None, fake_allowed: bool, unsubscribe_base: str,
-                             actor_user_id: int | None) -> TestSendResult:
+async def test_saved_service(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    service_id: int,
+    *,
+    to: str,
+    from_local: str = "test",
+    subject: str | None = None,
+    html: str | None = None,
+    fake_allowed: bool,
+    unsubscribe_base: str,
+    actor_user_id: int | None,
+) -> TestSendResult:
     async with sessionmaker() as session:
         service = await services.get_service(session, service_id)
         config = config_of(service, vault)
         name, timezone, reset_time = service.name, service.timezone, service.quota_reset_time
     address = normalize_email(to, field="to").original
-    result = await send_test(config, service_name=name, to=address, from_local=from_local, subject=subject,
-                             html=html, fake_allowed=fake_allowed, unsubscribe_base=unsubscribe_base)
+    result = await send_test(
+        config,
+        service_name=name,
+        to=address,
+        from_local=from_local,
+        subject=subject,
+        html=html,
+        fake_allowed=fake_allowed,
+        unsubscribe_base=unsubscribe_base,
+    )
     async with unit_of_work(sessionmaker) as session:
         day = service_day(utc_now(), timezone=timezone, reset_time=reset_time)
         await queue.upsert_usage(session, service_id=service_id, day=day, deltas=usage_delta(result.classification))
-        services.log_change(session, service_id, StatusChange.TEST_SEND, new=result.classification,
-                            reason=f"test send to {mask_email(address)}: {result.message}"[:500],
-                            actor_user_id=actor_user_id)
+        services.log_change(
+            session,
+            service_id,
+            StatusChange.TEST_SEND,
+            new=result.classification,
+            reason=f"test send to {mask_email(address)}: {result.message}"[:500],
+            actor_user_id=actor_user_id,
+        )
     return result
 
 

@@ -21,11 +21,21 @@ Source = Annotated[str | None, Query(max_length=16, description="provider code, 
 
 def event_view(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
     view = {
-        "id": event.id, "source": event.source, "service_id": event.service_id, "event_type": event.event_type,
-        "provider_event": event.provider_event, "occurred_at": event.occurred_at, "received_at": event.received_at,
-        "task_id": event.task_id, "subtask_id": event.subtask_id, "match_status": event.match_status,
-        "match_reason": event.match_reason, "provider_message_id": event.provider_message_id,
-        "recipient": event.recipient, "details": event.details, "processed_at": event.processed_at,
+        "id": event.id,
+        "source": event.source,
+        "service_id": event.service_id,
+        "event_type": event.event_type,
+        "provider_event": event.provider_event,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "task_id": event.task_id,
+        "subtask_id": event.subtask_id,
+        "match_status": event.match_status,
+        "match_reason": event.match_reason,
+        "provider_message_id": event.provider_message_id,
+        "recipient": event.recipient,
+        "details": event.details,
+        "processed_at": event.processed_at,
         "processing_error": event.processing_error,
     }
     if with_raw:
@@ -34,23 +44,49 @@ def event_view(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
 
 
 @router.get("/events")
-async def list_events(session: Session, caller: CurrentCaller, page: Paging, task_id: IdQuery = None,
-                      subtask_id: IdQuery = None, event_type: EventTypeQuery = None, source: Source = None,
-                      user_id: IdQuery = None) -> dict[str, Any]:
+async def list_events(
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    task_id: IdQuery = None,
+    subtask_id: IdQuery = None,
+    event_type: EventTypeQuery = None,
+    source: Source = None,
+    user_id: IdQuery = None,
+) -> dict[str, Any]:
     """Events attributed to the caller's SubTasks, oldest first (admins may pass `user_id`)."""
-    query = _filtered(select(Event).where(Event.user_id == caller.owner_filter(user_id)), task_id=task_id,
-                      subtask_id=subtask_id, event_type=event_type, source=source)
+    query = _filtered(
+        select(Event).where(Event.user_id == caller.owner_filter(user_id)),
+        task_id=task_id,
+        subtask_id=subtask_id,
+        event_type=event_type,
+        source=source,
+    )
     return page_of([event_view(e) for e in await _page(session, query, page)], page)
 
 
 @router.get("/admin/events")
-async def admin_events(session: Session, caller: Admin, page: Paging, match_status: MatchStatus | None = None,
-                       match_reason: MatchReason | None = None, service_id: IdQuery = None,
-                       task_id: IdQuery = None, event_type: EventTypeQuery = None,
-                       source: Source = None) -> dict[str, Any]:
+async def admin_events(
+    session: Session,
+    caller: Admin,
+    page: Paging,
+    match_status: MatchStatus | None = None,
+    match_reason: MatchReason | None = None,
+    service_id: IdQuery = None,
+    task_id: IdQuery = None,
+    event_type: EventTypeQuery = None,
+    source: Source = None,
+) -> dict[str, Any]:
     """Every event; `?match_status=unmatched` lists what could not be attributed, with the reason."""
-    query = _filtered(select(Event), task_id=task_id, event_type=event_type, source=source,
-                      match_status=match_status, match_reason=match_reason, service_id=service_id)
+    query = _filtered(
+        select(Event),
+        task_id=task_id,
+        event_type=event_type,
+        source=source,
+        match_status=match_status,
+        match_reason=match_reason,
+        service_id=service_id,
+    )
     return page_of([event_view(e) for e in await _page(session, query, page)], page)
 
 

@@ -69,23 +69,35 @@ class ApplyCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-async def drain(sessionmaker: async_sessionmaker[AsyncSession], *, simulated_matches_any: bool,
-                batch: int = 500, should_stop: Callable[[], bool] = lambda: False) -> ApplyCounts:
+async def drain(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    simulated_matches_any: bool,
+    batch: int = 500,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ApplyCounts:
     """Apply stored events until none is left, one transaction per batch (an entry point's loop: the
     `events` job, `edm events apply`)."""
     total = ApplyCounts()
     while not should_stop():
         async with unit_of_work(sessionmaker) as session:
-            counts = await apply_pending(session, now=utc_now(), simulated_matches_any=simulated_matches_any,
-                                         limit=batch)
+            counts = await apply_pending(
+                session, now=utc_now(), simulated_matches_any=simulated_matches_any, limit=batch
+            )
         total.add(counts)
         if counts.processed < batch:
             break
     return total
 
 
-async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_matches_any: bool,
-                        limit: int = 500, only_ids: Sequence[int] | None = None) -> ApplyCounts:
+async def apply_pending(
+    session: AsyncSession,
+    *,
+    now: dt.datetime,
+    simulated_matches_any: bool,
+    limit: int = 500,
+    only_ids: Sequence[int] | None = None,
+) -> ApplyCounts:
     """Apply up to `limit` stored, unprocessed events. The caller commits.
 
     Rows are read as plain records and written back with one executemany UPDATE per table (events, SubTasks,
@@ -100,8 +112,9 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
     subtasks = await _find_subtasks(session, events, ambiguous)
     await _load_recent_clicks(session, events, subtasks, runtime.tracking_click_burst_window)
     attempted_services = await _attempted_services(session, _needing_attempts(events, subtasks, providers))
-    contacts = await _contacts(session, {subtasks[e.id].contact_id for e in events
-                                         if e.id in subtasks and e.event_type in _CONTACT_EVENTS})
+    contacts = await _contacts(
+        session, {subtasks[e.id].contact_id for e in events if e.id in subtasks and e.event_type in _CONTACT_EVENTS}
+    )
     suppressions: list[dict[str, Any]] = []
     for event in events:
         subtask = subtasks.get(event.id)
@@ -129,8 +142,9 @@ async def apply_pending(session: AsyncSession, *, now: dt.datetime, simulated_ma
         event.match_status = MatchStatus.MATCHED
         counts.matched += 1
     await _update_many(session, Event, _EVENT_WRITE, events)
-    await _update_many(session, SubTask, _SUBTASK_WRITE, [s for s in {r.id: r for r in subtasks.values()}.values()
-                                                          if s.changed()])
+    await _update_many(
+        session, SubTask, _SUBTASK_WRITE, [s for s in {r.id: r for r in subtasks.values()}.values() if s.changed()]
+    )
     await _update_many(session, Contact, _CONTACT_WRITE, [c for c in contacts.values() if c.changed()])
     await _add_suppressions(session, suppressions, now)
     return counts
@@ -161,17 +175,61 @@ class _Record:
 _EVENT_READ = ("id", "source", "service_id", "event_type", "occurred_at", "subtask_ref", "provider_message_id")
 # `details` is written back: applying a tracking hit records its classification (machine, machine_reason).
 _EVENT_WRITE = ("processed_at", "match_status", "match_reason", "subtask_id", "task_id", "user_id", "details")
-_SUBTASK_READ = ("id", "public_id", "task_id", "user_id", "contact_id", "service_id", "attempts", "allocated_at",
-                 "provider_message_id", "sent_at", "recipient_email")
-_SUBTASK_WRITE = ("send_state", "sent_at", "last_error_class", "delivery_state", "delivered_at", "bounced_at",
-                  "delivery_detail", "complained_at", "unsubscribed_at", "replied_at", "open_count",
-                  "machine_open_count", "first_opened_at", "last_opened_at", "click_count", "machine_click_count",
-                  "first_clicked_at", "last_clicked_at")
-_CONTACT_WRITE = ("soft_bounce_streak", "hard_bounced_at", "complained_at", "unsubscribed_at", "last_replied_at",
-                  "last_opened_at", "last_clicked_at")
-_CONTACT_EVENTS = frozenset({EventType.DELIVERED, EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED,
-                             EventType.REJECTED, EventType.COMPLAINED, EventType.UNSUBSCRIBED, EventType.REPLIED,
-                             EventType.OPENED, EventType.CLICKED})
+_SUBTASK_READ = (
+    "id",
+    "public_id",
+    "task_id",
+    "user_id",
+    "contact_id",
+    "service_id",
+    "attempts",
+    "allocated_at",
+    "provider_message_id",
+    "sent_at",
+    "recipient_email",
+)
+_SUBTASK_WRITE = (
+    "send_state",
+    "sent_at",
+    "last_error_class",
+    "delivery_state",
+    "delivered_at",
+    "bounced_at",
+    "delivery_detail",
+    "complained_at",
+    "unsubscribed_at",
+    "replied_at",
+    "open_count",
+    "machine_open_count",
+    "first_opened_at",
+    "last_opened_at",
+    "click_count",
+    "machine_click_count",
+    "first_clicked_at",
+    "last_clicked_at",
+)
+_CONTACT_WRITE = (
+    "soft_bounce_streak",
+    "hard_bounced_at",
+    "complained_at",
+    "unsubscribed_at",
+    "last_replied_at",
+    "last_opened_at",
+    "last_clicked_at",
+)
+_CONTACT_EVENTS = frozenset(
+    {
+        EventType.DELIVERED,
+        EventType.SOFT_BOUNCED,
+        EventType.HARD_BOUNCED,
+        EventType.REJECTED,
+        EventType.COMPLAINED,
+        EventType.UNSUBSCRIBED,
+        EventType.REPLIED,
+        EventType.OPENED,
+        EventType.CLICKED,
+    }
+)
 
 
 def _columns(model: Any, names: tuple[str, ...]) -> list[Any]:
@@ -179,8 +237,12 @@ def _columns(model: Any, names: tuple[str, ...]) -> list[Any]:
 
 
 async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None) -> list[Any]:
-    query = (select(*_columns(Event, _EVENT_READ + _EVENT_WRITE)).where(Event.processed_at.is_(None))
-             .order_by(Event.id).limit(limit))
+    query = (
+        select(*_columns(Event, _EVENT_READ + _EVENT_WRITE))
+        .where(Event.processed_at.is_(None))
+        .order_by(Event.id)
+        .limit(limit)
+    )
     if only_ids is not None:  # applied synchronously by the request that stored them (one-click unsubscribe)
         query = query.where(Event.id.in_(list(only_ids)))
     if _dialect(session) == "postgresql":
@@ -211,8 +273,9 @@ async def _find_subtasks(session: AsyncSession, events: Sequence[Any], ambiguous
             for event in by_ref[subtask.public_id]:
                 found[event.id] = subtask
     if by_provider_id:
-        query = _subtask_query(session, SubTask.provider_message_id.in_(list(by_provider_id)),
-                               SubTask.service_id.is_not(None))
+        query = _subtask_query(
+            session, SubTask.provider_message_id.in_(list(by_provider_id)), SubTask.service_id.is_not(None)
+        )
         candidates: dict[int, list[Any]] = defaultdict(list)
         for subtask in await _subtask_records(session, query, records):
             for event in by_provider_id[subtask.provider_message_id or ""]:
@@ -257,8 +320,10 @@ def _needing_attempts(events: Sequence[Any], subtasks: dict[int, Any], services:
         wanted = sources[subtask.id] - TRACKING_SOURCES
         if not wanted or subtask.attempts == 0:
             continue
-        if service is not None and (service.provider == SIMULATED_PROVIDER or all(
-                service.provider == ("smtp" if source in REPORT_SOURCES else source) for source in wanted)):
+        if service is not None and (
+            service.provider == SIMULATED_PROVIDER
+            or all(service.provider == ("smtp" if source in REPORT_SOURCES else source) for source in wanted)
+        ):
             continue
         needed.append(subtask.id)
     return needed
@@ -268,17 +333,25 @@ async def _attempted_services(session: AsyncSession, subtask_ids: list[int]) -> 
     """SubTask id -> every service it was attempted on (a deferred row loses its service_id)."""
     result: dict[int, set[int]] = defaultdict(set)
     for start in range(0, len(subtask_ids), 1000):
-        chunk = subtask_ids[start:start + 1000]
-        rows = await session.execute(select(SendAttempt.subtask_id, SendAttempt.service_id)
-                                     .where(SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)))
+        chunk = subtask_ids[start : start + 1000]
+        rows = await session.execute(
+            select(SendAttempt.subtask_id, SendAttempt.service_id).where(
+                SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)
+            )
+        )
         for subtask_id, service_id in rows:
             if service_id is not None:
                 result[subtask_id].add(service_id)
     return result
 
 
-def _match(event: Any, subtask: Any, services: dict[int, EmailService],
-           attempted: dict[int, set[int]], simulated_matches_any: bool) -> tuple[MatchStatus, str | None]:
+def _match(
+    event: Any,
+    subtask: Any,
+    services: dict[int, EmailService],
+    attempted: dict[int, set[int]],
+    simulated_matches_any: bool,
+) -> tuple[MatchStatus, str | None]:
     if event.event_type == EventType.REPLIED and subtask is None:
         return MatchStatus.UNMATCHED, MatchReason.INBOUND
     if subtask is None:
@@ -323,8 +396,7 @@ def _settle_uncertain(subtask: Any, event: Any, now: dt.datetime) -> bool:
     return True
 
 
-async def _move_usage_to_accepted(session: AsyncSession, subtask: Any,
-                                  services: dict[int, EmailService]) -> None:
+async def _move_usage_to_accepted(session: AsyncSession, subtask: Any, services: dict[int, EmailService]) -> None:
     """An uncertain send was counted as `uncertain` usage on its claim day; it is now `accepted`."""
     service = services.get(subtask.service_id or 0)
     if service is None or subtask.allocated_at is None:
@@ -446,9 +518,16 @@ def _suppression_trigger(event: Any, contact: Any, runtime: RuntimeSettings) -> 
 
 def _suppression(scope: str, subtask: Any, reason: str, event_id: int) -> dict[str, Any]:
     owner = subtask.user_id if scope == "user" else None
-    return {"scope": scope, "user_id": owner, "owner_key": owner or 0, "kind": "address",
-            "value": subtask.recipient_email, "reason": reason, "source_task_id": subtask.task_id,
-            "source_event_id": event_id}
+    return {
+        "scope": scope,
+        "user_id": owner,
+        "owner_key": owner or 0,
+        "kind": "address",
+        "value": subtask.recipient_email,
+        "reason": reason,
+        "source_task_id": subtask.task_id,
+        "source_event_id": event_id,
+    }
 
 
 async def _add_suppressions(session: AsyncSession, rows: list[dict[str, Any]], now: dt.datetime) -> None:
@@ -470,7 +549,8 @@ async def _add_suppressions(session: AsyncSession, rows: list[dict[str, Any]], n
 _MACHINE_AGENTS = re.compile(
     r"bot\b|crawler|spider|scanner|preview|headless|python-|curl/|wget/|go-http-client|java/|okhttp|"
     r"barracuda|proofpoint|mimecast|symantec|forcepoint|safelinks|urldefense|msnbot|bingpreview",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # The windows are admin settings (`tracking.machine_open_window`, `tracking.machine_click_window`,
 # `tracking.click_burst_window`, in seconds); these are their defaults, kept for readers. 0 turns a rule off.
 MACHINE_OPEN_WINDOW = dt.timedelta(seconds=60)
@@ -525,8 +605,10 @@ def _in_proxy_networks(stored_ip: Any, cidrs: tuple[str, ...]) -> bool:
         hit = ipaddress.ip_network(f"{address}/{_STORED_PREFIX[address.version]}", strict=False)
     except ValueError:
         return False
-    return any(hit.version == network.version and hit.overlaps(network)  # type: ignore[arg-type]
-               for network in _networks(cidrs))
+    return any(
+        hit.version == network.version and hit.overlaps(network)  # type: ignore[arg-type]
+        for network in _networks(cidrs)
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -557,8 +639,10 @@ def _in_link_burst(event: Any, subtask: Any, window_seconds: float) -> bool:
         return False
     window = dt.timedelta(seconds=window_seconds)
     link = _link_of(event.details)
-    return any(other_id < event.id and other_link != link and abs(other_at - event.occurred_at) <= window
-               for other_id, other_at, other_link in getattr(subtask, "recent_clicks", ()))
+    return any(
+        other_id < event.id and other_link != link and abs(other_at - event.occurred_at) <= window
+        for other_id, other_at, other_link in getattr(subtask, "recent_clicks", ())
+    )
 
 
 def _link_of(details: Any) -> str | None:
@@ -566,13 +650,15 @@ def _link_of(details: Any) -> str | None:
     return None if link is None else str(link)
 
 
-async def _load_recent_clicks(session: AsyncSession, events: Sequence[Any], subtasks: dict[int, Any],
-                              window_seconds: float) -> None:
+async def _load_recent_clicks(
+    session: AsyncSession, events: Sequence[Any], subtasks: dict[int, Any], window_seconds: float
+) -> None:
     """Attach to every SubTask clicked in this batch (`recent_clicks`: event id, time, link) the tracking clicks
     the burst rule compares with: this batch's own, those already applied (by SubTask id), and those another
     worker holds right now (still pending, with a lower id than this batch's last: found by SubTask ref)."""
-    clicks = [e for e in events if e.id in subtasks and e.event_type == EventType.CLICKED
-              and e.source in TRACKING_SOURCES]
+    clicks = [
+        e for e in events if e.id in subtasks and e.event_type == EventType.CLICKED and e.source in TRACKING_SOURCES
+    ]
     clicked = {subtasks[e.id].id: subtasks[e.id] for e in clicks}
     for record in clicked.values():
         record.recent_clicks = []
@@ -582,9 +668,11 @@ async def _load_recent_clicks(session: AsyncSession, events: Sequence[Any], subt
     batch_ids = {e.id for e in events}
     by_ref = {str(record.public_id): record for record in clicked.values()}
     nearby = select(Event.id, Event.occurred_at, Event.details, Event.subtask_id, Event.subtask_ref).where(
-        Event.source.in_(TRACKING_SOURCES), Event.event_type == EventType.CLICKED,
+        Event.source.in_(TRACKING_SOURCES),
+        Event.event_type == EventType.CLICKED,
         Event.occurred_at >= min(e.occurred_at for e in clicks) - window,
-        Event.occurred_at <= max(e.occurred_at for e in clicks) + window)
+        Event.occurred_at <= max(e.occurred_at for e in clicks) + window,
+    )
     applied = nearby.where(Event.subtask_id.in_(list(clicked)))
     held = nearby.where(Event.processed_at.is_(None), Event.id < max(batch_ids), Event.subtask_ref.in_(list(by_ref)))
     for query in (applied, held):
@@ -626,8 +714,9 @@ async def _update_many(session: AsyncSession, model: Any, names: tuple[str, ...]
     if not records:
         return
     table = model.__table__
-    statement = update(table).where(table.c.id == bindparam("b_id")).values(
-        {name: bindparam("b_" + name) for name in names})
+    statement = (
+        update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam("b_" + name) for name in names})
+    )
     await session.execute(statement, [record.values() for record in records])
 
 

@@ -64,25 +64,44 @@ def event_row(source: str, service_id: int | None, event: NormalizedEvent, *, no
     if event.task_id:
         details.setdefault("task_ref", str(event.task_id)[:64])
     return {
-        "source": source, "service_id": service_id, "dedupe_key": dedupe_key(event),
-        "event_type": str(event.event_type), "provider_event": (event.provider_event or "")[:64] or None,
-        "occurred_at": event.occurred_at or now, "received_at": now,
-        "subtask_ref": _clip(event.subtask_id, 64), "match_status": MatchStatus.PENDING,
-        "provider_message_id": _clip(event.provider_message_id, 255), "recipient": _clip(event.recipient, 320),
-        "details": details, "raw": raw, "raw_truncated": truncated,
+        "source": source,
+        "service_id": service_id,
+        "dedupe_key": dedupe_key(event),
+        "event_type": str(event.event_type),
+        "provider_event": (event.provider_event or "")[:64] or None,
+        "occurred_at": event.occurred_at or now,
+        "received_at": now,
+        "subtask_ref": _clip(event.subtask_id, 64),
+        "match_status": MatchStatus.PENDING,
+        "provider_message_id": _clip(event.provider_message_id, 255),
+        "recipient": _clip(event.recipient, 320),
+        "details": details,
+        "raw": raw,
+        "raw_truncated": truncated,
     }
 
 
-def bad_element_row(source: str, service_id: int | None, element: BadElement, *,
-                    now: dt.datetime) -> dict[str, Any]:
+def bad_element_row(source: str, service_id: int | None, element: BadElement, *, now: dt.datetime) -> dict[str, Any]:
     """A batch element that could not be parsed: kept with its error for the admin view, never applied."""
     raw, truncated = _bounded_raw(element.raw)
     return {
-        "source": source, "service_id": service_id, "dedupe_key": "bad:" + _digest(_dumps(element.raw).decode()),
-        "event_type": "unknown", "provider_event": None, "occurred_at": now, "received_at": now,
-        "subtask_ref": None, "match_status": MatchStatus.UNMATCHED, "match_reason": MatchReason.BAD_ELEMENT,
-        "provider_message_id": None, "recipient": None, "details": {}, "raw": raw, "raw_truncated": truncated,
-        "processed_at": now, "processing_error": element.error[:500],
+        "source": source,
+        "service_id": service_id,
+        "dedupe_key": "bad:" + _digest(_dumps(element.raw).decode()),
+        "event_type": "unknown",
+        "provider_event": None,
+        "occurred_at": now,
+        "received_at": now,
+        "subtask_ref": None,
+        "match_status": MatchStatus.UNMATCHED,
+        "match_reason": MatchReason.BAD_ELEMENT,
+        "provider_message_id": None,
+        "recipient": None,
+        "details": {},
+        "raw": raw,
+        "raw_truncated": truncated,
+        "processed_at": now,
+        "processing_error": element.error[:500],
     }
 
 

@@ -34,8 +34,14 @@ Handler = Callable[[bytes], Awaitable[bool]]
 
 _PROTOCOLS = frozenset({"imap", "pop3"})
 _SECURITY = frozenset({"tls", "starttls", "none"})
-_DEFAULT_PORTS = {("imap", "tls"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
-                  ("pop3", "tls"): 995, ("pop3", "starttls"): 110, ("pop3", "none"): 110}
+_DEFAULT_PORTS = {
+    ("imap", "tls"): 993,
+    ("imap", "starttls"): 143,
+    ("imap", "none"): 143,
+    ("pop3", "tls"): 995,
+    ("pop3", "starttls"): 110,
+    ("pop3", "none"): 110,
+}
 _IMAP_ATOM_RE = re.compile(r"[A-Za-z0-9_.\-/]+")
 # poplib refuses lines over 2,048 bytes, which non-compliant bounces (one-line HTML) exceed; imaplib allows 1 MB.
 poplib._MAXLINE = max(poplib._MAXLINE, 1_000_000)  # type: ignore[attr-defined]
@@ -111,8 +117,9 @@ async def fetch_reports(config: MailboxConfig, handle: Handler) -> int:
         session.abort()
         raise
     await asyncio.to_thread(session.commit)
-    log.info("mailbox %s:%s: %d of %d pending messages handled", config.host, config.effective_port, handled,
-             len(pending))
+    log.info(
+        "mailbox %s:%s: %d of %d pending messages handled", config.host, config.effective_port, handled, len(pending)
+    )
     return handled
 
 
@@ -167,8 +174,9 @@ class _ImapSession:
         step = "connect"
         try:
             if config.security == "tls":
-                self.conn = imaplib.IMAP4_SSL(config.host, config.effective_port, ssl_context=_tls_context(config),
-                                              timeout=config.timeout_seconds)
+                self.conn = imaplib.IMAP4_SSL(
+                    config.host, config.effective_port, ssl_context=_tls_context(config), timeout=config.timeout_seconds
+                )
             else:
                 self.conn = imaplib.IMAP4(config.host, config.effective_port, timeout=config.timeout_seconds)
                 if config.security == "starttls":
@@ -261,8 +269,9 @@ class _Pop3Session:
         step = "connect"
         try:
             if config.security == "tls":
-                self.conn = poplib.POP3_SSL(config.host, config.effective_port, context=_tls_context(config),
-                                            timeout=config.timeout_seconds)
+                self.conn = poplib.POP3_SSL(
+                    config.host, config.effective_port, context=_tls_context(config), timeout=config.timeout_seconds
+                )
             else:
                 self.conn = poplib.POP3(config.host, config.effective_port, timeout=config.timeout_seconds)
                 if config.security == "starttls":

@@ -38,14 +38,28 @@ class Event(IdMixin, Base):
     __table_args__ = (
         UniqueConstraint("source", "dedupe_key"),
         # The `events` job's queue: rows leave this index once processed, so it stays small.
-        Index("ix_events_pending", "id", postgresql_where=text("processed_at IS NULL"),
-              sqlite_where=text("processed_at IS NULL")),
-        Index("ix_events_subtask_id", "subtask_id", postgresql_where=text("subtask_id IS NOT NULL"),
-              sqlite_where=text("subtask_id IS NOT NULL")),
+        Index(
+            "ix_events_pending",
+            "id",
+            postgresql_where=text("processed_at IS NULL"),
+            sqlite_where=text("processed_at IS NULL"),
+        ),
+        Index(
+            "ix_events_subtask_id",
+            "subtask_id",
+            postgresql_where=text("subtask_id IS NOT NULL"),
+            sqlite_where=text("subtask_id IS NOT NULL"),
+        ),
         Index("ix_events_match_status_id", "match_status", "id"),
         # Per-task reports (timeline, links, heat map, per-recipient detail) read a task's events by type.
-        Index("ix_events_task_id_type_time", "task_id", "event_type", "occurred_at",
-              postgresql_where=text("task_id IS NOT NULL"), sqlite_where=text("task_id IS NOT NULL")),
+        Index(
+            "ix_events_task_id_type_time",
+            "task_id",
+            "event_type",
+            "occurred_at",
+            postgresql_where=text("task_id IS NOT NULL"),
+            sqlite_where=text("task_id IS NOT NULL"),
+        ),
     )
 
     source: Mapped[str] = mapped_column(String(16))  # provider code, `tracking`, `dsn`, `arf`, `inbound`

@@ -36,8 +36,9 @@ def source_of(event: NormalizedEvent) -> str:
     return "arf" if event.provider_event.startswith("arf:") else "dsn"
 
 
-def report_rows(service_id: int | None, parsed: ParsedPayload, raw_mime: bytes, *,
-                now: dt.datetime) -> list[dict[str, Any]]:
+def report_rows(
+    service_id: int | None, parsed: ParsedPayload, raw_mime: bytes, *, now: dt.datetime
+) -> list[dict[str, Any]]:
     rows = []
     for item in parsed.items:
         if isinstance(item, BadElement):
@@ -45,19 +46,21 @@ def report_rows(service_id: int | None, parsed: ParsedPayload, raw_mime: bytes, 
             continue
         row = ingest.event_row(source_of(item), service_id, item, now=now)
         if item.event_type == EventType.UNKNOWN:
-            row["raw"] = {**(item.raw if isinstance(item.raw, dict) else {"value": item.raw}),
-                          "mime": raw_mime[: ingest.RAW_LIMIT].decode("utf-8", "replace")}
+            row["raw"] = {
+                **(item.raw if isinstance(item.raw, dict) else {"value": item.raw}),
+                "mime": raw_mime[: ingest.RAW_LIMIT].decode("utf-8", "replace"),
+            }
             if not item.subtask_id:  # no report and none of our ids: nothing to apply it to
-                row.update(match_status=MatchStatus.UNMATCHED, match_reason=MatchReason.NOT_A_REPORT,
-                           processed_at=now)
+                row.update(match_status=MatchStatus.UNMATCHED, match_reason=MatchReason.NOT_A_REPORT, processed_at=now)
             if not item.provider_event_id:  # the mail itself is its identity (two mails may share a Date)
                 row["dedupe_key"] = "mime:" + hashlib.sha256(raw_mime).hexdigest()[:40]
         rows.append(row)
     return rows
 
 
-async def store_report(session: AsyncSession, service_id: int | None, raw_mime: bytes, *,
-                       envelope_to: str | None = None) -> ingest.StoreCounts:
+async def store_report(
+    session: AsyncSession, service_id: int | None, raw_mime: bytes, *, envelope_to: str | None = None
+) -> ingest.StoreCounts:
     parsed = parse_report(raw_mime, envelope_to=envelope_to)
     return await ingest.store(session, report_rows(service_id, parsed, raw_mime, now=clock.utc_now()))
 
@@ -69,8 +72,11 @@ async def poll_mailboxes(sessionmaker: async_sessionmaker[AsyncSession], vault: 
     """Fetch reports from every SMTP service's bounce mailbox; each stored in its own transaction before the
     message is deleted or marked seen, so a crash never loses one. Returns the number of messages stored."""
     async with sessionmaker() as session:
-        services = (await session.scalars(select(EmailService).where(
-            EmailService.provider == "smtp", EmailService.archived_at.is_(None)))).all()
+        services = (
+            await session.scalars(
+                select(EmailService).where(EmailService.provider == "smtp", EmailService.archived_at.is_(None))
+            )
+        ).all()
     handled = 0
     for service in services:
         settings = (service.options or {}).get(MAILBOX_OPTION)

@@ -122,8 +122,10 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
     except (OperationalError, DBAPIError, OSError) as exc:
         log.error("webhook.database_unavailable", extra={"provider": provider, "error": type(exc).__name__})
         return _error(request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"})
-    log.info("webhook.stored", extra={"provider": provider, "service_id": service.service_id if service else None,
-                                      **counts.as_dict()})
+    log.info(
+        "webhook.stored",
+        extra={"provider": provider, "service_id": service.service_id if service else None, **counts.as_dict()},
+    )
     return _json(counts.as_dict())
 
 
@@ -140,8 +142,9 @@ def _parse(handler: WebhookHandler, incoming: WebhookRequest) -> ParsedPayload:
             raw: Any = orjson.loads(incoming.body)
         except orjson.JSONDecodeError:
             raw = incoming.body[: ingest.RAW_LIMIT].decode("utf-8", "replace")
-        return ParsedPayload(items=[BadElement(raw=raw, error=f"parser error: {type(exc).__name__}: {exc}"[:500])],
-                             batch=True)
+        return ParsedPayload(
+            items=[BadElement(raw=raw, error=f"parser error: {type(exc).__name__}: {exc}"[:500])], batch=True
+        )
 
 
 def _handler(provider: str, settings: Settings) -> WebhookHandler:
@@ -174,8 +177,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _webhook_request(request: Request, body: bytes) -> WebhookRequest:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return WebhookRequest(body=body, headers={k.lower(): v for k, v in request.headers.items()},
-                          query=dict(request.query_params), content_type=content_type)
+    return WebhookRequest(
+        body=body,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        query=dict(request.query_params),
+        content_type=content_type,
+    )
 
 
 # -- candidate services and their secrets ----------------------------------------------------------------
@@ -207,8 +214,13 @@ async def _load_targets(request: Request, provider: str) -> tuple[WebhookTarget,
         vault = request.app.state.vault = Vault.from_settings(request.app.state.settings)
     now = clock.utc_now()
     async with request.app.state.sessionmaker() as session:
-        services = (await session.scalars(select(EmailService).where(
-            EmailService.provider == provider, EmailService.archived_at.is_(None)).order_by(EmailService.id))).all()
+        services = (
+            await session.scalars(
+                select(EmailService)
+                .where(EmailService.provider == provider, EmailService.archived_at.is_(None))
+                .order_by(EmailService.id)
+            )
+        ).all()
     targets = []
     for service in services:
         try:
@@ -216,8 +228,14 @@ async def _load_targets(request: Request, provider: str) -> tuple[WebhookTarget,
         except ValueError:
             log.error("webhook.credentials_unreadable", extra={"service_id": service.id})
             credentials = {}
-        targets.append(WebhookTarget(service_id=service.id, provider=provider,
-                                     secrets=active_secrets(credentials, now), options=dict(service.options or {})))
+        targets.append(
+            WebhookTarget(
+                service_id=service.id,
+                provider=provider,
+                secrets=active_secrets(credentials, now),
+                options=dict(service.options or {}),
+            )
+        )
     return tuple(targets)
 
 
@@ -246,8 +264,14 @@ def active_secrets(credentials: Mapping[str, Any], now: dt.datetime) -> tuple[st
 # -- verification ----------------------------------------------------------------------------------------
 
 
-async def _verify(request: Request, handler: WebhookHandler, incoming: WebhookRequest,
-                  targets: Sequence[WebhookTarget], settings: Settings, service_id: int | None) -> WebhookTarget | None:
+async def _verify(
+    request: Request,
+    handler: WebhookHandler,
+    incoming: WebhookRequest,
+    targets: Sequence[WebhookTarget],
+    settings: Settings,
+    service_id: int | None,
+) -> WebhookTarget | None:
     """The service whose secret verifies the request. Otherwise the same 401 `invalid_signature` whether the
     URL names no such service, no candidate has a secret, or none verifies; the reason goes to the log."""
     if service_id is not None and not targets:
@@ -265,13 +289,21 @@ async def _verify(request: Request, handler: WebhookHandler, incoming: WebhookRe
 
 
 def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
-    log.warning("webhook.rejected", extra={"provider": provider, "service_id": service_id, "reason": reason,
-                                           "request_id": getattr(request.state, "request_id", None)})
+    log.warning(
+        "webhook.rejected",
+        extra={
+            "provider": provider,
+            "service_id": service_id,
+            "reason": reason,
+            "request_id": getattr(request.state, "request_id", None),
+        },
+    )
     return InvalidSignature(NOT_VERIFIED_MESSAGE)
 
 
 def _fetcher(request: Request) -> Any:
     """GET for SNS certificates and subscription confirmations; the handler checks the host first."""
+
     async def fetch(url: str) -> bytes:
         client = outbound_client(request)
         response = await client.get(url)
@@ -285,8 +317,9 @@ def outbound_client(request: Request) -> httpx.AsyncClient:
     state = request.app.state
     client = getattr(state, "webhook_http", None)
     if client is None:
-        client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False,
-                                   transport=getattr(state, "outbound_transport", None))
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0), follow_redirects=False, transport=getattr(state, "outbound_transport", None)
+        )
         state.webhook_http = client
     return client
 
@@ -315,15 +348,25 @@ async def _control(request: Request, provider: str, parsed: ParsedPayload) -> Re
     return _json({"control": parsed.control})
 
 
-async def _store(request: Request, provider: str, service: WebhookTarget | None, handler: WebhookHandler,
-                 incoming: WebhookRequest, parsed: ParsedPayload) -> ingest.StoreCounts:
+async def _store(
+    request: Request,
+    provider: str,
+    service: WebhookTarget | None,
+    handler: WebhookHandler,
+    incoming: WebhookRequest,
+    parsed: ParsedPayload,
+) -> ingest.StoreCounts:
     now = clock.utc_now()
     service_id = service.service_id if service else None
     if provider == SMTP:
         rows = reports.report_rows(service_id, parsed, incoming.body, now=now)
     else:
-        rows = [ingest.bad_element_row(provider, service_id, item, now=now) if isinstance(item, BadElement)
-                else ingest.event_row(provider, service_id, item, now=now) for item in parsed.items]
+        rows = [
+            ingest.bad_element_row(provider, service_id, item, now=now)
+            if isinstance(item, BadElement)
+            else ingest.event_row(provider, service_id, item, now=now)
+            for item in parsed.items
+        ]
     nonce = handler.replay_nonce(incoming)
     async with request.app.state.sessionmaker() as session, session.begin():
         # The single-use token is recorded with the events, so a retry after a failed store is not a replay.
@@ -332,10 +375,17 @@ async def _store(request: Request, provider: str, service: WebhookTarget | None,
         return await ingest.store(session, rows)
 
 
-def _error(request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
-           ) -> Response:
-    body: dict[str, Any] = {"error": {"code": code, "message": message, "details": [],
-                      "request_id": getattr(request.state, "request_id", None)}}
+def _error(
+    request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [],
+            "request_id": getattr(request.state, "request_id", None),
+        }
+    }
     return _json(body, status=status, headers=headers)
 
 

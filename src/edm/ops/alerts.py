@@ -14,11 +14,13 @@ from edm.users.models import Role, User
 log = logging.getLogger("edm.alerts")
 
 
-async def alert_admins(session: AsyncSession, *, kind: str, title: str, body: str | None = None,
-                       link: str | None = None) -> int:
+async def alert_admins(
+    session: AsyncSession, *, kind: str, title: str, body: str | None = None, link: str | None = None
+) -> int:
     admins = list(await session.scalars(select(User.id).where(User.role == Role.ADMIN, User.is_active.is_(True))))
     for admin_id in admins:
-        session.add(Notification(user_id=admin_id, kind=kind, title=title[:200], body=(body or "")[:2000] or None,
-                                 link=link))
+        session.add(
+            Notification(user_id=admin_id, kind=kind, title=title[:200], body=(body or "")[:2000] or None, link=link)
+        )
     log.warning("alert." + kind, extra={"title": title, "admins": len(admins)})
     return len(admins)

@@ -58,8 +58,9 @@ async def get_settings(session: Session, caller: Admin) -> dict[str, Any]:
 
 
 @router.patch("/admin/settings", response_model=SettingsChanged)
-async def patch_settings(session: Session, caller: AdminWriter, request: Request,
-                         body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])]) -> dict[str, Any]:
+async def patch_settings(
+    session: Session, caller: AdminWriter, request: Request, body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])]
+) -> dict[str, Any]:
     """Change settings: `{"key": value, ...}`. All or nothing; `changed` lists the keys whose value moved."""
     changed = await update_settings(session, body, actor=_actor(caller, request))
     return {"items": await settings_view(session), "changed": changed}
@@ -75,17 +76,28 @@ def _actor(caller: Caller, request: Request) -> Actor:
 
 
 def audit_view(row: AuditLog) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at, "actor_user_id": row.actor_user_id, "actor_kind": row.actor_kind,
-            "action": row.action, "target_type": row.target_type, "target_id": row.target_id,
-            "details": row.details, "ip": row.ip}
+    return {
+        "id": row.id,
+        "at": row.at,
+        "actor_user_id": row.actor_user_id,
+        "actor_kind": row.actor_kind,
+        "action": row.action,
+        "target_type": row.target_type,
+        "target_id": row.target_id,
+        "details": row.details,
+        "ip": row.ip,
+    }
 
 
 @router.get("/admin/audit-log")
 async def get_audit_log(
-    session: Session, caller: Admin, page: Paging,
+    session: Session,
+    caller: Admin,
+    page: Paging,
     actor_user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    action: Annotated[str | None, Query(max_length=64, description="prefix, e.g. `credit.` or `settings.update`")]
-    = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="prefix, e.g. `credit.` or `settings.update`")
+    ] = None,
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
@@ -97,8 +109,9 @@ async def get_audit_log(
     for name, value in (("action", action), ("target_type", target_type), ("target_id", target_id)):
         if value is not None and "\x00" in value:
             raise BadInput.field(name, "must not contain NUL characters")
-    filters = AuditFilter(actor_user_id=actor_user_id, action=action, target_type=target_type,
-                          target_id=target_id, since=from_, until=to)
+    filters = AuditFilter(
+        actor_user_id=actor_user_id, action=action, target_type=target_type, target_id=target_id, since=from_, until=to
+    )
     rows = await list_audit(session, filters, limit=page.limit + 1, before_id=page.after_id)
     return page_of([audit_view(r) for r in rows], page)
 
@@ -153,17 +166,26 @@ async def get_admin_dashboard(session: Session, caller: Admin) -> dict[str, Any]
 
 
 def notification_view(row: Notification) -> dict[str, Any]:
-    return {"id": row.id, "kind": row.kind, "title": row.title, "body": row.body, "link": row.link,
-            "read_at": row.read_at, "created_at": row.created_at}
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "title": row.title,
+        "body": row.body,
+        "link": row.link,
+        "read_at": row.read_at,
+        "created_at": row.created_at,
+    }
 
 
 @router.get("/me/notifications", tags=["notifications"])
-async def my_notifications(session: Session, caller: CurrentCaller, page: Paging,
-                           unread: Annotated[bool | None, Query(description="true: unread only; false: read only")]
-                           = None) -> dict[str, Any]:
+async def my_notifications(
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    unread: Annotated[bool | None, Query(description="true: unread only; false: read only")] = None,
+) -> dict[str, Any]:
     """Own notifications, newest first, with the number still unread."""
-    rows = await list_notifications(session, caller.id, unread=unread, limit=page.limit + 1,
-                                    before_id=page.after_id)
+    rows = await list_notifications(session, caller.id, unread=unread, limit=page.limit + 1, before_id=page.after_id)
     result = page_of([notification_view(r) for r in rows], page)
     result["unread"] = await unread_count(session, caller.id)
     return result

@@ -62,9 +62,13 @@ class RuntimeSettings:
     @property
     def policy(self) -> Policy:
         return Policy(
-            max_attempts=self.retry_max_attempts, retry_base=self.retry_base_delay, retry_max=self.retry_max_delay,
-            freeze_threshold=self.freeze_failure_threshold, freeze_base=self.freeze_base_cooldown,
-            freeze_max=self.freeze_max_cooldown, throttle_base=self.throttle_base_backoff,
+            max_attempts=self.retry_max_attempts,
+            retry_base=self.retry_base_delay,
+            retry_max=self.retry_max_delay,
+            freeze_threshold=self.freeze_failure_threshold,
+            freeze_base=self.freeze_base_cooldown,
+            freeze_max=self.freeze_max_cooldown,
+            throttle_base=self.throttle_base_backoff,
             throttle_max=self.throttle_max_backoff,
         )
 

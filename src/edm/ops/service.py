@@ -38,10 +38,24 @@ CLI = Actor(None, "cli")
 # Detail keys that name a secret. Callers pass only what is safe to keep (names of fields, ids, counts); the
 # helper still replaces these keys' values at any depth, so one careless caller cannot store a credential,
 # webhook secret, token or password in a table every admin can read.
-SECRET_DETAIL_KEYS = frozenset({
-    "password", "new_password", "current_password", "password_hash", "token", "token_hash", "secret", "secrets",
-    "webhook_secret", "webhook_secrets", "credentials", "api_key", "private_key", "signing_key",
-})
+SECRET_DETAIL_KEYS = frozenset(
+    {
+        "password",
+        "new_password",
+        "current_password",
+        "password_hash",
+        "token",
+        "token_hash",
+        "secret",
+        "secrets",
+        "webhook_secret",
+        "webhook_secrets",
+        "credentials",
+        "api_key",
+        "private_key",
+        "signing_key",
+    }
+)
 REDACTED = "[redacted]"
 
 
@@ -53,13 +67,29 @@ def _without_secrets(value: Any) -> Any:
     return value
 
 
-async def audit(session: AsyncSession, actor: Actor, action: str, *, target_type: str | None = None,
-                target_id: Any = None, details: dict[str, Any] | None = None) -> None:
+async def audit(
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str | None = None,
+    target_id: Any = None,
+    details: dict[str, Any] | None = None,
+) -> None:
     """One audit row: who (`actor`), what (`action`, dotted: `service.update`), to which object, and details.
     Details hold what an admin needs to see later, never a secret value (see SECRET_DETAIL_KEYS)."""
-    session.add(AuditLog(actor_user_id=actor.user_id, actor_kind=actor.kind, action=action, target_type=target_type,
-                         target_id=None if target_id is None else str(target_id),
-                         details=None if details is None else _without_secrets(details), ip=actor.ip, at=utc_now()))
+    session.add(
+        AuditLog(
+            actor_user_id=actor.user_id,
+            actor_kind=actor.kind,
+            action=action,
+            target_type=target_type,
+            target_id=None if target_id is None else str(target_id),
+            details=None if details is None else _without_secrets(details),
+            ip=actor.ip,
+            at=utc_now(),
+        )
+    )
     await session.flush()
 
 
@@ -73,9 +103,16 @@ async def settings_view(session: AsyncSession) -> list[dict[str, Any]]:
     current = runtime_settings.current_values(await runtime_settings.load(session))
     defaults = runtime_settings.current_values(RuntimeSettings())
     stored = {row.key: row for row in await session.scalars(select(Setting))}
-    return [{"key": key, "value": current[key], "default": defaults[key],
-             "updated_by": stored[key].updated_by if key in stored else None,
-             "updated_at": stored[key].updated_at if key in stored else None} for key in sorted(KEYS)]
+    return [
+        {
+            "key": key,
+            "value": current[key],
+            "default": defaults[key],
+            "updated_by": stored[key].updated_by if key in stored else None,
+            "updated_at": stored[key].updated_at if key in stored else None,
+        }
+        for key in sorted(KEYS)
+    ]
 
 
 async def update_settings(session: AsyncSession, changes: Any, *, actor: Actor) -> list[str]:
@@ -88,8 +125,14 @@ async def update_settings(session: AsyncSession, changes: Any, *, actor: Actor) 
         if value == current[key]:
             continue
         await runtime_settings.put(session, key, value, actor_user_id=actor.user_id)
-        await audit(session, actor, "settings.update", target_type="setting", target_id=key,
-                    details={"old": current[key], "new": value})
+        await audit(
+            session,
+            actor,
+            "settings.update",
+            target_type="setting",
+            target_id=key,
+            details={"old": current[key], "new": value},
+        )
         changed.append(key)
     return changed
 
@@ -134,8 +177,9 @@ class AuditFilter:
     until: dt.datetime | None = None  # at < until
 
 
-async def list_audit(session: AsyncSession, filters: AuditFilter, *, limit: int,
-                     before_id: int | None = None) -> list[AuditLog]:
+async def list_audit(
+    session: AsyncSession, filters: AuditFilter, *, limit: int, before_id: int | None = None
+) -> list[AuditLog]:
     """Newest first (by id; rows are appended in time order)."""
     q = select(AuditLog)
     if filters.actor_user_id is not None:
@@ -155,8 +199,9 @@ async def list_audit(session: AsyncSession, filters: AuditFilter, *, limit: int,
     return list(await session.scalars(q.order_by(AuditLog.id.desc()).limit(limit)))
 
 
-async def list_notifications(session: AsyncSession, user_id: int, *, unread: bool | None, limit: int,
-                             before_id: int | None = None) -> list[Notification]:
+async def list_notifications(
+    session: AsyncSession, user_id: int, *, unread: bool | None, limit: int, before_id: int | None = None
+) -> list[Notification]:
     q = select(Notification).where(Notification.user_id == user_id)
     if unread is True:
         q = q.where(Notification.read_at.is_(None))
@@ -168,8 +213,14 @@ async def list_notifications(session: AsyncSession, user_id: int, *, unread: boo
 
 
 async def unread_count(session: AsyncSession, user_id: int) -> int:
-    return int(await session.scalar(select(func.count()).select_from(Notification)
-                                     .where(Notification.user_id == user_id, Notification.read_at.is_(None))) or 0)
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+        )
+        or 0
+    )
 
 
 async def mark_read(session: AsyncSession, user_id: int, notification_id: int) -> Notification:

@@ -95,8 +95,9 @@ class BrevoAdapter(HttpAdapter):
         (message,) = messages
         return client.build_request("POST", "/v3/smtp/email", json=request_body(message))
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         (message,) = messages
         status = response.status_code
         if 200 <= status < 300:
@@ -162,8 +163,16 @@ def classify_error(message: OutboundMessage, response: httpx.Response, latency_m
     elif outcome is Outcome.PERMANENT:
         recipient_rejected = bool(_RECIPIENT_PROBLEM_RE.search(text))
     retry_after = _retry_after(response) if outcome is Outcome.THROTTLED else None
-    return failure(message, outcome, code or f"http_{status}", f"HTTP {status}: {text}", status=status,
-                   retry_after=retry_after, latency_ms=latency_ms, recipient_rejected=recipient_rejected)
+    return failure(
+        message,
+        outcome,
+        code or f"http_{status}",
+        f"HTTP {status}: {text}",
+        status=status,
+        retry_after=retry_after,
+        latency_ms=latency_ms,
+        recipient_rejected=recipient_rejected,
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -289,8 +298,11 @@ def parse_inbound_item(item: Any) -> NormalizedEvent | BadElement:
         subtask_id=subtask_id if isinstance(subtask_id, str) else None,
         provider_message_id=None,
         recipient=text_or_none(sender.get("Address")),
-        details={"message_id": item.get("MessageId"), "in_reply_to": item.get("InReplyTo"),
-                 "subject": item.get("Subject")},
+        details={
+            "message_id": item.get("MessageId"),
+            "in_reply_to": item.get("InReplyTo"),
+            "subject": item.get("Subject"),
+        },
     )
 
 

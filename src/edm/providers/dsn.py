@@ -107,7 +107,7 @@ def key_from_verp(address: str) -> str | None:
     local, at, _domain = _bare_address(address).rpartition("@")
     if not at or local[: len(VERP_PREFIX)].lower() != VERP_PREFIX:
         return None
-    key = local[len(VERP_PREFIX):]
+    key = local[len(VERP_PREFIX) :]
     return key if _KEY_RE.fullmatch(key) else None
 
 
@@ -118,7 +118,7 @@ def _bare_address(value: str) -> str:
     if semicolon and "@" not in kind:
         text = rest.strip()
     if "<" in text and ">" in text:
-        text = text[text.rindex("<") + 1: text.rindex(">")]
+        text = text[text.rindex("<") + 1 : text.rindex(">")]
     return text.strip()
 
 
@@ -181,17 +181,22 @@ class _Report:
     @classmethod
     def of(cls, message: EmailMessage, raw: bytes, envelope_to: str | None) -> _Report:
         return cls(
-            message=message, size=len(raw), envelope_to=envelope_to,
-            subject=_first(message, "Subject"), sender=_first(message, "From"),
-            date=_date(_first(message, "Date")), message_id=_first(message, "Message-ID"),
+            message=message,
+            size=len(raw),
+            envelope_to=envelope_to,
+            subject=_first(message, "Subject"),
+            sender=_first(message, "From"),
+            date=_date(_first(message, "Date")),
+            message_id=_first(message, "Message-ID"),
             returned=list(_returned_headers(message)),
         )
 
     def summary(self) -> dict[str, Any]:
         return {"subject": self.subject, "from": self.sender}
 
-    def correlate(self, *, envelope_id: str | None = None, reported_senders: Iterable[tuple[str, str]] = (),
-                  body_text: str = "") -> _Match | None:
+    def correlate(
+        self, *, envelope_id: str | None = None, reported_senders: Iterable[tuple[str, str]] = (), body_text: str = ""
+    ) -> _Match | None:
         """Our key for this report, best source first (module docstring)."""
         return (
             self._by_verp(reported_senders)
@@ -207,8 +212,9 @@ class _Report:
         for name in _RECEIVING_HEADERS:
             candidates += [(name, address) for _, address in email.utils.getaddresses(_values(self.message, name))]
         candidates += list(reported_senders)
-        candidates += [("returned Return-Path", value) for block in self.returned
-                       for value in _values(block, "Return-Path")]
+        candidates += [
+            ("returned Return-Path", value) for block in self.returned for value in _values(block, "Return-Path")
+        ]
         for source, address in candidates:
             key = key_from_verp(address)
             if key:
@@ -317,19 +323,22 @@ def _split_blocks(text: str) -> list[Message]:
     return [block for block in (parser.parsestr(chunk + "\n") for chunk in chunks if chunk.strip()) if len(block)]
 
 
-def _dsn_event(report: _Report, per_message: Message, block: Message, index: int, match: _Match | None,
-               queue_id: str | None) -> NormalizedEvent:
+def _dsn_event(
+    report: _Report, per_message: Message, block: Message, index: int, match: _Match | None, queue_id: str | None
+) -> NormalizedEvent:
     action = (_first(block, "Action") or "").lower()
     diagnostic = _Diagnostic.parse(_first(block, "Diagnostic-Code"))
     status = _status(_first(block, "Status")) or diagnostic.enhanced
     event_type, bounce_class = classify(action, status, diagnostic.smtp_code)
     recipient = _recipient(block)
-    occurred_at = (_date(_first(block, "Last-Attempt-Date")) or report.date
-                   or _date(_first(per_message, "Arrival-Date")))
+    occurred_at = _date(_first(block, "Last-Attempt-Date")) or report.date or _date(_first(per_message, "Arrival-Date"))
     details: dict[str, Any] = {"report_type": "delivery-status", "action": action or None}
     details.update(_match_details(match))
-    for name, key in (("Remote-MTA", "remote_mta"), ("Reporting-MTA", "reporting_mta"),
-                      ("Will-Retry-Until", "will_retry_until")):
+    for name, key in (
+        ("Remote-MTA", "remote_mta"),
+        ("Reporting-MTA", "reporting_mta"),
+        ("Will-Retry-Until", "will_retry_until"),
+    ):
         value = _first(block, name) or _first(per_message, name)
         if value:
             details[key] = value
@@ -427,8 +436,9 @@ def _match_details(match: _Match | None) -> dict[str, Any]:
 
 
 def _arf_events(report: _Report) -> list[NormalizedEvent]:
-    feedback = next((part for part in report.message.walk()
-                     if part.get_content_type() == "message/feedback-report"), None)
+    feedback = next(
+        (part for part in report.message.walk() if part.get_content_type() == "message/feedback-report"), None
+    )
     if feedback is None:
         return []
     blocks = _header_blocks(feedback)
@@ -441,8 +451,9 @@ def _arf_events(report: _Report) -> list[NormalizedEvent]:
     )
     recipients: list[str | None] = [_bare_address(v) for v in _values(fields, "Original-Rcpt-To")]
     recipients = recipients or [_returned_to(report)]
-    return [_arf_event(report, fields, feedback_type, recipient, index, match)
-            for index, recipient in enumerate(recipients)]
+    return [
+        _arf_event(report, fields, feedback_type, recipient, index, match) for index, recipient in enumerate(recipients)
+    ]
 
 
 def _returned_to(report: _Report) -> str | None:
@@ -454,8 +465,9 @@ def _returned_to(report: _Report) -> str | None:
     return None
 
 
-def _arf_event(report: _Report, fields: Message, feedback_type: str, recipient: str | None, index: int,
-               match: _Match | None) -> NormalizedEvent:
+def _arf_event(
+    report: _Report, fields: Message, feedback_type: str, recipient: str | None, index: int, match: _Match | None
+) -> NormalizedEvent:
     event_type = EventType.COMPLAINED if feedback_type in _COMPLAINT_TYPES else EventType.UNKNOWN
     details: dict[str, Any] = {"report_type": "feedback-report", "feedback_type": feedback_type or None}
     details.update(_match_details(match))

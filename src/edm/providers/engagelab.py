@@ -68,8 +68,14 @@ IDEMPOTENCY_WINDOW_SECONDS = 3600
 SIGNATURE_WINDOW_SECONDS = 600  # SPEC §9.2: ±10 min
 
 # Our headers EngageLab lets through (none is on its forbidden list); the rest of ours is not sent.
-_PASSED_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post", "X-EDM-SubTask-Id", "Feedback-ID",
-                   "In-Reply-To", "References")
+_PASSED_HEADERS = (
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "X-EDM-SubTask-Id",
+    "Feedback-ID",
+    "In-Reply-To",
+    "References",
+)
 _WRONG_DATA_CENTRE_CODE = 30000
 _QUOTA_WORDS = re.compile(r"quota|credit|balance", re.IGNORECASE)
 _SMTP_CODE_RE = re.compile(r"^\s*([245]\d\d)\b")
@@ -86,7 +92,9 @@ class EngageLabAdapter(HttpAdapter):
     provider: ClassVar[str] = "engagelab"
     required_credentials: ClassVar[tuple[str, ...]] = ("api_user", "api_key")
     capabilities: ClassVar[Capabilities] = Capabilities(
-        needs_mime=False, max_batch=1, honours_idempotency=True,
+        needs_mime=False,
+        max_batch=1,
+        honours_idempotency=True,
         idempotency_window_seconds=IDEMPOTENCY_WINDOW_SECONDS,
     )
     default_base_url: ClassVar[str] = "https://email.api.engagelab.cc"
@@ -115,19 +123,23 @@ class EngageLabAdapter(HttpAdapter):
         body = orjson.dumps(send_body(messages[0]))
         return client.build_request("POST", SEND_PATH, content=body)
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         status = response.status_code
         if 200 <= status < 300:
             email_ids = response.json()["email_ids"]  # KeyError/TypeError: not the API's answer -> auth_config
             if not isinstance(email_ids, list) or len(email_ids) < len(messages):
                 raise ValueError("answer has no email_ids for the recipient")
-            return [accepted(m, str(email_ids[i]), status=status, latency_ms=latency_ms)
-                    for i, m in enumerate(messages)]
+            return [
+                accepted(m, str(email_ids[i]), status=status, latency_ms=latency_ms) for i, m in enumerate(messages)
+            ]
         outcome, code, text = classify_error(response)
         retry_after = retry_after_seconds(response) if outcome is Outcome.THROTTLED else None
-        return [failure(m, outcome, code, text, status=status, retry_after=retry_after, latency_ms=latency_ms)
-                for m in messages]
+        return [
+            failure(m, outcome, code, text, status=status, retry_after=retry_after, latency_ms=latency_ms)
+            for m in messages
+        ]
 
     def _has_credentials(self) -> bool:
         credentials = self.config.credentials
@@ -267,8 +279,9 @@ class EngageLabWebhook:
     def parse(self, request: WebhookRequest) -> ParsedPayload:
         document = parse_json(request)
         if isinstance(document, list):
-            return ParsedPayload(items=[item for element in document for item in _parse_batch_element(element)],
-                                 batch=True)
+            return ParsedPayload(
+                items=[item for element in document for item in _parse_batch_element(element)], batch=True
+            )
         if not isinstance(document, dict) or not _is_envelope(document):
             raise MalformedPayload("not an EngageLab event: expected an object with `status` or `response`")
         return ParsedPayload(items=list(parse_envelope(document)))
@@ -315,8 +328,9 @@ def parse_envelope(envelope: Mapping[str, Any]) -> list[NormalizedEvent]:
 def _common(envelope: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     custom_args = _custom_args(envelope.get("custom_args"))
     details = {"engagelab_message_id": envelope["message_id"]} if envelope.get("message_id") else {}
-    details.update({f"engagelab_{key}": data[key] for key in ("task_id", "api_user", "label_id")
-                    if data.get(key) is not None})
+    details.update(
+        {f"engagelab_{key}": data[key] for key in ("task_id", "api_user", "label_id") if data.get(key) is not None}
+    )
     return {
         "raw": dict(envelope),
         "occurred_at": from_epoch(envelope.get("itime")),
@@ -339,15 +353,24 @@ def _status_events(envelope: Mapping[str, Any], status: Mapping[str, Any]) -> li
     if event_type in (EventType.HARD_BOUNCED, EventType.SOFT_BOUNCED):
         event_type, bounce_class = _bounce(event_type, data, common["details"])
     smtp_code, enhanced_code = smtp_codes(data.get("message"))
-    return [NormalizedEvent(
-        event_type=event_type, provider_event=name, provider_message_id=email_id,
-        recipient=_recipient(envelope.get("to"), email_id), bounce_class=bounce_class, smtp_code=smtp_code,
-        enhanced_code=enhanced_code, reason=reason, **common,
-    )]
+    return [
+        NormalizedEvent(
+            event_type=event_type,
+            provider_event=name,
+            provider_message_id=email_id,
+            recipient=_recipient(envelope.get("to"), email_id),
+            bounce_class=bounce_class,
+            smtp_code=smtp_code,
+            enhanced_code=enhanced_code,
+            reason=reason,
+            **common,
+        )
+    ]
 
 
-def _target_events(envelope: Mapping[str, Any], data: Mapping[str, Any],
-                   common: dict[str, Any]) -> list[NormalizedEvent]:
+def _target_events(
+    envelope: Mapping[str, Any], data: Mapping[str, Any], common: dict[str, Any]
+) -> list[NormalizedEvent]:
     """`target` lists every recipient of the request: one accepted event per email id (or address)."""
     email_ids = [_id_text(item) for item in _listed(data.get("email_ids")) if _id_text(item)]
     tos = [str(item) for item in _listed(data.get("tos")) if item]
@@ -357,10 +380,17 @@ def _target_events(envelope: Mapping[str, Any], data: Mapping[str, Any],
     else:
         pairs = [(None, to) for to in tos] or [(None, None)]
     reason = text_or_none(data.get("message"))
-    return [NormalizedEvent(
-        event_type=EventType.ACCEPTED, provider_event="target", provider_message_id=email_id,
-        recipient=_recipient(to or envelope.get("to"), email_id), reason=reason, **common,
-    ) for email_id, to in pairs]
+    return [
+        NormalizedEvent(
+            event_type=EventType.ACCEPTED,
+            provider_event="target",
+            provider_message_id=email_id,
+            recipient=_recipient(to or envelope.get("to"), email_id),
+            reason=reason,
+            **common,
+        )
+        for email_id, to in pairs
+    ]
 
 
 def _listed(value: Any) -> list[Any]:
@@ -370,8 +400,7 @@ def _listed(value: Any) -> list[Any]:
     return [value] if isinstance(value, str) and value else []
 
 
-def _bounce(event_type: EventType, data: Mapping[str, Any],
-            details: dict[str, Any]) -> tuple[EventType, BounceClass]:
+def _bounce(event_type: EventType, data: Mapping[str, Any], details: dict[str, Any]) -> tuple[EventType, BounceClass]:
     """Refine a bounce by its sub-code (key unverified: `sub_stat` in our samples), kept in details."""
     sub_stat = _as_int(_first_of(data, _SUB_STAT_KEYS))
     description = _first_of(data, _SUB_STAT_DESC_KEYS)
@@ -393,28 +422,39 @@ def _response_event(envelope: Mapping[str, Any], response: Mapping[str, Any]) ->
     if event_type is EventType.REPLIED:
         return _reply_event(envelope, data, email_id, common)
     return NormalizedEvent(
-        event_type=event_type, provider_event=name, provider_message_id=email_id,
-        recipient=_recipient(envelope.get("to"), email_id), url=text_or_none(data.get("url"), 2000),
-        ip=text_or_none(data.get("ip")), user_agent=text_or_none(data.get("user_agent")),
-        reason=text_or_none(data.get("reason") or data.get("message")), **common,
+        event_type=event_type,
+        provider_event=name,
+        provider_message_id=email_id,
+        recipient=_recipient(envelope.get("to"), email_id),
+        url=text_or_none(data.get("url"), 2000),
+        ip=text_or_none(data.get("ip")),
+        user_agent=text_or_none(data.get("user_agent")),
+        reason=text_or_none(data.get("reason") or data.get("message")),
+        **common,
     )
 
 
-def _reply_event(envelope: Mapping[str, Any], data: Mapping[str, Any], email_id: str | None,
-                 common: dict[str, Any]) -> NormalizedEvent:
+def _reply_event(
+    envelope: Mapping[str, Any], data: Mapping[str, Any], email_id: str | None, common: dict[str, Any]
+) -> NormalizedEvent:
     """An inbound reply (Inbound Route). No custom_args are expected: §12 matches it by its headers."""
     sender = _address(data.get("from")) or _address(_mapping(data.get("headers")).get("From"))
     details = common["details"]
-    details.update({key: text_or_none(data.get(key), 1000) for key in ("from_name", "subject", "reference",
-                                                                       "raw_message_url")
-                    if data.get(key)})
+    details.update(
+        {
+            key: text_or_none(data.get(key), 1000)
+            for key in ("from_name", "subject", "reference", "raw_message_url")
+            if data.get(key)
+        }
+    )
     if sender:
         details["from"] = sender
     if envelope.get("to"):
         details["to"] = str(envelope["to"])
     details.update(_threading_headers(data.get("raw_message")))
-    return NormalizedEvent(event_type=EventType.REPLIED, provider_event="route", provider_message_id=email_id,
-                           recipient=sender, **common)
+    return NormalizedEvent(
+        event_type=EventType.REPLIED, provider_event="route", provider_message_id=email_id, recipient=sender, **common
+    )
 
 
 def _threading_headers(raw_message: Any) -> dict[str, str]:

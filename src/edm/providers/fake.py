@@ -87,8 +87,10 @@ class FakeAdapter:
         self.retry_after = float(options.get("retry_after", 1.0))
         fail_after = options.get("fail_after")
         self.fail_after = int(fail_after) if fail_after is not None else None
-        self.error_mix = [(float(options.get(name, 0.0)), outcome, status, code, text)
-                          for name, outcome, status, code, text in _ERROR_MIX]
+        self.error_mix = [
+            (float(options.get(name, 0.0)), outcome, status, code, text)
+            for name, outcome, status, code, text in _ERROR_MIX
+        ]
         seed = options.get("seed")
         self._random = random.Random(int(seed)) if seed is not None else random.Random()
         self.calls = 0  # provider calls made by this instance (one per send(), whatever its size)
@@ -148,37 +150,55 @@ class FakeAdapter:
 
     def _one(self, ledger: _Ledger, message: OutboundMessage) -> SendResult:
         if self.fail_after is not None and len(ledger.deliveries) >= self.fail_after:
-            return SendResult(message.key, Outcome.AUTH_CONFIG, status=401, provider_code="fake_key_revoked",
-                              message="simulated API key revoked")
+            return SendResult(
+                message.key,
+                Outcome.AUTH_CONFIG,
+                status=401,
+                provider_code="fake_key_revoked",
+                message="simulated API key revoked",
+            )
         known = self._known_id(ledger, message.key)
         if known is not None:  # the provider deduplicates on the key: same id, no second mail
-            return SendResult(message.key, Outcome.ACCEPTED, status=200, provider_message_id=known,
-                              message=_DUPLICATE_NOTE)
+            return SendResult(
+                message.key, Outcome.ACCEPTED, status=200, provider_message_id=known, message=_DUPLICATE_NOTE
+            )
         if message.to_address.rstrip(".").lower().endswith(".invalid"):
-            return SendResult(message.key, Outcome.PERMANENT, status=422, provider_code="fake_bad_recipient",
-                              message="simulated recipient rejected", recipient_rejected=True)
+            return SendResult(
+                message.key,
+                Outcome.PERMANENT,
+                status=422,
+                provider_code="fake_bad_recipient",
+                message="simulated recipient rejected",
+                recipient_rejected=True,
+            )
         roll = self._random.random() * 100.0  # exactly one draw per message keeps seeds reproducible
         for pct, outcome, status, code, text in self.error_mix:
             if roll < pct:
                 return self._failure(ledger, message, outcome, status, code, text)
             roll -= pct
         message_id = self._deliver(ledger, message)
-        return SendResult(message.key, Outcome.ACCEPTED, status=200, provider_message_id=message_id,
-                          message="accepted")
+        return SendResult(message.key, Outcome.ACCEPTED, status=200, provider_message_id=message_id, message="accepted")
 
     def _failure(
-        self, ledger: _Ledger, message: OutboundMessage, outcome: Outcome, status: int | None,
-        code: str, text: str,
+        self,
+        ledger: _Ledger,
+        message: OutboundMessage,
+        outcome: Outcome,
+        status: int | None,
+        code: str,
+        text: str,
     ) -> SendResult:
         if outcome is Outcome.MAYBE_SENT:
             self._deliver(ledger, message)  # it did arrive; only the answer was lost
         retry_after = self.retry_after if outcome is Outcome.THROTTLED else None
-        return SendResult(message.key, outcome, status=status, provider_code=code, message=text,
-                          retry_after=retry_after)
+        return SendResult(
+            message.key, outcome, status=status, provider_code=code, message=text, retry_after=retry_after
+        )
 
     @staticmethod
-    def _taken(ledger: _Ledger, messages: Sequence[OutboundMessage],
-               results: Sequence[SendResult]) -> list[tuple[OutboundMessage, str]]:
+    def _taken(
+        ledger: _Ledger, messages: Sequence[OutboundMessage], results: Sequence[SendResult]
+    ) -> list[tuple[OutboundMessage, str]]:
         """Messages the simulated provider took this call, with their ids: the ones its events are about.
         A duplicate request sent nothing new; a `maybe_sent` message did arrive (only the answer was lost)."""
         taken = []

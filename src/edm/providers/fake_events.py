@@ -148,12 +148,18 @@ def parse_event(element: Any) -> NormalizedEvent | BadElement:
         return BadElement(raw=element, error='event has no "event" name')
     event_type, bounce_class, _ = _EVENTS.get(name, (EventType.UNKNOWN, None, None))
     return NormalizedEvent(
-        event_type=event_type, provider_event=name, raw=element,
+        event_type=event_type,
+        provider_event=name,
+        raw=element,
         occurred_at=from_epoch(element.get("timestamp")),
-        subtask_id=_text(element.get("subtask_id")), task_id=_text(element.get("task_id")),
-        provider_message_id=_text(element.get("message_id")), provider_event_id=_text(element.get("event_id")),
-        recipient=_text(element.get("email")), bounce_class=bounce_class,
-        reason=text_or_none(element.get("reason")), url=text_or_none(element.get("url"), 2000),
+        subtask_id=_text(element.get("subtask_id")),
+        task_id=_text(element.get("task_id")),
+        provider_message_id=_text(element.get("message_id")),
+        provider_event_id=_text(element.get("event_id")),
+        recipient=_text(element.get("email")),
+        bounce_class=bounce_class,
+        reason=text_or_none(element.get("reason")),
+        url=text_or_none(element.get("url"), 2000),
     )
 
 
@@ -178,10 +184,20 @@ class EventEmitter:
     """
 
     def __init__(
-        self, *, service_id: int, url: str, secret: str | None, delay_ms: float = 200.0,
-        delivered_pct: float = 90.0, soft_bounce_pct: float = 3.0, hard_bounce_pct: float = 3.0,
-        complaint_pct: float = 1.0, open_pct: float = 30.0, seed: int | None = None,
-        transport: httpx.AsyncBaseTransport | None = None, flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
+        self,
+        *,
+        service_id: int,
+        url: str,
+        secret: str | None,
+        delay_ms: float = 200.0,
+        delivered_pct: float = 90.0,
+        soft_bounce_pct: float = 3.0,
+        hard_bounce_pct: float = 3.0,
+        complaint_pct: float = 1.0,
+        open_pct: float = 30.0,
+        seed: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
     ) -> None:
         self.endpoint = f"{url.rstrip('/')}/webhooks/fake/{service_id}"
         self.secret = secret
@@ -200,23 +216,32 @@ class EventEmitter:
         self.dropped = 0  # events given up on
 
     @classmethod
-    def from_config(cls, config: ServiceConfig, *,
-                    transport: httpx.AsyncBaseTransport | None = None) -> EventEmitter | None:
+    def from_config(
+        cls, config: ServiceConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> EventEmitter | None:
         """The emitter `options["events"]` asks for, or None when it is not set."""
         options = config.options.get("events")
         if not options:
             return None
         if not isinstance(options, Mapping) or not options.get("url"):
             raise ValueError("fake: options.events needs a url (EDM's base URL, e.g. http://127.0.0.1:8000)")
-        numbers = {name: float(options[name]) for name in ("delay_ms", "delivered_pct", "soft_bounce_pct",
-                                                           "hard_bounce_pct", "complaint_pct", "open_pct")
-                   if options.get(name) is not None}
+        numbers = {
+            name: float(options[name])
+            for name in ("delay_ms", "delivered_pct", "soft_bounce_pct", "hard_bounce_pct", "complaint_pct", "open_pct")
+            if options.get(name) is not None
+        }
         seed = options.get("seed")
         secret = webhook_secret(config.credentials)
         if secret is None:  # EDM refuses these unless EDM_ALLOW_UNSIGNED_WEBHOOKS is on
             log.warning("fake service %s: no webhook secret, events will be posted unsigned", config.service_id)
-        return cls(service_id=config.service_id, url=str(options["url"]), secret=secret,
-                   seed=int(seed) if seed is not None else None, transport=transport, **numbers)
+        return cls(
+            service_id=config.service_id,
+            url=str(options["url"]),
+            secret=secret,
+            seed=int(seed) if seed is not None else None,
+            transport=transport,
+            **numbers,
+        )
 
     # -- what the adapter calls ----------------------------------------------------------------------
 
@@ -257,8 +282,11 @@ class EventEmitter:
 
     def _outcome(self) -> str:
         roll = self._roll()
-        for name, pct in (("hard_bounce", self.hard_bounce_pct), ("soft_bounce", self.soft_bounce_pct),
-                          ("delivered", self.delivered_pct)):
+        for name, pct in (
+            ("hard_bounce", self.hard_bounce_pct),
+            ("soft_bounce", self.soft_bounce_pct),
+            ("delivered", self.delivered_pct),
+        ):
             if roll < pct:
                 return name
             roll -= pct
@@ -270,10 +298,15 @@ class EventEmitter:
     @staticmethod
     def _event(name: str, message: OutboundMessage, provider_message_id: str, timestamp: float) -> dict[str, Any]:
         return {
-            "event_id": f"fake-evt-{uuid.uuid4().hex}", "event": name,
-            "subtask_id": message.custom_args.get("subtask_id"), "task_id": message.custom_args.get("task_id"),
-            "message_id": provider_message_id, "email": message.to_address, "timestamp": timestamp,
-            "reason": _EVENTS[name][2], "url": None,
+            "event_id": f"fake-evt-{uuid.uuid4().hex}",
+            "event": name,
+            "subtask_id": message.custom_args.get("subtask_id"),
+            "task_id": message.custom_args.get("task_id"),
+            "message_id": provider_message_id,
+            "email": message.to_address,
+            "timestamp": timestamp,
+            "reason": _EVENTS[name][2],
+            "url": None,
         }
 
     # -- posting -------------------------------------------------------------------------------------
@@ -319,8 +352,9 @@ class EventEmitter:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=POST_TIMEOUT_SECONDS, transport=self._transport,
-                                             follow_redirects=False)
+            self._client = httpx.AsyncClient(
+                timeout=POST_TIMEOUT_SECONDS, transport=self._transport, follow_redirects=False
+            )
         return self._client
 
 

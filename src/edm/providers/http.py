@@ -35,8 +35,14 @@ MAX_CONNECT_TIMEOUT = 10.0
 # Answers about the service, not the message: the rest of a multi-call send is not attempted (§7.7).
 SERVICE_LEVEL = (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG)
 
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
-             httpx.ProxyError, httpx.InvalidURL)
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+    httpx.InvalidURL,
+)
 
 
 class HttpAdapter:
@@ -51,14 +57,21 @@ class HttpAdapter:
     def __init__(self, config: ServiceConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.base_url = self.resolve_base_url(config.options)
-        timeout = httpx.Timeout(config.request_timeout_seconds,
-                                connect=min(MAX_CONNECT_TIMEOUT, config.request_timeout_seconds))
+        timeout = httpx.Timeout(
+            config.request_timeout_seconds, connect=min(MAX_CONNECT_TIMEOUT, config.request_timeout_seconds)
+        )
         per_client = min(CONNECTIONS_PER_CLIENT, max(1, config.max_concurrency))
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         count = max(1, math.ceil(config.max_concurrency / CONNECTIONS_PER_CLIENT))
         self._clients = [
-            httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits, transport=transport,
-                              headers=self.default_headers(), follow_redirects=False)
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=timeout,
+                limits=limits,
+                transport=transport,
+                headers=self.default_headers(),
+                follow_redirects=False,
+            )
             for _ in range(count)
         ]
         self._next_client = itertools.cycle(self._clients)
@@ -74,8 +87,9 @@ class HttpAdapter:
         expressed for this provider (every one of them fails `permanent` with the error's text)."""
         raise NotImplementedError
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         """One SendResult per message, same order, from the provider's answer."""
         raise NotImplementedError
 
@@ -110,8 +124,9 @@ class HttpAdapter:
         most = self.capabilities.max_batch
         return [list(range(i, min(i + most, len(messages)))) for i in range(0, len(messages), most)] or [[]]
 
-    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
-                         results: list[SendResult | None]) -> None:
+    async def send_group(
+        self, messages: Sequence[OutboundMessage], group: list[int], results: list[SendResult | None]
+    ) -> None:
         """Send one planned group and put its results at their indexes (providers that split or resend a
         refused group override this)."""
         for index, result in zip(group, await self.send_request([messages[i] for i in group]), strict=True):
@@ -151,8 +166,17 @@ class HttpAdapter:
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             # A 2xx that is not the API's answer (a proxy page, a wrong base URL): configuration (§8.5).
             note = f"unexpected answer from {self.provider} (HTTP {response.status_code}): {exc}"
-            return [failure(m, Outcome.AUTH_CONFIG, "unexpected_response", note, status=response.status_code,
-                            latency_ms=latency_ms) for m in messages]
+            return [
+                failure(
+                    m,
+                    Outcome.AUTH_CONFIG,
+                    "unexpected_response",
+                    note,
+                    status=response.status_code,
+                    latency_ms=latency_ms,
+                )
+                for m in messages
+            ]
 
     async def aclose(self) -> None:
         for client in self._clients:
@@ -203,29 +227,55 @@ def json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def failure(message: OutboundMessage, outcome: Outcome, code: str | None, text: str, *, status: int | None = None,
-            retry_after: float | None = None, latency_ms: int = 0, recipient_rejected: bool = False,
-            recipient_level: bool = False) -> SendResult:
-    return SendResult(key=message.key, outcome=outcome, status=status, provider_code=code, message=truncate(text),
-                      retry_after=retry_after, latency_ms=latency_ms, recipient_rejected=recipient_rejected,
-                      recipient_level=recipient_level)
+def failure(
+    message: OutboundMessage,
+    outcome: Outcome,
+    code: str | None,
+    text: str,
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    latency_ms: int = 0,
+    recipient_rejected: bool = False,
+    recipient_level: bool = False,
+) -> SendResult:
+    return SendResult(
+        key=message.key,
+        outcome=outcome,
+        status=status,
+        provider_code=code,
+        message=truncate(text),
+        retry_after=retry_after,
+        latency_ms=latency_ms,
+        recipient_rejected=recipient_rejected,
+        recipient_level=recipient_level,
+    )
 
 
-def accepted(message: OutboundMessage, provider_message_id: str | None, *, status: int,
-             latency_ms: int) -> SendResult:
-    return SendResult(key=message.key, outcome=Outcome.ACCEPTED, status=status,
-                      provider_message_id=provider_message_id, latency_ms=latency_ms)
+def accepted(message: OutboundMessage, provider_message_id: str | None, *, status: int, latency_ms: int) -> SendResult:
+    return SendResult(
+        key=message.key,
+        outcome=Outcome.ACCEPTED,
+        status=status,
+        provider_message_id=provider_message_id,
+        latency_ms=latency_ms,
+    )
 
 
-def _blocked_by_earlier(results: list[SendResult | None], group: list[int],
-                        messages: Sequence[OutboundMessage]) -> bool:
+def _blocked_by_earlier(
+    results: list[SendResult | None], group: list[int], messages: Sequence[OutboundMessage]
+) -> bool:
     earlier = next((r for r in results if r is not None and r.outcome in SERVICE_LEVEL), None)
     if earlier is None:
         return False
     for index in group:
         results[index] = dataclasses.replace(
-            earlier, key=messages[index].key, provider_message_id=None, latency_ms=0,
-            message=f"not sent: an earlier request of this call got {earlier.outcome.value}: {earlier.message}"[:500])
+            earlier,
+            key=messages[index].key,
+            provider_message_id=None,
+            latency_ms=0,
+            message=f"not sent: an earlier request of this call got {earlier.outcome.value}: {earlier.message}"[:500],
+        )
     return True
 
 

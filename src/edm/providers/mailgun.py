@@ -110,8 +110,9 @@ class MailgunAdapter(HttpAdapter):
     def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
         return plan_requests(messages)
 
-    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
-                         results: list[SendResult | None]) -> None:
+    async def send_group(
+        self, messages: Sequence[OutboundMessage], group: list[int], results: list[SendResult | None]
+    ) -> None:
         answers = await self.send_request([messages[i] for i in group])
         if len(group) > 1 and any(answer.provider_code == _SPLIT_CODE for answer in answers):
             middle = len(group) // 2  # nothing was sent: halve until the refused address is alone
@@ -126,8 +127,9 @@ class MailgunAdapter(HttpAdapter):
         path = f"/v3/{urllib.parse.quote(self.sending_domain, safe='')}/messages"
         return client.build_request("POST", path, data=fields)
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         status = response.status_code
         if 200 <= status < 300:
             message_id = str(response.json()["id"]).strip().strip("<>")  # ValueError/KeyError: not Mailgun
@@ -138,12 +140,32 @@ class MailgunAdapter(HttpAdapter):
         outcome = _classify(status)
         about_address = outcome is Outcome.PERMANENT and status == 400 and bool(_ADDRESS_ERROR_RE.search(text))
         if about_address and len(messages) > 1:
-            return [failure(m, Outcome.TRANSIENT, _SPLIT_CODE, f"HTTP {status}: {text}", status=status,
-                            latency_ms=latency_ms, recipient_level=True) for m in messages]
+            return [
+                failure(
+                    m,
+                    Outcome.TRANSIENT,
+                    _SPLIT_CODE,
+                    f"HTTP {status}: {text}",
+                    status=status,
+                    latency_ms=latency_ms,
+                    recipient_level=True,
+                )
+                for m in messages
+            ]
         retry_after = _retry_after(response) if outcome is Outcome.THROTTLED else None
-        return [failure(m, outcome, f"http_{status}", f"HTTP {status}: {text}", status=status,
-                        retry_after=retry_after, latency_ms=latency_ms, recipient_rejected=about_address)
-                for m in messages]
+        return [
+            failure(
+                m,
+                outcome,
+                f"http_{status}",
+                f"HTTP {status}: {text}",
+                status=status,
+                retry_after=retry_after,
+                latency_ms=latency_ms,
+                recipient_rejected=about_address,
+            )
+            for m in messages
+        ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -178,8 +200,7 @@ class _OpenRequest:
     size: int = 0
 
     def takes(self, address: str, size: int) -> bool:
-        return (address not in self.addresses and len(self.indexes) < MAX_BATCH
-                and self.size + size <= MAX_BATCH_BYTES)
+        return address not in self.addresses and len(self.indexes) < MAX_BATCH and self.size + size <= MAX_BATCH_BYTES
 
     def add(self, index: int, address: str, size: int) -> None:
         self.indexes.append(index)
@@ -194,9 +215,15 @@ def _size(message: OutboundMessage) -> int:
 
 def _shape(message: OutboundMessage) -> tuple[Any, ...]:
     """What must be equal for messages to share one request (the rest goes in recipient variables)."""
-    return (message.from_address, message.from_name, message.reply_to or "",
-            tuple(sorted(_headers(message))), tuple(sorted(message.custom_args)),
-            bool(message.text), bool(message.html))
+    return (
+        message.from_address,
+        message.from_name,
+        message.reply_to or "",
+        tuple(sorted(_headers(message))),
+        tuple(sorted(message.custom_args)),
+        bool(message.text),
+        bool(message.html),
+    )
 
 
 def _has_marker(message: OutboundMessage) -> bool:
@@ -457,8 +484,13 @@ def _recipient(data: dict[str, Any]) -> str | None:
 
 def _reason(data: dict[str, Any], status: dict[str, Any]) -> str | None:
     reject = _object(data.get("reject"))
-    for candidate in (status.get("description"), status.get("message"), reject.get("reason"),
-                      reject.get("description"), data.get("reason")):
+    for candidate in (
+        status.get("description"),
+        status.get("message"),
+        reject.get("reason"),
+        reject.get("description"),
+        data.get("reason"),
+    ):
         text = text_or_none(candidate)
         if text:
             return text

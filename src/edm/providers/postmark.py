@@ -65,10 +65,19 @@ DEFAULT_MESSAGE_STREAM = "broadcast"
 SUBTASK_HEADER = "X-EDM-SubTask-Id"
 
 # Headers Postmark builds from the request fields (or from the MIME structure): never sent as Headers.
-_RESERVED_HEADERS = frozenset({
-    "from", "to", "cc", "bcc", "subject", "reply-to", "mime-version", "content-type",
-    "content-transfer-encoding",
-})
+_RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "reply-to",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
 
 _ERROR_CODES: Mapping[int, Outcome] = {
     0: Outcome.ACCEPTED,
@@ -128,16 +137,20 @@ class PostmarkAdapter(HttpAdapter):
             raise ValueError("the message has neither a text nor an HTML body")
         if message.reply_to:
             body["ReplyTo"] = message.reply_to
-        headers = [{"Name": name, "Value": _one_line(value)} for name, value in message.headers.items()
-                   if name.lower() not in _RESERVED_HEADERS and value]
+        headers = [
+            {"Name": name, "Value": _one_line(value)}
+            for name, value in message.headers.items()
+            if name.lower() not in _RESERVED_HEADERS and value
+        ]
         if headers:
             body["Headers"] = headers
         if message.custom_args:
             body["Metadata"] = {name: str(value) for name, value in message.custom_args.items()}
         return body
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         status = response.status_code
         if 200 <= status < 300:
             body = response.json()
@@ -157,8 +170,15 @@ class PostmarkAdapter(HttpAdapter):
                 raise ValueError("no MessageID in an accepted result")
             return accepted(message, message_id, status=status, latency_ms=latency_ms)
         outcome = classify_error_code(code, status)
-        return failure(message, outcome, str(code), f"postmark {code}: {item.get('Message') or ''}".strip(),
-                       status=status, latency_ms=latency_ms, recipient_rejected=code == INACTIVE_RECIPIENT)
+        return failure(
+            message,
+            outcome,
+            str(code),
+            f"postmark {code}: {item.get('Message') or ''}".strip(),
+            status=status,
+            latency_ms=latency_ms,
+            recipient_rejected=code == INACTIVE_RECIPIENT,
+        )
 
     def _request_failure(self, message: OutboundMessage, response: httpx.Response, latency_ms: int) -> SendResult:
         status = response.status_code
@@ -171,9 +191,16 @@ class PostmarkAdapter(HttpAdapter):
             outcome = classify_error_code(code, status)
         retry_after = retry_after_seconds(response) if outcome is Outcome.THROTTLED else None
         provider_code = str(code) if isinstance(code, int) else str(status)
-        return failure(message, outcome, provider_code, f"postmark {provider_code}: {text or 'HTTP error'}",
-                       status=status, retry_after=retry_after, latency_ms=latency_ms,
-                       recipient_rejected=code == INACTIVE_RECIPIENT and outcome is Outcome.PERMANENT)
+        return failure(
+            message,
+            outcome,
+            provider_code,
+            f"postmark {provider_code}: {text or 'HTTP error'}",
+            status=status,
+            retry_after=retry_after,
+            latency_ms=latency_ms,
+            recipient_rejected=code == INACTIVE_RECIPIENT and outcome is Outcome.PERMANENT,
+        )
 
 
 def classify_error_code(code: int, status: int) -> Outcome:
@@ -226,11 +253,28 @@ _BOUNCE_TYPES: Mapping[str, tuple[EventType, BounceClass | None]] = {
 }
 # TypeCode → Type, for payloads that carry only the number.
 _BOUNCE_TYPE_CODES: Mapping[int, str] = {
-    1: "HardBounce", 2: "Transient", 16: "Unsubscribe", 32: "Subscribe", 64: "AutoResponder",
-    128: "AddressChange", 256: "DnsError", 512: "SpamNotification", 1024: "OpenRelayTest", 2048: "Unknown",
-    4096: "SoftBounce", 8192: "VirusNotification", 16384: "ChallengeVerification", 100000: "BadEmailAddress",
-    100001: "SpamComplaint", 100002: "ManuallyDeactivated", 100003: "Unconfirmed", 100006: "Blocked",
-    100007: "SMTPApiError", 100008: "InboundError", 100009: "DMARCPolicy", 100010: "TemplateRenderingFailed",
+    1: "HardBounce",
+    2: "Transient",
+    16: "Unsubscribe",
+    32: "Subscribe",
+    64: "AutoResponder",
+    128: "AddressChange",
+    256: "DnsError",
+    512: "SpamNotification",
+    1024: "OpenRelayTest",
+    2048: "Unknown",
+    4096: "SoftBounce",
+    8192: "VirusNotification",
+    16384: "ChallengeVerification",
+    100000: "BadEmailAddress",
+    100001: "SpamComplaint",
+    100002: "ManuallyDeactivated",
+    100003: "Unconfirmed",
+    100006: "Blocked",
+    100007: "SMTPApiError",
+    100008: "InboundError",
+    100009: "DMARCPolicy",
+    100010: "TemplateRenderingFailed",
 }
 _SMTP_CODE_RE = re.compile(r"(?<![\d.])([245]\d\d)(?![\d.])")
 _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -264,35 +308,60 @@ def _base(record: Mapping[str, Any], event_type: EventType, provider_event: str,
     metadata = _dict(record.get("Metadata"))
     subtask_id = _str(metadata.get("subtask_id")) or _subtask_from_content(record.get("Content"))
     return NormalizedEvent(
-        event_type=event_type, provider_event=provider_event, raw=dict(record),
-        subtask_id=subtask_id, task_id=_str(metadata.get("task_id")),
+        event_type=event_type,
+        provider_event=provider_event,
+        raw=dict(record),
+        subtask_id=subtask_id,
+        task_id=_str(metadata.get("task_id")),
         provider_message_id=_str(record.get("MessageID")),
-        recipient=_str(record.get("Recipient")) or _str(record.get("Email")), **fields)
+        recipient=_str(record.get("Recipient")) or _str(record.get("Email")),
+        **fields,
+    )
 
 
 def _delivery(record: Mapping[str, Any]) -> NormalizedEvent:
     details = _str(record.get("Details"))
-    return _base(record, EventType.DELIVERED, "Delivery", occurred_at=from_iso(record.get("DeliveredAt")),
-                 smtp_code=_smtp_code(details), enhanced_code=_enhanced(details), reason=text_or_none(details),
-                 details=_pick(record, "MessageStream", "Tag", "ServerID", "ServerId"))
+    return _base(
+        record,
+        EventType.DELIVERED,
+        "Delivery",
+        occurred_at=from_iso(record.get("DeliveredAt")),
+        smtp_code=_smtp_code(details),
+        enhanced_code=_enhanced(details),
+        reason=text_or_none(details),
+        details=_pick(record, "MessageStream", "Tag", "ServerID", "ServerId"),
+    )
 
 
 def _bounce(record: Mapping[str, Any]) -> NormalizedEvent:
     event_type, bounce_class, type_name = bounce_outcome(record)
     details_text = _str(record.get("Details"))
-    return _base(record, event_type, f"Bounce:{type_name}" if type_name else "Bounce",
-                 occurred_at=from_iso(record.get("BouncedAt")), provider_event_id=_id(record.get("ID")),
-                 bounce_class=bounce_class, smtp_code=_smtp_code(details_text), enhanced_code=_enhanced(details_text),
-                 reason=text_or_none(details_text) or text_or_none(record.get("Description")),
-                 details=_pick(record, "Type", "TypeCode", "Name", "Inactive", "CanActivate", "MessageStream",
-                               "Tag", "ServerID"))
+    return _base(
+        record,
+        event_type,
+        f"Bounce:{type_name}" if type_name else "Bounce",
+        occurred_at=from_iso(record.get("BouncedAt")),
+        provider_event_id=_id(record.get("ID")),
+        bounce_class=bounce_class,
+        smtp_code=_smtp_code(details_text),
+        enhanced_code=_enhanced(details_text),
+        reason=text_or_none(details_text) or text_or_none(record.get("Description")),
+        details=_pick(
+            record, "Type", "TypeCode", "Name", "Inactive", "CanActivate", "MessageStream", "Tag", "ServerID"
+        ),
+    )
 
 
 def _spam_complaint(record: Mapping[str, Any]) -> NormalizedEvent:
-    return _base(record, EventType.COMPLAINED, "SpamComplaint", occurred_at=from_iso(record.get("BouncedAt")),
-                 provider_event_id=_id(record.get("ID")),
-                 reason=text_or_none(record.get("Details")) or text_or_none(record.get("Description")),
-                 details=_pick(record, "Type", "TypeCode", "Inactive", "CanActivate", "MessageStream", "Tag"))
+    return _base(
+        record,
+        EventType.COMPLAINED,
+        "SpamComplaint",
+        occurred_at=from_iso(record.get("BouncedAt")),
+        provider_event_id=_id(record.get("ID")),
+        reason=text_or_none(record.get("Details")) or text_or_none(record.get("Description")),
+        details=_pick(record, "Type", "TypeCode", "Inactive", "CanActivate", "MessageStream", "Tag"),
+    )
 
 
 def _geo_ip(record: Mapping[str, Any]) -> str | None:
@@ -301,48 +370,76 @@ def _geo_ip(record: Mapping[str, Any]) -> str | None:
 
 
 def _open(record: Mapping[str, Any]) -> NormalizedEvent:
-    return _base(record, EventType.OPENED, "Open", occurred_at=from_iso(record.get("ReceivedAt")),
-                 ip=_geo_ip(record), user_agent=_str(record.get("UserAgent")),
-                 details=_pick(record, "FirstOpen", "Platform", "ReadSeconds", "MessageStream", "Tag"))
+    return _base(
+        record,
+        EventType.OPENED,
+        "Open",
+        occurred_at=from_iso(record.get("ReceivedAt")),
+        ip=_geo_ip(record),
+        user_agent=_str(record.get("UserAgent")),
+        details=_pick(record, "FirstOpen", "Platform", "ReadSeconds", "MessageStream", "Tag"),
+    )
 
 
 def _click(record: Mapping[str, Any]) -> NormalizedEvent:
-    return _base(record, EventType.CLICKED, "Click", occurred_at=from_iso(record.get("ReceivedAt")),
-                 url=_str(record.get("OriginalLink")), ip=_geo_ip(record), user_agent=_str(record.get("UserAgent")),
-                 details=_pick(record, "ClickLocation", "Platform", "MessageStream", "Tag"))
+    return _base(
+        record,
+        EventType.CLICKED,
+        "Click",
+        occurred_at=from_iso(record.get("ReceivedAt")),
+        url=_str(record.get("OriginalLink")),
+        ip=_geo_ip(record),
+        user_agent=_str(record.get("UserAgent")),
+        details=_pick(record, "ClickLocation", "Platform", "MessageStream", "Tag"),
+    )
 
 
 def _subscription_change(record: Mapping[str, Any]) -> NormalizedEvent:
     event_type, bounce_class = subscription_change_outcome(record)
-    return _base(record, event_type, "SubscriptionChange", occurred_at=from_iso(record.get("ChangedAt")),
-                 bounce_class=bounce_class, reason=text_or_none(record.get("SuppressionReason")),
-                 details=_pick(record, "SuppressSending", "SuppressionReason", "Origin", "MessageStream", "Tag"))
+    return _base(
+        record,
+        event_type,
+        "SubscriptionChange",
+        occurred_at=from_iso(record.get("ChangedAt")),
+        bounce_class=bounce_class,
+        reason=text_or_none(record.get("SuppressionReason")),
+        details=_pick(record, "SuppressSending", "SuppressionReason", "Origin", "MessageStream", "Tag"),
+    )
 
 
 def _inbound(record: Mapping[str, Any]) -> NormalizedEvent:
     """Postmark inbound: a `replied` candidate for §12 without SubTask ids (threading uses the headers)."""
-    headers = {str(h.get("Name", "")).lower(): h.get("Value") for h in _list(record.get("Headers"))
-               if isinstance(h, dict)}
+    headers = {
+        str(h.get("Name", "")).lower(): h.get("Value") for h in _list(record.get("Headers")) if isinstance(h, dict)
+    }
     sender = _dict(record.get("FromFull"))
     to_full = [t for t in _list(record.get("ToFull")) if isinstance(t, dict)]
     details = {
-        "inbound": True, "from": _str(sender.get("Email")) or _str(record.get("From")),
+        "inbound": True,
+        "from": _str(sender.get("Email")) or _str(record.get("From")),
         "original_recipient": _str(record.get("OriginalRecipient")),
         "to": [t.get("Email") for t in to_full if t.get("Email")],
         "mailbox_hashes": [t.get("MailboxHash") for t in to_full if t.get("MailboxHash")],
-        "subject": _str(record.get("Subject")), "header_message_id": headers.get("message-id"),
-        "in_reply_to": headers.get("in-reply-to"), "references": headers.get("references"),
+        "subject": _str(record.get("Subject")),
+        "header_message_id": headers.get("message-id"),
+        "in_reply_to": headers.get("in-reply-to"),
+        "references": headers.get("references"),
     }
     return NormalizedEvent(
-        event_type=EventType.REPLIED, provider_event="Inbound", raw=dict(record),
+        event_type=EventType.REPLIED,
+        provider_event="Inbound",
+        raw=dict(record),
         occurred_at=_rfc2822(record.get("Date")),
         provider_event_id=_str(record.get("MessageID")),  # Postmark's id of the inbound mail: dedupe only
-        details={k: v for k, v in details.items() if v})
+        details={k: v for k, v in details.items() if v},
+    )
 
 
 def _unknown(record: Mapping[str, Any]) -> NormalizedEvent:
-    when = next((from_iso(record.get(k)) for k in ("ReceivedAt", "DeliveredAt", "BouncedAt", "ChangedAt")
-                 if record.get(k)), None)
+    when = next(
+        (from_iso(record.get(k)) for k in ("ReceivedAt", "DeliveredAt", "BouncedAt", "ChangedAt") if record.get(k)),
+        None,
+    )
     return _base(record, EventType.UNKNOWN, str(record.get("RecordType")), occurred_at=when)
 
 

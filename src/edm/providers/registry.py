@@ -27,8 +27,16 @@ from edm.providers.webhook import WebhookHandler
 AdapterFactory = Callable[[ServiceConfig], Adapter]
 
 _ADAPTER_CLASSES: tuple[Any, ...] = (
-    SmtpAdapter, EngageLabAdapter, SendGridAdapter, MailgunAdapter, SesAdapter, PostmarkAdapter, BrevoAdapter,
-    SparkPostAdapter, ResendAdapter, FakeAdapter,
+    SmtpAdapter,
+    EngageLabAdapter,
+    SendGridAdapter,
+    MailgunAdapter,
+    SesAdapter,
+    PostmarkAdapter,
+    BrevoAdapter,
+    SparkPostAdapter,
+    ResendAdapter,
+    FakeAdapter,
 )
 ADAPTERS: dict[str, AdapterFactory] = {adapter.provider: adapter for adapter in _ADAPTER_CLASSES}
 

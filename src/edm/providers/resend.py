@@ -79,15 +79,17 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 _TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _NOT_FORWARDED = frozenset({"message-id", "from", "to", "subject", "reply-to"})
 _QUOTA_NAMES = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
-_CONFIG_NAMES = frozenset({"missing_api_key", "invalid_api_key", "restricted_api_key", "invalid_from_address",
-                           "invalid_access"})
+_CONFIG_NAMES = frozenset(
+    {"missing_api_key", "invalid_api_key", "restricted_api_key", "invalid_from_address", "invalid_access"}
+)
 _TRANSIENT_NAMES = frozenset({"concurrent_idempotent_requests", "internal_server_error", "application_error"})
 
 
 class ResendAdapter(HttpAdapter):
     provider: ClassVar[str] = PROVIDER
     capabilities: ClassVar[Capabilities] = Capabilities(
-        needs_mime=False, max_batch=1, honours_idempotency=True, idempotency_window_seconds=IDEMPOTENCY_WINDOW_SECONDS)
+        needs_mime=False, max_batch=1, honours_idempotency=True, idempotency_window_seconds=IDEMPOTENCY_WINDOW_SECONDS
+    )
     default_base_url: ClassVar[str] = "https://api.resend.com"
 
     def default_headers(self) -> dict[str, str]:
@@ -95,11 +97,13 @@ class ResendAdapter(HttpAdapter):
 
     def build_request(self, client: httpx.AsyncClient, messages: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = messages
-        return client.build_request("POST", "/emails", json=request_body(message),
-                                    headers={"Idempotency-Key": message.key})
+        return client.build_request(
+            "POST", "/emails", json=request_body(message), headers={"Idempotency-Key": message.key}
+        )
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         (message,) = messages
         status = response.status_code
         if 200 <= status < 300:
@@ -121,8 +125,11 @@ def request_body(message: OutboundMessage) -> dict[str, Any]:
     }
     if message.reply_to:
         body["reply_to"] = message.reply_to
-    tags = [{"name": name, "value": value} for name, value in message.custom_args.items()
-            if name in ("subtask_id", "task_id") and _TAG_VALUE_RE.match(str(value))]
+    tags = [
+        {"name": name, "value": value}
+        for name, value in message.custom_args.items()
+        if name in ("subtask_id", "task_id") and _TAG_VALUE_RE.match(str(value))
+    ]
     if tags:
         body["tags"] = tags
     return body
@@ -150,8 +157,16 @@ def classify_error(message: OutboundMessage, response: httpx.Response, latency_m
         outcome = Outcome.TRANSIENT
     recipient_rejected = outcome is Outcome.PERMANENT and "`to`" in text
     retry_after = _retry_after(response) if outcome in (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED) else None
-    return failure(message, outcome, name or f"http_{status}", f"HTTP {status}: {text}", status=status,
-                   retry_after=retry_after, latency_ms=latency_ms, recipient_rejected=recipient_rejected)
+    return failure(
+        message,
+        outcome,
+        name or f"http_{status}",
+        f"HTTP {status}: {text}",
+        status=status,
+        retry_after=retry_after,
+        latency_ms=latency_ms,
+        recipient_rejected=recipient_rejected,
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -78,8 +78,22 @@ SUBSTITUTIONS_LIMIT_BYTES = 10_000  # SendGrid's cap on one personalization's su
 HTML_TAG = "[%edm_html_part%]"
 TEXT_TAG = "[%edm_text_part%]"
 # Headers SendGrid refuses in `headers` (they come from other fields or belong to SendGrid).
-RESERVED_HEADERS = frozenset({"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
-                              "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc"})
+RESERVED_HEADERS = frozenset(
+    {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+    }
+)
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 SIGNATURE_WINDOW_SECONDS = 600.0
@@ -107,8 +121,9 @@ class SendGridAdapter(HttpAdapter):
     def plan_requests(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
         return plan_requests(messages)
 
-    async def send_group(self, messages: Sequence[OutboundMessage], group: list[int],
-                         results: list[SendResult | None]) -> None:
+    async def send_group(
+        self, messages: Sequence[OutboundMessage], group: list[int], results: list[SendResult | None]
+    ) -> None:
         for _ in range(_RESEND_ROUNDS + 1):
             answers = await self.send_request([messages[i] for i in group])
             retry = [i for i, answer in zip(group, answers, strict=True) if answer.provider_code == _SIBLING_CODE]
@@ -139,8 +154,9 @@ class SendGridAdapter(HttpAdapter):
             payload["content"] = [{"type": "text/plain", "value": TEXT_TAG}, {"type": "text/html", "value": HTML_TAG}]
         return client.build_request("POST", "/v3/mail/send", json=payload)
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         status = response.status_code
         if 200 <= status < 300:
             message_id = response.headers["x-message-id"]  # KeyError: not SendGrid's answer (auth_config)
@@ -154,8 +170,10 @@ class SendGridAdapter(HttpAdapter):
             return _blame_personalizations(messages, errors, text, status, latency_ms)
         retry_after = _retry_after(response) if outcome is Outcome.THROTTLED else None
         code = "maximum_credits_exceeded" if outcome is Outcome.QUOTA_EXHAUSTED else _first_field(errors)
-        return [failure(m, outcome, code, text, status=status, retry_after=retry_after, latency_ms=latency_ms)
-                for m in messages]
+        return [
+            failure(m, outcome, code, text, status=status, retry_after=retry_after, latency_ms=latency_ms)
+            for m in messages
+        ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -218,8 +236,7 @@ def _personalization(message: OutboundMessage, *, substitutions: dict[str, str] 
 
 
 def _headers(message: OutboundMessage) -> dict[str, str]:
-    headers = {name: value for name, value in message.headers.items()
-               if value and name.lower() not in RESERVED_HEADERS}
+    headers = {name: value for name, value in message.headers.items() if value and name.lower() not in RESERVED_HEADERS}
     subtask_id = message.custom_args.get("subtask_id")
     if subtask_id and not any(name.lower() == "x-edm-subtask-id" for name in headers):
         headers["X-EDM-SubTask-Id"] = str(subtask_id)
@@ -227,8 +244,11 @@ def _headers(message: OutboundMessage) -> dict[str, str]:
 
 
 def _inline_content(message: OutboundMessage) -> list[dict[str, str]]:
-    content = [{"type": kind, "value": value}
-               for kind, value in (("text/plain", message.text), ("text/html", message.html)) if value]
+    content = [
+        {"type": kind, "value": value}
+        for kind, value in (("text/plain", message.text), ("text/html", message.html))
+        if value
+    ]
     if not content:
         raise ValueError("the message has neither a text nor an HTML part")
     return content
@@ -284,8 +304,9 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when - clock.utc_now().timestamp())
 
 
-def _blame_personalizations(messages: Sequence[OutboundMessage], errors: list[dict[str, Any]], text: str,
-                            status: int, latency_ms: int) -> list[SendResult]:
+def _blame_personalizations(
+    messages: Sequence[OutboundMessage], errors: list[dict[str, Any]], text: str, status: int, latency_ms: int
+) -> list[SendResult]:
     """A 400 fails the whole request. When its errors name personalizations, only those messages are at
     fault; the others are marked for a resend in this call. Otherwise every message fails."""
     blamed: dict[int, bool] = {}  # personalization index -> the error is about its address
@@ -297,17 +318,38 @@ def _blame_personalizations(messages: Sequence[OutboundMessage], errors: list[di
     code = _first_field(errors)
     if not blamed or len(messages) == 1:
         address_bad = bool(blamed) and all(blamed.values())
-        return [failure(m, Outcome.PERMANENT, code, text, status=status, latency_ms=latency_ms,
-                        recipient_rejected=address_bad) for m in messages]
+        return [
+            failure(
+                m, Outcome.PERMANENT, code, text, status=status, latency_ms=latency_ms, recipient_rejected=address_bad
+            )
+            for m in messages
+        ]
     results = []
     for index, message in enumerate(messages):
         if index in blamed:
-            results.append(failure(message, Outcome.PERMANENT, code, text, status=status, latency_ms=latency_ms,
-                                   recipient_rejected=blamed[index]))
+            results.append(
+                failure(
+                    message,
+                    Outcome.PERMANENT,
+                    code,
+                    text,
+                    status=status,
+                    latency_ms=latency_ms,
+                    recipient_rejected=blamed[index],
+                )
+            )
         else:
-            results.append(failure(message, Outcome.TRANSIENT, _SIBLING_CODE,
-                                   "not sent: another message of the request was refused", status=status,
-                                   latency_ms=latency_ms, recipient_level=True))
+            results.append(
+                failure(
+                    message,
+                    Outcome.TRANSIENT,
+                    _SIBLING_CODE,
+                    "not sent: another message of the request was refused",
+                    status=status,
+                    latency_ms=latency_ms,
+                    recipient_level=True,
+                )
+            )
     return results
 
 
@@ -339,8 +381,9 @@ def _signature_valid(key: ec.EllipticCurvePublicKey, signature: bytes, signed: b
 
 
 # dropped reasons: the address is on SendGrid's suppression lists, or not an address at all
-_SUPPRESSED_REASONS = frozenset({"bounced address", "unsubscribed address", "spam reporting address",
-                                 "unsubscribed group"})
+_SUPPRESSED_REASONS = frozenset(
+    {"bounced address", "unsubscribed address", "spam reporting address", "unsubscribed group"}
+)
 _INVALID_REASONS = frozenset({"invalid"})
 _BLOCK_REASONS = frozenset({"spam content"})
 
@@ -355,8 +398,19 @@ _SIMPLE_EVENTS: dict[str, EventType] = {
     "group_resubscribe": EventType.UNKNOWN,
 }
 # Kept in `details` when present.
-_DETAIL_KEYS = ("sg_message_id", "smtp-id", "category", "asm_group_id", "attempt", "tls", "type",
-                "bounce_classification", "sg_machine_open", "url_offset", "marketing_campaign_id")
+_DETAIL_KEYS = (
+    "sg_message_id",
+    "smtp-id",
+    "category",
+    "asm_group_id",
+    "attempt",
+    "tls",
+    "type",
+    "bounce_classification",
+    "sg_machine_open",
+    "url_offset",
+    "marketing_campaign_id",
+)
 
 
 class SendGridWebhook:
@@ -454,8 +508,7 @@ def _codes(element: dict[str, Any], reason: str | None) -> tuple[int | None, str
     smtp_match = _SMTP_CODE_RE.match(reason or "")
     status = element.get("status")
     enhanced_match = _ENHANCED_RE.search(str(status)) if status else _ENHANCED_RE.search(reason or "")
-    return (int(smtp_match.group(1)) if smtp_match else None,
-            enhanced_match.group(1) if enhanced_match else None)
+    return (int(smtp_match.group(1)) if smtp_match else None, enhanced_match.group(1) if enhanced_match else None)
 
 
 def x_message_id(sg_message_id: Any) -> str | None:

@@ -88,10 +88,23 @@ _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 # EmailTags names and values: ASCII letters, digits, "_" and "-" only, ≤ 256 characters.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 # SES rewrites these (Message-ID, Date) or builds them from the request fields: never sent as Headers.
-_RESERVED_HEADERS = frozenset({
-    "from", "to", "cc", "bcc", "subject", "reply-to", "message-id", "date", "mime-version", "content-type",
-    "content-transfer-encoding", "return-path", "sender",
-})
+_RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "reply-to",
+        "message-id",
+        "date",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "return-path",
+        "sender",
+    }
+)
 
 _ERROR_CLASSES: Mapping[str, Outcome] = {
     # rate: "Maximum sending rate exceeded"
@@ -181,8 +194,9 @@ class SesAdapter(HttpAdapter):
             body["ConfigurationSetName"] = str(configuration_set)
         return body
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         message = messages[0]
         status = response.status_code
         if 200 <= status < 300:
@@ -195,8 +209,17 @@ class SesAdapter(HttpAdapter):
         if status >= 500:  # whatever the name says, a 5xx is AWS's side
             outcome = Outcome.TRANSIENT
         retry_after = retry_after_seconds(response) if outcome is Outcome.THROTTLED else None
-        return [failure(message, outcome, name or str(status), f"ses {name or 'error'}: {text}".strip(),
-                        status=status, retry_after=retry_after, latency_ms=latency_ms)]
+        return [
+            failure(
+                message,
+                outcome,
+                name or str(status),
+                f"ses {name or 'error'}: {text}".strip(),
+                status=status,
+                retry_after=retry_after,
+                latency_ms=latency_ms,
+            )
+        ]
 
 
 def region_of(options: Mapping[str, Any]) -> str:
@@ -269,14 +292,20 @@ def _body(message: OutboundMessage) -> dict[str, Any]:
 
 def _headers(message: OutboundMessage) -> list[dict[str, str]]:
     """Our headers (X-EDM-SubTask-Id, List-Unsubscribe, List-Unsubscribe-Post, Feedback-ID, In-Reply-To…)."""
-    return [{"Name": name, "Value": _one_line(value)} for name, value in message.headers.items()
-            if name.lower() not in _RESERVED_HEADERS and value]
+    return [
+        {"Name": name, "Value": _one_line(value)}
+        for name, value in message.headers.items()
+        if name.lower() not in _RESERVED_HEADERS and value
+    ]
 
 
 def _email_tags(custom_args: Mapping[str, str]) -> list[dict[str, str]]:
     # A value SES would refuse is left out rather than failing the send: the header still carries our id.
-    return [{"Name": name, "Value": str(value)} for name, value in custom_args.items()
-            if _TAG_RE.match(name) and _TAG_RE.match(str(value))]
+    return [
+        {"Name": name, "Value": str(value)}
+        for name, value in custom_args.items()
+        if _TAG_RE.match(name) and _TAG_RE.match(str(value))
+    ]
 
 
 # ========================================================================================================
@@ -309,9 +338,15 @@ def sns_url_ok(url: Any, *, suffix: str = "") -> bool:
         port = parts.port
     except ValueError:
         return False
-    return (parts.scheme == "https" and port is None and not parts.username and not parts.password
-            and bool(_CERT_HOST_RE.match(parts.hostname or "")) and parts.netloc == parts.hostname
-            and parts.path.endswith(suffix))
+    return (
+        parts.scheme == "https"
+        and port is None
+        and not parts.username
+        and not parts.password
+        and bool(_CERT_HOST_RE.match(parts.hostname or ""))
+        and parts.netloc == parts.hostname
+        and parts.path.endswith(suffix)
+    )
 
 
 def string_to_sign(message: Mapping[str, Any]) -> bytes | None:
@@ -358,8 +393,9 @@ def clear_certificate_cache() -> None:
     _CERT_CACHE.clear()
 
 
-def signature_valid(certificate: x509.Certificate, signature: bytes, signed: bytes,
-                    algorithm: hashes.HashAlgorithm, now: dt.datetime) -> bool:
+def signature_valid(
+    certificate: x509.Certificate, signature: bytes, signed: bytes, algorithm: hashes.HashAlgorithm, now: dt.datetime
+) -> bool:
     if not (certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc):
         return False
     key = certificate.public_key()
@@ -395,8 +431,11 @@ class _Context:
         self.published_at = from_iso(envelope.get("Timestamp"))
         self.subtask_id = _tag(mail, "subtask_id") or _header(mail, SUBTASK_HEADER)
         self.task_id = _tag(mail, "task_id") or _task_from_feedback_id(_header(mail, "Feedback-ID"))
-        self.details = {k: v for k, v in (("sns_message_id", self.sns_message_id),
-                                           ("topic_arn", _str(envelope.get("TopicArn")))) if v}
+        self.details = {
+            k: v
+            for k, v in (("sns_message_id", self.sns_message_id), ("topic_arn", _str(envelope.get("TopicArn"))))
+            if v
+        }
 
     @property
     def destination(self) -> list[str]:
@@ -407,18 +446,32 @@ class _Context:
         destination = self.destination
         return destination[0] if len(destination) == 1 else None
 
-    def event(self, event_type: EventType, *, at: Any = None, recipient: str | None = None,
-              several: bool = False, **fields: Any) -> NormalizedEvent:
+    def event(
+        self,
+        event_type: EventType,
+        *,
+        at: Any = None,
+        recipient: str | None = None,
+        several: bool = False,
+        **fields: Any,
+    ) -> NormalizedEvent:
         event_id = self.sns_message_id
         if several and event_id and recipient:  # one SNS message, several recipients: one key each
             event_id = f"{event_id}:{recipient}"
         details = {**self.details, **fields.pop("details", {})}
         return NormalizedEvent(
-            event_type=event_type, provider_event=self.kind, raw=dict(self.message),
+            event_type=event_type,
+            provider_event=self.kind,
+            raw=dict(self.message),
             occurred_at=from_iso(at) or self.sent_at or self.published_at,
-            subtask_id=self.subtask_id, task_id=self.task_id,
-            provider_message_id=_str(self.mail.get("messageId")), provider_event_id=event_id,
-            recipient=recipient, details=details, **fields)
+            subtask_id=self.subtask_id,
+            task_id=self.task_id,
+            provider_message_id=_str(self.mail.get("messageId")),
+            provider_event_id=event_id,
+            recipient=recipient,
+            details=details,
+            **fields,
+        )
 
 
 def _send(c: _Context, _: Mapping[str, Any]) -> list[NormalizedEvent]:
@@ -429,11 +482,19 @@ def _delivery(c: _Context, delivery: Mapping[str, Any]) -> list[NormalizedEvent]
     response = _str(delivery.get("smtpResponse"))
     recipients = [r for r in _list(delivery.get("recipients")) if isinstance(r, str)] or c.destination
     several = len(recipients) > 1
-    return [c.event(EventType.DELIVERED, at=delivery.get("timestamp"), recipient=r, several=several,
-                    smtp_code=_smtp_code(response), enhanced_code=_enhanced(response),
-                    reason=text_or_none(response),
-                    details=_pick(delivery, "reportingMTA", "processingTimeMillis", "remoteMtaIp"))
-            for r in recipients]
+    return [
+        c.event(
+            EventType.DELIVERED,
+            at=delivery.get("timestamp"),
+            recipient=r,
+            several=several,
+            smtp_code=_smtp_code(response),
+            enhanced_code=_enhanced(response),
+            reason=text_or_none(response),
+            details=_pick(delivery, "reportingMTA", "processingTimeMillis", "remoteMtaIp"),
+        )
+        for r in recipients
+    ]
 
 
 def bounce_outcome(bounce_type: str, sub_type: str) -> tuple[EventType, BounceClass]:
@@ -459,17 +520,27 @@ def _bounce(c: _Context, bounce: Mapping[str, Any]) -> list[NormalizedEvent]:
     event_type, bounce_class = bounce_outcome(bounce_type, sub_type)
     recipients = [r for r in _list(bounce.get("bouncedRecipients")) if isinstance(r, dict)]
     several = len(recipients) > 1
-    details = {"bounce_type": bounce_type, "bounce_sub_type": sub_type,
-               **_pick(bounce, "feedbackId", "reportingMTA", "remoteMtaIp")}
+    details = {
+        "bounce_type": bounce_type,
+        "bounce_sub_type": sub_type,
+        **_pick(bounce, "feedbackId", "reportingMTA", "remoteMtaIp"),
+    }
     events = []
     for item in recipients:
         diagnostic = _str(item.get("diagnosticCode"))
-        events.append(c.event(
-            event_type, at=bounce.get("timestamp"), recipient=_str(item.get("emailAddress")), several=several,
-            bounce_class=bounce_class, smtp_code=_smtp_code(diagnostic),
-            enhanced_code=_str(item.get("status")) or _enhanced(diagnostic),
-            reason=text_or_none(diagnostic) or text_or_none(f"{bounce_type} {sub_type}"),
-            details={**details, **_pick(item, "action")}))
+        events.append(
+            c.event(
+                event_type,
+                at=bounce.get("timestamp"),
+                recipient=_str(item.get("emailAddress")),
+                several=several,
+                bounce_class=bounce_class,
+                smtp_code=_smtp_code(diagnostic),
+                enhanced_code=_str(item.get("status")) or _enhanced(diagnostic),
+                reason=text_or_none(diagnostic) or text_or_none(f"{bounce_type} {sub_type}"),
+                details={**details, **_pick(item, "action")},
+            )
+        )
     return events
 
 
@@ -486,10 +557,18 @@ def _complaint(c: _Context, complaint: Mapping[str, Any]) -> list[NormalizedEven
     recipients = [r for r in _list(complaint.get("complainedRecipients")) if isinstance(r, dict)]
     several = len(recipients) > 1
     details = _pick(complaint, "feedbackId", "userAgent", "arrivalDate", "complaintSubType")
-    return [c.event(event_type, at=complaint.get("timestamp"), recipient=_str(item.get("emailAddress")),
-                    several=several, bounce_class=bounce_class, reason=text_or_none(feedback_type),
-                    details=details)
-            for item in recipients]
+    return [
+        c.event(
+            event_type,
+            at=complaint.get("timestamp"),
+            recipient=_str(item.get("emailAddress")),
+            several=several,
+            bounce_class=bounce_class,
+            reason=text_or_none(feedback_type),
+            details=details,
+        )
+        for item in recipients
+    ]
 
 
 def _delivery_delay(c: _Context, delay: Mapping[str, Any]) -> list[NormalizedEvent]:
@@ -500,37 +579,72 @@ def _delivery_delay(c: _Context, delay: Mapping[str, Any]) -> list[NormalizedEve
     events = []
     for item in recipients:
         diagnostic = _str(item.get("diagnosticCode"))
-        events.append(c.event(
-            EventType.DEFERRED, at=delay.get("timestamp"), recipient=_str(item.get("emailAddress")),
-            several=several, smtp_code=_smtp_code(diagnostic),
-            enhanced_code=_str(item.get("status")) or _enhanced(diagnostic),
-            reason=text_or_none(diagnostic) or text_or_none(delay_type), details=details))
+        events.append(
+            c.event(
+                EventType.DEFERRED,
+                at=delay.get("timestamp"),
+                recipient=_str(item.get("emailAddress")),
+                several=several,
+                smtp_code=_smtp_code(diagnostic),
+                enhanced_code=_str(item.get("status")) or _enhanced(diagnostic),
+                reason=text_or_none(diagnostic) or text_or_none(delay_type),
+                details=details,
+            )
+        )
     return events
 
 
 def _reject(c: _Context, reject: Mapping[str, Any]) -> list[NormalizedEvent]:
     # SES refused the message itself (virus, content): a block, never the address's fault.
-    return [c.event(EventType.REJECTED, at=c.mail.get("timestamp"), recipient=c.only_destination,
-                    bounce_class=BounceClass.BLOCK, reason=text_or_none(reject.get("reason")))]
+    return [
+        c.event(
+            EventType.REJECTED,
+            at=c.mail.get("timestamp"),
+            recipient=c.only_destination,
+            bounce_class=BounceClass.BLOCK,
+            reason=text_or_none(reject.get("reason")),
+        )
+    ]
 
 
 def _rendering_failure(c: _Context, failure_: Mapping[str, Any]) -> list[NormalizedEvent]:
     # A template error on SES's side (we send Simple content, so it should not happen): never sent, and not
     # the recipient's fault, hence a block.
-    return [c.event(EventType.REJECTED, recipient=c.only_destination, bounce_class=BounceClass.BLOCK,
-                    reason=text_or_none(failure_.get("errorMessage")),
-                    details=_pick(failure_, "templateName"))]
+    return [
+        c.event(
+            EventType.REJECTED,
+            recipient=c.only_destination,
+            bounce_class=BounceClass.BLOCK,
+            reason=text_or_none(failure_.get("errorMessage")),
+            details=_pick(failure_, "templateName"),
+        )
+    ]
 
 
 def _open(c: _Context, opened: Mapping[str, Any]) -> list[NormalizedEvent]:
-    return [c.event(EventType.OPENED, at=opened.get("timestamp"), recipient=c.only_destination,
-                    ip=_str(opened.get("ipAddress")), user_agent=_str(opened.get("userAgent")))]
+    return [
+        c.event(
+            EventType.OPENED,
+            at=opened.get("timestamp"),
+            recipient=c.only_destination,
+            ip=_str(opened.get("ipAddress")),
+            user_agent=_str(opened.get("userAgent")),
+        )
+    ]
 
 
 def _click(c: _Context, click: Mapping[str, Any]) -> list[NormalizedEvent]:
-    return [c.event(EventType.CLICKED, at=click.get("timestamp"), recipient=c.only_destination,
-                    url=_str(click.get("link")), ip=_str(click.get("ipAddress")),
-                    user_agent=_str(click.get("userAgent")), details=_pick(click, "linkTags"))]
+    return [
+        c.event(
+            EventType.CLICKED,
+            at=click.get("timestamp"),
+            recipient=c.only_destination,
+            url=_str(click.get("link")),
+            ip=_str(click.get("ipAddress")),
+            user_agent=_str(click.get("userAgent")),
+            details=_pick(click, "linkTags"),
+        )
+    ]
 
 
 def _subscription(c: _Context, subscription: Mapping[str, Any]) -> list[NormalizedEvent]:
@@ -538,10 +652,16 @@ def _subscription(c: _Context, subscription: Mapping[str, Any]) -> list[Normaliz
     preferences = _dict(subscription.get("newTopicPreferences"))
     topics = [t for t in _list(preferences.get("topicSubscriptionStatus")) if isinstance(t, dict)]
     opted_out = preferences.get("unsubscribeAll") is True or any(
-        t.get("subscriptionStatus") == "OptOut" for t in topics)
-    return [c.event(EventType.UNSUBSCRIBED if opted_out else EventType.UNKNOWN,
-                    at=subscription.get("timestamp"), recipient=c.only_destination,
-                    details=_pick(subscription, "contactList", "source", "newTopicPreferences"))]
+        t.get("subscriptionStatus") == "OptOut" for t in topics
+    )
+    return [
+        c.event(
+            EventType.UNSUBSCRIBED if opted_out else EventType.UNKNOWN,
+            at=subscription.get("timestamp"),
+            recipient=c.only_destination,
+            details=_pick(subscription, "contactList", "source", "newTopicPreferences"),
+        )
+    ]
 
 
 def _received(c: _Context, receipt: Mapping[str, Any]) -> list[NormalizedEvent]:
@@ -550,18 +670,25 @@ def _received(c: _Context, receipt: Mapping[str, Any]) -> list[NormalizedEvent]:
     common = _dict(c.mail.get("commonHeaders"))
     action = _dict(receipt.get("action"))
     details = {
-        "inbound": True, "source": c.mail.get("source"), "destination": c.mail.get("destination"),
-        "receipt_recipients": receipt.get("recipients"), "subject": common.get("subject"),
-        "header_message_id": common.get("messageId"), "ses_message_id": c.mail.get("messageId"),
+        "inbound": True,
+        "source": c.mail.get("source"),
+        "destination": c.mail.get("destination"),
+        "receipt_recipients": receipt.get("recipients"),
+        "subject": common.get("subject"),
+        "header_message_id": common.get("messageId"),
+        "ses_message_id": c.mail.get("messageId"),
         "action": _pick(action, "type", "bucketName", "objectKey", "topicArn"),
         "spam_verdict": _dict(receipt.get("spamVerdict")).get("status"),
         "has_content": isinstance(c.message.get("content"), str),
     }
     event = NormalizedEvent(
-        event_type=EventType.REPLIED, provider_event=c.kind, raw=dict(c.message),
+        event_type=EventType.REPLIED,
+        provider_event=c.kind,
+        raw=dict(c.message),
         occurred_at=from_iso(receipt.get("timestamp")) or c.sent_at or c.published_at,
         provider_event_id=c.sns_message_id,
-        details={**c.details, **{k: v for k, v in details.items() if v is not None}})
+        details={**c.details, **{k: v for k, v in details.items() if v is not None}},
+    )
     return [event]
 
 

@@ -272,14 +272,15 @@ class SmtpAdapter:
                     continue
                 return self._failure_result(message.key, failure)
             return self._result(
-                message.key, Outcome.ACCEPTED, status=reply.code, text=reply.message,
+                message.key,
+                Outcome.ACCEPTED,
+                status=reply.code,
+                text=reply.message,
                 provider_message_id=queue_id(reply.message),
             )
         return self._result(message.key, Outcome.TRANSIENT, message="mail: pooled connections went stale")
 
-    async def _attempt(
-        self, message: OutboundMessage, payload: bytes, deadline: _Deadline
-    ) -> aiosmtplib.SMTPResponse:
+    async def _attempt(self, message: OutboundMessage, payload: bytes, deadline: _Deadline) -> aiosmtplib.SMTPResponse:
         """One transaction on a pooled (or new) connection, which goes back to the pool or is closed."""
         conn = await self._checkout(deadline)
         returned = False
@@ -308,8 +309,7 @@ class SmtpAdapter:
             mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, sender, payload)
             await smtp.mail(sender, options=mail_options, encoding=encoding, timeout=deadline.left())
             phase = Phase.RCPT
-            await smtp.rcpt(message.to_address, options=rcpt_options, encoding=encoding,
-                            timeout=deadline.left())
+            await smtp.rcpt(message.to_address, options=rcpt_options, encoding=encoding, timeout=deadline.left())
             phase = Phase.DATA
             reply = await smtp.execute_command(b"DATA", timeout=deadline.left())
             if reply.code != 354:
@@ -448,8 +448,12 @@ class SmtpAdapter:
         if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 0:
             verdict = classify_reply(phase, exc.code, exc.message)
             return self._result(
-                key, verdict.outcome, status=exc.code, text=exc.message,
-                recipient_level=verdict.recipient_level, recipient_rejected=verdict.recipient_rejected,
+                key,
+                verdict.outcome,
+                status=exc.code,
+                text=exc.message,
+                recipient_level=verdict.recipient_level,
+                recipient_rejected=verdict.recipient_rejected,
             )
         detail = _describe(exc)
         if phase is Phase.BODY:
@@ -464,14 +468,23 @@ class SmtpAdapter:
         return self._result(key, Outcome.TRANSIENT, message=f"{phase.value}: {detail}")
 
     def _result(
-        self, key: str, outcome: Outcome, *, status: int | None = None, text: str = "",
-        message: str = "", **fields: Any,
+        self,
+        key: str,
+        outcome: Outcome,
+        *,
+        status: int | None = None,
+        text: str = "",
+        message: str = "",
+        **fields: Any,
     ) -> SendResult:
         body = message or (f"{status} {text}" if status is not None else text)
         return SendResult(
-            key=key, outcome=outcome, status=status,
+            key=key,
+            outcome=outcome,
+            status=status,
             provider_code=enhanced_code(text) if text else None,
-            message=truncate(self._scrub(body)), **fields,
+            message=truncate(self._scrub(body)),
+            **fields,
         )
 
     def _scrub(self, text: str) -> str:
@@ -523,6 +536,5 @@ def _build_tls_context(validate_certs: bool) -> ssl.SSLContext:
 def _xtext(value: str) -> str:
     """RFC 3461 xtext: printable ASCII except '+' and '=' as is, anything else as +HH."""
     return "".join(
-        ch if 33 <= ord(ch) <= 126 and ch not in "+=" else "".join(f"+{b:02X}" for b in ch.encode())
-        for ch in value
+        ch if 33 <= ord(ch) <= 126 and ch not in "+=" else "".join(f"+{b:02X}" for b in ch.encode()) for ch in value
     )

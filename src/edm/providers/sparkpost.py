@@ -110,8 +110,9 @@ class SparkPostAdapter(HttpAdapter):
         body = transmission(messages, ip_pool=self.config.options.get("ip_pool"))
         return client.build_request("POST", "/api/v1/transmissions", json=body)
 
-    def parse_response(self, messages: Sequence[OutboundMessage], response: httpx.Response,
-                       latency_ms: int) -> list[SendResult]:
+    def parse_response(
+        self, messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int
+    ) -> list[SendResult]:
         status = response.status_code
         if 200 <= status < 300:
             transmission_id = str(response.json()["results"]["id"])
@@ -144,7 +145,7 @@ def transmission_groups(messages: Sequence[OutboundMessage], size: int) -> list[
     by_shape: dict[tuple[str, str, str, tuple[str, ...]], list[int]] = {}
     for index, message in enumerate(messages):
         by_shape.setdefault(_shape(message), []).append(index)
-    return [indexes[start:start + size] for indexes in by_shape.values() for start in range(0, len(indexes), size)]
+    return [indexes[start : start + size] for indexes in by_shape.values() for start in range(0, len(indexes), size)]
 
 
 def transmission(messages: Sequence[OutboundMessage], *, ip_pool: Any = None) -> dict[str, Any]:
@@ -166,8 +167,11 @@ def transmission(messages: Sequence[OutboundMessage], *, ip_pool: Any = None) ->
     options: dict[str, Any] = {"open_tracking": False, "click_tracking": False}
     if ip_pool:
         options["ip_pool"] = str(ip_pool)
-    return {"options": options, "content": content,
-            "recipients": [recipient_entry(message, header_names) for message in messages]}
+    return {
+        "options": options,
+        "content": content,
+        "recipients": [recipient_entry(message, header_names) for message in messages],
+    }
 
 
 def recipient_entry(message: OutboundMessage, header_names: Sequence[str]) -> dict[str, Any]:
@@ -184,8 +188,7 @@ def recipient_entry(message: OutboundMessage, header_names: Sequence[str]) -> di
     return entry
 
 
-def classify_error(messages: Sequence[OutboundMessage], response: httpx.Response,
-                   latency_ms: int) -> list[SendResult]:
+def classify_error(messages: Sequence[OutboundMessage], response: httpx.Response, latency_ms: int) -> list[SendResult]:
     status = response.status_code
     code, text = _first_error(json_or_none(response), response.reason_phrase)
     outcome = classify_status(status)
@@ -197,9 +200,19 @@ def classify_error(messages: Sequence[OutboundMessage], response: httpx.Response
         outcome = Outcome.TRANSIENT
     recipient_rejected = outcome is Outcome.PERMANENT and code in _REJECTED_CODES
     retry_after = retry_after_seconds(response) if outcome is Outcome.THROTTLED else None
-    return [failure(m, outcome, code or f"http_{status}", f"HTTP {status}: {text}", status=status,
-                    retry_after=retry_after, latency_ms=latency_ms, recipient_rejected=recipient_rejected)
-            for m in messages]
+    return [
+        failure(
+            m,
+            outcome,
+            code or f"http_{status}",
+            f"HTTP {status}: {text}",
+            status=status,
+            retry_after=retry_after,
+            latency_ms=latency_ms,
+            recipient_rejected=recipient_rejected,
+        )
+        for m in messages
+    ]
 
 
 def _first_error(body: Any, fallback: str) -> tuple[str | None, str]:
@@ -257,7 +270,7 @@ class SparkPostWebhook:
         if isinstance(body, dict) and "msys" in body:
             body = [body]  # a lone element, tolerated
         if not isinstance(body, list):
-            raise MalformedPayload("expected a SparkPost array of {\"msys\": {...}} elements")
+            raise MalformedPayload('expected a SparkPost array of {"msys": {...}} elements')
         if is_ping(body):
             return ParsedPayload(items=[], batch=True, control="ping")
         return ParsedPayload(items=[parse_element(element) for element in body], batch=True)

@@ -47,9 +47,25 @@ GENERATE_HINT = "production needs a strong one: generate it with `edm keys gener
 # Values people paste from examples. Removed (case-insensitively) before estimating, so "changeme" * 4 is
 # worth nothing while a random key that happens to start with "prod-secret-" keeps its random part's worth.
 PLACEHOLDER_WORDS = (
-    "please-change-me", "change-me", "change_me", "changeme", "your-secret-key", "secret-key", "secret_key",
-    "secretkey", "secret", "password", "placeholder", "example", "insecure", "development", "dev", "test",
-    "demo", "default", "edm",
+    "please-change-me",
+    "change-me",
+    "change_me",
+    "changeme",
+    "your-secret-key",
+    "secret-key",
+    "secret_key",
+    "secretkey",
+    "secret",
+    "password",
+    "placeholder",
+    "example",
+    "insecure",
+    "development",
+    "dev",
+    "test",
+    "demo",
+    "default",
+    "edm",
 )
 
 _KEYBOARD_ROWS = ("`1234567890-=", "qwertyuiop[]\\", "asdfghjkl;'", "zxcvbnm,./")
@@ -60,7 +76,7 @@ def _keyboard_neighbours() -> dict[str, frozenset[str]]:
     neighbours: dict[str, set[str]] = {}
     for row in _KEYBOARD_ROWS:
         for i, ch in enumerate(row):
-            neighbours.setdefault(ch, set()).update(row[max(0, i - 1):i] + row[i + 1:i + 2])
+            neighbours.setdefault(ch, set()).update(row[max(0, i - 1) : i] + row[i + 1 : i + 2])
     return {ch: frozenset(near) for ch, near in neighbours.items()}
 
 
@@ -93,8 +109,10 @@ def secret_key_problem(value: str) -> str | None:
         return f"is shorter than {MIN_KEY_BYTES} bytes"
     bits = estimated_bits(value)
     if bits < MIN_KEY_BITS:
-        return (f"looks guessable (about {int(bits)} bits of entropy estimated, at least {MIN_KEY_BITS} needed; "
-                "repeats, a short alphabet, sequences and placeholder words count for little)")
+        return (
+            f"looks guessable (about {int(bits)} bits of entropy estimated, at least {MIN_KEY_BITS} needed; "
+            "repeats, a short alphabet, sequences and placeholder words count for little)"
+        )
     return None
 
 
@@ -141,8 +159,12 @@ def _shannon_bits(text: str) -> float:
     return per_char * total
 
 
-_CHARACTER_CLASSES = ((string.ascii_lowercase, 26), (string.ascii_uppercase, 26), (string.digits, 10),
-                      (string.punctuation + " ", 33))
+_CHARACTER_CLASSES = (
+    (string.ascii_lowercase, 26),
+    (string.ascii_uppercase, 26),
+    (string.digits, 10),
+    (string.punctuation + " ", 33),
+)
 _OTHER_CLASS_SIZE = 100  # anything beyond printable ASCII: generous, the Shannon figure still bounds it
 
 
@@ -150,8 +172,9 @@ def _alphabet_size(text: Iterable[str]) -> int:
     """How many characters the classes `text` draws from hold (lower, upper, digits, punctuation, other)."""
     used: set[int] = set()
     for ch in text:
-        used.add(next((i for i, (members, _) in enumerate(_CHARACTER_CLASSES) if ch in members),
-                      len(_CHARACTER_CLASSES)))
+        used.add(
+            next((i for i, (members, _) in enumerate(_CHARACTER_CLASSES) if ch in members), len(_CHARACTER_CLASSES))
+        )
     sizes = [size for _, size in _CHARACTER_CLASSES] + [_OTHER_CLASS_SIZE]
     return max(2, sum(sizes[i] for i in used))
 
@@ -180,7 +203,7 @@ def _pattern_bits(text: str) -> float:
             step = 1
         for j in range(i, i + step):
             if j + 3 <= len(text):
-                seen.setdefault(text[j:j + 3], []).append(j)
+                seen.setdefault(text[j : j + 3], []).append(j)
         i += step
     return bits
 
@@ -207,13 +230,16 @@ def _word_bits(text: str) -> float:
 def _looks_like_a_word(part: str) -> bool:
     """Letters only, at most WORD_MAX_LETTERS, written as words are (lower, Capitalized or UPPER case): a
     random segment in mixed case is not mistaken for one."""
-    return (part.isalpha() and len(part) <= WORD_MAX_LETTERS
-            and (part.islower() or part.isupper() or (part[0].isupper() and part[1:].islower())))
+    return (
+        part.isalpha()
+        and len(part) <= WORD_MAX_LETTERS
+        and (part.islower() or part.isupper() or (part[0].isupper() and part[1:].islower()))
+    )
 
 
 def _longest_earlier_match(text: str, i: int, seen: dict[str, list[int]]) -> int:
     best = 0
-    for start in seen.get(text[i:i + 3], ()):
+    for start in seen.get(text[i : i + 3], ()):
         length = 0
         while i + length < len(text) and text[start + length] == text[i + length]:
             length += 1

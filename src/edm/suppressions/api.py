@@ -29,11 +29,13 @@ from edm.suppressions.service import GLOBAL, REASONS, EntryFilter, SuppressionLi
 router = APIRouter(prefix="/api/v1", tags=["suppressions"])
 
 Kind = Literal["address", "domain"]
-Reason = Literal["unsubscribed", "hard_bounce", "soft_bounce_limit", "complaint", "provider_suppressed", "manual",
-                 "import"]
+Reason = Literal[
+    "unsubscribed", "hard_bounce", "soft_bounce_limit", "complaint", "provider_suppressed", "manual", "import"
+]
 OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only: another user's list")]
-RemovalReason = Annotated[str | None, Query(max_length=500, description="required for unsubscribed and "
-                                                                        "complaint entries; audited")]
+RemovalReason = Annotated[
+    str | None, Query(max_length=500, description="required for unsubscribed and complaint entries; audited")
+]
 IMPORT_MAX_BYTES = 256 * 1024 * 1024  # EDM_IMPORT_MAX_BYTES default
 _IMPORT_FIELDS = {"file", "encoding"}
 _IMPORT_FORM = {
@@ -58,9 +60,13 @@ def _filters(kind: Kind | None, reason: list[Reason] | None, q: str | None, expi
 class ListQuery:
     """The list and export filters, shared by both lists."""
 
-    def __init__(self, kind: Kind | None = None, reason: Annotated[list[Reason] | None, Query()] = None,
-                 q: Annotated[str | None, Query(max_length=200, description="substring of the value or note")] = None,
-                 expired: Annotated[bool | None, Query(description="true: expired only; false: in force")] = None):
+    def __init__(
+        self,
+        kind: Kind | None = None,
+        reason: Annotated[list[Reason] | None, Query()] = None,
+        q: Annotated[str | None, Query(max_length=200, description="substring of the value or note")] = None,
+        expired: Annotated[bool | None, Query(description="true: expired only; false: in force")] = None,
+    ):
         self.filters = _filters(kind, reason, q, expired)
 
 
@@ -79,8 +85,9 @@ def entry_view(entry: Suppression, now: dt.datetime) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def _list(session: Session, lst: SuppressionList, page: Any, filters: EntryFilter,
-                include_total: bool) -> dict[str, Any]:
+async def _list(
+    session: Session, lst: SuppressionList, page: Any, filters: EntryFilter, include_total: bool
+) -> dict[str, Any]:
     now = utc_now()
     rows = await suppressions.list_entries(session, lst, page=page, filters=filters, now=now)
     result = page_of(rows, page)
@@ -92,13 +99,15 @@ async def _list(session: Session, lst: SuppressionList, page: Any, filters: Entr
 
 async def _add(session: Session, lst: SuppressionList, body: EntryCreate, actor: Actor) -> dict[str, Any]:
     now = utc_now()
-    entry = suppressions.new_entry(email=body.email, domain=body.domain, note=body.note, expires_at=body.expires_at,
-                                   now=now)
+    entry = suppressions.new_entry(
+        email=body.email, domain=body.domain, note=body.note, expires_at=body.expires_at, now=now
+    )
     return entry_view(await suppressions.add_entry(session, lst, entry, actor=actor, now=now), now)
 
 
-async def _remove(session: Session, lst: SuppressionList, entry_id: int, reason: str | None,
-                  actor: Actor) -> dict[str, Any]:
+async def _remove(
+    session: Session, lst: SuppressionList, entry_id: int, reason: str | None, actor: Actor
+) -> dict[str, Any]:
     cleared = await suppressions.remove_entry(session, lst, entry_id, reason=reason, actor=actor)
     return {"removed": 1, "contacts_cleared": cleared}
 
@@ -110,8 +119,14 @@ async def _import(request: Request, session: Session, lst: SuppressionList, call
         encoding = form.get("encoding")
         if encoding is not None and not isinstance(encoding, str):
             raise BadInput.field("encoding", "must be a text field")
-        report = await csvio.import_csv(session, lst, upload.file, encoding=(encoding or "").strip() or None,
-                                        actor=_actor(caller, request), now=utc_now())
+        report = await csvio.import_csv(
+            session,
+            lst,
+            upload.file,
+            encoding=(encoding or "").strip() or None,
+            actor=_actor(caller, request),
+            now=utc_now(),
+        )
     finally:
         await form.close()
     return report.to_dict()
@@ -124,8 +139,9 @@ def _export(request: Request, lst: SuppressionList, filters: EntryFilter, bom: b
         async for line in lines:
             yield line.encode()
 
-    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return StreamingResponse(
+        body(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 def _check_view(result: suppressions.CheckResult, *, full_global: bool) -> dict[str, Any]:
@@ -135,14 +151,27 @@ def _check_view(result: suppressions.CheckResult, *, full_global: bool) -> dict[
         message = "blocked by your list" if entry.scope == "user" else "blocked by the global list"
         item: dict[str, Any] = {"scope": entry.scope, "kind": entry.kind, "reason": entry.reason, "message": message}
         if shown:
-            item.update(id=entry.id, value=entry.value, note=entry.note, expires_at=entry.expires_at,
-                        created_at=entry.created_at)
+            item.update(
+                id=entry.id,
+                value=entry.value,
+                note=entry.note,
+                expires_at=entry.expires_at,
+                created_at=entry.created_at,
+            )
         entries.append(item)
     contact = result.contact
-    flags = None if contact is None else {
-        "id": contact.id, "status": contact.status, "unsubscribed_at": contact.unsubscribed_at,
-        "hard_bounced_at": contact.hard_bounced_at, "complained_at": contact.complained_at,
-        "blocking": result.contact_reasons}
+    flags = (
+        None
+        if contact is None
+        else {
+            "id": contact.id,
+            "status": contact.status,
+            "unsubscribed_at": contact.unsubscribed_at,
+            "hard_bounced_at": contact.hard_bounced_at,
+            "complained_at": contact.complained_at,
+            "blocking": result.contact_reasons,
+        }
+    )
     return {"email": result.email, "blocked": result.blocked, "entries": entries, "contact": flags}
 
 
@@ -152,8 +181,14 @@ def _check_view(result: suppressions.CheckResult, *, full_global: bool) -> dict[
 
 
 @router.get("/suppressions", response_model=EntryPage)
-async def list_own(session: Session, caller: CurrentCaller, page: Paging, query: Annotated[ListQuery, Depends()],
-                   include_total: bool = False, user_id: OwnerId = None) -> dict[str, Any]:
+async def list_own(
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    query: Annotated[ListQuery, Depends()],
+    include_total: bool = False,
+    user_id: OwnerId = None,
+) -> dict[str, Any]:
     """The caller's list by id ascending (admins: another user's with `user_id`)."""
     lst = SuppressionList.of_user(caller.owner_filter(user_id))
     return await _list(session, lst, page, query.filters, include_total)
@@ -167,9 +202,12 @@ async def add_own(session: Session, caller: Writer, body: EntryCreate, request: 
 
 
 @router.get("/suppressions/check", response_model=CheckOut)
-async def check_own(session: Session, caller: CurrentCaller,
-                    email: Annotated[str, Query(min_length=1, max_length=320)],
-                    user_id: OwnerId = None) -> dict[str, Any]:
+async def check_own(
+    session: Session,
+    caller: CurrentCaller,
+    email: Annotated[str, Query(min_length=1, max_length=320)],
+    user_id: OwnerId = None,
+) -> dict[str, Any]:
     """Is this address blocked for me, and by what: my entries and the global list's (address or domain, in
     force), plus my contact's flags that would also exclude it."""
     owner = caller.owner_filter(user_id)
@@ -177,10 +215,18 @@ async def check_own(session: Session, caller: CurrentCaller,
     return _check_view(result, full_global=caller.is_admin)
 
 
-@router.get("/suppressions/export", response_class=StreamingResponse,
-            responses={200: {"content": {"text/csv": {}}, "description": "RFC 4180 CSV"}})
-async def export_own(request: Request, caller: CurrentCaller, query: Annotated[ListQuery, Depends()],
-                     bom: bool = False, user_id: OwnerId = None) -> StreamingResponse:
+@router.get(
+    "/suppressions/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "RFC 4180 CSV"}},
+)
+async def export_own(
+    request: Request,
+    caller: CurrentCaller,
+    query: Annotated[ListQuery, Depends()],
+    bom: bool = False,
+    user_id: OwnerId = None,
+) -> StreamingResponse:
     """CSV of the list (same filters as the list): email, domain, reason, note, expires_at, created_at."""
     lst = SuppressionList.of_user(caller.owner_filter(user_id))
     return _export(request, lst, query.filters, bom, "suppressions.csv")
@@ -198,8 +244,9 @@ async def get_own(session: Session, caller: CurrentCaller, entry_id: IdPath) -> 
 
 
 @router.delete("/suppressions/{entry_id}", response_model=RemovedOut)
-async def remove_own(session: Session, caller: Writer, entry_id: IdPath, request: Request,
-                     reason: RemovalReason = None) -> dict[str, Any]:
+async def remove_own(
+    session: Session, caller: Writer, entry_id: IdPath, request: Request, reason: RemovalReason = None
+) -> dict[str, Any]:
     """Remove an entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that flag
     on your contact with the address. Audited."""
     return await _remove(session, SuppressionList.of_user(caller.id), entry_id, reason, _actor(caller, request))
@@ -211,8 +258,9 @@ async def remove_own(session: Session, caller: Writer, entry_id: IdPath, request
 
 
 @router.get("/admin/suppressions", response_model=EntryPage, tags=["admin"])
-async def list_global(session: Session, caller: Admin, page: Paging, query: Annotated[ListQuery, Depends()],
-                      include_total: bool = False) -> dict[str, Any]:
+async def list_global(
+    session: Session, caller: Admin, page: Paging, query: Annotated[ListQuery, Depends()], include_total: bool = False
+) -> dict[str, Any]:
     return await _list(session, GLOBAL, page, query.filters, include_total)
 
 
@@ -223,21 +271,26 @@ async def add_global(session: Session, caller: AdminWriter, body: EntryCreate, r
 
 
 @router.get("/admin/suppressions/check", response_model=CheckOut, tags=["admin"])
-async def check_global(session: Session, caller: Admin,
-                       email: Annotated[str, Query(min_length=1, max_length=320)]) -> dict[str, Any]:
+async def check_global(
+    session: Session, caller: Admin, email: Annotated[str, Query(min_length=1, max_length=320)]
+) -> dict[str, Any]:
     """The global list's entries that block this address (use `/suppressions/check?user_id=` for a user)."""
     return _check_view(await suppressions.check(session, email, user_id=None, now=utc_now()), full_global=True)
 
 
-@router.get("/admin/suppressions/export", response_class=StreamingResponse, tags=["admin"],
-            responses={200: {"content": {"text/csv": {}}, "description": "RFC 4180 CSV"}})
-async def export_global(request: Request, caller: Admin, query: Annotated[ListQuery, Depends()],
-                        bom: bool = False) -> StreamingResponse:
+@router.get(
+    "/admin/suppressions/export",
+    response_class=StreamingResponse,
+    tags=["admin"],
+    responses={200: {"content": {"text/csv": {}}, "description": "RFC 4180 CSV"}},
+)
+async def export_global(
+    request: Request, caller: Admin, query: Annotated[ListQuery, Depends()], bom: bool = False
+) -> StreamingResponse:
     return _export(request, GLOBAL, query.filters, bom, "global-suppressions.csv")
 
 
-@router.post("/admin/suppressions/import", response_model=ImportReportOut, openapi_extra=_IMPORT_FORM,
-             tags=["admin"])
+@router.post("/admin/suppressions/import", response_model=ImportReportOut, openapi_extra=_IMPORT_FORM, tags=["admin"])
 async def import_global(request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
     return await _import(request, session, GLOBAL, caller)
 
@@ -248,8 +301,9 @@ async def get_global(session: Session, caller: Admin, entry_id: IdPath) -> dict[
 
 
 @router.delete("/admin/suppressions/{entry_id}", response_model=RemovedOut, tags=["admin"])
-async def remove_global(session: Session, caller: AdminWriter, entry_id: IdPath, request: Request,
-                        reason: RemovalReason = None) -> dict[str, Any]:
+async def remove_global(
+    session: Session, caller: AdminWriter, entry_id: IdPath, request: Request, reason: RemovalReason = None
+) -> dict[str, Any]:
     """Remove a global entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that
     flag on every user's contact with the address. Audited."""
     return await _remove(session, GLOBAL, entry_id, reason, _actor(caller, request))

@@ -38,9 +38,19 @@ MAX_STORED_ERRORS = 10_000
 BATCH = 500  # rows per INSERT: 13 columns each stays far below SQLite's bound-parameter limit
 EXPORT_CHUNK = 1000
 EXPORT_HEADER = ("email", "domain", "reason", "note", "expires_at", "created_at")
-_COLUMNS = {"email": "email", "mail": "email", "emailaddress": "email", "address": "email", "domain": "domain",
-            "note": "note", "notes": "note", "comment": "note", "expiresat": "expires_at", "expires": "expires_at",
-            "expiry": "expires_at"}
+_COLUMNS = {
+    "email": "email",
+    "mail": "email",
+    "emailaddress": "email",
+    "address": "email",
+    "domain": "domain",
+    "note": "note",
+    "notes": "note",
+    "comment": "note",
+    "expiresat": "expires_at",
+    "expires": "expires_at",
+    "expiry": "expires_at",
+}
 
 
 @dataclass
@@ -59,8 +69,13 @@ class ImportReport:
             self.errors.append(RowError(row, column, message))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "added": self.added, "existing": self.existing,
-                "error_count": self.error_count, "errors": [e._asdict() for e in self.errors]}
+        return {
+            "total": self.total,
+            "added": self.added,
+            "existing": self.existing,
+            "error_count": self.error_count,
+            "errors": [e._asdict() for e in self.errors],
+        }
 
 
 OnBatch = Callable[[ImportReport], Awaitable[None]]
@@ -77,8 +92,16 @@ class _Batch:
     seen: set[bytes] = field(default_factory=set)  # 8-byte digests of (kind, value) already in the file
 
 
-async def import_csv(session: AsyncSession, lst: SuppressionList, stream: BinaryIO, *, encoding: str | None,
-                     actor: Actor, now: dt.datetime, on_batch: OnBatch | None = None) -> ImportReport:
+async def import_csv(
+    session: AsyncSession,
+    lst: SuppressionList,
+    stream: BinaryIO,
+    *,
+    encoding: str | None,
+    actor: Actor,
+    now: dt.datetime,
+    on_batch: OnBatch | None = None,
+) -> ImportReport:
     """Read the file record by record and insert good rows in batches (reason `import`). The caller commits,
     possibly after each batch through `on_batch`. An import into the global list is audited (counts only)."""
     created_by = actor.user_id
@@ -97,14 +120,30 @@ async def import_csv(session: AsyncSession, lst: SuppressionList, stream: Binary
             await _flush(session, lst, batch, report, created_by, now, on_batch)
     await _flush(session, lst, batch, report, created_by, now, on_batch)
     if lst.scope == "global":
-        await audit(session, actor, "suppression.import", target_type="suppression_list", target_id="global",
-                    details={"total": report.total, "added": report.added, "existing": report.existing,
-                             "errors": report.error_count})
+        await audit(
+            session,
+            actor,
+            "suppression.import",
+            target_type="suppression_list",
+            target_id="global",
+            details={
+                "total": report.total,
+                "added": report.added,
+                "existing": report.existing,
+                "errors": report.error_count,
+            },
+        )
     return report
 
 
-def _take(report: ImportReport, batch: _Batch, number: int, cells: list[str] | csv.Error,
-          columns: dict[str, int], now: dt.datetime) -> None:
+def _take(
+    report: ImportReport,
+    batch: _Batch,
+    number: int,
+    cells: list[str] | csv.Error,
+    columns: dict[str, int],
+    now: dt.datetime,
+) -> None:
     """Validate one record into the batch, or report why it is refused, or count it as a repeat."""
     if isinstance(cells, csv.Error):
         report.add_error(number, "", f"malformed CSV record: {cells}")
@@ -130,12 +169,24 @@ def _entry(cells: list[str], columns: dict[str, int], now: dt.datetime) -> NewEn
         return value or None
 
     expires = cell("expires_at")
-    return new_entry(email=cell("email"), domain=cell("domain"), note=cell("note"),
-                     expires_at=parse_time(expires, field="expires_at") if expires else None, now=now)
+    return new_entry(
+        email=cell("email"),
+        domain=cell("domain"),
+        note=cell("note"),
+        expires_at=parse_time(expires, field="expires_at") if expires else None,
+        now=now,
+    )
 
 
-async def _flush(session: AsyncSession, lst: SuppressionList, batch: _Batch, report: ImportReport,
-                 created_by: int | None, now: dt.datetime, on_batch: OnBatch | None) -> None:
+async def _flush(
+    session: AsyncSession,
+    lst: SuppressionList,
+    batch: _Batch,
+    report: ImportReport,
+    created_by: int | None,
+    now: dt.datetime,
+    on_batch: OnBatch | None,
+) -> None:
     if not batch.rows:
         return
     entries = [entry for _, entry in batch.rows]
@@ -167,8 +218,11 @@ def _plan(headers: list[str]) -> dict[str, int]:
             columns.setdefault(target, index)
     if "email" not in columns and "domain" not in columns:
         found = [h.strip() for h in headers]
-        raise BadInput(f"the file has no email or domain column; headers found: {', '.join(found) or '(none)'}",
-                       details=[{"field": "file", "message": "no email or domain column"}], headers=found)
+        raise BadInput(
+            f"the file has no email or domain column; headers found: {', '.join(found) or '(none)'}",
+            details=[{"field": "file", "message": "no email or domain column"}],
+            headers=found,
+        )
     return columns
 
 
@@ -190,21 +244,40 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-async def export_lines(sessionmaker: async_sessionmaker[AsyncSession], lst: SuppressionList, *,
-                       filters: EntryFilter, now: dt.datetime, bom: bool = False) -> AsyncIterator[str]:
+async def export_lines(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    lst: SuppressionList,
+    *,
+    filters: EntryFilter,
+    now: dt.datetime,
+    bom: bool = False,
+) -> AsyncIterator[str]:
     """The header, then one line per entry by id, EXPORT_CHUNK rows per short read (never the whole list in
     memory, and no transaction held while the client reads: on SQLite every transaction takes the write lock)."""
     yield ("\ufeff" if bom else "") + csv_line(list(EXPORT_HEADER))
     after = 0
     while True:
         async with sessionmaker() as session:
-            rows = list(await session.scalars(
-                select(Suppression).where(*entry_conditions(lst, filters, now), Suppression.id > after)
-                .order_by(Suppression.id).limit(EXPORT_CHUNK)))
+            rows = list(
+                await session.scalars(
+                    select(Suppression)
+                    .where(*entry_conditions(lst, filters, now), Suppression.id > after)
+                    .order_by(Suppression.id)
+                    .limit(EXPORT_CHUNK)
+                )
+            )
         for entry in rows:
             address = entry.kind == "address"
-            yield csv_line([entry.value if address else "", "" if address else entry.value, entry.reason,
-                            entry.note, entry.expires_at, entry.created_at])
+            yield csv_line(
+                [
+                    entry.value if address else "",
+                    "" if address else entry.value,
+                    entry.reason,
+                    entry.note,
+                    entry.expires_at,
+                    entry.created_at,
+                ]
+            )
         if len(rows) < EXPORT_CHUNK:
             return
         after = rows[-1].id

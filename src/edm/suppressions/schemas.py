@@ -82,8 +82,9 @@ class ContactFlags(BaseModel):
     unsubscribed_at: dt.datetime | None
     hard_bounced_at: dt.datetime | None
     complained_at: dt.datetime | None
-    blocking: list[str] = Field(description="the exclusions generation would apply: contact_inactive, "
-                                            "unsubscribed, hard_bounced, complained")
+    blocking: list[str] = Field(
+        description="the exclusions generation would apply: contact_inactive, unsubscribed, hard_bounced, complained"
+    )
 
 
 class CheckOut(BaseModel):

@@ -84,8 +84,14 @@ def normalize_domain(value: str, *, field: str = "domain") -> str:
     return domain
 
 
-def new_entry(*, email: str | None, domain: str | None, note: str | None = None,
-              expires_at: dt.datetime | None = None, now: dt.datetime) -> NewEntry:
+def new_entry(
+    *,
+    email: str | None,
+    domain: str | None,
+    note: str | None = None,
+    expires_at: dt.datetime | None = None,
+    now: dt.datetime,
+) -> NewEntry:
     """Exactly one of `email` or `domain`; the note at most 500 characters; an expiry in the future."""
     email, domain = (email or "").strip() or None, (domain or "").strip() or None
     if (email is None) == (domain is None):
@@ -108,8 +114,9 @@ def _address(email: str) -> str:
     return normalize_email(email, field="email").normalized
 
 
-def guess_entry(value: str, *, note: str | None = None, expires_at: dt.datetime | None = None,
-                now: dt.datetime) -> NewEntry:
+def guess_entry(
+    value: str, *, note: str | None = None, expires_at: dt.datetime | None = None, now: dt.datetime
+) -> NewEntry:
     """An address when the value has an `@` after its first character, else a domain (the CLI's form)."""
     text = value.strip()
     if "@" in text[1:]:
@@ -138,8 +145,9 @@ def entry_conditions(lst: SuppressionList, filters: EntryFilter, now: dt.datetim
         conditions.append(Suppression.reason.in_(filters.reasons))
     if filters.q and filters.q.strip():
         pattern = f"%{escape_like(filters.q.strip().lower())}%"
-        conditions.append(or_(Suppression.value.like(pattern, escape="\\"),
-                              func.lower(Suppression.note).like(pattern, escape="\\")))
+        conditions.append(
+            or_(Suppression.value.like(pattern, escape="\\"), func.lower(Suppression.note).like(pattern, escape="\\"))
+        )
     if filters.expired is True:
         conditions.append(Suppression.expires_at <= now)
     elif filters.expired is False:
@@ -151,16 +159,20 @@ def in_force(now: dt.datetime) -> Any:
     return or_(Suppression.expires_at.is_(None), Suppression.expires_at > now)
 
 
-async def list_entries(session: AsyncSession, lst: SuppressionList, *, page: Page, filters: EntryFilter,
-                       now: dt.datetime) -> list[Suppression]:
+async def list_entries(
+    session: AsyncSession, lst: SuppressionList, *, page: Page, filters: EntryFilter, now: dt.datetime
+) -> list[Suppression]:
     """One page by id ascending (limit + 1 rows, for the next cursor)."""
-    query = (select(Suppression).where(*entry_conditions(lst, filters, now), Suppression.id > (page.after_id or 0))
-             .order_by(Suppression.id).limit(page.limit + 1))
+    query = (
+        select(Suppression)
+        .where(*entry_conditions(lst, filters, now), Suppression.id > (page.after_id or 0))
+        .order_by(Suppression.id)
+        .limit(page.limit + 1)
+    )
     return list(await session.scalars(query))
 
 
-async def count_entries(session: AsyncSession, lst: SuppressionList, *, filters: EntryFilter,
-                        now: dt.datetime) -> int:
+async def count_entries(session: AsyncSession, lst: SuppressionList, *, filters: EntryFilter, now: dt.datetime) -> int:
     query = select(func.count()).select_from(Suppression).where(*entry_conditions(lst, filters, now))
     return int(await session.scalar(query) or 0)
 
@@ -175,8 +187,9 @@ async def get_entry(session: AsyncSession, lst: SuppressionList, entry_id: int) 
 
 async def find_entry(session: AsyncSession, lst: SuppressionList, entry: NewEntry) -> Suppression:
     """The list's entry for this address or domain, or 404."""
-    found = await session.scalar(select(Suppression).where(
-        *lst.holds(), Suppression.kind == entry.kind, Suppression.value == entry.value))
+    found = await session.scalar(
+        select(Suppression).where(*lst.holds(), Suppression.kind == entry.kind, Suppression.value == entry.value)
+    )
     if found is None:
         raise NotFound(f"{entry.value} is not on this list")
     return found
@@ -187,41 +200,89 @@ async def find_entry(session: AsyncSession, lst: SuppressionList, entry: NewEntr
 # --------------------------------------------------------------------------------------------------------
 
 
-async def insert_entries(session: AsyncSession, lst: SuppressionList, entries: Sequence[NewEntry], *,
-                         reason: str, created_by: int | None, now: dt.datetime) -> list[int]:
+async def insert_entries(
+    session: AsyncSession,
+    lst: SuppressionList,
+    entries: Sequence[NewEntry],
+    *,
+    reason: str,
+    created_by: int | None,
+    now: dt.datetime,
+) -> list[int]:
     """Insert the entries; one already on the list is left alone unless it has expired, in which case it is
     renewed (it becomes this new entry). Returns the ids of the entries added or renewed."""
     if not entries:
         return []
-    rows = [{"scope": lst.scope, "user_id": lst.user_id, "owner_key": lst.owner_key, "kind": e.kind,
-             "value": e.value, "reason": reason, "note": e.note, "expires_at": e.expires_at, "created_by": created_by,
-             "source_task_id": None, "source_event_id": None, "created_at": now, "updated_at": now}
-            for e in entries]
+    rows = [
+        {
+            "scope": lst.scope,
+            "user_id": lst.user_id,
+            "owner_key": lst.owner_key,
+            "kind": e.kind,
+            "value": e.value,
+            "reason": reason,
+            "note": e.note,
+            "expires_at": e.expires_at,
+            "created_by": created_by,
+            "source_task_id": None,
+            "source_event_id": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for e in entries
+    ]
     statement = dialect_insert(session, Suppression).values(rows)
-    renewed = {name: statement.excluded[name] for name in ("reason", "note", "expires_at", "created_by",
-                                                           "source_task_id", "source_event_id", "created_at",
-                                                           "updated_at")}
+    renewed = {
+        name: statement.excluded[name]
+        for name in (
+            "reason",
+            "note",
+            "expires_at",
+            "created_by",
+            "source_task_id",
+            "source_event_id",
+            "created_at",
+            "updated_at",
+        )
+    }
     table = Suppression.__table__
     statement = statement.on_conflict_do_update(
-        index_elements=["scope", "owner_key", "kind", "value"], set_=renewed,
+        index_elements=["scope", "owner_key", "kind", "value"],
+        set_=renewed,
         where=and_(table.c.expires_at.is_not(None), table.c.expires_at <= now),
     ).returning(table.c.id)
     return list((await session.execute(statement)).scalars())
 
 
-async def add_entry(session: AsyncSession, lst: SuppressionList, entry: NewEntry, *, reason: str = "manual",
-                    actor: Actor, now: dt.datetime) -> Suppression:
+async def add_entry(
+    session: AsyncSession,
+    lst: SuppressionList,
+    entry: NewEntry,
+    *,
+    reason: str = "manual",
+    actor: Actor,
+    now: dt.datetime,
+) -> Suppression:
     """Add one entry; 409 with the existing id when the list already holds it (in force)."""
     ids = await insert_entries(session, lst, [entry], reason=reason, created_by=actor.user_id, now=now)
     if not ids:
-        existing = await session.scalar(select(Suppression.id).where(
-            *lst.holds(), Suppression.kind == entry.kind, Suppression.value == entry.value))
-        raise Conflict(f"{entry.value} is already on this list", existing_id=existing,
-                       details=[{"field": "email" if entry.kind == "address" else "domain",
-                                 "message": "already on this list"}])
+        existing = await session.scalar(
+            select(Suppression.id).where(*lst.holds(), Suppression.kind == entry.kind, Suppression.value == entry.value)
+        )
+        raise Conflict(
+            f"{entry.value} is already on this list",
+            existing_id=existing,
+            details=[{"field": "email" if entry.kind == "address" else "domain", "message": "already on this list"}],
+        )
     if lst.scope == "global":
-        await audit(session, actor, "suppression.add", target_type="suppression", target_id=ids[0],
-                    details={"scope": "global", "kind": entry.kind, "value": entry.value})
+        await audit(
+            session,
+            actor,
+            "suppression.add",
+            target_type="suppression",
+            target_id=ids[0],
+            details={"scope": "global", "kind": entry.kind, "value": entry.value},
+        )
     return await get_entry_fresh(session, lst, ids[0])
 
 
@@ -237,8 +298,9 @@ async def get_entry_fresh(session: AsyncSession, lst: SuppressionList, entry_id:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def remove_entry(session: AsyncSession, lst: SuppressionList, entry_id: int, *, reason: str | None,
-                       actor: Actor) -> int:
+async def remove_entry(
+    session: AsyncSession, lst: SuppressionList, entry_id: int, *, reason: str | None, actor: Actor
+) -> int:
     """Delete an entry. An `unsubscribed` or `complaint` entry needs a reason; its removal also clears that
     flag on the matching contacts (the user's own for a user list, every user's for the global list, since
     one global entry stands for all of them). Every removal is audited. Returns the contacts cleared."""
@@ -251,9 +313,22 @@ async def remove_entry(session: AsyncSession, lst: SuppressionList, entry_id: in
         raise BadInput.field("reason", f"at most {REASON_LIMIT} characters, no NUL")
     cleared = await _clear_contact_flag(session, entry, flag) if flag is not None else 0
     await session.execute(delete(Suppression).where(Suppression.id == entry.id))
-    await audit(session, actor, "suppression.remove", target_type="suppression", target_id=entry.id, details={
-        "scope": entry.scope, "user_id": entry.user_id, "kind": entry.kind, "value": entry.value,
-        "entry_reason": entry.reason, "reason": reason, "contacts_cleared": cleared})
+    await audit(
+        session,
+        actor,
+        "suppression.remove",
+        target_type="suppression",
+        target_id=entry.id,
+        details={
+            "scope": entry.scope,
+            "user_id": entry.user_id,
+            "kind": entry.kind,
+            "value": entry.value,
+            "entry_reason": entry.reason,
+            "reason": reason,
+            "contacts_cleared": cleared,
+        },
+    )
     return cleared
 
 
@@ -263,8 +338,9 @@ async def _clear_contact_flag(session: AsyncSession, entry: Suppression, flag: s
     conditions = [Contact.email_normalized == entry.value, getattr(Contact, flag).is_not(None)]
     if entry.scope == "user":
         conditions.append(Contact.user_id == entry.user_id)
-    result = await session.execute(update(Contact).where(*conditions).values({flag: None})
-                                   .execution_options(synchronize_session=False))
+    result = await session.execute(
+        update(Contact).where(*conditions).values({flag: None}).execution_options(synchronize_session=False)
+    )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -294,16 +370,23 @@ async def check(session: AsyncSession, email: str, *, user_id: int | None, now: 
         raise BadInput.field("email", "is not a valid email address")
     address = normalize_email(email, field="email")
     lists = [GLOBAL.holds()] + ([SuppressionList.of_user(user_id).holds()] if user_id is not None else [])
-    query = select(Suppression).where(
-        or_(*(and_(*holds) for holds in lists)),
-        or_(and_(Suppression.kind == "address", Suppression.value == address.normalized),
-            and_(Suppression.kind == "domain", Suppression.value == address.domain)),
-        in_force(now),
-    ).order_by(Suppression.scope.desc(), Suppression.id)  # the user's own entries first
+    query = (
+        select(Suppression)
+        .where(
+            or_(*(and_(*holds) for holds in lists)),
+            or_(
+                and_(Suppression.kind == "address", Suppression.value == address.normalized),
+                and_(Suppression.kind == "domain", Suppression.value == address.domain),
+            ),
+            in_force(now),
+        )
+        .order_by(Suppression.scope.desc(), Suppression.id)
+    )  # the user's own entries first
     result = CheckResult(address.normalized, list(await session.scalars(query)))
     if user_id is not None:
-        result.contact = await session.scalar(select(Contact).where(
-            Contact.user_id == user_id, Contact.email_normalized == address.normalized))
+        result.contact = await session.scalar(
+            select(Contact).where(Contact.user_id == user_id, Contact.email_normalized == address.normalized)
+        )
         result.contact_reasons = contact_reasons(result.contact)
     return result
 
@@ -312,8 +395,10 @@ def contact_reasons(contact: Contact | None) -> list[str]:
     """The contact's own exclusions, named as generation names them (§6.2)."""
     if contact is None:
         return []
-    flags = [("contact_inactive", contact.status in _BLOCKING_STATUSES),
-             ("unsubscribed", contact.unsubscribed_at is not None),
-             ("hard_bounced", contact.hard_bounced_at is not None),
-             ("complained", contact.complained_at is not None)]
+    flags = [
+        ("contact_inactive", contact.status in _BLOCKING_STATUSES),
+        ("unsubscribed", contact.unsubscribed_at is not None),
+        ("hard_bounced", contact.hard_bounced_at is not None),
+        ("complained", contact.complained_at is not None),
+    ]
     return [name for name, on in flags if on]

@@ -18,8 +18,16 @@ from edm.tasks.status import SendState
 
 COPY_SUFFIX = " (copy)"
 NAME_MAX = 200  # tasks.name is String(200)
-COPIED_FIELDS = ("description", "timezone", "priority", "track_opens", "track_clicks", "on_capacity_exhausted",
-                 "allowed_service_ids", "error_thresholds")
+COPIED_FIELDS = (
+    "description",
+    "timezone",
+    "priority",
+    "track_opens",
+    "track_clicks",
+    "on_capacity_exhausted",
+    "allowed_service_ids",
+    "error_thresholds",
+)
 BATCH_MAX = 50
 SELECTION_MAX = 1000
 
@@ -34,8 +42,9 @@ def copy_name(name: str) -> str:
     return name[: NAME_MAX - len(COPY_SUFFIX)].rstrip() + COPY_SUFFIX
 
 
-async def copy_task(session: AsyncSession, source: Task, *, user_id: int, actor: str
-                    ) -> tuple[Task, list[dict[str, str]]]:
+async def copy_task(
+    session: AsyncSession, source: Task, *, user_id: int, actor: str
+) -> tuple[Task, list[dict[str, str]]]:
     """A new draft of `user_id` with the source's content and options (not its schedule, status, statistics or
     SubTasks), whatever the source's status. Templates are referenced again (the copy renders the template as
     it is now, not the source's frozen snapshot). A sender, template or recipient rule that no longer
@@ -69,19 +78,23 @@ async def copy_task(session: AsyncSession, source: Task, *, user_id: int, actor:
 
 
 async def _usable_sender(session: AsyncSession, user_id: int, sender_id: int) -> bool:
-    found = await session.scalar(select(Sender.id).where(Sender.id == sender_id, Sender.user_id == user_id,
-                                                         Sender.archived_at.is_(None)))
+    found = await session.scalar(
+        select(Sender.id).where(Sender.id == sender_id, Sender.user_id == user_id, Sender.archived_at.is_(None))
+    )
     return found is not None
 
 
 async def _usable_templates(session: AsyncSession, task_id: int, user_id: int) -> tuple[list[dict[str, int]], int]:
     """The source's template choices (in order, with weights) whose template still exists, and how many do
     not (a deleted template leaves `template_id` null)."""
-    rows = (await session.execute(
-        select(TaskTemplate.template_id, TaskTemplate.weight, Template.id.label("live_id"))
-        .outerjoin(Template, (Template.id == TaskTemplate.template_id) & (Template.user_id == user_id))
-        .where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position, TaskTemplate.id)
-    )).all()
+    rows = (
+        await session.execute(
+            select(TaskTemplate.template_id, TaskTemplate.weight, Template.id.label("live_id"))
+            .outerjoin(Template, (Template.id == TaskTemplate.template_id) & (Template.user_id == user_id))
+            .where(TaskTemplate.task_id == task_id)
+            .order_by(TaskTemplate.position, TaskTemplate.id)
+        )
+    ).all()
     kept = [{"template_id": r.template_id, "weight": r.weight} for r in rows if r.live_id is not None]
     return kept, len(rows) - len(kept)
 
@@ -98,8 +111,15 @@ async def _rule_problem(session: AsyncSession, user_id: int, raw: dict[str, Any]
 # ---- batch pause / resume -----------------------------------------------------------------------------
 
 
-async def batch_transition(session: AsyncSession, *, action: BatchAction, task_ids: Sequence[int],
-                           user_id: int | None, is_admin: bool, actor: str) -> list[dict[str, Any]]:
+async def batch_transition(
+    session: AsyncSession,
+    *,
+    action: BatchAction,
+    task_ids: Sequence[int],
+    user_id: int | None,
+    is_admin: bool,
+    actor: str,
+) -> list[dict[str, Any]]:
     """Pause or resume each task on its own (a savepoint per task, through the same service functions as the
     single endpoints): a refused task changes nothing and the others still apply. Another user's task is a
     per-task `not_found` — except that admins may pause any task, as with `POST /tasks/{id}/pause`. Tasks are
@@ -125,16 +145,20 @@ async def batch_transition(session: AsyncSession, *, action: BatchAction, task_i
                 status = task.status
             results[task_id] = {"task_id": task_id, "ok": True, "status": status}
         except EdmError as exc:
-            results[task_id] = {"task_id": task_id, "ok": False,
-                                "error": {"code": exc.code, "message": exc.message, **exc.extra}}
+            results[task_id] = {
+                "task_id": task_id,
+                "ok": False,
+                "error": {"code": exc.code, "message": exc.message, **exc.extra},
+            }
     return [results[i] for i in task_ids]
 
 
 # ---- cancel selected recipients -----------------------------------------------------------------------
 
 
-async def cancel_subtasks(session: AsyncSession, task: Task, *, subtask_ids: Sequence[int] | None = None,
-                          emails: Sequence[str] | None = None) -> dict[str, int]:
+async def cancel_subtasks(
+    session: AsyncSession, task: Task, *, subtask_ids: Sequence[int] | None = None, emails: Sequence[str] | None = None
+) -> dict[str, int]:
     """Cancel the selected SubTasks (by id or by address) that are still `pending`.
 
     The UPDATE is a compare-and-set on `send_state = pending`: a row a worker has claimed (allocated) or
@@ -144,11 +168,12 @@ async def cancel_subtasks(session: AsyncSession, task: Task, *, subtask_ids: Seq
     task's ledger entries have not refunded yet, so a later completion, cancel or close never refunds them
     again."""
     if (subtask_ids is None) == (emails is None):
-        raise BadInput("give either subtask_ids or emails", details=[
-            {"field": "subtask_ids", "message": "give either subtask_ids or emails"}])
+        raise BadInput(
+            "give either subtask_ids or emails",
+            details=[{"field": "subtask_ids", "message": "give either subtask_ids or emails"}],
+        )
     field = "subtask_ids" if subtask_ids is not None else "emails"
-    wanted: set[Any] = set(subtask_ids) if subtask_ids is not None else {
-        e.strip().lower() for e in emails or ()}
+    wanted: set[Any] = set(subtask_ids) if subtask_ids is not None else {e.strip().lower() for e in emails or ()}
     if not wanted:
         raise BadInput.field(field, "give at least one")
     if len(wanted) > SELECTION_MAX:
@@ -156,11 +181,13 @@ async def cancel_subtasks(session: AsyncSession, task: Task, *, subtask_ids: Seq
     column = SubTask.id if subtask_ids is not None else SubTask.recipient_email
     await session.execute(select(Task.id).where(Task.id == task.id).with_for_update())
     result = await session.execute(
-        update(SubTask).where(SubTask.task_id == task.id, column.in_(wanted), SubTask.send_state == SendState.PENDING)
-        .values(send_state=SendState.CANCELLED).execution_options(synchronize_session=False))
+        update(SubTask)
+        .where(SubTask.task_id == task.id, column.in_(wanted), SubTask.send_state == SendState.PENDING)
+        .values(send_state=SendState.CANCELLED)
+        .execution_options(synchronize_session=False)
+    )
     cancelled = int(result.rowcount or 0)  # type: ignore[attr-defined]
-    found = int(await session.scalar(select(func.count()).where(SubTask.task_id == task.id, column.in_(wanted)))
-                or 0)
+    found = int(await session.scalar(select(func.count()).where(SubTask.task_id == task.id, column.in_(wanted))) or 0)
     if cancelled:
         await lifecycle.refund(session, task, occasion="recipients cancelled")
     return {"cancelled": cancelled, "not_pending": found - cancelled, "not_found": len(wanted) - found}

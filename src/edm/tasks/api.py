@@ -87,7 +87,8 @@ class RecipientSelection(Strict):
 
     subtask_ids: list[Id] | None = Field(default=None, min_length=1, max_length=actions.SELECTION_MAX)
     emails: list[Annotated[str, Field(min_length=1, max_length=320)]] | None = Field(
-        default=None, min_length=1, max_length=actions.SELECTION_MAX)
+        default=None, min_length=1, max_length=actions.SELECTION_MAX
+    )
 
 
 def _values(body: TaskFields) -> dict[str, Any]:
@@ -101,17 +102,36 @@ def _values(body: TaskFields) -> dict[str, Any]:
 
 def task_view(task: Task) -> dict[str, Any]:
     return {
-        "id": task.id, "user_id": task.user_id, "name": task.name, "description": task.description,
-        "status": task.status, "pause_reason": task.pause_reason, "pause_detail": task.pause_detail,
-        "resume_at": task.resume_at, "waiting_reason": task.waiting_reason, "waiting_until": task.waiting_until,
-        "sender_id": task.sender_id, "recipient_rule": task.recipient_rule, "schedule_at": task.schedule_at,
-        "timezone": task.timezone, "priority": task.priority, "track_opens": task.track_opens,
-        "track_clicks": task.track_clicks, "on_capacity_exhausted": task.on_capacity_exhausted,
-        "allowed_service_ids": task.allowed_service_ids, "error_thresholds": task.error_thresholds,
-        "schedule_estimate": task.schedule_estimate, "generation_summary": task.generation_summary,
-        "generated_at": task.generated_at, "first_sent_at": task.first_sent_at, "completed_at": task.completed_at,
-        "cancelled_at": task.cancelled_at, "closed_at": task.closed_at, "completion_note": task.completion_note,
-        "allowed_actions": allowed_actions(TaskStatus(task.status)), "created_at": task.created_at,
+        "id": task.id,
+        "user_id": task.user_id,
+        "name": task.name,
+        "description": task.description,
+        "status": task.status,
+        "pause_reason": task.pause_reason,
+        "pause_detail": task.pause_detail,
+        "resume_at": task.resume_at,
+        "waiting_reason": task.waiting_reason,
+        "waiting_until": task.waiting_until,
+        "sender_id": task.sender_id,
+        "recipient_rule": task.recipient_rule,
+        "schedule_at": task.schedule_at,
+        "timezone": task.timezone,
+        "priority": task.priority,
+        "track_opens": task.track_opens,
+        "track_clicks": task.track_clicks,
+        "on_capacity_exhausted": task.on_capacity_exhausted,
+        "allowed_service_ids": task.allowed_service_ids,
+        "error_thresholds": task.error_thresholds,
+        "schedule_estimate": task.schedule_estimate,
+        "generation_summary": task.generation_summary,
+        "generated_at": task.generated_at,
+        "first_sent_at": task.first_sent_at,
+        "completed_at": task.completed_at,
+        "cancelled_at": task.cancelled_at,
+        "closed_at": task.closed_at,
+        "completion_note": task.completion_note,
+        "allowed_actions": allowed_actions(TaskStatus(task.status)),
+        "created_at": task.created_at,
         "updated_at": task.updated_at,
     }
 
@@ -125,21 +145,33 @@ def _audit_actor(caller: Caller, request: Request) -> Actor:
     return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
-async def _audit_if_admin_on_other(session: Session, request: Request, caller: Caller, task: Task, action: str,
-                                   status_before: str) -> None:
+async def _audit_if_admin_on_other(
+    session: Session, request: Request, caller: Caller, task: Task, action: str, status_before: str
+) -> None:
     """An admin changing another user's task is audited (`task.pause`, `task.cancel`, ...); owners acting on
     their own tasks are recorded in the task's status history only."""
     if task.user_id == caller.id:
         return
-    await audit(session, _audit_actor(caller, request), f"task.{action}", target_type="task", target_id=task.id,
-                details={"owner_user_id": task.user_id, "old_status": status_before, "new_status": task.status})
+    await audit(
+        session,
+        _audit_actor(caller, request),
+        f"task.{action}",
+        target_type="task",
+        target_id=task.id,
+        details={"owner_user_id": task.user_id, "old_status": status_before, "new_status": task.status},
+    )
 
 
 @router.get("/tasks")
-async def list_tasks(session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None,
-                     user_id: IdQuery = None) -> dict[str, Any]:
-    query = (select(Task).where(Task.user_id == caller.owner_filter(user_id), Task.kind == TaskKind.BULK)
-             .order_by(Task.id).limit(page.limit + 1))  # test sends are listed under /test-sends
+async def list_tasks(
+    session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None, user_id: IdQuery = None
+) -> dict[str, Any]:
+    query = (
+        select(Task)
+        .where(Task.user_id == caller.owner_filter(user_id), Task.kind == TaskKind.BULK)
+        .order_by(Task.id)
+        .limit(page.limit + 1)
+    )  # test sends are listed under /test-sends
     if page.after_id:
         query = query.where(Task.id > page.after_id)
     if status:
@@ -165,9 +197,12 @@ async def get_task(task_id: IdPath, session: Session, caller: CurrentCaller) -> 
 
 async def _view_with_templates(session: Session, task: Task) -> dict[str, Any]:
     view = task_view(task)
-    view["templates"] = [{"id": t.id, "template_id": t.template_id, "weight": t.weight, "name": t.name}
-                         for t in await session.scalars(select(TaskTemplate).where(TaskTemplate.task_id == task.id)
-                                                        .order_by(TaskTemplate.position))]
+    view["templates"] = [
+        {"id": t.id, "template_id": t.template_id, "weight": t.weight, "name": t.name}
+        for t in await session.scalars(
+            select(TaskTemplate).where(TaskTemplate.task_id == task.id).order_by(TaskTemplate.position)
+        )
+    ]
     return view
 
 
@@ -183,18 +218,28 @@ async def delete_task(task_id: IdPath, request: Request, session: Session, calle
     owner, status_before = task.user_id, task.status
     await service.delete_task(session, task)
     if owner != caller.id:
-        await audit(session, _audit_actor(caller, request), "task.delete", target_type="task", target_id=task_id,
-                    details={"owner_user_id": owner, "old_status": status_before})
+        await audit(
+            session,
+            _audit_actor(caller, request),
+            "task.delete",
+            target_type="task",
+            target_id=task_id,
+            details={"owner_user_id": owner, "old_status": status_before},
+        )
     return Response(status_code=204)
 
 
 @router.post("/tasks/{task_id}/schedule")
-async def schedule(task_id: IdPath, body: ScheduleBody, request: Request, session: Session,
-                   caller: Writer) -> dict[str, Any]:
+async def schedule(
+    task_id: IdPath, body: ScheduleBody, request: Request, session: Session, caller: Writer
+) -> dict[str, Any]:
     task = await _own(session, caller, task_id)
     production = request.app.state.settings.is_production
-    return task_view(await service.schedule(session, task, at=None if body.now else body.at, actor=str(caller.id),
-                                            production=production))
+    return task_view(
+        await service.schedule(
+            session, task, at=None if body.now else body.at, actor=str(caller.id), production=production
+        )
+    )
 
 
 @router.post("/tasks/{task_id}/unschedule")
@@ -203,8 +248,9 @@ async def unschedule(task_id: IdPath, session: Session, caller: Writer) -> dict[
 
 
 @router.post("/tasks/{task_id}/pause")
-async def pause(task_id: IdPath, request: Request, session: Session, caller: Writer,
-                body: PauseBody | None = None) -> dict[str, Any]:
+async def pause(
+    task_id: IdPath, request: Request, session: Session, caller: Writer, body: PauseBody | None = None
+) -> dict[str, Any]:
     body = body or PauseBody()
     task = await _own(session, caller, task_id, admin_may=True)
     before = task.status
@@ -216,8 +262,9 @@ async def pause(task_id: IdPath, request: Request, session: Session, caller: Wri
 @router.post("/tasks/{task_id}/resume")
 async def resume(task_id: IdPath, session: Session, caller: Writer, body: ResumeBody | None = None) -> dict[str, Any]:
     task = await _own(session, caller, task_id)
-    return task_view(await service.resume(session, task, actor=str(caller.id),
-                                          schedule_at=body.schedule_at if body else None))
+    return task_view(
+        await service.resume(session, task, actor=str(caller.id), schedule_at=body.schedule_at if body else None)
+    )
 
 
 @router.post("/tasks/{task_id}/cancel")
@@ -243,8 +290,9 @@ async def copy(task_id: IdPath, session: Session, caller: Writer) -> dict[str, A
     """A new draft of the caller with the task's content and options, from any status (not its schedule,
     status, statistics or SubTasks). `omitted` lists what could not be copied (an archived sender, a deleted
     template, a rule naming deleted contacts or tags): fill it in before scheduling."""
-    task, omitted = await actions.copy_task(session, await _own(session, caller, task_id), user_id=caller.id,
-                                            actor=str(caller.id))
+    task, omitted = await actions.copy_task(
+        session, await _own(session, caller, task_id), user_id=caller.id, actor=str(caller.id)
+    )
     return {**await _view_with_templates(session, task), "omitted": omitted}
 
 
@@ -252,16 +300,27 @@ async def copy(task_id: IdPath, session: Session, caller: Writer) -> dict[str, A
 async def batch(body: BatchBody, request: Request, session: Session, caller: Writer) -> dict[str, Any]:
     """Pause or resume up to 50 tasks, each on its own; the result per task in request order (`ok` and the new
     `status`, or `error` with the code and message the single endpoint would give)."""
-    results = await actions.batch_transition(session, action=body.action, task_ids=body.task_ids, user_id=caller.id,
-                                             is_admin=caller.is_admin, actor=str(caller.id))
+    results = await actions.batch_transition(
+        session,
+        action=body.action,
+        task_ids=body.task_ids,
+        user_id=caller.id,
+        is_admin=caller.is_admin,
+        actor=str(caller.id),
+    )
     if caller.is_admin:  # only admins reach other users' tasks here (pause): audit those, one row per task
         done = {r["task_id"]: r["status"] for r in results if r["ok"]}
         owners = (await session.execute(select(Task.id, Task.user_id).where(Task.id.in_(done)))).all() if done else []
         for task_id, owner in owners:
             if owner != caller.id:
-                await audit(session, _audit_actor(caller, request), f"task.{body.action}", target_type="task",
-                            target_id=task_id, details={"owner_user_id": owner, "new_status": done[task_id],
-                                                        "batch": True})
+                await audit(
+                    session,
+                    _audit_actor(caller, request),
+                    f"task.{body.action}",
+                    target_type="task",
+                    target_id=task_id,
+                    details={"owner_user_id": owner, "new_status": done[task_id], "batch": True},
+                )
     applied = sum(1 for r in results if r["ok"])
     return {"applied": applied, "failed": len(results) - applied, "results": results}
 
@@ -269,39 +328,71 @@ async def batch(body: BatchBody, request: Request, session: Session, caller: Wri
 @router.get("/tasks/{task_id}/stats")
 async def stats(task_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
     task = await _own(session, caller, task_id, admin_may=True)
-    return {"task_id": task.id, "status": task.status, "waiting_reason": task.waiting_reason,
-            "waiting_until": task.waiting_until, "pause_reason": task.pause_reason,
-            "computed_at": utc_now(), **await task_stats(session, task.id)}
+    return {
+        "task_id": task.id,
+        "status": task.status,
+        "waiting_reason": task.waiting_reason,
+        "waiting_until": task.waiting_until,
+        "pause_reason": task.pause_reason,
+        "computed_at": utc_now(),
+        **await task_stats(session, task.id),
+    }
 
 
 @router.get("/tasks/{task_id}/status-history")
 async def status_history(task_id: IdPath, session: Session, caller: CurrentCaller) -> list[dict[str, Any]]:
     task = await _own(session, caller, task_id, admin_may=True)
-    rows = await session.scalars(select(TaskStatusChange).where(TaskStatusChange.task_id == task.id)
-                                 .order_by(TaskStatusChange.id))
-    return [{"from": r.from_status, "to": r.to_status, "reason": r.reason, "detail": r.detail, "actor": r.actor,
-             "at": r.at} for r in rows]
+    rows = await session.scalars(
+        select(TaskStatusChange).where(TaskStatusChange.task_id == task.id).order_by(TaskStatusChange.id)
+    )
+    return [
+        {"from": r.from_status, "to": r.to_status, "reason": r.reason, "detail": r.detail, "actor": r.actor, "at": r.at}
+        for r in rows
+    ]
 
 
-def subtask_view(s: SubTask, *, display_status: str | None = None, service_label: str | None = None
-                 ) -> dict[str, Any]:
+def subtask_view(s: SubTask, *, display_status: str | None = None, service_label: str | None = None) -> dict[str, Any]:
     view = {
-        "id": s.id, "public_id": str(s.public_id), "recipient_email": s.recipient_email,
-        "contact_id": s.contact_id, "send_state": s.send_state, "suppressed_reason": s.suppressed_reason,
-        "delivery_state": s.delivery_state, "attempts": s.attempts, "retryable_failures": s.retryable_failures,
-        "next_attempt_at": s.next_attempt_at, "service_id": s.service_id, "sent_at": s.sent_at,
-        "failed_at": s.failed_at, "last_error_class": s.last_error_class, "last_error_code": s.last_error_code,
-        "last_error": s.last_error, "message_id": s.message_id, "subject_sent": s.subject_sent,
-        "provider_message_id": s.provider_message_id, "task_template_id": s.task_template_id,
+        "id": s.id,
+        "public_id": str(s.public_id),
+        "recipient_email": s.recipient_email,
+        "contact_id": s.contact_id,
+        "send_state": s.send_state,
+        "suppressed_reason": s.suppressed_reason,
+        "delivery_state": s.delivery_state,
+        "attempts": s.attempts,
+        "retryable_failures": s.retryable_failures,
+        "next_attempt_at": s.next_attempt_at,
+        "service_id": s.service_id,
+        "sent_at": s.sent_at,
+        "failed_at": s.failed_at,
+        "last_error_class": s.last_error_class,
+        "last_error_code": s.last_error_code,
+        "last_error": s.last_error,
+        "message_id": s.message_id,
+        "subject_sent": s.subject_sent,
+        "provider_message_id": s.provider_message_id,
+        "task_template_id": s.task_template_id,
     }
     if display_status is not None:
         view.update(
-            display_status=display_status, service_label=service_label, delivered_at=s.delivered_at,
-            bounced_at=s.bounced_at, delivery_detail=s.delivery_detail, open_count=s.open_count,
-            machine_open_count=s.machine_open_count, first_opened_at=s.first_opened_at,
-            last_opened_at=s.last_opened_at, click_count=s.click_count, machine_click_count=s.machine_click_count,
-            first_clicked_at=s.first_clicked_at, last_clicked_at=s.last_clicked_at,
-            unsubscribed_at=s.unsubscribed_at, complained_at=s.complained_at, replied_at=s.replied_at)
+            display_status=display_status,
+            service_label=service_label,
+            delivered_at=s.delivered_at,
+            bounced_at=s.bounced_at,
+            delivery_detail=s.delivery_detail,
+            open_count=s.open_count,
+            machine_open_count=s.machine_open_count,
+            first_opened_at=s.first_opened_at,
+            last_opened_at=s.last_opened_at,
+            click_count=s.click_count,
+            machine_click_count=s.machine_click_count,
+            first_clicked_at=s.first_clicked_at,
+            last_clicked_at=s.last_clicked_at,
+            unsubscribed_at=s.unsubscribed_at,
+            complained_at=s.complained_at,
+            replied_at=s.replied_at,
+        )
     return view
 
 
@@ -314,21 +405,34 @@ def _subtask_filters(
     send_state: SendState | None = None,
     delivery_state: DeliveryState | None = None,
     display_status: Annotated[DisplayStatus | None, Query(description="SPEC §5.7")] = None,
-    engagement: Annotated[Engagement | None, Query(description="opened (incl. by a click), clicked, "
-                                                               "unsubscribed, or none of these")] = None,
+    engagement: Annotated[
+        Engagement | None, Query(description="opened (incl. by a click), clicked, unsubscribed, or none of these")
+    ] = None,
     email: Annotated[str | None, Query(max_length=320, description="part of the address")] = None,
     service_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="service of the last attempt")] = None,
 ) -> SubtaskFilters:
-    return SubtaskFilters(send_state=send_state, delivery_state=delivery_state, display_status=display_status,
-                          engagement=engagement, email=email, service_id=service_id)
+    return SubtaskFilters(
+        send_state=send_state,
+        delivery_state=delivery_state,
+        display_status=display_status,
+        engagement=engagement,
+        email=email,
+        service_id=service_id,
+    )
 
 
 Filters = Annotated[SubtaskFilters, Depends(_subtask_filters)]
 
 
 @router.get("/tasks/{task_id}/subtasks")
-async def list_subtasks(task_id: IdPath, session: Session, caller: CurrentCaller, page: Paging, filters: Filters,
-                        include_total: bool = False) -> dict[str, Any]:
+async def list_subtasks(
+    task_id: IdPath,
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    filters: Filters,
+    include_total: bool = False,
+) -> dict[str, Any]:
     """The task's recipients in id order, filtered (SPEC §11.3), each with its display status."""
     task = await _own(session, caller, task_id, admin_may=True)
     rows = await reports.subtask_page(session, task.id, filters, after_id=page.after_id, limit=page.limit + 1)
@@ -340,8 +444,9 @@ async def list_subtasks(task_id: IdPath, session: Session, caller: CurrentCaller
 
 @router.get("/tasks/{task_id}/subtasks.csv")
 @router.get("/tasks/{task_id}/export", include_in_schema=False)  # the SPEC §16.3 path
-async def export_subtasks(task_id: IdPath, request: Request, session: Session, caller: CurrentCaller,
-                          filters: Filters, bom: bool = False) -> StreamingResponse:
+async def export_subtasks(
+    task_id: IdPath, request: Request, session: Session, caller: CurrentCaller, filters: Filters, bom: bool = False
+) -> StreamingResponse:
     """The filtered recipients as CSV (RFC 4180, formula cells guarded), streamed in chunks of rows; `bom=true`
     starts the file with a UTF-8 BOM for spreadsheets."""
     task = await _own(session, caller, task_id, admin_may=True)
@@ -352,8 +457,11 @@ async def export_subtasks(task_id: IdPath, request: Request, session: Session, c
         async for rows in reports.export_rows(sessionmaker, task.id, filters):
             yield reports.to_csv(rows)
 
-    return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="task-{task.id}-recipients.csv"'})
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="task-{task.id}-recipients.csv"'},
+    )
 
 
 @router.get("/tasks/{task_id}/subtasks/{subtask_id}")
@@ -399,8 +507,9 @@ async def report_domains(task_id: IdPath, session: Session, caller: CurrentCalle
 
 @router.get("/tasks/{task_id}/report/timeline")
 @router.get("/tasks/{task_id}/timeline", include_in_schema=False)  # the SPEC §16.3 path
-async def report_timeline(task_id: IdPath, session: Session, caller: CurrentCaller,
-                          bucket: Bucket = Bucket.HOUR) -> dict[str, Any]:
+async def report_timeline(
+    task_id: IdPath, session: Session, caller: CurrentCaller, bucket: Bucket = Bucket.HOUR
+) -> dict[str, Any]:
     """Hourly or daily buckets in the task's time zone (non-empty buckets only)."""
     task = await _own(session, caller, task_id, admin_may=True)
     return await reports.timeline(session, task, bucket)
@@ -414,18 +523,23 @@ async def report_heatmap(task_id: IdPath, session: Session, caller: CurrentCalle
 
 
 @router.post("/tasks/{task_id}/uncertain/{action}")
-async def decide_uncertain(task_id: IdPath, action: Literal["retry", "abandon"], session: Session, caller: Writer,
-                           body: SubtaskSelection | None = None) -> dict[str, int]:
+async def decide_uncertain(
+    task_id: IdPath,
+    action: Literal["retry", "abandon"],
+    session: Session,
+    caller: Writer,
+    body: SubtaskSelection | None = None,
+) -> dict[str, int]:
     """`retry` puts uncertain recipients back in the queue (may duplicate); `abandon` fails them (SPEC §7.8)."""
     task = await _own(session, caller, task_id)
-    count = await service.decide_uncertain(session, task, action=action,
-                                           subtask_ids=body.subtask_ids if body else None)
+    count = await service.decide_uncertain(session, task, action=action, subtask_ids=body.subtask_ids if body else None)
     return {"retried" if action == "retry" else "abandoned": count}
 
 
 @router.post("/tasks/{task_id}/subtasks/cancel")
-async def cancel_subtasks(task_id: IdPath, body: RecipientSelection, session: Session,
-                          caller: Writer) -> dict[str, int]:
+async def cancel_subtasks(
+    task_id: IdPath, body: RecipientSelection, session: Session, caller: Writer
+) -> dict[str, int]:
     """Cancel the selected recipients that are still pending (never one a worker has claimed); charged ones
     are refunded at once. Counts: `cancelled`, `not_pending` (already claimed or final), `not_found`."""
     task = await _own(session, caller, task_id)
@@ -433,15 +547,22 @@ async def cancel_subtasks(task_id: IdPath, body: RecipientSelection, session: Se
 
 
 @router.get("/subtasks")
-async def subtasks_by_email(email: Annotated[str, Query(min_length=3, max_length=320)], session: Session,
-                            caller: CurrentCaller, page: Paging) -> dict[str, Any]:
+async def subtasks_by_email(
+    email: Annotated[str, Query(min_length=3, max_length=320)], session: Session, caller: CurrentCaller, page: Paging
+) -> dict[str, Any]:
     """What happened to this address across the caller's own tasks."""
     # Campaigns only (not test sends); reaches the (task_id, recipient_email) index.
     own_tasks = select(Task.id).where(Task.user_id == caller.id, Task.kind == TaskKind.BULK)
-    query = (select(SubTask).where(SubTask.task_id.in_(own_tasks), SubTask.user_id == caller.id,
-                                   SubTask.recipient_email == email.strip().lower())
-             .order_by(SubTask.id).limit(page.limit + 1))
+    query = (
+        select(SubTask)
+        .where(
+            SubTask.task_id.in_(own_tasks),
+            SubTask.user_id == caller.id,
+            SubTask.recipient_email == email.strip().lower(),
+        )
+        .order_by(SubTask.id)
+        .limit(page.limit + 1)
+    )
     if page.after_id:
         query = query.where(SubTask.id > page.after_id)
     return page_of([{**subtask_view(s), "task_id": s.task_id} for s in await session.scalars(query)], page)
-

@@ -61,36 +61,63 @@ async def generate(session: AsyncSession, task_id: int, *, now: dt.datetime | No
     sendable = summary["sendable"]
     if sendable == 0:
         await _insert_subtasks(session, task, rule, now, templates=[])
-        status = await transition(session, task.id, TaskAction.GENERATED_EMPTY, expected=TaskStatus.SCHEDULED,
-                                  reason="no_sendable_recipients",
-                                  values={"generation_summary": summary, "generated_at": now,
-                                          "completed_at": now, "completion_note": "no_sendable_recipients"})
+        status = await transition(
+            session,
+            task.id,
+            TaskAction.GENERATED_EMPTY,
+            expected=TaskStatus.SCHEDULED,
+            reason="no_sendable_recipients",
+            values={
+                "generation_summary": summary,
+                "generated_at": now,
+                "completed_at": now,
+                "completion_note": "no_sendable_recipients",
+            },
+        )
         return GenerationResult(task.id, status, 0, summary)
     user = await lock_user(session, task.user_id)
     if user.credit_balance < sendable:
         detail = f"credit balance {user.credit_balance} is below the {sendable} sendable recipients"
-        status = await transition(session, task.id, TaskAction.CREDIT_SHORT, expected=TaskStatus.SCHEDULED,
-                                  reason=PauseReason.USER_QUOTA, detail=detail,
-                                  values={"pause_reason": PauseReason.USER_QUOTA, "pause_detail": detail})
+        status = await transition(
+            session,
+            task.id,
+            TaskAction.CREDIT_SHORT,
+            expected=TaskStatus.SCHEDULED,
+            reason=PauseReason.USER_QUOTA,
+            detail=detail,
+            values={"pause_reason": PauseReason.USER_QUOTA, "pause_detail": detail},
+        )
         return GenerationResult(task.id, status, sendable, summary)
     templates = await _snapshot_templates(session, task.id, now)
     await _insert_subtasks(session, task, rule, now, templates=templates)
-    await apply_credit(session, user_id=task.user_id, kind=LedgerKind.RESERVE, amount=-sendable,
-                       reason=f"task {task.id}: {task.name}"[:500], task_id=task.id)
-    status = await transition(session, task.id, TaskAction.GENERATED, expected=TaskStatus.SCHEDULED,
-                              values={"generation_summary": summary, "generated_at": now,
-                                      "threshold_window_started_at": now})
+    await apply_credit(
+        session,
+        user_id=task.user_id,
+        kind=LedgerKind.RESERVE,
+        amount=-sendable,
+        reason=f"task {task.id}: {task.name}"[:500],
+        task_id=task.id,
+    )
+    status = await transition(
+        session,
+        task.id,
+        TaskAction.GENERATED,
+        expected=TaskStatus.SCHEDULED,
+        values={"generation_summary": summary, "generated_at": now, "threshold_window_started_at": now},
+    )
     return GenerationResult(task.id, status, sendable, summary)
 
 
 async def _snapshot_templates(session: AsyncSession, task_id: int, now: dt.datetime) -> list[tuple[int, int]]:
     """Freeze each task template's content; returns [(task_template_id, weight)] in position order."""
-    rows = (await session.execute(
-        select(TaskTemplate, Template)
-        .join(Template, Template.id == TaskTemplate.template_id)
-        .where(TaskTemplate.task_id == task_id)
-        .order_by(TaskTemplate.position, TaskTemplate.id)
-    )).all()
+    rows = (
+        await session.execute(
+            select(TaskTemplate, Template)
+            .join(Template, Template.id == TaskTemplate.template_id)
+            .where(TaskTemplate.task_id == task_id)
+            .order_by(TaskTemplate.position, TaskTemplate.id)
+        )
+    ).all()
     for task_template, template in rows:
         task_template.name = template.name
         task_template.subject = template.subject
@@ -151,9 +178,7 @@ async def _insert_subtasks(
     keyed_hash = ((candidates.c.contact_id + seed) * 2654435761) % 4294967296
     sendable = candidates.c.reason.is_(None)
     position = func.row_number().over(order_by=(case((sendable, 0), else_=1), keyed_hash, candidates.c.contact_id))
-    ordered = select(
-        candidates.c.contact_id, candidates.c.email, candidates.c.reason, position.label("seq")
-    ).subquery()
+    ordered = select(candidates.c.contact_id, candidates.c.email, candidates.c.reason, position.label("seq")).subquery()
     is_sendable = ordered.c.reason.is_(None)
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
     if dialect == "postgresql":
@@ -170,13 +195,35 @@ async def _insert_subtasks(
         case((is_sendable, literal(SendState.PENDING.value)), else_=literal(SendState.SUPPRESSED.value)),
         ordered.c.reason,
         is_sendable,
-        literal(0), literal(0), literal(DeliveryState.NONE.value),
-        literal(0), literal(0), literal(0), literal(0),
+        literal(0),
+        literal(0),
+        literal(DeliveryState.NONE.value),
+        literal(0),
+        literal(0),
+        literal(0),
+        literal(0),
         literal(now, type_=UTCDateTime()),
     )
-    columns = ["public_id", "task_id", "user_id", "contact_id", "recipient_email", "task_template_id", "seq",
-               "send_state", "suppressed_reason", "charged", "attempts", "retryable_failures", "delivery_state",
-               "open_count", "machine_open_count", "click_count", "machine_click_count", "next_attempt_at"]
+    columns = [
+        "public_id",
+        "task_id",
+        "user_id",
+        "contact_id",
+        "recipient_email",
+        "task_template_id",
+        "seq",
+        "send_state",
+        "suppressed_reason",
+        "charged",
+        "attempts",
+        "retryable_failures",
+        "delivery_state",
+        "open_count",
+        "machine_open_count",
+        "click_count",
+        "machine_click_count",
+        "next_attempt_at",
+    ]
     await session.execute(insert(SubTask).from_select(columns, source))
 
 

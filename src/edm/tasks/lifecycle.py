@@ -39,12 +39,16 @@ RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
 async def refund_owed(session: AsyncSession, task_id: int) -> int:
     """Charged SubTasks that ended suppressed or cancelled, minus what the task's refunds already gave back."""
     owed = await session.scalar(
-        select(func.count()).where(SubTask.task_id == task_id, SubTask.charged.is_(True),
-                                   SubTask.send_state.in_((SendState.SUPPRESSED, SendState.CANCELLED)))
+        select(func.count()).where(
+            SubTask.task_id == task_id,
+            SubTask.charged.is_(True),
+            SubTask.send_state.in_((SendState.SUPPRESSED, SendState.CANCELLED)),
+        )
     )
     refunded = await session.scalar(
-        select(func.coalesce(func.sum(QuotaLedgerEntry.amount), 0))
-        .where(QuotaLedgerEntry.task_id == task_id, QuotaLedgerEntry.kind == LedgerKind.REFUND)
+        select(func.coalesce(func.sum(QuotaLedgerEntry.amount), 0)).where(
+            QuotaLedgerEntry.task_id == task_id, QuotaLedgerEntry.kind == LedgerKind.REFUND
+        )
     )
     return int(owed or 0) - int(refunded or 0)
 
@@ -52,8 +56,14 @@ async def refund_owed(session: AsyncSession, task_id: int) -> int:
 async def refund(session: AsyncSession, task: Any, *, occasion: str) -> int:
     amount = await refund_owed(session, task.id)
     if amount > 0:
-        await apply_credit(session, user_id=task.user_id, kind=LedgerKind.REFUND, amount=amount,
-                           reason=f"task {task.id} {occasion}: {amount} unsent recipients", task_id=task.id)
+        await apply_credit(
+            session,
+            user_id=task.user_id,
+            kind=LedgerKind.REFUND,
+            amount=amount,
+            reason=f"task {task.id} {occasion}: {amount} unsent recipients",
+            task_id=task.id,
+        )
     return max(0, amount)
 
 
@@ -66,18 +76,26 @@ def _has_open(task_col: Any) -> Any:
 
 async def finalize(session: AsyncSession, *, now: dt.datetime, limit: int = 100) -> list[int]:
     """Running tasks with no SubTask left pending, allocated or uncertain become `completed`, refunded once."""
-    rows = (await session.execute(
-        select(Task.id, Task.user_id).where(Task.status.in_(RUNNING), ~_has_open(Task.id)).limit(limit)
-        .with_for_update(skip_locked=True)
-    )).all()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.user_id)
+            .where(Task.status.in_(RUNNING), ~_has_open(Task.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     done = []
     for task in rows:
         # Re-check under the row lock: a claim may have committed between the SELECT and the lock.
         if await session.scalar(select(_has_open(task.id))):
             continue
-        await transition(session, task.id, TaskAction.FINISH, reason="all_recipients_final",
-                         values={"completed_at": now, "settled_at": now, "waiting_reason": None,
-                                 "waiting_until": None})
+        await transition(
+            session,
+            task.id,
+            TaskAction.FINISH,
+            reason="all_recipients_final",
+            values={"completed_at": now, "settled_at": now, "waiting_reason": None, "waiting_until": None},
+        )
         await refund(session, task, occasion="completed")
         done.append(task.id)
     return done
@@ -86,24 +104,32 @@ async def finalize(session: AsyncSession, *, now: dt.datetime, limit: int = 100)
 async def settle_stopped(session: AsyncSession, *, now: dt.datetime, limit: int = 100) -> list[int]:
     """Cancelled/closed tasks: one refund once no SubTask is still allocated (in-flight attempts finished)."""
     allocated = exists().where(SubTask.task_id == Task.id, SubTask.send_state == SendState.ALLOCATED)
-    rows = (await session.execute(
-        select(Task.id, Task.user_id, Task.status)
-        .where(Task.status.in_((TaskStatus.CANCELLED, TaskStatus.CLOSED)), Task.settled_at.is_(None), ~allocated)
-        .limit(limit).with_for_update(skip_locked=True)
-    )).all()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.user_id, Task.status)
+            .where(Task.status.in_((TaskStatus.CANCELLED, TaskStatus.CLOSED)), Task.settled_at.is_(None), ~allocated)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     for task in rows:
         # Anything still pending in a stopped task (a deferred outcome recorded as the stop committed)
         # is cancelled here, so the refund below covers it and the task never holds claimable work.
-        await session.execute(update(SubTask).where(SubTask.task_id == task.id, SubTask.send_state == SendState.PENDING)
-                              .values(send_state=SendState.CANCELLED).execution_options(synchronize_session=False))
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.task_id == task.id, SubTask.send_state == SendState.PENDING)
+            .values(send_state=SendState.CANCELLED)
+            .execution_options(synchronize_session=False)
+        )
         await refund(session, task, occasion=str(task.status))
         await session.execute(update(Task).where(Task.id == task.id).values(settled_at=now))
     return [t.id for t in rows]
 
 
 async def auto_resume(session: AsyncSession, *, now: dt.datetime) -> list[int]:
-    ids = list(await session.scalars(
-        select(Task.id).where(Task.status == TaskStatus.PAUSED, Task.resume_at <= now).limit(100)))
+    ids = list(
+        await session.scalars(select(Task.id).where(Task.status == TaskStatus.PAUSED, Task.resume_at <= now).limit(100))
+    )
     resumed = []
     for task_id in ids:
         await resume(session, task_id, actor="system", now=now)
@@ -111,15 +137,16 @@ async def auto_resume(session: AsyncSession, *, now: dt.datetime) -> list[int]:
     return resumed
 
 
-async def resume(session: AsyncSession, task_id: int, *, actor: str, now: dt.datetime,
-                 schedule_at: dt.datetime | None = None) -> TaskStatus:
+async def resume(
+    session: AsyncSession, task_id: int, *, actor: str, now: dt.datetime, schedule_at: dt.datetime | None = None
+) -> TaskStatus:
     task = await session.get(Task, task_id, populate_existing=True)
     assert task is not None
-    ever_allocated = task.first_sent_at is not None or bool(await session.scalar(
-        select(exists().where(SubTask.task_id == task_id, SubTask.attempts > 0))))
+    ever_allocated = task.first_sent_at is not None or bool(
+        await session.scalar(select(exists().where(SubTask.task_id == task_id, SubTask.attempts > 0)))
+    )
     target = resume_target(generated=task.generated_at is not None, ever_allocated=ever_allocated)
-    values: dict[str, Any] = {"pause_reason": None, "pause_detail": None, "resume_at": None,
-                              "unavailable_since": None}
+    values: dict[str, Any] = {"pause_reason": None, "pause_detail": None, "resume_at": None, "unavailable_since": None}
     if target is TaskStatus.SCHEDULED:
         values["schedule_at"] = max(schedule_at or now, now)
     if task.pause_reason == PauseReason.ERROR_THRESHOLD:
@@ -130,11 +157,18 @@ async def resume(session: AsyncSession, task_id: int, *, actor: str, now: dt.dat
 # ---- automatic pause on error rates (SPEC §7.9) -------------------------------------------------------
 
 
-async def check_thresholds(session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings,
-                           task_ids: Sequence[int] | None = None, samples: dict[int, int] | None = None) -> list[int]:
+async def check_thresholds(
+    session: AsyncSession,
+    *,
+    now: dt.datetime,
+    runtime: RuntimeSettings,
+    task_ids: Sequence[int] | None = None,
+    samples: dict[int, int] | None = None,
+) -> list[int]:
     """Pause sending tasks whose window crossed a threshold. `samples` receives each task's sent + failed."""
     query = select(Task.id, Task.error_thresholds, Task.threshold_window_started_at).where(
-        Task.status == TaskStatus.SENDING)
+        Task.status == TaskStatus.SENDING
+    )
     if task_ids is not None:
         query = query.where(Task.id.in_(task_ids))
     paused = []
@@ -144,16 +178,25 @@ async def check_thresholds(session: AsyncSession, *, now: dt.datetime, runtime: 
             samples[task.id] = rates["sent"] + rates["failed"]
         reason = _threshold_crossed(rates, {**_defaults(runtime), **(task.error_thresholds or {})})
         if reason:
-            await transition(session, task.id, TaskAction.AUTO_PAUSE, reason=PauseReason.ERROR_THRESHOLD,
-                             detail=reason, expected=TaskStatus.SENDING,
-                             values={"pause_reason": PauseReason.ERROR_THRESHOLD, "pause_detail": reason})
+            await transition(
+                session,
+                task.id,
+                TaskAction.AUTO_PAUSE,
+                reason=PauseReason.ERROR_THRESHOLD,
+                detail=reason,
+                expected=TaskStatus.SENDING,
+                values={"pause_reason": PauseReason.ERROR_THRESHOLD, "pause_detail": reason},
+            )
             paused.append(task.id)
     return paused
 
 
 def _defaults(runtime: RuntimeSettings) -> dict[str, float]:
-    return {"min_sample": runtime.autopause_min_sample, "max_failure_rate": runtime.autopause_max_failure_rate,
-            "max_bounce_rate": runtime.autopause_max_bounce_rate}
+    return {
+        "min_sample": runtime.autopause_min_sample,
+        "max_failure_rate": runtime.autopause_max_failure_rate,
+        "max_bounce_rate": runtime.autopause_max_bounce_rate,
+    }
 
 
 async def _window_rates(session: AsyncSession, task_id: int, since: dt.datetime | None) -> dict[str, int]:
@@ -161,10 +204,13 @@ async def _window_rates(session: AsyncSession, task_id: int, since: dt.datetime 
     sent = and_(SubTask.send_state == SendState.SENT, SubTask.sent_at >= since)
     failed = and_(SubTask.send_state == SendState.FAILED, SubTask.failed_at >= since)
     bounced = and_(sent, SubTask.delivery_state.in_(("hard_bounced", "rejected")))
-    row = (await session.execute(
-        select(func.count().filter(sent), func.count().filter(failed), func.count().filter(bounced))
-        .where(SubTask.task_id == task_id, or_(sent, failed))
-    )).one()
+    row = (
+        await session.execute(
+            select(func.count().filter(sent), func.count().filter(failed), func.count().filter(bounced)).where(
+                SubTask.task_id == task_id, or_(sent, failed)
+            )
+        )
+    ).one()
     return {"sent": row[0], "failed": row[1], "bounced": row[2]}
 
 
@@ -191,9 +237,19 @@ async def pause_for_render_limit(session: AsyncSession, task_id: int, *, detail:
     cancelled, finished)."""
     detail = detail[:1000]
     try:
-        await transition(session, task_id, TaskAction.AUTO_PAUSE, reason=PauseReason.RENDER_LIMIT, detail=detail,
-                         values={"pause_reason": PauseReason.RENDER_LIMIT, "pause_detail": detail,
-                                 "waiting_reason": None, "waiting_until": None})
+        await transition(
+            session,
+            task_id,
+            TaskAction.AUTO_PAUSE,
+            reason=PauseReason.RENDER_LIMIT,
+            detail=detail,
+            values={
+                "pause_reason": PauseReason.RENDER_LIMIT,
+                "pause_detail": detail,
+                "waiting_reason": None,
+                "waiting_until": None,
+            },
+        )
     except InvalidTransition:
         return False
     return True
@@ -202,33 +258,56 @@ async def pause_for_render_limit(session: AsyncSession, task_id: int, *, detail:
 # ---- waiting reasons and the unavailable pause (SPEC §5.4, §7.10) -------------------------------------
 
 
-REASON_OF = {"frozen": WaitingReason.FROZEN, "throttled": WaitingReason.THROTTLED,
-             "exhausted": WaitingReason.EXHAUSTED, "daily_quota": WaitingReason.DAILY_QUOTA}
+REASON_OF = {
+    "frozen": WaitingReason.FROZEN,
+    "throttled": WaitingReason.THROTTLED,
+    "exhausted": WaitingReason.EXHAUSTED,
+    "daily_quota": WaitingReason.DAILY_QUOTA,
+}
 
 
-async def update_waiting(session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings,
-                         snapshots: Sequence[Any]) -> dict[int, str | None]:
+async def update_waiting(
+    session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings, snapshots: Sequence[Any]
+) -> dict[int, str | None]:
     """Explain every running task that has open work but nothing to send now, or pause it when the grace
     period for having no usable service has passed."""
     by_service = {s.service.id: s for s in snapshots}
-    tasks = (await session.execute(
-        select(Task.id, Task.user_id, Task.status, Task.allowed_service_ids, Task.on_capacity_exhausted,
-               Task.unavailable_since, Task.waiting_reason, User.is_active)
-        .join(User, User.id == Task.user_id).where(Task.status.in_(RUNNING))
-    )).all()
+    tasks = (
+        await session.execute(
+            select(
+                Task.id,
+                Task.user_id,
+                Task.status,
+                Task.allowed_service_ids,
+                Task.on_capacity_exhausted,
+                Task.unavailable_since,
+                Task.waiting_reason,
+                User.is_active,
+            )
+            .join(User, User.id == Task.user_id)
+            .where(Task.status.in_(RUNNING))
+        )
+    ).all()
     mapped = await _mapped_services(session, {t.user_id for t in tasks})
     changed: dict[int, str | None] = {}
     for task in tasks:
-        usable = [by_service[sid] for sid in mapped.get(task.user_id, [])
-                  if sid in by_service and (not task.allowed_service_ids or sid in task.allowed_service_ids)]
+        usable = [
+            by_service[sid]
+            for sid in mapped.get(task.user_id, [])
+            if sid in by_service and (not task.allowed_service_ids or sid in task.allowed_service_ids)
+        ]
         reason, until = await _waiting_for(session, task, usable, now, runtime)
         if await _maybe_pause(session, task, usable, reason, now, runtime):
             changed[task.id] = "paused"
             continue
         if reason != task.waiting_reason or reason is not None:
-            await session.execute(update(Task).where(Task.id == task.id).values(
-                waiting_reason=reason, waiting_until=until,
-                unavailable_since=_unavailable_since(task, reason, now)))
+            await session.execute(
+                update(Task)
+                .where(Task.id == task.id)
+                .values(
+                    waiting_reason=reason, waiting_until=until, unavailable_since=_unavailable_since(task, reason, now)
+                )
+            )
             changed[task.id] = reason
     return changed
 
@@ -236,16 +315,20 @@ async def update_waiting(session: AsyncSession, *, now: dt.datetime, runtime: Ru
 async def _mapped_services(session: AsyncSession, user_ids: set[int]) -> dict[int, list[int]]:
     if not user_ids:
         return {}
-    rows = await session.execute(select(UserServiceMapping.user_id, UserServiceMapping.service_id).where(
-        UserServiceMapping.user_id.in_(user_ids), UserServiceMapping.is_active.is_(True)))
+    rows = await session.execute(
+        select(UserServiceMapping.user_id, UserServiceMapping.service_id).where(
+            UserServiceMapping.user_id.in_(user_ids), UserServiceMapping.is_active.is_(True)
+        )
+    )
     out: dict[int, list[int]] = {}
     for user_id, service_id in rows.all():
         out.setdefault(user_id, []).append(service_id)
     return out
 
 
-async def _waiting_for(session: AsyncSession, task: Any, usable: list[Any], now: dt.datetime,
-                       runtime: RuntimeSettings) -> tuple[str | None, dt.datetime | None]:
+async def _waiting_for(
+    session: AsyncSession, task: Any, usable: list[Any], now: dt.datetime, runtime: RuntimeSettings
+) -> tuple[str | None, dt.datetime | None]:
     if runtime.sending_paused:
         return WaitingReason.GLOBAL_PAUSE, None
     if not task.is_active:
@@ -257,14 +340,17 @@ async def _waiting_for(session: AsyncSession, task: Any, usable: list[Any], now:
         if open_work["uncertain"]:
             return WaitingReason.UNCERTAIN_DECISION, None
         return None, None
-    live = [s for s in usable if s.availability.reason not in ("disabled",)
-            and not (s.availability.reason == "frozen" and s.availability.until is None)]
+    live = [
+        s
+        for s in usable
+        if s.availability.reason not in ("disabled",)
+        and not (s.availability.reason == "frozen" and s.availability.until is None)
+    ]
     if not live:
         return WaitingReason.NO_USABLE_SERVICE, None
     if any(s.availability.eligible or s.availability.slot_waiting for s in live):
         return None, None
-    blocked = [(s.availability.until, REASON_OF.get(s.availability.reason or "", WaitingReason.FROZEN))
-               for s in live]
+    blocked = [(s.availability.until, REASON_OF.get(s.availability.reason or "", WaitingReason.FROZEN)) for s in live]
     known = [b for b in blocked if b[0] is not None]
     until, reason = min(known, key=lambda b: b[0]) if known else (None, blocked[0][1])
     return reason, until
@@ -272,12 +358,15 @@ async def _waiting_for(session: AsyncSession, task: Any, usable: list[Any], now:
 
 async def _open_work(session: AsyncSession, task_id: int, now: dt.datetime) -> dict[str, Any]:
     pending = and_(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING)
-    due = await session.scalar(select(func.count()).where(
-        pending, or_(SubTask.attempts == 0, SubTask.next_attempt_at <= now)))
-    retry_at = await session.scalar(select(func.min(SubTask.next_attempt_at)).where(
-        pending, SubTask.attempts > 0, SubTask.next_attempt_at > now))
-    uncertain = await session.scalar(select(func.count()).where(
-        SubTask.task_id == task_id, SubTask.send_state == SendState.UNCERTAIN))
+    due = await session.scalar(
+        select(func.count()).where(pending, or_(SubTask.attempts == 0, SubTask.next_attempt_at <= now))
+    )
+    retry_at = await session.scalar(
+        select(func.min(SubTask.next_attempt_at)).where(pending, SubTask.attempts > 0, SubTask.next_attempt_at > now)
+    )
+    uncertain = await session.scalar(
+        select(func.count()).where(SubTask.task_id == task_id, SubTask.send_state == SendState.UNCERTAIN)
+    )
     return {"due": int(due or 0), "retry_at": retry_at, "uncertain": int(uncertain or 0)}
 
 
@@ -287,35 +376,65 @@ def _unavailable_since(task: Any, reason: str | None, now: dt.datetime) -> dt.da
     return task.unavailable_since or now
 
 
-async def _maybe_pause(session: AsyncSession, task: Any, usable: list[Any], reason: str | None,
-                       now: dt.datetime, runtime: RuntimeSettings) -> bool:
+async def _maybe_pause(
+    session: AsyncSession, task: Any, usable: list[Any], reason: str | None, now: dt.datetime, runtime: RuntimeSettings
+) -> bool:
     grace = dt.timedelta(seconds=runtime.capacity_service_unavailable_grace)
     if reason == WaitingReason.NO_USABLE_SERVICE and task.unavailable_since and now - task.unavailable_since >= grace:
-        await transition(session, task.id, TaskAction.AUTO_PAUSE, reason=PauseReason.SERVICE_UNAVAILABLE,
-                         detail="no usable sending service", expected=TaskStatus(task.status),
-                         values={"pause_reason": PauseReason.SERVICE_UNAVAILABLE, "waiting_reason": None,
-                                 "pause_detail": "no usable sending service for the grace period"})
+        await transition(
+            session,
+            task.id,
+            TaskAction.AUTO_PAUSE,
+            reason=PauseReason.SERVICE_UNAVAILABLE,
+            detail="no usable sending service",
+            expected=TaskStatus(task.status),
+            values={
+                "pause_reason": PauseReason.SERVICE_UNAVAILABLE,
+                "waiting_reason": None,
+                "pause_detail": "no usable sending service for the grace period",
+            },
+        )
         return True
     if reason == WaitingReason.DAILY_QUOTA and task.on_capacity_exhausted == "pause":
-        await transition(session, task.id, TaskAction.AUTO_PAUSE, reason=PauseReason.NO_CAPACITY_LEFT,
-                         detail="every usable service reached its daily quota", expected=TaskStatus(task.status),
-                         values={"pause_reason": PauseReason.NO_CAPACITY_LEFT, "waiting_reason": None,
-                                 "pause_detail": "every usable service reached its daily quota"})
+        await transition(
+            session,
+            task.id,
+            TaskAction.AUTO_PAUSE,
+            reason=PauseReason.NO_CAPACITY_LEFT,
+            detail="every usable service reached its daily quota",
+            expected=TaskStatus(task.status),
+            values={
+                "pause_reason": PauseReason.NO_CAPACITY_LEFT,
+                "waiting_reason": None,
+                "pause_detail": "every usable service reached its daily quota",
+            },
+        )
         return True
     return False
 
 
 async def resume_unavailable(session: AsyncSession, *, now: dt.datetime, snapshots: Sequence[Any]) -> list[int]:
     """Tasks paused for `service_unavailable` resume by themselves once a usable service appears."""
-    tasks = (await session.execute(select(Task.id, Task.user_id, Task.allowed_service_ids).where(
-        Task.status == TaskStatus.PAUSED, Task.pause_reason == PauseReason.SERVICE_UNAVAILABLE))).all()
+    tasks = (
+        await session.execute(
+            select(Task.id, Task.user_id, Task.allowed_service_ids).where(
+                Task.status == TaskStatus.PAUSED, Task.pause_reason == PauseReason.SERVICE_UNAVAILABLE
+            )
+        )
+    ).all()
     mapped = await _mapped_services(session, {t.user_id for t in tasks})
-    healthy = {s.service.id for s in snapshots if s.availability.reason != "disabled"
-               and not (s.availability.reason == "frozen" and s.availability.until is None)}
+    healthy = {
+        s.service.id
+        for s in snapshots
+        if s.availability.reason != "disabled"
+        and not (s.availability.reason == "frozen" and s.availability.until is None)
+    }
     resumed = []
     for task in tasks:
-        if any(sid in healthy and (not task.allowed_service_ids or sid in task.allowed_service_ids)
-               for sid in mapped.get(task.user_id, [])):
+        if any(
+            sid in healthy and (not task.allowed_service_ids or sid in task.allowed_service_ids)
+            for sid in mapped.get(task.user_id, [])
+        ):
             await resume(session, task.id, actor="system", now=now)
             resumed.append(task.id)
     return resumed
@@ -327,8 +446,14 @@ async def resume_unavailable(session: AsyncSession, *, now: dt.datetime, snapsho
 async def abandon_stale_uncertain(session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings) -> int:
     cutoff = now - dt.timedelta(days=runtime.uncertain_auto_abandon_days)
     result = await session.execute(
-        update(SubTask).where(SubTask.send_state == SendState.UNCERTAIN, SubTask.allocated_at < cutoff)
-        .values(send_state=SendState.FAILED, failed_at=now, last_error_code="uncertain_abandoned",
-                last_error="no event confirmed acceptance within the reconcile window; abandoned")
-        .execution_options(synchronize_session=False))
+        update(SubTask)
+        .where(SubTask.send_state == SendState.UNCERTAIN, SubTask.allocated_at < cutoff)
+        .values(
+            send_state=SendState.FAILED,
+            failed_at=now,
+            last_error_code="uncertain_abandoned",
+            last_error="no event confirmed acceptance within the reconcile window; abandoned",
+        )
+        .execution_options(synchronize_session=False)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

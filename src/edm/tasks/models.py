@@ -143,9 +143,13 @@ class SubTask(IdMixin, Base):
         ),
         Index("ix_subtasks_task_id_send_state", "task_id", "send_state"),
         # Partial: rows enter it when a provider gives them an id, so generation does not maintain it.
-        Index("ix_subtasks_service_id_provider_message_id", "service_id", "provider_message_id",
-              postgresql_where=text("provider_message_id IS NOT NULL"),
-              sqlite_where=text("provider_message_id IS NOT NULL")),
+        Index(
+            "ix_subtasks_service_id_provider_message_id",
+            "service_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
 
     # Only task_id is a foreign key. Each FK fires a referential check per inserted row, and the one to

@@ -40,14 +40,21 @@ class RecipientRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: RuleType = Field(description="`specific`: the listed contacts; `tag_based`: contacts with any of the "
-                                        "included tags; `all_contacts`: every contact of the owner")
-    contact_ids: list[RuleId] = Field(default_factory=list, max_length=MAX_SPECIFIC,
-                                      description="`specific` only: 1 to 50,000 contact ids")
-    include_tag_ids: list[RuleId] = Field(default_factory=list, description="`tag_based` only: at least one tag "
-                                          "id; a parent tag stands for itself and its children")
-    exclude_tag_ids: list[RuleId] = Field(default_factory=list, description="`tag_based` and `all_contacts`: "
-                                          "contacts with any of these tags (or their children) are left out")
+    type: RuleType = Field(
+        description="`specific`: the listed contacts; `tag_based`: contacts with any of the "
+        "included tags; `all_contacts`: every contact of the owner"
+    )
+    contact_ids: list[RuleId] = Field(
+        default_factory=list, max_length=MAX_SPECIFIC, description="`specific` only: 1 to 50,000 contact ids"
+    )
+    include_tag_ids: list[RuleId] = Field(
+        default_factory=list,
+        description="`tag_based` only: at least one tag id; a parent tag stands for itself and its children",
+    )
+    exclude_tag_ids: list[RuleId] = Field(
+        default_factory=list,
+        description="`tag_based` and `all_contacts`: contacts with any of these tags (or their children) are left out",
+    )
 
     def to_rule(self) -> Rule:
         return Rule.parse(self.model_dump(exclude_unset=True))
@@ -140,6 +147,7 @@ def _has_any_tag(tag_ids: list[int]) -> Any:
 
 def exclusion_reason(*, user_id: int, now: dt.datetime) -> Any:
     """The first matching exclusion reason in SPEC order, or NULL when the contact is sendable."""
+
     # Uncorrelated IN subqueries, not a correlated EXISTS: PostgreSQL runs each once as a hashed SubPlan and
     # probes it per candidate, where the EXISTS (inside this CASE it cannot become an anti-join) ran an index
     # probe per candidate — 15.7 s for 500,000 candidates against 10,000 entries (bench/RESULTS.md).
@@ -162,9 +170,7 @@ def exclusion_reason(*, user_id: int, now: dt.datetime) -> Any:
     )
 
 
-async def candidates_query(
-    session: AsyncSession, *, user_id: int, rule: Rule, now: dt.datetime
-) -> Select[Any]:
+async def candidates_query(session: AsyncSession, *, user_id: int, rule: Rule, now: dt.datetime) -> Select[Any]:
     """SELECT contact id, normalized email, exclusion reason — every candidate of the rule, once."""
     conditions = [Contact.user_id == user_id]
     if rule.type == "specific":

@@ -91,8 +91,12 @@ def display_status() -> Any:
         (s.delivery_state.in_(BOUNCED_STATES), s.delivery_state),
         (s.delivery_state == DeliveryState.DELIVERED, DisplayStatus.DELIVERED.value),
         (s.delivery_state == DeliveryState.DEFERRED, DisplayStatus.DELIVERY_DELAYED.value),
-        (s.send_state.in_((SendState.SENT, SendState.FAILED, SendState.SUPPRESSED, SendState.CANCELLED,
-                           SendState.UNCERTAIN)), s.send_state),
+        (
+            s.send_state.in_(
+                (SendState.SENT, SendState.FAILED, SendState.SUPPRESSED, SendState.CANCELLED, SendState.UNCERTAIN)
+            ),
+            s.send_state,
+        ),
         (s.send_state == SendState.ALLOCATED, DisplayStatus.SENDING.value),
         (s.attempts > 0, DisplayStatus.RETRYING.value),
         else_=DisplayStatus.QUEUED.value,
@@ -145,13 +149,17 @@ class SubtaskFilters:
 
 def _subtasks(task_id: int, filters: SubtaskFilters) -> Any:
     """SubTask rows with their display status and the label of their service, in id order."""
-    return (select(SubTask, display_status().label("display_status"), EmailService.label.label("service_label"))
-            .outerjoin(EmailService, EmailService.id == SubTask.service_id)
-            .where(SubTask.task_id == task_id, *filters.conditions()).order_by(SubTask.id))
+    return (
+        select(SubTask, display_status().label("display_status"), EmailService.label.label("service_label"))
+        .outerjoin(EmailService, EmailService.id == SubTask.service_id)
+        .where(SubTask.task_id == task_id, *filters.conditions())
+        .order_by(SubTask.id)
+    )
 
 
-async def subtask_page(session: AsyncSession, task_id: int, filters: SubtaskFilters, *, after_id: int | None,
-                       limit: int) -> list[Any]:
+async def subtask_page(
+    session: AsyncSession, task_id: int, filters: SubtaskFilters, *, after_id: int | None, limit: int
+) -> list[Any]:
     """Rows (SubTask, display_status, service_label) after `after_id`, at most `limit`."""
     query = _subtasks(task_id, filters).limit(limit)
     if after_id:
@@ -171,27 +179,53 @@ async def subtask_row(session: AsyncSession, task_id: int, subtask_id: int) -> A
 
 async def subtask_history(session: AsyncSession, subtask_id: int) -> dict[str, list[dict[str, Any]]]:
     """Every send attempt and every event of one SubTask, each list and their merge in time order."""
-    attempts = [_attempt_view(a) for a in await session.scalars(
-        select(SendAttempt).where(SendAttempt.subtask_id == subtask_id)
-        .order_by(func.coalesce(SendAttempt.started_at, SendAttempt.finished_at), SendAttempt.id))]
-    events = [_event_view(e) for e in await session.scalars(
-        select(Event).where(Event.subtask_id == subtask_id).order_by(Event.occurred_at, Event.id))]
+    attempts = [
+        _attempt_view(a)
+        for a in await session.scalars(
+            select(SendAttempt)
+            .where(SendAttempt.subtask_id == subtask_id)
+            .order_by(func.coalesce(SendAttempt.started_at, SendAttempt.finished_at), SendAttempt.id)
+        )
+    ]
+    events = [
+        _event_view(e)
+        for e in await session.scalars(
+            select(Event).where(Event.subtask_id == subtask_id).order_by(Event.occurred_at, Event.id)
+        )
+    ]
     merged = [{"kind": "attempt", **a} for a in attempts] + [{"kind": "event", **e} for e in events]
     merged.sort(key=lambda item: (item["at"], item["kind"] == "event"))  # an attempt before its own events
     return {"attempts": attempts, "events": events, "history": merged}
 
 
 def _attempt_view(a: SendAttempt) -> dict[str, Any]:
-    return {"at": a.started_at or a.finished_at, "attempt_no": a.attempt_no, "service_id": a.service_id,
-            "started_at": a.started_at, "finished_at": a.finished_at, "duration_ms": a.duration_ms,
-            "outcome": a.outcome, "status": a.status, "provider_code": a.provider_code, "message": a.message,
-            "provider_message_id": a.provider_message_id}
+    return {
+        "at": a.started_at or a.finished_at,
+        "attempt_no": a.attempt_no,
+        "service_id": a.service_id,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "duration_ms": a.duration_ms,
+        "outcome": a.outcome,
+        "status": a.status,
+        "provider_code": a.provider_code,
+        "message": a.message,
+        "provider_message_id": a.provider_message_id,
+    }
 
 
 def _event_view(e: Event) -> dict[str, Any]:
-    return {"at": e.occurred_at, "id": e.id, "event_type": e.event_type, "source": e.source,
-            "provider_event": e.provider_event, "occurred_at": e.occurred_at, "received_at": e.received_at,
-            "match_status": e.match_status, "details": e.details}
+    return {
+        "at": e.occurred_at,
+        "id": e.id,
+        "event_type": e.event_type,
+        "source": e.source,
+        "provider_event": e.provider_event,
+        "occurred_at": e.occurred_at,
+        "received_at": e.received_at,
+        "match_status": e.match_status,
+        "details": e.details,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -208,10 +242,17 @@ async def by_service(session: AsyncSession, task_id: int, *, admin: bool) -> lis
     attempt it made by result. Users see the label only; admins also the id, name and provider."""
     report: dict[int | None, dict[str, Any]] = defaultdict(_empty_service_row)
     for service_id, outcome, n, total_ms, timed in await session.execute(
-            select(SendAttempt.service_id, SendAttempt.outcome, func.count(), func.sum(SendAttempt.duration_ms),
-                   func.count(SendAttempt.duration_ms))
-            .join(SubTask, SubTask.id == SendAttempt.subtask_id).where(SubTask.task_id == task_id)
-            .group_by(SendAttempt.service_id, SendAttempt.outcome)):
+        select(
+            SendAttempt.service_id,
+            SendAttempt.outcome,
+            func.count(),
+            func.sum(SendAttempt.duration_ms),
+            func.count(SendAttempt.duration_ms),
+        )
+        .join(SubTask, SubTask.id == SendAttempt.subtask_id)
+        .where(SubTask.task_id == task_id)
+        .group_by(SendAttempt.service_id, SendAttempt.outcome)
+    ):
         row = report[service_id]
         row["attempts"][outcome] = int(n)
         row["attempts_total"] += int(n)
@@ -219,31 +260,59 @@ async def by_service(session: AsyncSession, task_id: int, *, admin: bool) -> lis
         row["_timed"] += int(timed)
     s = SubTask
     for service_id, *counts in await session.execute(
-            select(s.service_id, _count_if(s.send_state == SendState.SENT), _count_if(s.send_state == SendState.FAILED),
-                   _count_if(s.send_state == SendState.UNCERTAIN), _count_if(s.delivery_state.in_(BOUNCED_STATES)),
-                   _count_if(s.delivery_state.in_((DeliveryState.DELIVERED, DeliveryState.COMPLAINED))))
-            .where(s.task_id == task_id, s.service_id.is_not(None)).group_by(s.service_id)):
-        report[service_id].update(zip(("sent", "failed", "uncertain", "bounced", "delivered"),
-                                      (int(c or 0) for c in counts), strict=True))
-    services = {svc.id: svc for svc in await session.execute(  # never the credentials columns
-        select(EmailService.id, EmailService.label, EmailService.name, EmailService.provider)
-        .where(EmailService.id.in_([k for k in report if k is not None])))}
+        select(
+            s.service_id,
+            _count_if(s.send_state == SendState.SENT),
+            _count_if(s.send_state == SendState.FAILED),
+            _count_if(s.send_state == SendState.UNCERTAIN),
+            _count_if(s.delivery_state.in_(BOUNCED_STATES)),
+            _count_if(s.delivery_state.in_((DeliveryState.DELIVERED, DeliveryState.COMPLAINED))),
+        )
+        .where(s.task_id == task_id, s.service_id.is_not(None))
+        .group_by(s.service_id)
+    ):
+        report[service_id].update(
+            zip(("sent", "failed", "uncertain", "bounced", "delivered"), (int(c or 0) for c in counts), strict=True)
+        )
+    services = {
+        svc.id: svc
+        for svc in await session.execute(  # never the credentials columns
+            select(EmailService.id, EmailService.label, EmailService.name, EmailService.provider).where(
+                EmailService.id.in_([k for k in report if k is not None])
+            )
+        )
+    }
     rows = [_service_view(report[k], services.get(k) if k else None, admin=admin) for k in report]
     return sorted(rows, key=lambda r: (-r["sent"], -r["attempts_total"], r["label"] or ""))
 
 
 def _empty_service_row() -> dict[str, Any]:
-    return {"attempts": {}, "attempts_total": 0, "sent": 0, "failed": 0, "uncertain": 0, "bounced": 0,
-            "delivered": 0, "_ms": 0, "_timed": 0}
+    return {
+        "attempts": {},
+        "attempts_total": 0,
+        "sent": 0,
+        "failed": 0,
+        "uncertain": 0,
+        "bounced": 0,
+        "delivered": 0,
+        "_ms": 0,
+        "_timed": 0,
+    }
 
 
 def _service_view(row: dict[str, Any], service: Any, *, admin: bool) -> dict[str, Any]:
     total_ms, timed = row.pop("_ms"), row.pop("_timed")
-    view = {"label": service.label if service else None, **row,
-            "avg_latency_ms": round(total_ms / timed, 1) if timed else None}
+    view = {
+        "label": service.label if service else None,
+        **row,
+        "avg_latency_ms": round(total_ms / timed, 1) if timed else None,
+    }
     if admin:
-        view.update(service_id=service.id if service else None, name=service.name if service else None,
-                    provider=service.provider if service else None)
+        view.update(
+            service_id=service.id if service else None,
+            name=service.name if service else None,
+            provider=service.provider if service else None,
+        )
     return view
 
 
@@ -258,10 +327,19 @@ def _stat_groups() -> tuple[list[Any], list[Any]]:
     s = SubTask
     tried = case((s.attempts > 0, True), else_=False)
     keys = [s.send_state, tried, s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state]
-    sums = [func.count(), _count_if(opened_human()), _count_if(opened_total()), _count_if(clicked_human()),
-            _count_if(clicked_total()), func.sum(s.open_count),
-            func.sum(s.machine_open_count), func.sum(s.click_count), func.sum(s.machine_click_count),
-            _count_if(s.unsubscribed_at.is_not(None)), _count_if(s.replied_at.is_not(None))]
+    sums = [
+        func.count(),
+        _count_if(opened_human()),
+        _count_if(opened_total()),
+        _count_if(clicked_human()),
+        _count_if(clicked_total()),
+        func.sum(s.open_count),
+        func.sum(s.machine_open_count),
+        func.sum(s.click_count),
+        func.sum(s.machine_click_count),
+        _count_if(s.unsubscribed_at.is_not(None)),
+        _count_if(s.replied_at.is_not(None)),
+    ]
     return keys, sums
 
 
@@ -270,16 +348,28 @@ async def by_template(session: AsyncSession, task_id: int) -> list[dict[str, Any
     keys, sums = _stat_groups()
     groups: dict[int | None, list[_Group]] = defaultdict(list)
     for template_id, *values in await session.execute(
-            select(SubTask.task_template_id, *keys, *sums).where(SubTask.task_id == task_id)
-            .group_by(SubTask.task_template_id, *keys)):
+        select(SubTask.task_template_id, *keys, *sums)
+        .where(SubTask.task_id == task_id)
+        .group_by(SubTask.task_template_id, *keys)
+    ):
         groups[template_id].append(_Group(*values))
-    templates = list(await session.scalars(
-        select(TaskTemplate).where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position, TaskTemplate.id)))
-    rows = [{"task_template_id": t.id, "template_id": t.template_id, "name": t.name, "weight": t.weight,
-             **_assemble(groups.pop(t.id, []))} for t in templates]
+    templates = list(
+        await session.scalars(
+            select(TaskTemplate).where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position, TaskTemplate.id)
+        )
+    )
+    rows = [
+        {
+            "task_template_id": t.id,
+            "template_id": t.template_id,
+            "name": t.name,
+            "weight": t.weight,
+            **_assemble(groups.pop(t.id, [])),
+        }
+        for t in templates
+    ]
     for orphan, found in groups.items():  # a SubTask whose task template is gone: kept visible, not dropped
-        rows.append({"task_template_id": orphan, "template_id": None, "name": None, "weight": None,
-                     **_assemble(found)})
+        rows.append({"task_template_id": orphan, "template_id": None, "name": None, "weight": None, **_assemble(found)})
     return rows
 
 
@@ -305,15 +395,17 @@ async def by_link(session: AsyncSession, task_id: int, *, after_id: int | None, 
     if after_id:
         query = query.where(TrackedLink.id > after_id)
     links = list(await session.scalars(query))
-    counts: dict[int, dict[str, int]] = {link.id: {"clicks_human": 0, "clicks_machine": 0,
-                                                   "unique_human_clickers": 0} for link in links}
+    counts: dict[int, dict[str, int]] = {
+        link.id: {"clicks_human": 0, "clicks_machine": 0, "unique_human_clickers": 0} for link in links
+    }
     if links:
         link_id = cast(Event.details["link_id"].as_string(), BigInteger)
         machine = _is_machine()
         for link, is_machine, clicks, clickers in await session.execute(
-                select(link_id, machine, func.count(), func.count(Event.subtask_id.distinct()))
-                .where(*_task_events(task_id, EventType.CLICKED), link_id.in_(list(counts)))
-                .group_by(link_id, machine)):
+            select(link_id, machine, func.count(), func.count(Event.subtask_id.distinct()))
+            .where(*_task_events(task_id, EventType.CLICKED), link_id.in_(list(counts)))
+            .group_by(link_id, machine)
+        ):
             row = counts[int(link)]
             if is_machine:
                 row["clicks_machine"] += int(clicks)
@@ -344,19 +436,34 @@ def _domain(session: AsyncSession) -> Any:
 async def by_domain(session: AsyncSession, task_id: int, *, top: int = TOP_DOMAINS) -> dict[str, Any]:
     """The `top` recipient domains by sent (then recipients, then name), and everything else as `other`."""
     s, domain = SubTask, _domain(session)
-    rows = [{"domain": d, "recipients": int(n), "sent": int(sent or 0), "bounced": int(bounced or 0),
-             "opened": int(opened or 0)}
-            for d, n, sent, bounced, opened in await session.execute(
-                select(domain, func.count(), _count_if(s.send_state == SendState.SENT),
-                       _count_if(s.delivery_state.in_(BOUNCED_STATES)),
-                       _count_if(opened_human()))
-                .where(s.task_id == task_id).group_by(domain))]
+    rows = [
+        {
+            "domain": d,
+            "recipients": int(n),
+            "sent": int(sent or 0),
+            "bounced": int(bounced or 0),
+            "opened": int(opened or 0),
+        }
+        for d, n, sent, bounced, opened in await session.execute(
+            select(
+                domain,
+                func.count(),
+                _count_if(s.send_state == SendState.SENT),
+                _count_if(s.delivery_state.in_(BOUNCED_STATES)),
+                _count_if(opened_human()),
+            )
+            .where(s.task_id == task_id)
+            .group_by(domain)
+        )
+    ]
     rows.sort(key=lambda r: (-r["sent"], -r["recipients"], r["domain"]))
     rest = rows[top:]
     other = None
     if rest:
-        other = {"domains": len(rest), **{k: sum(r[k] for r in rest) for k in ("recipients", "sent", "bounced",
-                                                                                 "opened")}}
+        other = {
+            "domains": len(rest),
+            **{k: sum(r[k] for r in rest) for k in ("recipients", "sent", "bounced", "opened")},
+        }
     return {"items": rows[:top], "other": other}
 
 
@@ -381,8 +488,9 @@ def task_zone(task: Task) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-async def _quarters(session: AsyncSession, column: Any, conditions: Sequence[Any],
-                    source: Any = None) -> list[tuple[int, int]]:
+async def _quarters(
+    session: AsyncSession, column: Any, conditions: Sequence[Any], source: Any = None
+) -> list[tuple[int, int]]:
     quarter = _quarter(session, column)
     query = select(quarter, func.count()).where(*conditions).group_by(quarter)
     if source is not None:
@@ -395,8 +503,13 @@ async def _metric_quarters(session: AsyncSession, task_id: int) -> dict[str, lis
     (sent, delivered, unsubscribed, complained, replied); events for every human open and click hit; bounces
     as `_bounce_quarters` says (soft bounces and rejections leave no time on the row)."""
     s = SubTask
-    facts = {"sent": s.sent_at, "delivered": s.delivered_at, "unsubscribes": s.unsubscribed_at,
-             "complaints": s.complained_at, "replies": s.replied_at}
+    facts = {
+        "sent": s.sent_at,
+        "delivered": s.delivered_at,
+        "unsubscribes": s.unsubscribed_at,
+        "complaints": s.complained_at,
+        "replies": s.replied_at,
+    }
     found = {}
     for name, column in facts.items():
         only_sent = [s.send_state == SendState.SENT] if name == "sent" else []
@@ -412,13 +525,24 @@ async def _bounce_quarters(session: AsyncSession, task_id: int) -> list[tuple[in
     """Each bounced SubTask once: a sent one at its first bounce event, one the provider refused at send time
     (failed, delivery state `rejected`) at `failed_at`, as it has no event."""
     s = SubTask
-    first_event = (select(func.min(Event.occurred_at).label("at"))
-                   .join(s, s.id == Event.subtask_id)
-                   .where(*_task_events(task_id, *BOUNCE_EVENTS), s.send_state != SendState.FAILED)
-                   .group_by(Event.subtask_id).subquery())
+    first_event = (
+        select(func.min(Event.occurred_at).label("at"))
+        .join(s, s.id == Event.subtask_id)
+        .where(*_task_events(task_id, *BOUNCE_EVENTS), s.send_state != SendState.FAILED)
+        .group_by(Event.subtask_id)
+        .subquery()
+    )
     after_send = await _quarters(session, first_event.c.at, [], source=first_event)
-    at_send = await _quarters(session, s.failed_at, [s.task_id == task_id, s.send_state == SendState.FAILED,
-                                                     s.delivery_state.in_(BOUNCED_STATES), s.failed_at.is_not(None)])
+    at_send = await _quarters(
+        session,
+        s.failed_at,
+        [
+            s.task_id == task_id,
+            s.send_state == SendState.FAILED,
+            s.delivery_state.in_(BOUNCED_STATES),
+            s.failed_at.is_not(None),
+        ],
+    )
     return after_send + at_send
 
 
@@ -460,18 +584,41 @@ async def heatmap(session: AsyncSession, task: Task) -> dict[str, Any]:
     for quarter, n in await _quarters(session, Event.occurred_at, [*_task_events(task.id, EventType.OPENED), human]):
         local = _local(quarter, zone)
         cells[local.weekday()][local.hour] += n
-    return {"task_id": task.id, "timezone": zone.key, "weekdays": list(WEEKDAYS), "cells": cells,
-            "total": sum(map(sum, cells))}
+    return {
+        "task_id": task.id,
+        "timezone": zone.key,
+        "weekdays": list(WEEKDAYS),
+        "cells": cells,
+        "total": sum(map(sum, cells)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
 # CSV export
 # --------------------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ("email", "send_state", "delivery_state", "display_status", "service", "template", "attempts",
-               "sent_at", "delivered_at", "opens", "clicks", "machine_opens", "machine_clicks", "first_opened_at",
-               "first_clicked_at", "unsubscribed_at", "last_error_class", "last_error_code", "last_error",
-               "subtask_id")
+CSV_COLUMNS = (
+    "email",
+    "send_state",
+    "delivery_state",
+    "display_status",
+    "service",
+    "template",
+    "attempts",
+    "sent_at",
+    "delivered_at",
+    "opens",
+    "clicks",
+    "machine_opens",
+    "machine_clicks",
+    "first_opened_at",
+    "first_clicked_at",
+    "unsubscribed_at",
+    "last_error_class",
+    "last_error_code",
+    "last_error",
+    "subtask_id",
+)
 EXPORT_CHUNK = 1000
 _TEMPLATE = CSV_COLUMNS.index("template")
 
@@ -495,12 +642,35 @@ def _export_query(task_id: int, filters: SubtaskFilters, *, after_id: int | None
     """Plain columns in CSV order (the template as its id), after the row id: no ORM objects to build, which
     was half the export's time."""
     s = SubTask
-    query = (select(s.id, s.recipient_email, s.send_state, s.delivery_state, display_status(), EmailService.label,
-                    s.task_template_id, s.attempts, s.sent_at, s.delivered_at, s.open_count, s.click_count,
-                    s.machine_open_count, s.machine_click_count, s.first_opened_at, s.first_clicked_at,
-                    s.unsubscribed_at, s.last_error_class, s.last_error_code, s.last_error, s.public_id)
-             .outerjoin(EmailService, EmailService.id == s.service_id)
-             .where(s.task_id == task_id, *filters.conditions()).order_by(s.id).limit(limit))
+    query = (
+        select(
+            s.id,
+            s.recipient_email,
+            s.send_state,
+            s.delivery_state,
+            display_status(),
+            EmailService.label,
+            s.task_template_id,
+            s.attempts,
+            s.sent_at,
+            s.delivered_at,
+            s.open_count,
+            s.click_count,
+            s.machine_open_count,
+            s.machine_click_count,
+            s.first_opened_at,
+            s.first_clicked_at,
+            s.unsubscribed_at,
+            s.last_error_class,
+            s.last_error_code,
+            s.last_error,
+            s.public_id,
+        )
+        .outerjoin(EmailService, EmailService.id == s.service_id)
+        .where(s.task_id == task_id, *filters.conditions())
+        .order_by(s.id)
+        .limit(limit)
+    )
     return query.where(s.id > after_id) if after_id else query
 
 
@@ -510,13 +680,18 @@ def _csv_row(row: Sequence[Any], templates: dict[int, str | None]) -> list[str]:
     return [csv_cell(value) for value in cells]
 
 
-async def export_rows(sessionmaker: async_sessionmaker[AsyncSession], task_id: int, filters: SubtaskFilters, *,
-                      chunk: int = EXPORT_CHUNK) -> AsyncIterator[list[list[str]]]:
+async def export_rows(
+    sessionmaker: async_sessionmaker[AsyncSession], task_id: int, filters: SubtaskFilters, *, chunk: int = EXPORT_CHUNK
+) -> AsyncIterator[list[list[str]]]:
     """The task's recipients as CSV cells, `chunk` rows at a time in id order, one short session per chunk
     (so the whole task is never in memory and no transaction stays open while a chunk is written out)."""
     async with sessionmaker() as session:
-        templates = {tid: name for tid, name in await session.execute(
-            select(TaskTemplate.id, TaskTemplate.name).where(TaskTemplate.task_id == task_id))}
+        templates = {
+            tid: name
+            for tid, name in await session.execute(
+                select(TaskTemplate.id, TaskTemplate.name).where(TaskTemplate.task_id == task_id)
+            )
+        }
     after: int | None = None
     while True:
         async with sessionmaker() as session:

@@ -50,8 +50,7 @@ def first_opened_human_at() -> ColumnElement[dt.datetime]:
     """When the recipient first opened (human): the earlier of the first human open and the first human click;
     NULL when neither happened. (Spelled as a CASE: SQLite's min() of a NULL is NULL.)"""
     opened, clicked = SubTask.first_opened_at, SubTask.first_clicked_at
-    return case((opened.is_(None), clicked), (clicked.is_(None), opened), (clicked < opened, clicked),
-                else_=opened)
+    return case((opened.is_(None), clicked), (clicked.is_(None), opened), (clicked < opened, clicked), else_=opened)
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -65,20 +64,36 @@ async def task_stats(session: AsyncSession, task_id: int) -> dict[str, Any]:
 
 
 _GROUP = ("send_state", "tried", "charged", "suppressed_reason", "last_error_class", "delivery_state")
-_SUMS = ("opened_human", "opened_total", "clicked_human", "clicked_total", "opens", "machine_opens", "clicks",
-         "machine_clicks", "unsubscribed", "replied")
+_SUMS = (
+    "opened_human",
+    "opened_total",
+    "clicked_human",
+    "clicked_total",
+    "opens",
+    "machine_opens",
+    "clicks",
+    "machine_clicks",
+    "unsubscribed",
+    "replied",
+)
 
 
 async def _from_counters(session: AsyncSession, task_id: int) -> dict[str, Any]:
     c = TaskStatCounter
-    rows = (await session.execute(
-        select(*(getattr(c, k) for k in _GROUP), func.sum(c.n), *(func.sum(getattr(c, k)) for k in _SUMS))
-        .where(c.task_id == task_id)
-        .group_by(*(getattr(c, k) for k in _GROUP))
-        .having(func.sum(c.n) != 0)
-    )).all()
-    return _assemble([_Group(state, tried, charged, reason or None, error or None, delivery, int(n), *sums)
-                      for state, tried, charged, reason, error, delivery, n, *sums in rows])
+    rows = (
+        await session.execute(
+            select(*(getattr(c, k) for k in _GROUP), func.sum(c.n), *(func.sum(getattr(c, k)) for k in _SUMS))
+            .where(c.task_id == task_id)
+            .group_by(*(getattr(c, k) for k in _GROUP))
+            .having(func.sum(c.n) != 0)
+        )
+    ).all()
+    return _assemble(
+        [
+            _Group(state, tried, charged, reason or None, error or None, delivery, int(n), *sums)
+            for state, tried, charged, reason, error, delivery, n, *sums in rows
+        ]
+    )
 
 
 _FOLD_LOCK = 0x4544_4D53_5441_5453  # "EDMSTATS": one fold at a time across workers
@@ -97,7 +112,8 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
         return 0
     keys = "task_id, stripe, " + ", ".join(_GROUP)
     sums = ("n",) + _SUMS
-    result = await session.execute(text(f"""
+    result = await session.execute(
+        text(f"""
         WITH moved AS (
             DELETE FROM task_stat_counters WHERE ctid = ANY(ARRAY(
                 SELECT ctid FROM task_stat_counters WHERE stripe <> 0 FOR UPDATE SKIP LOCKED))
@@ -108,7 +124,8 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
             FROM moved GROUP BY task_id, {", ".join(_GROUP)} ORDER BY task_id, {", ".join(_GROUP)}
             ON CONFLICT ({keys}) DO UPDATE SET {", ".join(f"{s} = c.{s} + excluded.{s}" for s in sums)}
         )
-        SELECT count(*) FROM moved"""))
+        SELECT count(*) FROM moved""")
+    )
     folded = int(result.scalar_one())
     await session.execute(delete(TaskStatCounter).where(TaskStatCounter.stripe == 0, TaskStatCounter.n == 0))
     return folded
@@ -116,38 +133,60 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
 
 async def _from_rows(session: AsyncSession, task_id: int) -> dict[str, Any]:
     s = SubTask
-    rows = (await session.execute(
-        select(
-            s.send_state,
-            case((s.attempts > 0, True), else_=False).label("tried"),
-            s.charged,
-            s.suppressed_reason,
-            s.last_error_class,
-            s.delivery_state,
-            func.count().label("n"),
-            func.sum(case((opened_human(), 1), else_=0)),
-            func.sum(case((opened_total(), 1), else_=0)),
-            func.sum(case((clicked_human(), 1), else_=0)),
-            func.sum(case((clicked_total(), 1), else_=0)),
-            func.sum(s.open_count), func.sum(s.machine_open_count),
-            func.sum(s.click_count), func.sum(s.machine_click_count),
-            func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
-            func.sum(case((s.replied_at.is_not(None), 1), else_=0)),
+    rows = (
+        await session.execute(
+            select(
+                s.send_state,
+                case((s.attempts > 0, True), else_=False).label("tried"),
+                s.charged,
+                s.suppressed_reason,
+                s.last_error_class,
+                s.delivery_state,
+                func.count().label("n"),
+                func.sum(case((opened_human(), 1), else_=0)),
+                func.sum(case((opened_total(), 1), else_=0)),
+                func.sum(case((clicked_human(), 1), else_=0)),
+                func.sum(case((clicked_total(), 1), else_=0)),
+                func.sum(s.open_count),
+                func.sum(s.machine_open_count),
+                func.sum(s.click_count),
+                func.sum(s.machine_click_count),
+                func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
+                func.sum(case((s.replied_at.is_not(None), 1), else_=0)),
+            )
+            .where(s.task_id == task_id)
+            .group_by(s.send_state, "tried", s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state)
         )
-        .where(s.task_id == task_id)
-        .group_by(s.send_state, "tried", s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state)
-    )).all()
+    ).all()
     return _assemble([_Group(*r) for r in rows])
 
 
 class _Group:
-    def __init__(self, state: str, tried: Any, charged: Any, reason: str | None, error_class: str | None,
-                 delivery: str, n: int, *sums: Any) -> None:
+    def __init__(
+        self,
+        state: str,
+        tried: Any,
+        charged: Any,
+        reason: str | None,
+        error_class: str | None,
+        delivery: str,
+        n: int,
+        *sums: Any,
+    ) -> None:
         self.state, self.tried, self.charged, self.reason = state, bool(tried), bool(charged), reason
         self.error_class, self.delivery, self.n = error_class, delivery, n
-        (self.opened_human, self.opened_total, self.clicked_human, self.clicked_total, self.opens,
-         self.machine_opens, self.clicks, self.machine_clicks, self.unsubscribed, self.replied) = (
-            int(v or 0) for v in sums)
+        (
+            self.opened_human,
+            self.opened_total,
+            self.clicked_human,
+            self.clicked_total,
+            self.opens,
+            self.machine_opens,
+            self.clicks,
+            self.machine_clicks,
+            self.unsubscribed,
+            self.replied,
+        ) = (int(v or 0) for v in sums)
 
 
 def _assemble(groups: list[_Group]) -> dict[str, Any]:
@@ -173,8 +212,18 @@ def _assemble(groups: list[_Group]) -> dict[str, Any]:
         delivery[g.delivery] += g.n
         if g.state == SendState.SENT and g.delivery in _BOUNCED:
             c["bounced_after_send"] += g.n
-        for key in ("opened_human", "opened_total", "clicked_human", "clicked_total", "opens", "machine_opens",
-                    "clicks", "machine_clicks", "unsubscribed", "replied"):
+        for key in (
+            "opened_human",
+            "opened_total",
+            "clicked_human",
+            "clicked_total",
+            "opens",
+            "machine_opens",
+            "clicks",
+            "machine_clicks",
+            "unsubscribed",
+            "replied",
+        ):
             c[key] += getattr(g, key)
     sent, failed = c["sent"], c["failed"]
     # Only sent mail can bounce: a recipient the provider refused at send time is `failed` with delivery state
@@ -184,21 +233,42 @@ def _assemble(groups: list[_Group]) -> dict[str, Any]:
     delivered = delivery["delivered"] + delivery["complained"]
     final = sent + failed + c["cancelled"] + c["suppressed_later"] + sum(excluded.values())
     counts = {
-        "recipients": c["recipients"], "excluded": sum(excluded.values()), "excluded_by_reason": dict(excluded),
-        "suppressed_later": c["suppressed_later"], "queued": c["queued"], "retrying": c["retrying"],
-        "in_flight": c["in_flight"], "uncertain": c["uncertain"], "sent": sent, "failed": failed,
-        "failed_by_class": dict(failed_by_class), "cancelled": c["cancelled"], "delivered": delivered,
-        **{state: delivery[state] for state in DELIVERY_STATES}, "reached": reached,
-        "opened_human": c["opened_human"], "opened_total": c["opened_total"], "clicked_human": c["clicked_human"],
-        "clicked_total": c["clicked_total"], "opens": c["opens"], "machine_opens": c["machine_opens"],
-        "clicks": c["clicks"], "machine_clicks": c["machine_clicks"], "unsubscribed": c["unsubscribed"],
+        "recipients": c["recipients"],
+        "excluded": sum(excluded.values()),
+        "excluded_by_reason": dict(excluded),
+        "suppressed_later": c["suppressed_later"],
+        "queued": c["queued"],
+        "retrying": c["retrying"],
+        "in_flight": c["in_flight"],
+        "uncertain": c["uncertain"],
+        "sent": sent,
+        "failed": failed,
+        "failed_by_class": dict(failed_by_class),
+        "cancelled": c["cancelled"],
+        "delivered": delivered,
+        **{state: delivery[state] for state in DELIVERY_STATES},
+        "reached": reached,
+        "opened_human": c["opened_human"],
+        "opened_total": c["opened_total"],
+        "clicked_human": c["clicked_human"],
+        "clicked_total": c["clicked_total"],
+        "opens": c["opens"],
+        "machine_opens": c["machine_opens"],
+        "clicks": c["clicks"],
+        "machine_clicks": c["machine_clicks"],
+        "unsubscribed": c["unsubscribed"],
         "replied": c["replied"],
     }
     counts["rates"] = {
-        "delivery": _rate(delivered, sent), "bounce": _rate(bounced, sent), "failure": _rate(failed, sent + failed),
-        "open_human": _rate(c["opened_human"], reached), "open_total": _rate(c["opened_total"], reached),
-        "click": _rate(c["clicked_human"], reached), "click_to_open": _rate(c["clicked_human"], c["opened_human"]),
-        "complaint": _rate(delivery["complained"], reached), "unsubscribe": _rate(c["unsubscribed"], reached),
+        "delivery": _rate(delivered, sent),
+        "bounce": _rate(bounced, sent),
+        "failure": _rate(failed, sent + failed),
+        "open_human": _rate(c["opened_human"], reached),
+        "open_total": _rate(c["opened_total"], reached),
+        "click": _rate(c["clicked_human"], reached),
+        "click_to_open": _rate(c["clicked_human"], c["opened_human"]),
+        "complaint": _rate(delivery["complained"], reached),
+        "unsubscribe": _rate(c["unsubscribed"], reached),
         "reply": _rate(c["replied"], reached),
     }
     counts["progress"] = _rate(final, c["recipients"])
@@ -209,16 +279,28 @@ async def recount(session: AsyncSession, task_id: int) -> dict[str, Any]:
     """Independent recount: stream every row and classify it in Python, then assemble the same shape. Whether
     a row counts as opened or clicked is read with the one definition above, evaluated per row."""
     groups: dict[tuple[Any, ...], _Group] = {}
-    rows = await session.stream(select(
-        SubTask.send_state, SubTask.attempts, SubTask.charged, SubTask.suppressed_reason, SubTask.last_error_class,
-        SubTask.delivery_state, SubTask.open_count, SubTask.machine_open_count, SubTask.click_count,
-        SubTask.machine_click_count, SubTask.unsubscribed_at, SubTask.replied_at,
-        opened_human().label("opened_human"), opened_total().label("opened_total"),
-        clicked_human().label("clicked_human"), clicked_total().label("clicked_total"),
-    ).where(SubTask.task_id == task_id))
+    rows = await session.stream(
+        select(
+            SubTask.send_state,
+            SubTask.attempts,
+            SubTask.charged,
+            SubTask.suppressed_reason,
+            SubTask.last_error_class,
+            SubTask.delivery_state,
+            SubTask.open_count,
+            SubTask.machine_open_count,
+            SubTask.click_count,
+            SubTask.machine_click_count,
+            SubTask.unsubscribed_at,
+            SubTask.replied_at,
+            opened_human().label("opened_human"),
+            opened_total().label("opened_total"),
+            clicked_human().label("clicked_human"),
+            clicked_total().label("clicked_total"),
+        ).where(SubTask.task_id == task_id)
+    )
     async for r in rows:
-        key = (r.send_state, r.attempts > 0, bool(r.charged), r.suppressed_reason, r.last_error_class,
-               r.delivery_state)
+        key = (r.send_state, r.attempts > 0, bool(r.charged), r.suppressed_reason, r.last_error_class, r.delivery_state)
         g = groups.setdefault(key, _Group(*key, 0, *([0] * 10)))
         g.n += 1
         g.opened_human += bool(r.opened_human)

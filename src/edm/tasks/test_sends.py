@@ -80,14 +80,17 @@ def day_start(now: dt.datetime) -> dt.datetime:
 async def used_today(session: AsyncSession, *, user_id: int, now: dt.datetime) -> int:
     """Test recipients the user queued since the start of the UTC day."""
     count = await session.scalar(
-        select(func.count()).select_from(SubTask).join(Task, Task.id == SubTask.task_id)
+        select(func.count())
+        .select_from(SubTask)
+        .join(Task, Task.id == SubTask.task_id)
         .where(Task.user_id == user_id, Task.kind == KIND, Task.created_at >= day_start(now))
     )
     return int(count or 0)
 
 
-async def create(session: AsyncSession, *, user_id: int, request: TestSendRequest, actor: str,
-                 now: dt.datetime | None = None) -> Task:
+async def create(
+    session: AsyncSession, *, user_id: int, request: TestSendRequest, actor: str, now: dt.datetime | None = None
+) -> Task:
     """Queue a test send (202 at the API). 404 for a template that is not the user's; 422 for a bad address,
     contact or sender, or a template that does not render; 429 past the daily limit; 409 without credit."""
     now = now or utc_now()
@@ -96,37 +99,88 @@ async def create(session: AsyncSession, *, user_id: int, request: TestSendReques
     sender = await _sender(session, user_id, request.sender_id)
     # Renders once now, with the same data the worker will use: a template or contact problem is a 422 here
     # rather than a failed test later. Also checks that the contact is the user's.
-    await content.preview(session, user_id=user_id, contact_id=request.contact_id, sender_id=sender.id,
-                          source=content.PreviewSource(subject=template.subject, html=template.html,
-                                                       text=template.text, preheader=template.preheader,
-                                                       inline_css=template.inline_css))
+    await content.preview(
+        session,
+        user_id=user_id,
+        contact_id=request.contact_id,
+        sender_id=sender.id,
+        source=content.PreviewSource(
+            subject=template.subject,
+            html=template.html,
+            text=template.text,
+            preheader=template.preheader,
+            inline_css=template.inline_css,
+        ),
+    )
     user = await lock_user(session, user_id)  # serializes the user's test sends: the limit check holds
     await _check_daily_limit(session, user_id=user_id, adding=len(addresses), now=now)
-    task = Task(user_id=user_id, kind=KIND, name=f"Test send: {template.name}"[:200], status=TaskStatus.QUEUED,
-                sender_id=sender.id, timezone=user.timezone or "UTC", priority=9, track_opens=False,
-                track_clicks=False, schedule_at=now, generated_at=now, threshold_window_started_at=now,
-                recipient_rule={"type": KIND, "contact_id": request.contact_id, "template_id": template.id},
-                generation_summary={"recipients": len(addresses), "sendable": len(addresses)})
+    task = Task(
+        user_id=user_id,
+        kind=KIND,
+        name=f"Test send: {template.name}"[:200],
+        status=TaskStatus.QUEUED,
+        sender_id=sender.id,
+        timezone=user.timezone or "UTC",
+        priority=9,
+        track_opens=False,
+        track_clicks=False,
+        schedule_at=now,
+        generated_at=now,
+        threshold_window_started_at=now,
+        recipient_rule={"type": KIND, "contact_id": request.contact_id, "template_id": template.id},
+        generation_summary={"recipients": len(addresses), "sendable": len(addresses)},
+    )
     session.add(task)
     await session.flush()
-    snapshot = TaskTemplate(task_id=task.id, template_id=template.id, weight=1, position=0, snapshot_at=now,
-                            name=template.name, subject=template.subject, preheader=template.preheader,
-                            html=template.html, text=template.text, inline_css=template.inline_css)
+    snapshot = TaskTemplate(
+        task_id=task.id,
+        template_id=template.id,
+        weight=1,
+        position=0,
+        snapshot_at=now,
+        name=template.name,
+        subject=template.subject,
+        preheader=template.preheader,
+        html=template.html,
+        text=template.text,
+        inline_css=template.inline_css,
+    )
     session.add(snapshot)
-    session.add(TaskStatusChange(task_id=task.id, from_status=None, to_status=TaskStatus.QUEUED,
-                                 reason="test_send", actor=actor, at=now))
+    session.add(
+        TaskStatusChange(
+            task_id=task.id, from_status=None, to_status=TaskStatus.QUEUED, reason="test_send", actor=actor, at=now
+        )
+    )
     await session.flush()
-    session.add_all([
-        SubTask(public_id=uuid.uuid4(), task_id=task.id, user_id=user_id, contact_id=None, recipient_email=address,
-                task_template_id=snapshot.id, seq=seq, send_state=SendState.PENDING, charged=True, attempts=0,
-                retryable_failures=0, next_attempt_at=now)
-        for seq, address in enumerate(addresses, start=1)
-    ])
+    session.add_all(
+        [
+            SubTask(
+                public_id=uuid.uuid4(),
+                task_id=task.id,
+                user_id=user_id,
+                contact_id=None,
+                recipient_email=address,
+                task_template_id=snapshot.id,
+                seq=seq,
+                send_state=SendState.PENDING,
+                charged=True,
+                attempts=0,
+                retryable_failures=0,
+                next_attempt_at=now,
+            )
+            for seq, address in enumerate(addresses, start=1)
+        ]
+    )
     await session.flush()
     # Charged when queued, like the reserve of a generated task; not refunded when a send fails (§8.2).
-    await apply_credit(session, user_id=user_id, kind=LedgerKind.CHARGE, amount=-len(addresses),
-                       reason=f"test send {task.id} of template {template.id}: {len(addresses)} recipients",
-                       task_id=task.id)
+    await apply_credit(
+        session,
+        user_id=user_id,
+        kind=LedgerKind.CHARGE,
+        amount=-len(addresses),
+        reason=f"test send {task.id} of template {template.id}: {len(addresses)} recipients",
+        task_id=task.id,
+    )
     return task
 
 
@@ -137,8 +191,12 @@ async def _sender(session: AsyncSession, user_id: int, sender_id: int | None) ->
         query = query.where(Sender.id == sender_id)
     sender = await session.scalar(query.order_by(Sender.id).limit(1))
     if sender is None:
-        raise BadInput.field("sender_id", f"not found: {sender_id}" if sender_id is not None
-                             else "you have no sender yet: create one (POST /api/v1/senders) first")
+        raise BadInput.field(
+            "sender_id",
+            f"not found: {sender_id}"
+            if sender_id is not None
+            else "you have no sender yet: create one (POST /api/v1/senders) first",
+        )
     return sender
 
 
@@ -149,7 +207,10 @@ async def _check_daily_limit(session: AsyncSession, *, user_id: int, adding: int
         raise TestSendLimitReached(
             f"test send limit reached: {used} of {DAILY_LIMIT} test recipients used today (UTC), "
             f"{adding} more asked; the limit resets at {resets_at.isoformat()}",
-            limit=DAILY_LIMIT, used=used, resets_at=resets_at.isoformat())
+            limit=DAILY_LIMIT,
+            used=used,
+            resets_at=resets_at.isoformat(),
+        )
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -173,10 +234,14 @@ async def list_ids(session: AsyncSession, *, user_id: int, before_id: int | None
 
 async def recipients(session: AsyncSession, task_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
     """Per test send, its recipients in the order given, with the label of the service that sent each."""
-    rows = (await session.execute(
-        select(SubTask, EmailService.label).outerjoin(EmailService, EmailService.id == SubTask.service_id)
-        .where(SubTask.task_id.in_(task_ids)).order_by(SubTask.task_id, SubTask.seq)
-    )).all()
+    rows = (
+        await session.execute(
+            select(SubTask, EmailService.label)
+            .outerjoin(EmailService, EmailService.id == SubTask.service_id)
+            .where(SubTask.task_id.in_(task_ids))
+            .order_by(SubTask.task_id, SubTask.seq)
+        )
+    ).all()
     out: dict[int, list[dict[str, Any]]] = {task_id: [] for task_id in task_ids}
     for subtask, label in rows:
         out[subtask.task_id].append(recipient_view(subtask, label))
@@ -184,11 +249,21 @@ async def recipients(session: AsyncSession, task_ids: Sequence[int]) -> dict[int
 
 
 def recipient_view(s: SubTask, service_label: str | None) -> dict[str, Any]:
-    return {"email": s.recipient_email, "state": state_of(s), "send_state": s.send_state,
-            "delivery_state": s.delivery_state, "settled": s.send_state not in OPEN_SEND_STATES,
-            "attempts": s.attempts, "sent_at": s.sent_at, "failed_at": s.failed_at, "service": service_label,
-            "subject_sent": s.subject_sent, "error_code": s.last_error_code, "error": s.last_error,
-            "subtask_id": s.id}
+    return {
+        "email": s.recipient_email,
+        "state": state_of(s),
+        "send_state": s.send_state,
+        "delivery_state": s.delivery_state,
+        "settled": s.send_state not in OPEN_SEND_STATES,
+        "attempts": s.attempts,
+        "sent_at": s.sent_at,
+        "failed_at": s.failed_at,
+        "service": service_label,
+        "subject_sent": s.subject_sent,
+        "error_code": s.last_error_code,
+        "error": s.last_error,
+        "subtask_id": s.id,
+    }
 
 
 def state_of(s: SubTask) -> str:
@@ -202,9 +277,18 @@ def state_of(s: SubTask) -> str:
 
 def view(task: Task, recipients_: list[dict[str, Any]]) -> dict[str, Any]:
     rule = task.recipient_rule or {}
-    return {"id": task.id, "status": task.status, "waiting_reason": task.waiting_reason,
-            "pause_reason": task.pause_reason, "template_id": rule.get("template_id"),
-            "contact_id": rule.get("contact_id"), "sample_data": rule.get("contact_id") is None,
-            "sender_id": task.sender_id, "created_at": task.created_at, "first_sent_at": task.first_sent_at,
-            "completed_at": task.completed_at, "settled": all(r["settled"] for r in recipients_),
-            "recipients": recipients_}
+    return {
+        "id": task.id,
+        "status": task.status,
+        "waiting_reason": task.waiting_reason,
+        "pause_reason": task.pause_reason,
+        "template_id": rule.get("template_id"),
+        "contact_id": rule.get("contact_id"),
+        "sample_data": rule.get("contact_id") is None,
+        "sender_id": task.sender_id,
+        "created_at": task.created_at,
+        "first_sent_at": task.first_sent_at,
+        "completed_at": task.completed_at,
+        "settled": all(r["settled"] for r in recipients_),
+        "recipients": recipients_,
+    }

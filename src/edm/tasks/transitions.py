@@ -45,8 +45,15 @@ async def transition(
             break
         if await _compare_and_set(session, task_id, current, target, values or {}):
             session.add(
-                TaskStatusChange(task_id=task_id, from_status=current, to_status=target, reason=reason or action,
-                                 detail=detail, actor=actor, at=utc_now())
+                TaskStatusChange(
+                    task_id=task_id,
+                    from_status=current,
+                    to_status=target,
+                    reason=reason or action,
+                    detail=detail,
+                    actor=actor,
+                    at=utc_now(),
+                )
             )
             await session.flush()
             return target

@@ -68,6 +68,7 @@ P = ParamSpec("P")
 def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
     """The endpoint, answering a "try again in a moment" page (503, `Retry-After`) instead of an error while the
     database cannot be reached: a person clicked a link and should read a sentence, not an API error body."""
+
     @functools.wraps(endpoint)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
         try:
@@ -75,10 +76,16 @@ def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Cal
         except (SQLAlchemyError, OSError) as exc:
             if not database_unavailable(exc):
                 raise
-            log.warning("tracking.database_unavailable", extra={"endpoint": endpoint.__name__,
-                                                                "error": type(exc).__name__})
-            return _page("Try again in a moment", "This link cannot be followed right now. Please try again in a "
-                         "few moments.", status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            log.warning(
+                "tracking.database_unavailable", extra={"endpoint": endpoint.__name__, "error": type(exc).__name__}
+            )
+            return _page(
+                "Try again in a moment",
+                "This link cannot be followed right now. Please try again in a few moments.",
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+
     return guarded
 
 
@@ -90,10 +97,16 @@ async def open_pixel(request: Request) -> Response:
     if data is not None and request.method == "GET":
         now = clock.utc_now()
         details = {"ip": truncated_ip(request.client.host if request.client else None)}
-        event = NormalizedEvent(event_type=EventType.OPENED, provider_event="pixel", raw={"via": "t/o"},
-                                occurred_at=now, subtask_id=str(data.subtask_id),
-                                provider_event_id=f"open:{uuid.uuid4().hex}",
-                                user_agent=(request.headers.get("user-agent") or "")[:300], details=details)
+        event = NormalizedEvent(
+            event_type=EventType.OPENED,
+            provider_event="pixel",
+            raw={"via": "t/o"},
+            occurred_at=now,
+            subtask_id=str(data.subtask_id),
+            provider_event_id=f"open:{uuid.uuid4().hex}",
+            user_agent=(request.headers.get("user-agent") or "")[:300],
+            details=details,
+        )
         await _record_hit(request, event, now)
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 
@@ -130,12 +143,17 @@ async def click(request: Request) -> Response:
     if request.method != "GET":
         return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
     now = clock.utc_now()
-    event = NormalizedEvent(event_type=EventType.CLICKED, provider_event="click", raw={"via": "t/c"},
-                            occurred_at=now, subtask_id=str(data.subtask_id), url=url,
-                            provider_event_id=f"click:{uuid.uuid4().hex}",
-                            user_agent=(request.headers.get("user-agent") or "")[:300],
-                            details={"link_id": data.link_id,
-                                     "ip": truncated_ip(request.client.host if request.client else None)})
+    event = NormalizedEvent(
+        event_type=EventType.CLICKED,
+        provider_event="click",
+        raw={"via": "t/c"},
+        occurred_at=now,
+        subtask_id=str(data.subtask_id),
+        url=url,
+        provider_event_id=f"click:{uuid.uuid4().hex}",
+        user_agent=(request.headers.get("user-agent") or "")[:300],
+        details={"link_id": data.link_id, "ip": truncated_ip(request.client.host if request.client else None)},
+    )
     await _record_hit(request, event, now)  # the person still gets where they clicked
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
 
@@ -169,8 +187,9 @@ async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
         return _not_valid()
     if found.is_test:
         return _test_page()
-    return _page("Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?",
-                 button=True)
+    return _page(
+        "Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?", button=True
+    )
 
 
 @router.post("/u/{token}")
@@ -188,22 +207,32 @@ async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
         await _unsubscribe_from_tombstone(request, found.tombstone)
     else:
         await _unsubscribe_subtask(request, found.public_id, found.email)
-    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these "
-                 "emails.")
+    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these emails.")
 
 
 async def _unsubscribe_subtask(request: Request, public_id: str, recipient: str) -> None:
     """Record the `unsubscribed` event and apply it in the same transaction (the next claim skips it)."""
     settings: Settings = request.app.state.settings
     now = clock.utc_now()
-    event = NormalizedEvent(event_type=EventType.UNSUBSCRIBED, provider_event="one_click", raw={"via": "u"},
-                            occurred_at=now, subtask_id=public_id, recipient=recipient,
-                            provider_event_id=f"unsubscribe:{public_id}")  # once per SubTask: idempotent
+    event = NormalizedEvent(
+        event_type=EventType.UNSUBSCRIBED,
+        provider_event="one_click",
+        raw={"via": "u"},
+        occurred_at=now,
+        subtask_id=public_id,
+        recipient=recipient,
+        provider_event_id=f"unsubscribe:{public_id}",
+    )  # once per SubTask: idempotent
     async with request.app.state.sessionmaker() as session, session.begin():
         inserted = await ingest.store_returning_ids(session, [ingest.event_row("tracking", None, event, now=now)])
         if inserted:
-            await event_apply.apply_pending(session, now=now, only_ids=inserted, limit=len(inserted),
-                                            simulated_matches_any=settings.fake_provider_allowed)
+            await event_apply.apply_pending(
+                session,
+                now=now,
+                only_ids=inserted,
+                limit=len(inserted),
+                simulated_matches_any=settings.fake_provider_allowed,
+            )
 
 
 async def _unsubscribe_from_tombstone(request: Request, tombstone: UnsubscribeTombstone) -> None:
@@ -238,9 +267,13 @@ async def _recipient_of(request: Request, token: str) -> _Recipient | None:
     if data is None:
         return None
     async with request.app.state.sessionmaker() as session:
-        row = (await session.execute(
-            select(SubTask.recipient_email, Task.kind).join(Task, Task.id == SubTask.task_id)
-            .where(SubTask.public_id == data.subtask_id))).first()
+        row = (
+            await session.execute(
+                select(SubTask.recipient_email, Task.kind)
+                .join(Task, Task.id == SubTask.task_id)
+                .where(SubTask.public_id == data.subtask_id)
+            )
+        ).first()
         if row is not None:
             return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == TaskKind.TEST)
         tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
@@ -264,12 +297,13 @@ def _not_valid() -> HTMLResponse:
     return _page("Link not valid", "This unsubscribe link is not valid.", status=404)
 
 
-def _page(title: str, message: str, *, button: bool = False, status: int = 200,
-          headers: dict[str, str] | None = None) -> HTMLResponse:
-    form = ('<form method="post"><button type="submit">Unsubscribe</button></form>' if button else "")
-    body = (f'<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
-            f"<title>{html.escape(title)}</title></head><body style=\"font-family:sans-serif;max-width:32em;"
-            f'margin:4em auto"><h1>{html.escape(title)}</h1><p>{message}</p>{form}</body></html>')
+def _page(
+    title: str, message: str, *, button: bool = False, status: int = 200, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    form = '<form method="post"><button type="submit">Unsubscribe</button></form>' if button else ""
+    body = (
+        f'<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
+        f'<title>{html.escape(title)}</title></head><body style="font-family:sans-serif;max-width:32em;'
+        f'margin:4em auto"><h1>{html.escape(title)}</h1><p>{message}</p>{form}</body></html>'
+    )
     return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
-
-

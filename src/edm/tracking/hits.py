@@ -43,8 +43,9 @@ class Coalescer(Generic[Item, Result]):
     submitter awaits its own result. `work` answers one result per item, in order; if it raises, every item of
     that batch gets the exception, and the connection is given back (a broken one is not reused)."""
 
-    def __init__(self, engine: AsyncEngine,
-                 work: Callable[[AsyncConnection, list[Item]], Awaitable[list[Result]]]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, work: Callable[[AsyncConnection, list[Item]], Awaitable[list[Result]]]
+    ) -> None:
         self._engine = engine
         self._work = work
         # PostgreSQL runs each batch's one statement in autocommit: no BEGIN and no COMMIT round trip. SQLite
@@ -149,8 +150,11 @@ async def _find_links(connection: AsyncConnection, pairs: list[tuple[uuid.UUID, 
     rows = await connection.execute(
         select(SubTask.public_id, TrackedLink.id, TrackedLink.url)
         .join(TrackedLink, TrackedLink.task_id == SubTask.task_id)
-        .where(SubTask.public_id.in_(list({subtask for subtask, _ in pairs})),
-               TrackedLink.id.in_(list({link for _, link in pairs}))))
+        .where(
+            SubTask.public_id.in_(list({subtask for subtask, _ in pairs})),
+            TrackedLink.id.in_(list({link for _, link in pairs})),
+        )
+    )
     found = {(public_id, link): url for public_id, link, url in rows}
     return [found.get(pair) for pair in pairs]
 

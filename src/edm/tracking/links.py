@@ -34,8 +34,9 @@ def link_id(task_id: int, url: str) -> int:
 class LinkRewriter:
     """The `postprocess` hook of one recipient's render: rewrites links, remembers (link id, URL)."""
 
-    def __init__(self, *, task_id: int, subtask_id: uuid.UUID, key: bytes, base_url: str,
-                 keep: Callable[[str], bool]) -> None:
+    def __init__(
+        self, *, task_id: int, subtask_id: uuid.UUID, key: bytes, base_url: str, keep: Callable[[str], bool]
+    ) -> None:
         self.task_id, self.subtask_id, self.key, self.base_url = task_id, subtask_id, key, base_url
         self.keep = keep  # URLs never rewritten (EDM's own unsubscribe/view links)
         self.links: dict[int, str] = {}
@@ -52,7 +53,7 @@ class LinkRewriter:
         url = found.rstrip(_TRAILING_PUNCTUATION)
         if url in self.untracked:
             return found
-        return self._tracked(url) + found[len(url):]
+        return self._tracked(url) + found[len(url) :]
 
     def _html(self, document: str) -> str:
         def tag(match: re.Match[str]) -> str:

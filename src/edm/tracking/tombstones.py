@@ -31,23 +31,29 @@ async def write_for_task(session: AsyncSession, task: Task, *, now: dt.datetime)
     """One INSERT … SELECT: a tombstone for each sent or uncertain SubTask of `task`. Call it before the
     SubTasks are deleted. Returns how many were written."""
     mailed = select(
-        SubTask.public_id, SubTask.user_id, SubTask.contact_id, SubTask.recipient_email,
-        literal(task.name[:200], String(200)), literal(now + LIFETIME, UTCDateTime()),
+        SubTask.public_id,
+        SubTask.user_id,
+        SubTask.contact_id,
+        SubTask.recipient_email,
+        literal(task.name[:200], String(200)),
+        literal(now + LIFETIME, UTCDateTime()),
     ).where(SubTask.task_id == task.id, SubTask.send_state.in_(MAILED_STATES))
-    result = await session.execute(_insert(session, UnsubscribeTombstone)
-                                   .from_select(_COLUMNS, mailed).on_conflict_do_nothing())
+    result = await session.execute(
+        _insert(session, UnsubscribeTombstone).from_select(_COLUMNS, mailed).on_conflict_do_nothing()
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def find(session: AsyncSession, subtask_public_id: uuid.UUID, *, now: dt.datetime
-               ) -> UnsubscribeTombstone | None:
+async def find(session: AsyncSession, subtask_public_id: uuid.UUID, *, now: dt.datetime) -> UnsubscribeTombstone | None:
     """The live (unexpired) tombstone of a deleted SubTask, or None."""
-    return await session.scalar(select(UnsubscribeTombstone).where(
-        UnsubscribeTombstone.subtask_public_id == subtask_public_id, UnsubscribeTombstone.expires_at > now))
+    return await session.scalar(
+        select(UnsubscribeTombstone).where(
+            UnsubscribeTombstone.subtask_public_id == subtask_public_id, UnsubscribeTombstone.expires_at > now
+        )
+    )
 
 
-async def unsubscribe(session: AsyncSession, tombstone: UnsubscribeTombstone, *, now: dt.datetime,
-                      scope: str) -> None:
+async def unsubscribe(session: AsyncSession, tombstone: UnsubscribeTombstone, *, now: dt.datetime, scope: str) -> None:
     """What a one-click unsubscribe does once its task is gone: the address goes on the list the policy names
     (`suppression.unsubscribe_scope`: the owner's list by default, the global list, or none when `off`), with
     reason `unsubscribed`; the contact, if it still exists, is marked unsubscribed. Idempotent: an address
@@ -55,16 +61,33 @@ async def unsubscribe(session: AsyncSession, tombstone: UnsubscribeTombstone, *,
     if scope in ("user", "global"):
         owner = tombstone.user_id if scope == "user" else None
         note = f"one-click unsubscribe after the task {tombstone.task_name or ''!r} was deleted"[:500]
-        row = {"scope": scope, "user_id": owner, "owner_key": owner or 0, "kind": "address",
-               "value": tombstone.recipient_email, "reason": "unsubscribed", "note": note,
-               "created_at": now, "updated_at": now}
-        await session.execute(_insert(session, Suppression).values(row).on_conflict_do_nothing(
-            index_elements=["scope", "owner_key", "kind", "value"]))
+        row = {
+            "scope": scope,
+            "user_id": owner,
+            "owner_key": owner or 0,
+            "kind": "address",
+            "value": tombstone.recipient_email,
+            "reason": "unsubscribed",
+            "note": note,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await session.execute(
+            _insert(session, Suppression)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["scope", "owner_key", "kind", "value"])
+        )
     if tombstone.contact_id is not None:
         await session.execute(
-            update(Contact).where(Contact.id == tombstone.contact_id, Contact.user_id == tombstone.user_id,
-                                  Contact.unsubscribed_at.is_(None))
-            .values(unsubscribed_at=now).execution_options(synchronize_session=False))
+            update(Contact)
+            .where(
+                Contact.id == tombstone.contact_id,
+                Contact.user_id == tombstone.user_id,
+                Contact.unsubscribed_at.is_(None),
+            )
+            .values(unsubscribed_at=now)
+            .execution_options(synchronize_session=False)
+        )
     await session.flush()
 
 

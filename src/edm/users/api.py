@@ -80,16 +80,31 @@ def _secure_cookie(request: Request) -> bool:
 
 
 def session_view(row: Any, current: int | None) -> dict[str, Any]:
-    return {"id": row.id, "created_at": row.created_at, "last_seen_at": row.last_seen_at,
-            "expires_at": sessions.expiry_of(row), "ip": row.ip, "user_agent": row.user_agent,
-            "current": row.id == current}
+    return {
+        "id": row.id,
+        "created_at": row.created_at,
+        "last_seen_at": row.last_seen_at,
+        "expires_at": sessions.expiry_of(row),
+        "ip": row.ip,
+        "user_agent": row.user_agent,
+        "current": row.id == current,
+    }
 
 
 def user_view(user: User) -> dict[str, Any]:
-    return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
-            "is_active": user.is_active, "timezone": user.timezone, "credit_balance": user.credit_balance,
-            "low_credit_threshold": user.low_credit_threshold, "must_change_password": user.must_change_password,
-            "last_login_at": user.last_login_at, "created_at": user.created_at}
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "role": user.role,
+        "is_active": user.is_active,
+        "timezone": user.timezone,
+        "credit_balance": user.credit_balance,
+        "low_credit_threshold": user.low_credit_threshold,
+        "must_change_password": user.must_change_password,
+        "last_login_at": user.last_login_at,
+        "created_at": user.created_at,
+    }
 
 
 @router.post("/auth/login")
@@ -101,19 +116,33 @@ async def auth_login(body: LoginBody, request: Request, response: Response, sess
 
     ip = request.client.host if request.client else None
     try:
-        result = await sessions.login(session, login=body.username, password=body.password, ip=ip,
-                                      user_agent=request.headers.get("user-agent"))
+        result = await sessions.login(
+            session, login=body.username, password=body.password, ip=ip, user_agent=request.headers.get("user-agent")
+        )
     except sessions.RateLimited as exc:
         await session.commit()
-        return JSONResponse(error_body(request, exc.code, exc.message, retry_after=exc.retry_after),
-                            status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        return JSONResponse(
+            error_body(request, exc.code, exc.message, retry_after=exc.retry_after),
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     if isinstance(result, sessions.LoginFailed):
         await session.commit()  # keep the attempt and the audit entry: the 401 below rolls back the rest
         raise Unauthenticated(sessions.LOGIN_FAILED)
-    response.set_cookie(sessions.COOKIE, result.cookie, max_age=int(sessions.LIFETIME.total_seconds()), path="/",
-                        secure=_secure_cookie(request), httponly=True, samesite="lax")
-    return {"user": user_view(result.user), "csrf_token": result.row.csrf_secret,
-            "must_change_password": result.user.must_change_password}
+    response.set_cookie(
+        sessions.COOKIE,
+        result.cookie,
+        max_age=int(sessions.LIFETIME.total_seconds()),
+        path="/",
+        secure=_secure_cookie(request),
+        httponly=True,
+        samesite="lax",
+    )
+    return {
+        "user": user_view(result.user),
+        "csrf_token": result.row.csrf_secret,
+        "must_change_password": result.user.must_change_password,
+    }
 
 
 @router.post("/auth/logout", status_code=204)
@@ -127,13 +156,19 @@ async def auth_logout(request: Request, session: Session, caller: CurrentCaller)
 
 
 @router.put("/me/password")
-async def change_password(body: PasswordChange, request: Request, session: Session,
-                          caller: CurrentCaller) -> dict[str, Any]:
+async def change_password(
+    body: PasswordChange, request: Request, session: Session, caller: CurrentCaller
+) -> dict[str, Any]:
     """Change the own password with the current one; the caller's other sessions are revoked."""
     _self_service(caller)
-    revoked = await sessions.change_own_password(session, caller.user, current=body.current_password,
-                                                 new=body.new_password, keep_session=caller.session_id,
-                                                 actor=_actor(caller, request))
+    revoked = await sessions.change_own_password(
+        session,
+        caller.user,
+        current=body.current_password,
+        new=body.new_password,
+        keep_session=caller.session_id,
+        actor=_actor(caller, request),
+    )
     return {"changed": True, "sessions_revoked": revoked}
 
 
@@ -145,8 +180,7 @@ async def my_sessions(session: Session, caller: CurrentCaller, page: Paging) -> 
 
 
 @router.delete("/me/sessions/{session_id}", status_code=204)
-async def revoke_my_session(session_id: IdPath, request: Request, session: Session,
-                            caller: CurrentCaller) -> Response:
+async def revoke_my_session(session_id: IdPath, request: Request, session: Session, caller: CurrentCaller) -> Response:
     _self_service(caller)
     row = await session.get(sessions.ConsoleSession, session_id)
     if row is None or row.user_id != caller.id:
@@ -154,8 +188,7 @@ async def revoke_my_session(session_id: IdPath, request: Request, session: Sessi
     await sessions.logout(session, row.id)
     response = Response(status_code=204)
     if row.id == caller.session_id:
-        response.delete_cookie(sessions.COOKIE, path="/", secure=_secure_cookie(request), httponly=True,
-                               samesite="lax")
+        response.delete_cookie(sessions.COOKIE, path="/", secure=_secure_cookie(request), httponly=True, samesite="lax")
     return response
 
 
@@ -166,13 +199,29 @@ async def me(caller: CurrentCaller) -> dict[str, Any]:
 
 @router.get("/me/tokens")
 async def my_tokens(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
-    query = (select(ApiToken).where(ApiToken.user_id == caller.id, ApiToken.revoked_at.is_(None))
-             .order_by(ApiToken.id).limit(page.limit + 1))
+    query = (
+        select(ApiToken)
+        .where(ApiToken.user_id == caller.id, ApiToken.revoked_at.is_(None))
+        .order_by(ApiToken.id)
+        .limit(page.limit + 1)
+    )
     if page.after_id is not None:
         query = query.where(ApiToken.id > page.after_id)
-    return page_of([{"id": t.id, "name": t.name, "scope": t.scope, "prefix": t.token_prefix,
-                     "expires_at": t.expires_at, "last_used_at": t.last_used_at, "created_at": t.created_at}
-                    for t in await session.scalars(query)], page)
+    return page_of(
+        [
+            {
+                "id": t.id,
+                "name": t.name,
+                "scope": t.scope,
+                "prefix": t.token_prefix,
+                "expires_at": t.expires_at,
+                "last_used_at": t.last_used_at,
+                "created_at": t.created_at,
+            }
+            for t in await session.scalars(query)
+        ],
+        page,
+    )
 
 
 @router.post("/me/tokens", status_code=201)
@@ -181,8 +230,14 @@ async def new_token(body: TokenCreate, request: Request, session: Session, calle
     (403 with a read-scope token); read-only users get read tokens only."""
     _self_service(caller, "API tokens")
     scope = TokenScope.READ if caller.user.role == Role.READ_ONLY else body.scope
-    token, row = await create_token(session, user_id=caller.id, name=body.name, scope=scope,
-                                    expires_at=body.expires_at, actor=_actor(caller, request))
+    token, row = await create_token(
+        session,
+        user_id=caller.id,
+        name=body.name,
+        scope=scope,
+        expires_at=body.expires_at,
+        actor=_actor(caller, request),
+    )
     return {"id": row.id, "name": row.name, "scope": row.scope, "token": token}
 
 
@@ -204,13 +259,28 @@ async def list_users(session: Session, caller: Admin, page: Paging) -> dict[str,
 
 
 @router.post("/admin/users", status_code=201)
-async def admin_create_user(body: UserCreate, session: Session, caller: AdminWriter,
-                            request: Request) -> dict[str, Any]:
-    user = await create_user(session, username=body.username, email=body.email, password=body.password,
-                             role=body.role, credit=body.credit, credit_reason=body.credit_reason,
-                             timezone=body.timezone, actor_user_id=caller.id)
-    await audit(session, _actor(caller, request), "user.create", target_type="user", target_id=user.id,
-                details={"username": user.username, "role": user.role, "credit": body.credit})
+async def admin_create_user(
+    body: UserCreate, session: Session, caller: AdminWriter, request: Request
+) -> dict[str, Any]:
+    user = await create_user(
+        session,
+        username=body.username,
+        email=body.email,
+        password=body.password,
+        role=body.role,
+        credit=body.credit,
+        credit_reason=body.credit_reason,
+        timezone=body.timezone,
+        actor_user_id=caller.id,
+    )
+    await audit(
+        session,
+        _actor(caller, request),
+        "user.create",
+        target_type="user",
+        target_id=user.id,
+        details={"username": user.username, "role": user.role, "credit": body.credit},
+    )
     return user_view(user)
 
 
@@ -227,8 +297,9 @@ async def admin_get_user(user_id: IdPath, session: Session, caller: Admin) -> di
 
 
 @router.patch("/admin/users/{user_id}")
-async def admin_patch_user(user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter,
-                           request: Request) -> dict[str, Any]:
+async def admin_patch_user(
+    user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter, request: Request
+) -> dict[str, Any]:
     """Edit email, role, active flag, time zone, low-credit threshold. A role change revokes the user's
     sessions; deactivation revokes its sessions and tokens. The last active admin stays (409 last_admin)."""
     user = await _user(session, user_id)
@@ -237,13 +308,20 @@ async def admin_patch_user(user_id: IdPath, body: UserPatch, session: Session, c
 
 
 @router.post("/admin/users/{user_id}/password")
-async def admin_reset_password(user_id: IdPath, body: PasswordReset, session: Session, caller: AdminWriter,
-                               request: Request) -> dict[str, Any]:
+async def admin_reset_password(
+    user_id: IdPath, body: PasswordReset, session: Session, caller: AdminWriter, request: Request
+) -> dict[str, Any]:
     """Set a user's password (optionally "must change at next login"); revokes all its sessions."""
     user = await _user(session, user_id)
     keep = caller.session_id if user.id == caller.id else None
-    revoked = await reset_password(session, user, body.password, must_change=body.must_change_password,
-                                   actor=_actor(caller, request), keep_session=keep)
+    revoked = await reset_password(
+        session,
+        user,
+        body.password,
+        must_change=body.must_change_password,
+        actor=_actor(caller, request),
+        keep_session=keep,
+    )
     return {**user_view(user), "sessions_revoked": revoked}
 
 

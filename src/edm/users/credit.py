@@ -33,8 +33,9 @@ async def lock_user(session: AsyncSession, user_id: int) -> User:
     be the one read under the lock, not a copy read before another transaction committed, or the ledger goes
     wrong under concurrency. SQLAlchemy refreshes rows loaded FOR UPDATE; `populate_existing` says so
     explicitly (`test_a_user_loaded_before_the_lock_is_re_read`)."""
-    user = await session.scalar(select(User).where(User.id == user_id).with_for_update()
-                                .execution_options(populate_existing=True))
+    user = await session.scalar(
+        select(User).where(User.id == user_id).with_for_update().execution_options(populate_existing=True)
+    )
     if user is None:
         raise NotFound("user not found")
     return user
@@ -94,17 +95,20 @@ async def admin_adjust(
         raise BadInput.field("amount", f"must be at most {MAX_CREDIT}")
     reason = reason.strip()
     if operation == "add":
-        return await apply_credit(session, user_id=user_id, kind=LedgerKind.GRANT, amount=amount,
-                                  reason=reason, actor_user_id=actor_user_id)
+        return await apply_credit(
+            session, user_id=user_id, kind=LedgerKind.GRANT, amount=amount, reason=reason, actor_user_id=actor_user_id
+        )
     if operation == "subtract":
-        return await apply_credit(session, user_id=user_id, kind=LedgerKind.REVOKE, amount=-amount,
-                                  reason=reason, actor_user_id=actor_user_id)
+        return await apply_credit(
+            session, user_id=user_id, kind=LedgerKind.REVOKE, amount=-amount, reason=reason, actor_user_id=actor_user_id
+        )
     user = await lock_user(session, user_id)
     delta = amount - user.credit_balance
     if delta == 0:
         return None
-    return await apply_credit(session, user_id=user_id, kind=LedgerKind.SET, amount=delta,
-                              reason=reason, actor_user_id=actor_user_id)
+    return await apply_credit(
+        session, user_id=user_id, kind=LedgerKind.SET, amount=delta, reason=reason, actor_user_id=actor_user_id
+    )
 
 
 @dataclass(frozen=True)
@@ -114,20 +118,34 @@ class Adjusted:
     entry: QuotaLedgerEntry | None
 
 
-async def adjust(session: AsyncSession, *, user_id: int, operation: str, amount: int, reason: str,
-                 actor: Actor) -> Adjusted:
+async def adjust(
+    session: AsyncSession, *, user_id: int, operation: str, amount: int, reason: str, actor: Actor
+) -> Adjusted:
     """An admin credit operation with its audit row (`credit.adjust`), in the caller's transaction."""
-    entry = await admin_adjust(session, user_id=user_id, operation=operation, amount=amount, reason=reason,
-                               actor_user_id=actor.user_id)
+    entry = await admin_adjust(
+        session, user_id=user_id, operation=operation, amount=amount, reason=reason, actor_user_id=actor.user_id
+    )
     if entry is not None:
         balance = entry.balance_after
     else:  # `set` to the current balance: admin_adjust locked and read the user in this session
         user = await session.get(User, user_id)
         assert user is not None
         balance = user.credit_balance
-    await audit(session, actor, "credit.adjust", target_type="user", target_id=user_id, details={
-        "operation": operation, "amount": amount, "delta": entry.amount if entry else 0,
-        "balance_after": balance, "reason": reason.strip()[:500], "ledger_entry_id": entry.id if entry else None})
+    await audit(
+        session,
+        actor,
+        "credit.adjust",
+        target_type="user",
+        target_id=user_id,
+        details={
+            "operation": operation,
+            "amount": amount,
+            "delta": entry.amount if entry else 0,
+            "balance_after": balance,
+            "reason": reason.strip()[:500],
+            "ledger_entry_id": entry.id if entry else None,
+        },
+    )
     return Adjusted(user_id, balance, entry)
 
 
@@ -152,13 +170,26 @@ async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, act
         item = items[index]
         try:
             async with session.begin_nested():
-                done = await adjust(session, user_id=item.user_id, operation=item.operation, amount=item.amount,
-                                    reason=item.reason, actor=actor)
-            results[index] = {"user_id": item.user_id, "ok": True, "balance": done.balance,
-                              "entry": ledger_view(done.entry) if done.entry else None}
+                done = await adjust(
+                    session,
+                    user_id=item.user_id,
+                    operation=item.operation,
+                    amount=item.amount,
+                    reason=item.reason,
+                    actor=actor,
+                )
+            results[index] = {
+                "user_id": item.user_id,
+                "ok": True,
+                "balance": done.balance,
+                "entry": ledger_view(done.entry) if done.entry else None,
+            }
         except EdmError as exc:
-            results[index] = {"user_id": item.user_id, "ok": False,
-                              "error": {"code": exc.code, "message": exc.message, **exc.extra}}
+            results[index] = {
+                "user_id": item.user_id,
+                "ok": False,
+                "error": {"code": exc.code, "message": exc.message, **exc.extra},
+            }
     return [r for r in results if r is not None]
 
 
@@ -168,8 +199,17 @@ async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, act
 
 
 def ledger_view(e: QuotaLedgerEntry) -> dict[str, Any]:
-    return {"id": e.id, "user_id": e.user_id, "kind": e.kind, "amount": e.amount, "balance_after": e.balance_after,
-            "task_id": e.task_id, "actor_user_id": e.actor_user_id, "reason": e.reason, "created_at": e.created_at}
+    return {
+        "id": e.id,
+        "user_id": e.user_id,
+        "kind": e.kind,
+        "amount": e.amount,
+        "balance_after": e.balance_after,
+        "task_id": e.task_id,
+        "actor_user_id": e.actor_user_id,
+        "reason": e.reason,
+        "created_at": e.created_at,
+    }
 
 
 @dataclass(frozen=True)
@@ -205,13 +245,17 @@ def ledger_query(filters: LedgerFilter, *, limit: int, before_id: int | None = N
     return q.order_by(QuotaLedgerEntry.id.desc()).limit(limit)
 
 
-async def list_ledger(session: AsyncSession, filters: LedgerFilter, *, limit: int,
-                      before_id: int | None = None) -> list[QuotaLedgerEntry]:
+async def list_ledger(
+    session: AsyncSession, filters: LedgerFilter, *, limit: int, before_id: int | None = None
+) -> list[QuotaLedgerEntry]:
     return list(await session.scalars(ledger_query(filters, limit=limit, before_id=before_id)))
 
 
-PERIODS = {"24h": (dt.timedelta(hours=24), 3600), "7d": (dt.timedelta(days=7), 86400),
-           "30d": (dt.timedelta(days=30), 86400)}
+PERIODS = {
+    "24h": (dt.timedelta(hours=24), 3600),
+    "7d": (dt.timedelta(days=7), 86400),
+    "30d": (dt.timedelta(days=30), 86400),
+}
 TOTALS = ("granted", "revoked", "reserved", "charged", "refunded")
 BUCKETS = (("0", None, 0), ("1-100", 1, 100), ("101-1000", 101, 1000), (">1000", 1001, None))
 
@@ -250,11 +294,13 @@ async def summary(session: AsyncSession, *, period: str, now: dt.datetime) -> di
     since = now - span
     sign = case((QuotaLedgerEntry.amount > 0, 1), else_=-1)
     bucket = _bucket_start(session, seconds).label("bucket")
-    rows = (await session.execute(
-        select(bucket, QuotaLedgerEntry.kind, sign.label("sign"), func.sum(QuotaLedgerEntry.amount), func.count())
-        .where(QuotaLedgerEntry.created_at >= min(since, dt.datetime.fromtimestamp(start, dt.UTC)))
-        .group_by(bucket, QuotaLedgerEntry.kind, sign)
-    )).all()
+    rows = (
+        await session.execute(
+            select(bucket, QuotaLedgerEntry.kind, sign.label("sign"), func.sum(QuotaLedgerEntry.amount), func.count())
+            .where(QuotaLedgerEntry.created_at >= min(since, dt.datetime.fromtimestamp(start, dt.UTC)))
+            .group_by(bucket, QuotaLedgerEntry.kind, sign)
+        )
+    ).all()
     totals = dict.fromkeys(TOTALS, 0)
     counts = dict.fromkeys(TOTALS, 0)
     trend = {start + i * seconds: dict.fromkeys(TOTALS, 0) for i in range(span // dt.timedelta(seconds=seconds))}
@@ -264,22 +310,31 @@ async def summary(session: AsyncSession, *, period: str, now: dt.datetime) -> di
         if point is not None:
             point[name] += value
     # The totals cover exactly [now − period, now]; the trend's first bucket may start a little earlier.
-    exact = (await session.execute(
-        select(QuotaLedgerEntry.kind, sign, func.sum(QuotaLedgerEntry.amount), func.count())
-        .where(QuotaLedgerEntry.created_at >= since, QuotaLedgerEntry.created_at <= now)
-        .group_by(QuotaLedgerEntry.kind, sign)
-    )).all()
+    exact = (
+        await session.execute(
+            select(QuotaLedgerEntry.kind, sign, func.sum(QuotaLedgerEntry.amount), func.count())
+            .where(QuotaLedgerEntry.created_at >= since, QuotaLedgerEntry.created_at <= now)
+            .group_by(QuotaLedgerEntry.kind, sign)
+        )
+    ).all()
     for kind, _sign, amount, n in exact:
         name, value = _totals_of(kind, int(amount))
         totals[name] += value
         counts[name] += int(n)
     buckets = await balance_buckets(session)
     return {
-        "period": period, "from": since, "to": now, "totals": totals, "entries": counts,
+        "period": period,
+        "from": since,
+        "to": now,
+        "totals": totals,
+        "entries": counts,
         "users_by_balance": buckets,
-        "trend": {"unit": "hour" if seconds == 3600 else "day",
-                  "points": [{"start": dt.datetime.fromtimestamp(at, dt.UTC), **values}
-                             for at, values in sorted(trend.items())]},
+        "trend": {
+            "unit": "hour" if seconds == 3600 else "day",
+            "points": [
+                {"start": dt.datetime.fromtimestamp(at, dt.UTC), **values} for at, values in sorted(trend.items())
+            ],
+        },
     }
 
 

@@ -62,9 +62,15 @@ class CreditBatch(Strict):
         return self
 
     def resolved(self) -> list[BatchItem]:
-        return [BatchItem(user_id=i.user_id, operation=str(i.operation or self.operation),
-                          amount=int(i.amount if i.amount is not None else self.amount or 0),
-                          reason=str(i.reason or self.reason)) for i in self.items]
+        return [
+            BatchItem(
+                user_id=i.user_id,
+                operation=str(i.operation or self.operation),
+                amount=int(i.amount if i.amount is not None else self.amount or 0),
+                reason=str(i.reason or self.reason),
+            )
+            for i in self.items
+        ]
 
 
 def _actor(caller: Caller, request: Request) -> Actor:
@@ -91,10 +97,13 @@ def _filters(**values: Any) -> LedgerFilter:
 
 
 @router.get("/me/credit")
-async def my_credit(session: Session, caller: CurrentCaller, page: Paging,
-                    kind: Annotated[list[Kind] | None, Query()] = None,
-                    user_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins: another user")]
-                    = None) -> dict[str, Any]:
+async def my_credit(
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    kind: Annotated[list[Kind] | None, Query()] = None,
+    user_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins: another user")] = None,
+) -> dict[str, Any]:
     """Own balance and ledger (newest first). Another user's `user_id` is 404 unless the caller is an admin."""
     target = caller.id
     if user_id is not None and user_id != caller.id:
@@ -107,26 +116,35 @@ async def my_credit(session: Session, caller: CurrentCaller, page: Paging,
 
 
 @router.get("/admin/users/{user_id}/credit")
-async def admin_user_credit(user_id: IdPath, session: Session, caller: Admin, page: Paging,
-                            kind: Annotated[list[Kind] | None, Query()] = None) -> dict[str, Any]:
+async def admin_user_credit(
+    user_id: IdPath, session: Session, caller: Admin, page: Paging, kind: Annotated[list[Kind] | None, Query()] = None
+) -> dict[str, Any]:
     user = await _balance(session, user_id)
     ledger = await _ledger_page(session, _filters(user_id=user.id, kinds=tuple(kind or ())), page)
     return {"balance": user.credit_balance, "ledger": ledger}
 
 
 @router.post("/admin/users/{user_id}/credit")
-async def admin_adjust_credit(user_id: IdPath, body: CreditOperation, session: Session, caller: AdminWriter,
-                              request: Request) -> dict[str, Any]:
+async def admin_adjust_credit(
+    user_id: IdPath, body: CreditOperation, session: Session, caller: AdminWriter, request: Request
+) -> dict[str, Any]:
     """add / subtract / set with a reason: one transaction, the user row locked, one ledger entry (none when
     `set` names the current balance). Subtracting more than the balance is 409 `insufficient_credit`."""
-    done = await credit.adjust(session, user_id=user_id, operation=body.operation, amount=body.amount,
-                               reason=body.reason, actor=_actor(caller, request))
+    done = await credit.adjust(
+        session,
+        user_id=user_id,
+        operation=body.operation,
+        amount=body.amount,
+        reason=body.reason,
+        actor=_actor(caller, request),
+    )
     return {"balance": done.balance, "entry": ledger_view(done.entry) if done.entry else None}
 
 
 @router.post("/admin/credit/batch")
-async def admin_credit_batch(body: CreditBatch, session: Session, caller: AdminWriter,
-                             request: Request) -> dict[str, Any]:
+async def admin_credit_batch(
+    body: CreditBatch, session: Session, caller: AdminWriter, request: Request
+) -> dict[str, Any]:
     """Up to 500 users, each applied atomically on its own; the answer lists the result per user in request
     order (`ok`, `balance`, `entry`, or `error` with the code and message a single operation would give)."""
     results = await credit.batch_adjust(session, body.resolved(), actor=_actor(caller, request))
@@ -136,22 +154,28 @@ async def admin_credit_batch(body: CreditBatch, session: Session, caller: AdminW
 
 @router.get("/admin/credit/ledger")
 async def admin_ledger(
-    session: Session, caller: Admin, page: Paging,
-    user_id: OptId = None, task_id: OptId = None, actor_user_id: OptId = None,
+    session: Session,
+    caller: Admin,
+    page: Paging,
+    user_id: OptId = None,
+    task_id: OptId = None,
+    actor_user_id: OptId = None,
     kind: Annotated[list[Kind] | None, Query()] = None,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: Annotated[AwareDatetime | None, Query()] = None,
 ) -> dict[str, Any]:
     """Every ledger entry, newest first, filtered by user, kind (repeatable), task, actor and created_at
     (`from` inclusive, `to` exclusive)."""
-    filters = _filters(user_id=user_id, kinds=tuple(kind or ()), task_id=task_id, actor_user_id=actor_user_id,
-                       since=from_, until=to)
+    filters = _filters(
+        user_id=user_id, kinds=tuple(kind or ()), task_id=task_id, actor_user_id=actor_user_id, since=from_, until=to
+    )
     return await _ledger_page(session, filters, page)
 
 
 @router.get("/admin/credit/summary")
-async def admin_credit_summary(session: Session, caller: Admin,
-                               period: Literal["24h", "7d", "30d"] = "7d") -> dict[str, Any]:
+async def admin_credit_summary(
+    session: Session, caller: Admin, period: Literal["24h", "7d", "30d"] = "7d"
+) -> dict[str, Any]:
     """Totals granted, revoked, reserved, charged and refunded in the period, users by balance bucket, and the
     trend (hourly for 24h, daily for 7d and 30d; UTC)."""
     return await credit.summary(session, period=period, now=utc_now())

@@ -43,8 +43,16 @@ def normalize_username(username: str) -> str:
 
 
 async def create_user(
-    session: AsyncSession, *, username: str, email: str, password: str, role: str = Role.USER,
-    credit: int = 0, credit_reason: str = "initial credit", timezone: str = "UTC", actor_user_id: int | None = None,
+    session: AsyncSession,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    role: str = Role.USER,
+    credit: int = 0,
+    credit_reason: str = "initial credit",
+    timezone: str = "UTC",
+    actor_user_id: int | None = None,
 ) -> User:
     name = normalize_username(username)
     address = normalize_email(email, field="email").normalized
@@ -56,13 +64,26 @@ async def create_user(
         raise Conflict("username already exists", details=[{"field": "username", "message": "already exists"}])
     if await session.scalar(select(User.id).where(User.email == address)):
         raise Conflict("email already exists", details=[{"field": "email", "message": "already exists"}])
-    user = User(username=name, email=address, password_hash=hash_password(password), role=role,
-                timezone=timezone, credit_balance=0, created_by=actor_user_id)
+    user = User(
+        username=name,
+        email=address,
+        password_hash=hash_password(password),
+        role=role,
+        timezone=timezone,
+        credit_balance=0,
+        created_by=actor_user_id,
+    )
     session.add(user)
     await session.flush()
     if credit:
-        await apply_credit(session, user_id=user.id, kind=LedgerKind.GRANT, amount=credit, reason=credit_reason,
-                           actor_user_id=actor_user_id)
+        await apply_credit(
+            session,
+            user_id=user.id,
+            kind=LedgerKind.GRANT,
+            amount=credit,
+            reason=credit_reason,
+            actor_user_id=actor_user_id,
+        )
     return user
 
 
@@ -84,8 +105,13 @@ def _hash_token(token: str) -> str:
 
 
 async def create_token(
-    session: AsyncSession, *, user_id: int, name: str, scope: str = TokenScope.WRITE,
-    expires_at: dt.datetime | None = None, actor: Actor | None = None,
+    session: AsyncSession,
+    *,
+    user_id: int,
+    name: str,
+    scope: str = TokenScope.WRITE,
+    expires_at: dt.datetime | None = None,
+    actor: Actor | None = None,
 ) -> tuple[str, ApiToken]:
     """Returns the token text (shown once) and its row; only the SHA-256 hash is stored. With an `actor` the
     creation is audited (`token.create`: name, scope, expiry, never the token or its hash)."""
@@ -94,14 +120,30 @@ async def create_token(
     if scope not in set(TokenScope):
         raise BadInput.field("scope", "must be read or write")
     token = "edm_" + "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(40))
-    row = ApiToken(user_id=user_id, name=name.strip(), scope=scope, token_prefix=token[:8],
-                   token_hash=_hash_token(token), expires_at=expires_at)
+    row = ApiToken(
+        user_id=user_id,
+        name=name.strip(),
+        scope=scope,
+        token_prefix=token[:8],
+        token_hash=_hash_token(token),
+        expires_at=expires_at,
+    )
     session.add(row)
     await session.flush()
     if actor is not None:
-        await audit(session, actor, "token.create", target_type="api_token", target_id=row.id,
-                    details={"user_id": user_id, "name": row.name, "scope": row.scope,
-                             "expires_at": expires_at.isoformat() if expires_at else None})
+        await audit(
+            session,
+            actor,
+            "token.create",
+            target_type="api_token",
+            target_id=row.id,
+            details={
+                "user_id": user_id,
+                "name": row.name,
+                "scope": row.scope,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
     return token, row
 
 
@@ -114,8 +156,14 @@ async def revoke_token(session: AsyncSession, *, user_id: int, token_id: int, ac
     if row.revoked_at is not None:
         return
     row.revoked_at = utc_now()
-    await audit(session, actor, "token.revoke", target_type="api_token", target_id=row.id,
-                details={"user_id": user_id, "name": row.name, "scope": row.scope})
+    await audit(
+        session,
+        actor,
+        "token.revoke",
+        target_type="api_token",
+        target_id=row.id,
+        details={"user_id": user_id, "name": row.name, "scope": row.scope},
+    )
 
 
 async def authenticate_token(session: AsyncSession, token: str) -> tuple[User, str]:
@@ -146,8 +194,11 @@ async def _guard_last_admin(session: AsyncSession, user: User) -> None:
     PostgreSQL, so two admins demoting each other at once cannot both succeed."""
     if user.role != Role.ADMIN or not user.is_active:
         return
-    admins = (await session.scalars(select(User.id).where(User.role == Role.ADMIN, User.is_active.is_(True))
-                                    .with_for_update())).all()
+    admins = (
+        await session.scalars(
+            select(User.id).where(User.role == Role.ADMIN, User.is_active.is_(True)).with_for_update()
+        )
+    ).all()
     if len([i for i in admins if i != user.id]) == 0:
         raise LastAdmin("the last active admin cannot be demoted, deactivated or deleted")
 
@@ -165,7 +216,8 @@ async def update_user(session: AsyncSession, user: User, changes: Mapping[str, A
     if "email" in values:
         values["email"] = normalize_email(values["email"], field="email").normalized
         if values["email"] != user.email and await session.scalar(
-                select(User.id).where(User.email == values["email"], User.id != user.id)):
+            select(User.id).where(User.email == values["email"], User.id != user.id)
+        ):
             raise Conflict("email already exists", details=[{"field": "email", "message": "already exists"}])
     if "role" in values and values["role"] not in set(Role):
         raise BadInput.field("role", "must be admin, user or read_only")
@@ -185,26 +237,52 @@ async def update_user(session: AsyncSession, user: User, changes: Mapping[str, A
     if role_changed or deactivating:
         revoked = await revoke_sessions(session, user.id)
     if deactivating:
-        await session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                              .values(revoked_at=utc_now()))
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utc_now())
+        )
     if changed:
-        await audit(session, actor, "user.update", target_type="user", target_id=user.id,
-                    details={"changed": sorted(changed), "role": user.role, "is_active": user.is_active,
-                             "sessions_revoked": revoked})
+        await audit(
+            session,
+            actor,
+            "user.update",
+            target_type="user",
+            target_id=user.id,
+            details={
+                "changed": sorted(changed),
+                "role": user.role,
+                "is_active": user.is_active,
+                "sessions_revoked": revoked,
+            },
+        )
     await session.flush()
     return user
 
 
-async def reset_password(session: AsyncSession, user: User, password: str, *, must_change: bool, actor: Actor,
-                         keep_session: int | None = None) -> int:
+async def reset_password(
+    session: AsyncSession,
+    user: User,
+    password: str,
+    *,
+    must_change: bool,
+    actor: Actor,
+    keep_session: int | None = None,
+) -> int:
     """An admin (or the CLI) sets a user's password: §3.2 rules, optional "must change at next login"; all the
     user's sessions are revoked (except `keep_session`, the admin's own when it resets itself)."""
     check_password_rules(password, username=user.username)
     user.password_hash = hash_password(password)
     user.must_change_password = must_change
     revoked = await revoke_sessions(session, user.id, keep=keep_session)
-    await audit(session, actor, "user.password_reset", target_type="user", target_id=user.id,
-                details={"must_change_password": must_change, "sessions_revoked": revoked})
+    await audit(
+        session,
+        actor,
+        "user.password_reset",
+        target_type="user",
+        target_id=user.id,
+        details={"must_change_password": must_change, "sessions_revoked": revoked},
+    )
     return revoked
 
 
@@ -215,16 +293,26 @@ async def delete_user(session: AsyncSession, user: User, *, actor: Actor) -> Non
     from edm.events.models import Event
     from edm.tasks.models import Task
 
-    active = (await session.scalars(select(Task.id).where(Task.user_id == user.id,
-                                                          Task.status.in_(ACTIVE_TASK_STATUSES))
-                                    .order_by(Task.id).limit(20))).all()
+    active = (
+        await session.scalars(
+            select(Task.id)
+            .where(Task.user_id == user.id, Task.status.in_(ACTIVE_TASK_STATUSES))
+            .order_by(Task.id)
+            .limit(20)
+        )
+    ).all()
     if active:
-        raise InUse("the user owns tasks that are queued, sending or paused; cancel them first",
-                    task_ids=list(active))
+        raise InUse("the user owns tasks that are queued, sending or paused; cancel them first", task_ids=list(active))
     await _guard_last_admin(session, user)
     user_id, username = user.id, user.username
     await session.execute(delete(Event).where(Event.user_id == user_id))
     await session.execute(delete(User).where(User.id == user_id).execution_options(synchronize_session=False))
     session.expunge(user)
-    await audit(session, actor, "user.deleted", target_type="user", target_id=user_id,
-                details={"username": username, "id": user_id})
+    await audit(
+        session,
+        actor,
+        "user.deleted",
+        target_type="user",
+        target_id=user_id,
+        details={"username": username, "id": user_id},
+    )

@@ -82,8 +82,13 @@ def _login_key(login: str) -> str:
 async def _throttled_until(session: AsyncSession, condition: Any, limit: int, now: dt.datetime) -> dt.datetime | None:
     """When the block on `condition` lifts, or None when fewer than `limit` failures lie in the window: the
     limit-th most recent failure leaving the window brings the count below the limit."""
-    query = (select(LoginAttempt.at).where(condition, LoginAttempt.succeeded.is_(False), LoginAttempt.at > now - WINDOW)
-             .order_by(LoginAttempt.at.desc()).offset(limit - 1).limit(1))
+    query = (
+        select(LoginAttempt.at)
+        .where(condition, LoginAttempt.succeeded.is_(False), LoginAttempt.at > now - WINDOW)
+        .order_by(LoginAttempt.at.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
     oldest = await session.scalar(query)
     return None if oldest is None else oldest + WINDOW
 
@@ -97,8 +102,11 @@ async def check_throttle(session: AsyncSession, *, login: str, ip: str | None, u
     by_account = LoginAttempt.username == key
     if user_id is not None:
         by_account = or_(by_account, LoginAttempt.user_id == user_id)
-    last_success = await session.scalar(select(func.max(LoginAttempt.at)).where(
-        by_account, LoginAttempt.succeeded.is_(True), LoginAttempt.at > now - WINDOW))
+    last_success = await session.scalar(
+        select(func.max(LoginAttempt.at)).where(
+            by_account, LoginAttempt.succeeded.is_(True), LoginAttempt.at > now - WINDOW
+        )
+    )
     if last_success is not None:
         by_account = by_account & (LoginAttempt.at > last_success)
     until = [await _throttled_until(session, by_account, USERNAME_LIMIT, now)]
@@ -114,8 +122,11 @@ async def prune(session: AsyncSession) -> None:
     """Delete login attempts older than a day and sessions past their idle or absolute expiry."""
     now = utc_now()
     await session.execute(delete(LoginAttempt).where(LoginAttempt.at < now - KEEP_ATTEMPTS))
-    await session.execute(delete(ConsoleSession).where(
-        or_(ConsoleSession.expires_at <= now, ConsoleSession.last_seen_at <= now - IDLE_TIMEOUT)))
+    await session.execute(
+        delete(ConsoleSession).where(
+            or_(ConsoleSession.expires_at <= now, ConsoleSession.last_seen_at <= now - IDLE_TIMEOUT)
+        )
+    )
 
 
 async def _find_login_user(session: AsyncSession, key: str) -> User | None:
@@ -128,8 +139,9 @@ async def _find_login_user(session: AsyncSession, key: str) -> User | None:
     return (await session.scalars(select(User).where(or_(*conditions)).order_by(User.id).limit(1))).first()
 
 
-async def login(session: AsyncSession, *, login: str, password: str, ip: str | None,
-                user_agent: str | None) -> LoggedIn | LoginFailed:
+async def login(
+    session: AsyncSession, *, login: str, password: str, ip: str | None, user_agent: str | None
+) -> LoggedIn | LoginFailed:
     """Check the throttle, then the credentials. Every attempt is recorded; a failure is audited with its real
     reason (never the password) and returned, so the caller can commit the record before answering 401."""
     await prune(session)
@@ -145,17 +157,29 @@ async def login(session: AsyncSession, *, login: str, password: str, ip: str | N
         reason = "wrong_password" if user.password_hash else "no_password"
     elif not user.is_active:
         reason = "inactive"
-    session.add(LoginAttempt(username=key, user_id=user.id if user else None, ip=ip, succeeded=reason is None,
-                             at=now))
+    session.add(LoginAttempt(username=key, user_id=user.id if user else None, ip=ip, succeeded=reason is None, at=now))
     actor = Actor(user.id if user else None, "session", ip)
     if reason is not None or user is None:
-        await audit(session, actor, "auth.login_failed", target_type="user", target_id=user.id if user else None,
-                    details={"username": key, "reason": reason})
+        await audit(
+            session,
+            actor,
+            "auth.login_failed",
+            target_type="user",
+            target_id=user.id if user else None,
+            details={"username": key, "reason": reason},
+        )
         return LoginFailed(reason or "unknown_user")
     cookie = secrets.token_urlsafe(32)  # 256 random bits
-    row = ConsoleSession(id_hash=hash_session_id(cookie), user_id=user.id, csrf_secret=secrets.token_urlsafe(32),
-                         created_at=now, last_seen_at=now, expires_at=now + LIFETIME, ip=ip,
-                         user_agent=(user_agent or "")[:300] or None)
+    row = ConsoleSession(
+        id_hash=hash_session_id(cookie),
+        user_id=user.id,
+        csrf_secret=secrets.token_urlsafe(32),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + LIFETIME,
+        ip=ip,
+        user_agent=(user_agent or "")[:300] or None,
+    )
     session.add(row)
     user.last_login_at = now
     await session.flush()
@@ -196,20 +220,29 @@ async def logout(session: AsyncSession, session_id: int) -> None:
     await session.execute(delete(ConsoleSession).where(ConsoleSession.id == session_id))
 
 
-async def list_sessions(session: AsyncSession, user_id: int, *, after_id: int | None, limit: int
-                        ) -> list[ConsoleSession]:
+async def list_sessions(
+    session: AsyncSession, user_id: int, *, after_id: int | None, limit: int
+) -> list[ConsoleSession]:
     """The user's live sessions, newest first (`after_id` is the cursor: ids below it)."""
     now = utc_now()
-    query = (select(ConsoleSession).where(ConsoleSession.user_id == user_id, ConsoleSession.expires_at > now,
-                                          ConsoleSession.last_seen_at > now - IDLE_TIMEOUT)
-             .order_by(ConsoleSession.id.desc()).limit(limit))
+    query = (
+        select(ConsoleSession)
+        .where(
+            ConsoleSession.user_id == user_id,
+            ConsoleSession.expires_at > now,
+            ConsoleSession.last_seen_at > now - IDLE_TIMEOUT,
+        )
+        .order_by(ConsoleSession.id.desc())
+        .limit(limit)
+    )
     if after_id:
         query = query.where(ConsoleSession.id < after_id)
     return list(await session.scalars(query))
 
 
-async def change_own_password(session: AsyncSession, user: User, *, current: str, new: str,
-                              keep_session: int | None, actor: Actor) -> int:
+async def change_own_password(
+    session: AsyncSession, user: User, *, current: str, new: str, keep_session: int | None, actor: Actor
+) -> int:
     """Check the current password, set the new one (§3.2 rules) and revoke the user's other sessions."""
     if not verify_password(user.password_hash, current):
         raise BadInput.field("current_password", "is not correct")
@@ -217,6 +250,12 @@ async def change_own_password(session: AsyncSession, user: User, *, current: str
     user.password_hash = hash_password(new)
     user.must_change_password = False
     revoked = await revoke_sessions(session, user.id, keep=keep_session)
-    await audit(session, actor, "user.password_changed", target_type="user", target_id=user.id,
-                details={"sessions_revoked": revoked})
+    await audit(
+        session,
+        actor,
+        "user.password_changed",
+        target_type="user",
+        target_id=user.id,
+        details={"sessions_revoked": revoked},
+    )
     return revoked

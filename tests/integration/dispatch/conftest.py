@@ -59,8 +59,9 @@ class DispatchKit:
             await asyncio.wait_for(runner, timeout=40)
             self._runners.remove(runner)
 
-    async def wait_for(self, predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10.0,
-                       what: str = "condition") -> None:
+    async def wait_for(
+        self, predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+    ) -> None:
         """Poll `predicate` until it holds; fail after `timeout` seconds (times DEADLINE_SLACK) or when a running
         worker died."""
         loop = asyncio.get_running_loop()
@@ -120,15 +121,22 @@ class DispatchKit:
 
     async def subtasks(self, task_id: int) -> list[SubTask]:
         async with self.sessionmaker() as session:
-            return list(await session.scalars(select(SubTask).where(SubTask.task_id == task_id)
-                                              .order_by(SubTask.id).execution_options(populate_existing=True)))
+            return list(
+                await session.scalars(
+                    select(SubTask)
+                    .where(SubTask.task_id == task_id)
+                    .order_by(SubTask.id)
+                    .execution_options(populate_existing=True)
+                )
+            )
 
     async def credit(self, user_id: int) -> tuple[int, int]:
         """(balance, sum of the user's ledger entries): they must always agree."""
         async with self.sessionmaker() as session:
             balance = await session.scalar(select(User.credit_balance).where(User.id == user_id))
-            ledger = await session.scalar(select(func.coalesce(func.sum(QuotaLedgerEntry.amount), 0))
-                                          .where(QuotaLedgerEntry.user_id == user_id))
+            ledger = await session.scalar(
+                select(func.coalesce(func.sum(QuotaLedgerEntry.amount), 0)).where(QuotaLedgerEntry.user_id == user_id)
+            )
         return int(balance), int(ledger)
 
     async def ledger(self, user_id: int, kind: str | None = None) -> list[QuotaLedgerEntry]:

@@ -18,8 +18,9 @@ async def test_deleted_and_inactive_contacts_are_suppressed_at_claim(db_url, ses
     settings = settings_for(db_url)
     w = await factories.world(sessionmaker, settings, recipients=6, services_=[{"name": "esp", "max_concurrency": 10}])
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
         await generation.generate(session, task_id, now=utc_now())
     deleted, inactive = w.contact_ids[0], w.contact_ids[1]
     async with unit_of_work(sessionmaker) as session:
@@ -30,6 +31,13 @@ async def test_deleted_and_inactive_contacts_are_suppressed_at_claim(db_url, ses
     assert claim is not None and claim.suppressed == 2
     assert {i.contact_id for i in claim.items} == set(w.contact_ids[2:])
     async with sessionmaker() as session:
-        rows = dict((await session.execute(select(SubTask.contact_id, SubTask.suppressed_reason).where(
-            SubTask.task_id == task_id, SubTask.send_state == "suppressed"))).all())
+        rows = dict(
+            (
+                await session.execute(
+                    select(SubTask.contact_id, SubTask.suppressed_reason).where(
+                        SubTask.task_id == task_id, SubTask.send_state == "suppressed"
+                    )
+                )
+            ).all()
+        )
     assert rows == {deleted: "contact_deleted", inactive: "contact_inactive"}

@@ -22,17 +22,20 @@ from tests import factories
 INITIAL_CREDIT = 100_000
 
 
-async def _scenario(dkit, *, recipients: int, services_: list[dict[str, Any]], settings: dict[str, Any] | None = None,
-                    invalid: int = 0) -> tuple[factories.World, int]:  # type: ignore[no-untyped-def]
+async def _scenario(
+    dkit, *, recipients: int, services_: list[dict[str, Any]], settings: dict[str, Any] | None = None, invalid: int = 0
+) -> tuple[factories.World, int]:  # type: ignore[no-untyped-def]
     if settings:
         await dkit.put_settings(**settings)
-    w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=recipients, services_=services_,
-                              credit=INITIAL_CREDIT)
+    w = await factories.world(
+        dkit.sessionmaker, dkit.settings, recipients=recipients, services_=services_, credit=INITIAL_CREDIT
+    )
     async with unit_of_work(dkit.sessionmaker) as session:
         if invalid:
             await factories.contacts(session, w.user_id, invalid, prefix="nobody", domain="bad.invalid")
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     return w, task_id
 
 
@@ -45,8 +48,12 @@ async def _run_to_completion(dkit, task_id: int, *, concurrency: int = 2, timeou
 
 
 async def _attempts(dkit, task_id: int) -> dict[int, list[Any]]:  # type: ignore[no-untyped-def]
-    rows = await dkit.rows(select(SendAttempt).join(SubTask, SubTask.id == SendAttempt.subtask_id)
-                           .where(SubTask.task_id == task_id).order_by(SendAttempt.id))
+    rows = await dkit.rows(
+        select(SendAttempt)
+        .join(SubTask, SubTask.id == SendAttempt.subtask_id)
+        .where(SubTask.task_id == task_id)
+        .order_by(SendAttempt.id)
+    )
     by_subtask: dict[int, list[Any]] = defaultdict(list)
     for (attempt,) in rows:
         by_subtask[attempt.subtask_id].append(attempt)
@@ -61,16 +68,24 @@ async def _state(dkit, service_id: int) -> EmailServiceState:  # type: ignore[no
 
 
 async def _status_log(dkit, service_id: int) -> list[EmailServiceStatusLog]:  # type: ignore[no-untyped-def]
-    rows = await dkit.rows(select(EmailServiceStatusLog).where(EmailServiceStatusLog.service_id == service_id,
-                                                               EmailServiceStatusLog.actor_user_id.is_(None),
-                                                               EmailServiceStatusLog.change != "config_updated")
-                           .order_by(EmailServiceStatusLog.id))
+    rows = await dkit.rows(
+        select(EmailServiceStatusLog)
+        .where(
+            EmailServiceStatusLog.service_id == service_id,
+            EmailServiceStatusLog.actor_user_id.is_(None),
+            EmailServiceStatusLog.change != "config_updated",
+        )
+        .order_by(EmailServiceStatusLog.id)
+    )
     return [r for (r,) in rows]
 
 
 async def _usage(dkit, service_id: int) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
-    rows = await dkit.rows(select(ServiceDayUsage.accepted, ServiceDayUsage.failed, ServiceDayUsage.uncertain)
-                           .where(ServiceDayUsage.service_id == service_id))
+    rows = await dkit.rows(
+        select(ServiceDayUsage.accepted, ServiceDayUsage.failed, ServiceDayUsage.uncertain).where(
+            ServiceDayUsage.service_id == service_id
+        )
+    )
     return (sum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows))
 
 
@@ -83,12 +98,20 @@ def _all_delivered_once(subtasks: list[SubTask], *service_ids: int) -> None:
 async def test_transient_failures_back_off_and_move_to_the_healthy_service(dkit):  # type: ignore[no-untyped-def]
     base, cap = 0.2, 0.4
     w, task_id = await _scenario(
-        dkit, recipients=20,
-        services_=[{"name": "a", "options": {"transient_pct": 100}, "max_concurrency": 2},
-                   {"name": "b", "max_concurrency": 2}],
+        dkit,
+        recipients=20,
+        services_=[
+            {"name": "a", "options": {"transient_pct": 100}, "max_concurrency": 2},
+            {"name": "b", "max_concurrency": 2},
+        ],
         # max_attempts high and a small cap: the test is about back-off and failover, not about giving up.
-        settings={"retry__base_delay": base, "retry__max_delay": cap, "retry__max_attempts": 50,
-                  "freeze__failure_threshold": 1000})
+        settings={
+            "retry__base_delay": base,
+            "retry__max_delay": cap,
+            "retry__max_attempts": 50,
+            "freeze__failure_threshold": 1000,
+        },
+    )
     a, b = w.service_ids
     await _run_to_completion(dkit, task_id)
 
@@ -126,10 +149,14 @@ async def test_transient_failures_back_off_and_move_to_the_healthy_service(dkit)
 async def test_throttled_service_backs_off_honouring_retry_after(dkit):  # type: ignore[no-untyped-def]
     retry_after = 3.0
     w, task_id = await _scenario(
-        dkit, recipients=40,
-        services_=[{"name": "a", "options": {"throttle_pct": 100, "retry_after": retry_after}, "max_concurrency": 1},
-                   {"name": "b", "max_concurrency": 2, "sending_interval_seconds": 0.1}],
-        settings={"throttle__base_backoff": 0.1})  # so Retry-After is what decides the back-off
+        dkit,
+        recipients=40,
+        services_=[
+            {"name": "a", "options": {"throttle_pct": 100, "retry_after": retry_after}, "max_concurrency": 1},
+            {"name": "b", "max_concurrency": 2, "sending_interval_seconds": 0.1},
+        ],
+        settings={"throttle__base_backoff": 0.1},
+    )  # so Retry-After is what decides the back-off
     a, b = w.service_ids
 
     async def a_throttled() -> bool:
@@ -174,10 +201,19 @@ async def test_throttled_service_backs_off_honouring_retry_after(dkit):  # type:
 
 async def test_quota_exhausted_service_rests_until_its_next_reset(dkit):  # type: ignore[no-untyped-def]
     w, task_id = await _scenario(
-        dkit, recipients=10,
-        services_=[{"name": "a", "options": {"quota_pct": 100}, "max_concurrency": 1, "timezone": "Asia/Shanghai",
-                    "quota_reset_time": "02:00"},
-                   {"name": "b", "max_concurrency": 2}])
+        dkit,
+        recipients=10,
+        services_=[
+            {
+                "name": "a",
+                "options": {"quota_pct": 100},
+                "max_concurrency": 1,
+                "timezone": "Asia/Shanghai",
+                "quota_reset_time": "02:00",
+            },
+            {"name": "b", "max_concurrency": 2},
+        ],
+    )
     a, b = w.service_ids
     await _run_to_completion(dkit, task_id)
 
@@ -205,10 +241,14 @@ async def test_auth_error_freezes_the_service_and_the_other_finishes(dkit):  # t
     # The `priority` strategy makes A take all the work while it is usable, so A deterministically reaches
     # its 6th message (the first refused one) whatever the timing; B is the failover.
     w, task_id = await _scenario(
-        dkit, recipients=30,
-        services_=[{"name": "a", "options": {"fail_after": 5}, "max_concurrency": 1, "priority": 1},
-                   {"name": "b", "max_concurrency": 1, "priority": 2}],
-        settings={"allocation__strategy": "priority"})
+        dkit,
+        recipients=30,
+        services_=[
+            {"name": "a", "options": {"fail_after": 5}, "max_concurrency": 1, "priority": 1},
+            {"name": "b", "max_concurrency": 1, "priority": 2},
+        ],
+        settings={"allocation__strategy": "priority"},
+    )
     a, b = w.service_ids
     async with unit_of_work(dkit.sessionmaker) as session:
         admin_id = await factories.user(session, "root", role="admin")
@@ -254,13 +294,16 @@ async def test_recipient_rejection_is_permanent_and_not_retried(dkit):  # type: 
     assert len(rejected) == 3
     for s in rejected:
         assert (s.send_state, s.last_error_class, s.last_error_code, s.delivery_state) == (
-            "failed", "permanent", "fake_bad_recipient", "rejected")
+            "failed",
+            "permanent",
+            "fake_bad_recipient",
+            "rejected",
+        )
         assert (s.attempts, s.retryable_failures) == (1, 0)
         assert [x.outcome for x in attempts[s.id]] == ["permanent"]
     assert all(s.send_state == "sent" for s in subtasks if s not in rejected)
     stats = await dkit.stats(task_id)
-    assert (stats["sent"], stats["failed"], stats["rejected"], stats["failed_by_class"]) == (
-        10, 3, 3, {"permanent": 3})
+    assert (stats["sent"], stats["failed"], stats["rejected"], stats["failed_by_class"]) == (10, 3, 3, {"permanent": 3})
     # Failed sends are not refunded (SPEC §6.3).
     assert await dkit.ledger(w.user_id, "refund") == []
     assert await dkit.credit(w.user_id) == (INITIAL_CREDIT - 13,) * 2
@@ -268,9 +311,13 @@ async def test_recipient_rejection_is_permanent_and_not_retried(dkit):  # type: 
 
 async def test_permanent_error_is_not_retried_on_another_service(dkit):  # type: ignore[no-untyped-def]
     w, task_id = await _scenario(
-        dkit, recipients=20,
-        services_=[{"name": "a", "options": {"permanent_pct": 100}, "max_concurrency": 1},
-                   {"name": "b", "max_concurrency": 1}])
+        dkit,
+        recipients=20,
+        services_=[
+            {"name": "a", "options": {"permanent_pct": 100}, "max_concurrency": 1},
+            {"name": "b", "max_concurrency": 1},
+        ],
+    )
     a, b = w.service_ids
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _completed(dkit, task_id), what="task completed")
@@ -291,10 +338,16 @@ async def test_permanent_error_is_not_retried_on_another_service(dkit):  # type:
 
 async def test_max_attempts_ends_failed(dkit):  # type: ignore[no-untyped-def]
     w, task_id = await _scenario(
-        dkit, recipients=10,
+        dkit,
+        recipients=10,
         services_=[{"name": "a", "options": {"transient_pct": 100}}, {"name": "b", "options": {"transient_pct": 100}}],
-        settings={"retry__max_attempts": 3, "retry__base_delay": 0.01, "retry__max_delay": 0.05,
-                  "freeze__failure_threshold": 1000})
+        settings={
+            "retry__max_attempts": 3,
+            "retry__base_delay": 0.01,
+            "retry__max_delay": 0.05,
+            "freeze__failure_threshold": 1000,
+        },
+    )
     await _run_to_completion(dkit, task_id)
 
     subtasks = await dkit.subtasks(task_id)
@@ -318,10 +371,14 @@ async def test_maybe_sent_on_an_idempotent_provider_is_settled_by_a_same_service
     same service at once, gets the first result back, and each recipient has exactly one mail. A second
     service (another account, where the key means nothing) never sees these SubTasks."""
     w, task_id = await _scenario(
-        dkit, recipients=12,
-        services_=[{"name": "a", "options": {"idempotent": True, "maybe_sent_pct": 100}, "priority": 1},
-                   {"name": "b", "priority": 2}],
-        settings={"allocation__strategy": "priority"})
+        dkit,
+        recipients=12,
+        services_=[
+            {"name": "a", "options": {"idempotent": True, "maybe_sent_pct": 100}, "priority": 1},
+            {"name": "b", "priority": 2},
+        ],
+        settings={"allocation__strategy": "priority"},
+    )
     a, b = w.service_ids
     await _run_to_completion(dkit, task_id)
     subtasks = await dkit.subtasks(task_id)
@@ -333,8 +390,9 @@ async def test_maybe_sent_on_an_idempotent_provider_is_settled_by_a_same_service
 
 
 async def test_maybe_sent_without_idempotency_is_uncertain_and_never_resent(dkit):  # type: ignore[no-untyped-def]
-    w, task_id = await _scenario(dkit, recipients=10, services_=[{"name": "a", "options": {"maybe_sent_pct": 100}},
-                                                                 {"name": "b"}])
+    w, task_id = await _scenario(
+        dkit, recipients=10, services_=[{"name": "a", "options": {"maybe_sent_pct": 100}}, {"name": "b"}]
+    )
     a, b = w.service_ids
 
     async def all_final() -> bool:

@@ -31,11 +31,11 @@ async def run_until(worker: Worker, predicate, timeout: float = 20.0) -> None:  
 
 async def test_task_completes_through_fake_provider(db_url, sessionmaker):  # type: ignore[no-untyped-def]
     settings = settings_for(db_url, time_scale=0.05)
-    w = await factories.world(sessionmaker, settings, recipients=30,
-                              services_=[{"name": "fake-a"}, {"name": "fake-b"}])
+    w = await factories.world(sessionmaker, settings, recipients=30, services_=[{"name": "fake-a"}, {"name": "fake-b"}])
     async with unit_of_work(sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
 
     async def completed() -> bool:
         async with sessionmaker() as session:
@@ -49,8 +49,9 @@ async def test_task_completes_through_fake_provider(db_url, sessionmaker):  # ty
         services = set(await session.scalars(select(SubTask.service_id).where(SubTask.task_id == task_id)))
         assert services == set(w.service_ids), "both services took work"
         balance = await session.scalar(select(User.credit_balance).where(User.id == w.user_id))
-        ledger = await session.scalar(select(func.sum(QuotaLedgerEntry.amount)).where(
-            QuotaLedgerEntry.user_id == w.user_id))
+        ledger = await session.scalar(
+            select(func.sum(QuotaLedgerEntry.amount)).where(QuotaLedgerEntry.user_id == w.user_id)
+        )
         assert balance == ledger == 100000 - 30
     delivered = FakeAdapter.delivered_keys(w.service_ids[0]) + FakeAdapter.delivered_keys(w.service_ids[1])
     assert len(delivered) == len(set(delivered)) == 30

@@ -22,8 +22,14 @@ CREDIT = 1_000
 
 async def _task(dkit, w: factories.World, **values) -> int:  # type: ignore[no-untyped-def]
     async with unit_of_work(dkit.sessionmaker) as session:
-        return await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                    rule={"type": "all_contacts"}, **values)
+        return await factories.task(
+            session,
+            w.user_id,
+            sender_id=w.sender_id,
+            template_ids=[w.template_id],
+            rule={"type": "all_contacts"},
+            **values,
+        )
 
 
 async def _generate(dkit, task_id: int) -> generation.GenerationResult | None:  # type: ignore[no-untyped-def]
@@ -77,8 +83,9 @@ async def test_no_sendable_recipient_completes_without_charge(dkit):  # type: ig
     w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=5, credit=CREDIT)
     task_id = await _task(dkit, w)
     async with unit_of_work(dkit.sessionmaker) as session:
-        await session.execute(update(Contact).where(Contact.user_id == w.user_id)
-                              .values(unsubscribed_at=clock.utc_now()))
+        await session.execute(
+            update(Contact).where(Contact.user_id == w.user_id).values(unsubscribed_at=clock.utc_now())
+        )
 
     result = await _generate(dkit, task_id)
     assert result is not None and (result.status, result.sendable) == ("completed", 0)
@@ -87,23 +94,30 @@ async def test_no_sendable_recipient_completes_without_charge(dkit):  # type: ig
     subtasks = await dkit.subtasks(task_id)
     assert len(subtasks) == 5
     assert {(s.send_state, s.suppressed_reason, s.charged, s.attempts) for s in subtasks} == {
-        ("suppressed", "unsubscribed", False, 0)}
+        ("suppressed", "unsubscribed", False, 0)
+    }
     assert [e.kind for e in await dkit.ledger(w.user_id)] == ["grant"]
     assert await dkit.credit(w.user_id) == (CREDIT, CREDIT)
     stats = await dkit.stats(task_id)
     assert (stats["excluded"], stats["excluded_by_reason"], stats["suppressed_later"], stats["progress"]) == (
-        5, {"unsubscribed": 5}, 0, 1.0)
+        5,
+        {"unsubscribed": 5},
+        0,
+        1.0,
+    )
 
 
 async def test_claim_time_suppression_is_refunded_at_completion(dkit):  # type: ignore[no-untyped-def]
-    w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=8, credit=CREDIT,
-                              services_=[{"name": "a"}])
+    w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=8, credit=CREDIT, services_=[{"name": "a"}])
     task_id = await _task(dkit, w)
     assert (await _generate(dkit, task_id)).sendable == 8
     victim = (await dkit.subtasks(task_id))[3]
     async with unit_of_work(dkit.sessionmaker) as session:
-        session.add(Suppression(scope="global", user_id=None, owner_key=0, kind="address",
-                                value=victim.recipient_email, reason="manual"))
+        session.add(
+            Suppression(
+                scope="global", user_id=None, owner_key=0, kind="address", value=victim.recipient_email, reason="manual"
+            )
+        )
 
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _status_is(dkit, task_id, "completed"), what="completed")
@@ -111,7 +125,11 @@ async def test_claim_time_suppression_is_refunded_at_completion(dkit):  # type: 
     subtasks = {s.id: s for s in await dkit.subtasks(task_id)}
     suppressed = subtasks.pop(victim.id)
     assert (suppressed.send_state, suppressed.suppressed_reason, suppressed.charged, suppressed.attempts) == (
-        "suppressed", "suppression_list", True, 0)
+        "suppressed",
+        "suppression_list",
+        True,
+        0,
+    )
     assert all(s.send_state == "sent" for s in subtasks.values())
     assert str(victim.public_id) not in FakeAdapter.delivered_keys(w.service_ids[0])
     refunds = await dkit.ledger(w.user_id, "refund")
@@ -126,8 +144,14 @@ async def test_weighted_templates_split_within_one_and_deterministically(dkit): 
     w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=n, credit=2 * n)
     async with unit_of_work(dkit.sessionmaker) as session:
         second = await factories.template(session, w.user_id, "t2")
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id, second],
-                                       rule={"type": "all_contacts"}, weights=[1, 3])
+        task_id = await factories.task(
+            session,
+            w.user_id,
+            sender_id=w.sender_id,
+            template_ids=[w.template_id, second],
+            rule={"type": "all_contacts"},
+            weights=[1, 3],
+        )
 
     # First generation, rolled back: the same task generated again must assign the same templates.
     async with dkit.sessionmaker() as session:
@@ -147,8 +171,9 @@ async def test_weighted_templates_split_within_one_and_deterministically(dkit): 
     assert abs(counts["t1"] - n / 4) <= 1 and abs(counts["t2"] - 3 * n / 4) <= 1, counts
     assert again == first
     # The order is a keyed hash, not contact creation order.
-    seq_by_contact = await dkit.rows(select(SubTask.contact_id, SubTask.seq).where(SubTask.task_id == task_id)
-                                     .order_by(SubTask.contact_id))
+    seq_by_contact = await dkit.rows(
+        select(SubTask.contact_id, SubTask.seq).where(SubTask.task_id == task_id).order_by(SubTask.contact_id)
+    )
     seqs = [seq for _, seq in seq_by_contact]
     assert seqs != sorted(seqs)
     assert [r.amount for r in await dkit.ledger(w.user_id, "reserve")] == [-n]
@@ -156,12 +181,13 @@ async def test_weighted_templates_split_within_one_and_deterministically(dkit): 
 
 
 async def _assignment(session, task_id: int) -> dict[int, str]:  # type: ignore[no-untyped-def]
-    rows = await session.execute(select(SubTask.contact_id, TaskTemplate.name)
-                                 .join(TaskTemplate, TaskTemplate.id == SubTask.task_template_id)
-                                 .where(SubTask.task_id == task_id))
+    rows = await session.execute(
+        select(SubTask.contact_id, TaskTemplate.name)
+        .join(TaskTemplate, TaskTemplate.id == SubTask.task_template_id)
+        .where(SubTask.task_id == task_id)
+    )
     return dict(rows.all())
 
 
 async def _status_is(dkit, task_id: int, status: str) -> bool:  # type: ignore[no-untyped-def]
     return await dkit.status(task_id) == status
-

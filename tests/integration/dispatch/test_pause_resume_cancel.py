@@ -27,11 +27,13 @@ SLOW = {"name": "slow", "options": {"latency_ms": 50}, "max_concurrency": 2}
 
 
 async def _scenario(dkit, *, recipients: int, service: dict[str, Any]) -> tuple[factories.World, int]:  # type: ignore[no-untyped-def]
-    w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=recipients, services_=[service],
-                              credit=INITIAL_CREDIT)
+    w = await factories.world(
+        dkit.sessionmaker, dkit.settings, recipients=recipients, services_=[service], credit=INITIAL_CREDIT
+    )
     async with unit_of_work(dkit.sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     return w, task_id
 
 
@@ -84,8 +86,11 @@ async def test_pause_stops_allocation_and_resume_completes(dkit):  # type: ignor
     delivered = FakeAdapter.delivered_keys(service_id)
     assert len(delivered) == len(set(delivered)) == 60
     assert sorted(delivered) == sorted(str(s.public_id) for s in subtasks)
-    history = await dkit.rows(select(TaskStatusChange.from_status, TaskStatusChange.to_status)
-                              .where(TaskStatusChange.task_id == task_id).order_by(TaskStatusChange.id))
+    history = await dkit.rows(
+        select(TaskStatusChange.from_status, TaskStatusChange.to_status)
+        .where(TaskStatusChange.task_id == task_id)
+        .order_by(TaskStatusChange.id)
+    )
     assert [tuple(h) for h in history][-3:] == [("sending", "paused"), ("paused", "sending"), ("sending", "completed")]
     assert await dkit.credit(w.user_id) == (INITIAL_CREDIT - 60,) * 2
     assert await dkit.ledger(w.user_id, "refund") == []
@@ -122,8 +127,11 @@ async def test_cancel_cancels_pending_at_once_and_refunds_once(dkit):  # type: i
 
 
 async def test_deferred_outcome_after_cancel_ends_cancelled(dkit):  # type: ignore[no-untyped-def]
-    w, task_id = await _scenario(dkit, recipients=20, service={
-        "name": "flaky", "options": {"transient_pct": 100, "latency_ms": 800}, "max_concurrency": 2})
+    w, task_id = await _scenario(
+        dkit,
+        recipients=20,
+        service={"name": "flaky", "options": {"transient_pct": 100, "latency_ms": 800}, "max_concurrency": 2},
+    )
 
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _at_least(dkit, task_id, "allocated", 1), what="attempts in flight")
@@ -134,9 +142,11 @@ async def test_deferred_outcome_after_cancel_ends_cancelled(dkit):  # type: igno
 
     subtasks = await dkit.subtasks(task_id)
     assert {s.send_state for s in subtasks} == {"cancelled"}
-    late = await dkit.rows(select(SendAttempt.subtask_id, SendAttempt.outcome)
-                           .join(SubTask, SubTask.id == SendAttempt.subtask_id)
-                           .where(SubTask.task_id == task_id, SendAttempt.finished_at > cancelled_at))
+    late = await dkit.rows(
+        select(SendAttempt.subtask_id, SendAttempt.outcome)
+        .join(SubTask, SubTask.id == SendAttempt.subtask_id)
+        .where(SubTask.task_id == task_id, SendAttempt.finished_at > cancelled_at)
+    )
     assert late, "an attempt was in flight at cancel time and recorded after it"
     by_id = {s.id: s for s in subtasks}
     for subtask_id, outcome in late:
@@ -166,10 +176,12 @@ async def _settled(dkit, task_id: int) -> bool:  # type: ignore[no-untyped-def]
 async def _no_refund_while_allocated(dkit, task_id: int) -> None:  # type: ignore[no-untyped-def]
     """Read both in one snapshot: while a SubTask is allocated, no refund has been written."""
     async with dkit.sessionmaker() as session:
-        allocated = await session.scalar(select(func.count()).where(SubTask.task_id == task_id,
-                                                                    SubTask.send_state == "allocated"))
-        refunds = await session.scalar(select(func.count()).where(QuotaLedgerEntry.task_id == task_id,
-                                                                  QuotaLedgerEntry.kind == "refund"))
+        allocated = await session.scalar(
+            select(func.count()).where(SubTask.task_id == task_id, SubTask.send_state == "allocated")
+        )
+        refunds = await session.scalar(
+            select(func.count()).where(QuotaLedgerEntry.task_id == task_id, QuotaLedgerEntry.kind == "refund")
+        )
         settled = await session.scalar(select(Task.settled_at).where(Task.id == task_id))
     if allocated:
         assert refunds == 0 and settled is None
@@ -214,7 +226,8 @@ async def test_pause_committed_during_a_claim_wins(dkit, monkeypatch):  # type: 
     allocated = await dkit.count(task_id, "allocated")
     assert allocated == (len(claim.items) if claim else 0)
     assert not (pause_committed_first and allocated), (
-        f"{allocated} SubTasks were allocated by a claim that committed after the pause")
+        f"{allocated} SubTasks were allocated by a claim that committed after the pause"
+    )
 
 
 async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch):  # type: ignore[no-untyped-def]
@@ -229,8 +242,12 @@ async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch): 
         claim = await queue.claim(session, service_id=w.service_ids[0], worker_id="w1", now=clock.utc_now())
     assert claim is not None and len(claim.items) == 3
     now = clock.utc_now()
-    outcomes = [queue.ItemOutcome(i, SendResult(str(i.public_id), Outcome.TRANSIENT, status=503,
-                                                message="service unavailable"), now) for i in claim.items]
+    outcomes = [
+        queue.ItemOutcome(
+            i, SendResult(str(i.public_id), Outcome.TRANSIENT, status=503, message="service unavailable"), now
+        )
+        for i in claim.items
+    ]
     original = queue._write_subtasks
     cancels: list[asyncio.Task[Any]] = []
 

@@ -24,15 +24,22 @@ BEFORE_RESET = dt.datetime(2025, 3, 10, 1, 58, tzinfo=SHANGHAI)  # 2025-03-09 17
 AFTER_RESET = dt.datetime(2025, 3, 10, 2, 0, 1, tzinfo=SHANGHAI)  # service day 03-10
 RESET_UTC = dt.datetime(2025, 3, 9, 18, 0, tzinfo=dt.UTC)  # 02:00 Shanghai
 NEXT_RESET_UTC = dt.datetime(2025, 3, 10, 18, 0, tzinfo=dt.UTC)
-SERVICE = {"name": "quota-sh", "daily_quota": 5, "quota_reset_time": "02:00", "timezone": "Asia/Shanghai",
-           "sending_interval_seconds": 0, "max_concurrency": 4}
+SERVICE = {
+    "name": "quota-sh",
+    "daily_quota": 5,
+    "quota_reset_time": "02:00",
+    "timezone": "Asia/Shanghai",
+    "sending_interval_seconds": 0,
+    "max_concurrency": 4,
+}
 
 
 async def _setup(dkit, *, recipients: int, service: dict) -> tuple[factories.World, int]:  # type: ignore[no-untyped-def]
     w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=recipients, services_=[service])
     async with unit_of_work(dkit.sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     return w, task_id
 
 
@@ -72,9 +79,13 @@ async def test_quota_stops_until_the_reset_and_the_new_service_day_starts_by_its
 
         await dkit.wait_for(waiting_for_next_reset, timeout=8, what="waiting until the next day's 02:00")
 
-    usage = await dkit.rows(select(ServiceDayUsage.service_day, ServiceDayUsage.accepted, ServiceDayUsage.uncertain,
-                                   ServiceDayUsage.adjustment)
-                            .where(ServiceDayUsage.service_id == service_id).order_by(ServiceDayUsage.service_day))
+    usage = await dkit.rows(
+        select(
+            ServiceDayUsage.service_day, ServiceDayUsage.accepted, ServiceDayUsage.uncertain, ServiceDayUsage.adjustment
+        )
+        .where(ServiceDayUsage.service_id == service_id)
+        .order_by(ServiceDayUsage.service_day)
+    )
     assert [tuple(r) for r in usage] == [(dt.date(2025, 3, 9), 5, 0, 0), (dt.date(2025, 3, 10), 5, 0, 0)]
 
     subtasks = await dkit.subtasks(task_id)

@@ -27,11 +27,17 @@ RECIPIENTS = 10
 async def _dead_claim(dkit) -> tuple[factories.World, int, queue.Claim]:  # type: ignore[no-untyped-def]
     """A task generated at T0 and a claim of 4 SubTasks by a worker that then dies (never records)."""
     clock.freeze(T0)
-    w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=RECIPIENTS, credit=CREDIT,
-                              services_=[{"name": "a", "max_concurrency": 4}])
+    w = await factories.world(
+        dkit.sessionmaker,
+        dkit.settings,
+        recipients=RECIPIENTS,
+        credit=CREDIT,
+        services_=[{"name": "a", "max_concurrency": 4}],
+    )
     async with unit_of_work(dkit.sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     assert (await dkit.generate(task_id)).sendable == RECIPIENTS
     async with unit_of_work(dkit.sessionmaker) as session:
         claim = await queue.claim(session, service_id=w.service_ids[0], worker_id="dead", now=clock.utc_now())
@@ -61,17 +67,24 @@ async def test_expired_lease_without_idempotency_becomes_uncertain_and_is_never_
     assert await _reclaim(dkit, lambda sid: (False, 0)) == {"pending": 0, "uncertain": 0}, "idempotent"
 
     uncertain = [s for s in await dkit.subtasks(task_id) if s.id in dead_ids]
-    assert {(s.send_state, s.lease_owner, s.lease_expires_at, s.service_id, s.last_error_class)
-            for s in uncertain} == {("uncertain", None, None, service_id, "uncertain")}
-    attempts = await dkit.rows(select(SendAttempt.subtask_id, SendAttempt.outcome, SendAttempt.attempt_no)
-                               .where(SendAttempt.subtask_id.in_(dead_ids)))
+    assert {(s.send_state, s.lease_owner, s.lease_expires_at, s.service_id, s.last_error_class) for s in uncertain} == {
+        ("uncertain", None, None, service_id, "uncertain")
+    }
+    attempts = await dkit.rows(
+        select(SendAttempt.subtask_id, SendAttempt.outcome, SendAttempt.attempt_no).where(
+            SendAttempt.subtask_id.in_(dead_ids)
+        )
+    )
     assert sorted(tuple(a) for a in attempts) == sorted((i, "uncertain", 1) for i in dead_ids)
     assert await _usage(dkit, service_id) == [(T0.date(), 0, 4)]
 
     async with dkit.worker(concurrency=2):
+
         async def others_sent() -> bool:
-            return (await dkit.count(task_id, "sent") == RECIPIENTS - 4
-                    and await dkit.count(task_id, "allocated", "pending") == 0)
+            return (
+                await dkit.count(task_id, "sent") == RECIPIENTS - 4
+                and await dkit.count(task_id, "allocated", "pending") == 0
+            )
 
         await dkit.wait_for(others_sent, what="the other recipients sent")
 
@@ -94,7 +107,8 @@ async def test_expired_lease_without_idempotency_becomes_uncertain_and_is_never_
         assert await lifecycle.abandon_stale_uncertain(session, now=clock.utc_now(), runtime=RuntimeSettings()) == 4
     abandoned = [s for s in await dkit.subtasks(task_id) if s.id in dead_ids]
     assert {(s.send_state, s.last_error_code, s.failed_at) for s in abandoned} == {
-        ("failed", "uncertain_abandoned", clock.utc_now())}
+        ("failed", "uncertain_abandoned", clock.utc_now())
+    }
     async with unit_of_work(dkit.sessionmaker) as session:
         assert await lifecycle.finalize(session, now=clock.utc_now()) == [task_id]
     task = await dkit.task(task_id)
@@ -103,7 +117,12 @@ async def test_expired_lease_without_idempotency_becomes_uncertain_and_is_never_
     assert await dkit.credit(w.user_id) == (CREDIT - RECIPIENTS,) * 2
     stats = await dkit.stats(task_id)
     assert (stats["sent"], stats["failed"], stats["uncertain"], stats["failed_by_class"], stats["progress"]) == (
-        RECIPIENTS - 4, 4, 0, {"uncertain": 4}, 1.0)
+        RECIPIENTS - 4,
+        4,
+        0,
+        {"uncertain": 4},
+        1.0,
+    )
 
 
 async def test_expired_lease_with_idempotency_is_resent_with_the_same_key(dkit):  # type: ignore[no-untyped-def]
@@ -115,7 +134,8 @@ async def test_expired_lease_with_idempotency_is_resent_with_the_same_key(dkit):
     assert await _reclaim(dkit, lambda sid: (True, 3600)) == {"pending": 4, "uncertain": 0}
     reclaimed = [s for s in await dkit.subtasks(task_id) if s.id in dead]
     assert {(s.send_state, s.service_id, s.lease_owner, s.next_attempt_at) for s in reclaimed} == {
-        ("pending", None, None, clock.utc_now())}
+        ("pending", None, None, clock.utc_now())
+    }
     assert await _usage(dkit, service_id) == []
 
     async with dkit.worker(concurrency=2):
@@ -128,8 +148,11 @@ async def test_expired_lease_with_idempotency_is_resent_with_the_same_key(dkit):
         assert s.public_id == public_id
         assert s.message_id == f"<{public_id}@a.example.com>"
         assert s.attempts == 2
-        history = await dkit.rows(select(SendAttempt.attempt_no, SendAttempt.outcome, SendAttempt.service_id)
-                                  .where(SendAttempt.subtask_id == subtask_id).order_by(SendAttempt.id))
+        history = await dkit.rows(
+            select(SendAttempt.attempt_no, SendAttempt.outcome, SendAttempt.service_id)
+            .where(SendAttempt.subtask_id == subtask_id)
+            .order_by(SendAttempt.id)
+        )
         assert [tuple(h) for h in history] == [(1, "released", service_id), (2, "accepted", service_id)]
     delivered = FakeAdapter.delivered_keys(service_id)
     assert len(delivered) == len(set(delivered)) == RECIPIENTS
@@ -151,8 +174,11 @@ async def test_idempotency_window_passed_means_uncertain(dkit):  # type: ignore[
 
 
 async def _usage(dkit, service_id: int) -> list[tuple[dt.date, int, int]]:  # type: ignore[no-untyped-def]
-    rows = await dkit.rows(select(ServiceDayUsage.service_day, ServiceDayUsage.accepted, ServiceDayUsage.uncertain)
-                           .where(ServiceDayUsage.service_id == service_id).order_by(ServiceDayUsage.service_day))
+    rows = await dkit.rows(
+        select(ServiceDayUsage.service_day, ServiceDayUsage.accepted, ServiceDayUsage.uncertain)
+        .where(ServiceDayUsage.service_id == service_id)
+        .order_by(ServiceDayUsage.service_day)
+    )
     return [tuple(r) for r in rows]
 
 

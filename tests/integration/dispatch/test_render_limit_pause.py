@@ -41,11 +41,22 @@ async def test_a_render_limit_pauses_its_task_while_the_other_task_completes(dki
         await factories.contacts(session, alice, RECIPIENTS, prefix="alice-")
         await factories.contacts(session, bob, 1, prefix="bob-")  # first: the one scheduling renders with
         await factories.contacts(session, bob, RECIPIENTS, prefix="bomb-")
-        good = await factories.task(session, alice, sender_id=await factories.sender(session, alice, "news-a"),
-                                    template_ids=[good_template], rule={"type": "all_contacts"}, name="good")
-        hostile = await factories.task(session, bob, sender_id=await factories.sender(session, bob, "news-b"),
-                                       template_ids=[hostile_template], rule={"type": "all_contacts"},
-                                       name="hostile")
+        good = await factories.task(
+            session,
+            alice,
+            sender_id=await factories.sender(session, alice, "news-a"),
+            template_ids=[good_template],
+            rule={"type": "all_contacts"},
+            name="good",
+        )
+        hostile = await factories.task(
+            session,
+            bob,
+            sender_id=await factories.sender(session, bob, "news-b"),
+            template_ids=[hostile_template],
+            rule={"type": "all_contacts"},
+            name="hostile",
+        )
     await dkit.generate(good)
     await dkit.generate(hostile)
 
@@ -65,8 +76,11 @@ async def test_a_render_limit_pauses_its_task_while_the_other_task_completes(dki
     task = await dkit.task(hostile)
     assert task.pause_reason == "render_limit"
     assert "html: rendering took longer than 2 s" in (task.pause_detail or "")
-    changes = await dkit.rows(select(TaskStatusChange.to_status, TaskStatusChange.reason, TaskStatusChange.actor)
-                              .where(TaskStatusChange.task_id == hostile).order_by(TaskStatusChange.id))
+    changes = await dkit.rows(
+        select(TaskStatusChange.to_status, TaskStatusChange.reason, TaskStatusChange.actor)
+        .where(TaskStatusChange.task_id == hostile)
+        .order_by(TaskStatusChange.id)
+    )
     assert changes[-1] == ("paused", "render_limit", "system")
     failed = [s for s in await dkit.subtasks(hostile) if s.send_state == "failed"]
     assert failed and all(s.last_error_code == "render_error" for s in failed)
@@ -82,15 +96,20 @@ async def test_the_render_limit_pause_applies_once(dkit):  # type: ignore[no-unt
     it paused and change nothing."""
     w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=2, services_=[{"name": "fake-a"}])
     async with unit_of_work(dkit.sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     await dkit.generate(task_id)
     async with unit_of_work(dkit.sessionmaker) as session:
         assert await lifecycle.pause_for_render_limit(session, task_id, detail="html: output exceeds 2 MB")
         assert not await lifecycle.pause_for_render_limit(session, task_id, detail="html: output exceeds 2 MB")
     task = await dkit.task(task_id)
-    assert (task.status, task.pause_reason, task.pause_detail) == ("paused", "render_limit",
-                                                                    "html: output exceeds 2 MB")
-    pauses = await dkit.rows(select(TaskStatusChange.id).where(TaskStatusChange.task_id == task_id,
-                                                               TaskStatusChange.to_status == "paused"))
+    assert (task.status, task.pause_reason, task.pause_detail) == (
+        "paused",
+        "render_limit",
+        "html: output exceeds 2 MB",
+    )
+    pauses = await dkit.rows(
+        select(TaskStatusChange.id).where(TaskStatusChange.task_id == task_id, TaskStatusChange.to_status == "paused")
+    )
     assert len(pauses) == 1

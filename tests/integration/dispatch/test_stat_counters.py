@@ -20,8 +20,9 @@ from tests import factories
 async def _task(dkit, recipients: int, services: list[dict] | None = None):  # type: ignore[no-untyped-def]
     w = await factories.world(dkit.sessionmaker, dkit.settings, recipients=recipients, services_=services or [])
     async with unit_of_work(dkit.sessionmaker) as session:
-        task_id = await factories.task(session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, w.user_id, sender_id=w.sender_id, template_ids=[w.template_id], rule={"type": "all_contacts"}
+        )
     await dkit.generate(task_id)
     return w, task_id
 
@@ -32,9 +33,14 @@ async def _counter_rows(dkit, task_id: int) -> list[TaskStatCounter]:  # type: i
 
 
 async def test_counters_equal_a_recount_after_every_kind_of_change(dkit):  # type: ignore[no-untyped-def]
-    _, task_id = await _task(dkit, 60, services=[
-        {"name": "fake-a", "options": {"transient_pct": 20, "permanent_pct": 10, "seed": 7}},
-        {"name": "fake-b"}])
+    _, task_id = await _task(
+        dkit,
+        60,
+        services=[
+            {"name": "fake-a", "options": {"transient_pct": 20, "permanent_pct": 10, "seed": 7}},
+            {"name": "fake-b"},
+        ],
+    )
     await dkit.stats(task_id)  # generation: 60 pending rows, recounted
 
     async with dkit.worker(concurrency=4):
@@ -44,14 +50,29 @@ async def test_counters_equal_a_recount_after_every_kind_of_change(dkit):  # typ
 
     # Engagement, delivery and a later cancel: each an UPDATE the counters must follow.
     async with unit_of_work(dkit.sessionmaker) as session:
-        sent_ids = list(await session.scalars(select(SubTask.id).where(
-            SubTask.task_id == task_id, SubTask.send_state == "sent").order_by(SubTask.id).limit(6)))
-        await session.execute(update(SubTask).where(SubTask.id.in_(sent_ids[:3])).values(
-            open_count=SubTask.open_count + 2, delivery_state="delivered"))
-        await session.execute(update(SubTask).where(SubTask.id == sent_ids[3]).values(
-            machine_click_count=1, delivery_state="hard_bounced"))
-        await session.execute(update(SubTask).where(SubTask.id == sent_ids[4]).values(
-            unsubscribed_at=clock.utc_now(), replied_at=clock.utc_now(), click_count=1))
+        sent_ids = list(
+            await session.scalars(
+                select(SubTask.id)
+                .where(SubTask.task_id == task_id, SubTask.send_state == "sent")
+                .order_by(SubTask.id)
+                .limit(6)
+            )
+        )
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id.in_(sent_ids[:3]))
+            .values(open_count=SubTask.open_count + 2, delivery_state="delivered")
+        )
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id == sent_ids[3])
+            .values(machine_click_count=1, delivery_state="hard_bounced")
+        )
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.id == sent_ids[4])
+            .values(unsubscribed_at=clock.utc_now(), replied_at=clock.utc_now(), click_count=1)
+        )
     async with unit_of_work(dkit.sessionmaker) as session:
         task = await session.get(Task, task_id)
         await cancel(session, task, actor="test")
@@ -110,8 +131,9 @@ async def test_concurrent_writers_never_wait_on_each_others_counters(dkit):  # t
     async def writer(chunk: list[int]) -> None:
         for sub_id in chunk:
             async with unit_of_work(dkit.sessionmaker) as session:
-                await session.execute(update(SubTask).where(SubTask.id == sub_id).values(
-                    send_state="sent", attempts=1, open_count=1))
+                await session.execute(
+                    update(SubTask).where(SubTask.id == sub_id).values(send_state="sent", attempts=1, open_count=1)
+                )
 
     async def folder() -> None:
         for _ in range(5):
@@ -119,7 +141,7 @@ async def test_concurrent_writers_never_wait_on_each_others_counters(dkit):  # t
                 await task_stats_module.fold_counter_stripes(session)
             await asyncio.sleep(0.01)
 
-    chunks = [ids[2 + i::4] for i in range(4)]
+    chunks = [ids[2 + i :: 4] for i in range(4)]
     await asyncio.gather(*(writer(c) for c in chunks), folder())
     stats = await dkit.stats(task_id)
     assert (stats["sent"], stats["cancelled"], stats["queued"], stats["opens"]) == (18, 2, 0, 18)

@@ -30,8 +30,9 @@ from tests.integration.dispatch.conftest import DispatchKit
 
 # Derived, not generated: the same key whichever way this module is imported.
 SENDGRID_KEY = ec.derive_private_key(0x5E4D6121D, ec.SECP256R1())
-SENDGRID_PUBLIC = base64.b64encode(SENDGRID_KEY.public_key().public_bytes(
-    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+SENDGRID_PUBLIC = base64.b64encode(
+    SENDGRID_KEY.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+).decode()
 MAILGUN_KEY = "mailgun-signing-key-for-tests"
 ENGAGELAB_KEY = "engagelab-app-key-for-tests"
 
@@ -39,23 +40,32 @@ ENGAGELAB_KEY = "engagelab-app-key-for-tests"
 def engagelab_headers(*, key: str = ENGAGELAB_KEY, timestamp: int | None = None) -> dict[str, str]:
     """EngageLab's HMAC form: HMAC-SHA256(app key, timestamp), hex (§9.2)."""
     ts = str(timestamp or int(time.time()))
-    return {"Content-Type": "application/json", "X-WebHook-Timestamp": ts, "X-WebHook-AppKey": "app",
-            "X-WebHook-Signature": hmac.new(key.encode(), ts.encode(), hashlib.sha256).hexdigest()}
+    return {
+        "Content-Type": "application/json",
+        "X-WebHook-Timestamp": ts,
+        "X-WebHook-AppKey": "app",
+        "X-WebHook-Signature": hmac.new(key.encode(), ts.encode(), hashlib.sha256).hexdigest(),
+    }
 
 
-def sendgrid_headers(body: bytes, *, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY,
-                     timestamp: int | None = None) -> dict[str, str]:
+def sendgrid_headers(
+    body: bytes, *, key: ec.EllipticCurvePrivateKey = SENDGRID_KEY, timestamp: int | None = None
+) -> dict[str, str]:
     ts = str(timestamp or int(time.time()))
     signature = key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {"Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Timestamp": ts,
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode()}
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+    }
 
 
 def mailgun_body(event_data: dict[str, Any], *, token: str, key: str = MAILGUN_KEY) -> bytes:
     ts = str(int(time.time()))
     signature = hmac.new(key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
-    return orjson.dumps({"signature": {"timestamp": ts, "token": token, "signature": signature},
-                         "event-data": event_data})
+    return orjson.dumps(
+        {"signature": {"timestamp": ts, "token": token, "signature": signature}, "event-data": event_data}
+    )
 
 
 @dataclass
@@ -74,11 +84,13 @@ class EventKit:
         page = self.outbound_pages.get(str(request.url))
         return httpx.Response(200, content=page) if page is not None else httpx.Response(404)
 
-    async def add_service(self, name: str, provider: str, *, credentials: dict[str, Any] | None = None,
-                          **options: Any) -> int:
+    async def add_service(
+        self, name: str, provider: str, *, credentials: dict[str, Any] | None = None, **options: Any
+    ) -> int:
         async with unit_of_work(self.sessionmaker) as session:
-            service_id = await factories.service(session, self.dkit.settings, name, provider=provider,
-                                                 credentials=credentials, options=options)
+            service_id = await factories.service(
+                session, self.dkit.settings, name, provider=provider, credentials=credentials, options=options
+            )
         self.service_ids[provider] = service_id
         return service_id
 
@@ -86,8 +98,14 @@ class EventKit:
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         return self.dkit.sessionmaker
 
-    async def send_task(self, recipients: int, *, fake_options: dict[str, Any] | None = None,
-                        until_uncertain: bool = False, html: str | None = None) -> tuple[int, list[SubTask]]:
+    async def send_task(
+        self,
+        recipients: int,
+        *,
+        fake_options: dict[str, Any] | None = None,
+        until_uncertain: bool = False,
+        html: str | None = None,
+    ) -> tuple[int, list[SubTask]]:
         """A task of `recipients` contacts sent through the fake provider until it completes (or, with
         `until_uncertain`, until every SubTask is uncertain)."""
         settings = self.dkit.settings
@@ -96,19 +114,33 @@ class EventKit:
             sender = await factories.sender(session, self.user_id)
             template = await factories.template(session, self.user_id, **({"html": html} if html else {}))
             await factories.contacts(session, self.user_id, recipients, prefix="rcpt")
-            self.service_ids["fake"] = await factories.service(session, settings, "fake-esp", provider="fake",
-                                                               options=fake_options or {}, map_to=[self.user_id])
+            self.service_ids["fake"] = await factories.service(
+                session, settings, "fake-esp", provider="fake", options=fake_options or {}, map_to=[self.user_id]
+            )
             self.service_ids["sendgrid"] = await factories.service(
-                session, settings, "sg", provider="sendgrid", credentials={"api_key": "SG.x",
-                                                                          "webhook_secrets": [SENDGRID_PUBLIC]})
+                session,
+                settings,
+                "sg",
+                provider="sendgrid",
+                credentials={"api_key": "SG.x", "webhook_secrets": [SENDGRID_PUBLIC]},
+            )
             self.service_ids["mailgun"] = await factories.service(
-                session, settings, "mg", provider="mailgun", credentials={"api_key": "key-x",
-                                                                         "webhook_secrets": [MAILGUN_KEY]})
+                session,
+                settings,
+                "mg",
+                provider="mailgun",
+                credentials={"api_key": "key-x", "webhook_secrets": [MAILGUN_KEY]},
+            )
             self.service_ids["engagelab"] = await factories.service(
-                session, settings, "el", provider="engagelab",
-                credentials={"api_user": "u", "api_key": "k", "webhook_secrets": [ENGAGELAB_KEY]})
-            task_id = await factories.task(session, self.user_id, sender_id=sender, template_ids=[template],
-                                           rule={"type": "all_contacts"})
+                session,
+                settings,
+                "el",
+                provider="engagelab",
+                credentials={"api_user": "u", "api_key": "k", "webhook_secrets": [ENGAGELAB_KEY]},
+            )
+            task_id = await factories.task(
+                session, self.user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+            )
 
         async def reached() -> bool:
             if until_uncertain:
@@ -133,8 +165,9 @@ class EventKit:
 
 
 @pytest.fixture
-async def ekit(db_url: str, sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine
-               ) -> AsyncIterator[EventKit]:
+async def ekit(
+    db_url: str, sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> AsyncIterator[EventKit]:
     dkit = DispatchKit(db_url, sessionmaker)
     pages: dict[str, bytes] = {}
     requests: list[str] = []

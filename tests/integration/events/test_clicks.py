@@ -14,11 +14,13 @@ from edm.tracking.links import LinkRewriter, link_id
 from edm.tracking.models import TrackedLink
 from tests.integration.events.conftest import EventKit
 
-HTML = ('<html><body><p>Hi {{ contact.first_name }}</p>'
-        '<a href="https://shop.example.com/sale?a=1&amp;b={{ contact.email }}">Sale</a> '
-        '<a href="mailto:help@example.com">Mail us</a> <a href="#top">Top</a> '
-        '<a href="javascript:alert(1)">x</a> <a data-edm-notrack href="https://keep.example.com/">keep</a> '
-        '<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>')
+HTML = (
+    "<html><body><p>Hi {{ contact.first_name }}</p>"
+    '<a href="https://shop.example.com/sale?a=1&amp;b={{ contact.email }}">Sale</a> '
+    '<a href="mailto:help@example.com">Mail us</a> <a href="#top">Top</a> '
+    '<a href="javascript:alert(1)">x</a> <a data-edm-notrack href="https://keep.example.com/">keep</a> '
+    '<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>'
+)
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0"
 
 
@@ -37,8 +39,9 @@ async def test_a_click_redirects_to_the_stored_link_and_is_counted(ekit: EventKi
     links = await links_of(ekit, task_id)
     # One personalised sale link per recipient (entities decoded); mailto, #, javascript:, notrack and our
     # unsubscribe link are never tracked.
-    assert sorted(links.values()) == sorted(f"https://shop.example.com/sale?a=1&b={s.recipient_email}"
-                                            for s in subtasks)
+    assert sorted(links.values()) == sorted(
+        f"https://shop.example.com/sale?a=1&b={s.recipient_email}" for s in subtasks
+    )
     st = subtasks[0]
     mine = link_id(task_id, f"https://shop.example.com/sale?a=1&b={st.recipient_email}")
     head = await ekit.client.head(click_path(ekit, st.public_id, mine))
@@ -76,10 +79,18 @@ async def test_no_redirect_for_anything_but_a_link_of_the_subtasks_task(ekit: Ev
 
 
 def test_rewriting_keeps_what_must_not_be_tracked_and_rewrites_the_text_part_too() -> None:
-    rewriter = LinkRewriter(task_id=7, subtask_id=uuid.uuid4(), key=b"k" * 32, base_url="https://t.example.com",
-                            keep=lambda url: url.startswith("https://t.example.com/u/"))
-    html = rewriter("html", '<a class="x" href=\'https://a.example.com/?q=1&amp;r=2\'>A</a>'
-                            '<a href="https://t.example.com/u/tok">unsub</a><a href="tel:+123">call</a>')
+    rewriter = LinkRewriter(
+        task_id=7,
+        subtask_id=uuid.uuid4(),
+        key=b"k" * 32,
+        base_url="https://t.example.com",
+        keep=lambda url: url.startswith("https://t.example.com/u/"),
+    )
+    html = rewriter(
+        "html",
+        "<a class=\"x\" href='https://a.example.com/?q=1&amp;r=2'>A</a>"
+        '<a href="https://t.example.com/u/tok">unsub</a><a href="tel:+123">call</a>',
+    )
     assert html.count("https://t.example.com/t/c/") == 1 and "https://t.example.com/u/tok" in html
     assert 'href="tel:+123"' in html
     text = rewriter("text", "See https://a.example.com/?q=1&r=2 now")
@@ -88,12 +99,15 @@ def test_rewriting_keeps_what_must_not_be_tracked_and_rewrites_the_text_part_too
 
 
 def test_the_text_part_leaves_notrack_links_and_trailing_punctuation_alone() -> None:
-    rewriter = LinkRewriter(task_id=7, subtask_id=uuid.uuid4(), key=b"k" * 32, base_url="https://t.example.com",
-                            keep=lambda url: False)
-    rewriter("html", '<a data-edm-notrack href="https://keep.example.com/terms">Terms</a>'
-                     '<a href="https://shop.example.com/a">Shop</a>')
+    rewriter = LinkRewriter(
+        task_id=7, subtask_id=uuid.uuid4(), key=b"k" * 32, base_url="https://t.example.com", keep=lambda url: False
+    )
+    rewriter(
+        "html",
+        '<a data-edm-notrack href="https://keep.example.com/terms">Terms</a>'
+        '<a href="https://shop.example.com/a">Shop</a>',
+    )
     text = rewriter("text", "Terms (https://keep.example.com/terms). Shop: https://shop.example.com/a.")
     assert "(https://keep.example.com/terms)." in text, "a notrack link of the HTML stays as written"
     assert text.endswith(".") and not text.endswith("/a.")
     assert set(rewriter.links.values()) == {"https://shop.example.com/a"}, "the sentence's full stop is no part"
-

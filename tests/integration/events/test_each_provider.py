@@ -46,113 +46,231 @@ def _now_iso() -> str:
 
 
 def engagelab(st: SubTask) -> Posted:
-    body = {"server": "email", "message_id": "m1", "itime": int(time.time() * 1000), "to": st.recipient_email,
-            "status": {"message_status": "delivered", "status_data": {"email_id": f"m1{st.id}${st.recipient_email}",
-                                                                      "message": "250 OK"}},
-            "custom_args": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)}}
+    body = {
+        "server": "email",
+        "message_id": "m1",
+        "itime": int(time.time() * 1000),
+        "to": st.recipient_email,
+        "status": {
+            "message_status": "delivered",
+            "status_data": {"email_id": f"m1{st.id}${st.recipient_email}", "message": "250 OK"},
+        },
+        "custom_args": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
+    }
     return "/webhook/engagelab", orjson.dumps(body), engagelab_headers()
 
 
 def sendgrid(st: SubTask) -> Posted:
-    body = orjson.dumps([{"email": st.recipient_email, "timestamp": int(time.time()), "event": "delivered",
-                          "sg_event_id": f"sg-{st.id}", "sg_message_id": "abc.filter1",
-                          "subtask_id": str(st.public_id), "task_id": str(st.task_id)}])
+    body = orjson.dumps(
+        [
+            {
+                "email": st.recipient_email,
+                "timestamp": int(time.time()),
+                "event": "delivered",
+                "sg_event_id": f"sg-{st.id}",
+                "sg_message_id": "abc.filter1",
+                "subtask_id": str(st.public_id),
+                "task_id": str(st.task_id),
+            }
+        ]
+    )
     return "/webhooks/sendgrid", body, sendgrid_headers(body)
 
 
 def mailgun(st: SubTask) -> Posted:
-    data = {"event": "delivered", "id": f"mg-{st.id}", "timestamp": time.time(), "recipient": st.recipient_email,
-            "user-variables": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
-            "message": {"headers": {"message-id": f"{st.id}@mg.example.com"}},
-            "delivery-status": {"code": 250, "message": "OK"}}
+    data = {
+        "event": "delivered",
+        "id": f"mg-{st.id}",
+        "timestamp": time.time(),
+        "recipient": st.recipient_email,
+        "user-variables": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
+        "message": {"headers": {"message-id": f"{st.id}@mg.example.com"}},
+        "delivery-status": {"code": 250, "message": "OK"},
+    }
     return "/webhooks/mailgun", mailgun_body(data, token=uuid.uuid4().hex * 2), {"Content-Type": "application/json"}
 
 
 def ses(st: SubTask) -> Posted:
-    message = {"eventType": "Delivery",
-               "mail": {"timestamp": _now_iso(), "messageId": f"ses-{st.id}", "destination": [st.recipient_email],
-                        "tags": {"subtask_id": [str(st.public_id)], "task_id": [str(st.task_id)]}},
-               "delivery": {"timestamp": _now_iso(), "recipients": [st.recipient_email],
-                            "smtpResponse": "250 2.6.0 Message received"}}
-    envelope = {"Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": SNS_TOPIC,
-                "Subject": "Amazon SES Email Event Notification", "Message": orjson.dumps(message).decode(),
-                "Timestamp": _now_iso(), "SignatureVersion": "2", "SigningCertURL": SNS_CERT_URL}
+    message = {
+        "eventType": "Delivery",
+        "mail": {
+            "timestamp": _now_iso(),
+            "messageId": f"ses-{st.id}",
+            "destination": [st.recipient_email],
+            "tags": {"subtask_id": [str(st.public_id)], "task_id": [str(st.task_id)]},
+        },
+        "delivery": {
+            "timestamp": _now_iso(),
+            "recipients": [st.recipient_email],
+            "smtpResponse": "250 2.6.0 Message received",
+        },
+    }
+    envelope = {
+        "Type": "Notification",
+        "MessageId": str(uuid.uuid4()),
+        "TopicArn": SNS_TOPIC,
+        "Subject": "Amazon SES Email Event Notification",
+        "Message": orjson.dumps(message).decode(),
+        "Timestamp": _now_iso(),
+        "SignatureVersion": "2",
+        "SigningCertURL": SNS_CERT_URL,
+    }
     # AWS's string to sign for a Notification: name\nvalue\n for each present field, in this order.
-    signed = "".join(f"{name}\n{envelope[name]}\n" for name in ("Message", "MessageId", "Subject", "Timestamp",
-                                                              "TopicArn", "Type"))
-    envelope["Signature"] = base64.b64encode(SNS_KEY.sign(signed.encode(), padding.PKCS1v15(),
-                                                          hashes.SHA256())).decode()
+    signed = "".join(
+        f"{name}\n{envelope[name]}\n" for name in ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
+    )
+    envelope["Signature"] = base64.b64encode(
+        SNS_KEY.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    ).decode()
     return "/webhooks/ses", orjson.dumps(envelope), {"Content-Type": "text/plain; charset=UTF-8"}
 
 
 def postmark(st: SubTask) -> Posted:
-    body = {"RecordType": "Delivery", "ServerID": 1, "MessageStream": "broadcast", "MessageID": f"pm-{st.id}",
-            "Recipient": st.recipient_email, "DeliveredAt": _now_iso(), "Details": "250 OK",
-            "Metadata": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)}}
-    return "/webhooks/postmark", orjson.dumps(body), {"Content-Type": "application/json",
-                                                      "Authorization": _basic("postmark", "pm-pass")}
+    body = {
+        "RecordType": "Delivery",
+        "ServerID": 1,
+        "MessageStream": "broadcast",
+        "MessageID": f"pm-{st.id}",
+        "Recipient": st.recipient_email,
+        "DeliveredAt": _now_iso(),
+        "Details": "250 OK",
+        "Metadata": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
+    }
+    return (
+        "/webhooks/postmark",
+        orjson.dumps(body),
+        {"Content-Type": "application/json", "Authorization": _basic("postmark", "pm-pass")},
+    )
 
 
 def brevo(st: SubTask) -> Posted:
-    body = {"event": "delivered", "email": st.recipient_email, "id": 1, "ts_event": int(time.time()),
-            "message-id": f"<{st.id}@smtp-relay.mailin.fr>",
-            "X-Mailin-custom": orjson.dumps({"subtask_id": str(st.public_id), "task_id": str(st.task_id)}).decode()}
-    return "/webhooks/brevo", orjson.dumps(body), {"Content-Type": "application/json",
-                                                   "Authorization": "Bearer brevo-token"}
+    body = {
+        "event": "delivered",
+        "email": st.recipient_email,
+        "id": 1,
+        "ts_event": int(time.time()),
+        "message-id": f"<{st.id}@smtp-relay.mailin.fr>",
+        "X-Mailin-custom": orjson.dumps({"subtask_id": str(st.public_id), "task_id": str(st.task_id)}).decode(),
+    }
+    return (
+        "/webhooks/brevo",
+        orjson.dumps(body),
+        {"Content-Type": "application/json", "Authorization": "Bearer brevo-token"},
+    )
 
 
 def sparkpost(st: SubTask) -> Posted:
-    body = [{"msys": {"message_event": {
-        "type": "delivery", "event_id": f"sp-{st.id}", "rcpt_to": st.recipient_email,
-        "timestamp": str(int(time.time())), "transmission_id": f"t{st.id}",
-        "rcpt_meta": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)}}}}]
-    return "/webhooks/sparkpost", orjson.dumps(body), {"Content-Type": "application/json",
-                                                       "Authorization": _basic("sparkpost", "sp-pass")}
+    body = [
+        {
+            "msys": {
+                "message_event": {
+                    "type": "delivery",
+                    "event_id": f"sp-{st.id}",
+                    "rcpt_to": st.recipient_email,
+                    "timestamp": str(int(time.time())),
+                    "transmission_id": f"t{st.id}",
+                    "rcpt_meta": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
+                }
+            }
+        }
+    ]
+    return (
+        "/webhooks/sparkpost",
+        orjson.dumps(body),
+        {"Content-Type": "application/json", "Authorization": _basic("sparkpost", "sp-pass")},
+    )
 
 
 def resend(st: SubTask) -> Posted:
-    body = orjson.dumps({"type": "email.delivered", "created_at": _now_iso(),
-                         "data": {"email_id": f"re-{st.id}", "created_at": _now_iso(), "to": [st.recipient_email],
-                                  "tags": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)}}})
+    body = orjson.dumps(
+        {
+            "type": "email.delivered",
+            "created_at": _now_iso(),
+            "data": {
+                "email_id": f"re-{st.id}",
+                "created_at": _now_iso(),
+                "to": [st.recipient_email],
+                "tags": {"subtask_id": str(st.public_id), "task_id": str(st.task_id)},
+            },
+        }
+    )
     msg_id, ts = f"msg_{st.id}", str(int(time.time()))
     key = base64.b64decode(RESEND_SECRET.removeprefix("whsec_"))
     signature = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest())
-    return "/webhooks/resend", body, {"Content-Type": "application/json", "svix-id": msg_id, "svix-timestamp": ts,
-                                      "svix-signature": "v1," + signature.decode()}
+    return (
+        "/webhooks/resend",
+        body,
+        {
+            "Content-Type": "application/json",
+            "svix-id": msg_id,
+            "svix-timestamp": ts,
+            "svix-signature": "v1," + signature.decode(),
+        },
+    )
 
 
 def fake(st: SubTask) -> Posted:
-    body = orjson.dumps({"events": [{"event_id": f"f-{st.id}", "event": "delivered", "subtask_id": str(st.public_id),
-                                     "task_id": str(st.task_id), "email": st.recipient_email,
-                                     "timestamp": time.time()}]})
+    body = orjson.dumps(
+        {
+            "events": [
+                {
+                    "event_id": f"f-{st.id}",
+                    "event": "delivered",
+                    "subtask_id": str(st.public_id),
+                    "task_id": str(st.task_id),
+                    "email": st.recipient_email,
+                    "timestamp": time.time(),
+                }
+            ]
+        }
+    )
     ts = str(int(time.time()))
     signature = hmac.new(FAKE_SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return "/webhooks/fake", body, {"Content-Type": "application/json", "X-Fake-Signature": f"t={ts},v1={signature}"}
 
 
 BUILDERS: dict[str, Callable[[SubTask], Posted]] = {
-    "engagelab": engagelab, "sendgrid": sendgrid, "mailgun": mailgun, "ses": ses, "postmark": postmark,
-    "brevo": brevo, "sparkpost": sparkpost, "resend": resend, "fake": fake,
+    "engagelab": engagelab,
+    "sendgrid": sendgrid,
+    "mailgun": mailgun,
+    "ses": ses,
+    "postmark": postmark,
+    "brevo": brevo,
+    "sparkpost": sparkpost,
+    "resend": resend,
+    "fake": fake,
 }
 
 
 def _self_signed_certificate() -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(SNS_KEY.public_key())
-                   .serial_number(1).not_valid_before(now - dt.timedelta(days=1))
-                   .not_valid_after(now + dt.timedelta(days=1)).sign(SNS_KEY, hashes.SHA256()))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(SNS_KEY.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(SNS_KEY, hashes.SHA256())
+    )
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 async def _configure_remaining_providers(ekit: EventKit) -> None:
-    await ekit.add_service("ses-1", "ses", credentials={"access_key_id": "AKIA", "secret_access_key": "s"},
-                           region="us-east-1", sns_topic_arns=[SNS_TOPIC])
-    await ekit.add_service("pm-1", "postmark",
-                           credentials={"server_token": "t", "webhook_secrets": ["postmark:pm-pass"]})
+    await ekit.add_service(
+        "ses-1",
+        "ses",
+        credentials={"access_key_id": "AKIA", "secret_access_key": "s"},
+        region="us-east-1",
+        sns_topic_arns=[SNS_TOPIC],
+    )
+    await ekit.add_service(
+        "pm-1", "postmark", credentials={"server_token": "t", "webhook_secrets": ["postmark:pm-pass"]}
+    )
     await ekit.add_service("br-1", "brevo", credentials={"api_key": "k", "webhook_secrets": ["brevo-token"]})
-    await ekit.add_service("sp-1", "sparkpost",
-                           credentials={"api_key": "k", "webhook_secrets": ["sparkpost:sp-pass"]})
+    await ekit.add_service("sp-1", "sparkpost", credentials={"api_key": "k", "webhook_secrets": ["sparkpost:sp-pass"]})
     await ekit.add_service("re-1", "resend", credentials={"api_key": "k", "webhook_secrets": [RESEND_SECRET]})
     ekit.outbound_pages[SNS_CERT_URL] = _self_signed_certificate()
 
@@ -187,10 +305,14 @@ async def _set_fake_secret(ekit: EventKit) -> None:
     from tests import factories
 
     async with unit_of_work(ekit.sessionmaker) as session:
-        await services.update_service(session, factories.vault_for(ekit.dkit.settings), ekit.service_ids["fake"],
-                                      values={}, credentials={"webhook_secrets": [FAKE_SECRET]}, fake_allowed=True)
-
-
+        await services.update_service(
+            session,
+            factories.vault_for(ekit.dkit.settings),
+            ekit.service_ids["fake"],
+            values={},
+            credentials={"webhook_secrets": [FAKE_SECRET]},
+            fake_allowed=True,
+        )
 
 
 def _sns_signed(envelope: dict[str, str]) -> bytes:
@@ -208,9 +330,17 @@ async def test_an_sns_subscription_is_verified_then_confirmed_by_fetching_its_ur
     await _configure_remaining_providers(ekit)
     confirm = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=x&Token=t"
     ekit.outbound_pages[confirm] = b"<ConfirmSubscriptionResponse/>"
-    envelope = {"Type": "SubscriptionConfirmation", "MessageId": str(uuid.uuid4()), "Token": "t",
-                "TopicArn": SNS_TOPIC, "Message": "You have chosen to subscribe", "SubscribeURL": confirm,
-                "Timestamp": _now_iso(), "SignatureVersion": "2", "SigningCertURL": SNS_CERT_URL}
+    envelope = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": str(uuid.uuid4()),
+        "Token": "t",
+        "TopicArn": SNS_TOPIC,
+        "Message": "You have chosen to subscribe",
+        "SubscribeURL": confirm,
+        "Timestamp": _now_iso(),
+        "SignatureVersion": "2",
+        "SigningCertURL": SNS_CERT_URL,
+    }
     headers = {"Content-Type": "text/plain; charset=UTF-8"}
     response = await ekit.client.post("/webhooks/ses", content=_sns_signed(envelope), headers=headers)
     assert response.status_code == 200, response.text
@@ -222,5 +352,6 @@ async def test_an_sns_subscription_is_verified_then_confirmed_by_fetching_its_ur
     assert refused.status_code in (400, 401)
     assert not any("evil" in url for url in ekit.outbound_requests)
     wrong_topic = {**envelope, "TopicArn": "arn:aws:sns:us-east-1:999999999999:other"}
-    assert (await ekit.client.post("/webhooks/ses", content=_sns_signed(wrong_topic),
-                                   headers=headers)).status_code == 401
+    assert (
+        await ekit.client.post("/webhooks/ses", content=_sns_signed(wrong_topic), headers=headers)
+    ).status_code == 401

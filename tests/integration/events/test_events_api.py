@@ -15,8 +15,13 @@ from tests.integration.events.test_webhooks import post_sendgrid, sg_event
 
 async def test_users_see_their_own_events_and_admins_see_the_unmatched(ekit: EventKit) -> None:
     task_id, subtasks = await ekit.send_task(2)
-    ghost = {"email": "x@example.org", "timestamp": 1_700_000_000, "event": "bounce", "sg_event_id": "ghost",
-             "subtask_id": str(uuid.uuid4())}
+    ghost = {
+        "email": "x@example.org",
+        "timestamp": 1_700_000_000,
+        "event": "bounce",
+        "sg_event_id": "ghost",
+        "subtask_id": str(uuid.uuid4()),
+    }
     events = [sg_event(subtasks[0], "delivered", 1), sg_event(subtasks[1], "bounce", 2, type="bounce"), ghost]
     assert (await post_sendgrid(ekit, events)).status_code == 200
     await ekit.apply()
@@ -30,8 +35,9 @@ async def test_users_see_their_own_events_and_admins_see_the_unmatched(ekit: Eve
     assert sorted(e["event_type"] for e in mine["items"]) == ["delivered", "hard_bounced"]
     assert all("raw" not in e for e in mine["items"])
     first_page = (await ekit.client.get("/api/v1/events?limit=1", headers=owner)).json()
-    second_page = (await ekit.client.get(f"/api/v1/events?limit=1&cursor={first_page['next_cursor']}",
-                                         headers=owner)).json()
+    second_page = (
+        await ekit.client.get(f"/api/v1/events?limit=1&cursor={first_page['next_cursor']}", headers=owner)
+    ).json()
     assert first_page["items"][0]["id"] < second_page["items"][0]["id"] and second_page["next_cursor"] is None
 
     assert (await ekit.client.get("/api/v1/events", headers=other.headers)).json()["items"] == []
@@ -41,8 +47,9 @@ async def test_users_see_their_own_events_and_admins_see_the_unmatched(ekit: Eve
 
     unmatched = (await ekit.client.get("/api/v1/admin/events?match_status=unmatched", headers=admin.headers)).json()
     assert [(e["match_reason"], e["recipient"]) for e in unmatched["items"]] == [("unknown_subtask", "x@example.org")]
-    detail = (await ekit.client.get(f"/api/v1/admin/events/{unmatched['items'][0]['id']}",
-                                    headers=admin.headers)).json()
+    detail = (
+        await ekit.client.get(f"/api/v1/admin/events/{unmatched['items'][0]['id']}", headers=admin.headers)
+    ).json()
     assert detail["raw"]["sg_event_id"] == "ghost" and detail["raw_truncated"] is False
     assert (await ekit.client.get("/api/v1/admin/events/999999", headers=admin.headers)).status_code == 404
     bad = await ekit.client.get("/api/v1/admin/events?match_status=lost", headers=admin.headers)

@@ -79,8 +79,11 @@ async def test_hits_soon_after_the_send_are_machine_until_the_windows_are_shorte
     await hit(ekit.client, click_path(ekit, task_id, st.public_id, LINKS[0]))
     await ekit.apply()
     assert await classified(ekit) == [
-        ("opened", True, "too_soon_after_send"), ("clicked", True, "too_soon_after_send"),
-        ("opened", False, None), ("clicked", False, None)]
+        ("opened", True, "too_soon_after_send"),
+        ("clicked", True, "too_soon_after_send"),
+        ("opened", False, None),
+        ("clicked", False, None),
+    ]
     row = (await ekit.dkit.subtasks(task_id))[0]
     assert (row.open_count, row.machine_open_count, row.click_count, row.machine_click_count) == (1, 1, 1, 1)
     stats = await ekit.dkit.stats(task_id)  # equals the recount
@@ -100,8 +103,11 @@ async def test_bot_agents_built_in_and_added_by_an_admin(ekit: EventKit) -> None
     await hit(ekit.client, open_path(ekit, st.public_id), agent=custom)
     await ekit.apply()
     assert await classified(ekit) == [
-        ("opened", True, "bot_user_agent"), ("opened", True, "empty_user_agent"), ("opened", False, None),
-        ("opened", True, "bot_user_agent")]
+        ("opened", True, "bot_user_agent"),
+        ("opened", True, "empty_user_agent"),
+        ("opened", False, None),
+        ("opened", True, "bot_user_agent"),
+    ]
     row = (await ekit.dkit.subtasks(task_id))[0]
     assert (row.open_count, row.machine_open_count) == (1, 3)
     stats = await ekit.dkit.stats(task_id)
@@ -125,11 +131,18 @@ async def test_hits_from_an_admin_listed_network_are_a_privacy_proxy(ekit: Event
         await hit(proxy_client, open_path(ekit, proxied.public_id))  # no longer listed
         await ekit.apply()
     assert await classified(ekit) == [
-        ("opened", False, None), ("opened", True, "privacy_proxy"), ("opened", False, None),
-        ("opened", True, "privacy_proxy"), ("opened", False, None)]
+        ("opened", False, None),
+        ("opened", True, "privacy_proxy"),
+        ("opened", False, None),
+        ("opened", True, "privacy_proxy"),
+        ("opened", False, None),
+    ]
     async with ekit.sessionmaker() as session:
-        ips = list(await session.scalars(select(Event.details["ip"].as_string())
-                                         .where(Event.source == "tracking").order_by(Event.id)))
+        ips = list(
+            await session.scalars(
+                select(Event.details["ip"].as_string()).where(Event.source == "tracking").order_by(Event.id)
+            )
+        )
     assert ips == ["66.102.8.0", "66.102.8.0", "198.51.100.0", "198.51.100.0", "66.102.8.0"], "stored truncated"
     stats = await ekit.dkit.stats(task_id)
     assert (stats["opened_human"], stats["opens"], stats["machine_opens"]) == (2, 3, 2)
@@ -175,13 +188,15 @@ async def test_the_burst_sees_clicks_another_worker_holds_and_clicks_applied_ear
     assert len(pending) == 2
     # The second click alone, as a second worker takes it while the first still holds the click before it.
     async with unit_of_work(ekit.sessionmaker) as session:
-        await event_apply.apply_pending(session, now=clock.utc_now(), simulated_matches_any=True,
-                                        only_ids=[pending[1]])
+        await event_apply.apply_pending(session, now=clock.utc_now(), simulated_matches_any=True, only_ids=[pending[1]])
     await ekit.apply()  # the held click: nothing recorded before it, a person's
     await hit(ekit.client, click_path(ekit, task_id, st.public_id, a))
     await ekit.apply()  # alone in its batch: compared with the clicks applied before
-    assert await classified(ekit) == [("clicked", False, None), ("clicked", True, "link_burst"),
-                                      ("clicked", True, "link_burst")]
+    assert await classified(ekit) == [
+        ("clicked", False, None),
+        ("clicked", True, "link_burst"),
+        ("clicked", True, "link_burst"),
+    ]
 
 
 async def test_a_human_click_without_a_recorded_open_counts_as_opened(ekit: EventKit) -> None:
@@ -216,14 +231,20 @@ def test_the_first_rule_that_holds_names_the_reason() -> None:
     runtime = RuntimeSettings(tracking_bot_user_agents=("linkguard",), tracking_proxy_cidrs=("203.0.113.0/24",))
     reason = event_apply.machine_reason
     assert reason(_Hit(1, "opened", soon, user_agent=" "), _Sent(sent), runtime) == "empty_user_agent"
-    assert reason(_Hit(1, "opened", soon, user_agent="LinkGuard", ip="203.0.113.0"), _Sent(sent),
-                  runtime) == "bot_user_agent"
-    assert reason(_Hit(1, "opened", soon, user_agent=BROWSER, ip="203.0.113.0"), _Sent(sent),
-                  runtime) == "privacy_proxy"
-    assert reason(_Hit(1, "opened", soon, user_agent=BROWSER, ip="192.0.2.0"), _Sent(sent),
-                  runtime) == "too_soon_after_send"
+    assert (
+        reason(_Hit(1, "opened", soon, user_agent="LinkGuard", ip="203.0.113.0"), _Sent(sent), runtime)
+        == "bot_user_agent"
+    )
+    assert (
+        reason(_Hit(1, "opened", soon, user_agent=BROWSER, ip="203.0.113.0"), _Sent(sent), runtime) == "privacy_proxy"
+    )
+    assert (
+        reason(_Hit(1, "opened", soon, user_agent=BROWSER, ip="192.0.2.0"), _Sent(sent), runtime)
+        == "too_soon_after_send"
+    )
     burst = _Sent(sent, [(1, later, "1"), (2, later, "2")])
     assert reason(_Hit(2, "clicked", later, user_agent=BROWSER, link_id=2), burst, runtime) == "link_burst"
-    assert reason(_Hit(1, "clicked", later, user_agent=BROWSER, link_id=1), burst, runtime) is None, \
+    assert reason(_Hit(1, "clicked", later, user_agent=BROWSER, link_id=1), burst, runtime) is None, (
         "the first click of a burst stays a person's"
+    )
     assert reason(_Hit(3, "opened", later, user_agent=BROWSER, ip="not-an-ip"), _Sent(sent), runtime) is None

@@ -35,9 +35,17 @@ def _block(**fields: str) -> Message:
     return block
 
 
-def dsn(subtask: SubTask, *, to: str | None = None, envelope_id: str | None = None,
-        returned_subtask_header: bool = False, postfix_sender: bool = False, action: str = "failed",
-        status: str = "5.1.1", message_id: str = "<20260707100211.ABC123@mx.example.net>") -> bytes:
+def dsn(
+    subtask: SubTask,
+    *,
+    to: str | None = None,
+    envelope_id: str | None = None,
+    returned_subtask_header: bool = False,
+    postfix_sender: bool = False,
+    action: str = "failed",
+    status: str = "5.1.1",
+    message_id: str = "<20260707100211.ABC123@mx.example.net>",
+) -> bytes:
     """A Postfix-style RFC 3464 report about `subtask`, carrying our id only where the caller asks for it."""
     recipient = subtask.recipient_email
     report = MIMEMultipart("report", report_type="delivery-status")
@@ -48,23 +56,39 @@ def dsn(subtask: SubTask, *, to: str | None = None, envelope_id: str | None = No
     report["Date"] = "Tue, 07 Jul 2026 10:02:11 +0000"
     report["Message-ID"] = message_id
     report["Auto-Submitted"] = "auto-replied"
-    report.attach(MIMEText(f"I'm sorry to have to inform you that your message could not be delivered.\n\n"
-                           f"<{recipient}>: host mx.example.org said: 550 {status} User unknown\n"))
-    per_message = _block(Reporting_MTA="dns; mx.example.net", X_Postfix_Queue_ID="4Q8xYz1abc",
-                         Arrival_Date="Tue, 07 Jul 2026 10:02:09 +0000")
+    report.attach(
+        MIMEText(
+            f"I'm sorry to have to inform you that your message could not be delivered.\n\n"
+            f"<{recipient}>: host mx.example.org said: 550 {status} User unknown\n"
+        )
+    )
+    per_message = _block(
+        Reporting_MTA="dns; mx.example.net",
+        X_Postfix_Queue_ID="4Q8xYz1abc",
+        Arrival_Date="Tue, 07 Jul 2026 10:02:09 +0000",
+    )
     if postfix_sender:
         per_message["X-Postfix-Sender"] = f"rfc822; b+{subtask.public_id}@{BOUNCE_DOMAIN}"
     if envelope_id:
         per_message["Original-Envelope-Id"] = envelope_id
-    per_recipient = _block(Final_Recipient=f"rfc822; {recipient}", Original_Recipient=f"rfc822;{recipient}",
-                           Action=action, Status=status, Remote_MTA="dns; mx.example.org",
-                           Diagnostic_Code=f"smtp; 550 {status} <{recipient}>: Recipient address rejected")
+    per_recipient = _block(
+        Final_Recipient=f"rfc822; {recipient}",
+        Original_Recipient=f"rfc822;{recipient}",
+        Action=action,
+        Status=status,
+        Remote_MTA="dns; mx.example.org",
+        Diagnostic_Code=f"smtp; 550 {status} <{recipient}>: Recipient address rejected",
+    )
     status_part = Message()
     status_part["Content-Type"] = "message/delivery-status"
     status_part.set_payload([per_message, per_recipient])
     report.attach(status_part)
-    returned = ["From: News <news@example.com>", f"To: {recipient}", "Subject: Spring campaign",
-                "Message-ID: <unrelated.1783418528@example.com>"]
+    returned = [
+        "From: News <news@example.com>",
+        f"To: {recipient}",
+        "Subject: Spring campaign",
+        "Message-ID: <unrelated.1783418528@example.com>",
+    ]
     if returned_subtask_header:
         returned.append(f"X-EDM-SubTask-Id: {subtask.public_id}")
     report.attach(MIMEText("\n".join(returned) + "\n", "rfc822-headers"))
@@ -79,36 +103,58 @@ def arf(subtask: SubTask, *, feedback_type: str = "abuse") -> bytes:
     report["Date"] = "Wed, 08 Jul 2026 08:00:00 +0000"
     report["Message-ID"] = "<arf-1@isp.example.net>"
     report.attach(MIMEText("This is an email abuse report.\n"))
-    fields = _block(Feedback_Type=feedback_type, User_Agent="ExampleFBL/1.0", Version="1",
-                    Original_Mail_From=f"<b+{subtask.public_id}@{BOUNCE_DOMAIN}>",
-                    Original_Rcpt_To=f"<{subtask.recipient_email}>", Source_IP="192.0.2.10")
+    fields = _block(
+        Feedback_Type=feedback_type,
+        User_Agent="ExampleFBL/1.0",
+        Version="1",
+        Original_Mail_From=f"<b+{subtask.public_id}@{BOUNCE_DOMAIN}>",
+        Original_Rcpt_To=f"<{subtask.recipient_email}>",
+        Source_IP="192.0.2.10",
+    )
     feedback = Message()
     feedback["Content-Type"] = "message/feedback-report"
     feedback.set_payload(fields.as_string())
     report.attach(feedback)
-    report.attach(MIMEText(f"From: News <news@example.com>\nTo: {subtask.recipient_email}\n"
-                           "Subject: Spring campaign\n", "rfc822-headers"))
+    report.attach(
+        MIMEText(
+            f"From: News <news@example.com>\nTo: {subtask.recipient_email}\nSubject: Spring campaign\n",
+            "rfc822-headers",
+        )
+    )
     return report.as_bytes()
 
 
-PLAIN_MAIL = (b"From: Reader <reader@example.org>\r\nTo: bounces@bounce.example.com\r\n"
-              b"Subject: Re: Spring campaign\r\nDate: Wed, 08 Jul 2026 09:00:00 +0000\r\n"
-              b"Message-ID: <reply-1@example.org>\r\n\r\nThanks, but please call me instead. Unique-marker-7731.\r\n")
+PLAIN_MAIL = (
+    b"From: Reader <reader@example.org>\r\nTo: bounces@bounce.example.com\r\n"
+    b"Subject: Re: Spring campaign\r\nDate: Wed, 08 Jul 2026 09:00:00 +0000\r\n"
+    b"Message-ID: <reply-1@example.org>\r\n\r\nThanks, but please call me instead. Unique-marker-7731.\r\n"
+)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
 async def smtp_service(ekit: EventKit, *, credentials: dict[str, Any] | None = None, **options: Any) -> int:
-    return await ekit.add_service("relay", "smtp", credentials=credentials or {"webhook_secrets": [TOKEN]},
-                                  host="127.0.0.1", port=1, **options)
+    return await ekit.add_service(
+        "relay", "smtp", credentials=credentials or {"webhook_secrets": [TOKEN]}, host="127.0.0.1", port=1, **options
+    )
 
 
-async def post_report(ekit: EventKit, service_id: int, raw: bytes, *, token: str = TOKEN,
-                      params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Any:
-    return await ekit.client.post(f"/webhooks/smtp/{service_id}/dsn", content=raw, params=params or {},
-                                  headers={"Content-Type": "message/rfc822", "Authorization": f"Bearer {token}",
-                                           **(headers or {})})
+async def post_report(
+    ekit: EventKit,
+    service_id: int,
+    raw: bytes,
+    *,
+    token: str = TOKEN,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    return await ekit.client.post(
+        f"/webhooks/smtp/{service_id}/dsn",
+        content=raw,
+        params=params or {},
+        headers={"Content-Type": "message/rfc822", "Authorization": f"Bearer {token}", **(headers or {})},
+    )
 
 
 async def contact_of(ekit: EventKit, subtask: SubTask) -> Contact:
@@ -133,8 +179,14 @@ async def event_count(ekit: EventKit) -> int:
 # -- the DSN endpoint -------------------------------------------------------------------------------------
 
 
-CORRELATIONS = ["envelope_to query (VERP)", "X-Original-To header (VERP)", "To header (VERP)",
-                "Original-Envelope-Id", "returned X-EDM-SubTask-Id", "X-Postfix-Sender (VERP)"]
+CORRELATIONS = [
+    "envelope_to query (VERP)",
+    "X-Original-To header (VERP)",
+    "To header (VERP)",
+    "Original-Envelope-Id",
+    "returned X-EDM-SubTask-Id",
+    "X-Postfix-Sender (VERP)",
+]
 
 
 def correlation(name: str, st: SubTask) -> tuple[dict[str, Any], dict[str, str], dict[str, str], str]:
@@ -213,15 +265,22 @@ async def test_a_report_with_a_wrong_or_missing_token_is_refused_and_nothing_is_
     raw = dsn(subtasks[0], to=f"b+{subtasks[0].public_id}@{BOUNCE_DOMAIN}")
     wrong = await post_report(ekit, service_id, raw, token="not-the-token")
     assert wrong.status_code == 401, wrong.text
-    missing = await ekit.client.post(f"/webhooks/smtp/{service_id}/dsn", content=raw,
-                                     headers={"Content-Type": "message/rfc822"})
+    missing = await ekit.client.post(
+        f"/webhooks/smtp/{service_id}/dsn", content=raw, headers={"Content-Type": "message/rfc822"}
+    )
     assert missing.status_code == 401, missing.text
     assert await event_count(ekit) == 0
     assert (await ekit.apply()).processed == 0
     assert (await subtask_now(ekit, subtasks[0])).delivery_state == "none"
     # The token is accepted in its other documented forms too.
-    assert (await ekit.client.post(f"/webhooks/smtp/{service_id}/dsn", content=raw, params={"token": TOKEN},
-                                   headers={"Content-Type": "message/rfc822"})).status_code == 200
+    assert (
+        await ekit.client.post(
+            f"/webhooks/smtp/{service_id}/dsn",
+            content=raw,
+            params={"token": TOKEN},
+            headers={"Content-Type": "message/rfc822"},
+        )
+    ).status_code == 200
 
 
 async def test_the_same_dsn_posted_twice_is_stored_and_applied_once(ekit: EventKit) -> None:
@@ -257,9 +316,19 @@ async def test_the_mailbox_poller_stores_a_pop3_report_deletes_it_and_the_event_
     target = subtasks[1]
     box = Mailbox([crlf(dsn(target, to=f"b+{target.public_id}@{BOUNCE_DOMAIN}"))], user="u", password="p")
     with serving(Pop3Handler, box) as port:
-        service_id = await smtp_service(ekit, credentials={"bounce_mailbox_password": "p"}, bounce_mailbox={
-            "protocol": "pop3", "host": "127.0.0.1", "port": port, "security": "none", "username": "u",
-            "delete_after": True, "timeout_seconds": 5})
+        service_id = await smtp_service(
+            ekit,
+            credentials={"bounce_mailbox_password": "p"},
+            bounce_mailbox={
+                "protocol": "pop3",
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "username": "u",
+                "delete_after": True,
+                "timeout_seconds": 5,
+            },
+        )
         vault = factories.vault_for(ekit.dkit.settings)
         assert await reports.poll_mailboxes(ekit.sessionmaker, vault) == 1
         assert box.messages == [], "a stored report must be deleted from the mailbox"
@@ -279,9 +348,19 @@ async def test_the_mailbox_poller_keeps_messages_when_the_mailbox_refuses_the_pa
     raw = crlf(dsn(subtasks[0], to=f"b+{subtasks[0].public_id}@{BOUNCE_DOMAIN}"))
     box = Mailbox([raw], user="u", password="p")
     with serving(Pop3Handler, box) as port:
-        await smtp_service(ekit, credentials={"bounce_mailbox_password": "wrong"}, bounce_mailbox={
-            "protocol": "pop3", "host": "127.0.0.1", "port": port, "security": "none", "username": "u",
-            "delete_after": True, "timeout_seconds": 5})
+        await smtp_service(
+            ekit,
+            credentials={"bounce_mailbox_password": "wrong"},
+            bounce_mailbox={
+                "protocol": "pop3",
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "username": "u",
+                "delete_after": True,
+                "timeout_seconds": 5,
+            },
+        )
         assert await reports.poll_mailboxes(ekit.sessionmaker, factories.vault_for(ekit.dkit.settings)) == 0
     assert box.messages == [raw] and "RETR" not in box.commands
     assert await event_count(ekit) == 0
@@ -290,8 +369,11 @@ async def test_the_mailbox_poller_keeps_messages_when_the_mailbox_refuses_the_pa
 async def test_two_different_non_report_mails_with_the_same_date_are_both_kept(ekit: EventKit) -> None:
     await ekit.send_task(1)
     service_id = await smtp_service(ekit)
-    other = PLAIN_MAIL.replace(b"reader@example.org", b"someone-else@example.org").replace(
-        b"<reply-1@example.org>", b"<reply-2@example.org>").replace(b"Unique-marker-7731", b"Different-text-99")
+    other = (
+        PLAIN_MAIL.replace(b"reader@example.org", b"someone-else@example.org")
+        .replace(b"<reply-1@example.org>", b"<reply-2@example.org>")
+        .replace(b"Unique-marker-7731", b"Different-text-99")
+    )
     first = await post_report(ekit, service_id, PLAIN_MAIL)
     second = await post_report(ekit, service_id, other)
     assert first.json()["stored"] == 1

@@ -34,8 +34,9 @@ async def another_task(ekit: EventKit, name: str) -> tuple[int, list[SubTask]]:
     async with unit_of_work(ekit.sessionmaker) as session:
         sender = await factories.sender(session, ekit.user_id, local=f"s-{name}")
         template = await factories.template(session, ekit.user_id, name=name)
-        task_id = await factories.task(session, ekit.user_id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"}, name=name)
+        task_id = await factories.task(
+            session, ekit.user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, name=name
+        )
 
     async def done() -> bool:
         return await ekit.dkit.status(task_id) == "completed"
@@ -65,8 +66,12 @@ async def test_events_suppress_as_the_policy_says_across_tasks(ekit: EventKit) -
     assert (await post_sendgrid(ekit, events)).status_code == 200
     await ekit.apply()
     listed = await suppressions(ekit)
-    assert listed == {hard: ("global", "hard_bounce"), complained: ("global", "complaint"),
-                      unsubscribed: ("user", "unsubscribed"), provider_listed: ("global", "provider_suppressed")}
+    assert listed == {
+        hard: ("global", "hard_bounce"),
+        complained: ("global", "complaint"),
+        unsubscribed: ("user", "unsubscribed"),
+        provider_listed: ("global", "provider_suppressed"),
+    }
 
     # Two more tasks reach the soft-bouncing address (the others are out already): the third soft bounce
     # in a row puts it on the global list.
@@ -89,8 +94,12 @@ async def test_events_suppress_as_the_policy_says_across_tasks(ekit: EventKit) -
 # The policy follows the admin settings (§19.2): scope per trigger (user, global, off) and the soft limit.
 # --------------------------------------------------------------------------------------------------------
 
-SCOPE_KEYS = ("suppression.unsubscribe_scope", "suppression.hard_bounce_scope", "suppression.soft_bounce_scope",
-              "suppression.complaint_scope")
+SCOPE_KEYS = (
+    "suppression.unsubscribe_scope",
+    "suppression.hard_bounce_scope",
+    "suppression.soft_bounce_scope",
+    "suppression.complaint_scope",
+)
 
 
 async def admin_of(ekit: EventKit) -> Account:
@@ -112,8 +121,9 @@ async def set_settings(ekit: EventKit, admin: Account, values: dict[str, Any]) -
 async def set_streak(ekit: EventKit, emails: list[str], streak: int) -> None:
     """Earlier soft bounces of these addresses (as earlier tasks would have left them)."""
     async with unit_of_work(ekit.sessionmaker) as session:
-        await session.execute(update(Contact).where(Contact.email_normalized.in_(emails))
-                              .values(soft_bounce_streak=streak))
+        await session.execute(
+            update(Contact).where(Contact.email_normalized.in_(emails)).values(soft_bounce_streak=streak)
+        )
 
 
 async def entries(ekit: EventKit) -> dict[str, Suppression]:
@@ -130,10 +140,13 @@ def trigger_events(group: list[SubTask]) -> list[dict[str, Any]]:
     """One event per policy row, in the group's order: unsubscribe, complaint, hard bounce, provider-suppressed
     rejection, soft bounce (the contact's streak is one short of the limit)."""
     unsub, complaint, hard, listed, soft = group
-    return [sg_event(unsub, "unsubscribe", 1), sg_event(complaint, "spamreport", 1),
-            sg_event(hard, "bounce", 1, type="bounce", reason="550 5.1.1"),
-            sg_event(listed, "dropped", 1, reason="Bounced Address"),
-            sg_event(soft, "bounce", 1, type="expired")]
+    return [
+        sg_event(unsub, "unsubscribe", 1),
+        sg_event(complaint, "spamreport", 1),
+        sg_event(hard, "bounce", 1, type="bounce", reason="550 5.1.1"),
+        sg_event(listed, "dropped", 1, reason="Bounced Address"),
+        sg_event(soft, "bounce", 1, type="expired"),
+    ]
 
 
 EXPECTED_REASONS = ("unsubscribed", "complaint", "hard_bounce", "provider_suppressed", "soft_bounce_limit")
@@ -143,7 +156,7 @@ async def test_each_trigger_follows_its_scope_setting(ekit: EventKit) -> None:
     task_id, sent = await ekit.send_task(15)
     admin = await admin_of(ekit)
     for n, scope in enumerate(("off", "user", "global")):
-        group = sent[n * 5:(n + 1) * 5]
+        group = sent[n * 5 : (n + 1) * 5]
         await set_settings(ekit, admin, dict.fromkeys(SCOPE_KEYS, scope))
         await set_streak(ekit, [group[4].recipient_email], 2)  # the third soft bounce reaches the default limit
         assert (await post_sendgrid(ekit, trigger_events(group))).status_code == 200
@@ -155,7 +168,11 @@ async def test_each_trigger_follows_its_scope_setting(ekit: EventKit) -> None:
         for subtask, reason, event in zip(group, EXPECTED_REASONS, trigger_events(group), strict=True):
             entry = listed[subtask.recipient_email]
             assert (entry.scope, entry.user_id, entry.kind, entry.reason) == (
-                scope, ekit.user_id if scope == "user" else None, "address", reason)
+                scope,
+                ekit.user_id if scope == "user" else None,
+                "address",
+                reason,
+            )
             assert (entry.source_task_id, entry.source_event_id) == (task_id, ids[event["sg_event_id"]])
 
 
@@ -163,15 +180,26 @@ async def test_each_trigger_alone_goes_where_its_own_setting_says(ekit: EventKit
     """The four scope settings are independent: one trigger per list, the others off."""
     _, sent = await ekit.send_task(5)
     admin = await admin_of(ekit)
-    await set_settings(ekit, admin, {"suppression.unsubscribe_scope": "global", "suppression.complaint_scope": "user",
-                                     "suppression.hard_bounce_scope": "off", "suppression.soft_bounce_scope": "user"})
+    await set_settings(
+        ekit,
+        admin,
+        {
+            "suppression.unsubscribe_scope": "global",
+            "suppression.complaint_scope": "user",
+            "suppression.hard_bounce_scope": "off",
+            "suppression.soft_bounce_scope": "user",
+        },
+    )
     await set_streak(ekit, [sent[4].recipient_email], 2)
     assert (await post_sendgrid(ekit, trigger_events(sent))).status_code == 200
     await ekit.apply()
     listed = {value: (e.scope, e.reason) for value, e in (await entries(ekit)).items()}
     unsub, complaint, hard, provider_listed, soft = (s.recipient_email for s in sent)
-    assert listed == {unsub: ("global", "unsubscribed"), complaint: ("user", "complaint"),
-                      soft: ("user", "soft_bounce_limit")}, "hard bounce and provider-suppressed are off"
+    assert listed == {
+        unsub: ("global", "unsubscribed"),
+        complaint: ("user", "complaint"),
+        soft: ("user", "soft_bounce_limit"),
+    }, "hard bounce and provider-suppressed are off"
 
 
 async def test_the_soft_bounce_limit_setting(ekit: EventKit) -> None:
@@ -191,14 +219,15 @@ async def test_the_soft_bounce_limit_setting(ekit: EventKit) -> None:
     listed = await entries(ekit)
     assert set(listed) == {second.recipient_email}, "a second soft bounce reaches a limit of 2"
     assert (listed[second.recipient_email].scope, listed[second.recipient_email].reason) == (
-        "global", "soft_bounce_limit")
+        "global",
+        "soft_bounce_limit",
+    )
     async with ekit.sessionmaker() as session:
         streaks = dict((await session.execute(select(Contact.email_normalized, Contact.soft_bounce_streak))).all())
     assert streaks == {first.recipient_email: 2, second.recipient_email: 2}
 
 
-async def test_removing_an_unsubscribe_needs_a_reason_and_lets_the_next_task_reach_the_address(
-        ekit: EventKit) -> None:
+async def test_removing_an_unsubscribe_needs_a_reason_and_lets_the_next_task_reach_the_address(ekit: EventKit) -> None:
     _, sent = await ekit.send_task(3)
     unsubscriber, complainer, _ = sent
     alice = await token_of(ekit)
@@ -214,22 +243,35 @@ async def test_removing_an_unsubscribe_needs_a_reason_and_lets_the_next_task_rea
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "reason", r.text
     r = await ekit.client.delete(f"/api/v1/suppressions/{global_.id}", headers=alice)
     assert r.status_code == 404, "a user cannot remove a global entry"
-    r = await ekit.client.delete(f"/api/v1/suppressions/{own.id}", params={"reason": "asked to resubscribe"},
-                                 headers=alice)
+    r = await ekit.client.delete(
+        f"/api/v1/suppressions/{own.id}", params={"reason": "asked to resubscribe"}, headers=alice
+    )
     assert r.json() == {"removed": 1, "contacts_cleared": 1}, r.text
-    r = await ekit.client.delete(f"/api/v1/admin/suppressions/{global_.id}", params={"reason": "ticket 42"},
-                                 headers=admin.headers)
+    r = await ekit.client.delete(
+        f"/api/v1/admin/suppressions/{global_.id}", params={"reason": "ticket 42"}, headers=admin.headers
+    )
     assert r.json() == {"removed": 1, "contacts_cleared": 1}, r.text
 
     async with ekit.sessionmaker() as session:
-        flags = dict((await session.execute(select(Contact.email_normalized, Contact.unsubscribed_at.is_(None)
-                                                   & Contact.complained_at.is_(None)))).all())
-        audits = list(await session.scalars(select(AuditLog).where(AuditLog.action == "suppression.remove")
-                                            .order_by(AuditLog.id)))
+        flags = dict(
+            (
+                await session.execute(
+                    select(
+                        Contact.email_normalized, Contact.unsubscribed_at.is_(None) & Contact.complained_at.is_(None)
+                    )
+                )
+            ).all()
+        )
+        audits = list(
+            await session.scalars(select(AuditLog).where(AuditLog.action == "suppression.remove").order_by(AuditLog.id))
+        )
     assert flags[unsubscriber.recipient_email] and flags[complainer.recipient_email], "flags cleared"
-    assert [(a.actor_user_id, a.actor_kind, a.target_id, a.details["reason"], a.details["entry_reason"])
-            for a in audits] == [(ekit.user_id, "token", str(own.id), "asked to resubscribe", "unsubscribed"),
-                                 (admin.id, "token", str(global_.id), "ticket 42", "complaint")]
+    assert [
+        (a.actor_user_id, a.actor_kind, a.target_id, a.details["reason"], a.details["entry_reason"]) for a in audits
+    ] == [
+        (ekit.user_id, "token", str(own.id), "asked to resubscribe", "unsubscribed"),
+        (admin.id, "token", str(global_.id), "ticket 42", "complaint"),
+    ]
     assert await entries(ekit) == {}
 
     _, again = await another_task(ekit, "again")

@@ -51,8 +51,11 @@ async def tombstones(ekit: EventKit) -> dict[uuid.UUID, UnsubscribeTombstone]:
 
 async def suppressions(ekit: EventKit) -> list[tuple[str, int | None, str, str]]:
     async with ekit.sessionmaker() as session:
-        rows = await session.execute(select(Suppression.scope, Suppression.user_id, Suppression.value,
-                                            Suppression.reason).order_by(Suppression.id))
+        rows = await session.execute(
+            select(Suppression.scope, Suppression.user_id, Suppression.value, Suppression.reason).order_by(
+                Suppression.id
+            )
+        )
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
@@ -77,20 +80,26 @@ async def test_links_of_a_deleted_task_keep_unsubscribing_once(ekit: EventKit) -
     kept = await tombstones(ekit)
     assert set(kept) == {sent.public_id, uncertain.public_id, contact_gone.public_id}, "mailed SubTasks only"
     stone = kept[sent.public_id]
-    assert (stone.user_id, stone.contact_id, stone.recipient_email) == (ekit.user_id, sent.contact_id,
-                                                                        sent.recipient_email)
+    assert (stone.user_id, stone.contact_id, stone.recipient_email) == (
+        ekit.user_id,
+        sent.contact_id,
+        sent.recipient_email,
+    )
     assert stone.task_name and dt.timedelta(days=364) < stone.expires_at - before < dt.timedelta(days=366)
 
     page = await ekit.client.get(unsubscribe_path(ekit, sent.public_id))
     local, domain = sent.recipient_email.split("@")
     assert page.status_code == 200 and '<form method="post">' in page.text
     assert domain in page.text and f"{local}@" not in page.text, "the address is masked"
-    assert await suppressions(ekit) == [] and await unsubscribed_at(ekit, sent.contact_id) is None, \
+    assert await suppressions(ekit) == [] and await unsubscribed_at(ekit, sent.contact_id) is None, (
         "a GET never unsubscribes"
+    )
 
-    one_click = await ekit.client.post(unsubscribe_path(ekit, sent.public_id),
-                                       content=b"List-Unsubscribe=One-Click",
-                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    one_click = await ekit.client.post(
+        unsubscribe_path(ekit, sent.public_id),
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert one_click.status_code == 200 and "no more" in one_click.text
     first_time = await unsubscribed_at(ekit, sent.contact_id)
     assert first_time is not None
@@ -117,8 +126,14 @@ async def test_links_of_a_deleted_task_keep_unsubscribing_once(ekit: EventKit) -
     async with unit_of_work(ekit.sessionmaker) as session:
         sender = await factories.sender(session, ekit.user_id, local="after")
         template = await factories.template(session, ekit.user_id, name="after")
-        next_task = await factories.task(session, ekit.user_id, sender_id=sender, template_ids=[template],
-                                         rule={"type": "all_contacts"}, name="after")
+        next_task = await factories.task(
+            session,
+            ekit.user_id,
+            sender_id=sender,
+            template_ids=[template],
+            rule={"type": "all_contacts"},
+            name="after",
+        )
     await ekit.dkit.generate(next_task)
     states = {s.recipient_email: s.send_state for s in await ekit.dkit.subtasks(next_task)}
     assert states[sent.recipient_email] == "suppressed" and states[uncertain.recipient_email] == "pending"
@@ -162,4 +177,3 @@ async def test_expired_tombstones_are_not_valid_and_the_daily_job_forgets_them(e
     assert await suppressions(ekit) == []
     async with ekit.dkit.worker(run_jobs=True):
         await ekit.dkit.wait_for(none_left, timeout=10, what="expired tombstones forgotten")
-

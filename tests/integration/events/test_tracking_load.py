@@ -36,9 +36,11 @@ async def test_concurrent_hits_are_each_answered_and_stored_once(ekit: EventKit)
     clicks.append((f"/t/c/{sign_token('click', uuid.uuid4(), key=key, link_id=link_id(task_id, URLS[0]))}", None))
 
     headers = {"User-Agent": BROWSER}
-    answers = await asyncio.gather(*(ekit.client.get(path, headers=headers) for path in opens),
-                                   *(ekit.client.get(path, headers=headers) for path, _ in clicks))
-    pixels, redirects = answers[:len(opens)], answers[len(opens):]
+    answers = await asyncio.gather(
+        *(ekit.client.get(path, headers=headers) for path in opens),
+        *(ekit.client.get(path, headers=headers) for path, _ in clicks),
+    )
+    pixels, redirects = answers[: len(opens)], answers[len(opens) :]
     assert all(r.status_code == 200 and r.content == PIXEL for r in pixels)
     for response, (path, url) in zip(redirects, clicks, strict=True):
         if url is None:

@@ -17,11 +17,13 @@ from tests import factories
 from tests.helpers import api_client
 from tests.integration.events.conftest import EventKit
 
-HTML = ('<html><body><p>Hi</p><a href="https://shop.example.com/a">A</a>'
-        '<a href="javascript:alert(document.cookie)">js</a> <a href="JaVaScRiPt:alert(1)">js2</a>'
-        '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">data</a>'
-        '<a href=" vbscript:msgbox(1)">vb</a><a href="//evil.example.com/">scheme-relative</a>'
-        '<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>')
+HTML = (
+    '<html><body><p>Hi</p><a href="https://shop.example.com/a">A</a>'
+    '<a href="javascript:alert(document.cookie)">js</a> <a href="JaVaScRiPt:alert(1)">js2</a>'
+    '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">data</a>'
+    '<a href=" vbscript:msgbox(1)">vb</a><a href="//evil.example.com/">scheme-relative</a>'
+    '<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>'
+)
 
 
 def flipped_variants(token: str) -> list[str]:
@@ -29,7 +31,7 @@ def flipped_variants(token: str) -> list[str]:
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     out = []
     for i in range(len(raw)):
-        changed = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1:]
+        changed = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1 :]
         out.append(base64.urlsafe_b64encode(changed).rstrip(b"=").decode("ascii"))
     return out
 
@@ -51,8 +53,11 @@ async def test_every_flipped_byte_is_refused_by_every_endpoint(ekit: EventKit) -
         assert answer.status_code == 200 and answer.headers["content-type"] == "image/gif" and len(answer.content) == 43
     for bad in flipped_variants(unsubscribe):
         assert (await ekit.client.get(f"/u/{bad}")).status_code == 404
-        posted = await ekit.client.post(f"/u/{bad}", content=b"List-Unsubscribe=One-Click",
-                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+        posted = await ekit.client.post(
+            f"/u/{bad}",
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert posted.status_code == 404
 
     # Each purpose's token at each other endpoint.
@@ -61,8 +66,9 @@ async def test_every_flipped_byte_is_refused_by_every_endpoint(ekit: EventKit) -
     for token in (click, opened):
         assert (await ekit.client.post(f"/u/{token}")).status_code == 404
     events = await ekit.events()
-    assert [(e.event_type, e.details.get("link_id")) for e in events] == [("clicked", link)], \
+    assert [(e.event_type, e.details.get("link_id")) for e in events] == [("clicked", link)], (
         "only the one good click was recorded"
+    )
 
 
 async def test_script_data_and_scheme_relative_urls_are_never_tracked_nor_redirected_to(ekit: EventKit) -> None:
@@ -70,8 +76,11 @@ async def test_script_data_and_scheme_relative_urls_are_never_tracked_nor_redire
     links = await _links(ekit, task_id)
     assert list(links.values()) == ["https://shop.example.com/a"], "only the http(s) link is a TrackedLink"
     key = ekit.dkit.settings.signing_key
-    for url in ("javascript:alert(document.cookie)", "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
-                "//evil.example.com/"):
+    for url in (
+        "javascript:alert(document.cookie)",
+        "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+        "//evil.example.com/",
+    ):
         forged = sign_token("click", st.public_id, key=key, link_id=link_id(task_id, url))
         answer = await ekit.client.get(f"/t/c/{forged}")
         assert answer.status_code == 404 and "location" not in answer.headers, url
@@ -80,12 +89,17 @@ async def test_script_data_and_scheme_relative_urls_are_never_tracked_nor_redire
 async def test_a_click_token_of_task_a_with_a_link_of_task_b_is_refused(ekit: EventKit) -> None:
     task_a, [st_a] = await ekit.send_task(1, html=HTML)
     async with unit_of_work(ekit.sessionmaker) as session:
-        template = await factories.template(session, ekit.user_id, name="b",
-                                            html='<html><body><a href="https://b.example.com/only-b">B</a></body></html>')
+        template = await factories.template(
+            session,
+            ekit.user_id,
+            name="b",
+            html='<html><body><a href="https://b.example.com/only-b">B</a></body></html>',
+        )
         sender = await factories.sender(session, ekit.user_id, local="b")
         await factories.contacts(session, ekit.user_id, 1, prefix="other")
-        task_b = await factories.task(session, ekit.user_id, sender_id=sender, template_ids=[template],
-                                      rule={"type": "all_contacts"}, name="b")
+        task_b = await factories.task(
+            session, ekit.user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, name="b"
+        )
     async with ekit.dkit.worker():
         await ekit.dkit.wait_for(lambda: _completed(ekit, task_b), timeout=30, what="task b sent")
     [link_b] = (await _links(ekit, task_b)).keys()
@@ -102,13 +116,17 @@ async def test_an_unsubscribe_before_the_claim_stops_that_mail(ekit: EventKit) -
         template = await factories.template(session, ekit.user_id)
         await factories.contacts(session, ekit.user_id, 2, prefix="early")
         await factories.service(session, ekit.dkit.settings, "fake-x", map_to=[ekit.user_id])
-        task_id = await factories.task(session, ekit.user_id, sender_id=sender, template_ids=[template],
-                                       rule={"type": "all_contacts"})
+        task_id = await factories.task(
+            session, ekit.user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
+        )
     await ekit.dkit.generate(task_id)
     leaving, staying = await ekit.dkit.subtasks(task_id)
     token = sign_token("unsubscribe", leaving.public_id, key=ekit.dkit.settings.signing_key)
-    answer = await ekit.client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click",
-                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    answer = await ekit.client.post(
+        f"/u/{token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert answer.status_code == 200
     async with ekit.dkit.worker():
         await ekit.dkit.wait_for(lambda: _completed(ekit, task_id), timeout=30, what="task done")
@@ -140,8 +158,9 @@ async def test_tokens_signed_under_the_previous_key_keep_working_during_rotation
     old_key = ekit.dkit.settings.signing_key
     old_click = sign_token("click", st.public_id, key=old_key, link_id=link)
     stranger = sign_token("click", st.public_id, key=b"s" * 40, link_id=link)
-    async with api_client(ekit.dkit.db_url, ekit.engine, secret_key="n" * 40,
-                          secret_key_previous=old_key.decode()) as rotated:
+    async with api_client(
+        ekit.dkit.db_url, ekit.engine, secret_key="n" * 40, secret_key_previous=old_key.decode()
+    ) as rotated:
         assert (await rotated.get(f"/t/c/{old_click}")).status_code == 302
         assert (await rotated.get(f"/u/{sign_token('unsubscribe', st.public_id, key=old_key)}")).status_code == 200
         assert (await rotated.get(f"/t/c/{stranger}")).status_code == 404

@@ -28,13 +28,14 @@ async def test_get_shows_a_page_and_post_unsubscribes_once(ekit: EventKit) -> No
     path = unsubscribe_path(ekit, target.public_id)
 
     page = await ekit.client.get(path)
-    assert page.status_code == 200 and "<form method=\"post\">" in page.text
+    assert page.status_code == 200 and '<form method="post">' in page.text
     local = target.recipient_email.split("@")[0]
     assert local not in page.text and target.recipient_email.split("@")[1] in page.text, "address is masked"
     assert await ekit.events() == [], "a GET (a scanner's prefetch) never unsubscribes"
 
-    one_click = await ekit.client.post(path, content=b"List-Unsubscribe=One-Click",
-                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    one_click = await ekit.client.post(
+        path, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert one_click.status_code == 200 and "no more" in one_click.text
     again = await ekit.client.post(path, files={"List-Unsubscribe": (None, "One-Click")})  # multipart, repeated
     assert again.status_code == 200
@@ -55,8 +56,9 @@ async def test_get_shows_a_page_and_post_unsubscribes_once(ekit: EventKit) -> No
     async with unit_of_work(ekit.sessionmaker) as session:
         sender = await factories.sender(session, ekit.user_id, local="second")
         template = await factories.template(session, ekit.user_id, name="t2")
-        next_task = await factories.task(session, ekit.user_id, sender_id=sender, template_ids=[template],
-                                         rule={"type": "all_contacts"}, name="next")
+        next_task = await factories.task(
+            session, ekit.user_id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, name="next"
+        )
     await ekit.dkit.generate(next_task)
     states = {s.contact_id: (s.send_state, s.suppressed_reason) for s in await ekit.dkit.subtasks(next_task)}
     assert states[target.contact_id][0] == "suppressed"
@@ -68,8 +70,13 @@ async def test_bad_tokens_get_a_neutral_404_page_and_record_nothing(ekit: EventK
     good = unsubscribe_path(ekit, subtasks[0].public_id)
     token = good.removeprefix("/u/")
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
-    for path in (f"/u/{flipped}", unsubscribe_path(ekit, subtasks[0].public_id, "click"),
-                 unsubscribe_path(ekit, uuid.uuid4()), "/u/" + "x" * 500, "/u/%00"):
+    for path in (
+        f"/u/{flipped}",
+        unsubscribe_path(ekit, subtasks[0].public_id, "click"),
+        unsubscribe_path(ekit, uuid.uuid4()),
+        "/u/" + "x" * 500,
+        "/u/%00",
+    ):
         for method in ("GET", "POST"):
             response = await ekit.client.request(method, path)
             assert response.status_code == 404, (method, path, response.status_code)

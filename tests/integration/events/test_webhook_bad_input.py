@@ -27,7 +27,9 @@ from tests.integration.events.conftest import (
 
 def engagelab_event(**overrides: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "server": "email", "message_id": "m1", "itime": int(time.time() * 1000),
+        "server": "email",
+        "message_id": "m1",
+        "itime": int(time.time() * 1000),
         "status": {"message_status": "delivered", "status_data": {"message": "250 OK"}},
     }
     event.update(overrides)
@@ -76,8 +78,17 @@ async def test_per_service_url_accepts_only_its_own_provider_and_service(ekit: E
 
 async def test_bad_signatures_are_401_and_store_nothing(ekit: EventKit) -> None:
     task_id, subtasks = await ekit.send_task(1)
-    body = orjson.dumps([{"event": "delivered", "email": "a@example.org", "timestamp": 1,
-                          "sg_event_id": "e1", "subtask_id": str(subtasks[0].public_id)}])
+    body = orjson.dumps(
+        [
+            {
+                "event": "delivered",
+                "email": "a@example.org",
+                "timestamp": 1,
+                "sg_event_id": "e1",
+                "subtask_id": str(subtasks[0].public_id),
+            }
+        ]
+    )
     good = sendgrid_headers(body)
     tampered = body.replace(b"delivered", b"bounce\x20\x20\x20")
     stale = sendgrid_headers(body, timestamp=int(time.time()) - 3600)
@@ -89,8 +100,9 @@ async def test_bad_signatures_are_401_and_store_nothing(ekit: EventKit) -> None:
         response = await ekit.client.post("/webhooks/sendgrid", content=content, headers=headers)
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == "invalid_signature"
-    wrong_engagelab = await post_engagelab(ekit, orjson.dumps(engagelab_event(custom_args={"subtask_id": "x"})),
-                                           **{"X-WebHook-Signature": "0" * 64})
+    wrong_engagelab = await post_engagelab(
+        ekit, orjson.dumps(engagelab_event(custom_args={"subtask_id": "x"})), **{"X-WebHook-Signature": "0" * 64}
+    )
     assert wrong_engagelab.status_code == 401
     assert await stored(ekit) == 0
     assert SENDGRID_KEY is not None and ENGAGELAB_KEY
@@ -98,8 +110,7 @@ async def test_bad_signatures_are_401_and_store_nothing(ekit: EventKit) -> None:
 
 async def test_a_provider_without_any_configured_secret_refuses_webhooks(ekit: EventKit) -> None:
     await ekit.send_task(1)
-    response = await ekit.client.post("/webhooks/postmark", content=b"{}",
-                                      headers={"Content-Type": "application/json"})
+    response = await ekit.client.post("/webhooks/postmark", content=b"{}", headers={"Content-Type": "application/json"})
     # The same answer as a wrong signature: an unauthenticated caller does not learn what is configured.
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_signature"
 
@@ -110,8 +121,7 @@ async def test_malformed_payloads_wrong_content_type_and_huge_bodies(ekit: Event
     response = await ekit.client.post("/webhooks/sendgrid", content=malformed, headers=sendgrid_headers(malformed))
     assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_payload"
     not_a_list = b'{"event": "delivered"}'
-    response = await ekit.client.post("/webhooks/sendgrid", content=not_a_list,
-                                      headers=sendgrid_headers(not_a_list))
+    response = await ekit.client.post("/webhooks/sendgrid", content=not_a_list, headers=sendgrid_headers(not_a_list))
     assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_payload"
     form = b"event=delivered"
     headers = {**sendgrid_headers(form), "Content-Type": "application/x-www-form-urlencoded"}
@@ -135,11 +145,14 @@ async def test_secret_rotation_accepts_both_until_the_old_one_expires(ekit: Even
     service_id = ekit.service_ids["engagelab"]
     in_an_hour = (clock.utc_now() + dt.timedelta(hours=1)).isoformat()
     async with unit_of_work(ekit.sessionmaker) as session:
-        await services.update_service(session, factories.vault_for(ekit.dkit.settings), service_id, values={},
-                                      credentials={"webhook_secrets": ["new-key",
-                                                                       {"value": ENGAGELAB_KEY,
-                                                                        "expires_at": in_an_hour}]},
-                                      fake_allowed=True)
+        await services.update_service(
+            session,
+            factories.vault_for(ekit.dkit.settings),
+            service_id,
+            values={},
+            credentials={"webhook_secrets": ["new-key", {"value": ENGAGELAB_KEY, "expires_at": in_an_hour}]},
+            fake_allowed=True,
+        )
     await _forget_cached_targets(ekit)
     body = orjson.dumps(engagelab_event(custom_args={"subtask_id": str(subtasks[0].public_id)}))
     assert (await post_engagelab(ekit, body)).status_code == 200  # old key, not yet expired

@@ -15,8 +15,14 @@ import pytest
 from tests.integration.events.conftest import ENGAGELAB_KEY, SENDGRID_PUBLIC, EventKit, engagelab_headers
 
 SMTP_TOKEN = "inbound-token-for-tests-1234"
-EVENT = orjson.dumps({"server": "email", "message_id": "m1", "custom_args": {"subtask_id": "x"},
-                      "status": {"message_status": "delivered"}})
+EVENT = orjson.dumps(
+    {
+        "server": "email",
+        "message_id": "m1",
+        "custom_args": {"subtask_id": "x"},
+        "status": {"message_status": "delivered"},
+    }
+)
 DSN = b"From: mailer-daemon@example.org\r\nSubject: failure\r\n\r\nno report\r\n"
 WRONG_ENGAGELAB = {**engagelab_headers(), "X-WebHook-Signature": "0" * 64}
 WRONG_SMTP = {"Content-Type": "message/rfc822", "Authorization": "Bearer not-the-token"}
@@ -28,13 +34,16 @@ async def _services(ekit: EventKit) -> dict[str, int]:
     """EngageLab and SendGrid with secrets, Postmark and one SMTP relay without any, one SMTP relay with an
     inbound token. No Mailgun, Brevo, SparkPost, Resend or SES service exists."""
     return {
-        "engagelab": await ekit.add_service("el", "engagelab", credentials={
-            "api_user": "u", "api_key": "k", "webhook_secrets": [ENGAGELAB_KEY]}),
-        "sendgrid": await ekit.add_service("sg", "sendgrid", credentials={
-            "api_key": "SG.x", "webhook_secrets": [SENDGRID_PUBLIC]}),
+        "engagelab": await ekit.add_service(
+            "el", "engagelab", credentials={"api_user": "u", "api_key": "k", "webhook_secrets": [ENGAGELAB_KEY]}
+        ),
+        "sendgrid": await ekit.add_service(
+            "sg", "sendgrid", credentials={"api_key": "SG.x", "webhook_secrets": [SENDGRID_PUBLIC]}
+        ),
         "postmark": await ekit.add_service("pm", "postmark", credentials={"server_token": "pm-token"}),
-        "smtp": await ekit.add_service("relay", "smtp", credentials={"webhook_secrets": [SMTP_TOKEN]},
-                                       host="127.0.0.1", port=1),
+        "smtp": await ekit.add_service(
+            "relay", "smtp", credentials={"webhook_secrets": [SMTP_TOKEN]}, host="127.0.0.1", port=1
+        ),
         "smtp_without_token": await ekit.add_service("relay2", "smtp", credentials={}, host="127.0.0.1", port=1),
     }
 
@@ -77,8 +86,7 @@ async def test_every_unverified_post_gets_the_same_answer(ekit: EventKit, caplog
     assert await ekit.events() == []
 
 
-async def test_the_real_reason_is_logged_with_the_request_id(ekit: EventKit,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_real_reason_is_logged_with_the_request_id(ekit: EventKit, caplog: pytest.LogCaptureFixture) -> None:
     ids = await _services(ekit)
     caplog.set_level(logging.WARNING, logger="edm.webhooks")
     expected = [
@@ -99,8 +107,10 @@ async def test_the_real_reason_is_logged_with_the_request_id(ekit: EventKit,
 async def test_a_verified_post_still_reaches_its_service(ekit: EventKit) -> None:
     """The uniform refusal does not swallow good requests: a correct token on the DSN endpoint is stored."""
     ids = await _services(ekit)
-    response = await ekit.client.post(f"/webhooks/smtp/{ids['smtp']}/dsn", content=DSN,
-                                      headers={"Content-Type": "message/rfc822",
-                                               "Authorization": f"Bearer {SMTP_TOKEN}"})
+    response = await ekit.client.post(
+        f"/webhooks/smtp/{ids['smtp']}/dsn",
+        content=DSN,
+        headers={"Content-Type": "message/rfc822", "Authorization": f"Bearer {SMTP_TOKEN}"},
+    )
     assert response.status_code == 200, response.text
     assert len(await ekit.events()) == 1

@@ -20,9 +20,16 @@ from tests.integration.events.conftest import EventKit, mailgun_body, sendgrid_h
 
 def sg_event(subtask: SubTask, event: str, n: int, **extra: Any) -> dict[str, Any]:
     """One SendGrid event for a SubTask, our ids flattened at the top level as SendGrid does."""
-    return {"email": subtask.recipient_email, "timestamp": 1_700_000_000 + n, "event": event,
-            "sg_event_id": f"evt-{subtask.id}-{event}-{n}", "sg_message_id": f"msg{subtask.id}.filter0001",
-            "subtask_id": str(subtask.public_id), "task_id": str(subtask.task_id), **extra}
+    return {
+        "email": subtask.recipient_email,
+        "timestamp": 1_700_000_000 + n,
+        "event": event,
+        "sg_event_id": f"evt-{subtask.id}-{event}-{n}",
+        "sg_message_id": f"msg{subtask.id}.filter0001",
+        "subtask_id": str(subtask.public_id),
+        "task_id": str(subtask.task_id),
+        **extra,
+    }
 
 
 async def post_sendgrid(ekit: EventKit, events: list[dict[str, Any]], path: str = "/webhooks/sendgrid") -> Any:
@@ -71,10 +78,16 @@ async def test_sendgrid_batch_with_duplicates_and_shuffled_order_applies_once(ek
 
 
 async def test_an_event_for_an_unknown_subtask_is_stored_unmatched_so_the_provider_stops_retrying(
-        ekit: EventKit) -> None:
+    ekit: EventKit,
+) -> None:
     await ekit.send_task(2)
-    ghost = {"email": "x@example.org", "timestamp": 1_700_000_000, "event": "delivered", "sg_event_id": "ghost-1",
-             "subtask_id": str(uuid.uuid4())}
+    ghost = {
+        "email": "x@example.org",
+        "timestamp": 1_700_000_000,
+        "event": "delivered",
+        "sg_event_id": "ghost-1",
+        "subtask_id": str(uuid.uuid4()),
+    }
     no_id = {"email": "y@example.org", "timestamp": 1_700_000_000, "event": "delivered", "sg_event_id": "ghost-2"}
     response = await post_sendgrid(ekit, [ghost, no_id, "not an object"])
     assert response.status_code == 200
@@ -113,9 +126,12 @@ async def test_states_never_regress_whatever_the_arrival_order(ekit: EventKit) -
     a, b, c = subtasks
     # a: complained first, then delivered and deferred; b: bounce, then delivered; c: deferred then soft bounce
     batches = [
-        [sg_event(a, "spamreport", 9)], [sg_event(a, "delivered", 1), sg_event(a, "deferred", 0)],
-        [sg_event(b, "bounce", 5, type="bounce")], [sg_event(b, "delivered", 2)],
-        [sg_event(c, "deferred", 1)], [sg_event(c, "bounce", 2, type="expired")],
+        [sg_event(a, "spamreport", 9)],
+        [sg_event(a, "delivered", 1), sg_event(a, "deferred", 0)],
+        [sg_event(b, "bounce", 5, type="bounce")],
+        [sg_event(b, "delivered", 2)],
+        [sg_event(c, "deferred", 1)],
+        [sg_event(c, "bounce", 2, type="expired")],
     ]
     for batch in batches:
         assert (await post_sendgrid(ekit, batch)).status_code == 200
@@ -172,17 +188,21 @@ async def test_provider_open_and_click_events_are_stored_but_never_counted(ekit:
 async def test_mailgun_token_replay_is_refused(ekit: EventKit) -> None:
     task_id, subtasks = await ekit.send_task(1)
     st = subtasks[0]
-    data = {"event": "delivered", "id": "mg-1", "timestamp": 1_700_000_000.5, "recipient": st.recipient_email,
-            "user-variables": {"subtask_id": str(st.public_id), "task_id": str(task_id)},
-            "message": {"headers": {"message-id": "abc@mg.example.com"}}}
+    data = {
+        "event": "delivered",
+        "id": "mg-1",
+        "timestamp": 1_700_000_000.5,
+        "recipient": st.recipient_email,
+        "user-variables": {"subtask_id": str(st.public_id), "task_id": str(task_id)},
+        "message": {"headers": {"message-id": "abc@mg.example.com"}},
+    }
     body = mailgun_body(data, token="t" * 50)
     headers = {"Content-Type": "application/json"}
     first = await ekit.client.post("/webhooks/mailgun", content=body, headers=headers)
     assert first.status_code == 200, first.text
     replay = await ekit.client.post("/webhooks/mailgun", content=body, headers=headers)
     assert replay.status_code == 401 and "replay" in replay.json()["error"]["message"]
-    fresh = await ekit.client.post("/webhooks/mailgun", content=mailgun_body(data, token="u" * 50),
-                                   headers=headers)
+    fresh = await ekit.client.post("/webhooks/mailgun", content=mailgun_body(data, token="u" * 50), headers=headers)
     assert fresh.status_code == 200 and fresh.json()["duplicates"] == 1  # same event id: stored once
     await ekit.apply()
     assert (await ekit.dkit.subtasks(task_id))[0].delivery_state == "delivered"
@@ -210,7 +230,8 @@ async def test_events_update_the_contact_as_spec_9_6_says(ekit: EventKit) -> Non
         sg_event(blocked, "bounce", 1, type="blocked", reason="554 5.7.1 blocked by policy"),
         sg_event(complained, "spamreport", 1),
         sg_event(unsubscribed, "unsubscribe", 1),
-        sg_event(soft, "bounce", 1, type="expired"), sg_event(soft, "bounce", 2, type="expired"),
+        sg_event(soft, "bounce", 1, type="expired"),
+        sg_event(soft, "bounce", 2, type="expired"),
     ]
     assert (await post_sendgrid(ekit, events)).status_code == 200
     await ekit.apply()

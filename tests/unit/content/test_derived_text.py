@@ -14,18 +14,29 @@ TEMPLATES = [
     "<p>Your code: <b>{{ contact.attributes.code }}</b></p><ul>{% for t in contact.tags %}<li>{{ t }}</li>"
     "{% endfor %}</ul><a href='https://shop.example.com/{{ contact.attributes.code }}'>Shop</a></body></html>",
     "<p>{% if contact.company %}Hello {{ contact.company }} team{% else %}Hello friend{% endif %} &amp; welcome</p>",
-    "<table><tr><td>{{ name }}</td><td>{{ email }}</td></tr></table><p><a href=\"{{ unsubscribe_url }}\">Leave</a></p>",
+    '<table><tr><td>{{ name }}</td><td>{{ email }}</td></tr></table><p><a href="{{ unsubscribe_url }}">Leave</a></p>',
 ]
 CONTACTS = [
-    {"email": "a@example.com", "first_name": "Ann", "company": "Acme & Co", "attributes": {"code": "X<1>"},
-     "tags": ["vip", "news"]},
+    {
+        "email": "a@example.com",
+        "first_name": "Ann",
+        "company": "Acme & Co",
+        "attributes": {"code": "X<1>"},
+        "tags": ["vip", "news"],
+    },
     {"email": "b@example.com", "name": "Bob O'Brien", "attributes": {}, "tags": []},
 ]
 
 
 def _ctx(contact: dict[str, object]) -> dict[str, object]:
-    return build_context(contact=contact, sender={}, task={"name": "t"}, org={"postal_address": "1 Main St"},
-                         unsubscribe_url="https://u.example.com/u/tok", now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    return build_context(
+        contact=contact,
+        sender={},
+        task={"name": "t"},
+        org={"postal_address": "1 Main St"},
+        unsubscribe_url="https://u.example.com/u/tok",
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
 
 
 @pytest.mark.parametrize("html", TEMPLATES)
@@ -39,8 +50,13 @@ def test_derived_text_equals_converting_the_rendered_html(html: str, contact: di
     assert fast.text.split() == slow.text.split()
 
 
-@pytest.mark.parametrize("html", ["<p>{{ contact.attributes.bio | safe }} text</p>",
-                                  "{% autoescape false %}<p>{{ contact.attributes.bio }}</p>{% endautoescape %}"])
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>{{ contact.attributes.bio | safe }} text</p>",
+        "{% autoescape false %}<p>{{ contact.attributes.bio }}</p>{% endautoescape %}",
+    ],
+)
 def test_markup_from_values_falls_back_to_converting_each_mail(html: str) -> None:
     # Markup inside a value is a tag only after rendering: a derived text template would show it raw.
     template = compile_template(subject="s", html=html)

@@ -87,9 +87,7 @@ def test_attribute_keys_win_over_dict_methods() -> None:
 
 
 def test_autoescape_html_only() -> None:
-    tpl = compile_template(
-        subject="{{ name }}", html="<p>{{ name }}</p>", text="{{ name }}", preheader="{{ name }}"
-    )
+    tpl = compile_template(subject="{{ name }}", html="<p>{{ name }}</p>", text="{{ name }}", preheader="{{ name }}")
     out = tpl.render(_ctx(name="<b>Tom & Jerry</b>"))
     assert out.subject == "<b>Tom & Jerry</b>"
     assert "<p>&lt;b&gt;Tom &amp; Jerry&lt;/b&gt;</p>" in out.html
@@ -193,10 +191,7 @@ def test_time_limit_on_silent_loops(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_time_limit_on_loop_using_loop_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "RENDER_TIME_LIMIT", 0.05)
-    source = (
-        "{% for i in range(100000) %}{% for j in range(100000) %}{{ loop.index0 * 0 }}{% endfor %}"
-        "{% endfor %}"
-    )
+    source = "{% for i in range(100000) %}{% for j in range(100000) %}{{ loop.index0 * 0 }}{% endfor %}{% endfor %}"
     with pytest.raises(RenderError, match="longer than|exceeds"):
         _render(source)
 
@@ -410,9 +405,11 @@ def test_html_to_text_empty() -> None:
 
 # ---------------------------------------------------------------- CSS inlining and the custom footer (§14.3, §10.6)
 
-STYLED = ("<html><head><style>p.lead { color: #123456 } a { color: red }"
-          " @media (max-width: 600px) { p.lead { font-size: 20px } }</style></head>"
-          '<body><p class="lead">Hi {{ contact.first_name }}</p><a href="https://x.example.com/">x</a></body></html>')
+STYLED = (
+    "<html><head><style>p.lead { color: #123456 } a { color: red }"
+    " @media (max-width: 600px) { p.lead { font-size: 20px } }</style></head>"
+    '<body><p class="lead">Hi {{ contact.first_name }}</p><a href="https://x.example.com/">x</a></body></html>'
+)
 
 
 def test_css_is_inlined_only_when_the_template_asks() -> None:
@@ -440,7 +437,8 @@ def test_inlining_runs_after_the_footer_and_before_link_rewriting() -> None:
         return value
 
     out = compile_template(subject="s", html=STYLED.replace("<a ", '<a class="x" '), inline_css=True).render(
-        _ctx(), postprocess=rewrite)
+        _ctx(), postprocess=rewrite
+    )
     assert 'style="color: red;"' in seen[0], "the rewriter sees inlined HTML"
     assert "Springfield" in out.html and 'class="edm-footer"' in out.html
 
@@ -448,9 +446,19 @@ def test_inlining_runs_after_the_footer_and_before_link_rewriting() -> None:
 def test_custom_footer_fills_its_placeholders_escaped() -> None:
     custom = '<p class="legal"><a href="{{ unsubscribe_url }}">Leave</a> {{ postal_address }}</p>'
     out = compile_template(subject="s", html="<html><body><p>Hi</p></body></html>").render(
-        build_context(contact={"email": "a@b.example"}, sender={}, task={}, unsubscribe_url=UNSUB + "&x=<1>",
-                      org={"postal_address": "1 <Main> St\nTown"}, now=NOW), footer_html=custom)
-    assert '<p class="legal"><a href="https://edm.example.com/u/TOKEN123&amp;x=&lt;1&gt;">Leave</a> ' \
-           "1 &lt;Main&gt; St<br>Town</p></body>" in out.html
+        build_context(
+            contact={"email": "a@b.example"},
+            sender={},
+            task={},
+            unsubscribe_url=UNSUB + "&x=<1>",
+            org={"postal_address": "1 <Main> St\nTown"},
+            now=NOW,
+        ),
+        footer_html=custom,
+    )
+    assert (
+        '<p class="legal"><a href="https://edm.example.com/u/TOKEN123&amp;x=&lt;1&gt;">Leave</a> '
+        "1 &lt;Main&gt; St<br>Town</p></body>" in out.html
+    )
     assert "edm-footer" not in out.html
     assert "Leave (https://edm.example.com/u/TOKEN123&x=<1>)" in out.text

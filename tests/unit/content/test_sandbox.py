@@ -173,8 +173,9 @@ def test_the_deadline_is_checked_by_every_filter_and_call() -> None:
 
 
 def test_an_enclosing_time_limit_is_not_extended_by_a_render(monkeypatch: pytest.MonkeyPatch) -> None:
-    template = compile_template(subject="Hi", html="{% for i in range(100000) %}{% for j in range(100000) %}"
-                                                    "{% endfor %}{% endfor %}")
+    template = compile_template(
+        subject="Hi", html="{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
     started = time.monotonic()
     with sandbox.allowance(0.1), pytest.raises(RenderLimitExceeded) as err:
         template.render(_ctx())
@@ -217,8 +218,11 @@ def test_ordinary_use_of_guarded_features_renders_as_before() -> None:
 
 
 def test_concatenation_escapes_in_html_and_not_in_text() -> None:
-    template = compile_template(subject="{{ '<' ~ contact.first_name }}", html="{{ '<' ~ contact.first_name }}",
-                                text="{{ '<' ~ contact.first_name }}")
+    template = compile_template(
+        subject="{{ '<' ~ contact.first_name }}",
+        html="{{ '<' ~ contact.first_name }}",
+        text="{{ '<' ~ contact.first_name }}",
+    )
     out = template.render(_ctx(first_name="<b>"), compliance_footer=False)
     assert (out.subject, out.html, out.text) == ("<<b>", "&lt;&lt;b&gt;", "<<b>")
 

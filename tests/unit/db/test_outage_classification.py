@@ -75,8 +75,12 @@ def test_a_host_that_does_not_resolve_is_an_outage() -> None:
 
 def test_asyncio_aggregate_of_refused_addresses_is_an_outage() -> None:
     # asyncio.create_connection's own wording when every address of a host refused in a different way
-    assert database_unavailable(OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432), "
-                                        "[Errno 111] Connect call failed ('127.0.0.1', 5432)"))
+    assert database_unavailable(
+        OSError(
+            "Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432), "
+            "[Errno 111] Connect call failed ('127.0.0.1', 5432)"
+        )
+    )
 
 
 def test_sqlite_file_that_cannot_be_opened_is_an_outage(tmp_path: Path) -> None:

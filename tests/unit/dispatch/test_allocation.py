@@ -18,8 +18,14 @@ from edm.dispatch.allocation import (
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
-def task(task_id: int, user_id: int, *, priority: int = 5, schedule_at: dt.datetime | None = T0,
-         last_claimed_at: dt.datetime | None = None) -> CandidateTask:
+def task(
+    task_id: int,
+    user_id: int,
+    *,
+    priority: int = 5,
+    schedule_at: dt.datetime | None = T0,
+    last_claimed_at: dt.datetime | None = None,
+) -> CandidateTask:
     return CandidateTask(task_id, user_id, priority, schedule_at, last_claimed_at)
 
 
@@ -93,8 +99,11 @@ def test_task_order_within_a_user_least_recently_claimed_then_priority_schedule_
     plan, _ = plan_claim(tasks[:2], size=1, user_cursor=None)
     assert plan == [(2, 1)]
     # Equally due: higher priority first, then earlier schedule_at, then id.
-    tasks = [task(1, 1, priority=1), task(2, 1, priority=9),
-             task(3, 1, priority=9, schedule_at=earlier - dt.timedelta(days=1))]
+    tasks = [
+        task(1, 1, priority=1),
+        task(2, 1, priority=9),
+        task(3, 1, priority=9, schedule_at=earlier - dt.timedelta(days=1)),
+    ]
     plan, _ = plan_claim(tasks, size=3, user_cursor=None)
     assert [t for t, _ in plan] == [3, 2, 1]
     tasks = [task(5, 1), task(4, 1)]
@@ -105,11 +114,27 @@ def test_task_order_within_a_user_least_recently_claimed_then_priority_schedule_
 # ---- which service takes work next (SPEC §7.3) --------------------------------------------------------
 
 
-def _service(sid: int, *, eligible: bool = True, slot_waiting: bool = False, backup: bool = False,
-             priority: int = 50, weight: int = 100, quota_left: float = 1.0) -> ServiceView:
-    return ServiceView(service_id=sid, eligible=eligible, slot_waiting=slot_waiting, backup_only=backup,
-                       priority=priority, weight=weight, quota_left_ratio=quota_left, health=1.0,
-                       last_claim_at=None)
+def _service(
+    sid: int,
+    *,
+    eligible: bool = True,
+    slot_waiting: bool = False,
+    backup: bool = False,
+    priority: int = 50,
+    weight: int = 100,
+    quota_left: float = 1.0,
+) -> ServiceView:
+    return ServiceView(
+        service_id=sid,
+        eligible=eligible,
+        slot_waiting=slot_waiting,
+        backup_only=backup,
+        priority=priority,
+        weight=weight,
+        quota_left_ratio=quota_left,
+        health=1.0,
+        last_claim_at=None,
+    )
 
 
 def test_weighted_shares_follow_weight_times_quota_left() -> None:
@@ -128,8 +153,11 @@ def test_backup_only_waits_while_a_primary_is_eligible_or_waiting_for_its_slot()
 
 
 def test_priority_uses_only_the_best_available_tier() -> None:
-    views = [_service(1, priority=10, eligible=False, slot_waiting=True), _service(2, priority=20),
-             _service(3, priority=10)]
+    views = [
+        _service(1, priority=10, eligible=False, slot_waiting=True),
+        _service(2, priority=20),
+        _service(3, priority=10),
+    ]
     assert order_services(views, Strategy.PRIORITY) == [3]
     views[0] = _service(1, priority=10, eligible=False)  # frozen/throttled/at quota: not available
     views[2] = _service(3, priority=10, eligible=False)

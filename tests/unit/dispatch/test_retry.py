@@ -13,9 +13,20 @@ def seconds(delay: dt.timedelta) -> float:
     return delay.total_seconds()
 
 
-@pytest.mark.parametrize(("failures", "expected"), [
-    (1, 60), (2, 120), (3, 240), (4, 480), (5, 960), (6, 1920), (7, 3600), (8, 3600), (50, 3600),
-])
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [
+        (1, 60),
+        (2, 120),
+        (3, 240),
+        (4, 480),
+        (5, 960),
+        (6, 1920),
+        (7, 3600),
+        (8, 3600),
+        (50, 3600),
+    ],
+)
 def test_retry_delay_doubles_from_a_minute_up_to_an_hour(failures: int, expected: float) -> None:
     assert seconds(retry_delay(failures, jitter=lambda: 1.0)) == expected
 
@@ -43,12 +54,15 @@ def test_throttle_backoff_without_retry_after(level: int, expected: float) -> No
     assert seconds(throttle_backoff(level, retry_after=None)) == expected
 
 
-@pytest.mark.parametrize(("level", "retry_after", "expected"), [
-    (1, 120.0, 120),  # the provider asks for longer than our first step: honoured
-    (4, 10.0, 240),  # our back-off is already longer: kept
-    (1, 7200.0, 3600),  # a Retry-After above an hour is cut to an hour
-    (1, 0.0, 30),  # zero means "no advice"
-])
+@pytest.mark.parametrize(
+    ("level", "retry_after", "expected"),
+    [
+        (1, 120.0, 120),  # the provider asks for longer than our first step: honoured
+        (4, 10.0, 240),  # our back-off is already longer: kept
+        (1, 7200.0, 3600),  # a Retry-After above an hour is cut to an hour
+        (1, 0.0, 30),  # zero means "no advice"
+    ],
+)
 def test_throttle_backoff_honours_retry_after_up_to_an_hour(level: int, retry_after: float, expected: float) -> None:
     assert seconds(throttle_backoff(level, retry_after=retry_after)) == expected
 

@@ -49,12 +49,19 @@ def test_seconds_until_a_slot_is_never_negative() -> None:
 
 
 @settings(database=None, deadline=None)  # no example store in the tree; no per-example deadline under load
-@given(interval=st.floats(min_value=0.05, max_value=5.0),
-       claims=st.lists(st.tuples(st.floats(min_value=0.0, max_value=3.0), st.integers(min_value=0, max_value=20)),
-                       min_size=1, max_size=20),
-       window=st.floats(min_value=0.0, max_value=10.0))
+@given(
+    interval=st.floats(min_value=0.05, max_value=5.0),
+    claims=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=3.0), st.integers(min_value=0, max_value=20)),
+        min_size=1,
+        max_size=20,
+    ),
+    window=st.floats(min_value=0.0, max_value=10.0),
+)
 def test_no_window_holds_more_starts_than_the_interval_allows(
-    interval: float, claims: list[tuple[float, int]], window: float,
+    interval: float,
+    claims: list[tuple[float, int]],
+    window: float,
 ) -> None:
     """Claims at any moments (each `gap` seconds after the previous), of any sizes: in every window of length T
     at most ⌊T/s⌋ + 1 sends start."""

@@ -32,7 +32,8 @@ def check_invariants(instants: list[dt.datetime], *, timezone: str, reset_time: 
         assert service_day(reset, timezone=timezone, reset_time=reset_time) == day + dt.timedelta(days=1)
         just_before = reset - dt.timedelta(microseconds=1)
         assert service_day(just_before, timezone=timezone, reset_time=reset_time) == day, (
-            f"next_reset({t}) = {reset} is not the first instant of the next day")
+            f"next_reset({t}) = {reset} is not the first instant of the next day"
+        )
 
 
 # ---- a zone without DST ----------------------------------------------------------------------------------

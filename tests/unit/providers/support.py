@@ -28,9 +28,15 @@ def outbound(i: int = 1, *, to: str | None = None, subject: str | None = None) -
     """A message as the composer builds it: our headers and custom_args included."""
     key = f"00000000-0000-4000-8000-{i:012d}"
     return OutboundMessage(
-        key=key, envelope_from="news@mail.example.com", from_address="news@mail.example.com",
-        from_name="Example News", to_address=to or f"user{i}@example.org", to_name=f"User {i}",
-        subject=subject or f"Hello {i}", html=f"<p>Hello {i}</p>", text=f"Hello {i}",
+        key=key,
+        envelope_from="news@mail.example.com",
+        from_address="news@mail.example.com",
+        from_name="Example News",
+        to_address=to or f"user{i}@example.org",
+        to_name=f"User {i}",
+        subject=subject or f"Hello {i}",
+        html=f"<p>Hello {i}</p>",
+        text=f"Hello {i}",
         reply_to="support@example.com",
         headers={
             "Message-ID": f"<{key}@mail.example.com>",
@@ -43,11 +49,25 @@ def outbound(i: int = 1, *, to: str | None = None, subject: str | None = None) -
     )
 
 
-def config(provider: str, *, credentials: dict[str, Any] | None = None, batch_size: int = 1,
-           max_concurrency: int = 2, timeout: float = 5.0, **options: Any) -> ServiceConfig:
-    return ServiceConfig(service_id=1, provider=provider, domain="mail.example.com",
-                         credentials=credentials or {}, options=options, max_concurrency=max_concurrency,
-                         batch_size=batch_size, request_timeout_seconds=timeout)
+def config(
+    provider: str,
+    *,
+    credentials: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    max_concurrency: int = 2,
+    timeout: float = 5.0,
+    **options: Any,
+) -> ServiceConfig:
+    return ServiceConfig(
+        service_id=1,
+        provider=provider,
+        domain="mail.example.com",
+        credentials=credentials or {},
+        options=options,
+        max_concurrency=max_concurrency,
+        batch_size=batch_size,
+        request_timeout_seconds=timeout,
+    )
 
 
 class Recorder:
@@ -70,8 +90,9 @@ class Recorder:
         return json.loads(self.last.content)
 
 
-def answer(status: int, body: Any = None, *, headers: dict[str, str] | None = None
-           ) -> Callable[[httpx.Request], httpx.Response]:
+def answer(
+    status: int, body: Any = None, *, headers: dict[str, str] | None = None
+) -> Callable[[httpx.Request], httpx.Response]:
     def respond(request: httpx.Request) -> httpx.Response:
         if body is None:
             return httpx.Response(status, headers=headers)
@@ -89,8 +110,13 @@ def raising(exc: Exception) -> Callable[[httpx.Request], httpx.Response]:
     return respond
 
 
-def webhook_request(body: bytes, *, headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
-                    content_type: str = "application/json") -> WebhookRequest:
+def webhook_request(
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> WebhookRequest:
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     return WebhookRequest(body=body, headers=lowered, query=query or {}, content_type=content_type)
 

@@ -119,14 +119,17 @@ async def test_other_400_is_permanent_without_rejecting_the_recipient() -> None:
     assert result.provider_code == "missing_parameter"
 
 
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (401, {"code": "unauthorized", "message": "Key not found"}, Outcome.AUTH_CONFIG),
-    (403, {"code": "permission_denied", "message": "forbidden"}, Outcome.AUTH_CONFIG),
-    (402, {"code": "not_enough_credits", "message": "not enough credits"}, Outcome.QUOTA_EXHAUSTED),
-    (400, {"code": "account_under_validation", "message": "account under validation"}, Outcome.AUTH_CONFIG),
-    (500, {"code": "internal_error", "message": "boom"}, Outcome.TRANSIENT),
-    (503, None, Outcome.TRANSIENT),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (401, {"code": "unauthorized", "message": "Key not found"}, Outcome.AUTH_CONFIG),
+        (403, {"code": "permission_denied", "message": "forbidden"}, Outcome.AUTH_CONFIG),
+        (402, {"code": "not_enough_credits", "message": "not enough credits"}, Outcome.QUOTA_EXHAUSTED),
+        (400, {"code": "account_under_validation", "message": "account under validation"}, Outcome.AUTH_CONFIG),
+        (500, {"code": "internal_error", "message": "boom"}, Outcome.TRANSIENT),
+        (503, None, Outcome.TRANSIENT),
+    ],
+)
 async def test_error_statuses_map_to_spec_classes(status: int, body: Any, expected: Outcome) -> None:
     _, result = await send_one(answer(status, body))
     assert result.outcome is expected
@@ -158,7 +161,9 @@ async def test_more_messages_than_max_batch_are_sent_one_call_each_in_order() ->
     results = await adapter(recorder).send([outbound(1), outbound(2)])
     assert [r.key for r in results] == [outbound(1).key, outbound(2).key]
     assert [json.loads(r.content)["to"][0]["email"] for r in recorder.requests] == [
-        "user1@example.org", "user2@example.org"]
+        "user1@example.org",
+        "user2@example.org",
+    ]
 
 
 def test_capabilities_single_message_without_idempotency() -> None:
@@ -210,20 +215,24 @@ def parse_one(name: str) -> NormalizedEvent:
     return event
 
 
-@pytest.mark.parametrize(("name", "event_type", "bounce_class", "recipient"), [
-    ("delivered.json", EventType.DELIVERED, None, "recipient@example.com"),
-    ("deferred.json", EventType.DEFERRED, None, "notauser@example.com"),
-    ("soft_bounce.json", EventType.SOFT_BOUNCED, BounceClass.SOFT, "recipient@no-mx.example.com"),
-    ("hard_bounce.json", EventType.HARD_BOUNCED, BounceClass.HARD, "not-a-user@example.com"),
-    ("invalid_email.json", EventType.HARD_BOUNCED, BounceClass.INVALID, "recipient@example.com"),
-    ("blocked.json", EventType.REJECTED, BounceClass.SUPPRESSED, "recipient@example.com"),
-    ("opened.json", EventType.OPENED, None, "recipient@example.com"),
-    ("unique_opened.json", EventType.OPENED, None, "recipient@example.com"),
-    ("click.json", EventType.CLICKED, None, "recipient@example.com"),
-    ("unsubscribe.json", EventType.UNSUBSCRIBED, None, "recipient@example.com"),
-])
+@pytest.mark.parametrize(
+    ("name", "event_type", "bounce_class", "recipient"),
+    [
+        ("delivered.json", EventType.DELIVERED, None, "recipient@example.com"),
+        ("deferred.json", EventType.DEFERRED, None, "notauser@example.com"),
+        ("soft_bounce.json", EventType.SOFT_BOUNCED, BounceClass.SOFT, "recipient@no-mx.example.com"),
+        ("hard_bounce.json", EventType.HARD_BOUNCED, BounceClass.HARD, "not-a-user@example.com"),
+        ("invalid_email.json", EventType.HARD_BOUNCED, BounceClass.INVALID, "recipient@example.com"),
+        ("blocked.json", EventType.REJECTED, BounceClass.SUPPRESSED, "recipient@example.com"),
+        ("opened.json", EventType.OPENED, None, "recipient@example.com"),
+        ("unique_opened.json", EventType.OPENED, None, "recipient@example.com"),
+        ("click.json", EventType.CLICKED, None, "recipient@example.com"),
+        ("unsubscribe.json", EventType.UNSUBSCRIBED, None, "recipient@example.com"),
+    ],
+)
 def test_relay_samples_parse_with_type_class_recipient_time_and_message_id(
-        name: str, event_type: EventType, bounce_class: BounceClass | None, recipient: str) -> None:
+    name: str, event_type: EventType, bounce_class: BounceClass | None, recipient: str
+) -> None:
     event = parse_one(name)
     assert event.event_type is event_type
     assert event.provider_event == name.removesuffix(".json")
@@ -279,8 +288,13 @@ def test_bounce_reason_yields_smtp_and_enhanced_codes() -> None:
 
 
 def _event(**fields: Any) -> dict[str, Any]:
-    return {"event": "delivered", "email": "user1@example.org", "ts_epoch": 1520363423000,
-            "message-id": "<a@smtp-relay.mailin.fr>", **fields}
+    return {
+        "event": "delivered",
+        "email": "user1@example.org",
+        "ts_epoch": 1520363423000,
+        "message-id": "<a@smtp-relay.mailin.fr>",
+        **fields,
+    }
 
 
 def test_our_ids_come_from_x_mailin_custom() -> None:

@@ -38,19 +38,28 @@ def one(raw: bytes | str, envelope_to: str | None = None) -> NormalizedEvent:
     return event
 
 
-def dsn(*recipient_blocks: str, to: str = "bounces@bounce.example.com", per_message: str = "",
-        returned: str = "", date: str = "Tue, 07 Jul 2026 10:02:11 +0000", message_id: str = "<dsn-1@mx.example.net>",
-        status_encoding: str = "") -> str:
+def dsn(
+    *recipient_blocks: str,
+    to: str = "bounces@bounce.example.com",
+    per_message: str = "",
+    returned: str = "",
+    date: str = "Tue, 07 Jul 2026 10:02:11 +0000",
+    message_id: str = "<dsn-1@mx.example.net>",
+    status_encoding: str = "",
+) -> str:
     """A multipart/report delivery-status message built from its blocks."""
     per_message = per_message or "Reporting-MTA: dns; mx.example.net\nArrival-Date: Tue, 07 Jul 2026 10:00:00 +0000"
-    status_body = "\n\n".join([textwrap.dedent(per_message).strip(), *(textwrap.dedent(b).strip() for b in
-                                                                        recipient_blocks)]) + "\n"
+    status_body = (
+        "\n\n".join([textwrap.dedent(per_message).strip(), *(textwrap.dedent(b).strip() for b in recipient_blocks)])
+        + "\n"
+    )
     cte = ""
     if status_encoding == "base64":
         status_body = base64.encodebytes(status_body.encode()).decode()
         cte = "Content-Transfer-Encoding: base64\n"
-    returned_part = (f"--B\nContent-Type: text/rfc822-headers\n\n{textwrap.dedent(returned).strip()}\n\n"
-                     if returned else "")
+    returned_part = (
+        f"--B\nContent-Type: text/rfc822-headers\n\n{textwrap.dedent(returned).strip()}\n\n" if returned else ""
+    )
     return (
         f"From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\nTo: {to}\nSubject: Delivery Status\n"
         f"Date: {date}\nMessage-ID: {message_id}\nMIME-Version: 1.0\n"
@@ -112,13 +121,22 @@ def test_sample_arf_abuse_report_is_a_complaint_matched_by_original_mail_from() 
 
 
 def test_dsn_with_two_recipients_gives_one_event_per_recipient() -> None:
-    raw = dsn(failed("gone@example.org", "5.1.1"), failed("full@example.org", "5.2.2"),
-              to=verp_address(KEY, "bounce.example.com"))
+    raw = dsn(
+        failed("gone@example.org", "5.1.1"),
+        failed("full@example.org", "5.2.2"),
+        to=verp_address(KEY, "bounce.example.com"),
+    )
     first, second = events(raw)
     assert (first.recipient, first.event_type, first.bounce_class) == (
-        "gone@example.org", EventType.HARD_BOUNCED, BounceClass.HARD)
+        "gone@example.org",
+        EventType.HARD_BOUNCED,
+        BounceClass.HARD,
+    )
     assert (second.recipient, second.event_type, second.bounce_class) == (
-        "full@example.org", EventType.SOFT_BOUNCED, BounceClass.SOFT)
+        "full@example.org",
+        EventType.SOFT_BOUNCED,
+        BounceClass.SOFT,
+    )
     assert first.subtask_id == second.subtask_id == KEY
     assert first.provider_event_id != second.provider_event_id
 
@@ -136,16 +154,20 @@ def test_policy_block_5_7_1_is_a_hard_bounce_of_class_block() -> None:
 
 @pytest.mark.parametrize("action", ["delivered", "relayed", "expanded"])
 def test_delivered_relayed_and_expanded_are_delivered(action: str) -> None:
-    block = f"Final-Recipient: rfc822; ok@example.org\nAction: {action}\nStatus: 2.0.0\n" \
-            "Diagnostic-Code: smtp; 250 2.0.0 Ok: queued"
+    block = (
+        f"Final-Recipient: rfc822; ok@example.org\nAction: {action}\nStatus: 2.0.0\n"
+        "Diagnostic-Code: smtp; 250 2.0.0 Ok: queued"
+    )
     event = one(dsn(block))
     assert event.event_type is EventType.DELIVERED and event.provider_event == f"dsn:{action}"
     assert event.bounce_class is None and event.recipient == "ok@example.org"
 
 
 def test_original_recipient_is_preferred_over_the_final_alias() -> None:
-    block = ("Original-Recipient: rfc822;alias@example.org\nFinal-Recipient: rfc822; real@forward.example\n"
-             "Action: failed\nStatus: 5.1.1")
+    block = (
+        "Original-Recipient: rfc822;alias@example.org\nFinal-Recipient: rfc822; real@forward.example\n"
+        "Action: failed\nStatus: 5.1.1"
+    )
     assert one(dsn(block)).recipient == "alias@example.org"
 
 
@@ -227,8 +249,11 @@ def test_verp_address_among_several_to_addresses_matches() -> None:
 
 
 def test_envelope_id_matches_when_there_is_no_verp_address() -> None:
-    raw = dsn(failed("x@example.org", "5.1.1"), per_message=f"Reporting-MTA: dns; mx\nOriginal-Envelope-Id: {KEY}",
-              returned=RETURNED.replace(KEY, OTHER_KEY))
+    raw = dsn(
+        failed("x@example.org", "5.1.1"),
+        per_message=f"Reporting-MTA: dns; mx\nOriginal-Envelope-Id: {KEY}",
+        returned=RETURNED.replace(KEY, OTHER_KEY),
+    )
     event = one(raw)
     assert event.subtask_id == KEY and event.details["matched_by"] == "envelope_id"
 
@@ -257,7 +282,8 @@ def test_returned_original_as_message_rfc822_is_searched_too() -> None:
     original["X-EDM-SubTask-Id"] = KEY
     original.set_content("hello")
     raw = dsn(failed("x@example.org", "5.1.1")).replace(
-        "--B--", f"--B\nContent-Type: message/rfc822\n\n{original.as_string()}\n--B--")
+        "--B--", f"--B\nContent-Type: message/rfc822\n\n{original.as_string()}\n--B--"
+    )
     assert one(raw).subtask_id == KEY
 
 
@@ -330,8 +356,7 @@ def test_free_text_delay_warning_is_deferred() -> None:
 
 def test_free_text_bounce_quoting_our_headers_is_matched_by_them() -> None:
     raw = FREE_TEXT.replace(verp_address(KEY, "bounce.example.com"), "news@example.com") + (
-        "\n--- Below this line is a copy of the message.\n\n"
-        f"From: news@example.com\nX-EDM-SubTask-Id: {OTHER_KEY}\n"
+        f"\n--- Below this line is a copy of the message.\n\nFrom: news@example.com\nX-EDM-SubTask-Id: {OTHER_KEY}\n"
     )
     event = one(raw)
     assert event.subtask_id == OTHER_KEY and event.details["matched_by"] == "subtask_header"
@@ -345,8 +370,10 @@ def test_bounce_without_any_status_is_unknown_but_still_matched() -> None:
 
 
 def test_plain_mail_is_one_unknown_unmatched_event_with_a_small_raw() -> None:
-    raw = (f"From: Reader <reader@example.org>\nTo: {verp_address(KEY, 'bounce.example.com')}\n"
-           "Subject: Re: Spring campaign\nDate: Tue, 07 Jul 2026 11:00:00 +0000\n\nThanks, 550 thanks!\n")
+    raw = (
+        f"From: Reader <reader@example.org>\nTo: {verp_address(KEY, 'bounce.example.com')}\n"
+        "Subject: Re: Spring campaign\nDate: Tue, 07 Jul 2026 11:00:00 +0000\n\nThanks, 550 thanks!\n"
+    )
     event = one(raw)
     assert event.event_type is EventType.UNKNOWN and event.provider_event == "mail:not-a-report"
     assert event.subtask_id is None
@@ -406,8 +433,10 @@ async def test_dsn_endpoint_accepts_only_the_inbound_token_and_parses_the_body()
 
 def mime_message(i: int = 1) -> OutboundMessage:
     message = outbound(i)
-    mime = (f"From: news@mail.example.com\r\nTo: {message.to_address}\r\nSubject: hi\r\n"
-            f"X-EDM-SubTask-Id: {message.key}\r\n\r\nhello\r\n").encode()
+    mime = (
+        f"From: news@mail.example.com\r\nTo: {message.to_address}\r\nSubject: hi\r\n"
+        f"X-EDM-SubTask-Id: {message.key}\r\n\r\nhello\r\n"
+    ).encode()
     return dataclasses.replace(message, mime=mime)
 
 

@@ -81,11 +81,17 @@ async def test_send_posts_one_message_with_basic_auth_our_ids_headers_and_tracki
         "X-EDM-SubTask-Id": message.key,
         "Feedback-ID": "7:3:edm",
     }
-    assert body["settings"] == {"send_mode": 0, "return_email_id": True, "open_tracking": False,
-                                "click_tracking": False, "unsubscribe_tracking": False}
+    assert body["settings"] == {
+        "send_mode": 0,
+        "return_email_id": True,
+        "open_tracking": False,
+        "click_tracking": False,
+        "unsubscribe_tracking": False,
+    }
     assert result.outcome is Outcome.ACCEPTED and result.status == 200
     assert result.provider_message_id == (
-        "1447054895514_15555555_32350_1350.sc-10_10_126_221-inbound0$recipient@example.com")
+        "1447054895514_15555555_32350_1350.sc-10_10_126_221-inbound0$recipient@example.com"
+    )
 
 
 def test_capabilities_declare_single_sends_and_the_one_hour_request_id_window() -> None:
@@ -94,13 +100,16 @@ def test_capabilities_declare_single_sends_and_the_one_hour_request_id_window() 
     assert capabilities.honours_idempotency and capabilities.idempotency_window_seconds == 3600
 
 
-@pytest.mark.parametrize(("options", "base"), [
-    ({}, "https://email.api.engagelab.cc"),
-    ({"data_centre": "sg"}, "https://email.api.engagelab.cc"),
-    ({"data_centre": "tr"}, "https://emailapi-tr.engagelab.com"),
-    ({"region": "tr"}, "https://emailapi-tr.engagelab.com"),
-    ({"data_centre": "tr", "base_url": "https://proxy.example.net/"}, "https://proxy.example.net"),
-])
+@pytest.mark.parametrize(
+    ("options", "base"),
+    [
+        ({}, "https://email.api.engagelab.cc"),
+        ({"data_centre": "sg"}, "https://email.api.engagelab.cc"),
+        ({"data_centre": "tr"}, "https://emailapi-tr.engagelab.com"),
+        ({"region": "tr"}, "https://emailapi-tr.engagelab.com"),
+        ({"data_centre": "tr", "base_url": "https://proxy.example.net/"}, "https://proxy.example.net"),
+    ],
+)
 async def test_data_centre_option_picks_the_base_url(options: dict[str, Any], base: str) -> None:
     _, recorder = await send_one(answer(200, {"email_ids": ["x0$user1@example.org"]}), **options)
     assert str(recorder.last.url) == f"{base}/v1/mail/send"
@@ -150,8 +159,10 @@ async def test_other_401_and_403_are_auth_config(status: int) -> None:
     assert result.outcome is Outcome.AUTH_CONFIG and result.provider_code == "30001"
 
 
-@pytest.mark.parametrize(("name", "code"), [("api_mail_send_response_400_from_empty.json", "30801"),
-                                            ("api_mail_send_response_400_custom_args.json", "30893")])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("api_mail_send_response_400_from_empty.json", "30801"), ("api_mail_send_response_400_custom_args.json", "30893")],
+)
 async def test_documented_400_codes_are_permanent(name: str, code: str) -> None:
     result, _ = await send_one(answer(400, sample("engagelab", name)))
     assert result.outcome is Outcome.PERMANENT and result.status == 400
@@ -175,15 +186,22 @@ async def test_5xx_is_transient(status: int) -> None:
     assert result.outcome is Outcome.TRANSIENT and result.status == status
 
 
-@pytest.mark.parametrize("reply", [answer(402, {"code": 1, "message": "payment required"}),
-                                   answer(400, {"code": 30990, "message": "Daily quota exceeded"})])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        answer(402, {"code": 1, "message": "payment required"}),
+        answer(400, {"code": 30990, "message": "Daily quota exceeded"}),
+    ],
+)
 async def test_quota_answers_are_quota_exhausted(reply: Any) -> None:
     result, _ = await send_one(reply)
     assert result.outcome is Outcome.QUOTA_EXHAUSTED
 
 
-@pytest.mark.parametrize("reply", [answer(200, {"request_id": "r"}), answer(200, {"email_ids": []}),
-                                   answer(200, "<html>captive portal</html>")])
+@pytest.mark.parametrize(
+    "reply",
+    [answer(200, {"request_id": "r"}), answer(200, {"email_ids": []}), answer(200, "<html>captive portal</html>")],
+)
 async def test_200_without_email_ids_is_auth_config(reply: Any) -> None:
     result, _ = await send_one(reply)
     assert result.outcome is Outcome.AUTH_CONFIG and result.provider_code == "unexpected_response"
@@ -213,12 +231,12 @@ def hmac_signature(timestamp: str, secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), timestamp.encode(), hashlib.sha256).hexdigest()
 
 
-def signed(signature: str, timestamp: str = TS_SECONDS, body: bytes | None = None,
-           **query: str) -> Any:
+def signed(signature: str, timestamp: str = TS_SECONDS, body: bytes | None = None, **query: str) -> Any:
     return webhook_request(
         body if body is not None else sample_bytes("engagelab", "status_delivered.json"),
         headers={"X-WebHook-Timestamp": timestamp, "X-WebHook-AppKey": "email", "X-WebHook-Signature": signature},
-        query=query)
+        query=query,
+    )
 
 
 async def verify(request: Any, *secrets: str, now: dt.datetime = NOW) -> bool:
@@ -371,12 +389,20 @@ def test_route_is_a_reply_without_our_ids_keeping_sender_subject_and_threading()
 # --------------------------------------------------------------------------------------------------------
 
 
-def envelope(*, status: str | None = None, response: str | None = None, data: dict[str, Any] | None = None,
-             custom_args: Any = None) -> dict[str, Any]:
-    document: dict[str, Any] = {"server": "email", "message_id": "m1", "to": "recipient@example.com",
-                                "itime": 1676615716100,
-                                "custom_args": {"subtask_id": SUBTASK, "task_id": TASK}
-                                if custom_args is None else custom_args}
+def envelope(
+    *,
+    status: str | None = None,
+    response: str | None = None,
+    data: dict[str, Any] | None = None,
+    custom_args: Any = None,
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "server": "email",
+        "message_id": "m1",
+        "to": "recipient@example.com",
+        "itime": 1676615716100,
+        "custom_args": {"subtask_id": SUBTASK, "task_id": TASK} if custom_args is None else custom_args,
+    }
     fields = {"email_id": EMAIL_ID, **(data or {})}
     if status is not None:
         document["status"] = {"message_status": status, "status_data": fields}
@@ -395,8 +421,9 @@ def parse_one(document: Any) -> NormalizedEvent:
     return event
 
 
-@pytest.mark.parametrize(("name", "event_type"), [("unsubscribe", EventType.UNSUBSCRIBED),
-                                                  ("report_spam", EventType.COMPLAINED)])
+@pytest.mark.parametrize(
+    ("name", "event_type"), [("unsubscribe", EventType.UNSUBSCRIBED), ("report_spam", EventType.COMPLAINED)]
+)
 def test_unsubscribe_and_report_spam_responses(name: str, event_type: EventType) -> None:
     event = parse_one(envelope(response=name))
     assert event.event_type is event_type and event.provider_event == name
@@ -409,17 +436,21 @@ def test_soft_bounce_is_soft_bounced_with_its_sub_code() -> None:
     assert event.details["sub_stat"] == 503 and event.enhanced_code == "4.2.2"
 
 
-@pytest.mark.parametrize(("sub_stat", "event_type", "bounce_class"), [
-    (401, EventType.REJECTED, BounceClass.SUPPRESSED),  # EngageLab blacklist
-    (402, EventType.REJECTED, BounceClass.SUPPRESSED),  # unsubscribed at EngageLab
-    (404, EventType.HARD_BOUNCED, BounceClass.INVALID),
-    (406, EventType.HARD_BOUNCED, BounceClass.INVALID),
-    (407, EventType.HARD_BOUNCED, BounceClass.BLOCK),
-    (None, EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("garbage", EventType.HARD_BOUNCED, BounceClass.HARD),
-])
-def test_invalid_email_sub_codes_refine_the_bounce(sub_stat: Any, event_type: EventType,
-                                                    bounce_class: BounceClass) -> None:
+@pytest.mark.parametrize(
+    ("sub_stat", "event_type", "bounce_class"),
+    [
+        (401, EventType.REJECTED, BounceClass.SUPPRESSED),  # EngageLab blacklist
+        (402, EventType.REJECTED, BounceClass.SUPPRESSED),  # unsubscribed at EngageLab
+        (404, EventType.HARD_BOUNCED, BounceClass.INVALID),
+        (406, EventType.HARD_BOUNCED, BounceClass.INVALID),
+        (407, EventType.HARD_BOUNCED, BounceClass.BLOCK),
+        (None, EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("garbage", EventType.HARD_BOUNCED, BounceClass.HARD),
+    ],
+)
+def test_invalid_email_sub_codes_refine_the_bounce(
+    sub_stat: Any, event_type: EventType, bounce_class: BounceClass
+) -> None:
     data = {} if sub_stat is None else {"sub_stat": sub_stat}
     event = parse_one(envelope(status="invalid_email", data=data))
     assert event.event_type is event_type and event.bounce_class is bounce_class
@@ -442,12 +473,16 @@ def test_missing_custom_args_still_parses_with_the_email_id() -> None:
 
 def test_target_with_several_recipients_yields_one_event_each() -> None:
     document = envelope(status="target")
-    document["status"]["status_data"] = {"email_ids": ["m0$a@example.com", "m1$b@example.com"],
-                                         "tos": ["a@example.com", "b@example.com"]}
+    document["status"]["status_data"] = {
+        "email_ids": ["m0$a@example.com", "m1$b@example.com"],
+        "tos": ["a@example.com", "b@example.com"],
+    }
     del document["to"]
     events = parse_document(document)
     assert [(e.provider_message_id, e.recipient) for e in events if isinstance(e, NormalizedEvent)] == [
-        ("m0$a@example.com", "a@example.com"), ("m1$b@example.com", "b@example.com")]
+        ("m0$a@example.com", "a@example.com"),
+        ("m1$b@example.com", "b@example.com"),
+    ]
 
 
 def test_recipient_falls_back_to_the_email_id_suffix() -> None:
@@ -473,5 +508,8 @@ def test_a_body_that_is_not_an_engagelab_event_is_malformed(body: bytes) -> None
 
 def test_wrong_content_type_is_malformed() -> None:
     with pytest.raises(MalformedPayload):
-        WEBHOOK.parse(webhook_request(sample_bytes("engagelab", "status_sent.json"),
-                                      content_type="application/x-www-form-urlencoded"))
+        WEBHOOK.parse(
+            webhook_request(
+                sample_bytes("engagelab", "status_sent.json"), content_type="application/x-www-form-urlencoded"
+            )
+        )

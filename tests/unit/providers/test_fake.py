@@ -21,15 +21,22 @@ def _clean_registry() -> Iterator[None]:
 
 
 def config(service_id: int = 1, batch_size: int = 1, **options: Any) -> ServiceConfig:
-    return ServiceConfig(service_id=service_id, provider="fake", domain="example.com",
-                         options=options, batch_size=batch_size)
+    return ServiceConfig(
+        service_id=service_id, provider="fake", domain="example.com", options=options, batch_size=batch_size
+    )
 
 
 def message(i: int, to: str | None = None) -> OutboundMessage:
     return OutboundMessage(
-        key=f"st_{i}", envelope_from="bounce@example.com", from_address="news@example.com",
-        from_name="News", to_address=to or f"user{i}@example.org", to_name="", subject=f"Hello {i}",
-        html="<p>hi</p>", text="hi",
+        key=f"st_{i}",
+        envelope_from="bounce@example.com",
+        from_address="news@example.com",
+        from_name="News",
+        to_address=to or f"user{i}@example.org",
+        to_name="",
+        subject=f"Hello {i}",
+        html="<p>hi</p>",
+        text="hi",
     )
 
 
@@ -37,8 +44,14 @@ async def outcomes(adapter: FakeAdapter, count: int) -> list[Outcome]:
     return [(await adapter.send([message(i)]))[0].outcome for i in range(count)]
 
 
-MIX = {"transient_pct": 10, "throttle_pct": 10, "quota_pct": 5, "auth_pct": 5, "permanent_pct": 10,
-       "maybe_sent_pct": 10}
+MIX = {
+    "transient_pct": 10,
+    "throttle_pct": 10,
+    "quota_pct": 5,
+    "auth_pct": 5,
+    "permanent_pct": 10,
+    "maybe_sent_pct": 10,
+}
 
 
 async def test_error_mix_is_deterministic_for_a_seed() -> None:

@@ -33,9 +33,18 @@ def _clean_registry() -> Iterator[None]:
 
 
 def event(name: str, **extra: Any) -> dict[str, Any]:
-    return {"event_id": f"evt-{name}", "event": name, "subtask_id": "st-1", "task_id": "7",
-            "message_id": "fake-abc", "email": "user1@example.org", "timestamp": 1_783_400_000.25,
-            "reason": None, "url": None, **extra}
+    return {
+        "event_id": f"evt-{name}",
+        "event": name,
+        "subtask_id": "st-1",
+        "task_id": "7",
+        "message_id": "fake-abc",
+        "email": "user1@example.org",
+        "timestamp": 1_783_400_000.25,
+        "reason": None,
+        "url": None,
+        **extra,
+    }
 
 
 def body_of(*events: Any) -> bytes:
@@ -111,10 +120,14 @@ KINDS = [
 
 
 @pytest.mark.parametrize(("name", "event_type", "bounce_class"), KINDS)
-def test_every_event_kind_parses_with_ids_and_time(name: str, event_type: EventType,
-                                                   bounce_class: BounceClass | None) -> None:
-    element = event(name, reason="550 5.1.1 User unknown" if name == "hard_bounce" else None,
-                    url="https://example.com/x" if name == "click" else None)
+def test_every_event_kind_parses_with_ids_and_time(
+    name: str, event_type: EventType, bounce_class: BounceClass | None
+) -> None:
+    element = event(
+        name,
+        reason="550 5.1.1 User unknown" if name == "hard_bounce" else None,
+        url="https://example.com/x" if name == "click" else None,
+    )
     payload = WEBHOOK.parse(webhook_request(body_of(element)))
     assert payload.batch
     [parsed] = payload.items
@@ -187,7 +200,8 @@ async def test_emitted_batches_arrive_signed_at_the_service_url_in_posts_of_at_m
     first = inbox.events()[:2]
     assert [e["event"] for e in first] == ["accepted", "delivered"]
     assert {(e["subtask_id"], e["task_id"], e["message_id"], e["email"]) for e in first} == {
-        (outbound(1).key, "7", "fake-1", "user1@example.org")}
+        (outbound(1).key, "7", "fake-1", "user1@example.org")
+    }
     assert first[0]["timestamp"] < first[1]["timestamp"]
     assert len({e["event_id"] for e in inbox.events()}) == 240
     assert events.posted == 240 and events.dropped == 0
@@ -195,8 +209,9 @@ async def test_emitted_batches_arrive_signed_at_the_service_url_in_posts_of_at_m
 
 async def test_outcome_mix_follows_the_percentages_and_the_seed() -> None:
     def outcomes(seed: int) -> list[str]:
-        mix = emitter(Inbox(), seed=seed, delivered_pct=80, soft_bounce_pct=5, hard_bounce_pct=10,
-                      complaint_pct=10, open_pct=50)
+        mix = emitter(
+            Inbox(), seed=seed, delivered_pct=80, soft_bounce_pct=5, hard_bounce_pct=10, complaint_pct=10, open_pct=50
+        )
         return [e["event"] for m, pid in taken(2000) for e in mix.events_for(m, pid, 0.0)]
 
     first = outcomes(11)
@@ -257,8 +272,7 @@ async def test_network_failure_gives_up_after_a_few_attempts() -> None:
         attempts.append(request)
         raise httpx.ConnectError("connection refused")
 
-    events = EventEmitter(service_id=1, url=EDM_URL, secret=SECRET, delay_ms=0,
-                          transport=httpx.MockTransport(refuse))
+    events = EventEmitter(service_id=1, url=EDM_URL, secret=SECRET, delay_ms=0, transport=httpx.MockTransport(refuse))
     events.emit(taken(1))
     await events.aclose()
     assert len(attempts) == 3 and events.posted == 0 and events.dropped >= 2
@@ -266,8 +280,13 @@ async def test_network_failure_gives_up_after_a_few_attempts() -> None:
 
 def test_from_config_reads_options_and_the_first_webhook_secret() -> None:
     assert EventEmitter.from_config(config("fake")) is None
-    built = EventEmitter.from_config(config("fake", credentials={"webhook_secrets": [{"value": "s1"}, "s0"]},
-                                            events={"url": EDM_URL, "delay_ms": 50, "open_pct": 0}))
+    built = EventEmitter.from_config(
+        config(
+            "fake",
+            credentials={"webhook_secrets": [{"value": "s1"}, "s0"]},
+            events={"url": EDM_URL, "delay_ms": 50, "open_pct": 0},
+        )
+    )
     assert built is not None
     assert built.secret == "s1" and built.endpoint == f"{EDM_URL}/webhooks/fake/1"
     assert built.delay == 0.05 and built.open_pct == 0.0 and built.delivered_pct == 90.0

@@ -36,8 +36,9 @@ ACCEPTED = answer(200, {"id": "<20160306015544.116301.25145@example.org>", "mess
 
 
 def adapter(recorder: Recorder, **options: Any) -> MailgunAdapter:
-    return MailgunAdapter(config("mailgun", credentials={"api_key": API_KEY}, batch_size=1000, **options),
-                          transport=recorder.transport)
+    return MailgunAdapter(
+        config("mailgun", credentials={"api_key": API_KEY}, batch_size=1000, **options), transport=recorder.transport
+    )
 
 
 def form(request: httpx.Request) -> dict[str, list[str]]:
@@ -157,15 +158,21 @@ async def test_groups_of_one_call_keep_input_order() -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "body", "outcome"), [
-    (401, b"Forbidden", Outcome.AUTH_CONFIG),
-    (403, {"message": "Domain example.com is not allowed to send: Free accounts are for test purposes only"},
-     Outcome.AUTH_CONFIG),
-    (402, {"message": "Payment required"}, Outcome.QUOTA_EXHAUSTED),
-    (413, b"Request Entity Too Large", Outcome.PERMANENT),
-    (500, b"Internal Server Error", Outcome.TRANSIENT),
-    (503, b"", Outcome.TRANSIENT),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (401, b"Forbidden", Outcome.AUTH_CONFIG),
+        (
+            403,
+            {"message": "Domain example.com is not allowed to send: Free accounts are for test purposes only"},
+            Outcome.AUTH_CONFIG,
+        ),
+        (402, {"message": "Payment required"}, Outcome.QUOTA_EXHAUSTED),
+        (413, b"Request Entity Too Large", Outcome.PERMANENT),
+        (500, b"Internal Server Error", Outcome.TRANSIENT),
+        (503, b"", Outcome.TRANSIENT),
+    ],
+)
 async def test_status_classes(status: int, body: Any, outcome: Outcome) -> None:
     [result] = await adapter(Recorder(answer(status, body))).send([outbound(1)])
     assert result.outcome is outcome
@@ -204,8 +211,7 @@ async def test_batch_refused_for_an_address_is_halved_until_the_culprit_is_alone
     messages = [outbound(1), outbound(2), outbound(3, to="bad@example.org"), outbound(4)]
     results = await adapter(recorder).send(messages)
 
-    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.PERMANENT,
-                                            Outcome.ACCEPTED]
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.PERMANENT, Outcome.ACCEPTED]
     assert results[2].recipient_rejected is True
     assert [r.key for r in results] == [m.key for m in messages]
     assert len(recorder.requests) == 5  # [1-4] → [1,2] ok, [3,4] → [3] refused, [4] ok
@@ -255,8 +261,14 @@ async def test_connect_error_is_transient_and_read_timeout_is_maybe_sent() -> No
 # Webhook: signature
 # --------------------------------------------------------------------------------------------------------
 
-SIGNED_SAMPLES = ["clicked.json", "delivered.json", "failed_permanent_hard_bounce.json",
-                  "failed_temporary_soft_bounce.json", "opened_with_user_variables.json", "rejected.json"]
+SIGNED_SAMPLES = [
+    "clicked.json",
+    "delivered.json",
+    "failed_permanent_hard_bounce.json",
+    "failed_temporary_soft_bounce.json",
+    "opened_with_user_variables.json",
+    "rejected.json",
+]
 
 
 def near(body: dict[str, Any], minutes: float = 1.0) -> dt.datetime:
@@ -393,8 +405,13 @@ def test_rejected_sample_takes_the_recipient_from_the_to_header() -> None:
 
 
 def event_of(**data: Any) -> NormalizedEvent:
-    event_data = {"id": "abc", "timestamp": 1700000000.5, "recipient": "a@example.org",
-                  "message": {"headers": {"message-id": "<m1@mg.example.com>"}}, **data}
+    event_data = {
+        "id": "abc",
+        "timestamp": 1700000000.5,
+        "recipient": "a@example.org",
+        "message": {"headers": {"message-id": "<m1@mg.example.com>"}},
+        **data,
+    }
     body = json.dumps({"signature": {}, "event-data": event_data}).encode()
     [event] = webhook.parse(webhook_request(body)).items
     assert isinstance(event, NormalizedEvent)
@@ -420,11 +437,14 @@ def test_failed_on_a_suppression_list_is_rejected_suppressed(reason: str) -> Non
     assert event.bounce_class is BounceClass.SUPPRESSED
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("complained", EventType.COMPLAINED),
-    ("unsubscribed", EventType.UNSUBSCRIBED),
-    ("stored", EventType.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("complained", EventType.COMPLAINED),
+        ("unsubscribed", EventType.UNSUBSCRIBED),
+        ("stored", EventType.UNKNOWN),
+    ],
+)
 def test_other_event_names(name: str, expected: EventType) -> None:
     event = event_of(event=name)
     assert event.event_type is expected

@@ -16,8 +16,16 @@ from edm.providers.webhook import MalformedPayload, ParsedPayload
 from tests.unit.providers.support import SAMPLES, webhook_request
 
 REPLACEMENTS: tuple[Any, ...] = (None, 0, -1, 1e308, "", "x", [], {}, True, "9" * 40)
-FOLDERS = {"engagelab": "engagelab", "sendgrid": "sendgrid", "mailgun": "mailgun", "ses": "amazon_ses",
-           "postmark": "postmark", "brevo": "brevo", "sparkpost": "sparkpost", "resend": "resend"}
+FOLDERS = {
+    "engagelab": "engagelab",
+    "sendgrid": "sendgrid",
+    "mailgun": "mailgun",
+    "ses": "amazon_ses",
+    "postmark": "postmark",
+    "brevo": "brevo",
+    "sparkpost": "sparkpost",
+    "resend": "resend",
+}
 
 
 def _webhook_samples() -> Iterator[tuple[str, str, Any]]:
@@ -60,8 +68,9 @@ def _variants(sample: Any) -> Iterator[Any]:
                 yield {**sample, "Message": json.dumps(_replaced(inner, path, new))}
 
 
-@pytest.mark.parametrize(("provider", "name", "sample"), list(_webhook_samples()),
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("provider", "name", "sample"), list(_webhook_samples()), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_a_mutated_sample_parses_or_is_refused_as_malformed(provider: str, name: str, sample: Any) -> None:
     handler = registry.webhook_handler(provider)
     assert handler is not None
@@ -70,8 +79,7 @@ def test_a_mutated_sample_parses_or_is_refused_as_malformed(provider: str, name:
     for variant in _variants(sample):
         body = json.dumps(variant).encode()
         try:
-            parsed = handler.parse(webhook_request(body, content_type=content_type,
-                                                   headers={"svix-id": "msg_1"}))
+            parsed = handler.parse(webhook_request(body, content_type=content_type, headers={"svix-id": "msg_1"}))
         except MalformedPayload:
             continue
         assert isinstance(parsed, ParsedPayload)

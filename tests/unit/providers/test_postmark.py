@@ -23,15 +23,21 @@ TOKEN = "server-token-0000-secret"
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def adapter(recorder: support.Recorder, *, credentials: dict[str, Any] | None = None,
-            **options: Any) -> PostmarkAdapter:
+def adapter(
+    recorder: support.Recorder, *, credentials: dict[str, Any] | None = None, **options: Any
+) -> PostmarkAdapter:
     creds = {"server_token": TOKEN} if credentials is None else credentials
     return PostmarkAdapter(support.config("postmark", credentials=creds, **options), transport=recorder.transport)
 
 
 def ok_item(i: int) -> dict[str, Any]:
-    return {"To": f"user{i}@example.org", "SubmittedAt": "2024-05-01T12:00:00Z", "MessageID": f"pm-{i}",
-            "ErrorCode": 0, "Message": "OK"}
+    return {
+        "To": f"user{i}@example.org",
+        "SubmittedAt": "2024-05-01T12:00:00Z",
+        "MessageID": f"pm-{i}",
+        "ErrorCode": 0,
+        "Message": "OK",
+    }
 
 
 OK = support.answer(200, support.sample(PROVIDER, "api_email_response_200.json"))
@@ -106,7 +112,8 @@ async def test_several_messages_go_to_the_batch_endpoint_as_an_array_in_order() 
     assert [item["To"] for item in body] == [f"User {i} <user{i}@example.org>" for i in range(1, 4)]
     assert all(item["TrackOpens"] is False and item["TrackLinks"] == "None" for item in body)
     assert [(r.key, r.outcome, r.provider_message_id) for r in results] == [
-        (m.key, Outcome.ACCEPTED, f"pm-{i}") for i, m in enumerate(messages, start=1)]
+        (m.key, Outcome.ACCEPTED, f"pm-{i}") for i, m in enumerate(messages, start=1)
+    ]
 
 
 async def test_batch_results_are_classified_one_by_one() -> None:
@@ -145,24 +152,27 @@ async def test_missing_server_token_fails_auth_config_without_a_request() -> Non
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "body", "expected", "code"), [
-    (401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."}, Outcome.AUTH_CONFIG, "10"),
-    (422, {"ErrorCode": 10, "Message": "Bad or missing Server API token."}, Outcome.AUTH_CONFIG, "10"),
-    (422, {"ErrorCode": 400, "Message": "Sender signature not found"}, Outcome.AUTH_CONFIG, "400"),
-    (422, {"ErrorCode": 401, "Message": "Sender signature not confirmed"}, Outcome.AUTH_CONFIG, "401"),
-    (503, {"ErrorCode": 100, "Message": "Maintenance"}, Outcome.TRANSIENT, "100"),
-    (422, {"ErrorCode": 100, "Message": "Maintenance"}, Outcome.TRANSIENT, "100"),
-    (500, None, Outcome.TRANSIENT, "500"),
-    (422, support.sample(PROVIDER, "api_email_response_422_invalid_request.json"), Outcome.PERMANENT, "300"),
-    (422, {"ErrorCode": 405, "Message": "Not allowed to send"}, Outcome.QUOTA_EXHAUSTED, "405"),
-    (422, {"ErrorCode": 412, "Message": "Account is pending"}, Outcome.QUOTA_EXHAUSTED, "412"),
-    (422, {"ErrorCode": 413, "Message": "Account may not send"}, Outcome.QUOTA_EXHAUSTED, "413"),
-    (422, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, Outcome.THROTTLED, "429"),
-    (429, None, Outcome.THROTTLED, "429"),
-    (422, {"ErrorCode": 409, "Message": "JSON required"}, Outcome.PERMANENT, "409"),
-    (422, {"ErrorCode": 9999, "Message": "new"}, Outcome.PERMANENT, "9999"),
-    (403, "<html>Forbidden</html>", Outcome.AUTH_CONFIG, "403"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "code"),
+    [
+        (401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."}, Outcome.AUTH_CONFIG, "10"),
+        (422, {"ErrorCode": 10, "Message": "Bad or missing Server API token."}, Outcome.AUTH_CONFIG, "10"),
+        (422, {"ErrorCode": 400, "Message": "Sender signature not found"}, Outcome.AUTH_CONFIG, "400"),
+        (422, {"ErrorCode": 401, "Message": "Sender signature not confirmed"}, Outcome.AUTH_CONFIG, "401"),
+        (503, {"ErrorCode": 100, "Message": "Maintenance"}, Outcome.TRANSIENT, "100"),
+        (422, {"ErrorCode": 100, "Message": "Maintenance"}, Outcome.TRANSIENT, "100"),
+        (500, None, Outcome.TRANSIENT, "500"),
+        (422, support.sample(PROVIDER, "api_email_response_422_invalid_request.json"), Outcome.PERMANENT, "300"),
+        (422, {"ErrorCode": 405, "Message": "Not allowed to send"}, Outcome.QUOTA_EXHAUSTED, "405"),
+        (422, {"ErrorCode": 412, "Message": "Account is pending"}, Outcome.QUOTA_EXHAUSTED, "412"),
+        (422, {"ErrorCode": 413, "Message": "Account may not send"}, Outcome.QUOTA_EXHAUSTED, "413"),
+        (422, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, Outcome.THROTTLED, "429"),
+        (429, None, Outcome.THROTTLED, "429"),
+        (422, {"ErrorCode": 409, "Message": "JSON required"}, Outcome.PERMANENT, "409"),
+        (422, {"ErrorCode": 9999, "Message": "new"}, Outcome.PERMANENT, "9999"),
+        (403, "<html>Forbidden</html>", Outcome.AUTH_CONFIG, "403"),
+    ],
+)
 async def test_error_answers_map_to_error_classes(status: int, body: Any, expected: Outcome, code: str) -> None:
     recorder = support.Recorder(support.answer(status, body))
     [result] = await adapter(recorder).send([support.outbound(1)])
@@ -180,8 +190,9 @@ async def test_inactive_recipient_is_permanent_and_marks_the_recipient_rejected(
 
 
 async def test_rate_limit_carries_retry_after() -> None:
-    recorder = support.Recorder(support.answer(429, {"ErrorCode": 429, "Message": "Rate limit exceeded"},
-                                               headers={"Retry-After": "7"}))
+    recorder = support.Recorder(
+        support.answer(429, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, headers={"Retry-After": "7"})
+    )
     [result] = await adapter(recorder).send([support.outbound(1)])
     assert (result.outcome, result.retry_after) == (Outcome.THROTTLED, 7.0)
 
@@ -214,8 +225,11 @@ def basic(credentials: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
-async def check(headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
-                secrets: tuple[str, ...] = ("hook:s3cret",)) -> bool:
+async def check(
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    secrets: tuple[str, ...] = ("hook:s3cret",),
+) -> bool:
     request = support.webhook_request(support.sample_bytes(PROVIDER, "delivery.json"), headers=headers, query=query)
     return await postmark.webhook.verify(request, support.target("postmark", *secrets), support.context(NOW))
 
@@ -362,37 +376,55 @@ def test_our_ids_come_back_from_metadata() -> None:
 
 
 def test_bounce_content_header_gives_our_id_when_metadata_is_missing() -> None:
-    record = {**support.sample(PROVIDER, "bounce_hard.json"),
-              "Content": "Return-Path: <>\r\nX-EDM-SubTask-Id: st_in_content\r\nSubject: x\r\n\r\nbody"}
+    record = {
+        **support.sample(PROVIDER, "bounce_hard.json"),
+        "Content": "Return-Path: <>\r\nX-EDM-SubTask-Id: st_in_content\r\nSubject: x\r\n\r\nbody",
+    }
     assert parse_record(record).subtask_id == "st_in_content"
 
 
 def test_spam_complaint_record_is_complained_with_its_id() -> None:
-    event = parse_record({"RecordType": "SpamComplaint", "ID": 42, "Type": "SpamComplaint", "TypeCode": 100001,
-                          "MessageID": "pm-1", "Email": "a@example.org", "BouncedAt": "2024-05-01T10:00:00Z",
-                          "Metadata": OUR_METADATA})
+    event = parse_record(
+        {
+            "RecordType": "SpamComplaint",
+            "ID": 42,
+            "Type": "SpamComplaint",
+            "TypeCode": 100001,
+            "MessageID": "pm-1",
+            "Email": "a@example.org",
+            "BouncedAt": "2024-05-01T10:00:00Z",
+            "Metadata": OUR_METADATA,
+        }
+    )
     assert event.event_type is EventType.COMPLAINED
     assert (event.provider_event_id, event.recipient, event.subtask_id) == (
-        "42", "a@example.org", OUR_METADATA["subtask_id"])
+        "42",
+        "a@example.org",
+        OUR_METADATA["subtask_id"],
+    )
     assert event.occurred_at == dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(("bounce_type", "event_type", "bounce_class"), [
-    ("HardBounce", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("BadEmailAddress", EventType.HARD_BOUNCED, BounceClass.INVALID),
-    ("Transient", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("SoftBounce", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("DnsError", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("SpamNotification", EventType.REJECTED, BounceClass.BLOCK),
-    ("Blocked", EventType.REJECTED, BounceClass.BLOCK),
-    ("DMARCPolicy", EventType.REJECTED, BounceClass.BLOCK),
-    ("ManuallyDeactivated", EventType.REJECTED, BounceClass.SUPPRESSED),
-    ("SpamComplaint", EventType.COMPLAINED, None),
-    ("AutoResponder", EventType.UNKNOWN, None),
-    ("SomethingNew", EventType.UNKNOWN, None),
-])
-def test_bounce_types_map_to_event_types_and_classes(bounce_type: str, event_type: EventType,
-                                                     bounce_class: BounceClass | None) -> None:
+@pytest.mark.parametrize(
+    ("bounce_type", "event_type", "bounce_class"),
+    [
+        ("HardBounce", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("BadEmailAddress", EventType.HARD_BOUNCED, BounceClass.INVALID),
+        ("Transient", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("SoftBounce", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("DnsError", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("SpamNotification", EventType.REJECTED, BounceClass.BLOCK),
+        ("Blocked", EventType.REJECTED, BounceClass.BLOCK),
+        ("DMARCPolicy", EventType.REJECTED, BounceClass.BLOCK),
+        ("ManuallyDeactivated", EventType.REJECTED, BounceClass.SUPPRESSED),
+        ("SpamComplaint", EventType.COMPLAINED, None),
+        ("AutoResponder", EventType.UNKNOWN, None),
+        ("SomethingNew", EventType.UNKNOWN, None),
+    ],
+)
+def test_bounce_types_map_to_event_types_and_classes(
+    bounce_type: str, event_type: EventType, bounce_class: BounceClass | None
+) -> None:
     record = {**support.sample(PROVIDER, "bounce_hard.json"), "Type": bounce_type}
     event = parse_record(record)
     assert (event.event_type, event.bounce_class) == (event_type, bounce_class)
@@ -404,30 +436,37 @@ def test_bounce_with_only_a_type_code_is_classified_by_the_code() -> None:
     assert (event.event_type, event.bounce_class) == (EventType.SOFT_BOUNCED, BounceClass.SOFT)
 
 
-@pytest.mark.parametrize(("reason", "event_type"), [
-    ("ManualSuppression", EventType.UNSUBSCRIBED),
-    (None, EventType.UNSUBSCRIBED),
-    ("SpamComplaint", EventType.COMPLAINED),
-])
+@pytest.mark.parametrize(
+    ("reason", "event_type"),
+    [
+        ("ManualSuppression", EventType.UNSUBSCRIBED),
+        (None, EventType.UNSUBSCRIBED),
+        ("SpamComplaint", EventType.COMPLAINED),
+    ],
+)
 def test_subscription_change_suppressing_by_reason(reason: str | None, event_type: EventType) -> None:
     record = {**support.sample(PROVIDER, "subscription_change_hard_bounce.json"), "SuppressionReason": reason}
     assert parse_record(record).event_type is event_type
 
 
 def test_unknown_record_type_is_kept_as_unknown() -> None:
-    event = parse_record({"RecordType": "NewThing", "MessageID": "pm-1", "ReceivedAt": "2024-05-01T10:00:00Z",
-                          "Metadata": OUR_METADATA})
+    event = parse_record(
+        {"RecordType": "NewThing", "MessageID": "pm-1", "ReceivedAt": "2024-05-01T10:00:00Z", "Metadata": OUR_METADATA}
+    )
     assert (event.event_type, event.provider_event) == (EventType.UNKNOWN, "NewThing")
     assert event.subtask_id == OUR_METADATA["subtask_id"]
     assert event.occurred_at == dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(("body", "content_type"), [
-    (b"{broken", "application/json"),
-    (b"[]", "application/json"),
-    (b'{"MessageID": "x"}', "application/json"),
-    (b'{"RecordType": "Delivery"}', "text/plain"),
-])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{broken", "application/json"),
+        (b"[]", "application/json"),
+        (b'{"MessageID": "x"}', "application/json"),
+        (b'{"RecordType": "Delivery"}', "text/plain"),
+    ],
+)
 def test_bodies_that_are_not_postmark_events_are_malformed(body: bytes, content_type: str) -> None:
     with pytest.raises(MalformedPayload):
         postmark.webhook.parse(support.webhook_request(body, content_type=content_type))

@@ -115,20 +115,27 @@ def _error(status: int, name: str, message: str = "details") -> Any:
     return answer(status, {"statusCode": status, "name": name, "message": message})
 
 
-@pytest.mark.parametrize(("status", "name", "message", "expected"), [
-    (401, "missing_api_key", "Missing API key in the authorization header.", Outcome.AUTH_CONFIG),
-    (403, "invalid_api_key", "API key is invalid.", Outcome.AUTH_CONFIG),
-    (400, "validation_error", "API key is invalid", Outcome.AUTH_CONFIG),
-    (403, "validation_error", "You can only send testing emails to your own email address.", Outcome.AUTH_CONFIG),
-    (422, "invalid_from_address", "Invalid `from` field.", Outcome.AUTH_CONFIG),
-    (422, "validation_error", "The `subject` field is missing.", Outcome.PERMANENT),
-    (409, "invalid_idempotent_request", "Same idempotency key used with a different payload.", Outcome.PERMANENT),
-    (409, "concurrent_idempotent_requests", "Same idempotency key used while a request is in progress.",
-     Outcome.TRANSIENT),
-    (500, "internal_server_error", "Unexpected error.", Outcome.TRANSIENT),
-    (429, "daily_quota_exceeded", "You have reached your daily email sending quota.", Outcome.QUOTA_EXHAUSTED),
-    (429, "monthly_quota_exceeded", "You have reached your monthly email sending quota.", Outcome.QUOTA_EXHAUSTED),
-])
+@pytest.mark.parametrize(
+    ("status", "name", "message", "expected"),
+    [
+        (401, "missing_api_key", "Missing API key in the authorization header.", Outcome.AUTH_CONFIG),
+        (403, "invalid_api_key", "API key is invalid.", Outcome.AUTH_CONFIG),
+        (400, "validation_error", "API key is invalid", Outcome.AUTH_CONFIG),
+        (403, "validation_error", "You can only send testing emails to your own email address.", Outcome.AUTH_CONFIG),
+        (422, "invalid_from_address", "Invalid `from` field.", Outcome.AUTH_CONFIG),
+        (422, "validation_error", "The `subject` field is missing.", Outcome.PERMANENT),
+        (409, "invalid_idempotent_request", "Same idempotency key used with a different payload.", Outcome.PERMANENT),
+        (
+            409,
+            "concurrent_idempotent_requests",
+            "Same idempotency key used while a request is in progress.",
+            Outcome.TRANSIENT,
+        ),
+        (500, "internal_server_error", "Unexpected error.", Outcome.TRANSIENT),
+        (429, "daily_quota_exceeded", "You have reached your daily email sending quota.", Outcome.QUOTA_EXHAUSTED),
+        (429, "monthly_quota_exceeded", "You have reached your monthly email sending quota.", Outcome.QUOTA_EXHAUSTED),
+    ],
+)
 async def test_error_names_map_to_spec_classes(status: int, name: str, message: str, expected: Outcome) -> None:
     _, result = await send_one(_error(status, name, message))
     assert result.outcome is expected
@@ -176,8 +183,9 @@ def test_capabilities_declare_the_documented_24_hour_idempotency() -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def signed(body: bytes, *, key: bytes = KEY_BYTES, when: dt.datetime = NOW, msg_id: str = SVIX_ID,
-           extra_signatures: str = "") -> dict[str, str]:
+def signed(
+    body: bytes, *, key: bytes = KEY_BYTES, when: dt.datetime = NOW, msg_id: str = SVIX_ID, extra_signatures: str = ""
+) -> dict[str, str]:
     timestamp = str(int(when.timestamp()))
     digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     signature = f"{extra_signatures} v1,{base64.b64encode(digest).decode()}".strip()
@@ -265,19 +273,33 @@ def iso(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@pytest.mark.parametrize(("name", "event_type", "bounce_class", "recipient", "created_at"), [
-    ("email.sent.json", EventType.ACCEPTED, None, "to@example.org", "2023-09-28T17:19:43.736Z"),
-    ("email.delivered.json", EventType.DELIVERED, None, "to@example.org", "2023-09-28T17:19:44.823Z"),
-    ("email.bounced_hard.json", EventType.HARD_BOUNCED, BounceClass.HARD, "bounced@resend.dev",
-     "2023-10-02T18:11:26.101Z"),
-    ("email.bounced_suppressed.json", EventType.REJECTED, BounceClass.SUPPRESSED, "blocked@example.org",
-     "2023-10-01T20:01:01.598Z"),
-    ("email.complained.json", EventType.COMPLAINED, None, "complained@resend.dev", "2023-10-02T18:10:03.690Z"),
-    ("email.opened.json", EventType.OPENED, None, "to@example.org", "2023-09-28T17:20:38.990Z"),
-    ("email.clicked.json", EventType.CLICKED, None, "to@example.org", "2023-09-28T17:21:35.257Z"),
-])
+@pytest.mark.parametrize(
+    ("name", "event_type", "bounce_class", "recipient", "created_at"),
+    [
+        ("email.sent.json", EventType.ACCEPTED, None, "to@example.org", "2023-09-28T17:19:43.736Z"),
+        ("email.delivered.json", EventType.DELIVERED, None, "to@example.org", "2023-09-28T17:19:44.823Z"),
+        (
+            "email.bounced_hard.json",
+            EventType.HARD_BOUNCED,
+            BounceClass.HARD,
+            "bounced@resend.dev",
+            "2023-10-02T18:11:26.101Z",
+        ),
+        (
+            "email.bounced_suppressed.json",
+            EventType.REJECTED,
+            BounceClass.SUPPRESSED,
+            "blocked@example.org",
+            "2023-10-01T20:01:01.598Z",
+        ),
+        ("email.complained.json", EventType.COMPLAINED, None, "complained@resend.dev", "2023-10-02T18:10:03.690Z"),
+        ("email.opened.json", EventType.OPENED, None, "to@example.org", "2023-09-28T17:20:38.990Z"),
+        ("email.clicked.json", EventType.CLICKED, None, "to@example.org", "2023-09-28T17:21:35.257Z"),
+    ],
+)
 def test_samples_parse_with_type_class_recipient_time_and_ids(
-        name: str, event_type: EventType, bounce_class: BounceClass | None, recipient: str, created_at: str) -> None:
+    name: str, event_type: EventType, bounce_class: BounceClass | None, recipient: str, created_at: str
+) -> None:
     event = parse(name)
     assert event.event_type is event_type
     assert event.provider_event == sample("resend", name)["type"]
@@ -312,9 +334,11 @@ def test_sample_tags_that_are_not_ours_give_no_ids() -> None:
 
 
 def _event(kind: str, **data: Any) -> bytes:
-    body = {"type": kind, "created_at": "2024-01-01T12:00:00.000Z",
-            "data": {"email_id": "e1", "to": ["User <user1@example.org>"], "created_at": "2024-01-01T11:59:59Z",
-                     **data}}
+    body = {
+        "type": kind,
+        "created_at": "2024-01-01T12:00:00.000Z",
+        "data": {"email_id": "e1", "to": ["User <user1@example.org>"], "created_at": "2024-01-01T11:59:59Z", **data},
+    }
     return json.dumps(body).encode()
 
 
@@ -326,8 +350,9 @@ def parse_body(body: bytes) -> NormalizedEvent:
 
 def test_our_ids_come_from_tags_in_object_or_list_form() -> None:
     as_object = parse_body(_event("email.delivered", tags={"subtask_id": "st-1", "task_id": "7"}))
-    as_list = parse_body(_event("email.delivered", tags=[{"name": "subtask_id", "value": "st-1"},
-                                                         {"name": "task_id", "value": "7"}]))
+    as_list = parse_body(
+        _event("email.delivered", tags=[{"name": "subtask_id", "value": "st-1"}, {"name": "task_id", "value": "7"}])
+    )
     assert (as_object.subtask_id, as_object.task_id) == ("st-1", "7")
     assert (as_list.subtask_id, as_list.task_id) == ("st-1", "7")
     assert as_object.recipient == "user1@example.org"
@@ -338,18 +363,28 @@ def test_our_subtask_id_comes_from_the_echoed_header_when_tags_lack_it() -> None
     assert event.subtask_id == "st-9"
 
 
-@pytest.mark.parametrize(("bounce", "event_type", "bounce_class"), [
-    ({"type": "Permanent", "subType": "General", "message": "no such user"}, EventType.HARD_BOUNCED,
-     BounceClass.HARD),
-    ({"type": "Transient", "subType": "MailboxFull", "message": "full"}, EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ({"type": "Permanent", "subType": "Suppressed", "message": "on list"}, EventType.REJECTED,
-     BounceClass.SUPPRESSED),
-    ({"type": "Permanent", "subType": "OnAccountSuppressionList"}, EventType.REJECTED, BounceClass.SUPPRESSED),
-    ({"type": "Transient", "subType": "ContentRejected"}, EventType.REJECTED, BounceClass.BLOCK),
-    ({"type": "Undetermined", "subType": "Undetermined"}, EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
-])
-def test_bounce_type_and_subtype_decide_the_class(bounce: dict[str, str], event_type: EventType,
-                                                  bounce_class: BounceClass) -> None:
+@pytest.mark.parametrize(
+    ("bounce", "event_type", "bounce_class"),
+    [
+        (
+            {"type": "Permanent", "subType": "General", "message": "no such user"},
+            EventType.HARD_BOUNCED,
+            BounceClass.HARD,
+        ),
+        ({"type": "Transient", "subType": "MailboxFull", "message": "full"}, EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        (
+            {"type": "Permanent", "subType": "Suppressed", "message": "on list"},
+            EventType.REJECTED,
+            BounceClass.SUPPRESSED,
+        ),
+        ({"type": "Permanent", "subType": "OnAccountSuppressionList"}, EventType.REJECTED, BounceClass.SUPPRESSED),
+        ({"type": "Transient", "subType": "ContentRejected"}, EventType.REJECTED, BounceClass.BLOCK),
+        ({"type": "Undetermined", "subType": "Undetermined"}, EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
+    ],
+)
+def test_bounce_type_and_subtype_decide_the_class(
+    bounce: dict[str, str], event_type: EventType, bounce_class: BounceClass
+) -> None:
     event = parse_body(_event("email.bounced", bounce=bounce))
     assert (event.event_type, event.bounce_class) == (event_type, bounce_class)
 
@@ -361,8 +396,17 @@ def test_failed_is_rejected_with_its_reason() -> None:
 
 
 def test_received_is_a_reply_from_the_sender() -> None:
-    event = parse_body(_event("email.received", **{"from": "Contact <contact@example.org>", "to": ["in@ex.com"],
-                                                  "message_id": "<r1@example.org>", "subject": "Re: hi"}))
+    event = parse_body(
+        _event(
+            "email.received",
+            **{
+                "from": "Contact <contact@example.org>",
+                "to": ["in@ex.com"],
+                "message_id": "<r1@example.org>",
+                "subject": "Re: hi",
+            },
+        )
+    )
     assert event.event_type is EventType.REPLIED
     assert event.recipient == "contact@example.org"
     assert event.details["message_id"] == "<r1@example.org>"

@@ -35,15 +35,21 @@ ACCEPTED = answer(202, b"", headers={"X-Message-Id": "Lli-03HcQ5-JLybO9fXsJg"})
 
 
 def adapter(recorder: Recorder, **options: Any) -> SendGridAdapter:
-    return SendGridAdapter(config("sendgrid", credentials={"api_key": API_KEY}, batch_size=1000, **options),
-                           transport=recorder.transport)
+    return SendGridAdapter(
+        config("sendgrid", credentials={"api_key": API_KEY}, batch_size=1000, **options), transport=recorder.transport
+    )
 
 
 def big(i: int) -> OutboundMessage:
     """A message whose html and text exceed SendGrid's 10,000-byte substitution limit."""
     message = outbound(i)
-    return OutboundMessage(**{**{f: getattr(message, f) for f in message.__dataclass_fields__},
-                              "html": "<p>" + "x" * 9_000 + "</p>", "text": "y" * 2_000})
+    return OutboundMessage(
+        **{
+            **{f: getattr(message, f) for f in message.__dataclass_fields__},
+            "html": "<p>" + "x" * 9_000 + "</p>",
+            "text": "y" * 2_000,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -75,8 +81,10 @@ async def test_single_message_request_carries_ids_headers_inline_content_and_tra
         "Feedback-ID": "7:3:edm",
     }
     assert "substitutions" not in personalization
-    assert body["content"] == [{"type": "text/plain", "value": "Hello 1"},
-                               {"type": "text/html", "value": "<p>Hello 1</p>"}]
+    assert body["content"] == [
+        {"type": "text/plain", "value": "Hello 1"},
+        {"type": "text/html", "value": "<p>Hello 1</p>"},
+    ]
     tracking = body["tracking_settings"]
     assert tracking["click_tracking"]["enable"] is False
     assert tracking["open_tracking"]["enable"] is False
@@ -91,9 +99,13 @@ async def test_single_message_request_carries_ids_headers_inline_content_and_tra
 
 async def test_custom_args_values_are_sent_as_strings_and_reserved_headers_are_dropped() -> None:
     base = outbound(1)
-    message = OutboundMessage(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                                 "custom_args": {"subtask_id": base.key, "task_id": 7},
-                                 "headers": {"To": "x@example.org", "List-Unsubscribe": "<https://u>"}})
+    message = OutboundMessage(
+        **{
+            **{f: getattr(base, f) for f in base.__dataclass_fields__},
+            "custom_args": {"subtask_id": base.key, "task_id": 7},
+            "headers": {"To": "x@example.org", "List-Unsubscribe": "<https://u>"},
+        }
+    )
     recorder = Recorder(ACCEPTED)
     await adapter(recorder).send([message])
     [personalization] = recorder.last_json()["personalizations"]
@@ -124,8 +136,11 @@ async def test_batch_is_one_request_with_a_personalization_per_message_and_bodie
     body = recorder.last_json()
     assert body["content"] == [{"type": "text/plain", "value": TEXT_TAG}, {"type": "text/html", "value": HTML_TAG}]
     personalizations = body["personalizations"]
-    assert [p["to"][0]["email"] for p in personalizations] == ["user1@example.org", "user2@example.org",
-                                                                "user3@example.org"]
+    assert [p["to"][0]["email"] for p in personalizations] == [
+        "user1@example.org",
+        "user2@example.org",
+        "user3@example.org",
+    ]
     for message, personalization in zip(messages, personalizations, strict=True):
         assert personalization["subject"] == message.subject
         assert personalization["custom_args"] == {"subtask_id": message.key, "task_id": "7"}
@@ -159,8 +174,9 @@ async def test_message_over_the_substitution_limit_goes_alone_in_the_same_call_r
 
 def test_plan_puts_a_repeated_address_and_a_different_sender_in_other_requests() -> None:
     base = outbound(3)
-    other_sender = OutboundMessage(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                                      "from_address": "other@mail.example.com"})
+    other_sender = OutboundMessage(
+        **{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "from_address": "other@mail.example.com"}
+    )
     messages = [outbound(1), outbound(2), outbound(9, to="USER1@example.org"), other_sender]
     assert plan_requests(messages) == [[0, 1], [2], [3]]
 
@@ -181,8 +197,11 @@ async def test_maximum_credits_exceeded_is_quota_exhausted_not_auth() -> None:
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_other_401_and_403_are_auth_config(status: int) -> None:
-    body = {"errors": [{"message": "The provided authorization grant is invalid, expired, or revoked",
-                        "field": None, "help": None}]}
+    body = {
+        "errors": [
+            {"message": "The provided authorization grant is invalid, expired, or revoked", "field": None, "help": None}
+        ]
+    }
     [result] = await adapter(Recorder(answer(status, body))).send([outbound(1)])
     assert result.outcome is Outcome.AUTH_CONFIG
     assert result.status == status
@@ -192,8 +211,9 @@ async def test_429_is_throttled_with_the_rate_limit_reset_header() -> None:
     now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     clock.freeze(now)
     reset = str(int(now.timestamp()) + 42)
-    recorder = Recorder(answer(429, {"errors": [{"message": "too many requests"}]},
-                               headers={"X-RateLimit-Reset": reset}))
+    recorder = Recorder(
+        answer(429, {"errors": [{"message": "too many requests"}]}, headers={"X-RateLimit-Reset": reset})
+    )
     [result] = await adapter(recorder).send([outbound(1)])
     assert result.outcome is Outcome.THROTTLED
     assert result.retry_after == pytest.approx(42.0)
@@ -226,8 +246,17 @@ async def test_batch_400_naming_one_personalization_fails_it_and_resends_the_oth
         emails = [p["to"][0]["email"] for p in json.loads(request.content)["personalizations"]]
         if "bad@example.org" in emails:
             index = emails.index("bad@example.org")
-            return httpx.Response(400, json={"errors": [{"message": "Does not contain a valid address.",
-                                                         "field": f"personalizations.{index}.to.0.email"}]})
+            return httpx.Response(
+                400,
+                json={
+                    "errors": [
+                        {
+                            "message": "Does not contain a valid address.",
+                            "field": f"personalizations.{index}.to.0.email",
+                        }
+                    ]
+                },
+            )
         return httpx.Response(202, headers={"X-Message-Id": "second"})
 
     recorder = Recorder(respond)
@@ -291,19 +320,25 @@ def public_der_b64(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def signed(key: ec.EllipticCurvePrivateKey, body: bytes, when: dt.datetime = NOW) -> dict[str, str]:
     timestamp = str(int(when.timestamp()))
     signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp}
+    return {
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+    }
 
 
 async def test_signed_sample_verifies_with_the_base64_der_key_and_the_pem_key(
-        private_key: ec.EllipticCurvePrivateKey) -> None:
+    private_key: ec.EllipticCurvePrivateKey,
+) -> None:
     body = sample_bytes("sendgrid", "delivered.json")
     request = webhook_request(body, headers=signed(private_key, body))
     assert await webhook.verify(request, target("sendgrid", public_der_b64(private_key)), context(NOW))
@@ -412,11 +447,14 @@ def test_bounce_is_hard_bounced_with_codes() -> None:
     assert event.provider_message_id == "Lli-03HcQ5-JLybO9fXsJg"
 
 
-@pytest.mark.parametrize(("name", "recipient", "bounce_class"), [
-    ("dropped_bounced_address.json", "example@example.com", BounceClass.SUPPRESSED),
-    ("dropped_unsubscribed_address.json", "unsubscribe@example.com", BounceClass.SUPPRESSED),
-    ("dropped_invalid.json", "invalid@invalid", BounceClass.INVALID),
-])
+@pytest.mark.parametrize(
+    ("name", "recipient", "bounce_class"),
+    [
+        ("dropped_bounced_address.json", "example@example.com", BounceClass.SUPPRESSED),
+        ("dropped_unsubscribed_address.json", "unsubscribe@example.com", BounceClass.SUPPRESSED),
+        ("dropped_invalid.json", "invalid@invalid", BounceClass.INVALID),
+    ],
+)
 def test_dropped_is_rejected_with_the_reason_class(name: str, recipient: str, bounce_class: BounceClass) -> None:
     event = parse_sample(name)
     assert event.event_type is EventType.REJECTED
@@ -451,8 +489,13 @@ def test_unsubscribe_and_group_resubscribe() -> None:
 
 
 def event_of(**fields: Any) -> NormalizedEvent:
-    element = {"email": "a@example.org", "timestamp": 1700000000, "sg_event_id": "e1",
-               "sg_message_id": "abc.filter1.2.3", **fields}
+    element = {
+        "email": "a@example.org",
+        "timestamp": 1700000000,
+        "sg_event_id": "e1",
+        "sg_message_id": "abc.filter1.2.3",
+        **fields,
+    }
     [event] = webhook.parse(webhook_request(json.dumps([element]).encode())).items
     assert isinstance(event, NormalizedEvent)
     return event
@@ -472,11 +515,14 @@ def test_blocked_bounce_is_rejected_as_a_block() -> None:
     assert event.enhanced_code == "5.7.1"
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("spamreport", EventType.COMPLAINED),
-    ("group_unsubscribe", EventType.UNSUBSCRIBED),
-    ("something_new", EventType.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("spamreport", EventType.COMPLAINED),
+        ("group_unsubscribe", EventType.UNSUBSCRIBED),
+        ("something_new", EventType.UNKNOWN),
+    ],
+)
 def test_other_event_names(name: str, expected: EventType) -> None:
     assert event_of(event=name).event_type is expected
 

@@ -52,9 +52,16 @@ def _empty_certificate_cache() -> Iterator[None]:
 def _self_signed(key: rsa.RSAPrivateKey, *, days: int = 365, start_days_ago: int = 1) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     start = NOW - dt.timedelta(days=start_days_ago)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=days)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -78,8 +85,7 @@ class FakeFetch:
     async def __call__(self, url: str) -> bytes:
         self.urls.append(url)
         if url not in self.pems:
-            raise httpx.HTTPStatusError("404", request=httpx.Request("GET", url),
-                                        response=httpx.Response(404))
+            raise httpx.HTTPStatusError("404", request=httpx.Request("GET", url), response=httpx.Response(404))
         return self.pems[url]
 
 
@@ -97,8 +103,9 @@ def canonical(envelope: dict[str, Any]) -> bytes:
     return "".join(f"{n}\n{envelope[n]}\n" for n in names if envelope.get(n) is not None).encode()
 
 
-def sign(envelope: dict[str, Any], key: rsa.RSAPrivateKey, *, version: str = "1",
-         cert_url: str = CERT_URL) -> dict[str, Any]:
+def sign(
+    envelope: dict[str, Any], key: rsa.RSAPrivateKey, *, version: str = "1", cert_url: str = CERT_URL
+) -> dict[str, Any]:
     envelope = {**envelope, "SignatureVersion": version, "SigningCertURL": cert_url}
     algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()
     envelope["Signature"] = base64.b64encode(key.sign(canonical(envelope), padding.PKCS1v15(), algorithm)).decode()
@@ -112,15 +119,25 @@ def envelope_of(name: str) -> dict[str, Any]:
 
 def sns_request(envelope: dict[str, Any] | bytes, content_type: str = "text/plain") -> Any:
     body = envelope if isinstance(envelope, bytes) else json.dumps(envelope).encode()
-    return support.webhook_request(body, content_type=content_type,
-                                   headers={"x-amz-sns-message-type": "Notification"})
+    return support.webhook_request(body, content_type=content_type, headers={"x-amz-sns-message-type": "Notification"})
 
 
-def notification(message: dict[str, Any], *, message_id: str = "11111111-2222-4333-8444-555555555555",
-                 subject: str | None = "Amazon SES Email Event Notification") -> dict[str, Any]:
-    envelope = {"Type": "Notification", "MessageId": message_id, "TopicArn": TOPIC, "Message": json.dumps(message),
-                "Timestamp": "2024-05-01T10:00:01.000Z", "SignatureVersion": "1", "Signature": "x",
-                "SigningCertURL": CERT_URL}
+def notification(
+    message: dict[str, Any],
+    *,
+    message_id: str = "11111111-2222-4333-8444-555555555555",
+    subject: str | None = "Amazon SES Email Event Notification",
+) -> dict[str, Any]:
+    envelope = {
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": TOPIC,
+        "Message": json.dumps(message),
+        "Timestamp": "2024-05-01T10:00:01.000Z",
+        "SignatureVersion": "1",
+        "Signature": "x",
+        "SigningCertURL": CERT_URL,
+    }
     if subject is not None:
         envelope["Subject"] = subject
     return envelope
@@ -142,14 +159,14 @@ def at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def verify(envelope: dict[str, Any], fetch: Any, *, topics: list[str] | None = None,
-                 now: dt.datetime = NOW) -> bool:
+async def verify(
+    envelope: dict[str, Any], fetch: Any, *, topics: list[str] | None = None, now: dt.datetime = NOW
+) -> bool:
     target = support.target("ses", sns_topic_arns=[TOPIC] if topics is None else topics)
     return await ses.webhook.verify(sns_request(envelope), target, support.context(now, fetch))
 
 
-def adapter(recorder: support.Recorder, *, credentials: dict[str, Any] | None = None,
-            **options: Any) -> SesAdapter:
+def adapter(recorder: support.Recorder, *, credentials: dict[str, Any] | None = None, **options: Any) -> SesAdapter:
     options = {"region": "eu-west-1", "configuration_set": "edm-events", **options}
     creds = {"access_key_id": KEY_ID, "secret_access_key": SECRET} if credentials is None else credentials
     return SesAdapter(support.config("ses", credentials=creds, **options), transport=recorder.transport)
@@ -208,8 +225,11 @@ async def test_send_signs_with_sigv4_for_the_ses_service_and_configured_region()
 
     request = recorder.last
     authorization = request.headers["authorization"]
-    match = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/(\d{8})/eu-west-1/ses/aws4_request, "
-                         r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})", authorization)
+    match = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/(\d{8})/eu-west-1/ses/aws4_request, "
+        r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+        authorization,
+    )
     assert match, authorization
     signed_headers = match.group(2).split(";")
     assert {"host", "x-amz-date", "content-type"} <= set(signed_headers)
@@ -222,18 +242,30 @@ async def test_sigv4_signature_recomputed_from_the_aws_algorithm_matches() -> No
     recorder = support.Recorder(OK)
     await adapter(recorder).send([support.outbound(1)])
     request = recorder.last
-    credential, signed_headers, signature = re.findall(r"(?:Credential|SignedHeaders|Signature)=([^,\s]+)",
-                                                       request.headers["authorization"])
+    credential, signed_headers, signature = re.findall(
+        r"(?:Credential|SignedHeaders|Signature)=([^,\s]+)", request.headers["authorization"]
+    )
     date, region, service, _ = credential.split("/")[1:]
     names = signed_headers.split(";")
-    canonical_request = "\n".join([
-        "POST", "/v2/email/outbound-emails", "",
-        "".join(f"{n}:{request.headers[n].strip()}\n" for n in names), signed_headers,
-        hashlib.sha256(request.content).hexdigest(),
-    ])
+    canonical_request = "\n".join(
+        [
+            "POST",
+            "/v2/email/outbound-emails",
+            "",
+            "".join(f"{n}:{request.headers[n].strip()}\n" for n in names),
+            signed_headers,
+            hashlib.sha256(request.content).hexdigest(),
+        ]
+    )
     scope = f"{date}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", request.headers["x-amz-date"], scope,
-                         hashlib.sha256(canonical_request.encode()).hexdigest()])
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            request.headers["x-amz-date"],
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
     key = f"AWS4{SECRET}".encode()
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -250,8 +282,9 @@ async def test_session_token_is_sent_and_signed() -> None:
 
 async def test_non_ascii_display_names_are_rfc2047_encoded_and_idn_domains_punycoded() -> None:
     recorder = support.Recorder(OK)
-    message = dataclasses.replace(support.outbound(1, to="joerg@bücher.example"), from_name="Zoë Newsletter",
-                                  to_name="Jörg")
+    message = dataclasses.replace(
+        support.outbound(1, to="joerg@bücher.example"), from_name="Zoë Newsletter", to_name="Jörg"
+    )
     await adapter(recorder).send([message])
     body = recorder.last_json()
     sender, [to] = body["FromEmailAddress"], body["Destination"]["ToAddresses"]
@@ -282,8 +315,7 @@ async def test_base_url_option_overrides_the_regional_endpoint_but_region_still_
 @pytest.mark.parametrize("region", [None, "", "Europe", "eu-west-1.evil.com"])
 def test_a_missing_or_odd_region_is_a_configuration_error(region: str | None) -> None:
     with pytest.raises(ValueError, match="region"):
-        SesAdapter(support.config("ses", credentials={"access_key_id": "a", "secret_access_key": "b"},
-                                  region=region))
+        SesAdapter(support.config("ses", credentials={"access_key_id": "a", "secret_access_key": "b"}, region=region))
 
 
 async def test_missing_credentials_fail_auth_config_without_calling_aws() -> None:
@@ -308,33 +340,40 @@ async def test_tag_values_ses_would_refuse_are_left_out_but_the_header_still_car
 
 
 def aws_error(status: int, name: str | None, *, in_header: bool = True, text: str = "details") -> Any:
-    headers = {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazonaws.sesv2/"} \
-        if name and in_header else {}
+    headers = (
+        {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazonaws.sesv2/"}
+        if name and in_header
+        else {}
+    )
     body: dict[str, Any] = {"message": text}
     if name and not in_header:
         body["__type"] = f"com.amazonaws.sesv2#{name}"
     return support.answer(status, body, headers=headers)
 
 
-@pytest.mark.parametrize(("status", "name", "in_header", "expected"), [
-    (429, "TooManyRequestsException", True, Outcome.THROTTLED),
-    (400, "LimitExceededException", True, Outcome.QUOTA_EXHAUSTED),
-    (400, "MailFromDomainNotVerifiedException", True, Outcome.AUTH_CONFIG),
-    (400, "AccountSuspendedException", True, Outcome.AUTH_CONFIG),
-    (400, "SendingPausedException", True, Outcome.AUTH_CONFIG),
-    (404, "NotFoundException", True, Outcome.AUTH_CONFIG),
-    (403, "InvalidSignatureException", True, Outcome.AUTH_CONFIG),
-    (403, "UnrecognizedClientException", False, Outcome.AUTH_CONFIG),
-    (400, "MessageRejected", True, Outcome.PERMANENT),
-    (400, "MessageRejected", False, Outcome.PERMANENT),
-    (400, "BadRequestException", True, Outcome.PERMANENT),
-    (500, "InternalFailure", True, Outcome.TRANSIENT),
-    (503, "ServiceUnavailable", False, Outcome.TRANSIENT),
-    (502, None, True, Outcome.TRANSIENT),
-    (403, None, True, Outcome.AUTH_CONFIG),
-])
-async def test_aws_error_names_map_to_error_classes(status: int, name: str | None, in_header: bool,
-                                                     expected: Outcome) -> None:
+@pytest.mark.parametrize(
+    ("status", "name", "in_header", "expected"),
+    [
+        (429, "TooManyRequestsException", True, Outcome.THROTTLED),
+        (400, "LimitExceededException", True, Outcome.QUOTA_EXHAUSTED),
+        (400, "MailFromDomainNotVerifiedException", True, Outcome.AUTH_CONFIG),
+        (400, "AccountSuspendedException", True, Outcome.AUTH_CONFIG),
+        (400, "SendingPausedException", True, Outcome.AUTH_CONFIG),
+        (404, "NotFoundException", True, Outcome.AUTH_CONFIG),
+        (403, "InvalidSignatureException", True, Outcome.AUTH_CONFIG),
+        (403, "UnrecognizedClientException", False, Outcome.AUTH_CONFIG),
+        (400, "MessageRejected", True, Outcome.PERMANENT),
+        (400, "MessageRejected", False, Outcome.PERMANENT),
+        (400, "BadRequestException", True, Outcome.PERMANENT),
+        (500, "InternalFailure", True, Outcome.TRANSIENT),
+        (503, "ServiceUnavailable", False, Outcome.TRANSIENT),
+        (502, None, True, Outcome.TRANSIENT),
+        (403, None, True, Outcome.AUTH_CONFIG),
+    ],
+)
+async def test_aws_error_names_map_to_error_classes(
+    status: int, name: str | None, in_header: bool, expected: Outcome
+) -> None:
     recorder = support.Recorder(aws_error(status, name, in_header=in_header))
     [result] = await adapter(recorder).send([support.outbound(1)])
     assert result.outcome is expected
@@ -344,9 +383,13 @@ async def test_aws_error_names_map_to_error_classes(status: int, name: str | Non
 
 
 async def test_throttling_carries_retry_after_when_aws_sends_one() -> None:
-    recorder = support.Recorder(support.answer(429, {"message": "Maximum sending rate exceeded."},
-                                               headers={"x-amzn-ErrorType": "TooManyRequestsException",
-                                                        "Retry-After": "3"}))
+    recorder = support.Recorder(
+        support.answer(
+            429,
+            {"message": "Maximum sending rate exceeded."},
+            headers={"x-amzn-ErrorType": "TooManyRequestsException", "Retry-After": "3"},
+        )
+    )
     [result] = await adapter(recorder).send([support.outbound(1)])
     assert (result.outcome, result.retry_after) == (Outcome.THROTTLED, 3.0)
     assert "Maximum sending rate exceeded" in result.message
@@ -382,8 +425,9 @@ def test_capabilities_say_one_message_per_call() -> None:
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
-async def test_signed_notification_verifies_with_signature_v1_and_v2(version: str, rsa_key: rsa.RSAPrivateKey,
-                                                                     fetch: FakeFetch) -> None:
+async def test_signed_notification_verifies_with_signature_v1_and_v2(
+    version: str, rsa_key: rsa.RSAPrivateKey, fetch: FakeFetch
+) -> None:
     envelope = sign(envelope_of("bounce_permanent.sns.json"), rsa_key, version=version)
     assert await verify(envelope, fetch)
     assert fetch.urls == [CERT_URL]
@@ -420,17 +464,21 @@ async def test_signature_from_another_key_fails(fetch: FakeFetch) -> None:
     assert not await verify(sign(envelope_of("send.sns.json"), other), fetch)
 
 
-@pytest.mark.parametrize("url", [
-    "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem",
-    "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-test.pem",
-    "https://evil.example/sns.us-east-1.amazonaws.com/cert.pem",
-    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.txt",
-    "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-test.pem",
-    "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem",
-    "https://s3.amazonaws.com/SimpleNotificationService-test.pem",
-])
-async def test_certificate_outside_sns_hosts_fails_without_being_fetched(url: str, rsa_key: rsa.RSAPrivateKey,
-                                                                         cert_pem: bytes) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem",
+        "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-test.pem",
+        "https://evil.example/sns.us-east-1.amazonaws.com/cert.pem",
+        "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.txt",
+        "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-test.pem",
+        "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem",
+        "https://s3.amazonaws.com/SimpleNotificationService-test.pem",
+    ],
+)
+async def test_certificate_outside_sns_hosts_fails_without_being_fetched(
+    url: str, rsa_key: rsa.RSAPrivateKey, cert_pem: bytes
+) -> None:
     fetch = FakeFetch({url: cert_pem})
     assert not await verify(sign(envelope_of("send.sns.json"), rsa_key, cert_url=url), fetch)
     assert fetch.urls == []
@@ -448,12 +496,19 @@ async def test_topic_not_in_the_allow_list_fails(rsa_key: rsa.RSAPrivateKey, fet
     assert fetch.urls == []
 
 
-@pytest.mark.parametrize("change", [
-    {"SignatureVersion": "3"}, {"Signature": None}, {"Signature": "not base64!"}, {"Timestamp": None},
-    {"Type": "Other"},
-])
-async def test_unusable_signature_fields_fail(change: dict[str, Any], rsa_key: rsa.RSAPrivateKey,
-                                              fetch: FakeFetch) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"SignatureVersion": "3"},
+        {"Signature": None},
+        {"Signature": "not base64!"},
+        {"Timestamp": None},
+        {"Type": "Other"},
+    ],
+)
+async def test_unusable_signature_fields_fail(
+    change: dict[str, Any], rsa_key: rsa.RSAPrivateKey, fetch: FakeFetch
+) -> None:
     envelope = {**sign(envelope_of("send.sns.json"), rsa_key), **change}
     assert not await verify({k: v for k, v in envelope.items() if v is not None}, fetch)
 
@@ -498,8 +553,19 @@ def test_ses_needs_no_secret_and_has_no_replay_nonce() -> None:
 DOC_MESSAGE_ID = "EXAMPLE7c191be45-e9aedb9a-02f9-4d12-a87d-dd0099a07f8a-000000"
 
 
-@pytest.mark.parametrize("name", ["bounce_permanent", "click", "delivery", "legacy_notification_bounce", "open",
-                                  "reject", "rendering_failure", "send"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bounce_permanent",
+        "click",
+        "delivery",
+        "legacy_notification_bounce",
+        "open",
+        "reject",
+        "rendering_failure",
+        "send",
+    ],
+)
 def test_message_samples_are_the_decoded_sns_messages(name: str) -> None:
     envelope = envelope_of(f"{name}.sns.json")
     assert json.loads(envelope["Message"]) == support.sample(PROVIDER, f"{name}.message.json")
@@ -604,8 +670,14 @@ def test_subscription_confirmation_is_a_control_message_with_the_confirm_url() -
     assert payload.items == []
 
 
-@pytest.mark.parametrize("url", ["https://evil.example/?Action=ConfirmSubscription",
-                                 "http://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription", None])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example/?Action=ConfirmSubscription",
+        "http://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription",
+        None,
+    ],
+)
 def test_subscription_confirmation_to_a_foreign_host_is_malformed(url: str | None) -> None:
     envelope = {**envelope_of("sns_subscription_confirmation.json"), "SubscribeURL": url}
     with pytest.raises(MalformedPayload):
@@ -624,14 +696,17 @@ def test_json_content_type_is_accepted_too() -> None:
     assert len(payload.items) == 1
 
 
-@pytest.mark.parametrize(("body", "content_type"), [
-    (b"{nope", "text/plain"),
-    (b"[]", "text/plain"),
-    (json.dumps(envelope_of("send.sns.json")).encode(), "application/x-www-form-urlencoded"),
-    (json.dumps({**envelope_of("send.sns.json"), "Message": "plain text"}).encode(), "text/plain"),
-    (json.dumps({**envelope_of("send.sns.json"), "Message": "{\"other\": 1}"}).encode(), "text/plain"),
-    (json.dumps({**envelope_of("send.sns.json"), "Type": "Weird"}).encode(), "text/plain"),
-])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{nope", "text/plain"),
+        (b"[]", "text/plain"),
+        (json.dumps(envelope_of("send.sns.json")).encode(), "application/x-www-form-urlencoded"),
+        (json.dumps({**envelope_of("send.sns.json"), "Message": "plain text"}).encode(), "text/plain"),
+        (json.dumps({**envelope_of("send.sns.json"), "Message": '{"other": 1}'}).encode(), "text/plain"),
+        (json.dumps({**envelope_of("send.sns.json"), "Type": "Weird"}).encode(), "text/plain"),
+    ],
+)
 def test_bodies_that_are_not_sns_ses_messages_are_malformed(body: bytes, content_type: str) -> None:
     with pytest.raises(MalformedPayload):
         ses.webhook.parse(support.webhook_request(body, content_type=content_type))
@@ -642,39 +717,78 @@ def test_bodies_that_are_not_sns_ses_messages_are_malformed(body: bytes, content
 # --------------------------------------------------------------------------------------------------------
 
 MAIL = {
-    "timestamp": "2024-05-01T09:59:00.000Z", "messageId": "0102018f-ses-id-000000",
-    "destination": ["a@example.org"], "tags": {"subtask_id": ["st_9"], "task_id": ["42"]},
+    "timestamp": "2024-05-01T09:59:00.000Z",
+    "messageId": "0102018f-ses-id-000000",
+    "destination": ["a@example.org"],
+    "tags": {"subtask_id": ["st_9"], "task_id": ["42"]},
 }
 SNS_ID = "11111111-2222-4333-8444-555555555555"
 
 
 def test_complaint_with_two_recipients_gives_one_event_each_with_its_own_dedupe_key() -> None:
-    events = parse(notification({"eventType": "Complaint", "mail": MAIL, "complaint": {
-        "complainedRecipients": [{"emailAddress": "a@example.org"}, {"emailAddress": "b@example.org"}],
-        "timestamp": "2024-05-01T10:00:00.000Z", "feedbackId": "fb", "complaintFeedbackType": "abuse",
-        "userAgent": "Yahoo!-Mail-Feedback/2.0"}}))
+    events = parse(
+        notification(
+            {
+                "eventType": "Complaint",
+                "mail": MAIL,
+                "complaint": {
+                    "complainedRecipients": [{"emailAddress": "a@example.org"}, {"emailAddress": "b@example.org"}],
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "feedbackId": "fb",
+                    "complaintFeedbackType": "abuse",
+                    "userAgent": "Yahoo!-Mail-Feedback/2.0",
+                },
+            }
+        )
+    )
     assert [e.event_type for e in events] == [EventType.COMPLAINED, EventType.COMPLAINED]
     assert [e.recipient for e in events] == ["a@example.org", "b@example.org"]
     assert [e.provider_event_id for e in events] == [f"{SNS_ID}:a@example.org", f"{SNS_ID}:b@example.org"]
     assert {(e.subtask_id, e.task_id, e.provider_message_id) for e in events} == {
-        ("st_9", "42", "0102018f-ses-id-000000")}
+        ("st_9", "42", "0102018f-ses-id-000000")
+    }
     assert events[0].reason == "abuse"
     assert events[0].occurred_at == at("2024-05-01T10:00:00.000Z")
 
 
 def test_complaint_on_the_account_suppression_list_is_a_suppressed_rejection() -> None:
-    event = only(notification({"eventType": "Complaint", "mail": MAIL, "complaint": {
-        "complainedRecipients": [{"emailAddress": "a@example.org"}], "timestamp": "2024-05-01T10:00:00.000Z",
-        "complaintSubType": "OnAccountSuppressionList"}}))
+    event = only(
+        notification(
+            {
+                "eventType": "Complaint",
+                "mail": MAIL,
+                "complaint": {
+                    "complainedRecipients": [{"emailAddress": "a@example.org"}],
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "complaintSubType": "OnAccountSuppressionList",
+                },
+            }
+        )
+    )
     assert (event.event_type, event.bounce_class) == (EventType.REJECTED, BounceClass.SUPPRESSED)
 
 
 def test_delivery_delay_is_deferred_per_recipient() -> None:
-    events = parse(notification({"eventType": "DeliveryDelay", "mail": MAIL, "deliveryDelay": {
-        "timestamp": "2024-05-01T10:05:00.000Z", "delayType": "TransientCommunicationFailure",
-        "expirationTime": "2024-05-01T22:00:00.000Z",
-        "delayedRecipients": [{"emailAddress": "a@example.org", "status": "4.4.1",
-                               "diagnosticCode": "smtp; 421 4.4.1 Unable to connect"}]}}))
+    events = parse(
+        notification(
+            {
+                "eventType": "DeliveryDelay",
+                "mail": MAIL,
+                "deliveryDelay": {
+                    "timestamp": "2024-05-01T10:05:00.000Z",
+                    "delayType": "TransientCommunicationFailure",
+                    "expirationTime": "2024-05-01T22:00:00.000Z",
+                    "delayedRecipients": [
+                        {
+                            "emailAddress": "a@example.org",
+                            "status": "4.4.1",
+                            "diagnosticCode": "smtp; 421 4.4.1 Unable to connect",
+                        }
+                    ],
+                },
+            }
+        )
+    )
     [event] = events
     assert event.event_type is EventType.DEFERRED
     assert (event.smtp_code, event.enhanced_code) == (421, "4.4.1")
@@ -682,48 +796,101 @@ def test_delivery_delay_is_deferred_per_recipient() -> None:
     assert event.provider_event_id == SNS_ID
 
 
-@pytest.mark.parametrize(("bounce_type", "sub_type", "event_type", "bounce_class"), [
-    ("Permanent", "General", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("Permanent", "NoEmail", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("Permanent", "Suppressed", EventType.REJECTED, BounceClass.SUPPRESSED),
-    ("Permanent", "OnAccountSuppressionList", EventType.REJECTED, BounceClass.SUPPRESSED),
-    ("Transient", "MailboxFull", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("Transient", "General", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("Transient", "ContentRejected", EventType.SOFT_BOUNCED, BounceClass.BLOCK),
-    ("Undetermined", "Undetermined", EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
-])
-def test_bounce_types_and_subtypes_map_to_event_types_and_classes(bounce_type: str, sub_type: str,
-                                                                  event_type: EventType,
-                                                                  bounce_class: BounceClass) -> None:
-    event = only(notification({"eventType": "Bounce", "mail": MAIL, "bounce": {
-        "bounceType": bounce_type, "bounceSubType": sub_type, "timestamp": "2024-05-01T10:00:00.000Z",
-        "bouncedRecipients": [{"emailAddress": "a@example.org"}]}}))
+@pytest.mark.parametrize(
+    ("bounce_type", "sub_type", "event_type", "bounce_class"),
+    [
+        ("Permanent", "General", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("Permanent", "NoEmail", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("Permanent", "Suppressed", EventType.REJECTED, BounceClass.SUPPRESSED),
+        ("Permanent", "OnAccountSuppressionList", EventType.REJECTED, BounceClass.SUPPRESSED),
+        ("Transient", "MailboxFull", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("Transient", "General", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("Transient", "ContentRejected", EventType.SOFT_BOUNCED, BounceClass.BLOCK),
+        ("Undetermined", "Undetermined", EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
+    ],
+)
+def test_bounce_types_and_subtypes_map_to_event_types_and_classes(
+    bounce_type: str, sub_type: str, event_type: EventType, bounce_class: BounceClass
+) -> None:
+    event = only(
+        notification(
+            {
+                "eventType": "Bounce",
+                "mail": MAIL,
+                "bounce": {
+                    "bounceType": bounce_type,
+                    "bounceSubType": sub_type,
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "bouncedRecipients": [{"emailAddress": "a@example.org"}],
+                },
+            }
+        )
+    )
     assert (event.event_type, event.bounce_class) == (event_type, bounce_class)
 
 
 def test_bounce_with_several_recipients_gives_one_event_per_recipient() -> None:
-    events = parse(notification({"notificationType": "Bounce", "mail": MAIL, "bounce": {
-        "bounceType": "Permanent", "bounceSubType": "General", "timestamp": "2024-05-01T10:00:00.000Z",
-        "bouncedRecipients": [{"emailAddress": "a@example.org", "status": "5.1.1"},
-                              {"emailAddress": "b@example.org", "status": "5.1.2"}]}}))
-    assert [(e.recipient, e.enhanced_code) for e in events] == [("a@example.org", "5.1.1"),
-                                                               ("b@example.org", "5.1.2")]
+    events = parse(
+        notification(
+            {
+                "notificationType": "Bounce",
+                "mail": MAIL,
+                "bounce": {
+                    "bounceType": "Permanent",
+                    "bounceSubType": "General",
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "bouncedRecipients": [
+                        {"emailAddress": "a@example.org", "status": "5.1.1"},
+                        {"emailAddress": "b@example.org", "status": "5.1.2"},
+                    ],
+                },
+            }
+        )
+    )
+    assert [(e.recipient, e.enhanced_code) for e in events] == [("a@example.org", "5.1.1"), ("b@example.org", "5.1.2")]
     assert len({e.provider_event_id for e in events}) == 2
 
 
 def test_subtask_id_falls_back_to_our_header_in_the_legacy_format() -> None:
-    mail = {"messageId": "m-1", "destination": ["a@example.org"], "headers": [
-        {"name": "x-edm-subtask-id", "value": "st_from_header"}, {"name": "Feedback-ID", "value": "42:3:edm"}]}
-    event = only(notification({"notificationType": "Delivery", "mail": mail, "delivery": {
-        "timestamp": "2024-05-01T10:00:00.000Z", "recipients": ["a@example.org"],
-        "smtpResponse": "250 ok"}}))
+    mail = {
+        "messageId": "m-1",
+        "destination": ["a@example.org"],
+        "headers": [
+            {"name": "x-edm-subtask-id", "value": "st_from_header"},
+            {"name": "Feedback-ID", "value": "42:3:edm"},
+        ],
+    }
+    event = only(
+        notification(
+            {
+                "notificationType": "Delivery",
+                "mail": mail,
+                "delivery": {
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "recipients": ["a@example.org"],
+                    "smtpResponse": "250 ok",
+                },
+            }
+        )
+    )
     assert (event.subtask_id, event.task_id, event.provider_message_id) == ("st_from_header", "42", "m-1")
 
 
 def test_list_management_unsubscribe_is_unsubscribed() -> None:
-    event = only(notification({"eventType": "Subscription", "mail": MAIL, "subscription": {
-        "contactList": "news", "timestamp": "2024-05-01T10:00:00.000Z", "source": "UnsubscribeHeader",
-        "newTopicPreferences": {"unsubscribeAll": True, "topicSubscriptionStatus": []}}}))
+    event = only(
+        notification(
+            {
+                "eventType": "Subscription",
+                "mail": MAIL,
+                "subscription": {
+                    "contactList": "news",
+                    "timestamp": "2024-05-01T10:00:00.000Z",
+                    "source": "UnsubscribeHeader",
+                    "newTopicPreferences": {"unsubscribeAll": True, "topicSubscriptionStatus": []},
+                },
+            }
+        )
+    )
     assert event.event_type is EventType.UNSUBSCRIBED
     assert event.recipient == "a@example.org"
     assert event.occurred_at == at("2024-05-01T10:00:00.000Z")

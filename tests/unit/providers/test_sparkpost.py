@@ -34,8 +34,10 @@ OK = {"results": {"total_rejected_recipients": 0, "total_accepted_recipients": 1
 
 
 def adapter(recorder: Recorder, **options: Any) -> SparkPostAdapter:
-    return SparkPostAdapter(config("sparkpost", credentials={"api_key": API_KEY}, batch_size=MAX_BATCH, **options),
-                            transport=recorder.transport)
+    return SparkPostAdapter(
+        config("sparkpost", credentials={"api_key": API_KEY}, batch_size=MAX_BATCH, **options),
+        transport=recorder.transport,
+    )
 
 
 async def send(respond: Any, messages: list[OutboundMessage], **options: Any) -> tuple[Recorder, list[Any]]:
@@ -57,11 +59,14 @@ async def test_request_posts_a_transmission_with_the_bare_api_key() -> None:
     assert recorder.last.headers["authorization"] == API_KEY
 
 
-@pytest.mark.parametrize(("options", "url"), [
-    ({"region": "eu"}, "https://api.eu.sparkpost.com/api/v1/transmissions"),
-    ({"region": "us"}, "https://api.sparkpost.com/api/v1/transmissions"),
-    ({"region": "eu", "base_url": "http://sp.test/"}, "http://sp.test/api/v1/transmissions"),
-])
+@pytest.mark.parametrize(
+    ("options", "url"),
+    [
+        ({"region": "eu"}, "https://api.eu.sparkpost.com/api/v1/transmissions"),
+        ({"region": "us"}, "https://api.sparkpost.com/api/v1/transmissions"),
+        ({"region": "eu", "base_url": "http://sp.test/"}, "http://sp.test/api/v1/transmissions"),
+    ],
+)
 async def test_region_and_base_url_choose_the_endpoint(options: dict[str, str], url: str) -> None:
     recorder, _ = await send(answer(200, OK), [outbound(1)], **options)
     assert str(recorder.last.url) == url
@@ -89,7 +94,10 @@ async def test_content_is_substitutions_and_the_recipient_brings_its_own_values(
     assert content["from"] == {"email": "news@mail.example.com", "name": "Example News"}
     assert content["reply_to"] == "support@example.com"
     assert (content["subject"], content["html"], content["text"]) == (
-        "{{{edm_subject}}}", "{{{edm_html}}}", "{{{edm_text}}}")
+        "{{{edm_subject}}}",
+        "{{{edm_html}}}",
+        "{{{edm_text}}}",
+    )
     (recipient,) = body["recipients"]
     key = outbound(1).key
     assert recipient["address"] == {"email": "user1@example.org", "name": "User 1"}
@@ -116,12 +124,17 @@ async def test_literal_braces_in_a_mail_stay_out_of_the_template() -> None:
 
 async def test_a_batch_is_one_transmission_with_one_recipient_per_message() -> None:
     messages = [outbound(i) for i in (1, 2, 3)]
-    recorder, results = await send(answer(200, {"results": {"id": "t-9", "total_accepted_recipients": 3,
-                                                             "total_rejected_recipients": 0}}), messages)
+    recorder, results = await send(
+        answer(200, {"results": {"id": "t-9", "total_accepted_recipients": 3, "total_rejected_recipients": 0}}),
+        messages,
+    )
     assert len(recorder.requests) == 1
     recipients = recorder.last_json()["recipients"]
-    assert [r["address"]["email"] for r in recipients] == ["user1@example.org", "user2@example.org",
-                                                          "user3@example.org"]
+    assert [r["address"]["email"] for r in recipients] == [
+        "user1@example.org",
+        "user2@example.org",
+        "user3@example.org",
+    ]
     assert [r["metadata"]["subtask_id"] for r in recipients] == [m.key for m in messages]
     assert [r["substitution_data"]["edm_subject"] for r in recipients] == ["Hello 1", "Hello 2", "Hello 3"]
     assert all(r.outcome is Outcome.ACCEPTED and r.provider_message_id == "t-9" for r in results)
@@ -171,19 +184,22 @@ def _errors(status: int, code: str, message: str, description: str = "") -> Any:
     return answer(status, {"errors": [{"message": message, "code": code, "description": description}]})
 
 
-@pytest.mark.parametrize(("status", "code", "message", "expected"), [
-    (420, "2101", "Exceed Sending Limit (hourly)", Outcome.QUOTA_EXHAUSTED),
-    (420, "2103", "Exceed Sending Limit (sandbox)", Outcome.QUOTA_EXHAUSTED),
-    (401, "1304", "Unauthorized.", Outcome.AUTH_CONFIG),
-    (403, "1100", "permission denied", Outcome.AUTH_CONFIG),
-    (400, "7001", "Invalid domain", Outcome.AUTH_CONFIG),
-    (400, "7000", "Sending domain blacklisted", Outcome.AUTH_CONFIG),
-    (422, "1300", "invalid data format/type/length", Outcome.PERMANENT),
-    (422, "3000", "template language syntax error", Outcome.PERMANENT),
-    (400, "1502", "Server resources unavailable", Outcome.TRANSIENT),
-    (503, "1900", "Message generation module not available", Outcome.TRANSIENT),
-    (500, "1500", "Failed to update database", Outcome.TRANSIENT),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "message", "expected"),
+    [
+        (420, "2101", "Exceed Sending Limit (hourly)", Outcome.QUOTA_EXHAUSTED),
+        (420, "2103", "Exceed Sending Limit (sandbox)", Outcome.QUOTA_EXHAUSTED),
+        (401, "1304", "Unauthorized.", Outcome.AUTH_CONFIG),
+        (403, "1100", "permission denied", Outcome.AUTH_CONFIG),
+        (400, "7001", "Invalid domain", Outcome.AUTH_CONFIG),
+        (400, "7000", "Sending domain blacklisted", Outcome.AUTH_CONFIG),
+        (422, "1300", "invalid data format/type/length", Outcome.PERMANENT),
+        (422, "3000", "template language syntax error", Outcome.PERMANENT),
+        (400, "1502", "Server resources unavailable", Outcome.TRANSIENT),
+        (503, "1900", "Message generation module not available", Outcome.TRANSIENT),
+        (500, "1500", "Failed to update database", Outcome.TRANSIENT),
+    ],
+)
 async def test_error_codes_map_to_spec_classes(status: int, code: str, message: str, expected: Outcome) -> None:
     _, results = await send(_errors(status, code, message), [outbound(1), outbound(2)])
     assert [r.outcome for r in results] == [expected, expected]
@@ -191,8 +207,9 @@ async def test_error_codes_map_to_spec_classes(status: int, code: str, message: 
 
 
 async def test_unconfigured_sending_domain_text_is_auth_config() -> None:
-    _, (result,) = await send(_errors(400, "9999", "Invalid domain", "Unconfigured Sending Domain <x.com>"),
-                              [outbound(1)])
+    _, (result,) = await send(
+        _errors(400, "9999", "Invalid domain", "Unconfigured Sending Domain <x.com>"), [outbound(1)]
+    )
     assert result.outcome is Outcome.AUTH_CONFIG
 
 
@@ -203,8 +220,9 @@ async def test_generation_rejected_is_permanent_and_rejects_the_recipient() -> N
 
 
 async def test_429_is_throttled_with_retry_after() -> None:
-    _, (result,) = await send(answer(429, {"errors": [{"message": "Too many requests"}]},
-                                     headers={"retry-after": "4"}), [outbound(1)])
+    _, (result,) = await send(
+        answer(429, {"errors": [{"message": "Too many requests"}]}, headers={"retry-after": "4"}), [outbound(1)]
+    )
     assert result.outcome is Outcome.THROTTLED
     assert result.retry_after == 4.0
 
@@ -265,28 +283,85 @@ def epoch(seconds: int) -> dt.datetime:
 
 
 @pytest.mark.parametrize(
-    ("name", "event_type", "bounce_class", "recipient", "event_id", "transmission_id", "occurred_at"), [
-        ("injection.json", EventType.ACCEPTED, None, "recipient@example.com", "92356927693813856",
-         "65832150921904138", epoch(1454442600)),
-        ("delivery.json", EventType.DELIVERED, None, "recipient@example.com", "92356927693813856",
-         "65832150921904138", epoch(1454442600)),
-        ("delay.json", EventType.DEFERRED, None, "recipient@nomx.example.com", "84345317653675522",
-         "84345317650824116", epoch(1464825748)),
-        ("bounce.json", EventType.HARD_BOUNCED, BounceClass.HARD, "bounce@example.com", "84345317653491230",
-         "84345317650824116", epoch(1464824548)),
-        ("generation_failure.json", EventType.REJECTED, BounceClass.UNDETERMINED, "recipient@example.com",
-         "139013368081587254", "139013368081177607", dt.datetime(2018, 10, 11, 23, 24, 45, tzinfo=dt.UTC)),
-        ("generation_rejection.json", EventType.REJECTED, BounceClass.SUPPRESSED, "suppressed@example.com",
-         "102360394390563734", "102360394387646691", epoch(1464900034)),
-        ("list_unsubscribe.json", EventType.UNSUBSCRIBED, None, "recipient@example.com", "66331590532986193",
-         "84345993965073285", epoch(1464894280)),
+    ("name", "event_type", "bounce_class", "recipient", "event_id", "transmission_id", "occurred_at"),
+    [
+        (
+            "injection.json",
+            EventType.ACCEPTED,
+            None,
+            "recipient@example.com",
+            "92356927693813856",
+            "65832150921904138",
+            epoch(1454442600),
+        ),
+        (
+            "delivery.json",
+            EventType.DELIVERED,
+            None,
+            "recipient@example.com",
+            "92356927693813856",
+            "65832150921904138",
+            epoch(1454442600),
+        ),
+        (
+            "delay.json",
+            EventType.DEFERRED,
+            None,
+            "recipient@nomx.example.com",
+            "84345317653675522",
+            "84345317650824116",
+            epoch(1464825748),
+        ),
+        (
+            "bounce.json",
+            EventType.HARD_BOUNCED,
+            BounceClass.HARD,
+            "bounce@example.com",
+            "84345317653491230",
+            "84345317650824116",
+            epoch(1464824548),
+        ),
+        (
+            "generation_failure.json",
+            EventType.REJECTED,
+            BounceClass.UNDETERMINED,
+            "recipient@example.com",
+            "139013368081587254",
+            "139013368081177607",
+            dt.datetime(2018, 10, 11, 23, 24, 45, tzinfo=dt.UTC),
+        ),
+        (
+            "generation_rejection.json",
+            EventType.REJECTED,
+            BounceClass.SUPPRESSED,
+            "suppressed@example.com",
+            "102360394390563734",
+            "102360394387646691",
+            epoch(1464900034),
+        ),
+        (
+            "list_unsubscribe.json",
+            EventType.UNSUBSCRIBED,
+            None,
+            "recipient@example.com",
+            "66331590532986193",
+            "84345993965073285",
+            epoch(1464894280),
+        ),
         ("open.json", EventType.OPENED, None, "recipient@example.com", None, None, None),
         ("initial_open.json", EventType.OPENED, None, "recipient@example.com", None, None, None),
         ("amp_click.json", EventType.CLICKED, None, "recipient@example.com", None, None, None),
-    ])
+    ],
+)
 def test_samples_parse_with_type_class_recipient_ids_and_time(
-        name: str, event_type: EventType, bounce_class: BounceClass | None, recipient: str, event_id: str | None,
-        transmission_id: str | None, occurred_at: dt.datetime | None) -> None:
+    name: str,
+    event_type: EventType,
+    bounce_class: BounceClass | None,
+    recipient: str,
+    event_id: str | None,
+    transmission_id: str | None,
+    occurred_at: dt.datetime | None,
+) -> None:
     event = parse(name)
     assert event.event_type is event_type
     assert event.provider_event == name.removesuffix(".json")
@@ -318,8 +393,15 @@ def test_click_and_open_keep_url_and_user_agent() -> None:
 
 
 def element(kind: str = "delivery", group: str = "message_event", **fields: Any) -> dict[str, Any]:
-    event = {"type": kind, "event_id": "e-1", "transmission_id": "t-1", "rcpt_to": "user1@example.org",
-             "timestamp": "1700000000", "rcpt_meta": {"subtask_id": "st-1", "task_id": "7"}, **fields}
+    event = {
+        "type": kind,
+        "event_id": "e-1",
+        "transmission_id": "t-1",
+        "rcpt_to": "user1@example.org",
+        "timestamp": "1700000000",
+        "rcpt_meta": {"subtask_id": "st-1", "task_id": "7"},
+        **fields,
+    }
     return {"msys": {group: event}}
 
 
@@ -334,25 +416,29 @@ def test_our_ids_come_from_rcpt_meta() -> None:
     assert event.occurred_at == epoch(1700000000)
 
 
-@pytest.mark.parametrize(("bounce_class", "event_type", "expected"), [
-    ("10", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("30", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("90", EventType.HARD_BOUNCED, BounceClass.HARD),
-    ("20", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("22", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("40", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("60", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("100", EventType.SOFT_BOUNCED, BounceClass.SOFT),
-    ("50", EventType.REJECTED, BounceClass.BLOCK),
-    ("52", EventType.REJECTED, BounceClass.BLOCK),
-    ("54", EventType.REJECTED, BounceClass.BLOCK),
-    ("25", EventType.REJECTED, BounceClass.SUPPRESSED),
-    ("1", EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
-    (None, EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
-])
+@pytest.mark.parametrize(
+    ("bounce_class", "event_type", "expected"),
+    [
+        ("10", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("30", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("90", EventType.HARD_BOUNCED, BounceClass.HARD),
+        ("20", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("22", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("40", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("60", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("100", EventType.SOFT_BOUNCED, BounceClass.SOFT),
+        ("50", EventType.REJECTED, BounceClass.BLOCK),
+        ("52", EventType.REJECTED, BounceClass.BLOCK),
+        ("54", EventType.REJECTED, BounceClass.BLOCK),
+        ("25", EventType.REJECTED, BounceClass.SUPPRESSED),
+        ("1", EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
+        (None, EventType.SOFT_BOUNCED, BounceClass.UNDETERMINED),
+    ],
+)
 @pytest.mark.parametrize("kind", ["bounce", "out_of_band"])
-def test_bounce_classes_follow_sparkposts_categories(kind: str, bounce_class: str | None, event_type: EventType,
-                                                     expected: BounceClass) -> None:
+def test_bounce_classes_follow_sparkposts_categories(
+    kind: str, bounce_class: str | None, event_type: EventType, expected: BounceClass
+) -> None:
     (event,) = parse_elements(element(kind, bounce_class=bounce_class))
     assert isinstance(event, NormalizedEvent)
     assert (event.event_type, event.bounce_class) == (event_type, expected)
@@ -361,15 +447,17 @@ def test_bounce_classes_follow_sparkposts_categories(kind: str, bounce_class: st
 def test_policy_rejection_is_a_block_unless_suppressed() -> None:
     blocked, suppressed = parse_elements(
         element("policy_rejection", reason="550 5.7.1 [internal] Forbidden by policy"),
-        element("policy_rejection", bounce_class="25", reason="recipient address suppressed"))
+        element("policy_rejection", bounce_class="25", reason="recipient address suppressed"),
+    )
     assert isinstance(blocked, NormalizedEvent) and isinstance(suppressed, NormalizedEvent)
     assert (blocked.event_type, blocked.bounce_class) == (EventType.REJECTED, BounceClass.BLOCK)
     assert (suppressed.event_type, suppressed.bounce_class) == (EventType.REJECTED, BounceClass.SUPPRESSED)
 
 
 def test_spam_complaint_is_complained_and_link_unsubscribe_unsubscribed() -> None:
-    complaint, unsubscribe = parse_elements(element("spam_complaint", fbtype="abuse"),
-                                            element("link_unsubscribe", group="unsubscribe_event"))
+    complaint, unsubscribe = parse_elements(
+        element("spam_complaint", fbtype="abuse"), element("link_unsubscribe", group="unsubscribe_event")
+    )
     assert isinstance(complaint, NormalizedEvent) and isinstance(unsubscribe, NormalizedEvent)
     assert complaint.event_type is EventType.COMPLAINED
     assert unsubscribe.event_type is EventType.UNSUBSCRIBED

@@ -38,8 +38,12 @@ WEAK_SECRETS = {
 
 
 def _production(**values: str) -> Settings:
-    base = {"env": "production", "database_url": "sqlite:///./var/none.db", "secret_key": GOOD_SECRET,
-            "encryption_keys": GOOD_FERNET}
+    base = {
+        "env": "production",
+        "database_url": "sqlite:///./var/none.db",
+        "secret_key": GOOD_SECRET,
+        "encryption_keys": GOOD_FERNET,
+    }
     return Settings(**{**base, **values})  # type: ignore[arg-type]
 
 
@@ -88,16 +92,23 @@ def test_every_encryption_key_of_the_list_is_checked_and_named_by_position() -> 
 
 def test_production_accepts_generated_keys_and_common_random_formats() -> None:
     for secret in (GOOD_SECRET, secrets.token_urlsafe(32), secrets.token_hex(32), Fernet.generate_key().decode()):
-        settings = _production(secret_key=secret, secret_key_previous=secrets.token_urlsafe(32),
-                               encryption_keys=f"{Fernet.generate_key().decode()},{GOOD_FERNET}")
+        settings = _production(
+            secret_key=secret,
+            secret_key_previous=secrets.token_urlsafe(32),
+            encryption_keys=f"{Fernet.generate_key().decode()},{GOOD_FERNET}",
+        )
         assert Vault.from_settings(settings).decrypt_json(Vault.from_settings(settings).encrypt_json({"a": 1})) == {
-            "a": 1}
+            "a": 1
+        }
 
 
 def test_random_keys_estimate_far_above_the_bar_and_patterns_far_below() -> None:
     """Not a flaky edge: 500 keys of each generator we document clear the bar."""
-    generators = (lambda: secrets.token_urlsafe(32), lambda: secrets.token_hex(32),
-                  lambda: Fernet.generate_key().decode())
+    generators = (
+        lambda: secrets.token_urlsafe(32),
+        lambda: secrets.token_hex(32),
+        lambda: Fernet.generate_key().decode(),
+    )
     for make in generators:
         assert min(estimated_bits(make()) for _ in range(500)) >= MIN_KEY_BITS
     assert all(estimated_bits(v) < MIN_KEY_BITS for k, v in WEAK_SECRETS.items() if k != "too short but random")
@@ -138,8 +149,14 @@ def test_edm_keys_generate_prints_a_pair_production_accepts() -> None:
 
 
 def test_a_command_started_with_a_weak_key_in_production_exits_2_with_one_line() -> None:
-    code, out, err = _cli("settings", "list", EDM_ENV="production", EDM_SECRET_KEY="a" * 32,
-                          EDM_ENCRYPTION_KEYS=GOOD_FERNET, EDM_DATABASE_URL="sqlite:///./var/never-created.db")
+    code, out, err = _cli(
+        "settings",
+        "list",
+        EDM_ENV="production",
+        EDM_SECRET_KEY="a" * 32,
+        EDM_ENCRYPTION_KEYS=GOOD_FERNET,
+        EDM_DATABASE_URL="sqlite:///./var/never-created.db",
+    )
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1
     assert "EDM_SECRET_KEY" in err and "edm keys generate" in err and "a" * 32 not in err

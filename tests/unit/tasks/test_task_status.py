@@ -111,11 +111,14 @@ def test_every_status_is_reachable_from_a_draft_and_every_task_can_end() -> None
         assert reachable(status) & {S.CLOSED, S.CANCELLED}, f"a {status} task can never end"
 
 
-@pytest.mark.parametrize(("generated", "ever_allocated", "target"), [
-    (False, False, S.SCHEDULED),  # paused before generation (credit short): generation runs again
-    (True, False, S.QUEUED),
-    (True, True, S.SENDING),
-])
+@pytest.mark.parametrize(
+    ("generated", "ever_allocated", "target"),
+    [
+        (False, False, S.SCHEDULED),  # paused before generation (credit short): generation runs again
+        (True, False, S.QUEUED),
+        (True, True, S.SENDING),
+    ],
+)
 def test_resume_goes_back_to_where_the_task_was(generated: bool, ever_allocated: bool, target: TaskStatus) -> None:
     assert resume_target(generated=generated, ever_allocated=ever_allocated) is target
 

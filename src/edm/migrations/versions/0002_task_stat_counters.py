@@ -12,18 +12,30 @@ triggers or transition tables: there the statistics are aggregated from the rows
 
 This file is self-contained on purpose (a migration must not change when application code does).
 """
+
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0002'
-down_revision: str | None = '0001'
+revision: str = "0002"
+down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 KEYS = "task_id, stripe, send_state, tried, charged, suppressed_reason, last_error_class, delivery_state"
-SUMS = ("n", "opened_human", "opened_total", "clicked_human", "clicked_total", "opens", "machine_opens", "clicks",
-        "machine_clicks", "unsubscribed", "replied")
+SUMS = (
+    "n",
+    "opened_human",
+    "opened_total",
+    "clicked_human",
+    "clicked_total",
+    "opens",
+    "machine_opens",
+    "clicks",
+    "machine_clicks",
+    "unsubscribed",
+    "replied",
+)
 # The value each SubTask row contributes to each sum (the definitions of SPEC §11.2).
 CONTRIBUTIONS = (
     "1",
@@ -38,8 +50,10 @@ CONTRIBUTIONS = (
     "(unsubscribed_at IS NOT NULL)::int",
     "(replied_at IS NOT NULL)::int",
 )
-ROW_COLUMNS = ("task_id, send_state, attempts, charged, suppressed_reason, last_error_class, delivery_state, "
-               "open_count, click_count, machine_open_count, machine_click_count, unsubscribed_at, replied_at")
+ROW_COLUMNS = (
+    "task_id, send_state, attempts, charged, suppressed_reason, last_error_class, delivery_state, "
+    "open_count, click_count, machine_open_count, machine_click_count, unsubscribed_at, replied_at"
+)
 
 
 def _upsert(rows_sql: str, stripe_sql: str) -> str:

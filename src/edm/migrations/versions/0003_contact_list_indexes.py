@@ -17,22 +17,33 @@ PostgreSQL only (listed in `edm.db.migrate.POSTGRESQL_ONLY_INDEXES`, so autogene
 The expressions are spelled out here (a migration must not change when application code does);
 tests/integration/contacts/test_list_indexes.py checks on PostgreSQL that the queries use these indexes.
 """
+
 import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0003'
-down_revision: str | None = '0002'
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 log = logging.getLogger("alembic.runtime.migration")
 
 SEPARATOR = "'\x1f'"
-OPTIONAL_FIELDS = ("name", "first_name", "last_name", "username", "phone", "company", "position",
-                   "tiktok_unique_id", "instagram_id", "youtube_id")
+OPTIONAL_FIELDS = (
+    "name",
+    "first_name",
+    "last_name",
+    "username",
+    "phone",
+    "company",
+    "position",
+    "tiktok_unique_id",
+    "instagram_id",
+    "youtube_id",
+)
 
 
 def search_expression() -> str:
@@ -54,8 +65,7 @@ def upgrade() -> None:
     op.execute("CREATE INDEX ix_contacts_attributes ON contacts USING gin (custom_attributes jsonb_path_ops)")
     op.execute("CREATE INDEX ix_contacts_user_id_name_id ON contacts (user_id, (coalesce(name, '')), id)")
     if _trigram_extension(bind):
-        op.execute(f"CREATE INDEX ix_contacts_search_trgm ON contacts USING gin (({search_expression()}) "
-                   "gin_trgm_ops)")
+        op.execute(f"CREATE INDEX ix_contacts_search_trgm ON contacts USING gin (({search_expression()}) gin_trgm_ops)")
 
 
 def _trigram_extension(bind: sa.engine.Connection) -> bool:
@@ -66,8 +76,9 @@ def _trigram_extension(bind: sa.engine.Connection) -> bool:
             bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
         return True
     except sa.exc.DBAPIError as exc:
-        log.warning("pg_trgm unavailable (%s): contact search runs without its trigram index",
-                    str(exc.orig).splitlines()[0])
+        log.warning(
+            "pg_trgm unavailable (%s): contact search runs without its trigram index", str(exc.orig).splitlines()[0]
+        )
         return False
 
 

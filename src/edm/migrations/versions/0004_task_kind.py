@@ -7,13 +7,14 @@ Create Date: 2026-11-29
 A template test send is a task of kind "test" whose SubTasks are the 1–5 test addresses: it goes through the
 same claim, rate slots, daily quota and credit as a campaign (§8.2), and is claimed first (§7.2).
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004'
-down_revision: str | None = '0003'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

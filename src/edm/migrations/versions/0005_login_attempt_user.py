@@ -8,13 +8,14 @@ A user logs in with its username or its email (any case). Counting failures per 
 attacker spread guesses over both spellings; each attempt now also records the account the identifier
 resolved to, and the throttle counts failures per account as well.
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0005'
-down_revision: str | None = '0004'
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
