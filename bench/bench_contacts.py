@@ -89,8 +89,8 @@ async def tags(sm: Any, user_id: int, contacts: int) -> tuple[int, int]:
     from sqlalchemy import select, text
 
     from bench import seed
-    from edm.contacts.models import Tag
     from edm.db.session import unit_of_work
+    from edm.models.contacts import Tag
 
     async with sm() as session:
         found = dict((await session.execute(select(Tag.name, Tag.id).where(Tag.user_id == user_id))).all())
@@ -120,11 +120,11 @@ async def tags(sm: Any, user_id: int, contacts: int) -> tuple[int, int]:
 async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResult:
     from sqlalchemy import select, text
 
-    from edm.api.deps import Page
     from edm.clock import utc_now
     from edm.contacts import service
     from edm.contacts.filters import Sort
-    from edm.contacts.models import Contact
+    from edm.models.contacts import Contact
+    from edm.paging import Page
     from edm.tasks.recipients import Rule, estimate
 
     res = ContactsResult(contacts)

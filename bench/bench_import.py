@@ -167,7 +167,7 @@ def _run_worker(import_id: int) -> tuple[float, float, float]:
 
 
 async def run(sm: Any, settings: Any, *, rows: int) -> ImportResult:
-    from edm.contacts.models import Import
+    from edm.models.contacts import Import
 
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     path = RUN_DIR / f"import-{rows}.csv"

@@ -243,8 +243,8 @@ async def dashboard_activity(sm: Any, user_id: int, task_id: int, reads: int) ->
     from sqlalchemy import text
 
     from edm.clock import utc_now
+    from edm.dashboards.dashboard import activity
     from edm.db.session import unit_of_work
-    from edm.ops.dashboard import activity
 
     async with unit_of_work(sm) as session:
         await session.execute(text("UPDATE tasks SET first_sent_at = now() WHERE id = :t"), {"t": task_id})

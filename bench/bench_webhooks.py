@@ -21,7 +21,7 @@ trivial endpoint of the same server measured in the same run; then the `events` 
      per request (uvicorn + the request-id middleware + routing); a 30 KB body over loopback adds little.
    - the webhook load: every batch posted once; events/s counts 2xx answers only (× 100 events).
 4. The `events` job's code (`edm.events.apply.apply_pending` in a loop of `EVENTS_BATCH`, one transaction each,
-   as `edm.dispatch.jobs` runs it) applies everything stored: events/s of applying.
+   as `edm.worker.jobs` runs it) applies everything stored: events/s of applying.
 5. Checks: rows in `events` == unique `sg_event_id`s in acknowledged batches; every row processed; matched ==
    the unique non-engagement events, ignored == the unique opens/clicks (SendGrid's own tracking is ignored,
    §9.5), unmatched == 0.
@@ -565,8 +565,8 @@ class Server:
 
 async def apply_all(sm: Any, settings: Any) -> tuple[float, dict[str, int]]:
     """The `events` job's loop (edm.events.apply.drain, as the worker runs it): seconds and counts."""
-    from edm.dispatch.jobs import EVENTS_BATCH
     from edm.events import apply as event_apply
+    from edm.worker.jobs import EVENTS_BATCH
 
     started = time.perf_counter()
     counts = await event_apply.drain(sm, simulated_matches_any=settings.fake_provider_allowed, batch=EVENTS_BATCH)

@@ -201,7 +201,7 @@ class ImportRun:
 
 async def import_workbook(path: Path, rows: int, bad: int) -> ImportRun:
     from bench import bench_import
-    from edm.contacts.models import Import
+    from edm.models.contacts import Import
 
     settings, engine, sm = infra.fresh_database()
     try:

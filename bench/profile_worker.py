@@ -90,7 +90,7 @@ class Statements:
 
 async def run(args: argparse.Namespace) -> str:
     from edm.db.engine import make_engine, make_sessionmaker
-    from edm.dispatch.worker import Worker
+    from edm.worker.dispatcher import Worker
 
     sink_bin, _ = infra.ensure_postfix_tools()
     settings, setup_engine, setup = infra.fresh_database()

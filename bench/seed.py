@@ -15,15 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.bench_message import HTML as HTML_5KB
 from edm.clock import utc_now
-from edm.contacts.models import Tag
 from edm.content import service as content
 from edm.db.session import unit_of_work
 from edm.email_services import service as services
+from edm.models.contacts import Tag
+from edm.models.tasks import Task
 from edm.security.crypto import Vault
 from edm.settings import Settings
 from edm.tasks import generation
 from edm.tasks import service as tasks
-from edm.tasks.models import Task
 from edm.users.service import create_user
 
 FIRST_NAMES = [

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm import clock
 from edm.db.engine import make_engine, make_sessionmaker
-from edm.db.migrate import upgrade
-from edm.db.models import metadata
+from edm.migrations.migrate import upgrade
+from edm.models import metadata
 from edm.providers.fake import FakeAdapter
 from edm.security import passwords
 from tests.helpers import settings_for

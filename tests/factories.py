@@ -10,14 +10,14 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact, ContactTag, Tag
-from edm.content.models import Sender, Template
 from edm.db.session import unit_of_work
 from edm.email_services import service as services
+from edm.models.contacts import Contact, ContactTag, Tag
+from edm.models.content import Sender, Template
+from edm.models.users import Role
 from edm.security.crypto import Vault
 from edm.settings import Settings
 from edm.tasks import service as tasks
-from edm.users.models import Role
 from edm.users.service import create_user
 
 HTML = "<html><body><p>Hello {{ contact.first_name | default('there', true) }}</p>{{ unsubscribe_url }}</body></html>"

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.app import create_app
 from edm.db.session import unit_of_work
+from edm.models.users import Role
 from edm.settings import Settings
-from edm.users.models import Role
 from edm.users.service import create_token, create_user
 
 PASSWORD = "correct horse battery"

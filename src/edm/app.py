@@ -17,31 +17,20 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edm.api import docs, routers
+from edm.api import media as media_api
+from edm.api import tracking as tracking_api
+from edm.api.answers import error_body
 from edm.api.idempotency import IdempotencyMiddleware
 from edm.api.ratelimit import RateLimitMiddleware
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.db.engine import create_engine, make_sessionmaker
-from edm.db.migrate import schema_is_current
 from edm.errors import EdmError
+from edm.migrations.migrate import schema_is_current
 from edm.security import passwords
 from edm.settings import Settings
-from edm.tracking import api as tracking_api
 
 log = logging.getLogger("edm.http")
-
-
-def error_body(
-    request: Request, code: str, message: str, details: list[Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": details or [],
-            **extra,
-            "request_id": getattr(request.state, "request_id", None),
-        }
-    }
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -274,9 +263,6 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
 
 
 def _mount_routers(app: FastAPI, settings: Settings) -> None:
-    from edm.api import docs, routers
-    from edm.content import media_api
-
     for router in routers.all_routers(settings):
         app.include_router(router)
     app.include_router(media_api.public_router)  # public, no auth: GET /media/{public_id}/{filename}

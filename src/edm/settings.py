@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edm.security import keys
+from edm import secret_keys as keys
 
 
 class Settings(BaseSettings):

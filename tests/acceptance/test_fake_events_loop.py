@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.app import create_app
 from edm.db.session import unit_of_work
-from edm.events.models import Event, MatchStatus
+from edm.models.events import Event, MatchStatus
 from edm.providers.fake import FakeAdapter
 from tests import factories
 from tests.helpers import settings_for

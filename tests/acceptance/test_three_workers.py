@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
-from edm.tasks.models import SubTask, Task
+from edm.models.tasks import SubTask, Task
 from edm.tasks.stats import recount, task_stats
 from tests import factories
 from tests.acceptance.workers import workers

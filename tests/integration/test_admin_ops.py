@@ -14,11 +14,11 @@ from sqlalchemy import select, update
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.ops import alerts, runtime_settings
-from edm.ops.models import AuditLog, Notification, Worker
+from edm.models.system import AuditLog, Notification, Worker
+from edm.models.tasks import SubTask, Task
+from edm.models.users import Role
+from edm.system import alerts, runtime_settings
 from edm.tasks import generation, lifecycle
-from edm.tasks.models import SubTask, Task
-from edm.users.models import Role
 from tests import factories
 from tests.helpers import Account, make_account, settings_for
 from tests.helpers import expect_error as _error

@@ -19,10 +19,10 @@ from edm import clock
 from edm.api import idempotency
 from edm.api.ratelimit import TokenBuckets
 from edm.app import create_app
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.ops.models import IdempotencyRecord
-from edm.users.models import Role
+from edm.models.contacts import Contact
+from edm.models.system import IdempotencyRecord
+from edm.models.users import Role
 from tests.helpers import api_client, make_account, settings_for
 
 API = "/api/v1"

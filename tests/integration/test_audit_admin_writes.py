@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.db.session import unit_of_work
-from edm.ops.models import AuditLog
-from edm.ops.service import Actor, audit
-from edm.users.models import Role, User
+from edm.models.system import AuditLog
+from edm.models.users import Role, User
+from edm.system.service import Actor, audit
 from tests import factories
 from tests.helpers import Account, api_client, make_account
 

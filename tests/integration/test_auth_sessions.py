@@ -19,8 +19,8 @@ from sqlalchemy import func, select, update
 from edm import clock
 from edm.app import create_app
 from edm.db.session import unit_of_work
-from edm.ops.models import AuditLog
-from edm.users.models import ConsoleSession, LoginAttempt, Role, User
+from edm.models.system import AuditLog
+from edm.models.users import ConsoleSession, LoginAttempt, Role, User
 from tests.helpers import PASSWORD, Account, make_account, settings_for
 from tests.helpers import expect_error as _error
 

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from edm.api.deps import Page
 from edm.contacts.filters import ContactFilter, Sort
 from edm.contacts.service import list_contacts
 from edm.db.session import unit_of_work
+from edm.paging import Page
 from tests import factories
 
 CASES = [

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from edm.contacts.models import Contact, ContactTag
-from edm.users.models import Role
+from edm.models.contacts import Contact, ContactTag
+from edm.models.users import Role
 from tests.helpers import create_contact as _contact
 from tests.helpers import create_tag as _tag
 from tests.helpers import expect_error as _error
@@ -99,7 +99,7 @@ async def test_malformed_json_limits_and_cursors(client: httpx.AsyncClient, sess
     _error(await client.get(f"{API}/contacts/abc", headers=alice.headers), 422, "validation_error")
     _error(await client.get(f"{API}/contacts?q=a%00b", headers=alice.headers), 422, "validation_error")
     # A cursor past any BIGINT was never issued by us: a clear 422 (SPEC §21 "bad cursor"), not a 500.
-    from edm.api.deps import encode_cursor
+    from edm.paging import encode_cursor
 
     r = await client.get(f"{API}/contacts", params={"cursor": encode_cursor(2**70)}, headers=alice.headers)
     assert _error(r, 422, "validation_error")["details"][0]["field"] == "cursor"

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from edm.contacts.models import Contact, ContactTag
 from edm.db.session import unit_of_work
-from edm.events.models import Event
-from edm.ops.models import AuditLog
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SubTask
-from edm.users.models import Role
+from edm.models.contacts import Contact, ContactTag
+from edm.models.events import Event
+from edm.models.suppressions import Suppression
+from edm.models.system import AuditLog
+from edm.models.tasks import SubTask
+from edm.models.users import Role
 from tests import factories
 from tests.helpers import Account, make_account
 from tests.helpers import create_contact as _contact

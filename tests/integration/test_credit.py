@@ -15,10 +15,10 @@ from sqlalchemy import func, insert, select
 
 from edm import clock
 from edm.db.session import unit_of_work
-from edm.ops.models import AuditLog
+from edm.models.system import AuditLog
+from edm.models.users import QuotaLedgerEntry, Role, User
 from edm.tasks import generation
 from edm.users import credit
-from edm.users.models import QuotaLedgerEntry, Role, User
 from tests import factories
 from tests.helpers import Account, api_client, make_account, settings_for
 from tests.helpers import expect_error as _error

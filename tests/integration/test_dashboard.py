@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
 from edm.db.session import unit_of_work
+from edm.models.tasks import SubTask, Task
+from edm.models.users import Role, User
 from edm.tasks import generation
-from edm.tasks.models import SubTask, Task
-from edm.users.models import Role, User
 from tests import factories
 from tests.helpers import Account, expect_error, make_account, settings_for
 from tests.helpers import run_cli as _edm

@@ -38,10 +38,10 @@ from edm.app import create_app
 from edm.clock import utc_now
 from edm.db.engine import make_engine, make_sessionmaker
 from edm.db.session import unit_of_work
-from edm.ops.models import Worker as WorkerRow
+from edm.models.system import Worker as WorkerRow
+from edm.models.tasks import SendAttempt
 from edm.security.tokens import sign_token
 from edm.tasks import generation
-from edm.tasks.models import SendAttempt
 from tests import factories
 from tests.helpers import Account, expect_error, make_account, settings_for
 from tests.integration.dispatch.conftest import DispatchKit
@@ -392,7 +392,7 @@ async def _all_sent(kit: DispatchKit, task_id: int, recipients: int) -> bool:
 async def test_sqlite_file_out_of_reach_answers_503_and_heals(tmp_path: Path) -> None:
     """The volume holding the database file goes away (here: its directory is renamed) and a connection has to
     be opened (a restarted process; the pool's connections are dropped to stand for it)."""
-    from edm.db.migrate import upgrade
+    from edm.migrations.migrate import upgrade
 
     home = tmp_path / "volume"
     home.mkdir()

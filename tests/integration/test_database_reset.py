@@ -7,8 +7,8 @@ import psycopg
 import pytest
 
 from edm.db.engine import make_engine, make_sessionmaker
-from edm.db.models import metadata
 from edm.db.session import unit_of_work
+from edm.models import metadata
 from edm.tasks import generation
 from tests import factories
 from tests.conftest import PG_URL, PgDatabase

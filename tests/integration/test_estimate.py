@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import update
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
 from tests.helpers import Account, make_account
 
 API = "/api/v1"

@@ -12,9 +12,9 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
 from edm.tasks import generation
 from tests import factories
 from tests.helpers import Account, create_contact, create_tag, expect_error, make_account

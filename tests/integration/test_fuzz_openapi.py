@@ -26,7 +26,7 @@ from schemathesis import GenerationMode
 
 from edm.app import create_app
 from edm.db.engine import make_engine, make_sessionmaker
-from edm.users.models import Role
+from edm.models.users import Role
 from tests.conftest import PG_URL, PgDatabase
 from tests.helpers import Account, make_account, settings_for
 from tests.integration.test_openapi_isolation import _objects_of

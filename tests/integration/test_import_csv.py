@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from edm.contacts.importer import ImportReport, import_csv
 from edm.contacts.imports import run_imports
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
+from edm.models.contacts import Contact
 from tests.helpers import Account, make_account
 from tests.helpers import expect_error as _error
 

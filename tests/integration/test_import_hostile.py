@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.api.uploads import FORM_SLACK
 from edm.contacts import imports
-from edm.contacts.models import Contact, Import, ImportChunk
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
-from edm.ops.models import Worker as WorkerRow
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact, Import, ImportChunk
+from edm.models.suppressions import Suppression
+from edm.models.system import Worker as WorkerRow
 from tests import factories
 from tests.acceptance.workers import start_worker
 from tests.helpers import Account, api_client, expect_error, make_account, settings_for

@@ -18,10 +18,10 @@ from sqlalchemy import func, select, update
 
 from edm.clock import utc_now
 from edm.contacts import imports
-from edm.contacts.models import Contact, Import, ImportChunk, ImportRowError
 from edm.db.session import unit_of_work
-from edm.ops.models import Notification
-from edm.users.models import Role
+from edm.models.contacts import Contact, Import, ImportChunk, ImportRowError
+from edm.models.system import Notification
+from edm.models.users import Role
 from tests.helpers import Account, create_contact, make_account
 from tests.helpers import run_cli as _edm
 

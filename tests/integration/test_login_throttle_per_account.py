@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from edm import clock
 from edm.app import create_app
-from edm.users.models import LoginAttempt
+from edm.models.users import LoginAttempt
 from tests.helpers import PASSWORD, make_account, settings_for
 from tests.helpers import expect_error as _error
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from edm.events.mailbox import MailboxAuthError, MailboxConfig, MailboxError, fetch_reports
-from edm.events.vocabulary import EventType, NormalizedEvent
 from edm.providers.dsn import parse_report
+from edm.vocabulary.events import EventType, NormalizedEvent
 from tests.unit.providers.support import sample_bytes
 
 USER, PASSWORD = "bounces@example.com", "pa55-w0rd-secret"

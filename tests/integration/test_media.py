@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from edm.content.media import MAX_BYTES
-from edm.users.models import Role
+from edm.models.users import Role
 from tests.helpers import Account, make_account
 from tests.helpers import expect_error as _error
 from tests.helpers import run_cli as edm

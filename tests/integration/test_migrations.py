@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from edm.db.migrate import current_revision, head_revision, include_object
-from edm.db.models import metadata
+from edm.migrations.migrate import current_revision, head_revision, include_object
+from edm.models import metadata
 
 
 async def test_migrations_match_models(engine):  # type: ignore[no-untyped-def]

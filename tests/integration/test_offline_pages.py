@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from edm import clock
 from edm.api import docs
 from edm.db.session import unit_of_work
+from edm.models.tasks import SubTask
 from edm.security.tokens import sign_token
 from edm.tasks import generation
-from edm.tasks.models import SubTask
 from tests import factories
 from tests.helpers import settings_for
 from tests.integration.demo_pages import HOST, DemoApp, demo_app, fill_mailbox

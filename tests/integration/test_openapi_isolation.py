@@ -27,17 +27,18 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from edm.app import create_app
-from edm.contacts.models import Import
-from edm.content.models import Media
 from edm.db.engine import make_engine, make_sessionmaker
 from edm.db.session import unit_of_work
-from edm.email_services.models import UserServiceMapping
-from edm.events.models import Event
-from edm.ops.models import Notification
-from edm.suppressions.models import Suppression
-from edm.tasks import generation, test_sends
-from edm.tasks.models import SubTask
-from edm.users.models import ConsoleSession, Role
+from edm.models.contacts import Import
+from edm.models.content import Media
+from edm.models.email_services import UserServiceMapping
+from edm.models.events import Event
+from edm.models.suppressions import Suppression
+from edm.models.system import Notification
+from edm.models.tasks import SubTask
+from edm.models.users import ConsoleSession, Role
+from edm.tasks import generation
+from edm.tasks import proof_sends as test_sends
 from edm.users.service import create_token
 from tests import factories
 from tests.conftest import BACKENDS, PgDatabase

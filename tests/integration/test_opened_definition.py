@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm.clock import utc_now
 from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
+from edm.models.tasks import SubTask, Task
+from edm.models.tracking import TrackedLink
+from edm.models.users import Role
 from edm.security.tokens import sign_token
 from edm.tasks import generation
-from edm.tasks.models import SubTask, Task
 from edm.tasks.stats import recount, task_stats
-from edm.tracking.models import TrackedLink
-from edm.users.models import Role
 from tests import factories
 from tests.helpers import Account, make_account, run_cli, settings_for
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.app import create_app
+from edm.models.users import User
 from edm.security import passwords
 from edm.settings import Settings
-from edm.users.models import User
 from tests.helpers import run_cli
 
 # argon2id, 3 passes over 64 MiB in 4 lanes: the RFC 9106 low-memory profile.

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
-from edm.ops import runtime_settings
+from edm.system import runtime_settings
 from tests import factories
 from tests.helpers import api_client, make_account
 from tests.integration.dispatch.conftest import DispatchKit
@@ -118,7 +118,7 @@ async def test_preview_and_send_give_the_same_html_for_the_same_contact(
 
 
 async def _set_contact(session: AsyncSession, contact_id: int) -> None:
-    from edm.contacts.models import Contact
+    from edm.models.contacts import Contact
 
     contact = await session.get(Contact, contact_id)
     assert contact is not None

@@ -28,10 +28,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.db.engine import make_engine, make_sessionmaker
-from edm.db.migrate import upgrade
 from edm.db.session import unit_of_work
 from edm.errors import BadInput
-from edm.users.models import Role
+from edm.migrations.migrate import upgrade
+from edm.models.users import Role
 from tests import factories
 from tests.helpers import Account, api_client, cli_env, expect_error, make_account
 

@@ -23,11 +23,11 @@ from edm.clock import utc_now
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.email_services import health
-from edm.email_services.models import EmailService, EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
-from edm.ops.models import AuditLog
+from edm.models.email_services import EmailService, EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
+from edm.models.system import AuditLog
+from edm.models.tasks import SendAttempt, SubTask
+from edm.models.users import Role, User
 from edm.tasks import generation
-from edm.tasks.models import SendAttempt, SubTask
-from edm.users.models import Role, User
 from tests import factories
 from tests.helpers import Account, api_client, make_account, settings_for
 from tests.integration.test_media import edm

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.devtools.smtp_sink import SmtpSink
-from edm.email_services.models import EmailService, EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
+from edm.models.email_services import EmailService, EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
+from edm.models.users import Role
 from edm.providers.fake import FakeAdapter
-from edm.users.models import Role
 from tests.helpers import Account, api_client, make_account
 
 FAKE = {

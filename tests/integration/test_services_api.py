@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edm.security.keys import generate_encryption_key, generate_secret_key
-from edm.users.models import Role
+from edm.models.users import Role
+from edm.secret_keys import generate_encryption_key, generate_secret_key
 from tests.helpers import api_client, make_account
 
 SERVICE = {

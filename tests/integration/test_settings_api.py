@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from edm.ops import runtime_settings
-from edm.ops.models import AuditLog, Setting
-from edm.ops.runtime_settings import KEYS
-from edm.users.models import Role
+from edm.models.system import AuditLog, Setting
+from edm.models.users import Role
+from edm.system import runtime_settings
+from edm.system.runtime_settings import KEYS
 from tests.helpers import make_account
 from tests.helpers import run_cli as edm
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from edm.contacts.models import Contact, ContactTag
 from edm.db.session import unit_of_work
-from edm.tasks.models import Task
+from edm.models.contacts import Contact, ContactTag
+from edm.models.tasks import Task
 from tests import factories
 from tests.helpers import Account, make_account
 from tests.helpers import expect_error as _error

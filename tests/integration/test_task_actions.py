@@ -12,10 +12,10 @@ from sqlalchemy import select
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.email_services.availability import Policy
+from edm.models.users import LedgerKind, QuotaLedgerEntry, Role, User
 from edm.providers.base import Outcome, SendResult
+from edm.system.runtime_settings import Policy
 from edm.tasks import generation, lifecycle
-from edm.users.models import LedgerKind, QuotaLedgerEntry, Role, User
 from tests import factories
 from tests.helpers import Account, api_client, expect_error, make_account, settings_for
 from tests.helpers import run_cli as edm

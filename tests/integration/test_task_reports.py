@@ -36,19 +36,19 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm import clock
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.email_services.models import EmailService
 from edm.events import apply as event_apply
 from edm.events import ingest
-from edm.events.models import Event
-from edm.events.vocabulary import EventType, NormalizedEvent
+from edm.models.contacts import Contact
+from edm.models.email_services import EmailService
+from edm.models.events import Event
+from edm.models.tasks import SendAttempt, SubTask, TaskTemplate
+from edm.models.users import Role
 from edm.security.tokens import sign_token
 from edm.tasks import reports
-from edm.tasks.models import SendAttempt, SubTask, TaskTemplate
 from edm.tracking.links import link_id
-from edm.users.models import Role
 from edm.users.service import create_token
+from edm.vocabulary.events import EventType, NormalizedEvent
 from tests import factories
 from tests.helpers import Account, api_client, make_account
 from tests.helpers import run_cli as edm

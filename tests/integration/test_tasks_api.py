@@ -6,7 +6,7 @@ import datetime as dt
 
 from edm.clock import utc_now
 from edm.db.session import unit_of_work
-from edm.users.models import Role
+from edm.models.users import Role
 from tests import factories
 from tests.helpers import api_client, make_account
 

@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
-from edm.events.models import Event
+from edm.models.contacts import Contact
+from edm.models.events import Event
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SendAttempt, SubTask, Task
+from edm.models.users import Role
 from edm.providers.fake import FakeAdapter
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SendAttempt, SubTask, Task
-from edm.users.models import Role
 from tests import factories
 from tests.helpers import Account, api_client, expect_error, make_account, run_cli_async
 from tests.integration.dispatch.conftest import DispatchKit

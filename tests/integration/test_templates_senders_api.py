@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from edm.db.session import unit_of_work
-from edm.tasks.models import Task, TaskTemplate
-from edm.users.models import Role
+from edm.models.tasks import Task, TaskTemplate
+from edm.models.users import Role
 from tests.helpers import Account, make_account
 from tests.helpers import expect_error as _error
 

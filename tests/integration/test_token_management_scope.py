@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.db.session import unit_of_work
-from edm.users.models import ApiToken, Role
+from edm.models.users import ApiToken, Role
 from edm.users.service import create_token
 from tests.helpers import PASSWORD, Account, api_client, make_account
 from tests.helpers import expect_error as _error

@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 
 from edm.app import create_app
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.events.models import Event
-from edm.ops.models import AuditLog
+from edm.models.contacts import Contact
+from edm.models.events import Event
+from edm.models.system import AuditLog
+from edm.models.tasks import SubTask, Task
+from edm.models.users import ApiToken, ConsoleSession, QuotaLedgerEntry, Role, User
 from edm.tasks import generation
-from edm.tasks.models import SubTask, Task
-from edm.users.models import ApiToken, ConsoleSession, QuotaLedgerEntry, Role, User
 from edm.users.service import create_token
 from tests import factories
 from tests.helpers import PASSWORD, Account, make_account, settings_for

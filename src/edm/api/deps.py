@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.errors import BadInput, Forbidden, Unauthenticated
-from edm.users.models import Role, TokenScope, User
+from edm.errors import Forbidden, Unauthenticated
+from edm.models.users import Role, TokenScope, User
+from edm.paging import MAX_ID, Page, decode_cursor
 from edm.users.service import authenticate_token
 from edm.users.sessions import COOKIE, CSRF_HEADER, authenticate_session
 
-# Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
-MAX_ID = 2**63 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 # An optional id filter in a query string (a larger number would reach the database and fail there).
@@ -137,40 +134,8 @@ Admin = Annotated[Caller, Depends(_admin)]
 AdminWriter = Annotated[Caller, Depends(_admin_writer)]
 
 
-@dataclass(frozen=True)
-class Page:
-    limit: int
-    after_id: int | None
-
-
 def _page(limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None) -> Page:
     return Page(limit, decode_cursor(cursor))
 
 
 Paging = Annotated[Page, Depends(_page)]
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
-            raise ValueError
-        return value
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise BadInput.field("cursor", "is not a valid cursor") from None
-
-
-def page_of(items: list[Any], page: Page, *, key: str = "id") -> dict[str, Any]:
-    """Items fetched with limit + 1 → one page and the cursor of the next."""
-    more = len(items) > page.limit
-    items = items[: page.limit]
-    last = items[-1] if items else None
-    last_id = (last[key] if isinstance(last, dict) else getattr(last, key)) if last is not None else None
-    return {"items": items, "next_cursor": encode_cursor(last_id) if more and last_id is not None else None}

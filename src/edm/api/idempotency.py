@@ -37,9 +37,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edm import clock
+from edm.api.deps import _caller  # the routes' own authentication (bearer token or session)
 from edm.db.session import unit_of_work
 from edm.errors import EdmError
-from edm.ops.models import IdempotencyRecord
+from edm.models.system import IdempotencyRecord
 from edm.security.crypto import Vault
 
 log = logging.getLogger("edm.idempotency")
@@ -373,7 +374,6 @@ class IdempotencyMiddleware:
             await self._run(scope, _replaying(spool, receive), send, sessionmaker, outcome.record_id)
 
     async def _user_id(self, scope: Scope, sessionmaker: async_sessionmaker[AsyncSession]) -> int | None:
-        from edm.api.deps import _caller  # the routes' own authentication (bearer token or session)
 
         try:
             async with sessionmaker() as session:

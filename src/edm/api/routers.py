@@ -1,37 +1,47 @@
-"""The list of routers the app mounts. Each domain's api.py owns its routes."""
+"""The routers the app mounts, in order. Each module of this package owns the routes of one domain."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from edm.api import (
+    contacts,
+    content,
+    credit,
+    events,
+    imports,
+    media,
+    proof_sends,
+    services,
+    suppressions,
+    system,
+    tasks,
+    tracking,
+    users,
+    webhooks,
+)
+from edm.devtools import mailbox_api
 from edm.settings import Settings
+
+ROUTERS = [
+    users.router,
+    credit.router,
+    services.router,
+    imports.router,  # before contacts: /contacts/imports must not reach /contacts/{id}
+    contacts.router,
+    content.router,
+    media.router,
+    tasks.router,
+    proof_sends.router,
+    webhooks.router,
+    events.router,
+    tracking.router,
+    suppressions.router,
+    system.router,
+]
 
 
 def all_routers(settings: Settings) -> list[APIRouter]:
-    routers: list[APIRouter] = []
-    for module_name in MODULES:
-        module = __import__(module_name, fromlist=["router"])
-        routers.append(module.router)
-    if settings.env in ("demo", "development", "test"):
-        from edm.devtools import mailbox_api
-
-        routers.append(mailbox_api.router)
-    return routers
-
-
-MODULES = [
-    "edm.users.api",
-    "edm.users.credit_api",
-    "edm.email_services.api",
-    "edm.contacts.imports_api",  # before contacts.api: /contacts/imports must not reach /contacts/{id}
-    "edm.contacts.api",
-    "edm.content.api",
-    "edm.content.media_api",
-    "edm.tasks.api",
-    "edm.tasks.test_sends_api",
-    "edm.events.webhooks",
-    "edm.events.api",
-    "edm.tracking.api",
-    "edm.suppressions.api",
-    "edm.ops.api",
-]
+    """The routers of this deployment: the demo mailbox only outside production."""
+    dev = [mailbox_api.router] if settings.env in ("demo", "development", "test") else []
+    return [*ROUTERS, *dev]

@@ -21,10 +21,10 @@ from edm.contacts import imports
 from edm.contacts import service as contacts
 from edm.contacts.export import export_csv
 from edm.contacts.importer import ImportOptions
-from edm.contacts.models import Import, Tag
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.errors import BadInput
+from edm.models.contacts import Import, Tag
 from edm.users.service import find_user
 
 contact_app = typer.Typer(help="Contacts.", no_args_is_help=True)

@@ -13,10 +13,10 @@ import typer
 
 from edm.cli.common import emit, run, session_scope
 from edm.errors import BadInput
-from edm.ops.service import CLI
+from edm.models.users import LedgerKind
+from edm.system.service import CLI
 from edm.users import credit
 from edm.users.credit import LedgerFilter, ledger_view
-from edm.users.models import LedgerKind
 from edm.users.service import find_user
 
 credit_app = typer.Typer(help="Credit operations and ledgers (admin).", no_args_is_help=True)

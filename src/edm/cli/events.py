@@ -7,10 +7,11 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
+from edm.api.events import event_view
 from edm.cli.common import emit, run, session_scope, settings
+from edm.db.engine import create_engine, make_sessionmaker
 from edm.events import apply as event_apply
-from edm.events.api import event_view
-from edm.events.models import Event, MatchStatus
+from edm.models.events import Event, MatchStatus
 
 events_app = typer.Typer(help="Provider events, bounce reports and their matching.", no_args_is_help=True)
 
@@ -47,7 +48,6 @@ async def events_list(
 @run
 async def events_apply() -> None:
     """Apply every stored event now (workers do this continuously; useful without a running worker)."""
-    from edm.db.engine import create_engine, make_sessionmaker
 
     cfg = settings()
     engine = create_engine(cfg)

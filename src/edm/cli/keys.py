@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from edm.security.keys import generate_encryption_key, generate_secret_key
+from edm.secret_keys import generate_encryption_key, generate_secret_key
 
 keys_app = typer.Typer(help="Deployment keys (EDM_SECRET_KEY, EDM_ENCRYPTION_KEYS).", no_args_is_help=True)
 

@@ -9,11 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from edm.cli.common import emit, fail, run, session_scope, settings
+from edm.clock import utc_now
+from edm.dashboards import dashboard as boards
+from edm.dashboards.queue_view import queue_view, set_paused
 from edm.db.engine import create_engine, make_sessionmaker
-from edm.db.migrate import current_revision, head_revision, schema_is_current, upgrade
+from edm.migrations.migrate import current_revision, head_revision, schema_is_current, upgrade
+from edm.models.tasks import Task
+from edm.models.users import Role, User
 from edm.observability import configure_logging
-from edm.tasks.models import Task
+from edm.system.service import CLI
 from edm.tasks.stats import recount, task_stats
+from edm.users.service import find_user
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 stats_app = typer.Typer(help="Statistics checks.", no_args_is_help=True)
@@ -73,7 +79,7 @@ def serve(
 def app_factory():  # type: ignore[no-untyped-def]
     import gc
 
-    from edm.app import create_app
+    from edm.app import create_app  # loaded by `serve` only (start-up time of the other commands)
 
     app = create_app(settings())
     # Everything built so far (modules, metadata, routes) lives for the whole process: move it out of the
@@ -96,7 +102,7 @@ GC_YOUNG_THRESHOLD = 20_000
 
 def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops")] = None) -> None:
     """Run dispatch loops and maintenance jobs until SIGTERM/SIGINT (graceful)."""
-    from edm.dispatch.worker import Worker
+    from edm.worker.dispatcher import Worker  # loaded by `worker` only (start-up time of the other commands)
 
     cfg = settings()
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)
@@ -188,8 +194,6 @@ async def queue_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("
     """Pending per user, in flight per service, workers, and whether sending is paused."""
     if ctx.invoked_subcommand is not None:
         return
-    from edm.clock import utc_now
-    from edm.ops.queue_view import queue_view
 
     async with session_scope() as session:
         view = await queue_view(session, now=utc_now())
@@ -197,8 +201,6 @@ async def queue_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("
 
 
 async def _pause(paused: bool) -> None:
-    from edm.ops.queue_view import set_paused
-    from edm.ops.service import CLI
 
     async with session_scope() as session:
         result = await set_paused(session, paused, actor=CLI)
@@ -260,11 +262,6 @@ async def dashboard(
 ) -> None:
     """A user's dashboard (credit, campaigns, activity), or with --admin the operator's view on top of it."""
     from sqlalchemy import select
-
-    from edm.clock import utc_now
-    from edm.ops import dashboard as boards
-    from edm.users.models import Role, User
-    from edm.users.service import find_user
 
     async with session_scope() as session:
         who = (

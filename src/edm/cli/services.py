@@ -9,10 +9,14 @@ import typer
 
 from edm import clock
 from edm.cli.common import emit, run, session_scope, settings
+from edm.db.engine import create_engine, make_sessionmaker
 from edm.dispatch import queue
+from edm.email_services import health
+from edm.email_services import probe as testing
 from edm.email_services import service as services
 from edm.errors import BadInput
 from edm.security.crypto import Vault
+from edm.system.service import CLI, audit
 from edm.users.service import find_user
 
 service_app = typer.Typer(help="Sending services.", no_args_is_help=True)
@@ -196,8 +200,6 @@ async def service_test_send(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send one [TEST] message through a service now and show how the provider answered (SPEC §8.4)."""
-    from edm.db.engine import create_engine, make_sessionmaker
-    from edm.email_services import testing
 
     cfg = settings()
     async with session_scope(cfg) as session:
@@ -236,7 +238,6 @@ async def service_health(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """State, usage, next reset, in-flight, the last hour's error rate and latency, webhook URLs, status log."""
-    from edm.email_services import health
 
     cfg = settings()
     zone = timezone or cfg.default_timezone
@@ -289,8 +290,6 @@ async def service_secrets(
     """Webhook secrets of a service, masked. `add` stores one more (every stored secret verifies, so rotate by
     adding the new one, switching the provider to it, then removing the old one); `remove --id` forgets one."""
     import sys
-
-    from edm.ops.service import CLI, audit
 
     if action not in ("list", "add", "remove"):
         raise BadInput.field("action", "must be list, add or remove")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edm.cli.common import emit, run, session_scope
-from edm.ops.service import CLI, settings_view, update_settings
+from edm.system.service import CLI, settings_view, update_settings
 
 settings_app = typer.Typer(help="Admin settings (effective in workers within 30 s).", no_args_is_help=True)
 

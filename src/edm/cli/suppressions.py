@@ -13,17 +13,17 @@ from typing import Annotated, Any
 
 import typer
 
-from edm.api.deps import Page
 from edm.cli.common import emit, run, session_scope, settings
 from edm.clock import utc_now
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import BadInput
-from edm.ops.service import CLI
+from edm.models.suppressions import Suppression
+from edm.paging import Page
 from edm.suppressions import csvio
 from edm.suppressions import service as suppressions
 from edm.suppressions.csvio import ImportReport, parse_time
-from edm.suppressions.models import Suppression
 from edm.suppressions.service import GLOBAL, REASONS, EntryFilter, SuppressionList
+from edm.system.service import CLI
 from edm.users.service import find_user
 
 suppression_app = typer.Typer(help="Suppression lists (a user's, or the global one).", no_args_is_help=True)

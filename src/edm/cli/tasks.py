@@ -17,20 +17,21 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from edm.addresses import normalize_email
 from edm.cli.common import emit, run, session_scope, settings
-from edm.contacts.emails import normalize_email
-from edm.contacts.models import Contact, Tag
-from edm.content.models import Sender, Template
+from edm.content import service as content
 from edm.content.render import compile_template
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import BadInput, NotFound
+from edm.models.contacts import Contact, Tag
+from edm.models.content import Sender, Template
+from edm.models.tasks import Task
 from edm.tasks import actions, reports
 from edm.tasks import service as tasks
-from edm.tasks.models import Task
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
-from edm.tasks.status import DeliveryState, SendState, TaskKind
 from edm.users.service import find_user
+from edm.vocabulary.tasks import DeliveryState, SendState, TaskKind
 
 task_app = typer.Typer(help="Tasks (bulk sends).", no_args_is_help=True)
 sender_app = typer.Typer(help="Senders (From identities).", no_args_is_help=True)
@@ -518,7 +519,6 @@ async def sender_create(
     display_name: Annotated[str, typer.Option()] = "",
     reply_to: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    from edm.content import service as content
 
     async with session_scope() as session:
         owner = await find_user(session, user)
@@ -539,7 +539,6 @@ async def template_create(
     html_file: Annotated[Path, typer.Option(help="file with the HTML (Jinja2)")],
     text_file: Annotated[Path | None, typer.Option(help="optional text part")] = None,
 ) -> None:
-    from edm.content import service as content
 
     for path in (html_file, text_file):
         if path is not None and not path.exists():

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from edm.cli.common import emit, run, session_scope
-from edm.content.models import Template
 from edm.errors import NotFound
-from edm.tasks import test_sends
+from edm.models.content import Template
+from edm.tasks import proof_sends as test_sends
 from edm.users.service import find_user
 
 POLL_SECONDS = 1.0

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from edm.cli.common import emit, read_password, run, session_scope
 from edm.errors import BadInput
-from edm.ops.service import CLI, audit
-from edm.users.models import Role, User
+from edm.models.users import Role, User
+from edm.system.service import CLI, audit
 from edm.users.service import create_token, create_user, delete_user, find_user, reset_password
 from edm.users.sessions import expiry_of, list_sessions, revoke_sessions
 

@@ -15,15 +15,15 @@ from sqlalchemy import String, and_, delete, func, literal, or_, select, union_a
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.contacts.service import get_contact
 from edm.db.types import UTCDateTime
 from edm.errors import BadInput, Conflict
-from edm.events.models import Event
-from edm.ops.service import Actor, audit
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact
+from edm.models.events import Event
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SubTask, Task
 from edm.suppressions.service import GLOBAL, SuppressionList, contact_reasons, in_force
-from edm.tasks.models import SubTask, Task
+from edm.system.service import Actor, audit
 
 MAX_ID = 2**63 - 1
 KIND_RANK = {"event": 1, "send": 0}  # at equal times an event is newer than the send it belongs to

@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.contacts.filters import ContactFilter, contact_conditions
-from edm.contacts.models import Contact, ContactStatus, ContactTag, Tag
-from edm.contacts.service import check_status, dialect_insert, require_own
+from edm.contacts.service import check_status, require_own
 from edm.db.base import BigId
+from edm.db.dialect import dialect_insert
 from edm.db.types import UTCDateTime
 from edm.errors import BadInput, Conflict
+from edm.models.contacts import Contact, ContactStatus, ContactTag, Tag
 
 ACTIONS = ("tag", "untag", "set_status", "delete")
 MAX_IDS = 10_000

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.contacts.filters import ContactFilter, contact_conditions, on_suppression_list
-from edm.contacts.models import Contact, ContactTag, Tag
 from edm.csvfmt import FORMULA_STARTS, guard, records
+from edm.models.contacts import Contact, ContactTag, Tag
 
 BATCH = 2000
 BOM = "\ufeff"

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, cast, exists, func, literal, literal_column, or_
+from sqlalchemy import String, and_, cast, exists, func, literal, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact, ContactTag
+from edm.db.dialect import escape_like
 from edm.db.types import UTCDateTime
 from edm.errors import BadInput
-from edm.suppressions.models import Suppression
-from edm.tasks.recipients import expand_tags
+from edm.models.contacts import Contact, ContactTag, Tag
+from edm.models.suppressions import Suppression
 
 MAX_ID = 2**63 - 1
 SEARCH_FIELDS = ("name", "first_name", "last_name", "username", "phone", "company", "position",
@@ -56,10 +56,6 @@ class ContactFilter:
     attributes: tuple[tuple[str, str], ...] = ()
     engaged_since: dt.datetime | None = None
     ids: tuple[int, ...] | None = None  # a selection (bulk actions, export)
-
-
-def escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def contact_conditions(session: AsyncSession, *, user_id: int, filters: ContactFilter) -> list[Any]:
@@ -304,3 +300,11 @@ def parse_attributes(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str],
     if len(out) > 20:
         raise BadInput.field("attr", "at most 20 attribute filters")
     return tuple(out)
+
+
+async def expand_tags(session: AsyncSession, *, user_id: int, tag_ids: tuple[int, ...]) -> list[int]:
+    """A parent tag stands for itself and all its children (membership in a child implies the parent)."""
+    if not tag_ids:
+        return []
+    children = await session.scalars(select(Tag.id).where(Tag.user_id == user_id, Tag.parent_id.in_(tag_ids)))
+    return sorted(set(tag_ids) | set(children))

@@ -23,7 +23,6 @@ from typing import Any, BinaryIO, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm import csvfmt
-from edm.contacts.models import Tag
 from edm.contacts.service import (
     ATTR_KEY,
     IMPORT_MODES,
@@ -37,6 +36,7 @@ from edm.contacts.service import (
 from edm.contacts.service import bulk_insert_contacts as write_rows
 from edm.contacts.sheets import RowProblem, Table, open_table
 from edm.errors import BadInput
+from edm.models.contacts import Tag
 
 MAX_STORED_ERRORS = 10_000
 MAX_BATCH_SIZE = 10_000

@@ -25,15 +25,15 @@ from typing import IO, Any, BinaryIO
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from edm.api.deps import Page
 from edm.clock import utc_now
 from edm.contacts.importer import ImportOptions, ImportReport, import_file, read_columns
-from edm.contacts.models import Import, ImportChunk, ImportRowError, ImportStatus, Tag
 from edm.contacts.service import dialect_name, require_own
 from edm.contacts.sheets import detect_format
 from edm.db.session import unit_of_work
 from edm.errors import EdmError, InvalidTransition, NotFound
-from edm.ops.models import Notification
+from edm.models.contacts import Import, ImportChunk, ImportRowError, ImportStatus, Tag
+from edm.models.system import Notification
+from edm.paging import Page
 
 log = logging.getLogger("edm.imports")
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from edm.contacts.models import ContactStatus
-from edm.tasks.recipients import RecipientRule
+from edm.models.contacts import ContactStatus
 
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -177,34 +176,8 @@ class MembersChanged(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Import and estimate
+# Import
 # --------------------------------------------------------------------------------------------------------
-
-
-class EstimateRequest(BaseModel):
-    """`{"recipient_rule": {...}}`, exactly as task creation takes the rule, so a task's body can be estimated as
-    it is. The bare rule object (`{"type": ...}`) is accepted too: the estimate took that form first."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    recipient_rule: RecipientRule
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_rule(cls, data: Any) -> Any:
-        # Wrapped before validation, so errors of either form name the same path: `recipient_rule.<field>`.
-        if isinstance(data, dict) and "recipient_rule" not in data:
-            return {"recipient_rule": data}
-        return data
-
-
-class EstimateOut(BaseModel):
-    candidates: int
-    sendable: int
-    excluded: dict[str, int]
-    credit_needed: int
-    credit_balance: int
-    computed_at: dt.datetime
 
 
 # --------------------------------------------------------------------------------------------------------

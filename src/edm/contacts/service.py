@@ -17,20 +17,19 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.api.deps import Page
+from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.contacts.emails import normalize_email
 from edm.contacts.filters import ATTR_KEY, ContactFilter, Sort, contact_conditions, keyset
-from edm.contacts.filters import escape_like as escape_like  # re-exported: suppressions use it
-from edm.contacts.models import Contact, ContactStatus, ContactTag, Tag
+from edm.db.dialect import dialect_insert, dialect_name
 from edm.db.owned import get_own
 from edm.errors import BadInput, Conflict, InUse
-from edm.tasks.models import Task
-from edm.tasks.status import TaskStatus
+from edm.models.contacts import Contact, ContactStatus, ContactTag, Tag
+from edm.models.tasks import Task
+from edm.paging import Page
+from edm.vocabulary.tasks import TaskStatus
 
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and PostgreSQL would refuse to compare them
 TEXT_FIELDS = ("name", "first_name", "last_name", "username", "phone", "company", "position",
@@ -166,15 +165,6 @@ async def saved(session: AsyncSession, apply: Callable[[], None]) -> bool:
     except IntegrityError:
         return False
     return True
-
-
-def dialect_name(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
-
-
-def dialect_insert(session: AsyncSession, table: Any) -> Any:
-    """INSERT with `on_conflict_do_*` for the session's database (SQLite or PostgreSQL)."""
-    return (postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert)(table)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

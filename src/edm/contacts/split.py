@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.contacts.models import ContactTag, Tag
 from edm.contacts.service import check_tag_name, get_tag, link_tags, tasks_naming_tag
 from edm.errors import BadInput, Conflict, InUse
+from edm.models.contacts import ContactTag, Tag
 
 MIN_GROUPS, MAX_GROUPS = 2, 10
 RATIO_TOLERANCE = 1e-9

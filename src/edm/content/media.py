@@ -22,9 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from edm.content.models import Media
 from edm.db.owned import get_own
 from edm.errors import BadInput
+from edm.models.content import Media
 
 MAX_BYTES = 5 * 1024 * 1024  # SPEC §4.4
 MAX_FILENAME = 255

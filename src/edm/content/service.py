@@ -19,12 +19,9 @@ from jinja2.meta import find_undeclared_variables
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.api.deps import Page
+from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.contacts.emails import normalize_email
-from edm.contacts.models import Contact
-from edm.contacts.service import MAX_ID, check_text, contact_tags, dialect_name, escape_like, saved
-from edm.content.models import Sender, Template
+from edm.contacts.service import MAX_ID, check_text, contact_tags, saved
 from edm.content.render import (
     CONTACT_FIELDS,
     SAMPLE_CONTACT,
@@ -37,12 +34,16 @@ from edm.content.render import (
     off_loop,
     time_limit,
 )
+from edm.db.dialect import dialect_name, escape_like
 from edm.db.owned import get_own
-from edm.email_services.models import EmailService, UserServiceMapping
 from edm.errors import BadInput, Conflict, InUse
-from edm.ops import runtime_settings
-from edm.tasks.models import Task, TaskTemplate
-from edm.tasks.status import TaskStatus
+from edm.models.contacts import Contact
+from edm.models.content import Sender, Template
+from edm.models.email_services import EmailService, UserServiceMapping
+from edm.models.tasks import Task, TaskTemplate
+from edm.paging import Page
+from edm.system import runtime_settings
+from edm.vocabulary.tasks import TaskStatus
 
 MAX_HTML_BYTES = 2 * 1024 * 1024
 MAX_TEXT_BYTES = 1024 * 1024

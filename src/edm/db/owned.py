@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.errors import NotFound
+from edm.paging import MAX_ID
 
 T = TypeVar("T")
-MAX_ID = 2**63 - 1
 
 
 async def get_own(session: AsyncSession, model: type[T], *, user_id: int, object_id: int, what: str) -> T:

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-
-class Strategy(enum.StrEnum):
-    ROUND_ROBIN = "round_robin"  # every eligible service pulls as its slots come due, in rotation
-    WEIGHTED = "weighted"  # smooth weighted round-robin on weight × quota left × health
-    PRIORITY = "priority"  # the best (lowest) priority tier that can work takes everything
+from edm.system.runtime_settings import Strategy
 
 
 @dataclass(frozen=True, slots=True)

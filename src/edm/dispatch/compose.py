@@ -22,8 +22,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import clock
-from edm.contacts.models import Contact, ContactTag, Tag
-from edm.content.models import Sender
 from edm.content.render import (
     SAMPLE_CONTACT,
     CompiledTemplate,
@@ -35,18 +33,20 @@ from edm.content.render import (
 )
 from edm.db.session import unit_of_work
 from edm.dispatch.message import build_message
-from edm.email_services.models import EmailService
 from edm.errors import TemplateSyntaxError
-from edm.ops import runtime_settings
+from edm.models.contacts import Contact, ContactTag, Tag
+from edm.models.content import Sender
+from edm.models.email_services import EmailService
+from edm.models.tasks import Task, TaskTemplate
+from edm.models.tracking import TrackedLink
 from edm.providers.base import OutboundMessage, Outcome, SendResult, ServiceConfig
 from edm.providers.registry import capabilities_for
 from edm.security.crypto import Vault
 from edm.security.tokens import sign_token
 from edm.settings import Settings
-from edm.tasks.models import Task, TaskTemplate
-from edm.tasks.status import TaskKind
+from edm.system import runtime_settings
 from edm.tracking.links import LinkRewriter
-from edm.tracking.models import TrackedLink
+from edm.vocabulary.tasks import TaskKind
 
 CONFIG_TTL = 30.0
 TEST_SUBJECT_PREFIX = "[TEST] "  # SPEC §8.2

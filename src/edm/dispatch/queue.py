@@ -21,11 +21,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.contacts.models import Contact
+from edm.dispatch import availability as av
 from edm.dispatch import retry, slots
 from edm.dispatch.allocation import CandidateTask, plan_claim
-from edm.email_services import availability as av
-from edm.email_services.models import (
+from edm.dispatch.service_day import next_reset, service_day
+from edm.models.contacts import Contact
+from edm.models.email_services import (
     EmailService,
     EmailServiceState,
     EmailServiceStatusLog,
@@ -34,14 +35,14 @@ from edm.email_services.models import (
     StatusChange,
     UserServiceMapping,
 )
-from edm.email_services.service_day import next_reset, service_day
-from edm.ops import alerts
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatCounter
+from edm.models.users import User
 from edm.providers.base import Outcome, SendResult
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SendAttempt, SubTask, Task
-from edm.tasks.status import SendState, TaskAction, TaskKind, TaskStatus
+from edm.system import alerts
+from edm.system.runtime_settings import Policy
 from edm.tasks.transitions import transition
-from edm.users.models import User
+from edm.vocabulary.tasks import SendState, TaskAction, TaskKind, TaskStatus
 
 SUBTASKS = cast(Table, SubTask.__table__)
 RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
@@ -592,7 +593,7 @@ async def record(
     claim: Claim,
     outcomes: Sequence[ItemOutcome],
     now: dt.datetime,
-    policy: av.Policy,
+    policy: Policy,
     jitter: retry.Jitter = retry.default_jitter,
 ) -> RecordSummary:
     """One outcome transaction for a claimed batch: SubTask states (compare-and-set on our lease), one
@@ -692,7 +693,7 @@ def _sent_values(o: ItemOutcome, now: dt.datetime) -> dict[str, Any]:
 
 
 def _values_for(
-    decision: Decision, o: ItemOutcome, row: Any, now: dt.datetime, policy: av.Policy, jitter: retry.Jitter
+    decision: Decision, o: ItemOutcome, row: Any, now: dt.datetime, policy: Policy, jitter: retry.Jitter
 ) -> dict[str, Any]:
     base: dict[str, Any] = {"b_id": o.item.subtask_id}
     r = o.result
@@ -814,7 +815,7 @@ async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[It
 
 
 async def _update_service_state(
-    session: AsyncSession, claim: Claim, outcomes: Sequence[ItemOutcome], now: dt.datetime, policy: av.Policy
+    session: AsyncSession, claim: Claim, outcomes: Sequence[ItemOutcome], now: dt.datetime, policy: Policy
 ) -> list[str]:
     state_row = await session.scalar(
         select(EmailServiceState)
@@ -1025,7 +1026,6 @@ async def pending_by_task(session: AsyncSession) -> list[PendingTask]:
     """Pending (unbound) SubTasks of every task that can hold them. On PostgreSQL the counts come from the
     trigger-kept `task_stat_counters` (a few rows per task, whatever its size: no scan of SubTasks); on SQLite
     from the (task_id, send_state) index."""
-    from edm.tasks.models import TaskStatCounter
 
     open_ids = select(Task.id).where(Task.status.in_(OPEN_TASK_STATES)).scalar_subquery()
     if session.get_bind().dialect.name == "postgresql":

@@ -19,15 +19,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.dispatch import availability as av
 from edm.dispatch import queue
-from edm.email_services import availability as av
 from edm.email_services import service as services
-from edm.email_services.models import EmailServiceState, EmailServiceStatusLog
 from edm.errors import NotFound
+from edm.models.email_services import EmailServiceState, EmailServiceStatusLog
+from edm.models.tasks import SendAttempt, SubTask
 from edm.providers.base import Outcome
 from edm.security.crypto import Vault
-from edm.tasks.models import SendAttempt, SubTask
-from edm.tasks.status import SendState
+from edm.vocabulary.tasks import SendState
 
 WINDOW = dt.timedelta(hours=1)
 SCAN_ROWS = 50_000

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.dispatch import queue
-from edm.email_services.models import (
+from edm.errors import BadInput, Conflict, InUse, NotFound
+from edm.models.email_services import (
     EmailService,
     EmailServiceState,
     EmailServiceStatusLog,
@@ -23,13 +24,12 @@ from edm.email_services.models import (
     StatusChange,
     UserServiceMapping,
 )
-from edm.errors import BadInput, Conflict, InUse, NotFound
+from edm.models.tasks import SubTask
+from edm.models.users import User
 from edm.providers.base import ServiceConfig
 from edm.providers.registry import PROVIDERS, build_adapter
 from edm.security.crypto import Vault
-from edm.tasks.models import SubTask
-from edm.tasks.status import SendState
-from edm.users.models import User
+from edm.vocabulary.tasks import SendState
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 RESET = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")

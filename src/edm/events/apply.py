@@ -31,18 +31,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
 from edm.dispatch.queue import upsert_usage
-from edm.email_services.models import EmailService
-from edm.email_services.service_day import service_day
-from edm.events.models import Event, MatchReason, MatchStatus
-from edm.events.vocabulary import BounceClass, EventType
-from edm.ops import runtime_settings
-from edm.ops.runtime_settings import RuntimeSettings
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SendAttempt, SubTask
-from edm.tasks.status import DELIVERY_RANK, DeliveryState, SendState
+from edm.dispatch.service_day import service_day
+from edm.models.contacts import Contact
+from edm.models.email_services import EmailService
+from edm.models.events import Event, MatchReason, MatchStatus
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SendAttempt, SubTask
+from edm.system import runtime_settings
+from edm.system.runtime_settings import RuntimeSettings
+from edm.vocabulary.events import BounceClass, EventType
+from edm.vocabulary.tasks import DELIVERY_RANK, DeliveryState, SendState
 
 log = logging.getLogger("edm.events")
 

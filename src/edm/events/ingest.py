@@ -19,8 +19,8 @@ from sqlalchemy import Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.events.models import Event, MatchReason, MatchStatus, WebhookNonce
-from edm.events.vocabulary import BadElement, NormalizedEvent
+from edm.models.events import Event, MatchReason, MatchStatus, WebhookNonce
+from edm.vocabulary.events import BadElement, NormalizedEvent
 
 RAW_LIMIT = 64 * 1024  # bytes of raw payload kept per event (§4.7)
 _KEY_LIMIT = 200

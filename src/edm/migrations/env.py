@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from edm.db.engine import make_engine
-from edm.db.migrate import include_object
-from edm.db.models import metadata
+from edm.migrations.migrate import include_object
+from edm.models import metadata
 
 config = context.config
 

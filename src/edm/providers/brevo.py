@@ -48,7 +48,6 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -69,6 +68,7 @@ from edm.providers.webhook import (
     parse_json,
     text_or_none,
 )
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 
 PROVIDER = "brevo"
 SUBTASK_HEADER = "X-EDM-SubTask-Id"

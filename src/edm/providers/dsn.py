@@ -44,7 +44,6 @@ from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from typing import Any, ClassVar
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.webhook import (
     MalformedPayload,
     ParsedPayload,
@@ -54,6 +53,7 @@ from edm.providers.webhook import (
     basic_or_token_matches,
     text_or_none,
 )
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 
 VERP_PREFIX = "b+"
 # Our keys are SubTask public ids (UUIDs); test fixtures use "st_…". No "@", "+", "<", dots or spaces, so a

@@ -39,7 +39,6 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -62,6 +61,7 @@ from edm.providers.webhook import (
     same,
     text_or_none,
 )
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 
 SEND_PATH = "/v1/mail/send"
 IDEMPOTENCY_WINDOW_SECONDS = 3600

@@ -44,7 +44,6 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import OutboundMessage, ServiceConfig
 from edm.providers.webhook import (
     MalformedPayload,
@@ -58,6 +57,7 @@ from edm.providers.webhook import (
     same,
     text_or_none,
 )
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 
 log = logging.getLogger("edm.providers.fake")
 

@@ -51,7 +51,6 @@ import httpx
 import orjson
 
 from edm import clock
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -73,6 +72,7 @@ from edm.providers.webhook import (
     same,
     text_or_none,
 )
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 
 MAX_BATCH = 1000  # Mailgun's recipients per batch request
 # Mailgun refuses messages above 25 MB; a batch carries every recipient's body, so requests stay well below.

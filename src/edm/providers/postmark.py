@@ -38,7 +38,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -59,6 +58,7 @@ from edm.providers.webhook import (
     parse_json,
     text_or_none,
 )
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 
 MAX_BATCH = 500
 DEFAULT_MESSAGE_STREAM = "broadcast"

@@ -48,7 +48,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -71,6 +70,7 @@ from edm.providers.webhook import (
     same,
     text_or_none,
 )
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 
 PROVIDER = "resend"
 SUBTASK_HEADER = "X-EDM-SubTask-Id"

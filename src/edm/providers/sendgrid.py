@@ -51,7 +51,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edm import clock
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -72,6 +71,7 @@ from edm.providers.webhook import (
     parse_json,
     text_or_none,
 )
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 
 MAX_PERSONALIZATIONS = 1000
 SUBSTITUTIONS_LIMIT_BYTES = 10_000  # SendGrid's cap on one personalization's substitutions (keys + values)

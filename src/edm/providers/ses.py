@@ -57,7 +57,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from httpx_auth import AWS4Auth
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult, ServiceConfig
 from edm.providers.http import (
     HttpAdapter,
@@ -78,6 +77,7 @@ from edm.providers.webhook import (
     same,
     text_or_none,
 )
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 
 SEND_PATH = "/v2/email/outbound-emails"
 SIGNING_SERVICE = "ses"

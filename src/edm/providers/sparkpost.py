@@ -57,7 +57,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult
 from edm.providers.http import (
     HttpAdapter,
@@ -79,6 +78,7 @@ from edm.providers.webhook import (
     parse_json,
     text_or_none,
 )
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 
 PROVIDER = "sparkpost"
 MAX_BATCH = 100

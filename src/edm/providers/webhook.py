@@ -1,7 +1,7 @@
 """The webhook side of the provider contract (SPEC §9): verify over the raw bytes, then parse.
 
 A provider module exposes one `WebhookHandler`. Handlers are pure: no database and no network, except the
-`fetch` the pipeline lends them (SNS certificates only). The pipeline (`edm.events.webhooks`) reads the
+`fetch` the pipeline lends them (SNS certificates only). The pipeline (`edm.api.webhooks`) reads the
 body, finds the candidate services and their secrets, calls `verify` per service until one succeeds,
 calls `parse`, stores each event once and answers (§9.5).
 
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from edm.events.vocabulary import BadElement, NormalizedEvent
+from edm.vocabulary.events import BadElement, NormalizedEvent
 
 Fetch = Callable[[str], Awaitable[bytes]]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from edm.security.keys import encryption_key_problem, split_keys
+from edm.secret_keys import encryption_key_problem, split_keys
 from edm.settings import Settings
 
 

@@ -23,8 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm import csvfmt
 from edm.csvfmt import RowError
 from edm.errors import BadInput
-from edm.ops.service import Actor, audit
-from edm.suppressions.models import Suppression
+from edm.models.suppressions import Suppression
 from edm.suppressions.service import (
     EntryFilter,
     NewEntry,
@@ -33,6 +32,7 @@ from edm.suppressions.service import (
     insert_entries,
     new_entry,
 )
+from edm.system.service import Actor, audit
 
 MAX_STORED_ERRORS = 10_000
 BATCH = 500  # rows per INSERT: 13 columns each stays far below SQLite's bound-parameter limit

@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.api.deps import Page
-from edm.contacts.emails import normalize_email
-from edm.contacts.models import Contact, ContactStatus
-from edm.contacts.service import dialect_insert, escape_like
+from edm.addresses import normalize_email
+from edm.db.dialect import dialect_insert, escape_like
 from edm.errors import BadInput, Conflict, NotFound
-from edm.ops.service import Actor, audit
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact, ContactStatus
+from edm.models.suppressions import Suppression
+from edm.paging import Page
+from edm.system.service import Actor, audit
 
 KINDS = ("address", "domain")
 REASONS = ("unsubscribed", "hard_bounce", "soft_bounce_limit", "complaint", "provider_suppressed", "manual", "import")

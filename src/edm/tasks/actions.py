@@ -9,12 +9,12 @@ from typing import Any, Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.content.models import Sender, Template
 from edm.errors import BadInput, EdmError
+from edm.models.content import Sender, Template
+from edm.models.tasks import SubTask, Task, TaskTemplate
 from edm.tasks import lifecycle, service
-from edm.tasks.models import SubTask, Task, TaskTemplate
 from edm.tasks.recipients import Rule, validate_rule
-from edm.tasks.status import SendState
+from edm.vocabulary.tasks import SendState
 
 COPY_SUFFIX = " (copy)"
 NAME_MAX = 200  # tasks.name is String(200)

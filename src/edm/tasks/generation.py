@@ -16,14 +16,14 @@ from sqlalchemy import Integer, case, func, insert, literal, select, text, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.content.models import Template
 from edm.db.types import UTCDateTime
-from edm.tasks.models import SubTask, Task, TaskTemplate
+from edm.models.content import Template
+from edm.models.tasks import SubTask, Task, TaskTemplate
+from edm.models.users import LedgerKind
 from edm.tasks.recipients import Rule, candidates_query, estimate
-from edm.tasks.status import DeliveryState, PauseReason, SendState, TaskAction, TaskStatus
 from edm.tasks.transitions import transition
 from edm.users.credit import apply_credit, lock_user
-from edm.users.models import LedgerKind
+from edm.vocabulary.tasks import DeliveryState, PauseReason, SendState, TaskAction, TaskStatus
 
 
 @dataclass(frozen=True)

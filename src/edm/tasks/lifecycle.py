@@ -13,11 +13,14 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.email_services.models import UserServiceMapping
 from edm.errors import InvalidTransition
-from edm.ops.runtime_settings import RuntimeSettings
-from edm.tasks.models import SubTask, Task
-from edm.tasks.status import (
+from edm.models.email_services import UserServiceMapping
+from edm.models.tasks import SubTask, Task
+from edm.models.users import LedgerKind, QuotaLedgerEntry, User
+from edm.system.runtime_settings import RuntimeSettings
+from edm.tasks.transitions import transition
+from edm.users.credit import apply_credit
+from edm.vocabulary.tasks import (
     OPEN_SEND_STATES,
     PauseReason,
     SendState,
@@ -26,9 +29,6 @@ from edm.tasks.status import (
     WaitingReason,
     resume_target,
 )
-from edm.tasks.transitions import transition
-from edm.users.credit import apply_credit
-from edm.users.models import LedgerKind, QuotaLedgerEntry, User
 
 RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
 

@@ -11,13 +11,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import Select, and_, case, exists, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.contacts.models import Contact, ContactTag, Tag
+from edm.contacts.filters import expand_tags
 from edm.errors import BadInput
-from edm.suppressions.models import Suppression
+from edm.models.contacts import Contact, ContactTag, Tag
+from edm.models.suppressions import Suppression
 
 EXCLUSION_ORDER = (
     "invalid_address",
@@ -133,14 +134,6 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def expand_tags(session: AsyncSession, *, user_id: int, tag_ids: tuple[int, ...]) -> list[int]:
-    """A parent tag stands for itself and all its children (membership in a child implies the parent)."""
-    if not tag_ids:
-        return []
-    children = await session.scalars(select(Tag.id).where(Tag.user_id == user_id, Tag.parent_id.in_(tag_ids)))
-    return sorted(set(tag_ids) | set(children))
-
-
 def _has_any_tag(tag_ids: list[int]) -> Any:
     return exists().where(ContactTag.contact_id == Contact.id, ContactTag.tag_id.in_(tag_ids))
 
@@ -205,3 +198,29 @@ async def estimate(session: AsyncSession, *, user_id: int, rule: Rule, now: dt.d
         "excluded": excluded,
         "credit_needed": sendable,
     }
+
+
+class EstimateRequest(BaseModel):
+    """`{"recipient_rule": {...}}`, exactly as task creation takes the rule, so a task's body can be estimated as
+    it is. The bare rule object (`{"type": ...}`) is accepted too: the estimate took that form first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_rule: RecipientRule
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_rule(cls, data: Any) -> Any:
+        # Wrapped before validation, so errors of either form name the same path: `recipient_rule.<field>`.
+        if isinstance(data, dict) and "recipient_rule" not in data:
+            return {"recipient_rule": data}
+        return data
+
+
+class EstimateOut(BaseModel):
+    candidates: int
+    sendable: int
+    excluded: dict[str, int]
+    credit_needed: int
+    credit_balance: int
+    computed_at: dt.datetime

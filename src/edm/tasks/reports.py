@@ -29,13 +29,13 @@ from sqlalchemy import BigInteger, Integer, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import csvfmt
-from edm.email_services.models import EmailService
-from edm.events.models import Event, MatchStatus
-from edm.events.vocabulary import EventType
-from edm.tasks.models import SendAttempt, SubTask, Task, TaskTemplate
+from edm.models.email_services import EmailService
+from edm.models.events import Event, MatchStatus
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskTemplate
+from edm.models.tracking import TrackedLink
 from edm.tasks.stats import _assemble, _Group, clicked_human, clicked_total, opened_human, opened_total
-from edm.tasks.status import DeliveryState, SendState
-from edm.tracking.models import TrackedLink
+from edm.vocabulary.events import EventType
+from edm.vocabulary.tasks import DeliveryState, SendState
 
 BOUNCED_STATES = (DeliveryState.SOFT_BOUNCED, DeliveryState.HARD_BOUNCED, DeliveryState.REJECTED)
 BOUNCE_EVENTS = (EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED, EventType.REJECTED)

@@ -12,27 +12,29 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
-from edm.content.models import Sender, Template
 from edm.content.render import RenderError, RenderLimitExceeded, build_context, compile_template, off_loop
 from edm.errors import (
     BadInput,
     ComplianceIncomplete,
     InsufficientCredit,
     InvalidSchedule,
+    InvalidTransition,
     NoRecipients,
     NotFound,
     TaskLocked,
 )
-from edm.events.models import Event
-from edm.ops import runtime_settings
+from edm.models.contacts import Contact
+from edm.models.content import Sender, Template
+from edm.models.events import Event
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.models.users import User
+from edm.system import runtime_settings
 from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled
-from edm.tasks.models import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.tasks.recipients import Rule, estimate, validate_rule
-from edm.tasks.status import DELETABLE, PauseReason, SendState, TaskAction, TaskKind, TaskStatus
 from edm.tasks.transitions import transition
-from edm.users.models import User
+from edm.tracking import tombstones
+from edm.vocabulary.tasks import DELETABLE, PauseReason, SendState, TaskAction, TaskKind, TaskStatus, allowed_actions
 
 EDITABLE_AFTER_GENERATION = {
     "name",
@@ -375,15 +377,11 @@ async def close(session: AsyncSession, task: Task, *, actor: str) -> Task:
 
 async def delete_task(session: AsyncSession, task: Task) -> None:
     if task.status not in DELETABLE:
-        from edm.errors import InvalidTransition
-        from edm.tasks.status import allowed_actions
-
         raise InvalidTransition(
             f"cannot delete a task that is {task.status}",
             current_status=task.status,
             allowed_actions=allowed_actions(TaskStatus(task.status)),
         )
-    from edm.tracking import tombstones
 
     # Mail already delivered keeps its unsubscribe link working for 365 days (§5.2): written before the rows go.
     await tombstones.write_for_task(session, task, now=utc_now())

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.tasks.models import SubTask, TaskStatCounter
-from edm.tasks.status import SendState
+from edm.models.tasks import SubTask, TaskStatCounter
+from edm.vocabulary.tasks import SendState
 
 DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
 _BOUNCED = ("soft_bounced", "hard_bounced", "rejected")

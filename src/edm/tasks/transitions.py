@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.errors import InvalidTransition, NotFound
-from edm.tasks.models import Task, TaskStatusChange
-from edm.tasks.status import TaskAction, TaskStatus, allowed_actions, target_of
+from edm.models.tasks import Task, TaskStatusChange
+from edm.vocabulary.tasks import TaskAction, TaskStatus, allowed_actions, target_of
 
 SYSTEM = "system"
 

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from edm.events.models import Event
-from edm.tasks.models import SubTask
-from edm.tracking.models import TrackedLink
+from edm.models.events import Event
+from edm.models.tasks import SubTask
+from edm.models.tracking import TrackedLink
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -14,12 +14,12 @@ from sqlalchemy import String, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.contacts.models import Contact
 from edm.db.types import UTCDateTime
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SubTask, Task
-from edm.tasks.status import SendState
-from edm.tracking.models import UnsubscribeTombstone
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SubTask, Task
+from edm.models.tracking import UnsubscribeTombstone
+from edm.vocabulary.tasks import SendState
 
 LIFETIME = dt.timedelta(days=365)
 # States in which mail may be in someone's inbox: their unsubscribe links must keep working.

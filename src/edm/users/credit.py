@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from edm.errors import BadInput, EdmError, InsufficientCredit, NotFound
-from edm.ops.service import Actor, audit
-from edm.users.models import LedgerKind, QuotaLedgerEntry, User
+from edm.models.users import LedgerKind, QuotaLedgerEntry, User
+from edm.system.service import Actor, audit
 
 # `users.credit_balance` and the ledger's amounts are 32-bit INTEGER columns: beyond this PostgreSQL refuses
 # the write, so the bound is checked first (a 409/422, never a 500).

@@ -14,13 +14,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.contacts.emails import normalize_email
 from edm.errors import BadInput, Conflict, InUse, InvalidToken, LastAdmin, NotFound
-from edm.ops.service import Actor, audit
+from edm.models.events import Event
+from edm.models.tasks import Task
+from edm.models.users import ApiToken, LedgerKind, Role, TokenScope, User
 from edm.security.passwords import check_password_rules, hash_password
+from edm.system.service import Actor, audit
 from edm.users.credit import apply_credit
-from edm.users.models import ApiToken, LedgerKind, Role, TokenScope, User
 from edm.users.sessions import revoke_sessions
 
 USERNAME = re.compile(r"^[a-z0-9._-]{3,64}$")
@@ -290,8 +292,6 @@ async def delete_user(session: AsyncSession, user: User, *, actor: Actor) -> Non
     """Delete the user and all its data (foreign keys cascade; events carry user_id without one and are
     deleted here). Refused (409 in_use) while it owns a queued, sending or paused task, and for the last
     active admin (409 last_admin). The audit entry keeps the username and id."""
-    from edm.events.models import Event
-    from edm.tasks.models import Task
 
     active = (
         await session.scalars(

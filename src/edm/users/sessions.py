@@ -26,12 +26,12 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.contacts.emails import normalize_email
 from edm.errors import BadInput, EdmError, Unauthenticated
-from edm.ops.service import Actor, audit
+from edm.models.users import ConsoleSession, LoginAttempt, User
 from edm.security.passwords import check_password_rules, hash_password, verify_password, waste_time
-from edm.users.models import ConsoleSession, LoginAttempt, User
+from edm.system.service import Actor, audit
 
 COOKIE = "edm_session"
 CSRF_HEADER = "X-CSRF-Token"

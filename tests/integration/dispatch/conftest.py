@@ -17,13 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import clock
 from edm.db.session import unit_of_work
-from edm.dispatch.worker import Worker
-from edm.ops import runtime_settings
+from edm.models.tasks import SubTask, Task
+from edm.models.users import QuotaLedgerEntry, User
 from edm.settings import Settings
+from edm.system import runtime_settings
 from edm.tasks import generation
-from edm.tasks.models import SubTask, Task
 from edm.tasks.stats import recount, task_stats
-from edm.users.models import QuotaLedgerEntry, User
+from edm.worker.dispatcher import Worker
 from tests.helpers import settings_for
 
 # A deadline here only tells a stuck test from a slow one: the suite runs in two xdist workers on a 2-core

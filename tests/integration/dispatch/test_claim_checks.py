@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import delete, select, update
 
 from edm.clock import utc_now
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
+from edm.models.contacts import Contact
+from edm.models.tasks import SubTask
 from edm.tasks import generation
-from edm.tasks.models import SubTask
 from tests import factories
 from tests.helpers import settings_for
 

@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from edm import clock
 from edm.db.session import unit_of_work
-from edm.email_services.models import EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
-from edm.email_services.service_day import next_reset
-from edm.ops.models import Notification
+from edm.dispatch.service_day import next_reset
+from edm.models.email_services import EmailServiceState, EmailServiceStatusLog, ServiceDayUsage
+from edm.models.system import Notification
+from edm.models.tasks import SendAttempt, SubTask
 from edm.providers.fake import FakeAdapter
-from edm.tasks.models import SendAttempt, SubTask
 from tests import factories
 
 INITIAL_CREDIT = 100_000

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from edm.db.session import unit_of_work
 from edm.email_services import service as services
+from edm.models.tasks import SendAttempt, SubTask
 from edm.providers.fake import FakeAdapter
-from edm.tasks.models import SendAttempt, SubTask
 from tests import factories
 
 RECIPIENTS = 40

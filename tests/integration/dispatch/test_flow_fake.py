@@ -7,11 +7,11 @@ import asyncio
 from sqlalchemy import func, select
 
 from edm.db.session import unit_of_work
-from edm.dispatch.worker import Worker
+from edm.models.tasks import SubTask, Task
+from edm.models.users import QuotaLedgerEntry, User
 from edm.providers.fake import FakeAdapter
-from edm.tasks.models import SubTask, Task
 from edm.tasks.stats import recount, task_stats
-from edm.users.models import QuotaLedgerEntry, User
+from edm.worker.dispatcher import Worker
 from tests import factories
 from tests.helpers import settings_for
 

@@ -9,12 +9,12 @@ from collections import Counter
 from sqlalchemy import select, update
 
 from edm import clock
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SubTask, TaskTemplate
 from edm.providers.fake import FakeAdapter
-from edm.suppressions.models import Suppression
 from edm.tasks import generation
-from edm.tasks.models import SubTask, TaskTemplate
 from tests import factories
 
 CREDIT = 1_000

@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import func, select
 
 from edm.db.session import unit_of_work
-from edm.dispatch.worker import Worker
 from edm.email_services import service as services
-from edm.email_services.models import EmailServiceState, EmailServiceStatusLog
-from edm.ops import runtime_settings
-from edm.tasks.models import SendAttempt, SubTask, Task
+from edm.models.email_services import EmailServiceState, EmailServiceStatusLog
+from edm.models.tasks import SendAttempt, SubTask, Task
+from edm.system import runtime_settings
 from edm.tasks.stats import recount, task_stats
+from edm.worker.dispatcher import Worker
 from tests import factories
 from tests.helpers import settings_for
 

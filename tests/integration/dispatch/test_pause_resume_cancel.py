@@ -13,13 +13,13 @@ from sqlalchemy import func, select
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.email_services.availability import Policy
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange
+from edm.models.users import QuotaLedgerEntry
 from edm.providers.base import Outcome, SendResult
 from edm.providers.fake import FakeAdapter
+from edm.system.runtime_settings import Policy
 from edm.tasks import lifecycle
 from edm.tasks import service as tasks
-from edm.tasks.models import SendAttempt, SubTask, Task, TaskStatusChange
-from edm.users.models import QuotaLedgerEntry
 from tests import factories
 
 INITIAL_CREDIT = 1_000

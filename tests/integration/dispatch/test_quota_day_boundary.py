@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.email_services.models import ServiceDayUsage
-from edm.ops.runtime_settings import RuntimeSettings
+from edm.models.email_services import ServiceDayUsage
+from edm.models.tasks import SubTask
 from edm.providers.fake import FakeAdapter
+from edm.system.runtime_settings import RuntimeSettings
 from edm.tasks import lifecycle
-from edm.tasks.models import SubTask
 from tests import factories
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

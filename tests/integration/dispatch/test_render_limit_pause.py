@@ -10,8 +10,8 @@ import time
 from sqlalchemy import select
 
 from edm.db.session import unit_of_work
+from edm.models.tasks import TaskStatusChange
 from edm.tasks import lifecycle
-from edm.tasks.models import TaskStatusChange
 from tests import factories
 
 # Fine for the contact scheduling test-renders with; for every later one a loop that only the 2 s limit ends.

@@ -11,8 +11,8 @@ from sqlalchemy import delete, func, select, update
 
 from edm import clock
 from edm.db.session import unit_of_work
+from edm.models.tasks import SubTask, Task, TaskStatCounter
 from edm.tasks import stats as task_stats_module
-from edm.tasks.models import SubTask, Task, TaskStatCounter
 from edm.tasks.service import cancel
 from tests import factories
 

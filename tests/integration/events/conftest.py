@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
-from edm.events.models import Event
-from edm.tasks.models import SubTask, Task
+from edm.models.events import Event
+from edm.models.tasks import SubTask, Task
 from tests import factories
 from tests.helpers import settings_for
 from tests.integration.dispatch.conftest import DispatchKit

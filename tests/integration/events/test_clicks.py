@@ -9,9 +9,9 @@ import uuid
 from sqlalchemy import select
 
 from edm import clock
+from edm.models.tracking import TrackedLink
 from edm.security.tokens import sign_token
 from edm.tracking.links import LinkRewriter, link_id
-from edm.tracking.models import TrackedLink
 from tests.integration.events.conftest import EventKit
 
 HTML = (

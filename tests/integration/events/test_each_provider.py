@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from edm.models.tasks import SubTask
 from edm.providers import ses as ses_provider
-from edm.tasks.models import SubTask
 from edm.tasks.stats import recount, task_stats
 from tests.integration.events.conftest import (
     EventKit,

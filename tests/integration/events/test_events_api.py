@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from edm.db.session import unit_of_work
-from edm.users.models import Role
+from edm.models.users import Role
 from edm.users.service import create_token
 from tests.helpers import make_account
 from tests.integration.events.conftest import EventKit

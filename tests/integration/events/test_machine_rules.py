@@ -17,10 +17,10 @@ from edm import clock
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
-from edm.events.models import Event
-from edm.ops import runtime_settings
-from edm.ops.runtime_settings import RuntimeSettings
+from edm.models.events import Event
 from edm.security.tokens import sign_token
+from edm.system import runtime_settings
+from edm.system.runtime_settings import RuntimeSettings
 from edm.tracking.links import link_id
 from tests.integration.events.conftest import EventKit
 

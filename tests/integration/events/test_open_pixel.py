@@ -7,10 +7,10 @@ import datetime as dt
 import uuid
 
 from edm import clock
-from edm.contacts.models import Contact
+from edm.api.tracking import PIXEL, truncated_ip
 from edm.dispatch.compose import with_open_pixel
+from edm.models.contacts import Contact
 from edm.security.tokens import sign_token
-from edm.tracking.api import PIXEL, truncated_ip
 from tests.integration.events.conftest import EventKit
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120 Safari/537.36"

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from edm.contacts.models import Contact
-from edm.events import reports
-from edm.events.models import Event, MatchReason, MatchStatus
-from edm.tasks.models import SubTask
+from edm.events import bounce_reports as reports
+from edm.models.contacts import Contact
+from edm.models.events import Event, MatchReason, MatchStatus
+from edm.models.tasks import SubTask
 from tests import factories
 from tests.integration.events.conftest import EventKit
 from tests.integration.test_mailbox_poller import Mailbox, Pop3Handler, crlf, serving

@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.ops.models import AuditLog
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SubTask
-from edm.users.models import Role
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
+from edm.models.system import AuditLog
+from edm.models.tasks import SubTask
+from edm.models.users import Role
 from edm.users.service import create_token
 from tests import factories
 from tests.helpers import Account, make_account

@@ -11,13 +11,13 @@ import uuid
 from sqlalchemy import delete, func, select, update
 
 from edm import clock
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
-from edm.ops import runtime_settings
+from edm.models.contacts import Contact
+from edm.models.suppressions import Suppression
+from edm.models.tasks import SubTask
+from edm.models.tracking import UnsubscribeTombstone
 from edm.security.tokens import sign_token
-from edm.suppressions.models import Suppression
-from edm.tasks.models import SubTask
-from edm.tracking.models import UnsubscribeTombstone
+from edm.system import runtime_settings
 from edm.users.service import create_token
 from tests import factories
 from tests.integration.events.conftest import EventKit

@@ -11,9 +11,9 @@ import uuid
 from sqlalchemy import func, select
 
 from edm import clock
-from edm.events.models import Event
+from edm.api.tracking import PIXEL
+from edm.models.events import Event
 from edm.security.tokens import sign_token
-from edm.tracking.api import PIXEL
 from edm.tracking.links import link_id
 from tests.integration.events.conftest import EventKit
 

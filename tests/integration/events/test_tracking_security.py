@@ -10,9 +10,9 @@ import uuid
 from sqlalchemy import select
 
 from edm.db.session import unit_of_work
+from edm.models.tracking import TrackedLink
 from edm.security.tokens import sign_token
 from edm.tracking.links import link_id
-from edm.tracking.models import TrackedLink
 from tests import factories
 from tests.helpers import api_client
 from tests.integration.events.conftest import EventKit

@@ -8,10 +8,10 @@ import uuid
 
 from sqlalchemy import select
 
-from edm.contacts.models import Contact
 from edm.db.session import unit_of_work
+from edm.models.contacts import Contact
+from edm.models.tasks import SubTask
 from edm.security.tokens import sign_token
-from edm.tasks.models import SubTask
 from tests import factories
 from tests.integration.events.conftest import EventKit
 

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from edm.email_services.models import ServiceDayUsage
-from edm.events.models import MatchReason, MatchStatus
-from edm.tasks.models import SubTask
+from edm.models.email_services import ServiceDayUsage
+from edm.models.events import MatchReason, MatchStatus
+from edm.models.tasks import SubTask
 from edm.tasks.stats import recount, task_stats
 from tests.integration.events.conftest import EventKit, mailgun_body, sendgrid_headers
 
@@ -105,7 +105,7 @@ async def test_a_late_event_never_changes_the_task_status(ekit: EventKit) -> Non
     is not auto-paused (§7.9: bounces arriving after completion never pause)."""
     from edm import clock
     from edm.db.session import unit_of_work
-    from edm.ops import runtime_settings
+    from edm.system import runtime_settings
     from edm.tasks import lifecycle
 
     task_id, subtasks = await ekit.send_task(10)
@@ -221,7 +221,7 @@ async def test_events_update_the_contact_as_spec_9_6_says(ekit: EventKit) -> Non
     """Hard bounce → contact hard_bounced_at (unsendable), but a policy block does not blame the address;
     complaint → complained_at; unsubscribe → unsubscribed_at; soft bounces count once per SubTask and a
     delivery resets the streak."""
-    from edm.contacts.models import Contact
+    from edm.models.contacts import Contact
 
     task_id, subtasks = await ekit.send_task(5)
     hard, blocked, complained, unsubscribed, soft = subtasks

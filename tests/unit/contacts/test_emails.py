@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edm.contacts.emails import Email, is_valid_email, normalize_email
+from edm.addresses import Email, is_valid_email, normalize_email
 from edm.errors import BadInput
 
 

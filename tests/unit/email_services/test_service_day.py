@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from edm.email_services.service_day import next_reset, service_day
+from edm.dispatch.service_day import next_reset, service_day
 
 NY = "America/New_York"
 SPRING = dt.date(2025, 3, 9)  # 02:00 EST -> 03:00 EDT (07:00 UTC): 02:00–02:59 does not exist

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import OutboundMessage, Outcome
 from edm.providers.brevo import WEBHOOK, BrevoAdapter
 from edm.providers.webhook import MalformedPayload, ParsedPayload
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import (
     Recorder,
     answer,

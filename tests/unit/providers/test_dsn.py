@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from edm.devtools.smtp_sink import SmtpSink
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import OutboundMessage, Outcome, ServiceConfig
 from edm.providers.dsn import DsnWebhook, classify, key_from_verp, parse_report, verp_address
 from edm.providers.smtp import SmtpAdapter
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import config, context, outbound, sample_bytes, target, webhook_request
 
 KEY = "5f0c8d2e-1b7a-4c3e-9d41-0a2b3c4d5e6f"

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Outcome, SendResult
 from edm.providers.engagelab import EngageLabAdapter, EngageLabWebhook
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import (
     Recorder,
     answer,

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import Outcome, ServiceConfig
 from edm.providers.fake import FakeAdapter
 from edm.providers.fake_events import EventEmitter, FakeWebhook, signature_header
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import config, context, outbound, target, webhook_request
 
 SECRET = "fake-webhook-secret"

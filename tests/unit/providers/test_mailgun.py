@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from edm import clock
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers import mailgun
 from edm.providers.base import OutboundMessage, Outcome
 from edm.providers.mailgun import MailgunAdapter, plan_requests, webhook
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import (
     Recorder,
     answer,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from edm.events.vocabulary import BadElement, NormalizedEvent
 from edm.providers import registry
 from edm.providers.webhook import MalformedPayload, ParsedPayload
+from edm.vocabulary.events import BadElement, NormalizedEvent
 from tests.unit.providers.support import SAMPLES, webhook_request
 
 REPLACEMENTS: tuple[Any, ...] = (None, 0, -1, 1e308, "", "x", [], {}, True, "9" * 40)

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers import postmark
 from edm.providers.base import Outcome
 from edm.providers.postmark import PostmarkAdapter
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 from tests.unit.providers import support
 
 PROVIDER = "postmark"

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers.base import OutboundMessage, Outcome
 from edm.providers.resend import WEBHOOK, ResendAdapter
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import (
     SAMPLES,
     Recorder,

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edm import clock
-from edm.events.vocabulary import BadElement, BounceClass, EventType, NormalizedEvent
 from edm.providers.base import OutboundMessage, Outcome
 from edm.providers.sendgrid import HTML_TAG, TEXT_TAG, SendGridAdapter, plan_requests, webhook, x_message_id
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BadElement, BounceClass, EventType, NormalizedEvent
 from tests.unit.providers.support import (
     Recorder,
     answer,

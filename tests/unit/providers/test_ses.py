@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from edm.events.vocabulary import BounceClass, EventType, NormalizedEvent
 from edm.providers import ses
 from edm.providers.base import Outcome
 from edm.providers.ses import SesAdapter
 from edm.providers.webhook import MalformedPayload
+from edm.vocabulary.events import BounceClass, EventType, NormalizedEvent
 from tests.unit.providers import support
 
 PROVIDER = "amazon_ses"

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from edm.cli.main import app as cli
+from edm.secret_keys import MIN_KEY_BITS, encryption_key_problem, estimated_bits, secret_key_problem
 from edm.security.crypto import Vault
-from edm.security.keys import MIN_KEY_BITS, encryption_key_problem, estimated_bits, secret_key_problem
 from edm.settings import Settings
 
 GOOD_SECRET = secrets.token_urlsafe(48)

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from edm.tasks.status import (
+from edm.tasks.transitions import next_status
+from edm.vocabulary.tasks import (
     DELIVERY_RANK,
     FINAL_SEND_STATES,
     OPEN_SEND_STATES,
@@ -20,7 +21,6 @@ from edm.tasks.status import (
     resume_target,
     target_of,
 )
-from edm.tasks.transitions import next_status
 
 S, A = TaskStatus, TaskAction
 

@@ -8,7 +8,7 @@ Both databases: (user_id, created_at, id) and (user_id, updated_at, id), the key
 `created` and `updated` sorts (without them PostgreSQL sorted all of a user's contacts for each page:
 1.7 s at 1,000,000).
 
-PostgreSQL only (listed in `edm.db.migrate.POSTGRESQL_ONLY_INDEXES`, so autogenerate leaves them alone):
+PostgreSQL only (listed in `edm.migrations.migrate.POSTGRESQL_ONLY_INDEXES`, so autogenerate leaves them alone):
 - a trigram GIN index on the search expression of `edm.contacts.filters.search_text` (a rare term took
   2.0 s by sequential scan), when the pg_trgm extension can be created; without it search still works;
 - a `jsonb_path_ops` GIN index on custom_attributes, which serves the `@>` attribute filters (845 ms);

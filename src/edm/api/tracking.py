@@ -1,0 +1,309 @@
+"""EDM's public tracking endpoints (SPEC §10.3): the open pixel, the click redirect, and one-click unsubscribe
+(RFC 8058), the URL in every mail's `List-Unsubscribe` header.
+
+`GET /u/{token}` shows a page with the masked address and a button and never unsubscribes (link scanners
+prefetch GETs); `POST /u/{token}` — the mailbox provider's one-click request (`List-Unsubscribe=One-Click`,
+form-encoded or multipart) or the page's button — records an `unsubscribed` event (source `tracking`) and
+applies it in the same transaction, so the next claim already skips the address. No cookie, no CSRF token:
+the signed token is the authority, and repeating the POST changes nothing.
+
+When the SubTask is gone because its task was deleted, the unsubscribe link falls back to the SubTask's
+tombstone (§5.2, `tracking.tombstones`) for 365 days: the page still shows the masked address and the POST
+still suppresses the address and marks the contact.
+
+Public and lean: plain HTML, no pydantic. Bad or unknown tokens get a neutral 404 page, never an error body
+that says why. The pixel and the click are plain Starlette routes whose database work goes through
+`tracking.hits` (hits arriving together share one round trip).
+
+While the database is unreachable the pixel still answers its GIF (the hit is lost), and the click and the
+unsubscribe pages answer a 503 page with `Retry-After`: the link works again once the database is back.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import ipaddress
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from edm import clock
+from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
+from edm.events import apply as event_apply
+from edm.events import ingest
+from edm.models.tasks import SubTask, Task
+from edm.models.tracking import UnsubscribeTombstone
+from edm.observability import mask_email
+from edm.security.tokens import TokenData, verify_token
+from edm.settings import Settings
+from edm.system import runtime_settings
+from edm.tracking import tombstones
+from edm.tracking.hits import tracking_store
+from edm.vocabulary.events import EventType, NormalizedEvent
+from edm.vocabulary.tasks import TaskKind
+
+log = logging.getLogger("edm.tracking")
+
+router = APIRouter(include_in_schema=False)
+
+# A 1×1 transparent GIF (43 bytes), the answer to every pixel request, valid token or not.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+
+TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded; template test
+# sends carry a real token, and the page sees from the SubTask's task that it was a test
+MAX_BODY = 64 * 1024
+
+P = ParamSpec("P")
+
+
+def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
+    """The endpoint, answering a "try again in a moment" page (503, `Retry-After`) instead of an error while the
+    database cannot be reached: a person clicked a link and should read a sentence, not an API error body."""
+
+    @functools.wraps(endpoint)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            return await endpoint(*args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning(
+                "tracking.database_unavailable", extra={"endpoint": endpoint.__name__, "error": type(exc).__name__}
+            )
+            return _page(
+                "Try again in a moment",
+                "This link cannot be followed right now. Please try again in a few moments.",
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+
+    return guarded
+
+
+async def open_pixel(request: Request) -> Response:
+    """Always the GIF with `no-store` (§10.3), even for a bad token or a database hiccup; a valid token records
+    an `opened` hit (each hit its own event), classified human or machine when the `events` job applies it.
+    HEAD answers alike and records nothing."""
+    data = _verified(request, request.path_params["token"], "open")
+    if data is not None and request.method == "GET":
+        now = clock.utc_now()
+        details = {"ip": truncated_ip(request.client.host if request.client else None)}
+        event = NormalizedEvent(
+            event_type=EventType.OPENED,
+            provider_event="pixel",
+            raw={"via": "t/o"},
+            occurred_at=now,
+            subtask_id=str(data.subtask_id),
+            provider_event_id=f"open:{uuid.uuid4().hex}",
+            user_agent=(request.headers.get("user-agent") or "")[:300],
+            details=details,
+        )
+        await _record_hit(request, event, now)
+    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+
+
+async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> None:
+    """Store one tracking hit; a database hiccup loses the hit, never the visitor's answer."""
+    try:
+        await tracking_store(request.app.state).record(ingest.event_row("tracking", None, event, now=now))
+    except (SQLAlchemyError, OSError):  # the database down, the pool exhausted, the connection lost
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
+
+
+def truncated_ip(address: str | None) -> str | None:
+    """IPv4 to its /24, IPv6 to its /48 (§10.4): enough to recognise a scanner's network, not a person."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ip.version == 4:  # integer masking: a third of the cost of building the network
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFF00))
+    return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
+
+
+@_page_while_database_down
+async def click(request: Request) -> Response:
+    """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
+    anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to).
+    HEAD (link checkers, previews) answers the same redirect and records nothing."""
+    data, url = await _clicked_link(request, request.path_params["token"])
+    if data is None or url is None:
+        return _link_not_valid() if request.method == "GET" else Response(status_code=404)
+    if request.method != "GET":
+        return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+    now = clock.utc_now()
+    event = NormalizedEvent(
+        event_type=EventType.CLICKED,
+        provider_event="click",
+        raw={"via": "t/c"},
+        occurred_at=now,
+        subtask_id=str(data.subtask_id),
+        url=url,
+        provider_event_id=f"click:{uuid.uuid4().hex}",
+        user_agent=(request.headers.get("user-agent") or "")[:300],
+        details={"link_id": data.link_id, "ip": truncated_ip(request.client.host if request.client else None)},
+    )
+    await _record_hit(request, event, now)  # the person still gets where they clicked
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+# The two hit endpoints are plain Starlette routes: no dependency solving or parameter validation, which cost
+# more than the rest of the request (PERFORMANCE.md lesson 9; bench/RESULTS.md, tracking). A GET route
+# answers HEAD as well; the endpoints tell the two apart.
+router.add_route("/t/o/{token}.gif", open_pixel, methods=["GET"], include_in_schema=False)
+router.add_route("/t/c/{token}", click, methods=["GET"], include_in_schema=False)
+
+
+async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None, str | None]:
+    """The token's data and its link's URL, when the link belongs to the task of the token's SubTask."""
+    data = _verified(request, token, "click")
+    if data is None or data.link_id is None:
+        return None, None
+    return data, await tracking_store(request.app.state).link_url(data.subtask_id, data.link_id)
+
+
+def _link_not_valid() -> HTMLResponse:
+    return _page("Link not valid", "This link is not valid.", status=404)
+
+
+@router.get("/u/{token}")
+@_page_while_database_down
+async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
+    if token == TEST_TOKEN:
+        return _test_page()
+    found = await _recipient_of(request, token)
+    if found is None:
+        return _not_valid()
+    if found.is_test:
+        return _test_page()
+    return _page(
+        "Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?", button=True
+    )
+
+
+@router.post("/u/{token}")
+@_page_while_database_down
+async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
+    await _drain(request)  # `List-Unsubscribe=One-Click` or the page's button: the token alone decides
+    if token == TEST_TOKEN:
+        return _test_page()
+    found = await _recipient_of(request, token)
+    if found is None:
+        return _not_valid()
+    if found.is_test:
+        return _test_page()
+    if found.tombstone is not None:
+        await _unsubscribe_from_tombstone(request, found.tombstone)
+    else:
+        await _unsubscribe_subtask(request, found.public_id, found.email)
+    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these emails.")
+
+
+async def _unsubscribe_subtask(request: Request, public_id: str, recipient: str) -> None:
+    """Record the `unsubscribed` event and apply it in the same transaction (the next claim skips it)."""
+    settings: Settings = request.app.state.settings
+    now = clock.utc_now()
+    event = NormalizedEvent(
+        event_type=EventType.UNSUBSCRIBED,
+        provider_event="one_click",
+        raw={"via": "u"},
+        occurred_at=now,
+        subtask_id=public_id,
+        recipient=recipient,
+        provider_event_id=f"unsubscribe:{public_id}",
+    )  # once per SubTask: idempotent
+    async with request.app.state.sessionmaker() as session, session.begin():
+        inserted = await ingest.store_returning_ids(session, [ingest.event_row("tracking", None, event, now=now)])
+        if inserted:
+            await event_apply.apply_pending(
+                session,
+                now=now,
+                only_ids=inserted,
+                limit=len(inserted),
+                simulated_matches_any=settings.fake_provider_allowed,
+            )
+
+
+async def _unsubscribe_from_tombstone(request: Request, tombstone: UnsubscribeTombstone) -> None:
+    """The task was deleted: no SubTask to record an event on; the suppression policy and the contact flag
+    are applied directly (idempotent, like the event path)."""
+    now = clock.utc_now()
+    async with request.app.state.sessionmaker() as session, session.begin():
+        runtime = await runtime_settings.load(session)
+        await tombstones.unsubscribe(session, tombstone, now=now, scope=runtime.suppression_unsubscribe_scope)
+
+
+def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
+    settings: Settings = request.app.state.settings
+    keys = [settings.signing_key] + ([settings.secret_key_previous.encode()] if settings.secret_key_previous else [])
+    return verify_token(token, purpose, keys=keys) if len(token) <= 200 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    """Whom an unsubscribe token names: its SubTask, or the tombstone the SubTask left when its task was
+    deleted (§5.2)."""
+
+    public_id: str
+    email: str
+    tombstone: UnsubscribeTombstone | None = None
+    is_test: bool = False  # a SubTask of a template test send (§8.2): the page says so, nothing is recorded
+
+
+async def _recipient_of(request: Request, token: str) -> _Recipient | None:
+    """The token's SubTask, else its unexpired tombstone, else None (the neutral 404 page)."""
+    data = _verified(request, token, "unsubscribe")
+    if data is None:
+        return None
+    async with request.app.state.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(SubTask.recipient_email, Task.kind)
+                .join(Task, Task.id == SubTask.task_id)
+                .where(SubTask.public_id == data.subtask_id)
+            )
+        ).first()
+        if row is not None:
+            return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == TaskKind.TEST)
+        tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
+    return None if tombstone is None else _Recipient(str(data.subtask_id), tombstone.recipient_email, tombstone)
+
+
+async def _drain(request: Request) -> None:
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+
+
+def _test_page() -> HTMLResponse:
+    """Admin service tests and template test sends (§8.2): a page, and nothing recorded."""
+    return _page("Test message", "This link came in a test message. Nothing was recorded.")
+
+
+def _not_valid() -> HTMLResponse:
+    return _page("Link not valid", "This unsubscribe link is not valid.", status=404)
+
+
+def _page(
+    title: str, message: str, *, button: bool = False, status: int = 200, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    form = '<form method="post"><button type="submit">Unsubscribe</button></form>' if button else ""
+    body = (
+        f'<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
+        f'<title>{html.escape(title)}</title></head><body style="font-family:sans-serif;max-width:32em;'
+        f'margin:4em auto"><h1>{html.escape(title)}</h1><p>{message}</p>{form}</body></html>'
+    )
+    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})

@@ -1,0 +1,394 @@
+"""Provider webhook endpoints (SPEC §9.1, §9.2, §9.5): verify → parse → store once → answer.
+
+An entry point: it owns its transactions. Applying the stored events to SubTasks is the `events` job's work
+(`edm.events.apply`), so a request costs one read of the candidate services (cached for a few seconds), the
+signature check, parsing and one INSERT — webhook batches are the highest-volume input EDM has.
+
+These routes are lean on purpose (PERFORMANCE.md lesson 9): raw bytes in, orjson out, no pydantic models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from edm import clock
+from edm.events import bounce_reports as reports
+from edm.events import ingest
+from edm.models.email_services import EmailService
+from edm.providers import registry
+from edm.providers.webhook import (
+    InvalidSignature,
+    ParsedPayload,
+    VerifyContext,
+    WebhookError,
+    WebhookHandler,
+    WebhookRequest,
+    WebhookTarget,
+)
+from edm.security.crypto import Vault
+from edm.settings import Settings
+from edm.vocabulary.events import BadElement, EventType, NormalizedEvent
+
+log = logging.getLogger("edm.webhooks")
+
+router = APIRouter(tags=["webhooks"])
+
+TARGET_CACHE_SECONDS = 5.0  # a changed secret is honoured within this time
+MISSING_ID_MESSAGE = "missing custom_args.subtask_id"
+SMTP = "smtp"  # its "webhook" is the DSN endpoint: raw reports, stored under source dsn / arf
+# The one answer to a caller that did not prove who it is, whatever the reason: a URL naming no service, a
+# service without a configured secret, or a signature that does not verify. Distinct answers would let
+# anyone probe which providers and services a deployment has configured; the log keeps the real reason.
+NOT_VERIFIED_MESSAGE = "webhook signature missing or invalid"
+
+
+class WebhookRefused(WebhookError):
+    """An answer other than 200 decided before verification (unknown provider, malformed URL, body too large)
+    or after it (no id to match)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code, self.error_code = status, code
+
+
+# --------------------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------------------
+
+
+@router.post("/webhooks/{provider}", summary="Provider events (the verifying secret identifies the service)")
+async def provider_events(request: Request, provider: str) -> Response:
+    return await receive(request, provider, None)
+
+
+@router.post("/webhooks/{provider}/{service_id}", summary="Provider events for one service")
+async def service_events(request: Request, provider: str, service_id: str) -> Response:
+    return await receive(request, provider, service_id)
+
+
+@router.post("/webhook/engagelab", summary="The original system's EngageLab path (same as /webhooks/engagelab)")
+async def legacy_engagelab(request: Request) -> Response:
+    return await receive(request, "engagelab", None)
+
+
+@router.post("/webhooks/smtp/{service_id}/dsn", summary="A raw DSN/ARF report (message/rfc822) from a mail server")
+async def smtp_report(request: Request, service_id: str) -> Response:
+    return await receive(request, "smtp", service_id)
+
+
+@router.get("/webhooks/{provider}", include_in_schema=False)
+@router.get("/webhooks/{provider}/{service_id}", include_in_schema=False)
+@router.get("/webhook/engagelab", include_in_schema=False)
+async def probe() -> Response:
+    """Providers probe the URL with a GET before (and while) using it (§9.1)."""
+    return Response(status_code=200)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------------
+
+
+async def receive(request: Request, provider: str, service_ref: str | None) -> Response:
+    settings: Settings = request.app.state.settings
+    try:
+        service_id = None if service_ref is None else _service_id(service_ref)
+        handler = _handler(provider, settings)
+        body = await read_body(request, settings.webhook_max_bytes)
+        incoming = _webhook_request(request, body)
+        targets = await _targets(request, provider, service_id)
+        service = await _verify(request, handler, incoming, targets, settings, service_id)
+        parsed = _parse(handler, incoming)
+        if parsed.control is not None:
+            return await _control(request, provider, parsed)
+        if provider != SMTP:  # a report without our ids is still stored: unmatched, for the admin view
+            _require_ids(parsed)
+        counts = await _store(request, provider, service, handler, incoming, parsed)
+    except WebhookRefused as exc:
+        return _error(request, exc.status_code, exc.error_code, exc.message)
+    except WebhookError as exc:
+        return _error(request, exc.status, exc.code, exc.message)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        log.error("webhook.database_unavailable", extra={"provider": provider, "error": type(exc).__name__})
+        return _error(request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"})
+    log.info(
+        "webhook.stored",
+        extra={"provider": provider, "service_id": service.service_id if service else None, **counts.as_dict()},
+    )
+    return _json(counts.as_dict())
+
+
+def _parse(handler: WebhookHandler, incoming: WebhookRequest) -> ParsedPayload:
+    """The handler's parse; a parser bug on some unforeseen shape keeps the payload as one bad element (200:
+    stored for the admin view, nothing lost, no 500 for the provider to retry forever)."""
+    try:
+        return handler.parse(incoming)
+    except WebhookError:
+        raise
+    except Exception as exc:
+        log.exception("webhook.parser_error", extra={"provider": handler.provider})
+        try:
+            raw: Any = orjson.loads(incoming.body)
+        except orjson.JSONDecodeError:
+            raw = incoming.body[: ingest.RAW_LIMIT].decode("utf-8", "replace")
+        return ParsedPayload(
+            items=[BadElement(raw=raw, error=f"parser error: {type(exc).__name__}: {exc}"[:500])], batch=True
+        )
+
+
+def _handler(provider: str, settings: Settings) -> WebhookHandler:
+    handler = registry.webhook_handler(provider)
+    if handler is None or (provider in registry.SIMULATED_PROVIDERS and not settings.fake_provider_allowed):
+        raise WebhookRefused(404, "unknown_provider", f"no webhook endpoint for provider {provider!r}")
+    return handler
+
+
+def _service_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise WebhookRefused(404, "not_found", f"no webhook endpoint at service {text!r}")
+    return int(text)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading them all (413)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise WebhookRefused(413, "payload_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookRefused(413, "payload_too_large", f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _webhook_request(request: Request, body: bytes) -> WebhookRequest:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return WebhookRequest(
+        body=body,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        query=dict(request.query_params),
+        content_type=content_type,
+    )
+
+
+# -- candidate services and their secrets ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    at: float
+    targets: tuple[WebhookTarget, ...]
+
+
+async def _targets(request: Request, provider: str, service_id: int | None) -> tuple[WebhookTarget, ...]:
+    state = request.app.state
+    cache: dict[str, _Cached] | None = getattr(state, "webhook_targets", None)
+    if cache is None:
+        cache = state.webhook_targets = {}
+    entry = cache.get(provider)
+    if entry is None or time.monotonic() - entry.at > TARGET_CACHE_SECONDS:
+        entry = _Cached(time.monotonic(), await _load_targets(request, provider))
+        cache[provider] = entry
+    if service_id is None:
+        return entry.targets
+    return tuple(t for t in entry.targets if t.service_id == service_id)
+
+
+async def _load_targets(request: Request, provider: str) -> tuple[WebhookTarget, ...]:
+    vault: Vault | None = getattr(request.app.state, "vault", None)
+    if vault is None:
+        vault = request.app.state.vault = Vault.from_settings(request.app.state.settings)
+    now = clock.utc_now()
+    async with request.app.state.sessionmaker() as session:
+        services = (
+            await session.scalars(
+                select(EmailService)
+                .where(EmailService.provider == provider, EmailService.archived_at.is_(None))
+                .order_by(EmailService.id)
+            )
+        ).all()
+    targets = []
+    for service in services:
+        try:
+            credentials = vault.decrypt_json(service.credentials_encrypted)
+        except ValueError:
+            log.error("webhook.credentials_unreadable", extra={"service_id": service.id})
+            credentials = {}
+        targets.append(
+            WebhookTarget(
+                service_id=service.id,
+                provider=provider,
+                secrets=active_secrets(credentials, now),
+                options=dict(service.options or {}),
+            )
+        )
+    return tuple(targets)
+
+
+def active_secrets(credentials: Mapping[str, Any], now: dt.datetime) -> tuple[str, ...]:
+    """The webhook secrets not expired, in the configured order. Entries are strings or
+    {"value": ..., "expires_at": ISO time}; several at once during a rotation (§9.2)."""
+    entries: Sequence[Any] = credentials.get("webhook_secrets") or []
+    if isinstance(entries, str):
+        entries = [entries]
+    secrets = []
+    for entry in entries:
+        value, expires = (entry, None) if isinstance(entry, str) else (entry.get("value"), entry.get("expires_at"))
+        if not value:
+            continue
+        if expires:
+            try:
+                until = dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if (until if until.tzinfo else until.replace(tzinfo=dt.UTC)) <= now:
+                continue
+        secrets.append(str(value))
+    return tuple(secrets)
+
+
+# -- verification ----------------------------------------------------------------------------------------
+
+
+async def _verify(
+    request: Request,
+    handler: WebhookHandler,
+    incoming: WebhookRequest,
+    targets: Sequence[WebhookTarget],
+    settings: Settings,
+    service_id: int | None,
+) -> WebhookTarget | None:
+    """The service whose secret verifies the request. Otherwise the same 401 `invalid_signature` whether the
+    URL names no such service, no candidate has a secret, or none verifies; the reason goes to the log."""
+    if service_id is not None and not targets:
+        raise _not_verified(request, handler.provider, service_id, "unknown_service")
+    usable = [t for t in targets if t.secrets or not handler.needs_secret]
+    if not usable:
+        if settings.allow_unsigned_webhooks:
+            return targets[0] if len(targets) == 1 else None
+        raise _not_verified(request, handler.provider, service_id, "webhook_secret_missing")
+    ctx = VerifyContext(now=clock.utc_now(), fetch=_fetcher(request))
+    for target in usable:
+        if await handler.verify(incoming, target, ctx):
+            return target
+    raise _not_verified(request, handler.provider, service_id, "invalid_signature")
+
+
+def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
+    log.warning(
+        "webhook.rejected",
+        extra={
+            "provider": provider,
+            "service_id": service_id,
+            "reason": reason,
+            "request_id": getattr(request.state, "request_id", None),
+        },
+    )
+    return InvalidSignature(NOT_VERIFIED_MESSAGE)
+
+
+def _fetcher(request: Request) -> Any:
+    """GET for SNS certificates and subscription confirmations; the handler checks the host first."""
+
+    async def fetch(url: str) -> bytes:
+        client = outbound_client(request)
+        response = await client.get(url)
+        response.raise_for_status()
+        return response.content
+
+    return fetch
+
+
+def outbound_client(request: Request) -> httpx.AsyncClient:
+    state = request.app.state
+    client = getattr(state, "webhook_http", None)
+    if client is None:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0), follow_redirects=False, transport=getattr(state, "outbound_transport", None)
+        )
+        state.webhook_http = client
+    return client
+
+
+# -- parsing, control messages, storing ------------------------------------------------------------------
+
+
+def _require_ids(parsed: ParsedPayload) -> None:
+    """A single-event payload must carry our id or a provider message id (§9.5): the original system's rule,
+    kept so a provider misconfiguration shows up at once. Inbound replies carry neither and pass."""
+    if parsed.batch:
+        return
+    for item in parsed.items:
+        if isinstance(item, NormalizedEvent) and item.event_type != EventType.REPLIED and not item.has_lookup_id:
+            raise WebhookRefused(400, "missing_subtask_id", MISSING_ID_MESSAGE)
+
+
+async def _control(request: Request, provider: str, parsed: ParsedPayload) -> Response:
+    if parsed.confirm_url:
+        try:
+            await _fetcher(request)(parsed.confirm_url)
+        except httpx.HTTPError as exc:
+            log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
+            return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")
+        log.info("webhook.subscription_confirmed", extra={"provider": provider})
+    return _json({"control": parsed.control})
+
+
+async def _store(
+    request: Request,
+    provider: str,
+    service: WebhookTarget | None,
+    handler: WebhookHandler,
+    incoming: WebhookRequest,
+    parsed: ParsedPayload,
+) -> ingest.StoreCounts:
+    now = clock.utc_now()
+    service_id = service.service_id if service else None
+    if provider == SMTP:
+        rows = reports.report_rows(service_id, parsed, incoming.body, now=now)
+    else:
+        rows = [
+            ingest.bad_element_row(provider, service_id, item, now=now)
+            if isinstance(item, BadElement)
+            else ingest.event_row(provider, service_id, item, now=now)
+            for item in parsed.items
+        ]
+    nonce = handler.replay_nonce(incoming)
+    async with request.app.state.sessionmaker() as session, session.begin():
+        # The single-use token is recorded with the events, so a retry after a failed store is not a replay.
+        if nonce and not await ingest.claim_nonce(session, provider, nonce, now=now):
+            raise InvalidSignature("this signed request was already received (replay)")
+        return await ingest.store(session, rows)
+
+
+def _error(
+    request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [],
+            "request_id": getattr(request.state, "request_id", None),
+        }
+    }
+    return _json(body, status=status, headers=headers)
+
+
+def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

@@ -1,0 +1,47 @@
+"""Keyset pagination: a page request (`limit`, the id after which to continue), the opaque cursor that
+carries that id between requests, and the page answer. Services take a `Page`; the web layer and the CLI
+build it from what the caller typed."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edm.errors import BadInput
+
+# Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    after_id: int | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+            raise ValueError
+        return value
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise BadInput.field("cursor", "is not a valid cursor") from None
+
+
+def page_of(items: list[Any], page: Page, *, key: str = "id") -> dict[str, Any]:
+    """Items fetched with limit + 1 → one page and the cursor of the next."""
+    more = len(items) > page.limit
+    items = items[: page.limit]
+    last = items[-1] if items else None
+    last_id = (last[key] if isinstance(last, dict) else getattr(last, key)) if last is not None else None
+    return {"items": items, "next_cursor": encode_cursor(last_id) if more and last_id is not None else None}
