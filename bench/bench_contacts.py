@@ -1,6 +1,7 @@
-"""Contacts benchmark (SPEC §13.1, §13.5, §6.2) on PostgreSQL with 1,000,000 contacts of one user: list/search
-page latency, the recipient estimate of a tag rule, and a streamed export's time and peak memory, each beside
-a reference measured in the same run.
+"""Contacts benchmark (docs/contacts.md#performance-on-postgresql-1000000-contacts-of-one-user,
+docs/tasks.md#selection-and-the-estimate) on PostgreSQL with 1,000,000 contacts of one user: list/search page latency,
+the recipient estimate of a tag rule, and a streamed export's time and peak memory, each beside a reference measured in
+the same run.
 
     .venv/bin/python -m bench.bench_contacts [--quick] [--reads 30]
 
@@ -122,7 +123,7 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
 
     from edm.clock import utc_now
     from edm.contacts import service
-    from edm.contacts.filters import Sort
+    from edm.contacts.filters import ContactFilter, Sort
     from edm.models.contacts import Contact
     from edm.paging import Page
     from edm.tasks.recipients import Rule, estimate
@@ -142,17 +143,17 @@ async def run(sm: Any, world: Any, *, contacts: int, reads: int) -> ContactsResu
         )
     deep = ids[0] if ids else 0
     page = Page(50, None)
-    cases: dict[str, tuple[service.ContactFilter, Page, Sort]] = {
-        "first page (by id)": (service.ContactFilter(), page, Sort()),
-        "deep page (cursor at 90 %)": (service.ContactFilter(), Page(50, deep), Sort()),
-        "text search `q=person77777`": (service.ContactFilter(q="person77777"), page, Sort()),
-        "text search `q=grace` (many hits)": (service.ContactFilter(q="grace"), page, Sort()),
-        "tag filter (`vip`, 10,000 members)": (service.ContactFilter(tag_ids=(vip,)), page, Sort()),
-        "attribute `attr.n=777`": (service.ContactFilter(attributes=(("n", "777"),)), page, Sort()),
-        "sort by `-created`": (service.ContactFilter(), page, Sort("created", True)),
-        "sort by `updated`": (service.ContactFilter(), page, Sort("updated", False)),
-        "sort by `name`": (service.ContactFilter(), page, Sort("name", False)),
-        "sort by `-last_activity` (no index)": (service.ContactFilter(), page, Sort("last_activity", True)),
+    cases: dict[str, tuple[ContactFilter, Page, Sort]] = {
+        "first page (by id)": (ContactFilter(), page, Sort()),
+        "deep page (cursor at 90 %)": (ContactFilter(), Page(50, deep), Sort()),
+        "text search `q=person77777`": (ContactFilter(q="person77777"), page, Sort()),
+        "text search `q=grace` (many hits)": (ContactFilter(q="grace"), page, Sort()),
+        "tag filter (`vip`, 10,000 members)": (ContactFilter(tag_ids=(vip,)), page, Sort()),
+        "attribute `attr.n=777`": (ContactFilter(attributes=(("n", "777"),)), page, Sort()),
+        "sort by `-created`": (ContactFilter(), page, Sort("created", True)),
+        "sort by `updated`": (ContactFilter(), page, Sort("updated", False)),
+        "sort by `name`": (ContactFilter(), page, Sort("name", False)),
+        "sort by `-last_activity` (no index)": (ContactFilter(), page, Sort("last_activity", True)),
     }
 
     async def searches(into: dict[str, Timing], labels: Any) -> None:

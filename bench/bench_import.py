@@ -1,4 +1,5 @@
-"""Contact import benchmark (SPEC §13.4, §2: 1,000,000 rows ≤ 5 min, peak memory ≤ 300 MB) on PostgreSQL.
+"""Contact import benchmark (docs/import.md#limits-and-performance, docs/overview.md#performance-targets: 1,000,000 rows
+≤ 5 min, peak memory ≤ 300 MB) on PostgreSQL.
 
     .venv/bin/python -m bench.bench_import [--quick]
 

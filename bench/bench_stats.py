@@ -1,5 +1,5 @@
-"""Task statistics benchmark (SPEC §11.1): reading the statistics of a task of 1,000,000 SubTasks must cost
-≤ 100 ms. On PostgreSQL they come from `task_stat_counters`, kept by a trigger in the same transaction as
+"""Task statistics benchmark (docs/statistics.md#performance): reading the statistics of a task of 1,000,000 SubTasks
+must cost ≤ 100 ms. On PostgreSQL they come from `task_stat_counters`, kept by a trigger in the same transaction as
 every SubTask change; this measures that read beside, in the same run, the aggregate over the rows it replaced.
 
     .venv/bin/python -m bench.bench_stats [--quick] [--reads 50]
@@ -19,7 +19,7 @@ every SubTask change; this measures that read beside, in the same run, the aggre
 4. Check: the counters' figures equal `tasks.stats.recount` (every row read and classified in Python) and
    the aggregate's.
 
-Target (§11.1): p99 ≤ 100 ms for 1,000,000 SubTasks.
+Target (docs/overview.md#performance-targets): p99 ≤ 100 ms for 1,000,000 SubTasks.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class StatsResult:
     recount_s: float
     checks: dict[str, bool]
     figures: dict[str, Any]  # a few of the statistics, for the reader
-    dashboard: Timings | None = None  # GET /dashboard's activity counts of the task's owner (§11.4)
+    dashboard: Timings | None = None  # GET /dashboard's activity counts of the task's owner
 
 
 def _timings(samples: list[float]) -> Timings:
@@ -297,7 +297,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     else:
         verdict = "✅ met" if s["subtasks"] >= 1_000_000 else "within it, on a task smaller than the target's"
     lines.append(
-        f"Target (§11.1): ≤ {TARGETS['p99_ms']:.0f} ms for 1,000,000 SubTasks → p99 {worst:.2f} ms: "
+        f"Target: ≤ {TARGETS['p99_ms']:.0f} ms for 1,000,000 SubTasks → p99 {worst:.2f} ms: "
         f"{verdict}; {speedup:,.0f}× faster than the aggregate over the rows."
     )
     lines.append("")

@@ -1,6 +1,6 @@
-"""Tracking endpoints benchmark (SPEC §10.3): the open pixel and the click redirect of one `edm serve`, beside
-`GET /healthz` of the same server, client and connections in the same run; then the `events` job applies the
-recorded hits.
+"""Tracking endpoints benchmark (docs/tracking.md#public-endpoints): the open pixel and the click redirect of one
+`edm serve`, beside `GET /healthz` of the same server, client and connections in the same run; then the `events` job
+applies the recorded hits.
 
     .venv/bin/python -m bench.bench_tracking [--quick] [--connections 8] [--seconds 15] [--profile]
 
@@ -198,7 +198,7 @@ async def set_up(sm: Any, settings: Any, *, subtasks: int) -> dict[str, Any]:
             },
         )
         ids = {"user_id": user.id, "fake_id": fake.id, "task_id": task.id}
-    sent_at = utc_now() - dt.timedelta(hours=2)  # well outside the machine windows of §10.4
+    sent_at = utc_now() - dt.timedelta(hours=2)  # well outside the machine windows (docs/tracking.md)
     async with unit_of_work(sm) as session:
         first = await session.scalar(text("SELECT coalesce(max(id), 0) FROM contacts"))
         await seed.insert_contacts(session, user_id=ids["user_id"], count=subtasks)

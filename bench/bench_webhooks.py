@@ -24,7 +24,7 @@ trivial endpoint of the same server measured in the same run; then the `events` 
    as `edm.worker.jobs` runs it) applies everything stored: events/s of applying.
 5. Checks: rows in `events` == unique `sg_event_id`s in acknowledged batches; every row processed; matched ==
    the unique non-engagement events, ignored == the unique opens/clicks (SendGrid's own tracking is ignored,
-   §9.5), unmatched == 0.
+   docs/events.md#matching), unmatched == 0.
 
 Target (issue 3): ≥ 10,000 events/s with p99 ≤ 200 ms, one API process, batches of 100.
 """
@@ -78,7 +78,7 @@ EVENT_MIX = [
     ("spamreport", 1),
     ("unsubscribe", 4),
 ]
-ENGAGEMENT = frozenset({"open", "click"})  # SendGrid's own tracking: stored, matched, then ignored (§9.5)
+ENGAGEMENT = frozenset({"open", "click"})  # SendGrid's own tracking: stored, matched, then ignored (docs/events.md)
 USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0"
 
 

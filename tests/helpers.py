@@ -76,7 +76,7 @@ async def api_client(db_url: str, engine: AsyncEngine, **overrides: object) -> A
 
 
 def expect_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The §16.1 error body of `r`, after checking its status and machine code."""
+    """The error body (docs/api.md#errors) of `r`, after checking its status and machine code."""
     assert r.status_code == status, r.text
     body: dict[str, Any] = r.json()["error"]
     assert body["code"] == code, body

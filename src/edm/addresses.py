@@ -1,4 +1,5 @@
-"""Address syntax and normalization (SPEC §4.3): trimmed, lower-cased, domain in IDNA ASCII. No DNS."""
+"""Address syntax and normalization (docs/data-model.md#contacts-and-tags): trimmed, lower-cased, domain in IDNA ASCII.
+No DNS."""
 
 from __future__ import annotations
 

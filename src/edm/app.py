@@ -1,5 +1,5 @@
 """create_app(settings): the FastAPI application. The lifespan builds the engine and sessionmaker; routers
-are mounted here and nowhere else. One handler maps EdmError to the §16.1 error shape."""
+are mounted here and nowhere else. One handler maps EdmError to the error shape of docs/api.md#errors."""
 
 from __future__ import annotations
 
@@ -170,7 +170,8 @@ class RequestIdMiddleware:
 
 
 class TrackingFastPath:
-    """The open pixel and the click redirect, answered before routing (SPEC §10.3; bench/RESULTS.md, tracking).
+    """The open pixel and the click redirect, answered before routing (docs/tracking.md#public-endpoints;
+    bench/RESULTS.md, tracking).
 
     They are the highest-volume requests EDM serves and the only ones a mailbox's image proxy or a scanner
     sends by the thousand; walking FastAPI's route table and the middleware stack cost more CPU than the

@@ -1,4 +1,4 @@
-"""CSV in and out, shared by every import and export (SPEC §13.4, §13.5).
+"""CSV in and out, shared by every import and export (docs/import.md, docs/contacts.md#export).
 
 Out: RFC 4180 records and the formula-injection guard — a cell a spreadsheet would evaluate (starting with
 = + - @ TAB or CR) is written with a leading `'`; imports of our own exports undo it with `unguard`, so an

@@ -1,4 +1,4 @@
-"""Logging: one line per event with a dotted name and the ids involved; JSON by default (SPEC §19.5).
+"""Logging: one line per event with a dotted name and the ids involved; JSON by default (docs/operations.md#logs).
 
 Never logged: passwords, tokens, API keys, webhook secrets, Authorization headers, message bodies.
 Recipient addresses go through `mask_email`. Records carry their fields as `extra={...}`.

@@ -7,9 +7,13 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
 
 from edm.errors import BadInput
+
+T = TypeVar("T")
 
 # Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
 MAX_ID = 2**63 - 1
@@ -45,3 +49,16 @@ def page_of(items: list[Any], page: Page, *, key: str = "id") -> dict[str, Any]:
     last = items[-1] if items else None
     last_id = (last[key] if isinstance(last, dict) else getattr(last, key)) if last is not None else None
     return {"items": items, "next_cursor": encode_cursor(last_id) if more and last_id is not None else None}
+
+
+class PageOut(BaseModel, Generic[T]):
+    """One page of a list answer: its items and the cursor of the next page (None on the last one)."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class CountedPageOut(PageOut[T], Generic[T]):
+    """A page of a list that can also count every match (`include_total=true`)."""
+
+    total: int | None = Field(default=None, description="how many items match in all; only with `include_total=true`")

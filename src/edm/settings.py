@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     port: int = 8000
     default_timezone: str = "UTC"
     worker_concurrency: int = Field(default=8, ge=1, le=256)
-    # Largest claim one dispatch loop takes (SPEC §7.2 caps it at 200). Smaller claims let several loops
+    # Largest claim one dispatch loop takes (at most 200, docs/sending.md#the-claim). Smaller claims let several loops
     # overlap claim, send and record on one service; see bench/RESULTS.md for the measured effect.
     claim_max: int = Field(default=200, ge=1, le=200)
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     demo_admin_password: str = ""
     import_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     webhook_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
-    # Requests a minute per API token or console session, per API process (SPEC §16.1; docs/api.md).
+    # Requests a minute per API token or console session, per API process (docs/api.md#rate-limits).
     api_rate_limit: int = Field(default=600, ge=1)
     # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often).
     time_scale: float = Field(default=1.0, gt=0, le=1.0)

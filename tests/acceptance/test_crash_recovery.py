@@ -1,4 +1,5 @@
-"""kill -9 of a worker mid-send, then a restart (SPEC §7.8): nothing lost, nothing stuck.
+"""kill -9 of a worker mid-send, then a restart (docs/sending.md#crashes-and-uncertain-sends): nothing lost, nothing
+stuck.
 
 SMTP cannot honour idempotency keys, so rows whose outcome is unknown become `uncertain` and are not
 resent; with the fake provider in idempotent mode they go back to `pending` and are resent with the same
@@ -83,7 +84,8 @@ async def test_kill_9_smtp_leaves_uncertain_not_resent(db_url, sessionmaker, tmp
         sink.data_delay = 0.0
         with workers(db_url, 1, log_dir=tmp_path):
             await _until(lambda: _final(sessionmaker, task_id), timeout=90)
-            # The task does not hang silently: it says it waits for the user's decision (SPEC §5.4).
+            # The task does not hang silently: it says it waits for the user's decision
+            # (docs/states.md#waiting-reasons).
             await _until(lambda: _waiting(sessionmaker, task_id, "uncertain_decision"), timeout=30)
 
     async with sessionmaker() as session:
@@ -108,7 +110,8 @@ async def _has(sink: SmtpSink, count: int) -> bool:
 
 
 async def _final(sessionmaker, task_id: int) -> bool:  # type: ignore[no-untyped-def]
-    """Completed, or only uncertain rows left (they wait for the user's decision, SPEC §7.8)."""
+    """Completed, or only uncertain rows left (they wait for the user's decision,
+    docs/sending.md#crashes-and-uncertain-sends)."""
     status = await _status(sessionmaker, task_id)
     open_rows = await _count(sessionmaker, SubTask.task_id == task_id, SubTask.send_state.in_(("pending", "allocated")))
     return status == "completed" or open_rows == 0
@@ -186,8 +189,8 @@ async def _ids(sessionmaker, *where) -> list[int]:  # type: ignore[no-untyped-de
 
 @pytest.mark.slow
 async def test_sigterm_finishes_started_sends_and_releases_the_rest(db_url, sessionmaker, tmp_path):  # type: ignore[no-untyped-def]
-    """Graceful shutdown (SPEC §7.8): stop claiming, finish started requests, record them, release the
-    claimed items that had not started (outcome `released`, attempt not counted)."""
+    """Graceful shutdown (docs/sending.md#crashes-and-uncertain-sends): stop claiming, finish started requests, record
+    them, release the claimed items that had not started (outcome `released`, attempt not counted)."""
     _need_pg(db_url)
     settings = settings_for(db_url)
     with SmtpSink() as sink:

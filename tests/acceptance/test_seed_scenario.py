@@ -1,4 +1,5 @@
-"""The change report's scenario, end to end with real SMTP (SPEC §7.12 scaled to seconds).
+"""The change report's scenario, end to end with real SMTP (docs/sending.md#a-worked-example-a-service-freezes-mid-task
+scaled to seconds).
 
 Two SMTP services share a task. Mid-task the first one's credentials stop working: it must be frozen
 (auth_config) with a status-log row, no pending SubTask may ever be bound to it again, the second service

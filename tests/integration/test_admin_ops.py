@@ -1,4 +1,4 @@
-"""Admin operations through the real ASGI app and database (SPEC §15.4, §16.3): the audit log (every admin
+"""Admin operations through the real ASGI app and database (docs/admin.md): the audit log (every admin
 action leaves a row you can find), the queue view (pending per user, in flight per service, oldest pending
 age, workers, paused), pause-all / resume-all (audited, honoured as `global_pause`), own notifications, roles
 and isolation, and the `edm queue` command."""

@@ -1,6 +1,6 @@
-"""API conventions through the real ASGI app and database (SPEC §16.1, §21): `Idempotency-Key` on creating
+"""API conventions through the real ASGI app and database (docs/api.md): `Idempotency-Key` on creating
 POSTs (replay, reuse with another body, in progress, per user, key syntax, 24 h expiry and purge, 5xx not
-stored), the per-credential rate limit (429 with `Retry-After`, public endpoints exempt), and the §16.1
+stored), the per-credential rate limit (429 with `Retry-After`, public endpoints exempt), and the
 input rules every endpoint shares (unknown fields, `limit`, cursors, oversized ids, bad JSON, content type)."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
 from edm import clock
-from edm.api import idempotency
+from edm.api.idempotency import BODY_SLACK
 from edm.api.ratelimit import TokenBuckets
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.models.contacts import Contact
 from edm.models.system import IdempotencyRecord
 from edm.models.users import Role
+from edm.system import idempotency
 from tests.helpers import api_client, make_account, settings_for
 
 API = "/api/v1"
@@ -151,7 +152,7 @@ async def test_an_oversized_body_with_a_key_is_refused_before_it_is_spooled(
 ) -> None:
     """The middleware copies a keyed body aside to replay it: that copy must stop at the upload limit too."""
     alice = await make_account(sessionmaker, "alice")
-    limit = 1000 + idempotency.BODY_SLACK
+    limit = 1000 + BODY_SLACK
     chunk = b"x" * 16384
 
     async def endless() -> Any:  # no Content-Length: only counting the bytes can stop it
@@ -284,7 +285,7 @@ def test_token_bucket_table_is_bounded() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# §16.1 input rules
+# Input rules (docs/api.md#errors)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -373,7 +374,7 @@ async def test_malformed_json_is_refused_with_a_message(client: httpx.AsyncClien
     r = await client.post(
         f"{API}/contacts", content=b'{"email": ', headers={**alice.headers, "Content-Type": "application/json"}
     )
-    body = _error(r, 400, "invalid_json")  # SPEC §21: malformed JSON → 400 invalid_json
+    body = _error(r, 400, "invalid_json")  # docs/api.md#errors: malformed JSON → 400 invalid_json
     assert "JSON" in body["message"]
 
 

@@ -1,4 +1,4 @@
-"""Console login and sessions through the real ASGI app and database (SPEC §3.2, §3.3, §16.3): login by
+"""Console login and sessions through the real ASGI app and database (docs/auth.md): login by
 username or email, the cookie and what is stored of it, one generic failure answer with the real reason in
 the audit log, throttling by username and by IP from the login_attempts table, CSRF on cookie writes (and
 none for bearer tokens), idle and absolute expiry, logout, the own password change and the own session list."""

@@ -1,4 +1,4 @@
-"""Contacts through the real ASGI app and database (SPEC §13.1, §16.1, §21): CRUD, uniqueness, validation,
+"""Contacts through the real ASGI app and database (docs/contacts.md, docs/api.md): CRUD, uniqueness, validation,
 filters, cursor pages, isolation between users and read-only refusals."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ async def test_malformed_json_limits_and_cursors(client: httpx.AsyncClient, sess
     _error(await client.get(f"{API}/contacts/99999999999999999999", headers=alice.headers), 422, "validation_error")
     _error(await client.get(f"{API}/contacts/abc", headers=alice.headers), 422, "validation_error")
     _error(await client.get(f"{API}/contacts?q=a%00b", headers=alice.headers), 422, "validation_error")
-    # A cursor past any BIGINT was never issued by us: a clear 422 (SPEC §21 "bad cursor"), not a 500.
+    # A cursor past any BIGINT was never issued by us: a clear 422 (docs/api.md#errors "bad cursor"), not a 500.
     from edm.paging import encode_cursor
 
     r = await client.get(f"{API}/contacts", params={"cursor": encode_cursor(2**70)}, headers=alice.headers)
@@ -267,7 +267,8 @@ async def test_odd_input_is_a_4xx(
 
 
 async def test_more_filters(client: httpx.AsyncClient, sessionmaker: Any) -> None:
-    """§13.1: import, created range, suppressed, attr.<key>=<value>, engaged since, children or not."""
+    """List filters (docs/contacts.md#listing-and-searching): import, created range, suppressed, attr.<key>=<value>,
+    engaged since, children or not."""
     import datetime as dt
 
     from edm.db.session import unit_of_work

@@ -1,5 +1,5 @@
 """Bulk actions, CSV export, activity timeline and resubscribe through the real ASGI app and database
-(SPEC §13.1, §13.5): set-based bulk by ids and by filter, the expected_count guard, export quoting, the
+(docs/contacts.md): set-based bulk by ids and by filter, the expected_count guard, export quoting, the
 formula guard, BOM, attributes and tags, the timeline of SubTasks and events, audited resubscribe."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Credit through the real ASGI app and database (SPEC §15.2, §16.3): add/subtract/set with one ledger entry,
+"""Credit through the real ASGI app and database (docs/admin.md#credit): add/subtract/set with one ledger entry,
 the actor and an audit row each; insufficient credit refused with nothing written; the batch (a savepoint per
 user); the ledger with filters; own credit only; the summary; roles; the `edm credit` command; and the
 invariant under concurrency: `credit_balance == sum(ledger) >= 0` with 20 parallel operations and a generation

@@ -1,4 +1,5 @@
-"""Dashboards (SPEC §11.4): GET /dashboard for every user, GET /admin/dashboard for admins.
+"""Dashboards (docs/admin.md#dashboards-get-dashboard-get-admindashboard): GET /dashboard for every user,
+GET /admin/dashboard for admins.
 
 The SubTasks' history (sent, first human open, first click, reply) is written straight into the rows of a
 generated campaign, so the windows' edges are exact; sending itself is tested elsewhere."""

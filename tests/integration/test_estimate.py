@@ -1,4 +1,4 @@
-"""`POST /api/v1/recipients/estimate` (SPEC §6.1, §6.2): rule kinds, parent tags standing for their children on
+"""`POST /api/v1/recipients/estimate` (docs/tasks.md): rule kinds, parent tags standing for their children on
 both sides, exclusion reasons in order, ids of other users refused, and the credit figures."""
 
 from __future__ import annotations

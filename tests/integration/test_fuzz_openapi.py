@@ -1,5 +1,5 @@
-"""Property-based fuzzing of every operation in the OpenAPI document with schemathesis (SPEC §16.1: "No input
-can produce a 500"): valid and invalid inputs, as an admin and as a user, against the in-process ASGI app on
+"""Property-based fuzzing of every operation in the OpenAPI document with schemathesis (docs/api.md#errors: no input
+may produce a 500): valid and invalid inputs, as an admin and as a user, against the in-process ASGI app on
 SQLite (and PostgreSQL with `EDM_FUZZ_PG=1`). Every answer must be below 500.
 
 Run time is bounded by `EDM_FUZZ_EXAMPLES` examples per operation and role (default 6, ~2-3 min for the

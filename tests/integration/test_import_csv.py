@@ -1,4 +1,4 @@
-"""CSV import (SPEC §13.4) through `POST /api/v1/contacts/imports` (202, then the `imports` job) and the importer
+"""CSV import (docs/import.md) through `POST /api/v1/contacts/imports` (202, then the `imports` job) and the importer
 service: good rows kept, bad rows reported with spreadsheet row numbers, encodings, delimiters, tags, modes and
 batches. Background behaviour (progress, cancel, crash, XLSX, concurrency) is in test_imports.py."""
 

@@ -301,20 +301,24 @@ async def test_a_worker_keeps_its_heartbeat_and_sends_while_it_reads_a_hostile_w
     assert (found.status, found.created, found.processed) == ("completed", 2, 2), found.message
     assert found.started_at is not None and found.finished_at is not None
     start, end = found.started_at.timestamp(), found.finished_at.timestamp()
-    assert end - start > 3 * HEARTBEAT, "the workbook was read too fast to show anything; make it larger"
+    read = end - start
+    assert read > 6 * HEARTBEAT, "the workbook was read too fast to show anything; make it larger"
     [mail] = sink.messages
     assert start < mail.received_at < end, "the mail was not sent while the workbook was read"
-    # every heartbeat from the last one before the import to the first one after it came on time
-    # (a gap of a few periods is a busy database; reading on the event loop held it for the whole read)
+    # the heartbeat kept beating from the last beat before the import to the first one after it. Reading on
+    # the event loop held it for the whole read: one gap as long as the read. A busy database delays a beat
+    # by a few periods (on SQLite every transaction takes the write lock, and the import, the task's claim
+    # and this test's own polling all write or read meanwhile), so a gap may reach half the read, no more.
     beats = sorted(heartbeats)
     around = (
         [b for b in beats if b < start][-1:]
         + [b for b in beats if start <= b <= end]
         + [b for b in beats if b > end][:1]
     )
-    assert len([b for b in around if start <= b <= end]) >= 2, beats
+    during = [b for b in around if start <= b <= end]
+    assert len(during) >= read / (3 * HEARTBEAT), f"{len(during)} heartbeats in a {read:.1f} s read: {beats}"
     gaps = [later - earlier for earlier, later in zip(around, around[1:], strict=False)]
-    assert max(gaps) < 5 * HEARTBEAT, f"heartbeat gaps while reading: {gaps}"
+    assert max(gaps) < max(5 * HEARTBEAT, read / 2), f"heartbeat gaps in a {read:.1f} s read: {gaps}"
     # the import's own heartbeat was refreshed while no batch was written, so no other worker takes it for dead
     import_gaps = [b - a for a, b in zip(sorted(import_beats), [*sorted(import_beats)[1:], end], strict=True)]
     assert len(import_beats) >= 2 and max(import_gaps) < 5 * IMPORT_HEARTBEAT, import_gaps

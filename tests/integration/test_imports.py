@@ -1,4 +1,4 @@
-"""Background contact imports (SPEC §13.4, §4.8): 202 then the `imports` job; progress and counts, the errors CSV,
+"""Background contact imports (docs/import.md): 202 then the `imports` job; progress and counts, the errors CSV,
 XLSX cells, cancel between batches, a crashed import marked failed and re-run without duplicates, concurrent
 job runs that never share an import, tenant isolation and roles."""
 

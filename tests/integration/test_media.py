@@ -1,4 +1,4 @@
-"""The media library through the real ASGI app and database (SPEC §4.4, §14.6): the type is decided by the
+"""The media library through the real ASGI app and database (docs/media.md): the type is decided by the
 bytes (a PNG named .jpg is a PNG, text named .png is refused), the 5 MB limit, sanitised filenames, the public
 URL with its caching headers and 304, isolation between users, read-only refusals, and the `edm media`
 command."""

@@ -1,4 +1,5 @@
-"""The migrated schema equals the models (SPEC §4.1): autogenerate finds nothing to do, on each database."""
+"""The migrated schema equals the models (docs/data-model.md#conventions): autogenerate finds nothing to do, on each
+database."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""Authentication and isolation of every operation, generated from `app.openapi()` (SPEC §3.1, §16.2, §20.2),
-so an endpoint added later is covered without editing this file:
+"""Authentication and isolation of every operation, generated from `app.openapi()`
+(docs/security.md#authentication-and-isolation), so an endpoint added later is covered without editing this file:
 
-(a) every operation except the public ones of §16.2 answers 401 without credentials;
+(a) every operation except the public ones (docs/api.md#authentication) answers 401 without credentials;
 (b) user B calling any path with user A's real ids gets 404 (403 on admin paths): one object of each kind is
     built for A (the `PARAM_KINDS` table maps a path parameter to its kind); a parameter nobody can build
     must be listed in `KNOWN_GAPS`, else the test fails and names it;
-(c) a read_only user gets 403 (or 404) on every POST/PUT/PATCH/DELETE, except the ones §16.3 grants R.
+(c) a read_only user gets 403 (or 404) on every POST/PUT/PATCH/DELETE, except the ones it may make
+    (docs/overview.md#roles-and-permissions).
 
 Requests carry a minimal valid body derived from the operation's schema (`BODIES` overrides it where the
 schema alone cannot say what is valid), so a 404 comes from the ownership check, not from validation.
@@ -48,7 +49,7 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 API = "/api/v1"
 
-# SPEC §16.2: no login needed. Tracking, unsubscribe and webhooks live outside /api/v1.
+# No login needed (docs/api.md#authentication). Tracking, unsubscribe and webhooks live outside /api/v1.
 PUBLIC_OPERATIONS = {("POST", f"{API}/auth/login")}
 PUBLIC_PREFIXES = ("/webhooks/", "/webhook/", "/t/", "/u/", "/media/", "/healthz", "/readyz", "/metrics", "/console")
 
@@ -79,12 +80,12 @@ NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the s
 # and for 403 on admin paths, but not for the 404 of (b). Each needs a factory in `_objects_of` to leave.
 KNOWN_GAPS: dict[str, str] = {
     "secret_id": "webhook secrets live inside a service's encrypted credentials; ids are per service",
-    "conversation_id": "conversations (§12) are not built",
-    "endpoint_id": "outgoing webhooks (optional §22.2) are not built",
+    "conversation_id": "conversations are planned, not built",
+    "endpoint_id": "outgoing webhooks (an optional extra) are not built",
     "sid": "webhook secret ids (see secret_id)",
 }
 
-# Writes §16.3 allows a read_only user (R) to make.
+# Writes a read_only user (R) may make (docs/overview.md#roles-and-permissions).
 READ_ONLY_MAY = {
     ("POST", f"{API}/me/tokens"),
     ("DELETE", f"{API}/me/tokens/{{token_id}}"),

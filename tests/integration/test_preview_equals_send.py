@@ -1,4 +1,4 @@
-"""SPEC §14.1/§14.3: one rendering pipeline. The preview of a template for a contact and the mail that
+"""One rendering pipeline (docs/templates.md#the-pipeline). The preview of a template for a contact and the mail that
 contact receives (through a real SMTP server) carry the same HTML and text: preheader, CSS inlined into
 `style` attributes with @media kept, the compliance footer with the postal address, personal data."""
 

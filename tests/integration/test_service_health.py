@@ -1,8 +1,9 @@
-"""The admin health view of a service and its webhook secrets (SPEC §15.3, §9.2), through the real ASGI app:
-figures checked against rows the test writes (usage, in-flight SubTasks, send attempts inside and outside the
-last hour, the runtime state, the status log), and secret rotation against the real webhook pipeline — a
-webhook signed with the old and with the new secret both verify while both are stored, and the removed one
-stops verifying. Then the `edm service health` and `edm service secrets` commands."""
+"""The admin health view of a service and its webhook secrets
+(docs/providers.md#service-health-and-webhook-secret-rotation-admins), through the real ASGI app: figures checked
+against rows the test writes (usage, in-flight SubTasks, send attempts inside and outside the last hour, the runtime
+state, the status log), and secret rotation against the real webhook pipeline — a webhook signed with the old and with
+the new secret both verify while both are stored, and the removed one stops verifying. Then the `edm service health` and
+`edm service secrets` commands."""
 
 from __future__ import annotations
 

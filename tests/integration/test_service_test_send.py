@@ -1,6 +1,6 @@
-"""The admin test send (SPEC §8.4) through the API: one real send to a typed address, classified, counted as
-today's usage, logged — and never a reason to freeze the service. Also an unsaved configuration (nothing
-stored) and an SMTP service against the real aiosmtpd sink."""
+"""The admin test send (docs/providers.md#creating-a-service) through the API: one real send to a typed address,
+classified, counted as today's usage, logged — and never a reason to freeze the service. Also an unsaved configuration
+(nothing stored) and an SMTP service against the real aiosmtpd sink."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Admin settings (SPEC §19.2, §16.3) through the real ASGI app and database, and through the `edm settings`
-command: every key with its value and default; changes validated as a whole (a bad key or value changes
-nothing and is named), stored, audited with old and new value, and read by the services that use them."""
+"""Admin settings (docs/operations.md#admin-settings) through the real ASGI app and database, and through
+the `edm settings` command: every key with its value and default; changes validated as a whole (a bad key or value
+changes nothing and is named), stored, audited with old and new value, and read by the services that use them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Suppression lists through the real ASGI app and database (SPEC §10.5, §16.3, §21): a user's own list and the
-admins' global list, CRUD with normalization, isolation, read-only refusals, CSV import with bad rows, CSV
+"""Suppression lists through the real ASGI app and database (docs/suppression.md, docs/api.md): a user's own list and
+the admins' global list, CRUD with normalization, isolation, read-only refusals, CSV import with bad rows, CSV
 export (streamed, guarded) and its round trip, the check endpoint, audited removal that clears the contact
 flag, the lists' effect at generation and at claim time (domains, expiry), and the `edm suppression` command."""
 
@@ -708,7 +708,8 @@ async def _token_for(sessionmaker: Any, user_id: int) -> Account:
 
 
 async def test_contact_flag_check_matches_generation(client: httpx.AsyncClient, sessionmaker: Any) -> None:
-    """The check endpoint's contact reasons use generation's names (§6.2) so they read the same."""
+    """The check endpoint's contact reasons use generation's names (docs/tasks.md#selection-and-the-estimate) so they
+    read the same."""
     alice = await make_account(sessionmaker, "alice")
     async with unit_of_work(sessionmaker) as session:
         session.add(

@@ -1,4 +1,4 @@
-"""Tags through the real ASGI app and database (SPEC §4.3, §13.2): the two-level tree, sibling-unique names,
+"""Tags through the real ASGI app and database (docs/contacts.md#tags): the two-level tree, sibling-unique names,
 counts with implied parents, references that block deletion, bulk membership, isolation and roles."""
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ async def test_read_only_token_cannot_change_tags(client: httpx.AsyncClient, ses
 
 
 # --------------------------------------------------------------------------------------------------------
-# Move (re-parent) and A/B split (SPEC §13.2, §13.3)
+# Move (re-parent) and A/B split (docs/contacts.md#tags, docs/contacts.md#ab-split)
 # --------------------------------------------------------------------------------------------------------
 
 

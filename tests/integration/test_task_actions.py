@@ -1,5 +1,6 @@
-"""Task actions of SPEC §16.3 beyond the single transitions: copy into a new draft, batch pause/resume with a
-result per task, and cancelling selected pending recipients with its refund (§6.3 credit rule)."""
+"""Task actions (docs/tasks.md#actions-on-tasks-and-recipients) beyond the single transitions: copy into a new draft,
+batch pause/resume with a result per task, and cancelling selected pending recipients with its refund (the credit rule
+of docs/tasks.md#credit)."""
 
 from __future__ import annotations
 

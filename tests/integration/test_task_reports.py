@@ -1,4 +1,4 @@
-"""Task reports (SPEC §11.3) and the per-recipient list, detail and CSV export, on both databases.
+"""Task reports (docs/statistics.md#reports) and the per-recipient list, detail and CSV export, on both databases.
 
 One small task is sent for real (worker + fake provider) and then driven to known states: its send history is
 rewritten to known times and to a failover from service A to service B, and provider and tracking events are
@@ -343,7 +343,7 @@ async def test_template_report_gives_every_rate_per_template_and_sums_to_the_tas
     a, b = (await get(kit, c, "/report/templates"))["items"]
     assert (a["name"], b["name"]) == ("Spring A", TEMPLATE_B)
     # x0 was refused at send time (failed, delivery state `rejected`): never sent, so it is neither a bounce of
-    # sent mail nor taken out of `reached` (= sent − bounces of sent mail, §11.2).
+    # sent mail nor taken out of `reached` (= sent − bounces of sent mail, docs/statistics.md#the-numbers).
     assert {
         k: a[k]
         for k in (
@@ -539,7 +539,7 @@ async def test_timeline_and_heatmap_are_in_the_task_time_zone_across_the_dst_cha
             "replies": stats["replied"],
         }
     )
-    assert await get(kit, c, "/timeline", bucket="day") == daily  # the SPEC §16.3 path
+    assert await get(kit, c, "/timeline", bucket="day") == daily  # short alias (docs/statistics.md)
     heat = await get(kit, c, "/report/heatmap")
     assert heat["timezone"] == "America/New_York" and heat["weekdays"][0] == "monday"
     found = {(day, hour): n for day, row in enumerate(heat["cells"]) for hour, n in enumerate(row) if n}
@@ -556,7 +556,7 @@ async def test_subtask_list_filters(kit: Kit) -> None:
         ({}, sorted(TEMPLATE_OF)),
         ({"send_state": "failed"}, ["x0"]),
         ({"display_status": "rejected"}, ["x0"]),
-        ({"display_status": "failed"}, []),  # §5.7: the delivery state `rejected` comes first
+        ({"display_status": "failed"}, []),  # the delivery state `rejected` comes first (docs/states.md)
         ({"send_state": "suppressed"}, ["u0"]),
         ({"delivery_state": "soft_bounced"}, ["b2"]),
         ({"display_status": "clicked"}, ["a0", "b0"]),

@@ -1,6 +1,6 @@
-"""Template test sends (SPEC §14.5, §8.2, §7.2): queued through the API, sent by the real worker with `[TEST] `
-in the subject and no tracking, charged 1 credit per address, limited to 50 recipients a day, claimed before
-bulk work, hidden from the task lists; the unsubscribe link of a test mail records nothing."""
+"""Template test sends (docs/templates.md#test-sends, docs/sending.md#the-claim): queued through the API, sent by
+the real worker with `[TEST] ` in the subject and no tracking, charged 1 credit per address, limited to 50 recipients
+a day, claimed before bulk work, hidden from the task lists; the unsubscribe link of a test mail records nothing."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ async def test_received_mail_has_test_subject_no_tracking_and_an_unsubscribe_lin
 
 
 # --------------------------------------------------------------------------------------------------------
-# Claimed before bulk work (§7.2)
+# Claimed before bulk work (docs/sending.md#the-claim)
 
 
 async def test_a_test_send_is_claimed_before_the_pending_bulk_work_of_the_same_service(

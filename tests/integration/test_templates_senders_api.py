@@ -1,4 +1,4 @@
-"""Templates, preview, the variable catalogue and senders through the real ASGI app (SPEC §4.4, §14, §21)."""
+"""Templates, preview, the variable catalogue and senders through the real ASGI app (docs/templates.md)."""
 
 from __future__ import annotations
 

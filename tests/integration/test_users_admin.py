@@ -1,4 +1,4 @@
-"""Admin user lifecycle through the real ASGI app and database (SPEC §3.2, §3.4, §4.2, §15.1): edits, role
+"""Admin user lifecycle through the real ASGI app and database (docs/auth.md): edits, role
 change and deactivation revoking sessions (and tokens failing at once), password reset with "must change",
 the last active admin, deletion refused while a task is active and cascading otherwise, and the `edm user`
 commands for passwords, deletion and sessions."""

@@ -1,4 +1,4 @@
-"""HTTP routes for contacts, tags and the recipient estimate (imports: imports_api.py) (SPEC §13, §6.2, §16.3).
+"""HTTP routes for contacts, tags and the recipient estimate (imports have theirs in `imports.py`).
 
 Thin: parse, call a service, shape the answer. Reads are open to every role; writes need `Writer`
 (a write-scoped token of a non-read-only account). Admins may add `user_id` to list endpoints.
@@ -14,36 +14,32 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.api.deps import CurrentCaller, Paging, Session, Writer
 from edm.clock import utc_now
-from edm.contacts import activity, service
+from edm.contacts import activity, service, tags
 from edm.contacts.bulk import BulkAction, run_bulk
 from edm.contacts.export import export_csv
-from edm.contacts.filters import Sort, decode_sort_cursor, encode_sort_cursor, parse_attributes
+from edm.contacts.filters import ContactFilter, Sort, decode_sort_cursor, parse_attributes
 from edm.contacts.schemas import (
-    MAX_ID,
-    ActivityPage,
+    ActivityItemOut,
     BulkOut,
     BulkRequest,
     ContactCreate,
     ContactDetailOut,
     ContactIds,
     ContactOut,
-    ContactPage,
     ContactQuery,
     ContactUpdate,
-    MembersChanged,
+    MembersChangedOut,
     ResubscribeIn,
     SplitOut,
     TagCreate,
     TaggedOut,
     TagIds,
     TagMove,
-    TagNode,
+    TagNodeOut,
     TagOut,
-    TagPage,
     TagSplit,
     TagUpdate,
 )
@@ -52,10 +48,11 @@ from edm.contacts.schemas import (
 )
 from edm.contacts.split import SplitRequest, split_tag
 from edm.errors import BadInput
-from edm.models.contacts import Contact, ContactStatus
-from edm.paging import page_of
+from edm.models.contacts import ContactStatus
+from edm.paging import MAX_ID, CountedPageOut, PageOut
 from edm.system.service import Actor
-from edm.tasks.recipients import EstimateOut, EstimateRequest, estimate, validate_rule
+from edm.tasks.recipients import estimate, validate_rule
+from edm.tasks.schemas import EstimateOut, EstimateRequest
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
@@ -66,22 +63,6 @@ OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only:
 # --------------------------------------------------------------------------------------------------------
 # Contacts
 # --------------------------------------------------------------------------------------------------------
-
-
-async def _contacts_out(session: AsyncSession, contacts: list[Contact]) -> list[dict[str, Any]]:
-    tags = await service.contact_tags(session, [c.id for c in contacts])
-    return [_contact_dict(c, tags.get(c.id, [])) for c in contacts]
-
-
-def _contact_dict(contact: Contact, tags: list[dict[str, Any]]) -> dict[str, Any]:
-    body = {name: getattr(contact, name) for name in ContactOut.model_fields if name != "tags"}
-    body["tags"] = tags
-    return body
-
-
-async def _one_contact(session: AsyncSession, contact: Contact) -> dict[str, Any]:
-    await session.refresh(contact)  # server-side values (updated_at) without a lazy load on the response path
-    return (await _contacts_out(session, [contact]))[0]
 
 
 def list_filters(
@@ -97,10 +78,10 @@ def list_filters(
     created_to: Annotated[dt.datetime | None, Query(description="created before (ISO 8601)")] = None,
     suppressed: Annotated[bool | None, Query(description="flagged or on a suppression list (or not)")] = None,
     engaged_since: Annotated[dt.datetime | None, Query(description="opened or clicked at or after")] = None,
-) -> service.ContactFilter:
-    """The §13.1 filters from the query string (shared by the list and the export)."""
+) -> ContactFilter:
+    """The list filters from the query string (shared by the list and the export)."""
     attributes = [(k.removeprefix("attr."), v) for k, v in request.query_params.multi_items() if k.startswith("attr.")]
-    return service.ContactFilter(
+    return ContactFilter(
         q=_query_text("q", q),
         statuses=tuple(status or ()),
         tag_ids=tuple(tag_id or ()),
@@ -122,32 +103,27 @@ def _aware(name: str, value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-@router.get("/contacts", response_model=ContactPage)
+@router.get("/contacts")
 async def list_contacts(
     request: Request,
     session: Session,
     caller: CurrentCaller,
     page: Paging,
-    filters: Annotated[service.ContactFilter, Depends(list_filters)],
+    filters: Annotated[ContactFilter, Depends(list_filters)],
     sort: Annotated[
         str | None, Query(description="id, created, updated, email, name, last_activity; '-' = desc")
     ] = None,
     include_total: bool = False,
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CountedPageOut[ContactOut]:
     """Contacts in `sort` order (default: id ascending). Tags are "any of" and a parent tag includes its
     children's members. `attr.<key>=<value>` filters on a custom attribute (repeat for several keys)."""
     owner = caller.owner_filter(user_id)
     order = Sort.parse(sort)
     cursor = decode_sort_cursor(request.query_params.get("cursor"), order)
-    rows = await service.list_contacts(session, user_id=owner, page=page, filters=filters, sort=order, cursor=cursor)
-    result = page_of(rows, page)
-    if result["next_cursor"] is not None:
-        result["next_cursor"] = encode_sort_cursor(result["items"][-1], order)
-    result["items"] = await _contacts_out(session, result["items"])
-    if include_total:
-        result["total"] = await service.count_contacts(session, user_id=owner, filters=filters)
-    return result
+    return await service.contact_page(
+        session, user_id=owner, page=page, filters=filters, sort=order, cursor=cursor, include_total=include_total
+    )
 
 
 def _query_text(name: str, value: str | None) -> str | None:
@@ -156,15 +132,15 @@ def _query_text(name: str, value: str | None) -> str | None:
     return value
 
 
-@router.post("/contacts", status_code=201, response_model=ContactOut)
-async def create_contact(session: Session, caller: Writer, body: ContactCreate) -> dict[str, Any]:
+@router.post("/contacts", status_code=201)
+async def create_contact(session: Session, caller: Writer, body: ContactCreate) -> ContactOut:
     values = body.model_dump(exclude={"tag_ids"})
     contact = await service.create_contact(session, user_id=caller.id, values=values, tag_ids=body.tag_ids)
-    return await _one_contact(session, contact)
+    return (await service.contact_views(session, [contact]))[0]
 
 
-@router.post("/contacts/bulk", response_model=BulkOut)
-async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> dict[str, Any]:
+@router.post("/contacts/bulk")
+async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> BulkOut:
     """tag | untag | set_status | delete on `ids` (≤ 10,000) or on every contact matching `filter`.
     Delete by filter needs `expected_count` equal to the current match count (else 409 with `current_count`)."""
     if (body.ids is None) == (body.filter is None):
@@ -172,7 +148,7 @@ async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> 
     action = BulkAction(
         action=body.action,
         ids=tuple(body.ids) if body.ids is not None else None,
-        filters=query_filter(body.filter) if body.filter is not None else service.ContactFilter(),
+        filters=query_filter(body.filter) if body.filter is not None else ContactFilter(),
         tag_ids=tuple(body.tag_ids),
         status=body.status,
         expected_count=body.expected_count,
@@ -180,8 +156,8 @@ async def bulk_contacts(session: Session, caller: Writer, body: BulkRequest) -> 
     return await run_bulk(session, user_id=caller.id, request=action)
 
 
-def query_filter(query: ContactQuery) -> service.ContactFilter:
-    return service.ContactFilter(
+def query_filter(query: ContactQuery) -> ContactFilter:
+    return ContactFilter(
         q=query.q,
         statuses=tuple(query.status),
         tag_ids=tuple(query.tag_ids),
@@ -206,7 +182,7 @@ async def export_contacts(
     request: Request,
     session: Session,
     caller: CurrentCaller,
-    filters: Annotated[service.ContactFilter, Depends(list_filters)],
+    filters: Annotated[ContactFilter, Depends(list_filters)],
     id: Annotated[list[BodyId] | None, Query(max_length=10_000, description="a selection (repeat)")] = None,
     bom: Annotated[bool, Query(description="start with a UTF-8 BOM (for spreadsheets)")] = False,
     user_id: OwnerId = None,
@@ -215,7 +191,7 @@ async def export_contacts(
     suppression flags, `attr.<key>` columns. RFC 4180 with the formula guard; header only when empty."""
     owner = caller.owner_filter(user_id)
     if id:
-        ids = await service.require_own(session, Contact, user_id=owner, ids=id, field="id")
+        ids = await service.own_contact_ids(session, user_id=owner, ids=id, field="id")
         filters = dataclasses.replace(filters, ids=tuple(ids))
     sessionmaker = request.app.state.sessionmaker
 
@@ -229,49 +205,42 @@ async def export_contacts(
     )
 
 
-@router.get("/contacts/{contact_id}", response_model=ContactDetailOut)
-async def get_contact(session: Session, caller: CurrentCaller, contact_id: Id) -> dict[str, Any]:
+@router.get("/contacts/{contact_id}")
+async def get_contact(session: Session, caller: CurrentCaller, contact_id: Id) -> ContactDetailOut:
     """The contact with explicit and implied tags and its suppression state (blocking entries first)."""
     contact = await service.get_contact(session, user_id=caller.id, contact_id=contact_id)
-    body = (await _contacts_out(session, [contact]))[0]
-    body["suppression"] = await activity.suppression_state(session, contact)
-    return body
+    return await activity.contact_detail(session, contact)
 
 
-@router.get("/contacts/{contact_id}/activity", response_model=ActivityPage)
+@router.get("/contacts/{contact_id}/activity")
 async def contact_activity(
     session: Session,
     caller: CurrentCaller,
     contact_id: Id,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> PageOut[ActivityItemOut]:
     """The contact's SubTasks (task, send and delivery state, times) and their events, newest first."""
-    items, next_cursor = await activity.activity(
-        session, user_id=caller.id, contact_id=contact_id, limit=limit, cursor=cursor
-    )
-    return {"items": items, "next_cursor": next_cursor}
+    return await activity.activity(session, user_id=caller.id, contact_id=contact_id, limit=limit, cursor=cursor)
 
 
-@router.post("/contacts/{contact_id}/resubscribe", response_model=ContactDetailOut)
+@router.post("/contacts/{contact_id}/resubscribe")
 async def resubscribe_contact(
     request: Request, session: Session, caller: Writer, contact_id: Id, body: ResubscribeIn
-) -> dict[str, Any]:
+) -> ContactDetailOut:
     """Clear the unsubscribe (flag and the own list's `unsubscribed` entry); the reason is audited."""
     actor = Actor(caller.id, "token", request.client.host if request.client else None)
     contact = await activity.resubscribe(
         session, user_id=caller.id, contact_id=contact_id, reason=body.reason, actor=actor
     )
-    out = await _one_contact(session, contact)
-    out["suppression"] = await activity.suppression_state(session, contact)
-    return out
+    return await activity.contact_detail(session, contact)
 
 
-@router.patch("/contacts/{contact_id}", response_model=ContactOut)
-async def update_contact(session: Session, caller: Writer, contact_id: Id, body: ContactUpdate) -> dict[str, Any]:
+@router.patch("/contacts/{contact_id}")
+async def update_contact(session: Session, caller: Writer, contact_id: Id, body: ContactUpdate) -> ContactOut:
     changes = body.model_dump(exclude_unset=True)
     contact = await service.update_contact(session, user_id=caller.id, contact_id=contact_id, changes=changes)
-    return await _one_contact(session, contact)
+    return (await service.contact_views(session, [contact]))[0]
 
 
 @router.delete("/contacts/{contact_id}", status_code=204)
@@ -280,16 +249,16 @@ async def delete_contact(session: Session, caller: Writer, contact_id: Id) -> Re
     return Response(status_code=204)
 
 
-@router.post("/contacts/{contact_id}/tags", response_model=TaggedOut)
-async def tag_contact(session: Session, caller: Writer, contact_id: Id, body: TagIds) -> dict[str, Any]:
+@router.post("/contacts/{contact_id}/tags")
+async def tag_contact(session: Session, caller: Writer, contact_id: Id, body: TagIds) -> TaggedOut:
     """Add explicit tags to one contact (a child tag implies its parent; the parent is not written)."""
-    added = await service.tag_contact(session, user_id=caller.id, contact_id=contact_id, tag_ids=body.tag_ids)
-    return {"added": added}
+    added = await tags.tag_contact(session, user_id=caller.id, contact_id=contact_id, tag_ids=body.tag_ids)
+    return TaggedOut(added=added)
 
 
 @router.delete("/contacts/{contact_id}/tags/{tag_id}", status_code=204)
 async def untag_contact(session: Session, caller: Writer, contact_id: Id, tag_id: Id) -> Response:
-    await service.untag_contact(session, user_id=caller.id, contact_id=contact_id, tag_id=tag_id)
+    await tags.untag_contact(session, user_id=caller.id, contact_id=contact_id, tag_id=tag_id)
     return Response(status_code=204)
 
 
@@ -298,21 +267,17 @@ async def untag_contact(session: Session, caller: Writer, contact_id: Id, tag_id
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/tags", response_model=TagPage)
+@router.get("/tags")
 async def list_tags(
     session: Session, caller: CurrentCaller, page: Paging, include_total: bool = False, user_id: OwnerId = None
-) -> dict[str, Any]:
+) -> CountedPageOut[TagOut]:
     """Tags by id, with explicit member counts (and, for roots, the distinct total including children)."""
-    owner = caller.owner_filter(user_id)
-    result = page_of(await service.list_tags(session, user_id=owner, page=page), page)
-    if include_total:
-        result["total"] = await service.count_tags(session, user_id=owner)
-    return result
+    return await tags.tag_page(session, user_id=caller.owner_filter(user_id), page=page, include_total=include_total)
 
 
-@router.post("/tags", status_code=201, response_model=TagOut)
-async def create_tag(session: Session, caller: Writer, body: TagCreate) -> dict[str, Any]:
-    tag = await service.create_tag(
+@router.post("/tags", status_code=201)
+async def create_tag(session: Session, caller: Writer, body: TagCreate) -> TagOut:
+    tag = await tags.create_tag(
         session,
         user_id=caller.id,
         name=body.name,
@@ -320,45 +285,43 @@ async def create_tag(session: Session, caller: Writer, body: TagCreate) -> dict[
         description=body.description,
         parent_id=body.parent_id,
     )
-    return await service.tag_detail(session, user_id=caller.id, tag_id=tag.id)
+    return await tags.tag_detail(session, user_id=caller.id, tag_id=tag.id)
 
 
-@router.get("/tags/tree", response_model=list[TagNode])
-async def tag_tree(session: Session, caller: CurrentCaller, user_id: OwnerId = None) -> list[dict[str, Any]]:
-    return await service.tag_tree(session, user_id=caller.owner_filter(user_id))
+@router.get("/tags/tree")
+async def tag_tree(session: Session, caller: CurrentCaller, user_id: OwnerId = None) -> list[TagNodeOut]:
+    return await tags.tag_tree(session, user_id=caller.owner_filter(user_id))
 
 
-@router.get("/tags/{tag_id}", response_model=TagOut)
-async def get_tag(session: Session, caller: CurrentCaller, tag_id: Id) -> dict[str, Any]:
-    return await service.tag_detail(session, user_id=caller.id, tag_id=tag_id)
+@router.get("/tags/{tag_id}")
+async def get_tag(session: Session, caller: CurrentCaller, tag_id: Id) -> TagOut:
+    return await tags.tag_detail(session, user_id=caller.id, tag_id=tag_id)
 
 
-@router.patch("/tags/{tag_id}", response_model=TagOut)
-async def update_tag(session: Session, caller: Writer, tag_id: Id, body: TagUpdate) -> dict[str, Any]:
+@router.patch("/tags/{tag_id}")
+async def update_tag(session: Session, caller: Writer, tag_id: Id, body: TagUpdate) -> TagOut:
     changes = body.model_dump(exclude_unset=True)
-    tag = await service.update_tag(session, user_id=caller.id, tag_id=tag_id, changes=changes)
-    await session.refresh(tag)
-    return await service.tag_detail(session, user_id=caller.id, tag_id=tag.id)
+    tag = await tags.update_tag(session, user_id=caller.id, tag_id=tag_id, changes=changes)
+    return await tags.tag_detail(session, user_id=caller.id, tag_id=tag.id)
 
 
 @router.delete("/tags/{tag_id}", status_code=204)
 async def delete_tag(session: Session, caller: Writer, tag_id: Id) -> Response:
     """409 in_use while the tag has children or a draft/scheduled task's rule names it."""
-    await service.delete_tag(session, user_id=caller.id, tag_id=tag_id)
+    await tags.delete_tag(session, user_id=caller.id, tag_id=tag_id)
     return Response(status_code=204)
 
 
-@router.post("/tags/{tag_id}/move", response_model=TagOut)
-async def move_tag(session: Session, caller: Writer, tag_id: Id, body: TagMove) -> dict[str, Any]:
+@router.post("/tags/{tag_id}/move")
+async def move_tag(session: Session, caller: Writer, tag_id: Id, body: TagMove) -> TagOut:
     """Re-parent under a root tag (`parent_id`) or make it a root (`null`). A tag with children stays a root."""
-    tag = await service.move_tag(session, user_id=caller.id, tag_id=tag_id, parent_id=body.parent_id)
-    await session.refresh(tag)
-    return await service.tag_detail(session, user_id=caller.id, tag_id=tag.id)
+    tag = await tags.move_tag(session, user_id=caller.id, tag_id=tag_id, parent_id=body.parent_id)
+    return await tags.tag_detail(session, user_id=caller.id, tag_id=tag.id)
 
 
-@router.post("/tags/{tag_id}/split", status_code=201, response_model=SplitOut)
-async def split(session: Session, caller: Writer, tag_id: Id, body: TagSplit) -> dict[str, Any]:
-    """A/B split (§13.3): the root tag's explicit members shuffled into `group_count` new child groups."""
+@router.post("/tags/{tag_id}/split", status_code=201)
+async def split(session: Session, caller: Writer, tag_id: Id, body: TagSplit) -> SplitOut:
+    """A/B split: the root tag's explicit members shuffled into `group_count` new child groups."""
     request = SplitRequest(
         group_count=body.group_count,
         ratios=tuple(body.ratios) if body.ratios else None,
@@ -369,7 +332,7 @@ async def split(session: Session, caller: Writer, tag_id: Id, body: TagSplit) ->
     return await split_tag(session, user_id=caller.id, tag_id=tag_id, request=request)
 
 
-@router.get("/tags/{tag_id}/contacts", response_model=ContactPage)
+@router.get("/tags/{tag_id}/contacts")
 async def list_tag_members(
     session: Session,
     caller: CurrentCaller,
@@ -377,25 +340,22 @@ async def list_tag_members(
     page: Paging,
     explicit_only: bool = False,
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CountedPageOut[ContactOut]:
     """Members of a tag (for a parent: also its children's members, unless `explicit_only`)."""
     owner = caller.owner_filter(user_id)
-    rows = await service.list_tag_members(session, user_id=owner, tag_id=tag_id, page=page, explicit_only=explicit_only)
-    result = page_of(rows, page)
-    result["items"] = await _contacts_out(session, result["items"])
-    return result
+    return await tags.tag_members_page(session, user_id=owner, tag_id=tag_id, page=page, explicit_only=explicit_only)
 
 
-@router.post("/tags/{tag_id}/contacts", response_model=MembersChanged)
-async def add_tag_members(session: Session, caller: Writer, tag_id: Id, body: ContactIds) -> dict[str, Any]:
-    added = await service.add_tag_members(session, user_id=caller.id, tag_id=tag_id, contact_ids=body.contact_ids)
-    return {"added": added}
+@router.post("/tags/{tag_id}/contacts")
+async def add_tag_members(session: Session, caller: Writer, tag_id: Id, body: ContactIds) -> MembersChangedOut:
+    added = await tags.add_tag_members(session, user_id=caller.id, tag_id=tag_id, contact_ids=body.contact_ids)
+    return MembersChangedOut(added=added)
 
 
-@router.delete("/tags/{tag_id}/contacts", response_model=MembersChanged)
-async def remove_tag_members(session: Session, caller: Writer, tag_id: Id, body: ContactIds) -> dict[str, Any]:
-    removed = await service.remove_tag_members(session, user_id=caller.id, tag_id=tag_id, contact_ids=body.contact_ids)
-    return {"removed": removed}
+@router.delete("/tags/{tag_id}/contacts")
+async def remove_tag_members(session: Session, caller: Writer, tag_id: Id, body: ContactIds) -> MembersChangedOut:
+    removed = await tags.remove_tag_members(session, user_id=caller.id, tag_id=tag_id, contact_ids=body.contact_ids)
+    return MembersChangedOut(removed=removed)
 
 
 # --------------------------------------------------------------------------------------------------------

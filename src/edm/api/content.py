@@ -1,17 +1,16 @@
-"""HTTP routes for templates, preview, the variable catalogue and senders (SPEC §4.4, §14, §16.3).
+"""HTTP routes for templates, preview, the variable catalogue and senders (docs/templates.md).
 
 Reads (and previews) are open to every role; writes need `Writer`. Admins may add `user_id` to lists.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 
 from edm.api.deps import CurrentCaller, Paging, Session, Writer
-from edm.contacts.schemas import MAX_ID
 from edm.content import service
 from edm.content.schemas import (
     DuplicateRequest,
@@ -20,17 +19,16 @@ from edm.content.schemas import (
     PreviewRequest,
     SenderCreate,
     SenderOut,
-    SenderPage,
     SenderUpdate,
     TemplateCreate,
     TemplateOut,
-    TemplatePage,
+    TemplateSummaryOut,
     TemplateUpdate,
     VariablesOut,
 )
+from edm.db.session import end_transaction
 from edm.errors import BadInput
-from edm.models.content import Sender, Template
-from edm.paging import page_of
+from edm.paging import MAX_ID, CountedPageOut
 
 router = APIRouter(prefix="/api/v1", tags=["content"])
 
@@ -43,7 +41,7 @@ OwnerId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="admins only:
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/templates", response_model=TemplatePage)
+@router.get("/templates")
 async def list_templates(
     session: Session,
     caller: CurrentCaller,
@@ -51,39 +49,31 @@ async def list_templates(
     q: Annotated[str | None, Query(max_length=200, description="substring of the name")] = None,
     include_total: bool = False,
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CountedPageOut[TemplateSummaryOut]:
     """Templates by id, without their sources (GET /templates/{id} has them)."""
     owner = caller.owner_filter(user_id)
     if q is not None and "\x00" in q:
         raise BadInput.field("q", "must not contain NUL characters")
-    result = page_of(await service.list_templates(session, user_id=owner, page=page, q=q), page)
-    if include_total:
-        result["total"] = await service.count_templates(session, user_id=owner, q=q)
-    return result
+    return await service.template_page(session, user_id=owner, page=page, q=q, include_total=include_total)
 
 
-async def _fresh(session: Session, obj: Template | Sender) -> Template | Sender:
-    await session.refresh(obj)  # load server-set values now, not lazily while the response is serialized
-    return obj
-
-
-@router.post("/templates", status_code=201, response_model=TemplateOut)
-async def create_template(session: Session, caller: Writer, body: TemplateCreate) -> Any:
+@router.post("/templates", status_code=201)
+async def create_template(session: Session, caller: Writer, body: TemplateCreate) -> TemplateOut:
     """422 `template_syntax_error` (with the part and line in details) when a part does not compile."""
     template = await service.create_template(session, user_id=caller.id, values=body.model_dump())
-    return await _fresh(session, template)
+    return TemplateOut.model_validate(template)
 
 
-@router.get("/templates/{template_id}", response_model=TemplateOut)
-async def get_template(session: Session, caller: CurrentCaller, template_id: Id) -> Any:
-    return await service.get_template(session, user_id=caller.id, template_id=template_id)
+@router.get("/templates/{template_id}")
+async def get_template(session: Session, caller: CurrentCaller, template_id: Id) -> TemplateOut:
+    return TemplateOut.model_validate(await service.get_template(session, user_id=caller.id, template_id=template_id))
 
 
-@router.patch("/templates/{template_id}", response_model=TemplateOut)
-async def update_template(session: Session, caller: Writer, template_id: Id, body: TemplateUpdate) -> Any:
+@router.patch("/templates/{template_id}")
+async def update_template(session: Session, caller: Writer, template_id: Id, body: TemplateUpdate) -> TemplateOut:
     changes = body.model_dump(exclude_unset=True)
     template = await service.update_template(session, user_id=caller.id, template_id=template_id, changes=changes)
-    return await _fresh(session, template)
+    return TemplateOut.model_validate(template)
 
 
 @router.delete("/templates/{template_id}", status_code=204)
@@ -93,17 +83,17 @@ async def delete_template(session: Session, caller: Writer, template_id: Id) -> 
     return Response(status_code=204)
 
 
-@router.post("/templates/{template_id}/duplicate", status_code=201, response_model=TemplateOut)
+@router.post("/templates/{template_id}/duplicate", status_code=201)
 async def duplicate_template(
     session: Session, caller: Writer, template_id: Id, body: DuplicateRequest | None = None
-) -> Any:
+) -> TemplateOut:
     name = body.name if body is not None else None
     template = await service.duplicate_template(session, user_id=caller.id, template_id=template_id, name=name)
-    return await _fresh(session, template)
+    return TemplateOut.model_validate(template)
 
 
-@router.post("/templates/preview", response_model=PreviewOut)
-async def preview_unsaved(session: Session, caller: CurrentCaller, body: PreviewRequest) -> dict[str, Any]:
+@router.post("/templates/preview")
+async def preview_unsaved(session: Session, caller: CurrentCaller, body: PreviewRequest) -> PreviewOut:
     """Render content that is not saved (the editor's live preview)."""
     source = service.PreviewSource(
         subject=body.subject, html=body.html, text=body.text, preheader=body.preheader, inline_css=body.inline_css
@@ -114,17 +104,17 @@ async def preview_unsaved(session: Session, caller: CurrentCaller, body: Preview
     return await _render(session, job)
 
 
-async def _render(session: Session, job: service.PreviewJob) -> dict[str, Any]:
+async def _render(session: Session, job: service.PreviewJob) -> PreviewOut:
     # The reads are done: end the transaction before rendering, which may take its whole time limit and
     # must not hold a connection (nor, on SQLite, the database's write lock) meanwhile.
-    await session.commit()
+    await end_transaction(session)
     return await service.render_preview(job)
 
 
-@router.post("/templates/{template_id}/preview", response_model=PreviewOut)
+@router.post("/templates/{template_id}/preview")
 async def preview_template(
     session: Session, caller: CurrentCaller, template_id: Id, body: PreviewOptions | None = None
-) -> dict[str, Any]:
+) -> PreviewOut:
     """Render a saved template for one of the caller's contacts (`contact_id`) or for sample data."""
     options = body or PreviewOptions()
     template = await service.get_template(session, user_id=caller.id, template_id=template_id)
@@ -141,9 +131,9 @@ async def preview_template(
     return await _render(session, job)
 
 
-@router.get("/template-variables", response_model=VariablesOut)
-async def template_variables(session: Session, caller: CurrentCaller) -> dict[str, Any]:
-    """The §14.2 catalogue plus the custom attribute keys present in the caller's contacts."""
+@router.get("/template-variables")
+async def template_variables(session: Session, caller: CurrentCaller) -> VariablesOut:
+    """The catalogue of docs/templates.md#variables plus the custom attribute keys present in the caller's contacts."""
     return await service.template_variables(session, user_id=caller.id)
 
 
@@ -152,7 +142,7 @@ async def template_variables(session: Session, caller: CurrentCaller) -> dict[st
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/senders", response_model=SenderPage)
+@router.get("/senders")
 async def list_senders(
     session: Session,
     caller: CurrentCaller,
@@ -160,33 +150,31 @@ async def list_senders(
     include_archived: bool = False,
     include_total: bool = False,
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CountedPageOut[SenderOut]:
     """Senders by id; archived ones only with `include_archived=true`."""
     owner = caller.owner_filter(user_id)
-    rows = await service.list_senders(session, user_id=owner, page=page, include_archived=include_archived)
-    result = page_of(rows, page)
-    if include_total:
-        result["total"] = await service.count_senders(session, user_id=owner, include_archived=include_archived)
-    return result
+    return await service.sender_page(
+        session, user_id=owner, page=page, include_archived=include_archived, include_total=include_total
+    )
 
 
-@router.post("/senders", status_code=201, response_model=SenderOut)
-async def create_sender(session: Session, caller: Writer, body: SenderCreate) -> Any:
+@router.post("/senders", status_code=201)
+async def create_sender(session: Session, caller: Writer, body: SenderCreate) -> SenderOut:
     """409 when the local part is taken anywhere in the deployment (inbound mail must map to one user)."""
     sender = await service.create_sender(session, user_id=caller.id, values=body.model_dump(exclude_unset=True))
-    return await _fresh(session, sender)
+    return SenderOut.model_validate(sender)
 
 
-@router.get("/senders/{sender_id}", response_model=SenderOut)
-async def get_sender(session: Session, caller: CurrentCaller, sender_id: Id) -> Any:
-    return await service.get_sender(session, user_id=caller.id, sender_id=sender_id)
+@router.get("/senders/{sender_id}")
+async def get_sender(session: Session, caller: CurrentCaller, sender_id: Id) -> SenderOut:
+    return SenderOut.model_validate(await service.get_sender(session, user_id=caller.id, sender_id=sender_id))
 
 
-@router.patch("/senders/{sender_id}", response_model=SenderOut)
-async def update_sender(session: Session, caller: Writer, sender_id: Id, body: SenderUpdate) -> Any:
+@router.patch("/senders/{sender_id}")
+async def update_sender(session: Session, caller: Writer, sender_id: Id, body: SenderUpdate) -> SenderOut:
     changes = body.model_dump(exclude_unset=True)
     sender = await service.update_sender(session, user_id=caller.id, sender_id=sender_id, changes=changes)
-    return await _fresh(session, sender)
+    return SenderOut.model_validate(sender)
 
 
 @router.delete("/senders/{sender_id}", status_code=204)

@@ -11,6 +11,7 @@ from fastapi import Depends, Path, Query, Request
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.db.session import unit_of_work
 from edm.errors import Forbidden, Unauthenticated
 from edm.models.users import Role, TokenScope, User
 from edm.paging import MAX_ID, Page, decode_cursor
@@ -25,13 +26,8 @@ IdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     """One unit of work per request, committed before the response is sent (scope="function")."""
-    async with request.app.state.sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    async with unit_of_work(request.app.state.sessionmaker) as session:
+        yield session
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
@@ -46,7 +42,8 @@ class PasswordChangeRequired(Forbidden):
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# What a console session flagged "must change password" may still do (§3.2): see itself, change it, leave.
+# What a console session flagged "must change password" may still do (docs/auth.md#must-change-password): see itself,
+# change it, leave.
 _MUST_CHANGE_ALLOWED = frozenset(
     {("GET", "/api/v1/me"), ("PUT", "/api/v1/me/password"), ("POST", "/api/v1/auth/logout")}
 )
@@ -82,7 +79,8 @@ class Caller:
 
 async def _caller(request: Request, session: Session) -> Caller:
     """A bearer token (no CSRF needed) or, without an Authorization header, the console session cookie; with
-    the cookie every POST/PUT/PATCH/DELETE must echo the session's CSRF secret in `X-CSRF-Token` (§3.2)."""
+    the cookie every POST/PUT/PATCH/DELETE must echo the session's CSRF secret in `X-CSRF-Token`
+    (docs/auth.md#logging-in)."""
     header = request.headers.get("authorization", "")
     if header:
         scheme, _, token = header.partition(" ")

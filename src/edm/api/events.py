@@ -1,47 +1,24 @@
-"""Reading the event store (SPEC §16.3): a user's own events, and the admin view of every event with the
-unmatched ones (what arrived that EDM could not attribute, and why)."""
+"""Reading the event store: a user's own events, and the admin view of every event with the unmatched ones
+(what arrived that EDM could not attribute, and why)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.api.deps import Admin, CurrentCaller, IdPath, IdQuery, Paging, Session
-from edm.errors import NotFound
-from edm.models.events import Event, MatchReason, MatchStatus
-from edm.paging import page_of
+from edm.events.queries import EventFilter, events_page, get_event
+from edm.events.schemas import EventDetailOut, EventOut
+from edm.models.events import MatchReason, MatchStatus
+from edm.paging import Page, PageOut, page_of
 from edm.vocabulary.events import EventType
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
-EventTypeQuery = Annotated[EventType | None, Query(description="normalized event type (§9.3)")]
+EventTypeQuery = Annotated[EventType | None, Query(description="normalized event type")]
 Source = Annotated[str | None, Query(max_length=16, description="provider code, tracking, dsn or arf")]
-
-
-def event_view(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
-    view = {
-        "id": event.id,
-        "source": event.source,
-        "service_id": event.service_id,
-        "event_type": event.event_type,
-        "provider_event": event.provider_event,
-        "occurred_at": event.occurred_at,
-        "received_at": event.received_at,
-        "task_id": event.task_id,
-        "subtask_id": event.subtask_id,
-        "match_status": event.match_status,
-        "match_reason": event.match_reason,
-        "provider_message_id": event.provider_message_id,
-        "recipient": event.recipient,
-        "details": event.details,
-        "processed_at": event.processed_at,
-        "processing_error": event.processing_error,
-    }
-    if with_raw:
-        view.update(raw=event.raw, raw_truncated=event.raw_truncated, subtask_ref=event.subtask_ref)
-    return view
 
 
 @router.get("/events")
@@ -54,16 +31,16 @@ async def list_events(
     event_type: EventTypeQuery = None,
     source: Source = None,
     user_id: IdQuery = None,
-) -> dict[str, Any]:
+) -> PageOut[EventOut]:
     """Events attributed to the caller's SubTasks, oldest first (admins may pass `user_id`)."""
-    query = _filtered(
-        select(Event).where(Event.user_id == caller.owner_filter(user_id)),
+    filters = EventFilter(
+        user_id=caller.owner_filter(user_id),
         task_id=task_id,
         subtask_id=subtask_id,
         event_type=event_type,
         source=source,
     )
-    return page_of([event_view(e) for e in await _page(session, query, page)], page)
+    return await _page(session, filters, page)
 
 
 @router.get("/admin/events")
@@ -77,10 +54,9 @@ async def admin_events(
     task_id: IdQuery = None,
     event_type: EventTypeQuery = None,
     source: Source = None,
-) -> dict[str, Any]:
+) -> PageOut[EventOut]:
     """Every event; `?match_status=unmatched` lists what could not be attributed, with the reason."""
-    query = _filtered(
-        select(Event),
+    filters = EventFilter(
         task_id=task_id,
         event_type=event_type,
         source=source,
@@ -88,27 +64,15 @@ async def admin_events(
         match_reason=match_reason,
         service_id=service_id,
     )
-    return page_of([event_view(e) for e in await _page(session, query, page)], page)
+    return await _page(session, filters, page)
 
 
 @router.get("/admin/events/{event_id}")
-async def admin_event(event_id: IdPath, session: Session, caller: Admin) -> dict[str, Any]:
+async def admin_event(event_id: IdPath, session: Session, caller: Admin) -> EventDetailOut:
     """One event with the payload as received (one element of a batch, ≤ 64 KB)."""
-    event = await session.get(Event, event_id)
-    if event is None:
-        raise NotFound("event not found")
-    return event_view(event, with_raw=True)
+    return EventDetailOut.model_validate(await get_event(session, event_id))
 
 
-def _filtered(query: Any, **filters: Any) -> Any:
-    """Equality filters on Event columns; None means "any"."""
-    for column, value in filters.items():
-        if value is not None:
-            query = query.where(getattr(Event, column) == value)
-    return query
-
-
-async def _page(session: Any, query: Any, page: Any) -> list[Event]:
-    if page.after_id is not None:
-        query = query.where(Event.id > page.after_id)
-    return list(await session.scalars(query.order_by(Event.id).limit(page.limit + 1)))
+async def _page(session: AsyncSession, filters: EventFilter, page: Page) -> PageOut[EventOut]:
+    rows = await events_page(session, filters, page)
+    return PageOut[EventOut].model_validate(page_of([EventOut.model_validate(e) for e in rows], page))

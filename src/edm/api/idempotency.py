@@ -1,4 +1,4 @@
-"""`Idempotency-Key` on the API's POSTs (SPEC §16.1): a repeat within 24 h returns the first answer.
+"""`Idempotency-Key` on the API's POSTs (docs/api.md#idempotency): a repeat within 24 h returns the first answer.
 
 One ASGI middleware serves every `POST /api/v1/...` that carries the header, so a new creating endpoint is
 covered without any code of its own:
@@ -15,39 +15,34 @@ covered without any code of its own:
    - other hash → 422 `idempotency_key_reused`;
    - older than 24 h → forgotten and treated as new.
 
-Keys are per user: two users may use the same key. The worker's `idempotency` job deletes rows past 24 h.
+Keys are per user: two users may use the same key. The records themselves (claim, answer, replay, purge)
+live in `edm.system.idempotency`; this module is the ASGI plumbing around them. The worker's `idempotency`
+job deletes records past 24 h.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edm import clock
 from edm.api.deps import _caller  # the routes' own authentication (bearer token or session)
-from edm.db.session import unit_of_work
 from edm.errors import EdmError
-from edm.models.system import IdempotencyRecord
 from edm.security.crypto import Vault
+from edm.system.idempotency import claim, finish
 
 log = logging.getLogger("edm.idempotency")
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-RETENTION = dt.timedelta(hours=24)
 MAX_KEY_LENGTH = 255
 SPOOL_BYTES = 1024 * 1024
 BODY_SLACK = 64 * 1024  # a multipart boundary, part headers and a few short fields around the largest upload
@@ -65,129 +60,6 @@ def key_problem(key: str) -> str | None:
     if any(not (0x20 <= ord(c) <= 0x7E) for c in key):
         return "must be printable ASCII"
     return None
-
-
-@dataclass(frozen=True)
-class Stored:
-    status: int
-    content_type: str | None
-    body: str
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of claiming a key: `record_id` to fill (a new request), or `replay`, or an error."""
-
-    record_id: int | None = None
-    replay: Stored | None = None
-    error: tuple[int, str, str] | None = None
-
-
-async def claim(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    *,
-    user_id: int,
-    key: str,
-    method: str,
-    path: str,
-    request_hash: str,
-    vault: Vault | None = None,
-) -> Claim:
-    """Take `(user_id, key)` for this request, or say what the earlier request with that key decides."""
-    for _ in range(3):
-        now = clock.utc_now()
-        try:
-            async with unit_of_work(sessionmaker) as session:
-                record = IdempotencyRecord(
-                    user_id=user_id, key=key, method=method, path=path[:500], request_hash=request_hash, created_at=now
-                )
-                session.add(record)
-                await session.flush()
-                return Claim(record_id=record.id)
-        except IntegrityError:
-            pass
-        async with unit_of_work(sessionmaker) as session:
-            found = (
-                await session.execute(
-                    select(IdempotencyRecord).where(IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key)
-                )
-            ).scalar_one_or_none()
-            if found is None:
-                continue  # deleted meanwhile (a 5xx answer or the purge): try to take it again
-            if found.created_at <= now - RETENTION:
-                await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == found.id))
-                continue
-            if found.request_hash != request_hash:
-                return Claim(
-                    error=(
-                        422,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used with another request; use a new key",
-                    )
-                )
-            if found.status_code is None:
-                return Claim(
-                    error=(
-                        409,
-                        "idempotency_in_progress",
-                        "a request with this Idempotency-Key is still running; retry later",
-                    )
-                )
-            try:
-                body = _open(vault, found.response_body)
-            except ValueError:  # sealed with a key no longer configured: the answer is lost, run again
-                await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == found.id))
-                continue
-            return Claim(replay=Stored(found.status_code, found.content_type, body))
-    return Claim(error=(409, "idempotency_in_progress", "a request with this Idempotency-Key is contended"))
-
-
-def _seal(vault: Vault | None, body: str) -> str:
-    return vault.encrypt_json({"body": body}) if vault is not None else body
-
-
-def _open(vault: Vault | None, stored: str | None) -> str:
-    if vault is None or not stored:
-        return stored or ""
-    return str(vault.decrypt_json(stored).get("body", ""))
-
-
-async def finish(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    record_id: int,
-    *,
-    status: int,
-    content_type: str | None,
-    body: bytes | None,
-    vault: Vault | None = None,
-) -> None:
-    """Store the answer (`body` None: not storable → forget the key so a retry runs again). With a vault the
-    body is stored encrypted: answers may carry personal data, and `POST /me/tokens` answers a token."""
-    async with unit_of_work(sessionmaker) as session:
-        if body is None:
-            await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
-            return
-        await session.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.id == record_id)
-            .values(
-                status_code=status,
-                content_type=(content_type or "")[:100] or None,
-                response_body=_seal(vault, body.decode()),
-            )
-        )
-
-
-async def purge(session: AsyncSession, *, before: dt.datetime) -> int:
-    """Delete the records created before `before` (the worker passes now − 24 h)."""
-    result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def purge_expired(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """The worker's `idempotency` job (hourly)."""
-    async with unit_of_work(sessionmaker) as session:
-        return await purge(session, before=clock.utc_now() - RETENTION)
 
 
 def _error(scope: Scope, status: int, code: str, message: str, field: str | None = None) -> tuple[int, bytes]:

@@ -1,4 +1,4 @@
-"""HTTP routes of background contact imports (SPEC §13.4, §16.3): create (202), list, progress, errors CSV, cancel.
+"""HTTP routes of background contact imports (docs/import.md#api): create (202), list, progress, errors CSV, cancel.
 
 Thin: parse the multipart form, call `contacts.imports`, shape the answer. Reads are open to every role;
 creating and cancelling need `Writer`. Another user's import answers 404.
@@ -6,13 +6,11 @@ creating and cancelling need `Writer`. Another user's import answers 404.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 
 from edm import csvfmt
@@ -20,41 +18,15 @@ from edm.api import uploads
 from edm.api.deps import CurrentCaller, Paging, Session, Writer
 from edm.contacts import imports
 from edm.contacts.importer import ImportOptions
-from edm.contacts.schemas import MAX_ID
+from edm.contacts.schemas import ImportOut
 from edm.errors import BadInput
-from edm.paging import page_of
+from edm.paging import MAX_ID, PageOut
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 FIELDS = {"file", "mode", "encoding", "delimiter", "sheet", "mapping", "tag_ids", "ignore_unknown_columns"}
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
-
-
-class ImportOut(BaseModel):
-    id: int
-    status: str
-    kind: str
-    filename: str
-    format: str
-    size_bytes: int
-    options: dict[str, Any]
-    total_rows: int | None
-    processed: int
-    created: int
-    updated: int
-    skipped: int
-    errors: int
-    message: str | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-class ImportPage(BaseModel):
-    items: list[ImportOut]
-    next_cursor: str | None
 
 
 _FORM = {
@@ -74,15 +46,15 @@ _FORM = {
 }  # fmt: skip
 
 
-@router.post("/contacts/imports", status_code=202, response_model=ImportOut, openapi_extra=_FORM)
-async def create_import(request: Request, session: Session, caller: Writer) -> Any:
+@router.post("/contacts/imports", status_code=202, openapi_extra=_FORM)
+async def create_import(request: Request, session: Session, caller: Writer) -> ImportOut:
     """Queue an import of a CSV or XLSX file (multipart: `file` plus options). The header row is checked at
     once (422 naming the headers found when no column holds the email); a worker processes the rows."""
     limit = int(request.app.state.settings.import_max_bytes)
     form = await uploads.read_form(request, limit=limit, fields=FIELDS)  # 413 as soon as the body is too large
     try:
         upload = _upload(form)
-        return await imports.create_import(
+        row = await imports.create_import(
             session,
             user_id=caller.id,
             filename=upload.filename or "upload",
@@ -92,17 +64,18 @@ async def create_import(request: Request, session: Session, caller: Writer) -> A
         )
     finally:
         await form.close()
+    return ImportOut.model_validate(row)
 
 
-@router.get("/contacts/imports", response_model=ImportPage)
-async def list_imports(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
-    return page_of(await imports.list_imports(session, user_id=caller.id, page=page), page)
+@router.get("/contacts/imports")
+async def list_imports(session: Session, caller: CurrentCaller, page: Paging) -> PageOut[ImportOut]:
+    return await imports.import_page(session, user_id=caller.id, page=page)
 
 
-@router.get("/contacts/imports/{import_id}", response_model=ImportOut)
-async def get_import(session: Session, caller: CurrentCaller, import_id: Id) -> Any:
+@router.get("/contacts/imports/{import_id}")
+async def get_import(session: Session, caller: CurrentCaller, import_id: Id) -> ImportOut:
     """Progress: `processed` of `total_rows` (an estimate for CSV until the import completes) and the counts."""
-    return await imports.get_import(session, user_id=caller.id, import_id=import_id)
+    return ImportOut.model_validate(await imports.get_import(session, user_id=caller.id, import_id=import_id))
 
 
 @router.get(
@@ -110,28 +83,18 @@ async def get_import(session: Session, caller: CurrentCaller, import_id: Id) -> 
 )
 async def import_errors(session: Session, caller: CurrentCaller, import_id: Id) -> Response:
     """The rejected rows as CSV (row, column, value, message); at most 10 000 are stored per import."""
-    row = await imports.get_import(session, user_id=caller.id, import_id=import_id)
-    lines = [["row", "column", "value", "message"]]
-    async for error in imports.error_rows(session, import_id=row.id):
-        lines.append(
-            [
-                str(error.row_number),
-                csvfmt.guard(error.column or ""),
-                csvfmt.guard(error.value or ""),
-                csvfmt.guard(error.message),
-            ]
-        )
+    body = await imports.errors_csv(session, user_id=caller.id, import_id=import_id)
     return Response(
-        csvfmt.records(lines),
+        body,
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="import-{row.id}-errors.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="import-{import_id}-errors.csv"'},
     )
 
 
-@router.post("/contacts/imports/{import_id}/cancel", response_model=ImportOut)
-async def cancel_import(session: Session, caller: Writer, import_id: Id) -> Any:
+@router.post("/contacts/imports/{import_id}/cancel")
+async def cancel_import(session: Session, caller: Writer, import_id: Id) -> ImportOut:
     """queued or running -> cancelled (409 once finished). Rows already committed stay."""
-    return await imports.cancel_import(session, user_id=caller.id, import_id=import_id)
+    return ImportOut.model_validate(await imports.cancel_import(session, user_id=caller.id, import_id=import_id))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""HTTP routes of the media library (SPEC §4.4, §14.6, §16.3).
+"""HTTP routes of the media library (docs/media.md#api).
 
 `router` (mounted with the other API routers): upload, list, get and delete the caller's images. Every role
 may read; uploads and deletes need `Writer`. Another user's image answers 404.
@@ -10,16 +10,15 @@ matching `If-None-Match`) and `nosniff`. Unknown ids, or a filename that does no
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
 
 from edm.api.deps import CurrentCaller, IdPath, Paging, Session, Writer
 from edm.api.uploads import refuse_early
 from edm.content import media as media_service
+from edm.content.schemas import MediaOut
 from edm.errors import BadInput, NotFound
-from edm.paging import page_of
+from edm.paging import PageOut
 
 router = APIRouter(prefix="/api/v1", tags=["media"])
 public_router = APIRouter(include_in_schema=False)
@@ -32,7 +31,7 @@ def _base_url(request: Request) -> str:
 
 
 @router.post("/media", status_code=201, summary="Upload a JPEG, PNG or GIF image (multipart field `file`, ≤ 5 MB)")
-async def upload_media(request: Request, session: Session, caller: Writer) -> dict[str, Any]:
+async def upload_media(request: Request, session: Session, caller: Writer) -> MediaOut:
     refuse_early(request, media_service.MAX_BYTES)
     form = await request.form(max_files=1, max_fields=10)
     unknown = sorted(set(form.keys()) - {"file"})
@@ -52,13 +51,12 @@ async def upload_media(request: Request, session: Session, caller: Writer) -> di
 
 
 @router.get("/media", summary="The caller's images, by id (paginated)")
-async def list_media(request: Request, session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
-    rows = await media_service.list_media(session, user_id=caller.id, limit=page.limit, after_id=page.after_id)
-    return page_of([media_service.view(m, _base_url(request)) for m in rows], page)
+async def list_media(request: Request, session: Session, caller: CurrentCaller, page: Paging) -> PageOut[MediaOut]:
+    return await media_service.media_page(session, user_id=caller.id, page=page, base_url=_base_url(request))
 
 
 @router.get("/media/{media_id}")
-async def get_media(media_id: IdPath, request: Request, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+async def get_media(media_id: IdPath, request: Request, session: Session, caller: CurrentCaller) -> MediaOut:
     found = await media_service.get_media(session, user_id=caller.id, media_id=media_id)
     return media_service.view(found, _base_url(request))
 

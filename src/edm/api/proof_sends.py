@@ -1,36 +1,21 @@
-"""Template test send routes (SPEC §14.5, §16.3): queue one, poll it, list them."""
+"""Template test send routes (docs/templates.md#test-sends): queue one, poll it, list them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
-from edm.api.deps import CurrentCaller, Id, IdPath, Paging, Session, Writer
-from edm.paging import encode_cursor
+from edm.api.deps import CurrentCaller, IdPath, Paging, Session, Writer
+from edm.db.session import end_transaction
+from edm.paging import PageOut
 from edm.tasks import proof_sends as test_sends
+from edm.tasks.schemas import TemplateTestSendBody, TestSendOut
 
 router = APIRouter(prefix="/api/v1", tags=["test sends"])
 
 
-class TemplateTestSendBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    emails: list[str] = Field(
-        ...,
-        min_length=1,
-        max_length=test_sends.MAX_ADDRESSES,
-        json_schema_extra={"items": {"type": "string", "format": "email"}},
-        description="1–5 addresses (your own inboxes: not checked against suppression)",
-    )
-    contact_id: Id | None = Field(
-        None, description="one of your contacts whose data fills the variables; else the preview's sample data"
-    )
-    sender_id: Id | None = Field(None, description="default: your first sender")
-
-
-@router.post("/templates/{template_id}/test-send", status_code=202)
+@router.post("/templates/{template_id}/test-send", status_code=202, response_model=TestSendOut)
 async def create_test_send(
     template_id: IdPath, body: TemplateTestSendBody, session: Session, caller: Writer
 ) -> dict[str, Any]:
@@ -39,25 +24,23 @@ async def create_test_send(
     request = test_sends.TestSendRequest(
         template_id=template_id, emails=body.emails, contact_id=body.contact_id, sender_id=body.sender_id
     )
-    task = await test_sends.create(session, user_id=caller.id, request=request, actor=str(caller.id))
-    return test_sends.view(task, (await test_sends.recipients(session, [task.id]))[task.id])
+    plan = await test_sends.plan(session, user_id=caller.id, request=request)
+    # The reads are done: end the transaction before the template renders, which may take its whole time
+    # limit and must not hold a connection (nor, on SQLite, the database's write lock) meanwhile.
+    await end_transaction(session)
+    await test_sends.check_render(plan)
+    task = await test_sends.queue(session, user_id=caller.id, plan=plan, actor=str(caller.id))
+    return await test_sends.describe(session, task)
 
 
-@router.get("/test-sends/{test_send_id}")
+@router.get("/test-sends/{test_send_id}", response_model=TestSendOut)
 async def get_test_send(test_send_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
     """The test send with each recipient's state, error, send time and the service that sent it."""
     task = await test_sends.get(session, user_id=caller.id, test_send_id=test_send_id)
-    return test_sends.view(task, (await test_sends.recipients(session, [task.id]))[task.id])
+    return await test_sends.describe(session, task)
 
 
-@router.get("/test-sends")
+@router.get("/test-sends", response_model=PageOut[TestSendOut])
 async def list_test_sends(session: Session, caller: CurrentCaller, page: Paging) -> dict[str, Any]:
     """The caller's test sends, newest first."""
-    tasks = await test_sends.list_ids(session, user_id=caller.id, before_id=page.after_id, limit=page.limit + 1)
-    more = len(tasks) > page.limit
-    tasks = tasks[: page.limit]
-    found = await test_sends.recipients(session, [t.id for t in tasks])
-    return {
-        "items": [test_sends.view(t, found[t.id]) for t in tasks],
-        "next_cursor": encode_cursor(tasks[-1].id) if more and tasks else None,
-    }
+    return await test_sends.newest_first(session, user_id=caller.id, page=page)

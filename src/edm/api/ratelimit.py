@@ -1,4 +1,4 @@
-"""The API rate limit (SPEC §16.1, §20.16): `EDM_API_RATE_LIMIT` requests a minute per credential (600).
+"""The API rate limit (docs/api.md#rate-limits): `EDM_API_RATE_LIMIT` requests a minute per credential (600).
 
 A token bucket per credential — the bearer token, or the console session cookie — holding up to the limit
 and refilling at limit/60 per second: a client may burst a minute's worth, then keeps the steady rate. Over

@@ -1,4 +1,4 @@
-"""Suppression routes (SPEC §10.5, §16.3): a user's own list under `/suppressions`, the global list under
+"""Suppression routes (docs/suppression.md): a user's own list under `/suppressions`, the global list under
 `/admin/suppressions` (admins only). Both offer list, add, remove, check, CSV import and CSV export.
 
 Thin: parse, call the service, shape the answer. Reads are open to every role (a user's list) or to admins
@@ -8,9 +8,8 @@ check endpoint, which names the list and the reason, never the entry.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,11 +18,10 @@ from edm.api import uploads
 from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session, Writer
 from edm.clock import utc_now
 from edm.errors import BadInput
-from edm.models.suppressions import Suppression
-from edm.paging import MAX_ID, page_of
+from edm.paging import MAX_ID, CountedPageOut, Page, page_of
 from edm.suppressions import csvio
 from edm.suppressions import service as suppressions
-from edm.suppressions.schemas import CheckOut, EntryCreate, EntryOut, EntryPage, ImportReportOut, RemovedOut
+from edm.suppressions.schemas import CheckOut, EntryCreate, EntryOut, ImportReportOut, RemovedOut
 from edm.suppressions.service import GLOBAL, REASONS, EntryFilter, SuppressionList
 from edm.system.service import Actor
 
@@ -72,13 +70,7 @@ class ListQuery:
 
 
 def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, "token", request.client.host if request.client else None)
-
-
-def entry_view(entry: Suppression, now: dt.datetime) -> dict[str, Any]:
-    body = {name: getattr(entry, name) for name in EntryOut.model_fields if name != "expired"}
-    body["expired"] = entry.expires_at is not None and entry.expires_at <= now
-    return body
+    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -87,33 +79,32 @@ def entry_view(entry: Suppression, now: dt.datetime) -> dict[str, Any]:
 
 
 async def _list(
-    session: Session, lst: SuppressionList, page: Any, filters: EntryFilter, include_total: bool
-) -> dict[str, Any]:
+    session: Session, lst: SuppressionList, page: Page, filters: EntryFilter, include_total: bool
+) -> CountedPageOut[EntryOut]:
     now = utc_now()
     rows = await suppressions.list_entries(session, lst, page=page, filters=filters, now=now)
     result = page_of(rows, page)
-    result["items"] = [entry_view(e, now) for e in result["items"]]
-    if include_total:
-        result["total"] = await suppressions.count_entries(session, lst, filters=filters, now=now)
-    return result
+    total = await suppressions.count_entries(session, lst, filters=filters, now=now) if include_total else None
+    items = [EntryOut.of(e, now) for e in result["items"]]
+    return CountedPageOut[EntryOut](items=items, next_cursor=result["next_cursor"], total=total)
 
 
-async def _add(session: Session, lst: SuppressionList, body: EntryCreate, actor: Actor) -> dict[str, Any]:
+async def _add(session: Session, lst: SuppressionList, body: EntryCreate, actor: Actor) -> EntryOut:
     now = utc_now()
     entry = suppressions.new_entry(
         email=body.email, domain=body.domain, note=body.note, expires_at=body.expires_at, now=now
     )
-    return entry_view(await suppressions.add_entry(session, lst, entry, actor=actor, now=now), now)
+    return EntryOut.of(await suppressions.add_entry(session, lst, entry, actor=actor, now=now), now)
 
 
 async def _remove(
     session: Session, lst: SuppressionList, entry_id: int, reason: str | None, actor: Actor
-) -> dict[str, Any]:
+) -> RemovedOut:
     cleared = await suppressions.remove_entry(session, lst, entry_id, reason=reason, actor=actor)
-    return {"removed": 1, "contacts_cleared": cleared}
+    return RemovedOut(removed=1, contacts_cleared=cleared)
 
 
-async def _import(request: Request, session: Session, lst: SuppressionList, caller: Caller) -> dict[str, Any]:
+async def _import(request: Request, session: Session, lst: SuppressionList, caller: Caller) -> ImportReportOut:
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
     form, upload = await uploads.csv_form(request, _IMPORT_FIELDS, limit)
     try:
@@ -130,7 +121,7 @@ async def _import(request: Request, session: Session, lst: SuppressionList, call
         )
     finally:
         await form.close()
-    return report.to_dict()
+    return ImportReportOut.of(report)
 
 
 def _export(request: Request, lst: SuppressionList, filters: EntryFilter, bom: bool, name: str) -> StreamingResponse:
@@ -145,43 +136,12 @@ def _export(request: Request, lst: SuppressionList, filters: EntryFilter, bom: b
     )
 
 
-def _check_view(result: suppressions.CheckResult, *, full_global: bool) -> dict[str, Any]:
-    entries = []
-    for entry in result.entries:
-        shown = entry.scope == "user" or full_global
-        message = "blocked by your list" if entry.scope == "user" else "blocked by the global list"
-        item: dict[str, Any] = {"scope": entry.scope, "kind": entry.kind, "reason": entry.reason, "message": message}
-        if shown:
-            item.update(
-                id=entry.id,
-                value=entry.value,
-                note=entry.note,
-                expires_at=entry.expires_at,
-                created_at=entry.created_at,
-            )
-        entries.append(item)
-    contact = result.contact
-    flags = (
-        None
-        if contact is None
-        else {
-            "id": contact.id,
-            "status": contact.status,
-            "unsubscribed_at": contact.unsubscribed_at,
-            "hard_bounced_at": contact.hard_bounced_at,
-            "complained_at": contact.complained_at,
-            "blocking": result.contact_reasons,
-        }
-    )
-    return {"email": result.email, "blocked": result.blocked, "entries": entries, "contact": flags}
-
-
 # --------------------------------------------------------------------------------------------------------
 # A user's own list
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/suppressions", response_model=EntryPage)
+@router.get("/suppressions")
 async def list_own(
     session: Session,
     caller: CurrentCaller,
@@ -189,31 +149,31 @@ async def list_own(
     query: Annotated[ListQuery, Depends()],
     include_total: bool = False,
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CountedPageOut[EntryOut]:
     """The caller's list by id ascending (admins: another user's with `user_id`)."""
     lst = SuppressionList.of_user(caller.owner_filter(user_id))
     return await _list(session, lst, page, query.filters, include_total)
 
 
-@router.post("/suppressions", status_code=201, response_model=EntryOut)
-async def add_own(session: Session, caller: Writer, body: EntryCreate, request: Request) -> dict[str, Any]:
+@router.post("/suppressions", status_code=201)
+async def add_own(session: Session, caller: Writer, body: EntryCreate, request: Request) -> EntryOut:
     """Add an address or a domain (reason `manual`). 409 with `existing_id` when it is already listed; an
     expired entry of the same value is renewed instead."""
     return await _add(session, SuppressionList.of_user(caller.id), body, _actor(caller, request))
 
 
-@router.get("/suppressions/check", response_model=CheckOut)
+@router.get("/suppressions/check")
 async def check_own(
     session: Session,
     caller: CurrentCaller,
     email: Annotated[str, Query(min_length=1, max_length=320)],
     user_id: OwnerId = None,
-) -> dict[str, Any]:
+) -> CheckOut:
     """Is this address blocked for me, and by what: my entries and the global list's (address or domain, in
     force), plus my contact's flags that would also exclude it."""
     owner = caller.owner_filter(user_id)
     result = await suppressions.check(session, email, user_id=owner, now=utc_now())
-    return _check_view(result, full_global=caller.is_admin)
+    return CheckOut.of(result, full_global=caller.is_admin)
 
 
 @router.get(
@@ -233,21 +193,21 @@ async def export_own(
     return _export(request, lst, query.filters, bom, "suppressions.csv")
 
 
-@router.post("/suppressions/import", response_model=ImportReportOut, openapi_extra=_IMPORT_FORM)
-async def import_own(request: Request, session: Session, caller: Writer) -> dict[str, Any]:
+@router.post("/suppressions/import", openapi_extra=_IMPORT_FORM)
+async def import_own(request: Request, session: Session, caller: Writer) -> ImportReportOut:
     """Import a CSV (multipart `file`): good rows are added (reason `import`), bad rows reported by row."""
     return await _import(request, session, SuppressionList.of_user(caller.id), caller)
 
 
-@router.get("/suppressions/{entry_id}", response_model=EntryOut)
-async def get_own(session: Session, caller: CurrentCaller, entry_id: IdPath) -> dict[str, Any]:
-    return entry_view(await suppressions.get_entry(session, SuppressionList.of_user(caller.id), entry_id), utc_now())
+@router.get("/suppressions/{entry_id}")
+async def get_own(session: Session, caller: CurrentCaller, entry_id: IdPath) -> EntryOut:
+    return EntryOut.of(await suppressions.get_entry(session, SuppressionList.of_user(caller.id), entry_id), utc_now())
 
 
-@router.delete("/suppressions/{entry_id}", response_model=RemovedOut)
+@router.delete("/suppressions/{entry_id}")
 async def remove_own(
     session: Session, caller: Writer, entry_id: IdPath, request: Request, reason: RemovalReason = None
-) -> dict[str, Any]:
+) -> RemovedOut:
     """Remove an entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that flag
     on your contact with the address. Audited."""
     return await _remove(session, SuppressionList.of_user(caller.id), entry_id, reason, _actor(caller, request))
@@ -258,25 +218,25 @@ async def remove_own(
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.get("/admin/suppressions", response_model=EntryPage, tags=["admin"])
+@router.get("/admin/suppressions", tags=["admin"])
 async def list_global(
     session: Session, caller: Admin, page: Paging, query: Annotated[ListQuery, Depends()], include_total: bool = False
-) -> dict[str, Any]:
+) -> CountedPageOut[EntryOut]:
     return await _list(session, GLOBAL, page, query.filters, include_total)
 
 
-@router.post("/admin/suppressions", status_code=201, response_model=EntryOut, tags=["admin"])
-async def add_global(session: Session, caller: AdminWriter, body: EntryCreate, request: Request) -> dict[str, Any]:
+@router.post("/admin/suppressions", status_code=201, tags=["admin"])
+async def add_global(session: Session, caller: AdminWriter, body: EntryCreate, request: Request) -> EntryOut:
     """Add an address or a domain to the global list: no user's task reaches it. Audited."""
     return await _add(session, GLOBAL, body, _actor(caller, request))
 
 
-@router.get("/admin/suppressions/check", response_model=CheckOut, tags=["admin"])
+@router.get("/admin/suppressions/check", tags=["admin"])
 async def check_global(
     session: Session, caller: Admin, email: Annotated[str, Query(min_length=1, max_length=320)]
-) -> dict[str, Any]:
+) -> CheckOut:
     """The global list's entries that block this address (use `/suppressions/check?user_id=` for a user)."""
-    return _check_view(await suppressions.check(session, email, user_id=None, now=utc_now()), full_global=True)
+    return CheckOut.of(await suppressions.check(session, email, user_id=None, now=utc_now()), full_global=True)
 
 
 @router.get(
@@ -291,20 +251,20 @@ async def export_global(
     return _export(request, GLOBAL, query.filters, bom, "global-suppressions.csv")
 
 
-@router.post("/admin/suppressions/import", response_model=ImportReportOut, openapi_extra=_IMPORT_FORM, tags=["admin"])
-async def import_global(request: Request, session: Session, caller: AdminWriter) -> dict[str, Any]:
+@router.post("/admin/suppressions/import", openapi_extra=_IMPORT_FORM, tags=["admin"])
+async def import_global(request: Request, session: Session, caller: AdminWriter) -> ImportReportOut:
     return await _import(request, session, GLOBAL, caller)
 
 
-@router.get("/admin/suppressions/{entry_id}", response_model=EntryOut, tags=["admin"])
-async def get_global(session: Session, caller: Admin, entry_id: IdPath) -> dict[str, Any]:
-    return entry_view(await suppressions.get_entry(session, GLOBAL, entry_id), utc_now())
+@router.get("/admin/suppressions/{entry_id}", tags=["admin"])
+async def get_global(session: Session, caller: Admin, entry_id: IdPath) -> EntryOut:
+    return EntryOut.of(await suppressions.get_entry(session, GLOBAL, entry_id), utc_now())
 
 
-@router.delete("/admin/suppressions/{entry_id}", response_model=RemovedOut, tags=["admin"])
+@router.delete("/admin/suppressions/{entry_id}", tags=["admin"])
 async def remove_global(
     session: Session, caller: AdminWriter, entry_id: IdPath, request: Request, reason: RemovalReason = None
-) -> dict[str, Any]:
+) -> RemovedOut:
     """Remove a global entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that
     flag on every user's contact with the address. Audited."""
     return await _remove(session, GLOBAL, entry_id, reason, _actor(caller, request))

@@ -1,5 +1,5 @@
-"""Operations routes (SPEC §15.4, §19.2, §16.3): admin settings, the audit log, the queue view and the global
-pause (admins), and every user's own notifications.
+"""Operations routes (docs/admin.md, docs/operations.md#admin-settings): admin settings, the audit log, the queue view
+and the global pause (admins), and every user's own notifications.
 
 A settings change is validated as a whole (a bad key or value changes nothing and is named in the 422), stored,
 and audited with its old and new value. Workers pick changes up within 30 s without a restart.
@@ -7,18 +7,25 @@ and audited with its old and new value. Workers pick changes up within 30 s with
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime
 
 from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session
 from edm.clock import utc_now
 from edm.dashboards import dashboard, queue_view
+from edm.dashboards.schemas import AdminDashboardOut, DashboardOut, PauseOut, QueueOut
 from edm.errors import BadInput
-from edm.models.system import AuditLog, Notification
-from edm.paging import MAX_ID, page_of
+from edm.paging import MAX_ID, PageOut, page_of
+from edm.system.schemas import (
+    AuditEntryOut,
+    NotificationOut,
+    NotificationPageOut,
+    SettingOut,
+    SettingsChangedOut,
+    SettingsOut,
+)
 from edm.system.service import (
     Actor,
     AuditFilter,
@@ -32,62 +39,32 @@ from edm.system.service import (
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
-
-class SettingOut(BaseModel):
-    key: str
-    value: Any
-    default: Any
-    updated_by: int | None
-    updated_at: dt.datetime | None
-
-
-class SettingsOut(BaseModel):
-    items: list[SettingOut]
-
-
-class SettingsChanged(SettingsOut):
-    changed: list[str]
-
-
 _EXAMPLE = {"bounce.soft_limit": 2, "suppression.unsubscribe_scope": "global"}
 
 
-@router.get("/admin/settings", response_model=SettingsOut)
-async def get_settings(session: Session, caller: Admin) -> dict[str, Any]:
+def _actor(caller: Caller, request: Request) -> Actor:
+    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
+
+
+@router.get("/admin/settings")
+async def get_settings(session: Session, caller: Admin) -> SettingsOut:
     """Every setting: current value, default, and who changed it last (null while it has its default)."""
-    return {"items": await settings_view(session)}
+    return SettingsOut(items=[SettingOut.model_validate(s) for s in await settings_view(session)])
 
 
-@router.patch("/admin/settings", response_model=SettingsChanged)
+@router.patch("/admin/settings")
 async def patch_settings(
     session: Session, caller: AdminWriter, request: Request, body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])]
-) -> dict[str, Any]:
+) -> SettingsChangedOut:
     """Change settings: `{"key": value, ...}`. All or nothing; `changed` lists the keys whose value moved."""
     changed = await update_settings(session, body, actor=_actor(caller, request))
-    return {"items": await settings_view(session), "changed": changed}
-
-
-def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, "token", request.client.host if request.client else None)
+    items = [SettingOut.model_validate(s) for s in await settings_view(session)]
+    return SettingsChangedOut(items=items, changed=changed)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Audit log
 # --------------------------------------------------------------------------------------------------------
-
-
-def audit_view(row: AuditLog) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "at": row.at,
-        "actor_user_id": row.actor_user_id,
-        "actor_kind": row.actor_kind,
-        "action": row.action,
-        "target_type": row.target_type,
-        "target_id": row.target_id,
-        "details": row.details,
-        "ip": row.ip,
-    }
 
 
 @router.get("/admin/audit-log")
@@ -103,7 +80,7 @@ async def get_audit_log(
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: Annotated[AwareDatetime | None, Query()] = None,
-) -> dict[str, Any]:
+) -> PageOut[AuditEntryOut]:
     """Audit rows, newest first: who did what to which object, with details (never secrets)."""
     if from_ is not None and to is not None and to <= from_:
         raise BadInput.field("to", "must be after from")
@@ -114,7 +91,7 @@ async def get_audit_log(
         actor_user_id=actor_user_id, action=action, target_type=target_type, target_id=target_id, since=from_, until=to
     )
     rows = await list_audit(session, filters, limit=page.limit + 1, before_id=page.after_id)
-    return page_of([audit_view(r) for r in rows], page)
+    return PageOut[AuditEntryOut].model_validate(page_of(rows, page), from_attributes=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -123,22 +100,22 @@ async def get_audit_log(
 
 
 @router.get("/admin/queue")
-async def get_queue(session: Session, caller: Admin) -> dict[str, Any]:
+async def get_queue(session: Session, caller: Admin) -> QueueOut:
     """Pending SubTasks per user (not yet bound to a service), in-flight per service, the oldest pending age,
     workers with their last heartbeat, and whether sending is paused."""
-    return await queue_view.queue_view(session, now=utc_now())
+    return QueueOut.model_validate(await queue_view.queue_view(session, now=utc_now()))
 
 
 @router.post("/admin/queue/pause-all")
-async def pause_all(session: Session, caller: AdminWriter, request: Request) -> dict[str, Any]:
+async def pause_all(session: Session, caller: AdminWriter, request: Request) -> PauseOut:
     """Stop all sending: no claim binds a SubTask while paused (tasks show `global_pause`). Audited."""
-    return await queue_view.set_paused(session, True, actor=_actor(caller, request))
+    return PauseOut.model_validate(await queue_view.set_paused(session, True, actor=_actor(caller, request)))
 
 
 @router.post("/admin/queue/resume-all")
-async def resume_all(session: Session, caller: AdminWriter, request: Request) -> dict[str, Any]:
+async def resume_all(session: Session, caller: AdminWriter, request: Request) -> PauseOut:
     """Undo pause-all. Audited."""
-    return await queue_view.set_paused(session, False, actor=_actor(caller, request))
+    return PauseOut.model_validate(await queue_view.set_paused(session, False, actor=_actor(caller, request)))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -147,35 +124,23 @@ async def resume_all(session: Session, caller: AdminWriter, request: Request) ->
 
 
 @router.get("/dashboard", tags=["dashboard"])
-async def get_dashboard(session: Session, caller: CurrentCaller) -> dict[str, Any]:
-    """The caller's dashboard (SPEC §11.4): credit with the low-credit warning, campaigns by status, campaigns
-    paused or waiting with their reason, sends / opens / clicks / replies in the last 24 h, 7 and 30 days,
-    unread notifications and the latest imports."""
-    return await dashboard.user_dashboard(session, caller.user, now=utc_now())
+async def get_dashboard(session: Session, caller: CurrentCaller) -> DashboardOut:
+    """The caller's dashboard (docs/admin.md#dashboards-get-dashboard-get-admindashboard): credit with the low-credit
+    warning, campaigns by status, campaigns paused or waiting with their reason, sends / opens / clicks / replies in
+    the last 24 h, 7 and 30 days, unread notifications and the latest imports."""
+    return DashboardOut.model_validate(await dashboard.user_dashboard(session, caller.user, now=utc_now()))
 
 
 @router.get("/admin/dashboard", tags=["dashboard"])
-async def get_admin_dashboard(session: Session, caller: Admin) -> dict[str, Any]:
+async def get_admin_dashboard(session: Session, caller: Admin) -> AdminDashboardOut:
     """The admin's own dashboard plus every service's state and usage, the queue and workers, credit per day
     for 7 days, campaigns needing attention across users, and alerts."""
-    return await dashboard.admin_dashboard(session, caller.user, now=utc_now())
+    return AdminDashboardOut.model_validate(await dashboard.admin_dashboard(session, caller.user, now=utc_now()))
 
 
 # --------------------------------------------------------------------------------------------------------
 # Own notifications
 # --------------------------------------------------------------------------------------------------------
-
-
-def notification_view(row: Notification) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "kind": row.kind,
-        "title": row.title,
-        "body": row.body,
-        "link": row.link,
-        "read_at": row.read_at,
-        "created_at": row.created_at,
-    }
 
 
 @router.get("/me/notifications", tags=["notifications"])
@@ -184,15 +149,15 @@ async def my_notifications(
     caller: CurrentCaller,
     page: Paging,
     unread: Annotated[bool | None, Query(description="true: unread only; false: read only")] = None,
-) -> dict[str, Any]:
+) -> NotificationPageOut:
     """Own notifications, newest first, with the number still unread."""
     rows = await list_notifications(session, caller.id, unread=unread, limit=page.limit + 1, before_id=page.after_id)
-    result = page_of([notification_view(r) for r in rows], page)
-    result["unread"] = await unread_count(session, caller.id)
-    return result
+    return NotificationPageOut.model_validate(
+        {**page_of(rows, page), "unread": await unread_count(session, caller.id)}, from_attributes=True
+    )
 
 
 @router.post("/me/notifications/{notification_id}/read", tags=["notifications"])
-async def read_notification(notification_id: IdPath, session: Session, caller: CurrentCaller) -> dict[str, Any]:
+async def read_notification(notification_id: IdPath, session: Session, caller: CurrentCaller) -> NotificationOut:
     """Mark one of your notifications read (every role may: it changes only your own view)."""
-    return notification_view(await mark_read(session, caller.id, notification_id))
+    return NotificationOut.model_validate(await mark_read(session, caller.id, notification_id))

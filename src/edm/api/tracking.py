@@ -1,5 +1,5 @@
-"""EDM's public tracking endpoints (SPEC §10.3): the open pixel, the click redirect, and one-click unsubscribe
-(RFC 8058), the URL in every mail's `List-Unsubscribe` header.
+"""EDM's public tracking endpoints (docs/tracking.md#public-endpoints): the open pixel, the click redirect, and
+one-click unsubscribe (RFC 8058), the URL in every mail's `List-Unsubscribe` header.
 
 `GET /u/{token}` shows a page with the masked address and a button and never unsubscribes (link scanners
 prefetch GETs); `POST /u/{token}` — the mailbox provider's one-click request (`List-Unsubscribe=One-Click`,
@@ -8,8 +8,8 @@ applies it in the same transaction, so the next claim already skips the address.
 the signed token is the authority, and repeating the POST changes nothing.
 
 When the SubTask is gone because its task was deleted, the unsubscribe link falls back to the SubTask's
-tombstone (§5.2, `tracking.tombstones`) for 365 days: the page still shows the masked address and the POST
-still suppresses the address and marks the contact.
+tombstone (docs/tracking.md#after-a-task-is-deleted, `tracking.tombstones`) for 365 days: the page still shows
+the masked address and the POST still suppresses the address and marks the contact.
 
 Public and lean: plain HTML, no pydantic. Bad or unknown tokens get a neutral 404 page, never an error body
 that says why. The pixel and the click are plain Starlette routes whose database work goes through
@@ -28,28 +28,22 @@ import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, ParamSpec
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from edm import clock
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
-from edm.events import apply as event_apply
 from edm.events import ingest
-from edm.models.tasks import SubTask, Task
-from edm.models.tracking import UnsubscribeTombstone
+from edm.events.unsubscribe import unsubscribe
 from edm.observability import mask_email
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
-from edm.system import runtime_settings
-from edm.tracking import tombstones
 from edm.tracking.hits import tracking_store
+from edm.tracking.recipients import Recipient, recipient_of
 from edm.vocabulary.events import EventType, NormalizedEvent
-from edm.vocabulary.tasks import TaskKind
 
 log = logging.getLogger("edm.tracking")
 
@@ -58,8 +52,8 @@ router = APIRouter(include_in_schema=False)
 # A 1×1 transparent GIF (43 bytes), the answer to every pixel request, valid token or not.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
-TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (§8.2): a page, nothing recorded; template test
-# sends carry a real token, and the page sees from the SubTask's task that it was a test
+TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (docs/providers.md): a page, nothing recorded; template
+# test sends carry a real token, and the page sees from the SubTask's task that it was a test
 MAX_BODY = 64 * 1024
 
 P = ParamSpec("P")
@@ -90,9 +84,9 @@ def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Cal
 
 
 async def open_pixel(request: Request) -> Response:
-    """Always the GIF with `no-store` (§10.3), even for a bad token or a database hiccup; a valid token records
-    an `opened` hit (each hit its own event), classified human or machine when the `events` job applies it.
-    HEAD answers alike and records nothing."""
+    """Always the GIF with `no-store` (docs/tracking.md#public-endpoints), even for a bad token or a database hiccup;
+    a valid token records an `opened` hit (each hit its own event), classified human or machine when the `events` job
+    applies it. HEAD answers alike and records nothing."""
     data = _verified(request, request.path_params["token"], "open")
     if data is not None and request.method == "GET":
         now = clock.utc_now()
@@ -120,7 +114,8 @@ async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> Non
 
 
 def truncated_ip(address: str | None) -> str | None:
-    """IPv4 to its /24, IPv6 to its /48 (§10.4): enough to recognise a scanner's network, not a person."""
+    """IPv4 to its /24, IPv6 to its /48 (docs/tracking.md#people-and-machines): enough to recognise a scanner's network,
+    not a person."""
     if not address:
         return None
     try:
@@ -203,45 +198,10 @@ async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
         return _not_valid()
     if found.is_test:
         return _test_page()
-    if found.tombstone is not None:
-        await _unsubscribe_from_tombstone(request, found.tombstone)
-    else:
-        await _unsubscribe_subtask(request, found.public_id, found.email)
-    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these emails.")
-
-
-async def _unsubscribe_subtask(request: Request, public_id: str, recipient: str) -> None:
-    """Record the `unsubscribed` event and apply it in the same transaction (the next claim skips it)."""
     settings: Settings = request.app.state.settings
-    now = clock.utc_now()
-    event = NormalizedEvent(
-        event_type=EventType.UNSUBSCRIBED,
-        provider_event="one_click",
-        raw={"via": "u"},
-        occurred_at=now,
-        subtask_id=public_id,
-        recipient=recipient,
-        provider_event_id=f"unsubscribe:{public_id}",
-    )  # once per SubTask: idempotent
     async with request.app.state.sessionmaker() as session, session.begin():
-        inserted = await ingest.store_returning_ids(session, [ingest.event_row("tracking", None, event, now=now)])
-        if inserted:
-            await event_apply.apply_pending(
-                session,
-                now=now,
-                only_ids=inserted,
-                limit=len(inserted),
-                simulated_matches_any=settings.fake_provider_allowed,
-            )
-
-
-async def _unsubscribe_from_tombstone(request: Request, tombstone: UnsubscribeTombstone) -> None:
-    """The task was deleted: no SubTask to record an event on; the suppression policy and the contact flag
-    are applied directly (idempotent, like the event path)."""
-    now = clock.utc_now()
-    async with request.app.state.sessionmaker() as session, session.begin():
-        runtime = await runtime_settings.load(session)
-        await tombstones.unsubscribe(session, tombstone, now=now, scope=runtime.suppression_unsubscribe_scope)
+        await unsubscribe(session, found, now=clock.utc_now(), simulated_matches_any=settings.fake_provider_allowed)
+    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these emails.")
 
 
 def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
@@ -250,34 +210,13 @@ def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
     return verify_token(token, purpose, keys=keys) if len(token) <= 200 else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Recipient:
-    """Whom an unsubscribe token names: its SubTask, or the tombstone the SubTask left when its task was
-    deleted (§5.2)."""
-
-    public_id: str
-    email: str
-    tombstone: UnsubscribeTombstone | None = None
-    is_test: bool = False  # a SubTask of a template test send (§8.2): the page says so, nothing is recorded
-
-
-async def _recipient_of(request: Request, token: str) -> _Recipient | None:
+async def _recipient_of(request: Request, token: str) -> Recipient | None:
     """The token's SubTask, else its unexpired tombstone, else None (the neutral 404 page)."""
     data = _verified(request, token, "unsubscribe")
     if data is None:
         return None
     async with request.app.state.sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(SubTask.recipient_email, Task.kind)
-                .join(Task, Task.id == SubTask.task_id)
-                .where(SubTask.public_id == data.subtask_id)
-            )
-        ).first()
-        if row is not None:
-            return _Recipient(str(data.subtask_id), row.recipient_email, is_test=row.kind == TaskKind.TEST)
-        tombstone = await tombstones.find(session, data.subtask_id, now=clock.utc_now())
-    return None if tombstone is None else _Recipient(str(data.subtask_id), tombstone.recipient_email, tombstone)
+        return await recipient_of(session, data.subtask_id, now=clock.utc_now())
 
 
 async def _drain(request: Request) -> None:
@@ -289,7 +228,8 @@ async def _drain(request: Request) -> None:
 
 
 def _test_page() -> HTMLResponse:
-    """Admin service tests and template test sends (§8.2): a page, and nothing recorded."""
+    """Admin service tests and template test sends (docs/templates.md#what-differs-from-a-campaign-mail): a page, and
+    nothing recorded."""
     return _page("Test message", "This link came in a test message. Nothing was recorded.")
 
 

@@ -1,18 +1,19 @@
-"""Provider webhook endpoints (SPEC §9.1, §9.2, §9.5): verify → parse → store once → answer.
+"""Provider webhook endpoints (docs/events.md): verify → parse → store once → answer.
 
 An entry point: it owns its transactions. Applying the stored events to SubTasks is the `events` job's work
 (`edm.events.apply`), so a request costs one read of the candidate services (cached for a few seconds), the
 signature check, parsing and one INSERT — webhook batches are the highest-volume input EDM has.
 
-These routes are lean on purpose (PERFORMANCE.md lesson 9): raw bytes in, orjson out, no pydantic models.
+These routes are lean on purpose (PERFORMANCE.md lesson 9): raw bytes in, orjson out, no pydantic models on
+the request path. Their `response_model`s only describe the answers in the OpenAPI document: a route that
+returns a `Response` itself is never validated against it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,13 @@ import httpx
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
+from edm.email_services.webhook_secrets import webhook_targets
 from edm.events import bounce_reports as reports
 from edm.events import ingest
-from edm.models.email_services import EmailService
+from edm.events.schemas import WebhookControlOut, WebhookStoredOut
 from edm.providers import registry
 from edm.providers.webhook import (
     InvalidSignature,
@@ -68,22 +69,38 @@ class WebhookRefused(WebhookError):
 # --------------------------------------------------------------------------------------------------------
 
 
-@router.post("/webhooks/{provider}", summary="Provider events (the verifying secret identifies the service)")
+# What a request stored, or the answer to a control message (a subscription confirmation).
+ANSWER = WebhookStoredOut | WebhookControlOut
+
+
+@router.post(
+    "/webhooks/{provider}",
+    summary="Provider events (the verifying secret identifies the service)",
+    response_model=ANSWER,
+)
 async def provider_events(request: Request, provider: str) -> Response:
     return await receive(request, provider, None)
 
 
-@router.post("/webhooks/{provider}/{service_id}", summary="Provider events for one service")
+@router.post("/webhooks/{provider}/{service_id}", summary="Provider events for one service", response_model=ANSWER)
 async def service_events(request: Request, provider: str, service_id: str) -> Response:
     return await receive(request, provider, service_id)
 
 
-@router.post("/webhook/engagelab", summary="The original system's EngageLab path (same as /webhooks/engagelab)")
+@router.post(
+    "/webhook/engagelab",
+    summary="The original system's EngageLab path (same as /webhooks/engagelab)",
+    response_model=ANSWER,
+)
 async def legacy_engagelab(request: Request) -> Response:
     return await receive(request, "engagelab", None)
 
 
-@router.post("/webhooks/smtp/{service_id}/dsn", summary="A raw DSN/ARF report (message/rfc822) from a mail server")
+@router.post(
+    "/webhooks/smtp/{service_id}/dsn",
+    summary="A raw DSN/ARF report (message/rfc822) from a mail server",
+    response_model=WebhookStoredOut,
+)
 async def smtp_report(request: Request, service_id: str) -> Response:
     return await receive(request, "smtp", service_id)
 
@@ -92,7 +109,7 @@ async def smtp_report(request: Request, service_id: str) -> Response:
 @router.get("/webhooks/{provider}/{service_id}", include_in_schema=False)
 @router.get("/webhook/engagelab", include_in_schema=False)
 async def probe() -> Response:
-    """Providers probe the URL with a GET before (and while) using it (§9.1)."""
+    """Providers probe the URL with a GET before (and while) using it (docs/events.md#endpoints)."""
     return Response(status_code=200)
 
 
@@ -213,53 +230,8 @@ async def _load_targets(request: Request, provider: str) -> tuple[WebhookTarget,
     vault: Vault | None = getattr(request.app.state, "vault", None)
     if vault is None:
         vault = request.app.state.vault = Vault.from_settings(request.app.state.settings)
-    now = clock.utc_now()
     async with request.app.state.sessionmaker() as session:
-        services = (
-            await session.scalars(
-                select(EmailService)
-                .where(EmailService.provider == provider, EmailService.archived_at.is_(None))
-                .order_by(EmailService.id)
-            )
-        ).all()
-    targets = []
-    for service in services:
-        try:
-            credentials = vault.decrypt_json(service.credentials_encrypted)
-        except ValueError:
-            log.error("webhook.credentials_unreadable", extra={"service_id": service.id})
-            credentials = {}
-        targets.append(
-            WebhookTarget(
-                service_id=service.id,
-                provider=provider,
-                secrets=active_secrets(credentials, now),
-                options=dict(service.options or {}),
-            )
-        )
-    return tuple(targets)
-
-
-def active_secrets(credentials: Mapping[str, Any], now: dt.datetime) -> tuple[str, ...]:
-    """The webhook secrets not expired, in the configured order. Entries are strings or
-    {"value": ..., "expires_at": ISO time}; several at once during a rotation (§9.2)."""
-    entries: Sequence[Any] = credentials.get("webhook_secrets") or []
-    if isinstance(entries, str):
-        entries = [entries]
-    secrets = []
-    for entry in entries:
-        value, expires = (entry, None) if isinstance(entry, str) else (entry.get("value"), entry.get("expires_at"))
-        if not value:
-            continue
-        if expires:
-            try:
-                until = dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if (until if until.tzinfo else until.replace(tzinfo=dt.UTC)) <= now:
-                continue
-        secrets.append(str(value))
-    return tuple(secrets)
+        return await webhook_targets(session, vault, provider, now=clock.utc_now())
 
 
 # -- verification ----------------------------------------------------------------------------------------
@@ -329,8 +301,9 @@ def outbound_client(request: Request) -> httpx.AsyncClient:
 
 
 def _require_ids(parsed: ParsedPayload) -> None:
-    """A single-event payload must carry our id or a provider message id (§9.5): the original system's rule,
-    kept so a provider misconfiguration shows up at once. Inbound replies carry neither and pass."""
+    """A single-event payload must carry our id or a provider message id (docs/events.md#pipeline-and-responses):
+    the original system's rule, kept so a provider misconfiguration shows up at once. Inbound replies carry neither and
+    pass."""
     if parsed.batch:
         return
     for item in parsed.items:

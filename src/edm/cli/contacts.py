@@ -13,46 +13,22 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select
 
 from edm.cli.common import emit, run, session_scope, settings
 from edm.clock import utc_now
-from edm.contacts import imports
+from edm.contacts import imports, tags
 from edm.contacts import service as contacts
 from edm.contacts.export import export_csv
+from edm.contacts.fields import check_status
+from edm.contacts.filters import ContactFilter
 from edm.contacts.importer import ImportOptions
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.errors import BadInput
-from edm.models.contacts import Import, Tag
+from edm.models.contacts import Import
 from edm.users.service import find_user
 
 contact_app = typer.Typer(help="Contacts.", no_args_is_help=True)
-
-
-async def tag_ids_by_name(session: Any, user_id: int, names: list[str]) -> list[int]:
-    """Existing tags by name (or `Parent/Child`); unknown root names are created."""
-    ids = []
-    for name in names:
-        parent_name, _, child_name = name.rpartition("/")
-        parent_id = None
-        if parent_name:
-            parent_id = await session.scalar(
-                select(Tag.id).where(Tag.user_id == user_id, Tag.name == parent_name, Tag.parent_id.is_(None))
-            )
-            if parent_id is None:
-                parent_id = (await contacts.create_tag(session, user_id=user_id, name=parent_name)).id
-        found = await session.scalar(
-            select(Tag.id).where(
-                Tag.user_id == user_id,
-                Tag.name == child_name,
-                Tag.parent_id.is_(None) if parent_id is None else Tag.parent_id == parent_id,
-            )
-        )
-        if found is None:
-            found = (await contacts.create_tag(session, user_id=user_id, name=child_name, parent_id=parent_id)).id
-        ids.append(found)
-    return ids
 
 
 @contact_app.command("add")
@@ -65,11 +41,11 @@ async def contact_add(
 ) -> None:
     async with session_scope() as session:
         owner = await find_user(session, user)
-        tags = await tag_ids_by_name(session, owner.id, tag or [])
+        tag_ids = await tags.ensure_tags(session, user_id=owner.id, names=tag or [])
         created = [
             (
                 await contacts.create_contact(
-                    session, user_id=owner.id, values={"email": e, "source": "manual"}, tag_ids=tags
+                    session, user_id=owner.id, values={"email": e, "source": "manual"}, tag_ids=tag_ids
                 )
             ).id
             for e in emails
@@ -91,16 +67,16 @@ async def contact_export(
     source: Annotated[str | None, typer.Option(help="source, e.g. import")] = None,
     bom: Annotated[bool, typer.Option(help="start with a UTF-8 BOM (for spreadsheets)")] = False,
 ) -> None:
-    """Export contacts as CSV (SPEC §13.5), streamed in batches: memory stays flat for any size."""
+    """Export contacts as CSV, streamed in batches: memory stays flat for any size."""
     for value in status or []:
-        contacts.check_status(value)
+        check_status(value)
     engine = create_engine(settings())
     try:
         sessionmaker = make_sessionmaker(engine)
         async with sessionmaker() as session:
             owner = (await find_user(session, user)).id
             tag_ids = await _existing_tags(session, owner, tag or [])
-        filters = contacts.ContactFilter(
+        filters = ContactFilter(
             q=q, statuses=tuple(status or ()), tag_ids=tuple(tag_ids), untagged=untagged, source=source
         )
         stream = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
@@ -115,7 +91,7 @@ async def contact_export(
 
 
 async def _existing_tags(session: Any, user_id: int, names: list[str]) -> list[int]:
-    known = await contacts.tag_ids_by_name(session, user_id=user_id)
+    known = await tags.tag_ids_by_name(session, user_id=user_id)
     ids = []
     for name in names:
         parent, _, child = name.rpartition("/")
@@ -155,13 +131,13 @@ async def import_command(
             mapping=_mapping(mapping),
             ignore_unknown_columns=ignore_unknown_columns,
         )
-        import_id = await _queue(sessionmaker, file, user, tag or [], options, cfg.import_max_bytes)
+        owner_id, import_id = await _queue(sessionmaker, file, user, tag or [], options, cfg.import_max_bytes)
         with _progress_bar() as bar:
             if wait:
-                await _wait(sessionmaker, import_id, bar)
+                await _wait(sessionmaker, owner_id, import_id, bar)
             else:
                 await _run_here(sessionmaker, import_id, bar)
-        result, errors = await _result(sessionmaker, import_id)
+        result, errors = await _result(sessionmaker, owner_id, import_id)
     finally:
         await engine.dispose()
     emit({**result, "first_errors": errors}, as_json=as_json, text=_summary(result, errors))
@@ -184,11 +160,12 @@ def _mapping(value: str | None) -> dict[str, str | None]:
 
 
 async def _queue(
-    sessionmaker: Any, file: Path, user: str, tags: list[str], options: ImportOptions, max_bytes: int
-) -> int:
+    sessionmaker: Any, file: Path, user: str, tag_names: list[str], options: ImportOptions, max_bytes: int
+) -> tuple[int, int]:
+    """(the owner's id, the queued import's id)."""
     async with unit_of_work(sessionmaker) as session:
         owner = await find_user(session, user)
-        tag_ids = tuple(await tag_ids_by_name(session, owner.id, tags))
+        tag_ids = tuple(await tags.ensure_tags(session, user_id=owner.id, names=tag_names))
         with file.open("rb") as stream:
             row = await imports.create_import(
                 session,
@@ -198,7 +175,7 @@ async def _queue(
                 options=replace(options, tag_ids=tag_ids),
                 max_bytes=max_bytes,
             )
-        return row.id
+        return owner.id, row.id
 
 
 def _progress_bar() -> Progress:
@@ -234,21 +211,19 @@ async def _run_here(sessionmaker: Any, import_id: int, bar: Progress) -> None:
     await imports.run_import(sessionmaker, import_id, on_progress=progress)
 
 
-async def _wait(sessionmaker: Any, import_id: int, bar: Progress) -> None:
+async def _wait(sessionmaker: Any, owner_id: int, import_id: int, bar: Progress) -> None:
     while True:
         async with sessionmaker() as session:
-            row = await session.get(Import, import_id)
-            assert row is not None
+            row = await imports.get_import(session, user_id=owner_id, import_id=import_id)
             _show(bar, row)
             if row.status in imports.FINISHED:
                 return
         await asyncio.sleep(1.0)
 
 
-async def _result(sessionmaker: Any, import_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def _result(sessionmaker: Any, owner_id: int, import_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     async with sessionmaker() as session:
-        row = await session.get(Import, import_id)
-        assert row is not None
+        row = await imports.get_import(session, user_id=owner_id, import_id=import_id)
         result = {
             name: getattr(row, name)
             for name in (

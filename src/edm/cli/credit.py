@@ -1,4 +1,4 @@
-"""`edm credit`: admin credit operations and a user's ledger (SPEC §15.2).
+"""`edm credit`: admin credit operations and a user's ledger (docs/admin.md#credit).
 
 Same rules as the API: an amount ≥ 0 (> 0 for add and subtract) and a reason; subtracting more than the
 balance is refused (exit 2, nothing written). Each operation is one transaction with the user row locked,
@@ -7,16 +7,17 @@ one ledger entry, and a `credit.adjust` audit row (actor `cli`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from edm.cli.common import emit, run, session_scope
 from edm.errors import BadInput
-from edm.models.users import LedgerKind
+from edm.models.users import LedgerKind, QuotaLedgerEntry
 from edm.system.service import CLI
 from edm.users import credit
-from edm.users.credit import LedgerFilter, ledger_view
+from edm.users.credit import LedgerFilter
+from edm.users.schemas import LedgerEntryOut
 from edm.users.service import find_user
 
 credit_app = typer.Typer(help="Credit operations and ledgers (admin).", no_args_is_help=True)
@@ -25,6 +26,11 @@ UserArg = Annotated[str, typer.Argument(help="username, email or id")]
 AmountArg = Annotated[int, typer.Argument(help="credits (≥ 0; > 0 for add and subtract)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why (required; kept in the ledger and audit log)")]
 JsonOpt = Annotated[bool, typer.Option("--json")]
+
+
+def _entry(entry: QuotaLedgerEntry) -> dict[str, Any]:
+    """A ledger entry as the API shows it (`--json`)."""
+    return LedgerEntryOut.model_validate(entry).model_dump()
 
 
 async def _adjust(user: str, operation: str, amount: int, reason: str, as_json: bool) -> None:
@@ -37,7 +43,7 @@ async def _adjust(user: str, operation: str, amount: int, reason: str, as_json: 
             "user_id": row.id,
             "username": row.username,
             "balance": done.balance,
-            "entry": ledger_view(done.entry) if done.entry else None,
+            "entry": _entry(done.entry) if done.entry else None,
         }
     change = f"{done.entry.amount:+d}" if done.entry else "unchanged"
     emit(data, as_json=as_json, text=f"{row.username}: {change}, balance {done.balance}")
@@ -98,7 +104,7 @@ async def credit_ledger(
             "user_id": row.id,
             "username": row.username,
             "balance": row.credit_balance,
-            "ledger": [ledger_view(e) for e in entries],
+            "ledger": [_entry(e) for e in entries],
         }
     lines = [f"{row.username}: balance {row.credit_balance}"]
     lines += [

@@ -1,5 +1,5 @@
-"""`edm demo` (SPEC §19.7): a fresh SQLite database, a local SMTP sink, demo data, a scheduled task, then
-the web server and a worker in one process. Mail visibly flows into the demo mailbox. The demo leaves its
+"""`edm demo` (docs/operations.md#the-demo): a fresh SQLite database, a local SMTP sink, demo data, a scheduled task,
+then the web server and a worker in one process. Mail visibly flows into the demo mailbox. The demo leaves its
 settings in `var/edm-demo.env`, where the `edm` CLI run in the same directory finds them."""
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import insert
 
-from edm import clock
 from edm.cli.common import DEMO_ENV_FILE, DEPLOYMENT_VARIABLES, ENV_FILE_VARIABLE, run
 from edm.cli.tasks import status_line
+from edm.contacts import fields, tags, upsert
+from edm.content import service as content
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.email_services import service as services
 from edm.migrations.migrate import upgrade_async
-from edm.models.contacts import Contact, ContactTag, Tag
-from edm.models.content import Sender, Template
-from edm.models.email_services import EmailService
-from edm.models.tasks import SubTask
 from edm.models.users import Role
 from edm.observability import configure_logging
 from edm.security.crypto import Vault
 from edm.settings import Settings
+from edm.tasks import reports
 from edm.tasks import service as tasks
 from edm.users.service import create_token, create_user
 
@@ -152,31 +149,30 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
             credentials = {"webhook_secrets": [webhook_secret]} if spec["provider"] == "fake" else {}
             svc = await services.create_service(session, vault, values=spec, credentials=credentials, fake_allowed=True)
             await services.map_user(session, user_id=user.id, service_id=svc.id, actor_user_id=admin.id)
-        customers = Tag(user_id=user.id, name="customers")
-        session.add(customers)
-        await session.flush()
-        vip = Tag(user_id=user.id, name="vip", parent_id=customers.id)
-        session.add(vip)
-        await session.flush()
-        contact_ids = await _contacts(session, user.id, recipients)
-        await session.execute(
-            insert(ContactTag),
-            [
-                {"contact_id": cid, "tag_id": vip.id if i % 10 == 0 else customers.id, "created_at": clock.utc_now()}
-                for i, cid in enumerate(contact_ids)
-            ],
-        )
-        sender = Sender(user_id=user.id, local_part="news", local_part_lower="news", display_name="EDM Demo")
-        welcome = Template(
+        customers = await tags.create_tag(session, user_id=user.id, name="customers")
+        vip = await tags.create_tag(session, user_id=user.id, name="vip", parent_id=customers.id)
+        await upsert.bulk_insert_contacts(
+            session,
             user_id=user.id,
-            name="welcome",
-            subject="Welcome, {{ contact.first_name }}",
-            html=WELCOME_HTML,
-            preheader="A demo of EDM",
+            rows=[_contact(i) for i in range(recipients)],
+            row_tag_ids=[[vip.id if i % 10 == 0 else customers.id] for i in range(recipients)],
         )
-        news = Template(user_id=user.id, name="news", subject="EDM news", html=NEWS_HTML)
-        session.add_all([sender, welcome, news])
-        await session.flush()
+        sender = await content.create_sender(
+            session, user_id=user.id, values={"local_part": "news", "display_name": "EDM Demo"}
+        )
+        welcome = await content.create_template(
+            session,
+            user_id=user.id,
+            values={
+                "name": "welcome",
+                "subject": "Welcome, {{ contact.first_name }}",
+                "html": WELCOME_HTML,
+                "preheader": "A demo of EDM",
+            },
+        )
+        news = await content.create_template(
+            session, user_id=user.id, values={"name": "news", "subject": "EDM news", "html": NEWS_HTML}
+        )
         task = await tasks.create_task(
             session,
             user_id=user.id,
@@ -188,31 +184,26 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
                 "templates": [{"template_id": welcome.id, "weight": 3}, {"template_id": news.id, "weight": 1}],
             },
         )
-        await tasks.schedule(session, task, at=None, actor="demo")
+        plan = await tasks.plan_schedule(session, task, at=None)
+    await tasks.check_renders(plan.renders)  # as every entry point does: outside the transaction
+    async with unit_of_work(sessionmaker) as session:
+        task = await tasks.get_task(session, task.id, user_id=None)
+        await tasks.apply_schedule(session, task, plan=plan, actor="demo")
     return {"admin_password": admin_password, "admin_token": admin_token, "user_token": user_token, "task_id": task.id}
 
 
-async def _contacts(session: Any, user_id: int, count: int) -> list[int]:
-    now = clock.utc_now()
-    rows = [
+def _contact(i: int) -> dict[str, Any]:
+    first_name = FIRST_NAMES[i % len(FIRST_NAMES)]
+    return fields.clean_contact_values(
         {
-            "user_id": user_id,
             "email": f"person{i}@recipients.demo.example",
-            "email_normalized": f"person{i}@recipients.demo.example",
-            "email_domain": "recipients.demo.example",
-            "first_name": FIRST_NAMES[i % len(FIRST_NAMES)],
-            "name": f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {i}",
+            "first_name": first_name,
+            "name": f"{first_name} {i}",
             "status": "active",
             "custom_attributes": {"n": i},
-            "soft_bounce_streak": 0,
             "source": "demo",
-            "created_at": now,
-            "updated_at": now,
         }
-        for i in range(count)
-    ]
-    result = await session.execute(insert(Contact).returning(Contact.id), rows)
-    return list(result.scalars())
+    )
 
 
 async def demo_main(port: int, smtp_port: int, exit_when_done: bool, recipients: int) -> None:
@@ -263,22 +254,7 @@ EVENTS_GRACE_SECONDS = 20.0
 
 async def _awaiting_events(session: Any, task_id: int) -> int:
     """SubTasks sent through the simulated ESP whose delivery report has not been applied yet."""
-    from sqlalchemy import func, select
-
-    fake_ids = select(EmailService.id).where(EmailService.provider == "fake")
-    return int(
-        await session.scalar(
-            select(func.count())
-            .select_from(SubTask)
-            .where(
-                SubTask.task_id == task_id,
-                SubTask.send_state == "sent",
-                SubTask.delivery_state == "none",
-                SubTask.service_id.in_(fake_ids),
-            )
-        )
-        or 0
-    )
+    return await reports.awaiting_delivery_reports(session, task_id, provider="fake")
 
 
 def _banner(settings: Settings, info: dict[str, Any], smtp_port: int, chosen: dict[str, str]) -> None:

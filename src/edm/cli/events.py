@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
-from edm.api.events import event_view
 from edm.cli.common import emit, run, session_scope, settings
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.events import apply as event_apply
-from edm.models.events import Event, MatchStatus
+from edm.events.queries import EventFilter, newest_events
+from edm.events.schemas import EventOut
+from edm.models.events import MatchStatus
 
 events_app = typer.Typer(help="Provider events, bounce reports and their matching.", no_args_is_help=True)
 
@@ -25,13 +25,9 @@ async def events_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The newest events, with how each was matched."""
-    query = select(Event).order_by(Event.id.desc()).limit(limit)
-    if unmatched:
-        query = query.where(Event.match_status == MatchStatus.UNMATCHED)
-    if task is not None:
-        query = query.where(Event.task_id == task)
+    filters = EventFilter(match_status=MatchStatus.UNMATCHED if unmatched else None, task_id=task)
     async with session_scope() as session:
-        rows = [event_view(e) for e in await session.scalars(query)]
+        rows = [EventOut.model_validate(e).model_dump() for e in await newest_events(session, filters, limit=limit)]
     emit(
         rows,
         as_json=as_json,

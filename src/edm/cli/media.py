@@ -1,4 +1,4 @@
-"""Media library commands (SPEC §4.4, §14.6): upload an image for a user, list a user's images."""
+"""Media library commands (docs/media.md#cli): upload an image for a user, list a user's images."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ async def media_upload(
         created = await media_service.upload(session, user_id=owner.id, filename=file.name, data=data)
         view = media_service.view(created, cfg.effective_tracking_url)
     emit(
-        view, as_json=as_json, text=f"media {view['id']} ({view['content_type']}, {view['size']} bytes): {view['url']}"
+        view.model_dump(), as_json=as_json, text=f"media {view.id} ({view.content_type}, {view.size} bytes): {view.url}"
     )
 
 
@@ -53,10 +53,8 @@ async def media_list(
         rows = await media_service.list_media(session, user_id=owner.id, limit=limit, after_id=after)
         views = [media_service.view(m, cfg.effective_tracking_url) for m in rows[:limit]]
     emit(
-        views,
+        [v.model_dump() for v in views],
         as_json=as_json,
-        text="\n".join(
-            f"{v['id']:>6} {v['content_type']:<10} {v['size']:>8} {v['filename']}  {v['url']}" for v in views
-        )
+        text="\n".join(f"{v.id:>6} {v.content_type:<10} {v.size:>8} {v.filename}  {v.url}" for v in views)
         or "no media",
     )

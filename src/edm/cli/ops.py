@@ -14,12 +14,10 @@ from edm.dashboards import dashboard as boards
 from edm.dashboards.queue_view import queue_view, set_paused
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.migrations.migrate import current_revision, head_revision, schema_is_current, upgrade
-from edm.models.tasks import Task
-from edm.models.users import Role, User
 from edm.observability import configure_logging
 from edm.system.service import CLI
-from edm.tasks.stats import recount, task_stats
-from edm.users.service import find_user
+from edm.tasks.stats import verify as verify_stats
+from edm.users.service import find_user, first_admin
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 stats_app = typer.Typer(help="Statistics checks.", no_args_is_help=True)
@@ -89,14 +87,21 @@ def app_factory():  # type: ignore[no-untyped-def]
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-    # Templates render on worker threads (a preview may take up to its 2 s limit). A thread that only computes
-    # gives the GIL up every switch interval; at the default 5 ms, a request on the event loop that needs the
-    # GIL a dozen times waits 5 ms each time. 1 ms keeps the loop answering within a few ms meanwhile.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    share_the_gil()
     return app
 
 
 SWITCH_INTERVAL = 0.001  # seconds
+
+
+def share_the_gil() -> None:
+    """Templates render, and spreadsheets are parsed, on worker threads (a preview may take up to its 2 s limit,
+    a hostile workbook seconds). A thread that only computes gives the GIL up every switch interval; at the
+    default 5 ms, an event loop that needs the GIL a dozen times for a request or a heartbeat waits 5 ms each
+    time. 1 ms keeps the loop answering within a few ms meanwhile (the web app and the worker alike)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 GC_YOUNG_THRESHOLD = 20_000
 
 
@@ -106,6 +111,7 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops"
 
     cfg = settings()
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)
+    share_the_gil()
 
     async def main() -> None:
         await require_current_schema()
@@ -124,16 +130,9 @@ async def stats_verify(
     task_id: Annotated[int | None, typer.Argument(help="task id; all tasks when omitted")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recount SubTasks row by row and compare with the statistics (SPEC §11.1)."""
-    from sqlalchemy import select
-
+    """Recount SubTasks row by row and compare with the statistics."""
     async with session_scope() as session:
-        ids = [task_id] if task_id else list(await session.scalars(select(Task.id).order_by(Task.id)))
-        report = []
-        for tid in ids:
-            served, counted = await task_stats(session, tid), await recount(session, tid)
-            diffs = {k: (served[k], counted[k]) for k in served if served[k] != counted[k]}
-            report.append({"task_id": tid, "ok": not diffs, "differences": diffs})
+        report = await verify_stats(session, task_id)
     emit(
         report,
         as_json=as_json,
@@ -194,14 +193,12 @@ async def queue_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("
     """Pending per user, in flight per service, workers, and whether sending is paused."""
     if ctx.invoked_subcommand is not None:
         return
-
     async with session_scope() as session:
         view = await queue_view(session, now=utc_now())
     emit(view, as_json=as_json, text=queue_table(view))
 
 
 async def _pause(paused: bool) -> None:
-
     async with session_scope() as session:
         result = await set_paused(session, paused, actor=CLI)
     state = "paused" if paused else "running"
@@ -261,14 +258,8 @@ async def dashboard(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A user's dashboard (credit, campaigns, activity), or with --admin the operator's view on top of it."""
-    from sqlalchemy import select
-
     async with session_scope() as session:
-        who = (
-            await find_user(session, user)
-            if user is not None
-            else await session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1))
-        )
+        who = await find_user(session, user) if user is not None else await first_admin(session)
         if who is None:
             fail("no admin user exists: give --user", code=2)
             return

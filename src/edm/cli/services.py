@@ -1,4 +1,5 @@
-"""Sending-service commands (admin operations)."""
+"""Sending-service commands (admin operations). Every change is audited with actor `cli`, like the same
+change made through the API."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ from edm import clock
 from edm.cli.common import emit, run, session_scope, settings
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.dispatch import queue
-from edm.email_services import health
-from edm.email_services import probe as testing
+from edm.email_services import health, mappings, probe, webhook_secrets
 from edm.email_services import service as services
 from edm.errors import BadInput
 from edm.security.crypto import Vault
-from edm.system.service import CLI, audit
+from edm.system.service import CLI
 from edm.users.service import find_user
 
 service_app = typer.Typer(help="Sending services.", no_args_is_help=True)
@@ -95,10 +95,12 @@ async def service_create(
             values=values,
             credentials=credentials,
             fake_allowed=cfg.fake_provider_allowed,
+            actor=CLI,
             default_timezone=cfg.default_timezone,
         )
-        for user in map_user or []:
-            await services.map_user(session, user_id=(await find_user(session, user)).id, service_id=svc.id)
+        if map_user:
+            user_ids = [(await find_user(session, user)).id for user in map_user]
+            await mappings.assign(session, user_ids=user_ids, service_ids=[svc.id], is_active=True, actor=CLI)
         data = {"id": svc.id, "name": svc.name, "provider": svc.provider}
     emit(data, as_json=as_json, text=f"created service {data['name']} (id {data['id']})")
 
@@ -143,7 +145,7 @@ async def service_list(as_json: Annotated[bool, typer.Option("--json")] = False)
 async def service_unfreeze(service: Annotated[str, typer.Argument(help="name or id")]) -> None:
     async with session_scope() as session:
         svc = await services.find_service(session, service)
-        await services.unfreeze(session, svc.id, actor_user_id=None)
+        await services.unfreeze(session, svc.id, actor=CLI)
     typer.echo(f"{svc.name} unfrozen")
 
 
@@ -152,7 +154,7 @@ async def service_unfreeze(service: Annotated[str, typer.Argument(help="name or 
 async def service_freeze(service: Annotated[str, typer.Argument()], reason: Annotated[str, typer.Option()]) -> None:
     async with session_scope() as session:
         svc = await services.find_service(session, service)
-        await services.freeze(session, svc.id, reason=reason, actor_user_id=None)
+        await services.freeze(session, svc.id, reason=reason, actor=CLI)
     typer.echo(f"{svc.name} frozen")
 
 
@@ -163,7 +165,7 @@ async def service_map(service: Annotated[str, typer.Argument()], user: Annotated
     async with session_scope() as session:
         svc = await services.find_service(session, service)
         row = await find_user(session, user)
-        await services.map_user(session, user_id=row.id, service_id=svc.id)
+        await mappings.assign(session, user_ids=[row.id], service_ids=[svc.id], is_active=True, actor=CLI)
     typer.echo(f"{row.username} may send through {svc.name}")
 
 
@@ -187,6 +189,7 @@ async def service_credentials(service: Annotated[str, typer.Argument(help="name 
             values={},
             credentials=credentials,
             fake_allowed=cfg.fake_provider_allowed,
+            actor=CLI,
         )
     typer.echo(f"{svc.name}: credentials updated ({', '.join(sorted(credentials))})")
 
@@ -199,14 +202,14 @@ async def service_test_send(
     subject: Annotated[str | None, typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Send one [TEST] message through a service now and show how the provider answered (SPEC §8.4)."""
+    """Send one [TEST] message through a service now and show how the provider answered."""
 
     cfg = settings()
     async with session_scope(cfg) as session:
         service_id = (await services.find_service(session, service)).id
     engine = create_engine(cfg)
     try:
-        result = await testing.test_saved_service(
+        result = await probe.test_saved_service(
             make_sessionmaker(engine),
             Vault.from_settings(cfg),
             service_id,
@@ -214,7 +217,7 @@ async def service_test_send(
             subject=subject,
             fake_allowed=cfg.fake_provider_allowed,
             unsubscribe_base=cfg.effective_tracking_url,
-            actor_user_id=None,
+            actor=CLI,
         )
     finally:
         await engine.dispose()
@@ -244,9 +247,10 @@ async def service_health(
     services.validate_config({"timezone": zone}, fake_allowed=True)
     async with session_scope(cfg) as session:
         svc = await services.find_service(session, service)
-        data = await health.service_health(
+        report = await health.service_health(
             session, Vault.from_settings(cfg), svc.id, now=clock.utc_now(), admin_timezone=zone, base_url=cfg.public_url
         )
+    data = report.model_dump()
     emit(data, as_json=as_json, text=_health_text(data))
 
 
@@ -303,7 +307,7 @@ async def service_secrets(
     async with session_scope(cfg) as session:
         svc = await services.find_service(session, service)
         if action == "list":
-            rows = await services.list_webhook_secrets(session, vault, svc.id)
+            rows = [view.model_dump() for view in await webhook_secrets.list_webhook_secrets(session, vault, svc.id)]
             emit(
                 rows,
                 as_json=as_json,
@@ -317,29 +321,14 @@ async def service_secrets(
             )
             return
         if action == "add":
-            view, secret = await services.add_webhook_secret(session, vault, svc.id, value=value, actor_user_id=None)
-            await audit(
-                session,
-                CLI,
-                "service.webhook_secret_added",
-                target_type="email_service",
-                target_id=svc.id,
-                details={"secret_id": view["id"], "generated": value is None},
-            )
-            data: dict[str, Any] = {**view, "value": secret if value is None else None}
-            text = f"{svc.name}: webhook secret {view['id']} added ({view['hint']})"
+            view, secret = await webhook_secrets.add_webhook_secret(session, vault, svc.id, value=value, actor=CLI)
+            data: dict[str, Any] = {**view.model_dump(), "value": secret if value is None else None}
+            text = f"{svc.name}: webhook secret {view.id} added ({view.hint})"
             if value is None:
                 text += f"\nsecret (shown once, paste it into the provider): {secret}"
         else:
             assert secret_id is not None
-            data = await services.remove_webhook_secret(session, vault, svc.id, secret_id, actor_user_id=None)
-            await audit(
-                session,
-                CLI,
-                "service.webhook_secret_removed",
-                target_type="email_service",
-                target_id=svc.id,
-                details={"secret_id": secret_id},
-            )
-            text = f"{svc.name}: webhook secret {secret_id} removed, {data['remaining']} left"
+            removed = await webhook_secrets.remove_webhook_secret(session, vault, svc.id, secret_id, actor=CLI)
+            data = removed.model_dump()
+            text = f"{svc.name}: webhook secret {secret_id} removed, {removed.remaining} left"
     emit(data, as_json=as_json, text=text)

@@ -1,4 +1,5 @@
-"""`edm settings`: read and change the admin settings (SPEC §19.2). Changes are audited (actor `cli`)."""
+"""`edm settings`: read and change the admin settings (docs/operations.md#admin-settings). Changes are audited (actor
+`cli`)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import typer
 from edm.cli.common import emit, run, session_scope, settings
 from edm.clock import utc_now
 from edm.db.engine import create_engine, make_sessionmaker
+from edm.db.session import end_transaction
 from edm.errors import BadInput
 from edm.models.suppressions import Suppression
 from edm.paging import Page
@@ -183,7 +184,7 @@ async def suppression_import(
 
 async def _import(session: Any, file: Path, user: str | None, global_: bool, encoding: str | None) -> ImportReport:
     async def commit(_: ImportReport) -> None:
-        await session.commit()  # each batch is durable on its own
+        await end_transaction(session)  # each batch is durable on its own
 
     try:
         lst = await _which(session, user, global_)
@@ -191,7 +192,7 @@ async def _import(session: Any, file: Path, user: str | None, global_: bool, enc
             report = await csvio.import_csv(
                 session, lst, stream, encoding=encoding, actor=CLI, now=utc_now(), on_batch=commit
             )
-        await session.commit()
+        await end_transaction(session)
     except BaseException:
         await session.rollback()
         raise

@@ -15,23 +15,20 @@ from typing import IO, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
 
 from edm.addresses import normalize_email
 from edm.cli.common import emit, run, session_scope, settings
 from edm.content import service as content
 from edm.content.render import compile_template
 from edm.db.engine import create_engine, make_sessionmaker
-from edm.errors import BadInput, NotFound
-from edm.models.contacts import Contact, Tag
-from edm.models.content import Sender, Template
+from edm.errors import BadInput
 from edm.models.tasks import Task
-from edm.tasks import actions, reports
+from edm.tasks import actions, lookups, reports
 from edm.tasks import service as tasks
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.stats import task_stats
 from edm.users.service import find_user
-from edm.vocabulary.tasks import DeliveryState, SendState, TaskKind
+from edm.vocabulary.tasks import DeliveryState, SendState, TaskStatus
 
 task_app = typer.Typer(help="Tasks (bulk sends).", no_args_is_help=True)
 sender_app = typer.Typer(help="Senders (From identities).", no_args_is_help=True)
@@ -48,15 +45,6 @@ def parse_time(value: str) -> dt.datetime:
     return when
 
 
-async def _by_name(session: Any, model: Any, user_id: int, value: str, column: Any) -> int:
-    query = select(model.id).where(model.user_id == user_id)
-    query = query.where(model.id == int(value)) if value.isdigit() else query.where(column == value)
-    found = await session.scalar(query)
-    if found is None:
-        raise NotFound(f"{model.__tablename__[:-1]} {value!r} not found")
-    return int(found)
-
-
 async def _contacts_from_file(session: Any, user_id: int, path: Path) -> list[int]:
     if not path.exists():
         raise BadInput.field("contacts", f"file {path} not found")
@@ -65,14 +53,38 @@ async def _contacts_from_file(session: Any, user_id: int, path: Path) -> list[in
         for line in path.read_text().splitlines()
         if line.strip() and "@" in line
     ]
-    ids = list(
-        await session.scalars(
-            select(Contact.id).where(Contact.user_id == user_id, Contact.email_normalized.in_(emails))
-        )
-    )
+    ids = await lookups.contact_ids(session, user_id=user_id, emails=emails)
     if len(ids) != len(set(emails)):
         raise BadInput.field("contacts", f"{len(set(emails)) - len(ids)} addresses are not contacts of the user")
     return ids
+
+
+async def schedule_task(task_id: int, at: dt.datetime | None) -> Task:
+    """Schedule a draft (as the API does): the checks in one transaction, then `_render_and_apply`."""
+    async with session_scope() as session:
+        plan = await tasks.plan_schedule(session, await tasks.get_task(session, task_id, user_id=None), at=at)
+    return await _render_and_apply(task_id, plan)
+
+
+async def _render_and_apply(task_id: int, plan: tasks.SchedulePlan) -> Task:
+    """The templates' test render outside any transaction (it may take its whole time limit and must not hold
+    the database meanwhile), then the transition in a transaction of its own."""
+    await tasks.check_renders(plan.renders)
+    async with session_scope() as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        return await tasks.apply_schedule(session, task, plan=plan, actor="cli")
+
+
+async def _discard_draft(task_id: int) -> None:
+    """Delete the draft `task create` made but could not schedule: the command leaves nothing behind."""
+    async with session_scope() as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        if task.status == TaskStatus.DRAFT:
+            await tasks.delete_task(session, task)
+
+
+def _created(task: Task) -> dict[str, Any]:
+    return {"id": task.id, "status": task.status, "schedule_at": task.schedule_at, "estimate": task.schedule_estimate}
 
 
 @task_app.command("create")
@@ -95,19 +107,19 @@ async def task_create(
         raise BadInput.field("recipients", "give exactly one of --tag, --all or --contacts")
     async with session_scope() as session:
         owner = await find_user(session, user)
-        sender_id = await _by_name(session, Sender, owner.id, sender, Sender.local_part_lower)
+        sender_id = await lookups.sender_id(session, user_id=owner.id, ref=sender)
         chosen = []
         for entry in template:
             ref, _, weight = entry.partition(":")
             chosen.append(
                 {
-                    "template_id": await _by_name(session, Template, owner.id, ref, Template.name),
+                    "template_id": await lookups.template_id(session, user_id=owner.id, ref=ref),
                     "weight": int(weight) if weight.isdigit() else 1,
                 }
             )
-        excluded = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in exclude_tag or []]
+        excluded = [await lookups.tag_id(session, user_id=owner.id, ref=t) for t in exclude_tag or []]
         if tag:
-            included = [await _by_name(session, Tag, owner.id, t, Tag.name) for t in tag]
+            included = [await lookups.tag_id(session, user_id=owner.id, ref=t) for t in tag]
             rule: dict[str, Any] = {"type": "tag_based", "exclude_tag_ids": excluded, "include_tag_ids": included}
         elif all_contacts:
             rule = {"type": "all_contacts", "exclude_tag_ids": excluded}
@@ -119,14 +131,15 @@ async def task_create(
             actor="cli",
             values={"name": name, "sender_id": sender_id, "recipient_rule": rule, "templates": chosen},
         )
-        if at or now:
-            await tasks.schedule(session, task, at=parse_time(at) if at else None, actor="cli")
-        data: dict[str, Any] = {
-            "id": task.id,
-            "status": task.status,
-            "schedule_at": task.schedule_at,
-            "estimate": task.schedule_estimate,
-        }
+        # Checked with the task's creation, so a task that cannot be scheduled is never created.
+        plan = await tasks.plan_schedule(session, task, at=parse_time(at) if at else None) if at or now else None
+        data = _created(task)
+    if plan is not None:
+        try:
+            data = _created(await _render_and_apply(task.id, plan))
+        except BaseException:
+            await _discard_draft(task.id)
+            raise
     emit(
         data,
         as_json=as_json,
@@ -236,9 +249,7 @@ async def task_cancel_recipients(
 @run
 async def task_start(task_id: Annotated[int, typer.Argument()]) -> None:
     """Schedule a draft task now."""
-    async with session_scope() as session:
-        task = await tasks.get_task(session, task_id, user_id=None)
-        await tasks.schedule(session, task, at=None, actor="cli")
+    await schedule_task(task_id, at=None)
     typer.echo(f"task {task_id} scheduled")
 
 
@@ -255,7 +266,7 @@ async def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
                 "waiting_reason": t.waiting_reason,
                 "pause_reason": t.pause_reason,
             }
-            for t in await session.scalars(select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id))
+            for t in await tasks.list_tasks(session, user_id=None)
         ]
     emit(
         rows,
@@ -452,7 +463,7 @@ async def task_report(
     bucket: Annotated[str, typer.Option(help="timeline buckets: hour|day")] = "day",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Task reports (SPEC §11.3): services, templates, links, domains, timeline and the opens heat map."""
+    """Task reports: services, templates, links, domains, timeline and the opens heat map."""
     if section is not None and section not in REPORT_SECTIONS:
         raise BadInput.field("section", f"{section!r} is not one of {', '.join(REPORT_SECTIONS)}")
     sections = [section] if section else list(REPORT_SECTIONS)

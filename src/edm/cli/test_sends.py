@@ -1,4 +1,5 @@
-"""`edm template test-send`: queue a template test send (SPEC §14.5) and optionally wait for its outcome."""
+"""`edm template test-send`: queue a template test send (docs/templates.md#test-sends) and optionally wait for its
+outcome."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from edm.cli.common import emit, run, session_scope
-from edm.errors import NotFound
-from edm.models.content import Template
 from edm.tasks import proof_sends as test_sends
 from edm.users.service import find_user
 
@@ -21,16 +20,26 @@ async def _owner_of(session: Any, template_id: int, user: str | None) -> int:
     """The given user (who must own the template), else the template's owner."""
     if user is not None:
         return (await find_user(session, user)).id
-    template = await session.get(Template, template_id)
-    if template is None:
-        raise NotFound(f"template {template_id} not found")
-    return int(template.user_id)
+    return await test_sends.template_owner(session, template_id)
 
 
 async def _read(test_send_id: int, user_id: int) -> dict[str, Any]:
     async with session_scope() as session:
         task = await test_sends.get(session, user_id=user_id, test_send_id=test_send_id)
-        return test_sends.view(task, (await test_sends.recipients(session, [task.id]))[task.id])
+        return await test_sends.describe(session, task)
+
+
+async def _queue(template_id: int, request: test_sends.TestSendRequest, user: str | None) -> tuple[int, int]:
+    """Queue the test send as the API does: the checks in one transaction, the render outside any (it may
+    take its whole time limit and must not hold the database meanwhile), the writes in another.
+    Returns the owner's id and the test send's id."""
+    async with session_scope() as session:
+        user_id = await _owner_of(session, template_id, user)
+        plan = await test_sends.plan(session, user_id=user_id, request=request)
+    await test_sends.check_render(plan)
+    async with session_scope() as session:
+        task = await test_sends.queue(session, user_id=user_id, plan=plan, actor="cli")
+        return user_id, task.id
 
 
 def _outcome_line(r: dict[str, Any]) -> str:
@@ -60,11 +69,8 @@ async def test_send(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send a template to 1–5 addresses as a test: `[TEST] ` subject, no tracking, 1 credit per address."""
-    async with session_scope() as session:
-        user_id = await _owner_of(session, template_id, user)
-        request = test_sends.TestSendRequest(template_id=template_id, emails=to, contact_id=contact, sender_id=sender)
-        task = await test_sends.create(session, user_id=user_id, request=request, actor="cli")
-        test_send_id = task.id
+    request = test_sends.TestSendRequest(template_id=template_id, emails=to, contact_id=contact, sender_id=sender)
+    user_id, test_send_id = await _queue(template_id, request, user)
     if not wait:
         data = await _read(test_send_id, user_id)
         emit(data, as_json=as_json, text=f"test send {test_send_id} queued for {len(data['recipients'])} recipients")

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from edm.cli.common import emit, read_password, run, session_scope
 from edm.errors import BadInput
-from edm.models.users import Role, User
-from edm.system.service import CLI, audit
-from edm.users.service import create_token, create_user, delete_user, find_user, reset_password
-from edm.users.sessions import expiry_of, list_sessions, revoke_sessions
+from edm.models.users import Role
+from edm.system.service import CLI
+from edm.users.service import create_token, create_user, delete_user, find_user, list_users, reset_password
+from edm.users.sessions import end_sessions, expiry_of, list_sessions
 
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
@@ -59,7 +58,7 @@ async def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
                 "active": u.is_active,
                 "credit": u.credit_balance,
             }
-            for u in await session.scalars(select(User).order_by(User.id))
+            for u in await list_users(session)
         ]
     emit(
         users,
@@ -124,15 +123,7 @@ async def user_sessions(
     async with session_scope() as session:
         row = await find_user(session, user)
         if revoke_all:
-            revoked = await revoke_sessions(session, row.id)
-            await audit(
-                session,
-                CLI,
-                "user.sessions_revoked",
-                target_type="user",
-                target_id=row.id,
-                details={"sessions_revoked": revoked},
-            )
+            revoked = await end_sessions(session, row.id, actor=CLI)
         else:
             rows = await list_sessions(session, row.id, after_id=None, limit=1000)
             items: list[dict[str, Any]] = [

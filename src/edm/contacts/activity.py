@@ -1,7 +1,8 @@
-"""One contact's detail beyond its fields (SPEC §13.1): the suppression state with the blocking entries,
-the activity timeline (its SubTasks and their events, newest first) and resubscribe.
+"""One contact's detail beyond its fields (docs/contacts.md#one-contact): the suppression state with the blocking
+entries, the activity timeline (its SubTasks and their events, newest first) and resubscribe.
 
-Conversations (§12) have no tables yet; the timeline gains them when they exist.
+Conversations (planned, docs/overview.md#conversations-replies) have no tables yet; the timeline gains them when they
+exist.
 """
 
 from __future__ import annotations
@@ -15,27 +16,34 @@ from sqlalchemy import String, and_, delete, func, literal, or_, select, union_a
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.contacts.service import get_contact
+from edm.contacts.schemas import ActivityItemOut, ContactDetailOut, SuppressionEntryOut, SuppressionStateOut
+from edm.contacts.service import contact_views, get_contact
 from edm.db.types import UTCDateTime
 from edm.errors import BadInput, Conflict
 from edm.models.contacts import Contact
 from edm.models.events import Event
 from edm.models.suppressions import Suppression
 from edm.models.tasks import SubTask, Task
+from edm.paging import MAX_ID, PageOut
 from edm.suppressions.service import GLOBAL, SuppressionList, contact_reasons, in_force
 from edm.system.service import Actor, audit
 
-MAX_ID = 2**63 - 1
 KIND_RANK = {"event": 1, "send": 0}  # at equal times an event is newer than the send it belongs to
 EVENT_DETAIL_KEYS = ("bounce_class", "code", "reason", "url", "machine", "machine_reason", "diagnostic")
 
 
 # --------------------------------------------------------------------------------------------------------
-# Suppression state
+# Detail and suppression state
 # --------------------------------------------------------------------------------------------------------
 
 
-async def suppression_state(session: AsyncSession, contact: Contact) -> dict[str, Any]:
+async def contact_detail(session: AsyncSession, contact: Contact) -> ContactDetailOut:
+    """The contact with its explicit and implied tags and its suppression state (blocking entries first)."""
+    view = (await contact_views(session, [contact]))[0]
+    return ContactDetailOut(**dict(view), suppression=await suppression_state(session, contact))
+
+
+async def suppression_state(session: AsyncSession, contact: Contact) -> SuppressionStateOut:
     """Entries in force that block the address (own list first, then global) and the contact's own flags."""
     now = utc_now()
     lists = or_(and_(*GLOBAL.holds()), and_(*SuppressionList.of_user(contact.user_id).holds()))
@@ -54,22 +62,11 @@ async def suppression_state(session: AsyncSession, contact: Contact) -> dict[str
         )
     )
     reasons = contact_reasons(contact)
-    return {
-        "blocked": bool(entries or reasons),
-        "contact_reasons": reasons,
-        "entries": [
-            {
-                "id": e.id,
-                "scope": e.scope,
-                "kind": e.kind,
-                "value": e.value,
-                "reason": e.reason,
-                "created_at": e.created_at,
-                "expires_at": e.expires_at,
-            }
-            for e in entries
-        ],
-    }
+    return SuppressionStateOut(
+        blocked=bool(entries or reasons),
+        contact_reasons=reasons,
+        entries=[SuppressionEntryOut.model_validate(e) for e in entries],
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -118,6 +115,7 @@ async def resubscribe(session: AsyncSession, *, user_id: int, contact_id: int, r
             "unsubscribed_at": previous.isoformat() if previous else None,
         },
     )
+    await session.refresh(contact)  # updated_at as stored, loaded now rather than lazily on a later read
     return contact
 
 
@@ -128,7 +126,7 @@ async def resubscribe(session: AsyncSession, *, user_id: int, contact_id: int, r
 
 async def activity(
     session: AsyncSession, *, user_id: int, contact_id: int, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> PageOut[ActivityItemOut]:
     """One page of the contact's SubTasks and their events, newest first, and the next cursor."""
     contact = await get_contact(session, user_id=user_id, contact_id=contact_id)
     timeline = _timeline(contact).subquery()
@@ -149,7 +147,7 @@ async def activity(
     for item, row in zip(items, rows, strict=True):
         item["at"] = _aware(row.at)
     next_cursor = _encode(rows[-1]) if more and rows else None
-    return items, next_cursor
+    return PageOut[ActivityItemOut](items=[ActivityItemOut(**item) for item in items], next_cursor=next_cursor)
 
 
 def _timeline(contact: Contact) -> Any:

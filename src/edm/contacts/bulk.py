@@ -1,5 +1,5 @@
-"""Bulk actions on contacts (SPEC §13.1): tag, untag, set status or delete a selection of ids (≤ 10,000) or
-every contact matching a filter.
+"""Bulk actions on contacts (docs/contacts.md#bulk-actions): tag, untag, set status or delete a selection of ids
+(≤ 10,000) or every contact matching a filter.
 
 Each action is one set-based statement per tag (INSERT … SELECT, DELETE … WHERE contact_id IN (SELECT …),
 UPDATE … WHERE, DELETE … WHERE) over the same conditions the list uses, so a million contacts cost one
@@ -18,8 +18,10 @@ from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
+from edm.contacts.common import require_own
+from edm.contacts.fields import check_status
 from edm.contacts.filters import ContactFilter, contact_conditions
-from edm.contacts.service import check_status, require_own
+from edm.contacts.schemas import BulkOut
 from edm.db.base import BigId
 from edm.db.dialect import dialect_insert
 from edm.db.types import UTCDateTime
@@ -40,8 +42,8 @@ class BulkAction:
     expected_count: int | None = None
 
 
-async def run_bulk(session: AsyncSession, *, user_id: int, request: BulkAction) -> dict[str, Any]:
-    """Apply the action; returns {action, matched, changed}."""
+async def run_bulk(session: AsyncSession, *, user_id: int, request: BulkAction) -> BulkOut:
+    """Apply the action; returns how many contacts it matched and how many things it changed."""
     filters = await _selection(session, user_id=user_id, request=request)
     conditions = await contact_conditions(session, user_id=user_id, filters=filters)
     matched = int(await session.scalar(select(func.count()).select_from(Contact).where(*conditions)) or 0)
@@ -57,7 +59,7 @@ async def run_bulk(session: AsyncSession, *, user_id: int, request: BulkAction) 
         changed = await _set_status(session, conditions, check_status(request.status))
     else:
         changed = await _delete(session, conditions, matched=matched, request=request)
-    return {"action": request.action, "matched": matched, "changed": changed}
+    return BulkOut(action=request.action, matched=matched, changed=changed)
 
 
 async def _selection(session: AsyncSession, *, user_id: int, request: BulkAction) -> ContactFilter:

@@ -1,4 +1,4 @@
-"""CSV export of contacts (SPEC §13.5): the same filters as the list (or a selection of ids), streamed.
+"""CSV export of contacts (docs/contacts.md#export): the same filters as the list (or a selection of ids), streamed.
 
 Two passes over the selection: first the custom attribute keys (one `SELECT DISTINCT` over the JSON keys,
 so every row's `attr.<key>` columns are known before the header), then the rows in keyset batches of

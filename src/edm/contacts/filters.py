@@ -1,4 +1,5 @@
-"""Which contacts a list, a bulk action or an export means (SPEC §13.1), and the list's sort orders.
+"""Which contacts a list, a bulk action or an export means (docs/contacts.md#listing-and-searching), and the list's sort
+orders.
 
 One `ContactFilter` turns into SQL conditions on `contacts`; every consumer (list, count, bulk, export) uses
 the same conditions, so "all contacts matching this filter" is the same set everywhere. Sorts are keyset
@@ -33,15 +34,15 @@ SEARCH_FIELDS = ("name", "first_name", "last_name", "username", "phone", "compan
 SEPARATOR = "\x1f"  # between the searched fields: a search term never spans two of them
 SORTS = ("id", "created", "updated", "email", "name", "last_activity")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # custom attribute keys (§4.3)
+ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # custom attribute keys (docs/data-model.md#contacts-and-tags)
 
 
 @dataclass(frozen=True)
 class ContactFilter:
-    """List filters (§13.1). Tags are "any of"; a parent tag includes its children unless `explicit_only`;
-    `untagged` adds contacts with no tag at all (OR-ed with the tags when both are given). `attributes` are
-    equalities on custom attributes (the value compared as text: `true`, `4.5`, `Oslo`). `suppressed`: the
-    contact carries an unsubscribe/bounce/complaint flag or is on the user's or the global list."""
+    """List filters (docs/contacts.md#listing-and-searching). Tags are "any of"; a parent tag includes its children
+    unless `explicit_only`; `untagged` adds contacts with no tag at all (OR-ed with the tags when both are given).
+    `attributes` are equalities on custom attributes (the value compared as text: `true`, `4.5`, `Oslo`). `suppressed`:
+    the contact carries an unsubscribe/bounce/complaint flag or is on the user's or the global list."""
 
     q: str | None = None
     statuses: tuple[str, ...] = ()
@@ -122,7 +123,8 @@ def search_text() -> Any:
 
 
 def on_suppression_list(*, user_id: int, now: dt.datetime) -> Any:
-    """An entry in force on the user's or the global list names the address or its domain (as §6.2)."""
+    """An entry in force on the user's or the global list names the address or its domain (as in
+    docs/tasks.md#selection-and-the-estimate)."""
     return exists().where(
         or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
         or_(

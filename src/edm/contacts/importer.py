@@ -1,4 +1,4 @@
-"""Import of contacts from CSV or XLSX (SPEC §13.4): streamed, batched, and every rejected row accounted for.
+"""Import of contacts from CSV or XLSX (docs/import.md): streamed, batched, and every rejected row accounted for.
 
 The file is read from a binary stream one record at a time (`sheets.open_table`), so memory holds one batch
 plus a small digest per distinct address (for in-file duplicate detection), never the file.
@@ -23,18 +23,13 @@ from typing import Any, BinaryIO, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm import csvfmt
-from edm.contacts.service import (
-    ATTR_KEY,
-    IMPORT_MODES,
-    check_attributes,
-    check_tag_name,
-    clean_contact_values,
-    create_tag,
-    require_own,
-    tag_ids_by_name,
-)
-from edm.contacts.service import bulk_insert_contacts as write_rows
+from edm.contacts.common import require_own
+from edm.contacts.fields import check_attributes, clean_contact_values
+from edm.contacts.filters import ATTR_KEY
 from edm.contacts.sheets import RowProblem, Table, open_table
+from edm.contacts.tags import check_tag_name, create_tag, tag_ids_by_name
+from edm.contacts.upsert import IMPORT_MODES
+from edm.contacts.upsert import bulk_insert_contacts as write_rows
 from edm.errors import BadInput
 from edm.models.contacts import Tag
 

@@ -1,4 +1,4 @@
-"""Background contact imports (SPEC §13.4, §4.8): create, list, cancel, and the worker side (claim, run).
+"""Background contact imports (docs/import.md): create, list, cancel, and the worker side (claim, run).
 
 An import is created with its file stored in `import_chunks` (~1 MB each, streamed in), so any worker on any
 host can process it. The `imports` job fails imports whose heartbeat stopped, claims a queued one with a
@@ -25,20 +25,23 @@ from typing import IO, Any, BinaryIO
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from edm import csvfmt
 from edm.clock import utc_now
+from edm.contacts.common import require_own
 from edm.contacts.importer import ImportOptions, ImportReport, import_file, read_columns
-from edm.contacts.service import dialect_name, require_own
+from edm.contacts.schemas import ImportOut
 from edm.contacts.sheets import detect_format
-from edm.db.session import unit_of_work
+from edm.db.dialect import dialect_name
+from edm.db.session import end_transaction, unit_of_work
 from edm.errors import EdmError, InvalidTransition, NotFound
 from edm.models.contacts import Import, ImportChunk, ImportRowError, ImportStatus, Tag
 from edm.models.system import Notification
-from edm.paging import Page
+from edm.paging import Page, PageOut, page_of
 
 log = logging.getLogger("edm.imports")
 
 CHUNK_BYTES = 1024 * 1024
-BATCH_SIZE = 5000  # rows per transaction (§13.4: 1 000 – 10 000)
+BATCH_SIZE = 5000  # rows per transaction (docs/import.md#what-happens-in-the-background)
 # PostgreSQL: statistics of `contacts` are refreshed when an import has written this many rows, then 5× more
 # each time. Without it a fresh account's big import ran its per-batch "which of these exist" lookup with the
 # stats of an empty table: a generic plan scanning every row of the user with a 5,000-element un-hashed IN
@@ -125,6 +128,12 @@ async def list_imports(session: AsyncSession, *, user_id: int, page: Page) -> li
     return list(await session.scalars(query))
 
 
+async def import_page(session: AsyncSession, *, user_id: int, page: Page) -> PageOut[ImportOut]:
+    return PageOut[ImportOut].model_validate(
+        page_of(await list_imports(session, user_id=user_id, page=page), page), from_attributes=True
+    )
+
+
 async def cancel_import(session: AsyncSession, *, user_id: int, import_id: int) -> Import:
     """queued or running -> cancelled. Rows already committed stay; a running batch is rolled back by its
     worker, which sees the status change before it commits."""
@@ -169,6 +178,22 @@ async def error_rows(session: AsyncSession, *, import_id: int, batch: int = 1000
         if len(rows) < batch:
             return
         after = (rows[-1].row_number, rows[-1].id)
+
+
+async def errors_csv(session: AsyncSession, *, user_id: int, import_id: int) -> str:
+    """The import's rejected rows as CSV (row, column, value, message), every cell guarded against formulas."""
+    row = await get_import(session, user_id=user_id, import_id=import_id)
+    lines = [["row", "column", "value", "message"]]
+    async for error in error_rows(session, import_id=row.id):
+        lines.append(
+            [
+                str(error.row_number),
+                csvfmt.guard(error.column or ""),
+                csvfmt.guard(error.value or ""),
+                csvfmt.guard(error.message),
+            ]
+        )
+    return csvfmt.records(lines)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -278,13 +303,13 @@ class _Run:
     async def started(self, total: int | None) -> None:
         if not await self._save(total_rows=total):
             raise _Stopped
-        await self.session.commit()
+        await end_transaction(self.session)
 
     async def batch(self, report: ImportReport) -> None:
         self._add_errors(report)
         if not await self._save(**_counts(report)):
             raise _Stopped  # cancelled (or given up as stale): this batch is rolled back, earlier ones stay
-        await self.session.commit()
+        await end_transaction(self.session)
         await self._analyze(report.total)
         if self.on_progress is not None:
             await self.on_progress(self.row)
@@ -293,7 +318,7 @@ class _Run:
         if rows >= self.analyze_at and dialect_name(self.session) == "postgresql":
             self.analyze_at = rows * 5
             await self.session.execute(text("ANALYZE contacts"))
-            await self.session.commit()
+            await end_transaction(self.session)
 
     def _add_errors(self, report: ImportReport) -> None:
         new = report.errors[self.stored_errors :]
@@ -412,7 +437,7 @@ async def _spool(session: AsyncSession, import_id: int, spool: IO[bytes]) -> int
         spool.write(data)
         newlines += data.count(b"\n")
         last = data[-1:] or last
-    await session.commit()  # end the read transaction before the long run
+    await end_transaction(session)  # end the read transaction before the long run
     spool.seek(0)
     return max(0, newlines + (1 if last not in (b"\n", b"") else 0) - 1)
 
@@ -429,7 +454,7 @@ async def _complete(run: _Run, report: ImportReport) -> None:
     if not await run._save(**values):
         return
     await _finished(run.session, run.row)
-    await run.session.commit()
+    await end_transaction(run.session)
 
 
 async def _fail(session: AsyncSession, import_id: int, message: str) -> None:
@@ -444,7 +469,7 @@ async def _fail(session: AsyncSession, import_id: int, message: str) -> None:
         row = await session.get(Import, import_id, populate_existing=True)
         assert row is not None
         await _finished(session, row)
-    await session.commit()
+    await end_transaction(session)
 
 
 def _counts(report: ImportReport) -> dict[str, int]:
@@ -471,7 +496,7 @@ async def _set_status(
 
 
 async def _finished(session: AsyncSession, row: Import) -> None:
-    """A finished import drops its stored file (§19.6) and tells its owner."""
+    """A finished import drops its stored file (docs/operations.md#retention) and tells its owner."""
     await session.execute(delete(ImportChunk).where(ImportChunk.import_id == row.id))
     title = f"Import {row.status}: {row.filename}"[:200]
     body = (

@@ -1,4 +1,4 @@
-"""Request and response bodies of the contacts, tags, import and estimate routes (SPEC §13, §6.2).
+"""Request and response bodies of the contacts, tags and import routes.
 
 Request models reject unknown fields (422 naming the field). Limits repeat the service rules so the
 OpenAPI document shows them; the services check again for callers that are not HTTP (CLI, importer).
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edm.models.contacts import ContactStatus
+from edm.paging import MAX_ID
 
-MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
@@ -72,14 +72,16 @@ class ContactUpdate(ContactFields):
     status: ContactStatus | None = None
 
 
-class TagRef(BaseModel):
+class TagRefOut(BaseModel):
     id: int
     name: str
     parent_id: int | None
-    implied: bool  # true for a parent implied by a child membership (never stored)
+    implied: bool = Field(description="a parent implied by a child membership (never stored)")
 
 
 class ContactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     email: str
     email_normalized: str
@@ -108,13 +110,7 @@ class ContactOut(BaseModel):
     last_replied_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
-    tags: list[TagRef] = []
-
-
-class ContactPage(BaseModel):
-    items: list[ContactOut]
-    next_cursor: str | None
-    total: int | None = None
+    tags: list[TagRefOut] = Field(default=[], description="explicit tags, then the parents they imply")
 
 
 class TagIds(Body):
@@ -150,27 +146,21 @@ class TagOut(BaseModel):
     color: str
     parent_id: int | None
     is_split_group: bool
-    member_count: int  # explicit members
-    total_member_count: int  # for a root: distinct members of itself and its children
+    member_count: int = Field(description="explicit members")
+    total_member_count: int = Field(description="for a root: distinct members of itself and its children")
     created_at: dt.datetime
     updated_at: dt.datetime
 
 
-class TagNode(TagOut):
+class TagNodeOut(TagOut):
     children: list[TagOut] = []
-
-
-class TagPage(BaseModel):
-    items: list[TagOut]
-    next_cursor: str | None
-    total: int | None = None
 
 
 class ContactIds(Body):
     contact_ids: list[Id] = Field(min_length=1, max_length=10_000)
 
 
-class MembersChanged(BaseModel):
+class MembersChangedOut(BaseModel):
     added: int | None = None
     removed: int | None = None
 
@@ -178,6 +168,29 @@ class MembersChanged(BaseModel):
 # --------------------------------------------------------------------------------------------------------
 # Import
 # --------------------------------------------------------------------------------------------------------
+
+
+class ImportOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    status: str
+    kind: str
+    filename: str
+    format: str
+    size_bytes: int
+    options: dict[str, Any]
+    total_rows: int | None = Field(description="an estimate for CSV until the import completes")
+    processed: int
+    created: int
+    updated: int
+    skipped: int
+    errors: int
+    message: str | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -213,8 +226,8 @@ class BulkRequest(Body):
 
 class BulkOut(BaseModel):
     action: str
-    matched: int  # contacts the ids or the filter named
-    changed: int  # memberships added/removed, contacts updated or deleted
+    matched: int = Field(description="contacts the ids or the filter named")
+    changed: int = Field(description="memberships added or removed, contacts updated or deleted")
 
 
 class ResubscribeIn(Body):
@@ -222,6 +235,8 @@ class ResubscribeIn(Body):
 
 
 class SuppressionEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     scope: str
     kind: str
@@ -233,17 +248,19 @@ class SuppressionEntryOut(BaseModel):
 
 class SuppressionStateOut(BaseModel):
     blocked: bool
-    contact_reasons: list[str]  # contact_inactive, unsubscribed, hard_bounced, complained
-    entries: list[SuppressionEntryOut]  # list entries in force that block the address (own list first)
+    contact_reasons: list[str] = Field(description="contact_inactive, unsubscribed, hard_bounced, complained")
+    entries: list[SuppressionEntryOut] = Field(
+        description="list entries in force that block the address (own list first)"
+    )
 
 
 class ContactDetailOut(ContactOut):
     suppression: SuppressionStateOut
 
 
-class ActivityItem(BaseModel):
-    kind: str  # send | event
-    id: int  # the SubTask's or the event's id
+class ActivityItemOut(BaseModel):
+    kind: str = Field(description="send | event")
+    id: int = Field(description="the SubTask's or the event's id")
     at: dt.datetime
     task_id: int | None
     task_name: str | None
@@ -261,11 +278,6 @@ class ActivityItem(BaseModel):
     event_type: str | None = None
     source: str | None = None
     details: dict[str, Any] | None = None
-
-
-class ActivityPage(BaseModel):
-    items: list[ActivityItem]
-    next_cursor: str | None
 
 
 class TagMove(Body):

@@ -1,4 +1,4 @@
-"""Import files as a header plus numbered records, for CSV and XLSX alike (SPEC §13.4).
+"""Import files as a header plus numbered records, for CSV and XLSX alike (docs/import.md#files).
 
 CSV is read through an incremental decoder, one record at a time; XLSX by `contacts.xlsx`, a streaming
 reader that produces only the rows holding a value, with every cell turned into the text a person sees: an

@@ -1,4 +1,4 @@
-"""A/B split of a root tag into child groups (SPEC §13.3).
+"""A/B split of a root tag into child groups (docs/contacts.md#ab-split).
 
 Sizes: largest-remainder rounding of N × ratio (ties to the earlier group). Assignment: the source members
 sorted by contact id, shuffled by Fisher–Yates with `random.Random(seed)`, cut into consecutive runs of those
@@ -14,12 +14,13 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.contacts.service import check_tag_name, get_tag, link_tags, tasks_naming_tag
+from edm.contacts.memberships import link_tags
+from edm.contacts.schemas import SplitGroupOut, SplitOut
+from edm.contacts.tags import check_tag_name, get_tag, tasks_naming_tag
 from edm.errors import BadInput, Conflict, InUse
 from edm.models.contacts import ContactTag, Tag
 
@@ -93,7 +94,7 @@ def check_request(request: SplitRequest, tag_name: str) -> tuple[list[float], li
     return ratios, names, seed
 
 
-async def split_tag(session: AsyncSession, *, user_id: int, tag_id: int, request: SplitRequest) -> dict[str, Any]:
+async def split_tag(session: AsyncSession, *, user_id: int, tag_id: int, request: SplitRequest) -> SplitOut:
     """Split a root tag's members into new child groups; returns the seed and each group's id, name and size."""
     tag = await get_tag(session, user_id=user_id, tag_id=tag_id)
     if tag.parent_id is not None:
@@ -132,8 +133,8 @@ async def split_tag(session: AsyncSession, *, user_id: int, tag_id: int, request
         session.add(group)
         await session.flush()
         await link_tags(session, [(contact_id, group.id) for contact_id in chosen])
-        groups.append({"id": group.id, "name": name, "ratio": ratio, "size": len(chosen)})
-    return {"tag_id": tag.id, "seed": seed, "source_count": len(members), "groups": groups}
+        groups.append(SplitGroupOut(id=group.id, name=name, ratio=ratio, size=len(chosen)))
+    return SplitOut(tag_id=tag.id, seed=seed, source_count=len(members), groups=groups)
 
 
 async def _dissolve(session: AsyncSession, *, user_id: int, groups: list[Tag]) -> set[int]:

@@ -1,4 +1,4 @@
-"""The media library (SPEC §4.4, §14.6): JPEG, PNG and GIF images a user uploads and references by URL.
+"""The media library (docs/media.md): JPEG, PNG and GIF images a user uploads and references by URL.
 
 The type is decided by the file's first bytes (magic numbers), never by its name or the declared type; the
 bytes are stored as uploaded (no conversion) in the database, so every API process can serve them. Public
@@ -15,18 +15,19 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from edm.content.schemas import MediaOut
 from edm.db.owned import get_own
 from edm.errors import BadInput
 from edm.models.content import Media
+from edm.paging import Page, PageOut, page_of
 
-MAX_BYTES = 5 * 1024 * 1024  # SPEC §4.4
+MAX_BYTES = 5 * 1024 * 1024  # docs/media.md#limits-and-rules
 MAX_FILENAME = 255
 # Magic numbers → content type. GIF has two versions; PNG's signature is the full 8 bytes.
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -76,17 +77,17 @@ def public_url(base_url: str, media: Media | MediaHead) -> str:
     return f"{base_url.rstrip('/')}/media/{media.public_id}/{quote(media.filename, safe='')}"
 
 
-def view(media: Media, base_url: str) -> dict[str, Any]:
-    """What the API returns: never the bytes."""
-    return {
-        "id": media.id,
-        "filename": media.filename,
-        "content_type": media.content_type,
-        "size": media.size,
-        "sha256": media.sha256,
-        "url": public_url(base_url, media),
-        "created_at": media.created_at,
-    }
+def view(media: Media, base_url: str) -> MediaOut:
+    """What the API and the CLI show of an image: never the bytes."""
+    return MediaOut(
+        id=media.id,
+        filename=media.filename,
+        content_type=media.content_type,
+        size=media.size,
+        sha256=media.sha256,
+        url=public_url(base_url, media),
+        created_at=media.created_at,
+    )
 
 
 async def upload(session: AsyncSession, *, user_id: int, filename: str | None, data: bytes) -> Media:
@@ -121,6 +122,11 @@ async def list_media(session: AsyncSession, *, user_id: int, limit: int, after_i
     if after_id is not None:
         query = query.where(Media.id > after_id)
     return list(await session.scalars(query))
+
+
+async def media_page(session: AsyncSession, *, user_id: int, page: Page, base_url: str) -> PageOut[MediaOut]:
+    rows = await list_media(session, user_id=user_id, limit=page.limit, after_id=page.after_id)
+    return PageOut[MediaOut](**page_of([view(m, base_url) for m in rows], page))
 
 
 async def get_media(session: AsyncSession, *, user_id: int, media_id: int) -> Media:

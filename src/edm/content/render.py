@@ -1,11 +1,12 @@
-"""The one rendering function set (SPEC §14), shared by preview, test send and real send. Pure: no I/O.
+"""The one rendering function set (docs/templates.md), shared by preview, test send and real send. Pure: no I/O.
 
-Pipeline of `CompiledTemplate.render` (§14.3):
+Pipeline of `CompiledTemplate.render` (docs/templates.md#the-pipeline):
 
     render subject, preheader, HTML, text  ->  insert the preheader as hidden text at the top of the body
-    ->  append the compliance footer when the template does not use `unsubscribe_url` (§10.6)
+    ->  append the compliance footer when the template does not use `unsubscribe_url`
+        (docs/tracking.md#compliance-content)
     ->  inline CSS when the template asks (`<style>` rules become `style` attributes; @media rules stay)
-    ->  `postprocess` hook: link rewriting (§10.1); the caller adds the open pixel
+    ->  `postprocess` hook: link rewriting (docs/tracking.md#rewriting); the caller adds the open pixel
     ->  text part: the template's text, or else `html_to_text(final html)`
 
 Limits: every part renders in the guarded environment of `edm.content.sandbox`, which bounds the time
@@ -46,8 +47,8 @@ from edm.content import sandbox
 from edm.content.sandbox import LimitExceeded, Sandbox
 from edm.errors import TemplateSyntaxError
 
-MAX_OUTPUT_BYTES = 2 * 1024 * 1024  # per rendered part (§14.1)
-RENDER_TIME_LIMIT = 2.0  # seconds for one whole render() call (§14.1)
+MAX_OUTPUT_BYTES = 2 * 1024 * 1024  # per rendered part (docs/templates.md#limits)
+RENDER_TIME_LIMIT = 2.0  # seconds for one whole render() call (docs/templates.md#limits)
 # The probe renders of a compilation (see _derive_text) only decide an optimisation: they get less time.
 PROBE_TIME_LIMIT = 0.25
 # Renders running at once in one process. Rendering holds the GIL, so more threads would not render
@@ -55,7 +56,7 @@ PROBE_TIME_LIMIT = 0.25
 RENDER_THREADS = 2
 
 # Called as postprocess(part, value) with part "html" or "text"; returns the new value. The seam for
-# link rewriting and the open pixel (§10.1), which belong to the tracking module.
+# link rewriting and the open pixel (docs/tracking.md#rewriting), which belong to the tracking module.
 Postprocess = Callable[[str, str], str]
 
 CONTACT_FIELDS: tuple[str, ...] = (
@@ -63,8 +64,8 @@ CONTACT_FIELDS: tuple[str, ...] = (
     "tiktok_unique_id", "instagram_id", "youtube_id", "source", "status", "created_at",
 )  # fmt: skip
 
-# The data of preview and test sends without a chosen contact (§14.4, §14.5): one definition, so a test send
-# without a contact shows exactly what the preview showed.
+# The data of preview and test sends without a chosen contact (docs/templates.md#preview, docs/templates.md#test-sends):
+# one definition, so a test send without a contact shows exactly what the preview showed.
 SAMPLE_CONTACT: dict[str, Any] = {
     "email": "jane.doe@example.com", "name": "Jane Doe", "first_name": "Jane", "last_name": "Doe",
     "username": "janedoe", "phone": "+1 555 0100", "company": "Example Inc.", "position": "Marketing lead",
@@ -228,7 +229,7 @@ class CompiledTemplate:
         postprocess: Postprocess | None = None,
         footer_html: str = "",
     ) -> RenderedContent:
-        """Run the §14.3 pipeline for one recipient. Raises RenderError.
+        """Run the pipeline of docs/templates.md#the-pipeline for one recipient. Raises RenderError.
 
         `footer_html` is the deployment's own compliance footer (setting `compliance.footer_html`), used
         instead of the built-in one when set."""
@@ -428,7 +429,7 @@ def build_context(
     now: dt.datetime,
     view_in_browser_url: str | None = None,
 ) -> dict[str, Any]:
-    """The §14.2 variables. `now` must already be in the task's time zone.
+    """The variables of docs/templates.md#variables. `now` must already be in the task's time zone.
 
     Only the documented contact fields are exposed, so internal columns never leak into a mail.
     """
@@ -483,7 +484,8 @@ _STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
 
 def inline_styles(html: str) -> str:
     """`<style>` rules become `style` attributes; @media and other at-rules stay in a `<style>` element,
-    where clients that understand them apply them (§14.3). HTML without a `<style>` element is unchanged."""
+    where clients that understand them apply them (docs/templates.md#the-pipeline). HTML without a `<style>` element is
+    unchanged."""
     if not _STYLE_TAG.search(html):
         return html
     try:
@@ -497,7 +499,8 @@ POSTAL_PLACEHOLDER = "{{ postal_address }}"
 
 
 def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address: str, custom_html: str = "") -> str:
-    """Add the visible unsubscribe link and postal address (§10.6) before </body>, or at the end.
+    """Add the visible unsubscribe link and postal address (docs/tracking.md#compliance-content) before </body>, or at
+    the end.
 
     `custom_html` (the `compliance.footer_html` setting) replaces the built-in footer; its
     `{{ unsubscribe_url }}` and `{{ postal_address }}` placeholders are filled in (escaped)."""
@@ -509,7 +512,7 @@ def append_compliance_footer(html: str, *, unsubscribe_url: str, postal_address:
         return _before_body_close(html, footer)
     lines = []
     if unsubscribe_url:
-        # data-edm-notrack: our own unsubscribe link is never wrapped by click tracking (§10.1).
+        # data-edm-notrack: our own unsubscribe link is never wrapped by click tracking (docs/tracking.md#rewriting).
         lines.append(f'<a href="{escape(unsubscribe_url)}" data-edm-notrack>Unsubscribe</a>')
     if postal_address.strip():
         lines.append("<br>".join(escape(line.strip()) for line in postal_address.strip().splitlines()))
@@ -687,7 +690,7 @@ class _TextWriter(HTMLParser):
 
 
 def html_to_text(html: str) -> str:
-    """Convert rendered HTML into the text part: a real conversion, not a tag strip (§14.3)."""
+    """Convert rendered HTML into the text part: a real conversion, not a tag strip (docs/templates.md#the-pipeline)."""
     writer = _TextWriter()
     writer.feed(html)
     writer.close()

@@ -1,4 +1,4 @@
-"""Request and response bodies of the template, preview, variable and sender routes (SPEC §4.4, §14).
+"""Request and response bodies of the template, preview, variable, sender and media routes.
 
 Request models reject unknown fields (422 naming the field). Template sources are limited in the service
 by bytes (2 MB html, 1 MB text); here only by characters, which is never stricter.
@@ -11,7 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edm.contacts.schemas import MAX_ID, NoNul, Str200
+from edm.contacts.schemas import NoNul, Str200
+from edm.paging import MAX_ID
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name200 = Annotated[str, Field(min_length=1, max_length=200), NoNul]
@@ -55,7 +56,7 @@ class TemplateUpdate(Body):
     inline_css: bool | None = None
 
 
-class TemplateSummary(BaseModel):
+class TemplateSummaryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -68,15 +69,9 @@ class TemplateSummary(BaseModel):
     updated_at: dt.datetime
 
 
-class TemplateOut(TemplateSummary):
+class TemplateOut(TemplateSummaryOut):
     html: str
     text: str | None
-
-
-class TemplatePage(BaseModel):
-    items: list[TemplateSummary]
-    next_cursor: str | None
-    total: int | None = None
 
 
 class DuplicateRequest(Body):
@@ -159,7 +154,18 @@ class SenderOut(BaseModel):
     updated_at: dt.datetime
 
 
-class SenderPage(BaseModel):
-    items: list[SenderOut]
-    next_cursor: str | None
-    total: int | None = None
+# --------------------------------------------------------------------------------------------------------
+# Media
+# --------------------------------------------------------------------------------------------------------
+
+
+class MediaOut(BaseModel):
+    """An image of the media library, as the API shows it: never its bytes."""
+
+    id: int
+    filename: str
+    content_type: str = Field(description="image/jpeg, image/png or image/gif: decided by the file's content")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="hex digest of the bytes (also the public URL's ETag)")
+    url: str = Field(description="the public URL to use in templates")
+    created_at: dt.datetime

@@ -1,4 +1,4 @@
-"""Templates, preview, the variable catalogue and senders (SPEC §4.4, §14). Services flush, never commit.
+"""Templates, preview, the variable catalogue and senders (docs/templates.md). Services flush, never commit.
 
 Templates are compiled on every save, so a syntax error is a 422 with its line at save time and never a
 surprise at send time. Preview runs the same `CompiledTemplate.render` the workers run. Compiling and
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.contacts.service import MAX_ID, check_text, contact_tags, saved
+from edm.contacts.common import assign, saved
+from edm.contacts.fields import check_text
+from edm.contacts.memberships import contact_tags
 from edm.content.render import (
     CONTACT_FIELDS,
     SAMPLE_CONTACT,
@@ -34,6 +36,15 @@ from edm.content.render import (
     off_loop,
     time_limit,
 )
+from edm.content.schemas import (
+    AttributeOut,
+    FilterOut,
+    PreviewOut,
+    SenderOut,
+    TemplateSummaryOut,
+    VariableOut,
+    VariablesOut,
+)
 from edm.db.dialect import dialect_name, escape_like
 from edm.db.owned import get_own
 from edm.errors import BadInput, Conflict, InUse
@@ -41,7 +52,7 @@ from edm.models.contacts import Contact
 from edm.models.content import Sender, Template
 from edm.models.email_services import EmailService, UserServiceMapping
 from edm.models.tasks import Task, TaskTemplate
-from edm.paging import Page
+from edm.paging import MAX_ID, CountedPageOut, Page, page_of
 from edm.system import runtime_settings
 from edm.vocabulary.tasks import TaskStatus
 
@@ -55,6 +66,40 @@ LOCAL_PART = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PREVIEW_UNSUBSCRIBE_URL = "https://unsubscribe.invalid/preview"
 MAX_ATTRIBUTE_KEYS = 1000
 
+OwnedRow = TypeVar("OwnedRow", Template, Sender)
+RowOut = TypeVar("RowOut", TemplateSummaryOut, SenderOut)
+
+
+# --------------------------------------------------------------------------------------------------------
+# What templates and senders share: a page of a user's rows by id, and the row reloaded after a write
+# --------------------------------------------------------------------------------------------------------
+
+
+async def _owned_page(
+    session: AsyncSession,
+    model: type[OwnedRow],
+    conditions: list[Any],
+    *,
+    page: Page,
+    out: type[RowOut],
+    include_total: bool,
+) -> CountedPageOut[RowOut]:
+    """One page by id of the rows matching `conditions` (which name the owner), and their count when asked."""
+    after = model.id > min(page.after_id or 0, MAX_ID)
+    query = select(model).where(*conditions, after).order_by(model.id).limit(page.limit + 1)
+    result = page_of(list(await session.scalars(query)), page)
+    total = None
+    if include_total:
+        total = int(await session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
+    items = [out.model_validate(row) for row in result["items"]]
+    return CountedPageOut(items=items, next_cursor=result["next_cursor"], total=total)
+
+
+async def _reloaded(session: AsyncSession, row: OwnedRow) -> OwnedRow:
+    """The row after a write, with the values the database set loaded now rather than lazily on a later read."""
+    await session.refresh(row)
+    return row
+
 
 # --------------------------------------------------------------------------------------------------------
 # Templates
@@ -67,7 +112,8 @@ def _check_size(field: str, value: str | None, limit: int) -> None:
 
 
 def clean_template_values(values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
-    """Validate the §4.4 limits of the given fields (all required ones unless `partial`)."""
+    """Validate the given fields against docs/templates.md#templates-and-senders (all required ones unless
+    `partial`)."""
     unknown = sorted(set(values) - TEMPLATE_FIELDS)
     if unknown:
         raise BadInput.field(unknown[0], "unknown field")
@@ -129,7 +175,7 @@ async def create_template(session: AsyncSession, *, user_id: int, values: Mappin
     template = Template(user_id=user_id, inline_css=data.pop("inline_css", True), **data)
     if not await saved(session, lambda: session.add(template)):
         raise _name_taken()
-    return template
+    return await _reloaded(session, template)
 
 
 async def update_template(
@@ -141,14 +187,9 @@ async def update_template(
     await off_loop(compile_values, merged)
     if "name" in data and data["name"] != template.name:
         await _refuse_template_name(session, user_id=user_id, name=data["name"])
-    if not await saved(session, lambda: _assign(template, data)):
+    if not await saved(session, lambda: assign(template, data)):
         raise _name_taken()
-    return template
-
-
-def _assign(obj: Any, data: Mapping[str, Any]) -> None:
-    for key, value in data.items():
-        setattr(obj, key, value)
+    return await _reloaded(session, template)
 
 
 def _name_taken(existing_id: int | None = None) -> Conflict:
@@ -212,15 +253,14 @@ async def delete_template(session: AsyncSession, *, user_id: int, template_id: i
     await session.execute(delete(Template).where(Template.id == template.id, Template.user_id == user_id))
 
 
-async def list_templates(session: AsyncSession, *, user_id: int, page: Page, q: str | None = None) -> list[Template]:
-    """One page by id (limit + 1 rows, for page_of); `q` is a case-insensitive substring of the name."""
-    query = select(Template).where(*_template_conditions(user_id, q), Template.id > min(page.after_id or 0, MAX_ID))
-    return list(await session.scalars(query.order_by(Template.id).limit(page.limit + 1)))
-
-
-async def count_templates(session: AsyncSession, *, user_id: int, q: str | None = None) -> int:
-    query = select(func.count()).select_from(Template).where(*_template_conditions(user_id, q))
-    return int(await session.scalar(query) or 0)
+async def template_page(
+    session: AsyncSession, *, user_id: int, page: Page, q: str | None = None, include_total: bool = False
+) -> CountedPageOut[TemplateSummaryOut]:
+    """Templates by id, without their sources; `q` is a case-insensitive substring of the name."""
+    conditions = _template_conditions(user_id, q)
+    return await _owned_page(
+        session, Template, conditions, page=page, out=TemplateSummaryOut, include_total=include_total
+    )
 
 
 def _template_conditions(user_id: int, q: str | None) -> list[Any]:
@@ -288,14 +328,14 @@ FILTERS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-async def template_variables(session: AsyncSession, *, user_id: int) -> dict[str, Any]:
-    """The §14.2 catalogue plus the custom attribute keys present in the user's contacts."""
+async def template_variables(session: AsyncSession, *, user_id: int) -> VariablesOut:
+    """The catalogue of docs/templates.md#variables plus the custom attribute keys present in the user's contacts."""
     keys = await attribute_keys(session, user_id=user_id)
-    return {
-        "variables": [{"name": n, "description": d} for n, d in VARIABLES],
-        "custom_attributes": [{"name": f"contact.attributes.{k}", "key": k} for k in keys],
-        "filters": [{"name": n, "example": e, "description": d} for n, e, d in FILTERS],
-    }
+    return VariablesOut(
+        variables=[VariableOut(name=n, description=d) for n, d in VARIABLES],
+        custom_attributes=[AttributeOut(name=f"contact.attributes.{k}", key=k) for k in keys],
+        filters=[FilterOut(name=n, example=e, description=d) for n, e, d in FILTERS],
+    )
 
 
 def used_variables(*sources: str | None) -> list[str]:
@@ -365,7 +405,7 @@ async def preview(
     contact_id: int | None = None,
     sender_id: int | None = None,
     unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
-) -> dict[str, Any]:
+) -> PreviewOut:
     """Render unsaved or saved content for one of the user's contacts, or sample data.
 
     An entry point that can end its transaction before rendering should call `prepare_preview`, end it,
@@ -435,24 +475,24 @@ async def prepare_preview(
     )
 
 
-async def render_preview(job: PreviewJob) -> dict[str, Any]:
+async def render_preview(job: PreviewJob) -> PreviewOut:
     """Compile and render on a render thread (see `off_loop`); a template that does not render is a 422."""
     rendered = await off_loop(_render_preview, job.values, job.inline_css, job.context, job.footer_html)
     content = rendered.content
     unknown = unknown_variables(rendered.paths, set(job.attribute_names))
     warnings = _warnings(rendered.compiled, job.values, unknown, job.postal_address)
     warnings += empty_variable_warnings(rendered.paths, job.context, sample=job.sample_data, unknown=unknown)
-    return {
-        "subject": content.subject,
-        "preheader": content.preheader,
-        "html": content.html,
-        "text": content.text,
-        "links": _links(content.html),
-        "variables": rendered.paths,
-        "unknown_variables": unknown,
-        "sample_data": job.sample_data,
-        "warnings": warnings,
-    }
+    return PreviewOut(
+        subject=content.subject,
+        preheader=content.preheader,
+        html=content.html,
+        text=content.text,
+        links=_links(content.html),
+        variables=rendered.paths,
+        unknown_variables=unknown,
+        sample_data=job.sample_data,
+        warnings=warnings,
+    )
 
 
 @dataclass(frozen=True)
@@ -535,7 +575,7 @@ async def _preview_contact(session: AsyncSession, *, user_id: int, contact_id: i
         raise BadInput.field("contact_id", f"not found: {contact_id}")
     data = {f: getattr(contact, f) for f in CONTACT_FIELDS}
     data["attributes"] = dict(contact.custom_attributes or {})
-    data["tags"] = [t["name"] for t in (await contact_tags(session, [contact.id])).get(contact.id, [])]
+    data["tags"] = [t.name for t in (await contact_tags(session, [contact.id])).get(contact.id, [])]
     return data
 
 
@@ -593,7 +633,7 @@ def _warnings(compiled: CompiledTemplate, values: Mapping[str, Any], unknown: li
 
 
 def check_local_part(value: Any) -> str:
-    """1–64 of [A-Za-z0-9._-], no leading, trailing or double dot (§4.4)."""
+    """1–64 of [A-Za-z0-9._-], no leading, trailing or double dot (docs/templates.md#templates-and-senders)."""
     local = check_text("local_part", value, 64, required=True)
     assert local is not None
     if not LOCAL_PART.fullmatch(local) or local.startswith(".") or local.endswith(".") or ".." in local:
@@ -628,15 +668,15 @@ async def create_sender(session: AsyncSession, *, user_id: int, values: Mapping[
     data = clean_sender_values(values)
     existing = await session.scalar(select(Sender).where(Sender.local_part_lower == data["local_part_lower"]))
     if existing is not None and existing.user_id == user_id and existing.archived_at is not None:
-        _assign(existing, {"display_name": None, "reply_to": None, **data, "archived_at": None})
+        assign(existing, {"display_name": None, "reply_to": None, **data, "archived_at": None})
         await session.flush()
-        return existing
+        return await _reloaded(session, existing)
     if existing is not None:
         raise _local_part_taken()
     sender = Sender(user_id=user_id, **data)
     if not await saved(session, lambda: session.add(sender)):
         raise _local_part_taken()
-    return sender
+    return await _reloaded(session, sender)
 
 
 def _local_part_taken() -> Conflict:
@@ -658,9 +698,9 @@ async def update_sender(session: AsyncSession, *, user_id: int, sender_id: int, 
         )
         if taken is not None:
             raise _local_part_taken()
-    if not await saved(session, lambda: _assign(sender, data)):
+    if not await saved(session, lambda: assign(sender, data)):
         raise _local_part_taken()
-    return sender
+    return await _reloaded(session, sender)
 
 
 async def delete_sender(session: AsyncSession, *, user_id: int, sender_id: int) -> None:
@@ -691,19 +731,12 @@ async def _refuse_if_used(session: AsyncSession, sender: Sender, message: str) -
         )
 
 
-async def list_senders(
-    session: AsyncSession, *, user_id: int, page: Page, include_archived: bool = False
-) -> list[Sender]:
-    """One page by id (limit + 1 rows, for page_of). Archived senders only when asked."""
-    query = select(Sender).where(
-        *_sender_conditions(user_id, include_archived), Sender.id > min(page.after_id or 0, MAX_ID)
-    )
-    return list(await session.scalars(query.order_by(Sender.id).limit(page.limit + 1)))
-
-
-async def count_senders(session: AsyncSession, *, user_id: int, include_archived: bool = False) -> int:
-    query = select(func.count()).select_from(Sender).where(*_sender_conditions(user_id, include_archived))
-    return int(await session.scalar(query) or 0)
+async def sender_page(
+    session: AsyncSession, *, user_id: int, page: Page, include_archived: bool = False, include_total: bool = False
+) -> CountedPageOut[SenderOut]:
+    """Senders by id; archived ones only when asked."""
+    conditions = _sender_conditions(user_id, include_archived)
+    return await _owned_page(session, Sender, conditions, page=page, out=SenderOut, include_total=include_total)
 
 
 def _sender_conditions(user_id: int, include_archived: bool) -> list[Any]:

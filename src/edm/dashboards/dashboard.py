@@ -1,4 +1,5 @@
-"""Dashboards (SPEC §11.4): what a user sees first, and what an admin sees on top of it.
+"""Dashboards (docs/admin.md#dashboards-get-dashboard-get-admindashboard): what a user sees first, and what an admin
+sees on top of it.
 
 User: credit (with the low-credit warning), campaigns by status, the campaigns that need attention (paused, or
 waiting for capacity, each with its reason), sends and people who opened or clicked in the last 24 hours, 7 and

@@ -1,4 +1,4 @@
-"""The admin queue view and the global pause (SPEC §15.4).
+"""The admin queue view and the global pause (docs/admin.md).
 
 The view reads without locks: pending SubTasks per user (rows not yet bound to a service, grouped by the
 task's owner), in-flight (allocated) SubTasks per service, the oldest pending age, the workers with their

@@ -1,5 +1,5 @@
-"""The one "object of this user, or 404" lookup every user-facing read starts from (SPEC §3.1: another
-user's object answers 404, so existence is not leaked)."""
+"""The one "object of this user, or 404" lookup every user-facing read starts from
+(docs/overview.md#roles-and-permissions: another user's object answers 404, so existence is not leaked)."""
 
 from __future__ import annotations
 

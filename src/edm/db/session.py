@@ -1,4 +1,14 @@
-"""Units of work: the only place that commits. Entry points open one; services only flush."""
+"""Units of work: the one place that commits.
+
+An entry point owns each transaction: an HTTP request (the `Session` dependency is a unit of work), a CLI
+command, one step of the worker (a claim, an outcome batch, one job run or one batch of a long job). It
+opens a `unit_of_work`, calls services with the session, and the block commits when it ends normally or
+rolls back on any exception. Services take a session and may flush; they never commit or roll back.
+
+`end_transaction` is for an entry point that must not hold its transaction open across what comes next (a
+network call, a long render, a 401 that must keep the login attempt it records) or that streams a long job
+through one session batch by batch. See "Transactions: who commits" in docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -18,3 +28,13 @@ async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncI
         except BaseException:
             await session.rollback()
             raise
+
+
+async def end_transaction(session: AsyncSession) -> None:
+    """Commit what the unit of work did so far and end its transaction. The session begins a new one at its
+    next statement, which the unit of work commits (or rolls back) at its end as usual.
+
+    Only entry points call it, never services: before a network call or a long render (no transaction, and
+    on SQLite no write lock, is held across it), to keep a record that the error answer after it must not
+    roll back, and at each batch boundary of a long job that streams through one session."""
+    await session.commit()

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-# JSONB on PostgreSQL (SPEC §4.1), plain JSON text elsewhere.
+# JSONB on PostgreSQL (docs/data-model.md#conventions), plain JSON text elsewhere.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 

@@ -1,4 +1,4 @@
-"""Which service takes work next, and how a claim shares its size among users and tasks (§7.3, §7.5). Pure."""
+"""Which service takes work next, and how a claim shares its size among users and tasks (docs/sending.md). Pure."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class ServiceView:
     """What the chooser needs to know about one service right now."""
 
     service_id: int
-    eligible: bool  # could claim now (§5.8)
+    eligible: bool  # could claim now (docs/states.md#service-states)
     slot_waiting: bool  # usable and healthy, only waiting for its next rate slot or a free concurrency slot
     backup_only: bool
     priority: int
@@ -86,7 +86,7 @@ class CandidateTask:
     priority: int
     schedule_at: dt.datetime | None
     last_claimed_at: dt.datetime | None
-    is_test: bool = False  # a template test send: claimed before bulk work (§7.2)
+    is_test: bool = False  # a template test send: claimed before bulk work (docs/sending.md#the-claim)
 
 
 def plan_claim(

@@ -1,4 +1,5 @@
-"""Service availability now (SPEC §5.8) and how outcomes move a service's runtime state (§7.7). Pure."""
+"""Service availability now (docs/states.md#service-states) and how outcomes move a service's runtime state
+(docs/sending.md#failures-and-failover). Pure."""
 
 from __future__ import annotations
 

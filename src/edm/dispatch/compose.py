@@ -1,8 +1,8 @@
 """From a claim to ready-to-send messages: load what rendering needs in one short read, then render with
-the task's frozen template snapshot and the contact's current data (SPEC §8.1, §14).
+the task's frozen template snapshot and the contact's current data (docs/sending.md#the-message, docs/templates.md).
 
 Caches: compiled snapshots forever (immutable after generation), tasks, senders and service configs for
-at most 30 s (SPEC §7.1 allows configuration caches of that age).
+at most 30 s (as docs/sending.md#principles allows).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from edm.tracking.links import LinkRewriter
 from edm.vocabulary.tasks import TaskKind
 
 CONFIG_TTL = 30.0
-TEST_SUBJECT_PREFIX = "[TEST] "  # SPEC §8.2
+TEST_SUBJECT_PREFIX = "[TEST] "  # docs/templates.md#what-differs-from-a-campaign-mail
 CONTACT_FIELDS = (
     "email",
     "name",
@@ -90,7 +90,8 @@ class TaskInfo:
     reply_to: str | None
     track_opens: bool = False
     track_clicks: bool = False
-    # A template test send (§8.2): `[TEST] ` subject, no tracking, data from `data_contact_id` or sample data.
+    # A template test send (docs/templates.md#what-differs-from-a-campaign-mail): `[TEST] ` subject, no tracking, data
+    # from `data_contact_id` or sample data.
     is_test: bool = False
     data_contact_id: int | None = None
 
@@ -361,7 +362,7 @@ async def _contacts(session: AsyncSession, ids: list[int]) -> dict[int, dict[str
 
 
 async def _tag_names(session: AsyncSession, contact_ids: list[int]) -> dict[int, list[str]]:
-    """Explicit tags plus their implied parents (SPEC §14.2)."""
+    """Explicit tags plus their implied parents (docs/templates.md#variables)."""
     parent = Tag.__table__.alias("parent")
     rows = await session.execute(
         select(ContactTag.contact_id, Tag.name, parent.c.name)
@@ -382,7 +383,7 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
 def with_open_pixel(html: str, url: str) -> str:
-    """The open pixel (§10.1): a 1×1 image before `</body>`, or at the end when there is none."""
+    """The open pixel (docs/tracking.md#rewriting): a 1×1 image before `</body>`, or at the end when there is none."""
     pixel = f'<img src="{url}" width="1" height="1" alt="" style="display:block;border:0;width:1px;height:1px">'
     matches = list(_BODY_END.finditer(html))
     if not matches:

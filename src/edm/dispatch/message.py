@@ -1,4 +1,4 @@
-"""Rendered content + identity -> `OutboundMessage` (SPEC §8.1), with MIME bytes written by hand.
+"""Rendered content + identity -> `OutboundMessage` (docs/sending.md#the-message), with MIME bytes written by hand.
 
 Why by hand: building a message with `email.message.EmailMessage` costs ~0.8 ms (PERFORMANCE.md lesson 2),
 more than sending it. Everything here is string/bytes assembly plus C-level encoders (`binascii.b2a_qp`,
@@ -222,8 +222,9 @@ def build_message(
 ) -> OutboundMessage:
     """One recipient's message. `unsubscribe_mailto` is a full `mailto:addr?subject=unsubscribe-<token>`.
 
-    An empty `unsubscribe_url` omits the List-Unsubscribe headers: only for conversation messages (§8.2);
-    every task mail and test send must pass one. Raises ValueError on invalid or injected values.
+    An empty `unsubscribe_url` omits the List-Unsubscribe headers: only for conversation messages (planned,
+    docs/overview.md#conversations-replies); every task mail and test send must pass one. Raises ValueError on invalid
+    or injected values.
     """
     if not _KEY.fullmatch(key):
         raise ValueError(f"key {key!r} is not a valid idempotency key")

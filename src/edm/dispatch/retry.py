@@ -1,4 +1,5 @@
-"""Back-off policies (SPEC §7.7, §5.8). Pure; `jitter` is injected so tests are deterministic."""
+"""Back-off policies (docs/sending.md#failures-and-failover, docs/states.md#service-states). Pure; `jitter` is injected
+so tests are deterministic."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The service day (SPEC §7.4): the period between two daily-quota resets of a service, named by its local
-date. A new day begins at the reset time by itself, so no reset job exists.
+"""The service day (docs/sending.md#daily-quota-and-the-service-day): the period between two daily-quota resets of
+a service, named by its local date. A new day begins at the reset time by itself, so no reset job exists.
 
 The day is a function of the *instant*: service day D starts at `day_start(D)`, the first instant whose
 local reading reaches D's reset time. On a spring-forward day whose reset time does not exist, that is the

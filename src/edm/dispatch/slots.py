@@ -1,4 +1,4 @@
-"""Rate-slot arithmetic (SPEC §7.2). Pure.
+"""Rate-slot arithmetic (docs/sending.md#the-claim). Pure.
 
 `sending_interval_seconds = s` spaces the *starts* of emails from one service across all workers. A claim
 of k items takes slots tᵢ = max(next_slot_at, now) + i·s and leaves next_slot_at = t_{k−1} + s. The

@@ -1,5 +1,5 @@
-"""One service's health view for admins (SPEC §15.3): state and reason, usage against the quota, the next
-reset, limits, in-flight, recent error rate and latency, last success and error, webhook URLs, status log.
+"""One service's health view for admins (docs/providers.md#the-health-view): state and reason, usage against the quota,
+the next reset, limits, in-flight, recent error rate and latency, last success and error, webhook URLs, status log.
 
 Every query is bounded: the service row and its state row by key, in-flight through the partial index on
 allocated SubTasks, the usage row by (service, day), the status log through its service index (newest 20).
@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.dispatch import availability as av
 from edm.dispatch import queue
 from edm.email_services import service as services
+from edm.email_services.schemas import ServiceHealthOut, ServiceStateOut, StatusLogEntryOut
+from edm.email_services.webhook_secrets import secret_views
 from edm.errors import NotFound
 from edm.models.email_services import EmailServiceState, EmailServiceStatusLog
 from edm.models.tasks import SendAttempt, SubTask
@@ -69,6 +71,21 @@ def runtime_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
         "recent_success_rate": s.state.recent_success_rate,
         "latency_ms_ewma": s.state.latency_ms_ewma,
     }
+
+
+async def service_states(session: AsyncSession, vault: Vault, *, now: dt.datetime) -> list[ServiceStateOut]:
+    """Every service's configuration (no credentials) and its state right now."""
+    return [_state_of(s, vault) for s in await queue.snapshot_services(session, now=now)]
+
+
+async def service_state(session: AsyncSession, vault: Vault, service_id: int, *, now: dt.datetime) -> ServiceStateOut:
+    service = await services.get_service(session, service_id)
+    snapshot = next(s for s in await queue.snapshot_services(session, now=now) if s.service.id == service.id)
+    return _state_of(snapshot, vault)
+
+
+def _state_of(s: queue.ServiceSnapshot, vault: Vault) -> ServiceStateOut:
+    return ServiceStateOut(**services.public_view(s.service, vault).model_dump(), **runtime_view(s))
 
 
 def snapshot_view(s: queue.ServiceSnapshot) -> dict[str, Any]:
@@ -155,7 +172,7 @@ async def recent_attempts(session: AsyncSession, service_id: int, *, now: dt.dat
 
 async def service_health(
     session: AsyncSession, vault: Vault, service_id: int, *, now: dt.datetime, admin_timezone: str | None, base_url: str
-) -> dict[str, Any]:
+) -> ServiceHealthOut:
     service = await services.get_service(session, service_id)
     row = await session.scalar(
         select(EmailServiceState)
@@ -183,51 +200,42 @@ async def service_health(
         .limit(STATUS_LOG_ROWS)
     )
     admin_zone = _zone(admin_timezone)
-    quota = service.daily_quota  # the effective quota: no warm-up schedule is stored (§22.3 is optional)
+    quota = service.daily_quota  # the effective quota: no warm-up schedule is stored (warm-up is planned)
     credentials = vault.decrypt_json(service.credentials_encrypted) if service.credentials_encrypted else {}
-    return {
-        "id": service.id,
-        "name": service.name,
-        "label": service.label,
-        "provider": service.provider,
-        "domain": service.domain,
-        "is_enabled": service.is_enabled,
-        "state": "available" if availability.eligible else (availability.reason or "unavailable"),
-        "available": availability.eligible,
-        "probe": availability.probe,
-        "state_until": availability.until,
-        "frozen_reason": state.frozen_reason,
-        "consecutive_failures": state.consecutive_failures,
-        "used_today": used,
-        "effective_quota": quota,
-        "remaining_today": max(0, quota - used),
-        "next_reset": {
-            "utc": reset,
-            "service_local": reset.astimezone(_zone(service.timezone)),
-            "service_timezone": service.timezone,
-            "admin_local": reset.astimezone(admin_zone),
-            "admin_timezone": admin_zone.key,
-        },
-        "sending_interval_seconds": float(service.sending_interval_seconds),
-        "max_concurrency": service.max_concurrency,
-        "batch_size": service.batch_size,
-        "in_flight": in_flight,
-        "recent": await recent_attempts(session, service_id, now=now),
-        "last_success_at": state.last_success_at,
-        "last_failure_at": state.last_failure_at,
-        "last_error": state.last_error,
-        "webhook_urls": webhook_urls(base_url, service.provider, service.id),
-        "webhook_secrets": len(services.secret_views(credentials, now)),
-        "status_log": [
-            {
-                "id": r.id,
-                "change": r.change,
-                "old_value": r.old_value,
-                "new_value": r.new_value,
-                "reason": r.reason,
-                "actor_user_id": r.actor_user_id,
-                "at": r.at,
-            }
-            for r in log_rows
-        ],
-    }
+    return ServiceHealthOut.model_validate(
+        {
+            "id": service.id,
+            "name": service.name,
+            "label": service.label,
+            "provider": service.provider,
+            "domain": service.domain,
+            "is_enabled": service.is_enabled,
+            "state": "available" if availability.eligible else (availability.reason or "unavailable"),
+            "available": availability.eligible,
+            "probe": availability.probe,
+            "state_until": availability.until,
+            "frozen_reason": state.frozen_reason,
+            "consecutive_failures": state.consecutive_failures,
+            "used_today": used,
+            "effective_quota": quota,
+            "remaining_today": max(0, quota - used),
+            "next_reset": {
+                "utc": reset,
+                "service_local": reset.astimezone(_zone(service.timezone)),
+                "service_timezone": service.timezone,
+                "admin_local": reset.astimezone(admin_zone),
+                "admin_timezone": admin_zone.key,
+            },
+            "sending_interval_seconds": float(service.sending_interval_seconds),
+            "max_concurrency": service.max_concurrency,
+            "batch_size": service.batch_size,
+            "in_flight": in_flight,
+            "recent": await recent_attempts(session, service_id, now=now),
+            "last_success_at": state.last_success_at,
+            "last_failure_at": state.last_failure_at,
+            "last_error": state.last_error,
+            "webhook_urls": webhook_urls(base_url, service.provider, service.id),
+            "webhook_secrets": len(secret_views(credentials, now)),
+            "status_log": [StatusLogEntryOut.model_validate(r) for r in log_rows],
+        }
+    )

@@ -1,9 +1,11 @@
-"""Admin test of a service (SPEC §8.4): one real send to an address the admin typed, classified.
+"""Admin test of a service (docs/providers.md#creating-a-service): one real send to an address the admin typed,
+classified.
 
 `send_test` touches no database. `test_saved_service` is the whole use case for a saved service, shared by
 the API and the CLI: it reads the service in one transaction, sends with none open (no network call inside a
-transaction), then counts the send toward today's usage and logs it in a second one. The rate slot is
-ignored (an admin is waiting); the quota is not.
+transaction), then counts the send toward today's usage, logs it and audits it in a second one. The rate
+slot is ignored (an admin is waiting); the quota is not. `test_unsaved_service` checks a configuration that
+is not saved: nothing is stored.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from edm.observability import mask_email
 from edm.providers.base import Outcome, SendResult, ServiceConfig
 from edm.providers.registry import build_adapter
 from edm.security.crypto import Vault
+from edm.system.service import Actor
 
 DEFAULT_SUBJECT = "EDM test of service {name}"
 DEFAULT_HTML = "<p>This is a test message sent by EDM to check the sending service <b>{name}</b>.</p>"
@@ -119,7 +122,7 @@ async def test_saved_service(
     html: str | None = None,
     fake_allowed: bool,
     unsubscribe_base: str,
-    actor_user_id: int | None,
+    actor: Actor,
 ) -> TestSendResult:
     async with sessionmaker() as session:
         service = await services.get_service(session, service_id)
@@ -145,13 +148,56 @@ async def test_saved_service(
             StatusChange.TEST_SEND,
             new=result.classification,
             reason=f"test send to {mask_email(address)}: {result.message}"[:500],
-            actor_user_id=actor_user_id,
+            actor_user_id=actor.user_id,
+        )
+        await services.audit_service(
+            session,
+            actor,
+            "service.test_send",
+            service_id,
+            to=mask_email(address),
+            classification=result.classification,
         )
     return result
 
 
+async def test_unsaved_service(
+    values: dict[str, Any],
+    credentials: dict[str, Any] | None,
+    *,
+    to: str,
+    from_local: str,
+    subject: str | None,
+    html: str | None,
+    fake_allowed: bool,
+    unsubscribe_base: str,
+) -> TestSendResult:
+    """The same check for a configuration (`values`, `credentials`) that is not saved; nothing is stored."""
+    values = services.validate_config(values, fake_allowed=fake_allowed)
+    config = ServiceConfig(
+        service_id=0,
+        provider=values["provider"],
+        domain=values["domain"],
+        credentials=dict(credentials or {}),
+        options=dict(values.get("options") or {}),
+        max_concurrency=1,
+        batch_size=1,
+        request_timeout_seconds=float(values.get("request_timeout_seconds") or 30),
+    )
+    return await send_test(
+        config,
+        service_name=values["name"],
+        to=normalize_email(to, field="to").original,
+        from_local=from_local,
+        subject=subject,
+        html=html,
+        fake_allowed=fake_allowed,
+        unsubscribe_base=unsubscribe_base,
+    )
+
+
 def usage_delta(classification: str) -> dict[str, int]:
-    """How a test send counts toward today's usage: like any send (§7.4)."""
+    """How a test send counts toward today's usage: like any send (docs/sending.md#daily-quota-and-the-service-day)."""
     if classification == Outcome.ACCEPTED:
         return {"accepted": 1}
     if classification == Outcome.MAYBE_SENT:

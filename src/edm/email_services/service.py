@@ -1,11 +1,13 @@
-"""Admin operations on sending services and user–service mappings (SPEC §15.3). Every change writes a
-status-log row. Credentials are encrypted before they touch the session and never leave it decrypted."""
+"""Admin operations on sending services (shared by the API and the CLI). Every change writes a status-log
+row; a change made by an admin or the CLI (an `actor`) also writes an audit row, without a secret: a
+credential change records only which fields were given. Credentials are encrypted before they touch the
+session and never leave it decrypted. Services flush, the entry point commits."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import secrets
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
 from edm.dispatch import queue
+from edm.email_services.schemas import ServiceOut
 from edm.errors import BadInput, Conflict, InUse, NotFound
 from edm.models.email_services import (
     EmailService,
@@ -26,9 +29,11 @@ from edm.models.email_services import (
 )
 from edm.models.tasks import SubTask
 from edm.models.users import User
+from edm.paging import Page
 from edm.providers.base import ServiceConfig
 from edm.providers.registry import PROVIDERS, build_adapter
 from edm.security.crypto import Vault
+from edm.system.service import Actor, audit
 from edm.vocabulary.tasks import SendState
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
@@ -129,6 +134,39 @@ def _short(value: Any) -> str | None:
     return None if value is None else str(value)[:200]
 
 
+async def audit_service(session: AsyncSession, actor: Actor, action: str, service_id: int, **details: Any) -> None:
+    """One audit row about a service (`service.<action>`); `details` never holds a credential or a secret."""
+    await audit(session, actor, action, target_type="email_service", target_id=service_id, details=details)
+
+
+def _config_of(service: EmailService) -> dict[str, Any]:
+    """The service's configuration as JSON-ready values (no credentials)."""
+    values = {field: getattr(service, field) for field in CONFIG_FIELDS}
+    values["sending_interval_seconds"] = float(values["sending_interval_seconds"])
+    values["options"] = dict(values["options"] or {})
+    return values
+
+
+def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """{field: {"old", "new"}} for what moved; for `options`, only the names of the options that changed (their
+    values may be anything, a secret included)."""
+    changes: dict[str, Any] = {}
+    for field, old in before.items():
+        new = after[field]
+        if old == new:
+            continue
+        if field == "options":
+            changes[field] = {"changed": sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))}
+        else:
+            changes[field] = {"old": old, "new": new}
+    return changes
+
+
+def _credential_fields(credentials: dict[str, Any] | None) -> list[str]:
+    """The names of the credential fields a change set (an empty value keeps the stored one)."""
+    return sorted(k for k, v in (credentials or {}).items() if v not in (None, ""))
+
+
 async def create_service(
     session: AsyncSession,
     vault: Vault,
@@ -136,9 +174,11 @@ async def create_service(
     values: dict[str, Any],
     credentials: dict[str, Any] | None,
     fake_allowed: bool,
-    actor_user_id: int | None = None,
+    actor: Actor | None = None,
     default_timezone: str = "UTC",
 ) -> EmailService:
+    """A new service. `actor` is the admin or the CLI creating it (audited); None for set-up code (seeding,
+    tests), which is no admin action."""
     values = validate_config({"timezone": default_timezone, **values}, fake_allowed=fake_allowed)
     for required in ("name", "provider", "domain"):
         if not values.get(required):
@@ -152,9 +192,24 @@ async def create_service(
     session.add(service)
     await session.flush()
     session.add(EmailServiceState(service_id=service.id))
-    log_change(session, service.id, StatusChange.CONFIG_UPDATED, new="created", actor_user_id=actor_user_id)
+    log_change(session, service.id, StatusChange.CONFIG_UPDATED, new="created", actor_user_id=_user_of(actor))
     await session.flush()
+    if actor is not None:
+        await audit_service(
+            session,
+            actor,
+            "service.create",
+            service.id,
+            name=service.name,
+            provider=service.provider,
+            domain=service.domain,
+            credential_fields=_credential_fields(credentials),
+        )
     return service
+
+
+def _user_of(actor: Actor | None) -> int | None:
+    return None if actor is None else actor.user_id
 
 
 async def check_adapter_config(values: dict[str, Any], credentials: dict[str, Any], *, fake_allowed: bool) -> None:
@@ -207,13 +262,39 @@ async def update_service(
     values: dict[str, Any],
     credentials: dict[str, Any] | None,
     fake_allowed: bool,
-    actor_user_id: int | None = None,
+    actor: Actor | None = None,
 ) -> EmailService:
+    """Change some configuration values and credentials (an empty credential field keeps the stored value:
+    credentials are write-only). `actor` as for `create_service`: the configuration changes and the names of
+    the credential fields set are audited."""
     service = await get_service(session, service_id)
+    before = _config_of(service)
     values = validate_config(values, fake_allowed=fake_allowed)
     if {"provider", "options", "batch_size", "domain"} & values.keys():
         merged_values = {**{k: getattr(service, k) for k in ("provider", "domain", "options", "batch_size")}, **values}
         await check_adapter_config(merged_values, {}, fake_allowed=fake_allowed)
+    _set_values(session, service, values, actor)
+    if credentials:
+        merged = {
+            **vault.decrypt_json(service.credentials_encrypted),
+            **{k: v for k, v in credentials.items() if v not in (None, "")},
+        }
+        service.credentials_encrypted = vault.encrypt_json(merged)
+        log_change(session, service.id, StatusChange.CREDENTIALS_UPDATED, actor_user_id=_user_of(actor))
+    await session.flush()
+    if actor is not None:
+        changes = _config_changes(before, _config_of(service))
+        if changes:
+            await audit_service(session, actor, "service.update", service.id, changes=changes)
+        if _credential_fields(credentials):
+            await audit_service(
+                session, actor, "service.credentials_update", service.id, fields=_credential_fields(credentials)
+            )
+    return service
+
+
+def _set_values(session: AsyncSession, service: EmailService, values: dict[str, Any], actor: Actor | None) -> None:
+    """Assign the validated values, one status-log row per value that changed."""
     for key, value in values.items():
         old = getattr(service, key)
         if old != value:
@@ -224,18 +305,16 @@ async def update_service(
                 else (StatusChange.DISABLED if key == "is_enabled" else StatusChange.CONFIG_UPDATED)
             )
             log_change(
-                session, service.id, change, old=f"{key}={old}", new=f"{key}={value}", actor_user_id=actor_user_id
+                session, service.id, change, old=f"{key}={old}", new=f"{key}={value}", actor_user_id=_user_of(actor)
             )
-    if credentials:
-        # An empty credential field keeps the stored value (write-only credentials, SPEC §15.3).
-        merged = {
-            **vault.decrypt_json(service.credentials_encrypted),
-            **{k: v for k, v in credentials.items() if v not in (None, "")},
-        }
-        service.credentials_encrypted = vault.encrypt_json(merged)
-        log_change(session, service.id, StatusChange.CREDENTIALS_UPDATED, actor_user_id=actor_user_id)
+
+
+async def set_enabled(session: AsyncSession, service_id: int, *, enabled: bool, actor: Actor) -> None:
+    """Enable or disable the service (audited as `service.enable` / `service.disable`, changed or not)."""
+    service = await get_service(session, service_id)
+    _set_values(session, service, {"is_enabled": enabled}, actor)
     await session.flush()
-    return service
+    await audit_service(session, actor, "service.enable" if enabled else "service.disable", service_id)
 
 
 async def state_of(session: AsyncSession, service_id: int) -> EmailServiceState:
@@ -247,38 +326,41 @@ async def state_of(session: AsyncSession, service_id: int) -> EmailServiceState:
     return state
 
 
-async def freeze(session: AsyncSession, service_id: int, *, reason: str, actor_user_id: int | None) -> None:
+async def freeze(session: AsyncSession, service_id: int, *, reason: str, actor: Actor) -> None:
     await get_service(session, service_id)
     state = await state_of(session, service_id)
     state.frozen, state.frozen_reason, state.frozen_until = True, FreezeReason.MANUAL, None
     log_change(
-        session, service_id, StatusChange.FROZEN, new=FreezeReason.MANUAL, reason=reason, actor_user_id=actor_user_id
+        session, service_id, StatusChange.FROZEN, new=FreezeReason.MANUAL, reason=reason, actor_user_id=actor.user_id
     )
     await session.flush()
+    await audit_service(session, actor, "service.freeze", service_id, reason=reason)
 
 
-async def unfreeze(session: AsyncSession, service_id: int, *, actor_user_id: int | None) -> None:
+async def unfreeze(session: AsyncSession, service_id: int, *, actor: Actor) -> None:
     await get_service(session, service_id)
     state = await state_of(session, service_id)
     old = state.frozen_reason
     state.frozen, state.frozen_reason, state.frozen_until = False, None, None
     state.freeze_level, state.consecutive_failures, state.probe_in_flight = 0, 0, False
-    log_change(session, service_id, StatusChange.UNFROZEN, old=old, new="active", actor_user_id=actor_user_id)
+    log_change(session, service_id, StatusChange.UNFROZEN, old=old, new="active", actor_user_id=actor.user_id)
     await session.flush()
+    await audit_service(session, actor, "service.unfreeze", service_id)
 
 
-async def clear_backoff(session: AsyncSession, service_id: int, *, actor_user_id: int | None) -> None:
+async def clear_backoff(session: AsyncSession, service_id: int, *, actor: Actor) -> None:
     await get_service(session, service_id)
     state = await state_of(session, service_id)
     state.throttled_until, state.throttle_level, state.exhausted_until = None, 0, None
-    log_change(session, service_id, StatusChange.BACKOFF_CLEARED, actor_user_id=actor_user_id)
+    log_change(session, service_id, StatusChange.BACKOFF_CLEARED, actor_user_id=actor.user_id)
     await session.flush()
+    await audit_service(session, actor, "service.clear_backoff", service_id)
 
 
 async def set_used_today(
-    session: AsyncSession, service_id: int, *, used: int, actor_user_id: int | None, now: dt.datetime | None = None
+    session: AsyncSession, service_id: int, *, used: int, actor: Actor, now: dt.datetime | None = None
 ) -> int:
-    """Admin correction of today's usage: the difference goes into `adjustment` (SPEC §7.4)."""
+    """Admin correction of today's usage: the difference goes into `adjustment` (returned)."""
     if used < 0:
         raise BadInput.field("used", "must be ≥ 0")
     service = await get_service(session, service_id)
@@ -289,7 +371,8 @@ async def set_used_today(
     delta = used - current
     if delta:
         await queue.upsert_usage(session, service_id=service_id, day=day, deltas={"adjustment": delta})
-        log_change(session, service_id, StatusChange.USAGE_ADJUSTED, old=current, new=used, actor_user_id=actor_user_id)
+        log_change(session, service_id, StatusChange.USAGE_ADJUSTED, old=current, new=used, actor_user_id=actor.user_id)
+    await audit_service(session, actor, "service.set_usage", service_id, used_today=used, adjustment_delta=delta)
     return delta
 
 
@@ -302,22 +385,37 @@ async def _allocated(session: AsyncSession, service_id: int) -> int:
     )
 
 
-async def archive_service(session: AsyncSession, service_id: int, *, actor_user_id: int | None) -> None:
+async def archive_service(session: AsyncSession, service_id: int, *, actor: Actor) -> EmailService:
+    """Disable the service, erase its credentials and hide it (kept for history). Refused (`InUse`) while
+    mappings exist or SubTasks are allocated to it."""
     service = await get_service(session, service_id)
     mappings = await session.scalar(select(func.count()).where(UserServiceMapping.service_id == service_id))
     if mappings or await _allocated(session, service_id):
         raise InUse("service still has mappings or allocated SubTasks", mappings=int(mappings or 0))
     service.archived_at, service.is_enabled, service.credentials_encrypted = utc_now(), False, None
-    log_change(session, service_id, StatusChange.DISABLED, new="archived", actor_user_id=actor_user_id)
+    log_change(session, service_id, StatusChange.DISABLED, new="archived", actor_user_id=actor.user_id)
     await session.flush()
+    await audit_service(session, actor, "service.archive", service_id, name=service.name, provider=service.provider)
+    return service
 
 
-# ---- mappings -----------------------------------------------------------------------------------------
+async def status_log(
+    session: AsyncSession, page: Page, *, service_id: int | None = None
+) -> list[EmailServiceStatusLog]:
+    """Services' state changes, newest first: one page (limit + 1 rows, for `page_of`) older than the cursor."""
+    query = select(EmailServiceStatusLog).order_by(EmailServiceStatusLog.id.desc()).limit(page.limit + 1)
+    if service_id:
+        query = query.where(EmailServiceStatusLog.service_id == service_id)
+    if page.after_id is not None:
+        query = query.where(EmailServiceStatusLog.id < page.after_id)
+    return list(await session.scalars(query))
 
 
 async def map_user(
     session: AsyncSession, *, user_id: int, service_id: int, actor_user_id: int | None = None, is_active: bool = True
 ) -> UserServiceMapping:
+    """Let the user's tasks send through the service (or, `is_active=False`, no longer). Not audited: the admin
+    operations of `edm.email_services.mappings` are, and set-up code calls this directly."""
     if await session.get(User, user_id) is None:
         raise BadInput.field("user_id", f"user {user_id} not found")
     await get_service(session, service_id)
@@ -337,180 +435,24 @@ async def map_user(
     return mapping
 
 
-async def set_user_services(
-    session: AsyncSession, *, user_id: int, service_ids: list[int], actor_user_id: int | None
-) -> list[int]:
-    """Make the user's active mappings exactly `service_ids` (SPEC §15.3)."""
-    for service_id in service_ids:
-        await map_user(session, user_id=user_id, service_id=service_id, actor_user_id=actor_user_id)
-    existing = await session.scalars(select(UserServiceMapping).where(UserServiceMapping.user_id == user_id))
-    for mapping in existing:
-        if mapping.service_id not in service_ids:
-            mapping.is_active = False
-    await session.flush()
-    return sorted(service_ids)
+def secret_entries(credentials: Mapping[str, Any]) -> list[Any]:
+    """The webhook secrets stored in a service's credentials, as stored (strings or objects): see
+    `edm.email_services.webhook_secrets`."""
+    entries = credentials.get("webhook_secrets") or []
+    return [entries] if isinstance(entries, str) else list(entries)
 
 
-async def delete_mapping(session: AsyncSession, mapping_id: int) -> None:
-    mapping = await session.get(UserServiceMapping, mapping_id)
-    if mapping is None:
-        raise NotFound("mapping not found")
-    await session.delete(mapping)
-    await session.flush()
-
-
-def public_view(service: EmailService, vault: Vault) -> dict[str, Any]:
+def public_view(service: EmailService, vault: Vault) -> ServiceOut:
     """What an admin sees: configuration, `credentials_set` and a masked hint, never the secret."""
     creds = vault.decrypt_json(service.credentials_encrypted) if service.credentials_encrypted else {}
     hint = {k: ("…" + str(v)[-4:] if len(str(v)) > 4 else "…") for k, v in creds.items() if v}
     if creds.get("webhook_secrets"):  # a list: its text's tail could hold part of a secret; count them instead
-        hint["webhook_secrets"] = f"{len(_secret_entries(creds))} stored"
-    body = {field: getattr(service, field) for field in CONFIG_FIELDS}
-    body["sending_interval_seconds"] = float(service.sending_interval_seconds)
-    body.update(
+        hint["webhook_secrets"] = f"{len(secret_entries(creds))} stored"
+    return ServiceOut(
+        **_config_of(service),
         id=service.id,
         credentials_set=bool(creds),
         credentials_hint=hint,
         created_at=service.created_at,
         updated_at=service.updated_at,
     )
-    return body
-
-
-# ---- webhook secrets (SPEC §9.2, §15.3) -----------------------------------------------------------------
-#
-# They live in the service's encrypted credentials under `webhook_secrets`, newest first (the fake provider's
-# emitter signs with the first), as strings or {"value", "expires_at"} objects; verification accepts every
-# one that has not expired, so a rotation is: add the new secret, switch the provider, remove the old one.
-# Entries written here also carry an `id` and `added_at`. A bare string (set through `edm service
-# credentials`) is listed as `legacy-<position>` until the next add or remove gives every entry an id.
-
-SECRET_ADDED = "webhook_secret_added"
-SECRET_REMOVED = "webhook_secret_removed"
-MAX_WEBHOOK_SECRETS = 10
-
-
-def _secret_entries(credentials: dict[str, Any]) -> list[Any]:
-    entries = credentials.get("webhook_secrets") or []
-    return [entries] if isinstance(entries, str) else list(entries)
-
-
-def _entry_value(entry: Any) -> str:
-    return str(entry if isinstance(entry, str) else (entry.get("value") or ""))
-
-
-def _entry_id(entry: Any, position: int) -> str:
-    if isinstance(entry, dict) and entry.get("id"):
-        return str(entry["id"])
-    return f"legacy-{position}"
-
-
-def _with_ids(entries: list[Any]) -> list[dict[str, Any]]:
-    """Every entry as an object with an id (bare strings and id-less objects get a random one)."""
-    out = []
-    for entry in entries:
-        item = {"value": entry} if isinstance(entry, str) else dict(entry)
-        item.setdefault("id", secrets.token_hex(6))
-        out.append(item)
-    return out
-
-
-def mask_secret(value: str) -> str:
-    return "…" + value[-4:] if len(value) > 8 else "…"
-
-
-def secret_views(credentials: dict[str, Any], now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """The stored secrets, masked: id, the last 4 characters, added_at, expires_at, expired."""
-    now = now or utc_now()
-    views = []
-    for position, entry in enumerate(_secret_entries(credentials)):
-        expires = None if isinstance(entry, str) else entry.get("expires_at")
-        views.append(
-            {
-                "id": _entry_id(entry, position),
-                "hint": mask_secret(_entry_value(entry)),
-                "added_at": None if isinstance(entry, str) else entry.get("added_at"),
-                "expires_at": expires,
-                "expired": _expired(expires, now),
-            }
-        )
-    return views
-
-
-def _expired(expires: Any, now: dt.datetime) -> bool:
-    if not expires:
-        return False
-    try:
-        until = dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
-    except ValueError:
-        return True  # the webhook pipeline ignores an unreadable expiry's secret too
-    return (until if until.tzinfo else until.replace(tzinfo=dt.UTC)) <= now
-
-
-async def list_webhook_secrets(session: AsyncSession, vault: Vault, service_id: int) -> list[dict[str, Any]]:
-    service = await get_service(session, service_id)
-    return secret_views(vault.decrypt_json(service.credentials_encrypted))
-
-
-async def add_webhook_secret(
-    session: AsyncSession,
-    vault: Vault,
-    service_id: int,
-    *,
-    value: str | None,
-    expires_at: dt.datetime | None = None,
-    actor_user_id: int | None,
-) -> tuple[dict[str, Any], str]:
-    """Store one more secret (first in the list). Returns its masked view and the value (generated when not
-    given), which the caller shows once: nothing returns it again."""
-    service = await get_service(session, service_id)
-    await state_of(session, service_id)  # serialize credential read-modify-writes on this service
-    now = utc_now()
-    value = (value or "").strip() or secrets.token_urlsafe(32)
-    if len(value) < 8 or len(value) > 4096 or any(ord(c) < 32 for c in value):
-        raise BadInput.field("value", "must be 8–4096 printable characters")
-    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
-        raise BadInput.field("expires_at", "must be a future time with a time zone")
-    credentials = vault.decrypt_json(service.credentials_encrypted)
-    entries = _with_ids(_secret_entries(credentials))
-    if any(e.get("value") == value for e in entries):
-        raise Conflict("this webhook secret is already stored", details=[{"field": "value", "message": "duplicate"}])
-    if len(entries) >= MAX_WEBHOOK_SECRETS:
-        raise Conflict(f"a service holds at most {MAX_WEBHOOK_SECRETS} webhook secrets: remove an old one first")
-    entry: dict[str, Any] = {"id": secrets.token_hex(6), "value": value, "added_at": now.isoformat()}
-    if expires_at is not None:
-        entry["expires_at"] = expires_at.astimezone(dt.UTC).isoformat()
-    credentials["webhook_secrets"] = [entry, *entries]
-    service.credentials_encrypted = vault.encrypt_json(credentials)
-    log_change(
-        session, service_id, SECRET_ADDED, new=f"{entry['id']} {mask_secret(value)}", actor_user_id=actor_user_id
-    )
-    await session.flush()
-    return secret_views({"webhook_secrets": [entry]}, now)[0], value
-
-
-async def remove_webhook_secret(
-    session: AsyncSession, vault: Vault, service_id: int, secret_id: str, *, actor_user_id: int | None
-) -> dict[str, Any]:
-    """Forget one secret: webhooks signed with it stop verifying (within the pipeline's 5 s cache)."""
-    service = await get_service(session, service_id)
-    await state_of(session, service_id)
-    credentials = vault.decrypt_json(service.credentials_encrypted)
-    current = _secret_entries(credentials)
-    ids = [_entry_id(e, i) for i, e in enumerate(current)]
-    if secret_id not in ids:
-        raise NotFound(f"webhook secret {secret_id!r} not found")
-    position = ids.index(secret_id)
-    removed = current[position]
-    rest = _with_ids([e for i, e in enumerate(current) if i != position])
-    credentials["webhook_secrets"] = rest
-    service.credentials_encrypted = vault.encrypt_json(credentials)
-    log_change(
-        session,
-        service_id,
-        SECRET_REMOVED,
-        old=f"{secret_id} {mask_secret(_entry_value(removed))}",
-        actor_user_id=actor_user_id,
-    )
-    await session.flush()
-    return {"id": secret_id, "hint": mask_secret(_entry_value(removed)), "remaining": len(rest)}

@@ -1,4 +1,5 @@
-"""SMTP bounce and complaint reports (SPEC §9.7): from the DSN endpoint or a polled mailbox into the store.
+"""SMTP bounce and complaint reports (docs/events.md#smtp-bounce-and-complaint-reports): from the DSN endpoint or
+a polled mailbox into the store.
 
 Reports are stored like provider events, under source `dsn` (RFC 3464 and free-text bounces) or `arf`
 (RFC 5965 complaints). A mail that is no report at all is kept `unmatched (not_a_report)` with its raw MIME

@@ -1,4 +1,4 @@
-"""Storing events once (SPEC §9.4): rows for the event store, the dedupe key, one INSERT per batch.
+"""Storing events once (docs/events.md#dedupe): rows for the event store, the dedupe key, one INSERT per batch.
 
 Storing is separate from applying: a webhook request verifies, parses and stores (one statement), answers,
 and the `events` job applies what was stored (`edm.events.apply`). A duplicate delivery hits the unique
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.models.events import Event, MatchReason, MatchStatus, WebhookNonce
 from edm.vocabulary.events import BadElement, NormalizedEvent
 
-RAW_LIMIT = 64 * 1024  # bytes of raw payload kept per event (§4.7)
+RAW_LIMIT = 64 * 1024  # bytes of raw payload kept per event (docs/data-model.md#credit-events-and-suppression)
 _KEY_LIMIT = 200
 
 
@@ -38,7 +38,8 @@ class StoreCounts:
 
 
 def dedupe_key(event: NormalizedEvent) -> str:
-    """The provider's event id where one exists, else a hash of what makes the event distinct (§9.4)."""
+    """The provider's event id where one exists, else a hash of what makes the event distinct
+    (docs/events.md#dedupe)."""
     if event.provider_event_id:
         key = str(event.provider_event_id)
         return key if len(key) <= _KEY_LIMIT else "h:" + _digest(key)

@@ -1,5 +1,5 @@
-"""The optional bounce mailbox poller (SPEC §9.1, §9.7): fetch DSN/ARF reports (and replies) from an IMAP or POP3
-mailbox and hand each raw message to the caller, which parses and stores it.
+"""The optional bounce mailbox poller (docs/providers.md#bounces-from-smtp-services): fetch DSN/ARF reports (and
+replies) from an IMAP or POP3 mailbox and hand each raw message to the caller, which parses and stores it.
 
     handled = await fetch_reports(config, handle)
 
@@ -18,6 +18,7 @@ where it is and comes back on the next poll; the pipeline's dedupe makes a secon
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import imaplib
 import logging
@@ -141,6 +142,61 @@ class _Session(Protocol):
     def abort(self) -> None: ...
 
 
+class _Connection(abc.ABC):
+    """What opening a mailbox connection shares between the protocols: the steps (connect, with implicit TLS or
+    then STARTTLS; log in; get ready to read) and how their failures are told apart. A protocol provides
+    each step; `open` runs them and raises only MailboxError (MailboxAuthError when the login is refused)."""
+
+    PROTOCOL_ERRORS: tuple[type[Exception], ...]  # what the stdlib client raises for a server's refusal
+    STARTTLS_STEP: str  # the protocol's name for the STARTTLS command, for messages
+
+    def __init__(self, config: MailboxConfig) -> None:
+        self.config = config
+
+    def open(self) -> None:
+        config = self.config
+        failures: tuple[type[BaseException], ...] = (*self.PROTOCOL_ERRORS, OSError)
+        step = "connect"
+        try:
+            self._connect(_tls_context(config) if config.security == "tls" else None)
+            if config.security == "starttls":
+                step = self.STARTTLS_STEP
+                self._starttls(_tls_context(config))
+            step = "login"
+            self._login()
+            step = self._ready_step()
+            self._ready()
+        except failures as exc:
+            self.abort()
+            if step == "login" and not isinstance(exc, OSError):
+                raise MailboxAuthError(f"{config.where}: login refused: {_text(exc)}") from None
+            raise _failure(config, step, exc) from None
+
+    @abc.abstractmethod
+    def _connect(self, tls: ssl.SSLContext | None) -> None:
+        """Connect, with implicit TLS when `tls` is given."""
+
+    @abc.abstractmethod
+    def _starttls(self, tls: ssl.SSLContext) -> None:
+        """Upgrade the plain connection to TLS."""
+
+    @abc.abstractmethod
+    def _login(self) -> None:
+        """Log in with the configured user and password."""
+
+    def _ready_step(self) -> str:
+        """The name of the step after the login, for messages."""
+        return "ready"
+
+    @abc.abstractmethod
+    def _ready(self) -> None:
+        """What the protocol does after the login before messages can be listed."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection without committing anything."""
+
+
 def _tls_context(config: MailboxConfig) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if not config.validate_certs:
@@ -163,36 +219,37 @@ def _text(value: Any) -> str:
 # -- IMAP ------------------------------------------------------------------------------------------------
 
 
-class _ImapSession:
+class _ImapSession(_Connection):
+    PROTOCOL_ERRORS = (imaplib.IMAP4.error,)
+    STARTTLS_STEP = "STARTTLS"
+
     def __init__(self, config: MailboxConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.conn: imaplib.IMAP4 | None = None
         self.deleted: list[str] = []
 
-    def open(self) -> None:
+    def _connect(self, tls: ssl.SSLContext | None) -> None:
         config = self.config
-        step = "connect"
-        try:
-            if config.security == "tls":
-                self.conn = imaplib.IMAP4_SSL(
-                    config.host, config.effective_port, ssl_context=_tls_context(config), timeout=config.timeout_seconds
-                )
-            else:
-                self.conn = imaplib.IMAP4(config.host, config.effective_port, timeout=config.timeout_seconds)
-                if config.security == "starttls":
-                    step = "STARTTLS"
-                    self.conn.starttls(ssl_context=_tls_context(config))
-            step = "login"
-            self.conn.login(config.username, config.password)
-            step = f"select {config.folder!r}"
-            typ, data = self.conn.select(_imap_mailbox(config.folder))
-            if typ != "OK":
-                raise imaplib.IMAP4.error(_text(data[0] if data else typ))
-        except (imaplib.IMAP4.error, OSError) as exc:
-            self.abort()
-            if step == "login" and not isinstance(exc, OSError):
-                raise MailboxAuthError(f"{config.where}: login refused: {_text(exc)}") from None
-            raise _failure(config, step, exc) from None
+        if tls is not None:
+            self.conn = imaplib.IMAP4_SSL(
+                config.host, config.effective_port, ssl_context=tls, timeout=config.timeout_seconds
+            )
+        else:
+            self.conn = imaplib.IMAP4(config.host, config.effective_port, timeout=config.timeout_seconds)
+
+    def _starttls(self, tls: ssl.SSLContext) -> None:
+        self._conn().starttls(ssl_context=tls)
+
+    def _login(self) -> None:
+        self._conn().login(self.config.username, self.config.password)
+
+    def _ready_step(self) -> str:
+        return f"select {self.config.folder!r}"
+
+    def _ready(self) -> None:
+        typ, data = self._conn().select(_imap_mailbox(self.config.folder))
+        if typ != "OK":
+            raise imaplib.IMAP4.error(_text(data[0] if data else typ))
 
     def pending(self) -> list[str]:
         data = self._uid("SEARCH", "UNSEEN")
@@ -259,32 +316,31 @@ def _imap_mailbox(name: str) -> str:
 # -- POP3 ------------------------------------------------------------------------------------------------
 
 
-class _Pop3Session:
+class _Pop3Session(_Connection):
+    PROTOCOL_ERRORS = (poplib.error_proto,)
+    STARTTLS_STEP = "STLS"
+
     def __init__(self, config: MailboxConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.conn: poplib.POP3 | None = None
 
-    def open(self) -> None:
+    def _connect(self, tls: ssl.SSLContext | None) -> None:
         config = self.config
-        step = "connect"
-        try:
-            if config.security == "tls":
-                self.conn = poplib.POP3_SSL(
-                    config.host, config.effective_port, context=_tls_context(config), timeout=config.timeout_seconds
-                )
-            else:
-                self.conn = poplib.POP3(config.host, config.effective_port, timeout=config.timeout_seconds)
-                if config.security == "starttls":
-                    step = "STLS"
-                    self.conn.stls(context=_tls_context(config))
-            step = "login"
-            self.conn.user(config.username)
-            self.conn.pass_(config.password)
-        except (poplib.error_proto, OSError) as exc:
-            self.abort()
-            if step == "login" and not isinstance(exc, OSError):
-                raise MailboxAuthError(f"{config.where}: login refused: {_text(exc)}") from None
-            raise _failure(config, step, exc) from None
+        if tls is not None:
+            self.conn = poplib.POP3_SSL(config.host, config.effective_port, context=tls, timeout=config.timeout_seconds)
+        else:
+            self.conn = poplib.POP3(config.host, config.effective_port, timeout=config.timeout_seconds)
+
+    def _starttls(self, tls: ssl.SSLContext) -> None:
+        self._connected().stls(context=tls)
+
+    def _login(self) -> None:
+        conn = self._connected()
+        conn.user(self.config.username)
+        conn.pass_(self.config.password)
+
+    def _ready(self) -> None:
+        """Nothing: the maildrop can be listed right after the login."""
 
     def pending(self) -> list[str]:
         _response, listing, _octets = self._call("LIST", lambda conn: conn.list())
@@ -307,11 +363,15 @@ class _Pop3Session:
             self.conn.close()  # no QUIT: the server forgets every DELE of this session
             self.conn = None
 
-    def _call(self, step: str, command: Callable[[poplib.POP3], Any]) -> Any:
+    def _connected(self) -> poplib.POP3:
         if self.conn is None:
             raise MailboxError(f"{self.config.where}: not connected")
+        return self.conn
+
+    def _call(self, step: str, command: Callable[[poplib.POP3], Any]) -> Any:
+        conn = self._connected()
         try:
-            return command(self.conn)
+            return command(conn)
         except (poplib.error_proto, OSError) as exc:
             self.abort()
             raise _failure(self.config, step, exc) from None

@@ -1,4 +1,5 @@
-"""Contacts and the two-level tag tree (SPEC §4.3). Memberships are a join table, never JSON arrays."""
+"""Contacts and the two-level tag tree (docs/data-model.md#contacts-and-tags). Memberships are a join table, never JSON
+arrays."""
 
 from __future__ import annotations
 
@@ -108,8 +109,9 @@ class ImportStatus(enum.StrEnum):
 
 
 class Import(IdMixin, TimestampMixin, Base):
-    """A background import of contacts or suppressions (SPEC §4.8, §13.4). The uploaded file is kept in
-    `import_chunks`, so any worker on any host can process it and nothing depends on a local disk."""
+    """A background import of contacts or suppressions (docs/import.md, docs/data-model.md#contacts-and-tags). The
+    uploaded file is kept in `import_chunks`, so any worker on any host can process it and nothing depends on a local
+    disk."""
 
     __tablename__ = "imports"
     __table_args__ = (Index("ix_imports_user_id_id", "user_id", "id"), Index("ix_imports_status", "status"))

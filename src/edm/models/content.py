@@ -1,4 +1,4 @@
-"""Templates and senders (SPEC §4.4)."""
+"""Templates and senders (docs/data-model.md#content)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Sender(IdMixin, TimestampMixin, Base):
 
 
 class Media(IdMixin, TimestampMixin, Base):
-    """An uploaded image (SPEC §4.4, §14.6), stored as uploaded and served at /media/{public_id}/{filename}.
+    """An uploaded image (docs/media.md), stored as uploaded and served at /media/{public_id}/{filename}.
     The bytes live in the database so every API process can serve them without a shared disk."""
 
     __tablename__ = "media"

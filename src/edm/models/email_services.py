@@ -1,4 +1,5 @@
-"""Sending services: admin configuration, runtime state, per-service-day usage, mappings, status log (§4.5)."""
+"""Sending services: admin configuration, runtime state, per-service-day usage, mappings, status log
+(docs/data-model.md#sending-services)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The normalized event store (SPEC §4.7 Event, §9.4) and the webhook replay guard."""
+"""The normalized event store (docs/data-model.md#credit-events-and-suppression, docs/events.md#dedupe) and the webhook
+replay guard."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class MatchStatus(enum.StrEnum):
     PENDING = "pending"  # stored, not applied yet (the `events` job picks it up)
     MATCHED = "matched"  # applied to its SubTask
     UNMATCHED = "unmatched"  # no SubTask (match_reason says why); kept for the admin view
-    IGNORED = "ignored"  # matched but applied to nothing by rule (provider open/click events, §8.1)
+    IGNORED = "ignored"  # matched but applied to nothing by rule (provider open/click events, docs/events.md#matching)
 
 
 class MatchReason(enum.StrEnum):
@@ -30,7 +31,7 @@ class MatchReason(enum.StrEnum):
     BAD_ELEMENT = "bad_element"  # a batch element that could not be parsed (processing_error says why)
     NOT_A_REPORT = "not_a_report"  # a mail at the DSN endpoint that is no bounce or complaint report
     PROVIDER_TRACKING = "provider_tracking"  # a provider's open/click: EDM counts only its own tracking
-    INBOUND = "inbound"  # an inbound reply (conversations, §12, are not built yet)
+    INBOUND = "inbound"  # an inbound reply (conversations are planned)
 
 
 class Event(IdMixin, Base):
@@ -86,8 +87,8 @@ class Event(IdMixin, Base):
 
 
 class WebhookNonce(Base):
-    """Single-use values of signed webhooks (Mailgun's token): a token seen twice is a replay (§9.2).
-    Kept past the provider's timestamp window, then deleted by retention."""
+    """Single-use values of signed webhooks (Mailgun's token): a token seen twice is a replay
+    (docs/events.md#verification). Kept past the provider's timestamp window, then deleted by retention."""
 
     __tablename__ = "webhook_nonces"
 

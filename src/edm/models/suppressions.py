@@ -1,4 +1,5 @@
-"""Suppression entries (SPEC §4.7). Checked at generation and again at claim time."""
+"""Suppression entries (docs/data-model.md#credit-events-and-suppression). Checked at generation and again at claim
+time."""
 
 from __future__ import annotations
 

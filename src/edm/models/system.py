@@ -1,4 +1,4 @@
-"""Operations entities: admin settings, worker heartbeats, notifications, audit log (SPEC §4.8)."""
+"""Operations entities: admin settings, worker heartbeats, notifications, audit log (docs/data-model.md#operations)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class AuditLog(IdMixin, Base):
 
 
 class IdempotencyRecord(IdMixin, Base):
-    """The first answer to a creating POST sent with `Idempotency-Key` (SPEC §16.1), replayed for 24 h."""
+    """The first answer to a creating POST sent with `Idempotency-Key` (docs/api.md#idempotency), replayed for 24 h."""
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("user_id", "key"), Index("ix_idempotency_keys_created_at", "created_at"))

@@ -1,4 +1,5 @@
-"""Tasks, their template snapshots, status history, SubTasks and send attempts (SPEC §4.6)."""
+"""Tasks, their template snapshots, status history, SubTasks and send attempts
+(docs/data-model.md#tasks-and-subtasks)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class Task(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(2000))
     status: Mapped[str] = mapped_column(String(16), default=TaskStatus.DRAFT)
-    # "bulk" (a campaign) or "test" (a template test send, §14.5: claimed before bulk work, hidden from
-    # task lists and dashboards, sent with `[TEST] ` and no tracking).
+    # "bulk" (a campaign) or "test" (a template test send, docs/templates.md#test-sends: claimed before bulk work,
+    # hidden from task lists and dashboards, sent with `[TEST] ` and no tracking).
     kind: Mapped[str] = mapped_column(String(8), default="bulk", server_default="bulk")
     pause_reason: Mapped[str | None] = mapped_column(String(32))
     pause_detail: Mapped[str | None] = mapped_column(String(1000))
@@ -65,11 +66,12 @@ class Task(IdMixin, TimestampMixin, Base):
     generation_summary: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     completion_note: Mapped[str | None] = mapped_column(String(200))
     threshold_window_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    # When this task last got SubTasks in a claim: the fairness order among one user's tasks (§7.5).
+    # When this task last got SubTasks in a claim: the fairness order among one user's tasks (docs/sending.md#fairness).
     last_claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # When the final refund of a finished/cancelled/closed task was written (null while one may still be owed).
     settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    # When no usable service was first seen (grace period of §7.10), null otherwise.
+    # When no usable service was first seen (grace period of docs/sending.md#when-a-task-waits-or-pauses), null
+    # otherwise.
     unavailable_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
@@ -203,7 +205,8 @@ class SubTask(IdMixin, Base):
 
 
 class TaskStatCounter(Base):
-    """Task statistics kept as counters (SPEC §11.1: ≤ 100 ms for a task of 1,000,000 SubTasks).
+    """Task statistics kept as counters (docs/statistics.md#where-the-numbers-come-from: ≤ 100 ms for a task of
+    1,000,000 SubTasks).
 
     One row per (task, stripe, group) where the group is the tuple `tasks.stats` groups SubTasks by, holding
     the row count and the engagement sums of that group. On PostgreSQL a statement-level trigger on

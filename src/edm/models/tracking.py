@@ -1,5 +1,6 @@
-"""Tracked links (SPEC §10.1), each distinct rendered URL of a task, the only places a click may redirect to;
-and unsubscribe tombstones (§5.2), which keep the links of deleted tasks working."""
+"""Tracked links (docs/tracking.md#rewriting), each distinct rendered URL of a task, the only places a click may
+redirect to; and unsubscribe tombstones (docs/tracking.md#after-a-task-is-deleted), which keep the links of deleted
+tasks working."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class TrackedLink(Base):
 
 class UnsubscribeTombstone(Base):
     """Written for every sent SubTask when its task is deleted: the unsubscribe token names a SubTask id, and
-    mail already delivered must keep unsubscribing (RFC 8058, §10.3) for `expires_at` (365 days)."""
+    mail already delivered must keep unsubscribing (RFC 8058, docs/tracking.md#after-a-task-is-deleted) for `expires_at`
+    (365 days)."""
 
     __tablename__ = "unsubscribe_tombstones"
 

@@ -1,4 +1,4 @@
-"""Users, API tokens and the append-only credit ledger (SPEC §4.2, §4.7)."""
+"""Users, API tokens and the append-only credit ledger (docs/data-model.md)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class QuotaLedgerEntry(IdMixin, TimestampMixin, Base):
 
 
 class ConsoleSession(IdMixin, Base):
-    """A console login (SPEC §3.2). Only the SHA-256 of the cookie value is stored; `csrf_secret` is the
+    """A console login (docs/auth.md#logging-in). Only the SHA-256 of the cookie value is stored; `csrf_secret` is the
     token state-changing requests must echo (form field or `X-CSRF-Token`)."""
 
     __tablename__ = "sessions"

@@ -2,8 +2,9 @@
 
 An adapter is built once per service configuration (by the registry), takes `OutboundMessage`s and
 returns one `SendResult` per message. It never touches the database and never raises for a provider
-answer: every answer, network failure or timeout is classified into an `Outcome` (SPEC §7.7, §8.5).
-Exceptions escaping `send()` are bugs; the worker still records them (as `transient`) so nothing is lost.
+answer: every answer, network failure or timeout is classified into an `Outcome` (docs/sending.md#failures-and-failover,
+docs/providers.md#how-answers-are-classified). Exceptions escaping `send()` are bugs; the worker still records them (as
+`transient`) so nothing is lost.
 
 Error classes, and whether a retry can help:
 
@@ -77,7 +78,7 @@ class SendResult:
     provider_message_id: str | None = None
     retry_after: float | None = None  # seconds, when the provider said so
     # A transient failure caused by the recipient (greylisting, mailbox full) rather than the service:
-    # it does not count toward freezing the service (SPEC §7.7).
+    # it does not count toward freezing the service (docs/sending.md#failures-and-failover).
     recipient_level: bool = False
     # A permanent failure that means the address itself is bad (SMTP 5.1.x): delivery_state `rejected`.
     recipient_rejected: bool = False

@@ -16,16 +16,16 @@ headers (List-Unsubscribe, List-Unsubscribe-Post, Feedback-ID, In-Reply-To…) g
 it returns and which every event carries (`message-id`), so that id is our provider message id.
 
 Brevo documents an `idempotencyKey` header (changelog "Email API now supports idempotency", TTL 15 minutes);
-we send the SubTask key in it, but declare `honours_idempotency=False` as SPEC §8.3 does: a 15-minute window
-is shorter than our retry schedule can guarantee, so a lost answer stays `uncertain` rather than risking a
-second mail.
+we send the SubTask key in it, but declare `honours_idempotency=False` (docs/sending.md#crashes-and-uncertain-sends):
+a 15-minute window is shorter than our retry schedule can guarantee, so a lost answer stays `uncertain` rather than
+risking a second mail.
 
 Open/click tracking can only be switched off in the Brevo account, not per message: its open/click events are
-parsed and stored, and the pipeline ignores them (SPEC §8.1).
+parsed and stored, and the pipeline ignores them (docs/providers.md#the-providers).
 
-Errors (SPEC §8.5): 400 `{code, message}` → permanent (a sender/domain complaint → auth_config, since every
-message of the service would fail the same way); 401/403 → auth_config; 402 (not enough credits) →
-quota_exhausted; 429 → throttled (`Retry-After`, else `x-sib-ratelimit-reset`); 5xx → transient.
+Errors (docs/providers.md#how-answers-are-classified): 400 `{code, message}` → permanent (a sender/domain complaint
+→ auth_config, since every message of the service would fail the same way); 401/403 → auth_config; 402 (not enough
+credits) → quota_exhausted; 429 → throttled (`Retry-After`, else `x-sib-ratelimit-reset`); 5xx → transient.
 
 Webhook
 -------
@@ -197,7 +197,7 @@ _EVENTS: dict[str, tuple[EventType, BounceClass | None]] = {
     "deferred": (EventType.DEFERRED, None),
     "soft_bounce": (EventType.SOFT_BOUNCED, BounceClass.SOFT),
     "hard_bounce": (EventType.HARD_BOUNCED, BounceClass.HARD),
-    # "the address is invalid": providers/README lists it with the hard bounces; the class says why.
+    # "the address is invalid": counted with the hard bounces (docs/events.md#event-vocabulary); the class says why.
     "invalid_email": (EventType.HARD_BOUNCED, BounceClass.INVALID),
     # Brevo blocks a contact that is on its blocklist (unsubscribed, hard-bounced before, blocked by hand):
     # that is the provider's own suppression list, not a content or reputation block.
@@ -284,7 +284,8 @@ def parse_event(event: dict[str, Any]) -> NormalizedEvent:
 
 
 def parse_inbound_item(item: Any) -> NormalizedEvent | BadElement:
-    """One Brevo inbound-parsing item: a reply, matched later by its In-Reply-To/References (SPEC §12)."""
+    """One Brevo inbound-parsing item: a reply, matched later by its In-Reply-To/References
+    (docs/overview.md#conversations-replies)."""
     if not isinstance(item, dict):
         return BadElement(raw=item, error="inbound item is not a JSON object")
     sender: dict[str, Any] = item["From"] if isinstance(item.get("From"), dict) else {}

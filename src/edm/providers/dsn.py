@@ -1,5 +1,5 @@
-"""SMTP bounce and complaint reports (SPEC §9.7, providers/README §8.2): DSN (RFC 3464), ARF (RFC 5965) and the
-free-text bounces many MTAs still send, parsed into normalized events. Pure: no database, no network.
+"""SMTP bounce and complaint reports (docs/events.md#smtp-bounce-and-complaint-reports): DSN (RFC 3464), ARF (RFC 5965)
+and the free-text bounces many MTAs still send, parsed into normalized events. Pure: no database, no network.
 
 `parse_report(raw, envelope_to=None)` takes the raw MIME bytes (from the DSN endpoint or the mailbox poller)
 and returns one `NormalizedEvent` per recipient block:
@@ -360,7 +360,8 @@ def _dsn_event(
 
 
 def classify(action: str, status: str | None, smtp_code: int | None = None) -> tuple[EventType, BounceClass | None]:
-    """Event type and bounce class of one recipient: the DSN Action, then the status class (SPEC §9.7)."""
+    """Event type and bounce class of one recipient: the DSN Action, then the status class
+    (docs/events.md#smtp-bounce-and-complaint-reports)."""
     klass = status[0] if status else (str(smtp_code)[0] if smtp_code else "")
     if action in _DELIVERED_ACTIONS or (not action and klass == "2"):
         return EventType.DELIVERED, None
@@ -379,7 +380,8 @@ def classify(action: str, status: str | None, smtp_code: int | None = None) -> t
 
 def _permanent_class(status: str | None) -> BounceClass:
     """5.7.x (policy, authentication, reputation), 5.6.x (content) and 5.3.4 (too big) refuse the message, not
-    the address: `block`, which never suppresses the recipient (§9.6). Everything else is the address."""
+    the address: `block`, which never suppresses the recipient (docs/events.md#applying-events). Everything else is
+    the address."""
     if status and (status[1:4] in (".7.", ".6.") or status[1:] == ".3.4"):
         return BounceClass.BLOCK
     return BounceClass.HARD

@@ -65,7 +65,7 @@ from edm.vocabulary.events import BadElement, BounceClass, EventType, Normalized
 
 SEND_PATH = "/v1/mail/send"
 IDEMPOTENCY_WINDOW_SECONDS = 3600
-SIGNATURE_WINDOW_SECONDS = 600  # SPEC §9.2: ±10 min
+SIGNATURE_WINDOW_SECONDS = 600  # ±10 min (docs/providers.md#webhooks-where-events-come-back)
 
 # Our headers EngageLab lets through (none is on its forbidden list); the rest of ours is not sent.
 _PASSED_HEADERS = (
@@ -158,7 +158,7 @@ def send_body(message: OutboundMessage) -> dict[str, Any]:
         "settings": {
             "send_mode": 0,  # one mail per recipient; cc/bcc unused
             "return_email_id": True,
-            "open_tracking": False,  # EDM tracks opens/clicks/unsubscribes itself (§8.1)
+            "open_tracking": False,  # EDM tracks opens/clicks/unsubscribes itself (docs/tracking.md)
             "click_tracking": False,
             "unsubscribe_tracking": False,
         },
@@ -196,7 +196,7 @@ def _one_line(value: str) -> str:
 
 
 def classify_error(response: httpx.Response) -> tuple[Outcome, str | None, str]:
-    """(outcome, provider code, message) of a non-2xx answer (SPEC §8.5, providers README §0.2)."""
+    """(outcome, provider code, message) of a non-2xx answer (docs/providers.md#how-answers-are-classified)."""
     status = response.status_code
     payload = json_or_none(response)
     code = payload.get("code") if isinstance(payload, dict) else None
@@ -205,7 +205,8 @@ def classify_error(response: httpx.Response) -> tuple[Outcome, str | None, str]:
     provider_code = str(code) if code is not None else None
     if status == 401 and _as_int(code) == _WRONG_DATA_CENTRE_CODE:
         return Outcome.AUTH_CONFIG, provider_code, text + " (check api_user/api_key and the data centre: sg or tr)"
-    # The quota answer is undocumented (providers README §10): 402 or a message about quota/credits.
+    # The quota answer is undocumented (docs/providers.md#how-answers-are-classified): 402 or a message about
+    # quota/credits.
     if status == 402 or (400 <= status < 500 and status not in (401, 403, 429) and _QUOTA_WORDS.search(said or "")):
         return Outcome.QUOTA_EXHAUSTED, provider_code, text
     # 401/403 -> auth_config, 429 -> throttled, 5xx -> transient, 404/405 (wrong base URL) -> auth_config,
@@ -238,7 +239,7 @@ _RESPONSE_EVENTS: dict[str, EventType] = {
     "report_spam": EventType.COMPLAINED,
     "route": EventType.REPLIED,
 }
-# Documented delivery-status sub-codes (providers README §1.2) -> (event type, bounce class).
+# Documented delivery-status sub-codes (docs/events.md#event-vocabulary) -> (event type, bounce class).
 _INVALID_SUB_STATS: dict[int, tuple[EventType, BounceClass]] = {
     401: (EventType.REJECTED, BounceClass.SUPPRESSED),  # on EngageLab's blacklist
     402: (EventType.REJECTED, BounceClass.SUPPRESSED),  # unsubscribed at EngageLab
@@ -261,8 +262,8 @@ class EngageLabWebhook:
     async def verify(self, request: WebhookRequest, target: WebhookTarget, ctx: VerifyContext) -> bool:
         """The URL/header token (`?token=`, Basic, Bearer), or EngageLab's signature headers.
 
-        The signature covers only the timestamp, never the body (providers README §1.3), so the per-service
-        URL with a `?token=` secret is the stronger option; both are accepted. EngageLab's two documents
+        The signature covers only the timestamp, never the body (docs/providers.md#webhooks-where-events-come-back), so
+        the per-service URL with a `?token=` secret is the stronger option; both are accepted. EngageLab's two documents
         disagree on the algorithm: md5(timestamp + app key header + secret) or HMAC-SHA256(secret,
         timestamp), hex; both are accepted, with the timestamp in seconds or milliseconds within ±10 min.
         """
@@ -437,7 +438,8 @@ def _response_event(envelope: Mapping[str, Any], response: Mapping[str, Any]) ->
 def _reply_event(
     envelope: Mapping[str, Any], data: Mapping[str, Any], email_id: str | None, common: dict[str, Any]
 ) -> NormalizedEvent:
-    """An inbound reply (Inbound Route). No custom_args are expected: §12 matches it by its headers."""
+    """An inbound reply (Inbound Route). No custom_args are expected: a reply is matched by its headers
+    (docs/overview.md#conversations-replies)."""
     sender = _address(data.get("from")) or _address(_mapping(data.get("headers")).get("From"))
     details = common["details"]
     details.update(
@@ -458,7 +460,8 @@ def _reply_event(
 
 
 def _threading_headers(raw_message: Any) -> dict[str, str]:
-    """In-Reply-To / References of the reply's MIME, for matching it to our send (§12)."""
+    """In-Reply-To / References of the reply's MIME, for matching it to our send
+    (docs/overview.md#conversations-replies)."""
     if not isinstance(raw_message, str) or not raw_message:
         return {}
     headers = email.parser.HeaderParser().parsestr(raw_message, headersonly=True)

@@ -2,15 +2,16 @@
 
 A provider module subclasses `HttpAdapter` and writes only what is its own: `build_request` (the wire
 format, our ids in the provider's metadata field, tracking off) and `parse_response` (per-recipient ids,
-the provider's error codes mapped onto §8.5's classes, usually by starting from `classify_status`).
+the provider's error codes mapped onto the classes of docs/providers.md#how-answers-are-classified, usually by starting
+from `classify_status`).
 
 Connections: httpx's async pool degrades above ~8 connections (PERFORMANCE.md lesson 5), so an adapter
 with `max_concurrency` > 8 spreads its calls over several small clients, each with keep-alive.
 Timeouts are explicit: connect ≤ 10 s, the rest `request_timeout_seconds`.
 
-Which network failures may have sent the message (§8.5): a failure to connect, or waiting for a pooled
-connection, means the provider never saw the request (`transient`); anything after the request started
-to go out (write or read failure, read timeout, the server closing without an answer) may have been
+Which network failures may have sent the message (docs/providers.md#how-answers-are-classified): a failure to connect,
+or waiting for a pooled connection, means the provider never saw the request (`transient`); anything after the request
+started to go out (write or read failure, read timeout, the server closing without an answer) may have been
 processed (`maybe_sent`), and only the provider's idempotency key (if any) makes a resend safe.
 """
 
@@ -32,7 +33,8 @@ from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResul
 CONNECTIONS_PER_CLIENT = 8
 MAX_CONNECT_TIMEOUT = 10.0
 
-# Answers about the service, not the message: the rest of a multi-call send is not attempted (§7.7).
+# Answers about the service, not the message: the rest of a multi-call send is not attempted
+# (docs/sending.md#failures-and-failover).
 SERVICE_LEVEL = (Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG)
 
 _NOT_SENT = (
@@ -164,7 +166,8 @@ class HttpAdapter:
         try:
             return self.parse_response(messages, response, latency_ms)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            # A 2xx that is not the API's answer (a proxy page, a wrong base URL): configuration (§8.5).
+            # A 2xx that is not the API's answer (a proxy page, a wrong base URL): configuration
+            # (docs/providers.md#how-answers-are-classified).
             note = f"unexpected answer from {self.provider} (HTTP {response.status_code}): {exc}"
             return [
                 failure(
@@ -189,7 +192,8 @@ class HttpAdapter:
 
 
 def classify_status(status: int) -> Outcome:
-    """The default class of an HTTP status (§8.5); provider modules refine it with their error codes."""
+    """The default class of an HTTP status (docs/providers.md#how-answers-are-classified); provider modules refine it
+    with their error codes."""
     if 200 <= status < 300:
         return Outcome.ACCEPTED
     if status == 429:

@@ -32,7 +32,7 @@ Secret: the domain's "HTTP webhook signing key" (not the API key). One JSON even
 in hex, timestamp within 10 minutes, and the token is the replay nonce (the pipeline refuses one seen
 before). The signature does not cover the body: Mailgun's scheme, nothing we can add. Dedupe:
 `event-data.id` + `event-data.timestamp`. The flat form trio of inbound routes verifies too (replies are
-handled by conversations, §12, not parsed here).
+handled by conversations, planned in docs/overview.md#conversations-replies, not parsed here).
 """
 
 from __future__ import annotations

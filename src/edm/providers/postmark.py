@@ -15,7 +15,7 @@ per-message results in the same order, each with its own `ErrorCode`. Our ids tr
 (`subtask_id`, `task_id`, echoed in every event) and in the `X-EDM-SubTask-Id` header; tracking is off
 (`TrackOpens=false`, `TrackLinks="None"`). Postmark keeps a custom `Message-ID` header, so ours is sent.
 
-Classification (SPEC §8.5, providers README §5.1): HTTP 401 → auth_config; 429 → throttled; 5xx → transient;
+Classification (docs/providers.md#how-answers-are-classified): HTTP 401 → auth_config; 429 → throttled; 5xx → transient;
 otherwise the `ErrorCode` decides (`classify_error_code`): 0 accepted, 10 bad token and 400/401 sender
 signature → auth_config, 100 maintenance → transient, 300 invalid request → permanent, 406 inactive
 recipient → permanent with `recipient_rejected`, 405/412/413 → quota_exhausted, 429 → throttled.
@@ -24,8 +24,9 @@ Webhooks
 --------
 One JSON object per POST, `RecordType` = Delivery | Bounce | SpamComplaint | Open | Click |
 SubscriptionChange; inbound mail (no RecordType, or "Inbound") → one `replied` event without SubTask ids for
-§12. Our ids come back in `Metadata`; `provider_message_id` = `MessageID` (the id the send returned); the
-dedupe id is the bounce `ID` (Bounce and SpamComplaint records live in Postmark's bounce store).
+conversations (docs/overview.md#conversations-replies). Our ids come back in `Metadata`;
+`provider_message_id` = `MessageID` (the id the send returned); the dedupe id is the bounce `ID` (Bounce and
+SpamComplaint records live in Postmark's bounce store).
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def _one_line(text: str) -> str:
 # ========================================================================================================
 
 # Bounce `Type` → (event type, bounce class). Blocks (spam filters, DMARC, ISP blocks) are `rejected` with
-# class block, so they never suppress the address (§9.6); auto-replies and address changes are no failure.
+# class block, so they never suppress the address (docs/events.md#applying-events); auto-replies and address changes are
+# no failure.
 _BOUNCE_TYPES: Mapping[str, tuple[EventType, BounceClass | None]] = {
     "HardBounce": (EventType.HARD_BOUNCED, BounceClass.HARD),
     "BadEmailAddress": (EventType.HARD_BOUNCED, BounceClass.INVALID),
@@ -408,7 +410,8 @@ def _subscription_change(record: Mapping[str, Any]) -> NormalizedEvent:
 
 
 def _inbound(record: Mapping[str, Any]) -> NormalizedEvent:
-    """Postmark inbound: a `replied` candidate for §12 without SubTask ids (threading uses the headers)."""
+    """Postmark inbound: a `replied` candidate for the planned conversations (docs/overview.md#conversations-replies)
+    without SubTask ids (threading uses the headers)."""
     headers = {
         str(h.get("Name", "")).lower(): h.get("Value") for h in _list(record.get("Headers")) if isinstance(h, dict)
     }

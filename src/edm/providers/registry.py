@@ -1,7 +1,9 @@
 """Provider name → adapter class, and a per-process cache of built adapters (one per service).
 
 Adding a provider: import its adapter class here and add it to `ADAPTERS`; name its webhook handler in
-`_WEBHOOK_HANDLERS` (imported on first use, so the send path never loads webhook code).
+`_WEBHOOK_HANDLERS` (looked up and built on first use). That defers building a handler, not loading its code:
+the handler classes live in the adapter modules imported below (the DSN and fake handlers come in through
+`smtp` and `fake`), so importing this registry, as the send path does, loads every webhook parser too.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ request carrying an `Idempotency-Key` header (≤ 256 chars) is processed once w
 gets the same answer. We send the SubTask key there and declare `honours_idempotency=True`, 86 400 s.
 
 Open/click tracking is a per-domain setting at Resend, not per message: its events are parsed and stored,
-and the pipeline ignores them (SPEC §8.1).
+and the pipeline ignores them (docs/providers.md#the-providers).
 
-Errors (SPEC §8.5), from the HTTP status and the body's `name`: 429 `daily_quota_exceeded` /
-`monthly_quota_exceeded` → quota_exhausted, other 429 → throttled (`Retry-After`, else `ratelimit-reset`);
-401/403 (missing/invalid/restricted key, unverified domain, test-mode restrictions) → auth_config; 422/400
-→ permanent, except `invalid_from_address` (the service's domain) and any "API key is invalid" answer →
+Errors (docs/providers.md#how-answers-are-classified), from the HTTP status and the body's `name`: 429
+`daily_quota_exceeded` / `monthly_quota_exceeded` → quota_exhausted, other 429 → throttled (`Retry-After`, else
+`ratelimit-reset`); 401/403 (missing/invalid/restricted key, unverified domain, test-mode restrictions) → auth_config;
+422/400 → permanent, except `invalid_from_address` (the service's domain) and any "API key is invalid" answer →
 auth_config; 409 `concurrent_idempotent_requests` (the first attempt is still running) → transient; 409
 `invalid_idempotent_request` (the key was used with another payload) → permanent; 5xx → transient.
 

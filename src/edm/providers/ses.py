@@ -19,7 +19,8 @@ in the legacy notification format, which carries no tags). SES overwrites `Messa
 not send them: replies to SES mail reference SES's own Message-ID (`<MessageId@<region>.amazonses.com>`).
 
 Errors come as `x-amzn-ErrorType: <Name>:<url>` and/or a JSON body with `__type`/`code` and `message`;
-`_ERROR_CLASSES` maps the names onto SPEC §8.5 (unknown names fall back to the HTTP status).
+`_ERROR_CLASSES` maps the names onto the classes of docs/providers.md#how-answers-are-classified (unknown names fall
+back to the HTTP status).
 
 Webhooks (SNS)
 --------------
@@ -34,7 +35,7 @@ v2 SHA256) against the certificate at `SigningCertURL`, fetched through `ctx.fet
 configuration sets) or the legacy identity-notification format (`notificationType`). Bounce, Complaint,
 Delivery and DeliveryDelay list recipients: one event per recipient. SES receiving (`Received`) is out of
 scope here: it becomes one `replied` event with the receipt facts in `details` and no SubTask/message ids,
-for the inbound pipeline (§12) to pick up.
+for the inbound pipeline (docs/overview.md#conversations-replies) to pick up.
 """
 
 from __future__ import annotations
@@ -502,7 +503,8 @@ def bounce_outcome(bounce_type: str, sub_type: str) -> tuple[EventType, BounceCl
 
     Suppressed / OnAccountSuppressionList / UnsubscribedRecipient: SES never tried the address (its own
     suppression list), so it is a rejection of a provider-suppressed address, which suppresses it here too
-    (§10.5). Undetermined: no reason given; treated as soft so one unexplained bounce does not suppress.
+    (docs/suppression.md#what-is-added-automatically-the-bounce-policy). Undetermined: no reason given; treated as soft
+    so one unexplained bounce does not suppress.
     """
     if bounce_type == "Permanent":
         if sub_type in _SUPPRESSED_SUBTYPES:
@@ -665,8 +667,8 @@ def _subscription(c: _Context, subscription: Mapping[str, Any]) -> list[Normaliz
 
 
 def _received(c: _Context, receipt: Mapping[str, Any]) -> list[NormalizedEvent]:
-    """SES receiving: a `replied` candidate for §12, without SubTask or message ids (they are found from the
-    MIME message, which lives in S3 or in `content`)."""
+    """SES receiving: a `replied` candidate for the planned conversations (docs/overview.md#conversations-replies),
+    without SubTask or message ids (they are found from the MIME message, which lives in S3 or in `content`)."""
     common = _dict(c.mail.get("commonHeaders"))
     action = _dict(receipt.get("action"))
     details = {
@@ -828,7 +830,7 @@ def _header(mail: Mapping[str, Any], name: str) -> str | None:
 
 
 def _task_from_feedback_id(value: str | None) -> str | None:
-    """Feedback-ID is `<task id>:<user id>:edm` (SPEC §8.1)."""
+    """Feedback-ID is `<task id>:<user id>:edm` (docs/sending.md#the-message)."""
     if not value:
         return None
     parts = value.split(":")

@@ -4,11 +4,12 @@ Wire behaviour
 --------------
 * One transaction per message: MAIL FROM, RCPT TO, DATA. The envelope sender is `message.envelope_from`, or,
   when `options["bounce_domain"]` is set, the VERP address `b+<message.key>@<bounce_domain>` so that every
-  bounce names its SubTask (edm.providers.dsn, SPEC §9.7).
+  bounce names its SubTask (edm.providers.dsn, docs/events.md#smtp-bounce-and-complaint-reports).
 * `options["request_dsn"]` (default false): when the server advertises DSN (RFC 3461), MAIL FROM carries
   `RET=HDRS ENVID=<message.key>` and RCPT TO `NOTIFY=FAILURE,DELAY ORCPT=rfc822;<recipient>`.
 * `security`: "tls" connects with implicit TLS (465), "starttls" upgrades opportunistically whenever the
-  server offers STARTTLS (SPEC §8.3), "none" never encrypts. AUTH only when a username is configured.
+  server offers STARTTLS (docs/security.md#outgoing-requests), "none" never encrypts. AUTH only when a username is
+  configured.
 * Connections are reused: at most `max_concurrency` per adapter instance, idle ones are kept LIFO so the
   warmest is reused first, a broken or stale one is discarded and replaced.
 * TCP_NODELAY is set on every socket and the body is written together with the final "." line in one
@@ -22,7 +23,8 @@ call, so a timeout there does not say whether the body left. We therefore send t
 read the final reply with `protocol.read_response()`. The phase switches to BODY right after that write:
 any timeout, disconnect or garbage from then on is `maybe_sent`; anything earlier is `transient`.
 
-Classification (SPEC §7.7, §8.5) lives in `classify_reply()`, a pure function of (phase, code, text).
+Classification (docs/sending.md#failures-and-failover, docs/providers.md#how-answers-are-classified) lives in
+`classify_reply()`, a pure function of (phase, code, text).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def queue_id(text: str) -> str | None:
 
 
 def classify_reply(phase: Phase, code: int, text: str) -> Classification:
-    """Map one negative (or unexpected) SMTP reply to an error class (SPEC §8.5, providers/README §8.1)."""
+    """Map one negative (or unexpected) SMTP reply to an error class (docs/providers.md#how-answers-are-classified)."""
     enhanced = enhanced_code(text) or ""
     klass = code // 100
     if enhanced.endswith(".7.28") or (_is_rate_code(code, enhanced) and _RATE_RE.search(text)):
@@ -129,7 +131,7 @@ def _is_rate_code(code: int, enhanced: str) -> bool:
 def _classify_permanent(phase: Phase, code: int, enhanced: str, text: str) -> Classification:
     if phase is Phase.MAIL and (enhanced.startswith("5.7.") or enhanced in ("5.1.7", "5.1.8")):
         # The sender or its domain is not allowed on this account: a service configuration problem,
-        # not this message's (SPEC §7.7 auth_config: "unverified domain/sender").
+        # not this message's (auth_config in docs/sending.md#failures-and-failover: "unverified domain or sender").
         return Classification(Outcome.AUTH_CONFIG)
     if phase is Phase.RCPT and _RELAY_RE.search(text) and not enhanced.startswith("5.1."):
         return Classification(Outcome.AUTH_CONFIG)  # "554 5.7.1 Relay access denied": we are not logged in

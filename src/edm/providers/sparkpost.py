@@ -35,10 +35,10 @@ lookup; our metadata is the primary key. `total_rejected_recipients > 0` does no
 refused; their `policy_rejection`/`generation_rejection` events follow, carrying their metadata, so every
 message of a 200 answer is recorded as accepted and those events apply the rejection.
 
-Errors (SPEC §8.5, SparkPost's extended error codes): 420 (sending limit, codes 2101–2103) → quota_exhausted;
-429 → throttled; 401/403 and sending-domain codes (7000 blacklisted, 7001 invalid/unconfigured, 1910 not
-configured) → auth_config; 1902 "Message generation rejected" (every recipient refused, e.g. suppressed) →
-permanent, recipient rejected; 1502/1900 (resources unavailable) and 5xx → transient; other 400/422 →
+Errors (docs/providers.md#how-answers-are-classified, SparkPost's extended error codes): 420 (sending limit, codes
+2101–2103) → quota_exhausted; 429 → throttled; 401/403 and sending-domain codes (7000 blacklisted, 7001
+invalid/unconfigured, 1910 not configured) → auth_config; 1902 "Message generation rejected" (every recipient refused,
+e.g. suppressed) → permanent, recipient rejected; 1502/1900 (resources unavailable) and 5xx → transient; other 400/422 →
 permanent.
 
 Webhook

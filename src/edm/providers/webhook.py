@@ -1,9 +1,9 @@
-"""The webhook side of the provider contract (SPEC §9): verify over the raw bytes, then parse.
+"""The webhook side of the provider contract (docs/events.md): verify over the raw bytes, then parse.
 
 A provider module exposes one `WebhookHandler`. Handlers are pure: no database and no network, except the
 `fetch` the pipeline lends them (SNS certificates only). The pipeline (`edm.api.webhooks`) reads the
 body, finds the candidate services and their secrets, calls `verify` per service until one succeeds,
-calls `parse`, stores each event once and answers (§9.5).
+calls `parse`, stores each event once and answers (docs/events.md#pipeline-and-responses).
 
 Secrets: each service keeps a list of webhook secrets in its encrypted credentials
 (`credentials["webhook_secrets"]`), several at once during a rotation; `WebhookTarget.secrets` holds the

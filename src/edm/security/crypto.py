@@ -1,9 +1,12 @@
-"""Authenticated encryption of service credentials and webhook secrets at rest (SPEC §20.6).
+"""Authenticated encryption of service credentials and webhook secrets at rest (docs/security.md#secrets-at-rest).
 
-`EDM_ENCRYPTION_KEYS` is a comma-separated list of Fernet keys; the first encrypts, all decrypt, so keys rotate
-with `edm secrets rotate`. Outside production any passphrase is accepted too and stretched into a key (one
-SHA-256, no salt: convenient for demos and tests, too weak for real credentials), and without any key one is
-derived from the signing key. Production accepts real Fernet keys only: the settings refuse to start
+`EDM_ENCRYPTION_KEYS` is a comma-separated list of Fernet keys; the first encrypts, all decrypt. A key is rotated
+by putting a new one (`edm keys generate`) first and keeping the old ones after it (docs/operations.md#deploying).
+No command re-encrypts what is stored: a value moves to the new key only when it is written again (new credentials
+through `edm service credentials` or the API, a webhook secret added or removed), so an old key must stay listed
+while anything encrypted with it remains. Outside production any passphrase is accepted too and stretched into a
+key (one SHA-256, no salt: convenient for demos and tests, too weak for real credentials), and without any key
+one is derived from the signing key. Production accepts real Fernet keys only: the settings refuse to start
 otherwise, and the vault itself refuses to stretch.
 """
 

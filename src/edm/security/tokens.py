@@ -1,4 +1,4 @@
-"""Compact signed tokens for tracking, unsubscribe and view links (SPEC §10.2).
+"""Compact signed tokens for tracking, unsubscribe and view links (docs/tracking.md#tokens).
 
 Layout before base64url (no padding):
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 TOKEN_VERSION = 1
-MAC_BYTES = 12  # 96 bits, the floor set by §10.2
+MAC_BYTES = 12  # 96 bits, the floor set by docs/tracking.md#tokens
 
 Purpose = Literal["open", "click", "unsubscribe", "view"]
 _PURPOSE_BYTES: dict[str, int] = {"open": 1, "click": 2, "unsubscribe": 3, "view": 4}

@@ -1,4 +1,4 @@
-"""CSV import and export of a suppression list (SPEC §10.5, §13.5 quoting and formula guard).
+"""CSV import and export of a suppression list (docs/suppression.md#import-and-export-csv).
 
 Import: a header row with an `email` or a `domain` column (or both: each row fills one), optional `note`
 and `expires_at`; other columns are ignored, so an export imports back as it is. Good rows are kept, each

@@ -1,4 +1,4 @@
-"""Suppression lists (SPEC §4.7, §10.5): each user's own list and the admins' global list.
+"""Suppression lists (docs/suppression.md): each user's own list and the admins' global list.
 
 An entry blocks one address or a whole domain, for good or until `expires_at`. Generation and the claim-time
 check read the table directly (`tasks/recipients.py`, `dispatch/queue.py`); this module is how people manage
@@ -27,7 +27,8 @@ from edm.system.service import Actor, audit
 
 KINDS = ("address", "domain")
 REASONS = ("unsubscribed", "hard_bounce", "soft_bounce_limit", "complaint", "provider_suppressed", "manual", "import")
-# Removing these needs a reason, is audited and clears the contact flag the same event set (§10.5).
+# Removing these needs a reason, is audited and clears the contact flag the same event set
+# (docs/suppression.md#removing-an-unsubscribe-or-a-complaint).
 FLAG_OF_REASON = {"unsubscribed": "unsubscribed_at", "complaint": "complained_at"}
 NOTE_LIMIT, REASON_LIMIT = 500, 500
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -392,7 +393,7 @@ async def check(session: AsyncSession, email: str, *, user_id: int | None, now: 
 
 
 def contact_reasons(contact: Contact | None) -> list[str]:
-    """The contact's own exclusions, named as generation names them (§6.2)."""
+    """The contact's own exclusions, named as generation names them (docs/tasks.md#selection-and-the-estimate)."""
     if contact is None:
         return []
     flags = [

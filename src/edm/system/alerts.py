@@ -1,5 +1,5 @@
-"""Admin alerts: a notification for every active admin when something needs a person (SPEC §7.7: a service
-frozen by an auth/config error, or out of provider quota). Written in the caller's transaction."""
+"""Admin alerts: a notification for every active admin when something needs a person (docs/admin.md#notifications:
+a service frozen by an auth/config error, or out of provider quota). Written in the caller's transaction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admin-editable settings (SPEC §19.2), read from the `settings` table into one typed object.
+"""Admin-editable settings (docs/operations.md#admin-settings), read from the `settings` table into one typed object.
 
 Workers re-read them at most every 30 s, so a change takes effect without a restart.
 """
@@ -26,7 +26,7 @@ class Strategy(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Admin settings that shape back-off (SPEC §19.2)."""
+    """Admin settings that shape back-off (docs/operations.md#admin-settings)."""
 
     max_attempts: int = 5
     retry_base: float = 60.0
@@ -59,13 +59,14 @@ class RuntimeSettings:
     org_name: str = ""
     compliance_postal_address: str = ""
     compliance_footer_html: str = ""
-    # Bounce and suppression policy (§10.5): where each automatic suppression goes (user, global or off).
+    # Bounce and suppression policy (docs/suppression.md#what-is-added-automatically-the-bounce-policy): where each
+    # automatic suppression goes (user, global or off).
     bounce_soft_limit: int = 3
     suppression_unsubscribe_scope: str = "user"
     suppression_hard_bounce_scope: str = "global"
     suppression_soft_bounce_scope: str = "global"
     suppression_complaint_scope: str = "global"
-    # Human and machine engagement (§10.4). The lists extend the built-in ones.
+    # Human and machine engagement (docs/tracking.md#people-and-machines). The lists extend the built-in ones.
     tracking_machine_open_window: float = 60.0
     tracking_machine_click_window: float = 10.0
     tracking_click_burst_window: float = 2.0
@@ -93,7 +94,8 @@ class RuntimeSettings:
 
 
 def key_of(field_name: str) -> str:
-    """`retry_max_attempts` is stored under `retry.max_attempts` (the dotted names of SPEC §19.2)."""
+    """`retry_max_attempts` is stored under `retry.max_attempts` (the dotted names of
+    docs/operations.md#admin-settings)."""
     head, _, rest = field_name.partition("_")
     return f"{head}.{rest}"
 

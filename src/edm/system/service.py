@@ -1,5 +1,5 @@
-"""Admin operations shared by the API and the CLI: audit log rows and audited settings changes (SPEC §4.8,
-§15.4, §19.2).
+"""Admin operations shared by the API and the CLI: audit log rows and audited settings changes
+(docs/admin.md#audit-log-get-adminaudit-log, docs/operations.md#admin-settings).
 
 Services take the caller's session and flush; the entry point commits.
 """

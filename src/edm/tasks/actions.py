@@ -1,5 +1,6 @@
-"""Task actions beyond the single transitions (SPEC §16.3): copy a task into a new draft, pause or resume many
-tasks at once, and cancel selected pending recipients. Services: they flush, entry points commit."""
+"""Task actions beyond the single transitions (docs/tasks.md#actions-on-tasks-and-recipients): copy a task into a new
+draft, pause or resume many tasks at once, and cancel selected pending recipients. Services: they flush, entry points
+commit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exactly-once generation of a task's SubTasks with the credit reserve (SPEC §6.3).
+"""Exactly-once generation of a task's SubTasks with the credit reserve (docs/tasks.md#generation).
 
 All-or-nothing in one transaction: SubTasks (set-based INSERT … SELECT from the selection function), the
 one `reserve` ledger entry and the move to `queued`. The task row is taken with FOR UPDATE SKIP LOCKED, so

@@ -1,5 +1,5 @@
 """What the system does to tasks on its own: finalization with refunds, auto-resume, auto-pause on error
-rates, waiting reasons and the service-unavailable pause (SPEC §5.2–§5.4, §6.3, §7.9, §7.10, §7.8).
+rates, waiting reasons and the service-unavailable pause (docs/states.md, docs/tasks.md#generation, docs/sending.md).
 
 Services: they take a session and flush; the maintenance jobs (entry points) commit.
 """
@@ -150,11 +150,11 @@ async def resume(
     if target is TaskStatus.SCHEDULED:
         values["schedule_at"] = max(schedule_at or now, now)
     if task.pause_reason == PauseReason.ERROR_THRESHOLD:
-        values["threshold_window_started_at"] = now  # a new evaluation window (SPEC §5.2)
+        values["threshold_window_started_at"] = now  # a new evaluation window (docs/states.md#task-transitions)
     return await transition(session, task_id, TaskAction.RESUME, actor=actor, to=target, values=values)
 
 
-# ---- automatic pause on error rates (SPEC §7.9) -------------------------------------------------------
+# ---- automatic pause on error rates (docs/sending.md#automatic-pause-on-errors) -----------------------
 
 
 async def check_thresholds(
@@ -255,7 +255,7 @@ async def pause_for_render_limit(session: AsyncSession, task_id: int, *, detail:
     return True
 
 
-# ---- waiting reasons and the unavailable pause (SPEC §5.4, §7.10) -------------------------------------
+# ---- waiting reasons and the unavailable pause (docs/states.md#waiting-reasons) -----------------------
 
 
 REASON_OF = {
@@ -440,7 +440,7 @@ async def resume_unavailable(session: AsyncSession, *, now: dt.datetime, snapsho
     return resumed
 
 
-# ---- uncertain sends (SPEC §7.8) ----------------------------------------------------------------------
+# ---- uncertain sends (docs/sending.md#crashes-and-uncertain-sends) ------------------------------------
 
 
 async def abandon_stale_uncertain(session: AsyncSession, *, now: dt.datetime, runtime: RuntimeSettings) -> int:

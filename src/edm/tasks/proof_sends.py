@@ -1,9 +1,9 @@
-"""Template test sends (SPEC §14.5, §8.2): a template sent to 1–5 of the marketer's own addresses.
+"""Template test sends (docs/templates.md#test-sends): a template sent to 1–5 of the marketer's own addresses.
 
 A test send is a Task of kind `test`, created already `queued` in one transaction with its frozen template
 snapshot (as generation takes it), one SubTask per address and a `charge` of 1 credit per address. From
-there it is ordinary work: the claim takes it before bulk SubTasks of the same service (§7.2), with the same
-rate slots, concurrency and daily quota; the finalize job completes it. What differs is decided elsewhere
+there it is ordinary work: the claim takes it before bulk SubTasks of the same service (docs/sending.md#the-claim), with
+the same rate slots, concurrency and daily quota; the finalize job completes it. What differs is decided elsewhere
 from `Task.kind`: the composer prefixes the subject with `[TEST] ` and leaves tracking off, and the
 unsubscribe page of a test SubTask says it was a test and records nothing.
 
@@ -31,17 +31,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.addresses import normalize_email
 from edm.clock import utc_now
 from edm.content import service as content
-from edm.errors import BadInput, EdmError, NotFound
-from edm.models.content import Sender
+from edm.errors import BadInput, Conflict, EdmError, NotFound
+from edm.models.content import Sender, Template
 from edm.models.email_services import EmailService
 from edm.models.tasks import SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.models.users import LedgerKind
+from edm.paging import Page, encode_cursor
 from edm.users.credit import apply_credit, lock_user
 from edm.vocabulary.tasks import OPEN_SEND_STATES, SendState, TaskKind, TaskStatus
 
 KIND = TaskKind.TEST
 MAX_ADDRESSES = 5
-DAILY_LIMIT = 50  # test recipients per user per UTC day (§14.5)
+DAILY_LIMIT = 50  # test recipients per user per UTC day (docs/templates.md#test-sends)
 
 
 class TestSendLimitReached(EdmError):
@@ -88,30 +89,63 @@ async def used_today(session: AsyncSession, *, user_id: int, now: dt.datetime) -
     return int(count or 0)
 
 
+@dataclass(frozen=True)
+class TestSendPlan:
+    """What the read part of a test send checked and found; `check_render` renders it, `queue` writes it.
+
+    Rendering may take its whole time limit: an entry point serving other users ends its transaction after
+    `plan` and before `check_render` (on SQLite the transaction holds the database's write lock)."""
+
+    __test__ = False
+
+    template_id: int
+    addresses: tuple[str, ...]
+    sender_id: int
+    contact_id: int | None
+    source: content.PreviewSource
+    preview: content.PreviewJob
+
+
 async def create(
     session: AsyncSession, *, user_id: int, request: TestSendRequest, actor: str, now: dt.datetime | None = None
 ) -> Task:
-    """Queue a test send (202 at the API). 404 for a template that is not the user's; 422 for a bad address,
-    contact or sender, or a template that does not render; 429 past the daily limit; 409 without credit."""
-    now = now or utc_now()
+    """Queue a test send in one transaction, the render included (seeding and tests; see `TestSendPlan`)."""
+    plan_ = await plan(session, user_id=user_id, request=request)
+    await check_render(plan_)
+    return await queue(session, user_id=user_id, plan=plan_, actor=actor, now=now)
+
+
+async def plan(session: AsyncSession, *, user_id: int, request: TestSendRequest) -> TestSendPlan:
+    """The checks that read the database: 404 for a template that is not the user's; 422 for a bad address,
+    sender or contact (the contact must be the user's). Writes nothing."""
     template = await content.get_template(session, user_id=user_id, template_id=request.template_id)
     addresses = clean_addresses(request.emails)
     sender = await _sender(session, user_id, request.sender_id)
-    # Renders once now, with the same data the worker will use: a template or contact problem is a 422 here
-    # rather than a failed test later. Also checks that the contact is the user's.
-    await content.preview(
-        session,
-        user_id=user_id,
-        contact_id=request.contact_id,
-        sender_id=sender.id,
-        source=content.PreviewSource(
-            subject=template.subject,
-            html=template.html,
-            text=template.text,
-            preheader=template.preheader,
-            inline_css=template.inline_css,
-        ),
+    source = _source(template)
+    job = await content.prepare_preview(
+        session, user_id=user_id, contact_id=request.contact_id, sender_id=sender.id, source=source
     )
+    return TestSendPlan(template.id, tuple(addresses), sender.id, request.contact_id, source, job)
+
+
+async def check_render(plan: TestSendPlan) -> None:
+    """Renders once now, with the same data the worker will use: a template or contact problem is a 422 here
+    rather than a failed test later. Needs no database."""
+    await content.render_preview(plan.preview)
+
+
+async def queue(
+    session: AsyncSession, *, user_id: int, plan: TestSendPlan, actor: str, now: dt.datetime | None = None
+) -> Task:
+    """Write a planned test send whose render passed (202 at the API): 429 past the daily limit, 409 without
+    credit, 409 `conflict` when the template changed after the plan was made (what rendered is what is sent)."""
+    now = now or utc_now()
+    template = await content.get_template(session, user_id=user_id, template_id=plan.template_id)
+    await session.refresh(template)  # as stored now, not as the plan's transaction read it
+    if _source(template) != plan.source:
+        raise Conflict("the template changed while the test send was being prepared: send it again")
+    sender = await _sender(session, user_id, plan.sender_id)
+    addresses = plan.addresses
     user = await lock_user(session, user_id)  # serializes the user's test sends: the limit check holds
     await _check_daily_limit(session, user_id=user_id, adding=len(addresses), now=now)
     task = Task(
@@ -127,7 +161,7 @@ async def create(
         schedule_at=now,
         generated_at=now,
         threshold_window_started_at=now,
-        recipient_rule={"type": KIND, "contact_id": request.contact_id, "template_id": template.id},
+        recipient_rule={"type": KIND, "contact_id": plan.contact_id, "template_id": template.id},
         generation_summary={"recipients": len(addresses), "sendable": len(addresses)},
     )
     session.add(task)
@@ -172,7 +206,8 @@ async def create(
         ]
     )
     await session.flush()
-    # Charged when queued, like the reserve of a generated task; not refunded when a send fails (§8.2).
+    # Charged when queued, like the reserve of a generated task; not refunded when a send fails
+    # (docs/templates.md#credit-and-limits).
     await apply_credit(
         session,
         user_id=user_id,
@@ -182,6 +217,16 @@ async def create(
         task_id=task.id,
     )
     return task
+
+
+def _source(template: Template) -> content.PreviewSource:
+    return content.PreviewSource(
+        subject=template.subject,
+        html=template.html,
+        text=template.text,
+        preheader=template.preheader,
+        inline_css=template.inline_css,
+    )
 
 
 async def _sender(session: AsyncSession, user_id: int, sender_id: int | None) -> Sender:
@@ -222,6 +267,31 @@ async def get(session: AsyncSession, *, user_id: int, test_send_id: int) -> Task
     if task is None or task.user_id != user_id or task.kind != KIND:
         raise NotFound("test send not found")
     return task
+
+
+async def describe(session: AsyncSession, task: Task) -> dict[str, Any]:
+    """The test send with each recipient's state (the answer of the API and the CLI)."""
+    return view(task, (await recipients(session, [task.id]))[task.id])
+
+
+async def newest_first(session: AsyncSession, *, user_id: int, page: Page) -> dict[str, Any]:
+    """One page of the user's test sends, newest first: `items` (as `describe`) and `next_cursor`."""
+    tasks = await list_ids(session, user_id=user_id, before_id=page.after_id, limit=page.limit + 1)
+    more = len(tasks) > page.limit
+    tasks = tasks[: page.limit]
+    found = await recipients(session, [t.id for t in tasks])
+    return {
+        "items": [view(t, found[t.id]) for t in tasks],
+        "next_cursor": encode_cursor(tasks[-1].id) if more and tasks else None,
+    }
+
+
+async def template_owner(session: AsyncSession, template_id: int) -> int:
+    """The id of the user who owns the template (for the operator's CLI, which acts as that user)."""
+    template = await session.get(Template, template_id)
+    if template is None:
+        raise NotFound(f"template {template_id} not found")
+    return int(template.user_id)
 
 
 async def list_ids(session: AsyncSession, *, user_id: int, before_id: int | None, limit: int) -> list[Task]:

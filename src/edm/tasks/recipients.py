@@ -1,4 +1,5 @@
-"""The one recipient selection function (SPEC §6.2), shared by the estimate and generation.
+"""The one recipient selection function (docs/tasks.md#selection-and-the-estimate), shared by the estimate and
+generation.
 
 It yields a SQL SELECT of every candidate contact of a rule with the first exclusion reason (or NULL for
 sendable), so the estimate (a GROUP BY over it) and generation (an INSERT … SELECT from it) can never
@@ -11,23 +12,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
-from sqlalchemy import Select, and_, case, exists, func, literal, or_, select, text
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from sqlalchemy import Select, exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.contacts.filters import expand_tags
 from edm.errors import BadInput
 from edm.models.contacts import Contact, ContactTag, Tag
-from edm.models.suppressions import Suppression
+from edm.tasks.exclusions import EXCLUSION_ORDER, Recipient, SuppressionLookup, exclusion_reason
 
-EXCLUSION_ORDER = (
-    "invalid_address",
-    "contact_inactive",
-    "unsubscribed",
-    "hard_bounced",
-    "complained",
-    "suppression_list",
-)
 RuleType = Literal["specific", "tag_based", "all_contacts"]
 RULE_TYPES: tuple[str, ...] = get_args(RuleType)
 MAX_SPECIFIC = 50_000
@@ -138,31 +131,6 @@ def _has_any_tag(tag_ids: list[int]) -> Any:
     return exists().where(ContactTag.contact_id == Contact.id, ContactTag.tag_id.in_(tag_ids))
 
 
-def exclusion_reason(*, user_id: int, now: dt.datetime) -> Any:
-    """The first matching exclusion reason in SPEC order, or NULL when the contact is sendable."""
-
-    # Uncorrelated IN subqueries, not a correlated EXISTS: PostgreSQL runs each once as a hashed SubPlan and
-    # probes it per candidate, where the EXISTS (inside this CASE it cannot become an anti-join) ran an index
-    # probe per candidate — 15.7 s for 500,000 candidates against 10,000 entries (bench/RESULTS.md).
-    def entries(kind: str) -> Any:
-        return select(Suppression.value).where(
-            or_(Suppression.scope == "global", and_(Suppression.scope == "user", Suppression.user_id == user_id)),
-            Suppression.kind == kind,
-            or_(Suppression.expires_at.is_(None), Suppression.expires_at > now),
-        )
-
-    suppressed = or_(Contact.email_normalized.in_(entries("address")), Contact.email_domain.in_(entries("domain")))
-    return case(
-        (~Contact.email_normalized.like("%_@_%"), literal("invalid_address")),
-        (Contact.status.in_(("inactive", "archived")), literal("contact_inactive")),
-        (Contact.unsubscribed_at.is_not(None), literal("unsubscribed")),
-        (Contact.hard_bounced_at.is_not(None), literal("hard_bounced")),
-        (Contact.complained_at.is_not(None), literal("complained")),
-        (suppressed, literal("suppression_list")),
-        else_=literal(None),
-    )
-
-
 async def candidates_query(session: AsyncSession, *, user_id: int, rule: Rule, now: dt.datetime) -> Select[Any]:
     """SELECT contact id, normalized email, exclusion reason — every candidate of the rule, once."""
     conditions = [Contact.user_id == user_id]
@@ -173,7 +141,9 @@ async def candidates_query(session: AsyncSession, *, user_id: int, rule: Rule, n
     excluded_tags = await expand_tags(session, user_id=user_id, tag_ids=rule.exclude_tag_ids)
     if excluded_tags:
         conditions.append(~_has_any_tag(excluded_tags))
-    reason = exclusion_reason(user_id=user_id, now=now).label("reason")
+    # The suppression lists are hashed once per query: right for every candidate of a rule.
+    recipient = Recipient(address=Contact.email_normalized, domain=Contact.email_domain, user_id=user_id)
+    reason = exclusion_reason(recipient, now=now, lookup=SuppressionLookup.HASHED).label("reason")
     # Contacts are unique per (user, normalized address), so the candidates are already deduplicated.
     return select(Contact.id.label("contact_id"), Contact.email_normalized.label("email"), reason).where(*conditions)
 
@@ -198,29 +168,3 @@ async def estimate(session: AsyncSession, *, user_id: int, rule: Rule, now: dt.d
         "excluded": excluded,
         "credit_needed": sendable,
     }
-
-
-class EstimateRequest(BaseModel):
-    """`{"recipient_rule": {...}}`, exactly as task creation takes the rule, so a task's body can be estimated as
-    it is. The bare rule object (`{"type": ...}`) is accepted too: the estimate took that form first."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    recipient_rule: RecipientRule
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_rule(cls, data: Any) -> Any:
-        # Wrapped before validation, so errors of either form name the same path: `recipient_rule.<field>`.
-        if isinstance(data, dict) and "recipient_rule" not in data:
-            return {"recipient_rule": data}
-        return data
-
-
-class EstimateOut(BaseModel):
-    candidates: int
-    sendable: int
-    excluded: dict[str, int]
-    credit_needed: int
-    credit_balance: int
-    computed_at: dt.datetime

@@ -1,10 +1,11 @@
-"""Task reports (SPEC §11.3): breakdowns of one task by service, template, link, recipient domain and time,
-and the per-recipient list, detail and CSV export.
+"""Task reports (docs/statistics.md#reports): breakdowns of one task by service, template, link, recipient domain and
+time, and the per-recipient list, detail and CSV export.
 
 Read-only queries over the task's SubTasks, their send attempts and the task's matched events. Counts come
-from SubTask rows, as the task statistics do (§11.1); only what a row cannot say comes from events: which
-link was clicked, every human open and click hit for the timeline and heat map, and when a bounce arrived.
-A tracking event counts as a machine's when its `details.machine` flag is true; a missing flag is human.
+from SubTask rows, as the task statistics do (docs/statistics.md#where-the-numbers-come-from); only what a row cannot
+say comes from events: which link was clicked, every human open and click hit for the timeline and heat map, and when
+a bounce arrived. A tracking event counts as a machine's when its `details.machine` flag is true; a missing flag is
+human.
 
 Time buckets are computed in two steps so that one query shape serves SQLite and PostgreSQL and every time
 zone: the database groups by UTC quarter hour (every zone offset in use is a multiple of 15 minutes), and
@@ -33,9 +34,10 @@ from edm.models.email_services import EmailService
 from edm.models.events import Event, MatchStatus
 from edm.models.tasks import SendAttempt, SubTask, Task, TaskTemplate
 from edm.models.tracking import TrackedLink
+from edm.paging import Page
 from edm.tasks.stats import _assemble, _Group, clicked_human, clicked_total, opened_human, opened_total
 from edm.vocabulary.events import EventType
-from edm.vocabulary.tasks import DeliveryState, SendState
+from edm.vocabulary.tasks import DeliveryState, SendState, TaskKind
 
 BOUNCED_STATES = (DeliveryState.SOFT_BOUNCED, DeliveryState.HARD_BOUNCED, DeliveryState.REJECTED)
 BOUNCE_EVENTS = (EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED, EventType.REJECTED)
@@ -45,7 +47,8 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 
 class DisplayStatus(enum.StrEnum):
-    """SPEC §5.7, in the order the conditions are tried: the first that holds names the recipient."""
+    """The display status (docs/states.md#engagement-and-display-status), in the order the conditions are tried:
+    the first that holds names the recipient."""
 
     REPLIED = "replied"
     COMPLAINED = "complained"
@@ -68,7 +71,7 @@ class DisplayStatus(enum.StrEnum):
 
 
 class Engagement(enum.StrEnum):
-    OPENED = "opened"  # a human open or click (a click implies the open, §10.4)
+    OPENED = "opened"  # a human open or click (a click implies the open, docs/statistics.md)
     CLICKED = "clicked"  # at least one human click
     UNSUBSCRIBED = "unsubscribed"
     NONE = "none"  # no human open or click, no unsubscribe, no reply
@@ -80,7 +83,8 @@ class Bucket(enum.StrEnum):
 
 
 def display_status() -> Any:
-    """SPEC §5.7 as one SQL expression: the same definition filters the list and labels every row."""
+    """The display status (docs/states.md#engagement-and-display-status) as one SQL expression: the same definition
+    filters the list and labels every row."""
     s = SubTask
     return case(
         (s.replied_at.is_not(None), DisplayStatus.REPLIED.value),
@@ -116,7 +120,7 @@ def _engagement(kind: Engagement) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class SubtaskFilters:
-    """The per-recipient filters of §11.3; None means "any"."""
+    """The per-recipient filters (docs/statistics.md#per-recipient-who-got-it-and-what-happened); None means "any"."""
 
     send_state: SendState | None = None
     delivery_state: DeliveryState | None = None
@@ -175,6 +179,41 @@ async def count_subtasks(session: AsyncSession, task_id: int, filters: SubtaskFi
 async def subtask_row(session: AsyncSession, task_id: int, subtask_id: int) -> Any | None:
     query = _subtasks(task_id, SubtaskFilters()).where(SubTask.id == subtask_id)
     return (await session.execute(query)).first()
+
+
+async def subtasks_of_address(session: AsyncSession, *, user_id: int, email: str, page: Page) -> list[SubTask]:
+    """What happened to this address across the user's own campaigns (not test sends), in id order:
+    `page.limit + 1` rows after its id (for `page_of`). Reaches the (task_id, recipient_email) index."""
+    own_tasks = select(Task.id).where(Task.user_id == user_id, Task.kind == TaskKind.BULK)
+    query = (
+        select(SubTask)
+        .where(
+            SubTask.task_id.in_(own_tasks),
+            SubTask.user_id == user_id,
+            SubTask.recipient_email == email.strip().lower(),
+        )
+        .order_by(SubTask.id)
+        .limit(page.limit + 1)
+    )
+    if page.after_id:
+        query = query.where(SubTask.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+async def awaiting_delivery_reports(session: AsyncSession, task_id: int, *, provider: str) -> int:
+    """The task's SubTasks sent through services of `provider` whose delivery report has not been applied."""
+    services = select(EmailService.id).where(EmailService.provider == provider)
+    query = (
+        select(func.count())
+        .select_from(SubTask)
+        .where(
+            SubTask.task_id == task_id,
+            SubTask.send_state == SendState.SENT,
+            SubTask.delivery_state == DeliveryState.NONE,
+            SubTask.service_id.in_(services),
+        )
+    )
+    return int(await session.scalar(query) or 0)
 
 
 async def subtask_history(session: AsyncSession, subtask_id: int) -> dict[str, list[dict[str, Any]]]:
@@ -344,7 +383,8 @@ def _stat_groups() -> tuple[list[Any], list[Any]]:
 
 
 async def by_template(session: AsyncSession, task_id: int) -> list[dict[str, Any]]:
-    """Per task template: every count and rate of the task statistics (§11.2), over its recipients only."""
+    """Per task template: every count and rate of the task statistics (docs/statistics.md#the-numbers), over its
+    recipients only."""
     keys, sums = _stat_groups()
     groups: dict[int | None, list[_Group]] = defaultdict(list)
     for template_id, *values in await session.execute(
@@ -379,7 +419,8 @@ async def by_template(session: AsyncSession, task_id: int) -> list[dict[str, Any
 
 
 def _is_machine() -> Any:
-    """1 for a hit the events job flagged as a machine's (§10.4), else 0: an event without the flag is human."""
+    """1 for a hit the events job flagged as a machine's (docs/tracking.md#people-and-machines), else 0: an event
+    without the flag is human."""
     flag = Event.details["machine"].as_boolean()
     return case((flag.is_(True), 1), else_=0)
 
@@ -624,7 +665,8 @@ _TEMPLATE = CSV_COLUMNS.index("template")
 
 
 def csv_cell(value: Any) -> str:
-    """A value as a CSV cell; text a spreadsheet would run as a formula gets a leading `'` (§13.5)."""
+    """A value as a CSV cell; text a spreadsheet would run as a formula gets a leading `'`
+    (docs/statistics.md#csv-export)."""
     if value is None:
         return ""
     return csvfmt.guard(value.isoformat() if isinstance(value, dt.datetime) else str(value))

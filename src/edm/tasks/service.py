@@ -1,9 +1,10 @@
-"""User-facing task operations (SPEC §5.2, §6): create, edit, schedule, pause, resume, cancel, close, delete,
-and decisions on uncertain SubTasks. Services: they flush, entry points commit."""
+"""User-facing task operations (docs/states.md#task-transitions, docs/tasks.md): create, edit, schedule, pause, resume,
+cancel, close, delete, and decisions on uncertain SubTasks. Services: they flush, entry points commit."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -16,6 +17,7 @@ from edm.content.render import RenderError, RenderLimitExceeded, build_context, 
 from edm.errors import (
     BadInput,
     ComplianceIncomplete,
+    Conflict,
     InsufficientCredit,
     InvalidSchedule,
     InvalidTransition,
@@ -28,6 +30,7 @@ from edm.models.content import Sender, Template
 from edm.models.events import Event
 from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.models.users import User
+from edm.paging import Page
 from edm.system import runtime_settings
 from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled
@@ -69,6 +72,42 @@ async def get_task(session: AsyncSession, task_id: int, *, user_id: int | None) 
     return task
 
 
+async def list_tasks(
+    session: AsyncSession, *, user_id: int | None, status: TaskStatus | None = None, page: Page | None = None
+) -> list[Task]:
+    """Campaigns (never test sends: they are listed under /test-sends) of `user_id` (None = every user's) in id
+    order; with a page, `page.limit + 1` rows after its id (for `page_of`), else all of them."""
+    query = select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id)
+    if user_id is not None:
+        query = query.where(Task.user_id == user_id)
+    if status:
+        query = query.where(Task.status == status)
+    if page is not None:
+        query = query.limit(page.limit + 1)
+        if page.after_id:
+            query = query.where(Task.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+async def task_templates(session: AsyncSession, task_id: int) -> list[TaskTemplate]:
+    """The task's template choices in their order."""
+    query = select(TaskTemplate).where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position, TaskTemplate.id)
+    return list(await session.scalars(query))
+
+
+async def status_history(session: AsyncSession, task_id: int) -> list[TaskStatusChange]:
+    query = select(TaskStatusChange).where(TaskStatusChange.task_id == task_id).order_by(TaskStatusChange.id)
+    return list(await session.scalars(query))
+
+
+async def owners(session: AsyncSession, task_ids: Collection[int]) -> dict[int, int]:
+    """{task id: owner's user id} of the tasks that exist."""
+    if not task_ids:
+        return {}
+    rows = await session.execute(select(Task.id, Task.user_id).where(Task.id.in_(task_ids)))
+    return {task_id: user_id for task_id, user_id in rows.all()}
+
+
 async def create_task(session: AsyncSession, *, user_id: int, values: dict[str, Any], actor: str) -> Task:
     if not values.get("name"):
         raise BadInput.field("name", "is required")
@@ -86,7 +125,13 @@ async def create_task(session: AsyncSession, *, user_id: int, values: dict[str, 
     return task
 
 
-async def update_task(session: AsyncSession, task: Task, values: dict[str, Any]) -> Task:
+async def update_task(
+    session: AsyncSession, task: Task, values: dict[str, Any], *, rendered: TemplateRenders | None = None
+) -> Task:
+    """Change the given fields. A scheduled task must stay schedulable, its templates' test render included:
+    `rendered` is what `plan_update` found and `check_renders` passed (the render then runs before this
+    transaction); without it the render runs here. 409 `conflict` when what the update would render now is
+    not what rendered (the task, its templates or its first contact changed in between)."""
     generated = task.status not in (TaskStatus.DRAFT, TaskStatus.SCHEDULED)
     if generated:
         locked = set(values) - EDITABLE_AFTER_GENERATION
@@ -94,9 +139,29 @@ async def update_task(session: AsyncSession, task: Task, values: dict[str, Any])
             raise TaskLocked(f"{sorted(locked)[0]} cannot change after generation", fields=sorted(locked))
     await _apply_fields(session, task, values)
     if task.status == TaskStatus.SCHEDULED:
-        await _check_schedulable(session, task, at=task.schedule_at or utc_now())  # stays valid or refuses
+        _, renders = await _check_schedulable(session, task)  # stays valid or refuses
+        if rendered is None:
+            await check_renders(renders)
+        elif renders != rendered:
+            raise Conflict("the task changed while it was being updated: send the update again")
     await session.flush()
     return task
+
+
+async def plan_update(session: AsyncSession, task: Task, values: dict[str, Any]) -> TemplateRenders | None:
+    """What updating a scheduled task will render (None for a task in another status), for `check_renders`
+    before the update's transaction. The update is tried in a savepoint that is rolled back: every refusal
+    `update_task` would give before its render comes from here, and nothing is written."""
+    if task.status != TaskStatus.SCHEDULED:
+        return None
+    savepoint = await session.begin_nested()
+    try:
+        await _apply_fields(session, task, values)
+        _, renders = await _check_schedulable(session, task)
+    finally:
+        await savepoint.rollback()
+        await session.refresh(task)
+    return renders
 
 
 async def _apply_fields(session: AsyncSession, task: Task, values: dict[str, Any]) -> None:
@@ -168,12 +233,67 @@ async def _set_templates(session: AsyncSession, task: Task, templates: list[dict
 
 
 # ---- scheduling ---------------------------------------------------------------------------------------
+#
+# Scheduling renders every template once (a template that cannot render is refused now, not at send time),
+# and a render may take its whole time limit. An entry point serving other users must not hold its
+# transaction meanwhile (on SQLite: the database's write lock), so scheduling comes in three steps:
+#
+#     plan = await plan_schedule(session, task, at=..., production=...)   # reads and checks
+#     <end the transaction>
+#     await check_renders(plan.renders)                                    # no database
+#     task = await apply_schedule(session, task, plan=plan, actor=...)     # the transition
+#
+# `schedule` runs the three in one transaction, for seeding and tests. Editing a scheduled task renders too:
+# `plan_update`, <end the transaction>, `check_renders`, then `update_task(..., rendered=...)`.
+
+
+@dataclass(frozen=True)
+class _TemplateSource:
+    id: int
+    name: str
+    subject: str
+    html: str
+    text: str | None
+    preheader: str | None
+    inline_css: bool
+
+
+@dataclass(frozen=True)
+class TemplateRenders:
+    """The task's templates and the data the scheduling check renders them with (read beforehand). Equal
+    values render alike: a write compares what it would render with what did render."""
+
+    sources: tuple[_TemplateSource, ...]
+    contact: dict[str, Any]  # the first contact's data (else sample data)
+    task: dict[str, Any]  # the task's name and schedule time
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """What the read part of scheduling found: the requested time, the recipient estimate, the renders still
+    to check, and the task's fields the checks read (`apply_schedule` refuses when they changed since)."""
+
+    at: dt.datetime
+    estimate: dict[str, Any]
+    renders: TemplateRenders
+    checked: tuple[Any, ...]
 
 
 async def schedule(
     session: AsyncSession, task: Task, *, at: dt.datetime | None, actor: str, production: bool = False
 ) -> Task:
-    """draft → scheduled (SPEC §5.2 guards). `at=None` means now; generation runs when it is reached."""
+    """draft → scheduled in one transaction, the render included (see the steps above)."""
+    plan = await plan_schedule(session, task, at=at, production=production)
+    await check_renders(plan.renders)
+    return await apply_schedule(session, task, plan=plan, actor=actor)
+
+
+async def plan_schedule(
+    session: AsyncSession, task: Task, *, at: dt.datetime | None, production: bool = False
+) -> SchedulePlan:
+    """The checks of draft → scheduled that read the database: the time (`None` means now; generation runs
+    when it is reached), sender, recipient rule, templates, compliance settings, sendable recipients and
+    credit. Writes nothing."""
     now = utc_now()
     when = at or now
     if when.tzinfo is None:
@@ -184,26 +304,60 @@ async def schedule(
         raise InvalidSchedule(
             "schedule time must be between now and one year ahead", details=[{"field": "at", "message": "out of range"}]
         )
-    estimate_ = await _check_schedulable(session, task, at=when, production=production)
+    estimate_, renders = await _check_schedulable(session, task, production=production)
+    return SchedulePlan(when, estimate_, renders, await _checked_fields(session, task))
+
+
+async def check_renders(renders: TemplateRenders) -> None:
+    """Every template must render for the first sendable contact: a 422 naming the first that does not.
+    Runs on the render threads (`off_loop`) and needs no database."""
+    context = build_context(
+        contact=renders.contact,
+        sender={},
+        task=renders.task,
+        org={},
+        unsubscribe_url="https://example.invalid/u/test",
+        now=utc_now(),
+    )
+    await off_loop(_render_each, renders.sources, context)
+
+
+async def apply_schedule(session: AsyncSession, task: Task, *, plan: SchedulePlan, actor: str) -> Task:
+    """The transition of a planned schedule whose renders passed. 409 `conflict` when the task (its sender,
+    recipient rule, name or templates) or what its templates render changed after the plan was made."""
+    checked = await _checked_fields(session, task)
+    if checked != plan.checked or await _renders(session, task, await task_templates(session, task.id)) != plan.renders:
+        raise Conflict("the task changed while it was being scheduled: schedule it again")
     await transition(
         session,
         task.id,
         TaskAction.SCHEDULE,
         actor=actor,
-        values={"schedule_at": max(when, now), "schedule_estimate": estimate_},
+        values={"schedule_at": max(plan.at, utc_now()), "schedule_estimate": plan.estimate},
     )
     await session.refresh(task)
     return task
 
 
+async def _checked_fields(session: AsyncSession, task: Task) -> tuple[Any, ...]:
+    """The task's values that scheduling checks, as stored now."""
+    await session.refresh(task)
+    templates = await session.execute(
+        select(TaskTemplate.template_id, TaskTemplate.weight)
+        .where(TaskTemplate.task_id == task.id)
+        .order_by(TaskTemplate.position, TaskTemplate.id)
+    )
+    return (task.sender_id, task.recipient_rule, task.name, tuple(tuple(row) for row in templates.all()))
+
+
 async def _check_schedulable(
-    session: AsyncSession, task: Task, *, at: dt.datetime, production: bool = False
-) -> dict[str, Any]:
+    session: AsyncSession, task: Task, *, production: bool = False
+) -> tuple[dict[str, Any], TemplateRenders]:
     if task.sender_id is None:
         raise BadInput.field("sender_id", "a sender is required to schedule")
     if not task.recipient_rule:
         raise BadInput.field("recipient_rule", "a recipient rule is required to schedule")
-    templates = list(await session.scalars(select(TaskTemplate).where(TaskTemplate.task_id == task.id)))
+    templates = await task_templates(session, task.id)
     if not templates:
         raise BadInput.field("templates", "at least one template is required to schedule")
     runtime = await runtime_settings.load(session)
@@ -221,14 +375,16 @@ async def _check_schedulable(
             needed=numbers["sendable"],
             available=balance,
         )
-    await _test_render(session, task, templates)
+    renders = await _renders(session, task, templates)
     numbers["computed_at"] = utc_now().isoformat()
-    return numbers
+    return numbers, renders
 
 
-async def _test_render(session: AsyncSession, task: Task, templates: list[TaskTemplate]) -> None:
-    """Every template must render for the first sendable contact (SPEC §14.1)."""
-    contact = await session.scalar(select(Contact).where(Contact.user_id == task.user_id).order_by(Contact.id).limit(1))
+async def _renders(session: AsyncSession, task: Task, templates: list[TaskTemplate]) -> TemplateRenders:
+    """The templates and the data of the first sendable contact (else sample data) to render them with."""
+    # As stored now (populate_existing): a write compares these with what its read transaction rendered.
+    first = select(Contact).where(Contact.user_id == task.user_id).order_by(Contact.id).limit(1)
+    contact = await session.scalar(first.execution_options(populate_existing=True))
     data = (
         {
             "email": contact.email,
@@ -239,17 +395,9 @@ async def _test_render(session: AsyncSession, task: Task, templates: list[TaskTe
         if contact
         else {"email": "sample@example.com"}
     )
-    context = build_context(
-        contact=data,
-        sender={},
-        task={"name": task.name, "scheduled_at": task.schedule_at},
-        org={},
-        unsubscribe_url="https://example.invalid/u/test",
-        now=utc_now(),
-    )
     sources = []
     for task_template in templates:
-        template = await session.get(Template, task_template.template_id)
+        template = await session.get(Template, task_template.template_id, populate_existing=True)
         if template is None:
             raise BadInput.field("templates", f"template {task_template.template_id} no longer exists")
         sources.append(
@@ -263,21 +411,10 @@ async def _test_render(session: AsyncSession, task: Task, templates: list[TaskTe
                 template.inline_css,
             )
         )
-    await off_loop(_render_each, sources, context)  # rendering may take its whole time limit: not on the loop
+    return TemplateRenders(tuple(sources), data, {"name": task.name, "scheduled_at": task.schedule_at})
 
 
-@dataclass(frozen=True)
-class _TemplateSource:
-    id: int
-    name: str
-    subject: str
-    html: str
-    text: str | None
-    preheader: str | None
-    inline_css: bool
-
-
-def _render_each(sources: list[_TemplateSource], context: dict[str, Any]) -> None:
+def _render_each(sources: tuple[_TemplateSource, ...], context: dict[str, Any]) -> None:
     for source in sources:
         try:
             compile_template(
@@ -383,9 +520,11 @@ async def delete_task(session: AsyncSession, task: Task) -> None:
             allowed_actions=allowed_actions(TaskStatus(task.status)),
         )
 
-    # Mail already delivered keeps its unsubscribe link working for 365 days (§5.2): written before the rows go.
+    # Mail already delivered keeps its unsubscribe link working for 365 days (docs/tracking.md#after-a-task-is-deleted):
+    # written before the rows go.
     await tombstones.write_for_task(session, task, now=utc_now())
-    # §5.2: the task's events go with it (matched events carry task_id; the index on it serves this delete).
+    # The task's events go with it (docs/states.md#task-transitions; matched events carry task_id; the index on it
+    # serves this delete).
     await session.execute(delete(Event).where(Event.task_id == task.id))
     await session.execute(
         delete(SendAttempt).where(SendAttempt.subtask_id.in_(select(SubTask.id).where(SubTask.task_id == task.id)))
@@ -395,7 +534,7 @@ async def delete_task(session: AsyncSession, task: Task) -> None:
     await session.flush()
 
 
-# ---- uncertain decisions (SPEC §7.8) ------------------------------------------------------------------
+# ---- uncertain decisions (docs/sending.md#crashes-and-uncertain-sends) --------------------------------
 
 
 async def decide_uncertain(session: AsyncSession, task: Task, *, action: str, subtask_ids: list[int] | None) -> int:

@@ -1,4 +1,4 @@
-"""Task statistics as a function of SubTask rows (SPEC §11.1, §11.2). Nothing else is authoritative.
+"""Task statistics as a function of SubTask rows (docs/statistics.md). Nothing else is authoritative.
 
 On PostgreSQL the counts are read from `task_stat_counters`, which a trigger on `subtasks` keeps in the
 same transaction as every row change (migration 0002): a few dozen rows to sum, whatever the task's size.
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.models.tasks import SubTask, TaskStatCounter
+from edm.models.tasks import SubTask, Task, TaskStatCounter
 from edm.vocabulary.tasks import SendState
 
 DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
@@ -227,7 +227,8 @@ def _assemble(groups: list[_Group]) -> dict[str, Any]:
             c[key] += getattr(g, key)
     sent, failed = c["sent"], c["failed"]
     # Only sent mail can bounce: a recipient the provider refused at send time is `failed` with delivery state
-    # `rejected`, and is in neither `sent` nor `reached` (§11.2 defines reached as sent minus bounces).
+    # `rejected`, and is in neither `sent` nor `reached` (docs/statistics.md#the-numbers defines reached as sent minus
+    # bounces).
     bounced = c["bounced_after_send"]
     reached = sent - bounced
     delivered = delivery["delivered"] + delivery["complained"]
@@ -314,3 +315,15 @@ async def recount(session: AsyncSession, task_id: int) -> dict[str, Any]:
         g.unsubscribed += r.unsubscribed_at is not None
         g.replied += r.replied_at is not None
     return _assemble(list(groups.values()))
+
+
+async def verify(session: AsyncSession, task_id: int | None = None) -> list[dict[str, Any]]:
+    """`edm stats verify`: the statistics served for the task (every task, by id, when None) against
+    `recount()`; per task whether they agree and, where not, each differing count as (served, recounted)."""
+    ids = [task_id] if task_id else list(await session.scalars(select(Task.id).order_by(Task.id)))
+    report = []
+    for tid in ids:
+        served, counted = await task_stats(session, tid), await recount(session, tid)
+        differences = {k: (served[k], counted[k]) for k in served if served[k] != counted[k]}
+        report.append({"task_id": tid, "ok": not differences, "differences": differences})
+    return report

@@ -1,4 +1,5 @@
-"""The one function that changes a task's status (SPEC §5.2): table check + compare-and-set + history row.
+"""The one function that changes a task's status (docs/states.md#task-transitions): table
+check + compare-and-set + history row.
 
 Two actors can never both apply a change: the UPDATE is guarded by the prior status, and a lost race is
 re-read and re-checked once against the new status.

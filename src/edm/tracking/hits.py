@@ -1,4 +1,4 @@
-"""Group commit for the tracking endpoints (SPEC §10.3): the open pixel and the click redirect are the
+"""Group commit for the tracking endpoints (docs/tracking.md#capacity): the open pixel and the click redirect are the
 highest-volume requests EDM serves, and one transaction per hit cost several times the request itself
 (bench/RESULTS.md, tracking section). Requests that arrive while a database round trip is in flight wait for
 the next one, which carries all of them: one INSERT for many hits, one SELECT for many clicks' links.

@@ -1,5 +1,5 @@
-"""Click tracking's rewriting (SPEC §10.1): every http(s) link of a tracked mail becomes `/t/c/{token}`, the
-token naming the SubTask and the TrackedLink; the rendered URL (entities decoded) is what a click may reach.
+"""Click tracking's rewriting (docs/tracking.md#clicks): every http(s) link of a tracked mail becomes `/t/c/{token}`,
+the token naming the SubTask and the TrackedLink; the rendered URL (entities decoded) is what a click may reach.
 
 Pure: `LinkRewriter` collects the links it saw, the composer stores them (one upsert per claim) before the
 mail is sent, so a click can never find its link missing.

@@ -1,7 +1,7 @@
-"""Unsubscribe tombstones (SPEC §5.2, §10.3): deleting a task leaves, for every SubTask that was mailed (sent,
-or uncertain: it may have been), its public id → owner, contact and address for 365 days, so the unsubscribe
-link in mail already delivered keeps working after the SubTask row is gone. A daily retention job forgets the
-expired ones. Services: they flush, entry points commit.
+"""Unsubscribe tombstones (docs/tracking.md#after-a-task-is-deleted): deleting a task leaves, for every SubTask that was
+mailed (sent, or uncertain: it may have been), its public id → owner, contact and address for 365 days, so
+the unsubscribe link in mail already delivered keeps working after the SubTask row is gone. A daily retention job
+forgets the expired ones. Services: they flush, entry points commit.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def unsubscribe(session: AsyncSession, tombstone: UnsubscribeTombstone, *,
 
 
 async def forget_expired(session: AsyncSession, *, now: dt.datetime) -> int:
-    """Retention (§19.6): delete the tombstones past their 365 days. Returns how many."""
+    """Retention (docs/operations.md#retention): delete the tombstones past their 365 days. Returns how many."""
     result = await session.execute(delete(UnsubscribeTombstone).where(UnsubscribeTombstone.expires_at <= now))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -1,4 +1,4 @@
-"""Credit movements and reports (SPEC §15.2). Every change of a balance writes exactly one ledger row with the
+"""Credit movements and reports (docs/admin.md#credit). Every change of a balance writes exactly one ledger row with the
 user row locked; this module is the only writer of `users.credit_balance`.
 
 Services take the caller's session and flush; the entry point (API handler, CLI command, job) commits.
@@ -39,6 +39,15 @@ async def lock_user(session: AsyncSession, user_id: int) -> User:
     if user is None:
         raise NotFound("user not found")
     return user
+
+
+async def current_balance(session: AsyncSession, user_id: int) -> int:
+    """The user's balance as the database holds it now (404 for no such user). Re-read even when the session
+    already holds the user: the caller's own row was loaded when the request authenticated."""
+    user = await session.get(User, user_id, populate_existing=True)
+    if user is None:
+        raise NotFound("user not found")
+    return user.credit_balance
 
 
 async def apply_credit(
@@ -84,7 +93,7 @@ async def apply_credit(
 async def admin_adjust(
     session: AsyncSession, *, user_id: int, operation: str, amount: int, reason: str, actor_user_id: int | None
 ) -> QuotaLedgerEntry | None:
-    """`add`, `subtract` or `set` (SPEC §15.2). `set` to the current balance writes nothing."""
+    """`add`, `subtract` or `set` (docs/admin.md#credit). `set` to the current balance writes nothing."""
     if operation not in OPERATIONS:
         raise BadInput.field("operation", "must be add, subtract or set")
     if not reason.strip():
@@ -157,7 +166,16 @@ class BatchItem:
     reason: str
 
 
-async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, actor: Actor) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class BatchResult:
+    """One item of a batch: what it did (`adjusted`), or why it was refused (`error`, nothing written)."""
+
+    user_id: int
+    adjusted: Adjusted | None = None
+    error: EdmError | None = None
+
+
+async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, actor: Actor) -> list[BatchResult]:
     """Apply each item on its own (a savepoint per item): a refused item changes nothing and the others still
     apply. Users are locked in id order (two batches naming the same users never deadlock); the answer keeps
     the order of `items`."""
@@ -165,7 +183,7 @@ async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, act
         raise BadInput.field("items", "give at least one user")
     if len(items) > BATCH_MAX:
         raise BadInput.field("items", f"at most {BATCH_MAX} users per batch")
-    results: list[dict[str, Any] | None] = [None] * len(items)
+    results: list[BatchResult | None] = [None] * len(items)
     for index in sorted(range(len(items)), key=lambda i: items[i].user_id):
         item = items[index]
         try:
@@ -178,38 +196,15 @@ async def batch_adjust(session: AsyncSession, items: Sequence[BatchItem], *, act
                     reason=item.reason,
                     actor=actor,
                 )
-            results[index] = {
-                "user_id": item.user_id,
-                "ok": True,
-                "balance": done.balance,
-                "entry": ledger_view(done.entry) if done.entry else None,
-            }
+            results[index] = BatchResult(item.user_id, adjusted=done)
         except EdmError as exc:
-            results[index] = {
-                "user_id": item.user_id,
-                "ok": False,
-                "error": {"code": exc.code, "message": exc.message, **exc.extra},
-            }
+            results[index] = BatchResult(item.user_id, error=exc)
     return [r for r in results if r is not None]
 
 
 # --------------------------------------------------------------------------------------------------------
-# Views
+# Ledger and reports
 # --------------------------------------------------------------------------------------------------------
-
-
-def ledger_view(e: QuotaLedgerEntry) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "user_id": e.user_id,
-        "kind": e.kind,
-        "amount": e.amount,
-        "balance_after": e.balance_after,
-        "task_id": e.task_id,
-        "actor_user_id": e.actor_user_id,
-        "reason": e.reason,
-        "created_at": e.created_at,
-    }
 
 
 @dataclass(frozen=True)

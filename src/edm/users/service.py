@@ -1,4 +1,4 @@
-"""Accounts and personal API tokens (SPEC §3.3, §3.4, §15.1)."""
+"""Accounts and personal API tokens (docs/auth.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from edm.errors import BadInput, Conflict, InUse, InvalidToken, LastAdmin, NotFo
 from edm.models.events import Event
 from edm.models.tasks import Task
 from edm.models.users import ApiToken, LedgerKind, Role, TokenScope, User
+from edm.paging import Page
 from edm.security.passwords import check_password_rules, hash_password
 from edm.system.service import Actor, audit
 from edm.users.credit import apply_credit
@@ -55,7 +56,10 @@ async def create_user(
     credit_reason: str = "initial credit",
     timezone: str = "UTC",
     actor_user_id: int | None = None,
+    actor: Actor | None = None,
 ) -> User:
+    """A new account, with its initial credit granted in the ledger. With an `actor` the creation is audited
+    (`user.create`: username, role and credit)."""
     name = normalize_username(username)
     address = normalize_email(email, field="email").normalized
     if role not in set(Role):
@@ -86,7 +90,38 @@ async def create_user(
             reason=credit_reason,
             actor_user_id=actor_user_id,
         )
+    if actor is not None:
+        await audit(
+            session,
+            actor,
+            "user.create",
+            target_type="user",
+            target_id=user.id,
+            details={"username": user.username, "role": user.role, "credit": credit},
+        )
     return user
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("user not found")
+    return user
+
+
+async def list_users(session: AsyncSession, page: Page | None = None) -> list[User]:
+    """Every account by id; with a `page`, the next page of it plus one row (`page_of` makes the cursor)."""
+    query = select(User).order_by(User.id)
+    if page is not None:
+        query = query.limit(page.limit + 1)
+        if page.after_id:
+            query = query.where(User.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+async def first_admin(session: AsyncSession) -> User | None:
+    """The admin account created first (whose view the CLI shows when no user is named)."""
+    return await session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1))
 
 
 async def find_user(session: AsyncSession, name_or_id: str) -> User:
@@ -149,6 +184,19 @@ async def create_token(
     return token, row
 
 
+async def list_tokens(session: AsyncSession, user_id: int, page: Page) -> list[ApiToken]:
+    """The user's tokens not revoked, by id: the next page plus one row."""
+    query = (
+        select(ApiToken)
+        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+        .order_by(ApiToken.id)
+        .limit(page.limit + 1)
+    )
+    if page.after_id is not None:
+        query = query.where(ApiToken.id > page.after_id)
+    return list(await session.scalars(query))
+
+
 async def revoke_token(session: AsyncSession, *, user_id: int, token_id: int, actor: Actor) -> None:
     """Revoke one of the user's tokens (404 for a token of anyone else); it fails from the next request.
     Audited as `token.revoke` the first time."""
@@ -184,7 +232,7 @@ async def authenticate_token(session: AsyncSession, token: str) -> tuple[User, s
 
 
 # --------------------------------------------------------------------------------------------------------
-# Admin lifecycle: edit, password reset, delete (SPEC §3.2, §4.2, §15.1)
+# Admin lifecycle: edit, password reset, delete (docs/auth.md#managing-users-admins)
 # --------------------------------------------------------------------------------------------------------
 
 ACTIVE_TASK_STATUSES = ("queued", "sending", "paused")
@@ -271,8 +319,9 @@ async def reset_password(
     actor: Actor,
     keep_session: int | None = None,
 ) -> int:
-    """An admin (or the CLI) sets a user's password: §3.2 rules, optional "must change at next login"; all the
-    user's sessions are revoked (except `keep_session`, the admin's own when it resets itself)."""
+    """An admin (or the CLI) sets a user's password: the rules of docs/auth.md#your-own-password-and-sessions, optional
+    "must change at next login"; all the user's sessions are revoked (except `keep_session`, the admin's own when it
+    resets itself)."""
     check_password_rules(password, username=user.username)
     user.password_hash = hash_password(password)
     user.must_change_password = must_change

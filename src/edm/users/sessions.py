@@ -1,4 +1,4 @@
-"""Console login, sessions and login throttling (SPEC §3.2).
+"""Console login, sessions and login throttling (docs/auth.md#logging-in).
 
 The session id is 256 random bits sent in the `edm_session` cookie; only its SHA-256 is stored. Each session
 has a CSRF secret that state-changing requests made with the cookie must echo in `X-CSRF-Token`.
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.addresses import normalize_email
 from edm.clock import utc_now
-from edm.errors import BadInput, EdmError, Unauthenticated
+from edm.errors import BadInput, EdmError, NotFound, Unauthenticated
 from edm.models.users import ConsoleSession, LoginAttempt, User
 from edm.security.passwords import check_password_rules, hash_password, verify_password, waste_time
 from edm.system.service import Actor, audit
@@ -42,7 +42,7 @@ WINDOW = dt.timedelta(minutes=15)
 USERNAME_LIMIT = 10
 IP_LIMIT = 50
 KEEP_ATTEMPTS = dt.timedelta(days=1)
-LOGIN_FAILED = "invalid username or password"  # the one answer for every failure (§3.2)
+LOGIN_FAILED = "invalid username or password"  # the one answer for every failure (docs/auth.md#logging-in)
 
 
 class RateLimited(EdmError):
@@ -216,8 +216,31 @@ async def revoke_sessions(session: AsyncSession, user_id: int, *, keep: int | No
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def end_sessions(session: AsyncSession, user_id: int, *, actor: Actor) -> int:
+    """End every console session of the user (an operator's "log them out everywhere"), audited as
+    `user.sessions_revoked` with the count; returns how many."""
+    revoked = await revoke_sessions(session, user_id)
+    await audit(
+        session,
+        actor,
+        "user.sessions_revoked",
+        target_type="user",
+        target_id=user_id,
+        details={"sessions_revoked": revoked},
+    )
+    return revoked
+
+
 async def logout(session: AsyncSession, session_id: int) -> None:
     await session.execute(delete(ConsoleSession).where(ConsoleSession.id == session_id))
+
+
+async def end_own_session(session: AsyncSession, *, user_id: int, session_id: int) -> None:
+    """End one of the user's own sessions; another user's session is 404, like a missing one."""
+    row = await session.get(ConsoleSession, session_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound("session not found")
+    await logout(session, row.id)
 
 
 async def list_sessions(
@@ -243,7 +266,8 @@ async def list_sessions(
 async def change_own_password(
     session: AsyncSession, user: User, *, current: str, new: str, keep_session: int | None, actor: Actor
 ) -> int:
-    """Check the current password, set the new one (§3.2 rules) and revoke the user's other sessions."""
+    """Check the current password, set the new one (the rules of docs/auth.md#your-own-password-and-sessions) and revoke
+    the user's other sessions."""
     if not verify_password(user.password_hash, current):
         raise BadInput.field("current_password", "is not correct")
     check_password_rules(new, username=user.username)

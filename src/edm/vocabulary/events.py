@@ -1,4 +1,5 @@
-"""The normalized event vocabulary (SPEC §9.3) and the shape every provider's webhook parser produces.
+"""The normalized event vocabulary (docs/events.md#event-vocabulary) and the shape every provider's webhook parser
+produces.
 
 Pure data: no database, no network. Provider modules (`edm.providers.*`) turn their payloads into
 `NormalizedEvent`s; `edm.events.ingest` stores them once and `edm.events.apply` applies them.
@@ -30,7 +31,7 @@ class EventType(enum.StrEnum):
 class BounceClass(enum.StrEnum):
     HARD = "hard"  # the address does not exist / permanently refuses
     SOFT = "soft"  # mailbox full, greylisting expired, temporary
-    BLOCK = "block"  # policy / content / reputation block: never suppresses the recipient (§9.6)
+    BLOCK = "block"  # policy / content / reputation block: never suppresses the recipient (docs/events.md)
     SUPPRESSED = "suppressed"  # the provider's own suppression list (bounced before, unsubscribed…)
     INVALID = "invalid"  # syntactically invalid or non-existent address, refused before sending
     UNDETERMINED = "undetermined"

@@ -1,4 +1,4 @@
-"""Task and SubTask state vocabularies and the one task transition table (SPEC §5). Pure: no database."""
+"""Task and SubTask state vocabularies and the one task transition table (docs/states.md). Pure: no database."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class TaskStatus(enum.StrEnum):
 
 class TaskKind(enum.StrEnum):
     BULK = "bulk"  # a campaign
-    TEST = "test"  # a template test send (§14.5): claimed first, `[TEST] `, no tracking, hidden from task lists
+    TEST = "test"  # a template test send (docs/templates.md): claimed first, `[TEST] `, no tracking, not in task lists
 
 
 class PauseReason(enum.StrEnum):

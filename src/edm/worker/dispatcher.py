@@ -1,5 +1,5 @@
 """`edm worker`: dispatch loops (claim → send → record) and the maintenance jobs. An entry point: it owns
-its units of work and commits once per claim and once per outcome batch (SPEC §7.1, §7.6, §7.8).
+its units of work and commits once per claim and once per outcome batch (docs/sending.md).
 
 Any number of workers may run against one PostgreSQL database; every limit lives in the database, so the
 only thing a worker keeps in memory is configuration (≤ 30 s old) and provider connections.
@@ -27,12 +27,11 @@ from edm.db.session import unit_of_work
 from edm.dispatch import allocation, queue
 from edm.dispatch.compose import Composer, RenderFailure
 from edm.models.email_services import EmailService
-from edm.models.system import Worker as WorkerRow
 from edm.providers.base import Adapter, OutboundMessage, Outcome, SendResult
 from edm.providers.registry import AdapterCache
 from edm.security.crypto import Vault
 from edm.settings import Settings
-from edm.system import runtime_settings
+from edm.system import runtime_settings, workers
 from edm.tasks import lifecycle
 from edm.worker.jobs import Maintenance
 
@@ -120,30 +119,23 @@ class Worker:
 
     async def _register(self) -> None:
         async with unit_of_work(self.sessionmaker) as session:
-            now = clock.utc_now()
-            session.add(
-                WorkerRow(
-                    id=self.id,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    version=__version__,
-                    started_at=now,
-                    last_heartbeat_at=now,
-                )
+            await workers.register(
+                session,
+                worker_id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                now=clock.utc_now(),
             )
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):
             async with unit_of_work(self.sessionmaker) as session:
-                row = await session.get(WorkerRow, self.id)
-                if row is not None:
-                    await session.delete(row)
+                await workers.unregister(session, self.id)
 
     async def heartbeat(self) -> None:
         async with unit_of_work(self.sessionmaker) as session:
-            row = await session.get(WorkerRow, self.id)
-            if row is not None:
-                row.last_heartbeat_at = clock.utc_now()
+            await workers.heartbeat(session, self.id, now=clock.utc_now())
 
     async def refresh_runtime(self, *, force: bool = False) -> runtime_settings.RuntimeSettings:
         if force or time.monotonic() - self._runtime_loaded > self.scaled(30.0):
@@ -308,7 +300,7 @@ class Worker:
 
         Why here and not later: a later retry may be claimed by another service (another account, where the
         key means nothing) and duplicate the mail, so what stays in doubt after these retries is recorded
-        `uncertain` (§7.8) and settled by the provider's events."""
+        `uncertain` (docs/sending.md#crashes-and-uncertain-sends) and settled by the provider's events."""
         results = await self._call_adapter(adapter, messages)
         if not adapter.capabilities.honours_idempotency:
             return results
@@ -335,8 +327,8 @@ class Worker:
         return [SendResult(m.key, Outcome.MAYBE_SENT, message=error) for m in messages]
 
     async def _check_thresholds_after(self, claim: queue.Claim, outcomes: list[queue.ItemOutcome]) -> None:
-        """SPEC §7.9: thresholds are evaluated after each outcome batch too, so a task failing fast is
-        paused before it burns through its list. Only batches with failures can cross a threshold."""
+        """Thresholds are evaluated after each outcome batch too (docs/sending.md#automatic-pause-on-errors), so a task
+        failing fast is paused before it burns through its list. Only batches with failures can cross a threshold."""
         now = time.monotonic()
         due = [t for t in _failed_tasks(outcomes) if self._threshold_due(t, now)]
         if not due:
@@ -362,31 +354,51 @@ class Worker:
         unstarted: list[queue.ClaimedItem],
         adapter: Adapter,
     ) -> None:
-        runtime = self.runtime
-        for attempt in range(5):
+        """Record the batch, then what follows from it. Only the record itself is retried: a step after it
+        failing (the threshold check losing its connection) must not record the outcomes a second time."""
+        summary = await self._record_once(claim, outcomes, unstarted)
+        if summary is None:
+            return
+        self.sent_batches += 1
+        self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
+        if summary.status_log:
+            self.invalidate_snapshot()
+            log.warning("service.state_changed", extra={"service_id": claim.service_id, "changes": summary.status_log})
+        try:
+            await self._check_thresholds_after(claim, outcomes)
+        except Exception as exc:  # the `thresholds` job checks every sending task within a minute anyway
+            log_failure(log, "dispatch.threshold_check_failed", exc, service_id=claim.service_id)
+
+    async def _record_once(
+        self, claim: queue.Claim, outcomes: list[queue.ItemOutcome], unstarted: list[queue.ClaimedItem]
+    ) -> queue.RecordSummary | None:
+        """The outcome transaction, retried briefly while the database fails: the outcomes must be recorded.
+        Every try records with the same time, and a retry first asks whether an earlier try committed after
+        all (its connection lost while COMMIT was answered), so the outcomes are recorded exactly once.
+        None when every try failed: the lease then expires and the reclaimer settles the rows (uncertain
+        unless the provider honours our idempotency key)."""
+        recorded_at, policy = clock.utc_now(), self.runtime.policy
+        item_ids = [o.item.subtask_id for o in outcomes] + [i.subtask_id for i in unstarted]
+        for attempt in range(RECORD_ATTEMPTS):
             try:
                 async with unit_of_work(self.sessionmaker) as session:
-                    now = clock.utc_now()
+                    if attempt and await queue.already_recorded(
+                        session, claim=claim, subtask_ids=item_ids, at=recorded_at
+                    ):
+                        log.info("dispatch.record_already_committed", extra={"service_id": claim.service_id})
+                        return queue.RecordSummary()
                     summary = await queue.record(
-                        session, claim=claim, outcomes=outcomes, now=now, policy=runtime.policy
+                        session, claim=claim, outcomes=outcomes, now=recorded_at, policy=policy
                     )
-                    await queue.release(session, claim=claim, items=unstarted, now=now)
-                self.sent_batches += 1
-                self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
-                await self._check_thresholds_after(claim, outcomes)
-                if summary.status_log:
-                    self.invalidate_snapshot()
-                    log.warning(
-                        "service.state_changed", extra={"service_id": claim.service_id, "changes": summary.status_log}
-                    )
-                return
+                    await queue.release(session, claim=claim, items=unstarted, now=recorded_at)
+                return summary
             except Exception:
-                # The outcome must be recorded (SPEC §7.6); retry briefly. If the database stays down the
-                # lease expires and the reclaimer settles the rows (uncertain unless idempotent).
                 log.exception("dispatch.record_failed", extra={"attempt": attempt + 1})
                 await asyncio.sleep(min(2.0**attempt, 10.0))
+        return None
 
 
+RECORD_ATTEMPTS = 5  # tries of an outcome transaction before the lease is left to expire
 IDEMPOTENT_RETRY_DELAYS = (0.5, 2.0)  # seconds before each same-service resend of a maybe-sent message
 THRESHOLD_CHECK_EVERY = 1.0  # seconds between post-batch threshold checks of one task (each is a count)
 

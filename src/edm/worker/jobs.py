@@ -1,5 +1,5 @@
-"""Maintenance jobs (SPEC §7.11). Each runs in every worker, is idempotent, and takes its rows with
-compare-and-set or SKIP LOCKED, so concurrent runs in several workers never repeat work."""
+"""Maintenance jobs (docs/sending.md#maintenance-jobs). Each runs in every worker, is idempotent, and takes its rows
+with compare-and-set or SKIP LOCKED, so concurrent runs in several workers never repeat work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from edm import clock
-from edm.api import idempotency
 from edm.contacts.imports import HEARTBEAT_EVERY, run_imports
 from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
@@ -19,6 +18,7 @@ from edm.dispatch import queue
 from edm.events import apply as event_apply
 from edm.events import bounce_reports as reports
 from edm.events import ingest
+from edm.system import idempotency
 from edm.tasks import generation, lifecycle, stats
 from edm.tracking.tombstones import forget_expired as forget_expired_tombstones
 
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edm.jobs")
 
-# The `events` job is continuous (§7.11): it drains stored events in batches, then polls this often, which
-# keeps an event's reflection on its SubTask well inside the 5 s p99 of §9.5.
+# The `events` job is continuous (docs/sending.md#maintenance-jobs): it drains stored events in batches, then polls this
+# often, which keeps an event's reflection on its SubTask well inside the 5 s p99 of
+# docs/events.md#pipeline-and-responses.
 EVENTS_PERIOD = 0.5
 EVENTS_BATCH = 1000
 # Webhook single-use tokens are kept well past the longest signed-timestamp window (10 min), then dropped.
@@ -145,7 +146,7 @@ class Maintenance:
         return counts.processed
 
     async def mailboxes(self) -> int:
-        """Bounce reports from the SMTP services' mailboxes (§9.1: optional IMAP/POP poller)."""
+        """Bounce reports from the SMTP services' mailboxes (docs/providers.md#bounces-from-smtp-services)."""
         return await reports.poll_mailboxes(self.worker.sessionmaker, self.worker.vault)
 
     async def nonces(self) -> int:
@@ -153,7 +154,8 @@ class Maintenance:
             return await ingest.forget_nonces(session, before=clock.utc_now() - NONCE_RETENTION)
 
     async def tombstones(self) -> int:
-        """Retention (§19.6), daily: forget unsubscribe tombstones of deleted tasks past their 365 days."""
+        """Retention (docs/operations.md#retention), daily: forget unsubscribe tombstones of deleted tasks past their
+        365 days."""
         async with unit_of_work(self.worker.sessionmaker) as session:
             return await forget_expired_tombstones(session, now=clock.utc_now())
 

@@ -1,5 +1,5 @@
-"""Failover and error handling (SPEC §7.7, §5.8): how each class of provider answer moves the SubTask and
-the service, with a second healthy service taking the work."""
+"""Failover and error handling (docs/sending.md#failures-and-failover, docs/states.md#service-states): how each class of
+provider answer moves the SubTask and the service, with a second healthy service taking the work."""
 
 from __future__ import annotations
 
@@ -304,7 +304,7 @@ async def test_recipient_rejection_is_permanent_and_not_retried(dkit):  # type: 
     assert all(s.send_state == "sent" for s in subtasks if s not in rejected)
     stats = await dkit.stats(task_id)
     assert (stats["sent"], stats["failed"], stats["rejected"], stats["failed_by_class"]) == (10, 3, 3, {"permanent": 3})
-    # Failed sends are not refunded (SPEC §6.3).
+    # Failed sends are not refunded (docs/tasks.md#credit).
     assert await dkit.ledger(w.user_id, "refund") == []
     assert await dkit.credit(w.user_id) == (INITIAL_CREDIT - 13,) * 2
 

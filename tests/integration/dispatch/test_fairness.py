@@ -1,5 +1,5 @@
-"""Fairness between users on one shared service (SPEC §7.5): two users with one task each receive n ± 1 of
-any 2n consecutive sends."""
+"""Fairness between users on one shared service (docs/sending.md#fairness): two users with one task each receive n ± 1
+of any 2n consecutive sends."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Generation (SPEC §6.3, §5.2): exactly once, all-or-nothing with one credit reserve; the credit and
-no-recipient outcomes; claim-time suppression with its refund; weighted template assignment."""
+"""Generation (docs/tasks.md#generation, docs/states.md#task-transitions): exactly once, all-or-nothing with one credit
+reserve; the credit and no-recipient outcomes; claim-time suppression with its refund; weighted template assignment."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Pause, resume and cancel while a worker sends (SPEC §5.2, §6.3): nothing is allocated after a pause or
-cancel commits, in-flight attempts finish and are recorded, every recipient is sent at most once, and the
-credit ledger always explains the balance (one refund for what was never sent)."""
+"""Pause, resume and cancel while a worker sends (docs/states.md#task-transitions, docs/tasks.md#generation): nothing is
+allocated after a pause or cancel commits, in-flight attempts finish and are recorded, every recipient is sent at most
+once, and the credit ledger always explains the balance (one refund for what was never sent)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
+from edm.dispatch.queue import recording, selection
 from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange
 from edm.models.users import QuotaLedgerEntry
 from edm.providers.base import Outcome, SendResult
@@ -202,13 +203,13 @@ async def _start_concurrently(action: Any) -> asyncio.Task[Any]:
 
 
 async def test_pause_committed_during_a_claim_wins(dkit, monkeypatch):  # type: ignore[no-untyped-def]
-    """SPEC §5.2: no SubTask is allocated after the pause commits. Regression: the claim read the task's status
-    without a lock and never re-checked it, so a pause committing inside the claim lost."""
+    """No SubTask is allocated after the pause commits (docs/states.md#task-transitions). Regression: the claim read
+    the task's status without a lock and never re-checked it, so a pause committing inside the claim lost."""
     if dkit.is_sqlite:
         pytest.skip("SQLite serializes writers: a pause cannot commit inside a claim transaction")
     w, task_id = await _scenario(dkit, recipients=5, service={"name": "a"})
     assert (await dkit.generate(task_id)).sendable == 5
-    original = queue.candidate_tasks
+    original = selection.candidate_tasks
     pauses: list[asyncio.Task[Any]] = []
 
     async def candidates_then_a_user_pauses(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -217,7 +218,7 @@ async def test_pause_committed_during_a_claim_wins(dkit, monkeypatch):  # type: 
             pauses.append(await _start_concurrently(lambda: _act(dkit, task_id, "pause")))
         return candidates
 
-    monkeypatch.setattr(queue, "candidate_tasks", candidates_then_a_user_pauses)
+    monkeypatch.setattr(selection, "candidate_tasks", candidates_then_a_user_pauses)
     async with unit_of_work(dkit.sessionmaker) as session:
         claim = await queue.claim(session, service_id=w.service_ids[0], worker_id="w1", now=clock.utc_now())
         pause_committed_first = pauses[0].done()
@@ -231,7 +232,7 @@ async def test_pause_committed_during_a_claim_wins(dkit, monkeypatch):  # type: 
 
 
 async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch):  # type: ignore[no-untyped-def]
-    """SPEC §5.2, §5.5: a deferred outcome of a cancelled task ends `cancelled` and is refunded. Regression: the
+    """A deferred outcome of a cancelled task ends `cancelled` and is refunded (docs/states.md). Regression: the
     outcome transaction read the task status without locking the task row, so a cancel committing inside it
     left the deferred SubTasks `pending` in a cancelled task forever, never refunded."""
     if dkit.is_sqlite:
@@ -248,7 +249,7 @@ async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch): 
         )
         for i in claim.items
     ]
-    original = queue._write_subtasks
+    original = recording._write_subtasks
     cancels: list[asyncio.Task[Any]] = []
 
     async def write_while_a_user_cancels(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -256,7 +257,7 @@ async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch): 
             cancels.append(await _start_concurrently(lambda: _act(dkit, task_id, "cancel")))
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "_write_subtasks", write_while_a_user_cancels)
+    monkeypatch.setattr(recording, "_write_subtasks", write_while_a_user_cancels)
     async with unit_of_work(dkit.sessionmaker) as session:
         await queue.record(session, claim=claim, outcomes=outcomes, now=clock.utc_now(), policy=Policy())
     await cancels[0]

@@ -1,6 +1,7 @@
-"""The daily quota and the service day (SPEC §7.4, §5.4): a service at quota stops taking work until its
-reset time, the task explains why and until when, and the next service day starts by itself at the reset
-time (no job), with usage counted per (service, service day)."""
+"""The daily quota and the service day (docs/sending.md#daily-quota-and-the-service-day,
+docs/states.md#waiting-reasons): a service at quota stops taking work until its reset time, the task explains why and
+until when, and the next service day starts by itself at the reset time (no job), with usage counted per (service,
+service day)."""
 
 from __future__ import annotations
 
@@ -99,8 +100,9 @@ async def test_quota_stops_until_the_reset_and_the_new_service_day_starts_by_its
 
 
 async def test_waiting_reason_is_cleared_at_the_next_send(dkit):  # type: ignore[no-untyped-def]
-    """SPEC §5.4: the fields are cleared at the next send, not only by the 30 s waiting job (regression: the
-    outcome path never cleared them). No maintenance job runs here, so only a send can clear them."""
+    """The waiting fields are cleared at the next send (docs/states.md#waiting-reasons), not only by the 30 s waiting
+    job (regression: the outcome path never cleared them). No maintenance job runs here, so only a send can clear
+    them."""
     clock.freeze(BEFORE_RESET.astimezone(dt.UTC))
     w, task_id = await _setup(dkit, recipients=5, service={**SERVICE, "daily_quota": 2})
     await dkit.generate(task_id)

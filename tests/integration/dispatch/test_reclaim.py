@@ -1,6 +1,6 @@
-"""Crash recovery (SPEC §7.8): a worker that claimed and died leaves leases that expire. The reclaimer
-makes them `uncertain` (never blindly resent) unless the provider honours our idempotency key within its
-window, in which case they are resent with the same key and Message-ID. Uncertain rows are abandoned after
+"""Crash recovery (docs/sending.md#crashes-and-uncertain-sends): a worker that claimed and died leaves leases that
+expire. The reclaimer makes them `uncertain` (never blindly resent) unless the provider honours our idempotency key
+within its window, in which case they are resent with the same key and Message-ID. Uncertain rows are abandoned after
 7 days so the task terminates."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Task statistics counters (SPEC §11.1): on PostgreSQL a trigger keeps `task_stat_counters` in the same
-transaction as every SubTask change; the reads must equal a row-by-row recount after any mix of changes,
-concurrent writers must not wait on each other's counter rows, and folding the stripes changes nothing."""
+"""Task statistics counters (docs/statistics.md#where-the-numbers-come-from): on PostgreSQL a trigger keeps
+`task_stat_counters` in the same transaction as every SubTask change; the reads must equal a row-by-row recount after
+any mix of changes, concurrent writers must not wait on each other's counter rows, and folding the stripes changes
+nothing."""
 
 from __future__ import annotations
 

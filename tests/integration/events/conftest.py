@@ -38,7 +38,8 @@ ENGAGELAB_KEY = "engagelab-app-key-for-tests"
 
 
 def engagelab_headers(*, key: str = ENGAGELAB_KEY, timestamp: int | None = None) -> dict[str, str]:
-    """EngageLab's HMAC form: HMAC-SHA256(app key, timestamp), hex (§9.2)."""
+    """EngageLab's HMAC form: HMAC-SHA256(app key, timestamp), hex
+    (docs/providers.md#webhooks-where-events-come-back)."""
     ts = str(timestamp or int(time.time()))
     return {
         "Content-Type": "application/json",

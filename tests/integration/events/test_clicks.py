@@ -1,4 +1,4 @@
-"""Click tracking (SPEC §10.1–§10.3): links rewritten at send, stored per task, a click redirects only to a
+"""Click tracking (docs/tracking.md): links rewritten at send, stored per task, a click redirects only to a
 link of that SubTask's task; anything else is a 404 page, never a redirect."""
 
 from __future__ import annotations

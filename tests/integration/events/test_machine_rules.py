@@ -1,5 +1,5 @@
-"""Human and machine engagement (SPEC §10.4) through the ASGI app and the `events` job's code: every rule
-triggers with its default, and with its admin setting changed it does not; the classification is written
+"""Human and machine engagement (docs/tracking.md#people-and-machines) through the ASGI app and the `events` job's code:
+every rule triggers with its default, and with its admin setting changed it does not; the classification is written
 into the event (`details.machine`, `details.machine_reason`); counts in the statistics match the recount."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from edm import clock
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
+from edm.events.machine_hits import machine_reason
 from edm.models.events import Event
 from edm.security.tokens import sign_token
 from edm.system import runtime_settings
@@ -229,7 +230,7 @@ def test_the_first_rule_that_holds_names_the_reason() -> None:
     sent = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
     soon, later = sent + dt.timedelta(seconds=5), sent + dt.timedelta(hours=1)
     runtime = RuntimeSettings(tracking_bot_user_agents=("linkguard",), tracking_proxy_cidrs=("203.0.113.0/24",))
-    reason = event_apply.machine_reason
+    reason = machine_reason
     assert reason(_Hit(1, "opened", soon, user_agent=" "), _Sent(sent), runtime) == "empty_user_agent"
     assert (
         reason(_Hit(1, "opened", soon, user_agent="LinkGuard", ip="203.0.113.0"), _Sent(sent), runtime)

@@ -1,4 +1,4 @@
-"""The open pixel (SPEC §10.1, §10.3, §10.4) through the ASGI app: always a GIF, each hit an event, people
+"""The open pixel (docs/tracking.md) through the ASGI app: always a GIF, each hit an event, people
 and machines counted apart, and the pixel in every tracked task mail."""
 
 from __future__ import annotations

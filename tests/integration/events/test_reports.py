@@ -1,7 +1,8 @@
-"""SMTP bounce and complaint reports end to end (SPEC §9.7): a task really sent through the fake provider, then
-an RFC 3464 DSN / RFC 5965 ARF report about one of its SubTasks posted raw to the DSN endpoint of an SMTP
-service (or fetched by the mailbox poller from a real POP3 server on loopback), stored once, and applied by the
-`events` job's code. Outside production a SubTask sent through `fake` matches reports of any SMTP service."""
+"""SMTP bounce and complaint reports end to end (docs/events.md#smtp-bounce-and-complaint-reports): a task really sent
+through the fake provider, then an RFC 3464 DSN / RFC 5965 ARF report about one of its SubTasks posted raw to the DSN
+endpoint of an SMTP service (or fetched by the mailbox poller from a real POP3 server on loopback), stored once, and
+applied by the `events` job's code. Outside production a SubTask sent through `fake` matches reports of any SMTP
+service."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""The automatic suppressions of SPEC §10.5, fed by events: unsubscribe → the sending user's list; hard bounce,
-complaint, a provider-suppressed address and three soft bounces (across tasks) → the global list; a policy
-block → nothing. The next task leaves every suppressed address out. The admin settings move each trigger to
-the user's list, the global list or nowhere, and change the soft-bounce limit; removing an unsubscribe or
-complaint entry needs a reason, is audited, clears the contact flag and lets the next task reach the address."""
+"""The automatic suppressions (docs/suppression.md#what-is-added-automatically-the-bounce-policy), fed by events:
+unsubscribe → the sending user's list; hard bounce, complaint, a provider-suppressed address and three soft bounces
+(across tasks) → the global list; a policy block → nothing. The next task leaves every suppressed address out. The admin
+settings move each trigger to the user's list, the global list or nowhere, and change the soft-bounce limit; removing an
+unsubscribe or complaint entry needs a reason, is audited, clears the contact flag and lets the next task reach
+the address."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ async def test_events_suppress_as_the_policy_says_across_tasks(ekit: EventKit) -
 
 
 # --------------------------------------------------------------------------------------------------------
-# The policy follows the admin settings (§19.2): scope per trigger (user, global, off) and the soft limit.
+# The policy follows the admin settings (docs/operations.md#admin-settings): scope per trigger (user, global, off) and
+# the soft limit.
 # --------------------------------------------------------------------------------------------------------
 
 SCOPE_KEYS = (

@@ -1,5 +1,5 @@
-"""Unsubscribe tombstones (SPEC §5.2, §10.3): deleting a task keeps, for every mailed SubTask, what its
-unsubscribe link needs for 365 days. The link keeps showing the masked address and keeps unsubscribing (the
+"""Unsubscribe tombstones (docs/tracking.md#after-a-task-is-deleted): deleting a task keeps, for every mailed SubTask,
+what its unsubscribe link needs for 365 days. The link keeps showing the masked address and keeps unsubscribing (the
 owner's suppression list, the contact if it still exists), idempotently; expired tombstones answer the
 neutral 404 page and the daily retention job forgets them."""
 
@@ -75,7 +75,7 @@ async def test_links_of_a_deleted_task_keep_unsubscribing_once(ekit: EventKit) -
     await ekit.apply()
     assert [e.task_id for e in await ekit.events()] == [task_id]
     await delete_through_the_api(ekit, task_id)
-    assert await ekit.events() == [], "the task's events are deleted with it (§5.2)"
+    assert await ekit.events() == [], "the task's events are deleted with it (docs/states.md#task-transitions)"
 
     kept = await tombstones(ekit)
     assert set(kept) == {sent.public_id, uncertain.public_id, contact_gone.public_id}, "mailed SubTasks only"

@@ -1,5 +1,5 @@
-"""Concurrent tracking hits (SPEC §10.3) share database round trips (`tracking.hits`): many pixel and click
-requests in flight at once are each answered correctly — every click to its own SubTask's link, a foreign
+"""Concurrent tracking hits (docs/tracking.md#capacity) share database round trips (`tracking.hits`): many pixel and
+click requests in flight at once are each answered correctly — every click to its own SubTask's link, a foreign
 link still a 404 — and every hit is stored exactly once."""
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ async def test_concurrent_hits_are_each_answered_and_stored_once(ekit: EventKit)
     counts = await ekit.apply()
     assert counts.matched == len(opens) + len(subtasks) * 4
     stats = await ekit.dkit.stats(task_id)
-    # Two links clicked within 2 s by one SubTask: the burst rule makes the later clicks machine (§10.4).
+    # Two links clicked within 2 s by one SubTask: the burst rule makes the later clicks machine
+    # (docs/tracking.md#people-and-machines).
     assert (stats["opens"], stats["clicks"] + stats["machine_clicks"]) == (len(opens), len(subtasks) * 4)
     assert stats["opened_human"] == stats["clicked_human"] == len(subtasks)

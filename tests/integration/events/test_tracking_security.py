@@ -1,5 +1,5 @@
-"""The public tracking endpoints under attack (SPEC §10.2, §10.3, §20): every byte of a token flipped, a
-token of one purpose used for another, a click token of task A with a link of task B, script and data URLs
+"""The public tracking endpoints under attack (docs/tracking.md, docs/security.md#links): every byte of a token flipped,
+a token of one purpose used for another, a click token of task A with a link of task B, script and data URLs
 in templates. No redirect anywhere but to a stored link of the SubTask's own task; nothing recorded."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""One-click unsubscribe (RFC 8058, SPEC §10.3) through the ASGI app: a GET never unsubscribes; a POST — the
-mailbox provider's `List-Unsubscribe=One-Click` or the page's button — does, at once and only once, and the
+"""One-click unsubscribe (RFC 8058, docs/tracking.md#unsubscribes) through the ASGI app: a GET never unsubscribes;
+a POST — the mailbox provider's `List-Unsubscribe=One-Click` or the page's button — does, at once and only once, and the
 address is out of the next task."""
 
 from __future__ import annotations

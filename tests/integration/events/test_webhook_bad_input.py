@@ -1,5 +1,5 @@
 """Bad webhook input answers a clear 4xx (or 503 when the database is down), stores nothing it should not,
-and never answers 500 (SPEC §9.2, §9.5)."""
+and never answers 500 (docs/events.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Webhooks end to end through the ASGI app: a task really sent through the fake provider, its events posted
-back as SendGrid and Mailgun post them, stored once, applied by the `events` job's code (SPEC §9)."""
+back as SendGrid and Mailgun post them, stored once, applied by the `events` job's code (docs/events.md)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ async def test_an_event_for_an_unknown_subtask_is_stored_unmatched_so_the_provid
 
 async def test_a_late_event_never_changes_the_task_status(ekit: EventKit) -> None:
     """Bounces for every recipient of a completed task: the SubTasks change, the task stays completed and
-    is not auto-paused (§7.9: bounces arriving after completion never pause)."""
+    is not auto-paused (docs/sending.md#automatic-pause-on-errors: bounces arriving after completion never pause)."""
     from edm import clock
     from edm.db.session import unit_of_work
     from edm.system import runtime_settings

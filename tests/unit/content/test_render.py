@@ -403,7 +403,7 @@ def test_html_to_text_empty() -> None:
     assert html_to_text("<style>x</style>") == ""
 
 
-# ---------------------------------------------------------------- CSS inlining and the custom footer (§14.3, §10.6)
+# ---------------------------------------------- CSS inlining and the custom footer (docs/templates.md#the-pipeline)
 
 STYLED = (
     "<html><head><style>p.lead { color: #123456 } a { color: red }"

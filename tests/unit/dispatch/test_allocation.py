@@ -1,5 +1,5 @@
-"""How one claim is shared among users and tasks (SPEC §7.5): round-robin over users after the cursor, one
-SubTask at a time; users without claimable work skipped; a user's tasks rotated."""
+"""How one claim is shared among users and tasks (docs/sending.md#fairness): round-robin over users after the cursor,
+one SubTask at a time; users without claimable work skipped; a user's tasks rotated."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_task_order_within_a_user_least_recently_claimed_then_priority_schedule_
     assert plan == [(4, 1)]
 
 
-# ---- which service takes work next (SPEC §7.3) --------------------------------------------------------
+# ---- which service takes work next (docs/sending.md#how-a-service-is-chosen) --------------------------
 
 
 def _service(

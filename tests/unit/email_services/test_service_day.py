@@ -1,6 +1,6 @@
-"""The service day (SPEC §7.4): the calendar date of (t in the service's zone − reset time). A new day begins
-at the reset time by itself; on a DST day whose reset time does not exist the day begins at the first later
-instant, and a repeated local time starts the day only once."""
+"""The service day (docs/sending.md#daily-quota-and-the-service-day): the calendar date of (t in the service's zone −
+reset time). A new day begins at the reset time by itself; on a DST day whose reset time does not exist the day begins
+at the first later instant, and a repeated local time starts the day only once."""
 
 from __future__ import annotations
 

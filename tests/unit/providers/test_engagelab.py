@@ -287,7 +287,8 @@ async def test_url_token_verifies_without_signature_headers() -> None:
 
 
 async def test_signature_covers_only_the_timestamp_not_the_body() -> None:
-    # Documented weakness of EngageLab's scheme (providers README §1.3): why the URL token is recommended.
+    # Documented weakness of EngageLab's scheme (docs/providers.md#webhooks-where-events-come-back): why the URL token
+    # is recommended.
     other_body = sample_bytes("engagelab", "status_invalid_email_hard_bounce.json")
     assert await verify(signed(md5_signature(TS_SECONDS), body=other_body), SECRET)
 
@@ -381,7 +382,7 @@ def test_route_is_a_reply_without_our_ids_keeping_sender_subject_and_threading()
     assert event.details["subject"] == "Re: Spring campaign"
     assert event.details["in_reply_to"] == "<1676615711309_104117_18546_8821.sc-10_43_7_16-inbound@mail.example.com>"
     assert event.occurred_at == at_ms(1783401717715)
-    assert "raw_message" in event.raw["response"]["response_data"]  # §12 parses the MIME from raw
+    assert "raw_message" in event.raw["response"]["response_data"]  # conversations (planned) parse the MIME from raw
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ SUMS = (
     "unsubscribed",
     "replied",
 )
-# The value each SubTask row contributes to each sum (the definitions of SPEC §11.2).
+# The value each SubTask row contributes to each sum (the definitions of docs/statistics.md#the-numbers).
 CONTRIBUTIONS = (
     "1",
     "(open_count > 0 OR click_count > 0)::int",

@@ -1,11 +1,12 @@
-"""tasks.kind: "bulk" campaigns and "test" template test sends (SPEC §14.5)
+"""tasks.kind: "bulk" campaigns and "test" template test sends (docs/templates.md#test-sends)
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-29
 
 A template test send is a task of kind "test" whose SubTasks are the 1–5 test addresses: it goes through the
-same claim, rate slots, daily quota and credit as a campaign (§8.2), and is claimed first (§7.2).
+same claim, rate slots, daily quota and credit as a campaign (docs/templates.md#what-differs-from-a-campaign-mail), and
+is claimed first (docs/sending.md#the-claim).
 """
 
 from collections.abc import Sequence

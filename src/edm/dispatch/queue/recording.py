@@ -1,0 +1,312 @@
+"""Recording outcomes: one transaction per claimed batch writes what happened to each recipient.
+
+Each SubTask moves with a compare-and-set on (allocated, our lease), so a row the reclaimer took back in
+the meantime is left as it is (an accepted send still marks it sent: it was mailed). Every outcome gets a
+SendAttempt row; the day's usage, the contacts' and tasks' send times, and the service's runtime state
+(`service_state`) are updated in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.dispatch import retry
+from edm.dispatch.queue.claiming import Claim, ClaimedItem
+from edm.dispatch.queue.service_state import update_service_state
+from edm.dispatch.queue.usage import upsert_usage
+from edm.models.contacts import Contact
+from edm.models.tasks import SendAttempt, SubTask, Task
+from edm.providers.base import Outcome, SendResult
+from edm.system.runtime_settings import Policy
+from edm.vocabulary.tasks import SendState, TaskStatus
+
+SUBTASKS = cast(Table, SubTask.__table__)
+STOPPED = (TaskStatus.CANCELLED, TaskStatus.CLOSED)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    item: ClaimedItem
+    result: SendResult
+    started_at: dt.datetime | None
+    from_address: str | None = None
+    message_id: str | None = None
+    subject: str | None = None
+
+
+@dataclass
+class RecordSummary:
+    by_state: Counter[str] = field(default_factory=Counter)
+    lost_lease: int = 0
+    status_log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: SendState
+    counted: bool  # counts toward retry.max_attempts
+    due_now: bool  # deferred and immediately claimable elsewhere
+    error_code: str | None = None
+
+
+DEFER_NOW = {Outcome.THROTTLED, Outcome.QUOTA_EXHAUSTED, Outcome.AUTH_CONFIG}
+
+
+def decide(result: SendResult, *, retryable_failures: int, task_status: str, max_attempts: int) -> Decision:
+    """The next send state for one attempt's result. Pure."""
+    outcome = result.outcome
+    if outcome is Outcome.ACCEPTED:
+        return Decision(SendState.SENT, False, False)
+    if outcome is Outcome.PERMANENT:
+        return Decision(SendState.FAILED, False, False, result.provider_code)
+    if outcome is Outcome.MAYBE_SENT:
+        # Even with an idempotent provider: the worker already resent it to the same service with the same
+        # key; a pending row could be claimed by another service, where the key means nothing.
+        return Decision(SendState.UNCERTAIN, True, False)
+    if task_status in STOPPED:
+        return Decision(SendState.CANCELLED, outcome not in DEFER_NOW, False)
+    if outcome in DEFER_NOW:
+        return Decision(SendState.PENDING, False, True)
+    if retryable_failures + 1 >= max_attempts:
+        return Decision(SendState.FAILED, True, False, "max_attempts_exceeded")
+    return Decision(SendState.PENDING, True, False)
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    claim: Claim,
+    outcomes: Sequence[ItemOutcome],
+    now: dt.datetime,
+    policy: Policy,
+    jitter: retry.Jitter = retry.default_jitter,
+) -> RecordSummary:
+    """One outcome transaction for a claimed batch: SubTask states (compare-and-set on our lease), one
+    SendAttempt per item, the day's usage, the service state and the status log."""
+    summary = RecordSummary()
+    if not outcomes:
+        return summary
+    current = await _current_rows(session, [o.item.subtask_id for o in outcomes])
+    updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    attempts: list[dict[str, Any]] = []
+    usage: Counter[str] = Counter()
+    for o in outcomes:
+        row = current.get(o.item.subtask_id)
+        attempts.append(_attempt_row(claim, o, now))
+        if row is None:
+            continue
+        ours = row.send_state == SendState.ALLOCATED and row.lease_owner == claim.lease_owner
+        if not ours:
+            summary.lost_lease += 1
+            if o.result.outcome is Outcome.ACCEPTED and row.send_state in (SendState.PENDING, SendState.UNCERTAIN):
+                updates["late_sent"].append(_sent_values(o, now))
+            continue
+        decision = decide(
+            o.result,
+            retryable_failures=row.retryable_failures,
+            task_status=row.task_status,
+            max_attempts=policy.max_attempts,
+        )
+        summary.by_state[decision.state] += 1
+        usage[_usage_column(decision, o.result)] += 1
+        updates[decision.state].append(_values_for(decision, o, row, now, policy, jitter))
+    await _write_subtasks(session, claim, updates)
+    await _insert_attempts(session, attempts)
+    await _add_usage(session, claim, usage)
+    await _touch_contacts_and_tasks(session, outcomes, now)
+    summary.status_log = await update_service_state(session, claim, [o.result for o in outcomes], now, policy)
+    return summary
+
+
+async def already_recorded(session: AsyncSession, *, claim: Claim, subtask_ids: Sequence[int], at: dt.datetime) -> bool:
+    """Whether an outcome transaction of this claim, recorded with `now=at`, committed. A worker whose
+    connection dropped while its COMMIT was being answered cannot tell whether it took effect; the
+    SendAttempt rows it wrote carry that exact `finished_at`, and no other writer uses it for these rows
+    (the reclaimer and a release stamp their own time). Retrying with the same `at` and asking this first
+    makes the record happen once."""
+    if not subtask_ids:
+        return False
+    found = await session.scalar(
+        select(SendAttempt.id)
+        .where(
+            SendAttempt.subtask_id.in_(subtask_ids),
+            SendAttempt.service_id == claim.service_id,
+            SendAttempt.finished_at == at,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]:
+    """Our rows and their task's status, with the task rows locked first (id order, like the claim), so
+    a cancel either committed before — deferred outcomes become `cancelled` — or waits for us and then
+    cancels what we left pending."""
+    task_ids = select(SubTask.task_id).where(SubTask.id.in_(ids)).distinct().scalar_subquery()
+    await session.execute(select(Task.id).where(Task.id.in_(task_ids)).order_by(Task.id).with_for_update())
+    rows = await session.execute(
+        select(
+            SubTask.id,
+            SubTask.send_state,
+            SubTask.lease_owner,
+            SubTask.retryable_failures,
+            Task.status.label("task_status"),
+        )
+        .join(Task, Task.id == SubTask.task_id)
+        .where(SubTask.id.in_(ids))
+        .order_by(SubTask.id)
+        .with_for_update(of=SubTask)
+    )
+    return {r.id: r for r in rows.all()}
+
+
+def _usage_column(decision: Decision, result: SendResult) -> str:
+    if decision.state is SendState.SENT:
+        return "accepted"
+    if decision.state is SendState.UNCERTAIN:
+        return "uncertain"
+    return "failed" if result.outcome is not Outcome.ACCEPTED else "accepted"
+
+
+def _attempt_row(claim: Claim, o: ItemOutcome, now: dt.datetime) -> dict[str, Any]:
+    r = o.result
+    outcome = "uncertain" if r.outcome is Outcome.MAYBE_SENT else r.outcome.value
+    return {
+        "subtask_id": o.item.subtask_id,
+        "attempt_no": o.item.attempt_no,
+        "service_id": claim.service_id,
+        "started_at": o.started_at,
+        "finished_at": now,
+        "duration_ms": r.latency_ms,
+        "outcome": outcome,
+        "status": r.status,
+        "provider_code": (r.provider_code or None) and r.provider_code[:64],
+        "message": r.message[:500] or None,
+        "provider_message_id": r.provider_message_id,
+    }
+
+
+def _sent_values(o: ItemOutcome, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "b_id": o.item.subtask_id,
+        "provider_message_id": o.result.provider_message_id,
+        "sent_at": now,
+        "from_address": o.from_address,
+        "message_id": o.message_id,
+        "subject_sent": o.subject,
+    }
+
+
+def _values_for(
+    decision: Decision, o: ItemOutcome, row: Any, now: dt.datetime, policy: Policy, jitter: retry.Jitter
+) -> dict[str, Any]:
+    base: dict[str, Any] = {"b_id": o.item.subtask_id}
+    r = o.result
+    if decision.state is SendState.SENT:
+        return _sent_values(o, now)
+    failures = row.retryable_failures + (1 if decision.counted else 0)
+    base.update(
+        retryable_failures=failures,
+        last_error_class=r.outcome.value,
+        last_error_code=(decision.error_code or r.provider_code or (str(r.status) if r.status else None)),
+        last_error=r.message[:500] or r.outcome.value,
+        from_address=o.from_address,
+        message_id=o.message_id,
+        subject_sent=o.subject,
+    )
+    if decision.state is SendState.PENDING:
+        delay = (
+            dt.timedelta(0)
+            if decision.due_now
+            else retry.retry_delay(failures, base=policy.retry_base, cap=policy.retry_max, jitter=jitter)
+        )
+        base["next_attempt_at"] = now + delay
+    if decision.state is SendState.FAILED:
+        base["failed_at"] = now
+    if decision.state is SendState.FAILED and r.recipient_rejected:
+        base["delivery_state"] = "rejected"
+    return base
+
+
+async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str, list[dict[str, Any]]]) -> None:
+    """One executemany UPDATE per target state, each a compare-and-set on (allocated, our lease)."""
+    ours = and_(
+        SUBTASKS.c.id == bindparam("b_id"),
+        SUBTASKS.c.send_state == SendState.ALLOCATED,
+        SUBTASKS.c.lease_owner == claim.lease_owner,
+    )
+    for state, rows in updates.items():
+        if not rows:
+            continue
+        if state == "late_sent":
+            where = and_(
+                SUBTASKS.c.id == bindparam("b_id"), SUBTASKS.c.send_state.in_((SendState.PENDING, SendState.UNCERTAIN))
+            )
+            values = _late_sent_values(claim.service_id)
+        else:
+            where = ours
+            values = _state_values(SendState(state), rows[0])
+        await session.execute(SUBTASKS.update().where(where).values(**values), rows)
+
+
+def _late_sent_values(service_id: int) -> dict[str, Any]:
+    return {
+        "send_state": SendState.SENT,
+        "service_id": service_id,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        **{k: bindparam(k) for k in ("provider_message_id", "sent_at", "from_address", "message_id", "subject_sent")},
+    }
+
+
+def _state_values(state: SendState, sample: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {"send_state": state, "lease_owner": None, "lease_expires_at": None}
+    values.update({k: bindparam(k) for k in sample if k != "b_id"})
+    if state is SendState.PENDING:
+        values["service_id"] = None  # deferred work may be taken by any service
+    return values
+
+
+async def _insert_attempts(session: AsyncSession, attempts: list[dict[str, Any]]) -> None:
+    await session.execute(insert(SendAttempt), attempts)
+
+
+async def _add_usage(session: AsyncSession, claim: Claim, usage: Counter[str]) -> None:
+    if not usage:
+        return
+    await upsert_usage(session, service_id=claim.service_id, day=claim.service_day, deltas=dict(usage))
+
+
+async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[ItemOutcome], now: dt.datetime) -> None:
+    accepted = [o.item for o in outcomes if o.result.outcome is Outcome.ACCEPTED]
+    if not accepted:
+        return
+    contact_ids = [i.contact_id for i in accepted if i.contact_id is not None]
+    if contact_ids:
+        await session.execute(
+            update(Contact)
+            .where(Contact.id.in_(contact_ids))
+            .values(last_sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    task_ids = {i.task_id for i in accepted}
+    await session.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
+        .values(first_sent_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    # A send means the task is no longer waiting: the fields are cleared at the next send.
+    await session.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.waiting_reason.is_not(None))
+        .values(waiting_reason=None, waiting_until=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,74 @@
+"""A service's runtime state after an outcome batch: health samples, cool-downs, freezes and quota
+exhaustion (decided by `availability.apply_results`), each change logged, and the admins alerted when a
+person must act."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edm.dispatch import availability as av
+from edm.dispatch.queue.claiming import Claim
+from edm.dispatch.queue.snapshots import reset_after, runtime_of
+from edm.models.email_services import (
+    EmailService,
+    EmailServiceState,
+    EmailServiceStatusLog,
+    FreezeReason,
+    StatusChange,
+)
+from edm.providers.base import SendResult
+from edm.system import alerts
+from edm.system.runtime_settings import Policy
+
+
+async def update_service_state(
+    session: AsyncSession, claim: Claim, results: Sequence[SendResult], now: dt.datetime, policy: Policy
+) -> list[str]:
+    """Apply the batch's results to the claim's service (row locked); returns the kinds of change logged."""
+    state_row = await session.scalar(
+        select(EmailServiceState)
+        .where(EmailServiceState.service_id == claim.service_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    service = await session.get(EmailService, claim.service_id)
+    if state_row is None or service is None:
+        return []
+    change = av.apply_results(
+        runtime_of(state_row),
+        list(results),
+        now=now,
+        probe=claim.probe,
+        policy=policy,
+        next_reset=reset_after(service, now),
+    )
+    for name in av.RuntimeState.__dataclass_fields__:
+        setattr(state_row, name, getattr(change.state, name))
+    for kind, old, new, reason in change.log:
+        session.add(
+            EmailServiceStatusLog(
+                service_id=claim.service_id, change=kind, old_value=old, new_value=new, reason=reason, at=now
+            )
+        )
+        await _alert_if_needed(session, service, kind, new, reason)
+    await session.flush()
+    return [entry[0] for entry in change.log]
+
+
+async def _alert_if_needed(
+    session: AsyncSession, service: EmailService, kind: str, new: str | None, reason: str | None
+) -> None:
+    """A person must act when credentials/configuration are refused or the provider quota is gone."""
+    if kind == StatusChange.FROZEN and new == FreezeReason.AUTH_CONFIG:
+        title = f"Service {service.name} frozen: the provider refused its credentials or configuration"
+    elif kind == StatusChange.EXHAUSTED:
+        title = f"Service {service.name} is out of provider quota until {new}"
+    else:
+        return
+    await alerts.alert_admins(
+        session, kind=f"service_{kind}", title=title, body=reason, link=f"/api/v1/admin/services/{service.id}"
+    )
