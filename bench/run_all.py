@@ -2,7 +2,8 @@
 a reference measured in the same run. Not a timed test: it prints figures and writes bench/RESULTS.md.
 
     .venv/bin/python -m bench.run_all [--quick]
-                                      [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts]
+                                      [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts|
+                                              xlsx|compose]
                                       [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
@@ -25,10 +26,22 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 (h) contacts (bench/bench_contacts.py): list/search page p95, a tag rule's recipient estimate and a streamed
     `edm contact export` of 1,000,000 contacts (peak RSS), beside `SELECT 1`, `count(*)` and `COPY … TO` in the
     same run. Its own block of RESULTS.md, like (d).
+(i) XLSX import (bench/bench_xlsx.py): a 100,000-row workbook read by `open_table` in a child process, beside
+    openpyxl's read-only mode (how EDM read workbooks before) on the same file in the same run; its import by
+    the `imports` job code (wall time, peak RSS) beside that read; the "dimension bomb" (1.5 KB declaring
+    A1:XFD1048576) beside the same rows under an honest dimension, and openpyxl on the bomb for a fixed
+    budget (its rate gives the time it would take). Its own block of RESULTS.md, like (d).
+(j) compose (bench/bench_compose.py): CPU µs per recipient of each step a worker runs (context, unsubscribe
+    token, guarded render with click tracking, MIME, SMTP payload), each alternating with a reference in the
+    same run (plain Jinja2 on the same sources, a bare HMAC, the stdlib's EmailMessage, …). No database, no
+    SMTP. Its own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
 generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
-tracking ≥ 3,000 req/s per endpoint (one process); statistics of 1,000,000 SubTasks ≤ 100 ms.
+tracking ≥ 3,000 req/s per endpoint (one process); statistics of 1,000,000 SubTasks ≤ 100 ms; (g) import
+and (h) contacts print their own targets. (i) and (j) have none of their own: (i) is read against openpyxl
+(the reader before) and the bomb against an honest three-row workbook (it should cost about the same); (j)
+bounds one core's messages/s before any I/O, to set beside (a)'s 1,500 msg/s over 2 workers.
 """
 
 from __future__ import annotations
@@ -48,7 +61,17 @@ import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bench import bench_contacts, bench_import, bench_stats, bench_tracking, bench_webhooks, infra, seed
+from bench import (
+    bench_compose,
+    bench_contacts,
+    bench_import,
+    bench_stats,
+    bench_tracking,
+    bench_webhooks,
+    bench_xlsx,
+    infra,
+    seed,
+)
 from bench.infra import log
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -70,6 +93,20 @@ QUICK: dict[str, Any] = {
     "rss_window": 15.0,
     "ref_messages": 10_000,
 }
+SECTIONS = (
+    "dispatch",
+    "generation",
+    "rss",
+    "webhooks",
+    "tracking",
+    "stats",
+    "import",
+    "contacts",
+    "xlsx",
+    "compose",
+)
+NO_SMTP = {"webhooks", "tracking", "stats", "import", "contacts", "xlsx", "compose"}  # these send nothing
+NO_DATABASE = {"compose"}  # CPU only: no bench database is created for these alone
 STALL_SECONDS = 45.0
 TARGETS = {"dispatch_2w": 1500.0, "dispatch_ratio": 0.45, "generation_s": 20.0, "rss_mb": 150.0}
 
@@ -407,12 +444,16 @@ def report(res: dict[str, Any]) -> str:
     """The result tables as Markdown (printed, and written into RESULTS.md)."""
     lines: list[str] = []
     m, pg = res["machine"], res["pg"]
+    database = (
+        f"PostgreSQL {pg.get('server_version', '?')} (shared_buffers {pg.get('shared_buffers', '?')}, "
+        f"synchronous_commit {pg.get('synchronous_commit', '?')})"
+        if pg
+        else "no database"
+    )
     lines.append(
         f"Run {res['date']} ({'quick' if res['quick'] else 'full'}), {res['duration_s']:.0f} s total. "
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
-        f"PostgreSQL {pg.get('server_version', '?')} (shared_buffers {pg.get('shared_buffers', '?')}, "
-        f"synchronous_commit {pg.get('synchronous_commit', '?')}); load average at start "
-        f"{m['load_avg_at_start']}. Code: `{res.get('code', '?')}`."
+        f"{database}; load average at start {m['load_avg_at_start']}. Code: `{res.get('code', '?')}`."
         + (f" Settings passed to the workers: {res['env']}." if res.get("env") else "")
     )
     lines.append("")
@@ -610,7 +651,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(QUICK if args.quick else FULL)
     if args.dispatch_recipients:
         sizes["dispatch"] = args.dispatch_recipients
-    only = set(args.only or ["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import", "contacts"])
+    only = set(args.only or SECTIONS)
     contacts_sizes = dict(bench_contacts.QUICK if args.quick else bench_contacts.FULL)
     stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
     started = time.monotonic()
@@ -622,12 +663,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "code": code_version(),
         "env": infra.passthrough(),
     }
-    smtp = bool(only - {"webhooks", "tracking", "stats", "import", "contacts"})  # these send nothing: no sink needed
+    smtp = bool(only - NO_SMTP)  # no sink needed otherwise
     sink_bin, source_bin = infra.ensure_postfix_tools() if smtp else ("", "")
-    log(f"fresh database {infra.DB_NAME}; edm db upgrade")
-    infra.recreate_database()
-    infra.edm("db", "upgrade")
-    res["pg"] = infra.pg_settings()
+    res["pg"] = {}
+    if only - NO_DATABASE:
+        log(f"fresh database {infra.DB_NAME}; edm db upgrade")
+        infra.recreate_database()
+        infra.edm("db", "upgrade")
+        res["pg"] = infra.pg_settings()
     env = infra.edm_env()
     os.environ.update({k: v for k, v in env.items() if k.startswith("EDM_")})
     settings = Settings()
@@ -759,6 +802,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             res["import"] = asdict(await bench_import.run(sm, settings, rows=rows))
         if "contacts" in only:
             res["contacts"] = asdict(await bench_contacts.run(sm, world, contacts=need, reads=contacts_sizes["reads"]))
+        if "xlsx" in only:
+            xs = dict(bench_xlsx.QUICK if args.quick else bench_xlsx.FULL)
+            res["xlsx"] = asdict(
+                await bench_xlsx.run(
+                    sm,
+                    settings,
+                    rows=xs["rows"],
+                    bomb_reference_s=xs["bomb_reference_s"],
+                    read_rounds=xs["read_rounds"],
+                )
+            )
+        if "compose" in only:
+            cs = dict(bench_compose.QUICK if args.quick else bench_compose.FULL)
+            log(f"compose: {cs['rounds']} rounds of {cs['n']:,} recipients per step and reference (CPU only)")
+            res["compose"] = asdict(bench_compose.run(n=cs["n"], rounds=cs["rounds"]))
     finally:
         sink.stop()
         await engine.dispose()
@@ -772,7 +830,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["dispatch", "generation", "rss", "webhooks", "tracking", "stats", "import", "contacts"],
+        choices=SECTIONS,
         help="run only this part (repeatable)",
     )
     parser.add_argument("--concurrency", type=int, default=8, help="`edm worker --concurrency` (dispatch loops)")
@@ -831,6 +889,10 @@ def main() -> None:
         written["import"] = ("Contact import", report_section(res, bench_import.report_lines(res["import"])))
     if res.get("contacts"):
         written["contacts"] = ("Contacts", report_section(res, bench_contacts.report_lines(res["contacts"])))
+    if res.get("xlsx"):
+        written["xlsx"] = ("XLSX import", report_section(res, bench_xlsx.report_lines(res["xlsx"])))
+    if res.get("compose"):
+        written["compose"] = ("Compose", report_section(res, bench_compose.report_lines(res["compose"])))
     for _, section in written.values():
         print()
         print(section)

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edm.api import docs, routers
@@ -23,6 +25,9 @@ from edm.api import tracking as tracking_api
 from edm.api.answers import error_body
 from edm.api.idempotency import IdempotencyMiddleware
 from edm.api.ratelimit import RateLimitMiddleware
+from edm.console import errors as console_errors
+from edm.console import public as console_public
+from edm.console import routers as console_routers
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import EdmError
@@ -67,7 +72,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if console_errors.wants_html(request):  # a browser off the API: the console's 404/405 page
+            return console_errors.error_page(request, exc.status_code)
         codes = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type", 413: "too_large"}
         return JSONResponse(
             error_body(request, codes.get(exc.status_code, "http_error"), str(exc.detail)), status_code=exc.status_code
@@ -97,10 +104,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
 
     @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    async def _bug(request: Request, exc: Exception) -> Response:
         if database_unavailable(exc):  # raised outside the guard (the tracking fast path)
             return unavailable_response(request, exc)
         log.exception("http.internal_error", extra={"request_id": getattr(request.state, "request_id", None)})
+        if console_errors.wants_html(request):
+            return console_errors.error_page(request, 500)
         return JSONResponse(error_body(request, "internal_error", "internal error"), status_code=500)
 
 
@@ -230,6 +239,7 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     passwords.configure(settings)
     app.state.settings = settings
     app.state.outbound_transport = outbound_transport
+    app.state.public_page = console_public.public_page  # the tracking module's pages, in the console's look
 
     app.add_middleware(IdempotencyMiddleware)  # innermost of ours: sees the caller's final answer
     app.add_middleware(RateLimitMiddleware)
@@ -265,6 +275,21 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
 
 def _mount_routers(app: FastAPI, settings: Settings) -> None:
     for router in routers.all_routers(settings):
+        _add_routes(app, router)
+    _add_routes(app, media_api.public_router)  # public, no auth: GET /media/{public_id}/{filename}
+    _add_routes(app, docs.router)  # public, no auth: GET /api/docs and its vendored Swagger UI files
+    for router in console_routers.ROUTERS:  # the web console: /, /login, /account, …, /static/…
+        _add_routes(app, router)
+
+
+def _add_routes(app: FastAPI, router: APIRouter) -> None:
+    """The router's routes, added to the app as they are. `include_router` wraps a router in an include
+    context whose routes FastAPI rebuilds, lazily and per app, at the first request that walks past them
+    (~3 ms a route): the first requests of a new process paid ~0.5 s, and the test suite, which builds an
+    app per test, spent half of its API tests' time there. Our routers use no include options (prefix,
+    tags, dependencies), so each route is already complete as its module declared it; a nested router is
+    still included the usual way."""
+    if all(isinstance(route, APIRoute | Route | Mount) for route in router.routes):
+        app.router.routes.extend(router.routes)
+    else:
         app.include_router(router)
-    app.include_router(media_api.public_router)  # public, no auth: GET /media/{public_id}/{filename}
-    app.include_router(docs.router)  # public, no auth: GET /api/docs and its vendored Swagger UI files

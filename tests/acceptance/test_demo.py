@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edm.devtools.smtp_sink import list_stored
+from edm.security.passwords import verify_password
 from tests.acceptance.workers import ROOT
 
 
@@ -50,6 +52,12 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     )
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "admin password (shown once)" in demo.stdout
+    # The banner names the web console and a demo login that works.
+    banner = re.search(r"web console: +(\S+)\n +log in as the demo user: +username demo, password (\S+)", demo.stdout)
+    assert banner is not None and re.fullmatch(r"http://127\.0\.0\.1:\d+/", banner.group(1)), demo.stdout[:2000]
+    with sqlite3.connect(tmp_path / "var" / "edm-demo.db") as db:
+        (stored,) = db.execute("SELECT password_hash FROM users WHERE username = 'demo'").fetchone()
+    assert verify_password(stored, banner.group(2))
     assert "task 1 completed: 40 sent" in demo.stdout
     # The simulated ESP posted signed delivery and bounce events back to the demo's webhook endpoint.
     final = [line for line in demo.stdout.splitlines() if line.startswith("task 1 completed")][-1]

@@ -90,6 +90,15 @@ async def test_bulk_by_filter_is_set_based_over_the_list_filters(client: httpx.A
     async with sessionmaker() as session:
         archived = set(await session.scalars(select(Contact.id).where(Contact.status == "archived")))
     assert archived == set(others)
+    # Any action with expected_count (the console's "all N matching", confirmed) is refused when the count moved.
+    body = _error(
+        await _bulk(client, alice, action="tag", filter={"untagged": True}, tag_ids=[flag], expected_count=4),
+        409,
+        "conflict",
+    )
+    assert body["current_count"] == 5 and len(await _members(sessionmaker, flag)) == 189
+    r = await _bulk(client, alice, action="set_status", filter={"untagged": True}, status="archived", expected_count=5)
+    assert r.json()["matched"] == 5
 
     # Delete by filter: the count the user saw is required and must still be the count.
     _error(await _bulk(client, alice, action="delete", filter={"status": ["archived"]}), 422, "validation_error")

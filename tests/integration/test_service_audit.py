@@ -112,3 +112,26 @@ async def test_service_commands_of_the_cli_are_audited_as_the_cli(
     ]
     audited = json.dumps([[r.action, r.target_id, r.details] for r in rows])
     assert not any(secret in audited for secret in (API_KEY, ROTATED_KEY, WEBHOOK_SECRET))
+
+
+async def test_a_user_created_by_the_cli_is_audited_without_the_password(
+    db_url: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    password = "cli-password-never-audited-0004"
+    done = _edm(
+        db_url,
+        "user",
+        "create",
+        "--username",
+        "carol",
+        "--email",
+        "carol@example.org",
+        "--password-stdin",
+        stdin=password,
+    )
+    assert done.returncode == 0, done.stderr
+
+    [row] = await _audit_rows(sessionmaker)
+    assert (row.action, row.actor_user_id, row.actor_kind, row.target_type) == ("user.create", None, "cli", "user")
+    assert row.details is not None and row.details["username"] == "carol"
+    assert password not in json.dumps(row.details)

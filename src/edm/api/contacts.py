@@ -50,7 +50,6 @@ from edm.contacts.split import SplitRequest, split_tag
 from edm.errors import BadInput
 from edm.models.contacts import ContactStatus
 from edm.paging import MAX_ID, CountedPageOut, PageOut
-from edm.system.service import Actor
 from edm.tasks.recipients import estimate, validate_rule
 from edm.tasks.schemas import EstimateOut, EstimateRequest
 
@@ -229,7 +228,7 @@ async def resubscribe_contact(
     request: Request, session: Session, caller: Writer, contact_id: Id, body: ResubscribeIn
 ) -> ContactDetailOut:
     """Clear the unsubscribe (flag and the own list's `unsubscribed` entry); the reason is audited."""
-    actor = Actor(caller.id, "token", request.client.host if request.client else None)
+    actor = caller.actor(request)
     contact = await activity.resubscribe(
         session, user_id=caller.id, contact_id=contact_id, reason=body.reason, actor=actor
     )

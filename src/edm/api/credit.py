@@ -11,11 +11,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime
 
-from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, Paging, Session
 from edm.clock import utc_now
 from edm.errors import BadInput, NotFound
 from edm.paging import MAX_ID, Page, PageOut, page_of
-from edm.system.service import Actor
 from edm.users import credit
 from edm.users.credit import LedgerFilter
 from edm.users.schemas import (
@@ -33,10 +32,6 @@ from edm.users.schemas import (
 router = APIRouter(prefix="/api/v1", tags=["credit"])
 
 OptId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
-
-
-def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
 async def _ledger_page(session: Session, filters: LedgerFilter, page: Page) -> PageOut[LedgerEntryOut]:
@@ -97,7 +92,7 @@ async def admin_adjust_credit(
         operation=body.operation,
         amount=body.amount,
         reason=body.reason,
-        actor=_actor(caller, request),
+        actor=caller.actor(request),
     )
     entry = LedgerEntryOut.model_validate(done.entry) if done.entry else None
     return AdjustedOut(balance=done.balance, entry=entry)
@@ -107,7 +102,7 @@ async def admin_adjust_credit(
 async def admin_credit_batch(body: CreditBatch, session: Session, caller: AdminWriter, request: Request) -> BatchOut:
     """Up to 500 users, each applied atomically on its own; the answer lists the result per user in request
     order (`ok`, `balance`, `entry`, or `error` with the code and message a single operation would give)."""
-    results = await credit.batch_adjust(session, body.resolved(), actor=_actor(caller, request))
+    results = await credit.batch_adjust(session, body.resolved(), actor=caller.actor(request))
     applied = sum(1 for r in results if r.error is None)
     return BatchOut(applied=applied, failed=len(results) - applied, results=[batch_result_out(r) for r in results])
 

@@ -15,6 +15,7 @@ from edm.db.session import unit_of_work
 from edm.errors import Forbidden, Unauthenticated
 from edm.models.users import Role, TokenScope, User
 from edm.paging import MAX_ID, Page, decode_cursor
+from edm.system.service import Actor
 from edm.users.service import authenticate_token
 from edm.users.sessions import COOKIE, CSRF_HEADER, authenticate_session
 
@@ -67,6 +68,10 @@ class Caller:
     @property
     def can_write(self) -> bool:
         return self.scope == TokenScope.WRITE and self.user.role != Role.READ_ONLY
+
+    def actor(self, request: Request) -> Actor:
+        """Who the audit log names for this caller's writes: the user, how they authenticated, from where."""
+        return Actor(self.id, self.kind, request.client.host if request.client else None)
 
     def owner_filter(self, requested_user_id: int | None) -> int:
         """Own data by default; admins may look at another user's data with `user_id`."""

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 
-from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, IdQuery, Paging, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, IdQuery, Paging, Session
 from edm.clock import utc_now
 from edm.db.session import end_transaction
 from edm.email_services import health, mappings, probe, webhook_secrets
@@ -41,17 +41,12 @@ from edm.email_services.schemas import (
 )
 from edm.paging import PageOut, page_of
 from edm.security.crypto import Vault
-from edm.system.service import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["services"])
 
 
 def _vault(request: Request) -> Vault:
     return Vault.from_settings(request.app.state.settings)
-
-
-def _actor(request: Request, caller: Caller) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
 def _forget_cached_targets(request: Request, provider: str) -> None:
@@ -77,7 +72,7 @@ async def create_service(body: ServiceCreate, request: Request, session: Session
         values=values,
         credentials=credentials,
         fake_allowed=settings.fake_provider_allowed,
-        actor=_actor(request, caller),
+        actor=caller.actor(request),
         default_timezone=settings.default_timezone,
     )
     return services.public_view(svc, _vault(request))
@@ -100,7 +95,7 @@ async def patch_service(
         values=values,
         credentials=credentials,
         fake_allowed=request.app.state.settings.fake_provider_allowed,
-        actor=_actor(request, caller),
+        actor=caller.actor(request),
     )
     if credentials:
         _forget_cached_targets(request, svc.provider)
@@ -111,7 +106,7 @@ async def patch_service(
 async def delete_service(service_id: IdPath, request: Request, session: Session, caller: AdminWriter) -> Response:
     """Archive the service (disabled, credentials erased, hidden, kept for history). 409 `in_use` while
     mappings exist or SubTasks are allocated to it."""
-    svc = await services.archive_service(session, service_id, actor=_actor(request, caller))
+    svc = await services.archive_service(session, service_id, actor=caller.actor(request))
     _forget_cached_targets(request, svc.provider)
     return Response(status_code=204)
 
@@ -120,7 +115,7 @@ async def delete_service(service_id: IdPath, request: Request, session: Session,
 async def freeze_service(
     service_id: IdPath, body: FreezeBody, request: Request, session: Session, caller: AdminWriter
 ) -> ServiceActionOut:
-    await services.freeze(session, service_id, reason=body.reason, actor=_actor(request, caller))
+    await services.freeze(session, service_id, reason=body.reason, actor=caller.actor(request))
     return ServiceActionOut(service_id=service_id, done="freeze")
 
 
@@ -128,7 +123,7 @@ async def freeze_service(
 async def set_usage(
     service_id: IdPath, body: UsageBody, request: Request, session: Session, caller: AdminWriter
 ) -> UsageOut:
-    delta = await services.set_used_today(session, service_id, used=body.used_today, actor=_actor(request, caller))
+    delta = await services.set_used_today(session, service_id, used=body.used_today, actor=caller.actor(request))
     return UsageOut(service_id=service_id, used_today=body.used_today, adjustment_delta=delta)
 
 
@@ -137,7 +132,7 @@ async def test_send(
     service_id: IdPath, body: TestSendBody, request: Request, session: Session, caller: AdminWriter
 ) -> TestSendOut:
     """Send one test message now (ignoring the rate slot), report its classification, count it as usage."""
-    actor = _actor(request, caller)
+    actor = caller.actor(request)
     await end_transaction(session)  # end the authentication transaction: the send is a network call
     settings = request.app.state.settings
     result = await probe.test_saved_service(
@@ -208,7 +203,7 @@ async def add_webhook_secret(
         service_id,
         value=body.value,
         expires_at=body.expires_at,
-        actor=_actor(request, caller),
+        actor=caller.actor(request),
     )
     _forget_cached_targets(request, (await services.get_service(session, service_id)).provider)
     return WebhookSecretAddedOut(**view.model_dump(), value=value)
@@ -224,7 +219,7 @@ async def remove_webhook_secret(
 ) -> WebhookSecretRemovedOut:
     """Webhooks signed with it stop verifying (at once in this process, within 5 s in the others)."""
     removed = await webhook_secrets.remove_webhook_secret(
-        session, _vault(request), service_id, secret_id, actor=_actor(request, caller)
+        session, _vault(request), service_id, secret_id, actor=caller.actor(request)
     )
     _forget_cached_targets(request, (await services.get_service(session, service_id)).provider)
     return removed
@@ -239,7 +234,7 @@ async def service_action(
     session: Session,
     caller: AdminWriter,
 ) -> ServiceActionOut:
-    actor = _actor(request, caller)
+    actor = caller.actor(request)
     if action in ("enable", "disable"):
         await services.set_enabled(session, service_id, enabled=action == "enable", actor=actor)
     elif action == "unfreeze":
@@ -276,14 +271,14 @@ async def create_mappings(
         user_ids=body.user_ids,
         service_ids=body.service_ids,
         is_active=body.is_active,
-        actor=_actor(request, caller),
+        actor=caller.actor(request),
     )
     return [MappingOut.model_validate(m) for m in created]
 
 
 @router.delete("/admin/mappings/{mapping_id}", status_code=204)
 async def delete_mapping(mapping_id: IdPath, request: Request, session: Session, caller: AdminWriter) -> Response:
-    await mappings.delete_mapping(session, mapping_id, actor=_actor(request, caller))
+    await mappings.delete_mapping(session, mapping_id, actor=caller.actor(request))
     return Response(status_code=204)
 
 
@@ -292,7 +287,7 @@ async def exact_services(
     user_id: IdPath, body: ExactServices, request: Request, session: Session, caller: AdminWriter
 ) -> UserServicesOut:
     ids = await mappings.set_user_services(
-        session, user_id=user_id, service_ids=body.service_ids, actor=_actor(request, caller)
+        session, user_id=user_id, service_ids=body.service_ids, actor=caller.actor(request)
     )
     return UserServicesOut(user_id=user_id, service_ids=ids)
 

@@ -69,10 +69,6 @@ class ListQuery:
         self.filters = _filters(kind, reason, q, expired)
 
 
-def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
-
-
 # --------------------------------------------------------------------------------------------------------
 # What both lists do
 # --------------------------------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ async def _import(request: Request, session: Session, lst: SuppressionList, call
             lst,
             upload.file,
             encoding=(encoding or "").strip() or None,
-            actor=_actor(caller, request),
+            actor=caller.actor(request),
             now=utc_now(),
         )
     finally:
@@ -159,7 +155,7 @@ async def list_own(
 async def add_own(session: Session, caller: Writer, body: EntryCreate, request: Request) -> EntryOut:
     """Add an address or a domain (reason `manual`). 409 with `existing_id` when it is already listed; an
     expired entry of the same value is renewed instead."""
-    return await _add(session, SuppressionList.of_user(caller.id), body, _actor(caller, request))
+    return await _add(session, SuppressionList.of_user(caller.id), body, caller.actor(request))
 
 
 @router.get("/suppressions/check")
@@ -210,7 +206,7 @@ async def remove_own(
 ) -> RemovedOut:
     """Remove an entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that flag
     on your contact with the address. Audited."""
-    return await _remove(session, SuppressionList.of_user(caller.id), entry_id, reason, _actor(caller, request))
+    return await _remove(session, SuppressionList.of_user(caller.id), entry_id, reason, caller.actor(request))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -228,7 +224,7 @@ async def list_global(
 @router.post("/admin/suppressions", status_code=201, tags=["admin"])
 async def add_global(session: Session, caller: AdminWriter, body: EntryCreate, request: Request) -> EntryOut:
     """Add an address or a domain to the global list: no user's task reaches it. Audited."""
-    return await _add(session, GLOBAL, body, _actor(caller, request))
+    return await _add(session, GLOBAL, body, caller.actor(request))
 
 
 @router.get("/admin/suppressions/check", tags=["admin"])
@@ -267,4 +263,4 @@ async def remove_global(
 ) -> RemovedOut:
     """Remove a global entry. An `unsubscribed` or `complaint` entry needs `reason`, and its removal clears that
     flag on every user's contact with the address. Audited."""
-    return await _remove(session, GLOBAL, entry_id, reason, _actor(caller, request))
+    return await _remove(session, GLOBAL, entry_id, reason, caller.actor(request))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import AwareDatetime
 
-from edm.api.deps import Admin, AdminWriter, Caller, CurrentCaller, IdPath, Paging, Session
+from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, Paging, Session
 from edm.clock import utc_now
 from edm.dashboards import dashboard, queue_view
 from edm.dashboards.schemas import AdminDashboardOut, DashboardOut, PauseOut, QueueOut
@@ -27,7 +27,6 @@ from edm.system.schemas import (
     SettingsOut,
 )
 from edm.system.service import (
-    Actor,
     AuditFilter,
     list_audit,
     list_notifications,
@@ -42,10 +41,6 @@ router = APIRouter(prefix="/api/v1", tags=["admin"])
 _EXAMPLE = {"bounce.soft_limit": 2, "suppression.unsubscribe_scope": "global"}
 
 
-def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
-
-
 @router.get("/admin/settings")
 async def get_settings(session: Session, caller: Admin) -> SettingsOut:
     """Every setting: current value, default, and who changed it last (null while it has its default)."""
@@ -57,7 +52,7 @@ async def patch_settings(
     session: Session, caller: AdminWriter, request: Request, body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])]
 ) -> SettingsChangedOut:
     """Change settings: `{"key": value, ...}`. All or nothing; `changed` lists the keys whose value moved."""
-    changed = await update_settings(session, body, actor=_actor(caller, request))
+    changed = await update_settings(session, body, actor=caller.actor(request))
     items = [SettingOut.model_validate(s) for s in await settings_view(session)]
     return SettingsChangedOut(items=items, changed=changed)
 
@@ -109,13 +104,13 @@ async def get_queue(session: Session, caller: Admin) -> QueueOut:
 @router.post("/admin/queue/pause-all")
 async def pause_all(session: Session, caller: AdminWriter, request: Request) -> PauseOut:
     """Stop all sending: no claim binds a SubTask while paused (tasks show `global_pause`). Audited."""
-    return PauseOut.model_validate(await queue_view.set_paused(session, True, actor=_actor(caller, request)))
+    return PauseOut.model_validate(await queue_view.set_paused(session, True, actor=caller.actor(request)))
 
 
 @router.post("/admin/queue/resume-all")
 async def resume_all(session: Session, caller: AdminWriter, request: Request) -> PauseOut:
     """Undo pause-all. Audited."""
-    return PauseOut.model_validate(await queue_view.set_paused(session, False, actor=_actor(caller, request)))
+    return PauseOut.model_validate(await queue_view.set_paused(session, False, actor=caller.actor(request)))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from edm.db.session import end_transaction
 from edm.errors import NotFound
 from edm.models.tasks import Task
 from edm.paging import MAX_ID, PageOut, page_of
-from edm.system.service import Actor, audit
+from edm.system.service import audit
 from edm.tasks import actions, reports, service
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.schemas import (
@@ -58,12 +58,8 @@ router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
 
 async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: bool = False) -> Task:
-    """The caller's task; admins reach any task only where SPEC allows it (read, pause, cancel)."""
+    """The caller's task; admins reach any task only for reading, pausing and cancelling."""
     return await service.get_task(session, task_id, user_id=None if (caller.is_admin and admin_may) else caller.id)
-
-
-def _audit_actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
 async def _audit_if_admin_on_other(
@@ -75,7 +71,7 @@ async def _audit_if_admin_on_other(
         return
     await audit(
         session,
-        _audit_actor(caller, request),
+        caller.actor(request),
         f"task.{action}",
         target_type="task",
         target_id=task.id,
@@ -97,10 +93,15 @@ async def _detail(session: Session, task: Task) -> TaskDetailOut:
 
 @router.get("/tasks", response_model=PageOut[TaskOut])
 async def list_tasks(
-    session: Session, caller: CurrentCaller, page: Paging, status: TaskStatus | None = None, user_id: IdQuery = None
+    session: Session,
+    caller: CurrentCaller,
+    page: Paging,
+    status: TaskStatus | None = None,
+    user_id: IdQuery = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of the name, any case")] = None,
 ) -> dict[str, object]:
     """Campaigns in id order (template test sends are listed under /test-sends)."""
-    tasks = await service.list_tasks(session, user_id=caller.owner_filter(user_id), status=status, page=page)
+    tasks = await service.list_tasks(session, user_id=caller.owner_filter(user_id), status=status, page=page, search=q)
     return page_of([TaskOut.model_validate(t) for t in tasks], page)
 
 
@@ -140,7 +141,7 @@ async def delete_task(task_id: IdPath, request: Request, session: Session, calle
     if owner != caller.id:
         await audit(
             session,
-            _audit_actor(caller, request),
+            caller.actor(request),
             "task.delete",
             target_type="task",
             target_id=task_id,
@@ -232,7 +233,7 @@ async def batch(body: BatchBody, request: Request, session: Session, caller: Wri
             if owner != caller.id:
                 await audit(
                     session,
-                    _audit_actor(caller, request),
+                    caller.actor(request),
                     f"task.{body.action}",
                     target_type="task",
                     target_id=task_id,

@@ -11,9 +11,10 @@ When the SubTask is gone because its task was deleted, the unsubscribe link fall
 tombstone (docs/tracking.md#after-a-task-is-deleted, `tracking.tombstones`) for 365 days: the page still shows
 the masked address and the POST still suppresses the address and marks the contact.
 
-Public and lean: plain HTML, no pydantic. Bad or unknown tokens get a neutral 404 page, never an error body
-that says why. The pixel and the click are plain Starlette routes whose database work goes through
-`tracking.hits` (hits arriving together share one round trip).
+Public and lean: no pydantic. The pages are the console's public pages (`edm.console.public`, in the browser's
+language), which `edm.app` hands over as `app.state.public_page`: this layer cannot import the console. Bad or
+unknown tokens get a neutral 404 page, never an error body that says why. The pixel and the click are plain
+Starlette routes whose database work goes through `tracking.hits` (hits arriving together share one round trip).
 
 While the database is unreachable the pixel still answers its GIF (the hit is lost), and the click and the
 unsubscribe pages answer a 503 page with `Retry-After`: the link works again once the database is back.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import html
 import ipaddress
 import logging
 import uuid
@@ -73,12 +73,8 @@ def _page_while_database_down(endpoint: Callable[P, Awaitable[Response]]) -> Cal
             log.warning(
                 "tracking.database_unavailable", extra={"endpoint": endpoint.__name__, "error": type(exc).__name__}
             )
-            return _page(
-                "Try again in a moment",
-                "This link cannot be followed right now. Please try again in a few moments.",
-                status=503,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            request = next(a for a in (*args, *kwargs.values()) if isinstance(a, Request))
+            return _page(request, "unavailable", status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     return guarded
 
@@ -134,7 +130,7 @@ async def click(request: Request) -> Response:
     HEAD (link checkers, previews) answers the same redirect and records nothing."""
     data, url = await _clicked_link(request, request.path_params["token"])
     if data is None or url is None:
-        return _link_not_valid() if request.method == "GET" else Response(status_code=404)
+        return _page(request, "link_not_valid", status=404) if request.method == "GET" else Response(status_code=404)
     if request.method != "GET":
         return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
     now = clock.utc_now()
@@ -168,23 +164,17 @@ async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None,
     return data, await tracking_store(request.app.state).link_url(data.subtask_id, data.link_id)
 
 
-def _link_not_valid() -> HTMLResponse:
-    return _page("Link not valid", "This link is not valid.", status=404)
-
-
 @router.get("/u/{token}")
 @_page_while_database_down
 async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     if token == TEST_TOKEN:
-        return _test_page()
+        return _page(request, "test")
     found = await _recipient_of(request, token)
     if found is None:
-        return _not_valid()
+        return _page(request, "not_valid", status=404)
     if found.is_test:
-        return _test_page()
-    return _page(
-        "Unsubscribe", f"Stop receiving these emails at <b>{html.escape(mask_email(found.email))}</b>?", button=True
-    )
+        return _page(request, "test")
+    return _page(request, "unsubscribe", email=mask_email(found.email))
 
 
 @router.post("/u/{token}")
@@ -192,16 +182,16 @@ async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
 async def one_click_unsubscribe(token: str, request: Request) -> HTMLResponse:
     await _drain(request)  # `List-Unsubscribe=One-Click` or the page's button: the token alone decides
     if token == TEST_TOKEN:
-        return _test_page()
+        return _page(request, "test")
     found = await _recipient_of(request, token)
     if found is None:
-        return _not_valid()
+        return _page(request, "not_valid", status=404)
     if found.is_test:
-        return _test_page()
+        return _page(request, "test")
     settings: Settings = request.app.state.settings
     async with request.app.state.sessionmaker() as session, session.begin():
         await unsubscribe(session, found, now=clock.utc_now(), simulated_matches_any=settings.fake_provider_allowed)
-    return _page("Unsubscribed", f"<b>{html.escape(mask_email(found.email))}</b> will receive no more of these emails.")
+    return _page(request, "unsubscribed", email=mask_email(found.email))
 
 
 def _verified(request: Request, token: str, purpose: str) -> TokenData | None:
@@ -227,23 +217,11 @@ async def _drain(request: Request) -> None:
             break
 
 
-def _test_page() -> HTMLResponse:
-    """Admin service tests and template test sends (docs/templates.md#what-differs-from-a-campaign-mail): a page, and
-    nothing recorded."""
-    return _page("Test message", "This link came in a test message. Nothing was recorded.")
-
-
-def _not_valid() -> HTMLResponse:
-    return _page("Link not valid", "This unsubscribe link is not valid.", status=404)
-
-
 def _page(
-    title: str, message: str, *, button: bool = False, status: int = 200, headers: dict[str, str] | None = None
+    request: Request, kind: str, *, status: int = 200, email: str = "", headers: dict[str, str] | None = None
 ) -> HTMLResponse:
-    form = '<form method="post"><button type="submit">Unsubscribe</button></form>' if button else ""
-    body = (
-        f'<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">'
-        f'<title>{html.escape(title)}</title></head><body style="font-family:sans-serif;max-width:32em;'
-        f'margin:4em auto"><h1>{html.escape(title)}</h1><p>{message}</p>{form}</body></html>'
-    )
-    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+    """A public page (`edm.console.public.KINDS`): the unsubscribe question (`email` masked) and its answer, the test
+    message note (admin service tests and template test sends, docs/templates.md#what-differs-from-a-campaign-mail:
+    nothing recorded), an invalid link, or "try again". Never cached, never indexed."""
+    page: HTMLResponse = request.app.state.public_page(request, kind, status=status, email=email, headers=headers)
+    return page

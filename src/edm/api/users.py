@@ -11,7 +11,6 @@ from edm.db.session import end_transaction
 from edm.errors import Forbidden, Unauthenticated
 from edm.models.users import Role, TokenScope
 from edm.paging import PageOut, page_of
-from edm.system.service import Actor
 from edm.users import sessions
 from edm.users.schemas import (
     LoginBody,
@@ -21,6 +20,7 @@ from edm.users.schemas import (
     PasswordChangedOut,
     PasswordReset,
     PasswordResetOut,
+    ProfilePatch,
     SessionOut,
     TokenCreate,
     TokenCreatedOut,
@@ -36,16 +36,13 @@ from edm.users.service import (
     get_user,
     list_tokens,
     reset_password,
+    update_own_profile,
     update_user,
 )
 from edm.users.service import list_users as list_accounts
 from edm.users.service import revoke_token as revoke_own_token
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
-
-
-def _actor(caller: Caller, request: Request) -> Actor:
-    return Actor(caller.id, caller.kind, request.client.host if request.client else None)
 
 
 def _self_service(caller: Caller, what: str = "the password or sessions") -> None:
@@ -120,7 +117,7 @@ async def change_password(
         current=body.current_password,
         new=body.new_password,
         keep_session=caller.session_id,
-        actor=_actor(caller, request),
+        actor=caller.actor(request),
     )
     return PasswordChangedOut(changed=True, sessions_revoked=revoked)
 
@@ -147,6 +144,15 @@ async def me(caller: CurrentCaller) -> MeOut:
     return MeOut(**UserOut.model_validate(caller.user).model_dump(), token_scope=caller.scope)
 
 
+@router.patch("/me")
+async def update_me(body: ProfilePatch, request: Request, session: Session, caller: CurrentCaller) -> MeOut:
+    """Change the own time zone and console language (`null`: follow the browser). Any role, with its console
+    session or a write-scope token."""
+    _self_service(caller, "the profile")
+    await update_own_profile(session, caller.user, body.model_dump(exclude_unset=True), actor=caller.actor(request))
+    return MeOut(**UserOut.model_validate(caller.user).model_dump(), token_scope=caller.scope)
+
+
 @router.get("/me/tokens")
 async def my_tokens(session: Session, caller: CurrentCaller, page: Paging) -> PageOut[TokenOut]:
     """The caller's tokens not revoked, oldest first: name, scope, prefix, expiry and last use (never the token)."""
@@ -166,7 +172,7 @@ async def new_token(body: TokenCreate, request: Request, session: Session, calle
         name=body.name,
         scope=scope,
         expires_at=body.expires_at,
-        actor=_actor(caller, request),
+        actor=caller.actor(request),
     )
     return TokenCreatedOut(id=row.id, name=row.name, scope=row.scope, token=token)
 
@@ -176,7 +182,7 @@ async def revoke_token(token_id: IdPath, request: Request, session: Session, cal
     """Revoke one of the caller's tokens; it fails from the next request. Needs the console session or a
     write-scope token (403 with a read-scope token)."""
     _self_service(caller, "API tokens")
-    await revoke_own_token(session, user_id=caller.id, token_id=token_id, actor=_actor(caller, request))
+    await revoke_own_token(session, user_id=caller.id, token_id=token_id, actor=caller.actor(request))
     return Response(status_code=204)
 
 
@@ -199,7 +205,7 @@ async def admin_create_user(body: UserCreate, session: Session, caller: AdminWri
         credit_reason=body.credit_reason,
         timezone=body.timezone,
         actor_user_id=caller.id,
-        actor=_actor(caller, request),
+        actor=caller.actor(request),
     )
     return UserOut.model_validate(user)
 
@@ -213,10 +219,10 @@ async def admin_get_user(user_id: IdPath, session: Session, caller: Admin) -> Us
 async def admin_patch_user(
     user_id: IdPath, body: UserPatch, session: Session, caller: AdminWriter, request: Request
 ) -> UserOut:
-    """Edit email, role, active flag, time zone, low-credit threshold. A role change revokes the user's
-    sessions; deactivation revokes its sessions and tokens. The last active admin stays (409 last_admin)."""
+    """Edit email, role, active flag, time zone, low-credit threshold, console language. A role change revokes the
+    user's sessions; deactivation revokes its sessions and tokens. The last active admin stays (409 last_admin)."""
     user = await get_user(session, user_id)
-    await update_user(session, user, body.model_dump(exclude_unset=True), actor=_actor(caller, request))
+    await update_user(session, user, body.model_dump(exclude_unset=True), actor=caller.actor(request))
     return UserOut.model_validate(user)
 
 
@@ -232,7 +238,7 @@ async def admin_reset_password(
         user,
         body.password,
         must_change=body.must_change_password,
-        actor=_actor(caller, request),
+        actor=caller.actor(request),
         keep_session=keep,
     )
     return PasswordResetOut(**UserOut.model_validate(user).model_dump(), sessions_revoked=revoked)
@@ -243,7 +249,7 @@ async def admin_delete_user(user_id: IdPath, session: Session, caller: AdminWrit
     """Delete a user and all its data. 409 in_use while it owns a queued/sending/paused task; 409 last_admin
     for the last active admin."""
     user = await get_user(session, user_id)
-    await delete_user(session, user, actor=_actor(caller, request))
+    await delete_user(session, user, actor=caller.actor(request))
     return Response(status_code=204)
 
 

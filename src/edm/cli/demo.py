@@ -88,11 +88,12 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
             session, username="admin", email="admin@demo.example", password=admin_password, role=Role.ADMIN
         )
         admin_token, _ = await create_token(session, user_id=admin.id, name="demo")
+        user_password = secrets.token_urlsafe(12)
         user = await create_user(
             session,
             username="demo",
             email="demo@demo.example",
-            password=secrets.token_urlsafe(12),
+            password=user_password,
             credit=10_000,
             credit_reason="demo credit",
         )
@@ -189,7 +190,13 @@ async def seed(settings: Settings, sessionmaker: Any, *, smtp_port: int, recipie
     async with unit_of_work(sessionmaker) as session:
         task = await tasks.get_task(session, task.id, user_id=None)
         await tasks.apply_schedule(session, task, plan=plan, actor="demo")
-    return {"admin_password": admin_password, "admin_token": admin_token, "user_token": user_token, "task_id": task.id}
+    return {
+        "admin_password": admin_password,
+        "admin_token": admin_token,
+        "user_password": user_password,
+        "user_token": user_token,
+        "task_id": task.id,
+    }
 
 
 def _contact(i: int) -> dict[str, Any]:
@@ -261,6 +268,9 @@ def _banner(settings: Settings, info: dict[str, Any], smtp_port: int, chosen: di
     base = settings.public_url
     typer.echo(f"""
 EDM demo is running (SQLite at {DEMO_DB}, SMTP sink on 127.0.0.1:{smtp_port}).
+  web console:                 {base}/
+    log in as the demo user:   username demo, password {info["user_password"]}
+    or as the admin:           username admin, password below
   admin password (shown once): {info["admin_password"]}
   admin API token:             {info["admin_token"]}
   demo user API token:         {info["user_token"]}
@@ -328,5 +338,5 @@ async def demo(
     recipients: Annotated[int, typer.Option(help="demo contacts")] = 200,
     exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="stop when the task completes")] = False,
 ) -> None:
-    """Run the demo: SQLite, an SMTP sink, demo data, API server and worker in one process."""
+    """Run the demo: SQLite, an SMTP sink, demo data, the web console and API server, and a worker in one process."""
     await demo_main(port, smtp_port, exit_when_done, recipients)

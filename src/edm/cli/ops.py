@@ -58,7 +58,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port")] = None,
     workers: Annotated[int, typer.Option(help="server processes")] = 1,
 ) -> None:
-    """Run the web app: API and its docs, tracking, unsubscribe pages and webhooks (a web console is planned)."""
+    """Run the web app: the web console, the API and its docs, tracking, unsubscribe pages and webhooks."""
     import uvicorn
 
     cfg = settings()

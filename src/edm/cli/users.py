@@ -40,6 +40,7 @@ async def user_create(
             password=password,
             role=Role.ADMIN if admin else role,
             credit=credit,
+            actor=CLI,
         )
         data = {"id": user.id, "username": user.username, "role": user.role, "credit": user.credit_balance}
     emit(data, as_json=as_json, text=f"created {data['role']} {data['username']} (id {data['id']})")

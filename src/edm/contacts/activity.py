@@ -255,7 +255,8 @@ def _encode(row: Any) -> str:
 def _aware(value: Any) -> dt.datetime:
     if isinstance(value, str):  # SQLite returns the UNION's column as stored text
         value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    moment: dt.datetime = value
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
 
 
 def _decode(cursor: str | None) -> tuple[dt.datetime, int, int] | None:

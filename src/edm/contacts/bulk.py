@@ -3,7 +3,8 @@
 
 Each action is one set-based statement per tag (INSERT … SELECT, DELETE … WHERE contact_id IN (SELECT …),
 UPDATE … WHERE, DELETE … WHERE) over the same conditions the list uses, so a million contacts cost one
-statement, never a loop over rows. A delete by filter must name the count the user saw (`expected_count`):
+statement, never a loop over rows. Any action may name the count the user saw (`expected_count`): when the
+selection matches another count it is refused with 409. A delete by filter must name it:
 the count is checked before the delete and the deleted rows are counted again, and any difference rolls
 the whole action back with 409, so a filter whose result changed meanwhile never deletes more than was shown.
 """
@@ -47,6 +48,8 @@ async def run_bulk(session: AsyncSession, *, user_id: int, request: BulkAction) 
     filters = await _selection(session, user_id=user_id, request=request)
     conditions = await contact_conditions(session, user_id=user_id, filters=filters)
     matched = int(await session.scalar(select(func.count()).select_from(Contact).where(*conditions)) or 0)
+    if request.expected_count is not None and request.expected_count != matched:
+        raise _count_changed(matched)  # any action: the selection the user confirmed changed meanwhile
     if request.action == "tag":
         tags = await _tags(session, user_id=user_id, request=request)
         changed = await _tag(session, conditions, tags)

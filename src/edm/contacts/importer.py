@@ -26,7 +26,7 @@ from edm import csvfmt
 from edm.contacts.common import require_own
 from edm.contacts.fields import check_attributes, clean_contact_values
 from edm.contacts.filters import ATTR_KEY
-from edm.contacts.sheets import RowProblem, Table, open_table
+from edm.contacts.sheets import RowProblem, Table, detect_format, open_table
 from edm.contacts.tags import check_tag_name, create_tag, tag_ids_by_name
 from edm.contacts.upsert import IMPORT_MODES
 from edm.contacts.upsert import bulk_insert_contacts as write_rows
@@ -395,6 +395,44 @@ def read_columns(stream: BinaryIO, *, format: str, options: ImportOptions) -> li
         stream, format=format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet
     ) as table:
         return plan_columns(table.header, mapping=options.mapping, ignore_unknown=options.ignore_unknown_columns)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The first rows of a file as the importer would read them, for a person to check the column mapping."""
+
+    format: str
+    columns: list[Column]  # the plan the import would use (an explicit mapping first, then the aliases)
+    rows: list[tuple[int, list[str] | None]]  # (row number, cells) or None for a row that cannot be read
+    has_email: bool
+
+
+def preview_table(stream: BinaryIO, *, filename: str, options: ImportOptions, rows: int = 20) -> Preview:
+    """Header, planned columns and the first `rows` data rows of a CSV or XLSX stream. Unlike `read_columns`
+    a file without an email column is not refused: the preview is where the user maps one."""
+    options.check()
+    start = stream.tell()
+    file_format = detect_format(filename, stream.read(8))
+    stream.seek(start)
+    with open_table(
+        stream, format=file_format, encoding=options.encoding, delimiter=options.delimiter, sheet=options.sheet
+    ) as table:
+        given = check_mapping(table.header, options.mapping)
+        columns: list[Column] = []
+        taken: set[str] = {t for t in given.values() if t != IGNORE}
+        for index, raw in enumerate(table.header):
+            header = raw.strip()
+            if header in given:
+                column = _mapped(index, header, given[header])
+            else:
+                column = _automatic(index, header, taken, options.ignore_unknown_columns)
+            taken.add(column.target)
+            columns.append(column)
+        first = [
+            (number, cells if isinstance(cells, list) else None)
+            for number, cells in itertools.islice(table.records, rows)
+        ]
+    return Preview(file_format, columns, first, "email" in taken)
 
 
 async def import_file(

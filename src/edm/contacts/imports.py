@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm import csvfmt
 from edm.clock import utc_now
 from edm.contacts.common import require_own
-from edm.contacts.importer import ImportOptions, ImportReport, import_file, read_columns
+from edm.contacts.importer import ImportOptions, ImportReport, Preview, import_file, preview_table, read_columns
 from edm.contacts.schemas import ImportOut
 from edm.contacts.sheets import detect_format
 from edm.db.dialect import dialect_name
@@ -96,6 +96,12 @@ async def create_import(
     row.size_bytes = await _store_chunks(session, row.id, stream, max_bytes)
     await session.flush()
     return row
+
+
+async def preview_import(filename: str, stream: BinaryIO, *, options: ImportOptions, rows: int = 20) -> Preview:
+    """The first `rows` rows of an upload and the column plan an import with `options` would use (nothing
+    stored); BadInput for an unreadable file. Parsing a workbook is CPU work: it runs off the event loop."""
+    return await asyncio.to_thread(preview_table, stream, filename=filename, options=options, rows=rows)
 
 
 async def _store_chunks(session: AsyncSession, import_id: int, stream: BinaryIO, max_bytes: int) -> int:

@@ -385,7 +385,9 @@ def guarded_concat(eval_ctx: Any, *values: Any) -> str:
         total += len(value) if type(value) is str else text_size(value)
     if total > MAX_VALUE:
         raise _too_large("concatenation")
-    return charge_result(markup_join(values) if eval_ctx.autoescape else str_join(values), "concatenation", state)
+    joined: str = markup_join(values) if eval_ctx.autoescape else str_join(values)
+    charge_result(joined, "concatenation", state)
+    return joined
 
 
 def guarded_join(pieces: Iterable[str]) -> str:
@@ -802,7 +804,7 @@ def _finalize(value: Any) -> Any:
 
 class Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
-    concat = staticmethod(guarded_join)  # type: ignore[assignment]
+    concat = staticmethod(guarded_join)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Data keys win over dict methods: `contact.attributes.items` is the attribute called "items".
@@ -836,7 +838,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
         guard_binop(operator, left, right)
         return charge_result(super().call_binop(context, operator, left, right), _OPERATOR, state)
 
-    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         state = checkpoint()
         if not isinstance(obj, _TEMPLATE_CALLABLES):
             args = _materialize_args(args)

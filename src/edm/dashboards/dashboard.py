@@ -14,12 +14,18 @@ before it (opens and clicks arrive after the last send), through the task index:
 user sent recently, not with the size of the table. "Opened" counts recipients who opened (human: an open or a
 click, `tasks.stats.opened_human`, the definition of the task statistics) and whose first such open or click falls
 in the window; machine hits never count. Clicks count by the first human click, replies by `replied_at`.
+
+The daily series (`daily`) counts the same SubTasks per day of the last 30 in the user's time zone, each fact on
+the day it happened: sent, delivered, opened and clicked (first human open or click), hard bounces
+(`bounced_at`), complaints and unsubscribes. The database groups by UTC quarter hour and Python folds the quarters
+into local days (as `tasks.reports` does), so one query shape serves SQLite and PostgreSQL and every time zone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +38,7 @@ from edm.models.tasks import SubTask, Task
 from edm.models.users import User
 from edm.system.service import unread_count
 from edm.tasks import service as tasks
+from edm.tasks.reports import QUARTER, _quarter
 from edm.tasks.stats import first_opened_human_at
 from edm.users import credit
 from edm.vocabulary.tasks import PauseReason, TaskKind, TaskStatus
@@ -42,6 +49,7 @@ WINDOWS = {"24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7), "30d": dt.
 ENGAGEMENT_TAIL = dt.timedelta(days=30)
 ATTENTION_LIMIT = 20
 RECENT_IMPORTS = 5
+DAYS = 30  # the daily series: today and the 29 days before it, in the user's time zone
 
 
 async def user_dashboard(session: AsyncSession, user: User, *, now: dt.datetime) -> dict[str, Any]:
@@ -51,6 +59,7 @@ async def user_dashboard(session: AsyncSession, user: User, *, now: dt.datetime)
         "tasks_by_status": await tasks.count_by_status(session, user_id=user.id),
         "attention": await attention(session, user_ids=[user.id]),
         "activity": await activity(session, user_id=user.id, now=now),
+        "daily": await daily(session, user, now=now),
         "unread_notifications": await unread_count(session, user.id),
         "recent_imports": await recent_imports(session, user_id=user.id),
     }
@@ -101,15 +110,21 @@ def _count_since(column: Any, since: dt.datetime) -> Any:
     return func.coalesce(func.sum(case((column >= since, 1), else_=0)), 0)
 
 
-async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> dict[str, dict[str, int]]:
-    widest = now - max(WINDOWS.values())
-    recent = select(Task.id).where(
+def _recent_tasks(user_id: int, since: dt.datetime) -> Any:
+    """The user's campaigns that may hold facts after `since`: sent something, and not finished more than the
+    engagement tail before it."""
+    return select(Task.id).where(
         Task.user_id == user_id,
         Task.kind == TaskKind.BULK,
         Task.first_sent_at.is_not(None),
-        or_(Task.completed_at.is_(None), Task.completed_at >= widest - ENGAGEMENT_TAIL),
-        or_(Task.cancelled_at.is_(None), Task.cancelled_at >= widest - ENGAGEMENT_TAIL),
+        or_(Task.completed_at.is_(None), Task.completed_at >= since - ENGAGEMENT_TAIL),
+        or_(Task.cancelled_at.is_(None), Task.cancelled_at >= since - ENGAGEMENT_TAIL),
     )
+
+
+async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> dict[str, dict[str, int]]:
+    widest = now - max(WINDOWS.values())
+    recent = _recent_tasks(user_id, widest)
     measures = {
         "sent": SubTask.sent_at,
         "opened": first_opened_human_at(),
@@ -123,6 +138,50 @@ async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> 
     ]
     row = (await session.execute(select(*columns).where(SubTask.task_id.in_(recent)))).one()
     return {window: {name: int(getattr(row, f"{name}_{window}")) for name in measures} for window in WINDOWS}
+
+
+DAILY_FACTS = ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+
+
+def user_zone(user: User) -> ZoneInfo:
+    try:
+        return ZoneInfo(user.timezone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):  # validated when set; a bad stored value falls back to UTC
+        return ZoneInfo("UTC")
+
+
+async def daily(session: AsyncSession, user: User, *, now: dt.datetime) -> dict[str, Any]:
+    """Per local day of the last `DAYS` (oldest first, today last, empty days included) the count of each of
+    `DAILY_FACTS` that happened that day, and the totals over them."""
+    zone = user_zone(user)
+    today = now.astimezone(zone).date()
+    first = today - dt.timedelta(days=DAYS - 1)
+    start = dt.datetime.combine(first, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+    recent = _recent_tasks(user.id, start)
+    columns = {
+        "sent": SubTask.sent_at,
+        "delivered": SubTask.delivered_at,
+        "opened": first_opened_human_at(),
+        "clicked": SubTask.first_clicked_at,
+        "bounced": SubTask.bounced_at,
+        "complained": SubTask.complained_at,
+        "unsubscribed": SubTask.unsubscribed_at,
+    }
+    days = {first + dt.timedelta(days=i): dict.fromkeys(DAILY_FACTS, 0) for i in range(DAYS)}
+    for fact, column in columns.items():
+        quarter = _quarter(session, column)
+        rows = await session.execute(
+            select(quarter, func.count())
+            .where(SubTask.task_id.in_(recent), column >= start, column <= now)
+            .group_by(quarter)
+        )
+        for q, n in rows:
+            day = dt.datetime.fromtimestamp(int(q) * QUARTER, dt.UTC).astimezone(zone).date()
+            if day in days:
+                days[day][fact] += int(n)
+    totals = {fact: sum(counts[fact] for counts in days.values()) for fact in DAILY_FACTS}
+    points = [{"date": day, **counts} for day, counts in sorted(days.items())]
+    return {"timezone": zone.key, "days": points, "totals": totals}
 
 
 async def recent_imports(session: AsyncSession, *, user_id: int) -> list[dict[str, Any]]:

@@ -106,6 +106,33 @@ class ActivityWindowsOut(BaseModel):
     last_30d: ActivityOut = Field(alias="30d")
 
 
+class DayOut(BaseModel):
+    date: dt.date = Field(description="the day, in the user's time zone")
+    sent: int
+    delivered: int
+    opened: int = Field(description="recipients whose first human open or click fell on this day")
+    clicked: int = Field(description="recipients whose first human click fell on this day")
+    bounced: int = Field(description="hard bounces that arrived this day")
+    complained: int
+    unsubscribed: int
+
+
+class DailyTotalsOut(BaseModel):
+    sent: int
+    delivered: int
+    opened: int
+    clicked: int
+    bounced: int
+    complained: int
+    unsubscribed: int
+
+
+class DailyOut(BaseModel):
+    timezone: str = Field(description="the user's time zone, which the days follow")
+    days: list[DayOut] = Field(description="the last 30 days, oldest first, today last")
+    totals: DailyTotalsOut = Field(description="the sums over `days`")
+
+
 class RecentImportOut(BaseModel):
     id: int
     kind: str
@@ -125,6 +152,7 @@ class DashboardOut(BaseModel):
     tasks_by_status: dict[str, int] = Field(description="the caller's campaigns per status")
     attention: list[AttentionOut]
     activity: ActivityWindowsOut
+    daily: DailyOut
     unread_notifications: int
     recent_imports: list[RecentImportOut]
 

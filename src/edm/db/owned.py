@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 async def get_own(session: AsyncSession, model: type[T], *, user_id: int, object_id: int, what: str) -> T:
-    found = None
+    found: T | None = None
     if 0 < object_id <= MAX_ID:  # larger numbers name nothing and PostgreSQL would refuse to compare them
         found = await session.scalar(
             select(model).where(model.id == object_id, model.user_id == user_id)  # type: ignore[attr-defined,arg-type]

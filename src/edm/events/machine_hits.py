@@ -83,10 +83,7 @@ def _in_proxy_networks(stored_ip: Any, cidrs: tuple[str, ...]) -> bool:
         hit = ipaddress.ip_network(f"{address}/{_STORED_PREFIX[address.version]}", strict=False)
     except ValueError:
         return False
-    return any(
-        hit.version == network.version and hit.overlaps(network)  # type: ignore[arg-type]
-        for network in _networks(cidrs)
-    )
+    return any(hit.version == network.version and hit.overlaps(network) for network in _networks(cidrs))
 
 
 @functools.lru_cache(maxsize=16)

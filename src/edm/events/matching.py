@@ -158,7 +158,7 @@ def _same_provider(event: Any, service: EmailService | None, simulated_matches_a
         return True
     if event.source in REPORT_SOURCES:
         return service.provider == "smtp"
-    return service.provider == event.source
+    return bool(service.provider == event.source)
 
 
 def _as_uuid(value: str | None) -> uuid.UUID | None:

@@ -42,6 +42,8 @@ class User(IdMixin, TimestampMixin, Base):
     role: Mapped[str] = mapped_column(String(16), default=Role.USER)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The console's language (`en`, `zh_Hans`); null: the browser's preference (docs/console.md#languages).
+    locale: Mapped[str | None] = mapped_column(String(16))
     credit_balance: Mapped[int] = mapped_column(Integer, default=0)
     low_credit_threshold: Mapped[int | None] = mapped_column(Integer)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -555,6 +555,7 @@ def _free_text_recipient(line: str, text: str, report: _Report) -> str | None:
     mail system's own."""
     ignore = {_bare_address(report.sender or "").lower(), (report.envelope_to or "").lower()}
     for source in (line, text):
+        address: str
         for address in _ADDRESS_RE.findall(source):
             if address.lower() not in ignore and key_from_verp(address) is None and not _DAEMON_RE.match(address):
                 return address

@@ -73,15 +73,23 @@ async def get_task(session: AsyncSession, task_id: int, *, user_id: int | None) 
 
 
 async def list_tasks(
-    session: AsyncSession, *, user_id: int | None, status: TaskStatus | None = None, page: Page | None = None
+    session: AsyncSession,
+    *,
+    user_id: int | None,
+    status: TaskStatus | None = None,
+    page: Page | None = None,
+    search: str | None = None,
 ) -> list[Task]:
     """Campaigns (never test sends: they are listed under /test-sends) of `user_id` (None = every user's) in id
-    order; with a page, `page.limit + 1` rows after its id (for `page_of`), else all of them."""
+    order; with a page, `page.limit + 1` rows after its id (for `page_of`), else all of them. `search`: part of
+    the name, any case (`%` and `_` match themselves)."""
     query = select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id)
     if user_id is not None:
         query = query.where(Task.user_id == user_id)
     if status:
         query = query.where(Task.status == status)
+    if search:
+        query = query.where(func.lower(Task.name).contains(search.lower(), autoescape=True))
     if page is not None:
         query = query.limit(page.limit + 1)
         if page.after_id:

@@ -16,6 +16,7 @@ from edm.users.sessions import expiry_of
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 RoleName = Literal["admin", "user", "read_only"]
+LocaleName = Literal["en", "zh_Hans"]
 
 
 class Strict(BaseModel):
@@ -59,6 +60,14 @@ class UserPatch(Strict):
     is_active: bool | None = None
     timezone: str | None = None
     low_credit_threshold: int | None = Field(None, ge=0)
+    locale: LocaleName | None = Field(None, description="the console's language; null: the browser's")
+
+
+class ProfilePatch(Strict):
+    """What users change of their own account."""
+
+    timezone: str | None = Field(None, description="IANA time zone name: how times are shown")
+    locale: LocaleName | None = Field(None, description="the console's language; null: the browser's")
 
 
 class PasswordReset(Strict):
@@ -127,6 +136,7 @@ class UserOut(BaseModel):
     role: str = Field(description="admin, user or read_only")
     is_active: bool
     timezone: str = Field(description="IANA time zone name")
+    locale: str | None = Field(description="the console's language (en, zh_Hans); null: the browser's")
     credit_balance: int
     low_credit_threshold: int | None = Field(description="the dashboard warns below this balance")
     must_change_password: bool

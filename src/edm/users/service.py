@@ -28,6 +28,8 @@ from edm.users.sessions import revoke_sessions
 
 USERNAME = re.compile(r"^[a-z0-9._-]{3,64}$")
 TOKEN_ALPHABET = string.ascii_letters + string.digits
+# The languages of the web console (docs/console.md#languages); `users.locale` holds one of them or null.
+LOCALES = ("en", "zh_Hans")
 
 
 def check_timezone(name: str) -> str:
@@ -35,6 +37,12 @@ def check_timezone(name: str) -> str:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise BadInput.field("timezone", f"{name!r} is not an IANA time zone name") from None
+    return name
+
+
+def check_locale(name: str | None) -> str | None:
+    if name is not None and name not in LOCALES:
+        raise BadInput.field("locale", f"must be one of {', '.join(LOCALES)} or null")
     return name
 
 
@@ -236,7 +244,9 @@ async def authenticate_token(session: AsyncSession, token: str) -> tuple[User, s
 # --------------------------------------------------------------------------------------------------------
 
 ACTIVE_TASK_STATUSES = ("queued", "sending", "paused")
-EDITABLE = ("email", "role", "is_active", "timezone", "low_credit_threshold")
+EDITABLE = ("email", "role", "is_active", "timezone", "low_credit_threshold", "locale")
+# What users change of their own account (PATCH /api/v1/me, the console's account page).
+OWN_EDITABLE = ("timezone", "locale")
 
 
 async def _guard_last_admin(session: AsyncSession, user: User) -> None:
@@ -273,6 +283,8 @@ async def update_user(session: AsyncSession, user: User, changes: Mapping[str, A
         raise BadInput.field("role", "must be admin, user or read_only")
     if "timezone" in values:
         values["timezone"] = check_timezone(values["timezone"])
+    if "locale" in values:
+        values["locale"] = check_locale(values["locale"])
     if values.get("low_credit_threshold") is not None and values["low_credit_threshold"] < 0:
         raise BadInput.field("low_credit_threshold", "must be ≥ 0")
     new_role = values.get("role", user.role)
@@ -308,6 +320,15 @@ async def update_user(session: AsyncSession, user: User, changes: Mapping[str, A
         )
     await session.flush()
     return user
+
+
+async def update_own_profile(session: AsyncSession, user: User, changes: Mapping[str, Any], *, actor: Actor) -> User:
+    """A user's own preferences: time zone and console language (`OWN_EDITABLE`). Audited as `user.update` like an
+    admin's edit."""
+    unknown = set(changes) - set(OWN_EDITABLE)
+    if unknown:
+        raise BadInput.field(sorted(unknown)[0], "unknown field")
+    return await update_user(session, user, changes, actor=actor)
 
 
 async def reset_password(

@@ -1,0 +1,29 @@
+"""What `edm.app` mounts for the console, and what it hands to the rest of the app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from edm.console import (
+    account,
+    contacts,
+    content_templates,
+    dashboard,
+    login,
+    media_library,
+    senders,
+    static,
+    task_detail,
+    task_recipients,
+    task_wizard,
+    tasks,
+)
+from edm.console import imports as contact_imports
+from edm.console import tags as tag_pages
+
+# Each page module has a router of its own; add a new module's router here.
+ROUTERS: list[APIRouter] = [static.router, login.router, dashboard.router, account.router]
+ROUTERS += [senders.router, content_templates.router, media_library.router]  # C3: senders, templates, media
+ROUTERS += [task_wizard.router, tasks.router]  # C4: campaigns (/tasks/new before /tasks/{id})
+ROUTERS += [task_detail.router, task_recipients.router]  # C4: a campaign, its recipients
+ROUTERS += [contact_imports.router, contacts.router, tag_pages.router]  # C2: contacts, import, tags
