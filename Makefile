@@ -15,17 +15,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/edm demo
 
-# Both cores (each xdist worker gets its own PostgreSQL database) with the 20 slowest tests at the end; then the
-# browser tests in processes of their own (Playwright's sync API keeps an event loop running in the thread that
-# drives the browser, which the async tests of the same process could no longer start); then, alone, the few
-# tests marked `serial` (latency bounds that another test process on the same cores would break).
+# Both cores (each xdist worker gets its own PostgreSQL database) with the 20 slowest tests at the end; then,
+# alone, the few tests marked `serial` (latency bounds that another test process on the same cores would break);
+# then the browser tests in processes of their own (Playwright's sync API keeps an event loop running in the
+# thread that drives the browser, which the async tests of the same process could no longer start), last, so
+# that no browser or server they started is still winding down beside a latency bound.
 # Exit code 5 of a run means none of its tests was selected (e.g. PYTEST_ARGS=tests/unit).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial and not browser" --durations=20 $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "browser and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "browser and not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

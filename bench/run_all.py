@@ -3,7 +3,7 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 
     .venv/bin/python -m bench.run_all [--quick]
                                       [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts|
-                                              xlsx|compose]
+                                              xlsx|compose|console]
                                       [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
@@ -35,6 +35,11 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
     token, guarded render with click tracking, MIME, SMTP payload), each alternating with a reference in the
     same run (plain Jinja2 on the same sources, a bare HMAC, the stdlib's EmailMessage, …). No database, no
     SMTP. Its own block of RESULTS.md, like (d).
+(k) console (bench/bench_console.py): p50/p95 of every console page of one user (dashboard, contacts and their
+    search/tag filters, a contact, imports, tags, templates, senders, media, campaigns, a campaign, its
+    recipients, one recipient, account) over one `edm serve`, logged in through the login form, each beside
+    `GET /healthz` of the same server in the same run. Target: every page p95 ≤ 300 ms with 1,000,000 contacts
+    and 1,000,000 SubTasks. Its own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
 generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
@@ -63,6 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench import (
     bench_compose,
+    bench_console,
     bench_contacts,
     bench_import,
     bench_stats,
@@ -104,8 +110,9 @@ SECTIONS = (
     "contacts",
     "xlsx",
     "compose",
+    "console",
 )
-NO_SMTP = {"webhooks", "tracking", "stats", "import", "contacts", "xlsx", "compose"}  # these send nothing
+NO_SMTP = {"webhooks", "tracking", "stats", "import", "contacts", "xlsx", "compose", "console"}  # these send nothing
 NO_DATABASE = {"compose"}  # CPU only: no bench database is created for these alone
 STALL_SECONDS = 45.0
 TARGETS = {"dispatch_2w": 1500.0, "dispatch_ratio": 0.45, "generation_s": 20.0, "rss_mb": 150.0}
@@ -654,6 +661,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     only = set(args.only or SECTIONS)
     contacts_sizes = dict(bench_contacts.QUICK if args.quick else bench_contacts.FULL)
     stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
+    console_sizes = dict(bench_console.QUICK if args.quick else bench_console.FULL)
     started = time.monotonic()
     res: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -686,7 +694,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             + [sizes["generation"]] * ("generation" in only)
             + [sizes["rss_large"], sizes["rss_small"]] * ("rss" in only)
             + [stats_sizes["subtasks"]] * ("stats" in only)
-            + [contacts_sizes["contacts"]] * ("contacts" in only),
+            + [contacts_sizes["contacts"]] * ("contacts" in only)
+            + [console_sizes["contacts"]] * ("console" in only),
             default=0,
         )
         t0 = time.perf_counter()
@@ -817,6 +826,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cs = dict(bench_compose.QUICK if args.quick else bench_compose.FULL)
             log(f"compose: {cs['rounds']} rounds of {cs['n']:,} recipients per step and reference (CPU only)")
             res["compose"] = asdict(bench_compose.run(n=cs["n"], rounds=cs["rounds"]))
+        if "console" in only:
+            res["console"] = asdict(
+                await bench_console.run(
+                    sm, settings, contacts=console_sizes["contacts"], reads=console_sizes["reads"], world=world
+                )
+            )
     finally:
         sink.stop()
         await engine.dispose()
@@ -893,6 +908,8 @@ def main() -> None:
         written["xlsx"] = ("XLSX import", report_section(res, bench_xlsx.report_lines(res["xlsx"])))
     if res.get("compose"):
         written["compose"] = ("Compose", report_section(res, bench_compose.report_lines(res["compose"])))
+    if res.get("console"):
+        written["console"] = ("Console pages", report_section(res, bench_console.report_lines(res["console"])))
     for _, section in written.values():
         print()
         print(section)

@@ -32,6 +32,24 @@ BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `any_database` checks what does not depend on the database (input validation, template
+    limits, upload parsing): it runs once, on PostgreSQL when the run has it (the production database), instead
+    of once per backend."""
+    if "postgresql" not in BACKENDS:
+        return
+    once = [item for item in items if item.get_closest_marker("any_database") and _backend(item) == "sqlite"]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        dropped = set(once)
+        items[:] = [item for item in items if item not in dropped]
+
+
+def _backend(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("db_url") if callspec is not None else None
+
+
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> Iterator[None]:
     """Process-wide switches back to their test defaults: the real clock, an empty fake provider, and the cheap

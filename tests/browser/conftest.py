@@ -19,7 +19,8 @@ recorded), that no JavaScript error or console error happened, that none of the 
 answered 4xx/5xx, that the page answered the expected status, that no `⟦MISSING` catalogue marker shows, and
 that axe-core finds no serious or critical accessibility violation (every rule at 1280×800 in light colours, then
 at 390×844 in dark colours the rules that width and palette can break: contrast, scrolling regions, tap targets),
-and saves a screenshot at each size to `var/test-artifacts/screenshots/<test>-<name>-<width>.png`.
+and saves a screenshot at each size to `var/test-artifacts/screenshots/<test>-<name>-<width>.png`. The audit and the
+screenshots are made once per page name and test process (see AUDITED); every other check, on every visit.
 
 Chromium is launched from /usr/bin/chromium with `executable_path` (never `playwright install`). Without it
 the tests are skipped, except in CI (`CI=true`), where `.ci/run` installs it and a missing browser is a failure.
@@ -74,6 +75,10 @@ CHROMIUM_ARGS = [
 ]
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SCREENSHOTS = ROOT / "var" / "test-artifacts" / "screenshots"
+# The accessibility audit and the two screenshots (~1 s a page) are made the first time a test process checks a page
+# under a given name; later visits of the same page and state check everything else (status, missing strings, other
+# hosts, script errors, failed requests) and skip the audit.
+AUDITED: set[str] = set()
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
 MISSING = "⟦MISSING"
@@ -318,6 +323,9 @@ class Console:
         html = page.content()
         assert MISSING not in html, f"{page.url} shows a string missing from the catalogue: {_missing(html)}"
         self._assert_clean(page.url)
+        if name in AUDITED:  # this page (in this state) was audited by this process already
+            return
+        AUDITED.add(name)
         for size, scheme in ((DESKTOP, "light"), (PHONE, "dark")):
             page.set_viewport_size(size)
             page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from edm.models.contacts import Contact
 from edm.models.system import IdempotencyRecord
 from edm.models.users import Role
 from edm.system import idempotency
-from tests.helpers import api_client, make_account, settings_for
+from tests.helpers import api_client, make_account, openapi_document, settings_for
 
 API = "/api/v1"
 
@@ -299,7 +299,7 @@ async def test_unknown_body_field_is_422(client: httpx.AsyncClient, sessionmaker
 def _paged_lists() -> dict[str, dict[str, str]]:
     """Every GET without path parameters that takes `limit` (from the OpenAPI document: new lists join),
     with a value for each of its other required query parameters."""
-    spec = create_app(settings_for("sqlite:///:memory:")).openapi()
+    spec = openapi_document()
     found: dict[str, dict[str, str]] = {}
     for path, ops in spec["paths"].items():
         params = ops.get("get", {}).get("parameters", [])
@@ -410,7 +410,7 @@ async def test_null_for_a_required_task_field_is_422_not_500(
 
 def _integer_query_params() -> list[tuple[str, str, list[str]]]:
     """(method, path, parameters) for every operation with integer query parameters in the OpenAPI document."""
-    spec = create_app(settings_for("sqlite:///:memory:")).openapi()
+    spec = openapi_document()
     found = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():

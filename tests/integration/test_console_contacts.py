@@ -1,6 +1,6 @@
 """The contacts pages of the console over the ASGI app (no browser): filters in the URL and their errors, the
 create and edit forms' inline errors keeping what was typed, bulk actions confirmed with their count and refused
-when the count moved, and what a read-only account sees and may post. tests/browser/test_contacts.py drives the
+when the count moved, and what a read-only account sees and may post. tests/browser/test_new_user_flow.py drives the
 same pages in Chromium."""
 
 from __future__ import annotations

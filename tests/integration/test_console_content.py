@@ -1,5 +1,6 @@
 """The console's senders, templates and media pages over the ASGI app (no browser): the forms' inline errors, what
-was typed kept, and the refusals. tests/browser/test_content_pages.py drives the same pages in Chromium."""
+was typed kept, and the refusals. tests/browser/test_content_pages.py and test_new_user_flow.py drive the same
+pages in Chromium."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The import pages of the console over the ASGI app (no browser): the preview and its mapping, the import started
 with that mapping, its progress and error file, the inline errors (no email column, too large, no file), and what
-a read-only account may do. tests/browser/test_contacts.py drives the whole flow in Chromium."""
+a read-only account may do. tests/browser/test_new_user_flow.py drives the whole flow in Chromium."""
 
 from __future__ import annotations
 

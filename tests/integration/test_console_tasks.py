@@ -1,5 +1,5 @@
 """The console's campaign pages over the ASGI app (no browser): the list's filters and actions, the wizard's inline
-errors with what was typed kept, the refusals. tests/browser/test_task_pages.py drives the same pages in Chromium."""
+errors with what was typed kept, the refusals. tests/browser/test_new_user_flow.py drives the same pages in Chromium."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from edm.app import create_app
 from edm.db.engine import make_engine, make_sessionmaker
 from edm.models.users import Role
 from tests.conftest import PG_URL, PgDatabase
-from tests.helpers import Account, make_account, settings_for
+from tests.helpers import Account, make_account, openapi_document, settings_for
 from tests.integration.test_openapi_isolation import _objects_of
 
 EXAMPLES = int(os.environ.get("EDM_FUZZ_EXAMPLES", "6"))
@@ -41,7 +41,7 @@ ROLES = ("admin", "user")
 
 
 def _operations() -> list[tuple[str, str]]:
-    spec = create_app(settings_for("sqlite:///:memory:")).openapi()
+    spec = openapi_document()
     return [
         (m.upper(), path)
         for path, ops in spec["paths"].items()

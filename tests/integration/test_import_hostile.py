@@ -34,6 +34,8 @@ from tests.helpers import Account, api_client, expect_error, make_account, setti
 from tests.unit.contacts import workbooks as wb
 from tests.unit.contacts.workbooks import cell, row
 
+pytestmark = pytest.mark.any_database  # upload limits and workbook parsing, whatever the database
+
 URL = "/api/v1/contacts/imports"
 # A behavioural bound, generous for a loaded machine: "answered within a couple of seconds". Before, the
 # dimension bomb kept the reader (and the event loop running it) busy for about 17 minutes.

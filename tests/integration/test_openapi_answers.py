@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edm.app import create_app
-from tests.helpers import settings_for
+from tests.helpers import openapi_document
 
 SUCCESS = ("200", "201", "202")
 # Answers that are not JSON documents: files, pages and images, described by their media type.
@@ -15,8 +14,7 @@ NON_JSON = ("text/csv", "text/html", "text/plain", "image/", "application/octet-
 
 
 def _openapi() -> dict[str, Any]:
-    app = create_app(settings_for("sqlite:///:memory:"))
-    return app.openapi()
+    return openapi_document()
 
 
 def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from edm.tasks import proof_sends as test_sends
 from edm.users.service import create_token
 from tests import factories
 from tests.conftest import BACKENDS, PgDatabase
-from tests.helpers import Account, make_account, settings_for
+from tests.helpers import Account, make_account, openapi_document, settings_for
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -109,7 +109,7 @@ BODIES: dict[tuple[str, str], Any] = {
 
 
 def _spec() -> dict[str, Any]:
-    return create_app(settings_for("sqlite:///:memory:")).openapi()
+    return openapi_document()
 
 
 SPEC = _spec()

@@ -35,6 +35,8 @@ from edm.models.users import Role
 from tests import factories
 from tests.helpers import Account, api_client, cli_env, expect_error, make_account
 
+pytestmark = pytest.mark.any_database  # template limits are the sandbox's, whatever the database
+
 ROOT = Path(__file__).resolve().parents[2]
 A = "{% set a = 'x' * 2000000 %}"  # one 2 MB string: allowed on its own, the raw material of every blow-up
 

@@ -31,6 +31,7 @@ from edm.api.deps import UNSAFE_METHODS, Caller, Session
 from edm.errors import Forbidden, Unauthenticated
 from edm.models.users import Role, TokenScope
 from edm.settings import Settings
+from edm.system.service import unread_count
 from edm.users.sessions import COOKIE, CSRF_HEADER, LIFETIME, authenticate_session
 
 CSRF_FIELD = "csrf_token"
@@ -65,6 +66,7 @@ class Viewer(Caller):
     credit: int = 0
     locale: str | None = None
     timezone: str = "UTC"
+    unread: int = 0  # unread notifications, for the top bar (C5)
 
 
 def safe_next(value: str | None, default: str = "/") -> str:
@@ -104,6 +106,7 @@ async def _viewer(request: Request, session: Session) -> Viewer:
         credit=user.credit_balance,
         locale=user.locale,
         timezone=user.timezone,
+        unread=await unread_count(session, user.id),
     )
     request.state.viewer = viewer
     path = request.url.path

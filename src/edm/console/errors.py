@@ -76,6 +76,15 @@ FIELD_MESSAGES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^must be an integer from 1 to 100$"), N_("Use a whole number from 1 to 100.")),
     (re.compile(r"^not found: "), N_("This no longer exists: choose again.")),
     (re.compile(r"^(subject|html|text|preheader): "), N_("This template does not render for the first recipient.")),
+    # suppressions (C5)
+    (re.compile(r"^give either an email or a domain$"), N_("Enter an address or a domain.")),
+    (re.compile(r"is not a valid domain$"), N_("Enter a valid domain, e.g. example.org.")),
+    (re.compile(r"^already on this list$"), N_("This is already on your list.")),
+    (re.compile(r"^must not contain NUL characters$"), N_("This value is not valid.")),
+    (re.compile(r"^at most \d+ characters"), N_("This is too long.")),
+    (re.compile(r"^empty file$"), N_("The file is empty.")),
+    (re.compile(r"^no email or domain column$"), N_("The file has no “email” or “domain” column.")),
+    (re.compile(r"is not an ISO 8601 time"), N_("Enter a valid date and time.")),
 ]
 
 # Pydantic's error types (from validating a form with an API request model) → a message.

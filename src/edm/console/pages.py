@@ -33,8 +33,9 @@ PAGES: dict[str, Page] = {
     "tasks": Page("/tasks", N_("Campaigns"), built=True),
     "tasks_new": Page("/tasks/new", N_("New campaign"), built=True),
     "conversations": Page("/conversations", N_("Conversations"), built=False),
-    "suppressions": Page("/suppressions", N_("Suppressions"), built=False),
+    "suppressions": Page("/suppressions", N_("Suppressions"), built=True),
     "account": Page("/account", N_("Account"), built=True),
+    "notifications": Page("/notifications", N_("Notifications"), built=True),  # the top bar links it (C5)
     "password": Page("/password", N_("Change password"), built=True),
     "api_docs": Page("/api/docs", N_("API documentation"), built=True, admin=True),
 }

@@ -11,8 +11,10 @@ from edm.console import (
     dashboard,
     login,
     media_library,
+    notifications,
     senders,
     static,
+    suppressions,
     task_detail,
     task_recipients,
     task_wizard,
@@ -27,3 +29,4 @@ ROUTERS += [senders.router, content_templates.router, media_library.router]  # C
 ROUTERS += [task_wizard.router, tasks.router]  # C4: campaigns (/tasks/new before /tasks/{id})
 ROUTERS += [task_detail.router, task_recipients.router]  # C4: a campaign, its recipients
 ROUTERS += [contact_imports.router, contacts.router, tag_pages.router]  # C2: contacts, import, tags
+ROUTERS += [suppressions.router, notifications.router]  # C5: suppressions, notifications
