@@ -9,11 +9,13 @@ answered by a redirect back to the list with its filters and a notice (post/redi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import Query, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.api.deps import IdPath, Session
 from edm.console.auth import CurrentViewer, Viewer, safe_next
@@ -121,58 +123,30 @@ async def _own(session: Session, viewer: Viewer, task_id: int) -> Any:
     return await service.get_task(session, task_id, user_id=viewer.id)
 
 
-@router.post("/tasks/{task_id}/pause")
-async def pause(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.pause(session, await _own(session, viewer, task_id), actor=str(viewer.id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "paused")
+# The state changes the list and the detail page offer: each calls the task service as the API does, and comes
+# back to the page it was posted from with a notice (or "refused" when the campaign's status moved meanwhile).
+_STATE_ACTIONS: dict[str, tuple[Callable[[AsyncSession, Any, str], Awaitable[object]], str]] = {
+    "pause": (lambda session, task, actor: service.pause(session, task, actor=actor), "paused"),
+    "resume": (lambda session, task, actor: service.resume(session, task, actor=actor), "resumed"),
+    "cancel": (lambda session, task, actor: service.cancel(session, task, actor=actor), "cancelled"),
+    "delete": (lambda session, task, actor: service.delete_task(session, task), "deleted"),
+    "close": (lambda session, task, actor: service.close(session, task, actor=actor), "closed"),
+    "unschedule": (lambda session, task, actor: service.unschedule(session, task, actor=actor), "unscheduled"),
+}
 
 
-@router.post("/tasks/{task_id}/resume")
-async def resume(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.resume(session, await _own(session, viewer, task_id), actor=str(viewer.id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "resumed")
+def _state_action_route(name: str, act: Callable[[AsyncSession, Any, str], Awaitable[object]], notice: str) -> None:
+    @router.post(f"/tasks/{{task_id}}/{name}", name=name)
+    async def state_action(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
+        try:
+            await act(session, await _own(session, viewer, task_id), str(viewer.id))
+        except InvalidTransition:
+            return await _back(request, "refused")
+        return await _back(request, notice)
 
 
-@router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.cancel(session, await _own(session, viewer, task_id), actor=str(viewer.id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "cancelled")
-
-
-@router.post("/tasks/{task_id}/delete")
-async def delete(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.delete_task(session, await _own(session, viewer, task_id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "deleted")
-
-
-@router.post("/tasks/{task_id}/close")
-async def close(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.close(session, await _own(session, viewer, task_id), actor=str(viewer.id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "closed")
-
-
-@router.post("/tasks/{task_id}/unschedule")
-async def unschedule(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    try:
-        await service.unschedule(session, await _own(session, viewer, task_id), actor=str(viewer.id))
-    except InvalidTransition:
-        return await _back(request, "refused")
-    return await _back(request, "unscheduled")
+for _name, (_act, _notice) in _STATE_ACTIONS.items():
+    _state_action_route(_name, _act, _notice)
 
 
 @router.post("/tasks/{task_id}/copy")
