@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -200,3 +201,21 @@ def openapi_document() -> dict[str, Any]:
     """The app's OpenAPI document, built once per test process (~1.5 s each time; several test modules read it
     while they are collected). Callers must not change it."""
     return create_app(settings_for("sqlite:///:memory:")).openapi()
+
+
+def page_field(page: str, name: str) -> str:
+    """The value of the console form field `name` in the HTML `page` (e.g. the CSRF token)."""
+    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert found is not None, f"no {name} in the page"
+    return found.group(1)
+
+
+async def console_log_in(client: httpx.AsyncClient, who: Account, *, csrf_from: str = "/account") -> str:
+    """Logs `who` in through the console's form (ending the client's earlier session); the new session's CSRF
+    token, read from the page `csrf_from`."""
+    if "edm_session" in client.cookies:
+        client.cookies.delete("edm_session")
+    form = (await client.get("/login")).text
+    data = {"csrf_token": page_field(form, "csrf_token"), "username": who.username, "password": PASSWORD, "next": "/"}
+    assert (await client.post("/login", data=data)).status_code == 303
+    return page_field((await client.get(csrf_from)).text, "csrf_token")

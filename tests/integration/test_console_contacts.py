@@ -12,23 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.models.contacts import Contact, ContactTag
-from tests.helpers import PASSWORD, Account, create_contact, create_tag, make_account
+from tests.helpers import Account, console_log_in, create_contact, create_tag, make_account, page_field
 
 HTML = {"Accept": "text/html"}
 
 
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
-
-
 async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    """Logs in with the form; the session's CSRF token."""
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/contacts")).text, "csrf_token")
+    return await console_log_in(client, who, csrf_from="/contacts")
 
 
 def _error(page: str, name: str) -> str:
@@ -119,7 +109,7 @@ async def test_bulk_actions_are_confirmed_with_their_count_and_refused_when_it_m
 
     confirm = await client.post("/contacts/bulk", data={**base, "scope": "all"})
     assert confirm.status_code == 200 and "Add the tag “VIP” to these contacts?" in confirm.text
-    assert "Contacts affected: 3" in confirm.text and _field(confirm.text, "expected_count") == "3"
+    assert "Contacts affected: 3" in confirm.text and page_field(confirm.text, "expected_count") == "3"
 
     await create_contact(client, alice, "late@acme.example", company="Acme")  # the filter now matches 4
     moved = await client.post("/contacts/bulk", data={**base, "scope": "all", "expected_count": "3"})
@@ -135,7 +125,7 @@ async def test_bulk_actions_are_confirmed_with_their_count_and_refused_when_it_m
     # the new status of set_status is not the list's status filter: the matches stay those of the search
     archive = {"csrf_token": csrf, "q": "acme", "action": "set_status", "new_status": "archived", "scope": "all"}
     confirm = await client.post("/contacts/bulk", data=archive)
-    assert "Contacts affected: 4" in confirm.text and _field(confirm.text, "new_status") == "archived"
+    assert "Contacts affected: 4" in confirm.text and page_field(confirm.text, "new_status") == "archived"
     done = await client.post("/contacts/bulk", data={**archive, "expected_count": "4"})
     assert "status=" not in done.headers["location"] and "q=acme" in done.headers["location"]
     assert "Done: 4 contacts matched, 4 changed." in (await client.get(done.headers["location"])).text

@@ -13,23 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.contacts import imports
 from edm.models.contacts import Contact
-from tests.helpers import PASSWORD, Account, api_client, create_tag, make_account
+from tests.helpers import Account, api_client, console_log_in, create_tag, make_account
 
 HTML = {"Accept": "text/html"}
 CSV = "Mail,Vorname,Stadt\nann@example.com,Ann,Paris\nnot-an-address,Bob,Rome\ncy@example.com,Cy,Oslo\n"
 
 
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
-
-
 async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/contacts/import")).text, "csrf_token")
+    return await console_log_in(client, who, csrf_from="/contacts/import")
 
 
 def _error(page: str, name: str) -> str:

@@ -11,22 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.models.contacts import Tag
-from tests.helpers import PASSWORD, Account, create_contact, create_tag, make_account
+from tests.helpers import Account, console_log_in, create_contact, create_tag, make_account
 
 HTML = {"Accept": "text/html"}
 
 
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
-
-
 async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/tags")).text, "csrf_token")
+    return await console_log_in(client, who, csrf_from="/tags")
 
 
 def _error(page: str, name: str) -> str:

@@ -13,23 +13,11 @@ from edm.db.session import unit_of_work
 from edm.models.tasks import SubTask
 from edm.tasks import generation
 from tests import factories
-from tests.helpers import PASSWORD, Account, make_account
-
-
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
+from tests.helpers import Account, console_log_in, make_account
 
 
 async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    """Logs in with the form; the session's CSRF token."""
-    if "edm_session" in client.cookies:
-        client.cookies.delete("edm_session")
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD, "next": "/"}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/account")).text, "csrf_token")
+    return await console_log_in(client, who, csrf_from="/account")
 
 
 async def _campaigns(sessionmaker: async_sessionmaker[AsyncSession], who: Account, *names: str) -> list[int]:
