@@ -81,6 +81,17 @@ def _pct(samples: list[float], q: float) -> float:
 # ---- set-up -------------------------------------------------------------------------------------------
 
 
+HITS = """
+INSERT INTO events (source, dedupe_key, event_type, occurred_at, received_at, subtask_ref, subtask_id, task_id,
+                    user_id, match_status, details, raw, raw_truncated, processed_at)
+SELECT 'tracking', 'bench-hit-' || kind || '-' || s.id, kind, at, at, s.public_id::text, s.id, s.task_id, :u,
+       'matched', '{}'::jsonb, '{}'::jsonb, false, at
+FROM subtasks s
+CROSS JOIN LATERAL (VALUES ('opened', s.first_opened_at), ('clicked', s.first_clicked_at)) AS h(kind, at)
+WHERE s.task_id = :t AND h.at IS NOT NULL
+"""
+
+
 async def set_up(sm: Any, settings: Any, *, contacts: int, world: Any = None) -> dict[str, Any]:
     """The user, contacts, tags, a task of `contacts` SubTasks with outcomes, events, templates, senders, imports."""
     from sqlalchemy import text
@@ -133,8 +144,11 @@ async def set_up(sm: Any, settings: Any, *, contacts: int, world: Any = None) ->
                 text("SELECT id, public_id FROM subtasks WHERE task_id = :t ORDER BY id LIMIT 20"), {"t": task_id}
             )
         ).all()
+        # One matched human hit per opener and per clicker, at their first open and click (the timeline, the heat
+        # map and the link report read these), written as one statement like a batch of tracking hits.
+        await session.execute(text(HITS), {"t": task_id, "u": world.user_id})
         for n, (sid, public_id) in enumerate(rows):
-            for kind in ("delivered", "open", "click"):
+            for kind in ("delivered", "opened", "clicked"):
                 session.add(
                     Event(
                         source="tracking",

@@ -4,7 +4,7 @@
 
 Both sides build the same message (7+ headers, multipart/alternative text + 5 KB HTML, UTF-8, quoted-
 printable, CRLF) for a different recipient each time, as a task does. The figure that matters is the ratio,
-since absolute rates drift between machines (PERFORMANCE.md).
+since absolute rates drift between machines (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ every SubTask change; this measures that read beside, in the same run, the aggre
    opens and clicks, unsubscribes, replies. Then `VACUUM ANALYZE subtasks`, so the reference scans a settled table.
 3. Reads, each in its own session as an API request makes it (pool check-out included):
    `tasks.stats.task_stats` × N with the stripes as written (one per writing backend), then after the
-   `stats` job's `fold_counter_stripes`; the floor `SELECT 1` × N; and the reference `tasks.stats._from_rows`
+   `stats` job's `fold_counter_stripes`; the floor `SELECT 1` × N; and the reference `tasks.stats._row_groups`
    (one grouped aggregate over the task's rows, what SQLite still does) × R.
 4. Check: the counters' figures equal `tasks.stats.recount` (every row read and classified in Python) and
    the aggregate's.
@@ -67,7 +67,15 @@ UPDATE subtasks SET
   machine_click_count = CASE WHEN seq % 100 < 88 AND seq % 13 = 0 THEN 2 ELSE 0 END,
   unsubscribed_at = CASE WHEN seq % 100 < 88 AND seq % 97 = 0 THEN now() END,
   replied_at = CASE WHEN seq % 100 < 88 AND seq % 89 = 0 THEN now() END,
-  sent_at = CASE WHEN seq % 100 < 88 THEN now() END
+  sent_at = CASE WHEN seq % 100 < 88 THEN now() - (seq % 600) * interval '1 minute' END,
+  failed_at = CASE WHEN seq % 100 BETWEEN 88 AND 92 THEN now() - (seq % 600) * interval '1 minute' END,
+  delivered_at = CASE WHEN seq % 100 < 88 AND seq % 50 < 38 OR seq % 100 < 88 AND seq % 50 = 44
+                      THEN now() - (seq % 590) * interval '1 minute' END,
+  bounced_at = CASE WHEN seq % 100 < 88 AND seq % 50 BETWEEN 41 AND 42
+                    THEN now() - (seq % 590) * interval '1 minute' END,
+  complained_at = CASE WHEN seq % 100 < 88 AND seq % 50 = 44 THEN now() - (seq % 500) * interval '1 minute' END,
+  first_opened_at = CASE WHEN seq % 100 < 88 AND seq % 5 = 0 THEN now() - (seq % 500) * interval '1 minute' END,
+  first_clicked_at = CASE WHEN seq % 100 < 88 AND seq % 11 = 0 THEN now() - (seq % 480) * interval '1 minute' END
 WHERE task_id = :task AND seq > :low AND seq <= :high
 """
 
@@ -178,7 +186,7 @@ async def run(sm: Any, world: Any, *, subtasks: int, reads: int, reference_reads
         return (await session.execute(text("SELECT 1"))).scalar()
 
     async def aggregate(session: Any) -> Any:
-        return await stats._from_rows(session, task_id)
+        return stats._assemble((await stats._row_groups(session, task_id, None)).get(None, []))
 
     striped, figures = await timed(sm, counters, reads)
     log(f"  task_stats, stripes as written: p50 {striped.p50_ms:.2f} ms, p99 {striped.p99_ms:.2f} ms")
@@ -190,7 +198,7 @@ async def run(sm: Any, world: Any, *, subtasks: int, reads: int, reference_reads
     floor, _ = await timed(sm, select_one, reads)
     log(f"  SELECT 1: p50 {floor.p50_ms:.2f} ms, p99 {floor.p99_ms:.2f} ms")
     reference, aggregated = await timed(sm, aggregate, reference_reads)
-    log(f"  _from_rows (aggregate over the rows): p50 {reference.p50_ms:,.0f} ms, max {reference.max_ms:,.0f} ms")
+    log(f"  _row_groups (aggregate over the rows): p50 {reference.p50_ms:,.0f} ms, max {reference.max_ms:,.0f} ms")
     started = time.perf_counter()
     async with sm() as session:
         recounted = await stats.recount(session, task_id)
@@ -276,7 +284,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         row(f"`task_stats` (counters, {s['counter_rows_written']} rows as written: stripes × groups)", s["stripes"]),
         row(f"`task_stats` (counters after the `stats` job's fold, {s['counter_rows_folded']} rows)", s["folded"]),
         row("`SELECT 1` (floor: check-out + one round trip)", s["select_1"]),
-        row("`_from_rows` (reference: one aggregate over the task's rows)", s["from_rows"]),
+        row("`_row_groups` (reference: one aggregate over the task's rows)", s["from_rows"]),
     ]
     if s.get("dashboard"):
         lines.append(row("`GET /dashboard` activity (24 h / 7 d / 30 d) of the task's owner", s["dashboard"]))

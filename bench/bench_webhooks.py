@@ -14,7 +14,7 @@ trivial endpoint of the same server measured in the same run; then the `events` 
    signed *before* timing: signing is the provider's cost, not ours. Signatures stay valid for 10 minutes.
 3. One `edm serve` process (uvicorn, as in production). A load client in its own process (raw HTTP/1.1
    keep-alive over asyncio + uvloop, requests pre-encoded: httpx's pool tops out near 1,300 req/s,
-   PERFORMANCE.md, and would measure itself on the reference) keeps C connections busy:
+   docs/performance.md, and would measure itself on the reference) keeps C connections busy:
    - reference: `GET /healthz` through the same server, client and connections. GET, not a POST of the same
      size: /healthz has no POST route, and a POST there is a 405 through the exception handler with the body
      never read, which is neither a 2xx nor cheaper-because-trivial. The figure is the framework's fixed cost

@@ -530,7 +530,7 @@ def report(res: dict[str, Any]) -> str:
             )
         lines.append("")
         lines.append(
-            f"Reference (PERFORMANCE.md, same machine kind): 1M pending rows by INSERT … SELECT 2.5 s, "
+            f"Reference (docs/performance.md, same machine kind): 1M pending rows by INSERT … SELECT 2.5 s, "
             f"by COPY 1.7 s. Target ≤ {TARGETS['generation_s']:.0f} s for 1,000,000 → "
             f"{ok(g['seconds'] <= TARGETS['generation_s'])}."
         )

@@ -1,6 +1,6 @@
 """Bench data through EDM's own services (users, senders, templates, services, tasks, generation), with the
 bulk rows (contacts, tag memberships) written set-based: one INSERT … SELECT over generate_series, so a
-million contacts load in seconds (PERFORMANCE.md lesson 8).
+million contacts load in seconds (docs/performance.md, lesson 8).
 """
 
 from __future__ import annotations
@@ -135,6 +135,11 @@ async def insert_contacts(session: AsyncSession, *, user_id: int, count: int) ->
                     FROM generate_series(1, :count) AS i) s) t
     """),
         {"user_id": user_id, "count": count, "now": utc_now()},
+    )
+    # The keys the template editor offers, as edm.contacts.attribute_keys records them on every contact write.
+    await session.execute(
+        text("INSERT INTO contact_attribute_keys (user_id, key) VALUES (:user_id, 'n') ON CONFLICT DO NOTHING"),
+        {"user_id": user_id},
     )
 
 

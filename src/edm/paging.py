@@ -17,6 +17,9 @@ T = TypeVar("T")
 
 # Ids are 64-bit: a larger number can name nothing, and PostgreSQL would refuse to compare it.
 MAX_ID = 2**63 - 1
+# List pages in the console count their matches up to this many and then say "more than 10,000": an exact count
+# of every match on each load grows with the data (bench/RESULTS.md (k)). Confirmations of bulk actions count exactly.
+LIST_COUNT_CAP = 10_000
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     webhook_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     # Requests a minute per API token or console session, per API process (docs/api.md#rate-limits).
     api_rate_limit: int = Field(default=600, ge=1)
-    # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often).
+    # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often) and the
+    # console's live-view poll interval (never under 1 s).
     time_scale: float = Field(default=1.0, gt=0, le=1.0)
 
     @model_validator(mode="after")

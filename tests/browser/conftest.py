@@ -20,7 +20,8 @@ answered 4xx/5xx, that the page answered the expected status, that no `⟦MISSIN
 that axe-core finds no serious or critical accessibility violation (every rule at 1280×800 in light colours, then
 at 390×844 in dark colours the rules that width and palette can break: contrast, scrolling regions, tap targets),
 and saves a screenshot at each size to `var/test-artifacts/screenshots/<test>-<name>-<width>.png`. The audit and the
-screenshots are made once per page name and test process (see AUDITED); every other check, on every visit.
+screenshots are made once per page name and test run, by the first test process to check it (see AUDITED); every
+other check, on every visit.
 
 Chromium is launched from /usr/bin/chromium with `executable_path` (never `playwright install`). Without it
 the tests are skipped, except in CI (`CI=true`), where `.ci/run` installs it and a missing browser is a failure.
@@ -75,10 +76,11 @@ CHROMIUM_ARGS = [
 ]
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SCREENSHOTS = ROOT / "var" / "test-artifacts" / "screenshots"
-# The accessibility audit and the two screenshots (~1 s a page) are made the first time a test process checks a page
-# under a given name; later visits of the same page and state check everything else (status, missing strings, other
-# hosts, script errors, failed requests) and skip the audit.
-AUDITED: set[str] = set()
+# The accessibility audit and the two screenshots (~1 s a page) are made the first time the test run checks a page
+# under a given name, in whichever test process gets there first (the English and the Chinese flow visit the same
+# pages, with the same markup, in two processes); later visits of the same page and state check everything else
+# (status, missing strings, other hosts, script errors, failed requests) and skip the audit.
+AUDITED: set[str] = set()  # names this process saw already (no need to ask the shared marks again)
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
 MISSING = "⟦MISSING"
@@ -293,6 +295,7 @@ class Console:
     context: BrowserContext
     server: Server
     test_name: str
+    audit_marks: Path  # one empty file per page name audited in this test run, shared by its test processes
     foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -323,9 +326,8 @@ class Console:
         html = page.content()
         assert MISSING not in html, f"{page.url} shows a string missing from the catalogue: {_missing(html)}"
         self._assert_clean(page.url)
-        if name in AUDITED:  # this page (in this state) was audited by this process already
+        if name in AUDITED or not self._first_to_audit(name):  # this page (in this state) was audited already
             return
-        AUDITED.add(name)
         for size, scheme in ((DESKTOP, "light"), (PHONE, "dark")):
             page.set_viewport_size(size)
             page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
@@ -335,6 +337,16 @@ class Console:
         page.set_viewport_size(DESKTOP)
         page.emulate_media(color_scheme="light")
         self._assert_clean(page.url)
+
+    def _first_to_audit(self, name: str) -> bool:
+        """Claims the audit of `name` for this run: creating its mark file succeeds in one test process only."""
+        AUDITED.add(name)
+        self.audit_marks.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.audit_marks / re.sub(r"[^A-Za-z0-9_.-]+", "_", name), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
 
     def _assert_clean(self, where: str) -> None:
         foreign, errors, failed = list(self.foreign), list(self.errors), list(self.failed)
@@ -392,12 +404,19 @@ def _missing(html: str) -> list[str]:
     return re.findall(r"⟦MISSING: [^⟧]*⟧", html)[:5]
 
 
+@pytest.fixture(scope="session")
+def audit_marks(tmp_path_factory: pytest.TempPathFactory, testrun_uid: str) -> Path:
+    """A folder every test process of this run shares (xdist gives each worker a base folder under one parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"audited-{testrun_uid}"
+
+
 @pytest.fixture
-def console(browser: Browser, server: Server, request: pytest.FixtureRequest) -> Iterator[Console]:
+def console(browser: Browser, server: Server, audit_marks: Path, request: pytest.FixtureRequest) -> Iterator[Console]:
     context = browser.new_context(base_url=server.url, viewport=DESKTOP, extra_http_headers={"Accept-Language": "en"})
     page = context.new_page()
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    console = Console(page, context, server, name)
+    console = Console(page, context, server, name, audit_marks)
     origin = urlsplit(server.url).netloc
 
     def foreign(route: Any) -> None:
@@ -424,8 +443,11 @@ def console(browser: Browser, server: Server, request: pytest.FixtureRequest) ->
     def on_failed(request_: Request) -> None:
         if urlsplit(request_.url).netloc != origin:
             return  # aborted foreign requests are recorded by the route
-        if request_.failure == "net::ERR_ABORTED" and request_.resource_type in ("fetch", "xhr", "document"):
-            return  # a poll or a page load cut short by the next navigation
+        if request_.failure == "net::ERR_ABORTED" and (
+            request_.resource_type in ("fetch", "xhr", "document")
+            or urlsplit(request_.url).path == "/static/favicon.svg"
+        ):
+            return  # a poll, a page load or the tab's icon cut short by the next navigation (a page reloading itself)
         console.failed.append(f"{request_.failure} {request_.url}")
 
     def on_dialog(dialog: Any) -> None:

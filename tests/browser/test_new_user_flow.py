@@ -246,12 +246,18 @@ def test_a_new_user_imports_tags_writes_tests_and_sends_an_ab_campaign(
     assert p12
     page.fill("#f-name", "Welcome A")
     page.fill("#f-subject", "Hello")
+
+    def type_html(text: str) -> None:  # the HTML field is edited in CodeMirror (docs/templates.md#editor-modes)
+        page.click(".CodeMirror")
+        page.keyboard.press("Control+End")
+        page.keyboard.type(text)
+
     with page.expect_response("**/templates/preview"):
-        page.fill("#f-html", "<p>Dear ")
+        type_html("<p>Dear ")
     assert page.get_attribute("#preview-frame", "sandbox") == ""
     expect(page.frame_locator("#preview-frame").locator("p")).to_have_text("Dear")
-    page.focus("#f-html")
-    page.keyboard.press("End")
+    page.click(".CodeMirror")
+    page.keyboard.press("Control+End")
     with page.expect_response("**/templates/preview"):
         page.click("#variables button:has-text(\"default('there')\")")  # inserted where the cursor is
     assert page.input_value("#f-html") == "<p>Dear {{ contact.first_name | default('there') }}"
@@ -266,7 +272,7 @@ def test_a_new_user_imports_tags_writes_tests_and_sends_an_ab_campaign(
         page.check("#w-desktop")
         assert page.eval_on_selector("#preview-frame", "frame => frame.getBoundingClientRect().width") > 375
         with page.expect_response("**/templates/preview"):
-            page.type("#f-html", " {{ contact.nickname }}")
+            type_html(" {{ contact.nickname }}")
         expect(page.locator("#preview-warnings")).to_contain_text("Unknown variables show as nothing: contact.nickname")
 
         page.fill("#f-name", "")
@@ -300,7 +306,7 @@ def test_a_new_user_imports_tags_writes_tests_and_sends_an_ab_campaign(
         page.click("#media-picker button.thumb")
         assert page.is_visible("#f-image_alt-error"), "the alternative text comes first"
         page.fill("#f-image_alt", "A dot")
-        page.focus("#f-html")
+        page.click(".CodeMirror")
         page.keyboard.press("Control+End")
         with page.expect_response("**/templates/preview"):
             page.click("#media-picker button.thumb")
@@ -321,7 +327,7 @@ def test_a_new_user_imports_tags_writes_tests_and_sends_an_ab_campaign(
     visit("/templates/new", "template-new-b")
     page.fill("#f-name", "Welcome B")
     page.fill("#f-subject", "Hi")
-    page.fill("#f-html", "<p>Hi {{ contact.first_name }}</p>")
+    type_html("<p>Hi {{ contact.first_name }}</p>")
     submit("#editor button.primary", "template-created-b")
 
     # The wizard: from the empty list, errors beside their fields, the live estimate, then scheduled.

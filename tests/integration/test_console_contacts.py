@@ -11,6 +11,8 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from edm.contacts import service, tags
+from edm.db.session import unit_of_work
 from edm.models.contacts import Contact, ContactTag
 from tests.helpers import Account, console_log_in, create_contact, create_tag, make_account, page_field
 
@@ -178,3 +180,72 @@ async def test_an_unsubscribed_contact_is_resubscribed_with_a_reason_and_a_conta
     deleted = await client.post(f"{path}/delete", data={"csrf_token": csrf})
     assert deleted.status_code == 303 and deleted.headers["location"] == "/contacts?notice=deleted"
     assert (await client.get(path, headers=HTML)).status_code == 404
+
+
+async def test_a_contact_page_adds_one_of_the_users_tags_and_removes_an_explicit_one(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    alice = await make_account(sessionmaker, "alice")
+    bob = await make_account(sessionmaker, "bob")
+    csrf = await _log_in(client, alice)
+    news = await create_tag(client, alice, "News")
+    vip = await create_tag(client, alice, "VIP")
+    gold = await create_tag(client, alice, "Gold", parent_id=vip)
+    bobs = await create_tag(client, bob, "Bob's")
+    contact = await create_contact(client, alice, "ann@example.com", tag_ids=[news])
+    path = f"/contacts/{contact['id']}"
+
+    page = (await client.get(path)).text
+    assert f'action="{path}/tags"' in page and f'action="{path}/tags/{news}/remove"' in page
+    assert f'<option value="{gold}">VIP / Gold</option>' in page and f'<option value="{news}"' not in page, (
+        "the tags it does not have yet"
+    )
+    added = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": str(gold)})
+    assert added.status_code == 303 and added.headers["location"] == f"{path}?notice=tagged#tags"
+    page = (await client.get(added.headers["location"])).text
+    assert "The tag was added." in page and "Implied tags" in page and f'action="{path}/tags/{gold}/remove"' in page
+    contact_tags = (await client.get(f"/api/v1/contacts/{contact['id']}", headers=alice.headers)).json()["tags"]
+    assert {(t["id"], t["implied"]) for t in contact_tags} == {(news, False), (gold, False), (vip, True)}
+
+    nothing = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": ""}, headers=HTML)
+    assert nothing.status_code == 422 and _error(nothing.text, "tag_id") == "Choose a tag."
+    foreign = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": str(bobs)}, headers=HTML)
+    assert foreign.status_code == 422 and _error(foreign.text, "tag_id") == "This no longer exists: choose again."
+    unknown = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": "99999999"}, headers=HTML)
+    assert unknown.status_code == 422 and _error(unknown.text, "tag_id") == "This no longer exists: choose again."
+
+    removed = await client.post(f"{path}/tags/{news}/remove", data={"csrf_token": csrf})
+    assert removed.status_code == 303 and removed.headers["location"] == f"{path}?notice=untagged#tags"
+    assert "The tag was removed." in (await client.get(removed.headers["location"])).text
+    refused = await client.post(f"{path}/tags/{bobs}/remove", data={"csrf_token": csrf}, headers=HTML)
+    assert refused.status_code == 422 and "This tag no longer exists." in refused.text
+    contact_tags = (await client.get(f"/api/v1/contacts/{contact['id']}", headers=alice.headers)).json()["tags"]
+    assert {(t["id"], t["implied"]) for t in contact_tags} == {(gold, False), (vip, True)}
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(ContactTag).where(ContactTag.tag_id == bobs)) == 0
+
+    other = await create_contact(client, bob, "bobs@example.com")
+    for action in (f"/contacts/{other['id']}/tags", f"/contacts/{other['id']}/tags/{bobs}/remove"):
+        answer = await client.post(action, data={"csrf_token": csrf, "tag_id": str(news)}, headers=HTML)
+        assert answer.status_code == 404, action
+
+
+async def test_a_read_only_account_sees_no_tag_control_on_a_contact_and_its_tag_posts_are_refused(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    reader = await make_account(sessionmaker, "reader", role="read_only")
+    async with unit_of_work(sessionmaker) as session:  # the reader's own contact and tags (its API token is read-only)
+        vip = (await tags.create_tag(session, user_id=reader.id, name="VIP")).id
+        news = (await tags.create_tag(session, user_id=reader.id, name="News")).id
+        contact = (
+            await service.create_contact(session, user_id=reader.id, values={"email": "r@example.com"}, tag_ids=[vip])
+        ).id
+    csrf = await _log_in(client, reader)
+    page = (await client.get(f"/contacts/{contact}")).text
+    assert "VIP" in page and f"/contacts/{contact}/tags" not in page and 'name="tag_id"' not in page
+    for action in (f"/contacts/{contact}/tags", f"/contacts/{contact}/tags/{vip}/remove"):
+        refused = await client.post(action, data={"csrf_token": csrf, "tag_id": str(news)}, headers=HTML)
+        assert refused.status_code == 403, action
+    async with sessionmaker() as session:
+        rows = await session.scalars(select(ContactTag.tag_id).where(ContactTag.contact_id == contact))
+        assert list(rows) == [vip]

@@ -161,3 +161,30 @@ async def test_notifications_are_listed_counted_in_the_top_bar_and_marked_read(
     assert elsewhere.headers["location"] == "/notifications", "only a path on this site"
     theirs = (await client.get("/api/v1/me/notifications", headers=other.headers)).json()["items"][0]
     assert (await client.post(f"/notifications/{theirs['id']}/read", data={"csrf_token": csrf})).status_code == 404
+
+
+async def test_a_read_only_user_marks_its_own_notifications_read_in_the_console_as_in_the_api(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    reader = await make_account(sessionmaker, "reader", role="read_only", scope="read")
+    other = await make_account(sessionmaker, "other")
+    async with unit_of_work(sessionmaker) as session:
+        for n in range(2):
+            session.add(Notification(user_id=reader.id, kind="import", title=f"Import {n} finished"))
+        session.add(Notification(user_id=other.id, kind="import", title="Not for the reader"))
+    csrf = await _log_in(client, reader)
+    page = (await client.get("/notifications")).text
+    assert page.count('action="/notifications/') == 2, "every unread one has its button, read-only or not"
+    [first, second] = (await client.get("/api/v1/me/notifications", headers=reader.headers)).json()["items"]
+    read = await client.post(f"/notifications/{second['id']}/read", data={"csrf_token": csrf, "next": "/notifications"})
+    assert read.status_code == 303 and read.headers["location"] == "/notifications"
+    api = await client.post(f"/api/v1/me/notifications/{first['id']}/read", headers=reader.headers)
+    assert api.status_code == 200 and api.json()["read_at"], "the API takes a read-scope token for it too"
+    assert (await client.get("/api/v1/me/notifications", headers=reader.headers)).json()["unread"] == 0
+    assert "Import 0 finished" in (await client.get("/notifications?show=read")).text
+    assert 'action="/notifications/' not in (await client.get("/notifications")).text
+    theirs = (await client.get("/api/v1/me/notifications", headers=other.headers)).json()["items"][0]
+    assert (await client.post(f"/notifications/{theirs['id']}/read", data={"csrf_token": csrf})).status_code == 404
+    assert (await client.post(f"/notifications/{theirs['id']}/read", data={})).status_code == 403, "CSRF still"
+    other_write = await client.post("/suppressions", data={"csrf_token": csrf, "kind": "address", "value": "x@x.io"})
+    assert other_write.status_code == 403, "any other write of a read-only user is still refused"

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from edm.console import task_recipients
 from edm.db.session import unit_of_work
 from edm.models.tasks import SubTask
 from edm.tasks import generation
@@ -250,7 +252,7 @@ async def test_a_reader_cannot_open_the_wizard_form_nor_post_it(
 
 
 async def test_a_campaign_page_shows_its_counts_templates_history_and_the_uncertain_decision(
-    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice = await make_account(sessionmaker, "alice", credit=100)
     async with unit_of_work(sessionmaker) as session:
@@ -288,6 +290,10 @@ async def test_a_campaign_page_shows_its_counts_templates_history_and_the_uncert
     one_found = (await client.get(f"/tasks/{task_id}/recipients?email=alice-1&state=queued")).text
     assert "1 recipients" in one_found and "alice-1@" in one_found
     assert "0 recipients" in (await client.get(f"/tasks/{task_id}/recipients?state=sent")).text
+    monkeypatch.setattr(task_recipients, "COUNT_CAP", 3)  # the list counts up to the cap, then says "more than"
+    assert "More than 3 recipients" in (await client.get(f"/tasks/{task_id}/recipients")).text
+    assert "1 recipients" in (await client.get(f"/tasks/{task_id}/recipients?email=alice-1")).text
+    monkeypatch.undo()
     csv_url = re.search(r'href="(/api/v1/tasks/\d+/subtasks\.csv[^"]*)"', one_found)
     assert csv_url is not None
     csv = await client.get(csv_url.group(1).replace("&amp;", "&"))

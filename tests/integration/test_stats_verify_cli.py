@@ -4,14 +4,15 @@ served counts come from the trigger-kept counters, so a counter that drifted fro
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from edm import clock
 from edm.db.session import unit_of_work
-from edm.models.tasks import TaskStatCounter
+from edm.models.tasks import SubTask, TaskQuarterCounter, TaskStatCounter
 from edm.tasks import generation
 from tests import factories
 from tests.helpers import run_cli, settings_for
@@ -53,3 +54,33 @@ async def test_a_drifted_counter_is_reported_on_postgresql(db_url: str, sessionm
     [report] = json.loads(r.stdout)
     assert report["task_id"] == task_id and report["ok"] is False
     assert report["differences"]["recipients"] == [5, 4]
+
+
+async def test_drifted_breakdown_counters_are_reported_on_postgresql(db_url: str, sessionmaker: Any) -> None:
+    """The per-quarter-hour facts and the per-template split are counters on PostgreSQL too (migration 0007)."""
+    if not db_url.startswith("postgresql"):
+        return  # SQLite serves the breakdowns from the rows themselves: nothing can drift
+    w = await factories.world(sessionmaker, settings_for(db_url), recipients=3)
+    task_id = await _generated_task(sessionmaker, w)
+    sent_at = dt.datetime(2026, 3, 1, 9, 7, tzinfo=dt.UTC)
+    async with unit_of_work(sessionmaker) as session:
+        first = await session.scalar(select(SubTask.id).where(SubTask.task_id == task_id).order_by(SubTask.id))
+        await session.execute(update(SubTask).where(SubTask.id == first).values(sent_at=sent_at))
+    assert run_cli(db_url, "stats", "verify", str(task_id)).returncode == 0, "the triggers kept up"
+    async with unit_of_work(sessionmaker) as session:
+        await session.execute(
+            update(TaskQuarterCounter).where(TaskQuarterCounter.task_id == task_id).values(n=TaskQuarterCounter.n + 2)
+        )
+        await session.execute(
+            update(TaskStatCounter)
+            .where(TaskStatCounter.task_id == task_id)
+            .values(task_template_id=TaskStatCounter.task_template_id + 1000)
+        )
+
+    r = run_cli(db_url, "stats", "verify", str(task_id), "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    [report] = json.loads(r.stdout)
+    quarter = int(sent_at.timestamp()) // 900
+    assert report["differences"][f"quarters.sent[{quarter}]"] == [3, 1]
+    assert any(k.startswith("by_task_template_id[") for k in report["differences"]), report["differences"]
+    assert "recipients" not in report["differences"], "the statistics themselves still agree"

@@ -154,7 +154,8 @@ async def delete_task(task_id: IdPath, request: Request, session: Session, calle
 async def schedule(task_id: IdPath, body: ScheduleBody, request: Request, session: Session, caller: Writer) -> TaskOut:
     task = await _own(session, caller, task_id)
     production = request.app.state.settings.is_production
-    plan = await service.plan_schedule(session, task, at=None if body.now else body.at, production=production)
+    at = None if body.now else body.at or task.schedule_at  # the draft's planned time when no other is given
+    plan = await service.plan_schedule(session, task, at=at, production=production)
     await _end_reads(session)
     await service.check_renders(plan.renders)
     task = await _own(session, caller, task_id)

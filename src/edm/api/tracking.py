@@ -150,7 +150,7 @@ async def click(request: Request) -> Response:
 
 
 # The two hit endpoints are plain Starlette routes: no dependency solving or parameter validation, which cost
-# more than the rest of the request (PERFORMANCE.md lesson 9; bench/RESULTS.md, tracking). A GET route
+# more than the rest of the request (docs/performance.md, lesson 9; bench/RESULTS.md, tracking). A GET route
 # answers HEAD as well; the endpoints tell the two apart.
 router.add_route("/t/o/{token}.gif", open_pixel, methods=["GET"], include_in_schema=False)
 router.add_route("/t/c/{token}", click, methods=["GET"], include_in_schema=False)

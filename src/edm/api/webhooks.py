@@ -4,7 +4,7 @@ An entry point: it owns its transactions. Applying the stored events to SubTasks
 (`edm.events.apply`), so a request costs one read of the candidate services (cached for a few seconds), the
 signature check, parsing and one INSERT — webhook batches are the highest-volume input EDM has.
 
-These routes are lean on purpose (PERFORMANCE.md lesson 9): raw bytes in, orjson out, no pydantic models on
+These routes are lean on purpose (docs/performance.md, lesson 9): raw bytes in, orjson out, no pydantic models on
 the request path. Their `response_model`s only describe the answers in the OpenAPI document: a route that
 returns a `Response` itself is never validated against it.
 """

@@ -16,7 +16,7 @@ from edm.db.engine import create_engine, make_sessionmaker
 from edm.migrations.migrate import current_revision, head_revision, schema_is_current, upgrade
 from edm.observability import configure_logging
 from edm.system.service import CLI
-from edm.tasks.stats import verify as verify_stats
+from edm.tasks.verify import verify as verify_stats
 from edm.users.service import find_user, first_admin
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)

@@ -7,7 +7,8 @@ Every console page takes the `Viewer` dependency. It reads the `edm_session` coo
 - on POST, PUT, PATCH and DELETE, requires the session's CSRF secret, as form field `csrf_token` or header
   `X-CSRF-Token` (compared in constant time): otherwise 403;
 - refuses every such request of a `read_only` user (403), except the few that only touch the viewer's own
-  session and preferences (`SELF_SERVICE`: log out, change the own password, switch the language);
+  session, preferences and view (`SELF_SERVICE`: log out, change the own password, switch the language, mark one's
+  own notification read);
 - while the user must change its password, redirects every page but `/password` (and logout) to `/password`.
 
 A `Viewer` is the API's `Caller` (so `viewer.owner_filter(...)`, `viewer.actor(request)` and `viewer.can_write`
@@ -19,6 +20,7 @@ not read the database again.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -35,8 +37,11 @@ from edm.system.service import unread_count
 from edm.users.sessions import COOKIE, CSRF_HEADER, LIFETIME, authenticate_session
 
 CSRF_FIELD = "csrf_token"
-# What a read-only user may still post: its own session, password and language.
+# What a read-only user may still post: its own session, password and language, and marking its own notifications
+# read (that changes only its own view, not the account's data: `POST /api/v1/me/notifications/{id}/read` takes
+# every role and read-scope tokens too).
 SELF_SERVICE = frozenset({"/logout", "/password", "/language"})
+SELF_SERVICE_PATTERNS = (re.compile(r"/notifications/[0-9]+/read"),)
 # Where a user who must change its password may go.
 PASSWORD_PATHS = frozenset({"/password", "/logout"})
 # The login form's own CSRF token (before there is a session): a random value in this cookie and in the form.
@@ -67,6 +72,9 @@ class Viewer(Caller):
     locale: str | None = None
     timezone: str = "UTC"
     unread: int = 0  # unread notifications, for the top bar (C5)
+    # Whose data the page shows when it is not the viewer's: an admin's read-only look at another user's campaign
+    # (`tasks.readable_task`); the frame names the owner.
+    owner_name: str = ""
 
 
 def safe_next(value: str | None, default: str = "/") -> str:
@@ -112,11 +120,15 @@ async def _viewer(request: Request, session: Session) -> Viewer:
     path = request.url.path
     if request.method in UNSAFE_METHODS:
         await check_csrf(request, row.csrf_secret)
-        if not viewer.can_write and path not in SELF_SERVICE:
+        if not viewer.can_write and not _self_service(path):
             raise ReadOnlyAccount("this account is read-only")
     if user.must_change_password and path not in PASSWORD_PATHS:
         raise Redirect("/password")
     return viewer
+
+
+def _self_service(path: str) -> bool:
+    return path in SELF_SERVICE or any(pattern.fullmatch(path) for pattern in SELF_SERVICE_PATTERNS)
 
 
 async def check_csrf(request: Request, secret: str) -> None:

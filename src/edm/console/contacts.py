@@ -1,6 +1,6 @@
 """Contacts (`/contacts`, `/contacts/new`, `/contacts/{id}`): the list with its search, filters, sorting, cursor
 paging, bulk actions and export; the form that creates a contact; a contact's detail with its edit form,
-resubscribe and delete — the service functions behind `/api/v1/contacts*`.
+its tags (add one, remove an explicit one), resubscribe and delete — the service functions behind `/api/v1/contacts*`.
 
 The filters live in the URL (`q`, `status`, `tag`, `import`, `from`, `to`, `sort`, `cursor`): a filtered list
 can be bookmarked, and the bulk form carries them to act on "all N matching". Every bulk action is confirmed on
@@ -30,8 +30,9 @@ from edm.contacts import activity, service, tags
 from edm.contacts.bulk import BulkAction, run_bulk
 from edm.contacts.filters import ContactFilter, Sort, decode_sort_cursor
 from edm.contacts.schemas import ContactCreate, ContactUpdate, ResubscribeIn, TagNodeOut
-from edm.errors import BadInput, Conflict, EdmError
+from edm.errors import BadInput, Conflict, EdmError, NotFound
 from edm.models.contacts import ContactStatus
+from edm.paging import LIST_COUNT_CAP as COUNT_CAP
 from edm.paging import MAX_ID, Page
 
 router = new_router()
@@ -65,6 +66,8 @@ NOTICES = {
     "saved": N_("The contact was saved."),
     "deleted": N_("The contact was deleted."),
     "resubscribed": N_("The contact was resubscribed."),
+    "tagged": N_("The tag was added."),
+    "untagged": N_("The tag was removed."),
     "bulk": N_("Done: %(matched)s contacts matched, %(changed)s changed."),
 }
 EVENTS = {
@@ -226,30 +229,33 @@ async def _list_page(
     sort = Sort.parse(listing.sort)
     if listing.form.errors:
         status = 422
+    if listing.filters.tag_ids and sort.key == "created":
+        # A tag's members newest first in id order (creation order, ties aside), read from the tag's memberships:
+        # the created order would walk every contact to find the members of a tag on old contacts.
+        sort = Sort("id", sort.descending)
     try:
         after = decode_sort_cursor(cursor, sort)
     except BadInput:
         after, cursor = None, None  # a cursor of another sort (an old link): the first page
     result = await service.contact_page(
-        session,
-        user_id=viewer.id,
-        page=Page(PAGE_SIZE, None),
-        filters=listing.filters,
-        sort=sort,
-        cursor=after,
-        include_total=True,
+        session, user_id=viewer.id, page=Page(PAGE_SIZE, None), filters=listing.filters, sort=sort, cursor=after
     )
-    tree = await tags.tag_tree(session, user_id=viewer.id)
+    if after is None and result.next_cursor is None:  # the first page holds every match: no count query needed
+        total = len(result.items)
+    else:
+        total = await service.count_contacts(session, user_id=viewer.id, filters=listing.filters, cap=COUNT_CAP)
+    tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=1)  # names only
     filtered = bool(listing.params)
     context = {
         "contacts": result.items,
-        "total": result.total or 0,
+        "total": min(total, COUNT_CAP),
+        "more": total > COUNT_CAP,  # "more than COUNT_CAP"
         "next_url": listing.url(cursor=result.next_cursor) if result.next_cursor else "",
         "first_url": listing.url() if cursor else "",
         "listing": listing,
         "filters": listing.form,
         "filtered": filtered,
-        "columns": _columns(listing, sort),
+        "columns": _columns(listing, Sort.parse(listing.sort)),
         "export_url": _export_url(listing),
         "status_options": [("", catalogue.gettext(N_("Any status"))), *_statuses(catalogue)],
         "tag_options": [("", catalogue.gettext(N_("Any tag"))), *_tag_options(tree)],
@@ -475,11 +481,18 @@ async def _detail_page(
     *,
     edit: Form | None = None,
     resubscribe: Form | None = None,
+    tagging: Form | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     catalogue = catalogue_of(request)
     contact = await service.get_contact(session, user_id=viewer.id, contact_id=contact_id)
     detail = await activity.contact_detail(session, contact)
+    explicit = [t for t in detail.tags if not t.implied]
+    tag_options: list[tuple[str, str]] = []
+    if viewer.can_write:  # the tags it may still get: every tag of the user but its explicit ones
+        tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=1)  # names only
+        has = {str(t.id) for t in explicit}
+        tag_options = [(k, v) for k, v in _tag_options(tree) if k not in has]
     cursor = request.query_params.get("activity")
     try:
         timeline = await activity.activity(
@@ -492,7 +505,7 @@ async def _detail_page(
         )
     context = {
         "contact": detail,
-        "explicit_tags": [t for t in detail.tags if not t.implied],
+        "explicit_tags": explicit,
         "implied_tags": [t for t in detail.tags if t.implied],
         "timeline": timeline.items,
         "older_url": f"/contacts/{contact_id}?{urlencode({'activity': timeline.next_cursor})}#activity"
@@ -501,6 +514,8 @@ async def _detail_page(
         "newest_url": f"/contacts/{contact_id}#activity" if cursor else "",
         "edit": edit or _edit_form(detail),
         "resubscribe": resubscribe or Form(),
+        "tagging": tagging or Form(),
+        "tag_options": [("", catalogue.gettext(N_("Choose a tag"))), *tag_options] if tag_options else [],
         "text_fields": TEXT_FIELDS,
         "status_options": _statuses(catalogue),
         "status_labels": STATUS,
@@ -561,6 +576,38 @@ async def resubscribe(contact_id: IdPath, request: Request, session: Session, vi
         form.fail(catalogue_of(request), exc)
         return await _detail_page(request, session, viewer, contact_id, resubscribe=form, status=exc.status)
     return RedirectResponse(f"/contacts/{contact_id}?notice=resubscribed", status_code=303)
+
+
+@router.post("/contacts/{contact_id}/tags")
+async def add_tag(contact_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
+    """One of the user's tags added to this contact (the service behind `POST /api/v1/contacts/{id}/tags`)."""
+    form = await read_form(request)
+    try:
+        tag_id = _id(form["tag_id"], "tag_id", {})
+        if tag_id is None:
+            raise form.invalid("tag_id", N_("Choose a tag."))
+        async with session.begin_nested():
+            await tags.tag_contact(session, user_id=viewer.id, contact_id=contact_id, tag_ids=[tag_id])
+    except BadInput as exc:  # not a tag of the user's (another's, or deleted meanwhile): beside the field
+        form.fail(catalogue_of(request), exc, rename={"tag_ids": "tag_id"})
+        return await _detail_page(request, session, viewer, contact_id, tagging=form, status=exc.status)
+    return RedirectResponse(f"/contacts/{contact_id}?notice=tagged#tags", status_code=303)
+
+
+@router.post("/contacts/{contact_id}/tags/{tag_id}/remove")
+async def remove_tag(
+    contact_id: IdPath, tag_id: IdPath, request: Request, session: Session, viewer: CurrentViewer
+) -> Response:
+    """One explicit tag removed from this contact (`DELETE /api/v1/contacts/{id}/tags/{tag_id}`); an implied
+    parent goes with its last child. A tag that is not the user's is a message over the tags' panel."""
+    await service.get_contact(session, user_id=viewer.id, contact_id=contact_id)  # an unknown contact: 404 page
+    try:
+        async with session.begin_nested():
+            await tags.untag_contact(session, user_id=viewer.id, contact_id=contact_id, tag_id=tag_id)
+    except NotFound:
+        form = Form(error=catalogue_of(request).gettext(N_("This tag no longer exists.")))
+        return await _detail_page(request, session, viewer, contact_id, tagging=form, status=422)
+    return RedirectResponse(f"/contacts/{contact_id}?notice=untagged#tags", status_code=303)
 
 
 @router.post("/contacts/{contact_id}/delete")

@@ -9,6 +9,11 @@ the user types (htmx posts the editor's fields to `/templates/preview`, which an
 rendered mail is shown in an `<iframe sandbox="" srcdoc="…">`: no script runs in it and it has an opaque origin.
 A srcdoc document inherits the page's content security policy, so the editor's pages allow inline styles (mail
 HTML is styled inline) and https images (a mail's images); scripts stay `'self'` only.
+
+The source is edited in one of three modes over the one stored HTML (docs/templates.md#editor-modes): HTML (the
+`html` text area, highlighted by the vendored CodeMirror), rich text (the vendored Quill writes its HTML into the
+same text area) or Markdown (the `markdown` text area; the server converts it, `edm.content.markdown`). The mode is
+the form's `editor` field, stored with the template; without JavaScript the text areas are plain fields.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from edm.console.routing import new_router
 from edm.contacts import service as contacts
 from edm.content import media as media_service
 from edm.content import service
+from edm.content.markdown import MAX_MARKDOWN_BYTES, markdown_to_html
+from edm.content.render import off_loop
 from edm.content.schemas import PreviewOut, TemplateCreate, TemplateOut, TemplateUpdate, VariablesOut
 from edm.db.session import end_transaction
 from edm.errors import BadInput, Conflict, EdmError
@@ -70,6 +77,16 @@ LIMITS = {
     "work": N_("it does too much work"),
     "depth": N_("it nests too deeply"),
 }
+EDITOR_MODES = {
+    "html": N_("HTML"),
+    "rich": N_("Rich text"),
+    "markdown": N_("Markdown"),
+}
+# Markup rich text (Quill) would drop or rewrite: the editor keeps such a template in HTML mode and asks before a
+# switch (the same test as template-editor.js).
+RICH_TEXT_LOSSY = re.compile(
+    r"<(table|style|div|span|center|font|!--|head|body|html)\b|\sstyle\s*=|\sclass\s*=|\{%|\{#", re.IGNORECASE
+)
 TEST_SEND_LIMIT = N_("You have used today's %(limit)s test recipients; the limit resets at midnight UTC.")
 
 
@@ -147,28 +164,58 @@ async def delete_template(template_id: IdPath, request: Request, session: Sessio
 # ---- the editor ---------------------------------------------------------------------------------------------
 
 
+def _mode(form: Form) -> str:
+    return form["editor"] if form["editor"] in EDITOR_MODES else "html"
+
+
 def _template_values(form: Form) -> dict[str, Any]:
+    mode = _mode(form)
+    markdown = mode == "markdown"
     return {
         "name": form["name"],
         "subject": form["subject"],
         "preheader": form["preheader"] or None,
-        "html": form.get("html"),
+        "html": None if markdown else form.get("html"),
+        "markdown": form.get("markdown") if markdown else None,
+        "editor": mode,
         "text": form.get("text") or None,
         "inline_css": form["inline_css"] == "on",
     }
 
 
 def _form_of(template: TemplateOut) -> Form:
+    mode = template.editor if template.editor in EDITOR_MODES else "html"
+    if mode == "rich" and RICH_TEXT_LOSSY.search(template.html):
+        mode = "html"  # changed through the API since: rich text would lose some of it
     return Form(
         {
             "name": template.name,
             "subject": template.subject,
             "preheader": template.preheader or "",
             "html": template.html,
+            "markdown": template.markdown or "",
+            "editor": mode,
             "text": template.text or "",
             "inline_css": "on" if template.inline_css else "",
         }
     )
+
+
+async def _read_editor_form(request: Request) -> Form:
+    """The editor's fields, the sources as typed (not trimmed); in Markdown mode `html` is the conversion."""
+    form = await read_form(request)
+    for name in ("html", "markdown", "text"):
+        form.values[name] = await _raw(request, name)
+    if _mode(form) == "markdown":
+        form.values["html"] = await _converted(form.get("markdown"))
+    return form
+
+
+async def _converted(source: str) -> str:
+    """The HTML of Markdown `source`, on the render threads; nothing when it is too large (saving refuses it)."""
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_MARKDOWN_BYTES:
+        return ""
+    return await off_loop(markdown_to_html, source)
 
 
 def _contact_id(value: str | None) -> int | None:
@@ -204,6 +251,8 @@ async def _editor(
         "contact_options": [(str(c.id), c.email) for c in picker.items],
         "contact_id": contact_id,
         "variables": _catalogue(variables),
+        "modes": [(mode, catalogue.gettext(label)) for mode, label in EDITOR_MODES.items()],
+        "mode": _mode(form),
         "images": images.items,
         "thumbnail": thumbnail,
         "preview": preview,
@@ -287,19 +336,33 @@ def _fail(catalogue: Catalogue, form: Form, exc: EdmError) -> None:
         for detail in exc.details:
             form.errors.setdefault(str(detail.get("field")), _detail_message(catalogue, exc, detail))
         form.error = message_for(catalogue, exc)
+    else:
+        form.fail(catalogue, exc)
+    if _mode(form) != "markdown":
         return
-    form.fail(catalogue, exc)
+    if "html" in form.errors:  # the HTML made from the Markdown: its error shows beside the Markdown
+        form.errors.setdefault("markdown", form.errors.pop("html"))
+    if any(d.get("field") == "markdown" and d.get("message") in ("required", "must not be empty") for d in exc.details):
+        form.errors["markdown"] = catalogue.gettext(N_("Write some Markdown first."))
 
 
 @router.post("/templates/preview")
 async def preview_pane(request: Request, session: Session, viewer: CurrentViewer) -> Response:
     """The preview pane for the editor's unsaved fields (htmx swaps it in as the user types)."""
-    form = await read_form(request)
-    form.values["html"] = await _raw(request, "html")
-    form.values["text"] = await _raw(request, "text")
+    form = await _read_editor_form(request)
     preview = await _preview(session, viewer, catalogue_of(request), form, _contact_id(form["contact_id"]))
     context = {"preview": preview}
     return render(request, "content/preview.html", context, headers={"Content-Security-Policy": EDITOR_POLICY})
+
+
+@router.post("/templates/markdown")
+async def markdown_html(request: Request, viewer: CurrentViewer) -> Response:
+    """The HTML of the form's `markdown` field, as the Markdown mode saves it: what the editor shows when the user
+    leaves Markdown mode for HTML or rich text."""
+    source = await _raw(request, "markdown")
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_MARKDOWN_BYTES:
+        return Response(status_code=422)
+    return Response(await _converted(source), media_type="text/plain; charset=utf-8")
 
 
 @router.get("/templates/new")
@@ -312,9 +375,7 @@ async def new_template(
 
 @router.post("/templates/new")
 async def create_template(request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    form = await read_form(request)
-    form.values["html"] = await _raw(request, "html")
-    form.values["text"] = await _raw(request, "text")
+    form = await _read_editor_form(request)
     try:
         body = form.parse(TemplateCreate, **_template_values(form))
         created = await service.create_template(session, user_id=viewer.id, values=body.model_dump())
@@ -358,9 +419,7 @@ async def save_template(template_id: IdPath, request: Request, session: Session,
     template = TemplateOut.model_validate(
         await service.get_template(session, user_id=viewer.id, template_id=template_id)
     )
-    form = await read_form(request)
-    form.values["html"] = await _raw(request, "html")
-    form.values["text"] = await _raw(request, "text")
+    form = await _read_editor_form(request)
     try:
         body = form.parse(TemplateUpdate, **_template_values(form))
         changes = body.model_dump()

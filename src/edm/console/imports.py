@@ -187,7 +187,7 @@ async def _page(
 ) -> HTMLResponse:
     catalogue = catalogue_of(request)
     limit = int(request.app.state.settings.import_max_bytes)
-    tree = await tags.tag_tree(session, user_id=viewer.id)
+    tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=1)  # names only
     tag_options = []
     for root in tree:
         tag_options.append((root.id, root.name))
@@ -335,7 +335,7 @@ async def import_progress(import_id: IdPath, request: Request, session: Session,
 
 
 async def _flat_tags(session: Session, viewer: Viewer) -> list[Any]:
-    tree = await tags.tag_tree(session, user_id=viewer.id)
+    tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=1)  # names only
     return [t for root in tree for t in (root, *root.children)]
 
 

@@ -1,5 +1,7 @@
 """Notifications (`/notifications`): the viewer's own notifications, newest first, paged by cursor and filtered by
 read or unread (kept in the URL), with "Mark as read" — the service functions behind `/api/v1/me/notifications`.
+Every role may mark its own notifications read, `read_only` included (`auth.SELF_SERVICE_PATTERNS`): as in the API,
+that changes only the viewer's own view.
 The top bar links here with the unread count (`Viewer.unread`).
 """
 

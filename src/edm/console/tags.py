@@ -23,9 +23,11 @@ from edm.contacts import tags
 from edm.contacts.schemas import TagCreate, TagNodeOut, TagOut, TagSplit, TagUpdate
 from edm.contacts.split import SplitRequest, split_tag
 from edm.errors import BadInput, Conflict, EdmError
+from edm.paging import LIST_COUNT_CAP as COUNT_CAP
 from edm.paging import MAX_ID
 
 router = new_router()
+
 
 NOTICES = {
     "created": N_("The tag was created."),
@@ -83,10 +85,11 @@ async def _list_page(
     request: Request, session: Session, viewer: Viewer, *, form: Form | None = None, status: int = 200
 ) -> HTMLResponse:
     catalogue = catalogue_of(request)
-    tree = await tags.tag_tree(session, user_id=viewer.id)
+    tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=COUNT_CAP)
     notice = request.query_params.get("notice")
     context = {
         "rows": _flat(tree),
+        "count_cap": COUNT_CAP,
         "form": form or Form({"color": ""}),
         "parent_options": [("", catalogue.gettext(N_("None (a top-level tag)")))]
         + [(str(root.id), root.name) for root in tree],
@@ -144,7 +147,7 @@ async def _tag_page(
 ) -> HTMLResponse:
     catalogue = catalogue_of(request)
     tag = await tags.tag_detail(session, user_id=viewer.id, tag_id=tag_id)
-    tree = await tags.tag_tree(session, user_id=viewer.id)
+    tree = await tags.tag_tree(session, user_id=viewer.id, count_cap=COUNT_CAP)
     node = next((root for root in tree if root.id == tag.id), None)
     children = node.children if node is not None else []
     parent = next((root for root in tree if root.id == tag.parent_id), None)
@@ -154,6 +157,7 @@ async def _tag_page(
         "tag": tag,
         "parent": parent,
         "children": children,
+        "count_cap": COUNT_CAP,
         "members": members,
         "edit": edit or Form({"name": tag.name, "color": tag.color, "description": tag.description or ""}),
         "move": move or Form({"parent_id": str(tag.parent_id or "")}),

@@ -11,10 +11,10 @@ the page reloads itself when the status changes (`static/tasks.js`), so its bann
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any, Literal
 
 from babel.dates import format_datetime, get_day_names
+from babel.numbers import format_decimal
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -26,6 +26,7 @@ from edm.console.labels import Labels as LABELS
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.console.task_wizard import EXCLUSION_LABELS
+from edm.console.tasks import ADMIN_MAY, readable_task
 from edm.errors import Conflict
 from edm.tasks import reports, service
 from edm.tasks.reports import Bucket
@@ -124,26 +125,79 @@ def _timeline_chart(request: Request, data: dict[str, Any]) -> dict[str, Any]:
     return {"id": "chart-timeline", "labels": labels, "series": series}
 
 
+HEAT_LEVELS = 4  # shades of a cell with opens; 0 is a cell without
+
+
+def _heat_level(n: int, top: int) -> int:
+    """The shade of a cell: 0 without opens, else 1–4 by its share of the busiest hour (ceil(4 · n / top))."""
+    return -(-HEAT_LEVELS * n // top) if n and top else 0
+
+
+def _heat_legend(top: int, number: Any) -> list[tuple[int, str]]:
+    """(level, the counts it stands for) from none to the busiest hour; a level no whole count reaches is left out."""
+    legend = [(0, number(0))]
+    for level in range(1, HEAT_LEVELS + 1):
+        low, high = top * (level - 1) // HEAT_LEVELS + 1, top * level // HEAT_LEVELS
+        if low <= high:
+            legend.append((level, number(low) if low == high else f"{number(low)}–{number(high)}"))
+    return legend
+
+
 def _heat(request: Request, data: dict[str, Any]) -> dict[str, Any]:
-    """The heat map's rows (weekday name, 24 cells of (count, level 0–4)) in the page's language."""
-    names = get_day_names("abbreviated", locale=catalogue_of(request).locale)
+    """The heat map in the page's language: 7 rows (weekday, Monday first) of 24 cells, each with its count, its
+    shade (`_heat_level`) and a title naming the day, the hour and the count; the legend; the busiest hour."""
+    catalogue = catalogue_of(request)
+    locale = catalogue.locale
+    short, wide = get_day_names("abbreviated", locale=locale), get_day_names("wide", locale=locale)
+
+    def number(n: int) -> str:
+        return str(format_decimal(n, locale=locale))
+
+    def hours(h: int) -> str:
+        return f"{h:02d}:00–{h + 1:02d}:00"
+
     top = max((max(row) for row in data["cells"]), default=0)
-    rows = [
-        (names[day], [(n, math.ceil(4 * n / top) if top else 0) for n in row]) for day, row in enumerate(data["cells"])
-    ]
-    return {"rows": rows, "total": data["total"], "timezone": data["timezone"]}
+    rows = []
+    for day, row in enumerate(data["cells"]):
+        cells = [
+            {
+                "n": n,
+                "level": _heat_level(n, top),
+                "title": catalogue.gettext(N_("%(day)s %(hours)s — opens: %(count)s"))
+                % {"day": wide[day], "hours": hours(hour), "count": number(n)},
+            }
+            for hour, n in enumerate(row)
+        ]
+        rows.append({"short": short[day], "name": wide[day], "cells": cells})
+    peak = ""
+    if top:
+        day, hour = next((d, h) for d, row in enumerate(data["cells"]) for h, n in enumerate(row) if n == top)
+        peak = catalogue.gettext(N_("Most opens: %(day)s %(hours)s (%(count)s)")) % {
+            "day": wide[day],
+            "hours": hours(hour),
+            "count": number(top),
+        }
+    return {
+        "hours": range(24),
+        "rows": rows,
+        "legend": _heat_legend(top, number),
+        "peak": peak,
+        "total": data["total"],
+        "timezone": data["timezone"],
+    }
 
 
 @router.get("/tasks/{task_id}")
 async def task_page(
     task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer, notice: str | None = None
 ) -> Response:
-    task = await service.get_task(session, task_id, user_id=viewer.id)
+    task = await readable_task(request, session, viewer, task_id)  # an admin: any user's, read-only
     stats = await task_stats(session, task.id)
     templates = await reports.by_template(session, task.id)
-    timeline = await reports.timeline(session, task, Bucket.HOUR)
+    quarters = await reports.metric_quarters(session, task.id)
+    timeline = reports.timeline_of(task, quarters, Bucket.HOUR)
     if len(timeline["items"]) > MAX_HOURS:
-        timeline = await reports.timeline(session, task, Bucket.DAY)
+        timeline = reports.timeline_of(task, quarters, Bucket.DAY)
     links = await reports.by_link(session, task.id, after_id=None, limit=LINKS)
     links = sorted(links, key=lambda link: (-link["clicks_human"], -link["unique_human_clickers"], link["id"]))[:20]
     catalogue = catalogue_of(request)
@@ -154,6 +208,9 @@ async def task_page(
         "cards": CARDS,
         "live": status in LIVE,
         "actions": allowed_actions(status),
+        # An admin on another user's campaign: the state changes the API lets it take there (the page is otherwise
+        # read-only for it).
+        "admin_actions": [a for a in allowed_actions(status) if a in ADMIN_MAY] if task.user_id != viewer.id else [],
         "rate": _rate_per_minute(task, stats["sent"], utc_now()),
         "open": stats["queued"] + stats["retrying"] + stats["in_flight"] + stats["uncertain"],
         "pause_fix": catalogue.gettext(PAUSE_FIXES[task.pause_reason]) if task.pause_reason in PAUSE_FIXES else "",

@@ -6,8 +6,10 @@ The recipient step shows the estimate of `POST /api/v1/recipients/estimate` (sen
 credit needed against the balance); `GET /tasks/estimate` answers it as a fragment that htmx swaps in whenever
 the rule changes. `static/task_wizard.js` marks the steps done as the fields fill and enables "Schedule".
 
-"Save as draft" and "Schedule" post the whole form. A refusal shows each message beside its field with what was
-typed kept; a draft that was saved before scheduling failed is edited further at its own address.
+"Save as draft" and "Schedule" post the whole form. A draft keeps the date and time chosen in the schedule step
+(`Task.schedule_at`, as `schedule_at` of the API's draft), unchecked until it is scheduled, and shows it again in
+the viewer's time zone. A refusal shows each message beside its field with what was typed kept; a draft that was
+saved before scheduling failed is edited further at its own address.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ def _form_of(task: Task | None, templates: list[Any], viewer: Viewer) -> Form:
         track_clicks="1" if task.track_clicks else "",
         on_capacity_exhausted=task.on_capacity_exhausted,
     )
+    if task.schedule_at is not None:  # the draft's planned time, in the viewer's time zone as it was typed
+        local = task.schedule_at.astimezone(zone_of(viewer.timezone))
+        values.update(when="at", at_local=local.strftime("%Y-%m-%dT%H:%M"))
     for n, choice in enumerate(templates[:TEMPLATE_ROWS], start=1):
         values[f"template_id_{n}"] = str(choice.template_id or "")
         values[f"weight_{n}"] = str(choice.weight)
@@ -129,6 +134,7 @@ def _choices(form: Form) -> list[tuple[int, dict[str, Any]]]:
 def _rename(form: Form) -> dict[str, str]:
     """The API's field names (`templates.0.weight`) → the form's (`weight_1`)."""
     rename = {"recipient_rule": "rule_type", "recipient_rule.type": "rule_type", "at": "at_local"}
+    rename["schedule_at"] = "at_local"
     rename |= {f"recipient_rule.{k}": k for k in ("include_tag_ids", "exclude_tag_ids", "contact_ids")}
     choices = _choices(form)
     for i, (n, _) in enumerate(choices):
@@ -156,9 +162,10 @@ def _fields(form: Form, viewer: Viewer) -> TaskCreate:
     )
 
 
-def _schedule_at(form: Form, viewer: Viewer) -> dt.datetime | None:
-    """The time typed in the viewer's time zone, in UTC; None for "now"."""
-    if form["when"] != "at":
+def _schedule_at(form: Form, viewer: Viewer, *, required: bool) -> dt.datetime | None:
+    """The time typed in the viewer's time zone, in UTC; None for "now", and for no time yet in a draft that is only
+    saved (`required` when scheduling)."""
+    if form["when"] != "at" or not (required or form["at_local"].strip()):
         return None
     try:
         local = dt.datetime.fromisoformat(form["at_local"])
@@ -298,12 +305,13 @@ async def _save(request: Request, session: Session, viewer: Viewer, task: Task |
     task_id = task.id if task is not None else None
     try:
         body = _fields(form, viewer)
-        at = _schedule_at(form, viewer) if form["do"] == "schedule" else None
+        at = _schedule_at(form, viewer, required=form["do"] == "schedule")
+        values = {**body.values(), "schedule_at": at}  # a draft keeps its planned time (checked when scheduled)
         async with session.begin_nested():  # a refused change leaves the draft as it was
             if task is None:
-                task = await service.create_task(session, user_id=viewer.id, values=body.values(), actor=str(viewer.id))
+                task = await service.create_task(session, user_id=viewer.id, values=values, actor=str(viewer.id))
             else:
-                task = await service.update_task(session, task, body.values())
+                task = await service.update_task(session, task, values)
     except (BadInput, Conflict) as exc:
         form.fail(catalogue, exc, rename=rename)
         task = await service.get_task(session, task_id, user_id=viewer.id) if task_id else None  # as it was

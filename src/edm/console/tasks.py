@@ -5,11 +5,16 @@ task transitions (`POST /api/v1/tasks/{id}/pause|resume|cancel|copy`, `DELETE /a
 Rows of campaigns that move (scheduled, queued, sending) poll `GET /api/v1/tasks/{id}/stats` every 5 s; the
 page's script (`static/tasks.js`) moves their progress bars and status badges. Every action is a form POST
 answered by a redirect back to the list with its filters and a notice (post/redirect/get).
+
+Admins reach other users' campaigns as the API lets them: `readable_task` opens any campaign's pages read-only
+(the owner named in the frame), and of the state changes an admin may pause, cancel, close and delete another
+user's campaign — audited as `task.<action>` like the API's — while resume, back to draft and copy stay the owner's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -25,9 +30,13 @@ from edm.console.labels import Labels as LABELS
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.errors import InvalidTransition
+from edm.models.tasks import Task
+from edm.models.users import TokenScope
 from edm.paging import Page, decode_cursor, page_of
+from edm.system.service import audit
 from edm.tasks import actions, service
 from edm.tasks.stats import task_stats
+from edm.users.service import get_user
 from edm.vocabulary.tasks import TaskStatus, allowed_actions
 
 router = new_router()
@@ -119,12 +128,29 @@ async def _back(request: Request, notice: str) -> RedirectResponse:
     return RedirectResponse(f"{target}{joiner}notice={notice}", status_code=303)
 
 
-async def _own(session: Session, viewer: Viewer, task_id: int) -> Any:
-    return await service.get_task(session, task_id, user_id=viewer.id)
+async def _own(session: AsyncSession, viewer: Viewer, task_id: int, *, admin_may: bool = False) -> Task:
+    """The viewer's campaign; an admin reaches any user's where the API lets it (`admin_may`), else 404."""
+    return await service.get_task(session, task_id, user_id=None if (viewer.is_admin and admin_may) else viewer.id)
+
+
+async def readable_task(request: Request, session: AsyncSession, viewer: Viewer, task_id: int) -> Task:
+    """The campaign a page shows (`/tasks/<id>`, its recipients, one recipient): the viewer's own, or for an admin
+    any user's, as `GET /api/v1/tasks/{id}` and its reports allow; anyone else gets 404 for another's campaign.
+
+    An admin looking at another user's campaign sees it read-only with the owner named: the request's viewer (what
+    the templates get) becomes a read-scope copy carrying the owner's username, so every control guarded by
+    `viewer.can_write` is left out and the frame shows whose campaign it is."""
+    task = await _own(session, viewer, task_id, admin_may=True)
+    if task.user_id != viewer.id:
+        owner = await get_user(session, task.user_id)
+        request.state.viewer = replace(viewer, scope=TokenScope.READ, owner_name=owner.username)
+    return task
 
 
 # The state changes the list and the detail page offer: each calls the task service as the API does, and comes
 # back to the page it was posted from with a notice (or "refused" when the campaign's status moved meanwhile).
+# An admin may take these on another user's campaign (audited), as with `POST /api/v1/tasks/{id}/<action>`.
+ADMIN_MAY = frozenset({"pause", "cancel", "close", "delete"})
 _STATE_ACTIONS: dict[str, tuple[Callable[[AsyncSession, Any, str], Awaitable[object]], str]] = {
     "pause": (lambda session, task, actor: service.pause(session, task, actor=actor), "paused"),
     "resume": (lambda session, task, actor: service.resume(session, task, actor=actor), "resumed"),
@@ -138,10 +164,19 @@ _STATE_ACTIONS: dict[str, tuple[Callable[[AsyncSession, Any, str], Awaitable[obj
 def _state_action_route(name: str, act: Callable[[AsyncSession, Any, str], Awaitable[object]], notice: str) -> None:
     @router.post(f"/tasks/{{task_id}}/{name}", name=name)
     async def state_action(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
+        task = await _own(session, viewer, task_id, admin_may=name in ADMIN_MAY)
+        owner, before = task.user_id, task.status
         try:
-            await act(session, await _own(session, viewer, task_id), str(viewer.id))
+            await act(session, task, str(viewer.id))
         except InvalidTransition:
             return await _back(request, "refused")
+        if owner != viewer.id:  # an admin on another user's campaign: audited as by the API
+            details = {"owner_user_id": owner, "old_status": before}
+            if name != "delete":
+                details["new_status"] = task.status
+            await audit(
+                session, viewer.actor(request), f"task.{name}", target_type="task", target_id=task_id, details=details
+            )
         return await _back(request, notice)
 
 

@@ -8,21 +8,30 @@ scoped by `user_id`; an object of another user is "not found". The field rules l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import Select, delete, func, select, text, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.contacts.attribute_keys import record_keys
 from edm.contacts.common import after_id, assign, require_own, saved
 from edm.contacts.fields import clean_contact_values
-from edm.contacts.filters import ContactFilter, Sort, contact_conditions, encode_sort_cursor, keyset
+from edm.contacts.filters import (
+    ContactFilter,
+    Sort,
+    contact_conditions,
+    encode_sort_cursor,
+    expand_tags,
+    keyset,
+)
 from edm.contacts.memberships import contact_tags, link_tags
 from edm.contacts.schemas import ContactOut
 from edm.db.dialect import dialect_name
 from edm.db.owned import get_own
 from edm.errors import Conflict
 from edm.models.contacts import Contact, ContactStatus, ContactTag, Tag
-from edm.paging import CountedPageOut, Page, page_of
+from edm.paging import MAX_ID, CountedPageOut, Page, page_of
 
 
 async def get_contact(session: AsyncSession, *, user_id: int, contact_id: int) -> Contact:
@@ -43,6 +52,7 @@ async def create_contact(
         await _refuse_duplicate(session, user_id=user_id, email_normalized=data["email_normalized"])
         raise Conflict("contact could not be saved: it changed concurrently, retry")
     await link_tags(session, [(contact.id, tag_id) for tag_id in tags])
+    await record_keys(session, user_id=user_id, attributes=[data["custom_attributes"]])
     await session.refresh(contact)  # the values the database set, loaded now rather than lazily on a later read
     return contact
 
@@ -58,6 +68,8 @@ async def update_contact(
     if not await saved(session, lambda: assign(contact, data)):
         await _refuse_duplicate(session, user_id=user_id, email_normalized=data.get("email_normalized", ""))
         raise Conflict("contact could not be saved: it changed concurrently, retry")
+    if "custom_attributes" in data:
+        await record_keys(session, user_id=user_id, attributes=[data["custom_attributes"]])
     await session.refresh(contact)  # updated_at as stored, loaded now rather than lazily on a later read
     return contact
 
@@ -99,14 +111,76 @@ async def list_contacts(
         await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     if cursor is None and page.after_id is not None:
         cursor = (after_id(page), None)
+    if _by_membership(filters, sort):
+        return await _list_by_membership(session, user_id=user_id, page=page, filters=filters, sort=sort, cursor=cursor)
     after, order = keyset(session, sort, cursor)
     query = select(Contact).where(*conditions, *after).order_by(*order).limit(page.limit + 1)
     return list(await session.scalars(query))
 
 
-async def count_contacts(session: AsyncSession, *, user_id: int, filters: ContactFilter = ContactFilter()) -> int:
+def _by_membership(filters: ContactFilter, sort: Sort) -> bool:
+    """A tag filter in id order is read from the tag's memberships (`ix_contact_tags_tag_id_contact_id`) rather than
+    by walking all the user's contacts and probing each: a tag whose members are all old cost a walk of ~every
+    contact for the newest-first page (bench/RESULTS.md (k)). `untagged` cannot be read from memberships."""
+    return bool(filters.tag_ids) and not filters.untagged and sort.key == "id"
+
+
+async def _list_by_membership(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    page: Page,
+    filters: ContactFilter,
+    sort: Sort,
+    cursor: tuple[int, Any] | None,
+) -> list[Contact]:
+    """`list_contacts` for a tag filter in id order: per tag (a parent's children each count), the first
+    limit + 1 matching members in order through the membership index (a nested loop that stops at the page), then
+    the union's first limit + 1. Every contact of the true page is among its tag's first limit + 1, so the page is
+    exact; the cost is O(page × tags), not O(contacts)."""
+    ids = [i for i in filters.tag_ids if 0 < i <= MAX_ID]
+    if not filters.explicit_only:
+        ids = await expand_tags(session, user_id=user_id, tag_ids=tuple(ids))
+    if not ids:
+        return []
+    conditions = await contact_conditions(session, user_id=user_id, filters=replace(filters, tag_ids=()))
+    limit = page.limit + 1
+    branches: list[Select[Any]] = []
+    for tag_id in ids:
+        member = ContactTag.__table__.alias(f"member_{len(branches)}")
+        after: list[Any] = []
+        if cursor is not None:
+            after = [member.c.contact_id < cursor[0] if sort.descending else member.c.contact_id > cursor[0]]
+        branch = (
+            select(member.c.contact_id.label("contact_id"))
+            .join(Contact, Contact.id == member.c.contact_id)
+            .where(member.c.tag_id == tag_id, *after, *conditions)
+            .order_by(member.c.contact_id.desc() if sort.descending else member.c.contact_id)
+            .limit(limit)
+            .subquery()
+        )
+        branches.append(select(branch.c.contact_id))
+    chosen: Any = union(*branches) if len(branches) > 1 else branches[0]
+    query = (
+        select(Contact)
+        .where(Contact.user_id == user_id, Contact.id.in_(chosen))
+        .order_by(Contact.id.desc() if sort.descending else Contact.id)
+        .limit(limit)
+    )
+    return list(await session.scalars(query))
+
+
+async def count_contacts(
+    session: AsyncSession, *, user_id: int, filters: ContactFilter = ContactFilter(), cap: int | None = None
+) -> int:
+    """How many contacts match. With `cap`, counting stops after cap + 1 rows (`LIMIT cap + 1` under the count): the
+    answer is exact up to `cap`, and cap + 1 means "more than cap" — what a list page shows, in time that does not
+    grow with the user's contacts. Bulk actions confirm with the exact count (no cap)."""
     conditions = await contact_conditions(session, user_id=user_id, filters=filters)
-    return int(await session.scalar(select(func.count()).select_from(Contact).where(*conditions)) or 0)
+    if cap is None:
+        return int(await session.scalar(select(func.count()).select_from(Contact).where(*conditions)) or 0)
+    matching = select(Contact.id).where(*conditions).limit(cap + 1).subquery()
+    return int(await session.scalar(select(func.count()).select_from(matching)) or 0)
 
 
 async def contact_page(

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
@@ -230,10 +230,12 @@ async def tag_detail(session: AsyncSession, *, user_id: int, tag_id: int) -> Tag
     return (await _with_counts(session, [tag]))[0]
 
 
-async def tag_tree(session: AsyncSession, *, user_id: int) -> list[TagNodeOut]:
-    """Every tag of the user as roots with their `children`, each with counts (no paging: depth ≤ 2)."""
+async def tag_tree(session: AsyncSession, *, user_id: int, count_cap: int | None = None) -> list[TagNodeOut]:
+    """Every tag of the user as roots with their `children`, each with counts (no paging: depth ≤ 2). With
+    `count_cap`, each count stops after cap + 1 members (cap + 1 means "more than cap"): a list page's counts in time
+    bounded by tags × cap instead of every membership (see `_with_counts`)."""
     tags = list(await session.scalars(select(Tag).where(Tag.user_id == user_id).order_by(Tag.name, Tag.id)))
-    items = await _with_counts(session, tags)
+    items = await _with_counts(session, tags, cap=count_cap)
     children: dict[int, list[TagOut]] = defaultdict(list)
     for item in items:
         if item.parent_id is not None:
@@ -243,16 +245,20 @@ async def tag_tree(session: AsyncSession, *, user_id: int) -> list[TagNodeOut]:
     ]
 
 
-async def _with_counts(session: AsyncSession, tags: list[Tag]) -> list[TagOut]:
-    """`member_count`: explicit members; `total_member_count`: distinct members of the tag and its children."""
+async def _with_counts(session: AsyncSession, tags: list[Tag], *, cap: int | None = None) -> list[TagOut]:
+    """`member_count`: explicit members; `total_member_count`: distinct members of the tag and its children. A root
+    without children has total = explicit. With `cap`, both are counted up to cap + 1 only."""
     ids = [t.id for t in tags]
-    explicit = await _explicit_counts(session, ids)
+    explicit = await _explicit_counts(session, ids) if cap is None else await _capped_counts(session, ids, cap)
     roots = [t.id for t in tags if t.parent_id is None]
-    totals = await _root_totals(session, roots)
+    if roots:  # only roots with children need a distinct count
+        parents = set(await session.scalars(select(Tag.parent_id).where(Tag.parent_id.in_(roots)).distinct()))
+        roots = [r for r in roots if r in parents]
+    totals = await _root_totals(session, roots, cap=cap)
     out = []
     for tag in tags:
         members = explicit.get(tag.id, 0)
-        total = totals.get(tag.id, 0) if tag.parent_id is None else members
+        total = totals.get(tag.id, members) if tag.parent_id is None else members
         out.append(_tag_out(tag, member_count=members, total_member_count=total))
     return out
 
@@ -266,10 +272,36 @@ async def _explicit_counts(session: AsyncSession, tag_ids: list[int]) -> dict[in
     return {tag_id: count for tag_id, count in rows.all()}
 
 
-async def _root_totals(session: AsyncSession, root_ids: list[int]) -> dict[int, int]:
+async def _capped_counts(session: AsyncSession, tag_ids: list[int], cap: int) -> dict[int, int]:
+    """Per tag min(members, cap + 1): each an index-only range of at most cap + 1 entries of (tag_id, contact_id)."""
+    out: dict[int, int] = {}
+    for chunk in chunks(tag_ids, 100):
+        counts = []
+        for tag_id in chunk:
+            first = select(ContactTag.contact_id).where(ContactTag.tag_id == tag_id).limit(cap + 1).subquery()
+            counts.append(select(literal(tag_id).label("tag_id"), func.count().label("n")).select_from(first))
+        rows = await session.execute(union_all(*counts) if len(counts) > 1 else counts[0])
+        out.update({tag_id: n for tag_id, n in rows.all()})
+    return out
+
+
+async def _root_totals(session: AsyncSession, root_ids: list[int], *, cap: int | None = None) -> dict[int, int]:
     if not root_ids:
         return {}
     root = func.coalesce(Tag.parent_id, Tag.id)
+    if cap is not None:
+        out = {}
+        for root_id in root_ids:
+            family = select(Tag.id).where(root == root_id)
+            first = (
+                select(ContactTag.contact_id)
+                .where(ContactTag.tag_id.in_(family))
+                .group_by(ContactTag.contact_id)
+                .limit(cap + 1)
+                .subquery()
+            )
+            out[root_id] = int(await session.scalar(select(func.count()).select_from(first)) or 0)
+        return out
     rows = await session.execute(
         select(root, func.count(func.distinct(ContactTag.contact_id)))
         .join(Tag, Tag.id == ContactTag.tag_id)

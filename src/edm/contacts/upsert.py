@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
+from edm.contacts.attribute_keys import record_keys
 from edm.contacts.common import chunks
 from edm.contacts.fields import TEXT_FIELDS
 from edm.contacts.memberships import link_tags
@@ -70,6 +71,8 @@ async def bulk_insert_contacts(
         for t in (*tag_ids, *(row_tag_ids[i] if row_tag_ids else ()))
     ]
     await link_tags(session, pairs)
+    written = [rows[i].get("custom_attributes") for i in order if rows[i]["email_normalized"] in ids]
+    await record_keys(session, user_id=user_id, attributes=written)
     return counts
 
 

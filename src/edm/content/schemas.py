@@ -7,7 +7,7 @@ by bytes (2 MB html, 1 MB text); here only by characters, which is never stricte
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,8 @@ Subject = Annotated[str, Field(min_length=1, max_length=998), NoNul]
 Str255 = Annotated[str, Field(max_length=255), NoNul]
 Html = Annotated[str, Field(min_length=1, max_length=2 * 1024 * 1024), NoNul]
 Text = Annotated[str, Field(max_length=1024 * 1024), NoNul]
+Markdown = Annotated[str, Field(min_length=1, max_length=64 * 1024), NoNul]
+EditorMode = Literal["html", "rich", "markdown"]
 LocalPart = Annotated[str, Field(min_length=1, max_length=64), NoNul]
 Address = Annotated[str, Field(max_length=320), NoNul]
 
@@ -35,13 +37,17 @@ class Body(BaseModel):
 
 
 class TemplateCreate(Body):
+    """`html`, or `markdown` (its source: the HTML is converted from it, docs/templates.md#markdown)."""
+
     name: Name200
     description: Str1000 | None = None
     subject: Subject
     preheader: Str255 | None = None
-    html: Html
+    html: Html | None = None
+    markdown: Markdown | None = None
     text: Text | None = None
     inline_css: bool = True
+    editor: EditorMode | None = None  # the console editor's mode: "markdown" exactly when `markdown` is given
 
 
 class TemplateUpdate(Body):
@@ -52,8 +58,10 @@ class TemplateUpdate(Body):
     subject: Subject | None = None
     preheader: Str255 | None = None
     html: Html | None = None
+    markdown: Markdown | None = None  # the HTML becomes its conversion; `html` alone (or `markdown: null`) drops it
     text: Text | None = None
     inline_css: bool | None = None
+    editor: EditorMode | None = None
 
 
 class TemplateSummaryOut(BaseModel):
@@ -72,6 +80,8 @@ class TemplateSummaryOut(BaseModel):
 class TemplateOut(TemplateSummaryOut):
     html: str
     text: str | None
+    markdown: str | None = None
+    editor: str = "html"
 
 
 class DuplicateRequest(Body):

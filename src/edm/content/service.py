@@ -16,14 +16,16 @@ from typing import Any, TypeVar
 import jinja2
 from jinja2 import nodes
 from jinja2.meta import find_undeclared_variables
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.addresses import normalize_email
 from edm.clock import utc_now
+from edm.contacts.attribute_keys import user_keys
 from edm.contacts.common import assign, saved
 from edm.contacts.fields import check_text
 from edm.contacts.memberships import contact_tags
+from edm.content.markdown import MAX_MARKDOWN_BYTES, markdown_to_html
 from edm.content.render import (
     CONTACT_FIELDS,
     SAMPLE_CONTACT,
@@ -45,7 +47,7 @@ from edm.content.schemas import (
     VariableOut,
     VariablesOut,
 )
-from edm.db.dialect import dialect_name, escape_like
+from edm.db.dialect import escape_like
 from edm.db.owned import get_own
 from edm.errors import BadInput, Conflict, InUse
 from edm.models.contacts import Contact
@@ -58,7 +60,11 @@ from edm.vocabulary.tasks import TaskStatus
 
 MAX_HTML_BYTES = 2 * 1024 * 1024
 MAX_TEXT_BYTES = 1024 * 1024
-TEMPLATE_FIELDS = frozenset({"name", "description", "subject", "preheader", "html", "text", "inline_css"})
+TEMPLATE_FIELDS = frozenset(
+    {"name", "description", "subject", "preheader", "html", "text", "inline_css", "markdown", "editor"}
+)
+# The template editor's modes (docs/templates.md#editor-modes); "markdown" exactly when the Markdown source is kept.
+EDITOR_MODES = ("html", "rich", "markdown")
 # A template used by a task in these statuses is still read from the template itself (not a snapshot).
 TEMPLATE_LOCKING_STATUSES = (TaskStatus.DRAFT, TaskStatus.SCHEDULED)
 TERMINAL_TASK_STATUSES = (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.CLOSED)
@@ -126,7 +132,10 @@ def clean_template_values(values: Mapping[str, Any], *, partial: bool = False) -
     ):
         if field in values or (required and not partial):
             out[field] = check_text(field, values.get(field), limit, required=required)
+    out |= _markdown_and_editor(values, partial=partial)
     for field, limit, required in (("html", MAX_HTML_BYTES, True), ("text", MAX_TEXT_BYTES, False)):
+        if field in out:
+            continue  # the HTML converted from the Markdown source
         if field in values or (required and not partial):
             out[field] = _source(field, values.get(field), limit, required=required)
     if "inline_css" in values:
@@ -136,10 +145,41 @@ def clean_template_values(values: Mapping[str, Any], *, partial: bool = False) -
     return out
 
 
+def _markdown_and_editor(values: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
+    """`markdown` (Markdown source: `html` becomes its conversion, and `editor` "markdown") or `html` (written
+    directly: any Markdown source is dropped), and the editor mode. Which mode to keep when only `html` changes on
+    an update is left to `update_template`, which knows the stored one."""
+    out: dict[str, Any] = {}
+    editor = values.get("editor")
+    if editor is not None and editor not in EDITOR_MODES:
+        raise BadInput.field("editor", "must be html, rich or markdown")
+    if values.get("markdown") is not None:
+        if values.get("html") is not None:
+            raise BadInput.field("markdown", "give either html or markdown, not both")
+        if editor not in (None, "markdown"):
+            raise BadInput.field("editor", "a template with markdown opens in the markdown editor")
+        out["markdown"] = _source("markdown", values["markdown"], MAX_MARKDOWN_BYTES, required=True)
+        out["html"] = markdown_to_html(out["markdown"])
+        _check_size("html", out["html"], MAX_HTML_BYTES)
+        out["editor"] = "markdown"
+        return out
+    if "markdown" in values or values.get("html") is not None or editor in ("html", "rich"):
+        out["markdown"] = None  # the HTML is written directly now: a Markdown source would no longer match it
+    if editor == "markdown" and (not partial or "markdown" in out):
+        raise BadInput.field("markdown", "the markdown editor needs the markdown source")
+    if editor is not None:
+        out["editor"] = editor
+    elif not partial:
+        out["editor"] = "html"
+    return out
+
+
 def _source(field: str, value: Any, limit: int, *, required: bool) -> str | None:
     """Template source is kept as written (no trimming), but must not be blank when required."""
-    if value is None and not required:
-        return None
+    if value is None:
+        if not required:
+            return None
+        raise BadInput.field(field, "required")
     if not isinstance(value, str):
         raise BadInput.field(field, "must be a string")
     if "\x00" in value:
@@ -168,8 +208,8 @@ async def get_template(session: AsyncSession, *, user_id: int, template_id: int)
 
 
 async def create_template(session: AsyncSession, *, user_id: int, values: Mapping[str, Any]) -> Template:
-    """`values`: name, subject, html (required), description, preheader, text, inline_css."""
-    data = clean_template_values(values)
+    """`values`: name, subject, html or markdown (required), description, preheader, text, inline_css, editor."""
+    data = await off_loop(clean_template_values, values)  # a Markdown conversion may take a while
     await off_loop(compile_values, data)
     await _refuse_template_name(session, user_id=user_id, name=data["name"])
     template = Template(user_id=user_id, inline_css=data.pop("inline_css", True), **data)
@@ -182,7 +222,11 @@ async def update_template(
     session: AsyncSession, *, user_id: int, template_id: int, changes: Mapping[str, Any]
 ) -> Template:
     template = await get_template(session, user_id=user_id, template_id=template_id)
-    data = clean_template_values(changes, partial=True)
+    data = await off_loop(clean_template_values, changes, partial=True)
+    if "markdown" in data and data["markdown"] is None and "editor" not in data and template.editor == "markdown":
+        data["editor"] = "html"  # the HTML was written directly: the Markdown source is gone
+    if data.get("editor") == "markdown" and "markdown" not in data and template.markdown is None:
+        raise BadInput.field("markdown", "the markdown editor needs the markdown source")
     merged = {f: getattr(template, f) for f in ("subject", "html", "text", "preheader")} | data
     await off_loop(compile_values, merged)
     if "name" in data and data["name"] != template.name:
@@ -211,6 +255,8 @@ async def duplicate_template(
     """A copy named `name`, or "<name> (copy)", "<name> (copy 2)", … when none is given."""
     source = await get_template(session, user_id=user_id, template_id=template_id)
     values = {f: getattr(source, f) for f in TEMPLATE_FIELDS - {"name"}}
+    if source.markdown is not None:
+        del values["html"]  # converted again from the Markdown
     values["name"] = name if name is not None else await _copy_name(session, user_id=user_id, name=source.name)
     return await create_template(session, user_id=user_id, values=values)
 
@@ -302,19 +348,9 @@ _BUILTINS = frozenset(_PARSER.globals) | {"namespace"}
 
 
 async def attribute_keys(session: AsyncSession, *, user_id: int) -> list[str]:
-    """Distinct custom attribute keys present in the user's contacts (dialect-specific JSON functions)."""
-    if dialect_name(session) == "postgresql":
-        sql = (
-            "SELECT DISTINCT k FROM contacts, jsonb_object_keys(CASE WHEN jsonb_typeof(custom_attributes) "
-            "= 'object' THEN custom_attributes ELSE '{}'::jsonb END) AS k WHERE user_id = :u ORDER BY k LIMIT :n"
-        )
-    else:
-        sql = (
-            "SELECT DISTINCT j.key FROM contacts, json_each(contacts.custom_attributes) AS j "
-            "WHERE contacts.user_id = :u AND json_type(contacts.custom_attributes) = 'object' "
-            "ORDER BY j.key LIMIT :n"
-        )
-    return list(await session.scalars(text(sql), {"u": user_id, "n": MAX_ATTRIBUTE_KEYS}))
+    """The custom attribute keys the user's contacts have carried (`contact_attribute_keys`, kept as contacts are
+    written: an index range, not a scan of every contact's JSON; it may still name a key no contact has any more)."""
+    return await user_keys(session, user_id=user_id, limit=MAX_ATTRIBUTE_KEYS)
 
 
 # Filters the catalogue points out: how to write a fallback for a value a contact may lack.

@@ -9,16 +9,16 @@ Admin, additionally: every service's state, usage against its quota, next reset,
 queue (pending per user, in flight per service, workers and their heartbeats, from `ops.queue_view`); credit
 totals per day (`users.credit.summary`); and alerts computed from all of that.
 
-Activity counts read the SubTasks of the user's campaigns that sent within the window or finished at most 30 days
-before it (opens and clicks arrive after the last send), through the task index: the cost grows with what the
-user sent recently, not with the size of the table. "Opened" counts recipients who opened (human: an open or a
-click, `tasks.stats.opened_human`, the definition of the task statistics) and whose first such open or click falls
-in the window; machine hits never count. Clicks count by the first human click, replies by `replied_at`.
+Activity counts the facts of the user's campaigns that sent within the window or finished at most 30 days before
+it (opens and clicks arrive after the last send), from `tasks.facts`: per-quarter-hour counters on PostgreSQL, so the
+cost follows how many campaigns the user ran recently, not how many recipients they had. "Opened" counts recipients
+who opened (human: an open or a click, `tasks.stats.opened_human`, the definition of the task statistics) and whose
+first such open or click falls in the window; machine hits never count. Clicks count by the first human click,
+replies by `replied_at`. A window starts at the quarter hour holding its start.
 
-The daily series (`daily`) counts the same SubTasks per day of the last 30 in the user's time zone, each fact on
-the day it happened: sent, delivered, opened and clicked (first human open or click), hard bounces
-(`bounced_at`), complaints and unsubscribes. The database groups by UTC quarter hour and Python folds the quarters
-into local days (as `tasks.reports` does), so one query shape serves SQLite and PostgreSQL and every time zone.
+The daily series (`daily`) counts the same facts per day of the last 30 in the user's time zone, each on the day it
+happened: sent, delivered, opened and clicked (first human open or click), hard bounces (`bounced_at`), complaints
+and unsubscribes. Quarters fold into local days exactly (every zone offset is a multiple of 15 minutes).
 """
 
 from __future__ import annotations
@@ -27,19 +27,18 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.dashboards import queue_view
 from edm.dispatch import queue
 from edm.email_services.health import snapshot_view
 from edm.models.contacts import Import
-from edm.models.tasks import SubTask, Task
+from edm.models.tasks import Task
 from edm.models.users import User
 from edm.system.service import unread_count
 from edm.tasks import service as tasks
-from edm.tasks.reports import QUARTER, _quarter
-from edm.tasks.stats import first_opened_human_at
+from edm.tasks.facts import fact_quarters, quarter_of, start_of
 from edm.users import credit
 from edm.vocabulary.tasks import PauseReason, TaskKind, TaskStatus
 
@@ -106,10 +105,6 @@ async def attention(session: AsyncSession, *, user_ids: list[int] | None) -> lis
     ]
 
 
-def _count_since(column: Any, since: dt.datetime) -> Any:
-    return func.coalesce(func.sum(case((column >= since, 1), else_=0)), 0)
-
-
 def _recent_tasks(user_id: int, since: dt.datetime) -> Any:
     """The user's campaigns that may hold facts after `since`: sent something, and not finished more than the
     engagement tail before it."""
@@ -122,25 +117,35 @@ def _recent_tasks(user_id: int, since: dt.datetime) -> Any:
     )
 
 
+# Activity window measure ← fact of `tasks.facts`.
+_ACTIVITY_FACTS = {"sent": "sent", "opened": "opened", "clicked": "clicked", "replied": "replied"}
+
+
 async def activity(session: AsyncSession, *, user_id: int, now: dt.datetime) -> dict[str, dict[str, int]]:
+    """Per window, the facts whose quarter hour lies in it: a window starts at the quarter hour holding
+    `now - span` (so "24 hours" spans 24 to 24¼ hours)."""
     widest = now - max(WINDOWS.values())
-    recent = _recent_tasks(user_id, widest)
-    measures = {
-        "sent": SubTask.sent_at,
-        "opened": first_opened_human_at(),
-        "clicked": SubTask.first_clicked_at,
-        "replied": SubTask.replied_at,
-    }
-    columns = [
-        _count_since(column, now - span).label(f"{name}_{window}")
+    found = await fact_quarters(
+        session, _recent_tasks(user_id, widest), _ACTIVITY_FACTS.values(), since=widest, until=now
+    )
+    return {
+        window: {
+            name: sum(n for q, n in found[fact] if q >= quarter_of(now - span))
+            for name, fact in _ACTIVITY_FACTS.items()
+        }
         for window, span in WINDOWS.items()
-        for name, column in measures.items()
-    ]
-    row = (await session.execute(select(*columns).where(SubTask.task_id.in_(recent)))).one()
-    return {window: {name: int(getattr(row, f"{name}_{window}")) for name in measures} for window in WINDOWS}
+    }
 
 
 DAILY_FACTS = ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+# Daily series count ← fact of `tasks.facts` (a bounce here is a hard bounce, `bounced_at`).
+_DAILY_FACTS = dict(
+    zip(
+        DAILY_FACTS,
+        ("sent", "delivered", "opened", "clicked", "hard_bounced", "complained", "unsubscribed"),
+        strict=True,
+    )
+)
 
 
 def user_zone(user: User) -> ZoneInfo:
@@ -157,28 +162,13 @@ async def daily(session: AsyncSession, user: User, *, now: dt.datetime) -> dict[
     today = now.astimezone(zone).date()
     first = today - dt.timedelta(days=DAYS - 1)
     start = dt.datetime.combine(first, dt.time(), tzinfo=zone).astimezone(dt.UTC)
-    recent = _recent_tasks(user.id, start)
-    columns = {
-        "sent": SubTask.sent_at,
-        "delivered": SubTask.delivered_at,
-        "opened": first_opened_human_at(),
-        "clicked": SubTask.first_clicked_at,
-        "bounced": SubTask.bounced_at,
-        "complained": SubTask.complained_at,
-        "unsubscribed": SubTask.unsubscribed_at,
-    }
     days = {first + dt.timedelta(days=i): dict.fromkeys(DAILY_FACTS, 0) for i in range(DAYS)}
-    for fact, column in columns.items():
-        quarter = _quarter(session, column)
-        rows = await session.execute(
-            select(quarter, func.count())
-            .where(SubTask.task_id.in_(recent), column >= start, column <= now)
-            .group_by(quarter)
-        )
-        for q, n in rows:
-            day = dt.datetime.fromtimestamp(int(q) * QUARTER, dt.UTC).astimezone(zone).date()
+    found = await fact_quarters(session, _recent_tasks(user.id, start), _DAILY_FACTS.values(), since=start, until=now)
+    for name, fact in _DAILY_FACTS.items():
+        for q, n in found[fact]:
+            day = start_of(q).astimezone(zone).date()
             if day in days:
-                days[day][fact] += int(n)
+                days[day][name] += n
     totals = {fact: sum(counts[fact] for counts in days.values()) for fact in DAILY_FACTS}
     points = [{"date": day, **counts} for day, counts in sorted(days.items())]
     return {"timezone": zone.key, "days": points, "totals": totals}

@@ -1,5 +1,5 @@
 """A local SMTP sink on aiosmtpd, for the `make run` demo and for tests. Never for benchmarks (it saturates
-at ~2,600 msg/s and would measure itself: PERFORMANCE.md lesson 1 — use Postfix's `smtp-sink` there).
+at ~2,600 msg/s and would measure itself: docs/performance.md, lesson 1 — use Postfix's `smtp-sink` there).
 
 It runs aiosmtpd's server in its own thread and event loop, so a test's loop (the client) and the sink never
 share a loop; every counter it keeps is guarded by one lock.

@@ -1,6 +1,6 @@
 """Rendered content + identity -> `OutboundMessage` (docs/sending.md#the-message), with MIME bytes written by hand.
 
-Why by hand: building a message with `email.message.EmailMessage` costs ~0.8 ms (PERFORMANCE.md lesson 2),
+Why by hand: building a message with `email.message.EmailMessage` costs ~0.8 ms (docs/performance.md, lesson 2),
 more than sending it. Everything here is string/bytes assembly plus C-level encoders (`binascii.b2a_qp`,
 base64); the email package is used only by the tests, to prove the output parses back exactly.
 

@@ -100,6 +100,18 @@ class ContactTag(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
+class ContactAttributeKey(Base):
+    """The custom attribute keys a user's contacts have carried (docs/data-model.md#contacts-and-tags): the template
+    editor's suggestions, read without scanning every contact's JSON. Every write of `custom_attributes` adds its
+    keys (`edm.contacts.attribute_keys`); nothing removes a key when the last contact carrying it changes or goes, so
+    the list may name keys no contact has any more (a suggestion that renders as nothing: harmless)."""
+
+    __tablename__ = "contact_attribute_keys"
+
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class ImportStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

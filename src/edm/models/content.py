@@ -23,6 +23,10 @@ class Template(IdMixin, TimestampMixin, Base):
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
     inline_css: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The Markdown source when the template is written in Markdown (`html` is then its conversion), and the editor
+    # mode the console opens it in: html, rich or markdown (docs/templates.md#editor-modes).
+    markdown: Mapped[str | None] = mapped_column(Text)
+    editor: Mapped[str] = mapped_column(String(16), default="html", server_default="html")
 
 
 class Sender(IdMixin, TimestampMixin, Base):

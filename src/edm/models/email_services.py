@@ -125,7 +125,7 @@ class ServiceDayUsage(IdMixin, Base):
     adjustment: Mapped[int] = mapped_column(Integer, default=0)
 
     # Reservations in flight are not stored: they are the service's `allocated` SubTasks, counted under the
-    # claim's lock, so a crashed worker can never leave a phantom reservation behind (ARCHITECTURE.md).
+    # claim's lock, so a crashed worker can never leave a phantom reservation behind (docs/architecture.md).
 
 
 class UserServiceMapping(IdMixin, TimestampMixin, Base):

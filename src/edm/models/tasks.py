@@ -120,7 +120,7 @@ class SubTask(IdMixin, Base):
             "(send_state <> 'pending' OR service_id IS NULL) AND (send_state <> 'allocated' OR service_id IS NOT NULL)",
             name="service_binding",
         ),
-        # The claim's two partial indexes (PERFORMANCE.md lesson 6): fresh rows in generation order,
+        # The claim's two partial indexes (docs/performance.md, lesson 6): fresh rows in generation order,
         # and due retries by time. Rows leave them as soon as they are claimed.
         Index(
             "ix_subtasks_fresh",
@@ -144,6 +144,15 @@ class SubTask(IdMixin, Base):
             sqlite_where=text("send_state = 'allocated'"),
         ),
         Index("ix_subtasks_task_id_send_state", "task_id", "send_state"),
+        # The recipient lists filtered by a delivery state (who bounced, complained…); rows enter it when a delivery
+        # state arrives, so generation does not maintain it (migration 0010).
+        Index(
+            "ix_subtasks_task_id_delivery_state",
+            "task_id",
+            "delivery_state",
+            postgresql_where=text("delivery_state <> 'none'"),
+            sqlite_where=text("delivery_state <> 'none'"),
+        ),
         # Partial: rows enter it when a provider gives them an id, so generation does not maintain it.
         Index(
             "ix_subtasks_service_id_provider_message_id",
@@ -223,6 +232,8 @@ class TaskStatCounter(Base):
     # A deleted task's SubTasks subtract themselves to zero, and the fold drops empty groups.
     task_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     stripe: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_template_id: Mapped[int] = mapped_column(BigId, primary_key=True, default=0)  # 0 for none (migration 0007)
+    service_id: Mapped[int] = mapped_column(BigId, primary_key=True, default=0)  # of the last attempt; 0 for none
     send_state: Mapped[str] = mapped_column(String(16), primary_key=True)
     tried: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     charged: Mapped[bool] = mapped_column(Boolean, primary_key=True)
@@ -240,6 +251,39 @@ class TaskStatCounter(Base):
     machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
     unsubscribed: Mapped[int] = mapped_column(BigInteger, default=0)
     replied: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskQuarterCounter(Base):
+    """Per task, fact and UTC quarter hour (epoch seconds ÷ 900): how many times the fact happened then
+    (docs/statistics.md#breakdowns-and-timelines). Facts of SubTask rows (`sent`, `delivered`, `opened`, `clicked`,
+    `hard_bounced`, `complained`, `unsubscribed`, `replied`, `refused`) count each recipient once, at the time on
+    its row; `open_hits` and `click_hits` count every matched human tracking event. Kept on PostgreSQL by the
+    triggers of migration 0007, striped and folded like `TaskStatCounter`; empty on SQLite, where the same numbers
+    are aggregated from the rows."""
+
+    __tablename__ = "task_quarter_counters"
+
+    task_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    fact: Mapped[str] = mapped_column(String(16), primary_key=True)
+    quarter: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stripe: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskAttemptCounter(Base):
+    """Per task, service (0 for one since deleted) and outcome: the send attempts and their summed and timed
+    durations (the per-service report). Kept on PostgreSQL by a trigger on `send_attempts` (migration 0007);
+    empty on SQLite."""
+
+    __tablename__ = "task_attempt_counters"
+
+    task_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    service_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(24), primary_key=True)
+    stripe: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    timed: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class SendAttempt(IdMixin, Base):

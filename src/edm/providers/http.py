@@ -5,7 +5,7 @@ format, our ids in the provider's metadata field, tracking off) and `parse_respo
 the provider's error codes mapped onto the classes of docs/providers.md#how-answers-are-classified, usually by starting
 from `classify_status`).
 
-Connections: httpx's async pool degrades above ~8 connections (PERFORMANCE.md lesson 5), so an adapter
+Connections: httpx's async pool degrades above ~8 connections (docs/performance.md, lesson 5), so an adapter
 with `max_concurrency` > 8 spreads its calls over several small clients, each with keep-alive.
 Timeouts are explicit: connect ≤ 10 s, the rest `request_timeout_seconds`.
 

@@ -13,7 +13,7 @@ Wire behaviour
 * Connections are reused: at most `max_concurrency` per adapter instance, idle ones are kept LIFO so the
   warmest is reused first, a broken or stale one is discarded and replaced.
 * TCP_NODELAY is set on every socket and the body is written together with the final "." line in one
-  write (PERFORMANCE.md lessons 3): no Nagle / delayed-ACK stall per message.
+  write (docs/performance.md, lesson 3): no Nagle / delayed-ACK stall per message.
 
 "After the DATA payload was written"
 ------------------------------------

@@ -26,23 +26,23 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import BigInteger, Integer, case, cast, func, select
+from sqlalchemy import BigInteger, and_, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import csvfmt
 from edm.models.email_services import EmailService
 from edm.models.events import Event, MatchStatus
-from edm.models.tasks import SendAttempt, SubTask, Task, TaskTemplate
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskAttemptCounter, TaskTemplate
 from edm.models.tracking import TrackedLink
 from edm.paging import Page
-from edm.tasks.stats import _assemble, _Group, clicked_human, clicked_total, opened_human, opened_total
+from edm.tasks.facts import Quarters, fact_quarters, machine_flag, quarter_expression, start_of
+from edm.tasks.stats import _assemble, clicked_human, opened_human, stat_groups
 from edm.vocabulary.events import EventType
 from edm.vocabulary.tasks import DeliveryState, SendState, TaskKind
 
 BOUNCED_STATES = (DeliveryState.SOFT_BOUNCED, DeliveryState.HARD_BOUNCED, DeliveryState.REJECTED)
 BOUNCE_EVENTS = (EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED, EventType.REJECTED)
 TOP_DOMAINS = 20
-QUARTER = 900  # seconds: the finest bucket the database groups by
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -107,6 +107,53 @@ def display_status() -> Any:
     )
 
 
+def display_condition(status: DisplayStatus) -> Any:
+    """`display_status() == status` spelled as plain column conditions, so that the database can filter a task's
+    recipients by a display status through the indexes on send and delivery state instead of evaluating the CASE
+    for every row. Each status holds when its own condition holds and none tried before it does (the order of
+    `display_status`); a test compares the two for every status."""
+    s, d = SubTask, DisplayStatus
+    quiet = and_(s.replied_at.is_(None), s.unsubscribed_at.is_(None), s.click_count == 0, s.open_count == 0)
+    engaged_before: dict[DisplayStatus, list[Any]] = {  # what is tried before each engagement status
+        d.REPLIED: [],
+        d.COMPLAINED: [s.replied_at.is_(None)],
+        d.UNSUBSCRIBED: [s.replied_at.is_(None), s.delivery_state != DeliveryState.COMPLAINED],
+        d.CLICKED: [s.replied_at.is_(None), s.unsubscribed_at.is_(None), s.delivery_state != DeliveryState.COMPLAINED],
+        d.OPENED: [
+            s.replied_at.is_(None),
+            s.unsubscribed_at.is_(None),
+            s.click_count == 0,
+            s.delivery_state != DeliveryState.COMPLAINED,
+        ],
+    }
+    own = {
+        d.REPLIED: s.replied_at.is_not(None),
+        d.COMPLAINED: s.delivery_state == DeliveryState.COMPLAINED,
+        d.UNSUBSCRIBED: s.unsubscribed_at.is_not(None),
+        d.CLICKED: s.click_count > 0,
+        d.OPENED: s.open_count > 0,
+    }
+    if status in own:
+        return and_(own[status], *engaged_before[status])
+    by_delivery = {
+        d.HARD_BOUNCED: DeliveryState.HARD_BOUNCED,
+        d.REJECTED: DeliveryState.REJECTED,
+        d.SOFT_BOUNCED: DeliveryState.SOFT_BOUNCED,
+        d.DELIVERED: DeliveryState.DELIVERED,
+        d.DELIVERY_DELAYED: DeliveryState.DEFERRED,
+    }
+    if status in by_delivery:
+        return and_(s.delivery_state == by_delivery[status], quiet)
+    no_delivery = and_(s.delivery_state == DeliveryState.NONE, quiet)
+    if status is d.SENDING:
+        return and_(s.send_state == SendState.ALLOCATED, no_delivery)
+    if status is d.RETRYING:
+        return and_(s.send_state == SendState.PENDING, s.attempts > 0, no_delivery)
+    if status is d.QUEUED:
+        return and_(s.send_state == SendState.PENDING, s.attempts == 0, no_delivery)
+    return and_(s.send_state == SendState(status.value), no_delivery)  # sent, failed, suppressed, cancelled, uncertain
+
+
 def _engagement(kind: Engagement) -> Any:
     s = SubTask
     opened = opened_human()
@@ -136,7 +183,7 @@ class SubtaskFilters:
         if self.delivery_state is not None:
             found.append(s.delivery_state == self.delivery_state)
         if self.display_status is not None:
-            found.append(display_status() == self.display_status.value)
+            found.append(display_condition(self.display_status))
         if self.engagement is not None:
             found.append(_engagement(self.engagement))
         if self.email and self.email.strip():
@@ -171,9 +218,16 @@ async def subtask_page(
     return list((await session.execute(query)).all())
 
 
-async def count_subtasks(session: AsyncSession, task_id: int, filters: SubtaskFilters) -> int:
-    query = select(func.count()).select_from(SubTask).where(SubTask.task_id == task_id, *filters.conditions())
-    return int(await session.scalar(query) or 0)
+async def count_subtasks(
+    session: AsyncSession, task_id: int, filters: SubtaskFilters, *, cap: int | None = None
+) -> int:
+    """How many of the task's SubTasks match; with `cap`, counting stops after cap + 1 (exact up to `cap`, cap + 1
+    meaning "more than cap": what a list page shows, in time that does not grow with the task)."""
+    conditions = [SubTask.task_id == task_id, *filters.conditions()]
+    if cap is None:
+        return int(await session.scalar(select(func.count()).select_from(SubTask).where(*conditions)) or 0)
+    matching = select(SubTask.id).where(*conditions).limit(cap + 1).subquery()
+    return int(await session.scalar(select(func.count()).select_from(matching)) or 0)
 
 
 async def subtask_row(session: AsyncSession, task_id: int, subtask_id: int) -> Any | None:
@@ -280,39 +334,23 @@ async def by_service(session: AsyncSession, task_id: int, *, admin: bool) -> lis
     """Per service: its attempts for this task by outcome and their mean latency, and the SubTasks whose last
     attempt it made by result. Users see the label only; admins also the id, name and provider."""
     report: dict[int | None, dict[str, Any]] = defaultdict(_empty_service_row)
-    for service_id, outcome, n, total_ms, timed in await session.execute(
-        select(
-            SendAttempt.service_id,
-            SendAttempt.outcome,
-            func.count(),
-            func.sum(SendAttempt.duration_ms),
-            func.count(SendAttempt.duration_ms),
-        )
-        .join(SubTask, SubTask.id == SendAttempt.subtask_id)
-        .where(SubTask.task_id == task_id)
-        .group_by(SendAttempt.service_id, SendAttempt.outcome)
-    ):
-        row = report[service_id]
-        row["attempts"][outcome] = int(n)
+    for service_id, outcome, n, total_ms, timed in await attempts_by_service(session, task_id):
+        row = report[service_id or None]
+        row["attempts"][outcome] = row["attempts"].get(outcome, 0) + int(n)
         row["attempts_total"] += int(n)
         row["_ms"] += int(total_ms or 0)
         row["_timed"] += int(timed)
-    s = SubTask
-    for service_id, *counts in await session.execute(
-        select(
-            s.service_id,
-            _count_if(s.send_state == SendState.SENT),
-            _count_if(s.send_state == SendState.FAILED),
-            _count_if(s.send_state == SendState.UNCERTAIN),
-            _count_if(s.delivery_state.in_(BOUNCED_STATES)),
-            _count_if(s.delivery_state.in_((DeliveryState.DELIVERED, DeliveryState.COMPLAINED))),
-        )
-        .where(s.task_id == task_id, s.service_id.is_not(None))
-        .group_by(s.service_id)
-    ):
-        report[service_id].update(
-            zip(("sent", "failed", "uncertain", "bounced", "delivered"), (int(c or 0) for c in counts), strict=True)
-        )
+    for service_id, groups in (await stat_groups(session, task_id, by="service_id")).items():
+        if service_id is None:
+            continue
+        row = report[service_id]
+        for g in groups:
+            if g.state in (SendState.SENT, SendState.FAILED, SendState.UNCERTAIN):
+                row[g.state] += g.n
+            if g.delivery in BOUNCED_STATES:
+                row["bounced"] += g.n
+            if g.delivery in (DeliveryState.DELIVERED, DeliveryState.COMPLAINED):
+                row["delivered"] += g.n
     services = {
         svc.id: svc
         for svc in await session.execute(  # never the credentials columns
@@ -323,6 +361,34 @@ async def by_service(session: AsyncSession, task_id: int, *, admin: bool) -> lis
     }
     rows = [_service_view(report[k], services.get(k) if k else None, admin=admin) for k in report]
     return sorted(rows, key=lambda r: (-r["sent"], -r["attempts_total"], r["label"] or ""))
+
+
+async def attempts_by_service(session: AsyncSession, task_id: int, *, from_rows: bool = False) -> Sequence[Any]:
+    """(service id or 0/None, outcome, attempts, summed ms, timed attempts) of the task's send attempts: from the
+    counters of migration 0007 on PostgreSQL, from the attempt rows on SQLite (or when `from_rows`)."""
+    query: Any
+    if _dialect(session) == "postgresql" and not from_rows:
+        c = TaskAttemptCounter
+        query = (
+            select(c.service_id, c.outcome, func.sum(c.n), func.sum(c.total_ms), func.sum(c.timed))
+            .where(c.task_id == task_id)
+            .group_by(c.service_id, c.outcome)
+            .having(func.sum(c.n) != 0)
+        )
+    else:
+        query = (
+            select(
+                SendAttempt.service_id,
+                SendAttempt.outcome,
+                func.count(),
+                func.sum(SendAttempt.duration_ms),
+                func.count(SendAttempt.duration_ms),
+            )
+            .join(SubTask, SubTask.id == SendAttempt.subtask_id)
+            .where(SubTask.task_id == task_id)
+            .group_by(SendAttempt.service_id, SendAttempt.outcome)
+        )
+    return (await session.execute(query)).all()
 
 
 def _empty_service_row() -> dict[str, Any]:
@@ -360,39 +426,10 @@ def _service_view(row: dict[str, Any], service: Any, *, admin: bool) -> dict[str
 # --------------------------------------------------------------------------------------------------------
 
 
-def _stat_groups() -> tuple[list[Any], list[Any]]:
-    """The grouping and the sums `tasks.stats` assembles from (the same per-row definitions as its SQLite
-    path), so that a template's figures mean exactly what the task's figures mean."""
-    s = SubTask
-    tried = case((s.attempts > 0, True), else_=False)
-    keys = [s.send_state, tried, s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state]
-    sums = [
-        func.count(),
-        _count_if(opened_human()),
-        _count_if(opened_total()),
-        _count_if(clicked_human()),
-        _count_if(clicked_total()),
-        func.sum(s.open_count),
-        func.sum(s.machine_open_count),
-        func.sum(s.click_count),
-        func.sum(s.machine_click_count),
-        _count_if(s.unsubscribed_at.is_not(None)),
-        _count_if(s.replied_at.is_not(None)),
-    ]
-    return keys, sums
-
-
 async def by_template(session: AsyncSession, task_id: int) -> list[dict[str, Any]]:
     """Per task template: every count and rate of the task statistics (docs/statistics.md#the-numbers), over its
     recipients only."""
-    keys, sums = _stat_groups()
-    groups: dict[int | None, list[_Group]] = defaultdict(list)
-    for template_id, *values in await session.execute(
-        select(SubTask.task_template_id, *keys, *sums)
-        .where(SubTask.task_id == task_id)
-        .group_by(SubTask.task_template_id, *keys)
-    ):
-        groups[template_id].append(_Group(*values))
+    groups = await stat_groups(session, task_id, by="task_template_id")
     templates = list(
         await session.scalars(
             select(TaskTemplate).where(TaskTemplate.task_id == task_id).order_by(TaskTemplate.position, TaskTemplate.id)
@@ -418,13 +455,6 @@ async def by_template(session: AsyncSession, task_id: int) -> list[dict[str, Any
 # --------------------------------------------------------------------------------------------------------
 
 
-def _is_machine() -> Any:
-    """1 for a hit the events job flagged as a machine's (docs/tracking.md#people-and-machines), else 0: an event
-    without the flag is human."""
-    flag = Event.details["machine"].as_boolean()
-    return case((flag.is_(True), 1), else_=0)
-
-
 def _task_events(task_id: int, *types: str) -> list[Any]:
     return [Event.task_id == task_id, Event.event_type.in_(types), Event.match_status == MatchStatus.MATCHED]
 
@@ -441,7 +471,7 @@ async def by_link(session: AsyncSession, task_id: int, *, after_id: int | None, 
     }
     if links:
         link_id = cast(Event.details["link_id"].as_string(), BigInteger)
-        machine = _is_machine()
+        machine = machine_flag()
         for link, is_machine, clicks, clickers in await session.execute(
             select(link_id, machine, func.count(), func.count(Event.subtask_id.distinct()))
             .where(*_task_events(task_id, EventType.CLICKED), link_id.in_(list(counts)))
@@ -513,15 +543,6 @@ async def by_domain(session: AsyncSession, task_id: int, *, top: int = TOP_DOMAI
 # --------------------------------------------------------------------------------------------------------
 
 
-def _quarter(session: AsyncSession, column: Any) -> Any:
-    """The UTC quarter hour a timestamp falls in, as an integer (seconds since the epoch ÷ 900)."""
-    if _dialect(session) == "postgresql":
-        # date_part() is double precision, exact to the microsecond for these dates; extract() is numeric and
-        # took 2.5× as long over 200,000 rows.
-        return cast(func.floor(func.date_part("epoch", column) / QUARTER), BigInteger)
-    return cast(func.strftime("%s", column), Integer) // QUARTER
-
-
 def task_zone(task: Task) -> ZoneInfo:
     try:
         return ZoneInfo(task.timezone or "UTC")
@@ -529,42 +550,32 @@ def task_zone(task: Task) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-async def _quarters(
-    session: AsyncSession, column: Any, conditions: Sequence[Any], source: Any = None
-) -> list[tuple[int, int]]:
-    quarter = _quarter(session, column)
-    query = select(quarter, func.count()).where(*conditions).group_by(quarter)
-    if source is not None:
-        query = query.select_from(source)
-    return [(int(q), int(n)) for q, n in await session.execute(query)]
+# Timeline metric ← fact of `tasks.facts` (bounces are assembled by `_bounce_quarters`).
+_TIMELINE_FACTS = {
+    "sent": "sent",
+    "delivered": "delivered",
+    "opens": "open_hits",
+    "clicks": "click_hits",
+    "unsubscribes": "unsubscribed",
+    "complaints": "complained",
+    "replies": "replied",
+}
 
 
-async def _metric_quarters(session: AsyncSession, task_id: int) -> dict[str, list[tuple[int, int]]]:
-    """Per timeline metric, (UTC quarter, count). SubTask timestamps where a row keeps the first occurrence
-    (sent, delivered, unsubscribed, complained, replied); events for every human open and click hit; bounces
-    as `_bounce_quarters` says (soft bounces and rejections leave no time on the row)."""
-    s = SubTask
-    facts = {
-        "sent": s.sent_at,
-        "delivered": s.delivered_at,
-        "unsubscribes": s.unsubscribed_at,
-        "complaints": s.complained_at,
-        "replies": s.replied_at,
-    }
-    found = {}
-    for name, column in facts.items():
-        only_sent = [s.send_state == SendState.SENT] if name == "sent" else []
-        found[name] = await _quarters(session, column, [s.task_id == task_id, column.is_not(None), *only_sent])
-    human = _is_machine() == 0
-    for name, kind in (("opens", EventType.OPENED), ("clicks", EventType.CLICKED)):
-        found[name] = await _quarters(session, Event.occurred_at, [*_task_events(task_id, kind), human])
-    found["bounced"] = await _bounce_quarters(session, task_id)
-    return found
+async def metric_quarters(session: AsyncSession, task_id: int) -> dict[str, Quarters]:
+    """Per timeline metric, (UTC quarter, count): each recipient once where a row keeps the first occurrence
+    (sent, delivered, unsubscribed, complained, replied), every human open and click hit, and bounces as
+    `_bounce_quarters` says."""
+    found = await fact_quarters(session, task_id, [*_TIMELINE_FACTS.values(), "refused"])
+    metrics = {metric: found[fact] for metric, fact in _TIMELINE_FACTS.items()}
+    metrics["bounced"] = await _bounce_quarters(session, task_id) + found["refused"]
+    return metrics
 
 
-async def _bounce_quarters(session: AsyncSession, task_id: int) -> list[tuple[int, int]]:
-    """Each bounced SubTask once: a sent one at its first bounce event, one the provider refused at send time
-    (failed, delivery state `rejected`) at `failed_at`, as it has no event."""
+async def _bounce_quarters(session: AsyncSession, task_id: int) -> Quarters:
+    """Each SubTask that bounced after it was sent, once, at its first bounce event (read through the task's events
+    by type: a few per cent of its recipients). One the provider refused at send time has no event: it is the fact
+    `refused`, at `failed_at`."""
     s = SubTask
     first_event = (
         select(func.min(Event.occurred_at).label("at"))
@@ -573,25 +584,15 @@ async def _bounce_quarters(session: AsyncSession, task_id: int) -> list[tuple[in
         .group_by(Event.subtask_id)
         .subquery()
     )
-    after_send = await _quarters(session, first_event.c.at, [], source=first_event)
-    at_send = await _quarters(
-        session,
-        s.failed_at,
-        [
-            s.task_id == task_id,
-            s.send_state == SendState.FAILED,
-            s.delivery_state.in_(BOUNCED_STATES),
-            s.failed_at.is_not(None),
-        ],
-    )
-    return after_send + at_send
+    quarter = quarter_expression(session, first_event.c.at)
+    return [(int(q), int(n)) for q, n in await session.execute(select(quarter, func.count()).group_by(quarter))]
 
 
 TIMELINE_METRICS = ("sent", "delivered", "bounced", "opens", "clicks", "unsubscribes", "complaints", "replies")
 
 
 def _local(quarter: int, zone: ZoneInfo) -> dt.datetime:
-    return dt.datetime.fromtimestamp(quarter * QUARTER, dt.UTC).astimezone(zone)
+    return start_of(quarter).astimezone(zone)
 
 
 def _bucket_of(local: dt.datetime, bucket: Bucket) -> tuple[Any, str]:
@@ -605,9 +606,14 @@ def _bucket_of(local: dt.datetime, bucket: Bucket) -> tuple[Any, str]:
 
 async def timeline(session: AsyncSession, task: Task, bucket: Bucket) -> dict[str, Any]:
     """Non-empty buckets in the task's time zone, oldest first, with the totals of every metric."""
+    return timeline_of(task, await metric_quarters(session, task.id), bucket)
+
+
+def timeline_of(task: Task, metrics: dict[str, Quarters], bucket: Bucket) -> dict[str, Any]:
+    """`timeline` from the quarters `metric_quarters` read (one read serves both bucket sizes)."""
     zone = task_zone(task)
     buckets: dict[Any, dict[str, Any]] = {}
-    for metric, quarters in (await _metric_quarters(session, task.id)).items():
+    for metric, quarters in metrics.items():
         for quarter, n in quarters:
             key, label = _bucket_of(_local(quarter, zone), bucket)
             row = buckets.setdefault(key, {"start": label, **dict.fromkeys(TIMELINE_METRICS, 0)})
@@ -621,8 +627,7 @@ async def heatmap(session: AsyncSession, task: Task) -> dict[str, Any]:
     """Human opens by local weekday (Monday first) × hour of the day, in the task's time zone."""
     zone = task_zone(task)
     cells = [[0] * 24 for _ in WEEKDAYS]
-    human = _is_machine() == 0
-    for quarter, n in await _quarters(session, Event.occurred_at, [*_task_events(task.id, EventType.OPENED), human]):
+    for quarter, n in (await fact_quarters(session, task.id, ["open_hits"]))["open_hits"]:
         local = _local(quarter, zone)
         cells[local.weekday()][local.hour] += n
     return {

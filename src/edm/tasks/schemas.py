@@ -56,6 +56,11 @@ class TaskFields(Strict):
     on_capacity_exhausted: Literal["wait", "pause"] | None = None
     allowed_service_ids: list[Id] | None = None
     error_thresholds: Thresholds | None = None
+    schedule_at: AwareDatetime | None = Field(
+        None,
+        description="a draft's planned send time: kept as given (a past time too) and checked when the draft is "
+        "scheduled, which uses it when the schedule request gives no time; null removes it; only in a draft",
+    )
 
     def values(self) -> dict[str, Any]:
         """The fields the client sent, as the task service takes them."""
@@ -72,8 +77,8 @@ class TaskCreate(TaskFields):
 
 
 class ScheduleBody(Strict):
-    at: AwareDatetime | None = None
-    now: bool = False
+    at: AwareDatetime | None = Field(None, description="default: the draft's schedule_at if it has one, else now")
+    now: bool = Field(False, description="now, whatever the draft's schedule_at")
 
 
 class PauseBody(Strict):

@@ -194,6 +194,18 @@ async def _apply_fields(session: AsyncSession, task: Task, values: dict[str, Any
         task.recipient_rule = rule.to_dict()
     if "templates" in values:
         await _set_templates(session, task, values["templates"])
+    if "schedule_at" in values:
+        _plan_time(task, values["schedule_at"])
+
+
+def _plan_time(task: Task, at: dt.datetime | None) -> None:
+    """A draft's planned send time: kept as given (even in the past) and checked only when the draft is scheduled,
+    where it is the time used unless another is given. A scheduled task's time changes by unscheduling it."""
+    if task.status != TaskStatus.DRAFT:
+        raise TaskLocked("schedule_at changes only in a draft: unschedule the task first", fields=["schedule_at"])
+    if at is not None and at.tzinfo is None:
+        raise BadInput.field("schedule_at", "must include a time zone offset")
+    task.schedule_at = at
 
 
 def _check_zone(name: str) -> None:

@@ -15,13 +15,13 @@ never count as a person's; `opened_total` counts them as well. (The PostgreSQL c
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, func, select, text
+from sqlalchemy import ColumnElement, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.models.tasks import SubTask, Task, TaskStatCounter
+from edm.models.tasks import SubTask, TaskStatCounter
 from edm.vocabulary.tasks import SendState
 
 DELIVERY_STATES = ("deferred", "soft_bounced", "hard_bounced", "rejected", "complained")
@@ -58,9 +58,20 @@ def _rate(numerator: int, denominator: int) -> float | None:
 
 
 async def task_stats(session: AsyncSession, task_id: int) -> dict[str, Any]:
+    return _assemble((await stat_groups(session, task_id)).get(None, []))
+
+
+# What a task's SubTasks can be split by besides the statistics' own groups: the task template (A/B) and the
+# service of the last attempt. Both are counter keys too (migration 0007), 0 standing for none.
+SPLITS = ("task_template_id", "service_id")
+
+
+async def stat_groups(session: AsyncSession, task_id: int, *, by: str | None = None) -> dict[int | None, list[_Group]]:
+    """The task's SubTasks in the groups `_assemble` takes, all under the key None, or split by one of `SPLITS`
+    (keyed by its value, None for none)."""
     if session.get_bind().dialect.name == "postgresql":
-        return await _from_counters(session, task_id)
-    return await _from_rows(session, task_id)
+        return await _counter_groups(session, task_id, by)
+    return await _row_groups(session, task_id, by)
 
 
 _GROUP = ("send_state", "tried", "charged", "suppressed_reason", "last_error_class", "delivery_state")
@@ -78,29 +89,37 @@ _SUMS = (
 )
 
 
-async def _from_counters(session: AsyncSession, task_id: int) -> dict[str, Any]:
+async def _counter_groups(session: AsyncSession, task_id: int, by: str | None) -> dict[int | None, list[_Group]]:
     c = TaskStatCounter
-    rows = (
-        await session.execute(
-            select(*(getattr(c, k) for k in _GROUP), func.sum(c.n), *(func.sum(getattr(c, k)) for k in _SUMS))
-            .where(c.task_id == task_id)
-            .group_by(*(getattr(c, k) for k in _GROUP))
-            .having(func.sum(c.n) != 0)
-        )
-    ).all()
-    return _assemble(
-        [
-            _Group(state, tried, charged, reason or None, error or None, delivery, int(n), *sums)
-            for state, tried, charged, reason, error, delivery, n, *sums in rows
-        ]
+    split = [getattr(c, by)] if by else []
+    keys = [*split, *(getattr(c, k) for k in _GROUP)]
+    rows = await session.execute(
+        select(*keys, func.sum(c.n), *(func.sum(getattr(c, k)) for k in _SUMS))
+        .where(c.task_id == task_id)
+        .group_by(*keys)
+        .having(func.sum(c.n) != 0)
     )
+    groups: dict[int | None, list[_Group]] = defaultdict(list)
+    for row in rows:
+        key = (row[0] or None) if by else None
+        state, tried, charged, reason, error, delivery, n, *sums = row[1:] if by else row
+        groups[key].append(_Group(state, tried, charged, reason or None, error or None, delivery, int(n), *sums))
+    return groups
 
 
 _FOLD_LOCK = 0x4544_4D53_5441_5453  # "EDMSTATS": one fold at a time across workers
+# Per counter table: its group keys (stripe excluded) and its sums.
+_COUNTERS = {
+    "task_stat_counters": (("task_id", *SPLITS, *_GROUP), ("n", *_SUMS)),
+    "task_quarter_counters": (("task_id", "fact", "quarter"), ("n",)),
+    "task_attempt_counters": (("task_id", "service_id", "outcome"), ("n", "total_ms", "timed")),
+}
 
 
 async def fold_counter_stripes(session: AsyncSession) -> int:
-    """Fold every backend's stripe into stripe 0 and drop emptied groups; the number of rows folded.
+    """Fold every backend's stripe of every counter table into stripe 0 and drop emptied groups; the number of
+    rows folded. Counters of tasks that no longer exist are dropped too (a deleted task's send attempts cannot
+    subtract themselves: their SubTasks are gone first).
 
     It never waits for a lock, so it can never be part of a deadlock: one fold at a time (a transaction
     advisory lock, skipped when taken), and stripe rows a running transaction holds are skipped (SKIP
@@ -110,55 +129,67 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
         return 0
     if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _FOLD_LOCK}):
         return 0
-    keys = "task_id, stripe, " + ", ".join(_GROUP)
-    sums = ("n",) + _SUMS
+    folded = 0
+    for table, (group, sums) in _COUNTERS.items():
+        folded += await _fold(session, table, group, sums)
+        await session.execute(  # skipping locked rows, like the fold: never a wait
+            text(f"""
+            DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM {table} c WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = c.task_id)
+                FOR UPDATE SKIP LOCKED))""")
+        )
+    return folded
+
+
+async def _fold(session: AsyncSession, table: str, group: tuple[str, ...], sums: tuple[str, ...]) -> int:
+    keys = ", ".join(group)
     result = await session.execute(
         text(f"""
         WITH moved AS (
-            DELETE FROM task_stat_counters WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM task_stat_counters WHERE stripe <> 0 FOR UPDATE SKIP LOCKED))
+            DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM {table} WHERE stripe <> 0 FOR UPDATE SKIP LOCKED))
             RETURNING *),
         folded AS (
-            INSERT INTO task_stat_counters AS c ({keys}, {", ".join(sums)})
-            SELECT task_id, 0, {", ".join(_GROUP)}, {", ".join(f"sum({s})" for s in sums)}
-            FROM moved GROUP BY task_id, {", ".join(_GROUP)} ORDER BY task_id, {", ".join(_GROUP)}
-            ON CONFLICT ({keys}) DO UPDATE SET {", ".join(f"{s} = c.{s} + excluded.{s}" for s in sums)}
+            INSERT INTO {table} AS c ({keys}, stripe, {", ".join(sums)})
+            SELECT {keys}, 0, {", ".join(f"sum({s})" for s in sums)}
+            FROM moved GROUP BY {keys} ORDER BY {keys}
+            ON CONFLICT ({keys}, stripe) DO UPDATE SET {", ".join(f"{s} = c.{s} + excluded.{s}" for s in sums)}
         )
         SELECT count(*) FROM moved""")
     )
     folded = int(result.scalar_one())
-    await session.execute(delete(TaskStatCounter).where(TaskStatCounter.stripe == 0, TaskStatCounter.n == 0))
+    emptied = " AND ".join(f"{s} = 0" for s in sums)
+    await session.execute(text(f"DELETE FROM {table} WHERE stripe = 0 AND {emptied}"))
     return folded
 
 
-async def _from_rows(session: AsyncSession, task_id: int) -> dict[str, Any]:
+async def _row_groups(session: AsyncSession, task_id: int, by: str | None) -> dict[int | None, list[_Group]]:
     s = SubTask
-    rows = (
-        await session.execute(
-            select(
-                s.send_state,
-                case((s.attempts > 0, True), else_=False).label("tried"),
-                s.charged,
-                s.suppressed_reason,
-                s.last_error_class,
-                s.delivery_state,
-                func.count().label("n"),
-                func.sum(case((opened_human(), 1), else_=0)),
-                func.sum(case((opened_total(), 1), else_=0)),
-                func.sum(case((clicked_human(), 1), else_=0)),
-                func.sum(case((clicked_total(), 1), else_=0)),
-                func.sum(s.open_count),
-                func.sum(s.machine_open_count),
-                func.sum(s.click_count),
-                func.sum(s.machine_click_count),
-                func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
-                func.sum(case((s.replied_at.is_not(None), 1), else_=0)),
-            )
-            .where(s.task_id == task_id)
-            .group_by(s.send_state, "tried", s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state)
+    split = [getattr(s, by)] if by else []
+    tried = case((s.attempts > 0, True), else_=False).label("tried")
+    keys = [*split, s.send_state, tried, s.charged, s.suppressed_reason, s.last_error_class, s.delivery_state]
+    rows = await session.execute(
+        select(
+            *keys,
+            func.count().label("n"),
+            func.sum(case((opened_human(), 1), else_=0)),
+            func.sum(case((opened_total(), 1), else_=0)),
+            func.sum(case((clicked_human(), 1), else_=0)),
+            func.sum(case((clicked_total(), 1), else_=0)),
+            func.sum(s.open_count),
+            func.sum(s.machine_open_count),
+            func.sum(s.click_count),
+            func.sum(s.machine_click_count),
+            func.sum(case((s.unsubscribed_at.is_not(None), 1), else_=0)),
+            func.sum(case((s.replied_at.is_not(None), 1), else_=0)),
         )
-    ).all()
-    return _assemble([_Group(*r) for r in rows])
+        .where(s.task_id == task_id)
+        .group_by(*keys)
+    )
+    groups: dict[int | None, list[_Group]] = defaultdict(list)
+    for row in rows:
+        groups[row[0] if by else None].append(_Group(*(row[1:] if by else row)))
+    return groups
 
 
 class _Group:
@@ -315,15 +346,3 @@ async def recount(session: AsyncSession, task_id: int) -> dict[str, Any]:
         g.unsubscribed += r.unsubscribed_at is not None
         g.replied += r.replied_at is not None
     return _assemble(list(groups.values()))
-
-
-async def verify(session: AsyncSession, task_id: int | None = None) -> list[dict[str, Any]]:
-    """`edm stats verify`: the statistics served for the task (every task, by id, when None) against
-    `recount()`; per task whether they agree and, where not, each differing count as (served, recounted)."""
-    ids = [task_id] if task_id else list(await session.scalars(select(Task.id).order_by(Task.id)))
-    report = []
-    for tid in ids:
-        served, counted = await task_stats(session, tid), await recount(session, tid)
-        differences = {k: (served[k], counted[k]) for k in served if served[k] != counted[k]}
-        report.append({"task_id": tid, "ok": not differences, "differences": differences})
-    return report

@@ -6,15 +6,19 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from sqlalchemy import delete, func, select, update
 
 from edm import clock
 from edm.db.session import unit_of_work
-from edm.models.tasks import SubTask, Task, TaskStatCounter
+from edm.models.events import Event
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatCounter
+from edm.tasks import facts, reports
 from edm.tasks import stats as task_stats_module
 from edm.tasks.service import cancel
+from edm.tasks.stats import _assemble
 from tests import factories
 
 
@@ -82,6 +86,22 @@ async def test_counters_equal_a_recount_after_every_kind_of_change(dkit):  # typ
     assert stats["unsubscribed"] == stats["replied"] == stats["clicked_human"] == 1
     assert stats["opened_human"] == 4 and stats["opened_total"] == 5
 
+    # Tracking hits: two human opens, a machine open, a human click, and an open matched later.
+    async with unit_of_work(dkit.sessionmaker) as session:
+        hits = [
+            _hit(task_id, sent_ids[0], "opened", {}),
+            _hit(task_id, sent_ids[0], "opened", {}),
+            _hit(task_id, sent_ids[1], "opened", {"machine": True}),
+            _hit(task_id, sent_ids[4], "clicked", {"link_id": 1}),
+            _hit(task_id, sent_ids[2], "opened", {}, match_status="pending"),
+        ]
+        session.add_all(hits)
+        await session.flush()
+        late = hits[-1].id
+    async with unit_of_work(dkit.sessionmaker) as session:
+        await session.execute(update(Event).where(Event.id == late).values(match_status="matched"))
+    await _reports_equal_their_rows(dkit, task_id, open_hits=3, click_hits=1)
+
     rows = await _counter_rows(dkit, task_id)
     if dkit.is_sqlite:
         assert rows == [], "SQLite aggregates the rows; it keeps no counters"
@@ -92,6 +112,7 @@ async def test_counters_equal_a_recount_after_every_kind_of_change(dkit):  # typ
     rows = await _counter_rows(dkit, task_id)
     assert {r.stripe for r in rows} == {0} and all(r.n > 0 for r in rows)
     assert await dkit.stats(task_id) == stats
+    await _reports_equal_their_rows(dkit, task_id, open_hits=3, click_hits=1)
 
     # Deleting rows subtracts them; once a deleted task's rows are gone, the next fold drops its counters.
     async with unit_of_work(dkit.sessionmaker) as session:
@@ -103,6 +124,47 @@ async def test_counters_equal_a_recount_after_every_kind_of_change(dkit):  # typ
     async with unit_of_work(dkit.sessionmaker) as session:
         await task_stats_module.fold_counter_stripes(session)
     assert await _counter_rows(dkit, task_id) == []
+
+
+def _hit(task_id: int, subtask_id: int, kind: str, details: dict, match_status: str = "matched") -> Event:  # type: ignore[type-arg]
+    return Event(
+        source="tracking",
+        dedupe_key=uuid.uuid4().hex,
+        event_type=kind,
+        occurred_at=clock.utc_now(),
+        task_id=task_id,
+        subtask_id=subtask_id,
+        match_status=match_status,
+        details=details,
+        raw={},
+    )
+
+
+async def _reports_equal_their_rows(dkit, task_id: int, *, open_hits: int, click_hits: int) -> None:  # type: ignore[no-untyped-def]
+    """The breakdowns read from counters on PostgreSQL (migration 0007) equal the same breakdowns aggregated from
+    the rows: per template, per service, per quarter hour, and the attempts per service."""
+    sent = await dkit.count(task_id, "sent")
+    async with dkit.sessionmaker() as session:
+        served = await facts.fact_quarters(session, task_id, facts.FACTS)
+        counted = await facts.from_rows(session, task_id, list(facts.FACTS))
+        assert {f: sorted(q) for f, q in served.items()} == {f: sorted(q) for f, q in counted.items()}
+        assert sum(n for _, n in served["open_hits"]) == open_hits, "machine hits and unmatched events never count"
+        assert sum(n for _, n in served["click_hits"]) == click_hits
+        assert sum(n for _, n in served["sent"]) == sent
+        for split in task_stats_module.SPLITS:
+            by_counters = await task_stats_module.stat_groups(session, task_id, by=split)
+            by_rows = await task_stats_module._row_groups(session, task_id, split)
+            assert {k: _assemble(g) for k, g in by_counters.items()} == {k: _assemble(g) for k, g in by_rows.items()}
+        attempts = await session.execute(
+            select(SendAttempt.service_id, SendAttempt.outcome, func.count(), func.sum(SendAttempt.duration_ms))
+            .join(SubTask, SubTask.id == SendAttempt.subtask_id)
+            .where(SubTask.task_id == task_id)
+            .group_by(SendAttempt.service_id, SendAttempt.outcome)
+        )
+        expected = sorted((sid, outcome, n, int(ms or 0)) for sid, outcome, n, ms in attempts)
+        served_attempts = await reports.attempts_by_service(session, task_id)
+        assert sorted((sid or None, o, int(n), int(ms or 0)) for sid, o, n, ms, _ in served_attempts) == expected
+        assert expected, "the task made attempts"
 
 
 async def _sent_at_least(dkit, task_id: int, n: int) -> bool:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@
 
   var root = document.documentElement;
   root.classList.remove("no-js");
-  var POLL_EVERY = 5000;
+  var POLL_EVERY = parseInt(root.getAttribute("data-live-every-ms"), 10) || 5000;  // set by the server (5 s)
 
   function csrfToken() {
     try {
