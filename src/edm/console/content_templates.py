@@ -34,13 +34,14 @@ from edm.console.media_library import thumbnail
 from edm.console.rendering import CONTENT_SECURITY_POLICY, catalogue_of, render
 from edm.console.routing import new_router
 from edm.contacts import service as contacts
+from edm.contacts.filters import ContactFilter
 from edm.content import media as media_service
 from edm.content import service
 from edm.content.markdown import MAX_MARKDOWN_BYTES, markdown_to_html
 from edm.content.render import off_loop
 from edm.content.schemas import PreviewOut, TemplateCreate, TemplateOut, TemplateUpdate, VariablesOut
 from edm.db.session import end_transaction
-from edm.errors import BadInput, Conflict, EdmError
+from edm.errors import BadInput, Conflict, EdmError, NotFound
 from edm.paging import Page, decode_cursor
 from edm.tasks import proof_sends
 
@@ -222,6 +223,32 @@ def _contact_id(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() and 0 < int(value) < 2**63 else None
 
 
+async def _picker(session: Session, viewer: Viewer, *, q: str, selected: int | None) -> list[Any]:
+    """The contacts the preview picker offers: the first `PICKER_CONTACTS` matching `q` (the contact list's search:
+    part of the address, a name, the company), and the selected one first when it is not among them, so that the
+    picker always shows whom the preview is for."""
+    filters = ContactFilter(q=q.strip()[:200] or None)
+    page = await contacts.contact_page(session, user_id=viewer.id, page=Page(PICKER_CONTACTS, None), filters=filters)
+    found: list[Any] = list(page.items)
+    if selected is not None and all(c.id != selected for c in found):
+        try:
+            found = [await contacts.get_contact(session, user_id=viewer.id, contact_id=selected), *found]
+        except NotFound:
+            pass  # another user's or a deleted contact: the preview falls back to sample data
+    return list(found)
+
+
+@router.get("/templates/contact-options")
+async def contact_options(
+    request: Request, session: Session, viewer: CurrentViewer, contact_q: str = "", contact_id: str | None = None
+) -> Response:
+    """The preview picker's options for what was typed in its search field (htmx swaps them into the select)."""
+    selected = _contact_id(contact_id)
+    picker = await _picker(session, viewer, q=contact_q, selected=selected)
+    context = {"contacts": picker, "contact_id": selected, "contact_q": contact_q}
+    return render(request, "content/contact_options.html", context)
+
+
 async def _editor(
     request: Request,
     session: Session,
@@ -235,7 +262,7 @@ async def _editor(
 ) -> HTMLResponse:
     """The editor page; its preview is rendered last, after the transaction ended (a render may take 2 s)."""
     contact_id = _contact_id(form["contact_id"])
-    picker = await contacts.contact_page(session, user_id=viewer.id, page=Page(PICKER_CONTACTS, None))
+    picker = await _picker(session, viewer, q=form.get("contact_q") or "", selected=contact_id)
     variables = await service.template_variables(session, user_id=viewer.id)
     base_url = str(request.app.state.settings.effective_tracking_url)
     images = await media_service.media_page(
@@ -247,8 +274,10 @@ async def _editor(
         "template": template,
         "form": form,
         "test_form": test_form or Form(),
-        "contacts": picker.items,
-        "contact_options": [(str(c.id), c.email) for c in picker.items],
+        "contacts": picker,
+        "contact_options": [(str(c.id), c.email) for c in picker],
+        "contact_q": form.get("contact_q") or "",
+        "picker_size": PICKER_CONTACTS,
         "contact_id": contact_id,
         "variables": _catalogue(variables),
         "modes": [(mode, catalogue.gettext(label)) for mode, label in EDITOR_MODES.items()],
@@ -404,6 +433,7 @@ async def edit_template(
     session: Session,
     viewer: CurrentViewer,
     contact_id: str | None = None,
+    contact_q: str = "",
     notice: str | None = None,
 ) -> Response:
     template = TemplateOut.model_validate(
@@ -411,6 +441,7 @@ async def edit_template(
     )
     form = _form_of(template)
     form.values["contact_id"] = contact_id or ""
+    form.values["contact_q"] = contact_q
     return await _editor(request, session, viewer, template=template, form=form, notice=notice)
 
 
