@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import logging
 import os
 import re
@@ -204,10 +205,17 @@ def openapi_document() -> dict[str, Any]:
 
 
 def page_field(page: str, name: str) -> str:
-    """The value of the console form field `name` in the HTML `page` (e.g. the CSRF token)."""
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    """The value of the console form field `name` in the HTML `page` (e.g. the CSRF token), unescaped."""
+    found = re.search(rf'name="{re.escape(name)}"[^>]*? value="([^"]*)"', page)
     assert found is not None, f"no {name} in the page"
-    return found.group(1)
+    return html.unescape(found.group(1))
+
+
+def field_error(page: str, name: str) -> str:
+    """The error the console shows beside the form field `name` in the HTML `page`, unescaped."""
+    found = re.search(rf'<p class="field-error" id="f-{re.escape(name)}-error">([^<]*)</p>', page)
+    assert found is not None, f"no error beside {name}"
+    return html.unescape(found.group(1))
 
 
 async def console_log_in(client: httpx.AsyncClient, who: Account, *, csrf_from: str = "/account") -> str:

@@ -16,15 +16,9 @@ from edm.console.rendering import CONTENT_SECURITY_POLICY
 from edm.db.session import unit_of_work
 from edm.system.service import Actor
 from edm.users.service import get_user, reset_password
-from tests.helpers import PASSWORD, Account, expect_error, make_account
+from tests.helpers import PASSWORD, Account, expect_error, make_account, page_field
 
 HTML = {"Accept": "text/html"}
-
-
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
 
 
 async def _log_in(client: httpx.AsyncClient, who: Account | str, *, next: str = "/") -> httpx.Response:
@@ -32,12 +26,12 @@ async def _log_in(client: httpx.AsyncClient, who: Account | str, *, next: str = 
         client.cookies.delete("edm_session")
     form = (await client.get("/login")).text
     username = who if isinstance(who, str) else who.username
-    data = {"csrf_token": _field(form, "csrf_token"), "username": username, "password": PASSWORD, "next": next}
+    data = {"csrf_token": page_field(form, "csrf_token"), "username": username, "password": PASSWORD, "next": next}
     return await client.post("/login", data=data)
 
 
 async def _csrf(client: httpx.AsyncClient) -> str:
-    return _field((await client.get("/account")).text, "csrf_token")
+    return page_field((await client.get("/account")).text, "csrf_token")
 
 
 async def test_pages_without_a_session_lead_to_the_login_page(client: httpx.AsyncClient) -> None:
@@ -97,7 +91,7 @@ async def test_a_read_only_account_may_only_post_to_its_own_session_and_language
     await _log_in(client, reader)
     account = (await client.get("/account")).text
     assert 'action="/account/tokens"' not in account and "/revoke" not in account and "/end" not in account
-    csrf = _field(account, "csrf_token")
+    csrf = page_field(account, "csrf_token")
     for path in ("/account/tokens", "/account/profile", "/account/sessions/end-others", "/account/tokens/1/revoke"):
         refused = await client.post(path, data={"csrf_token": csrf, "name": "x", "timezone": "UTC"})
         assert refused.status_code == 403, path
@@ -120,7 +114,7 @@ async def test_a_password_set_by_an_admin_sends_every_page_to_the_password_form(
     for path in ("/", "/account"):
         assert (await client.get(path)).headers["location"] == "/password", path
     page = (await client.get("/password?next=/account")).text
-    csrf = _field(page, "csrf_token")
+    csrf = page_field(page, "csrf_token")
     differ = await client.post(
         "/password",
         data={"csrf_token": csrf, "current_password": PASSWORD, "new_password": "a new long passphrase",

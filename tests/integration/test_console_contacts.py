@@ -14,26 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm.contacts import service, tags
 from edm.db.session import unit_of_work
 from edm.models.contacts import Contact, ContactTag
-from tests.helpers import Account, console_log_in, create_contact, create_tag, make_account, page_field
+from tests.helpers import console_log_in, create_contact, create_tag, field_error, make_account, page_field
 
 HTML = {"Accept": "text/html"}
-
-
-async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    return await console_log_in(client, who, csrf_from="/contacts")
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{re.escape(name)}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return found.group(1)
 
 
 async def test_the_list_filters_from_the_url_and_says_what_to_do_first(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    await _log_in(client, alice)
+    await console_log_in(client, alice)
     empty = await client.get("/contacts")
     assert "No contacts yet — import a CSV" in empty.text
 
@@ -52,7 +42,8 @@ async def test_the_list_filters_from_the_url_and_says_what_to_do_first(
     bad = await client.get("/contacts", params={"from": "2026-13-01", "status": "gone"}, headers=HTML)
     assert bad.status_code == 422
     assert (
-        _error(bad.text, "from") == "Enter a valid date." and _error(bad.text, "status") == "Choose one of the options."
+        field_error(bad.text, "from") == "Enter a valid date."
+        and field_error(bad.text, "status") == "Choose one of the options."
     )
     assert 'value="2026-13-01"' in bad.text, "what was typed stays"
 
@@ -64,10 +55,10 @@ async def test_creating_and_editing_show_errors_beside_the_field_and_keep_what_w
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     bad = await client.post("/contacts/new", data={"csrf_token": csrf, "email": "not-an-address", "company": "Acme"})
     assert bad.status_code == 422
-    assert _error(bad.text, "email") == "Enter a valid email address."
+    assert field_error(bad.text, "email") == "Enter a valid email address."
     assert 'value="not-an-address"' in bad.text and 'value="Acme"' in bad.text
 
     made = await client.post("/contacts/new", data={"csrf_token": csrf, "email": "ann@example.com", "status": "active"})
@@ -75,15 +66,19 @@ async def test_creating_and_editing_show_errors_beside_the_field_and_keep_what_w
     location = made.headers["location"]
     assert re.fullmatch(r"/contacts/\d+\?notice=created", location)
     again = await client.post("/contacts/new", data={"csrf_token": csrf, "email": "ANN@example.com"})
-    assert again.status_code == 409 and _error(again.text, "email") == "This is already in use."
+    assert again.status_code == 409 and field_error(again.text, "email") == "This is already in use."
 
     path = location.split("?")[0]
     broken = {"csrf_token": csrf, "email": "ann@example.com", "status": "active", "custom_attributes": "{city"}
     answer = await client.post(path, data={**broken, "first_name": "Ann"})
-    assert answer.status_code == 422 and "Enter a JSON object of attributes" in _error(answer.text, "custom_attributes")
+    assert answer.status_code == 422 and "Enter a JSON object of attributes" in field_error(
+        answer.text, "custom_attributes"
+    )
     assert "{city" in answer.text and 'value="Ann"' in answer.text
     answer = await client.post(path, data={**broken, "custom_attributes": '{"bad key": 1}'})
-    assert answer.status_code == 422 and "Enter a JSON object of attributes" in _error(answer.text, "custom_attributes")
+    assert answer.status_code == 422 and "Enter a JSON object of attributes" in field_error(
+        answer.text, "custom_attributes"
+    )
     saved = await client.post(path, data={**broken, "first_name": "Ann", "custom_attributes": '{"city": "Paris"}'})
     assert saved.status_code == 303
     page = (await client.get(path)).text
@@ -98,16 +93,16 @@ async def test_bulk_actions_are_confirmed_with_their_count_and_refused_when_it_m
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     vip = await create_tag(client, alice, "VIP")
     ids = [(await create_contact(client, alice, f"c{i}@example.com", company="Acme"))["id"] for i in range(3)]
     await create_contact(client, alice, "other@example.com")
 
     base = {"csrf_token": csrf, "q": "acme", "action": "tag", "tag_id": str(vip)}
     nothing = await client.post("/contacts/bulk", data={**base, "scope": "selected"})
-    assert nothing.status_code == 422 and "Select at least one contact" in _error(nothing.text, "scope")
+    assert nothing.status_code == 422 and "Select at least one contact" in field_error(nothing.text, "scope")
     no_tag = await client.post("/contacts/bulk", data={**base, "scope": "all", "tag_id": ""})
-    assert no_tag.status_code == 422 and _error(no_tag.text, "tag_id") == "Choose a tag."
+    assert no_tag.status_code == 422 and field_error(no_tag.text, "tag_id") == "Choose a tag."
 
     confirm = await client.post("/contacts/bulk", data={**base, "scope": "all"})
     assert confirm.status_code == 200 and "Add the tag “VIP” to these contacts?" in confirm.text
@@ -145,7 +140,7 @@ async def test_a_read_only_account_sees_no_control_that_writes_and_its_posts_are
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
     reader = await make_account(sessionmaker, "reader", role="read_only")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/contacts")).text
     assert 'action="/contacts/bulk"' not in page and "/contacts/new" not in page
     for path in ("/contacts/new", "/contacts/bulk", "/contacts/1", "/contacts/1/delete"):
@@ -159,7 +154,7 @@ async def test_an_unsubscribed_contact_is_resubscribed_with_a_reason_and_a_conta
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     contact = await create_contact(client, alice, "gone@example.com")
     async with sessionmaker() as session, session.begin():
         row = await session.get(Contact, contact["id"])
@@ -169,7 +164,7 @@ async def test_an_unsubscribed_contact_is_resubscribed_with_a_reason_and_a_conta
     page = (await client.get(path)).text
     assert "Campaigns do not send to this contact." in page and "The contact unsubscribed." in page
     empty = await client.post(f"{path}/resubscribe", data={"csrf_token": csrf, "reason": ""})
-    assert empty.status_code == 422 and _error(empty.text, "reason") == "This field is required."
+    assert empty.status_code == 422 and field_error(empty.text, "reason") == "This field is required."
     done = await client.post(f"{path}/resubscribe", data={"csrf_token": csrf, "reason": "asked by phone"})
     assert done.status_code == 303 and done.headers["location"] == f"{path}?notice=resubscribed"
     page = (await client.get(done.headers["location"])).text
@@ -187,7 +182,7 @@ async def test_a_contact_page_adds_one_of_the_users_tags_and_removes_an_explicit
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
     bob = await make_account(sessionmaker, "bob")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     news = await create_tag(client, alice, "News")
     vip = await create_tag(client, alice, "VIP")
     gold = await create_tag(client, alice, "Gold", parent_id=vip)
@@ -208,11 +203,11 @@ async def test_a_contact_page_adds_one_of_the_users_tags_and_removes_an_explicit
     assert {(t["id"], t["implied"]) for t in contact_tags} == {(news, False), (gold, False), (vip, True)}
 
     nothing = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": ""}, headers=HTML)
-    assert nothing.status_code == 422 and _error(nothing.text, "tag_id") == "Choose a tag."
+    assert nothing.status_code == 422 and field_error(nothing.text, "tag_id") == "Choose a tag."
     foreign = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": str(bobs)}, headers=HTML)
-    assert foreign.status_code == 422 and _error(foreign.text, "tag_id") == "This no longer exists: choose again."
+    assert foreign.status_code == 422 and field_error(foreign.text, "tag_id") == "This no longer exists: choose again."
     unknown = await client.post(f"{path}/tags", data={"csrf_token": csrf, "tag_id": "99999999"}, headers=HTML)
-    assert unknown.status_code == 422 and _error(unknown.text, "tag_id") == "This no longer exists: choose again."
+    assert unknown.status_code == 422 and field_error(unknown.text, "tag_id") == "This no longer exists: choose again."
 
     removed = await client.post(f"{path}/tags/{news}/remove", data={"csrf_token": csrf})
     assert removed.status_code == 303 and removed.headers["location"] == f"{path}?notice=untagged#tags"
@@ -240,7 +235,7 @@ async def test_a_read_only_account_sees_no_tag_control_on_a_contact_and_its_tag_
         contact = (
             await service.create_contact(session, user_id=reader.id, values={"email": "r@example.com"}, tag_ids=[vip])
         ).id
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get(f"/contacts/{contact}")).text
     assert "VIP" in page and f"/contacts/{contact}/tags" not in page and 'name="tag_id"' not in page
     for action in (f"/contacts/{contact}/tags", f"/contacts/{contact}/tags/{vip}/remove"):

@@ -4,7 +4,6 @@ pages in Chromium."""
 
 from __future__ import annotations
 
-import html
 import re
 
 import httpx
@@ -12,30 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.db.session import unit_of_work
 from tests import factories
-from tests.helpers import PASSWORD, Account, make_account
+from tests.helpers import console_log_in, field_error, make_account, page_field
 from tests.integration.test_media import PNG
-
-
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}"[^>]*? value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return found.group(1)
-
-
-async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    """Logs in with the form; the session's CSRF token."""
-    if "edm_session" in client.cookies:
-        client.cookies.delete("edm_session")
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD, "next": "/"}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/senders")).text, "csrf_token")
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{name}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return html.unescape(found.group(1))
 
 
 async def test_senders_are_added_edited_and_deleted_with_errors_beside_their_fields(
@@ -45,19 +22,19 @@ async def test_senders_are_added_edited_and_deleted_with_errors_beside_their_fie
     bob = await make_account(sessionmaker, "bob")
     async with unit_of_work(sessionmaker) as session:
         await factories.sender(session, bob.id, local="taken")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     assert "No senders yet." in (await client.get("/senders")).text
 
     bad = await client.post(
         "/senders", data={"csrf_token": csrf, "local_part": "a..b", "display_name": "News", "reply_to": "nope"}
     )
     assert bad.status_code == 422
-    assert _error(bad.text, "local_part").startswith("Use 1 to 64 letters")
-    assert _field(bad.text, "local_part") == "a..b" and _field(bad.text, "display_name") == "News"
+    assert field_error(bad.text, "local_part").startswith("Use 1 to 64 letters")
+    assert page_field(bad.text, "local_part") == "a..b" and page_field(bad.text, "display_name") == "News"
     taken = await client.post("/senders", data={"csrf_token": csrf, "local_part": "Taken"})
-    assert taken.status_code == 409 and _error(taken.text, "local_part") == "This is already in use."
+    assert taken.status_code == 409 and field_error(taken.text, "local_part") == "This is already in use."
     empty = await client.post("/senders", data={"csrf_token": csrf, "local_part": ""})
-    assert empty.status_code == 422 and _error(empty.text, "local_part") == "This field is required."
+    assert empty.status_code == 422 and field_error(empty.text, "local_part") == "This field is required."
 
     added = await client.post("/senders", data={"csrf_token": csrf, "local_part": "news", "display_name": "News"})
     assert added.status_code == 303 and added.headers["location"] == "/senders?notice=added"
@@ -68,9 +45,9 @@ async def test_senders_are_added_edited_and_deleted_with_errors_beside_their_fie
     assert "The sender was added." in page and f'href="/senders/{sender_id}"' in page
 
     edit = await client.get(f"/senders/{sender_id}")
-    assert _field(edit.text, "display_name") == "News"
+    assert page_field(edit.text, "display_name") == "News"
     refused = await client.post(f"/senders/{sender_id}", data={"csrf_token": csrf, "local_part": "taken"})
-    assert refused.status_code == 409 and _field(refused.text, "local_part") == "taken"
+    assert refused.status_code == 409 and page_field(refused.text, "local_part") == "taken"
     saved = await client.post(
         f"/senders/{sender_id}", data={"csrf_token": csrf, "local_part": "hello", "reply_to": "r@example.com"}
     )
@@ -98,7 +75,7 @@ async def test_a_sender_in_use_is_not_deleted_and_the_list_says_why(
         await factories.task(
             session, alice.id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}, schedule=False
         )
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     refused = await client.post(f"/senders/{sender}/delete", data={"csrf_token": csrf})
     assert refused.status_code == 409 and "This is still in use." in refused.text
     assert len((await client.get("/api/v1/senders", headers=alice.headers)).json()["items"]) == 1
@@ -111,7 +88,7 @@ async def test_senders_are_paged_by_cursor(
     async with unit_of_work(sessionmaker) as session:
         for i in range(52):
             await factories.sender(session, alice.id, local=f"s{i:02d}")
-    await _log_in(client, alice)
+    await console_log_in(client, alice)
     first = (await client.get("/senders")).text
     assert "s49" in first and "s50" not in first
     cursor = re.search(r'href="/senders\?cursor=([^"]+)" rel="next"', first)
@@ -126,7 +103,7 @@ async def test_a_read_only_account_sees_senders_without_write_controls_and_its_p
     reader = await make_account(sessionmaker, "reader", role="read_only")
     async with unit_of_work(sessionmaker) as session:
         sender = await factories.sender(session, reader.id, local="mine")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/senders")).text
     assert "mine" in page and 'action="/senders"' not in page and "/delete" not in page
     for path in ("/senders", f"/senders/{sender}", f"/senders/{sender}/delete"):
@@ -141,7 +118,7 @@ async def test_a_template_is_created_and_saved_with_syntax_errors_beside_their_f
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     assert "No templates yet." in (await client.get("/templates")).text
     editor = await client.get("/templates/new")
     assert editor.status_code == 200 and "Write a subject and some HTML" in editor.text
@@ -151,11 +128,11 @@ async def test_a_template_is_created_and_saved_with_syntax_errors_beside_their_f
     fields = {"csrf_token": csrf, "name": "Welcome", "subject": "Hi {{ name }}", "inline_css": "on"}
     broken = await client.post("/templates/new", data={**fields, "html": "  <p>{{ oops </p>"})
     assert broken.status_code == 422
-    assert _error(broken.text, "html").startswith("HTML, line 1: syntax error.")
+    assert field_error(broken.text, "html").startswith("HTML, line 1: syntax error.")
     assert "  &lt;p&gt;{{ oops &lt;/p&gt;</textarea>" in broken.text, "the source is kept as typed"
-    assert _field(broken.text, "name") == "Welcome"
+    assert page_field(broken.text, "name") == "Welcome"
     missing = await client.post("/templates/new", data={**fields, "subject": "", "html": HTML_SOURCE})
-    assert missing.status_code == 422 and _error(missing.text, "subject") == "This field is required."
+    assert missing.status_code == 422 and field_error(missing.text, "subject") == "This field is required."
 
     created = await client.post("/templates/new", data={**fields, "html": HTML_SOURCE})
     assert created.status_code == 303
@@ -167,7 +144,7 @@ async def test_a_template_is_created_and_saved_with_syntax_errors_beside_their_f
     assert "No unsubscribe link: a footer with one will be added." in page
 
     taken = await client.post("/templates/new", data={**fields, "html": HTML_SOURCE})
-    assert taken.status_code == 409 and _error(taken.text, "name") == "This is already in use."
+    assert taken.status_code == 409 and field_error(taken.text, "name") == "This is already in use."
     saved = await client.post(f"/templates/{template_id}", data={**fields, "name": "Welcome 2", "html": "<p>New</p>"})
     assert saved.status_code == 303
     assert (await client.get(f"/api/v1/templates/{template_id}", headers=alice.headers)).json()["name"] == "Welcome 2"
@@ -186,7 +163,7 @@ async def test_the_preview_pane_renders_for_a_contact_with_warnings_and_render_l
     async with unit_of_work(sessionmaker) as session:
         [contact] = await factories.contacts(session, alice.id, 1, prefix="ann-")
         [bobs] = await factories.contacts(session, bob.id, 1, prefix="bob-")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     html_source = "<p>{{ contact.email }} {{ contact.nickname }} {{ contact.company }}</p>"
     form = {"csrf_token": csrf, "subject": "Hi", "html": html_source}
     pane = await client.post("/templates/preview", data={**form, "contact_id": str(contact)})
@@ -208,7 +185,7 @@ async def test_a_read_only_account_sees_templates_without_write_controls(
     reader = await make_account(sessionmaker, "reader", role="read_only")
     async with unit_of_work(sessionmaker) as session:
         template = await factories.template(session, reader.id, html="<p>Read me</p>")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     listed = (await client.get("/templates")).text
     assert "/delete" not in listed and "/templates/new" not in listed
     editor = (await client.get(f"/templates/{template}")).text
@@ -223,20 +200,20 @@ async def test_images_are_uploaded_with_errors_beside_the_file_listed_and_delete
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
     reader = await make_account(sessionmaker, "reader", role="read_only")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     assert "No images yet." in (await client.get("/media")).text
 
     async def upload(name: str, data: bytes) -> httpx.Response:
         return await client.post("/media", data={"csrf_token": csrf}, files={"file": (name, data, "image/png")})
 
     text = await upload("fake.png", b"not an image at all")
-    assert text.status_code == 422 and _error(text.text, "file") == "Choose a JPEG, PNG or GIF image."
+    assert text.status_code == 422 and field_error(text.text, "file") == "Choose a JPEG, PNG or GIF image."
     empty = await upload("empty.png", b"")
-    assert empty.status_code == 422 and _error(empty.text, "file") == "The file is empty."
+    assert empty.status_code == 422 and field_error(empty.text, "file") == "The file is empty."
     none = await client.post("/media", data={"csrf_token": csrf}, files={"other": ("x.txt", b"x", "text/plain")})
-    assert none.status_code == 422 and _error(none.text, "file") == "Choose an image file."
+    assert none.status_code == 422 and field_error(none.text, "file") == "Choose an image file."
     big = await upload("big.png", PNG + b"\x00" * (5 * 1024 * 1024))
-    assert big.status_code == 413 and _error(big.text, "file") == "The image is larger than 5 MB."
+    assert big.status_code == 413 and field_error(big.text, "file") == "The image is larger than 5 MB."
     assert (await client.get("/api/v1/media", headers=alice.headers)).json()["items"] == []
 
     done = await upload("dot.png", PNG)
@@ -253,7 +230,7 @@ async def test_images_are_uploaded_with_errors_beside_the_file_listed_and_delete
     assert deleted.status_code == 303
     assert (await client.get("/api/v1/media", headers=alice.headers)).json()["items"] == []
 
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/media")).text
     assert 'action="/media"' not in page
     refused = await client.post("/media", data={"csrf_token": csrf}, files={"file": ("dot.png", PNG, "image/png")})
@@ -267,11 +244,11 @@ async def test_a_test_send_is_queued_and_the_daily_limit_is_said_beside_the_addr
     async with unit_of_work(sessionmaker) as session:
         await factories.sender(session, alice.id)
         template = await factories.template(session, alice.id)
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     url = f"/templates/{template}/test-send"
     bad = await client.post(url, data={"csrf_token": csrf, "emails": "a@example.org, nope"})
-    assert bad.status_code == 422 and _error(bad.text, "emails") == "Enter 1 to 5 valid email addresses."
-    assert _field(bad.text, "emails") == "a@example.org, nope"
+    assert bad.status_code == 422 and field_error(bad.text, "emails") == "Enter 1 to 5 valid email addresses."
+    assert page_field(bad.text, "emails") == "a@example.org, nope"
     five = ", ".join(f"t{i}@example.org" for i in range(5))
     for _ in range(10):
         queued = await client.post(url, data={"csrf_token": csrf, "emails": five})
@@ -280,7 +257,7 @@ async def test_a_test_send_is_queued_and_the_daily_limit_is_said_beside_the_addr
     assert len(sends) == 10
     refused = await client.post(url, data={"csrf_token": csrf, "emails": "one@example.org"})
     assert refused.status_code == 429
-    assert _error(refused.text, "emails") == (
+    assert field_error(refused.text, "emails") == (
         "You have used today's 50 test recipients; the limit resets at midnight UTC."
     )
 
@@ -293,7 +270,7 @@ async def test_templates_are_paged_by_cursor_with_the_name_filter_kept(
         for i in range(52):
             await factories.template(session, alice.id, name=f"promo {i:02d}")
         await factories.template(session, alice.id, name="other")
-    await _log_in(client, alice)
+    await console_log_in(client, alice)
     first = (await client.get("/templates?q=promo")).text
     assert "promo 49" in first and "promo 50" not in first and "(52)" in first
     cursor = re.search(r'href="/templates\?cursor=([^"&]+)&amp;q=promo" rel="next"', first)

@@ -13,27 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.contacts import imports
 from edm.models.contacts import Contact
-from tests.helpers import Account, api_client, console_log_in, create_tag, make_account
+from tests.helpers import api_client, console_log_in, create_tag, field_error, make_account
 
 HTML = {"Accept": "text/html"}
 CSV = "Mail,Vorname,Stadt\nann@example.com,Ann,Paris\nnot-an-address,Bob,Rome\ncy@example.com,Cy,Oslo\n"
-
-
-async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    return await console_log_in(client, who, csrf_from="/contacts/import")
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{re.escape(name)}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return found.group(1)
 
 
 async def test_a_preview_maps_the_columns_and_the_import_follows_the_mapping(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     vip = await create_tag(client, alice, "VIP")
     files = {"file": ("people.csv", CSV.encode(), "text/csv")}
 
@@ -85,15 +75,15 @@ async def test_upload_errors_show_beside_the_file_and_keep_the_options(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     none = await client.post("/contacts/import", data={"csrf_token": csrf, "mode": "update_existing"})
-    assert none.status_code == 422 and _error(none.text, "file") == "Choose a file."
+    assert none.status_code == 422 and field_error(none.text, "file") == "Choose a file."
     assert '<option value="update_existing" selected>' in none.text
 
     no_email = {"file": ("x.csv", b"who,city\nann,Paris\n", "text/csv")}
     answer = await client.post("/contacts/import", files=no_email, data={"csrf_token": csrf})
     assert answer.status_code == 422
-    assert _error(answer.text, "file") == "Choose a CSV or XLSX file with a header row and an email column."
+    assert field_error(answer.text, "file") == "Choose a CSV or XLSX file with a header row and an email column."
     twice = {"csrf_token": csrf, "header_0": "Mail", "map_0": "email", "header_1": "Vorname", "map_1": "email"}
     answer = await client.post("/contacts/import", files={"file": ("p.csv", CSV.encode())}, data=twice)
     assert answer.status_code == 422 and "Map one column to Email" in answer.text
@@ -109,10 +99,10 @@ async def test_a_file_over_the_limit_is_refused_with_the_limit_named(
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
     async with api_client(db_url, engine, import_max_bytes=1024 * 1024) as client:
-        csrf = await _log_in(client, alice)
+        csrf = await console_log_in(client, alice)
         big = {"file": ("big.csv", b"email\n" + b"a@example.com\n" * 80_000, "text/csv")}
         answer = await client.post("/contacts/import", files=big, data={"csrf_token": csrf})
-        assert answer.status_code == 413 and _error(answer.text, "file") == "The file is larger than 1 MB."
+        assert answer.status_code == 413 and field_error(answer.text, "file") == "The file is larger than 1 MB."
         hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
         answer = await client.post("/contacts/import/preview", files=big, headers=hx)
         assert answer.status_code == 200 and "The file is larger than 1 MB." in answer.text
@@ -122,7 +112,7 @@ async def test_a_read_only_account_sees_no_upload_form_and_cannot_post(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     reader = await make_account(sessionmaker, "reader", role="read_only")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/contacts/import")).text
     assert 'id="import-form"' not in page and "Your account can look but not change anything." in page
     files = {"file": ("people.csv", CSV.encode(), "text/csv")}

@@ -16,27 +16,7 @@ from edm.models.system import Notification
 from edm.suppressions import service as suppressions
 from edm.suppressions.service import SuppressionList
 from edm.system.service import CLI
-from tests.helpers import PASSWORD, Account, make_account
-
-
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}"[^>]*? value="([^"]*)"', page)
-    assert found is not None, f"no {name} in the page"
-    return html.unescape(found.group(1))
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{name}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return html.unescape(found.group(1))
-
-
-async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    """Logs in with the form; the session's CSRF token."""
-    form = (await client.get("/login")).text
-    data = {"csrf_token": _field(form, "csrf_token"), "username": who.username, "password": PASSWORD, "next": "/"}
-    assert (await client.post("/login", data=data)).status_code == 303
-    return _field((await client.get("/account")).text, "csrf_token")
+from tests.helpers import Account, console_log_in, field_error, make_account, page_field
 
 
 async def _entries(client: httpx.AsyncClient, who: Account) -> list[dict[str, object]]:
@@ -50,31 +30,31 @@ async def test_entries_are_added_refused_beside_the_field_and_removed_only_with_
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     empty = await client.get("/suppressions")
     assert empty.status_code == 200 and "Your list is empty." in empty.text
 
     bad = await client.post(
         "/suppressions", data={"csrf_token": csrf, "kind": "domain", "value": "not a domain", "note": "typo"}
     )
-    assert bad.status_code == 422 and _error(bad.text, "value") == "Enter a valid domain, e.g. example.org."
-    assert _field(bad.text, "value") == "not a domain" and _field(bad.text, "note") == "typo"
+    assert bad.status_code == 422 and field_error(bad.text, "value") == "Enter a valid domain, e.g. example.org."
+    assert page_field(bad.text, "value") == "not a domain" and page_field(bad.text, "note") == "typo"
     missing = await client.post("/suppressions", data={"csrf_token": csrf, "kind": "address", "value": " "})
-    assert missing.status_code == 422 and _error(missing.text, "value") == "This field is required."
+    assert missing.status_code == 422 and field_error(missing.text, "value") == "This field is required."
 
     added = await client.post(
         "/suppressions", data={"csrf_token": csrf, "kind": "address", "value": "Ann@Example.com", "note": "asked"}
     )
     assert added.status_code == 303 and added.headers["location"] == "/suppressions?notice=added"
     twice = await client.post("/suppressions", data={"csrf_token": csrf, "kind": "address", "value": "ann@example.com"})
-    assert twice.status_code == 409 and _error(twice.text, "value") == "This is already on your list."
+    assert twice.status_code == 409 and field_error(twice.text, "value") == "This is already on your list."
     [entry] = await _entries(client, alice)
     assert entry["value"] == "ann@example.com" and entry["reason"] == "manual"
 
     confirm = await client.get(f"/suppressions/{entry['id']}/remove")
     assert confirm.status_code == 200 and "Remove 1 entry" in confirm.text
     no_reason = await client.post(f"/suppressions/{entry['id']}/remove", data={"csrf_token": csrf, "reason": ""})
-    assert no_reason.status_code == 422 and _error(no_reason.text, "reason") == "Say why the entry is removed."
+    assert no_reason.status_code == 422 and field_error(no_reason.text, "reason") == "Say why the entry is removed."
     assert len(await _entries(client, alice)) == 1, "nothing removed without a reason"
     removed = await client.post(f"/suppressions/{entry['id']}/remove", data={"csrf_token": csrf, "reason": "mistake"})
     assert removed.status_code == 303 and await _entries(client, alice) == []
@@ -84,7 +64,7 @@ async def test_the_import_keeps_good_rows_and_reports_bad_ones_and_the_check_and
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     bob = await make_account(sessionmaker, "bob")
-    csrf = await _log_in(client, bob)
+    csrf = await console_log_in(client, bob)
     csv = b"email,domain,note\nkim@example.com,,one\nnot-an-address,,two\n,spam.example,three\n"
     report = await client.post(
         "/suppressions/import", data={"csrf_token": csrf}, files={"file": ("list.csv", csv, "text/csv")}
@@ -95,7 +75,7 @@ async def test_the_import_keeps_good_rows_and_reports_bad_ones_and_the_check_and
     assert "Row 3, column “email”: Enter a valid email address." in text
     assert sorted(str(e["value"]) for e in await _entries(client, bob)) == ["kim@example.com", "spam.example"]
     no_file = await client.post("/suppressions/import", data={"csrf_token": csrf}, files={"file": ("", b"", "")})
-    assert no_file.status_code == 422 and _error(no_file.text, "file") == "Choose a CSV file."
+    assert no_file.status_code == 422 and field_error(no_file.text, "file") == "Choose a CSV file."
 
     blocked = " ".join(
         html.unescape((await client.get("/suppressions", params={"check": "Someone@SPAM.example"})).text).split()
@@ -104,7 +84,7 @@ async def test_the_import_keeps_good_rows_and_reports_bad_ones_and_the_check_and
     free = html.unescape((await client.get("/suppressions", params={"check": "ann@other.example"})).text)
     assert "ann@other.example is not blocked." in free
     invalid = await client.get("/suppressions", params={"check": "nope"})
-    assert invalid.status_code == 200 and _error(invalid.text, "check") == "Enter a valid email address."
+    assert invalid.status_code == 200 and field_error(invalid.text, "check") == "Enter a valid email address."
 
     domains = (await client.get("/suppressions", params={"kind": "domain"})).text
     assert "spam.example" in domains and "kim@example.com" not in domains and "Entries that match: 1" in domains
@@ -120,7 +100,7 @@ async def test_a_read_only_user_sees_the_list_and_the_check_but_no_write_control
     async with unit_of_work(sessionmaker) as session:
         entry = suppressions.new_entry(email="kept@example.com", domain=None, now=utc_now())
         await suppressions.add_entry(session, SuppressionList.of_user(reader.id), entry, actor=CLI, now=utc_now())
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = await client.get("/suppressions", params={"check": "ann@example.com"})
     assert page.status_code == 200 and "ann@example.com is not blocked." in page.text
     assert "kept@example.com" in page.text, "the list is shown"
@@ -144,7 +124,7 @@ async def test_notifications_are_listed_counted_in_the_top_bar_and_marked_read(
         for n in range(2):
             session.add(Notification(user_id=carl.id, kind="import", title=f"Import {n} finished", link="/contacts"))
         session.add(Notification(user_id=other.id, kind="import", title="Not for carl"))
-    csrf = await _log_in(client, carl)
+    csrf = await console_log_in(client, carl)
     page = await client.get("/notifications")
     assert page.status_code == 200 and "Import 0 finished" in page.text and "Not for carl" not in page.text
     assert re.search(r'class="notif-link">Notifications <span class="badge">2<', page.text), "the top bar's count"
@@ -172,7 +152,7 @@ async def test_a_read_only_user_marks_its_own_notifications_read_in_the_console_
         for n in range(2):
             session.add(Notification(user_id=reader.id, kind="import", title=f"Import {n} finished"))
         session.add(Notification(user_id=other.id, kind="import", title="Not for the reader"))
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/notifications")).text
     assert page.count('action="/notifications/') == 2, "every unread one has its button, read-only or not"
     [first, second] = (await client.get("/api/v1/me/notifications", headers=reader.headers)).json()["items"]

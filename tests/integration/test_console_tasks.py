@@ -15,11 +15,7 @@ from edm.db.session import unit_of_work
 from edm.models.tasks import SubTask
 from edm.tasks import generation
 from tests import factories
-from tests.helpers import Account, console_log_in, make_account
-
-
-async def _log_in(client: httpx.AsyncClient, who: Account) -> str:
-    return await console_log_in(client, who, csrf_from="/account")
+from tests.helpers import Account, console_log_in, field_error, make_account
 
 
 async def _campaigns(sessionmaker: async_sessionmaker[AsyncSession], who: Account, *names: str) -> list[int]:
@@ -52,7 +48,7 @@ async def test_the_list_filters_by_status_and_name_and_pages_with_the_filters_ke
     alice = await make_account(sessionmaker, "alice", credit=100)
     bob = await make_account(sessionmaker, "bob")
     await _campaigns(sessionmaker, bob, "Spring of bob")
-    await _log_in(client, alice)
+    await console_log_in(client, alice)
     empty = (await client.get("/tasks")).text
     assert "No campaigns yet" in empty and "Create your first campaign" in empty
 
@@ -87,7 +83,7 @@ async def test_actions_follow_the_state_machine_and_lead_back_to_the_filtered_li
 ) -> None:
     alice = await make_account(sessionmaker, "alice", credit=100)
     draft, scheduled = await _campaigns(sessionmaker, alice, "Draft one", "Scheduled one")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     page = (await client.get("/tasks")).text
     assert f'action="/tasks/{draft}/delete"' in page and f'action="/tasks/{draft}/pause"' not in page
     assert f'action="/tasks/{scheduled}/pause"' in page and f'action="/tasks/{scheduled}/delete"' not in page
@@ -119,7 +115,7 @@ async def test_a_reader_sees_no_action_and_no_one_acts_on_anothers_campaign(
     bob = await make_account(sessionmaker, "bob", credit=100)
     (mine,) = await _campaigns(sessionmaker, reader, "Scheduled reading")
     (theirs,) = await _campaigns(sessionmaker, bob, "Scheduled bob")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     page = (await client.get("/tasks")).text
     assert "Scheduled reading" in page and "/pause" not in page and "New campaign" not in page
     refused = await client.post(f"/tasks/{mine}/pause", data={"csrf_token": csrf})
@@ -129,16 +125,10 @@ async def test_a_reader_sees_no_action_and_no_one_acts_on_anothers_campaign(
     assert (await client.post(f"/tasks/{mine}/uncertain/retry", data={"csrf_token": csrf})).status_code == 403
 
     alice = await make_account(sessionmaker, "alice")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     assert (await client.post(f"/tasks/{theirs}/cancel", data={"csrf_token": csrf})).status_code == 404
     status = (await client.get(f"/api/v1/tasks/{theirs}", headers=bob.headers)).json()["status"]
     assert status == "scheduled"
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{name}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return found.group(1)
 
 
 def _value(page: str, name: str) -> str:
@@ -158,7 +148,7 @@ async def test_the_wizard_saves_a_draft_then_schedules_it_with_a_weighted_ab_pai
         vip = await factories.tag(session, alice.id, "VIP")
         await factories.contacts(session, alice.id, 3, prefix="alice-", tag_id=vip)
         await factories.contacts(session, alice.id, 2, prefix="other-")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     page = (await client.get("/tasks/new")).text
     assert "5 contacts will receive it" in page, "all contacts by default"
     assert re.search(r'id="schedule-button" disabled', page), "nothing chosen yet: no scheduling"
@@ -206,21 +196,21 @@ async def test_the_wizard_shows_errors_beside_the_fields_and_keeps_what_was_type
         a = await factories.template(session, alice.id, "Version A")
         await factories.tag(session, alice.id, "VIP")
         await factories.contacts(session, alice.id, 2, prefix="alice-")
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
     base = {"csrf_token": csrf, "sender_id": str(sender), "template_id_1": str(a), "rule_type": "all_contacts"}
 
     bad = await client.post("/tasks/new", data={**base, "name": "", "weight_1": "lots", "do": "save"})
     assert bad.status_code == 422
-    assert _error(bad.text, "name") == "This field is required."
-    assert _error(bad.text, "weight_1") == "Enter a whole number."
+    assert field_error(bad.text, "name") == "This field is required."
+    assert field_error(bad.text, "weight_1") == "Enter a whole number."
     assert _value(bad.text, "weight_1") == "lots" and re.search(rf'<option value="{a}" selected>', bad.text)
     none_tagged = await client.post("/tasks/new", data={**base, "name": "X", "rule_type": "tag_based", "do": "save"})
-    assert _error(none_tagged.text, "include_tag_ids") == "Choose at least one tag."
+    assert field_error(none_tagged.text, "include_tag_ids") == "Choose at least one tag."
     assert (await client.get("/api/v1/tasks", headers=alice.headers)).json()["items"] == [], "nothing was saved"
     saved = await client.post("/tasks/new", data={**base, "name": "Draft", "do": "save"})
     edit = saved.headers["location"].split("?")[0]
     changed = await client.post(edit, data={**base, "name": "Renamed", "rule_type": "tag_based", "do": "save"})
-    assert changed.status_code == 422 and _error(changed.text, "include_tag_ids") == "Choose at least one tag."
+    assert changed.status_code == 422 and field_error(changed.text, "include_tag_ids") == "Choose at least one tag."
     assert _value(changed.text, "name") == "Renamed" and f'action="{edit}"' in changed.text
     (draft,) = (await client.get("/api/v1/tasks", headers=alice.headers)).json()["items"]
     assert draft["name"] == "Draft" and draft["recipient_rule"]["type"] == "all_contacts", "the draft as it was"
@@ -229,11 +219,16 @@ async def test_the_wizard_shows_errors_beside_the_fields_and_keeps_what_was_type
     when = await client.post(
         "/tasks/new", data={**base, "name": "X", "when": "at", "at_local": "soon", "do": "schedule"}
     )
-    assert _error(when.text, "at_local") == "Enter a valid date and time." and _value(when.text, "at_local") == "soon"
+    assert (
+        field_error(when.text, "at_local") == "Enter a valid date and time." and _value(when.text, "at_local") == "soon"
+    )
     past = await client.post(
         "/tasks/new", data={**base, "name": "Y", "when": "at", "at_local": "2020-01-01T10:00", "do": "schedule"}
     )
-    assert past.status_code == 422 and _error(past.text, "at_local") == "Choose a time between now and a year from now."
+    assert (
+        past.status_code == 422
+        and field_error(past.text, "at_local") == "Choose a time between now and a year from now."
+    )
     assert 'action="/tasks/' in past.text and "/edit" in past.text, "the draft was kept, to be edited further"
     short = await client.post("/tasks/new", data={**base, "name": "Z", "when": "now", "do": "schedule"})
     assert short.status_code == 409 and "There is not enough credit for this." in short.text
@@ -245,7 +240,7 @@ async def test_a_reader_cannot_open_the_wizard_form_nor_post_it(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     reader = await make_account(sessionmaker, "reader", role="read_only")
-    csrf = await _log_in(client, reader)
+    csrf = await console_log_in(client, reader)
     assert (await client.get("/tasks/new")).status_code == 403
     refused = await client.post("/tasks/new", data={"csrf_token": csrf, "name": "X", "do": "save"})
     assert refused.status_code == 403
@@ -267,7 +262,7 @@ async def test_a_campaign_page_shows_its_counts_templates_history_and_the_uncert
     async with unit_of_work(sessionmaker) as session:
         first = await session.scalar(select(SubTask.id).where(SubTask.task_id == task_id).order_by(SubTask.id))
         await session.execute(update(SubTask).where(SubTask.id == first).values(send_state="uncertain", attempts=1))
-    csrf = await _log_in(client, alice)
+    csrf = await console_log_in(client, alice)
 
     page = (await client.get(f"/tasks/{task_id}")).text
     assert f'data-poll="/api/v1/tasks/{task_id}/stats"' in page, "a queued campaign follows the server"
@@ -302,6 +297,6 @@ async def test_a_campaign_page_shows_its_counts_templates_history_and_the_uncert
     assert "@example.net</h1>" in one and 'id="recipient-state"' in one and "Nothing happened yet." in one
 
     bob = await make_account(sessionmaker, "bob")
-    await _log_in(client, bob)
+    await console_log_in(client, bob)
     for path in (f"/tasks/{task_id}", f"/tasks/{task_id}/recipients", f"/tasks/{task_id}/recipients/{first}"):
         assert (await client.get(path)).status_code == 404, path

@@ -14,16 +14,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.content.markdown import markdown_to_html
-from tests.helpers import Account, console_log_in, expect_error, make_account
+from tests.helpers import Account, console_log_in, expect_error, field_error, make_account
 
 API = "/api/v1"
 MARKDOWN = '# Hello {{ contact.first_name | default("there") }}\n\nSee [the shop]({{ unsubscribe_url }}) *now*.\n'
-
-
-def _error(page: str, name: str) -> str:
-    found = re.search(rf'<p class="field-error" id="f-{name}-error">([^<]*)</p>', page)
-    assert found is not None, f"no error beside {name}"
-    return html.unescape(found.group(1))
 
 
 def _textarea(page: str, name: str) -> str:
@@ -142,7 +136,7 @@ async def test_bad_markdown_is_refused_beside_its_field_with_what_was_typed(
     csrf = await console_log_in(client, ann)
     refused = await client.post("/templates/new", data=_form(csrf, editor="markdown", markdown=markdown))
     assert refused.status_code == 422
-    assert _error(refused.text, "markdown").startswith(message)
+    assert field_error(refused.text, "markdown").startswith(message)
     assert _checked_mode(refused.text) == "markdown"
     if "\x00" not in markdown and len(markdown) < 1000:
         assert _textarea(refused.text, "markdown") == markdown
