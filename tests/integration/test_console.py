@@ -243,3 +243,25 @@ async def test_only_admins_see_the_admin_group_and_pages_not_built_are_no_links(
     await _log_in(client, root)
     page = (await client.get("/")).text
     assert 'id="menu-admin"' in page and '<a href="/api/docs">API documentation</a>' in page
+
+
+async def test_every_built_admin_page_answers_404_to_a_user_and_opens_for_an_admin(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """An admin page's existence is not shown to users: the same 404 as an unknown path. (Planned pages have no
+    route yet; the registry test elsewhere checks that.)"""
+    alice = await make_account(sessionmaker, "alice")
+    root = await make_account(sessionmaker, "root", role="admin")
+    admin_pages = [p for key, p in pages.PAGES.items() if p.admin and p.built and key != "api_docs"]
+    await _log_in(client, alice)
+    unknown = await client.get("/admin/no-such-page")
+    for page in admin_pages:
+        answer = await client.get(page.path)
+        assert answer.status_code == 404 == unknown.status_code, page.path
+    await _log_in(client, root)
+    for page in admin_pages:
+        assert (await client.get(page.path)).status_code == 200, page.path
+    page = (await client.get("/")).text
+    for key in pages.ADMIN_MENU:  # planned admin pages are text marked "soon", never a link to a 404
+        entry = pages.PAGES[key]
+        assert (f'href="{entry.path}"' in page) == entry.built, key

@@ -30,7 +30,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from edm.api.deps import UNSAFE_METHODS, Caller, Session
-from edm.errors import Forbidden, Unauthenticated
+from edm.errors import Forbidden, NotFound, Unauthenticated
 from edm.models.users import Role, TokenScope
 from edm.settings import Settings
 from edm.system.service import unread_count
@@ -142,6 +142,17 @@ async def check_csrf(request: Request, secret: str) -> None:
 
 
 CurrentViewer = Annotated[Viewer, Depends(_viewer)]
+
+
+async def _admin(viewer: CurrentViewer) -> Viewer:
+    """The viewer of an admin page: anyone else gets the same 404 as for a page that does not exist (an admin page's
+    existence is not shown to users), for GET and POST alike."""
+    if not viewer.is_admin:
+        raise NotFound("not found")
+    return viewer
+
+
+AdminViewer = Annotated[Viewer, Depends(_admin)]
 
 
 # ---- cookies -------------------------------------------------------------------------------------------------

@@ -37,12 +37,35 @@ PAGES: dict[str, Page] = {
     "account": Page("/account", N_("Account"), built=True),
     "notifications": Page("/notifications", N_("Notifications"), built=True),  # the top bar links it (C5)
     "password": Page("/password", N_("Change password"), built=True),
+    # The admin section (docs/console.md#admin-pages): every page answers 404 to anyone but an admin.
+    "admin_dashboard": Page("/admin", N_("Overview"), built=False, admin=True),
+    "admin_users": Page("/admin/users", N_("Users"), built=False, admin=True),
+    "admin_credit": Page("/admin/credit", N_("Credit"), built=False, admin=True),
+    "admin_services": Page("/admin/services", N_("Sending services"), built=False, admin=True),
+    "admin_mappings": Page("/admin/mappings", N_("Service access"), built=False, admin=True),
+    "admin_queue": Page("/admin/queue", N_("Queue"), built=False, admin=True),
+    "admin_events": Page("/admin/events", N_("Events"), built=False, admin=True),
+    "admin_suppressions": Page("/admin/suppressions", N_("Global suppressions"), built=False, admin=True),
+    "admin_settings": Page("/admin/settings", N_("Settings"), built=False, admin=True),
+    "admin_audit": Page("/admin/audit", N_("Audit log"), built=False, admin=True),
     "api_docs": Page("/api/docs", N_("API documentation"), built=True, admin=True),
 }
 
 # The left menu, in the order of the work; then the admin group.
 MENU = ("dashboard", "contacts", "tags", "templates", "media", "senders", "tasks", "conversations", "suppressions")
-ADMIN_MENU = ("api_docs",)
+ADMIN_MENU = (
+    "admin_dashboard",
+    "admin_users",
+    "admin_credit",
+    "admin_services",
+    "admin_mappings",
+    "admin_queue",
+    "admin_events",
+    "admin_suppressions",
+    "admin_settings",
+    "admin_audit",
+    "api_docs",
+)
 
 
 @dataclass(frozen=True)
