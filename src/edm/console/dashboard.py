@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from babel.dates import format_skeleton
 from fastapi import Request
 from fastapi.responses import Response
 
 from edm.api.deps import Session
 from edm.clock import utc_now
 from edm.console.auth import CurrentViewer
+from edm.console.charts import day_chart
 from edm.console.i18n import N_
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
@@ -50,15 +50,16 @@ async def dashboard_page(request: Request, session: Session, viewer: CurrentView
     data = await dashboard.user_dashboard(session, viewer.user, now=utc_now())
     catalogue = catalogue_of(request)
     days = data["daily"]["days"]
-    labels = [format_skeleton("MMMd", d["date"], locale=catalogue.locale) for d in days]
     names = dict(CARDS)
     charts: list[dict[str, Any]] = [
-        {
-            "id": chart_id,
-            "title": catalogue.gettext(title),
-            "labels": labels,
-            "series": [{"key": k, "label": catalogue.gettext(names[k]), "values": [d[k] for d in days]} for k in keys],
-        }
+        day_chart(
+            catalogue,
+            chart_id=chart_id,
+            title=title,
+            days=days,
+            series=[(k, names[k]) for k in keys],
+            day=lambda d: d["date"],
+        )
         for chart_id, title, keys in CHARTS
     ]
     by_status = data["tasks_by_status"]

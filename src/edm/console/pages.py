@@ -38,16 +38,16 @@ PAGES: dict[str, Page] = {
     "notifications": Page("/notifications", N_("Notifications"), built=True),  # the top bar links it (C5)
     "password": Page("/password", N_("Change password"), built=True),
     # The admin section (docs/console.md#admin-pages): every page answers 404 to anyone but an admin.
-    "admin_dashboard": Page("/admin", N_("Overview"), built=False, admin=True),
-    "admin_users": Page("/admin/users", N_("Users"), built=False, admin=True),
-    "admin_credit": Page("/admin/credit", N_("Credit"), built=False, admin=True),
-    "admin_services": Page("/admin/services", N_("Sending services"), built=False, admin=True),
-    "admin_mappings": Page("/admin/mappings", N_("Service access"), built=False, admin=True),
-    "admin_queue": Page("/admin/queue", N_("Queue"), built=False, admin=True),
-    "admin_events": Page("/admin/events", N_("Events"), built=False, admin=True),
-    "admin_suppressions": Page("/admin/suppressions", N_("Global suppressions"), built=False, admin=True),
-    "admin_settings": Page("/admin/settings", N_("Settings"), built=False, admin=True),
-    "admin_audit": Page("/admin/audit", N_("Audit log"), built=False, admin=True),
+    "admin_dashboard": Page("/admin", N_("Overview"), built=True, admin=True),
+    "admin_users": Page("/admin/users", N_("Users"), built=True, admin=True),
+    "admin_credit": Page("/admin/credit", N_("Credit"), built=True, admin=True),
+    "admin_services": Page("/admin/services", N_("Sending services"), built=True, admin=True),
+    "admin_mappings": Page("/admin/mappings", N_("Service access"), built=True, admin=True),
+    "admin_queue": Page("/admin/queue", N_("Queue"), built=True, admin=True),
+    "admin_events": Page("/admin/events", N_("Events"), built=True, admin=True),
+    "admin_suppressions": Page("/admin/suppressions", N_("Global suppressions"), built=True, admin=True),
+    "admin_settings": Page("/admin/settings", N_("Settings"), built=True, admin=True),
+    "admin_audit": Page("/admin/audit", N_("Audit log"), built=True, admin=True),
     "api_docs": Page("/api/docs", N_("API documentation"), built=True, admin=True),
 }
 
@@ -81,6 +81,8 @@ def menu(keys: tuple[str, ...], current_path: str) -> list[MenuItem]:
     items = []
     for key in keys:
         page = PAGES[key]
-        current = current_path == page.path or (page.path != "/" and current_path.startswith(page.path + "/"))
+        # "/" and "/admin" are the roots of their menus: their sub-paths are other entries' pages.
+        nested = page.path not in ("/", "/admin") and current_path.startswith(page.path + "/")
+        current = current_path == page.path or nested
         items.append(MenuItem(key, page.path, page.label, page.built, current))
     return items

@@ -6,6 +6,16 @@ from fastapi import APIRouter
 
 from edm.console import (
     account,
+    admin_audit,
+    admin_credit,
+    admin_dashboard,
+    admin_events,
+    admin_mappings,
+    admin_queue,
+    admin_services,
+    admin_settings,
+    admin_suppressions,
+    admin_users,
     contacts,
     content_templates,
     dashboard,
@@ -30,3 +40,8 @@ ROUTERS += [task_wizard.router, tasks.router]  # C4: campaigns (/tasks/new befor
 ROUTERS += [task_detail.router, task_recipients.router]  # C4: a campaign, its recipients
 ROUTERS += [contact_imports.router, contacts.router, tag_pages.router]  # C2: contacts, import, tags
 ROUTERS += [suppressions.router, notifications.router]  # C5: suppressions, notifications
+ROUTERS += [admin_audit.router, admin_events.router, admin_settings.router]  # admin: audit log, events, settings
+ROUTERS += [admin_suppressions.router]  # admin: the global suppression list
+ROUTERS += [admin_users.router, admin_credit.router]  # admin: users and credit
+ROUTERS += [admin_dashboard.router, admin_mappings.router, admin_queue.router]  # admin: overview, service access, queue
+ROUTERS += [admin_services.router]  # admin: sending services

@@ -2,7 +2,9 @@
 adding an address or a domain, removing an entry with a reason (a confirmation page), the CSV import and export,
 and "check an address". The same service functions as `/api/v1/suppressions` (docs/console.md).
 
-Read-only users see the list and the check; the frame refuses their writes.
+Read-only users see the list and the check; the frame refuses their writes. The global list's page
+(`/admin/suppressions`, `admin_suppressions.py`) is the same page over `GLOBAL`: the helpers below take the list and
+the page's address.
 """
 
 from __future__ import annotations
@@ -83,15 +85,18 @@ async def _list_page(
     import_form: Form | None = None,
     report: ImportReportOut | None = None,
     status: int = 200,
+    lst: SuppressionList | None = None,
+    base: str = "/suppressions",
 ) -> HTMLResponse:
     catalogue = catalogue_of(request)
     filters, kept = _filters(request)
+    lst = lst or SuppressionList.of_user(viewer.id)
+    is_global = lst.scope == "global"
     cursor = request.query_params.get("cursor")
     try:
         after = decode_cursor(cursor)
     except BadInput:
         after, cursor = None, None
-    lst = SuppressionList.of_user(viewer.id)
     page = Page(PER_PAGE, after)
     now = utc_now()
     rows = await suppressions.list_entries(session, lst, page=page, filters=filters, now=now)
@@ -102,7 +107,10 @@ async def _list_page(
     if check_form["check"]:
         try:
             checked = CheckOut.of(
-                await suppressions.check(session, check_form["check"], user_id=viewer.id, now=now), full_global=False
+                await suppressions.check(
+                    session, check_form["check"], user_id=None if is_global else viewer.id, now=now
+                ),
+                full_global=is_global,
             )
         except BadInput as exc:
             check_form.fail(catalogue, exc, rename={"email": "check"})
@@ -130,6 +138,9 @@ async def _list_page(
         "kinds": KINDS,
         "reasons": REASON_LABELS,
         "contact_reasons": CONTACT_REASONS,
+        "base": base,
+        "global_list": is_global,
+        "export_url": "/api/v1/admin/suppressions/export" if is_global else "/api/v1/suppressions/export",
     }
     return render(request, "suppressions/list.html", context, status=status)
 
@@ -141,6 +152,11 @@ async def suppression_list(request: Request, session: Session, viewer: CurrentVi
 
 @router.post("/suppressions")
 async def add_entry(request: Request, session: Session, viewer: CurrentViewer) -> Response:
+    return await add_to(request, session, viewer, SuppressionList.of_user(viewer.id), "/suppressions")
+
+
+async def add_to(request: Request, session: Session, viewer: Viewer, lst: SuppressionList, base: str) -> Response:
+    """Add the form's address or domain to `lst` (the page at `base`), or show the form's errors."""
     form = await read_form(request)
     kind = form["kind"] if form["kind"] in KINDS else "address"
     value = form["value"].strip()
@@ -156,30 +172,52 @@ async def add_entry(request: Request, session: Session, viewer: CurrentViewer) -
         async with session.begin_nested():
             now = utc_now()
             entry = suppressions.new_entry(email=body.email, domain=body.domain, note=body.note, now=now)
-            await suppressions.add_entry(
-                session, SuppressionList.of_user(viewer.id), entry, actor=viewer.actor(request), now=now
-            )
+            await suppressions.add_entry(session, lst, entry, actor=viewer.actor(request), now=now)
     except (BadInput, Conflict) as exc:
         form.fail(catalogue_of(request), exc, rename={"email": "value", "domain": "value"})
-        return await _list_page(request, session, viewer, form=form, status=exc.status)
-    return RedirectResponse("/suppressions?notice=added", status_code=303)
+        return await _list_page(request, session, viewer, form=form, status=exc.status, lst=lst, base=base)
+    return RedirectResponse(f"{base}?notice=added", status_code=303)
 
 
-async def _remove_page(
-    request: Request, session: Session, viewer: Viewer, entry_id: int, form: Form, *, status: int = 200
+async def remove_page(
+    request: Request,
+    session: Session,
+    entry_id: int,
+    form: Form,
+    *,
+    lst: SuppressionList,
+    base: str,
+    status: int = 200,
 ) -> HTMLResponse:
-    entry = EntryOut.of(await suppressions.get_entry(session, SuppressionList.of_user(viewer.id), entry_id), utc_now())
-    context = {"entry": entry, "form": form, "kinds": KINDS, "reasons": REASON_LABELS}
+    """The confirmation page of removing entry `entry_id` of `lst` (the list page at `base`)."""
+    entry = EntryOut.of(await suppressions.get_entry(session, lst, entry_id), utc_now())
+    context = {
+        "entry": entry,
+        "form": form,
+        "kinds": KINDS,
+        "reasons": REASON_LABELS,
+        "base": base,
+        "global_list": lst.scope == "global",
+    }
     return render(request, "suppressions/remove.html", context, status=status)
 
 
 @router.get("/suppressions/{entry_id}/remove")
 async def confirm_remove(entry_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
-    return await _remove_page(request, session, viewer, entry_id, Form())
+    return await remove_page(
+        request, session, entry_id, Form(), lst=SuppressionList.of_user(viewer.id), base="/suppressions"
+    )
 
 
 @router.post("/suppressions/{entry_id}/remove")
 async def remove_entry(entry_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
+    return await remove_from(request, session, viewer, entry_id, SuppressionList.of_user(viewer.id), "/suppressions")
+
+
+async def remove_from(
+    request: Request, session: Session, viewer: Viewer, entry_id: int, lst: SuppressionList, base: str
+) -> Response:
+    """Remove entry `entry_id` of `lst` with the form's reason (audited by the service), or show the error."""
     form = await read_form(request)
     try:
         if not form["reason"].strip():
@@ -187,19 +225,24 @@ async def remove_entry(entry_id: IdPath, request: Request, session: Session, vie
         async with session.begin_nested():
             await suppressions.remove_entry(
                 session,
-                SuppressionList.of_user(viewer.id),
+                lst,
                 entry_id,
                 reason=form["reason"],
                 actor=viewer.actor(request),
             )
     except BadInput as exc:
         form.fail(catalogue_of(request), exc)
-        return await _remove_page(request, session, viewer, entry_id, form, status=exc.status)
-    return RedirectResponse("/suppressions?notice=removed", status_code=303)
+        return await remove_page(request, session, entry_id, form, lst=lst, base=base, status=exc.status)
+    return RedirectResponse(f"{base}?notice=removed", status_code=303)
 
 
 @router.post("/suppressions/import")
 async def import_entries(request: Request, session: Session, viewer: CurrentViewer) -> Response:
+    return await import_into(request, session, viewer, SuppressionList.of_user(viewer.id), "/suppressions")
+
+
+async def import_into(request: Request, session: Session, viewer: Viewer, lst: SuppressionList, base: str) -> Response:
+    """Import the posted CSV file into `lst` and show the list page at `base` with the report."""
     data = await request.form()  # a plain form post: the CSRF check has read it already
     form = Form()
     limit = int(getattr(request.app.state.settings, "import_max_bytes", IMPORT_MAX_BYTES))
@@ -216,7 +259,7 @@ async def import_entries(request: Request, session: Session, viewer: CurrentView
         async with session.begin_nested():
             report = await csvio.import_csv(
                 session,
-                SuppressionList.of_user(viewer.id),
+                lst,
                 upload.file,
                 encoding=None,
                 actor=viewer.actor(request),
@@ -224,5 +267,10 @@ async def import_entries(request: Request, session: Session, viewer: CurrentView
             )
     except BadInput as exc:
         form.fail(catalogue_of(request), exc)
-        return await _list_page(request, session, viewer, import_form=form, status=exc.status)
-    return await _list_page(request, session, viewer, report=ImportReportOut.of(report))
+        return await _list_page(request, session, viewer, import_form=form, status=exc.status, lst=lst, base=base)
+    return await _list_page(request, session, viewer, report=ImportReportOut.of(report), lst=lst, base=base)
+
+
+async def list_page(request: Request, session: Session, viewer: Viewer, lst: SuppressionList, base: str) -> Response:
+    """The list page of `lst` at `base` (the global list's page uses it)."""
+    return await _list_page(request, session, viewer, lst=lst, base=base)

@@ -16,10 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.addresses import normalize_email
 from edm.clock import utc_now
+from edm.db.dialect import escape_like
 from edm.errors import BadInput, Conflict, InUse, InvalidToken, LastAdmin, NotFound
+from edm.models.contacts import Contact, Import, Tag
+from edm.models.content import Media, Sender, Template
+from edm.models.email_services import UserServiceMapping
 from edm.models.events import Event
+from edm.models.suppressions import Suppression
 from edm.models.tasks import Task
-from edm.models.users import ApiToken, LedgerKind, Role, TokenScope, User
+from edm.models.users import ApiToken, LedgerKind, QuotaLedgerEntry, Role, TokenScope, User
 from edm.paging import Page
 from edm.security.passwords import check_password_rules, hash_password
 from edm.system.service import Actor, audit
@@ -65,9 +70,11 @@ async def create_user(
     timezone: str = "UTC",
     actor_user_id: int | None = None,
     actor: Actor | None = None,
+    must_change_password: bool = False,
 ) -> User:
     """A new account, with its initial credit granted in the ledger. With an `actor` the creation is audited
-    (`user.create`: username, role and credit)."""
+    (`user.create`: username, role and credit). `must_change_password`: the first login leads to the password
+    page (the console's "New user" form)."""
     name = normalize_username(username)
     address = normalize_email(email, field="email").normalized
     if role not in set(Role):
@@ -86,6 +93,7 @@ async def create_user(
         timezone=timezone,
         credit_balance=0,
         created_by=actor_user_id,
+        must_change_password=must_change_password,
     )
     session.add(user)
     await session.flush()
@@ -117,9 +125,27 @@ async def get_user(session: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, page: Page | None = None) -> list[User]:
-    """Every account by id; with a `page`, the next page of it plus one row (`page_of` makes the cursor)."""
+async def list_users(
+    session: AsyncSession,
+    page: Page | None = None,
+    *,
+    role: str | None = None,
+    active: bool | None = None,
+    q: str | None = None,
+) -> list[User]:
+    """Every account by id; with a `page`, the next page of it plus one row (`page_of` makes the cursor).
+    Optionally only one role, only active (or inactive) accounts, and those whose username or email contains `q`
+    (the console's user list)."""
     query = select(User).order_by(User.id)
+    if role is not None:
+        query = query.where(User.role == role)
+    if active is not None:
+        query = query.where(User.is_active.is_(active))
+    if q:
+        pattern = f"%{escape_like(q.strip().lower())}%"
+        query = query.where(
+            func.lower(User.username).like(pattern, escape="\\") | func.lower(User.email).like(pattern, escape="\\")
+        )
     if page is not None:
         query = query.limit(page.limit + 1)
         if page.after_id:
@@ -356,6 +382,36 @@ async def reset_password(
         details={"must_change_password": must_change, "sessions_revoked": revoked},
     )
     return revoked
+
+
+# What deleting a user takes with it, in the order the console's confirmation page names it.
+DELETION_PARTS: tuple[tuple[str, Any], ...] = (
+    ("contacts", Contact),
+    ("tags", Tag),
+    ("imports", Import),
+    ("templates", Template),
+    ("senders", Sender),
+    ("images", Media),
+    ("campaigns", Task),
+    ("suppressions", Suppression),
+    ("service_mappings", UserServiceMapping),
+    ("api_tokens", ApiToken),
+    ("ledger_entries", QuotaLedgerEntry),
+    ("events", Event),
+)
+
+
+async def deletion_preview(session: AsyncSession, user_id: int, *, cap: int = 10_000) -> dict[str, int]:
+    """How many rows of each kind `delete_user` deletes with the user (`DELETION_PARTS`), each counted up to
+    cap + 1 (cap + 1 means "more than cap"), and how many of its campaigns are queued, sending or paused (which
+    make `delete_user` refuse)."""
+    counts: dict[str, int] = {}
+    for name, model in DELETION_PARTS:
+        matching = select(model.id).where(model.user_id == user_id).limit(cap + 1).subquery()
+        counts[name] = int(await session.scalar(select(func.count()).select_from(matching)) or 0)
+    active = select(Task.id).where(Task.user_id == user_id, Task.status.in_(ACTIVE_TASK_STATUSES)).limit(cap + 1)
+    counts["active_campaigns"] = int(await session.scalar(select(func.count()).select_from(active.subquery())) or 0)
+    return counts
 
 
 async def delete_user(session: AsyncSession, user: User, *, actor: Actor) -> None:
