@@ -164,6 +164,7 @@ async def set_up(sm: Any, settings: Any, *, contacts: int, world: Any = None) ->
                         processed_at=now,
                     )
                 )
+        await session.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": world.user_id})
     async with sm() as session:
         for table in ("contacts", "contact_tags", "subtasks", "events"):
             await session.execute(text(f"ANALYZE {table}"))
@@ -203,6 +204,18 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("recipients by state", f"/tasks/{t}/recipients?state=hard_bounced"),
         ("recipient", f"/tasks/{t}/recipients/{ids['subtask_id']}"),
         ("account", "/account"),
+        # The admin section (the bench user is made an admin for these; its own pages answer the same).
+        ("admin overview", "/admin"),
+        ("admin users", "/admin/users"),
+        ("admin user", f"/admin/users/{ids['user_id']}"),
+        ("admin credit", "/admin/credit"),
+        ("admin services", "/admin/services"),
+        ("admin service access", "/admin/mappings"),
+        ("admin queue", "/admin/queue"),
+        ("admin events", "/admin/events"),
+        ("admin suppressions", "/admin/suppressions"),
+        ("admin settings", "/admin/settings"),
+        ("admin audit log", "/admin/audit"),
     ]
 
 
