@@ -3,8 +3,30 @@
 domain packages above, and everything that touches the database imports its tables from here."""
 
 from edm.db.base import Base
-from edm.models import contacts, content, email_services, events, suppressions, system, tasks, tracking, users
+from edm.models import (
+    contacts,
+    content,
+    conversations,
+    email_services,
+    events,
+    suppressions,
+    system,
+    tasks,
+    tracking,
+    users,
+)
 
-__all__ = ["contacts", "content", "email_services", "events", "suppressions", "system", "tasks", "tracking", "users"]
+__all__ = [
+    "contacts",
+    "content",
+    "conversations",
+    "email_services",
+    "events",
+    "suppressions",
+    "system",
+    "tasks",
+    "tracking",
+    "users",
+]
 
 metadata = Base.metadata
