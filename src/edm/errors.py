@@ -14,6 +14,7 @@ EdmError (500 internal_error)
 │   └── ComplianceIncomplete (409 compliance_incomplete)
 ├── Unauthenticated (401 unauthenticated) / InvalidToken (401 invalid_token)
 ├── Forbidden (403 forbidden)
+├── TooLarge (413 payload_too_large)
 └── Unavailable (503 unavailable)
 """
 
@@ -100,6 +101,10 @@ class InvalidToken(Unauthenticated):
 
 class Forbidden(EdmError):
     status, code = 403, "forbidden"
+
+
+class TooLarge(EdmError):
+    status, code = 413, "payload_too_large"
 
 
 class Unavailable(EdmError):

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from edm.api import (
     contacts,
     content,
+    conversations,
     credit,
     events,
     imports,
@@ -35,6 +36,7 @@ ROUTERS = [
     proof_sends.router,
     webhooks.router,
     events.router,
+    conversations.router,
     tracking.router,
     suppressions.router,
     system.router,

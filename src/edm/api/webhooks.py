@@ -24,11 +24,13 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
+from edm.conversations import ingest as inbound
 from edm.email_services.webhook_secrets import webhook_targets
-from edm.events import bounce_reports as reports
+from edm.errors import TooLarge
 from edm.events import ingest
 from edm.events.schemas import WebhookControlOut, WebhookStoredOut
 from edm.providers import registry
+from edm.providers.inbound import InboundMail
 from edm.providers.webhook import (
     InvalidSignature,
     ParsedPayload,
@@ -123,15 +125,18 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
     try:
         service_id = None if service_ref is None else _service_id(service_ref)
         handler = _handler(provider, settings)
-        body = await read_body(request, settings.webhook_max_bytes)
+        limit = max(settings.webhook_max_bytes, settings.inbound_max_bytes) if provider == SMTP else None
+        body = await read_body(request, limit or settings.webhook_max_bytes)
         incoming = _webhook_request(request, body)
         targets = await _targets(request, provider, service_id)
         service = await _verify(request, handler, incoming, targets, settings, service_id)
+        if provider == SMTP:
+            counts = await _receive_mail(request, service, incoming)
+            return _json(counts.as_dict())
         parsed = _parse(handler, incoming)
         if parsed.control is not None:
             return await _control(request, provider, parsed)
-        if provider != SMTP:  # a report without our ids is still stored: unmatched, for the admin view
-            _require_ids(parsed)
+        _require_ids(parsed)
         counts = await _store(request, provider, service, handler, incoming, parsed)
     except WebhookRefused as exc:
         return _error(request, exc.status_code, exc.error_code, exc.message)
@@ -332,21 +337,74 @@ async def _store(
 ) -> ingest.StoreCounts:
     now = clock.utc_now()
     service_id = service.service_id if service else None
-    if provider == SMTP:
-        rows = reports.report_rows(service_id, parsed, incoming.body, now=now)
-    else:
-        rows = [
-            ingest.bad_element_row(provider, service_id, item, now=now)
-            if isinstance(item, BadElement)
-            else ingest.event_row(provider, service_id, item, now=now)
-            for item in parsed.items
-        ]
+    rows: list[dict[str, Any]] = []
+    mails: list[InboundMail] = []
+    inbound_mail = getattr(handler, "inbound_mail", None)  # a provider whose inbound mail conversations take
+    for item in parsed.items:
+        if isinstance(item, BadElement):
+            rows.append(ingest.bad_element_row(provider, service_id, item, now=now))
+            continue
+        mail = inbound_mail(item, service_id) if inbound_mail and item.event_type == EventType.REPLIED else None
+        if mail is not None:
+            mails.append(mail)
+        else:
+            rows.append(ingest.event_row(provider, service_id, item, now=now))
     nonce = handler.replay_nonce(incoming)
+    settings: Settings = request.app.state.settings
     async with request.app.state.sessionmaker() as session, session.begin():
         # The single-use token is recorded with the events, so a retry after a failed store is not a replay.
         if nonce and not await ingest.claim_nonce(session, provider, nonce, now=now):
             raise InvalidSignature("this signed request was already received (replay)")
-        return await ingest.store(session, rows)
+        counts = await ingest.store(session, rows)
+        for mail in mails:
+            try:
+                result = await inbound.receive(session, mail, now=now, max_bytes=settings.inbound_max_bytes)
+            except TooLarge:
+                counts.received, counts.bad = counts.received + 1, counts.bad + 1
+                continue
+            _count_mail(counts, result)
+        return counts
+
+
+async def _receive_mail(
+    request: Request, service: WebhookTarget | None, incoming: WebhookRequest
+) -> ingest.StoreCounts:
+    """The SMTP endpoint: the raw mail goes to conversations' `receive`, which sends a bounce or complaint report to
+    the event store and any other mail to its conversation, or keeps it unrouted (docs/conversations.md#sources)."""
+    if not incoming.body.strip():
+        raise WebhookRefused(400, "malformed_payload", "empty message")
+    settings: Settings = request.app.state.settings
+    mail = InboundMail(
+        raw=incoming.body,
+        source=SMTP,
+        service_id=service.service_id if service else None,
+        recipient=incoming.query.get("envelope_to") or incoming.header("x-original-to"),
+        sender=incoming.query.get("envelope_from"),
+    )
+    try:
+        async with request.app.state.sessionmaker() as session, session.begin():
+            result = await inbound.receive(session, mail, now=clock.utc_now(), max_bytes=settings.inbound_max_bytes)
+    except TooLarge as exc:
+        raise WebhookRefused(413, "payload_too_large", exc.message) from None
+    log.info("webhook.inbound", extra={"provider": SMTP, "service_id": mail.service_id, **result.as_dict()})
+    counts = ingest.StoreCounts()
+    _count_mail(counts, result)
+    return counts
+
+
+def _count_mail(counts: ingest.StoreCounts, result: inbound.ReceiveResult) -> None:
+    """One mail in the answer's counts: a report as its events, any other mail as one item."""
+    if result.status in (inbound.Status.BOUNCE_REPORT, inbound.Status.COMPLAINT_REPORT):
+        received = max(result.report_events, len(result.event_ids))
+        counts.received += received
+        counts.stored += len(result.event_ids)
+        counts.duplicates += received - len(result.event_ids)
+        return
+    counts.received += 1
+    if result.status == inbound.Status.DUPLICATE:
+        counts.duplicates += 1
+    else:
+        counts.stored += 1
 
 
 def _error(

@@ -6,6 +6,7 @@ import typer
 
 from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
+from edm.cli.conversations import conversations_app, inbound_app
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
 
@@ -29,6 +30,8 @@ app.add_typer(tasks.template_app, name="template")
 app.add_typer(media_app, name="media")
 app.add_typer(contacts.contact_app, name="contact")
 app.add_typer(events.events_app, name="events")
+app.add_typer(conversations_app, name="conversations")
+app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppressions.suppression_app, name="suppression")
 app.add_typer(settings_cli.settings_app, name="settings")
 app.add_typer(keys.keys_app, name="keys")

@@ -1,5 +1,6 @@
 """SMTP bounce and complaint reports (docs/events.md#smtp-bounce-and-complaint-reports): from the DSN endpoint or
-a polled mailbox into the store.
+a polled mailbox into the store. Conversations (`edm.conversations.ingest`) decide which inbound mail is a report
+and hand reports here (`report_rows`); the mailbox poller hands each message to the handler it is given.
 
 Reports are stored like provider events, under source `dsn` (RFC 3464 and free-text bounces) or `arf`
 (RFC 5965 complaints). A mail that is no report at all is kept `unmatched (not_a_report)` with its raw MIME
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -69,9 +71,19 @@ async def store_report(
 # -- the mailbox poller ----------------------------------------------------------------------------------
 
 
-async def poll_mailboxes(sessionmaker: async_sessionmaker[AsyncSession], vault: Vault) -> int:
-    """Fetch reports from every SMTP service's bounce mailbox; each stored in its own transaction before the
-    message is deleted or marked seen, so a crash never loses one. Returns the number of messages stored."""
+# What becomes of one fetched message, in its own unit of work: (session, service id, raw) -> stored or not.
+MailHandler = Callable[[AsyncSession, int, bytes], Awaitable[bool]]
+
+
+async def poll_mailboxes(
+    sessionmaker: async_sessionmaker[AsyncSession], vault: Vault, handle: MailHandler | None = None
+) -> int:
+    """Fetch every message from every SMTP service's bounce mailbox; each stored in its own transaction before the
+    message is deleted or marked seen, so a crash never loses one. Returns the number of messages handled.
+
+    `handle` decides what a message becomes; the worker passes conversations' (`edm.conversations.sources`): reports
+    to the event store, replies to their conversation. Without it every message is stored as a report (a mail that
+    is none is kept `unmatched (not_a_report)`)."""
     async with sessionmaker() as session:
         services = (
             await session.scalars(
@@ -85,7 +97,7 @@ async def poll_mailboxes(sessionmaker: async_sessionmaker[AsyncSession], vault: 
             continue
         try:
             config = _mailbox_config(settings, vault.decrypt_json(service.credentials_encrypted))
-            handled += await fetch_reports(config, _store_in(sessionmaker, service.id))
+            handled += await fetch_reports(config, _store_in(sessionmaker, service.id, handle or _as_report))
         except (MailboxError, ValueError) as exc:
             log.warning("reports.mailbox_failed", extra={"service_id": service.id, "error": str(exc)[:300]})
     return handled
@@ -95,10 +107,14 @@ def _mailbox_config(settings: dict[str, Any], credentials: dict[str, Any]) -> Ma
     return MailboxConfig.from_settings({**settings, "password": credentials.get(MAILBOX_PASSWORD, "")})
 
 
-def _store_in(sessionmaker: async_sessionmaker[AsyncSession], service_id: int) -> Any:
-    async def handle(raw: bytes) -> bool:
-        async with unit_of_work(sessionmaker) as session:
-            await store_report(session, service_id, raw)
-        return True
+async def _as_report(session: AsyncSession, service_id: int, raw: bytes) -> bool:
+    await store_report(session, service_id, raw)
+    return True
 
-    return handle
+
+def _store_in(sessionmaker: async_sessionmaker[AsyncSession], service_id: int, handle: MailHandler) -> Any:
+    async def stored(raw: bytes) -> bool:
+        async with unit_of_work(sessionmaker) as session:
+            return await handle(session, service_id, raw)
+
+    return stored

@@ -108,8 +108,10 @@ def bad_element_row(source: str, service_id: int | None, element: BadElement, *,
 
 async def store_returning_ids(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
     """`store`, answering the ids of the rows actually inserted (duplicates answer nothing)."""
+    if not rows:
+        return []
     connection = await session.connection()
-    result = await connection.execute(_store_statement(connection.dialect.name), list(rows))
+    result = await connection.execute(_store_statement(connection.dialect.name), _one_shape(rows))
     return [row[0] for row in result.all()]
 
 
@@ -125,17 +127,23 @@ async def store(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> StoreC
     counts = StoreCounts(received=len(rows))
     if not rows:
         return counts
-    by_key = {(r["source"], r["dedupe_key"]): r for r in rows}  # duplicates within one batch
-    columns = set().union(*(r.keys() for r in by_key.values()))
-    unique = [{c: by_key[key].get(c) for c in columns} for key in sorted(by_key)]  # one shape, key order
-    for row in unique:
-        row["match_status"] = row["match_status"] or MatchStatus.PENDING
+    unique = _one_shape(rows)
     connection = await session.connection()
     inserted = len((await connection.execute(_store_statement(connection.dialect.name), unique)).all())
     counts.stored = inserted
     counts.duplicates = len(rows) - inserted
     counts.bad = sum(1 for r in unique if r.get("match_reason") == MatchReason.BAD_ELEMENT)
     return counts
+
+
+def _one_shape(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without in-batch duplicates, all with the same columns (one executemany), in key order."""
+    by_key = {(r["source"], r["dedupe_key"]): r for r in rows}
+    columns = set().union(*(r.keys() for r in by_key.values()))
+    unique = [{c: by_key[key].get(c) for c in columns} for key in sorted(by_key)]
+    for row in unique:
+        row["match_status"] = row["match_status"] or MatchStatus.PENDING
+    return unique
 
 
 @functools.cache

@@ -25,6 +25,10 @@ from edm.models.tasks import SendAttempt, SubTask
 from edm.vocabulary.events import EventType
 
 TRACKING_SOURCES = frozenset({"tracking"})  # EDM's own pixel/click/unsubscribe: the only counted engagement
+# A reply that conversations threaded to our Message-ID (edm.conversations.ingest): it names the SubTask by the id we
+# generated, whichever way it came back (another provider's inbound route, a mailbox), so no provider check applies.
+INBOUND_SOURCE = "inbound"
+OWN_SOURCES = TRACKING_SOURCES | {INBOUND_SOURCE}
 REPORT_SOURCES = frozenset({"dsn", "arf"})  # SMTP bounce/complaint reports: match SMTP services
 SIMULATED_PROVIDER = "fake"
 
@@ -96,7 +100,7 @@ def needing_attempts(events: Sequence[Any], subtasks: dict[int, Any], services: 
     needed = []
     for subtask in {s.id: s for s in subtasks.values()}.values():
         service = services.get(subtask.service_id or 0)
-        wanted = sources[subtask.id] - TRACKING_SOURCES
+        wanted = sources[subtask.id] - OWN_SOURCES
         if not wanted or subtask.attempts == 0:
             continue
         if service is not None and (
@@ -136,7 +140,7 @@ def match(
     if subtask is None:
         has_id = event.subtask_ref or event.provider_message_id
         return MatchStatus.UNMATCHED, MatchReason.UNKNOWN_SUBTASK if has_id else MatchReason.NO_ID
-    if event.source not in TRACKING_SOURCES:
+    if event.source not in OWN_SOURCES:
         tried = set(attempted.get(subtask.id, set()))
         if subtask.service_id is not None:
             tried.add(subtask.service_id)

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import email.message
 import email.parser
+import email.policy
 import email.utils
 import hashlib
 import hmac
@@ -48,6 +50,7 @@ from edm.providers.http import (
     json_or_none,
     retry_after_seconds,
 )
+from edm.providers.inbound import InboundMail
 from edm.providers.webhook import (
     MalformedPayload,
     ParsedPayload,
@@ -287,8 +290,57 @@ class EngageLabWebhook:
             raise MalformedPayload("not an EngageLab event: expected an object with `status` or `response`")
         return ParsedPayload(items=list(parse_envelope(document)))
 
+    def inbound_mail(self, event: NormalizedEvent, service_id: int | None) -> InboundMail | None:
+        return inbound_mail(event, service_id)
+
 
 webhook = EngageLabWebhook()
+
+
+def inbound_mail(event: NormalizedEvent, service_id: int | None) -> InboundMail | None:
+    """The inbound mail a `route` event carries, for conversations (docs/conversations.md#sources): its
+    `raw_message` as received, or, when the payload has none, one MIME message rebuilt from its headers, text and
+    html. None for any other event. The envelope recipient is `x_mx_rcptto` (else the envelope's `to`)."""
+    if event.event_type is not EventType.REPLIED or event.provider_event != "route" or not isinstance(event.raw, dict):
+        return None
+    data = _mapping(_mapping(event.raw.get("response")).get("response_data"))
+    raw_message = data.get("raw_message")
+    if isinstance(raw_message, str) and raw_message.strip():
+        raw = raw_message.encode("utf-8", "surrogateescape")
+    else:
+        raw = _rebuilt_mime(data)
+    return InboundMail(
+        raw=raw,
+        source="engagelab",
+        service_id=service_id,
+        recipient=_address(data.get("x_mx_rcptto")) or _address(event.raw.get("to")),
+        sender=_address(data.get("x_mx_mailfrom")),
+        provider_message_id=event.provider_message_id,
+    )
+
+
+def _rebuilt_mime(data: Mapping[str, Any]) -> bytes:
+    message = email.message.EmailMessage(policy=email.policy.default)
+    headers = _mapping(data.get("headers"))
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References"):
+        value = headers.get(name) or headers.get(name.lower())
+        if isinstance(value, str) and value.strip():
+            try:
+                message[name] = " ".join(value.split())
+            except (ValueError, TypeError):
+                continue
+    if "From" not in message and isinstance(data.get("from"), str):
+        message["From"] = str(data["from"])
+    if "Subject" not in message and isinstance(data.get("subject"), str):
+        message["Subject"] = " ".join(str(data["subject"]).split())
+    if "In-Reply-To" not in message and isinstance(data.get("reference"), str):
+        message["In-Reply-To"] = " ".join(str(data["reference"]).split())
+    text = data.get("text") if isinstance(data.get("text"), str) else ""
+    html = data.get("html") if isinstance(data.get("html"), str) else None
+    message.set_content(text or "")
+    if html:
+        message.add_alternative(html, subtype="html")
+    return message.as_bytes()
 
 
 def _signature_matches(request: WebhookRequest, secrets: Sequence[str], now: dt.datetime) -> bool:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from edm import clock
 from edm.contacts.imports import HEARTBEAT_EVERY, run_imports
+from edm.conversations import sources as inbound_sources
 from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
-from edm.events import bounce_reports as reports
 from edm.events import ingest
 from edm.system import idempotency
 from edm.tasks import generation, lifecycle, stats
@@ -146,8 +146,11 @@ class Maintenance:
         return counts.processed
 
     async def mailboxes(self) -> int:
-        """Bounce reports from the SMTP services' mailboxes (docs/providers.md#bounces-from-smtp-services)."""
-        return await reports.poll_mailboxes(self.worker.sessionmaker, self.worker.vault)
+        """Bounce reports and replies from the SMTP services' mailboxes (docs/providers.md#bounces-from-smtp-services,
+        docs/conversations.md#sources)."""
+        return await inbound_sources.poll_mailboxes(
+            self.worker.sessionmaker, self.worker.vault, max_bytes=self.worker.settings.inbound_max_bytes
+        )
 
     async def nonces(self) -> int:
         async with unit_of_work(self.worker.sessionmaker) as session:

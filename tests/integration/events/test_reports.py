@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from edm.events import bounce_reports as reports
 from edm.models.contacts import Contact
+from edm.models.conversations import MailBlob, UnroutedInbound
 from edm.models.events import Event, MatchReason, MatchStatus
 from edm.models.tasks import SubTask
 from tests import factories
@@ -246,17 +247,21 @@ async def test_a_posted_arf_abuse_report_marks_the_subtask_and_contact_complaine
     assert (await subtask_now(ekit, subtasks[1])).delivery_state == "none"
 
 
-async def test_a_mail_that_is_no_report_is_stored_unmatched_with_its_raw_mime(ekit: EventKit) -> None:
+async def test_a_mail_that_is_no_report_goes_to_conversations_not_to_the_event_store(ekit: EventKit) -> None:
+    """Since conversations (docs/conversations.md#sources): a reply, an auto-reply or spam at the DSN endpoint is
+    inbound mail, not an unmatched `not_a_report` event. Sent to an address that names no sender, it waits unrouted
+    for an admin, its raw MIME kept."""
     _, subtasks = await ekit.send_task(1)
     service_id = await smtp_service(ekit)
     answer = await post_report(ekit, service_id, PLAIN_MAIL)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["stored"] == 1
-    [event] = await ekit.events()
-    assert (event.match_status, event.match_reason) == (MatchStatus.UNMATCHED, MatchReason.NOT_A_REPORT)
-    assert event.event_type == "unknown" and event.processed_at is not None and event.subtask_id is None
-    assert "Unique-marker-7731" in event.raw["mime"] and "Subject: Re: Spring campaign" in event.raw["mime"]
-    assert (await ekit.apply()).processed == 0  # already settled: the events job never picks it up
+    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 0}
+    assert await ekit.events() == []
+    [row] = await unrouted(ekit)
+    assert (row.source, row.service_id, row.reason) == ("smtp", service_id, "unknown_sender")
+    assert b"Unique-marker-7731" in await blob_data(ekit, row.blob_id)
+    assert (await post_report(ekit, service_id, PLAIN_MAIL)).json()["duplicates"] == 1
+    assert (await ekit.apply()).processed == 0
     assert (await subtask_now(ekit, subtasks[0])).delivery_state == "none"
 
 
@@ -379,4 +384,17 @@ async def test_two_different_non_report_mails_with_the_same_date_are_both_kept(e
     second = await post_report(ekit, service_id, other)
     assert first.json()["stored"] == 1
     assert second.json()["stored"] == 1, second.text
-    assert sorted("Different-text-99" in e.raw["mime"] for e in await ekit.events()) == [False, True]
+    rows = await unrouted(ekit)
+    assert sorted([b"Different-text-99" in await blob_data(ekit, r.blob_id) for r in rows]) == [False, True]
+
+
+async def unrouted(ekit: EventKit) -> list[UnroutedInbound]:
+    async with ekit.sessionmaker() as session:
+        return list(await session.scalars(select(UnroutedInbound).order_by(UnroutedInbound.id)))
+
+
+async def blob_data(ekit: EventKit, blob_id: int | None) -> bytes:
+    async with ekit.sessionmaker() as session:
+        blob = await session.get(MailBlob, blob_id)
+        assert blob is not None
+        return blob.data
