@@ -19,7 +19,8 @@ class TaskStatus(enum.StrEnum):
 class TaskKind(enum.StrEnum):
     BULK = "bulk"  # a campaign
     TEST = "test"  # a template test send (docs/templates.md): claimed first, `[TEST] `, no tracking, not in task lists
-    REPLY = "reply"  # one answer in a conversation (docs/conversations.md): claimed first, no tracking, not in task lists
+    # One answer in a conversation (docs/conversations.md): claimed first, no tracking, not in task lists.
+    REPLY = "reply"
 
 
 class PauseReason(enum.StrEnum):
