@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from edm.api import (
     contacts,
     content,
+    conversation_answers,
     credit,
     events,
     imports,
@@ -33,6 +34,7 @@ ROUTERS = [
     media.router,
     tasks.router,
     proof_sends.router,
+    conversation_answers.router,
     webhooks.router,
     events.router,
     tracking.router,
