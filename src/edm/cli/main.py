@@ -6,6 +6,7 @@ import typer
 
 from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
+from edm.cli.conversation_answers import answers_app
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
 
@@ -38,6 +39,8 @@ app.command("dashboard")(ops.dashboard)
 app.command("worker")(ops.worker)
 app.command("demo")(demo.demo)
 app.add_typer(mailbox_app, name="mailbox")
+# Answering (docs/conversations-answers.md#command-line); `edm conversations list|show` join this group at merge.
+app.add_typer(answers_app, name="conversations")
 
 
 def run() -> None:

@@ -858,3 +858,38 @@ async def widen_stranded(
         if result.rowcount:  # type: ignore[attr-defined]
             changed[task.id] = widened
     return changed
+
+
+# ---- for the operator's CLI, which acts as the owner -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acting:
+    """A user acted for by the CLI (an operator, who needs no token)."""
+
+    id: int
+
+
+async def conversation_owner(session: AsyncSession, conversation_id: int) -> Acting:
+    found = await session.scalar(select(Conversation.user_id).where(Conversation.id == conversation_id))
+    if found is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return Acting(int(found))
+
+
+async def contact_owner(session: AsyncSession, contact_id: int) -> Acting:
+    found = await session.scalar(select(Contact.user_id).where(Contact.id == contact_id))
+    if found is None:
+        raise BadInput.field("contact_id", f"not found: {contact_id}")
+    return Acting(int(found))
+
+
+async def message_owner(session: AsyncSession, message_id: int) -> Acting:
+    found = await session.scalar(
+        select(ConversationMessage.user_id).where(
+            ConversationMessage.id == message_id, ConversationMessage.direction == "outbound"
+        )
+    )
+    if found is None:
+        raise NotFound(f"message {message_id} not found")
+    return Acting(int(found))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ from edm.models.users import Role
 from edm.providers.fake import FakeAdapter
 from edm.system.service import CLI
 from tests import factories
-from tests.helpers import Account, api_client, expect_error, make_account
+from tests.helpers import Account, api_client, expect_error, make_account, run_cli_async
 from tests.integration.dispatch.conftest import DispatchKit
 
 
@@ -464,3 +465,49 @@ async def test_an_idempotency_key_queues_one_answer(db_url: str, engine: Any, dk
         assert first.json()["id"] == second.json()["id"]
     assert len(await dkit.ledger(owner.id, "charge")) == 1
     assert await dkit.scalar(select(func.count()).select_from(Task)) == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI
+
+
+async def test_cli_answers_starts_and_shows_the_route(dkit: DispatchKit) -> None:
+    owner, ids = await _setup(dkit, name="cli")
+    conversation = str(ids["conversation"])
+    route = await run_cli_async(dkit.db_url, "conversations", "route", conversation)
+    assert route.returncode == 0, route.stderr
+    assert route.stdout.strip() == "support-cli@esp-cli.example.com via Channel 1 (last_service)"
+
+    done = await run_cli_async(dkit.db_url, "conversations", "reply", conversation, "--text", "Thanks, Zoë")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("message ") and f"in conversation {conversation}: pending" in done.stdout
+    assert "via Channel 1 from support-cli@esp-cli.example.com" in done.stdout
+
+    async with unit_of_work(dkit.sessionmaker) as session:
+        [fresh] = await factories.contacts(session, owner.id, 1, prefix="cli-new-")
+    started = await run_cli_async(
+        dkit.db_url,
+        "conversations",
+        "start",
+        "--contact",
+        str(fresh),
+        "--sender",
+        str(ids["sender"]),
+        "--subject",
+        "Hello",
+        "--text",
+        "First words",
+        "--json",
+    )
+    assert started.returncode == 0, started.stderr
+    body = json.loads(started.stdout)
+    assert body["subject"] == "Hello" and body["to_address"] == "cli-new-0@example.net" and body["state"] == "pending"
+    async with dkit.worker():
+        for message_id in (body["id"],):
+            await dkit.wait_for(_settled(dkit, message_id), timeout=20, what="sent")
+    assert await dkit.credit(owner.id) == (8, 8)
+
+    bad = await run_cli_async(dkit.db_url, "conversations", "reply", "999999", "--text", "x")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
+    sent = await run_cli_async(dkit.db_url, "conversations", "retry", str(body["id"]))
+    assert sent.returncode == 2 and "only a failed answer" in sent.stderr
