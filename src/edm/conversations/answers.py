@@ -321,6 +321,8 @@ async def start(
         raise BadInput.field("subject", "write a subject")
     if len(subject_clean) > MAX_SUBJECT:
         raise BadInput.field("subject", f"at most {MAX_SUBJECT} characters")
+    if "\x00" in subject_clean:
+        raise BadInput.field("subject", "must not contain NUL characters")
     contact = await session.scalar(select(Contact).where(Contact.id == contact_id, Contact.user_id == caller.id))
     if contact is None:
         raise BadInput.field("contact_id", f"not found: {contact_id}")
