@@ -14,6 +14,7 @@ from edm.db.session import unit_of_work
 from edm.email_services import service as services
 from edm.models.contacts import Contact, ContactTag, Tag
 from edm.models.content import Sender, Template
+from edm.models.conversations import Conversation, ConversationMessage
 from edm.models.users import Role
 from edm.security.crypto import Vault
 from edm.settings import Settings
@@ -188,3 +189,59 @@ async def world(
         cids = await contacts(session, uid, recipients, prefix=f"{name}-")
         svc_ids = [await service(session, settings, **spec, map_to=[uid]) for spec in (services_ or [])]
         return World(uid, sid, tid, cids, svc_ids)
+
+
+async def conversation(
+    session: AsyncSession,
+    user_id: int,
+    *,
+    our_address: str,
+    their_address: str,
+    their_name: str | None = None,
+    subject: str = "Question about my order",
+    contact_id: int | None = None,
+    last_service_id: int | None = None,
+    inbound: list[dict[str, Any]] | None = None,
+) -> tuple[int, list[int]]:
+    """A conversation row with its inbound messages, stored directly (the inbound side is built separately): each
+    dict of `inbound` may give `message_id`, `references`, `subject`, `text`. Returns (conversation id, message
+    ids in order)."""
+    now = utc_now()
+    row = Conversation(
+        user_id=user_id,
+        our_address=our_address.lower(),
+        their_address=their_address.lower(),
+        their_name=their_name,
+        contact_id=contact_id,
+        subject=subject,
+        status="active",
+        last_service_id=last_service_id,
+        last_message_at=now if inbound else None,
+        message_count=len(inbound or []),
+        unread_count=len(inbound or []),
+    )
+    session.add(row)
+    await session.flush()
+    ids = []
+    for i, values in enumerate(inbound or []):
+        message = ConversationMessage(
+            conversation_id=row.id,
+            user_id=user_id,
+            direction="inbound",
+            message_id=values.get("message_id", f"in-{row.id}-{i}@mail.example.org"),
+            in_reply_to=values.get("in_reply_to"),
+            references=values.get("references"),
+            from_address=their_address.lower(),
+            from_name=their_name,
+            to_address=our_address.lower(),
+            subject=values.get("subject", f"Re: {subject}" if i else subject),
+            text_body=values.get("text", "Hello, a question."),
+            source="smtp",
+            service_id=last_service_id,
+            received_at=now,
+            created_at=now,
+        )
+        session.add(message)
+        await session.flush()
+        ids.append(message.id)
+    return row.id, ids

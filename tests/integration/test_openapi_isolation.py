@@ -72,6 +72,8 @@ PARAM_KINDS = {
     "notification_id": "notification",
     "session_id": "session",
     "test_send_id": "test_send",
+    "conversation_id": "conversation",
+    "message_id": "message",
 }
 # Path parameters that are not ids: a valid value, so the route is found.
 NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the schema's enum
@@ -80,7 +82,6 @@ NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the s
 # and for 403 on admin paths, but not for the 404 of (b). Each needs a factory in `_objects_of` to leave.
 KNOWN_GAPS: dict[str, str] = {
     "secret_id": "webhook secrets live inside a service's encrypted credentials; ids are per service",
-    "conversation_id": "conversations are planned, not built",
     "endpoint_id": "outgoing webhooks (an optional extra) are not built",
     "sid": "webhook secret ids (see secret_id)",
 }
@@ -277,6 +278,14 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             actor=str(uid),
             request=test_sends.TestSendRequest(template_id=template, emails=[f"{name}-inbox@example.com"]),
         )
+        conversation, [message] = await factories.conversation(
+            session,
+            uid,
+            our_address=f"news-{name}@esp-{name}.example.com",
+            their_address=f"{name}-customer@example.net",
+            last_service_id=service,
+            inbound=[{"message_id": f"q-{name}@example.net"}],
+        )
         _, token = await create_token(session, user_id=uid, name=f"extra-{name}", scope="read")
         entry = Suppression(
             scope="user", user_id=uid, owner_key=uid, kind="address", value=f"gone-{name}@example.com", reason="manual"
@@ -327,6 +336,8 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             "event": event.id,
             "user": uid,
             "test_send": test_send.id,
+            "conversation": conversation,
+            "message": message,
             "import": upload.id,
             "media": media.id,
             "notification": notice.id,

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from edm.api import (
     contacts,
     content,
+    conversation_answers,
     conversations,
     credit,
     events,
@@ -34,6 +35,7 @@ ROUTERS = [
     media.router,
     tasks.router,
     proof_sends.router,
+    conversation_answers.router,
     webhooks.router,
     events.router,
     conversations.router,

@@ -6,6 +6,7 @@ import typer
 
 from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
+from edm.cli.conversation_answers import register as register_answers
 from edm.cli.conversations import conversations_app, inbound_app
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
@@ -30,6 +31,7 @@ app.add_typer(tasks.template_app, name="template")
 app.add_typer(media_app, name="media")
 app.add_typer(contacts.contact_app, name="contact")
 app.add_typer(events.events_app, name="events")
+register_answers(conversations_app)
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppressions.suppression_app, name="suppression")

@@ -34,15 +34,21 @@ def _available(view: ServiceView) -> bool:
     return view.eligible or view.slot_waiting
 
 
-def working_set(views: Sequence[ServiceView], strategy: Strategy) -> list[ServiceView]:
-    """The services allowed to take work now: backups only when no primary can, and for `priority` only
-    the best tier that is available (eligible or merely waiting for its slot)."""
+def available_pool(views: Sequence[ServiceView], strategy: Strategy) -> list[ServiceView]:
+    """The services that take work now or as soon as their slot comes: backups only when no primary is
+    available, and for `priority` only the best tier that is available (eligible or merely waiting for its
+    slot). A conversation answer is routed among these (docs/conversations-answers.md#which-service-sends)."""
     primaries = [v for v in views if not v.backup_only and _available(v)]
     pool = primaries or [v for v in views if v.backup_only and _available(v)]
     if strategy is Strategy.PRIORITY and pool:
         best = min(v.priority for v in pool)
         pool = [v for v in pool if v.priority == best]
-    return [v for v in pool if v.eligible]
+    return pool
+
+
+def working_set(views: Sequence[ServiceView], strategy: Strategy) -> list[ServiceView]:
+    """The services allowed to take work now: the eligible members of the `available_pool`."""
+    return [v for v in available_pool(views, strategy) if v.eligible]
 
 
 @dataclass
@@ -86,7 +92,8 @@ class CandidateTask:
     priority: int
     schedule_at: dt.datetime | None
     last_claimed_at: dt.datetime | None
-    is_test: bool = False  # a template test send: claimed before bulk work (docs/sending.md#the-claim)
+    # A template test send or a conversation answer: claimed before bulk work (docs/sending.md#the-claim).
+    claimed_first: bool = False
 
 
 def plan_claim(

@@ -1,5 +1,7 @@
 """From a claim to ready-to-send messages: load what rendering needs in one short read, then render with
 the task's frozen template snapshot and the contact's current data (docs/sending.md#the-message, docs/templates.md).
+A conversation answer (a task of kind `reply`) is not rendered: its text and HTML are sent as written, with the
+threading headers, no tracking and no List-Unsubscribe (docs/conversations-answers.md#the-message).
 
 Caches: compiled snapshots forever (immutable after generation), tasks, senders and service configs for
 at most 30 s (as docs/sending.md#principles allows).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import html as html_escape
 import re
 import time
 from collections import defaultdict
@@ -25,6 +28,7 @@ from edm import clock
 from edm.content.render import (
     SAMPLE_CONTACT,
     CompiledTemplate,
+    RenderedContent,
     RenderError,
     RenderLimitExceeded,
     build_context,
@@ -36,6 +40,7 @@ from edm.dispatch.message import build_message
 from edm.errors import TemplateSyntaxError
 from edm.models.contacts import Contact, ContactTag, Tag
 from edm.models.content import Sender
+from edm.models.conversations import Conversation, ConversationMessage
 from edm.models.email_services import EmailService
 from edm.models.tasks import Task, TaskTemplate
 from edm.models.tracking import TrackedLink
@@ -94,6 +99,21 @@ class TaskInfo:
     # from `data_contact_id` or sample data.
     is_test: bool = False
     data_contact_id: int | None = None
+    # A conversation answer (docs/conversations-answers.md#the-message): sent as written, no tracking, threading
+    # headers, no List-Unsubscribe.
+    is_reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a conversation answer sends, read from its ConversationMessage."""
+
+    subject: str
+    text: str
+    html: str | None
+    in_reply_to: str | None
+    references: str | None  # space-separated ids without angle brackets
+    to_name: str
 
 
 class _Ttl:
@@ -162,8 +182,10 @@ class Composer:
                 if tt is not None and tt not in self._templates
             }
             org = await self._org_settings(session)
+            reply_tasks = {tid for tid, t in tasks.items() if t is not None and t.is_reply}
+            answers = await _answers(session, [i.subtask_id for i in claim.items if i.task_id in reply_tasks])
         links: dict[int, tuple[int, str]] = {}
-        job = _Job(service, tasks, contacts, org, clock.utc_now(), with_mime, links)
+        job = _Job(service, tasks, contacts, org, clock.utc_now(), with_mime, links, answers)
         composed = await off_loop(self._compose_all, claim.items, snapshots, job)
         await self._store_links(links)
         return composed
@@ -196,6 +218,8 @@ class Composer:
         task = job.tasks[item.task_id]
         if task is None:
             return RenderFailure("render_error", "task or sender missing")
+        if task.is_reply:
+            return _answer_message(item, task, job)
         if item.task_template_id is None:
             return RenderFailure("render_error", "no template assigned")
         template = self._templates[item.task_template_id]
@@ -280,6 +304,7 @@ class Composer:
             return None
         task, sender = row
         is_test = task.kind == TaskKind.TEST  # tracking stays off for test sends, whatever the task row says
+        is_reply = task.kind == TaskKind.REPLY  # and for conversation answers
         data_contact = (task.recipient_rule or {}).get("contact_id") if is_test else None
         info = TaskInfo(
             task.id,
@@ -290,10 +315,11 @@ class Composer:
             sender.local_part,
             sender.display_name or "",
             sender.reply_to,
-            bool(task.track_opens) and not is_test,
-            bool(task.track_clicks) and not is_test,
+            bool(task.track_opens) and not (is_test or is_reply),
+            bool(task.track_clicks) and not (is_test or is_reply),
             is_test=is_test,
             data_contact_id=data_contact if isinstance(data_contact, int) else None,
+            is_reply=is_reply,
         )
         return self._tasks.put(task_id, info)  # type: ignore[no-any-return]
 
@@ -321,6 +347,72 @@ class _Job:
     now: dt.datetime
     with_mime: bool
     links: dict[int, tuple[int, str]]  # filled by the renders: tracked links to store before sending
+    answers: dict[int, Answer] = dataclasses.field(default_factory=dict)  # conversation answers by SubTask id
+
+
+def _answer_message(item: Any, task: TaskInfo, job: _Job) -> OutboundMessage | RenderFailure:
+    """A conversation answer as written: no template, no tracking, no footer, no List-Unsubscribe, no Reply-To
+    (answers to it must come back to the address it is from); In-Reply-To and References thread it."""
+    answer = job.answers.get(item.subtask_id)
+    if answer is None:
+        return RenderFailure("render_error", "the conversation message of this answer is missing")
+    headers: dict[str, str] = {}
+    if answer.in_reply_to:
+        headers["In-Reply-To"] = f"<{answer.in_reply_to}>"
+    if answer.references:
+        headers["References"] = " ".join(f"<{r}>" for r in answer.references.split())
+    content = RenderedContent(
+        subject=answer.subject, preheader="", html=answer.html or text_as_html(answer.text), text=answer.text
+    )
+    try:
+        return build_message(
+            key=str(item.public_id),
+            task_id=task.id,
+            user_id=task.user_id,
+            domain=job.service.domain,
+            from_local=task.sender_local,
+            from_name=task.sender_name,
+            to_address=item.recipient_email,
+            to_name=answer.to_name,
+            reply_to=None,
+            content=content,
+            unsubscribe_url="",
+            extra_headers=headers,
+            with_mime=job.with_mime,
+        )
+    except ValueError as exc:  # an address or header value that cannot be put in a mail
+        return RenderFailure("invalid_message", str(exc))
+
+
+def text_as_html(text: str) -> str:
+    """The HTML part of an answer written as plain text: escaped, paragraphs at blank lines, line breaks kept."""
+    paragraphs = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip("\n"))
+    body = "".join(
+        "<p>" + "<br>\n".join(html_escape.escape(line) for line in p.split("\n")) + "</p>\n" for p in paragraphs
+    )
+    return f"<html><body>\n{body}</body></html>"
+
+
+async def _answers(session: AsyncSession, subtask_ids: list[int]) -> dict[int, Answer]:
+    if not subtask_ids:
+        return {}
+    rows = await session.execute(
+        select(ConversationMessage, Conversation.their_name)
+        .join(Conversation, Conversation.id == ConversationMessage.conversation_id)
+        .where(ConversationMessage.subtask_id.in_(subtask_ids), ConversationMessage.direction == "outbound")
+    )
+    out: dict[int, Answer] = {}
+    for message, their_name in rows.all():
+        assert message.subtask_id is not None
+        out[message.subtask_id] = Answer(
+            subject=message.subject,
+            text=message.text_body or "",
+            html=message.html_body or None,
+            in_reply_to=message.in_reply_to,
+            references=message.references,
+            to_name=their_name or "",
+        )
+    return out
 
 
 def _data_of(item: Any, task: TaskInfo | None, contacts: dict[int, dict[str, Any]]) -> dict[str, Any] | None:

@@ -222,9 +222,9 @@ def build_message(
 ) -> OutboundMessage:
     """One recipient's message. `unsubscribe_mailto` is a full `mailto:addr?subject=unsubscribe-<token>`.
 
-    An empty `unsubscribe_url` omits the List-Unsubscribe headers: only for conversation messages (planned,
-    docs/overview.md#conversations-replies); every task mail and test send must pass one. Raises ValueError on invalid
-    or injected values.
+    An empty `unsubscribe_url` omits the List-Unsubscribe headers: only for conversation answers
+    (docs/conversations-answers.md#the-message); every task mail and test send must pass one. Raises ValueError on
+    invalid or injected values.
     """
     if not _KEY.fullmatch(key):
         raise ValueError(f"key {key!r} is not a valid idempotency key")

@@ -408,18 +408,7 @@ def _failed_tasks(outcomes: list[queue.ItemOutcome]) -> set[int]:
 
 
 def _view(s: queue.ServiceSnapshot) -> allocation.ServiceView:
-    quota = max(1, s.service.daily_quota)
-    return allocation.ServiceView(
-        service_id=s.service.id,
-        eligible=s.availability.eligible,
-        slot_waiting=s.availability.slot_waiting,
-        backup_only=s.service.backup_only,
-        priority=s.service.priority,
-        weight=s.service.weight,
-        quota_left_ratio=max(0.0, (quota - s.used_today) / quota),
-        health=allocation.health_score(s.state.recent_success_rate, s.state.recent_samples, s.state.latency_ms_ewma),
-        last_claim_at=s.last_claim_at,
-    )
+    return queue.service_view(s)
 
 
 def _batches(items: Sequence[queue.ClaimedItem], size: int) -> list[list[queue.ClaimedItem]]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from edm import clock
 from edm.contacts.imports import HEARTBEAT_EVERY, run_imports
+from edm.conversations import answers as conversation_answers
 from edm.conversations import sources as inbound_sources
 from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
@@ -47,6 +48,7 @@ class Maintenance:
             ("finalize", 5.0, self.finalize),
             ("thresholds", 60.0, self.thresholds),
             ("waiting", 30.0, self.waiting),
+            ("answers", 5.0, self.answers),
             ("uncertain", 300.0, self.uncertain),
             ("heartbeat", 20.0, self.worker.heartbeat),
             ("events", EVENTS_PERIOD, self.events),
@@ -127,6 +129,20 @@ class Maintenance:
             changed = await lifecycle.update_waiting(session, now=now, runtime=runtime, snapshots=snapshots)
             resumed = await lifecycle.resume_unavailable(session, now=now, snapshots=snapshots)
         return changed, resumed
+
+    async def answers(self) -> object:
+        """Conversation answers whose preferred services all became unusable move to the next tier
+        (docs/conversations-answers.md#which-service-sends): a frozen or exhausted service never strands one."""
+        runtime = await self.worker.refresh_runtime()
+        snapshots = await self.worker.snapshots()
+        async with unit_of_work(self.worker.sessionmaker) as session:
+            changed = await conversation_answers.widen_stranded(
+                session, now=clock.utc_now(), snapshots=snapshots, runtime=runtime
+            )
+        if changed:
+            log.info("answers.widened", extra={"task_ids": sorted(changed)})
+            self.worker.wakeup.set()
+        return changed
 
     async def uncertain(self) -> int:
         runtime = await self.worker.refresh_runtime()

@@ -31,6 +31,7 @@ from edm.dispatch.queue.snapshots import (
     limits_of,
     reset_after,
     runtime_of,
+    service_view,
     snapshot_services,
 )
 from edm.dispatch.queue.usage import upsert_usage, used_today
@@ -62,6 +63,7 @@ __all__ = [
     "release",
     "reset_after",
     "runtime_of",
+    "service_view",
     "snapshot_services",
     "unsendable_reasons",
     "upsert_usage",

@@ -2,8 +2,9 @@
 
 Each SubTask moves with a compare-and-set on (allocated, our lease), so a row the reclaimer took back in
 the meantime is left as it is (an accepted send still marks it sent: it was mailed). Every outcome gets a
-SendAttempt row; the day's usage, the contacts' and tasks' send times, and the service's runtime state
-(`service_state`) are updated in the same transaction.
+SendAttempt row; the day's usage, the contacts' and tasks' send times, the service's runtime state
+(`service_state`) and, for a conversation answer sent, its conversation (`replies`) are updated in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.dispatch import retry
 from edm.dispatch.queue.claiming import Claim, ClaimedItem
+from edm.dispatch.queue.replies import SentAnswer, record_sent
 from edm.dispatch.queue.service_state import update_service_state
 from edm.dispatch.queue.usage import upsert_usage
 from edm.models.contacts import Contact
 from edm.models.tasks import SendAttempt, SubTask, Task
 from edm.providers.base import Outcome, SendResult
 from edm.system.runtime_settings import Policy
-from edm.vocabulary.tasks import SendState, TaskStatus
+from edm.vocabulary.tasks import SendState, TaskKind, TaskStatus
 
 SUBTASKS = cast(Table, SubTask.__table__)
 STOPPED = (TaskStatus.CANCELLED, TaskStatus.CLOSED)
@@ -97,6 +99,7 @@ async def record(
     updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
     attempts: list[dict[str, Any]] = []
     usage: Counter[str] = Counter()
+    answers: list[SentAnswer] = []
     for o in outcomes:
         row = current.get(o.item.subtask_id)
         attempts.append(_attempt_row(claim, o, now))
@@ -107,6 +110,8 @@ async def record(
             summary.lost_lease += 1
             if o.result.outcome is Outcome.ACCEPTED and row.send_state in (SendState.PENDING, SendState.UNCERTAIN):
                 updates["late_sent"].append(_sent_values(o, now))
+                if row.task_kind == TaskKind.REPLY:
+                    answers.append(SentAnswer(o.item.subtask_id, o.from_address, o.message_id))
             continue
         decision = decide(
             o.result,
@@ -117,10 +122,13 @@ async def record(
         summary.by_state[decision.state] += 1
         usage[_usage_column(decision, o.result)] += 1
         updates[decision.state].append(_values_for(decision, o, row, now, policy, jitter))
+        if decision.state is SendState.SENT and row.task_kind == TaskKind.REPLY:
+            answers.append(SentAnswer(o.item.subtask_id, o.from_address, o.message_id))
     await _write_subtasks(session, claim, updates)
     await _insert_attempts(session, attempts)
     await _add_usage(session, claim, usage)
     await _touch_contacts_and_tasks(session, outcomes, now)
+    await record_sent(session, service_id=claim.service_id, answers=answers, now=now)
     summary.status_log = await update_service_state(session, claim, [o.result for o in outcomes], now, policy)
     return summary
 
@@ -158,6 +166,7 @@ async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]
             SubTask.lease_owner,
             SubTask.retryable_failures,
             Task.status.label("task_status"),
+            Task.kind.label("task_kind"),
         )
         .join(Task, Task.id == SubTask.task_id)
         .where(SubTask.id.in_(ids))

@@ -19,6 +19,9 @@ from edm.tasks.exclusions import Recipient, SuppressionLookup, exclusion_reason
 from edm.vocabulary.tasks import SendState, TaskKind, TaskStatus
 
 RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
+# Claimed before bulk work and without the claim-time exclusion check: template test sends (the marketer's own
+# inboxes) and conversation answers (to someone who wrote to us, or a contact checked when the answer was queued).
+CLAIMED_FIRST = (TaskKind.TEST, TaskKind.REPLY)
 
 
 async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.datetime) -> list[CandidateTask]:
@@ -52,7 +55,9 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
         )
     ).all()
     return [
-        CandidateTask(r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, is_test=r.kind == TaskKind.TEST)
+        CandidateTask(
+            r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, claimed_first=r.kind in CLAIMED_FIRST
+        )
         for r in rows
         if not r.allowed_service_ids or service_id in r.allowed_service_ids
     ]
@@ -69,14 +74,15 @@ async def select_claimable(
     """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found.
     Returns (rows, suppressed count, the users' new round-robin cursor).
 
-    Test sends go first (claimed before bulk SubTasks of the same service), shared fairly among their
-    users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks share what is
-    left of the claim."""
+    Test sends and conversation answers go first (claimed before bulk SubTasks of the same service), shared
+    fairly among their users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks
+    share what is left of the claim."""
     tasks = await _lock_running(session, await candidate_tasks(session, service_id=service_id, now=now))
-    chosen, _, _ = await _fill(session, [t for t in tasks if t.is_test], size=size, cursor=None, now=now, check=False)
+    first = [t for t in tasks if t.claimed_first]
+    chosen, _, _ = await _fill(session, first, size=size, cursor=None, now=now, check=False)
     bulk, suppressed, cursor = await _fill(
         session,
-        [t for t in tasks if not t.is_test],
+        [t for t in tasks if not t.claimed_first],
         size=size - len(chosen),
         cursor=user_cursor,
         now=now,
@@ -104,7 +110,8 @@ async def _fill(
 ) -> tuple[list[Any], int, int | None]:
     """Lock up to `size` rows of `tasks` in fairness order: (rows, suppressed count, new cursor).
     With `check`, rows the claim-time check blocks become `suppressed` instead. Test sends skip the
-    check: their addresses are the marketer's own inboxes and they have no contact to check."""
+    check: their addresses are the marketer's own inboxes and they have no contact to check; so do
+    conversation answers (docs/conversations-answers.md#what-an-answer-is)."""
     chosen: list[Any] = []
     suppressed = 0
     exhausted: set[int] = set()

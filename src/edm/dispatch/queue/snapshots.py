@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.dispatch import allocation
 from edm.dispatch import availability as av
 from edm.dispatch.queue.usage import usage_on
 from edm.dispatch.service_day import next_reset, service_day
@@ -84,3 +85,19 @@ async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[
         )
         snapshots.append(ServiceSnapshot(service, state, availability, used, in_flight, state_row.last_claim_at, reset))
     return snapshots
+
+
+def service_view(s: ServiceSnapshot) -> allocation.ServiceView:
+    """What the chooser (`allocation`) needs to know of a snapshot."""
+    quota = max(1, s.service.daily_quota)
+    return allocation.ServiceView(
+        service_id=s.service.id,
+        eligible=s.availability.eligible,
+        slot_waiting=s.availability.slot_waiting,
+        backup_only=s.service.backup_only,
+        priority=s.service.priority,
+        weight=s.service.weight,
+        quota_left_ratio=max(0.0, (quota - s.used_today) / quota),
+        health=allocation.health_score(s.state.recent_success_rate, s.state.recent_samples, s.state.latency_ms_ewma),
+        last_claim_at=s.last_claim_at,
+    )
