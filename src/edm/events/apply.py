@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from edm.clock import utc_now
 from edm.db.dialect import is_postgresql
 from edm.db.session import unit_of_work
+from edm.dispatch.queue.replies import SentAnswer, record_sent
 from edm.events.delivery import apply_event, move_usage_to_accepted, settle_uncertain
 from edm.events.machine_hits import load_recent_clicks
 from edm.events.matching import attempted_services, find_subtasks, match, needing_attempts, service_providers
@@ -115,6 +116,7 @@ async def apply_pending(
         session, {subtasks[e.id].contact_id for e in events if e.id in subtasks and e.event_type in _CONTACT_EVENTS}
     )
     suppressions: list[dict[str, Any]] = []
+    settled: list[Any] = []
     for event in events:
         subtask = subtasks.get(event.id)
         status, reason = match(event, subtask, providers, attempted, simulated_matches_any)
@@ -129,6 +131,7 @@ async def apply_pending(
         if settle_uncertain(subtask, event, now):
             await move_usage_to_accepted(session, subtask, providers)
             counts.reconciled += 1
+            settled.append(subtask)
         if status is MatchStatus.IGNORED:
             event.match_status, event.match_reason = MatchStatus.IGNORED, reason
             counts.ignored += 1
@@ -146,6 +149,10 @@ async def apply_pending(
     )
     await update_many(session, Contact, CONTACT_WRITE, [c for c in contacts.values() if c.changed()])
     await add_suppressions(session, suppressions, now)
+    for subtask in settled:  # a conversation answer proven sent reaches its thread (docs/conversations-answers.md)
+        if subtask.service_id is not None:
+            answer = SentAnswer(subtask.id, None, None)
+            await record_sent(session, service_id=subtask.service_id, answers=[answer], now=subtask.sent_at)
     return counts
 
 

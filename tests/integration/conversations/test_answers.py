@@ -22,9 +22,11 @@ from edm.conversations import answers
 from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.email_services import service as services
+from edm.events import apply as event_apply
 from edm.models.contacts import Contact
 from edm.models.content import Sender
 from edm.models.conversations import Conversation, ConversationMessage
+from edm.models.events import Event
 from edm.models.tasks import SendAttempt, SubTask, Task
 from edm.models.users import Role
 from edm.providers.fake import FakeAdapter
@@ -127,6 +129,13 @@ async def _conversation(dkit: DispatchKit, conversation_id: int) -> Conversation
 def _settled(dkit: DispatchKit, message_id: int) -> Any:
     async def check() -> bool:
         return bool((await _message(dkit, message_id))["settled"])
+
+    return check
+
+
+def _in_state(dkit: DispatchKit, message_id: int, state: str) -> Any:
+    async def check() -> bool:
+        return (await _message(dkit, message_id))["state"] == state
 
     return check
 
@@ -357,6 +366,43 @@ async def test_without_a_usable_service_of_its_domain_the_answer_changes_domain_
         assert done["state"] == "sent" and done["service_id"] == elsewhere
         assert done["from_address"] == "support-ann@elsewhere.example.com" and done["from_domain_changed"] is True
     assert len(FakeAdapter.deliveries_for(elsewhere)) == 2 and FakeAdapter.deliveries_for(home) == []
+
+
+async def test_an_uncertain_answer_proven_sent_by_an_event_reaches_the_thread(
+    db_url: str, engine: Any, dkit: DispatchKit
+) -> None:
+    owner, ids = await _setup(dkit, services_=[{"name": "doubtful", "options": {"maybe_sent_pct": 100}}])
+    async with api_client(db_url, engine) as client:
+        r = await _reply(client, owner, ids["conversation"], text="Did it leave?")
+        assert r.status_code == 202, r.text
+        async with dkit.worker():
+            await dkit.wait_for(_in_state(dkit, r.json()["id"], "uncertain"), timeout=20, what="answer uncertain")
+        doubtful = await _message(dkit, r.json()["id"])
+        assert doubtful["state"] == "uncertain" and doubtful["retryable"] is False and doubtful["sent_at"] is None
+        url = f"/api/v1/conversations/{ids['conversation']}/messages/{r.json()['id']}/retry"
+        error = expect_error(await client.post(url, headers=owner.headers), 409, "conflict")
+        assert "may have been sent" in error["message"]
+    [subtask] = await dkit.subtasks(r.json()["task_id"])
+    async with unit_of_work(dkit.sessionmaker) as session:
+        session.add(
+            Event(
+                source="fake",
+                service_id=ids["services"][0],
+                dedupe_key="proof-1",
+                event_type="delivered",
+                occurred_at=clock.utc_now(),
+                subtask_ref=str(subtask.public_id),
+                raw={},
+            )
+        )
+    assert (await event_apply.drain(dkit.sessionmaker, simulated_matches_any=True, batch=50)).reconciled == 1
+    done = await _message(dkit, r.json()["id"])
+    assert done["state"] == "delivered" and done["sent_at"] is not None
+    conversation = await _conversation(dkit, ids["conversation"])
+    assert conversation.message_count == 2 and conversation.last_service_id == ids["services"][0]
+    async with dkit.sessionmaker() as session:
+        row = await session.get(ConversationMessage, r.json()["id"])
+        assert row is not None and row.sent_at is not None and row.service_id == ids["services"][0]
 
 
 # --------------------------------------------------------------------------------------------------------
