@@ -117,8 +117,7 @@ async def message_html(
         own_origin=origin,
         attachment_url=attachment_url,
     )
-    headers = {**_FRAME_HEADERS, "Content-Security-Policy": csp}
-    return Response(document, media_type="text/html; charset=utf-8", headers=headers)
+    return frame_response(document, csp)
 
 
 @router.get(
@@ -137,12 +136,7 @@ async def message_attachment(
     data, content_type, name = await service.attachment(
         session, user_id=caller.id, conversation_id=conversation_id, message_id=message_id, index=index
     )
-    headers = {
-        **_FRAME_HEADERS,
-        "Content-Disposition": f"attachment; filename=\"{_ascii_name(name)}\"; filename*=UTF-8''{quote(name)}",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-    }
-    return Response(data, media_type=_safe_type(content_type), headers=headers)
+    return attachment_response(data, content_type, name)
 
 
 # -- unrouted inbound mail (admins) ------------------------------------------------------------------------
@@ -183,6 +177,22 @@ async def discard_unrouted(unrouted_id: IdPath, request: Request, session: Sessi
         session, unrouted_id=unrouted_id, actor=caller.actor(request), now=clock.utc_now()
     )
     return UnroutedOut.model_validate(row)
+
+
+def frame_response(document: str, csp: str) -> Response:
+    """A sanitized message as the page a sandboxed frame shows (the API's and the console's)."""
+    headers = {**_FRAME_HEADERS, "Content-Security-Policy": csp, "X-Frame-Options": "SAMEORIGIN"}
+    return Response(document, media_type="text/html; charset=utf-8", headers=headers)
+
+
+def attachment_response(data: bytes, content_type: str, name: str) -> Response:
+    """An attachment as a download that no browser renders as a page of our origin."""
+    headers = {
+        **_FRAME_HEADERS,
+        "Content-Disposition": f"attachment; filename=\"{_ascii_name(name)}\"; filename*=UTF-8''{quote(name)}",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    return Response(data, media_type=_safe_type(content_type), headers=headers)
 
 
 def _ascii_name(name: str) -> str:

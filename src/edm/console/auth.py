@@ -8,7 +8,7 @@ Every console page takes the `Viewer` dependency. It reads the `edm_session` coo
   `X-CSRF-Token` (compared in constant time): otherwise 403;
 - refuses every such request of a `read_only` user (403), except the few that only touch the viewer's own
   session, preferences and view (`SELF_SERVICE`: log out, change the own password, switch the language, mark one's
-  own notification read);
+  own notification read, mark one's own conversation unread);
 - while the user must change its password, redirects every page but `/password` (and logout) to `/password`.
 
 A `Viewer` is the API's `Caller` (so `viewer.owner_filter(...)`, `viewer.actor(request)` and `viewer.can_write`
@@ -30,6 +30,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from edm.api.deps import UNSAFE_METHODS, Caller, Session
+from edm.conversations import service as conversations
 from edm.errors import Forbidden, NotFound, Unauthenticated
 from edm.models.users import Role, TokenScope
 from edm.settings import Settings
@@ -41,7 +42,8 @@ CSRF_FIELD = "csrf_token"
 # read (that changes only its own view, not the account's data: `POST /api/v1/me/notifications/{id}/read` takes
 # every role and read-scope tokens too).
 SELF_SERVICE = frozenset({"/logout", "/password", "/language"})
-SELF_SERVICE_PATTERNS = (re.compile(r"/notifications/[0-9]+/read"),)
+# Marking one's own conversation unread is reading, which read-only users may do (opening it marks it read).
+SELF_SERVICE_PATTERNS = (re.compile(r"/notifications/[0-9]+/read"), re.compile(r"/conversations/[0-9]+/unread"))
 # Where a user who must change its password may go.
 PASSWORD_PATHS = frozenset({"/password", "/logout"})
 # The login form's own CSRF token (before there is a session): a random value in this cookie and in the form.
@@ -72,6 +74,7 @@ class Viewer(Caller):
     locale: str | None = None
     timezone: str = "UTC"
     unread: int = 0  # unread notifications, for the top bar (C5)
+    unread_conversations: int = 0  # conversations with unread replies, for the menu's badge
     # Whose data the page shows when it is not the viewer's: an admin's read-only look at another user's campaign
     # (`tasks.readable_task`); the frame names the owner.
     owner_name: str = ""
@@ -115,6 +118,7 @@ async def _viewer(request: Request, session: Session) -> Viewer:
         locale=user.locale,
         timezone=user.timezone,
         unread=await unread_count(session, user.id),
+        unread_conversations=(await conversations.unread_totals(session, user_id=user.id))[0],
     )
     request.state.viewer = viewer
     path = request.url.path

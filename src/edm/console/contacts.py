@@ -21,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from edm.api.deps import IdPath, Session
+from edm.console import conversations as conversation_pages
 from edm.console.auth import CurrentViewer, Viewer
 from edm.console.forms import Form, read_form
 from edm.console.i18n import N_, Catalogue
@@ -522,6 +523,7 @@ async def _detail_page(
         "event_labels": EVENTS,
         "suppression_reasons": SUPPRESSION_REASONS,
         "notice": _notice(catalogue, request.query_params.get("notice"), {}),
+        "conversations": await conversation_pages.of_contact(session, viewer, contact_id),
     }
     return render(request, "contacts/detail.html", context, status=status)
 

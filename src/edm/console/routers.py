@@ -10,6 +10,7 @@ from edm.console import (
     admin_credit,
     admin_dashboard,
     admin_events,
+    admin_inbound,
     admin_mappings,
     admin_queue,
     admin_services,
@@ -18,6 +19,7 @@ from edm.console import (
     admin_users,
     contacts,
     content_templates,
+    conversations,
     dashboard,
     login,
     media_library,
@@ -45,3 +47,5 @@ ROUTERS += [admin_suppressions.router]  # admin: the global suppression list
 ROUTERS += [admin_users.router, admin_credit.router]  # admin: users and credit
 ROUTERS += [admin_dashboard.router, admin_mappings.router, admin_queue.router]  # admin: overview, service access, queue
 ROUTERS += [admin_services.router]  # admin: sending services
+ROUTERS += [conversations.router]  # conversations (/conversations/new before /conversations/{id})
+ROUTERS += [admin_inbound.router]  # admin: unrouted inbound mail

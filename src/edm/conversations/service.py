@@ -289,6 +289,17 @@ async def discard_unrouted(
     return row
 
 
+async def unrouted_detail(session: AsyncSession, *, unrouted_id: int) -> tuple[UnroutedInbound, str | None]:
+    """One unrouted mail and its text (the text part, else nothing: its HTML is not shown to admins unsanitized),
+    read from the stored raw message, so that an admin can tell whose it is before assigning it."""
+    row = await session.get(UnroutedInbound, unrouted_id) if 0 < unrouted_id <= MAX_ID else None
+    if row is None:
+        raise NotFound(f"inbound mail {unrouted_id} not found")
+    raw = await session.scalar(select(MailBlob.data).where(MailBlob.id == row.blob_id)) if row.blob_id else None
+    text = mime.parse(raw, max_bytes=len(raw) + 1).text_body if raw is not None else None
+    return row, text
+
+
 async def _open_unrouted(session: AsyncSession, unrouted_id: int) -> UnroutedInbound:
     row = None
     if 0 < unrouted_id <= MAX_ID:
