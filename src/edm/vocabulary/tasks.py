@@ -19,7 +19,7 @@ class TaskStatus(enum.StrEnum):
 class TaskKind(enum.StrEnum):
     BULK = "bulk"  # a campaign
     TEST = "test"  # a template test send (docs/templates.md): claimed first, `[TEST] `, no tracking, not in task lists
-    REPLY = "reply"  # one answer in a conversation (docs/conversations.md): claimed first, no tracking, not in task lists
+    REPLY = "reply"  # an answer in a conversation (docs/conversations.md): claimed first, no tracking, not in tasks
 
 
 class PauseReason(enum.StrEnum):
