@@ -10,6 +10,7 @@ from edm.api import (
     credit,
     events,
     imports,
+    inbound_webhooks,
     media,
     proof_sends,
     services,
@@ -33,6 +34,7 @@ ROUTERS = [
     media.router,
     tasks.router,
     proof_sends.router,
+    inbound_webhooks.router,  # before webhooks: /webhooks/{provider}/{service_id} would take /webhooks/ses/inbound
     webhooks.router,
     events.router,
     tracking.router,

@@ -402,15 +402,18 @@ def parse_form(body: bytes, content_type_header: str) -> Form:
             raise MalformedPayload("multipart/form-data without a boundary")
         return _parse_multipart(body, boundary)
     if media_type == b"application/x-www-form-urlencoded":
-        try:
+        try:  # through Latin-1 both ways: every byte of a value survives (an 8-bit body-mime too)
             pairs = urllib.parse.parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FORM_PARTS
+                body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FORM_PARTS, encoding="latin-1"
             )
-        except UnicodeDecodeError:
-            raise MalformedPayload("the form body is not UTF-8") from None
         except ValueError:
             raise MalformedPayload(f"more than {MAX_FORM_PARTS} form fields") from None
-        return Form([(name, FormValue(value.encode("utf-8"), charset="utf-8")) for name, value in pairs])
+        return Form(
+            [
+                (name.encode("latin-1").decode("utf-8", "replace"), FormValue(value.encode("latin-1")))
+                for name, value in pairs
+            ]
+        )
     shown = media_type.decode("latin-1") or "none"
     raise MalformedPayload(
         f"content type {shown!r} is not accepted here "
