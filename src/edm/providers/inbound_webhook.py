@@ -289,17 +289,7 @@ def _attach(message: EmailMessage, attachment: Attachment) -> None:
             message.make_mixed()
         message.attach(part)
         return
-    if maintype == "text":
-        charset = "utf-8"
-        message.add_attachment(
-            attachment.data.decode(charset, "replace"),
-            subtype=subtype,
-            charset=charset,
-            filename=attachment.filename,
-            cid=_angle(attachment.content_id) if attachment.content_id else None,
-            disposition="inline" if attachment.inline else "attachment",
-        )
-        return
+    # As bytes whatever the type (base64): a text attachment keeps its own charset and line ends.
     message.add_attachment(
         attachment.data,
         maintype=maintype,
