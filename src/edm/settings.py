@@ -35,8 +35,10 @@ class Settings(BaseSettings):
     demo_admin_password: str = ""
     import_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     webhook_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
-    # Largest raw inbound mail stored (docs/conversations.md#limits); the SMTP endpoint reads bodies up to it.
-    inbound_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Inbound mail posted by providers (docs/providers.md#inbound-mail-replies-through-a-provider): the request body
+    # (SendGrid and Mailgun post attachments in it) and each message, raw or rebuilt.
+    inbound_max_bytes: int = Field(default=30 * 1024 * 1024, ge=1)
+    inbound_message_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     # Requests a minute per API token or console session, per API process (docs/api.md#rate-limits).
     api_rate_limit: int = Field(default=600, ge=1)
     # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often) and the

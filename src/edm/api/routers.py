@@ -12,6 +12,7 @@ from edm.api import (
     credit,
     events,
     imports,
+    inbound_webhooks,
     media,
     proof_sends,
     services,
@@ -36,6 +37,7 @@ ROUTERS = [
     tasks.router,
     proof_sends.router,
     conversation_answers.router,
+    inbound_webhooks.router,  # before webhooks: /webhooks/{provider}/{service_id} would take /webhooks/ses/inbound
     webhooks.router,
     events.router,
     conversations.router,

@@ -125,7 +125,7 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
     try:
         service_id = None if service_ref is None else _service_id(service_ref)
         handler = _handler(provider, settings)
-        limit = max(settings.webhook_max_bytes, settings.inbound_max_bytes) if provider == SMTP else None
+        limit = max(settings.webhook_max_bytes, settings.inbound_message_max_bytes) if provider == SMTP else None
         body = await read_body(request, limit or settings.webhook_max_bytes)
         incoming = _webhook_request(request, body)
         targets = await _targets(request, provider, service_id)
@@ -358,7 +358,7 @@ async def _store(
         counts = await ingest.store(session, rows)
         for mail in mails:
             try:
-                result = await inbound.receive(session, mail, now=now, max_bytes=settings.inbound_max_bytes)
+                result = await inbound.receive(session, mail, now=now, max_bytes=settings.inbound_message_max_bytes)
             except TooLarge:
                 counts.received, counts.bad = counts.received + 1, counts.bad + 1
                 continue
@@ -383,7 +383,7 @@ async def _receive_mail(
     )
     try:
         async with request.app.state.sessionmaker() as session, session.begin():
-            result = await inbound.receive(session, mail, now=clock.utc_now(), max_bytes=settings.inbound_max_bytes)
+            result = await inbound.receive(session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes)
     except TooLarge as exc:
         raise WebhookRefused(413, "payload_too_large", exc.message) from None
     log.info("webhook.inbound", extra={"provider": SMTP, "service_id": mail.service_id, **result.as_dict()})

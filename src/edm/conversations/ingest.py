@@ -90,7 +90,7 @@ async def receive(
     session: AsyncSession, mail: InboundMail, *, now: dt.datetime, max_bytes: int = mime.DEFAULT_MAX_BYTES
 ) -> ReceiveResult:
     """Classify, thread and store one inbound mail (module docstring). TooLarge (413) above `max_bytes`
-    (sources pass `Settings.inbound_max_bytes`)."""
+    (sources pass `Settings.inbound_message_max_bytes`)."""
     parsed = mime.parse(mail.raw, recipient=mail.recipient, sender=mail.sender, max_bytes=max_bytes)
     kind, report = classify.report_kind(mail.raw, parsed)
     if kind is not None and report is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from edm.errors import NotFound, TooLarge
 
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # Settings.inbound_max_bytes
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # Settings.inbound_message_max_bytes
 TEXT_LIMIT = 256 * 1024  # characters of the text body kept
 HTML_LIMIT = 1024 * 1024  # characters of the HTML body kept
 MAX_ATTACHMENTS = 100  # metadata entries kept per message

@@ -49,6 +49,12 @@ class WebhookStoredOut(BaseModel):
     bad: int = Field(description="elements that could not be parsed, kept for the admin view")
 
 
+class InboundReceivedOut(BaseModel):
+    """What an inbound-mail webhook request handed to conversations."""
+
+    received: int = Field(description="messages in the request, one per envelope recipient")
+
+
 class WebhookControlOut(BaseModel):
     """The answer to a provider's control message (a subscription confirmation), which carries no event."""
 

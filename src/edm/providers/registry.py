@@ -17,6 +17,7 @@ from edm.providers.base import Adapter, Capabilities, ServiceConfig
 from edm.providers.brevo import BrevoAdapter
 from edm.providers.engagelab import EngageLabAdapter
 from edm.providers.fake import FakeAdapter
+from edm.providers.inbound_webhook import InboundHandler
 from edm.providers.mailgun import MailgunAdapter
 from edm.providers.postmark import PostmarkAdapter
 from edm.providers.resend import ResendAdapter
@@ -146,4 +147,28 @@ def webhook_handler(provider: str) -> WebhookHandler | None:
         module_name, class_name = _WEBHOOK_HANDLERS[provider]
         handler = getattr(importlib.import_module(module_name), class_name)()
         _webhook_instances[provider] = handler
+    return handler
+
+
+# Provider name -> (module, class) of its inbound-mail handler (`POST /webhooks/{provider}/inbound`). EngageLab's
+# inbound mail comes as `route` events on its event URL; SMTP services deliver through the report endpoint or a
+# polled mailbox.
+_INBOUND_HANDLERS: dict[str, tuple[str, str]] = {
+    "sendgrid": ("edm.providers.sendgrid_inbound", "SendGridInbound"),
+    "mailgun": ("edm.providers.mailgun_inbound", "MailgunInbound"),
+    "postmark": ("edm.providers.postmark_inbound", "PostmarkInbound"),
+    "brevo": ("edm.providers.brevo_inbound", "BrevoInbound"),
+    "ses": ("edm.providers.ses_inbound", "SesInbound"),
+}
+INBOUND_PROVIDERS = tuple(_INBOUND_HANDLERS)
+_inbound_instances: dict[str, InboundHandler] = {}
+
+
+def inbound_handler(provider: str) -> InboundHandler | None:
+    """The inbound-mail handler of `provider`, or None when the provider posts no inbound mail to EDM."""
+    handler = _inbound_instances.get(provider)
+    if handler is None and provider in _INBOUND_HANDLERS:
+        module_name, class_name = _INBOUND_HANDLERS[provider]
+        handler = getattr(importlib.import_module(module_name), class_name)()
+        _inbound_instances[provider] = handler
     return handler

@@ -165,7 +165,7 @@ class Maintenance:
         """Bounce reports and replies from the SMTP services' mailboxes (docs/providers.md#bounces-from-smtp-services,
         docs/conversations.md#sources)."""
         return await inbound_sources.poll_mailboxes(
-            self.worker.sessionmaker, self.worker.vault, max_bytes=self.worker.settings.inbound_max_bytes
+            self.worker.sessionmaker, self.worker.vault, max_bytes=self.worker.settings.inbound_message_max_bytes
         )
 
     async def nonces(self) -> int:

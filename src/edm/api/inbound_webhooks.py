@@ -1,0 +1,251 @@
+"""Inbound mail posted by providers (docs/providers.md#inbound-mail-replies-through-a-provider): verify → parse →
+hand each message to conversations → answer.
+
+`POST /webhooks/{provider}/inbound` and `POST /webhooks/{provider}/{service_id}/inbound` for SendGrid Inbound
+Parse, Mailgun routes (and `…/inbound/mime` for Mailgun's raw MIME), Postmark inbound, Brevo inbound parsing and
+SES receiving through SNS. An entry point: it owns the one transaction in which every message of the request (and
+Mailgun's single-use token) is stored, so a provider's retry after a failure finds nothing half-done.
+
+The routes are registered per provider rather than as `/webhooks/{provider}/…` patterns: mounted before the event
+routes (`edm.api.webhooks`), a pattern would capture `/webhooks/{provider}/inbound` for every provider, including
+paths the event router owns. Authentication is the event webhooks' (the same secrets, the same uniform 401 to a
+caller that does not prove itself, the same `webhook.rejected` log line); only the body limit differs
+(`EDM_INBOUND_MAX_BYTES`, 30 MB: SendGrid and Mailgun post attachments in the body), and each message is held to
+`EDM_INBOUND_MESSAGE_MAX_BYTES` (413).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from edm import clock
+from edm.api.webhooks import (
+    NOT_VERIFIED_MESSAGE,
+    WebhookRefused,
+    outbound_client,
+    read_body,
+)
+from edm.api.webhooks import _targets as candidate_targets
+from edm.db.session import unit_of_work
+from edm.events import ingest as event_ingest
+from edm.events.schemas import InboundReceivedOut, WebhookControlOut
+from edm.providers import registry
+from edm.providers.inbound import InboundMail
+from edm.providers.inbound_webhook import (
+    InboundHandler,
+    InboundLimits,
+    InboundPayload,
+    InboundRequest,
+)
+from edm.providers.webhook import InvalidSignature, MalformedPayload, VerifyContext, WebhookError, WebhookTarget
+from edm.settings import Settings
+
+log = logging.getLogger("edm.webhooks")
+
+router = APIRouter(tags=["webhooks"])
+
+ANSWER = InboundReceivedOut | WebhookControlOut
+
+
+# --------------------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------------------
+
+
+def _provider_route(provider: str) -> Callable[[Request], Awaitable[Response]]:
+    async def provider_inbound(request: Request) -> Response:
+        return await receive_inbound(request, provider, None)
+
+    return provider_inbound
+
+
+def _service_route(provider: str) -> Callable[[Request, str], Awaitable[Response]]:
+    async def service_inbound(request: Request, service_id: str) -> Response:
+        return await receive_inbound(request, provider, service_id)
+
+    return service_inbound
+
+
+async def _probe() -> Response:
+    """Providers probe a URL with a GET before (and while) using it, as on the event URLs."""
+    return Response(status_code=200)
+
+
+_NAMES = {"sendgrid": "SendGrid", "mailgun": "Mailgun", "postmark": "Postmark", "brevo": "Brevo", "ses": "SES"}
+
+for _provider in registry.INBOUND_PROVIDERS:
+    _suffixes = ("/inbound", "/inbound/mime") if _provider == "mailgun" else ("/inbound",)
+    for _suffix in _suffixes:
+        _what = "raw MIME" if _suffix.endswith("mime") else "inbound mail"
+        router.add_api_route(
+            f"/webhooks/{_provider}{_suffix}",
+            _provider_route(_provider),
+            methods=["POST"],
+            summary=f"{_NAMES[_provider]} {_what} (the verifying secret identifies the service)",
+            response_model=ANSWER,
+        )
+        router.add_api_route(
+            f"/webhooks/{_provider}/{{service_id}}{_suffix}",
+            _service_route(_provider),
+            methods=["POST"],
+            summary=f"{_NAMES[_provider]} {_what} for one service",
+            response_model=ANSWER,
+        )
+        router.add_api_route(f"/webhooks/{_provider}{_suffix}", _probe, methods=["GET"], include_in_schema=False)
+        router.add_api_route(
+            f"/webhooks/{_provider}/{{service_id}}{_suffix}", _probe, methods=["GET"], include_in_schema=False
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------------
+
+
+async def receive_inbound(request: Request, provider: str, service_ref: str | None) -> Response:
+    settings: Settings = request.app.state.settings
+    try:
+        service_id = None if service_ref is None else _service_id(service_ref)
+        handler = registry.inbound_handler(provider)
+        if handler is None:  # only registered providers have routes; kept for a handler removed from the registry
+            raise WebhookRefused(404, "unknown_provider", f"no inbound endpoint for provider {provider!r}")
+        body = await read_body(request, settings.inbound_max_bytes)
+        incoming = InboundRequest(body, dict(request.headers), dict(request.query_params), service_id=service_id)
+        targets = await candidate_targets(request, provider, service_id)
+        service = await _verify(request, handler, incoming, targets, settings, service_id)
+        incoming.service_id = service.service_id if service else service_id
+        payload = _parse(handler, incoming, InboundLimits(message_max_bytes=settings.inbound_message_max_bytes))
+        if payload.control is not None:
+            return await _control(request, provider, payload)
+        await _hand_over(request, provider, handler.replay_nonce(incoming), payload.mails)
+    except WebhookRefused as exc:
+        return _error(request, exc.status_code, exc.error_code, exc.message)
+    except WebhookError as exc:
+        if exc.status != 401:
+            log.warning(
+                "webhook.inbound_refused",
+                extra={"provider": provider, "service_id": service_ref, "code": exc.code, "error": exc.message},
+            )
+        return _error(request, exc.status, exc.code, exc.message)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        log.error("webhook.database_unavailable", extra={"provider": provider, "error": type(exc).__name__})
+        return _error(request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"})
+    log.info(
+        "webhook.inbound_received",
+        extra={"provider": provider, "service_id": incoming.service_id, "received": len(payload.mails)},
+    )
+    return _json({"received": len(payload.mails)})
+
+
+def _parse(handler: InboundHandler, incoming: InboundRequest, limits: InboundLimits) -> InboundPayload:
+    """The handler's parse; a parser bug on some unforeseen shape is a 400 naming the error, never a 500."""
+    try:
+        return handler.parse(incoming, limits)
+    except WebhookError:
+        raise
+    except Exception as exc:
+        log.exception("webhook.inbound_parser_error", extra={"provider": handler.provider})
+        raise MalformedPayload(f"the payload could not be read: {type(exc).__name__}: {exc}"[:500]) from None
+
+
+def _service_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise WebhookRefused(404, "not_found", f"no inbound endpoint at service {text!r}")
+    return int(text)
+
+
+async def _verify(
+    request: Request,
+    handler: InboundHandler,
+    incoming: InboundRequest,
+    targets: Sequence[WebhookTarget],
+    settings: Settings,
+    service_id: int | None,
+) -> WebhookTarget | None:
+    """As the event webhooks verify (`edm.api.webhooks._verify`), with the secrets the handler may use for
+    inbound mail: the service whose secret verifies, or the uniform 401 whatever the reason."""
+    if service_id is not None and not targets:
+        raise _not_verified(request, handler.provider, service_id, "unknown_service")
+    usable = [t for t in targets if handler.usable_secrets(t) or not handler.needs_secret]
+    if not usable:
+        if settings.allow_unsigned_webhooks:
+            return targets[0] if len(targets) == 1 else None
+        raise _not_verified(request, handler.provider, service_id, "webhook_secret_missing")
+    ctx = VerifyContext(now=clock.utc_now(), fetch=_fetch(request))
+    for target in usable:
+        if await handler.verify(incoming, target, ctx):
+            return target
+    raise _not_verified(request, handler.provider, service_id, "invalid_signature")
+
+
+def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
+    log.warning(
+        "webhook.rejected",
+        extra={
+            "provider": provider,
+            "service_id": service_id,
+            "reason": reason,
+            "inbound": True,
+            "request_id": getattr(request.state, "request_id", None),
+        },
+    )
+    return InvalidSignature(NOT_VERIFIED_MESSAGE)
+
+
+def _fetch(request: Request) -> Callable[[str], Awaitable[bytes]]:
+    """GET for SNS certificates and subscription confirmations; the handler checks the host first."""
+
+    async def fetch(url: str) -> bytes:
+        response = await outbound_client(request).get(url)
+        response.raise_for_status()
+        return response.content
+
+    return fetch
+
+
+async def _control(request: Request, provider: str, payload: InboundPayload) -> Response:
+    if payload.confirm_url:
+        try:
+            await _fetch(request)(payload.confirm_url)
+        except httpx.HTTPError as exc:
+            log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
+            return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")
+        log.info("webhook.subscription_confirmed", extra={"provider": provider, "inbound": True})
+    return _json({"control": payload.control})
+
+
+async def _hand_over(request: Request, provider: str, nonce: str | None, mails: Sequence[InboundMail]) -> None:
+    """Every message of the request to conversations, in one transaction with the single-use token."""
+    from edm.conversations.ingest import receive  # conversations' entry for every inbound source
+
+    now = clock.utc_now()
+    async with unit_of_work(request.app.state.sessionmaker) as session:
+        if nonce and not await event_ingest.claim_nonce(session, provider, nonce, now=now):
+            raise InvalidSignature("this signed request was already received (replay)")
+        for mail in mails:
+            await receive(session, mail, now=now)
+
+
+def _error(
+    request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, object] = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [],
+            "request_id": getattr(request.state, "request_id", None),
+        }
+    }
+    return _json(body, status=status, headers=headers)
+
+
+def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
