@@ -32,6 +32,7 @@ from edm.db.engine import make_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.models.contacts import Import
 from edm.models.content import Media
+from edm.models.conversations import Conversation, ConversationMessage, MailBlob, UnroutedInbound
 from edm.models.email_services import UserServiceMapping
 from edm.models.events import Event
 from edm.models.suppressions import Suppression
@@ -74,9 +75,11 @@ PARAM_KINDS = {
     "test_send_id": "test_send",
     "conversation_id": "conversation",
     "message_id": "message",
+    "unrouted_id": "unrouted",
 }
 # Path parameters that are not ids: a valid value, so the route is found.
-NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the schema's enum
+# None: the first value of the schema's enum. `index` is an attachment's position in its message.
+NOT_IDS = {"action": None, "provider": "fake", "index": "0"}
 
 # Parameters whose kind this test cannot build yet: the operations using them are still checked for 401,
 # and for 403 on admin paths, but not for the 404 of (b). Each needs a factory in `_objects_of` to leave.
@@ -278,14 +281,6 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             actor=str(uid),
             request=test_sends.TestSendRequest(template_id=template, emails=[f"{name}-inbox@example.com"]),
         )
-        conversation, [message] = await factories.conversation(
-            session,
-            uid,
-            our_address=f"news-{name}@esp-{name}.example.com",
-            their_address=f"{name}-customer@example.net",
-            last_service_id=service,
-            inbound=[{"message_id": f"q-{name}@example.net"}],
-        )
         _, token = await create_token(session, user_id=uid, name=f"extra-{name}", scope="read")
         entry = Suppression(
             scope="user", user_id=uid, owner_key=uid, kind="address", value=f"gone-{name}@example.com", reason="manual"
@@ -320,7 +315,25 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             last_seen_at=now,
             expires_at=now + dt.timedelta(days=1),
         )
-        session.add_all([entry, event, upload, media, notice, login])
+        blob = MailBlob(size=1, sha256="0" * 64, data=b"x")
+        conversation = Conversation(
+            user_id=uid, our_address=f"news-{name}@example.com", their_address=f"them-{name}@example.org"
+        )
+        unrouted = UnroutedInbound(source="smtp", message_id=f"unrouted-{name}@example.org", reason="unknown_sender")
+        session.add_all([entry, event, upload, media, notice, login, blob, conversation, unrouted])
+        await session.flush()
+        message = ConversationMessage(
+            conversation_id=conversation.id,
+            user_id=uid,
+            direction="inbound",
+            message_id=f"message-{name}@example.org",
+            from_address=f"them-{name}@example.org",
+            to_address=f"news-{name}@example.com",
+            html_body="<p>hello</p>",
+            blob_id=blob.id,
+            attachments=[{"part": 0, "name": "a.txt", "type": "text/plain", "size": 1}],
+        )
+        session.add(message)
         await session.flush()
         return {
             "contact": contact,
@@ -336,12 +349,13 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             "event": event.id,
             "user": uid,
             "test_send": test_send.id,
-            "conversation": conversation,
-            "message": message,
             "import": upload.id,
             "media": media.id,
             "notification": notice.id,
             "session": login.id,
+            "conversation": conversation.id,
+            "message": message.id,
+            "unrouted": unrouted.id,
         }
 
 
