@@ -45,6 +45,15 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise BadInput.field("cursor", "is not a valid cursor") from None
 
 
+def decode_cursor_or_first(cursor: str | None) -> tuple[int | None, str | None]:
+    """What a console list's `cursor` continues after, and the cursor as kept: one that does not decode (edited by hand,
+    or from an older version) shows the first page rather than an error."""
+    try:
+        return decode_cursor(cursor), cursor
+    except BadInput:
+        return None, None
+
+
 def page_of(items: list[Any], page: Page, *, key: str = "id") -> dict[str, Any]:
     """Items fetched with limit + 1 → one page and the cursor of the next."""
     more = len(items) > page.limit

@@ -18,8 +18,8 @@ from edm.console.forms import Form
 from edm.console.i18n import N_
 from edm.console.rendering import catalogue_of, render, zone_of
 from edm.console.routing import new_router
-from edm.errors import BadInput, NotFound
-from edm.paging import MAX_ID, Page, decode_cursor, page_of
+from edm.errors import NotFound
+from edm.paging import MAX_ID, Page, decode_cursor_or_first, page_of
 from edm.system.service import AuditFilter, list_audit
 from edm.users.service import find_user
 
@@ -93,10 +93,7 @@ async def audit_log(request: Request, session: Session, viewer: AdminViewer) -> 
     zone = zone_of(viewer.timezone)
     form, filters = await _filters(request, session, zone)
     cursor = request.query_params.get("cursor")
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     kept = {name: form[name] for name in FIELDS if form[name]}
     rows: list[Any] = []
     next_cursor = None

@@ -19,11 +19,10 @@ from edm.console.forms import Form
 from edm.console.i18n import N_
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
-from edm.errors import BadInput
 from edm.events.queries import EventFilter, events_page, get_event
 from edm.events.schemas import EventDetailOut, EventOut
 from edm.models.events import MatchReason, MatchStatus
-from edm.paging import Page, decode_cursor, page_of
+from edm.paging import Page, decode_cursor_or_first, page_of
 from edm.vocabulary.events import EventType
 
 router = new_router()
@@ -87,10 +86,7 @@ def _filters(request: Request) -> tuple[Form, EventFilter | None]:
 async def event_list(request: Request, session: Session, viewer: AdminViewer) -> Response:
     form, filters = _filters(request)
     cursor = request.query_params.get("cursor")
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     kept = {name: form[name] for name in FIELDS if form[name] or name == "match_status"}
     events: list[EventOut] = []
     next_cursor = None

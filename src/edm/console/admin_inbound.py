@@ -19,7 +19,7 @@ from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.conversations import service
 from edm.errors import BadInput, Conflict, NotFound
-from edm.paging import MAX_ID, Page, decode_cursor, page_of
+from edm.paging import MAX_ID, Page, decode_cursor_or_first, page_of
 from edm.users import service as users
 
 router = new_router()
@@ -44,10 +44,7 @@ async def unrouted_list(request: Request, session: Session, viewer: AdminViewer)
     catalogue = catalogue_of(request)
     include_resolved = request.query_params.get("all") == "1"
     cursor = request.query_params.get("cursor")
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     page = Page(PER_PAGE, after)
     result = page_of(await service.list_unrouted(session, page=page, include_resolved=include_resolved), page)
     notice = request.query_params.get("notice", "")

@@ -42,7 +42,7 @@ from edm.content.render import off_loop
 from edm.content.schemas import PreviewOut, TemplateCreate, TemplateOut, TemplateUpdate, VariablesOut
 from edm.db.session import end_transaction
 from edm.errors import BadInput, Conflict, EdmError, NotFound
-from edm.paging import Page, decode_cursor
+from edm.paging import Page, decode_cursor_or_first
 from edm.tasks import proof_sends
 
 router = new_router()
@@ -133,10 +133,7 @@ async def _list_page(
     status: int = 200,
 ) -> HTMLResponse:
     query = (q or "").replace("\x00", "").strip()[:200] or None
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     found = await service.template_page(
         session, user_id=viewer.id, page=Page(PER_PAGE, after), q=query, include_total=cursor is None
     )

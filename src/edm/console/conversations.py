@@ -29,7 +29,7 @@ from edm.contacts import service as contacts
 from edm.content import service as content
 from edm.conversations import answers, service
 from edm.errors import BadInput, Conflict, NotFound
-from edm.paging import MAX_ID, Page, decode_cursor, page_of
+from edm.paging import MAX_ID, Page, decode_cursor_or_first, page_of
 
 router = new_router()
 
@@ -78,10 +78,7 @@ async def inbox(request: Request, session: Session, viewer: CurrentViewer) -> Re
     catalogue = catalogue_of(request)
     filters, kept = _filters(request)
     cursor = request.query_params.get("cursor")
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     page = Page(PER_PAGE, after)
     rows = await service.list_conversations(session, user_id=viewer.id, filters=filters, page=page)
     result = page_of(rows, page)

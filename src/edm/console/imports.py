@@ -30,7 +30,7 @@ from edm.contacts import imports, tags
 from edm.contacts.importer import Column, ImportOptions, Preview
 from edm.contacts.schemas import ImportOut
 from edm.errors import BadInput, EdmError
-from edm.paging import MAX_ID, Page, decode_cursor
+from edm.paging import MAX_ID, Page, decode_cursor_or_first
 
 router = new_router()
 
@@ -303,10 +303,7 @@ async def start_import(request: Request, session: Session, viewer: CurrentViewer
 async def imports_list(
     request: Request, session: Session, viewer: CurrentViewer, cursor: str | None = None
 ) -> Response:
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     result = await imports.import_page(session, user_id=viewer.id, page=Page(PAGE_SIZE, after))
     context = {
         "imports": result.items,

@@ -22,7 +22,7 @@ from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.content import media as media_service
 from edm.errors import BadInput
-from edm.paging import Page, decode_cursor
+from edm.paging import Page, decode_cursor_or_first
 
 router = new_router()
 
@@ -52,10 +52,7 @@ async def _page(
     status: int = 200,
     notice: str | None = None,
 ) -> HTMLResponse:
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     base_url = str(request.app.state.settings.effective_tracking_url)
     found = await media_service.media_page(session, user_id=viewer.id, page=Page(PER_PAGE, after), base_url=base_url)
     context = {

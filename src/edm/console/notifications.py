@@ -16,8 +16,7 @@ from edm.api.deps import IdPath, Session
 from edm.console.auth import CurrentViewer, safe_next
 from edm.console.rendering import render
 from edm.console.routing import new_router
-from edm.errors import BadInput
-from edm.paging import Page, decode_cursor, page_of
+from edm.paging import Page, decode_cursor_or_first, page_of
 from edm.system.schemas import NotificationOut
 from edm.system.service import list_notifications, mark_read, unread_count
 
@@ -32,10 +31,7 @@ async def notifications(
     request: Request, session: Session, viewer: CurrentViewer, show: str = "", cursor: str | None = None
 ) -> Response:
     show = show if show in SHOWS else ""
-    try:
-        before = decode_cursor(cursor)
-    except BadInput:
-        before, cursor = None, None
+    before, cursor = decode_cursor_or_first(cursor)
     page = Page(PER_PAGE, before)
     rows = await list_notifications(session, viewer.id, unread=SHOWS.get(show), limit=page.limit + 1, before_id=before)
     result = page_of(rows, page)

@@ -20,7 +20,7 @@ from edm.console.routing import new_router
 from edm.content import service
 from edm.content.schemas import SenderCreate, SenderOut, SenderUpdate
 from edm.errors import BadInput, Conflict
-from edm.paging import Page, decode_cursor
+from edm.paging import Page, decode_cursor_or_first
 
 router = new_router()
 
@@ -51,10 +51,7 @@ async def _list_page(
     notice: str | None = None,
     error: str = "",
 ) -> HTMLResponse:
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     senders = await service.sender_page(session, user_id=viewer.id, page=Page(PER_PAGE, after))
     context = {
         "senders": senders.items,

@@ -26,7 +26,7 @@ from edm.console.i18n import N_
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.errors import BadInput, Conflict
-from edm.paging import Page, decode_cursor, page_of
+from edm.paging import Page, decode_cursor_or_first, page_of
 from edm.suppressions import csvio
 from edm.suppressions import service as suppressions
 from edm.suppressions.schemas import CheckOut, EntryCreate, EntryOut, ImportReportOut
@@ -93,10 +93,7 @@ async def _list_page(
     lst = lst or SuppressionList.of_user(viewer.id)
     is_global = lst.scope == "global"
     cursor = request.query_params.get("cursor")
-    try:
-        after = decode_cursor(cursor)
-    except BadInput:
-        after, cursor = None, None
+    after, cursor = decode_cursor_or_first(cursor)
     page = Page(PER_PAGE, after)
     now = utc_now()
     rows = await suppressions.list_entries(session, lst, page=page, filters=filters, now=now)
