@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -20,16 +21,18 @@ from edm.api.deps import IdPath, Session
 from edm.clock import utc_now
 from edm.console import admin_services_fields as fields
 from edm.console.auth import AdminViewer, Viewer
+from edm.console.charts import time_chart
 from edm.console.errors import MESSAGES
 from edm.console.forms import Form, read_form
-from edm.console.i18n import N_
+from edm.console.i18n import N_, Catalogue
 from edm.console.rendering import catalogue_of, render
 from edm.console.routing import new_router
 from edm.db.session import end_transaction
-from edm.email_services import health, probe, webhook_secrets
+from edm.email_services import health, history, probe, webhook_secrets
 from edm.email_services import service as services
 from edm.email_services.schemas import (
     FreezeBody,
+    HealthHistoryOut,
     ServiceCreate,
     ServiceFields,
     TestSendBody,
@@ -100,6 +103,8 @@ WEBHOOK_KINDS = {
     "dsn": N_("Delivery status reports (DSN/ARF) of this SMTP service"),
     "legacy": N_("The original system's path"),
 }
+# The error classes of the health history, in the order its table lists them (labels: CLASSIFICATIONS).
+ERROR_CLASSES = ("transient", "throttled", "quota_exhausted", "auth_config", "maybe_sent", "permanent")
 # The common fields of every service, in the form's order: (name, label, kind).
 COMMON = (
     ("name", N_("Name"), "text"),
@@ -312,9 +317,15 @@ async def _service_page(
         form = Form(values)
     catalogue = catalogue_of(request)
     notice = request.query_params.get("notice", "")
+    window = request.query_params.get("window", "24h")
+    past = await history.health_history(
+        session, service_id, window=window if window in history.WINDOWS else "24h", now=now
+    )
     context = {
         "svc": view,
         "h": state,
+        "history": _history_view(catalogue, past, viewer.timezone),
+        "error_classes": ERROR_CLASSES,
         "spec": spec,
         "form": form,
         "common": COMMON,
@@ -335,6 +346,54 @@ async def _service_page(
         "notice": catalogue.gettext(NOTICES[notice]) if notice in NOTICES else "",
     }
     return render(request, "admin/services_detail.html", context, status=status)
+
+
+def _history_view(catalogue: Catalogue, past: HealthHistoryOut, timezone: str | None) -> dict[str, Any]:
+    """The health history's two charts (attempts by answer; average latency) and totals, its times in the viewer's
+    zone: hours over a day, days and hours over a week."""
+    zone = _zone(timezone)
+    points = [
+        {
+            "at": p.start.astimezone(zone),
+            "accepted": p.accepted,
+            "service_errors": sum(n for c, n in p.errors.items() if c != "permanent"),
+            "refused": p.errors.get("permanent", 0),
+            "latency": p.latency_ms_avg,
+        }
+        for p in past.points
+    ]
+    hourly = past.step_hours == 1
+
+    def chart(chart_id: str, title: str, series: list[tuple[str, str]]) -> dict[str, Any]:
+        return time_chart(
+            catalogue,
+            chart_id=chart_id,
+            title=title,
+            points=points,
+            series=series,
+            moment=lambda p: p["at"],
+            skeleton="Hm" if hourly else "MMMd Hm",
+            x_label=N_("Hour") if hourly else N_("From"),
+        )
+
+    attempts = chart(
+        "chart-attempts",
+        N_("Attempts by answer"),
+        [
+            ("accepted", N_("Accepted")),
+            ("service_errors", N_("Errors of the service")),
+            ("refused", N_("Refused for good")),
+        ],
+    )
+    latency = chart("chart-latency", N_("Average latency (ms)"), [("latency", N_("Average latency (ms)"))])
+    return {"window": past.window, "totals": past.totals, "attempts": attempts, "latency": latency}
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
 
 
 @router.get("/admin/services/{service_id}")
