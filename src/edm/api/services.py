@@ -124,7 +124,9 @@ async def freeze_service(
 async def set_usage(
     service_id: IdPath, body: UsageBody, request: Request, session: Session, caller: AdminWriter
 ) -> UsageOut:
-    delta = await services.set_used_today(session, service_id, used=body.used_today, actor=caller.actor(request))
+    delta = await services.set_used_today(
+        session, service_id, used=body.used_today, actor=caller.actor(request), reason=body.reason
+    )
     return UsageOut(service_id=service_id, used_today=body.used_today, adjustment_delta=delta)
 
 

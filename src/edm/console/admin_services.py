@@ -10,9 +10,9 @@ the audit rows; anyone but an admin gets a 404 (`AdminViewer`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,7 +25,7 @@ from edm.console.charts import time_chart
 from edm.console.errors import MESSAGES
 from edm.console.forms import Form, read_form
 from edm.console.i18n import N_, Catalogue
-from edm.console.rendering import catalogue_of, render
+from edm.console.rendering import catalogue_of, render, zone_of
 from edm.console.routing import new_router
 from edm.db.session import end_transaction
 from edm.email_services import health, history, probe, webhook_secrets
@@ -37,10 +37,11 @@ from edm.email_services.schemas import (
     ServiceFields,
     TestSendBody,
     TestSendOut,
+    UsageBody,
     WebhookSecretAddedOut,
     WebhookSecretBody,
 )
-from edm.errors import BadInput, Conflict, EdmError, NotFound
+from edm.errors import BadInput, Conflict, EdmError, InUse, NotFound
 from edm.security.crypto import Vault
 
 router = new_router()
@@ -54,6 +55,8 @@ NOTICES = {
     "unfreeze": N_("The service is unfrozen."),
     "clear-backoff": N_("The back-off was cleared."),
     "secret-removed": N_("The webhook secret was removed."),
+    "usage": N_("Today's usage was corrected."),
+    "archived": N_("The service was archived: it is hidden and its credentials are erased."),
 }
 ACTIONS = ("enable", "disable", "unfreeze", "clear-backoff")
 STATES = {
@@ -136,6 +139,8 @@ SERVICE_MESSAGES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"takes at most (?P<most>\d+) recipient"), N_("This provider takes at most %(most)s per call.")),
 ]
 OPTIONS_REFUSED = N_("The provider refuses these settings: %(detail)s")
+ARCHIVE_MAPPED = N_("It cannot be archived yet: %(mappings)s users may still send through it. Remove them first.")
+ARCHIVE_BUSY = N_("It cannot be archived yet: a worker is sending through it. Try again in a moment.")
 CREDENTIAL_REQUIRED = N_("This provider needs it.")
 
 
@@ -291,6 +296,8 @@ async def _service_page(
     freeze_form: Form | None = None,
     test_form: Form | None = None,
     secret_form: Form | None = None,
+    usage_form: Form | None = None,
+    archive_error: str = "",
     test_result: TestSendOut | None = None,
     new_secret: WebhookSecretAddedOut | None = None,
     status: int = 200,
@@ -334,6 +341,8 @@ async def _service_page(
         "freeze_form": freeze_form or Form(),
         "test_form": test_form or Form({"to": "", "from_local_part": "test"}),
         "secret_form": secret_form or Form(),
+        "usage_form": usage_form or Form(),
+        "archive_error": archive_error,
         "test_result": test_result,
         "new_secret": new_secret,
         "secrets": secrets,
@@ -351,7 +360,7 @@ async def _service_page(
 def _history_view(catalogue: Catalogue, past: HealthHistoryOut, timezone: str | None) -> dict[str, Any]:
     """The health history's two charts (attempts by answer; average latency) and totals, its times in the viewer's
     zone: hours over a day, days and hours over a week."""
-    zone = _zone(timezone)
+    zone = zone_of(timezone)
     points = [
         {
             "at": p.start.astimezone(zone),
@@ -387,13 +396,6 @@ def _history_view(catalogue: Catalogue, past: HealthHistoryOut, timezone: str | 
     )
     latency = chart("chart-latency", N_("Average latency (ms)"), [("latency", N_("Average latency (ms)"))])
     return {"window": past.window, "totals": past.totals, "attempts": attempts, "latency": latency}
-
-
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 @router.get("/admin/services/{service_id}")
@@ -480,10 +482,16 @@ async def test_send(service_id: IdPath, request: Request, session: Session, view
 async def add_secret(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
     form = await read_form(request)
     try:
-        body = form.parse(WebhookSecretBody, value=form["value"] or None)
+        expires_at = _future_time(form, "expires_at", viewer)
+        body = form.parse(WebhookSecretBody, value=form["value"] or None, expires_at=expires_at)
         async with session.begin_nested():
             view, value = await webhook_secrets.add_webhook_secret(
-                session, _vault(request), service_id, value=body.value, expires_at=None, actor=viewer.actor(request)
+                session,
+                _vault(request),
+                service_id,
+                value=body.value,
+                expires_at=body.expires_at,
+                actor=viewer.actor(request),
             )
     except BadInput as exc:
         form.fail(catalogue_of(request), exc)
@@ -504,6 +512,58 @@ async def remove_secret(
     )
     _forget_cached_targets(request, (await services.get_service(session, service_id)).provider)
     return RedirectResponse(f"/admin/services/{service_id}?notice=secret-removed", status_code=303)
+
+
+def _future_time(form: Form, name: str, viewer: Viewer) -> dt.datetime | None:
+    """The optional date and time typed in field `name`, in the viewer's time zone, as UTC; it must be ahead."""
+    text = form[name]
+    if not text:
+        return None
+    try:
+        local = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise form.invalid(name, N_("Enter a valid date and time.")) from None
+    if local.tzinfo is not None:
+        raise form.invalid(name, N_("Enter a valid date and time."))
+    at = local.replace(tzinfo=zone_of(viewer.timezone)).astimezone(dt.UTC)
+    if at <= utc_now():
+        raise form.invalid(name, N_("Choose a time in the future."))
+    return at
+
+
+@router.post("/admin/services/{service_id}/usage")
+async def correct_usage(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
+    """Today's usage set to what the admin counted (the difference is stored as the day's adjustment), with the
+    reason, which the status log and the audit log keep."""
+    await services.get_service(session, service_id)
+    form = await read_form(request)
+    try:
+        if not form["usage_reason"]:  # the API may leave it out; an admin in the console says why
+            raise form.invalid("usage_reason", N_("This field is required."))
+        body = form.parse(UsageBody, used_today=form["used_today"], reason=form["usage_reason"])
+        async with session.begin_nested():
+            await services.set_used_today(
+                session, service_id, used=body.used_today, reason=body.reason, actor=viewer.actor(request)
+            )
+    except BadInput as exc:
+        form.fail(catalogue_of(request), exc, rename={"reason": "usage_reason"})
+        return await _service_page(request, session, viewer, service_id, usage_form=form, status=exc.status)
+    return RedirectResponse(f"/admin/services/{service_id}?notice=usage", status_code=303)
+
+
+@router.post("/admin/services/{service_id}/archive")
+async def archive(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
+    """Archive: disabled, credentials erased, hidden from the lists. Refused beside the button while users are
+    mapped to it or SubTasks are allocated to it."""
+    try:
+        async with session.begin_nested():
+            await services.archive_service(session, service_id, actor=viewer.actor(request))
+    except InUse as exc:
+        mappings = int(exc.extra.get("mappings", 0))
+        text = catalogue_of(request).gettext(ARCHIVE_MAPPED if mappings else ARCHIVE_BUSY)
+        message = text % {"mappings": mappings} if mappings else text
+        return await _service_page(request, session, viewer, service_id, archive_error=message, status=exc.status)
+    return RedirectResponse("/admin/services?notice=archived", status_code=303)
 
 
 # After the fixed sub-paths above: `{action}` would otherwise match them.

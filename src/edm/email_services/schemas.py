@@ -62,6 +62,7 @@ class FreezeBody(Strict):
 
 class UsageBody(Strict):
     used_today: int = Field(..., ge=0)
+    reason: str | None = Field(None, max_length=500, description="why: kept in the status log and the audit log")
 
 
 class MappingBody(Strict):
