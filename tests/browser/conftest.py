@@ -316,6 +316,8 @@ class Console:
     failed: list[str] = field(default_factory=list)
     document_status: int | None = None
     dialogs: list[str] = field(default_factory=list)
+    # Called with the page's name after every check (a test saving pages for the docs: EDM_DOCS_SCREENSHOTS).
+    after_check: Callable[[str], None] | None = None
 
     @property
     def origin(self) -> str:
@@ -341,6 +343,8 @@ class Console:
         html = page.content()
         assert MISSING not in html, f"{page.url} shows a string missing from the catalogue: {_missing(html)}"
         self._assert_clean(page.url)
+        if self.after_check is not None:
+            self.after_check(name)
         if name in AUDITED or not self._first_to_audit(name):  # this page (in this state) was audited already
             return
         for size, scheme in ((DESKTOP, "light"), (PHONE, "dark")):

@@ -5,7 +5,8 @@ The admin creates the user and gives credit → creates SMTP service A (one send
 A and test-sends through it (the classified answer shows) → creates service B, a backup, against sink B → maps both
 to the user. The user schedules a campaign of 12 in the wizard. The admin watches the queue page list the user's
 work and A's usage move, freezes A mid-campaign, sees the campaign finish through B, the freeze in A's status log and
-in the overview's alerts, unfreezes A, and finds every step in the audit log.
+in the overview's alerts, unfreezes A, and finds every step in the audit log. With EDM_DOCS_SCREENSHOTS=1 it also saves
+each admin page into docs/console/ (DOCS_PAGES), for docs/console.md.
 
 Why a deployment of its own (`running_server`, not the session's `server`): backup services are chosen across the
 deployment (docs/sending.md#how-a-service-is-chosen: a backup takes work only while *no* primary service is
@@ -17,6 +18,7 @@ running while the admin opens A's page and freezes it, which takes well under th
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,9 +32,39 @@ from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.models.users import Role
 from tests import factories
-from tests.browser.conftest import Console, Server, open_console, running_server, start_worker, stop_process
+from tests.browser.conftest import (
+    DESKTOP,
+    ROOT,
+    Console,
+    Server,
+    open_console,
+    running_server,
+    start_worker,
+    stop_process,
+)
 from tests.helpers import PASSWORD, Account
 
+DOCS = ROOT / "docs" / "console"
+# With EDM_DOCS_SCREENSHOTS=1 the admin's pages are saved into docs/console/ at 1280×800, for docs/console.md: the
+# name of the check → the file's name (a page checked twice keeps its last state).
+DOCS_PAGES = {
+    "admin-overview": "admin-overview",
+    "scenario-overview-frozen": "admin-overview-alert",
+    "admin-users": "admin-users",
+    "admin-user": "admin-user",
+    "admin-services": "admin-services",
+    "admin-service-new": "admin-service-new",
+    "scenario-test-send": "admin-service-test-send",
+    "admin-service": "admin-service",
+    "scenario-service-frozen": "admin-service-frozen",
+    "admin-mappings": "admin-mappings",
+    "scenario-queue": "admin-queue",
+    "admin-audit": "admin-audit",
+    "admin-credit": "admin-credit",
+    "admin-events": "admin-events",
+    "admin-suppressions": "admin-suppressions",
+    "admin-settings": "admin-settings",
+}
 RECIPIENTS = 12
 WAIT_MS = 20_000  # the longest any one state may take to show
 # Pages in a state other tests show too go by those tests' names (the harness audits a name once per run); the
@@ -82,6 +114,9 @@ def test_an_admin_sets_up_sending_freezes_a_service_mid_campaign_and_finds_it_al
         open_console(browser, deployment, audit_marks, request.node.name + "-user") as user,
     ):
         admin.sign_in(root)
+        docs = os.environ.get("EDM_DOCS_SCREENSHOTS") == "1"
+        if docs:
+            admin.after_check = lambda name: _save_for_docs(admin, name)
         username = f"buyer-{root.id}"
         user_id = _create_user_with_credit(admin, username)
         a = _create_smtp_service(admin, "relay-a", sink_a, interval="3", quota="500")
@@ -138,6 +173,25 @@ def test_an_admin_sets_up_sending_freezes_a_service_mid_campaign_and_finds_it_al
         for action in ("user.create", "credit.adjust", "service.create", "service.test_send", "mapping."):
             assert any(a.startswith(action) for a in actions), f"{action} in {actions}"
         assert actions.count("service.create") == 2
+
+        if docs:  # the admin pages this story does not need, for the docs only
+            for path, name in (
+                ("/admin/services", "admin-services"),
+                ("/admin/credit", "admin-credit"),
+                ("/admin/events?match_status=", "admin-events"),
+                ("/admin/suppressions", "admin-suppressions"),
+                ("/admin/settings", "admin-settings"),
+            ):
+                admin.visit(path, name)
+
+
+def _save_for_docs(console: Console, name: str) -> None:
+    if name in DOCS_PAGES:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        console.page.set_viewport_size(DESKTOP)
+        console.page.screenshot(path=str(DOCS / f"{DOCS_PAGES[name]}.png"))
+    if name == "admin-service":  # below the fold: the health history's charts, on their own
+        console.page.locator("#history").screenshot(path=str(DOCS / "admin-service-history.png"))
 
 
 def _create_user_with_credit(admin: Console, username: str) -> int:

@@ -395,6 +395,7 @@ def _history_view(catalogue: Catalogue, past: HealthHistoryOut, timezone: str | 
         ],
     )
     latency = chart("chart-latency", N_("Average latency (ms)"), [("latency", N_("Average latency (ms)"))])
+    latency["series"][0]["points"] = True  # an hour without attempts has no latency: a gap, so each value is marked
     return {"window": past.window, "totals": past.totals, "attempts": attempts, "latency": latency}
 
 
