@@ -12,6 +12,9 @@ What each test gets:
   storage) and page per test, at 1280×800, English unless a test says otherwise.
 - `worker` and `smtp_sink`, for a test that needs mail sent: an `edm worker` process on the same database, and a
   local SMTP sink (`SmtpSink`) that an `smtp` service can point at.
+- A test whose outcome depends on every sending service of the deployment (a backup service works only while no
+  primary service of the whole deployment is available) starts one of its own: `running_server(folder)`,
+  `start_worker(server, log)`, and `open_console(...)` for each person it shows (test_admin_scenario.py).
 
 Every page a test looks at goes through `console.visit(path, name)` or, after a click that navigated,
 `console.check(name)`. It asserts that nothing was requested from another host (such requests are aborted and

@@ -106,8 +106,6 @@ WEBHOOK_KINDS = {
     "dsn": N_("Delivery status reports (DSN/ARF) of this SMTP service"),
     "legacy": N_("The original system's path"),
 }
-# The error classes of the health history, in the order its table lists them (labels: CLASSIFICATIONS).
-ERROR_CLASSES = ("transient", "throttled", "quota_exhausted", "auth_config", "maybe_sent", "permanent")
 # The common fields of every service, in the form's order: (name, label, kind).
 COMMON = (
     ("name", N_("Name"), "text"),
@@ -332,7 +330,7 @@ async def _service_page(
         "svc": view,
         "h": state,
         "history": _history_view(catalogue, past, viewer.timezone),
-        "error_classes": ERROR_CLASSES,
+        "error_classes": history.ERROR_CLASSES,  # labelled by CLASSIFICATIONS
         "spec": spec,
         "form": form,
         "common": COMMON,
