@@ -12,6 +12,9 @@ What each test gets:
   storage) and page per test, at 1280×800, English unless a test says otherwise.
 - `worker` and `smtp_sink`, for a test that needs mail sent: an `edm worker` process on the same database, and a
   local SMTP sink (`SmtpSink`) that an `smtp` service can point at.
+- A test whose outcome depends on every sending service of the deployment (a backup service works only while no
+  primary service of the whole deployment is available) starts one of its own: `running_server(folder)`,
+  `start_worker(server, log)`, and `open_console(...)` for each person it shows (test_admin_scenario.py).
 
 Every page a test looks at goes through `console.visit(path, name)` or, after a click that navigated,
 `console.check(name)`. It asserts that nothing was requested from another host (such requests are aborted and
@@ -42,6 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -203,7 +207,7 @@ def _wait_until_serving(server: Server) -> None:
     raise AssertionError(f"edm serve did not start within 30 s:\n{server.log.read_text()[-3000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
@@ -215,7 +219,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("browser")
+    with running_server(tmp_path_factory.mktemp("browser")) as started:
+        yield started
+
+
+@contextmanager
+def running_server(folder: Path) -> Iterator[Server]:
+    """An `edm serve` over a fresh, migrated SQLite database in `folder`: the session's `server`, or a deployment of
+    a test's own when what it checks depends on every service of the deployment (dispatch tiers are chosen
+    deployment-wide, docs/sending.md#how-a-service-is-chosen)."""
     db_url = f"sqlite:///{folder / 'edm.db'}"
     _on_own_thread(lambda: upgrade(db_url))  # it runs an event loop: not on Playwright's thread
     port = _free_port()
@@ -233,7 +245,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         _wait_until_serving(server)
         yield server
     finally:
-        _stop(server.process)
+        stop_process(server.process)
 
 
 @pytest.fixture
@@ -243,14 +255,7 @@ def worker(server: Server, tmp_path: Path) -> Iterator[Callable[[], subprocess.P
     started: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
-        with (tmp_path / "worker.log").open("ab") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "edm", "worker", "--concurrency", "2"],
-                cwd=ROOT,
-                env=server.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        process = start_worker(server, tmp_path / "worker.log")
         started.append(process)
         return process
 
@@ -258,7 +263,20 @@ def worker(server: Server, tmp_path: Path) -> Iterator[Callable[[], subprocess.P
         yield start
     finally:
         for process in started:
-            _stop(process)
+            stop_process(process)
+
+
+def start_worker(server: Server, log: Path) -> subprocess.Popen[bytes]:
+    """An `edm worker` on `server`'s database, logging to `log`; the caller stops it (`stop_process`): the `worker`
+    fixture's, or one for a test's own deployment (`running_server`)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edm", "worker", "--concurrency", "2"],
+            cwd=ROOT,
+            env=server.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.fixture
@@ -301,6 +319,8 @@ class Console:
     failed: list[str] = field(default_factory=list)
     document_status: int | None = None
     dialogs: list[str] = field(default_factory=list)
+    # Called with the page's name after every check (a test saving pages for the docs: EDM_DOCS_SCREENSHOTS).
+    after_check: Callable[[str], None] | None = None
 
     @property
     def origin(self) -> str:
@@ -326,6 +346,8 @@ class Console:
         html = page.content()
         assert MISSING not in html, f"{page.url} shows a string missing from the catalogue: {_missing(html)}"
         self._assert_clean(page.url)
+        if self.after_check is not None:
+            self.after_check(name)
         if name in AUDITED or not self._first_to_audit(name):  # this page (in this state) was audited already
             return
         for size, scheme in ((DESKTOP, "light"), (PHONE, "dark")):
@@ -413,9 +435,17 @@ def audit_marks(tmp_path_factory: pytest.TempPathFactory, testrun_uid: str) -> P
 
 @pytest.fixture
 def console(browser: Browser, server: Server, audit_marks: Path, request: pytest.FixtureRequest) -> Iterator[Console]:
+    with open_console(browser, server, audit_marks, request.node.name) as opened:
+        yield opened
+
+
+@contextmanager
+def open_console(browser: Browser, server: Server, audit_marks: Path, test_name: str) -> Iterator[Console]:
+    """A fresh browser context and page on `server`, with every check of `Console`: the `console` fixture's, or a
+    second one for a test that shows two people at once (each context has its own cookies, so its own session)."""
     context = browser.new_context(base_url=server.url, viewport=DESKTOP, extra_http_headers={"Accept-Language": "en"})
     page = context.new_page()
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
     console = Console(page, context, server, name, audit_marks)
     origin = urlsplit(server.url).netloc
 

@@ -70,6 +70,9 @@ async def test_admins_see_unmatched_events_and_webhook_failures_filtered_and_pag
     assert "not a JSON object" in failures and "ghost1@example.org" not in failures
     matched = (await client.get("/admin/events?match_status=matched&event_type=hard_bounced")).text
     assert "matched@example.org" in matched and "ghost1@example.org" not in matched
+    row = matched.split("matched@example.org")[0].rsplit("<tr>", 1)[1]
+    assert "<td>Hard bounce" in row and "<code>hard_bounced</code>" not in row, "a label, not the code"
+    assert '<option value="hard_bounced" selected>Hard bounce</option>' in matched
     every = (await client.get("/admin/events?match_status=&source=nowhere")).text
     assert "No event matches these filters." in every
 
@@ -78,6 +81,7 @@ async def test_admins_see_unmatched_events_and_webhook_failures_filtered_and_pag
     assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "Only the first 20,000 of 30,025 characters are shown." in page.text
     assert "not a JSON object" in page.text
+    assert "Unknown event <small>(<code>unknown</code>" in page.text, "the label, then the code for searching"
     assert (await client.get("/admin/events/999999999")).status_code == 404
 
 

@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from edm.db.session import unit_of_work
 from edm.devtools.smtp_sink import SmtpSink
 from edm.models.system import AuditLog
 from edm.providers.registry import PROVIDERS
-from tests.helpers import Account, console_log_in, field_error, make_account, page_field
+from tests import factories
+from tests.helpers import Account, console_log_in, field_error, make_account, page_field, settings_for
 
 
 @pytest.fixture
@@ -240,3 +242,66 @@ async def test_editing_keeps_an_empty_credential_and_the_actions_and_webhook_sec
         "service.webhook_secret_added",
         "service.webhook_secret_removed",
     ]
+
+
+async def test_usage_correction_archive_and_an_expiring_secret_from_the_service_page(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin = await make_account(sessionmaker, "sam", role="admin", credit=0)
+    user = await make_account(sessionmaker, "una")
+    async with unit_of_work(sessionmaker) as session:
+        kept = await factories.service(session, settings_for("sqlite://"), "kept", map_to=[user.id])
+        spare = await factories.service(session, settings_for("sqlite://"), "spare")
+    csrf = await console_log_in(client, admin)
+
+    # Usage: a reason is required and a count must be a whole number ≥ 0, each refused beside its field.
+    no_reason = await client.post(f"/admin/services/{kept}/usage", data={"csrf_token": csrf, "used_today": "40"})
+    assert no_reason.status_code == 422 and field_error(no_reason.text, "usage_reason") == "This field is required."
+    assert page_field(no_reason.text, "used_today") == "40"
+    negative = await client.post(
+        f"/admin/services/{kept}/usage", data={"csrf_token": csrf, "used_today": "-3", "usage_reason": "count"}
+    )
+    assert negative.status_code == 422 and field_error(negative.text, "used_today")
+    fixed = await client.post(
+        f"/admin/services/{kept}/usage",
+        data={"csrf_token": csrf, "used_today": "40", "usage_reason": "provider dashboard says 40"},
+    )
+    assert fixed.status_code == 303 and fixed.headers["location"].endswith("notice=usage")
+    assert (await _api_service(client, admin, kept))["used_today"] == 40
+    page = (await client.get(fixed.headers["location"])).text
+    assert "Today&#39;s usage was corrected." in page and "provider dashboard says 40" in page, "in the status log"
+    async with sessionmaker() as session:
+        usage = await session.scalar(select(AuditLog).where(AuditLog.action == "service.set_usage"))
+    assert usage is not None and usage.details is not None
+    assert usage.details["reason"] == "provider dashboard says 40" and usage.details["adjustment_delta"] == 40
+
+    # A secret that expires: a past or unreadable time is refused beside the field; a future one is listed with it.
+    past = await client.post(
+        f"/admin/services/{kept}/webhook-secrets", data={"csrf_token": csrf, "expires_at": "2001-01-01T10:00"}
+    )
+    assert past.status_code == 422 and field_error(past.text, "expires_at") == "Choose a time in the future."
+    garbled = await client.post(
+        f"/admin/services/{kept}/webhook-secrets", data={"csrf_token": csrf, "expires_at": "soon"}
+    )
+    assert garbled.status_code == 422 and field_error(garbled.text, "expires_at") == "Enter a valid date and time."
+    added = await client.post(
+        f"/admin/services/{kept}/webhook-secrets", data={"csrf_token": csrf, "expires_at": "2099-06-01T12:30"}
+    )
+    assert added.status_code == 200 and 'id="new-secret"' in added.text
+    [secret] = (await client.get(f"/api/v1/admin/services/{kept}/webhook-secrets", headers=admin.headers)).json()
+    assert secret["expires_at"].startswith("2099-06-01T12:30"), "the admin's zone is UTC"
+
+    # Archive: refused beside the button while a user is mapped; an unmapped service goes, audited.
+    refused = await client.post(f"/admin/services/{kept}/archive", data={"csrf_token": csrf})
+    assert refused.status_code == 409 and 'id="archive-error"' in refused.text
+    assert "1 users may still send through it" in html.unescape(refused.text)
+    archived = await client.post(f"/admin/services/{spare}/archive", data={"csrf_token": csrf})
+    assert archived.status_code == 303 and archived.headers["location"] == "/admin/services?notice=archived"
+    listed = (await client.get(archived.headers["location"])).text
+    assert "The service was archived" in listed and ">spare<" not in listed and ">kept<" in listed
+    assert await _audit_actions(sessionmaker, spare) == ["service.archive"]
+
+    user_csrf = await console_log_in(client, user)  # a plain user reaches none of it
+    for action in ("usage", "archive", "webhook-secrets"):
+        answer = await client.post(f"/admin/services/{kept}/{action}", data={"csrf_token": user_csrf})
+        assert answer.status_code == 404, action

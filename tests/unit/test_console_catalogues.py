@@ -17,6 +17,7 @@ from babel.messages.pofile import read_po
 from edm.app import create_app
 from edm.console import i18n, labels, pages, rendering
 from edm.console.auth import safe_next
+from edm.vocabulary.events import EventType
 from edm.vocabulary.tasks import PauseReason, TaskStatus, WaitingReason
 from tests.helpers import settings_for
 
@@ -150,6 +151,7 @@ def test_every_state_has_a_label() -> None:
     assert set(labels.TASK_STATUS) == set(TaskStatus)
     assert set(labels.PAUSE_REASON) == set(PauseReason)
     assert set(labels.WAITING_REASON) == set(WaitingReason)
+    assert set(labels.EVENT_TYPE) == set(EventType)
 
 
 def test_the_vendored_files_are_the_recorded_ones() -> None:

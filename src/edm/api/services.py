@@ -13,11 +13,12 @@ from fastapi import Path as PathParam
 from edm.api.deps import Admin, AdminWriter, CurrentCaller, IdPath, IdQuery, Paging, Session
 from edm.clock import utc_now
 from edm.db.session import end_transaction
-from edm.email_services import health, mappings, probe, webhook_secrets
+from edm.email_services import health, history, mappings, probe, webhook_secrets
 from edm.email_services import service as services
 from edm.email_services.schemas import (
     ExactServices,
     FreezeBody,
+    HealthHistoryOut,
     MappingBody,
     MappingOut,
     MyServiceOut,
@@ -123,7 +124,9 @@ async def freeze_service(
 async def set_usage(
     service_id: IdPath, body: UsageBody, request: Request, session: Session, caller: AdminWriter
 ) -> UsageOut:
-    delta = await services.set_used_today(session, service_id, used=body.used_today, actor=caller.actor(request))
+    delta = await services.set_used_today(
+        session, service_id, used=body.used_today, actor=caller.actor(request), reason=body.reason
+    )
     return UsageOut(service_id=service_id, used_today=body.used_today, adjustment_delta=delta)
 
 
@@ -182,6 +185,16 @@ async def service_health(service_id: IdPath, request: Request, session: Session,
         admin_timezone=caller.user.timezone,
         base_url=request.app.state.settings.public_url,
     )
+
+
+@router.get("/admin/services/{service_id}/health/history")
+async def service_health_history(
+    service_id: IdPath, session: Session, caller: Admin, window: history.Window = "24h"
+) -> HealthHistoryOut:
+    """The service's send attempts over the last 24 hours by the hour (`window=24h`) or the last 7 days by six
+    hours (`7d`), UTC-aligned: attempts, accepted, accept rate, average latency and errors by class per point, and
+    the totals. The last point holds the current hour."""
+    return await history.health_history(session, service_id, window=window, now=utc_now())
 
 
 @router.get("/admin/services/{service_id}/webhook-secrets")

@@ -15,7 +15,6 @@ from edm.db.session import end_transaction
 from edm.errors import NotFound
 from edm.models.tasks import Task
 from edm.paging import MAX_ID, PageOut, page_of
-from edm.system.service import audit
 from edm.tasks import actions, reports, service
 from edm.tasks.reports import Bucket, DisplayStatus, Engagement, SubtaskFilters
 from edm.tasks.schemas import (
@@ -60,23 +59,6 @@ router = APIRouter(prefix="/api/v1", tags=["tasks"])
 async def _own(session: Session, caller: Caller, task_id: IdPath, *, admin_may: bool = False) -> Task:
     """The caller's task; admins reach any task only for reading, pausing and cancelling."""
     return await service.get_task(session, task_id, user_id=None if (caller.is_admin and admin_may) else caller.id)
-
-
-async def _audit_if_admin_on_other(
-    session: Session, request: Request, caller: Caller, task: Task, action: str, status_before: str
-) -> None:
-    """An admin changing another user's task is audited (`task.pause`, `task.cancel`, ...); owners acting on
-    their own tasks are recorded in the task's status history only."""
-    if task.user_id == caller.id:
-        return
-    await audit(
-        session,
-        caller.actor(request),
-        f"task.{action}",
-        target_type="task",
-        target_id=task.id,
-        details={"owner_user_id": task.user_id, "old_status": status_before, "new_status": task.status},
-    )
 
 
 async def _end_reads(session: Session) -> None:
@@ -136,17 +118,7 @@ async def update_task(task_id: IdPath, body: TaskFields, session: Session, calle
 @router.delete("/tasks/{task_id}", status_code=204)
 async def delete_task(task_id: IdPath, request: Request, session: Session, caller: Writer) -> Response:
     task = await _own(session, caller, task_id, admin_may=True)
-    owner, status_before = task.user_id, task.status
-    await service.delete_task(session, task)
-    if owner != caller.id:
-        await audit(
-            session,
-            caller.actor(request),
-            "task.delete",
-            target_type="task",
-            target_id=task_id,
-            details={"owner_user_id": owner, "old_status": status_before},
-        )
+    await service.delete_task(session, task, by=caller.actor(request))
     return Response(status_code=204)
 
 
@@ -174,9 +146,9 @@ async def pause(
 ) -> TaskOut:
     body = body or PauseBody()
     task = await _own(session, caller, task_id, admin_may=True)
-    before = task.status
-    task = await service.pause(session, task, actor=str(caller.id), detail=body.detail, resume_at=body.resume_at)
-    await _audit_if_admin_on_other(session, request, caller, task, "pause", before)
+    task = await service.pause(
+        session, task, actor=str(caller.id), detail=body.detail, resume_at=body.resume_at, by=caller.actor(request)
+    )
     return TaskOut.model_validate(task)
 
 
@@ -190,18 +162,14 @@ async def resume(task_id: IdPath, session: Session, caller: Writer, body: Resume
 @router.post("/tasks/{task_id}/cancel")
 async def cancel(task_id: IdPath, request: Request, session: Session, caller: Writer) -> TaskOut:
     task = await _own(session, caller, task_id, admin_may=True)
-    before = task.status
-    task = await service.cancel(session, task, actor=str(caller.id))
-    await _audit_if_admin_on_other(session, request, caller, task, "cancel", before)
+    task = await service.cancel(session, task, actor=str(caller.id), by=caller.actor(request))
     return TaskOut.model_validate(task)
 
 
 @router.post("/tasks/{task_id}/close")
 async def close(task_id: IdPath, request: Request, session: Session, caller: Writer) -> TaskOut:
     task = await _own(session, caller, task_id, admin_may=True)
-    before = task.status
-    task = await service.close(session, task, actor=str(caller.id))
-    await _audit_if_admin_on_other(session, request, caller, task, "close", before)
+    task = await service.close(session, task, actor=str(caller.id), by=caller.actor(request))
     return TaskOut.model_validate(task)
 
 
@@ -227,19 +195,8 @@ async def batch(body: BatchBody, request: Request, session: Session, caller: Wri
         user_id=caller.id,
         is_admin=caller.is_admin,
         actor=str(caller.id),
+        by=caller.actor(request),
     )
-    if caller.is_admin:  # only admins reach other users' tasks here (pause): audit those, one row per task
-        done = {r["task_id"]: r["status"] for r in results if r["ok"]}
-        for task_id, owner in (await service.owners(session, done)).items():
-            if owner != caller.id:
-                await audit(
-                    session,
-                    caller.actor(request),
-                    f"task.{body.action}",
-                    target_type="task",
-                    target_id=task_id,
-                    details={"owner_user_id": owner, "new_status": done[task_id], "batch": True},
-                )
     applied = sum(1 for r in results if r["ok"])
     return BatchOut.model_validate({"applied": applied, "failed": len(results) - applied, "results": results})
 

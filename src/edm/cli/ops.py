@@ -13,6 +13,7 @@ from edm.clock import utc_now
 from edm.dashboards import dashboard as boards
 from edm.dashboards.queue_view import queue_view, set_paused
 from edm.db.engine import create_engine, make_sessionmaker
+from edm.email_services.history import verify as verify_service_hours
 from edm.migrations.migrate import current_revision, head_revision, schema_is_current, upgrade
 from edm.observability import configure_logging
 from edm.system.service import CLI
@@ -130,14 +131,19 @@ async def stats_verify(
     task_id: Annotated[int | None, typer.Argument(help="task id; all tasks when omitted")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recount SubTasks row by row and compare with the statistics."""
+    """Recount SubTasks row by row and compare with the statistics; without a task id, also each service's health
+    history (its attempts per hour) with its attempts."""
     async with session_scope() as session:
         report = await verify_stats(session, task_id)
+        if task_id is None:
+            report += await verify_service_hours(session)
     emit(
         report,
         as_json=as_json,
         text="\n".join(
-            f"task {r['task_id']}: {'ok' if r['ok'] else 'MISMATCH ' + str(r['differences'])}" for r in report
+            ("task " + str(r["task_id"]) if "task_id" in r else "service " + str(r["service_id"]))
+            + f": {'ok' if r['ok'] else 'MISMATCH ' + str(r['differences'])}"
+            for r in report
         )
         or "no tasks",
     )

@@ -12,7 +12,7 @@ from edm import clock
 from edm.cli.common import emit, run, session_scope, settings
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.dispatch import queue
-from edm.email_services import health, mappings, probe, webhook_secrets
+from edm.email_services import health, history, mappings, probe, webhook_secrets
 from edm.email_services import service as services
 from edm.errors import BadInput
 from edm.security.crypto import Vault
@@ -238,15 +238,25 @@ async def service_test_send(
 async def service_health(
     service: Annotated[str, typer.Argument(help="name or id")],
     timezone: Annotated[str | None, typer.Option(help="your IANA zone for the next reset (default: EDM's)")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="24h or 7d: the attempts over that window instead (hourly or six-hourly)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """State, usage, next reset, in-flight, the last hour's error rate and latency, webhook URLs, status log."""
+    """State, usage, next reset, in-flight, the last hour's error rate and latency, webhook URLs, status log; with
+    --window, the health history: attempts, accept rate, average latency and errors by class per point."""
 
     cfg = settings()
     zone = timezone or cfg.default_timezone
     services.validate_config({"timezone": zone}, fake_allowed=True)
+    if window is not None and window not in history.WINDOWS:
+        raise BadInput.field("window", "must be 24h or 7d")
     async with session_scope(cfg) as session:
         svc = await services.find_service(session, service)
+        if window is not None:
+            past = await history.health_history(session, svc.id, window=window, now=clock.utc_now())
+            emit(past.model_dump(), as_json=as_json, text=_history_text(svc.name, past.model_dump()))
+            return
         report = await health.service_health(
             session, Vault.from_settings(cfg), svc.id, now=clock.utc_now(), admin_timezone=zone, base_url=cfg.public_url
         )
@@ -274,6 +284,18 @@ def _health_text(d: dict[str, Any]) -> str:
         f"  {r['at']:%Y-%m-%d %H:%M:%S}Z {r['change']} {r['new_value'] or ''} {r['reason'] or ''}".rstrip()
         for r in d["status_log"]
     ]
+    return "\n".join(lines)
+
+
+def _history_text(name: str, d: dict[str, Any]) -> str:
+    lines = [f"{name}: {d['window']} from {d['start']:%Y-%m-%d %H:%M}Z, {d['step_hours']} h per line"]
+    for p in [*d["points"], {**d["totals"], "start": None}]:
+        rate = "-" if p["accept_rate"] is None else f"{p['accept_rate'] * 100:.1f}%"
+        latency = "-" if p["latency_ms_avg"] is None else f"{p['latency_ms_avg']:.0f} ms"
+        errors = " ".join(f"{k}={v}" for k, v in p["errors"].items() if v)
+        when = "total" if p["start"] is None else f"{p['start']:%Y-%m-%d %H:%M}Z"
+        line = f"  {when:>17} {p['attempts']:>7} attempts, accepted {rate:>6}, avg {latency:>9} {errors}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ the audit rows; anyone but an admin gets a 404 (`AdminViewer`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -20,24 +21,27 @@ from edm.api.deps import IdPath, Session
 from edm.clock import utc_now
 from edm.console import admin_services_fields as fields
 from edm.console.auth import AdminViewer, Viewer
+from edm.console.charts import time_chart
 from edm.console.errors import MESSAGES
 from edm.console.forms import Form, read_form
-from edm.console.i18n import N_
-from edm.console.rendering import catalogue_of, render
+from edm.console.i18n import N_, Catalogue
+from edm.console.rendering import catalogue_of, render, zone_of
 from edm.console.routing import new_router
 from edm.db.session import end_transaction
-from edm.email_services import health, probe, webhook_secrets
+from edm.email_services import health, history, probe, webhook_secrets
 from edm.email_services import service as services
 from edm.email_services.schemas import (
     FreezeBody,
+    HealthHistoryOut,
     ServiceCreate,
     ServiceFields,
     TestSendBody,
     TestSendOut,
+    UsageBody,
     WebhookSecretAddedOut,
     WebhookSecretBody,
 )
-from edm.errors import BadInput, Conflict, EdmError, NotFound
+from edm.errors import BadInput, Conflict, EdmError, InUse, NotFound
 from edm.security.crypto import Vault
 
 router = new_router()
@@ -51,6 +55,8 @@ NOTICES = {
     "unfreeze": N_("The service is unfrozen."),
     "clear-backoff": N_("The back-off was cleared."),
     "secret-removed": N_("The webhook secret was removed."),
+    "usage": N_("Today's usage was corrected."),
+    "archived": N_("The service was archived: it is hidden and its credentials are erased."),
 }
 ACTIONS = ("enable", "disable", "unfreeze", "clear-backoff")
 STATES = {
@@ -131,6 +137,8 @@ SERVICE_MESSAGES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"takes at most (?P<most>\d+) recipient"), N_("This provider takes at most %(most)s per call.")),
 ]
 OPTIONS_REFUSED = N_("The provider refuses these settings: %(detail)s")
+ARCHIVE_MAPPED = N_("It cannot be archived yet: %(mappings)s users may still send through it. Remove them first.")
+ARCHIVE_BUSY = N_("It cannot be archived yet: a worker is sending through it. Try again in a moment.")
 CREDENTIAL_REQUIRED = N_("This provider needs it.")
 
 
@@ -286,6 +294,8 @@ async def _service_page(
     freeze_form: Form | None = None,
     test_form: Form | None = None,
     secret_form: Form | None = None,
+    usage_form: Form | None = None,
+    archive_error: str = "",
     test_result: TestSendOut | None = None,
     new_secret: WebhookSecretAddedOut | None = None,
     status: int = 200,
@@ -312,9 +322,15 @@ async def _service_page(
         form = Form(values)
     catalogue = catalogue_of(request)
     notice = request.query_params.get("notice", "")
+    window = request.query_params.get("window", "24h")
+    past = await history.health_history(
+        session, service_id, window=window if window in history.WINDOWS else "24h", now=now
+    )
     context = {
         "svc": view,
         "h": state,
+        "history": _history_view(catalogue, past, viewer.timezone),
+        "error_classes": history.ERROR_CLASSES,  # labelled by CLASSIFICATIONS
         "spec": spec,
         "form": form,
         "common": COMMON,
@@ -323,6 +339,8 @@ async def _service_page(
         "freeze_form": freeze_form or Form(),
         "test_form": test_form or Form({"to": "", "from_local_part": "test"}),
         "secret_form": secret_form or Form(),
+        "usage_form": usage_form or Form(),
+        "archive_error": archive_error,
         "test_result": test_result,
         "new_secret": new_secret,
         "secrets": secrets,
@@ -335,6 +353,48 @@ async def _service_page(
         "notice": catalogue.gettext(NOTICES[notice]) if notice in NOTICES else "",
     }
     return render(request, "admin/services_detail.html", context, status=status)
+
+
+def _history_view(catalogue: Catalogue, past: HealthHistoryOut, timezone: str | None) -> dict[str, Any]:
+    """The health history's two charts (attempts by answer; average latency) and totals, its times in the viewer's
+    zone: hours over a day, days and hours over a week."""
+    zone = zone_of(timezone)
+    points = [
+        {
+            "at": p.start.astimezone(zone),
+            "accepted": p.accepted,
+            "service_errors": sum(n for c, n in p.errors.items() if c != "permanent"),
+            "refused": p.errors.get("permanent", 0),
+            "latency": p.latency_ms_avg,
+        }
+        for p in past.points
+    ]
+    hourly = past.step_hours == 1
+
+    def chart(chart_id: str, title: str, series: list[tuple[str, str]]) -> dict[str, Any]:
+        return time_chart(
+            catalogue,
+            chart_id=chart_id,
+            title=title,
+            points=points,
+            series=series,
+            moment=lambda p: p["at"],
+            skeleton="Hm" if hourly else "MMMd Hm",
+            x_label=N_("Hour") if hourly else N_("From"),
+        )
+
+    attempts = chart(
+        "chart-attempts",
+        N_("Attempts by answer"),
+        [
+            ("accepted", N_("Accepted")),
+            ("service_errors", N_("Errors of the service")),
+            ("refused", N_("Refused for good")),
+        ],
+    )
+    latency = chart("chart-latency", N_("Average latency (ms)"), [("latency", N_("Average latency (ms)"))])
+    latency["series"][0]["points"] = True  # an hour without attempts has no latency: a gap, so each value is marked
+    return {"window": past.window, "totals": past.totals, "attempts": attempts, "latency": latency}
 
 
 @router.get("/admin/services/{service_id}")
@@ -421,10 +481,16 @@ async def test_send(service_id: IdPath, request: Request, session: Session, view
 async def add_secret(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
     form = await read_form(request)
     try:
-        body = form.parse(WebhookSecretBody, value=form["value"] or None)
+        expires_at = _future_time(form, "expires_at", viewer)
+        body = form.parse(WebhookSecretBody, value=form["value"] or None, expires_at=expires_at)
         async with session.begin_nested():
             view, value = await webhook_secrets.add_webhook_secret(
-                session, _vault(request), service_id, value=body.value, expires_at=None, actor=viewer.actor(request)
+                session,
+                _vault(request),
+                service_id,
+                value=body.value,
+                expires_at=body.expires_at,
+                actor=viewer.actor(request),
             )
     except BadInput as exc:
         form.fail(catalogue_of(request), exc)
@@ -445,6 +511,58 @@ async def remove_secret(
     )
     _forget_cached_targets(request, (await services.get_service(session, service_id)).provider)
     return RedirectResponse(f"/admin/services/{service_id}?notice=secret-removed", status_code=303)
+
+
+def _future_time(form: Form, name: str, viewer: Viewer) -> dt.datetime | None:
+    """The optional date and time typed in field `name`, in the viewer's time zone, as UTC; it must be ahead."""
+    text = form[name]
+    if not text:
+        return None
+    try:
+        local = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise form.invalid(name, N_("Enter a valid date and time.")) from None
+    if local.tzinfo is not None:
+        raise form.invalid(name, N_("Enter a valid date and time."))
+    at = local.replace(tzinfo=zone_of(viewer.timezone)).astimezone(dt.UTC)
+    if at <= utc_now():
+        raise form.invalid(name, N_("Choose a time in the future."))
+    return at
+
+
+@router.post("/admin/services/{service_id}/usage")
+async def correct_usage(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
+    """Today's usage set to what the admin counted (the difference is stored as the day's adjustment), with the
+    reason, which the status log and the audit log keep."""
+    await services.get_service(session, service_id)
+    form = await read_form(request)
+    try:
+        if not form["usage_reason"]:  # the API may leave it out; an admin in the console says why
+            raise form.invalid("usage_reason", N_("This field is required."))
+        body = form.parse(UsageBody, used_today=form["used_today"], reason=form["usage_reason"])
+        async with session.begin_nested():
+            await services.set_used_today(
+                session, service_id, used=body.used_today, reason=body.reason, actor=viewer.actor(request)
+            )
+    except BadInput as exc:
+        form.fail(catalogue_of(request), exc, rename={"reason": "usage_reason"})
+        return await _service_page(request, session, viewer, service_id, usage_form=form, status=exc.status)
+    return RedirectResponse(f"/admin/services/{service_id}?notice=usage", status_code=303)
+
+
+@router.post("/admin/services/{service_id}/archive")
+async def archive(service_id: IdPath, request: Request, session: Session, viewer: AdminViewer) -> Response:
+    """Archive: disabled, credentials erased, hidden from the lists. Refused beside the button while users are
+    mapped to it or SubTasks are allocated to it."""
+    try:
+        async with session.begin_nested():
+            await services.archive_service(session, service_id, actor=viewer.actor(request))
+    except InUse as exc:
+        mappings = int(exc.extra.get("mappings", 0))
+        text = catalogue_of(request).gettext(ARCHIVE_MAPPED if mappings else ARCHIVE_BUSY)
+        message = text % {"mappings": mappings} if mappings else text
+        return await _service_page(request, session, viewer, service_id, archive_error=message, status=exc.status)
+    return RedirectResponse("/admin/services?notice=archived", status_code=303)
 
 
 # After the fixed sub-paths above: `{action}` would otherwise match them.

@@ -37,6 +37,22 @@ WAITING_REASON = {
     "no_usable_service": N_("No usable sending service"),
 }
 
+# What a provider or a tracking hit said happened to a message (edm.vocabulary.events.EventType).
+EVENT_TYPE = {
+    "accepted": N_("Accepted by the provider"),
+    "delivered": N_("Delivered"),
+    "deferred": N_("Delayed (the provider retries)"),
+    "soft_bounced": N_("Soft bounce"),
+    "hard_bounced": N_("Hard bounce"),
+    "rejected": N_("Rejected before sending"),
+    "opened": N_("Opened"),
+    "clicked": N_("Clicked"),
+    "complained": N_("Marked as spam"),
+    "unsubscribed": N_("Unsubscribed"),
+    "replied": N_("Replied"),
+    "unknown": N_("Unknown event"),
+}
+
 ROLE = {"admin": N_("Admin"), "user": N_("User"), "read_only": N_("Read only")}
 
 TOKEN_SCOPE = {"read": N_("Read"), "write": N_("Read and write")}
@@ -46,5 +62,6 @@ class Labels:
     task_status = TASK_STATUS
     pause_reason = PAUSE_REASON
     waiting_reason = WAITING_REASON
+    event_type = EVENT_TYPE
     role = ROLE
     token_scope = TOKEN_SCOPE

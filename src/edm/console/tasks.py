@@ -33,7 +33,7 @@ from edm.errors import InvalidTransition
 from edm.models.tasks import Task
 from edm.models.users import TokenScope
 from edm.paging import Page, decode_cursor, page_of
-from edm.system.service import audit
+from edm.system.service import Actor
 from edm.tasks import actions, service
 from edm.tasks.stats import task_stats
 from edm.users.service import get_user
@@ -149,34 +149,27 @@ async def readable_task(request: Request, session: AsyncSession, viewer: Viewer,
 
 # The state changes the list and the detail page offer: each calls the task service as the API does, and comes
 # back to the page it was posted from with a notice (or "refused" when the campaign's status moved meanwhile).
-# An admin may take these on another user's campaign (audited), as with `POST /api/v1/tasks/{id}/<action>`.
+# An admin may take these on another user's campaign; the service audits it (`by`), as for the API.
 ADMIN_MAY = frozenset({"pause", "cancel", "close", "delete"})
-_STATE_ACTIONS: dict[str, tuple[Callable[[AsyncSession, Any, str], Awaitable[object]], str]] = {
-    "pause": (lambda session, task, actor: service.pause(session, task, actor=actor), "paused"),
-    "resume": (lambda session, task, actor: service.resume(session, task, actor=actor), "resumed"),
-    "cancel": (lambda session, task, actor: service.cancel(session, task, actor=actor), "cancelled"),
-    "delete": (lambda session, task, actor: service.delete_task(session, task), "deleted"),
-    "close": (lambda session, task, actor: service.close(session, task, actor=actor), "closed"),
-    "unschedule": (lambda session, task, actor: service.unschedule(session, task, actor=actor), "unscheduled"),
+_Act = Callable[[AsyncSession, Any, str, Actor], Awaitable[object]]
+_STATE_ACTIONS: dict[str, tuple[_Act, str]] = {
+    "pause": (lambda session, task, actor, by: service.pause(session, task, actor=actor, by=by), "paused"),
+    "resume": (lambda session, task, actor, by: service.resume(session, task, actor=actor), "resumed"),
+    "cancel": (lambda session, task, actor, by: service.cancel(session, task, actor=actor, by=by), "cancelled"),
+    "delete": (lambda session, task, actor, by: service.delete_task(session, task, by=by), "deleted"),
+    "close": (lambda session, task, actor, by: service.close(session, task, actor=actor, by=by), "closed"),
+    "unschedule": (lambda session, task, actor, by: service.unschedule(session, task, actor=actor), "unscheduled"),
 }
 
 
-def _state_action_route(name: str, act: Callable[[AsyncSession, Any, str], Awaitable[object]], notice: str) -> None:
+def _state_action_route(name: str, act: _Act, notice: str) -> None:
     @router.post(f"/tasks/{{task_id}}/{name}", name=name)
     async def state_action(task_id: IdPath, request: Request, session: Session, viewer: CurrentViewer) -> Response:
         task = await _own(session, viewer, task_id, admin_may=name in ADMIN_MAY)
-        owner, before = task.user_id, task.status
         try:
-            await act(session, task, str(viewer.id))
+            await act(session, task, str(viewer.id), viewer.actor(request))
         except InvalidTransition:
             return await _back(request, "refused")
-        if owner != viewer.id:  # an admin on another user's campaign: audited as by the API
-            details = {"owner_user_id": owner, "old_status": before}
-            if name != "delete":
-                details["new_status"] = task.status
-            await audit(
-                session, viewer.actor(request), f"task.{name}", target_type="task", target_id=task_id, details=details
-            )
         return await _back(request, notice)
 
 

@@ -62,6 +62,7 @@ class FreezeBody(Strict):
 
 class UsageBody(Strict):
     used_today: int = Field(..., ge=0)
+    reason: str | None = Field(None, max_length=500, description="why: kept in the status log and the audit log")
 
 
 class MappingBody(Strict):
@@ -307,3 +308,31 @@ class MyServiceOut(BaseModel):
     label: str
     domain: str
     sending_now: bool = Field(description="whether it takes work now (or only waits for its next rate slot)")
+
+
+class HealthPointOut(BaseModel):
+    """One point of a service's health history: the attempts that finished from `start` (UTC) for `hours` hours."""
+
+    start: dt.datetime
+    hours: int
+    attempts: int
+    accepted: int
+    accept_rate: float | None = Field(description="accepted ÷ attempts; null without attempts")
+    latency_ms_avg: float | None = Field(description="mean duration of the attempts that have one")
+    errors: dict[str, int] = Field(
+        description="attempts per error class: transient, throttled, quota_exhausted, auth_config, maybe_sent, "
+        "permanent (a class without attempts is 0)"
+    )
+
+
+class HealthHistoryOut(BaseModel):
+    """A service's send attempts over the last 24 hours (hourly points) or 7 days (six-hour points), UTC-aligned; the
+    last point holds the current, unfinished hour."""
+
+    service_id: int
+    window: str
+    step_hours: int
+    start: dt.datetime
+    end: dt.datetime
+    points: list[HealthPointOut]
+    totals: HealthPointOut

@@ -358,9 +358,16 @@ async def clear_backoff(session: AsyncSession, service_id: int, *, actor: Actor)
 
 
 async def set_used_today(
-    session: AsyncSession, service_id: int, *, used: int, actor: Actor, now: dt.datetime | None = None
+    session: AsyncSession,
+    service_id: int,
+    *,
+    used: int,
+    actor: Actor,
+    now: dt.datetime | None = None,
+    reason: str | None = None,
 ) -> int:
-    """Admin correction of today's usage: the difference goes into `adjustment` (returned)."""
+    """Admin correction of today's usage: the difference goes into `adjustment` (returned); `reason`, when given,
+    is kept in the status log and the audit log."""
     if used < 0:
         raise BadInput.field("used", "must be ≥ 0")
     service = await get_service(session, service_id)
@@ -371,8 +378,17 @@ async def set_used_today(
     delta = used - current
     if delta:
         await queue.upsert_usage(session, service_id=service_id, day=day, deltas={"adjustment": delta})
-        log_change(session, service_id, StatusChange.USAGE_ADJUSTED, old=current, new=used, actor_user_id=actor.user_id)
-    await audit_service(session, actor, "service.set_usage", service_id, used_today=used, adjustment_delta=delta)
+        log_change(
+            session,
+            service_id,
+            StatusChange.USAGE_ADJUSTED,
+            old=current,
+            new=used,
+            reason=reason,
+            actor_user_id=actor.user_id,
+        )
+    why = {"reason": reason} if reason else {}
+    await audit_service(session, actor, "service.set_usage", service_id, used_today=used, adjustment_delta=delta, **why)
     return delta
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
@@ -148,3 +149,21 @@ class EmailServiceStatusLog(IdMixin, Base):
     reason: Mapped[str | None] = mapped_column(String(500))
     actor_user_id: Mapped[int | None] = mapped_column(BigId)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class ServiceAttemptHour(Base):
+    """Per service (0 for one since deleted), UTC hour (epoch seconds ÷ 3600) and outcome: the send attempts that
+    finished in that hour, their summed durations and how many had one, for the health history
+    (docs/providers.md#the-health-view). Kept on PostgreSQL by the trigger on `send_attempts` (migration 0012),
+    one row per writing backend (`stripe`) until the `stats` job folds it into stripe 0; empty on SQLite, where the
+    history is aggregated from `send_attempts` with the same definitions."""
+
+    __tablename__ = "service_attempt_hours"
+
+    service_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(24), primary_key=True)
+    stripe: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    timed: Mapped[int] = mapped_column(BigInteger, default=0)

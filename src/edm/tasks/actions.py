@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.errors import BadInput, EdmError
 from edm.models.content import Sender, Template
 from edm.models.tasks import SubTask, Task, TaskTemplate
+from edm.system.service import Actor
 from edm.tasks import lifecycle, service
 from edm.tasks.recipients import Rule, validate_rule
 from edm.vocabulary.tasks import SendState
@@ -120,12 +121,14 @@ async def batch_transition(
     user_id: int | None,
     is_admin: bool,
     actor: str,
+    by: Actor | None = None,
 ) -> list[dict[str, Any]]:
     """Pause or resume each task on its own (a savepoint per task, through the same service functions as the
     single endpoints): a refused task changes nothing and the others still apply. Another user's task is a
     per-task `not_found` — except that admins may pause any task, as with `POST /tasks/{id}/pause`. Tasks are
     handled in id order (two batches naming the same tasks never deadlock); the answer keeps the request
-    order. `user_id=None` reaches every task (the operator's CLI)."""
+    order. `user_id=None` reaches every task (the operator's CLI). `by`: who asked, for the audit of an admin
+    pausing another user's campaign (`service.pause`)."""
     if not task_ids:
         raise BadInput.field("task_ids", "give at least one task id")
     if len(task_ids) > BATCH_MAX:
@@ -140,7 +143,7 @@ async def batch_transition(
             async with session.begin_nested():
                 task = await service.get_task(session, task_id, user_id=owner)
                 if action == "pause":
-                    task = await service.pause(session, task, actor=actor)
+                    task = await service.pause(session, task, actor=actor, by=by, in_batch=True)
                 else:
                     task = await service.resume(session, task, actor=actor)
                 status = task.status

@@ -4,7 +4,6 @@ cancel, close, delete, and decisions on uncertain SubTasks. Services: they flush
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +31,7 @@ from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange, TaskT
 from edm.models.users import User
 from edm.paging import Page
 from edm.system import runtime_settings
+from edm.system.service import Actor, audit
 from edm.tasks import lifecycle
 from edm.tasks.generation import mark_pending_cancelled
 from edm.tasks.recipients import Rule, estimate, validate_rule
@@ -106,14 +106,6 @@ async def task_templates(session: AsyncSession, task_id: int) -> list[TaskTempla
 async def status_history(session: AsyncSession, task_id: int) -> list[TaskStatusChange]:
     query = select(TaskStatusChange).where(TaskStatusChange.task_id == task_id).order_by(TaskStatusChange.id)
     return list(await session.scalars(query))
-
-
-async def owners(session: AsyncSession, task_ids: Collection[int]) -> dict[int, int]:
-    """{task id: owner's user id} of the tasks that exist."""
-    if not task_ids:
-        return {}
-    rows = await session.execute(select(Task.id, Task.user_id).where(Task.id.in_(task_ids)))
-    return {task_id: user_id for task_id, user_id in rows.all()}
 
 
 async def create_task(session: AsyncSession, *, user_id: int, values: dict[str, Any], actor: str) -> Task:
@@ -460,11 +452,38 @@ async def unschedule(session: AsyncSession, task: Task, *, actor: str) -> Task:
 # ---- pause, resume, cancel, close, delete -------------------------------------------------------------
 
 
+async def _audit_for_other_owner(
+    session: AsyncSession, by: Actor | None, action: str, task_id: int, owner: int, details: dict[str, Any]
+) -> None:
+    """An admin changing another user's campaign (`by` names someone else) is audited as `task.<action>`, here and
+    only here, so the API, the console and the batch each leave exactly one row per change. Owners acting on their
+    own campaigns, and the CLI, are recorded in the task's status history only."""
+    if by is None or by.user_id is None or by.user_id == owner:
+        return
+    await audit(
+        session,
+        by,
+        f"task.{action}",
+        target_type="task",
+        target_id=task_id,
+        details={"owner_user_id": owner, **details},
+    )
+
+
 async def pause(
-    session: AsyncSession, task: Task, *, actor: str, detail: str | None = None, resume_at: dt.datetime | None = None
+    session: AsyncSession,
+    task: Task,
+    *,
+    actor: str,
+    detail: str | None = None,
+    resume_at: dt.datetime | None = None,
+    by: Actor | None = None,
+    in_batch: bool = False,
 ) -> Task:
+    """Pause (the user's reason). `by`: who asked, for the audit of an admin pausing another user's campaign."""
     if resume_at is not None and resume_at <= utc_now():
         raise BadInput.field("resume_at", "must be in the future")
+    before = task.status
     await transition(
         session,
         task.id,
@@ -481,6 +500,8 @@ async def pause(
         },
     )
     await session.refresh(task)
+    changed = {"old_status": before, "new_status": task.status, **({"batch": True} if in_batch else {})}
+    await _audit_for_other_owner(session, by, "pause", task.id, task.user_id, changed)
     return task
 
 
@@ -499,9 +520,11 @@ async def resume(session: AsyncSession, task: Task, *, actor: str, schedule_at: 
     return task
 
 
-async def cancel(session: AsyncSession, task: Task, *, actor: str) -> Task:
-    """Pending SubTasks → cancelled at once; in-flight attempts finish; the refund follows (settle job)."""
+async def cancel(session: AsyncSession, task: Task, *, actor: str, by: Actor | None = None) -> Task:
+    """Pending SubTasks → cancelled at once; in-flight attempts finish; the refund follows (settle job). `by`: as
+    for `pause`."""
     now = utc_now()
+    before = task.status
     await transition(
         session,
         task.id,
@@ -512,11 +535,16 @@ async def cancel(session: AsyncSession, task: Task, *, actor: str) -> Task:
     await mark_pending_cancelled(session, task.id)
     await lifecycle.settle_stopped(session, now=now)
     await session.refresh(task)
+    await _audit_for_other_owner(
+        session, by, "cancel", task.id, task.user_id, {"old_status": before, "new_status": task.status}
+    )
     return task
 
 
-async def close(session: AsyncSession, task: Task, *, actor: str) -> Task:
+async def close(session: AsyncSession, task: Task, *, actor: str, by: Actor | None = None) -> Task:
+    """Close: no more sending, pending SubTasks cancelled, the refund settled. `by`: as for `pause`."""
     now = utc_now()
+    before = task.status
     settled = task.status == TaskStatus.COMPLETED
     await transition(
         session,
@@ -529,10 +557,15 @@ async def close(session: AsyncSession, task: Task, *, actor: str) -> Task:
     if not settled:
         await lifecycle.settle_stopped(session, now=now)
     await session.refresh(task)
+    await _audit_for_other_owner(
+        session, by, "close", task.id, task.user_id, {"old_status": before, "new_status": task.status}
+    )
     return task
 
 
-async def delete_task(session: AsyncSession, task: Task) -> None:
+async def delete_task(session: AsyncSession, task: Task, *, by: Actor | None = None) -> None:
+    """Delete the task with its SubTasks, attempts and events (unsubscribe links keep working through tombstones).
+    `by`: as for `pause`."""
     if task.status not in DELETABLE:
         raise InvalidTransition(
             f"cannot delete a task that is {task.status}",
@@ -550,8 +583,10 @@ async def delete_task(session: AsyncSession, task: Task) -> None:
         delete(SendAttempt).where(SendAttempt.subtask_id.in_(select(SubTask.id).where(SubTask.task_id == task.id)))
     )
     await session.execute(delete(SubTask).where(SubTask.task_id == task.id))
+    task_id, owner, before = task.id, task.user_id, task.status
     await session.delete(task)
     await session.flush()
+    await _audit_for_other_owner(session, by, "delete", task_id, owner, {"old_status": before})
 
 
 # ---- uncertain decisions (docs/sending.md#crashes-and-uncertain-sends) --------------------------------

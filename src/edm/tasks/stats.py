@@ -114,6 +114,9 @@ _COUNTERS = {
     "task_quarter_counters": (("task_id", "fact", "quarter"), ("n",)),
     "task_attempt_counters": (("task_id", "service_id", "outcome"), ("n", "total_ms", "timed")),
 }
+# Counter tables keyed by service rather than task, folded the same way. None is dropped as an orphan: services are
+# archived, never deleted, and an attempt deleted with its task subtracts itself (its row names its service).
+_SERVICE_COUNTERS = {"service_attempt_hours": (("service_id", "hour", "outcome"), ("n", "total_ms", "timed"))}
 
 
 async def fold_counter_stripes(session: AsyncSession) -> int:
@@ -138,6 +141,8 @@ async def fold_counter_stripes(session: AsyncSession) -> int:
                 SELECT ctid FROM {table} c WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = c.task_id)
                 FOR UPDATE SKIP LOCKED))""")
         )
+    for table, (group, sums) in _SERVICE_COUNTERS.items():
+        folded += await _fold(session, table, group, sums)
     return folded
 
 

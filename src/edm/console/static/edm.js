@@ -125,7 +125,8 @@
         Object.assign({}, axis, { size: 50 })
       ],
       series: [{}].concat(data.series.map(function (s, i) {
-        return { label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: false } };
+        // `points`: a series with gaps (hours without attempts) marks its values, or a lone value would not show
+        return { label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: !!s.points } };
       }))
     };
     var xs = data.labels.map(function (label, i) { return i; });
