@@ -383,7 +383,9 @@ async def _receive_mail(
     )
     try:
         async with request.app.state.sessionmaker() as session, session.begin():
-            result = await inbound.receive(session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes)
+            result = await inbound.receive(
+                session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes
+            )
     except TooLarge as exc:
         raise WebhookRefused(413, "payload_too_large", exc.message) from None
     log.info("webhook.inbound", extra={"provider": SMTP, "service_id": mail.service_id, **result.as_dict()})
