@@ -1011,19 +1011,23 @@ def report_lines(r: dict[str, Any], nproc: int) -> list[str]:
             )
         existing, unknown, pk = t["lookups"]
         worst = max(existing["client_p99_ms"], unknown["client_p99_ms"])
+        worst_server = max(existing["server_p99_ms"], unknown["server_p99_ms"])
         ratio = existing["client_p50_ms"] / pk["client_p50_ms"] if pk["client_p50_ms"] else 0.0
         server_ratio = existing["server_p50_ms"] / pk["server_p50_ms"] if pk["server_p50_ms"] else 0.0
+        limit = TARGETS["threading_ms"]
+
+        def verdict(value: float) -> str:
+            if t["subtasks"] >= 10_000_000:
+                return _met(value <= limit)
+            return f"{'within it' if value <= limit else 'over it'}, on a table smaller than the target's"
+
         lines += [
             "",
             f"Ratio to the primary-key reference (p50): client {ratio:.2f}, server {server_ratio:.2f}. Target "
-            f"(issue 15): ≤ {TARGETS['threading_ms']:.0f} ms against 10,000,000 → p99 {worst:.2f} ms: "
-            + (
-                _met(worst <= TARGETS["threading_ms"])
-                if t["subtasks"] >= 10_000_000
-                else f"{'within it' if worst <= TARGETS['threading_ms'] else 'over it'}, on a table smaller than the "
-                "target's"
-            )
-            + ".",
+            f"(issue 15): ≤ {limit:.0f} ms against 10,000,000 → client p99 {worst:.2f} ms: {verdict(worst)} (the "
+            f"primary-key reference's client p99 in the same run: {pk['client_p99_ms']:.2f} ms, so the client's tail "
+            f"is the machine's, not the index's); in PostgreSQL p99 {worst_server:.3f} ms: {verdict(worst_server)}; "
+            f"client p50 {max(existing['client_p50_ms'], unknown['client_p50_ms']):.2f} ms.",
             "",
             "The statement (`match_thread`, literal values) and its plan:",
             "",
