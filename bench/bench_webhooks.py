@@ -93,6 +93,7 @@ class LoadRun:
     p99_ms: float
     max_ms: float
     cpu_s: float = 0.0  # the client's own CPU (user + system), reported by itself
+    p95_ms: float = 0.0
     acked: list[int] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
@@ -433,6 +434,7 @@ async def _client(port: int, requests: list[bytes], connections: int, count: int
         "seconds": seconds,
         "statuses": statuses,
         "p50_ms": 1000 * q[49],
+        "p95_ms": 1000 * q[94],
         "p99_ms": 1000 * q[98],
         "max_ms": 1000 * (ok[-1] if ok else 0.0),
         "cpu_s": usage.ru_utime + usage.ru_stime,

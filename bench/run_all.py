@@ -3,7 +3,7 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 
     .venv/bin/python -m bench.run_all [--quick]
                                       [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts|
-                                              xlsx|compose|console]
+                                              xlsx|compose|console|inbound]
                                       [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
@@ -40,6 +40,13 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
     recipients, one recipient, account) over one `edm serve`, logged in through the login form, each beside
     `GET /healthz` of the same server in the same run. Target: every page p95 ≤ 300 ms with 1,000,000 contacts
     and 1,000,000 SubTasks. Its own block of RESULTS.md, like (d).
+(l) inbound mail (bench/bench_inbound.py): 20 KB replies (threaded replies, automatic replies, mail by address,
+    unrouted mail) posted as raw MIME to the SMTP endpoint of one `edm serve`, beside `GET /healthz` of the same
+    server in the same run, with CPU per 1,000 messages (server, PostgreSQL) and a check that every message was
+    stored exactly once and that replays add nothing; then `match_thread` against `--inbound-subtasks` stored
+    SubTasks (10,000,000 in the full run, seeded in a database of its own, dropped afterwards) beside a
+    primary-key lookup on the same table, with the plan. Targets: ≥ 500 messages/s with p99 ≤ 200 ms; threading
+    ≤ 5 ms. Its own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
 generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
@@ -71,6 +78,7 @@ from bench import (
     bench_console,
     bench_contacts,
     bench_import,
+    bench_inbound,
     bench_stats,
     bench_tracking,
     bench_webhooks,
@@ -111,8 +119,19 @@ SECTIONS = (
     "xlsx",
     "compose",
     "console",
+    "inbound",
 )
-NO_SMTP = {"webhooks", "tracking", "stats", "import", "contacts", "xlsx", "compose", "console"}  # these send nothing
+NO_SMTP = {
+    "webhooks",
+    "tracking",
+    "stats",
+    "import",
+    "contacts",
+    "xlsx",
+    "compose",
+    "console",
+    "inbound",
+}  # these send nothing
 NO_DATABASE = {"compose"}  # CPU only: no bench database is created for these alone
 STALL_SECONDS = 45.0
 TARGETS = {"dispatch_2w": 1500.0, "dispatch_ratio": 0.45, "generation_s": 20.0, "rss_mb": 150.0}
@@ -832,6 +851,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     sm, settings, contacts=console_sizes["contacts"], reads=console_sizes["reads"], world=world
                 )
             )
+        if "inbound" in only:  # last: its threading part seeds millions of rows in a database of its own
+            ib = dict(bench_inbound.QUICK if args.quick else bench_inbound.FULL)
+            for key, value in (
+                ("messages", args.inbound_messages),
+                ("threading_subtasks", args.inbound_subtasks),
+                ("lookups", args.inbound_lookups),
+            ):
+                if value is not None:
+                    ib[key] = value
+            res["inbound"] = asdict(await bench_inbound.run(sm, settings, connections=args.inbound_connections, **ib))
     finally:
         sink.stop()
         await engine.dispose()
@@ -882,6 +911,21 @@ def main() -> None:
         default=bench_tracking.CONNECTIONS,
         help="keep-alive connections of wrk in the tracking section",
     )
+    parser.add_argument(
+        "--inbound-messages", type=int, help="(l) messages posted (5,000 full, 1,000 quick; 0: no ingest part)"
+    )
+    parser.add_argument(
+        "--inbound-subtasks",
+        type=int,
+        help="(l) SubTasks of the threading table (10,000,000 full, 200,000 quick; 0: no threading part)",
+    )
+    parser.add_argument("--inbound-lookups", type=int, help="(l) threading lookups of each kind (1,000 full)")
+    parser.add_argument(
+        "--inbound-connections",
+        type=int,
+        default=bench_inbound.CONNECTIONS,
+        help="(l) keep-alive connections posting inbound mail",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
@@ -910,6 +954,9 @@ def main() -> None:
         written["compose"] = ("Compose", report_section(res, bench_compose.report_lines(res["compose"])))
     if res.get("console"):
         written["console"] = ("Console pages", report_section(res, bench_console.report_lines(res["console"])))
+    if res.get("inbound"):
+        lines = bench_inbound.report_lines(res["inbound"], res["machine"]["nproc"])
+        written["inbound"] = ("Inbound mail", report_section(res, lines))
     for _, section in written.values():
         print()
         print(section)
