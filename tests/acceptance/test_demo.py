@@ -77,7 +77,10 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
         env={**env, "EDM_ENV": "demo", "EDM_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'edm-demo.db'}"},
         timeout=60,
     )
-    assert verify.returncode == 0 and verify.stdout.strip() == "task 1: ok", verify.stdout + verify.stderr
+    # One line per task and per service health history, each "ok" (`edm stats verify` exits 1 on any difference).
+    lines = verify.stdout.strip().splitlines()
+    assert verify.returncode == 0 and lines[0] == "task 1: ok", verify.stdout + verify.stderr
+    assert all(line.endswith(": ok") for line in lines) and any(line.startswith("service ") for line in lines)
 
     # The CLI in the demo's directory finds the demo's settings by itself: no EDM_* variable needed.
     assert "CLI in this directory:" in demo.stdout and "var/edm-demo.env" in demo.stdout
