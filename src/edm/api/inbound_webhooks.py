@@ -26,13 +26,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
-from edm.api.webhooks import (
-    NOT_VERIFIED_MESSAGE,
-    WebhookRefused,
-    outbound_client,
-    read_body,
-)
-from edm.api.webhooks import _targets as candidate_targets
+from edm.api.webhooks import NOT_VERIFIED_MESSAGE, WebhookRefused, candidate_targets, outbound_client, read_body
 from edm.db.session import unit_of_work
 from edm.events import ingest as event_ingest
 from edm.events.schemas import InboundReceivedOut, WebhookControlOut

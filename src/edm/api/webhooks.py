@@ -128,7 +128,7 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
         limit = max(settings.webhook_max_bytes, settings.inbound_message_max_bytes) if provider == SMTP else None
         body = await read_body(request, limit or settings.webhook_max_bytes)
         incoming = _webhook_request(request, body)
-        targets = await _targets(request, provider, service_id)
+        targets = await candidate_targets(request, provider, service_id)
         service = await _verify(request, handler, incoming, targets, settings, service_id)
         if provider == SMTP:
             counts = await _receive_mail(request, service, incoming)
@@ -217,7 +217,9 @@ class _Cached:
     targets: tuple[WebhookTarget, ...]
 
 
-async def _targets(request: Request, provider: str, service_id: int | None) -> tuple[WebhookTarget, ...]:
+async def candidate_targets(request: Request, provider: str, service_id: int | None) -> tuple[WebhookTarget, ...]:
+    """The services of `provider` a request may come from, with their unexpired secrets (only the service the URL
+    names, when it names one); cached per provider for TARGET_CACHE_SECONDS. The inbound routes use it too."""
     state = request.app.state
     cache: dict[str, _Cached] | None = getattr(state, "webhook_targets", None)
     if cache is None:
@@ -383,7 +385,9 @@ async def _receive_mail(
     )
     try:
         async with request.app.state.sessionmaker() as session, session.begin():
-            result = await inbound.receive(session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes)
+            result = await inbound.receive(
+                session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes
+            )
     except TooLarge as exc:
         raise WebhookRefused(413, "payload_too_large", exc.message) from None
     log.info("webhook.inbound", extra={"provider": SMTP, "service_id": mail.service_id, **result.as_dict()})

@@ -29,7 +29,7 @@ from edm.providers.inbound_webhook import (
     mails_for,
     rebuild,
 )
-from edm.providers.mailgun import SIGNATURE_WINDOW_SECONDS, _expected_signature
+from edm.providers.mailgun import SIGNATURE_WINDOW_SECONDS, expected_signature
 from edm.providers.webhook import (
     MalformedPayload,
     VerifyContext,
@@ -59,7 +59,7 @@ class MailgunInbound:
             return False
         matched = False
         for secret in target.secrets:
-            matched |= same(_expected_signature(secret, timestamp, token), signature.lower())  # no early exit
+            matched |= same(expected_signature(secret, timestamp, token), signature.lower())  # no early exit
         return matched
 
     def replay_nonce(self, request: InboundRequest) -> str | None:

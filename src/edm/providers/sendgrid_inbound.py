@@ -33,7 +33,7 @@ from edm.providers.inbound_webhook import (
     mails_for,
     rebuild,
 )
-from edm.providers.sendgrid import _public_key
+from edm.providers.sendgrid import public_key
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
 
 PROVIDER = "sendgrid"
@@ -46,7 +46,7 @@ class SendGridInbound:
     needs_secret: ClassVar[bool] = True
 
     def usable_secrets(self, target: WebhookTarget) -> tuple[str, ...]:
-        return tuple(secret for secret in target.secrets if _public_key(secret) is None)
+        return tuple(secret for secret in target.secrets if public_key(secret) is None)
 
     async def verify(self, request: InboundRequest, target: WebhookTarget, ctx: VerifyContext) -> bool:
         return basic_or_token_matches(request.webhook, self.usable_secrets(target))
