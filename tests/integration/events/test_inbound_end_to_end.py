@@ -1,15 +1,10 @@
 """Inbound mail end to end: each provider's fixture posted to its inbound URL as the provider posts it, through the
 real `edm.conversations.ingest.receive`, into conversations — once per (user, Message-ID), however often the
-provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`).
-
-`receive` is conversations' side of issue 15 and lands with that branch: until then every test here fails with
-ModuleNotFoundError, which the marker below expects (strict: a test that passes without it is reported). When
-`edm.conversations.ingest` exists the marker no longer applies and these are ordinary tests; delete it then."""
+provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -25,6 +20,7 @@ from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.models.conversations import ConversationMessage, MailBlob, UnroutedInbound
 from edm.providers import ses as ses_provider
+from edm.providers.inbound_webhook import REBUILT_HEADER
 from tests import factories
 from tests.helpers import settings_for
 from tests.unit.providers.inbound_support import (
@@ -41,13 +37,6 @@ from tests.unit.providers.inbound_support import (
     ses_raw,
     sns_certificate,
     sns_signed,
-)
-
-pytestmark = pytest.mark.xfail(
-    importlib.util.find_spec("edm.conversations.ingest") is None,
-    reason="edm.conversations.ingest.receive is not on this branch yet (it comes with conversations)",
-    raises=ModuleNotFoundError,
-    strict=True,
 )
 
 DOMAIN = "reply.example.com"
@@ -165,9 +154,13 @@ async def test_a_reply_is_stored_once_for_the_user_whatever_the_retries(
     [stored] = await kit.inbound(message_id)
     assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
     assert stored.to_address.lower() == f"reply-alice@{DOMAIN}"
+    blob = await kit.blob(stored.blob_id)
+    assert blob is not None and blob.size == len(blob.data)
     if raw_from is not None:  # kept byte for byte as the provider posted it
-        blob = await kit.blob(stored.blob_id)
-        assert blob is not None and blob.sha256 == hashlib.sha256(_raw(name, raw_from)).hexdigest()
+        assert blob.sha256 == hashlib.sha256(_raw(name, raw_from)).hexdigest() == hashlib.sha256(blob.data).hexdigest()
+    else:  # rebuilt from the provider's fields, and marked so
+        assert f"{REBUILT_HEADER}: {provider}".encode() in blob.data
+    assert await kit.unrouted(message_id) == [], "Alice's mail is not kept for the admins too"
 
 
 def _raw(name: str, field: str) -> bytes:
@@ -196,6 +189,9 @@ async def test_mail_to_an_address_nobody_owns_is_kept_for_admins(kit: Kit) -> No
         assert response.status_code == 200, response.text
     [unrouted] = await kit.unrouted("to-nobody-1@mail.example.cn")
     assert (unrouted.source, unrouted.service_id) == ("postmark", kit.ids["postmark"])
+    assert (unrouted.to_address, unrouted.reason) == (f"nobody@{DOMAIN}", "unknown_sender")
+    blob = await kit.blob(unrouted.blob_id)
+    assert blob is not None and b"Message-ID: <to-nobody-1@mail.example.cn>" in blob.data
     assert await kit.inbound("to-nobody-1@mail.example.cn") == []
 
 
@@ -207,4 +203,6 @@ async def test_brevo_items_are_stored_each_for_its_recipient(kit: Kit) -> None:
     assert reply.user_id == kit.alice
     assert reply.in_reply_to == "00000000-0000-4000-8000-000000000001@mail.example.com"
     [to_alice] = await kit.inbound("new-thread-77@mail.example.net")
-    assert to_alice.user_id == kit.alice
+    assert (to_alice.user_id, to_alice.to_address) == (kit.alice, f"reply-alice@{DOMAIN}")
+    [to_bob] = await kit.unrouted("new-thread-77@mail.example.net")  # the same item was also for reply-bob
+    assert (to_bob.to_address, to_bob.reason, to_bob.source) == (f"reply-bob@{DOMAIN}", "unknown_sender", "brevo")
