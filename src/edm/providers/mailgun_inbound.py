@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     Attachment,
     Form,
@@ -39,6 +40,7 @@ from edm.providers.webhook import (
     from_epoch,
     same,
 )
+from edm.vocabulary.events import NormalizedEvent
 
 PROVIDER = "mailgun"
 
@@ -88,6 +90,11 @@ class MailgunInbound:
             limits=limits,
         )
         return InboundPayload(mails=mails)
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        return None  # its event webhook carries no inbound mail
 
 
 def _signature_fields(request: InboundRequest) -> tuple[str, str, str] | None:

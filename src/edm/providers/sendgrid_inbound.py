@@ -22,6 +22,7 @@ import email.parser
 import email.policy
 from typing import Any, ClassVar
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     Attachment,
     Form,
@@ -35,6 +36,7 @@ from edm.providers.inbound_webhook import (
 )
 from edm.providers.sendgrid import public_key
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
+from edm.vocabulary.events import NormalizedEvent
 
 PROVIDER = "sendgrid"
 # Text fields whose charset SendGrid reports in `charsets`.
@@ -82,6 +84,11 @@ class SendGridInbound:
             limits=limits,
         )
         return InboundPayload(mails=mails)
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        return None  # its event webhook carries no inbound mail
 
 
 def _charsets(form: Form) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """Inbound mail end to end: each provider's fixture posted to its inbound URL as the provider posts it, through the
 real `edm.conversations.ingest.receive`, into conversations — once per (user, Message-ID), however often the
-provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`)."""
+provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`). SES, Postmark and
+Brevo inbound mail posted to the provider's event URL instead goes the same way, read by the same parsers, and leaves
+no event behind."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.models.conversations import ConversationMessage, MailBlob, UnroutedInbound
+from edm.models.events import Event
 from edm.providers import ses as ses_provider
 from edm.providers.inbound_webhook import REBUILT_HEADER
 from tests import factories
@@ -64,6 +67,14 @@ class Kit:
     async def unrouted(self, message_id: str) -> list[UnroutedInbound]:
         async with self.sessionmaker() as session:
             return list(await session.scalars(select(UnroutedInbound).where(UnroutedInbound.message_id == message_id)))
+
+    async def events(self) -> list[Event]:
+        async with self.sessionmaker() as session:
+            return list(await session.scalars(select(Event).order_by(Event.id)))
+
+    async def count(self, model: Any) -> int:
+        async with self.sessionmaker() as session:
+            return len((await session.scalars(select(model.id))).all())
 
     async def blob(self, blob_id: int | None) -> MailBlob | None:
         async with self.sessionmaker() as session:
@@ -206,3 +217,72 @@ async def test_brevo_items_are_stored_each_for_its_recipient(kit: Kit) -> None:
     assert (to_alice.user_id, to_alice.to_address) == (kit.alice, f"reply-alice@{DOMAIN}")
     [to_bob] = await kit.unrouted("new-thread-77@mail.example.net")  # the same item was also for reply-bob
     assert (to_bob.to_address, to_bob.reason, to_bob.source) == (f"reply-bob@{DOMAIN}", "unknown_sender", "brevo")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inbound mail posted to the provider's event URL
+# --------------------------------------------------------------------------------------------------------
+
+# provider, fixture, the Message-IDs stored for Alice, mails kept unrouted
+EVENT_URL_CASES = [
+    ("postmark", "postmark_inbound.json", ["CAKpm-reply-zh-42@mail.example.cn"], 0),
+    ("brevo", "brevo_inbound.json", ["CAGbrevo-reply-1@mail.example.org", "new-thread-77@mail.example.net"], 1),
+    ("ses", "ses_received_sns.json", ["ses-reply-grace-1@mail.example.org"], 0),
+]
+
+
+@pytest.mark.parametrize(("provider", "name", "message_ids", "unrouted"), EVENT_URL_CASES)
+async def test_inbound_mail_posted_to_the_event_url_goes_to_conversations(
+    kit: Kit, provider: str, name: str, message_ids: list[str], unrouted: int
+) -> None:
+    """An operator who pointed the provider's inbound feature at the event URL still gets conversations: the mail is
+    stored as the `…/inbound` URL stores it (the same mail through that URL afterwards adds nothing), and no
+    `replied` event waits unmatched in the event store."""
+    inbound_path, headers, body = _post(provider, name)
+    event_path = inbound_path.split("?")[0].removesuffix("/inbound")
+    count = len(message_ids) + unrouted
+    first = await kit.client.post(event_path, content=body(), headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"received": count, "stored": count, "duplicates": 0, "bad": 0}
+    retry = await kit.client.post(event_path, content=body(), headers=headers)
+    assert retry.json() == {"received": count, "stored": 0, "duplicates": count, "bad": 0}
+    for message_id in message_ids:
+        [stored] = await kit.inbound(message_id)
+        assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
+        assert stored.to_address == f"reply-alice@{DOMAIN}"
+        if provider == "ses":
+            blob = await kit.blob(stored.blob_id)
+            assert blob is not None and blob.data == ses_raw()
+    assert await kit.count(UnroutedInbound) == unrouted
+    assert await kit.events() == []
+    counts = (await kit.count(ConversationMessage), await kit.count(MailBlob))
+    assert counts == (len(message_ids), count)
+    again = await kit.client.post(inbound_path, content=body(), headers=headers)
+    assert (again.status_code, again.json()) == (200, {"received": count})
+    assert (await kit.count(ConversationMessage), await kit.count(MailBlob)) == counts
+
+
+async def test_inbound_mail_on_the_event_url_that_cannot_be_read_is_kept_as_a_bad_element(kit: Kit) -> None:
+    """What the `…/inbound` URL refuses with 400 or 413 is, on the event URL, one bad element with the reason (200:
+    the provider does not retry it forever), never a `replied` event; the rest of the batch is taken."""
+    s3 = ses_envelope(content=None, receipt={"recipients": [f"reply-alice@{DOMAIN}"], "action": {"type": "S3"}})
+    answer = await kit.client.post("/webhooks/ses", content=sns_signed(s3), headers=SNS)
+    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 1}
+    items = fixture_json("brevo_inbound.json")["items"]
+    broken = {**items[1], "MessageId": "<broken-1@mail.example.net>", "Headers": "not an object"}
+    document = {"items": [items[0], broken]}
+    path, headers, _ = _post("brevo", "brevo_inbound.json")
+    answer = await kit.client.post(
+        path.removesuffix("/inbound"), content=json.dumps(document).encode(), headers=headers
+    )
+    assert answer.json() == {"received": 2, "stored": 2, "duplicates": 0, "bad": 1}
+    events = await kit.events()
+    assert [(e.source, e.event_type, e.match_reason) for e in events] == [
+        ("ses", "unknown", "bad_element"),
+        ("brevo", "unknown", "bad_element"),
+    ]
+    assert "no_content" in (events[0].processing_error or "") and "S3" in (events[0].processing_error or "")
+    assert "Headers is not an object" in (events[1].processing_error or "")
+    [reply] = await kit.inbound("CAGbrevo-reply-1@mail.example.org")
+    assert reply.source == "brevo"
+    assert await kit.inbound("broken-1@mail.example.net") == []
