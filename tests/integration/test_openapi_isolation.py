@@ -28,6 +28,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from edm.app import create_app
+from edm.conversations import ingest
 from edm.db.engine import make_engine, make_sessionmaker
 from edm.db.session import unit_of_work
 from edm.models.contacts import Import
@@ -38,6 +39,7 @@ from edm.models.suppressions import Suppression
 from edm.models.system import Notification
 from edm.models.tasks import SubTask
 from edm.models.users import ConsoleSession, Role
+from edm.providers.inbound import InboundMail
 from edm.tasks import generation
 from edm.tasks import proof_sends as test_sends
 from edm.users.service import create_token
@@ -74,9 +76,11 @@ PARAM_KINDS = {
     "test_send_id": "test_send",
     "conversation_id": "conversation",
     "message_id": "message",
+    "unrouted_id": "unrouted",
 }
 # Path parameters that are not ids: a valid value, so the route is found.
-NOT_IDS = {"action": None, "provider": "fake"}  # None: the first value of the schema's enum
+# None: the first value of the schema's enum. `index` is an attachment's position within its message.
+NOT_IDS = {"action": None, "provider": "fake", "index": "0"}
 
 # Parameters whose kind this test cannot build yet: the operations using them are still checked for 401,
 # and for 403 on admin paths, but not for the 404 of (b). Each needs a factory in `_objects_of` to leave.
@@ -286,6 +290,14 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             last_service_id=service,
             inbound=[{"message_id": f"q-{name}@example.net"}],
         )
+        # Mail no user owns (the admins' unrouted list), received as any inbound source hands it over.
+        raw = f"From: {name}-stranger@example.net\r\nMessage-ID: <unrouted-{name}@example.net>\r\n\r\nhello\r\n"
+        unrouted = await ingest.receive(
+            session,
+            InboundMail(raw=raw.encode(), source="smtp", recipient=f"nobody-{name}@nowhere.example"),
+            now=factories.utc_now(),
+        )
+        assert unrouted.unrouted_id is not None
         _, token = await create_token(session, user_id=uid, name=f"extra-{name}", scope="read")
         entry = Suppression(
             scope="user", user_id=uid, owner_key=uid, kind="address", value=f"gone-{name}@example.com", reason="manual"
@@ -338,6 +350,7 @@ async def _objects_of(sessionmaker: Any, settings: Any, account: Account, name: 
             "test_send": test_send.id,
             "conversation": conversation,
             "message": message,
+            "unrouted": unrouted.unrouted_id,
             "import": upload.id,
             "media": media.id,
             "notification": notice.id,
