@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from edm.events import ingest
 from edm.events.schemas import WebhookControlOut, WebhookStoredOut
 from edm.providers import registry
 from edm.providers.inbound import InboundMail
+from edm.providers.inbound_webhook import InboundLimits
 from edm.providers.webhook import (
     InvalidSignature,
     ParsedPayload,
@@ -128,7 +129,7 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
         limit = max(settings.webhook_max_bytes, settings.inbound_message_max_bytes) if provider == SMTP else None
         body = await read_body(request, limit or settings.webhook_max_bytes)
         incoming = _webhook_request(request, body)
-        targets = await _targets(request, provider, service_id)
+        targets = await candidate_targets(request, provider, service_id)
         service = await _verify(request, handler, incoming, targets, settings, service_id)
         if provider == SMTP:
             counts = await _receive_mail(request, service, incoming)
@@ -217,7 +218,9 @@ class _Cached:
     targets: tuple[WebhookTarget, ...]
 
 
-async def _targets(request: Request, provider: str, service_id: int | None) -> tuple[WebhookTarget, ...]:
+async def candidate_targets(request: Request, provider: str, service_id: int | None) -> tuple[WebhookTarget, ...]:
+    """The services of `provider` a request may come from, with their unexpired secrets (only the service the URL
+    names, when it names one); cached per provider for TARGET_CACHE_SECONDS. The inbound routes use it too."""
     state = request.app.state
     cache: dict[str, _Cached] | None = getattr(state, "webhook_targets", None)
     if cache is None:
@@ -337,20 +340,29 @@ async def _store(
 ) -> ingest.StoreCounts:
     now = clock.utc_now()
     service_id = service.service_id if service else None
+    settings: Settings = request.app.state.settings
+    limits = InboundLimits(message_max_bytes=settings.inbound_message_max_bytes)
     rows: list[dict[str, Any]] = []
     mails: list[InboundMail] = []
-    inbound_mail = getattr(handler, "inbound_mail", None)  # a provider whose inbound mail conversations take
     for item in parsed.items:
         if isinstance(item, BadElement):
             rows.append(ingest.bad_element_row(provider, service_id, item, now=now))
             continue
-        mail = inbound_mail(item, service_id) if inbound_mail and item.event_type == EventType.REPLIED else None
-        if mail is not None:
-            mails.append(mail)
-        else:
+        try:
+            carried = _inbound_mails(handler, item, service_id, limits)
+        except WebhookError as exc:  # inbound mail that cannot be read: kept with the reason for the admin view
+            log.warning(
+                "webhook.inbound_refused",
+                extra={"provider": provider, "service_id": service_id, "code": exc.code, "error": exc.message},
+            )
+            bad = BadElement(raw=item.raw, error=f"inbound mail not taken ({exc.code}): {exc.message}")
+            rows.append(ingest.bad_element_row(provider, service_id, bad, now=now))
+            continue
+        if carried is None:
             rows.append(ingest.event_row(provider, service_id, item, now=now))
+        else:
+            mails.extend(carried)
     nonce = handler.replay_nonce(incoming)
-    settings: Settings = request.app.state.settings
     async with request.app.state.sessionmaker() as session, session.begin():
         # The single-use token is recorded with the events, so a retry after a failed store is not a replay.
         if nonce and not await ingest.claim_nonce(session, provider, nonce, now=now):
@@ -364,6 +376,23 @@ async def _store(
                 continue
             _count_mail(counts, result)
         return counts
+
+
+def _inbound_mails(
+    handler: WebhookHandler, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+) -> list[InboundMail] | None:
+    """The mail an inbound `replied` event carries, for conversations (docs/events.md#endpoints): EngageLab's
+    `route` events (its handler's `inbound_mail`), and the inbound mail SES, Postmark and Brevo post to their event
+    URL when their inbound feature points there, read by the parsers of their `…/inbound` URLs
+    (`providers/<provider>_inbound.py`). None for any other event, which is stored as an event."""
+    if event.event_type is not EventType.REPLIED:
+        return None
+    inbound = registry.inbound_handler(handler.provider)
+    if inbound is not None:
+        return inbound.event_mails(event, service_id, limits)
+    own: Callable[[NormalizedEvent, int | None], InboundMail | None] | None = getattr(handler, "inbound_mail", None)
+    mail = own(event, service_id) if own is not None else None
+    return None if mail is None else [mail]
 
 
 async def _receive_mail(

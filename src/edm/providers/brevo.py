@@ -33,7 +33,8 @@ Brevo does not sign events. The service's secret is `user:password` (Basic crede
 URL) or a token (`Authorization: Bearer`, `X-Webhook-Token`, or `?token=` in the URL); see
 `basic_or_token_matches`. The body is one JSON object, or an array when the webhook was created with
 `batched: true`. Events carry no event id, so `provider_event_id` is None and the pipeline dedupes on its
-composite key. Brevo inbound parsing (`{"items": [...]}`) is parsed into `replied` events.
+composite key. Brevo inbound parsing (`{"items": [...]}`) is parsed into `replied` events, one per item, whose
+mail the event pipeline hands to conversations (`brevo_inbound.BrevoInbound.event_mails`).
 """
 
 from __future__ import annotations
@@ -284,8 +285,8 @@ def parse_event(event: dict[str, Any]) -> NormalizedEvent:
 
 
 def parse_inbound_item(item: Any) -> NormalizedEvent | BadElement:
-    """One Brevo inbound-parsing item: a reply, matched later by its In-Reply-To/References
-    (docs/overview.md#conversations-replies)."""
+    """One Brevo inbound-parsing item: a `replied` event, the item as `raw`; its mail goes to conversations
+    (`brevo_inbound.BrevoInbound.event_mails`), which thread it by In-Reply-To/References."""
     if not isinstance(item, dict):
         return BadElement(raw=item, error="inbound item is not a JSON object")
     sender: dict[str, Any] = item["From"] if isinstance(item.get("From"), dict) else {}

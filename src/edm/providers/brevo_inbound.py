@@ -31,6 +31,7 @@ from edm.providers.inbound_webhook import (
     text_or_none,
 )
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
+from edm.vocabulary.events import EventType, NormalizedEvent
 
 PROVIDER = "brevo"
 ATTACHMENT_URL = "https://api.brevo.com/v3/inbound/attachments/{token}"
@@ -62,23 +63,34 @@ class BrevoInbound:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise MalformedPayload(f"items[{index}] is not an object")
-            mails.extend(_mails(item, index, request.service_id, limits))
+            mails.extend(_mails(item, f"items[{index}]", request.service_id, limits))
         return InboundPayload(mails=mails)
 
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        """The event parser makes one `inbound` event of each item, the item as its `raw`."""
+        if event.event_type is not EventType.REPLIED or event.provider_event != "inbound":
+            return None
+        if not isinstance(event.raw, dict):
+            raise MalformedPayload("the inbound item is not an object")
+        return _mails(event.raw, "the inbound item", service_id, limits)
 
-def _mails(item: Mapping[str, Any], index: int, service_id: int | None, limits: InboundLimits) -> list[InboundMail]:
+
+def _mails(item: Mapping[str, Any], where: str, service_id: int | None, limits: InboundLimits) -> list[InboundMail]:
+    """The mails of one item; `where` names it in errors."""
     if not isinstance(item.get("From"), dict) and not item.get("MessageId"):
-        raise MalformedPayload(f"items[{index}] is not a Brevo inbound message: no From and no MessageId")
+        raise MalformedPayload(f"{where} is not a Brevo inbound message: no From and no MessageId")
     uuid = item.get("Uuid")
     provider_id = uuid[0] if isinstance(uuid, list) and uuid and isinstance(uuid[0], str) else text_or_none(uuid)
-    headers = _headers(item.get("Headers"), index)
+    headers = _headers(item.get("Headers"), where)
     message_id = text_or_none(item.get("MessageId"))
     raw = rebuild(
         provider=PROVIDER,
         headers=headers,
         text=text_or_none(item.get("RawTextBody")),
         html=text_or_none(item.get("RawHtmlBody")),
-        attachments=_attachments(item.get("Attachments"), index),
+        attachments=_attachments(item.get("Attachments"), where),
         defaults=[
             ("From", _mailbox(item.get("From"))),
             ("To", _mailboxes(item.get("To"))),
@@ -104,11 +116,11 @@ def _mails(item: Mapping[str, Any], index: int, service_id: int | None, limits: 
     )
 
 
-def _headers(value: Any, index: int) -> list[tuple[str, str]]:
+def _headers(value: Any, where: str) -> list[tuple[str, str]]:
     if value is None:
         return []
     if not isinstance(value, dict):
-        raise MalformedPayload(f"items[{index}].Headers is not an object")
+        raise MalformedPayload(f"{where}.Headers is not an object")
     headers: list[tuple[str, str]] = []
     for name, values in value.items():
         for one in values if isinstance(values, list) else [values]:
@@ -138,15 +150,15 @@ def _attachment_url(token: str | None) -> str:
     return ATTACHMENT_URL.format(token=urllib.parse.quote(token, safe="")) if token else "about:blank"
 
 
-def _attachments(value: Any, index: int) -> list[Attachment]:
+def _attachments(value: Any, where: str) -> list[Attachment]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise MalformedPayload(f"items[{index}].Attachments is not a list")
+        raise MalformedPayload(f"{where}.Attachments is not a list")
     attachments: list[Attachment] = []
     for position, meta in enumerate(value):
         if not isinstance(meta, dict):
-            raise MalformedPayload(f"items[{index}].Attachments[{position}] is not an object")
+            raise MalformedPayload(f"{where}.Attachments[{position}] is not an object")
         token = text_or_none(meta.get("DownloadToken"))
         size = meta.get("ContentLength")
         attachments.append(

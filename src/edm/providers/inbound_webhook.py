@@ -40,6 +40,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from edm.providers.inbound import InboundMail
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookError, WebhookRequest, WebhookTarget
+from edm.vocabulary.events import NormalizedEvent
 
 MAX_FORM_PARTS = 1000  # fields and files of one multipart or urlencoded body
 MAX_RECIPIENTS = 50  # envelope recipients of one message: one InboundMail each
@@ -145,6 +146,14 @@ class InboundHandler(Protocol):
     def parse(self, request: InboundRequest, limits: InboundLimits) -> InboundPayload:
         """The mails of the request. MalformedPayload (400) for a body that is not the provider's format, with what
         is wrong; MessageTooLarge (413) for a message above the limit."""
+        ...
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        """Inbound mail the provider posted to its *event* URL (its inbound feature pointed there): the mails of
+        the `replied` event the event parser made of it, read as `parse` reads them, or None when `event` is no
+        such mail. Raises as `parse` does (the event pipeline keeps the event as a bad element then)."""
         ...
 
 

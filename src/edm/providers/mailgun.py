@@ -353,7 +353,9 @@ def _signature_fields(request: WebhookRequest) -> tuple[str, str, str] | None:
     return timestamp, token, signature
 
 
-def _expected_signature(secret: str, timestamp: str, token: str) -> str:
+def expected_signature(secret: str, timestamp: str, token: str) -> str:
+    """Mailgun's signature of (timestamp, token) with the signing key `secret`: HMAC-SHA256, hex (also the
+    signature of its inbound routes)."""
     return hmac.new(secret.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -381,7 +383,7 @@ class MailgunWebhook:
             return False
         matched = False
         for secret in target.secrets:
-            matched |= same(_expected_signature(secret, timestamp, token), signature.lower())  # no early exit
+            matched |= same(expected_signature(secret, timestamp, token), signature.lower())  # no early exit
         return matched
 
     def replay_nonce(self, request: WebhookRequest) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     Attachment,
     Form,
@@ -29,7 +30,7 @@ from edm.providers.inbound_webhook import (
     mails_for,
     rebuild,
 )
-from edm.providers.mailgun import SIGNATURE_WINDOW_SECONDS, _expected_signature
+from edm.providers.mailgun import SIGNATURE_WINDOW_SECONDS, expected_signature
 from edm.providers.webhook import (
     MalformedPayload,
     VerifyContext,
@@ -39,6 +40,7 @@ from edm.providers.webhook import (
     from_epoch,
     same,
 )
+from edm.vocabulary.events import NormalizedEvent
 
 PROVIDER = "mailgun"
 
@@ -59,7 +61,7 @@ class MailgunInbound:
             return False
         matched = False
         for secret in target.secrets:
-            matched |= same(_expected_signature(secret, timestamp, token), signature.lower())  # no early exit
+            matched |= same(expected_signature(secret, timestamp, token), signature.lower())  # no early exit
         return matched
 
     def replay_nonce(self, request: InboundRequest) -> str | None:
@@ -88,6 +90,11 @@ class MailgunInbound:
             limits=limits,
         )
         return InboundPayload(mails=mails)
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        return None  # its event webhook carries no inbound mail
 
 
 def _signature_fields(request: InboundRequest) -> tuple[str, str, str] | None:

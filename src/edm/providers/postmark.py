@@ -23,10 +23,10 @@ recipient → permanent with `recipient_rejected`, 405/412/413 → quota_exhaust
 Webhooks
 --------
 One JSON object per POST, `RecordType` = Delivery | Bounce | SpamComplaint | Open | Click |
-SubscriptionChange; inbound mail (no RecordType, or "Inbound") → one `replied` event without SubTask ids for
-conversations (docs/overview.md#conversations-replies). Our ids come back in `Metadata`;
-`provider_message_id` = `MessageID` (the id the send returned); the dedupe id is the bounce `ID` (Bounce and
-SpamComplaint records live in Postmark's bounce store).
+SubscriptionChange; inbound mail (no RecordType, or "Inbound") → one `replied` event without SubTask ids, whose mail
+the event pipeline hands to conversations (`postmark_inbound.PostmarkInbound.event_mails`). Our ids come back in
+`Metadata`; `provider_message_id` = `MessageID` (the id the send returned); the dedupe id is the bounce `ID` (Bounce
+and SpamComplaint records live in Postmark's bounce store).
 """
 
 from __future__ import annotations
@@ -410,8 +410,8 @@ def _subscription_change(record: Mapping[str, Any]) -> NormalizedEvent:
 
 
 def _inbound(record: Mapping[str, Any]) -> NormalizedEvent:
-    """Postmark inbound: a `replied` candidate for the planned conversations (docs/overview.md#conversations-replies)
-    without SubTask ids (threading uses the headers)."""
+    """Postmark inbound: a `replied` event without SubTask ids (threading uses the headers), the record as `raw`;
+    its mail goes to conversations (`postmark_inbound.PostmarkInbound.event_mails`)."""
     headers = {
         str(h.get("Name", "")).lower(): h.get("Value") for h in _list(record.get("Headers")) if isinstance(h, dict)
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     Attachment,
     InboundLimits,
@@ -29,6 +30,7 @@ from edm.providers.inbound_webhook import (
     text_or_none,
 )
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
+from edm.vocabulary.events import EventType, NormalizedEvent
 
 PROVIDER = "postmark"
 
@@ -56,26 +58,39 @@ class PostmarkInbound:
             raise MalformedPayload(
                 f"a Postmark {record.get('RecordType')!r} event was posted to the inbound URL (use the events URL)"
             )
-        raw_email = record.get("RawEmail")
-        if isinstance(raw_email, str) and raw_email.strip():
-            check_size(len(raw_email), limits)
-            raw = raw_email.encode("utf-8", "surrogateescape")
-        elif isinstance(record.get("FromFull"), dict) or isinstance(record.get("From"), str):
-            raw = _rebuilt(record, limits)
-        else:
-            raise MalformedPayload("not a Postmark inbound message: no FromFull, From or RawEmail")
-        headers = _headers(record)
-        return_path = next((value for name, value in headers if name.lower() == "return-path"), None)
-        mails = mails_for(
-            raw,
-            source=PROVIDER,
-            service_id=request.service_id,
-            recipients=[text_or_none(record.get("OriginalRecipient"))],
-            sender=return_path.strip().strip("<>") if return_path else None,
-            provider_message_id=text_or_none(record.get("MessageID")),
-            limits=limits,
-        )
-        return InboundPayload(mails=mails)
+        return InboundPayload(mails=_mails(record, request.service_id, limits))
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        """The event parser's `Inbound` event keeps the whole record as its `raw`."""
+        if event.event_type is not EventType.REPLIED or event.provider_event != "Inbound":
+            return None
+        if not isinstance(event.raw, dict):
+            raise MalformedPayload("a Postmark inbound message is one JSON object")
+        return _mails(event.raw, service_id, limits)
+
+
+def _mails(record: Mapping[str, Any], service_id: int | None, limits: InboundLimits) -> list[InboundMail]:
+    raw_email = record.get("RawEmail")
+    if isinstance(raw_email, str) and raw_email.strip():
+        check_size(len(raw_email), limits)
+        raw = raw_email.encode("utf-8", "surrogateescape")
+    elif isinstance(record.get("FromFull"), dict) or isinstance(record.get("From"), str):
+        raw = _rebuilt(record, limits)
+    else:
+        raise MalformedPayload("not a Postmark inbound message: no FromFull, From or RawEmail")
+    headers = _headers(record)
+    return_path = next((value for name, value in headers if name.lower() == "return-path"), None)
+    return mails_for(
+        raw,
+        source=PROVIDER,
+        service_id=service_id,
+        recipients=[text_or_none(record.get("OriginalRecipient"))],
+        sender=return_path.strip().strip("<>") if return_path else None,
+        provider_message_id=text_or_none(record.get("MessageID")),
+        limits=limits,
+    )
 
 
 def _headers(record: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -359,7 +359,7 @@ def _blame_personalizations(
 
 
 @functools.lru_cache(maxsize=64)
-def _public_key(secret: str) -> ec.EllipticCurvePublicKey | None:
+def public_key(secret: str) -> ec.EllipticCurvePublicKey | None:
     """The configured verification key (base64 DER SubjectPublicKeyInfo, or PEM), or None if unusable."""
     try:
         if "-----BEGIN" in secret:
@@ -431,7 +431,7 @@ class SendGridWebhook:
         signed = timestamp.encode() + request.body
         verified = False
         for secret in target.secrets:
-            key = _public_key(secret)
+            key = public_key(secret)
             if key is not None and _signature_valid(key, signature, signed):
                 verified = True
         return verified

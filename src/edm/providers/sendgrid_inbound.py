@@ -22,6 +22,7 @@ import email.parser
 import email.policy
 from typing import Any, ClassVar
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     Attachment,
     Form,
@@ -33,8 +34,9 @@ from edm.providers.inbound_webhook import (
     mails_for,
     rebuild,
 )
-from edm.providers.sendgrid import _public_key
+from edm.providers.sendgrid import public_key
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
+from edm.vocabulary.events import NormalizedEvent
 
 PROVIDER = "sendgrid"
 # Text fields whose charset SendGrid reports in `charsets`.
@@ -46,7 +48,7 @@ class SendGridInbound:
     needs_secret: ClassVar[bool] = True
 
     def usable_secrets(self, target: WebhookTarget) -> tuple[str, ...]:
-        return tuple(secret for secret in target.secrets if _public_key(secret) is None)
+        return tuple(secret for secret in target.secrets if public_key(secret) is None)
 
     async def verify(self, request: InboundRequest, target: WebhookTarget, ctx: VerifyContext) -> bool:
         return basic_or_token_matches(request.webhook, self.usable_secrets(target))
@@ -82,6 +84,11 @@ class SendGridInbound:
             limits=limits,
         )
         return InboundPayload(mails=mails)
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        return None  # its event webhook carries no inbound mail
 
 
 def _charsets(form: Form) -> dict[str, str]:

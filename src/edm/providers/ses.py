@@ -33,9 +33,9 @@ v2 SHA256) against the certificate at `SigningCertURL`, fetched through `ctx.fet
 `UnsubscribeConfirmation` and SES's `AmazonSnsSubscriptionSucceeded` test message → control messages.
 `Notification` → the SES event in `Message` (a JSON string), in the event-publishing format (`eventType`,
 configuration sets) or the legacy identity-notification format (`notificationType`). Bounce, Complaint,
-Delivery and DeliveryDelay list recipients: one event per recipient. SES receiving (`Received`) is out of
-scope here: it becomes one `replied` event with the receipt facts in `details` and no SubTask/message ids,
-for the inbound pipeline (docs/overview.md#conversations-replies) to pick up.
+Delivery and DeliveryDelay list recipients: one event per recipient. SES receiving (`Received`) posted here becomes
+one `replied` event with the receipt facts in `details` and the Message as `raw`; the event pipeline hands its mail
+to conversations through `ses_inbound.SesInbound.event_mails` rather than storing it (docs/events.md#endpoints).
 """
 
 from __future__ import annotations
@@ -667,8 +667,8 @@ def _subscription(c: _Context, subscription: Mapping[str, Any]) -> list[Normaliz
 
 
 def _received(c: _Context, receipt: Mapping[str, Any]) -> list[NormalizedEvent]:
-    """SES receiving: a `replied` candidate for the planned conversations (docs/overview.md#conversations-replies),
-    without SubTask or message ids (they are found from the MIME message, which lives in S3 or in `content`)."""
+    """SES receiving: a `replied` event without SubTask or message ids (threading reads the MIME message, in
+    `content` or in S3); its mail goes to conversations (`ses_inbound.SesInbound.event_mails`)."""
     common = _dict(c.mail.get("commonHeaders"))
     action = _dict(receipt.get("action"))
     details = {

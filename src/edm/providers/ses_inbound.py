@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from edm.providers.inbound import InboundMail
 from edm.providers.inbound_webhook import (
     InboundLimits,
     InboundPayload,
@@ -35,6 +36,7 @@ from edm.providers.inbound_webhook import (
 )
 from edm.providers.ses import SesWebhook
 from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget
+from edm.vocabulary.events import EventType, NormalizedEvent
 
 PROVIDER = "ses"
 _events = SesWebhook()
@@ -68,20 +70,33 @@ class SesInbound:
             return InboundPayload(control="ses_subscription_succeeded")
         if kind != "Received":
             return InboundPayload(control="not_inbound")  # an SES event on a topic shared with the events URL
-        mail, receipt = as_dict(message.get("mail")), as_dict(message.get("receipt"))
-        raw = _content(message, receipt, limits)
-        recipients = receipt.get("recipients") or mail.get("destination")
-        return InboundPayload(
-            mails=mails_for(
-                raw,
-                source=PROVIDER,
-                service_id=request.service_id,
-                recipients=[r for r in recipients if isinstance(r, str)] if isinstance(recipients, list) else [],
-                sender=text_or_none(mail.get("source")),
-                provider_message_id=text_or_none(mail.get("messageId")),
-                limits=limits,
-            )
-        )
+        return InboundPayload(mails=_mails(message, request.service_id, limits))
+
+    def event_mails(
+        self, event: NormalizedEvent, service_id: int | None, limits: InboundLimits
+    ) -> list[InboundMail] | None:
+        """The event parser's `Received` event keeps the SNS Message (mail, receipt, content) as its `raw`."""
+        if event.event_type is not EventType.REPLIED or event.provider_event != "Received":
+            return None
+        if not isinstance(event.raw, dict):
+            raise MalformedPayload("the SNS Message is not a JSON object")
+        return _mails(event.raw, service_id, limits)
+
+
+def _mails(message: dict[str, Any], service_id: int | None, limits: InboundLimits) -> list[InboundMail]:
+    """The mails of a `Received` notification's Message: one per recipient of the receipt rule."""
+    mail, receipt = as_dict(message.get("mail")), as_dict(message.get("receipt"))
+    raw = _content(message, receipt, limits)
+    recipients = receipt.get("recipients") or mail.get("destination")
+    return mails_for(
+        raw,
+        source=PROVIDER,
+        service_id=service_id,
+        recipients=[r for r in recipients if isinstance(r, str)] if isinstance(recipients, list) else [],
+        sender=text_or_none(mail.get("source")),
+        provider_message_id=text_or_none(mail.get("messageId")),
+        limits=limits,
+    )
 
 
 def _message(value: Any) -> dict[str, Any]:

@@ -149,3 +149,32 @@ async def test_an_engagelab_route_without_raw_message_is_rebuilt_from_its_fields
     assert message.message_id == "rebuilt-1@example.org" and message.subtask_id == ckit.subtasks[0].id
     assert message.text_body is not None and "call me" in message.text_body
     assert await replied(ckit) == 1
+
+
+async def test_postmark_inbound_on_its_event_url_is_a_reply_counted_once(ckit: ConversationKit) -> None:
+    """Postmark's inbound feature pointed at the event URL: the message (its RawEmail here) threads to the SubTask it
+    answers; the one `replied` event is conversations' (source `inbound`), matched and counted once."""
+    service_id = await ckit.ekit.add_service(
+        "pm", "postmark", credentials={"server_token": "t", "webhook_secrets": ["pm-token-for-tests"]}
+    )
+    record = {
+        "FromFull": {"Email": ckit.their_address(), "Name": ""},
+        "OriginalRecipient": ckit.our_address(),
+        "MessageID": "5d6e7f80-postmark-inbound",
+        "Headers": [],
+        "RawEmail": ckit.mime("thunderbird_reply.eml").decode(),
+    }
+    headers = {"Content-Type": "application/json", "X-Webhook-Token": "pm-token-for-tests"}
+    body = json.dumps(record).encode()
+    answer = await ckit.ekit.client.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 0}
+    [message] = await ckit.messages()
+    assert (message.source, message.service_id, message.subtask_id) == ("postmark", service_id, ckit.subtasks[0].id)
+    kinds = [(e.source, e.event_type, e.match_status) for e in await events(ckit) if e.event_type == "replied"]
+    assert kinds == [("inbound", "replied", "matched")]
+    assert await replied(ckit) == 1
+    retry = await ckit.ekit.client.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
+    assert retry.json() == {"received": 1, "stored": 0, "duplicates": 1, "bad": 0}
+    await ckit.ekit.apply()
+    assert await replied(ckit) == 1 and len(await ckit.messages()) == 1

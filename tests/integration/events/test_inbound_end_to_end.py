@@ -1,15 +1,12 @@
 """Inbound mail end to end: each provider's fixture posted to its inbound URL as the provider posts it, through the
 real `edm.conversations.ingest.receive`, into conversations — once per (user, Message-ID), however often the
-provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`).
-
-`receive` is conversations' side of issue 15 and lands with that branch: until then every test here fails with
-ModuleNotFoundError, which the marker below expects (strict: a test that passes without it is reported). When
-`edm.conversations.ingest` exists the marker no longer applies and these are ordinary tests; delete it then."""
+provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`). SES, Postmark and
+Brevo inbound mail posted to the provider's event URL instead goes the same way, read by the same parsers, and leaves
+no event behind."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -24,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from edm.app import create_app
 from edm.db.session import unit_of_work
 from edm.models.conversations import ConversationMessage, MailBlob, UnroutedInbound
+from edm.models.events import Event
 from edm.providers import ses as ses_provider
+from edm.providers.inbound_webhook import REBUILT_HEADER
 from tests import factories
 from tests.helpers import settings_for
 from tests.unit.providers.inbound_support import (
@@ -41,13 +40,6 @@ from tests.unit.providers.inbound_support import (
     ses_raw,
     sns_certificate,
     sns_signed,
-)
-
-pytestmark = pytest.mark.xfail(
-    importlib.util.find_spec("edm.conversations.ingest") is None,
-    reason="edm.conversations.ingest.receive is not on this branch yet (it comes with conversations)",
-    raises=ModuleNotFoundError,
-    strict=True,
 )
 
 DOMAIN = "reply.example.com"
@@ -75,6 +67,14 @@ class Kit:
     async def unrouted(self, message_id: str) -> list[UnroutedInbound]:
         async with self.sessionmaker() as session:
             return list(await session.scalars(select(UnroutedInbound).where(UnroutedInbound.message_id == message_id)))
+
+    async def events(self) -> list[Event]:
+        async with self.sessionmaker() as session:
+            return list(await session.scalars(select(Event).order_by(Event.id)))
+
+    async def count(self, model: Any) -> int:
+        async with self.sessionmaker() as session:
+            return len((await session.scalars(select(model.id))).all())
 
     async def blob(self, blob_id: int | None) -> MailBlob | None:
         async with self.sessionmaker() as session:
@@ -165,9 +165,13 @@ async def test_a_reply_is_stored_once_for_the_user_whatever_the_retries(
     [stored] = await kit.inbound(message_id)
     assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
     assert stored.to_address.lower() == f"reply-alice@{DOMAIN}"
+    blob = await kit.blob(stored.blob_id)
+    assert blob is not None and blob.size == len(blob.data)
     if raw_from is not None:  # kept byte for byte as the provider posted it
-        blob = await kit.blob(stored.blob_id)
-        assert blob is not None and blob.sha256 == hashlib.sha256(_raw(name, raw_from)).hexdigest()
+        assert blob.sha256 == hashlib.sha256(_raw(name, raw_from)).hexdigest() == hashlib.sha256(blob.data).hexdigest()
+    else:  # rebuilt from the provider's fields, and marked so
+        assert f"{REBUILT_HEADER}: {provider}".encode() in blob.data
+    assert await kit.unrouted(message_id) == [], "Alice's mail is not kept for the admins too"
 
 
 def _raw(name: str, field: str) -> bytes:
@@ -196,6 +200,9 @@ async def test_mail_to_an_address_nobody_owns_is_kept_for_admins(kit: Kit) -> No
         assert response.status_code == 200, response.text
     [unrouted] = await kit.unrouted("to-nobody-1@mail.example.cn")
     assert (unrouted.source, unrouted.service_id) == ("postmark", kit.ids["postmark"])
+    assert (unrouted.to_address, unrouted.reason) == (f"nobody@{DOMAIN}", "unknown_sender")
+    blob = await kit.blob(unrouted.blob_id)
+    assert blob is not None and b"Message-ID: <to-nobody-1@mail.example.cn>" in blob.data
     assert await kit.inbound("to-nobody-1@mail.example.cn") == []
 
 
@@ -207,4 +214,75 @@ async def test_brevo_items_are_stored_each_for_its_recipient(kit: Kit) -> None:
     assert reply.user_id == kit.alice
     assert reply.in_reply_to == "00000000-0000-4000-8000-000000000001@mail.example.com"
     [to_alice] = await kit.inbound("new-thread-77@mail.example.net")
-    assert to_alice.user_id == kit.alice
+    assert (to_alice.user_id, to_alice.to_address) == (kit.alice, f"reply-alice@{DOMAIN}")
+    [to_bob] = await kit.unrouted("new-thread-77@mail.example.net")  # the same item was also for reply-bob
+    assert (to_bob.to_address, to_bob.reason, to_bob.source) == (f"reply-bob@{DOMAIN}", "unknown_sender", "brevo")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inbound mail posted to the provider's event URL
+# --------------------------------------------------------------------------------------------------------
+
+# provider, fixture, the Message-IDs stored for Alice, mails kept unrouted
+EVENT_URL_CASES = [
+    ("postmark", "postmark_inbound.json", ["CAKpm-reply-zh-42@mail.example.cn"], 0),
+    ("brevo", "brevo_inbound.json", ["CAGbrevo-reply-1@mail.example.org", "new-thread-77@mail.example.net"], 1),
+    ("ses", "ses_received_sns.json", ["ses-reply-grace-1@mail.example.org"], 0),
+]
+
+
+@pytest.mark.parametrize(("provider", "name", "message_ids", "unrouted"), EVENT_URL_CASES)
+async def test_inbound_mail_posted_to_the_event_url_goes_to_conversations(
+    kit: Kit, provider: str, name: str, message_ids: list[str], unrouted: int
+) -> None:
+    """An operator who pointed the provider's inbound feature at the event URL still gets conversations: the mail is
+    stored as the `…/inbound` URL stores it (the same mail through that URL afterwards adds nothing), and no
+    `replied` event waits unmatched in the event store."""
+    inbound_path, headers, body = _post(provider, name)
+    event_path = inbound_path.split("?")[0].removesuffix("/inbound")
+    count = len(message_ids) + unrouted
+    first = await kit.client.post(event_path, content=body(), headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"received": count, "stored": count, "duplicates": 0, "bad": 0}
+    retry = await kit.client.post(event_path, content=body(), headers=headers)
+    assert retry.json() == {"received": count, "stored": 0, "duplicates": count, "bad": 0}
+    for message_id in message_ids:
+        [stored] = await kit.inbound(message_id)
+        assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
+        assert stored.to_address == f"reply-alice@{DOMAIN}"
+        if provider == "ses":
+            blob = await kit.blob(stored.blob_id)
+            assert blob is not None and blob.data == ses_raw()
+    assert await kit.count(UnroutedInbound) == unrouted
+    assert await kit.events() == []
+    counts = (await kit.count(ConversationMessage), await kit.count(MailBlob))
+    assert counts == (len(message_ids), count)
+    again = await kit.client.post(inbound_path, content=body(), headers=headers)
+    assert (again.status_code, again.json()) == (200, {"received": count})
+    assert (await kit.count(ConversationMessage), await kit.count(MailBlob)) == counts
+
+
+async def test_inbound_mail_on_the_event_url_that_cannot_be_read_is_kept_as_a_bad_element(kit: Kit) -> None:
+    """What the `…/inbound` URL refuses with 400 or 413 is, on the event URL, one bad element with the reason (200:
+    the provider does not retry it forever), never a `replied` event; the rest of the batch is taken."""
+    s3 = ses_envelope(content=None, receipt={"recipients": [f"reply-alice@{DOMAIN}"], "action": {"type": "S3"}})
+    answer = await kit.client.post("/webhooks/ses", content=sns_signed(s3), headers=SNS)
+    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 1}
+    items = fixture_json("brevo_inbound.json")["items"]
+    broken = {**items[1], "MessageId": "<broken-1@mail.example.net>", "Headers": "not an object"}
+    document = {"items": [items[0], broken]}
+    path, headers, _ = _post("brevo", "brevo_inbound.json")
+    answer = await kit.client.post(
+        path.removesuffix("/inbound"), content=json.dumps(document).encode(), headers=headers
+    )
+    assert answer.json() == {"received": 2, "stored": 2, "duplicates": 0, "bad": 1}
+    events = await kit.events()
+    assert [(e.source, e.event_type, e.match_reason) for e in events] == [
+        ("ses", "unknown", "bad_element"),
+        ("brevo", "unknown", "bad_element"),
+    ]
+    assert "no_content" in (events[0].processing_error or "") and "S3" in (events[0].processing_error or "")
+    assert "Headers is not an object" in (events[1].processing_error or "")
+    [reply] = await kit.inbound("CAGbrevo-reply-1@mail.example.org")
+    assert reply.source == "brevo"
+    assert await kit.inbound("broken-1@mail.example.net") == []

@@ -1,20 +1,20 @@
-"""The inbound-mail routes, `POST /webhooks/{provider}[/{service_id}]/inbound`, through the ASGI app: each provider's
-fixture, authenticated as that provider authenticates, reaches conversations as InboundMails of the verifying service,
-all in one transaction; every refusal (401 unverified, 413 too large, 400 malformed, 404 not an endpoint) happens
-before anything is handed over.
+"""The inbound-mail routes, `POST /webhooks/{provider}[/{service_id}]/inbound`, through the ASGI app and the real
+`edm.conversations.ingest.receive`: each provider's fixture, authenticated as that provider authenticates, is
+stored as mail of the verifying service (a conversation message when it names Alice's sender, kept unrouted
+otherwise), each message once, the whole request in one transaction; every refusal (401 unverified, 413 too large,
+400 malformed, 404 not an endpoint) stores nothing.
 
-Conversations' `edm.conversations.ingest.receive` is replaced here by a recorder (put in `sys.modules`, where the
-route imports it from), so these tests check the route's side of the contract whatever conversations does with the
-mail; tests/integration/events/test_inbound_end_to_end.py checks the stored result."""
+What was stored is read back from the database: conversation_messages, conversations, unrouted_inbound and
+mail_blobs (the bytes handed over), webhook_nonces (Mailgun's token) and events. On PostgreSQL every row a request
+wrote carries the id of the transaction that wrote it (`xmin`): one request, one id.
+tests/integration/events/test_inbound_end_to_end.py checks retries and the threading per provider."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
-import sys
-import types
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,16 +23,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.app import create_app
+from edm.db.dialect import is_postgresql
 from edm.db.session import unit_of_work
 from edm.email_services import service as services
 from edm.providers import ses as ses_provider
-from edm.providers.inbound import InboundMail
 from edm.settings import Settings
 from tests import factories
 from tests.helpers import settings_for
 from tests.integration.events.conftest import SENDGRID_PUBLIC
 from tests.unit.providers.inbound_support import (
     MAILGUN_KEY,
+    OUR_ID,
     SNS,
     SNS_CERT_URL,
     SNS_TOPIC,
@@ -45,52 +46,118 @@ from tests.unit.providers.inbound_support import (
     sns_signed,
 )
 
+DOMAIN = "reply.example.com"
 SENDGRID_TOKEN = "sg-inbound-token-1234"
 POSTMARK_SECRET = "postmark:pm-inbound-pass"
 BREVO_TOKEN = "brevo-inbound-token"
 BODY_LIMIT = 200_000
 MESSAGE_LIMIT = 100_000
+# The tables an inbound request may write, each with the column that names a row.
+TABLES = {
+    "conversation_messages": "id",
+    "conversations": "id",
+    "unrouted_inbound": "id",
+    "mail_blobs": "id",
+    "webhook_nonces": "nonce",
+    "events": "id",
+}
+
+Snapshot = dict[str, dict[str, str | None]]  # table -> row key -> the writing transaction (PostgreSQL), else None
 
 
-@dataclasses.dataclass
-class Handed:
-    mail: InboundMail
-    session: AsyncSession
-    now: dt.datetime
+@dataclass(frozen=True)
+class StoredMail:
+    """One stored mail: a conversation message (`kind` "message") or an unrouted one, with its blob's bytes."""
+
+    kind: str
+    message_id: str
+    source: str
+    service_id: int | None
+    from_address: str | None
+    to_address: str | None
+    raw: bytes
+    received_at: dt.datetime
 
 
-@dataclasses.dataclass
+@dataclass
+class Written:
+    """The rows one request inserted or updated, per table, and the transactions that wrote them."""
+
+    rows: dict[str, set[str]]
+    transactions: set[str]  # empty on SQLite
+
+    def count(self, table: str) -> int:
+        return len(self.rows[table])
+
+
+@dataclass
 class Kit:
     client: httpx.AsyncClient
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     ids: dict[str, int]
-    handed: list[Handed]
+    alice: int
+    db_url: str
     outbound: list[str]
     pages: dict[str, bytes]
 
     async def post(self, path: str, body: bytes, headers: dict[str, str], **query: str) -> httpx.Response:
         return await self.client.post(path, content=body, headers=headers, params=query)
 
+    async def snapshot(self) -> Snapshot:
+        async with self.sessionmaker() as session:
+            xmin = "xmin::text" if is_postgresql(session) else "NULL"
+            return {
+                table: {str(key): tx for key, tx in await session.execute(text(f"SELECT {key}, {xmin} FROM {table}"))}
+                for table, key in TABLES.items()
+            }
+
+    async def written(self, before: Snapshot) -> Written:
+        after = await self.snapshot()
+        rows: dict[str, set[str]] = {}
+        transactions: set[str] = set()
+        for table, now in after.items():
+            changed = {key for key, tx in now.items() if key not in before[table] or tx != before[table][key]}
+            rows[table] = changed
+            transactions |= {tx for key, tx in now.items() if key in changed and tx is not None}
+        return Written(rows, transactions)
+
+    async def mails(self, written: Written | None = None) -> list[StoredMail]:
+        """The mails stored (by the request that wrote `written`, else all), messages first."""
+        found: list[StoredMail] = []
+        async with self.sessionmaker() as session:
+            for kind, table, extra in (
+                ("message", "conversation_messages", "AND m.direction = 'inbound'"),
+                ("unrouted", "unrouted_inbound", ""),
+            ):
+                rows = await session.execute(
+                    text(
+                        "SELECT m.id, m.message_id, m.source, m.service_id, m.from_address, m.to_address, b.data, "
+                        "m.received_at "
+                        f"FROM {table} m JOIN mail_blobs b ON b.id = m.blob_id WHERE 1 = 1 {extra} ORDER BY m.id"
+                    )
+                )
+                for row_id, *values, raw, received_at in rows:
+                    if written is None or str(row_id) in written.rows[table]:
+                        found.append(StoredMail(kind, *values, raw=bytes(raw), received_at=received_at))
+        return found
+
+    async def nothing_stored(self) -> None:
+        """No mail, conversation, blob, token or event in the database."""
+        counts = {table: len(rows) for table, rows in (await self.snapshot()).items()}
+        assert counts == dict.fromkeys(TABLES, 0)
+
 
 @pytest.fixture
-async def kit(
-    db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Kit]:
-    handed: list[Handed] = []
-
-    async def receive(session: AsyncSession, mail: InboundMail, *, now: dt.datetime) -> object:
-        await session.execute(text("SELECT 1"))  # a live session of the request's transaction
-        handed.append(Handed(mail, session, now))
-        return object()
-
-    recorder = types.ModuleType("edm.conversations.ingest")
-    recorder.receive = receive  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "edm.conversations.ingest", recorder)
+async def kit(db_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[Kit]:
+    """Alice owns the sender `reply-alice` at reply.example.com, the domain of every service; nobody owns
+    `reply-bob`."""
     ses_provider.clear_certificate_cache()
     settings = settings_for(db_url, inbound_max_bytes=BODY_LIMIT, inbound_message_max_bytes=MESSAGE_LIMIT)
     ids: dict[str, int] = {}
     async with unit_of_work(sessionmaker) as session:
+        alice = await factories.user(session, "alice", credit=100)
+        await factories.sender(session, alice, "reply-alice")
         for provider, name, credentials, options in (
             ("sendgrid", "sg", {"api_key": "SG.x", "webhook_secrets": [SENDGRID_PUBLIC, SENDGRID_TOKEN]}, {}),
             ("mailgun", "mg", {"api_key": "key-x", "webhook_secrets": [MAILGUN_KEY]}, {}),
@@ -104,7 +171,7 @@ async def kit(
             ),
         ):
             ids[provider] = await factories.service(
-                session, settings, name, provider=provider, credentials=credentials, options=options
+                session, settings, name, provider=provider, credentials=credentials, options=options, domain=DOMAIN
             )
         ids["sendgrid_event_key_only"] = await factories.service(
             session,
@@ -124,7 +191,7 @@ async def kit(
     app = create_app(settings, engine=engine, outbound_transport=httpx.MockTransport(serve))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edm.test") as client:
-            yield Kit(client, settings, sessionmaker, ids, handed, outbound, pages)
+            yield Kit(client, settings, sessionmaker, ids, alice, db_url, outbound, pages)
     ses_provider.clear_certificate_cache()
 
 
@@ -135,6 +202,12 @@ def sendgrid(name: str = "sendgrid_parsed_attachment.http") -> tuple[bytes, dict
 
 def signed_ses(**changes: Any) -> bytes:
     return sns_signed(ses_envelope(**changes))
+
+
+def in_one_transaction(written: Written, db_url: str) -> None:
+    """Every row the request wrote, in one transaction (PostgreSQL's `xmin`; SQLite keeps no such id)."""
+    assert any(written.rows.values())
+    assert len(written.transactions) == (1 if db_url.startswith("postgresql") else 0), written.transactions
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -149,6 +222,7 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
     pm_headers, pm_body = posted("postmark_inbound.json")
     br_headers, br_body = posted("brevo_inbound.json")
     sg_body, sg_headers = sendgrid("sendgrid_raw_chinese.http")
+    # provider, path, body, headers, query, (messages stored for Alice, kept unrouted)
     cases = [
         (
             "sendgrid",
@@ -156,16 +230,16 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
             sg_body,
             sg_headers,
             {"token": SENDGRID_TOKEN},
-            1,
+            (1, 0),
         ),
-        ("mailgun", "/webhooks/mailgun/inbound", mailgun_resigned(mg_body), mg_headers, {}, 1),
+        ("mailgun", "/webhooks/mailgun/inbound", mailgun_resigned(mg_body), mg_headers, {}, (1, 0)),
         (
             "mailgun",
             f"/webhooks/mailgun/{ids['mailgun']}/inbound/mime",
             mailgun_resigned(mime_body),
             mime_headers,
             {},
-            1,
+            (1, 0),
         ),
         (
             "postmark",
@@ -173,7 +247,7 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
             pm_body,
             {**pm_headers, **basic(*POSTMARK_SECRET.split(":"))},
             {},
-            1,
+            (1, 0),
         ),
         (
             "brevo",
@@ -181,21 +255,42 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
             br_body,
             {**br_headers, "X-Webhook-Token": BREVO_TOKEN},
             {},
-            3,
+            (2, 1),  # the second item went to reply-alice and reply-bob
         ),
-        ("ses", "/webhooks/ses/inbound", signed_ses(), SNS, {}, 1),
+        ("ses", "/webhooks/ses/inbound", signed_ses(), SNS, {}, (1, 0)),
     ]
-    for provider, path, body, headers, query, count in cases:
-        before = len(kit.handed)
+    stored: dict[str, list[StoredMail]] = {}
+    for provider, path, body, headers, query, (messages, unrouted) in cases:
+        before = await kit.snapshot()
         response = await kit.post(path, body, headers, **query)
         assert response.status_code == 200, (path, response.text)
-        assert response.json() == {"received": count}, path
-        handed = kit.handed[before:]
-        assert len(handed) == count, path
-        assert {(h.mail.source, h.mail.service_id) for h in handed} == {(provider, ids[provider])}, path
-        assert len({id(h.session) for h in handed}) == 1, "one transaction for the whole request"
-    assert kit.handed[0].mail.raw.startswith(b"Received: from smtp.example.cn")  # SendGrid raw, untouched
-    assert kit.handed[-1].mail.raw == ses_raw()
+        assert response.json() == {"received": messages + unrouted}, path
+        written = await kit.written(before)
+        mails = await kit.mails(written)
+        assert [m.kind for m in mails] == ["message"] * messages + ["unrouted"] * unrouted, path
+        assert {(m.source, m.service_id) for m in mails} == {(provider, ids[provider])}, path
+        assert written.count("mail_blobs") == len(mails), "each mail's bytes stored once"
+        assert written.count("events") == 0, "no event: none of these answers a send of ours"
+        assert written.count("webhook_nonces") == (1 if provider == "mailgun" else 0), path
+        assert len({m.received_at for m in mails}) == 1, path
+        in_one_transaction(written, kit.db_url)
+        stored.setdefault(path, []).extend(mails)
+    every = await kit.mails()
+    assert len(every) == 8 and len({(m.kind, m.message_id, m.to_address) for m in every}) == 8, "each stored once"
+    assert {m.to_address for m in every if m.kind == "message"} == {f"reply-alice@{DOMAIN}"}
+    assert [m.to_address for m in every if m.kind == "unrouted"] == [f"reply-bob@{DOMAIN}"]
+    [sendgrid_raw] = stored[f"/webhooks/sendgrid/{ids['sendgrid']}/inbound"]
+    assert sendgrid_raw.raw.startswith(b"Received: from smtp.example.cn")  # SendGrid raw, untouched
+    [ses_mail] = stored["/webhooks/ses/inbound"]
+    assert ses_mail.raw == ses_raw()
+    async with kit.sessionmaker() as session:
+        conversations = (
+            await session.execute(
+                text("SELECT their_address, message_count FROM conversations WHERE user_id = :u"), {"u": kit.alice}
+            )
+        ).all()
+    assert {their for their, _ in conversations} == {m.from_address for m in every if m.kind == "message"}
+    assert sum(count for _, count in conversations) == sum(m.kind == "message" for m in every) == 7
     assert SNS_CERT_URL in kit.outbound
 
 
@@ -213,18 +308,25 @@ async def test_the_sendgrid_parsed_mode_posts_through_basic_credentials(kit: Kit
     path = f"/webhooks/sendgrid/{kit.ids['sendgrid']}/inbound"
     response = await kit.post(path, body, {**headers, **basic("parse", "Basic-Pass-99")})
     assert response.status_code == 200, response.text
-    [handed] = kit.handed
-    assert b"In-Reply-To: <00000000-0000-4000-8000-000000000001@mail.example.com>" in handed.mail.raw
+    [mail] = await kit.mails()
+    assert (mail.kind, mail.source, mail.service_id) == ("message", "sendgrid", kit.ids["sendgrid"])
+    assert f"In-Reply-To: {OUR_ID}".encode() in mail.raw
 
 
 async def test_a_mailgun_token_is_single_use(kit: Kit) -> None:
     headers, body = posted("mailgun_mime.http")
     body = mailgun_resigned(body)
+    before = await kit.snapshot()
     first = await kit.post("/webhooks/mailgun/inbound/mime", body, headers)
     assert first.status_code == 200, first.text
+    written = await kit.written(before)
+    assert (written.count("webhook_nonces"), written.count("conversation_messages")) == (1, 1)
+    in_one_transaction(written, kit.db_url)  # the token with the mail: a retry after a failure is no replay
+    before = await kit.snapshot()
     again = await kit.post("/webhooks/mailgun/inbound/mime", body, headers)
     assert again.status_code == 401 and "replay" in again.json()["error"]["message"]
-    assert len(kit.handed) == 1
+    assert await kit.snapshot() == before
+    assert len(await kit.mails()) == 1
 
 
 async def test_sns_control_messages_on_the_inbound_url(kit: Kit) -> None:
@@ -244,10 +346,10 @@ async def test_sns_control_messages_on_the_inbound_url(kit: Kit) -> None:
     assert confirm in kit.outbound
     event = await kit.post("/webhooks/ses/inbound", signed_ses(notificationType=None, eventType="Delivery"), SNS)
     assert (event.status_code, event.json()) == (200, {"control": "not_inbound"})
-    s3 = signed_ses(content=None, receipt={"recipients": ["a@reply.example.com"], "action": {"type": "S3"}})
+    s3 = signed_ses(content=None, receipt={"recipients": [f"reply-alice@{DOMAIN}"], "action": {"type": "S3"}})
     refused = await kit.post("/webhooks/ses/inbound", s3, SNS)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_content"
-    assert kit.handed == []
+    await kit.nothing_stored()
 
 
 async def test_probes_answer_200(kit: Kit) -> None:
@@ -258,10 +360,11 @@ async def test_probes_answer_200(kit: Kit) -> None:
     ):
         response = await kit.client.get(path)
         assert (response.status_code, response.content) == (200, b""), path
+    await kit.nothing_stored()
 
 
 # --------------------------------------------------------------------------------------------------------
-# Refused, before anything is handed over
+# Refused: nothing stored
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -347,7 +450,7 @@ async def test_unverified_posts_get_the_uniform_401(kit: Kit, caplog: pytest.Log
         if reason:
             [record] = [r for r in caplog.records if r.getMessage() == "webhook.rejected"]
             assert record.reason == reason, what  # type: ignore[attr-defined]
-    assert kit.handed == []
+    await kit.nothing_stored()
 
 
 async def test_a_body_above_the_inbound_limit_is_refused_with_413_unread(kit: Kit) -> None:
@@ -358,11 +461,11 @@ async def test_a_body_above_the_inbound_limit_is_refused_with_413_unread(kit: Ki
     )
     response = await kit.post("/webhooks/sendgrid/inbound", big, headers, token=SENDGRID_TOKEN)
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
-    assert kit.handed == []
+    await kit.nothing_stored()
 
 
 async def test_a_message_above_the_message_limit_is_refused_with_413(kit: Kit) -> None:
-    """The body fits (200 kB) but the rebuilt message would not (100 kB): nothing is handed over, even the other
+    """The body fits (200 kB) but the rebuilt message would not (100 kB): nothing is stored, not even the other
     messages of the request."""
     headers, body = posted("brevo_inbound.json")
     body = body.replace(b"Is the *spring sale* on in stores too?", b"y" * (MESSAGE_LIMIT + 10))
@@ -370,7 +473,7 @@ async def test_a_message_above_the_message_limit_is_refused_with_413(kit: Kit) -
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "message_too_large" and f"{MESSAGE_LIMIT}-byte limit" in error["message"]
-    assert kit.handed == []
+    await kit.nothing_stored()
 
 
 async def test_malformed_but_authentic_posts_get_400_saying_what_is_wrong(kit: Kit) -> None:
@@ -401,7 +504,7 @@ async def test_malformed_but_authentic_posts_get_400_saying_what_is_wrong(kit: K
         assert response.status_code == 400, (path, response.text)
         error = response.json()["error"]
         assert error["code"] == "malformed_payload" and says in error["message"], (path, error)
-    assert kit.handed == []
+    await kit.nothing_stored()
 
 
 async def test_urls_that_are_no_inbound_endpoint(kit: Kit) -> None:
@@ -412,4 +515,4 @@ async def test_urls_that_are_no_inbound_endpoint(kit: Kit) -> None:
     # Providers without an inbound endpoint are left to the event routes (EngageLab's replies are `route` events).
     engagelab = await kit.post("/webhooks/engagelab/inbound", b"{}", {"Content-Type": "application/json"})
     assert engagelab.status_code == 404
-    assert kit.handed == []
+    await kit.nothing_stored()

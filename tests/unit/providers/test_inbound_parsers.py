@@ -25,7 +25,8 @@ from edm.providers.inbound_webhook import (
     NoContent,
     parse_form,
 )
-from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookError, WebhookTarget
+from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookError, WebhookRequest, WebhookTarget
+from edm.vocabulary.events import BadElement, EventType, NormalizedEvent
 from tests.unit.providers.inbound_support import (
     MAILGUN_KEY,
     OUR_ID,
@@ -577,3 +578,77 @@ def test_urlencoded_values_keep_every_byte_and_fields_are_bounded() -> None:
     parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\n1\r\n' for _ in range(1001))
     with pytest.raises(MalformedPayload, match="more than 1000 form parts"):
         parse_form(parts + b"--b--\r\n", "multipart/form-data; boundary=b")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inbound mail posted to the provider's event URL
+# --------------------------------------------------------------------------------------------------------
+
+
+def event_items(provider: str, headers: dict[str, str], body: bytes) -> list[NormalizedEvent]:
+    """What the provider's *event* handler makes of a post to the event URL."""
+    events = registry.webhook_handler(provider)
+    assert events is not None
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    webhook = WebhookRequest(body, {k.lower(): v for k, v in headers.items()}, content_type=content_type)
+    items = events.parse(webhook).items
+    assert not any(isinstance(item, BadElement) for item in items)
+    return [item for item in items if isinstance(item, NormalizedEvent)]
+
+
+def envelope_of(mail: Any) -> tuple[Any, ...]:
+    message = parsed(mail.raw)
+    return (
+        mail.source,
+        mail.service_id,
+        mail.recipient,
+        mail.sender,
+        mail.provider_message_id,
+        message["Message-ID"],
+        message["In-Reply-To"],
+        message["Subject"],
+        sorted(attachments(mail.raw)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "name"),
+    [("postmark", "postmark_inbound.json"), ("brevo", "brevo_inbound.json"), ("ses", "ses_received_sns.json")],
+)
+def test_inbound_mail_on_the_event_url_is_read_as_the_inbound_url_reads_it(provider: str, name: str) -> None:
+    headers, body = posted(name)
+    events = event_items(provider, headers, body)
+    assert events and all(e.event_type is EventType.REPLIED for e in events)
+    from_events = [mail for e in events for mail in handler(provider).event_mails(e, 7, LIMITS) or []]
+    from_inbound = handler(provider).parse(request(name), LIMITS).mails
+    assert [envelope_of(m) for m in from_events] == [envelope_of(m) for m in from_inbound]
+    if provider == "ses":
+        assert [m.raw for m in from_events] == [ses_raw()]
+
+
+def test_event_mails_is_none_for_any_other_event_and_for_providers_without_inbound_events() -> None:
+    delivery = fixture_json("postmark_inbound.json") | {"RecordType": "Delivery", "MessageID": "m-1"}
+    [event] = event_items("postmark", {"Content-Type": "application/json"}, json.dumps(delivery).encode())
+    assert event.event_type is EventType.DELIVERED
+    assert handler("postmark").event_mails(event, 7, LIMITS) is None
+    sns_headers = posted("ses_received_sns.json")[0]
+    delivered = ses_envelope(notificationType=None, eventType="Delivery", delivery={"recipients": ["a@b.example"]})
+    [ses_delivery] = event_items("ses", sns_headers, json.dumps(delivered).encode())
+    assert ses_delivery.event_type is EventType.DELIVERED
+    assert handler("ses").event_mails(ses_delivery, 7, LIMITS) is None
+    [postmark_reply] = event_items("postmark", *posted("postmark_inbound.json"))
+    for provider in ("sendgrid", "mailgun", "brevo", "ses"):
+        assert handler(provider).event_mails(postmark_reply, 7, LIMITS) is None, provider
+
+
+def test_event_mails_refuses_what_the_inbound_url_refuses() -> None:
+    s3 = ses_envelope(content=None, receipt={"recipients": ["a@reply.example.com"], "action": {"type": "S3"}})
+    [received] = event_items("ses", posted("ses_received_sns.json")[0], json.dumps(s3).encode())
+    with pytest.raises(NoContent):
+        handler("ses").event_mails(received, 7, LIMITS)
+    [reply, *_] = event_items("brevo", *posted("brevo_inbound.json"))
+    with pytest.raises(MessageTooLarge):
+        handler("brevo").event_mails(reply, 7, InboundLimits(message_max_bytes=100))
+    broken = dataclasses.replace(reply, raw={**reply.raw, "Headers": ["not", "an object"]})
+    with pytest.raises(MalformedPayload, match="the inbound item.Headers is not an object"):
+        handler("brevo").event_mails(broken, 7, LIMITS)
