@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from playwright.sync_api import expect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import clock
@@ -31,6 +32,25 @@ def _reply(*, their: str, ours: str, message_id: str, subject: str) -> bytes:
         f"From: Zoe Customer <{their}>\r\nTo: {ours}\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\n"
         "Date: Sun, 06 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         "Hello, is the blue one still in stock?\r\n"
+    ).encode()
+
+
+PIXEL_PNG = (  # a 1×1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def _html_reply(*, their: str, ours: str, message_id: str, in_reply_to: str) -> bytes:
+    """A reply in HTML whose logo is an inline part named by `cid:`."""
+    return (
+        f"From: Zoe Customer <{their}>\r\nTo: {ours}\r\nSubject: Re: Blue teapot\r\nMessage-ID: <{message_id}>\r\n"
+        f"In-Reply-To: <{in_reply_to}>\r\nReferences: <{in_reply_to}>\r\n"
+        "Date: Sun, 06 Dec 2026 10:05:00 +0000\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/related; boundary="rel"\r\n\r\n--rel\r\n'
+        "Content-Type: text/html; charset=utf-8\r\n\r\n"
+        '<p>And this one? <img src="cid:logo@customer" alt="our logo" width="1" height="1"></p>\r\n--rel\r\n'
+        "Content-Type: image/png\r\nContent-ID: <logo@customer>\r\nContent-Transfer-Encoding: base64\r\n"
+        f"Content-Disposition: inline; filename=logo.png\r\n\r\n{PIXEL_PNG}\r\n--rel--\r\n"
     ).encode()
 
 
@@ -85,6 +105,10 @@ def _scenario(console: Console, worker: Callable[[], Any], *, refusing: SmtpSink
             stored = await ingest.receive(
                 session, InboundMail(raw=raw, source="smtp", service_id=ids["refuses"]), now=clock.utc_now()
             )
+            html = _html_reply(their=their, ours=ours, message_id=f"h-{tag}@customer.example", in_reply_to=inbound_id)
+            await ingest.receive(
+                session, InboundMail(raw=html, source="smtp", service_id=ids["refuses"]), now=clock.utc_now()
+            )
             unrouted = await ingest.receive(
                 session,
                 InboundMail(
@@ -107,6 +131,11 @@ def _scenario(console: Console, worker: Callable[[], Any], *, refusing: SmtpSink
     assert page.locator('#menu a[href="/conversations"] .badge').count() == 0, "opening it read it"
     assert "Hello, is the blue one still in stock?" in page.inner_text(".thread")
     assert page.inner_text("#answer-from").startswith(f"From {ours}")
+    # The HTML reply shows in its sandboxed frame, its inline logo loaded from the message itself.
+    frame = page.frame_locator(".mail-frame iframe")
+    expect(frame.locator("p")).to_contain_text("And this one?")
+    assert frame.locator("img").get_attribute("src", timeout=5000).startswith("data:image/png;base64,")
+    assert frame.locator("img").evaluate("img => img.complete && img.naturalWidth") == 1
 
     page.fill("#f-text", "Yes, we have two left.")
     console.submit("#answer button[type=submit]", "conversation-answer-queued")
@@ -126,7 +155,9 @@ def _scenario(console: Console, worker: Callable[[], Any], *, refusing: SmtpSink
     [sent] = working.messages
     mail = email.message_from_bytes(sent.data, policy=email.policy.default)
     assert mail["Subject"] == "Re: Blue teapot"
-    assert mail["In-Reply-To"] == f"<{inbound_id}>" and f"<{inbound_id}>" in mail["References"]
+    # Threaded to the newest reply: In-Reply-To names it, References are its References and its own id.
+    newest = f"<h-{tag}@customer.example>"
+    assert mail["In-Reply-To"] == newest and mail["References"].split() == [f"<{inbound_id}>", newest]
     assert mail["To"].addresses[0].addr_spec == their and mail["From"].addresses[0].addr_spec == ours
     assert mail["List-Unsubscribe"] is None
     assert "Yes, we have two left." in mail.get_body(("plain",)).get_content()

@@ -165,6 +165,19 @@ def attachment_part(raw: bytes, part: int) -> tuple[bytes, str, str | None]:
     raise NotFound(f"attachment {part} not found")
 
 
+def parts_by_number(raw: bytes, parts: set[int]) -> dict[int, tuple[bytes, str]]:
+    """The decoded bytes and content type of several parts of a stored message, read in one walk."""
+    found: dict[int, tuple[bytes, str]] = {}
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    for index, item in enumerate(message.walk()):
+        if index > MAX_PARTS or len(found) == len(parts):
+            break
+        if index in parts and not item.is_multipart():
+            payload = item.get_payload(decode=True)
+            found[index] = (payload if isinstance(payload, bytes) else b"", item.get_content_type())
+    return found
+
+
 # -- helpers ------------------------------------------------------------------------------------------------
 
 

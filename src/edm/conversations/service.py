@@ -7,6 +7,7 @@ mail is the admins' (the entry points check the role).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ from edm.paging import MAX_ID, Page
 from edm.system.service import Actor, audit
 
 THREAD_LIMIT = 500  # newest messages shown in one thread answer
+# `cid:` images up to this size are embedded in the shown HTML; larger ones link to the attachment.
+INLINE_IMAGE_MAX_BYTES = 512 * 1024
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,16 +157,39 @@ async def message_html(
     """(a whole sanitized HTML document, its Content-Security-Policy): the message's HTML, or its text escaped."""
     message = await get_message(session, user_id=user_id, conversation_id=conversation_id, message_id=message_id)
     if message.html_body:
-        cids = {
-            str(a["content_id"]).lower(): attachment_url(index)
-            for index, a in enumerate(message.attachments or [])
-            if a.get("content_id")
-        }
+        cids = await _inline_images(session, message, attachment_url)
         body = display.sanitize(message.html_body, load_remote_images=load_images, cid_url=cids)
     else:
         body = display.text_as_html(message.text_body or "")
     csp = display.content_security_policy(own_origin=own_origin, remote_images=load_images)
     return display.page(body, title=message.subject), csp
+
+
+async def _inline_images(
+    session: AsyncSession, message: ConversationMessage, attachment_url: Callable[[int], str]
+) -> dict[str, str]:
+    """Content-ID → what a `cid:` image shows: small images embedded as `data:` URLs (the frame that shows the
+    message is sandboxed into an opaque origin, so a browser sends it no session cookie and a link to our own
+    attachment route would not load), anything else the attachment's download URL."""
+    with_cid = [(index, a) for index, a in enumerate(message.attachments or []) if a.get("content_id")]
+    embed = {
+        int(a["part"])
+        for _index, a in with_cid
+        if str(a.get("type", "")).lower() in INLINE_IMAGE_TYPES and int(a.get("size") or 0) <= INLINE_IMAGE_MAX_BYTES
+    }
+    raw = None
+    if embed and message.blob_id is not None:
+        raw = await session.scalar(select(MailBlob.data).where(MailBlob.id == message.blob_id))
+    parts = mime.parts_by_number(raw, embed) if raw is not None else {}
+    cids = {}
+    for index, a in with_cid:
+        data = parts.get(int(a["part"]))
+        cid = str(a["content_id"]).lower()
+        if data is not None and data[1] in INLINE_IMAGE_TYPES:
+            cids[cid] = f"data:{data[1]};base64,{base64.b64encode(data[0]).decode('ascii')}"
+        else:
+            cids[cid] = attachment_url(index)
+    return cids
 
 
 async def attachment(

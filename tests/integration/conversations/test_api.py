@@ -4,6 +4,7 @@ stored message; admins assign or discard unrouted mail (audited), others are ref
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from sqlalchemy import select
@@ -160,7 +161,9 @@ async def test_attachments_download_from_the_stored_message(ckit: ConversationKi
         (1, "order form.pdf"),
     ]
     html = (await get(ckit, alice, f"{base}/html")).text
-    assert f'src="http://edm.test{base}/attachments/0"' in html  # the cid: image, served from the message
+    # The cid: image, embedded from the stored message (a sandboxed frame carries no session to fetch it with).
+    logo_bytes = (await get(ckit, alice, f"{base}/attachments/0")).content
+    assert f'src="data:image/png;base64,{base64.b64encode(logo_bytes).decode()}"' in html
 
     pdf = await get(ckit, alice, f"{base}/attachments/1")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-1.4")
