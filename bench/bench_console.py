@@ -165,8 +165,11 @@ async def set_up(sm: Any, settings: Any, *, contacts: int, world: Any = None) ->
                     )
                 )
         await session.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": world.user_id})
+        # A week of send attempts on the first service, one per SubTask (the admin service page's health history
+        # reads them through `service_attempt_hours`, kept by the send_attempts trigger on PostgreSQL).
+        await session.execute(text(ATTEMPTS), {"t": task_id, "svc": world.service_ids[0]})
     async with sm() as session:
-        for table in ("contacts", "contact_tags", "subtasks", "events"):
+        for table in ("contacts", "contact_tags", "subtasks", "events", "send_attempts"):
             await session.execute(text(f"ANALYZE {table}"))
         await session.commit()
         ids = {
@@ -180,6 +183,7 @@ async def set_up(sm: Any, settings: Any, *, contacts: int, world: Any = None) ->
                 {"u": world.user_id, "o": contacts // 2},
             ),
             "subtask_id": rows[0][0],
+            "service_id": world.service_ids[0],
         }
     return ids
 
@@ -210,6 +214,10 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("admin user", f"/admin/users/{ids['user_id']}"),
         ("admin credit", "/admin/credit"),
         ("admin services", "/admin/services"),
+        ("admin service (24 h)", f"/admin/services/{ids['service_id']}"),
+        ("admin service (7 d)", f"/admin/services/{ids['service_id']}?window=7d"),
+        ("conversations", "/conversations"),
+        ("admin unrouted mail", "/admin/inbound"),
         ("admin service access", "/admin/mappings"),
         ("admin queue", "/admin/queue"),
         ("admin events", "/admin/events"),
@@ -218,6 +226,15 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("admin audit log", "/admin/audit"),
     ]
 
+
+# One attempt per SubTask of the task, spread over the last 7 days: 97 % accepted, the rest transient or permanent.
+ATTEMPTS = """
+INSERT INTO send_attempts (subtask_id, attempt_no, service_id, started_at, finished_at, duration_ms, outcome)
+SELECT id, 1, :svc, at, at + make_interval(secs => ms / 1000.0), ms,
+       CASE WHEN r < 0.97 THEN 'accepted' WHEN r < 0.99 THEN 'transient' ELSE 'permanent' END
+FROM (SELECT id, now() - random() * interval '7 days' AS at, (20 + random() * 300)::int AS ms, random() AS r
+      FROM subtasks WHERE task_id = :t) AS s
+"""
 
 # ---- timing -------------------------------------------------------------------------------------------
 
