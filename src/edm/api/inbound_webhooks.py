@@ -26,7 +26,14 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
-from edm.api.webhooks import NOT_VERIFIED_MESSAGE, WebhookRefused, candidate_targets, outbound_client, read_body
+from edm.api.webhooks import (
+    Verifier,
+    WebhookRefused,
+    candidate_targets,
+    fetcher,
+    read_body,
+    verify_target,
+)
 from edm.conversations.ingest import receive
 from edm.db.session import unit_of_work
 from edm.errors import TooLarge
@@ -166,51 +173,19 @@ async def _verify(
     settings: Settings,
     service_id: int | None,
 ) -> WebhookTarget | None:
-    """As the event webhooks verify (`edm.api.webhooks._verify`), with the secrets the handler may use for
-    inbound mail: the service whose secret verifies, or the uniform 401 whatever the reason."""
-    if service_id is not None and not targets:
-        raise _not_verified(request, handler.provider, service_id, "unknown_service")
-    usable = [t for t in targets if handler.usable_secrets(t) or not handler.needs_secret]
-    if not usable:
-        if settings.allow_unsigned_webhooks:
-            return targets[0] if len(targets) == 1 else None
-        raise _not_verified(request, handler.provider, service_id, "webhook_secret_missing")
-    ctx = VerifyContext(now=clock.utc_now(), fetch=_fetch(request))
-    for target in usable:
-        if await handler.verify(incoming, target, ctx):
-            return target
-    raise _not_verified(request, handler.provider, service_id, "invalid_signature")
+    """As the event webhooks verify, with the secrets the handler may use for inbound mail."""
 
+    async def verifies(target: WebhookTarget, ctx: VerifyContext) -> bool:
+        return await handler.verify(incoming, target, ctx)
 
-def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
-    log.warning(
-        "webhook.rejected",
-        extra={
-            "provider": provider,
-            "service_id": service_id,
-            "reason": reason,
-            "inbound": True,
-            "request_id": getattr(request.state, "request_id", None),
-        },
-    )
-    return InvalidSignature(NOT_VERIFIED_MESSAGE)
-
-
-def _fetch(request: Request) -> Callable[[str], Awaitable[bytes]]:
-    """GET for SNS certificates and subscription confirmations; the handler checks the host first."""
-
-    async def fetch(url: str) -> bytes:
-        response = await outbound_client(request).get(url)
-        response.raise_for_status()
-        return response.content
-
-    return fetch
+    verifier = Verifier(handler.provider, handler.needs_secret, handler.usable_secrets, verifies, inbound=True)
+    return await verify_target(request, verifier, targets, settings, service_id)
 
 
 async def _control(request: Request, provider: str, payload: InboundPayload) -> Response:
     if payload.confirm_url:
         try:
-            await _fetch(request)(payload.confirm_url)
+            await fetcher(request)(payload.confirm_url)
         except httpx.HTTPError as exc:
             log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
             return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,41 +253,72 @@ async def _verify(
     settings: Settings,
     service_id: int | None,
 ) -> WebhookTarget | None:
+    """The service whose secret verifies the event request (`verify_target`)."""
+
+    async def verifies(target: WebhookTarget, ctx: VerifyContext) -> bool:
+        return await handler.verify(incoming, target, ctx)
+
+    return await verify_target(
+        request,
+        Verifier(handler.provider, handler.needs_secret, lambda target: target.secrets, verifies),
+        targets,
+        settings,
+        service_id,
+    )
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """How one provider's requests are verified: the event webhooks' handler, or its inbound-mail handler."""
+
+    provider: str
+    needs_secret: bool
+    secrets_of: Callable[[WebhookTarget], Sequence[str]]
+    verifies: Callable[[WebhookTarget, VerifyContext], Awaitable[bool]]
+    inbound: bool = False
+
+
+async def verify_target(
+    request: Request,
+    verifier: Verifier,
+    targets: Sequence[WebhookTarget],
+    settings: Settings,
+    service_id: int | None,
+) -> WebhookTarget | None:
     """The service whose secret verifies the request. Otherwise the same 401 `invalid_signature` whether the
     URL names no such service, no candidate has a secret, or none verifies; the reason goes to the log."""
     if service_id is not None and not targets:
-        raise _not_verified(request, handler.provider, service_id, "unknown_service")
-    usable = [t for t in targets if t.secrets or not handler.needs_secret]
+        raise _not_verified(request, verifier, service_id, "unknown_service")
+    usable = [t for t in targets if verifier.secrets_of(t) or not verifier.needs_secret]
     if not usable:
         if settings.allow_unsigned_webhooks:
             return targets[0] if len(targets) == 1 else None
-        raise _not_verified(request, handler.provider, service_id, "webhook_secret_missing")
-    ctx = VerifyContext(now=clock.utc_now(), fetch=_fetcher(request))
+        raise _not_verified(request, verifier, service_id, "webhook_secret_missing")
+    ctx = VerifyContext(now=clock.utc_now(), fetch=fetcher(request))
     for target in usable:
-        if await handler.verify(incoming, target, ctx):
+        if await verifier.verifies(target, ctx):
             return target
-    raise _not_verified(request, handler.provider, service_id, "invalid_signature")
+    raise _not_verified(request, verifier, service_id, "invalid_signature")
 
 
-def _not_verified(request: Request, provider: str, service_id: int | None, reason: str) -> InvalidSignature:
-    log.warning(
-        "webhook.rejected",
-        extra={
-            "provider": provider,
-            "service_id": service_id,
-            "reason": reason,
-            "request_id": getattr(request.state, "request_id", None),
-        },
-    )
+def _not_verified(request: Request, verifier: Verifier, service_id: int | None, reason: str) -> InvalidSignature:
+    extra: dict[str, Any] = {
+        "provider": verifier.provider,
+        "service_id": service_id,
+        "reason": reason,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    if verifier.inbound:
+        extra["inbound"] = True
+    log.warning("webhook.rejected", extra=extra)
     return InvalidSignature(NOT_VERIFIED_MESSAGE)
 
 
-def _fetcher(request: Request) -> Any:
+def fetcher(request: Request) -> Callable[[str], Awaitable[bytes]]:
     """GET for SNS certificates and subscription confirmations; the handler checks the host first."""
 
     async def fetch(url: str) -> bytes:
-        client = outbound_client(request)
-        response = await client.get(url)
+        response = await outbound_client(request).get(url)
         response.raise_for_status()
         return response.content
 
@@ -322,7 +353,7 @@ def _require_ids(parsed: ParsedPayload) -> None:
 async def _control(request: Request, provider: str, parsed: ParsedPayload) -> Response:
     if parsed.confirm_url:
         try:
-            await _fetcher(request)(parsed.confirm_url)
+            await fetcher(request)(parsed.confirm_url)
         except httpx.HTTPError as exc:
             log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
             return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")

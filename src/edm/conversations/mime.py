@@ -21,6 +21,7 @@ from email.message import EmailMessage, Message
 from typing import Any
 
 from edm.errors import NotFound, TooLarge
+from edm.providers.dsn import part_text
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # Settings.inbound_message_max_bytes
 TEXT_LIMIT = 256 * 1024  # characters of the text body kept
@@ -195,10 +196,10 @@ def _bodies(message: EmailMessage) -> tuple[str | None, str | None, list[Attachm
         name = _filename(part)
         is_body = disposition != "attachment" and name is None
         if is_body and content_type == "text/plain" and text is None:
-            text = _text(part)[:TEXT_LIMIT]
+            text = part_text(part)[:TEXT_LIMIT]
             continue
         if is_body and content_type == "text/html" and html is None:
-            html = _text(part)[:HTML_LIMIT]
+            html = part_text(part)[:HTML_LIMIT]
             continue
         if len(attachments) < MAX_ATTACHMENTS:
             payload = part.get_payload(decode=True)
@@ -225,18 +226,6 @@ def _filename(part: Message) -> str | None:
     except Exception:
         return None
     return " ".join(str(name).split())[:255] or None if name else None
-
-
-def _text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        raw = part.get_payload()
-        return raw if isinstance(raw, str) else ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:  # an unknown charset name
-        return payload.decode("utf-8", errors="replace")
 
 
 def _mailbox(value: str | None) -> tuple[str | None, str | None]:

@@ -265,7 +265,7 @@ def _returned_headers(message: EmailMessage) -> Iterator[Message]:
     for part in message.walk():
         content_type = part.get_content_type()
         if content_type in ("text/rfc822-headers", "message/rfc822-headers"):
-            text = _part_text(part)
+            text = part_text(part)
             if text:
                 yield HeaderParser(policy=email.policy.default).parsestr(text, headersonly=True)
         elif content_type in ("message/rfc822", "message/global"):
@@ -314,7 +314,7 @@ def _header_blocks(part: Message) -> list[Message]:
         return _split_blocks(decoded.decode("utf-8", errors="replace"))
     if blocks:
         return [block for block in blocks if len(block)]
-    return _split_blocks(_part_text(part))
+    return _split_blocks(part_text(part))
 
 
 def _split_blocks(text: str) -> list[Message]:
@@ -578,9 +578,9 @@ def _body_text(message: EmailMessage) -> str:
     chunks: list[str] = []
     for part in _parts_outside_attached_messages(message):
         if part.get_content_type() == "text/plain":
-            chunks.append(_part_text(part))
+            chunks.append(part_text(part))
     if not chunks and message.get_content_type() == "text/html":
-        chunks.append(re.sub(r"<[^>]+>", " ", _part_text(message)))
+        chunks.append(re.sub(r"<[^>]+>", " ", part_text(message)))
     return "\n".join(chunks)[:_FREE_TEXT_LIMIT]
 
 
@@ -621,7 +621,7 @@ def _fields(block: Message) -> dict[str, str | list[str]]:
     return fields
 
 
-def _part_text(part: Message) -> str:
+def part_text(part: Message) -> str:
     """A leaf part's text, decoded (transfer encoding and charset), whatever its declared type."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):

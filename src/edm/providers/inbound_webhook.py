@@ -39,7 +39,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from edm.providers.inbound import InboundMail
-from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookError, WebhookRequest, WebhookTarget
+from edm.providers.webhook import (
+    MalformedPayload,
+    VerifyContext,
+    WebhookError,
+    WebhookRequest,
+    WebhookTarget,
+    basic_or_token_matches,
+)
 from edm.vocabulary.events import NormalizedEvent
 
 MAX_FORM_PARTS = 1000  # fields and files of one multipart or urlencoded body
@@ -207,6 +214,22 @@ def check_size(size: int, limits: InboundLimits) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Rebuilding one MIME message from a provider's parsed fields
 # --------------------------------------------------------------------------------------------------------
+
+
+class SecretInBasicOrToken:
+    """The authentication of a provider whose inbound posts carry one of the service's webhook secrets as Basic
+    credentials in the URL or as a token (Postmark, Brevo), as their event webhooks do; no replay nonce."""
+
+    needs_secret: ClassVar[bool] = True
+
+    def usable_secrets(self, target: WebhookTarget) -> tuple[str, ...]:
+        return target.secrets
+
+    async def verify(self, request: InboundRequest, target: WebhookTarget, ctx: VerifyContext) -> bool:
+        return basic_or_token_matches(request.webhook, target.secrets)
+
+    def replay_nonce(self, request: InboundRequest) -> str | None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

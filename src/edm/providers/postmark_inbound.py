@@ -23,30 +23,21 @@ from edm.providers.inbound_webhook import (
     InboundLimits,
     InboundPayload,
     InboundRequest,
+    SecretInBasicOrToken,
     b64_content,
     check_size,
     mails_for,
     rebuild,
     text_or_none,
 )
-from edm.providers.webhook import MalformedPayload, VerifyContext, WebhookTarget, basic_or_token_matches
+from edm.providers.webhook import MalformedPayload
 from edm.vocabulary.events import EventType, NormalizedEvent
 
 PROVIDER = "postmark"
 
 
-class PostmarkInbound:
+class PostmarkInbound(SecretInBasicOrToken):
     provider: ClassVar[str] = PROVIDER
-    needs_secret: ClassVar[bool] = True
-
-    def usable_secrets(self, target: WebhookTarget) -> tuple[str, ...]:
-        return target.secrets
-
-    async def verify(self, request: InboundRequest, target: WebhookTarget, ctx: VerifyContext) -> bool:
-        return basic_or_token_matches(request.webhook, target.secrets)
-
-    def replay_nonce(self, request: InboundRequest) -> str | None:
-        return None
 
     def parse(self, request: InboundRequest, limits: InboundLimits) -> InboundPayload:
         if request.content_type not in ("", "application/json"):
