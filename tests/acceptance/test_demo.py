@@ -89,6 +89,14 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert [(u["username"], u["role"]) for u in json.loads(users.stdout)] == [("admin", "admin"), ("demo", "user")]
     listed = edm_here(tmp_path, env, "task", "list")
     assert listed.returncode == 0 and listed.stdout.split() == ["1", "completed", "Demo", "campaign"], listed
+    # Two recipients answered when the campaign completed: a person's reply counts, the out-of-office does not.
+    assert "2 recipients answered: see Conversations" in demo.stdout
+    talks = edm_here(tmp_path, env, "conversations", "list", "--user", "demo", "--json")
+    assert talks.returncode == 0, talks.stderr
+    assert len(json.loads(talks.stdout)) == 2, talks.stdout
+    status = edm_here(tmp_path, env, "task", "status", "1", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"replied": 1' in status.stdout.replace('"replied":1', '"replied": 1'), status.stdout
     shown = edm_here(tmp_path, env, "mailbox", "show", "1")
     assert shown.returncode == 0 and f"Subject: {captured[0]['subject']}" in shown.stdout, shown.stderr
 

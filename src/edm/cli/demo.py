@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy import select
 
+from edm import clock
 from edm.cli.common import DEMO_ENV_FILE, DEPLOYMENT_VARIABLES, ENV_FILE_VARIABLE, run
 from edm.cli.tasks import status_line
 from edm.contacts import fields, tags, upsert
@@ -305,6 +307,48 @@ def _cli_command() -> str:
     return str(program)
 
 
+# Two recipients answer the demo campaign (one of them a person, one an out-of-office), so that the console's
+# Conversations have something to show: mail received as every inbound source hands it over (docs/conversations.md).
+REPLIES = (
+    ("Re: {subject}", "Hello! Do you ship to Hangzhou as well?\r\n\r\n> {subject}\r\n", ""),
+    ("Automatic reply: {subject}", "I am out of the office until Monday.\r\n", "Auto-Submitted: auto-replied\r\n"),
+)
+
+
+async def _customers_answer(sessionmaker: Any, task_id: int) -> str:
+    from edm.conversations import ingest  # the CLI's other commands need none of it at start-up
+    from edm.models.tasks import SubTask
+    from edm.providers.inbound import InboundMail
+
+    async with unit_of_work(sessionmaker) as session:
+        sent = (
+            (
+                await session.execute(
+                    select(SubTask)
+                    .where(SubTask.task_id == task_id, SubTask.sent_at.is_not(None), SubTask.message_id.is_not(None))
+                    .order_by(SubTask.id)
+                    .limit(len(REPLIES))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for n, (subtask, (subject, body, extra)) in enumerate(zip(sent, REPLIES, strict=False)):
+            ours = str(subtask.message_id)
+            ours = ours if ours.startswith("<") else f"<{ours}>"
+            raw = (
+                f"From: {subtask.recipient_email}\r\nTo: {subtask.from_address}\r\n"
+                f"Subject: {subject.format(subject=subtask.subject_sent or '')}\r\n"
+                f"Message-ID: <demo-reply-{n}.{subtask.public_id}@customer.demo.example>\r\n"
+                f"In-Reply-To: {ours}\r\nReferences: {ours}\r\n{extra}"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                + body.format(subject=subtask.subject_sent or "")
+            )
+            mail = InboundMail(raw=raw.encode(), source="smtp", service_id=subtask.service_id)
+            await ingest.receive(session, mail, now=clock.utc_now())
+    return f"{len(sent)} recipients answered: see Conversations in the console (as the demo user)"
+
+
 async def _follow(sessionmaker: Any, task_id: int, status_line: Any, exit_when_done: bool) -> None:
     last = ""
     stop = asyncio.Event()
@@ -322,8 +366,11 @@ async def _follow(sessionmaker: Any, task_id: int, status_line: Any, exit_when_d
         if line != last:
             typer.echo(line)
             last = line
+        if data["status"] == "completed" and completed_at is None:
+            completed_at = loop.time()
+            typer.echo(await _customers_answer(sessionmaker, task_id))
         if data["status"] == "completed" and exit_when_done:
-            completed_at = completed_at or loop.time()
+            assert completed_at is not None
             # The simulated ESP reports deliveries and bounces a moment after accepting: wait for them.
             if not awaiting_events or loop.time() - completed_at > EVENTS_GRACE_SECONDS:
                 return
