@@ -91,12 +91,15 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert listed.returncode == 0 and listed.stdout.split() == ["1", "completed", "Demo", "campaign"], listed
     # Two recipients answered when the campaign completed: a person's reply counts, the out-of-office does not.
     assert "2 recipients answered: see Conversations" in demo.stdout
-    talks = edm_here(tmp_path, env, "conversations", "list", "--user", "demo", "--json")
-    assert talks.returncode == 0, talks.stderr
-    assert len(json.loads(talks.stdout)) == 2, talks.stdout
-    status = edm_here(tmp_path, env, "task", "status", "1", "--json")
-    assert status.returncode == 0, status.stderr
-    assert '"replied": 1' in status.stdout.replace('"replied":1', '"replied": 1'), status.stdout
+    # Read from the demo's database directly: each `edm` process costs ~2 s of this test (`edm conversations` has
+    # its own tests).
+    with sqlite3.connect(tmp_path / "var" / "edm-demo.db") as db:
+        conversations = db.execute("SELECT count(*) FROM conversations").fetchone()[0]
+        auto, human = db.execute(
+            "SELECT sum(is_auto_reply), sum(1 - is_auto_reply) FROM conversation_messages WHERE direction = 'inbound'"
+        ).fetchone()
+        replied = db.execute("SELECT count(*) FROM subtasks WHERE task_id = 1 AND replied_at IS NOT NULL").fetchone()[0]
+    assert (conversations, auto, human, replied) == (2, 1, 1, 1), "the out-of-office is kept but counts as no reply"
     shown = edm_here(tmp_path, env, "mailbox", "show", "1")
     assert shown.returncode == 0 and f"Subject: {captured[0]['subject']}" in shown.stdout, shown.stderr
 
