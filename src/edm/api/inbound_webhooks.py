@@ -20,7 +20,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -30,7 +29,9 @@ from edm.api.webhooks import (
     Verifier,
     WebhookRefused,
     candidate_targets,
+    error_response,
     fetcher,
+    json_response,
     read_body,
     verify_target,
 )
@@ -130,22 +131,24 @@ async def receive_inbound(request: Request, provider: str, service_ref: str | No
             return await _control(request, provider, payload)
         await _hand_over(request, provider, handler.replay_nonce(incoming), payload.mails, settings)
     except WebhookRefused as exc:
-        return _error(request, exc.status_code, exc.error_code, exc.message)
+        return error_response(request, exc.status_code, exc.error_code, exc.message)
     except WebhookError as exc:
         if exc.status != 401:
             log.warning(
                 "webhook.inbound_refused",
                 extra={"provider": provider, "service_id": service_ref, "code": exc.code, "error": exc.message},
             )
-        return _error(request, exc.status, exc.code, exc.message)
+        return error_response(request, exc.status, exc.code, exc.message)
     except (OperationalError, DBAPIError, OSError) as exc:
         log.error("webhook.database_unavailable", extra={"provider": provider, "error": type(exc).__name__})
-        return _error(request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"})
+        return error_response(
+            request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"}
+        )
     log.info(
         "webhook.inbound_received",
         extra={"provider": provider, "service_id": incoming.service_id, "received": len(payload.mails)},
     )
-    return _json({"received": len(payload.mails)})
+    return json_response({"received": len(payload.mails)})
 
 
 def _parse(handler: InboundHandler, incoming: InboundRequest, limits: InboundLimits) -> InboundPayload:
@@ -188,9 +191,11 @@ async def _control(request: Request, provider: str, payload: InboundPayload) -> 
             await fetcher(request)(payload.confirm_url)
         except httpx.HTTPError as exc:
             log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
-            return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")
+            return error_response(
+                request, 502, "confirmation_failed", "could not confirm the subscription; retry later"
+            )
         log.info("webhook.subscription_confirmed", extra={"provider": provider, "inbound": True})
-    return _json({"control": payload.control})
+    return json_response({"control": payload.control})
 
 
 async def _hand_over(
@@ -206,21 +211,3 @@ async def _hand_over(
                 await receive(session, mail, now=now, max_bytes=settings.inbound_message_max_bytes)
             except TooLarge as exc:  # the parsers hold each message to the same limit: kept as a safety net
                 raise MessageTooLarge(exc.message) from None
-
-
-def _error(
-    request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
-) -> Response:
-    body: dict[str, object] = {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": [],
-            "request_id": getattr(request.state, "request_id", None),
-        }
-    }
-    return _json(body, status=status, headers=headers)
-
-
-def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

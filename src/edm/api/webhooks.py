@@ -133,24 +133,26 @@ async def receive(request: Request, provider: str, service_ref: str | None) -> R
         service = await _verify(request, handler, incoming, targets, settings, service_id)
         if provider == SMTP:
             counts = await _receive_mail(request, service, incoming)
-            return _json(counts.as_dict())
+            return json_response(counts.as_dict())
         parsed = _parse(handler, incoming)
         if parsed.control is not None:
             return await _control(request, provider, parsed)
         _require_ids(parsed)
         counts = await _store(request, provider, service, handler, incoming, parsed)
     except WebhookRefused as exc:
-        return _error(request, exc.status_code, exc.error_code, exc.message)
+        return error_response(request, exc.status_code, exc.error_code, exc.message)
     except WebhookError as exc:
-        return _error(request, exc.status, exc.code, exc.message)
+        return error_response(request, exc.status, exc.code, exc.message)
     except (OperationalError, DBAPIError, OSError) as exc:
         log.error("webhook.database_unavailable", extra={"provider": provider, "error": type(exc).__name__})
-        return _error(request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"})
+        return error_response(
+            request, 503, "unavailable", "database unavailable, retry later", headers={"Retry-After": "5"}
+        )
     log.info(
         "webhook.stored",
         extra={"provider": provider, "service_id": service.service_id if service else None, **counts.as_dict()},
     )
-    return _json(counts.as_dict())
+    return json_response(counts.as_dict())
 
 
 def _parse(handler: WebhookHandler, incoming: WebhookRequest) -> ParsedPayload:
@@ -356,9 +358,11 @@ async def _control(request: Request, provider: str, parsed: ParsedPayload) -> Re
             await fetcher(request)(parsed.confirm_url)
         except httpx.HTTPError as exc:
             log.warning("webhook.confirm_failed", extra={"provider": provider, "error": type(exc).__name__})
-            return _error(request, 502, "confirmation_failed", "could not confirm the subscription; retry later")
+            return error_response(
+                request, 502, "confirmation_failed", "could not confirm the subscription; retry later"
+            )
         log.info("webhook.subscription_confirmed", extra={"provider": provider})
-    return _json({"control": parsed.control})
+    return json_response({"control": parsed.control})
 
 
 async def _store(
@@ -469,7 +473,7 @@ def _count_mail(counts: ingest.StoreCounts, result: inbound.ReceiveResult) -> No
         counts.stored += 1
 
 
-def _error(
+def error_response(
     request: Request, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
 ) -> Response:
     body: dict[str, Any] = {
@@ -480,8 +484,8 @@ def _error(
             "request_id": getattr(request.state, "request_id", None),
         }
     }
-    return _json(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
-def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

@@ -30,7 +30,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.db.owned import get_own
+from edm.conversations import service
+from edm.db.dialect import escape_like
 from edm.dispatch import allocation, queue
 from edm.errors import BadInput, Conflict, InsufficientCredit, NotFound
 from edm.models.contacts import Contact
@@ -193,7 +194,7 @@ def _choose(
 async def answer_route(session: AsyncSession, caller: HasId, conversation_id: int, now: dt.datetime) -> dict[str, Any]:
     """The service an answer in this conversation would go through now, its From address, whether it keeps the
     conversation's domain, and the warning to show when it does not (404 for another user's conversation)."""
-    conversation = await _conversation(session, caller.id, conversation_id)
+    conversation = await service.get_conversation(session, user_id=caller.id, conversation_id=conversation_id)
     sender = await _sender_for(session, caller.id, conversation.our_address)
     route = _choose(
         await _usable(session, caller.id, now),
@@ -273,7 +274,7 @@ async def reply(
     it has), `Re: ` + the subject, threaded to `message_id` (a message of this conversation) or else to its newest
     inbound message. 1 credit (409 `insufficient_credit`); 404 for another user's conversation."""
     text, html = _check_body(text, html)
-    conversation = await _conversation(session, caller.id, conversation_id)
+    conversation = await service.get_conversation(session, user_id=caller.id, conversation_id=conversation_id)
     sender = await _sender_for(session, caller.id, conversation.our_address)
     parent = await _parent(session, conversation, message_id)
     route = _choose(
@@ -406,7 +407,7 @@ async def retry(
         }.get(SendState(state) if state else SendState.CANCELLED, f"its state is {state}")
         raise Conflict(f"only a failed answer can be sent again: {hint}", send_state=state)
     assert subtask is not None
-    conversation = await _conversation(session, caller.id, message.conversation_id)
+    conversation = await service.get_conversation(session, user_id=caller.id, conversation_id=message.conversation_id)
     sender = await _sender_for(session, caller.id, conversation.our_address)
     failed_on: set[int] = {
         i
@@ -566,10 +567,6 @@ async def _charge(session: AsyncSession, user_id: int, task_id: int, reason: str
 # ---- lookups -----------------------------------------------------------------------------------------------
 
 
-async def _conversation(session: AsyncSession, user_id: int, conversation_id: int) -> Conversation:
-    return await get_own(session, Conversation, user_id=user_id, object_id=conversation_id, what="conversation")
-
-
 async def _sender_for(session: AsyncSession, user_id: int, our_address: str) -> Sender:
     """The user's sender whose local part is the address's (local parts are unique across the deployment)."""
     local = our_address.rpartition("@")[0].lower()
@@ -619,15 +616,11 @@ async def _existing(session: AsyncSession, user_id: int, sender: Sender, their_a
         .where(
             Conversation.user_id == user_id,
             Conversation.their_address == their_address,
-            Conversation.our_address.like(f"{_escape_like(sender.local_part_lower)}@%", escape="\\"),
+            Conversation.our_address.like(f"{escape_like(sender.local_part_lower)}@%", escape="\\"),
         )
         .order_by(Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc())
         .limit(1)
     )
-
-
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def _start_domain(session: AsyncSession, user_id: int, usable: _Usable) -> str:
@@ -789,21 +782,6 @@ async def describe(
         "route": route.view(sent_from.rpartition("@")[0]) if route is not None else None,
     }
     return out
-
-
-async def get_message(
-    session: AsyncSession, caller: HasId, conversation_id: int, message_id: int
-) -> ConversationMessage:
-    message = await session.scalar(
-        select(ConversationMessage).where(
-            ConversationMessage.id == message_id,
-            ConversationMessage.conversation_id == conversation_id,
-            ConversationMessage.user_id == caller.id,
-        )
-    )
-    if message is None:
-        raise NotFound(f"message {message_id} not found")
-    return message
 
 
 # ---- keeping answers flowing (the worker's `answers` job) ---------------------------------------------------
