@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
@@ -42,6 +43,7 @@ from edm.vocabulary.events import EventType, NormalizedEvent
 
 CONTACT_SOURCE = "reply"  # contacts.source of a contact created because it wrote to us
 UNKNOWN_ADDRESS = "unknown@unknown.invalid"  # a message with neither From nor an envelope sender
+UNREADABLE = "unreadable"  # unrouted_inbound.reason of a mail that failed to be handled every time it was tried
 
 
 class Status:
@@ -430,6 +432,34 @@ async def _keep_unrouted(
         )
         return ReceiveResult(Status.DUPLICATE, unrouted_id=existing, reason=reason)
     return ReceiveResult(Status.UNROUTED, unrouted_id=inserted, reason=reason)
+
+
+async def keep_unreadable(session: AsyncSession, mail: InboundMail, error: str, *, now: dt.datetime) -> ReceiveResult:
+    """A mail that could not be handled after every attempt (`edm.conversations.inbound_queue`): kept unrouted with
+    the reason `unreadable`, raw and all, so an admin can look at it (and assign it once the cause is fixed). Its
+    identity is the hash of its bytes: the same mail failing twice is kept once."""
+    digest = hashlib.sha256(mail.raw).hexdigest()
+    message_id = f"unreadable-{digest[:40]}@edm.invalid"
+    existing = await session.scalar(select(UnroutedInbound.id).where(UnroutedInbound.message_id == message_id))
+    if existing is not None:
+        return ReceiveResult(Status.DUPLICATE, unrouted_id=existing, reason=UNREADABLE)
+    blob = MailBlob(size=len(mail.raw), sha256=digest, data=mail.raw, created_at=now)
+    session.add(blob)
+    await session.flush()
+    row = UnroutedInbound(
+        received_at=now,
+        source=mail.source[:16],
+        service_id=mail.service_id,
+        from_address=(mail.sender or None) and mail.sender[:320],
+        to_address=(mail.recipient or None) and mail.recipient[:320],
+        message_id=message_id,
+        reason=UNREADABLE,
+        error=error[:500],
+        blob_id=blob.id,
+    )
+    session.add(row)
+    await session.flush()
+    return ReceiveResult(Status.UNROUTED, unrouted_id=row.id, reason=UNREADABLE)
 
 
 def _normalized(address: str | None) -> str | None:
