@@ -1,7 +1,7 @@
 """inbound queue: inbound mail accepted by a webhook, waiting for the worker's `inbound` job
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07
 
 Receiving a reply used to parse, classify, thread and store it inside the provider's request: about 12 ms of the
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
