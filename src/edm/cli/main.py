@@ -10,6 +10,7 @@ from edm.cli.conversation_answers import register as register_answers
 from edm.cli.conversations import conversations_app, inbound_app
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
+from edm.cli.retention import retention_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -37,6 +38,7 @@ app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppressions.suppression_app, name="suppression")
 app.add_typer(settings_cli.settings_app, name="settings")
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(retention_app, name="retention")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("dashboard")(ops.dashboard)
