@@ -18,8 +18,9 @@ under -1, which the `stats` job never folds).
 
 Counts of distinct recipients (unique clickers of a link, bounced recipients) are archived when a recipient's last
 event of the kind is deleted, so that a recipient is counted either by its remaining events or by the archive,
-never both. A recipient archived that way is placed at the first bounce among the events deleted with the last
-one; if its earlier bounce events went in an earlier batch, it moves to a later quarter (its count stays).
+never both. The counts stay exact; the time of a bounced recipient may move: the timeline places it at its first
+bounce event, so one whose first bounce event is gone and a later one remains moves to that later one's quarter,
+and one archived in the batch of its last bounce event is placed at the first of that batch's.
 
 Services: they flush, the entry point commits.
 """
