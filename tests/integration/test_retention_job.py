@@ -13,16 +13,18 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import clock
 from edm.db.session import unit_of_work
+from edm.errors import BadInput
 from edm.models.contacts import Import, ImportChunk, ImportRowError
 from edm.models.conversations import MailBlob, UnroutedInbound
 from edm.models.email_services import EmailServiceStatusLog
 from edm.models.events import Event, WebhookNonce
-from edm.models.system import AuditLog, IdempotencyRecord, Worker
+from edm.models.system import AuditLog, IdempotencyRecord, Notification, Worker
 from edm.models.tasks import ARCHIVED_STRIPE, SendAttempt, SubTask, Task, TaskQuarterCounter
 from edm.models.tracking import TrackedLink, UnsubscribeTombstone
 from edm.models.users import ConsoleSession, LoginAttempt
@@ -191,6 +193,8 @@ async def _campaign(store: Store, settings: Any) -> tuple[int, dict[str, Any]]:
 
     for name, at in (("audit_old", old(730 * DAY)), ("audit_young", young(730 * DAY))):
         await store.add(name, AuditLog(actor_kind="system", action="settings.update", at=at))
+    for name, at in (("notification_old", old(365 * DAY)), ("notification_young", young(365 * DAY))):
+        await store.add(name, Notification(user_id=uid, kind="service_frozen", title="t", created_at=at, updated_at=at))
     for name, at in (("status_old", old(365 * DAY)), ("status_young", young(365 * DAY))):
         await store.add(name, EmailServiceStatusLog(service_id=service_id, change="frozen", at=at))
 
@@ -269,6 +273,7 @@ async def _campaign(store: Store, settings: Any) -> tuple[int, dict[str, Any]]:
         "import_errors": {"import_old_error"},
         "import_files": {"chunk_finished"},
         "audit_log": {"audit_old"},
+        "notifications": {"notification_old"},
         "status_log": {"status_old"},
         "unrouted_inbound": {"unrouted_old"},
         "mail_blobs": {"blob_old", "blob_of_unrouted"},
@@ -358,6 +363,8 @@ async def test_a_period_of_zero_keeps_rows_for_ever_and_the_cli_reports_per_tabl
         await _campaign(store, settings_for(db_url))
         await runtime_settings.put(session, "retention.audit_log_days", 0)
         await runtime_settings.put(session, "retention.events_days", 0)
+        with pytest.raises(BadInput, match="0 \\(keep for ever\\) or at least 8 days"):
+            await runtime_settings.put(session, "retention.send_attempts_days", 3)  # the 7-day health history
 
     # `run_cli` runs the command in this process: it reads the same frozen clock.
     dry = run_cli(db_url, "retention", "run", "--dry-run")

@@ -46,6 +46,7 @@ DESCRIPTIONS = {
         "Days events and tracking hits are kept (campaign figures stay); 0 keeps them for ever."
     ),
     "retention.import_errors_days": N_("Days the row errors of a finished import are kept; 0 keeps them for ever."),
+    "retention.notifications_days": N_("Days notifications are kept, read or not; 0 keeps them for ever."),
     "retention.raw_payload_days": N_(
         "Days the raw payload of an event is kept (the event stays); 0 keeps it for ever."
     ),

@@ -34,7 +34,7 @@ from edm.models.contacts import Import, ImportChunk, ImportRowError, ImportStatu
 from edm.models.conversations import ConversationMessage, MailBlob, UnroutedInbound
 from edm.models.email_services import EmailServiceStatusLog
 from edm.models.events import Event, WebhookNonce
-from edm.models.system import AuditLog, IdempotencyRecord, RetentionMark, Worker
+from edm.models.system import AuditLog, IdempotencyRecord, Notification, RetentionMark, Worker
 from edm.models.tasks import SendAttempt, Task
 from edm.models.tracking import UnsubscribeTombstone
 from edm.models.users import ConsoleSession, LoginAttempt
@@ -424,6 +424,12 @@ TARGETS: tuple[Target, ...] = (
         "audit log entries",
         _keyed(lambda: [AuditLog.id], lambda cutoff: [AuditLog.at < cutoff]),
         setting="retention.audit_log_days",
+    ),
+    _target(
+        "notifications",
+        "admins' notifications (alerts), read or not",
+        _walked(Notification, lambda: Notification.created_at),
+        setting="retention.notifications_days",
     ),
     _target(
         "status_log",

@@ -83,6 +83,7 @@ class RuntimeSettings:
     retention_audit_log_days: int = 730
     retention_status_log_days: int = 365
     retention_unrouted_days: int = 365
+    retention_notifications_days: int = 365
 
     @property
     def strategy(self) -> Strategy:
