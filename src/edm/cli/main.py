@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
+from edm.cli import contacts, credit, demo, doctor, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
 from edm.cli.conversation_answers import register as register_answers
 from edm.cli.conversations import conversations_app, inbound_app
@@ -43,6 +43,7 @@ app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("dashboard")(ops.dashboard)
 app.command("worker")(ops.worker)
+app.command("doctor")(doctor.doctor_command)
 app.command("demo")(demo.demo)
 app.add_typer(mailbox_app, name="mailbox")
 
