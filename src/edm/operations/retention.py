@@ -79,6 +79,8 @@ class Target:
         period = self.period(runtime)
         if period is None:
             return "kept for ever"
+        if not period:  # gone as soon as they are over: expired, finished, their task deleted
+            return "when over"
         if period < dt.timedelta(days=1):
             return f"{int(period.total_seconds() // 3600)} h"
         return f"{period.days} d"
