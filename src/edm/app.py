@@ -4,6 +4,8 @@ are mounted here and nowhere else. One handler maps EdmError to the error shape 
 from __future__ import annotations
 
 import logging
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edm import observability
 from edm.api import docs, routers
 from edm.api import media as media_api
 from edm.api import tracking as tracking_api
@@ -36,6 +39,10 @@ from edm.security import passwords
 from edm.settings import Settings
 
 log = logging.getLogger("edm.http")
+access_log = logging.getLogger("edm.http.access")
+# A request id offered by the caller is echoed and logged only when it is a plain token (no spaces, quotes or
+# control characters that could forge a log line or header).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -155,9 +162,12 @@ class DatabaseOutageGuard:
 
 
 class RequestIdMiddleware:
-    """Every request gets an id (the caller's `X-Request-Id` or a new one), in `request.state.request_id`, in
-    error bodies and logs, and echoed in the response. A plain ASGI middleware: `@app.middleware("http")`
-    wraps each request in extra tasks and streams, which measurably cost the high-volume webhook endpoint."""
+    """Every request gets an id (the caller's `X-Request-Id` when it is a plain token, or a new one), in
+    `request.state.request_id`, in error bodies and in every log line written while it is served (with the id of
+    the user it authenticated as), and echoed in the response; one `http.request` line at its end says its route
+    template (never the path, which may carry a token), status and duration. A plain ASGI middleware:
+    `@app.middleware("http")` wraps each request in extra tasks and streams, which measurably cost the high-volume
+    webhook endpoint."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -167,15 +177,35 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get("x-request-id")
-        request_id = offered if offered and len(offered) <= 128 else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = offered if offered and _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500  # what the server answers when the app fails before starting a response
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        bound = observability.bind_request(state)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                route = getattr(scope.get("route"), "path", None)
+                access_log.info(
+                    "http.request",
+                    extra={
+                        "method": scope["method"],
+                        "route": route or "(no route)",
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                )
+            observability.unbind_request(bound)
 
 
 class TrackingFastPath:

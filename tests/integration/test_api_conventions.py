@@ -23,7 +23,9 @@ from edm.db.session import unit_of_work
 from edm.models.contacts import Contact
 from edm.models.system import IdempotencyRecord
 from edm.models.users import Role
+from edm.operations import retention
 from edm.system import idempotency
+from edm.system.runtime_settings import RuntimeSettings
 from tests.helpers import api_client, make_account, openapi_document, settings_for
 
 API = "/api/v1"
@@ -183,16 +185,22 @@ async def test_records_expire_after_24_hours_and_are_purged(client: httpx.AsyncC
     assert (await client.post(f"{API}/tags", json={"name": "t"}, headers=headers)).headers[
         "idempotent-replayed"
     ] == "true"
-    assert await idempotency.purge_expired(sessionmaker) == 0
+    assert await _purge(sessionmaker) == 0
     clock.shift(dt.timedelta(hours=2))
     # Past 24 h the key is forgotten: the request runs again (and meets the tag it created the first time).
     late = await client.post(f"{API}/tags", json={"name": "t"}, headers=headers)
     _error(late, 409, "conflict")
     assert "idempotent-replayed" not in late.headers
     clock.shift(dt.timedelta(hours=25))
-    assert await idempotency.purge_expired(sessionmaker) == 1
+    assert await _purge(sessionmaker) == 1
     async with unit_of_work(sessionmaker) as session:
         assert (await session.execute(select(func.count()).select_from(IdempotencyRecord))).scalar_one() == 0
+
+
+async def _purge(sessionmaker: Any) -> int:
+    """The worker's hourly `idempotency` job: the retention of Idempotency-Key records alone."""
+    runs = await retention.run(sessionmaker, now=clock.utc_now(), runtime=RuntimeSettings(), only=("idempotency_keys",))
+    return runs[0].rows
 
 
 @asynccontextmanager

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from edm.cli import contacts, credit, demo, events, keys, ops, services, suppressions, tasks, test_sends, users
+from edm.cli import contacts, credit, demo, doctor, events, keys, ops, services, suppressions, tasks, test_sends, users
 from edm.cli import settings as settings_cli
 from edm.cli.conversation_answers import register as register_answers
 from edm.cli.conversations import conversations_app, inbound_app
 from edm.cli.mailbox import mailbox_app
 from edm.cli.media import media_app
+from edm.cli.retention import retention_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -37,10 +38,12 @@ app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppressions.suppression_app, name="suppression")
 app.add_typer(settings_cli.settings_app, name="settings")
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(retention_app, name="retention")
 app.command("import")(contacts.import_command)
 app.command("serve")(ops.serve)
 app.command("dashboard")(ops.dashboard)
 app.command("worker")(ops.worker)
+app.command("doctor")(doctor.doctor_command)
 app.command("demo")(demo.demo)
 app.add_typer(mailbox_app, name="mailbox")
 

@@ -16,6 +16,7 @@ from edm.db.engine import create_engine, make_sessionmaker
 from edm.email_services.history import verify as verify_service_hours
 from edm.migrations.migrate import current_revision, head_revision, schema_is_current, upgrade
 from edm.observability import configure_logging
+from edm.settings import Settings
 from edm.system.service import CLI
 from edm.tasks.verify import verify as verify_stats
 from edm.users.service import find_user, first_admin
@@ -65,14 +66,22 @@ def serve(
     cfg = settings()
     asyncio.run(require_current_schema())
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)
-    uvicorn.run(
-        "edm.cli.ops:app_factory",
-        factory=True,
-        host=host or cfg.host,
-        port=port or cfg.port,
-        workers=workers,
-        log_level=cfg.log_level.lower(),
-    )
+    uvicorn.run("edm.cli.ops:app_factory", factory=True, **uvicorn_options(cfg, host=host, port=port, workers=workers))
+
+
+def uvicorn_options(cfg: Settings, *, host: str | None, port: int | None, workers: int = 1) -> dict[str, Any]:
+    """How `edm serve` runs uvicorn. uvicorn's own logging set-up would write plain-text lines, and its access lines
+    carry each request's path, tracking and unsubscribe tokens included: its loggers go through ours instead
+    (`log_config=None`), and the app writes one `http.request` line per request with the route template
+    (docs/operations.md#logs)."""
+    return {
+        "host": host or cfg.host,
+        "port": port or cfg.port,
+        "workers": workers,
+        "log_level": cfg.log_level.lower(),
+        "log_config": None,
+        "access_log": False,
+    }
 
 
 def app_factory():  # type: ignore[no-untyped-def]
@@ -80,7 +89,9 @@ def app_factory():  # type: ignore[no-untyped-def]
 
     from edm.app import create_app  # loaded by `serve` only (start-up time of the other commands)
 
-    app = create_app(settings())
+    cfg = settings()
+    configure_logging(level=cfg.log_level, fmt=cfg.log_format)  # again: `--workers N` starts fresh processes
+    app = create_app(cfg)
     # Everything built so far (modules, metadata, routes) lives for the whole process: move it out of the
     # collector's sight, and collect young objects less often. A 100-event webhook batch allocates tens of
     # thousands of short-lived objects; with the defaults, full collections over the long-lived heap showed

@@ -41,6 +41,23 @@ DESCRIPTIONS = {
     "freeze.failure_threshold": N_("Failures in a row that freeze a service."),
     "freeze.max_cooldown": N_("The longest wait of a frozen service, in seconds."),
     "org.name": N_("Your organisation's name (the org.name template variable)."),
+    "retention.audit_log_days": N_("Days the audit log is kept; 0 keeps it for ever."),
+    "retention.events_days": N_(
+        "Days events and tracking hits are kept (campaign figures stay); 0 keeps them for ever."
+    ),
+    "retention.import_errors_days": N_("Days the row errors of a finished import are kept; 0 keeps them for ever."),
+    "retention.notifications_days": N_("Days notifications are kept, read or not; 0 keeps them for ever."),
+    "retention.raw_payload_days": N_(
+        "Days the raw payload of an event is kept (the event stays); 0 keeps it for ever."
+    ),
+    "retention.send_attempts_days": N_(
+        "Days send attempts are kept (campaign figures stay; at least 8); 0 keeps them for ever."
+    ),
+    "retention.status_log_days": N_("Days the services' status log is kept; 0 keeps it for ever."),
+    "retention.test_sends_days": N_("Days test sends are kept; 0 keeps them for ever."),
+    "retention.unrouted_days": N_(
+        "Days unrouted mail is kept after it was assigned or discarded; 0 keeps it for ever."
+    ),
     "retry.base_delay": N_("Seconds before the first retry of a failed send."),
     "retry.max_attempts": N_("Counted failures before a recipient's send fails."),
     "retry.max_delay": N_("The longest wait between retries, in seconds."),
@@ -78,6 +95,7 @@ MESSAGES = (
     (re.compile(r"must not be negative"), N_("Enter a number of 0 or more.")),
     (re.compile(r"must be a whole number"), N_("Enter a whole number.")),
     (re.compile(r"must be a finite number|is too large"), N_("Enter a smaller number.")),
+    (re.compile(r"0 \(keep for ever\) or at least"), N_("Enter 0 (keep for ever) or at least 8 days.")),
     (re.compile(r"must be one of"), N_("Choose one of the options.")),
     (re.compile(r"unsubscribe_url"), N_("The footer must contain {{ unsubscribe_url }}.")),
     (re.compile(r"is not an IP network"), N_("Enter networks such as 66.102.0.0/20, one a line.")),

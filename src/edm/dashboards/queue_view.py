@@ -22,9 +22,9 @@ from edm.models.system import Worker
 from edm.models.users import User
 from edm.system import runtime_settings
 from edm.system.service import Actor, audit
+from edm.system.workers import HEARTBEAT_STALE
 from edm.vocabulary.tasks import TaskStatus
 
-HEARTBEAT_STALE = dt.timedelta(seconds=60)  # workers beat every 20 s; three missed beats = not alive
 MAX_USERS = 200  # the users with the most pending rows; `users_total` says how many there are
 
 

@@ -39,6 +39,8 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         json_serializer=_json_dumps,
         json_deserializer=_json_loads,
+        # An error's text never carries the statement's values (addresses, bodies, hashes): it is logged.
+        hide_parameters=True,
     )
 
 
@@ -46,7 +48,11 @@ def _sqlite_engine(url: Any) -> AsyncEngine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
-        url, connect_args={"timeout": 30}, json_serializer=_json_dumps, json_deserializer=_json_loads
+        url,
+        connect_args={"timeout": 30},
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+        hide_parameters=True,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

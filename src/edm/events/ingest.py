@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, delete
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -165,13 +165,6 @@ async def claim_nonce(session: AsyncSession, source: str, nonce: str, *, now: dt
     statement = _insert(session, WebhookNonce).values(source=source, nonce=nonce[:200], seen_at=now)
     statement = statement.on_conflict_do_nothing().returning(WebhookNonce.nonce)
     return (await session.execute(statement)).first() is not None
-
-
-async def forget_nonces(session: AsyncSession, *, before: dt.datetime) -> int:
-    """Drop single-use values older than any signed timestamp a provider could still present (they are
-    refused by the timestamp window by then), so the table stays small."""
-    result = await session.execute(delete(WebhookNonce).where(WebhookNonce.seen_at < before))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _insert(session: AsyncSession, model: Any) -> Any:

@@ -119,7 +119,8 @@ async def fetch_reports(config: MailboxConfig, handle: Handler) -> int:
         raise
     await asyncio.to_thread(session.commit)
     log.info(
-        "mailbox %s:%s: %d of %d pending messages handled", config.host, config.effective_port, handled, len(pending)
+        "mailbox.polled",
+        extra={"host": config.host, "port": config.effective_port, "handled": handled, "pending": len(pending)},
     )
     return handled
 

@@ -82,6 +82,13 @@ class ConversationMessage(IdMixin, Base):
             postgresql_where=text("subtask_id IS NOT NULL"),
             sqlite_where=text("subtask_id IS NOT NULL"),
         ),
+        # The retention job's sweep of mail blobs nothing refers to (migration 0013).
+        Index(
+            "ix_conversation_messages_blob_id",
+            "blob_id",
+            postgresql_where=text("blob_id IS NOT NULL"),
+            sqlite_where=text("blob_id IS NOT NULL"),
+        ),
     )
 
     conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -126,6 +133,12 @@ class UnroutedInbound(IdMixin, Base):
         ),
         # A provider's retry of the same unrouted mail adds nothing.
         UniqueConstraint("message_id"),
+        Index(
+            "ix_unrouted_inbound_blob_id",
+            "blob_id",
+            postgresql_where=text("blob_id IS NOT NULL"),
+            sqlite_where=text("blob_id IS NOT NULL"),
+        ),
     )
 
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)

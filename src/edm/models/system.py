@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edm.clock import utc_now
@@ -72,3 +72,14 @@ class IdempotencyRecord(IdMixin, Base):
     content_type: Mapped[str | None] = mapped_column(String(100))
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class RetentionMark(Base):
+    """How far a retention pass that rewrites rows in place has got (the id of the last row it cleared), so the next
+    run starts there (docs/operations.md#retention)."""
+
+    __tablename__ = "retention_marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)

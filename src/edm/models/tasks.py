@@ -213,6 +213,11 @@ class SubTask(IdMixin, Base):
     replied_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
+# The stripe of the counters that hold what the retention job deleted from events and send attempts
+# (edm.tasks.archive): never folded, added to what readers count from the rows.
+ARCHIVED_STRIPE = -1
+
+
 class TaskStatCounter(Base):
     """Task statistics kept as counters (docs/statistics.md#where-the-numbers-come-from: ≤ 100 ms for a task of
     1,000,000 SubTasks).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String, Text, Uuid
+from sqlalchemy import BigInteger, ForeignKey, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edm.clock import utc_now
@@ -40,3 +40,16 @@ class UnsubscribeTombstone(Base):
     recipient_email: Mapped[str] = mapped_column(String(320))
     task_name: Mapped[str | None] = mapped_column(String(200))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class TaskLinkArchive(Base):
+    """What the retention job took away from a link's click report (docs/operations.md#retention): the clicks of the
+    `clicked` events it deleted, and the human clickers none of whose clicks on the link remain. The report adds
+    these to what the remaining events say, so a task's figures do not change when its old events go."""
+
+    __tablename__ = "task_link_archive"
+
+    link_id: Mapped[int] = mapped_column(BigId, ForeignKey("tracked_links.id", ondelete="CASCADE"), primary_key=True)
+    clicks_human: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+    human_clickers: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -86,6 +86,16 @@ class SendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialCheck:
+    """What a provider answered to an authenticated call that sends nothing (`edm doctor`): `ok` True (the
+    credentials work), False (refused, or the service could not be reached: `detail` says which), or None (not
+    checked: the provider has no such call)."""
+
+    ok: bool | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     needs_mime: bool  # the adapter sends `OutboundMessage.mime` (SMTP); HTTP APIs use the parts
     max_batch: int = 1  # recipients per provider call the adapter accepts

@@ -86,6 +86,7 @@ _QUOTA_CODES = frozenset({"not_enough_credits", "insufficient_credits"})
 
 class BrevoAdapter(HttpAdapter):
     provider: ClassVar[str] = PROVIDER
+    credentials_probe: ClassVar[tuple[str, str] | None] = ("GET", "/v3/account")  # answers any valid key
     capabilities: ClassVar[Capabilities] = Capabilities(needs_mime=False, max_batch=1)
     default_base_url: ClassVar[str] = "https://api.brevo.com"
 

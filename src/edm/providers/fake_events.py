@@ -199,6 +199,7 @@ class EventEmitter:
         transport: httpx.AsyncBaseTransport | None = None,
         flush_timeout: float = FLUSH_TIMEOUT_SECONDS,
     ) -> None:
+        self.service_id = service_id
         self.endpoint = f"{url.rstrip('/')}/webhooks/fake/{service_id}"
         self.secret = secret
         self.delay = max(0.0, float(delay_ms)) / 1000.0
@@ -233,7 +234,7 @@ class EventEmitter:
         seed = options.get("seed")
         secret = webhook_secret(config.credentials)
         if secret is None:  # EDM refuses these unless EDM_ALLOW_UNSIGNED_WEBHOOKS is on
-            log.warning("fake service %s: no webhook secret, events will be posted unsigned", config.service_id)
+            log.warning("fake.events_unsigned", extra={"service_id": config.service_id})
         return cls(
             service_id=config.service_id,
             url=str(options["url"]),
@@ -261,7 +262,7 @@ class EventEmitter:
             except TimeoutError:  # wait_for cancelled the task
                 pass
         if self._queue:
-            log.warning("fake events: %d events not posted to %s before close", len(self._queue), self.endpoint)
+            log.warning("fake.events_not_posted", extra={"service_id": self.service_id, "count": len(self._queue)})
             self.dropped += len(self._queue)
             self._queue.clear()
         if self._client is not None:
@@ -333,7 +334,9 @@ class EventEmitter:
                 continue
             break
         self.dropped += len(batch)
-        log.warning("fake events: dropped %d events for %s: %s", len(batch), self.endpoint, problem)
+        log.warning(
+            "fake.events_dropped", extra={"service_id": self.service_id, "count": len(batch), "problem": problem}
+        )
 
     async def _post_once(self, body: bytes) -> str | None:
         """None when EDM took the batch, else what went wrong ("refused …" when a retry cannot help)."""

@@ -28,7 +28,15 @@ from typing import Any, ClassVar
 import httpx
 
 from edm import clock
-from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult, ServiceConfig, truncate
+from edm.providers.base import (
+    Capabilities,
+    CredentialCheck,
+    OutboundMessage,
+    Outcome,
+    SendResult,
+    ServiceConfig,
+    truncate,
+)
 
 CONNECTIONS_PER_CLIENT = 8
 MAX_CONNECT_TIMEOUT = 10.0
@@ -55,6 +63,9 @@ class HttpAdapter:
     regional_base_urls: ClassVar[Mapping[str, str]] = {}
     # credentials without which no call can succeed: their absence is `auth_config` without a request
     required_credentials: ClassVar[tuple[str, ...]] = ()
+    # (method, path) of the provider's cheapest call that authenticates and sends nothing, for `edm doctor`; None
+    # where every read call needs a permission a sending-only key may lack (the check would blame a good key)
+    credentials_probe: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, config: ServiceConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
@@ -96,6 +107,25 @@ class HttpAdapter:
         raise NotImplementedError
 
     # -- the shared part -----------------------------------------------------------------------------------
+
+    async def check_credentials(self) -> CredentialCheck:
+        """The `credentials_probe` call: 2xx means the credentials work, 401/403 that they are refused; it sends
+        nothing (`edm doctor`)."""
+        if self.credentials_probe is None:
+            return CredentialCheck(None, f"{self.provider} has no call that checks credentials without sending")
+        missing = [name for name in self.required_credentials if not self.config.credentials.get(name)]
+        if missing:
+            return CredentialCheck(False, f"credentials {', '.join(missing)} are missing")
+        method, path = self.credentials_probe
+        try:
+            response = await next(self._next_client).request(method, path)
+        except httpx.HTTPError as exc:
+            return CredentialCheck(False, f"could not reach {self.base_url}: {type(exc).__name__}")
+        if 200 <= response.status_code < 300:
+            return CredentialCheck(True, f"{self.provider} accepted the credentials")
+        if response.status_code in (401, 403):
+            return CredentialCheck(False, f"{self.provider} refused the credentials (HTTP {response.status_code})")
+        return CredentialCheck(None, f"{self.provider} answered HTTP {response.status_code}")
 
     @classmethod
     def resolve_base_url(cls, options: Mapping[str, Any]) -> str:

@@ -103,6 +103,7 @@ INACTIVE_RECIPIENT = 406
 
 class PostmarkAdapter(HttpAdapter):
     provider: ClassVar[str] = "postmark"
+    credentials_probe: ClassVar[tuple[str, str] | None] = ("GET", "/server")  # answers any valid key
     required_credentials: ClassVar[tuple[str, ...]] = ("server_token",)
     capabilities: ClassVar[Capabilities] = Capabilities(needs_mime=False, max_batch=MAX_BATCH)
     default_base_url: ClassVar[str] = "https://api.postmarkapp.com"

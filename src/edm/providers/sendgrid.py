@@ -107,6 +107,7 @@ _ENHANCED_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 class SendGridAdapter(HttpAdapter):
     provider: ClassVar[str] = "sendgrid"
+    credentials_probe: ClassVar[tuple[str, str] | None] = ("GET", "/v3/scopes")  # answers any valid key
     capabilities: ClassVar[Capabilities] = Capabilities(needs_mime=False, max_batch=MAX_PERSONALIZATIONS)
     default_base_url: ClassVar[str] = "https://api.sendgrid.com"
     regional_base_urls: ClassVar[Mapping[str, str]] = {

@@ -43,7 +43,15 @@ from typing import Any, ClassVar
 
 import aiosmtplib
 
-from edm.providers.base import Capabilities, OutboundMessage, Outcome, SendResult, ServiceConfig, truncate
+from edm.providers.base import (
+    Capabilities,
+    CredentialCheck,
+    OutboundMessage,
+    Outcome,
+    SendResult,
+    ServiceConfig,
+    truncate,
+)
 from edm.providers.dsn import bounce_domain_or_error, verp_address
 
 _DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
@@ -242,6 +250,21 @@ class SmtpAdapter:
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         # max_batch is 1; a longer sequence is still served, one transaction per message, in order.
         return [await self._send_one(message) for message in messages]
+
+    async def check_credentials(self) -> CredentialCheck:
+        """Connect, EHLO, STARTTLS when offered (or TLS), log in when credentials are set, then QUIT: what a send
+        does before MAIL FROM, without sending anything (`edm doctor`). The connection is not pooled."""
+        deadline = _Deadline(self.config.request_timeout_seconds)
+        try:
+            conn = await self._open(deadline)
+        except _Failed as failure:
+            result = self._failure_result("check", failure)
+            return CredentialCheck(False, f"{result.outcome.value}: {result.message}")
+        await self._quit(conn)
+        where = f"{self._settings.host}:{self._settings.port}"
+        if self._settings.username is None:
+            return CredentialCheck(True, f"connected to {where} (no login configured)")
+        return CredentialCheck(True, f"logged in at {where}")
 
     async def aclose(self) -> None:
         """QUIT idle connections; connections in use are closed when their send finishes."""

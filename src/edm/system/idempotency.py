@@ -1,5 +1,6 @@
 """The records behind the API's `Idempotency-Key` header: claiming a key for a request, storing its answer,
-finding the answer to replay, and forgetting records past their 24 hours.
+finding the answer to replay; records past their 24 hours are never replayed, and the worker's hourly
+`idempotency` job deletes them (edm.operations.retention).
 
 A record `(user_id, key)` is claimed before the request runs and filled with the answer after it, each in a
 short transaction of its own, apart from the request's: a concurrent request with the same key must see the
@@ -117,18 +118,6 @@ async def finish(
                 response_body=_seal(vault, body.decode()),
             )
         )
-
-
-async def purge(session: AsyncSession, *, before: dt.datetime) -> int:
-    """Delete the records created before `before` (the worker passes now − 24 h)."""
-    result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def purge_expired(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """The worker's `idempotency` job (hourly)."""
-    async with unit_of_work(sessionmaker) as session:
-        return await purge(session, before=clock.utc_now() - RETENTION)
 
 
 async def _find(session: AsyncSession, user_id: int, key: str) -> IdempotencyRecord | None:

@@ -74,6 +74,16 @@ class RuntimeSettings:
     tracking_proxy_cidrs: tuple[str, ...] = ()
     credit_low_threshold: int = 100
     testsend_daily_limit: int = 50
+    # Retention (docs/operations.md#retention) in days; 0 keeps the rows for ever. The daily `retention` job reads them.
+    retention_raw_payload_days: int = 90
+    retention_events_days: int = 365
+    retention_send_attempts_days: int = 180
+    retention_test_sends_days: int = 30
+    retention_import_errors_days: int = 30
+    retention_audit_log_days: int = 730
+    retention_status_log_days: int = 365
+    retention_unrouted_days: int = 365
+    retention_notifications_days: int = 365
 
     @property
     def strategy(self) -> Strategy:
@@ -101,6 +111,9 @@ def key_of(field_name: str) -> str:
 
 
 KEYS = {key_of(f.name): f for f in fields(RuntimeSettings)}
+# The fewest days a retention period other than 0 may keep. Send attempts feed a service's 7-day health history
+# (docs/providers.md#the-health-view), so they stay at least 8 days.
+RETENTION_MINIMUM_DAYS = {key: 1 for key in KEYS if key.startswith("retention.")} | {"retention.send_attempts_days": 8}
 SCOPES = ("user", "global", "off")
 _NON_NEGATIVE = ("int", "float")
 
@@ -131,7 +144,11 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError
             return value
         if kind in _NON_NEGATIVE:
-            return _coerce_number(key, value, integer=kind == "int")
+            number = _coerce_number(key, value, integer=kind == "int")
+            least = RETENTION_MINIMUM_DAYS.get(key)
+            if least is not None and 0 < number < least:
+                raise BadInput.field(key, f"must be 0 (keep for ever) or at least {least} days")
+            return number
         if kind.startswith("tuple"):
             return _coerce_list(key, value)
         if key == "allocation.strategy":

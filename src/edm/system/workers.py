@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.models.system import Worker
 
+HEARTBEAT_STALE = dt.timedelta(seconds=60)  # workers beat every 20 s; three missed beats = not alive
+
 
 async def register(
     session: AsyncSession, *, worker_id: str, hostname: str, pid: int, version: str, now: dt.datetime

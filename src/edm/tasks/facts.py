@@ -24,7 +24,7 @@ from sqlalchemy import BigInteger, ColumnElement, Integer, Select, case, cast, f
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.models.events import Event, MatchStatus
-from edm.models.tasks import SubTask, TaskQuarterCounter
+from edm.models.tasks import ARCHIVED_STRIPE, SubTask, TaskQuarterCounter
 from edm.tasks.stats import first_opened_human_at
 from edm.vocabulary.events import EventType
 from edm.vocabulary.tasks import DeliveryState, SendState
@@ -60,6 +60,10 @@ def _row_facts() -> dict[str, _RowFact]:
 
 # Every matched human tracking hit (an event without the `machine` flag is a person's).
 HIT_FACTS = {"open_hits": EventType.OPENED, "click_hits": EventType.CLICKED}
+# The events of a bounce after sending (the timeline's bounces), and the fact under which the retention job keeps the
+# bounced recipients whose events it deleted (edm.tasks.archive).
+BOUNCE_EVENTS = (EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED, EventType.REJECTED)
+FIRST_BOUNCE = "first_bounce"
 ROW_FACTS = tuple(_row_facts())
 FACTS = ROW_FACTS + tuple(HIT_FACTS)
 
@@ -142,9 +146,11 @@ async def from_rows(
     session: AsyncSession, tasks: int | Select[Any], facts: list[str], low: int | None = None, high: int | None = None
 ) -> dict[str, Quarters]:
     """`fact_quarters` aggregated from the rows whatever the database (what SQLite serves, and what
-    `edm stats verify` compares the PostgreSQL counters with)."""
+    `edm stats verify` compares the PostgreSQL counters with), with the hits of events the retention job deleted
+    (`archived_quarters`)."""
     row_facts = _row_facts()
     found: dict[str, Quarters] = defaultdict(list)
+    archived = await archived_quarters(session, tasks, [f for f in facts if f in HIT_FACTS], low, high)
     for fact in facts:
         if fact in HIT_FACTS:
             time = Event.occurred_at
@@ -160,4 +166,44 @@ async def from_rows(
         quarter = quarter_expression(session, time)
         query = select(quarter, func.count()).where(*conditions, *_in_range(quarter, low, high)).group_by(quarter)
         found[fact] = [(int(q), int(n)) for q, n in await session.execute(query)]
+        if archived.get(fact):
+            found[fact] = merge_quarters(found[fact], archived[fact])
     return {fact: found[fact] for fact in facts}
+
+
+async def archived_quarters(
+    session: AsyncSession,
+    tasks: int | Select[Any],
+    facts: Iterable[str],
+    low: int | None = None,
+    high: int | None = None,
+) -> dict[str, Quarters]:
+    """Per fact, the (quarter, count) the retention job archived (stripe ARCHIVED_STRIPE, edm.tasks.archive) for the
+    task `tasks` (an id) or the tasks a SELECT of ids returns."""
+    c = TaskQuarterCounter
+    wanted = list(facts)
+    found: dict[str, Quarters] = {fact: [] for fact in wanted}
+    if not wanted:
+        return found
+    rows = await session.execute(
+        select(c.fact, c.quarter, func.sum(c.n))
+        .where(
+            c.stripe == ARCHIVED_STRIPE,
+            c.fact.in_(wanted),
+            _of_tasks(c.task_id, tasks),
+            *_in_range(c.quarter, low, high),
+        )
+        .group_by(c.fact, c.quarter)
+    )
+    for fact, quarter, n in rows:
+        found[fact].append((int(quarter), int(n)))
+    return found
+
+
+def merge_quarters(*parts: Quarters) -> Quarters:
+    """Quarters of several sources, summed per quarter."""
+    total: dict[int, int] = defaultdict(int)
+    for part in parts:
+        for quarter, n in part:
+            total[quarter] += n
+    return [(q, n) for q, n in total.items() if n]

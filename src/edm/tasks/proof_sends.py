@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.addresses import normalize_email
@@ -34,7 +34,8 @@ from edm.content import service as content
 from edm.errors import BadInput, Conflict, EdmError, NotFound
 from edm.models.content import Sender, Template
 from edm.models.email_services import EmailService
-from edm.models.tasks import SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.models.events import Event
+from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.models.users import LedgerKind
 from edm.paging import Page, encode_cursor
 from edm.users.credit import apply_credit, lock_user
@@ -362,3 +363,27 @@ def view(task: Task, recipients_: list[dict[str, Any]]) -> dict[str, Any]:
         "settled": all(r["settled"] for r in recipients_),
         "recipients": recipients_,
     }
+
+
+# Test sends that are over: what the retention job may delete (docs/operations.md#retention).
+FINISHED = (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.CLOSED)
+
+
+def expired(before: dt.datetime) -> list[Any]:
+    """The conditions of a test send the retention job deletes: finished, and created before `before`."""
+    return [Task.kind == KIND, Task.status.in_(FINISHED), Task.created_at < before]
+
+
+async def delete_expired(session: AsyncSession, *, before: dt.datetime, limit: int) -> int:
+    """Delete up to `limit` finished test sends created before `before`, with their SubTasks, attempts and events
+    (their snapshot, links and history go with the task by cascade). Returns how many tasks. The credit they cost
+    stays in the ledger."""
+    ids = list(await session.scalars(select(Task.id).where(*expired(before)).order_by(Task.id).limit(limit)))
+    if not ids:
+        return 0
+    subtasks = select(SubTask.id).where(SubTask.task_id.in_(ids))
+    await session.execute(delete(Event).where(Event.task_id.in_(ids)))
+    await session.execute(delete(SendAttempt).where(SendAttempt.subtask_id.in_(subtasks)))
+    await session.execute(delete(SubTask).where(SubTask.task_id.in_(ids)))
+    result = await session.execute(delete(Task).where(Task.id.in_(ids), *expired(before)))
+    return int(getattr(result, "rowcount", 0) or 0)

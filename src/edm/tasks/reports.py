@@ -35,13 +35,23 @@ from edm.models.events import Event, MatchStatus
 from edm.models.tasks import SendAttempt, SubTask, Task, TaskAttemptCounter, TaskTemplate
 from edm.models.tracking import TrackedLink
 from edm.paging import Page
-from edm.tasks.facts import Quarters, fact_quarters, machine_flag, quarter_expression, start_of
+from edm.tasks import archive
+from edm.tasks.facts import (
+    BOUNCE_EVENTS,
+    FIRST_BOUNCE,
+    Quarters,
+    archived_quarters,
+    fact_quarters,
+    machine_flag,
+    merge_quarters,
+    quarter_expression,
+    start_of,
+)
 from edm.tasks.stats import _assemble, clicked_human, opened_human, stat_groups
 from edm.vocabulary.events import EventType
 from edm.vocabulary.tasks import DeliveryState, SendState, TaskKind
 
 BOUNCED_STATES = (DeliveryState.SOFT_BOUNCED, DeliveryState.HARD_BOUNCED, DeliveryState.REJECTED)
-BOUNCE_EVENTS = (EventType.SOFT_BOUNCED, EventType.HARD_BOUNCED, EventType.REJECTED)
 TOP_DOMAINS = 20
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -365,7 +375,8 @@ async def by_service(session: AsyncSession, task_id: int, *, admin: bool) -> lis
 
 async def attempts_by_service(session: AsyncSession, task_id: int, *, from_rows: bool = False) -> Sequence[Any]:
     """(service id or 0/None, outcome, attempts, summed ms, timed attempts) of the task's send attempts: from the
-    counters of migration 0007 on PostgreSQL, from the attempt rows on SQLite (or when `from_rows`)."""
+    counters of migration 0007 on PostgreSQL, from the attempt rows on SQLite (or when `from_rows`) with those the
+    retention job deleted (edm.tasks.archive)."""
     query: Any
     if _dialect(session) == "postgresql" and not from_rows:
         c = TaskAttemptCounter
@@ -388,7 +399,24 @@ async def attempts_by_service(session: AsyncSession, task_id: int, *, from_rows:
             .where(SubTask.task_id == task_id)
             .group_by(SendAttempt.service_id, SendAttempt.outcome)
         )
+        return _with_archived(
+            list((await session.execute(query)).all()), await archive.archived_attempts(session, task_id)
+        )
     return (await session.execute(query)).all()
+
+
+def _with_archived(rows: list[Any], archived: list[tuple[int, str, int, int, int]]) -> list[Any]:
+    """Attempt rows per (service, outcome) with the archived ones added (a deleted service is None in the rows and 0
+    in the archive)."""
+    if not archived:
+        return rows
+    merged: dict[tuple[int, str], list[int]] = {}
+    for service_id, outcome, n, total_ms, timed in [*rows, *archived]:
+        figures = merged.setdefault((int(service_id or 0), str(outcome)), [0, 0, 0])
+        figures[0] += int(n)
+        figures[1] += int(total_ms or 0)
+        figures[2] += int(timed)
+    return [(s or None, o, n, ms, t) for (s, o), (n, ms, t) in merged.items()]
 
 
 def _empty_service_row() -> dict[str, Any]:
@@ -483,6 +511,11 @@ async def by_link(session: AsyncSession, task_id: int, *, after_id: int | None, 
             else:
                 row["clicks_human"] += int(clicks)
                 row["unique_human_clickers"] += int(clickers)
+        for archived_link, (human, by_machine, people) in (await archive.archived_link_clicks(session, counts)).items():
+            row = counts[archived_link]
+            row["clicks_human"] += human
+            row["clicks_machine"] += by_machine
+            row["unique_human_clickers"] += people
     return [{"id": link.id, "url": link.url, **counts[link.id]} for link in links]
 
 
@@ -574,8 +607,8 @@ async def metric_quarters(session: AsyncSession, task_id: int) -> dict[str, Quar
 
 async def _bounce_quarters(session: AsyncSession, task_id: int) -> Quarters:
     """Each SubTask that bounced after it was sent, once, at its first bounce event (read through the task's events
-    by type: a few per cent of its recipients). One the provider refused at send time has no event: it is the fact
-    `refused`, at `failed_at`."""
+    by type: a few per cent of its recipients), and those whose bounce events the retention job deleted. One the
+    provider refused at send time has no event: it is the fact `refused`, at `failed_at`."""
     s = SubTask
     first_event = (
         select(func.min(Event.occurred_at).label("at"))
@@ -585,7 +618,9 @@ async def _bounce_quarters(session: AsyncSession, task_id: int) -> Quarters:
         .subquery()
     )
     quarter = quarter_expression(session, first_event.c.at)
-    return [(int(q), int(n)) for q, n in await session.execute(select(quarter, func.count()).group_by(quarter))]
+    rows = [(int(q), int(n)) for q, n in await session.execute(select(quarter, func.count()).group_by(quarter))]
+    archived = (await archived_quarters(session, task_id, [FIRST_BOUNCE]))[FIRST_BOUNCE]
+    return merge_quarters(rows, archived) if archived else rows
 
 
 TIMELINE_METRICS = ("sent", "delivered", "bounced", "opens", "clicks", "unsubscribes", "complaints", "replies")

@@ -121,8 +121,9 @@ _SERVICE_COUNTERS = {"service_attempt_hours": (("service_id", "hour", "outcome")
 
 async def fold_counter_stripes(session: AsyncSession) -> int:
     """Fold every backend's stripe of every counter table into stripe 0 and drop emptied groups; the number of
-    rows folded. Counters of tasks that no longer exist are dropped too (a deleted task's send attempts cannot
-    subtract themselves: their SubTasks are gone first).
+    rows folded. Stripe -1 (what the retention job archived, edm.tasks.archive) stays as it is. Counters of tasks
+    that no longer exist are dropped too (a deleted task's send attempts cannot subtract themselves: their
+    SubTasks are gone first).
 
     It never waits for a lock, so it can never be part of a deadlock: one fold at a time (a transaction
     advisory lock, skipped when taken), and stripe rows a running transaction holds are skipped (SKIP
@@ -152,7 +153,7 @@ async def _fold(session: AsyncSession, table: str, group: tuple[str, ...], sums:
         text(f"""
         WITH moved AS (
             DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM {table} WHERE stripe <> 0 FOR UPDATE SKIP LOCKED))
+                SELECT ctid FROM {table} WHERE stripe > 0 FOR UPDATE SKIP LOCKED))
             RETURNING *),
         folded AS (
             INSERT INTO {table} AS c ({keys}, stripe, {", ".join(sums)})

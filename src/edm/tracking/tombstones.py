@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import String, delete, literal, select, update
+from sqlalchemy import String, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -89,12 +89,6 @@ async def unsubscribe(session: AsyncSession, tombstone: UnsubscribeTombstone, *,
             .execution_options(synchronize_session=False)
         )
     await session.flush()
-
-
-async def forget_expired(session: AsyncSession, *, now: dt.datetime) -> int:
-    """Retention (docs/operations.md#retention): delete the tombstones past their 365 days. Returns how many."""
-    result = await session.execute(delete(UnsubscribeTombstone).where(UnsubscribeTombstone.expires_at <= now))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _insert(session: AsyncSession, model: Any) -> Any:

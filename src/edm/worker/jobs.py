@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -19,10 +18,8 @@ from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
-from edm.events import ingest
-from edm.system import idempotency
+from edm.operations import retention
 from edm.tasks import generation, lifecycle, stats
-from edm.tracking.tombstones import forget_expired as forget_expired_tombstones
 
 if TYPE_CHECKING:
     from edm.worker.dispatcher import Worker
@@ -35,8 +32,6 @@ log = logging.getLogger("edm.jobs")
 EVENTS_PERIOD = 0.5
 EVENTS_BATCH = 1000
 INBOUND_PERIOD = 1.0  # seconds between looks at the inbound queue when it was found empty
-# Webhook single-use tokens are kept well past the longest signed-timestamp window (10 min), then dropped.
-NONCE_RETENTION = dt.timedelta(days=1)
 
 
 class Maintenance:
@@ -56,9 +51,8 @@ class Maintenance:
             ("events", EVENTS_PERIOD, self.events),
             ("inbound", INBOUND_PERIOD, self.inbound),
             ("mailboxes", 60.0, self.mailboxes),
-            ("nonces", 3600.0, self.nonces),
             ("stats", 60.0, self.stats),
-            ("tombstones", 86400.0, self.tombstones),
+            ("retention", 86400.0, self.retention),
             (
                 "imports",
                 1.0,
@@ -68,7 +62,7 @@ class Maintenance:
                     heartbeat_every=self.worker.scaled(HEARTBEAT_EVERY),
                 ),
             ),
-            ("idempotency", 3600.0, lambda: idempotency.purge_expired(self.worker.sessionmaker)),
+            ("idempotency", 3600.0, self.idempotency),
         ]
         return [asyncio.create_task(self._every(name, period, job), name=f"job-{name}") for name, period, job in jobs]
 
@@ -183,15 +177,22 @@ class Maintenance:
             self.worker.sessionmaker, self.worker.vault, max_bytes=self.worker.settings.inbound_message_max_bytes
         )
 
-    async def nonces(self) -> int:
-        async with unit_of_work(self.worker.sessionmaker) as session:
-            return await ingest.forget_nonces(session, before=clock.utc_now() - NONCE_RETENTION)
+    async def retention(self) -> int:
+        """Retention (docs/operations.md#retention), daily: trim every table that grows without end, in batches."""
+        runtime = await self.worker.refresh_runtime()
+        outcomes = await retention.run(self.worker.sessionmaker, now=clock.utc_now(), runtime=runtime)
+        trimmed = {o.target: o.rows for o in outcomes if o.rows}
+        if trimmed or any(o.busy for o in outcomes):
+            log.info("retention.trimmed", extra={"rows": trimmed, "busy": [o.target for o in outcomes if o.busy]})
+        return sum(trimmed.values())
 
-    async def tombstones(self) -> int:
-        """Retention (docs/operations.md#retention), daily: forget unsubscribe tombstones of deleted tasks past their
-        365 days."""
-        async with unit_of_work(self.worker.sessionmaker) as session:
-            return await forget_expired_tombstones(session, now=clock.utc_now())
+    async def idempotency(self) -> int:
+        """Stored `Idempotency-Key` answers may carry personal data: they go hourly, once past their 24 hours."""
+        runtime = await self.worker.refresh_runtime()
+        outcomes = await retention.run(
+            self.worker.sessionmaker, now=clock.utc_now(), runtime=runtime, only=("idempotency_keys",)
+        )
+        return sum(o.rows for o in outcomes)
 
     async def stats(self) -> int:
         """Fold the per-backend stripes of the statistics counters (PostgreSQL), so reads stay a few rows."""

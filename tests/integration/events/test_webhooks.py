@@ -207,14 +207,17 @@ async def test_mailgun_token_replay_is_refused(ekit: EventKit) -> None:
     await ekit.apply()
     assert (await ekit.dkit.subtasks(task_id))[0].delivery_state == "delivered"
 
-    # Tokens are forgotten once no signed timestamp could still carry them (the `nonces` job).
+    # Tokens are forgotten once no signed timestamp could still carry them (the daily `retention` job, after a day).
     from edm import clock
-    from edm.db.session import unit_of_work
-    from edm.events import ingest
+    from edm.operations import retention
+    from edm.system.runtime_settings import RuntimeSettings
 
-    async with unit_of_work(ekit.sessionmaker) as session:
-        assert await ingest.forget_nonces(session, before=clock.utc_now() - dt.timedelta(days=1)) == 0
-        assert await ingest.forget_nonces(session, before=clock.utc_now() + dt.timedelta(seconds=1)) == 2
+    async def forget(at: dt.datetime) -> int:
+        runs = await retention.run(ekit.sessionmaker, now=at, runtime=RuntimeSettings(), only=("webhook_nonces",))
+        return runs[0].rows
+
+    assert await forget(clock.utc_now() + dt.timedelta(hours=23)) == 0
+    assert await forget(clock.utc_now() + dt.timedelta(days=1, seconds=1)) == 2
 
 
 async def test_events_update_the_contact_as_spec_9_6_says(ekit: EventKit) -> None:
