@@ -448,6 +448,7 @@ async def _receive_mail(
     )
     async with single_statement(request.app.state.engine) as connection:
         queued = await inbound_queue.enqueue(connection, [mail], now=clock.utc_now())
+    log.info("webhook.inbound_queued", extra={"provider": SMTP, "service_id": mail.service_id, "queued": queued})
     return ingest.StoreCounts(received=1, queued=queued)
 
 
