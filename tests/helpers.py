@@ -22,12 +22,22 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from edm.app import create_app
+from edm.conversations import inbound_queue
 from edm.db.session import unit_of_work
 from edm.models.users import Role
 from edm.settings import Settings
 from edm.users.service import create_token, create_user
 
 PASSWORD = "correct horse battery"
+
+
+async def drain_inbound(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings | None = None
+) -> inbound_queue.DrainCounts:
+    """What the worker's `inbound` job does next: every inbound mail the webhooks queued is handled (threaded to its
+    conversation, a report to the event store, or kept unrouted)."""
+    max_bytes = settings.inbound_message_max_bytes if settings is not None else inbound_queue.DEFAULT_MAX_BYTES
+    return await inbound_queue.drain(sessionmaker, max_bytes=max_bytes)
 
 
 def settings_for(db_url: str, **overrides: object) -> Settings:

@@ -36,6 +36,7 @@ from edm.app import create_app
 from edm.cli.ops import uvicorn_options
 from edm.devtools.smtp_sink import SmtpSink
 from edm.models.contacts import Import
+from edm.models.conversations import InboundQueueItem
 from edm.models.tasks import Task
 from edm.models.users import Role
 from edm.observability import configure_logging
@@ -216,6 +217,12 @@ async def test_a_days_scenarios_logged_at_debug_leak_no_secret_body_or_address(
                 await call("POST", f"{endpoint}?token={WEBHOOK_SECRET}", 200, content=dsn.encode())
                 await call("POST", endpoint, 200, content=reply, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"})
                 await call("POST", f"{endpoint}?token=wrong-{WEBHOOK_SECRET}", 401, content=b"x")
+
+                async def handled() -> bool:  # the worker's `inbound` job threads what the endpoint queued
+                    async with sessionmaker() as session:
+                        return not await session.scalar(select(InboundQueueItem.id).limit(1))
+
+                await _until(handled, "the inbound mail")
             finally:
                 worker.request_stop()
                 await runner
@@ -227,7 +234,8 @@ async def test_a_days_scenarios_logged_at_debug_leak_no_secret_body_or_address(
         assert DOTTED.fullmatch(record["event"]), record
         records.append(record)
     events = {r["event"] for r in records}
-    assert {"worker.started", "import.finished", "task.generated", "webhook.inbound", "webhook.rejected"} <= events
+    expected = {"worker.started", "import.finished", "task.generated", "webhook.inbound_queued", "webhook.rejected"}
+    assert expected | {"inbound.received"} <= events
 
     # Request ids: every API answer's id names the lines written for it, and the access line is there.
     by_request: dict[str, list[dict[str, Any]]] = {}

@@ -1,10 +1,12 @@
 """Inbound mail posted by providers (docs/providers.md#inbound-mail-replies-through-a-provider): verify → parse →
-hand each message to conversations → answer.
+queue each message for conversations → answer.
 
 `POST /webhooks/{provider}/inbound` and `POST /webhooks/{provider}/{service_id}/inbound` for SendGrid Inbound
 Parse, Mailgun routes (and `…/inbound/mime` for Mailgun's raw MIME), Postmark inbound, Brevo inbound parsing and
 SES receiving through SNS. An entry point: it owns the one transaction in which every message of the request (and
-Mailgun's single-use token) is stored, so a provider's retry after a failure finds nothing half-done.
+Mailgun's single-use token) is queued for the worker's `inbound` job (docs/conversations.md#accepted-then-processed),
+so a provider's retry after a failure finds nothing half-done, and the provider waits for one INSERT, not for the
+parsing and threading.
 
 The routes are registered per provider rather than as `/webhooks/{provider}/…` patterns: mounted before the event
 routes (`edm.api.webhooks`), a pattern would capture `/webhooks/{provider}/inbound` for every provider, including
@@ -35,9 +37,8 @@ from edm.api.webhooks import (
     read_body,
     verify_target,
 )
-from edm.conversations.ingest import receive
-from edm.db.session import unit_of_work
-from edm.errors import TooLarge
+from edm.conversations import inbound_queue
+from edm.db.session import single_statement, unit_of_work
 from edm.events import ingest as event_ingest
 from edm.events.schemas import InboundReceivedOut, WebhookControlOut
 from edm.providers import registry
@@ -129,7 +130,7 @@ async def receive_inbound(request: Request, provider: str, service_ref: str | No
         payload = _parse(handler, incoming, InboundLimits(message_max_bytes=settings.inbound_message_max_bytes))
         if payload.control is not None:
             return await _control(request, provider, payload)
-        await _hand_over(request, provider, handler.replay_nonce(incoming), payload.mails, settings)
+        queued = await _hand_over(request, provider, handler.replay_nonce(incoming), payload.mails, settings)
     except WebhookRefused as exc:
         return error_response(request, exc.status_code, exc.error_code, exc.message)
     except WebhookError as exc:
@@ -148,7 +149,7 @@ async def receive_inbound(request: Request, provider: str, service_ref: str | No
         "webhook.inbound_received",
         extra={"provider": provider, "service_id": incoming.service_id, "received": len(payload.mails)},
     )
-    return json_response({"received": len(payload.mails)})
+    return json_response({"received": len(payload.mails), "queued": queued})
 
 
 def _parse(handler: InboundHandler, incoming: InboundRequest, limits: InboundLimits) -> InboundPayload:
@@ -200,14 +201,16 @@ async def _control(request: Request, provider: str, payload: InboundPayload) -> 
 
 async def _hand_over(
     request: Request, provider: str, nonce: str | None, mails: Sequence[InboundMail], settings: Settings
-) -> None:
-    """Every message of the request to conversations, in one transaction with the single-use token."""
+) -> int:
+    """Every message of the request queued for the `inbound` job, in one transaction with the single-use token."""
+    limit = settings.inbound_message_max_bytes
+    if any(len(mail.raw) > limit for mail in mails):  # the parsers hold each message to the limit: a safety net
+        raise MessageTooLarge(f"a message exceeds the {limit}-byte limit")
     now = clock.utc_now()
+    if not nonce:  # one INSERT of every message: atomic by itself
+        async with single_statement(request.app.state.engine) as connection:
+            return await inbound_queue.enqueue(connection, mails, now=now)
     async with unit_of_work(request.app.state.sessionmaker) as session:
-        if nonce and not await event_ingest.claim_nonce(session, provider, nonce, now=now):
+        if not await event_ingest.claim_nonce(session, provider, nonce, now=now):
             raise InvalidSignature("this signed request was already received (replay)")
-        for mail in mails:
-            try:
-                await receive(session, mail, now=now, max_bytes=settings.inbound_message_max_bytes)
-            except TooLarge as exc:  # the parsers hold each message to the same limit: kept as a safety net
-                raise MessageTooLarge(exc.message) from None
+        return await inbound_queue.enqueue(session, mails, now=now)

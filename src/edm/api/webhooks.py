@@ -24,9 +24,9 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edm import clock
-from edm.conversations import ingest as inbound
+from edm.conversations import inbound_queue
+from edm.db.session import single_statement
 from edm.email_services.webhook_secrets import webhook_targets
-from edm.errors import TooLarge
 from edm.events import ingest
 from edm.events.schemas import WebhookControlOut, WebhookStoredOut
 from edm.providers import registry
@@ -397,20 +397,17 @@ async def _store(
             rows.append(ingest.event_row(provider, service_id, item, now=now))
         else:
             mails.extend(carried)
+    fitting = [mail for mail in mails if len(mail.raw) <= settings.inbound_message_max_bytes]
     nonce = handler.replay_nonce(incoming)
     async with request.app.state.sessionmaker() as session, session.begin():
         # The single-use token is recorded with the events, so a retry after a failed store is not a replay.
         if nonce and not await ingest.claim_nonce(session, provider, nonce, now=now):
             raise InvalidSignature("this signed request was already received (replay)")
         counts = await ingest.store(session, rows)
-        for mail in mails:
-            try:
-                result = await inbound.receive(session, mail, now=now, max_bytes=settings.inbound_message_max_bytes)
-            except TooLarge:
-                counts.received, counts.bad = counts.received + 1, counts.bad + 1
-                continue
-            _count_mail(counts, result)
-        return counts
+        counts.queued = await inbound_queue.enqueue(session, fitting, now=now)
+    counts.received += len(mails)
+    counts.bad += len(mails) - len(fitting)  # the parsers hold each message to the limit: kept as a safety net
+    return counts
 
 
 def _inbound_mails(
@@ -433,11 +430,15 @@ def _inbound_mails(
 async def _receive_mail(
     request: Request, service: WebhookTarget | None, incoming: WebhookRequest
 ) -> ingest.StoreCounts:
-    """The SMTP endpoint: the raw mail goes to conversations' `receive`, which sends a bounce or complaint report to
-    the event store and any other mail to its conversation, or keeps it unrouted (docs/conversations.md#sources)."""
+    """The SMTP endpoint: the raw mail is queued for the worker's `inbound` job, which sends a bounce or complaint
+    report to the event store and any other mail to its conversation, or keeps it unrouted
+    (docs/conversations.md#sources)."""
     if not incoming.body.strip():
         raise WebhookRefused(400, "malformed_payload", "empty message")
     settings: Settings = request.app.state.settings
+    limit = settings.inbound_message_max_bytes
+    if len(incoming.body) > limit:
+        raise WebhookRefused(413, "payload_too_large", f"the message exceeds the {limit}-byte limit")
     mail = InboundMail(
         raw=incoming.body,
         source=SMTP,
@@ -445,32 +446,10 @@ async def _receive_mail(
         recipient=incoming.query.get("envelope_to") or incoming.header("x-original-to"),
         sender=incoming.query.get("envelope_from"),
     )
-    try:
-        async with request.app.state.sessionmaker() as session, session.begin():
-            result = await inbound.receive(
-                session, mail, now=clock.utc_now(), max_bytes=settings.inbound_message_max_bytes
-            )
-    except TooLarge as exc:
-        raise WebhookRefused(413, "payload_too_large", exc.message) from None
-    log.info("webhook.inbound", extra={"provider": SMTP, "service_id": mail.service_id, **result.as_dict()})
-    counts = ingest.StoreCounts()
-    _count_mail(counts, result)
-    return counts
-
-
-def _count_mail(counts: ingest.StoreCounts, result: inbound.ReceiveResult) -> None:
-    """One mail in the answer's counts: a report as its events, any other mail as one item."""
-    if result.status in (inbound.Status.BOUNCE_REPORT, inbound.Status.COMPLAINT_REPORT):
-        received = max(result.report_events, len(result.event_ids))
-        counts.received += received
-        counts.stored += len(result.event_ids)
-        counts.duplicates += received - len(result.event_ids)
-        return
-    counts.received += 1
-    if result.status == inbound.Status.DUPLICATE:
-        counts.duplicates += 1
-    else:
-        counts.stored += 1
+    async with single_statement(request.app.state.engine) as connection:
+        queued = await inbound_queue.enqueue(connection, [mail], now=clock.utc_now())
+    log.info("webhook.inbound_queued", extra={"provider": SMTP, "service_id": mail.service_id, "queued": queued})
+    return ingest.StoreCounts(received=1, queued=queued)
 
 
 def error_response(

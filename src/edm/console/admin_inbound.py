@@ -36,6 +36,7 @@ REASONS = {
     "unknown_sender": N_("No sender has this address"),
     "foreign_domain": N_("The address's domain is none of the services' domains"),
     "no_recipient": N_("The mail names no recipient"),
+    "unreadable": N_("The mail could not be handled"),
 }
 
 

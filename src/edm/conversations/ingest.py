@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
@@ -42,6 +44,7 @@ from edm.vocabulary.events import EventType, NormalizedEvent
 
 CONTACT_SOURCE = "reply"  # contacts.source of a contact created because it wrote to us
 UNKNOWN_ADDRESS = "unknown@unknown.invalid"  # a message with neither From nor an envelope sender
+UNREADABLE = "unreadable"  # unrouted_inbound.reason of a mail that failed to be handled every time it was tried
 
 
 class Status:
@@ -87,10 +90,17 @@ class _Route:
 
 
 async def receive(
-    session: AsyncSession, mail: InboundMail, *, now: dt.datetime, max_bytes: int = mime.DEFAULT_MAX_BYTES
+    session: AsyncSession,
+    mail: InboundMail,
+    *,
+    now: dt.datetime,
+    max_bytes: int = mime.DEFAULT_MAX_BYTES,
+    apply_reply: bool = True,
 ) -> ReceiveResult:
     """Classify, thread and store one inbound mail (module docstring). TooLarge (413) above `max_bytes`
-    (sources pass `Settings.inbound_message_max_bytes`)."""
+    (sources pass `Settings.inbound_message_max_bytes`). With `apply_reply=False` a reply's `replied` event is
+    stored but not applied: the caller applies `event_ids` itself before it commits (`apply_replies`), as the
+    `inbound` job does once per batch."""
     parsed = mime.parse(mail.raw, recipient=mail.recipient, sender=mail.sender, max_bytes=max_bytes)
     kind, report = classify.report_kind(mail.raw, parsed)
     if kind is not None and report is not None:
@@ -106,7 +116,18 @@ async def receive(
         if owner is None:
             return await _keep_unrouted(session, mail, parsed, reason, now=now)
         route = _Route(owner.user_id, owner.our_address, None)
-    return await _store(session, parsed, route, source=mail.source, service_id=mail.service_id, now=now)
+    return await _store(
+        session, parsed, route, source=mail.source, service_id=mail.service_id, now=now, apply_reply=apply_reply
+    )
+
+
+async def apply_replies(session: AsyncSession, event_ids: Sequence[int], *, now: dt.datetime) -> None:
+    """Apply the `replied` events `receive(…, apply_reply=False)` stored, in the caller's transaction: one pass of
+    the event pipeline for a whole batch of replies instead of one per reply."""
+    if event_ids:
+        await event_apply.apply_pending(
+            session, now=now, only_ids=list(event_ids), limit=len(event_ids), simulated_matches_any=False
+        )
 
 
 async def receive_assigned(
@@ -142,6 +163,7 @@ async def _store(
     service_id: int | None,
     now: dt.datetime,
     blob_id: int | None = None,
+    apply_reply: bool = True,
 ) -> ReceiveResult:
     existing = await _existing_message(session, route.user_id, parsed.message_id)
     if existing is not None:
@@ -185,6 +207,8 @@ async def _store(
     if not auto:
         if route.match is not None:
             event_ids = await _record_reply(session, route.match, parsed, their, service_id=service_id, now=now)
+            if apply_reply:
+                await apply_replies(session, event_ids, now=now)
         if contact_id is not None:
             await _touch_contact(session, contact_id, now)
     return ReceiveResult(
@@ -368,7 +392,7 @@ async def _record_reply(
     service_id: int | None,
     now: dt.datetime,
 ) -> tuple[int, ...]:
-    """The `replied` event of a person's reply, stored once per (user, Message-ID) and applied now."""
+    """The `replied` event of a person's reply, stored once per (user, Message-ID); `_store` applies it."""
     event = NormalizedEvent(
         event_type=EventType.REPLIED,
         provider_event="reply",
@@ -382,8 +406,6 @@ async def _record_reply(
     ids = await event_ingest.store_returning_ids(
         session, [event_ingest.event_row(INBOUND_SOURCE, service_id, event, now=now)]
     )
-    if ids:
-        await event_apply.apply_pending(session, now=now, only_ids=ids, limit=len(ids), simulated_matches_any=False)
     return tuple(ids)
 
 
@@ -430,6 +452,34 @@ async def _keep_unrouted(
         )
         return ReceiveResult(Status.DUPLICATE, unrouted_id=existing, reason=reason)
     return ReceiveResult(Status.UNROUTED, unrouted_id=inserted, reason=reason)
+
+
+async def keep_unreadable(session: AsyncSession, mail: InboundMail, error: str, *, now: dt.datetime) -> ReceiveResult:
+    """A mail that could not be handled after every attempt (`edm.conversations.inbound_queue`): kept unrouted with
+    the reason `unreadable`, raw and all, so an admin can look at it (and assign it once the cause is fixed). Its
+    identity is the hash of its bytes: the same mail failing twice is kept once."""
+    digest = hashlib.sha256(mail.raw).hexdigest()
+    message_id = f"unreadable-{digest[:40]}@edm.invalid"
+    existing = await session.scalar(select(UnroutedInbound.id).where(UnroutedInbound.message_id == message_id))
+    if existing is not None:
+        return ReceiveResult(Status.DUPLICATE, unrouted_id=existing, reason=UNREADABLE)
+    blob = MailBlob(size=len(mail.raw), sha256=digest, data=mail.raw, created_at=now)
+    session.add(blob)
+    await session.flush()
+    row = UnroutedInbound(
+        received_at=now,
+        source=mail.source[:16],
+        service_id=mail.service_id,
+        from_address=(mail.sender or None) and mail.sender[:320],
+        to_address=(mail.recipient or None) and mail.recipient[:320],
+        message_id=message_id,
+        reason=UNREADABLE,
+        error=error[:500],
+        blob_id=blob.id,
+    )
+    session.add(row)
+    await session.flush()
+    return ReceiveResult(Status.UNROUTED, unrouted_id=row.id, reason=UNREADABLE)
 
 
 def _normalized(address: str | None) -> str | None:

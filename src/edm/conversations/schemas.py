@@ -90,6 +90,7 @@ class UnroutedOut(BaseModel):
     subject: str | None
     message_id: str
     reason: str
+    error: str | None = Field(default=None, description="reason `unreadable`: what failed each time it was handled")
     resolved_at: dt.datetime | None
     resolution: str | None
     assigned_user_id: int | None

@@ -1,5 +1,6 @@
 """Inbound sources conversations own (docs/conversations.md#sources): the bounce mailbox of SMTP services, polled by
-the worker. (The SMTP endpoint and the providers' inbound webhooks call `ingest.receive` from `edm.api.webhooks`.)
+the worker. (The SMTP endpoint and the providers' inbound webhooks queue what they receive
+(`edm.conversations.inbound_queue`); the worker's `inbound` job hands it to `ingest.receive`.)
 
 Every message fetched goes to `receive` (source `imap`, whatever the protocol: IMAP or POP3) in its own unit of work:
 a report to the event store, a reply to its conversation, the rest unrouted. Only once that committed is the message

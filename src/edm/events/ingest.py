@@ -32,9 +32,16 @@ class StoreCounts:
     stored: int = 0
     duplicates: int = 0
     bad: int = 0
+    queued: int = 0  # inbound mail accepted for the `inbound` job (edm.conversations.inbound_queue)
 
     def as_dict(self) -> dict[str, int]:
-        return {"received": self.received, "stored": self.stored, "duplicates": self.duplicates, "bad": self.bad}
+        return {
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "bad": self.bad,
+            "queued": self.queued,
+        }
 
 
 def dedupe_key(event: NormalizedEvent) -> str:

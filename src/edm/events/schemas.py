@@ -47,12 +47,20 @@ class WebhookStoredOut(BaseModel):
     stored: int = Field(description="events stored now")
     duplicates: int = Field(description="events stored before (a redelivery)")
     bad: int = Field(description="elements that could not be parsed, kept for the admin view")
+    queued: int = Field(
+        default=0,
+        description="inbound mail (a reply, or a report on the SMTP endpoint) accepted and queued for the worker, "
+        "which threads it to its conversation or applies the report within seconds",
+    )
 
 
 class InboundReceivedOut(BaseModel):
     """What an inbound-mail webhook request handed to conversations."""
 
     received: int = Field(description="messages in the request, one per envelope recipient")
+    queued: int = Field(
+        default=0, description="messages accepted and queued for the worker, which threads them within seconds"
+    )
 
 
 class WebhookControlOut(BaseModel):

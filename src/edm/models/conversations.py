@@ -149,8 +149,27 @@ class UnroutedInbound(IdMixin, Base):
     subject: Mapped[str | None] = mapped_column(String(998))
     message_id: Mapped[str] = mapped_column(String(400))
     reason: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(String(500))  # reason `unreadable`: what failed when it was handled
     blob_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("mail_blobs.id", ondelete="SET NULL"))
     resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     resolution: Mapped[str | None] = mapped_column(String(16))  # assigned, discarded
     assigned_user_id: Mapped[int | None] = mapped_column(BigId)
     resolved_by: Mapped[int | None] = mapped_column(BigId)
+
+
+class InboundQueueItem(IdMixin, Base):
+    """Inbound mail a webhook accepted and the worker's `inbound` job has not handled yet
+    (docs/conversations.md#accepted-then-processed): the raw message and what the source said about its envelope.
+    Deleted once handled; `attempts` and `next_attempt_at` space out the retries of a message that failed."""
+
+    __tablename__ = "inbound_queue"
+
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(16))
+    service_id: Mapped[int | None] = mapped_column(BigId)
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    sender: Mapped[str | None] = mapped_column(String(320))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from edm import clock
 from edm.contacts.imports import HEARTBEAT_EVERY, run_imports
 from edm.conversations import answers as conversation_answers
+from edm.conversations import inbound_queue
 from edm.conversations import sources as inbound_sources
 from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
@@ -30,6 +31,7 @@ log = logging.getLogger("edm.jobs")
 # docs/events.md#pipeline-and-responses.
 EVENTS_PERIOD = 0.5
 EVENTS_BATCH = 1000
+INBOUND_PERIOD = 1.0  # seconds between looks at the inbound queue when it was found empty
 
 
 class Maintenance:
@@ -47,6 +49,7 @@ class Maintenance:
             ("uncertain", 300.0, self.uncertain),
             ("heartbeat", 20.0, self.worker.heartbeat),
             ("events", EVENTS_PERIOD, self.events),
+            ("inbound", INBOUND_PERIOD, self.inbound),
             ("mailboxes", 60.0, self.mailboxes),
             ("stats", 60.0, self.stats),
             ("retention", 86400.0, self.retention),
@@ -154,6 +157,18 @@ class Maintenance:
         if counts.reconciled:
             log.info("events.reconciled_uncertain", extra={"count": counts.reconciled})
         return counts.processed
+
+    async def inbound(self) -> int:
+        """Inbound mail the webhooks accepted: threaded to conversations, reports to the event store
+        (docs/conversations.md#accepted-then-processed)."""
+        counts = await inbound_queue.drain(
+            self.worker.sessionmaker,
+            max_bytes=self.worker.settings.inbound_message_max_bytes,
+            should_stop=self.worker.stopping.is_set,
+        )
+        if counts.handled:
+            log.info("inbound.drained", extra=counts.as_dict())
+        return counts.handled
 
     async def mailboxes(self) -> int:
         """Bounce reports and replies from the SMTP services' mailboxes (docs/providers.md#bounces-from-smtp-services,

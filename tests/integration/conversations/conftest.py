@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -17,6 +18,7 @@ from edm.db.session import unit_of_work
 from edm.models.conversations import Conversation, ConversationMessage, UnroutedInbound
 from edm.models.tasks import SubTask
 from edm.providers.inbound import InboundMail
+from tests.helpers import drain_inbound
 from tests.integration.events.conftest import EventKit, ekit  # noqa: F401  (the fixture, used through ckit)
 
 MIME = Path(__file__).parents[2] / "fixtures" / "mime"
@@ -60,6 +62,12 @@ class ConversationKit:
         for old, new in replace.items():
             text = text.replace(old, new)
         return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+
+    async def post(self, url: str, **request: Any) -> httpx.Response:
+        """Post to a webhook as a provider does, then let the worker's `inbound` job handle what it queued."""
+        response = await self.ekit.client.post(url, **request)
+        await drain_inbound(self.sessionmaker)
+        return response
 
     async def receive(self, raw: bytes, *, source: str = "smtp", **fields: Any) -> ingest.ReceiveResult:
         async with unit_of_work(self.sessionmaker) as session:

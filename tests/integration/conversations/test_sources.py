@@ -43,18 +43,18 @@ async def test_the_smtp_endpoint_hands_a_reply_to_its_conversation(ckit: Convers
     raw = ckit.mime("thunderbird_reply.eml")
     url = f"/webhooks/smtp/{service_id}/dsn"
     headers = {"Content-Type": "message/rfc822", "Authorization": f"Bearer {TOKEN}"}
-    answer = await ckit.ekit.client.post(url, content=raw, headers=headers, params={"envelope_to": ckit.our_address()})
+    answer = await ckit.post(url, content=raw, headers=headers, params={"envelope_to": ckit.our_address()})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 0}
+    assert answer.json() == {"received": 1, "stored": 0, "duplicates": 0, "bad": 0, "queued": 1}
     [message] = await ckit.messages()
     assert (message.source, message.service_id, message.subtask_id) == ("smtp", service_id, ckit.subtasks[0].id)
     assert await replied(ckit) == 1
-    again = await ckit.ekit.client.post(url, content=raw, headers=headers)
-    assert again.json() == {"received": 1, "stored": 0, "duplicates": 1, "bad": 0}
-    assert await replied(ckit) == 1
-    refused = await ckit.ekit.client.post(url, content=raw, headers={**headers, "Authorization": "Bearer wrong"})
+    again = await ckit.post(url, content=raw, headers=headers)
+    assert again.json() == {"received": 1, "stored": 0, "duplicates": 0, "bad": 0, "queued": 1}
+    assert await replied(ckit) == 1 and len(await ckit.messages()) == 1
+    refused = await ckit.post(url, content=raw, headers={**headers, "Authorization": "Bearer wrong"})
     assert refused.status_code == 401
-    empty = await ckit.ekit.client.post(url, content=b"  ", headers=headers)
+    empty = await ckit.post(url, content=b"  ", headers=headers)
     assert empty.status_code == 400 and empty.json()["error"]["code"] == "malformed_payload"
 
 
@@ -109,9 +109,9 @@ def route_payload(ckit: ConversationKit) -> dict[str, Any]:
 async def test_an_engagelab_route_event_becomes_a_conversation_message_counted_once(ckit: ConversationKit) -> None:
     document = route_payload(ckit)
     body = json.dumps(document).encode()
-    answer = await ckit.ekit.client.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
+    answer = await ckit.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 0}
+    assert answer.json() == {"received": 1, "stored": 0, "duplicates": 0, "bad": 0, "queued": 1}
     [message] = await ckit.messages()
     assert (message.source, message.service_id) == ("engagelab", ckit.ekit.service_ids["engagelab"])
     assert message.subtask_id == ckit.subtasks[0].id
@@ -120,15 +120,15 @@ async def test_an_engagelab_route_event_becomes_a_conversation_message_counted_o
     assert kinds == [("inbound", "replied")]
     assert await replied(ckit) == 1
     # A provider retry, and the same mail through the SMTP endpoint: nothing new.
-    retry = await ckit.ekit.client.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
-    assert retry.json()["duplicates"] == 1
+    retry = await ckit.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
+    assert retry.json()["queued"] == 1 and len(await ckit.messages()) == 1
     service_id = await smtp_service(ckit)
-    smtp = await ckit.ekit.client.post(
+    smtp = await ckit.post(
         f"/webhooks/smtp/{service_id}/dsn",
         content=ckit.mime("thunderbird_reply.eml"),
         headers={"Content-Type": "message/rfc822", "Authorization": f"Bearer {TOKEN}"},
     )
-    assert smtp.json()["duplicates"] == 1
+    assert smtp.json()["queued"] == 1
     async with ckit.sessionmaker() as session:
         assert len((await session.scalars(select(ConversationMessage))).all()) == 1
     assert await replied(ckit) == 1
@@ -143,8 +143,8 @@ async def test_an_engagelab_route_without_raw_message_is_rebuilt_from_its_fields
     data["reference"] = f"<{ckit.message_id()}>"
     data["headers"]["Message-ID"] = "<rebuilt-1@example.org>"
     body = json.dumps(document).encode()
-    answer = await ckit.ekit.client.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
-    assert answer.status_code == 200 and answer.json()["stored"] == 1, answer.text
+    answer = await ckit.post("/webhooks/engagelab", content=body, headers=engagelab_headers())
+    assert answer.status_code == 200 and answer.json()["queued"] == 1, answer.text
     [message] = await ckit.messages()
     assert message.message_id == "rebuilt-1@example.org" and message.subtask_id == ckit.subtasks[0].id
     assert message.text_body is not None and "call me" in message.text_body
@@ -166,15 +166,15 @@ async def test_postmark_inbound_on_its_event_url_is_a_reply_counted_once(ckit: C
     }
     headers = {"Content-Type": "application/json", "X-Webhook-Token": "pm-token-for-tests"}
     body = json.dumps(record).encode()
-    answer = await ckit.ekit.client.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
+    answer = await ckit.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 0}
+    assert answer.json() == {"received": 1, "stored": 0, "duplicates": 0, "bad": 0, "queued": 1}
     [message] = await ckit.messages()
     assert (message.source, message.service_id, message.subtask_id) == ("postmark", service_id, ckit.subtasks[0].id)
     kinds = [(e.source, e.event_type, e.match_status) for e in await events(ckit) if e.event_type == "replied"]
     assert kinds == [("inbound", "replied", "matched")]
     assert await replied(ckit) == 1
-    retry = await ckit.ekit.client.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
-    assert retry.json() == {"received": 1, "stored": 0, "duplicates": 1, "bad": 0}
+    retry = await ckit.post(f"/webhooks/postmark/{service_id}", content=body, headers=headers)
+    assert retry.json() == {"received": 1, "stored": 0, "duplicates": 0, "bad": 0, "queued": 1}
     await ckit.ekit.apply()
     assert await replied(ckit) == 1 and len(await ckit.messages()) == 1

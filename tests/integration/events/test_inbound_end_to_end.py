@@ -1,8 +1,8 @@
-"""Inbound mail end to end: each provider's fixture posted to its inbound URL as the provider posts it, through the
-real `edm.conversations.ingest.receive`, into conversations — once per (user, Message-ID), however often the
-provider retries; mail to an address no user's sender owns is kept for admins (`unrouted_inbound`). SES, Postmark and
-Brevo inbound mail posted to the provider's event URL instead goes the same way, read by the same parsers, and leaves
-no event behind."""
+"""Inbound mail end to end: each provider's fixture posted to its inbound URL as the provider posts it, queued, and
+handled by the worker's `inbound` job through the real `edm.conversations.ingest.receive`, into conversations, once
+per (user, Message-ID), however often the provider retries; mail to an address no user's sender owns is kept for
+admins (`unrouted_inbound`). SES, Postmark and Brevo inbound mail posted to the provider's event URL instead goes
+the same way, read by the same parsers, and leaves no event behind."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from edm.models.events import Event
 from edm.providers import ses as ses_provider
 from edm.providers.inbound_webhook import REBUILT_HEADER
 from tests import factories
-from tests.helpers import settings_for
+from tests.helpers import drain_inbound, settings_for
 from tests.unit.providers.inbound_support import (
     MAILGUN_KEY,
     SNS,
@@ -54,6 +54,12 @@ class Kit:
     sessionmaker: async_sessionmaker[AsyncSession]
     ids: dict[str, int]
     alice: int
+
+    async def post(self, path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Post as the provider does, then let the `inbound` job handle what the request queued."""
+        response = await self.client.post(path, content=content, headers=headers)
+        await drain_inbound(self.sessionmaker)
+        return response
 
     async def inbound(self, message_id: str) -> list[ConversationMessage]:
         async with self.sessionmaker() as session:
@@ -159,9 +165,9 @@ async def test_a_reply_is_stored_once_for_the_user_whatever_the_retries(
 ) -> None:
     path, headers, body = _post(provider, name)
     for _ in range(2):  # the provider's retry adds nothing
-        response = await kit.client.post(path, content=body(), headers=headers)
+        response = await kit.post(path, content=body(), headers=headers)
         assert response.status_code == 200, response.text
-        assert response.json() == {"received": count}
+        assert response.json() == {"received": count, "queued": count}
     [stored] = await kit.inbound(message_id)
     assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
     assert stored.to_address.lower() == f"reply-alice@{DOMAIN}"
@@ -196,7 +202,7 @@ async def test_mail_to_an_address_nobody_owns_is_kept_for_admins(kit: Kit) -> No
     ]
     path, headers, _ = _post("postmark", "postmark_inbound.json")
     for _ in range(2):
-        response = await kit.client.post(path, content=json.dumps(record).encode(), headers=headers)
+        response = await kit.post(path, content=json.dumps(record).encode(), headers=headers)
         assert response.status_code == 200, response.text
     [unrouted] = await kit.unrouted("to-nobody-1@mail.example.cn")
     assert (unrouted.source, unrouted.service_id) == ("postmark", kit.ids["postmark"])
@@ -208,8 +214,8 @@ async def test_mail_to_an_address_nobody_owns_is_kept_for_admins(kit: Kit) -> No
 
 async def test_brevo_items_are_stored_each_for_its_recipient(kit: Kit) -> None:
     path, headers, body = _post("brevo", "brevo_inbound.json")
-    response = await kit.client.post(path, content=body(), headers=headers)
-    assert (response.status_code, response.json()) == (200, {"received": 3})
+    response = await kit.post(path, content=body(), headers=headers)
+    assert (response.status_code, response.json()) == (200, {"received": 3, "queued": 3})
     [reply] = await kit.inbound("CAGbrevo-reply-1@mail.example.org")
     assert reply.user_id == kit.alice
     assert reply.in_reply_to == "00000000-0000-4000-8000-000000000001@mail.example.com"
@@ -241,11 +247,11 @@ async def test_inbound_mail_posted_to_the_event_url_goes_to_conversations(
     inbound_path, headers, body = _post(provider, name)
     event_path = inbound_path.split("?")[0].removesuffix("/inbound")
     count = len(message_ids) + unrouted
-    first = await kit.client.post(event_path, content=body(), headers=headers)
+    first = await kit.post(event_path, content=body(), headers=headers)
     assert first.status_code == 200, first.text
-    assert first.json() == {"received": count, "stored": count, "duplicates": 0, "bad": 0}
-    retry = await kit.client.post(event_path, content=body(), headers=headers)
-    assert retry.json() == {"received": count, "stored": 0, "duplicates": count, "bad": 0}
+    assert first.json() == {"received": count, "stored": 0, "duplicates": 0, "bad": 0, "queued": count}
+    retry = await kit.post(event_path, content=body(), headers=headers)
+    assert retry.json() == {"received": count, "stored": 0, "duplicates": 0, "bad": 0, "queued": count}
     for message_id in message_ids:
         [stored] = await kit.inbound(message_id)
         assert (stored.user_id, stored.source, stored.service_id) == (kit.alice, provider, kit.ids[provider])
@@ -257,8 +263,8 @@ async def test_inbound_mail_posted_to_the_event_url_goes_to_conversations(
     assert await kit.events() == []
     counts = (await kit.count(ConversationMessage), await kit.count(MailBlob))
     assert counts == (len(message_ids), count)
-    again = await kit.client.post(inbound_path, content=body(), headers=headers)
-    assert (again.status_code, again.json()) == (200, {"received": count})
+    again = await kit.post(inbound_path, content=body(), headers=headers)
+    assert (again.status_code, again.json()) == (200, {"received": count, "queued": count})
     assert (await kit.count(ConversationMessage), await kit.count(MailBlob)) == counts
 
 
@@ -266,16 +272,14 @@ async def test_inbound_mail_on_the_event_url_that_cannot_be_read_is_kept_as_a_ba
     """What the `…/inbound` URL refuses with 400 or 413 is, on the event URL, one bad element with the reason (200:
     the provider does not retry it forever), never a `replied` event; the rest of the batch is taken."""
     s3 = ses_envelope(content=None, receipt={"recipients": [f"reply-alice@{DOMAIN}"], "action": {"type": "S3"}})
-    answer = await kit.client.post("/webhooks/ses", content=sns_signed(s3), headers=SNS)
-    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 1}
+    answer = await kit.post("/webhooks/ses", content=sns_signed(s3), headers=SNS)
+    assert answer.json() == {"received": 1, "stored": 1, "duplicates": 0, "bad": 1, "queued": 0}
     items = fixture_json("brevo_inbound.json")["items"]
     broken = {**items[1], "MessageId": "<broken-1@mail.example.net>", "Headers": "not an object"}
     document = {"items": [items[0], broken]}
     path, headers, _ = _post("brevo", "brevo_inbound.json")
-    answer = await kit.client.post(
-        path.removesuffix("/inbound"), content=json.dumps(document).encode(), headers=headers
-    )
-    assert answer.json() == {"received": 2, "stored": 2, "duplicates": 0, "bad": 1}
+    answer = await kit.post(path.removesuffix("/inbound"), content=json.dumps(document).encode(), headers=headers)
+    assert answer.json() == {"received": 2, "stored": 1, "duplicates": 0, "bad": 1, "queued": 1}
     events = await kit.events()
     assert [(e.source, e.event_type, e.match_reason) for e in events] == [
         ("ses", "unknown", "bad_element"),

@@ -1,8 +1,9 @@
-"""The inbound-mail routes, `POST /webhooks/{provider}[/{service_id}]/inbound`, through the ASGI app and the real
-`edm.conversations.ingest.receive`: each provider's fixture, authenticated as that provider authenticates, is
-stored as mail of the verifying service (a conversation message when it names Alice's sender, kept unrouted
-otherwise), each message once, the whole request in one transaction; every refusal (401 unverified, 413 too large,
-400 malformed, 404 not an endpoint) stores nothing.
+"""The inbound-mail routes, `POST /webhooks/{provider}[/{service_id}]/inbound`, through the ASGI app, then the
+worker's `inbound` job (`edm.conversations.inbound_queue.drain`, which calls the real `ingest.receive`): each
+provider's fixture, authenticated as that provider authenticates, is queued by the request (the whole request in one
+transaction) and then stored as mail of the verifying service (a conversation message when it names Alice's sender,
+kept unrouted otherwise), each message once (the job's batch is one transaction, each message in a savepoint of
+its own); every refusal (401 unverified, 413 too large, 400 malformed, 404 not an endpoint) stores nothing.
 
 What was stored is read back from the database: conversation_messages, conversations, unrouted_inbound and
 mail_blobs (the bytes handed over), webhook_nonces (Mailgun's token) and events. On PostgreSQL every row a request
@@ -29,7 +30,7 @@ from edm.email_services import service as services
 from edm.providers import ses as ses_provider
 from edm.settings import Settings
 from tests import factories
-from tests.helpers import settings_for
+from tests.helpers import drain_inbound, settings_for
 from tests.integration.events.conftest import SENDGRID_PUBLIC
 from tests.unit.providers.inbound_support import (
     MAILGUN_KEY,
@@ -54,6 +55,7 @@ BODY_LIMIT = 200_000
 MESSAGE_LIMIT = 100_000
 # The tables an inbound request may write, each with the column that names a row.
 TABLES = {
+    "inbound_queue": "id",
     "conversation_messages": "id",
     "conversations": "id",
     "unrouted_inbound": "id",
@@ -103,6 +105,12 @@ class Kit:
 
     async def post(self, path: str, body: bytes, headers: dict[str, str], **query: str) -> httpx.Response:
         return await self.client.post(path, content=body, headers=headers, params=query)
+
+    async def accept(self, path: str, body: bytes, headers: dict[str, str], **query: str) -> httpx.Response:
+        """Post, then let the `inbound` job handle what the request queued."""
+        response = await self.post(path, body, headers, **query)
+        await drain_inbound(self.sessionmaker, self.settings)
+        return response
 
     async def snapshot(self) -> Snapshot:
         async with self.sessionmaker() as session:
@@ -264,8 +272,15 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
         before = await kit.snapshot()
         response = await kit.post(path, body, headers, **query)
         assert response.status_code == 200, (path, response.text)
-        assert response.json() == {"received": messages + unrouted}, path
+        assert response.json() == {"received": messages + unrouted, "queued": messages + unrouted}, path
+        accepted = await kit.written(before)
+        assert accepted.count("inbound_queue") == messages + unrouted, path
+        assert {table for table, rows in accepted.rows.items() if rows} <= {"inbound_queue", "webhook_nonces"}
+        in_one_transaction(accepted, kit.db_url)
+        counts = await drain_inbound(kit.sessionmaker, kit.settings)
+        assert (counts.handled, counts.failed) == (messages + unrouted, 0), path
         written = await kit.written(before)
+        assert (await kit.snapshot())["inbound_queue"] == {}, "each queued row deleted once handled"
         mails = await kit.mails(written)
         assert [m.kind for m in mails] == ["message"] * messages + ["unrouted"] * unrouted, path
         assert {(m.source, m.service_id) for m in mails} == {(provider, ids[provider])}, path
@@ -273,7 +288,6 @@ async def test_each_provider_hands_its_mail_to_conversations(kit: Kit) -> None:
         assert written.count("events") == 0, "no event: none of these answers a send of ours"
         assert written.count("webhook_nonces") == (1 if provider == "mailgun" else 0), path
         assert len({m.received_at for m in mails}) == 1, path
-        in_one_transaction(written, kit.db_url)
         stored.setdefault(path, []).extend(mails)
     every = await kit.mails()
     assert len(every) == 8 and len({(m.kind, m.message_id, m.to_address) for m in every}) == 8, "each stored once"
@@ -306,7 +320,7 @@ async def test_the_sendgrid_parsed_mode_posts_through_basic_credentials(kit: Kit
         )
     body, headers = sendgrid()
     path = f"/webhooks/sendgrid/{kit.ids['sendgrid']}/inbound"
-    response = await kit.post(path, body, {**headers, **basic("parse", "Basic-Pass-99")})
+    response = await kit.accept(path, body, {**headers, **basic("parse", "Basic-Pass-99")})
     assert response.status_code == 200, response.text
     [mail] = await kit.mails()
     assert (mail.kind, mail.source, mail.service_id) == ("message", "sendgrid", kit.ids["sendgrid"])
@@ -320,10 +334,11 @@ async def test_a_mailgun_token_is_single_use(kit: Kit) -> None:
     first = await kit.post("/webhooks/mailgun/inbound/mime", body, headers)
     assert first.status_code == 200, first.text
     written = await kit.written(before)
-    assert (written.count("webhook_nonces"), written.count("conversation_messages")) == (1, 1)
+    assert (written.count("webhook_nonces"), written.count("inbound_queue")) == (1, 1)
     in_one_transaction(written, kit.db_url)  # the token with the mail: a retry after a failure is no replay
+    await drain_inbound(kit.sessionmaker, kit.settings)
     before = await kit.snapshot()
-    again = await kit.post("/webhooks/mailgun/inbound/mime", body, headers)
+    again = await kit.accept("/webhooks/mailgun/inbound/mime", body, headers)
     assert again.status_code == 401 and "replay" in again.json()["error"]["message"]
     assert await kit.snapshot() == before
     assert len(await kit.mails()) == 1

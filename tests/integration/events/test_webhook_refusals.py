@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.helpers import drain_inbound
 from tests.integration.events.conftest import ENGAGELAB_KEY, SENDGRID_PUBLIC, EventKit, engagelab_headers
 
 SMTP_TOKEN = "inbound-token-for-tests-1234"
@@ -113,4 +114,5 @@ async def test_a_verified_post_still_reaches_its_service(ekit: EventKit) -> None
         headers={"Content-Type": "message/rfc822", "Authorization": f"Bearer {SMTP_TOKEN}"},
     )
     assert response.status_code == 200, response.text
+    await drain_inbound(ekit.sessionmaker)
     assert len(await ekit.events()) == 1

@@ -61,7 +61,7 @@ async def test_sendgrid_batch_with_duplicates_and_shuffled_order_applies_once(ek
 
     first = await post_sendgrid(ekit, events)
     assert first.status_code == 200, first.text
-    assert first.json() == {"received": 100, "stored": 75, "duplicates": 25, "bad": 0}
+    assert first.json() == {"received": 100, "stored": 75, "duplicates": 25, "bad": 0, "queued": 0}
     counts = await ekit.apply()
     assert (counts.processed, counts.matched, counts.unmatched, counts.ignored) == (75, 75, 0, 0)
 
@@ -91,7 +91,7 @@ async def test_an_event_for_an_unknown_subtask_is_stored_unmatched_so_the_provid
     no_id = {"email": "y@example.org", "timestamp": 1_700_000_000, "event": "delivered", "sg_event_id": "ghost-2"}
     response = await post_sendgrid(ekit, [ghost, no_id, "not an object"])
     assert response.status_code == 200
-    assert response.json() == {"received": 3, "stored": 3, "duplicates": 0, "bad": 1}
+    assert response.json() == {"received": 3, "stored": 3, "duplicates": 0, "bad": 1, "queued": 0}
     assert (await ekit.apply()).unmatched == 2
     reasons = {e.dedupe_key: (e.match_status, e.match_reason) for e in await ekit.events()}
     assert reasons["ghost-1"] == (MatchStatus.UNMATCHED, MatchReason.UNKNOWN_SUBTASK)
