@@ -1,5 +1,6 @@
 """create_app(settings): the FastAPI application. The lifespan builds the engine and sessionmaker; routers
-are mounted here and nowhere else. One handler maps EdmError to the error shape of docs/api.md#errors."""
+are mounted here and nowhere else. One handler maps EdmError to the error shape of docs/api.md#errors. /metrics and
+the HTTP metrics are `edm.metrics.asgi`, the outermost middleware."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from edm.console import routers as console_routers
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import EdmError
+from edm.metrics.asgi import ROUTE_TEMPLATE, MetricsMiddleware
 from edm.migrations.migrate import schema_is_current
 from edm.security import passwords
 from edm.settings import Settings
@@ -196,8 +198,12 @@ class TrackingFastPath:
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"token": token}
+        scope[ROUTE_TEMPLATE] = _TRACKING_TEMPLATES[endpoint]
         response = await endpoint(Request(scope, receive))
         await response(scope, receive, send)
+
+
+_TRACKING_TEMPLATES = {tracking_api.open_pixel: "/t/o/{token}.gif", tracking_api.click: "/t/c/{token}"}
 
 
 def _tracking_route(scope: Scope) -> tuple[Any, str]:
@@ -245,7 +251,8 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(DatabaseOutageGuard)  # inside the request id: its 503 carries one
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(TrackingFastPath)  # added last: outermost, in front of the request-id middleware
+    app.add_middleware(TrackingFastPath)  # in front of the request-id middleware
+    app.add_middleware(MetricsMiddleware, settings=settings)  # added last: outermost, times every answer; /metrics
 
     install_error_handlers(app)
 
