@@ -1,5 +1,5 @@
-"""The web app's side of the metrics: `/metrics` itself, and every HTTP request counted and timed by its route
-template, with the provider webhooks also counted by provider and result (docs/operations.md#metrics).
+"""The web app's HTTP metrics: every request counted and timed by its route template, and the provider webhooks also
+counted by provider and result (docs/operations.md#metrics). `/metrics` itself is a route of `edm.app`.
 
 A plain ASGI middleware, outermost of all, so that it times the whole answer, the tracking fast path included.
 Labels stay bounded whatever the requests: the route is the matched route's template (`/api/v1/tasks/{task_id}`)
@@ -13,9 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from edm import telemetry
-from edm.metrics.exposition import PATH, Exposition
 from edm.providers.registry import PROVIDERS
-from edm.settings import Settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,17 +29,13 @@ WEBHOOK_PROVIDERS = frozenset(PROVIDERS)
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.exposition = Exposition(settings)
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        if scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
-            await self._metrics(scope, send)
             return
         started = time.perf_counter()
         status = 500
@@ -70,20 +64,6 @@ class MetricsMiddleware:
         if method == "POST" and route.startswith(WEBHOOK_PREFIXES):
             provider, kind = webhook_provider(route, scope.get("path_params") or {})
             telemetry.WEBHOOK_REQUESTS.labels(provider, kind, webhook_result(status)).inc()
-
-    async def _metrics(self, scope: Scope, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
-        client = scope.get("client")
-        app = scope.get("app")
-        sessionmaker = getattr(getattr(app, "state", None), "sessionmaker", None)
-        answer = await self.exposition.answer(
-            sessionmaker, client_host=client[0] if client else None, authorization=headers.get("authorization")
-        )
-        body = b"" if scope["method"] == "HEAD" else answer.body
-        raw_headers = [(k.lower().encode(), v.encode()) for k, v in answer.headers]
-        raw_headers.append((b"content-length", str(len(answer.body)).encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 def route_template(scope: Scope) -> str:

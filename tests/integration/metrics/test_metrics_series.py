@@ -101,7 +101,7 @@ async def test_every_series_has_the_value_the_database_holds_during_and_after_a_
         await dkit.wait_for(lambda: _import_done(dkit), what="import finished")
 
         # A campaign through one SMTP service; its first message is held in DATA while we look.
-        sink.data_delay = 1.0
+        sink.data_held = True
         async with unit_of_work(sessionmaker) as session:
             sender = await factories.sender(session, owner.id)
             template = await factories.template(session, owner.id, html=HTML)
@@ -125,7 +125,7 @@ async def test_every_series_has_the_value_the_database_holds_during_and_after_a_
         assert state == await _state(sessionmaker, service_id), "nothing moved while we scraped"
         for during in (during_app, during_worker):
             _check_state(during, state, service_id)
-        sink.data_delay = 0.0
+        sink.data_held = False
 
         await dkit.wait_for(lambda: _completed(dkit, task_id), timeout=30, what="campaign completed")
         await _engage(app, sink)
