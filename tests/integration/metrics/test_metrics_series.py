@@ -76,6 +76,7 @@ def sink() -> Iterator[SmtpSink]:
     with SmtpSink() as running:
         running.reject_addresses[REFUSED] = (550, "5.1.1 no such user")
         yield running
+        running.data_held = False  # a test that failed while holding lets its client go
 
 
 async def test_every_series_has_the_value_the_database_holds_during_and_after_a_send(
@@ -122,7 +123,8 @@ async def test_every_series_has_the_value_the_database_holds_during_and_after_a_
         await dkit.wait_for(lambda: _first_in_flight(dkit, sink), what="first message in flight")
         during_app, during_worker = await scrape(app), await scrape(worker_port)
         state = await _state(sessionmaker, service_id)
-        assert state == await _state(sessionmaker, service_id), "nothing moved while we scraped"
+        again = await _state(sessionmaker, service_id)
+        assert {**state, "workers": None} == {**again, "workers": None}, "nothing moved while we scraped"
         for during in (during_app, during_worker):
             _check_state(during, state, service_id)
         sink.data_held = False
