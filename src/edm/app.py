@@ -1,5 +1,6 @@
 """create_app(settings): the FastAPI application. The lifespan builds the engine and sessionmaker; routers
-are mounted here and nowhere else. One handler maps EdmError to the error shape of docs/api.md#errors."""
+are mounted here and nowhere else. One handler maps EdmError to the error shape of docs/api.md#errors. The HTTP
+metrics are `edm.metrics.asgi`, the outermost middleware; /metrics answers through `edm.metrics.exposition`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from edm.console import routers as console_routers
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import EdmError
+from edm.metrics.asgi import ROUTE_TEMPLATE, MetricsMiddleware
+from edm.metrics.exposition import Exposition
 from edm.migrations.migrate import schema_is_current
 from edm.security import passwords
 from edm.settings import Settings
@@ -226,8 +229,12 @@ class TrackingFastPath:
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"token": token}
+        scope[ROUTE_TEMPLATE] = _TRACKING_TEMPLATES[endpoint]
         response = await endpoint(Request(scope, receive))
         await response(scope, receive, send)
+
+
+_TRACKING_TEMPLATES = {tracking_api.open_pixel: "/t/o/{token}.gif", tracking_api.click: "/t/c/{token}"}
 
 
 def _tracking_route(scope: Scope) -> tuple[Any, str]:
@@ -275,7 +282,8 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(DatabaseOutageGuard)  # inside the request id: its 503 carries one
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(TrackingFastPath)  # added last: outermost, in front of the request-id middleware
+    app.add_middleware(TrackingFastPath)  # in front of the request-id middleware
+    app.add_middleware(MetricsMiddleware)  # added last: outermost, counts and times every answer
 
     install_error_handlers(app)
 
@@ -283,6 +291,18 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok")
+
+    exposition = Exposition(settings)
+
+    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (docs/operations.md#metrics): loopback only, unless a token or networks are set."""
+        answer = await exposition.answer(
+            request.app.state.sessionmaker,
+            client_host=request.client.host if request.client else None,
+            authorization=request.headers.get("authorization"),
+        )
+        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
     _mount_routers(app, settings)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edm import secret_keys as keys
@@ -44,6 +45,23 @@ class Settings(BaseSettings):
     # Testing switch: scales every worker poll/sleep interval (0.05 makes maintenance jobs run 20x as often) and the
     # console's live-view poll interval (never under 1 s).
     time_scale: float = Field(default=1.0, gt=0, le=1.0)
+    # /metrics (docs/operations.md#metrics): a bearer token and/or the networks allowed to scrape. With neither set,
+    # only loopback addresses may scrape.
+    metrics_token: str = ""
+    metrics_allow: str = ""  # comma-separated addresses or CIDR networks, e.g. "10.0.0.0/8, 192.0.2.7"
+    # `edm worker` answers /metrics on this port when set (0: any free port); nothing is opened by default.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        for entry in split_networks(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"EDM_METRICS_ALLOW: {entry!r} is not an IP address or CIDR network") from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -76,6 +94,16 @@ class Settings(BaseSettings):
     def effective_tracking_url(self) -> str:
         return (self.tracking_url or self.public_url).rstrip("/")
 
+    @cached_property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks allowed to scrape /metrics: EDM_METRICS_ALLOW, or loopback only when neither it nor
+        EDM_METRICS_TOKEN is set; empty means any address (a token is set)."""
+        if self.metrics_allow.strip():
+            return tuple(ipaddress.ip_network(entry, strict=False) for entry in split_networks(self.metrics_allow))
+        if self.metrics_token:
+            return ()
+        return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
     @property
     def signing_key(self) -> bytes:
         # Outside production a missing key is derived from the database URL so demos work out of the box;
@@ -105,6 +133,10 @@ def production_key_problem(settings: Settings) -> str | None:
             where = "EDM_ENCRYPTION_KEYS" if len(entries) == 1 else f"EDM_ENCRYPTION_KEYS entry {position}"
             return f"{where} {problem}; {hint}"
     return None
+
+
+def split_networks(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def to_async_url(url: str) -> str:

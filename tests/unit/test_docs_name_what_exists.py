@@ -188,6 +188,7 @@ def test_the_check_tells_real_paths_from_made_up_ones(routes: Routes) -> None:
 
     for real in (
         "/healthz",
+        "GET /metrics",
         "GET /api/v1/tasks/{id}",
         "POST /tasks/42/pause",
         "/t/o/{token}.gif",
@@ -201,7 +202,7 @@ def test_the_check_tells_real_paths_from_made_up_ones(routes: Routes) -> None:
     ):
         assert exists(real), real
     for made_up in (
-        "/metrics",
+        "/statistics",
         "/console",
         "GET /api/v1/nothing",
         "DELETE /api/v1/me",

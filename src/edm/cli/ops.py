@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -66,7 +71,10 @@ def serve(
     cfg = settings()
     asyncio.run(require_current_schema())
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)
-    uvicorn.run("edm.cli.ops:app_factory", factory=True, **uvicorn_options(cfg, host=host, port=port, workers=workers))
+    with shared_metrics(workers):
+        uvicorn.run(
+            "edm.cli.ops:app_factory", factory=True, **uvicorn_options(cfg, host=host, port=port, workers=workers)
+        )
 
 
 def uvicorn_options(cfg: Settings, *, host: str | None, port: int | None, workers: int = 1) -> dict[str, Any]:
@@ -82,6 +90,26 @@ def uvicorn_options(cfg: Settings, *, host: str | None, port: int | None, worker
         "log_config": None,
         "access_log": False,
     }
+
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared_metrics(processes: int) -> Iterator[None]:
+    """Several server processes share one port, and a scrape reaches any one of them: their metrics must add up
+    (docs/operations.md#metrics). prometheus-client's multiprocess mode does it with files every process writes; a
+    fresh directory per `edm serve`, removed when it stops, unless PROMETHEUS_MULTIPROC_DIR names one already."""
+    if processes < 2 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="edm-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory  # inherited by the server processes, which start after this
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def app_factory():  # type: ignore[no-untyped-def]
@@ -117,8 +145,15 @@ def share_the_gil() -> None:
 GC_YOUNG_THRESHOLD = 20_000
 
 
-def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops")] = None) -> None:
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="dispatch loops")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="answer /metrics on this port (EDM_WORKER_METRICS_PORT; 0: any free port)"),
+    ] = None,
+) -> None:
     """Run dispatch loops and maintenance jobs until SIGTERM/SIGINT (graceful)."""
+    from edm.metrics.server import MetricsPortUnavailable
     from edm.worker.dispatcher import Worker  # loaded by `worker` only (start-up time of the other commands)
 
     cfg = settings()
@@ -129,11 +164,14 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops"
         await require_current_schema()
         engine = create_engine(cfg)
         try:
-            await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency).run()
+            await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency, metrics_port=metrics_port).run()
         finally:
             await engine.dispose()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MetricsPortUnavailable as exc:
+        fail(str(exc), code=2)
 
 
 @stats_app.command("verify")

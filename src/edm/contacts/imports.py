@@ -25,14 +25,14 @@ from typing import IO, Any, BinaryIO
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from edm import csvfmt
+from edm import csvfmt, telemetry
 from edm.clock import utc_now
 from edm.contacts.common import require_own
 from edm.contacts.importer import ImportOptions, ImportReport, Preview, import_file, preview_table, read_columns
 from edm.contacts.schemas import ImportOut
 from edm.contacts.sheets import detect_format
 from edm.db.dialect import dialect_name
-from edm.db.session import end_transaction, unit_of_work
+from edm.db.session import after_commit, end_transaction, unit_of_work
 from edm.errors import EdmError, InvalidTransition, NotFound
 from edm.models.contacts import Import, ImportChunk, ImportRowError, ImportStatus, Tag
 from edm.models.system import Notification
@@ -347,9 +347,17 @@ class _Run:
         if not await _set_status(self.session, self.row.id, (ImportStatus.RUNNING,), **values):
             await self.session.rollback()
             return False
+        if all(column in values for column in _ROW_RESULTS):  # a batch or the end: rows counted since the last save
+            rows = {result: values[c] - (getattr(self.row, c) or 0) for c, result in _ROW_RESULTS.items()}
+            kind = self.row.kind
+            after_commit(self.session, lambda: telemetry.count_import_rows(kind, rows))
         for key, value in values.items():
             setattr(self.row, key, value)
         return True
+
+
+# The import's row counts (columns of `imports`) and their result label in the process's metrics (`edm.telemetry`).
+_ROW_RESULTS = {"created": "created", "updated": "updated", "skipped": "skipped", "errors": "error"}
 
 
 class _Stopped(Exception):  # noqa: N818 - a control-flow signal

@@ -12,10 +12,18 @@ through one session batch by batch. See "Transactions: who commits" in docs/arch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
+
+log = logging.getLogger("edm.db")
+
+_AFTER_COMMIT = "edm.after_commit"
 
 
 @asynccontextmanager
@@ -53,3 +61,26 @@ async def end_transaction(session: AsyncSession) -> None:
     on SQLite no write lock, is held across it), to keep a record that the error answer after it must not
     roll back, and at each batch boundary of a long job that streams through one session."""
     await session.commit()
+
+
+def after_commit(session: AsyncSession | Session, action: Callable[[], None]) -> None:
+    """Run `action` once the session's current transaction commits; never if it rolls back or is closed
+    uncommitted. For what must describe committed rows only (the process's metrics, `edm.telemetry`): a service
+    says what it wrote without knowing when, or whether, its caller commits. An action that raises is logged."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    sync.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, ()):
+        try:
+            action()
+        except Exception:  # the transaction is committed whatever happens here
+            log.exception("db.after_commit_failed")
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, transaction: SessionTransaction, *_: Any) -> None:
+    if transaction.parent is None:  # the outermost transaction ended without a commit (or after one, empty)
+        session.info.pop(_AFTER_COMMIT, None)

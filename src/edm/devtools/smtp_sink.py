@@ -21,6 +21,7 @@ Typical test use::
         sink.mail_reply = (421, "4.7.0 Too many messages, slow down")   # 421 also closes the connection
         sink.data_reply = (554, "5.7.1 spam")     # answer the end of DATA (also (250, "Ok: queued as X"))
         sink.data_delay = 2.0                     # sleep before answering the end of DATA
+        sink.data_held = True                     # answer no end of DATA until set back to False
         sink.drop_after_data = True               # close without answering: the client sees maybe-sent
         sink.disconnect_all()                     # hang up on every client, like a relay cutting idle ones
 
@@ -30,8 +31,8 @@ Typical test use::
     ((monotonic, MAIL FROM) pairs), `authenticated_users`, `reset_stats()`, `clear()`.
 
 Fault switches are plain attributes read on every command, so they can be flipped while clients are
-connected. A message is captured as soon as its DATA is complete — before `data_delay` and before
-`drop_after_data` hang up — exactly like a real server that committed the mail and then lost the reply:
+connected. A message is captured as soon as its DATA is complete — before `data_delay`, `data_held` and
+`drop_after_data` hold or hang up — exactly like a real server that committed the mail and then lost the reply:
 "maybe sent" messages did arrive.
 
 With `store_dir`, every message is also written as `<time_ns>-<counter>.eml` (atomically: written to a
@@ -112,6 +113,7 @@ class SmtpSink:
         self.reject_addresses: dict[str, Reply] = {}
         self.data_reply: Reply | None = None  # answer to the end of DATA instead of "250 OK"
         self.data_delay = 0.0
+        self.data_held = False
         self.drop_after_data = False
 
         self._lock = threading.Condition()
@@ -410,6 +412,8 @@ class _Handler:
             sink._capture(envelope)
         if sink.data_delay > 0:
             await asyncio.sleep(sink.data_delay)
+        while sink.data_held:
+            await asyncio.sleep(0.01)
         if sink.drop_after_data:
             sink._end_transaction(server)
             assert server.transport is not None

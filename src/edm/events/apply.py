@@ -9,6 +9,7 @@ every changed row back with one UPDATE per table (`records`). An event never cha
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from edm import telemetry
 from edm.clock import utc_now
 from edm.db.dialect import is_postgresql
-from edm.db.session import unit_of_work
+from edm.db.session import after_commit, unit_of_work
 from edm.dispatch.queue.replies import SentAnswer, record_sent
 from edm.events.delivery import apply_event, move_usage_to_accepted, settle_uncertain
 from edm.events.machine_hits import load_recent_clicks
-from edm.events.matching import attempted_services, find_subtasks, match, needing_attempts, service_providers
+from edm.events.matching import (
+    TRACKING_SOURCES,
+    attempted_services,
+    find_subtasks,
+    match,
+    needing_attempts,
+    service_providers,
+)
 from edm.events.records import (
     CONTACT_WRITE,
     EVENT_READ,
@@ -149,11 +158,28 @@ async def apply_pending(
     )
     await update_many(session, Contact, CONTACT_WRITE, [c for c in contacts.values() if c.changed()])
     await add_suppressions(session, suppressions, now)
+    _count_when_committed(session, events)
     for subtask in settled:  # a conversation answer proven sent reaches its thread (docs/conversations-answers.md)
         if subtask.service_id is not None:
             answer = SentAnswer(subtask.id, None, None)
             await record_sent(session, service_id=subtask.service_id, answers=[answer], now=subtask.sent_at)
     return counts
+
+
+_TRACKED_HITS = {EventType.OPENED: "open", EventType.CLICKED: "click"}
+
+
+def _count_when_committed(session: AsyncSession, events: list[Any]) -> None:
+    """The process's metrics (`edm.telemetry`): the events by source, type and match status, and EDM's own open and
+    click hits matched to a recipient, by person or machine (as `delivery` classified them)."""
+    applied: Counter[tuple[str, str, str]] = Counter()
+    hits: Counter[tuple[str, bool]] = Counter()
+    for event in events:
+        applied[(event.source, event.event_type, str(event.match_status))] += 1
+        kind = _TRACKED_HITS.get(event.event_type)
+        if kind and event.source in TRACKING_SOURCES and event.match_status == MatchStatus.MATCHED:
+            hits[(kind, bool((event.details or {}).get("machine")))] += 1
+    after_commit(session, lambda: telemetry.count_events(applied, hits))
 
 
 async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,6 +20,8 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm import telemetry
+from edm.db.session import after_commit
 from edm.models.events import Event, MatchReason, MatchStatus, WebhookNonce
 from edm.vocabulary.events import BadElement, NormalizedEvent
 
@@ -118,8 +121,9 @@ async def store_returning_ids(session: AsyncSession, rows: Sequence[dict[str, An
     if not rows:
         return []
     connection = await session.connection()
-    result = await connection.execute(_store_statement(connection.dialect.name), _one_shape(rows))
-    return [row[0] for row in result.all()]
+    result = (await connection.execute(_store_statement(connection.dialect.name), _one_shape(rows))).all()
+    _count_final(session, result)
+    return [row[0] for row in result]
 
 
 async def store(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> StoreCounts:
@@ -136,7 +140,9 @@ async def store(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> StoreC
         return counts
     unique = _one_shape(rows)
     connection = await session.connection()
-    inserted = len((await connection.execute(_store_statement(connection.dialect.name), unique)).all())
+    result = (await connection.execute(_store_statement(connection.dialect.name), unique)).all()
+    _count_final(session, result)
+    inserted = len(result)
     counts.stored = inserted
     counts.duplicates = len(rows) - inserted
     counts.bad = sum(1 for r in unique if r.get("match_reason") == MatchReason.BAD_ELEMENT)
@@ -157,7 +163,16 @@ def _one_shape(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _store_statement(dialect: str) -> Any:
     table = cast(Table, Event.__table__)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing(index_elements=["source", "dedupe_key"]).returning(table.c.id)
+    statement = insert(table).on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
+    return statement.returning(table.c.id, table.c.source, table.c.event_type, table.c.match_status)
+
+
+def _count_final(session: AsyncSession, inserted: Sequence[Any]) -> None:
+    """Rows stored already final (a batch element that could not be parsed, a mail that is no report) are never
+    applied: the process's event count (`edm.telemetry`) takes them here, the `events` job takes the others."""
+    final = Counter((r.source, r.event_type, str(r.match_status)) for r in inserted if r.match_status != "pending")
+    if final:
+        after_commit(session, lambda: telemetry.count_events(final, {}))
 
 
 async def claim_nonce(session: AsyncSession, source: str, nonce: str, *, now: dt.datetime) -> bool:

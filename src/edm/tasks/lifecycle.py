@@ -7,12 +7,15 @@ Services: they take a session and flush; the maintenance jobs (entry points) com
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm import telemetry
+from edm.db.session import after_commit
 from edm.errors import InvalidTransition
 from edm.models.email_services import UserServiceMapping
 from edm.models.tasks import SubTask, Task
@@ -78,7 +81,7 @@ async def finalize(session: AsyncSession, *, now: dt.datetime, limit: int = 100)
     """Running tasks with no SubTask left pending, allocated or uncertain become `completed`, refunded once."""
     rows = (
         await session.execute(
-            select(Task.id, Task.user_id)
+            select(Task.id, Task.user_id, Task.kind, Task.schedule_at)
             .where(Task.status.in_(RUNNING), ~_has_open(Task.id))
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -98,7 +101,12 @@ async def finalize(session: AsyncSession, *, now: dt.datetime, limit: int = 100)
         )
         await refund(session, task, occasion="completed")
         done.append(task.id)
+        after_commit(session, functools.partial(_observe_completion, task.kind, task.schedule_at, now))
     return done
+
+
+def _observe_completion(kind: str, schedule_at: dt.datetime | None, at: dt.datetime) -> None:
+    telemetry.observe_task_delay(telemetry.COMPLETION_DELAY, kind, schedule_at, at)
 
 
 async def settle_stopped(session: AsyncSession, *, now: dt.datetime, limit: int = 100) -> list[int]:

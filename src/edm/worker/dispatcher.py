@@ -2,7 +2,8 @@
 its units of work and commits once per claim and once per outcome batch (docs/sending.md).
 
 Any number of workers may run against one PostgreSQL database; every limit lives in the database, so the
-only thing a worker keeps in memory is configuration (≤ 30 s old) and provider connections.
+only thing a worker keeps in memory is configuration (≤ 30 s old) and provider connections. With a metrics port, a
+worker answers /metrics itself (`edm.metrics.server`, docs/operations.md#metrics).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edm.db.availability import log_failure
 from edm.db.session import unit_of_work
 from edm.dispatch import allocation, queue
 from edm.dispatch.compose import Composer, RenderFailure
+from edm.metrics.server import MetricsServer
 from edm.models.email_services import EmailService
 from edm.providers.base import Adapter, OutboundMessage, Outcome, SendResult
 from edm.providers.registry import AdapterCache
@@ -58,6 +60,7 @@ class Worker:
         concurrency: int | None = None,
         worker_id: str | None = None,
         run_jobs: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -77,6 +80,12 @@ class Worker:
         self.maintenance = Maintenance(self)
         self.sent_batches = 0
         self._threshold_checked: dict[int, tuple[float, int]] = {}
+        port = settings.worker_metrics_port if metrics_port is None else metrics_port
+        self.metrics = (
+            None
+            if port is None
+            else MetricsServer(settings, sessionmaker, host=settings.worker_metrics_host, port=port)
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -84,6 +93,8 @@ class Worker:
         return seconds * self.settings.time_scale
 
     async def run(self, *, install_signals: bool = True) -> None:
+        if self.metrics is not None:  # first: a port already taken stops the worker before it does anything
+            await self.metrics.start()
         if install_signals:
             self._install_signal_handlers()
         await self._register()
@@ -105,6 +116,8 @@ class Worker:
                 log.error("worker.loop_failed", exc_info=task.exception())
         await self.adapters.aclose()
         await self._unregister()
+        if self.metrics is not None:
+            await self.metrics.stop()
         log.info("worker.stopped", extra={"worker_id": self.id})
 
     def request_stop(self) -> None:

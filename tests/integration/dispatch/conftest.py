@@ -47,11 +47,18 @@ class DispatchKit:
     # ---- workers -------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def worker(self, *, concurrency: int = 2, run_jobs: bool = True) -> AsyncIterator[Worker]:
-        """A Worker running in the background for the duration of the block; stopped (gracefully) after."""
-        worker = Worker(self.settings, self.sessionmaker, concurrency=concurrency, run_jobs=run_jobs)
+    async def worker(
+        self, *, concurrency: int = 2, run_jobs: bool = True, metrics_port: int | None = None
+    ) -> AsyncIterator[Worker]:
+        """A Worker running in the background for the duration of the block; stopped (gracefully) after. With a
+        `metrics_port` (0: any free one) the block starts once its /metrics listens (`worker.metrics.port`)."""
+        worker = Worker(
+            self.settings, self.sessionmaker, concurrency=concurrency, run_jobs=run_jobs, metrics_port=metrics_port
+        )
         runner = asyncio.create_task(worker.run(install_signals=False))
         self._runners.append(runner)
+        if worker.metrics is not None:
+            await self.wait_for(lambda: _listening(worker), what="worker /metrics listening")
         try:
             yield worker
         finally:
@@ -157,3 +164,7 @@ class DispatchKit:
 @pytest.fixture
 def dkit(db_url: str, sessionmaker: async_sessionmaker[AsyncSession]) -> DispatchKit:
     return DispatchKit(db_url, sessionmaker)
+
+
+async def _listening(worker: Worker) -> bool:
+    return worker.metrics is not None and worker.metrics.listening

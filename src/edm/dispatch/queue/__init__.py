@@ -8,7 +8,7 @@ makes a network call. The modules, in the order a SubTask meets them:
   and the claim-time exclusion check;
 - `recording` + `service_state`: the outcome transaction of a claimed batch and the service's health;
 - `reclaim`: unstarted items given back, and expired leases taken back;
-- `usage`: the per-service-day usage counters; `views`: the admin queue view's reads.
+- `usage`: the per-service-day usage counters; `views`: the reads of the admin queue view and of /metrics.
 
 Callers import this package (`from edm.dispatch import queue`) and use the names below.
 """
@@ -35,7 +35,14 @@ from edm.dispatch.queue.snapshots import (
     snapshot_services,
 )
 from edm.dispatch.queue.usage import upsert_usage, used_today
-from edm.dispatch.queue.views import OPEN_TASK_STATES, InFlight, PendingTask, in_flight_by_service, pending_by_task
+from edm.dispatch.queue.views import (
+    OPEN_TASK_STATES,
+    InFlight,
+    PendingTask,
+    in_flight_by_service,
+    pending_by_task,
+    uncertain_by_service,
+)
 
 __all__ = [
     "LEASE_GRACE",
@@ -65,6 +72,7 @@ __all__ = [
     "runtime_of",
     "service_view",
     "snapshot_services",
+    "uncertain_by_service",
     "unsendable_reasons",
     "upsert_usage",
     "used_today",

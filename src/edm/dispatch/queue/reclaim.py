@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm import telemetry
+from edm.db.session import after_commit
 from edm.dispatch.queue.claiming import Claim, ClaimedItem
 from edm.dispatch.queue.snapshots import day_of
 from edm.dispatch.queue.usage import upsert_usage
@@ -46,21 +48,20 @@ async def release(
         )
         .execution_options(synchronize_session=False)
     )
-    await session.execute(
-        insert(SendAttempt),
-        [
-            {
-                "subtask_id": i.subtask_id,
-                "attempt_no": i.attempt_no,
-                "service_id": claim.service_id,
-                "started_at": None,
-                "finished_at": now,
-                "outcome": "released",
-                "message": message,
-            }
-            for i in items
-        ],
-    )
+    attempts = [
+        {
+            "subtask_id": i.subtask_id,
+            "attempt_no": i.attempt_no,
+            "service_id": claim.service_id,
+            "started_at": None,
+            "finished_at": now,
+            "outcome": "released",
+            "message": message,
+        }
+        for i in items
+    ]
+    await session.execute(insert(SendAttempt), attempts)
+    after_commit(session, lambda: telemetry.count_attempts(attempts))
     if claim.probe:
         await session.execute(
             update(EmailServiceState)
@@ -134,6 +135,7 @@ async def reclaim_expired(
     ]
     if attempts:
         await session.execute(insert(SendAttempt), attempts)
+        after_commit(session, lambda: telemetry.count_attempts(attempts))
     await _settle_reclaimed_usage(session, uncertain, now)
     counts["pending"], counts["uncertain"] = len(resend), len(uncertain)
     await _clear_dead_probes(session, {r.service_id for r in rows})

@@ -18,6 +18,8 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm import telemetry
+from edm.db.session import after_commit
 from edm.dispatch import retry
 from edm.dispatch.queue.claiming import Claim, ClaimedItem
 from edm.dispatch.queue.replies import SentAnswer, record_sent
@@ -265,6 +267,11 @@ async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str
         await session.execute(SUBTASKS.update().where(where).values(**values), rows)
 
 
+def _observe_first_sends(tasks: Sequence[Any], at: dt.datetime) -> None:
+    for kind, schedule_at in tasks:
+        telemetry.observe_task_delay(telemetry.FIRST_SEND_DELAY, kind, schedule_at, at)
+
+
 def _late_sent_values(service_id: int) -> dict[str, Any]:
     return {
         "send_state": SendState.SENT,
@@ -285,6 +292,7 @@ def _state_values(state: SendState, sample: dict[str, Any]) -> dict[str, Any]:
 
 async def _insert_attempts(session: AsyncSession, attempts: list[dict[str, Any]]) -> None:
     await session.execute(insert(SendAttempt), attempts)
+    after_commit(session, lambda: telemetry.count_attempts(attempts))
 
 
 async def _add_usage(session: AsyncSession, claim: Claim, usage: Counter[str]) -> None:
@@ -306,12 +314,17 @@ async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[It
             .execution_options(synchronize_session=False)
         )
     task_ids = {i.task_id for i in accepted}
-    await session.execute(
-        update(Task)
-        .where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
-        .values(first_sent_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    first = (
+        await session.execute(
+            update(Task)
+            .where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
+            .values(first_sent_at=now)
+            .returning(Task.kind, Task.schedule_at)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    if first:
+        after_commit(session, lambda: _observe_first_sends(first, now))
     # A send means the task is no longer waiting: the fields are cleared at the next send.
     await session.execute(
         update(Task)

@@ -84,3 +84,20 @@ async def in_flight_by_service(session: AsyncSession, *, now: dt.datetime) -> di
         for sid, n, oldest, expired in rows.all()
         if sid is not None
     }
+
+
+# Tasks that may hold uncertain SubTasks: a completed task has none (it completes when every SubTask is final).
+UNCERTAIN_TASK_STATES = (*OPEN_TASK_STATES, TaskStatus.CANCELLED, TaskStatus.CLOSED)
+
+
+async def uncertain_by_service(session: AsyncSession) -> dict[int, int]:
+    """Uncertain SubTasks per service (the one that attempted them). Read through the (task_id, send_state) index,
+    one range per task that can hold such rows: the cost is the number of those tasks and of uncertain rows, not
+    the size of the table."""
+    tasks = select(Task.id).where(Task.status.in_(UNCERTAIN_TASK_STATES)).scalar_subquery()
+    rows = await session.execute(
+        select(SubTask.service_id, func.count())
+        .where(SubTask.task_id.in_(tasks), SubTask.send_state == SendState.UNCERTAIN)
+        .group_by(SubTask.service_id)
+    )
+    return {int(service_id or 0): int(n) for service_id, n in rows.all()}
