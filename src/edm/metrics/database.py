@@ -9,7 +9,8 @@ Every read is bounded by something small, never by the size of the SubTasks or e
 - in flight and usage: `queue.snapshot_services` (the partial index of allocated rows, one usage row per service);
 - uncertain: `queue.uncertain_by_service`, one index range per task that can hold such rows;
 - tasks by status: the tasks table (a row per campaign); workers: a row per running worker;
-- events waiting to be applied: the partial index of unprocessed events (the backlog, not the table).
+- events waiting to be applied: the partial index of unprocessed events (the backlog, not the table);
+- inbound mail waiting for the `inbound` job: the queue table, emptied as the job handles it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm import __version__
+from edm.conversations import inbound_queue
 from edm.dispatch import queue
 from edm.models.events import Event
 from edm.models.system import Worker
@@ -48,6 +50,21 @@ async def database_families(session: AsyncSession, *, now: dt.datetime) -> list[
             "edm_events_pending",
             "Events stored and not yet applied by the events job (its backlog).",
             await session.scalar(select(func.count()).select_from(Event).where(Event.processed_at.is_(None))),
+        )
+    )
+    waiting, oldest = await inbound_queue.waiting(session)
+    families.append(
+        _single(
+            "edm_inbound_queued",
+            "Inbound mail accepted by the webhooks and not yet handled by the inbound job.",
+            waiting,
+        )
+    )
+    families.append(
+        _single(
+            "edm_inbound_oldest_age_seconds",
+            "Seconds the oldest queued inbound mail has waited (0 when none waits).",
+            max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0,
         )
     )
     runtime = await runtime_settings.load(session)

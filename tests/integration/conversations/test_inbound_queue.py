@@ -146,3 +146,24 @@ async def test_a_running_worker_handles_what_the_webhooks_queued(ckit: Conversat
 async def queue_size(ckit: ConversationKit) -> int:
     async with ckit.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(InboundQueueItem)) or 0)
+
+
+async def test_metrics_show_the_inbound_backlog(ckit: ConversationKit) -> None:
+    service_id = await smtp_service(ckit)
+    clock.freeze(dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC))
+    await post_mail(ckit, service_id, ckit.mime("thunderbird_reply.eml"))
+    clock.freeze(dt.datetime(2026, 12, 7, 9, 0, 42, tzinfo=dt.UTC))
+    assert await scraped(ckit) == {"edm_inbound_queued": 1.0, "edm_inbound_oldest_age_seconds": 42.0}
+    await drain_inbound(ckit.sessionmaker)
+    assert await scraped(ckit) == {"edm_inbound_queued": 0.0, "edm_inbound_oldest_age_seconds": 0.0}
+
+
+async def scraped(ckit: ConversationKit) -> dict[str, float]:
+    response = await ckit.ekit.client.get("/metrics")
+    assert response.status_code == 200, response.text
+    wanted = ("edm_inbound_queued", "edm_inbound_oldest_age_seconds")
+    return {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in response.text.splitlines())
+        if name in wanted
+    }
