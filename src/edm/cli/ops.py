@@ -116,7 +116,7 @@ def worker(concurrency: Annotated[int | None, typer.Option(help="dispatch loops"
 
     async def main() -> None:
         await require_current_schema()
-        engine = create_engine(cfg)
+        engine = create_engine(cfg, application_name="edm-worker")
         try:
             await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency).run()
         finally:
