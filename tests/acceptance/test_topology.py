@@ -105,10 +105,12 @@ async def test_two_servers_three_workers_send_20000_recipients_once_each(db_url:
                 bases = [f"http://127.0.0.1:{port}" for port in ports]
                 for i, (base, server) in enumerate(zip(bases, processes, strict=False)):
                     await until_serving(base, server, tmp_path / f"serve-{i}.log", timeout=120)
+                phases = {"serving": time.monotonic() - started}
                 api = RoundRobin(bases)
                 try:
-                    task_id = await _set_up_and_schedule(api, admin.headers, user.headers, sink)
+                    task_id = await _set_up_and_schedule(api, admin.headers, user.headers, sink, phases, started)
                     await _until_completed(api, user.headers, task_id, processes, timeout=900)
+                    phases["completed"] = time.monotonic() - started
                     stats = (await api.request("GET", f"/api/v1/tasks/{task_id}/stats", headers=user.headers)).json()
                     sending = _workers_connected_to(sink.port, workers)
                 finally:
@@ -121,10 +123,18 @@ async def test_two_servers_three_workers_send_20000_recipients_once_each(db_url:
     assert stats["sent"] == RECIPIENTS and stats["uncertain"] == 0 and stats["failed"] == 0, stats
     assert api.answered[0] > 5 and api.answered[1] > 5, "both servers answered"
     assert sending == {w.pid for w in workers}, "every worker sent"
-    print(f"\n{RECIPIENTS} recipients, {SERVERS} servers, {WORKERS} workers: {time.monotonic() - started:.1f} s")
+    at = ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items())
+    print(f"\n{RECIPIENTS} recipients, {SERVERS} servers, {WORKERS} workers: {time.monotonic() - started:.1f} s ({at})")
 
 
-async def _set_up_and_schedule(api: RoundRobin, admin: dict[str, str], user: dict[str, str], sink: SmtpSink) -> int:
+async def _set_up_and_schedule(
+    api: RoundRobin,
+    admin: dict[str, str],
+    user: dict[str, str],
+    sink: SmtpSink,
+    phases: dict[str, float],
+    started: float,
+) -> int:
     async def call(method: str, path: str, who: dict[str, str], expect: int, **kwargs: Any) -> Any:
         r = await api.request(method, f"/api/v1{path}", headers=who, **kwargs)
         assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text[:500]}"
@@ -161,6 +171,7 @@ async def _set_up_and_schedule(api: RoundRobin, admin: dict[str, str], user: dic
         await asyncio.sleep(0.5)
         imported = await call("GET", f"/contacts/imports/{imported['id']}", user, 200)
     assert imported["status"] == "completed" and imported["created"] == RECIPIENTS, imported
+    phases["imported"] = time.monotonic() - started
 
     body = {
         "name": "twenty thousand",
@@ -172,6 +183,7 @@ async def _set_up_and_schedule(api: RoundRobin, admin: dict[str, str], user: dic
     }
     task = await call("POST", "/tasks", user, 201, json=body)
     await call("POST", f"/tasks/{task['id']}/schedule", user, 200, json={"now": True})
+    phases["scheduled"] = time.monotonic() - started
     return int(task["id"])
 
 
