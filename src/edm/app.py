@@ -32,7 +32,7 @@ from edm.api.ratelimit import RateLimitMiddleware
 from edm.console import errors as console_errors
 from edm.console import public as console_public
 from edm.console import routers as console_routers
-from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
+from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable, sqlstate
 from edm.db.engine import create_engine, make_sessionmaker
 from edm.errors import EdmError
 from edm.metrics.asgi import ROUTE_TEMPLATE, MetricsMiddleware
@@ -127,7 +127,11 @@ def unavailable_response(request: Request, exc: BaseException) -> JSONResponse:
     """503 `unavailable` with `Retry-After`: the database is down; the same request succeeds once it is back."""
     log.error(
         "http.database_unavailable",
-        extra={"request_id": getattr(request.state, "request_id", None), "error": type(exc).__name__},
+        extra={
+            "request_id": getattr(request.state, "request_id", None),
+            "error": type(exc).__name__,
+            "sqlstate": sqlstate(exc),  # 55P03: a lock held past EDM_DB_LOCK_TIMEOUT; None: no answer at all
+        },
     )
     return JSONResponse(
         error_body(request, "unavailable", "database unavailable, retry later"),
@@ -256,7 +260,7 @@ def create_app(settings: Settings, *, engine: Any = None, outbound_transport: An
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_engine = engine is None
-        app.state.engine = engine or create_engine(settings)
+        app.state.engine = engine or create_engine(settings, application_name="edm-serve")
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
         yield
         client = getattr(app.state, "webhook_http", None)

@@ -29,7 +29,20 @@ class Settings(BaseSettings):
     # Largest claim one dispatch loop takes (at most 200, docs/sending.md#the-claim). Smaller claims let several loops
     # overlap claim, send and record on one service; see bench/RESULTS.md for the measured effect.
     claim_max: int = Field(default=200, ge=1, le=200)
+    # Database connections per process (docs/deploy.md#connections): the pool keeps up to `db_pool_size` open and
+    # opens up to `db_max_overflow` more under load (unset: as many as the pool size); a unit of work that finds
+    # none free within `db_pool_timeout` seconds fails as an outage (HTTP 503; the worker retries).
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int | None = Field(default=None, ge=0, le=200)
+    db_pool_timeout: float = Field(default=30.0, gt=0, le=600)
+    # Behind PgBouncer in transaction mode (docs/deploy.md#pgbouncer): no prepared statement outlives its
+    # transaction, and no session setting is sent at connect (PgBouncer refuses unknown start-up parameters).
+    db_pgbouncer: bool = False
+    # Seconds a statement may wait for a lock, and may run, before PostgreSQL cancels it (0: no limit). A cancelled
+    # statement is reported like an outage (HTTP 503 with Retry-After; the worker logs a warning and retries), so a
+    # long lock slows EDM down instead of piling up waiting requests. Not applied to `edm db upgrade`.
+    db_lock_timeout: float = Field(default=10.0, ge=0, le=86400)
+    db_statement_timeout: float = Field(default=0.0, ge=0, le=86400)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     allow_unsigned_webhooks: bool = False

@@ -32,6 +32,8 @@ OWN_URL = re.compile(
     r"https?://(?:edm\.example\.com|t\.example\.com|127\.0\.0\.1:8000|localhost:8000"
     r"|<EDM_[A-Z_]+(?: or EDM_[A-Z_]+)?>)(/(?:<[^<>\s]+>|[^\s`'\"<>)])*)"
 )
+# Files on a host (docs/deploy.md names where things go), not URL paths.
+FILE_SYSTEM = ("/etc/", "/opt/", "/var/", "/usr/", "/lib/", "/tmp/", "/backup/")
 # Named in the docs on purpose though no EDM route has them; keep this short.
 NOT_OURS = {
     "/email/batch": "Postmark's batch endpoint, in the provider table",
@@ -63,7 +65,7 @@ def named_paths() -> Iterator[Named]:
                 continue
             for span in re.findall(r"`([^`]+)`", line):
                 found = SPAN.match(span.strip())
-                if found and not OWN_URL.search(span):
+                if found and not OWN_URL.search(span) and not found.group(2).startswith(FILE_SYSTEM):
                     methods = tuple(re.split(r"[,/|]", found.group(1))) if found.group(1) else ()
                     yield Named(where, methods, found.group(2), planned)
 

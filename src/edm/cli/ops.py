@@ -162,7 +162,7 @@ def worker(
 
     async def main() -> None:
         await require_current_schema()
-        engine = create_engine(cfg)
+        engine = create_engine(cfg, application_name="edm-worker")
         try:
             await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency, metrics_port=metrics_port).run()
         finally:

@@ -119,8 +119,9 @@ async def off_loop(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
 
 def time_limit(seconds: float | None = None) -> AbstractContextManager[None]:
     """A scope for several steps that share one deadline (compile + render of a preview): a `render()`
-    inside it ends at the scope's deadline if that comes first."""
-    return sandbox.allowance(RENDER_TIME_LIMIT if seconds is None else seconds)
+    inside it ends at the scope's deadline if that comes first. Its time is the clock's: someone waits for
+    the answer. (A render on its own counts the CPU time it spends, so a busy host never fails a send.)"""
+    return sandbox.allowance(RENDER_TIME_LIMIT if seconds is None else seconds, wall_clock=True)
 
 
 _HTML_ENV = sandbox.make_env(autoescape=True)
@@ -392,7 +393,9 @@ def _render_part(part: _Part, ctx: dict[str, Any]) -> str:
                 message = f"{part.name}: output exceeds {sandbox.megabytes(MAX_OUTPUT_BYTES)}"
                 raise RenderLimitExceeded(message, part=part.name, limit="size")
             if time.monotonic() > deadline:
-                raise _timeout(part.name)
+                if sandbox.expired():
+                    raise _timeout(part.name)
+                deadline = sandbox.deadline()
             chunks.append(chunk)
     except RenderError:
         raise

@@ -11,7 +11,10 @@ instead of stopping a call that runs too long, no step is allowed to become long
   Values are measured without being converted: `text_size` walks containers, so `[a] * 300` is known to
   print as 300 copies of `a` before anything prints it.
 - The deadline of the render is checked on every guarded step: every filter, every sandboxed call
-  (methods, macros, `caller()`, `loop()`), every loop iteration and every output chunk.
+  (methods, macros, `caller()`, `loop()`), every loop iteration and every output chunk. It is a wall-clock
+  deadline, cheap to check; once it has passed, the rendering thread's own CPU time decides (`expired`): a
+  render that did not get the CPU (a busy host, other threads holding the GIL) is given its time back instead
+  of failing, since a task whose template hits the time limit is paused.
 - Every value a guarded step produces is charged to a per-render `WORK_BUDGET` (bytes of text, a fixed
   cost per container item), so many individually allowed steps cannot together exhaust memory, even when
   each of them is freed right after (that is CPU spent).
@@ -32,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import re
+import threading
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sized, ValuesView
 from dataclasses import dataclass
@@ -93,23 +97,31 @@ def _too_many(what: str, limit: int = MAX_ITEMS) -> LimitExceeded:
 
 @dataclass(slots=True)
 class _Allowance:
-    deadline: float
+    deadline: float  # time.monotonic() past which `expired` must be asked
     work_left: int
     depth: int = 0
+    seconds: float = float("inf")  # the time this scope may take
+    wall_end: float = float("inf")  # time.monotonic() when `seconds` of wall-clock time have passed
+    cpu_start: float = 0.0  # time.thread_time() when it began
+    thread: int = 0
+    wall_clock: bool = False  # judged by wall-clock time only (a person waits for the answer)
+    outer: _Allowance | None = None
 
 
 _ALLOWANCE: contextvars.ContextVar[_Allowance | None] = contextvars.ContextVar("edm_render_allowance", default=None)
 
 
 @contextlib.contextmanager
-def allowance(seconds: float | None, *, work: int = WORK_BUDGET) -> Iterator[None]:
-    """The scope of one render (or compilation): a deadline `seconds` from now, never later than the
-    enclosing scope's, and a fresh work budget."""
-    deadline = time.monotonic() + seconds if seconds is not None else float("inf")
+def allowance(seconds: float | None, *, work: int = WORK_BUDGET, wall_clock: bool = False) -> Iterator[None]:
+    """The scope of one render (or compilation): `seconds` from now, never longer than the enclosing scope
+    allows, and a fresh work budget. The time is the rendering thread's CPU time (see `expired`), or with
+    `wall_clock` the time on the clock."""
+    limit = float("inf") if seconds is None else seconds
+    wall_end = time.monotonic() + limit
     outer = _ALLOWANCE.get()
-    if outer is not None:
-        deadline = min(deadline, outer.deadline)
-    token = _ALLOWANCE.set(_Allowance(deadline, work))
+    deadline = wall_end if outer is None else min(wall_end, outer.deadline)
+    state = _Allowance(deadline, work, 0, limit, wall_end, time.thread_time(), threading.get_ident(), wall_clock, outer)
+    token = _ALLOWANCE.set(state)
     try:
         yield
     finally:
@@ -117,16 +129,44 @@ def allowance(seconds: float | None, *, work: int = WORK_BUDGET) -> Iterator[Non
 
 
 def deadline() -> float:
-    """When the current render must end (infinitely far outside one)."""
+    """When the current render must next ask `expired` (infinitely far outside one)."""
     state = _ALLOWANCE.get()
     return state.deadline if state is not None else float("inf")
 
 
+def expired() -> bool:
+    """Asked once the wall-clock deadline has passed: True when this scope, or one enclosing it, has really
+    spent its time. A scope's time is the CPU time of the thread rendering, so a render that was starved (the
+    host busy, other threads holding the GIL) gets a new deadline for what it has left instead of failing; a
+    scope opened `wall_clock` (a preview someone waits for), or begun on another thread (whose CPU clock is not
+    this one's), ends on the clock."""
+    state = _ALLOWANCE.get()
+    if state is None:
+        return False
+    now, now_cpu, thread = time.monotonic(), time.thread_time(), threading.get_ident()
+    next_check = float("inf")
+    scope: _Allowance | None = state
+    while scope is not None:
+        if scope.seconds != float("inf"):
+            if scope.wall_clock or scope.thread != thread:
+                if now >= scope.wall_end:
+                    return True
+                next_check = min(next_check, scope.wall_end)
+            else:
+                left = scope.seconds - (now_cpu - scope.cpu_start)
+                if left <= 0:
+                    return True
+                next_check = min(next_check, now + left)
+        scope = scope.outer
+    state.deadline = next_check
+    return False
+
+
 def checkpoint() -> _Allowance | None:
-    """Raise when the render's deadline has passed; returns the render's allowance (None outside one).
+    """Raise when the render's time is up; returns the render's allowance (None outside one).
     (The guards below run for every filter and call of every recipient: they are written for speed.)"""
     state = _ALLOWANCE.get()
-    if state is not None and time.monotonic() > state.deadline:
+    if state is not None and time.monotonic() > state.deadline and expired():
         raise LimitExceeded("time", "rendering took too long")
     return state
 
@@ -415,7 +455,9 @@ def guard_iter(iterable: Iterable[Any]) -> Iterator[Any]:
     end = deadline()
     for item in iterable:
         if time.monotonic() > end:
-            raise LimitExceeded("time", "rendering took too long")
+            if expired():
+                raise LimitExceeded("time", "rendering took too long")
+            end = deadline()
         yield item
 
 

@@ -23,10 +23,12 @@ from sqlalchemy import exc as sa_exc
 RETRY_AFTER_SECONDS = 5  # what a 503 tells the client to wait; the pool reconnects on the next request
 
 # SQLSTATE classes and codes of a server that cannot serve us now: 08 connection exception, 53 insufficient
-# resources (disk full, out of memory, too many connections), 58 system error (I/O); and from class 57
-# (operator intervention) the shutdowns, "the database system is starting up" and a dropped database.
+# resources (disk full, out of memory, too many connections), 58 system error (I/O); from class 57
+# (operator intervention) the shutdowns, "the database system is starting up", a dropped database and a
+# statement cancelled (57014: `statement_timeout`, or an operator's pg_cancel_backend); and 55P03, a lock not
+# obtained within `lock_timeout` (EDM_DB_LOCK_TIMEOUT): someone holds a lock on a table EDM needs.
 _PG_UNAVAILABLE_CLASSES = ("08", "53", "58")
-_PG_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+_PG_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "57014", "55P03"})
 
 # SQLite primary result codes of a file that cannot be used now (a programming error is SQLITE_ERROR, 1):
 # busy or locked past the busy timeout, read-only (also when the file was moved or deleted under an open
@@ -78,9 +80,26 @@ def log_failure(logger: logging.Logger, event: str, exc: BaseException, **extra:
     attempt, as it repeats until the database is back and its traceback says nothing new; anything else is
     an error with its traceback."""
     if database_unavailable(exc):
-        logger.warning(event, extra={**extra, "error": type(exc).__name__, "database_unavailable": True})
+        fields = {**extra, "error": type(exc).__name__, "database_unavailable": True}
+        state = sqlstate(exc)
+        if state:  # 55P03 a lock wait timed out, 53100 the disk is full, 57P01 the server shut down, …
+            fields["sqlstate"] = state
+        logger.warning(event, extra=fields)
     else:
         logger.error(event, exc_info=exc, extra=extra)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of `exc` or of the driver error it wraps, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(state, str) and state:
+            return state
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
 
 
 def _is_outage(exc: BaseException) -> bool:

@@ -12,7 +12,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.clock import utc_now
-from edm.content.render import RenderError, RenderLimitExceeded, build_context, compile_template, off_loop
+from edm.content.render import (
+    RenderError,
+    RenderLimitExceeded,
+    build_context,
+    compile_template,
+    off_loop,
+    time_limit,
+)
 from edm.errors import (
     BadInput,
     ComplianceIncomplete,
@@ -429,13 +436,14 @@ async def _renders(session: AsyncSession, task: Task, templates: list[TaskTempla
 def _render_each(sources: tuple[_TemplateSource, ...], context: dict[str, Any]) -> None:
     for source in sources:
         try:
-            compile_template(
-                subject=source.subject,
-                html=source.html,
-                text=source.text,
-                preheader=source.preheader,
-                inline_css=source.inline_css,
-            ).render(context)
+            with time_limit():  # on the clock, as a preview: the person scheduling waits for the answer
+                compile_template(
+                    subject=source.subject,
+                    html=source.html,
+                    text=source.text,
+                    preheader=source.preheader,
+                    inline_css=source.inline_css,
+                ).render(context)
         except RenderError as exc:
             detail: dict[str, Any] = {"field": "templates", "message": str(exc), "template_id": source.id}
             if isinstance(exc, RenderLimitExceeded):

@@ -405,8 +405,8 @@ class Worker:
                     )
                     await queue.release(session, claim=claim, items=unstarted, now=recorded_at)
                 return summary
-            except Exception:
-                log.exception("dispatch.record_failed", extra={"attempt": attempt + 1})
+            except Exception as exc:
+                log_failure(log, "dispatch.record_failed", exc, attempt=attempt + 1, service_id=claim.service_id)
                 await asyncio.sleep(min(2.0**attempt, 10.0))
         return None
 

@@ -85,8 +85,10 @@ async def test_a_render_limit_pauses_its_task_while_the_other_task_completes(dki
     failed = [s for s in await dkit.subtasks(hostile) if s.send_state == "failed"]
     assert failed and all(s.last_error_code == "render_error" for s in failed)
     assert all("took longer than 2 s" in (s.last_error or "") for s in failed)
-    # One limit was enough: rendering each of the 20 recipients to its own 2 s limit would take 40 s.
-    assert elapsed < 12, f"settled after {elapsed:.1f} s"
+    # One limit was enough: rendering each of the 20 recipients to its own 2 s limit would take 40 s of CPU. (A
+    # send's limit is 2 s of the render thread's CPU time, which shares the GIL with the worker's event loop and a
+    # busy machine with other processes: one limit can take several seconds on the clock.)
+    assert elapsed < 30, f"settled after {elapsed:.1f} s"
     # The 2 s render ran on a render thread: the worker's event loop kept running meanwhile.
     assert worst_lag[0] < 1.0, f"the event loop stalled for {worst_lag[0]:.2f} s"
 
