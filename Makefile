@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean
 
+# Python's bytecode caches on, whatever the environment says: a test run starts many Python processes (two xdist
+# workers a phase, the `edm worker`, `edm serve` and `edm` processes the acceptance and browser tests spawn), and
+# with PYTHONDONTWRITEBYTECODE set (CI's environment sets it) each one compiled EDM and its dependencies from source
+# again (~3 s CPU of a process's start) and pytest rewrote every test module again (collection 13 s CPU -> 4 s).
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# uv resolves and installs in ~5 s where pip takes ~20 s (a clean clone in CI installs every time); pip is the
