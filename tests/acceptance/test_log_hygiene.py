@@ -276,6 +276,11 @@ async def test_uvicorn_as_edm_serve_runs_it_writes_json_lines_without_the_tokens
     settings = settings_for(db_url)
     port = _free_port()
     unsubscribe_token = "u1nsub5cribe-t0ken-abcdefghijklmnop"
+    # `edm serve` starts uvicorn in a fresh process. In this test process another test may have run uvicorn with its
+    # default logging config, which gives the `uvicorn` loggers handlers of their own and stops their propagation.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     with every_line_at_debug() as buffer:
         options = uvicorn_options(settings, host="127.0.0.1", port=port)
         server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
