@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     encryption_keys: str = ""
     public_url: str = "http://localhost:8000"
     tracking_url: str = ""
+    # Whether a pixel or click answers only once its hit is flushed to disk (docs/tracking.md#capacity). Off: once
+    # it is committed, which PostgreSQL's WAL writer flushes within 3 × wal_writer_delay (600 ms by default); a
+    # crash of PostgreSQL or of its machine in that window loses those hits (never a send, never an unsubscribe),
+    # an EDM crash loses none. On: every batch waits for its flush. No effect on SQLite.
+    tracking_synchronous_commit: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     default_timezone: str = "UTC"

@@ -14,7 +14,8 @@ the masked address and the POST still suppresses the address and marks the conta
 Public and lean: no pydantic. The pages are the console's public pages (`edm.console.public`, in the browser's
 language), which `edm.app` hands over as `app.state.public_page`: this layer cannot import the console. Bad or
 unknown tokens get a neutral 404 page, never an error body that says why. The pixel and the click are plain
-Starlette routes whose database work goes through `tracking.hits` (hits arriving together share one round trip).
+Starlette routes whose database work goes through `tracking.hits` (hits arriving together share one round trip;
+a click's link is read and its hit stored by one statement).
 
 While the database is unreachable the pixel still answers its GIF (the hit is lost), and the click and the
 unsubscribe pages answer a 503 page with `Retry-After`: the link works again once the database is back.
@@ -41,7 +42,7 @@ from edm.events.unsubscribe import unsubscribe
 from edm.observability import mask_email
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
-from edm.tracking.hits import tracking_store
+from edm.tracking.hits import TrackingStore, tracking_store
 from edm.tracking.recipients import Recipient, recipient_of
 from edm.vocabulary.events import EventType, NormalizedEvent
 
@@ -127,12 +128,24 @@ def truncated_ip(address: str | None) -> str | None:
 async def click(request: Request) -> Response:
     """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
     anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to).
-    HEAD (link checkers, previews) answers the same redirect and records nothing."""
-    data, url = await _clicked_link(request, request.path_params["token"])
-    if data is None or url is None:
+    HEAD (link checkers, previews) answers the same redirect and records nothing. A GET reads the link and stores
+    its hit in one round trip (`TrackingStore.record_click`)."""
+    data = _verified(request, request.path_params["token"], "click")
+    url = None
+    if data is not None and data.link_id is not None:
+        store = tracking_store(request.app.state)
+        if request.method == "GET":
+            url = await _record_click(request, store, data, data.link_id)
+        else:
+            url = await store.link_url(data.subtask_id, data.link_id)
+    if url is None:
         return _page(request, "link_not_valid", status=404) if request.method == "GET" else Response(status_code=404)
-    if request.method != "GET":
-        return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+async def _record_click(request: Request, store: TrackingStore, data: TokenData, link_id: int) -> str | None:
+    """The link's URL, its click stored with it. If storing fails for a reason other than an outage, the
+    link is read alone and the hit is lost: the person still gets where they clicked."""
     now = clock.utc_now()
     event = NormalizedEvent(
         event_type=EventType.CLICKED,
@@ -140,13 +153,17 @@ async def click(request: Request) -> Response:
         raw={"via": "t/c"},
         occurred_at=now,
         subtask_id=str(data.subtask_id),
-        url=url,
         provider_event_id=f"click:{uuid.uuid4().hex}",
         user_agent=(request.headers.get("user-agent") or "")[:300],
-        details={"link_id": data.link_id, "ip": truncated_ip(request.client.host if request.client else None)},
-    )
-    await _record_hit(request, event, now)  # the person still gets where they clicked
-    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+        details={"link_id": link_id, "ip": truncated_ip(request.client.host if request.client else None)},
+    )  # no `url`: the store adds the link's own to the row's details
+    try:
+        return await store.record_click(ingest.event_row("tracking", None, event, now=now), data.subtask_id, link_id)
+    except (SQLAlchemyError, OSError) as exc:
+        if database_unavailable(exc):
+            raise  # no URL to send the person to: the "try again" page
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
+        return await store.link_url(data.subtask_id, link_id)
 
 
 # The two hit endpoints are plain Starlette routes: no dependency solving or parameter validation, which cost
@@ -154,14 +171,6 @@ async def click(request: Request) -> Response:
 # answers HEAD as well; the endpoints tell the two apart.
 router.add_route("/t/o/{token}.gif", open_pixel, methods=["GET"], include_in_schema=False)
 router.add_route("/t/c/{token}", click, methods=["GET"], include_in_schema=False)
-
-
-async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None, str | None]:
-    """The token's data and its link's URL, when the link belongs to the task of the token's SubTask."""
-    data = _verified(request, token, "click")
-    if data is None or data.link_id is None:
-        return None, None
-    return data, await tracking_store(request.app.state).link_url(data.subtask_id, data.link_id)
 
 
 @router.get("/u/{token}")
