@@ -34,6 +34,7 @@ from typing import Any, ParamSpec
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.background import BackgroundTask
 
 from edm import clock
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
@@ -56,6 +57,10 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRA
 TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (docs/providers.md): a page, nothing recorded; template
 # test sends carry a real token, and the page sees from the SubTask's task that it was a test
 MAX_BODY = 64 * 1024
+# With EDM_TRACKING_ANSWER_BEFORE_COMMIT, a pixel answers before its hit is committed only while fewer hits than
+# this wait for their commit; past it, each waits for its own (the database is slower than the hits arrive).
+# So at most this many answered hits are ever uncommitted: what a crash of EDM can lose.
+ANSWER_FIRST = 500
 
 P = ParamSpec("P")
 
@@ -98,16 +103,28 @@ async def open_pixel(request: Request) -> Response:
             user_agent=(request.headers.get("user-agent") or "")[:300],
             details=details,
         )
-        await _record_hit(request, event, now)
-    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+        row = ingest.event_row("tracking", None, event, now=now)
+        settings: Settings = request.app.state.settings
+        if settings.tracking_answer_before_commit and tracking_store(request.app.state).hits_backlog < ANSWER_FIRST:
+            # The GIF leaves now; the request ends once its hit is committed (docs/tracking.md#capacity).
+            return _gif(BackgroundTask(_record_hit, request, row, event.event_type))
+        await _record_hit(request, row, event.event_type)
+    return _gif()
 
 
-async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> None:
-    """Store one tracking hit; a database hiccup loses the hit, never the visitor's answer."""
+def _gif(background: BackgroundTask | None = None) -> Response:
+    return Response(
+        PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"}, background=background
+    )
+
+
+async def _record_hit(request: Request, row: dict[str, Any], event_type: EventType) -> None:
+    """Store one tracking hit (its `ingest.event_row`); a database hiccup loses the hit, never the visitor's
+    answer."""
     try:
-        await tracking_store(request.app.state).record(ingest.event_row("tracking", None, event, now=now))
+        await tracking_store(request.app.state).record(row)
     except (SQLAlchemyError, OSError):  # the database down, the pool exhausted, the connection lost
-        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event_type)})
 
 
 def truncated_ip(address: str | None) -> str | None:
@@ -143,20 +160,25 @@ async def click(request: Request) -> Response:
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
-async def _record_click(request: Request, store: TrackingStore, data: TokenData, link_id: int) -> str | None:
-    """The link's URL, its click stored with it. If storing fails for a reason other than an outage, the
-    link is read alone and the hit is lost: the person still gets where they clicked."""
-    now = clock.utc_now()
-    event = NormalizedEvent(
+def _click_event(request: Request, data: TokenData, link_id: int) -> NormalizedEvent:
+    """The click's hit, without its URL: the store adds the link's own (`TrackingStore.record_click`)."""
+    return NormalizedEvent(
         event_type=EventType.CLICKED,
         provider_event="click",
         raw={"via": "t/c"},
-        occurred_at=now,
+        occurred_at=clock.utc_now(),
         subtask_id=str(data.subtask_id),
         provider_event_id=f"click:{uuid.uuid4().hex}",
         user_agent=(request.headers.get("user-agent") or "")[:300],
         details={"link_id": link_id, "ip": truncated_ip(request.client.host if request.client else None)},
-    )  # no `url`: the store adds the link's own to the row's details
+    )
+
+
+async def _record_click(request: Request, store: TrackingStore, data: TokenData, link_id: int) -> str | None:
+    """The link's URL, its click stored with it (one round trip). If storing fails for a reason other than an
+    outage, the link is read alone and the hit is lost: the person still gets where they clicked."""
+    event = _click_event(request, data, link_id)
+    now = event.occurred_at or clock.utc_now()
     try:
         return await store.record_click(ingest.event_row("tracking", None, event, now=now), data.subtask_id, link_id)
     except (SQLAlchemyError, OSError) as exc:

@@ -63,8 +63,14 @@ class Coalescer(Generic[Item, Result]):
         # which an autocommit connection would never commit.
         self._autocommit = engine.dialect.name == "postgresql"
         self._waiting: Batch = []
+        self._in_flight = 0  # items of the batch being run
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Items submitted and not yet settled: waiting, and in the batch being run."""
+        return len(self._waiting) + self._in_flight
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -84,7 +90,12 @@ class Coalescer(Generic[Item, Result]):
                     connected = True
                     while self._waiting:
                         batch = self._take()
-                        _settle(batch, await self._in_transaction(connection, [item for item, _ in batch]))
+                        self._in_flight = len(batch)
+                        try:
+                            results = await self._in_transaction(connection, [item for item, _ in batch])
+                        finally:
+                            self._in_flight = 0
+                        _settle(batch, results)
                         if len(batch) > 1 and not self._waiting:
                             await self._more_within(LINGER_SECONDS)
                         batch = []
@@ -134,6 +145,11 @@ class TrackingStore:
         self._links: Coalescer[tuple[uuid.UUID, int], str | None] = Coalescer(engine, _find_links)
         clicks = functools.partial(_store_clicks, synchronous_commit=synchronous_commit)
         self._clicks: Coalescer[Click, str | None] = Coalescer(engine, clicks)
+
+    @property
+    def hits_backlog(self) -> int:
+        """Hits submitted to `record` and not yet committed."""
+        return self._hits.backlog
 
     async def record(self, row: dict[str, Any]) -> None:
         """Store one event row (`ingest.event_row`); returns once it is committed."""
