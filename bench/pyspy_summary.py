@@ -15,7 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
-IDLE_LEAVES = ("select (selectors.py", "poll (selectors.py", "_run_once (asyncio/base_events.py")
+IDLE_LEAVES = (
+    "select (selectors.py",
+    "poll (selectors.py",
+    "_run_once (asyncio/base_events.py",
+    "Runner.run (asyncio/runners.py",  # uvloop: the loop itself is C, waiting shows as its caller
+)
 AREAS = [
     ("sqlalchemy", "sqlalchemy/"),
     ("asyncpg", "asyncpg/"),

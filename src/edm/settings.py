@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     encryption_keys: str = ""
     public_url: str = "http://localhost:8000"
     tracking_url: str = ""
+    # Whether a pixel or click hit's commit waits for its flush to disk (docs/tracking.md#capacity). Off: it does
+    # not; PostgreSQL's WAL writer flushes it within 3 × wal_writer_delay (600 ms by default); a
+    # crash of PostgreSQL or of its machine in that window loses those hits (never a send, never an unsubscribe),
+    # an EDM crash loses none of them. On: every batch waits for its flush. No effect on SQLite.
+    tracking_synchronous_commit: bool = False
+    # Whether the open pixel's GIF is sent before its hit is committed (the request still ends only once it is):
+    # a crash of EDM loses the hits answered and not yet committed, at most 500 (docs/tracking.md#capacity).
+    tracking_answer_before_commit: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     default_timezone: str = "UTC"

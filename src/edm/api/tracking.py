@@ -14,7 +14,8 @@ the masked address and the POST still suppresses the address and marks the conta
 Public and lean: no pydantic. The pages are the console's public pages (`edm.console.public`, in the browser's
 language), which `edm.app` hands over as `app.state.public_page`: this layer cannot import the console. Bad or
 unknown tokens get a neutral 404 page, never an error body that says why. The pixel and the click are plain
-Starlette routes whose database work goes through `tracking.hits` (hits arriving together share one round trip).
+Starlette routes whose database work goes through `tracking.hits` (hits arriving together share one round trip;
+a click's link is read and its hit stored by one statement).
 
 While the database is unreachable the pixel still answers its GIF (the hit is lost), and the click and the
 unsubscribe pages answer a 503 page with `Retry-After`: the link works again once the database is back.
@@ -33,6 +34,7 @@ from typing import Any, ParamSpec
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.background import BackgroundTask
 
 from edm import clock
 from edm.db.availability import RETRY_AFTER_SECONDS, database_unavailable
@@ -41,7 +43,7 @@ from edm.events.unsubscribe import unsubscribe
 from edm.observability import mask_email
 from edm.security.tokens import TokenData, verify_token
 from edm.settings import Settings
-from edm.tracking.hits import tracking_store
+from edm.tracking.hits import TrackingStore, tracking_store
 from edm.tracking.recipients import Recipient, recipient_of
 from edm.vocabulary.events import EventType, NormalizedEvent
 
@@ -55,6 +57,10 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRA
 TEST_TOKEN = "test"  # the unsubscribe link of admin test sends (docs/providers.md): a page, nothing recorded; template
 # test sends carry a real token, and the page sees from the SubTask's task that it was a test
 MAX_BODY = 64 * 1024
+# With EDM_TRACKING_ANSWER_BEFORE_COMMIT, a pixel answers before its hit is committed only while fewer hits than
+# this wait for their commit; past it, each waits for its own (the database is slower than the hits arrive).
+# So at most this many answered hits are ever uncommitted: what a crash of EDM can lose.
+ANSWER_FIRST = 500
 
 P = ParamSpec("P")
 
@@ -97,16 +103,28 @@ async def open_pixel(request: Request) -> Response:
             user_agent=(request.headers.get("user-agent") or "")[:300],
             details=details,
         )
-        await _record_hit(request, event, now)
-    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+        row = ingest.event_row("tracking", None, event, now=now)
+        settings: Settings = request.app.state.settings
+        if settings.tracking_answer_before_commit and tracking_store(request.app.state).hits_backlog < ANSWER_FIRST:
+            # The GIF leaves now; the request ends once its hit is committed (docs/tracking.md#capacity).
+            return _gif(BackgroundTask(_record_hit, request, row, event.event_type))
+        await _record_hit(request, row, event.event_type)
+    return _gif()
 
 
-async def _record_hit(request: Request, event: NormalizedEvent, now: Any) -> None:
-    """Store one tracking hit; a database hiccup loses the hit, never the visitor's answer."""
+def _gif(background: BackgroundTask | None = None) -> Response:
+    return Response(
+        PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"}, background=background
+    )
+
+
+async def _record_hit(request: Request, row: dict[str, Any], event_type: EventType) -> None:
+    """Store one tracking hit (its `ingest.event_row`); a database hiccup loses the hit, never the visitor's
+    answer."""
     try:
-        await tracking_store(request.app.state).record(ingest.event_row("tracking", None, event, now=now))
+        await tracking_store(request.app.state).record(row)
     except (SQLAlchemyError, OSError):  # the database down, the pool exhausted, the connection lost
-        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event_type)})
 
 
 def truncated_ip(address: str | None) -> str | None:
@@ -127,26 +145,47 @@ def truncated_ip(address: str | None) -> str | None:
 async def click(request: Request) -> Response:
     """302 to the link's stored URL only when the token is valid and the link belongs to the SubTask's task;
     anything else is a 404 page, never a redirect (there is no URL in the request to be open-redirected to).
-    HEAD (link checkers, previews) answers the same redirect and records nothing."""
-    data, url = await _clicked_link(request, request.path_params["token"])
-    if data is None or url is None:
+    HEAD (link checkers, previews) answers the same redirect and records nothing. A GET reads the link and stores
+    its hit in one round trip (`TrackingStore.record_click`)."""
+    data = _verified(request, request.path_params["token"], "click")
+    url = None
+    if data is not None and data.link_id is not None:
+        store = tracking_store(request.app.state)
+        if request.method == "GET":
+            url = await _record_click(request, store, data, data.link_id)
+        else:
+            url = await store.link_url(data.subtask_id, data.link_id)
+    if url is None:
         return _page(request, "link_not_valid", status=404) if request.method == "GET" else Response(status_code=404)
-    if request.method != "GET":
-        return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
-    now = clock.utc_now()
-    event = NormalizedEvent(
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+def _click_event(request: Request, data: TokenData, link_id: int) -> NormalizedEvent:
+    """The click's hit, without its URL: the store adds the link's own (`TrackingStore.record_click`)."""
+    return NormalizedEvent(
         event_type=EventType.CLICKED,
         provider_event="click",
         raw={"via": "t/c"},
-        occurred_at=now,
+        occurred_at=clock.utc_now(),
         subtask_id=str(data.subtask_id),
-        url=url,
         provider_event_id=f"click:{uuid.uuid4().hex}",
         user_agent=(request.headers.get("user-agent") or "")[:300],
-        details={"link_id": data.link_id, "ip": truncated_ip(request.client.host if request.client else None)},
+        details={"link_id": link_id, "ip": truncated_ip(request.client.host if request.client else None)},
     )
-    await _record_hit(request, event, now)  # the person still gets where they clicked
-    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+async def _record_click(request: Request, store: TrackingStore, data: TokenData, link_id: int) -> str | None:
+    """The link's URL, its click stored with it (one round trip). If storing fails for a reason other than an
+    outage, the link is read alone and the hit is lost: the person still gets where they clicked."""
+    event = _click_event(request, data, link_id)
+    now = event.occurred_at or clock.utc_now()
+    try:
+        return await store.record_click(ingest.event_row("tracking", None, event, now=now), data.subtask_id, link_id)
+    except (SQLAlchemyError, OSError) as exc:
+        if database_unavailable(exc):
+            raise  # no URL to send the person to: the "try again" page
+        log.warning("tracking.hit_not_recorded", extra={"event_type": str(event.event_type)})
+        return await store.link_url(data.subtask_id, link_id)
 
 
 # The two hit endpoints are plain Starlette routes: no dependency solving or parameter validation, which cost
@@ -154,14 +193,6 @@ async def click(request: Request) -> Response:
 # answers HEAD as well; the endpoints tell the two apart.
 router.add_route("/t/o/{token}.gif", open_pixel, methods=["GET"], include_in_schema=False)
 router.add_route("/t/c/{token}", click, methods=["GET"], include_in_schema=False)
-
-
-async def _clicked_link(request: Request, token: str) -> tuple[TokenData | None, str | None]:
-    """The token's data and its link's URL, when the link belongs to the task of the token's SubTask."""
-    data = _verified(request, token, "click")
-    if data is None or data.link_id is None:
-        return None, None
-    return data, await tracking_store(request.app.state).link_url(data.subtask_id, data.link_id)
 
 
 @router.get("/u/{token}")

@@ -33,6 +33,9 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+json_dumps = _json_dumps  # the same text, for statements that pass JSON as text and cast it (tracking.hits)
+
+
 def _json_loads(value: Any) -> Any:
     # SQLite gives a column declared JSON numeric affinity, so a stored scalar (an admin setting such as 0.2)
     # comes back as a number, not JSON text.

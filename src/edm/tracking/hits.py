@@ -1,13 +1,15 @@
 """Group commit for the tracking endpoints (docs/tracking.md#capacity): the open pixel and the click redirect are the
 highest-volume requests EDM serves, and one transaction per hit cost several times the request itself
 (bench/RESULTS.md, tracking section). Requests that arrive while a database round trip is in flight wait for
-the next one, which carries all of them: one INSERT for many hits, one SELECT for many clicks' links.
+the next one, which carries all of them: one INSERT for many opens, one statement for many clicks (their links
+read and their hits stored together).
 
-Nothing changes for a caller: each request still answers only after its own hit is stored (or its link
+Nothing changes for a caller: each request still answers only after its own hit is committed (or its link
 read), and under light load a batch is one hit. Each batch is a single statement, atomic by itself; on
 PostgreSQL it runs in autocommit on a connection held while batches keep coming: one round trip per batch,
-no BEGIN, no COMMIT, no pool check-out (and its ping) per batch. These objects commit: they act for the
-endpoints, the entry points that own them (one per app, made on first use).
+no BEGIN, no COMMIT, no pool check-out (and its ping) per batch; unless `EDM_TRACKING_SYNCHRONOUS_COMMIT` is set,
+the statement does not wait for the WAL flush (the loss window is in docs/tracking.md#capacity). These objects
+commit: they act for the endpoints, the entry points that own them (one per app, made on first use).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from edm.db.engine import json_dumps
 from edm.models.events import Event
 from edm.models.tasks import SubTask
 from edm.models.tracking import TrackedLink
@@ -30,6 +33,13 @@ from edm.models.tracking import TrackedLink
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 Batch = list[tuple[Any, "asyncio.Future[Any]"]]
+
+
+class Click(NamedTuple):
+    row: dict[str, Any]  # `ingest.event_row` of the click, without the URL (not known until the link is read)
+    subtask_id: uuid.UUID
+    link_id: int
+
 
 MAX_BATCH = 500  # rows per round trip; more waiting requests go in the next one
 # After a batch of several requests (clients are keeping us busy), the connection is kept this long for the
@@ -53,8 +63,14 @@ class Coalescer(Generic[Item, Result]):
         # which an autocommit connection would never commit.
         self._autocommit = engine.dialect.name == "postgresql"
         self._waiting: Batch = []
+        self._in_flight = 0  # items of the batch being run
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Items submitted and not yet settled: waiting, and in the batch being run."""
+        return len(self._waiting) + self._in_flight
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -74,7 +90,12 @@ class Coalescer(Generic[Item, Result]):
                     connected = True
                     while self._waiting:
                         batch = self._take()
-                        _settle(batch, await self._in_transaction(connection, [item for item, _ in batch]))
+                        self._in_flight = len(batch)
+                        try:
+                            results = await self._in_transaction(connection, [item for item, _ in batch])
+                        finally:
+                            self._in_flight = 0
+                        _settle(batch, results)
                         if len(batch) > 1 and not self._waiting:
                             await self._more_within(LINGER_SECONDS)
                         batch = []
@@ -118,25 +139,153 @@ def _fail(batch: Batch, exc: Exception) -> None:
 class TrackingStore:
     """The database side of the tracking endpoints for one app: hits written, click links read, in batches."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._hits: Coalescer[dict[str, Any], None] = Coalescer(engine, _store_hits)
+    def __init__(self, engine: AsyncEngine, *, synchronous_commit: bool = False) -> None:
+        store = functools.partial(_store_hits, synchronous_commit=synchronous_commit)
+        self._hits: Coalescer[dict[str, Any], None] = Coalescer(engine, store)
         self._links: Coalescer[tuple[uuid.UUID, int], str | None] = Coalescer(engine, _find_links)
+        clicks = functools.partial(_store_clicks, synchronous_commit=synchronous_commit)
+        self._clicks: Coalescer[Click, str | None] = Coalescer(engine, clicks)
+
+    @property
+    def hits_backlog(self) -> int:
+        """Hits submitted to `record` and not yet committed."""
+        return self._hits.backlog
 
     async def record(self, row: dict[str, Any]) -> None:
         """Store one event row (`ingest.event_row`); returns once it is committed."""
         await self._hits.submit(row)
+
+    async def record_click(self, row: dict[str, Any], subtask_id: uuid.UUID, link_id: int) -> str | None:
+        """The URL of the link when it belongs to the task of the SubTask, with the click's event row (`ingest.
+        event_row`, its `url` left out) stored with that URL in its details; None, and nothing stored, when
+        it does not. Returns once the hit is committed: one round trip for the link and the hit together."""
+        return await self._clicks.submit(Click(row, subtask_id, link_id))
 
     async def link_url(self, subtask_id: uuid.UUID, link_id: int) -> str | None:
         """The URL of the link, when it belongs to the task of the SubTask; else None."""
         return await self._links.submit((subtask_id, link_id))
 
 
-async def _store_hits(connection: AsyncConnection, rows: list[dict[str, Any]]) -> list[None]:
+async def _store_hits(
+    connection: AsyncConnection, rows: list[dict[str, Any]], *, synchronous_commit: bool = False
+) -> list[None]:
     """`ingest.store` without the ORM session (which cost as much as the INSERT itself, measured): the same
-    INSERT … ON CONFLICT DO NOTHING of `ingest.event_row` rows, in key order like every other writer."""
+    INSERT … ON CONFLICT DO NOTHING of `ingest.event_row` rows, in key order like every other writer.
+
+    On PostgreSQL the batch is one statement over arrays (`INSERT … SELECT FROM unnest(…)`): one execution
+    whatever the batch size, where an executemany of the row INSERT runs one per row, each with its own bind
+    and execute on both sides (bench/RESULTS.md, tracking: the profile before and after)."""
     rows.sort(key=lambda row: row["dedupe_key"])
-    await connection.execute(_insert_events(connection.dialect.name), rows)
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_UNNEST_INSERT[not synchronous_commit], _columns(rows))
+    else:
+        await connection.execute(_insert_events(connection.dialect.name), rows)
     return [None] * len(rows)
+
+
+# Every column `ingest.event_row` fills, with its array type; JSON goes as text and is cast in the statement.
+_UNNEST_COLUMNS = (
+    ("source", "text[]"),
+    ("service_id", "bigint[]"),
+    ("dedupe_key", "text[]"),
+    ("event_type", "text[]"),
+    ("provider_event", "text[]"),
+    ("occurred_at", "timestamptz[]"),
+    ("received_at", "timestamptz[]"),
+    ("subtask_ref", "text[]"),
+    ("match_status", "text[]"),
+    ("provider_message_id", "text[]"),
+    ("recipient", "text[]"),
+    ("details", "text[]"),
+    ("raw", "text[]"),
+    ("raw_truncated", "boolean[]"),
+)
+_JSON_COLUMNS = frozenset({"details", "raw"})
+
+
+def _unnest_insert(asynchronous_commit: bool) -> Any:
+    """The batch INSERT over arrays. With `asynchronous_commit` it also sets `synchronous_commit` off for its own
+    implicit transaction (`set_config(…, true)`, evaluated once): the commit returns without waiting for the WAL
+    flush. Transaction-local, so nothing outlives the statement (PgBouncer in transaction mode included)."""
+    names = ", ".join(name for name, _ in _UNNEST_COLUMNS)
+    values = ", ".join(f"{name}::jsonb" if name in _JSON_COLUMNS else name for name, _ in _UNNEST_COLUMNS)
+    arrays = ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _UNNEST_COLUMNS)
+    return text(
+        f"INSERT INTO events ({names}) SELECT {values} FROM unnest({arrays}) AS hit({names})"
+        + (_COMMIT_MODE if asynchronous_commit else "")
+        + " ON CONFLICT (source, dedupe_key) DO NOTHING"
+    )
+
+
+_COMMIT_MODE = " CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS commit_mode"
+_UNNEST_INSERT = {mode: _unnest_insert(mode) for mode in (False, True)}
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The rows as one list per column, JSON columns serialised as the engine does (`db.engine`)."""
+    columns: dict[str, list[Any]] = {}
+    for name, _ in _UNNEST_COLUMNS:
+        if name in _JSON_COLUMNS:
+            columns[name] = [None if row[name] is None else json_dumps(row[name]) for row in rows]
+        else:
+            columns[name] = [_plain(row[name]) for row in rows]
+    return columns
+
+
+def _plain(value: Any) -> Any:
+    """A StrEnum (match status) as its text: asyncpg encodes a `text[]` element only from a str."""
+    return str(value) if isinstance(value, str) and type(value) is not str else value
+
+
+async def _store_clicks(
+    connection: AsyncConnection, clicks: list[Click], *, synchronous_commit: bool = False
+) -> list[str | None]:
+    """Each click's link URL (None when the link is not of the SubTask's task), and the event rows of the clicks
+    whose link was found, stored with that URL: on PostgreSQL one statement does both (`_CLICK_INSERT`), on
+    SQLite the SELECT of `_find_links` and then the INSERT, in the batch's transaction."""
+    pairs = [(click.subtask_id, click.link_id) for click in clicks]
+    if connection.dialect.name != "postgresql":
+        urls = await _find_links(connection, pairs)
+        rows = [{**c.row, "details": {**c.row["details"], "url": u}} for c, u in zip(clicks, urls, strict=True) if u]
+        if rows:
+            await _store_hits(connection, rows)
+        return urls
+    ordered = sorted(clicks, key=lambda click: click.row["dedupe_key"])
+    params = {**_columns([click.row for click in ordered]), "link_id": [click.link_id for click in ordered]}
+    found = {
+        (uuid.UUID(subtask_ref), link_id): url
+        for subtask_ref, link_id, url in await connection.execute(_CLICK_INSERT[not synchronous_commit], params)
+    }
+    return [found.get(pair) for pair in pairs]
+
+
+def _click_insert(asynchronous_commit: bool) -> Any:
+    """The clicks' links and the INSERT of the clicks whose link was found, their URL added to their details
+    (as `ingest.event_row` would have put it), in one statement; it answers the links found."""
+    names = ", ".join(name for name, _ in _UNNEST_COLUMNS)
+    arrays = ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _UNNEST_COLUMNS)
+    values = ", ".join(
+        "CAST(hit.details AS jsonb) || jsonb_build_object('url', link.url)"
+        if name == "details"
+        else f"CAST(hit.{name} AS jsonb)"
+        if name in _JSON_COLUMNS
+        else f"hit.{name}"
+        for name, _ in _UNNEST_COLUMNS
+    )
+    return text(
+        f"WITH hit AS (SELECT * FROM unnest({arrays}, CAST(:link_id AS bigint[])) AS hit({names}, link_id)), "
+        "link AS (SELECT DISTINCT hit.subtask_ref, hit.link_id, l.url FROM hit "
+        "JOIN subtasks s ON s.public_id = CAST(hit.subtask_ref AS uuid) "
+        "JOIN tracked_links l ON l.id = hit.link_id AND l.task_id = s.task_id), "
+        f"stored AS (INSERT INTO events ({names}) SELECT {values} FROM hit "
+        "JOIN link ON link.subtask_ref = hit.subtask_ref AND link.link_id = hit.link_id"
+        + (_COMMIT_MODE if asynchronous_commit else "")
+        + " ORDER BY hit.dedupe_key ON CONFLICT (source, dedupe_key) DO NOTHING) "
+        "SELECT subtask_ref, link_id, url FROM link"
+    )
+
+
+_CLICK_INSERT = {mode: _click_insert(mode) for mode in (False, True)}
 
 
 @functools.cache
@@ -163,5 +312,6 @@ def tracking_store(state: Any) -> TrackingStore:
     """The app's TrackingStore (`request.app.state`), made on first use inside the running event loop."""
     store: TrackingStore | None = getattr(state, "tracking_store", None)
     if store is None:
-        store = state.tracking_store = TrackingStore(state.engine)
+        synchronous = state.settings.tracking_synchronous_commit
+        store = state.tracking_store = TrackingStore(state.engine, synchronous_commit=synchronous)
     return store

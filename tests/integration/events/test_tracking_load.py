@@ -5,16 +5,22 @@ link still a 404 — and every hit is stored exactly once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edm import clock
 from edm.api.tracking import PIXEL
+from edm.events import ingest
 from edm.models.events import Event
 from edm.security.tokens import sign_token
+from edm.tracking import hits
 from edm.tracking.links import link_id
+from edm.vocabulary.events import EventType, NormalizedEvent
 from tests.integration.events.conftest import EventKit
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
@@ -53,6 +59,9 @@ async def test_concurrent_hits_are_each_answered_and_stored_once(ekit: EventKit)
     async with ekit.sessionmaker() as session:
         stored = dict((await session.execute(select(Event.event_type, func.count()).group_by(Event.event_type))).all())
     assert stored == {"opened": len(opens), "clicked": len(subtasks) * 4}, "…and records nothing"
+    by_id = {link_id(task_id, url): url for url in URLS}
+    stored_clicks = [e for e in await ekit.events() if e.event_type == "clicked"]
+    assert all(e.details["url"] == by_id[e.details["link_id"]] for e in stored_clicks), "each with its link's URL"
     counts = await ekit.apply()
     assert counts.matched == len(opens) + len(subtasks) * 4
     stats = await ekit.dkit.stats(task_id)
@@ -60,3 +69,41 @@ async def test_concurrent_hits_are_each_answered_and_stored_once(ekit: EventKit)
     # (docs/tracking.md#people-and-machines).
     assert (stats["opens"], stats["clicks"] + stats["machine_clicks"]) == (len(opens), len(subtasks) * 4)
     assert stats["opened_human"] == stats["clicked_human"] == len(subtasks)
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+async def test_the_commit_mode_is_the_hit_statements_own(ekit: EventKit, synchronous: bool) -> None:
+    """Without EDM_TRACKING_SYNCHRONOUS_COMMIT the hit statements turn `synchronous_commit` off for their own
+    transaction (docs/tracking.md#capacity): set inside it, gone after it, so the held connection's next
+    statements — and PgBouncer's next client — wait for their flush as before. The hits are stored either way."""
+    task_id, subtasks = await ekit.send_task(1, html=HTML)
+    st = subtasks[0]
+    now = clock.utc_now()
+    opened = NormalizedEvent(
+        event_type=EventType.OPENED, provider_event="pixel", raw={}, occurred_at=now, subtask_id=str(st.public_id),
+        provider_event_id=f"open:{uuid.uuid4().hex}",
+    )  # fmt: skip
+    clicked = dataclasses.replace(opened, event_type=EventType.CLICKED, provider_event_id=f"click:{uuid.uuid4().hex}")
+    link = link_id(task_id, URLS[1])
+    postgres = ekit.engine.dialect.name == "postgresql"
+    async with ekit.engine.connect() as connection:
+        async with connection.begin():
+            await hits._store_hits(
+                connection, [ingest.event_row("tracking", None, opened, now=now)], synchronous_commit=synchronous
+            )
+            if postgres:
+                assert await _commit_mode(connection) == ("on" if synchronous else "off")
+        async with connection.begin():
+            click = hits.Click(ingest.event_row("tracking", None, clicked, now=now), st.public_id, link)
+            urls = await hits._store_clicks(connection, [click], synchronous_commit=synchronous)
+            if postgres:
+                assert await _commit_mode(connection) == ("on" if synchronous else "off")
+        if postgres:
+            assert await _commit_mode(connection) == "on"
+    assert urls == [URLS[1]]
+    stored = [(e.event_type, e.subtask_ref, e.details.get("url")) for e in await ekit.events()]
+    assert stored == [("opened", str(st.public_id), None), ("clicked", str(st.public_id), URLS[1])]
+
+
+async def _commit_mode(connection: AsyncConnection) -> str:
+    return str(await connection.scalar(text("SELECT current_setting('synchronous_commit')")))
