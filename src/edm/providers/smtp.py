@@ -152,9 +152,10 @@ def _classify_permanent(phase: Phase, code: int, enhanced: str, text: str) -> Cl
     return Classification(Outcome.PERMANENT)
 
 
-def smtp_payload(mime: bytes) -> bytes:
-    """The DATA payload: CRLF line endings, dot-stuffed, terminated by the end-of-data line."""
-    data = mime if _is_clean_crlf(mime) else _LINE_ENDINGS_RE.sub(b"\r\n", mime)
+def smtp_payload(mime: bytes, *, crlf: bool = False) -> bytes:
+    """The DATA payload: CRLF line endings, dot-stuffed, terminated by the end-of-data line. `crlf`: the
+    caller vouches that `mime` has CRLF line ends only (`OutboundMessage.mime_crlf`)."""
+    data = mime if crlf or _is_clean_crlf(mime) else _LINE_ENDINGS_RE.sub(b"\r\n", mime)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if data.startswith(b".") or b"\n." in data:
@@ -362,7 +363,7 @@ class SmtpAdapter:
 
     async def _deliver(self, message: OutboundMessage, mime: bytes) -> SendResult:
         deadline = _Deadline(self.config.request_timeout_seconds)
-        payload = smtp_payload(mime)
+        payload = smtp_payload(mime, crlf=message.mime_crlf)
         for _attempt in range(2):  # a second try only when a pooled connection turned out to be stale
             try:
                 reply = await self._attempt(message, payload, deadline)
