@@ -446,48 +446,55 @@ class SmtpAdapter:
         protocol = smtp.protocol
         assert isinstance(protocol, _PipeliningProtocol)
         phase = Phase.MAIL
+        refusal: _Failed | None = None
         try:
-            sender = self._envelope_sender(message)
-            mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, sender, payload)
-            steps = [_RSET_STEP] if conn.needs_rset else []
-            steps += _PIPELINED_STEPS
-            commands = [b"RSET"] if conn.needs_rset else []
-            commands += [
-                _command(b"MAIL FROM:", _quoted(sender, encoding), mail_options),
-                _command(b"RCPT TO:", _quoted(message.to_address, encoding), rcpt_options),
-                b"DATA",
-            ]
-            protocol.expect(len(commands))
-            protocol.write(b"\r\n".join(commands) + b"\r\n")
-            refusal: _Failed | None = None
-            code = 0
-            for step, accepted in steps:
-                if refusal is None:
-                    phase = step
-                try:
-                    reply = await protocol.read_response(timeout=deadline.left())
-                except Exception:
+            # One timer for the whole transaction: aiosmtplib's per-read timeout is an `asyncio.wait_for` each.
+            async with asyncio.timeout(deadline.left()):
+                sender = self._envelope_sender(message)
+                mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, sender, payload)
+                steps = [_RSET_STEP] if conn.needs_rset else []
+                steps += _PIPELINED_STEPS
+                commands = [b"RSET"] if conn.needs_rset else []
+                commands += [
+                    _command(b"MAIL FROM:", _quoted(sender, encoding), mail_options),
+                    _command(b"RCPT TO:", _quoted(message.to_address, encoding), rcpt_options),
+                    b"DATA",
+                ]
+                protocol.expect(len(commands))
+                protocol.write(b"\r\n".join(commands) + b"\r\n")
+                code = 0
+                for step, accepted in steps:
                     if refusal is None:
-                        raise
-                    smtp.close()  # the refusal decides; a session out of step is not pooled
-                    break
-                code = reply.code
-                if refusal is None and code not in accepted:
-                    refusal = _Failed(step, aiosmtplib.SMTPResponseException(code, reply.message))
-                if code == 421:
-                    smtp.close()  # "closing the channel", as aiosmtplib does for a command sent alone
-                    break
-            if refusal is not None:
-                if code == 354:
-                    smtp.close()  # the server waits for a body that will not come
-                raise refusal
-            conn.needs_rset = False
-            protocol.write(payload)  # body and "." in one write: no Nagle stall on the final line
-            phase = Phase.BODY
-            reply = await protocol.read_response(timeout=deadline.left())
+                        phase = step
+                    try:
+                        reply = await protocol.read_response()
+                    except Exception:
+                        if refusal is None:
+                            raise
+                        smtp.close()  # the refusal decides; a session out of step is not pooled
+                        break
+                    code = reply.code
+                    if refusal is None and code not in accepted:
+                        refusal = _Failed(step, aiosmtplib.SMTPResponseException(code, reply.message))
+                    if code == 421:
+                        smtp.close()  # "closing the channel", as aiosmtplib does for a command sent alone
+                        break
+                if refusal is not None:
+                    if code == 354:
+                        smtp.close()  # the server waits for a body that will not come
+                    raise refusal
+                conn.needs_rset = False
+                protocol.write(payload)  # body and "." in one write: no Nagle stall on the final line
+                phase = Phase.BODY
+                reply = await protocol.read_response()
         except _Failed:
             raise
         except Exception as exc:  # whatever it is, the phase decides what it means
+            if refusal is not None:  # the time ran out reading the replies after a refusal: the refusal decides
+                smtp.close()
+                raise refusal from None
+            if type(exc) is TimeoutError:  # the transaction's timer, or the deadline already past
+                exc = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
             stale = reused and phase is Phase.MAIL and isinstance(exc, ConnectionError)
             raise _Failed(phase, exc, stale=stale) from exc
         if reply.code != 250:
