@@ -2,7 +2,10 @@
 
 Wire behaviour
 --------------
-* One transaction per message: MAIL FROM, RCPT TO, DATA. The envelope sender is `message.envelope_from`, or,
+* One transaction per message: MAIL FROM, RCPT TO, DATA. When the server's EHLO offers PIPELINING (RFC 2920),
+  the three commands (after an RSET when the last transaction was refused) go in one write and their replies
+  are read in order, then the body in a second write (`SmtpAdapter._pipelined`); otherwise one by one. Either
+  way each reply maps to the same outcome in the same phase. The envelope sender is `message.envelope_from`, or,
   when `options["bounce_domain"]` is set, the VERP address `b+<message.key>@<bounce_domain>` so that every
   bounce names its SubTask (edm.providers.dsn, docs/events.md#smtp-bounce-and-complaint-reports).
 * `options["request_dsn"]` (default false): when the server advertises DSN (RFC 3461), MAIL FROM carries
