@@ -85,14 +85,15 @@ class Sink:
 
     MAX_SESSIONS = 2048
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, options: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.port = port or free_port()
+        self.options = options  # more smtp-sink flags, e.g. ("-p",): do not offer PIPELINING
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sink:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        argv = [self.binary, *user, "-m", str(self.MAX_SESSIONS), f"127.0.0.1:{self.port}", "1024"]
+        argv = [self.binary, *user, *self.options, "-m", str(self.MAX_SESSIONS), f"127.0.0.1:{self.port}", "1024"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -98,12 +98,16 @@ def count_attempts(rows: Iterable[Mapping[str, Any]]) -> None:
     """Send attempts just committed (send_attempts rows as inserted): the count by service and outcome, and the
     provider's answer time of those that have one."""
     tally: Tally[tuple[str, str]] = Tally()
+    latency: dict[str, Any] = {}  # the histogram's child per service: `labels()` takes a lock and a lookup
     for row in rows:
         service = str(row.get("service_id") or 0)
         tally[(service, bounded(row.get("outcome"), SEND_OUTCOMES))] += 1
         duration_ms = row.get("duration_ms")
         if duration_ms is not None:
-            SEND_LATENCY.labels(service).observe(duration_ms / 1000)
+            child = latency.get(service)
+            if child is None:
+                child = latency[service] = SEND_LATENCY.labels(service)
+            child.observe(duration_ms / 1000)
     for (service, outcome), n in tally.items():
         SENDS.labels(service, outcome).inc(n)
 

@@ -25,10 +25,13 @@ Typical test use::
         sink.drop_after_data = True               # close without answering: the client sees maybe-sent
         sink.disconnect_all()                     # hang up on every client, like a relay cutting idle ones
 
-    SmtpSink(tls_context=server_ctx) offers STARTTLS (`tls_connections` counts upgrades).
+    SmtpSink(tls_context=server_ctx) offers STARTTLS (`tls_connections` counts upgrades); SmtpSink(pipelining=False)
+    does not advertise PIPELINING (it does by default, like Postfix); SmtpSink(batch_replies=True) writes the
+    replies to commands that arrived together in one write, as Postfix does.
     Also: `messages`, `count_by_subtask()`, `wait_for(n)` / `await wait_for_messages(n)`, `connections_opened`
-    (sessions that sent EHLO/HELO), `connections_open`, `max_concurrent_transactions`, `transaction_starts`
-    ((monotonic, MAIL FROM) pairs), `authenticated_users`, `reset_stats()`, `clear()`.
+    (sessions that sent EHLO/HELO), `pipelined_mails` (MAILs that came with their RCPT and DATA),
+    `connections_open`, `max_concurrent_transactions`, `transaction_starts` ((monotonic, MAIL FROM) pairs),
+    `authenticated_users`, `reset_stats()`, `clear()`.
 
 Fault switches are plain attributes read on every command, so they can be flipped while clients are
 connected. A message is captured as soon as its DATA is complete — before `data_delay`, `data_held` and
@@ -85,6 +88,7 @@ class _Stats:
     active_transactions: int = 0
     max_concurrent_transactions: int = 0
     tls_connections: int = 0  # connections upgraded with STARTTLS
+    pipelined_mails: int = 0  # MAIL commands whose RCPT and DATA had already arrived with them (RFC 2920)
     transaction_starts: list[tuple[float, str]] = field(default_factory=list)
     authenticated_users: list[str] = field(default_factory=list)
 
@@ -100,12 +104,20 @@ class SmtpSink:
         store_dir: Path | None = None,
         require_auth: tuple[str, str] | None = None,
         tls_context: ssl.SSLContext | None = None,
+        pipelining: bool = True,
+        batch_replies: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.require_auth = require_auth
         self.tls_context = tls_context  # offered as STARTTLS when given
+        # PIPELINING (RFC 2920) is advertised, as Postfix and most relays do; aiosmtpd reads commands in order
+        # however they arrive, it only does not say so itself. False: a server the client must not pipeline to.
+        self.pipelining = pipelining
+        # Like Postfix: replies wait while more of the client's input is already there, and then go out in one
+        # write (the replies to a pipelined MAIL, RCPT and DATA arrive together).
+        self.batch_replies = batch_replies
         # Fault switches, read on every command (see the module docstring).
         self.fail_auth = False
         self.mail_reply: Reply | None = None
@@ -224,6 +236,12 @@ class SmtpSink:
             return [started for started, _ in self._stats.transaction_starts]
 
     @property
+    def pipelined_mails(self) -> int:
+        """MAIL commands that arrived together with their RCPT and DATA, before the MAIL reply was sent."""
+        with self._lock:
+            return self._stats.pipelined_mails
+
+    @property
     def tls_connections(self) -> int:
         with self._lock:
             return self._stats.tls_connections
@@ -330,6 +348,7 @@ class _SinkSMTP(SMTP):
         self.sink: SmtpSink = handler.sink
         self.counted = False
         self.in_transaction = False
+        self.held_replies: list[str] = []  # with batch_replies: replies not written yet
 
     def _create_session(self) -> Session:
         return _SinkSession(self.loop)
@@ -346,6 +365,14 @@ class _SinkSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         self.sink._connection_gone(self)
         super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        if self.sink.batch_replies and _unread_input(self) and not text.startswith("421"):
+            self.held_replies.append(text)
+            return
+        held, self.held_replies = self.held_replies, []
+        await super().push("\r\n".join([*held, text]))
 
 
 class _SinkSession(Session):
@@ -371,6 +398,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         self.sink._connection_seen(server)
+        if self.sink.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")  # before the last line, "250 HELP"
         return responses
 
     async def handle_HELO(self, server: _SinkSMTP, session: Session, envelope: Envelope, hostname: str) -> str:
@@ -393,6 +422,9 @@ class _Handler:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.sink._begin_transaction(server, address)
+        if _unread_input(server).startswith(b"RCPT") and b"\nDATA\r\n" in _unread_input(server):
+            with self.sink._lock:
+                self.sink._stats.pipelined_mails += 1
         return "250 OK"
 
     async def handle_RCPT(
@@ -437,6 +469,12 @@ def _fault(server: _SinkSMTP, reply: Reply) -> str:
         # 421 means "closing the transmission channel": hang up right after the reply is written.
         asyncio.get_running_loop().call_soon(_close, server)
     return f"{code} {text}"
+
+
+def _unread_input(server: _SinkSMTP) -> bytes:
+    """What the client sent that aiosmtpd has not read yet (its stream reader's buffer)."""
+    reader = getattr(server, "_reader", None)
+    return bytes(getattr(reader, "_buffer", b""))
 
 
 def _close(server: _SinkSMTP) -> None:

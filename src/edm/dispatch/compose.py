@@ -441,13 +441,15 @@ def _compile(snapshot: TaskTemplate | None) -> CompiledTemplate | RenderFailure:
 async def _contacts(session: AsyncSession, ids: list[int]) -> dict[int, dict[str, Any]]:
     if not ids:
         return {}
-    rows = await session.execute(select(Contact).where(Contact.id.in_(ids)))
+    # Columns, not ORM objects: building (and identity-mapping) a Contact per recipient cost more than its render.
+    columns = [getattr(Contact, f) for f in CONTACT_FIELDS]
+    rows = await session.execute(select(Contact.id, Contact.custom_attributes, *columns).where(Contact.id.in_(ids)))
     out: dict[int, dict[str, Any]] = {}
-    for (contact,) in rows.all():
-        data = {f: getattr(contact, f) for f in CONTACT_FIELDS}
-        data["attributes"] = contact.custom_attributes or {}
+    for contact_id, attributes, *values in rows.all():
+        data = dict(zip(CONTACT_FIELDS, values, strict=True))
+        data["attributes"] = attributes or {}
         data["tags"] = []
-        out[contact.id] = data
+        out[contact_id] = data
     for contact_id, names in (await _tag_names(session, ids)).items():
         out[contact_id]["tags"] = names
     return out

@@ -147,6 +147,11 @@ def _mailbox(name: str, display: str, address: str) -> str:
     return _fold(name, [*_encoded_words(display), address])
 
 
+@functools.lru_cache(maxsize=8)  # a claim's messages are built within the same second or two
+def _date_header(date: dt.datetime) -> str:
+    return f"Date: {format_datetime(date)}"
+
+
 # The same sender and subject go to thousands of recipients: encode them once.
 _cached_mailbox = functools.lru_cache(maxsize=256)(_mailbox)
 _cached_unstructured = functools.lru_cache(maxsize=256)(_unstructured)
@@ -160,7 +165,7 @@ _cached_unstructured = functools.lru_cache(maxsize=256)(_unstructured)
 def _encode_body(text: str) -> tuple[bytes, bytes]:
     """(Content-Transfer-Encoding, encoded body with CRLF lines). Text is encoded in canonical CRLF form."""
     data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "replace")
-    high = len(data) - len(data.translate(None, _HIGH_BYTES))
+    high = 0 if data.isascii() else len(data) - len(data.translate(None, _HIGH_BYTES))
     # QP costs 3 bytes per non-ASCII byte, base64 4/3 for everything: pick the smaller.
     if high * 200 > len(data) * 37:
         canonical = data.replace(b"\n", b"\r\n")
@@ -273,6 +278,7 @@ def build_message(
         headers=headers,
         custom_args={"subtask_id": key, "task_id": str(task_id)},
         mime=mime,
+        mime_crlf=mime is not None,  # every line of _mime() ends in CRLF, and no CR or LF stands alone
     )
 
 
@@ -291,7 +297,7 @@ def _mime(
     lines = [from_header, to_header]
     if reply_to_header:
         lines.append(reply_to_header)
-    lines += [subject_header, f"Date: {format_datetime(date)}", "MIME-Version: 1.0"]
+    lines += [subject_header, _date_header(date.replace(microsecond=0)), "MIME-Version: 1.0"]
     # Our own headers are ASCII tokens and URLs: fold at spaces only. Extra headers may carry any text.
     lines += [
         _fold(name, value.split(" ")) if name.lower() in _RESERVED else _unstructured(name, value)

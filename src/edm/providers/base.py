@@ -66,6 +66,9 @@ class OutboundMessage:
     headers: dict[str, str] = field(default_factory=dict)  # our extra headers (Message-ID, List-Unsubscribe…)
     custom_args: dict[str, str] = field(default_factory=dict)  # {subtask_id, task_id}
     mime: bytes | None = None
+    # `mime` has CRLF line ends and nothing else (EDM's own builder guarantees it): the SMTP adapter skips the
+    # check for bare CR and LF (two-byte counts over the whole message).
+    mime_crlf: bool = False
 
 
 @dataclass(frozen=True, slots=True)

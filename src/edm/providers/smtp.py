@@ -2,7 +2,10 @@
 
 Wire behaviour
 --------------
-* One transaction per message: MAIL FROM, RCPT TO, DATA. The envelope sender is `message.envelope_from`, or,
+* One transaction per message: MAIL FROM, RCPT TO, DATA. When the server's EHLO offers PIPELINING (RFC 2920),
+  the three commands (after an RSET when the last transaction was refused) go in one write and their replies
+  are read in order, then the body in a second write (`SmtpAdapter._pipelined`); otherwise one by one. Either
+  way each reply maps to the same outcome in the same phase. The envelope sender is `message.envelope_from`, or,
   when `options["bounce_domain"]` is set, the VERP address `b+<message.key>@<bounce_domain>` so that every
   bounce names its SubTask (edm.providers.dsn, docs/events.md#smtp-bounce-and-complaint-reports).
 * `options["request_dsn"]` (default false): when the server advertises DSN (RFC 3461), MAIL FROM carries
@@ -42,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 
 from edm.providers.base import (
     Capabilities,
@@ -150,9 +155,10 @@ def _classify_permanent(phase: Phase, code: int, enhanced: str, text: str) -> Cl
     return Classification(Outcome.PERMANENT)
 
 
-def smtp_payload(mime: bytes) -> bytes:
-    """The DATA payload: CRLF line endings, dot-stuffed, terminated by the end-of-data line."""
-    data = mime if _is_clean_crlf(mime) else _LINE_ENDINGS_RE.sub(b"\r\n", mime)
+def smtp_payload(mime: bytes, *, crlf: bool = False) -> bytes:
+    """The DATA payload: CRLF line endings, dot-stuffed, terminated by the end-of-data line. `crlf`: the
+    caller vouches that `mime` has CRLF line ends only (`OutboundMessage.mime_crlf`)."""
+    data = mime if crlf or _is_clean_crlf(mime) else _LINE_ENDINGS_RE.sub(b"\r\n", mime)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if data.startswith(b".") or b"\n." in data:
@@ -164,6 +170,79 @@ def _is_clean_crlf(data: bytes) -> bool:
     """Our own MIME builder already writes CRLF everywhere: two byte counts (C speed) skip the regex, which
     was ~11 % of a worker's CPU at 1,000 msg/s."""
     return data.count(b"\n") == data.count(b"\r\n") and data.count(b"\r") == data.count(b"\r\n")
+
+
+# The replies a pipelined transaction expects, in order, and the phase each belongs to. A refused RSET fails
+# in the MAIL phase, as it does when sent alone before MAIL.
+_RSET_STEP = (Phase.MAIL, frozenset({250}))
+_PIPELINED_STEPS = [
+    (Phase.MAIL, frozenset({250})),
+    (Phase.RCPT, frozenset({250, 251})),
+    (Phase.DATA, frozenset({354})),
+]
+_CONTROL_RE = re.compile(rb"[\x00-\x1f\x7f]")
+# A plain dot-atom address: quoted as it is. Anything else goes through aiosmtplib's own parsing, as the
+# commands sent one by one do (`SMTP.mail`, `SMTP.rcpt`).
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_ADDRESS_RE = re.compile(_DOT_ATOM + "@" + _DOT_ATOM)
+
+
+def _quoted(address: str, encoding: str) -> bytes:
+    if _PLAIN_ADDRESS_RE.fullmatch(address):
+        return b"<" + address.encode("ascii") + b">"
+    return quote_address(address).encode(encoding)
+
+
+def _command(verb: bytes, address: bytes, options: list[str]) -> bytes:
+    """One command line without its CRLF; refuses control characters (command injection), like aiosmtplib."""
+    line = b" ".join([verb + address, *(o.encode("ascii") for o in options)])
+    if _CONTROL_RE.search(line):
+        raise ValueError("an SMTP command argument contains a control character")
+    return line
+
+
+class _PipeliningProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, able to read the replies to several commands written at once (RFC 2920).
+
+    The stock protocol parses one reply per `data_received()` call and drops data that arrives while no read
+    is waiting, which is right for one command at a time (nothing unsolicited is mistaken for a reply), but
+    loses or strands the replies of a pipelined group that arrive together or between two reads. While
+    `pending` replies are due, this one keeps every byte, and `read_response()` first takes a reply already
+    complete in the buffer. Connections get this class right after they are opened (`_adopt_protocol`)."""
+
+    pending = 0  # replies still due to commands written together
+
+    def expect(self, count: int) -> None:
+        self.pending = count
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        if self.pending and waiter is not None and (waiter.done() or not self._response_pending):
+            self._buffer.extend(data)  # a later reply of the group: kept for the next read
+            if len(self._buffer) > _MAX_BUFFERED and self.transport is not None:
+                self.transport.close()  # a server streaming garbage: connection_lost fails the read
+            return
+        super().data_received(data)
+
+    async def read_response(self, timeout: float | None = None) -> aiosmtplib.SMTPResponse:
+        if self.pending:
+            self.pending -= 1
+            if self._buffer and self._response_waiter is not None and not self._response_waiter.done():
+                reply = self._read_response_from_buffer()
+                if reply is not None:
+                    return reply
+        return await super().read_response(timeout)
+
+
+_MAX_BUFFERED = 4 * MAX_RESPONSE_LENGTH
+
+
+def _adopt_protocol(smtp: aiosmtplib.SMTP) -> None:
+    """Give a freshly opened connection's protocol the pipelining reads. The class is swapped in place (it adds
+    behaviour, no state), because aiosmtplib builds its protocol inside `connect()`."""
+    protocol = smtp.protocol
+    if type(protocol) is SMTPProtocol:
+        protocol.__class__ = _PipeliningProtocol
 
 
 class _Deadline:
@@ -287,7 +366,7 @@ class SmtpAdapter:
 
     async def _deliver(self, message: OutboundMessage, mime: bytes) -> SendResult:
         deadline = _Deadline(self.config.request_timeout_seconds)
-        payload = smtp_payload(mime)
+        payload = smtp_payload(mime, crlf=message.mime_crlf)
         for _attempt in range(2):  # a second try only when a pooled connection turned out to be stale
             try:
                 reply = await self._attempt(message, payload, deadline)
@@ -325,6 +404,8 @@ class SmtpAdapter:
         self, conn: _Conn, message: OutboundMessage, payload: bytes, deadline: _Deadline
     ) -> aiosmtplib.SMTPResponse:
         smtp, reused = conn.smtp, conn.last_used > 0
+        if isinstance(smtp.protocol, _PipeliningProtocol) and smtp.supports_extension("pipelining"):
+            return await self._pipelined(conn, message, payload, deadline)
         phase = Phase.MAIL
         try:
             if conn.needs_rset:
@@ -348,6 +429,75 @@ class SmtpAdapter:
         except Exception as exc:  # whatever it is, the phase decides what it means
             # A pooled connection the server already dropped fails on its first command: that is not
             # the service failing; dial again (nothing of this message reached the server).
+            stale = reused and phase is Phase.MAIL and isinstance(exc, ConnectionError)
+            raise _Failed(phase, exc, stale=stale) from exc
+        if reply.code != 250:
+            raise _Failed(Phase.BODY, aiosmtplib.SMTPDataError(reply.code, reply.message))
+        return reply
+
+    async def _pipelined(
+        self, conn: _Conn, message: OutboundMessage, payload: bytes, deadline: _Deadline
+    ) -> aiosmtplib.SMTPResponse:
+        """The transaction with PIPELINING (RFC 2920): [RSET,] MAIL, RCPT and DATA in one write, their replies
+        read in order, then the body and "." in a second write: 2 writes and 2 round trips instead of 4.
+
+        Each reply is judged as if its command had been sent alone: the first refused one decides the outcome,
+        in its own phase (a refused MAIL is a MAIL failure, whatever RCPT and DATA answered after it). The
+        replies after a refusal are still read, so the session stays in step and is pooled again (RSET before
+        its next MAIL); a reply that does not come, a 421, or a 354 after a refusal closes it instead."""
+        smtp, reused = conn.smtp, conn.last_used > 0
+        protocol = smtp.protocol
+        assert isinstance(protocol, _PipeliningProtocol)
+        phase = Phase.MAIL
+        refusal: _Failed | None = None
+        try:
+            # One timer for the whole transaction: aiosmtplib's per-read timeout is an `asyncio.wait_for` each.
+            async with asyncio.timeout(deadline.left()):
+                sender = self._envelope_sender(message)
+                mail_options, rcpt_options, encoding = self._envelope_options(smtp, message, sender, payload)
+                steps = [_RSET_STEP] if conn.needs_rset else []
+                steps += _PIPELINED_STEPS
+                commands = [b"RSET"] if conn.needs_rset else []
+                commands += [
+                    _command(b"MAIL FROM:", _quoted(sender, encoding), mail_options),
+                    _command(b"RCPT TO:", _quoted(message.to_address, encoding), rcpt_options),
+                    b"DATA",
+                ]
+                protocol.expect(len(commands))
+                protocol.write(b"\r\n".join(commands) + b"\r\n")
+                code = 0
+                for step, accepted in steps:
+                    if refusal is None:
+                        phase = step
+                    try:
+                        reply = await protocol.read_response()
+                    except Exception:
+                        if refusal is None:
+                            raise
+                        smtp.close()  # the refusal decides; a session out of step is not pooled
+                        break
+                    code = reply.code
+                    if refusal is None and code not in accepted:
+                        refusal = _Failed(step, aiosmtplib.SMTPResponseException(code, reply.message))
+                    if code == 421:
+                        smtp.close()  # "closing the channel", as aiosmtplib does for a command sent alone
+                        break
+                if refusal is not None:
+                    if code == 354:
+                        smtp.close()  # the server waits for a body that will not come
+                    raise refusal
+                conn.needs_rset = False
+                protocol.write(payload)  # body and "." in one write: no Nagle stall on the final line
+                phase = Phase.BODY
+                reply = await protocol.read_response()
+        except _Failed:
+            raise
+        except Exception as exc:  # whatever it is, the phase decides what it means
+            if refusal is not None:  # the time ran out reading the replies after a refusal: the refusal decides
+                smtp.close()
+                raise refusal from None
+            if type(exc) is TimeoutError:  # the transaction's timer, or the deadline already past
+                exc = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
             stale = reused and phase is Phase.MAIL and isinstance(exc, ConnectionError)
             raise _Failed(phase, exc, stale=stale) from exc
         if reply.code != 250:
@@ -433,6 +583,7 @@ class SmtpAdapter:
                 await smtp.connect(timeout=deadline.left())
                 _set_nodelay(smtp)
                 await _greet(smtp)
+                _adopt_protocol(smtp)
                 if settings.username is not None:
                     phase = Phase.AUTH
                     await smtp.login(settings.username, settings.password)

@@ -31,6 +31,29 @@ def link_id(task_id: int, url: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1 or 1
 
 
+def _parsed_tag(text: str) -> tuple[str, str, str, bool] | None:
+    """An `<a …>` tag as (text before the href value, the URL, text after it, whether it may be tracked), or
+    None without an href. The same tags recur in every recipient's HTML: parsed once (`_TAGS`)."""
+    known = _TAGS.get(text, _UNSEEN)
+    if known is not _UNSEEN:
+        return known  # type: ignore[return-value]
+    found = _HREF.search(text)
+    parsed = None
+    if found is not None:
+        raw = found.group(3) if found.group(3) is not None else found.group(4)
+        url = html.unescape(raw).strip()
+        parsed = (text[: found.start()] + found.group(1), url, text[found.end() :], not _NO_TRACK.search(text))
+    if len(_TAGS) >= _TAGS_LIMIT:
+        _TAGS.clear()
+    _TAGS[text] = parsed
+    return parsed
+
+
+_TAGS: dict[str, tuple[str, str, str, bool] | None] = {}  # shared by the render threads: single dict operations
+_TAGS_LIMIT = 10_000
+_UNSEEN = object()
+
+
 class LinkRewriter:
     """The `postprocess` hook of one recipient's render: rewrites links, remembers (link id, URL)."""
 
@@ -44,6 +67,7 @@ class LinkRewriter:
         # HTML) leaves them alone too.
         self.untracked: set[str] = set()
         self._rewritten: dict[str, str] = {}  # URL -> its tracked URL: the text part reuses the HTML's tokens
+        self._escaped: dict[str, str] = {}  # tracked URL -> as an attribute value
 
     def __call__(self, part: str, value: str) -> str:
         return self._html(value) if part == "html" else _TEXT_URL.sub(self._text_url, value)
@@ -58,26 +82,22 @@ class LinkRewriter:
     def _html(self, document: str) -> str:
         def tag(match: re.Match[str]) -> str:
             text = match.group(0)
-            if _NO_TRACK.search(text):
-                self._remember_untracked(text)
+            parsed = _parsed_tag(text)
+            if parsed is None:
                 return text
-            return _HREF.sub(href, text, count=1)
-
-        def href(match: re.Match[str]) -> str:
-            raw = match.group(3) if match.group(3) is not None else match.group(4)
-            url = html.unescape(raw).strip()
+            before, url, after, tracked_by_author = parsed
+            if not tracked_by_author:
+                self.untracked.add(url)
+                return text
             tracked = self._tracked(url)
             if tracked == url:
-                return match.group(0)
-            return f'{match.group(1)}"{html.escape(tracked, quote=True)}"'
+                return text
+            escaped = self._escaped.get(tracked)
+            if escaped is None:
+                escaped = self._escaped[tracked] = html.escape(tracked, quote=True)
+            return f'{before}"{escaped}"{after}'
 
         return _A_TAG.sub(tag, document)
-
-    def _remember_untracked(self, tag: str) -> None:
-        found = _HREF.search(tag)
-        if found is not None:
-            raw = found.group(3) if found.group(3) is not None else found.group(4)
-            self.untracked.add(html.unescape(raw).strip())
 
     def _tracked(self, url: str) -> str:
         known = self._rewritten.get(url)

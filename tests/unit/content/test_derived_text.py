@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from edm.content.render import build_context, compile_template
+from edm.content.render import append_compliance_footer, build_context, compile_template, footer_text, html_to_text
 
 TEMPLATES = [
     "<html><body><h1>Hi {{ contact.first_name | default('there', true) }}</h1>"
@@ -64,3 +64,32 @@ def test_markup_from_values_falls_back_to_converting_each_mail(html: str) -> Non
     contact = {"email": "a@example.com", "attributes": {"bio": "<b>bold</b><br>second"}}
     text = template.render(_ctx(contact)).text
     assert "<b>" not in text and text.split()[:2] == ["bold", "second"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://t.example.com/u/AQNkZXJpdmVkLXRleHQtdGVzdA_-x",
+        "http://t.example.com:8080/u/abc?x=1%20y",
+        "https://t.example.com/u/a&b=<c>",  # not a plain URL: converted on its own
+        "https://t.example.com/u/a b",
+        "",
+    ],
+)
+@pytest.mark.parametrize(
+    ("postal", "custom"),
+    [
+        ("1 Main St\nSpringfield", ""),
+        ("", ""),
+        (
+            "PO Box 7",
+            '<p>Sent by Acme. <a href="{{ unsubscribe_url }}">{{ unsubscribe_url }}</a><br>{{ postal_address }}</p>',
+        ),
+        ("", "<p>Leave: {{ unsubscribe_url }}</p>"),
+    ],
+)
+def test_footer_text_is_what_converting_each_recipients_footer_gives(url: str, postal: str, custom: str) -> None:
+    expected = html_to_text(
+        append_compliance_footer("", unsubscribe_url=url, postal_address=postal, custom_html=custom)
+    )
+    assert footer_text(url, postal, custom) == expected

@@ -261,6 +261,7 @@ def test_internationalized_local_part_is_raw_utf8() -> None:
 def test_bodies_round_trip(text: str, html: str) -> None:
     out = _build(content=_content(text=text, html=html))
     _assert_wire_format(out.mime or b"")
+    assert out.mime_crlf  # what the SMTP adapter then trusts instead of checking (smtp_payload)
     plain, got_html = _bodies(_parse(out.mime))
 
     def norm(value: str) -> str:
