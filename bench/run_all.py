@@ -3,7 +3,7 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
 
     .venv/bin/python -m bench.run_all [--quick]
                                       [--only dispatch|generation|rss|webhooks|tracking|stats|import|contacts|
-                                              xlsx|compose|console|inbound]
+                                              xlsx|compose|console|inbound|scale]
                                       [--concurrency 8]
 
 (a) dispatch: a task of 100,000 recipients through two SMTP services pointed at Postfix's smtp-sink, with 1
@@ -47,6 +47,12 @@ a reference measured in the same run. Not a timed test: it prints figures and wr
     SubTasks (10,000,000 in the full run, seeded in a database of its own, dropped afterwards) beside a
     primary-key lookup on the same table, with the plan. Targets: ≥ 500 messages/s with p99 ≤ 200 ms; threading
     ≤ 5 ms. Its own block of RESULTS.md, like (d).
+(m) past a million (bench/bench_scale.py), on demand only (`--only scale`, never in the full run): a task of
+    10,000,000 recipients (`--scale-recipients N`) beside one of 1,000,000 in the same run, in a database of its
+    own (dropped afterwards): generation (beside a bare INSERT … SELECT), claims and records while 90 % wait, a
+    small task's claims beside it, statistics (beside the aggregate over the rows), and `delete_task` with a
+    small task claiming meanwhile, then VACUUM. The ratios large / reference should stay near 1 for claims and
+    statistics. About 45 minutes at full size on 2 shared cores. Its own block of RESULTS.md, like (d).
 
 Targets (2-core machine): dispatch ≥ 1,500 msg/s with 2 workers and ≥ 0.45 × smtp-source single session;
 generation ≤ 20 s; worker RSS ≤ 150 MB and flat; webhooks ≥ 10,000 events/s with p99 ≤ 200 ms (one process);
@@ -79,6 +85,7 @@ from bench import (
     bench_contacts,
     bench_import,
     bench_inbound,
+    bench_scale,
     bench_stats,
     bench_tracking,
     bench_webhooks,
@@ -120,7 +127,9 @@ SECTIONS = (
     "compose",
     "console",
     "inbound",
+    "scale",
 )
+ON_DEMAND = {"scale"}  # only with --only: not part of the full run
 NO_SMTP = {
     "webhooks",
     "tracking",
@@ -131,8 +140,9 @@ NO_SMTP = {
     "compose",
     "console",
     "inbound",
+    "scale",
 }  # these send nothing
-NO_DATABASE = {"compose"}  # CPU only: no bench database is created for these alone
+NO_DATABASE = {"compose", "scale"}  # no bench database is created for these alone (scale makes its own)
 STALL_SECONDS = 45.0
 TARGETS = {"dispatch_2w": 1500.0, "dispatch_ratio": 0.45, "generation_s": 20.0, "rss_mb": 150.0}
 
@@ -677,7 +687,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = dict(QUICK if args.quick else FULL)
     if args.dispatch_recipients:
         sizes["dispatch"] = args.dispatch_recipients
-    only = set(args.only or SECTIONS)
+    only = set(args.only or [s for s in SECTIONS if s not in ON_DEMAND])
     contacts_sizes = dict(bench_contacts.QUICK if args.quick else bench_contacts.FULL)
     stats_sizes = dict(bench_stats.QUICK if args.quick else bench_stats.FULL)
     console_sizes = dict(bench_console.QUICK if args.quick else bench_console.FULL)
@@ -861,6 +871,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if value is not None:
                     ib[key] = value
             res["inbound"] = asdict(await bench_inbound.run(sm, settings, connections=args.inbound_connections, **ib))
+        if "scale" in only:  # on demand; a database of its own, dropped afterwards
+            sc = dict(bench_scale.QUICK if args.quick else bench_scale.FULL)
+            if args.scale_recipients:
+                sc["recipients"] = args.scale_recipients
+                sc["reference"] = min(sc["reference"], max(1, args.scale_recipients // 10))
+            res["scale"] = asdict(await bench_scale.run(**sc))
     finally:
         sink.stop()
         await engine.dispose()
@@ -926,6 +942,11 @@ def main() -> None:
         default=bench_inbound.CONNECTIONS,
         help="(l) keep-alive connections posting inbound mail",
     )
+    parser.add_argument(
+        "--scale-recipients",
+        type=int,
+        help="(m) the large task of --only scale (10,000,000 full; the reference is min(1,000,000, a tenth))",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
@@ -957,6 +978,8 @@ def main() -> None:
     if res.get("inbound"):
         lines = bench_inbound.report_lines(res["inbound"], res["machine"]["nproc"])
         written["inbound"] = ("Inbound mail", report_section(res, lines))
+    if res.get("scale"):
+        written["scale"] = ("Past a million", report_section(res, bench_scale.report_lines(res["scale"])))
     for _, section in written.values():
         print()
         print(section)
