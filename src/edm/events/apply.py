@@ -40,6 +40,7 @@ from edm.events.records import (
     Record,
     columns,
     contact_records,
+    core_execute,
     update_many,
 )
 from edm.events.suppression_policy import add_suppressions, suppression_for
@@ -193,4 +194,4 @@ async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[in
         query = query.where(Event.id.in_(list(only_ids)))
     if is_postgresql(session):
         query = query.with_for_update(skip_locked=True)
-    return [Record(row._mapping, EVENT_WRITE) for row in await session.execute(query)]
+    return Record.all(await core_execute(session, query), EVENT_WRITE)

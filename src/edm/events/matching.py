@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.db.dialect import is_postgresql
-from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns
+from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns, core_execute
 from edm.models.email_services import EmailService
 from edm.models.events import MatchReason, MatchStatus
 from edm.models.tasks import SendAttempt, SubTask
@@ -84,10 +84,10 @@ def _subtask_query(session: AsyncSession, *conditions: Any) -> Any:
 async def _subtask_records(session: AsyncSession, query: Any, records: dict[int, Any]) -> list[Any]:
     """The query's SubTasks as records, reusing the copy already taken for a SubTask (two events of one
     SubTask must apply to the same copy)."""
-    found = []
-    for row in await session.execute(query):
-        found.append(records.setdefault(row.id, Record(row._mapping, SUBTASK_WRITE)))
-    return found
+    return [
+        records.setdefault(record.id, record)
+        for record in Record.all(await core_execute(session, query), SUBTASK_WRITE)
+    ]
 
 
 def needing_attempts(events: Sequence[Any], subtasks: dict[int, Any], services: dict[int, EmailService]) -> list[int]:
@@ -117,10 +117,11 @@ async def attempted_services(session: AsyncSession, subtask_ids: list[int]) -> d
     result: dict[int, set[int]] = defaultdict(set)
     for start in range(0, len(subtask_ids), 1000):
         chunk = subtask_ids[start : start + 1000]
-        rows = await session.execute(
+        rows = await core_execute(
+            session,
             select(SendAttempt.subtask_id, SendAttempt.service_id).where(
                 SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)
-            )
+            ),
         )
         for subtask_id, service_id in rows:
             if service_id is not None:
