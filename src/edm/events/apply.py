@@ -8,13 +8,14 @@ every changed row back with one UPDATE per table (`records`). An event never cha
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import telemetry
@@ -84,15 +85,43 @@ async def drain(
     *,
     simulated_matches_any: bool,
     batch: int = 500,
+    loops: int = 1,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ApplyCounts:
     """Apply stored events until none is left, one transaction per batch (an entry point's loop: the
-    `events` job, `edm events apply`)."""
+    `events` job, `edm events apply`).
+
+    On PostgreSQL `loops` > 1 runs that many loops side by side, each on its own connection and its own share of
+    the queue: the events whose SubTask reference (else provider message id) hashes to it. While one loop waits
+    for PostgreSQL, another computes its batch; the shares keep their SubTasks apart, so they seldom wait on each
+    other's row locks (bench/RESULTS.md, "Webhook ingest"). SQLite has one writer: one loop."""
+    async with sessionmaker() as session:
+        shares = loops if loops > 1 and is_postgresql(session) else 1
+    if shares == 1:
+        return await _drain_share(sessionmaker, None, simulated_matches_any, batch, should_stop)
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(_drain_share(sessionmaker, (i, shares), simulated_matches_any, batch, should_stop))
+            for i in range(shares)
+        ]
+    total = ApplyCounts()
+    for task in tasks:
+        total.add(task.result())
+    return total
+
+
+async def _drain_share(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    share: tuple[int, int] | None,
+    simulated_matches_any: bool,
+    batch: int,
+    should_stop: Callable[[], bool],
+) -> ApplyCounts:
     total = ApplyCounts()
     while not should_stop():
         async with unit_of_work(sessionmaker) as session:
             counts = await apply_pending(
-                session, now=utc_now(), simulated_matches_any=simulated_matches_any, limit=batch
+                session, now=utc_now(), simulated_matches_any=simulated_matches_any, limit=batch, share=share
             )
         total.add(counts)
         if counts.processed < batch:
@@ -107,12 +136,14 @@ async def apply_pending(
     simulated_matches_any: bool,
     limit: int = 500,
     only_ids: Sequence[int] | None = None,
+    share: tuple[int, int] | None = None,
 ) -> ApplyCounts:
-    """Apply up to `limit` stored, unprocessed events. The caller commits.
+    """Apply up to `limit` stored, unprocessed events (of share `share` = (i, n) of the queue only, on
+    PostgreSQL: see `drain`). The caller commits.
 
     Rows are read as plain records and written back with one executemany UPDATE per table (events, SubTasks,
     contacts): no ORM identity map on this path, which profiling showed to cost more than the SQL itself."""
-    events = await _take_pending(session, limit, only_ids)
+    events = await _take_pending(session, limit, only_ids, share)
     counts = ApplyCounts(processed=len(events))
     if not events:
         return counts
@@ -183,7 +214,9 @@ def _count_when_committed(session: AsyncSession, events: list[Any]) -> None:
     after_commit(session, lambda: telemetry.count_events(applied, hits))
 
 
-async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None) -> list[Any]:
+async def _take_pending(
+    session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None, share: tuple[int, int] | None = None
+) -> list[Any]:
     query = (
         select(*columns(Event, EVENT_READ + EVENT_WRITE))
         .where(Event.processed_at.is_(None))
@@ -193,5 +226,9 @@ async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[in
     if only_ids is not None:  # applied synchronously by the request that stored them (one-click unsubscribe)
         query = query.where(Event.id.in_(list(only_ids)))
     if is_postgresql(session):
+        if share is not None:
+            index, shares = share
+            key = func.coalesce(Event.subtask_ref, Event.provider_message_id, "")
+            query = query.where(func.abs(func.mod(func.hashtext(key), shares)) == index)
         query = query.with_for_update(skip_locked=True)
     return Record.all(await core_execute(session, query), EVENT_WRITE)
