@@ -74,10 +74,12 @@ class ApplyCounts:
     unmatched: int = 0
     ignored: int = 0
     reconciled: int = 0  # uncertain -> sent
+    last_id: int = 0  # the highest event id taken
 
     def add(self, other: ApplyCounts) -> None:
         for name in ("processed", "matched", "unmatched", "ignored", "reconciled"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_id = max(self.last_id, other.last_id)
 
 
 async def drain(
@@ -117,11 +119,21 @@ async def _drain_share(
     batch: int,
     should_stop: Callable[[], bool],
 ) -> ApplyCounts:
+    """One loop: batch after batch, each taken after the last one's highest id. An index scan from the start of
+    the queue would step over every event applied since the last vacuum (their old row versions stay in the
+    pending index until then, longer while any transaction of the cluster is open): with 180,000 queued events
+    that made taking a batch cost more than applying it. An event left behind (held by another worker that then
+    rolled back, or committed late with a lower id) is taken by the next drain, which starts from the beginning."""
     total = ApplyCounts()
     while not should_stop():
         async with unit_of_work(sessionmaker) as session:
             counts = await apply_pending(
-                session, now=utc_now(), simulated_matches_any=simulated_matches_any, limit=batch, share=share
+                session,
+                now=utc_now(),
+                simulated_matches_any=simulated_matches_any,
+                limit=batch,
+                share=share,
+                after_id=total.last_id,
             )
         total.add(counts)
         if counts.processed < batch:
@@ -137,14 +149,15 @@ async def apply_pending(
     limit: int = 500,
     only_ids: Sequence[int] | None = None,
     share: tuple[int, int] | None = None,
+    after_id: int = 0,
 ) -> ApplyCounts:
     """Apply up to `limit` stored, unprocessed events (of share `share` = (i, n) of the queue only, on
     PostgreSQL: see `drain`). The caller commits.
 
     Rows are read as plain records and written back with one executemany UPDATE per table (events, SubTasks,
     contacts): no ORM identity map on this path, which profiling showed to cost more than the SQL itself."""
-    events = await _take_pending(session, limit, only_ids, share)
-    counts = ApplyCounts(processed=len(events))
+    events = await _take_pending(session, limit, only_ids, share, after_id)
+    counts = ApplyCounts(processed=len(events), last_id=max((e.id for e in events), default=after_id))
     if not events:
         return counts
     providers = await service_providers(session)
@@ -215,11 +228,15 @@ def _count_when_committed(session: AsyncSession, events: list[Any]) -> None:
 
 
 async def _take_pending(
-    session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None, share: tuple[int, int] | None = None
+    session: AsyncSession,
+    limit: int,
+    only_ids: Sequence[int] | None = None,
+    share: tuple[int, int] | None = None,
+    after_id: int = 0,
 ) -> list[Any]:
     query = (
         select(*columns(Event, EVENT_READ + EVENT_WRITE))
-        .where(Event.processed_at.is_(None))
+        .where(Event.processed_at.is_(None), Event.id > after_id)
         .order_by(Event.id)
         .limit(limit)
     )

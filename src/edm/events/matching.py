@@ -115,9 +115,9 @@ async def attempted_services(session: AsyncSession, subtask_ids: list[int]) -> d
                 SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)
             ),
         )
-        for subtask_id, service_id in rows:
-            if service_id is not None:
-                result[subtask_id].add(service_id)
+        for row in rows:
+            if row.service_id is not None:
+                result[row.subtask_id].add(row.service_id)
     return result
 
 

@@ -121,7 +121,8 @@ async def core_execute(session: AsyncSession, statement: Any, parameters: Any = 
     """A Core statement on the session's connection (its transaction): not through the ORM's execute, whose
     result loading cost more than the rows themselves on this path (bench/RESULTS.md, "Webhook ingest")."""
     connection = await session.connection()
-    return await connection.execute(statement, parameters)
+    result: Result[Any] = await connection.execute(statement, parameters)
+    return result
 
 
 async def contact_records(session: AsyncSession, ids: Iterable[int | None]) -> dict[int, Any]:
@@ -187,5 +188,5 @@ def _unnest_update(table: Any, names: tuple[str, ...]) -> tuple[Any, frozenset[s
 def _array_type(column_type: Any) -> str:
     """The element type of a column's array parameter: the column's own PostgreSQL type (VARCHAR(n) as TEXT,
     the column's assignment cast checks the length)."""
-    name = str(column_type.compile(dialect=postgresql.dialect()))
+    name = str(column_type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
     return "TEXT" if name.startswith("VARCHAR") else name
