@@ -20,13 +20,16 @@ trivial endpoint of the same server measured in the same run; then the `events` 
      never read, which is neither a 2xx nor cheaper-because-trivial. The figure is the framework's fixed cost
      per request (uvicorn + the request-id middleware + routing); a 30 KB body over loopback adds little.
    - the webhook load: every batch posted once; events/s counts 2xx answers only (× 100 events).
-4. The `events` job's code (`edm.events.apply.apply_pending` in a loop of `EVENTS_BATCH`, one transaction each,
-   as `edm.worker.jobs` runs it) applies everything stored: events/s of applying.
+4. The `events` job's code (`edm.events.apply.drain` with the job's `EVENTS_BATCH` and `EVENTS_LOOPS`, one
+   transaction per batch, in a heap settled as the worker's is) applies everything stored in this process:
+   events/s of applying, CPU of this process and of PostgreSQL per 1,000 events, and applied/s ÷ ingested/s
+   (issue 17: ≥ 1.0). `--profile` also records py-spy of the applying.
 5. Checks: rows in `events` == unique `sg_event_id`s in acknowledged batches; every row processed; matched ==
    the unique non-engagement events, ignored == the unique opens/clicks (SendGrid's own tracking is ignored,
    docs/events.md#matching), unmatched == 0.
 
-Target (issue 3): ≥ 10,000 events/s with p99 ≤ 200 ms, one API process, batches of 100.
+Target (issue 3): ≥ 10,000 events/s with p99 ≤ 200 ms, one API process, batches of 100. Target (issue 17):
+applying keeps up, events applied/s ÷ events ingested/s ≥ 1.0 in the same run.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ DUPLICATES_PER_BATCH = 10  # ~10 % redeliveries (SendGrid retries whole batches)
 FULL: dict[str, Any] = {"subtasks": 20_000, "events": 200_000, "ref_requests": 20_000}
 QUICK: dict[str, Any] = {"subtasks": 2_000, "events": 20_000, "ref_requests": 4_000}
 CONNECTIONS = 8
-TARGETS = {"events_per_s": 10_000.0, "p99_ms": 200.0}
+TARGETS = {"events_per_s": 10_000.0, "p99_ms": 200.0, "apply_ratio": 1.0}
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 # SendGrid event names and how often each comes (a delivered campaign: processed + delivered for everyone,
@@ -144,6 +147,9 @@ class WebhookResult:
     ref_cpu_wall: float
     server_rss_mb: float
     checks: dict[str, bool]
+    apply_loops: int = 1
+    apply_batch: int = 0
+    apply_cpu: dict[str, float] = field(default_factory=dict)  # CPU-s while applying: apply (this process), postgres
 
     @property
     def ratio(self) -> float:
@@ -565,15 +571,26 @@ class Server:
 # ---- applying -----------------------------------------------------------------------------------------
 
 
-async def apply_all(sm: Any, settings: Any) -> tuple[float, dict[str, int]]:
-    """The `events` job's loop (edm.events.apply.drain, as the worker runs it): seconds and counts."""
+async def apply_all(sm: Any, settings: Any, *, profile: bool = False) -> tuple[float, dict[str, int], dict[str, float]]:
+    """The `events` job's loop (edm.events.apply.drain with the job's batch and loops, in a heap settled as the
+    worker's is): seconds, counts, and the CPU-s this process and PostgreSQL used meanwhile."""
+    from edm.cli.ops import settle_heap
     from edm.events import apply as event_apply
-    from edm.worker.jobs import EVENTS_BATCH
+    from edm.worker.jobs import EVENTS_BATCH, EVENTS_LOOPS
 
+    settle_heap()
+    meter = infra.CpuMeter({"apply": [os.getpid()]}).start()
+    spy = infra.PySpy(os.getpid(), RUN_DIR / "pyspy-events-apply.txt", idle=False).start() if profile else None
     started = time.perf_counter()
-    counts = await event_apply.drain(sm, simulated_matches_any=settings.fake_provider_allowed, batch=EVENTS_BATCH)
+    counts = await event_apply.drain(
+        sm, simulated_matches_any=settings.fake_provider_allowed, batch=EVENTS_BATCH, loops=EVENTS_LOOPS
+    )
+    seconds = time.perf_counter() - started
+    meter.stop()
+    if spy is not None:
+        log(f"  py-spy of applying written to {spy.stop()}")
     names = ("processed", "matched", "unmatched", "ignored", "reconciled")
-    return time.perf_counter() - started, {name: getattr(counts, name) for name in names}
+    return seconds, {name: getattr(counts, name) for name in names}, dict(meter.used)
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -654,15 +671,21 @@ async def run(
     async with sm() as session:
         stored = int(await session.scalar(text("SELECT count(*) FROM events WHERE source = 'sendgrid'")))
     log(f"  events stored {stored:,} (unique in acknowledged batches {len(unique):,}); applying")
-    apply_s, applied = await apply_all(sm, settings)
+    apply_s, applied, apply_cpu = await apply_all(sm, settings, profile=profile)
     async with sm() as session:
         pending = int(await session.scalar(text("SELECT count(*) FROM events WHERE processed_at IS NULL")))
     apply_rate = applied["processed"] / apply_s if apply_s else 0.0
     expected_ignored = len(unique & engagement)
     expected_matched = len(unique) - expected_ignored
+    from edm.worker.jobs import EVENTS_BATCH, EVENTS_LOOPS
+
+    per_k = 1e6 / max(1, applied["processed"])
     log(
         f"  applied {applied['processed']:,} in {apply_s:.1f} s = {apply_rate:,.0f} events/s "
-        f"(matched {applied['matched']:,}, ignored {applied['ignored']:,}, unmatched {applied['unmatched']:,})"
+        f"(matched {applied['matched']:,}, ignored {applied['ignored']:,}, unmatched {applied['unmatched']:,}); "
+        f"CPU ms per 1,000 events: apply {apply_cpu.get('apply', 0) * per_k:.0f}, PostgreSQL "
+        f"{apply_cpu.get('postgres', 0) * per_k:.0f}, other (not ours) {apply_cpu.get('other', 0) * per_k:.0f}; "
+        f"applied/s ÷ ingested/s = {apply_rate / rate if rate else 0:.2f}"
     )
     checks = {
         "rows == unique events posted": stored == len(unique),
@@ -711,6 +734,9 @@ async def run(
         ref_cpu_wall=ref_meter.wall,
         server_rss_mb=rss,
         checks=checks,
+        apply_loops=EVENTS_LOOPS,
+        apply_batch=EVENTS_BATCH,
+        apply_cpu=apply_cpu,
     )
 
 
@@ -767,6 +793,16 @@ def report_lines(w: dict[str, Any], nproc: int) -> list[str]:
         f"Checks: {checks}."
     )
     lines.append("")
+    ac = w.get("apply_cpu") or {}
+    if ac:
+        k = 1e6 / max(1, a["processed"])
+        lines.append(
+            f"Applying (the `events` job's code in the bench process, as one worker runs it: "
+            f"{w.get('apply_loops', 1)} loop(s), batches of {w.get('apply_batch', 0):,}): CPU ms per 1,000 events "
+            f"applied: applying process {ac.get('apply', 0) * k:.0f}, PostgreSQL {ac.get('postgres', 0) * k:.0f}, "
+            f"other (not ours) {ac.get('other', 0) * k:.0f}."
+        )
+        lines.append("")
     met_rate, met_p99 = w["events_per_s"] >= TARGETS["events_per_s"], w["p99_ms"] <= TARGETS["p99_ms"]
     lines.append(
         f"Target (issue 3): ≥ {TARGETS['events_per_s']:,.0f} events/s → {w['events_per_s']:,.0f}: "
@@ -774,6 +810,12 @@ def report_lines(w: dict[str, Any], nproc: int) -> list[str]:
         f"{'✅ met' if met_p99 else '❌ missed'}. Applying keeps up with ingest: "
         f"{'yes' if w['apply_per_s'] >= w['events_per_s'] else 'no'} ({w['apply_per_s']:,.0f} vs "
         f"{w['events_per_s']:,.0f} events/s)."
+    )
+    apply_ratio = w["apply_per_s"] / w["events_per_s"] if w["events_per_s"] else 0.0
+    lines.append("")
+    lines.append(
+        f"Target (issue 17): events applied/s ÷ events ingested/s (same run) ≥ {TARGETS['apply_ratio']:.1f} → "
+        f"{apply_ratio:.2f}: {'✅ met' if apply_ratio >= TARGETS['apply_ratio'] else '❌ missed'}."
     )
     if w["error_samples"]:
         lines.append("")
@@ -811,7 +853,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20,000 events over 2,000 SubTasks")
     parser.add_argument("--connections", type=int, default=CONNECTIONS, help="concurrent keep-alive connections")
     parser.add_argument("--events", type=int, help="events to post (multiple of 100)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the server while the batches are posted")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server while the batches are posted, and the applying"
+    )
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
     print()

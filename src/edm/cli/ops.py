@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -113,22 +114,24 @@ def shared_metrics(processes: int) -> Iterator[None]:
 
 
 def app_factory():  # type: ignore[no-untyped-def]
-    import gc
-
     from edm.app import create_app  # loaded by `serve` only (start-up time of the other commands)
 
     cfg = settings()
     configure_logging(level=cfg.log_level, fmt=cfg.log_format)  # again: `--workers N` starts fresh processes
     app = create_app(cfg)
-    # Everything built so far (modules, metadata, routes) lives for the whole process: move it out of the
-    # collector's sight, and collect young objects less often. A 100-event webhook batch allocates tens of
-    # thousands of short-lived objects; with the defaults, full collections over the long-lived heap showed
-    # up in the p99 of webhook acknowledgements (bench/RESULTS.md).
+    settle_heap()
+    share_the_gil()
+    return app
+
+
+def settle_heap() -> None:
+    """Everything built so far (modules, metadata, routes) lives for the whole process: move it out of the
+    collector's sight, and collect young objects less often. A 100-event webhook batch allocates tens of
+    thousands of short-lived objects; with the defaults, full collections over the long-lived heap showed up in
+    the p99 of webhook acknowledgements, and took a quarter of the `events` job's CPU (bench/RESULTS.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-    share_the_gil()
-    return app
 
 
 SWITCH_INTERVAL = 0.001  # seconds
@@ -164,7 +167,9 @@ def worker(
         await require_current_schema()
         engine = create_engine(cfg, application_name="edm-worker")
         try:
-            await Worker(cfg, make_sessionmaker(engine), concurrency=concurrency, metrics_port=metrics_port).run()
+            worker = Worker(cfg, make_sessionmaker(engine), concurrency=concurrency, metrics_port=metrics_port)
+            settle_heap()
+            await worker.run()
         finally:
             await engine.dispose()
 

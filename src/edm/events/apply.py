@@ -8,13 +8,14 @@ every changed row back with one UPDATE per table (`records`). An event never cha
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm import telemetry
@@ -40,6 +41,7 @@ from edm.events.records import (
     Record,
     columns,
     contact_records,
+    core_execute,
     update_many,
 )
 from edm.events.suppression_policy import add_suppressions, suppression_for
@@ -72,10 +74,12 @@ class ApplyCounts:
     unmatched: int = 0
     ignored: int = 0
     reconciled: int = 0  # uncertain -> sent
+    last_id: int = 0  # the highest event id taken
 
     def add(self, other: ApplyCounts) -> None:
         for name in ("processed", "matched", "unmatched", "ignored", "reconciled"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_id = max(self.last_id, other.last_id)
 
 
 async def drain(
@@ -83,15 +87,53 @@ async def drain(
     *,
     simulated_matches_any: bool,
     batch: int = 500,
+    loops: int = 1,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ApplyCounts:
     """Apply stored events until none is left, one transaction per batch (an entry point's loop: the
-    `events` job, `edm events apply`)."""
+    `events` job, `edm events apply`).
+
+    On PostgreSQL `loops` > 1 runs that many loops side by side, each on its own connection and its own share of
+    the queue: the events whose SubTask reference (else provider message id) hashes to it. While one loop waits
+    for PostgreSQL, another computes its batch; the shares keep their SubTasks apart, so they seldom wait on each
+    other's row locks (bench/RESULTS.md, "Webhook ingest"). SQLite has one writer: one loop."""
+    async with sessionmaker() as session:
+        shares = loops if loops > 1 and is_postgresql(session) else 1
+    if shares == 1:
+        return await _drain_share(sessionmaker, None, simulated_matches_any, batch, should_stop)
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(_drain_share(sessionmaker, (i, shares), simulated_matches_any, batch, should_stop))
+            for i in range(shares)
+        ]
+    total = ApplyCounts()
+    for task in tasks:
+        total.add(task.result())
+    return total
+
+
+async def _drain_share(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    share: tuple[int, int] | None,
+    simulated_matches_any: bool,
+    batch: int,
+    should_stop: Callable[[], bool],
+) -> ApplyCounts:
+    """One loop: batch after batch, each taken after the last one's highest id. An index scan from the start of
+    the queue would step over every event applied since the last vacuum (their old row versions stay in the
+    pending index until then, longer while any transaction of the cluster is open): with 180,000 queued events
+    that made taking a batch cost more than applying it. An event left behind (held by another worker that then
+    rolled back, or committed late with a lower id) is taken by the next drain, which starts from the beginning."""
     total = ApplyCounts()
     while not should_stop():
         async with unit_of_work(sessionmaker) as session:
             counts = await apply_pending(
-                session, now=utc_now(), simulated_matches_any=simulated_matches_any, limit=batch
+                session,
+                now=utc_now(),
+                simulated_matches_any=simulated_matches_any,
+                limit=batch,
+                share=share,
+                after_id=total.last_id,
             )
         total.add(counts)
         if counts.processed < batch:
@@ -106,13 +148,16 @@ async def apply_pending(
     simulated_matches_any: bool,
     limit: int = 500,
     only_ids: Sequence[int] | None = None,
+    share: tuple[int, int] | None = None,
+    after_id: int = 0,
 ) -> ApplyCounts:
-    """Apply up to `limit` stored, unprocessed events. The caller commits.
+    """Apply up to `limit` stored, unprocessed events (of share `share` = (i, n) of the queue only, on
+    PostgreSQL: see `drain`). The caller commits.
 
     Rows are read as plain records and written back with one executemany UPDATE per table (events, SubTasks,
     contacts): no ORM identity map on this path, which profiling showed to cost more than the SQL itself."""
-    events = await _take_pending(session, limit, only_ids)
-    counts = ApplyCounts(processed=len(events))
+    events = await _take_pending(session, limit, only_ids, share, after_id)
+    counts = ApplyCounts(processed=len(events), last_id=max((e.id for e in events), default=after_id))
     if not events:
         return counts
     providers = await service_providers(session)
@@ -182,15 +227,25 @@ def _count_when_committed(session: AsyncSession, events: list[Any]) -> None:
     after_commit(session, lambda: telemetry.count_events(applied, hits))
 
 
-async def _take_pending(session: AsyncSession, limit: int, only_ids: Sequence[int] | None = None) -> list[Any]:
+async def _take_pending(
+    session: AsyncSession,
+    limit: int,
+    only_ids: Sequence[int] | None = None,
+    share: tuple[int, int] | None = None,
+    after_id: int = 0,
+) -> list[Any]:
     query = (
         select(*columns(Event, EVENT_READ + EVENT_WRITE))
-        .where(Event.processed_at.is_(None))
+        .where(Event.processed_at.is_(None), Event.id > after_id)
         .order_by(Event.id)
         .limit(limit)
     )
     if only_ids is not None:  # applied synchronously by the request that stored them (one-click unsubscribe)
         query = query.where(Event.id.in_(list(only_ids)))
     if is_postgresql(session):
+        if share is not None:
+            index, shares = share
+            key = func.coalesce(Event.subtask_ref, Event.provider_message_id, "")
+            query = query.where(func.abs(func.mod(func.hashtext(key), shares)) == index)
         query = query.with_for_update(skip_locked=True)
-    return [Record(row._mapping, EVENT_WRITE) for row in await session.execute(query)]
+    return Record.all(await core_execute(session, query), EVENT_WRITE)

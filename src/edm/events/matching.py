@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.db.dialect import is_postgresql
-from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns
+from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns, core_execute, one_of
 from edm.models.email_services import EmailService
 from edm.models.events import MatchReason, MatchStatus
 from edm.models.tasks import SendAttempt, SubTask
@@ -49,44 +49,36 @@ async def find_subtasks(session: AsyncSession, events: Sequence[Any], ambiguous:
         elif event.provider_message_id:
             by_provider_id[event.provider_message_id].append(event)
     found: dict[int, Any] = {}
-    records: dict[int, Any] = {}  # one copy per SubTask, whichever events and lookups reach it
+    if not by_ref and not by_provider_id:
+        return found
+    # Both lookups in one statement: its rows are locked in id order, the one lock order of every writer of
+    # SubTasks here (two statements would take two ordered sets, and two batches could wait on each other).
+    lookups = []
     if by_ref:
-        query = _subtask_query(session, SubTask.public_id.in_(list(by_ref)))
-        for subtask in await _subtask_records(session, query, records):
-            for event in by_ref[subtask.public_id]:
-                found[event.id] = subtask
+        lookups.append(one_of(session, SubTask.public_id, by_ref))
     if by_provider_id:
-        query = _subtask_query(
-            session, SubTask.provider_message_id.in_(list(by_provider_id)), SubTask.service_id.is_not(None)
+        lookups.append(
+            and_(one_of(session, SubTask.provider_message_id, by_provider_id), SubTask.service_id.is_not(None))
         )
-        candidates: dict[int, list[Any]] = defaultdict(list)
-        for subtask in await _subtask_records(session, query, records):
-            for event in by_provider_id[subtask.provider_message_id or ""]:
-                # The provider id is unique only per service: the event's service (when the URL named one or
-                # its secret identified it) must be the SubTask's.
-                if event.service_id is None or event.service_id == subtask.service_id:
-                    candidates[event.id].append(subtask)
-        for event_id, subtasks in candidates.items():
-            # A batch request gives all its recipients one id (SendGrid's X-Message-Id): then the id names
-            # several SubTasks and choosing one would be a guess, so the event stays unmatched.
-            if len(subtasks) == 1:
-                found[event_id] = subtasks[0]
-            else:
-                ambiguous.add(event_id)
-    return found
-
-
-def _subtask_query(session: AsyncSession, *conditions: Any) -> Any:
-    query = select(*columns(SubTask, SUBTASK_READ + SUBTASK_WRITE)).where(*conditions).order_by(SubTask.id)
-    return query.with_for_update() if is_postgresql(session) else query
-
-
-async def _subtask_records(session: AsyncSession, query: Any, records: dict[int, Any]) -> list[Any]:
-    """The query's SubTasks as records, reusing the copy already taken for a SubTask (two events of one
-    SubTask must apply to the same copy)."""
-    found = []
-    for row in await session.execute(query):
-        found.append(records.setdefault(row.id, Record(row._mapping, SUBTASK_WRITE)))
+    query = select(*columns(SubTask, SUBTASK_READ + SUBTASK_WRITE)).where(or_(*lookups)).order_by(SubTask.id)
+    if is_postgresql(session):
+        query = query.with_for_update()
+    candidates: dict[int, list[Any]] = defaultdict(list)
+    for subtask in Record.all(await core_execute(session, query), SUBTASK_WRITE):
+        for event in by_ref.get(subtask.public_id, ()):
+            found[event.id] = subtask
+        for event in by_provider_id.get(subtask.provider_message_id or "", ()) if subtask.service_id else ():
+            # The provider id is unique only per service: the event's service (when the URL named one or its
+            # secret identified it) must be the SubTask's.
+            if event.service_id is None or event.service_id == subtask.service_id:
+                candidates[event.id].append(subtask)
+    for event_id, subtasks in candidates.items():
+        # A batch request gives all its recipients one id (SendGrid's X-Message-Id): then the id names
+        # several SubTasks and choosing one would be a guess, so the event stays unmatched.
+        if len(subtasks) == 1:
+            found[event_id] = subtasks[0]
+        else:
+            ambiguous.add(event_id)
     return found
 
 
@@ -117,14 +109,15 @@ async def attempted_services(session: AsyncSession, subtask_ids: list[int]) -> d
     result: dict[int, set[int]] = defaultdict(set)
     for start in range(0, len(subtask_ids), 1000):
         chunk = subtask_ids[start : start + 1000]
-        rows = await session.execute(
+        rows = await core_execute(
+            session,
             select(SendAttempt.subtask_id, SendAttempt.service_id).where(
                 SendAttempt.subtask_id.in_(chunk), SendAttempt.service_id.is_not(None)
-            )
+            ),
         )
-        for subtask_id, service_id in rows:
-            if service_id is not None:
-                result[subtask_id].add(service_id)
+        for row in rows:
+            if row.service_id is not None:
+                result[row.subtask_id].add(row.service_id)
     return result
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.db.dialect import dialect_insert
 from edm.events.delivery import ADDRESS_REJECTIONS
+from edm.events.records import core_execute
 from edm.models.suppressions import Suppression
 from edm.system.runtime_settings import RuntimeSettings
 from edm.vocabulary.events import BounceClass, EventType
@@ -66,13 +67,15 @@ def _suppression(scope: str, subtask: Any, reason: str, event_id: int) -> dict[s
 
 async def add_suppressions(session: AsyncSession, rows: list[dict[str, Any]], now: dt.datetime) -> None:
     """One insert; an address already on that list keeps its first entry (and within a batch, the entry of
-    the earliest event)."""
+    the earliest event). Rows go in key order: two batches adding the same addresses take the unique index's
+    locks in one order, never waiting on each other crosswise."""
     unique: dict[tuple[str, int, str], dict[str, Any]] = {}
     for row in rows:
         unique.setdefault((row["scope"], row["owner_key"], row["value"]), row)
     if not unique:
         return
-    statement = dialect_insert(session, Suppression).on_conflict_do_nothing(
+    statement = dialect_insert(session, Suppression.__table__).on_conflict_do_nothing(
         index_elements=["scope", "owner_key", "kind", "value"]
     )
-    await session.execute(statement, [{**r, "created_at": now, "updated_at": now} for r in unique.values()])
+    ordered = [{**unique[key], "created_at": now, "updated_at": now} for key in sorted(unique)]
+    await core_execute(session, statement, ordered)

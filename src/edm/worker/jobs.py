@@ -31,6 +31,9 @@ log = logging.getLogger("edm.jobs")
 # docs/events.md#pipeline-and-responses.
 EVENTS_PERIOD = 0.5
 EVENTS_BATCH = 1000
+# Loops of the `events` job side by side, each on its own connection and share of the queue (PostgreSQL only,
+# edm.events.apply.drain): one computes while another waits for the database (bench/RESULTS.md, "Webhook ingest").
+EVENTS_LOOPS = 2
 INBOUND_PERIOD = 1.0  # seconds between looks at the inbound queue when it was found empty
 
 
@@ -151,6 +154,7 @@ class Maintenance:
         counts = await event_apply.drain(
             self.worker.sessionmaker,
             batch=EVENTS_BATCH,
+            loops=EVENTS_LOOPS,
             simulated_matches_any=self.worker.settings.fake_provider_allowed,
             should_stop=self.worker.stopping.is_set,
         )

@@ -24,6 +24,7 @@ from edm.db.session import unit_of_work
 from edm.events import apply as event_apply
 from edm.models.events import Event
 from edm.models.tasks import SubTask, Task
+from edm.worker.jobs import EVENTS_LOOPS
 from tests import factories
 from tests.helpers import settings_for
 from tests.integration.dispatch.conftest import DispatchKit
@@ -153,8 +154,10 @@ class EventKit:
         return task_id, await self.dkit.subtasks(task_id)
 
     async def apply(self, *, simulated_matches_any: bool = True) -> event_apply.ApplyCounts:
-        """What the worker's `events` job does, run now (small batches, so batching is exercised)."""
-        return await event_apply.drain(self.sessionmaker, simulated_matches_any=simulated_matches_any, batch=50)
+        """What the worker's `events` job does (its loops), run now (small batches, so batching is exercised)."""
+        return await event_apply.drain(
+            self.sessionmaker, simulated_matches_any=simulated_matches_any, batch=50, loops=EVENTS_LOOPS
+        )
 
     async def events(self) -> list[Event]:
         async with self.sessionmaker() as session:
