@@ -16,6 +16,7 @@ import email
 import email.policy
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -122,9 +123,9 @@ async def test_every_series_has_the_value_the_database_holds_during_and_after_a_
                 session, owner.id, sender_id=sender, template_ids=[template], rule={"type": "all_contacts"}
             )
         await dkit.wait_for(lambda: _first_in_flight(dkit, sink), what="first message in flight")
-        scraped_from = clock.utc_now()
+        beats, scraped_from = await _beats(sessionmaker), clock.utc_now()
         during_app, during_worker = await scrape(app), await scrape(worker_port)
-        scraped = (scraped_from, clock.utc_now())
+        scraped = Scraped(scraped_from, clock.utc_now(), beats)
         state = await _state(sessionmaker, service_id)
         again = await _state(sessionmaker, service_id)
         assert {**state, "workers": None} == {**again, "workers": None}, "nothing moved while we scraped"
@@ -144,9 +145,9 @@ async def test_every_series_has_the_value_the_database_holds_during_and_after_a_
         assert answer.status_code == 200, answer.text
         await dkit.wait_for(lambda: _events_applied(dkit, 4), what="events applied")
 
-        scraped_from = clock.utc_now()
+        beats, scraped_from = await _beats(sessionmaker), clock.utc_now()
         after_app, after_worker = await scrape(app), await scrape(worker_port)
-        scraped = (scraped_from, clock.utc_now())
+        scraped = Scraped(scraped_from, clock.utc_now(), beats)
         await worker_port.aclose()
         state = await _state(sessionmaker, service_id)
         for after in (after_app, after_worker):
@@ -216,15 +217,28 @@ def _pending_query() -> Any:
     )
 
 
-def _age_between(age: float, since: dt.datetime, scraped: tuple[dt.datetime, dt.datetime]) -> bool:
-    """An age the scrape computed: between the ages at the moments the scrapes began and ended (±1 s of rounding),
-    however slowly a loaded machine ran them."""
-    return (scraped[0] - since).total_seconds() - 1 <= age <= (scraped[1] - since).total_seconds() + 1
+@dataclass
+class Scraped:
+    """When the two scrapes began and ended, and the workers' heartbeats read just before: an age a scrape computed
+    lies between the ages at those moments, however slowly a loaded machine ran them."""
+
+    began: dt.datetime
+    ended: dt.datetime
+    beats_before: dict[str, dt.datetime]
 
 
-def _check_state(
-    samples: Samples, state: dict[str, Any], service_id: int, scraped: tuple[dt.datetime, dt.datetime]
-) -> None:
+async def _beats(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, dt.datetime]:
+    async with sessionmaker() as session:
+        return dict((await session.execute(select(Worker.id, Worker.last_heartbeat_at))).tuples().all())
+
+
+def _age_between(age: float, newest: dt.datetime, oldest: dt.datetime, scraped: Scraped) -> bool:
+    """`age` of a time the scrape read, no older than `oldest` (read before it) and no newer than `newest` (read
+    after it); ±1 s of rounding."""
+    return (scraped.began - newest).total_seconds() - 1 <= age <= (scraped.ended - oldest).total_seconds() + 1
+
+
+def _check_state(samples: Samples, state: dict[str, Any], service_id: int, scraped: Scraped) -> None:
     sid = str(service_id)
     for status in ("queued", "sending", "paused"):
         for kind in ("fresh", "retry"):
@@ -244,11 +258,12 @@ def _check_state(
     }
     oldest = state["oldest_pending_at"]
     age = samples[key("edm_oldest_pending_age_seconds")]
-    assert _age_between(age, oldest, scraped) if oldest is not None else age == 0.0, (age, oldest, scraped)
+    assert _age_between(age, oldest, oldest, scraped) if oldest is not None else age == 0.0, (age, oldest, scraped)
     ages = of(samples, "edm_worker_heartbeat_age_seconds")
     assert set(ages) == {labels(worker=w) for w in state["workers"]}
     for worker_id, beat in state["workers"].items():
-        assert _age_between(ages[labels(worker=worker_id)], beat, scraped), (ages, beat, scraped)
+        before = scraped.beats_before.get(worker_id, beat)
+        assert _age_between(ages[labels(worker=worker_id)], beat, before, scraped), (ages, beat, scraped)
     assert samples[key("edm_workers_alive")] == len(state["workers"]) == 1
     assert samples[key("edm_events_pending")] == state["unapplied"]
     assert samples[key("edm_sending_paused")] == 0
