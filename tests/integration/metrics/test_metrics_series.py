@@ -229,7 +229,8 @@ class Scraped:
 
 async def _beats(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, dt.datetime]:
     async with sessionmaker() as session:
-        return dict((await session.execute(select(Worker.id, Worker.last_heartbeat_at))).tuples().all())
+        rows = (await session.execute(select(Worker.id, Worker.last_heartbeat_at))).all()
+        return {worker_id: beat for worker_id, beat in rows}
 
 
 def _age_between(age: float, newest: dt.datetime, oldest: dt.datetime, scraped: Scraped) -> bool:
