@@ -13,7 +13,18 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, DateTime, Integer, String, any_, bindparam, cast, func
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    SQLColumnExpression,
+    String,
+    any_,
+    bindparam,
+    cast,
+    func,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import TableValuedAlias
@@ -21,10 +32,10 @@ from sqlalchemy.types import TypeEngine
 
 from edm.db.dialect import is_postgresql
 
-BIGINT = BigInteger()
-INT = Integer()
-TEXT = String()
-TIMESTAMPTZ = DateTime(timezone=True)
+BIGINT: TypeEngine[Any] = BigInteger()
+INT: TypeEngine[Any] = Integer()
+TEXT: TypeEngine[Any] = String()
+TIMESTAMPTZ: TypeEngine[Any] = DateTime(timezone=True)
 
 
 def unnest(name: str, columns: Mapping[str, TypeEngine[Any]], rows: Sequence[Mapping[str, Any]]) -> TableValuedAlias:
@@ -37,7 +48,7 @@ def unnest(name: str, columns: Mapping[str, TypeEngine[Any]], rows: Sequence[Map
     return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
 
-def any_of(session: AsyncSession, column: ColumnElement[Any], ids: Collection[int]) -> ColumnElement[bool]:
+def any_of(session: AsyncSession, column: SQLColumnExpression[Any], ids: Collection[int]) -> ColumnElement[bool]:
     """`column = ANY(:ids)` on PostgreSQL (one array parameter: the same SQL text for any number of ids),
     `column IN (…)` on SQLite."""
     if is_postgresql(session):

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeEngine
 
 from edm import telemetry
 from edm.db.dialect import is_postgresql
@@ -251,7 +252,7 @@ def _values_for(
 
 
 # The per-row values of the outcome UPDATEs and their types (the arrays of the PostgreSQL statement).
-ROW_VALUES = {
+ROW_VALUES: dict[str, TypeEngine[Any]] = {
     "b_id": bulk.BIGINT,
     "provider_message_id": bulk.TEXT,
     "sent_at": bulk.TIMESTAMPTZ,
@@ -338,7 +339,7 @@ def _state_values(state: SendState, sample: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-ATTEMPT_VALUES = {
+ATTEMPT_VALUES: dict[str, TypeEngine[Any]] = {
     "subtask_id": bulk.BIGINT,
     "attempt_no": bulk.INT,
     "service_id": bulk.BIGINT,
