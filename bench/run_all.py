@@ -986,7 +986,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--workers",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=lambda s: [int(x) for x in s.split(",") if x],
         default=[1, 2],
         help="worker counts for the dispatch runs, e.g. 1,2",
     )
@@ -999,7 +999,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--batch-workers",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=lambda s: [int(x) for x in s.split(",") if x],
         default=[2],
         help="worker counts for the batch-ESP runs (the target is for 2)",
     )
