@@ -122,6 +122,44 @@ async def seed(
     return world
 
 
+async def fake_services(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    world: World,
+    *,
+    count: int = 2,
+    latency_ms: float = 50.0,
+    batch_size: int = 500,
+    max_concurrency: int = 10,
+) -> list[int]:
+    """`count` services of the simulated batch ESP (`provider = "fake"`: one call per batch, `latency_ms` per
+    call), mapped to the world's user. Workers allow it outside production (the bench runs them in
+    development)."""
+    vault = Vault.from_settings(settings)
+    ids = []
+    async with unit_of_work(sessionmaker) as session:
+        for i in range(count):
+            svc = await services.create_service(
+                session,
+                vault,
+                values={
+                    "name": f"batch-esp-{chr(97 + i)}",
+                    "provider": "fake",
+                    "domain": f"esp-{chr(97 + i)}.bench.example",
+                    "options": {"latency_ms": latency_ms},
+                    "sending_interval_seconds": 0,
+                    "max_concurrency": max_concurrency,
+                    "batch_size": batch_size,
+                    "daily_quota": 1_000_000_000,
+                },
+                credentials={},
+                fake_allowed=True,
+            )
+            await services.map_user(session, user_id=world.user_id, service_id=svc.id)
+            ids.append(svc.id)
+    return ids
+
+
 async def insert_contacts(session: AsyncSession, *, user_id: int, count: int) -> None:
     names = "ARRAY[" + ",".join(f"'{n}'" for n in FIRST_NAMES) + "]"
     await session.execute(
@@ -165,6 +203,7 @@ async def create_task(
     name: str,
     tag: str | None = None,
     tracking: bool = True,
+    service_ids: list[int] | None = None,
 ) -> tuple[int, float]:
     """Create and schedule (now) a task to a tag's contacts, or to all contacts. Returns (id, seconds spent
     scheduling: the estimate and test render run there). `tracking` is open and click tracking (the default
@@ -186,6 +225,7 @@ async def create_task(
                 "templates": [{"template_id": world.template_id, "weight": 1}],
                 "track_opens": tracking,
                 "track_clicks": tracking,
+                "allowed_service_ids": service_ids,
             },
         )
         started = time.perf_counter()

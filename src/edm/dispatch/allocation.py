@@ -94,6 +94,8 @@ class CandidateTask:
     last_claimed_at: dt.datetime | None
     # A template test send or a conversation answer: claimed before bulk work (docs/sending.md#the-claim).
     claimed_first: bool = False
+    # Whether the task had retries due when read: without, the claim reads only its fresh rows.
+    retries_due: bool = True
 
 
 def plan_claim(

@@ -75,6 +75,7 @@ class Worker:
         self._runtime_loaded = 0.0
         self._snapshot: _Snapshot | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._claiming: set[int] = set()  # services a dispatch loop of this worker is claiming from now
         self._swrr = allocation.SmoothWeighted()
         self._run_jobs = run_jobs
         self.maintenance = Maintenance(self)
@@ -193,24 +194,50 @@ class Worker:
     def invalidate_snapshot(self) -> None:
         self._snapshot = None
 
+    def _note_in_flight(self, service_id: int, count: int, *, claimed: bool = False) -> None:
+        """After this process claimed (count > 0) or recorded/released (< 0) SubTasks of a service, update the
+        shared snapshot instead of reading every service again. Without it each claim and record made the
+        next attempt of every idle loop re-read the snapshot, and a freed service drew one claim transaction
+        from each of them, all but one finding nothing. A service with a sending interval is read again
+        (its next slot moved, which only the database knows)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        now = clock.utc_now()
+        services = []
+        for s in snapshot.services:
+            if s.service.id == service_id:
+                if float(s.service.sending_interval_seconds) > 0:
+                    self.invalidate_snapshot()
+                    return
+                s = queue.adjusted(s, in_flight=count, now=now, claimed=claimed)
+            services.append(s)
+        self._snapshot = _Snapshot(snapshot.taken, services)
+
     async def _claim_next(self) -> queue.Claim | None:
         runtime = await self.refresh_runtime()
         if runtime.sending_paused:
             return None
         views = [_view(s) for s in await self.snapshots()]
         for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
-            async with unit_of_work(self.sessionmaker) as session:
-                claim = await queue.claim(
-                    session,
-                    service_id=service_id,
-                    worker_id=self.id,
-                    now=clock.utc_now(),
-                    sending_paused=runtime.sending_paused,
-                    max_items=self.settings.claim_max,
-                    lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
-                )
+            if service_id in self._claiming:
+                continue  # another loop of this worker is claiming there: it would only wait for its lock
+            self._claiming.add(service_id)
+            try:
+                async with unit_of_work(self.sessionmaker) as session:
+                    claim = await queue.claim(
+                        session,
+                        service_id=service_id,
+                        worker_id=self.id,
+                        now=clock.utc_now(),
+                        sending_paused=runtime.sending_paused,
+                        max_items=self.settings.claim_max,
+                        lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
+                    )
+            finally:
+                self._claiming.discard(service_id)
             if claim is not None:
-                self.invalidate_snapshot()
+                self._note_in_flight(service_id, len(claim.items), claimed=True)
                 return claim
         return None
 
@@ -247,7 +274,7 @@ class Worker:
                         now=clock.utc_now(),
                         message="not sent: the database was unreachable before sending",
                     )
-                self.invalidate_snapshot()
+                self._note_in_flight(claim.service_id, -len(claim.items))
                 return
             except Exception as exc:
                 attempt += 1
@@ -373,6 +400,7 @@ class Worker:
         if summary is None:
             return
         self.sent_batches += 1
+        self._note_in_flight(claim.service_id, -(len(outcomes) + len(unstarted)))
         self.wakeup.set()  # capacity was just freed: idle loops may claim now instead of polling
         if summary.status_log:
             self.invalidate_snapshot()

@@ -26,6 +26,7 @@ from edm.dispatch.queue.recording import (
 from edm.dispatch.queue.selection import candidate_tasks, unsendable_reasons
 from edm.dispatch.queue.snapshots import (
     ServiceSnapshot,
+    adjusted,
     day_of,
     in_flight_counts,
     limits_of,
@@ -56,6 +57,7 @@ __all__ = [
     "PendingTask",
     "RecordSummary",
     "ServiceSnapshot",
+    "adjusted",
     "already_recorded",
     "candidate_tasks",
     "claim",

@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.dispatch import availability as av
 from edm.dispatch import slots
+from edm.dispatch.queue import bulk
 from edm.dispatch.queue.selection import select_claimable
 from edm.dispatch.queue.snapshots import day_of, limits_of, reset_after, runtime_of
-from edm.dispatch.queue.usage import used_today
+from edm.dispatch.queue.usage import used_on
 from edm.models.email_services import EmailService, EmailServiceState
-from edm.models.tasks import SubTask, Task
+from edm.models.tasks import SubTask
 from edm.tasks.transitions import transition
 from edm.vocabulary.tasks import SendState, TaskAction, TaskStatus
 
@@ -52,6 +53,10 @@ class Claim:
     allocated_at: dt.datetime
     items: list[ClaimedItem]
     suppressed: int = 0
+    # The service's day settings at claim time: the outcome transaction computes its next reset from them
+    # instead of reading the service again.
+    timezone: str = "UTC"
+    quota_reset_time: str = "00:00"
 
 
 async def claim(
@@ -67,20 +72,21 @@ async def claim(
     """Bind up to k claimable SubTasks to this service and lease them to `worker_id` (one transaction)."""
     if sending_paused:
         return None
-    state_row = await session.scalar(
-        select(EmailServiceState)
-        .where(EmailServiceState.service_id == service_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    if state_row is None:
-        return None  # another worker is claiming for this service right now
-    service = await session.get(EmailService, service_id, populate_existing=True)
-    if service is None:
-        return None
+    locked = (
+        await session.execute(
+            select(EmailServiceState, EmailService)
+            .join(EmailService, EmailService.id == EmailServiceState.service_id)
+            .where(EmailServiceState.service_id == service_id)
+            .with_for_update(of=EmailServiceState, skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if locked is None:
+        return None  # another worker is claiming for this service right now (or it is gone)
+    state_row, service = locked
     day = day_of(service, now)
-    in_flight = await _allocated_count(session, service_id)
-    used = await used_today(session, service, day) + in_flight
+    in_flight, settled = await _in_flight_and_used(session, service_id, day)
+    used = settled + in_flight
     state = runtime_of(state_row)
     limits = limits_of(service)
     availability = av.availability(
@@ -89,11 +95,12 @@ async def claim(
     if not availability.eligible:
         return None
     size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items, probe=availability.probe)
-    rows, suppressed, cursor = await select_claimable(
+    rows, suppressed, cursor, queued = await select_claimable(
         session, service_id=service.id, user_cursor=state_row.rr_user_cursor, now=now, size=size
     )
+    day_settings = {"timezone": service.timezone, "quota_reset_time": service.quota_reset_time}
     if not rows:
-        return None if not suppressed else Claim(service_id, worker_id, day, False, now, [], suppressed)
+        return None if not suppressed else Claim(service_id, worker_id, day, False, now, [], suppressed, **day_settings)
     slot_times, next_slot = slots.assign_slots(
         next_slot_at=state.next_slot_at,
         now=now,
@@ -110,15 +117,19 @@ async def claim(
         lease_for=_lease_length(service, len(items), lease_grace),
     )
     await _advance_service(session, state_row, now=now, next_slot=next_slot, cursor=cursor, probe=availability.probe)
-    await _start_tasks(session, {i.task_id for i in items}, now)
-    return Claim(service_id, worker_id, day, availability.probe, now, items, suppressed)
+    await _start_tasks(session, {i.task_id for i in items} & queued, now)
+    return Claim(service_id, worker_id, day, availability.probe, now, items, suppressed, **day_settings)
 
 
-async def _allocated_count(session: AsyncSession, service_id: int) -> int:
-    count = await session.scalar(
-        select(func.count()).where(SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)
+async def _in_flight_and_used(session: AsyncSession, service_id: int, day: dt.date) -> tuple[int, int]:
+    """(SubTasks allocated to the service, its settled usage on `day`), in one statement."""
+    allocated = (
+        select(func.count())
+        .where(SubTask.service_id == service_id, SubTask.send_state == SendState.ALLOCATED)
+        .scalar_subquery()
     )
-    return int(count or 0)
+    row = (await session.execute(select(allocated, used_on(service_id, day)))).one()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 def _claim_size(
@@ -173,7 +184,7 @@ async def _allocate(
 ) -> None:
     await session.execute(
         update(SubTask)
-        .where(SubTask.id.in_([i.subtask_id for i in items]), SubTask.send_state == SendState.PENDING)
+        .where(bulk.any_of(session, SubTask.id, [i.subtask_id for i in items]), SubTask.send_state == SendState.PENDING)
         .values(
             send_state=SendState.ALLOCATED,
             service_id=service.id,
@@ -204,9 +215,9 @@ async def _advance_service(
 
 
 async def _start_tasks(session: AsyncSession, task_ids: set[int], now: dt.datetime) -> None:
-    """queued → sending on the first allocation (compare-and-set: only one claim wins)."""
-    queued = await session.scalars(select(Task.id).where(Task.id.in_(task_ids), Task.status == TaskStatus.QUEUED))
-    for task_id in queued:
+    """queued → sending on the first allocation, for the tasks the claim found queued (under its lock on
+    them); a compare-and-set, so only one claim wins."""
+    for task_id in sorted(task_ids):
         await transition(
             session, task_id, TaskAction.FIRST_CLAIM, expected=TaskStatus.QUEUED, reason="first_allocation"
         )

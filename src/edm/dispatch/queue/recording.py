@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeEngine
 
 from edm import telemetry
+from edm.db.dialect import is_postgresql
 from edm.db.session import after_commit
 from edm.dispatch import retry
+from edm.dispatch.queue import bulk
 from edm.dispatch.queue.claiming import Claim, ClaimedItem
 from edm.dispatch.queue.replies import SentAnswer, record_sent
 from edm.dispatch.queue.service_state import update_service_state
@@ -32,6 +35,7 @@ from edm.system.runtime_settings import Policy
 from edm.vocabulary.tasks import SendState, TaskKind, TaskStatus
 
 SUBTASKS = cast(Table, SubTask.__table__)
+ATTEMPTS = cast(Table, SendAttempt.__table__)
 STOPPED = (TaskStatus.CANCELLED, TaskStatus.CLOSED)
 
 
@@ -97,7 +101,7 @@ async def record(
     summary = RecordSummary()
     if not outcomes:
         return summary
-    current = await _current_rows(session, [o.item.subtask_id for o in outcomes])
+    current = await _current_rows(session, [o.item.subtask_id for o in outcomes], {o.item.task_id for o in outcomes})
     updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
     attempts: list[dict[str, Any]] = []
     usage: Counter[str] = Counter()
@@ -155,12 +159,13 @@ async def already_recorded(session: AsyncSession, *, claim: Claim, subtask_ids: 
     return found is not None
 
 
-async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]:
+async def _current_rows(session: AsyncSession, ids: list[int], task_ids: set[int]) -> dict[int, Any]:
     """Our rows and their task's status, with the task rows locked first (id order, like the claim), so
     a cancel either committed before — deferred outcomes become `cancelled` — or waits for us and then
-    cancels what we left pending."""
-    task_ids = select(SubTask.task_id).where(SubTask.id.in_(ids)).distinct().scalar_subquery()
-    await session.execute(select(Task.id).where(Task.id.in_(task_ids)).order_by(Task.id).with_for_update())
+    cancels what we left pending. A SubTask never changes task, so the claim's task ids are its rows' tasks."""
+    await session.execute(
+        select(Task.id).where(bulk.any_of(session, Task.id, task_ids)).order_by(Task.id).with_for_update()
+    )
     rows = await session.execute(
         select(
             SubTask.id,
@@ -171,7 +176,7 @@ async def _current_rows(session: AsyncSession, ids: list[int]) -> dict[int, Any]
             Task.kind.label("task_kind"),
         )
         .join(Task, Task.id == SubTask.task_id)
-        .where(SubTask.id.in_(ids))
+        .where(bulk.any_of(session, SubTask.id, ids))
         .order_by(SubTask.id)
         .with_for_update(of=SubTask)
     )
@@ -241,13 +246,37 @@ def _values_for(
         base["next_attempt_at"] = now + delay
     if decision.state is SendState.FAILED:
         base["failed_at"] = now
-    if decision.state is SendState.FAILED and r.recipient_rejected:
-        base["delivery_state"] = "rejected"
+        # Only a rejected recipient changes the delivery state; None keeps the row's (see _state_values).
+        base["delivery_state"] = "rejected" if r.recipient_rejected else None
     return base
 
 
+# The per-row values of the outcome UPDATEs and their types (the arrays of the PostgreSQL statement).
+ROW_VALUES: dict[str, TypeEngine[Any]] = {
+    "b_id": bulk.BIGINT,
+    "provider_message_id": bulk.TEXT,
+    "sent_at": bulk.TIMESTAMPTZ,
+    "from_address": bulk.TEXT,
+    "message_id": bulk.TEXT,
+    "subject_sent": bulk.TEXT,
+    "retryable_failures": bulk.INT,
+    "last_error_class": bulk.TEXT,
+    "last_error_code": bulk.TEXT,
+    "last_error": bulk.TEXT,
+    "next_attempt_at": bulk.TIMESTAMPTZ,
+    "failed_at": bulk.TIMESTAMPTZ,
+    "delivery_state": bulk.TEXT,
+}
+
+
 async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str, list[dict[str, Any]]]) -> None:
-    """One executemany UPDATE per target state, each a compare-and-set on (allocated, our lease)."""
+    """One UPDATE per target state, each a compare-and-set on (allocated, our lease): on PostgreSQL one
+    statement over the batch's arrays (`bulk`), on SQLite an executemany."""
+    if is_postgresql(session):
+        for state, rows in updates.items():
+            if rows:
+                await session.execute(_set_based_update(claim, state, rows))
+        return
     ours = and_(
         SUBTASKS.c.id == bindparam("b_id"),
         SUBTASKS.c.send_state == SendState.ALLOCATED,
@@ -263,8 +292,24 @@ async def _write_subtasks(session: AsyncSession, claim: Claim, updates: dict[str
             values = _late_sent_values(claim.service_id)
         else:
             where = ours
-            values = _state_values(SendState(state), rows[0])
+            values = _state_values(SendState(state), {k: bindparam(k) for k in rows[0]})
         await session.execute(SUBTASKS.update().where(where).values(**values), rows)
+
+
+def _set_based_update(claim: Claim, state: str, rows: list[dict[str, Any]]) -> Any:
+    keys = [k for k in ROW_VALUES if k in rows[0]]
+    v = bulk.unnest("v", {k: ROW_VALUES[k] for k in keys}, rows)
+    if state == "late_sent":
+        where = and_(SUBTASKS.c.id == v.c.b_id, SUBTASKS.c.send_state.in_((SendState.PENDING, SendState.UNCERTAIN)))
+        values = {**_late_sent_values(claim.service_id), **{k: v.c[k] for k in keys if k != "b_id"}}
+    else:
+        where = and_(
+            SUBTASKS.c.id == v.c.b_id,
+            SUBTASKS.c.send_state == SendState.ALLOCATED,
+            SUBTASKS.c.lease_owner == claim.lease_owner,
+        )
+        values = _state_values(SendState(state), {k: v.c[k] for k in keys})
+    return SUBTASKS.update().where(where).values(**values)
 
 
 def _observe_first_sends(tasks: Sequence[Any], at: dt.datetime) -> None:
@@ -283,15 +328,43 @@ def _late_sent_values(service_id: int) -> dict[str, Any]:
 
 
 def _state_values(state: SendState, sample: dict[str, Any]) -> dict[str, Any]:
+    """SET clause of an outcome UPDATE; `sample` maps each per-row column to its value expression (a bind
+    parameter of the executemany, a column of the unnested arrays)."""
     values: dict[str, Any] = {"send_state": state, "lease_owner": None, "lease_expires_at": None}
-    values.update({k: bindparam(k) for k in sample if k != "b_id"})
+    values.update({k: e for k, e in sample.items() if k != "b_id"})
+    if "delivery_state" in values:
+        values["delivery_state"] = func.coalesce(values["delivery_state"], SUBTASKS.c.delivery_state)
     if state is SendState.PENDING:
         values["service_id"] = None  # deferred work may be taken by any service
     return values
 
 
+ATTEMPT_VALUES: dict[str, TypeEngine[Any]] = {
+    "subtask_id": bulk.BIGINT,
+    "attempt_no": bulk.INT,
+    "service_id": bulk.BIGINT,
+    "started_at": bulk.TIMESTAMPTZ,
+    "finished_at": bulk.TIMESTAMPTZ,
+    "duration_ms": bulk.INT,
+    "outcome": bulk.TEXT,
+    "status": bulk.INT,
+    "provider_code": bulk.TEXT,
+    "message": bulk.TEXT,
+    "provider_message_id": bulk.TEXT,
+}
+
+
 async def _insert_attempts(session: AsyncSession, attempts: list[dict[str, Any]]) -> None:
-    await session.execute(insert(SendAttempt), attempts)
+    """One INSERT for the batch: `INSERT … SELECT FROM unnest(arrays)` on PostgreSQL, a multi-row INSERT
+    on SQLite."""
+    if is_postgresql(session):
+        v = bulk.unnest("a", ATTEMPT_VALUES, attempts)
+        columns = list(ATTEMPT_VALUES)
+        await session.execute(
+            insert(ATTEMPTS).from_select(columns, select(*(v.c[c] for c in columns))),
+        )
+    else:
+        await session.execute(insert(ATTEMPTS), attempts)
     after_commit(session, lambda: telemetry.count_attempts(attempts))
 
 
@@ -309,26 +382,28 @@ async def _touch_contacts_and_tasks(session: AsyncSession, outcomes: Sequence[It
     if contact_ids:
         await session.execute(
             update(Contact)
-            .where(Contact.id.in_(contact_ids))
+            .where(bulk.any_of(session, Contact.id, contact_ids))
             .values(last_sent_at=now)
             .execution_options(synchronize_session=False)
         )
-    task_ids = {i.task_id for i in accepted}
-    first = (
+    # One statement for both: the task's first send time, set once; and, since a send means the task is no
+    # longer waiting, its waiting fields cleared. Tasks with neither to do are not written.
+    changed = (
         await session.execute(
             update(Task)
-            .where(Task.id.in_(task_ids), Task.first_sent_at.is_(None))
-            .values(first_sent_at=now)
-            .returning(Task.kind, Task.schedule_at)
+            .where(
+                bulk.any_of(session, Task.id, {i.task_id for i in accepted}),
+                (Task.first_sent_at.is_(None)) | (Task.waiting_reason.is_not(None)),
+            )
+            .values(
+                first_sent_at=func.coalesce(Task.first_sent_at, literal(now, Task.first_sent_at.type)),
+                waiting_reason=None,
+                waiting_until=case((Task.waiting_reason.is_not(None), None), else_=Task.waiting_until),
+            )
+            .returning(Task.kind, Task.schedule_at, Task.first_sent_at)
             .execution_options(synchronize_session=False)
         )
     ).all()
+    first = [(kind, schedule_at) for kind, schedule_at, first_sent_at in changed if first_sent_at == now]
     if first:
         after_commit(session, lambda: _observe_first_sends(first, now))
-    # A send means the task is no longer waiting: the fields are cleared at the next send.
-    await session.execute(
-        update(Task)
-        .where(Task.id.in_(task_ids), Task.waiting_reason.is_not(None))
-        .values(waiting_reason=None, waiting_until=None)
-        .execution_options(synchronize_session=False)
-    )

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.db.dialect import is_postgresql
 from edm.dispatch.allocation import CandidateTask, plan_claim
+from edm.dispatch.queue import bulk
 from edm.models.contacts import Contact
 from edm.models.email_services import UserServiceMapping
 from edm.models.tasks import SubTask, Task
@@ -31,6 +32,12 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
         SubTask.send_state == SendState.PENDING,
         or_(SubTask.attempts == 0, SubTask.next_attempt_at <= now),
     )
+    retries_due = exists().where(
+        SubTask.task_id == Task.id,
+        SubTask.send_state == SendState.PENDING,
+        SubTask.attempts > 0,
+        SubTask.next_attempt_at <= now,
+    )
     rows = (
         await session.execute(
             select(
@@ -41,6 +48,7 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
                 Task.last_claimed_at,
                 Task.allowed_service_ids,
                 Task.kind,
+                retries_due.label("retries_due"),
             )
             .join(User, User.id == Task.user_id)
             .join(
@@ -56,7 +64,13 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
     ).all()
     return [
         CandidateTask(
-            r.id, r.user_id, r.priority, r.schedule_at, r.last_claimed_at, claimed_first=r.kind in CLAIMED_FIRST
+            r.id,
+            r.user_id,
+            r.priority,
+            r.schedule_at,
+            r.last_claimed_at,
+            claimed_first=r.kind in CLAIMED_FIRST,
+            retries_due=bool(r.retries_due),
         )
         for r in rows
         if not r.allowed_service_ids or service_id in r.allowed_service_ids
@@ -70,17 +84,17 @@ async def select_claimable(
     user_cursor: int | None,
     now: dt.datetime,
     size: int,
-) -> tuple[list[Any], int, int | None]:
+) -> tuple[list[Any], int, int | None, set[int]]:
     """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found.
-    Returns (rows, suppressed count, the users' new round-robin cursor).
+    Returns (rows, suppressed count, the users' new round-robin cursor, the ids of the tasks still queued).
 
     Test sends and conversation answers go first (claimed before bulk SubTasks of the same service), shared
     fairly among their users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks
     share what is left of the claim."""
-    tasks = await _lock_running(session, await candidate_tasks(session, service_id=service_id, now=now))
+    tasks, queued = await _lock_running(session, await candidate_tasks(session, service_id=service_id, now=now))
     first = [t for t in tasks if t.claimed_first]
     chosen, _, _ = await _fill(session, first, size=size, cursor=None, now=now, check=False)
-    bulk, suppressed, cursor = await _fill(
+    bulk_rows, suppressed, cursor = await _fill(
         session,
         [t for t in tasks if not t.claimed_first],
         size=size - len(chosen),
@@ -88,15 +102,15 @@ async def select_claimable(
         now=now,
         check=True,
     )
-    chosen.extend(bulk)
+    chosen.extend(bulk_rows)
     if chosen:
         await session.execute(
             update(Task)
-            .where(Task.id.in_({r.task_id for r in chosen}))
+            .where(bulk.any_of(session, Task.id, {r.task_id for r in chosen}))
             .values(last_claimed_at=now)
             .execution_options(synchronize_session=False)
         )
-    return chosen, suppressed, cursor
+    return chosen, suppressed, cursor, queued
 
 
 async def _fill(
@@ -115,12 +129,13 @@ async def _fill(
     chosen: list[Any] = []
     suppressed = 0
     exhausted: set[int] = set()
+    retries = {t.task_id: t.retries_due for t in tasks}
     while len(chosen) < size and len(exhausted) < len(tasks):
         plan, cursor = plan_claim(tasks, size=size - len(chosen), user_cursor=cursor, exhausted=frozenset(exhausted))
         if not plan:
             break
         for task_id, wanted in plan:
-            rows = await _lock_rows(session, task_id, wanted, now)
+            rows = await _lock_rows(session, task_id, wanted, now, retries=retries.get(task_id, True))
             sendable, blocked = await _suppress_unsendable(session, rows, now) if check else (rows, 0)
             suppressed += blocked
             chosen.extend(sendable)
@@ -130,25 +145,32 @@ async def _fill(
     return chosen, suppressed, cursor
 
 
-async def _lock_running(session: AsyncSession, tasks: list[CandidateTask]) -> list[CandidateTask]:
-    """Lock the candidate tasks (in id order) and keep those still running. A pause or cancel either
-    committed before this lock — then the task is no longer running and gets nothing — or waits for this
-    claim to commit, so no SubTask is ever allocated after a pause commits."""
+async def _lock_running(session: AsyncSession, tasks: list[CandidateTask]) -> tuple[list[CandidateTask], set[int]]:
+    """Lock the candidate tasks (in id order) and keep those still running; also returns the ids of those
+    still queued (under the lock). A pause or cancel either committed before this lock — then the task is no
+    longer running and gets nothing — or waits for this claim to commit, so no SubTask is ever allocated
+    after a pause commits."""
     if not tasks:
-        return tasks
-    running = set(
-        await session.scalars(
-            select(Task.id)
-            .where(Task.id.in_([t.task_id for t in tasks]), Task.status.in_(RUNNING))
+        return tasks, set()
+    rows = (
+        await session.execute(
+            select(Task.id, Task.status)
+            .where(bulk.any_of(session, Task.id, [t.task_id for t in tasks]), Task.status.in_(RUNNING))
             .order_by(Task.id)
             .with_for_update()
         )
-    )
-    return [t for t in tasks if t.task_id in running]
+    ).all()
+    running = {task_id for task_id, _ in rows}
+    queued = {task_id for task_id, status in rows if status == TaskStatus.QUEUED}
+    return [t for t in tasks if t.task_id in running], queued
 
 
-async def _lock_rows(session: AsyncSession, task_id: int, wanted: int, now: dt.datetime) -> list[Any]:
-    """Due retries first (earliest next_attempt_at), then fresh rows in generation order."""
+async def _lock_rows(
+    session: AsyncSession, task_id: int, wanted: int, now: dt.datetime, *, retries: bool = True
+) -> list[Any]:
+    """Due retries first (earliest next_attempt_at), then fresh rows in generation order. Without `retries`
+    (the task had none due when the candidates were read) only fresh rows are read: a retry falling due in
+    between waits for the next claim."""
     columns = (
         SubTask.id,
         SubTask.public_id,
@@ -159,6 +181,26 @@ async def _lock_rows(session: AsyncSession, task_id: int, wanted: int, now: dt.d
         SubTask.task_template_id,
         SubTask.attempts,
     )
+    if not retries:
+        wanted_fresh, retried = wanted, []
+    else:
+        retried = await _due_retries(session, columns, task_id, wanted, now)
+        if len(retried) >= wanted:
+            return retried
+        wanted_fresh = wanted - len(retried)
+    fresh = (
+        await session.execute(
+            select(*columns)
+            .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts == 0)
+            .order_by(SubTask.seq)
+            .limit(wanted_fresh)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    return retried + list(fresh)
+
+
+async def _due_retries(session: AsyncSession, columns: Any, task_id: int, wanted: int, now: dt.datetime) -> list[Any]:
     retries = (
         await session.execute(
             select(*columns)
@@ -173,18 +215,7 @@ async def _lock_rows(session: AsyncSession, task_id: int, wanted: int, now: dt.d
             .with_for_update(skip_locked=True)
         )
     ).all()
-    if len(retries) >= wanted:
-        return list(retries)
-    fresh = (
-        await session.execute(
-            select(*columns)
-            .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts == 0)
-            .order_by(SubTask.seq)
-            .limit(wanted - len(retries))
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-    return list(retries) + list(fresh)
+    return list(retries)
 
 
 async def _suppress_unsendable(session: AsyncSession, rows: list[Any], now: dt.datetime) -> tuple[list[Any], int]:
@@ -217,7 +248,7 @@ async def unsendable_reasons(session: AsyncSession, subtask_ids: list[int], *, n
     rows = await session.execute(
         select(SubTask.id, reason)
         .outerjoin(Contact, Contact.id == SubTask.contact_id)
-        .where(SubTask.id.in_(subtask_ids))
+        .where(bulk.any_of(session, SubTask.id, subtask_ids))
     )
     return {sid: r for sid, r in rows.all() if r is not None}
 

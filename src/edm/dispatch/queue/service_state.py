@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.dispatch import availability as av
 from edm.dispatch.queue.claiming import Claim
-from edm.dispatch.queue.snapshots import reset_after, runtime_of
+from edm.dispatch.queue.snapshots import runtime_of
+from edm.dispatch.service_day import next_reset
 from edm.models.email_services import (
     EmailService,
     EmailServiceState,
@@ -35,8 +36,7 @@ async def update_service_state(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    service = await session.get(EmailService, claim.service_id)
-    if state_row is None or service is None:
+    if state_row is None:
         return []
     change = av.apply_results(
         runtime_of(state_row),
@@ -44,7 +44,7 @@ async def update_service_state(
         now=now,
         probe=claim.probe,
         policy=policy,
-        next_reset=reset_after(service, now),
+        next_reset=next_reset(now, timezone=claim.timezone, reset_time=claim.quota_reset_time),
     )
     for name in av.RuntimeState.__dataclass_fields__:
         setattr(state_row, name, getattr(change.state, name))
@@ -54,15 +54,20 @@ async def update_service_state(
                 service_id=claim.service_id, change=kind, old_value=old, new_value=new, reason=reason, at=now
             )
         )
-        await _alert_if_needed(session, service, kind, new, reason)
+        await _alert_if_needed(session, claim.service_id, kind, new, reason)
     await session.flush()
     return [entry[0] for entry in change.log]
 
 
 async def _alert_if_needed(
-    session: AsyncSession, service: EmailService, kind: str, new: str | None, reason: str | None
+    session: AsyncSession, service_id: int, kind: str, new: str | None, reason: str | None
 ) -> None:
     """A person must act when credentials/configuration are refused or the provider quota is gone."""
+    if not (kind == StatusChange.FROZEN and new == FreezeReason.AUTH_CONFIG) and kind != StatusChange.EXHAUSTED:
+        return
+    service = await session.get(EmailService, service_id)
+    if service is None:
+        return
     if kind == StatusChange.FROZEN and new == FreezeReason.AUTH_CONFIG:
         title = f"Service {service.name} frozen: the provider refused its credentials or configuration"
     elif kind == StatusChange.EXHAUSTED:

@@ -3,6 +3,7 @@ locks (the claim checks again under its lock)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -85,6 +86,25 @@ async def snapshot_services(session: AsyncSession, *, now: dt.datetime) -> list[
         )
         snapshots.append(ServiceSnapshot(service, state, availability, used, in_flight, state_row.last_claim_at, reset))
     return snapshots
+
+
+def adjusted(s: ServiceSnapshot, *, in_flight: int, now: dt.datetime, claimed: bool) -> ServiceSnapshot:
+    """The snapshot after this process claimed (`in_flight` > 0, `claimed`) or recorded/released (< 0) that
+    many SubTasks of the service, without reading the database again: a reservation counts against the
+    day's usage and the service's concurrency until it is recorded. Approximate until the next read (other
+    workers' claims are not in it): the claim checks again under its lock."""
+    flying = max(0, s.in_flight + in_flight)
+    used = max(0, s.used_today + max(0, in_flight))
+    availability = av.availability(
+        s.state, limits_of(s.service), now=now, used_today=used, in_flight=flying, next_reset=s.next_reset
+    )
+    return dataclasses.replace(
+        s,
+        availability=availability,
+        used_today=used,
+        in_flight=flying,
+        last_claim_at=now if claimed else s.last_claim_at,
+    )
 
 
 def service_view(s: ServiceSnapshot) -> allocation.ServiceView:

@@ -7,7 +7,7 @@ adjustments; SubTasks allocated but not yet recorded count too, as reservations 
 from __future__ import annotations
 
 import datetime as dt
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,15 @@ async def used_today(session: AsyncSession, service: EmailService, day: dt.date)
         select(USED).where(ServiceDayUsage.service_id == service.id, ServiceDayUsage.service_day == day)
     )
     return int(row or 0)
+
+
+def used_on(service_id: int, day: dt.date) -> Any:
+    """Settled usage of a service on `day` as a scalar subquery (NULL without a row)."""
+    return (
+        select(USED)
+        .where(ServiceDayUsage.service_id == service_id, ServiceDayUsage.service_day == day)
+        .scalar_subquery()
+    )
 
 
 async def usage_on(session: AsyncSession, days: dict[int, dt.date]) -> dict[int, int]:
