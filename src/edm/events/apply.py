@@ -101,11 +101,16 @@ async def drain(
         shares = loops if loops > 1 and is_postgresql(session) else 1
     if shares == 1:
         return await _drain_share(sessionmaker, None, simulated_matches_any, batch, should_stop)
-    async with asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(_drain_share(sessionmaker, (i, shares), simulated_matches_any, batch, should_stop))
-            for i in range(shares)
-        ]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(_drain_share(sessionmaker, (i, shares), simulated_matches_any, batch, should_stop))
+                for i in range(shares)
+            ]
+    except BaseExceptionGroup as failed:
+        # One loop's error cancelled the others: raise it as one loop would, so that the job logs an outage as a
+        # warning line (edm.db.availability) rather than a group's traceback.
+        raise failed.exceptions[0] from None
     total = ApplyCounts()
     for task in tasks:
         total.add(task.result())

@@ -75,7 +75,6 @@ class Worker:
         self._runtime_loaded = 0.0
         self._snapshot: _Snapshot | None = None
         self._snapshot_lock = asyncio.Lock()
-        self._claiming: set[int] = set()  # services a dispatch loop of this worker is claiming from now
         self._swrr = allocation.SmoothWeighted()
         self._run_jobs = run_jobs
         self.maintenance = Maintenance(self)
@@ -220,22 +219,19 @@ class Worker:
             return None
         views = [_view(s) for s in await self.snapshots()]
         for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
-            if service_id in self._claiming:
-                continue  # another loop of this worker is claiming there: it would only wait for its lock
-            self._claiming.add(service_id)
-            try:
-                async with unit_of_work(self.sessionmaker) as session:
-                    claim = await queue.claim(
-                        session,
-                        service_id=service_id,
-                        worker_id=self.id,
-                        now=clock.utc_now(),
-                        sending_paused=runtime.sending_paused,
-                        max_items=self.settings.claim_max,
-                        lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
-                    )
-            finally:
-                self._claiming.discard(service_id)
+            # Every loop tries the services in the strategy's order, even one another loop of this worker is claiming
+            # from (it waits for that claim's lock): skipping such a service sent the work of a slow-to-claim service
+            # to the others and starved it (on SQLite, where claims queue for the one writer, a service never got any).
+            async with unit_of_work(self.sessionmaker) as session:
+                claim = await queue.claim(
+                    session,
+                    service_id=service_id,
+                    worker_id=self.id,
+                    now=clock.utc_now(),
+                    sending_paused=runtime.sending_paused,
+                    max_items=self.settings.claim_max,
+                    lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
+                )
             if claim is not None:
                 self._note_in_flight(service_id, len(claim.items), claimed=True)
                 return claim
