@@ -24,10 +24,13 @@ plus the dead ones it left):
    `queue.release` of the items, so it never runs out) while the table holds the big task's rows;
 5. statistics: `tasks.stats.task_stats` in a fresh session (as the API reads them) × `stats_reads`, beside the
    aggregate over the task's rows (`stats._row_groups`) × `aggregate_reads`;
-6. deletion: the task set `cancelled` (by SQL: the product's cancel is not timed here), then
-   `tasks.service.delete_task` in one unit of work (as `DELETE /tasks/{id}` runs it), timed, while the small task
-   keeps claiming beside it (its claim latency during the delete shows whether the delete blocks other tasks);
-   the table's size and dead rows after it, and the `VACUUM subtasks` that reclaims them, timed.
+6. cancel: the product's `tasks.service.cancel` in one unit of work (as `POST /tasks/{id}/cancel` runs it: every
+   pending SubTask → cancelled in one UPDATE), timed;
+7. deletion: `tasks.service.delete_task` in one unit of work (as `DELETE /tasks/{id}` runs it: a task this large
+   is only marked `deleting`), timed; then the worker's `deletions` job (`tasks.deletion.drain`: batches of
+   10,000 SubTasks, a transaction each), timed, while the small task keeps claiming beside it (its claim latency
+   shows whether the deletion blocks other tasks); the table's size and dead rows after it, and the
+   `VACUUM subtasks` that reclaims them, timed.
 """
 
 from __future__ import annotations
@@ -116,8 +119,10 @@ class SizeRun:
     stats: Latency
     aggregate: Latency
     stats_equal: bool
-    delete_s: float
-    during_delete: ClaimRun  # the small task's claims while the delete ran
+    cancel_s: float  # the product's cancel (one request)
+    request_s: float  # `delete_task` as the request runs it
+    delete_s: float  # the background deletion (`deletion.drain`)
+    during_delete: ClaimRun  # the small task's claims while the deletion ran
     table_before: dict[str, int] = field(default_factory=dict)  # sizes before the delete
     table_after: dict[str, int] = field(default_factory=dict)  # sizes right after it (dead rows)
     vacuum_s: float = 0.0
@@ -275,8 +280,8 @@ async def run_size(
 
     from bench import seed
     from edm.db.session import unit_of_work
+    from edm.tasks import deletion, stats
     from edm.tasks import service as tasks
-    from edm.tasks import stats
 
     service_id = world.service_ids[0]
     label = f"{recipients:,}"
@@ -317,23 +322,32 @@ async def run_size(
         f"  task_stats p50 {stats_t.p50_ms:.2f} ms p99 {stats_t.p99_ms:.2f} ms; aggregate over the rows "
         f"p50 {aggregate_t.p50_ms:,.0f} ms; equal: {figures == aggregated}"
     )
-    await set_status(sm, task_id, "cancelled")
+    started = time.perf_counter()
+    async with unit_of_work(sm) as session:
+        await tasks.cancel(session, await tasks.get_task(session, task_id, user_id=None), actor="bench")
+    cancel_s = time.perf_counter() - started
+    log(f"  cancel (product, one request) {cancel_s:.1f} s")
     before = await table_size(sm)
+    started = time.perf_counter()
+    async with unit_of_work(sm) as session:
+        task = await tasks.get_task(session, task_id, user_id=None)
+        await tasks.delete_task(session, task)
+    request_s = time.perf_counter() - started
     stop = asyncio.Event()
     probe = asyncio.create_task(claim_loop(sm, service_id, seconds=0.0, release=True, stop=stop))
-    await asyncio.sleep(1.0)  # the probe is claiming before the delete starts
+    await asyncio.sleep(1.0)  # the probe is claiming before the deletion starts
     started = time.perf_counter()
     try:
-        async with unit_of_work(sm) as session:
-            task = await tasks.get_task(session, task_id, user_id=None)
-            await tasks.delete_task(session, task)
+        drained = await deletion.drain(sm, should_stop=lambda: False)
         delete_s = time.perf_counter() - started
     finally:
         stop.set()
         during = await probe
+    assert drained.tasks == [task_id], drained
     after = await table_size(sm)
     log(
-        f"  delete_task {delete_s:.1f} s ({rows / delete_s:,.0f} rows/s); small task's claims meanwhile: "
+        f"  delete_task (request) {request_s * 1000:.0f} ms; background deletion {delete_s:.1f} s "
+        f"({rows / delete_s:,.0f} rows/s); small task's claims meanwhile: "
         f"{during.claims} claims, p50 {during.claim.p50_ms:.1f} ms, max {during.claim.max_ms:.1f} ms; "
         f"dead rows after: {after['dead']:,}"
     )
@@ -357,6 +371,8 @@ async def run_size(
         stats=stats_t,
         aggregate=aggregate_t,
         stats_equal=figures == aggregated,
+        cancel_s=cancel_s,
+        request_s=request_s,
         delete_s=delete_s,
         during_delete=during,
         table_before=before,
@@ -471,10 +487,14 @@ def report_lines(r: dict[str, Any]) -> list[str]:
         f"| p50 {ratio(big['stats']['p50_ms'], ref['stats']['p50_ms'])} |",
         f"| reference: aggregate over the task's rows (`_row_groups`), p50 | {ref['aggregate']['p50_ms']:,.0f} ms "
         f"| {big['aggregate']['p50_ms']:,.0f} ms | {ratio(big['aggregate']['p50_ms'], ref['aggregate']['p50_ms'])} |",
-        f"| `delete_task` (one unit of work) | {ref['delete_s']:.1f} s ({n_ref / ref['delete_s']:,.0f} rows/s) "
-        f"| {big['delete_s']:.1f} s ({n_big / big['delete_s']:,.0f} rows/s) "
-        f"| time {ratio(big['delete_s'], ref['delete_s'])} |",
-        f"| small task's claims during the delete: count, p50 / max | {ref['during_delete']['claims']}, "
+        f"| cancel (`tasks.service.cancel`, one request: every pending SubTask → cancelled) | "
+        f"{ref['cancel_s']:.1f} s | {big['cancel_s']:.1f} s | time {ratio(big['cancel_s'], ref['cancel_s'])} |",
+        f"| `delete_task` as the request runs it (marks the task `deleting`) | {ref['request_s'] * 1000:.0f} ms "
+        f"| {big['request_s'] * 1000:.0f} ms | — |",
+        f"| background deletion (`deletion.drain`, 10,000 SubTasks a transaction) | {ref['delete_s']:.1f} s "
+        f"({n_ref / ref['delete_s']:,.0f} rows/s) | {big['delete_s']:.1f} s ({n_big / big['delete_s']:,.0f} rows/s) "
+        f"| rows/s {ratio(n_big / big['delete_s'], n_ref / ref['delete_s'])} |",
+        f"| small task's claims during the deletion: count, p50 / max | {ref['during_delete']['claims']}, "
         f"{ref['during_delete']['claim']['p50_ms']:.1f} / {ref['during_delete']['claim']['max_ms']:.1f} ms "
         f"| {big['during_delete']['claims']}, {big['during_delete']['claim']['p50_ms']:.1f} / "
         f"{big['during_delete']['claim']['max_ms']:.1f} ms | — |",

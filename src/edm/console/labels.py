@@ -14,6 +14,7 @@ TASK_STATUS = {
     "completed": N_("Completed"),
     "cancelled": N_("Cancelled"),
     "closed": N_("Closed"),
+    "deleting": N_("Deleting"),
 }
 
 PAUSE_REASON = {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import any_, bindparam, cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,3 +27,13 @@ def dialect_insert(session: AsyncSession, table: Any) -> Any:
 def escape_like(text: str) -> str:
     """`text` as a literal inside a LIKE pattern (with ESCAPE '\\')."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def any_of(session: AsyncSession, column: Any, values: Iterable[Any]) -> Any:
+    """`column IN (values)`; on PostgreSQL `column = ANY(CAST(:array AS type[]))`: one array parameter, so the
+    statement's text (and the driver's prepared statement) is the same whatever the count, where an IN list is
+    rendered anew for every call."""
+    if is_postgresql(session):
+        array = postgresql.ARRAY(column.type)
+        return column == any_(cast(bindparam(None, list(values), type_=array), array))
+    return column.in_(list(values))

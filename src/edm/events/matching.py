@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.db.dialect import is_postgresql
-from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns, core_execute, one_of
+from edm.db.dialect import any_of, is_postgresql
+from edm.events.records import SUBTASK_READ, SUBTASK_WRITE, Record, columns, core_execute
 from edm.models.email_services import EmailService
 from edm.models.events import MatchReason, MatchStatus
 from edm.models.tasks import SendAttempt, SubTask
@@ -55,10 +55,10 @@ async def find_subtasks(session: AsyncSession, events: Sequence[Any], ambiguous:
     # SubTasks here (two statements would take two ordered sets, and two batches could wait on each other).
     lookups = []
     if by_ref:
-        lookups.append(one_of(session, SubTask.public_id, by_ref))
+        lookups.append(any_of(session, SubTask.public_id, by_ref))
     if by_provider_id:
         lookups.append(
-            and_(one_of(session, SubTask.provider_message_id, by_provider_id), SubTask.service_id.is_not(None))
+            and_(any_of(session, SubTask.provider_message_id, by_provider_id), SubTask.service_id.is_not(None))
         )
     query = select(*columns(SubTask, SUBTASK_READ + SUBTASK_WRITE)).where(or_(*lookups)).order_by(SubTask.id)
     if is_postgresql(session):

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import any_, bindparam, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edm.db.dialect import is_postgresql
+from edm.db.dialect import any_of, is_postgresql
 from edm.models.contacts import Contact
 
 
@@ -109,14 +109,6 @@ def columns(model: Any, names: tuple[str, ...]) -> list[Any]:
     return [model.__table__.c[name] for name in names]
 
 
-def one_of(session: AsyncSession, column: Any, values: Iterable[Any]) -> Any:
-    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`: one cached statement whatever the count, where
-    an IN list is rendered anew for every call (its expansion was a few % of the job's CPU)."""
-    if is_postgresql(session):
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(list(values))
-
-
 async def core_execute(session: AsyncSession, statement: Any, parameters: Any = None) -> Result[Any]:
     """A Core statement on the session's connection (its transaction): not through the ORM's execute, whose
     result loading cost more than the rows themselves on this path (bench/RESULTS.md, "Webhook ingest")."""
@@ -131,7 +123,7 @@ async def contact_records(session: AsyncSession, ids: Iterable[int | None]) -> d
         return {}
     query = (
         select(*columns(Contact, ("id", *CONTACT_WRITE)))
-        .where(one_of(session, Contact.id, wanted))
+        .where(any_of(session, Contact.id, wanted))
         .order_by(Contact.id)
     )
     if is_postgresql(session):

@@ -34,6 +34,8 @@ class Contact(IdMixin, TimestampMixin, Base):
         # (migration 0003, edm.migrations.migrate.POSTGRESQL_ONLY_INDEXES).
         Index("ix_contacts_user_id_created_at_id", "user_id", "created_at", "id"),
         Index("ix_contacts_user_id_updated_at_id", "user_id", "updated_at", "id"),
+        # Room on each page for the in-place (HOT) update of a send's `last_sent_at` (migration 0015).
+        {"postgresql_with": {"fillfactor": 90}},
     )
 
     user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"))

@@ -33,17 +33,15 @@ from edm.errors import (
 )
 from edm.models.contacts import Contact
 from edm.models.content import Sender, Template
-from edm.models.events import Event
-from edm.models.tasks import SendAttempt, SubTask, Task, TaskStatusChange, TaskTemplate
+from edm.models.tasks import SubTask, Task, TaskStatusChange, TaskTemplate
 from edm.models.users import User
 from edm.paging import Page
 from edm.system import runtime_settings
 from edm.system.service import Actor, audit
-from edm.tasks import lifecycle
+from edm.tasks import deletion, lifecycle
 from edm.tasks.generation import mark_pending_cancelled
 from edm.tasks.recipients import Rule, estimate, validate_rule
 from edm.tasks.transitions import transition
-from edm.tracking import tombstones
 from edm.vocabulary.tasks import DELETABLE, PauseReason, SendState, TaskAction, TaskKind, TaskStatus, allowed_actions
 
 EDITABLE_AFTER_GENERATION = {
@@ -74,9 +72,14 @@ async def get_task(session: AsyncSession, task_id: int, *, user_id: int | None) 
     """A task of `user_id` (None = any, for admins and the system). Other users' tasks are 404, and so are
     template test sends (kind `test`): they live under /test-sends (`tasks.test_sends`)."""
     task = await session.get(Task, task_id, populate_existing=True)
-    if task is None or (user_id is not None and task.user_id != user_id) or task.kind != "bulk":
+    if task is None or (user_id is not None and task.user_id != user_id) or task.kind != "bulk" or _deleting(task):
         raise NotFound("task not found")
     return task
+
+
+def _deleting(task: Task) -> bool:
+    """A task being deleted in the background is gone as far as anyone asking is concerned."""
+    return task.status == TaskStatus.DELETING
 
 
 async def list_tasks(
@@ -90,7 +93,7 @@ async def list_tasks(
     """Campaigns (never test sends: they are listed under /test-sends) of `user_id` (None = every user's) in id
     order; with a page, `page.limit + 1` rows after its id (for `page_of`), else all of them. `search`: part of
     the name, any case (`%` and `_` match themselves)."""
-    query = select(Task).where(Task.kind == TaskKind.BULK).order_by(Task.id)
+    query = select(Task).where(Task.kind == TaskKind.BULK, Task.status != TaskStatus.DELETING).order_by(Task.id)
     if user_id is not None:
         query = query.where(Task.user_id == user_id)
     if status:
@@ -572,28 +575,21 @@ async def close(session: AsyncSession, task: Task, *, actor: str, by: Actor | No
 
 
 async def delete_task(session: AsyncSession, task: Task, *, by: Actor | None = None) -> None:
-    """Delete the task with its SubTasks, attempts and events (unsubscribe links keep working through tombstones).
-    `by`: as for `pause`."""
+    """Delete the task with its SubTasks, attempts and events (unsubscribe links keep working through tombstones):
+    at once when it is small, else marked `deleting` (hidden from then on) for the worker's `deletions` job, which
+    removes its rows in batches (docs/tasks.md#deleting-a-task). `by`: as for `pause`."""
     if task.status not in DELETABLE:
         raise InvalidTransition(
             f"cannot delete a task that is {task.status}",
             current_status=task.status,
             allowed_actions=allowed_actions(TaskStatus(task.status)),
         )
-
-    # Mail already delivered keeps its unsubscribe link working for 365 days (docs/tracking.md#after-a-task-is-deleted):
-    # written before the rows go.
-    await tombstones.write_for_task(session, task, now=utc_now())
-    # The task's events go with it (docs/states.md#task-transitions; matched events carry task_id; the index on it
-    # serves this delete).
-    await session.execute(delete(Event).where(Event.task_id == task.id))
-    await session.execute(
-        delete(SendAttempt).where(SendAttempt.subtask_id.in_(select(SubTask.id).where(SubTask.task_id == task.id)))
-    )
-    await session.execute(delete(SubTask).where(SubTask.task_id == task.id))
     task_id, owner, before = task.id, task.user_id, task.status
-    await session.delete(task)
-    await session.flush()
+    if await deletion.fits_inline(session, task.id):
+        await deletion.delete_rows(session, task, now=utc_now())
+    else:
+        task.status = TaskStatus.DELETING
+        await session.flush()
     await _audit_for_other_owner(session, by, "delete", task_id, owner, {"old_status": before})
 
 
@@ -621,7 +617,7 @@ async def decide_uncertain(session: AsyncSession, task: Task, *, action: str, su
 async def count_by_status(session: AsyncSession, *, user_id: int) -> dict[str, int]:
     rows = await session.execute(
         select(Task.status, func.count())
-        .where(Task.user_id == user_id, Task.kind == TaskKind.BULK)
+        .where(Task.user_id == user_id, Task.kind == TaskKind.BULK, Task.status != TaskStatus.DELETING)
         .group_by(Task.status)
     )
     return {status: count for status, count in rows.all()}

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import String, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from edm.db.dialect import any_of
 from edm.db.types import UTCDateTime
 from edm.models.contacts import Contact
 from edm.models.suppressions import Suppression
@@ -27,9 +29,15 @@ MAILED_STATES = (SendState.SENT, SendState.UNCERTAIN)
 _COLUMNS = ("subtask_public_id", "user_id", "contact_id", "recipient_email", "task_name", "expires_at")
 
 
-async def write_for_task(session: AsyncSession, task: Task, *, now: dt.datetime) -> int:
-    """One INSERT … SELECT: a tombstone for each sent or uncertain SubTask of `task`. Call it before the
-    SubTasks are deleted. Returns how many were written."""
+async def write_for_task(
+    session: AsyncSession, task: Task, *, now: dt.datetime, subtask_ids: Sequence[int] | None = None
+) -> int:
+    """One INSERT … SELECT: a tombstone for each sent or uncertain SubTask of `task` (only those of `subtask_ids`
+    when given: a batch of a background deletion). Call it before the SubTasks are deleted. Returns how many were
+    written."""
+    where = [SubTask.task_id == task.id, SubTask.send_state.in_(MAILED_STATES)]
+    if subtask_ids is not None:
+        where.append(any_of(session, SubTask.id, subtask_ids))
     mailed = select(
         SubTask.public_id,
         SubTask.user_id,
@@ -37,7 +45,7 @@ async def write_for_task(session: AsyncSession, task: Task, *, now: dt.datetime)
         SubTask.recipient_email,
         literal(task.name[:200], String(200)),
         literal(now + LIFETIME, UTCDateTime()),
-    ).where(SubTask.task_id == task.id, SubTask.send_state.in_(MAILED_STATES))
+    ).where(*where)
     result = await session.execute(
         _insert(session, UnsubscribeTombstone).from_select(_COLUMNS, mailed).on_conflict_do_nothing()
     )

@@ -14,6 +14,7 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"  # every SubTask final
     CANCELLED = "cancelled"  # stopped for good
     CLOSED = "closed"  # terminal archive state
+    DELETING = "deleting"  # deleted by its owner, its rows being removed in the background (hidden everywhere)
 
 
 class TaskKind(enum.StrEnum):

@@ -19,7 +19,7 @@ from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
 from edm.operations import retention
-from edm.tasks import generation, lifecycle, stats
+from edm.tasks import deletion, generation, lifecycle, stats
 
 if TYPE_CHECKING:
     from edm.worker.dispatcher import Worker
@@ -56,6 +56,7 @@ class Maintenance:
             ("mailboxes", 60.0, self.mailboxes),
             ("stats", 60.0, self.stats),
             ("retention", 86400.0, self.retention),
+            ("deletions", 5.0, self.deletions),
             (
                 "imports",
                 1.0,
@@ -95,6 +96,14 @@ class Maintenance:
         if done:
             self.worker.wakeup.set()
         return done
+
+    async def deletions(self) -> int:
+        """Remove the rows of tasks deleted in the background (docs/tasks.md#deleting-a-task), a batch per
+        transaction, until none is left or the worker stops. Returns how many SubTasks went."""
+        drained = await deletion.drain(self.worker.sessionmaker, should_stop=self.worker.stopping.is_set)
+        for task_id in drained.tasks:
+            log.info("task.deleted", extra={"task_id": task_id})
+        return drained.subtasks
 
     async def reclaim(self) -> object:
         caps = await self.worker.composer.idempotency_lookup(self.worker.vault)

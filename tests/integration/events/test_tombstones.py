@@ -8,16 +8,18 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import pytest
 from sqlalchemy import delete, func, select, update
 
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.models.contacts import Contact
 from edm.models.suppressions import Suppression
-from edm.models.tasks import SubTask
+from edm.models.tasks import SendAttempt, SubTask
 from edm.models.tracking import UnsubscribeTombstone
 from edm.security.tokens import sign_token
 from edm.system import runtime_settings
+from edm.tasks import deletion
 from edm.users.service import create_token
 from tests import factories
 from tests.integration.events.conftest import EventKit
@@ -177,3 +179,56 @@ async def test_expired_tombstones_are_not_valid_and_the_daily_job_forgets_them(e
     assert await suppressions(ekit) == []
     async with ekit.dkit.worker(run_jobs=True):
         await ekit.dkit.wait_for(none_left, timeout=10, what="expired tombstones forgotten")
+
+
+async def test_a_large_task_is_hidden_at_once_and_deleted_in_batches_by_the_worker(
+    ekit: EventKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above `deletion.INLINE_ROWS` SubTasks the request only marks the task `deleting` (docs/tasks.md#deleting-a-task):
+    it is gone from the API at once, and the worker's `deletions` job removes its rows a batch per transaction,
+    writing the tombstones of each batch's mailed SubTasks before they go."""
+    monkeypatch.setattr(deletion, "INLINE_ROWS", 3)
+    monkeypatch.setattr(deletion, "BATCH", 3)
+    task_id, subtasks = await ekit.send_task(5)
+    await set_send_state(ekit, subtasks[1].id, "uncertain")
+    await set_send_state(ekit, subtasks[2].id, "failed")
+    pixel = sign_token("open", subtasks[0].public_id, key=ekit.dkit.settings.signing_key)
+    assert (await ekit.client.get(f"/t/o/{pixel}.gif")).status_code == 200
+    await ekit.apply()
+    assert len(await ekit.events()) == 1
+
+    async with unit_of_work(ekit.sessionmaker) as session:
+        token, _ = await create_token(session, user_id=ekit.user_id, name="deletion tests")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await ekit.client.post(f"/api/v1/tasks/{task_id}/close", headers=headers)).status_code == 200
+    assert (await ekit.client.delete(f"/api/v1/tasks/{task_id}", headers=headers)).status_code == 204
+    assert await ekit.task_status(task_id) == "deleting"
+    assert await ekit.dkit.count(task_id) == 5, "the rows wait for the worker"
+    assert (await ekit.client.get(f"/api/v1/tasks/{task_id}", headers=headers)).status_code == 404
+    listed = (await ekit.client.get("/api/v1/tasks", headers=headers)).json()["items"]
+    assert task_id not in [t["id"] for t in listed]
+    again = await ekit.client.delete(f"/api/v1/tasks/{task_id}", headers=headers)
+    assert again.status_code == 404, "deleting twice finds nothing"
+
+    # One batch, as the job runs it: the first three SubTasks (ids in any order), their tombstones first.
+    async with unit_of_work(ekit.sessionmaker) as session:
+        task = await deletion.next_deleting(session)
+        assert task is not None and task.id == task_id
+        batch = await deletion.delete_batch(session, task, now=clock.utc_now())
+    assert batch == deletion.Batch(3, False) and await ekit.dkit.count(task_id) == 2
+    gone = {s.public_id for s in subtasks} - {s.public_id for s in await ekit.dkit.subtasks(task_id)}
+    mailed = {subtasks[0].public_id, subtasks[1].public_id, subtasks[3].public_id, subtasks[4].public_id}
+    assert set(await tombstones(ekit)) == gone & mailed
+
+    # The worker's job does the rest by itself.
+    async with ekit.dkit.worker(run_jobs=True):
+
+        async def task_gone() -> bool:
+            return await ekit.task_status(task_id) == "None"
+
+        await ekit.dkit.wait_for(task_gone, timeout=20, what="the task deleted by the worker")
+    assert await ekit.dkit.count(task_id) == 0 and await ekit.events() == []
+    assert set(await tombstones(ekit)) == mailed
+    async with ekit.sessionmaker() as session:
+        attempts = await session.scalar(select(func.count()).select_from(SendAttempt))
+    assert attempts == 0

@@ -10,27 +10,23 @@ their executemany statements.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     DateTime,
     Integer,
-    SQLColumnExpression,
     String,
-    any_,
     bindparam,
     cast,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
-from edm.db.dialect import is_postgresql
+from edm.db.dialect import any_of as any_of  # the queue's callers say bulk.any_of
 
 BIGINT: TypeEngine[Any] = BigInteger()
 INT: TypeEngine[Any] = Integer()
@@ -46,11 +42,3 @@ def unnest(name: str, columns: Mapping[str, TypeEngine[Any]], rows: Sequence[Map
         for column, kind in columns.items()
     ]
     return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
-
-
-def any_of(session: AsyncSession, column: SQLColumnExpression[Any], ids: Collection[int]) -> ColumnElement[bool]:
-    """`column = ANY(:ids)` on PostgreSQL (one array parameter: the same SQL text for any number of ids),
-    `column IN (…)` on SQLite."""
-    if is_postgresql(session):
-        return column == any_(cast(bindparam(None, list(ids), type_=ARRAY(BIGINT)), ARRAY(BIGINT)))
-    return column.in_(list(ids))

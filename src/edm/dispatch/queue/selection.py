@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import SQLColumnExpression, and_, exists, func, or_, select, update
+from sqlalchemy import SQLColumnExpression, and_, exists, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edm.db.dialect import is_postgresql
@@ -24,20 +24,21 @@ RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
 # inboxes) and conversation answers (to someone who wrote to us, or a contact checked when the answer was queued).
 CLAIMED_FIRST = (TaskKind.TEST, TaskKind.REPLY)
 
+# The claim's row conditions, written as literals rather than bound parameters: they are the predicates of the
+# partial indexes `ix_subtasks_fresh` and `ix_subtasks_retry`, and the planner can use a partial index only when
+# it can prove the predicate from the query. With parameters it cannot in a prepared statement's generic plan
+# (asyncpg prepares every statement), and the retry probe of `candidate_tasks` became a sequential scan of the
+# whole table: a claim took 143 ms at 1,000,000 SubTasks and grew with the table (bench/RESULTS.md, scale).
+PENDING = SubTask.send_state == literal_column(f"'{SendState.PENDING.value}'")
+FRESH = and_(PENDING, SubTask.attempts == literal_column("0"))
+RETRY = and_(PENDING, SubTask.attempts > literal_column("0"))
+
 
 async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.datetime) -> list[CandidateTask]:
     """Running tasks of active owners mapped to this service that have claimable SubTasks now."""
-    claimable = exists().where(
-        SubTask.task_id == Task.id,
-        SubTask.send_state == SendState.PENDING,
-        or_(SubTask.attempts == 0, SubTask.next_attempt_at <= now),
-    )
-    retries_due = exists().where(
-        SubTask.task_id == Task.id,
-        SubTask.send_state == SendState.PENDING,
-        SubTask.attempts > 0,
-        SubTask.next_attempt_at <= now,
-    )
+    # Two probes, one per partial index, each stopping at its first entry.
+    fresh = exists().where(SubTask.task_id == Task.id, FRESH)
+    retries_due = exists().where(SubTask.task_id == Task.id, RETRY, SubTask.next_attempt_at <= now)
     rows = (
         await session.execute(
             select(
@@ -59,7 +60,7 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
                     UserServiceMapping.is_active.is_(True),
                 ),
             )
-            .where(Task.status.in_(RUNNING), User.is_active.is_(True), claimable)
+            .where(Task.status.in_(RUNNING), User.is_active.is_(True), or_(fresh, retries_due))
         )
     ).all()
     return [
@@ -191,7 +192,7 @@ async def _lock_rows(
     fresh = (
         await session.execute(
             select(*columns)
-            .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING, SubTask.attempts == 0)
+            .where(SubTask.task_id == task_id, FRESH)
             .order_by(SubTask.seq)
             .limit(wanted_fresh)
             .with_for_update(skip_locked=True)
@@ -206,8 +207,7 @@ async def _due_retries(session: AsyncSession, columns: Any, task_id: int, wanted
             select(*columns)
             .where(
                 SubTask.task_id == task_id,
-                SubTask.send_state == SendState.PENDING,
-                SubTask.attempts > 0,
+                RETRY,
                 SubTask.next_attempt_at <= now,
             )
             .order_by(SubTask.next_attempt_at, SubTask.id)
