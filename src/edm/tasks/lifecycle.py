@@ -21,6 +21,7 @@ from edm.models.email_services import UserServiceMapping
 from edm.models.tasks import SubTask, Task
 from edm.models.users import LedgerKind, QuotaLedgerEntry, User
 from edm.system.runtime_settings import RuntimeSettings
+from edm.tasks import sweep
 from edm.tasks.transitions import transition
 from edm.users.credit import apply_credit
 from edm.vocabulary.tasks import (
@@ -39,13 +40,14 @@ RUNNING = (TaskStatus.QUEUED, TaskStatus.SENDING)
 # ---- refunds ------------------------------------------------------------------------------------------
 
 
-async def refund_owed(session: AsyncSession, task_id: int) -> int:
-    """Charged SubTasks that ended suppressed or cancelled, minus what the task's refunds already gave back."""
+async def refund_owed(session: AsyncSession, task_id: int, *, stopped: bool = False) -> int:
+    """Charged SubTasks that ended suppressed or cancelled, minus what the task's refunds already gave back. With
+    `stopped` (a cancelled or closed task) pending ones count too: each is, or is about to be, cancelled by the
+    sweep (docs/tasks.md#large-tasks), so the refund of a large task does not wait for its rows to change."""
+    unsent = (SendState.SUPPRESSED, SendState.CANCELLED) + ((SendState.PENDING,) if stopped else ())
     owed = await session.scalar(
         select(func.count()).where(
-            SubTask.task_id == task_id,
-            SubTask.charged.is_(True),
-            SubTask.send_state.in_((SendState.SUPPRESSED, SendState.CANCELLED)),
+            SubTask.task_id == task_id, SubTask.charged.is_(True), SubTask.send_state.in_(unsent)
         )
     )
     refunded = await session.scalar(
@@ -56,8 +58,8 @@ async def refund_owed(session: AsyncSession, task_id: int) -> int:
     return int(owed or 0) - int(refunded or 0)
 
 
-async def refund(session: AsyncSession, task: Any, *, occasion: str) -> int:
-    amount = await refund_owed(session, task.id)
+async def refund(session: AsyncSession, task: Any, *, occasion: str, stopped: bool = False) -> int:
+    amount = await refund_owed(session, task.id, stopped=stopped)
     if amount > 0:
         await apply_credit(
             session,
@@ -121,15 +123,11 @@ async def settle_stopped(session: AsyncSession, *, now: dt.datetime, limit: int 
         )
     ).all()
     for task in rows:
-        # Anything still pending in a stopped task (a deferred outcome recorded as the stop committed)
-        # is cancelled here, so the refund below covers it and the task never holds claimable work.
-        await session.execute(
-            update(SubTask)
-            .where(SubTask.task_id == task.id, SubTask.send_state == SendState.PENDING)
-            .values(send_state=SendState.CANCELLED)
-            .execution_options(synchronize_session=False)
-        )
-        await refund(session, task, occasion=str(task.status))
+        # Anything still pending in a stopped task (a deferred outcome recorded as the stop committed) is cancelled
+        # here when it is a few rows; a large task's are left to the worker's sweep (docs/tasks.md#large-tasks). The
+        # refund below covers them either way.
+        await sweep.cancel_pending_if_few(session, task.id)
+        await refund(session, task, occasion=str(task.status), stopped=True)
         await session.execute(update(Task).where(Task.id == task.id).values(settled_at=now))
     return [t.id for t in rows]
 

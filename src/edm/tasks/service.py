@@ -38,8 +38,7 @@ from edm.models.users import User
 from edm.paging import Page
 from edm.system import runtime_settings
 from edm.system.service import Actor, audit
-from edm.tasks import deletion, lifecycle
-from edm.tasks.generation import mark_pending_cancelled
+from edm.tasks import lifecycle, sweep
 from edm.tasks.recipients import Rule, estimate, validate_rule
 from edm.tasks.transitions import transition
 from edm.vocabulary.tasks import DELETABLE, PauseReason, SendState, TaskAction, TaskKind, TaskStatus, allowed_actions
@@ -532,8 +531,9 @@ async def resume(session: AsyncSession, task: Task, *, actor: str, schedule_at: 
 
 
 async def cancel(session: AsyncSession, task: Task, *, actor: str, by: Actor | None = None) -> Task:
-    """Pending SubTasks → cancelled at once; in-flight attempts finish; the refund follows (settle job). `by`: as
-    for `pause`."""
+    """Pending SubTasks → cancelled (at once, or for a large task by the worker's sweep in batches:
+    docs/tasks.md#large-tasks); in-flight attempts finish; the refund follows once none is allocated. `by`: as for
+    `pause`."""
     now = utc_now()
     before = task.status
     await transition(
@@ -543,7 +543,7 @@ async def cancel(session: AsyncSession, task: Task, *, actor: str, by: Actor | N
         actor=actor,
         values={"cancelled_at": now, "waiting_reason": None, "waiting_until": None},
     )
-    await mark_pending_cancelled(session, task.id)
+    await sweep.cancel_pending_if_few(session, task.id)  # else the worker's sweep cancels them in batches
     await lifecycle.settle_stopped(session, now=now)
     await session.refresh(task)
     await _audit_for_other_owner(
@@ -564,7 +564,7 @@ async def close(session: AsyncSession, task: Task, *, actor: str, by: Actor | No
         actor=actor,
         values={"closed_at": now, **({} if settled else {"settled_at": None})},
     )
-    await mark_pending_cancelled(session, task.id)
+    await sweep.cancel_pending_if_few(session, task.id)  # else the worker's sweep cancels them in batches
     if not settled:
         await lifecycle.settle_stopped(session, now=now)
     await session.refresh(task)
@@ -576,8 +576,8 @@ async def close(session: AsyncSession, task: Task, *, actor: str, by: Actor | No
 
 async def delete_task(session: AsyncSession, task: Task, *, by: Actor | None = None) -> None:
     """Delete the task with its SubTasks, attempts and events (unsubscribe links keep working through tombstones):
-    at once when it is small, else marked `deleting` (hidden from then on) for the worker's `deletions` job, which
-    removes its rows in batches (docs/tasks.md#deleting-a-task). `by`: as for `pause`."""
+    at once when it is small, else marked `deleting` (hidden from then on) for the worker's `sweep` job, which
+    removes its rows in batches (docs/tasks.md#large-tasks). `by`: as for `pause`."""
     if task.status not in DELETABLE:
         raise InvalidTransition(
             f"cannot delete a task that is {task.status}",
@@ -585,8 +585,8 @@ async def delete_task(session: AsyncSession, task: Task, *, by: Actor | None = N
             allowed_actions=allowed_actions(TaskStatus(task.status)),
         )
     task_id, owner, before = task.id, task.user_id, task.status
-    if await deletion.fits_inline(session, task.id):
-        await deletion.delete_rows(session, task, now=utc_now())
+    if await sweep.fits_inline(session, task.id):
+        await sweep.delete_rows(session, task, now=utc_now())
     else:
         task.status = TaskStatus.DELETING
         await session.flush()

@@ -19,7 +19,7 @@ from edm.db.session import unit_of_work
 from edm.dispatch import queue
 from edm.events import apply as event_apply
 from edm.operations import retention
-from edm.tasks import deletion, generation, lifecycle, stats
+from edm.tasks import generation, lifecycle, stats, sweep
 
 if TYPE_CHECKING:
     from edm.worker.dispatcher import Worker
@@ -56,7 +56,7 @@ class Maintenance:
             ("mailboxes", 60.0, self.mailboxes),
             ("stats", 60.0, self.stats),
             ("retention", 86400.0, self.retention),
-            ("deletions", 5.0, self.deletions),
+            ("sweep", 5.0, self.sweep_large_tasks),
             (
                 "imports",
                 1.0,
@@ -97,13 +97,15 @@ class Maintenance:
             self.worker.wakeup.set()
         return done
 
-    async def deletions(self) -> int:
-        """Remove the rows of tasks deleted in the background (docs/tasks.md#deleting-a-task), a batch per
-        transaction, until none is left or the worker stops. Returns how many SubTasks went."""
-        drained = await deletion.drain(self.worker.sessionmaker, should_stop=self.worker.stopping.is_set)
+    async def sweep_large_tasks(self) -> object:
+        """Large tasks' rows changed in batches (docs/tasks.md#large-tasks), a transaction each, until none is left
+        or the worker stops: the pending SubTasks of cancelled and closed tasks, the rows of deleted ones."""
+        drained = await sweep.drain(self.worker.sessionmaker, should_stop=self.worker.stopping.is_set)
         for task_id in drained.tasks:
             log.info("task.deleted", extra={"task_id": task_id})
-        return drained.subtasks
+        if drained.cancelled:
+            log.info("task.pending_cancelled", extra={"count": drained.cancelled})
+        return drained
 
     async def reclaim(self) -> object:
         caps = await self.worker.composer.idempotency_lookup(self.worker.vault)

@@ -19,7 +19,7 @@ from edm.models.users import QuotaLedgerEntry
 from edm.providers.base import Outcome, SendResult
 from edm.providers.fake import FakeAdapter
 from edm.system.runtime_settings import Policy
-from edm.tasks import lifecycle
+from edm.tasks import lifecycle, sweep
 from edm.tasks import service as tasks
 from tests import factories
 
@@ -125,6 +125,41 @@ async def test_cancel_cancels_pending_at_once_and_refunds_once(dkit):  # type: i
     assert sorted(delivered) == sorted(str(s.public_id) for s in subtasks if s.send_state == "sent")
     stats = await dkit.stats(task_id)
     assert (stats["sent"], stats["cancelled"], stats["progress"]) == (states["sent"], states["cancelled"], 1.0)
+
+
+async def test_a_large_cancel_stops_and_refunds_at_once_and_the_sweep_cancels_the_rows(dkit, monkeypatch):  # type: ignore[no-untyped-def]
+    """Above `sweep.INLINE_ROWS` pending SubTasks the cancel request stops the task and refunds it, but leaves the
+    rows to the worker's sweep (docs/tasks.md#large-tasks): no claim takes them meanwhile, the sweep cancels them a
+    batch per transaction, and the refund written at cancel time stays the only one."""
+    monkeypatch.setattr(sweep, "INLINE_ROWS", 5)
+    monkeypatch.setattr(sweep, "BATCH", 7)
+    w, task_id = await _scenario(dkit, recipients=30, service={"name": "esp", "max_concurrency": 10})
+    await dkit.generate(task_id)
+    async with unit_of_work(dkit.sessionmaker) as session:
+        claim = await queue.claim(session, service_id=w.service_ids[0], worker_id="w", now=clock.utc_now(), max_items=4)
+    assert claim is not None and len(claim.items) == 4
+    now = clock.utc_now()
+    outcomes = [queue.ItemOutcome(i, SendResult(f"<{i.public_id}>", Outcome.ACCEPTED), now) for i in claim.items]
+    async with unit_of_work(dkit.sessionmaker) as session:
+        await queue.record(session, claim=claim, outcomes=outcomes, now=now, policy=Policy())
+
+    await _act(dkit, task_id, "cancel")
+    assert await dkit.status(task_id) == "cancelled" and (await dkit.task(task_id)).settled_at is not None
+    assert await dkit.count(task_id, "pending") == 26, "left to the sweep"
+    assert [r.amount for r in await dkit.ledger(w.user_id, "refund")] == [26], "refunded at once"
+    async with unit_of_work(dkit.sessionmaker) as session:
+        nothing = await queue.claim(session, service_id=w.service_ids[0], worker_id="w", now=clock.utc_now())
+    assert nothing is None or not nothing.items, "a stopped task is never claimed"
+
+    drained = await sweep.drain(dkit.sessionmaker, should_stop=lambda: False)
+    assert (drained.cancelled, drained.deleted) == (26, 0)
+    assert (await dkit.count(task_id, "pending"), await dkit.count(task_id, "cancelled")) == (0, 26)
+    async with unit_of_work(dkit.sessionmaker) as session:
+        await lifecycle.settle_stopped(session, now=clock.utc_now())
+    assert [r.amount for r in await dkit.ledger(w.user_id, "refund")] == [26], "still one refund"
+    assert await dkit.credit(w.user_id) == (INITIAL_CREDIT - 4,) * 2
+    stats = await dkit.stats(task_id)
+    assert (stats["sent"], stats["cancelled"], stats["progress"]) == (4, 26, 1.0)
 
 
 async def test_deferred_outcome_after_cancel_ends_cancelled(dkit):  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from edm.models.tasks import SendAttempt, SubTask
 from edm.models.tracking import UnsubscribeTombstone
 from edm.security.tokens import sign_token
 from edm.system import runtime_settings
-from edm.tasks import deletion
+from edm.tasks import sweep
 from edm.users.service import create_token
 from tests import factories
 from tests.integration.events.conftest import EventKit
@@ -184,11 +184,11 @@ async def test_expired_tombstones_are_not_valid_and_the_daily_job_forgets_them(e
 async def test_a_large_task_is_hidden_at_once_and_deleted_in_batches_by_the_worker(
     ekit: EventKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above `deletion.INLINE_ROWS` SubTasks the request only marks the task `deleting` (docs/tasks.md#deleting-a-task):
-    it is gone from the API at once, and the worker's `deletions` job removes its rows a batch per transaction,
+    """Above `sweep.INLINE_ROWS` SubTasks the request only marks the task `deleting` (docs/tasks.md#large-tasks):
+    it is gone from the API at once, and the worker's `sweep` job removes its rows a batch per transaction,
     writing the tombstones of each batch's mailed SubTasks before they go."""
-    monkeypatch.setattr(deletion, "INLINE_ROWS", 3)
-    monkeypatch.setattr(deletion, "BATCH", 3)
+    monkeypatch.setattr(sweep, "INLINE_ROWS", 3)
+    monkeypatch.setattr(sweep, "BATCH", 3)
     task_id, subtasks = await ekit.send_task(5)
     await set_send_state(ekit, subtasks[1].id, "uncertain")
     await set_send_state(ekit, subtasks[2].id, "failed")
@@ -212,10 +212,10 @@ async def test_a_large_task_is_hidden_at_once_and_deleted_in_batches_by_the_work
 
     # One batch, as the job runs it: the first three SubTasks (ids in any order), their tombstones first.
     async with unit_of_work(ekit.sessionmaker) as session:
-        task = await deletion.next_deleting(session)
+        task = await sweep.next_deleting(session)
         assert task is not None and task.id == task_id
-        batch = await deletion.delete_batch(session, task, now=clock.utc_now())
-    assert batch == deletion.Batch(3, False) and await ekit.dkit.count(task_id) == 2
+        batch = await sweep.delete_batch(session, task, now=clock.utc_now())
+    assert batch == sweep.Batch(3, False) and await ekit.dkit.count(task_id) == 2
     gone = {s.public_id for s in subtasks} - {s.public_id for s in await ekit.dkit.subtasks(task_id)}
     mailed = {subtasks[0].public_id, subtasks[1].public_id, subtasks[3].public_id, subtasks[4].public_id}
     assert set(await tombstones(ekit)) == gone & mailed

@@ -107,7 +107,7 @@ def test_every_status_is_reachable_from_a_draft_and_every_task_can_end() -> None
                 todo.append(nxt)
         return seen
 
-    # `deleting` lies outside the table: it is where deleting a large task leaves it (docs/tasks.md#deleting-a-task),
+    # `deleting` lies outside the table: it is where deleting a large task leaves it (docs/tasks.md#large-tasks),
     # and the worker then removes the task.
     assert reachable(S.DRAFT) == set(TaskStatus) - {S.DELETING}
     for status in set(TaskStatus) - {S.DRAFT, S.DELETING}:
