@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from edm.clock import utc_now
@@ -71,21 +71,41 @@ async def next_stopped_with_pending(session: AsyncSession) -> Task | None:
     return task
 
 
-async def cancel_batch(session: AsyncSession, task: Task, *, size: int | None = None) -> int:
-    """Up to `size` (BATCH) of the stopped task's pending SubTasks → `cancelled`; returns how many."""
-    batch = (
-        select(SubTask.id)
-        .where(SubTask.task_id == task.id, SubTask.send_state == SendState.PENDING)
-        .limit(size or BATCH)
-        .scalar_subquery()
-    )
+async def cancel_batch(session: AsyncSession, task: Task, *, after: str = "", size: int | None = None) -> Step:
+    """Up to `size` (BATCH) of the stopped task's pending SubTasks → `cancelled`, in address order after `after`
+    (see `_next_rows`)."""
+    size = size or BATCH
+    ids, cursor = await _next_rows(session, task.id, after, size, SubTask.send_state == SendState.PENDING)
+    if not ids:
+        return Step(0, cursor)
     result = await session.execute(
         update(SubTask)
-        .where(SubTask.id.in_(batch), SubTask.send_state == SendState.PENDING)
+        .where(any_of(session, SubTask.id, ids), SubTask.send_state == SendState.PENDING)
         .values(send_state=SendState.CANCELLED)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return Step(int(result.rowcount or 0), cursor)  # type: ignore[attr-defined]
+
+
+async def _next_rows(
+    session: AsyncSession, task_id: int, after: str, size: int, *where: ColumnElement[bool]
+) -> tuple[list[int], str | None]:
+    """Ids of the next `size` SubTasks of the task (among those matching `where`) whose address sorts after `after`,
+    and the cursor for the batch after them (None once the end is reached).
+
+    A batch walks the unique (task_id, recipient_email) index from where the last one stopped. Taking "the first
+    `size` rows of the task" instead made every batch step over the index entries of all the rows the batches before
+    it had deleted or changed (VACUUM had not removed them yet): quadratic, and at 10,000,000 rows a sweep that
+    slowed every other task's claims to a second (bench/RESULTS.md, "Past a million")."""
+    rows = (
+        await session.execute(
+            select(SubTask.id, SubTask.recipient_email)
+            .where(SubTask.task_id == task_id, SubTask.recipient_email > after, *where)
+            .order_by(SubTask.recipient_email)
+            .limit(size)
+        )
+    ).all()
+    return [r.id for r in rows], (rows[-1].recipient_email if len(rows) == size else None)
 
 
 # ---- deleting ---------------------------------------------------------------------------------------------------
@@ -127,48 +147,63 @@ class Drained:
     tasks: list[int] = field(default_factory=list)  # the tasks that went completely
 
 
-class Batch(NamedTuple):
-    subtasks: int  # SubTasks removed by this batch
-    finished: bool  # the task itself is gone
+class Step(NamedTuple):
+    subtasks: int  # SubTasks changed or removed by this batch
+    after: str | None  # where the next batch starts (None: this pass reached the end)
+    finished: bool = False  # the task itself is gone
 
 
-async def delete_batch(session: AsyncSession, task: Task, *, now: dt.datetime, size: int | None = None) -> Batch:
-    """Up to `size` of the deleting task's SubTasks, with their tombstones, attempts and events; once none is
-    left, its remaining events and then the task itself. `size`: BATCH unless given."""
+async def delete_batch(
+    session: AsyncSession, task: Task, *, now: dt.datetime, after: str = "", size: int | None = None
+) -> Step:
+    """Up to `size` (BATCH) of the deleting task's SubTasks in address order after `after` (see `_next_rows`), with
+    their tombstones, attempts and events. A pass from the start that finds none left removes the task's remaining
+    events and then the task itself."""
     size = size or BATCH
-    ids = list(await session.scalars(select(SubTask.id).where(SubTask.task_id == task.id).limit(size)))
-    if not ids:
-        await _delete_events(session, task.id, size)
-        if await session.scalar(select(Event.id).where(Event.task_id == task.id).limit(1)) is not None:
-            return Batch(0, False)
-        await session.delete(task)
-        await session.flush()
-        return Batch(0, True)
-    await tombstones.write_for_task(session, task, now=now, subtask_ids=ids)
-    await session.execute(delete(Event).where(any_of(session, Event.subtask_id, ids)))
-    await session.execute(delete(SendAttempt).where(any_of(session, SendAttempt.subtask_id, ids)))
-    await session.execute(delete(SubTask).where(any_of(session, SubTask.id, ids)))
-    return Batch(len(ids), False)
+    ids, cursor = await _next_rows(session, task.id, after, size)
+    if ids:
+        await tombstones.write_for_task(session, task, now=now, subtask_ids=ids)
+        await session.execute(delete(Event).where(any_of(session, Event.subtask_id, ids)))
+        await session.execute(delete(SendAttempt).where(any_of(session, SendAttempt.subtask_id, ids)))
+        await session.execute(delete(SubTask).where(any_of(session, SubTask.id, ids)))
+        return Step(len(ids), cursor)
+    if after:
+        return Step(0, None)  # the end of this pass: the next one starts from the beginning
+    await _delete_events(session, task.id, size)
+    if await session.scalar(select(Event.id).where(Event.task_id == task.id).limit(1)) is not None:
+        return Step(0, None)
+    await session.delete(task)
+    await session.flush()
+    return Step(0, None, finished=True)
 
 
 async def drain(sessionmaker: async_sessionmaker[AsyncSession], *, should_stop: Callable[[], bool]) -> Drained:
     """What the worker's `sweep` job runs: batches, each in its own transaction, until no stopped task has pending
-    SubTasks and no task is left to delete, or `should_stop()`. Entry point: it commits."""
+    SubTasks and no task is left to delete, or `should_stop()`. Each task's cursor lives here: a worker that stops
+    leaves the next run (or another worker) to start that task's pass again from the beginning. Entry point: it
+    commits."""
     drained = Drained()
+    cursors: dict[tuple[str, int], str] = {}
     while not should_stop():
         async with unit_of_work(sessionmaker) as session:
             stopped = await next_stopped_with_pending(session)
             if stopped is not None:
-                drained.cancelled += await cancel_batch(session, stopped)
-                continue
-            task = await next_deleting(session)
-            if task is None:
-                break
-            task_id = task.id
-            batch = await delete_batch(session, task, now=utc_now())
-        drained.deleted += batch.subtasks
-        if batch.finished:
-            drained.tasks.append(task_id)
+                key = ("cancel", stopped.id)
+                step = await cancel_batch(session, stopped, after=cursors.get(key, ""))
+                drained.cancelled += step.subtasks
+            else:
+                task = await next_deleting(session)
+                if task is None:
+                    break
+                key = ("delete", task.id)
+                step = await delete_batch(session, task, now=utc_now(), after=cursors.get(key, ""))
+                drained.deleted += step.subtasks
+                if step.finished:
+                    drained.tasks.append(key[1])
+        if step.after is None:
+            cursors.pop(key, None)
+        else:
+            cursors[key] = step.after
     return drained
 
 

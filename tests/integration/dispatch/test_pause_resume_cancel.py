@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from edm import clock
 from edm.db.session import unit_of_work
@@ -151,6 +151,19 @@ async def test_a_large_cancel_stops_and_refunds_at_once_and_the_sweep_cancels_th
         nothing = await queue.claim(session, service_id=w.service_ids[0], worker_id="w", now=clock.utc_now())
     assert nothing is None or not nothing.items, "a stopped task is never claimed"
 
+    # One batch by hand, then a row it passed becomes pending again (a claim of the task given back as the cancel
+    # committed): the sweep's next pass, from the start, still finds it.
+    async with unit_of_work(dkit.sessionmaker) as session:
+        stopped = await sweep.next_stopped_with_pending(session)
+        assert stopped is not None and stopped.id == task_id
+        step = await sweep.cancel_batch(session, stopped)
+    assert step.subtasks == 7 and step.after is not None
+    async with unit_of_work(dkit.sessionmaker) as session:
+        await session.execute(
+            update(SubTask)
+            .where(SubTask.task_id == task_id, SubTask.recipient_email <= step.after, SubTask.send_state == "cancelled")
+            .values(send_state="pending")
+        )
     drained = await sweep.drain(dkit.sessionmaker, should_stop=lambda: False)
     assert (drained.cancelled, drained.deleted) == (26, 0)
     assert (await dkit.count(task_id, "pending"), await dkit.count(task_id, "cancelled")) == (0, 26)
