@@ -476,8 +476,11 @@ def open_console(browser: Browser, server: Server, audit_marks: Path, test_name:
         if request_.failure == "net::ERR_ABORTED" and (
             request_.resource_type in ("fetch", "xhr", "document")
             or urlsplit(request_.url).path == "/static/favicon.svg"
+            or (request_.resource_type == "image" and request_.frame != page.main_frame)
         ):
-            return  # a poll, a page load or the tab's icon cut short by the next navigation (a page reloading itself)
+            # a poll, a page load or the tab's icon cut short by the next navigation (a page reloading itself), or an
+            # image of the template preview's frame whose document the editor replaced while it loaded
+            return
         console.failed.append(f"{request_.failure} {request_.url}")
 
     def on_dialog(dialog: Any) -> None:
