@@ -249,18 +249,13 @@ async def timed_reads(sm: Any, read: Any, times: int) -> tuple[Latency, Any]:
 
 
 async def set_status(sm: Any, task_id: int, status: str) -> None:
-    """The task's status by SQL: `cancelled` (and settled) for the delete, without the product's cancel (one UPDATE
-    of every pending row, not measured here); `queued` / `paused` to switch the small task on and off."""
+    """The small task's status by SQL: `queued` / `paused` to switch its claims on and off."""
     from sqlalchemy import text
 
-    from edm.clock import utc_now
     from edm.db.session import unit_of_work
 
-    stopped = ", cancelled_at = :now, settled_at = :now" if status == "cancelled" else ""
     async with unit_of_work(sm) as session:
-        await session.execute(
-            text(f"UPDATE tasks SET status = :s{stopped} WHERE id = :t"), {"s": status, "now": utc_now(), "t": task_id}
-        )
+        await session.execute(text("UPDATE tasks SET status = :s WHERE id = :t"), {"s": status, "t": task_id})
 
 
 def scale_db() -> tuple[str, str]:

@@ -25,6 +25,7 @@ from edm.db.dialect import any_of, is_postgresql
 from edm.db.session import unit_of_work
 from edm.models.events import Event
 from edm.models.tasks import SendAttempt, SubTask, Task
+from edm.tasks.generation import mark_pending_cancelled
 from edm.tracking import tombstones
 from edm.vocabulary.tasks import SendState, TaskStatus
 
@@ -53,12 +54,7 @@ async def cancel_pending_if_few(session: AsyncSession, task_id: int) -> bool:
     to the sweep (the task no longer runs, so no claim takes them meanwhile). Returns whether it was done now."""
     if not await fits_inline(session, task_id, pending_only=True):
         return False
-    await session.execute(
-        update(SubTask)
-        .where(SubTask.task_id == task_id, SubTask.send_state == SendState.PENDING)
-        .values(send_state=SendState.CANCELLED)
-        .execution_options(synchronize_session=False)
-    )
+    await mark_pending_cancelled(session, task_id)
     return True
 
 
@@ -113,19 +109,10 @@ async def _next_rows(
 
 async def delete_rows(session: AsyncSession, task: Task, *, now: dt.datetime) -> None:
     """All of the task's rows in this transaction, then the task itself (its templates, links, counters and
-    status history go with it by cascade)."""
-    # Mail already delivered keeps its unsubscribe link working for 365 days (docs/tracking.md#after-a-task-is-deleted):
-    # written before the rows go.
-    await tombstones.write_for_task(session, task, now=now)
-    # The task's events go with it (docs/states.md#task-transitions; matched events carry task_id; the index on it
-    # serves this delete).
-    await session.execute(delete(Event).where(Event.task_id == task.id))
-    await session.execute(
-        delete(SendAttempt).where(SendAttempt.subtask_id.in_(select(SubTask.id).where(SubTask.task_id == task.id)))
-    )
-    await session.execute(delete(SubTask).where(SubTask.task_id == task.id))
-    await session.delete(task)
-    await session.flush()
+    status history go with it by cascade): the sweep's own batches, one of them large enough for a task that
+    `fits_inline`."""
+    while not (await delete_batch(session, task, now=now, size=INLINE_ROWS + 1)).finished:
+        pass
 
 
 async def next_deleting(session: AsyncSession) -> Task | None:
