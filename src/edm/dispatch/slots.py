@@ -18,15 +18,15 @@ def first_slot(next_slot_at: dt.datetime | None, now: dt.datetime) -> dt.datetim
     return now if next_slot_at is None or next_slot_at < now else next_slot_at
 
 
-def slots_due(*, next_slot_at: dt.datetime | None, now: dt.datetime, interval: float) -> int:
-    """How many slots start within the claim horizon (at least 1 when the first one does)."""
+def slots_due(*, next_slot_at: dt.datetime | None, now: dt.datetime, interval: float, most: int = MAX_CLAIM) -> int:
+    """How many slots start within the claim horizon (at least 1 when the first one does), at most `most`."""
     start = first_slot(next_slot_at, now)
     horizon_end = now + CLAIM_HORIZON
     if start > horizon_end:
         return 0
     if interval <= 0:
-        return MAX_CLAIM
-    return min(MAX_CLAIM, 1 + math.floor((horizon_end - start).total_seconds() / interval))
+        return most
+    return min(most, 1 + math.floor((horizon_end - start).total_seconds() / interval))
 
 
 def assign_slots(

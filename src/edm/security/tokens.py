@@ -51,15 +51,21 @@ def _purpose_byte(purpose: str) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _purpose_key(secret: bytes, purpose: str) -> bytes:
-    # One key per purpose: a leak or misuse of one kind of token says nothing about another.
-    return hmac.new(secret, b"edm-token:" + purpose.encode("ascii"), hashlib.sha256).digest()
+def _purpose_mac(secret: bytes, purpose: str) -> hmac.HMAC:
+    """The HMAC under the purpose's key, keyed once and never updated: each token works on a copy of it. One key
+    per purpose: a leak or misuse of one kind of token says nothing about another."""
+    key = hmac.new(secret, b"edm-token:" + purpose.encode("ascii"), hashlib.sha256).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _mac(secret: bytes, purpose: str, payload: bytes) -> bytes:
-    # hmac.digest is OpenSSL's one-shot HMAC: a fifth of hmac.new(...).digest()'s cost, which mattered at
-    # one click token per link per recipient.
-    return hmac.digest(_purpose_key(secret, purpose), payload, "sha256")[:MAC_BYTES]
+    # A copy of a keyed HMAC, not the one-shot hmac.digest: that one releases the GIL around every call, and
+    # getting it back behind a busy thread takes up to the 5 ms switch interval. The worker signs several tokens
+    # per recipient on its render threads beside the event loop: 5 ms a token beside a busy thread (1.5 µs alone),
+    # and composing a claim of 500 took 1.6 s of wall time (bench/RESULTS.md, batch ESP).
+    mac = _purpose_mac(secret, purpose).copy()
+    mac.update(payload)
+    return mac.digest()[:MAC_BYTES]
 
 
 @functools.lru_cache(maxsize=4096)  # the link ids of the tasks being sent repeat for every recipient

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -43,6 +44,11 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 JOB_STOP_GRACE_SECONDS = 10.0
 SNAPSHOT_TTL = 0.1  # seconds a service snapshot is shared between dispatch loops
 IDLE_POLL = 0.5  # seconds between claim attempts when nothing is claimable
+# Seconds a service whose claim found nothing to send is left out of this worker's claims. Without it every loop
+# opened a claim transaction at every eligible service on every turn, most of them at services that had no work
+# (a task limited to other services, or all its rows being claimed): 217 empty claims for 100 full ones in a
+# batch run. New work waits at most this long for a claim (plus the idle poll).
+NO_WORK_PAUSE = 1.0
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Worker:
         self.maintenance = Maintenance(self)
         self.sent_batches = 0
         self._threshold_checked: dict[int, tuple[float, int]] = {}
+        self._no_work_until: dict[int, float] = {}  # service id -> monotonic time its claims resume
         port = settings.worker_metrics_port if metrics_port is None else metrics_port
         self.metrics = (
             None
@@ -218,7 +225,10 @@ class Worker:
         if runtime.sending_paused:
             return None
         views = [_view(s) for s in await self.snapshots()]
-        for service_id in allocation.order_services(views, runtime.strategy, self._swrr):
+        # Left out after the order is made, so a primary without work does not hand the pool to the backups.
+        now = time.monotonic()
+        ordered = allocation.order_services(views, runtime.strategy, self._swrr)
+        for service_id in [s for s in ordered if self._no_work_until.get(s, 0.0) <= now]:
             # Every loop tries the services in the strategy's order, even one another loop of this worker is claiming
             # from (it waits for that claim's lock): skipping such a service sent the work of a slow-to-claim service
             # to the others and starved it (on SQLite, where claims queue for the one writer, a service never got any).
@@ -231,11 +241,16 @@ class Worker:
                     sending_paused=runtime.sending_paused,
                     max_items=self.settings.claim_max,
                     lease_grace=dt.timedelta(seconds=self.scaled(60.0)),
+                    on_miss=functools.partial(self._missed, service_id),
                 )
             if claim is not None:
                 self._note_in_flight(service_id, len(claim.items), claimed=True)
                 return claim
         return None
+
+    def _missed(self, service_id: int, miss: queue.Miss) -> None:
+        if miss is queue.Miss.NO_WORK:
+            self._no_work_until[service_id] = time.monotonic() + self.scaled(NO_WORK_PAUSE)
 
     async def _process(self, claim: queue.Claim) -> None:
         try:

@@ -13,7 +13,7 @@ makes a network call. The modules, in the order a SubTask meets them:
 Callers import this package (`from edm.dispatch import queue`) and use the names below.
 """
 
-from edm.dispatch.queue.claiming import LEASE_GRACE, Claim, ClaimedItem, claim
+from edm.dispatch.queue.claiming import LEASE_GRACE, Claim, ClaimedItem, Miss, claim
 from edm.dispatch.queue.reclaim import IdempotencyLookup, reclaim_expired, release
 from edm.dispatch.queue.recording import (
     Decision,
@@ -54,6 +54,7 @@ __all__ = [
     "IdempotencyLookup",
     "InFlight",
     "ItemOutcome",
+    "Miss",
     "PendingTask",
     "RecordSummary",
     "ServiceSnapshot",

@@ -9,8 +9,10 @@ and the check that keeps unsendable ones from being mailed live in `selection`.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,14 @@ from edm.tasks.transitions import transition
 from edm.vocabulary.tasks import SendState, TaskAction, TaskStatus
 
 LEASE_GRACE = dt.timedelta(seconds=60)
+
+
+class Miss(enum.Enum):
+    """Why a claim took nothing."""
+
+    BUSY = "busy"  # another worker is claiming for this service right now (its state row is locked), or it is gone
+    UNAVAILABLE = "unavailable"  # frozen, cooling down, out of quota, no rate slot or concurrency free
+    NO_WORK = "no_work"  # nothing claimable for this service now (no running task, or its rows are being claimed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +78,14 @@ async def claim(
     max_items: int = slots.MAX_CLAIM,
     sending_paused: bool = False,
     lease_grace: dt.timedelta = LEASE_GRACE,
+    on_miss: Callable[[Miss], None] | None = None,
 ) -> Claim | None:
-    """Bind up to k claimable SubTasks to this service and lease them to `worker_id` (one transaction)."""
+    """Bind up to k claimable SubTasks to this service and lease them to `worker_id` (one transaction). None when
+    it took nothing; `on_miss` is then told why (a worker remembers a service without work for a moment instead
+    of claiming there again and again)."""
+    missed = on_miss or _ignore
     if sending_paused:
+        missed(Miss.UNAVAILABLE)
         return None
     locked = (
         await session.execute(
@@ -82,7 +97,8 @@ async def claim(
         )
     ).first()
     if locked is None:
-        return None  # another worker is claiming for this service right now (or it is gone)
+        missed(Miss.BUSY)
+        return None
     state_row, service = locked
     day = day_of(service, now)
     in_flight, settled = await _in_flight_and_used(session, service_id, day)
@@ -93,14 +109,18 @@ async def claim(
         state, limits, now=now, used_today=used, in_flight=in_flight, next_reset=reset_after(service, now)
     )
     if not availability.eligible:
+        missed(Miss.UNAVAILABLE)
         return None
     size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items, probe=availability.probe)
     rows, suppressed, cursor, queued = await select_claimable(
         session, service_id=service.id, user_cursor=state_row.rr_user_cursor, now=now, size=size
     )
     day_settings = {"timezone": service.timezone, "quota_reset_time": service.quota_reset_time}
+    if not rows and not suppressed:
+        missed(Miss.NO_WORK if size else Miss.UNAVAILABLE)
+        return None
     if not rows:
-        return None if not suppressed else Claim(service_id, worker_id, day, False, now, [], suppressed, **day_settings)
+        return Claim(service_id, worker_id, day, False, now, [], suppressed, **day_settings)
     slot_times, next_slot = slots.assign_slots(
         next_slot_at=state.next_slot_at,
         now=now,
@@ -145,9 +165,16 @@ def _claim_size(
     if probe:
         return 1
     free_requests = limits.max_concurrency - math.ceil(in_flight / limits.batch_size)
-    due = slots.slots_due(next_slot_at=state.next_slot_at, now=now, interval=limits.interval)
+    # A claim may always fill one provider call: a batch service (up to 1,000 recipients a call) claimed 200 at a
+    # time sent every call a fifth to two fifths full and paid a claim and a record per 200.
+    most = max(cap, limits.batch_size)
+    due = slots.slots_due(next_slot_at=state.next_slot_at, now=now, interval=limits.interval, most=most)
     # A batch call of n recipients consumes n slots, so slots bound recipients, not calls.
-    return max(0, min(limits.batch_size * free_requests, due, limits.daily_quota - used, slots.MAX_CLAIM, cap))
+    return max(0, min(limits.batch_size * free_requests, due, limits.daily_quota - used, most))
+
+
+def _ignore(miss: Miss) -> None:
+    pass
 
 
 def _lease_length(service: EmailService, count: int, grace: dt.timedelta) -> dt.timedelta:
