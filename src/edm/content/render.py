@@ -160,6 +160,9 @@ def _syntax_error(part: str, message: str, line: int | None) -> TemplateSyntaxEr
 # long it is; an email template with its variables, conditions and loops uses a few hundred nodes.
 MAX_TOKENS = 15_000
 MAX_NODES = 5_000
+# How deeply elements may nest (`a + a + …` nests one level per operator). Python's compiler refuses a few hundred
+# levels only after working for seconds (300 `+`: 1.4 s of CPU, holding the GIL); a real template nests a few dozen.
+MAX_DEPTH = 100
 
 
 def _compile_part(env: Sandbox, part: str, source: str) -> _Part:
@@ -168,6 +171,8 @@ def _compile_part(env: Sandbox, part: str, source: str) -> _Part:
         ast = env.parse(source)
         if sum(1 for _ in ast.find_all(nodes.Node)) > MAX_NODES:
             raise _too_complex(part, f"more than {MAX_NODES:,} elements (variables, operators, tags)")
+        if _deeper_than(ast, MAX_DEPTH):
+            raise _too_complex(part, "expressions nested too deeply")
         variables = frozenset(find_undeclared_variables(ast))
         ast = sandbox.guard_template(ast)
         # Jinja folds constant expressions (`'x'|center(2000000)`) while it compiles, through the same
@@ -182,6 +187,17 @@ def _compile_part(env: Sandbox, part: str, source: str) -> _Part:
     except (RecursionError, SyntaxError, MemoryError):  # Jinja's parser or Python's compiler gave up
         raise _too_complex(part, "expressions nested too deeply") from None
     return _Part(part, template, variables)
+
+
+def _deeper_than(root: nodes.Node, limit: int) -> bool:
+    """Whether any element of the tree lies more than `limit` levels below its root (walked without recursion)."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return False
 
 
 def _check_complexity(env: Sandbox, part: str, source: str) -> None:

@@ -1,11 +1,9 @@
-"""A claim and an outcome transaction of the same service take their row locks in one order (the tasks, then the
-SubTasks, then the service's state row, which a claim never waits for), so they never deadlock
-(docs/sending.md#locks).
+"""A claim and an outcome transaction of the same service take their row locks in one order (the service's state
+row, then the tasks, then the SubTasks), so they never deadlock (docs/sending.md#locks).
 
-Regression: a claim locked the service row first and then waited for the task, while an outcome transaction held
-the task and waited for the service row. With two workers on one batch service PostgreSQL broke such a deadlock
-every few claims by failing the record, which was retried after 1, 2, 4 ... s: dispatch idled at 241
-recipients/s."""
+Regression: the outcome transaction locked the task first and the service row last, while a claim holds the service
+row and then waits for the task. With two workers on one batch service PostgreSQL broke such a deadlock every few
+claims by failing the record, which was retried after 1, 2, 4 ... s: dispatch idled at 241 recipients/s."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ from sqlalchemy import text
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.dispatch.queue import claiming
+from edm.dispatch.queue import selection
 from edm.providers.base import Outcome, SendResult
 from edm.system.runtime_settings import Policy
 from tests import factories
@@ -59,18 +57,19 @@ async def test_an_outcome_transaction_and_a_claim_of_one_service_never_deadlock(
         async with unit_of_work(dkit.sessionmaker) as session:
             await queue.record(session, claim=first, outcomes=outcomes, now=clock.utc_now(), policy=Policy())
 
-    # The second claim holds the service row (and, in the right order, the task); now the first claim's outcomes
-    # are recorded beside it, and the claim goes on only once that record waits on a lock.
-    original = claiming._in_flight_and_used
+    # The second claim holds the service row and has read its candidate tasks; now the first claim's outcomes
+    # are recorded beside it, and the claim goes on to lock the task only once that record waits on a lock.
+    original = selection.candidate_tasks
     records: list[asyncio.Task[None]] = []
 
-    async def usage_while_the_first_claim_is_recorded(*args: Any, **kwargs: Any) -> Any:
+    async def candidates_while_the_first_claim_is_recorded(*args: Any, **kwargs: Any) -> Any:
+        candidates = await original(*args, **kwargs)
         if not records:
             records.append(asyncio.create_task(record_first()))
             await dkit.wait_for(lambda: _blocked_on_a_lock(dkit), what="the record waiting on the claim's lock")
-        return await original(*args, **kwargs)
+        return candidates
 
-    monkeypatch.setattr(claiming, "_in_flight_and_used", usage_while_the_first_claim_is_recorded)
+    monkeypatch.setattr(selection, "candidate_tasks", candidates_while_the_first_claim_is_recorded)
     async with unit_of_work(dkit.sessionmaker) as session:
         await session.execute(text("SET LOCAL deadlock_timeout = '100ms'"))
         second = await queue.claim(session, service_id=service_id, worker_id="w2", now=clock.utc_now(), max_items=3)

@@ -2,10 +2,8 @@
 
 The per-service mutex is the EmailServiceState row: a claim locks it with FOR UPDATE SKIP LOCKED on
 PostgreSQL (a locked row means "another worker is claiming here, try another service"); SQLite has one
-writer at a time (BEGIN IMMEDIATE), which gives the same guarantee. It takes that row after its candidate tasks'
-rows, in the order of an outcome transaction (tasks, then SubTasks, then the service row), and never waits for it:
-a claim and a record cannot deadlock (docs/sending.md#locks). Which SubTasks are taken, in what order, and the
-check that keeps unsendable ones from being mailed live in `selection`.
+writer at a time (BEGIN IMMEDIATE), which gives the same guarantee. Which SubTasks are taken, in what order,
+and the check that keeps unsendable ones from being mailed live in `selection`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from edm.dispatch import availability as av
 from edm.dispatch import slots
 from edm.dispatch.queue import bulk
-from edm.dispatch.queue.selection import lock_candidates, select_claimable
+from edm.dispatch.queue.selection import select_claimable
 from edm.dispatch.queue.snapshots import day_of, limits_of, reset_after, runtime_of
 from edm.dispatch.queue.usage import used_on
 from edm.models.email_services import EmailService, EmailServiceState
@@ -89,10 +87,6 @@ async def claim(
     if sending_paused:
         missed(Miss.UNAVAILABLE)
         return None
-    tasks, queued = await lock_candidates(session, service_id=service_id, now=now)
-    if not tasks:
-        missed(Miss.NO_WORK)
-        return None
     locked = (
         await session.execute(
             select(EmailServiceState, EmailService)
@@ -118,8 +112,8 @@ async def claim(
         missed(Miss.UNAVAILABLE)
         return None
     size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items, probe=availability.probe)
-    rows, suppressed, cursor = await select_claimable(
-        session, tasks=tasks, user_cursor=state_row.rr_user_cursor, now=now, size=size
+    rows, suppressed, cursor, queued = await select_claimable(
+        session, service_id=service.id, user_cursor=state_row.rr_user_cursor, now=now, size=size
     )
     day_settings = {"timezone": service.timezone, "quota_reset_time": service.quota_reset_time}
     if not rows and not suppressed:

@@ -26,7 +26,7 @@ from edm.dispatch import retry
 from edm.dispatch.queue import bulk
 from edm.dispatch.queue.claiming import Claim, ClaimedItem
 from edm.dispatch.queue.replies import SentAnswer, record_sent
-from edm.dispatch.queue.service_state import update_service_state
+from edm.dispatch.queue.service_state import lock_service_state, update_service_state
 from edm.dispatch.queue.usage import upsert_usage
 from edm.models.contacts import Contact
 from edm.models.tasks import SendAttempt, SubTask, Task
@@ -101,6 +101,12 @@ async def record(
     summary = RecordSummary()
     if not outcomes:
         return summary
+    # Locks in the claim's order: the service's state row, then the tasks, then the SubTasks. This transaction
+    # used to lock the tasks first and the service row last, while a claim of the same service held the service
+    # row and waited for the task: a deadlock, which PostgreSQL broke after a second by failing the record (retried
+    # after 1, 2, 4 ... s). With two workers on one batch service half the records failed so, and dispatch
+    # idled at 200 recipients/s on an idle machine (bench/RESULTS.md, batch ESP).
+    state_row = await lock_service_state(session, claim.service_id)
     current = await _current_rows(session, [o.item.subtask_id for o in outcomes], {o.item.task_id for o in outcomes})
     updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
     attempts: list[dict[str, Any]] = []
@@ -135,7 +141,9 @@ async def record(
     await _add_usage(session, claim, usage)
     await _touch_contacts_and_tasks(session, outcomes, now)
     await record_sent(session, service_id=claim.service_id, answers=answers, now=now)
-    summary.status_log = await update_service_state(session, claim, [o.result for o in outcomes], now, policy)
+    summary.status_log = await update_service_state(
+        session, state_row, claim, [o.result for o in outcomes], now, policy
+    )
     return summary
 
 
@@ -160,7 +168,7 @@ async def already_recorded(session: AsyncSession, *, claim: Claim, subtask_ids: 
 
 
 async def _current_rows(session: AsyncSession, ids: list[int], task_ids: set[int]) -> dict[int, Any]:
-    """Our rows and their task's status, with the task rows locked first (id order, like the claim), so
+    """Our rows and their task's status, with the task rows locked before them (id order, like the claim), so
     a cancel either committed before — deferred outcomes become `cancelled` — or waits for us and then
     cancels what we left pending. A SubTask never changes task, so the claim's task ids are its rows' tasks."""
     await session.execute(

@@ -78,29 +78,21 @@ async def candidate_tasks(session: AsyncSession, *, service_id: int, now: dt.dat
     ]
 
 
-async def lock_candidates(
-    session: AsyncSession, *, service_id: int, now: dt.datetime
-) -> tuple[list[CandidateTask], set[int]]:
-    """The service's candidate tasks still running, their rows locked (in id order), and the ids of those still
-    queued. A claim takes these locks before the service's state row, in the order an outcome transaction
-    takes them (docs/sending.md#locks)."""
-    return await _lock_running(session, await candidate_tasks(session, service_id=service_id, now=now))
-
-
 async def select_claimable(
     session: AsyncSession,
     *,
-    tasks: list[CandidateTask],
+    service_id: int,
     user_cursor: int | None,
     now: dt.datetime,
     size: int,
-) -> tuple[list[Any], int, int | None]:
-    """Pick up to `size` SubTasks of the (locked) candidate `tasks` in fairness order, locking them; suppress the
-    unsendable ones found. Returns (rows, suppressed count, the users' new round-robin cursor).
+) -> tuple[list[Any], int, int | None, set[int]]:
+    """Pick up to `size` SubTasks in fairness order, locking them; suppress the unsendable ones found.
+    Returns (rows, suppressed count, the users' new round-robin cursor, the ids of the tasks still queued).
 
     Test sends and conversation answers go first (claimed before bulk SubTasks of the same service), shared
     fairly among their users, and leave the users' round-robin cursor of the bulk work as it was; bulk tasks
     share what is left of the claim."""
+    tasks, queued = await _lock_running(session, await candidate_tasks(session, service_id=service_id, now=now))
     first = [t for t in tasks if t.claimed_first]
     chosen, _, _ = await _fill(session, first, size=size, cursor=None, now=now, check=False)
     bulk_rows, suppressed, cursor = await _fill(
@@ -119,7 +111,7 @@ async def select_claimable(
             .values(last_claimed_at=now)
             .execution_options(synchronize_session=False)
         )
-    return chosen, suppressed, cursor
+    return chosen, suppressed, cursor, queued
 
 
 async def _fill(

@@ -26,16 +26,28 @@ from edm.system import alerts
 from edm.system.runtime_settings import Policy
 
 
-async def update_service_state(
-    session: AsyncSession, claim: Claim, results: Sequence[SendResult], now: dt.datetime, policy: Policy
-) -> list[str]:
-    """Apply the batch's results to the claim's service (row locked); returns the kinds of change logged."""
-    state_row = await session.scalar(
+async def lock_service_state(session: AsyncSession, service_id: int) -> EmailServiceState | None:
+    """The service's state row, locked for this transaction (None when the service is gone). An outcome
+    transaction takes it first, before any task or SubTask, in the same order as a claim."""
+    state_row: EmailServiceState | None = await session.scalar(
         select(EmailServiceState)
-        .where(EmailServiceState.service_id == claim.service_id)
+        .where(EmailServiceState.service_id == service_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
+    return state_row
+
+
+async def update_service_state(
+    session: AsyncSession,
+    state_row: EmailServiceState | None,
+    claim: Claim,
+    results: Sequence[SendResult],
+    now: dt.datetime,
+    policy: Policy,
+) -> list[str]:
+    """Apply the batch's results to the claim's service (its row locked by `lock_service_state`); returns the
+    kinds of change logged."""
     if state_row is None:
         return []
     change = av.apply_results(
