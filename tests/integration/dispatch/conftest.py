@@ -22,6 +22,7 @@ from edm.models.users import QuotaLedgerEntry, User
 from edm.settings import Settings
 from edm.system import runtime_settings
 from edm.tasks import generation
+from edm.tasks import service as tasks
 from edm.tasks.stats import recount, task_stats
 from edm.worker.dispatcher import Worker
 from tests.helpers import settings_for
@@ -122,6 +123,13 @@ class DispatchKit:
             task = await session.get(Task, task_id, populate_existing=True)
             assert task is not None
             return task
+
+    async def act(self, task_id: int, action: str) -> Any:
+        """Pause, resume or cancel through the task service in one unit of work; returns the time after commit."""
+        async with unit_of_work(self.sessionmaker) as session:
+            task = await tasks.get_task(session, task_id, user_id=None)
+            await getattr(tasks, action)(session, task, actor="test")
+        return clock.utc_now()
 
     async def status(self, task_id: int) -> str:
         return str(await self.scalar(select(Task.status).where(Task.id == task_id)))

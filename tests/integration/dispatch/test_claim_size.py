@@ -16,7 +16,6 @@ from sqlalchemy import event, text
 from edm import clock
 from edm.db.session import unit_of_work
 from edm.dispatch import queue
-from edm.tasks import service as tasks
 from edm.worker import dispatcher
 from edm.worker.dispatcher import Worker
 from tests import factories
@@ -87,7 +86,7 @@ async def test_a_claim_says_why_it_took_nothing(dkit):  # type: ignore[no-untype
 async def test_a_worker_leaves_a_service_without_work_out_of_its_claims_for_a_moment(dkit, engine):  # type: ignore[no-untyped-def]
     w, task_id = await _world_and_task(dkit, [{"name": "a"}, {"name": "b"}], recipients=2, on=[0])
     a, b = w.service_ids
-    await _act(dkit, task_id, "pause")  # neither service has work now
+    await dkit.act(task_id, "pause")  # neither service has work now
     claims_at: list[int] = []
 
     def count_claims(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
@@ -102,18 +101,12 @@ async def test_a_worker_leaves_a_service_without_work_out_of_its_claims_for_a_mo
         for _ in range(5):
             assert await worker._claim_next() is None
         assert sorted(claims_at) == sorted([a, b]), "the next turns ask neither while both are remembered empty"
-        await _act(dkit, task_id, "resume")
+        await dkit.act(task_id, "resume")
         await asyncio.sleep(worker.scaled(dispatcher.NO_WORK_PAUSE) + 0.05)
         claim = await worker._claim_next()
         assert claim is not None and claim.service_id == a, "after the pause the work is found"
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count_claims)
-
-
-async def _act(dkit, task_id: int, action: str) -> None:  # type: ignore[no-untyped-def]
-    async with unit_of_work(dkit.sessionmaker) as session:
-        task = await tasks.get_task(session, task_id, user_id=None)
-        await getattr(tasks, action)(session, task, actor="test")
 
 
 def _service_param(params: Any) -> int:

@@ -20,7 +20,6 @@ from edm.providers.base import Outcome, SendResult
 from edm.providers.fake import FakeAdapter
 from edm.system.runtime_settings import Policy
 from edm.tasks import lifecycle, sweep
-from edm.tasks import service as tasks
 from tests import factories
 
 INITIAL_CREDIT = 1_000
@@ -42,14 +41,6 @@ async def _at_least(dkit, task_id: int, state: str, n: int) -> bool:  # type: ig
     return await dkit.count(task_id, state) >= n
 
 
-async def _act(dkit, task_id: int, action: str) -> Any:  # type: ignore[no-untyped-def]
-    """Pause, resume or cancel through the task service in one unit of work; returns the time after commit."""
-    async with unit_of_work(dkit.sessionmaker) as session:
-        task = await tasks.get_task(session, task_id, user_id=None)
-        await getattr(tasks, action)(session, task, actor="test")
-    return clock.utc_now()
-
-
 async def _last_allocated_at(dkit, task_id: int) -> Any:  # type: ignore[no-untyped-def]
     return await dkit.scalar(select(func.max(SubTask.allocated_at)).where(SubTask.task_id == task_id))
 
@@ -60,7 +51,7 @@ async def test_pause_stops_allocation_and_resume_completes(dkit):  # type: ignor
 
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _at_least(dkit, task_id, "sent", 10), what="10 sent")
-        paused_at = await _act(dkit, task_id, "pause")
+        paused_at = await dkit.act(task_id, "pause")
         assert await dkit.status(task_id) == "paused"
 
         # In-flight attempts finish and are recorded; nothing new is allocated.
@@ -76,7 +67,7 @@ async def test_pause_stops_allocation_and_resume_completes(dkit):  # type: ignor
         stats = await dkit.stats(task_id)
         assert (stats["sent"], stats["queued"], stats["in_flight"]) == (sent_when_stopped, 60 - sent_when_stopped, 0)
 
-        await _act(dkit, task_id, "resume")
+        await dkit.act(task_id, "resume")
         assert await dkit.status(task_id) in ("sending", "completed")
         await dkit.wait_for(lambda: _status_is(dkit, task_id, "completed"), timeout=10, what="completed")
 
@@ -105,7 +96,7 @@ async def test_cancel_cancels_pending_at_once_and_refunds_once(dkit):  # type: i
 
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _at_least(dkit, task_id, "sent", 10), what="10 sent")
-        cancelled_at = await _act(dkit, task_id, "cancel")
+        cancelled_at = await dkit.act(task_id, "cancel")
         assert await dkit.status(task_id) == "cancelled"
         assert await dkit.count(task_id, "pending") == 0, "pending SubTasks are cancelled at once"
         assert await dkit.count(task_id, "cancelled") > 0
@@ -143,7 +134,7 @@ async def test_a_large_cancel_stops_and_refunds_at_once_and_the_sweep_cancels_th
     async with unit_of_work(dkit.sessionmaker) as session:
         await queue.record(session, claim=claim, outcomes=outcomes, now=now, policy=Policy())
 
-    await _act(dkit, task_id, "cancel")
+    await dkit.act(task_id, "cancel")
     assert await dkit.status(task_id) == "cancelled" and (await dkit.task(task_id)).settled_at is not None
     assert await dkit.count(task_id, "pending") == 26, "left to the sweep"
     assert [r.amount for r in await dkit.ledger(w.user_id, "refund")] == [26], "refunded at once"
@@ -184,7 +175,7 @@ async def test_deferred_outcome_after_cancel_ends_cancelled(dkit):  # type: igno
 
     async with dkit.worker(concurrency=2):
         await dkit.wait_for(lambda: _at_least(dkit, task_id, "allocated", 1), what="attempts in flight")
-        cancelled_at = await _act(dkit, task_id, "cancel")
+        cancelled_at = await dkit.act(task_id, "cancel")
         await _no_refund_while_allocated(dkit, task_id)
         await dkit.wait_for(lambda: _settled(dkit, task_id), what="in-flight finished and refund written")
         await dkit.hold(0.3)
@@ -263,7 +254,7 @@ async def test_pause_committed_during_a_claim_wins(dkit, monkeypatch):  # type: 
     async def candidates_then_a_user_pauses(*args, **kwargs):  # type: ignore[no-untyped-def]
         candidates = await original(*args, **kwargs)
         if not pauses:  # the claim has read the task as running; now a user pauses it
-            pauses.append(await _start_concurrently(lambda: _act(dkit, task_id, "pause")))
+            pauses.append(await _start_concurrently(lambda: dkit.act(task_id, "pause")))
         return candidates
 
     monkeypatch.setattr(selection, "candidate_tasks", candidates_then_a_user_pauses)
@@ -302,7 +293,7 @@ async def test_cancel_committed_while_outcomes_are_recorded(dkit, monkeypatch): 
 
     async def write_while_a_user_cancels(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not cancels:  # outcomes decided from the task status read; now a user cancels the task
-            cancels.append(await _start_concurrently(lambda: _act(dkit, task_id, "cancel")))
+            cancels.append(await _start_concurrently(lambda: dkit.act(task_id, "cancel")))
         return await original(*args, **kwargs)
 
     monkeypatch.setattr(recording, "_write_subtasks", write_while_a_user_cancels)

@@ -112,12 +112,15 @@ async def claim(
         missed(Miss.UNAVAILABLE)
         return None
     size = _claim_size(state, limits, now=now, used=used, in_flight=in_flight, cap=max_items, probe=availability.probe)
+    if not size:  # no request or slot free: nothing to take, so no task row to lock either
+        missed(Miss.UNAVAILABLE)
+        return None
     rows, suppressed, cursor, queued = await select_claimable(
         session, service_id=service.id, user_cursor=state_row.rr_user_cursor, now=now, size=size
     )
     day_settings = {"timezone": service.timezone, "quota_reset_time": service.quota_reset_time}
     if not rows and not suppressed:
-        missed(Miss.NO_WORK if size else Miss.UNAVAILABLE)
+        missed(Miss.NO_WORK)
         return None
     if not rows:
         return Claim(service_id, worker_id, day, False, now, [], suppressed, **day_settings)

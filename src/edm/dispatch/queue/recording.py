@@ -105,7 +105,7 @@ async def record(
     # used to lock the tasks first and the service row last, while a claim of the same service held the service
     # row and waited for the task: a deadlock, which PostgreSQL broke after a second by failing the record (retried
     # after 1, 2, 4 ... s). With two workers on one batch service half the records failed so, and dispatch
-    # idled at 200 recipients/s on an idle machine (bench/RESULTS.md, batch ESP).
+    # idled at 241 recipients/s on an idle machine (bench/RESULTS.md, batch ESP).
     state_row = await lock_service_state(session, claim.service_id)
     current = await _current_rows(session, [o.item.subtask_id for o in outcomes], {o.item.task_id for o in outcomes})
     updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
