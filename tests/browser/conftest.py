@@ -22,8 +22,10 @@ recorded), that no JavaScript error or console error happened, that none of the 
 answered 4xx/5xx, that the page answered the expected status, that no `⟦MISSING` catalogue marker shows, and
 that axe-core finds no serious or critical accessibility violation (every rule at 1280×800 in light colours, then
 at 390×844 in dark colours the rules that width and palette can break: contrast, scrolling regions, tap targets),
-and saves a screenshot at each size to `var/test-artifacts/screenshots/<test>-<name>-<width>.png`. The audit and the
-screenshots are made once per page name and test run, by the first test process to check it (see AUDITED); every
+and, with EDM_TEST_SCREENSHOTS=1, saves a screenshot at each size to
+`var/test-artifacts/screenshots/<test>-<name>-<width>.png` (off by default: nobody looks at them in `make test`, and
+the two cost ~0.3 s a page over some 120 audited pages). The audit and the screenshots are made once per page name
+and test run, by the first test process to check it (see AUDITED); every
 other check, on every visit.
 
 Chromium is launched from /usr/bin/chromium with `executable_path` (never `playwright install`). Without it
@@ -80,6 +82,7 @@ CHROMIUM_ARGS = [
 ]
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SCREENSHOTS = ROOT / "var" / "test-artifacts" / "screenshots"
+SAVE_SCREENSHOTS = os.environ.get("EDM_TEST_SCREENSHOTS") == "1"
 # The accessibility audit and the two screenshots (~1 s a page) are made the first time the test run checks a page
 # under a given name, in whichever test process gets there first (the English and the Chinese flow visit the same
 # pages, with the same markup, in two processes); later visits of the same page and state check everything else
@@ -354,8 +357,9 @@ class Console:
             page.set_viewport_size(size)
             page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
             self._axe(name, size["width"])
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / f"{self.test_name}-{name}-{size['width']}.png"))
+            if SAVE_SCREENSHOTS:
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / f"{self.test_name}-{name}-{size['width']}.png"))
         page.set_viewport_size(DESKTOP)
         page.emulate_media(color_scheme="light")
         self._assert_clean(page.url)

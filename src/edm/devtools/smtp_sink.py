@@ -50,6 +50,7 @@ import asyncio
 import collections
 import itertools
 import os
+import re
 import socket
 import ssl
 import threading
@@ -71,6 +72,11 @@ _HEADER_PARSER = BytesHeaderParser(policy=default_policy)
 Reply = tuple[int, str]
 
 
+# Our own header, one line of ASCII: found with a scan of the header block. Parsing every captured message's headers
+# with the email package (~300 µs each) was a sizeable share of the CPU of the tests that send 20,000 mails.
+_SUBTASK_LINE = re.compile(rb"^X-EDM-SubTask-Id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 @dataclass(frozen=True, slots=True)
 class CapturedMessage:
     envelope_from: str
@@ -78,7 +84,19 @@ class CapturedMessage:
     data: bytes  # as received: CRLF line endings, dot-stuffing removed, without the final "."
     received_at: float  # time.time()
     subtask_id: str | None  # the X-EDM-SubTask-Id header
-    subject: str | None
+
+    @property
+    def subject(self) -> str | None:
+        """The decoded Subject header (parsed when asked)."""
+        return _header(_HEADER_PARSER.parsebytes(self.data), "Subject")
+
+
+def _subtask_id(data: bytes) -> str | None:
+    end = data.find(b"\r\n\r\n")
+    found = _SUBTASK_LINE.search(data, 0, end if end >= 0 else len(data))
+    if found is None:
+        return None
+    return found.group(1).replace(b"\r", b"").replace(b"\n", b"").decode("ascii", "replace").strip()
 
 
 @dataclass(slots=True)
@@ -316,14 +334,12 @@ class SmtpSink:
 
     def _capture(self, envelope: Envelope) -> None:
         data = bytes(envelope.original_content or b"")  # as received, dot-stuffing undone
-        headers = _HEADER_PARSER.parsebytes(data)
         message = CapturedMessage(
             envelope_from=str(envelope.mail_from or ""),
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=data,
             received_at=time.time(),
-            subtask_id=_header(headers, SUBTASK_HEADER),
-            subject=_header(headers, "Subject"),
+            subtask_id=_subtask_id(data),
         )
         if self.store_dir is not None:
             self._store(message)
