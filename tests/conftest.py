@@ -123,6 +123,11 @@ def _worker_database_url(base_url: str, worker: str) -> str:
     with _maintenance_connection(base_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{url.database}"')
+        # A test database need not survive a crash of the server: a commit that does not wait for its WAL flush
+        # returns in about half the time here (0.25 against 0.45 ms), and the tests commit hundreds of thousands of
+        # times. What a commit makes visible, and when, is unchanged. The tests that crash or restart a server use
+        # clusters of their own.
+        conn.execute(f'ALTER DATABASE "{url.database}" SET synchronous_commit = off')
     return url.render_as_string(hide_password=False)
 
 
