@@ -87,6 +87,9 @@ async def test_the_commit_mode_is_the_hit_statements_own(ekit: EventKit, synchro
     link = link_id(task_id, URLS[1])
     postgres = ekit.engine.dialect.name == "postgresql"
     async with ekit.engine.connect() as connection:
+        if postgres:  # production's default: the test databases commit without waiting for the flush (conftest)
+            await connection.execute(text("SET synchronous_commit = on"))
+            await connection.commit()
         async with connection.begin():
             await hits._store_hits(
                 connection, [ingest.event_row("tracking", None, opened, now=now)], synchronous_commit=synchronous
