@@ -74,7 +74,10 @@ Reply = tuple[int, str]
 
 # Our own header, one line of ASCII: found with a scan of the header block. Parsing every captured message's headers
 # with the email package (~300 µs each) was a sizeable share of the CPU of the tests that send 20,000 mails.
-_SUBTASK_LINE = re.compile(rb"^X-EDM-SubTask-Id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+_SUBTASK_LINE = re.compile(
+    rb"^" + re.escape(SUBTASK_HEADER.encode()) + rb":[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 @dataclass(frozen=True, slots=True)
